@@ -1,0 +1,91 @@
+"""The exception hierarchy of imaging-lake.
+
+Every failure that library code raises is a :class:`LakeError`. Subclasses also
+subclass the fitting built-in exception so callers can catch either. Messages say
+how to fix the problem and never contain an original (identifying) DICOM value.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BlobNotFoundError",
+    "CatalogError",
+    "ConfigError",
+    "DeidRefusedError",
+    "ExportError",
+    "IngestError",
+    "IntegrityError",
+    "LakeError",
+    "LakeNotFoundError",
+    "NetError",
+    "ProfileError",
+    "QueryError",
+    "VaultError",
+]
+
+
+class LakeError(Exception):
+    """Root of every error raised by :mod:`lake`."""
+
+
+class ConfigError(LakeError, ValueError):
+    """A setting is missing or invalid (lake root, vault, scheduler...)."""
+
+
+class LakeNotFoundError(LakeError, FileNotFoundError):
+    """No lake exists at the given root; run ``lake init`` first."""
+
+
+class VaultError(LakeError, PermissionError):
+    """The key vault is missing, unreadable, too permissive or does not match the lake."""
+
+
+class BlobNotFoundError(LakeError, KeyError):
+    """A content-addressed blob is absent from the store."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0]) if self.args else ""
+
+
+class IntegrityError(LakeError, RuntimeError):
+    """Stored content does not match its address or the catalog."""
+
+
+class ProfileError(LakeError, ValueError):
+    """A de-identification profile cannot be found, parsed or compiled."""
+
+
+class DeidRefusedError(LakeError, ValueError):
+    """The profile refuses an instance (for example burned-in annotation).
+
+    Parameters
+    ----------
+    reason : str
+        A short machine-readable reason code, e.g. ``"burned_in_annotation"``.
+    message : str
+        A human-readable explanation that contains no original value.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class IngestError(LakeError, RuntimeError):
+    """An ingest run cannot proceed (not: a single bad file, which is quarantined)."""
+
+
+class CatalogError(LakeError, RuntimeError):
+    """The catalog tables cannot be read or written."""
+
+
+class QueryError(LakeError, ValueError):
+    """A SQL query against the catalog failed."""
+
+
+class ExportError(LakeError, RuntimeError):
+    """An export cannot proceed."""
+
+
+class NetError(LakeError, RuntimeError):
+    """A DICOM network operation failed."""

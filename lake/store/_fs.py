@@ -1,0 +1,84 @@
+"""fsspec helpers: resolve a lake root and write files atomically on any filesystem."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+__all__ = ["Location", "atomic_write", "resolve"]
+
+
+@dataclass(frozen=True)
+class Location:
+    """A filesystem plus a root path on it; picklable so Dask workers can use it.
+
+    Parameters
+    ----------
+    url : str
+        The root as the user gave it, normalised: an absolute local path or an
+        fsspec URL such as ``s3://bucket/lake``.
+    storage_options : dict
+        Options passed to fsspec (credentials, endpoint) for remote roots.
+    """
+
+    url: str
+    storage_options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        fs, _ = fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
+        return fs
+
+    @property
+    def path(self) -> str:
+        _, path = fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
+        return str(path)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    def join(self, *parts: str) -> str:
+        """The filesystem path of ``parts`` below the root."""
+        return "/".join([self.path.rstrip("/"), *parts])
+
+    def url_of(self, *parts: str) -> str:
+        """A URL (for deltalake and fsspec) of ``parts`` below the root."""
+        return "/".join([self.url.rstrip("/"), *parts])
+
+
+def resolve(root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> Location:
+    """Normalise a lake root given as a path or an fsspec URL."""
+    text = os.fspath(root)
+    if "://" not in text:
+        text = os.path.abspath(os.path.expanduser(text))
+    return Location(text, tuple(sorted((storage_options or {}).items())))
+
+
+def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` so that ``path`` never holds partial content.
+
+    On a local filesystem the bytes go to a temporary file in the same folder,
+    are flushed to disk, and are renamed into place. Object stores publish an
+    object only once its upload completes, so a single put is already atomic.
+    """
+    if isinstance(fs, LocalFileSystem):
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    else:
+        fs.pipe_file(path, data)
