@@ -1,0 +1,285 @@
+"""The :class:`Lake`: one root holding blobs, Delta tables, quarantine and config."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import duckdb
+import pyarrow.compute as pc
+
+from lake._config import LakeConfig
+from lake._errors import BlobNotFoundError, IntegrityError, LakeNotFoundError
+from lake.catalog import Catalog, DeltaTables
+from lake.store import BlobStore, Location, resolve
+from lake.vault import Secret, Vault
+
+__all__ = ["Lake", "LakeInfo", "VerifyReport", "init", "open_lake"]
+
+_ENV_ROOT = "LAKE_ROOT"
+
+
+def _root_from(root: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
+    if root is not None:
+        return root
+    env = os.environ.get(_ENV_ROOT)
+    if not env:
+        raise LakeNotFoundError("no lake given: pass --lake ROOT or set LAKE_ROOT (a path or URL)")
+    return env
+
+
+@dataclass
+class LakeInfo:
+    """Counts and sizes of a lake."""
+
+    version: int
+    instances: int
+    series: int
+    studies: int
+    patients: int
+    blobs: int
+    pixel_bytes_referenced: int
+    pixel_bytes_stored: int
+    quarantined: int
+    batches: int
+
+    @property
+    def dedup_ratio(self) -> float:
+        """Referenced pixel bytes over stored pixel bytes (1.0 = no sharing)."""
+        if not self.pixel_bytes_stored:
+            return 1.0
+        return self.pixel_bytes_referenced / self.pixel_bytes_stored
+
+
+@dataclass
+class VerifyReport:
+    """Problems found by :meth:`Lake.verify` (empty lists: all good)."""
+
+    blobs_checked: int = 0
+    rows_checked: int = 0
+    corrupt: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.corrupt and not self.missing
+
+
+class Lake:
+    """An imaging lake.
+
+    Open one with :func:`lake.open`; create one with :func:`lake.init`.
+
+    Examples
+    --------
+    >>> import lake  # doctest: +SKIP
+    >>> lk = lake.open("/data/lake")  # doctest: +SKIP
+    >>> lk.sql("SELECT Modality, count(*) FROM instances GROUP BY 1").df()  # doctest: +SKIP
+    """
+
+    def __init__(self, location: Location, config: LakeConfig) -> None:
+        self.location = location
+        self.config = config
+        self.tables = DeltaTables(location)
+        self.blobs = BlobStore(location)
+        self._catalogs: dict[int | None, Catalog] = {}
+
+    @property
+    def root(self) -> str:
+        return self.location.url
+
+    def secret(self, vault: str | os.PathLike[str] | None = None) -> Secret:
+        """This lake's secret from ``vault`` (or ``LAKE_VAULT``)."""
+        return Vault.from_option(vault).load(self.config.lake_id, self.config.key_fingerprint)
+
+    def catalog(self, as_of: int | None = None) -> Catalog:
+        """A DuckDB catalog over the current (or ``as_of``) version; reused per version."""
+        if as_of not in self._catalogs:
+            self._catalogs[as_of] = Catalog(self.tables, as_of)
+        return self._catalogs[as_of]
+
+    def refresh(self) -> None:
+        """Forget open catalogs so the next query sees the newest version."""
+        for catalog in self._catalogs.values():
+            catalog.close()
+        self._catalogs.clear()
+
+    def sql(self, query: str, as_of: int | None = None) -> duckdb.DuckDBPyRelation:
+        """Run SQL over ``instances``, ``series``, ``studies``, ``patients``, ``batches``,
+        ``quarantine``.
+
+        Parameters
+        ----------
+        query : str
+            DuckDB SQL.
+        as_of : int, optional
+            The ``instances`` table version to query (see ``lake info``).
+
+        Returns
+        -------
+        duckdb.DuckDBPyRelation
+            Use ``.df()``, ``.arrow()``, ``.pl()`` or ``.fetchall()``.
+        """
+        return self.catalog(as_of).sql(query)
+
+    @property
+    def version(self) -> int:
+        """The current version of the ``instances`` table."""
+        return int(self.tables.open("instances").version())
+
+    def ingest(
+        self,
+        sources: Iterable[str],
+        *,
+        vault: str | os.PathLike[str] | None = None,
+        profile: str | None = None,
+        scheduler: str = "processes",
+        workers: int | None = None,
+        batch_size: int = 1000,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> Any:
+        """Ingest files, folders and zips; see :func:`lake.ingest.ingest`."""
+        from lake.ingest import ingest
+
+        summary = ingest(
+            self,
+            sources,
+            self.secret(vault),
+            profile=profile,
+            scheduler=scheduler,
+            workers=workers,
+            batch_size=batch_size,
+            on_progress=on_progress,
+        )
+        self.refresh()
+        return summary
+
+    def info(self) -> LakeInfo:
+        """Counts, sizes, dedup ratio and the current version."""
+        catalog = Catalog(self.tables)
+        try:
+            row = catalog.sql(
+                "SELECT count(*), count(DISTINCT SeriesInstanceUID), count(DISTINCT StudyInstanceUID),"
+                " count(DISTINCT PatientID), coalesce(sum(pixel_bytes), 0) FROM instances"
+            ).fetchall()[0]
+            quarantined = catalog.sql("SELECT count(*) FROM quarantine").fetchall()[0]
+            batches = catalog.sql("SELECT count(*) FROM batches").fetchall()[0]
+            distinct = catalog.sql(
+                "SELECT DISTINCT pixel_hash FROM instances WHERE pixel_hash IS NOT NULL"
+            ).fetchall()
+        finally:
+            catalog.close()
+        stored = sum(self.blobs.size(h) for (h,) in distinct if self.blobs.exists(h))
+        return LakeInfo(
+            version=catalog.version,
+            instances=int(row[0]),
+            series=int(row[1]),
+            studies=int(row[2]),
+            patients=int(row[3]),
+            blobs=len(distinct),
+            pixel_bytes_referenced=int(row[4]),
+            pixel_bytes_stored=stored,
+            quarantined=int(quarantined[0]),
+            batches=int(batches[0]),
+        )
+
+    @cached_property
+    def _pixel_hashes(self) -> set[str]:
+        table = self.tables.open("instances").to_pyarrow_dataset().to_table(
+            columns=["pixel_hash"], filter=pc.field("pixel_hash").is_valid()
+        )
+        return set(table.column("pixel_hash").to_pylist())
+
+    def verify(self, on_progress: Callable[[int], None] | None = None) -> VerifyReport:
+        """Re-hash every blob and check every row's blob exists.
+
+        Returns
+        -------
+        VerifyReport
+            ``corrupt`` blobs (content does not match the key), ``missing`` blobs
+            (referenced by rows, absent), ``orphans`` (stored, referenced by no row:
+            left by an interrupted ingest; harmless).
+        """
+        report = VerifyReport()
+        referenced = self.tables.open("instances").to_pyarrow_dataset().to_table(
+            columns=["pixel_hash"], filter=pc.field("pixel_hash").is_valid()
+        )
+        report.rows_checked = referenced.num_rows
+        wanted = set(referenced.column("pixel_hash").to_pylist())
+        present: set[str] = set()
+        for key in self.blobs.keys():
+            present.add(key)
+            try:
+                self.blobs.check(key)
+            except IntegrityError:
+                report.corrupt.append(key)
+            except BlobNotFoundError:
+                report.missing.append(key)
+            report.blobs_checked += 1
+            if on_progress is not None:
+                on_progress(1)
+        report.missing.extend(sorted(wanted - present))
+        report.orphans.extend(sorted(present - wanted))
+        return report
+
+
+def init(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    vault: str | os.PathLike[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Lake:
+    """Create a lake at ``root`` (idempotent) and its key in ``vault``.
+
+    Parameters
+    ----------
+    root : str or PathLike, optional
+        Local path or fsspec URL; ``LAKE_ROOT`` when omitted.
+    vault : str or PathLike, optional
+        Key vault folder outside the lake; ``LAKE_VAULT`` when omitted.
+    storage_options : dict, optional
+        fsspec/deltalake options for remote roots (endpoint, credentials).
+
+    Returns
+    -------
+    Lake
+    """
+    location = resolve(_root_from(root), storage_options)
+    the_vault = Vault.from_option(vault)
+    if location.is_local and os.path.commonpath([str(the_vault.path), location.path]) == location.path:
+        from lake._errors import VaultError
+
+        raise VaultError("the vault must be outside the lake; choose a folder not below the lake root")
+    try:
+        config = LakeConfig.read(location)
+        the_vault.load(config.lake_id, config.key_fingerprint)
+    except LakeNotFoundError:
+        lake_id = LakeConfig.new_id()
+        secret = the_vault.create(lake_id)
+        config = LakeConfig.new(secret.fingerprint, lake_id)
+        location.fs.makedirs(location.path, exist_ok=True)
+        lake = Lake(location, config)
+        lake.tables.create_all()
+        config.write(location)
+        return lake
+    lake = Lake(location, config)
+    lake.tables.create_all()
+    return lake
+
+
+def open_lake(
+    root: str | os.PathLike[str] | None = None, storage_options: dict[str, Any] | None = None
+) -> Lake:
+    """Open the lake at ``root`` (or ``LAKE_ROOT``).
+
+    Raises
+    ------
+    LakeNotFoundError
+        If no lake is there.
+    """
+    location = resolve(_root_from(root), storage_options)
+    return Lake(location, LakeConfig.read(location))

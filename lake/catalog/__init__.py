@@ -1,0 +1,19 @@
+"""The catalog: Delta tables of instance rows, batches and quarantine, queried with DuckDB."""
+
+from lake.catalog._extract import dicom_values
+from lake.catalog._query import Catalog
+from lake.catalog._schema import BATCHES, DICOM_COLUMNS, INSTANCES, QUARANTINE, TABLES, Column, Table
+from lake.catalog._tables import DeltaTables
+
+__all__ = [
+    "BATCHES",
+    "DICOM_COLUMNS",
+    "INSTANCES",
+    "QUARANTINE",
+    "TABLES",
+    "Catalog",
+    "Column",
+    "DeltaTables",
+    "Table",
+    "dicom_values",
+]

@@ -1,0 +1,187 @@
+"""The catalog's tables, defined in one place.
+
+Every column of every table is declared here with its Arrow type and a one-line
+meaning; ``docs/catalog.md`` is generated from these declarations
+(``python tools/gen_catalog_docs.py``). Columns that carry a DICOM attribute are
+named by its exact keyword; the lake's own columns are snake_case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+__all__ = [
+    "BATCHES",
+    "DICOM_COLUMNS",
+    "INSTANCES",
+    "QUARANTINE",
+    "TABLES",
+    "Column",
+    "Table",
+]
+
+_DOUBLES = pa.list_(pa.float64())
+_STRINGS = pa.list_(pa.string())
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: name, Arrow type, meaning."""
+
+    name: str
+    type: pa.DataType
+    doc: str
+    sql_cast: str | None = None
+    """DuckDB type the ``instances`` view casts to, where Delta lacks the type (TIME)."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """One Delta table below ``<lake>/tables/<name>``."""
+
+    name: str
+    doc: str
+    columns: tuple[Column, ...]
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([pa.field(c.name, c.type, nullable=True) for c in self.columns])
+
+
+def _c(name: str, type_: pa.DataType, doc: str) -> Column:
+    return Column(name, type_, doc)
+
+
+def _tm(name: str, doc: str) -> Column:
+    # Delta has no TIME type: stored as ISO text (HH:MM:SS.ffffff), exposed as TIME.
+    return Column(name, pa.string(), doc, sql_cast="TIME")
+
+
+# DICOM attributes promoted to typed columns (after de-identification). The type follows
+# the VR: DA -> date32, TM -> time64[us], DT -> timestamp[us, UTC], DS/FD/FL -> float64,
+# IS/US/UL/SS/SL -> int64, multi-valued -> list, everything else -> string.
+DICOM_COLUMNS: tuple[Column, ...] = (
+    _c("PatientID", pa.string(), "Keyed pseudonym of the patient (stable across batches)."),
+    _c("PatientSex", pa.string(), "M, F or O, where the profile retains patient characteristics."),
+    _c("PatientAge", pa.string(), "Age string such as 045Y (over 89 becomes 090Y) where retained."),
+    _c("PatientWeight", pa.float64(), "Weight in kg where retained."),
+    _c("PatientSize", pa.float64(), "Height in m where retained."),
+    _c("StudyInstanceUID", pa.string(), "Remapped study UID (2.25 form)."),
+    _c("StudyDate", pa.date32(), "Study date (shifted per patient, or removed, per profile)."),
+    _tm("StudyTime", "Study time."),
+    _c("StudyDescription", pa.string(), "Study description (cleaned or removed per profile)."),
+    _c("SeriesInstanceUID", pa.string(), "Remapped series UID (2.25 form)."),
+    _c("SeriesNumber", pa.int64(), "Series number."),
+    _c("SeriesDate", pa.date32(), "Series date."),
+    _tm("SeriesTime", "Series time."),
+    _c("SeriesDescription", pa.string(), "Series description (cleaned or removed per profile)."),
+    _c("Modality", pa.string(), "Modality of the series (CT, MR, US, ...)."),
+    _c("BodyPartExamined", pa.string(), "Body part examined."),
+    _c("ProtocolName", pa.string(), "Protocol name (cleaned or removed per profile)."),
+    _c("Manufacturer", pa.string(), "Equipment manufacturer."),
+    _c("ManufacturerModelName", pa.string(), "Equipment model."),
+    _c("MagneticFieldStrength", pa.float64(), "MR field strength in T."),
+    _c("FrameOfReferenceUID", pa.string(), "Remapped frame of reference UID."),
+    _c("SOPInstanceUID", pa.string(), "Remapped instance UID (2.25 form); unique per row."),
+    _c("SOPClassUID", pa.string(), "SOP class (a well-known UID, never remapped)."),
+    _c("InstanceNumber", pa.int64(), "Instance number."),
+    _c("AcquisitionNumber", pa.int64(), "Acquisition number."),
+    _c("AcquisitionDate", pa.date32(), "Acquisition date."),
+    _tm("AcquisitionTime", "Acquisition time."),
+    _c("ContentDate", pa.date32(), "Content date."),
+    _tm("ContentTime", "Content time."),
+    _c("AcquisitionDateTime", pa.timestamp("us", tz="UTC"), "Acquisition date-time."),
+    _c("ImageType", _STRINGS, "Image type values."),
+    _c("Rows", pa.int64(), "Rows per frame."),
+    _c("Columns", pa.int64(), "Columns per frame."),
+    _c("NumberOfFrames", pa.int64(), "Frames in the instance (1 when absent)."),
+    _c("SamplesPerPixel", pa.int64(), "Samples per pixel."),
+    _c("PhotometricInterpretation", pa.string(), "MONOCHROME2, RGB, YBR_FULL_422, ..."),
+    _c("BitsAllocated", pa.int64(), "Bits allocated per sample."),
+    _c("BitsStored", pa.int64(), "Bits stored per sample."),
+    _c("PixelRepresentation", pa.int64(), "0 unsigned, 1 signed."),
+    _c("PixelSpacing", _DOUBLES, "Row and column spacing in mm."),
+    _c("SliceThickness", pa.float64(), "Slice thickness in mm."),
+    _c("SpacingBetweenSlices", pa.float64(), "Spacing between slices in mm."),
+    _c("SliceLocation", pa.float64(), "Slice location in mm."),
+    _c("ImagePositionPatient", _DOUBLES, "x, y, z of the first voxel in mm (patient frame)."),
+    _c("ImageOrientationPatient", _DOUBLES, "Row and column direction cosines."),
+    _c("RescaleSlope", pa.float64(), "Rescale slope."),
+    _c("RescaleIntercept", pa.float64(), "Rescale intercept."),
+    _c("WindowCenter", _DOUBLES, "Window centre values."),
+    _c("WindowWidth", _DOUBLES, "Window width values."),
+    _c("EchoTime", pa.float64(), "Echo time in ms."),
+    _c("RepetitionTime", pa.float64(), "Repetition time in ms."),
+    _c("FlipAngle", pa.float64(), "Flip angle in degrees."),
+    _c("KVP", pa.float64(), "Peak kilovoltage."),
+    _c("ConvolutionKernel", _STRINGS, "Reconstruction kernel."),
+    _c("BurnedInAnnotation", pa.string(), "YES/NO after de-identification (NO after pixel cleaning)."),
+    _c("PatientIdentityRemoved", pa.string(), "YES for every instance in the lake."),
+    _c("DeidentificationMethod", _STRINGS, "What the de-identification did, as recorded in the header."),
+    _c("LongitudinalTemporalInformationModified", pa.string(), "UNMODIFIED, MODIFIED or REMOVED."),
+    _c("TransferSyntaxUID", pa.string(), "Transfer syntax the instance is stored in."),
+)
+
+# The lake's own columns on each instance row.
+_LAKE_INSTANCE_COLUMNS: tuple[Column, ...] = (
+    _c("pixel_hash", pa.string(), "sha256:<hex> of the stored PixelData value (null when none)."),
+    _c("pixel_vr", pa.string(), "VR of the PixelData element (OB or OW), null when none."),
+    _c("pixel_bytes", pa.int64(), "Length of the stored PixelData value in bytes."),
+    _c("size_bytes", pa.int64(), "Size of the de-identified instance: header plus pixel data."),
+    _c("header_json", pa.string(), "The full de-identified header as DICOM JSON (PS3.18 F.2); "
+       "PixelData as a BulkDataURI naming the blob, other bulk data inline."),
+    _c("header_dicom", pa.binary(), "The de-identified Part-10 instance without PixelData (exact "
+       "bytes for reassembly)."),
+    _c("profile", pa.string(), "Name of the de-identification profile applied."),
+    _c("profile_version", pa.string(), "Version of that profile."),
+    _c("profile_sha256", pa.string(), "Hash of every byte the profile was built from."),
+    _c("pixels_cleaned", pa.bool_(), "Whether burned-in text was masked in the pixel data."),
+    _c("batch_id", pa.string(), "The ingest batch (one Delta commit) that added the row."),
+    _c("ingested_at", pa.timestamp("us", tz="UTC"), "When the row was committed."),
+)
+
+INSTANCES = Table(
+    "instances",
+    "One row per de-identified DICOM instance.",
+    DICOM_COLUMNS + _LAKE_INSTANCE_COLUMNS,
+)
+
+BATCHES = Table(
+    "batches",
+    "One row per ingest batch (one commit of instance rows).",
+    (
+        _c("batch_id", pa.string(), "Batch identifier."),
+        _c("source", pa.string(), "Where the batch came from: ingest, dicom-store, pull."),
+        _c("started_at", pa.timestamp("us", tz="UTC"), "When the batch started."),
+        _c("finished_at", pa.timestamp("us", tz="UTC"), "When the batch committed."),
+        _c("profile", pa.string(), "Profile name."),
+        _c("profile_version", pa.string(), "Profile version."),
+        _c("profile_sha256", pa.string(), "Profile hash."),
+        _c("files_seen", pa.int64(), "Files (or received instances) looked at."),
+        _c("ingested", pa.int64(), "Instances added."),
+        _c("duplicates", pa.int64(), "Instances already in the lake (or twice in the batch)."),
+        _c("quarantined", pa.int64(), "Files quarantined."),
+        _c("bytes_in", pa.int64(), "Bytes read."),
+        _c("blobs_written", pa.int64(), "New pixel blobs written."),
+        _c("actions", pa.map_(pa.string(), pa.int64()), "Count of each de-identification action."),
+        _c("catalog_version", pa.int64(), "The instances table version this batch committed."),
+    ),
+)
+
+QUARANTINE = Table(
+    "quarantine",
+    "One row per rejected file; the original bytes are kept encrypted with a vault key.",
+    (
+        _c("quarantined_at", pa.timestamp("us", tz="UTC"), "When it was rejected."),
+        _c("batch_id", pa.string(), "The batch that rejected it."),
+        _c("source_sha256", pa.string(), "sha256 of the original bytes (not reversible to content)."),
+        _c("size_bytes", pa.int64(), "Size of the original."),
+        _c("reason", pa.string(), "Reason code: not_dicom, empty, truncated, dicomdir, ..."),
+        _c("message", pa.string(), "Explanation, free of any original value."),
+        _c("object_key", pa.string(), "Path below the lake of the encrypted original."),
+    ),
+)
+
+TABLES: tuple[Table, ...] = (INSTANCES, BATCHES, QUARANTINE)

@@ -1,0 +1,140 @@
+"""Delta tables of the catalog: creation, appends with de-duplication, versions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+
+from lake._errors import CatalogError
+from lake.catalog._schema import TABLES, Table
+from lake.store import Location
+
+__all__ = ["DeltaTables"]
+
+_RETRIES = 20
+
+
+class DeltaTables:
+    """The catalog's Delta tables below ``<lake>/tables``.
+
+    Parameters
+    ----------
+    location : Location
+        The lake root.
+    """
+
+    def __init__(self, location: Location) -> None:
+        self.location = location
+
+    def uri(self, name: str) -> str:
+        """The deltalake URI of table ``name``."""
+        return self.location.url_of("tables", name)
+
+    @property
+    def storage_options(self) -> dict[str, str] | None:
+        opts = {k: str(v) for k, v in self.location.storage_options}
+        return opts or None
+
+    def create_all(self) -> None:
+        """Create every table that does not exist yet (idempotent)."""
+        for table in TABLES:
+            self.create(table)
+
+    def create(self, table: Table) -> None:
+        """Create ``table`` empty, unless it exists."""
+        if self.exists(table.name):
+            return
+        empty = table.schema.empty_table()
+        try:
+            write_deltalake(self.uri(table.name), empty, mode="append",
+                            storage_options=self.storage_options)
+        except CommitFailedError:
+            if not self.exists(table.name):
+                raise
+
+    def exists(self, name: str) -> bool:
+        """Whether table ``name`` exists."""
+        return bool(DeltaTable.is_deltatable(self.uri(name), storage_options=self.storage_options))
+
+    def open(self, name: str, version: int | None = None) -> DeltaTable:
+        """Open table ``name``, optionally at a past ``version``.
+
+        Raises
+        ------
+        CatalogError
+            If the table or the version does not exist.
+        """
+        try:
+            table = DeltaTable(self.uri(name), storage_options=self.storage_options)
+            if version is not None:
+                table.load_as_version(version)
+        except TableNotFoundError:
+            raise CatalogError(
+                f"catalog table {name!r} is missing; run 'lake init' on this lake"
+            ) from None
+        except Exception as exc:
+            if version is not None:
+                raise CatalogError(
+                    f"catalog version {version} of table {name!r} cannot be read: "
+                    f"{type(exc).__name__}; run 'lake info' for the current version"
+                ) from None
+            raise
+        return table
+
+    def append(self, table: Table, rows: Sequence[dict[str, Any]]) -> int:
+        """Append ``rows`` to ``table`` in one commit; returns the new version."""
+        data = pa.Table.from_pylist(list(rows), schema=table.schema)
+        write_deltalake(self.uri(table.name), data, mode="append",
+                        storage_options=self.storage_options)
+        return int(self.open(table.name).version())
+
+    def insert_new(self, table: Table, rows: Sequence[dict[str, Any]], key: str) -> tuple[int, int]:
+        """Insert the rows whose ``key`` is not in ``table`` yet, in one commit.
+
+        Rows are de-duplicated within ``rows`` too. The insert is a Delta MERGE, so
+        two writers racing to add the same key cannot both succeed; a conflicting
+        commit is retried.
+
+        Returns
+        -------
+        (inserted, version) : tuple of int
+            How many rows were added and the table version after the commit.
+        """
+        unique: dict[Any, dict[str, Any]] = {}
+        for row in rows:
+            unique.setdefault(row[key], row)
+        if not unique:
+            return 0, int(self.open(table.name).version())
+        data = pa.Table.from_pylist(list(unique.values()), schema=table.schema)
+        for attempt in range(_RETRIES):
+            dt = self.open(table.name)
+            existing = dt.to_pyarrow_dataset().to_table(
+                columns=[key], filter=pc.field(key).isin(data.column(key))
+            )
+            if existing.num_rows:
+                data = data.filter(pc.invert(pc.is_in(data.column(key), existing.column(key))))
+            if data.num_rows == 0:
+                return 0, int(dt.version())
+            try:
+                metrics = (
+                    dt.merge(data, predicate=f"t.{key} = s.{key}", source_alias="s",
+                             target_alias="t")
+                    .when_not_matched_insert_all()
+                    .execute()
+                )
+            except CommitFailedError:
+                time.sleep(0.05 * (attempt + 1))
+                continue
+            return int(metrics.get("num_target_rows_inserted", data.num_rows)), int(
+                self.open(table.name).version()
+            )
+        raise CatalogError(
+            f"could not commit to {table.name!r} after {_RETRIES} attempts (too many concurrent "
+            "writers); re-run the command, it resumes without duplicates"
+        )

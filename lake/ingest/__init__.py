@@ -1,0 +1,25 @@
+"""Ingest: files, folders and zips (or received instances) -> de-identified lake rows."""
+
+from lake.ingest._instance import Accepted, IngestContext, Outcome, Rejected, process_bytes
+from lake.ingest._quarantine import decrypt, quarantine_key
+from lake.ingest._run import BatchResult, IngestSummary, Ingestor, ingest
+from lake.ingest._scheduler import SCHEDULERS, Runner
+from lake.ingest._sources import SourceItem, iter_items
+
+__all__ = [
+    "SCHEDULERS",
+    "Accepted",
+    "BatchResult",
+    "IngestContext",
+    "IngestSummary",
+    "Ingestor",
+    "Outcome",
+    "Rejected",
+    "Runner",
+    "SourceItem",
+    "decrypt",
+    "ingest",
+    "iter_items",
+    "process_bytes",
+    "quarantine_key",
+]

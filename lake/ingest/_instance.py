@@ -1,0 +1,246 @@
+"""Processing one instance: parse, check, de-identify, store pixels, build the catalog row.
+
+This runs on Dask workers. It never raises for bad input: a file that cannot be
+ingested becomes a :class:`Rejected` outcome with a reason code and a message that
+holds no original value.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom import config, dcmread, dcmwrite
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from lake._errors import DeidRefusedError
+from lake.catalog import dicom_values
+from lake.deid import Deidentifier
+from lake.ingest._quarantine import store_rejected
+from lake.store import BlobStore, Location, blob_key
+
+__all__ = ["Accepted", "IngestContext", "Outcome", "Rejected", "process_bytes"]
+
+_DICOMDIR = "1.2.840.10008.1.3.10"
+_PIXEL_DATA = 0x7FE00010
+_HEADER_BULK_URI = "urn:imaging-lake:header_dicom"
+_UNDEFINED = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class IngestContext:
+    """Everything a worker needs; pickled once per run and shipped to workers."""
+
+    location: Location
+    engine: Deidentifier
+    quarantine_key: bytes = field(repr=False)
+
+
+@dataclass
+class Accepted:
+    """An instance ready to commit."""
+
+    row: dict[str, Any]
+    actions: Counter[str]
+    blob_written: bool
+    bytes_in: int
+
+
+@dataclass
+class Rejected:
+    """A file that was quarantined."""
+
+    record: dict[str, Any]
+    bytes_in: int
+
+
+Outcome = Accepted | Rejected
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _parse(data: bytes) -> Dataset:
+    if not data:
+        raise _Reject("empty", "the file is empty")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = dcmread(io.BytesIO(data))
+        except InvalidDicomError:
+            try:
+                ds = dcmread(io.BytesIO(data), force=True)
+            except Exception as exc:  # noqa: BLE001 - any parser failure means "not DICOM"
+                raise _Reject("not_dicom", f"not a DICOM file ({type(exc).__name__})") from None
+            if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
+                raise _Reject("not_dicom", "not a DICOM file (no preamble and no SOP identity)")
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt input
+            raise _Reject("unreadable", f"the DICOM parser failed ({type(exc).__name__})") from None
+        try:
+            ds.PixelData  # noqa: B018 - force the raw pixel element to be read now
+        except AttributeError:
+            pass
+        except Exception as exc:  # noqa: BLE001
+            raise _Reject("truncated", f"pixel data cannot be read ({type(exc).__name__})") from None
+    if any("End of file" in str(w.message) or "truncated" in str(w.message).lower() for w in caught):
+        raise _Reject("truncated", "the file ends before its last element is complete")
+    return ds
+
+
+def _check(ds: Dataset) -> None:
+    meta = getattr(ds, "file_meta", None)
+    sop_class = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
+    if sop_class == _DICOMDIR or "DirectoryRecordSequence" in ds:
+        raise _Reject("dicomdir", "a DICOMDIR index, not an instance; ingest the folder it indexes")
+    for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not ds.get(keyword):
+            raise _Reject("missing_uid", f"the instance has no {keyword}")
+    for elem in ds._dict.values():  # raw elements: compare the declared and read lengths
+        length = getattr(elem, "length", None)
+        value = getattr(elem, "value", None)
+        if (
+            isinstance(length, int)
+            and length != _UNDEFINED
+            and isinstance(value, bytes)
+            and len(value) < length
+        ):
+            raise _Reject("truncated", "the file ends before its last element is complete")
+    if "Rows" in ds and "PixelData" not in ds and "FloatPixelData" not in ds:
+        if "DoubleFloatPixelData" not in ds:
+            raise _Reject("truncated", "an image without pixel data (truncated file?)")
+    if "PixelData" in ds:
+        _check_native_length(ds)
+
+
+def _check_native_length(ds: Dataset) -> None:
+    syntax = _transfer_syntax(ds)
+    if syntax.is_encapsulated or syntax.is_deflated:
+        return
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        expected = (
+            int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+            * int(ds.BitsAllocated) * frames
+        ) // 8
+    except (AttributeError, TypeError, ValueError):
+        raise _Reject("bad_image", "pixel module attributes are missing or malformed") from None
+    if len(ds.PixelData) < expected:
+        raise _Reject("truncated", "pixel data is shorter than Rows x Columns x frames")
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax:
+        return UID(syntax)
+    return ImplicitVRLittleEndian if ds.is_implicit_VR else ExplicitVRLittleEndian
+
+
+def _ensure_meta(ds: Dataset) -> None:
+    syntax = _transfer_syntax(ds)
+    if not isinstance(getattr(ds, "file_meta", None), FileMetaDataset):
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+
+def _header_bytes(ds: Dataset) -> bytes:
+    out = io.BytesIO()
+    dcmwrite(out, ds, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _bulk_uri(_elem: Any) -> str:
+    return _HEADER_BULK_URI
+
+
+def _reject(ctx: IngestContext, data: bytes, reason: str, message: str) -> Rejected:
+    digest, object_key = store_rejected(ctx.location, data, ctx.quarantine_key)
+    record = {
+        "source_sha256": digest,
+        "size_bytes": len(data),
+        "reason": reason,
+        "message": message,
+        "object_key": object_key,
+    }
+    return Rejected(record, len(data))
+
+
+def process_bytes(data: bytes, ctx: IngestContext) -> Outcome:
+    """Ingest one file's bytes up to (not including) the catalog commit.
+
+    Parameters
+    ----------
+    data : bytes
+        The original (identified) file content. It is never stored in clear.
+    ctx : IngestContext
+        The lake, the compiled de-identification engine and the quarantine key.
+
+    Returns
+    -------
+    Accepted or Rejected
+    """
+    # Warnings from the DICOM parser quote original values: they must never reach a log.
+    config.settings.reading_validation_mode = config.IGNORE
+    config.settings.writing_validation_mode = config.IGNORE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _process(data, ctx)
+
+
+def _process(data: bytes, ctx: IngestContext) -> Outcome:
+    try:
+        ds = _parse(data)
+        _check(ds)
+        try:
+            result = ctx.engine.apply(ds)
+        except DeidRefusedError as exc:
+            raise _Reject(exc.reason, str(exc)) from None
+        _ensure_meta(ds)
+        row = dicom_values(ds)
+        pixel_hash: str | None = None
+        pixel_vr: str | None = None
+        pixel_len = 0
+        blob_written = False
+        if _PIXEL_DATA in ds:
+            elem = ds[_PIXEL_DATA]
+            pixels: bytes = elem.value
+            pixel_vr = elem.VR
+            pixel_len = len(pixels)
+            pixel_hash, blob_written = BlobStore(ctx.location).put_new(pixels, blob_key(pixels))
+            del ds[_PIXEL_DATA]
+        header = _header_bytes(ds)
+        header_json = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=_bulk_uri)
+        if pixel_hash is not None:
+            header_json["7FE00010"] = {"vr": pixel_vr, "BulkDataURI": pixel_hash}
+    except _Reject as rejection:
+        return _reject(ctx, data, rejection.reason, rejection.message)
+    except Exception as exc:  # noqa: BLE001 - one bad file must not sink the batch
+        return _reject(
+            ctx, data, "processing_error",
+            f"processing failed ({type(exc).__name__}); the original is kept sealed for review",
+        )
+    row.update(
+        pixel_hash=pixel_hash,
+        pixel_vr=pixel_vr,
+        pixel_bytes=pixel_len,
+        size_bytes=len(header) + pixel_len,
+        header_json=json.dumps(header_json, separators=(",", ":"), sort_keys=True),
+        header_dicom=header,
+        profile=ctx.engine.profile.name,
+        profile_version=ctx.engine.profile.version,
+        profile_sha256=ctx.engine.profile.sha256,
+        pixels_cleaned=bool(getattr(result, "pixels_cleaned", False)),
+    )
+    return Accepted(row, Counter(result.actions), blob_written, len(data))

@@ -1,0 +1,108 @@
+"""Running per-chunk tasks on Dask: in-process, a local cluster, or a remote scheduler."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Any, TypeVar
+
+from lake._errors import ConfigError
+
+__all__ = ["Runner", "SCHEDULERS"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+SCHEDULERS = ("processes", "threads", "sync")
+
+
+class Runner(AbstractContextManager["Runner"]):
+    """Map a function over tasks with at most ``window`` in flight, yielding results as they finish.
+
+    Parameters
+    ----------
+    scheduler : str
+        ``"processes"`` (a local ``dask.distributed`` cluster of worker processes, started
+        with ``spawn``), ``"threads"`` (a local cluster of threads), ``"sync"`` (in this
+        process, no cluster), or the address of a running scheduler (``tcp://host:8786``).
+    workers : int, optional
+        Local worker count (default: the number of CPUs).
+    """
+
+    def __init__(self, scheduler: str = "processes", workers: int | None = None) -> None:
+        self.scheduler = scheduler
+        self.workers = workers or os.cpu_count() or 1
+        self._client: Any = None
+        self._cluster: Any = None
+        if scheduler not in SCHEDULERS and "://" not in scheduler:
+            raise ConfigError(
+                f"unknown scheduler {scheduler!r}; use one of {', '.join(SCHEDULERS)} or an "
+                "address such as tcp://127.0.0.1:8786"
+            )
+
+    @property
+    def window(self) -> int:
+        return 2 * self.workers if self.scheduler != "sync" else 1
+
+    def __enter__(self) -> Runner:
+        if self.scheduler == "sync":
+            return self
+        from distributed import Client, LocalCluster
+
+        if "://" in self.scheduler:
+            try:
+                self._client = Client(self.scheduler, timeout="10s")
+            except OSError:
+                raise ConfigError(
+                    f"cannot reach the Dask scheduler at {self.scheduler}; is it running?"
+                ) from None
+            return self
+        self._cluster = LocalCluster(
+            n_workers=self.workers if self.scheduler == "processes" else 1,
+            threads_per_worker=1 if self.scheduler == "processes" else self.workers,
+            processes=self.scheduler == "processes",
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        self._client = Client(self._cluster)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+    def map(self, func: Callable[[T, Any], R], tasks: Iterable[T], shared: Any) -> Iterator[R]:
+        """Yield ``func(task, shared)`` for each task, in completion order.
+
+        ``shared`` is sent to the workers once, not with every task.
+        """
+        if self._client is None:
+            for task in tasks:
+                yield func(task, shared)
+            return
+        from distributed import as_completed
+
+        shared_future = self._client.scatter(shared, broadcast=True)
+        iterator = iter(tasks)
+        pending = as_completed()
+        for task in iterator:
+            pending.add(self._client.submit(func, task, shared_future, pure=False))
+            if pending.count() >= self.window:
+                break
+        for future in pending:
+            result = future.result()
+            future.release()
+            for task in iterator:
+                pending.add(self._client.submit(func, task, shared_future, pure=False))
+                break
+            yield result

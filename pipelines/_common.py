@@ -1,0 +1,89 @@
+"""What every command shares: the lake/vault options, consoles, exit codes, error handling."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+import lake
+from lake import LakeError
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTERNAL",
+    "EXIT_OK",
+    "EXIT_PROBLEMS",
+    "EXIT_QUARANTINED",
+    "EXIT_USAGE",
+    "LakeOption",
+    "VaultOption",
+    "err",
+    "open_lake",
+    "out",
+    "reported",
+]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_QUARANTINED = 3
+EXIT_PROBLEMS = 4
+EXIT_INTERNAL = 70
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success; 1 error (message on stderr); 2 usage error; "
+    "3 finished but some files were quarantined; 4 problems found (verify, export skips); "
+    "70 internal error."
+)
+
+out = Console()
+err = Console(stderr=True)
+
+LakeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--lake",
+        envvar="LAKE_ROOT",
+        help="Lake root: a folder or an fsspec URL (s3://bucket/lake). Default: $LAKE_ROOT.",
+        show_default=False,
+    ),
+]
+VaultOption = Annotated[
+    str | None,
+    typer.Option(
+        "--vault",
+        envvar="LAKE_VAULT",
+        help="Key vault folder, outside the lake. Default: $LAKE_VAULT.",
+        show_default=False,
+    ),
+]
+
+
+def open_lake(root: str | None) -> lake.Lake:
+    """The lake named by ``--lake``/``LAKE_ROOT`` (storage options from ``LAKE_STORAGE_*``)."""
+    return lake.open(root, storage_options=storage_options())
+
+
+def storage_options() -> dict[str, str] | None:
+    """fsspec/deltalake options from ``LAKE_STORAGE_<NAME>`` variables (e.g. endpoint_url)."""
+    prefix = "LAKE_STORAGE_"
+    opts = {k[len(prefix):].lower(): v for k, v in os.environ.items() if k.startswith(prefix)}
+    return opts or None
+
+
+@contextmanager
+def reported() -> Iterator[None]:
+    """Turn library errors into one line on stderr and an exit code."""
+    try:
+        yield
+    except LakeError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    except KeyboardInterrupt:
+        err.print("interrupted; re-run the same command to finish (no duplicates are created)")
+        raise typer.Exit(130) from None

@@ -1,0 +1,273 @@
+"""Core commands: init, ingest, sql, info, verify."""
+
+from __future__ import annotations
+
+import enum
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+import lake
+from lake.ingest import SCHEDULERS, IngestSummary, iter_items
+from pipelines._common import (
+    EXIT_PROBLEMS,
+    EXIT_QUARANTINED,
+    LakeOption,
+    VaultOption,
+    err,
+    open_lake,
+    out,
+    reported,
+    storage_options,
+)
+
+__all__ = ["info", "ingest", "init", "sql", "verify"]
+
+
+def init(lake_root: LakeOption = None, vault: VaultOption = None) -> None:
+    """Create a lake (idempotent) and its key in the vault (mode 0600, outside the lake)."""
+    with reported():
+        lk = lake.init(lake_root, vault=vault, storage_options=storage_options())
+        out.print(f"lake ready at {lk.root} (id {lk.config.lake_id})", highlight=False)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]ingest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+def _summary(summary: IngestSummary) -> Table:
+    table = Table(title="ingest summary", show_header=False)
+    mb = summary.bytes_in / 1e6
+    rows = [
+        ("files seen", f"{summary.files_seen:,}"),
+        ("ingested", f"{summary.ingested:,}"),
+        ("duplicates", f"{summary.duplicates:,}"),
+        ("quarantined", f"{summary.quarantined:,}"),
+        ("bytes read", f"{mb:,.1f} MB"),
+        ("new pixel blobs", f"{summary.blobs_written:,}"),
+        ("elapsed", f"{summary.elapsed:.1f} s ({summary.files_per_second:,.0f} files/s, "
+                    f"{mb / summary.elapsed if summary.elapsed else 0:,.1f} MB/s)"),
+        ("catalog version", str(summary.catalog_version)),
+    ]
+    for reason, count in sorted(summary.reasons.items()):
+        rows.append((f"  quarantined: {reason}", f"{count:,}"))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def ingest(
+    sources: Annotated[list[Path], typer.Argument(help="Files, folders (recursive) and .zip archives.")],
+    lake_root: LakeOption = None,
+    vault: VaultOption = None,
+    profile: Annotated[
+        str | None, typer.Option(help="De-identification profile: a built-in name or a file.")
+    ] = None,
+    scheduler: Annotated[
+        str,
+        typer.Option(help=f"Dask scheduler: {', '.join(SCHEDULERS)}, or an address tcp://HOST:PORT."),
+    ] = "processes",
+    workers: Annotated[int | None, typer.Option(help="Local workers (default: CPU count).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Instances per catalog commit.")] = 1000,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """De-identify and ingest DICOM files, folders and zips.
+
+    Bad files (not DICOM, empty, truncated, DICOMDIR, refused by the profile) are
+    quarantined with a reason, sealed with a vault key; the rest of the batch lands.
+    Exit code 3 when anything was quarantined.
+    """
+    with reported():
+        lk = open_lake(lake_root)
+        secret = lk.secret(vault)
+        total = sum(1 for _ in iter_items(str(s) for s in sources))
+        with _progress() as progress:
+            task = progress.add_task("ingest", total=total, rate="")
+            started = progress.get_time()
+
+            def advance(files: int, _bytes: int) -> None:
+                progress.advance(task, files)
+                done = progress.tasks[0].completed
+                elapsed = progress.get_time() - started
+                rate = f"{done / elapsed:,.0f} files/s" if elapsed > 0 else ""
+                progress.update(task, rate=rate)
+
+            if quiet:
+                progress.stop()
+            from lake.ingest import ingest as run_ingest
+
+            summary = run_ingest(
+                lk,
+                [str(s) for s in sources],
+                secret,
+                profile=profile,
+                scheduler=scheduler,
+                workers=workers,
+                batch_size=batch_size,
+                on_progress=advance,
+            )
+        err.print(_summary(summary))
+    if summary.quarantined:
+        raise typer.Exit(EXIT_QUARANTINED)
+
+
+class Format(enum.StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+def sql(
+    query: Annotated[str, typer.Argument(help="DuckDB SQL over instances, series, studies, patients.")],
+    lake_root: LakeOption = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    as_of: Annotated[
+        int | None, typer.Option("--as-of", help="Query this catalog version (see 'lake info').")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """Run SQL against the catalog.
+
+    Tables: instances, batches, quarantine. Views: series, studies, patients.
+    json prints an array of row objects; parquet needs --output or a redirected stdout.
+    """
+    with reported():
+        lk = open_lake(lake_root)
+        relation = lk.sql(query, as_of=as_of)
+        try:
+            arrow = relation.arrow()
+        except Exception as exc:  # noqa: BLE001 - DuckDB raises many types at execution
+            raise lake.QueryError(f"query failed: {str(exc).splitlines()[0]}") from None
+        if hasattr(arrow, "read_all"):
+            arrow = arrow.read_all()
+        _emit(arrow, fmt, output)
+
+
+def _emit(arrow: object, fmt: Format, output: Path | None) -> None:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    assert isinstance(arrow, pa.Table)
+    if fmt is Format.parquet:
+        if output is None and sys.stdout.isatty():
+            raise lake.ConfigError("parquet output is binary: pass --output FILE or redirect stdout")
+        sink = io.BytesIO()
+        pq.write_table(arrow, sink)
+        _write_bytes(sink.getvalue(), output)
+        return
+    if fmt is Format.csv:
+        sink = io.BytesIO()
+        pacsv.write_csv(arrow, sink)
+        _write_bytes(sink.getvalue(), output)
+        return
+    if fmt is Format.json:
+        text = json.dumps(arrow.to_pylist(), default=_json_default, indent=None) + "\n"
+        _write_bytes(text.encode(), output)
+        return
+    table = Table(show_lines=False)
+    for name in arrow.column_names:
+        table.add_column(name, overflow="fold")
+    for row in arrow.to_pylist():
+        table.add_row(*("" if v is None else _cell(v) for v in row.values()))
+    if output is not None:
+        with output.open("w") as fh:
+            from rich.console import Console
+
+            Console(file=fh, width=200).print(table)
+    else:
+        out.print(table)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    return str(value)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes):
+        import base64
+
+        return base64.b64encode(value).decode()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, dict | list | tuple):
+        return value
+    return str(value)
+
+
+def _write_bytes(data: bytes, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        output.write_bytes(data)
+
+
+def info(lake_root: LakeOption = None) -> None:
+    """Counts, sizes, dedup ratio and the current catalog version."""
+    with reported():
+        lk = open_lake(lake_root)
+        facts = lk.info()
+        table = Table(title=f"lake {lk.root}", show_header=False)
+        for key, value in [
+            ("catalog version", str(facts.version)),
+            ("patients", f"{facts.patients:,}"),
+            ("studies", f"{facts.studies:,}"),
+            ("series", f"{facts.series:,}"),
+            ("instances", f"{facts.instances:,}"),
+            ("pixel blobs", f"{facts.blobs:,}"),
+            ("pixel bytes referenced", f"{facts.pixel_bytes_referenced / 1e6:,.1f} MB"),
+            ("pixel bytes stored", f"{facts.pixel_bytes_stored / 1e6:,.1f} MB"),
+            ("dedup ratio", f"{facts.dedup_ratio:.2f}"),
+            ("quarantined files", f"{facts.quarantined:,}"),
+            ("batches", f"{facts.batches:,}"),
+        ]:
+            table.add_row(key, value)
+        out.print(table)
+
+
+def verify(lake_root: LakeOption = None) -> None:
+    """Re-hash every blob and check that every row's blob exists (exit 4 on problems)."""
+    with reported():
+        lk = open_lake(lake_root)
+        report = lk.verify()
+    for key in report.corrupt:
+        err.print(f"corrupt blob: {key}")
+    for key in report.missing:
+        err.print(f"missing blob: {key}")
+    out.print(
+        f"checked {report.blobs_checked:,} blobs and {report.rows_checked:,} rows: "
+        f"{len(report.corrupt)} corrupt, {len(report.missing)} missing, "
+        f"{len(report.orphans)} unreferenced (harmless)"
+    )
+    if not report.ok:
+        raise typer.Exit(EXIT_PROBLEMS)

@@ -1,0 +1,1 @@
+"""Built-in de-identification profiles (data; shipped in the wheel as ``lake.profiles``)."""
