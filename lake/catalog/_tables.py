@@ -114,11 +114,12 @@ class DeltaTables:
         data = pa.Table.from_pylist(list(unique.values()), schema=table.schema)
         for attempt in range(_RETRIES):
             dt = self.open(table.name)
-            existing = dt.to_pyarrow_dataset().to_table(
-                columns=[key], filter=pc.field(key).isin(data.column(key))
-            )
-            if existing.num_rows:
-                data = data.filter(pc.invert(pc.is_in(data.column(key), existing.column(key))))
+            # One column of the table is read; delta-rs' string_view statistics defeat a pushed-down
+            # IN filter here, and the MERGE below is what guarantees uniqueness anyway.
+            existing = dt.to_pyarrow_dataset().to_table(columns=[key]).column(key)
+            if len(existing):
+                existing = existing.cast(pa.string())
+                data = data.filter(pc.invert(pc.is_in(data.column(key), value_set=existing)))
             if data.num_rows == 0:
                 return 0, int(dt.version())
             try:

@@ -102,9 +102,6 @@ def _check(ds: Dataset) -> None:
     sop_class = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
     if sop_class == _DICOMDIR or "DirectoryRecordSequence" in ds:
         raise _Reject("dicomdir", "a DICOMDIR index, not an instance; ingest the folder it indexes")
-    for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        if not ds.get(keyword):
-            raise _Reject("missing_uid", f"the instance has no {keyword}")
     for elem in ds._dict.values():  # raw elements: compare the declared and read lengths
         length = getattr(elem, "length", None)
         value = getattr(elem, "value", None)
@@ -115,6 +112,9 @@ def _check(ds: Dataset) -> None:
             and len(value) < length
         ):
             raise _Reject("truncated", "the file ends before its last element is complete")
+    for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not ds.get(keyword):
+            raise _Reject("missing_uid", f"the instance has no {keyword}")
     if "Rows" in ds and "PixelData" not in ds and "FloatPixelData" not in ds:
         if "DoubleFloatPixelData" not in ds:
             raise _Reject("truncated", "an image without pixel data (truncated file?)")

@@ -252,13 +252,14 @@ def ingest(
     pending: list[Outcome] = []
     batch_started = _now()
     with Runner(scheduler, workers) as runner:
-        for outcomes in runner.map(_process_items, _chunks(items, task_size), ingestor.context):
+        tasks = _chunks(items, max(1, min(task_size, batch_size)))
+        for outcomes in runner.map(_process_items, tasks, ingestor.context):
             pending.extend(outcomes)
             if on_progress is not None:
                 on_progress(len(outcomes), sum(o.bytes_in for o in outcomes))
-            if len(pending) >= batch_size:
-                summary.add(ingestor.commit(pending, batch_started))
-                pending, batch_started = [], _now()
+            while len(pending) >= batch_size:
+                summary.add(ingestor.commit(pending[:batch_size], batch_started))
+                pending, batch_started = pending[batch_size:], _now()
         if pending or not summary.batches:
             summary.add(ingestor.commit(pending, batch_started))
     summary.elapsed = time.perf_counter() - started

@@ -1,0 +1,67 @@
+"""Shared fixtures: a fresh lake with its vault, and real DICOM inputs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+import lake
+from tests.series import write_ct_series
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# A handful of pydicom's own files: several modalities and transfer syntaxes.
+SAMPLE_FILES = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "JPEG2000.dcm",
+    "SC_rgb_rle.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "rtplan.dcm",
+    "emri_small.dcm",
+)
+
+
+@pytest.fixture
+def vault_dir(tmp_path: Path) -> Path:
+    return tmp_path / "vault"
+
+
+@pytest.fixture
+def lake_root(tmp_path: Path) -> Path:
+    return tmp_path / "lake"
+
+
+@pytest.fixture
+def lk(lake_root: Path, vault_dir: Path) -> lake.Lake:
+    return lake.init(lake_root, vault=vault_dir)
+
+
+@pytest.fixture
+def samples(tmp_path: Path) -> Path:
+    """A folder of real DICOM files from pydicom's test data."""
+    folder = tmp_path / "in" / "samples"
+    folder.mkdir(parents=True)
+    for name in SAMPLE_FILES:
+        path = get_testdata_file(name)
+        assert path is not None, name
+        shutil.copy(path, folder / name)
+    return folder
+
+
+@pytest.fixture
+def ct_folder(tmp_path: Path) -> Path:
+    """A generated 12-slice CT series."""
+    folder = tmp_path / "in" / "ct"
+    write_ct_series(folder, 12)
+    return folder
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA
