@@ -1,0 +1,257 @@
+"""Synthetic DICOM series for NIfTI tests, benchmarks and documentation examples.
+
+Every dataset is a complete, valid single-frame CT or MR instance (file meta included) that
+``dcm2niix`` reads too. Voxel values encode their physical position, so a mis-sorted slice,
+a flipped axis or a swapped volume changes the array. Output is deterministic for given
+arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    generate_uid,
+)
+
+__all__ = ["AXIAL", "CORONAL", "SAGITTAL", "synthetic_series"]
+
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+
+#: Values a PHI test can search for in every output: they must never appear there.
+PHI_SENTINELS = {
+    "PatientName": "SENTINEL^PATIENT",
+    "PatientID": "SENTINEL-PID-0001",
+    "PatientBirthDate": "19010203",
+    "InstitutionName": "SENTINEL HOSPITAL",
+    "ReferringPhysicianName": "SENTINEL^DOCTOR",
+    "AccessionNumber": "SENTACC0001",
+    "StationName": "SENTINELSTATION",
+    "DeviceSerialNumber": "SENTSERIAL01",
+}
+
+
+def _uid(*parts: object) -> UID:
+    return generate_uid(entropy_srcs=[str(p) for p in parts])
+
+
+def _rotation(iop: Sequence[float], tilt_degrees: float) -> tuple[NDArray[np.float64], ...]:
+    row = np.array(iop[:3], dtype=np.float64)
+    col = np.array(iop[3:], dtype=np.float64)
+    if tilt_degrees:
+        # tilt the plane about the row direction (gantry tilt about the patient's x axis)
+        angle = math.radians(tilt_degrees)
+        normal = np.cross(row, col)
+        col = math.cos(angle) * col + math.sin(angle) * normal
+    return row, col, np.cross(row, col)
+
+
+def synthetic_series(
+    *,
+    n_slices: int = 20,
+    rows: int = 64,
+    cols: int = 64,
+    modality: str = "CT",
+    orientation: Sequence[float] = AXIAL,
+    pixel_spacing: tuple[float, float] = (0.8, 0.7),
+    slice_spacing: float = 2.5,
+    origin: Sequence[float] = (-30.0, -40.0, 10.0),
+    positions: Sequence[float] | None = None,
+    gap_after: int | None = None,
+    tilt_degrees: float = 0.0,
+    n_volumes: int = 1,
+    echo_times: Sequence[float] | None = None,
+    bvalues: Sequence[float] | None = None,
+    bvecs: Sequence[Sequence[float]] | None = None,
+    rescale: tuple[float, float] = (1.0, -1024.0),
+    rescale_per_slice: bool = False,
+    signed: bool = False,
+    bits_stored: int = 12,
+    repetition_time: float = 2000.0,
+    noise: float = 0.0,
+    instance_numbers: str = "ordered",
+    seed: int = 0,
+    series_tag: str = "synth",
+) -> list[Dataset]:
+    """A series of single-frame instances with known geometry.
+
+    Parameters
+    ----------
+    n_slices, rows, cols : int
+        Matrix size of one volume.
+    modality : str
+        ``"CT"`` or ``"MR"`` (MR adds TE/TR/flip angle, no rescale unless asked).
+    orientation : sequence of float
+        ``ImageOrientationPatient``.
+    pixel_spacing : tuple of float
+        ``PixelSpacing`` (row spacing, column spacing).
+    slice_spacing : float
+        Distance between slices along the normal (mm).
+    origin : sequence of float
+        Position of the first slice's first pixel (LPS).
+    positions : sequence of float, optional
+        Explicit slice offsets along the normal (mm), overriding ``n_slices``/spacing.
+    gap_after : int, optional
+        Leave out the slice after this index (a missing instance).
+    tilt_degrees : float
+        Gantry tilt: planes tilted, slice origins still advance along the table axis.
+    n_volumes : int
+        Repeat the stack this many times (4D: fMRI, DWI), ``AcquisitionNumber`` 1..n.
+    echo_times : sequence of float, optional
+        Multi-echo: one stack per echo (ms), ``EchoNumbers`` 1..n.
+    bvalues, bvecs : optional
+        Diffusion encoding per volume (LPS directions) in DiffusionBValue /
+        DiffusionGradientOrientation.
+    rescale : tuple of float
+        ``(RescaleSlope, RescaleIntercept)``.
+    rescale_per_slice : bool
+        Give every slice a different slope (forces float32 output).
+    signed : bool
+        ``PixelRepresentation`` 1.
+    bits_stored : int
+        ``BitsStored`` (``BitsAllocated`` is 16).
+    repetition_time : float
+        TR in ms (MR).
+    noise : float
+        Standard deviation of added noise in stored units (realistic compression ratios).
+    instance_numbers : str
+        ``"ordered"``, ``"reversed"`` or ``"shuffled"`` (geometry must not depend on it).
+    seed : int
+        Seed for noise and shuffling.
+    series_tag : str
+        Makes the UIDs of different synthetic series distinct.
+
+    Returns
+    -------
+    list of pydicom.dataset.Dataset
+        The instances in acquisition order.
+
+    Examples
+    --------
+    >>> series = synthetic_series(n_slices=3, rows=4, cols=4)
+    >>> [float(ds.ImagePositionPatient[2]) for ds in series]
+    [10.0, 12.5, 15.0]
+    """
+    rng = np.random.default_rng(seed)
+    offsets = list(positions) if positions is not None else [
+        k * slice_spacing for k in range(n_slices)
+    ]
+    if gap_after is not None:
+        offsets = offsets[: gap_after + 1] + offsets[gap_after + 2 :]
+    row, col, normal = _rotation(orientation, tilt_degrees)
+    table_axis = np.cross(np.array(orientation[:3]), np.array(orientation[3:]))
+    step_axis = table_axis if tilt_degrees else normal
+    echoes = list(echo_times) if echo_times else [None]
+    study = _uid(series_tag, "study")
+    series_uid = _uid(series_tag, "series")
+    frame_of_reference = _uid(series_tag, "for")
+    sop_class = CTImageStorage if modality == "CT" else MRImageStorage
+    pr, pc = pixel_spacing
+    r_idx, c_idx = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    instances: list[Dataset] = []
+    high = (1 << bits_stored) - 1 if not signed else (1 << (bits_stored - 1)) - 1
+    low = 0 if not signed else -(1 << (bits_stored - 1))
+    for v in range(n_volumes):
+        for e, te in enumerate(echoes):
+            for k, offset in enumerate(offsets):
+                position = np.array(origin, dtype=np.float64) + offset * step_axis
+                # world coordinates of every pixel centre (LPS), then a smooth pattern
+                world = (
+                    position[None, None, :]
+                    + c_idx[..., None] * pc * row[None, None, :]
+                    + r_idx[..., None] * pr * col[None, None, :]
+                )
+                pattern = (
+                    3.0 * world[..., 0]
+                    + 5.0 * world[..., 1]
+                    + 7.0 * world[..., 2]
+                    + 50.0 * v
+                    + 400.0 * e
+                )
+                values = 1200.0 + pattern
+                if noise:
+                    values = values + rng.normal(0.0, noise, values.shape)
+                pixels = np.clip(np.round(values), low, high)
+                dtype = np.int16 if signed else np.uint16
+                ds = Dataset()
+                ds.file_meta = FileMetaDataset()
+                ds.file_meta.MediaStorageSOPClassUID = sop_class
+                sop_uid = _uid(series_tag, v, e, k)
+                ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+                ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+                ds.SOPClassUID = sop_class
+                ds.SOPInstanceUID = sop_uid
+                ds.StudyInstanceUID = study
+                ds.SeriesInstanceUID = series_uid
+                ds.FrameOfReferenceUID = frame_of_reference
+                ds.Modality = modality
+                ds.Manufacturer = "LAKE-SYNTH"
+                ds.ManufacturerModelName = "Phantom"
+                for keyword, value in PHI_SENTINELS.items():
+                    setattr(ds, keyword, value)
+                ds.SeriesNumber = 7
+                ds.SeriesDescription = "synthetic"
+                ds.AcquisitionNumber = v + 1
+                ds.AcquisitionTime = f"{10 + v // 60:02d}{v % 60:02d}{k % 60:02d}.000000"
+                ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+                ds.ImagePositionPatient = [round(float(x), 6) for x in position]
+                ds.ImageOrientationPatient = [round(float(x), 8) for x in (*row, *col)]
+                ds.PixelSpacing = [pr, pc]
+                ds.SliceThickness = slice_spacing
+                ds.PatientPosition = "HFS"
+                ds.Rows = rows
+                ds.Columns = cols
+                ds.SamplesPerPixel = 1
+                ds.PhotometricInterpretation = "MONOCHROME2"
+                ds.BitsAllocated = 16
+                ds.BitsStored = bits_stored
+                ds.HighBit = bits_stored - 1
+                ds.PixelRepresentation = 1 if signed else 0
+                if modality == "CT":
+                    ds.KVP = 120
+                    slope = rescale[0] * (1.0 + 0.01 * k if rescale_per_slice else 1.0)
+                    ds.RescaleSlope = f"{slope:.6g}"
+                    ds.RescaleIntercept = rescale[1]
+                    ds.RescaleType = "HU"
+                    if tilt_degrees:
+                        ds.GantryDetectorTilt = tilt_degrees
+                else:
+                    ds.MagneticFieldStrength = 3
+                    ds.RepetitionTime = repetition_time
+                    ds.EchoTime = te if te is not None else 30.0
+                    ds.EchoNumbers = e + 1
+                    ds.FlipAngle = 90
+                    ds.MRAcquisitionType = "2D"
+                    ds.ScanningSequence = "EP" if bvalues else "GR"
+                    ds.SequenceVariant = "NONE"
+                    ds.InPlanePhaseEncodingDirection = "COL"
+                    if rescale_per_slice or rescale != (1.0, -1024.0):
+                        slope = rescale[0] * (1.0 + 0.01 * k if rescale_per_slice else 1.0)
+                        ds.RescaleSlope = f"{slope:.6g}"
+                        ds.RescaleIntercept = rescale[1] if rescale != (1.0, -1024.0) else 0
+                if bvalues is not None:
+                    ds.DiffusionBValue = float(bvalues[v])
+                    if bvecs is not None:
+                        ds.DiffusionGradientOrientation = [float(x) for x in bvecs[v]]
+                ds.PixelData = pixels.astype(dtype).tobytes()
+                instances.append(ds)
+    numbers = np.arange(1, len(instances) + 1)
+    if instance_numbers == "reversed":
+        numbers = numbers[::-1]
+    elif instance_numbers == "shuffled":
+        numbers = rng.permutation(numbers)
+    for ds, number in zip(instances, numbers, strict=True):
+        ds.InstanceNumber = int(number)
+    return instances

@@ -1,0 +1,775 @@
+"""Pixel assembly for NIfTI export: frames out of datasets, stacks and mosaics into arrays.
+
+A *frame* is one 2D image: a single-frame instance, or one frame of a multi-frame instance
+(its attributes looked up in the per-frame, then shared functional groups). Frames are
+grouped into stacks (same image component and echo), sorted by position along the slice
+normal, checked for gaps/tilt/uneven spacing and, where several frames share a location,
+split into volumes. Siemens mosaics are unpacked with :mod:`nibabel.nicom`.
+
+The output array is laid out C-contiguous as ``(t, z, y, x[, rgb])``, which is NIfTI's
+Fortran ``(x, y, z, t)`` order byte for byte, with ``y`` the DICOM row index reversed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from pydicom.dataset import Dataset
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.uid import UID
+
+from lake.export._geometry import (
+    SAME_POSITION_MM,
+    Plane,
+    SpacingVerdict,
+    check_stack,
+    mosaic_affine_ras,
+    slice_affine_ras,
+)
+from lake.export._nifti_types import NiftiRefusal, RefusalReason
+
+with warnings.catch_warnings():
+    # nibabel announces its DICOM readers as experimental on import; we only use the CSA
+    # parser and the mosaic unpacker, which are what FIELD-NOTES tells us to rely on.
+    warnings.filterwarnings(
+        "ignore", message="The DICOM readers are highly experimental", category=UserWarning
+    )
+    from nibabel.nicom import csareader as _csareader
+    from nibabel.nicom.dicomwrappers import MosaicWrapper, WrapperError
+
+#: nibabel's CSA parser is untyped; treat it as such in one place.
+csareader: Any = _csareader
+
+__all__ = [
+    "Assembled",
+    "Component",
+    "Frame",
+    "PixelCache",
+    "assemble_mosaics",
+    "assemble_plain",
+    "assemble_stack",
+    "attribute",
+    "csa_image_header",
+    "frames_of",
+    "is_mosaic",
+]
+
+FloatArray = NDArray[np.float64]
+
+_ENHANCED_MACROS = (
+    "PerFrameFunctionalGroupsSequence",
+    "SharedFunctionalGroupsSequence",
+)
+
+
+class Component(StrEnum):
+    """The complex component an image holds; the value is its file-name suffix."""
+
+    MAGNITUDE = ""
+    PHASE = "_ph"
+    REAL = "_real"
+    IMAGINARY = "_imaginary"
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One 2D image of a series, with what is needed to place and order it.
+
+    Parameters
+    ----------
+    source : int
+        Index of the dataset in the caller's sequence.
+    frame : int or None
+        Frame index within a multi-frame dataset, ``None`` for single-frame.
+    plane : Plane or None
+        In-plane geometry, ``None`` when the instance has no patient geometry.
+    position : numpy.ndarray or None
+        ``ImagePositionPatient`` (LPS).
+    slope, intercept : float
+        Rescale of this frame.
+    echo : float or None
+        Grouping key for echoes (EchoNumbers, else echo time).
+    echo_time : float or None
+        Echo time in ms.
+    component : Component
+        Magnitude, phase, real or imaginary.
+    order : tuple
+        Temporal sort key of frames that share a location.
+    identity : tuple
+        Values every frame of one volume must share (temporal index, b-value...).
+    bvalue : float or None
+        Diffusion b-value (s/mm²).
+    gradient : numpy.ndarray or None
+        Diffusion gradient direction (LPS).
+    """
+
+    source: int
+    frame: int | None
+    plane: Plane | None
+    position: FloatArray | None
+    slope: float
+    intercept: float
+    echo: float | None
+    echo_time: float | None
+    component: Component
+    order: tuple[Any, ...]
+    identity: tuple[Any, ...]
+    bvalue: float | None = None
+    gradient: FloatArray | None = None
+
+
+@dataclass(eq=False)
+class Assembled:
+    """A stack turned into voxels, before NIfTI encoding.
+
+    Parameters
+    ----------
+    affine : numpy.ndarray
+        RAS affine.
+    data : numpy.ndarray
+        Raw stored values, C order ``(t, z, y, x)`` or ``(t, z, y, x, 3)`` for RGB.
+    slopes, intercepts : numpy.ndarray
+        ``(t, z)`` rescale of each frame.
+    volumes : list of list of Frame
+        ``volumes[t]`` are the frames of volume ``t`` in slice order (one per mosaic).
+    mosaic_csa : list of dict
+        For mosaics, the CSA image header of each volume.
+    slice_thickness_fallback : bool
+        Whether the slice spacing came from a DICOM attribute rather than positions.
+    """
+
+    affine: FloatArray
+    data: NDArray[Any]
+    slopes: FloatArray
+    intercepts: FloatArray
+    volumes: list[list[Frame]]
+    mosaic_csa: list[dict[str, Any]] = field(default_factory=list)
+    slice_thickness_fallback: bool = False
+
+
+# --------------------------------------------------------------------------- attributes
+
+
+def attribute(ds: Dataset, frame: int | None, macro: str, keyword: str) -> Any:
+    """Look an attribute up the way a multi-frame object defines it.
+
+    Per-frame functional group ``macro`` of ``frame``, then the shared functional group,
+    then the top level of the dataset.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        The instance.
+    frame : int or None
+        Frame index; ``None`` looks at the top level only.
+    macro : str
+        Keyword of the functional group sequence, e.g. ``"PlanePositionSequence"``.
+    keyword : str
+        Attribute keyword, e.g. ``"ImagePositionPatient"``.
+
+    Returns
+    -------
+    object
+        The value, or ``None`` when absent or empty.
+    """
+    if frame is not None:
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+        if per_frame is not None and frame < len(per_frame):
+            value = _from_macro(per_frame[frame], macro, keyword)
+            if value is not None:
+                return value
+        shared = ds.get("SharedFunctionalGroupsSequence")
+        if shared is not None and len(shared) > 0:
+            value = _from_macro(shared[0], macro, keyword)
+            if value is not None:
+                return value
+    element = ds.get(keyword)
+    if element is None or element == "":
+        return None
+    return element
+
+
+def _from_macro(item: Dataset, macro: str, keyword: str) -> Any:
+    seq = item.get(macro)
+    if seq is None or len(seq) == 0:
+        return None
+    value = seq[0].get(keyword)
+    if value is None or value == "":
+        return None
+    return value
+
+
+def _float(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, list | tuple) or (
+        hasattr(value, "__getitem__") and not isinstance(value, str)
+    ):
+        if len(value) == 0:
+            return None
+        value = value[0]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _floats(value: Any, n: int) -> FloatArray | None:
+    if value is None:
+        return None
+    try:
+        arr = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return arr if arr.shape == (n,) and bool(np.all(np.isfinite(arr))) else None
+
+
+def _dicom_time_seconds(value: Any) -> float | None:
+    """``HHMMSS.frac`` (or a DT's time part) to seconds since midnight."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if len(text) >= 14 and text[:8].isdigit():  # DT: YYYYMMDDHHMMSS...
+        text = text[8:]
+    text = text.split("+")[0].split("-")[0]
+    digits = text.split(".")[0]
+    if not digits.isdigit() or len(digits) < 2:
+        return None
+    hours = int(digits[0:2])
+    minutes = int(digits[2:4]) if len(digits) >= 4 else 0
+    seconds = int(digits[4:6]) if len(digits) >= 6 else 0
+    frac = float("0." + text.split(".")[1]) if "." in text and text.split(".")[1].isdigit() else 0
+    return hours * 3600.0 + minutes * 60.0 + seconds + frac
+
+
+def is_enhanced(ds: Dataset) -> bool:
+    """Whether ``ds`` carries per-frame functional groups."""
+    return "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+
+
+def number_of_frames(ds: Dataset) -> int:
+    """``NumberOfFrames``, 1 when absent."""
+    value = ds.get("NumberOfFrames")
+    try:
+        return max(1, int(value)) if value not in (None, "") else 1
+    except (TypeError, ValueError):
+        return 1
+
+
+def csa_image_header(ds: Dataset) -> dict[str, Any] | None:
+    """The parsed Siemens CSA image header, ``None`` when absent or unreadable."""
+    try:
+        header = csareader.get_csa_header(ds, "image")
+    except (csareader.CSAReadError, ValueError, KeyError, IndexError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def csa_value(csa: dict[str, Any] | None, name: str) -> Any:
+    """A scalar from a parsed CSA header, ``None`` when absent."""
+    if csa is None:
+        return None
+    return csareader.get_scalar(csa, name)
+
+
+def is_mosaic(ds: Dataset) -> bool:
+    """Whether ``ds`` is a Siemens mosaic (by ImageType, as a de-identified copy may lack CSA)."""
+    image_type = ds.get("ImageType")
+    return image_type is not None and any(str(v).upper() == "MOSAIC" for v in image_type)
+
+
+def _component(ds: Dataset, frame: int | None) -> Component:
+    complex_part = attribute(ds, frame, "MRImageFrameTypeSequence", "ComplexImageComponent")
+    values: list[str] = []
+    if complex_part is not None:
+        values.append(str(complex_part).upper())
+    image_type = ds.get("ImageType")
+    if frame is not None:
+        frame_type = attribute(ds, frame, "MRImageFrameTypeSequence", "FrameType")
+        if frame_type is not None:
+            image_type = frame_type
+    if image_type is not None:
+        kinds = [str(v).upper() for v in image_type]
+        values.extend(kinds)
+        if len(kinds) > 2:
+            values.append({"M": "MAGNITUDE", "P": "PHASE", "R": "REAL", "I": "IMAGINARY"}.get(
+                kinds[2], ""))
+    for value in values:
+        if value == "PHASE":
+            return Component.PHASE
+        if value == "REAL":
+            return Component.REAL
+        if value == "IMAGINARY":
+            return Component.IMAGINARY
+    return Component.MAGNITUDE
+
+
+def _plane(ds: Dataset, frame: int | None) -> tuple[Plane | None, FloatArray | None]:
+    iop = _floats(attribute(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+    ipp = _floats(attribute(ds, frame, "PlanePositionSequence", "ImagePositionPatient"), 3)
+    if iop is None or ipp is None:
+        return None, None
+    spacing = _floats(attribute(ds, frame, "PixelMeasuresSequence", "PixelSpacing"), 2)
+    if spacing is None:
+        spacing = _floats(ds.get("ImagerPixelSpacing"), 2)
+    if spacing is None or bool(np.any(spacing <= 0)):
+        spacing = np.ones(2)
+    plane = Plane(
+        row_cosine=iop[:3],
+        col_cosine=iop[3:],
+        row_spacing=float(spacing[0]),
+        col_spacing=float(spacing[1]),
+        rows=int(ds.Rows),
+        cols=int(ds.Columns),
+    )
+    return plane, ipp
+
+
+def frames_of(ds: Dataset, source: int) -> list[Frame]:
+    """Describe every frame of ``ds``.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        One instance of the series.
+    source : int
+        Its index in the caller's sequence.
+
+    Returns
+    -------
+    list of Frame
+        One per frame (one for a single-frame instance).
+    """
+    enhanced = is_enhanced(ds)
+    n = number_of_frames(ds)
+    indices: list[int | None] = list(range(n)) if enhanced or n > 1 else [None]
+    csa = csa_image_header(ds) if not enhanced else None
+    instance = _float(ds.get("InstanceNumber")) or 0.0
+    uid = str(ds.get("SOPInstanceUID", ""))
+    frames = []
+    for index in indices:
+        lookup = index if enhanced else None
+        plane, position = _plane(ds, lookup)
+        if not enhanced and n > 1:
+            plane, position = None, None  # classic multi-frame: no per-frame positions
+        slope = _float(attribute(ds, lookup, "PixelValueTransformationSequence", "RescaleSlope"))
+        intercept = _float(
+            attribute(ds, lookup, "PixelValueTransformationSequence", "RescaleIntercept")
+        )
+        echo_time = _float(attribute(ds, lookup, "MREchoSequence", "EffectiveEchoTime"))
+        if echo_time is None:
+            echo_time = _float(ds.get("EchoTime"))
+        echo_number = None if enhanced else _float(ds.get("EchoNumbers"))
+        echo = echo_number if echo_number is not None else echo_time
+        bvalue = _float(attribute(ds, lookup, "MRDiffusionSequence", "DiffusionBValue"))
+        gradient = None
+        if enhanced:
+            direction = attribute(
+                ds, lookup, "MRDiffusionSequence", "DiffusionGradientDirectionSequence"
+            )
+            if direction is not None and len(direction) > 0:
+                gradient = _floats(direction[0].get("DiffusionGradientOrientation"), 3)
+        else:
+            gradient = _floats(ds.get("DiffusionGradientOrientation"), 3)
+        if csa is not None and bvalue is None:
+            bvalue = _float(csa_value(csa, "B_value"))
+            try:
+                g = csareader.get_g_vector(csa)
+            except ValueError:
+                g = None
+            gradient = _floats(g, 3) if g is not None else gradient
+        if enhanced:
+            temporal = _float(
+                attribute(ds, lookup, "FrameContentSequence", "TemporalPositionIndex")
+            )
+            acquired = _dicom_time_seconds(
+                attribute(ds, lookup, "FrameContentSequence", "FrameAcquisitionDateTime")
+            )
+            trigger = _float(
+                attribute(
+                    ds, lookup, "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"
+                )
+            )
+            acquisition = None
+        else:
+            temporal = _float(ds.get("TemporalPositionIdentifier"))
+            acquired = _dicom_time_seconds(ds.get("AcquisitionTime"))
+            trigger = _float(ds.get("TriggerTime"))
+            acquisition = _float(ds.get("AcquisitionNumber"))
+        b_key = None if bvalue is None else round(bvalue, 3)
+        g_key = None if gradient is None else tuple(np.round(gradient, 4).tolist())
+        order = (
+            temporal or 0.0,
+            acquisition or 0.0,
+            trigger or 0.0,
+            acquired or 0.0,
+            instance,
+            b_key if b_key is not None else -1.0,
+            g_key or (0.0, 0.0, 0.0),
+            uid,
+            index if index is not None else 0,
+        )
+        identity = (temporal, acquisition, b_key, g_key)
+        frames.append(
+            Frame(
+                source=source,
+                frame=index,
+                plane=plane,
+                position=position,
+                slope=1.0 if slope is None else slope,
+                intercept=0.0 if intercept is None else intercept,
+                echo=echo,
+                echo_time=echo_time,
+                component=_component(ds, lookup),
+                order=order,
+                identity=identity,
+                bvalue=bvalue,
+                gradient=gradient,
+            )
+        )
+    return frames
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+class PixelCache:
+    """Decoded pixel arrays of the series, decoded once per dataset (per call)."""
+
+    def __init__(self, datasets: Sequence[Dataset]) -> None:
+        self._datasets = datasets
+        self._cache: dict[int, NDArray[Any]] = {}
+
+    def all_frames(self, source: int) -> NDArray[Any] | NiftiRefusal:
+        cached = self._cache.get(source)
+        if cached is not None:
+            return cached
+        ds = self._datasets[source]
+        refusal = _check_pixel_format(ds, source)
+        if refusal is not None:
+            return refusal
+        file_meta = getattr(ds, "file_meta", None)
+        syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+        if syntax is None:
+            return NiftiRefusal(
+                RefusalReason.DECODE_FAILED,
+                f"instance {source} has no Transfer Syntax UID in its file meta information; "
+                "read it with pydicom.dcmread or set ds.file_meta.TransferSyntaxUID",
+            )
+        try:
+            decoder = get_decoder(UID(str(syntax)))
+            options: dict[str, Any] = {"view_only": True}
+            array, _ = decoder.as_array(ds, **options)
+        except (NotImplementedError, ValueError, RuntimeError, TypeError, KeyError) as exc:
+            return NiftiRefusal(
+                RefusalReason.DECODE_FAILED,
+                f"pixel data of instance {source} ({UID(str(syntax)).name}) could not be "
+                f"decoded ({type(exc).__name__}); install the matching pylibjpeg/pyjpegls "
+                "plugin or check that the file is complete",
+            )
+        self._cache[source] = array
+        return array
+
+    def frame(self, item: Frame) -> NDArray[Any] | NiftiRefusal:
+        array = self.all_frames(item.source)
+        if isinstance(array, NiftiRefusal):
+            return array
+        if item.frame is None:
+            return array
+        frame: NDArray[Any] = array[item.frame]
+        return frame
+
+
+def _check_pixel_format(ds: Dataset, source: int) -> NiftiRefusal | None:
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        return NiftiRefusal(
+            RefusalReason.NO_PIXEL_DATA, f"instance {source} has no pixel data"
+        )
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    if photometric == "PALETTE COLOR":
+        return NiftiRefusal(
+            RefusalReason.UNSUPPORTED_PIXELS,
+            f"instance {source} uses a colour palette; NIfTI has no palette form "
+            "(convert the instance to RGB first)",
+        )
+    if samples not in (1, 3):
+        return NiftiRefusal(
+            RefusalReason.UNSUPPORTED_PIXELS,
+            f"instance {source} has {samples} samples per pixel; only 1 or 3 can be written",
+        )
+    if samples == 3 and bits != 8:
+        return NiftiRefusal(
+            RefusalReason.UNSUPPORTED_PIXELS,
+            f"instance {source} is {bits}-bit colour; NIfTI RGB24 holds 8 bits per channel",
+        )
+    if bits == 1:
+        return NiftiRefusal(
+            RefusalReason.UNSUPPORTED_PIXELS,
+            f"instance {source} is a 1-bit (segmentation or overlay) image",
+        )
+    return None
+
+
+def _allocate(shape: tuple[int, ...], samples: list[NDArray[Any]]) -> NDArray[Any]:
+    dtype = np.result_type(*{s.dtype for s in samples})
+    return np.empty(shape, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- stacks
+
+
+def assemble_stack(
+    frames: list[Frame], datasets: Sequence[Dataset], pixels: PixelCache, suffix: str
+) -> Assembled | NiftiRefusal:
+    """Place the frames of one stack (one component, one echo) into a 3D or 4D volume.
+
+    Parameters
+    ----------
+    frames : list of Frame
+        Frames with patient geometry, any order.
+    datasets : sequence of Dataset
+        The series (frames refer to it by index).
+    pixels : PixelCache
+        Decoder cache for the series.
+    suffix : str
+        File-name suffix of this stack, for refusal messages.
+
+    Returns
+    -------
+    Assembled or NiftiRefusal
+    """
+    plane = frames[0].plane
+    assert plane is not None  # the caller only passes frames with geometry
+    if not plane.is_orthonormal():
+        return NiftiRefusal(
+            RefusalReason.MIXED_GEOMETRY,
+            "ImageOrientationPatient is not a pair of orthogonal unit vectors",
+            suffix,
+        )
+    for item in frames[1:]:
+        if item.plane is None or not plane.same_as(item.plane):
+            return NiftiRefusal(
+                RefusalReason.MIXED_GEOMETRY,
+                "frames differ in orientation, matrix size or pixel spacing "
+                "(a localizer or a reformatted series?); export them as separate series",
+                suffix,
+            )
+    normal = plane.normal
+    along = np.array([float(np.dot(f.position, normal)) for f in frames])  # type: ignore[arg-type]
+    order = np.argsort(along, kind="stable")
+    locations: list[list[Frame]] = []
+    start = -np.inf
+    for i in order:
+        if along[i] - start > SAME_POSITION_MM or not locations:
+            locations.append([])
+            start = along[i]
+        locations[-1].append(frames[i])
+    counts = sorted({len(loc) for loc in locations})
+    if len(counts) > 1:
+        return NiftiRefusal(
+            RefusalReason.INCOMPLETE_VOLUMES,
+            f"{len(locations)} slice locations hold between {counts[0]} and {counts[-1]} frames "
+            "each; a 4D series needs the same number of frames at every location "
+            "(an interrupted acquisition or missing instances)",
+            suffix,
+        )
+    n_volumes = counts[0]
+    for loc in locations:
+        loc.sort(key=lambda f: f.order)
+    if n_volumes > 1:
+        for t in range(n_volumes):
+            if len({loc[t].identity for loc in locations}) > 1:
+                return NiftiRefusal(
+                    RefusalReason.AMBIGUOUS_VOLUME_ORDER,
+                    f"{n_volumes} frames share each slice location but their temporal "
+                    "position, acquisition number or diffusion encoding do not line up "
+                    "into volumes",
+                    suffix,
+                )
+    positions = np.array([loc[0].position for loc in locations], dtype=np.float64)
+    geometry = check_stack(positions, normal)
+    if geometry.verdict is SpacingVerdict.TILTED:
+        return NiftiRefusal(
+            RefusalReason.GANTRY_TILT,
+            f"{geometry.detail}; the volume would need resampling, which this exporter does "
+            "not do: export the DICOM instead",
+            suffix,
+        )
+    if geometry.verdict is SpacingVerdict.MISSING_SLICES:
+        return NiftiRefusal(
+            RefusalReason.MISSING_SLICES,
+            f"{geometry.detail}; re-send the missing instances and export again",
+            suffix,
+        )
+    if geometry.verdict is SpacingVerdict.UNEVEN:
+        return NiftiRefusal(
+            RefusalReason.UNEVEN_SPACING,
+            f"{geometry.detail}; NIfTI needs one slice spacing",
+            suffix,
+        )
+    spacing = geometry.spacing
+    fallback = False
+    if geometry.verdict is SpacingVerdict.SINGLE:
+        ds0 = datasets[locations[0][0].source]
+        index0 = locations[0][0].frame
+        thickness = _float(
+            attribute(ds0, index0, "PixelMeasuresSequence", "SpacingBetweenSlices")
+        ) or _float(attribute(ds0, index0, "PixelMeasuresSequence", "SliceThickness"))
+        spacing = thickness if thickness and thickness > 0 else 1.0
+        fallback = True
+    affine = slice_affine_ras(plane, geometry.first_position, spacing)
+    volumes = [[loc[t] for loc in locations] for t in range(n_volumes)]
+    return _fill(affine, volumes, plane.rows, plane.cols, pixels, suffix, fallback)
+
+
+def assemble_plain(
+    frames: list[Frame], pixels: PixelCache, suffix: str, pixel_spacing: tuple[float, float]
+) -> Assembled | NiftiRefusal:
+    """Stack frames without patient geometry in the given order (one instance's frames).
+
+    The affine only carries the pixel size: the axes are not anatomical.
+    """
+    ds_rows_cols = pixels.frame(frames[0])
+    if isinstance(ds_rows_cols, NiftiRefusal):
+        return ds_rows_cols
+    rows, cols = int(ds_rows_cols.shape[0]), int(ds_rows_cols.shape[1])
+    affine = np.diag([pixel_spacing[1], pixel_spacing[0], 1.0, 1.0])
+    affine[1, 1] = pixel_spacing[0]
+    return _fill(affine, [frames], rows, cols, pixels, suffix, True)
+
+
+def _fill(
+    affine: FloatArray,
+    volumes: list[list[Frame]],
+    rows: int,
+    cols: int,
+    pixels: PixelCache,
+    suffix: str,
+    fallback: bool,
+) -> Assembled | NiftiRefusal:
+    n_t, n_z = len(volumes), len(volumes[0])
+    decoded: list[NDArray[Any]] = []
+    for volume in volumes:
+        for item in volume:
+            array = pixels.frame(item)
+            if isinstance(array, NiftiRefusal):
+                return NiftiRefusal(array.reason_code, array.message, suffix)
+            if array.shape[0] != rows or array.shape[1] != cols:
+                return NiftiRefusal(
+                    RefusalReason.MIXED_GEOMETRY,
+                    "a frame's pixel matrix does not match its Rows/Columns",
+                    suffix,
+                )
+            decoded.append(array)
+    extra = decoded[0].shape[2:]
+    if any(a.shape[2:] != extra for a in decoded):
+        return NiftiRefusal(
+            RefusalReason.UNSUPPORTED_PIXELS,
+            "colour and greyscale frames are mixed in one stack",
+            suffix,
+        )
+    data = _allocate((n_t, n_z, rows, cols, *extra), decoded)
+    slopes = np.empty((n_t, n_z))
+    intercepts = np.empty((n_t, n_z))
+    k = 0
+    for t, volume in enumerate(volumes):
+        for z, item in enumerate(volume):
+            data[t, z] = decoded[k][::-1]
+            slopes[t, z] = item.slope
+            intercepts[t, z] = item.intercept
+            k += 1
+    return Assembled(affine, data, slopes, intercepts, volumes, slice_thickness_fallback=fallback)
+
+
+# --------------------------------------------------------------------------- mosaics
+
+
+class _Mosaic(MosaicWrapper):
+    """nibabel's mosaic wrapper fed with pixels we decoded (so the dataset is not mutated)."""
+
+    def __init__(self, ds: Dataset, csa: dict[str, Any], array: NDArray[Any]) -> None:
+        super().__init__(ds, csa)  # type: ignore[no-untyped-call]
+        self._array = array
+
+    def get_pixel_array(self) -> NDArray[Any]:
+        return self._array
+
+
+def assemble_mosaics(
+    frames: list[Frame], datasets: Sequence[Dataset], pixels: PixelCache, suffix: str
+) -> Assembled | NiftiRefusal:
+    """Unpack the Siemens mosaics of one stack (one mosaic per volume) into a 3D/4D volume.
+
+    Parameters
+    ----------
+    frames : list of Frame
+        One frame per mosaic instance, any order.
+    datasets : sequence of Dataset
+        The series.
+    pixels : PixelCache
+        Decoder cache.
+    suffix : str
+        File-name suffix of this stack, for refusal messages.
+
+    Returns
+    -------
+    Assembled or NiftiRefusal
+    """
+    ordered = sorted(frames, key=lambda f: f.order)
+    tiles: list[NDArray[Any]] = []
+    headers: list[dict[str, Any]] = []
+    affine: FloatArray | None = None
+    shape: tuple[int, ...] | None = None
+    for item in ordered:
+        ds = datasets[item.source]
+        csa = csa_image_header(ds)
+        if csa is None or not csareader.is_mosaic(csa):
+            return NiftiRefusal(
+                RefusalReason.MOSAIC_WITHOUT_CSA,
+                f"instance {item.source} is a Siemens mosaic without its CSA image header "
+                "(private tag group 0029 removed?); the number of tiles is unknown. Keep the "
+                "CSA header in the de-identification profile for MR mosaics",
+                suffix,
+            )
+        array = pixels.frame(item)
+        if isinstance(array, NiftiRefusal):
+            return NiftiRefusal(array.reason_code, array.message, suffix)
+        try:
+            wrapper = _Mosaic(ds, csa, array)
+            volume = wrapper.get_unscaled_data()  # type: ignore[no-untyped-call]
+            this_affine = mosaic_affine_ras(np.asarray(wrapper.affine, dtype=np.float64),
+                                            int(volume.shape[0]))
+        except (WrapperError, ValueError, TypeError) as exc:
+            return NiftiRefusal(
+                RefusalReason.INCONSISTENT_MOSAIC,
+                f"mosaic instance {item.source} cannot be unpacked ({type(exc).__name__}): "
+                "its tile count does not fit its matrix",
+                suffix,
+            )
+        if affine is None:
+            affine, shape = this_affine, volume.shape
+        elif volume.shape != shape or not np.allclose(this_affine, affine, atol=1e-3):
+            return NiftiRefusal(
+                RefusalReason.INCONSISTENT_MOSAIC,
+                "the mosaics of this series differ in tile count, matrix or position; "
+                "export them as separate series",
+                suffix,
+            )
+        tiles.append(volume)
+        headers.append(csa)
+    assert affine is not None and shape is not None
+    rows, cols, n_z = (int(v) for v in shape[:3])
+    data = _allocate((len(tiles), n_z, rows, cols), tiles)
+    for t, volume in enumerate(tiles):
+        data[t] = np.transpose(volume, (2, 0, 1))[:, ::-1, :]
+    slopes = np.array([[f.slope] * n_z for f in ordered])
+    intercepts = np.array([[f.intercept] * n_z for f in ordered])
+    return Assembled(affine, data, slopes, intercepts, [[f] for f in ordered], headers)
