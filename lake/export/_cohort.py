@@ -1,0 +1,462 @@
+"""Cohorts: a saved query, the catalog version it ran on, and its frozen member list.
+
+A cohort pins everything an export needs to be repeatable: the ``instances`` version
+the query ran on (exports read the catalog *as of* that version) and, per member
+instance, the hash of its stored header and of its pixel blob. Blobs are immutable and
+content-addressed, so exporting the same cohort a year later gives the same bytes,
+and any drift is detected rather than exported.
+
+Cohorts live in the Delta table ``cohorts`` (one row per cohort, members as a list
+column); replacing a cohort keeps its earlier definitions in the table's history.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake.exceptions import CommitFailedError
+
+from lake._errors import ExportError, IntegrityError, QueryError
+from lake.catalog import Column, Table
+
+if TYPE_CHECKING:
+    from lake._lake import Lake
+
+__all__ = [
+    "COHORTS",
+    "Cohort",
+    "CohortSummary",
+    "Member",
+    "create_cohort",
+    "list_cohorts",
+    "load_cohort",
+    "resolve",
+    "resolve_cohort",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_RETRIES = 20
+
+_MEMBER = pa.struct(
+    [
+        pa.field("SeriesInstanceUID", pa.string()),
+        pa.field("SOPInstanceUID", pa.string()),
+        pa.field("pixel_hash", pa.string()),
+        pa.field("header_sha256", pa.string()),
+    ]
+)
+
+COHORTS = Table(
+    "cohorts",
+    "One row per saved cohort: its query, the catalog version it ran on, its members.",
+    (
+        Column("name", pa.string(), "Cohort name (unique; letters, digits, '.', '_', '-')."),
+        Column("description", pa.string(), "Free text given by the researcher (may be empty)."),
+        Column("query", pa.string(), "The SQL that selected the cohort."),
+        Column("catalog_version", pa.int64(), "The instances table version the query ran on."),
+        Column("created_at", pa.timestamp("us", tz="UTC"), "When the cohort was saved."),
+        Column("lake_version", pa.string(), "imaging-lake version that saved the cohort."),
+        Column("series", pa.list_(pa.string()), "Member SeriesInstanceUIDs, sorted."),
+        Column(
+            "members",
+            pa.list_(_MEMBER),
+            "Member instances: series and SOP instance UID, pixel blob hash and the sha256 of "
+            "the stored header (header_dicom), sorted by series then instance.",
+        ),
+        Column("series_count", pa.int64(), "Number of member series."),
+        Column("instance_count", pa.int64(), "Number of member instances."),
+        Column("pixel_bytes", pa.int64(), "Total stored pixel bytes of the members."),
+        Column("profiles", pa.list_(pa.string()), "De-identification profiles of the members."),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One instance of a cohort.
+
+    Parameters
+    ----------
+    series_uid : str
+        The (pseudonymous) SeriesInstanceUID.
+    sop_uid : str
+        The (pseudonymous) SOPInstanceUID, unique in the lake.
+    pixel_hash : str or None
+        ``sha256:<hex>`` of the pixel blob; None for instances without pixel data.
+    header_sha256 : str
+        sha256 (hex) of the stored header bytes (``header_dicom``).
+    """
+
+    series_uid: str
+    sop_uid: str
+    pixel_hash: str | None
+    header_sha256: str
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """A resolved cohort: saved (``name`` set) or one-off (``name`` is None).
+
+    Parameters
+    ----------
+    name : str or None
+        The saved name; None for a one-off query.
+    query : str
+        The SQL that selected it.
+    catalog_version : int
+        The ``instances`` version the query ran on.
+    members : tuple of Member
+        Sorted by series, then SOP instance UID.
+    profiles : tuple of str
+        De-identification profiles of the members, sorted.
+    pixel_bytes : int
+        Total stored pixel bytes.
+    description : str
+        Free text.
+    created_at : datetime or None
+        When it was saved (None for one-off cohorts).
+    lake_version : str
+        imaging-lake version that resolved it.
+    """
+
+    name: str | None
+    query: str
+    catalog_version: int
+    members: tuple[Member, ...]
+    profiles: tuple[str, ...] = ()
+    pixel_bytes: int = 0
+    description: str = ""
+    created_at: dt.datetime | None = None
+    lake_version: str = ""
+
+    @property
+    def series(self) -> tuple[str, ...]:
+        """Member SeriesInstanceUIDs, sorted."""
+        return tuple(sorted({m.series_uid for m in self.members}))
+
+    @property
+    def label(self) -> str:
+        """The name, or ``"query"`` for a one-off cohort (safe in a file name)."""
+        return self.name or "query"
+
+
+@dataclass(frozen=True)
+class CohortSummary:
+    """A saved cohort without its member list (what ``lake cohort list`` shows)."""
+
+    name: str
+    description: str
+    query: str
+    catalog_version: int
+    created_at: dt.datetime
+    series_count: int
+    instance_count: int
+    pixel_bytes: int
+    profiles: tuple[str, ...]
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise ExportError(
+            f"invalid cohort name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+
+
+def _clean_query(sql: str) -> str:
+    text = sql.strip()
+    while text.endswith(";"):
+        text = text[:-1].rstrip()
+    if not text:
+        raise QueryError("the cohort query is empty; give e.g. \"SELECT SeriesInstanceUID FROM "
+                         "series WHERE Modality = 'CT'\"")
+    return text
+
+
+def _member_query(query: str, columns: Sequence[str]) -> str:
+    if "SOPInstanceUID" in columns:
+        key = "SOPInstanceUID"
+    elif "SeriesInstanceUID" in columns:
+        key = "SeriesInstanceUID"
+    else:
+        raise QueryError(
+            "a cohort query must return a SeriesInstanceUID column (whole series) or a "
+            "SOPInstanceUID column (single instances), e.g. SELECT SeriesInstanceUID FROM series "
+            "WHERE Modality = 'CT'"
+        )
+    # The newline before ')' keeps a trailing '-- comment' in the query from swallowing it.
+    return (
+        f"WITH cohort_query AS (\n{query}\n)\n"
+        "SELECT SeriesInstanceUID, SOPInstanceUID, pixel_hash,"
+        " sha256(header_dicom) AS header_sha256, coalesce(pixel_bytes, 0) AS pixel_bytes,"
+        " profile FROM instances"
+        f" WHERE {key} IN (SELECT {key} FROM cohort_query WHERE {key} IS NOT NULL)"
+        " ORDER BY SeriesInstanceUID, SOPInstanceUID"
+    )
+
+
+def resolve_cohort(lake: Lake, sql: str, *, as_of: int | None = None) -> Cohort:
+    """Run a cohort query and freeze its members (without saving it).
+
+    Parameters
+    ----------
+    lake : Lake
+        An open lake.
+    sql : str
+        DuckDB SQL over the catalog returning ``SeriesInstanceUID`` (every instance of
+        those series joins the cohort) or ``SOPInstanceUID`` (those instances only).
+    as_of : int, optional
+        The ``instances`` version to run on (default: the current one).
+
+    Returns
+    -------
+    Cohort
+        With ``name`` None.
+
+    Raises
+    ------
+    QueryError
+        If the query fails or returns neither UID column.
+    ExportError
+        If it selects no instance.
+    """
+    from lake import __version__
+
+    query = _clean_query(sql)
+    version = lake.version if as_of is None else as_of
+    columns = lake.sql(query, as_of=version).columns
+    relation = lake.sql(_member_query(query, columns), as_of=version)
+    try:
+        table = relation.arrow()
+    except Exception as exc:  # noqa: BLE001 - DuckDB raises many types at execution time
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QueryError(f"query failed: {first}") from None
+    if not isinstance(table, pa.Table):
+        table = table.read_all()
+    if table.num_rows == 0:
+        raise ExportError(
+            f"the cohort query selects no instance at catalog version {version}; "
+            "check it with 'lake sql'"
+        )
+    members = tuple(
+        Member(r["SeriesInstanceUID"], r["SOPInstanceUID"], r["pixel_hash"], r["header_sha256"])
+        for r in table.select(
+            ["SeriesInstanceUID", "SOPInstanceUID", "pixel_hash", "header_sha256"]
+        ).to_pylist()
+    )
+    profiles = tuple(sorted({p for p in table.column("profile").to_pylist() if p is not None}))
+    return Cohort(
+        name=None,
+        query=query,
+        catalog_version=version,
+        members=members,
+        profiles=profiles,
+        pixel_bytes=int(pc.sum(table.column("pixel_bytes")).as_py() or 0),
+        lake_version=__version__,
+    )
+
+
+def _row(cohort: Cohort) -> dict[str, Any]:
+    return {
+        "name": cohort.name,
+        "description": cohort.description,
+        "query": cohort.query,
+        "catalog_version": cohort.catalog_version,
+        "created_at": cohort.created_at,
+        "lake_version": cohort.lake_version,
+        "series": list(cohort.series),
+        "members": [
+            {
+                "SeriesInstanceUID": m.series_uid,
+                "SOPInstanceUID": m.sop_uid,
+                "pixel_hash": m.pixel_hash,
+                "header_sha256": m.header_sha256,
+            }
+            for m in cohort.members
+        ],
+        "series_count": len(cohort.series),
+        "instance_count": len(cohort.members),
+        "pixel_bytes": cohort.pixel_bytes,
+        "profiles": list(cohort.profiles),
+    }
+
+
+def _from_row(row: dict[str, Any]) -> Cohort:
+    return Cohort(
+        name=row["name"],
+        query=row["query"],
+        catalog_version=int(row["catalog_version"]),
+        members=tuple(
+            Member(m["SeriesInstanceUID"], m["SOPInstanceUID"], m["pixel_hash"], m["header_sha256"])
+            for m in row["members"]
+        ),
+        profiles=tuple(row["profiles"] or ()),
+        pixel_bytes=int(row["pixel_bytes"] or 0),
+        description=row["description"] or "",
+        created_at=row["created_at"],
+        lake_version=row["lake_version"] or "",
+    )
+
+
+def create_cohort(
+    lake: Lake,
+    name: str,
+    sql: str,
+    *,
+    description: str = "",
+    replace: bool = False,
+    as_of: int | None = None,
+) -> Cohort:
+    """Run ``sql``, freeze its members and save them as cohort ``name``.
+
+    Parameters
+    ----------
+    lake : Lake
+        An open lake.
+    name : str
+        1-64 letters, digits, ``.``, ``_``, ``-``. Immutable: saving an existing name
+        fails unless ``replace`` is true (the old definition stays in the table history).
+    sql : str
+        See :func:`resolve_cohort`.
+    description : str
+        Free text for the researcher's own notes.
+    replace : bool
+        Overwrite an existing cohort of that name.
+    as_of : int, optional
+        Run the query on this ``instances`` version (default: the current one).
+
+    Returns
+    -------
+    Cohort
+
+    Raises
+    ------
+    ExportError
+        If the name is invalid, already taken (without ``replace``) or the query selects
+        nothing.
+    QueryError
+        If the query fails.
+
+    Examples
+    --------
+    >>> import lake  # doctest: +SKIP
+    >>> from lake.export import create_cohort  # doctest: +SKIP
+    >>> lk = lake.open("/data/lake")  # doctest: +SKIP
+    >>> ct = create_cohort(lk, "ct-chest",
+    ...     "SELECT SeriesInstanceUID FROM series WHERE Modality = 'CT'")  # doctest: +SKIP
+    """
+    _check_name(name)
+    resolved = resolve_cohort(lake, sql, as_of=as_of)
+    cohort = Cohort(
+        name=name,
+        query=resolved.query,
+        catalog_version=resolved.catalog_version,
+        members=resolved.members,
+        profiles=resolved.profiles,
+        pixel_bytes=resolved.pixel_bytes,
+        description=description,
+        created_at=dt.datetime.now(dt.UTC).replace(microsecond=0),
+        lake_version=resolved.lake_version,
+    )
+    tables = lake.tables
+    tables.create(COHORTS)
+    data = pa.Table.from_pylist([_row(cohort)], schema=COHORTS.schema)
+    for attempt in range(_RETRIES):
+        merge = tables.open(COHORTS.name).merge(
+            data, predicate="t.name = s.name", source_alias="s", target_alias="t"
+        )
+        if replace:
+            merge = merge.when_matched_update_all()
+        try:
+            metrics = merge.when_not_matched_insert_all().execute()
+        except CommitFailedError:
+            time.sleep(0.05 * (attempt + 1))
+            continue
+        written = int(metrics.get("num_target_rows_inserted", 0)) + int(
+            metrics.get("num_target_rows_updated", 0)
+        )
+        if written != 1:
+            raise ExportError(
+                f"a cohort named {name!r} exists already; choose another name, or pass "
+                "--replace (replace=True) to redefine it"
+            )
+        return cohort
+    raise ExportError(
+        f"could not save cohort {name!r} after {_RETRIES} attempts (concurrent writers); retry"
+    )
+
+
+def _cohort_rows(lake: Lake, columns: list[str] | None, name: str | None) -> list[dict[str, Any]]:
+    if not lake.tables.exists(COHORTS.name):
+        return []
+    dataset = lake.tables.open(COHORTS.name).to_pyarrow_dataset()
+    # Filter after reading: string filters pushed into the Delta scan fail on string_view files.
+    table = dataset.to_table(columns=columns)
+    if name is not None:
+        table = table.filter(pc.equal(table.column("name"), name))
+    return list(table.to_pylist())
+
+
+def load_cohort(lake: Lake, name: str) -> Cohort:
+    """The saved cohort ``name`` with its frozen members.
+
+    Raises
+    ------
+    ExportError
+        If there is no such cohort.
+    """
+    _check_name(name)
+    rows = _cohort_rows(lake, None, name)
+    if not rows:
+        known = ", ".join(s.name for s in list_cohorts(lake)) or "none yet"
+        raise ExportError(
+            f"no cohort named {name!r} (saved cohorts: {known}); create it with "
+            "'lake cohort create NAME --sql ...'"
+        )
+    if len(rows) > 1:
+        raise IntegrityError(f"the cohorts table holds {len(rows)} rows named {name!r}")
+    return _from_row(rows[0])
+
+
+def list_cohorts(lake: Lake) -> list[CohortSummary]:
+    """Every saved cohort, by name, without member lists."""
+    columns = [c.name for c in COHORTS.columns if c.name not in ("members", "series")]
+    rows = _cohort_rows(lake, columns, None)
+    return sorted(
+        (
+            CohortSummary(
+                name=r["name"],
+                description=r["description"] or "",
+                query=r["query"],
+                catalog_version=int(r["catalog_version"]),
+                created_at=r["created_at"],
+                series_count=int(r["series_count"]),
+                instance_count=int(r["instance_count"]),
+                pixel_bytes=int(r["pixel_bytes"] or 0),
+                profiles=tuple(r["profiles"] or ()),
+            )
+            for r in rows
+        ),
+        key=lambda s: s.name,
+    )
+
+
+def resolve(lake: Lake, cohort_or_sql: Cohort | str) -> Cohort:
+    """A :class:`Cohort` from a cohort, a saved cohort's name, or a one-off SQL query.
+
+    A string that is a valid cohort name (no spaces) names a saved cohort; anything
+    else is run as SQL on the current catalog version.
+    """
+    if isinstance(cohort_or_sql, Cohort):
+        return cohort_or_sql
+    text = cohort_or_sql.strip()
+    if _NAME.match(text):
+        return load_cohort(lake, text)
+    return resolve_cohort(lake, text)

@@ -1,0 +1,333 @@
+"""Export records: per-file hashes, skips, the resume journal, manifest.json, reproducible zips.
+
+Everything here writes through a temporary file in the destination folder that is
+renamed into place once complete, so no output ever exists under its final name
+half-written. Leftover temporaries of an interrupted run start with ``.tmp-`` and are
+swept when the export is re-run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lake._errors import ExportError
+
+__all__ = [
+    "JOURNAL_NAME",
+    "MANIFEST_NAME",
+    "TMP_PREFIX",
+    "FileRecord",
+    "Journal",
+    "Skip",
+    "TaskResult",
+    "atomic_output",
+    "is_temporary",
+    "read_json",
+    "sha256_file",
+    "sweep_temporaries",
+    "write_bytes",
+    "write_json",
+    "write_zip",
+]
+
+MANIFEST_NAME = "manifest.json"
+JOURNAL_NAME = ".export-journal.jsonl"
+TMP_PREFIX = ".tmp-"
+# lake.export._nifti_write names its temporaries like this (tempfile.mkstemp in the target folder).
+_NIFTI_TMP_PREFIX = ".lake-nifti-"
+_NIFTI_TMP_SUFFIX = ".part"
+# Zip entries carry this timestamp (the earliest a zip can hold) so archives are reproducible.
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One output file: its path relative to the export root, sha256 (hex) and size."""
+
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Something that was not exported, and why (codes and counts, never original values).
+
+    Parameters
+    ----------
+    series : str
+        Pseudonymous SeriesInstanceUID.
+    instance : str or None
+        Pseudonymous SOPInstanceUID, when one instance was skipped.
+    reason : str
+        Machine-readable code (``blob_missing``, ``weaker_profile``, a NIfTI refusal code...).
+    message : str
+        Explanation for a person.
+    """
+
+    series: str
+    instance: str | None
+    reason: str
+    message: str
+
+
+@dataclass
+class TaskResult:
+    """What one export task (one series) produced."""
+
+    key: str
+    files: list[FileRecord] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TaskResult:
+        return cls(
+            key=str(data["key"]),
+            files=[FileRecord(**f) for f in data.get("files", [])],
+            skipped=[Skip(**s) for s in data.get("skipped", [])],
+            info=dict(data.get("info", {})),
+        )
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 (hex) of a file's content."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _tmp_path(final: Path) -> Path:
+    # Keep the final suffixes (.nii.gz) so writers that pick a format by suffix still work.
+    return final.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{final.name}")
+
+
+class atomic_output:  # noqa: N801 - used like open()
+    """A context manager giving a temporary path next to ``final``; renamed on success.
+
+    The file at the temporary path is flushed to disk before the rename; on an
+    exception it is removed and ``final`` is left as it was.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "a" / "b.txt"
+    >>> with atomic_output(target) as tmp:
+    ...     _ = tmp.write_bytes(b"done")
+    >>> target.read_bytes()
+    b'done'
+    """
+
+    def __init__(self, final: str | os.PathLike[str]) -> None:
+        self.final = Path(final)
+        self.tmp = _tmp_path(self.final)
+
+    def __enter__(self) -> Path:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        return self.tmp
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        try:
+            if exc_type is None:
+                fd = os.open(self.tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                self.tmp.replace(self.final)
+        finally:
+            if self.tmp.exists():
+                self.tmp.unlink()
+
+
+def write_bytes(root: str | os.PathLike[str], relpath: str, data: bytes) -> FileRecord:
+    """Write ``data`` to ``root/relpath`` atomically and describe it."""
+    with atomic_output(Path(root) / relpath) as tmp:
+        tmp.write_bytes(data)
+    return FileRecord(relpath, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> bytes:
+    """Write ``data`` as sorted, indented JSON atomically; returns the bytes written."""
+    raw = _json_bytes(data)
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(raw)
+    return raw
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file written by :func:`write_json`.
+
+    Raises
+    ------
+    ExportError
+        If it is not valid JSON.
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ExportError(
+            f"{Path(path).name} in the export folder is not valid JSON; delete the folder and "
+            "export again"
+        ) from None
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is a temporary of an export writer (ours or the NIfTI writer's)."""
+    return name.startswith(TMP_PREFIX) or (
+        name.startswith(_NIFTI_TMP_PREFIX) and name.endswith(_NIFTI_TMP_SUFFIX)
+    )
+
+
+def sweep_temporaries(root: str | os.PathLike[str]) -> int:
+    """Remove temporaries left below ``root`` by an interrupted run; returns how many."""
+    removed = 0
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            if is_temporary(name):
+                (Path(dirpath) / name).unlink()
+                removed += 1
+    return removed
+
+
+class Journal:
+    """The resume journal of an export: one JSON line per finished task.
+
+    The first line names the plan; each later line is a :class:`TaskResult`, written
+    and flushed to disk only after that task's files were renamed into place. A line
+    torn by a crash (the last one) is ignored on reading.
+
+    Parameters
+    ----------
+    path : Path
+        ``<out>/.export-journal.jsonl``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self, plan_id: str) -> dict[str, TaskResult]:
+        """Finished tasks by key; empty when there is no journal.
+
+        Raises
+        ------
+        ExportError
+            If the journal belongs to a different export.
+        """
+        if not self.path.exists():
+            return {}
+        lines = self.path.read_text().splitlines()
+        results: dict[str, TaskResult] = {}
+        for number, line in enumerate(lines):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines) - 1:
+                    break  # torn by a crash mid-write: that task is simply redone
+                raise ExportError(
+                    f"the export journal {self.path.name} is damaged; delete the export folder "
+                    "and export again"
+                ) from None
+            if number == 0:
+                if record.get("plan_id") != plan_id:
+                    raise ExportError(
+                        "the export folder holds an unfinished export of a different cohort or "
+                        "with different options; choose another --out folder, or delete this one"
+                    )
+                continue
+            result = TaskResult.from_json(record)
+            results[result.key] = result
+        return results
+
+    def start(self, plan_id: str, kind: str) -> None:
+        """Begin a journal if there is none."""
+        if not self.path.exists():
+            self._append({"plan_id": plan_id, "kind": kind}, create=True)
+
+    def add(self, result: TaskResult) -> None:
+        """Record a finished task durably."""
+        self._append(result.to_json())
+
+    def _append(self, record: Mapping[str, Any], create: bool = False) -> None:
+        line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+        if create:
+            with atomic_output(self.path) as tmp:
+                tmp.write_text(line)
+            return
+        with self.path.open("a") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def remove(self) -> None:
+        if self.path.exists():
+            self.path.unlink()
+
+
+def _zip_info(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.create_system = 3
+    info.external_attr = 0o644 << 16
+    return info
+
+
+def write_zip(
+    path: str | os.PathLike[str],
+    entries: Iterable[tuple[str, Path | bytes]],
+    compresslevel: int = 6,
+) -> FileRecord:
+    """Write a reproducible zip: entries sorted by name, fixed timestamps and modes.
+
+    Parameters
+    ----------
+    path : path
+        The archive to write (atomically).
+    entries : iterable of (name, Path or bytes)
+        Member names (``/``-separated) and their content, as a file to copy or bytes.
+    compresslevel : int
+        Deflate level 0-9.
+
+    Returns
+    -------
+    FileRecord
+        The archive's name, sha256 and size.
+    """
+    final = Path(path)
+    ordered = sorted(entries, key=lambda entry: entry[0])
+    names = [name for name, _ in ordered]
+    if len(set(names)) != len(names):
+        raise ExportError("two archive entries share a name; this is a bug, please report it")
+    with (
+        atomic_output(final) as tmp,
+        zipfile.ZipFile(tmp, "w", compresslevel=compresslevel, allowZip64=True) as archive,
+    ):
+        for name, content in ordered:
+            data = content if isinstance(content, bytes) else content.read_bytes()
+            archive.writestr(_zip_info(name), data, compresslevel=compresslevel)
+    return FileRecord(final.name, sha256_file(final), final.stat().st_size)
+
+
+def iter_files(root: Path) -> Iterator[Path]:
+    """Every regular file below ``root`` (sorted, hidden temporaries excluded)."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not is_temporary(path.name):
+            yield path

@@ -1,0 +1,173 @@
+"""NIfTI export of a cohort: each series through the converter in :mod:`lake.export._nifti`.
+
+Files are named from pseudonymous identifiers only (BIDS-like)::
+
+    sub-<PatientID>/ses-<study hash>/<SeriesNumber>_<series hash><suffix>.nii[.gz]
+
+where the hashes are 12 hex digits of the sha256 of the (pseudonymous) Study and Series
+Instance UIDs, with a ``.json`` sidecar and, for diffusion, ``.bval``/``.bvec``.
+``<suffix>`` tells the volumes of one series apart (``_e2`` second echo, ``_ph`` phase...).
+What the converter refuses (gantry tilt, missing slices...) is listed under ``skipped``
+in ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lake._errors import BlobNotFoundError, ConfigError, IntegrityError
+from lake.export._cohort import Cohort, resolve
+from lake.export._dicom import blob_skip, load_pixels, reassemble
+from lake.export._manifest import FileRecord, Skip, TaskResult, sha256_file
+from lake.export._runner import (
+    ExportResult,
+    ExportSpec,
+    InstanceRef,
+    ProgressCallback,
+    SeriesTask,
+    TaskPlan,
+    WriterContext,
+    number_label,
+    patient_label,
+    run_export,
+    short_hash,
+)
+from lake.store import BlobStore
+
+if TYPE_CHECKING:
+    from lake._lake import Lake
+
+__all__ = ["export_nifti", "nifti_layout", "write_nifti_series"]
+
+_SUFFIX = re.compile(r"^[A-Za-z0-9_-]*$")
+
+
+def nifti_layout(refs: Sequence[InstanceRef]) -> list[TaskPlan]:
+    """``sub-<patient>/ses-<study hash>/<SeriesNumber>_<series hash>`` per series (the stem)."""
+    by_series: dict[str, list[InstanceRef]] = defaultdict(list)
+    for ref in refs:
+        by_series[ref.series_uid].append(ref)
+    plans = []
+    for key in sorted(by_series):
+        members = sorted(by_series[key], key=lambda r: r.sop_uid)
+        first = members[0]
+        stem = (
+            f"sub-{patient_label(first.patient_id)}/ses-{short_hash(first.study_uid)}/"
+            f"{number_label(first.series_number)}_{short_hash(key)}"
+        )
+        plans.append(TaskPlan(key, stem, tuple((r.sop_uid, "") for r in members)))
+    return plans
+
+
+def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
+    """Worker: convert one series and write its volumes."""
+    from lake.export._nifti import series_to_nifti, write_volume
+
+    result = TaskResult(task.key)
+    blobs = BlobStore(ctx.location)
+    datasets = []
+    for item in task.items:
+        try:
+            datasets.append(
+                reassemble(item.header, load_pixels(blobs, item.pixel_hash), item.pixel_vr)
+            )
+        except (BlobNotFoundError, IntegrityError) as exc:
+            result.skipped.append(blob_skip(task, item, exc))
+    if not datasets:
+        return result
+    root = Path(ctx.root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            volumes, refusals = series_to_nifti(datasets)
+        except Exception as exc:  # noqa: BLE001 - one series must not sink the export; reported
+            result.skipped.append(
+                Skip(task.key, None, "converter_error",
+                     f"the NIfTI converter failed on this series ({type(exc).__name__})")
+            )
+            return result
+    for refusal in refusals:
+        part = f" (part {refusal.suffix})" if refusal.suffix else ""
+        result.skipped.append(
+            Skip(task.key, None, refusal.reason_code.value, refusal.message + part)
+        )
+    for volume in volumes:
+        if not _SUFFIX.match(volume.suffix):
+            raise IntegrityError("the NIfTI converter returned an unsafe file-name suffix")
+        stem = root / f"{task.folder}{volume.suffix}"
+        paths = write_volume(
+            volume,
+            stem,
+            compress=bool(ctx.options["compress"]),
+            level=int(ctx.options["level"] or 6),
+            threads=ctx.threads,
+        )
+        for path in paths:
+            relative = path.relative_to(root).as_posix()
+            result.files.append(FileRecord(relative, sha256_file(path), path.stat().st_size))
+    return result
+
+
+def export_nifti(
+    lake: Lake,
+    cohort_or_sql: Cohort | str,
+    out: str | os.PathLike[str],
+    *,
+    compress: bool = False,
+    level: int = 6,
+    scheduler: str = "processes",
+    workers: int | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> ExportResult:
+    """Export a cohort as NIfTI-1 volumes with JSON sidecars (one or more per series).
+
+    Parameters
+    ----------
+    lake : Lake
+        An open lake.
+    cohort_or_sql : Cohort or str
+        A cohort, a saved cohort's name, or a one-off SQL query.
+    out : path
+        A new or empty folder (or that of an interrupted run of the same export).
+    compress : bool
+        Write ``.nii.gz`` instead of ``.nii``.
+    level : int
+        gzip level 1-9 when compressing (output bytes depend only on the level).
+    scheduler, workers, on_progress
+        As for :func:`lake.export.export_dicom`.
+
+    Returns
+    -------
+    ExportResult
+        Series (or parts) the converter refused are in ``skipped`` with its reason code.
+
+    Raises
+    ------
+    ConfigError
+        For a compression level outside 1-9.
+    ExportError
+        If ``out`` holds something else.
+
+    Examples
+    --------
+    >>> from lake.export import export_nifti  # doctest: +SKIP
+    >>> export_nifti(lk, "mr-brain", "/exports/mr", compress=True, level=6)  # doctest: +SKIP
+    """
+    if compress and not 1 <= level <= 9:
+        raise ConfigError(f"gzip level must be 1..9, got {level}")
+    cohort = resolve(lake, cohort_or_sql)
+    spec = ExportSpec(
+        kind="nifti",
+        options={"compress": compress, "level": level if compress else None},
+        layout=nifti_layout,
+        writer=write_nifti_series,
+    )
+    return run_export(
+        lake, cohort, out, spec, scheduler=scheduler, workers=workers, on_progress=on_progress
+    )
