@@ -1,16 +1,29 @@
-"""De-identification: profiles (``deid`` recipes in ``profiles/``) compiled into an engine.
+"""De-identification: PS3.15 Annex E profiles (``deid`` recipes in ``profiles/``) and the engine.
 
 Public contract used by ingest and the network services::
 
-    profile = load_profile("basic")          # Profile: .name .version .sha256
-    engine = Deidentifier(profile, secret)   # picklable; safe to share between threads
+    profile = load_profile("basic")          # Profile: .name .version .sha256 .options
+    engine = Deidentifier(profile, secret)   # compiled once; picklable; thread-safe
     result = engine.apply(ds)                # mutates ds (and ds.file_meta) in place
     result.actions                           # Counter of action codes taken, no values
+    result.pixels_cleaned                    # True when burned-in regions were masked
 
 ``apply`` raises :class:`lake.DeidRefusedError` when the profile refuses the instance.
+What happens to every attribute, the edition, the date-shift rule and how to write a site
+profile: ``docs/deid.md``.
 """
 
-from lake.deid._engine import DeidResult, Deidentifier
+from lake.deid._codes import EDITION, Action, ProfileOption
+from lake.deid._engine import Deidentifier, DeidResult
 from lake.deid._profile import Profile, list_profiles, load_profile
 
-__all__ = ["DeidResult", "Deidentifier", "Profile", "list_profiles", "load_profile"]
+__all__ = [
+    "EDITION",
+    "Action",
+    "DeidResult",
+    "Deidentifier",
+    "Profile",
+    "ProfileOption",
+    "list_profiles",
+    "load_profile",
+]

@@ -1,81 +1,409 @@
-"""PLACEHOLDER engine (to be replaced by the complete PS3.15 engine, issue 3).
-
-Removes private elements, pseudonymises PatientID/PatientName with keyed hashes,
-remaps every non-standard UID with HMAC into 2.25 form, empties person names and
-removes birth date and other direct identifiers. Refuses BurnedInAnnotation=YES.
-"""
+"""The de-identification engine: one pass over a dataset, at any depth, file meta included."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pydicom.dataelem import DataElement
+from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import UID_dictionary
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 
-from lake._errors import DeidRefusedError
+from lake.deid import _plan as _p
+from lake.deid import _values as _v
+from lake.deid._pixels import assess, clean_pixels, element_text
+from lake.deid._plan import Op, Plan, compile_profile
 from lake.deid._profile import Profile
 from lake.vault import Secret
 
 __all__ = ["DeidResult", "Deidentifier"]
 
-_REMOVE = {
-    "PatientBirthDate", "OtherPatientIDs", "OtherPatientIDsSequence", "PatientAddress",
-    "InstitutionName", "InstitutionAddress", "StationName", "DeviceSerialNumber",
-    "AccessionNumber", "StudyID", "ImageComments", "AdditionalPatientHistory",
-    "RequestAttributesSequence", "OverlayData", "IconImageSequence",
-}
+_PATIENT_ID = 0x00100020
+_CHARSET = 0x00080005
 
 
 @dataclass
 class DeidResult:
+    """What :meth:`Deidentifier.apply` did. Holds no original value.
+
+    Attributes
+    ----------
+    actions : Counter
+        Action codes taken (``X``, ``Z``, ``D``, ``K``, ``C``, ``U``) and how often.
+    pixels_cleaned : bool
+        True when burned-in regions were masked and PixelData replaced.
+    pixel_rules : tuple of str
+        Labels of the ``%filter`` rules whose regions were masked.
+    """
+
     actions: Counter[str] = field(default_factory=Counter)
+    pixels_cleaned: bool = False
+    pixel_rules: tuple[str, ...] = ()
+
+
+@dataclass
+class _Call:
+    """The state of one :meth:`Deidentifier.apply` call (never shared between calls)."""
+
+    actions: Counter[str]
+    encodings: list[str]
+    patient_id: str
+    identifiers: set[str]
+    shift: int | None = None
+
+
+def _raw_text(elem: DataElement | RawDataElement, encodings: list[str]) -> str:
+    """The whole value as one string (multiple values joined by backslash)."""
+    if isinstance(elem, RawDataElement):
+        data = elem.value or b""
+        return _v.decode(data, encodings).rstrip("\0 ")
+    value = elem.value
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("latin-1").rstrip("\0 ")
+    if isinstance(value, str):
+        return value
+    try:
+        return "\\".join(str(v) for v in value)
+    except TypeError:
+        return str(value)
+
+
+def _vr_of(elem: DataElement | RawDataElement, op: Op, tag: int) -> str:
+    vr = elem.VR or op.vr
+    if not vr:
+        try:
+            vr = str(dictionary_VR(tag))
+        except KeyError:
+            vr = "UN"
+    return vr[:2] if " or " in vr else vr
 
 
 class Deidentifier:
+    """Applies a compiled profile to datasets.
+
+    The profile is compiled once here; :meth:`apply` keeps no state between calls, so an
+    instance is safe to share between threads and is pickled (for Dask workers) with its
+    compiled plan and derived keys.
+
+    Parameters
+    ----------
+    profile : Profile
+        From :func:`lake.deid.load_profile`.
+    secret : lake.vault.Secret
+        The lake's secret. Keys are derived for ``uid``, ``patient-id``, ``date-shift`` and
+        ``ae-title``; the secret itself is not kept.
+
+    Examples
+    --------
+    >>> from pydicom import examples
+    >>> from lake.vault import Secret
+    >>> from lake.deid import load_profile
+    >>> engine = Deidentifier(load_profile("basic"), Secret(b"0" * 32))
+    >>> ds = examples.ct
+    >>> result = engine.apply(ds)
+    >>> ds.PatientIdentityRemoved, ds.PatientName
+    ('YES', '')
+    """
+
     def __init__(self, profile: Profile, secret: Secret) -> None:
         self.profile = profile
+        self._plan: Plan = compile_profile(profile)
         self._uid_key = secret.derive("uid")
         self._pid_key = secret.derive("patient-id")
+        self._shift_key = secret.derive("date-shift")
+        self._ae_key = secret.derive("ae-title")
+
+    @property
+    def plan(self) -> Plan:
+        """The compiled plan (read-only)."""
+        return self._plan
 
     def uid(self, value: str) -> str:
-        digest = hmac.new(self._uid_key, value.encode(), hashlib.sha256).digest()
-        return "2.25." + str(int.from_bytes(digest[:16], "big"))
+        """The UID that ``value`` becomes (well-known UIDs are unchanged)."""
+        return _v.keyed_uid(self._uid_key, value)
 
     def apply(self, ds: Dataset) -> DeidResult:
-        if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
-            raise DeidRefusedError("burned_in_annotation", "BurnedInAnnotation is YES")
-        result = DeidResult()
-        pid = str(ds.get("PatientID", ""))
-        ds.remove_private_tags()
-        self._walk(ds, result)
-        ds.PatientID = hmac.new(self._pid_key, pid.encode(), hashlib.sha256).hexdigest()[:16]
-        ds.PatientName = "ANON^" + ds.PatientID
-        ds.PatientIdentityRemoved = "YES"
+        """De-identify ``ds`` in place, including ``ds.file_meta`` and the preamble.
+
+        Pixel data is neither decoded nor changed unless the profile cleans pixels and the
+        instance is at risk of burned-in text (see ``docs/deid.md``).
+
+        Parameters
+        ----------
+        ds : pydicom.dataset.Dataset
+            As read by ``dcmread`` (``defer_size`` allowed) or built in memory.
+
+        Returns
+        -------
+        DeidResult
+
+        Raises
+        ------
+        DeidRefusedError
+            When the profile refuses the instance (burned-in text it cannot clean).
+        """
+        plan = self._plan
+        decision = assess(ds, plan.filters, plan.clean_pixels)
+        charset = element_text(ds, _CHARSET) or []
+        encodings = convert_encodings(charset or ["ISO_IR 6"])
+        pid = ds.get_item(_PATIENT_ID)
+        call = _Call(
+            actions=Counter(),
+            encodings=encodings,
+            patient_id=_raw_text(pid, encodings).strip() if pid is not None else "",
+            identifiers=set(),
+        )
+        if plan.needs_identifiers:
+            self._collect_identifiers(ds, call)
+        result = DeidResult(call.actions)
+        if decision.coordinates:
+            clean_pixels(ds, decision)
+            result.pixels_cleaned = True
+            result.pixel_rules = decision.labels
+        self._walk(ds, call, _p.NORMAL)
         meta = getattr(ds, "file_meta", None)
-        if meta is not None and "MediaStorageSOPInstanceUID" in meta:
-            meta.MediaStorageSOPInstanceUID = self.uid(meta.MediaStorageSOPInstanceUID)
+        if meta is not None:
+            self._walk(meta, call, _p.NORMAL)
+        if getattr(ds, "preamble", None) is not None:
+            ds.preamble = b"\0" * 128
+        self._mark(ds, result)
         return result
 
-    def _walk(self, ds: Dataset, result: DeidResult) -> None:
-        for elem in list(ds):
-            self._element(ds, elem, result)
+    # ---- the walk -------------------------------------------------------------------
 
-    def _element(self, ds: Dataset, elem: DataElement, result: DeidResult) -> None:
-        if elem.keyword in _REMOVE or (elem.tag.group & 0xFF00) in (0x6000, 0x5000):
-            del ds[elem.tag]
-            result.actions["X"] += 1
-        elif elem.VR == "SQ":
-            for item in elem.value:
-                self._walk(item, result)
-        elif elem.VR == "UI" and elem.value:
-            values = elem.value if elem.VM > 1 else [elem.value]
-            new = [v if v in UID_dictionary else self.uid(str(v)) for v in values]
-            elem.value = new if elem.VM > 1 else new[0]
-            result.actions["U"] += 1
-        elif elem.VR == "PN":
-            elem.value = ""
-            result.actions["Z"] += 1
+    def _walk(self, ds: Dataset, call: _Call, mode: int) -> None:
+        ops = self._plan.tables[mode]
+        privates: list[int] = []
+        for tag in list(ds.keys()):
+            op = ops.get(tag)
+            if op is None:
+                if tag & 0x10000:
+                    privates.append(tag)
+                    continue
+                op = self._fallback(ds, tag)
+            code = op.code
+            if code == _p.K_SILENT:
+                continue
+            if code == _p.REMOVE:
+                del ds[tag]
+                call.actions["X"] += 1
+            elif code == _p.RECURSE:
+                self._recurse(ds, tag, op, call, mode)
+            else:
+                self._transform(ds, tag, op, call)
+        if privates:
+            self._privates(ds, privates, call)
+
+    def _fallback(self, ds: Dataset, tag: int) -> Op:
+        elem = ds.get_item(tag, keep_deferred=True)
+        vr = (elem.VR if elem is not None and elem.VR else "UN")
+        vr = vr[:2] if " or " in vr else vr
+        for mask, value, ops in self._plan.masks:
+            if tag & mask == value:
+                return ops.get(vr) or ops["UN"]
+        return self._plan.unknown.get(vr) or self._plan.unknown["UN"]
+
+    def _recurse(self, ds: Dataset, tag: int, op: Op, call: _Call, mode: int) -> None:
+        elem = ds[tag]
+        if elem.VR != "SQ":
+            # A dictionary sequence stored as something else (e.g. UN we cannot parse).
+            self._transform(ds, tag, op._replace(code=_p.DUMMY), call)
+            return
+        child = mode if op.mode == _p.INHERIT else op.mode
+        for item in elem.value:
+            self._walk(item, call, child)
+        if op.letter:
+            call.actions[op.letter] += 1
+
+    def _privates(self, ds: Dataset, tags: list[int], call: _Call) -> None:
+        plan = self._plan
+        default = plan.private_default
+        if not plan.safe_private and default["UN"].code == _p.REMOVE:
+            for tag in tags:
+                del ds[tag]
+            call.actions["X"] += len(tags)
+            return
+        creators: dict[int, str] = {}
+        for tag in tags:
+            if 0x10 <= tag & 0xFFFF <= 0xFF:
+                elem = ds.get_item(tag)
+                creators[tag] = _raw_text(elem, call.encodings).strip() if elem else ""
+        used: set[int] = set()
+        for tag in tags:
+            low = tag & 0xFFFF
+            if 0x10 <= low <= 0xFF:
+                continue
+            elem = ds.get_item(tag, keep_deferred=True)
+            vr = (elem.VR or "UN") if elem is not None else "UN"
+            if low < 0x10:
+                ops = default
+            else:
+                block = (tag & 0xFFFF0000) | (low >> 8)
+                creator = creators.get(block)
+                found = (
+                    plan.safe_private.get((tag >> 16, creator, low & 0xFF))
+                    if creator is not None else None
+                )
+                ops = found or default
+                if found is not None or default["UN"].code != _p.REMOVE:
+                    used.add(block)
+            op = ops.get(vr) or ops["UN"]
+            if op.code == _p.REMOVE:
+                del ds[tag]
+                call.actions["X"] += 1
+            elif op.code not in (_p.K_SILENT, _p.RECURSE):
+                self._transform(ds, tag, op, call)
+            elif op.letter:
+                call.actions[op.letter] += 1
+        for tag in creators:
+            if tag not in used:
+                del ds[tag]
+                call.actions["X"] += 1
+
+    # ---- one element ----------------------------------------------------------------
+
+    def _set(self, ds: Dataset, tag: int, vr: str, data: bytes) -> None:
+        if len(data) % 2:
+            data += b"\0" if vr == "UI" else b" "
+        ds[tag] = RawDataElement(BaseTag(tag), vr, len(data), data, 0, False, True)
+
+    def _transform(self, ds: Dataset, tag: int, op: Op, call: _Call) -> None:
+        code = op.code
+        elem = ds.get_item(tag)
+        assert elem is not None
+        vr = _vr_of(elem, op, tag)
+        actions = call.actions
+        if code == _p.BLANK:
+            if vr == "SQ":
+                ds[tag] = DataElement(tag, "SQ", Sequence())
+            else:
+                self._set(ds, tag, vr, b"")
+            actions["Z"] += 1
+            return
+        if code == _p.KEEP:
+            actions[op.letter] += 1
+            return
+        if code == _p.LITERAL:
+            self._set(ds, tag, vr, op.literal)
+            actions["D"] += 1
+            return
+        text = _raw_text(elem, call.encodings)
+        if not text.strip("\0 ") and code != _p.CLEAN_TEXT:
+            actions["Z"] += 1  # nothing to replace: the value stays empty
+            return
+        if code == _p.DUMMY:
+            if vr == "SQ":
+                ds[tag] = DataElement(tag, "SQ", Sequence())
+                actions["Z"] += 1
+                return
+            self._set(ds, tag, vr, _v.dummy_bytes(vr))
+            actions["D"] += 1
+        elif code == _p.UID:
+            values = [v.strip("\0 ") for v in text.split("\\")]
+            new = "\\".join(self.uid(v) if v else "" for v in values)
+            self._set(ds, tag, "UI", new.encode("ascii"))
+            actions["U"] += 1
+        elif code == _p.PSEUDONYM:
+            value = text.strip()
+            new = _v.pseudonym(self._pid_key, value) if value else ""
+            self._set(ds, tag, vr, new.encode("ascii"))
+            actions["D"] += 1
+        elif code == _p.CLEAN_TEXT:
+            if vr not in _p.TEXT_VRS:
+                # A clean rule reached an element of another VR (masks, private): keep only
+                # what carries no text, and drop the rest.
+                if vr in ("PN", "DA", "DT", "TM", "AE", "UR", "UN", "UI"):
+                    del ds[tag]
+                    actions["X"] += 1
+                else:
+                    actions["C"] += 1
+                return
+            cleaned = _v.clean_text(text, self.profile.vocabulary, call.identifiers,
+                                   _v.MAX_LENGTH.get(vr))
+            self._set(ds, tag, vr, cleaned.encode("ascii"))
+            actions["C"] += 1
+        elif code == _p.AE_PSEUDO:
+            values = [v.strip() for v in text.split("\\")]
+            new = "\\".join(_v.keyed_ae(self._ae_key, v) if v else "" for v in values)
+            self._set(ds, tag, vr, new.encode("ascii"))
+            actions["C"] += 1
+        else:
+            self._dates(ds, tag, vr, op, text, call)
+
+    def _dates(self, ds: Dataset, tag: int, vr: str, op: Op, text: str, call: _Call) -> None:
+        code = op.code
+        values = [v.strip() for v in text.split("\\")]
+        new: list[str | None]
+        if code in (_p.SHIFT_DA, _p.SHIFT_DT):
+            if call.shift is None:
+                low, high = self.profile.date_shift
+                call.shift = _v.shift_days(self._shift_key, call.patient_id, low, high)
+            fn = _v.shift_da if code == _p.SHIFT_DA else _v.shift_dt
+            new = [fn(v, call.shift) if v else "" for v in values]
+        elif code == _p.CHECK_AS:
+            new = [_v.age(v) if v else "" for v in values]
+        else:
+            check = {_p.CHECK_DA: _v.valid_da, _p.CHECK_DT: _v.valid_dt, _p.CHECK_TM: _v.valid_tm,
+                     _p.CHECK_TZ: _v.valid_tz}[code]
+            new = [v if not v or check(v) else None for v in values]
+        if any(v is None for v in new):
+            # Malformed: never passes through, not even partly.
+            self._set(ds, tag, vr, b"")
+            call.actions["Z"] += 1
+            return
+        joined = "\\".join(v for v in new if v is not None)
+        if joined != text:
+            self._set(ds, tag, vr, joined.encode("ascii"))
+        call.actions[op.letter] += 1
+
+    # ---- identifiers for cleaning ---------------------------------------------------
+
+    def _collect_identifiers(self, ds: Dataset, call: _Call) -> None:
+        tags = self._plan.identifier_tags
+        table = self._plan.tables[_p.NORMAL]
+        for tag in list(ds.keys()):
+            elem = ds.get_item(tag, keep_deferred=True)
+            if elem is None:
+                continue
+            op = table.get(tag)
+            vr = elem.VR or (op.vr if op is not None else "")
+            if vr == "SQ":
+                seq = ds[tag]
+                if seq.VR == "SQ":
+                    for item in seq.value:
+                        self._collect_identifiers(item, call)
+            elif tag in tags:
+                full = ds.get_item(tag)
+                assert full is not None
+                call.identifiers |= _v.identifier_words(_raw_text(full, call.encodings))
+
+    # ---- marks ----------------------------------------------------------------------
+
+    def _mark(self, ds: Dataset, result: DeidResult) -> None:
+        plan, profile = self._plan, self.profile
+        ds.PatientIdentityRemoved = "YES"
+        method = [
+            f"imaging-lake {profile.name} {profile.version}"[:64],
+            f"DICOM PS3.15 {profile.edition} Annex E",
+            f"profile sha256 {profile.sha256[:32]}",
+        ]
+        if result.pixels_cleaned:
+            method.append("burned-in text masked (deid %filter rules)")
+            ds.BurnedInAnnotation = "NO"
+        ds.DeidentificationMethod = method
+        items = []
+        for value, meaning in plan.codes:
+            item = Dataset()
+            item.CodeValue = value
+            item.CodingSchemeDesignator = "DCM"
+            item.CodeMeaning = meaning
+            items.append(item)
+        ds.DeidentificationMethodCodeSequence = Sequence(items)
+        ds.LongitudinalTemporalInformationModified = plan.temporal
+        for tag, vr, value in plan.adds:
+            ds.add_new(tag, vr, value)
