@@ -31,7 +31,7 @@ def test_ingest_real_files_one_row_per_instance(
     rows = lk.sql("SELECT count(*), count(DISTINCT SOPInstanceUID) FROM instances").fetchall()[0]
     assert rows[0] == rows[1] == summary.ingested
     modalities = {m for (m,) in lk.sql("SELECT DISTINCT Modality FROM instances").fetchall()}
-    assert {"CT", "MR", "OT", "RTPLAN"} <= modalities
+    assert {"CT", "MR", "RTPLAN"} <= modalities
 
 
 def test_columns_are_typed(lk: lake.Lake, vault_dir: Path, ct_folder: Path) -> None:
@@ -220,3 +220,17 @@ def test_header_json_round_trips_through_pydicom(
     for (text,) in lk.sql("SELECT header_json FROM instances").fetchall():
         ds = Dataset.from_json(json.loads(text), bulk_data_uri_handler=lambda *_: b"")
         assert ds.PatientIdentityRemoved == "YES"
+
+
+def test_burned_in_risk_is_quarantined_by_the_basic_profile(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in" / "sc"
+    folder.mkdir(parents=True)
+    shutil.copy(get_testdata_file("SC_rgb_rle.dcm"), folder / "a.dcm")  # secondary capture
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "b.dcm")
+    summary = _ingest(lk, vault_dir, folder)
+    assert summary.ingested == 1
+    assert summary.quarantined == 1
+    (reason,) = summary.reasons
+    assert "burned" in reason

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom import config, dcmread, dcmwrite
+from pydicom import config, dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -22,6 +22,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from lake._errors import DeidRefusedError
 from lake.catalog import dicom_values
 from lake.deid import Deidentifier
+from lake.ingest._encode import encode_part10, header_json
 from lake.ingest._quarantine import store_rejected
 from lake.store import BlobStore, Location, blob_key
 
@@ -155,12 +156,6 @@ def _ensure_meta(ds: Dataset) -> None:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
 
 
-def _header_bytes(ds: Dataset) -> bytes:
-    out = io.BytesIO()
-    dcmwrite(out, ds, enforce_file_format=True)
-    return out.getvalue()
-
-
 def _bulk_uri(_elem: Any) -> str:
     return _HEADER_BULK_URI
 
@@ -220,10 +215,10 @@ def _process(data: bytes, ctx: IngestContext) -> Outcome:
             pixel_len = len(pixels)
             pixel_hash, blob_written = BlobStore(ctx.location).put_new(pixels, blob_key(pixels))
             del ds[_PIXEL_DATA]
-        header = _header_bytes(ds)
-        header_json = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=_bulk_uri)
+        header = encode_part10(ds)
+        as_json = header_json(ds, 4096, _bulk_uri)
         if pixel_hash is not None:
-            header_json["7FE00010"] = {"vr": pixel_vr, "BulkDataURI": pixel_hash}
+            as_json["7FE00010"] = {"vr": pixel_vr, "BulkDataURI": pixel_hash}
     except _Reject as rejection:
         return _reject(ctx, data, rejection.reason, rejection.message)
     except Exception as exc:  # noqa: BLE001 - one bad file must not sink the batch
@@ -236,7 +231,7 @@ def _process(data: bytes, ctx: IngestContext) -> Outcome:
         pixel_vr=pixel_vr,
         pixel_bytes=pixel_len,
         size_bytes=len(header) + pixel_len,
-        header_json=json.dumps(header_json, separators=(",", ":"), sort_keys=True),
+        header_json=json.dumps(as_json, separators=(",", ":"), sort_keys=True),
         header_dicom=header,
         profile=ctx.engine.profile.name,
         profile_version=ctx.engine.profile.version,
