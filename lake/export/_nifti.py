@@ -43,7 +43,6 @@ from lake.export._volume import (
     assemble_mosaics,
     assemble_plain,
     assemble_stack,
-    attribute,
     frames_of,
     is_mosaic,
 )
@@ -217,12 +216,16 @@ def _convert_plain(
         suffix = f"_i{rank}" if len(order) > 1 else ""
         members = sorted(by_source[source], key=lambda f: f.frame or 0)
         ds = datasets[source]
-        spacing = attribute(ds, None, "", "PixelSpacing") or ds.get("ImagerPixelSpacing")
+        spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
         try:
             size = (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0)
         except (TypeError, ValueError, IndexError):
             size = (1.0, 1.0)
-        assembled = assemble_plain(members, pixels, suffix, size)
+        try:
+            depth = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
+        except (TypeError, ValueError):
+            depth = 1.0
+        assembled = assemble_plain(members, pixels, suffix, size, depth if depth > 0 else 1.0)
         if isinstance(assembled, NiftiRefusal):
             refusals.append(assembled)
             continue
@@ -279,9 +282,11 @@ def _encode(assembled: Assembled, sidecar: dict[str, Any], bits_stored: int) -> 
             data = data.astype(np.uint8)
         out_dtype = data.dtype
     else:
-        scaled = data.astype(np.float32)
-        scaled *= slopes.astype(np.float32)[:, :, None, None]
-        scaled += intercepts.astype(np.float32)[:, :, None, None]
+        # rescale in float64, then store float32 (scaling in float32 loses digits to
+        # cancellation when the intercept is large)
+        scaled = np.empty(data.shape, dtype=np.float32)
+        for t in range(n_t):
+            scaled[t] = data[t] * slopes[t][:, None, None] + intercepts[t][:, None, None]
         data, slope, inter = scaled, 1.0, 0.0
         out_dtype = data.dtype
     header: Any = nib.Nifti1Header()  # type: ignore[no-untyped-call]
@@ -289,8 +294,10 @@ def _encode(assembled: Assembled, sidecar: dict[str, Any], bits_stored: int) -> 
     shape = (n_x, n_y, n_z, n_t) if n_t > 1 else (n_x, n_y, n_z)
     header.set_data_shape(shape)
     affine = assembled.affine
-    header.set_qform(affine, code=1)
-    header.set_sform(affine, code=1)
+    # code 1 (scanner anatomical) as dcm2niix; 0 when the instance had no patient geometry
+    code = 1 if assembled.anatomical else 0
+    header.set_qform(affine, code=code)
+    header.set_sform(affine, code=code)
     header.set_xyzt_units("mm", "sec")
     tr = sidecar.get("RepetitionTime")
     header["pixdim"][4] = float(tr) if isinstance(tr, int | float) else 0.0

@@ -23,7 +23,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-__all__ = ["AXIAL", "CORONAL", "SAGITTAL", "synthetic_series"]
+__all__ = ["AXIAL", "CORONAL", "PHI_SENTINELS", "SAGITTAL", "enhanced_from", "synthetic_series"]
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
@@ -44,6 +44,12 @@ PHI_SENTINELS = {
 
 def _uid(*parts: object) -> UID:
     return generate_uid(entropy_srcs=[str(p) for p in parts])
+
+
+def _clock(seconds: float) -> str:
+    whole = int(seconds)
+    micro = round((seconds - whole) * 1e6)
+    return f"{whole // 3600:02d}{whole // 60 % 60:02d}{whole % 60:02d}.{micro:06d}"
 
 
 def _rotation(iop: Sequence[float], tilt_degrees: float) -> tuple[NDArray[np.float64], ...]:
@@ -204,7 +210,9 @@ def synthetic_series(
                 ds.SeriesNumber = 7
                 ds.SeriesDescription = "synthetic"
                 ds.AcquisitionNumber = v + 1
-                ds.AcquisitionTime = f"{10 + v // 60:02d}{v % 60:02d}{k % 60:02d}.000000"
+                ds.AcquisitionTime = _clock(
+                    36000.0 + (v + k / max(len(offsets), 1)) * repetition_time / 1000.0
+                )
                 ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
                 ds.ImagePositionPatient = [round(float(x), 6) for x in position]
                 ds.ImageOrientationPatient = [round(float(x), 8) for x in (*row, *col)]
@@ -255,3 +263,108 @@ def synthetic_series(
     for ds, number in zip(instances, numbers, strict=True):
         ds.InstanceNumber = int(number)
     return instances
+
+
+def enhanced_from(series: Sequence[Dataset], frame_order: Sequence[int] | None = None) -> Dataset:
+    """Pack single-frame synthetic MR/CT instances into one enhanced multi-frame instance.
+
+    Geometry goes to the per-frame (position) and shared (orientation, pixel measures)
+    functional groups, rescale and echo time per frame, the temporal position per frame.
+
+    Parameters
+    ----------
+    series : sequence of Dataset
+        From :func:`synthetic_series` (same matrix and orientation).
+    frame_order : sequence of int, optional
+        Order in which the instances become frames (default: as given).
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        An Enhanced MR (or Enhanced CT) Image Storage instance.
+    """
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.uid import EnhancedCTImageStorage, EnhancedMRImageStorage
+
+    order = list(frame_order) if frame_order is not None else list(range(len(series)))
+    first = series[0]
+    mr = first.Modality == "MR"
+    sop_class = EnhancedMRImageStorage if mr else EnhancedCTImageStorage
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    sop_uid = _uid(first.SeriesInstanceUID, "enhanced")
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    for keyword in (
+        "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "Modality",
+        "Manufacturer", "ManufacturerModelName", "SeriesNumber", "SeriesDescription",
+        "PatientName", "PatientID", "Rows", "Columns", "SamplesPerPixel",
+        "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit",
+        "PixelRepresentation", "MagneticFieldStrength", "InPlanePhaseEncodingDirection",
+    ):
+        if keyword in first:
+            setattr(ds, keyword, first.get(keyword))
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.InstanceNumber = 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"] if mr else ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.NumberOfFrames = len(order)
+    shared = Dataset()
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = first.ImageOrientationPatient
+    shared.PlaneOrientationSequence = DicomSequence([orientation])
+    measures = Dataset()
+    measures.PixelSpacing = first.PixelSpacing
+    measures.SliceThickness = first.SliceThickness
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    if mr:
+        timing = Dataset()
+        timing.RepetitionTime = first.RepetitionTime
+        timing.FlipAngle = first.FlipAngle
+        shared.MRTimingAndRelatedParametersSequence = DicomSequence([timing])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    normal = np.cross(
+        np.array(first.ImageOrientationPatient[:3], dtype=float),
+        np.array(first.ImageOrientationPatient[3:], dtype=float),
+    )
+    along = [float(np.dot(np.array(d.ImagePositionPatient, dtype=float), normal)) for d in series]
+    distinct = sorted(set(np.round(along, 3).tolist()))
+    stack_position = [distinct.index(round(a, 3)) + 1 for a in along]
+    dimension = DicomSequence()
+    for pointer, group in (("TemporalPositionIndex", "FrameContentSequence"),
+                           ("InStackPositionNumber", "FrameContentSequence")):
+        index_item = Dataset()
+        index_item.DimensionIndexPointer = pointer
+        index_item.FunctionalGroupPointer = group
+        dimension.append(index_item)
+    ds.DimensionIndexSequence = dimension
+    per_frame = []
+    pixel_data = []
+    for index in order:
+        source = series[index]
+        item = Dataset()
+        position = Dataset()
+        position.ImagePositionPatient = source.ImagePositionPatient
+        item.PlanePositionSequence = DicomSequence([position])
+        content = Dataset()
+        content.TemporalPositionIndex = int(source.AcquisitionNumber)
+        content.StackID = "1"
+        content.InStackPositionNumber = stack_position[index]
+        content.DimensionIndexValues = [int(source.AcquisitionNumber), stack_position[index]]
+        item.FrameContentSequence = DicomSequence([content])
+        transform = Dataset()
+        transform.RescaleSlope = source.get("RescaleSlope", 1)
+        transform.RescaleIntercept = source.get("RescaleIntercept", 0)
+        transform.RescaleType = "US"
+        item.PixelValueTransformationSequence = DicomSequence([transform])
+        if mr:
+            echo = Dataset()
+            echo.EffectiveEchoTime = source.EchoTime
+            item.MREchoSequence = DicomSequence([echo])
+        per_frame.append(item)
+        pixel_data.append(source.PixelData)
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
+    ds.PixelData = b"".join(pixel_data)
+    return ds

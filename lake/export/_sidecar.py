@@ -50,19 +50,26 @@ FORBIDDEN_KEYS = frozenset(
     }
 )
 
-_MANUFACTURERS = {
-    "SIEMENS": "Siemens",
-    "GE": "GE",
-    "GE MEDICAL SYSTEMS": "GE",
-    "PHILIPS": "Philips",
-    "PHILIPS MEDICAL SYSTEMS": "Philips",
-    "PHILIPS HEALTHCARE": "Philips",
-    "TOSHIBA": "Toshiba",
-    "CANON": "Canon",
-    "HITACHI": "Hitachi",
-    "UIH": "UIH",
-    "BRUKER": "Bruker",
-}
+#: Manufacturer prefixes and the names dcm2niix writes for them.
+_MANUFACTURERS = (
+    ("SIEMENS", "Siemens"),
+    ("GE", "GE"),
+    ("PHILIPS", "Philips"),
+    ("TOSHIBA", "Toshiba"),
+    ("CANON", "Canon"),
+    ("HITACHI", "Hitachi"),
+    ("UIH", "UIH"),
+    ("UNITED IMAGING", "UIH"),
+    ("BRUKER", "Bruker"),
+)
+
+
+def _manufacturer(name: str) -> str:
+    upper = name.upper()
+    for prefix, canonical in _MANUFACTURERS:
+        if upper.startswith(prefix):
+            return canonical
+    return name
 
 # (BIDS key, DICOM keyword, functional group macro or "") for plain copies.
 _TEXT_KEYS: tuple[tuple[str, str], ...] = (
@@ -186,12 +193,12 @@ def build_sidecar(
     put("ImagingFrequency", _number(ds.get("ImagingFrequency")))
     manufacturer = _text(ds.get("Manufacturer"), "\\")
     if manufacturer is not None:
-        put("Manufacturer", _MANUFACTURERS.get(manufacturer.upper(), manufacturer))
+        put("Manufacturer", _manufacturer(manufacturer))
     for key, keyword in _TEXT_KEYS:
         put(key, _text(ds.get(keyword), "\\"))
     image_type = ds.get("ImageType")
     if image_type is not None:
-        put("ImageType", [str(v) for v in image_type])
+        put("ImageType", [str(v) for v in image_type if str(v).strip()])
     put("SeriesNumber", _number(ds.get("SeriesNumber")))
     times = [
         datasets[f.source].get("AcquisitionTime")
@@ -218,9 +225,11 @@ def build_sidecar(
                                   if frame is not None else ds.get("InversionTime")))
     put("FlipAngle", _number(attribute(ds, frame, "MRTimingAndRelatedParametersSequence",
                                        "FlipAngle")))
-    for key in ("KVP", "XRayTubeCurrent", "ExposureTime", "ConvolutionKernel"):
-        value = ds.get(key)
-        put(key, _text(value, "\\") if key == "ConvolutionKernel" else _number(value))
+    put("KVP", _number(ds.get("KVP")))
+    put("XRayTubeCurrent", _number(ds.get("XRayTubeCurrent")))
+    put("XRayExposure", _number(ds.get("Exposure")))
+    put("ExposureTime", _seconds(ds.get("ExposureTime")))
+    put("ConvolutionKernel", _text(ds.get("ConvolutionKernel"), "\\"))
     phase_axis = _text(ds.get("InPlanePhaseEncodingDirection"), "")
     n_x, n_y = int(assembled.data.shape[3]), int(assembled.data.shape[2])
     recon_pe = n_y if phase_axis == "COL" else n_x if phase_axis == "ROW" else None

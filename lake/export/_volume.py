@@ -142,6 +142,8 @@ class Assembled:
         For mosaics, the CSA image header of each volume.
     slice_thickness_fallback : bool
         Whether the slice spacing came from a DICOM attribute rather than positions.
+    anatomical : bool
+        Whether the affine comes from patient geometry (else it only carries voxel sizes).
     """
 
     affine: FloatArray
@@ -151,6 +153,7 @@ class Assembled:
     volumes: list[list[Frame]]
     mosaic_csa: list[dict[str, Any]] = field(default_factory=list)
     slice_thickness_fallback: bool = False
+    anatomical: bool = True
 
 
 # --------------------------------------------------------------------------- attributes
@@ -464,7 +467,9 @@ class PixelCache:
             )
         try:
             decoder = get_decoder(UID(str(syntax)))
-            options: dict[str, Any] = {"view_only": True}
+            # a view avoids a copy, but pydicom can only give one when no bits need masking
+            same_bits = ds.get("BitsStored") == ds.get("BitsAllocated")
+            options: dict[str, Any] = {"view_only": same_bits}
             array, _ = decoder.as_array(ds, **options)
         except (NotImplementedError, ValueError, RuntimeError, TypeError, KeyError) as exc:
             return NiftiRefusal(
@@ -631,19 +636,42 @@ def assemble_stack(
 
 
 def assemble_plain(
-    frames: list[Frame], pixels: PixelCache, suffix: str, pixel_spacing: tuple[float, float]
+    frames: list[Frame],
+    pixels: PixelCache,
+    suffix: str,
+    pixel_spacing: tuple[float, float],
+    slice_spacing: float,
 ) -> Assembled | NiftiRefusal:
     """Stack frames without patient geometry in the given order (one instance's frames).
 
-    The affine only carries the pixel size: the axes are not anatomical.
+    Without a position or orientation the axes are not anatomical; like dcm2niix, the
+    affine assumes an axial identity orientation centred on the origin, so that the voxel
+    sizes are right and viewers show the image upright.
     """
-    ds_rows_cols = pixels.frame(frames[0])
-    if isinstance(ds_rows_cols, NiftiRefusal):
-        return ds_rows_cols
-    rows, cols = int(ds_rows_cols.shape[0]), int(ds_rows_cols.shape[1])
-    affine = np.diag([pixel_spacing[1], pixel_spacing[0], 1.0, 1.0])
-    affine[1, 1] = pixel_spacing[0]
-    return _fill(affine, [frames], rows, cols, pixels, suffix, True)
+    first = pixels.frame(frames[0])
+    if isinstance(first, NiftiRefusal):
+        return NiftiRefusal(first.reason_code, first.message, suffix)
+    rows, cols = int(first.shape[0]), int(first.shape[1])
+    plane = Plane(
+        row_cosine=np.array([1.0, 0.0, 0.0]),
+        col_cosine=np.array([0.0, 1.0, 0.0]),
+        row_spacing=pixel_spacing[0],
+        col_spacing=pixel_spacing[1],
+        rows=rows,
+        cols=cols,
+    )
+    centre = np.array(
+        [
+            -(cols - 1) / 2.0 * pixel_spacing[1],
+            -(rows - 1) / 2.0 * pixel_spacing[0],
+            -(len(frames) - 1) / 2.0 * slice_spacing,
+        ]
+    )
+    affine = slice_affine_ras(plane, centre, slice_spacing)
+    assembled = _fill(affine, [frames], rows, cols, pixels, suffix, True)
+    if isinstance(assembled, Assembled):
+        assembled.anatomical = False
+    return assembled
 
 
 def _fill(

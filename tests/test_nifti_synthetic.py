@@ -1,0 +1,369 @@
+"""NIfTI export of series generated in fixtures: geometry, 4D, refusals, pixels, writing.
+
+The synthetic voxel value is ``1200 + 3x + 5y + 7z (+50 per volume, +400 per echo)`` with
+``(x, y, z)`` the LPS position of the pixel centre, so checking every voxel against the
+affine checks slice order, axis directions and data placement at once.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
+
+from lake._errors import ConfigError, ExportError
+from lake.export._nifti import (
+    NiftiRefusal,
+    NiftiVolume,
+    RefusalReason,
+    series_to_nifti,
+    write_volume,
+)
+from lake.export._nifti_synth import (
+    CORONAL,
+    PHI_SENTINELS,
+    SAGITTAL,
+    enhanced_from,
+    synthetic_series,
+)
+from lake.export._nifti_write import gzip_members, nifti_payload
+from lake.export._sidecar import FORBIDDEN_KEYS
+
+OBLIQUE = (0.9659258, 0.2588190, 0.0, -0.0669873, 0.2500000, -0.9659258)
+
+
+def _only(result: tuple[list[NiftiVolume], list[NiftiRefusal]]) -> NiftiVolume:
+    volumes, refusals = result
+    assert refusals == []
+    assert len(volumes) == 1
+    return volumes[0]
+
+
+def _data(volume: NiftiVolume) -> np.ndarray[Any, Any]:
+    data: np.ndarray[Any, Any] = np.asanyarray(volume.image.dataobj)
+    return data
+
+
+def _header(volume: NiftiVolume) -> Any:
+    return volume.image.header
+
+
+def _expected(volume: NiftiVolume, intercept: float = -1024.0) -> np.ndarray[Any, Any]:
+    """The synthetic pattern at every voxel centre, from the image's own affine."""
+    shape = volume.image.shape[:3]
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    ras = ijk @ volume.image.affine[:3, :3].T + volume.image.affine[:3, 3]
+    lps = ras * np.array([-1.0, -1.0, 1.0])
+    pattern: np.ndarray[Any, Any] = np.round(1200.0 + lps @ np.array([3.0, 5.0, 7.0]))
+    return pattern + intercept
+
+
+@pytest.mark.parametrize(
+    "orientation", [pytest.param(o, id=n) for n, o in
+                    (("axial", (1.0, 0, 0, 0, 1.0, 0)), ("sagittal", SAGITTAL),
+                     ("coronal", CORONAL), ("oblique", OBLIQUE))]
+)
+def test_every_voxel_sits_where_its_affine_says(orientation: tuple[float, ...]) -> None:
+    series = synthetic_series(n_slices=9, rows=20, cols=14, orientation=orientation)
+    volume = _only(series_to_nifti(series))
+    assert volume.image.shape == (14, 20, 9)
+    np.testing.assert_allclose(_data(volume), _expected(volume), atol=1.01)
+    zooms = _header(volume).get_zooms()
+    np.testing.assert_allclose(zooms, (0.7, 0.8, 2.5), atol=1e-5)
+    header: Any = volume.image.header
+    assert int(header["qform_code"]) == 1 and int(header["sform_code"]) == 1
+    assert int(header["xyzt_units"]) == 10
+
+
+@pytest.mark.parametrize("numbers", ["ordered", "reversed", "shuffled"])
+def test_file_order_and_instance_numbers_do_not_matter(numbers: str) -> None:
+    reference = series_to_nifti(synthetic_series(n_slices=12, rows=8, cols=8))[0][0]
+    series = synthetic_series(n_slices=12, rows=8, cols=8, instance_numbers=numbers)
+    order = np.random.default_rng(7).permutation(len(series))
+    volume = _only(series_to_nifti([series[i] for i in order]))
+    assert nifti_payload(volume.image) == nifti_payload(reference.image)
+
+
+def test_rescale_kept_as_integers_with_scl_slope_and_inter() -> None:
+    volume = _only(series_to_nifti(synthetic_series(n_slices=4, rows=8, cols=8)))
+    assert _header(volume).get_data_dtype() == np.int16
+    proxy: Any = volume.image.dataobj
+    assert (proxy.slope, proxy.inter) == (1.0, -1024.0)
+    raw = proxy.get_unscaled()
+    np.testing.assert_array_equal(_data(volume), raw * 1.0 - 1024.0)
+
+
+def test_rescale_varying_per_slice_becomes_float32() -> None:
+    series = synthetic_series(n_slices=5, rows=8, cols=8, rescale_per_slice=True)
+    volume = _only(series_to_nifti(series))
+    assert _header(volume).get_data_dtype() == np.float32
+    proxy: Any = volume.image.dataobj
+    assert (proxy.slope, proxy.inter) == (1.0, 0.0)
+    data = _data(volume)
+    for ds in series:
+        stored = np.frombuffer(ds.PixelData, dtype=np.uint16).reshape(8, 8)[::-1].T
+        k = round((float(ds.ImagePositionPatient[2]) - 10.0) / 2.5)
+        expected = stored * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        np.testing.assert_allclose(data[..., k], expected, rtol=1e-6, atol=1e-5)
+
+
+def test_signed_data_with_bits_stored_below_bits_allocated() -> None:
+    series = synthetic_series(
+        n_slices=3, rows=8, cols=8, modality="MR", signed=True, bits_stored=12,
+        origin=(-400.0, -300.0, -200.0),
+    )
+    volume = _only(series_to_nifti(series))
+    data = _data(volume)
+    assert data.min() < 0  # negative 12-bit values survive sign extension
+    np.testing.assert_allclose(data, np.clip(_expected(volume, 0.0), -2048, 2047), atol=1.01)
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless])
+def test_compressed_transfer_syntaxes_decode_to_the_same_volume(syntax: str) -> None:
+    series = synthetic_series(n_slices=3, rows=64, cols=48, modality="MR", signed=True, noise=9)
+    reference = _only(series_to_nifti(series))
+    for ds in series:
+        ds.compress(syntax)
+    volume = _only(series_to_nifti(series))
+    np.testing.assert_array_equal(_data(volume), _data(reference))
+
+
+def test_gap_is_refused_with_a_reason() -> None:
+    volumes, refusals = series_to_nifti(
+        synthetic_series(n_slices=10, rows=8, cols=8, gap_after=4)
+    )
+    assert volumes == []
+    assert [r.reason_code for r in refusals] == [RefusalReason.MISSING_SLICES]
+    assert "1 slice location(s) missing" in refusals[0].message
+
+
+def test_uneven_spacing_is_refused() -> None:
+    series = synthetic_series(rows=8, cols=8, positions=[0, 1, 2, 3, 4.6, 5.6, 6.6])
+    volumes, refusals = series_to_nifti(series)
+    assert volumes == []
+    assert [r.reason_code for r in refusals] == [RefusalReason.UNEVEN_SPACING]
+
+
+def test_small_position_jitter_is_tolerated() -> None:
+    series = synthetic_series(rows=8, cols=8, positions=[0, 2.5, 5.004, 7.5, 10.0])
+    volume = _only(series_to_nifti(series))
+    assert _header(volume).get_zooms()[2] == pytest.approx(2.5)
+
+
+def test_gantry_tilt_is_refused() -> None:
+    series = synthetic_series(n_slices=10, rows=8, cols=8, tilt_degrees=12.0)
+    volumes, refusals = series_to_nifti(series)
+    assert volumes == []
+    assert [r.reason_code for r in refusals] == [RefusalReason.GANTRY_TILT]
+    assert "resampling" in refusals[0].message
+
+
+def test_4d_series_with_tr_in_pixdim() -> None:
+    series = synthetic_series(
+        n_slices=6, rows=8, cols=10, modality="MR", n_volumes=4, repetition_time=1500.0,
+        instance_numbers="shuffled",
+    )
+    order = np.random.default_rng(3).permutation(len(series))
+    volume = _only(series_to_nifti([series[i] for i in order]))
+    assert volume.image.shape == (10, 8, 6, 4)
+    header: Any = volume.image.header
+    assert float(header["pixdim"][4]) == pytest.approx(1.5)
+    assert volume.sidecar["RepetitionTime"] == pytest.approx(1.5)
+    data = _data(volume)
+    for t in range(4):
+        np.testing.assert_allclose(data[..., t] - data[..., 0], 50.0 * t, atol=1.01)
+
+
+def test_incomplete_4d_series_is_refused() -> None:
+    series = synthetic_series(n_slices=6, rows=8, cols=8, modality="MR", n_volumes=3)
+    volumes, refusals = series_to_nifti(series[:-1])
+    assert volumes == []
+    assert [r.reason_code for r in refusals] == [RefusalReason.INCOMPLETE_VOLUMES]
+
+
+def test_multi_echo_is_split_into_suffixed_volumes() -> None:
+    series = synthetic_series(
+        n_slices=5, rows=8, cols=8, modality="MR", echo_times=[12.0, 24.0, 36.0]
+    )
+    volumes, refusals = series_to_nifti(series[::-1])
+    assert refusals == []
+    assert [v.suffix for v in volumes] == ["_e1", "_e2", "_e3"]
+    assert [v.sidecar["EchoTime"] for v in volumes] == pytest.approx([0.012, 0.024, 0.036])
+    assert [v.sidecar["EchoNumber"] for v in volumes] == [1, 2, 3]
+    np.testing.assert_allclose(_data(volumes[2]) - _data(volumes[0]), 800.0, atol=1.01)
+
+
+def test_phase_images_get_their_own_volume() -> None:
+    magnitude = synthetic_series(n_slices=4, rows=8, cols=8, modality="MR", series_tag="mp")
+    phase = synthetic_series(n_slices=4, rows=8, cols=8, modality="MR", series_tag="mp", seed=1)
+    for ds in phase:
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "P", "ND"]
+        ds.SOPInstanceUID = generate_uid()
+    volumes, refusals = series_to_nifti(magnitude + phase)
+    assert refusals == []
+    assert [v.suffix for v in volumes] == ["", "_ph"]
+
+
+def test_dwi_writes_fsl_bval_and_bvec_in_image_space() -> None:
+    directions = [[0.0, 0, 0], [1.0, 0, 0], [0.0, 0.6, 0.8], [0.48, -0.6, 0.64]]
+    series = synthetic_series(
+        n_slices=4, rows=8, cols=8, modality="MR", n_volumes=4,
+        bvalues=[0, 1000, 1000, 2000], bvecs=directions,
+    )
+    volume = _only(series_to_nifti(series))
+    assert volume.bval is not None and volume.bvec is not None
+    np.testing.assert_array_equal(volume.bval, [0, 1000, 1000, 2000])
+    # axial, slices ascending: image axes are (+x, -y, +z) in LPS; det < 0 so no x flip
+    expected = np.array(directions, dtype=float) * np.array([1.0, -1.0, 1.0])
+    np.testing.assert_allclose(volume.bvec.T, expected, atol=1e-6)
+
+
+def test_enhanced_multiframe_matches_the_classic_series() -> None:
+    series = synthetic_series(n_slices=7, rows=12, cols=10, modality="MR", n_volumes=3)
+    classic = _only(series_to_nifti(series))
+    shuffled = np.random.default_rng(5).permutation(len(series))
+    enhanced = _only(series_to_nifti([enhanced_from(series, shuffled.tolist())]))
+    assert nifti_payload(enhanced.image) == nifti_payload(classic.image)
+    assert enhanced.sidecar["EchoTime"] == classic.sidecar["EchoTime"]
+    assert enhanced.sidecar["RepetitionTime"] == classic.sidecar["RepetitionTime"]
+
+
+def test_single_2d_image() -> None:
+    volume = _only(series_to_nifti(synthetic_series(n_slices=1, rows=8, cols=6)))
+    assert volume.image.shape == (6, 8, 1)
+    assert _header(volume).get_zooms()[2] == pytest.approx(2.5)  # SliceThickness
+    np.testing.assert_allclose(_data(volume), _expected(volume), atol=1.01)
+
+
+def test_mixed_series_and_mixed_geometry_are_refused() -> None:
+    a = synthetic_series(n_slices=3, rows=8, cols=8, series_tag="a")
+    b = synthetic_series(n_slices=3, rows=8, cols=8, series_tag="b")
+    assert series_to_nifti(a + b)[1][0].reason_code is RefusalReason.MIXED_SERIES
+    sagittal = synthetic_series(n_slices=3, rows=8, cols=8, series_tag="a", orientation=SAGITTAL)
+    for ds in sagittal:
+        ds.SOPInstanceUID = generate_uid()
+    volumes, refusals = series_to_nifti(a + sagittal)
+    assert volumes == [] and refusals[0].reason_code is RefusalReason.MIXED_GEOMETRY
+
+
+def test_instances_without_pixels_or_geometry() -> None:
+    series = synthetic_series(n_slices=4, rows=8, cols=8)
+    del series[2].PixelData
+    volumes, refusals = series_to_nifti(series)
+    # the hole left by the pixel-less instance is a missing slice...
+    assert [r.reason_code for r in refusals] == [
+        RefusalReason.NO_PIXEL_DATA, RefusalReason.MISSING_SLICES
+    ]
+    assert volumes == []
+    series = synthetic_series(n_slices=4, rows=8, cols=8)
+    del series[3].PixelData
+    volumes, refusals = series_to_nifti(series)  # ...at the end it shortens the stack
+    assert volumes[0].image.shape == (8, 8, 3)
+    series = synthetic_series(n_slices=4, rows=8, cols=8)
+    del series[1].ImagePositionPatient
+    volumes, refusals = series_to_nifti(series)
+    assert volumes == [] and refusals[0].reason_code is RefusalReason.MISSING_GEOMETRY
+    with pytest.raises(ExportError):
+        series_to_nifti([])
+
+
+def test_palette_colour_is_refused() -> None:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("OBXXXX1A.dcm")
+    if not isinstance(path, str):
+        pytest.skip("OBXXXX1A.dcm needs pydicom-data")
+    ds = pydicom.dcmread(path)
+    volumes, refusals = series_to_nifti([ds])
+    assert volumes == []
+    assert refusals[0].reason_code is RefusalReason.UNSUPPORTED_PIXELS
+
+
+def test_input_datasets_are_not_modified() -> None:
+    series = synthetic_series(n_slices=3, rows=8, cols=8)
+    before = [ds.to_json_dict() for ds in series]
+    series_to_nifti(series)
+    assert [ds.to_json_dict() for ds in series] == before
+    assert all(getattr(ds, "_pixel_array", None) is None for ds in series)
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def test_write_is_byte_deterministic_and_thread_count_independent(tmp_path: Path) -> None:
+    series = synthetic_series(n_slices=30, rows=64, cols=64, noise=20.0)
+    volume = _only(series_to_nifti(series))
+    first = write_volume(volume, tmp_path / "a" / "ct", compress=True, level=6, threads=1)
+    again = _only(series_to_nifti(list(reversed(series))))
+    second = write_volume(again, tmp_path / "b" / "ct", compress=True, level=6, threads=4)
+    for p, q in zip(first, second, strict=True):
+        assert p.read_bytes() == q.read_bytes(), p.name
+    blob = first[0].read_bytes()
+    assert blob[:4] == b"\x1f\x8b\x08\x00" and blob[4:8] == b"\x00\x00\x00\x00"  # no FNAME, mtime 0
+    plain = write_volume(volume, tmp_path / "c" / "ct", compress=False, level=6)
+    assert gzip.decompress(blob) == plain[0].read_bytes()
+    loaded: Any = nib.load(first[0])
+    np.testing.assert_array_equal(np.asanyarray(loaded.dataobj), _data(volume))
+    assert not list(tmp_path.rglob("*.part"))
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 * (1 << 20) + 5])
+def test_parallel_gzip_round_trips_any_length(size: int) -> None:
+    data = np.random.default_rng(size).integers(0, 4, size, dtype=np.uint8).tobytes()
+    chunks = [data[: size // 3], data[size // 3 :]]
+    packed = b"".join(gzip_members(chunks, 1, threads=3))
+    assert gzip.decompress(packed) == data
+
+
+def test_gzip_level_is_validated(tmp_path: Path) -> None:
+    volume = _only(series_to_nifti(synthetic_series(n_slices=2, rows=4, cols=4)))
+    with pytest.raises(ConfigError):
+        write_volume(volume, tmp_path / "x", compress=True, level=12)
+
+
+def test_write_failure_raises_export_error_and_leaves_nothing(tmp_path: Path) -> None:
+    volume = _only(series_to_nifti(synthetic_series(n_slices=2, rows=4, cols=4)))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ExportError):
+        write_volume(volume, blocker / "ct", compress=False, level=6)
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    (readonly / "ct.nii").mkdir()  # a folder where the image should go
+    with pytest.raises(ExportError):
+        write_volume(volume, readonly / "ct", compress=False, level=6)
+    assert [p.name for p in readonly.iterdir()] == ["ct.nii"]
+
+
+def test_dwi_files_are_written(tmp_path: Path) -> None:
+    series = synthetic_series(
+        n_slices=3, rows=4, cols=4, modality="MR", n_volumes=2, bvalues=[0, 1000],
+        bvecs=[[0, 0, 0], [0, 0, 1]],
+    )
+    paths = write_volume(_only(series_to_nifti(series)), tmp_path / "dwi", False, 6)
+    assert [p.name for p in paths] == ["dwi.nii", "dwi.json", "dwi.bval", "dwi.bvec"]
+    assert paths[2].read_text() == "0 1000\n"
+    assert paths[3].read_text() == "0 0\n0 0\n0 1\n"
+
+
+def test_no_phi_reaches_any_output(tmp_path: Path) -> None:
+    series = synthetic_series(n_slices=4, rows=8, cols=8, modality="MR", n_volumes=2,
+                              bvalues=[0, 1000], bvecs=[[0, 0, 0], [1, 0, 0]])
+    volume = _only(series_to_nifti(series))
+    assert not FORBIDDEN_KEYS & set(volume.sidecar)
+    written = write_volume(volume, tmp_path / "out", compress=False, level=6)
+    for path in written:
+        content = path.read_bytes()
+        for value in PHI_SENTINELS.values():
+            assert value.encode() not in content, (path.name, value)
+    sidecar = json.loads(written[1].read_text())
+    assert "PatientName" not in sidecar and "PatientID" not in sidecar
+    # the sentinels are really in the input, so the check above can fail
+    assert all(str(series[0].get(k)) == v for k, v in PHI_SENTINELS.items())
