@@ -1,0 +1,397 @@
+"""The query index behind C-FIND, C-GET and C-MOVE: one catalog version in DuckDB.
+
+A :class:`Snapshot` copies the narrow columns of one ``instances`` version into
+in-memory DuckDB tables, one per query level (``patient``, ``study``, ``series``,
+``image``), each row carrying its attributes, the counts DICOM asks for
+(ModalitiesInStudy, NumberOfStudyRelatedInstances, ...) and a representative
+instance whose header answers keys that are not catalog columns. Building it reads
+the Delta table once; every query after that is a bound-parameter SELECT.
+:class:`SnapshotCache` rebuilds the snapshot when the Delta version changes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.valuerep import DSfloat
+
+from lake._errors import CatalogError, QueryError
+from lake.catalog import INSTANCES, DeltaTables
+from lake.net._match import Key, Level, predicate, python_matcher
+
+__all__ = ["RetrieveItem", "Snapshot", "SnapshotCache"]
+
+
+@dataclass(frozen=True)
+class Attr:
+    """A column of a level table that answers one DICOM keyword."""
+
+    keyword: str
+    kind: str  # uid, string, date, time, int, float, strings
+
+
+def _kind(column: Any) -> str | None:
+    type_ = column.type
+    if pa.types.is_list(type_):
+        return "strings" if pa.types.is_string(type_.value_type) else None
+    if column.sql_cast == "TIME":
+        return "time"
+    if pa.types.is_date32(type_):
+        return "date"
+    if pa.types.is_integer(type_):
+        return "int"
+    if pa.types.is_floating(type_):
+        return "float"
+    if pa.types.is_string(type_):
+        return "uid" if column.name.endswith("UID") else "string"
+    return None  # timestamps: answered from the header
+
+
+_COLUMN_KINDS: dict[str, str] = {}
+for _column in INSTANCES.columns:
+    _k = _kind(_column)
+    if _k is not None and _column.name[0].isupper():
+        _COLUMN_KINDS[_column.name] = _k
+del _column, _k
+
+_PATIENT = ("PatientID", "PatientSex")
+_STUDY = ("StudyInstanceUID", "StudyDate", "StudyTime", "StudyDescription", "PatientAge",
+          "PatientWeight", "PatientSize")
+_SERIES = ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDate", "SeriesTime",
+           "SeriesDescription", "BodyPartExamined", "ProtocolName", "Manufacturer",
+           "ManufacturerModelName", "FrameOfReferenceUID")
+
+# Attributes computed per level (name -> kind, SQL aggregate over the image table).
+_COMPUTED: dict[Level, dict[str, tuple[str, str]]] = {
+    Level.PATIENT: {
+        "NumberOfPatientRelatedStudies": ("int", "count(DISTINCT StudyInstanceUID)"),
+        "NumberOfPatientRelatedSeries": ("int", "count(DISTINCT SeriesInstanceUID)"),
+        "NumberOfPatientRelatedInstances": ("int", "count(*)"),
+    },
+    Level.STUDY: {
+        "ModalitiesInStudy": (
+            "strings",
+            "list_sort(list_distinct(list(Modality) FILTER (WHERE Modality IS NOT NULL)))",
+        ),
+        "SOPClassesInStudy": ("strings", "list_sort(list_distinct(list(SOPClassUID)))"),
+        "NumberOfStudyRelatedSeries": ("int", "count(DISTINCT SeriesInstanceUID)"),
+        "NumberOfStudyRelatedInstances": ("int", "count(*)"),
+    },
+    Level.SERIES: {
+        "NumberOfSeriesRelatedInstances": ("int", "count(*)"),
+    },
+    Level.IMAGE: {},
+}
+
+_INHERITED: dict[Level, tuple[str, ...]] = {
+    Level.PATIENT: _PATIENT,
+    Level.STUDY: _PATIENT + _STUDY,
+    Level.SERIES: _PATIENT + _STUDY + _SERIES,
+}
+
+_TABLE = {Level.PATIENT: "patient", Level.STUDY: "study", Level.SERIES: "series",
+          Level.IMAGE: "image"}
+
+
+def _attrs(level: Level) -> dict[str, Attr]:
+    if level is Level.IMAGE:
+        out = {name: Attr(name, kind) for name, kind in _COLUMN_KINDS.items()}
+    else:
+        out = {name: Attr(name, _COLUMN_KINDS[name]) for name in _INHERITED[level]}
+    for name, (kind, _) in _COMPUTED[level].items():
+        out[name] = Attr(name, kind)
+    return out
+
+
+_LEVEL_ATTRS = {level: _attrs(level) for level in Level}
+
+_IMAGE_EXTRA = ("pixel_hash", "pixel_vr", "size_bytes")
+
+
+def _q(name: str) -> str:
+    return '"' + name + '"'
+
+
+def _image_sql() -> str:
+    cols = []
+    for name in _COLUMN_KINDS:
+        column = next(c for c in INSTANCES.columns if c.name == name)
+        cols.append(f"CAST({_q(name)} AS TIME) AS {_q(name)}" if column.sql_cast else _q(name))
+    cols.extend(_q(c) for c in _IMAGE_EXTRA)
+    return (
+        f"CREATE TABLE image AS SELECT {', '.join(cols)}, SOPInstanceUID AS _rep "
+        "FROM instances_delta"
+    )
+
+
+def _level_sql(level: Level) -> str:
+    key = level.unique_key
+    cols = [_q(key)]
+    cols += [f"any_value({_q(n)}) AS {_q(n)}" for n in _INHERITED[level] if n != key]
+    cols += [f"{sql} AS {_q(name)}" for name, (_, sql) in _COMPUTED[level].items()]
+    cols.append("min(SOPInstanceUID) AS _rep")
+    return (
+        f"CREATE TABLE {_TABLE[level]} AS SELECT {', '.join(cols)} FROM image "
+        f"WHERE {_q(key)} IS NOT NULL GROUP BY {_q(key)}"
+    )
+
+
+# --- rendering typed values as DICOM ----------------------------------------------------
+
+
+def _render(kind: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if kind == "date":
+        return value.strftime("%Y%m%d") if isinstance(value, dt.date) else str(value)
+    if kind == "time":
+        if isinstance(value, dt.time):
+            text = value.strftime("%H%M%S")
+            return text + (f".{value.microsecond:06d}" if value.microsecond else "")
+        return str(value)
+    if kind == "int":
+        return str(int(value))
+    if kind == "float":
+        return DSfloat(float(value), auto_format=True)
+    if kind == "strings":
+        return [str(v) for v in value]
+    return str(value)
+
+
+def _element_from_json(tag: int, entry: dict[str, Any]) -> DataElement | None:
+    if "BulkDataURI" in entry or "InlineBinary" in entry:
+        return None
+    try:
+        ds = Dataset.from_json({f"{tag:08X}": entry})
+    except Exception:  # noqa: BLE001 - a header value pydicom cannot rebuild: return it empty
+        return None
+    return ds.get(tag)
+
+
+def _json_strings(entry: dict[str, Any] | None) -> list[str]:
+    if not entry:
+        return []
+    out: list[str] = []
+    for value in entry.get("Value", []):
+        if isinstance(value, dict):
+            out.append(str(value.get("Alphabetic", "")))
+        else:
+            out.append(str(value))
+    return out
+
+
+@dataclass(frozen=True)
+class RetrieveItem:
+    """One instance to send for C-GET/C-MOVE."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    pixel_hash: str | None
+    pixel_vr: str | None
+
+
+class Snapshot:
+    """One version of the catalog, indexed for DICOM queries.
+
+    Parameters
+    ----------
+    tables : DeltaTables
+        The lake's tables.
+    version : int
+        The ``instances`` version to index.
+    """
+
+    def __init__(self, tables: DeltaTables, version: int) -> None:
+        self.version = version
+        self._lock = threading.Lock()
+        delta = tables.open("instances", version)
+        self._con = duckdb.connect()
+        self._con.execute("SET threads TO 2")
+        self._con.register("instances_delta", delta.to_pyarrow_dataset())
+        try:
+            self._con.execute(_image_sql())
+            for level in (Level.SERIES, Level.STUDY, Level.PATIENT):
+                self._con.execute(_level_sql(level))
+        except duckdb.Error as exc:
+            raise CatalogError(
+                f"the catalog cannot be indexed for DICOM queries ({type(exc).__name__}); "
+                "run 'lake verify'"
+            ) from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        with self._lock:
+            try:
+                cursor = self._con.execute(sql, list(params))
+                names = [d[0] for d in cursor.description or []]
+                return names, cursor.fetchall()
+            except duckdb.Error as exc:
+                raise QueryError(f"the query cannot be answered ({type(exc).__name__})") from None
+
+    def _where(self, level: Level, keys: Sequence[Key]) -> tuple[str, list[Any], list[Key]]:
+        attrs = _LEVEL_ATTRS[level]
+        clauses: list[str] = []
+        params: list[Any] = []
+        header_keys: list[Key] = []
+        for key in keys:
+            if key.is_return_only:
+                continue
+            attr = attrs.get(key.keyword)
+            if attr is None:
+                header_keys.append(key)
+                continue
+            pred = predicate(attr.keyword, attr.kind, key)
+            clauses.append(pred.sql)
+            params.extend(pred.params)
+        where = " AND ".join(clauses) if clauses else "TRUE"
+        return where, params, header_keys
+
+    def headers(self, uids: Sequence[str], column: str = "header_json") -> dict[str, Any]:
+        """``column`` (``header_json`` or ``header_dicom``) of the instances ``uids``."""
+        if column not in ("header_json", "header_dicom"):
+            raise ValueError(column)
+        if not uids:
+            return {}
+        _, rows = self._fetch(
+            f"SELECT SOPInstanceUID, {column} FROM instances_delta "
+            "WHERE SOPInstanceUID IN (SELECT unnest(?::VARCHAR[]))",
+            [list(uids)],
+        )
+        return {uid: value for uid, value in rows}
+
+    def find(self, level: Level, keys: Sequence[Key]) -> list[Dataset]:
+        """Answer a C-FIND at ``level``: one response identifier per match.
+
+        Raises
+        ------
+        QueryError
+            If a matching value is malformed for its attribute.
+        """
+        attrs = _LEVEL_ATTRS[level]
+        where, params, header_keys = self._where(level, keys)
+        columns = sorted({k.keyword for k in keys if k.keyword in attrs} | {level.unique_key})
+        select = ", ".join([_q(c) for c in columns] + ["_rep"])
+        names, rows = self._fetch(
+            f"SELECT {select} FROM {_TABLE[level]} WHERE {where} ORDER BY {_q(level.unique_key)}",
+            params,
+        )
+        records = [dict(zip(names, row, strict=True)) for row in rows]
+        need_header = [k for k in keys if k.keyword not in attrs]
+        headers: dict[str, dict[str, Any]] = {}
+        if need_header and records:
+            raw = self.headers([r["_rep"] for r in records])
+            headers = {uid: json.loads(text) for uid, text in raw.items() if text}
+        if header_keys:
+            matchers = [(f"{k.tag:08X}", python_matcher(k)) for k in header_keys]
+            records = [
+                r for r in records
+                if all(m(_json_strings(headers.get(r["_rep"], {}).get(t))) for t, m in matchers)
+            ]
+        results = []
+        for record in records:
+            ds = Dataset()
+            ds.QueryRetrieveLevel = level.value
+            header = headers.get(record["_rep"], {})
+            for key in keys:
+                ds.add(self._element(key, attrs.get(key.keyword), record, header))
+            if level.unique_key not in ds:
+                ds.add_new(_tag(level.unique_key), "UI" if level is not Level.PATIENT else "LO",
+                           record[level.unique_key])
+            results.append(ds)
+        return results
+
+    @staticmethod
+    def _element(
+        key: Key, attr: Attr | None, record: dict[str, Any], header: dict[str, Any]
+    ) -> DataElement:
+        if key.vr == "SQ":
+            return DataElement(key.tag, "SQ", [])
+        if attr is not None:
+            value = _render(attr.kind, record.get(attr.keyword))
+            return DataElement(key.tag, key.vr, "" if value is None else value)
+        entry = header.get(f"{key.tag:08X}")
+        elem = _element_from_json(key.tag, entry) if entry else None
+        if elem is not None and key.vr == elem.VR:
+            return elem
+        return DataElement(key.tag, key.vr, None)
+
+    def retrieve(self, level: Level, keys: Sequence[Key]) -> list[RetrieveItem]:
+        """The instances a C-GET/C-MOVE identifier selects.
+
+        Raises
+        ------
+        QueryError
+            If the identifier lacks the level's unique key or uses non-unique keys.
+        """
+        if not any(k.keyword == level.unique_key and k.values for k in keys):
+            raise QueryError(
+                f"a {level.value} level retrieve needs a value for {level.unique_key}"
+            )
+        where, params, header_keys = self._where(Level.IMAGE, keys)
+        if header_keys:
+            raise QueryError("a retrieve identifier may hold only unique keys")
+        _, rows = self._fetch(
+            "SELECT SOPInstanceUID, SOPClassUID, TransferSyntaxUID, pixel_hash, pixel_vr "
+            f"FROM image WHERE {where} "
+            "ORDER BY StudyInstanceUID, SeriesInstanceUID, InstanceNumber, SOPInstanceUID",
+            params,
+        )
+        return [RetrieveItem(*row) for row in rows]
+
+
+def _tag(keyword: str) -> int:
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    assert tag is not None
+    return int(tag)
+
+
+class SnapshotCache:
+    """The snapshot of the newest catalog version, rebuilt when the version changes.
+
+    Parameters
+    ----------
+    tables : DeltaTables
+        The lake's tables.
+    """
+
+    def __init__(self, tables: DeltaTables) -> None:
+        self._tables = tables
+        self._lock = threading.Lock()
+        self._delta = tables.open("instances")
+        self._snapshot: Snapshot | None = None
+
+    def current(self) -> Snapshot:
+        """The snapshot of the newest committed version (checked on every call)."""
+        with self._lock:
+            self._delta.update_incremental()
+            version = int(self._delta.version())
+            if self._snapshot is None or self._snapshot.version != version:
+                self._snapshot = Snapshot(self._tables, version)
+            return self._snapshot
+
+    def close(self) -> None:
+        with self._lock:
+            if self._snapshot is not None:
+                self._snapshot.close()
+                self._snapshot = None
+
+
+def iter_chunks(items: Sequence[RetrieveItem], size: int) -> Iterator[Sequence[RetrieveItem]]:
+    """``items`` in slices of ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

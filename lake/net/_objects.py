@@ -1,0 +1,121 @@
+"""Stored instances as datasets to send, and choosing how to send them.
+
+An instance is rebuilt from its exact de-identified header bytes plus its pixel
+blob, in the transfer syntax it was stored in. It is converted only when the peer
+accepted no context for that syntax: compressed pixel data is then decoded to
+Explicit VR Little Endian (the one conversion every peer accepts).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom.presentation import PresentationContext, build_context
+
+from lake._errors import NetError
+from lake.net._index import RetrieveItem
+from lake.store import BlobStore
+
+__all__ = ["UNCOMPRESSED", "contexts_for", "load_instance", "prepare_for"]
+
+_PIXEL_DATA = 0x7FE00010
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+_MAX_CONTEXTS = 127
+
+
+def load_instance(header: bytes, item: RetrieveItem, blobs: BlobStore) -> Dataset:
+    """The stored instance: its de-identified header plus its pixel blob.
+
+    Raises
+    ------
+    BlobNotFoundError
+        If the pixel blob is missing (run ``lake verify``).
+    """
+    ds = dcmread(io.BytesIO(header))
+    if item.pixel_hash:
+        ds.add_new(_PIXEL_DATA, item.pixel_vr or "OB", blobs.get(item.pixel_hash))
+        if UID(ds.file_meta.TransferSyntaxUID).is_encapsulated:
+            ds[_PIXEL_DATA].is_undefined_length = True
+    return ds
+
+
+def _accepts(syntax: UID, offered: UID) -> bool:
+    """Whether pynetdicom can send a dataset in ``syntax`` over a context of ``offered``."""
+    if syntax == offered:
+        return True
+    if syntax.is_compressed or offered.is_compressed:
+        return False
+    return bool(syntax.is_little_endian == offered.is_little_endian)
+
+
+def prepare_for(ds: Dataset, accepted: Sequence[PresentationContext]) -> Dataset:
+    """``ds`` as stored if a context accepts its syntax, else decoded to Explicit VR LE.
+
+    Parameters
+    ----------
+    ds : Dataset
+        A stored instance (see :func:`load_instance`).
+    accepted : sequence of PresentationContext
+        The accepted contexts in which the lake acts as the Storage SCU.
+
+    Raises
+    ------
+    NetError
+        If the peer accepts the SOP class in no usable syntax, or decoding fails.
+    """
+    sop_class = UID(ds.SOPClassUID)
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    offered = [UID(cx.transfer_syntax[0]) for cx in accepted if cx.abstract_syntax == sop_class]
+    if any(_accepts(syntax, o) for o in offered):
+        return ds
+    if syntax.is_compressed and any(o in UNCOMPRESSED for o in offered):
+        try:
+            ds.decompress()
+        except Exception as exc:  # noqa: BLE001 - codec failures come in many types
+            raise NetError(
+                f"the instance is stored as {syntax.name} and the peer accepts only "
+                f"uncompressed data, but decoding failed ({type(exc).__name__})"
+            ) from None
+        return ds
+    if syntax == ExplicitVRBigEndian and ExplicitVRLittleEndian in offered:
+        raise NetError("big-endian instances can only be sent to peers that accept big endian")
+    raise NetError(f"the peer accepted no presentation context for {sop_class.name}")
+
+
+def contexts_for(items: Iterable[RetrieveItem]) -> list[PresentationContext]:
+    """Presentation contexts to propose for sending ``items`` (C-MOVE sub-operations).
+
+    One context per (SOP class, stored syntax) so the peer can take each instance
+    as stored, plus one uncompressed fallback per SOP class that is stored compressed.
+    """
+    pairs: dict[tuple[str, str], None] = {}
+    for item in items:
+        pairs.setdefault((item.sop_class_uid, item.transfer_syntax_uid), None)
+    exact: list[PresentationContext] = []
+    fallback: dict[str, PresentationContext] = {}
+    for sop, syntax in pairs:
+        uid = UID(syntax)
+        if uid.is_compressed:
+            exact.append(build_context(sop, [uid]))
+            fallback.setdefault(sop, build_context(sop, list(UNCOMPRESSED)))
+        elif uid == DeflatedExplicitVRLittleEndian:
+            exact.append(build_context(sop, [uid, *UNCOMPRESSED]))
+        else:
+            exact.append(build_context(sop, [uid, *[u for u in UNCOMPRESSED if u != uid]]))
+    contexts = list(fallback.values()) + exact
+    if len(contexts) > _MAX_CONTEXTS:
+        raise NetError(
+            f"the matches need {len(contexts)} presentation contexts (at most {_MAX_CONTEXTS} "
+            "fit in one association); retrieve fewer SOP classes at a time"
+        )
+    return contexts

@@ -1,0 +1,352 @@
+"""The crash-safe spool of received instances and the committer that drains it.
+
+A received instance is acknowledged only once its de-identified catalog row (or,
+for a refused instance, its PHI-free quarantine record) is durable in the spool:
+one small Arrow IPC file per instance, written to a temporary name, fsync'd and
+renamed (then the folder is fsync'd). Identified bytes never enter the spool;
+:meth:`lake.ingest.Ingestor.process` has already written the pixel blob or sealed
+the original in quarantine. The :class:`Committer` thread commits the spooled
+outcomes to the catalog every ``every`` instances or ``interval`` seconds (one
+Delta commit per batch), then deletes their spool files. At start-up,
+:meth:`Committer.recover` commits whatever a crash left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from lake._errors import LakeError, NetError
+from lake.catalog import INSTANCES, QUARANTINE
+from lake.ingest import Accepted, BatchResult, Ingestor, Outcome, Rejected
+from lake.store import Location
+
+__all__ = ["Committer", "Spool", "SpoolEntry"]
+
+_SUFFIX = ".arrow"
+_TMP = ".tmp-"
+_META = b"imaging-lake-spool"
+_TRANSIENT = ("batch_id", "ingested_at", "quarantined_at")
+
+
+@dataclass
+class SpoolEntry:
+    """One spooled outcome.
+
+    Attributes
+    ----------
+    outcome : Accepted or Rejected
+        The de-identified row or the quarantine record (never original values).
+    tag : str, optional
+        An opaque label for the committer's callback (the pull ledger key).
+    name : str
+        The spool file name.
+    """
+
+    outcome: Outcome
+    tag: str | None
+    name: str
+
+
+def _encode(outcome: Outcome, tag: str | None) -> bytes:
+    if isinstance(outcome, Accepted):
+        table, row = INSTANCES, outcome.row
+        meta = {
+            "kind": "accepted",
+            "actions": dict(outcome.actions),
+            "blob_written": outcome.blob_written,
+        }
+    else:
+        table, row = QUARANTINE, outcome.record
+        meta = {"kind": "rejected"}
+    meta.update(bytes_in=outcome.bytes_in, tag=tag)
+    schema = table.schema.with_metadata({_META: json.dumps(meta).encode()})
+    clean = {k: v for k, v in row.items() if k not in _TRANSIENT}
+    data = pa.Table.from_pylist([clean], schema=schema)
+    sink = io.BytesIO()
+    with ipc.new_file(sink, schema) as writer:
+        writer.write_table(data)
+    return sink.getvalue()
+
+
+def _decode(data: bytes) -> tuple[Outcome, str | None]:
+    table = ipc.open_file(pa.BufferReader(data)).read_all()
+    meta = json.loads((table.schema.metadata or {})[_META])
+    row = {k: v for k, v in table.to_pylist()[0].items() if k not in _TRANSIENT}
+    outcome: Outcome
+    if meta["kind"] == "accepted":
+        outcome = Accepted(row, Counter(meta["actions"]), bool(meta["blob_written"]),
+                           int(meta["bytes_in"]))
+    else:
+        outcome = Rejected(row, int(meta["bytes_in"]))
+    return outcome, meta.get("tag")
+
+
+class Spool:
+    """Durable per-instance files below ``<lake>/spool/<name>``.
+
+    Parameters
+    ----------
+    location : Location
+        The lake root.
+    name : str
+        The spool's folder name (one per service: ``dicom-store``, ``pull``).
+    """
+
+    def __init__(self, location: Location, name: str) -> None:
+        self.location = location
+        self.fs = location.fs
+        self.dir = location.join("spool", name)
+        self.local = location.is_local
+        self.fs.makedirs(self.dir, exist_ok=True)
+
+    def put(self, outcome: Outcome, tag: str | None = None) -> SpoolEntry:
+        """Write ``outcome`` durably; when this returns, a crash cannot lose it.
+
+        Raises
+        ------
+        NetError
+            If the spool cannot be written (disk full, permissions).
+        """
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex}{_SUFFIX}"
+        data = _encode(outcome, tag)
+        path = f"{self.dir}/{name}"
+        try:
+            if self.local:
+                _durable_write(self.dir, name, data)
+            else:
+                self.fs.pipe_file(path, data)
+        except OSError as exc:
+            raise NetError(
+                f"cannot write the receive spool {self.dir} ({type(exc).__name__}); "
+                "free disk space or fix permissions"
+            ) from None
+        return SpoolEntry(outcome, tag, name)
+
+    def entries(self) -> list[SpoolEntry]:
+        """Every complete spooled entry, oldest first (left-over temporary files are removed).
+
+        Raises
+        ------
+        NetError
+            If an entry cannot be decoded (the file is kept for inspection).
+        """
+        out: list[SpoolEntry] = []
+        for path in sorted(self.fs.ls(self.dir, detail=False)):
+            name = str(path).rsplit("/", 1)[-1]
+            if name.startswith(_TMP):
+                self.fs.rm_file(f"{self.dir}/{name}")
+                continue
+            if not name.endswith(_SUFFIX):
+                continue
+            try:
+                outcome, tag = _decode(self.fs.cat_file(f"{self.dir}/{name}"))
+            except (pa.ArrowException, KeyError, ValueError, IndexError) as exc:
+                raise NetError(
+                    f"spool file {self.dir}/{name} is unreadable ({type(exc).__name__}); "
+                    "move it aside and restart"
+                ) from None
+            out.append(SpoolEntry(outcome, tag, name))
+        return out
+
+    def remove(self, entries: Sequence[SpoolEntry]) -> None:
+        """Delete committed entries."""
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(f"{self.dir}/{entry.name}")
+
+    def __len__(self) -> int:
+        return sum(
+            1 for p in self.fs.ls(self.dir, detail=False) if str(p).endswith(_SUFFIX)
+        )
+
+
+def _durable_write(folder: str, name: str, data: bytes) -> None:
+    tmp = Path(folder) / f"{_TMP}{uuid.uuid4().hex}"
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(Path(folder) / name)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+OnCommitted = Callable[[Sequence[SpoolEntry], BatchResult], None]
+
+
+class Committer:
+    """Commits spooled outcomes in batches, from a background thread.
+
+    Parameters
+    ----------
+    ingestor : Ingestor
+        Commits outcomes (``Ingestor.commit``: one Delta commit per batch).
+    spool : Spool
+        Where outcomes wait, durably, until committed.
+    every : int
+        Commit once this many outcomes are pending...
+    interval : float
+        ...or once the oldest pending outcome is this many seconds old.
+    on_committed : callable, optional
+        Called with the entries and the batch after each commit, before the spool
+        files are deleted (the pull ledger is written here).
+    """
+
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        spool: Spool,
+        *,
+        every: int = 500,
+        interval: float = 2.0,
+        on_committed: OnCommitted | None = None,
+    ) -> None:
+        self.ingestor = ingestor
+        self.spool = spool
+        self.every = max(1, every)
+        self.interval = interval
+        self.on_committed = on_committed
+        self.batches: list[BatchResult] = []
+        self.last_error: str | None = None
+        self._cond = threading.Condition()
+        self._commit_lock = threading.Lock()
+        self._pending: list[SpoolEntry] = []
+        self._oldest = 0.0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # -- producer side -------------------------------------------------------------
+    def submit(self, outcome: Outcome, tag: str | None = None) -> SpoolEntry:
+        """Spool ``outcome`` durably and queue it for the next commit.
+
+        Raises
+        ------
+        NetError
+            If the spool cannot be written; the caller must not acknowledge.
+        """
+        entry = self.spool.put(outcome, tag)
+        with self._cond:
+            if not self._pending:
+                self._oldest = time.monotonic()
+            self._pending.append(entry)
+            if len(self._pending) >= self.every:
+                self._cond.notify_all()
+        return entry
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    # -- committing ------------------------------------------------------------------
+    def _commit(self, entries: Sequence[SpoolEntry]) -> BatchResult:
+        batch = self.ingestor.commit([e.outcome for e in entries])
+        if self.on_committed is not None:
+            self.on_committed(entries, batch)
+        self.spool.remove(entries)
+        self.batches.append(batch)
+        return batch
+
+    def recover(self) -> list[BatchResult]:
+        """Commit every entry left in the spool by an earlier run (call before start)."""
+        with self._commit_lock:
+            entries = self.spool.entries()
+            return [
+                self._commit(entries[i : i + self.every])
+                for i in range(0, len(entries), self.every)
+            ]
+
+    def flush(self) -> list[BatchResult]:
+        """Commit everything pending now, in the calling thread.
+
+        Raises
+        ------
+        LakeError
+            If the commit fails; the entries stay spooled and pending.
+        """
+        results: list[BatchResult] = []
+        with self._commit_lock:
+            while True:
+                with self._cond:
+                    take = self._pending[: self.every]
+                if not take:
+                    return results
+                results.append(self._commit(take))
+                with self._cond:
+                    del self._pending[: len(take)]
+                    self._oldest = time.monotonic()
+
+    def start(self) -> None:
+        """Start the background thread."""
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="lake-committer", daemon=True)
+        self._thread.start()
+
+    def _due(self) -> bool:
+        if not self._pending:
+            return False
+        if self._stopping or len(self._pending) >= self.every:
+            return True
+        return time.monotonic() - self._oldest >= self.interval
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._due() and not self._stopping:
+                    timeout = self.interval
+                    if self._pending:
+                        timeout = max(0.01, self.interval - (time.monotonic() - self._oldest))
+                    self._cond.wait(timeout)
+                if self._stopping:
+                    return  # stop() flushes in its own thread
+            try:
+                self.flush()
+                self.last_error = None
+            except Exception as exc:  # noqa: BLE001 - keep serving; rows stay spooled, retried
+                self.last_error = f"catalog commit failed ({type(exc).__name__}); will retry"
+                with self._cond:
+                    self._oldest = time.monotonic()
+                    self._cond.wait(self.interval)
+
+    def stop(self) -> list[BatchResult]:
+        """Stop the thread and commit everything pending.
+
+        Raises
+        ------
+        NetError
+            If the final commit fails (the spool keeps the entries; the next start
+            commits them).
+        """
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        try:
+            return self.flush()
+        except Exception as exc:  # noqa: BLE001 - Delta and fsspec raise their own types
+            detail = str(exc) if isinstance(exc, LakeError) else type(exc).__name__
+            raise NetError(
+                f"final catalog commit failed ({detail}); the received instances are kept in "
+                f"{self.spool.dir} and are committed on the next start"
+            ) from None
