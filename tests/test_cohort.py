@@ -1,0 +1,153 @@
+"""Cohorts: a saved query, the catalog version it ran on, and frozen members with hashes."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lake
+from lake.export import (
+    COHORTS,
+    create_cohort,
+    list_cohorts,
+    load_cohort,
+    resolve_cohort,
+)
+from tests.series import write_ct_series
+
+CT_QUERY = "SELECT SeriesInstanceUID FROM series WHERE Modality = 'CT'"
+
+
+@pytest.fixture
+def populated(lk: lake.Lake, vault_dir: Path, samples: Path, ct_folder: Path) -> lake.Lake:
+    lk.ingest([str(samples), str(ct_folder)], vault=vault_dir, scheduler="sync")
+    return lk
+
+
+def test_create_freezes_query_version_and_members_with_hashes(populated: lake.Lake) -> None:
+    cohort = create_cohort(populated, "ct", CT_QUERY, description="all CT")
+    assert cohort.name == "ct" and cohort.query == CT_QUERY
+    assert cohort.catalog_version == populated.version
+    rows = [
+        r[1:]
+        for r in populated.sql(
+            "SELECT Modality, SeriesInstanceUID, SOPInstanceUID, pixel_hash, header_dicom "
+            "FROM instances ORDER BY SeriesInstanceUID, SOPInstanceUID"
+        ).fetchall()
+        if r[0] == "CT"
+    ]
+    assert len(rows) == 13  # the generated 12-slice series and CT_small.dcm
+    assert [(m.series_uid, m.sop_uid, m.pixel_hash) for m in cohort.members] == [
+        (r[0], r[1], r[2]) for r in rows
+    ]
+    assert [m.header_sha256 for m in cohort.members] == [
+        hashlib.sha256(r[3]).hexdigest() for r in rows
+    ]
+    assert all(populated.blobs.exists(m.pixel_hash) for m in cohort.members if m.pixel_hash)
+    assert len(cohort.series) == 2
+    assert cohort.profiles == ("basic",)
+
+    saved = load_cohort(populated, "ct")
+    assert saved.members == cohort.members
+    assert saved.catalog_version == cohort.catalog_version
+    assert saved.description == "all CT" and saved.created_at is not None
+
+
+def test_saved_in_a_delta_table_one_row_per_cohort(populated: lake.Lake) -> None:
+    create_cohort(populated, "ct", CT_QUERY)
+    create_cohort(populated, "mr", "SELECT SeriesInstanceUID FROM series WHERE Modality = 'MR'")
+    table = populated.tables.open(COHORTS.name).to_pyarrow_dataset().to_table()
+    assert sorted(table.column("name").to_pylist()) == ["ct", "mr"]
+    assert table.schema.names == [c.name for c in COHORTS.columns]
+    summaries = list_cohorts(populated)
+    assert [s.name for s in summaries] == ["ct", "mr"]
+    assert summaries[0].instance_count == 13 and summaries[0].series_count == 2
+
+
+def test_name_is_immutable_unless_replaced(populated: lake.Lake) -> None:
+    first = create_cohort(populated, "ct", CT_QUERY)
+    with pytest.raises(lake.ExportError, match=r"exists already.*--replace"):
+        create_cohort(populated, "ct", "SELECT SeriesInstanceUID FROM series")
+    assert load_cohort(populated, "ct").members == first.members
+    history_before = populated.tables.open(COHORTS.name).version()
+
+    narrower = CT_QUERY + " AND instance_count > 1"
+    replaced = create_cohort(populated, "ct", narrower, replace=True)
+    assert load_cohort(populated, "ct").query == narrower
+    assert len(replaced.members) == 12
+    assert [s.name for s in list_cohorts(populated)] == ["ct"]
+    # The earlier definition stays readable in the table's history.
+    old = populated.tables.open(COHORTS.name, history_before).to_pyarrow_dataset().to_table()
+    assert old.column("query").to_pylist() == [CT_QUERY]
+
+
+def test_instance_level_cohorts(populated: lake.Lake) -> None:
+    query = "SELECT SOPInstanceUID FROM instances WHERE InstanceNumber <= 3;"
+    cohort = resolve_cohort(populated, query)
+    numbers = populated.sql("SELECT SOPInstanceUID, InstanceNumber FROM instances").fetchall()
+    expected = sorted(uid for uid, number in numbers if number is not None and number <= 3)
+    assert sorted(m.sop_uid for m in cohort.members) == expected
+    assert len(expected) >= 3
+    assert cohort.name is None and cohort.query == query.rstrip(";")
+
+
+def test_a_trailing_comment_does_not_break_the_query(populated: lake.Lake) -> None:
+    cohort = resolve_cohort(populated, CT_QUERY + " -- CT only")
+    assert len(cohort.members) == 13
+
+
+def test_members_are_pinned_to_the_version(
+    populated: lake.Lake, vault_dir: Path, tmp_path: Path
+) -> None:
+    cohort = create_cohort(populated, "ct", CT_QUERY)
+    write_ct_series(tmp_path / "more", 4, patient_id="PAT-0002")
+    populated.ingest([str(tmp_path / "more")], vault=vault_dir, scheduler="sync")
+    assert populated.version > cohort.catalog_version
+    assert load_cohort(populated, "ct").members == cohort.members
+    assert len(resolve_cohort(populated, CT_QUERY).members) == 17
+    again = resolve_cohort(populated, CT_QUERY, as_of=cohort.catalog_version)
+    assert again.members == cohort.members
+
+
+@pytest.mark.parametrize(
+    ("query", "error", "match"),
+    [
+        ("SELECT Modality FROM series", lake.QueryError, "SeriesInstanceUID column"),
+        ("SELEC SeriesInstanceUID FROM series", lake.QueryError, "query failed"),
+        ("  ;  ", lake.QueryError, "empty"),
+        ("SELECT SeriesInstanceUID FROM series WHERE Modality = 'XX'", lake.ExportError,
+         "selects no instance"),
+    ],
+)
+def test_bad_queries_are_refused_with_a_reason(
+    populated: lake.Lake, query: str, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        create_cohort(populated, "bad", query)
+    assert list_cohorts(populated) == []
+
+
+def test_unknown_cohort_names_the_saved_ones(populated: lake.Lake) -> None:
+    assert list_cohorts(populated) == []
+    with pytest.raises(lake.ExportError, match="none yet"):
+        load_cohort(populated, "ct")
+    create_cohort(populated, "ct", CT_QUERY)
+    with pytest.raises(lake.ExportError, match=r"saved cohorts: ct"):
+        load_cohort(populated, "mr")
+
+
+@given(st.text(min_size=1, max_size=80))
+def test_names_that_could_break_paths_are_refused(name: str) -> None:
+    from lake.export._cohort import _NAME, _check_name
+
+    if _NAME.match(name):
+        _check_name(name)
+        assert "/" not in name and "\\" not in name and not name.startswith(".")
+        assert len(name) <= 64 and name.isascii()
+    else:
+        with pytest.raises(lake.ExportError, match="invalid cohort name"):
+            _check_name(name)

@@ -1,0 +1,455 @@
+"""DICOM export and the machinery every export shares: as-of reads, manifest, resume, atomicity.
+
+Real files throughout: pydicom's test files (native, RLE, JPEG 2000, multi-frame, no
+pixels) and a generated CT series, ingested into a temporary lake.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread, dcmwrite
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+
+import lake
+from lake.deid import Deidentifier, load_profile
+from lake.export import create_cohort, export_dicom
+from lake.export._manifest import JOURNAL_NAME, atomic_output, sha256_file
+from lake.export._runner import patient_label
+from tests.series import ct_series, write_ct_series
+
+# Native, RLE, JPEG 2000 (single and multi-frame), implicit VR without pixels, overlays.
+ORIGINALS = (
+    "CT_small.dcm",
+    "MR_small_RLE.dcm",
+    "rtplan.dcm",
+    "emri_small_jpeg_2k_lossless.dcm",
+    "MR2_J2KR.dcm",
+    "RG1_J2KR.dcm",
+    "MR-SIEMENS-DICOM-WithOverlays.dcm",
+)
+ALL = "SELECT SeriesInstanceUID FROM series"
+CT = "SELECT SeriesInstanceUID FROM series WHERE Modality = 'CT'"
+DICOM_NAME = re.compile(
+    r"^[A-Za-z0-9]{1,64}/[0-9a-f]{12}/(x|m?\d+)_[0-9a-f]{12}/(x|m?\d{5,})_[0-9a-f]{12}\.dcm$"
+)
+
+
+def originals_folder(root: Path) -> Path:
+    """Copy :data:`ORIGINALS` and write a 12-slice CT series below ``root``."""
+    folder = root / "originals"
+    folder.mkdir(parents=True)
+    for name in ORIGINALS:
+        path = get_testdata_file(name)
+        assert path is not None, name
+        shutil.copy(path, folder / name)
+    write_ct_series(folder / "ct", 12)
+    return folder
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` by relative path."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def identifying_values(folder: Path) -> set[str]:
+    """Identifying original values of every DICOM file below ``folder``.
+
+    Only distinctive ones (6+ characters, 3+ different characters): a value like
+    ``000000000`` also occurs by chance in pixel data. Values equal to an attribute that
+    profiles retain (MR_small's InstitutionName TOSHIBA is in its Manufacturer) are left out.
+    """
+    keywords = (
+        "PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "AccessionNumber",
+        "InstitutionName", "InstitutionAddress", "ReferringPhysicianName", "StationName",
+        "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID",
+        "StudyID", "DeviceSerialNumber", "OperatorsName",
+    )
+    values: set[str] = set()
+    retained: set[str] = set()
+    for path in folder.rglob("*.dcm"):
+        ds = dcmread(path, stop_before_pixels=True)
+        retained |= {str(ds.get(k, "")) for k in ("Manufacturer", "ManufacturerModelName")}
+        for keyword in keywords:
+            value = ds.get(keyword)
+            text = str(value) if value is not None else ""
+            if len(text) >= 6 and len(set(text)) >= 3:
+                values.add(text)
+    return {v for v in values if not any(v in kept for kept in retained)}
+
+
+def assert_same_elements(actual: Dataset, expected: Dataset, path: str = "") -> None:
+    """Element for element: same tags in the same order, same VRs, same values (recursively)."""
+    assert [e.tag for e in actual] == [e.tag for e in expected], path
+    for a, e in zip(actual, expected, strict=True):
+        where = f"{path}/{a.tag}"
+        assert a.VR == e.VR, where
+        if a.VR == "SQ":
+            assert len(a.value) == len(e.value), where
+            for i, (item_a, item_e) in enumerate(zip(a.value, e.value, strict=True)):
+                assert_same_elements(item_a, item_e, f"{where}[{i}]")
+        else:
+            assert a.value == e.value, where
+
+
+def deidentified(path: Path, engine: Deidentifier) -> Dataset:
+    """The original at ``path`` de-identified, written and read back as ingest stores it."""
+    ds = dcmread(path)
+    engine.apply(ds)
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    return dcmread(io.BytesIO(buffer.getvalue()))
+
+
+@pytest.fixture
+def originals(tmp_path: Path) -> Path:
+    return originals_folder(tmp_path / "in")
+
+
+@pytest.fixture
+def loaded(lk: lake.Lake, vault_dir: Path, originals: Path) -> lake.Lake:
+    summary = lk.ingest([str(originals)], vault=vault_dir, scheduler="sync")
+    assert summary.quarantined == 0 and summary.ingested == len(ORIGINALS) + 12
+    return lk
+
+
+def test_files_equal_the_deidentified_input_element_for_element(
+    loaded: lake.Lake, vault_dir: Path, originals: Path, tmp_path: Path
+) -> None:
+    result = export_dicom(loaded, ALL, tmp_path / "out", scheduler="sync")
+    exported = {
+        str(ds.SOPInstanceUID): ds
+        for ds in (dcmread(tmp_path / "out" / f.path) for f in result.files)
+    }
+    assert len(exported) == len(ORIGINALS) + 12 == len(result.files)
+    engine = Deidentifier(load_profile("basic"), loaded.secret(vault_dir))
+    compared = 0
+    for path in sorted(originals.rglob("*.dcm")):
+        expected = deidentified(path, engine)
+        actual = exported[str(expected.SOPInstanceUID)]
+        assert_same_elements(actual, expected)
+        assert actual.file_meta.TransferSyntaxUID == expected.file_meta.TransferSyntaxUID
+        assert (
+            actual.file_meta.MediaStorageSOPInstanceUID
+            == expected.file_meta.MediaStorageSOPInstanceUID
+        )
+        if "PixelData" in expected:
+            assert actual.PixelData == expected.PixelData
+            original = dcmread(path)
+            np.testing.assert_array_equal(actual.pixel_array, original.pixel_array)
+        compared += 1
+    assert compared == len(ORIGINALS) + 12
+
+
+def test_layout_uses_pseudonymous_names_only(
+    loaded: lake.Lake, originals: Path, tmp_path: Path
+) -> None:
+    result = export_dicom(loaded, ALL, tmp_path / "out", scheduler="sync")
+    names = [f.path for f in result.files]
+    assert all(DICOM_NAME.match(name) for name in names), names
+    rows = loaded.sql("SELECT PatientID, SeriesInstanceUID FROM instances").fetchall()
+    patients = {patient_label(p) for p, _ in rows}
+    assert None in {p for p, _ in rows}  # emri_small has no PatientID: a hash stands in
+    assert {name.split("/")[0] for name in names} == patients
+    assert len({name.rsplit("/", 1)[0] for name in names}) == len({s for _, s in rows})
+    secrets = identifying_values(originals)
+    assert secrets  # the originals do carry identifying values
+    for name in names:
+        assert not any(secret in name for secret in secrets)
+
+
+def test_no_original_identifying_value_in_any_exported_byte(
+    loaded: lake.Lake, originals: Path, tmp_path: Path
+) -> None:
+    export_dicom(loaded, ALL, tmp_path / "dicom", scheduler="sync")
+    export_dicom(loaded, ALL, tmp_path / "zip", as_zip=True, scheduler="sync")
+    secrets = {s.encode() for s in identifying_values(originals)}
+    with zipfile.ZipFile(next((tmp_path / "zip").glob("*.zip"))) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    outputs = {**tree(tmp_path / "dicom"), **members, "zip-manifest": (
+        tmp_path / "zip" / "manifest.json").read_bytes()}
+    assert len(outputs) > 20
+    for name, data in outputs.items():
+        leaked = [s for s in secrets if s in data]
+        assert not leaked, name
+
+
+def test_reexport_after_new_data_is_byte_identical(
+    loaded: lake.Lake, vault_dir: Path, tmp_path: Path
+) -> None:
+    cohort = create_cohort(loaded, "ct", CT)
+    first = export_dicom(loaded, "ct", tmp_path / "first", scheduler="sync")
+
+    # New data lands in the very series of the cohort (same original UIDs -> same pseudonyms).
+    template = dcmread(originals_folder(tmp_path / "again") / "ct" / "slice0000.dcm")
+    more = ct_series(3, patient_id="PAT-0001", study_uid=None)
+    for ds in more:
+        ds.StudyInstanceUID = template.StudyInstanceUID
+        ds.SeriesInstanceUID = template.SeriesInstanceUID
+    folder = tmp_path / "more"
+    folder.mkdir()
+    for i, ds in enumerate(more):
+        ds.save_as(folder / f"extra{i}.dcm", enforce_file_format=True)
+    loaded.ingest([str(folder)], vault=vault_dir, scheduler="sync")
+    assert loaded.version > cohort.catalog_version
+
+    second = export_dicom(loaded, "ct", tmp_path / "second", scheduler="sync")
+    assert tree(tmp_path / "second") == tree(tmp_path / "first")
+    assert second.manifest == first.manifest
+    assert second.manifest["catalog_version"] == cohort.catalog_version
+    # A one-off query on the current version does see the new data.
+    now = export_dicom(loaded, cohort.query, tmp_path / "now", scheduler="sync")
+    assert len(now.files) == len(first.files) + 3
+
+
+def test_zip_is_reproducible_and_matches_the_folder_export(
+    loaded: lake.Lake, tmp_path: Path
+) -> None:
+    create_cohort(loaded, "everything", ALL)
+    folder = export_dicom(loaded, "everything", tmp_path / "folder", scheduler="sync")
+    one = export_dicom(loaded, "everything", tmp_path / "one", as_zip=True, scheduler="sync")
+    two = export_dicom(loaded, "everything", tmp_path / "two", as_zip=True, scheduler="threads",
+                       workers=2)
+    assert one.archive is not None and two.archive is not None
+    assert one.archive.name == "everything-dicom.zip"
+    assert one.archive.read_bytes() == two.archive.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [
+        "everything-dicom.zip", "manifest.json"
+    ]
+    with zipfile.ZipFile(one.archive) as archive:
+        infos = archive.infolist()
+        assert [i.filename for i in infos] == sorted(i.filename for i in infos)
+        assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)}
+        contents = {i.filename: archive.read(i) for i in infos}
+    assert contents == {f.path: (tmp_path / "folder" / f.path).read_bytes() for f in folder.files}
+    assert one.manifest["archive"]["sha256"] == sha256_file(one.archive)
+    assert one.manifest["files"] == folder.manifest["files"]
+
+
+def test_manifest_records_versions_query_profiles_hashes_and_skips(
+    loaded: lake.Lake, tmp_path: Path
+) -> None:
+    cohort = create_cohort(loaded, "everything", ALL, description="all of it")
+    # Lose one pixel blob: that instance is skipped and reported, the rest is exported.
+    victim = next(m for m in cohort.members if m.pixel_hash)
+    assert victim.pixel_hash is not None
+    Path(loaded.blobs.path_of(victim.pixel_hash)).unlink()
+    result = export_dicom(loaded, "everything", tmp_path / "out", scheduler="sync")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest == result.manifest
+    assert manifest["lake_version"] == lake.__version__
+    assert manifest["catalog_version"] == cohort.catalog_version
+    assert manifest["query"] == ALL and manifest["kind"] == "dicom"
+    assert manifest["cohort"]["name"] == "everything"
+    assert manifest["cohort"]["instances"] == len(cohort.members)
+    profile = load_profile("basic")
+    assert manifest["profiles"] == [{
+        "name": "basic", "version": profile.version, "sha256": profile.sha256,
+        "instances": len(cohort.members),
+    }]
+    assert manifest["skipped"] == [{
+        "series": victim.series_uid, "instance": victim.sop_uid, "reason": "blob_missing",
+        "message": f"pixel blob {victim.pixel_hash} is missing; run 'lake verify'",
+    }]
+    assert manifest["counts"]["files"] == len(cohort.members) - 1
+    on_disk = {p for p in tree(tmp_path / "out") if p != "manifest.json"}
+    assert on_disk == {f["path"] for f in manifest["files"]}
+    for entry in manifest["files"]:
+        path = tmp_path / "out" / entry["path"]
+        assert sha256_file(path) == entry["sha256"] and path.stat().st_size == entry["size"]
+
+
+class SimulatedInterruptError(Exception):
+    """Raised from the progress callback to simulate Ctrl-C mid-export."""
+
+
+def _interrupt_after(n: int) -> object:
+    def progress(done: int, total: int) -> None:
+        if done >= n:
+            raise SimulatedInterruptError
+
+    return progress
+
+
+def _stats(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        p.relative_to(folder).as_posix(): (p.stat().st_mtime_ns, p.stat().st_ino)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def _journaled(out: Path) -> list[dict[str, object]]:
+    lines = (out / JOURNAL_NAME).read_text().splitlines()
+    return [json.loads(line) for line in lines[1:]]
+
+
+def test_resume_after_interruption_keeps_finished_files(
+    loaded: lake.Lake, tmp_path: Path
+) -> None:
+    create_cohort(loaded, "everything", ALL)
+    reference = export_dicom(loaded, "everything", tmp_path / "reference", scheduler="sync")
+    out = tmp_path / "out"
+    with pytest.raises(SimulatedInterruptError):
+        export_dicom(loaded, "everything", out, scheduler="sync",
+                     on_progress=_interrupt_after(3))  # type: ignore[arg-type]
+    assert not (out / "manifest.json").exists()
+    finished = [f["path"] for task in _journaled(out) for f in task["files"]]  # type: ignore[attr-defined]
+    assert len(_journaled(out)) == 3 and finished
+    before = _stats(out)
+    time.sleep(0.01)  # a rewrite would now get a later mtime
+
+    result = export_dicom(loaded, "everything", out, scheduler="sync")
+    assert result.resumed == 3
+    assert result.written == reference.manifest["counts"]["series_exported"] - 3
+    after = _stats(out)
+    for path in finished:
+        assert after[path] == before[path], path  # not rewritten: same mtime, same inode
+    assert tree(out) == tree(tmp_path / "reference")
+    assert not (out / JOURNAL_NAME).exists()
+
+
+def test_rerunning_a_finished_export_writes_nothing(loaded: lake.Lake, tmp_path: Path) -> None:
+    create_cohort(loaded, "everything", ALL)
+    export_dicom(loaded, "everything", tmp_path / "out", scheduler="sync")
+    before = _stats(tmp_path / "out")
+    again = export_dicom(loaded, "everything", tmp_path / "out", scheduler="sync")
+    assert again.up_to_date and again.written == 0
+    assert _stats(tmp_path / "out") == before
+
+
+def test_output_folder_guards(loaded: lake.Lake, tmp_path: Path) -> None:
+    create_cohort(loaded, "everything", ALL)
+    create_cohort(loaded, "ct", CT)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(lake.ExportError, match="not empty"):
+        export_dicom(loaded, "everything", busy, scheduler="sync")
+    assert [p.name for p in busy.iterdir()] == ["notes.txt"]
+
+    export_dicom(loaded, "everything", tmp_path / "out", scheduler="sync")
+    with pytest.raises(lake.ExportError, match="different cohort"):
+        export_dicom(loaded, "ct", tmp_path / "out", scheduler="sync")
+    with pytest.raises(lake.ExportError, match="different cohort"):
+        export_dicom(loaded, "everything", tmp_path / "out", as_zip=True, scheduler="sync")
+
+    victim = next((tmp_path / "out").rglob("*.dcm"))
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\x01")
+    with pytest.raises(lake.ExportError, match="changed since"):
+        export_dicom(loaded, "everything", tmp_path / "out", scheduler="sync")
+
+    with pytest.raises(lake.ExportError, match="unfinished export of a different"):
+        with pytest.raises(SimulatedInterruptError):
+            export_dicom(loaded, "ct", tmp_path / "half", scheduler="sync",
+                         on_progress=_interrupt_after(1))  # type: ignore[arg-type]
+        export_dicom(loaded, "everything", tmp_path / "half", scheduler="sync")
+
+
+def test_atomic_output_never_leaves_a_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "file.dcm"
+    with pytest.raises(OSError, match="disk full"), atomic_output(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise OSError("disk full")
+    assert not target.exists()
+    assert list((tmp_path / "a").iterdir()) == []
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_bytes(b"new but unfinished")
+        raise RuntimeError
+    assert target.read_bytes() == b"old"
+
+
+_KILLABLE = """
+import sys, time
+import lake
+from lake.export import export_dicom
+
+def slow(done, total):
+    if done:
+        time.sleep(0.5)
+
+export_dicom(lake.open(sys.argv[1]), sys.argv[2], sys.argv[3], scheduler="sync",
+             on_progress=slow)
+"""
+
+
+@pytest.fixture
+def killable(loaded: lake.Lake, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    create_cohort(loaded, "everything", ALL)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLABLE, loaded.root, "everything", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    yield proc, out
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_resume_after_the_process_is_killed(
+    loaded: lake.Lake, tmp_path: Path, killable: tuple[subprocess.Popen[bytes], Path]
+) -> None:
+    proc, out = killable
+    journal = out / JOURNAL_NAME
+    deadline = time.monotonic() + 120
+    while not (journal.exists() and len(journal.read_text().splitlines()) >= 3):
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+        assert time.monotonic() < deadline, "the export never journaled two series"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+
+    reference = export_dicom(loaded, "everything", tmp_path / "reference", scheduler="sync")
+    expected = tree(tmp_path / "reference")
+    # No file sits under its final name half-written: each one is the finished file.
+    for name, data in tree(out).items():
+        if name == JOURNAL_NAME or Path(name).name.startswith(".tmp-"):
+            continue
+        assert data == expected[name], name
+    finished = [f["path"] for task in _journaled(out) for f in task["files"]]  # type: ignore[attr-defined]
+    before = _stats(out)
+
+    result = export_dicom(loaded, "everything", out, scheduler="sync")
+    assert result.resumed >= 2
+    assert result.resumed + result.written == reference.manifest["counts"]["series_exported"]
+    after = _stats(out)
+    assert all(after[p] == before[p] for p in finished)
+    assert tree(out) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Port 8787 is already in use:UserWarning")
+def test_default_process_scheduler(loaded: lake.Lake, tmp_path: Path) -> None:
+    create_cohort(loaded, "everything", ALL)
+    reference = export_dicom(loaded, "everything", tmp_path / "sync", scheduler="sync")
+    progress: list[tuple[int, int]] = []
+    result = export_dicom(loaded, "everything", tmp_path / "processes", workers=2,
+                          on_progress=lambda d, t: progress.append((d, t)))
+    assert tree(tmp_path / "processes") == tree(tmp_path / "sync")
+    total = reference.manifest["counts"]["series_exported"]
+    assert progress[0] == (0, total) and progress[-1] == (total, total)
+    assert sorted(d for d, _ in progress) == list(range(total + 1))
+    assert result.written == total
