@@ -1,14 +1,17 @@
-"""Turning a de-identified pydicom Dataset into typed catalog values."""
+"""Typed catalog values from a de-identified header in DICOM JSON form.
+
+The ingest pipeline already serialises every header to DICOM JSON (PS3.18 F.2),
+where DS/IS and binary numbers are parsed; reading the promoted columns from that
+dict avoids converting pydicom elements a second time.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
+from pydicom.datadict import tag_for_keyword
 from pydicom.valuerep import DA, DT, TM
 
 from lake.catalog._schema import DICOM_COLUMNS, Column
@@ -16,17 +19,21 @@ from lake.catalog._schema import DICOM_COLUMNS, Column
 __all__ = ["dicom_values"]
 
 
-def _as_list(value: Any) -> list[Any]:
-    if value is None or value == "":
-        return []
-    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        return [value]
-    return list(value)
+def _json_key(keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return f"{tag:08X}"
+
+
+_KEYS: dict[str, str] = {
+    c.name: _json_key(c.name) for c in DICOM_COLUMNS if c.name != "TransferSyntaxUID"
+}
 
 
 def _date(value: Any) -> dt.date | None:
     try:
-        parsed = DA(value) if value else None
+        parsed = DA(str(value)) if value else None
     except ValueError:
         return None
     return dt.date(parsed.year, parsed.month, parsed.day) if isinstance(parsed, dt.date) else None
@@ -34,7 +41,7 @@ def _date(value: Any) -> dt.date | None:
 
 def _time(value: Any) -> str | None:
     try:
-        parsed = TM(value) if value else None
+        parsed = TM(str(value)) if value else None
     except ValueError:
         return None
     if not isinstance(parsed, dt.time):
@@ -44,7 +51,7 @@ def _time(value: Any) -> str | None:
 
 def _datetime(value: Any) -> dt.datetime | None:
     try:
-        parsed = DT(value) if value else None
+        parsed = DT(str(value)) if value else None
     except ValueError:
         return None
     if not isinstance(parsed, dt.datetime):
@@ -71,37 +78,33 @@ def _int(value: Any) -> int | None:
             return None
 
 
-def _scalar(value: Any, type_: pa.DataType, sql_cast: str | None = None) -> Any:
+def _scalar(value: Any, column: Column, type_: pa.DataType) -> Any:
     if value is None or value == "":
         return None
-    if isinstance(value, list | tuple | MultiValue):
-        values = list(value)
-        value = values[0] if values else None
-        if value is None:
-            return None
+    if column.sql_cast == "TIME":
+        return _time(value)
     if pa.types.is_date32(type_):
         return _date(value)
-    if sql_cast == "TIME":
-        return _time(value)
     if pa.types.is_timestamp(type_):
         return _datetime(value)
     if pa.types.is_floating(type_):
         return _float(value)
     if pa.types.is_integer(type_):
         return _int(value)
+    if isinstance(value, dict):  # a person name: its alphabetic group
+        return str(value.get("Alphabetic", "")) or None
     return str(value)
 
 
-def _convert(value: Any, column: Column) -> Any:
-    type_ = column.type
-    if pa.types.is_list(type_):
-        items = [_scalar(v, type_.value_type) for v in _as_list(value)]
-        return [v for v in items if v is not None] or None
-    return _scalar(value, type_, column.sql_cast)
+def dicom_values(header: dict[str, Any], transfer_syntax: str | None) -> dict[str, Any]:
+    """The catalog's DICOM columns, typed as the schema declares.
 
-
-def dicom_values(ds: Dataset) -> dict[str, Any]:
-    """The catalog's DICOM columns for ``ds``, typed as the schema declares.
+    Parameters
+    ----------
+    header : dict
+        The de-identified header as DICOM JSON (``Dataset.to_json_dict`` form).
+    transfer_syntax : str or None
+        The instance's transfer syntax UID (from its file meta).
 
     Values that cannot be parsed into the column's type (a malformed date, a
     non-numeric DS) become null; the raw value remains in ``header_json``.
@@ -109,12 +112,14 @@ def dicom_values(ds: Dataset) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for column in DICOM_COLUMNS:
         if column.name == "TransferSyntaxUID":
-            meta = getattr(ds, "file_meta", None)
-            value = meta.get("TransferSyntaxUID") if meta is not None else None
+            row[column.name] = transfer_syntax
+            continue
+        values = header.get(_KEYS[column.name], {}).get("Value") or []
+        if pa.types.is_list(column.type):
+            items = [_scalar(v, column, column.type.value_type) for v in values]
+            row[column.name] = [v for v in items if v is not None] or None
         else:
-            elem = ds.get(column.name)
-            value = None if elem is None else elem
-        row[column.name] = _convert(value, column)
-    if row["NumberOfFrames"] is None and "PixelData" in ds:
+            row[column.name] = _scalar(values[0], column, column.type) if values else None
+    if row["NumberOfFrames"] is None and "7FE00010" in header:
         row["NumberOfFrames"] = 1
     return row

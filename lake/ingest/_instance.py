@@ -203,7 +203,6 @@ def _process(data: bytes, ctx: IngestContext) -> Outcome:
         except DeidRefusedError as exc:
             raise _Reject(exc.reason, str(exc)) from None
         _ensure_meta(ds)
-        row = dicom_values(ds)
         pixel_hash: str | None = None
         pixel_vr: str | None = None
         pixel_len = 0
@@ -213,12 +212,15 @@ def _process(data: bytes, ctx: IngestContext) -> Outcome:
             pixels: bytes = elem.value
             pixel_vr = elem.VR
             pixel_len = len(pixels)
-            pixel_hash, blob_written = BlobStore(ctx.location).put_new(pixels, blob_key(pixels))
+            pixel_hash, blob_written = BlobStore(ctx.location).put_new(
+                pixels, blob_key(pixels), durable=False
+            )
             del ds[_PIXEL_DATA]
         header = encode_part10(ds)
         as_json = header_json(ds, 4096, _bulk_uri)
         if pixel_hash is not None:
             as_json["7FE00010"] = {"vr": pixel_vr, "BulkDataURI": pixel_hash}
+        row = dicom_values(as_json, str(ds.file_meta.TransferSyntaxUID))
     except _Reject as rejection:
         return _reject(ctx, data, rejection.reason, rejection.message)
     except Exception as exc:  # noqa: BLE001 - one bad file must not sink the batch

@@ -18,6 +18,7 @@ from lake.ingest._instance import Accepted, IngestContext, Outcome, Rejected, pr
 from lake.ingest._quarantine import quarantine_key
 from lake.ingest._scheduler import Runner
 from lake.ingest._sources import SourceItem, iter_items, read_item
+from lake.store import flush
 from lake.vault import Secret
 
 if TYPE_CHECKING:
@@ -146,6 +147,7 @@ class Ingestor:
                 rejected.append(record)
                 batch.reasons[record["reason"]] += 1
         tables = self.lake.tables
+        flush(self.lake.location)  # blobs of this batch reach the disk before rows name them
         inserted, version = tables.insert_new(INSTANCES, rows, key="SOPInstanceUID")
         batch.ingested = inserted
         batch.duplicates = len(rows) - inserted

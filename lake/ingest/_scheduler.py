@@ -64,8 +64,8 @@ class Runner(AbstractContextManager["Runner"]):
             n_workers=self.workers if self.scheduler == "processes" else 1,
             threads_per_worker=1 if self.scheduler == "processes" else self.workers,
             processes=self.scheduler == "processes",
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
+            dashboard_address=":0",
+            silence_logs=logging.CRITICAL,
         )
         self._client = Client(self._cluster)
         return self

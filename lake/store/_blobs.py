@@ -80,14 +80,20 @@ class BlobStore:
             atomic_write(fs, path, bytes(data))
         return key
 
-    def put_new(self, data: bytes | memoryview, key: str | None = None) -> tuple[str, bool]:
-        """Like :meth:`put`, also telling whether the blob was newly written."""
+    def put_new(
+        self, data: bytes | memoryview, key: str | None = None, *, durable: bool = True
+    ) -> tuple[str, bool]:
+        """Like :meth:`put`, also telling whether the blob was newly written.
+
+        With ``durable=False`` the blob is not fsync'd: the caller batches that with
+        :func:`lake.store.flush` before committing rows that reference it.
+        """
         key = key or blob_key(data)
         path = self.path_of(key)
         fs = self.location.fs
         if fs.exists(path):
             return key, False
-        atomic_write(fs, path, bytes(data))
+        atomic_write(fs, path, bytes(data), fsync=durable)
         return key, True
 
     def get(self, key: str) -> bytes:

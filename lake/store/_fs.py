@@ -10,7 +10,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-__all__ = ["Location", "atomic_write", "resolve"]
+__all__ = ["Location", "atomic_write", "flush", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,16 @@ def resolve(root: str | os.PathLike[str], storage_options: dict[str, Any] | None
     return Location(text, tuple(sorted((storage_options or {}).items())))
 
 
-def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+def atomic_write(
+    fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, fsync: bool = True
+) -> None:
     """Write ``data`` so that ``path`` never holds partial content.
 
     On a local filesystem the bytes go to a temporary file in the same folder,
-    are flushed to disk, and are renamed into place. Object stores publish an
-    object only once its upload completes, so a single put is already atomic.
+    are flushed to disk (unless ``fsync`` is false: then the caller must call
+    :func:`flush` before anything depends on the file surviving a power loss), and
+    are renamed into place. Object stores publish an object only once its upload
+    completes, so a single put is already atomic and durable.
     """
     if isinstance(fs, LocalFileSystem):
         folder = os.path.dirname(path)
@@ -74,11 +78,18 @@ def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
         try:
             with open(tmp, "wb") as fh:
                 fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+                if fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     else:
         fs.pipe_file(path, data)
+
+
+def flush(location: Location) -> None:
+    """Make every file written with ``fsync=False`` durable (one ``sync`` for a whole batch)."""
+    if location.is_local:
+        os.sync()
