@@ -11,6 +11,9 @@ import typer
 
 import lake
 from pipelines import _core
+from pipelines.export import cohort_app, export_app
+from pipelines.net import pull_command, serve_app
+from pipelines.profiles import deid_command, profiles_app
 from pipelines._common import EXIT_CODES_HELP, EXIT_INTERNAL, err, out, reported, storage_options
 
 app = typer.Typer(
@@ -28,6 +31,12 @@ app.command()(_core.ingest)
 app.command()(_core.sql)
 app.command()(_core.info)
 app.command()(_core.verify)
+app.add_typer(profiles_app, name="profiles")
+app.command("deid")(deid_command)
+app.add_typer(cohort_app, name="cohort")
+app.add_typer(export_app, name="export")
+app.add_typer(serve_app, name="serve")
+app.command("pull")(pull_command)
 
 
 @app.command()
