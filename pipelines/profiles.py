@@ -1,0 +1,209 @@
+"""Steward tools: ``lake profiles list|show|diff`` and ``lake deid FILE`` (a local dry run).
+
+Wired by ``pipelines/cli.py``::
+
+    app.add_typer(profiles_app, name="profiles")
+    app.command("deid")(deid_command)
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydicom import config, dcmread
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from rich.table import Table
+
+from lake.deid import Deidentifier, Profile, list_profiles, load_profile
+from lake.vault import Secret
+from pipelines._common import EXIT_ERROR, err, out, reported
+
+__all__ = ["deid_command", "profiles_app"]
+
+profiles_app = typer.Typer(
+    help="De-identification profiles: list them, show every attribute's action, compare two.",
+    no_args_is_help=True,
+)
+
+_MASK = "•••"
+
+
+@profiles_app.command("list")
+def list_command() -> None:
+    """List the built-in profiles with their version, options and digest."""
+    with reported():
+        table = Table("name", "version", "options", "sha256", "description")
+        for name in list_profiles():
+            p = load_profile(name)
+            options = ", ".join(o.value for o in p.options) or "-"
+            table.add_row(p.name, p.version, options, p.sha256[:12], p.description)
+        out.print(table)
+
+
+def _header(p: Profile) -> str:
+    low, high = p.date_shift
+    options = ", ".join(o.value for o in p.options) or "none"
+    return (
+        f"[bold]{p.name}[/] {p.version}  (PS3.15 {p.edition}, sha256 {p.sha256[:16]})\n"
+        f"options: {options}\n"
+        f"date shift (retain-modified-dates): {low}..{high} days into the past, "
+        "keyed per patient"
+    )
+
+
+@profiles_app.command("show")
+def show_command(
+    name: Annotated[str, typer.Argument(help="A built-in profile or a .toml/.dicom path.")],
+    grep: Annotated[
+        str | None,
+        typer.Option(help="Only rows whose field, name or action contains this text."),
+    ] = None,
+) -> None:
+    """Show every attribute and its action, from the compiled plan."""
+    with reported():
+        p = load_profile(name)
+        rows = p.describe()
+        if grep:
+            needle = grep.lower()
+            rows = [r for r in rows if any(needle in v.lower() for v in r.values())]
+        out.print(_header(p), highlight=False)
+        table = Table("field", "attribute", "action", "effect", "layer")
+        for r in rows:
+            table.add_row(r["field"], r["name"], r["action"], r["effect"], r["layer"])
+        out.print(table)
+        plan = Deidentifier(p, Secret(bytes(32))).plan
+        if plan.filters:
+            filters = Table("pixel filter", "list", "regions")
+            for rule in plan.filters:
+                filters.add_row(rule.label, rule.group, str(len(rule.coordinates)))
+            out.print(filters)
+        out.print(f"{len(rows)} rules", highlight=False)
+
+
+@profiles_app.command("diff")
+def diff_command(
+    a: Annotated[str, typer.Argument(help="First profile (name or path).")],
+    b: Annotated[str, typer.Argument(help="Second profile (name or path).")],
+) -> None:
+    """Show the attributes whose action differs between two profiles."""
+    with reported():
+        pa, pb = load_profile(a), load_profile(b)
+        rows_a = {r["field"]: r for r in pa.describe()}
+        rows_b = {r["field"]: r for r in pb.describe()}
+        out.print(f"{pa.name} {pa.version}  vs  {pb.name} {pb.version}", highlight=False)
+        only_a = sorted({o.value for o in pa.options} - {o.value for o in pb.options})
+        only_b = sorted({o.value for o in pb.options} - {o.value for o in pa.options})
+        out.print(f"options only in {pa.name}: {', '.join(only_a) or '-'}; "
+                  f"only in {pb.name}: {', '.join(only_b) or '-'}", highlight=False)
+        table = Table("field", "attribute", pa.name, pb.name)
+        changed = 0
+        for key in sorted(set(rows_a) | set(rows_b)):
+            ra, rb = rows_a.get(key), rows_b.get(key)
+            left = f"{ra['action']} ({ra['effect']})" if ra else "-"
+            right = f"{rb['action']} ({rb['effect']})" if rb else "-"
+            if left != right:
+                changed += 1
+                table.add_row(key, (ra or rb or {}).get("name", ""), left, right)
+        out.print(table)
+        out.print(f"{changed} attributes differ", highlight=False)
+
+
+def _value(elem: DataElement | None, show: bool) -> str:
+    if elem is None:
+        return "(absent)"
+    if elem.VR == "SQ":
+        return f"{len(elem.value)} item(s)"
+    if elem.VR in ("OB", "OW", "OD", "OF", "OL", "OV", "UN") or elem.tag == 0x7FE00010:
+        length = len(elem.value) if elem.value is not None else 0
+        return f"{length} bytes"
+    if elem.is_empty:
+        return "(empty)"
+    if not show:
+        return _MASK
+    text = str(elem.value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _pairs(before: Dataset, after: Dataset, depth: str) -> Iterator[tuple[str, Any, Any]]:
+    tags = sorted(set(before.keys()) | set(after.keys()))
+    for tag in tags:
+        b = before.get(tag)
+        a = after.get(tag)
+        yield depth, b, a
+        if b is not None and a is not None and b.VR == "SQ" and a.VR == "SQ":
+            for i, (ib, ia) in enumerate(zip(b.value, a.value, strict=False)):
+                yield from _pairs(ib, ia, f"{depth}{tag.group:04X},{tag.element:04X}[{i}] ")
+
+
+def _outcome(b: DataElement | None, a: DataElement | None) -> str:
+    if b is None:
+        return "added"
+    if a is None:
+        return "removed (X)"
+    if b.VR != "SQ" and a.is_empty and not b.is_empty:
+        return "emptied (Z)"
+    if b.VR == "SQ":
+        return "items de-identified" if len(a.value) else "emptied (Z)"
+    return "kept" if b.value == a.value else "replaced"
+
+
+def deid_command(
+    file: Annotated[Path, typer.Argument(help="A DICOM file; it is read, never written.")],
+    profile: Annotated[
+        str, typer.Option(help="A built-in profile or a .toml/.dicom path.")
+    ] = "basic",
+    show_values: Annotated[
+        bool,
+        typer.Option(
+            "--show-values",
+            help="Reveal values (originals included) on this terminal. Masked by default.",
+        ),
+    ] = False,
+) -> None:
+    """Dry run: de-identify one file locally and show every element before and after.
+
+    Nothing is stored. An ephemeral random secret is used, so UIDs, pseudonyms and date
+    shifts differ from those of any lake.
+    """
+    # Parser warnings quote values: keep them off the terminal (values show only on request).
+    config.settings.reading_validation_mode = config.IGNORE
+    try:
+        original = dcmread(file)
+    except (InvalidDicomError, OSError) as exc:
+        err.print(f"[bold red]error:[/] cannot read {file} as DICOM ({type(exc).__name__})",
+                  highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    with reported():
+        p = load_profile(profile)
+        engine = Deidentifier(p, Secret(secrets.token_bytes(32)))
+        result_ds = copy.deepcopy(original)
+        result = engine.apply(result_ds)
+        out.print(f"dry run of {p.name} {p.version} on {file.name}: nothing is stored; an "
+                  "ephemeral random secret is used (UIDs, pseudonyms and date shifts differ "
+                  "from any lake's)", highlight=False)
+        table = Table("element", "VR", "before", "after", "outcome")
+        for depth, b, a in _pairs(original, result_ds, ""):
+            ref = b if b is not None else a
+            name = f"{depth}({ref.tag.group:04X},{ref.tag.element:04X}) {ref.keyword or ''}"
+            table.add_row(name, ref.VR, _value(b, show_values), _value(a, show_values),
+                          _outcome(b, a))
+        meta_b = getattr(original, "file_meta", None)
+        meta_a = getattr(result_ds, "file_meta", None)
+        if meta_b is not None and meta_a is not None:
+            for _depth, b, a in _pairs(meta_b, meta_a, "meta "):
+                ref = b if b is not None else a
+                table.add_row(f"meta ({ref.tag.group:04X},{ref.tag.element:04X}) {ref.keyword}",
+                              ref.VR, _value(b, show_values), _value(a, show_values),
+                              _outcome(b, a))
+        out.print(table)
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(result.actions.items()))
+        out.print(f"actions: {counts}; pixels cleaned: {'yes' if result.pixels_cleaned else 'no'}"
+                  + (f" ({', '.join(result.pixel_rules)})" if result.pixel_rules else ""),
+                  highlight=False)
