@@ -158,6 +158,44 @@ class Lake:
         self.refresh()
         return summary
 
+    # Cohorts and exports: thin delegations to lake.export, for notebooks.
+
+    def create_cohort(self, name: str, sql: str, **kwargs: Any) -> Any:
+        """Save cohort ``name`` from ``sql`` (see :func:`lake.export.create_cohort`)."""
+        from lake.export import create_cohort
+
+        return create_cohort(self, name, sql, **kwargs)
+
+    def cohort(self, name: str) -> Any:
+        """The saved cohort ``name`` (see :func:`lake.export.load_cohort`)."""
+        from lake.export import load_cohort
+
+        return load_cohort(self, name)
+
+    def cohorts(self) -> Any:
+        """Every saved cohort (see :func:`lake.export.list_cohorts`)."""
+        from lake.export import list_cohorts
+
+        return list_cohorts(self)
+
+    def export_nifti(self, cohort_or_sql: Any, out: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Export to NIfTI + JSON sidecars (see :func:`lake.export.export_nifti`)."""
+        from lake.export import export_nifti
+
+        return export_nifti(self, cohort_or_sql, out, **kwargs)
+
+    def export_dicom(self, cohort_or_sql: Any, out: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Export de-identified DICOM (see :func:`lake.export.export_dicom`)."""
+        from lake.export import export_dicom
+
+        return export_dicom(self, cohort_or_sql, out, **kwargs)
+
+    def export_teaching(self, cohort_or_sql: Any, out: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Export a teaching-set zip (see :func:`lake.export.export_teaching`)."""
+        from lake.export import export_teaching
+
+        return export_teaching(self, cohort_or_sql, out, **kwargs)
+
     def info(self) -> LakeInfo:
         """Counts, sizes, dedup ratio and the current version."""
         catalog = Catalog(self.tables)

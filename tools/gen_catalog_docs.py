@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from lake.catalog import TABLES
+from lake.export import COHORTS
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "docs" / "catalog.md"
@@ -33,7 +34,7 @@ def render() -> str:
         "after de-identification; snake_case columns are the lake's own.",
         "",
     ]
-    for table in TABLES:
+    for table in (*TABLES, COHORTS):
         lines += [f"## `{table.name}`", "", table.doc, "", "| column | type | meaning |", "|---|---|---|"]
         for column in table.columns:
             lines.append(f"| `{column.name}` | {_type(column)} | {column.doc} |")
