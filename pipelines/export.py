@@ -13,6 +13,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -216,10 +217,13 @@ def _progress(kind: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
         console=err,
         disable=quiet,
     )
-    task = progress.add_task(kind, total=None)
+    tasks: list[TaskID] = []
 
     def update(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total)
+        # The bar appears once the export is planned (a refused export shows no bar).
+        if not tasks:
+            tasks.append(progress.add_task(kind, total=total))
+        progress.update(tasks[0], completed=done, total=total)
 
     with progress:
         yield update

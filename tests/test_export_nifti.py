@@ -1,0 +1,107 @@
+"""NIfTI export of cohorts: names from pseudonyms, voxels from the stored pixels, refusals reported."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+
+import lake
+from lake.export import create_cohort, export_nifti
+from tests.series import write_ct_series
+from tests.test_export import identifying_values, tree
+
+NIFTI_STEM = re.compile(r"^sub-[A-Za-z0-9]{1,64}/ses-[0-9a-f]{12}/(x|m?\d+)_[0-9a-f]{12}$")
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, list[Path]]:
+    """A complete 12-slice CT, a CT series with a missing slice, and an RT plan."""
+    complete = write_ct_series(tmp_path / "in" / "ct", 12)
+    gappy = write_ct_series(tmp_path / "in" / "gap", 8, patient_id="PAT-0002",
+                            patient_name="Roe^Richard")
+    gappy.pop(4).unlink()
+    plan = tmp_path / "in" / "rtplan.dcm"
+    source = get_testdata_file("rtplan.dcm")
+    assert source is not None
+    shutil.copy(source, plan)
+    return {"ct": complete, "gap": gappy, "plan": [plan]}
+
+
+@pytest.fixture
+def nifti_lake(lk: lake.Lake, vault_dir: Path, inputs: dict[str, list[Path]]) -> lake.Lake:
+    lk.ingest([str(inputs["ct"][0].parents[1])], vault=vault_dir, scheduler="sync")
+    create_cohort(lk, "all", "SELECT SeriesInstanceUID FROM series")
+    return lk
+
+
+def test_each_series_becomes_a_volume_named_from_pseudonyms(
+    nifti_lake: lake.Lake, inputs: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    result = export_nifti(nifti_lake, "all", tmp_path / "out", scheduler="sync")
+    names = sorted(f.path for f in result.files)
+    assert len(names) == 2, names  # one volume + sidecar; the other two series are refused
+    stems = {n.rsplit(".", 1)[0] for n in names}
+    assert len(stems) == 1 and NIFTI_STEM.match(stems.pop())
+    assert {Path(n).suffix for n in names} == {".nii", ".json"}
+
+    image = nib.load(tmp_path / "out" / next(n for n in names if n.endswith(".nii")))
+    assert image.shape == (128, 128, 12)
+    data = np.asarray(image.dataobj)
+    for path in inputs["ct"]:  # voxel k is the slice at the k-th position along the normal
+        ds = dcmread(path)
+        k = int(ds.InstanceNumber) - 1
+        expected = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        np.testing.assert_array_equal(data[:, ::-1, k].T, expected)
+
+    reasons = {s.reason for s in result.skipped}
+    assert reasons == {"missing_slices", "no_pixel_data"}
+    assert all(s.instance is None and s.message for s in result.skipped)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["kind"] == "nifti"
+    assert {s["reason"] for s in manifest["skipped"]} == reasons
+    assert manifest["options"] == {"compress": False, "level": None}
+
+
+def test_no_identifying_value_in_volumes_or_sidecars(
+    nifti_lake: lake.Lake, inputs: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    export_nifti(nifti_lake, "all", tmp_path / "out", scheduler="sync")
+    secrets = {s.encode() for s in identifying_values(inputs["ct"][0].parents[1])}
+    assert b"Doe^Jane" in secrets and b"PAT-0001" in secrets
+    for name, data in tree(tmp_path / "out").items():
+        assert not [s for s in secrets if s in data or s.decode() in name], name
+
+
+def test_gzip_is_deterministic_per_level(nifti_lake: lake.Lake, tmp_path: Path) -> None:
+    plain = export_nifti(nifti_lake, "all", tmp_path / "plain", scheduler="sync")
+    fast = export_nifti(nifti_lake, "all", tmp_path / "fast", compress=True, level=1,
+                        scheduler="sync")
+    again = export_nifti(nifti_lake, "all", tmp_path / "again", compress=True, level=1,
+                         scheduler="threads", workers=2)
+    best = export_nifti(nifti_lake, "all", tmp_path / "best", compress=True, level=9,
+                        scheduler="sync")
+    assert tree(tmp_path / "fast") == tree(tmp_path / "again")
+    nii = next(f for f in plain.files if f.path.endswith(".nii"))
+    fast_gz = next(f for f in fast.files if f.path.endswith(".nii.gz"))
+    best_gz = next(f for f in best.files if f.path.endswith(".nii.gz"))
+    assert fast_gz.path == nii.path + ".gz" == best_gz.path
+    assert fast_gz.sha256 != best_gz.sha256
+    raw = (tmp_path / "plain" / nii.path).read_bytes()
+    assert gzip.decompress((tmp_path / "fast" / fast_gz.path).read_bytes()) == raw
+    assert gzip.decompress((tmp_path / "best" / best_gz.path).read_bytes()) == raw
+    assert best.manifest["options"] == {"compress": True, "level": 9}
+
+
+def test_level_out_of_range_is_refused(nifti_lake: lake.Lake, tmp_path: Path) -> None:
+    with pytest.raises(lake.ConfigError, match="1..9"):
+        export_nifti(nifti_lake, "all", tmp_path / "out", compress=True, level=0)
+    assert not (tmp_path / "out").exists()
