@@ -1,4 +1,4 @@
-"""NIfTI export of cohorts: names from pseudonyms, voxels from the stored pixels, refusals reported."""
+"""NIfTI export of cohorts: names from pseudonyms, voxels from stored pixels, refusals reported."""
 
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ def test_each_series_becomes_a_volume_named_from_pseudonyms(
     assert {Path(n).suffix for n in names} == {".nii", ".json"}
 
     image = nib.load(tmp_path / "out" / next(n for n in names if n.endswith(".nii")))
+    assert isinstance(image, nib.Nifti1Image)
     assert image.shape == (128, 128, 12)
     data = np.asarray(image.dataobj)
     for path in inputs["ct"]:  # voxel k is the slice at the k-th position along the normal
@@ -85,8 +86,8 @@ def test_gzip_is_deterministic_per_level(nifti_lake: lake.Lake, tmp_path: Path) 
     plain = export_nifti(nifti_lake, "all", tmp_path / "plain", scheduler="sync")
     fast = export_nifti(nifti_lake, "all", tmp_path / "fast", compress=True, level=1,
                         scheduler="sync")
-    again = export_nifti(nifti_lake, "all", tmp_path / "again", compress=True, level=1,
-                         scheduler="threads", workers=2)
+    export_nifti(nifti_lake, "all", tmp_path / "again", compress=True, level=1,
+                 scheduler="threads", workers=2)
     best = export_nifti(nifti_lake, "all", tmp_path / "best", compress=True, level=9,
                         scheduler="sync")
     assert tree(tmp_path / "fast") == tree(tmp_path / "again")
@@ -102,6 +103,6 @@ def test_gzip_is_deterministic_per_level(nifti_lake: lake.Lake, tmp_path: Path) 
 
 
 def test_level_out_of_range_is_refused(nifti_lake: lake.Lake, tmp_path: Path) -> None:
-    with pytest.raises(lake.ConfigError, match="1..9"):
+    with pytest.raises(lake.ConfigError, match=r"1\.\.9"):
         export_nifti(nifti_lake, "all", tmp_path / "out", compress=True, level=0)
     assert not (tmp_path / "out").exists()
