@@ -80,6 +80,15 @@ class Plane:
 
     def same_as(self, other: Plane) -> bool:
         """Whether ``other`` describes the same matrix, orientation and pixel size."""
+        if (
+            self.rows == other.rows
+            and self.cols == other.cols
+            and self.row_spacing == other.row_spacing
+            and self.col_spacing == other.col_spacing
+            and bool(np.array_equal(self.row_cosine, other.row_cosine))
+            and bool(np.array_equal(self.col_cosine, other.col_cosine))
+        ):
+            return True
         return (
             self.rows == other.rows
             and self.cols == other.cols

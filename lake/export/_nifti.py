@@ -21,7 +21,6 @@ Examples
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -33,13 +32,15 @@ from pydicom.dataset import Dataset
 from lake._errors import ExportError
 from lake.export._geometry import fsl_bvecs
 from lake.export._nifti_types import NiftiRefusal, NiftiVolume, RefusalReason
-from lake.export._nifti_write import write_volume
+from lake.export._nifti_write import MemoryFile, write_volume
 from lake.export._sidecar import build_sidecar
 from lake.export._volume import (
+    HEADER_SPACE,
     Assembled,
     Component,
     Frame,
     PixelCache,
+    allocate_backed,
     assemble_mosaics,
     assemble_plain,
     assemble_stack,
@@ -284,7 +285,7 @@ def _encode(assembled: Assembled, sidecar: dict[str, Any], bits_stored: int) -> 
     else:
         # rescale in float64, then store float32 (scaling in float32 loses digits to
         # cancellation when the intercept is large)
-        scaled = np.empty(data.shape, dtype=np.float32)
+        scaled, _ = allocate_backed(data.shape, np.dtype(np.float32))
         for t in range(n_t):
             scaled[t] = data[t] * slopes[t][:, None, None] + intercepts[t][:, None, None]
         data, slope, inter = scaled, 1.0, 0.0
@@ -307,11 +308,16 @@ def _encode(assembled: Assembled, sidecar: dict[str, Any], bits_stored: int) -> 
         header.set_dim_info(freq=1 if phase == "ROW" else 0, phase=0 if phase == "ROW" else 1,
                             slice=2)
     header["descrip"] = b"imaging-lake"
-    header.set_data_offset(352)
-    buffer = io.BytesIO()
-    buffer.write(header.binaryblock)
-    buffer.write(b"\x00\x00\x00\x00")
-    contiguous = np.ascontiguousarray(data)
-    buffer.write(contiguous.data.cast("B"))
-    buffer.seek(0)
-    return nib.Nifti1Image.from_stream(buffer)
+    header.set_data_offset(HEADER_SPACE)
+    backing = assembled.backing
+    if (
+        backing is None
+        or data.dtype.itemsize != assembled.data.dtype.itemsize
+        or not np.shares_memory(data, backing)
+    ):
+        placed, backing = allocate_backed(data.shape, data.dtype)
+        placed[...] = data
+    block = header.binaryblock
+    backing[: len(block)] = np.frombuffer(block, dtype=np.uint8)
+    backing[len(block) : HEADER_SPACE] = 0
+    return nib.Nifti1Image.from_stream(MemoryFile(backing))

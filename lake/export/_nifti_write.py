@@ -30,13 +30,49 @@ from nibabel.arrayproxy import ArrayProxy
 from lake._errors import ConfigError, ExportError
 from lake.export._nifti_types import NiftiVolume
 
-__all__ = ["BLOCK_SIZE", "gzip_members", "nifti_payload", "write_volume"]
+__all__ = ["BLOCK_SIZE", "MemoryFile", "gzip_members", "nifti_payload", "write_volume"]
 
 #: Uncompressed bytes per deflate block; fixed so output does not depend on thread count.
 BLOCK_SIZE = 1 << 20
 _WINDOW = 1 << 15
 _EXTENSION_FLAG = b"\x00\x00\x00\x00"
 _NIFTI_OFFSET = 352
+
+
+class MemoryFile(io.RawIOBase):
+    """A read-only, seekable file over a byte buffer, without copying it (unlike BytesIO).
+
+    Parameters
+    ----------
+    buffer : bytes-like
+        The complete single-file NIfTI (header, extension flag, voxels).
+    """
+
+    def __init__(self, buffer: Any) -> None:
+        super().__init__()
+        self.view = memoryview(buffer).cast("B")
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        out = memoryview(target).cast("B")
+        n = max(0, min(len(out), len(self.view) - self._position))
+        out[:n] = self.view[self._position : self._position + n]
+        self._position += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self.view)}
+        self._position = max(0, base[whence] + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
 
 
 def nifti_payload(image: nib.Nifti1Image) -> tuple[bytes, memoryview]:
@@ -59,8 +95,10 @@ def nifti_payload(image: nib.Nifti1Image) -> tuple[bytes, memoryview]:
         header.set_slope_inter(dataobj.slope, dataobj.inter)
         fileobj = dataobj.file_like
         n_bytes = int(np.prod(dataobj.shape)) * np.dtype(dataobj.dtype).itemsize
-        if isinstance(fileobj, io.BytesIO):
-            start = int(dataobj.offset)
+        start = int(dataobj.offset)
+        if isinstance(fileobj, MemoryFile):
+            raw = fileobj.view[start : start + n_bytes]
+        elif isinstance(fileobj, io.BytesIO):
             raw = fileobj.getbuffer()[start : start + n_bytes]
         else:
             unscaled = dataobj.get_unscaled()  # type: ignore[no-untyped-call]
