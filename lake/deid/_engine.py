@@ -9,6 +9,7 @@ from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
@@ -65,12 +66,9 @@ def _raw_text(elem: DataElement | RawDataElement, encodings: list[str]) -> str:
         return ""
     if isinstance(value, bytes):
         return value.decode("latin-1").rstrip("\0 ")
-    if isinstance(value, str):
-        return value
-    try:
+    if isinstance(value, list | tuple | MultiValue):
         return "\\".join(str(v) for v in value)
-    except TypeError:
-        return str(value)
+    return str(value)
 
 
 def _vr_of(elem: DataElement | RawDataElement, op: Op, tag: int) -> str:
