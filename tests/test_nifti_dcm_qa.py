@@ -163,3 +163,31 @@ def test_written_files_load_back_identically(
     ref_bytes = (DCM_QA / "Ref" / "fMRI_MB_int_26.nii").read_bytes()
     # same voxel bytes as dcm2niix, after the 352-byte header
     assert uncompressed[352:] == ref_bytes[352:]
+
+
+def test_mosaic_without_csa_header_is_refused(
+    qa_series: dict[str, list[pydicom.Dataset]],
+) -> None:
+    """De-identification that drops private tags leaves a mosaic unreadable: say so."""
+    stripped = []
+    for ds in qa_series["ax_asc_35sl_6"]:
+        copy = pydicom.Dataset(ds)
+        copy.file_meta = ds.file_meta
+        copy.remove_private_tags()
+        stripped.append(copy)
+    volumes, refusals = series_to_nifti(stripped)
+    assert volumes == []
+    assert [r.reason_code.value for r in refusals] == ["mosaic_without_csa"]
+    assert "CSA" in refusals[0].message
+
+
+def test_mosaic_volume_order_ignores_file_order(
+    qa_series: dict[str, list[pydicom.Dataset]],
+) -> None:
+    datasets = qa_series["fMRI_MB_asc_25"]
+    forward = series_to_nifti(datasets)[0][0]
+    backward = series_to_nifti(list(reversed(datasets)))[0][0]
+    np.testing.assert_array_equal(
+        np.asanyarray(forward.image.dataobj), np.asanyarray(backward.image.dataobj)
+    )
+    assert forward.sidecar == backward.sidecar

@@ -16,6 +16,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
 from lake._errors import ConfigError, ExportError
@@ -367,3 +369,15 @@ def test_no_phi_reaches_any_output(tmp_path: Path) -> None:
     assert "PatientName" not in sidecar and "PatientID" not in sidecar
     # the sentinels are really in the input, so the check above can fail
     assert all(str(series[0].get(k)) == v for k, v in PHI_SENTINELS.items())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.binary(min_size=0, max_size=3 * 4096),
+    cuts=st.lists(st.integers(min_value=0, max_value=3 * 4096), max_size=4),
+    level=st.integers(min_value=0, max_value=9),
+)
+def test_parallel_gzip_round_trip_property(data: bytes, cuts: list[int], level: int) -> None:
+    bounds = sorted({0, len(data), *(min(c, len(data)) for c in cuts)})
+    chunks = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    assert gzip.decompress(b"".join(gzip_members(chunks, level, threads=2))) == data
