@@ -8,6 +8,7 @@ affine checks slice order, axis directions and data placement at once.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -379,5 +380,5 @@ def test_no_phi_reaches_any_output(tmp_path: Path) -> None:
 )
 def test_parallel_gzip_round_trip_property(data: bytes, cuts: list[int], level: int) -> None:
     bounds = sorted({0, len(data), *(min(c, len(data)) for c in cuts)})
-    chunks = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
     assert gzip.decompress(b"".join(gzip_members(chunks, level, threads=2))) == data
