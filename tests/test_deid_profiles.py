@@ -1,0 +1,217 @@
+"""Profiles as data: generated from the standard, layered, extended by sites, validated."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes
+
+from lake._errors import ProfileError
+from lake.deid import EDITION, Deidentifier, ProfileOption, list_profiles, load_profile
+from lake.deid._profile import builtin_dir
+from lake.vault import Secret
+
+ROOT = Path(__file__).resolve().parents[1]
+STANDARD = ROOT.parent / "shared" / "data" / "dicom-standard"
+TABLE = STANDARD / "confidentiality_profile_attributes.json"
+
+
+def _generator():  # type: ignore[no-untyped-def]
+    script = ROOT / "tools" / "gen_profiles.py"
+    spec = importlib.util.spec_from_file_location("gen_profiles", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gen_profiles"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def table() -> list[dict[str, str]]:
+    if not TABLE.is_file():
+        pytest.skip("../shared/data/dicom-standard is absent")
+    rows: list[dict[str, str]] = json.loads(TABLE.read_text())
+    return rows
+
+
+def test_generated_files_are_current(table: list[dict[str, str]]) -> None:
+    gen = _generator()
+    generated = gen.generate(TABLE)
+    vocabulary = json.loads(generated[gen.PROFILES / "clean-vocabulary.json"])
+    for path, text in generated.items():
+        if path.name == "clean-vocabulary.json" and vocabulary["pydicom"] != pydicom.__version__:
+            continue  # the word list depends on pydicom's dictionaries
+        assert path.read_text() == text, f"{path.name} is stale: run tools/gen_profiles.py"
+
+
+def test_basic_covers_every_row_of_table_e11(table: list[dict[str, str]]) -> None:
+    assert len(table) == 621
+    rows = {r["field"]: r for r in load_profile("basic").describe()}
+    for row in table:
+        if row["id"].startswith("ggggeeee"):
+            field = "private"
+        else:
+            field = row["tag"].upper().replace("X", "x")
+        assert field in rows, row["name"]
+        if field == "(0010,0020)":
+            assert rows[field]["action"] == "D"  # Z/D as a keyed pseudonym
+        else:
+            assert rows[field]["action"] == row["basicProfile"], row["name"]
+
+
+def test_option_layers_follow_their_columns(table: list[dict[str, str]]) -> None:
+    columns = {
+        ProfileOption.RETAIN_FULL_DATES: "rtnLongFullDatesOpt",
+        ProfileOption.RETAIN_MODIFIED_DATES: "rtnLongModifDatesOpt",
+        ProfileOption.RETAIN_PATIENT_CHARACTERISTICS: "rtnPatCharsOpt",
+        ProfileOption.RETAIN_DEVICE_IDENTITY: "rtnDevIdOpt",
+        ProfileOption.RETAIN_INSTITUTION_IDENTITY: "rtnInstIdOpt",
+        ProfileOption.RETAIN_UIDS: "rtnUIDsOpt",
+        ProfileOption.CLEAN_DESCRIPTORS: "cleanDescOpt",
+        ProfileOption.CLEAN_GRAPHICS: "cleanGraphOpt",
+        ProfileOption.CLEAN_STRUCTURED_CONTENT: "cleanStructContOpt",
+    }
+    folder = builtin_dir()
+    for option, column in columns.items():
+        text = (folder / option.recipe).read_text()
+        for row in table:
+            if row.get(column) and not row["id"].startswith("ggggeeee"):
+                field = row["tag"].upper().replace("X", "x")
+                assert field in text, (option, row["name"])
+
+
+def test_builtin_profiles() -> None:
+    assert list_profiles() == ["basic", "research", "teaching"]
+    research = load_profile("research")
+    assert research.options == (
+        ProfileOption.RETAIN_MODIFIED_DATES,
+        ProfileOption.RETAIN_PATIENT_CHARACTERISTICS,
+        ProfileOption.RETAIN_DEVICE_IDENTITY,
+        ProfileOption.CLEAN_DESCRIPTORS,
+    )
+    assert load_profile("teaching").options == (ProfileOption.CLEAN_PIXEL_DATA,)
+    assert load_profile("basic").options == ()
+    for name in list_profiles():
+        p = load_profile(name)
+        assert p.name == name and p.version.startswith(EDITION) and len(p.sha256) == 64
+    assert len({load_profile(n).sha256 for n in list_profiles()}) == 3
+
+
+def test_cid_7050_codes_match_pydicom() -> None:
+    by_value = {}
+    for name in dir(codes.DCM):
+        if name.endswith("Option") or name == "BasicApplicationConfidentialityProfile":
+            code = getattr(codes.DCM, name)
+            by_value[code.value] = code.meaning
+    for option in ProfileOption:
+        assert by_value[option.code] == option.meaning
+
+
+def test_safe_private_table_names_its_edition() -> None:
+    doc = json.loads((builtin_dir() / "safe-private-2024b.json").read_text())
+    assert doc["edition"] == EDITION and "E.3.10-1" in doc["title"]
+    text = (builtin_dir() / ProfileOption.RETAIN_SAFE_PRIVATE.recipe).read_text()
+    assert text.count("KEEP (") == len(doc["rows"])
+
+
+def _site(tmp_path: Path, manifest: str, recipe: str | None = None) -> Path:
+    if recipe is not None:
+        (tmp_path / "site.dicom").write_text(recipe)
+    path = tmp_path / "site.toml"
+    path.write_text(manifest)
+    return path
+
+
+def test_a_site_profile_extends_a_builtin_in_a_few_lines(tmp_path: Path) -> None:
+    path = _site(tmp_path, 'name = "mysite"\nversion = "2025.1"\nextends = "research"\n'
+                 'options = ["retain-institution-identity"]\nrecipes = ["site.dicom"]\n',
+                 "FORMAT dicom\n%header\nKEEP StudyID\n")
+    p = load_profile(str(path))
+    assert (p.name, p.version) == ("mysite", "2025.1")
+    assert ProfileOption.RETAIN_INSTITUTION_IDENTITY in p.options
+    assert ProfileOption.CLEAN_DESCRIPTORS in p.options
+    rows = {r["field"]: r for r in p.describe()}
+    assert rows["(0020,0010)"]["action"] == "K" and rows["(0020,0010)"]["layer"] == "site.dicom"
+    assert rows["(0008,0080)"]["action"] == "K"  # institution name, from the option
+    before = p.sha256
+    (tmp_path / "site.dicom").write_text("FORMAT dicom\n%header\nKEEP StudyID \n")
+    assert load_profile(str(path)).sha256 != before  # every byte counts
+
+
+def test_a_bare_recipe_layers_on_basic(tmp_path: Path) -> None:
+    recipe = tmp_path / "keep.dicom"
+    recipe.write_text("FORMAT dicom\n%header\nKEEP StudyDescription\n")
+    p = load_profile(str(recipe))
+    assert p.name == "keep" and p.version.startswith("sha-")
+    rows = {r["field"]: r for r in p.describe()}
+    assert rows["(0008,1030)"]["action"] == "K"
+    assert rows["(0010,0010)"]["action"] == "Z"
+
+
+def test_options_conflict_the_more_protective_wins() -> None:
+    rows = {r["field"]: r for r in load_profile("research").describe()}
+    # Calibration Date: Retain Device Identity says K, Modified Dates says C (shift).
+    assert rows["(0018,1200)"]["action"] == "C"
+    assert rows["(0018,1200)"]["effect"].startswith("shift date")
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        ("%header\nREMOVE PatientName\n", "FORMAT dicom"),
+        ("FORMAT dicom\n%header\nJITTER StudyDate 10\n", "func:shift_date"),
+        ("FORMAT dicom\n%header\nREMOVE PatientName # why\n", "own line"),
+        ("FORMAT dicom\n%header\nREMOVE NotAKeyword\n", "unknown attribute"),
+        ("FORMAT dicom\n%header\nREMOVE contains:Name\n", "not supported"),
+        ("FORMAT dicom\n%header\nREPLACE PatientID func:jitter\n", "unknown function"),
+        ("FORMAT dicom\n%values names\nFIELD x\n", "not used"),
+        ("FORMAT dicom\n%filter graylist\ncontains Modality US\n", "before any LABEL"),
+        ("FORMAT dicom\n%filter greylist\n", "graylist, whitelist or blacklist"),
+        ("FORMAT dicom\n%header\nREPLACE StudyDate func:uid\n", "UI elements"),
+        ("FORMAT dicom\n%header\nREMOVE (0008,\"X\",10)\n", "odd groups"),
+    ],
+)
+def test_bad_recipes_are_refused_with_a_location(tmp_path: Path, recipe: str,
+                                                 message: str) -> None:
+    path = tmp_path / "bad.dicom"
+    path.write_text(recipe)
+    with pytest.raises(ProfileError, match=message):
+        Deidentifier(load_profile(str(path)), Secret(bytes(32)))
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        ('extends = "nope"\n', "unknown profile"),
+        ('extends = "basic"\noptions = ["retain-everything"]\n', "unknown option"),
+        ('extends = "basic"\noptions = ["retain-full-dates", "retain-modified-dates"]\n',
+         "exclude each other"),
+        ('extends = "site.toml"\n', "cycle"),
+        ('extends = "basic"\n[date_shift]\nmin_days = 10\nmax_days = 5\n', "min_days"),
+        ('extends = "basic"\ncolour = "blue"\n', "unknown keys"),
+        ('name = "x"\n', "extends"),
+        ('extends = "basic"\nrecipes = ["missing.dicom"]\n', "not found"),
+        ("extends = \n", "TOML"),
+    ],
+)
+def test_bad_manifests_are_refused(tmp_path: Path, manifest: str, message: str) -> None:
+    with pytest.raises(ProfileError, match=message):
+        load_profile(str(_site(tmp_path, manifest)))
+
+
+def test_unknown_profile_names_the_choices() -> None:
+    with pytest.raises(ProfileError, match="basic, research, teaching"):
+        load_profile("nonexistent")
+
+
+def test_loading_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    """deid's parser logs every line at DEBUG by default; the library must stay silent."""
+    for name in list_profiles():
+        Deidentifier(load_profile(name), Secret(bytes(32)))
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
