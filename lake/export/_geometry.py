@@ -233,7 +233,7 @@ def slice_affine_ras(plane: Plane, first_position: FloatArray, slice_step: float
     >>> import numpy as np
     >>> p = Plane(np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), 0.5, 0.5, 4, 4)
     >>> slice_affine_ras(p, np.zeros(3), 2.0)[:3, 3].tolist()
-    [-0.0, -1.5, 0.0]
+    [0.0, -1.5, 0.0]
     """
     lps = np.eye(4)
     lps[:3, 0] = plane.row_cosine * plane.col_spacing
