@@ -382,3 +382,13 @@ def test_parallel_gzip_round_trip_property(data: bytes, cuts: list[int], level: 
     bounds = sorted({0, len(data), *(min(c, len(data)) for c in cuts)})
     chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
     assert gzip.decompress(b"".join(gzip_members(chunks, level, threads=2))) == data
+
+
+def test_enhanced_multi_echo_is_split_by_echo_time_rank() -> None:
+    series = synthetic_series(
+        n_slices=4, rows=8, cols=8, modality="MR", echo_times=[9.0, 18.0, 27.0]
+    )
+    volumes, refusals = series_to_nifti([enhanced_from(series)])
+    assert refusals == []
+    assert [v.suffix for v in volumes] == ["_e1", "_e2", "_e3"]
+    assert [v.sidecar["EchoTime"] for v in volumes] == pytest.approx([0.009, 0.018, 0.027])

@@ -134,7 +134,15 @@ def series_to_nifti(
     volumes: list[NiftiVolume] = []
     if mosaic_frames:
         _convert_groups(mosaic_frames, datasets, pixels, True, volumes, refusals)
-    if frames:
+    if mosaic_frames and frames:
+        refusals.append(
+            NiftiRefusal(
+                RefusalReason.MIXED_GEOMETRY,
+                f"{len({f.source for f in frames})} instances of this mosaic series are not "
+                "mosaics (derived images?) and were left out",
+            )
+        )
+    elif frames:
         geometric = [f for f in frames if f.plane is not None]
         if len(geometric) == len(frames):
             _convert_groups(frames, datasets, pixels, False, volumes, refusals)
@@ -156,7 +164,9 @@ def _echo_suffixes(frames: list[Frame]) -> dict[float | None, str]:
     echoes = sorted({f.echo for f in frames if f.echo is not None})
     if len(echoes) <= 1:
         return defaultdict(str)
-    numbered = all(float(e).is_integer() and 0 < e < 100 for e in echoes)
+    numbered = all(f.echo_numbered for f in frames if f.echo is not None) and all(
+        float(e).is_integer() and e > 0 for e in echoes
+    )
     suffixes: dict[float | None, str] = {}
     for rank, echo in enumerate(echoes, start=1):
         suffixes[echo] = f"_e{int(echo) if numbered else rank}"

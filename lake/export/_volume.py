@@ -109,6 +109,8 @@ class Frame:
         Diffusion b-value (s/mm²).
     gradient : numpy.ndarray or None
         Diffusion gradient direction (LPS).
+    echo_numbered : bool
+        Whether ``echo`` is an EchoNumbers value (else an echo time).
     """
 
     source: int
@@ -124,6 +126,7 @@ class Frame:
     identity: tuple[Any, ...]
     bvalue: float | None = None
     gradient: FloatArray | None = None
+    echo_numbered: bool = False
 
 
 @dataclass(eq=False)
@@ -439,6 +442,7 @@ def frames_of(ds: Dataset, source: int) -> list[Frame]:
                 identity=identity,
                 bvalue=bvalue,
                 gradient=gradient,
+                echo_numbered=echo_number is not None,
             )
         )
     return frames
