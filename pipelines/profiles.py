@@ -173,7 +173,15 @@ def deid_command(
     shifts differ from those of any lake.
     """
     # Parser warnings quote values: keep them off the terminal (values show only on request).
+    previous = config.settings.reading_validation_mode
     config.settings.reading_validation_mode = config.IGNORE
+    try:
+        _dry_run(file, profile, show_values)
+    finally:
+        config.settings.reading_validation_mode = previous
+
+
+def _dry_run(file: Path, profile: str, show_values: bool) -> None:
     try:
         original = dcmread(file)
     except (InvalidDicomError, OSError) as exc:
