@@ -3,13 +3,16 @@
 An instance is rebuilt from its exact de-identified header bytes plus its pixel
 blob, in the transfer syntax it was stored in. It is converted only when the peer
 accepted no context for that syntax: compressed pixel data is then decoded to
-Explicit VR Little Endian (the one conversion every peer accepts).
+Explicit VR Little Endian (the one syntax nearly every peer accepts) or, for a peer
+that takes only compressed data, re-encoded losslessly (RLE, JPEG-LS or JPEG 2000
+lossless). Nothing is ever converted lossily.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -19,6 +22,9 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
 )
 from pynetdicom.presentation import PresentationContext, build_context
 
@@ -26,10 +32,18 @@ from lake._errors import NetError
 from lake.net._index import RetrieveItem
 from lake.store import BlobStore
 
-__all__ = ["UNCOMPRESSED", "contexts_for", "load_instance", "prepare_for"]
+__all__ = [
+    "LOSSLESS_ENCODABLE",
+    "UNCOMPRESSED",
+    "contexts_for",
+    "load_instance",
+    "prefer_requestor_syntaxes",
+    "prepare_for",
+]
 
 _PIXEL_DATA = 0x7FE00010
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+LOSSLESS_ENCODABLE = (RLELossless, JPEGLSLossless, JPEG2000Lossless)
 _MAX_CONTEXTS = 127
 
 
@@ -78,18 +92,23 @@ def prepare_for(ds: Dataset, accepted: Sequence[PresentationContext]) -> Dataset
     offered = [UID(cx.transfer_syntax[0]) for cx in accepted if cx.abstract_syntax == sop_class]
     if any(_accepts(syntax, o) for o in offered):
         return ds
-    if syntax.is_compressed and any(o in UNCOMPRESSED for o in offered):
-        try:
-            ds.decompress()
-        except Exception as exc:  # noqa: BLE001 - codec failures come in many types
-            raise NetError(
-                f"the instance is stored as {syntax.name} and the peer accepts only "
-                f"uncompressed data, but decoding failed ({type(exc).__name__})"
-            ) from None
-        return ds
-    if syntax == ExplicitVRBigEndian and ExplicitVRLittleEndian in offered:
+    if syntax == ExplicitVRBigEndian:
         raise NetError("big-endian instances can only be sent to peers that accept big endian")
-    raise NetError(f"the peer accepted no presentation context for {sop_class.name}")
+    uncompressed = [o for o in offered if not o.is_compressed and o.is_little_endian]
+    lossless = [o for o in offered if o in LOSSLESS_ENCODABLE]
+    if not uncompressed and not lossless:
+        raise NetError(f"the peer accepted no usable presentation context for {sop_class.name}")
+    try:
+        if syntax.is_compressed:
+            ds.decompress()
+        if not uncompressed:
+            ds.compress(lossless[0])
+    except Exception as exc:  # noqa: BLE001 - codec failures come in many types
+        raise NetError(
+            f"the instance is stored as {syntax.name}, which the peer does not accept, and "
+            f"converting it losslessly failed ({type(exc).__name__})"
+        ) from None
+    return ds
 
 
 def contexts_for(items: Iterable[RetrieveItem]) -> list[PresentationContext]:
@@ -119,3 +138,23 @@ def contexts_for(items: Iterable[RetrieveItem]) -> list[PresentationContext]:
             "fit in one association); retrieve fewer SOP classes at a time"
         )
     return contexts
+
+
+def prefer_requestor_syntaxes(event: Any) -> None:
+    """EVT_REQUESTED handler: accept, per SOP class, the syntax the requestor lists first.
+
+    pynetdicom otherwise picks by the acceptor's own order. Following the requestor
+    keeps received instances as sent (a modality proposes its file's syntax first)
+    and serves C-GET in the syntax the retriever prefers.
+    """
+    request = event.assoc.requestor.primitive
+    preferred: dict[str, list[UID]] = {}
+    for cx in request.presentation_context_definition_list or []:
+        preferred.setdefault(str(cx.abstract_syntax), [UID(t) for t in cx.transfer_syntax])
+    for cx in event.assoc.acceptor.supported_contexts:
+        wanted = preferred.get(str(cx.abstract_syntax))
+        if not wanted:
+            continue
+        ours = list(cx.transfer_syntax)
+        first = [t for t in wanted if t in ours]
+        cx.transfer_syntax = first + [t for t in ours if t not in first]

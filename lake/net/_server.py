@@ -30,7 +30,12 @@ from lake.ingest import Ingestor
 from lake.net._config import ServerConfig
 from lake.net._index import RetrieveItem, Snapshot, SnapshotCache
 from lake.net._match import Level, parse_identifier
-from lake.net._objects import contexts_for, load_instance, prepare_for
+from lake.net._objects import (
+    contexts_for,
+    load_instance,
+    prefer_requestor_syntaxes,
+    prepare_for,
+)
 from lake.net._receive import Receiver, ReceiveStats
 from lake.net._spool import Committer, Spool
 from lake.net._uids import (
@@ -193,6 +198,7 @@ class DicomServer:
 
     def _handlers(self) -> list[Any]:
         return [
+            (evt.EVT_REQUESTED, prefer_requestor_syntaxes),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_FIND, self._on_find),

@@ -283,10 +283,15 @@ class Committer:
         LakeError
             If the commit fails; the entries stay spooled and pending.
         """
+        return self._drain(force=True)
+
+    def _drain(self, force: bool) -> list[BatchResult]:
         results: list[BatchResult] = []
         with self._commit_lock:
             while True:
                 with self._cond:
+                    if not (force or self._due()):
+                        return results
                     take = self._pending[: self.every]
                 if not take:
                     return results
@@ -319,7 +324,7 @@ class Committer:
                 if self._stopping:
                     return  # stop() flushes in its own thread
             try:
-                self.flush()
+                self._drain(force=False)
                 self.last_error = None
             except Exception as exc:  # noqa: BLE001 - keep serving; rows stay spooled, retried
                 self.last_error = f"catalog commit failed ({type(exc).__name__}); will retry"
