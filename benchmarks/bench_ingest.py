@@ -30,7 +30,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._corpus import make_corpus  # noqa: E402
+from benchmarks._corpus import make_corpus
 
 CACHE = Path(os.environ.get("LAKE_BENCH_DIR", Path(tempfile.gettempdir()) / "imaging-lake-bench"))
 
@@ -85,8 +85,12 @@ def lake_ingest(corpus: Path, work: Path) -> tuple[float, int]:
     env = dict(os.environ, LAKE_ROOT=str(work / "lake"), LAKE_VAULT=str(work / "vault"))
     subprocess.run([lake_bin, "init"], env=env, check=True, capture_output=True)
     start = time.perf_counter()
-    proc = subprocess.Popen([lake_bin, "ingest", "-q", str(corpus)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [lake_bin, "ingest", "-q", str(corpus)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     with PeakRSS(proc.pid) as rss:
         _, err = proc.communicate()
     elapsed = time.perf_counter() - start
@@ -108,14 +112,21 @@ def orthanc_import(paths: list[Path], work: Path) -> float | None:
         return None
     port, dicom_port = _free_port(), _free_port()
     config = {
-        "Name": "bench", "StorageDirectory": str(work / "storage"), "IndexDirectory": str(work / "index"),
-        "HttpPort": port, "DicomPort": dicom_port, "HttpBindAddress": "127.0.0.1",
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True,
+        "Name": "bench",
+        "StorageDirectory": str(work / "storage"),
+        "IndexDirectory": str(work / "index"),
+        "HttpPort": port,
+        "DicomPort": dicom_port,
+        "HttpBindAddress": "127.0.0.1",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomAlwaysAllowStore": True,
     }
     work.mkdir(parents=True, exist_ok=True)
     (work / "orthanc.json").write_text(json.dumps(config))
-    proc = subprocess.Popen([binary, str(work / "orthanc.json")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, str(work / "orthanc.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         for _ in range(200):
@@ -135,7 +146,9 @@ def orthanc_import(paths: list[Path], work: Path) -> float | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--large", type=int, default=20000, help="0 to skip the memory comparison")
     parser.add_argument("--no-orthanc", action="store_true")
@@ -144,7 +157,9 @@ def main() -> None:
     corpus_dir = CACHE / f"corpus-{args.files}"
     paths = make_corpus(corpus_dir, args.files)
     mb = _size(paths)
-    print(f"corpus: {len(paths)} files, {mb:.1f} MB (CT/MR cloned with new UIDs), {os.cpu_count()} CPUs")
+    print(
+        f"corpus: {len(paths)} files, {mb:.1f} MB (CT/MR cloned with new UIDs), {os.cpu_count()} CPUs"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -153,11 +168,17 @@ def main() -> None:
         t_orthanc = None if args.no_orthanc else orthanc_import(paths, work / "orthanc")
 
     n = len(paths)
-    print(f"floor  (pydicom read+write, 1 process): {n / t_floor:8.1f} files/s {mb / t_floor:7.1f} MB/s")
-    print(f"lake ingest (de-identify + store):      {n / t_lake:8.1f} files/s {mb / t_lake:7.1f} MB/s")
+    print(
+        f"floor  (pydicom read+write, 1 process): {n / t_floor:8.1f} files/s {mb / t_floor:7.1f} MB/s"
+    )
+    print(
+        f"lake ingest (de-identify + store):      {n / t_lake:8.1f} files/s {mb / t_lake:7.1f} MB/s"
+    )
     print(f"ratio lake/floor: {t_floor / t_lake:.2f}  (goal >= 0.5)")
     if t_orthanc is not None:
-        print(f"Orthanc REST import:                    {n / t_orthanc:8.1f} files/s {mb / t_orthanc:7.1f} MB/s")
+        print(
+            f"Orthanc REST import:                    {n / t_orthanc:8.1f} files/s {mb / t_orthanc:7.1f} MB/s"
+        )
         print(f"ratio lake/Orthanc: {t_orthanc / t_lake:.2f}  (goal > 1)")
     else:
         print("Orthanc REST import: skipped (Orthanc not installed or --no-orthanc)")
@@ -169,8 +190,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             t_large, rss_large = lake_ingest(large_dir, Path(tmp))
         print(f"lake ingest, {len(large)} files: {len(large) / t_large:8.1f} files/s")
-        print(f"peak RSS, {len(large)} files: {rss_large / 1e6:.0f} MB "
-              f"(ratio to {n} files: {rss_large / rss_small:.2f}; bounded memory means ~1)")
+        print(
+            f"peak RSS, {len(large)} files: {rss_large / 1e6:.0f} MB "
+            f"(ratio to {n} files: {rss_large / rss_small:.2f}; bounded memory means ~1)"
+        )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from lake._errors import (
     VaultError,
 )
 from lake._lake import Lake, LakeInfo, VerifyReport, init
-from lake._lake import open_lake as open  # noqa: A001 - the natural name for notebooks
+from lake._lake import open_lake as open
 
 __version__ = "0.1.0"
 

@@ -190,7 +190,9 @@ class Lake:
 
         return export_dicom(self, cohort_or_sql, out, **kwargs)
 
-    def export_teaching(self, cohort_or_sql: Any, out: str | os.PathLike[str], **kwargs: Any) -> Any:
+    def export_teaching(
+        self, cohort_or_sql: Any, out: str | os.PathLike[str], **kwargs: Any
+    ) -> Any:
         """Export a teaching-set zip (see :func:`lake.export.export_teaching`)."""
         from lake.export import export_teaching
 
@@ -227,8 +229,10 @@ class Lake:
 
     @cached_property
     def _pixel_hashes(self) -> set[str]:
-        table = self.tables.open("instances").to_pyarrow_dataset().to_table(
-            columns=["pixel_hash"], filter=pc.field("pixel_hash").is_valid()
+        table = (
+            self.tables.open("instances")
+            .to_pyarrow_dataset()
+            .to_table(columns=["pixel_hash"], filter=pc.field("pixel_hash").is_valid())
         )
         return set(table.column("pixel_hash").to_pylist())
 
@@ -243,13 +247,15 @@ class Lake:
             left by an interrupted ingest; harmless).
         """
         report = VerifyReport()
-        referenced = self.tables.open("instances").to_pyarrow_dataset().to_table(
-            columns=["pixel_hash"], filter=pc.field("pixel_hash").is_valid()
+        referenced = (
+            self.tables.open("instances")
+            .to_pyarrow_dataset()
+            .to_table(columns=["pixel_hash"], filter=pc.field("pixel_hash").is_valid())
         )
         report.rows_checked = referenced.num_rows
         wanted = set(referenced.column("pixel_hash").to_pylist())
         present: set[str] = set()
-        for key in self.blobs.keys():
+        for key in self.blobs.keys():  # noqa: SIM118 - BlobStore.keys walks the store
             present.add(key)
             try:
                 self.blobs.check(key)
@@ -288,10 +294,15 @@ def init(
     """
     location = resolve(_root_from(root), storage_options)
     the_vault = Vault.from_option(vault)
-    if location.is_local and os.path.commonpath([str(the_vault.path), location.path]) == location.path:
+    if (
+        location.is_local
+        and os.path.commonpath([str(the_vault.path), location.path]) == location.path
+    ):
         from lake._errors import VaultError
 
-        raise VaultError("the vault must be outside the lake; choose a folder not below the lake root")
+        raise VaultError(
+            "the vault must be outside the lake; choose a folder not below the lake root"
+        )
     try:
         config = LakeConfig.read(location)
         the_vault.load(config.lake_id, config.key_fingerprint)

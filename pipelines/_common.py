@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
@@ -65,15 +64,13 @@ VaultOption = Annotated[
 
 
 def open_lake(root: str | None) -> lake.Lake:
-    """The lake named by ``--lake``/``LAKE_ROOT`` (storage options from ``LAKE_STORAGE_*``)."""
-    return lake.open(root, storage_options=storage_options())
+    """The lake named by ``--lake``/``LAKE_ROOT``.
 
-
-def storage_options() -> dict[str, str] | None:
-    """fsspec/deltalake options from ``LAKE_STORAGE_<NAME>`` variables (e.g. endpoint_url)."""
-    prefix = "LAKE_STORAGE_"
-    opts = {k[len(prefix):].lower(): v for k, v in os.environ.items() if k.startswith(prefix)}
-    return opts or None
+    Object-store credentials and endpoints come from the standard variables that both fsspec
+    (s3fs/botocore) and deltalake read: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_REGION``, ``AWS_ENDPOINT_URL`` (and ``AWS_ALLOW_HTTP=true`` for a plain-http endpoint).
+    """
+    return lake.open(root)
 
 
 @contextmanager

@@ -32,7 +32,6 @@ from pipelines._common import (
     open_lake,
     out,
     reported,
-    storage_options,
 )
 
 __all__ = ["info", "ingest", "init", "sql", "verify"]
@@ -41,7 +40,7 @@ __all__ = ["info", "ingest", "init", "sql", "verify"]
 def init(lake_root: LakeOption = None, vault: VaultOption = None) -> None:
     """Create a lake (idempotent) and its key in the vault (mode 0600, outside the lake)."""
     with reported():
-        lk = lake.init(lake_root, vault=vault, storage_options=storage_options())
+        lk = lake.init(lake_root, vault=vault)
         out.print(f"lake ready at {lk.root} (id {lk.config.lake_id})", highlight=False)
 
 
@@ -69,8 +68,11 @@ def _summary(summary: IngestSummary) -> Table:
         ("quarantined", f"{summary.quarantined:,}"),
         ("bytes read", f"{mb:,.1f} MB"),
         ("new pixel blobs", f"{summary.blobs_written:,}"),
-        ("elapsed", f"{summary.elapsed:.1f} s ({summary.files_per_second:,.0f} files/s, "
-                    f"{mb / summary.elapsed if summary.elapsed else 0:,.1f} MB/s)"),
+        (
+            "elapsed",
+            f"{summary.elapsed:.1f} s ({summary.files_per_second:,.0f} files/s, "
+            f"{mb / summary.elapsed if summary.elapsed else 0:,.1f} MB/s)",
+        ),
         ("catalog version", str(summary.catalog_version)),
     ]
     for reason, count in sorted(summary.reasons.items()):
@@ -81,7 +83,9 @@ def _summary(summary: IngestSummary) -> Table:
 
 
 def ingest(
-    sources: Annotated[list[Path], typer.Argument(help="Files, folders (recursive) and .zip archives.")],
+    sources: Annotated[
+        list[Path], typer.Argument(help="Files, folders (recursive) and .zip archives.")
+    ],
     lake_root: LakeOption = None,
     vault: VaultOption = None,
     profile: Annotated[
@@ -89,7 +93,9 @@ def ingest(
     ] = None,
     scheduler: Annotated[
         str,
-        typer.Option(help=f"Dask scheduler: {', '.join(SCHEDULERS)}, or an address tcp://HOST:PORT."),
+        typer.Option(
+            help=f"Dask scheduler: {', '.join(SCHEDULERS)}, or an address tcp://HOST:PORT."
+        ),
     ] = "processes",
     workers: Annotated[int | None, typer.Option(help="Local workers (default: CPU count).")] = None,
     batch_size: Annotated[int, typer.Option(help="Instances per catalog commit.")] = 1000,
@@ -143,7 +149,9 @@ class Format(enum.StrEnum):
 
 
 def sql(
-    query: Annotated[str, typer.Argument(help="DuckDB SQL over instances, series, studies, patients.")],
+    query: Annotated[
+        str, typer.Argument(help="DuckDB SQL over instances, series, studies, patients.")
+    ],
     lake_root: LakeOption = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     as_of: Annotated[
@@ -178,7 +186,9 @@ def _emit(arrow: object, fmt: Format, output: Path | None) -> None:
     assert isinstance(arrow, pa.Table)
     if fmt is Format.parquet:
         if output is None and sys.stdout.isatty():
-            raise lake.ConfigError("parquet output is binary: pass --output FILE or redirect stdout")
+            raise lake.ConfigError(
+                "parquet output is binary: pass --output FILE or redirect stdout"
+            )
         sink = io.BytesIO()
         pq.write_table(arrow, sink)
         _write_bytes(sink.getvalue(), output)

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 import lake
 from pipelines import _core
+from pipelines._common import EXIT_CODES_HELP, EXIT_INTERNAL, err, out, reported
 from pipelines.export import cohort_app, export_app
 from pipelines.net import pull_command, serve_app
 from pipelines.profiles import deid_command, profiles_app
-from pipelines._common import EXIT_CODES_HELP, EXIT_INTERNAL, err, out, reported, storage_options
 
 app = typer.Typer(
     name="lake",
@@ -58,7 +57,7 @@ def demo(
     from lake.ingest import ingest
 
     with reported():
-        lk = lake.init(lake_root, vault=vault, storage_options=storage_options())
+        lk = lake.init(lake_root, vault=vault)
         sources = sample_sources()
         out.print(f"ingesting sample DICOM from {len(sources)} installed packages into {lk.root}")
         summary = ingest(lk, sources, lk.secret(vault), scheduler=scheduler)
@@ -69,7 +68,7 @@ def demo(
         )
         out.print("\n[bold]cohort query[/]\n" + DEMO_QUERY + "\n", highlight=False)
         _core._emit(lk.sql(DEMO_QUERY).arrow().read_all(), _core.Format.table, None)
-        out.print(f"\nTry: lake sql --lake {lake_root} \"SELECT * FROM series LIMIT 5\"")
+        out.print(f'\nTry: lake sql --lake {lake_root} "SELECT * FROM series LIMIT 5"')
 
 
 def main() -> None:
@@ -78,7 +77,7 @@ def main() -> None:
         app()
     except typer.Exit:
         raise
-    except Exception as exc:  # noqa: BLE001 - last line of defence: no tracebacks for users
+    except Exception as exc:
         if os.environ.get("LAKE_DEBUG"):
             raise
         err.print(

@@ -17,7 +17,9 @@ import pytest
 LAKE = str(Path(sys.executable).with_name("lake"))
 
 
-def run(*args: str, env: dict[str, str] | None = None, check_code: int | None = 0) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, check_code: int | None = 0
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
     full_env.update(env or {})
     proc = subprocess.run([LAKE, *args], capture_output=True, text=True, env=full_env, timeout=300)
@@ -49,14 +51,23 @@ def test_help_documents_exit_codes() -> None:
 def test_lake_from_option_or_env(tmp_path: Path, ct_folder: Path) -> None:
     lake_root, vault = str(tmp_path / "l"), str(tmp_path / "v")
     run("init", "--lake", lake_root, "--vault", vault)
-    run("ingest", "--lake", lake_root, "--vault", vault, "--scheduler", "sync", "-q", str(ct_folder))
-    proc = run("sql", "SELECT count(*) AS n FROM instances", "--format", "json",
-               env={"LAKE_ROOT": lake_root})
+    run(
+        "ingest", "--lake", lake_root, "--vault", vault, "--scheduler", "sync", "-q", str(ct_folder)
+    )
+    proc = run(
+        "sql",
+        "SELECT count(*) AS n FROM instances",
+        "--format",
+        "json",
+        env={"LAKE_ROOT": lake_root},
+    )
     assert json.loads(proc.stdout) == [{"n": 12}]
 
 
 def test_sql_formats(ingested: dict[str, str], tmp_path: Path) -> None:
-    query = "SELECT SeriesInstanceUID, instance_count FROM series WHERE Modality = 'CT' ORDER BY 2 DESC"
+    query = (
+        "SELECT SeriesInstanceUID, instance_count FROM series WHERE Modality = 'CT' ORDER BY 2 DESC"
+    )
     as_json = json.loads(run("sql", query, "--format", "json", env=ingested).stdout)
     assert isinstance(as_json, list) and as_json[0]["instance_count"] == 12
     as_csv = list(csv.DictReader(io.StringIO(run("sql", query, "-f", "csv", env=ingested).stdout)))
@@ -69,16 +80,30 @@ def test_sql_formats(ingested: dict[str, str], tmp_path: Path) -> None:
 
 
 def test_sql_as_of(ingested: dict[str, str], ct_folder: Path, tmp_path: Path) -> None:
-    version = json.loads(run("sql", "SELECT max(catalog_version) AS v FROM batches", "-f", "json",
-                             env=ingested).stdout)[0]["v"]
+    version = json.loads(
+        run(
+            "sql", "SELECT max(catalog_version) AS v FROM batches", "-f", "json", env=ingested
+        ).stdout
+    )[0]["v"]
     more = tmp_path / "more"
     from tests.series import write_ct_series
 
     write_ct_series(more, 3)
     run("ingest", "--scheduler", "sync", "-q", str(more), env=ingested)
-    now = json.loads(run("sql", "SELECT count(*) AS n FROM instances", "-f", "json", env=ingested).stdout)
-    then = json.loads(run("sql", "SELECT count(*) AS n FROM instances", "-f", "json",
-                          "--as-of", str(version), env=ingested).stdout)
+    now = json.loads(
+        run("sql", "SELECT count(*) AS n FROM instances", "-f", "json", env=ingested).stdout
+    )
+    then = json.loads(
+        run(
+            "sql",
+            "SELECT count(*) AS n FROM instances",
+            "-f",
+            "json",
+            "--as-of",
+            str(version),
+            env=ingested,
+        ).stdout
+    )
     assert now[0]["n"] == then[0]["n"] + 3
 
 
@@ -88,7 +113,9 @@ def test_info(ingested: dict[str, str]) -> None:
         assert label in text
 
 
-def test_bad_input_exit_code_3_and_summary(env: dict[str, str], ct_folder: Path, tmp_path: Path) -> None:
+def test_bad_input_exit_code_3_and_summary(
+    env: dict[str, str], ct_folder: Path, tmp_path: Path
+) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "Doe^John.txt").write_text("Doe^John, MRN 12345678")
@@ -109,7 +136,9 @@ def test_bad_input_exit_code_3_and_summary(env: dict[str, str], ct_folder: Path,
         (("info",), "lake init"),
     ],
 )
-def test_errors_are_one_line(args: tuple[str, ...], needle: str, tmp_path: Path, env: dict[str, str]) -> None:
+def test_errors_are_one_line(
+    args: tuple[str, ...], needle: str, tmp_path: Path, env: dict[str, str]
+) -> None:
     if args[0] == "info":
         env = {"LAKE_ROOT": str(tmp_path / "nothing-here")}
     else:
@@ -129,7 +158,9 @@ def test_ingest_without_vault_refuses(tmp_path: Path, ct_folder: Path) -> None:
     run("init", "--lake", lake_root, "--vault", str(tmp_path / "vault"))
     proc = run("ingest", "--lake", lake_root, str(ct_folder), check_code=1)
     assert "vault" in proc.stderr.lower()
-    n = json.loads(run("sql", "--lake", lake_root, "SELECT count(*) AS n FROM instances", "-f", "json").stdout)
+    n = json.loads(
+        run("sql", "--lake", lake_root, "SELECT count(*) AS n FROM instances", "-f", "json").stdout
+    )
     assert n == [{"n": 0}]
 
 
@@ -148,8 +179,15 @@ def test_unknown_scheduler_is_a_usage_error(env: dict[str, str], ct_folder: Path
 
 
 def test_demo_builds_a_lake_offline(tmp_path: Path) -> None:
-    proc = run("demo", "--lake", str(tmp_path / "demo"), "--vault", str(tmp_path / "v"),
-               "--scheduler", "threads")
+    proc = run(
+        "demo",
+        "--lake",
+        str(tmp_path / "demo"),
+        "--vault",
+        str(tmp_path / "v"),
+        "--scheduler",
+        "threads",
+    )
     assert "cohort query" in proc.stdout
     assert "CT" in proc.stdout and "MR" in proc.stdout
     shutil.rmtree(tmp_path / "demo")

@@ -38,8 +38,12 @@ def test_every_command_is_in_the_readme() -> None:
 
 
 def test_catalog_docs_are_generated_from_the_schema() -> None:
-    proc = subprocess.run([sys.executable, "tools/gen_catalog_docs.py", "--check"], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "tools/gen_catalog_docs.py", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout
 
 

@@ -31,7 +31,9 @@ def _env(lake_root: Path, vault: Path) -> dict[str, str]:
 
 def _count(lk: lake.Lake) -> tuple[int, int]:
     lk.refresh()
-    return tuple(lk.sql("SELECT count(*), count(DISTINCT SOPInstanceUID) FROM instances").fetchall()[0])  # type: ignore[return-value]
+    return tuple(
+        lk.sql("SELECT count(*), count(DISTINCT SOPInstanceUID) FROM instances").fetchall()[0]
+    )  # type: ignore[return-value]
 
 
 @pytest.mark.slow
@@ -42,7 +44,9 @@ def test_kill_mid_ingest_then_rerun(
     env = _env(lake_root, vault_dir)
     proc = subprocess.Popen(
         [LAKE, "ingest", "-q", "--scheduler", "sync", "--batch-size", "20", str(big_folder)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     log = lake_root / "tables" / "instances" / "_delta_log"
     deadline = time.monotonic() + 120
@@ -57,8 +61,12 @@ def test_kill_mid_ingest_then_rerun(
     assert total == distinct  # whatever landed is consistent
     assert total < 240, "the ingest finished before it could be killed; make the input larger"
     assert lk.verify().ok  # every committed row's blob is there and intact
-    done = subprocess.run([LAKE, "ingest", "-q", "--scheduler", "sync", str(big_folder)], env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [LAKE, "ingest", "-q", "--scheduler", "sync", str(big_folder)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert _count(lk) == (240, 240)
     report = lk.verify()
@@ -71,8 +79,12 @@ def test_concurrent_ingests_of_the_same_files_do_not_duplicate(
 ) -> None:
     env = _env(lake_root, vault_dir)
     procs = [
-        subprocess.Popen([LAKE, "ingest", "-q", "--scheduler", "sync", "--batch-size", "40",
-                          str(big_folder)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [LAKE, "ingest", "-q", "--scheduler", "sync", "--batch-size", "40", str(big_folder)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         for _ in range(2)
     ]
     for proc in procs:

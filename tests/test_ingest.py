@@ -16,7 +16,9 @@ from lake.ingest import decrypt, quarantine_key
 from tests.conftest import SAMPLE_FILES
 
 
-def _ingest(lk: lake.Lake, vault: Path, *sources: Path, **kwargs: object) -> lake.ingest.IngestSummary:
+def _ingest(
+    lk: lake.Lake, vault: Path, *sources: Path, **kwargs: object
+) -> lake.ingest.IngestSummary:
     kwargs.setdefault("scheduler", "sync")
     return lk.ingest([str(s) for s in sources], vault=vault, **kwargs)  # type: ignore[arg-type]
 
@@ -50,9 +52,7 @@ def test_columns_are_typed(lk: lake.Lake, vault_dir: Path, ct_folder: Path) -> N
     assert [v for (v,) in z] == pytest.approx([-75.0 + 2.5 * i for i in range(12)])
 
 
-def test_pixels_are_stored_once_by_content(
-    lk: lake.Lake, vault_dir: Path, ct_folder: Path
-) -> None:
+def test_pixels_are_stored_once_by_content(lk: lake.Lake, vault_dir: Path, ct_folder: Path) -> None:
     _ingest(lk, vault_dir, ct_folder)
     rows = lk.sql("SELECT SOPInstanceUID, pixel_hash, pixel_bytes FROM instances").fetchall()
     originals = {dcmread(p).PixelData for p in ct_folder.iterdir()}
@@ -72,7 +72,9 @@ def test_header_json_is_queryable(lk: lake.Lake, vault_dir: Path, ct_folder: Pat
     assert uri.startswith("sha256:")
 
 
-def test_reingest_adds_nothing(lk: lake.Lake, vault_dir: Path, samples: Path, ct_folder: Path) -> None:
+def test_reingest_adds_nothing(
+    lk: lake.Lake, vault_dir: Path, samples: Path, ct_folder: Path
+) -> None:
     first = _ingest(lk, vault_dir, samples, ct_folder)
     blobs = set(lk.blobs.keys())
     count = lk.sql("SELECT count(*) FROM instances").fetchall()[0][0]
@@ -84,7 +86,9 @@ def test_reingest_adds_nothing(lk: lake.Lake, vault_dir: Path, samples: Path, ct
     assert lk.sql("SELECT count(*) FROM instances").fetchall()[0][0] == count
 
 
-def test_zip_archives_are_read(lk: lake.Lake, vault_dir: Path, ct_folder: Path, tmp_path: Path) -> None:
+def test_zip_archives_are_read(
+    lk: lake.Lake, vault_dir: Path, ct_folder: Path, tmp_path: Path
+) -> None:
     archive = tmp_path / "export.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for path in sorted(ct_folder.iterdir()):
@@ -100,7 +104,9 @@ def test_batches_commit_separately(lk: lake.Lake, vault_dir: Path, ct_folder: Pa
     summary = _ingest(lk, vault_dir, ct_folder, batch_size=5)
     assert len(summary.batches) == 3
     assert lk.version == before + 3
-    batches = lk.sql("SELECT ingested, files_seen, actions FROM batches ORDER BY finished_at").fetchall()
+    batches = lk.sql(
+        "SELECT ingested, files_seen, actions FROM batches ORDER BY finished_at"
+    ).fetchall()
     assert [b[0] for b in batches] == [5, 5, 2]
     assert all(isinstance(b[2], dict) and sum(b[2].values()) > 0 for b in batches)
 
@@ -139,9 +145,7 @@ def test_bad_input_is_quarantined_and_the_rest_lands(
     assert all(r[1] and "Doe" not in r[1] for r in rows)
 
 
-def test_quarantined_originals_are_sealed(
-    lk: lake.Lake, vault_dir: Path, tmp_path: Path
-) -> None:
+def test_quarantined_originals_are_sealed(lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> None:
     _bad_inputs(tmp_path / "in" / "bad")
     _ingest(lk, vault_dir, tmp_path / "in" / "bad")
     notes = (tmp_path / "in" / "bad" / "notes.txt").read_bytes()
@@ -169,7 +173,9 @@ def test_source_paths_are_never_stored(lk: lake.Lake, vault_dir: Path, tmp_path:
             assert b"99887766" not in path.read_bytes()
 
 
-def test_missing_source_is_named_by_position(lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> None:
+def test_missing_source_is_named_by_position(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path
+) -> None:
     with pytest.raises(lake.IngestError, match="source argument 2 does not exist"):
         _ingest(lk, vault_dir, tmp_path, tmp_path / "Doe^John")
 

@@ -31,8 +31,11 @@ def s3_endpoint() -> Iterator[str]:
     if not MOTO.exists():
         pytest.skip("moto_server is not installed")
     port = _free_port()
-    proc = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -78,7 +81,9 @@ def test_lake_on_s3_end_to_end(s3_env: dict[str, str], tmp_path: Path) -> None:
     assert lk.sql("SELECT count(DISTINCT pixel_hash) FROM instances").fetchall() == [(8,)]
     import boto3
 
-    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_env["BUCKET"])["Contents"]]
+    keys = [
+        o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_env["BUCKET"])["Contents"]
+    ]
     assert any(k.startswith("lake/blobs/sha256/") for k in keys)
     assert any(k.startswith("lake/tables/instances/_delta_log/") for k in keys)
     assert lk.verify().ok
@@ -86,14 +91,26 @@ def test_lake_on_s3_end_to_end(s3_env: dict[str, str], tmp_path: Path) -> None:
 
 
 def test_cli_on_s3_with_dask_workers(s3_env: dict[str, str], tmp_path: Path) -> None:
-    env = dict(os.environ, **{k: v for k, v in s3_env.items() if k != "BUCKET"},
-               LAKE_ROOT=f"s3://{s3_env['BUCKET']}/lake", LAKE_VAULT=str(tmp_path / "vault"))
+    env = dict(
+        os.environ,
+        **{k: v for k, v in s3_env.items() if k != "BUCKET"},
+        LAKE_ROOT=f"s3://{s3_env['BUCKET']}/lake",
+        LAKE_VAULT=str(tmp_path / "vault"),
+    )
     folder = tmp_path / "ct"
     write_ct_series(folder, 6)
     shutil.copy(folder / "slice0000.dcm", folder / "copy.dcm")  # a duplicate instance
-    for args in (["init"], ["ingest", "-q", "--scheduler", "processes", "--workers", "2", str(folder)]):
+    for args in (
+        ["init"],
+        ["ingest", "-q", "--scheduler", "processes", "--workers", "2", str(folder)],
+    ):
         proc = subprocess.run([LAKE, *args], env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
-    proc = subprocess.run([LAKE, "sql", "SELECT count(*) AS n FROM instances", "-f", "csv"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [LAKE, "sql", "SELECT count(*) AS n FROM instances", "-f", "csv"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.stdout.split() == ['"n"', "6"]

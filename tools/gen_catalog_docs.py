@@ -1,7 +1,7 @@
 """Generate docs/catalog.md from the table declarations in lake/catalog/_schema.py.
 
-    python tools/gen_catalog_docs.py          # rewrite docs/catalog.md
-    python tools/gen_catalog_docs.py --check  # exit 1 if it is out of date
+python tools/gen_catalog_docs.py          # rewrite docs/catalog.md
+python tools/gen_catalog_docs.py --check  # exit 1 if it is out of date
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ VIEWS = ROOT / "lake" / "catalog" / "views.sql"
 
 def _type(column: object) -> str:
     sql_cast = getattr(column, "sql_cast", None)
-    return sql_cast or str(getattr(column, "type"))
+    return sql_cast or str(column.type)
 
 
 def render() -> str:
@@ -35,7 +35,14 @@ def render() -> str:
         "",
     ]
     for table in (*TABLES, COHORTS):
-        lines += [f"## `{table.name}`", "", table.doc, "", "| column | type | meaning |", "|---|---|---|"]
+        lines += [
+            f"## `{table.name}`",
+            "",
+            table.doc,
+            "",
+            "| column | type | meaning |",
+            "|---|---|---|",
+        ]
         for column in table.columns:
             lines.append(f"| `{column.name}` | {_type(column)} | {column.doc} |")
         lines.append("")

@@ -2,7 +2,15 @@
 
 from lake.catalog._extract import dicom_values
 from lake.catalog._query import Catalog
-from lake.catalog._schema import BATCHES, DICOM_COLUMNS, INSTANCES, QUARANTINE, TABLES, Column, Table
+from lake.catalog._schema import (
+    BATCHES,
+    DICOM_COLUMNS,
+    INSTANCES,
+    QUARANTINE,
+    TABLES,
+    Column,
+    Table,
+)
 from lake.catalog._tables import DeltaTables
 
 __all__ = [

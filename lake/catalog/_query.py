@@ -22,7 +22,9 @@ def _view_statements() -> list[str]:
 def _select_list(name: str) -> str:
     if name != INSTANCES.name:
         return "*"
-    casts = [f'CAST("{c.name}" AS {c.sql_cast}) AS "{c.name}"' for c in INSTANCES.columns if c.sql_cast]
+    casts = [
+        f'CAST("{c.name}" AS {c.sql_cast}) AS "{c.name}"' for c in INSTANCES.columns if c.sql_cast
+    ]
     return f"* REPLACE ({', '.join(casts)})" if casts else "*"
 
 

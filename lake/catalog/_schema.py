@@ -117,9 +117,17 @@ DICOM_COLUMNS: tuple[Column, ...] = (
     _c("FlipAngle", pa.float64(), "Flip angle in degrees."),
     _c("KVP", pa.float64(), "Peak kilovoltage."),
     _c("ConvolutionKernel", _STRINGS, "Reconstruction kernel."),
-    _c("BurnedInAnnotation", pa.string(), "YES/NO after de-identification (NO after pixel cleaning)."),
+    _c(
+        "BurnedInAnnotation",
+        pa.string(),
+        "YES/NO after de-identification (NO after pixel cleaning).",
+    ),
     _c("PatientIdentityRemoved", pa.string(), "YES for every instance in the lake."),
-    _c("DeidentificationMethod", _STRINGS, "What the de-identification did, as recorded in the header."),
+    _c(
+        "DeidentificationMethod",
+        _STRINGS,
+        "What the de-identification did, as recorded in the header.",
+    ),
     _c("LongitudinalTemporalInformationModified", pa.string(), "UNMODIFIED, MODIFIED or REMOVED."),
     _c("TransferSyntaxUID", pa.string(), "Transfer syntax the instance is stored in."),
 )
@@ -130,10 +138,17 @@ _LAKE_INSTANCE_COLUMNS: tuple[Column, ...] = (
     _c("pixel_vr", pa.string(), "VR of the PixelData element (OB or OW), null when none."),
     _c("pixel_bytes", pa.int64(), "Length of the stored PixelData value in bytes."),
     _c("size_bytes", pa.int64(), "Size of the de-identified instance: header plus pixel data."),
-    _c("header_json", pa.string(), "The full de-identified header as DICOM JSON (PS3.18 F.2); "
-       "PixelData as a BulkDataURI naming the blob, other bulk data inline."),
-    _c("header_dicom", pa.binary(), "The de-identified Part-10 instance without PixelData (exact "
-       "bytes for reassembly)."),
+    _c(
+        "header_json",
+        pa.string(),
+        "The full de-identified header as DICOM JSON (PS3.18 F.2); "
+        "PixelData as a BulkDataURI naming the blob, other bulk data inline.",
+    ),
+    _c(
+        "header_dicom",
+        pa.binary(),
+        "The de-identified Part-10 instance without PixelData (exact bytes for reassembly).",
+    ),
     _c("profile", pa.string(), "Name of the de-identification profile applied."),
     _c("profile_version", pa.string(), "Version of that profile."),
     _c("profile_sha256", pa.string(), "Hash of every byte the profile was built from."),
@@ -176,7 +191,11 @@ QUARANTINE = Table(
     (
         _c("quarantined_at", pa.timestamp("us", tz="UTC"), "When it was rejected."),
         _c("batch_id", pa.string(), "The batch that rejected it."),
-        _c("source_sha256", pa.string(), "sha256 of the original bytes (not reversible to content)."),
+        _c(
+            "source_sha256",
+            pa.string(),
+            "sha256 of the original bytes (not reversible to content).",
+        ),
         _c("size_bytes", pa.int64(), "Size of the original."),
         _c("reason", pa.string(), "Reason code: not_dicom, empty, truncated, dicomdir, ..."),
         _c("message", pa.string(), "Explanation, free of any original value."),

@@ -52,8 +52,9 @@ class DeltaTables:
             return
         empty = table.schema.empty_table()
         try:
-            write_deltalake(self.uri(table.name), empty, mode="append",
-                            storage_options=self.storage_options)
+            write_deltalake(
+                self.uri(table.name), empty, mode="append", storage_options=self.storage_options
+            )
         except CommitFailedError:
             if not self.exists(table.name):
                 raise
@@ -90,8 +91,9 @@ class DeltaTables:
     def append(self, table: Table, rows: Sequence[dict[str, Any]]) -> int:
         """Append ``rows`` to ``table`` in one commit; returns the new version."""
         data = pa.Table.from_pylist(list(rows), schema=table.schema)
-        write_deltalake(self.uri(table.name), data, mode="append",
-                        storage_options=self.storage_options)
+        write_deltalake(
+            self.uri(table.name), data, mode="append", storage_options=self.storage_options
+        )
         return int(self.open(table.name).version())
 
     def insert_new(self, table: Table, rows: Sequence[dict[str, Any]], key: str) -> tuple[int, int]:
@@ -124,8 +126,9 @@ class DeltaTables:
                 return 0, int(dt.version())
             try:
                 metrics = (
-                    dt.merge(data, predicate=f"t.{key} = s.{key}", source_alias="s",
-                             target_alias="t")
+                    dt.merge(
+                        data, predicate=f"t.{key} = s.{key}", source_alias="s", target_alias="t"
+                    )
                     .when_not_matched_insert_all()
                     .execute()
                 )

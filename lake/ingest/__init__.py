@@ -2,7 +2,7 @@
 
 from lake.ingest._instance import Accepted, IngestContext, Outcome, Rejected, process_bytes
 from lake.ingest._quarantine import decrypt, quarantine_key
-from lake.ingest._run import BatchResult, IngestSummary, Ingestor, ingest
+from lake.ingest._run import BatchResult, Ingestor, IngestSummary, ingest
 from lake.ingest._scheduler import SCHEDULERS, Runner
 from lake.ingest._sources import SourceItem, iter_items
 

@@ -19,15 +19,16 @@ from typing import Any
 from pydicom import dcmwrite
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
-from pydicom.dataset import validate_file_meta
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import UID
 
 __all__ = ["encode_part10", "header_json"]
 
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+_LONG_VRS = frozenset(
+    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+)
 _UNDEFINED = 0xFFFFFFFF
 _SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
@@ -54,8 +55,10 @@ def encode_part10(ds: Dataset) -> bytes:
         return _fallback(ds)
     # The file meta exactly as dcmwrite(enforce_file_format=True) prepares it.
     meta = copy.deepcopy(ds.file_meta)
-    for meta_key, ds_key in (("MediaStorageSOPClassUID", "SOPClassUID"),
-                             ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
+    for meta_key, ds_key in (
+        ("MediaStorageSOPClassUID", "SOPClassUID"),
+        ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
+    ):
         if ds.get(ds_key) and meta.get(meta_key) != ds.get(ds_key):
             setattr(meta, meta_key, ds.get(ds_key))
     validate_file_meta(meta, enforce_standard=True)
@@ -103,7 +106,16 @@ def encode_part10(ds: Dataset) -> bytes:
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "SH", "TM", "UC", "UI"})
 _SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
-_NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
+_NUMBER_FORMATS = {
+    "US": "H",
+    "SS": "h",
+    "UL": "I",
+    "SL": "i",
+    "FL": "f",
+    "FD": "d",
+    "UV": "Q",
+    "SV": "q",
+}
 _SAFE_CHARSETS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 
 

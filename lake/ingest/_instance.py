@@ -64,7 +64,7 @@ class Rejected:
 Outcome = Accepted | Rejected
 
 
-class _Reject(Exception):
+class _InputError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
@@ -73,7 +73,7 @@ class _Reject(Exception):
 
 def _parse(data: bytes) -> Dataset:
     if not data:
-        raise _Reject("empty", "the file is empty")
+        raise _InputError("empty", "the file is empty")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -82,19 +82,25 @@ def _parse(data: bytes) -> Dataset:
             try:
                 ds = dcmread(io.BytesIO(data), force=True)
             except Exception as exc:  # noqa: BLE001 - any parser failure means "not DICOM"
-                raise _Reject("not_dicom", f"not a DICOM file ({type(exc).__name__})") from None
+                raise _InputError("not_dicom", f"not a DICOM file ({type(exc).__name__})") from None
             if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
-                raise _Reject("not_dicom", "not a DICOM file (no preamble and no SOP identity)")
+                reason = "not a DICOM file (no preamble and no SOP identity)"
+                raise _InputError("not_dicom", reason) from None
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt input
-            raise _Reject("unreadable", f"the DICOM parser failed ({type(exc).__name__})") from None
+            reason = f"the DICOM parser failed ({type(exc).__name__})"
+            raise _InputError("unreadable", reason) from None
         try:
             ds.PixelData  # noqa: B018 - force the raw pixel element to be read now
         except AttributeError:
             pass
         except Exception as exc:  # noqa: BLE001
-            raise _Reject("truncated", f"pixel data cannot be read ({type(exc).__name__})") from None
-    if any("End of file" in str(w.message) or "truncated" in str(w.message).lower() for w in caught):
-        raise _Reject("truncated", "the file ends before its last element is complete")
+            raise _InputError(
+                "truncated", f"pixel data cannot be read ({type(exc).__name__})"
+            ) from None
+    if any(
+        "End of file" in str(w.message) or "truncated" in str(w.message).lower() for w in caught
+    ):
+        raise _InputError("truncated", "the file ends before its last element is complete")
     return ds
 
 
@@ -102,7 +108,9 @@ def _check(ds: Dataset) -> None:
     meta = getattr(ds, "file_meta", None)
     sop_class = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
     if sop_class == _DICOMDIR or "DirectoryRecordSequence" in ds:
-        raise _Reject("dicomdir", "a DICOMDIR index, not an instance; ingest the folder it indexes")
+        raise _InputError(
+            "dicomdir", "a DICOMDIR index, not an instance; ingest the folder it indexes"
+        )
     for elem in ds._dict.values():  # raw elements: compare the declared and read lengths
         length = getattr(elem, "length", None)
         value = getattr(elem, "value", None)
@@ -112,13 +120,13 @@ def _check(ds: Dataset) -> None:
             and isinstance(value, bytes)
             and len(value) < length
         ):
-            raise _Reject("truncated", "the file ends before its last element is complete")
+            raise _InputError("truncated", "the file ends before its last element is complete")
     for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
         if not ds.get(keyword):
-            raise _Reject("missing_uid", f"the instance has no {keyword}")
-    if "Rows" in ds and "PixelData" not in ds and "FloatPixelData" not in ds:
-        if "DoubleFloatPixelData" not in ds:
-            raise _Reject("truncated", "an image without pixel data (truncated file?)")
+            raise _InputError("missing_uid", f"the instance has no {keyword}")
+    pixel_keywords = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+    if "Rows" in ds and not any(k in ds for k in pixel_keywords):
+        raise _InputError("truncated", "an image without pixel data (truncated file?)")
     if "PixelData" in ds:
         _check_native_length(ds)
 
@@ -130,13 +138,16 @@ def _check_native_length(ds: Dataset) -> None:
     try:
         frames = int(ds.get("NumberOfFrames") or 1)
         expected = (
-            int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
-            * int(ds.BitsAllocated) * frames
+            int(ds.Rows)
+            * int(ds.Columns)
+            * int(ds.get("SamplesPerPixel", 1))
+            * int(ds.BitsAllocated)
+            * frames
         ) // 8
     except (AttributeError, TypeError, ValueError):
-        raise _Reject("bad_image", "pixel module attributes are missing or malformed") from None
+        raise _InputError("bad_image", "pixel module attributes are missing or malformed") from None
     if len(ds.PixelData) < expected:
-        raise _Reject("truncated", "pixel data is shorter than Rows x Columns x frames")
+        raise _InputError("truncated", "pixel data is shorter than Rows x Columns x frames")
 
 
 def _transfer_syntax(ds: Dataset) -> UID:
@@ -201,7 +212,7 @@ def _process(data: bytes, ctx: IngestContext) -> Outcome:
         try:
             result = ctx.engine.apply(ds)
         except DeidRefusedError as exc:
-            raise _Reject(exc.reason, str(exc)) from None
+            raise _InputError(exc.reason, str(exc)) from None
         _ensure_meta(ds)
         pixel_hash: str | None = None
         pixel_vr: str | None = None
@@ -221,11 +232,13 @@ def _process(data: bytes, ctx: IngestContext) -> Outcome:
         if pixel_hash is not None:
             as_json["7FE00010"] = {"vr": pixel_vr, "BulkDataURI": pixel_hash}
         row = dicom_values(as_json, str(ds.file_meta.TransferSyntaxUID))
-    except _Reject as rejection:
+    except _InputError as rejection:
         return _reject(ctx, data, rejection.reason, rejection.message)
     except Exception as exc:  # noqa: BLE001 - one bad file must not sink the batch
         return _reject(
-            ctx, data, "processing_error",
+            ctx,
+            data,
+            "processing_error",
             f"processing failed ({type(exc).__name__}); the original is kept sealed for review",
         )
     row.update(

@@ -126,7 +126,9 @@ class Ingestor:
         """De-identify one instance and store its pixels (no commit)."""
         return process_bytes(data, self.context)
 
-    def commit(self, outcomes: Sequence[Outcome], started_at: dt.datetime | None = None) -> BatchResult:
+    def commit(
+        self, outcomes: Sequence[Outcome], started_at: dt.datetime | None = None
+    ) -> BatchResult:
         """Commit one batch: instance rows (new SOPInstanceUIDs only), quarantine rows, batch row."""
         batch = BatchResult(batch_id=uuid.uuid4().hex)
         started_at = started_at or _now()

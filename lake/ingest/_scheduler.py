@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from lake._errors import ConfigError
 
-__all__ = ["Runner", "SCHEDULERS"]
+__all__ = ["SCHEDULERS", "Runner"]
 
 T = TypeVar("T")
 R = TypeVar("R")

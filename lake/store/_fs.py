@@ -52,7 +52,9 @@ class Location:
         return "/".join([self.url.rstrip("/"), *parts])
 
 
-def resolve(root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> Location:
+def resolve(
+    root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+) -> Location:
     """Normalise a lake root given as a path or an fsspec URL."""
     text = os.fspath(root)
     if "://" not in text:

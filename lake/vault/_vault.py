@@ -40,7 +40,9 @@ class Secret:
 
     def derive(self, purpose: str) -> bytes:
         """A 32-byte key for ``purpose`` (e.g. ``"uid"``, ``"patient-id"``, ``"date-shift"``)."""
-        return hmac.new(self.value, b"imaging-lake key v1:" + purpose.encode(), hashlib.sha256).digest()
+        return hmac.new(
+            self.value, b"imaging-lake key v1:" + purpose.encode(), hashlib.sha256
+        ).digest()
 
 
 @dataclass(frozen=True)
