@@ -362,29 +362,25 @@ class Deidentifier:
     # ---- identifiers for cleaning ---------------------------------------------------
 
     def _collect_identifiers(self, ds: Dataset, call: _Call) -> None:
-        tags = self._plan.identifier_tags
-        table = self._plan.tables[_p.NORMAL]
-        for tag in list(ds.keys()):
-            elem = ds.get_item(tag, keep_deferred=True)
-            if elem is None:
-                continue
-            op = table.get(tag)
-            vr = elem.VR or (op.vr if op is not None else "")
-            if vr == "SQ":
-                seq = ds[tag]
-                if seq.VR == "SQ":
-                    for item in seq.value:
-                        self._collect_identifiers(item, call)
-            elif tag in tags:
-                full = ds.get_item(tag)
-                assert full is not None
-                call.identifiers |= _v.identifier_words(_raw_text(full, call.encodings))
+        plan = self._plan
+        keys = ds.keys()
+        for tag in keys & plan.identifier_tags:
+            elem = ds.get_item(tag)
+            if elem is not None and elem.VR != "SQ":
+                call.identifiers |= _v.identifier_words(_raw_text(elem, call.encodings))
+        for tag in keys & plan.sequence_tags:
+            elem = ds[tag]
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    self._collect_identifiers(item, call)
 
     # ---- marks ----------------------------------------------------------------------
 
     def _mark(self, ds: Dataset, result: DeidResult) -> None:
+        """Record what was done: PS3.15 Annex E attributes (built as raw, valid values)."""
         plan, profile = self._plan, self.profile
-        ds.PatientIdentityRemoved = "YES"
+        ascii_set = self._set
+        ascii_set(ds, 0x00120062, "CS", b"YES")  # PatientIdentityRemoved
         method = [
             f"imaging-lake {profile.name} {profile.version}"[:64],
             f"DICOM PS3.15 {profile.edition} Annex E",
@@ -392,16 +388,16 @@ class Deidentifier:
         ]
         if result.pixels_cleaned:
             method.append("burned-in text masked (deid %filter rules)")
-            ds.BurnedInAnnotation = "NO"
-        ds.DeidentificationMethod = method
+            ascii_set(ds, 0x00280301, "CS", b"NO")  # BurnedInAnnotation
+        ascii_set(ds, 0x00120063, "LO", "\\".join(method).encode("ascii", "replace"))
         items = []
         for value, meaning in plan.codes:
             item = Dataset()
-            item.CodeValue = value
-            item.CodingSchemeDesignator = "DCM"
-            item.CodeMeaning = meaning
+            ascii_set(item, 0x00080100, "SH", value.encode())
+            ascii_set(item, 0x00080102, "SH", b"DCM")
+            ascii_set(item, 0x00080104, "LO", meaning.encode())
             items.append(item)
-        ds.DeidentificationMethodCodeSequence = Sequence(items)
-        ds.LongitudinalTemporalInformationModified = plan.temporal
+        ds[0x00120064] = DataElement(0x00120064, "SQ", Sequence(items))
+        ascii_set(ds, 0x00280303, "CS", plan.temporal.encode())
         for tag, vr, value in plan.adds:
-            ds.add_new(tag, vr, value)
+            ascii_set(ds, tag, vr, value.encode("ascii"))

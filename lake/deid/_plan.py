@@ -256,6 +256,7 @@ class Plan:
     private_default: Mapping[str, Op]
     safe_private: Mapping[tuple[int, str, int], Mapping[str, Op]]
     identifier_tags: frozenset[int]
+    sequence_tags: frozenset[int]
     needs_identifiers: bool
     filters: tuple[FilterRule, ...]
     clean_pixels: bool
@@ -436,6 +437,7 @@ def compile_profile(profile: Profile) -> Plan:
         private_default=private_default,
         safe_private=safe,
         identifier_tags=frozenset(identifier_tags),
+        sequence_tags=frozenset(t for t in DicomDictionary if _dict_vr(t) == "SQ"),
         needs_identifiers=needs_identifiers,
         filters=filters,
         clean_pixels=ProfileOption.CLEAN_PIXEL_DATA in options,

@@ -1,0 +1,131 @@
+"""De-identification throughput against the floor and two other engines, in the same run.
+
+    python benchmarks/bench_deid.py [--files 300]
+
+On the same files (real CT and MR instances cloned with new UIDs, held in memory), one
+process, one core. Two measures, in files per second with ratios:
+
+1. end to end: read the bytes with pydicom, transform, write back to bytes;
+2. transform only: the datasets are read beforehand; only the de-identification is timed.
+
+Methods:
+
+- floor: pydicom read + write, no change;
+- lake basic / research / teaching: :class:`lake.deid.Deidentifier` (the complete basic
+  profile, then two profiles with options);
+- deid: ``deid.dicom.replace_identifiers`` with deid's default recipe;
+- dicognito: ``dicognito.anonymizer.Anonymizer().anonymize``.
+
+Goals (issue 3): lake basic >= 0.5x the floor (end to end) and >= 10x deid (the
+de-identification itself: transform only; end to end, pydicom's read + write bound every
+method, so the end-to-end ratio to deid is printed too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._corpus import make_corpus
+
+CACHE = Path(os.environ.get("LAKE_BENCH_DIR", Path(tempfile.gettempdir()) / "imaging-lake-bench"))
+
+
+def _rate(blobs: list[bytes], work: Callable[[object], None], repeat: int = 2) -> float:
+    """Best files/s over ``repeat`` passes of read -> work -> write."""
+    from pydicom import dcmread
+
+    best = 0.0
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for blob in blobs:
+            ds = dcmread(io.BytesIO(blob))
+            work(ds)
+            ds.save_as(io.BytesIO(), enforce_file_format=False)
+        best = max(best, len(blobs) / (time.perf_counter() - start))
+    return best
+
+
+def _transform_rate(blobs: list[bytes], work: Callable[[object], None]) -> float:
+    """files/s of ``work`` alone, on datasets read beforehand."""
+    from pydicom import dcmread
+
+    datasets = [dcmread(io.BytesIO(blob)) for blob in blobs]
+    start = time.perf_counter()
+    for ds in datasets:
+        work(ds)
+    return len(datasets) / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=300, help="files in the corpus")
+    parser.add_argument("--deid-files", type=int, default=60,
+                        help="files given to deid (it is slow; its rate is per file)")
+    args = parser.parse_args(argv)
+
+    from deid.config import DeidRecipe
+    from deid.dicom import replace_identifiers
+    from deid.logger import bot
+    from dicognito.anonymizer import Anonymizer
+
+    from lake.deid import Deidentifier, load_profile
+    from lake.vault import Secret
+
+    paths = make_corpus(CACHE / f"deid-{args.files}", args.files)
+    blobs = [p.read_bytes() for p in paths]
+    secret = Secret(b"benchmark-secret-0123456789abcde")
+    engines = {n: Deidentifier(load_profile(n), secret) for n in ("basic", "research", "teaching")}
+    bot.level = -10  # deid logs every file at DEBUG
+    recipe = DeidRecipe()  # deid's default recipe
+
+    def deid_work(ds: object) -> None:
+        replace_identifiers(dicom_files=[ds], deid=recipe, save=False, remove_private=True)
+
+    def dicognito_work(ds: object) -> None:
+        Anonymizer().anonymize(ds)  # type: ignore[arg-type]
+
+    methods: dict[str, Callable[[object], None]] = {
+        f"lake {n}": e.apply for n, e in engines.items()  # type: ignore[misc]
+    }
+    methods["deid"] = deid_work
+    methods["dicognito"] = dicognito_work
+    subset = {"deid": blobs[: args.deid_files]}  # deid is slow: a subset, rate per file
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the other engines warn on these files; not ours
+        floor = _rate(blobs, lambda ds: None)
+        e2e = {k: _rate(subset.get(k, blobs), w, 1 if k in subset else 2)
+               for k, w in methods.items()}
+        floor = max(floor, _rate(blobs, lambda ds: None))  # the best of before and after
+        only = {k: _transform_rate(subset.get(k, blobs), w) for k, w in methods.items()}
+
+    size = sum(map(len, blobs)) // len(blobs) // 1024
+    print(f"{len(blobs)} files (CT/MR, ~{size} KB each; deid: {len(subset['deid'])}), "
+          "one process, in memory")
+    print(f"\n{'':28s} {'end to end':>16s} {'':>12s} {'transform only':>16s}")
+    print(f"{'floor (read + write)':28s} {floor:10.0f} files/s   1.00x floor")
+    for label in methods:
+        print(f"{label:28s} {e2e[label]:10.0f} files/s {e2e[label] / floor:5.2f}x floor"
+              f" {only[label]:10.0f} files/s")
+    basic = "lake basic"
+    vs_deid = only[basic] / only["deid"]
+    vs_floor = e2e[basic] / floor
+    print(f"\nlake basic vs deid, transform only:      {vs_deid:6.1f}x  (goal >= 10x)")
+    print(f"lake basic vs deid, end to end:          {e2e[basic] / e2e['deid']:6.1f}x")
+    print(f"lake basic vs dicognito, transform only: {only[basic] / only['dicognito']:6.1f}x")
+    print(f"lake basic vs floor, end to end:         {vs_floor:6.2f}x  (goal >= 0.5x)")
+    print("goals met" if vs_deid >= 10 and vs_floor >= 0.5 else "GOALS MISSED")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
