@@ -11,7 +11,6 @@ converted (changed) element to pydicom, so the output is what pydicom would writ
 from __future__ import annotations
 
 import base64
-import copy
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 from pydicom import dcmwrite
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, validate_file_meta
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import UID
@@ -54,7 +53,7 @@ def encode_part10(ds: Dataset) -> bytes:
     if ds.original_character_set != ds._character_set:
         return _fallback(ds)
     # The file meta exactly as dcmwrite(enforce_file_format=True) prepares it.
-    meta = copy.deepcopy(ds.file_meta)
+    meta = FileMetaDataset(ds.file_meta)  # a shallow copy: elements are replaced, never mutated
     for meta_key, ds_key in (
         ("MediaStorageSOPClassUID", "SOPClassUID"),
         ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
