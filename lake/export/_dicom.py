@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from pydicom.uid import UID
 
 from lake._errors import BlobNotFoundError, IntegrityError
 from lake.export._cohort import Cohort
-from lake.export._manifest import Skip, TaskResult, write_bytes
+from lake.export._manifest import Skip, StagedFiles, TaskResult
 from lake.export._runner import (
     ExportResult,
     ExportSpec,
@@ -113,8 +114,32 @@ def encode(ds: Dataset) -> bytes:
     return out.getvalue()
 
 
+def _pixel_element(pixels: bytes, vr: str, syntax: UID) -> bytes | None:
+    """(7FE0,0010) encoded as pydicom's ``dcmwrite`` encodes it, or None when unsure."""
+    if len(pixels) % 2 or vr not in ("OB", "OW") or syntax.is_deflated:
+        return None
+    order = "<" if syntax.is_little_endian else ">"
+    tag = struct.pack(f"{order}HH", 0x7FE0, 0x0010)
+    if syntax.is_encapsulated:
+        if not syntax.is_little_endian or syntax.is_implicit_VR:
+            return None
+        return b"".join(
+            (tag, vr.encode(), b"\0\0", struct.pack("<I", 0xFFFFFFFF), pixels,
+             struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+        )
+    length = struct.pack(f"{order}I", len(pixels))
+    if syntax.is_implicit_VR:
+        return b"".join((tag, length, pixels))
+    return b"".join((tag, vr.encode(), b"\0\0", length, pixels))
+
+
 def instance_bytes(header: bytes, pixels: bytes | None, pixel_vr: str | None) -> bytes:
     """The Part-10 bytes of a reassembled instance (see :func:`reassemble`).
+
+    The same bytes as ``encode(reassemble(...))``, produced without re-encoding the header:
+    the stored header is already the instance's exact Part-10 encoding without PixelData,
+    so when no element follows (7FE0,0010) the pixel element is appended to it. Deflated
+    transfer syntaxes and trailing elements take the re-encoding path.
 
     Examples
     --------
@@ -129,7 +154,18 @@ def instance_bytes(header: bytes, pixels: bytes | None, pixel_vr: str | None) ->
     >>> dcmread(io.BytesIO(instance_bytes(header.getvalue(), pixels, vr))).PixelData == pixels
     True
     """
-    return encode(reassemble(header, pixels, pixel_vr))
+    if pixels is None:
+        return encode(reassemble(header, None, None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = dcmread(io.BytesIO(header))
+    syntax = UID(ds.file_meta.get("TransferSyntaxUID", ""))
+    # keys(), not iteration: iterating a Dataset would decode every raw element.
+    trailing = any(int(tag) > _PIXEL_DATA for tag in ds.keys())  # noqa: SIM118
+    element = None if trailing or not syntax else _pixel_element(pixels, pixel_vr or "OB", syntax)
+    if element is None:
+        return encode(reassemble(header, pixels, pixel_vr))
+    return header + element
 
 
 def item_bytes(item: InstanceItem, blobs: BlobStore) -> bytes:
@@ -187,13 +223,15 @@ def write_dicom_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
     """Worker: write every instance of one series as a Part-10 file."""
     result = TaskResult(task.key)
     blobs = BlobStore(ctx.location)
-    for item in task.items:
-        try:
-            data = item_bytes(item, blobs)
-        except (BlobNotFoundError, IntegrityError) as exc:
-            result.skipped.append(blob_skip(task, item, exc))
-            continue
-        result.files.append(write_bytes(ctx.root, item.relpath, data))
+    with StagedFiles(ctx.root) as staged:
+        for item in task.items:
+            try:
+                data = item_bytes(item, blobs)
+            except (BlobNotFoundError, IntegrityError) as exc:
+                result.skipped.append(blob_skip(task, item, exc))
+                continue
+            staged.add(item.relpath, data)
+        result.files = staged.commit()
     return result
 
 

@@ -35,7 +35,7 @@ from lake._errors import BlobNotFoundError, ExportError, IntegrityError
 from lake.deid import list_profiles
 from lake.export._cohort import Cohort, resolve
 from lake.export._dicom import blob_skip, encode, load_pixels, reassemble
-from lake.export._manifest import Skip, TaskResult, write_bytes
+from lake.export._manifest import Skip, StagedFiles, TaskResult
 from lake.export._runner import (
     ExportResult,
     ExportSpec,
@@ -319,6 +319,16 @@ def write_teaching_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
     """Worker: one series' DICOM files and its preview."""
     result = TaskResult(task.key, info=dict(task.meta))
     blobs = BlobStore(ctx.location)
+    with StagedFiles(ctx.root) as staged:
+        written = _stage_instances(task, blobs, staged, result)
+        _stage_preview(task, written, int(ctx.options["preview_size"]), staged, result)
+        result.files = staged.commit()
+    return result
+
+
+def _stage_instances(
+    task: SeriesTask, blobs: BlobStore, staged: StagedFiles, result: TaskResult
+) -> list[tuple[Dataset, bytes]]:
     written: list[tuple[Dataset, bytes]] = []
     for item in task.items:
         try:
@@ -327,11 +337,21 @@ def write_teaching_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
             result.skipped.append(blob_skip(task, item, exc))
             continue
         data = encode(ds)
-        result.files.append(write_bytes(ctx.root, item.relpath, data))
+        staged.add(item.relpath, data)
         written.append((ds, data))
     result.info["images"] = len(written)
+    return written
+
+
+def _stage_preview(
+    task: SeriesTask,
+    written: list[tuple[Dataset, bytes]],
+    size: int,
+    staged: StagedFiles,
+    result: TaskResult,
+) -> None:
     try:
-        png = preview_png(written, int(ctx.options["preview_size"]))
+        png = preview_png(written, size)
     except Exception as exc:  # noqa: BLE001 - a preview must not sink the set; it is reported
         result.skipped.append(
             Skip(task.key, None, "preview_failed",
@@ -345,12 +365,10 @@ def write_teaching_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
                      "the series has no image with a displayable photometric interpretation")
             )
     if png is not None:
-        record = write_bytes(ctx.root, f"{task.folder}/preview.png", png)
-        result.files.append(record)
-        result.info["preview"] = record.path
+        staged.add(f"{task.folder}/preview.png", png)
+        result.info["preview"] = f"{task.folder}/preview.png"
     else:
         result.info["preview"] = None
-    return result
 
 
 def _student_rows(results: Sequence[TaskResult]) -> list[dict[str, Any]]:
