@@ -498,3 +498,11 @@ def test_every_bundled_pydicom_file(profile: str) -> None:
             assert not _private_tags(out)
             done += 1
     assert done > 20 and refused > 5
+
+
+def test_a_public_element_stored_as_un_gets_its_dictionary_vr() -> None:
+    ds = ct()
+    ds.add(bad(0x00080080, "UN", b"General Hospital"))  # InstitutionName, X/Z/D
+    engine().apply(ds)
+    out = roundtrip(ds)
+    assert out["InstitutionName"].VR == "LO" and out.InstitutionName == "ANONYMIZED"

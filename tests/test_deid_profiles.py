@@ -49,14 +49,17 @@ def test_generated_files_are_current(table: list[dict[str, str]]) -> None:
         assert path.read_text() == text, f"{path.name} is stale: run tools/gen_profiles.py"
 
 
+def _field(row: dict[str, str]) -> str:
+    if row["id"].startswith("ggggeeee"):
+        return "private"
+    return row["tag"].upper().replace("X", "x")
+
+
 def test_basic_covers_every_row_of_table_e11(table: list[dict[str, str]]) -> None:
     assert len(table) == 621
     rows = {r["field"]: r for r in load_profile("basic").describe()}
     for row in table:
-        if row["id"].startswith("ggggeeee"):
-            field = "private"
-        else:
-            field = row["tag"].upper().replace("X", "x")
+        field = _field(row)
         assert field in rows, row["name"]
         if field == "(0010,0020)":
             assert rows[field]["action"] == "D"  # Z/D as a keyed pseudonym
@@ -215,3 +218,13 @@ def test_loading_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
         Deidentifier(load_profile(name), Secret(bytes(32)))
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_the_attribute_table_in_the_docs_is_current() -> None:
+    script = ROOT / "tools" / "gen_deid_docs.py"
+    spec = importlib.util.spec_from_file_location("gen_deid_docs", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    doc = (ROOT / "docs" / "deid.md").read_text()
+    assert module.render(doc) == doc, "docs/deid.md is stale: run tools/gen_deid_docs.py"

@@ -72,7 +72,7 @@ def _raw_text(elem: DataElement | RawDataElement, encodings: list[str]) -> str:
 
 
 def _vr_of(elem: DataElement | RawDataElement, op: Op, tag: int) -> str:
-    vr = elem.VR or op.vr
+    vr = elem.VR if elem.VR and (elem.VR != "UN" or not op.vr) else op.vr
     if not vr:
         try:
             vr = str(dictionary_VR(tag))
