@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -12,10 +15,21 @@ import pytest
 import typer.main
 
 from pipelines.export import cohort_app, export_app
-from tests.test_cli import run
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "export.md"
+LAKE = str(Path(sys.executable).with_name("lake"))
 CT = "SELECT SeriesInstanceUID FROM series WHERE Modality = 'CT'"
+
+
+def run(
+    *args: str, env: dict[str, str], check_code: int = 0
+) -> subprocess.CompletedProcess[str]:
+    """Run the `lake` console script with only ``env``'s LAKE_* variables."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")} | env
+    proc = subprocess.run([LAKE, *args], capture_output=True, text=True, env=full, timeout=300)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == check_code, (proc.returncode, proc.stdout, proc.stderr)
+    return proc
 
 
 @pytest.fixture
