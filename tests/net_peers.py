@@ -80,17 +80,23 @@ class Orthanc:
     storage_access_on_find : str
         Orthanc's ``StorageAccessOnFind`` (``Always`` is its default; ``Never``
         answers C-FIND from its index only).
+    extra : mapping, optional
+        More configuration settings (override the defaults).
     """
 
     folder: Path
     aet: str = "ORTHANC"
     modalities: Mapping[str, tuple[str, int]] | None = None
     storage_access_on_find: str = "Always"
+    extra: Mapping[str, Any] | None = None
     dicom_port: int = 0
     http_port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
     def config(self) -> dict[str, Any]:
+        return dict(self._base_config(), **(self.extra or {}))
+
+    def _base_config(self) -> dict[str, Any]:
         return {
             "Name": "lake-test-pacs",
             "StorageDirectory": str(self.folder / "storage"),

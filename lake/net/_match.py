@@ -233,10 +233,7 @@ def parse_time(text: str, upper: bool = False) -> dt.time:
         second = int(ss) if ss is not None else (59 if upper else 0)
         if second == 60:
             second = 59  # leap second
-        if frac is not None:
-            micro = int(frac.ljust(6, "9" if upper else "0"))
-        else:
-            micro = 999999 if upper else 0
+        micro = int((frac or "").ljust(6, "9" if upper else "0"))  # pad to microseconds
         return dt.time(hour, minute, second, micro)
     except ValueError:
         raise QueryError("a time value must be HH[MM[SS[.F]]] (or a range A-B)") from None

@@ -184,7 +184,12 @@ def _client_ae(calling_aet: str, *, timeout: float) -> AE:
 def _find(assoc: Association, identifier: Dataset, peer: Peer) -> Iterator[Dataset]:
     for status, result in assoc.send_c_find(identifier, STUDY_ROOT_FIND):
         if not status:
-            raise NetError(f"{peer} did not answer the C-FIND (timeout or aborted association)")
+            if assoc.is_aborted:
+                raise NetError(
+                    f"{peer} aborted the association at the C-FIND; check that it allows "
+                    f"queries from AE title {assoc.requestor.ae_title}"
+                )
+            raise NetError(f"{peer} did not answer the C-FIND within the timeout")
         code = int(status.Status)
         if code in (0xFF00, 0xFF01):
             if result is not None:
