@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import duckdb
-import pyarrow.compute as pc
 
 from lake._config import LakeConfig
 from lake._errors import BlobNotFoundError, IntegrityError, LakeNotFoundError
@@ -227,15 +225,6 @@ class Lake:
             batches=int(batches[0]),
         )
 
-    @cached_property
-    def _pixel_hashes(self) -> set[str]:
-        table = (
-            self.tables.open("instances")
-            .to_pyarrow_dataset()
-            .to_table(columns=["pixel_hash"], filter=pc.field("pixel_hash").is_valid())
-        )
-        return set(table.column("pixel_hash").to_pylist())
-
     def verify(self, on_progress: Callable[[int], None] | None = None) -> VerifyReport:
         """Re-hash every blob and check every row's blob exists.
 
@@ -247,13 +236,10 @@ class Lake:
             left by an interrupted ingest; harmless).
         """
         report = VerifyReport()
-        referenced = (
-            self.tables.open("instances")
-            .to_pyarrow_dataset()
-            .to_table(columns=["pixel_hash"], filter=pc.field("pixel_hash").is_valid())
-        )
-        report.rows_checked = referenced.num_rows
-        wanted = set(referenced.column("pixel_hash").to_pylist())
+        hashes = self.tables.dataset("instances").to_table(columns=["pixel_hash"]).column(0)
+        referenced = [h for h in hashes.to_pylist() if h is not None]
+        report.rows_checked = len(referenced)
+        wanted = set(referenced)
         present: set[str] = set()
         for key in self.blobs.keys():  # noqa: SIM118 - BlobStore.keys walks the store
             present.add(key)

@@ -240,3 +240,11 @@ def test_burned_in_risk_is_quarantined_by_the_basic_profile(
     assert summary.quarantined == 1
     (reason,) = summary.reasons
     assert "burned" in reason
+
+
+def test_filters_push_down_over_many_files(lk: lake.Lake, vault_dir: Path, ct_folder: Path) -> None:
+    _ingest(lk, vault_dir, ct_folder, batch_size=4)  # three commits, three Parquet files
+    assert lk.sql("SELECT count(*) FROM instances WHERE Modality = 'CT'").fetchall() == [(12,)]
+    uid = lk.sql("SELECT max(SOPInstanceUID) FROM instances").fetchall()[0][0]
+    query = f"SELECT count(*) FROM instances WHERE SOPInstanceUID = '{uid}'"
+    assert lk.sql(query).fetchall() == [(1,)]

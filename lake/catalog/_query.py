@@ -49,7 +49,7 @@ class Catalog:
             version = as_of if table.name == "instances" else None
             delta = tables.open(table.name, version)
             self.versions[table.name] = int(delta.version())
-            self.con.register(f"{table.name}_delta", delta.to_pyarrow_dataset())
+            self.con.register(f"{table.name}_delta", tables.dataset(table.name, delta.version()))
             self.con.execute(
                 f"CREATE OR REPLACE TEMP VIEW {table.name} AS SELECT {_select_list(table.name)} "
                 f"FROM {table.name}_delta"

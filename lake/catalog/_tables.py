@@ -8,6 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
@@ -88,6 +89,23 @@ class DeltaTables:
             raise
         return table
 
+    def dataset(self, name: str, version: int | None = None) -> ds.Dataset:
+        """Table ``name`` (at ``version``) as an Arrow dataset that accepts pushed-down filters.
+
+        delta-rs writes strings as ``string_view`` in its Parquet files while the Delta schema
+        says ``string``; pyarrow then fails to compare a pushed-down filter (``Modality =
+        'CT'``) with the files' statistics. This dataset uses the files' own (physical) schema,
+        which DuckDB filters correctly, and no per-file guarantees: row groups are still
+        pruned by the Parquet statistics inside each file.
+        """
+        delta = self.open(name, version).to_pyarrow_dataset()
+        fragments = [
+            delta.format.make_fragment(fragment.path, filesystem=delta.filesystem)
+            for fragment in delta.get_fragments()
+        ]
+        schema = fragments[0].physical_schema if fragments else delta.schema
+        return ds.FileSystemDataset(fragments, schema, delta.format, delta.filesystem)
+
     def append(self, table: Table, rows: Sequence[dict[str, Any]]) -> int:
         """Append ``rows`` to ``table`` in one commit; returns the new version."""
         data = pa.Table.from_pylist(list(rows), schema=table.schema)
@@ -116,11 +134,11 @@ class DeltaTables:
         data = pa.Table.from_pylist(list(unique.values()), schema=table.schema)
         for attempt in range(_RETRIES):
             dt = self.open(table.name)
-            # One column of the table is read; delta-rs' string_view statistics defeat a pushed-down
-            # IN filter here, and the MERGE below is what guarantees uniqueness anyway.
-            existing = dt.to_pyarrow_dataset().to_table(columns=[key]).column(key)
+            # Pre-filter on one column read in full (pyarrow has no is_in kernel for the files'
+            # string_view type); the MERGE below is what guarantees uniqueness.
+            existing = self.dataset(table.name, dt.version()).to_table(columns=[key]).column(key)
             if len(existing):
-                existing = existing.cast(pa.string())
+                existing = existing.cast(data.schema.field(key).type)
                 data = data.filter(pc.invert(pc.is_in(data.column(key), value_set=existing)))
             if data.num_rows == 0:
                 return 0, int(dt.version())
