@@ -169,6 +169,7 @@ def dicom(
                 f"{' (TLS)' if config.tls else ''}; calling AEs: {allowed}; "
                 "stop with Ctrl-C or SIGTERM",
                 highlight=False,
+                soft_wrap=True,
             )
             while not stop.wait(1.0):
                 if server.committer.last_error:
@@ -186,6 +187,7 @@ def dicom(
             f"quarantined, {stats.too_large} too large; {report.committed_instances} new in the "
             f"catalog over {report.committed_batches} commits",
             highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -268,6 +270,7 @@ def pull_command(
             f"{summary.failed} failed; {summary.ingested} new in the catalog, "
             f"{summary.quarantined} quarantined",
             highlight=False,
+            soft_wrap=True,
         )
     if summary.failed:
         raise typer.Exit(EXIT_PROBLEMS)

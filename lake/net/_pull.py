@@ -167,9 +167,10 @@ def _associate(
             f"{peer} rejected the association; check that it knows this AE title "
             f"({ae.ae_title}) and that the called AE title is right"
         )
-    if assoc.is_aborted:
-        raise NetError(f"{peer} aborted the association request")
-    raise NetError(f"cannot connect to {peer}; check the host, the port and that it is running")
+    raise NetError(
+        f"cannot connect to {peer}, or it aborted the association request; check the host, "
+        f"the port, that it is running and that it accepts AE title {ae.ae_title}"
+    )
 
 
 def _client_ae(calling_aet: str, *, timeout: float) -> AE:
@@ -184,7 +185,7 @@ def _client_ae(calling_aet: str, *, timeout: float) -> AE:
 def _find(assoc: Association, identifier: Dataset, peer: Peer) -> Iterator[Dataset]:
     for status, result in assoc.send_c_find(identifier, STUDY_ROOT_FIND):
         if not status:
-            if assoc.is_aborted:
+            if assoc.is_aborted or assoc.acse.is_aborted():
                 raise NetError(
                     f"{peer} aborted the association at the C-FIND; check that it allows "
                     f"queries from AE title {assoc.requestor.ae_title}"
@@ -390,8 +391,14 @@ def _tally(status: Dataset | None, outcome: StudyOutcome, peer: Peer, op: str) -
             f"{peer} does not know the move destination; add this lake's AE title, host and "
             "port to the PACS's modalities, or use --via get"
         )
-    if code not in (0x0000, 0xB000, 0xA702, 0xFE00) and not (code & 0xF000) == 0xA000:
-        raise NetError(f"{peer} refused the {op} (status 0x{code:04X})")
+    if code not in (0x0000, 0xB000, 0xA702, 0xFE00) and (code & 0xF000) != 0xA000:
+        hint = ""
+        if op == "C-MOVE" and not outcome.completed:
+            hint = (
+                "; check that the PACS knows this lake's AE title as a move destination "
+                "(host and port), or use --via get"
+            )
+        raise NetError(f"{peer} refused the {op} (status 0x{code:04X}){hint}")
 
 
 def _final(responses: Iterator[tuple[Dataset, Dataset | None]]) -> Dataset | None:
