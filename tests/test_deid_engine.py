@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pydicom import config, dcmread
 from pydicom.data import get_testdata_file
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -506,3 +506,56 @@ def test_a_public_element_stored_as_un_gets_its_dictionary_vr() -> None:
     engine().apply(ds)
     out = roundtrip(ds)
     assert out["InstitutionName"].VR == "LO" and out.InstitutionName == "ANONYMIZED"
+
+
+def _equivalence_inputs(tmp_path: Path) -> list[Path]:
+    from tests.deid_corpus import write_corpus
+
+    write_corpus(tmp_path / "corpus", 1)
+    paths = sorted((tmp_path / "corpus").rglob("*.dcm"))
+    paths += sorted(Path(get_testdata_file("CT_small.dcm")).parent.glob("*.dcm"))
+    vendor = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dcm_qa" / "In"
+    if vendor.is_dir():
+        paths += sorted(p for p in vendor.rglob("*") if p.is_file())[::4]
+    return paths
+
+
+def _outcome(e: Deidentifier, path: Path) -> tuple[str, object, object]:
+    try:
+        ds = dcmread(path)
+    except Exception:  # noqa: BLE001 - unreadable samples are not compared
+        return ("unreadable", None, None)
+    try:
+        result = e.apply(ds)
+    except DeidRefusedError as exc:
+        return ("refused", exc.reason, None)
+    return ("done", dict(result.actions), roundtrip(ds, enforce=False))
+
+
+def test_the_raw_sequence_fast_path_changes_nothing_but_speed(tmp_path: Path) -> None:
+    """Every file we can find, every profile: fast path == general path, element by element."""
+    compared = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # comparing converts malformed sample values
+        for name in ("basic", "research", "teaching"):
+            fast, general = engine(name), engine(name)
+            general._raw_sequences = False
+            for path in _equivalence_inputs(tmp_path):
+                a, b = _outcome(fast, path), _outcome(general, path)
+                assert a == b, (name, path.name)
+                compared += a[0] == "done"
+    probe = dcmread(get_testdata_file("CT_small.dcm"))
+    refs = []
+    for i in range(60):
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = CT
+        ref.ReferencedSOPInstanceUID = f"1.2.3.{i}"
+        refs.append(ref)
+    probe.SourceImageSequence = Sequence(refs)
+    probe = roundtrip(probe)
+    e = engine()
+    e.apply(probe)
+    assert isinstance(probe.get_item(0x00082112), RawDataElement)  # rewritten, never parsed
+    assert [r.ReferencedSOPInstanceUID for r in probe.SourceImageSequence] == [
+        e.uid(f"1.2.3.{i}") for i in range(60)]
+    assert compared > 60

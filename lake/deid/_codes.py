@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from types import MappingProxyType
 
 __all__ = ["ALL_VRS", "EDITION", "Action", "ProfileOption"]
 
@@ -69,7 +71,7 @@ class ProfileOption(StrEnum):
 
 BASIC_CODE = ("113100", "Basic Application Confidentiality Profile")
 
-_CODES: dict[ProfileOption, tuple[str, str]] = {
+_CODES: Mapping[ProfileOption, tuple[str, str]] = MappingProxyType({
     ProfileOption.CLEAN_PIXEL_DATA: ("113101", "Clean Pixel Data Option"),
     ProfileOption.CLEAN_GRAPHICS: ("113103", "Clean Graphics Option"),
     ProfileOption.CLEAN_STRUCTURED_CONTENT: ("113104", "Clean Structured Content Option"),
@@ -84,4 +86,4 @@ _CODES: dict[ProfileOption, tuple[str, str]] = {
     ProfileOption.RETAIN_UIDS: ("113110", "Retain UIDs Option"),
     ProfileOption.RETAIN_SAFE_PRIVATE: ("113111", "Retain Safe Private Option"),
     ProfileOption.RETAIN_INSTITUTION_IDENTITY: ("113112", "Retain Institution Identity Option"),
-}
+})

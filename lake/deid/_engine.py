@@ -18,6 +18,7 @@ from lake.deid import _values as _v
 from lake.deid._pixels import assess, clean_pixels, element_text
 from lake.deid._plan import Op, Plan, compile_profile
 from lake.deid._profile import Profile
+from lake.deid._rawseq import rewrite_sequence, scan_values
 from lake.vault import Secret
 
 __all__ = ["DeidResult", "Deidentifier"]
@@ -115,6 +116,7 @@ class Deidentifier:
         self._pid_key = secret.derive("patient-id")
         self._shift_key = secret.derive("date-shift")
         self._ae_key = secret.derive("ae-title")
+        self._raw_sequences = True  # the bytes fast path (lake.deid._rawseq); False: general
 
     @property
     def plan(self) -> Plan:
@@ -207,12 +209,30 @@ class Deidentifier:
         return self._plan.unknown.get(vr) or self._plan.unknown["UN"]
 
     def _recurse(self, ds: Dataset, tag: int, op: Op, call: _Call, mode: int) -> None:
+        child = mode if op.mode == _p.INHERIT else op.mode
+        raw = ds.get_item(tag, keep_deferred=True)
+        if (
+            self._raw_sequences
+            and isinstance(raw, RawDataElement)
+            and raw.VR == "SQ"
+            and raw.value is not None
+            and not raw.is_implicit_VR
+            and raw.is_little_endian
+        ):
+            done = rewrite_sequence(raw.value, self._plan.tables, child, self.uid,
+                                    call.encodings)
+            if done is not None:
+                value, actions = done
+                ds[tag] = RawDataElement(BaseTag(tag), "SQ", len(value), value, 0, False, True)
+                call.actions.update(actions)
+                if op.letter:
+                    call.actions[op.letter] += 1
+                return
         elem = ds[tag]
         if elem.VR != "SQ":
             # A dictionary sequence stored as something else (e.g. UN we cannot parse).
             self._transform(ds, tag, op._replace(code=_p.DUMMY), call)
             return
-        child = mode if op.mode == _p.INHERIT else op.mode
         for item in elem.value:
             self._walk(item, call, child)
         if op.letter:
@@ -369,6 +389,20 @@ class Deidentifier:
             if elem is not None and elem.VR != "SQ":
                 call.identifiers |= _v.identifier_words(_raw_text(elem, call.encodings))
         for tag in keys & plan.sequence_tags:
+            raw = ds.get_item(tag, keep_deferred=True)
+            if (
+                self._raw_sequences
+                and isinstance(raw, RawDataElement)
+                and raw.value is not None
+                and not raw.is_implicit_VR
+                and raw.is_little_endian
+            ):
+                values = scan_values(raw.value, plan.identifier_tags, plan.sequence_tags)
+                if values is not None:
+                    for value in values:
+                        text = _v.decode(value, call.encodings).rstrip("\0 ")
+                        call.identifiers |= _v.identifier_words(text)
+                    continue
             elem = ds[tag]
             if elem.VR == "SQ":
                 for item in elem.value:

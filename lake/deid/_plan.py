@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import NamedTuple
 
 from pydicom._dicom_dict import DicomDictionary
@@ -56,7 +57,7 @@ DUMMY_MODE = 1
 CLEAN_MODE = 2
 INHERIT = -1
 
-EFFECTS = {
+EFFECTS: Mapping[int, str] = MappingProxyType({
     K_SILENT: "keep (not listed)",
     KEEP: "keep",
     REMOVE: "remove",
@@ -75,8 +76,10 @@ EFFECTS = {
     PSEUDONYM: "keyed pseudonym",
     LITERAL: "fixed value",
     RECURSE: "de-identify items",
-}
-_MODE_NAMES = {NORMAL: "", DUMMY_MODE: " with dummy values", CLEAN_MODE: " with cleaned text"}
+})
+_MODE_NAMES: Mapping[int, str] = MappingProxyType(
+    {NORMAL: "", DUMMY_MODE: " with dummy values", CLEAN_MODE: " with cleaned text"}
+)
 
 TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})
 _NUMERIC_VRS = frozenset({"AT", "CS", "DS", "FD", "FL", "IS", "SL", "SS", "SV", "UL", "US", "UV"})
@@ -91,8 +94,12 @@ _CODE_KEYWORDS = frozenset({
 })
 # How protective an action is, by the first letter of its table code (X/Z/D counts as X...
 # but options only ever ask for K or C, which is where this order matters).
-_PROTECTION = {"X": 6, "Z": 5, "D": 4, "C": 3, "U": 2, "K": 0}
-_TABLE_CODES = {"XZ": "X/Z", "XD": "X/D", "XZD": "X/Z/D", "ZD": "Z/D", "XZU": "X/Z/U*"}
+_PROTECTION: Mapping[str, int] = MappingProxyType(
+    {"X": 6, "Z": 5, "D": 4, "C": 3, "U": 2, "K": 0}
+)
+_TABLE_CODES: Mapping[str, str] = MappingProxyType(
+    {"XZ": "X/Z", "XD": "X/D", "XZD": "X/Z/D", "ZD": "Z/D", "XZU": "X/Z/U*"}
+)
 
 
 class Op(NamedTuple):

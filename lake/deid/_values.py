@@ -10,7 +10,8 @@ import datetime as dt
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
 from pydicom._uid_dict import UID_dictionary
 from pydicom.charset import python_encoding
@@ -33,10 +34,12 @@ __all__ = [
     "valid_tz",
 ]
 
-MAX_LENGTH = {"AE": 16, "CS": 16, "LO": 64, "SH": 16, "ST": 1024, "LT": 10240, "PN": 64}
+MAX_LENGTH: Mapping[str, int] = MappingProxyType(
+    {"AE": 16, "CS": 16, "LO": 64, "SH": 16, "ST": 1024, "LT": 10240, "PN": 64}
+)
 
 _DUMMY_TEXT = b"ANONYMIZED"
-_DUMMIES: dict[str, bytes] = {
+_DUMMIES: Mapping[str, bytes] = MappingProxyType({
     "AE": b"ANONYMOUS ",
     "AS": b"000Y",
     "CS": _DUMMY_TEXT,
@@ -55,7 +58,7 @@ _DUMMIES: dict[str, bytes] = {
     "UV": b"\0" * 8,
     "SS": b"\0" * 2,
     "US": b"\0" * 2,
-}
+})
 _BINARY_DUMMY = b"\0" * 8  # valid for OB, OD, OF, OL, OV, OW, UN
 
 

@@ -1,0 +1,264 @@
+"""A fast path for sequences still in their raw bytes (explicit VR little endian).
+
+pydicom parses a sequence into Dataset objects when it is first accessed; for sequences of
+many small items (SourceImageSequence of 60 references, per-frame groups) that parsing and
+the re-encoding cost more than the rest of the de-identification. When every element inside
+a raw sequence needs only what this module can do on bytes (keep, remove, keyed UID, dummy,
+zero-length or fixed value, walk a nested sequence), the sequence is rewritten directly.
+Anything else (a private element, an element without a dictionary entry, a date shift, text
+cleaning, an odd encoding, a parse anomaly) makes :func:`rewrite_sequence` return None and
+the engine takes the general path: the fast path can only be faster, never different
+(``tests/test_deid_engine.py`` compares both on every file it can find).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from struct import Struct
+
+from lake.deid import _plan as _p
+from lake.deid._values import decode, dummy_bytes
+
+__all__ = ["rewrite_sequence", "scan_values"]
+
+_HEADER = Struct("<HHI")
+_SHORT = Struct("<HH2sH")
+_LONG = Struct("<HH2s2xI")
+_U32 = Struct("<I")
+_U16 = Struct("<H")
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                       b"UR", b"UT", b"UV"})
+_UNDEFINED = 0xFFFFFFFF
+
+
+class _NotFastError(Exception):
+    """The fast path does not apply; the caller takes the general path."""
+
+
+class _Rewriter:
+    def __init__(self, data: bytes, tables: tuple[Mapping[int, _p.Op], ...],
+                 uid: Callable[[str], str], encodings: list[str]) -> None:
+        self.data = data
+        self.tables = tables
+        self.uid = uid
+        self.encodings = encodings
+        self.actions: Counter[str] = Counter()
+
+    def sequence(self, pos: int, end: int | None, mode: int) -> tuple[bytes, int]:
+        """Items from ``pos`` to ``end`` (or to a sequence delimiter): (new bytes, next pos)."""
+        data = self.data
+        out = bytearray()
+        while True:
+            if end is not None and pos == end:
+                return bytes(out), pos
+            if pos + 8 > len(data) or (end is not None and pos + 8 > end):
+                raise _NotFastError
+            group, element, length = _HEADER.unpack_from(data, pos)
+            pos += 8
+            if group != 0xFFFE:
+                raise _NotFastError
+            if element == 0xE0DD and end is None:
+                return bytes(out), pos
+            if element != 0xE000:
+                raise _NotFastError
+            item_end = None if length == _UNDEFINED else pos + length
+            body, pos = self.item(pos, item_end, mode)
+            out += _HEADER.pack(0xFFFE, 0xE000, len(body))
+            out += body
+
+    def item(self, pos: int, end: int | None, mode: int) -> tuple[bytes, int]:
+        data = self.data
+        table = self.tables[mode]
+        out = bytearray()
+        while True:
+            if end is not None and pos == end:
+                return bytes(out), pos
+            if pos + 8 > len(data) or (end is not None and pos + 8 > end):
+                raise _NotFastError
+            group, element, vr, short = _SHORT.unpack_from(data, pos)
+            if group == 0xFFFE and element == 0xE00D and end is None:
+                return bytes(out), pos + 8
+            tag = (group << 16) | element
+            if vr in _LONG_VRS:
+                (length,) = _U32.unpack_from(data, pos + 8)
+                start = pos + 12
+            elif vr.isalpha() and vr.isupper():
+                length, start = short, pos + 8
+            else:
+                raise _NotFastError
+            op = table.get(tag)
+            if op is None or group & 1:
+                raise _NotFastError  # private, masked or unknown: the general path knows
+            code = op.code
+            if length == _UNDEFINED:
+                if vr != b"SQ" or code not in (_p.RECURSE, _p.REMOVE):
+                    raise _NotFastError
+                nested, after = self.sequence(start, None, self._child(op, mode))
+                if code == _p.REMOVE:
+                    self.actions["X"] += 1
+                else:
+                    out += _LONG.pack(group, element, b"SQ", len(nested)) + nested
+                    self._count(op)
+                pos = after
+                continue
+            after = start + length
+            if after > len(data) or (end is not None and after > end):
+                raise _NotFastError
+            if code == _p.K_SILENT and vr != b"SQ":
+                out += data[pos:after]
+            elif code == _p.KEEP and vr != b"SQ":
+                out += data[pos:after]
+                self._count(op)
+            elif code == _p.REMOVE:
+                self.actions["X"] += 1
+            elif code == _p.UID and vr == b"UI":
+                out += self._uid(group, element, data[start:after])
+            elif code in (_p.DUMMY, _p.BLANK, _p.LITERAL) and vr not in (b"SQ", b"UN"):
+                out += self._replace(op, group, element, vr, data[start:after])
+            elif code == _p.RECURSE and vr == b"SQ":
+                nested, _ = self.sequence(start, after, self._child(op, mode))
+                out += _LONG.pack(group, element, b"SQ", len(nested)) + nested
+                self._count(op)
+            else:
+                raise _NotFastError
+            pos = after
+
+    @staticmethod
+    def _child(op: _p.Op, mode: int) -> int:
+        return mode if op.mode == _p.INHERIT else op.mode
+
+    def _count(self, op: _p.Op) -> None:
+        if op.letter:
+            self.actions[op.letter] += 1
+
+    def _replace(self, op: _p.Op, group: int, element: int, vr: bytes, value: bytes) -> bytes:
+        """Dummy, zero-length or fixed value, exactly as the general path writes them."""
+        if op.code == _p.BLANK or (op.code == _p.DUMMY and not value.strip(b"\0 ")):
+            self.actions["Z"] += 1
+            new = b"" if op.code == _p.BLANK else value
+        else:
+            self.actions["D"] += 1
+            new = op.literal if op.code == _p.LITERAL else dummy_bytes(vr.decode())
+            if len(new) % 2:
+                new += b"\0" if vr == b"UI" else b" "
+        if vr in _LONG_VRS:
+            return _LONG.pack(group, element, vr, len(new)) + new
+        return _SHORT.pack(group, element, vr, len(new)) + new
+
+    def _uid(self, group: int, element: int, value: bytes) -> bytes:
+        text = decode(value, self.encodings).rstrip("\0 ")
+        if not text.strip("\0 "):
+            self.actions["Z"] += 1
+            return _SHORT.pack(group, element, b"UI", len(value)) + value
+        new = "\\".join(self.uid(v.strip("\0 ")) if v.strip("\0 ") else ""
+                        for v in text.split("\\")).encode("ascii")
+        if len(new) % 2:
+            new += b"\0"
+        self.actions["U"] += 1
+        return _SHORT.pack(group, element, b"UI", len(new)) + new
+
+
+def rewrite_sequence(
+    data: bytes,
+    tables: tuple[Mapping[int, _p.Op], ...],
+    mode: int,
+    uid: Callable[[str], str],
+    encodings: list[str],
+) -> tuple[bytes, Counter[str]] | None:
+    """The items of a defined-length raw sequence, de-identified, or None.
+
+    Parameters
+    ----------
+    data : bytes
+        The raw value (items) of a sequence encoded explicit VR little endian.
+    tables : tuple of Mapping
+        The plan's per-mode operation tables.
+    mode : int
+        The walk mode of the items.
+    uid : callable
+        The engine's keyed UID function.
+    encodings : list of str
+        The dataset's character sets (to read UIDs exactly as the general path does).
+
+    Returns
+    -------
+    (bytes, Counter) or None
+        The new value (items with defined lengths) and the actions taken, or None when
+        some element needs the general path.
+    """
+    rewriter = _Rewriter(data, tables, uid, encodings)
+    try:
+        out, _ = rewriter.sequence(0, len(data), mode)
+    except _NotFastError:
+        return None
+    return out, rewriter.actions
+
+
+def _scan_items(data: bytes, pos: int, end: int | None, wanted: frozenset[int],
+                sequences: frozenset[int], found: list[bytes]) -> int:
+    while True:
+        if end is not None and pos == end:
+            return pos
+        if pos + 8 > len(data) or (end is not None and pos + 8 > end):
+            raise _NotFastError
+        group, element, length = _HEADER.unpack_from(data, pos)
+        pos += 8
+        if group != 0xFFFE:
+            raise _NotFastError
+        if element == 0xE0DD and end is None:
+            return pos
+        if element != 0xE000:
+            raise _NotFastError
+        pos = _scan_item(data, pos, None if length == _UNDEFINED else pos + length, wanted,
+                         sequences, found)
+
+
+def _scan_item(data: bytes, pos: int, end: int | None, wanted: frozenset[int],
+               sequences: frozenset[int], found: list[bytes]) -> int:
+    while True:
+        if end is not None and pos == end:
+            return pos
+        if pos + 8 > len(data) or (end is not None and pos + 8 > end):
+            raise _NotFastError
+        group, element, vr, short = _SHORT.unpack_from(data, pos)
+        if group == 0xFFFE and element == 0xE00D and end is None:
+            return pos + 8
+        if vr in _LONG_VRS:
+            (length,) = _U32.unpack_from(data, pos + 8)
+            start = pos + 12
+        elif vr.isalpha() and vr.isupper():
+            length, start = short, pos + 8
+        else:
+            raise _NotFastError
+        tag = (group << 16) | element
+        if length == _UNDEFINED:
+            if vr != b"SQ" or tag not in sequences:
+                raise _NotFastError
+            pos = _scan_items(data, start, None, wanted, sequences, found)
+            continue
+        after = start + length
+        if after > len(data) or (end is not None and after > end):
+            raise _NotFastError
+        if vr == b"SQ":
+            if tag in sequences:  # as the general path: dictionary sequences only
+                _scan_items(data, start, after, wanted, sequences, found)
+        elif tag in wanted:
+            found.append(data[start:after])
+        pos = after
+
+
+def scan_values(
+    data: bytes, wanted: frozenset[int], sequences: frozenset[int]
+) -> list[bytes] | None:
+    """The raw values of the ``wanted`` tags at any depth of a raw sequence, or None.
+
+    Read-only: used to collect identifying words before cleaning text, without parsing
+    the sequence into datasets. None on any parse anomaly (the caller parses instead).
+    """
+    found: list[bytes] = []
+    try:
+        _scan_items(data, 0, len(data), wanted, sequences, found)
+    except _NotFastError:
+        return None
+    return found
