@@ -559,3 +559,21 @@ def test_the_raw_sequence_fast_path_changes_nothing_but_speed(tmp_path: Path) ->
     assert [r.ReferencedSOPInstanceUID for r in probe.SourceImageSequence] == [
         e.uid(f"1.2.3.{i}") for i in range(60)]
     assert compared > 60
+
+
+def test_site_whitelist_and_blacklist_apply_to_every_profile(tmp_path: Path) -> None:
+    whitelist = site(tmp_path, [], "%filter whitelist\nLABEL our clean US\n"
+                                   "  contains Modality US\n  + equals Rows 480\n")
+    us = dcmread(get_testdata_file("US1_UNCR.dcm"))
+    pixels = us.PixelData
+    result = Deidentifier(load_profile(whitelist), SECRET).apply(us)
+    assert not result.pixels_cleaned and us.PixelData == pixels
+    other = dcmread(get_testdata_file("SC_rgb.dcm"))  # at risk, not whitelisted
+    with pytest.raises(DeidRefusedError):
+        Deidentifier(load_profile(whitelist), SECRET).apply(other)
+    (tmp_path / "b").mkdir()
+    blacklist = site(tmp_path / "b", [], "%filter blacklist\nLABEL no MR\n  contains Modality MR\n")
+    with pytest.raises(DeidRefusedError) as info:
+        Deidentifier(load_profile(blacklist), SECRET).apply(
+            dcmread(get_testdata_file("MR_small.dcm")))
+    assert info.value.reason == "pixel_blacklist"

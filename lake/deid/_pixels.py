@@ -8,8 +8,10 @@ BurnedInAnnotation=NO is trusted.
 A profile without the Clean Pixel Data option refuses instances at risk. With the option, the
 ``%filter graylist`` rules (deid's syntax and left-to-right and/or evaluation) that match the
 original header give regions: ``coordinates`` are set to 0, ``keepcoordinates`` restored, in
-order, on every frame. At-risk instances that no rule with coordinates matches are refused;
-``%filter blacklist`` matches are refused; instances not at risk are never touched.
+order, on every frame. At-risk instances that no rule with coordinates matches are refused.
+In every profile, ``%filter blacklist`` matches are refused and an at-risk instance that a
+``%filter whitelist`` rule matches is accepted as it is (a steward vouches for it); instances
+not at risk are never touched.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydicom.datadict import keyword_dict
+from pydicom.datadict import dictionary_VR, keyword_dict
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -43,6 +45,10 @@ _AT_RISK_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image
 })
 _AT_RISK_MODALITIES = frozenset({"US", "OT"})
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
+     "UR", "UT"}
+)
 
 
 def element_text(ds: Dataset, tag: int) -> list[str] | None:
@@ -55,8 +61,14 @@ def element_text(ds: Dataset, tag: int) -> list[str] | None:
     if elem is None:
         return None
     if isinstance(elem, RawDataElement):
-        if elem.VR == "SQ" or elem.value is None:
-            elem = ds[tag]
+        vr = elem.VR
+        if vr is None:
+            try:
+                vr = dictionary_VR(tag)
+            except KeyError:
+                vr = "UN"
+        if vr not in _TEXT_VRS or elem.value is None:
+            elem = ds[tag]  # numbers and sequences: pydicom's conversion (never warns)
         else:
             text = elem.value.decode("latin-1").rstrip("\0 ")
             return [v.strip() for v in text.split("\\")] if text else []
@@ -147,12 +159,20 @@ def assess(ds: Dataset, filters: tuple[FilterRule, ...], clean: bool) -> PixelDe
     Raises
     ------
     DeidRefusedError
-        ``burned_in_annotation`` (flag YES) or ``burned_in_risk`` (class at risk) without the
-        Clean Pixel Data option; ``pixel_blacklist`` when a blacklist rule matches;
-        ``burned_in_unmatched`` when no graylist rule gives regions for an at-risk instance.
+        ``pixel_blacklist`` when a blacklist rule matches; ``burned_in_annotation`` (flag
+        YES) or ``burned_in_risk`` (class at risk) without the Clean Pixel Data option and
+        no whitelist rule; ``burned_in_unmatched`` when no graylist rule gives regions for
+        an at-risk instance.
     """
     flag = _flag(ds)
     at_risk = _at_risk(ds, flag)
+    for rule in filters:
+        if rule.group == "blacklist" and rule_matches(ds, rule):
+            raise DeidRefusedError(
+                "pixel_blacklist", f"the profile's blacklist rule '{rule.label}' matches"
+            )
+    if at_risk and any(r.group == "whitelist" and rule_matches(ds, r) for r in filters):
+        return PixelDecision(False, flag)  # a steward's rule vouches for these pixels
     if not clean:
         if at_risk:
             if flag == "YES":
@@ -168,11 +188,6 @@ def assess(ds: Dataset, filters: tuple[FilterRule, ...], clean: bool) -> PixelDe
                 "clean-pixel-data option or have the modality set the flag",
             )
         return PixelDecision(False, flag)
-    for rule in filters:
-        if rule.group == "blacklist" and rule_matches(ds, rule):
-            raise DeidRefusedError(
-                "pixel_blacklist", f"the profile's blacklist rule '{rule.label}' matches"
-            )
     if not at_risk:
         return PixelDecision(False, flag)
     labels: list[str] = []
