@@ -86,12 +86,12 @@ def test_name_is_immutable_unless_replaced(populated: lake.Lake) -> None:
 
 
 def test_instance_level_cohorts(populated: lake.Lake) -> None:
-    query = "SELECT SOPInstanceUID FROM instances WHERE InstanceNumber <= 3;"
+    query = "SELECT SOPInstanceUID FROM instances WHERE Modality = 'CT' AND InstanceNumber <= 3;"
     cohort = resolve_cohort(populated, query)
-    numbers = populated.sql("SELECT SOPInstanceUID, InstanceNumber FROM instances").fetchall()
-    expected = sorted(uid for uid, number in numbers if number is not None and number <= 3)
+    rows = populated.sql("SELECT SOPInstanceUID, Modality, InstanceNumber FROM instances").fetchall()
+    expected = sorted(uid for uid, modality, n in rows if modality == "CT" and n is not None and n <= 3)
     assert sorted(m.sop_uid for m in cohort.members) == expected
-    assert len(expected) >= 3
+    assert len(expected) == 4  # three slices of the generated series and CT_small
     assert cohort.name is None and cohort.query == query.rstrip(";")
 
 
