@@ -475,7 +475,6 @@ def test_resume_after_the_process_is_killed(
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:Port 8787 is already in use:UserWarning")
 def test_default_process_scheduler(loaded: lake.Lake, tmp_path: Path) -> None:
     create_cohort(loaded, "everything", ALL)
     reference = export_dicom(loaded, "everything", tmp_path / "sync", scheduler="sync")
