@@ -248,3 +248,12 @@ def test_filters_push_down_over_many_files(lk: lake.Lake, vault_dir: Path, ct_fo
     uid = lk.sql("SELECT max(SOPInstanceUID) FROM instances").fetchall()[0][0]
     query = f"SELECT count(*) FROM instances WHERE SOPInstanceUID = '{uid}'"
     assert lk.sql(query).fetchall() == [(1,)]
+
+
+def test_every_catalog_version_stays_readable(lk: lake.Lake) -> None:
+    from lake.catalog import TABLES
+    from lake.catalog._tables import RETENTION
+
+    for table in TABLES:
+        config = lk.tables.open(table.name).metadata().configuration
+        assert {k: config.get(k) for k in RETENTION} == RETENTION, table.name

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from lake.catalog import TABLES
-from lake.export import COHORTS
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "docs" / "catalog.md"
@@ -34,7 +33,7 @@ def render() -> str:
         "after de-identification; snake_case columns are the lake's own.",
         "",
     ]
-    for table in (*TABLES, COHORTS):
+    for table in TABLES:
         lines += [
             f"## `{table.name}`",
             "",

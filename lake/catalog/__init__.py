@@ -4,6 +4,7 @@ from lake.catalog._extract import dicom_values
 from lake.catalog._query import Catalog
 from lake.catalog._schema import (
     BATCHES,
+    COHORTS,
     DICOM_COLUMNS,
     INSTANCES,
     QUARANTINE,
@@ -15,6 +16,7 @@ from lake.catalog._tables import DeltaTables
 
 __all__ = [
     "BATCHES",
+    "COHORTS",
     "DICOM_COLUMNS",
     "INSTANCES",
     "QUARANTINE",

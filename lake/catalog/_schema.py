@@ -14,6 +14,7 @@ import pyarrow as pa
 
 __all__ = [
     "BATCHES",
+    "COHORTS",
     "DICOM_COLUMNS",
     "INSTANCES",
     "QUARANTINE",
@@ -203,4 +204,38 @@ QUARANTINE = Table(
     ),
 )
 
-TABLES: tuple[Table, ...] = (INSTANCES, BATCHES, QUARANTINE)
+_MEMBER = pa.struct(
+    [
+        pa.field("SeriesInstanceUID", pa.string()),
+        pa.field("SOPInstanceUID", pa.string()),
+        pa.field("pixel_hash", pa.string()),
+        pa.field("header_sha256", pa.string()),
+    ]
+)
+
+COHORTS = Table(
+    "cohorts",
+    "One row per saved cohort: its query, the catalog version it ran on, its members.",
+    (
+        _c("name", pa.string(), "Cohort name (unique; letters, digits, '.', '_', '-')."),
+        _c("description", pa.string(), "Free text given by the researcher (may be empty)."),
+        _c("query", pa.string(), "The SQL that selected the cohort."),
+        _c("catalog_version", pa.int64(), "The instances table version the query ran on."),
+        _c("created_at", pa.timestamp("us", tz="UTC"), "When the cohort was saved."),
+        _c("lake_version", pa.string(), "imaging-lake version that saved the cohort."),
+        _c("series", pa.list_(pa.string()), "Member SeriesInstanceUIDs, sorted."),
+        _c(
+            "members",
+            pa.list_(_MEMBER),
+            "Member instances: series and SOP instance UID, pixel blob hash and the sha256 of "
+            "the stored header (header_dicom), sorted by series then instance.",
+        ),
+        _c("series_count", pa.int64(), "Number of member series."),
+        _c("instance_count", pa.int64(), "Number of member instances."),
+        _c("pixel_bytes", pa.int64(), "Total stored pixel bytes of the members."),
+        _c("profiles", pa.list_(pa.string()), "De-identification profiles of the members."),
+    ),
+)
+
+
+TABLES: tuple[Table, ...] = (INSTANCES, BATCHES, QUARANTINE, COHORTS)

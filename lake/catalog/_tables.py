@@ -20,6 +20,14 @@ __all__ = ["DeltaTables"]
 
 _RETRIES = 20
 
+# Cohorts promise byte-identical exports years later: every catalog version must stay
+# readable. delta-rs would otherwise drop log entries older than 30 days at checkpoints.
+RETENTION: dict[str, str] = {
+    "delta.enableExpiredLogCleanup": "false",
+    "delta.logRetentionDuration": "interval 36500 days",
+    "delta.deletedFileRetentionDuration": "interval 36500 days",
+}
+
 
 class DeltaTables:
     """The catalog's Delta tables below ``<lake>/tables``.
@@ -48,13 +56,20 @@ class DeltaTables:
             self.create(table)
 
     def create(self, table: Table) -> None:
-        """Create ``table`` empty, unless it exists."""
+        """Create ``table`` empty, unless it exists; keep every version readable (RETENTION)."""
         if self.exists(table.name):
+            delta = self.open(table.name)
+            if any(delta.metadata().configuration.get(k) != v for k, v in RETENTION.items()):
+                delta.alter.set_table_properties(RETENTION)
             return
         empty = table.schema.empty_table()
         try:
             write_deltalake(
-                self.uri(table.name), empty, mode="append", storage_options=self.storage_options
+                self.uri(table.name),
+                empty,
+                mode="append",
+                configuration=RETENTION,
+                storage_options=self.storage_options,
             )
         except CommitFailedError:
             if not self.exists(table.name):

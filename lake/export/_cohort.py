@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from deltalake.exceptions import CommitFailedError
 
 from lake._errors import ExportError, IntegrityError, QueryError
-from lake.catalog import Column, Table
+from lake.catalog import COHORTS
 
 if TYPE_CHECKING:
     from lake._lake import Lake
@@ -43,40 +43,6 @@ __all__ = [
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _RETRIES = 20
-
-_MEMBER = pa.struct(
-    [
-        pa.field("SeriesInstanceUID", pa.string()),
-        pa.field("SOPInstanceUID", pa.string()),
-        pa.field("pixel_hash", pa.string()),
-        pa.field("header_sha256", pa.string()),
-    ]
-)
-
-COHORTS = Table(
-    "cohorts",
-    "One row per saved cohort: its query, the catalog version it ran on, its members.",
-    (
-        Column("name", pa.string(), "Cohort name (unique; letters, digits, '.', '_', '-')."),
-        Column("description", pa.string(), "Free text given by the researcher (may be empty)."),
-        Column("query", pa.string(), "The SQL that selected the cohort."),
-        Column("catalog_version", pa.int64(), "The instances table version the query ran on."),
-        Column("created_at", pa.timestamp("us", tz="UTC"), "When the cohort was saved."),
-        Column("lake_version", pa.string(), "imaging-lake version that saved the cohort."),
-        Column("series", pa.list_(pa.string()), "Member SeriesInstanceUIDs, sorted."),
-        Column(
-            "members",
-            pa.list_(_MEMBER),
-            "Member instances: series and SOP instance UID, pixel blob hash and the sha256 of "
-            "the stored header (header_dicom), sorted by series then instance.",
-        ),
-        Column("series_count", pa.int64(), "Number of member series."),
-        Column("instance_count", pa.int64(), "Number of member instances."),
-        Column("pixel_bytes", pa.int64(), "Total stored pixel bytes of the members."),
-        Column("profiles", pa.list_(pa.string()), "De-identification profiles of the members."),
-    ),
-)
-
 
 @dataclass(frozen=True)
 class Member:
