@@ -296,6 +296,20 @@ def test_find_sees_new_commits(stored: DicomServer, lk: lake.Lake, tmp_path: Pat
     assert len(after) == len(before) + 1
 
 
+def test_find_after_compaction(stored: DicomServer, lk: lake.Lake, tmp_path: Path) -> None:
+    keys = ("QueryRetrieveLevel=STUDY", "StudyInstanceUID", "NumberOfStudyRelatedInstances")
+    before = _find(stored, tmp_path / "f", *keys)
+    lk.tables.open("instances").optimize.compact()  # files removed: the index is rebuilt
+    after = _find(stored, tmp_path / "f", *keys)
+    assert sorted((r.StudyInstanceUID, r.NumberOfStudyRelatedInstances) for r in after) == sorted(
+        (r.StudyInstanceUID, r.NumberOfStudyRelatedInstances) for r in before
+    )
+    write_ct_series(tmp_path / "d_ct", 3, patient_id="D-4")
+    assert _store(stored, tmp_path / "d_ct").returncode == 0
+    stored.committer.flush()  # appended after compaction: read incrementally
+    assert len(_find(stored, tmp_path / "f", *keys)) == len(before) + 1
+
+
 def test_find_cancel(server: DicomServer, lk: lake.Lake, tmp_path: Path) -> None:
     lk.tables.append(INSTANCES, list(synthetic_rows(20_000)))
     out = tmp_path / "f"

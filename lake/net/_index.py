@@ -20,6 +20,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as pads
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DSfloat
@@ -121,16 +122,13 @@ def _q(name: str) -> str:
     return '"' + name + '"'
 
 
-def _image_sql() -> str:
+def _image_select(source: str) -> str:
     cols = []
     for name in _COLUMN_KINDS:
         column = next(c for c in INSTANCES.columns if c.name == name)
         cols.append(f"CAST({_q(name)} AS TIME) AS {_q(name)}" if column.sql_cast else _q(name))
     cols.extend(_q(c) for c in _IMAGE_EXTRA)
-    return (
-        f"CREATE TABLE image AS SELECT {', '.join(cols)}, SOPInstanceUID AS _rep "
-        "FROM instances_delta"
-    )
+    return f"SELECT {', '.join(cols)}, SOPInstanceUID AS _rep FROM {source}"
 
 
 def _level_sql(level: Level) -> str:
@@ -140,7 +138,7 @@ def _level_sql(level: Level) -> str:
     cols += [f"{sql} AS {_q(name)}" for name, (_, sql) in _COMPUTED[level].items()]
     cols.append("min(SOPInstanceUID) AS _rep")
     return (
-        f"CREATE TABLE {_TABLE[level]} AS SELECT {', '.join(cols)} FROM image "
+        f"CREATE OR REPLACE TABLE {_TABLE[level]} AS SELECT {', '.join(cols)} FROM image "
         f"WHERE {_q(key)} IS NOT NULL GROUP BY {_q(key)}"
     )
 
@@ -215,18 +213,56 @@ class Snapshot:
         self.version = version
         self._lock = threading.Lock()
         delta = tables.open("instances", version)
+        dataset = delta.to_pyarrow_dataset()
+        self._files = {f.path for f in dataset.get_fragments()}
         self._con = duckdb.connect()
         self._con.execute("SET threads TO 2")
-        self._con.register("instances_delta", delta.to_pyarrow_dataset())
+        self._con.register("instances_delta", dataset)
         try:
-            self._con.execute(_image_sql())
-            for level in (Level.SERIES, Level.STUDY, Level.PATIENT):
-                self._con.execute(_level_sql(level))
+            self._con.execute(f"CREATE TABLE image AS {_image_select('instances_delta')}")
+            self._levels()
         except duckdb.Error as exc:
             raise CatalogError(
                 f"the catalog cannot be indexed for DICOM queries ({type(exc).__name__}); "
                 "run 'lake verify'"
             ) from None
+
+    def _levels(self) -> None:
+        for level in (Level.SERIES, Level.STUDY, Level.PATIENT):
+            self._con.execute(_level_sql(level))
+
+    def advance(self, delta: Any) -> bool:
+        """Catch up with a newer version of ``delta`` by reading only its new files.
+
+        Returns False (nothing changed) when files were removed since this snapshot
+        (compaction, deletes): build a new :class:`Snapshot` then.
+        """
+        dataset = delta.to_pyarrow_dataset()
+        fragments = {f.path: f for f in dataset.get_fragments()}
+        if not self._files <= fragments.keys():
+            return False
+        new = [fragments[p] for p in fragments if p not in self._files]
+        with self._lock:
+            try:
+                if new:
+                    added = pads.FileSystemDataset(
+                        new, dataset.schema, dataset.format, dataset.filesystem
+                    )
+                    self._con.register("instances_added", added)
+                    self._con.execute(
+                        f"INSERT INTO image {_image_select('instances_added')}"
+                    )
+                    self._con.unregister("instances_added")
+                    self._levels()
+                self._con.register("instances_delta", dataset)
+            except duckdb.Error as exc:
+                raise CatalogError(
+                    f"the catalog cannot be indexed for DICOM queries ({type(exc).__name__}); "
+                    "run 'lake verify'"
+                ) from None
+            self._files = set(fragments)
+            self.version = int(delta.version())
+        return True
 
     def close(self) -> None:
         with self._lock:
@@ -376,12 +412,20 @@ class SnapshotCache:
         self._snapshot: Snapshot | None = None
 
     def current(self) -> Snapshot:
-        """The snapshot of the newest committed version (checked on every call)."""
+        """The snapshot of the newest committed version (checked on every call).
+
+        New commits are appended to the current snapshot (only their files are read);
+        a version that removed files (compaction) gets a fresh snapshot.
+        """
         with self._lock:
             self._delta.update_incremental()
             version = int(self._delta.version())
-            if self._snapshot is None or self._snapshot.version != version:
+            snapshot = self._snapshot
+            if snapshot is not None and snapshot.version == version:
+                return snapshot
+            if snapshot is None or not snapshot.advance(self._delta):
                 self._snapshot = Snapshot(self._tables, version)
+            assert self._snapshot is not None
             return self._snapshot
 
     def close(self) -> None:

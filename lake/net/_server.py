@@ -101,8 +101,35 @@ def _nodelay_on_open(event: Any) -> None:
         set_nodelay(sock)
 
 
+class _QuickAckSocket(socket.socket):
+    """A TCP socket that acknowledges every segment at once (Linux TCP_QUICKACK).
+
+    A peer that leaves Nagle's algorithm on (dcmtk does, unless TCP_NODELAY=1 is in its
+    environment) waits for our ACK before sending the rest of a DIMSE message, and
+    Linux delays that ACK by up to 40 ms. TCP_QUICKACK is not sticky, so it is set
+    again before each read.
+    """
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        with contextlib.suppress(OSError):
+            self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        return super().recv(bufsize, flags)
+
+
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 0)
+
+
+def _quickack(sock: socket.socket) -> socket.socket:
+    if not _TCP_QUICKACK or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return sock
+    timeout = sock.gettimeout()
+    wrapped = _QuickAckSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    wrapped.settimeout(timeout)
+    return wrapped
+
+
 class _AssociationServer(ThreadedAssociationServer):
-    """pynetdicom's server plus TCP_NODELAY and a bounded TLS handshake on accept."""
+    """pynetdicom's server plus TCP_NODELAY, quick ACKs and a bounded TLS handshake."""
 
     handshake_timeout: float = 30.0
 
@@ -110,6 +137,8 @@ class _AssociationServer(ThreadedAssociationServer):
         assert self.socket is not None
         client, address = self.socket.accept()
         set_nodelay(client)
+        if self.ssl_context is None:
+            return _quickack(client), address
         if self.ssl_context:
             client.settimeout(self.handshake_timeout)
             try:
