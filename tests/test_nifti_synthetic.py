@@ -392,3 +392,18 @@ def test_enhanced_multi_echo_is_split_by_echo_time_rank() -> None:
     assert refusals == []
     assert [v.suffix for v in volumes] == ["_e1", "_e2", "_e3"]
     assert [v.sidecar["EchoTime"] for v in volumes] == pytest.approx([0.009, 0.018, 0.027])
+
+
+def test_zero_pixel_spacing_is_refused_not_raised() -> None:
+    """A CR with PixelSpacing 0\\0 (seen in the demo lake) has no valid affine: refuse it."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    from lake.export._nifti import series_to_nifti
+    from lake.export._nifti_types import RefusalReason
+
+    ds = dcmread(get_testdata_file("RG1_UNCR.dcm"))  # a real CR with PixelSpacing 0.000\\0.000
+    assert [float(v) for v in ds.PixelSpacing] == [0.0, 0.0]
+    volumes, refusals = series_to_nifti([ds])
+    assert volumes == []
+    assert [r.reason_code for r in refusals] == [RefusalReason.INVALID_GEOMETRY]

@@ -199,10 +199,30 @@ def _convert_groups(
             assembled = assemble_mosaics(members, datasets, pixels, suffix)
         else:
             assembled = assemble_stack(members, datasets, pixels, suffix)
-        if isinstance(assembled, NiftiRefusal):
-            refusals.append(assembled)
+        if _refused(assembled, suffix, refusals):
             continue
+        assert not isinstance(assembled, NiftiRefusal)
         volumes.append(_to_volume(assembled, datasets, suffix, multi_echo))
+
+
+def _refused(
+    assembled: Assembled | NiftiRefusal, suffix: str, refusals: list[NiftiRefusal]
+) -> bool:
+    """Record why ``assembled`` cannot be written, if it cannot; True when refused."""
+    if isinstance(assembled, NiftiRefusal):
+        refusals.append(assembled)
+        return True
+    rotation = np.asarray(assembled.affine, dtype=np.float64)[:3, :3]
+    if not np.all(np.isfinite(rotation)) or abs(float(np.linalg.det(rotation))) < 1e-12:
+        refusals.append(
+            NiftiRefusal(
+                RefusalReason.INVALID_GEOMETRY,
+                "pixel spacing or orientation is zero or not finite: no valid affine exists",
+                suffix,
+            )
+        )
+        return True
+    return False
 
 
 def _convert_plain(
@@ -237,9 +257,9 @@ def _convert_plain(
         except (TypeError, ValueError):
             depth = 1.0
         assembled = assemble_plain(members, pixels, suffix, size, depth if depth > 0 else 1.0)
-        if isinstance(assembled, NiftiRefusal):
-            refusals.append(assembled)
+        if _refused(assembled, suffix, refusals):
             continue
+        assert not isinstance(assembled, NiftiRefusal)
         volumes.append(_to_volume(assembled, datasets, suffix, False))
 
 

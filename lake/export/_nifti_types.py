@@ -40,6 +40,8 @@ class RefusalReason(StrEnum):
     """The mosaics of one series differ in geometry or tile count."""
     UNSUPPORTED_PIXELS = "unsupported_pixels"
     """The pixel format has no faithful NIfTI form (palette colour, 16-bit RGB...)."""
+    INVALID_GEOMETRY = "invalid_geometry"
+    """Pixel spacing or orientation is zero or not finite: no valid affine exists."""
     DECODE_FAILED = "decode_failed"
     """The pixel data could not be decoded (missing codec, truncated or corrupt data)."""
 
