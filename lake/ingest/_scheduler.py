@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 SCHEDULERS = ("processes", "threads", "sync")
+_DONE = object()
 
 
 class Runner(AbstractContextManager["Runner"]):
@@ -37,6 +39,8 @@ class Runner(AbstractContextManager["Runner"]):
         self.workers = workers or os.cpu_count() or 1
         self._client: Any = None
         self._cluster: Any = None
+        self._booting: ThreadPoolExecutor | None = None
+        self._boot: Future[tuple[Any, Any]] | None = None
         if scheduler not in SCHEDULERS and "://" not in scheduler:
             raise ConfigError(
                 f"unknown scheduler {scheduler!r}; use one of {', '.join(SCHEDULERS)} or an "
@@ -50,7 +54,7 @@ class Runner(AbstractContextManager["Runner"]):
     def __enter__(self) -> Runner:
         if self.scheduler == "sync":
             return self
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
         if "://" in self.scheduler:
             try:
@@ -60,15 +64,30 @@ class Runner(AbstractContextManager["Runner"]):
                     f"cannot reach the Dask scheduler at {self.scheduler}; is it running?"
                 ) from None
             return self
-        self._cluster = LocalCluster(
+        # A local cluster takes seconds to start (worker processes import the stack): start it
+        # in the background and run tasks in this process meanwhile (see map).
+        self._booting = ThreadPoolExecutor(1, thread_name_prefix="lake-cluster")
+        self._boot = self._booting.submit(self._start_local)
+        return self
+
+    def _start_local(self) -> tuple[Any, Any]:
+        from distributed import Client, LocalCluster
+
+        cluster = LocalCluster(
             n_workers=self.workers if self.scheduler == "processes" else 1,
             threads_per_worker=1 if self.scheduler == "processes" else self.workers,
             processes=self.scheduler == "processes",
             dashboard_address=":0",
             silence_logs=logging.CRITICAL,
         )
-        self._client = Client(self._cluster)
-        return self
+        return cluster, Client(cluster)
+
+    def _local_ready(self) -> bool:
+        if self._boot is None or not self._boot.done():
+            return False
+        self._cluster, self._client = self._boot.result()
+        self._boot = None
+        return True
 
     def __exit__(
         self,
@@ -76,6 +95,10 @@ class Runner(AbstractContextManager["Runner"]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._boot is not None:
+            self._cluster, self._client = self._boot.result()
+        if self._booting is not None:
+            self._booting.shutdown()
         if self._client is not None:
             self._client.close()
         if self._cluster is not None:
@@ -84,16 +107,18 @@ class Runner(AbstractContextManager["Runner"]):
     def map(self, func: Callable[[T, Any], R], tasks: Iterable[T], shared: Any) -> Iterator[R]:
         """Yield ``func(task, shared)`` for each task, in completion order.
 
-        ``shared`` is sent to the workers once, not with every task.
+        ``shared`` is sent to the workers once, not with every task. While a local cluster
+        is still starting, tasks run in this process; the rest go to the cluster.
         """
-        if self._client is None:
-            for task in tasks:
-                yield func(task, shared)
-            return
+        iterator = iter(tasks)
+        while self._client is None and not self._local_ready():
+            task = next(iterator, _DONE)
+            if task is _DONE:
+                return
+            yield func(task, shared)  # type: ignore[arg-type]
         from distributed import as_completed
 
         shared_future = self._client.scatter(shared, broadcast=True)
-        iterator = iter(tasks)
         pending = as_completed()
         for task in iterator:
             pending.add(self._client.submit(func, task, shared_future, pure=False))
