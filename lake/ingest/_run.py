@@ -40,10 +40,9 @@ def _now() -> dt.datetime:
 
 
 @dataclass
-class BatchResult:
-    """What one committed batch did."""
+class _Counts:
+    """Counts shared by a batch and a whole run (no original values, no paths)."""
 
-    batch_id: str
     files_seen: int = 0
     ingested: int = 0
     duplicates: int = 0
@@ -51,32 +50,35 @@ class BatchResult:
     bytes_in: int = 0
     blobs_written: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
-    actions: Counter[str] = field(default_factory=Counter)
     catalog_version: int = 0
 
 
 @dataclass
-class IngestSummary:
-    """Totals of an ingest run (no original values, no paths)."""
+class BatchResult(_Counts):
+    """What one committed batch did."""
 
-    files_seen: int = 0
-    ingested: int = 0
-    duplicates: int = 0
-    quarantined: int = 0
-    bytes_in: int = 0
-    blobs_written: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
+    batch_id: str = ""
+    actions: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class IngestSummary(_Counts):
+    """Totals of an ingest run."""
+
     batches: list[str] = field(default_factory=list)
-    catalog_version: int = 0
     elapsed: float = 0.0
 
     def add(self, batch: BatchResult) -> None:
-        self.files_seen += batch.files_seen
-        self.ingested += batch.ingested
-        self.duplicates += batch.duplicates
-        self.quarantined += batch.quarantined
-        self.bytes_in += batch.bytes_in
-        self.blobs_written += batch.blobs_written
+        """Add one committed batch to the totals."""
+        for name in (
+            "files_seen",
+            "ingested",
+            "duplicates",
+            "quarantined",
+            "bytes_in",
+            "blobs_written",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(batch, name))
         self.reasons.update(batch.reasons)
         self.batches.append(batch.batch_id)
         self.catalog_version = batch.catalog_version
