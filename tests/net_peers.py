@@ -82,6 +82,8 @@ class Orthanc:
         answers C-FIND from its index only).
     extra : mapping, optional
         More configuration settings (override the defaults).
+    nodelay : bool
+        Start Orthanc with ``TCP_NODELAY=1`` (its dcmtk network layer reads it).
     """
 
     folder: Path
@@ -89,6 +91,7 @@ class Orthanc:
     modalities: Mapping[str, tuple[str, int]] | None = None
     storage_access_on_find: str = "Always"
     extra: Mapping[str, Any] | None = None
+    nodelay: bool = True
     dicom_port: int = 0
     http_port: int = 0
     process: subprocess.Popen[bytes] | None = None
@@ -133,9 +136,12 @@ class Orthanc:
         config = self.folder / "orthanc.json"
         config.write_text(json.dumps(self.config(), indent=2))
         log = (self.folder / "orthanc.log").open("wb")
+        env = dict(os.environ)
+        if self.nodelay:
+            env["TCP_NODELAY"] = "1"
         self.process = subprocess.Popen(
             ["Orthanc", str(config)], stdout=log, stderr=subprocess.STDOUT,
-            cwd=self.folder,
+            cwd=self.folder, env=env,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import subprocess
@@ -35,7 +37,7 @@ def _count(lake_root: Path) -> int:
 
 
 def _spool_files(lake_root: Path) -> list[Path]:
-    return sorted((lake_root / "spool" / "dicom-store").glob("*.arrow"))
+    return sorted((lake_root / "spool" / "dicom-store").glob("*.json"))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -85,8 +87,12 @@ def test_crash_loses_nothing_acknowledged(
     spooled = _spool_files(lake_root)
     assert len(spooled) == 10  # every acknowledged instance is durable...
     for path in spooled:  # ...and the spool holds de-identified rows only
-        data = path.read_bytes()
-        assert b"CRASH-PID-42" not in data and b"Crash^Carl" not in data
+        entry = json.loads(path.read_bytes())
+        blobs = [base64.b64decode(v["b64"]) for v in entry["row"].values()
+                 if isinstance(v, dict) and "b64" in v]
+        assert blobs  # the header bytes, decoded, checked too
+        for data in [path.read_bytes(), *blobs]:
+            assert b"CRASH-PID-42" not in data and b"Crash^Carl" not in data
     assert _count(lake_root) == 0
     server = DicomServer(lk, lk.secret(vault_dir), ServerConfig(port=0))
     server.start()  # commits the spool left by the crash before listening

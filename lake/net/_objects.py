@@ -145,16 +145,21 @@ def prefer_requestor_syntaxes(event: Any) -> None:
 
     pynetdicom otherwise picks by the acceptor's own order. Following the requestor
     keeps received instances as sent (a modality proposes its file's syntax first)
-    and serves C-GET in the syntax the retriever prefers.
+    and serves C-GET in the syntax the retriever prefers. The association's supported
+    contexts are shared with the server, so reordered ones are replaced by copies.
     """
     request = event.assoc.requestor.primitive
     preferred: dict[str, list[UID]] = {}
     for cx in request.presentation_context_definition_list or []:
         preferred.setdefault(str(cx.abstract_syntax), [UID(t) for t in cx.transfer_syntax])
+    contexts = []
     for cx in event.assoc.acceptor.supported_contexts:
         wanted = preferred.get(str(cx.abstract_syntax))
-        if not wanted:
-            continue
         ours = list(cx.transfer_syntax)
-        first = [t for t in wanted if t in ours]
-        cx.transfer_syntax = first + [t for t in ours if t not in first]
+        first = [t for t in wanted or () if t in ours]
+        if first and first != ours[: len(first)]:
+            copy = build_context(cx.abstract_syntax, first + [t for t in ours if t not in first])
+            copy.scu_role, copy.scp_role = cx.scu_role, cx.scp_role
+            cx = copy
+        contexts.append(cx)
+    event.assoc.acceptor.supported_contexts = contexts

@@ -2,9 +2,10 @@
 
 A received instance is acknowledged only once its de-identified catalog row (or,
 for a refused instance, its PHI-free quarantine record) is durable in the spool:
-one small Arrow IPC file per instance, written to a temporary name, fsync'd and
-renamed (then the folder is fsync'd). Identified bytes never enter the spool;
-:meth:`lake.ingest.Ingestor.process` has already written the pixel blob or sealed
+one small JSON file per instance (values typed back by the catalog schema),
+written to a temporary name, fsync'd and renamed (then the folder is fsync'd).
+Identified bytes never enter the spool; :meth:`lake.ingest.Ingestor.process` has
+already written the pixel blob or sealed
 the original in quarantine. The :class:`Committer` thread commits the spooled
 outcomes to the catalog every ``every`` instances or ``interval`` seconds (one
 Delta commit per batch), then deletes their spool files. At start-up,
@@ -13,8 +14,9 @@ Delta commit per batch), then deletes their spool files. At start-up,
 
 from __future__ import annotations
 
+import base64
 import contextlib
-import io
+import datetime as dt
 import json
 import os
 import threading
@@ -24,20 +26,20 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.ipc as ipc
 
 from lake._errors import LakeError, NetError
-from lake.catalog import INSTANCES, QUARANTINE
+from lake.catalog import INSTANCES, QUARANTINE, Table
 from lake.ingest import Accepted, BatchResult, Ingestor, Outcome, Rejected
 from lake.store import Location
 
 __all__ = ["Committer", "Spool", "SpoolEntry"]
 
-_SUFFIX = ".arrow"
+_SUFFIX = ".json"
 _TMP = ".tmp-"
-_META = b"imaging-lake-spool"
+_FORMAT = "imaging-lake-spool/1"
 _TRANSIENT = ("batch_id", "ingested_at", "quarantined_at")
 
 
@@ -60,38 +62,62 @@ class SpoolEntry:
     name: str
 
 
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, dt.datetime | dt.date):
+        return {"iso": value.isoformat()}
+    return value
+
+
+def _column_types(table: Table) -> dict[str, pa.DataType]:
+    return {c.name: c.type for c in table.columns}
+
+
+_TYPES = {"accepted": _column_types(INSTANCES), "rejected": _column_types(QUARANTINE)}
+
+
+def _restore(value: Any, type_: pa.DataType) -> Any:
+    if not isinstance(value, dict):
+        return value
+    if "b64" in value:
+        return base64.b64decode(value["b64"])
+    text = value["iso"]
+    if pa.types.is_timestamp(type_):
+        return dt.datetime.fromisoformat(text)
+    return dt.date.fromisoformat(text)
+
+
 def _encode(outcome: Outcome, tag: str | None) -> bytes:
+    """One spool entry as JSON (typed values restored from the catalog schema on read)."""
+    meta: dict[str, Any]
     if isinstance(outcome, Accepted):
-        table, row = INSTANCES, outcome.row
-        meta = {
-            "kind": "accepted",
-            "actions": dict(outcome.actions),
-            "blob_written": outcome.blob_written,
-        }
+        kind, row = "accepted", outcome.row
+        meta = {"actions": dict(outcome.actions), "blob_written": outcome.blob_written}
     else:
-        table, row = QUARANTINE, outcome.record
-        meta = {"kind": "rejected"}
-    meta.update(bytes_in=outcome.bytes_in, tag=tag)
-    schema = table.schema.with_metadata({_META: json.dumps(meta).encode()})
-    clean = {k: v for k, v in row.items() if k not in _TRANSIENT}
-    data = pa.Table.from_pylist([clean], schema=schema)
-    sink = io.BytesIO()
-    with ipc.new_file(sink, schema) as writer:
-        writer.write_table(data)
-    return sink.getvalue()
+        kind, row = "rejected", outcome.record
+        meta = {}
+    types = _TYPES[kind]
+    clean = {k: _jsonable(v) for k, v in row.items() if k in types and k not in _TRANSIENT}
+    entry = {"format": _FORMAT, "kind": kind, "bytes_in": outcome.bytes_in, "tag": tag,
+             "row": clean, **meta}
+    return json.dumps(entry, separators=(",", ":")).encode()
 
 
 def _decode(data: bytes) -> tuple[Outcome, str | None]:
-    table = ipc.open_file(pa.BufferReader(data)).read_all()
-    meta = json.loads((table.schema.metadata or {})[_META])
-    row = {k: v for k, v in table.to_pylist()[0].items() if k not in _TRANSIENT}
+    entry = json.loads(data)
+    if entry.get("format") != _FORMAT:
+        raise ValueError("not a spool entry of this format")
+    kind = entry["kind"]
+    types = _TYPES[kind]
+    row = {k: _restore(v, types[k]) for k, v in entry["row"].items() if k in types}
     outcome: Outcome
-    if meta["kind"] == "accepted":
-        outcome = Accepted(row, Counter(meta["actions"]), bool(meta["blob_written"]),
-                           int(meta["bytes_in"]))
+    if kind == "accepted":
+        outcome = Accepted(row, Counter(entry["actions"]), bool(entry["blob_written"]),
+                           int(entry["bytes_in"]))
     else:
-        outcome = Rejected(row, int(meta["bytes_in"]))
-    return outcome, meta.get("tag")
+        outcome = Rejected(row, int(entry["bytes_in"]))
+    return outcome, entry.get("tag")
 
 
 class Spool:
@@ -153,7 +179,7 @@ class Spool:
                 continue
             try:
                 outcome, tag = _decode(self.fs.cat_file(f"{self.dir}/{name}"))
-            except (pa.ArrowException, KeyError, ValueError, IndexError) as exc:
+            except (KeyError, ValueError, TypeError) as exc:
                 raise NetError(
                     f"spool file {self.dir}/{name} is unreadable ({type(exc).__name__}); "
                     "move it aside and restart"

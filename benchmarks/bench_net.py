@@ -1,0 +1,310 @@
+"""DICOM network: receive throughput and C-FIND latency, lake against Orthanc, same run.
+
+    python benchmarks/bench_net.py [--files 520] [--lake-instances 100000]
+                                   [--orthanc-instances 20000] [--repeat 25] [--no-orthanc]
+
+Receive: the same generated small CT/MR files are sent by dcmtk's storescu over one
+association to Orthanc and to `lake serve dicom` (in-process DicomServer), once with
+TCP_NODELAY=1 in storescu's environment and once without (Nagle on). For the lake two
+rates are printed: acknowledged (storescu done; every instance durable in the spool)
+and committed (the catalog holds every row). The ratio is lake / Orthanc.
+
+C-FIND: STUDY-level queries (exact PatientID, a one-month StudyDate range, MR in a
+date range, a PatientID wildcard) sent over one pynetdicom association (TCP_NODELAY on,
+the same client for both servers); the median latency of --repeat runs. The lake's
+catalog gets synthetic rows written straight into its Delta table; Orthanc gets the same
+instances as tiny DICOM files through its REST API (loading 100,000 into Orthanc takes
+long on 2 cores: by default it gets --orthanc-instances and the lake is measured at that
+size too, like for like, and at --lake-instances).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pydicom import dcmwrite
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, build_context, evt
+
+import lake
+from benchmarks._corpus import make_corpus
+from lake.catalog import INSTANCES
+from lake.net import DicomServer, ServerConfig
+from lake.net._server import quiet_identifiers, set_nodelay
+from tests.net_peers import Orthanc, synthetic_rows
+
+CACHE = Path(os.environ.get("LAKE_BENCH_DIR", Path(tempfile.gettempdir()) / "imaging-lake-bench"))
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+RETURN_KEYS = ("StudyInstanceUID", "PatientID", "StudyDate", "StudyTime", "StudyDescription",
+               "ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
+QUERIES: dict[str, dict[str, str]] = {
+    "PatientID exact": {"PatientID": "P000042"},
+    "StudyDate 1 month": {"StudyDate": "20150201-20150228"},
+    "MR + date range": {"ModalitiesInStudy": "MR", "StudyDate": "20150301-20150415"},
+    "PatientID wildcard": {"PatientID": "P00001*"},
+}
+
+
+# --- receive ---------------------------------------------------------------------------
+
+
+def storescu(port: int, folder: Path, nodelay: bool) -> float:
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
+    started = time.perf_counter()
+    result = subprocess.run(
+        ["storescu", "-aec", "ANY", "+sd", "127.0.0.1", str(port), str(folder)],
+        env=env, capture_output=True, text=True, check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0 or "Failed" in result.stderr:
+        raise RuntimeError(f"storescu failed: {result.stderr[-500:]}")
+    return elapsed
+
+
+def bench_receive(files: int, use_orthanc: bool, work: Path) -> None:
+    corpus = CACHE / f"net-corpus-{files}"
+    make_corpus(corpus, files)
+    print(f"\n== receive: {files} small CT/MR instances, storescu, one association ==")
+    print(f"{'peer':<34}{'TCP_NODELAY=1':>16}{'Nagle on':>16}")
+    rates: dict[str, dict[bool, float]] = {}
+    if use_orthanc:
+        rates["Orthanc"] = {}
+        for nodelay in (True, False):
+            folder = work / f"orthanc-recv-{nodelay}"
+            with Orthanc(folder) as pacs:
+                rates["Orthanc"][nodelay] = files / storescu(pacs.dicom_port, corpus, nodelay)
+                assert pacs.instance_count() == files
+            shutil.rmtree(folder, ignore_errors=True)
+    rates["lake (acknowledged)"] = {}
+    rates["lake (committed)"] = {}
+    for nodelay in (True, False):
+        root = work / f"lake-recv-{nodelay}"
+        lk = lake.init(root / "lake", vault=root / "vault")
+        server = DicomServer(lk, lk.secret(root / "vault"), ServerConfig(port=0, aet="ANY"))
+        server.start()
+        try:
+            acked = storescu(server.port, corpus, nodelay)
+            started = time.perf_counter()
+            server.committer.flush()
+            committed = acked + time.perf_counter() - started
+        finally:
+            server.stop()
+        assert server.receiver.stats.accepted == files, server.receiver.stats
+        rates["lake (acknowledged)"][nodelay] = files / acked
+        rates["lake (committed)"][nodelay] = files / committed
+        shutil.rmtree(root, ignore_errors=True)
+    for name, by in rates.items():
+        print(f"{name:<34}{by[True]:>13.1f}/s{by[False]:>13.1f}/s")
+    if use_orthanc:
+        for name in ("lake (acknowledged)", "lake (committed)"):
+            print(
+                f"ratio {name} / Orthanc:{'':<8}"
+                f"{rates[name][True] / rates['Orthanc'][True]:>10.2f}x"
+                f"{rates[name][False] / rates['Orthanc'][False]:>15.2f}x"
+            )
+
+
+# --- C-FIND ------------------------------------------------------------------------------
+
+
+class FindClient:
+    """One association, TCP_NODELAY on, timing each C-FIND round trip."""
+
+    def __init__(self, port: int, called: str) -> None:
+        quiet_identifiers()
+        ae = AE(ae_title="BENCH")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 600
+        self.assoc = ae.associate(
+            "127.0.0.1", port, [build_context(STUDY_ROOT_FIND)], ae_title=called,
+            evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)],
+        )
+        if not self.assoc.is_established:
+            raise RuntimeError(f"cannot associate with {called} on port {port}")
+
+    def find(self, keys: dict[str, str]) -> tuple[float, int]:
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        for keyword in RETURN_KEYS:
+            setattr(ds, keyword, "")
+        for keyword, value in keys.items():
+            setattr(ds, keyword, value)
+        started = time.perf_counter()
+        matches = 0
+        for status, identifier in self.assoc.send_c_find(ds, STUDY_ROOT_FIND):
+            if not status or int(status.Status) not in (0xFF00, 0xFF01, 0x0000):
+                raise RuntimeError(f"C-FIND failed: {status}")
+            matches += identifier is not None
+        return time.perf_counter() - started, matches
+
+    def close(self) -> None:
+        self.assoc.release()
+
+
+def _nodelay(event: Any) -> None:
+    set_nodelay(event.assoc.dul.socket.socket)
+
+
+def measure(client: FindClient, repeat: int) -> dict[str, tuple[float, int]]:
+    out = {}
+    for name, keys in QUERIES.items():
+        client.find(keys)  # warm
+        runs = [client.find(keys) for _ in range(repeat)]
+        out[name] = (statistics.median(t for t, _ in runs), runs[0][1])
+    return out
+
+
+def _append(lk: lake.Lake, rows: Iterable[dict[str, Any]], batch: int = 20_000) -> None:
+    iterator = iter(rows)
+    while chunk := list(itertools.islice(iterator, batch)):
+        lk.tables.append(INSTANCES, chunk)
+
+
+def _tiny_instance(row: dict[str, Any]) -> bytes:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = row["SOPClassUID"]
+    ds.file_meta.MediaStorageSOPInstanceUID = row["SOPInstanceUID"]
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                    "PatientID", "Modality", "StudyDescription"):
+        setattr(ds, keyword, row[keyword])
+    ds.PatientName = f"ANON^{row['PatientID'][1:]}"
+    ds.StudyDate = row["StudyDate"].strftime("%Y%m%d")
+    ds.StudyTime = row["StudyTime"].replace(":", "")
+    ds.SeriesNumber = row["SeriesNumber"]
+    ds.InstanceNumber = row["InstanceNumber"]
+    ds.Rows = ds.Columns = 8
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = bytes(128)
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def load_orthanc(pacs: Orthanc, n: int) -> float:
+    """Upload ``n`` synthetic instances through REST (4 concurrent requests); returns /s."""
+    started = time.perf_counter()
+
+    def post(row: dict[str, Any]) -> None:
+        pacs.post("/instances", _tiny_instance(row))
+
+    with ThreadPoolExecutor(4) as pool:
+        for _ in pool.map(post, synthetic_rows(n)):
+            pass
+    return n / (time.perf_counter() - started)
+
+
+def _report(name: str, results: dict[str, tuple[float, int]]) -> None:
+    cells = "".join(f"{t * 1000:>10.1f}ms ({m:>3})" for t, m in results.values())
+    print(f"{name:<34}{cells}")
+
+
+def bench_find(lake_n: int, orthanc_n: int, repeat: int, use_orthanc: bool, work: Path) -> None:
+    print(f"\n== C-FIND at STUDY level: median of {repeat} (matches in brackets) ==")
+    header = "".join(f"{name:>18}" for name in QUERIES)
+    print(f"{'server (instances)':<34}{header}")
+    sizes = sorted({orthanc_n, lake_n}) if use_orthanc else [lake_n]
+    results: dict[str, dict[str, tuple[float, int]]] = {}
+    if use_orthanc:
+        for access in ("Always", "Never"):
+            folder = work / f"orthanc-find-{access}"
+            pacs = Orthanc(folder, modalities={"BENCH": ("127.0.0.1", 1)},
+                           storage_access_on_find=access)
+            with pacs:
+                rate = load_orthanc(pacs, orthanc_n)
+                print(f"(Orthanc REST load: {orthanc_n:,} instances at {rate:,.0f}/s)")
+                client = FindClient(pacs.dicom_port, "ORTHANC")
+                try:
+                    key = f"Orthanc {orthanc_n:,} (StorageAccessOnFind={access})"
+                    results[key] = measure(client, repeat)
+                    _report(key, results[key])
+                finally:
+                    client.close()
+            shutil.rmtree(folder, ignore_errors=True)
+    root = work / "lake-find"
+    lk = lake.init(root / "lake", vault=root / "vault")
+    loaded = 0
+    for size in sizes:
+        started = time.perf_counter()
+        _append(lk, synthetic_rows(size - loaded, start=loaded))
+        load_s = time.perf_counter() - started
+        loaded = size
+        server = DicomServer(lk, lk.secret(root / "vault"), ServerConfig(port=0))
+        server.start()
+        try:
+            client = FindClient(server.port, "LAKE")
+            try:
+                first, _ = client.find(QUERIES["PatientID exact"])
+                key = f"lake {size:,}"
+                results[key] = measure(client, repeat)
+                _report(key, results[key])
+                print(f"{'':<4}(rows written in {load_s:.1f} s; first query, building the "
+                      f"index, {first * 1000:.0f} ms)")
+            finally:
+                client.close()
+        finally:
+            server.stop()
+    if use_orthanc:
+        for name, res in results.items():
+            if not name.startswith("lake"):
+                continue
+            for other, ores in results.items():
+                if other.startswith("Orthanc"):
+                    ratios = "".join(f"{ores[q][0] / res[q][0]:>17.1f}x" for q in QUERIES)
+                    print(f"speed-up {name} vs {other.split(' (')[1][:-1]}:{ratios}")
+        for name, res in results.items():
+            counts = [m for _, m in res.values()]
+            print(f"matches {name:<40}{counts}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=520)
+    parser.add_argument("--lake-instances", type=int, default=100_000)
+    parser.add_argument("--orthanc-instances", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=25)
+    parser.add_argument("--no-orthanc", action="store_true")
+    parser.add_argument("--skip-receive", action="store_true")
+    parser.add_argument("--skip-find", action="store_true")
+    args = parser.parse_args(argv)
+    use_orthanc = not args.no_orthanc and shutil.which("Orthanc") is not None
+    if not use_orthanc:
+        print("Orthanc is not installed (or --no-orthanc): lake figures only")
+    if shutil.which("storescu") is None:
+        raise SystemExit("dcmtk's storescu is needed: apt-get install dcmtk")
+    work = Path(tempfile.mkdtemp(prefix="bench-net-"))
+    try:
+        if not args.skip_receive:
+            bench_receive(args.files, use_orthanc, work)
+        if not args.skip_find:
+            bench_find(args.lake_instances, args.orthanc_instances, args.repeat, use_orthanc,
+                       work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
+
