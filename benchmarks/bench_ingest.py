@@ -57,6 +57,7 @@ class PeakRSS:
     def __init__(self, pid: int) -> None:
         self.proc = psutil.Process(pid)
         self.peak = 0
+        self.peaks: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -64,7 +65,10 @@ class PeakRSS:
         while not self._stop.is_set():
             try:
                 procs = [self.proc, *self.proc.children(recursive=True)]
-                rss = sum(p.memory_info().rss for p in procs if p.is_running())
+                sizes = {p.pid: p.memory_info().rss for p in procs if p.is_running()}
+                rss = sum(sizes.values())
+                for pid, size in sizes.items():
+                    self.peaks[pid] = max(self.peaks.get(pid, 0), size)
             except psutil.Error:
                 rss = 0
             self.peak = max(self.peak, rss)
@@ -79,8 +83,8 @@ class PeakRSS:
         self._thread.join()
 
 
-def lake_ingest(corpus: Path, work: Path) -> tuple[float, int]:
-    """`lake ingest` as a user runs it; returns (seconds, peak RSS bytes of its process tree)."""
+def lake_ingest(corpus: Path, work: Path) -> tuple[float, int, list[int]]:
+    """`lake ingest` as a user runs it: (seconds, peak RSS of its process tree, peak per process)."""
     lake_bin = str(Path(sys.executable).with_name("lake"))
     env = dict(os.environ, LAKE_ROOT=str(work / "lake"), LAKE_VAULT=str(work / "vault"))
     subprocess.run([lake_bin, "init"], env=env, check=True, capture_output=True)
@@ -96,7 +100,7 @@ def lake_ingest(corpus: Path, work: Path) -> tuple[float, int]:
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"lake ingest failed ({proc.returncode}): {err.decode()[-2000:]}")
-    return elapsed, rss.peak
+    return elapsed, rss.peak, sorted(rss.peaks.values(), reverse=True)
 
 
 def _free_port() -> int:
@@ -164,7 +168,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         t_floor = floor(paths, work / "floor")
-        t_lake, rss_small = lake_ingest(corpus_dir, work / "small")
+        t_lake, rss_small, procs_small = lake_ingest(corpus_dir, work / "small")
         t_orthanc = None if args.no_orthanc else orthanc_import(paths, work / "orthanc")
 
     n = len(paths)
@@ -182,17 +186,27 @@ def main() -> None:
         print(f"ratio lake/Orthanc: {t_orthanc / t_lake:.2f}  (goal > 1)")
     else:
         print("Orthanc REST import: skipped (Orthanc not installed or --no-orthanc)")
-    print(f"peak RSS, {n} files: {rss_small / 1e6:.0f} MB")
+    print(
+        f"peak RSS, {n} files: {rss_small / 1e6:.0f} MB (per process: "
+        f"{', '.join(f'{p / 1e6:.0f}' for p in procs_small)} MB)"
+    )
 
     if args.large:
         large_dir = CACHE / f"corpus-{args.large}"
         large = make_corpus(large_dir, args.large)
         with tempfile.TemporaryDirectory() as tmp:
-            t_large, rss_large = lake_ingest(large_dir, Path(tmp))
-        print(f"lake ingest, {len(large)} files: {len(large) / t_large:8.1f} files/s")
+            t_large, rss_large, procs_large = lake_ingest(large_dir, Path(tmp))
+        rate = len(large) / t_large
         print(
-            f"peak RSS, {len(large)} files: {rss_large / 1e6:.0f} MB "
-            f"(ratio to {n} files: {rss_large / rss_small:.2f}; bounded memory means ~1)"
+            f"lake ingest, {len(large)} files: {rate:8.1f} files/s; ratio to the floor "
+            f"{rate / (n / t_floor):.2f} (start-up amortised)"
+        )
+        if t_orthanc is not None:
+            print(f"ratio to Orthanc's import rate: {rate / (n / t_orthanc):.2f}")
+        per_process = ", ".join(f"{p / 1e6:.0f}" for p in procs_large)
+        print(
+            f"peak RSS, {len(large)} files: {rss_large / 1e6:.0f} MB (per process: {per_process} MB;"
+            f" ratio to {n} files: {rss_large / rss_small:.2f}; bounded memory means ~1)"
         )
 
 
