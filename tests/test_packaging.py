@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -42,9 +43,9 @@ def test_wheel_install_finds_builtin_profiles(tmp_path: Path) -> None:
         timeout=300,
     )
     script = (
-        "import lake, lake.deid as d, lake.catalog._query as q;"
+        "import json, lake, lake.deid as d, lake.catalog._query as q;"
         "print(lake.__file__);"
-        "print(sorted(d.list_profiles()));"
+        "print(json.dumps(sorted(d.list_profiles())));"
         "print(d.load_profile('research').name);"
         "print(len(q._view_statements()))"
     )
@@ -60,6 +61,6 @@ def test_wheel_install_finds_builtin_profiles(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     where, profiles, research, views = proc.stdout.splitlines()
     assert where.startswith(str(target)), "the installed copy, not the source tree, was imported"
-    assert {"basic", "research", "teaching"} <= set(eval(profiles))  # noqa: S307 - our own output
+    assert {"basic", "research", "teaching"} <= set(json.loads(profiles))
     assert research == "research"
     assert int(views) == 3
