@@ -104,6 +104,32 @@ def test_crash_loses_nothing_acknowledged(
     assert _spool_files(lake_root) == []
 
 
+def test_settings_come_from_lake_json(
+    lk: lake.Lake, lake_root: Path, vault_dir: Path
+) -> None:
+    require("echoscu")
+    port = free_port()
+    config = json.loads((lake_root / "lake.json").read_text())
+    config["dicom"] = {"aet": "JSONLAKE", "port": port, "allow": ["FRIEND"]}
+    (lake_root / "lake.json").write_text(json.dumps(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
+    proc = subprocess.Popen(
+        [LAKE, "serve", "dicom", "--lake", str(lake_root), "--vault", str(vault_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        wait_port(port)
+        ok = dcmtk("echoscu", "-aet", "FRIEND", "-aec", "JSONLAKE", "127.0.0.1", str(port))
+        assert ok.returncode == 0, ok.stderr
+        stranger = dcmtk("echoscu", "-aet", "STRANGER", "-aec", "JSONLAKE", "127.0.0.1", str(port))
+        assert stranger.returncode != 0
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "JSONLAKE listening" in stderr
+
+
 def test_options_are_documented() -> None:
     result = subprocess.run([LAKE, "serve", "dicom", "--help"], capture_output=True, text=True,
                             check=True, env={**os.environ, "COLUMNS": "200"})

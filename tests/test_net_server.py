@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +13,19 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, RLELossless
+from pynetdicom import AE, build_context
 
 import lake
 from lake.catalog import INSTANCES
-from lake.net import DicomServer, ServerConfig, parse_destination
-from tests.net_peers import dcmtk, free_port, require, synthetic_rows, wait_port
+from lake.net import DicomServer, ServerConfig, TLSConfig, parse_destination
+from tests.net_peers import (
+    dcmtk,
+    free_port,
+    make_certificates,
+    require,
+    synthetic_rows,
+    wait_port,
+)
 from tests.series import write_ct_series
 
 pytestmark = pytest.mark.network
@@ -362,6 +371,15 @@ def test_get_study_series_image(stored: DicomServer, lk: lake.Lake, tmp_path: Pa
                 "SELECT SeriesInstanceUID, count(*) FROM instances GROUP BY 1"
             ).fetchall())
             assert len(files) == counts[series]
+    # Patient Root, PATIENT level: both studies of the patient would come; here one study
+    pid = dict(lk.sql("SELECT StudyInstanceUID, any_value(PatientID) FROM instances GROUP BY 1")
+               .fetchall())[big]
+    out = tmp_path / "get-PATIENT"
+    out.mkdir()
+    result = dcmtk("getscu", "-P", "-aec", "LAKE", "-od", out, "-k", "QueryRetrieveLevel=PATIENT",
+                   "-k", f"PatientID={pid}", "127.0.0.1", _port(stored))
+    assert result.returncode == 0, result.stderr
+    assert len(list(out.iterdir())) == 11
     # what was served is the stored instance: header plus the very pixel blob
     got = dcmread(next((tmp_path / "get-IMAGE").iterdir()))
     hashes = dict(lk.sql("SELECT SOPInstanceUID, pixel_hash FROM instances").fetchall())
@@ -452,6 +470,40 @@ def test_allow_list(lk: lake.Lake, vault_dir: Path) -> None:
         bad = dcmtk("echoscu", "-aet", "INTRUDER", "-aec", "LAKE", "127.0.0.1", str(srv.port))
         assert bad.returncode != 0
         assert "Calling AE Title Not Recognized" in bad.stderr
+
+
+def test_tls(lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> None:
+    require("echoscu")
+    certs = make_certificates(tmp_path / "tls")
+    tls = TLSConfig(certs.server_cert, certs.server_key)
+    with DicomServer(lk, lk.secret(vault_dir), ServerConfig(port=0, tls=tls)) as srv:
+        port = str(srv.port)
+        plain = dcmtk("echoscu", "-aec", "LAKE", "127.0.0.1", port)
+        assert plain.returncode != 0  # no TLS: refused
+        secure = dcmtk("echoscu", "+tla", "+cf", certs.ca, "-aec", "LAKE", "127.0.0.1", port)
+        assert secure.returncode == 0, secure.stderr
+    mutual = TLSConfig(certs.server_cert, certs.server_key, certs.ca)
+    with DicomServer(lk, lk.secret(vault_dir), ServerConfig(port=0, tls=mutual)) as srv:
+        port = str(srv.port)
+        anonymous = dcmtk("echoscu", "+tla", "+cf", certs.ca, "-aec", "LAKE", "127.0.0.1", port)
+        assert anonymous.returncode != 0  # a client certificate is required
+        signed = dcmtk("echoscu", "+tls", certs.client_key, certs.client_cert, "+cf", certs.ca,
+                       "-aec", "LAKE", "127.0.0.1", port)
+        assert signed.returncode == 0, signed.stderr
+
+
+def test_accepted_sockets_have_nodelay(server: DicomServer) -> None:
+    ae = AE(ae_title="PROBE")
+    assoc = ae.associate("127.0.0.1", server.port, [build_context("1.2.840.10008.1.1")],
+                         ae_title="LAKE")
+    try:
+        assert assoc.is_established
+        assert server._server is not None
+        (accepted,) = server._server.active_associations
+        sock = accepted.dul.socket.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        assoc.release()
 
 
 def test_settings_from_lake_json(lk: lake.Lake) -> None:
