@@ -171,9 +171,12 @@ def dicom(
                 highlight=False,
                 soft_wrap=True,
             )
+            shown: str | None = None
             while not stop.wait(1.0):
-                if server.committer.last_error:
-                    err.print(server.committer.last_error)
+                problem = server.committer.last_error
+                if problem != shown and problem is not None:
+                    err.print(problem)  # once per distinct problem, not every second
+                shown = problem
             err.print("stopping: finishing open associations and committing")
             report = server.stop()
         finally:

@@ -117,6 +117,9 @@ _LEVEL_ATTRS = {level: _attrs(level) for level in Level}
 
 _IMAGE_EXTRA = ("pixel_hash", "pixel_vr", "size_bytes")
 
+SERVER_FILLED = frozenset({"RetrieveAETitle", "InstanceAvailability"})
+"""Return keys the server fills in itself (not from the catalog or a header)."""
+
 
 def _q(name: str) -> str:
     return '"' + name + '"'
@@ -325,7 +328,10 @@ class Snapshot:
             params,
         )
         records = [dict(zip(names, row, strict=True)) for row in rows]
-        need_header = [k for k in keys if k.keyword not in attrs]
+        need_header = [
+            k for k in keys
+            if k.keyword not in attrs and k.keyword not in SERVER_FILLED and k.vr != "SQ"
+        ]
         headers: dict[str, dict[str, Any]] = {}
         if need_header and records:
             raw = self.headers([r["_rep"] for r in records])

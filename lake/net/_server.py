@@ -341,19 +341,18 @@ class DicomServer:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        remaining = list(server.active_associations)
-        for assoc in remaining:
-            assoc.join(timeout=grace)
+        deadline = time.monotonic() + grace
+        for assoc in list(server.active_associations):
+            assoc.join(timeout=max(0.0, deadline - time.monotonic()))
         for assoc in server.active_associations:
             self.report.aborted_associations += 1
             assoc.abort()
         self.receiver.close()
-        batches = self.committer.stop()
+        self.committer.stop()
         self._cache.close()
-        all_batches = self.committer.batches
-        self.report.committed_batches = len(all_batches)
-        self.report.committed_instances = sum(b.ingested for b in all_batches)
-        del batches
+        batches = self.committer.batches
+        self.report.committed_batches = len(batches)
+        self.report.committed_instances = sum(b.ingested for b in batches)
         return self.report
 
     def __enter__(self) -> DicomServer:
