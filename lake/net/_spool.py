@@ -170,7 +170,7 @@ class Spool:
             If an entry cannot be decoded (the file is kept for inspection).
         """
         out: list[SpoolEntry] = []
-        for path in sorted(self.fs.ls(self.dir, detail=False)):
+        for path in self._listing():
             name = str(path).rsplit("/", 1)[-1]
             if name.startswith(_TMP):
                 self.fs.rm_file(f"{self.dir}/{name}")
@@ -193,10 +193,14 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm_file(f"{self.dir}/{entry.name}")
 
+    def _listing(self) -> list[str]:
+        try:  # object stores have no empty folders: nothing spooled yet
+            return sorted(str(p) for p in self.fs.ls(self.dir, detail=False))
+        except FileNotFoundError:
+            return []
+
     def __len__(self) -> int:
-        return sum(
-            1 for p in self.fs.ls(self.dir, detail=False) if str(p).endswith(_SUFFIX)
-        )
+        return sum(1 for p in self._listing() if p.endswith(_SUFFIX))
 
 
 def _durable_write(folder: str, name: str, data: bytes) -> None:
