@@ -61,10 +61,11 @@ class VerifyReport:
     corrupt: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    duplicate_instances: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.corrupt and not self.missing
+        return not self.corrupt and not self.missing and not self.duplicate_instances
 
 
 class Lake:
@@ -232,12 +233,20 @@ class Lake:
         -------
         VerifyReport
             ``corrupt`` blobs (content does not match the key), ``missing`` blobs
-            (referenced by rows, absent), ``orphans`` (stored, referenced by no row:
-            left by an interrupted ingest; harmless).
+            (referenced by rows, absent), ``duplicate_instances`` (a SOPInstanceUID in
+            more than one row), ``orphans`` (stored, referenced by no row: left by an
+            interrupted ingest; harmless).
         """
         report = VerifyReport()
-        hashes = self.tables.dataset("instances").to_table(columns=["pixel_hash"]).column(0)
-        referenced = [h for h in hashes.to_pylist() if h is not None]
+        columns = self.tables.dataset("instances").to_table(
+            columns=["pixel_hash", "SOPInstanceUID"]
+        )
+        referenced = [h for h in columns.column("pixel_hash").to_pylist() if h is not None]
+        seen: set[str] = set()
+        for uid in columns.column("SOPInstanceUID").to_pylist():
+            if uid in seen:
+                report.duplicate_instances.append(uid)
+            seen.add(uid)
         report.rows_checked = len(referenced)
         wanted = set(referenced)
         present: set[str] = set()

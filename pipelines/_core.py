@@ -274,9 +274,12 @@ def verify(lake_root: LakeOption = None) -> None:
         err.print(f"corrupt blob: {key}")
     for key in report.missing:
         err.print(f"missing blob: {key}")
+    for uid in report.duplicate_instances:
+        err.print(f"instance in more than one row: {uid}")
     out.print(
         f"checked {report.blobs_checked:,} blobs and {report.rows_checked:,} rows: "
         f"{len(report.corrupt)} corrupt, {len(report.missing)} missing, "
+        f"{len(report.duplicate_instances)} duplicate instances, "
         f"{len(report.orphans)} unreferenced (harmless)"
     )
     if not report.ok:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from deltalake import DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from lake._errors import CatalogError
@@ -19,6 +20,7 @@ from lake.store import Location
 __all__ = ["DeltaTables"]
 
 _RETRIES = 20
+_MARKER = "imaging-lake.commit"
 
 # Cohorts promise byte-identical exports years later: every catalog version must stay
 # readable. delta-rs would otherwise drop log entries older than 30 days at checkpoints.
@@ -129,12 +131,32 @@ class DeltaTables:
         )
         return int(self.open(table.name).version())
 
-    def insert_new(self, table: Table, rows: Sequence[dict[str, Any]], key: str) -> tuple[int, int]:
-        """Insert the rows whose ``key`` is not in ``table`` yet, in one commit.
+    def _keys(self, name: str, key: str, version: int) -> pa.ChunkedArray:
+        """The ``key`` column of table ``name`` at ``version`` (one column, read in full)."""
+        return self.dataset(name, version).to_table(columns=[key]).column(key).cast(pa.string())
 
-        Rows are de-duplicated within ``rows`` too. The insert is a Delta MERGE, so
-        two writers racing to add the same key cannot both succeed; a conflicting
-        commit is retried.
+    def _version_of(self, name: str, marker: str, since: int) -> int:
+        """The version whose commit carries ``marker`` in its commit info."""
+        latest = self.open(name)
+        for entry in latest.history(int(latest.version()) - since + 1):
+            if entry.get(_MARKER) == marker:
+                return int(entry["version"])
+        raise CatalogError(
+            f"the commit to {name!r} cannot be found in its history; run 'lake verify'"
+        )
+
+    def insert_new(
+        self, table: Table, rows: Sequence[dict[str, Any]], key: str, owner: str
+    ) -> tuple[int, int]:
+        """Append the rows whose ``key`` is not in ``table`` yet, in one commit.
+
+        Rows are de-duplicated within ``rows`` too. Memory stays bounded by the batch:
+        only the key column of the table is read, never its other columns (a Delta
+        MERGE would load the whole table). Writers racing to add the same key are
+        resolved after the append: the commit that comes later in the table's history
+        removes its own copies (its rows are told apart by the ``owner`` column, which
+        must hold one value per call, e.g. the batch id). Each writer judges only
+        against the commits before its own, so exactly one copy survives.
 
         Returns
         -------
@@ -146,32 +168,45 @@ class DeltaTables:
             unique.setdefault(row[key], row)
         if not unique:
             return 0, int(self.open(table.name).version())
+        owners = {row[owner] for row in unique.values()}
+        if len(owners) != 1:
+            raise CatalogError(f"insert_new needs one {owner} value per call, got {len(owners)}")
         data = pa.Table.from_pylist(list(unique.values()), schema=table.schema)
+        read = int(self.open(table.name).version())
+        existing = self._keys(table.name, key, read)
+        if len(existing):
+            data = data.filter(pc.invert(pc.is_in(data.column(key), value_set=existing)))
+        if data.num_rows == 0:
+            return 0, read
+        marker = uuid.uuid4().hex
+        write_deltalake(
+            self.uri(table.name),
+            data,
+            mode="append",
+            commit_properties=CommitProperties(custom_metadata={_MARKER: marker}),
+            storage_options=self.storage_options,
+        )
+        mine = self._version_of(table.name, marker, read)
+        inserted = data.num_rows
+        if mine - 1 > read:  # others committed between our read and our commit
+            earlier = self._keys(table.name, key, mine - 1)
+            clash = pc.is_in(data.column(key), value_set=earlier)
+            if pc.any(clash).as_py():
+                ours = data.filter(clash).column(key).to_pylist()
+                self._delete_own(table, key, ours, owner, str(next(iter(owners))))
+                inserted -= len(ours)
+        return inserted, int(self.open(table.name).version())
+
+    def _delete_own(self, table: Table, key: str, keys: list[str], owner: str, mine: str) -> None:
+        listed = ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
+        predicate = f"{owner} = '{mine.replace(chr(39), chr(39) * 2)}' AND {key} IN ({listed})"
         for attempt in range(_RETRIES):
-            dt = self.open(table.name)
-            # Pre-filter on one column read in full (pyarrow has no is_in kernel for the files'
-            # string_view type); the MERGE below is what guarantees uniqueness.
-            existing = self.dataset(table.name, dt.version()).to_table(columns=[key]).column(key)
-            if len(existing):
-                existing = existing.cast(data.schema.field(key).type)
-                data = data.filter(pc.invert(pc.is_in(data.column(key), value_set=existing)))
-            if data.num_rows == 0:
-                return 0, int(dt.version())
             try:
-                metrics = (
-                    dt.merge(
-                        data, predicate=f"t.{key} = s.{key}", source_alias="s", target_alias="t"
-                    )
-                    .when_not_matched_insert_all()
-                    .execute()
-                )
+                self.open(table.name).delete(predicate)
+                return
             except CommitFailedError:
                 time.sleep(0.05 * (attempt + 1))
-                continue
-            return int(metrics.get("num_target_rows_inserted", data.num_rows)), int(
-                self.open(table.name).version()
-            )
         raise CatalogError(
-            f"could not commit to {table.name!r} after {_RETRIES} attempts (too many concurrent "
-            "writers); re-run the command, it resumes without duplicates"
+            f"could not remove duplicate rows from {table.name!r} after {_RETRIES} attempts; "
+            "run 'lake verify' and re-run the command"
         )

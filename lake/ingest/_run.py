@@ -152,7 +152,9 @@ class Ingestor:
                 batch.reasons[record["reason"]] += 1
         tables = self.lake.tables
         flush(self.lake.location)  # blobs of this batch reach the disk before rows name them
-        inserted, version = tables.insert_new(INSTANCES, rows, key="SOPInstanceUID")
+        inserted, version = tables.insert_new(
+            INSTANCES, rows, key="SOPInstanceUID", owner="batch_id"
+        )
         batch.ingested = inserted
         batch.duplicates = len(rows) - inserted
         batch.quarantined = len(rejected)
