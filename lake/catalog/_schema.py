@@ -17,6 +17,7 @@ __all__ = [
     "COHORTS",
     "DICOM_COLUMNS",
     "INSTANCES",
+    "PULLS",
     "QUARANTINE",
     "TABLES",
     "Column",
@@ -238,4 +239,20 @@ COHORTS = Table(
 )
 
 
-TABLES: tuple[Table, ...] = (INSTANCES, BATCHES, QUARANTINE, COHORTS)
+PULLS = Table(
+    "pulls",
+    "One row per remote instance retrieved by 'lake pull' (the resume ledger).",
+    (
+        _c(
+            "remote_key",
+            pa.string(),
+            "HMAC-SHA256 (vault key 'net-pull') of the remote SOP Instance UID; never the UID.",
+        ),
+        _c("peer", pa.string(), "AE title of the PACS it was pulled from."),
+        _c("outcome", pa.string(), "stored (in the catalog) or quarantined (refused)."),
+        _c("batch_id", pa.string(), "The ingest batch that committed it."),
+        _c("pulled_at", pa.timestamp("us", tz="UTC"), "When it was committed."),
+    ),
+)
+
+TABLES: tuple[Table, ...] = (INSTANCES, BATCHES, QUARANTINE, COHORTS, PULLS)

@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import duckdb
-import pyarrow as pa
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
 from lake._errors import NetError
-from lake.catalog import Column, Table
+from lake.catalog import PULLS
 from lake.ingest import Accepted, BatchResult, Ingestor
 from lake.net._config import LOOPBACK, Peer, parse_ae_title
 from lake.net._match import Level, identifier_from_filters
@@ -44,19 +43,6 @@ if TYPE_CHECKING:
     from lake._lake import Lake
 
 __all__ = ["PULLS", "PullSummary", "RemoteStudy", "find_studies", "pull_studies"]
-
-PULLS = Table(
-    "pulls",
-    "One row per remote instance retrieved by 'lake pull' (the resume ledger).",
-    (
-        Column("remote_key", pa.string(),
-               "HMAC-SHA256 (vault key 'net-pull') of the remote SOP Instance UID; never the UID."),
-        Column("peer", pa.string(), "AE title of the PACS it was pulled from."),
-        Column("outcome", pa.string(), "stored (in the catalog) or quarantined (refused)."),
-        Column("batch_id", pa.string(), "The ingest batch that committed it."),
-        Column("pulled_at", pa.timestamp("us", tz="UTC"), "When it was committed."),
-    ),
-)
 
 # Display keys asked for at STUDY level (identified: terminal only).
 STUDY_KEYS = (
