@@ -121,6 +121,8 @@ def _bad_inputs(folder: Path) -> dict[str, str]:
     (folder / "garbage.dcm").write_bytes(bytes(range(256)) * 40)
     (folder / "truncated.dcm").write_bytes(data[: len(data) - 5000])
     (folder / "header_only.dcm").write_bytes(data[:1200])
+    j2k = Path(get_testdata_file("MR_small_jp2klossless.dcm")).read_bytes()  # type: ignore[arg-type]
+    (folder / "truncated_j2k.dcm").write_bytes(j2k[: len(j2k) - 100])
     shutil.copy(get_testdata_file("DICOMDIR"), folder / "DICOMDIR")
     return {
         "empty.dcm": "empty",
@@ -128,6 +130,7 @@ def _bad_inputs(folder: Path) -> dict[str, str]:
         "garbage.dcm": "not_dicom",
         "truncated.dcm": "truncated",
         "header_only.dcm": "truncated",
+        "truncated_j2k.dcm": "truncated",
         "DICOMDIR": "dicomdir",
     }
 

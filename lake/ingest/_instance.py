@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom import config, dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -32,6 +33,7 @@ _DICOMDIR = "1.2.840.10008.1.3.10"
 _PIXEL_DATA = 0x7FE00010
 _HEADER_BULK_URI = "urn:imaging-lake:header_dicom"
 _UNDEFINED = 0xFFFFFFFF
+_DELIMITERS = (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\xdd\x00\x00\x00\x00")
 
 
 @dataclass(frozen=True)
@@ -74,34 +76,33 @@ class _InputError(Exception):
 def _parse(data: bytes) -> Dataset:
     if not data:
         raise _InputError("empty", "the file is empty")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    try:
+        ds = dcmread(io.BytesIO(data))
+    except InvalidDicomError:
         try:
-            ds = dcmread(io.BytesIO(data))
-        except InvalidDicomError:
-            try:
-                ds = dcmread(io.BytesIO(data), force=True)
-            except Exception as exc:  # noqa: BLE001 - any parser failure means "not DICOM"
-                raise _InputError("not_dicom", f"not a DICOM file ({type(exc).__name__})") from None
-            if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
-                reason = "not a DICOM file (no preamble and no SOP identity)"
-                raise _InputError("not_dicom", reason) from None
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt input
-            reason = f"the DICOM parser failed ({type(exc).__name__})"
-            raise _InputError("unreadable", reason) from None
-        try:
-            ds.PixelData  # noqa: B018 - force the raw pixel element to be read now
-        except AttributeError:
-            pass
-        except Exception as exc:  # noqa: BLE001
-            raise _InputError(
-                "truncated", f"pixel data cannot be read ({type(exc).__name__})"
-            ) from None
-    if any(
-        "End of file" in str(w.message) or "truncated" in str(w.message).lower() for w in caught
-    ):
-        raise _InputError("truncated", "the file ends before its last element is complete")
+            ds = dcmread(io.BytesIO(data), force=True)
+        except Exception as exc:  # noqa: BLE001 - any parser failure means "not DICOM"
+            raise _InputError("not_dicom", f"not a DICOM file ({type(exc).__name__})") from None
+        if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
+            reason = "not a DICOM file (no preamble and no SOP identity)"
+            raise _InputError("not_dicom", reason) from None
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt input
+        reason = f"the DICOM parser failed ({type(exc).__name__})"
+        raise _InputError("unreadable", reason) from None
+    _check_encapsulated_end(ds, data)
     return ds
+
+
+def _check_encapsulated_end(ds: Dataset, data: bytes) -> None:
+    """Encapsulated pixel data must end with its sequence delimiter; a truncated file does not."""
+    elem = ds.get_item(_PIXEL_DATA) if _PIXEL_DATA in ds else None
+    if not isinstance(elem, RawDataElement) or elem.length != _UNDEFINED:
+        return
+    if not isinstance(elem.value, bytes):
+        return
+    end = elem.value_tell + len(elem.value)
+    if data[end : end + 8] not in _DELIMITERS:
+        raise _InputError("truncated", "the file ends before its pixel data is complete")
 
 
 def _check(ds: Dataset) -> None:
@@ -197,12 +198,13 @@ def process_bytes(data: bytes, ctx: IngestContext) -> Outcome:
     -------
     Accepted or Rejected
     """
-    # Warnings from the DICOM parser quote original values: they must never reach a log.
+    # Warnings from the DICOM parser quote original values: they must never reach a log. A
+    # process-wide filter (idempotent: warnings drops the duplicate) rather than
+    # warnings.catch_warnings, which is not thread-safe.
     config.settings.reading_validation_mode = config.IGNORE
     config.settings.writing_validation_mode = config.IGNORE
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _process(data, ctx)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    return _process(data, ctx)
 
 
 def _process(data: bytes, ctx: IngestContext) -> Outcome:
