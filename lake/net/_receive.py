@@ -84,11 +84,7 @@ class Receiver:
         self.committer = committer
         self.max_instance_bytes = max_instance_bytes
         self.stats = ReceiveStats()
-        # Ingest's per-instance code swaps the process-wide warning filters to keep
-        # parser warnings (which quote original values) out of logs; that swap is not
-        # thread-safe, so instances are processed one at a time. Network and disk I/O
-        # of the associations still overlap.
-        self._process_lock = threading.Lock()
+        # Ingestor.process is thread-safe: associations process their instances concurrently.
         self._stats_lock = threading.Lock()
         self._accepting = True
         self._active = 0
@@ -132,8 +128,7 @@ class Receiver:
             self._count(too_large=1)
             return _status(StoreStatus.OUT_OF_RESOURCES, "instance larger than the lake accepts")
         data = event.encoded_dataset(include_meta=True)
-        with self._process_lock:
-            outcome = self.ingestor.process(data)
+        outcome = self.ingestor.process(data)
         del data
         try:
             self.committer.submit(outcome, tag)
