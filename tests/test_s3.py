@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,12 +38,16 @@ def s3_endpoint() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(100):
+    deadline = time.monotonic() + 90  # the first start on a fresh machine imports a lot
+    while True:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            urllib.request.urlopen(endpoint, timeout=2).read()  # moto answers GET / when ready
             break
         except OSError:
-            time.sleep(0.1)
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("moto_server did not start on loopback")
+            time.sleep(0.2)
     yield endpoint
     proc.terminate()
     proc.wait(timeout=10)
