@@ -291,3 +291,13 @@ def test_racing_writers_keep_exactly_one_copy(
     rows = sorted(lk.sql("SELECT SOPInstanceUID, batch_id FROM instances").fetchall())
     assert rows == [(u, "B") for u in uids[:3]] + [(u, "A") for u in uids[3:]]
     assert lk.verify().duplicate_instances == []
+
+
+def test_a_lake_from_an_older_release_still_queries(lk: lake.Lake, lake_root: Path) -> None:
+    """A table added in a later release (here: pulls) reads as empty until 'lake init' adds it."""
+    shutil.rmtree(lake_root / "tables" / "pulls")
+    old = lake.open(lake_root)
+    assert old.sql("SELECT count(*) FROM pulls").fetchall() == [(0,)]
+    assert old.sql("SELECT count(*) FROM instances").fetchall() == [(0,)]
+    lake.init(lake_root, vault=lake_root.parent / "vault")
+    assert (lake_root / "tables" / "pulls" / "_delta_log").is_dir()

@@ -46,10 +46,17 @@ class Catalog:
         self.con = duckdb.connect()
         self.versions: dict[str, int] = {}
         for table in TABLES:
-            version = as_of if table.name == "instances" else None
-            delta = tables.open(table.name, version)
-            self.versions[table.name] = int(delta.version())
-            self.con.register(f"{table.name}_delta", tables.dataset(table.name, delta.version()))
+            if table.name != INSTANCES.name and not tables.exists(table.name):
+                # A lake made by an older release lacks a newer table: it reads as empty
+                # (the next 'lake init' or write creates it).
+                self.con.register(f"{table.name}_delta", table.schema.empty_table())
+            else:
+                version = as_of if table.name == INSTANCES.name else None
+                delta = tables.open(table.name, version)
+                self.versions[table.name] = int(delta.version())
+                self.con.register(
+                    f"{table.name}_delta", tables.dataset(table.name, delta.version())
+                )
             self.con.execute(
                 f"CREATE OR REPLACE TEMP VIEW {table.name} AS SELECT {_select_list(table.name)} "
                 f"FROM {table.name}_delta"
