@@ -65,6 +65,11 @@ def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    # fsspec caches filesystem instances by their arguments, not the environment: an S3
+    # filesystem made for another test module's server would point at a dead endpoint.
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
     import boto3
 
     bucket = f"lake-{os.getpid()}-{time.monotonic_ns()}"
