@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 
 from lake._config import LakeConfig
-from lake._errors import BlobNotFoundError, IntegrityError, LakeNotFoundError
+from lake._errors import BlobNotFoundError, IntegrityError, LakeNotFoundError, VaultError
 from lake.catalog import Catalog, DeltaTables
 from lake.store import BlobStore, Location, resolve
 from lake.vault import Secret, Vault
@@ -293,8 +293,6 @@ def init(
         location.is_local
         and os.path.commonpath([str(the_vault.path), location.path]) == location.path
     ):
-        from lake._errors import VaultError
-
         raise VaultError(
             "the vault must be outside the lake; choose a folder not below the lake root"
         )

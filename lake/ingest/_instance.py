@@ -163,9 +163,7 @@ def _ensure_meta(ds: Dataset) -> None:
     syntax = _transfer_syntax(ds)
     if not isinstance(getattr(ds, "file_meta", None), FileMetaDataset):
         ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = syntax
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = syntax  # MediaStorage* are set by encode_part10
 
 
 def _bulk_uri(_elem: Any) -> str:

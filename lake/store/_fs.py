@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import fsspec
@@ -29,15 +30,19 @@ class Location:
     url: str
     storage_options: tuple[tuple[str, Any], ...] = ()
 
+    @cached_property
+    def _resolved(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        # Resolved once per Location (it is on the per-file hot path of ingest).
+        fs, path = fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
+        return fs, str(path)
+
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
-        fs, _ = fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
-        return fs
+        return self._resolved[0]
 
     @property
     def path(self) -> str:
-        _, path = fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
-        return str(path)
+        return self._resolved[1]
 
     @property
     def is_local(self) -> bool:
