@@ -138,6 +138,39 @@ def test_private_elements(tmp_path: Path) -> None:
     assert private == {0x00190011: "GEMS_ACQU_01", 0x00191123: "12.5"}
 
 
+def test_retain_safe_private_keeps_table_rows_by_creator_and_block(tmp_path: Path) -> None:
+    """Table E.3.10-1 rows survive, matched by (group, creator, element byte); nothing else."""
+    creator = "Philips Imaging DD 001"
+
+    def dataset() -> Dataset:
+        ds = ct()
+        ds.add_new(0x20010010, "LO", creator)  # block 0x10
+        ds.add_new(0x20011003, "FL", 1000.0)  # listed: (2001,xx03) MR Image Diffusion B-Factor
+        ds.add_new(0x20011004, "CS", "I")  # listed: (2001,xx04) MR Image Diffusion Direction
+        ds.add_new(0x20011020, "LO", "Walker^Heart")  # same block, (2001,xx20) not listed
+        ds.add_new(0x2001105F, "SQ", Sequence([Dataset()]))  # listed SQ: not kept
+        ds.add_new(0x2001107D, "OB", b"burned-in")  # listed OW/OB Frame Pixel Data: not kept
+        ds.add_new(0x20010011, "LO", "ACME 1.0")  # another creator, same group
+        ds.add_new(0x20011103, "FL", 7.0)  # same element byte, wrong creator
+        ds.add_new(0x20010012, "LO", creator.upper())  # creators match exactly
+        ds.add_new(0x20011203, "FL", 8.0)
+        ds.add_new(0x00990030, "LO", "NQHeader")  # listed creator in an unusual block (0x30)
+        ds.add_new(0x00993002, "UI", "1.2.3.4.99")  # listed UI: Analyzed Series UID, keyed
+        ds.add_new(0x00993004, "SS", -2)  # listed: Return Code
+        return ds
+
+    e = Deidentifier(load_profile(site(tmp_path, ["retain-safe-private"])), SECRET)
+    out = roundtrip(_applied(e, dataset()))
+    private = {el.tag: el.value for el in out.iterall() if el.tag.is_private}
+    assert private == {
+        0x20010010: creator, 0x20011003: 1000.0, 0x20011004: "I",
+        0x00990030: "NQHeader", 0x00993002: e.uid("1.2.3.4.99"), 0x00993004: -2,
+    }
+    assert e.uid("1.2.3.4.99").startswith("2.25.")
+    basic = roundtrip(_applied(engine(), dataset()))
+    assert not [el for el in basic.iterall() if el.tag.is_private]
+
+
 def _applied(e: Deidentifier, ds: Dataset) -> Dataset:
     e.apply(ds)
     return ds

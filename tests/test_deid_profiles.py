@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -13,6 +15,7 @@ from pydicom.sr.codedict import codes
 
 from lake._errors import ProfileError
 from lake.deid import EDITION, Deidentifier, ProfileOption, list_profiles, load_profile
+from lake.deid._plan import KEEP, UID, compile_profile
 from lake.deid._profile import builtin_dir
 from lake.vault import Secret
 
@@ -115,11 +118,55 @@ def test_cid_7050_codes_match_pydicom() -> None:
         assert by_value[option.code] == option.meaning
 
 
+def _safe_private_doc() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((builtin_dir() / "safe-private-2024b.json").read_text())
+    return doc
+
+
 def test_safe_private_table_names_its_edition() -> None:
-    doc = json.loads((builtin_dir() / "safe-private-2024b.json").read_text())
+    doc = _safe_private_doc()
     assert doc["edition"] == EDITION and "E.3.10-1" in doc["title"]
+    # Checked row by row against a copy of the 2024b text, named with its commit.
+    assert doc["verified_against_edition"] is True
+    assert f"PS3.15 {EDITION}" in doc["verified_against"]
+    assert re.search(r"\b[0-9a-f]{40}\b", doc["verified_against"])
+    keys = [(r["tag"], r["creator"]) for r in doc["rows"]]
+    assert len(keys) == len(set(keys)) == 479  # no duplicate row; the 2024b table's size
+    for row in doc["rows"]:
+        assert re.fullmatch(r"\(([0-9A-F]{3}[13579BDF]),xx[0-9A-F]{2}\)", row["tag"]), row
+        assert row["creator"] == row["creator"].strip() and '"' not in row["creator"]
+        assert set(row) == {"tag", "creator", "vr", "vm"}
+    # Facts of the 2024b text that the earlier transcription (a copy of PixelMed's own list)
+    # got wrong: a wrong group, a missing row, creators that are not in the table at all.
+    assert ("(00E1,xx50)", "ELSCINT1") in keys and ("(01E1,xx50)", "ELSCINT1") not in keys
+    assert ("(0099,xx02)", "NQHeader") in keys
+    creators = {c for _t, c in keys}
+    assert not creators & {"GEMS_SENO_02", "LORAD Selenia", "Philips US Imaging DD 033"}
+    assert not [t for t, c in keys if c == "HOLOGIC, Inc." and not t.startswith("(7E01,")]
+
+
+def test_retain_safe_private_keeps_exactly_the_tables_rows(tmp_path: Path) -> None:
+    gen = _generator()
+    rows = _safe_private_doc()["rows"]
+    path = _site(tmp_path, 'name = "site"\nversion = "t1"\nextends = "basic"\n'
+                 'options = ["retain-safe-private"]\n')
+    safe = compile_profile(load_profile(str(path))).safe_private
+    expected = {}
+    for row in rows:
+        if row["vr"] in gen.SAFE_PRIVATE_NOT_KEPT:  # SQ and bulk OB/OW: not kept
+            continue
+        key = (int(row["tag"][1:5], 16), row["creator"], int(row["tag"][8:10], 16))
+        expected[key] = row["vr"] or "UN"
+    assert set(safe) == set(expected)
+    assert len(expected) == len(rows) - 75
+    for key, vr in expected.items():
+        op = safe[key][vr]
+        assert op.code == (UID if vr == "UI" else KEEP), (key, vr)
+    # The recipe says it once per row: no duplicate, nothing beyond the table.
     text = (builtin_dir() / ProfileOption.RETAIN_SAFE_PRIVATE.recipe).read_text()
-    assert text.count("KEEP (") == len(doc["rows"])
+    rules = [ln for ln in text.splitlines() if ln.startswith(("KEEP (", "REPLACE ("))]
+    assert len(rules) == len(set(rules)) == len(expected)
+    assert text.count("# not kept, ") == len(rows) - len(expected)
 
 
 def _site(tmp_path: Path, manifest: str, recipe: str | None = None) -> Path:

@@ -222,19 +222,59 @@ def basic_recipe(rows: list[dict[str, str]], source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _safe_private_lines(path: Path) -> list[str]:
+# How the lake applies a row of Table E.3.10-1, by the VR the table gives it. The table has no
+# per-row conditions; these are the lake's own limits (docs/deid.md, "Private elements").
+SAFE_PRIVATE_NOT_KEPT = {
+    "SQ": "a private sequence is kept or removed whole: its items would not be de-identified",
+    "OB": "bulk data (PS3.15 E.3.10 Note 2); it may hold a whole proprietary header or pixels",
+    "OW": "bulk data (PS3.15 E.3.10 Note 2); it may hold a whole proprietary header or pixels",
+    "OW/OB": "bulk data (PS3.15 E.3.10 Note 2); it may hold a whole proprietary header or pixels",
+}
+SAFE_PRIVATE_KEYED = {"UI"}  # kept as keyed UIDs, like every other UID
+_SAFE_PRIVATE_VRS = {
+    "", "AT", "CS", "DS", "FD", "FL", "IS", "LO", "LT", "SH", "SL", "SS", "ST", "UL", "US",
+    *SAFE_PRIVATE_NOT_KEPT, *SAFE_PRIVATE_KEYED,
+}
+
+
+def safe_private_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of Table E.3.10-1 in ``path``, checked (form, duplicates, edition)."""
     doc = json.loads(path.read_text())
     if doc.get("edition") != EDITION:
         raise SystemExit(f"{path}: edition {doc.get('edition')!r}, expected {EDITION}")
-    lines = []
+    seen: set[tuple[str, str]] = set()
     for row in doc["rows"]:
         match = re.fullmatch(r"\(([0-9A-F]{4}),xx([0-9A-F]{2})\)", row["tag"])
         if match is None or int(match.group(1), 16) % 2 == 0:
             raise SystemExit(f"{path}: bad private tag {row['tag']!r}")
         creator = row["creator"]
-        if '"' in creator:
-            raise SystemExit(f"{path}: quote in creator {creator!r}")
-        lines.append(f'KEEP ({match.group(1)},"{creator}",{match.group(2)})')
+        if '"' in creator or creator != creator.strip() or not creator:
+            raise SystemExit(f"{path}: bad creator {creator!r}")
+        if row.get("vr") not in _SAFE_PRIVATE_VRS:
+            raise SystemExit(f"{path}: {row['tag']} {creator!r}: unexpected VR {row.get('vr')!r}")
+        if (row["tag"], creator) in seen:
+            raise SystemExit(f"{path}: duplicate row {row['tag']} {creator!r}")
+        seen.add((row["tag"], creator))
+    rows: list[dict[str, str]] = doc["rows"]
+    return rows
+
+
+def _safe_private_lines(path: Path) -> list[str]:
+    rows = safe_private_rows(path)
+    lines = [
+        f"# Table E.3.10-1, {len(rows)} rows ({path.name}): kept as they are, except UI rows "
+        "(keyed UIDs) and the rows marked 'not kept'.",
+    ]
+    for row in rows:
+        group, element = row["tag"][1:5], row["tag"][8:10]
+        field = f'({group},"{row["creator"]}",{element})'
+        vr = row["vr"]
+        if vr in SAFE_PRIVATE_NOT_KEPT:
+            lines.append(f"# not kept, {vr}: {field}: {SAFE_PRIVATE_NOT_KEPT[vr]}")
+        elif vr in SAFE_PRIVATE_KEYED:
+            lines.append(f"REPLACE {field} func:uid")
+        else:
+            lines.append(f"KEEP {field}")
     return lines
 
 
