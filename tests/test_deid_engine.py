@@ -171,6 +171,26 @@ def test_retain_safe_private_keeps_table_rows_by_creator_and_block(tmp_path: Pat
     assert not [el for el in basic.iterall() if el.tag.is_private]
 
 
+def test_kept_private_sequence_is_walked_not_kept_whole(tmp_path: Path) -> None:
+    """A listed element that arrives as a sequence: its items are de-identified."""
+    def dataset() -> Dataset:
+        ds = ct()
+        ds.add_new(0x20010010, "LO", "Philips Imaging DD 001")
+        item = Dataset()
+        item.PatientName = "Walker^Heart"
+        item.ReferencedSOPInstanceUID = "1.2.3.4.77"
+        item.add_new(0x00091001, "LO", "nested private")  # no creator: removed
+        ds.add_new(0x20011003, "SQ", Sequence([item]))  # listed as FL, arrives as SQ
+        return ds
+
+    e = Deidentifier(load_profile(site(tmp_path, ["retain-safe-private"])), SECRET)
+    out = roundtrip(_applied(e, dataset()))
+    (kept,) = out[0x20011003].value
+    assert "Walker" not in str(kept.get("PatientName", ""))
+    assert kept.ReferencedSOPInstanceUID == e.uid("1.2.3.4.77")
+    assert 0x00091001 not in kept
+
+
 def _applied(e: Deidentifier, ds: Dataset) -> Dataset:
     e.apply(ds)
     return ds

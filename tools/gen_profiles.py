@@ -225,7 +225,7 @@ def basic_recipe(rows: list[dict[str, str]], source: str) -> str:
 # How the lake applies a row of Table E.3.10-1, by the VR the table gives it. The table has no
 # per-row conditions; these are the lake's own limits (docs/deid.md, "Private elements").
 SAFE_PRIVATE_NOT_KEPT = {
-    "SQ": "a private sequence is kept or removed whole: its items would not be de-identified",
+    "SQ": "read as UN (implicit VR) a private sequence cannot be walked: its items would be kept",
     "OB": "bulk data (PS3.15 E.3.10 Note 2); it may hold a whole proprietary header or pixels",
     "OW": "bulk data (PS3.15 E.3.10 Note 2); it may hold a whole proprietary header or pixels",
     "OW/OB": "bulk data (PS3.15 E.3.10 Note 2); it may hold a whole proprietary header or pixels",

@@ -197,7 +197,7 @@ class Deidentifier:
             else:
                 self._transform(ds, tag, op, call)
         if privates:
-            self._privates(ds, privates, call)
+            self._privates(ds, privates, call, mode)
 
     def _fallback(self, ds: Dataset, tag: int) -> Op:
         elem = ds.get_item(tag, keep_deferred=True)
@@ -238,7 +238,7 @@ class Deidentifier:
         if op.letter:
             call.actions[op.letter] += 1
 
-    def _privates(self, ds: Dataset, tags: list[int], call: _Call) -> None:
+    def _privates(self, ds: Dataset, tags: list[int], call: _Call, mode: int) -> None:
         plan = self._plan
         default = plan.private_default
         if not plan.safe_private and default["UN"].code == _p.REMOVE:
@@ -274,7 +274,9 @@ class Deidentifier:
             if op.code == _p.REMOVE:
                 del ds[tag]
                 call.actions["X"] += 1
-            elif op.code not in (_p.K_SILENT, _p.RECURSE):
+            elif op.code == _p.RECURSE:  # a kept private sequence: its items are de-identified
+                self._recurse(ds, tag, op, call, mode)
+            elif op.code != _p.K_SILENT:
                 self._transform(ds, tag, op, call)
             elif op.letter:
                 call.actions[op.letter] += 1
