@@ -17,10 +17,10 @@ from typing import Any
 
 from pydicom import dcmwrite
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.filewriter import write_data_element, write_dataset
 from pydicom.uid import UID
 
 __all__ = ["encode_part10", "header_json"]
@@ -41,8 +41,9 @@ def _fallback(ds: Dataset) -> bytes:
 def encode_part10(ds: Dataset) -> bytes:
     """``ds`` as a Part-10 file (preamble, file meta, dataset) in its transfer syntax.
 
-    Raw (unmodified) elements are copied byte for byte; modified ones are encoded by
-    pydicom. Big-endian and deflated syntaxes are written entirely by pydicom.
+    Raw (unmodified) elements are copied byte for byte, also inside sequence items;
+    modified ones are encoded by pydicom. Big-endian and deflated syntaxes are written
+    entirely by pydicom.
     """
     syntax = UID(ds.file_meta.TransferSyntaxUID)
     if syntax.is_deflated or not syntax.is_little_endian or ds.is_little_endian is False:
@@ -61,45 +62,187 @@ def encode_part10(ds: Dataset) -> bytes:
         if ds.get(ds_key) and meta.get(meta_key) != ds.get(ds_key):
             setattr(meta, meta_key, ds.get(ds_key))
     validate_file_meta(meta, enforce_standard=True)
-    fp = DicomBytesIO()
-    fp.is_little_endian = True
-    fp.is_implicit_VR = False
     preamble = getattr(ds, "preamble", None)
-    fp.write((preamble if preamble and len(preamble) == 128 else b"\x00" * 128) + b"DICM")
-    write_file_meta_info(fp, meta, enforce_standard=True)
-    fp.is_implicit_VR = implicit
+    out = [preamble if preamble and len(preamble) == 128 else b"\x00" * 128, b"DICM", b""]
+    # File meta: explicit VR little endian, its group length first (PS3.10 7.1).
+    start = len(out)
+    _write_elements(out, meta, False, "iso8859", _meta_element)
+    length = sum(map(len, out[start:]))
+    out[start - 1] = _GROUP_LENGTH + struct.pack("<I", length)
     encodings = ds.get("SpecificCharacterSet") or "iso8859"
-    pack_tag = struct.Struct("<HH").pack
-    for tag in sorted(ds.keys()):
-        if tag.group == 2 or tag.element == 0:  # file meta; retired group lengths (PS3.5 7.2)
+    _write_elements(out, ds, implicit, encodings, _dataset_element)
+    return b"".join(out)
+
+
+_GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) UL, 4 bytes
+_ITEM = b"\xfe\xff\x00\xe0"
+_ITEM_DELIMITER = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+_pack_tag = struct.Struct("<HH").pack
+_pack_ul = struct.Struct("<I").pack
+_pack_us = struct.Struct("<H").pack
+
+
+def _meta_element(tag: int) -> bool:
+    return tag != 0x00020000  # written first, with the length of the others
+
+
+def _dataset_element(tag: int) -> bool:
+    # file meta is written apart; group lengths are retired (PS3.5 7.2)
+    return tag >> 16 != 2 and tag & 0xFFFF != 0
+
+
+def _item_element(tag: int) -> bool:
+    return tag & 0xFFFF != 0 or tag >> 16 <= 6  # as pydicom's write_dataset
+
+
+def _tag_order(item: tuple[Any, Any]) -> int:
+    return int(item[0])
+
+
+def _write_elements(
+    out: list[bytes],
+    ds: Dataset,
+    implicit: bool,
+    encodings: Any,
+    wanted: Callable[[int], bool],
+) -> None:
+    """Append the encoded elements of ``ds``, in tag order, to ``out``."""
+    for tag, elem in sorted(ds.items(), key=_tag_order):
+        if not wanted(tag):
             continue
-        elem = ds.get_item(tag)
         if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
             value = elem.value
             undefined = elem.length == _UNDEFINED
             if implicit:
-                fp.write(pack_tag(tag.group, tag.elem))
-                fp.write(struct.pack("<I", _UNDEFINED if undefined else len(value)))
+                out.append(_pack_tag(tag >> 16, tag & 0xFFFF))
+                out.append(_pack_ul(_UNDEFINED if undefined else len(value)))
             elif elem.VR:
                 vr = str(elem.VR)
                 if vr in _LONG_VRS:
-                    fp.write(pack_tag(tag.group, tag.elem) + vr.encode() + b"\x00\x00")
-                    fp.write(struct.pack("<I", _UNDEFINED if undefined else len(value)))
+                    out.append(_pack_tag(tag >> 16, tag & 0xFFFF) + vr.encode() + b"\x00\x00")
+                    out.append(_pack_ul(_UNDEFINED if undefined else len(value)))
                 elif len(value) <= 0xFFFF and not undefined:
-                    fp.write(pack_tag(tag.group, tag.elem) + vr.encode())
-                    fp.write(struct.pack("<H", len(value)))
+                    out.append(_pack_tag(tag >> 16, tag & 0xFFFF) + vr.encode())
+                    out.append(_pack_us(len(value)))
                 else:
-                    write_data_element(fp, ds[tag], encodings)
+                    out.append(_pydicom_element(ds, tag, implicit, encodings))
                     continue
             else:
-                write_data_element(fp, ds[tag], encodings)
+                out.append(_pydicom_element(ds, tag, implicit, encodings))
                 continue
-            fp.write(value)
+            out.append(value)
             if undefined:
-                fp.write(_SEQ_DELIMITER)
+                out.append(_SEQ_DELIMITER)
+        elif isinstance(elem, DataElement) and elem.VR == "SQ" and isinstance(elem.value, list):
+            _write_sequence(out, tag, elem, implicit, encodings)
+        elif (
+            isinstance(elem, DataElement)
+            and (simple := _simple_value(elem)) is not None
+            and (implicit or len(simple) <= 0xFFFF)
+        ):
+            out.append(_pack_tag(tag >> 16, tag & 0xFFFF))
+            if implicit:
+                out.append(_pack_ul(len(simple)))
+            elif elem.VR in _LONG_VRS:
+                out.append(elem.VR.encode() + b"\x00\x00" + _pack_ul(len(simple)))
+            else:
+                out.append(elem.VR.encode() + _pack_us(len(simple)))
+            out.append(simple)
         else:
-            write_data_element(fp, ds[tag], encodings)
+            out.append(_pydicom_element(ds, tag, implicit, encodings))
+
+
+_STRING_VRS = frozenset({"AE", "AS", "CS", "UI"})  # pydicom's write_string
+_TEXT_STRING_VRS = frozenset({"SH", "LO"})  # pydicom's write_text: ASCII is ASCII in any charset
+
+
+def _simple_value(elem: DataElement) -> bytes | None:
+    """The bytes pydicom writes for a converted element with a short VR and a plain value.
+
+    Handles single ASCII strings, ``US``/``UL`` integers and ``OB`` bytes, the kinds of
+    elements the engine and the file meta convert; ``None`` sends the element to pydicom.
+    """
+    if elem.is_undefined_length:  # encapsulated pixel data
+        return None
+    vr = elem.VR
+    value = elem.value
+    kind = type(value)
+    if kind is str or kind is UID:
+        if (vr in _STRING_VRS or vr in _TEXT_STRING_VRS) and value.isascii():
+            data = str(value).encode("ascii")
+            if len(data) % 2:
+                data += b"\x00" if vr == "UI" else b" "
+            return data
+    elif kind is int:
+        if vr == "US" and 0 <= value <= 0xFFFF:
+            return _pack_us(value)
+        if vr == "UL" and 0 <= value <= 0xFFFFFFFF:
+            return _pack_ul(value)
+    elif kind is bytes and vr == "OB":
+        data = bytes(value)
+        return data + b"\x00" if len(data) % 2 else data
+    return None
+
+
+def _pydicom_element(ds: Dataset, tag: int, implicit: bool, encodings: Any) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = implicit
+    write_data_element(fp, ds[tag], encodings)
     return bytes(fp.getvalue())
+
+
+def _plain(ds: Dataset) -> bool:
+    """True when pydicom would write ``ds`` element by element as it is.
+
+    An item built in memory (no original encoding) is re-encoded by pydicom: ambiguous
+    VRs corrected, raw elements converted. With neither at any depth, that is a no-op.
+    """
+    for elem in ds.values():
+        if not isinstance(elem, DataElement) or " or " in elem.VR:
+            return False
+        if (
+            elem.VR == "SQ"
+            and isinstance(elem.value, list)
+            and not all(_plain(item) for item in elem.value)
+        ):
+            return False
+    return True
+
+
+def _write_sequence(
+    out: list[bytes], tag: int, elem: DataElement, implicit: bool, encodings: Any
+) -> None:
+    """A sequence as pydicom writes it, its items' raw elements copied."""
+    items: list[bytes] = []
+    for item in elem.value:
+        items.append(_ITEM)
+        undefined_item = getattr(item, "is_undefined_length_sequence_item", False)
+        items.append(b"\xff\xff\xff\xff" if undefined_item else b"")
+        start = len(items)
+        item_encodings = item.get("SpecificCharacterSet", encodings)
+        if _plain(item) or (
+            item.original_encoding == (implicit, True)
+            and item.original_character_set == item._character_set
+        ):
+            _write_elements(items, item, implicit, item_encodings, _item_element)
+        else:  # pydicom re-encodes (ambiguous VRs, character set): let it
+            fp = DicomBytesIO()
+            fp.is_little_endian = True
+            fp.is_implicit_VR = implicit
+            write_dataset(fp, item, encodings)
+            items.append(bytes(fp.getvalue()))
+        if undefined_item:
+            items.append(_ITEM_DELIMITER)
+        else:
+            items[start - 1] = _pack_ul(sum(map(len, items[start:])))
+    undefined = elem.is_undefined_length
+    length = _UNDEFINED if undefined else sum(map(len, items))
+    out.append(_pack_tag(tag >> 16, tag & 0xFFFF))
+    out.append(_pack_ul(length) if implicit else b"SQ\x00\x00" + _pack_ul(length))
+    out.extend(items)
+    if undefined:
+        out.append(_SEQ_DELIMITER)
 
 
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "SH", "TM", "UC", "UI"})
