@@ -20,9 +20,10 @@ Methods:
 When ``../shared/data/dcm_qa`` is present, the floor and the lake profiles also run on its
 real Siemens files (~580 KB, with reference sequences of dozens of items).
 
-Goals (issue 3): lake basic >= 0.5x the floor (end to end) and >= 10x deid (the
-de-identification itself: transform only; end to end, pydicom's read + write bound every
-method, so the end-to-end ratio to deid is printed too).
+Goals (issue 3): lake basic >= 0.5x the floor and >= 10x deid, both end to end (each
+method writing as it ships: the lake with its ingest encoder, deid's datasets with pydicom)
+and, for deid, on the de-identification alone (transform only). The end-to-end ratio with
+pydicom writing the lake's output too is printed beside it.
 """
 
 from __future__ import annotations
@@ -127,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the other engines warn on these files; not ours
         floor = _rate(blobs, lambda ds: None)
-        e2e = {
-            k: _rate(subset.get(k, blobs), w, 1 if k in subset else 2) for k, w in methods.items()
-        }
+        e2e = {k: _rate(subset.get(k, blobs), w, 2) for k, w in methods.items()}
         # What ingest really does: the lake writes with its own encoder (raw elements copied).
         e2e_lake = {
             k: _rate(blobs, w, 2, _lake_write) for k, w in methods.items() if k.startswith("lake ")
@@ -140,31 +139,39 @@ def main(argv: list[str] | None = None) -> int:
     size = sum(map(len, blobs)) // len(blobs) // 1024
     print(
         f"{len(blobs)} files (CT/MR, ~{size} KB each; deid: {len(subset['deid'])}), "
-        "one process, in memory"
+        "one process, in memory; files/s (ratio to the floor)"
     )
-    print(f"\n{'':28s} {'end to end':>16s} {'':>12s} {'transform only':>16s}")
-    print(f"{'floor (read + write)':28s} {floor:10.0f} files/s   1.00x floor")
+    print(f"\n{'':24s} {'end to end':>22s} {'end to end':>22s} {'transform only':>15s}")
+    print(f"{'':24s} {'(pydicom writes)':>22s} {'(lake encoder writes)':>22s}")
+    print(f"{'floor (read + write)':24s} {floor:12.0f} (1.00x)")
     for label in methods:
+        lake_w = (
+            f"{e2e_lake[label]:12.0f} ({e2e_lake[label] / floor:4.2f}x)" if label in e2e_lake else ""
+        )
         print(
-            f"{label:28s} {e2e[label]:10.0f} files/s {e2e[label] / floor:5.2f}x floor"
-            f" {only[label]:10.0f} files/s"
+            f"{label:24s} {e2e[label]:12.0f} ({e2e[label] / floor:4.2f}x)"
+            f" {lake_w:>22s} {only[label]:15.0f}"
         )
     basic = "lake basic"
     vs_deid = only[basic] / only["deid"]
-    vs_floor = e2e[basic] / floor
-    print(f"\nlake basic vs deid, transform only:      {vs_deid:6.1f}x  (goal >= 10x)")
+    vs_deid_e2e = e2e_lake[basic] / e2e["deid"]
+    vs_floor = e2e_lake[basic] / floor
+    print(f"\nlake basic vs deid, transform only:          {vs_deid:6.1f}x  (goal >= 10x)")
     print(
-        f"lake basic vs deid, end to end:          {e2e[basic] / e2e['deid']:6.1f}x"
-        "  (both written by pydicom)"
+        f"lake basic vs deid, end to end:              {vs_deid_e2e:6.1f}x  (goal >= 10x; each "
+        "written as it ships: lake by its ingest encoder, deid's datasets by pydicom)"
     )
     print(
-        f"lake basic vs deid, end to end:          {e2e_lake[basic] / e2e['deid']:6.1f}x"
-        f"  (lake written by its ingest encoder: {e2e_lake[basic]:.0f} files/s, "
-        f"{e2e_lake[basic] / floor:.2f}x floor)"
+        f"lake basic vs deid, end to end, both pydicom: {e2e[basic] / e2e['deid']:5.1f}x"
+        "  (pydicom's writer bounds both)"
     )
-    print(f"lake basic vs dicognito, transform only: {only[basic] / only['dicognito']:6.1f}x")
-    print(f"lake basic vs floor, end to end:         {vs_floor:6.2f}x  (goal >= 0.5x)")
-    print("goals met" if vs_deid >= 10 and vs_floor >= 0.5 else "GOALS MISSED")
+    print(f"lake basic vs dicognito, transform only:     {only[basic] / only['dicognito']:6.1f}x")
+    print(
+        f"lake basic vs floor, end to end:             {vs_floor:6.2f}x  (goal >= 0.5x; "
+        f"{e2e[basic] / floor:.2f}x written by pydicom)"
+    )
+    met = vs_deid >= 10 and vs_deid_e2e >= 10 and vs_floor >= 0.5
+    print("goals met" if met else "GOALS MISSED")
     vendor = Path(__file__).resolve().parents[2] / "shared" / "data" / "dcm_qa" / "In"
     if vendor.is_dir():
         files = [p for p in sorted(vendor.rglob("*")) if p.is_file()]
@@ -176,11 +183,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"\nvendor files (../shared/data/dcm_qa, {len(real)} files, "
                 f"~{sum(map(len, real)) // len(real) // 1024} KB), end to end:"
             )
-            print(f"{'floor (read + write)':28s} {vendor_floor:10.0f} files/s   1.00x floor")
+            print(f"{'floor (read + write)':24s} {vendor_floor:12.0f} (1.00x)")
             for name, e in engines.items():
                 rate = _rate(real, e.apply)  # type: ignore[arg-type]
+                own = _rate(real, e.apply, 2, _lake_write)  # type: ignore[arg-type]
                 print(
-                    f"{'lake ' + name:28s} {rate:10.0f} files/s {rate / vendor_floor:5.2f}x floor"
+                    f"{'lake ' + name:24s} {rate:12.0f} ({rate / vendor_floor:4.2f}x)"
+                    f" {own:12.0f} ({own / vendor_floor:4.2f}x)"
                 )
     return 0
 
