@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import re
@@ -275,3 +276,36 @@ def test_the_attribute_table_in_the_docs_is_current() -> None:
     spec.loader.exec_module(module)
     doc = (ROOT / "docs" / "deid.md").read_text()
     assert module.render(doc) == doc, "docs/deid.md is stale: run tools/gen_deid_docs.py"
+
+
+def _gen_safe_private() -> Any:
+    script = ROOT / "tools" / "gen_safe_private.py"
+    spec = importlib.util.spec_from_file_location("gen_safe_private", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gen_safe_private"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_safe_private_json_is_generated_from_the_standard() -> None:
+    """The committed JSON is what the script parses from the 2024b DocBook table element."""
+    gen = _gen_safe_private()
+    fragment = gzip.decompress(gen.FRAGMENT.read_bytes()).decode("utf-8")
+    rows = gen.parse_rows(fragment)
+    assert len(rows) == 479
+    assert (builtin_dir() / "safe-private-2024b.json").read_text() == gen.render(rows), (
+        "safe-private-2024b.json is stale: run tools/gen_safe_private.py"
+    )
+    # The parser reads the DocBook, not a fixed list: a changed cell changes the rows,
+    # and a duplicated row is refused.
+    changed = gen.parse_rows(fragment.replace(">ELSCINT1<", ">ELSCINT2<", 1))
+    assert changed != rows and changed[2]["creator"] == "ELSCINT2"
+    first_row = re.search(r"<tr\b.*?</tr>", fragment.split("<tbody>", 1)[1], re.S)
+    assert first_row is not None
+    doubled = fragment.replace("<tbody>", "<tbody>" + first_row.group(0) * 2, 1)
+    with pytest.raises(SystemExit, match="listed twice"):
+        gen.parse_rows(doubled)
+    # Reading a whole part15.xml finds the same element.
+    around = "<book><section>" + fragment + "<table xml:id=\"other\"></table></section></book>"
+    assert gen.table_fragment(around) == fragment
