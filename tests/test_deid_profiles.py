@@ -25,14 +25,18 @@ STANDARD = ROOT.parent / "shared" / "data" / "dicom-standard"
 TABLE = STANDARD / "confidentiality_profile_attributes.json"
 
 
-def _generator():  # type: ignore[no-untyped-def]
-    script = ROOT / "tools" / "gen_profiles.py"
-    spec = importlib.util.spec_from_file_location("gen_profiles", script)
+def _tool(name: str) -> Any:
+    """A script of ``tools/`` imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["gen_profiles"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _generator() -> Any:
+    return _tool("gen_profiles")
 
 
 @pytest.fixture
@@ -278,19 +282,9 @@ def test_the_attribute_table_in_the_docs_is_current() -> None:
     assert module.render(doc) == doc, "docs/deid.md is stale: run tools/gen_deid_docs.py"
 
 
-def _gen_safe_private() -> Any:
-    script = ROOT / "tools" / "gen_safe_private.py"
-    spec = importlib.util.spec_from_file_location("gen_safe_private", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gen_safe_private"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_safe_private_json_is_generated_from_the_standard() -> None:
     """The committed JSON is what the script parses from the 2024b DocBook table element."""
-    gen = _gen_safe_private()
+    gen = _tool("gen_safe_private")
     fragment = gzip.decompress(gen.FRAGMENT.read_bytes()).decode("utf-8")
     rows = gen.parse_rows(fragment)
     assert len(rows) == 479
