@@ -434,6 +434,8 @@ class Deidentifier:
             ascii_set(item, 0x00080104, "LO", meaning.encode())
             items.append(item)
         ds[0x00120064] = DataElement(0x00120064, "SQ", Sequence(items))
+        for item in items:  # say how the raw values above are encoded: writers copy them
+            item.set_original_encoding(False, True, item._character_set)
         ascii_set(ds, 0x00280303, "CS", plan.temporal.encode())
         for tag, vr, value in plan.adds:
             ascii_set(ds, tag, vr, value.encode("ascii"))

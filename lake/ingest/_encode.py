@@ -11,6 +11,7 @@ converted (changed) element to pydicom, so the output is what pydicom would writ
 from __future__ import annotations
 
 import base64
+import re
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_dataset
+from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
 __all__ = ["encode_part10", "header_json"]
@@ -55,12 +57,13 @@ def encode_part10(ds: Dataset) -> bytes:
         return _fallback(ds)
     # The file meta exactly as dcmwrite(enforce_file_format=True) prepares it.
     meta = FileMetaDataset(ds.file_meta)  # a shallow copy: elements are replaced, never mutated
-    for meta_key, ds_key in (
-        ("MediaStorageSOPClassUID", "SOPClassUID"),
-        ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
+    for meta_key, ds_tag in (
+        ("MediaStorageSOPClassUID", 0x00080016),
+        ("MediaStorageSOPInstanceUID", 0x00080018),
     ):
-        if ds.get(ds_key) and meta.get(meta_key) != ds.get(ds_key):
-            setattr(meta, meta_key, ds.get(ds_key))
+        uid = _uid_value(ds, ds_tag)
+        if uid and meta.get(meta_key) != uid:
+            setattr(meta, meta_key, uid)
     validate_file_meta(meta, enforce_standard=True)
     preamble = getattr(ds, "preamble", None)
     out = [preamble if preamble and len(preamble) == 128 else b"\x00" * 128, b"DICM", b""]
@@ -72,6 +75,30 @@ def encode_part10(ds: Dataset) -> bytes:
     encodings = ds.get("SpecificCharacterSet") or "iso8859"
     _write_elements(out, ds, implicit, encodings, _dataset_element)
     return b"".join(out)
+
+
+_PLAIN_UID = re.compile(rb"[0-9.]+")
+
+
+def _uid_value(ds: Dataset, tag: int) -> str:
+    """A UI element's value as ``ds.get`` gives it.
+
+    ``dcmwrite`` converts these elements (and so writes them re-encoded); a raw element is
+    left raw only when its bytes are already what pydicom would write.
+    """
+    elem = ds.get_item(tag)
+    if elem is None:
+        return ""
+    if (
+        isinstance(elem, RawDataElement)
+        and isinstance(elem.value, bytes)
+        and elem.VR in ("UI", None)  # None: implicit VR, UI by the dictionary
+    ):
+        uid = elem.value[:-1] if elem.value.endswith(b"\x00") else elem.value
+        if _PLAIN_UID.fullmatch(uid) and elem.value == uid + b"\x00" * (len(uid) % 2):
+            return uid.decode("ascii")
+    value = ds[tag].value
+    return str(value) if value else ""
 
 
 _GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) UL, 4 bytes
@@ -133,7 +160,7 @@ def _write_elements(
             out.append(value)
             if undefined:
                 out.append(_SEQ_DELIMITER)
-        elif isinstance(elem, DataElement) and elem.VR == "SQ" and isinstance(elem.value, list):
+        elif isinstance(elem, DataElement) and elem.VR == "SQ" and isinstance(elem.value, Sequence):
             _write_sequence(out, tag, elem, implicit, encodings)
         elif (
             isinstance(elem, DataElement)
@@ -203,7 +230,7 @@ def _plain(ds: Dataset) -> bool:
             return False
         if (
             elem.VR == "SQ"
-            and isinstance(elem.value, list)
+            and isinstance(elem.value, Sequence)
             and not all(_plain(item) for item in elem.value)
         ):
             return False
