@@ -16,7 +16,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from lake._errors import DeidRefusedError
 from lake.deid import Deidentifier, load_profile
@@ -148,7 +148,11 @@ def test_retain_safe_private_keeps_table_rows_by_creator_and_block(tmp_path: Pat
         ds.add_new(0x20011003, "FL", 1000.0)  # listed: (2001,xx03) MR Image Diffusion B-Factor
         ds.add_new(0x20011004, "CS", "I")  # listed: (2001,xx04) MR Image Diffusion Direction
         ds.add_new(0x20011020, "LO", "Walker^Heart")  # same block, (2001,xx20) not listed
-        ds.add_new(0x2001105F, "SQ", Sequence([Dataset()]))  # listed SQ: not kept
+        stack = Dataset()
+        stack.PatientName = "Walker^Heart"
+        stack.ReferencedSOPInstanceUID = "1.2.3.4.55"
+        ds.add_new(0x2001105F, "SQ", Sequence([stack]))  # listed SQ (Stack): items walked
+        ds.add(bad(0x20011065, "UN", b"\xfe\xff\x00\xe0\x00\x00\x00\x00"))  # listed SQ as UN
         ds.add_new(0x2001107D, "OB", b"burned-in")  # listed OW/OB Frame Pixel Data: not kept
         ds.add_new(0x20010011, "LO", "ACME 1.0")  # another creator, same group
         ds.add_new(0x20011103, "FL", 7.0)  # same element byte, wrong creator
@@ -161,14 +165,41 @@ def test_retain_safe_private_keeps_table_rows_by_creator_and_block(tmp_path: Pat
 
     e = Deidentifier(load_profile(site(tmp_path, ["retain-safe-private"])), SECRET)
     out = roundtrip(_applied(e, dataset()))
-    private = {el.tag: el.value for el in out.iterall() if el.tag.is_private}
+    private = {el.tag: el.value for el in out if el.tag.is_private and el.VR != "SQ"}
     assert private == {
         0x20010010: creator, 0x20011003: 1000.0, 0x20011004: "I",
         0x00990030: "NQHeader", 0x00993002: e.uid("1.2.3.4.99"), 0x00993004: -2,
     }
+    (stack,) = out[0x2001105F].value  # kept, its items de-identified by the normal rules
+    assert stack.PatientName == "" and stack.ReferencedSOPInstanceUID == e.uid("1.2.3.4.55")
+    assert 0x20011065 not in out  # the same kind of row read as UN cannot be walked: removed
     assert e.uid("1.2.3.4.99").startswith("2.25.")
     basic = roundtrip(_applied(engine(), dataset()))
     assert not [el for el in basic.iterall() if el.tag.is_private]
+
+
+def test_retain_safe_private_in_an_implicit_vr_file(tmp_path: Path) -> None:
+    """Read without VRs, listed elements take the VR of pydicom's private dictionary."""
+    ds = ct()
+    ds.add_new(0x20010010, "LO", "Philips Imaging DD 001")
+    ds.add_new(0x20011003, "FL", 1000.0)  # listed FL: kept
+    stack = Dataset()
+    stack.PatientName = "Walker^Heart"
+    stack.ReferencedSOPInstanceUID = "1.2.3.4.55"
+    ds.add_new(0x2001105F, "SQ", Sequence([stack]))  # listed SQ that pydicom knows: walked
+    ds.add_new(0x00990010, "LO", "NQHeader")
+    ds.add_new(0x00991002, "UI", "1.2.3.4.99")  # listed UI that pydicom does not know: removed
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    read = dcmread(io.BytesIO(buf.getvalue()))
+    assert read.get_item(0x2001105F).VR is None  # really read without a VR
+    e = Deidentifier(load_profile(site(tmp_path, ["retain-safe-private"])), SECRET)
+    out = roundtrip(_applied(e, read))
+    assert out[0x20011003].value == 1000.0
+    (kept,) = out[0x2001105F].value
+    assert kept.PatientName == "" and kept.ReferencedSOPInstanceUID == e.uid("1.2.3.4.55")
+    assert 0x00991002 not in out
 
 
 def test_kept_private_sequence_is_walked_not_kept_whole(tmp_path: Path) -> None:

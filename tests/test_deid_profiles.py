@@ -16,7 +16,7 @@ from pydicom.sr.codedict import codes
 
 from lake._errors import ProfileError
 from lake.deid import EDITION, Deidentifier, ProfileOption, list_profiles, load_profile
-from lake.deid._plan import KEEP, UID, compile_profile
+from lake.deid._plan import KEEP, RECURSE, REMOVE, UID, compile_profile
 from lake.deid._profile import builtin_dir
 from lake.vault import Secret
 
@@ -158,15 +158,18 @@ def test_retain_safe_private_keeps_exactly_the_tables_rows(tmp_path: Path) -> No
     safe = compile_profile(load_profile(str(path))).safe_private
     expected = {}
     for row in rows:
-        if row["vr"] in gen.SAFE_PRIVATE_NOT_KEPT:  # SQ and bulk OB/OW: not kept
+        if row["vr"] in gen.SAFE_PRIVATE_NOT_KEPT:  # bulk OB/OW: not kept
             continue
         key = (int(row["tag"][1:5], 16), row["creator"], int(row["tag"][8:10], 16))
         expected[key] = row["vr"] or "UN"
     assert set(safe) == set(expected)
-    assert len(expected) == len(rows) - 75
+    assert len(expected) == len(rows) - 20
+    walked = {"UI": UID, "SQ": RECURSE}  # keyed UIDs; sequences with their items de-identified
     for key, vr in expected.items():
         op = safe[key][vr]
-        assert op.code == (UID if vr == "UI" else KEEP), (key, vr)
+        assert op.code == walked.get(vr, KEEP), (key, vr)
+        if vr in walked:  # read as UN, it can be neither keyed nor walked
+            assert safe[key]["UN"].code == REMOVE, key
     # The recipe says it once per row: no duplicate, nothing beyond the table.
     text = (builtin_dir() / ProfileOption.RETAIN_SAFE_PRIVATE.recipe).read_text()
     rules = [ln for ln in text.splitlines() if ln.startswith(("KEEP (", "REPLACE ("))]

@@ -226,15 +226,18 @@ def basic_recipe(rows: list[dict[str, str]], source: str) -> str:
 # How the lake applies a row of Table E.3.10-1, by the VR the table gives it. The table has no
 # per-row conditions; these are the lake's own limits (docs/deid.md, "Private elements").
 SAFE_PRIVATE_NOT_KEPT = {
-    "SQ": "read as UN (implicit VR) a private sequence cannot be walked: its items would be kept",
     "OB": "bulk data (PS3.15 E.3.10 Note 2); it may hold a whole proprietary header or pixels",
     "OW": "bulk data (PS3.15 E.3.10 Note 2); it may hold a whole proprietary header or pixels",
     "OW/OB": "bulk data (PS3.15 E.3.10 Note 2); it may hold a whole proprietary header or pixels",
 }
 SAFE_PRIVATE_KEYED = {"UI"}  # kept as keyed UIDs, like every other UID
+# Kept with their items de-identified. func:uid, as for U sequences of Table E.1-1: a sequence
+# is walked (its UIDs keyed, everything in it by the normal rules); the same element read as
+# UN, whose items cannot be walked, is removed.
+SAFE_PRIVATE_WALKED = {"SQ"}
 _SAFE_PRIVATE_VRS = {
     "", "AT", "CS", "DS", "FD", "FL", "IS", "LO", "LT", "SH", "SL", "SS", "ST", "UL", "US",
-    *SAFE_PRIVATE_NOT_KEPT, *SAFE_PRIVATE_KEYED,
+    *SAFE_PRIVATE_NOT_KEPT, *SAFE_PRIVATE_KEYED, *SAFE_PRIVATE_WALKED,
 }
 
 
@@ -264,7 +267,10 @@ def _safe_private_lines(path: Path) -> list[str]:
     rows = safe_private_rows(path)
     lines = [
         f"# Table E.3.10-1, {len(rows)} rows ({path.name}): kept as they are, except UI rows "
-        "(keyed UIDs) and the rows marked 'not kept'.",
+        "(keyed UIDs),",
+        "# SQ rows (func:uid: items de-identified by the normal rules; removed when read as UN, "
+        "so not walkable)",
+        "# and the rows marked 'not kept'.",
     ]
     for row in rows:
         group, element = row["tag"][1:5], row["tag"][8:10]
@@ -272,7 +278,7 @@ def _safe_private_lines(path: Path) -> list[str]:
         vr = row["vr"]
         if vr in SAFE_PRIVATE_NOT_KEPT:
             lines.append(f"# not kept, {vr}: {field}: {SAFE_PRIVATE_NOT_KEPT[vr]}")
-        elif vr in SAFE_PRIVATE_KEYED:
+        elif vr in SAFE_PRIVATE_KEYED or vr in SAFE_PRIVATE_WALKED:
             lines.append(f"REPLACE {field} func:uid")
         else:
             lines.append(f"KEEP {field}")

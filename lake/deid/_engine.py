@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from pydicom.charset import convert_encodings
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, private_dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -79,6 +79,19 @@ def _vr_of(elem: DataElement | RawDataElement, op: Op, tag: int) -> str:
             vr = str(dictionary_VR(tag))
         except KeyError:
             vr = "UN"
+    return vr[:2] if " or " in vr else vr
+
+
+def _private_vr(tag: int, creator: str) -> str:
+    """The VR of a private element read without one (implicit VR), as pydicom reads it.
+
+    pydicom converts such an element with the VR of its private dictionary (by creator),
+    else as UN; a listed element whose VR is unknown is then handled as UN.
+    """
+    try:
+        vr = str(private_dictionary_VR(tag, creator))
+    except KeyError:
+        return "UN"
     return vr[:2] if " or " in vr else vr
 
 
@@ -270,6 +283,8 @@ class Deidentifier:
                 ops = found or default
                 if found is not None or default["UN"].code != _p.REMOVE:
                     used.add(block)
+                if found is not None and elem is not None and not elem.VR and creator:
+                    vr = _private_vr(tag, creator)
             op = ops.get(vr) or ops["UN"]
             if op.code == _p.REMOVE:
                 del ds[tag]
