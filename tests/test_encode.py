@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import warnings
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 from pydicom import config, dcmread, dcmwrite
 from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 
 from lake import DeidRefusedError
 from lake.deid import Deidentifier, load_profile
@@ -55,6 +58,8 @@ def test_part10_bytes_equal_pydicom(path: str) -> None:
     except (TypeError, ValueError):
         pytest.skip("pydicom itself cannot write this file")
     assert encode_part10(dcmread(path)) == ref.getvalue()
+    # Values read on demand (pydicom itself then writes some elements differently).
+    assert _same_as_dcmwrite(dcmread(path, defer_size=64))
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -90,25 +95,41 @@ def _deidentified_sources(tmp: Path) -> list[Path]:
     return planted + [Path(p) for p in CORPUS]
 
 
+def _same_as_dcmwrite(ds: Dataset) -> bool | None:
+    """encode_part10 and dcmwrite on independent copies (both convert elements in place)."""
+    ref = io.BytesIO()
+    try:
+        dcmwrite(ref, copy.deepcopy(ds), enforce_file_format=True)
+    except (TypeError, ValueError):
+        return None  # pydicom itself cannot write it
+    return encode_part10(copy.deepcopy(ds)) == ref.getvalue()
+
+
+def _safe_private_site(tmp_path: Path) -> str:
+    (tmp_path / "site.toml").write_text(
+        'name = "site"\nversion = "t1"\nextends = "research"\n'
+        'options = ["retain-safe-private", "clean-structured-content"]\n'
+    )
+    return str(tmp_path / "site.toml")
+
+
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("profile", ["basic", "research", "teaching"])
+@pytest.mark.parametrize("profile", ["basic", "research", "teaching", "safe-private site"])
 def test_deidentified_bytes_equal_pydicom(profile: str, tmp_path: Path) -> None:
     """After the engine: raw, rewritten and engine-made elements, sequences at any depth."""
-    engine = Deidentifier(load_profile(profile), Secret(b"encode-test-secret-0123456789abc"))
+    name = _safe_private_site(tmp_path) if profile == "safe-private site" else profile
+    engine = Deidentifier(load_profile(name), Secret(b"encode-test-secret-0123456789abc"))
     compared = 0
-    for path in _deidentified_sources(tmp_path):
+    for path in _deidentified_sources(tmp_path / "corpus"):
         ds = dcmread(path)
         try:
             engine.apply(ds)
         except DeidRefusedError:
             continue
-        mine = encode_part10(ds)  # first: dcmwrite converts Pixel Data in place
-        ref = io.BytesIO()
-        try:
-            dcmwrite(ref, ds, enforce_file_format=True)
-        except (TypeError, ValueError):
-            continue  # pydicom itself cannot write this file
-        assert mine == ref.getvalue(), path.name
+        same = _same_as_dcmwrite(ds)
+        if same is None:
+            continue
+        assert same, path.name
         compared += 1
     assert compared > 50
 
@@ -143,3 +164,32 @@ def test_sequences_built_in_memory_equal_pydicom() -> None:
     back = dcmread(io.BytesIO(mine))
     assert back.DeidentificationMethodCodeSequence[0].ContentSequence[0].CodeValue == "113100"
     assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == "1.2.3.4.5"
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_edge_elements_equal_pydicom() -> None:
+    """Values pydicom writes in its own way, each on an independent copy."""
+    base = dcmread(get_testdata_file("CT_small.dcm"))
+    multi = copy.deepcopy(base)
+    multi.SOPInstanceUID = ["1.2.3.4", "1.2.3.5"]  # multi-valued: joined with a backslash
+    big = copy.deepcopy(base)  # a raw short-VR value over 64 KB: written raw, as UN
+    big[0x00081030] = RawDataElement(
+        BaseTag(0x00081030), "LO", 90000, b"A  " * 30000, 0, False, True
+    )
+    group_length = copy.deepcopy(base)
+    group_length.add_new(0x00040000, "UL", 0)  # kept by dcmwrite (groups 0-6)
+    odd_pixels = copy.deepcopy(base)
+    odd_pixels[0x7FE00010] = RawDataElement(
+        BaseTag(0x7FE00010), "OW", 3, b"\x01\x02\x03", 0, False, True
+    )
+    for ds in (multi, big, group_length, odd_pixels):
+        assert _same_as_dcmwrite(ds)
+    # The file meta written follows the dataset; the dataset's own file meta is left alone.
+    changed = copy.deepcopy(base)
+    changed.SOPInstanceUID = "1.2.3.9"
+    del changed.file_meta.ImplementationVersionName
+    meta_before = dict(changed.file_meta.items())
+    written = dcmread(io.BytesIO(encode_part10(changed)))
+    assert written.file_meta.MediaStorageSOPInstanceUID == "1.2.3.9"
+    assert "ImplementationVersionName" in written.file_meta
+    assert dict(changed.file_meta.items()) == meta_before

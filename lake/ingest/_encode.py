@@ -11,6 +11,7 @@ converted (changed) element to pydicom, so the output is what pydicom would writ
 from __future__ import annotations
 
 import base64
+import copy
 import re
 import struct
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import Any
 
 from pydicom import dcmwrite
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_dataset
@@ -56,12 +57,13 @@ def encode_part10(ds: Dataset) -> bytes:
     if ds.original_character_set != ds._character_set:
         return _fallback(ds)
     # The file meta exactly as dcmwrite(enforce_file_format=True) prepares it.
-    meta = FileMetaDataset(ds.file_meta)  # a shallow copy: elements are replaced, never mutated
+    # A copy of its own (FileMetaDataset(ds.file_meta) would share ds.file_meta's elements).
+    meta = FileMetaDataset(dict(ds.file_meta.items()))
     for meta_key, ds_tag in (
         ("MediaStorageSOPClassUID", 0x00080016),
         ("MediaStorageSOPInstanceUID", 0x00080018),
     ):
-        uid = _uid_value(ds, ds_tag)
+        uid = _sop_uid(ds, ds_tag)
         if uid and meta.get(meta_key) != uid:
             setattr(meta, meta_key, uid)
     validate_file_meta(meta, enforce_standard=True)
@@ -73,22 +75,27 @@ def encode_part10(ds: Dataset) -> bytes:
     length = sum(map(len, out[start:]))
     out[start - 1] = _GROUP_LENGTH + struct.pack("<I", length)
     encodings = ds.get("SpecificCharacterSet") or "iso8859"
-    _write_elements(out, ds, implicit, encodings, _dataset_element)
+    # dcmwrite sets the length of Pixel Data from the transfer syntax (undefined when
+    # encapsulated, PS3.5 A.4) on the converted element; so does this, on a copy.
+    pixel_undefined = (
+        syntax.is_compressed if syntax.is_transfer_syntax and not syntax.is_private else None
+    )
+    _write_elements(out, ds, implicit, encodings, _dataset_element, pixel_undefined)
     return b"".join(out)
 
 
 _PLAIN_UID = re.compile(rb"[0-9.]+")
 
 
-def _uid_value(ds: Dataset, tag: int) -> str:
-    """A UI element's value as ``ds.get`` gives it.
+def _sop_uid(ds: Dataset, tag: int) -> Any:
+    """A UI element's value as ``ds.get`` gives it (a UID, or a list of them).
 
-    ``dcmwrite`` converts these elements (and so writes them re-encoded); a raw element is
-    left raw only when its bytes are already what pydicom would write.
+    ``dcmwrite`` converts these elements in place (and so writes them re-encoded); so does
+    this, but leaves a raw element raw when its bytes are already what pydicom would write.
     """
     elem = ds.get_item(tag)
     if elem is None:
-        return ""
+        return None
     if (
         isinstance(elem, RawDataElement)
         and isinstance(elem.value, bytes)
@@ -96,9 +103,8 @@ def _uid_value(ds: Dataset, tag: int) -> str:
     ):
         uid = elem.value[:-1] if elem.value.endswith(b"\x00") else elem.value
         if _PLAIN_UID.fullmatch(uid) and elem.value == uid + b"\x00" * (len(uid) % 2):
-            return uid.decode("ascii")
-    value = ds[tag].value
-    return str(value) if value else ""
+            return UID(uid.decode("ascii"))
+    return ds[tag].value
 
 
 _GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) UL, 4 bytes
@@ -114,8 +120,8 @@ def _meta_element(tag: int) -> bool:
 
 
 def _dataset_element(tag: int) -> bool:
-    # file meta is written apart; group lengths are retired (PS3.5 7.2)
-    return tag >> 16 != 2 and tag & 0xFFFF != 0
+    # file meta is written apart; group lengths are retired (PS3.5 7.2), as dcmwrite skips them
+    return tag >> 16 != 2 and (tag & 0xFFFF != 0 or tag >> 16 <= 6)
 
 
 def _item_element(tag: int) -> bool:
@@ -132,10 +138,18 @@ def _write_elements(
     implicit: bool,
     encodings: Any,
     wanted: Callable[[int], bool],
+    pixel_undefined: bool | None = None,
 ) -> None:
-    """Append the encoded elements of ``ds``, in tag order, to ``out``."""
+    """Append the encoded elements of ``ds``, in tag order, to ``out``.
+
+    ``pixel_undefined``: at the top level, the length dcmwrite gives Pixel Data (undefined
+    when True); ``None`` leaves it as it is.
+    """
     for tag, elem in sorted(ds.items(), key=_tag_order):
         if not wanted(tag):
+            continue
+        if tag == 0x7FE00010 and pixel_undefined is not None:
+            out.append(_pixel_data(ds, implicit, encodings, pixel_undefined))
             continue
         if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
             value = elem.value
@@ -212,11 +226,30 @@ def _simple_value(elem: DataElement) -> bytes | None:
 
 
 def _pydicom_element(ds: Dataset, tag: int, implicit: bool, encodings: Any) -> bytes:
+    """One element written by pydicom as write_dataset writes it (raw elements stay raw)."""
+    elem = ds.get_item(tag)
+    if isinstance(elem, RawDataElement) and elem.VR is None and not implicit:
+        elem = ds[tag]  # no VR to write: pydicom's dictionary gives it (dcmwrite would refuse)
+    return _written(elem, implicit, encodings)
+
+
+def _written(elem: DataElement | RawDataElement, implicit: bool, encodings: Any) -> bytes:
     fp = DicomBytesIO()
     fp.is_little_endian = True
     fp.is_implicit_VR = implicit
-    write_data_element(fp, ds[tag], encodings)
+    write_data_element(fp, elem, encodings)
     return bytes(fp.getvalue())
+
+
+def _pixel_data(ds: Dataset, implicit: bool, encodings: Any, undefined: bool) -> bytes:
+    """Pixel Data as dcmwrite writes it: converted, its length set by the transfer syntax."""
+    elem = ds.get_item(0x7FE00010)  # a deferred value is read now
+    if isinstance(elem, RawDataElement):
+        elem = convert_raw_data_element(elem, encoding=encodings, ds=ds)
+    else:
+        elem = copy.copy(elem)
+    elem.is_undefined_length = undefined
+    return _written(elem, implicit, encodings)
 
 
 def _plain(ds: Dataset) -> bool:
