@@ -21,6 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from lake._errors import DeidRefusedError
 from lake.deid import Deidentifier, load_profile
 from lake.deid import _values as values
+from lake.ingest._encode import encode_part10
 from lake.vault import Secret
 
 SECRET = Secret(b"engine-test-secret-0123456789abc")
@@ -188,7 +189,7 @@ def test_retain_safe_private_in_an_implicit_vr_file(tmp_path: Path) -> None:
     stack.ReferencedSOPInstanceUID = "1.2.3.4.55"
     ds.add_new(0x2001105F, "SQ", Sequence([stack]))  # listed SQ that pydicom knows: walked
     ds.add_new(0x00990010, "LO", "NQHeader")
-    ds.add_new(0x00991002, "UI", "1.2.3.4.99")  # listed UI that pydicom does not know: removed
+    ds.add_new(0x00991002, "UI", "1.2.3.4.99")  # listed UI that pydicom does not know: keyed
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
@@ -199,7 +200,65 @@ def test_retain_safe_private_in_an_implicit_vr_file(tmp_path: Path) -> None:
     assert out[0x20011003].value == 1000.0
     (kept,) = out[0x2001105F].value
     assert kept.PatientName == "" and kept.ReferencedSOPInstanceUID == e.uid("1.2.3.4.55")
-    assert 0x00991002 not in out
+    keyed = out[0x00991002].value  # its bytes can only be a UID: keyed (read back as UN)
+    assert keyed.decode("ascii").rstrip("\x00") == e.uid("1.2.3.4.99")
+
+
+def _hidden_item() -> bytes:
+    """An encoded sequence item (implicit VR little endian, as inside UN) holding a name."""
+    name = b"Walker^Heart"
+    element = b"\x10\x00\x10\x00" + len(name).to_bytes(4, "little") + name
+    return b"\xfe\xff\x00\xe0" + len(element).to_bytes(4, "little") + element
+
+
+@pytest.mark.parametrize(
+    ("vr", "value", "kept"),
+    [
+        ("FL", 1000.0, True),  # what the table lists: (2001,xx03) FL, VM 1
+        ("UN", b"\x00\x00\x7a\x44", True),  # read without its VR, four bytes: a float
+        ("UN", _hidden_item(), False),  # a sequence hidden in the bytes
+        ("UN", b"Walker^Heart", False),  # not one float
+        ("LO", "Walker^Heart", False),  # another VR than the table's
+        ("PN", "Walker^Heart", False),
+        ("UI", "1.2.3.4.5", False),  # would keep an original UID
+        ("DA", "20240101", False),  # would keep a real date
+        ("OB", b"Walker^Heart", False),
+    ],
+)
+def test_listed_private_element_is_kept_only_as_the_table_lists_it(
+    vr: str, value: object, kept: bool, tmp_path: Path
+) -> None:
+    ds = ct()
+    ds.add_new(0x20010010, "LO", "Philips Imaging DD 001")
+    ds.add(bad(0x20011003, vr, value))
+    e = Deidentifier(load_profile(site(tmp_path, ["retain-safe-private"])), SECRET)
+    out = _applied(e, ds)
+    assert (0x20011003 in out) is kept
+    if not kept:
+        assert b"Walker" not in encode_part10(out)
+
+
+def test_private_sequence_in_a_dummied_sequence_is_dummied_too(tmp_path: Path) -> None:
+    """A kept private sequence is walked in the mode of the sequence it sits in."""
+    def dataset() -> Dataset:
+        ds = ct()
+        operator = Dataset()
+        operator.add_new(0x20010010, "LO", "Philips Imaging DD 001")
+        stack = Dataset()
+        stack.CodeMeaning = "Walker^Heart"  # kept (K) in a normal walk, dummied under D
+        operator.add_new(0x2001105F, "SQ", Sequence([stack]))  # listed SQ
+        ds.OperatorIdentificationSequence = Sequence([operator])  # D: items dummied
+        return ds
+
+    e = Deidentifier(load_profile(site(tmp_path, ["retain-safe-private"])), SECRET)
+    out = roundtrip(_applied(e, dataset()))
+    assert "Walker" not in str(out)
+    top = dataset()
+    top.add_new(0x20010010, "LO", "Philips Imaging DD 001")
+    top.add_new(0x2001105F, "SQ", top.OperatorIdentificationSequence[0][0x2001105F].value)
+    del top.OperatorIdentificationSequence
+    normal = roundtrip(_applied(e, top))
+    assert normal[0x2001105F].value[0].CodeMeaning == "Walker^Heart"  # the contrast: kept
 
 
 def test_kept_private_sequence_is_walked_not_kept_whole(tmp_path: Path) -> None:

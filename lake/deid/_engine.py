@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -93,6 +94,58 @@ def _private_vr(tag: int, creator: str) -> str:
     except KeyError:
         return "UN"
     return vr[:2] if " or " in vr else vr
+
+
+# VRs whose values Table E.3.10-1 lists as safe: numbers, codes and short texts.
+_PLAIN_VRS = frozenset({"AT", "CS", "DS", "FD", "FL", "IS", "LO", "LT", "SH", "SL", "SS", "ST",
+                        "UL", "US"})
+_FIXED_SIZE = {"AT": 4, "FD": 8, "FL": 4, "SL": 4, "SS": 2, "UL": 4, "US": 2}
+_TEXT_CONTROLS = frozenset(b"\t\n\f\r\x1b")
+_UID_BYTES = re.compile(rb"[0-9.]+(\\[0-9.]+)*\x00?")
+
+
+def _listed_vr(
+    ds: Dataset,
+    tag: int,
+    elem: DataElement | RawDataElement | None,
+    creator: str,
+    table: str,
+    multiplicity: str,
+) -> str | None:
+    """The VR to apply a safe private rule with, or ``None`` when the element is not kept.
+
+    A listed element is kept only as what the table lists: with the table's VR, or read
+    without one (implicit VR, UN) when its bytes can only be such a value (numbers: the
+    table's VM exactly; texts: no control characters; never an encoded item). A sequence is
+    walked whatever the table says. Without a table VR (a site's own rule) the element's
+    VR must be a plain one (numbers, codes, short texts), a UID or a sequence.
+    """
+    if elem is None:
+        return None
+    observed = str(elem.VR) if elem.VR else ""
+    known = "" if observed else _private_vr(tag, creator)  # implicit VR: pydicom's dictionary
+    if known == "SQ" or observed == "SQ":
+        return "SQ"  # a sequence (pydicom reads it as one): walked
+    observed = observed[:2] if " or " in observed else (observed or "UN")
+    expected = table or (known if known != "UN" else "") or observed
+    if observed == expected:
+        return expected if expected in _PLAIN_VRS or expected == "UI" else None
+    if observed != "UN":
+        return None
+    raw = ds.get_item(tag)  # a deferred value is read now
+    value = raw.value if raw is not None else None
+    if not isinstance(value, bytes) or value.startswith(b"\xfe\xff\x00\xe0"):
+        return None  # an encoded item: a sequence hidden in the bytes
+    if expected == "UI":
+        return "UI" if _UID_BYTES.fullmatch(value) else None
+    if expected in _FIXED_SIZE:
+        size = _FIXED_SIZE[expected] * (int(multiplicity) if multiplicity.isdigit() else 1)
+        fits = len(value) == size if multiplicity.isdigit() else len(value) % size == 0
+        return expected if fits and value else None
+    if expected in _PLAIN_VRS:
+        text = value.rstrip(b"\x00 ")
+        return None if any(b < 0x20 and b not in _TEXT_CONTROLS for b in text) else expected
+    return None
 
 
 class Deidentifier:
@@ -283,8 +336,14 @@ class Deidentifier:
                 ops = found or default
                 if found is not None or default["UN"].code != _p.REMOVE:
                     used.add(block)
-                if found is not None and elem is not None and not elem.VR and creator:
-                    vr = _private_vr(tag, creator)
+                if found is not None:
+                    table = plan.safe_private_table.get(
+                        (tag >> 16, creator or "", low & 0xFF), ("", "")
+                    )
+                    checked = _listed_vr(ds, tag, elem, creator or "", *table)
+                    vr = checked or "UN"
+                    if checked is None:  # not what the table lists: not kept
+                        ops = default
             op = ops.get(vr) or ops["UN"]
             if op.code == _p.REMOVE:
                 del ds[tag]

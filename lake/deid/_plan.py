@@ -16,6 +16,7 @@ nothing in privacy and keeps every IOD valid.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -25,8 +26,8 @@ from pydicom._dicom_dict import DicomDictionary
 from pydicom.datadict import keyword_for_tag
 
 from lake._errors import ProfileError
-from lake.deid._codes import ALL_VRS, BASIC_CODE, ProfileOption
-from lake.deid._profile import Profile
+from lake.deid._codes import ALL_VRS, BASIC_CODE, EDITION, ProfileOption
+from lake.deid._profile import Profile, builtin_dir
 from lake.deid._recipe import Field, FilterRule, HeaderRule
 
 __all__ = ["Op", "Plan", "compile_profile"]
@@ -262,6 +263,7 @@ class Plan:
     unknown: Mapping[str, Op]
     private_default: Mapping[str, Op]
     safe_private: Mapping[tuple[int, str, int], Mapping[str, Op]]
+    safe_private_table: Mapping[tuple[int, str, int], tuple[str, str]]
     identifier_tags: frozenset[int]
     sequence_tags: frozenset[int]
     needs_identifiers: bool
@@ -275,6 +277,19 @@ class Plan:
     def describe(self) -> list[dict[str, str]]:
         """Every rule of the plan (see :meth:`Profile.describe`)."""
         return [dict(r) for r in self.rows]
+
+
+def safe_private_table_vrs() -> dict[tuple[int, str, int], tuple[str, str]]:
+    """VR and VM of each element of Table E.3.10-1, by (group, creator, element byte).
+
+    A listed element that is not what the table lists is not kept (``docs/deid.md``).
+    """
+    doc = json.loads((builtin_dir() / f"safe-private-{EDITION}.json").read_text())
+    out: dict[tuple[int, str, int], tuple[str, str]] = {}
+    for row in doc["rows"]:
+        tag = row["tag"]  # (gggg,xxee)
+        out[(int(tag[1:5], 16), row["creator"], int(tag[8:10], 16))] = (row["vr"], row["vm"])
+    return out
 
 
 def _merge_options(layers: Iterable[Iterable[HeaderRule]]) -> dict[Field, _Resolved]:
@@ -383,7 +398,13 @@ def compile_profile(profile: Profile) -> Plan:
         elif f.kind == "private_all":
             private_default = per_vr(res.rule)
         elif f.kind == "private":
-            safe[(f.group, f.creator.strip(), f.element)] = per_vr(res.rule)
+            # A kept private sequence is walked in the mode of where it is found (a private
+            # sequence inside a dummied or cleaned sequence is dummied or cleaned too).
+            safe[(f.group, f.creator.strip(), f.element)] = {
+                vr: op._replace(mode=INHERIT) if op.code == RECURSE else op
+                for vr, op in per_vr(res.rule).items()
+            }
+    table_vrs = safe_private_table_vrs() if safe else {}
 
     dummy_table: dict[int, Op] = {}
     clean_table: dict[int, Op] = {}
@@ -443,6 +464,7 @@ def compile_profile(profile: Profile) -> Plan:
         unknown=unknown,
         private_default=private_default,
         safe_private=safe,
+        safe_private_table={key: table_vrs[key] for key in safe if key in table_vrs},
         identifier_tags=frozenset(identifier_tags),
         sequence_tags=frozenset(t for t in DicomDictionary if _dict_vr(t) == "SQ"),
         needs_identifiers=needs_identifiers,
