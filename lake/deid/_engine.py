@@ -342,7 +342,7 @@ class Deidentifier:
                     )
                     checked = _listed_vr(ds, tag, elem, creator or "", *table)
                     vr = checked or "UN"
-                    if checked is None:  # not what the table lists: not kept
+                    if checked is None:  # not what the table lists: as if unlisted
                         ops = default
             op = ops.get(vr) or ops["UN"]
             if op.code == _p.REMOVE:

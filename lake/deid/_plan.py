@@ -279,7 +279,7 @@ class Plan:
         return [dict(r) for r in self.rows]
 
 
-def safe_private_table_vrs() -> dict[tuple[int, str, int], tuple[str, str]]:
+def _safe_private_table() -> dict[tuple[int, str, int], tuple[str, str]]:
     """VR and VM of each element of Table E.3.10-1, by (group, creator, element byte).
 
     A listed element that is not what the table lists is not kept (``docs/deid.md``).
@@ -404,7 +404,7 @@ def compile_profile(profile: Profile) -> Plan:
                 vr: op._replace(mode=INHERIT) if op.code == RECURSE else op
                 for vr, op in per_vr(res.rule).items()
             }
-    table_vrs = safe_private_table_vrs() if safe else {}
+    safe_table = _safe_private_table() if safe else {}
 
     dummy_table: dict[int, Op] = {}
     clean_table: dict[int, Op] = {}
@@ -464,7 +464,7 @@ def compile_profile(profile: Profile) -> Plan:
         unknown=unknown,
         private_default=private_default,
         safe_private=safe,
-        safe_private_table={key: table_vrs[key] for key in safe if key in table_vrs},
+        safe_private_table={key: safe_table[key] for key in safe if key in safe_table},
         identifier_tags=frozenset(identifier_tags),
         sequence_tags=frozenset(t for t in DicomDictionary if _dict_vr(t) == "SQ"),
         needs_identifiers=needs_identifiers,

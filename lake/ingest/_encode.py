@@ -128,6 +128,23 @@ def _item_element(tag: int) -> bool:
     return tag & 0xFFFF != 0 or tag >> 16 <= 6  # as pydicom's write_dataset
 
 
+def _header(tag: int, vr: str | None, length: int, implicit: bool) -> bytes | None:
+    """Tag, VR and length as pydicom writes them; ``None`` where pydicom must decide.
+
+    That is an explicit VR element without a VR, or a short-VR value over 64 KB (or of
+    undefined length), which pydicom writes as UN.
+    """
+    if implicit:
+        return _pack_tag(tag >> 16, tag & 0xFFFF) + _pack_ul(length)
+    if not vr:
+        return None
+    if vr in _LONG_VRS:
+        return _pack_tag(tag >> 16, tag & 0xFFFF) + vr.encode() + b"\x00\x00" + _pack_ul(length)
+    if length <= 0xFFFF:
+        return _pack_tag(tag >> 16, tag & 0xFFFF) + vr.encode() + _pack_us(length)
+    return None
+
+
 def _tag_order(item: tuple[Any, Any]) -> int:
     return int(item[0])
 
@@ -154,41 +171,19 @@ def _write_elements(
         if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
             value = elem.value
             undefined = elem.length == _UNDEFINED
-            if implicit:
-                out.append(_pack_tag(tag >> 16, tag & 0xFFFF))
-                out.append(_pack_ul(_UNDEFINED if undefined else len(value)))
-            elif elem.VR:
-                vr = str(elem.VR)
-                if vr in _LONG_VRS:
-                    out.append(_pack_tag(tag >> 16, tag & 0xFFFF) + vr.encode() + b"\x00\x00")
-                    out.append(_pack_ul(_UNDEFINED if undefined else len(value)))
-                elif len(value) <= 0xFFFF and not undefined:
-                    out.append(_pack_tag(tag >> 16, tag & 0xFFFF) + vr.encode())
-                    out.append(_pack_us(len(value)))
-                else:
-                    out.append(_pydicom_element(ds, tag, implicit, encodings))
-                    continue
-            else:
+            head = _header(tag, elem.VR, _UNDEFINED if undefined else len(value), implicit)
+            if head is None:
                 out.append(_pydicom_element(ds, tag, implicit, encodings))
                 continue
-            out.append(value)
-            if undefined:
-                out.append(_SEQ_DELIMITER)
+            out += (head, value, _SEQ_DELIMITER) if undefined else (head, value)
         elif isinstance(elem, DataElement) and elem.VR == "SQ" and isinstance(elem.value, Sequence):
             _write_sequence(out, tag, elem, implicit, encodings)
         elif (
             isinstance(elem, DataElement)
             and (simple := _simple_value(elem)) is not None
-            and (implicit or len(simple) <= 0xFFFF)
+            and (head := _header(tag, elem.VR, len(simple), implicit)) is not None
         ):
-            out.append(_pack_tag(tag >> 16, tag & 0xFFFF))
-            if implicit:
-                out.append(_pack_ul(len(simple)))
-            elif elem.VR in _LONG_VRS:
-                out.append(elem.VR.encode() + b"\x00\x00" + _pack_ul(len(simple)))
-            else:
-                out.append(elem.VR.encode() + _pack_us(len(simple)))
-            out.append(simple)
+            out += (head, simple)
         else:
             out.append(_pydicom_element(ds, tag, implicit, encodings))
 
@@ -298,8 +293,7 @@ def _write_sequence(
             items[start - 1] = _pack_ul(sum(map(len, items[start:])))
     undefined = elem.is_undefined_length
     length = _UNDEFINED if undefined else sum(map(len, items))
-    out.append(_pack_tag(tag >> 16, tag & 0xFFFF))
-    out.append(_pack_ul(length) if implicit else b"SQ\x00\x00" + _pack_ul(length))
+    out.append(_header(tag, "SQ", length, implicit) or b"")  # SQ: a 32-bit length, always
     out.extend(items)
     if undefined:
         out.append(_SEQ_DELIMITER)
