@@ -20,10 +20,11 @@ Methods:
 When ``../shared/data/dcm_qa`` is present, the floor and the lake profiles also run on its
 real Siemens files (~580 KB, with reference sequences of dozens of items).
 
-Goals (issue 3): lake basic >= 0.5x the floor and >= 10x deid, both end to end (each
-method writing as it ships: the lake with its ingest encoder, deid's datasets with pydicom)
-and, for deid, on the de-identification alone (transform only). The end-to-end ratio with
-pydicom writing the lake's output too is printed beside it.
+Goals (issue 3): lake basic >= 10x deid end to end (each method writing as it ships: the
+lake with its ingest encoder, deid's datasets with pydicom) and on the de-identification
+alone (transform only), and >= 0.5x the floor end to end whichever writes the lake's output
+(its encoder or pydicom). The end-to-end ratio to deid with pydicom writing the lake's
+output too is printed beside them.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         f"lake basic vs floor, end to end:             {vs_floor:6.2f}x  (goal >= 0.5x; "
         f"{e2e[basic] / floor:.2f}x written by pydicom)"
     )
-    met = vs_deid >= 10 and vs_deid_e2e >= 10 and vs_floor >= 0.5
+    met = vs_deid >= 10 and vs_deid_e2e >= 10 and min(vs_floor, e2e[basic] / floor) >= 0.5
     print("goals met" if met else "GOALS MISSED")
     vendor = Path(__file__).resolve().parents[2] / "shared" / "data" / "dcm_qa" / "In"
     if vendor.is_dir():
