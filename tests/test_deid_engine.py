@@ -153,7 +153,8 @@ def test_retain_safe_private_keeps_table_rows_by_creator_and_block(tmp_path: Pat
         stack.PatientName = "Walker^Heart"
         stack.ReferencedSOPInstanceUID = "1.2.3.4.55"
         ds.add_new(0x2001105F, "SQ", Sequence([stack]))  # listed SQ (Stack): items walked
-        ds.add(bad(0x20011065, "UN", b"\xfe\xff\x00\xe0\x00\x00\x00\x00"))  # listed SQ as UN
+        ds.add(bad(0x20011065, "UN", _hidden_item()))  # listed SQ read as UN: parsed, walked
+        ds.add(bad(0x20011068, "UN", b"Walker^Heart"))  # listed SQ whose bytes are no item
         ds.add_new(0x2001107D, "OB", b"burned-in")  # listed OW/OB Frame Pixel Data: not kept
         ds.add_new(0x20010011, "LO", "ACME 1.0")  # another creator, same group
         ds.add_new(0x20011103, "FL", 7.0)  # same element byte, wrong creator
@@ -173,7 +174,9 @@ def test_retain_safe_private_keeps_table_rows_by_creator_and_block(tmp_path: Pat
     }
     (stack,) = out[0x2001105F].value  # kept, its items de-identified by the normal rules
     assert stack.PatientName == "" and stack.ReferencedSOPInstanceUID == e.uid("1.2.3.4.55")
-    assert 0x20011065 not in out  # the same kind of row read as UN cannot be walked: removed
+    (parsed,) = out[0x20011065].value  # items in implicit VR, as UN holds them
+    assert parsed.PatientName == ""
+    assert 0x20011068 not in out
     assert e.uid("1.2.3.4.99").startswith("2.25.")
     basic = roundtrip(_applied(engine(), dataset()))
     assert not [el for el in basic.iterall() if el.tag.is_private]
@@ -188,6 +191,9 @@ def test_retain_safe_private_in_an_implicit_vr_file(tmp_path: Path) -> None:
     stack.PatientName = "Walker^Heart"
     stack.ReferencedSOPInstanceUID = "1.2.3.4.55"
     ds.add_new(0x2001105F, "SQ", Sequence([stack]))  # listed SQ that pydicom knows: walked
+    unknown = Dataset()
+    unknown.PatientName = "Walker^Heart"
+    ds.add_new(0x20011066, "SQ", Sequence([unknown]))  # listed SQ pydicom does not know: parsed
     ds.add_new(0x00990010, "LO", "NQHeader")
     ds.add_new(0x00991002, "UI", "1.2.3.4.99")  # listed UI that pydicom does not know: keyed
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
@@ -200,6 +206,8 @@ def test_retain_safe_private_in_an_implicit_vr_file(tmp_path: Path) -> None:
     assert out[0x20011003].value == 1000.0
     (kept,) = out[0x2001105F].value
     assert kept.PatientName == "" and kept.ReferencedSOPInstanceUID == e.uid("1.2.3.4.55")
+    assert b"Walker" not in encode_part10(out)  # the unknown one too was walked
+    assert 0x20011066 in out
     keyed = out[0x00991002].value  # its bytes can only be a UID: keyed (read back as UN)
     assert keyed.decode("ascii").rstrip("\x00") == e.uid("1.2.3.4.99")
 

@@ -232,8 +232,8 @@ SAFE_PRIVATE_NOT_KEPT = {
 }
 SAFE_PRIVATE_KEYED = {"UI"}  # kept as keyed UIDs, like every other UID
 # Kept with their items de-identified. func:uid, as for U sequences of Table E.1-1: a sequence
-# is walked (its UIDs keyed, everything in it by the normal rules); the same element read as
-# UN, whose items cannot be walked, is removed.
+# is walked (its UIDs keyed, everything in it by the normal rules); read as UN, its bytes are
+# parsed as items (implicit VR, PS3.5 6.2.2) and walked, or removed when they are no items.
 SAFE_PRIVATE_WALKED = {"SQ"}
 _SAFE_PRIVATE_VRS = {
     "", "AT", "CS", "DS", "FD", "FL", "IS", "LO", "LT", "SH", "SL", "SS", "ST", "UL", "US",
@@ -268,8 +268,8 @@ def _safe_private_lines(path: Path) -> list[str]:
     lines = [
         f"# Table E.3.10-1, {len(rows)} rows ({path.name}): kept as they are, except UI rows "
         "(keyed UIDs),",
-        "# SQ rows (func:uid: items de-identified by the normal rules; removed when read as UN, "
-        "so not walkable)",
+        "# SQ rows (func:uid: items de-identified by the normal rules, also when read as UN; "
+        "removed when the bytes are no items)",
         "# and the rows marked 'not kept'.",
     ]
     for row in rows:

@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
+from pydicom.values import convert_SQ
 
 from lake.deid import _plan as _p
 from lake.deid import _values as _v
@@ -102,6 +103,7 @@ _PLAIN_VRS = frozenset({"AT", "CS", "DS", "FD", "FL", "IS", "LO", "LT", "SH", "S
 _FIXED_SIZE = {"AT": 4, "FD": 8, "FL": 4, "SL": 4, "SS": 2, "UL": 4, "US": 2}
 _TEXT_CONTROLS = frozenset(b"\t\n\f\r\x1b")
 _UID_BYTES = re.compile(rb"[0-9.]+(\\[0-9.]+)*\x00?")
+_ITEM_TAG = b"\xfe\xff\x00\xe0"
 
 
 def _listed_vr(
@@ -134,7 +136,11 @@ def _listed_vr(
         return None
     raw = ds.get_item(tag)  # a deferred value is read now
     value = raw.value if raw is not None else None
-    if not isinstance(value, bytes) or value.startswith(b"\xfe\xff\x00\xe0"):
+    if not isinstance(value, bytes):
+        return None
+    if expected == "SQ":  # items encoded in implicit VR, as in UN (PS3.5 6.2.2): walked
+        return "SQ" if not value or value.startswith(_ITEM_TAG) else None
+    if value.startswith(_ITEM_TAG):
         return None  # an encoded item: a sequence hidden in the bytes
     if expected == "UI":
         return "UI" if _UID_BYTES.fullmatch(value) else None
@@ -146,6 +152,18 @@ def _listed_vr(
         text = value.rstrip(b"\x00 ")
         return None if any(b < 0x20 and b not in _TEXT_CONTROLS for b in text) else expected
     return None
+
+
+def _parse_unknown_sequence(ds: Dataset, tag: int, encodings: list[str]) -> None:
+    """A sequence read without its VR (implicit VR, UN) parsed into items, to be walked.
+
+    Its bytes are items in implicit VR little endian whatever the transfer syntax
+    (PS3.5 6.2.2); what cannot be parsed is dropped with the original bytes.
+    """
+    elem = ds.get_item(tag)
+    if elem is not None and elem.VR in (None, "UN"):
+        value = elem.value if isinstance(elem.value, bytes) else b""
+        ds[tag] = DataElement(tag, "SQ", convert_SQ(value, True, True, encodings))
 
 
 class Deidentifier:
@@ -349,6 +367,7 @@ class Deidentifier:
                 del ds[tag]
                 call.actions["X"] += 1
             elif op.code == _p.RECURSE:  # a kept private sequence: its items are de-identified
+                _parse_unknown_sequence(ds, tag, call.encodings)
                 self._recurse(ds, tag, op, call, mode)
             elif op.code != _p.K_SILENT:
                 self._transform(ds, tag, op, call)
