@@ -13,7 +13,7 @@ from lake.catalog._schema import (
     Column,
     Table,
 )
-from lake.catalog._tables import DeltaTables
+from lake.catalog._tables import DeltaTables, arrow_dataset
 
 __all__ = [
     "BATCHES",
@@ -27,5 +27,6 @@ __all__ = [
     "Column",
     "DeltaTables",
     "Table",
+    "arrow_dataset",
     "dicom_values",
 ]

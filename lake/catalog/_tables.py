@@ -6,10 +6,12 @@ import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
@@ -17,7 +19,7 @@ from lake._errors import CatalogError
 from lake.catalog._schema import TABLES, Table
 from lake.store import Location
 
-__all__ = ["DeltaTables"]
+__all__ = ["DeltaTables", "arrow_dataset"]
 
 _RETRIES = 20
 _MARKER = "imaging-lake.commit"
@@ -29,6 +31,32 @@ RETENTION: dict[str, str] = {
     "delta.logRetentionDuration": "interval 36500 days",
     "delta.deletedFileRetentionDuration": "interval 36500 days",
 }
+
+
+def arrow_dataset(delta: DeltaTable) -> ds.Dataset:
+    """``delta.to_pyarrow_dataset()``, reading a local table with Arrow's own filesystem.
+
+    deltalake's dataset reads through a filesystem written in Python: Arrow's I/O threads
+    call back into Python, and when one is still at it as the interpreter exits the process
+    aborts ("terminate called without an active exception"; one short command in three
+    here). A local table is read with pyarrow's native LocalFileSystem, which never calls
+    back; a remote one keeps deltalake's filesystem.
+    """
+    dataset = delta.to_pyarrow_dataset()
+    uri = delta.table_uri
+    if not uri.startswith("file://"):
+        return dataset
+    root = unquote(urlsplit(uri).path).rstrip("/")
+    local = pafs.LocalFileSystem()
+    fragments = [
+        dataset.format.make_fragment(
+            f"{root}/{fragment.path}",
+            filesystem=local,
+            partition_expression=fragment.partition_expression,
+        )
+        for fragment in dataset.get_fragments()
+    ]
+    return ds.FileSystemDataset(fragments, dataset.schema, dataset.format, local)
 
 
 class DeltaTables:
@@ -115,7 +143,7 @@ class DeltaTables:
         which DuckDB filters correctly, and no per-file guarantees: row groups are still
         pruned by the Parquet statistics inside each file.
         """
-        delta = self.open(name, version).to_pyarrow_dataset()
+        delta = arrow_dataset(self.open(name, version))
         fragments = [
             delta.format.make_fragment(fragment.path, filesystem=delta.filesystem)
             for fragment in delta.get_fragments()

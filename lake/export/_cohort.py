@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from deltalake.exceptions import CommitFailedError
 
 from lake._errors import ExportError, IntegrityError, QueryError
-from lake.catalog import COHORTS
+from lake.catalog import COHORTS, arrow_dataset
 
 if TYPE_CHECKING:
     from lake._lake import Lake
@@ -362,7 +362,7 @@ def create_cohort(
 def _cohort_rows(lake: Lake, columns: list[str] | None, name: str | None) -> list[dict[str, Any]]:
     if not lake.tables.exists(COHORTS.name):
         return []
-    dataset = lake.tables.open(COHORTS.name).to_pyarrow_dataset()
+    dataset = arrow_dataset(lake.tables.open(COHORTS.name))
     # Filter after reading: string filters pushed into the Delta scan fail on string_view files.
     table = dataset.to_table(columns=columns)
     if name is not None:

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lake._errors import ExportError, IntegrityError
+from lake.catalog import arrow_dataset
 from lake.export._cohort import Cohort, resolve
 from lake.export._manifest import (
     JOURNAL_NAME,
@@ -292,7 +293,7 @@ def _member_rows(
     files holding members. Filtering happens after reading: pushing string filters into
     the Delta scan fails on files whose strings are stored as ``string_view``.
     """
-    dataset = lake.tables.open("instances", version).to_pyarrow_dataset()
+    dataset = arrow_dataset(lake.tables.open("instances", version))
     value_set = pa.array(sorted(set(wanted)), type=pa.string())
     names = list(dict.fromkeys(["SOPInstanceUID", *columns]))
     for fragment in dataset.get_fragments():

@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import DSfloat
 
 from lake._errors import CatalogError, QueryError
-from lake.catalog import INSTANCES, DeltaTables
+from lake.catalog import INSTANCES, DeltaTables, arrow_dataset
 from lake.net._match import Key, Level, predicate, python_matcher
 
 __all__ = ["RetrieveItem", "Snapshot", "SnapshotCache"]
@@ -216,7 +216,7 @@ class Snapshot:
         self.version = version
         self._lock = threading.Lock()
         delta = tables.open("instances", version)
-        dataset = delta.to_pyarrow_dataset()
+        dataset = arrow_dataset(delta)
         self._files = {f.path for f in dataset.get_fragments()}
         self._con = duckdb.connect()
         self._con.execute("SET threads TO 2")
@@ -240,7 +240,7 @@ class Snapshot:
         Returns False (nothing changed) when files were removed since this snapshot
         (compaction, deletes): build a new :class:`Snapshot` then.
         """
-        dataset = delta.to_pyarrow_dataset()
+        dataset = arrow_dataset(delta)
         fragments = {f.path: f for f in dataset.get_fragments()}
         if not self._files <= fragments.keys():
             return False

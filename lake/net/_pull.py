@@ -28,7 +28,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
 from lake._errors import NetError
-from lake.catalog import PULLS
+from lake.catalog import PULLS, arrow_dataset
 from lake.ingest import Accepted, BatchResult, Ingestor
 from lake.net._config import LOOPBACK, Peer, parse_ae_title
 from lake.net._match import Level, identifier_from_filters
@@ -252,7 +252,7 @@ class _Ledger:
     def known(self, keys: Sequence[str]) -> set[str]:
         if not keys:
             return set()
-        dataset = self.lake.tables.open(PULLS.name).to_pyarrow_dataset()
+        dataset = arrow_dataset(self.lake.tables.open(PULLS.name))
         con = duckdb.connect()
         try:
             con.register("pulls", dataset)
