@@ -81,6 +81,10 @@ _LEVELS = {**_FIND, **_GET, **_MOVE}
 STORE_TRANSFER_SYNTAXES: tuple[str, ...] = tuple(ALL_TRANSFER_SYNTAXES)
 _HEADER_CHUNK = 64
 _PENDING = 0xFF00
+# Responses waiting in pynetdicom's send queue: it takes every response the handler yields
+# without back-pressure, so a fast C-FIND would queue all its matches in memory before the
+# peer's C-CANCEL is even read. The handler waits while this many are queued.
+_MAX_QUEUED_RESPONSES = 32
 _CANCEL = 0xFE00
 _IDENTIFIER_MISMATCH = 0xA900
 _UNABLE = 0xC000
@@ -103,6 +107,18 @@ def _nodelay_on_open(event: Any) -> None:
     if sock is not None:
         set_nodelay(sock)
 
+
+
+def _wait_for_peer(event: Any) -> None:
+    """Wait while the association's send queue is full (memory stays bounded, cancels land)."""
+    assoc = event.assoc
+    queue = assoc.dul.to_provider_queue
+    while (
+        queue.qsize() > _MAX_QUEUED_RESPONSES
+        and assoc.is_established
+        and not event.is_cancelled
+    ):
+        time.sleep(0.001)
 
 class _QuickAckSocket(socket.socket):
     """A TCP socket that acknowledges every segment at once (Linux TCP_QUICKACK).
@@ -387,6 +403,7 @@ class DicomServer:
             return
         requested = {k.keyword for k in keys}
         for ds in matches:
+            _wait_for_peer(event)
             if event.is_cancelled:
                 yield _CANCEL, None
                 return
