@@ -36,8 +36,8 @@ import pydicom
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lake.export._nifti import series_to_nifti, write_volume  # noqa: E402
-from lake.export._nifti_synth import synthetic_series  # noqa: E402
+from lake.nifti import series_to_nifti, write_volume  # noqa: E402
+from tests.nifti_synth import synthetic_series  # noqa: E402
 
 DCM_QA_IN = ROOT.parent / "shared" / "data" / "dcm_qa" / "In"
 _SKIP_SUFFIXES = {".nii", ".txt", ".pdf", ".xlsx", ".sr"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,11 @@ from pydicom.data import get_testdata_file
 import lake
 from tests.series import write_ct_series
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: ``../shared/data`` from the project root; LAKE_SHARED_DATA points elsewhere (a git worktree).
+SHARED_DATA = Path(
+    os.environ.get("LAKE_SHARED_DATA")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
 
 # A handful of pydicom's own files: several modalities and transfer syntaxes, none at risk of
 # burned-in text (secondary capture and ultrasound are refused by the basic profile).

@@ -21,8 +21,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from lake.export._nifti import NiftiVolume, series_to_nifti, write_volume
-from lake.export._nifti_synth import (
+from lake.nifti import NiftiVolume, series_to_nifti, write_volume
+from tests.nifti_synth import (
     CORONAL,
     PHI_SENTINELS,
     SAGITTAL,

@@ -21,10 +21,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from lake.export._nifti import series_to_nifti, write_volume
-from lake.export._sidecar import FORBIDDEN_KEYS
+from lake.nifti import FORBIDDEN_KEYS, series_to_nifti, write_volume
+from tests.conftest import SHARED_DATA
 
-DCM_QA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dcm_qa"
+DCM_QA = SHARED_DATA / "dcm_qa"
 
 pytestmark = [
     pytest.mark.vendor,

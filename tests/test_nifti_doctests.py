@@ -8,10 +8,11 @@ import importlib
 import pytest
 
 MODULES = [
-    "lake.export._geometry",
-    "lake.export._nifti",
-    "lake.export._nifti_synth",
-    "lake.export._nifti_write",
+    "lake.nifti",
+    "lake.nifti._convert",
+    "lake.nifti._geometry",
+    "lake.nifti._write",
+    "tests.nifti_synth",
 ]
 
 

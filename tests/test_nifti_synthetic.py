@@ -21,23 +21,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
-from lake._errors import ConfigError, ExportError
-from lake.export._nifti import (
+from lake import ConfigError, ExportError
+from lake.nifti import (
+    FORBIDDEN_KEYS,
     NiftiRefusal,
     NiftiVolume,
     RefusalReason,
+    gzip_members,
+    nifti_payload,
     series_to_nifti,
     write_volume,
 )
-from lake.export._nifti_synth import (
+from tests.nifti_synth import (
     CORONAL,
     PHI_SENTINELS,
     SAGITTAL,
     enhanced_from,
     synthetic_series,
 )
-from lake.export._nifti_write import gzip_members, nifti_payload
-from lake.export._sidecar import FORBIDDEN_KEYS
 
 OBLIQUE = (0.9659258, 0.2588190, 0.0, -0.0669873, 0.2500000, -0.9659258)
 
@@ -398,9 +399,6 @@ def test_zero_pixel_spacing_is_refused_not_raised() -> None:
     """A CR with PixelSpacing 0\\0 (seen in the demo lake) has no valid affine: refuse it."""
     from pydicom import dcmread
     from pydicom.data import get_testdata_file
-
-    from lake.export._nifti import series_to_nifti
-    from lake.export._nifti_types import RefusalReason
 
     ds = dcmread(get_testdata_file("RG1_UNCR.dcm"))  # a real CR with PixelSpacing 0.000\\0.000
     assert [float(v) for v in ds.PixelSpacing] == [0.0, 0.0]

@@ -43,7 +43,7 @@ __all__ = [
 MANIFEST_NAME = "manifest.json"
 JOURNAL_NAME = ".export-journal.jsonl"
 TMP_PREFIX = ".tmp-"
-# lake.export._nifti_write names its temporaries like this (tempfile.mkstemp in the target folder).
+# lake.nifti._write names its temporaries like this (tempfile.mkstemp in the target folder).
 _NIFTI_TMP_PREFIX = ".lake-nifti-"
 _NIFTI_TMP_SUFFIX = ".part"
 # Zip entries carry this timestamp (the earliest a zip can hold) so archives are reproducible.

@@ -1,4 +1,4 @@
-"""NIfTI export of a cohort: each series through the converter in :mod:`lake.export._nifti`.
+"""NIfTI export of a cohort: each series through the converter in :mod:`lake.nifti._convert`.
 
 Files are named from pseudonymous identifiers only (BIDS-like)::
 
@@ -67,7 +67,7 @@ def nifti_layout(refs: Sequence[InstanceRef]) -> list[TaskPlan]:
 
 def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
     """Worker: convert one series and write its volumes."""
-    from lake.export._nifti import series_to_nifti, write_volume
+    from lake.nifti import series_to_nifti, write_volume
 
     result = TaskResult(task.key)
     blobs = BlobStore(ctx.location)

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from lake.export._volume import Assembled, attribute, csa_image_header, csa_value
+from lake.nifti._volume import Assembled, attribute, csa_image_header, csa_value
 
 __all__ = ["FORBIDDEN_KEYS", "build_sidecar", "slice_timing"]
 

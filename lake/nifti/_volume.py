@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
-from lake.export._geometry import (
+from lake.nifti._geometry import (
     SAME_POSITION_MM,
     Plane,
     SpacingVerdict,
@@ -32,7 +32,7 @@ from lake.export._geometry import (
     mosaic_affine_ras,
     slice_affine_ras,
 )
-from lake.export._nifti_types import NiftiRefusal, RefusalReason
+from lake.nifti._types import NiftiRefusal, RefusalReason
 
 with warnings.catch_warnings():
     # nibabel announces its DICOM readers as experimental on import; we only use the CSA

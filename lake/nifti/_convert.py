@@ -13,10 +13,11 @@ rescale differs between slices), TR in ``pixdim[4]``, ``xyzt_units`` 10, a BIDS 
 
 Examples
 --------
->>> from lake.export._nifti_synth import synthetic_series
->>> volumes, refusals = series_to_nifti(synthetic_series(n_slices=5, rows=16, cols=16))
+>>> from pydicom import dcmread
+>>> from pydicom.data import get_testdata_file
+>>> volumes, refusals = series_to_nifti([dcmread(get_testdata_file("CT_small.dcm"))])
 >>> volumes[0].image.shape, refusals
-((16, 16, 5), [])
+((128, 128, 1), [])
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from lake._errors import ExportError
-from lake.export._geometry import fsl_bvecs
-from lake.export._nifti_types import NiftiRefusal, NiftiVolume, RefusalReason
-from lake.export._nifti_write import MemoryFile, write_volume
-from lake.export._sidecar import build_sidecar
-from lake.export._volume import (
+from lake.nifti._geometry import fsl_bvecs
+from lake.nifti._sidecar import build_sidecar
+from lake.nifti._types import NiftiRefusal, NiftiVolume, RefusalReason
+from lake.nifti._volume import (
     HEADER_SPACE,
     Assembled,
     Component,
@@ -47,6 +47,7 @@ from lake.export._volume import (
     frames_of,
     is_mosaic,
 )
+from lake.nifti._write import MemoryFile, write_volume
 
 __all__ = [
     "NiftiRefusal",
@@ -86,8 +87,13 @@ def series_to_nifti(
 
     Examples
     --------
-    >>> from lake.export._nifti_synth import synthetic_series
-    >>> series = synthetic_series(n_slices=6, rows=8, cols=8, gap_after=2)
+    >>> import copy
+    >>> from pydicom import dcmread
+    >>> from pydicom.data import get_testdata_file
+    >>> ct = dcmread(get_testdata_file("CT_small.dcm"))
+    >>> series = [copy.deepcopy(ct) for _ in range(3)]
+    >>> for i, (ds, z) in enumerate(zip(series, [0.0, 5.0, 15.0])):  # no slice at 10 mm
+    ...     ds.SOPInstanceUID, ds.ImagePositionPatient = f"1.2.3.{i}", [0.0, 0.0, z]
     >>> volumes, refusals = series_to_nifti(series)
     >>> volumes, [r.reason_code.value for r in refusals]
     ([], ['missing_slices'])

@@ -1,4 +1,4 @@
-"""Synthetic DICOM series for NIfTI tests, benchmarks and documentation examples.
+"""Synthetic DICOM series for the NIfTI tests and benchmarks (not shipped with the library).
 
 Every dataset is a complete, valid single-frame CT or MR instance (file meta included) that
 ``dcm2niix`` reads too. Voxel values encode their physical position, so a mis-sorted slice,

@@ -28,7 +28,7 @@ import numpy as np
 from nibabel.arrayproxy import ArrayProxy
 
 from lake._errors import ConfigError, ExportError
-from lake.export._nifti_types import NiftiVolume
+from lake.nifti._types import NiftiVolume
 
 __all__ = ["BLOCK_SIZE", "MemoryFile", "gzip_members", "nifti_payload", "write_volume"]
 
@@ -81,7 +81,7 @@ def nifti_payload(image: nib.Nifti1Image) -> tuple[bytes, memoryview]:
     Parameters
     ----------
     image : nibabel.Nifti1Image
-        An image from :func:`lake.export.series_to_nifti` (its data object is a proxy over
+        An image from :func:`lake.nifti.series_to_nifti` (its data object is a proxy over
         the encoded bytes, read without copying) or any in-memory ``Nifti1Image``.
 
     Returns
@@ -257,7 +257,7 @@ def write_volume(
     Parameters
     ----------
     vol : NiftiVolume
-        From :func:`lake.export.series_to_nifti`.
+        From :func:`lake.nifti.series_to_nifti`.
     path_stem : path-like
         Destination without extension; the volume's ``suffix`` is *not* appended (the
         caller decides names). Parent folders are created.
@@ -283,9 +283,10 @@ def write_volume(
     Examples
     --------
     >>> import tempfile, pathlib
-    >>> from lake.export._nifti_synth import synthetic_series
-    >>> from lake.export._nifti import series_to_nifti
-    >>> volumes, refusals = series_to_nifti(synthetic_series(n_slices=4, rows=8, cols=8))
+    >>> from pydicom import dcmread
+    >>> from pydicom.data import get_testdata_file
+    >>> from lake.nifti import series_to_nifti
+    >>> volumes, refusals = series_to_nifti([dcmread(get_testdata_file("CT_small.dcm"))])
     >>> stem = pathlib.Path(tempfile.mkdtemp()) / "ct"
     >>> [p.name for p in write_volume(volumes[0], stem, compress=True, level=6)]
     ['ct.nii.gz', 'ct.json']
