@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 import lake
 from lake.catalog import INSTANCES
 from lake.net import DicomServer, ServerConfig
-from lake.net._match import Key, parse_time, python_matcher
+from lake.query import Key, parse_time, python_matcher
 from tests.net_peers import dcmtk, require, synthetic_rows
 
 pytestmark = pytest.mark.network

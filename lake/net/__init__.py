@@ -11,10 +11,10 @@ Examples
 """
 
 from lake.net._config import Peer, ServerConfig, TLSConfig, parse_destination, parse_peer
-from lake.net._match import Level, identifier_from_filters
 from lake.net._pull import PULLS, PullSummary, RemoteStudy, find_studies, pull_studies
 from lake.net._receive import ReceiveStats, StoreStatus
 from lake.net._server import DicomServer, ServerReport
+from lake.query import Level, identifier_from_filters
 
 __all__ = [
     "PULLS",

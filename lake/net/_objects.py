@@ -29,7 +29,7 @@ from pydicom.uid import (
 from pynetdicom.presentation import PresentationContext, build_context
 
 from lake._errors import NetError
-from lake.net._index import RetrieveItem
+from lake.query import RetrieveItem
 from lake.store import BlobStore
 
 __all__ = [

@@ -31,12 +31,12 @@ from lake._errors import NetError
 from lake.catalog import PULLS, arrow_dataset
 from lake.ingest import Accepted, BatchResult, Ingestor
 from lake.net._config import LOOPBACK, Peer, parse_ae_title
-from lake.net._match import Level, identifier_from_filters
 from lake.net._objects import UNCOMPRESSED
 from lake.net._receive import Receiver, ReceiveStats
 from lake.net._server import _AssociationServer, _nodelay_on_open, quiet_identifiers
 from lake.net._spool import Committer, Spool, SpoolEntry
 from lake.net._uids import STUDY_ROOT_FIND, STUDY_ROOT_GET, STUDY_ROOT_MOVE
+from lake.query import Level, identifier_from_filters
 from lake.vault import Secret
 
 if TYPE_CHECKING:

@@ -31,8 +31,6 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from lake._errors import LakeError, NetError, QueryError
 from lake.ingest import Ingestor
 from lake.net._config import ServerConfig
-from lake.net._index import RetrieveItem, Snapshot, SnapshotCache
-from lake.net._match import Level, parse_identifier
 from lake.net._objects import (
     contexts_for,
     load_instance,
@@ -50,6 +48,7 @@ from lake.net._uids import (
     STUDY_ROOT_MOVE,
     VERIFICATION,
 )
+from lake.query import Level, RetrieveItem, Snapshot, SnapshotCache, parse_identifier
 from lake.vault import Secret
 
 if TYPE_CHECKING:

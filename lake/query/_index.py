@@ -1,4 +1,4 @@
-"""The query index behind C-FIND, C-GET and C-MOVE: one catalog version in DuckDB.
+"""The query index behind C-FIND/C-GET/C-MOVE and QIDO-RS/WADO-RS: one catalog version in DuckDB.
 
 A :class:`Snapshot` copies the narrow columns of one ``instances`` version into
 in-memory DuckDB tables, one per query level (``patient``, ``study``, ``series``,
@@ -27,7 +27,7 @@ from pydicom.valuerep import DSfloat
 
 from lake._errors import CatalogError, QueryError
 from lake.catalog import INSTANCES, DeltaTables, arrow_dataset
-from lake.net._match import Key, Level, predicate, python_matcher
+from lake.query._match import Key, Level, predicate, python_matcher
 
 __all__ = ["RetrieveItem", "Snapshot", "SnapshotCache"]
 

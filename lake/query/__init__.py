@@ -1,0 +1,44 @@
+"""The DICOM query/retrieve information model over the catalog.
+
+One implementation of DICOM matching (PS3.4 C.2.2.2) shared by every front door that
+queries the lake: C-FIND/C-GET/C-MOVE (:mod:`lake.net`) and QIDO-RS/WADO-RS
+(:mod:`lake.web`). A query identifier becomes :class:`Key` objects at a :class:`Level`;
+a :class:`Snapshot` indexes one catalog version in DuckDB and answers them with
+bound-parameter SQL; :class:`SnapshotCache` follows the newest version.
+
+Examples
+--------
+>>> from lake.query import Level, identifier_from_filters, parse_identifier
+>>> ds = identifier_from_filters(["ModalitiesInStudy=CT", "StudyDate=20200101-"])
+>>> level, keys = parse_identifier(ds, list(Level))
+>>> level, [k.keyword for k in keys]
+(<Level.STUDY: 'STUDY'>, ['StudyDate', 'ModalitiesInStudy'])
+"""
+
+from lake.query._index import RetrieveItem, Snapshot, SnapshotCache
+from lake.query._match import (
+    Key,
+    Level,
+    Predicate,
+    identifier_from_filters,
+    parse_date,
+    parse_identifier,
+    parse_time,
+    predicate,
+    python_matcher,
+)
+
+__all__ = [
+    "Key",
+    "Level",
+    "Predicate",
+    "RetrieveItem",
+    "Snapshot",
+    "SnapshotCache",
+    "identifier_from_filters",
+    "parse_date",
+    "parse_identifier",
+    "parse_time",
+    "predicate",
+    "python_matcher",
+]
