@@ -9,6 +9,7 @@ Wired by ``pipelines/cli.py``::
 from __future__ import annotations
 
 import copy
+import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +66,9 @@ def show_command(
         str | None,
         typer.Option(help="Only rows whose field, name or action contains this text."),
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the rules as JSON instead of a table.")
+    ] = False,
 ) -> None:
     """Show every attribute and its action, from the compiled plan."""
     with reported():
@@ -73,6 +77,11 @@ def show_command(
         if grep:
             needle = grep.lower()
             rows = [r for r in rows if any(needle in v.lower() for v in r.values())]
+        if as_json:
+            typer.echo(json.dumps({"name": p.name, "version": p.version, "sha256": p.sha256,
+                                   "options": [o.value for o in p.options], "rules": rows},
+                                  indent=1))
+            return
         out.print(_header(p), highlight=False)
         table = Table("field", "attribute", "action", "effect", "layer")
         for r in rows:

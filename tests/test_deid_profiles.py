@@ -19,9 +19,10 @@ from lake.deid import EDITION, Deidentifier, ProfileOption, list_profiles, load_
 from lake.deid._plan import KEEP, RECURSE, REMOVE, UID, compile_profile
 from lake.deid._profile import builtin_dir
 from lake.vault import Secret
+from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
-STANDARD = ROOT.parent / "shared" / "data" / "dicom-standard"
+STANDARD = SHARED_DATA / "dicom-standard"
 TABLE = STANDARD / "confidentiality_profile_attributes.json"
 
 

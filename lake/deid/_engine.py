@@ -17,6 +17,7 @@ from pydicom.values import convert_SQ
 
 from lake.deid import _plan as _p
 from lake.deid import _values as _v
+from lake.deid._honour import PLAIN_VRS
 from lake.deid._pixels import assess, clean_pixels, element_text
 from lake.deid._plan import Op, Plan, compile_profile
 from lake.deid._profile import Profile
@@ -98,8 +99,7 @@ def _private_vr(tag: int, creator: str) -> str:
 
 
 # VRs whose values Table E.3.10-1 lists as safe: numbers, codes and short texts.
-_PLAIN_VRS = frozenset({"AT", "CS", "DS", "FD", "FL", "IS", "LO", "LT", "SH", "SL", "SS", "ST",
-                        "UL", "US"})
+_PLAIN_VRS = PLAIN_VRS
 _FIXED_SIZE = {"AT": 4, "FD": 8, "FL": 4, "SL": 4, "SS": 2, "UL": 4, "US": 2}
 _TEXT_CONTROLS = frozenset(b"\t\n\f\r\x1b")
 _UID_BYTES = re.compile(rb"[0-9.]+(\\[0-9.]+)*\x00?")

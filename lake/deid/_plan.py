@@ -16,7 +16,6 @@ nothing in privacy and keeps every IOD valid.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -26,8 +25,9 @@ from pydicom._dicom_dict import DicomDictionary
 from pydicom.datadict import keyword_for_tag
 
 from lake._errors import ProfileError
-from lake.deid._codes import ALL_VRS, BASIC_CODE, EDITION, ProfileOption
-from lake.deid._profile import Profile, builtin_dir
+from lake.deid._codes import ALL_VRS, BASIC_CODE, ProfileOption
+from lake.deid._honour import PLAIN_VRS, private_known_vr
+from lake.deid._profile import Profile, safe_private_table
 from lake.deid._recipe import Field, FilterRule, HeaderRule
 
 __all__ = ["Op", "Plan", "compile_profile"]
@@ -224,6 +224,54 @@ def _op_for(rule: HeaderRule, vr: str, *, strict: bool) -> Op | None:
     raise ProfileError(f"{where}: unknown function func:{func}")
 
 
+# What Clean Pixel Data does beyond the header rules (docs/deid.md, "Burned-in text").
+_PIXEL_EFFECTS: Mapping[int, str] = MappingProxyType({
+    0x7FE00010: "keep; burned-in regions masked (stored uncompressed) when the instance is at "
+                "risk and a %filter graylist rule matches",
+    0x00280301: "keep; NO when burned-in regions were masked",
+})
+
+
+def _marks(temporal: str) -> dict[int, str]:
+    """What the engine writes on every output (PS3.15 E.1.1)."""
+    return {
+        0x00120062: "set to 'YES'",
+        0x00120063: "set to the profile's name, version, edition and sha256",
+        0x00120064: "set to the CID 7050 codes of the profile and its options",
+        0x00280303: f"set to {temporal!r}",
+    }
+
+
+def _effect(op: Op) -> str:
+    """What one operation does, as ``lake profiles show`` says it."""
+    mode = _MODE_NAMES.get(op.mode, "") if op.code == RECURSE else ""
+    return EFFECTS[op.code] + mode
+
+
+def _summary(ops: Mapping[str, Op], vrs: Iterable[str]) -> str:
+    """The effects of a rule on elements of each VR: ``"LO, SH: clean text; other VRs: keep"``."""
+    groups: dict[str, list[str]] = {}
+    for vr in vrs:
+        groups.setdefault(_effect(ops[vr]), []).append(vr)
+    if len(groups) == 1:
+        return next(iter(groups))
+    common = max(groups, key=lambda e: len(groups[e]))
+    parts = [f"{', '.join(v)}: {e}" for e, v in groups.items() if e != common]
+    return "; ".join([*parts, f"other VRs: {common}"])
+
+
+def _private_effect(ops: Mapping[str, Op], listed: tuple[str, str] | None, known: str) -> str:
+    """What a creator rule does (docs/deid.md, "Private elements")."""
+    if listed is not None and listed[0]:
+        vr, vm = listed
+        return (f"{_effect(ops[vr])} if VR {vr}, VM {vm} as Table E.3.10-1 lists it; "
+                f"otherwise as every private element")
+    kinds = _summary(ops, sorted(PLAIN_VRS))
+    where = f"VR {known} (pydicom's private dictionary): {_effect(ops[known])}; " if known else ""
+    return (f"{where}numbers, codes, short texts: {kinds}; UI: {_effect(ops['UI'])}; "
+            f"SQ: {_effect(ops['SQ'])}; any other VR: as every private element")
+
+
 def _dict_vr(tag: int) -> str:
     vr = str(DicomDictionary[tag][0])
     return vr[:2] if " or " in vr else vr
@@ -279,19 +327,6 @@ class Plan:
         return [dict(r) for r in self.rows]
 
 
-def _safe_private_table() -> dict[tuple[int, str, int], tuple[str, str]]:
-    """VR and VM of each element of Table E.3.10-1, by (group, creator, element byte).
-
-    A listed element that is not what the table lists is not kept (``docs/deid.md``).
-    """
-    doc = json.loads((builtin_dir() / f"safe-private-{EDITION}.json").read_text())
-    out: dict[tuple[int, str, int], tuple[str, str]] = {}
-    for row in doc["rows"]:
-        tag = row["tag"]  # (gggg,xxee)
-        out[(int(tag[1:5], 16), row["creator"], int(tag[8:10], 16))] = (row["vr"], row["vm"])
-    return out
-
-
 def _merge_options(layers: Iterable[Iterable[HeaderRule]]) -> dict[Field, _Resolved]:
     merged: dict[Field, _Resolved] = {}
     for layer in layers:
@@ -314,7 +349,7 @@ def _name_of(f: Field) -> str:
         return str(entry[2]) if entry else "(not in the dictionary)"
     return {
         "private": f"private element of {f.creator!r}",
-        "mask": "every element matching the mask",
+        "mask": "every public element matching the mask",
         "vr": f"every {f.vr} attribute without its own rule",
         "private_all": "every private element without its own rule",
         "unknown": "every public element missing from the dictionary",
@@ -404,7 +439,7 @@ def compile_profile(profile: Profile) -> Plan:
                 vr: op._replace(mode=INHERIT) if op.code == RECURSE else op
                 for vr, op in per_vr(res.rule).items()
             }
-    safe_table = _safe_private_table() if safe else {}
+    safe_table = safe_private_table() if safe else {}
 
     dummy_table: dict[int, Op] = {}
     clean_table: dict[int, Op] = {}
@@ -439,11 +474,14 @@ def compile_profile(profile: Profile) -> Plan:
     rows = []
     for f, res in sorted(resolved.items(), key=lambda kv: (kv[0].kind != "tag", str(kv[0]))):
         if f.kind == "tag":
-            op = normal[f.tag]
-            mode = _MODE_NAMES.get(op.mode, "") if op.code == RECURSE else ""
-            effect = EFFECTS[op.code] + mode
+            effect = _effect(normal[f.tag])
+        elif f.kind == "vr":
+            effect = _effect(_op_for(res.rule, f.vr, strict=False) or Op(REMOVE, "X", f.vr))
+        elif f.kind == "private":
+            listed = safe_table.get((f.group, f.creator.strip(), f.element))
+            effect = _private_effect(per_vr(res.rule), listed, private_known_vr(f))
         else:
-            effect = "per element: see the action"
+            effect = _summary(per_vr(res.rule), _ALL_VRS)
         rows.append({
             "field": str(f),
             "name": _name_of(f),
@@ -455,6 +493,15 @@ def compile_profile(profile: Profile) -> Plan:
         rows.append({"field": f"({tag >> 16:04X},{tag & 0xFFFF:04X})",
                      "name": str(DicomDictionary[tag][2]), "action": "ADD",
                      "effect": f"set to {value!r}", "layer": "site"})
+    if ProfileOption.CLEAN_PIXEL_DATA in options:
+        for tag, effect in _PIXEL_EFFECTS.items():
+            rows.append({"field": f"({tag >> 16:04X},{tag & 0xFFFF:04X})",
+                         "name": str(DicomDictionary[tag][2]), "action": "C", "effect": effect,
+                         "layer": ProfileOption.CLEAN_PIXEL_DATA.recipe})
+    for tag, effect in _marks(temporal).items():
+        rows.append({"field": f"({tag >> 16:04X},{tag & 0xFFFF:04X})",
+                     "name": str(DicomDictionary[tag][2]), "action": "ADD", "effect": effect,
+                     "layer": "engine"})
 
     filters = tuple(rule for layer in profile.layers for rule in layer.filters)
     return Plan(

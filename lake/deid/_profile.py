@@ -27,9 +27,10 @@ from typing import Any
 
 from lake._errors import ProfileError
 from lake.deid._codes import EDITION, ProfileOption
+from lake.deid._honour import check_layers
 from lake.deid._recipe import Layer, parse_recipe
 
-__all__ = ["Profile", "builtin_dir", "list_profiles", "load_profile"]
+__all__ = ["Profile", "builtin_dir", "list_profiles", "load_profile", "safe_private_table"]
 
 _MANIFEST_KEYS = frozenset(
     {"name", "version", "description", "extends", "base", "options", "recipes", "date_shift"}
@@ -106,6 +107,19 @@ def builtin_dir() -> Path:
             f"the built-in profiles are missing from {folder}; reinstall imaging-lake"
         )
     return folder
+
+
+def safe_private_table() -> dict[tuple[int, str, int], tuple[str, str]]:
+    """VR and VM of each element of Table E.3.10-1, by (group, creator, element byte).
+
+    A listed element that is not what the table lists is not kept (``docs/deid.md``).
+    """
+    doc = json.loads((builtin_dir() / f"safe-private-{EDITION}.json").read_text())
+    out: dict[tuple[int, str, int], tuple[str, str]] = {}
+    for row in doc["rows"]:
+        tag = row["tag"]  # (gggg,xxee)
+        out[(int(tag[1:5], 16), row["creator"], int(tag[8:10], 16))] = (row["vr"], row["vm"])
+    return out
 
 
 def list_profiles() -> list[str]:
@@ -263,6 +277,10 @@ def load_profile(name: str) -> Profile:
     parts.append((_VOCABULARY, vocabulary_path.read_bytes()))
     digest = _digest(parts)
     layers = tuple(parse_recipe(p) for p in recipe_paths)
+    if any(r.field.kind == "private" for layer in layers for r in layer.header):
+        check_layers(layers, safe_private_table())
+    else:
+        check_layers(layers, {})
     words = json.loads(vocabulary_path.read_text())["words"]
     return Profile(
         name=chain.name,
