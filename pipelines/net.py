@@ -99,6 +99,13 @@ def dicom(
         Path | None,
         typer.Option("--tls-ca", help="PEM CA bundle: require client certificates signed by it."),
     ] = None,
+    request_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--request-timeout",
+            help="Seconds a new connection has to send its association request (holds no slot).",
+        ),
+    ] = None,
     acse_timeout: Annotated[
         float | None, typer.Option("--acse-timeout", help="Seconds for association messages.")
     ] = None,
@@ -145,6 +152,7 @@ def dicom(
             max_associations=max_associations,
             profile=profile,
             tls=tls,
+            request_timeout=request_timeout,
             acse_timeout=acse_timeout,
             dimse_timeout=dimse_timeout,
             network_timeout=network_timeout,
@@ -192,6 +200,18 @@ def dicom(
             highlight=False,
             soft_wrap=True,
         )
+        refused = {k: v for k, v in report.admission.as_dict().items()
+                   if v and k not in ("connections", "admitted")}
+        if refused:
+            detail = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in refused.items())
+            err.print(f"connections closed before association: {detail}", highlight=False,
+                      soft_wrap=True)
+        if report.captured.total:
+            err.print(
+                f"{report.captured.total} parser warnings and library log records about received "
+                "data were suppressed (they can quote original values)",
+                highlight=False, soft_wrap=True,
+            )
 
 
 class Via(enum.StrEnum):

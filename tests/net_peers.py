@@ -10,10 +10,13 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,16 @@ from typing import Any
 
 import pytest
 
-__all__ = ["Orthanc", "dcmtk", "free_port", "require", "wait_port"]
+__all__ = [
+    "Flood",
+    "Orthanc",
+    "associate_rq",
+    "dcmtk",
+    "free_port",
+    "read_pdu",
+    "require",
+    "wait_port",
+]
 
 
 def require(*binaries: str) -> None:
@@ -329,3 +341,236 @@ def make_certificates(folder: Path) -> Certificates:
         client_cert=write_cert(client, folder / "client.pem"),
         client_key=write_key(client_key, folder / "client.key"),
     )
+
+
+# --- hostile peers --------------------------------------------------------------------------
+
+
+def associate_rq(calling: str, called: str = "LAKE", *contexts: str) -> bytes:
+    """A well-formed A-ASSOCIATE-RQ PDU (Verification unless ``contexts`` are given)."""
+    from pynetdicom import build_context
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import (
+        A_ASSOCIATE,
+        ImplementationClassUIDNotification,
+        MaximumLengthNotification,
+    )
+    from pynetdicom.transport import AddressInformation
+
+    primitive = A_ASSOCIATE()
+    primitive.calling_ae_title = calling
+    primitive.called_ae_title = called
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_presentation_address = AddressInformation("127.0.0.1", 11112)
+    primitive.called_presentation_address = AddressInformation("127.0.0.1", 11112)
+    cxs = [build_context(c) for c in (contexts or ("1.2.840.10008.1.1",))]
+    for i, cx in enumerate(cxs):
+        cx.context_id = 2 * i + 1
+    primitive.presentation_context_definition_list = cxs
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 16382
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = "1.2.826.0.1.3680043.9.3811.3.0"
+    primitive.user_information = [length, implementation]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+def read_pdu(sock: socket.socket) -> bytes:
+    """One whole PDU from ``sock`` (b"" if the peer closed first)."""
+    data = b""
+    while len(data) < 6:
+        chunk = sock.recv(6 - len(data))
+        if not chunk:
+            return b""
+        data += chunk
+    need = 6 + struct.unpack(">I", data[2:6])[0]
+    while len(data) < need:
+        chunk = sock.recv(need - len(data))
+        if not chunk:
+            return b""
+        data += chunk
+    return data
+
+
+class Flood:
+    """Hostile connections to a DICOM server on loopback, kept up until the block ends.
+
+    Workers (threads), each reconnecting as soon as its connection ends:
+
+    - ``idle``: connect and send nothing;
+    - ``trickle``: send a valid A-ASSOCIATE-RQ of an allowed AE, one byte every
+      ``trickle_every`` seconds (it never completes in a short request timeout);
+    - ``intruders``: send whole A-ASSOCIATE-RQs with an unknown calling AE, as fast as
+      they are answered.
+
+    ``outcomes`` counts what happened: ``idle closed`` / ``trickle closed`` (the server
+    closed the connection), ``intruder rejected`` (an A-ASSOCIATE-RJ, calling AE not
+    recognised), ``intruder closed`` (closed unanswered), ``intruder accepted`` (an
+    A-ASSOCIATE-AC), ``intruder other`` (anything else), ``connect failed``.
+
+    Run as a script (``python -m tests.net_peers flood PORT --idle N ...``), it floods from
+    its own process, prints ``ready`` once every worker has connected, and prints the
+    outcomes as JSON when its stdin closes.
+    """
+
+    def __init__(
+        self, port: int, *, idle: int = 0, trickle: int = 0, intruders: int = 0,
+        allowed: str = "MODALITY", trickle_every: float = 0.2,
+    ) -> None:
+        self.port = port
+        self.allowed = allowed
+        self.trickle_every = trickle_every
+        self.outcomes: Counter[str] = Counter()
+        self.connected: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sockets: set[socket.socket] = set()
+        self._threads = [
+            threading.Thread(target=target, daemon=True, name=f"flood-{kind}-{i}")
+            for kind, target, n in (("idle", self._idle, idle), ("trickle", self._trickle, trickle),
+                                    ("intruder", self._intruder, intruders))
+            for i in range(n)
+        ]
+
+    def __enter__(self) -> Flood:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        with self._lock:
+            for sock in list(self._sockets):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def wait_connected(self, kind: str, n: int, timeout: float = 60) -> None:
+        """Wait until ``kind`` workers have made ``n`` connections in all."""
+        deadline = time.monotonic() + timeout
+        while self.connected[kind] < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {self.connected[kind]} {kind} connections")
+            time.sleep(0.05)
+
+    def _count(self, outcome: str) -> None:
+        with self._lock:
+            self.outcomes[outcome] += 1
+
+    @contextlib.contextmanager
+    def _connection(self, kind: str) -> Iterator[socket.socket | None]:
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        except OSError:
+            self._count("connect failed")
+            time.sleep(0.1)
+            yield None
+            return
+        with self._lock:
+            self._sockets.add(sock)
+            self.connected[kind] += 1
+        try:
+            yield sock
+        finally:
+            with self._lock:
+                self._sockets.discard(sock)
+            sock.close()
+
+    def _closed_by_peer(self, sock: socket.socket, wait: float) -> bool | None:
+        """True if the server closed (or spoke); None if still silent after ``wait`` s."""
+        sock.settimeout(wait)
+        try:
+            sock.recv(4096)
+            return True
+        except TimeoutError:
+            return None
+        except OSError:
+            return True
+
+    def _idle(self) -> None:
+        while not self._stop.is_set():
+            with self._connection("idle") as sock:
+                if sock is None:
+                    continue
+                while not self._stop.is_set():
+                    if self._closed_by_peer(sock, 0.5):
+                        if not self._stop.is_set():
+                            self._count("idle closed")
+                        break
+
+    def _trickle(self) -> None:
+        request = associate_rq(self.allowed)
+        while not self._stop.is_set():
+            with self._connection("trickle") as sock:
+                if sock is None:
+                    continue
+                for i in range(len(request)):
+                    if self._stop.is_set():
+                        return
+                    try:
+                        sock.sendall(request[i : i + 1])
+                    except OSError:
+                        self._count("trickle closed")
+                        break
+                    if self._closed_by_peer(sock, self.trickle_every):
+                        self._count("trickle closed")
+                        break
+                else:
+                    self._count("trickle completed")
+
+    def _intruder(self) -> None:
+        request = associate_rq("INTRUDER")
+        while not self._stop.is_set():
+            with self._connection("intruder") as sock:
+                if sock is None:
+                    continue
+                try:
+                    sock.sendall(request)
+                    sock.settimeout(30)
+                    answer = read_pdu(sock)
+                except OSError:
+                    answer = b""
+                if self._stop.is_set():
+                    return
+                if answer[:1] == b"\x03" and answer[7:10] == b"\x01\x01\x03":
+                    self._count("intruder rejected")
+                elif answer[:1] == b"\x02":
+                    self._count("intruder accepted")
+                elif not answer:
+                    # closed before it answered: waiting connections were many and this one
+                    # had not sent its request yet (it was starved here) - refused all the same
+                    self._count("intruder closed")
+                else:
+                    self._count("intruder other")
+
+
+def _flood_main(argv: Sequence[str]) -> None:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m tests.net_peers flood")
+    parser.add_argument("port", type=int)
+    for kind in ("idle", "trickle", "intruders"):
+        parser.add_argument(f"--{kind}", type=int, default=0)
+    parser.add_argument("--allowed", default="MODALITY")
+    args = parser.parse_args(argv)
+    with Flood(args.port, idle=args.idle, trickle=args.trickle, intruders=args.intruders,
+               allowed=args.allowed) as flood:
+        for kind, n in (("idle", args.idle), ("trickle", args.trickle),
+                        ("intruder", args.intruders)):
+            flood.wait_connected(kind, n)
+        print("ready", flush=True)
+        sys.stdin.read()  # until the test closes it
+    print(json.dumps(dict(flood.outcomes)), flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] != ["flood"]:
+        raise SystemExit("usage: python -m tests.net_peers flood PORT [--idle N] [--trickle N] "
+                         "[--intruders N]")
+    _flood_main(sys.argv[2:])

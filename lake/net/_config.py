@@ -182,9 +182,12 @@ class ServerConfig:
         C-MOVE destinations by AE title.
     max_associations : int
         Simultaneous associations accepted; more are rejected (transient).
+    request_timeout : float
+        Seconds a new connection has to complete its TLS handshake and send its whole
+        A-ASSOCIATE-RQ; until then it holds no association slot, and after it is closed.
     acse_timeout, dimse_timeout, network_timeout : float
         Seconds to wait for association messages, DIMSE messages and any network
-        activity before aborting the association.
+        activity (a stall mid-PDU included) before aborting the association.
     commit_every : int
         Commit received instances to the catalog every this many instances...
     commit_interval : float
@@ -203,6 +206,7 @@ class ServerConfig:
     allow: tuple[str, ...] = ()
     move_destinations: Mapping[str, Peer] = field(default_factory=dict)
     max_associations: int = 10
+    request_timeout: float = 5.0
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
@@ -221,7 +225,8 @@ class ServerConfig:
         for name in ("max_associations", "commit_every", "max_instance_bytes"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"invalid {name}: it must be a positive number")
-        for name in ("acse_timeout", "dimse_timeout", "network_timeout", "commit_interval"):
+        for name in ("request_timeout", "acse_timeout", "dimse_timeout", "network_timeout",
+                     "commit_interval"):
             if float(getattr(self, name)) <= 0:
                 raise ConfigError(f"invalid {name}: it must be a positive number of seconds")
         if not self.allow and not _is_loopback(self.host):

@@ -8,11 +8,7 @@ answered from the newest catalog version.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
-import socketserver
-import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -23,11 +19,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom import _config as pynetdicom_config
-from pynetdicom._globals import MODE_ACCEPTOR
-from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from lake._capture import Captured
 from lake._errors import LakeError, NetError, QueryError
 from lake.ingest import Ingestor
 from lake.net._config import ServerConfig
@@ -39,6 +33,7 @@ from lake.net._objects import (
 )
 from lake.net._receive import Receiver, ReceiveStats
 from lake.net._spool import Committer, Spool
+from lake.net._transport import AdmissionStats, AssociationServer, nodelay_on_open, set_nodelay
 from lake.net._uids import (
     PATIENT_ROOT_FIND,
     PATIENT_ROOT_GET,
@@ -90,22 +85,18 @@ _UNABLE = 0xC000
 
 
 def quiet_identifiers() -> None:
-    """Stop pynetdicom from logging query identifiers and responses (they hold PHI)."""
+    """Stop pynetdicom from logging query identifiers and responses (they hold PHI).
+
+    Process-wide (pynetdicom's own settings), for the lake's requestor side. The server
+    does not need it: whatever pynetdicom logs on the server's threads is dropped.
+    """
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
 
-def set_nodelay(sock: socket.socket) -> None:
-    """Disable Nagle's algorithm: a DIMSE exchange otherwise waits ~40 ms for delayed ACKs."""
-    with contextlib.suppress(OSError):  # a closed socket: nothing to tune
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _nodelay_on_open(event: Any) -> None:
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-    if sock is not None:
-        set_nodelay(sock)
-
+# Names used by lake.net._pull.
+_AssociationServer = AssociationServer
+_nodelay_on_open = nodelay_on_open
 
 
 def _wait_for_peer(event: Any) -> None:
@@ -119,95 +110,6 @@ def _wait_for_peer(event: Any) -> None:
     ):
         time.sleep(0.001)
 
-class _QuickAckSocket(socket.socket):
-    """A TCP socket that acknowledges every segment at once (Linux TCP_QUICKACK).
-
-    A peer that leaves Nagle's algorithm on (dcmtk does, unless TCP_NODELAY=1 is in its
-    environment) waits for our ACK before sending the rest of a DIMSE message, and
-    Linux delays that ACK by up to 40 ms. TCP_QUICKACK is not sticky, so it is set
-    again before each read.
-    """
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        with contextlib.suppress(OSError):
-            self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-        return super().recv(bufsize, flags)
-
-
-_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 0)
-
-
-def _quickack(sock: socket.socket) -> socket.socket:
-    if not _TCP_QUICKACK or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return sock
-    timeout = sock.gettimeout()
-    wrapped = _QuickAckSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-    wrapped.settimeout(timeout)
-    return wrapped
-
-
-class _RequestHandler(RequestHandler):
-    """pynetdicom's handler without the per-association deep copy of every supported context.
-
-    pynetdicom deep-copies the ~180 supported contexts (each with its transfer
-    syntaxes) for every association, ~100 ms of CPU on this machine. Negotiation only
-    reads them, and :func:`prefer_requestor_syntaxes` replaces, never mutates, the ones
-    it reorders, so a shallow list copy is enough. The rest mirrors pynetdicom 3.0.
-    """
-
-    def _create_association(self) -> Association:
-        assoc = Association(self.ae, MODE_ACCEPTOR)
-        assoc._server = self.server
-        assoc.name = f"AcceptorThread@{time.strftime('%Y%m%d%H%M%S')}"
-        sock = AssociationSocket(assoc, client_socket=self.request)
-        assoc.set_socket(sock)
-        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
-        assoc.acceptor.ae_title = self.server.ae_title
-        assoc.acceptor.address_info = self.local
-        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
-        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
-        assoc.acceptor.supported_contexts = list(self.server.contexts)
-        assoc.requestor.address_info = self.remote
-        handlers: dict[Any, Any] = self.server._handlers
-        for event, bound in handlers.items():
-            if event.is_intervention and bound:
-                assoc.bind(event, *bound)
-            elif isinstance(event, evt.NotificationEvent):
-                for handler, args in bound:
-                    assoc.bind(event, handler, args)
-        return assoc
-
-
-class _AssociationServer(ThreadedAssociationServer):
-    """pynetdicom's server plus TCP_NODELAY, quick ACKs and a bounded TLS handshake."""
-
-    handshake_timeout: float = 30.0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("request_handler", _RequestHandler)
-        super().__init__(*args, **kwargs)
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        assert self.socket is not None
-        client, address = self.socket.accept()
-        set_nodelay(client)
-        if self.ssl_context is None:
-            return _quickack(client), address
-        if self.ssl_context:
-            client.settimeout(self.handshake_timeout)
-            try:
-                client = self.ssl_context.wrap_socket(client, server_side=True)
-            except (ssl.SSLError, OSError):
-                client.close()
-                raise OSError("TLS handshake failed") from None
-            client.settimeout(None)
-        return client, address
-
-    def shutdown(self) -> None:
-        # Made with AE.make_server, so not registered in the AE's own server list.
-        socketserver.BaseServer.shutdown(self)  # stop serve_forever
-        self.server_close()
-
 
 @dataclass
 class ServerReport:
@@ -218,6 +120,10 @@ class ServerReport:
     committed_batches: int = 0
     committed_instances: int = 0
     aborted_associations: int = 0
+    admission: AdmissionStats = field(default_factory=AdmissionStats)
+    """Connections refused or dropped before association, and why."""
+    captured: Captured = field(default_factory=Captured)
+    """pydicom/pynetdicom warnings and log records dropped (they may quote received values)."""
 
 
 class DicomServer:
@@ -312,7 +218,6 @@ class DicomServer:
         """
         if self._server is not None:
             return
-        quiet_identifiers()
         recovered = self.committer.recover()
         self.report.recovered = sum(b.files_seen for b in recovered)
         ssl_context = self.config.tls.server_context() if self.config.tls else None
@@ -328,7 +233,9 @@ class DicomServer:
                 f"cannot listen on {self.config.host}:{self.config.port} ({exc.strerror or exc}); "
                 "choose another --port or stop the process using it"
             ) from None
-        server.handshake_timeout = self.config.acse_timeout
+        server.configure(request_timeout=self.config.request_timeout)
+        self.report.admission = server.admission.stats
+        self.report.captured = server.captured
         self.committer.start()
         self._server = server
         self._thread = threading.Thread(
