@@ -155,6 +155,14 @@ _LAKE_INSTANCE_COLUMNS: tuple[Column, ...] = (
     _c("profile_version", pa.string(), "Version of that profile."),
     _c("profile_sha256", pa.string(), "Hash of every byte the profile was built from."),
     _c("pixels_cleaned", pa.bool_(), "Whether burned-in text was masked in the pixel data."),
+    _c(
+        "document_mime_type",
+        pa.string(),
+        "For a wrapped document: the MIME type of its content as 'lake export documents' "
+        "writes it (application/pdf, image/jpeg, image/png, video/mp4); null otherwise.",
+    ),
+    _c("document_pages", pa.int64(), "Pages of a wrapped PDF or scan; null otherwise."),
+    _c("document_duration", pa.float64(), "Seconds of a wrapped video; null otherwise."),
     _c("batch_id", pa.string(), "The ingest batch (one Delta commit) that added the row."),
     _c("ingested_at", pa.timestamp("us", tz="UTC"), "When the row was committed."),
 )

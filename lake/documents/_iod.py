@@ -23,11 +23,11 @@ from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import (
+    MPEG4HP41,
+    PYDICOM_IMPLEMENTATION_UID,
     UID,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
-    MPEG4HP41,
-    PYDICOM_IMPLEMENTATION_UID,
 )
 
 from lake.documents._image import CleanedImage
@@ -106,12 +106,11 @@ def _base(study: Dataset, sop_class: UID, series_uid: str, sop_uid: str, modalit
     ds.Manufacturer = ""
     if created:
         ds.ContentDate, ds.ContentTime = created
-    ds.InstanceCreatorUID = PYDICOM_IMPLEMENTATION_UID
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = syntax
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationClassUID = UID(PYDICOM_IMPLEMENTATION_UID)
     ds.file_meta = meta
     ds.preamble = b"\0" * 128
     return ds

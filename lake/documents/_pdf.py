@@ -162,14 +162,14 @@ def _strip(pdf: pikepdf.Pdf) -> None:
                                 del prop[key]
 
 
-def _image(xobj: pikepdf.Object, limits: Limits) -> Image.Image | None:
+def _image(xobj: pikepdf.Stream, limits: Limits) -> Image.Image | None:
     try:
         width, height = int(xobj.get("/Width", 0)), int(xobj.get("/Height", 0))
     except (TypeError, ValueError):
         return None
     if width * height > limits.max_pixels:
         raise _refuse("image_too_large", "an image in the PDF is larger than the lake's limit")
-    if min(width, height) < _MIN_OCR_SIDE or xobj.get("/ImageMask") is True:
+    if min(width, height) < _MIN_OCR_SIDE or bool(xobj.get("/ImageMask", False)):
         return None
     try:
         return pikepdf.PdfImage(xobj).as_pil_image()
@@ -188,7 +188,7 @@ def _replace_image(xobj: pikepdf.Stream, image: Image.Image) -> None:
             del xobj[key]
 
 
-def _ocr_images(pdf: pikepdf.Pdf, images: list[pikepdf.Object], policy: TextPolicy,
+def _ocr_images(pdf: pikepdf.Pdf, images: list[pikepdf.Stream], policy: TextPolicy,
                 ocr: Ocr, clean_pixels: bool, limits: Limits) -> tuple[int, int]:
     read = masked = 0
     seen: set[tuple[int, int]] = set()
@@ -210,7 +210,6 @@ def _ocr_images(pdf: pikepdf.Pdf, images: list[pikepdf.Object], policy: TextPoli
         if _identifying(ocr, cleaned, policy):
             raise _refuse("burned_in_text", "identifying text remains in an image of the PDF "
                           "after masking")
-        assert isinstance(xobj, pikepdf.Stream)
         _replace_image(xobj, cleaned)
         masked += 1
     return read, masked
@@ -348,7 +347,7 @@ def clean_pdf(data: bytes, policy: TextPolicy, *, ocr: Ocr | None, clean_pixels:
         pdf.remove_unreferenced_resources()
         out = io.BytesIO()
         try:
-            pdf.save(out, compress_streams=True, deterministic_id=True,
+            pdf.save(out, compress_streams=True, deterministic_id=True, fix_metadata_version=False,
                      object_stream_mode=pikepdf.ObjectStreamMode.generate)
         except (pikepdf.PdfError, ValueError, RuntimeError):
             raise _refuse("pdf_malformed", "the cleaned PDF cannot be written") from None

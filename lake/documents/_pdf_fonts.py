@@ -15,7 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pikepdf
-from pikepdf.canvas import CHARNAMES_TO_UNICODE
+import pikepdf.canvas
+
+# pikepdf's table of Adobe glyph names (the names of the standard encodings and more).
+_GLYPH_NAMES: dict[str, str] = pikepdf.canvas.CHARNAMES_TO_UNICODE  # type: ignore[attr-defined]
 
 __all__ = ["Font", "Glyph", "load_font"]
 
@@ -37,7 +40,7 @@ def _glyph_name(name: str) -> str:
     """Unicode text of an Adobe glyph name (``eacute``, ``uni00E9``, ``f_f_i``...)."""
     if not name:
         return UNKNOWN
-    known = CHARNAMES_TO_UNICODE.get("/" + name)
+    known = _GLYPH_NAMES.get("/" + name)
     if known is not None:
         return known
     base = name.split(".", 1)[0]
@@ -165,9 +168,9 @@ def _bfrange(cmap: _CMap, low: bytes, high: bytes, tokens: list[tuple[str, bytes
         i += 1
         codes = _code_range(low, high)
         while i < len(tokens) and tokens[i][1] != b"]":
-            code = next(codes, None)
-            if code is not None and tokens[i][0] == "hex":
-                cmap.chars[code] = _utf16(tokens[i][1])
+            following = next(codes, None)
+            if following is not None and tokens[i][0] == "hex":
+                cmap.chars[following] = _utf16(tokens[i][1])
             i += 1
         return i + 1
     return i + 1
@@ -218,7 +221,7 @@ class Font:
         return min(2, len(data) - i)
 
 
-def _stream_bytes(obj: pikepdf.Object) -> bytes | None:
+def _stream_bytes(obj: pikepdf.Object | None) -> bytes | None:
     if isinstance(obj, pikepdf.Stream):
         try:
             return bytes(obj.read_bytes())[:_MAX_CMAP]

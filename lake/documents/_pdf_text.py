@@ -221,8 +221,8 @@ class _Reader:
             elif op == "Do" and ops:
                 end_word()
                 self._draw(resources, ops[0], ctm, state)
-            elif op == "scn" or op == "SCN":
-                self._pattern(resources, ops, ctm, state)
+            elif op in ("scn", "SCN"):
+                self._pattern(resources, list(ops), ctm, state)
         end_word()
 
     @staticmethod

@@ -92,7 +92,7 @@ def _probe(data: bytes, limits: Limits) -> _Probe:
     import av
 
     try:
-        with av.open(io.BytesIO(data), metadata_errors="ignore") as container:
+        with av.open(io.BytesIO(data), "r", metadata_errors="ignore") as container:
             if not container.streams.video:
                 raise _refuse("video_unsupported", "the file holds no video stream")
             stream = container.streams.video[0]
@@ -106,6 +106,7 @@ def _probe(data: bytes, limits: Limits) -> _Probe:
             else:
                 duration = 0.0
             created = _created(dict(container.metadata))
+            declared = int(stream.frames or 0)  # the container's frame count (AVI header)
             if ctx.codec is None or not ctx.codec.is_decoder:
                 raise _refuse("video_unsupported", "the video's codec cannot be decoded")
     except DocumentRefusedError:
@@ -119,6 +120,8 @@ def _probe(data: bytes, limits: Limits) -> _Probe:
         raise _refuse("video_too_large", "the video's frames are larger than the lake's limit")
     if duration > limits.max_video_seconds:
         raise _refuse("video_too_large", "the video is longer than the lake's limit")
+    if declared and rate:
+        duration = max(duration, float(declared / Fraction(rate)))
     probe = _Probe(width, height, Fraction(rate), duration, created)
     scale = min(1.0, _MAX_W / width, _MAX_H / height)
     probe.out_w, probe.out_h = _even(width * scale), _even(height * scale)
@@ -161,7 +164,7 @@ def _transcode(data: bytes, probe: _Probe, policy: TextPolicy, ocr: Ocr, limits:
     next_time = Fraction(0)
     period = 1 / probe.out_fps
     try:
-        with av.open(io.BytesIO(data), metadata_errors="ignore") as source, \
+        with av.open(io.BytesIO(data), "r", metadata_errors="ignore") as source, \
                 av.open(out, "w", format="h264") as sink:
             video = source.streams.video[0]
             video.thread_type = "AUTO"
@@ -175,7 +178,7 @@ def _transcode(data: bytes, probe: _Probe, policy: TextPolicy, ocr: Ocr, limits:
                 if t + period / 2 < next_time:
                     continue  # faster than 30 fps: keep frames on the output grid
                 next_time = max(next_time + period, t + period / 2)
-                picture = frame.to_image()
+                picture = frame.to_image()  # type: ignore[no-untyped-call]
                 if boxes:
                     picture = mask(picture, boxes)
                 if times and float(t) + 1e-6 >= times[0]:
@@ -242,7 +245,7 @@ def h264_to_mp4(stream: bytes, fps: Fraction) -> bytes:
     import av
 
     out = io.BytesIO()
-    with av.open(io.BytesIO(stream), format="h264") as source, \
+    with av.open(io.BytesIO(stream), "r", format="h264") as source, \
             av.open(out, "w", format="mp4") as sink:
         video = source.streams.video[0]
         target = sink.add_stream_from_template(video)

@@ -1,0 +1,196 @@
+"""Documents into the lake: wrap, de-identify, and hand the ingest seam an outcome.
+
+:func:`document_outcome` turns one document file into an
+:class:`~lake.ingest.Accepted` row (or a :class:`~lake.ingest.Rejected` record with the
+original sealed in the quarantine), ready for :meth:`lake.ingest.Ingestor.commit` like any
+DICOM instance: the catalog, exports and network services then treat it as one.
+
+UIDs: a document's series and instance UIDs are derived from the study's keyed UID and the
+sha256 of the original file, then keyed like every UID, so the same file attached to the
+same study always gives the same instance (a re-run adds nothing) whether it came through a
+folder, ``--study`` or ``lake attach``, and another study gets another instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from lake._errors import DeidRefusedError
+from lake.catalog import dicom_values
+from lake.deid import Deidentifier
+from lake.documents._image import clean_image
+from lake.documents._iod import (
+    encapsulated_pdf,
+    multiframe_sc,
+    video_photographic,
+    vl_photographic,
+)
+from lake.documents._kinds import DocumentKind
+from lake.documents._limits import Limits
+from lake.documents._ocr import Ocr
+from lake.documents._pdf import clean_pdf
+from lake.documents._study import Study
+from lake.documents._text import TextPolicy
+from lake.documents._video import clean_video
+from lake.ingest import Accepted, IngestContext, Outcome, Rejected
+from lake.ingest._encode import encode_part10, header_json
+from lake.ingest._quarantine import store_rejected
+from lake.store import BlobStore, blob_key
+
+__all__ = ["Wrapped", "document_columns", "document_outcome", "wrap_document"]
+
+_NAMESPACE = "imaging-lake document v1"
+_ENCAPSULATED_DOCUMENT = 0x00420011
+_PIXEL_DATA = 0x7FE00010
+_HEADER_BULK_URI = "urn:imaging-lake:header_dicom"
+
+
+@dataclass(frozen=True)
+class Wrapped:
+    """A document as a DICOM instance, and what the catalog says of it."""
+
+    dataset: Dataset
+    content: bytes | None  # the encapsulated document, restored after de-identification
+    columns: dict[str, Any]
+
+
+def _pre_uid(keyed_study: str, digest: str, role: str) -> str:
+    value = hashlib.sha256(f"{_NAMESPACE}:{keyed_study}:{digest}:{role}".encode()).digest()
+    return "2.25." + str(int.from_bytes(value[:16], "big"))
+
+
+def document_columns(mime: str | None, pages: int | None, duration: float | None
+                     ) -> dict[str, Any]:
+    """The catalog's document columns for one instance."""
+    return {"document_mime_type": mime, "document_pages": pages,
+            "document_duration": duration}
+
+
+def wrap_document(kind: DocumentKind, data: bytes, study: Study, engine: Deidentifier, *,
+                  ocr: Ocr | None, limits: Limits | None = None) -> Wrapped:
+    """Clean ``data`` and wrap it as a standard instance of ``study``.
+
+    The instance's Patient and Study modules are ``study.modules``: identified ones (to be
+    de-identified by ``engine`` with the document) or the lake's de-identified ones (then the
+    instance is final and its UIDs are keyed here).
+
+    Raises
+    ------
+    DocumentRefusedError
+        When the content is refused (see :mod:`lake.documents`).
+    """
+    policy = TextPolicy.for_engine(engine, study.identifiers, study.id_digits)
+    clean_pixels = engine.plan.clean_pixels
+    digest = hashlib.sha256(data).hexdigest()
+    series, sop = (_pre_uid(study.keyed_study_uid, digest, r) for r in ("series", "instance"))
+    if not study.identified:
+        series, sop = engine.uid(series), engine.uid(sop)
+    keep_dates = study.identified  # original dates can be shifted only with the engine
+    if kind is DocumentKind.PDF:
+        pdf = clean_pdf(data, policy, ocr=ocr, clean_pixels=clean_pixels, limits=limits)
+        ds = encapsulated_pdf(study.modules, pdf.data, series_uid=series, sop_uid=sop,
+                              created=pdf.created if keep_dates else None)
+        return Wrapped(ds, pdf.data, document_columns("application/pdf", pdf.pages, None))
+    if kind.is_image:
+        image = clean_image(data, kind, policy, ocr=ocr, clean_pixels=clean_pixels,
+                            limits=limits)
+        if not keep_dates:
+            image = _undated(image)
+        build = vl_photographic if len(image.frames) == 1 or image.jpeg else multiframe_sc
+        ds = build(study.modules, image, series_uid=series, sop_uid=sop)
+        mime = "image/jpeg" if image.jpeg else "image/png"
+        return Wrapped(ds, None, document_columns(mime, len(image.frames) if not image.jpeg
+                                                  else 1, None))
+    video = clean_video(data, policy, ocr=ocr, clean_pixels=clean_pixels, limits=limits)
+    if not keep_dates:
+        video = _undated(video)
+    ds = video_photographic(study.modules, video, series_uid=series, sop_uid=sop)
+    return Wrapped(ds, None, document_columns("video/mp4", None, round(video.duration, 3)))
+
+
+def _undated(content: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(content, created=None)
+
+
+def _bulk_uri(_elem: Any) -> str:
+    return _HEADER_BULK_URI
+
+
+def _reject(ctx: IngestContext, data: bytes, reason: str, message: str) -> Rejected:
+    digest, object_key = store_rejected(ctx.location, data, ctx.quarantine_key)
+    return Rejected({"source_sha256": digest, "size_bytes": len(data), "reason": reason,
+                     "message": message, "object_key": object_key}, len(data))
+
+
+def _row(ds: Dataset, actions: Counter[str], ctx: IngestContext, bytes_in: int,
+         columns: dict[str, Any]) -> Accepted:
+    """The catalog row of a de-identified instance (its pixel data stored as a blob)."""
+    pixel_hash: str | None = None
+    pixel_vr: str | None = None
+    pixel_len = 0
+    blob_written = False
+    if _PIXEL_DATA in ds:
+        elem = ds[_PIXEL_DATA]
+        pixels: bytes = elem.value
+        pixel_vr, pixel_len = elem.VR, len(pixels)
+        pixel_hash, blob_written = BlobStore(ctx.location).put_new(
+            pixels, blob_key(pixels), durable=False)
+        del ds[_PIXEL_DATA]
+    header = encode_part10(ds)
+    as_json = header_json(ds, 4096, _bulk_uri)
+    if pixel_hash is not None:
+        as_json["7FE00010"] = {"vr": pixel_vr, "BulkDataURI": pixel_hash}
+    row = dicom_values(as_json, str(ds.file_meta.TransferSyntaxUID))
+    row.update(
+        pixel_hash=pixel_hash,
+        pixel_vr=pixel_vr,
+        pixel_bytes=pixel_len,
+        size_bytes=len(header) + pixel_len,
+        header_json=json.dumps(as_json, separators=(",", ":"), sort_keys=True),
+        header_dicom=header,
+        profile=ctx.engine.profile.name,
+        profile_version=ctx.engine.profile.version,
+        profile_sha256=ctx.engine.profile.sha256,
+        pixels_cleaned=bool(columns.pop("pixels_cleaned", False)),
+        **columns,
+    )
+    return Accepted(row, actions, blob_written, bytes_in)
+
+
+def document_outcome(kind: DocumentKind, data: bytes, study: Study | None,
+                     ctx: IngestContext, *, ocr: Ocr | None = None,
+                     limits: Limits | None = None) -> Outcome:
+    """Ingest one document file up to (not including) the catalog commit.
+
+    Never raises for bad input: a document without a study (``no_study``), refused content
+    or a failure becomes a :class:`~lake.ingest.Rejected` with the original sealed.
+    """
+    if study is None:
+        return _reject(ctx, data, "no_study", f"a {kind.value} document with no study: put it "
+                       "beside its study's DICOM files, or name the study (--study, lake attach)")
+    try:
+        wrapped = wrap_document(kind, data, study, ctx.engine, ocr=ocr, limits=limits)
+        ds = wrapped.dataset
+        actions: Counter[str] = Counter()
+        if study.identified:
+            result = ctx.engine.apply(ds)
+            actions = Counter(result.actions)
+            if wrapped.content is not None:  # the engine dummies Encapsulated Document
+                content = wrapped.content
+                ds.EncapsulatedDocument = content + (b"\0" if len(content) % 2 else b"")
+        columns = dict(wrapped.columns)
+        columns["pixels_cleaned"] = "DERIVED" in (ds.get("ImageType") or [])
+        return _row(ds, actions, ctx, len(data), columns)
+    except DeidRefusedError as exc:
+        return _reject(ctx, data, exc.reason, str(exc))
+    except Exception as exc:  # noqa: BLE001 - one bad document must not sink the batch
+        return _reject(ctx, data, "processing_error", f"processing failed ({type(exc).__name__}); "
+                       "the original is kept sealed for review")

@@ -1,0 +1,198 @@
+"""The study a document belongs to, and what the lake knows of it.
+
+Two ways to know a study:
+
+* **Identified** (:func:`study_from_header`): an original DICOM header of the study is at
+  hand - a DICOM file in the document's folder, or the header of an already wrapped
+  document. Its Patient and Study modules go into the document's instance *identified*,
+  and the same de-identification engine as the images' then gives the same pseudonym,
+  date shift and keyed UIDs; its names, IDs and institution are the words the document's
+  text must not hold.
+* **In the lake** (:func:`study_from_lake`): only the study's identified StudyInstanceUID is
+  given (``lake attach``, ``lake ingest --study``). Its keyed UID is computed with the
+  lake's key and the study's rows are found; their *de-identified* Patient and Study modules
+  are copied into the document's instance. The identified header is gone: the document's
+  text is judged by the Clean Descriptors rule alone, and its own dates (which cannot be
+  shifted without the original PatientID) are left empty.
+
+:class:`FolderStudies` finds the single study whose DICOM files share a document's folder
+(a folder on disk or a folder inside a zip archive).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from lake._errors import IngestError
+from lake.deid import Deidentifier
+from lake.documents._iod import study_modules
+from lake.documents._text import identifiers_of
+
+if TYPE_CHECKING:
+    from lake._lake import Lake
+
+__all__ = ["FolderStudies", "Study", "study_from_header", "study_from_lake"]
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)+")
+_MAX_SIBLINGS = 5000  # DICOM headers read per folder at most
+_HEAD = 132
+
+
+@dataclass(frozen=True)
+class Study:
+    """What a document needs of its study.
+
+    Attributes
+    ----------
+    modules : Dataset
+        The Patient, Patient Study, General Study and Clinical Trial modules.
+    identified : bool
+        True when ``modules`` are original values (to be de-identified with the document).
+    identifiers, id_digits : frozenset of str
+        The study's identifying words and ID digit strings (empty when not identified).
+    keyed_study_uid : str
+        The study's UID in the lake.
+    """
+
+    modules: Dataset = field(repr=False)
+    identified: bool
+    identifiers: frozenset[str] = field(default=frozenset(), repr=False)
+    id_digits: frozenset[str] = field(default=frozenset(), repr=False)
+    keyed_study_uid: str = ""
+
+
+def study_from_header(headers: list[Dataset], engine: Deidentifier) -> Study:
+    """A study known by original headers (all of the same study): identified."""
+    words: set[str] = set()
+    digits: set[str] = set()
+    for header in headers:
+        found, numbers = identifiers_of(header, engine)
+        words |= found
+        digits |= numbers
+    first = headers[0]
+    return Study(study_modules(first), True, frozenset(words), frozenset(digits),
+                 engine.uid(str(first.StudyInstanceUID)))
+
+
+def study_from_lake(lake: Lake, engine: Deidentifier, study_uid: str) -> Study:
+    """A study known by its identified StudyInstanceUID, found in the lake by its keyed UID.
+
+    Raises
+    ------
+    IngestError
+        When ``study_uid`` is not a UID or no instance of that study is in the lake.
+    """
+    value = study_uid.strip()
+    if not _UID.fullmatch(value):
+        raise IngestError("the study must be given as its original StudyInstanceUID "
+                          "(digits and dots)")
+    keyed = engine.uid(value)
+    if not _UID.fullmatch(keyed):
+        raise IngestError("the study's UID cannot be keyed")
+    rows = lake.sql(
+        f"SELECT header_dicom FROM instances WHERE StudyInstanceUID = '{keyed}' LIMIT 1"
+    ).fetchall()
+    if not rows:
+        raise IngestError("no instance of that study is in the lake; ingest its images first "
+                          "or give the folder holding them")
+    header = dcmread(io.BytesIO(rows[0][0]), force=True)
+    return Study(study_modules(header), False, keyed_study_uid=keyed)
+
+
+def _header(fh: IO[bytes]) -> Dataset | None:
+    """The header of a DICOM Part-10 file (pixel data not read), or None."""
+    try:
+        if fh.read(_HEAD)[128:132] != b"DICM":
+            return None
+        fh.seek(0)
+        ds = dcmread(fh, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError,
+            zipfile.BadZipFile, RuntimeError):
+        return None
+    return ds if ds.get("StudyInstanceUID") else None
+
+
+class FolderStudies:
+    """The study of each folder, read once per folder (cache for one task of items).
+
+    Parameters
+    ----------
+    engine : Deidentifier
+        Used to key the study's UID and to find its identifying words.
+    """
+
+    def __init__(self, engine: Deidentifier) -> None:
+        self.engine = engine
+        self._found: dict[tuple[str, str], dict[str, list[Dataset]]] = {}
+
+    def study(self, path: str, member: str | None, study_uid: str | None = None) -> Study | None:
+        """The study of the DICOM files beside ``path`` (or beside ``member`` in the zip).
+
+        Returns None unless exactly one study is found (or ``study_uid``, an identified
+        StudyInstanceUID, is among those found).
+        """
+        folder = Path(path).parent if member is None else PurePosixPath(member).parent
+        key = ("" if member is None else path, str(folder))
+        if key not in self._found:
+            self._found[key] = self._scan(path, member)
+        studies = self._found[key]
+        if study_uid is not None:
+            headers = studies.get(study_uid.strip())
+        else:
+            headers = next(iter(studies.values())) if len(studies) == 1 else None
+        return study_from_header(headers, self.engine) if headers else None
+
+    def _scan(self, path: str, member: str | None) -> dict[str, list[Dataset]]:
+        studies: dict[str, list[Dataset]] = {}
+        for header in self._siblings(path, member):
+            studies.setdefault(str(header.StudyInstanceUID), []).append(header)
+        return studies
+
+    @staticmethod
+    def _siblings(path: str, member: str | None) -> Iterator[Dataset]:
+        count = 0
+        if member is None:
+            try:
+                entries = sorted(os.scandir(Path(path).parent), key=lambda e: e.name)
+            except OSError:
+                return
+            for entry in entries:
+                if count >= _MAX_SIBLINGS:
+                    return
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    with open(entry.path, "rb") as fh:
+                        header = _header(fh)
+                except OSError:
+                    continue
+                if header is not None:
+                    count += 1
+                    yield header
+            return
+        parent = PurePosixPath(member).parent
+        try:
+            with zipfile.ZipFile(path) as archive:
+                for info in archive.infolist():
+                    if count >= _MAX_SIBLINGS:
+                        return
+                    if info.is_dir() or PurePosixPath(info.filename).parent != parent:
+                        continue
+                    with archive.open(info) as fh:
+                        header = _header(fh)
+                    if header is not None:
+                        count += 1
+                        yield header
+        except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
+            return
