@@ -1,0 +1,163 @@
+"""Documents in the lake: same pseudonym, date shift and keyed UIDs as their study's images."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+import lake
+from lake.documents import (
+    FolderStudies,
+    Ocr,
+    before_deid,
+    document_outcome,
+    pdf_words,
+    sniff,
+    study_from_lake,
+)
+from lake.ingest import Accepted, Ingestor, Rejected, ingest
+from tests.documents_corpus import find_tokens, jpeg_with_metadata, pdf_report, video
+from tests.series import write_ct_series
+
+needs_ocr = pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract not installed")
+TOKEN = "TKNDOCINGESTQ"
+NAME = "Heart^John"
+
+
+@pytest.fixture
+def study_folder(tmp_path: Path) -> tuple[Path, list[Path]]:
+    folder = tmp_path / "in" / "study"
+    paths = write_ct_series(folder, 3, patient_name=NAME, patient_id=TOKEN)
+    return folder, paths
+
+
+def _ingestor(lk: lake.Lake, vault: Path, profile: str = "research") -> Ingestor:
+    return Ingestor(lk, lk.secret(vault), profile)
+
+
+def _outcome(ing: Ingestor, path: Path, ocr: Ocr | None = None) -> Accepted | Rejected:
+    data = path.read_bytes()
+    kind = sniff(data[:1024])
+    assert kind is not None
+    study = FolderStudies(ing.context.engine).study(str(path), None)
+    return document_outcome(kind, data, study, ing.context, ocr=ocr)
+
+
+def test_a_pdf_beside_its_study_gets_the_study_s_keys(
+    lk: lake.Lake, vault_dir: Path, study_folder: tuple[Path, list[Path]]
+) -> None:
+    folder, _ = study_folder
+    ing = _ingestor(lk, vault_dir)
+    ingest(lk, [str(folder)], lk.secret(vault_dir), profile="research", scheduler="sync")
+    report = folder / "report"  # no extension: recognised by content
+    report.write_bytes(pdf_report([f"Patient John Heart {TOKEN}", "CT chest"],
+                                  info={"Author": TOKEN, "CreationDate": "D:20200312"}))
+    outcome = _outcome(ing, report)
+    assert isinstance(outcome, Accepted), getattr(outcome, "record", None)
+    ing.commit([outcome])
+    lk.refresh()
+    rows = lk.sql("SELECT Modality, PatientID, StudyInstanceUID, StudyDate, ContentDate, "
+                  "document_mime_type, document_pages, header_dicom FROM instances "
+                  "ORDER BY Modality").fetchall()
+    ct, doc = rows[0], rows[-1]
+    assert doc[0] == "DOC" and ct[0] == "CT"
+    assert doc[1:4] == ct[1:4]  # pseudonym, keyed study UID, shifted study date
+    assert doc[4] is not None and doc[4] != __import__("datetime").date(2020, 3, 12)  # shifted
+    assert doc[5:7] == ("application/pdf", 1)
+    ds = dcmread(io.BytesIO(doc[7]))
+    pdf = bytes(ds.EncapsulatedDocument)[: int(ds.EncapsulatedDocumentLength)]
+    assert find_tokens(pdf, {TOKEN, "Heart"}) == set()
+    assert "chest" in pdf_words(pdf) and "Heart" not in pdf_words(pdf)
+    assert ds.PatientIdentityRemoved == "YES"
+    again = _outcome(ing, report)  # the same file again: the same instance
+    assert isinstance(again, Accepted)
+    assert again.row["SOPInstanceUID"] == outcome.row["SOPInstanceUID"]
+    assert ing.commit([again]).duplicates == 1
+
+
+def test_without_a_study_a_document_is_quarantined(lk: lake.Lake, vault_dir: Path,
+                                                   tmp_path: Path) -> None:
+    lone = tmp_path / "lone" / "report.pdf"
+    lone.parent.mkdir()
+    lone.write_bytes(pdf_report(["CT chest"]))
+    outcome = _outcome(_ingestor(lk, vault_dir), lone)
+    assert isinstance(outcome, Rejected) and outcome.record["reason"] == "no_study"
+    assert "report" not in outcome.record["message"]
+
+
+def test_two_studies_in_a_folder_is_no_study(lk: lake.Lake, vault_dir: Path,
+                                             study_folder: tuple[Path, list[Path]]) -> None:
+    folder, _ = study_folder
+    write_ct_series(folder / "..", 1)  # another study, other folder: does not count
+    other = write_ct_series(folder.parent / "x", 1)[0]
+    shutil.copy(other, folder / "other.dcm")
+    (folder / "r.pdf").write_bytes(pdf_report(["CT"]))
+    outcome = _outcome(_ingestor(lk, vault_dir), folder / "r.pdf")
+    assert isinstance(outcome, Rejected) and outcome.record["reason"] == "no_study"
+
+
+def test_attach_by_study_uid_copies_the_lake_s_modules(
+    lk: lake.Lake, vault_dir: Path, study_folder: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    folder, paths = study_folder
+    ingest(lk, [str(folder)], lk.secret(vault_dir), profile="research", scheduler="sync")
+    lk.refresh()
+    ing = _ingestor(lk, vault_dir)
+    uid = str(dcmread(paths[0]).StudyInstanceUID)
+    study = study_from_lake(lk, ing.context.engine, uid)
+    assert not study.identified
+    data = pdf_report(["CT chest", f"Zyxwv {TOKEN}"])
+    outcome = document_outcome(sniff(data), data, study, ing.context)  # type: ignore[arg-type]
+    assert isinstance(outcome, Accepted)
+    ct = lk.sql("SELECT PatientID, StudyInstanceUID FROM instances LIMIT 1").fetchall()[0]
+    assert (outcome.row["PatientID"], outcome.row["StudyInstanceUID"]) == ct
+    assert outcome.row["ContentDate"] is None
+    with pytest.raises(lake.IngestError):
+        study_from_lake(lk, ing.context.engine, "1.2.3.4.5")
+
+
+def test_an_encapsulated_pdf_arriving_as_dicom_keeps_its_cleaned_report(
+    lk: lake.Lake, vault_dir: Path, study_folder: tuple[Path, list[Path]]
+) -> None:
+    from lake.documents._iod import encapsulated_pdf, study_modules
+
+    _, paths = study_folder
+    header = dcmread(paths[0])
+    ds = encapsulated_pdf(study_modules(header), pdf_report([f"John Heart {TOKEN} chest"]),
+                          series_uid="1.2.826.0.1.3680043.10.1077.9.1",
+                          sop_uid="1.2.826.0.1.3680043.10.1077.9.2")
+    ds.DocumentTitle = f"Report of {TOKEN}"
+    engine = _ingestor(lk, vault_dir).context.engine
+    content = before_deid(ds, engine)
+    assert content is not None
+    engine.apply(ds)
+    assert bytes(ds.EncapsulatedDocument) == bytes(8)  # the engine alone: a dummy
+    content.restore(ds)
+    pdf = bytes(ds.EncapsulatedDocument)[: int(ds.EncapsulatedDocumentLength)]
+    assert pdf_words(pdf) == ["chest"]
+    assert TOKEN not in str(ds.DocumentTitle)
+
+
+@needs_ocr
+def test_photographs_and_videos_beside_their_study(
+    lk: lake.Lake, vault_dir: Path, study_folder: tuple[Path, list[Path]]
+) -> None:
+    folder, _ = study_folder
+    (folder / "photo.jpg").write_bytes(jpeg_with_metadata(TOKEN))
+    (folder / "clip").write_bytes(video(metadata={"title": TOKEN}))
+    ing = _ingestor(lk, vault_dir)
+    photo = _outcome(ing, folder / "photo.jpg", Ocr())
+    clip = _outcome(ing, folder / "clip", Ocr())
+    assert isinstance(photo, Accepted) and isinstance(clip, Accepted)
+    assert photo.row["TransferSyntaxUID"] == "1.2.840.10008.1.2.4.50"
+    assert clip.row["TransferSyntaxUID"] == "1.2.840.10008.1.2.4.102"
+    assert clip.row["document_duration"] == pytest.approx(2.0)
+    assert photo.row["PatientID"] == clip.row["PatientID"] != TOKEN
+    ing.commit([photo, clip])
+    blobs = b"".join(p.read_bytes() for p in (Path(lk.root) / "blobs").rglob("*")
+                     if p.is_file())
+    assert find_tokens(blobs, {TOKEN}) == set()
