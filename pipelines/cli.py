@@ -11,6 +11,7 @@ import typer
 import lake
 from pipelines import _core
 from pipelines._common import EXIT_CODES_HELP, EXIT_INTERNAL, err, out, reported
+from pipelines.documents import attach_command, export_documents_command
 from pipelines.export import cohort_app, export_app
 from pipelines.net import pull_command, serve_app
 from pipelines.profiles import deid_command, profiles_app
@@ -34,6 +35,8 @@ app.add_typer(profiles_app, name="profiles")
 app.command("deid")(deid_command)
 app.add_typer(cohort_app, name="cohort")
 app.add_typer(export_app, name="export")
+export_app.command("documents")(export_documents_command)
+app.command("attach")(attach_command)
 app.add_typer(serve_app, name="serve")
 app.command("pull")(pull_command)
 

@@ -15,6 +15,7 @@ Public contract::
     content = before_deid(ds, engine)                    # an already wrapped instance
 """
 
+from lake.documents._attach import attach
 from lake.documents._image import CleanedImage, clean_image
 from lake.documents._ingest import Wrapped, document_outcome, wrap_document
 from lake.documents._kinds import DocumentKind, sniff
@@ -40,6 +41,7 @@ __all__ = [
     "Study",
     "TextPolicy",
     "Wrapped",
+    "attach",
     "before_deid",
     "clean_image",
     "clean_pdf",

@@ -43,7 +43,7 @@ from lake.ingest._encode import encode_part10, header_json
 from lake.ingest._quarantine import store_rejected
 from lake.store import BlobStore, blob_key
 
-__all__ = ["Wrapped", "document_columns", "document_outcome", "wrap_document"]
+__all__ = ["Wrapped", "document_columns", "document_outcome", "reject_document", "wrap_document"]
 
 _NAMESPACE = "imaging-lake document v1"
 _ENCAPSULATED_DOCUMENT = 0x00420011
@@ -102,11 +102,11 @@ def wrap_document(kind: DocumentKind, data: bytes, study: Study, engine: Deident
                             limits=limits)
         if not keep_dates:
             image = _undated(image)
-        build = vl_photographic if len(image.frames) == 1 or image.jpeg else multiframe_sc
+        single = len(image.frames) == 1 or image.jpeg
+        build = vl_photographic if single else multiframe_sc
         ds = build(study.modules, image, series_uid=series, sop_uid=sop)
-        mime = "image/jpeg" if image.jpeg else "image/png"
-        return Wrapped(ds, None, document_columns(mime, len(image.frames) if not image.jpeg
-                                                  else 1, None))
+        mime = "image/jpeg" if image.jpeg else "image/png" if single else "image/tiff"
+        return Wrapped(ds, None, document_columns(mime, len(image.frames), None))
     video = clean_video(data, policy, ocr=ocr, clean_pixels=clean_pixels, limits=limits)
     if not keep_dates:
         video = _undated(video)
@@ -124,7 +124,7 @@ def _bulk_uri(_elem: Any) -> str:
     return _HEADER_BULK_URI
 
 
-def _reject(ctx: IngestContext, data: bytes, reason: str, message: str) -> Rejected:
+def reject_document(ctx: IngestContext, data: bytes, reason: str, message: str) -> Rejected:
     digest, object_key = store_rejected(ctx.location, data, ctx.quarantine_key)
     return Rejected({"source_sha256": digest, "size_bytes": len(data), "reason": reason,
                      "message": message, "object_key": object_key}, len(data))
@@ -174,7 +174,7 @@ def document_outcome(kind: DocumentKind, data: bytes, study: Study | None,
     or a failure becomes a :class:`~lake.ingest.Rejected` with the original sealed.
     """
     if study is None:
-        return _reject(ctx, data, "no_study", f"a {kind.value} document with no study: put it "
+        return reject_document(ctx, data, "no_study", f"a {kind.value} document with no study: put it "
                        "beside its study's DICOM files, or name the study (--study, lake attach)")
     try:
         wrapped = wrap_document(kind, data, study, ctx.engine, ocr=ocr, limits=limits)
@@ -190,7 +190,7 @@ def document_outcome(kind: DocumentKind, data: bytes, study: Study | None,
         columns["pixels_cleaned"] = "DERIVED" in (ds.get("ImageType") or [])
         return _row(ds, actions, ctx, len(data), columns)
     except DeidRefusedError as exc:
-        return _reject(ctx, data, exc.reason, str(exc))
+        return reject_document(ctx, data, exc.reason, str(exc))
     except Exception as exc:  # noqa: BLE001 - one bad document must not sink the batch
-        return _reject(ctx, data, "processing_error", f"processing failed ({type(exc).__name__}); "
+        return reject_document(ctx, data, "processing_error", f"processing failed ({type(exc).__name__}); "
                        "the original is kept sealed for review")

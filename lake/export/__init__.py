@@ -26,6 +26,7 @@ from lake.export._cohort import (
     resolve_cohort,
 )
 from lake.export._dicom import export_dicom, instance_bytes, reassemble
+from lake.export._documents import export_documents
 from lake.export._manifest import FileRecord, Skip
 from lake.export._runner import ExportResult, ProgressCallback
 from lake.export._teaching import export_teaching, preview_png, teaching_profiles
@@ -42,6 +43,7 @@ __all__ = [
     "Skip",
     "create_cohort",
     "export_dicom",
+    "export_documents",
     "export_nifti",
     "export_teaching",
     "instance_bytes",
