@@ -100,6 +100,11 @@ def ingest(
     workers: Annotated[int | None, typer.Option(help="Local workers (default: CPU count).")] = None,
     batch_size: Annotated[int, typer.Option(help="Instances per catalog commit.")] = 1000,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    study: Annotated[
+        str | None,
+        typer.Option(help="Original StudyInstanceUID or AccessionNumber the documents (PDF, "
+                     "pictures, videos) belong to; default: the study of their folder."),
+    ] = None,
 ) -> None:
     """De-identify and ingest DICOM files, folders and zips.
 
@@ -135,6 +140,7 @@ def ingest(
                 workers=workers,
                 batch_size=batch_size,
                 on_progress=advance,
+                study=study,
             )
         err.print(_summary(summary))
     if summary.quarantined:

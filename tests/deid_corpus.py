@@ -12,7 +12,9 @@ three levels deep; names in StudyDescription, SeriesDescription, ImageComments,
 ProtocolName, AdditionalPatientHistory, RequestedProcedureDescription; institution, station,
 device serial; physicians and operators; private elements with and without creator, in
 sequences, VR UN, a date hidden in a private LO; DT with a UTC offset and malformed dates;
-overlays and curves; EncapsulatedDocument; the file meta; the source path; burned-in pixels.
+overlays and curves; EncapsulatedDocument (a real PDF: text, Info, annotation, attachment); the
+file meta; the source path; burned-in pixels; with ``documents=True``, document files beside the
+DICOM (PDF text and Info, EXIF, AVI INFO chunks, text burned into a picture and a video).
 
 Tokens are ``TKN`` + 12 base32 characters (derived from the patient, batch and place, so a
 run is reproducible); dates are distinctive 8-digit dates; original UIDs use a private root.
@@ -417,9 +419,29 @@ def _pdf(p: _Planter, uids: dict[str, str]) -> Dataset:
     ds.DocumentTitle = "REPORT"
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
     ds.ConceptNameCodeSequence = _code("18748-4", "Diagnostic Imaging Report", "LN")
-    body = f"%PDF-1.4\n% report for {p.token('EncapsulatedDocument')}\n%%EOF\n".encode()
+    from tests.documents_corpus import pdf_report
+
+    body = pdf_report(  # a real PDF, uncompressed so its tokens are visible in the original
+        [f"Report for {p.token('EncapsulatedDocument')}", "CT chest"],
+        info={"Author": p.token("PDF.Info")}, annotation=p.token("PDF.Annotation"),
+        attachment=p.token("PDF.Attachment"), compress=False)
     ds.EncapsulatedDocument = body + (b"\0" if len(body) % 2 else b"")
     return ds
+
+
+def _documents(p: _Planter, sub: Path, batch: int) -> None:
+    """Document files beside the patient's DICOM: identifiers in metadata and in pixels."""
+    from tests.documents_corpus import avi_with_info, jpeg_with_metadata, pdf_report, photo, video
+
+    (sub / f"b{batch}_report.pdf").write_bytes(pdf_report(
+        [f"Report for {p.token('Doc.PDFText')}", "CT chest"],
+        info={"Author": p.token("Doc.PDFInfo")}, compress=False))
+    (sub / f"b{batch}_photo.jpg").write_bytes(jpeg_with_metadata(p.token("Doc.EXIF")))
+    (sub / f"b{batch}_clip.avi").write_bytes(avi_with_info(p.token("Doc.AVIInfo")))
+    burned = sub / f"b{batch}_burned.png"
+    photo(p.token("Doc.BurnedPhoto")).save(burned)
+    (sub / f"b{batch}_burned.avi").write_bytes(video(text=p.token("Doc.BurnedVideo"),
+                                                     seconds=1))
 
 
 def _ultrasound(p: _Planter, uids: dict[str, str]) -> Dataset:
@@ -460,7 +482,8 @@ def _ultrasound(p: _Planter, uids: dict[str, str]) -> Dataset:
     return ds
 
 
-def write_corpus(folder: Path, n_patients: int = 3, *, batch: int = 0) -> set[str]:
+def write_corpus(folder: Path, n_patients: int = 3, *, batch: int = 0,
+                 documents: bool = False) -> set[str]:
     """Write the corpus under ``folder``; return every planted token.
 
     Parameters
@@ -471,6 +494,9 @@ def write_corpus(folder: Path, n_patients: int = 3, *, batch: int = 0) -> set[st
         Patients 0..n-1. The same patient gets the same identity in every batch.
     batch : int
         A new batch is a new visit: new studies, UIDs and dates, same patients.
+    documents : bool
+        Also write document files beside each patient's DICOM (a PDF, a JPEG with EXIF, an
+        AVI with INFO chunks, a picture and a video with a token burned in).
 
     Returns
     -------
@@ -490,6 +516,8 @@ def write_corpus(folder: Path, n_patients: int = 3, *, batch: int = 0) -> set[st
         datasets.append(("us.dcm", _ultrasound(p, uids)))
         for name, ds in datasets:
             ds.save_as(sub / f"b{batch}_{name}", enforce_file_format=True)
+        if documents:
+            _documents(p, sub, batch)
         tokens |= p.tokens
     return tokens
 

@@ -48,7 +48,8 @@ def pdf_report(lines: Iterable[str], *, info: dict[str, str] | None = None,
                javascript: str | None = None, form_field: str | None = None,
                outline: str | None = None, actual_text: str | None = None,
                form_xobject_text: str | None = None, glyph_by_glyph: str | None = None,
-               xmp: str | None = None, password: str | None = None) -> bytes:
+               xmp: str | None = None, password: str | None = None, compress: bool = True
+               ) -> bytes:
     """A one-page text PDF, with identifiers in every place a PDF can hide them."""
     pdf = pikepdf.new()
     font = _helvetica(widths=glyph_by_glyph is not None)
@@ -121,7 +122,7 @@ def pdf_report(lines: Iterable[str], *, info: dict[str, str] | None = None,
         pdf.Root.Outlines = outlines
     out = io.BytesIO()
     encryption = pikepdf.Encryption(owner=password, user=password) if password else False
-    pdf.save(out, encryption=encryption, fix_metadata_version=False)
+    pdf.save(out, encryption=encryption, fix_metadata_version=False, compress_streams=compress)
     return out.getvalue()
 
 

@@ -161,3 +161,48 @@ def test_photographs_and_videos_beside_their_study(
     blobs = b"".join(p.read_bytes() for p in (Path(lk.root) / "blobs").rglob("*")
                      if p.is_file())
     assert find_tokens(blobs, {TOKEN}) == set()
+
+
+@needs_ocr
+def test_lake_ingest_takes_documents_beside_dicom_in_folders_and_zips(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path
+) -> None:
+    import zipfile
+
+    folder = tmp_path / "in" / "visit"
+    write_ct_series(folder, 2, patient_name=NAME, patient_id=TOKEN)
+    (folder / "report.pdf").write_bytes(pdf_report([f"John {TOKEN}", "CT chest"]))
+    (folder / "photo.jpg").write_bytes(jpeg_with_metadata(TOKEN))
+    (folder / "clip.avi").write_bytes(video(seconds=1))
+    zipped = tmp_path / "in" / "other.zip"
+    other = write_ct_series(tmp_path / "zipsrc", 1, patient_name="Doe^Jane", patient_id="P2")
+    with zipfile.ZipFile(zipped, "w") as archive:
+        archive.write(other[0], "study/slice.dcm")
+        archive.writestr("study/scan.pdf", pdf_report(["CT chest"]))
+        archive.writestr("elsewhere/lonely.pdf", pdf_report(["CT"]))
+    lonely = tmp_path / "in" / "lonely" / "r.pdf"
+    lonely.parent.mkdir()
+    lonely.write_bytes(pdf_report(["CT"]))
+    summary = ingest(lk, [str(tmp_path / "in")], lk.secret(vault_dir), profile="research",
+                     scheduler="sync")
+    assert summary.ingested == 2 + 3 + 1 + 1 and dict(summary.reasons) == {"no_study": 2}
+    lk.refresh()
+    rows = lk.sql("SELECT PatientID, StudyInstanceUID, count(*) FROM instances "
+                  "GROUP BY ALL ORDER BY 3").fetchall()
+    assert [r[2] for r in rows] == [2, 5]  # each document in its own folder's study
+
+
+def test_lake_ingest_study_option_binds_documents_to_a_study_in_the_lake(
+    lk: lake.Lake, vault_dir: Path, study_folder: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    folder, paths = study_folder
+    secret = lk.secret(vault_dir)
+    ingest(lk, [str(folder)], secret, profile="research", scheduler="sync")
+    docs = tmp_path / "later"
+    docs.mkdir()
+    (docs / "report.pdf").write_bytes(pdf_report(["CT chest"]))
+    uid = str(dcmread(paths[0]).StudyInstanceUID)
+    summary = ingest(lk, [str(docs)], secret, profile="research", scheduler="sync", study=uid)
+    assert summary.ingested == 1
+    lk.refresh()
+    assert lk.sql("SELECT count(DISTINCT StudyInstanceUID) FROM instances").fetchall() == [(1,)]

@@ -16,6 +16,7 @@ Public contract::
 """
 
 from lake.documents._attach import attach
+from lake.documents._hook import DocumentOptions, document_options, ingest_item
 from lake.documents._image import CleanedImage, clean_image
 from lake.documents._ingest import Wrapped, document_outcome, wrap_document
 from lake.documents._kinds import DocumentKind, sniff
@@ -33,6 +34,7 @@ __all__ = [
     "CleanedVideo",
     "Content",
     "DocumentKind",
+    "DocumentOptions",
     "DocumentRefusedError",
     "FolderStudies",
     "Limits",
@@ -46,8 +48,10 @@ __all__ = [
     "clean_image",
     "clean_pdf",
     "clean_video",
+    "document_options",
     "document_outcome",
     "h264_to_mp4",
+    "ingest_item",
     "pdf_words",
     "sniff",
     "study_from_header",

@@ -139,8 +139,8 @@ class FolderStudies:
     def study(self, path: str, member: str | None, study_uid: str | None = None) -> Study | None:
         """The study of the DICOM files beside ``path`` (or beside ``member`` in the zip).
 
-        Returns None unless exactly one study is found (or ``study_uid``, an identified
-        StudyInstanceUID, is among those found).
+        Returns None unless exactly one study is found (or ``study_uid``, an original
+        StudyInstanceUID or AccessionNumber, names one of those found).
         """
         folder = Path(path).parent if member is None else PurePosixPath(member).parent
         key = ("" if member is None else path, str(folder))
@@ -148,7 +148,10 @@ class FolderStudies:
             self._found[key] = self._scan(path, member)
         studies = self._found[key]
         if study_uid is not None:
-            headers = studies.get(study_uid.strip())
+            wanted = study_uid.strip()
+            headers = studies.get(wanted) or next(
+                (h for h in studies.values() if str(h[0].get("AccessionNumber", "")).strip()
+                 == wanted), None)
         else:
             headers = next(iter(studies.values())) if len(studies) == 1 else None
         return study_from_header(headers, self.engine) if headers else None

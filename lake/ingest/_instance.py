@@ -12,7 +12,7 @@ import json
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom import config, dcmread
 from pydicom.dataelem import RawDataElement
@@ -26,6 +26,9 @@ from lake.deid import Deidentifier
 from lake.ingest._encode import encode_part10, header_json
 from lake.ingest._quarantine import store_rejected
 from lake.store import BlobStore, Location, blob_key
+
+if TYPE_CHECKING:
+    from lake.documents import DocumentOptions
 
 __all__ = ["Accepted", "IngestContext", "Outcome", "Rejected", "process_bytes"]
 
@@ -43,6 +46,7 @@ class IngestContext:
     location: Location
     engine: Deidentifier
     quarantine_key: bytes = field(repr=False)
+    documents: DocumentOptions | None = None
 
 
 @dataclass
@@ -210,9 +214,14 @@ def _process(data: bytes, ctx: IngestContext) -> Outcome:
         ds = _parse(data)
         _check(ds)
         try:
+            from lake.documents import before_deid  # documents already wrapped: their content
+
+            content = before_deid(ds, ctx.engine)
             result = ctx.engine.apply(ds)
         except DeidRefusedError as exc:
             raise _InputError(exc.reason, str(exc)) from None
+        if content is not None:
+            content.restore(ds)
         _ensure_meta(ds)
         pixel_hash: str | None = None
         pixel_vr: str | None = None
@@ -253,4 +262,6 @@ def _process(data: bytes, ctx: IngestContext) -> Outcome:
         profile_sha256=ctx.engine.profile.sha256,
         pixels_cleaned=bool(getattr(result, "pixels_cleaned", False)),
     )
+    if content is not None:
+        row.update(content.columns)
     return Accepted(row, Counter(result.actions), blob_written, len(data))

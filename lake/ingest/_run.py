@@ -198,14 +198,18 @@ def _unreadable(exc: Exception) -> Rejected:
 
 
 def _process_items(items: list[SourceItem], ctx: IngestContext) -> list[Outcome]:
+    from lake.documents import FolderStudies, ingest_item
+
     outcomes: list[Outcome] = []
+    folders = FolderStudies(ctx.engine)  # documents: the study of each folder, read once
     for item in items:
         try:
             data = read_item(item)
         except (OSError, zipfile.BadZipFile, KeyError, RuntimeError) as exc:
             outcomes.append(_unreadable(exc))
             continue
-        outcomes.append(process_bytes(data, ctx))
+        document = ingest_item(item.path, item.member, data, ctx, folders, ctx.documents)
+        outcomes.append(document if document is not None else process_bytes(data, ctx))
     return outcomes
 
 
@@ -220,6 +224,7 @@ def ingest(
     batch_size: int = 1000,
     task_size: int = 32,
     on_progress: Callable[[int, int], None] | None = None,
+    study: str | None = None,
 ) -> IngestSummary:
     """Ingest files, folders and zip archives into ``lake``.
 
@@ -248,12 +253,20 @@ def ingest(
         Files per Dask task.
     on_progress : callable, optional
         Called with ``(files_done, bytes_done)`` increments as tasks finish.
+    study : str, optional
+        The original StudyInstanceUID (or AccessionNumber) the run's documents (PDF,
+        pictures, videos) belong to; by default each document's folder decides
+        (see :mod:`lake.documents`).
 
     Returns
     -------
     IngestSummary
     """
     ingestor = Ingestor(lake, secret, profile)
+    if study is not None:
+        from lake.documents import document_options
+
+        ingestor.context = document_options(lake, ingestor.context, study)
     summary = IngestSummary()
     started = time.perf_counter()
     items = iter_items(sources)
