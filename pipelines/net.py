@@ -125,6 +125,13 @@ def dicom(
     max_instance_mb: Annotated[
         int | None, typer.Option("--max-instance-mb", help="Refuse larger instances.")
     ] = None,
+    receive_memory_mb: Annotated[
+        int | None,
+        typer.Option(
+            "--receive-memory-mb",
+            help="Received instances held in memory at once (all peers); beyond, refused.",
+        ),
+    ] = None,
 ) -> None:
     """Run the lake as a DICOM node until SIGINT/SIGTERM.
 
@@ -159,6 +166,7 @@ def dicom(
             commit_every=commit_every,
             commit_interval=commit_interval,
             max_instance_bytes=None if max_instance_mb is None else max_instance_mb * 2**20,
+            receive_memory_bytes=None if receive_memory_mb is None else receive_memory_mb * 2**20,
         )
         server = DicomServer(lk, secret, config)
         stop = threading.Event()
@@ -195,7 +203,8 @@ def dicom(
         stats = report.received
         err.print(
             f"received {stats.received}: {stats.accepted} stored, {stats.quarantined} "
-            f"quarantined, {stats.too_large} too large; {report.committed_instances} new in the "
+            f"quarantined, {stats.too_large} too large, {stats.busy} refused while busy; "
+            f"{report.committed_instances} new in the "
             f"catalog over {report.committed_batches} commits",
             highlight=False,
             soft_wrap=True,

@@ -6,6 +6,7 @@ classes and broken datasets come from pynetdicom used as a client at the DIMSE l
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import struct
@@ -28,7 +29,7 @@ from pynetdicom.dsutils import encode
 
 import lake
 from lake.net import DicomServer, ServerConfig
-from tests.net_peers import dcmtk, require
+from tests.net_peers import associate_rq, dcmtk, read_pdu, require
 from tests.series import write_ct_series
 
 pytestmark = pytest.mark.network
@@ -238,8 +239,8 @@ def test_oversized_dataset_is_refused(
     server: DicomServer, lk: lake.Lake, tmp_path: Path
 ) -> None:
     big = _ct()
-    big.Rows = big.Columns = 1024
-    big.PixelData = b"\x00\x01" * (1024 * 1024)  # 2 MiB > the 2,000,000-byte limit
+    big.Rows = big.Columns = 2048
+    big.PixelData = b"\x00\x01" * (2048 * 2048)  # 8 MiB, 4x the 2,000,000-byte limit
     assoc = _associate(server, CT)
     try:
         assert _send_raw_store(assoc, big.SOPInstanceUID, _encoded(big), tmp_path) == 0xA700
@@ -247,7 +248,11 @@ def test_oversized_dataset_is_refused(
     finally:
         assoc.release()  # type: ignore[attr-defined]
     assert _rows(server, lk) == 1
-    assert server.receiver.stats.too_large == 1
+    stats = server.receiver.stats
+    assert (stats.too_large, stats.accepted) == (1, 1)
+    assert stats.bytes_in > 8 * 2**20  # every byte was counted as it streamed in...
+    budget = server._server.budget if server._server is not None else None
+    assert budget is not None and budget.held == 0  # ...and none is held now
     assert lk.sql("SELECT count(*) FROM quarantine").fetchall() == [(0,)]
 
 
@@ -299,3 +304,79 @@ def test_concurrent_stores_all_land(server: DicomServer, lk: lake.Lake, tmp_path
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, stderr
     assert _rows(server, lk) == 24
+
+
+# --- bounded reads (issue 16.3: nothing a peer sends is held without a bound) -------------
+
+
+def _pdata(context_id: int, control: int, payload: bytes) -> bytes:
+    """A P-DATA-TF PDU with one PDV (PS3.8 9.3.5)."""
+    item = struct.pack(">IBB", len(payload) + 2, context_id, control) + payload
+    return struct.pack(">BBI", 0x04, 0, len(item)) + item
+
+
+def _raw_association(srv: DicomServer, *contexts: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+    sock.sendall(associate_rq("ROBUST", "LAKE", *contexts))
+    assert read_pdu(sock)[:1] == b"\x02"  # A-ASSOCIATE-AC
+    return sock
+
+
+def _aborted(sock: socket.socket) -> bool:
+    """The server sent an A-ABORT (or just closed), before anything else."""
+    try:
+        answer = read_pdu(sock)
+    except ConnectionResetError:
+        return True
+    return answer[:1] in (b"", b"\x07")
+
+
+def test_pdu_longer_than_the_limit_aborts(server: DicomServer) -> None:
+    with _raw_association(server) as sock:
+        # announces 64 MiB (our maximum is far smaller); nothing is buffered for it
+        sock.sendall(struct.pack(">BBI", 0x04, 0, 64 << 20) + bytes(4096))
+        assert _aborted(sock)
+    _alive(server)
+
+
+def test_command_set_over_the_limit_aborts(server: DicomServer) -> None:
+    with _raw_association(server) as sock:
+        with contextlib.suppress(OSError):  # the server may close while we still send
+            for _ in range(8):  # 8 x 16 KiB command fragments, never the last one
+                sock.sendall(_pdata(1, 0x01, bytes(16_000)))
+        assert _aborted(sock)
+    _alive(server)
+
+
+def test_query_identifier_over_the_limit_aborts(server: DicomServer) -> None:
+    study_root_find = "1.2.840.10008.5.1.4.1.2.2.1"
+    assoc = _associate(server, study_root_find)
+    assert assoc.is_established  # type: ignore[attr-defined]
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.add_new(0x00091010, "OB", b"x" * 3_000_000)  # over min(16 MiB, the 2 MB instance limit)
+    answers = list(assoc.send_c_find(ds, study_root_find))  # type: ignore[attr-defined]
+    assert all("Status" not in status for status, _ in answers)  # no answer: aborted
+    deadline = time.monotonic() + 30  # the client's reactor notices the A-ABORT once resumed
+    while not assoc.is_aborted and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.05)
+    assert assoc.is_aborted  # type: ignore[attr-defined]
+    _alive(server)
+
+
+def test_busy_budget_refuses_then_recovers(lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> None:
+    """An instance arriving while the receive budget is spent is refused, transiently."""
+    config = ServerConfig(port=0, max_instance_bytes=1_000_000, receive_memory_bytes=1_000_000)
+    with DicomServer(lk, lk.secret(vault_dir), config) as srv:
+        assert srv._server is not None and srv._server.budget is not None
+        budget = srv._server.budget
+        assert budget.take(990_000)  # another association holds most of it
+        assoc = _associate(srv, CT)
+        try:
+            assert _send_raw_store(assoc, generate_uid(), _encoded(_ct()), tmp_path) == 0xA700
+            budget.give_back([990_000])
+            assert _send_raw_store(assoc, generate_uid(), _encoded(_ct()), tmp_path) == 0x0000
+        finally:
+            assoc.release()  # type: ignore[attr-defined]
+        assert (srv.receiver.stats.busy, srv.receiver.stats.accepted) == (1, 1)
+        assert budget.held == 0

@@ -193,7 +193,11 @@ class ServerConfig:
     commit_interval : float
         ...or every this many seconds, whichever comes first.
     max_instance_bytes : int
-        Larger received instances are refused (Out of Resources).
+        Larger received instances are refused (Out of Resources), while they stream in.
+    receive_memory_bytes : int
+        Bytes of received instances held at once, all associations together (at least
+        ``max_instance_bytes``); an instance arriving beyond it is refused (Out of
+        Resources, which senders retry) while it streams in.
     profile : str, optional
         De-identification profile (the lake's default when omitted).
     tls : TLSConfig, optional
@@ -213,6 +217,7 @@ class ServerConfig:
     commit_every: int = 500
     commit_interval: float = 2.0
     max_instance_bytes: int = 2**30
+    receive_memory_bytes: int = 2**30
     profile: str | None = None
     tls: TLSConfig | None = None
 
@@ -222,7 +227,8 @@ class ServerConfig:
         object.__setattr__(
             self, "allow", tuple(parse_ae_title(a, "--allow AE title") for a in self.allow)
         )
-        for name in ("max_associations", "commit_every", "max_instance_bytes"):
+        for name in ("max_associations", "commit_every", "max_instance_bytes",
+                     "receive_memory_bytes"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"invalid {name}: it must be a positive number")
         for name in ("request_timeout", "acse_timeout", "dimse_timeout", "network_timeout",

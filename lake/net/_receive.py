@@ -7,15 +7,18 @@ sub-operations of C-GET, or the temporary SCP a C-MOVE targets).
 from __future__ import annotations
 
 import enum
+import io
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pynetdicom.dsutils import encode_file_meta
 
 from lake._errors import NetError
 from lake.ingest import Accepted, Ingestor
 from lake.net._spool import Committer
+from lake.net._transport import DataSetBuffer
 
 __all__ = ["ReceiveStats", "Receiver", "StoreStatus"]
 
@@ -25,7 +28,8 @@ class StoreStatus(enum.IntEnum):
 
     SUCCESS = 0x0000
     OUT_OF_RESOURCES = 0xA700
-    """Too large, the receive spool cannot be written, or the server is stopping."""
+    """Too large, too much arriving at once, the receive spool cannot be written, or the
+    server is stopping."""
     DATASET_MISMATCH = 0xA900
     """No SOP identity (missing UIDs) or a DICOMDIR sent as an instance."""
     CANNOT_UNDERSTAND = 0xC000
@@ -46,6 +50,23 @@ _PARSE_REASONS = {
 }
 
 
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+def _part10(event: Any, stream: io.BytesIO) -> bytes:
+    """The received instance as a Part-10 file: file meta from the association, then the
+    data set exactly as sent.
+
+    One copy of the data set (pynetdicom's ``encoded_dataset`` makes two), and the
+    received buffer is emptied once copied, so an instance costs its size once here.
+    """
+    with stream.getbuffer() as view:
+        data = b"".join((_PREAMBLE, encode_file_meta(event.file_meta), view))
+    stream.seek(0)
+    stream.truncate()
+    return data
+
+
 def _status(code: StoreStatus, comment: str | None = None) -> Dataset:
     ds = Dataset()
     ds.Status = int(code)
@@ -62,6 +83,8 @@ class ReceiveStats:
     accepted: int = 0
     quarantined: int = 0
     too_large: int = 0
+    busy: int = 0
+    """Refused (Out of Resources) because the receive memory budget was spent."""
     spool_failures: int = 0
     bytes_in: int = 0
 
@@ -120,14 +143,26 @@ class Receiver:
 
     def _handle(self, event: Any, tag: str | None) -> Dataset:
         stream = event.request.DataSet
-        stream.seek(0, 2)
-        size = stream.tell()
-        stream.seek(0)
+        try:
+            return self._store(event, stream, tag)
+        finally:
+            if isinstance(stream, DataSetBuffer):
+                stream.release()  # handled: its bytes go back to the server's budget
+
+    def _store(self, event: Any, stream: io.BytesIO, tag: str | None) -> Dataset:
+        if isinstance(stream, DataSetBuffer):  # bounded while it streamed in
+            size, overflow = stream.size, stream.overflow
+        else:
+            size, overflow = len(stream.getbuffer()), None
         self._count(received=1, bytes_in=size)
-        if size > self.max_instance_bytes:
+        if overflow == "busy":
+            self._count(busy=1)
+            return _status(StoreStatus.OUT_OF_RESOURCES,
+                           "the lake is receiving too much at once; retry later")
+        if overflow is not None or size > self.max_instance_bytes:
             self._count(too_large=1)
             return _status(StoreStatus.OUT_OF_RESOURCES, "instance larger than the lake accepts")
-        data = event.encoded_dataset(include_meta=True)
+        data = _part10(event, stream)
         outcome = self.ingestor.process(data)
         del data
         try:

@@ -233,7 +233,11 @@ class DicomServer:
                 f"cannot listen on {self.config.host}:{self.config.port} ({exc.strerror or exc}); "
                 "choose another --port or stop the process using it"
             ) from None
-        server.configure(request_timeout=self.config.request_timeout)
+        server.configure(
+            request_timeout=self.config.request_timeout,
+            max_dataset_bytes=self.config.max_instance_bytes,
+            budget_bytes=max(self.config.receive_memory_bytes, self.config.max_instance_bytes),
+        )
         self.report.admission = server.admission.stats
         self.report.captured = server.captured
         self.committer.start()
