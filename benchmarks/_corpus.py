@@ -9,7 +9,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-__all__ = ["make_corpus"]
+__all__ = ["make_corpus", "make_phi_corpus"]
 
 TEMPLATES = ("CT_small.dcm", "MR_small.dcm")
 
@@ -48,3 +48,21 @@ def make_corpus(folder: Path, n: int, *, patients: int = 20, series_size: int = 
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def make_phi_corpus(folder: Path, n: int) -> list[Path]:
+    """At least ``n`` PHI-rich files (tests/deid_corpus.py: CT with sequences and private
+    groups, SR, PDF, ultrasound; six files per patient), reused when already complete."""
+    from tests.deid_corpus import write_corpus
+
+    patients = -(-n // 6)
+    stamp = folder / f".complete-{patients}"
+    if not stamp.exists():
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        write_corpus(folder, patients)
+        stamp.touch()
+    return sorted(p for p in folder.rglob("*.dcm"))

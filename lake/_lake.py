@@ -136,7 +136,7 @@ class Lake:
         *,
         vault: str | os.PathLike[str] | None = None,
         profile: str | None = None,
-        scheduler: str = "processes",
+        scheduler: str = "auto",
         workers: int | None = None,
         batch_size: int = 1000,
         on_progress: Callable[[int, int], None] | None = None,

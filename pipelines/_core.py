@@ -22,7 +22,8 @@ from rich.progress import (
 from rich.table import Table
 
 import lake
-from lake.ingest import SCHEDULERS, IngestSummary, iter_items
+from lake.compute import SCHEDULERS
+from lake.ingest import IngestSummary, iter_items
 from pipelines._common import (
     EXIT_PROBLEMS,
     EXIT_QUARANTINED,
@@ -94,9 +95,11 @@ def ingest(
     scheduler: Annotated[
         str,
         typer.Option(
-            help=f"Dask scheduler: {', '.join(SCHEDULERS)}, or an address tcp://HOST:PORT."
+            help=f"Where to run: {', '.join(SCHEDULERS)}, or a Dask scheduler address "
+            "tcp://HOST:PORT. auto: in this process below a measured job size, else a local "
+            "cluster."
         ),
-    ] = "processes",
+    ] = "auto",
     workers: Annotated[int | None, typer.Option(help="Local workers (default: CPU count).")] = None,
     batch_size: Annotated[int, typer.Option(help="Instances per catalog commit.")] = 1000,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,

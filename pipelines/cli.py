@@ -49,7 +49,9 @@ def demo(
     vault: Annotated[
         str, typer.Option("--vault", envvar="LAKE_VAULT", help="Vault for the demo lake's key.")
     ] = ".demo/vault",
-    scheduler: Annotated[str, typer.Option(help="Dask scheduler.")] = "processes",
+    scheduler: Annotated[
+        str, typer.Option(help="Where to run: auto, sync, processes, threads or tcp://HOST:PORT.")
+    ] = "auto",
 ) -> None:
     """Build a local lake from sample DICOM shipped with installed packages and run a cohort query.
 

@@ -66,7 +66,7 @@ def export_documents_command(
     sql: SqlOption = None,
     as_of: AsOfOption = None,
     lake_root: LakeOption = None,
-    scheduler: SchedulerOption = "processes",
+    scheduler: SchedulerOption = "auto",
     workers: WorkersOption = None,
     quiet: QuietOption = False,
 ) -> None:

@@ -22,6 +22,7 @@ from rich.progress import (
 from rich.table import Table
 
 import lake
+from lake.compute import SCHEDULERS
 from lake.export import (
     Cohort,
     ExportResult,
@@ -33,7 +34,6 @@ from lake.export import (
     load_cohort,
     resolve_cohort,
 )
-from lake.ingest import SCHEDULERS
 from pipelines._common import EXIT_PROBLEMS, LakeOption, err, open_lake, out, reported
 
 __all__ = [
@@ -86,7 +86,9 @@ OutOption = Annotated[
 ]
 SchedulerOption = Annotated[
     str,
-    typer.Option(help=f"Dask scheduler: {', '.join(SCHEDULERS)}, or an address tcp://HOST:PORT."),
+    typer.Option(help=f"Where to run: {', '.join(SCHEDULERS)}, or a Dask scheduler address "
+                 "tcp://HOST:PORT. auto: in this process below a measured job size, else a local "
+                 "cluster."),
 ]
 WorkersOption = Annotated[int | None, typer.Option(help="Local workers (default: CPU count).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
@@ -266,7 +268,7 @@ def export_nifti_command(
     lake_root: LakeOption = None,
     gzip: Annotated[bool, typer.Option("--gzip", help="Write .nii.gz instead of .nii.")] = False,
     level: Annotated[int, typer.Option(help="gzip level 1-9 (with --gzip).", min=1, max=9)] = 6,
-    scheduler: SchedulerOption = "processes",
+    scheduler: SchedulerOption = "auto",
     workers: WorkersOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -295,7 +297,7 @@ def export_dicom_command(
         bool, typer.Option("--zip", help="Gather the files into one reproducible zip.")
     ] = False,
     level: Annotated[int, typer.Option(help="Deflate level 0-9 (with --zip).", min=0, max=9)] = 6,
-    scheduler: SchedulerOption = "processes",
+    scheduler: SchedulerOption = "auto",
     workers: WorkersOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -328,7 +330,7 @@ def export_teaching_command(
     preview_size: Annotated[
         int, typer.Option(help="Longest side of the PNG previews, in pixels.", min=16)
     ] = 1024,
-    scheduler: SchedulerOption = "processes",
+    scheduler: SchedulerOption = "auto",
     workers: WorkersOption = None,
     quiet: QuietOption = False,
 ) -> None:

@@ -475,12 +475,12 @@ def test_resume_after_the_process_is_killed(
 
 
 @pytest.mark.slow
-def test_default_process_scheduler(loaded: lake.Lake, tmp_path: Path) -> None:
+def test_process_scheduler(loaded: lake.Lake, tmp_path: Path) -> None:
     create_cohort(loaded, "everything", ALL)
     reference = export_dicom(loaded, "everything", tmp_path / "sync", scheduler="sync")
     progress: list[tuple[int, int]] = []
     result = export_dicom(loaded, "everything", tmp_path / "processes", workers=2,
-                          on_progress=lambda d, t: progress.append((d, t)))
+                          scheduler="processes", on_progress=lambda d, t: progress.append((d, t)))
     assert tree(tmp_path / "processes") == tree(tmp_path / "sync")
     total = reference.manifest["counts"]["series_exported"]
     assert progress[0] == (0, total) and progress[-1] == (total, total)

@@ -242,7 +242,7 @@ def export_dicom(
     *,
     as_zip: bool = False,
     compresslevel: int = 6,
-    scheduler: str = "processes",
+    scheduler: str = "auto",
     workers: int | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> ExportResult:
@@ -266,7 +266,8 @@ def export_dicom(
     compresslevel : int
         Deflate level of the zip (0-9).
     scheduler : str
-        Dask scheduler (see :class:`lake.ingest.Runner`).
+        Where to run: ``"auto"`` (in this process for small jobs), ``"sync"``,
+        ``"processes"``, ``"threads"`` or a scheduler address (see :class:`lake.compute.Runner`).
     workers : int, optional
         Local workers.
     on_progress : callable, optional

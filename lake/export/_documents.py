@@ -139,7 +139,7 @@ def export_documents(
     cohort_or_sql: Cohort | str,
     out: str | os.PathLike[str],
     *,
-    scheduler: str = "processes",
+    scheduler: str = "auto",
     workers: int | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> ExportResult:

@@ -2,7 +2,7 @@
 
 An export is planned from a frozen :class:`~lake.export.Cohort` read *as of* its catalog
 version: one task per series, each with the output names it will write. Tasks run on
-Dask (:class:`lake.ingest.Runner`); each finished task is recorded in a journal in the
+Dask (:class:`lake.compute.Runner`); each finished task is recorded in a journal in the
 output folder, so an interrupted export re-run with the same arguments skips finished
 series whose files are intact and redoes the rest. Outputs are written to temporary
 names and renamed into place. The last step writes ``manifest.json``.
@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from lake._errors import ExportError, IntegrityError
 from lake.catalog import arrow_dataset
+from lake.compute import AUTO, EXPORT_CROSSOVER, Runner, Workload
 from lake.export._cohort import Cohort, resolve
 from lake.export._manifest import (
     JOURNAL_NAME,
@@ -41,7 +42,6 @@ from lake.export._manifest import (
     write_json,
     write_zip,
 )
-from lake.ingest import Runner
 from lake.store import Location
 
 if TYPE_CHECKING:
@@ -519,7 +519,7 @@ def run_export(
     out: str | os.PathLike[str],
     spec: ExportSpec,
     *,
-    scheduler: str = "processes",
+    scheduler: str = AUTO,
     workers: int | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> ExportResult:
@@ -562,9 +562,12 @@ def run_export(
         on_progress(len(results), total)
     todo = [p for p in plans if p.key not in results]
     if todo:
-        threads = None if scheduler == "sync" else 1
+        count = sum(len(p.instances) for p in todo)
+        nbytes = cohort.pixel_bytes * count // max(1, len(cohort.members))
+        runner = Runner(scheduler, workers, Workload(count, nbytes, EXPORT_CROSSOVER))
+        threads = None if runner.scheduler == "sync" else 1
         context = WriterContext(lake.location, str(root), dict(spec.options), spec.writer, threads)
-        with Runner(scheduler, workers) as runner:
+        with runner:
             for result in runner.map(_run_task, _tasks(lake, cohort, refs, todo), context):
                 journal.add(result)
                 results[result.key] = result

@@ -426,7 +426,7 @@ def export_teaching(
     skip_weaker: bool = False,
     preview_size: int = 1024,
     compresslevel: int = 6,
-    scheduler: str = "processes",
+    scheduler: str = "auto",
     workers: int | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> ExportResult:

@@ -121,7 +121,7 @@ def export_nifti(
     *,
     compress: bool = False,
     level: int = 6,
-    scheduler: str = "processes",
+    scheduler: str = "auto",
     workers: int | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> ExportResult:

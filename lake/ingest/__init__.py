@@ -3,11 +3,9 @@
 from lake.ingest._instance import Accepted, IngestContext, Outcome, Rejected, process_bytes
 from lake.ingest._quarantine import decrypt, quarantine_key
 from lake.ingest._run import BatchResult, Ingestor, IngestSummary, ingest
-from lake.ingest._scheduler import SCHEDULERS, Runner
 from lake.ingest._sources import SourceItem, iter_items
 
 __all__ = [
-    "SCHEDULERS",
     "Accepted",
     "BatchResult",
     "IngestContext",
@@ -15,7 +13,6 @@ __all__ = [
     "Ingestor",
     "Outcome",
     "Rejected",
-    "Runner",
     "SourceItem",
     "decrypt",
     "ingest",

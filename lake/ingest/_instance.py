@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import io
 import json
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydicom import config, dcmread
+from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
@@ -24,6 +23,7 @@ from lake._errors import DeidRefusedError
 from lake.catalog import dicom_values
 from lake.deid import Deidentifier
 from lake.ingest._encode import encode_part10, header_json
+from lake.ingest._lenient import lenient_pydicom
 from lake.ingest._quarantine import store_rejected
 from lake.store import BlobStore, Location, blob_key
 
@@ -200,13 +200,9 @@ def process_bytes(data: bytes, ctx: IngestContext) -> Outcome:
     -------
     Accepted or Rejected
     """
-    # Warnings from the DICOM parser quote original values: they must never reach a log. A
-    # process-wide filter (idempotent: warnings drops the duplicate) rather than
-    # warnings.catch_warnings, which is not thread-safe.
-    config.settings.reading_validation_mode = config.IGNORE
-    config.settings.writing_validation_mode = config.IGNORE
-    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
-    return _process(data, ctx)
+    # Warnings from the DICOM parser quote original values: they must never reach a log.
+    with lenient_pydicom():
+        return _process(data, ctx)
 
 
 def _process(data: bytes, ctx: IngestContext) -> Outcome:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
+import os
 import time
 import uuid
 import zipfile
@@ -13,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from lake.catalog import BATCHES, INSTANCES, QUARANTINE
+from lake.compute import AUTO, INGEST_CROSSOVER, Runner, Workload
 from lake.deid import Deidentifier, Profile, load_profile
 from lake.ingest._instance import Accepted, IngestContext, Outcome, Rejected, process_bytes
+from lake.ingest._lenient import lenient_pydicom
 from lake.ingest._quarantine import quarantine_key
-from lake.ingest._scheduler import Runner
 from lake.ingest._sources import SourceItem, iter_items, read_item
 from lake.store import flush
 from lake.vault import Secret
@@ -202,15 +205,39 @@ def _process_items(items: list[SourceItem], ctx: IngestContext) -> list[Outcome]
 
     outcomes: list[Outcome] = []
     folders = FolderStudies(ctx.engine)  # documents: the study of each folder, read once
-    for item in items:
-        try:
-            data = read_item(item)
-        except (OSError, zipfile.BadZipFile, KeyError, RuntimeError) as exc:
-            outcomes.append(_unreadable(exc))
-            continue
-        document = ingest_item(item.path, item.member, data, ctx, folders, ctx.documents)
-        outcomes.append(document if document is not None else process_bytes(data, ctx))
+    with lenient_pydicom():
+        for item in items:
+            try:
+                data = read_item(item)
+            except (OSError, zipfile.BadZipFile, KeyError, RuntimeError) as exc:
+                outcomes.append(_unreadable(exc))
+                continue
+            document = ingest_item(item.path, item.member, data, ctx, folders, ctx.documents)
+            outcomes.append(document if document is not None else process_bytes(data, ctx))
     return outcomes
+
+
+def _measured(items: Iterator[SourceItem]) -> tuple[Iterator[SourceItem], Workload]:
+    """The workload of ``items`` (counted up to the ingest crossover) and the same items.
+
+    Counting stops at the crossover, so a large source costs at most that many ``stat``
+    calls more; the items counted are kept and handed on first. A zip archive counts
+    its size once.
+    """
+    head: list[SourceItem] = []
+    sized: set[str] = set()
+    workload = Workload(0, 0, INGEST_CROSSOVER)
+    for item in items:
+        head.append(item)
+        nbytes = workload.nbytes
+        if item.path not in sized:
+            sized.add(item.path)
+            with contextlib.suppress(OSError):  # unreadable: quarantined when its turn comes
+                nbytes += os.stat(item.path).st_size
+        workload = Workload(len(head), nbytes, INGEST_CROSSOVER)
+        if workload.pays_for_a_cluster:
+            break
+    return itertools.chain(head, items), workload
 
 
 def ingest(
@@ -219,7 +246,7 @@ def ingest(
     secret: Secret,
     *,
     profile: str | Profile | None = None,
-    scheduler: str = "processes",
+    scheduler: str = AUTO,
     workers: int | None = None,
     batch_size: int = 1000,
     task_size: int = 32,
@@ -244,7 +271,9 @@ def ingest(
     profile : str or Profile, optional
         De-identification profile; the lake's default when omitted.
     scheduler : str
-        See :class:`lake.ingest.Runner`.
+        ``"auto"`` (in this process below the measured crossover, else a local cluster),
+        ``"sync"``, ``"processes"``, ``"threads"`` or a scheduler address; see
+        :class:`lake.compute.Runner`.
     workers : int, optional
         Local worker count.
     batch_size : int
@@ -270,9 +299,12 @@ def ingest(
     summary = IngestSummary()
     started = time.perf_counter()
     items = iter_items(sources)
+    workload = None
+    if scheduler == AUTO:
+        items, workload = _measured(items)
     pending: list[Outcome] = []
     batch_started = _now()
-    with Runner(scheduler, workers) as runner:
+    with Runner(scheduler, workers, workload) as runner:
         tasks = _chunks(items, max(1, min(task_size, batch_size)))
         for outcomes in runner.map(_process_items, tasks, ingestor.context):
             pending.extend(outcomes)

@@ -1,4 +1,4 @@
-"""Running per-chunk tasks on Dask: in-process, a local cluster, or a remote scheduler."""
+"""Running tasks in this process, on a local Dask cluster, or on a remote scheduler."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from lake._errors import ConfigError
+from lake.compute._choice import Workload, choose_scheduler
 
-__all__ = ["SCHEDULERS", "Runner"]
+__all__ = ["Runner"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-SCHEDULERS = ("processes", "threads", "sync")
 _DONE = object()
 
 
@@ -27,25 +27,39 @@ class Runner(AbstractContextManager["Runner"]):
     Parameters
     ----------
     scheduler : str
-        ``"processes"`` (a local ``dask.distributed`` cluster of worker processes, started
-        with ``spawn``), ``"threads"`` (a local cluster of threads), ``"sync"`` (in this
-        process, no cluster), or the address of a running scheduler (``tcp://host:8786``).
+        ``"auto"`` (in this process below the workload's crossover, else a local process
+        cluster; see :func:`lake.compute.choose_scheduler`), ``"processes"`` (a local
+        ``dask.distributed`` cluster of worker processes, started with ``spawn``),
+        ``"threads"`` (a local cluster of threads), ``"sync"`` (in this process, no
+        cluster), or the address of a running scheduler (``tcp://host:8786``).
     workers : int, optional
         Local worker count (default: the number of CPUs).
+    workload : Workload, optional
+        The size of the job, for ``"auto"``.
+
+    Attributes
+    ----------
+    scheduler : str
+        The scheduler chosen (never ``"auto"``).
+
+    Raises
+    ------
+    ConfigError
+        If the scheduler is unknown.
     """
 
-    def __init__(self, scheduler: str = "processes", workers: int | None = None) -> None:
-        self.scheduler = scheduler
+    def __init__(
+        self,
+        scheduler: str = "auto",
+        workers: int | None = None,
+        workload: Workload | None = None,
+    ) -> None:
+        self.scheduler = choose_scheduler(scheduler, workload, workers)
         self.workers = workers or os.cpu_count() or 1
         self._client: Any = None
         self._cluster: Any = None
         self._booting: ThreadPoolExecutor | None = None
         self._boot: Future[tuple[Any, Any]] | None = None
-        if scheduler not in SCHEDULERS and "://" not in scheduler:
-            raise ConfigError(
-                f"unknown scheduler {scheduler!r}; use one of {', '.join(SCHEDULERS)} or an "
-                "address such as tcp://127.0.0.1:8786"
-            )
 
     @property
     def window(self) -> int:

@@ -1,0 +1,265 @@
+"""Where a job should run: in this process or on a local Dask cluster, swept over job size.
+
+    python benchmarks/bench_scheduling.py [--ingest 250,1000,2000,4000,8000] [--phi 1300]
+                                          [--export 250,1000,2000,4000,8000] [--no-nifti]
+
+Every figure is the wall time of the `lake` command as a user runs it (a new process each
+time, imports included), measured in the same run:
+
+1. ``lake ingest`` of generated CT/MR corpora of growing size (and of the PHI-rich corpus of
+   tests/deid_corpus.py) with ``--scheduler sync`` (in this process), ``processes`` (a local
+   cluster, one worker per CPU) and the default ``auto``;
+2. ``lake export dicom`` of cohorts of growing size from one lake, the same three ways;
+3. a small NIfTI export (the 8 fMRI series of ``dcm_qa_stc``) against dcm2niix on the
+   original files: the CLI (auto), the CLI on the process cluster, and ``export_nifti``
+   called in an already running process. Goals (issue 14.2): the CLI within 5x of dcm2niix,
+   in-process within 1.5x.
+
+The crossover is the smallest size at which the cluster finished first; ``auto`` should
+track the faster of the two on each line (lake.compute: INGEST_CROSSOVER, EXPORT_CROSSOVER).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._corpus import make_corpus, make_phi_corpus
+
+CACHE = Path(os.environ.get("LAKE_BENCH_DIR", Path(tempfile.gettempdir()) / "imaging-lake-bench"))
+LAKE = str(Path(sys.executable).with_name("lake"))
+#: ``../shared/data`` from the project root; LAKE_SHARED_DATA points elsewhere (a git worktree).
+SHARED = Path(os.environ.get("LAKE_SHARED_DATA")
+              or Path(__file__).resolve().parents[2] / "shared" / "data")
+STC = SHARED / "vendors" / "dcm_qa_stc" / "In"
+ENGINES = ("sync", "processes", "auto")
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _run(args: Sequence[str], env: dict[str, str], ok: tuple[int, ...] = (0, 3)) -> float:
+    started = time.perf_counter()
+    proc = subprocess.run([LAKE, *args], env=env, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if proc.returncode not in ok:
+        raise SystemExit(f"lake {args[0]} failed ({proc.returncode}): {proc.stderr[-1500:]}")
+    return elapsed
+
+
+def _env(root: Path) -> dict[str, str]:
+    return dict(os.environ, LAKE_ROOT=str(root / "lake"), LAKE_VAULT=str(root / "vault"))
+
+
+def _ingest_once(corpus: Path, engine: str, work: Path) -> float:
+    import lake
+
+    root = Path(tempfile.mkdtemp(dir=work))
+    lake.init(root / "lake", vault=root / "vault")
+    args = ["ingest", "-q", str(corpus)]
+    if engine != "auto":
+        args += ["--scheduler", engine]
+    try:
+        return _run(args, _env(root))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares line ``seconds = a + b * size`` through ``points``."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    b = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
+    return my - b * mx, b
+
+
+def _table(title: str, unit: str, rows: list[tuple[int, float, dict[str, float]]]) -> None:
+    print(f"\n== {title} ==")
+    print(f"{unit:>8} {'MB':>7} {'sync s':>8} {'processes s':>12} {'auto s':>8} "
+          f"{'cluster/sync':>13}  faster")
+    for size, mb, t in rows:
+        ratio = t["processes"] / t["sync"]
+        faster = "cluster" if ratio < 1 else "in-process"
+        print(f"{size:>8,} {mb:>7.1f} {t['sync']:>8.2f} {t['processes']:>12.2f} {t['auto']:>8.2f} "
+              f"{ratio:>12.2f}x  {faster}")
+    if len(rows) < 2:
+        return
+    a_s, b_s = _fit([(size, t["sync"]) for size, _, t in rows])
+    a_p, b_p = _fit([(size, t["processes"]) for size, _, t in rows])
+    print(f"fit: sync {a_s:.2f} s + {b_s * 1000:.2f} ms/{unit[:-1] if unit.endswith('s') else unit}"
+          f"; processes {a_p:.2f} s + {b_p * 1000:.2f} ms each")
+    if b_p < b_s:
+        print(f"crossover (where the lines meet): {(a_p - a_s) / (b_s - b_p):,.0f} {unit}")
+    else:
+        print("crossover: none (the cluster is not faster per item here)")
+
+
+def _interleaved(runs: Mapping[str, Callable[[], float]], repeat: int) -> dict[str, float]:
+    """The best wall time of each run, the runs interleaved ``repeat`` times (shared machine)."""
+    best: dict[str, float] = {}
+    for _ in range(repeat):
+        for name, run in runs.items():
+            best[name] = min(best.get(name, float("inf")), run())
+    return best
+
+
+def _ingest_runs(folder: Path, work: Path) -> Mapping[str, Callable[[], float]]:
+    return {e: partial(_ingest_once, folder, e, work) for e in ENGINES}
+
+
+def bench_ingest(sizes: list[int], phi: int, work: Path, repeat: int) -> None:
+    rows = []
+    for n in sizes:
+        folder = CACHE / f"corpus-{n}"
+        paths = make_corpus(folder, n)
+        mb = sum(p.stat().st_size for p in paths) / 1e6
+        rows.append((n, mb, _interleaved(_ingest_runs(folder, work), repeat)))
+    _table(f"lake ingest, CT/MR corpus (wall s, CLI, best of {repeat})", "files", rows)
+    if phi:
+        folder = CACHE / f"phi-{phi}"
+        paths = make_phi_corpus(folder, phi)
+        mb = sum(p.stat().st_size for p in paths) / 1e6
+        times = _interleaved(_ingest_runs(folder, work), repeat)
+        _table(f"lake ingest, PHI-rich corpus (wall s, CLI, best of {repeat})", "files",
+               [(len(paths), mb, times)])
+
+
+def _export_lake(n: int) -> Path:
+    """A lake of ``n`` CT/MR instances (cached across runs)."""
+    import lake
+
+    root = CACHE / f"sched-export-lake-{n}"
+    if (root / "ready").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    corpus = CACHE / f"corpus-{n}"
+    make_corpus(corpus, n)
+    lk = lake.init(root / "lake", vault=root / "vault")
+    lk.ingest([str(corpus)], vault=root / "vault", scheduler="processes")
+    (root / "ready").touch()
+    return root
+
+
+def _export_once(name: str, engine: str, out: Path, env: dict[str, str]) -> float:
+    args = ["export", "dicom", name, "--out", str(out), "-q"]
+    if engine != "auto":
+        args += ["--scheduler", engine]
+    try:
+        return _run(args, env)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def bench_export(sizes: list[int], work: Path, repeat: int) -> None:
+    import lake
+    from lake.export import create_cohort
+
+    root = _export_lake(max(sizes))
+    lk = lake.open(root / "lake")
+    env = _env(root)
+    rows = []
+    for n in sizes:
+        name = f"first-{n}"
+        cohort = create_cohort(
+            lk, name,
+            f"SELECT SeriesInstanceUID FROM series ORDER BY SeriesInstanceUID LIMIT {n // 50}",
+            replace=True,
+        )
+
+        runs = {e: partial(_export_once, name, e, work / f"export-{n}-{e}", env) for e in ENGINES}
+        rows.append((len(cohort.members), cohort.pixel_bytes / 1e6, _interleaved(runs, repeat)))
+    _table(f"lake export dicom (wall s, CLI, best of {repeat})", "inst", rows)
+
+
+def _best(run: Callable[[], float], repeat: int) -> tuple[float, float]:
+    times = [run() for _ in range(repeat)]
+    return min(times), statistics.median(times)
+
+
+def bench_small_nifti(work: Path, repeat: int) -> None:
+    if not STC.is_dir() or shutil.which("dcm2niix") is None:
+        print(f"\n(small NIfTI export skipped: {STC} or dcm2niix absent)")
+        return
+    import lake
+    from lake.export import create_cohort, export_nifti
+
+    files = [p for p in STC.rglob("*") if p.is_file()]
+    print(f"\n== small NIfTI export: dcm_qa_stc, {len(files)} files, "
+          f"{sum(p.stat().st_size for p in files) / 1e6:.0f} MB (best of {repeat}; median) ==")
+    root = work / "stc"
+    lk = lake.init(root / "lake", vault=root / "vault")
+    lk.ingest([str(STC)], vault=root / "vault", scheduler="sync")
+    cohort = create_cohort(lk, "stc", "SELECT SeriesInstanceUID FROM series")
+    env = _env(root)
+    count = iter(range(10**6))
+
+    def dcm2niix() -> float:
+        out = work / f"d{next(count)}"
+        out.mkdir()
+        started = time.perf_counter()
+        subprocess.run(["dcm2niix", "-b", "y", "-z", "n", "-o", str(out), str(STC)],
+                       check=True, capture_output=True)
+        return time.perf_counter() - started
+
+    def cli(*extra: str) -> Callable[[], float]:
+        return lambda: _run(["export", "nifti", "stc", "--out", str(work / f"c{next(count)}"),
+                             "-q", *extra], env, ok=(0, 4))
+
+    def in_process() -> float:
+        started = time.perf_counter()
+        export_nifti(lk, cohort, work / f"i{next(count)}")
+        return time.perf_counter() - started
+
+    in_process()  # warm: imports, as in a notebook that already used the lake
+    ref = _best(dcm2niix, repeat)
+    print(f"{'dcm2niix (originals)':<40}{ref[0]:>8.3f} s  ({ref[1]:.3f})")
+    for label, run, goal in (
+        ("lake export nifti (CLI, auto)", cli(), 5.0),
+        ("lake export nifti (CLI, --scheduler sync)", cli("--scheduler", "sync"), 5.0),
+        ("lake export nifti (CLI, processes)", cli("--scheduler", "processes"), None),
+        ("export_nifti in-process (auto)", in_process, 1.5),
+    ):
+        best, median = _best(run, repeat)
+        verdict = "" if goal is None else (
+            f"  goal <= {goal}x: {'met' if best / ref[0] <= goal else 'MISSED'}")
+        print(f"{label:<40}{best:>8.3f} s  ({median:.3f})  {best / ref[0]:6.1f}x dcm2niix{verdict}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ingest", default="250,1000,2000,4000,8000")
+    parser.add_argument("--phi", type=int, default=1300, help="PHI-rich files (0: skip)")
+    parser.add_argument("--export", default="250,1000,2000,4000,8000")
+    parser.add_argument("--no-nifti", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3, help="small NIfTI export repeats")
+    parser.add_argument("--sweep-repeat", type=int, default=2, help="sweep repeats")
+    args = parser.parse_args(argv)
+    print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} at start", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-sched-") as tmp:
+        work = Path(tmp)
+        if not args.no_nifti:
+            bench_small_nifti(work, args.repeat)
+        if args.ingest:
+            bench_ingest(_sizes(args.ingest), args.phi, work, args.sweep_repeat)
+        if args.export:
+            bench_export(_sizes(args.export), work, args.sweep_repeat)
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
