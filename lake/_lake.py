@@ -5,15 +5,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
-
-import duckdb
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from lake._config import LakeConfig
 from lake._errors import BlobNotFoundError, IntegrityError, LakeNotFoundError, VaultError
-from lake.catalog import Catalog, DeltaTables
 from lake.store import BlobStore, Location, resolve
 from lake.vault import Secret, Vault
+
+if TYPE_CHECKING:  # imported when first used: `import lake` stays light (issue 14.1)
+    import duckdb
+
+    from lake.catalog import Catalog, DeltaTables
 
 __all__ = ["Lake", "LakeInfo", "VerifyReport", "init", "open_lake"]
 
@@ -83,9 +86,15 @@ class Lake:
     def __init__(self, location: Location, config: LakeConfig) -> None:
         self.location = location
         self.config = config
-        self.tables = DeltaTables(location)
         self.blobs = BlobStore(location)
         self._catalogs: dict[int | None, Catalog] = {}
+
+    @cached_property
+    def tables(self) -> DeltaTables:
+        """The catalog's Delta tables."""
+        from lake.catalog import DeltaTables
+
+        return DeltaTables(self.location)
 
     @property
     def root(self) -> str:
@@ -97,6 +106,8 @@ class Lake:
 
     def catalog(self, as_of: int | None = None) -> Catalog:
         """A DuckDB catalog over the current (or ``as_of``) version; reused per version."""
+        from lake.catalog import Catalog
+
         if as_of not in self._catalogs:
             self._catalogs[as_of] = Catalog(self.tables, as_of)
         return self._catalogs[as_of]
@@ -199,6 +210,8 @@ class Lake:
 
     def info(self) -> LakeInfo:
         """Counts, sizes, dedup ratio and the current version."""
+        from lake.catalog import Catalog
+
         catalog = Catalog(self.tables)
         try:
             row = catalog.sql(

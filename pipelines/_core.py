@@ -7,23 +7,12 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 
 import lake
 from lake.compute import SCHEDULERS
-from lake.ingest import IngestSummary, iter_items
 from pipelines._common import (
     EXIT_PROBLEMS,
     EXIT_QUARANTINED,
@@ -34,6 +23,12 @@ from pipelines._common import (
     out,
     reported,
 )
+
+if TYPE_CHECKING:  # heavy imports wait for the command that needs them (issue 14.1)
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from lake.ingest import IngestSummary
 
 __all__ = ["info", "ingest", "init", "sql", "verify"]
 
@@ -46,6 +41,16 @@ def init(lake_root: LakeOption = None, vault: VaultOption = None) -> None:
 
 
 def _progress() -> Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     return Progress(
         TextColumn("[bold]ingest"),
         BarColumn(),
@@ -60,6 +65,8 @@ def _progress() -> Progress:
 
 
 def _summary(summary: IngestSummary) -> Table:
+    from rich.table import Table
+
     table = Table(title="ingest summary", show_header=False)
     mb = summary.bytes_in / 1e6
     rows = [
@@ -118,6 +125,8 @@ def ingest(
     with reported():
         lk = open_lake(lake_root)
         secret = lk.secret(vault)
+        from lake.ingest import iter_items
+
         total = sum(1 for _ in iter_items(str(s) for s in sources))
         with _progress() as progress:
             task = progress.add_task("ingest", total=total, rate="")
@@ -211,6 +220,8 @@ def _emit(arrow: object, fmt: Format, output: Path | None) -> None:
         text = json.dumps(arrow.to_pylist(), default=_json_default, indent=None) + "\n"
         _write_bytes(text.encode(), output)
         return
+    from rich.table import Table
+
     table = Table(show_lines=False)
     for name in arrow.column_names:
         table.add_column(name, overflow="fold")
@@ -256,6 +267,8 @@ def info(lake_root: LakeOption = None) -> None:
     with reported():
         lk = open_lake(lake_root)
         facts = lk.info()
+        from rich.table import Table
+
         table = Table(title=f"lake {lk.root}", show_header=False)
         for key, value in [
             ("catalog version", str(facts.version)),

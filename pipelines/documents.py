@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from lake.documents import attach
-from lake.export import export_documents
 from pipelines._common import (
     EXIT_QUARANTINED,
     LakeOption,
@@ -49,6 +47,8 @@ def attach_command(
     The study is found by its keyed UID (computed with the vault's key; the original UID is
     never stored). Refused documents are quarantined with their reason; exit code 3 then.
     """
+    from lake.documents import attach  # heavy (pikepdf, PyAV): imported by the command
+
     with reported():
         lk = open_lake(lake_root)
         batch = attach(lk, lk.secret(vault), study, files, profile=profile)
@@ -75,6 +75,8 @@ def export_documents_command(
     Laid out <patient>/<study>/<series>/<instance>.<ext> (pseudonymous names only).
     Instances that are not documents are listed as skipped in manifest.json (exit code 4).
     """
+    from lake.export import export_documents
+
     with reported():
         lk = open_lake(lake_root)
         chosen = _cohort(lk, cohort, sql, as_of)

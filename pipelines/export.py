@@ -6,35 +6,18 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 
 import lake
 from lake.compute import SCHEDULERS
-from lake.export import (
-    Cohort,
-    ExportResult,
-    create_cohort,
-    export_dicom,
-    export_nifti,
-    export_teaching,
-    list_cohorts,
-    load_cohort,
-    resolve_cohort,
-)
 from pipelines._common import EXIT_PROBLEMS, LakeOption, err, open_lake, out, reported
+
+if TYPE_CHECKING:  # heavy imports wait for the command that needs them (issue 14.1)
+    from rich.progress import TaskID
+
+    from lake.export import Cohort, ExportResult
 
 __all__ = [
     "cohort_app",
@@ -48,6 +31,7 @@ __all__ = [
 ]
 
 cohort_app = typer.Typer(
+    rich_markup_mode=None,  # plain help: rich's renderer costs 0.2 s a run (issue 14.1)
     name="cohort",
     help="Save cohort queries frozen to a catalog version; list and show them.",
     no_args_is_help=True,
@@ -55,6 +39,7 @@ cohort_app = typer.Typer(
     add_completion=False,
 )
 export_app = typer.Typer(
+    rich_markup_mode=None,  # plain help: rich's renderer costs 0.2 s a run (issue 14.1)
     name="export",
     help="Export a saved cohort (or a one-off --sql query) as NIfTI, DICOM or a teaching set. "
     "Every export writes manifest.json, resumes when re-run after an interruption, and exits "
@@ -115,6 +100,8 @@ def cohort_create(
     """
     with reported():
         lk = open_lake(lake_root)
+        from lake.export import create_cohort
+
         cohort = create_cohort(lk, name, sql, description=description, replace=replace,
                                as_of=as_of)
         out.print(
@@ -130,6 +117,8 @@ def cohort_list(
 ) -> None:
     """List saved cohorts."""
     with reported():
+        from lake.export import list_cohorts
+
         summaries = list_cohorts(open_lake(lake_root))
     if as_json:
         rows = [
@@ -148,6 +137,8 @@ def cohort_list(
         ]
         typer.echo(json.dumps(rows, indent=2))
         return
+    from rich.table import Table
+
     table = Table(title="cohorts")
     for column in ("name", "version", "series", "instances", "MB", "profiles", "created", "note"):
         table.add_column(column, overflow="fold")
@@ -169,7 +160,11 @@ def cohort_show(
 ) -> None:
     """Show a saved cohort: query, catalog version, counts, profiles (and members)."""
     with reported():
+        from lake.export import load_cohort
+
         cohort = load_cohort(open_lake(lake_root), name)
+    from rich.table import Table
+
     table = Table(title=f"cohort {cohort.name}", show_header=False)
     created = cohort.created_at.isoformat() if cohort.created_at else ""
     for key, value in (
@@ -196,6 +191,8 @@ def cohort_show(
 
 
 def _cohort(lk: lake.Lake, name: str | None, sql: str | None, as_of: int | None) -> Cohort | str:
+    from lake.export import load_cohort, resolve_cohort
+
     if (name is None) == (sql is None):
         raise typer.BadParameter("give a saved cohort NAME or --sql QUERY (exactly one)")
     if sql is not None:
@@ -208,6 +205,16 @@ def _cohort(lk: lake.Lake, name: str | None, sql: str | None, as_of: int | None)
 
 @contextmanager
 def _progress(kind: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     progress = Progress(
         TextColumn(f"[bold]export {kind}"),
         BarColumn(),
@@ -232,6 +239,8 @@ def _progress(kind: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
 
 
 def _report(result: ExportResult) -> None:
+    from rich.table import Table
+
     manifest = result.manifest
     table = Table(title=f"export {manifest['kind']}", show_header=False)
     rows = [
@@ -281,6 +290,8 @@ def export_nifti_command(
         lk = open_lake(lake_root)
         chosen = _cohort(lk, cohort, sql, as_of)
         with _progress("nifti", quiet) as progress:
+            from lake.export import export_nifti
+
             result = export_nifti(lk, chosen, out_dir, compress=gzip, level=level,
                                   scheduler=scheduler, workers=workers, on_progress=progress)
     _report(result)
@@ -310,6 +321,8 @@ def export_dicom_command(
         lk = open_lake(lake_root)
         chosen = _cohort(lk, cohort, sql, as_of)
         with _progress("dicom", quiet) as progress:
+            from lake.export import export_dicom
+
             result = export_dicom(lk, chosen, out_dir, as_zip=as_zip, compresslevel=level,
                                   scheduler=scheduler, workers=workers, on_progress=progress)
     _report(result)
@@ -343,6 +356,8 @@ def export_teaching_command(
         lk = open_lake(lake_root)
         chosen = _cohort(lk, cohort, sql, as_of)
         with _progress("teaching", quiet) as progress:
+            from lake.export import export_teaching
+
             result = export_teaching(lk, chosen, out_dir, skip_weaker=skip_weaker,
                                      preview_size=preview_size, scheduler=scheduler,
                                      workers=workers, on_progress=progress)

@@ -10,29 +10,10 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
 
-from lake.net import (
-    DicomServer,
-    RemoteStudy,
-    ServerConfig,
-    TLSConfig,
-    find_studies,
-    parse_destination,
-    parse_peer,
-    pull_studies,
-)
 from pipelines._common import (
     EXIT_PROBLEMS,
     EXIT_QUARANTINED,
@@ -44,9 +25,15 @@ from pipelines._common import (
     reported,
 )
 
+if TYPE_CHECKING:  # pynetdicom and rich's progress wait for the command (issue 14.1)
+    from rich.progress import TaskID
+
+    from lake.net import RemoteStudy
+
 __all__ = ["dicom", "pull_command", "serve_app"]
 
 serve_app = typer.Typer(
+    rich_markup_mode=None,  # plain help: rich's renderer costs 0.2 s a run (issue 14.1)
     name="serve",
     help="Serve the lake over the network.",
     no_args_is_help=True,
@@ -141,6 +128,8 @@ def dicom(
     "dicom" section of lake.json. On SIGINT/SIGTERM the server stops accepting,
     lets open associations finish and commits everything received.
     """
+    from lake.net import DicomServer, ServerConfig, TLSConfig, parse_destination
+
     with reported():
         lk = open_lake(lake_root)
         secret = lk.secret(vault)
@@ -268,6 +257,10 @@ def pull_command(
     are printed only to a terminal and never stored. Exit code 3 when instances
     were quarantined, 4 when some could not be retrieved.
     """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from lake.net import ServerConfig, find_studies, parse_peer, pull_studies
+
     with reported():
         lk = open_lake(lake_root)
         secret = lk.secret(vault)
@@ -315,6 +308,8 @@ def _show(studies: list[RemoteStudy]) -> None:
         # Identified values go to a terminal only, never into a file or a pipe.
         err.print(f"{len(studies)} matching studies (details shown on a terminal only)")
         return
+    from rich.table import Table
+
     table = Table(title=f"{len(studies)} matching studies (identified: do not copy)")
     columns = ("PatientID", "PatientName", "StudyDate", "AccessionNumber", "StudyDescription",
                "ModalitiesInStudy", "NumberOfStudyRelatedInstances")

@@ -13,22 +13,24 @@ import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydicom import config, dcmread
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from rich.table import Table
 
-from lake.deid import Deidentifier, Profile, list_profiles, load_profile
 from lake.vault import Secret
 from pipelines._common import EXIT_ERROR, err, out, reported
+
+if TYPE_CHECKING:  # pydicom and the engine wait for the command (issue 14.1)
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+
+    from lake.deid import Profile
 
 __all__ = ["deid_command", "profiles_app"]
 
 profiles_app = typer.Typer(
+    rich_markup_mode=None,  # plain help: rich's renderer costs 0.2 s a run (issue 14.1)
     help="De-identification profiles: list them, show every attribute's action, compare two.",
     no_args_is_help=True,
 )
@@ -39,6 +41,8 @@ _MASK = "•••"
 @profiles_app.command("list")
 def list_command() -> None:
     """List the built-in profiles with their version, options and digest."""
+    from lake.deid import list_profiles, load_profile
+
     with reported():
         table = Table("name", "version", "options", "sha256", "description")
         for name in list_profiles():
@@ -71,6 +75,8 @@ def show_command(
     ] = False,
 ) -> None:
     """Show every attribute and its action, from the compiled plan."""
+    from lake.deid import Deidentifier, load_profile
+
     with reported():
         p = load_profile(name)
         rows = p.describe()
@@ -102,6 +108,8 @@ def diff_command(
     b: Annotated[str, typer.Argument(help="Second profile (name or path).")],
 ) -> None:
     """Show the attributes whose action differs between two profiles."""
+    from lake.deid import load_profile
+
     with reported():
         pa, pb = load_profile(a), load_profile(b)
         rows_a = {r["field"]: r for r in pa.describe()}
@@ -181,6 +189,8 @@ def deid_command(
     Nothing is stored. An ephemeral random secret is used, so UIDs, pseudonyms and date
     shifts differ from those of any lake.
     """
+    from pydicom import config
+
     # Parser warnings quote values: keep them off the terminal (values show only on request).
     previous = config.settings.reading_validation_mode
     config.settings.reading_validation_mode = config.IGNORE
@@ -191,6 +201,11 @@ def deid_command(
 
 
 def _dry_run(file: Path, profile: str, show_values: bool) -> None:
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    from lake.deid import Deidentifier, load_profile
+
     try:
         original = dcmread(file)
     except (InvalidDicomError, OSError) as exc:

@@ -1,6 +1,7 @@
 """The catalog: Delta tables of instance rows, batches and quarantine, queried with DuckDB."""
 
-from lake.catalog._extract import dicom_values
+from typing import TYPE_CHECKING
+
 from lake.catalog._query import Catalog
 from lake.catalog._schema import (
     BATCHES,
@@ -14,6 +15,9 @@ from lake.catalog._schema import (
     Table,
 )
 from lake.catalog._tables import DeltaTables, arrow_dataset
+
+if TYPE_CHECKING:
+    from lake.catalog._extract import dicom_values
 
 __all__ = [
     "BATCHES",
@@ -30,3 +34,13 @@ __all__ = [
     "arrow_dataset",
     "dicom_values",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # dicom_values needs pydicom (a quarter of a second to import); only ingest uses it,
+    # so `lake sql` does not pay for it.
+    if name == "dicom_values":
+        from lake.catalog._extract import dicom_values
+
+        return dicom_values
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,10 +6,10 @@ import os
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
+if TYPE_CHECKING:  # fsspec is imported when a root is first resolved (issue 14.1)
+    import fsspec
 
 __all__ = ["Location", "atomic_write", "flush", "resolve"]
 
@@ -33,6 +33,8 @@ class Location:
     @cached_property
     def _resolved(self) -> tuple[fsspec.AbstractFileSystem, str]:
         # Resolved once per Location (it is on the per-file hot path of ingest).
+        import fsspec
+
         fs, path = fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
         return fs, str(path)
 
@@ -46,6 +48,8 @@ class Location:
 
     @property
     def is_local(self) -> bool:
+        from fsspec.implementations.local import LocalFileSystem
+
         return isinstance(self.fs, LocalFileSystem)
 
     def join(self, *parts: str) -> str:
@@ -78,6 +82,8 @@ def atomic_write(
     are renamed into place. Object stores publish an object only once its upload
     completes, so a single put is already atomic and durable.
     """
+    from fsspec.implementations.local import LocalFileSystem
+
     if isinstance(fs, LocalFileSystem):
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)

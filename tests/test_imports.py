@@ -1,0 +1,77 @@
+"""Commands import only what they use (issue 14.1): checked by module, never by timing.
+
+Every ``lake`` command is a new process; heavy imports (Dask, nibabel, pynetdicom, deltalake,
+pydicom, rich's progress bars) cost a second before anything happens. These tests run a fresh
+interpreter and list the modules it loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+import lake
+
+_LOADED = """
+import json, sys
+{setup}
+print(json.dumps(sorted(sys.modules)))
+"""
+
+_RUN_CLI = """
+from pipelines.cli import app
+try:
+    app({args!r})
+except SystemExit:
+    pass
+"""
+
+HEAVY = ("dask", "distributed", "nibabel", "pynetdicom", "deltalake", "pydicom")
+"""Never loaded by ``import lake`` or ``lake --help``."""
+
+
+def _loaded(setup: str) -> set[str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOADED.format(setup=setup)],
+        capture_output=True, text=True, check=True,
+    )
+    return set(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _present(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(n for n in names if n in modules or any(m.startswith(n + ".") for m in modules))
+
+
+def test_import_lake_is_light() -> None:
+    modules = _loaded("import lake")
+    assert _present(modules, (*HEAVY, "rich")) == []
+
+
+def test_help_is_light() -> None:
+    modules = _loaded(_RUN_CLI.format(args=["--help"]))
+    assert _present(modules, (*HEAVY, "duckdb", "rich.progress", "typer.rich_utils")) == []
+
+
+@pytest.mark.parametrize("command", [["export", "--help"], ["serve", "--help"],
+                                     ["profiles", "--help"], ["ingest", "--help"]])
+def test_subcommand_help_is_light(command: list[str]) -> None:
+    modules = _loaded(_RUN_CLI.format(args=command))
+    assert _present(modules, (*HEAVY, "rich.progress", "typer.rich_utils")) == []
+
+
+def test_sql_loads_no_ingest_export_or_network_stack(tmp_path: Path) -> None:
+    lk = lake.init(tmp_path / "lake", vault=tmp_path / "vault")
+    ct = get_testdata_file("CT_small.dcm")
+    assert ct is not None
+    lk.ingest([ct], vault=tmp_path / "vault", scheduler="sync")
+    args = ["sql", "--lake", str(tmp_path / "lake"), "SELECT count(*) AS n FROM instances"]
+    modules = _loaded(_RUN_CLI.format(args=args))
+    assert "duckdb" in modules  # the query ran
+    assert _present(
+        modules, ("dask", "distributed", "nibabel", "pynetdicom", "pydicom", "rich.progress")
+    ) == []
