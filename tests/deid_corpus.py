@@ -16,6 +16,16 @@ overlays and curves; EncapsulatedDocument (a real PDF: text, Info, annotation, a
 file meta; the source path; burned-in pixels; with ``documents=True``, document files beside the
 DICOM (PDF text and Info, EXIF, AVI INFO chunks, text burned into a picture and a video).
 
+Descriptor plants (issue 10.4): per patient an MR instance whose header holds a realistic
+identity (:data:`IDENTITIES`: a surname that is an ordinary and technical word, a punctuated
+double surname, a two-letter surname) and whose descriptions hold that identity in the other
+forms free text writes it (``Rosalind Heart``, ``R. Heart``, ``HEART R``, initials,
+``H.E.A.R.T``, ``rosalindheart``), MRN digits with separators and as a fragment inside a
+token, the study and birth dates in many formats (``2023-01-05``, ``05.01.23``, ``5 Jan
+2023``, inside a protocol name), a phone number, an e-mail, a street address and postcode, and
+names the header does not hold (after ``Dr``). :func:`descriptor_plants` returns what must not
+survive (checked word by word) and the technical words that must.
+
 Tokens are ``TKN`` + 12 base32 characters (derived from the patient, batch and place, so a
 run is reproducible); dates are distinctive 8-digit dates; original UIDs use a private root.
 """
@@ -26,7 +36,9 @@ import base64
 import copy
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +51,10 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 __all__ = [
     "DEVICE_PREFIX",
+    "IDENTITIES",
     "UID_ROOT",
+    "DescriptorPlants",
+    "descriptor_plants",
     "expected_absent",
     "patient_label",
     "write_corpus",
@@ -52,6 +67,7 @@ UID_ROOT = "1.2.826.0.1.3680043.10.1077."
 """Root of every original UID in the corpus."""
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
@@ -114,8 +130,10 @@ def _meta(ds: Dataset, sop_class: str, p: _Planter) -> None:
 
 def _patient(ds: Dataset, p: _Planter) -> None:
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.PatientName = (f"{p.token('PatientName.family', patient_level=True)}^"
-                      f"{p.token('PatientName.given', patient_level=True)}")
+    ds.PatientName = (
+        f"{p.token('PatientName.family', patient_level=True)}^"
+        f"{p.token('PatientName.given', patient_level=True)}"
+    )
     ds.PatientID = p.token("PatientID", patient_level=True)
     ds.IssuerOfPatientID = p.token("IssuerOfPatientID", patient_level=True)
     ds.PatientBirthDate = p.date("PatientBirthDate", patient_level=True)
@@ -201,8 +219,11 @@ def _graphics(ds: Dataset, p: _Planter) -> None:
         ds.add_new((group << 16) | 0x0050, "SS", [1, 1])
         ds.add_new((group << 16) | 0x0100, "US", 1)
         ds.add_new((group << 16) | 0x0102, "US", 0)
-        ds.add_new((group << 16) | 0x3000, "OW",
-                   p.token(f"OverlayData{group:04X}").encode().ljust(32, b"\0"))
+        ds.add_new(
+            (group << 16) | 0x3000,
+            "OW",
+            p.token(f"OverlayData{group:04X}").encode().ljust(32, b"\0"),
+        )
         ds.add_new((group << 16) | 0x4000, "LT", p.token(f"OverlayComments{group:04X}"))
     ds.add(_raw(0x50000005, "US", 1))
     ds.add(_raw(0x50002500, "LO", p.token("CurveLabel")))
@@ -291,7 +312,7 @@ def _ct_slices(p: _Planter, uids: dict[str, str]) -> list[Dataset]:
         ds.PixelRepresentation = 0
         ds.RescaleIntercept = "-1024"
         ds.RescaleSlope = "1"
-        pixels = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 13 + 100 * i + p.patient)
+        pixels = np.arange(256, dtype=np.uint16).reshape(16, 16) * 13 + 100 * i + p.patient
         ds.PixelData = pixels.astype("<u2").tobytes()
         if i:
             ref = Dataset()
@@ -327,6 +348,18 @@ def _ct_slices(p: _Planter, uids: dict[str, str]) -> list[Dataset]:
     return slices
 
 
+def _instance(sop_class: str, place: str, p: _Planter, uids: dict[str, str]) -> Dataset:
+    """A new instance of ``sop_class`` with the patient, study and equipment planted."""
+    ds = Dataset()
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = p.uid(place)
+    _meta(ds, sop_class, p)
+    _patient(ds, p)
+    _study(ds, p, uids)
+    _equipment(ds, p)
+    return ds
+
+
 def _code(value: str, meaning: str, scheme: str = "DCM") -> Sequence:
     item = Dataset()
     item.CodeValue = value
@@ -346,13 +379,7 @@ def _content(value_type: str, **values: object) -> Dataset:
 
 
 def _sr(p: _Planter, uids: dict[str, str], ct: list[Dataset]) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = BASIC_TEXT_SR
-    ds.SOPInstanceUID = p.uid("sr.sop")
-    _meta(ds, BASIC_TEXT_SR, p)
-    _patient(ds, p)
-    _study(ds, p, uids)
-    _equipment(ds, p)
+    ds = _instance(BASIC_TEXT_SR, "sr.sop", p, uids)
     ds.Modality = "SR"
     ds.SeriesInstanceUID = p.uid("sr.series")
     ds.SeriesNumber = 99
@@ -370,21 +397,31 @@ def _sr(p: _Planter, uids: dict[str, str], ct: list[Dataset]) -> Dataset:
     observer.VerificationDateTime = p.date("SR.VerificationDateTime") + "120000"
     observer.VerifyingObserverIdentificationCodeSequence = Sequence()
     ds.VerifyingObserverSequence = Sequence([observer])
-    deepest = Sequence([
-        _content("PNAME", PersonName=p.token("SR.Depth3.PersonName")),
-        _content("DATETIME", DateTime=p.date("SR.Depth3.DateTime") + "083000+0100"),
-        _content("TEXT", TextValue=f"Dr {p.token('SR.Depth3.TextValue')} agrees"),
-    ])
-    middle = _content("CONTAINER", ContinuityOfContent="SEPARATE", ContentSequence=Sequence([
-        _content("TEXT", TextValue=f"seen with {p.token('SR.Depth2.TextValue')}"),
-        _content("CONTAINER", ContinuityOfContent="SEPARATE", ContentSequence=deepest),
-    ]))
-    ds.ContentSequence = Sequence([
-        _content("TEXT", TextValue=f"Patient {p.token('SR.TextValue')} has a nodule"),
-        _content("PNAME", PersonName=p.token("SR.PersonName")),
-        _content("UIDREF", UID=uids["study"]),
-        middle,
-    ])
+    deepest = Sequence(
+        [
+            _content("PNAME", PersonName=p.token("SR.Depth3.PersonName")),
+            _content("DATETIME", DateTime=p.date("SR.Depth3.DateTime") + "083000+0100"),
+            _content("TEXT", TextValue=f"Dr {p.token('SR.Depth3.TextValue')} agrees"),
+        ]
+    )
+    middle = _content(
+        "CONTAINER",
+        ContinuityOfContent="SEPARATE",
+        ContentSequence=Sequence(
+            [
+                _content("TEXT", TextValue=f"seen with {p.token('SR.Depth2.TextValue')}"),
+                _content("CONTAINER", ContinuityOfContent="SEPARATE", ContentSequence=deepest),
+            ]
+        ),
+    )
+    ds.ContentSequence = Sequence(
+        [
+            _content("TEXT", TextValue=f"Patient {p.token('SR.TextValue')} has a nodule"),
+            _content("PNAME", PersonName=p.token("SR.PersonName")),
+            _content("UIDREF", UID=uids["study"]),
+            middle,
+        ]
+    )
     evidence_series = Dataset()
     evidence_series.SeriesInstanceUID = uids["series"]
     refs = []
@@ -402,13 +439,7 @@ def _sr(p: _Planter, uids: dict[str, str], ct: list[Dataset]) -> Dataset:
 
 
 def _pdf(p: _Planter, uids: dict[str, str]) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = ENCAPSULATED_PDF
-    ds.SOPInstanceUID = p.uid("pdf.sop")
-    _meta(ds, ENCAPSULATED_PDF, p)
-    _patient(ds, p)
-    _study(ds, p, uids)
-    _equipment(ds, p)
+    ds = _instance(ENCAPSULATED_PDF, "pdf.sop", p, uids)
     ds.Modality = "DOC"
     ds.SeriesInstanceUID = p.uid("pdf.series")
     ds.SeriesNumber = 98
@@ -446,22 +477,24 @@ def _documents(p: _Planter, sub: Path, batch: int) -> None:
 
 def _ultrasound(p: _Planter, uids: dict[str, str]) -> Dataset:
     template = dcmread(get_testdata_file("US1_UNCR.dcm"))  # 640x480 RGB, explicit LE
-    ds = Dataset()
-    ds.SOPClassUID = US_IMAGE
-    ds.SOPInstanceUID = p.uid("us.sop")
-    _meta(ds, US_IMAGE, p)
-    _patient(ds, p)
-    _study(ds, p, uids)
-    _equipment(ds, p)
+    ds = _instance(US_IMAGE, "us.sop", p, uids)
     ds.Modality = "US"
     ds.SeriesInstanceUID = p.uid("us.series")
     ds.SeriesNumber = 97
     ds.InstanceNumber = 1
     ds.ContentDate = p.date("US.ContentDate")
     ds.BurnedInAnnotation = "YES"
-    for keyword in ("SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration",
-                    "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
-                    "PixelRepresentation"):
+    for keyword in (
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "PlanarConfiguration",
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+    ):
         setattr(ds, keyword, getattr(template, keyword))
     region = Dataset()
     region.RegionSpatialFormat = 1
@@ -477,8 +510,191 @@ def _ultrasound(p: _Planter, uids: dict[str, str]) -> Dataset:
     row_bytes = int(ds.Columns) * 3
     for row in range(8, 40):  # "text" in the banner above the region
         start = row * row_bytes
-        pixels[start:start + len(burned)] = burned
+        pixels[start : start + len(burned)] = burned
     ds.PixelData = bytes(pixels)
+    return ds
+
+
+IDENTITIES = (
+    {
+        "family": "HEART",
+        "given": "ROSALIND",
+        "middle": "MAY",
+        "id": "MRN0048213577",
+        "phone": "+44 20 7946 0958",
+        "email": "rosalind.heart@example.org",
+        "street": "221B Baker Street",
+        "street_name": "Baker",
+        "city": "Marylebone",
+        "postcode": "NW1 6XE",
+        "institution": "Marylebone Royal Infirmary",
+        "third": "Okonkwo",
+    },
+    {
+        "family": "O'BRIEN-WALKER",
+        "given": "SEAN",
+        "middle": "",
+        "id": "4471-0093-22",
+        "phone": "(555) 014-2381",
+        "email": "sobw1975@example.net",
+        "street": "12 rue de la Paix",
+        "street_name": "Paix",
+        "city": "Montparnasse",
+        "postcode": "75002",
+        "institution": "Clinique Montparnasse",
+        "third": "Abernathy",
+    },
+    {
+        "family": "NG",
+        "given": "WEI",
+        "middle": "",
+        "id": "A7730051",
+        "phone": "555 301 7788",
+        "email": "wei.ng@example.com",
+        "street": "Hauptstrasse 5",
+        "street_name": "Hauptstrasse",
+        "city": "Heidelberg",
+        "postcode": "69117",
+        "institution": "Heidelberg Uniklinik",
+        "third": "Quimby",
+    },
+)
+"""Realistic identities of the descriptor plants, one per patient (cycled)."""
+
+
+@dataclass(frozen=True)
+class DescriptorPlants:
+    """What the MR instance of one patient holds in its descriptions.
+
+    ``values`` maps a keyword to its planted text; ``secrets`` must not survive in any cleaned
+    text (matched as words, case-insensitive; digit strings also with separators removed);
+    ``kept`` are technical words that Clean Descriptors must keep.
+    """
+
+    values: dict[str, str]
+    secrets: tuple[str, ...]
+    kept: tuple[str, ...]
+
+
+def _dotted(day: str) -> tuple[str, str, str, str, str]:
+    """A YYYYMMDD date as 2023-01-05, 05.01.23, 05/01/2023, 5 Jan 2023, Jan 5, 2023."""
+    d = dt.date(int(day[:4]), int(day[4:6]), int(day[6:]))
+    return (
+        d.isoformat(),
+        d.strftime("%d.%m.%y"),
+        d.strftime("%d/%m/%Y"),
+        f"{d.day} {d.strftime('%b %Y')}",
+        f"{d.strftime('%b')} {d.day}, {d.year}",
+    )
+
+
+def descriptor_plants(patient: int, batch: int = 0) -> DescriptorPlants:
+    """The descriptor plants of ``patient`` in ``batch`` (see the module docstring)."""
+    ident = IDENTITIES[patient % len(IDENTITIES)]
+    p = _Planter(patient, batch)
+    study = p.date("StudyDate", record=False)
+    birth = p.date("PatientBirthDate", patient_level=True, record=False)
+    family, given = ident["family"], ident["given"]
+    fam = family.title()
+    giv = given.title()
+    digits = "".join(c for c in ident["id"] if c.isdigit())
+    iso, dots, slashes, spoken, american = _dotted(study)
+    b_iso, _b_dots, b_slashes, b_spoken, _b_american = _dotted(birth)
+    letters = re.sub(r"[^A-Za-z]", "", family)
+    split = ".".join(letters)  # H.E.A.R.T
+    glued = f"{given}{letters}".lower()  # rosalindheart
+    values = {
+        "SeriesDescription": f"T1 MPRAGE {giv} {fam}",
+        "ProtocolName": f"fMRI_{given[0]}{family[0]}_{digits[-4:]}_{dots}",
+        "StudyDescription": f"BRAIN {fam}, {given[0]}. {iso}",
+        "ImageComments": (
+            f"EPI PE=LR b1000 seen by Dr {ident['third']}; {family} {given[0]} DOB {b_slashes}; "
+            f"MRN {ident['id']}; tel {ident['phone']}; {ident['email']}; "
+            f"lives at {ident['street']}, {ident['city']} {ident['postcode']}; "
+            f"scan {spoken} ({american}); {split}; {glued}; "
+            f"{given[0]}.{family[0]}."
+        ),
+        "AdditionalPatientHistory": (
+            f"DTI history from {giv} {fam}'s mother in {ident['city']}, born {b_spoken}, "
+            f"ref pt{digits[-5:]} {b_iso}"
+        ),
+        "AcquisitionComments": f"dwi_{digits[-6:]}_b1000 {slashes}",
+    }
+    name_parts = [w for w in re.split(r"[^A-Za-z]+", f"{family} {given}") if len(w) >= 2]
+    secrets = (
+        *name_parts,
+        f"{given[0]}{family[0]}",
+        ident["third"],
+        ident["city"],
+        digits,
+        digits[-4:],
+        digits[-5:],
+        digits[-6:],
+        ident["id"],
+        "".join(c for c in ident["phone"] if c.isdigit()),
+        ident["email"],
+        ident["street_name"],
+        ident["postcode"],
+        iso,
+        dots,
+        slashes,
+        spoken,
+        american,
+        b_iso,
+        b_slashes,
+        b_spoken,
+        glued,
+        study,
+        birth,
+    )
+    return DescriptorPlants(
+        values, secrets, ("T1", "MPRAGE", "fMRI", "EPI", "PE=LR", "b1000", "BRAIN", "DTI", "dwi")
+    )
+
+
+def _descriptors(p: _Planter, uids: dict[str, str]) -> Dataset:
+    """An MR instance with a realistic identity in its header and its descriptions."""
+    ident = IDENTITIES[p.patient % len(IDENTITIES)]
+    plants = descriptor_plants(p.patient, p.batch)
+    ds = _instance(MR_IMAGE, "mr.sop", p, uids)
+    ds.PatientName = f"{ident['family']}^{ident['given']}^{ident['middle']}".rstrip("^")
+    ds.OtherPatientIDs = ident["id"]  # the hospital's MRN (PatientID is the corpus' token)
+    ds.PatientAddress = f"{ident['street']}, {ident['city']} {ident['postcode']}"
+    ds.PatientTelephoneNumbers = ident["phone"]
+    ds.InstitutionName = ident["institution"]
+    ds.ReferringPhysicianName = f"{ident['third'].upper()}^CLAUDE"
+    ds.Modality = "MR"
+    ds.SeriesInstanceUID = p.uid("mr.series")
+    ds.SeriesNumber = 5
+    ds.InstanceNumber = 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+    ds.BurnedInAnnotation = "NO"
+    for keyword, text in plants.values.items():
+        setattr(ds, keyword, text)
+    distinctive = [
+        ident["given"],
+        ident["third"],
+        ident["email"],
+        ident["street"],
+        ident["institution"],
+        ident["phone"],
+        *_dotted(ds.StudyDate)[:3],
+    ]
+    p.tokens.update(t for t in distinctive if len(t) >= 6)
+    if len(ident["id"]) >= 8:
+        p.tokens.add(ident["id"])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = ds.Columns = 16
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.PixelSpacing = [1.0, 1.0]
+    ds.SliceThickness = "3"
+    ds.ImagePositionPatient = [0.0, 0.0, 0.0]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelData = (np.arange(256, dtype=np.uint16) * 7).astype("<u2").tobytes()
     return ds
 
 
@@ -514,6 +730,7 @@ def write_corpus(folder: Path, n_patients: int = 3, *, batch: int = 0,
         datasets.append(("sr.dcm", _sr(p, uids, ct)))
         datasets.append(("pdf.dcm", _pdf(p, uids)))
         datasets.append(("us.dcm", _ultrasound(p, uids)))
+        datasets.append(("mr.dcm", _descriptors(p, uids)))
         for name, ds in datasets:
             ds.save_as(sub / f"b{batch}_{name}", enforce_file_format=True)
         if documents:

@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import json
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,13 @@ from pydicom.uid import UID_dictionary
 from lake._errors import DeidRefusedError
 from lake.deid import Deidentifier, DeidResult, ProfileOption, list_profiles, load_profile
 from lake.vault import Secret
-from tests.deid_corpus import DEVICE_PREFIX, UID_ROOT, expected_absent, write_corpus
+from tests.deid_corpus import (
+    DEVICE_PREFIX,
+    UID_ROOT,
+    descriptor_plants,
+    expected_absent,
+    write_corpus,
+)
 
 SECRET = Secret(b"proof-secret-0123456789abcdef012")
 GEOMETRY = (
@@ -336,3 +343,47 @@ def test_the_search_sees_a_leak(corpus: tuple[Path, set[str]], tmp_path: Path) -
     assert found
     assert all(o.ds is None or o.ds.InstitutionName in found for o in leaky.values()
                if o.ds is not None and "InstitutionName" in o.ds)
+
+
+def _leaked(secret: str, text: str) -> bool:
+    """``secret`` in ``text`` as a word (case-insensitive); digits also across separators."""
+    low = text.lower()
+    if re.search(rf"(?<![a-z0-9]){re.escape(secret.lower())}(?![a-z0-9])", low):
+        return True
+    if len(secret) >= 5 and secret.isalpha() and secret.lower() in re.sub(r"[^a-z]", "", low):
+        return True  # glued to other letters or split by punctuation
+    digits = re.sub(r"\D", "", secret)
+    return len(digits) >= 4 and digits == secret.replace("-", "") and digits in re.sub(
+        r"\D", "", low)
+
+
+def test_descriptions_keep_their_meaning_and_lose_every_identifier(
+    outputs: dict[str, dict[str, Output]],
+) -> None:
+    """Issue 10.4: the identity of the header, written otherwise in the descriptions, goes;
+    dates, MRN digits, phone, e-mail, address and names after a title go; technical words stay."""
+    found = 0
+    for name, out in outputs["research"].items():
+        if not name.endswith("_mr.dcm"):
+            continue
+        assert out.ds is not None
+        patient = int(out.source.parent.name.rsplit("patient", 1)[1])
+        plants = descriptor_plants(patient)
+        cleaned = {k: str(out.ds.get(k, "")) for k in plants.values}
+        text = " | ".join(cleaned.values())
+        leaks = [s for s in plants.secrets if _leaked(s, text)]
+        assert not leaks, (leaks, cleaned)
+        words = set(re.findall(r"[A-Za-z0-9=]+", text))
+        assert set(plants.kept) <= words, (set(plants.kept) - words, cleaned)
+        assert re.fullmatch(r"T1 MPRAGE [*' -]+", cleaned["SeriesDescription"]), cleaned
+        found += 1
+    assert found == 3
+
+
+def test_the_descriptor_check_sees_a_leak() -> None:
+    """Negative control of :func:`_leaked`: each kind of planted form is found when present."""
+    plants = descriptor_plants(0)
+    text = " ".join(plants.values.values())
+    assert all(_leaked(s, text) for s in plants.secrets if not s.isdigit() or len(s) >= 4)
+    assert _leaked("0048213577", "id 0048-2135-77") and _leaked("HEART", "H.E.A.R.T")
+    assert not _leaked("HEART", "T1 MPRAGE * *")

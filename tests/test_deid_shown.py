@@ -151,7 +151,7 @@ _OUTCOMES = {
     "zero-length": {"zero-length", "empty", "emptied"},
     "dummy value": {"dummy", "empty", "keyed"},
     "keyed UID 2.25.<HMAC>": {"keyed", "kept", "empty"},
-    "clean text (word list)": {"kept", "changed", "zero-length", "empty"},
+    "clean text (identifiers removed)": {"kept", "changed", "zero-length", "empty"},
     "keyed AE title": {"changed", "empty"},
     "shift date (keyed per patient)": {"changed", "zero-length", "empty"},
     "shift date-time (keyed per patient)": {"changed", "zero-length", "empty"},

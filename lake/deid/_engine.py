@@ -17,6 +17,7 @@ from pydicom.values import convert_SQ
 
 from lake.deid import _plan as _p
 from lake.deid import _values as _v
+from lake.deid._clean import InstanceIdentifiers, clean_text
 from lake.deid._honour import PLAIN_VRS
 from lake.deid._pixels import assess, clean_pixels, element_text
 from lake.deid._plan import Op, Plan, compile_profile
@@ -56,7 +57,10 @@ class _Call:
     actions: Counter[str]
     encodings: list[str]
     patient_id: str
-    identifiers: set[str]
+    identifying: tuple[list[str], list[str], list[str]] = field(
+        default_factory=lambda: ([], [], [])
+    )  # person names, other identifying values, dates (_plan.ID_NAME, ID_VALUE, ID_DATE)
+    identifiers: InstanceIdentifiers | None = None
     shift: int | None = None
 
 
@@ -240,7 +244,6 @@ class Deidentifier:
             actions=Counter(),
             encodings=encodings,
             patient_id=_raw_text(pid, encodings).strip() if pid is not None else "",
-            identifiers=set(),
         )
         if plan.needs_identifiers:
             self._collect_identifiers(ds, call)
@@ -436,8 +439,12 @@ class Deidentifier:
                 else:
                     actions["C"] += 1
                 return
-            cleaned = _v.clean_text(text, self.profile.vocabulary, call.identifiers,
-                                   _v.MAX_LENGTH.get(vr))
+            if call.identifiers is None:
+                names, values, dates = call.identifying
+                call.identifiers = InstanceIdentifiers(names, values, dates,
+                                                       self.profile.vocabulary)
+            cleaned = clean_text(text, self.profile.vocabulary, call.identifiers,
+                                 _v.MAX_LENGTH.get(vr))
             self._set(ds, tag, vr, cleaned.encode("ascii"))
             actions["C"] += 1
         elif code == _p.AE_PSEUDO:
@@ -479,10 +486,11 @@ class Deidentifier:
     def _collect_identifiers(self, ds: Dataset, call: _Call) -> None:
         plan = self._plan
         keys = ds.keys()
+        kinds = plan.identifier_kinds
         for tag in keys & plan.identifier_tags:
             elem = ds.get_item(tag)
             if elem is not None and elem.VR != "SQ":
-                call.identifiers |= _v.identifier_words(_raw_text(elem, call.encodings))
+                call.identifying[kinds[tag]].append(_raw_text(elem, call.encodings))
         for tag in keys & plan.sequence_tags:
             raw = ds.get_item(tag, keep_deferred=True)
             if (
@@ -494,9 +502,9 @@ class Deidentifier:
             ):
                 values = scan_values(raw.value, plan.identifier_tags, plan.sequence_tags)
                 if values is not None:
-                    for value in values:
+                    for found, value in values:
                         text = _v.decode(value, call.encodings).rstrip("\0 ")
-                        call.identifiers |= _v.identifier_words(text)
+                        call.identifying[kinds[found]].append(text)
                     continue
             elem = ds[tag]
             if elem.VR == "SQ":

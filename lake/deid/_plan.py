@@ -52,6 +52,11 @@ PSEUDONYM = 15
 LITERAL = 16
 RECURSE = 17
 
+# Kinds of identifying values collected for Clean (C): person names, other values, dates.
+ID_NAME = 0
+ID_VALUE = 1
+ID_DATE = 2
+
 # Modes of a sequence walk.
 NORMAL = 0
 DUMMY_MODE = 1
@@ -65,7 +70,7 @@ EFFECTS: Mapping[int, str] = MappingProxyType({
     BLANK: "zero-length",
     DUMMY: "dummy value",
     UID: "keyed UID 2.25.<HMAC>",
-    CLEAN_TEXT: "clean text (word list)",
+    CLEAN_TEXT: "clean text (identifiers removed)",
     AE_PSEUDO: "keyed AE title",
     SHIFT_DA: "shift date (keyed per patient)",
     SHIFT_DT: "shift date-time (keyed per patient)",
@@ -313,6 +318,7 @@ class Plan:
     safe_private: Mapping[tuple[int, str, int], Mapping[str, Op]]
     safe_private_table: Mapping[tuple[int, str, int], tuple[str, str]]
     identifier_tags: frozenset[int]
+    identifier_kinds: Mapping[int, int]
     sequence_tags: frozenset[int]
     needs_identifiers: bool
     filters: tuple[FilterRule, ...]
@@ -457,6 +463,8 @@ def compile_profile(profile: Profile) -> Plan:
                 identifier_tags.add(f.tag)
             elif f.kind == "vr":
                 identifier_tags.update(t for t in DicomDictionary if _dict_vr(t) == f.vr)
+    # Dates of the instance are identifying words of its free text too ("0105", "2023-01-05").
+    date_tags = {t for t in DicomDictionary if _dict_vr(t) in ("DA", "DT")}
     needs_identifiers = any(
         op.code == CLEAN_TEXT or (op.code == RECURSE and op.mode == CLEAN_MODE)
         for op in normal.values()
@@ -512,7 +520,11 @@ def compile_profile(profile: Profile) -> Plan:
         private_default=private_default,
         safe_private=safe,
         safe_private_table={key: safe_table[key] for key in safe if key in safe_table},
-        identifier_tags=frozenset(identifier_tags),
+        identifier_tags=frozenset(identifier_tags | date_tags),
+        identifier_kinds={
+            t: ID_DATE if t in date_tags else ID_NAME if _dict_vr(t) == "PN" else ID_VALUE
+            for t in identifier_tags | date_tags
+        },
         sequence_tags=frozenset(t for t in DicomDictionary if _dict_vr(t) == "SQ"),
         needs_identifiers=needs_identifiers,
         filters=filters,

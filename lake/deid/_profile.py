@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lake._errors import ProfileError
+from lake.deid._clean import Vocabulary
 from lake.deid._codes import EDITION, ProfileOption
 from lake.deid._honour import check_layers
 from lake.deid._recipe import Layer, parse_recipe
@@ -64,7 +65,7 @@ class Profile:
     layers: tuple[Layer, ...] = field(repr=False)
     date_shift: tuple[int, int] = _DEFAULT_SHIFT
     description: str = ""
-    vocabulary: frozenset[str] = field(default=frozenset(), repr=False)
+    vocabulary: Vocabulary = field(default=Vocabulary(), repr=False)
     edition: str = EDITION
 
     @property
@@ -274,14 +275,14 @@ def load_profile(name: str) -> Profile:
     vocabulary_path = builtin_dir() / _VOCABULARY
     parts = list(chain.manifests)
     parts += [(p.name, p.read_bytes()) for p in recipe_paths]
-    parts.append((_VOCABULARY, vocabulary_path.read_bytes()))
+    vocabulary = vocabulary_path.read_bytes()
+    parts.append((_VOCABULARY, vocabulary))
     digest = _digest(parts)
     layers = tuple(parse_recipe(p) for p in recipe_paths)
     if any(r.field.kind == "private" for layer in layers for r in layer.header):
         check_layers(layers, safe_private_table())
     else:
         check_layers(layers, {})
-    words = json.loads(vocabulary_path.read_text())["words"]
     return Profile(
         name=chain.name,
         version=chain.version or f"sha-{digest[:12]}",
@@ -290,5 +291,5 @@ def load_profile(name: str) -> Profile:
         layers=layers,
         date_shift=chain.date_shift,
         description=chain.description,
-        vocabulary=frozenset(words),
+        vocabulary=Vocabulary.from_json(vocabulary),
     )

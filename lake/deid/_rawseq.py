@@ -201,7 +201,7 @@ def rewrite_sequence(
 
 
 def _scan_items(data: bytes, pos: int, end: int | None, wanted: frozenset[int],
-                sequences: frozenset[int], found: list[bytes]) -> int:
+                sequences: frozenset[int], found: list[tuple[int, bytes]]) -> int:
     while True:
         if end is not None and pos == end:
             return pos
@@ -220,7 +220,7 @@ def _scan_items(data: bytes, pos: int, end: int | None, wanted: frozenset[int],
 
 
 def _scan_item(data: bytes, pos: int, end: int | None, wanted: frozenset[int],
-               sequences: frozenset[int], found: list[bytes]) -> int:
+               sequences: frozenset[int], found: list[tuple[int, bytes]]) -> int:
     while True:
         if end is not None and pos == end:
             return pos
@@ -249,19 +249,19 @@ def _scan_item(data: bytes, pos: int, end: int | None, wanted: frozenset[int],
             if tag in sequences:  # as the general path: dictionary sequences only
                 _scan_items(data, start, after, wanted, sequences, found)
         elif tag in wanted:
-            found.append(data[start:after])
+            found.append((tag, data[start:after]))
         pos = after
 
 
 def scan_values(
     data: bytes, wanted: frozenset[int], sequences: frozenset[int]
-) -> list[bytes] | None:
-    """The raw values of the ``wanted`` tags at any depth of a raw sequence, or None.
+) -> list[tuple[int, bytes]] | None:
+    """The tags and raw values of the ``wanted`` tags at any depth of a raw sequence, or None.
 
     Read-only: used to collect identifying words before cleaning text, without parsing
     the sequence into datasets. None on any parse anomaly (the caller parses instead).
     """
-    found: list[bytes] = []
+    found: list[tuple[int, bytes]] = []
     try:
         _scan_items(data, 0, len(data), wanted, sequences, found)
     except _NotFastError:

@@ -1,4 +1,6 @@
-"""Value transforms: keyed UIDs and pseudonyms, date shifts, validation, dummies, cleaning.
+"""Value transforms: keyed UIDs and pseudonyms, date shifts, validation, dummies.
+
+Cleaning of free text (C) is :mod:`lake.deid._clean`.
 
 Every function here is pure: same input and key, same output. None of them ever returns
 (part of) an original value that failed validation.
@@ -18,10 +20,8 @@ from pydicom.charset import python_encoding
 
 __all__ = [
     "age",
-    "clean_text",
     "decode",
     "dummy_bytes",
-    "identifier_words",
     "keyed_ae",
     "keyed_uid",
     "pseudonym",
@@ -235,49 +235,3 @@ def decode(data: bytes, encodings: Iterable[str]) -> str:
         except (UnicodeDecodeError, LookupError):
             continue
     return data.decode("latin-1")
-
-
-_WORD = re.compile(r"[^\W_]+")
-_DATE_LIKE = re.compile(r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}|\d{1,2}:\d{2}(?::\d{2})?")
-_TECHNICAL = re.compile(r"[A-Za-z]{0,2}\d{1,2}[A-Za-z]{0,3}")
-_SEPARATORS = frozenset(" ^/\\,.-_()&+:;=*[]<>'\"#%!?")
-
-
-def identifier_words(text: str) -> set[str]:
-    """Lower-case words of an identifying value (names, IDs...), two characters or more."""
-    return {w.lower() for w in _WORD.findall(text) if len(w) >= 2}
-
-
-def clean_text(text: str, vocabulary: frozenset[str], identifiers: set[str],
-               max_length: int | None = None) -> str:
-    """Clean (C) a free-text value: keep only known words, redact everything else.
-
-    A word survives if it is in ``vocabulary`` (the standard's own words plus radiology
-    abbreviations) and is not one of this instance's identifying words; a token with
-    digits survives only when short and technical (``T1``, ``3D``, ``5MM``). Date- and
-    time-like patterns go first. Every other token becomes ``*``; characters outside ASCII
-    punctuation become spaces. Idempotent.
-
-    Examples
-    --------
-    >>> clean_text("CT CHEST W CONTRAST Dr Zyxwv 12/03/2020", frozenset({"ct", "chest",
-    ...            "w", "contrast"}), set())
-    'CT CHEST W CONTRAST * * *'
-    """
-    text = _DATE_LIKE.sub("*", text)
-
-    def keep(match: re.Match[str]) -> str:
-        word = match.group(0)
-        low = word.lower()
-        if low in identifiers or not word.isascii():
-            return "*"
-        if word.isalpha():
-            return word if low in vocabulary else "*"
-        return word if _TECHNICAL.fullmatch(word) else "*"
-
-    out = _WORD.sub(keep, text)
-    out = "".join(c if c.isascii() and (c.isalnum() or c in _SEPARATORS) else " " for c in out)
-    out = out.strip()
-    if max_length is not None:
-        out = out[:max_length].rstrip()
-    return out
