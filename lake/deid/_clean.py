@@ -56,6 +56,10 @@ class Vocabulary:
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
 
+    def __contains__(self, word: object) -> bool:
+        """True for a word the lists keep (technical or common, lower case)."""
+        return word in self.technical or word in self.common
+
     def judge(self, word: str) -> tuple[int, str, tuple[str, ...]]:
         """The verdict of the word lists on ``word`` (memoised: series repeat their words).
 
@@ -109,13 +113,15 @@ class InstanceIdentifiers:
         Its stopwords are never identifying; its technical words are not identifying in
         values other than person names (a department "MR", a location "FMRI") nor in a person
         name of one component ("fMRI", "phantom": how phantoms and QA scans are named).
+    words : iterable of str, optional
+        Identifying words already known (lower-cased; matched as they are).
     """
 
     __slots__ = ("digits", "long_digits", "long_words", "windows", "words")
 
     def __init__(self, names: Iterable[str], values: Iterable[str], dates: Iterable[str],
-                 vocabulary: Vocabulary) -> None:
-        words: set[str] = set()
+                 vocabulary: Vocabulary, words: Iterable[str] = ()) -> None:
+        words = {w.lower() for w in words}
         plain: set[str] = set()  # identifying unless technical
         digits: set[str] = set()
         for name in names:
@@ -140,8 +146,8 @@ class InstanceIdentifiers:
                                        key=len, reverse=True))
         stripped = {d.lstrip("0") for d in digits}
         self.digits = frozenset(d for d in digits | stripped if len(d) >= 2)
-        self.long_digits = tuple(sorted((d for d in digits if len(d) >= 4), key=len,
-                                        reverse=True))
+        self.long_digits = tuple(sorted((d for d in digits | stripped if len(d) >= 4),
+                                        key=len, reverse=True))
         self.windows = frozenset(d[i:i + 4] for d in self.long_digits
                                  for i in range(len(d) - 3))
 
@@ -295,10 +301,8 @@ def _run_verdict(run: str, vocabulary: Vocabulary) -> int:
         return KEEP
     upper = len(run) - len(run.lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
     readings = []
-    if 1 <= upper < len(run):
-        readings.append((run[:upper], run[upper:]))
-        if upper >= 2:
-            readings.append((run[:upper - 1], run[upper - 1:]))
+    if 2 <= upper < len(run):  # "Zyxw" is one capitalised word, never "Z" + "yxw"
+        readings += [(run[:upper], run[upper:]), (run[:upper - 1], run[upper - 1:])]
     verdicts = [max(_part(a, vocabulary), _part(b, vocabulary)) for a, b in readings]
     if KEEP in verdicts:
         return KEEP

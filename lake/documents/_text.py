@@ -21,6 +21,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from lake.deid import Deidentifier, ProfileOption
+from lake.deid._clean import Vocabulary
 from lake.deid._values import clean_text, identifier_words
 
 __all__ = ["TextPolicy", "fold", "identifiers_of"]
@@ -61,7 +62,7 @@ class TextPolicy:
         in the lake, whose identified header is gone).
     """
 
-    vocabulary: frozenset[str]
+    vocabulary: Vocabulary | frozenset[str]
     identifiers: frozenset[str] = frozenset()
     id_digits: frozenset[str] = frozenset()
     redact: bool = False
