@@ -31,6 +31,8 @@ class LakeConfig:
         Profile used when a command names none.
     dicom : dict
         Settings of ``lake serve dicom`` (AE title, port, allowed AEs, move destinations).
+    ingest : dict
+        Bounds on what ingest reads (:class:`lake.ingest.ReadLimits`, in bytes).
     """
 
     lake_id: str
@@ -39,6 +41,7 @@ class LakeConfig:
     default_profile: str = "basic"
     format: int = FORMAT_VERSION
     dicom: dict[str, Any] = field(default_factory=dict)
+    ingest: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def new(cls, key_fingerprint: str, lake_id: str) -> LakeConfig:

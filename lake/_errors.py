@@ -14,6 +14,7 @@ __all__ = [
     "DeidRefusedError",
     "ExportError",
     "IngestError",
+    "InputRefusedError",
     "IntegrityError",
     "LakeError",
     "LakeNotFoundError",
@@ -73,6 +74,23 @@ class DeidRefusedError(LakeError, ValueError):
 
 class IngestError(LakeError, RuntimeError):
     """An ingest run cannot proceed (not: a single bad file, which is quarantined)."""
+
+
+class InputRefusedError(LakeError, ValueError):
+    """One input cannot be ingested (ingest quarantines it with ``reason``).
+
+    Parameters
+    ----------
+    reason : str
+        A short machine-readable reason code, e.g. ``"truncated"``, ``"too_large"``.
+    message : str
+        A human-readable explanation that contains no original value and no path.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 class CatalogError(LakeError, RuntimeError):

@@ -151,8 +151,10 @@ class Lake:
         workers: int | None = None,
         batch_size: int = 1000,
         on_progress: Callable[[int, int], None] | None = None,
+        **options: Any,
     ) -> Any:
-        """Ingest files, folders and zips; see :func:`lake.ingest.ingest`."""
+        """Ingest files, folders and zips; see :func:`lake.ingest.ingest` (``options``: study,
+        limits, strict, follow_symlinks)."""
         from lake.ingest import ingest
 
         summary = ingest(
@@ -164,6 +166,7 @@ class Lake:
             workers=workers,
             batch_size=batch_size,
             on_progress=on_progress,
+            **options,
         )
         self.refresh()
         return summary

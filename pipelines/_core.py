@@ -64,6 +64,19 @@ def _progress() -> Progress:
     )
 
 
+_SKIPPED = {
+    "not_regular": "not a regular file (FIFO, device, socket)",
+    "text": "plain text (notes, CSV, scripts)",
+    "json": "JSON",
+    "nifti": "NIfTI image",
+}
+_MISSING = {
+    "unreadable_dir": "folders that cannot be read",
+    "symlinked_dir": "links to folders, not followed (--follow-symlinks)",
+    "broken_link": "links to nothing",
+}
+
+
 def _summary(summary: IngestSummary) -> Table:
     from rich.table import Table
 
@@ -74,6 +87,7 @@ def _summary(summary: IngestSummary) -> Table:
         ("ingested", f"{summary.ingested:,}"),
         ("duplicates", f"{summary.duplicates:,}"),
         ("quarantined", f"{summary.quarantined:,}"),
+        ("skipped", f"{sum(summary.sources.skipped.values()):,}"),
         ("bytes read", f"{mb:,.1f} MB"),
         ("new pixel blobs", f"{summary.blobs_written:,}"),
         (
@@ -85,9 +99,30 @@ def _summary(summary: IngestSummary) -> Table:
     ]
     for reason, count in sorted(summary.reasons.items()):
         rows.append((f"  quarantined: {reason}", f"{count:,}"))
+    for kind, count in sorted(summary.sources.skipped.items()):
+        rows.append((f"  skipped: {_SKIPPED.get(kind, kind)}", f"{count:,}"))
     for key, value in rows:
         table.add_row(key, value)
     return table
+
+
+def _report_missing(summary: IngestSummary, sources: list[str]) -> None:
+    """Name each source (as typed) below which files may not have been read, and why."""
+    from rich.markup import escape
+
+    for position, counts in sorted(summary.sources.missing.items()):
+        what = "; ".join(f"{n:,} {_MISSING.get(k, k)}" for k, n in sorted(counts.items()))
+        err.print(
+            f"[bold yellow]incomplete:[/] below {escape(sources[position - 1])} (source "
+            f"{position}): {what}; files there were not read",
+            highlight=False,
+            markup=True,
+            soft_wrap=True,
+        )
+
+
+def _mib(mb: float | None) -> int | None:
+    return None if mb is None else max(1, round(mb * 1024 * 1024))
 
 
 def ingest(
@@ -115,19 +150,73 @@ def ingest(
         typer.Option(help="Original StudyInstanceUID or AccessionNumber the documents (PDF, "
                      "pictures, videos) belong to; default: the study of their folder."),
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Quarantine files that are plainly not medical images (text, JSON, NIfTI) "
+            "instead of skipping them.",
+        ),
+    ] = False,
+    follow_symlinks: Annotated[
+        bool, typer.Option("--follow-symlinks", help="Walk links to folders (each folder once).")
+    ] = False,
+    max_file_mb: Annotated[
+        float | None,
+        typer.Option(help="Largest file or zip member read, in MiB (default 1024).",
+                     show_default=False),
+    ] = None,
+    max_header_mb: Annotated[
+        float | None,
+        typer.Option(help="Largest size of all but the pixel data of a file, in MiB "
+                     "(default 256).", show_default=False),
+    ] = None,
+    max_value_mb: Annotated[
+        float | None,
+        typer.Option(help="Longest text or number value of one element, in MiB (default 4).",
+                     show_default=False),
+    ] = None,
+    max_archive_gb: Annotated[
+        float | None,
+        typer.Option(help="Most uncompressed data read from one zip, nested zips included, in "
+                     "GiB (default 256).", show_default=False),
+    ] = None,
+    max_zip_ratio: Annotated[
+        int | None,
+        typer.Option(help="Largest expansion of a zip member over 1 MiB (default 200).",
+                     show_default=False),
+    ] = None,
+    max_zip_depth: Annotated[
+        int | None,
+        typer.Option(help="Zips read inside zips: 1 reads only zips on disk (default 3).",
+                     show_default=False),
+    ] = None,
 ) -> None:
     """De-identify and ingest DICOM files, folders and zips.
 
-    Bad files (not DICOM, empty, truncated, DICOMDIR, refused by the profile) are
-    quarantined with a reason, sealed with a vault key; the rest of the batch lands.
-    Exit code 3 when anything was quarantined.
+    Bad files (not DICOM, empty, truncated, DICOMDIR, refused by the profile, over a size
+    bound) are quarantined with a reason, sealed with a vault key; the rest of the batch
+    lands. Files that are plainly not medical images (text, JSON, NIfTI) and special files
+    (FIFOs, devices, sockets) are skipped and counted. Bounds default to the ingest section
+    of lake.json. Exit code 3 when anything was quarantined, 4 when some folders could not
+    be walked (unreadable, links to folders not followed, broken links).
     """
     with reported():
         lk = open_lake(lake_root)
         secret = lk.secret(vault)
-        from lake.ingest import iter_items
+        from lake.ingest import ReadLimits, count_items
 
-        total = sum(1 for _ in iter_items(str(s) for s in sources))
+        limits = ReadLimits.from_settings(
+            lk.config.ingest,
+            max_file_bytes=_mib(max_file_mb),
+            max_header_bytes=_mib(max_header_mb),
+            max_value_bytes=_mib(max_value_mb),
+            max_archive_bytes=_mib(None if max_archive_gb is None else max_archive_gb * 1024),
+            max_zip_ratio=max_zip_ratio,
+            max_zip_depth=max_zip_depth,
+        )
+        typed = [str(s) for s in sources]
+        total = count_items(typed, limits=limits, follow_symlinks=follow_symlinks)
         with _progress() as progress:
             task = progress.add_task("ingest", total=total, rate="")
             started = progress.get_time()
@@ -145,7 +234,7 @@ def ingest(
 
             summary = run_ingest(
                 lk,
-                [str(s) for s in sources],
+                typed,
                 secret,
                 profile=profile,
                 scheduler=scheduler,
@@ -153,8 +242,14 @@ def ingest(
                 batch_size=batch_size,
                 on_progress=advance,
                 study=study,
+                limits=limits,
+                strict=strict,
+                follow_symlinks=follow_symlinks,
             )
         err.print(_summary(summary))
+        _report_missing(summary, typed)
+    if summary.sources.incomplete:
+        raise typer.Exit(EXIT_PROBLEMS)
     if summary.quarantined:
         raise typer.Exit(EXIT_QUARANTINED)
 

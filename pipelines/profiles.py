@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
+from lake._errors import InputRefusedError, LakeError
 from lake.vault import Secret
-from pipelines._common import EXIT_ERROR, err, out, reported
+from pipelines._common import out, reported
 
 if TYPE_CHECKING:  # pydicom and the engine wait for the command (issue 14.1)
     from pydicom.dataelem import DataElement
     from pydicom.dataset import Dataset
 
-    from lake.deid import Profile
+    from lake.deid import DeidResult, Profile
 
 __all__ = ["deid_command", "profiles_app"]
 
@@ -187,55 +188,78 @@ def deid_command(
     """Dry run: de-identify one file locally and show every element before and after.
 
     Nothing is stored. An ephemeral random secret is used, so UIDs, pseudonyms and date
-    shifts differ from those of any lake.
+    shifts differ from those of any lake. A file that ingest would quarantine gets a one-line
+    error saying why (exit 1); the file's path is never printed.
     """
-    from pydicom import config
+    from lake._capture import capture
+    from lake.deid import load_profile
+    from lake.ingest import read_instance
 
-    # Parser warnings quote values: keep them off the terminal (values show only on request).
-    previous = config.settings.reading_validation_mode
-    config.settings.reading_validation_mode = config.IGNORE
-    try:
-        _dry_run(file, profile, show_values)
-    finally:
-        config.settings.reading_validation_mode = previous
-
-
-def _dry_run(file: Path, profile: str, show_values: bool) -> None:
-    from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
-
-    from lake.deid import Deidentifier, load_profile
-
-    try:
-        original = dcmread(file)
-    except (InvalidDicomError, OSError) as exc:
-        err.print(f"[bold red]error:[/] cannot read {file} as DICOM ({type(exc).__name__})",
-                  highlight=False)
-        raise typer.Exit(EXIT_ERROR) from None
-    with reported():
+    with reported(), capture():  # parser warnings quote values: never on the terminal
         p = load_profile(profile)
-        engine = Deidentifier(p, Secret(secrets.token_bytes(32)))
+        original = read_instance(_read(file))
+        result, table = _dry_run(original, p, show_values)
+    out.print(f"dry run of {p.name} {p.version}: nothing is stored; an ephemeral random secret "
+              "is used (UIDs, pseudonyms and date shifts differ from any lake's)",
+              highlight=False)
+    out.print(table)
+    counts = ", ".join(f"{k}={v}" for k, v in sorted(result.actions.items()))
+    out.print(f"actions: {counts}; pixels cleaned: {'yes' if result.pixels_cleaned else 'no'}"
+              + (f" ({', '.join(result.pixel_rules)})" if result.pixel_rules else ""),
+              highlight=False)
+
+
+def _read(file: Path) -> bytes:
+    """The file's bytes, within ingest's default bounds (no FIFO waited for, no device read)."""
+    from lake.ingest import NotRegularFileError, ReadLimits, read_file
+
+    try:
+        return read_file(str(file), ReadLimits().max_file_bytes)
+    except NotRegularFileError:
+        raise InputRefusedError(
+            "not_regular", "the file is not a regular file (a FIFO, device or socket)"
+        ) from None
+    except OSError as exc:
+        raise InputRefusedError(
+            "unreadable", f"the file cannot be read ({type(exc).__name__})"
+        ) from None
+
+
+def _dry_run(original: Dataset, p: Profile, show_values: bool) -> tuple[DeidResult, Table]:
+    """De-identify a copy of ``original`` and tabulate both (raises LakeError on any failure)."""
+    from lake.deid import Deidentifier
+
+    engine = Deidentifier(p, Secret(secrets.token_bytes(32)))
+    try:
         result_ds = copy.deepcopy(original)
         result = engine.apply(result_ds)
-        out.print(f"dry run of {p.name} {p.version} on {file.name}: nothing is stored; an "
-                  "ephemeral random secret is used (UIDs, pseudonyms and date shifts differ "
-                  "from any lake's)", highlight=False)
-        table = Table("element", "VR", "before", "after", "outcome")
-        for depth, b, a in _pairs(original, result_ds, ""):
+        return result, _table(original, result_ds, show_values)
+    except LakeError:  # the profile refuses it (burned-in text...): its own message
+        raise
+    except RecursionError:
+        raise InputRefusedError(
+            "too_deep", "sequences are nested too deeply to de-identify"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any failure on a damaged file: ingest quarantines it
+        raise InputRefusedError(
+            "processing_error",
+            f"the file cannot be de-identified ({type(exc).__name__}); ingest would quarantine it",
+        ) from None
+
+
+def _table(original: Dataset, result_ds: Dataset, show_values: bool) -> Table:
+    table = Table("element", "VR", "before", "after", "outcome")
+    for depth, b, a in _pairs(original, result_ds, ""):
+        ref = b if b is not None else a
+        name = f"{depth}({ref.tag.group:04X},{ref.tag.element:04X}) {ref.keyword or ''}"
+        table.add_row(name, ref.VR, _value(b, show_values), _value(a, show_values),
+                      _outcome(b, a))
+    meta_b = getattr(original, "file_meta", None)
+    meta_a = getattr(result_ds, "file_meta", None)
+    if meta_b is not None and meta_a is not None:
+        for _depth, b, a in _pairs(meta_b, meta_a, "meta "):
             ref = b if b is not None else a
-            name = f"{depth}({ref.tag.group:04X},{ref.tag.element:04X}) {ref.keyword or ''}"
-            table.add_row(name, ref.VR, _value(b, show_values), _value(a, show_values),
+            table.add_row(f"meta ({ref.tag.group:04X},{ref.tag.element:04X}) {ref.keyword}",
+                          ref.VR, _value(b, show_values), _value(a, show_values),
                           _outcome(b, a))
-        meta_b = getattr(original, "file_meta", None)
-        meta_a = getattr(result_ds, "file_meta", None)
-        if meta_b is not None and meta_a is not None:
-            for _depth, b, a in _pairs(meta_b, meta_a, "meta "):
-                ref = b if b is not None else a
-                table.add_row(f"meta ({ref.tag.group:04X},{ref.tag.element:04X}) {ref.keyword}",
-                              ref.VR, _value(b, show_values), _value(a, show_values),
-                              _outcome(b, a))
-        out.print(table)
-        counts = ", ".join(f"{k}={v}" for k, v in sorted(result.actions.items()))
-        out.print(f"actions: {counts}; pixels cleaned: {'yes' if result.pixels_cleaned else 'no'}"
-                  + (f" ({', '.join(result.pixel_rules)})" if result.pixel_rules else ""),
-                  highlight=False)
+    return table

@@ -121,8 +121,10 @@ def test_bad_input_exit_code_3_and_summary(
     (bad / "Doe^John.txt").write_text("Doe^John, MRN 12345678")
     (bad / "empty.dcm").write_bytes(b"")
     run("init", env=env)
+    (bad / "garbage.dcm").write_bytes(b"Doe^John\0" * 100)
     proc = run("ingest", "--scheduler", "sync", str(ct_folder), str(bad), env=env, check_code=3)
     assert "quarantined" in proc.stderr and "not_dicom" in proc.stderr and "empty" in proc.stderr
+    assert "skipped: plain text" in proc.stderr  # the notes file is not an image
     assert "Doe" not in proc.stderr + proc.stdout and "12345678" not in proc.stderr + proc.stdout
     n = json.loads(run("sql", "SELECT count(*) AS n FROM instances", "-f", "json", env=env).stdout)
     assert n == [{"n": 12}]

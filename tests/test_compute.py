@@ -1,8 +1,8 @@
-"""Where work runs: the scheduler choice, the shared Runner, and pydicom settings scoped to ingest."""
+"""Where work runs: the scheduler choice, the shared Runner; ingest leaves pydicom's settings alone
+(its warnings are captured per thread: tests/test_capture.py)."""
 
 from __future__ import annotations
 
-import threading
 import warnings
 from pathlib import Path
 
@@ -18,7 +18,6 @@ from lake.compute import (
     Workload,
     choose_scheduler,
 )
-from lake.ingest._lenient import lenient_pydicom
 from lake.ingest._run import _measured
 from lake.ingest._sources import iter_items
 
@@ -79,49 +78,6 @@ def _pydicom_state() -> tuple[int, int, list[object]]:
         settings.writing_validation_mode,
         list(warnings.filters),
     )
-
-
-def test_lenient_scope_restores_pydicom_and_warnings() -> None:
-    before = _pydicom_state()
-    with lenient_pydicom():
-        assert config.settings.reading_validation_mode == config.IGNORE
-        assert config.settings.writing_validation_mode == config.IGNORE
-        with lenient_pydicom():  # re-entrant
-            pass
-        assert config.settings.reading_validation_mode == config.IGNORE
-        assert _pydicom_state() != before
-    assert _pydicom_state() == before
-
-
-def test_lenient_scope_silences_pydicom_warnings() -> None:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with lenient_pydicom():
-            warnings.warn_explicit("Invalid value 'Doe^John'", UserWarning, "v.py", 1,
-                                   module="pydicom.valuerep")
-        warnings.warn_explicit("after the scope", UserWarning, "v.py", 2,
-                               module="pydicom.valuerep")
-    assert [str(w.message) for w in caught] == ["after the scope"]
-
-
-def test_lenient_scope_from_threads() -> None:
-    before = _pydicom_state()
-    inside = threading.Barrier(4)
-    seen: list[int] = []
-
-    def work() -> None:
-        with lenient_pydicom():
-            inside.wait(timeout=30)  # all four inside at once
-            seen.append(config.settings.reading_validation_mode)
-            inside.wait(timeout=30)
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert seen == [config.IGNORE] * 4
-    assert _pydicom_state() == before
 
 
 def test_ingest_leaves_pydicom_settings_alone(

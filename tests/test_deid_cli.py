@@ -89,4 +89,5 @@ def test_dry_run_refusal_and_bad_input(tmp_path: Path) -> None:
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"not dicom at all")
     bad = runner.invoke(app, ["deid", str(junk)], env=ENV)
-    assert bad.exit_code == 1 and "cannot read" in bad.stderr
+    assert bad.exit_code == 1 and "not a DICOM file" in bad.stderr
+    assert str(junk) not in bad.output and "junk" not in bad.output  # no path, no name

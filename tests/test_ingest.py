@@ -126,7 +126,7 @@ def _bad_inputs(folder: Path) -> dict[str, str]:
     shutil.copy(get_testdata_file("DICOMDIR"), folder / "DICOMDIR")
     return {
         "empty.dcm": "empty",
-        "notes.txt": "not_dicom",
+        "notes.txt": "not_dicom",  # skipped as plain text unless strict
         "garbage.dcm": "not_dicom",
         "truncated.dcm": "truncated",
         "header_only.dcm": "truncated",
@@ -135,11 +135,15 @@ def _bad_inputs(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.parametrize("strict", [False, True])
 def test_bad_input_is_quarantined_and_the_rest_lands(
-    lk: lake.Lake, vault_dir: Path, ct_folder: Path, tmp_path: Path
+    lk: lake.Lake, vault_dir: Path, ct_folder: Path, tmp_path: Path, strict: bool
 ) -> None:
     expected = _bad_inputs(tmp_path / "in" / "bad")
-    summary = _ingest(lk, vault_dir, tmp_path / "in" / "bad", ct_folder)
+    if not strict:  # plain text is skipped and counted, not quarantined
+        del expected["notes.txt"]
+    summary = _ingest(lk, vault_dir, tmp_path / "in" / "bad", ct_folder, strict=strict)
+    assert summary.sources.skipped == ({} if strict else {"text": 1})
     assert summary.ingested == 12
     assert summary.quarantined == len(expected)
     assert sorted(summary.reasons.elements()) == sorted(expected.values())
@@ -150,7 +154,7 @@ def test_bad_input_is_quarantined_and_the_rest_lands(
 
 def test_quarantined_originals_are_sealed(lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> None:
     _bad_inputs(tmp_path / "in" / "bad")
-    _ingest(lk, vault_dir, tmp_path / "in" / "bad")
+    _ingest(lk, vault_dir, tmp_path / "in" / "bad", strict=True)
     notes = (tmp_path / "in" / "bad" / "notes.txt").read_bytes()
     key = quarantine_key(lk.secret(vault_dir))
     rows = lk.sql("SELECT object_key, size_bytes FROM quarantine").fetchall()

@@ -1,22 +1,48 @@
 """Ingest: files, folders and zips (or received instances) -> de-identified lake rows."""
 
-from lake.ingest._instance import Accepted, IngestContext, Outcome, Rejected, process_bytes
+from lake.ingest._content import NOT_MEDICAL, ContentKind, sniff
+from lake.ingest._instance import (
+    Accepted,
+    IngestContext,
+    Outcome,
+    Rejected,
+    process_bytes,
+    read_instance,
+)
+from lake.ingest._limits import ReadLimits
 from lake.ingest._quarantine import decrypt, quarantine_key
-from lake.ingest._run import BatchResult, Ingestor, IngestSummary, ingest
-from lake.ingest._sources import SourceItem, iter_items
+from lake.ingest._run import BatchResult, Ingestor, IngestSummary, Skipped, ingest
+from lake.ingest._sources import (
+    NotRegularFileError,
+    SourceItem,
+    SourceReport,
+    count_items,
+    iter_items,
+    read_file,
+)
 
 __all__ = [
+    "NOT_MEDICAL",
     "Accepted",
     "BatchResult",
+    "ContentKind",
     "IngestContext",
     "IngestSummary",
     "Ingestor",
+    "NotRegularFileError",
     "Outcome",
+    "ReadLimits",
     "Rejected",
+    "Skipped",
     "SourceItem",
+    "SourceReport",
+    "count_items",
     "decrypt",
     "ingest",
     "iter_items",
     "process_bytes",
     "quarantine_key",
+    "read_file",
+    "read_instance",
+    "sniff",
 ]

@@ -14,26 +14,30 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from lake._errors import DeidRefusedError
+from lake._capture import capture
+from lake._errors import DeidRefusedError, InputRefusedError
 from lake.catalog import dicom_values
 from lake.deid import Deidentifier
 from lake.ingest._encode import encode_part10, header_json
-from lake.ingest._lenient import lenient_pydicom
+from lake.ingest._limits import ReadLimits, describe
 from lake.ingest._quarantine import store_rejected
 from lake.store import BlobStore, Location, blob_key
 
 if TYPE_CHECKING:
     from lake.documents import DocumentOptions
 
-__all__ = ["Accepted", "IngestContext", "Outcome", "Rejected", "process_bytes"]
+__all__ = ["Accepted", "IngestContext", "Outcome", "Rejected", "process_bytes", "read_instance"]
 
 _DICOMDIR = "1.2.840.10008.1.3.10"
 _PIXEL_DATA = 0x7FE00010
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, _PIXEL_DATA})  # float, double float, pixel data
+_BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "SQ"})
 _HEADER_BULK_URI = "urn:imaging-lake:header_dicom"
 _UNDEFINED = 0xFFFFFFFF
 _DELIMITERS = (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\xdd\x00\x00\x00\x00")
@@ -47,6 +51,7 @@ class IngestContext:
     engine: Deidentifier
     quarantine_key: bytes = field(repr=False)
     documents: DocumentOptions | None = None
+    limits: ReadLimits = field(default_factory=ReadLimits)
 
 
 @dataclass
@@ -70,31 +75,34 @@ class Rejected:
 Outcome = Accepted | Rejected
 
 
-class _InputError(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
 def _parse(data: bytes) -> Dataset:
     if not data:
-        raise _InputError("empty", "the file is empty")
+        raise InputRefusedError("empty", "the file is empty")
     try:
         ds = dcmread(io.BytesIO(data))
     except InvalidDicomError:
         try:
             ds = dcmread(io.BytesIO(data), force=True)
+        except RecursionError:
+            raise _too_deep() from None
         except Exception as exc:  # noqa: BLE001 - any parser failure means "not DICOM"
-            raise _InputError("not_dicom", f"not a DICOM file ({type(exc).__name__})") from None
+            raise InputRefusedError("not_dicom", f"not a DICOM file ({type(exc).__name__})") from None
         if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
             reason = "not a DICOM file (no preamble and no SOP identity)"
-            raise _InputError("not_dicom", reason) from None
+            raise InputRefusedError("not_dicom", reason) from None
+    except RecursionError:
+        raise _too_deep() from None
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt input
         reason = f"the DICOM parser failed ({type(exc).__name__})"
-        raise _InputError("unreadable", reason) from None
+        raise InputRefusedError("unreadable", reason) from None
     _check_encapsulated_end(ds, data)
     return ds
+
+
+def _too_deep() -> InputRefusedError:
+    return InputRefusedError(
+        "too_deep", "sequences are nested deeper than the parser can follow (about 150 levels)"
+    )
 
 
 def _check_encapsulated_end(ds: Dataset, data: bytes) -> None:
@@ -106,34 +114,83 @@ def _check_encapsulated_end(ds: Dataset, data: bytes) -> None:
         return
     end = elem.value_tell + len(elem.value)
     if data[end : end + 8] not in _DELIMITERS:
-        raise _InputError("truncated", "the file ends before its pixel data is complete")
+        raise InputRefusedError("truncated", "the file ends before its pixel data is complete")
 
 
-def _check(ds: Dataset) -> None:
+def _check(ds: Dataset, size: int, limits: ReadLimits) -> None:
     meta = getattr(ds, "file_meta", None)
     sop_class = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
     if sop_class == _DICOMDIR or "DirectoryRecordSequence" in ds:
-        raise _InputError(
+        raise InputRefusedError(
             "dicomdir", "a DICOMDIR index, not an instance; ingest the folder it indexes"
         )
+    max_value = limits.max_value_bytes
     for elem in ds._dict.values():  # raw elements: compare the declared and read lengths
         length = getattr(elem, "length", None)
         value = getattr(elem, "value", None)
-        if (
-            isinstance(length, int)
-            and length != _UNDEFINED
-            and isinstance(value, bytes)
-            and len(value) < length
-        ):
-            raise _InputError("truncated", "the file ends before its last element is complete")
+        if not isinstance(length, int) or not isinstance(value, bytes):
+            continue
+        if length != _UNDEFINED and len(value) < length:
+            raise InputRefusedError("truncated", "the file ends before its last element is complete")
+        if len(value) > max_value and _limited(elem.tag, elem.VR):
+            raise InputRefusedError(
+                "value_too_long",
+                f"an element value is longer than max_value_bytes ({describe(max_value)}); "
+                "raise max_value_bytes to ingest it",
+            )
+    pixel_bytes = sum(_value_length(ds, tag) for tag in _PIXEL_TAGS)
+    if size - pixel_bytes > limits.max_header_bytes:
+        raise InputRefusedError(
+            "header_too_large",
+            f"everything but the pixel data is larger than max_header_bytes "
+            f"({describe(limits.max_header_bytes)}); raise max_header_bytes to ingest it",
+        )
     for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
         if not ds.get(keyword):
-            raise _InputError("missing_uid", f"the instance has no {keyword}")
+            raise InputRefusedError("missing_uid", f"the instance has no {keyword}")
     pixel_keywords = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
     if "Rows" in ds and not any(k in ds for k in pixel_keywords):
-        raise _InputError("truncated", "an image without pixel data (truncated file?)")
+        raise InputRefusedError("truncated", "an image without pixel data (truncated file?)")
     if "PixelData" in ds:
         _check_native_length(ds)
+
+
+def _value_length(ds: Dataset, tag: int) -> int:
+    elem = ds._dict.get(tag)  # type: ignore[call-overload]
+    value = getattr(elem, "value", None)
+    return len(value) if isinstance(value, bytes) else 0
+
+
+def _limited(tag: int, vr: str | None) -> bool:
+    """Whether ``max_value_bytes`` applies: text and numbers, not bulk binary, sequences or
+    pixel data."""
+    if tag in _PIXEL_TAGS:
+        return False
+    if vr is None or vr == "UN":  # implicit VR, or a long value written as UN: the dictionary's
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            return False
+    return not any(v in _BULK_VRS for v in vr.split(" or "))  # "OB or OW", "US or SS or OW"
+
+
+def read_instance(data: bytes, limits: ReadLimits | None = None) -> Dataset:
+    """Parse and check one original instance as ingest does, before de-identification.
+
+    Call it inside :func:`lake._capture.capture`: parser warnings quote original values.
+
+    Raises
+    ------
+    InputRefusedError
+        When ingest would quarantine the file: not DICOM, empty, truncated, a DICOMDIR,
+        missing UIDs, over a bound of ``limits``, nested too deeply.
+    """
+    try:
+        ds = _parse(data)
+        _check(ds, len(data), limits or ReadLimits())
+    except RecursionError:
+        raise _too_deep() from None
+    return ds
 
 
 def _check_native_length(ds: Dataset) -> None:
@@ -150,9 +207,9 @@ def _check_native_length(ds: Dataset) -> None:
             * frames
         ) // 8
     except (AttributeError, TypeError, ValueError):
-        raise _InputError("bad_image", "pixel module attributes are missing or malformed") from None
+        raise InputRefusedError("bad_image", "pixel module attributes are missing or malformed") from None
     if len(ds.PixelData) < expected:
-        raise _InputError("truncated", "pixel data is shorter than Rows x Columns x frames")
+        raise InputRefusedError("truncated", "pixel data is shorter than Rows x Columns x frames")
 
 
 def _transfer_syntax(ds: Dataset) -> UID:
@@ -200,22 +257,22 @@ def process_bytes(data: bytes, ctx: IngestContext) -> Outcome:
     -------
     Accepted or Rejected
     """
-    # Warnings from the DICOM parser quote original values: they must never reach a log.
-    with lenient_pydicom():
+    # Warnings and log records of the parser quote original values: captured (counted, never
+    # shown) for this thread while it works; lake._capture says why not catch_warnings.
+    with capture():
         return _process(data, ctx)
 
 
 def _process(data: bytes, ctx: IngestContext) -> Outcome:
     try:
-        ds = _parse(data)
-        _check(ds)
+        ds = read_instance(data, ctx.limits)
         try:
             from lake.documents import before_deid  # documents already wrapped: their content
 
             content = before_deid(ds, ctx.engine)
             result = ctx.engine.apply(ds)
         except DeidRefusedError as exc:
-            raise _InputError(exc.reason, str(exc)) from None
+            raise InputRefusedError(exc.reason, str(exc)) from None
         if content is not None:
             content.restore(ds)
         _ensure_meta(ds)
@@ -237,8 +294,11 @@ def _process(data: bytes, ctx: IngestContext) -> Outcome:
         if pixel_hash is not None:
             as_json["7FE00010"] = {"vr": pixel_vr, "BulkDataURI": pixel_hash}
         row = dicom_values(as_json, str(ds.file_meta.TransferSyntaxUID))
-    except _InputError as rejection:
+    except InputRefusedError as rejection:
         return _reject(ctx, data, rejection.reason, rejection.message)
+    except RecursionError:
+        too_deep = _too_deep()
+        return _reject(ctx, data, too_deep.reason, too_deep.message)
     except Exception as exc:  # noqa: BLE001 - one bad file must not sink the batch
         return _reject(
             ctx,

@@ -8,19 +8,28 @@ import itertools
 import os
 import time
 import uuid
-import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
+from lake._errors import InputRefusedError
 from lake.catalog import BATCHES, INSTANCES, QUARANTINE
 from lake.compute import AUTO, INGEST_CROSSOVER, Runner, Workload
 from lake.deid import Deidentifier, Profile, load_profile
+from lake.ingest._content import NOT_MEDICAL, sniff
 from lake.ingest._instance import Accepted, IngestContext, Outcome, Rejected, process_bytes
-from lake.ingest._lenient import lenient_pydicom
+from lake.ingest._limits import ReadLimits
 from lake.ingest._quarantine import quarantine_key
-from lake.ingest._sources import SourceItem, iter_items, read_item
+from lake.ingest._sources import (
+    ZIP_ERRORS,
+    Archives,
+    NotRegularFileError,
+    SourceItem,
+    SourceReport,
+    iter_items,
+    read_item,
+)
 from lake.store import flush
 from lake.vault import Secret
 
@@ -29,12 +38,21 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchResult", "IngestSummary", "Ingestor", "ingest"]
 
-T = TypeVar("T")
+_TASK_BYTES = 64 * 1024 * 1024
+"""Most bytes a task carries to a worker (members of nested archives travel as bytes)."""
 
 
-def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
+def _chunks(items: Iterable[SourceItem], size: int) -> Iterator[list[SourceItem]]:
+    """Tasks of ``size`` items, cut early once the bytes they carry reach ``_TASK_BYTES``."""
+    chunk: list[SourceItem] = []
+    carried = 0
+    for item in items:
+        chunk.append(item)
+        carried += len(item.data) if item.data is not None else 0
+        if len(chunk) >= size or carried >= _TASK_BYTES:
+            yield chunk
+            chunk, carried = [], 0
+    if chunk:
         yield chunk
 
 
@@ -70,6 +88,7 @@ class IngestSummary(_Counts):
 
     batches: list[str] = field(default_factory=list)
     elapsed: float = 0.0
+    sources: SourceReport = field(default_factory=SourceReport)
 
     def add(self, batch: BatchResult) -> None:
         """Add one committed batch to the totals."""
@@ -116,6 +135,7 @@ class Ingestor:
         secret: Secret,
         profile: str | Profile | None = None,
         source: str = "ingest",
+        limits: ReadLimits | None = None,
     ) -> None:
         self.lake = lake
         self.source = source
@@ -125,6 +145,7 @@ class Ingestor:
             location=lake.location,
             engine=Deidentifier(self.profile, secret),
             quarantine_key=quarantine_key(secret),
+            limits=limits or ReadLimits(),
         )
 
     def process(self, data: bytes) -> Outcome:
@@ -189,31 +210,74 @@ class Ingestor:
         return batch
 
 
-def _unreadable(exc: Exception) -> Rejected:
+def _unsealed(reason: str, message: str, size: int | None = None) -> Rejected:
+    """A quarantine record for input that was not read (so nothing is sealed)."""
     record = {
         "source_sha256": None,
-        "size_bytes": None,
-        "reason": "unreadable",
-        "message": f"the file cannot be read ({type(exc).__name__})",
+        "size_bytes": size,
+        "reason": reason,
+        "message": message,
         "object_key": None,
     }
     return Rejected(record, 0)
 
 
-def _process_items(items: list[SourceItem], ctx: IngestContext) -> list[Outcome]:
+@dataclass(frozen=True)
+class Skipped:
+    """A file that was not ingested nor quarantined: ``kind`` says what it is."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class _FileReading:
+    """What workers need to read files: the ingest context and the file rules."""
+
+    context: IngestContext
+    strict: bool = False
+
+
+def _read(item: SourceItem, limits: ReadLimits, archives: Archives) -> bytes | Outcome | Skipped:
+    if item.refused is not None:
+        return _unsealed(*item.refused, size=item.size)
+    try:
+        return read_item(item, limits, archives)
+    except NotRegularFileError:
+        return Skipped("not_regular")  # replaced by a FIFO or device since the walk
+    except InputRefusedError as exc:
+        return _unsealed(exc.reason, exc.message)
+    except ZIP_ERRORS as exc:
+        return _unsealed(
+            "bad_zip_member",
+            f"the zip member cannot be read ({type(exc).__name__}); the other members are read",
+        )
+    except OSError as exc:
+        return _unsealed("unreadable", f"the file cannot be read ({type(exc).__name__})")
+
+
+def _process_items(items: list[SourceItem], reading: _FileReading) -> list[Outcome | Skipped]:
+    """Read, classify and process one task's items (on a worker)."""
     from lake.documents import FolderStudies, ingest_item
 
-    outcomes: list[Outcome] = []
+    ctx = reading.context
+    outcomes: list[Outcome | Skipped] = []
     folders = FolderStudies(ctx.engine)  # documents: the study of each folder, read once
-    with lenient_pydicom():
+    with Archives() as archives:
         for item in items:
-            try:
-                data = read_item(item)
-            except (OSError, zipfile.BadZipFile, KeyError, RuntimeError) as exc:
-                outcomes.append(_unreadable(exc))
+            data = _read(item, ctx.limits, archives)
+            if not isinstance(data, bytes):
+                outcomes.append(data)
                 continue
+            # Documents (PDF, pictures, videos) are wrapped as DICOM, never skipped.
             document = ingest_item(item.path, item.member, data, ctx, folders, ctx.documents)
-            outcomes.append(document if document is not None else process_bytes(data, ctx))
+            if document is not None:
+                outcomes.append(document)
+                continue
+            kind = sniff(data)
+            if kind in NOT_MEDICAL and not reading.strict:
+                outcomes.append(Skipped(kind.value))
+                continue
+            outcomes.append(process_bytes(data, ctx))
     return outcomes
 
 
@@ -252,6 +316,9 @@ def ingest(
     task_size: int = 32,
     on_progress: Callable[[int, int], None] | None = None,
     study: str | None = None,
+    limits: ReadLimits | None = None,
+    strict: bool = False,
+    follow_symlinks: bool = False,
 ) -> IngestSummary:
     """Ingest files, folders and zip archives into ``lake``.
 
@@ -259,6 +326,12 @@ def ingest(
     every ``batch_size`` instances, so memory stays bounded however many files
     there are. Re-running over the same files adds nothing (rows are keyed by the
     de-identified SOPInstanceUID, blobs by content).
+
+    Only regular files are read, each within ``limits`` (an input over a bound is
+    quarantined with the reason, unread). Files that are plainly not medical images
+    (text, JSON, NIfTI: see :mod:`lake.ingest._content`) are skipped and counted in
+    ``summary.sources.skipped``; what could not be walked (unreadable folders, links to
+    folders, broken links) is counted per source in ``summary.sources.missing``.
 
     Parameters
     ----------
@@ -286,30 +359,47 @@ def ingest(
         The original StudyInstanceUID (or AccessionNumber) the run's documents (PDF,
         pictures, videos) belong to; by default each document's folder decides
         (see :mod:`lake.documents`).
+    limits : ReadLimits, optional
+        Bounds on what is read; by default the ``ingest`` section of ``lake.json``.
+    strict : bool
+        Quarantine files that are plainly not medical images instead of skipping them.
+    follow_symlinks : bool
+        Walk links to folders (each folder once) instead of counting them as missing.
 
     Returns
     -------
     IngestSummary
     """
-    ingestor = Ingestor(lake, secret, profile)
+    if limits is None:
+        limits = ReadLimits.from_settings(lake.config.ingest)
+    ingestor = Ingestor(lake, secret, profile, limits=limits)
     if study is not None:
         from lake.documents import document_options
 
         ingestor.context = document_options(lake, ingestor.context, study)
     summary = IngestSummary()
     started = time.perf_counter()
-    items = iter_items(sources)
+    items = iter_items(
+        sources, limits=limits, report=summary.sources, follow_symlinks=follow_symlinks
+    )
     workload = None
     if scheduler == AUTO:
         items, workload = _measured(items)
+    reading = _FileReading(ingestor.context, strict)
     pending: list[Outcome] = []
     batch_started = _now()
     with Runner(scheduler, workers, workload) as runner:
         tasks = _chunks(items, max(1, min(task_size, batch_size)))
-        for outcomes in runner.map(_process_items, tasks, ingestor.context):
+        for results in runner.map(_process_items, tasks, reading):
+            outcomes: list[Outcome] = []
+            for result in results:
+                if isinstance(result, Skipped):
+                    summary.sources.skipped[result.kind] += 1
+                else:
+                    outcomes.append(result)
             pending.extend(outcomes)
             if on_progress is not None:
-                on_progress(len(outcomes), sum(o.bytes_in for o in outcomes))
+                on_progress(len(results), sum(o.bytes_in for o in outcomes))
             while len(pending) >= batch_size:
                 summary.add(ingestor.commit(pending[:batch_size], batch_started))
                 pending, batch_started = pending[batch_size:], _now()

@@ -1,0 +1,234 @@
+"""Bounded ingest: hostile files and archives are quarantined with a reason, unread when they are
+over a bound, never hang, never flood memory, and the rest of the batch lands.
+
+Peak memory is measured in a child process (its own ``ru_maxrss``) and asserted only as a
+ceiling in MB; nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import lake
+from lake.ingest import ReadLimits
+from tests.hostile import (
+    ct_bytes,
+    damaged_member_zip,
+    long_value,
+    lying_zip,
+    nested_sequence,
+    nested_zip,
+    zip_bomb,
+)
+from tests.ingest_helpers import LAKE, cli_env, ingest_cli, ingest_sync, summary_count
+
+MIB = 1 << 20
+
+
+def _child_ingest(tmp: Path, sources: list[Path], limits: dict[str, int] | None = None) -> dict:
+    """Ingest in a fresh process; its summary and its peak RSS in MB."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    script = textwrap.dedent(
+        """
+        import json, resource, sys
+        import lake
+        from lake.ingest import ReadLimits
+        root, vault, limits, *sources = sys.argv[1:]
+        lk = lake.init(root, vault=vault)
+        s = lk.ingest(sources, vault=vault, scheduler="sync",
+                      limits=ReadLimits(**json.loads(limits)))
+        print(json.dumps({"ingested": s.ingested, "quarantined": s.quarantined,
+                          "reasons": dict(s.reasons), "skipped": dict(s.sources.skipped),
+                          "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp / "lake"), str(tmp / "vault"),
+         json.dumps(limits or {}), *map(str, sources)],
+        capture_output=True, text=True, timeout=600, cwd=tmp,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _baseline_mb(tmp: Path) -> int:
+    folder = tmp / "baseline"
+    folder.mkdir()
+    (folder / "ct.dcm").write_bytes(ct_bytes())
+    return int(_child_ingest(tmp / "b", [folder])["peak_mb"])
+
+
+@pytest.mark.slow
+def test_special_files_are_skipped_and_never_block(tmp_path: Path, ct_folder: Path) -> None:
+    """A FIFO, a link to /dev/zero and a socket in the source folder: skipped, counted, exit 0."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for path in sorted(ct_folder.iterdir())[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    os.mkfifo(folder / "pipe.dcm")
+    (folder / "zero.dcm").symlink_to("/dev/zero")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(folder / "sock.dcm"))
+    try:
+        proc = ingest_cli(tmp_path, str(folder))
+    finally:
+        server.close()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert summary_count(proc.stderr, "skipped: not a regular file (FIFO, device, socket)") == 3
+    rows = lake.open(tmp_path / "lake").sql("SELECT count(*) FROM instances").fetchall()
+    assert rows == [(3,)]
+
+
+@pytest.mark.slow
+def test_a_zip_bomb_is_refused_unread(tmp_path: Path) -> None:
+    """A 4 MB zip of 4 GiB of zeros: refused from its declared sizes, next to a member that lands."""
+    bomb = zip_bomb(tmp_path / "bomb.zip", gib=4)
+    assert bomb.stat().st_size < 5 * MIB
+    good = tmp_path / "good.zip"
+    nested_zip(good, {"ct.dcm": ct_bytes()}, depth=1)
+    baseline = _baseline_mb(tmp_path)
+    result = _child_ingest(tmp_path / "r1", [bomb, good])
+    assert result["ingested"] == 1 and result["reasons"] == {"too_large": 1}
+    assert result["peak_mb"] < baseline + 64, result  # nothing of the 4 GiB was inflated
+    # Allowed by size, the member is still refused for its ratio (about 1,000x), unread.
+    ratio = _child_ingest(tmp_path / "r2", [bomb], {"max_file_bytes": 8 << 30})
+    assert ratio["reasons"] == {"zip_ratio": 1}
+    assert ratio["peak_mb"] < baseline + 64, ratio
+
+
+def test_zip_ratio_bound(lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> None:
+    """64 MiB of zeros in a 66 KB member (about 1,000x) is refused unread; raising the bound
+    reads it (and it is not DICOM); a member under 1 MiB is never refused for its ratio."""
+    bomb = zip_bomb(tmp_path / "sparse.zip", gib=1 / 16)
+    assert ingest_sync(lk, vault_dir, bomb).reasons == {"zip_ratio": 1}
+    raised = ingest_sync(lk, vault_dir, bomb, limits=ReadLimits(max_zip_ratio=2000))
+    assert raised.reasons == {"not_dicom": 1}
+    small = zip_bomb(tmp_path / "small.zip", gib=1 / 1024)  # 1 MiB exactly: not over the floor
+    assert ingest_sync(lk, vault_dir, small, limits=ReadLimits(max_zip_ratio=1)).reasons == {
+        "not_dicom": 1
+    }
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped"])
+def test_a_damaged_zip_member_is_quarantined_and_the_rest_lands(
+    lk: lake.Lake, vault_dir: Path, ct_folder: Path, tmp_path: Path, how: str
+) -> None:
+    good = {p.name: p.read_bytes() for p in sorted(ct_folder.iterdir())[:4]}
+    archive = damaged_member_zip(tmp_path / f"{how}.zip", good, how)
+    summary = ingest_sync(lk, vault_dir, archive)
+    assert summary.ingested == 4
+    assert summary.reasons == {"bad_zip_member": 1}
+    (message,) = [r[0] for r in lk.sql("SELECT message FROM quarantine").fetchall()]
+    assert "zip member cannot be" in message
+
+
+def test_a_member_inflating_past_its_declared_size_is_cut_there(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path
+) -> None:
+    summary = ingest_sync(lk, vault_dir, lying_zip(tmp_path / "liar.zip", mib=64))
+    assert summary.reasons == {"bad_zip_member": 1}  # 1,000 bytes read, then a bad CRC
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("implicit", [False, True])
+def test_a_50_mb_value_is_refused_cheaply(tmp_path: Path, implicit: bool) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):  # as in the report: three files with a 50 MB Manufacturer
+        (folder / f"long{i}.dcm").write_bytes(long_value(50 * MIB, implicit=implicit))
+    (folder / "ct.dcm").write_bytes(ct_bytes())
+    baseline = _baseline_mb(tmp_path)
+    result = _child_ingest(tmp_path / "r", [folder])
+    assert result["ingested"] == 1 and result["reasons"] == {"value_too_long": 3}, result
+    assert result["peak_mb"] < baseline + 4 * 50 + 64, result  # a few copies of one file
+
+
+def test_value_and_header_bounds(lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "manufacturer.dcm").write_bytes(long_value(200_000))
+    (folder / "private.dcm").write_bytes(long_value(200_000, tag=0x00091099))
+    limits = ReadLimits(max_value_bytes=100_000)
+    summary = ingest_sync(lk, vault_dir, folder, limits=limits)
+    # A long private value is binary to the dictionary: only the header bound applies to it.
+    assert summary.reasons == {"value_too_long": 1} and summary.ingested == 1
+    (message,) = [r[0] for r in lk.sql("SELECT message FROM quarantine").fetchall()]
+    assert "max_value_bytes" in message
+    header = ingest_sync(lk, vault_dir, folder / "private.dcm",
+                     limits=ReadLimits(max_header_bytes=150_000))
+    assert header.reasons == {"header_too_large": 1}
+
+
+def test_file_size_bound(lk: lake.Lake, vault_dir: Path, ct_folder: Path, tmp_path: Path) -> None:
+    size = min(p.stat().st_size for p in ct_folder.iterdir())
+    summary = ingest_sync(lk, vault_dir, ct_folder, limits=ReadLimits(max_file_bytes=size - 1))
+    assert summary.reasons == {"too_large": 12} and summary.ingested == 0
+    rows = lk.sql("SELECT size_bytes, object_key, message FROM quarantine").fetchall()
+    assert all(key is None and "max_file_bytes" in message for _, key, message in rows)
+
+
+@pytest.mark.parametrize("defined", [True, False])
+def test_a_1000_level_sequence_is_quarantined(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path, defined: bool
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "deep.dcm").write_bytes(nested_sequence(1000, defined=defined))
+    (folder / "fine.dcm").write_bytes(nested_sequence(20, defined=defined))
+    summary = ingest_sync(lk, vault_dir, folder)
+    assert summary.reasons == {"too_deep": 1}
+    assert summary.ingested == 1
+
+
+def test_nested_zips_are_read_to_the_depth_bound(
+    lk: lake.Lake, vault_dir: Path, ct_folder: Path, tmp_path: Path
+) -> None:
+    members = {p.name: p.read_bytes() for p in sorted(ct_folder.iterdir())}
+    three = nested_zip(tmp_path / "three.zip", members, depth=3)
+    four = nested_zip(tmp_path / "four.zip", {"x.dcm": ct_bytes()}, depth=4)
+    summary = ingest_sync(lk, vault_dir, three, four)
+    assert summary.ingested == 12
+    assert summary.reasons == {"zip_too_deep": 1}
+    shallow = ingest_sync(lk, vault_dir, three, limits=ReadLimits(max_zip_depth=1))
+    assert shallow.reasons == {"zip_too_deep": 1} and shallow.files_seen == 1
+
+
+def test_archive_budget(lk: lake.Lake, vault_dir: Path, ct_folder: Path, tmp_path: Path) -> None:
+    paths = sorted(ct_folder.iterdir())
+    members = {p.name: p.read_bytes() for p in paths}
+    archive = nested_zip(tmp_path / "two.zip", members, depth=2)
+    budget = sum(len(v) for v in list(members.values())[:5])
+    summary = ingest_sync(lk, vault_dir, archive, limits=ReadLimits(max_archive_bytes=budget))
+    assert summary.ingested == 5
+    assert summary.reasons == {"archive_too_large": 7}
+
+
+def test_limits_come_from_lake_json_and_are_checked(lk: lake.Lake, lake_root: Path) -> None:
+    config = json.loads((lake_root / "lake.json").read_text())
+    config["ingest"] = {"max_file_bytes": 1000, "max_zip_depth": 1}
+    (lake_root / "lake.json").write_text(json.dumps(config))
+    opened = lake.open(lake_root)
+    limits = ReadLimits.from_settings(opened.config.ingest, max_zip_depth=2)
+    assert (limits.max_file_bytes, limits.max_zip_depth) == (1000, 2)
+    with pytest.raises(lake.ConfigError, match="unknown ingest setting"):
+        ReadLimits.from_settings({"max_files": 3})
+    with pytest.raises(lake.ConfigError, match="max_zip_ratio"):
+        ReadLimits(max_zip_ratio=0)
+
+
+def test_cli_options_set_the_bounds(tmp_path: Path, ct_folder: Path) -> None:
+    proc = ingest_cli(tmp_path, "--max-file-mb", "0.001", str(ct_folder))
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert summary_count(proc.stderr, "quarantined: too_large") == 12
+    bad = subprocess.run([LAKE, "ingest", "--max-zip-depth", "0", str(ct_folder)],
+                         env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "max_zip_depth" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
