@@ -65,10 +65,14 @@ class VerifyReport:
     missing: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     duplicate_instances: list[str] = field(default_factory=list)
+    missing_batches: list[str] = field(default_factory=list)
+    completed_batches: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.corrupt and not self.missing and not self.duplicate_instances
+        return not (
+            self.corrupt or self.missing or self.duplicate_instances or self.missing_batches
+        )
 
 
 class Lake:
@@ -243,20 +247,37 @@ class Lake:
         )
 
     def verify(self, on_progress: Callable[[int], None] | None = None) -> VerifyReport:
-        """Re-hash every blob and check every row's blob exists.
+        """Re-hash every blob, check every row's blob and batch exist.
+
+        First completes the records of batches whose writer was interrupted after its
+        instances commit (from the journal in that commit; see
+        :func:`lake.catalog.complete_batches`).
 
         Returns
         -------
         VerifyReport
             ``corrupt`` blobs (content does not match the key), ``missing`` blobs
             (referenced by rows, absent), ``duplicate_instances`` (a SOPInstanceUID in
-            more than one row), ``orphans`` (stored, referenced by no row: left by an
-            interrupted ingest; harmless).
+            more than one row), ``missing_batches`` (a batch_id of an instance or
+            quarantine row with no row in ``batches``), ``completed_batches`` (batch
+            records completed from their journal now), ``orphans`` (stored, referenced
+            by no row: left by an interrupted ingest; harmless).
         """
+        from lake.catalog import complete_batches
+
         report = VerifyReport()
+        report.completed_batches = complete_batches(self.tables)
         columns = self.tables.dataset("instances").to_table(
-            columns=["pixel_hash", "SOPInstanceUID"]
+            columns=["pixel_hash", "SOPInstanceUID", "batch_id"]
         )
+        batches = set(
+            self.tables.dataset("batches").to_table(columns=["batch_id"])["batch_id"].to_pylist()
+        )
+        quarantined = self.tables.dataset("quarantine").to_table(columns=["batch_id"])["batch_id"]
+        referenced_batches = set(columns.column("batch_id").to_pylist()) | set(
+            quarantined.to_pylist()
+        )
+        report.missing_batches = sorted(b for b in referenced_batches - batches if b is not None)
         referenced = [h for h in columns.column("pixel_hash").to_pylist() if h is not None]
         seen: set[str] = set()
         for uid in columns.column("SOPInstanceUID").to_pylist():

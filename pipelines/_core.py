@@ -383,7 +383,11 @@ def info(lake_root: LakeOption = None) -> None:
 
 
 def verify(lake_root: LakeOption = None) -> None:
-    """Re-hash every blob and check that every row's blob exists (exit 4 on problems)."""
+    """Re-hash every blob, check that every row's blob and batch exist (exit 4 on problems).
+
+    Batch records that an interrupted ingest had not written yet are completed from the
+    journal in its instances commit.
+    """
     with reported():
         lk = open_lake(lake_root)
         report = lk.verify()
@@ -393,10 +397,18 @@ def verify(lake_root: LakeOption = None) -> None:
         err.print(f"missing blob: {key}")
     for uid in report.duplicate_instances:
         err.print(f"instance in more than one row: {uid}")
+    for batch_id in report.missing_batches:
+        err.print(f"rows of a batch that has no batch record: {batch_id}")
+    if report.completed_batches:
+        err.print(
+            f"completed the records of {len(report.completed_batches)} interrupted batch(es) "
+            "from their commit journal"
+        )
     out.print(
         f"checked {report.blobs_checked:,} blobs and {report.rows_checked:,} rows: "
         f"{len(report.corrupt)} corrupt, {len(report.missing)} missing, "
         f"{len(report.duplicate_instances)} duplicate instances, "
+        f"{len(report.missing_batches)} missing batch records, "
         f"{len(report.orphans)} unreferenced (harmless)"
     )
     if not report.ok:

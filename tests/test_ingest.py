@@ -266,37 +266,6 @@ def test_every_catalog_version_stays_readable(lk: lake.Lake) -> None:
         assert {k: config.get(k) for k in RETENTION} == RETENTION, table.name
 
 
-def test_racing_writers_keep_exactly_one_copy(
-    lk: lake.Lake, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Writer A reads the keys, writer B commits the same instances, then A commits: A, the
-    later commit, removes its own copies; B's rows stay; nothing is lost or doubled."""
-    from lake.catalog import INSTANCES
-
-    tables = lk.tables
-    uids = [f"2.25.{i}" for i in range(5)]
-    rows_a = [{"SOPInstanceUID": u, "batch_id": "A", "Modality": "CT"} for u in uids]
-    rows_b = [{"SOPInstanceUID": u, "batch_id": "B", "Modality": "CT"} for u in uids[:3]]
-    original = tables._keys
-    raced: list[bool] = []
-
-    def keys_then_race(name: str, key: str, version: int) -> object:
-        result = original(name, key, version)
-        if not raced:
-            raced.append(True)
-            assert (
-                tables.insert_new(INSTANCES, rows_b, key="SOPInstanceUID", owner="batch_id")[0] == 3
-            )
-        return result
-
-    monkeypatch.setattr(tables, "_keys", keys_then_race)
-    inserted, _ = tables.insert_new(INSTANCES, rows_a, key="SOPInstanceUID", owner="batch_id")
-    assert inserted == 2  # the three B committed first are removed from A's commit
-    rows = sorted(lk.sql("SELECT SOPInstanceUID, batch_id FROM instances").fetchall())
-    assert rows == [(u, "B") for u in uids[:3]] + [(u, "A") for u in uids[3:]]
-    assert lk.verify().duplicate_instances == []
-
-
 def test_a_lake_from_an_older_release_still_queries(lk: lake.Lake, lake_root: Path) -> None:
     """A table added in a later release (here: pulls) reads as empty until 'lake init' adds it."""
     shutil.rmtree(lake_root / "tables" / "pulls")

@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING
 
+from lake.catalog._journal import BatchJournal, complete_batches, record_batch
 from lake.catalog._query import Catalog
 from lake.catalog._schema import (
     BATCHES,
@@ -14,7 +15,7 @@ from lake.catalog._schema import (
     Column,
     Table,
 )
-from lake.catalog._tables import DeltaTables, arrow_dataset
+from lake.catalog._tables import DeltaTables, Inserted, Judged, arrow_dataset
 
 if TYPE_CHECKING:
     from lake.catalog._extract import dicom_values
@@ -27,12 +28,17 @@ __all__ = [
     "PULLS",
     "QUARANTINE",
     "TABLES",
+    "BatchJournal",
     "Catalog",
     "Column",
     "DeltaTables",
+    "Inserted",
+    "Judged",
     "Table",
     "arrow_dataset",
+    "complete_batches",
     "dicom_values",
+    "record_batch",
 ]
 
 

@@ -197,7 +197,8 @@ BATCHES = Table(
 
 QUARANTINE = Table(
     "quarantine",
-    "One row per rejected file; the original bytes are kept encrypted with a vault key.",
+    "One row per distinct rejected file (by content), however often it is re-ingested; the "
+    "original bytes are kept encrypted with a vault key.",
     (
         _c("quarantined_at", pa.timestamp("us", tz="UTC"), "When it was rejected."),
         _c("batch_id", pa.string(), "The batch that rejected it."),

@@ -1,10 +1,9 @@
-"""Delta tables of the catalog: creation, appends with de-duplication, versions."""
+"""Delta tables of the catalog: creation, exactly-once appends, deletes, versions."""
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -16,13 +15,11 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from lake._errors import CatalogError
+from lake.catalog._retry import Backoff
 from lake.catalog._schema import TABLES, Table
 from lake.store import Location
 
-__all__ = ["DeltaTables", "arrow_dataset"]
-
-_RETRIES = 20
-_MARKER = "imaging-lake.commit"
+__all__ = ["DeltaTables", "Inserted", "Judged", "Plan", "arrow_dataset"]
 
 # Cohorts promise byte-identical exports years later: every catalog version must stay
 # readable. delta-rs would otherwise drop log entries older than 30 days at checkpoints.
@@ -151,90 +148,256 @@ class DeltaTables:
         schema = fragments[0].physical_schema if fragments else delta.schema
         return ds.FileSystemDataset(fragments, schema, delta.format, delta.filesystem)
 
-    def append(self, table: Table, rows: Sequence[dict[str, Any]]) -> int:
-        """Append ``rows`` to ``table`` in one commit; returns the new version."""
-        data = pa.Table.from_pylist(list(rows), schema=table.schema)
-        write_deltalake(
-            self.uri(table.name), data, mode="append", storage_options=self.storage_options
-        )
-        return int(self.open(table.name).version())
+    def append(
+        self,
+        table: Table,
+        rows: Sequence[dict[str, Any]] | pa.Table,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        """Append ``rows`` to ``table`` in one commit; returns the version that commit made.
 
-    def _keys(self, name: str, key: str, version: int) -> pa.ChunkedArray:
-        """The ``key`` column of table ``name`` at ``version`` (one column, read in full)."""
-        return self.dataset(name, version).to_table(columns=[key]).column(key).cast(pa.string())
-
-    def _version_of(self, name: str, marker: str, since: int) -> int:
-        """The version whose commit carries ``marker`` in its commit info."""
-        latest = self.open(name)
-        for entry in latest.history(int(latest.version()) - since + 1):
-            if entry.get(_MARKER) == marker:
-                return int(entry["version"])
-        raise CatalogError(
-            f"the commit to {name!r} cannot be found in its history; run 'lake verify'"
-        )
+        Appends do not depend on what the table holds, so a commit that finds another
+        writer's commit first is simply retried (bounded, with backoff).
+        """
+        data = rows if isinstance(rows, pa.Table) else _table_of(table, rows)
+        backoff = Backoff(f"append to {table.name!r}")
+        while True:
+            delta = self.open(table.name)
+            try:
+                return self._write(delta, data, metadata, exclusive=False)
+            except CommitFailedError as exc:
+                backoff.failed(exc)
 
     def insert_new(
-        self, table: Table, rows: Sequence[dict[str, Any]], key: str, owner: str
-    ) -> tuple[int, int]:
-        """Append the rows whose ``key`` is not in ``table`` yet, in one commit.
+        self,
+        table: Table,
+        rows: Sequence[dict[str, Any]] | pa.Table,
+        key: str,
+        *,
+        fetch: Sequence[str] = (),
+        plan: Plan | None = None,
+        commit_empty: bool = False,
+    ) -> Inserted:
+        """Append the rows whose ``key`` the table does not hold yet, in one commit.
 
-        Rows are de-duplicated within ``rows`` too. Memory stays bounded by the batch:
-        only the key column of the table is read, never its other columns (a Delta
-        MERGE would load the whole table). Writers racing to add the same key are
-        resolved after the append: the commit that comes later in the table's history
-        removes its own copies (its rows are told apart by the ``owner`` column, which
-        must hold one value per call, e.g. the batch id). Each writer judges only
-        against the commits before its own, so exactly one copy survives.
+        Exactly once under any interleaving of writers: the rows are judged against one
+        snapshot of the table, and the commit is made only if it directly follows that
+        snapshot (a compare-and-swap on the Delta log: deltalake with
+        ``max_commit_retries=0`` fails instead of rebasing the commit onto newer ones).
+        When another writer committed in between, whatever it was (an append, a delete,
+        a compaction), the rows are judged again against the newer snapshot and the
+        commit is retried, bounded, with backoff. Nothing is ever appended and deleted
+        again, so no reader sees a duplicate and a crash leaves none behind.
+
+        Memory stays bounded by the batch: only rows whose key is among ``rows`` are
+        read from the table (``key`` and the ``fetch`` columns, with a pushed-down
+        filter); after a lost race only the files added since are read, unless files
+        were removed (then the whole snapshot is judged again).
+
+        Parameters
+        ----------
+        table : Table
+            The table.
+        rows : sequence of dict or pyarrow.Table
+            Candidate rows; of several with one key the first is taken.
+        key : str
+            The column that identifies a row. Rows whose key is null are always new.
+        fetch : sequence of str
+            Further columns to read for the table rows that share a key with a
+            candidate (given to ``plan`` in :attr:`Judged.existing`).
+        plan : callable, optional
+            Called with each :class:`Judged` snapshot; returns the rows to append (a
+            subset of :attr:`Judged.new`) and commit metadata to store atomically with
+            them (e.g. a journal of the batch). Called again after a lost race, so it
+            must not have lasting effects that a second call would repeat wrongly.
+        commit_empty : bool
+            Commit (with the metadata) even when no row is new.
 
         Returns
         -------
-        (inserted, version) : tuple of int
-            How many rows were added and the table version after the commit.
+        Inserted
         """
-        unique: dict[Any, dict[str, Any]] = {}
-        for row in rows:
-            unique.setdefault(row[key], row)
-        if not unique:
-            return 0, int(self.open(table.name).version())
-        owners = {row[owner] for row in unique.values()}
-        if len(owners) != 1:
-            raise CatalogError(f"insert_new needs one {owner} value per call, got {len(owners)}")
-        data = pa.Table.from_pylist(list(unique.values()), schema=table.schema)
-        read = int(self.open(table.name).version())
-        existing = self._keys(table.name, key, read)
-        if len(existing):
-            data = data.filter(pc.invert(pc.is_in(data.column(key), value_set=existing)))
-        if data.num_rows == 0:
-            return 0, read
-        marker = uuid.uuid4().hex
+        candidates = _unique(rows if isinstance(rows, pa.Table) else _table_of(table, rows), key)
+        columns = [key, *[c for c in fetch if c != key]]
+        backoff = Backoff(f"commit to {table.name!r}")
+        scanned: set[str] = set()  # data files whose matching rows are in `existing`
+        existing = _concat(table, columns, [])
+        while True:
+            delta = self.open(table.name)
+            read = int(delta.version())
+            fragments = {f.path: f for f in arrow_dataset(delta).get_fragments()}
+            if not scanned <= fragments.keys():
+                # Files were removed (a delete, a compaction): judge everything again.
+                scanned, existing = set(), _concat(table, columns, [])
+            fresh = [fragments[p] for p in sorted(fragments.keys() - scanned)]
+            found = _matching(fresh, table, columns, candidates.column(key))
+            existing = _concat(table, columns, [existing, found])
+            scanned |= {f.path for f in fresh}
+            held = pc.is_in(candidates.column(key), value_set=existing.column(key), skip_nulls=True)
+            judged = Judged(candidates.filter(pc.invert(held)), existing, read)
+            append, metadata = plan(judged) if plan is not None else (judged.new, None)
+            if append.num_rows == 0 and not commit_empty:
+                return Inserted(append, read, committed=False)
+            try:
+                version = self._write(delta, append, metadata, exclusive=True)
+            except CommitFailedError as exc:
+                backoff.failed(exc)
+                continue
+            if version != read + 1:
+                raise CatalogError(
+                    f"the commit to {table.name!r} landed at version {version}, not "
+                    f"{read + 1}: this deltalake release does not honour "
+                    "max_commit_retries=0; install the version pinned in pyproject.toml"
+                )
+            return Inserted(append, version, committed=True)
+
+    def delete(self, table: Table, predicate: str) -> int:
+        """Delete the rows matching ``predicate`` (a Delta SQL predicate) in one commit.
+
+        Retried (bounded, with backoff) when another writer's commit conflicts.
+
+        Returns
+        -------
+        int
+            The version of the delete commit.
+        """
+        backoff = Backoff(f"delete from {table.name!r}")
+        while True:
+            delta = self.open(table.name)
+            try:
+                delta.delete(predicate)
+            except CommitFailedError as exc:
+                backoff.failed(exc)
+                continue
+            return int(delta.version())
+
+    def _write(
+        self,
+        delta: DeltaTable,
+        data: pa.Table,
+        metadata: Mapping[str, str] | None,
+        *,
+        exclusive: bool,
+    ) -> int:
+        """Append ``data`` through ``delta`` and return the version this very commit made.
+
+        The version is read from the table object the commit went through (deltalake
+        advances it to the commit's version), never from ``history()``: deltalake
+        numbers history entries from the version the table was opened at, so any commit
+        that lands after the open shifts every number by one.
+        """
         write_deltalake(
-            self.uri(table.name),
+            delta,
             data,
             mode="append",
-            commit_properties=CommitProperties(custom_metadata={_MARKER: marker}),
-            storage_options=self.storage_options,
+            commit_properties=CommitProperties(
+                custom_metadata=dict(metadata) if metadata else None,
+                max_commit_retries=0 if exclusive else None,
+            ),
         )
-        mine = self._version_of(table.name, marker, read)
-        inserted = data.num_rows
-        if mine - 1 > read:  # others committed between our read and our commit
-            earlier = self._keys(table.name, key, mine - 1)
-            clash = pc.is_in(data.column(key), value_set=earlier)
-            if pc.any(clash).as_py():
-                ours = data.filter(clash).column(key).to_pylist()
-                self._delete_own(table, key, ours, owner, str(next(iter(owners))))
-                inserted -= len(ours)
-        return inserted, int(self.open(table.name).version())
+        return int(delta.version())
 
-    def _delete_own(self, table: Table, key: str, keys: list[str], owner: str, mine: str) -> None:
-        listed = ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
-        predicate = f"{owner} = '{mine.replace(chr(39), chr(39) * 2)}' AND {key} IN ({listed})"
-        for attempt in range(_RETRIES):
-            try:
-                self.open(table.name).delete(predicate)
-                return
-            except CommitFailedError:
-                time.sleep(0.05 * (attempt + 1))
-        raise CatalogError(
-            f"could not remove duplicate rows from {table.name!r} after {_RETRIES} attempts; "
-            "run 'lake verify' and re-run the command"
-        )
+
+@dataclass(frozen=True)
+class Judged:
+    """Candidate rows judged against one snapshot of a table.
+
+    Attributes
+    ----------
+    new : pyarrow.Table
+        Candidates whose key the snapshot does not hold.
+    existing : pyarrow.Table
+        The snapshot's rows (key and fetched columns) whose key is among the candidates.
+    read_version : int
+        The snapshot's version; a commit of this judgement becomes ``read_version + 1``.
+    """
+
+    new: pa.Table
+    existing: pa.Table
+    read_version: int
+
+
+Plan = Callable[[Judged], tuple[pa.Table, Mapping[str, str] | None]]
+
+
+@dataclass(frozen=True)
+class Inserted:
+    """What :meth:`DeltaTables.insert_new` committed.
+
+    Attributes
+    ----------
+    rows : pyarrow.Table
+        The rows appended (empty when none).
+    version : int
+        The version the commit made, or the version judged when nothing was committed.
+    committed : bool
+        Whether a commit was made.
+    """
+
+    rows: pa.Table
+    version: int
+    committed: bool
+
+    @property
+    def count(self) -> int:
+        """How many rows were appended."""
+        return int(self.rows.num_rows)
+
+
+def _table_of(table: Table, rows: Sequence[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=table.schema)
+
+
+def _unique(data: pa.Table, key: str) -> pa.Table:
+    """The first row of each non-null key, and every row whose key is null."""
+    first: dict[Any, int] = {}
+    keep: list[int] = []
+    for index, value in enumerate(data.column(key).to_pylist()):
+        if value is None:
+            keep.append(index)
+        elif value not in first:
+            first[value] = index
+            keep.append(index)
+    return data if len(keep) == data.num_rows else data.take(keep)
+
+
+def _matching(
+    fragments: Sequence[ds.Fragment], table: Table, columns: Sequence[str], keys: pa.ChunkedArray
+) -> pa.Table:
+    """The rows of these data files whose key is in ``keys`` (only ``columns``).
+
+    The key column is streamed in record batches (all files scanned in parallel) and
+    only matching rows are kept, so memory follows the candidates, not the table. The
+    filter is not pushed into the scan: delta-rs writes some files with ``string_view``
+    columns, whose statistics Arrow cannot compare with a ``string`` filter yet; the
+    dataset's declared (Delta) types make Arrow read every file as plain strings.
+    """
+    if not fragments:
+        return _concat(table, columns, [])
+    schema = pa.schema([table.schema.field(c) for c in columns])
+    dataset = ds.FileSystemDataset(fragments, schema, fragments[0].format, fragments[0].filesystem)
+    wanted = keys.drop_null().combine_chunks()
+    parts = []
+    for batch in dataset.to_batches(columns=list(columns)):
+        mask = pc.is_in(batch.column(0), value_set=wanted)
+        if pc.any(mask).as_py():
+            parts.append(pa.Table.from_batches([batch.filter(mask)], schema=schema))
+    return _concat(table, columns, parts)
+
+
+def _conform(table: Table, columns: Sequence[str], data: pa.Table) -> pa.Table:
+    """``data`` with exactly ``columns``, typed as the table declares (missing ones null)."""
+    schema = pa.schema([table.schema.field(c) for c in columns])
+    arrays = [
+        data.column(c).cast(schema.field(c).type)
+        if c in data.column_names
+        else pa.nulls(data.num_rows, schema.field(c).type)
+        for c in columns
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _concat(table: Table, columns: Sequence[str], parts: list[pa.Table]) -> pa.Table:
+    if not parts:
+        return pa.schema([table.schema.field(c) for c in columns]).empty_table()
+    return pa.concat_tables(parts)

@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 from lake._errors import InputRefusedError
-from lake.catalog import BATCHES, INSTANCES, QUARANTINE
+from lake.catalog import INSTANCES, BatchJournal, Judged, record_batch
 from lake.compute import AUTO, INGEST_CROSSOVER, Runner, Workload
 from lake.deid import Deidentifier, Profile, load_profile
 from lake.ingest._content import NOT_MEDICAL, sniff
@@ -155,7 +157,13 @@ class Ingestor:
     def commit(
         self, outcomes: Sequence[Outcome], started_at: dt.datetime | None = None
     ) -> BatchResult:
-        """Commit one batch: instance rows (new SOPInstanceUIDs only), quarantine rows, batch row."""
+        """Commit one batch, exactly once, whatever other writers do at the same time.
+
+        One Delta commit adds the batch's new instance rows (SOPInstanceUIDs the table
+        does not hold yet) together with its journal: the batch row and the quarantine
+        rows, appended next (each keyed, so exactly once) and materialised from the
+        journal by ``lake verify`` if this process dies in between.
+        """
         batch = BatchResult(batch_id=uuid.uuid4().hex)
         started_at = started_at or _now()
         now = _now()
@@ -174,40 +182,44 @@ class Ingestor:
                 record = dict(outcome.record, batch_id=batch.batch_id, quarantined_at=now)
                 rejected.append(record)
                 batch.reasons[record["reason"]] += 1
-        tables = self.lake.tables
-        flush(self.lake.location)  # blobs of this batch reach the disk before rows name them
-        inserted, version = tables.insert_new(
-            INSTANCES, rows, key="SOPInstanceUID", owner="batch_id"
-        )
-        batch.ingested = inserted
-        batch.duplicates = len(rows) - inserted
         batch.quarantined = len(rejected)
-        batch.catalog_version = version
-        if rejected:
-            tables.append(QUARANTINE, rejected)
-        tables.append(
-            BATCHES,
-            [
-                {
-                    "batch_id": batch.batch_id,
-                    "source": self.source,
-                    "started_at": started_at,
-                    "finished_at": _now(),
-                    "profile": self.profile.name,
-                    "profile_version": self.profile.version,
-                    "profile_sha256": self.profile.sha256,
-                    "files_seen": batch.files_seen,
-                    "ingested": batch.ingested,
-                    "duplicates": batch.duplicates,
-                    "quarantined": batch.quarantined,
-                    "bytes_in": batch.bytes_in,
-                    "blobs_written": batch.blobs_written,
-                    "actions": sorted(batch.actions.items()),
-                    "catalog_version": version,
-                }
-            ],
+        flush(self.lake.location)  # blobs of this batch reach the disk before rows name them
+
+        journal: list[BatchJournal] = []
+
+        def plan(judged: Judged) -> tuple[pa.Table, dict[str, str]]:
+            batch.ingested = judged.new.num_rows
+            batch.duplicates = len(rows) - batch.ingested
+            journal[:] = [BatchJournal(self._batch_row(batch, started_at), rejected)]
+            return judged.new, journal[0].encode()
+
+        result = self.lake.tables.insert_new(
+            INSTANCES, rows, key="SOPInstanceUID", plan=plan, commit_empty=True
         )
+        batch.catalog_version = result.version
+        (written,) = journal
+        written.batch["catalog_version"] = result.version
+        record_batch(self.lake.tables, written)
         return batch
+
+    def _batch_row(self, batch: BatchResult, started_at: dt.datetime) -> dict[str, Any]:
+        return {
+            "batch_id": batch.batch_id,
+            "source": self.source,
+            "started_at": started_at,
+            "finished_at": _now(),
+            "profile": self.profile.name,
+            "profile_version": self.profile.version,
+            "profile_sha256": self.profile.sha256,
+            "files_seen": batch.files_seen,
+            "ingested": batch.ingested,
+            "duplicates": batch.duplicates,
+            "quarantined": batch.quarantined,
+            "bytes_in": batch.bytes_in,
+            "blobs_written": batch.blobs_written,
+            "actions": sorted(batch.actions.items()),
+            "catalog_version": None,  # the commit's own version, known once it is made
+        }
 
 
 def _unsealed(reason: str, message: str, size: int | None = None) -> Rejected:
