@@ -207,7 +207,7 @@ def test_a_kill_between_the_commits_of_a_batch_leaves_a_lake_that_verifies(
     record from that journal, exactly once, and the lake verifies; re-running adds nothing."""
     files = write_ct_series(tmp_path / "in", 4)
     junk = tmp_path / "in" / "junk.dcm"
-    junk.write_bytes(b"not a DICOM file at all" * 10)
+    junk.write_bytes(b"\x00not a DICOM file at all" * 10)  # a zero byte: not plainly text
     args = [str(lake_root), str(vault_dir), stage, *map(str, files), str(junk)]
     done = subprocess.run([sys.executable, "-c", _KILL_BETWEEN, *args], capture_output=True)
     assert done.returncode == -9, done.stderr.decode()[-2000:]

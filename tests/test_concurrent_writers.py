@@ -35,7 +35,7 @@ def test_concurrent_ingests_with_random_batches_stay_exactly_once(
             count = rng.randint(4, 9)
             write_ct_series(new / f"s{s}", count, patient_id=f"P{round_}-{s}")
             instances += count
-        content = f"round {round_}: not DICOM".encode() * rng.randint(1, 5)
+        content = f"\0round {round_}: not DICOM".encode() * rng.randint(1, 5)  # binary junk
         (new / "notes.dcm").write_bytes(content)
         junk.add(content)
         folders.append(new)
