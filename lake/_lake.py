@@ -124,7 +124,11 @@ class Lake:
 
     def sql(self, query: str, as_of: int | None = None) -> duckdb.DuckDBPyRelation:
         """Run SQL over ``instances``, ``series``, ``studies``, ``patients``, ``batches``,
-        ``quarantine``.
+        ``quarantine``, ``cohorts``, ``pulls``.
+
+        The query runs on a locked-down DuckDB connection: it cannot read or write files
+        (the vault included), attach databases or load extensions
+        (:func:`lake.catalog.locked_connection`). Write results with pandas/Arrow instead.
 
         Parameters
         ----------
@@ -137,6 +141,11 @@ class Lake:
         -------
         duckdb.DuckDBPyRelation
             Use ``.df()``, ``.arrow()``, ``.pl()`` or ``.fetchall()``.
+
+        Raises
+        ------
+        QueryError
+            If the query is malformed or tries to reach outside the catalog.
         """
         return self.catalog(as_of).sql(query)
 

@@ -276,19 +276,24 @@ def sql(
 ) -> None:
     """Run SQL against the catalog.
 
-    Tables: instances, batches, quarantine. Views: series, studies, patients.
+    Tables: instances, batches, quarantine, cohorts, pulls. Views: series, studies, patients.
     json prints an array of row objects; parquet needs --output or a redirected stdout.
+    Queries cannot read or write files, attach databases or load extensions (exit 1).
     """
     with reported():
         lk = open_lake(lake_root)
         relation = lk.sql(query, as_of=as_of)
+        if relation is None:  # a statement without a result (CREATE VIEW ...): done
+            return
+        from lake.catalog import query_error
+
         try:
             arrow = relation.arrow()
         except Exception as exc:  # noqa: BLE001 - DuckDB raises many types at execution
-            raise lake.QueryError(f"query failed: {str(exc).splitlines()[0]}") from None
+            raise query_error(exc) from None
         if hasattr(arrow, "read_all"):
             arrow = arrow.read_all()
-        _emit(arrow, fmt, output)
+        _emit(arrow, fmt, output)  # the CLI writes --output itself: DuckDB cannot
 
 
 def _emit(arrow: object, fmt: Format, output: Path | None) -> None:

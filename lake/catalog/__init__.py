@@ -3,7 +3,7 @@
 from typing import TYPE_CHECKING
 
 from lake.catalog._journal import BatchJournal, complete_batches, record_batch
-from lake.catalog._query import Catalog
+from lake.catalog._query import Catalog, locked_connection, query_error
 from lake.catalog._schema import (
     BATCHES,
     COHORTS,
@@ -38,6 +38,8 @@ __all__ = [
     "arrow_dataset",
     "complete_batches",
     "dicom_values",
+    "locked_connection",
+    "query_error",
     "record_batch",
 ]
 

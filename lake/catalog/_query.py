@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from importlib import resources
 
 import duckdb
@@ -10,7 +11,88 @@ from lake._errors import QueryError
 from lake.catalog._schema import INSTANCES, TABLES
 from lake.catalog._tables import DeltaTables
 
-__all__ = ["Catalog"]
+__all__ = ["Catalog", "locked_connection", "query_error"]
+
+# Applied in this order once the trusted set-up is done; the last one freezes them all, so
+# user SQL cannot turn any back on (nor change any other setting).
+_LOCKDOWN = (
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET allow_community_extensions = false",
+    "SET allow_unsigned_extensions = false",
+    "SET enable_external_access = false",
+    "SET lock_configuration = true",
+)
+_REFUSED = (
+    "SQL over the catalog cannot read or write files, attach databases, load extensions "
+    "or change settings"
+)
+
+
+def locked_connection(
+    sources: Mapping[str, object] | None = None,
+    setup: Sequence[str] = (),
+    *,
+    threads: int | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that user SQL can run on without reaching outside its data.
+
+    ``sources`` (Arrow tables, datasets, record batch readers...) are registered and the
+    trusted ``setup`` statements (views) run first; then external access is disabled
+    (no ``read_text``/``read_blob``/``read_csv``/``read_parquet`` of paths, no ``glob``,
+    no ``COPY ... TO``, ``EXPORT DATABASE`` or ``ATTACH``, no ``INSTALL``/``LOAD`` of
+    extensions) and the configuration is locked, so no query can undo it. Registered
+    Arrow data still scans: it is read by Arrow, not by DuckDB's filesystem. Use
+    :func:`query_error` to turn DuckDB's errors into a :class:`QueryError`.
+
+    Parameters
+    ----------
+    sources : mapping of str to Arrow data, optional
+        Names to register and what they read.
+    setup : sequence of str
+        Trusted statements run before the lockdown (e.g. ``CREATE VIEW``).
+    threads : int, optional
+        DuckDB threads (default: DuckDB's).
+
+    Returns
+    -------
+    duckdb.DuckDBPyConnection
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> con = locked_connection({"t": pa.table({"a": [1, 2]})})
+    >>> con.sql("SELECT sum(a) FROM t").fetchall()
+    [(3,)]
+    >>> try:
+    ...     con.sql("SELECT * FROM read_text('/etc/hostname')")
+    ... except Exception as exc:
+    ...     print(query_error(exc))
+    query refused: SQL over the catalog cannot read or write files, ...
+    """
+    con = duckdb.connect()
+    try:
+        if threads is not None:
+            con.execute(f"SET threads = {int(threads)}")
+        for name, data in (sources or {}).items():
+            con.register(name, data)
+        for statement in setup:
+            con.execute(statement)
+        for statement in _LOCKDOWN:
+            con.execute(statement)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def query_error(exc: BaseException) -> QueryError:
+    """The one-line :class:`QueryError` for an error DuckDB raised on a user's query."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(exc, duckdb.PermissionException) or "configuration has been locked" in text:
+        return QueryError(f"query refused: {_REFUSED}")
+    return QueryError(f"query failed: {first}")
 
 
 def _view_statements() -> list[str]:
@@ -43,26 +125,24 @@ class Catalog:
     def __init__(self, tables: DeltaTables, as_of: int | None = None) -> None:
         self.tables = tables
         self.as_of = as_of
-        self.con = duckdb.connect()
         self.versions: dict[str, int] = {}
+        sources: dict[str, object] = {}
+        setup: list[str] = []
         for table in TABLES:
             if table.name != INSTANCES.name and not tables.exists(table.name):
                 # A lake made by an older release lacks a newer table: it reads as empty
                 # (the next 'lake init' or write creates it).
-                self.con.register(f"{table.name}_delta", table.schema.empty_table())
+                sources[f"{table.name}_delta"] = table.schema.empty_table()
             else:
                 version = as_of if table.name == INSTANCES.name else None
                 delta = tables.open(table.name, version)
                 self.versions[table.name] = int(delta.version())
-                self.con.register(
-                    f"{table.name}_delta", tables.dataset(table.name, delta.version())
-                )
-            self.con.execute(
+                sources[f"{table.name}_delta"] = tables.dataset(table.name, delta.version())
+            setup.append(
                 f"CREATE OR REPLACE TEMP VIEW {table.name} AS SELECT {_select_list(table.name)} "
                 f"FROM {table.name}_delta"
             )
-        for statement in _view_statements():
-            self.con.execute(statement)
+        self.con = locked_connection(sources, [*setup, *_view_statements()])
 
     @property
     def version(self) -> int:
@@ -72,16 +152,19 @@ class Catalog:
     def sql(self, query: str) -> duckdb.DuckDBPyRelation:
         """Run ``query``; returns a DuckDB relation (``.df()``, ``.arrow()``, ``.pl()``).
 
+        The connection is locked down (:func:`locked_connection`): a query that tries to
+        read or write a file, attach a database or load an extension is refused.
+
         Raises
         ------
         QueryError
-            If DuckDB rejects the query.
+            If DuckDB rejects the query (errors raised later, while the relation is
+            fetched, are DuckDB's own: turn them into one with :func:`query_error`).
         """
         try:
             return self.con.sql(query)
         except duckdb.Error as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise QueryError(f"query failed: {first}") from None
+            raise query_error(exc) from None
 
     def close(self) -> None:
         self.con.close()
