@@ -1,14 +1,18 @@
 """Burned-in text: OCR of pixels (Tesseract through pytesseract) and masking what it finds.
 
-Each image is read twice: as grey levels with Tesseract's automatic page layout
-(``--psm 3``, which also tries the image inverted: light text on a dark band), and as its
-local contrast (the image minus a blurred copy of itself, which brings out text printed
-over a photograph) in sparse-text mode (``--psm 11``). Measured on rendered overlays: the
-first reads text on a band that the sparse mode misses entirely, the second reads parts
-of text over a textured background that the first misses. A word counts
-when Tesseract is at least :attr:`Ocr.min_confidence` sure of it and it has at least three
-letters or digits (shorter reads of textures are noise). The words are then judged by the
-document's :class:`~lake.documents._text.TextPolicy`, like the text layer of a PDF.
+Each image is read twice by Tesseract as a block of text (``--psm 6``), each time as a
+black-on-white picture made of the pixels that stand out from their neighbourhood: those at
+least 30 grey levels *darker* than the mean of the 41x41 pixels around them (dark text on
+a light label, a page), then those at least 30 levels *lighter* (light text on a dark band or
+over a photograph). Textures do not stand out that much, so nothing is left for Tesseract
+to misread in them, and what is left is text a person can read. Measured on rendered
+overlays and photographs: Tesseract's own layout analysis (``--psm 3``, ``--psm 11``) misses
+a single word on a band, reads two to four letters of "text" in textures at confidences up
+to 81, and takes up to 13 s on a textured 1600x1200 photograph; the two binarised readings
+find every overlay, read nothing in the textures and take 0.1-0.7 s. A word counts when it
+has at least three letters or digits and a confidence of at least :attr:`Ocr.min_confidence`.
+The words are then judged by the document's
+:class:`~lake.documents._text.TextPolicy`, like the text layer of a PDF.
 
 Every Tesseract call has a time limit; no call happens when the ``tesseract`` program is
 absent (:meth:`Ocr.available`), and the caller refuses what it cannot check.
@@ -27,6 +31,8 @@ from lake.documents._text import TextPolicy
 __all__ = ["Ocr", "OcrWord", "mask"]
 
 _MIN_CHARS = 3
+_RADIUS = 20  # the neighbourhood a pixel is compared with: 41x41 pixels
+_CONTRAST = 30  # grey levels a pixel of text differs from its neighbourhood at least
 _MAX_SIDE = 2400  # larger images are read scaled down (text stays legible)
 
 
@@ -42,10 +48,12 @@ class OcrWord:
     height: int
 
 
-def _local_contrast(gray: Image.Image) -> Image.Image:
-    background = gray.filter(ImageFilter.GaussianBlur(15))
-    diff = np.abs(np.asarray(gray, np.int16) - np.asarray(background, np.int16))
-    return Image.fromarray((255 - np.clip(diff * 3, 0, 255)).astype(np.uint8))
+def _standing_out(gray: Image.Image, sign: int) -> Image.Image:
+    """Black where a pixel is 30 grey levels darker (sign -1) or lighter (+1) than around it."""
+    around = np.asarray(gray.filter(ImageFilter.BoxBlur(_RADIUS)), np.int16)
+    pixels = np.asarray(gray, np.int16)
+    stands_out = pixels < around - _CONTRAST if sign < 0 else pixels > around + _CONTRAST
+    return Image.fromarray(np.where(stands_out, 0, 255).astype(np.uint8))
 
 
 @dataclass(frozen=True)
@@ -88,10 +96,10 @@ class Ocr:
             gray = gray.resize((max(1, round(gray.width * scale)),
                                 max(1, round(gray.height * scale))), Image.Resampling.BILINEAR)
         found: list[OcrWord] = []
-        for variant, mode in ((gray, "--psm 3"), (_local_contrast(gray), "--psm 11")):
+        for sign in (-1, 1):
             try:
                 data = pytesseract.image_to_data(
-                    variant, lang=self.language, config=mode,
+                    _standing_out(gray, sign), lang=self.language, config="--psm 6",
                     output_type=pytesseract.Output.DICT, timeout=self.timeout,
                 )
             except RuntimeError as exc:  # pytesseract's timeout
