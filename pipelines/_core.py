@@ -87,6 +87,7 @@ def _summary(summary: IngestSummary) -> Table:
         ("ingested", f"{summary.ingested:,}"),
         ("duplicates", f"{summary.duplicates:,}"),
         ("quarantined", f"{summary.quarantined:,}"),
+        ("  of which uid conflicts", f"{summary.conflicts:,}"),
         ("skipped", f"{sum(summary.sources.skipped.values()):,}"),
         ("bytes read", f"{mb:,.1f} MB"),
         ("new pixel blobs", f"{summary.blobs_written:,}"),
@@ -196,8 +197,11 @@ def ingest(
 
     Bad files (not DICOM, empty, truncated, DICOMDIR, refused by the profile, over a size
     bound) are quarantined with a reason, sealed with a vault key; the rest of the batch
-    lands. Files that are plainly not medical images (text, JSON, NIfTI) and special files
-    (FIFOs, devices, sockets) are skipped and counted. Bounds default to the ingest section
+    lands. An instance whose SOP Instance UID the lake holds is a duplicate when it is the
+    same object (in any transfer syntax); a different object reusing the UID is quarantined
+    as uid_conflict (the first one is kept). Files that are plainly not medical images
+    (text, JSON, NIfTI) and special files (FIFOs, devices, sockets) are skipped and
+    counted. Bounds default to the ingest section
     of lake.json. Exit code 3 when anything was quarantined, 4 when some folders could not
     be walked (unreadable, links to folders not followed, broken links).
     """

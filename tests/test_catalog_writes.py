@@ -178,12 +178,11 @@ _KILL_BETWEEN = textwrap.dedent(
     """
     import os, signal, sys
     import lake
-    from lake.ingest import Ingestor, _run
+    from lake.ingest import Ingestor, _commit
 
     lk = lake.open(sys.argv[1])
     ingestor = Ingestor(lk, lk.secret(sys.argv[2]))
     outcomes = [ingestor.process(open(p, "rb").read()) for p in sys.argv[4:]]
-    real = _run.record_batch
     stage = sys.argv[3]
 
     def die(tables, journal):
@@ -192,7 +191,7 @@ _KILL_BETWEEN = textwrap.dedent(
             tables.insert_new(QUARANTINE, journal.quarantine, key="source_sha256")
         os.kill(os.getpid(), signal.SIGKILL)
 
-    _run.record_batch = die
+    _commit.record_batch = die
     ingestor.commit(outcomes)
     """
 )

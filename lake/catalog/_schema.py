@@ -151,6 +151,13 @@ _LAKE_INSTANCE_COLUMNS: tuple[Column, ...] = (
         pa.binary(),
         "The de-identified Part-10 instance without PixelData (exact bytes for reassembly).",
     ),
+    _c(
+        "identity_sha256",
+        pa.string(),
+        "sha256 of header_json without its PixelData entry: the same instance in another "
+        "transfer syntax has the same value (tells a re-sent instance from a different object "
+        "that reuses its SOP Instance UID).",
+    ),
     _c("profile", pa.string(), "Name of the de-identification profile applied."),
     _c("profile_version", pa.string(), "Version of that profile."),
     _c("profile_sha256", pa.string(), "Hash of every byte the profile was built from."),
@@ -208,7 +215,12 @@ QUARANTINE = Table(
             "sha256 of the original bytes (not reversible to content).",
         ),
         _c("size_bytes", pa.int64(), "Size of the original."),
-        _c("reason", pa.string(), "Reason code: not_dicom, empty, truncated, dicomdir, ..."),
+        _c(
+            "reason",
+            pa.string(),
+            "Reason code: not_dicom, empty, truncated, dicomdir, uid_conflict (a different object "
+            "already holds its SOP Instance UID), ...",
+        ),
         _c("message", pa.string(), "Explanation, free of any original value."),
         _c("object_key", pa.string(), "Path below the lake of the encrypted original."),
     ),

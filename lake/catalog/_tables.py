@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from lake._errors import CatalogError
@@ -19,7 +20,7 @@ from lake.catalog._retry import Backoff
 from lake.catalog._schema import TABLES, Table
 from lake.store import Location
 
-__all__ = ["DeltaTables", "Inserted", "Judged", "Plan", "arrow_dataset"]
+__all__ = ["DeltaTables", "Inserted", "Judged", "Plan", "arrow_dataset", "view_schema"]
 
 # Cohorts promise byte-identical exports years later: every catalog version must stay
 # readable. delta-rs would otherwise drop log entries older than 30 days at checkpoints.
@@ -88,6 +89,7 @@ class DeltaTables:
             delta = self.open(table.name)
             if any(delta.metadata().configuration.get(k) != v for k, v in RETENTION.items()):
                 delta.alter.set_table_properties(RETENTION)
+            self._upgraded(delta, table)
             return
         empty = table.schema.empty_table()
         try:
@@ -134,19 +136,22 @@ class DeltaTables:
     def dataset(self, name: str, version: int | None = None) -> ds.Dataset:
         """Table ``name`` (at ``version``) as an Arrow dataset that accepts pushed-down filters.
 
-        delta-rs writes strings as ``string_view`` in its Parquet files while the Delta schema
-        says ``string``; pyarrow then fails to compare a pushed-down filter (``Modality =
-        'CT'``) with the files' statistics. This dataset uses the files' own (physical) schema,
-        which DuckDB filters correctly, and no per-file guarantees: row groups are still
-        pruned by the Parquet statistics inside each file.
+        delta-rs writes strings as ``string`` when it appends and as ``string_view`` when it
+        rewrites files (delete, compaction), and Arrow cannot compare a pushed-down
+        ``string`` filter (``Modality = 'CT'``) with ``string_view`` statistics, nor the
+        reverse. This dataset declares the Delta schema with view types for every string
+        and binary (:func:`view_schema`): Arrow reads either kind of file into it, DuckDB
+        filters it correctly, and row groups are still pruned by the Parquet statistics.
+        Columns added to the table later read as null from older files.
         """
         delta = arrow_dataset(self.open(name, version))
         fragments = [
             delta.format.make_fragment(fragment.path, filesystem=delta.filesystem)
             for fragment in delta.get_fragments()
         ]
-        schema = fragments[0].physical_schema if fragments else delta.schema
-        return ds.FileSystemDataset(fragments, schema, delta.format, delta.filesystem)
+        return ds.FileSystemDataset(
+            fragments, view_schema(delta.schema), delta.format, delta.filesystem
+        )
 
     def append(
         self,
@@ -163,6 +168,8 @@ class DeltaTables:
         backoff = Backoff(f"append to {table.name!r}")
         while True:
             delta = self.open(table.name)
+            if self._upgraded(delta, table):
+                continue
             try:
                 return self._write(delta, data, metadata, exclusive=False)
             except CommitFailedError as exc:
@@ -224,6 +231,8 @@ class DeltaTables:
         existing = _concat(table, columns, [])
         while True:
             delta = self.open(table.name)
+            if self._upgraded(delta, table):
+                continue
             read = int(delta.version())
             fragments = {f.path: f for f in arrow_dataset(delta).get_fragments()}
             if not scanned <= fragments.keys():
@@ -250,6 +259,39 @@ class DeltaTables:
                     "max_commit_retries=0; install the version pinned in pyproject.toml"
                 )
             return Inserted(append, version, committed=True)
+
+    def lookup(
+        self, table: Table, key: str, keys: Sequence[str], columns: Sequence[str]
+    ) -> pa.Table:
+        """The current rows of ``table`` whose ``key`` is in ``keys`` (``key`` + ``columns``).
+
+        Reads the other columns only from the data files that hold a match.
+        """
+        delta = self.open(table.name)
+        fragments = list(arrow_dataset(delta).get_fragments())
+        names = [key, *[c for c in columns if c != key]]
+        return _matching(fragments, table, names, pa.chunked_array([pa.array(keys, pa.string())]))
+
+    def _upgraded(self, delta: DeltaTable, table: Table) -> bool:
+        """Add the columns ``table`` declares and ``delta`` lacks; whether any were missing.
+
+        A lake made by an earlier release gains the columns added since (null in its
+        existing rows) on its first write, and on ``lake init``. Retried (bounded) when
+        another writer commits first; a column another writer added meanwhile is fine.
+        """
+        backoff = Backoff(f"upgrade of {table.name!r}")
+        changed = False
+        while True:
+            present = set(delta.schema().to_arrow().names)
+            missing = [f for f in table.schema if f.name not in present]
+            if not missing:
+                return changed
+            changed = True
+            try:
+                delta.alter.add_columns(list(DeltaSchema.from_arrow(pa.schema(missing)).fields))
+            except CommitFailedError as exc:
+                backoff.failed(exc)
+            delta = self.open(table.name)
 
     def delete(self, table: Table, predicate: str) -> int:
         """Delete the rows matching ``predicate`` (a Delta SQL predicate) in one commit.
@@ -344,6 +386,23 @@ class Inserted:
         return int(self.rows.num_rows)
 
 
+def _view_type(type_: pa.DataType) -> pa.DataType:
+    if type_ == pa.string():
+        return pa.string_view()
+    if type_ == pa.binary():
+        return pa.binary_view()
+    if pa.types.is_list(type_):
+        return pa.list_(type_.value_field.with_type(_view_type(type_.value_type)))
+    if pa.types.is_struct(type_):
+        return pa.struct([f.with_type(_view_type(f.type)) for f in type_])
+    return type_
+
+
+def view_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with ``string_view``/``binary_view`` for every string and binary."""
+    return pa.schema([f.with_type(_view_type(f.type)) for f in schema], metadata=schema.metadata)
+
+
 def _table_of(table: Table, rows: Sequence[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=table.schema)
 
@@ -364,21 +423,35 @@ def _unique(data: pa.Table, key: str) -> pa.Table:
 def _matching(
     fragments: Sequence[ds.Fragment], table: Table, columns: Sequence[str], keys: pa.ChunkedArray
 ) -> pa.Table:
-    """The rows of these data files whose key is in ``keys`` (only ``columns``).
+    """The rows of these data files whose key (``columns[0]``) is in ``keys``.
 
-    The key column is streamed in record batches (all files scanned in parallel) and
-    only matching rows are kept, so memory follows the candidates, not the table. The
-    filter is not pushed into the scan: delta-rs writes some files with ``string_view``
-    columns, whose statistics Arrow cannot compare with a ``string`` filter yet; the
-    dataset's declared (Delta) types make Arrow read every file as plain strings.
+    First the key column alone is streamed (all files scanned in parallel, only
+    matches kept, so memory follows the candidates, not the table); then the other
+    ``columns`` are read from the files that hold a match, and only there. The filter
+    is applied after reading, not pushed into the scan: delta-rs writes some files with
+    ``string_view`` columns, whose statistics Arrow cannot compare with a ``string``
+    filter; the dataset's declared (Delta) types make Arrow read every file as strings.
     """
+    key = columns[0]
     if not fragments:
         return _concat(table, columns, [])
-    schema = pa.schema([table.schema.field(c) for c in columns])
-    dataset = ds.FileSystemDataset(fragments, schema, fragments[0].format, fragments[0].filesystem)
     wanted = keys.drop_null().combine_chunks()
+    fmt, fs = fragments[0].format, fragments[0].filesystem
+    keyed = ds.FileSystemDataset(fragments, pa.schema([table.schema.field(key)]), fmt, fs)
+    holding: set[str] = set()
+    found = []
+    for batch in keyed.to_batches(columns=[key, "__filename"]):
+        mask = pc.is_in(batch.column(0), value_set=wanted)
+        if pc.any(mask).as_py():
+            matched = batch.filter(mask)
+            holding.update(matched.column(1).to_pylist())
+            found.append(pa.Table.from_batches([matched]).select([key]))
+    if len(columns) == 1 or not holding:
+        return _concat(table, columns, [_conform(table, columns, t) for t in found])
+    schema = pa.schema([table.schema.field(c) for c in columns])
+    chosen = [f for f in fragments if f.path in holding]
     parts = []
-    for batch in dataset.to_batches(columns=list(columns)):
+    for batch in ds.FileSystemDataset(chosen, schema, fmt, fs).to_batches(columns=list(columns)):
         mask = pc.is_in(batch.column(0), value_set=wanted)
         if pc.any(mask).as_py():
             parts.append(pa.Table.from_batches([batch.filter(mask)], schema=schema))

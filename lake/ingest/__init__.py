@@ -1,5 +1,6 @@
 """Ingest: files, folders and zips (or received instances) -> de-identified lake rows."""
 
+from lake.ingest._commit import UID_CONFLICT, BatchResult, Original
 from lake.ingest._content import NOT_MEDICAL, ContentKind, sniff
 from lake.ingest._instance import (
     Accepted,
@@ -11,7 +12,7 @@ from lake.ingest._instance import (
 )
 from lake.ingest._limits import ReadLimits
 from lake.ingest._quarantine import decrypt, quarantine_key
-from lake.ingest._run import BatchResult, Ingestor, IngestSummary, Skipped, ingest
+from lake.ingest._run import Ingestor, IngestSummary, Skipped, ingest
 from lake.ingest._sources import (
     NotRegularFileError,
     SourceItem,
@@ -23,6 +24,7 @@ from lake.ingest._sources import (
 
 __all__ = [
     "NOT_MEDICAL",
+    "UID_CONFLICT",
     "Accepted",
     "BatchResult",
     "ContentKind",
@@ -30,6 +32,7 @@ __all__ = [
     "IngestSummary",
     "Ingestor",
     "NotRegularFileError",
+    "Original",
     "Outcome",
     "ReadLimits",
     "Rejected",

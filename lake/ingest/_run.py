@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import itertools
 import os
 import time
-import uuid
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-
 from lake._errors import InputRefusedError
-from lake.catalog import INSTANCES, BatchJournal, Judged, record_batch
 from lake.compute import AUTO, INGEST_CROSSOVER, Runner, Workload
 from lake.deid import Deidentifier, Profile, load_profile
+from lake.ingest._commit import BatchResult, Original, _Counts, commit_batch
 from lake.ingest._content import NOT_MEDICAL, sniff
-from lake.ingest._instance import Accepted, IngestContext, Outcome, Rejected, process_bytes
+from lake.ingest._instance import IngestContext, Outcome, Rejected, process_bytes
 from lake.ingest._limits import ReadLimits
 from lake.ingest._quarantine import quarantine_key
 from lake.ingest._sources import (
@@ -32,7 +29,6 @@ from lake.ingest._sources import (
     iter_items,
     read_item,
 )
-from lake.store import flush
 from lake.vault import Secret
 
 if TYPE_CHECKING:
@@ -63,28 +59,6 @@ def _now() -> dt.datetime:
 
 
 @dataclass
-class _Counts:
-    """Counts shared by a batch and a whole run (no original values, no paths)."""
-
-    files_seen: int = 0
-    ingested: int = 0
-    duplicates: int = 0
-    quarantined: int = 0
-    bytes_in: int = 0
-    blobs_written: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
-    catalog_version: int = 0
-
-
-@dataclass
-class BatchResult(_Counts):
-    """What one committed batch did."""
-
-    batch_id: str = ""
-    actions: Counter[str] = field(default_factory=Counter)
-
-
-@dataclass
 class IngestSummary(_Counts):
     """Totals of an ingest run."""
 
@@ -99,6 +73,7 @@ class IngestSummary(_Counts):
             "ingested",
             "duplicates",
             "quarantined",
+            "conflicts",
             "bytes_in",
             "blobs_written",
         ):
@@ -155,7 +130,10 @@ class Ingestor:
         return process_bytes(data, self.context)
 
     def commit(
-        self, outcomes: Sequence[Outcome], started_at: dt.datetime | None = None
+        self,
+        outcomes: Sequence[Outcome],
+        started_at: dt.datetime | None = None,
+        originals: Sequence[Original | None] | None = None,
     ) -> BatchResult:
         """Commit one batch, exactly once, whatever other writers do at the same time.
 
@@ -163,46 +141,27 @@ class Ingestor:
         does not hold yet) together with its journal: the batch row and the quarantine
         rows, appended next (each keyed, so exactly once) and materialised from the
         journal by ``lake verify`` if this process dies in between.
+
+        An instance whose SOPInstanceUID the lake (or this batch) holds already is a
+        duplicate when it is the same object, in any transfer syntax; a different object
+        reusing the UID is quarantined as ``uid_conflict`` (the first one is kept), its
+        original sealed if ``originals`` can read it again.
+
+        Parameters
+        ----------
+        outcomes : sequence of Outcome
+            What :meth:`process` returned, in any order.
+        started_at : datetime, optional
+            When the batch started (default: now).
+        originals : sequence, optional
+            Per outcome, a function that reads its original bytes again, or None. Called
+            only for a UID conflict, to seal the original in quarantine (front doors that
+            cannot read it again pass None: the conflict is recorded, unsealed).
         """
-        batch = BatchResult(batch_id=uuid.uuid4().hex)
-        started_at = started_at or _now()
-        now = _now()
-        rows: list[dict[str, Any]] = []
-        rejected: list[dict[str, Any]] = []
-        for outcome in outcomes:
-            batch.files_seen += 1
-            batch.bytes_in += outcome.bytes_in
-            if isinstance(outcome, Accepted):
-                outcome.row["batch_id"] = batch.batch_id
-                outcome.row["ingested_at"] = now
-                rows.append(outcome.row)
-                batch.actions.update(outcome.actions)
-                batch.blobs_written += int(outcome.blob_written)
-            else:
-                record = dict(outcome.record, batch_id=batch.batch_id, quarantined_at=now)
-                rejected.append(record)
-                batch.reasons[record["reason"]] += 1
-        batch.quarantined = len(rejected)
-        flush(self.lake.location)  # blobs of this batch reach the disk before rows name them
+        return commit_batch(self, outcomes, started_at or _now(), originals)
 
-        journal: list[BatchJournal] = []
-
-        def plan(judged: Judged) -> tuple[pa.Table, dict[str, str]]:
-            batch.ingested = judged.new.num_rows
-            batch.duplicates = len(rows) - batch.ingested
-            journal[:] = [BatchJournal(self._batch_row(batch, started_at), rejected)]
-            return judged.new, journal[0].encode()
-
-        result = self.lake.tables.insert_new(
-            INSTANCES, rows, key="SOPInstanceUID", plan=plan, commit_empty=True
-        )
-        batch.catalog_version = result.version
-        (written,) = journal
-        written.batch["catalog_version"] = result.version
-        record_batch(self.lake.tables, written)
-        return batch
-
-    def _batch_row(self, batch: BatchResult, started_at: dt.datetime) -> dict[str, Any]:
+    def batch_row(self, batch: BatchResult, started_at: dt.datetime) -> dict[str, Any]:
+        """The ``batches`` row of ``batch`` (its catalog_version set once committed)."""
         return {
             "batch_id": batch.batch_id,
             "source": self.source,
@@ -291,6 +250,26 @@ def _process_items(items: list[SourceItem], reading: _FileReading) -> list[Outco
                 continue
             outcomes.append(process_bytes(data, ctx))
     return outcomes
+
+
+def _process_sourced(
+    items: list[SourceItem], reading: _FileReading
+) -> list[tuple[SourceItem | None, Outcome | Skipped]]:
+    """:func:`_process_items`, each result with its item, or None for an item that cannot
+    be read again (content read while walking: a member of a nested archive)."""
+    results = _process_items(items, reading)
+    rereadable = [item if item.data is None else None for item in items]
+    return list(zip(rereadable, results, strict=True))
+
+
+def _original(item: SourceItem | None, limits: ReadLimits) -> Original | None:
+    """A function reading ``item`` again, for sealing it if it turns out a UID conflict."""
+    return None if item is None else functools.partial(_read_again, item, limits)
+
+
+def _read_again(item: SourceItem, limits: ReadLimits) -> bytes:
+    with Archives() as archives:
+        return read_item(item, limits, archives)
 
 
 def _measured(items: Iterator[SourceItem]) -> tuple[Iterator[SourceItem], Workload]:
@@ -399,23 +378,29 @@ def ingest(
         items, workload = _measured(items)
     reading = _FileReading(ingestor.context, strict)
     pending: list[Outcome] = []
+    originals: list[Original | None] = []  # per pending outcome: read its file again
     batch_started = _now()
     with Runner(scheduler, workers, workload) as runner:
         tasks = _chunks(items, max(1, min(task_size, batch_size)))
-        for results in runner.map(_process_items, tasks, reading):
+        for sourced in runner.map(_process_sourced, tasks, reading):
+            results = [result for _, result in sourced]
             outcomes: list[Outcome] = []
-            for result in results:
+            for item, result in sourced:
                 if isinstance(result, Skipped):
                     summary.sources.skipped[result.kind] += 1
                 else:
                     outcomes.append(result)
+                    originals.append(_original(item, limits))
             pending.extend(outcomes)
             if on_progress is not None:
                 on_progress(len(results), sum(o.bytes_in for o in outcomes))
             while len(pending) >= batch_size:
-                summary.add(ingestor.commit(pending[:batch_size], batch_started))
+                summary.add(
+                    ingestor.commit(pending[:batch_size], batch_started, originals[:batch_size])
+                )
                 pending, batch_started = pending[batch_size:], _now()
+                originals = originals[batch_size:]
         if pending or not summary.batches:
-            summary.add(ingestor.commit(pending, batch_started))
+            summary.add(ingestor.commit(pending, batch_started, originals))
     summary.elapsed = time.perf_counter() - started
     return summary

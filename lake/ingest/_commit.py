@@ -1,0 +1,201 @@
+"""Committing one batch: exactly once, duplicates told from UID conflicts, records journaled."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from lake.catalog import INSTANCES, BatchJournal, Judged, record_batch
+from lake.ingest._identity import COMPARED_COLUMNS, identity_sha256, same_object
+from lake.ingest._instance import Accepted, Outcome
+from lake.ingest._quarantine import store_rejected
+from lake.store import BlobStore, flush
+
+if TYPE_CHECKING:
+    from lake.ingest._run import Ingestor
+
+__all__ = ["UID_CONFLICT", "BatchResult", "Original", "commit_batch"]
+
+KEY = "SOPInstanceUID"
+UID_CONFLICT = "uid_conflict"
+_CONFLICT_MESSAGE = (
+    "another instance with this SOP Instance UID is already in the lake and differs from "
+    "this one (header or pixel values); the first one is kept"
+)
+
+Original = Callable[[], bytes]
+"""Reads an instance's original bytes again (for sealing a UID conflict); never stored."""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class _Counts:
+    """Counts shared by a batch and a whole run (no original values, no paths)."""
+
+    files_seen: int = 0
+    ingested: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    conflicts: int = 0
+    bytes_in: int = 0
+    blobs_written: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    catalog_version: int = 0
+
+
+@dataclass
+class BatchResult(_Counts):
+    """What one committed batch did.
+
+    ``conflicts`` counts instances quarantined as ``uid_conflict`` (also counted in
+    ``quarantined`` and ``reasons``): a different object already held their SOP
+    Instance UID. ``duplicates`` are the same objects again (in any transfer syntax).
+    """
+
+    batch_id: str = ""
+    actions: Counter[str] = field(default_factory=Counter)
+
+
+def commit_batch(
+    ingestor: Ingestor,
+    outcomes: Sequence[Outcome],
+    started_at: dt.datetime,
+    originals: Sequence[Original | None] | None,
+) -> BatchResult:
+    """Commit ``outcomes`` as one batch; see :meth:`lake.ingest.Ingestor.commit`."""
+    lake = ingestor.lake
+    batch = BatchResult(batch_id=uuid.uuid4().hex)
+    now = _now()
+    accepted: list[tuple[int, dict[str, Any]]] = []
+    rejected: list[dict[str, Any]] = []
+    for index, outcome in enumerate(outcomes):
+        batch.files_seen += 1
+        batch.bytes_in += outcome.bytes_in
+        if isinstance(outcome, Accepted):
+            row = outcome.row
+            row["batch_id"] = batch.batch_id
+            row["ingested_at"] = now
+            if row.get("identity_sha256") is None:
+                row["identity_sha256"] = identity_sha256(row["header_json"])
+            accepted.append((index, row))
+            batch.actions.update(outcome.actions)
+            batch.blobs_written += int(outcome.blob_written)
+        else:
+            rejected.append(dict(outcome.record, batch_id=batch.batch_id, quarantined_at=now))
+    first: dict[str, int] = {}
+    for position, (_, row) in enumerate(accepted):
+        first.setdefault(row[KEY], position)
+    candidates = [row for position, (_, row) in enumerate(accepted) if first[row[KEY]] == position]
+    flush(lake.location)  # blobs of this batch reach the disk before rows name them
+
+    sealer = _Sealer(ingestor, originals, batch.batch_id, now)
+    blobs = BlobStore(lake.location)
+    journal: list[BatchJournal] = []
+
+    def stored_columns(key: str) -> Callable[[tuple[str, ...]], dict[str, Any]]:
+        def read(columns: tuple[str, ...]) -> dict[str, Any]:
+            return dict(lake.tables.lookup(INSTANCES, KEY, [key], columns).to_pylist()[0])
+
+        return read
+
+    def plan(judged: Judged) -> tuple[pa.Table, dict[str, str]]:
+        stored = {row[KEY]: row for row in judged.existing.to_pylist()}
+        conflicts: list[int] = []
+        duplicates = 0
+        for position, (index, row) in enumerate(accepted):
+            key = row[KEY]
+            if key in stored:
+                reference, columns = stored[key], stored_columns(key)
+            elif first[key] == position:
+                continue  # new: appended
+            else:
+                reference = accepted[first[key]][1]
+                columns = _columns_of(reference)
+            if same_object(row, reference, blobs, columns):
+                duplicates += 1
+            else:
+                conflicts.append(index)
+        records = rejected + [sealer.record(index) for index in conflicts]
+        batch.ingested = judged.new.num_rows
+        batch.duplicates = duplicates
+        batch.conflicts = len(conflicts)
+        batch.quarantined = len(records)
+        batch.reasons = Counter(record["reason"] for record in records)
+        journal[:] = [BatchJournal(ingestor.batch_row(batch, started_at), records)]
+        return judged.new, journal[0].encode()
+
+    result = lake.tables.insert_new(
+        INSTANCES, candidates, key=KEY, fetch=COMPARED_COLUMNS, plan=plan, commit_empty=True
+    )
+    batch.catalog_version = result.version
+    (written,) = journal
+    written.batch["catalog_version"] = result.version
+    record_batch(lake.tables, written)
+    return batch
+
+
+def _columns_of(row: dict[str, Any]) -> Callable[[tuple[str, ...]], dict[str, Any]]:
+    def read(columns: tuple[str, ...]) -> dict[str, Any]:
+        return {c: row.get(c) for c in columns}
+
+    return read
+
+
+class _Sealer:
+    """Quarantine records for UID conflicts, each original sealed once per batch."""
+
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        originals: Sequence[Original | None] | None,
+        batch_id: str,
+        now: dt.datetime,
+    ) -> None:
+        self.ingestor = ingestor
+        self.originals = originals
+        self.batch_id = batch_id
+        self.now = now
+        self._records: dict[int, dict[str, Any]] = {}
+
+    def record(self, index: int) -> dict[str, Any]:
+        if index not in self._records:
+            self._records[index] = self._seal(index)
+        return self._records[index]
+
+    def _seal(self, index: int) -> dict[str, Any]:
+        data = self._original(index)
+        digest = object_key = None
+        message = _CONFLICT_MESSAGE
+        if data is None:
+            message += " (the original could not be read again, so it was not kept)"
+        else:
+            context = self.ingestor.context
+            digest, object_key = store_rejected(context.location, data, context.quarantine_key)
+        return {
+            "source_sha256": digest,
+            "size_bytes": None if data is None else len(data),
+            "reason": UID_CONFLICT,
+            "message": message,
+            "object_key": object_key,
+            "batch_id": self.batch_id,
+            "quarantined_at": self.now,
+        }
+
+    def _original(self, index: int) -> bytes | None:
+        if self.originals is None or self.originals[index] is None:
+            return None
+        read = self.originals[index]
+        assert read is not None
+        try:
+            return read()
+        except Exception:  # noqa: BLE001 - gone, changed, unreadable: it cannot be sealed
+            return None
