@@ -206,3 +206,35 @@ def test_lake_ingest_study_option_binds_documents_to_a_study_in_the_lake(
     assert summary.ingested == 1
     lk.refresh()
     assert lk.sql("SELECT count(DISTINCT StudyInstanceUID) FROM instances").fetchall() == [(1,)]
+
+
+def test_attach_by_accession_and_names_that_are_words(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path
+) -> None:
+    """The lake keeps keyed hashes of the accession and of vocabulary-word names, never them."""
+    from lake.documents import attach
+    from tests.test_phi_proof import _table_texts
+
+    folder = tmp_path / "in" / "s"
+    accession = "ACCTKN7731"
+    for path in write_ct_series(folder, 2, patient_name="Heart^Young", patient_id=TOKEN):
+        ds = dcmread(path)
+        ds.AccessionNumber = accession
+        ds.save_as(path, enforce_file_format=True)
+    secret = lk.secret(vault_dir)
+    ingest(lk, [str(folder)], secret, profile="research", scheduler="sync")
+    report = tmp_path / "report.pdf"
+    report.write_bytes(pdf_report(["Heart Young chest", "heart"]))
+    batch = attach(lk, secret, accession, [report], profile="research")
+    assert batch.ingested == 1
+    lk.refresh()
+    header = lk.sql("SELECT header_dicom FROM instances WHERE Modality = 'DOC'").fetchall()[0][0]
+    ds = dcmread(io.BytesIO(header))
+    pdf = bytes(ds.EncapsulatedDocument)[: int(ds.EncapsulatedDocumentLength)]
+    assert pdf_words(pdf) == ["chest"]  # the patient's names went, though they are words
+    keys = lk.sql("SELECT DISTINCT accession_key, identity_keys FROM instances").fetchall()
+    assert len(keys) == 1 and keys[0][0].startswith("2.25.") and len(keys[0][1]) >= 2
+    tables = b"".join(data for _, data in _table_texts(Path(lk.root)))
+    assert find_tokens(tables, {accession, "Young", TOKEN}) == set()
+    with pytest.raises(lake.IngestError):
+        attach(lk, secret, "ACC-UNKNOWN", [report], profile="research")

@@ -170,6 +170,18 @@ _LAKE_INSTANCE_COLUMNS: tuple[Column, ...] = (
     ),
     _c("document_pages", pa.int64(), "Pages of a wrapped PDF or scan; null otherwise."),
     _c("document_duration", pa.float64(), "Seconds of a wrapped video; null otherwise."),
+    _c(
+        "accession_key",
+        pa.string(),
+        "HMAC (the lake's UID key) of the original AccessionNumber, as 2.25.<int>: finds the "
+        "study of an accession for documents; never the accession itself.",
+    ),
+    _c(
+        "identity_keys",
+        _STRINGS,
+        "HMACs of the study's identifying words that descriptor cleaning would keep (names "
+        "that are ordinary words), for documents attached later; never the words.",
+    ),
     _c("batch_id", pa.string(), "The ingest batch (one Delta commit) that added the row."),
     _c("ingested_at", pa.timestamp("us", tz="UTC"), "When the row was committed."),
 )

@@ -31,6 +31,7 @@ from lake.documents._iod import (
     video_photographic,
     vl_photographic,
 )
+from lake.documents._keys import keyed, study_keys
 from lake.documents._kinds import DocumentKind
 from lake.documents._limits import Limits
 from lake.documents._ocr import Ocr
@@ -85,7 +86,10 @@ def wrap_document(kind: DocumentKind, data: bytes, study: Study, engine: Deident
     DocumentRefusedError
         When the content is refused (see :mod:`lake.documents`).
     """
-    policy = TextPolicy.for_engine(engine, study.identifiers, study.id_digits)
+    known = study.keyed_words
+    policy = TextPolicy.for_engine(
+        engine, study.identifiers, study.id_digits,
+        keyed=(lambda word: keyed(engine, "word", word) in known) if known else None)
     clean_pixels = engine.plan.clean_pixels
     digest = hashlib.sha256(data).hexdigest()
     series, sop = (_pre_uid(study.keyed_study_uid, digest, r) for r in ("series", "instance"))
@@ -180,13 +184,17 @@ def document_outcome(kind: DocumentKind, data: bytes, study: Study | None,
         wrapped = wrap_document(kind, data, study, ctx.engine, ocr=ocr, limits=limits)
         ds = wrapped.dataset
         actions: Counter[str] = Counter()
+        columns = dict(wrapped.columns)
         if study.identified:
+            columns.update(study_keys(ds, ctx.engine))
             result = ctx.engine.apply(ds)
             actions = Counter(result.actions)
             if wrapped.content is not None:  # the engine dummies Encapsulated Document
                 content = wrapped.content
                 ds.EncapsulatedDocument = content + (b"\0" if len(content) % 2 else b"")
-        columns = dict(wrapped.columns)
+        else:
+            columns.update(accession_key=study.accession_key,
+                           identity_keys=sorted(study.keyed_words) or None)
         columns["pixels_cleaned"] = "DERIVED" in (ds.get("ImageType") or [])
         return _row(ds, actions, ctx, len(data), columns)
     except DeidRefusedError as exc:

@@ -37,6 +37,7 @@ from pydicom.errors import InvalidDicomError
 from lake._errors import IngestError
 from lake.deid import Deidentifier
 from lake.documents._iod import study_modules
+from lake.documents._keys import keyed
 from lake.documents._text import identifiers_of
 
 if TYPE_CHECKING:
@@ -63,6 +64,9 @@ class Study:
         The study's identifying words and ID digit strings (empty when not identified).
     keyed_study_uid : str
         The study's UID in the lake.
+    keyed_words, accession_key
+        For a study found in the lake: the keyed hashes of its identifying words and of its
+        accession (:mod:`lake.documents._keys`).
     """
 
     modules: Dataset = field(repr=False)
@@ -70,6 +74,8 @@ class Study:
     identifiers: frozenset[str] = field(default=frozenset(), repr=False)
     id_digits: frozenset[str] = field(default=frozenset(), repr=False)
     keyed_study_uid: str = ""
+    keyed_words: frozenset[str] = field(default=frozenset(), repr=False)
+    accession_key: str | None = field(default=None, repr=False)
 
 
 def study_from_header(headers: list[Dataset], engine: Deidentifier) -> Study:
@@ -85,29 +91,51 @@ def study_from_header(headers: list[Dataset], engine: Deidentifier) -> Study:
                  engine.uid(str(first.StudyInstanceUID)))
 
 
-def study_from_lake(lake: Lake, engine: Deidentifier, study_uid: str) -> Study:
-    """A study known by its identified StudyInstanceUID, found in the lake by its keyed UID.
+def _fetch(lake: Lake, query: str) -> list[tuple[object, ...]]:
+    return [tuple(row) for row in lake.sql(query).fetchall()]
+
+
+def study_from_lake(lake: Lake, engine: Deidentifier, study: str) -> Study:
+    """A study of the lake, named by its original StudyInstanceUID or AccessionNumber.
+
+    The UID is keyed with the lake's key and the study's rows found; an accession is found
+    through the rows' keyed accession (``accession_key``). Neither value is stored.
 
     Raises
     ------
     IngestError
-        When ``study_uid`` is not a UID or no instance of that study is in the lake.
+        When no study (or more than one, for an accession) of the lake has that UID or
+        accession.
     """
-    value = study_uid.strip()
-    if not _UID.fullmatch(value):
-        raise IngestError("the study must be given as its original StudyInstanceUID "
-                          "(digits and dots)")
-    keyed = engine.uid(value)
-    if not _UID.fullmatch(keyed):
-        raise IngestError("the study's UID cannot be keyed")
-    rows = lake.sql(
-        f"SELECT header_dicom FROM instances WHERE StudyInstanceUID = '{keyed}' LIMIT 1"
-    ).fetchall()
-    if not rows:
-        raise IngestError("no instance of that study is in the lake; ingest its images first "
-                          "or give the folder holding them")
-    header = dcmread(io.BytesIO(rows[0][0]), force=True)
-    return Study(study_modules(header), False, keyed_study_uid=keyed)
+    value = study.strip()
+    keyed_uid = engine.uid(value) if _UID.fullmatch(value) else None
+    if keyed_uid is not None and _fetch(
+            lake, f"SELECT 1 FROM instances WHERE StudyInstanceUID = '{keyed_uid}' LIMIT 1"):
+        found = keyed_uid
+    else:
+        accession = keyed(engine, "accession", value)
+        studies = _fetch(lake, "SELECT DISTINCT StudyInstanceUID FROM instances "
+                               f"WHERE accession_key = '{accession}'")
+        if len(studies) > 1:
+            raise IngestError("that accession number names several studies of the lake; "
+                              "give the study's StudyInstanceUID instead")
+        if not studies:
+            raise IngestError("no instance of that study is in the lake (by StudyInstanceUID "
+                              "or AccessionNumber); ingest its images first or give the "
+                              "folder holding them")
+        found = str(studies[0][0])
+    if not _UID.fullmatch(found):
+        raise IngestError("the study's UID in the lake is not a UID; run 'lake verify'")
+    header, accession_key = _fetch(
+        lake, "SELECT header_dicom, accession_key FROM instances "
+              f"WHERE StudyInstanceUID = '{found}' LIMIT 1")[0]
+    words = _fetch(lake, "SELECT DISTINCT unnest(identity_keys) FROM instances "
+                         f"WHERE StudyInstanceUID = '{found}'")
+    assert isinstance(header, bytes)
+    modules = study_modules(dcmread(io.BytesIO(header), force=True))
+    return Study(modules, False, keyed_study_uid=found,
+                 keyed_words=frozenset(str(w[0]) for w in words if w[0]),
+                 accession_key=str(accession_key) if accession_key else None)
 
 
 def _header(fh: IO[bytes]) -> Dataset | None:

@@ -24,6 +24,7 @@ from lake.deid import Deidentifier
 from lake.documents._image import strip_jpeg
 from lake.documents._ingest import document_columns
 from lake.documents._iod import ENCAPSULATED_PDF, VIDEO_PHOTOGRAPHIC, VL_PHOTOGRAPHIC
+from lake.documents._keys import study_keys
 from lake.documents._limits import DocumentRefusedError, Limits
 from lake.documents._ocr import Ocr, mask
 from lake.documents._pdf import clean_pdf
@@ -44,6 +45,7 @@ _VIDEOS = frozenset({
     UID("1.2.840.10008.5.1.4.1.1.77.1.1.1"),  # Video Endoscopic Image
     UID("1.2.840.10008.5.1.4.1.1.77.1.2.1"),  # Video Microscopic Image
 })
+_SOP_CLASS = 0x00080016
 _H264 = frozenset({"1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.4.103",
                    "1.2.840.10008.1.2.4.104", "1.2.840.10008.1.2.4.105",
                    "1.2.840.10008.1.2.4.106"})
@@ -163,21 +165,36 @@ def _video(ds: Dataset, policy: TextPolicy, engine: Deidentifier, limits: Limits
 
 
 def before_deid(ds: Dataset, engine: Deidentifier, limits: Limits | None = None
-                ) -> Content | None:
-    """Clean the content of an already wrapped document (None: not a document instance).
+                ) -> Content:
+    """Clean the content of an already wrapped document; the study keys of every instance.
+
+    For an instance that is no document, the returned content changes nothing in the
+    dataset and carries the keyed study keys (:mod:`lake.documents._keys`) for its row.
 
     Raises
     ------
     DocumentRefusedError
         When the content is refused.
     """
-    sop_class = UID(str(ds.get("SOPClassUID", "")))
+    raw = ds.get_item(_SOP_CLASS)  # raw bytes: converting the element costs more than this
+    value = raw.value if raw is not None else b""
+    sop_class = UID((value.decode("ascii", "replace") if isinstance(value, bytes)
+                     else str(value)).strip("\0 "))
     is_pdf = sop_class == ENCAPSULATED_PDF or (
         "EncapsulatedDocument" in ds
         and str(ds.get("MIMETypeOfEncapsulatedDocument", "")).lower() == "application/pdf")
+    keys = study_keys(ds, engine)
+    content = _content(ds, engine, sop_class, is_pdf, limits or Limits())
+    if content is None:
+        content = Content()
+    content.columns.update(keys)
+    return content
+
+
+def _content(ds: Dataset, engine: Deidentifier, sop_class: UID, is_pdf: bool,
+             limits: Limits) -> Content | None:
     if not (is_pdf or sop_class in _VL_IMAGES or sop_class in _VIDEOS):
         return None
-    limits = limits or Limits()
     study = study_from_header([ds], engine) if "StudyInstanceUID" in ds else None
     policy = TextPolicy.for_engine(engine, study.identifiers if study else (),
                                    study.id_digits if study else ())
