@@ -11,11 +11,14 @@ Examples
 """
 
 from lake._errors import (
+    AccessError,
+    AuthenticationError,
     BlobNotFoundError,
     CatalogError,
     ConfigError,
     DeidRefusedError,
     ExportError,
+    ForbiddenError,
     IngestError,
     InputRefusedError,
     IntegrityError,
@@ -32,11 +35,14 @@ from lake._lake import open_lake as open
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessError",
+    "AuthenticationError",
     "BlobNotFoundError",
     "CatalogError",
     "ConfigError",
     "DeidRefusedError",
     "ExportError",
+    "ForbiddenError",
     "IngestError",
     "InputRefusedError",
     "IntegrityError",

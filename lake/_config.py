@@ -33,6 +33,8 @@ class LakeConfig:
         Settings of ``lake serve dicom`` (AE title, port, allowed AEs, move destinations).
     ingest : dict
         Bounds on what ingest reads (:class:`lake.ingest.ReadLimits`, in bytes).
+    web : dict
+        Settings of ``lake serve web`` (host, port, TLS, limits; see ``lake.web.WebConfig``).
     """
 
     lake_id: str
@@ -42,6 +44,7 @@ class LakeConfig:
     format: int = FORMAT_VERSION
     dicom: dict[str, Any] = field(default_factory=dict)
     ingest: dict[str, Any] = field(default_factory=dict)
+    web: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def new(cls, key_fingerprint: str, lake_id: str) -> LakeConfig:

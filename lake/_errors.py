@@ -8,11 +8,14 @@ how to fix the problem and never contain an original (identifying) DICOM value.
 from __future__ import annotations
 
 __all__ = [
+    "AccessError",
+    "AuthenticationError",
     "BlobNotFoundError",
     "CatalogError",
     "ConfigError",
     "DeidRefusedError",
     "ExportError",
+    "ForbiddenError",
     "IngestError",
     "InputRefusedError",
     "IntegrityError",
@@ -107,3 +110,15 @@ class ExportError(LakeError, RuntimeError):
 
 class NetError(LakeError, RuntimeError):
     """A DICOM network operation failed."""
+
+
+class AccessError(LakeError, PermissionError):
+    """Access to the lake is refused (tokens, roles, cohort scopes)."""
+
+
+class AuthenticationError(AccessError):
+    """No credentials, or credentials that are unknown, expired or revoked (HTTP 401)."""
+
+
+class ForbiddenError(AccessError):
+    """Valid credentials whose role or scope does not allow the action (HTTP 403)."""

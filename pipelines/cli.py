@@ -15,6 +15,7 @@ from pipelines.documents import attach_command, export_documents_command
 from pipelines.export import cohort_app, export_app
 from pipelines.net import pull_command, serve_app
 from pipelines.profiles import deid_command, profiles_app
+from pipelines.web import serve_web, teaching_app, token_app
 
 app = typer.Typer(
     rich_markup_mode=None,  # plain help: rich's renderer costs 0.2 s a run (issue 14.1)
@@ -39,6 +40,9 @@ app.add_typer(export_app, name="export")
 export_app.command("documents")(export_documents_command)
 app.command("attach")(attach_command)
 app.add_typer(serve_app, name="serve")
+serve_app.command("web")(serve_web)
+app.add_typer(token_app, name="token")
+app.add_typer(teaching_app, name="teaching")
 app.command("pull")(pull_command)
 
 

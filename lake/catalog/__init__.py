@@ -12,6 +12,8 @@ from lake.catalog._schema import (
     PULLS,
     QUARANTINE,
     TABLES,
+    TEACHING_SETS,
+    TOKENS,
     Column,
     Table,
 )
@@ -28,6 +30,8 @@ __all__ = [
     "PULLS",
     "QUARANTINE",
     "TABLES",
+    "TEACHING_SETS",
+    "TOKENS",
     "BatchJournal",
     "Catalog",
     "Column",

@@ -20,6 +20,8 @@ __all__ = [
     "PULLS",
     "QUARANTINE",
     "TABLES",
+    "TEACHING_SETS",
+    "TOKENS",
     "Column",
     "Table",
 ]
@@ -288,4 +290,36 @@ PULLS = Table(
     ),
 )
 
-TABLES: tuple[Table, ...] = (INSTANCES, BATCHES, QUARANTINE, COHORTS, PULLS)
+TOKENS = Table(
+    "tokens",
+    "One row per access token of the web services (the token itself is never stored).",
+    (
+        _c("token_id", pa.string(), "Public identifier of the token (shown by 'lake token list')."),
+        _c("token_sha256", pa.string(), "sha256 (hex) of the whole token text; the token is shown once."),
+        _c("role", pa.string(), "steward, researcher or student."),
+        _c(
+            "cohorts",
+            pa.list_(pa.string()),
+            "Cohorts the token is limited to (empty: the whole lake; for a student, every teaching set).",
+        ),
+        _c("note", pa.string(), "Free text to recognise the token by (who or what uses it)."),
+        _c("created_at", pa.timestamp("us", tz="UTC"), "When the token was created."),
+        _c("expires_at", pa.timestamp("us", tz="UTC"), "When it stops working (null: never)."),
+        _c("revoked_at", pa.timestamp("us", tz="UTC"), "When it was revoked (null: not revoked)."),
+    ),
+)
+
+TEACHING_SETS = Table(
+    "teaching_sets",
+    "Cohorts a steward has made teaching sets: the only cohorts student tokens can see.",
+    (
+        _c("cohort", pa.string(), "Name of the cohort (see the cohorts table)."),
+        _c("catalog_version", pa.int64(), "The cohort's catalog version when it was marked."),
+        _c("marked_at", pa.timestamp("us", tz="UTC"), "When it was made a teaching set."),
+        _c("unmarked_at", pa.timestamp("us", tz="UTC"), "When it stopped being one (null: it is)."),
+    ),
+)
+
+TABLES: tuple[Table, ...] = (
+    INSTANCES, BATCHES, QUARANTINE, COHORTS, PULLS, TOKENS, TEACHING_SETS
+)

@@ -15,7 +15,7 @@ Examples
 (<Level.STUDY: 'STUDY'>, ['StudyDate', 'ModalitiesInStudy'])
 """
 
-from lake.query._index import RetrieveItem, Snapshot, SnapshotCache
+from lake.query._index import RetrieveItem, Snapshot, SnapshotCache, StoredInstance
 from lake.query._match import (
     Key,
     Level,
@@ -35,6 +35,7 @@ __all__ = [
     "RetrieveItem",
     "Snapshot",
     "SnapshotCache",
+    "StoredInstance",
     "identifier_from_filters",
     "parse_date",
     "parse_identifier",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from lake._errors import CatalogError, QueryError
 from lake.catalog import INSTANCES, DeltaTables, arrow_dataset
 from lake.query._match import Key, Level, predicate, python_matcher
 
-__all__ = ["RetrieveItem", "Snapshot", "SnapshotCache"]
+__all__ = ["RetrieveItem", "Snapshot", "SnapshotCache", "StoredInstance"]
 
 
 @dataclass(frozen=True)
@@ -125,13 +125,16 @@ def _q(name: str) -> str:
     return '"' + name + '"'
 
 
-def _image_select(source: str) -> str:
+def _image_select(source: str, src: int = 0, where: str = "") -> str:
     cols = []
     for name in _COLUMN_KINDS:
         column = next(c for c in INSTANCES.columns if c.name == name)
         cols.append(f"CAST({_q(name)} AS TIME) AS {_q(name)}" if column.sql_cast else _q(name))
     cols.extend(_q(c) for c in _IMAGE_EXTRA)
-    return f"SELECT {', '.join(cols)}, SOPInstanceUID AS _rep FROM {source}"
+    return (
+        f"SELECT {', '.join(cols)}, SOPInstanceUID AS _rep, {int(src)} AS _src FROM {source}"
+        + (f" WHERE {where}" if where else "")
+    )
 
 
 def _level_sql(level: Level) -> str:
@@ -212,23 +215,58 @@ class Snapshot:
         The ``instances`` version to index.
     """
 
-    def __init__(self, tables: DeltaTables, version: int) -> None:
+    def __init__(
+        self,
+        tables: DeltaTables,
+        version: int,
+        members: Sequence[tuple[int, Collection[str]]] | None = None,
+    ) -> None:
         self.version = version
+        self.scoped = members is not None
         self._lock = threading.Lock()
-        delta = tables.open("instances", version)
-        dataset = arrow_dataset(delta)
-        self._files = {f.path for f in dataset.get_fragments()}
         self._con = duckdb.connect()
         self._con.execute("SET threads TO 2")
-        self._con.register("instances_delta", dataset)
+        self._sources = ["instances_delta"]
         try:
-            self._con.execute(f"CREATE TABLE image AS {_image_select('instances_delta')}")
+            if members is None:
+                delta = tables.open("instances", version)
+                dataset = arrow_dataset(delta)
+                self._files = {f.path for f in dataset.get_fragments()}
+                self._con.register("instances_delta", dataset)
+                self._con.execute(f"CREATE TABLE image AS {_image_select('instances_delta')}")
+            else:
+                self._files = set()
+                self._scoped_image(tables, members)
             self._levels()
         except duckdb.Error as exc:
             raise CatalogError(
                 f"the catalog cannot be indexed for DICOM queries ({type(exc).__name__}); "
                 "run 'lake verify'"
             ) from None
+
+    def _scoped_image(
+        self, tables: DeltaTables, members: Sequence[tuple[int, Collection[str]]]
+    ) -> None:
+        """The image table of only ``members``, each set read at its own catalog version."""
+        self._sources = []
+        selects = []
+        for index, (version, uids) in enumerate(members):
+            name = f"instances_s{index}"
+            self._con.register(name, arrow_dataset(tables.open("instances", version)))
+            self._con.register(f"members_s{index}", pa.table({"uid": sorted(uids)}))
+            self._sources.append(name)
+            selects.append(_image_select(
+                name, index, f"SOPInstanceUID IN (SELECT uid FROM members_s{index})"
+            ))
+        if not selects:  # a scope of no cohort: an empty catalog
+            self._con.register("instances_empty", INSTANCES.schema.empty_table())
+            self._sources.append("instances_empty")
+            selects.append(_image_select("instances_empty"))
+        # A member of several cohorts is read from the newest catalog version naming it.
+        self._con.execute(
+            "CREATE TABLE image AS SELECT * FROM (" + " UNION ALL ".join(selects) + ") "
+            "QUALIFY row_number() OVER (PARTITION BY SOPInstanceUID ORDER BY _src DESC) = 1"
+        )
 
     def _levels(self) -> None:
         for level in (Level.SERIES, Level.STUDY, Level.PATIENT):
@@ -238,8 +276,11 @@ class Snapshot:
         """Catch up with a newer version of ``delta`` by reading only its new files.
 
         Returns False (nothing changed) when files were removed since this snapshot
-        (compaction, deletes): build a new :class:`Snapshot` then.
+        (compaction, deletes): build a new :class:`Snapshot` then. A scoped snapshot
+        never advances (its cohorts are pinned).
         """
+        if self.scoped:
+            return False
         dataset = arrow_dataset(delta)
         fragments = {f.path: f for f in dataset.get_fragments()}
         if not self._files <= fragments.keys():
@@ -304,15 +345,45 @@ class Snapshot:
             raise ValueError(column)
         if not uids:
             return {}
-        _, rows = self._fetch(
-            f"SELECT SOPInstanceUID, {column} FROM instances_delta "
-            "WHERE SOPInstanceUID IN (SELECT unnest(?::VARCHAR[]))",
-            [list(uids)],
-        )
-        return {uid: value for uid, value in rows}
+        if len(self._sources) == 1:
+            by_source = {0: list(uids)}
+        else:
+            _, placed = self._fetch(
+                "SELECT _src, list(SOPInstanceUID) FROM image "
+                "WHERE SOPInstanceUID IN (SELECT unnest(?::VARCHAR[])) GROUP BY _src",
+                [list(uids)],
+            )
+            by_source = {int(src): list(found) for src, found in placed}
+        out: dict[str, Any] = {}
+        for src, wanted in by_source.items():
+            _, rows = self._fetch(
+                f"SELECT SOPInstanceUID, {column} FROM {self._sources[src]} "
+                "WHERE SOPInstanceUID IN (SELECT unnest(?::VARCHAR[]))",
+                [wanted],
+            )
+            out.update((uid, value) for uid, value in rows)
+        return out
 
-    def find(self, level: Level, keys: Sequence[Key]) -> list[Dataset]:
-        """Answer a C-FIND at ``level``: one response identifier per match.
+    def find(
+        self,
+        level: Level,
+        keys: Sequence[Key],
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Dataset]:
+        """Answer a C-FIND (or QIDO-RS) at ``level``: one response identifier per match.
+
+        Parameters
+        ----------
+        level : Level
+            The query level.
+        keys : sequence of Key
+            Matching and return keys.
+        limit : int, optional
+            At most this many matches (in unique-key order)...
+        offset : int
+            ...after skipping this many.
 
         Raises
         ------
@@ -323,8 +394,13 @@ class Snapshot:
         where, params, header_keys = self._where(level, keys)
         columns = sorted({k.keyword for k in keys if k.keyword in attrs} | {level.unique_key})
         select = ", ".join([_q(c) for c in columns] + ["_rep"])
+        page = ""
+        if not header_keys and (limit is not None or offset):
+            page = f" LIMIT {int(limit) if limit is not None else -1} OFFSET {int(offset)}"
+            page = page.replace("LIMIT -1 ", "")
         names, rows = self._fetch(
-            f"SELECT {select} FROM {_TABLE[level]} WHERE {where} ORDER BY {_q(level.unique_key)}",
+            f"SELECT {select} FROM {_TABLE[level]} WHERE {where} "
+            f"ORDER BY {_q(level.unique_key)}{page}",
             params,
         )
         records = [dict(zip(names, row, strict=True)) for row in rows]
@@ -342,6 +418,8 @@ class Snapshot:
                 r for r in records
                 if all(m(_json_strings(headers.get(r["_rep"], {}).get(t))) for t, m in matchers)
             ]
+            end = None if limit is None else offset + limit
+            records = records[offset:end]
         results = []
         for record in records:
             ds = Dataset()
@@ -392,6 +470,58 @@ class Snapshot:
             params,
         )
         return [RetrieveItem(*row) for row in rows]
+
+
+    def locate(
+        self, study: str, series: str | None = None, instance: str | None = None
+    ) -> list[StoredInstance]:
+        """The instances of a study (or one of its series, or one instance), in order.
+
+        Every UID given must match: an instance asked for under the wrong study or
+        series is not found. Ordered by series number, series, instance number, UID.
+        """
+        clauses = ["StudyInstanceUID = ?"]
+        params: list[Any] = [study]
+        if series is not None:
+            clauses.append("SeriesInstanceUID = ?")
+            params.append(series)
+        if instance is not None:
+            clauses.append("SOPInstanceUID = ?")
+            params.append(instance)
+        _, rows = self._fetch(
+            f"SELECT {', '.join(_LOCATE)} FROM image WHERE {' AND '.join(clauses)} "
+            "ORDER BY SeriesNumber NULLS LAST, SeriesInstanceUID, InstanceNumber NULLS LAST, "
+            "SOPInstanceUID",
+            params,
+        )
+        return [StoredInstance(*row) for row in rows]
+
+
+_LOCATE = (
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
+    "TransferSyntaxUID", "pixel_hash", "pixel_vr", "Rows", "Columns", "NumberOfFrames",
+    "SamplesPerPixel", "BitsAllocated", "Modality", "InstanceNumber",
+)
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """Where a stored instance is and what its pixel data looks like (for WADO-RS)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    pixel_hash: str | None
+    pixel_vr: str | None
+    rows: int | None
+    columns: int | None
+    frames: int | None
+    samples_per_pixel: int | None
+    bits_allocated: int | None
+    modality: str | None
+    instance_number: int | None
 
 
 def _tag(keyword: str) -> int:

@@ -83,6 +83,8 @@ class Key:
     tag: int
     vr: str
     values: tuple[str, ...]
+    fuzzy: bool = False
+    """Fuzzy semantic matching of person names (QIDO-RS ``fuzzymatching=true``)."""
 
     @property
     def is_return_only(self) -> bool:
@@ -384,9 +386,23 @@ def python_matcher(key: Key) -> Callable[[Sequence[str]], bool]:
             bounds = _range(value) if vr != "DT" or value.count("-") == 1 else None
             checks.append(_range_check(vr, value, bounds))
         return lambda stored: any(check(s) for s in stored for check in checks)
+    if vr == "PN" and key.fuzzy:
+        words = [_name_words(v.replace("*", " ").replace("?", " ")) for v in values]
+        return lambda stored: any(
+            _fuzzy_name(w, _name_words(s)) for s in stored for w in words
+        )
     ignore_case = vr == "PN"
     patterns = [_regex(v, ignore_case) for v in values]
     return lambda stored: any(p.match(s) for s in stored for p in patterns)
+
+
+def _name_words(text: str) -> list[str]:
+    return [w for w in re.split(r"[\s^=,.]+", text.casefold()) if w]
+
+
+def _fuzzy_name(wanted: list[str], stored: list[str]) -> bool:
+    """Every query word starts some word of the name, in any order, ignoring case."""
+    return bool(wanted) and all(any(s.startswith(w) for s in stored) for w in wanted)
 
 
 def _range_check(

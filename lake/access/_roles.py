@@ -1,0 +1,37 @@
+"""Roles and permissions: who may do what, in one table."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["ROLE_PERMISSIONS", "Permission", "Role"]
+
+
+class Role(enum.StrEnum):
+    """The three kinds of users of the lake."""
+
+    STEWARD = "steward"
+    """Runs the lake: sees everything, may store (STOW-RS)."""
+    RESEARCHER = "researcher"
+    """Reads the lake, or only the cohorts named in the credential."""
+    STUDENT = "student"
+    """Reads teaching sets only (every teaching set, or those named in the credential)."""
+
+
+class Permission(enum.StrEnum):
+    """What a route needs. Every web route declares exactly one."""
+
+    PUBLIC = "public"
+    """No credential needed (the viewer's static files, which hold no data)."""
+    READ = "read"
+    """Query and retrieve de-identified data within the credential's scope."""
+    STORE = "store"
+    """Add instances to the lake (STOW-RS)."""
+
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.STEWARD: frozenset({Permission.PUBLIC, Permission.READ, Permission.STORE}),
+    Role.RESEARCHER: frozenset({Permission.PUBLIC, Permission.READ}),
+    Role.STUDENT: frozenset({Permission.PUBLIC, Permission.READ}),
+}
+"""The permissions of each role (a new permission is added here, and nowhere else)."""

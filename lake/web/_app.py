@@ -1,0 +1,218 @@
+"""The ASGI application: DICOMweb below ``/dicomweb``, the viewer below ``/viewer``.
+
+Every route is guarded (:mod:`lake.web._guard`). Library errors become HTTP statuses
+here and only here; error bodies are fixed texts from the library (never a value from
+a request or an instance). Every response carries security headers; the access log
+records method, path, status and time, never query strings (they may hold a token).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lake._errors import (
+    AuthenticationError,
+    BlobNotFoundError,
+    ConfigError,
+    ForbiddenError,
+    IntegrityError,
+    LakeError,
+    QueryError,
+)
+from lake.access import Access, Grant, Permission
+from lake.web._config import WebConfig
+from lake.web._errors import (
+    NotAcceptableError,
+    NotFoundError,
+    TooLargeError,
+    UnavailableError,
+    UnsupportedMediaError,
+)
+from lake.web._guard import check_guarded, route
+from lake.web._json import json_response
+from lake.web._qido import qido_routes
+from lake.web._views import Views
+
+if TYPE_CHECKING:
+    from lake._lake import Lake
+    from lake.vault import Secret
+
+__all__ = ["ACCESS_LOG", "PREFIX", "create_app"]
+
+PREFIX = "/dicomweb"
+ACCESS_LOG = logging.getLogger("lake.web.access")
+
+_API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+_VIEWER_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval' 'wasm-unsafe-eval' blob:; "
+    "worker-src 'self' blob:; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "font-src 'self' data:; connect-src 'self' data: blob:; frame-ancestors 'none'; "
+    "base-uri 'self'; form-action 'self'"
+)
+
+
+_STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (AuthenticationError, 401),
+    (ForbiddenError, 403),
+    (NotFoundError, 404),
+    (NotAcceptableError, 406),
+    (TooLargeError, 413),
+    (UnsupportedMediaError, 415),
+    (QueryError, 400),
+    (ConfigError, 400),
+    (UnavailableError, 503),
+    (BlobNotFoundError, 500),
+    (IntegrityError, 500),
+)
+
+
+def status_of(exc: Exception) -> int:
+    """The HTTP status for a library error."""
+    for kind, status in _STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+async def _lake_error(request: Request, exc: Exception) -> Response:
+    status = status_of(exc)
+    message = str(exc) if status < 500 or isinstance(exc, LakeError) else "internal error"
+    if status == 404:
+        message = "not found"  # the same words whether absent or outside the caller's scope
+    response = json_response(request, {"error": message}, status=status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="imaging-lake"'
+    return response
+
+
+class SecurityHeaders:
+    """Adds CSP, nosniff, no-referrer and no-store to every response; logs each request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path: str = scope.get("path", "")
+        csp = _VIEWER_CSP if path.startswith("/viewer") else _API_CSP
+        status = 0
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = [(k, v) for k, v in message.get("headers", [])
+                           if k.lower() not in _OURS]
+                headers += [
+                    (b"content-security-policy", csp.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"cross-origin-opener-policy", b"same-origin"),
+                ]
+                if not path.startswith("/viewer") or path.endswith((".html", "/")):
+                    headers.append((b"cache-control", b"no-store"))
+                if scope.get("scheme") == "https":
+                    headers.append((b"strict-transport-security", b"max-age=31536000"))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:  # noqa: BLE001 - no traceback (it could quote a value) in logs
+            logging.getLogger("lake.web").error(
+                "internal error %s on %s %s", type(exc).__name__, scope.get("method"), path
+            )
+            if status == 0:
+                await send_with_headers({
+                    "type": "http.response.start", "status": 500,
+                    "headers": [(b"content-type", b"application/json")],
+                })
+                await send({"type": "http.response.body", "body": b'{"error":"internal error"}'})
+        finally:
+            ACCESS_LOG.info(
+                "%s %s %d %.1f ms", scope.get("method"), path, status,
+                (time.perf_counter() - started) * 1000,
+            )
+
+
+_OURS = frozenset({
+    b"content-security-policy", b"x-content-type-options", b"referrer-policy",
+    b"x-frame-options", b"cross-origin-opener-policy", b"strict-transport-security",
+})
+
+
+async def _ping(request: Request, grant: Grant) -> Response:
+    """Liveness: answers without touching the catalog."""
+    return json_response(request, {"status": "ok"})
+
+
+def build_routes(config: WebConfig) -> list[BaseRoute]:
+    """Every route of the application (each guarded)."""
+    routes: list[BaseRoute] = [route("/healthz", _ping, Permission.PUBLIC)]
+    routes += qido_routes(PREFIX)
+    return routes
+
+
+def create_app(
+    lake: Lake,
+    config: WebConfig | None = None,
+    *,
+    secret: Secret | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """The web application for ``lake``.
+
+    Parameters
+    ----------
+    lake : Lake
+        An open lake.
+    config : WebConfig, optional
+        Settings (defaults: loopback, no anonymous access).
+    secret : Secret, optional
+        The lake's secret; needed to store (STOW-RS). Without it the store routes
+        answer 503.
+    extra_routes : sequence of BaseRoute
+        More routes (the portal's), each made with :func:`lake.web._guard.route`.
+
+    Raises
+    ------
+    TypeError
+        If a route is not guarded.
+    """
+    settings = config or WebConfig()
+    routes = build_routes(settings) + list(extra_routes)
+    check_guarded(routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            app.state.views.close()
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers={LakeError: _lake_error},
+        lifespan=lifespan,
+    )
+    app.state.lake = lake
+    app.state.config = settings
+    app.state.secret = secret
+    app.state.access = Access(lake, allow_anonymous=settings.allow_anonymous)
+    app.state.views = Views(lake)
+    app.add_middleware(SecurityHeaders)
+    return app

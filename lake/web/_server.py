@@ -1,0 +1,157 @@
+"""Running the web application on uvicorn, in a thread of its own.
+
+The server binds its socket itself (so port 0 picks a free port and :attr:`WebServer.port`
+tells which), runs uvicorn's event loop in a background thread and stops gracefully:
+it stops accepting, lets requests in flight finish, then shuts the application down
+(committing whatever STOW-RS received). Signals are the caller's business
+(``lake serve web`` turns SIGINT/SIGTERM into :meth:`WebServer.stop`).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+
+from lake._errors import ConfigError
+from lake.web._app import create_app
+from lake.web._config import WebConfig
+
+if TYPE_CHECKING:
+    from lake._lake import Lake
+    from lake.vault import Secret
+
+__all__ = ["WebServer"]
+
+_START_TIMEOUT = 30.0
+
+
+class WebServer:
+    """``lake serve web``: the lake's web application on a socket.
+
+    Parameters
+    ----------
+    lake : Lake
+        An open lake.
+    config : WebConfig
+        Address, TLS, limits.
+    secret : Secret, optional
+        The lake's secret (STOW-RS needs it).
+
+    Examples
+    --------
+    >>> import lake  # doctest: +SKIP
+    >>> from lake.web import WebConfig, WebServer
+    >>> lk = lake.open("/data/lake")  # doctest: +SKIP
+    >>> with WebServer(lk, WebConfig(port=0)) as server:  # doctest: +SKIP
+    ...     print(server.url)
+    """
+
+    def __init__(self, lake: Lake, config: WebConfig, secret: Secret | None = None) -> None:
+        self.config = config
+        self.app = create_app(lake, config, secret=secret)
+        self._socket: socket.socket | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def port(self) -> int:
+        if self._socket is None:
+            raise ConfigError("the web server is not started")
+        return int(self._socket.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        shown = f"[{host}]" if ":" in host else host
+        return f"{self.config.scheme}://{shown}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.config.host, self.config.port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"cannot listen on {self.config.host}:{self.config.port} ({exc.strerror}); "
+                "choose another port or address"
+            ) from None
+        sock.listen(2048)
+        sock.setblocking(False)
+        return sock
+
+    def start(self) -> None:
+        """Bind and serve in a background thread; returns once the server accepts.
+
+        Raises
+        ------
+        ConfigError
+            If the address cannot be bound or TLS files cannot be loaded.
+        """
+        context = self.config.ssl_context()
+        options: dict[str, Any] = {}
+        if context is not None:
+            def factory(_config: uvicorn.Config, _default: Any) -> ssl.SSLContext:
+                return context
+
+            options["ssl_context_factory"] = factory
+            options["ssl_certfile"] = str(self.config.tls_cert)
+        self._socket = self._bind()
+        uv_config = uvicorn.Config(
+            self.app,
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+            **options,
+        )
+        self._server = uvicorn.Server(uv_config)
+        sockets = [self._socket]
+
+        def run() -> None:
+            try:
+                assert self._server is not None
+                self._server.run(sockets=sockets)
+            except BaseException as exc:  # noqa: BLE001 - reported by start()/stop()
+                self.error = exc
+
+        self._thread = threading.Thread(target=run, name="lake-web", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise ConfigError(
+                    f"the web server did not start ({type(self.error).__name__ if self.error else 'timeout'})"
+                )
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        """Stop accepting, finish requests in flight, shut the application down."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._socket is not None:
+            self._socket.close()
+
+    def __enter__(self) -> WebServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
