@@ -16,19 +16,8 @@ from types import FrameType
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from lake import ConfigError, VaultError
-from lake.access import (
-    Role,
-    create_token,
-    list_tokens,
-    mark_teaching_set,
-    parse_duration,
-    revoke_token,
-    teaching_sets,
-    unmark_teaching_set,
-)
 from pipelines._common import LakeOption, VaultOption, err, open_lake, out, reported
 
 __all__ = ["serve_web", "teaching_app", "token_app"]
@@ -140,6 +129,12 @@ token_app = typer.Typer(
 )
 
 
+class RoleName(enum.StrEnum):
+    steward = "steward"
+    researcher = "researcher"
+    student = "student"
+
+
 class ListFormat(enum.StrEnum):
     table = "table"
     json = "json"
@@ -147,7 +142,7 @@ class ListFormat(enum.StrEnum):
 
 @token_app.command("create")
 def token_create(
-    role: Annotated[Role, typer.Option("--role", help="steward, researcher or student.")],
+    role: Annotated[RoleName, typer.Option("--role", help="steward, researcher or student.")],
     cohort: Annotated[
         list[str] | None,
         typer.Option("--cohort", help="Limit the token to this saved cohort (repeatable)."),
@@ -159,10 +154,12 @@ def token_create(
     lake_root: LakeOption = None,
 ) -> None:
     """Create a token and print it once, as the last line (only its hash is stored)."""
+    from lake.access import Role, create_token, parse_duration
+
     with reported():
         lk = open_lake(lake_root)
         token, text = create_token(
-            lk, role, cohorts=cohort or (), expires_in=parse_duration(expires), note=note
+            lk, Role(role.value), cohorts=cohort or (), expires_in=parse_duration(expires), note=note
         )
         scope = ", ".join(token.cohorts) or (
             "every teaching set" if token.role is Role.STUDENT else "the whole lake"
@@ -183,6 +180,10 @@ def token_list(
     fmt: Annotated[ListFormat, typer.Option("--format", help="table or json.")] = ListFormat.table,
 ) -> None:
     """List tokens (ids, roles, scopes, expiry, revocation; never the tokens)."""
+    from rich.table import Table
+
+    from lake.access import list_tokens
+
     with reported():
         tokens = list_tokens(open_lake(lake_root))
         if fmt is ListFormat.json:
@@ -205,6 +206,8 @@ def token_revoke(
     lake_root: LakeOption = None,
 ) -> None:
     """Revoke a token; a running server refuses it from the next request on."""
+    from lake.access import revoke_token
+
     with reported():
         token = revoke_token(open_lake(lake_root), token_id)
         out.print(f"token {token.token_id} revoked", highlight=False)
@@ -227,6 +230,8 @@ def teaching_add(
     lake_root: LakeOption = None,
 ) -> None:
     """Make a cohort a teaching set (its members must be de-identified with 'teaching')."""
+    from lake.access import mark_teaching_set
+
     with reported():
         mark_teaching_set(open_lake(lake_root), cohort)
         out.print(f"{cohort} is a teaching set", highlight=False)
@@ -238,6 +243,8 @@ def teaching_remove(
     lake_root: LakeOption = None,
 ) -> None:
     """Stop a cohort being a teaching set (student tokens lose sight of it at once)."""
+    from lake.access import unmark_teaching_set
+
     with reported():
         unmark_teaching_set(open_lake(lake_root), cohort)
         out.print(f"{cohort} is no longer a teaching set", highlight=False)
@@ -246,6 +253,8 @@ def teaching_remove(
 @teaching_app.command("list")
 def teaching_list(lake_root: LakeOption = None) -> None:
     """List the teaching sets."""
+    from lake.access import teaching_sets
+
     with reported():
         for name in teaching_sets(open_lake(lake_root)):
             print(name)

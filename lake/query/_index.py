@@ -181,6 +181,12 @@ def _element_from_json(tag: int, entry: dict[str, Any]) -> DataElement | None:
     return ds.get(tag)
 
 
+_BINARY_NUMBERS: dict[str, Any] = {
+    "US": int, "UL": int, "SS": int, "SL": int, "UV": int, "SV": int, "FL": float, "FD": float,
+}
+"""VRs whose values pydicom wants as numbers, not as the text IS/DS take."""
+
+
 def _json_strings(entry: dict[str, Any] | None) -> list[str]:
     if not entry:
         return []
@@ -441,6 +447,8 @@ class Snapshot:
             return DataElement(key.tag, "SQ", [])
         if attr is not None:
             value = _render(attr.kind, record.get(attr.keyword))
+            if value is not None and key.vr in _BINARY_NUMBERS:
+                value = _BINARY_NUMBERS[key.vr](value)
             return DataElement(key.tag, key.vr, "" if value is None else value)
         entry = header.get(f"{key.tag:08X}")
         elem = _element_from_json(key.tag, entry) if entry else None
