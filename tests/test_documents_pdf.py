@@ -165,3 +165,12 @@ def test_a_scan_is_masked_under_clean_pixel_data() -> None:
     cleaned = clean_pdf(pdf_scan(f"SMITH {TOKEN}"), _policy("teaching"), ocr=Ocr(),
                         clean_pixels=True)
     assert cleaned.images_masked == 1
+
+
+def test_too_many_operators_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lake.documents._pdf_text as pdf_text
+
+    monkeypatch.setattr(pdf_text, "MAX_OPERATORS", 5)
+    with pytest.raises(DocumentRefusedError) as refused:
+        clean_pdf(pdf_report(["a", "b", "c", "d"]), _policy(), ocr=None)
+    assert refused.value.reason == "pdf_too_large"

@@ -327,6 +327,9 @@ def clean_pdf(data: bytes, policy: TextPolicy, *, ocr: Ocr | None, clean_pixels:
         _strip(pdf)
         try:
             text = read_text(pdf)
+        except OverflowError:
+            raise _refuse("pdf_too_large", "the PDF's pages draw more operators than the lake "
+                          "reads") from None
         except (ValueError, pikepdf.PdfError):
             raise _refuse("pdf_malformed", "a page of the PDF cannot be parsed") from None
         removed = 0

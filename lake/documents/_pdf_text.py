@@ -19,13 +19,14 @@ from pikepdf import ContentStreamInstruction, Name, Operator
 
 from lake.documents._pdf_fonts import Font, Glyph, load_font
 
-__all__ = ["PageText", "read_text"]
+__all__ = ["MAX_OPERATORS", "PageText", "read_text"]
 
 Matrix = tuple[float, float, float, float, float, float]
 _IDENTITY: Matrix = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
 _GAP = 0.12  # a gap wider than this many ems ends a word
 _LINE = 0.5  # a move across the line of more than this many ems ends a word
 _BACK = 0.5  # a move back of more than this many ems ends a word
+MAX_OPERATORS = 2_000_000  # content-stream operators read per PDF at most (bounded time)
 _HIDDEN_KEYS = ("/ActualText", "/Alt", "/E", "/T")  # marked-content text a reader shows
 
 
@@ -94,6 +95,7 @@ class _Reader:
         self._fonts: dict[tuple[int, int], Font] = {}
         self.page = 0
         self.image_pages: set[int] = set()
+        self.operators = 0
 
     def _font(self, resources: pikepdf.Object, name: object) -> Font | None:
         fonts = resources.get("/Font") if isinstance(resources, pikepdf.Dictionary) else None
@@ -119,6 +121,9 @@ class _Reader:
             instructions = list(pikepdf.parse_content_stream(owner))
         except pikepdf.PdfError as exc:
             raise ValueError("a content stream cannot be parsed") from exc
+        self.operators += len(instructions)
+        if self.operators > MAX_OPERATORS:
+            raise OverflowError("the PDF draws more operators than the lake reads")
         unit = _Unit(owner, is_page, self.page, instructions)
         self.units.append(unit)
         self._interpret(unit, resources, ctm, state)
@@ -402,6 +407,8 @@ def read_text(pdf: pikepdf.Pdf) -> PageText:
     ------
     ValueError
         When a content stream cannot be parsed.
+    OverflowError
+        When the pages draw more than :data:`MAX_OPERATORS` operators.
     """
     reader = _Reader(pdf)
     for number, page in enumerate(pdf.pages):
