@@ -238,3 +238,30 @@ def test_attach_by_accession_and_names_that_are_words(
     assert find_tokens(tables, {accession, "Young", TOKEN}) == set()
     with pytest.raises(lake.IngestError):
         attach(lk, secret, "ACC-UNKNOWN", [report], profile="research")
+
+
+@needs_ocr
+def test_export_documents_unwraps_png_and_multipage_tiff(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    from lake.export import export_documents
+    from tests.documents_corpus import photo
+
+    folder = tmp_path / "in" / "scans"
+    write_ct_series(folder, 1)
+    photo().save(folder / "wound.png")
+    pages = [photo(seed=i).convert("L") for i in range(3)]
+    pages[0].save(folder / "consent.tif", save_all=True, append_images=pages[1:])
+    ingest(lk, [str(folder)], lk.secret(vault_dir), profile="research", scheduler="sync")
+    lk.refresh()
+    result = export_documents(lk, "SELECT SOPInstanceUID FROM instances", tmp_path / "out",
+                              scheduler="sync")
+    by_ext = {f.path.rsplit(".", 1)[1]: tmp_path / "out" / f.path for f in result.files
+              if not f.path.endswith(".json")}
+    assert set(by_ext) == {"png", "tif"}
+    assert Image.open(by_ext["png"]).size == (640, 480)
+    scan = Image.open(by_ext["tif"])
+    assert scan.n_frames == 3 and scan.size == (640, 480)
+    assert [s.reason for s in result.skipped] == ["not_a_document"]  # the CT slice

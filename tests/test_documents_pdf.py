@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import shutil
 import zlib
+from pathlib import Path
 
 import pikepdf
 import pytest
@@ -174,3 +175,26 @@ def test_too_many_operators_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DocumentRefusedError) as refused:
         clean_pdf(pdf_report(["a", "b", "c", "d"]), _policy(), ocr=None)
     assert refused.value.reason == "pdf_too_large"
+
+
+def test_an_embedded_unicode_font_with_justified_text() -> None:
+    """A PDF as word processors write it: an embedded TrueType font (Type0, Identity-H, a
+    ToUnicode CMap, per-glyph widths), accented names, justified lines."""
+    fpdf = pytest.importorskip("fpdf")
+    import matplotlib
+
+    pdf = fpdf.FPDF()
+    pdf.add_page()
+    font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    pdf.add_font("dejavu", fname=str(font))
+    pdf.set_font("dejavu", size=12)
+    pdf.cell(text="Patient: Jürgen Müller-Heart MRN 12345678", new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(w=120, align="J", text="CT chest with contrast. There is no evidence of "
+                   "pneumothorax. Dictated by Dr Jürgen Heart on 12/03/2020 at the clinic.")
+    data = bytes(pdf.output())
+    assert {"Jürgen", "Müller-Heart", "12345678"} <= set(pdf_words(data))
+    policy = _policy(identifiers=("jürgen", "müller", "heart"))
+    words = pdf_words(clean_pdf(data, policy, ocr=None).data)
+    assert not {w for w in words if any(n in w.lower() for n in ("rgen", "ller", "heart"))}
+    assert not any(any(c.isdigit() for c in w) for w in words)
+    assert {"CT", "chest", "evidence", "pneumothorax.", "clinic."} <= set(words)
