@@ -265,3 +265,29 @@ def test_export_documents_unwraps_png_and_multipage_tiff(
     scan = Image.open(by_ext["tif"])
     assert scan.n_frames == 3 and scan.size == (640, 480)
     assert [s.reason for s in result.skipped] == ["not_a_document"]  # the CT slice
+
+
+def test_warnings_about_original_values_stay_captured(
+    lk: lake.Lake, vault_dir: Path, study_folder: tuple[Path, list[Path]]
+) -> None:
+    """A sibling header whose values make pydicom warn: nothing of it reaches a warning."""
+    import warnings
+
+    folder, paths = study_folder
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = dcmread(paths[0])
+        ds.add_new(0x00081030, "LO", "x" * 70 + TOKEN)  # too long for LO
+        ds.add_new(0x00200052, "UI", f"1.2.{TOKEN}")  # not a UID
+        ds.save_as(paths[0], enforce_file_format=True)
+    (folder / "r.pdf").write_bytes(pdf_report(["CT chest"]))
+    from lake.documents import ingest_item
+
+    ing = _ingestor(lk, vault_dir)
+    data = (folder / "r.pdf").read_bytes()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        outcome = ingest_item(str(folder / "r.pdf"), None, data, ing.context,
+                              FolderStudies(ing.context.engine))
+    assert isinstance(outcome, Accepted)
+    assert not [str(w.message) for w in seen if TOKEN in str(w.message)]

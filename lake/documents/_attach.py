@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lake._capture import capture
 from lake._errors import IngestError
 from lake.deid import Profile
 from lake.documents._ingest import document_outcome, reject_document
@@ -66,6 +67,7 @@ def attach(lake: Lake, secret: Secret, study_uid: str,
                 ingestor.context, data, "not_a_document",
                 "not a PDF, JPEG, PNG, BMP, TIFF, AVI, MP4 or MOV file"))
             continue
-        outcomes.append(document_outcome(kind, data, study, ingestor.context, ocr=ocr,
-                                         limits=limits))
+        with capture():  # warnings of the parsers may quote original values: never shown
+            outcomes.append(document_outcome(kind, data, study, ingestor.context, ocr=ocr,
+                                             limits=limits))
     return ingestor.commit(outcomes)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from lake._capture import capture
 from lake._errors import IngestError
 from lake.documents._ingest import document_outcome
 from lake.documents._kinds import sniff
@@ -62,11 +63,14 @@ def ingest_item(path: str, member: str | None, data: bytes, ctx: IngestContext,
     if kind is None:
         return None
     options = options or DocumentOptions()
-    study = folders.study(path, member, options.study)
-    if study is None and options.study is not None:
-        study = options.lake_study
-    ocr = Ocr() if Ocr.available() else None
-    return document_outcome(kind, data, study, ctx, ocr=ocr, limits=options.limits)
+    # Reading the folder's original headers (and the document) may make pydicom warn with
+    # original values: captured for this thread, never shown (lake._capture).
+    with capture():
+        study = folders.study(path, member, options.study)
+        if study is None and options.study is not None:
+            study = options.lake_study
+        ocr = Ocr() if Ocr.available() else None
+        return document_outcome(kind, data, study, ctx, ocr=ocr, limits=options.limits)
 
 
 def document_options(lake: Lake, ctx: IngestContext, study: str) -> IngestContext:
