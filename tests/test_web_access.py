@@ -70,7 +70,7 @@ VISIBLE: dict[str, set[str] | None] = {
 ROLE = {"steward": "steward", "researcher": "researcher", "researcher:a": "researcher",
         "student": "student", "student:teach": "student"}
 OBJECT_PARAMS = ("study", "series", "instance")
-FILLERS = {"frames": "1", "tag": "7FE00010", "path": "index.html"}
+FILLERS = {"frames": "1", "path": "7FE00010", "file": "index.html"}
 
 
 def _routes() -> list[tuple[str, str, Permission]]:
@@ -81,7 +81,7 @@ def _routes() -> list[tuple[str, str, Permission]]:
         permission = permission_of(item)
         assert permission is not None, item
         if isinstance(item, Mount):
-            out.append((item.path + "/{path}", "GET", permission))
+            out.append((item.path + "/{file}", "GET", permission))
         elif isinstance(item, Route):
             for method in sorted((item.methods or {"GET"}) - {"HEAD"}):
                 out.append((item.path, method, permission))

@@ -79,3 +79,30 @@ def serving(web: WebLake, **settings: object) -> Iterator[tuple[WebServer, httpx
             yield server, client
     finally:
         server.stop()
+
+
+def parts_of(response: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a ``multipart/related`` response: (headers, body)."""
+    content_type = response.headers["content-type"]
+    boundary = content_type.split("boundary=")[1].split(";")[0].strip('"')
+    body = response.content
+    out = []
+    for chunk in body.split(b"--" + boundary.encode())[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, _, rest = chunk.lstrip(b"\r\n").partition(b"\r\n\r\n")
+        headers = {}
+        for line in head.decode("ascii").split("\r\n"):
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers["content-length"]) if "content-length" in headers else len(rest) - 2
+        out.append((headers, rest[:length]))
+    return out
+
+
+def dicomweb(server: WebServer, token: str) -> object:
+    """A ``dicomweb_client.DICOMwebClient`` for ``server`` with ``token``."""
+    from dicomweb_client import DICOMwebClient
+
+    return DICOMwebClient(url=server.url + "/dicomweb",
+                          headers={"Authorization": f"Bearer {token}"})

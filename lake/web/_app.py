@@ -42,6 +42,7 @@ from lake.web._guard import check_guarded, route
 from lake.web._json import json_response
 from lake.web._qido import qido_routes
 from lake.web._views import Views
+from lake.web._wado import wado_routes
 
 if TYPE_CHECKING:
     from lake._lake import Lake
@@ -164,6 +165,7 @@ def build_routes(config: WebConfig) -> list[BaseRoute]:
     """Every route of the application (each guarded)."""
     routes: list[BaseRoute] = [route("/healthz", _ping, Permission.PUBLIC)]
     routes += qido_routes(PREFIX)
+    routes += wado_routes(PREFIX)
     return routes
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
-__all__ = ["DICOM_JSON", "accepts_gzip", "json_response", "retrieve_url"]
+__all__ = ["DICOM_JSON", "accepts_gzip", "base_url", "json_response", "retrieve_url"]
 
 DICOM_JSON = "application/dicom+json"
 _GZIP_FROM = 1024
@@ -44,3 +44,9 @@ def retrieve_url(base: str, study: str, series: str | None = None, sop: str | No
         if sop:
             url += f"/instances/{sop}"
     return url
+
+
+def base_url(conn: HTTPConnection) -> str:
+    """The server's own URL (set by the server that binds it), never taken from the Host header."""
+    url = getattr(conn.app.state, "base_url", None)
+    return str(url) if url else str(conn.base_url).rstrip("/")

@@ -25,7 +25,7 @@ from lake.access import Grant, Permission
 from lake.query import Key, Level, Snapshot
 from lake.web._errors import NotFoundError
 from lake.web._guard import route
-from lake.web._json import DICOM_JSON, json_response, retrieve_url
+from lake.web._json import DICOM_JSON, base_url, json_response, retrieve_url
 
 __all__ = ["DEFAULT_ATTRIBUTES", "qido_routes", "search"]
 
@@ -217,7 +217,7 @@ def _endpoint(resource: str, fixed_names: tuple[str, ...]) -> Any:
             resource,
             request.query_params.multi_items(),
             {_FIXED[k]: v for k, v in fixed.items()},
-            str(request.base_url).rstrip("/"),
+            base_url(request),
         )
         if fixed and not results:
             found = await run_in_threadpool(snapshot.locate, *[fixed[n] for n in fixed_names])

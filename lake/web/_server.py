@@ -108,6 +108,8 @@ class WebServer:
             options["ssl_context_factory"] = factory
             options["ssl_certfile"] = str(self.config.tls_cert)
         self._socket = self._bind()
+        if self.config.host not in ("0.0.0.0", "::"):  # else from each request's Host header
+            self.app.state.base_url = self.url
         uv_config = uvicorn.Config(
             self.app,
             log_config=None,
