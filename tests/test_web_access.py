@@ -236,6 +236,7 @@ def test_config_refuses_unsafe_addresses() -> None:
 def test_anonymous_read_on_loopback(web: WebLake) -> None:
     with serving(web, allow_anonymous=True) as (_server, http):
         assert http.get("/dicomweb/studies").status_code == 200
+        assert http.post("/dicomweb/studies", content=b"").status_code == 401
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -449,7 +449,7 @@ class Snapshot:
             value = _render(attr.kind, record.get(attr.keyword))
             if value is not None and key.vr in _BINARY_NUMBERS:
                 value = _BINARY_NUMBERS[key.vr](value)
-            return DataElement(key.tag, key.vr, "" if value is None else value)
+            return DataElement(key.tag, key.vr, value)
         entry = header.get(f"{key.tag:08X}")
         elem = _element_from_json(key.tag, entry) if entry else None
         if elem is not None and key.vr == elem.VR:

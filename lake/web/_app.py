@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
@@ -40,7 +41,9 @@ from lake.web._errors import (
 )
 from lake.web._guard import check_guarded, route
 from lake.web._json import json_response
+from lake.web._multipart import MalformedMultipartError
 from lake.web._qido import qido_routes
+from lake.web._stow import make_store, stow_routes
 from lake.web._views import Views
 from lake.web._wado import wado_routes
 
@@ -70,6 +73,7 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (TooLargeError, 413),
     (UnsupportedMediaError, 415),
     (QueryError, 400),
+    (MalformedMultipartError, 400),
     (ConfigError, 400),
     (UnavailableError, 503),
     (BlobNotFoundError, 500),
@@ -135,7 +139,8 @@ class SecurityHeaders:
             await self.app(scope, receive, send_with_headers)
         except Exception as exc:  # noqa: BLE001 - no traceback (it could quote a value) in logs
             logging.getLogger("lake.web").error(
-                "internal error %s on %s %s", type(exc).__name__, scope.get("method"), path
+                "internal error %s on %s %s", type(exc).__name__, scope.get("method"),
+                getattr(scope.get("route"), "path", None) or "(no route)",
             )
             if status == 0:
                 await send_with_headers({
@@ -144,8 +149,11 @@ class SecurityHeaders:
                 })
                 await send({"type": "http.response.body", "body": b'{"error":"internal error"}'})
         finally:
+            # The route's template, never the path: a path may hold a sender's own (identified)
+            # UIDs, as in STOW-RS /studies/{study}, and query strings may hold tokens.
+            matched = getattr(scope.get("route"), "path", None) or "(no route)"
             ACCESS_LOG.info(
-                "%s %s %d %.1f ms", scope.get("method"), path, status,
+                "%s %s %d %.1f ms", scope.get("method"), matched, status,
                 (time.perf_counter() - started) * 1000,
             )
 
@@ -166,6 +174,7 @@ def build_routes(config: WebConfig) -> list[BaseRoute]:
     routes: list[BaseRoute] = [route("/healthz", _ping, Permission.PUBLIC)]
     routes += qido_routes(PREFIX)
     routes += wado_routes(PREFIX)
+    routes += stow_routes(PREFIX)
     return routes
 
 
@@ -201,9 +210,12 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.store = await run_in_threadpool(make_store, lake, secret, settings)
         try:
             yield
         finally:
+            if app.state.store is not None:
+                await run_in_threadpool(app.state.store.close)
             app.state.views.close()
 
     app = Starlette(
@@ -213,7 +225,7 @@ def create_app(
     )
     app.state.lake = lake
     app.state.config = settings
-    app.state.secret = secret
+    app.state.store = None  # made at start-up (it recovers the spool and starts committing)
     app.state.access = Access(lake, allow_anonymous=settings.allow_anonymous)
     app.state.views = Views(lake)
     app.add_middleware(SecurityHeaders)

@@ -1,0 +1,237 @@
+"""STOW-RS (PS3.18 10.5): instances in, through the same door as files and C-STORE.
+
+Every part goes to :meth:`lake.ingest.Ingestor.process` (same profile, same keys, same
+quarantine as ``lake ingest`` and C-STORE), and its outcome is made durable in the spool
+(:class:`lake.net` spool and committer, ``<lake>/spool/stow``) before it is counted as
+stored; the request's instances are committed to the catalog before the response, so a
+search right after sees them. A crash loses nothing acknowledged: the next start commits
+what the spool holds. Limits hold while the body streams in. The response is the PS3.18
+store response; failure reasons are status codes and fixed texts (never a value from the
+instance); failed instances are named by the UID the lake would have given them.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from lake._errors import NetError
+from lake.access import Grant, Permission
+from lake.ingest import Accepted, Ingestor
+from lake.net._spool import Committer, Spool
+from lake.web._config import WebConfig
+from lake.web._errors import TooLargeError, UnavailableError, UnsupportedMediaError
+from lake.web._guard import route
+from lake.web._json import DICOM_JSON, base_url, json_response, retrieve_url
+from lake.web._media import parse_accept
+from lake.web._multipart import MultipartReader, Part
+
+if TYPE_CHECKING:
+    from starlette.routing import Route
+
+    from lake._lake import Lake
+    from lake.vault import Secret
+
+__all__ = ["Store", "stow_routes"]
+
+_DICOM = "application/dicom"
+# Failure reasons (PS3.4 B.2.3 / PS3.18 Table 10.5.3-2), as C-STORE answers them.
+OUT_OF_RESOURCES = 0xA700
+DATASET_MISMATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+REFUSED_BY_PROFILE = 0xC001
+_REASONS = {
+    "empty": CANNOT_UNDERSTAND, "not_dicom": CANNOT_UNDERSTAND, "unreadable": CANNOT_UNDERSTAND,
+    "truncated": CANNOT_UNDERSTAND, "bad_image": CANNOT_UNDERSTAND,
+    "processing_error": CANNOT_UNDERSTAND, "dicomdir": DATASET_MISMATCH,
+    "missing_uid": DATASET_MISMATCH,
+}
+
+
+@dataclass
+class StoreResult:
+    """What one STOW-RS request did (de-identified UIDs only)."""
+
+    stored: list[tuple[str, str, str, str]] = field(default_factory=list)  # class, sop, study, series
+    failed: list[tuple[str | None, str | None, int]] = field(default_factory=list)
+
+
+class Store:
+    """The STOW-RS side of a server: ingestor, durable spool, committer.
+
+    Parameters
+    ----------
+    lake : Lake
+        An open lake.
+    secret : Secret
+        The lake's secret (de-identification keys).
+    config : WebConfig
+        Profile, limits, commit cadence.
+    """
+
+    def __init__(self, lake: Lake, secret: Secret, config: WebConfig) -> None:
+        self.config = config
+        self.ingestor = Ingestor(lake, secret, config.profile, source="stow")
+        self.committer = Committer(
+            self.ingestor, Spool(lake.location, "stow"),
+            every=config.commit_every, interval=config.commit_interval,
+        )
+        self._lock = threading.Lock()
+        self.recovered = sum(b.files_seen for b in self.committer.recover())
+        self.committer.start()
+
+    def close(self) -> None:
+        """Commit everything received (raises NetError if that fails; the spool keeps it)."""
+        self.committer.stop()
+
+    def store(self, part: Part, study: str | None, result: StoreResult) -> None:
+        """De-identify, store and spool one part; record the outcome in ``result``."""
+        if part.too_large:
+            result.failed.append((None, None, OUT_OF_RESOURCES))
+            return
+        kind = part.headers.get("content-type", _DICOM).split(";")[0].strip().lower()
+        identity = _identity(part.body)
+        engine = self.ingestor.context.engine
+        keyed = engine.uid(identity[1]) if identity[1] else None
+        if kind != _DICOM:
+            result.failed.append((identity[0], keyed, CANNOT_UNDERSTAND))
+            return
+        if study is not None and identity[2] != study:
+            result.failed.append((identity[0], keyed, DATASET_MISMATCH))
+            return
+        outcome = self.ingestor.process(part.body)
+        try:
+            self.committer.submit(outcome)
+        except NetError:
+            result.failed.append((identity[0], keyed, OUT_OF_RESOURCES))
+            return
+        if isinstance(outcome, Accepted):
+            row = outcome.row
+            result.stored.append(
+                (str(row["SOPClassUID"]), str(row["SOPInstanceUID"]),
+                 str(row["StudyInstanceUID"]), str(row["SeriesInstanceUID"]))
+            )
+        else:
+            reason = str(outcome.record.get("reason") or "")
+            result.failed.append((identity[0], keyed, _REASONS.get(reason, REFUSED_BY_PROFILE)))
+
+    def commit(self) -> None:
+        """Commit what is pending now (a failure leaves it spooled, committed later)."""
+        try:
+            self.committer.flush()
+        except Exception:  # noqa: BLE001 - durable in the spool; the committer retries
+            return
+
+
+def _identity(data: bytes) -> tuple[str | None, str | None, str | None]:
+    """(SOPClassUID, SOPInstanceUID, StudyInstanceUID) as sent, or None where unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = dcmread(io.BytesIO(data), stop_before_pixels=True, force=True,
+                         specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"])
+        return tuple(  # type: ignore[return-value]
+            str(ds.get(k, "")).strip() or None
+            for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
+        )
+    except Exception:  # noqa: BLE001 - anything unreadable has no identity
+        return (None, None, None)
+
+
+def _response_body(result: StoreResult, base: str) -> dict[str, Any]:
+    ds = Dataset()
+    studies = {s for _, _, s, _ in result.stored}
+    if len(studies) == 1:
+        ds.RetrieveURL = retrieve_url(base, next(iter(studies)))
+    referenced = []
+    for sop_class, sop, study, series in result.stored:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = sop
+        item.RetrieveURL = retrieve_url(base, study, series, sop)
+        referenced.append(item)
+    failed = []
+    for failed_class, failed_sop, reason in result.failed:
+        item = Dataset()
+        item.ReferencedSOPClassUID = failed_class or ""
+        item.ReferencedSOPInstanceUID = failed_sop or ""
+        item.FailureReason = reason
+        failed.append(item)
+    if referenced:
+        ds.ReferencedSOPSequence = referenced
+    if failed:
+        ds.FailedSOPSequence = failed
+    return dict(ds.to_json_dict())
+
+
+def _content_boundary(request: Request) -> str:
+    ranges = parse_accept(request.headers.get("content-type") or "none/none")
+    media = ranges[0]
+    if len(ranges) != 1 or media.type != "multipart/related":
+        raise UnsupportedMediaError(
+            'STOW-RS takes multipart/related; type="application/dicom" request bodies'
+        )
+    if media.part not in (None, _DICOM):
+        raise UnsupportedMediaError(
+            'only application/dicom parts are stored (multipart/related; type="application/dicom")'
+        )
+    boundary = media.params.get("boundary", "")
+    if not boundary:
+        raise UnsupportedMediaError("the multipart Content-Type has no boundary")
+    return boundary
+
+
+async def stow(request: Request, grant: Grant) -> Response:
+    """``POST /studies[/{study}]``: store the parts; answer with the PS3.18 store response."""
+    store: Store | None = request.app.state.store
+    if store is None:
+        raise UnavailableError("this server was started without the vault: it cannot store")
+    config: WebConfig = request.app.state.config
+    boundary = _content_boundary(request)
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > config.max_request_bytes:
+        raise TooLargeError(f"the request is larger than {config.max_request_bytes} bytes")
+    reader = MultipartReader(boundary, config.max_instance_bytes)
+    study = request.path_params.get("study")
+    result = StoreResult()
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > config.max_request_bytes:
+                raise TooLargeError(f"the request is larger than {config.max_request_bytes} bytes")
+            for part in reader.feed(chunk):
+                await run_in_threadpool(store.store, part, study, result)
+        reader.finish()
+    finally:
+        if result.stored or result.failed:
+            await run_in_threadpool(store.commit)
+    if not result.stored and not result.failed:
+        from lake._errors import QueryError
+
+        raise QueryError("the request holds no instance")
+    status = 200 if not result.failed else (202 if result.stored else 409)
+    return json_response(request, _response_body(result, base_url(request)), DICOM_JSON, status)
+
+
+def stow_routes(prefix: str) -> list[Route]:
+    """The STOW-RS routes below ``prefix``."""
+    return [
+        route(prefix + "/studies", stow, Permission.STORE, methods=("POST",), name="stow"),
+        route(prefix + "/studies/{study}", stow, Permission.STORE, methods=("POST",),
+              name="stow_study"),
+    ]
+
+
+def make_store(lake: Lake, secret: Secret | None, config: WebConfig) -> Store | None:
+    """The server's store, or None without the vault."""
+    return None if secret is None else Store(lake, secret, config)

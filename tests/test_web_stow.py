@@ -1,0 +1,256 @@
+"""STOW-RS: stored exactly like ``lake ingest``, durable, the PS3.18 store response, limits.
+
+And the planted-identifier corpus stored over STOW-RS leaves no token in anything the server
+returns or logs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydicom import dcmread
+
+import lake
+from lake.access import create_token
+from lake.ingest import Ingestor
+from lake.web import WebServer
+from tests.deid_corpus import UID_ROOT, expected_absent, write_corpus
+from tests.series import write_ct_series
+from tests.web_peers import WebLake, build_web_lake, dicomweb, parts_of, serving
+
+DICOM_MULTIPART = 'multipart/related; type="application/dicom"; boundary=XyZ'
+
+
+def _body(*parts: bytes, boundary: str = "XyZ", close: bool = True) -> bytes:
+    out = b""
+    for part in parts:
+        out += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
+    return out + (f"--{boundary}--\r\n".encode() if close else b"")
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory: pytest.TempPathFactory) -> WebLake:
+    return build_web_lake(tmp_path_factory.mktemp("stow"), slices=2)
+
+
+@pytest.fixture(scope="module")
+def live(web: WebLake) -> Iterator[tuple[WebServer, httpx.Client]]:
+    with serving(web) as pair:
+        yield pair
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> list[bytes]:
+    folder = tmp_path / "ct"
+    write_ct_series(folder, 3, patient_id="STOW-PATIENT", patient_name="Stow^Person")
+    return [p.read_bytes() for p in sorted(folder.glob("*.dcm"))]
+
+
+def _steward(web: WebLake) -> dict[str, str]:
+    return {"Authorization": f"Bearer {web.tokens['steward']}"}
+
+
+def _post(live: tuple[WebServer, httpx.Client], web: WebLake, body: bytes, path: str = "",
+          content_type: str = DICOM_MULTIPART) -> httpx.Response:
+    return live[1].post("/dicomweb/studies" + path, content=body,
+                        headers={**_steward(web), "Content-Type": content_type})
+
+
+def test_round_trip_with_dicomweb_client(web: WebLake, live: tuple[WebServer, httpx.Client],
+                                         files: list[bytes], tmp_path: Path) -> None:
+    client: Any = dicomweb(live[0], web.tokens["steward"])
+    response = client.store_instances([dcmread(io.BytesIO(f)) for f in files])
+    refs = response.ReferencedSOPSequence
+    assert len(refs) == 3 and "FailedSOPSequence" not in response
+    sops = {str(r.ReferencedSOPInstanceUID) for r in refs}
+    originals = {str(dcmread(io.BytesIO(f)).SOPInstanceUID) for f in files}
+    assert not sops & originals  # the lake's UIDs, never the sender's
+    study = response.RetrieveURL.rsplit("/", 1)[-1]
+    # Searchable right away (committed before the response), by the de-identified UID.
+    found = client.search_for_instances(study_instance_uid=study)
+    assert {i["00080018"]["Value"][0] for i in found} == sops
+    web.lake.refresh()
+    out = tmp_path / "export"
+    web.lake.export_dicom(f"SELECT SeriesInstanceUID FROM instances WHERE StudyInstanceUID = "
+                          f"'{study}'", out, scheduler="sync")
+    exported = {str(dcmread(p).SOPInstanceUID): p.read_bytes() for p in out.rglob("*.dcm")}
+    for ref in refs:
+        served = live[1].get(ref.RetrieveURL, headers={
+            **_steward(web), "Accept": 'multipart/related; type="application/dicom"; '
+                                       "transfer-syntax=*"})
+        ((_, body),) = parts_of(served)
+        assert body == exported[str(ref.ReferencedSOPInstanceUID)]
+    # De-identified exactly as 'lake ingest' does (same profile, same keys).
+    ingestor = Ingestor(web.lake, web.lake.secret(web.vault))
+    for data in files:
+        row = ingestor.process(data).row  # type: ignore[union-attr]
+        stored = web.lake.sql("SELECT header_dicom FROM instances WHERE SOPInstanceUID = "
+                              f"'{row['SOPInstanceUID']}'").fetchall()
+        assert stored[0][0] == row["header_dicom"]
+    # Storing again is idempotent: same UIDs, nothing new.
+    again = client.store_instances([dcmread(io.BytesIO(f)) for f in files])
+    assert {str(r.ReferencedSOPInstanceUID) for r in again.ReferencedSOPSequence} == sops
+    web.lake.refresh()
+    count = web.lake.sql(f"SELECT count(*) FROM instances WHERE StudyInstanceUID = '{study}'")
+    assert count.fetchall()[0][0] == 3
+
+
+def test_partial_failure_is_202_with_phi_free_reasons(
+    web: WebLake, live: tuple[WebServer, httpx.Client], files: list[bytes]
+) -> None:
+    before = web.lake.sql("SELECT count(*) FROM quarantine").fetchall()[0][0]
+    response = _post(live, web, _body(files[0], b"not DICOM at all" * 10))
+    assert response.status_code == 202
+    body = response.json()
+    assert len(body["00081199"]["Value"]) == 1
+    (failed,) = body["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xC000]
+    assert "STOW" not in response.text and "Stow" not in response.text
+    web.lake.refresh()
+    assert web.lake.sql("SELECT count(*) FROM quarantine").fetchall()[0][0] == before + 1
+
+
+def test_all_failed_is_409(web: WebLake, live: tuple[WebServer, httpx.Client]) -> None:
+    response = _post(live, web, _body(b"\0" * 200, b""))
+    assert response.status_code == 409
+    assert len(response.json()["00081198"]["Value"]) == 2
+
+
+def test_refused_by_profile(web: WebLake, live: tuple[WebServer, httpx.Client],
+                            files: list[bytes]) -> None:
+    ds = dcmread(io.BytesIO(files[0]))
+    ds.BurnedInAnnotation = "YES"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID_ROOT + "77.1"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    response = _post(live, web, _body(out.getvalue()))
+    assert response.status_code == 409
+    (failed,) = response.json()["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xC001]
+    engine = Ingestor(web.lake, web.lake.secret(web.vault)).context.engine
+    assert failed["00081155"]["Value"] == [engine.uid(UID_ROOT + "77.1")]  # never the sender's
+    assert UID_ROOT not in response.text
+
+
+def test_study_in_the_path_must_match(web: WebLake, live: tuple[WebServer, httpx.Client],
+                                      files: list[bytes]) -> None:
+    original = str(dcmread(io.BytesIO(files[0])).StudyInstanceUID)
+    assert _post(live, web, _body(files[0]), path="/1.2.3.4").status_code == 409
+    assert _post(live, web, _body(files[0]), path=f"/{original}").status_code == 200
+
+
+def test_malformed_multipart_is_400_and_loses_nothing_else(
+    web: WebLake, live: tuple[WebServer, httpx.Client], files: list[bytes]
+) -> None:
+    body = _body(files[0], files[1], close=False) + b"--XyZ\r\nContent-Type: application/dicom"
+    response = _post(live, web, body)
+    assert response.status_code == 400
+    assert "closing boundary" in response.json()["error"]
+    web.lake.refresh()
+    ingestor = Ingestor(web.lake, web.lake.secret(web.vault))
+    for data in files[:2]:
+        sop = ingestor.process(data).row["SOPInstanceUID"]  # type: ignore[union-attr]
+        found = web.lake.sql(f"SELECT count(*) FROM instances WHERE SOPInstanceUID = '{sop}'")
+        assert found.fetchall()[0][0] == 1
+    bad_header = _post(live, web, b"--XyZ\r\nno colon here\r\n\r\nx\r\n--XyZ--\r\n")
+    assert bad_header.status_code == 400
+
+
+@pytest.mark.parametrize("content_type", ["application/dicom", "multipart/related; boundary=XyZ; "
+                                          'type="application/dicom+json"', "text/plain", ""])
+def test_wrong_content_type_is_415(web: WebLake, live: tuple[WebServer, httpx.Client],
+                                   content_type: str, files: list[bytes]) -> None:
+    assert _post(live, web, _body(files[0]), content_type=content_type).status_code == 415
+
+
+def test_size_limits_hold_while_streaming(web: WebLake, files: list[bytes]) -> None:
+    size = len(files[0])
+    with serving(web, max_request_bytes=size * 2 + 500, max_instance_bytes=size + 10) as (_, http):
+        headers = {**_steward(web), "Content-Type": DICOM_MULTIPART}
+
+        def chunks() -> Iterator[bytes]:  # streamed without a Content-Length
+            data = _body(*files)
+            for i in range(0, len(data), 8192):
+                yield data[i : i + 8192]
+
+        too_big = http.post("/dicomweb/studies", content=chunks(), headers=headers)
+        assert too_big.status_code == 413
+        big = files[0] + b"\0" * 64  # one instance over the per-instance limit
+        response = http.post("/dicomweb/studies", content=_body(files[1], big), headers=headers)
+        assert response.status_code == 202
+        assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA700]
+
+
+def test_only_stewards_store(web: WebLake, live: tuple[WebServer, httpx.Client],
+                             files: list[bytes]) -> None:
+    for who in ("researcher", "student", "researcher:a"):
+        response = live[1].post("/dicomweb/studies", content=_body(files[0]), headers={
+            "Authorization": f"Bearer {web.tokens[who]}", "Content-Type": DICOM_MULTIPART})
+        assert response.status_code == 403
+    cookie = httpx.Client(base_url=str(live[1].base_url),
+                          cookies={"lake_token": web.tokens["steward"]})
+    with cookie:  # a cookie never authorises a write
+        assert cookie.post("/dicomweb/studies", content=_body(files[0]),
+                           headers={"Content-Type": DICOM_MULTIPART}).status_code == 401
+
+
+def test_without_the_vault_storing_is_503(web: WebLake, files: list[bytes]) -> None:
+    from lake.web import WebConfig
+
+    server = WebServer(web.lake, WebConfig(port=0), secret=None)
+    with server, httpx.Client(base_url=server.url) as http:
+        response = http.post("/dicomweb/studies", content=_body(files[0]),
+                             headers={**_steward(web), "Content-Type": DICOM_MULTIPART})
+        assert response.status_code == 503
+
+
+def test_planted_identifiers_never_come_back(tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    corpus = tmp_path / "corpus"
+    tokens = expected_absent(write_corpus(corpus, 2), retains_device_identity=False)
+    originals = [p for p in sorted(corpus.rglob("*")) if p.is_file()]
+    lk = lake.init(tmp_path / "lake", vault=tmp_path / "vault")
+    _, steward = create_token(lk, "steward")
+    web = WebLake(lk, tmp_path / "vault", tokens={"steward": steward})
+    caplog.set_level(logging.DEBUG)
+    seen = []
+    with serving(web) as (server, http):
+        headers = {"Authorization": f"Bearer {steward}"}
+        for path in originals:  # one request per file: the sender's study UID in the path
+            uid = None
+            try:
+                uid = str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+            except Exception:  # noqa: BLE001 - non-DICOM files of the corpus
+                uid = None
+            response = http.post("/dicomweb/studies" + (f"/{uid}" if uid else ""),
+                                 content=_body(path.read_bytes()),
+                                 headers={**headers, "Content-Type": DICOM_MULTIPART})
+            seen.append(response.text)
+        client: Any = dicomweb(server, steward)
+        for study in client.search_for_studies(fields=["all"]):
+            seen.append(json.dumps(study))
+            uid = study["0020000D"]["Value"][0]
+            seen.append(json.dumps(client.retrieve_study_metadata(uid)))
+            seen.append(http.get(f"/dicomweb/studies/{uid}", headers=headers).content.decode(
+                "latin-1"))
+            seen.append(http.get(f"/dicomweb/studies/{uid}/thumbnail",
+                                 headers=headers).content.decode("latin-1"))
+        for kind in ("series", "instances"):
+            seen.append(http.get(f"/dicomweb/{kind}?includefield=all", headers=headers).text)
+    # What the server logged (not the test's own HTTP client, which logs the URLs it calls).
+    server_logs = [r.getMessage() for r in caplog.records
+                   if r.name.startswith(("lake", "uvicorn", "starlette"))]
+    assert any("POST /dicomweb/studies/{study}" in m for m in server_logs)
+    seen.extend(server_logs)
+    text = "\n".join(seen)
+    assert len(seen) > len(originals)
+    leaked = sorted(t for t in tokens if t in text)
+    assert leaked == []
+    assert UID_ROOT not in text
