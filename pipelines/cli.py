@@ -15,6 +15,7 @@ from pipelines.documents import attach_command, export_documents_command
 from pipelines.export import cohort_app, export_app
 from pipelines.net import pull_command, serve_app
 from pipelines.profiles import deid_command, profiles_app
+from pipelines.steward import forget_command
 from pipelines.web import serve_web, teaching_app, token_app
 
 app = typer.Typer(
@@ -44,6 +45,7 @@ serve_app.command("web")(serve_web)
 app.add_typer(token_app, name="token")
 app.add_typer(teaching_app, name="teaching")
 app.command("pull")(pull_command)
+app.command("forget")(forget_command)
 
 
 @app.command()

@@ -16,6 +16,7 @@ __all__ = [
     "BATCHES",
     "COHORTS",
     "DICOM_COLUMNS",
+    "ERASURES",
     "INSTANCES",
     "PULLS",
     "QUARANTINE",
@@ -270,6 +271,11 @@ COHORTS = Table(
         _c("instance_count", pa.int64(), "Number of member instances."),
         _c("pixel_bytes", pa.int64(), "Total stored pixel bytes of the members."),
         _c("profiles", pa.list_(pa.string()), "De-identification profiles of the members."),
+        _c(
+            "withdrawn",
+            pa.int64(),
+            "Members withdrawn by an erasure ('lake forget'); no longer exported.",
+        ),
     ),
 )
 
@@ -320,6 +326,41 @@ TEACHING_SETS = Table(
     ),
 )
 
+_VERSIONS = pa.struct(
+    [
+        pa.field("table", pa.string()),
+        pa.field("first", pa.int64()),
+        pa.field("last", pa.int64()),
+    ]
+)
+
+ERASURES = Table(
+    "erasures",
+    "One row per erasure ('lake forget'): what kind, how many, when, by whom; no identifier "
+    "of what was erased.",
+    (
+        _c("erasure_id", pa.string(), "Erasure identifier."),
+        _c("erased_at", pa.timestamp("us", tz="UTC"), "When the erasure finished."),
+        _c("erased_by", pa.string(), "The steward's account name (who ran 'lake forget')."),
+        _c("kind", pa.string(), "What was selected: patient, study or series."),
+        _c("instances", pa.int64(), "Instances erased."),
+        _c("series", pa.int64(), "Series erased in full."),
+        _c("studies", pa.int64(), "Studies erased in full."),
+        _c("blobs", pa.int64(), "Pixel blobs deleted (those no other instance shares)."),
+        _c("quarantined", pa.int64(), "Quarantined originals deleted."),
+        _c("spooled", pa.int64(), "Spooled received instances deleted."),
+        _c("cohorts", pa.int64(), "Saved cohorts whose members were withdrawn."),
+        _c("files", pa.int64(), "Table data files removed from every version."),
+        _c(
+            "unreadable",
+            pa.list_(_VERSIONS),
+            "Version ranges (inclusive) per table that can no longer be read: their data "
+            "files held erased rows ('--as-of' one of them names this erasure).",
+        ),
+        _c("catalog_version", pa.int64(), "The instances version after the erasure."),
+    ),
+)
+
 TABLES: tuple[Table, ...] = (
-    INSTANCES, BATCHES, QUARANTINE, COHORTS, PULLS, TOKENS, TEACHING_SETS
+    INSTANCES, BATCHES, QUARANTINE, COHORTS, PULLS, TOKENS, TEACHING_SETS, ERASURES
 )

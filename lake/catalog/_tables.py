@@ -17,7 +17,7 @@ from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from lake._errors import CatalogError
 from lake.catalog._retry import Backoff
-from lake.catalog._schema import TABLES, Table
+from lake.catalog._schema import ERASURES, TABLES, Table
 from lake.store import Location
 
 __all__ = ["DeltaTables", "Inserted", "Judged", "Plan", "arrow_dataset", "view_schema"]
@@ -114,8 +114,11 @@ class DeltaTables:
         Raises
         ------
         CatalogError
-            If the table or the version does not exist.
+            If the table or the version does not exist, or the version was erased
+            (``lake forget``: the message names the erasure).
         """
+        if version is not None:
+            self._check_not_erased(name, version)
         try:
             table = DeltaTable(self.uri(name), storage_options=self.storage_options)
             if version is not None:
@@ -132,6 +135,23 @@ class DeltaTables:
                 ) from None
             raise
         return table
+
+    def _check_not_erased(self, name: str, version: int) -> None:
+        if name == ERASURES.name or not self.exists(ERASURES.name):
+            return
+        records = self.dataset(ERASURES.name).to_table(
+            columns=["erasure_id", "erased_at", "unreadable"]
+        )
+        for record in records.to_pylist():
+            for span in record["unreadable"] or ():
+                if span["table"] == name and span["first"] <= version <= span["last"]:
+                    when = record["erased_at"].date().isoformat()
+                    raise CatalogError(
+                        f"catalog version {version} of table {name!r} was erased on {when} "
+                        f"(erasure {record['erasure_id']}, 'lake forget'): versions "
+                        f"{span['first']}-{span['last']} read data files that held withdrawn "
+                        f"instances; query version {span['last'] + 1} or later"
+                    )
 
     def dataset(self, name: str, version: int | None = None) -> ds.Dataset:
         """Table ``name`` (at ``version``) as an Arrow dataset that accepts pushed-down filters.
@@ -239,7 +259,14 @@ class DeltaTables:
                 # Files were removed (a delete, a compaction): judge everything again.
                 scanned, existing = set(), _concat(table, columns, [])
             fresh = [fragments[p] for p in sorted(fragments.keys() - scanned)]
-            found = _matching(fresh, table, columns, candidates.column(key))
+            try:
+                found = _matching(fresh, table, columns, candidates.column(key))
+            except (OSError, pa.ArrowInvalid) as exc:
+                # A file of this snapshot was removed meanwhile ('lake forget', 'lake vacuum'):
+                # a newer snapshot no longer reads it.
+                backoff.failed(exc)
+                scanned, existing = set(), _concat(table, columns, [])
+                continue
             existing = _concat(table, columns, [existing, found])
             scanned |= {f.path for f in fresh}
             held = pc.is_in(candidates.column(key), value_set=existing.column(key), skip_nulls=True)
@@ -292,6 +319,40 @@ class DeltaTables:
             except CommitFailedError as exc:
                 backoff.failed(exc)
             delta = self.open(table.name)
+
+    def replace_where(
+        self,
+        table: Table,
+        rows: Sequence[dict[str, Any]] | pa.Table,
+        predicate: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        """Replace the rows matching ``predicate`` by ``rows``, in one commit.
+
+        Every row of ``rows`` must match ``predicate``. Retried (bounded, with backoff)
+        when another writer's commit conflicts. Returns the version of the commit.
+        """
+        data = rows if isinstance(rows, pa.Table) else _table_of(table, rows)
+        backoff = Backoff(f"replacement in {table.name!r}")
+        while True:
+            delta = self.open(table.name)
+            if self._upgraded(delta, table):
+                continue
+            try:
+                write_deltalake(
+                    delta,
+                    data,
+                    mode="overwrite",
+                    predicate=predicate,
+                    commit_properties=CommitProperties(
+                        custom_metadata=dict(metadata) if metadata else None
+                    ),
+                )
+            except CommitFailedError as exc:
+                backoff.failed(exc)
+                continue
+            return int(delta.version())
 
     def delete(self, table: Table, predicate: str) -> int:
         """Delete the rows matching ``predicate`` (a Delta SQL predicate) in one commit.

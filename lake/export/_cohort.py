@@ -90,6 +90,8 @@ class Cohort:
         When it was saved (None for one-off cohorts).
     lake_version : str
         imaging-lake version that resolved it.
+    withdrawn : int
+        Members withdrawn by an erasure (``lake forget``) since it was saved.
     """
 
     name: str | None
@@ -101,6 +103,7 @@ class Cohort:
     description: str = ""
     created_at: dt.datetime | None = None
     lake_version: str = ""
+    withdrawn: int = 0
 
     @property
     def series(self) -> tuple[str, ...]:
@@ -251,6 +254,7 @@ def _row(cohort: Cohort) -> dict[str, Any]:
         "instance_count": len(cohort.members),
         "pixel_bytes": cohort.pixel_bytes,
         "profiles": list(cohort.profiles),
+        "withdrawn": cohort.withdrawn,
     }
 
 
@@ -268,6 +272,7 @@ def _from_row(row: dict[str, Any]) -> Cohort:
         description=row["description"] or "",
         created_at=row["created_at"],
         lake_version=row["lake_version"] or "",
+        withdrawn=int(row.get("withdrawn") or 0),
     )
 
 

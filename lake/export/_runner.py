@@ -478,6 +478,7 @@ def _manifest(
             "created_at": cohort.created_at.isoformat() if cohort.created_at else None,
             "series": len(cohort.series),
             "instances": len(cohort.members),
+            "withdrawn": cohort.withdrawn,
         },
         "options": spec.options,
         "plan_id": plan_id,

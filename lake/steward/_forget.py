@@ -1,0 +1,515 @@
+"""Erasure: withdraw a patient, a study or a series from the lake for good (``lake forget``).
+
+GDPR Art. 17 and the Common Rule let a patient withdraw: afterwards no byte of the withdrawn
+instances may remain anywhere in the lake. :func:`forget` therefore
+
+1. deletes their rows from the current version of ``instances`` (one commit, retried while
+   other writers commit);
+2. finds every data file on storage, of any version, that held one of their rows, and every
+   quarantined original and spooled received instance of theirs (decrypting originals with
+   the vault to read who they belong to);
+3. deletes their pixel blobs unless another instance (in any version, a spool or a cohort)
+   shares them; their quarantined originals, quarantine rows and spool entries;
+4. withdraws them from saved cohorts (the cohort keeps the rest and counts the withdrawn;
+   a cohort pinned to a version that can no longer be read is pinned to the first version
+   after the erasure);
+5. removes the data files that held them from every table's history and scrubs their
+   traces from the Delta logs (:mod:`lake.steward._history`); the versions that read those
+   files can no longer be read, and time travel to them names this erasure;
+6. records the erasure (kind, counts, when, by whom; no identifier) in ``erasures``.
+
+Every step is idempotent: if the command is interrupted, running it again finishes the job.
+New rows of the same patient committed while it runs (an ingest of their files) are deleted
+too, or the command stops and says so: stop sending their data first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import io
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lake._errors import CatalogError, ConfigError
+from lake.catalog import COHORTS, ERASURES, INSTANCES, QUARANTINE
+from lake.steward._history import (
+    ERASED,
+    erase_files,
+    live_files,
+    matching_rows,
+    unreadable_versions,
+)
+
+if TYPE_CHECKING:
+    from lake._lake import Lake
+    from lake.vault import Secret
+
+__all__ = ["ErasurePlan", "ErasureReport", "Target", "forget", "plan_forget", "target"]
+
+_KINDS = {"patient": "PatientID", "study": "StudyInstanceUID", "series": "SeriesInstanceUID"}
+_PSEUDONYM = re.compile(r"[0-9A-Fa-f]{1,64}|[A-Za-z0-9._-]{1,64}")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_SCANNED = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "pixel_hash")
+_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to erase: every instance whose ``column`` equals ``value`` (as stored)."""
+
+    kind: str
+    value: str
+
+    @property
+    def column(self) -> str:
+        return _KINDS[self.kind]
+
+    @property
+    def predicate(self) -> str:
+        return f"\"{self.column}\" = '{self.value}'"
+
+
+def target(
+    lake: Lake,
+    secret: Secret,
+    *,
+    patient: str | None = None,
+    study: str | None = None,
+    series: str | None = None,
+    original_patient_id: str | None = None,
+) -> Target:
+    """The :class:`Target` named by exactly one of the keyword arguments.
+
+    ``patient`` is the PatientID as stored in the lake (the pseudonym), ``study`` and
+    ``series`` the UIDs as stored; ``original_patient_id`` is resolved to the pseudonym
+    with the lake's keys (what ingest stores for it under the lake's default profile).
+
+    Raises
+    ------
+    ConfigError
+        If not exactly one is given, or the value is malformed.
+    """
+    given = {
+        k: v
+        for k, v in (
+            ("patient", patient),
+            ("study", study),
+            ("series", series),
+            ("original_patient_id", original_patient_id),
+        )
+        if v is not None
+    }
+    if len(given) != 1:
+        raise ConfigError(
+            "name exactly one of patient, study, series or original_patient_id to forget"
+        )
+    ((kind, value),) = given.items()
+    value = value.strip()
+    if kind == "original_patient_id":
+        if not value:
+            raise ConfigError("the original patient ID is empty")
+        return Target("patient", _Matcher(lake, secret).pseudonym(value))
+    pattern = _PSEUDONYM if kind == "patient" else _UID
+    if not pattern.fullmatch(value):
+        what = "a PatientID as stored in the lake" if kind == "patient" else "a DICOM UID"
+        raise ConfigError(f"the {kind} to forget must be {what}")
+    return Target(kind, value)
+
+
+class _Matcher:
+    """Who a quarantined original belongs to, in the lake's terms (needs the vault)."""
+
+    def __init__(self, lake: Lake, secret: Secret) -> None:
+        from lake.deid import Deidentifier, load_profile
+        from lake.ingest import quarantine_key
+
+        self.engine = Deidentifier(load_profile(lake.config.default_profile), secret)
+        self.key = quarantine_key(secret)
+
+    def pseudonym(self, original: str) -> str:
+        from pydicom.dataset import Dataset
+
+        ds = Dataset()
+        ds.PatientID = original
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+        ds.SOPInstanceUID = "1.2.3"
+        self.engine.apply(ds)
+        return str(ds.get("PatientID", ""))
+
+    def stored_values(self, sealed: bytes) -> dict[str, set[str]] | None:
+        """PatientID, StudyInstanceUID, SeriesInstanceUID of a sealed original, as stored."""
+        from pydicom import dcmread
+
+        from lake.ingest import decrypt
+
+        try:
+            ds = dcmread(io.BytesIO(decrypt(sealed, self.key)), force=True, stop_before_pixels=True)
+            values = {k: str(ds.get(k, "") or "").strip() for k in _KINDS.values()}
+        except Exception:  # noqa: BLE001 - a refused file may be anything: it belongs to no one
+            return None
+        out: dict[str, set[str]] = {}
+        for column, original in values.items():
+            if not original:
+                continue
+            if column == "PatientID":
+                out[column] = {original, self.pseudonym(original)}
+            else:
+                out[column] = {original, self.engine.uid(original)}
+        return out
+
+
+@dataclass
+class ErasurePlan:
+    """What :func:`forget` erases (a dry run shows it); counts only, no identifier."""
+
+    target: Target
+    instances: int = 0
+    series: int = 0
+    studies: int = 0
+    blobs: int = 0
+    quarantined: int = 0
+    spooled: int = 0
+    cohorts: int = 0
+    files: int = 0
+    live_instances: int = 0
+    # Private working sets (identifiers): used by forget, never shown or stored.
+    _rows: dict[str, pa.Table] = field(default_factory=dict, repr=False)
+    _tokens: set[str] = field(default_factory=set, repr=False)
+    _blobs: set[str] = field(default_factory=set, repr=False)
+    _sop_uids: set[str] = field(default_factory=set, repr=False)
+    _sealed: dict[str, str] = field(default_factory=dict, repr=False)  # sha256 -> object key
+    _spool: dict[str, list[Any]] = field(default_factory=dict, repr=False)
+    _cohorts: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    """What :func:`forget` did (also recorded in ``erasures``)."""
+
+    erasure_id: str
+    plan: ErasurePlan
+    unreadable: dict[str, list[tuple[int, int]]]
+    catalog_version: int
+
+
+def _equal(column: str, value: str) -> Any:
+    def match(rows: pa.Table) -> pa.Array:
+        return pc.fill_null(pc.equal(rows.column(column), value), False)
+
+    return match
+
+
+def plan_forget(lake: Lake, secret: Secret, chosen: Target) -> ErasurePlan:
+    """Find everything :func:`forget` would erase, changing nothing."""
+    plan = ErasurePlan(chosen)
+    tables = lake.tables
+    everything = matching_rows(
+        tables, INSTANCES, [*_SCANNED, "pixel_bytes"], lambda rows: pc.is_valid(rows.column(0))
+    )
+    gone_rows: list[pa.Table] = []
+    kept: dict[str, set[str]] = {c: set() for c in _SCANNED}
+    for path, rows in everything.items():
+        mask = _equal(chosen.column, chosen.value)(rows)
+        gone = rows.filter(mask)
+        if gone.num_rows:
+            plan._rows[path] = gone
+            gone_rows.append(gone)
+        rest = rows.filter(pc.invert(mask))
+        for column in _SCANNED:
+            kept[column].update(v for v in rest.column(column).to_pylist() if v is not None)
+    gone_all = pa.concat_tables(gone_rows) if gone_rows else None
+    values = {
+        c: {v for v in gone_all.column(c).to_pylist() if v is not None} if gone_all else set()
+        for c in _SCANNED
+    }
+    plan.instances = len(values["SOPInstanceUID"])
+    plan.files = len(plan._rows)
+    live = live_files(tables, INSTANCES)
+    plan.live_instances = len(
+        {
+            uid
+            for path, rows in plan._rows.items()
+            if path in live
+            for uid in rows.column("SOPInstanceUID").to_pylist()
+        }
+    )
+    series = values["SeriesInstanceUID"] - kept["SeriesInstanceUID"]
+    studies = values["StudyInstanceUID"] - kept["StudyInstanceUID"]
+    patients = values["PatientID"] - kept["PatientID"]
+    plan.series, plan.studies = len(series), len(studies)
+    spooled_blobs = _spooled(lake, chosen, plan, kept)
+    plan._sop_uids = values["SOPInstanceUID"]
+    plan._blobs = (values["pixel_hash"] | spooled_blobs) - kept["pixel_hash"]
+    plan.blobs = len(plan._blobs)
+    _quarantined(lake, secret, chosen, plan)
+    _spooled_rejections(lake, plan)
+    plan._tokens = (
+        values["SOPInstanceUID"]
+        | series
+        | studies
+        | patients
+        | plan._blobs
+        | {h.split(":", 1)[-1] for h in plan._blobs}
+        | set(plan._sealed)
+        | {chosen.value}
+    )
+    _cohorts(lake, values["SOPInstanceUID"], plan, gone_all)
+    return plan
+
+
+def _spooled(lake: Lake, chosen: Target, plan: ErasurePlan, kept: dict[str, set[str]]) -> set[str]:
+    """Spooled instances of the target (and the blobs they name); blobs others name are kept."""
+    from lake.ingest import Accepted
+    from lake.net._spool import Spool
+
+    blobs: set[str] = set()
+    for name in _spool_names(lake):
+        spool = Spool(lake.location, name)
+        matched = []
+        for entry in spool.entries():
+            outcome = entry.outcome
+            if isinstance(outcome, Accepted) and outcome.row.get(chosen.column) == chosen.value:
+                matched.append(entry)
+            elif isinstance(outcome, Accepted) and outcome.row.get("pixel_hash"):
+                kept["pixel_hash"].add(outcome.row["pixel_hash"])
+        if matched:
+            plan._spool[name] = matched
+            plan.spooled += len(matched)
+            for entry in matched:
+                outcome = entry.outcome
+                if isinstance(outcome, Accepted) and outcome.row.get("pixel_hash"):
+                    blobs.add(outcome.row["pixel_hash"])
+    return blobs
+
+
+def _spooled_rejections(lake: Lake, plan: ErasurePlan) -> None:
+    """Spooled quarantine records of the target's refused files (their originals are gone)."""
+    from lake.ingest import Rejected
+    from lake.net._spool import Spool
+
+    if not plan._sealed:
+        return
+    for name in list(_spool_names(lake)):
+        spool = Spool(lake.location, name)
+        matched = [
+            e
+            for e in spool.entries()
+            if isinstance(e.outcome, Rejected)
+            and e.outcome.record.get("source_sha256") in plan._sealed
+        ]
+        if matched:
+            plan._spool.setdefault(name, []).extend(matched)
+            plan.spooled += len(matched)
+
+
+def _spool_names(lake: Lake) -> list[str]:
+    try:
+        paths = lake.location.fs.ls(lake.location.join("spool"), detail=False)
+    except FileNotFoundError:
+        return []
+    return [str(p).rsplit("/", 1)[-1] for p in paths]
+
+
+def _quarantined(lake: Lake, secret: Secret, chosen: Target, plan: ErasurePlan) -> None:
+    fs = lake.location.fs
+    folder = lake.location.join("quarantine")
+    try:
+        paths = [str(p) for p in fs.ls(folder, detail=False) if str(p).endswith(".sealed")]
+    except FileNotFoundError:
+        return
+    matcher = _Matcher(lake, secret)
+    for path in paths:
+        with fs.open(path, "rb") as fh:
+            values = matcher.stored_values(fh.read())
+        if values is not None and chosen.value in values.get(chosen.column, set()):
+            name = path.rsplit("/", 1)[-1]
+            plan._sealed[name[: -len(".sealed")]] = f"quarantine/{name}"
+    plan.quarantined = len(plan._sealed)
+
+
+def _cohorts(lake: Lake, sop_uids: set[str], plan: ErasurePlan, gone: pa.Table | None) -> None:
+    if not sop_uids or not lake.tables.exists(COHORTS.name):
+        return
+    current = lake.tables.dataset(COHORTS.name).to_table().to_pylist()
+    sizes: dict[str, int] = {}
+    if gone is not None:
+        for uid, size in zip(
+            gone.column("SOPInstanceUID").to_pylist(),
+            gone.column("pixel_bytes").to_pylist(),
+            strict=True,
+        ):
+            sizes[uid] = int(size or 0)
+    for row in current:
+        members = row["members"] or []
+        kept = [m for m in members if m["SOPInstanceUID"] not in sop_uids]
+        if len(kept) == len(members):
+            continue
+        withdrawn = [m for m in members if m["SOPInstanceUID"] in sop_uids]
+        updated = dict(row)
+        updated["members"] = kept
+        updated["series"] = sorted({m["SeriesInstanceUID"] for m in kept})
+        updated["series_count"] = len(updated["series"])
+        updated["instance_count"] = len(kept)
+        updated["pixel_bytes"] = max(
+            0,
+            int(row["pixel_bytes"] or 0)
+            - sum(sizes.get(m["SOPInstanceUID"], 0) for m in withdrawn),
+        )
+        updated["withdrawn"] = int(row.get("withdrawn") or 0) + len(withdrawn)
+        plan._cohorts.append(updated)
+    plan.cohorts = len(plan._cohorts)
+
+
+def forget(lake: Lake, secret: Secret, chosen: Target, *, by: str | None = None) -> ErasureReport:
+    """Erase ``chosen`` from the lake for good; see the module documentation.
+
+    Raises
+    ------
+    CatalogError
+        If rows of the target keep being committed while it runs (stop the inflow and
+        re-run), or the logs cannot be scrubbed.
+    """
+    tables = lake.tables
+    plan = plan_forget(lake, secret, chosen)
+    for _ in range(_ATTEMPTS):
+        tables.delete(INSTANCES, chosen.predicate)
+        plan = plan_forget(lake, secret, chosen)
+        if plan.live_instances == 0:
+            break
+    else:
+        raise CatalogError(
+            "instances of what is being forgotten keep arriving (an ingest or a DICOM sender "
+            "is adding them); stop sending them and re-run 'lake forget'"
+        )
+    tokens = frozenset(plan._tokens)
+    _delete_blobs(lake, plan)
+    for name, entries in plan._spool.items():
+        from lake.net._spool import Spool
+
+        Spool(lake.location, name).remove(entries)
+    _withdraw_from_cohorts(lake, plan, tokens)
+    unreadable: dict[str, list[tuple[int, int]]] = {}
+    if plan._sealed:
+        listed = ", ".join(f"'{sha}'" for sha in sorted(plan._sealed))
+        tables.delete(QUARANTINE, f"source_sha256 IN ({listed})")
+        held = matching_rows(
+            tables,
+            QUARANTINE,
+            ["source_sha256"],
+            lambda rows: pc.is_in(rows.column(0), value_set=pa.array(sorted(plan._sealed))),
+        )
+        erase_files(tables, QUARANTINE, held, tokens)
+        for object_key in plan._sealed.values():
+            path = lake.location.join(object_key)
+            if lake.location.fs.exists(path):
+                lake.location.fs.rm_file(path)
+    erase_files(tables, INSTANCES, plan._rows, tokens)
+    for table in (INSTANCES, QUARANTINE, COHORTS):
+        if tables.exists(table.name):
+            unreadable[table.name] = unreadable_versions(tables, table)
+    version = int(tables.open(INSTANCES.name).version())
+    erasure_id = uuid.uuid4().hex
+    tables.append(
+        ERASURES,
+        [
+            {
+                "erasure_id": erasure_id,
+                "erased_at": dt.datetime.now(dt.UTC),
+                "erased_by": by or _account(),
+                "kind": chosen.kind,
+                "instances": plan.instances,
+                "series": plan.series,
+                "studies": plan.studies,
+                "blobs": plan.blobs,
+                "quarantined": plan.quarantined,
+                "spooled": plan.spooled,
+                "cohorts": plan.cohorts,
+                "files": plan.files,
+                "unreadable": [
+                    {"table": name, "first": first, "last": last}
+                    for name, spans in sorted(unreadable.items())
+                    for first, last in spans
+                ],
+                "catalog_version": version,
+            }
+        ],
+    )
+    lake.refresh()
+    return ErasureReport(erasure_id, plan, unreadable, version)
+
+
+def _account() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _delete_blobs(lake: Lake, plan: ErasurePlan) -> None:
+    for key in sorted(plan._blobs):
+        path = lake.blobs.path_of(key)
+        if lake.location.fs.exists(path):
+            lake.location.fs.rm_file(path)
+
+
+def _withdraw_from_cohorts(lake: Lake, plan: ErasurePlan, tokens: frozenset[str]) -> None:
+    tables = lake.tables
+    if not tables.exists(COHORTS.name):
+        return
+    if plan._cohorts:
+        version = int(tables.open(INSTANCES.name).version())
+        unreadable = _spans_after_erasure(lake, plan)
+        rows = []
+        for row in plan._cohorts:
+            updated = dict(row)
+            updated["query"] = _redacted(str(row["query"] or ""), tokens)
+            updated["description"] = _redacted(str(row["description"] or ""), tokens)
+            if any(first <= int(row["catalog_version"]) <= last for first, last in unreadable):
+                updated["catalog_version"] = version
+            rows.append(updated)
+        names = ", ".join("'" + str(r["name"]).replace("'", "''") + "'" for r in rows)
+        tables.replace_where(COHORTS, rows, f"name IN ({names})")
+    held = matching_rows(tables, COHORTS, ["name", "members"], _holding(plan._sop_uids))
+    erase_files(tables, COHORTS, held, tokens)
+
+
+def _holding(uids: set[str]) -> Any:
+    def match(rows: pa.Table) -> pa.Array:
+        flags = [
+            any(m["SOPInstanceUID"] in uids for m in members or [])
+            for members in rows.column("members").to_pylist()
+        ]
+        return pa.array(flags, pa.bool_())
+
+    return match
+
+
+def _spans_after_erasure(lake: Lake, plan: ErasurePlan) -> list[tuple[int, int]]:
+    """The instances versions that will be unreadable once the plan's files are gone."""
+    from lake.steward._history import _actions
+
+    files = set(plan._rows)
+    added: dict[str, int] = {}
+    spans: list[tuple[int, int]] = []
+    for version, action in _actions(lake.tables, INSTANCES):
+        add, remove = action.get("add"), action.get("remove")
+        if isinstance(add, dict):
+            added.setdefault(str(add["path"]), version)
+        if isinstance(remove, dict) and str(remove["path"]) in files:
+            start = added.get(str(remove["path"]))
+            if start is not None:
+                spans.append((start, version - 1))
+    return spans
+
+
+def _redacted(text: str, tokens: Iterable[str]) -> str:
+    from lake.steward._history import token_pattern
+
+    return token_pattern(tokens).sub(ERASED, text)

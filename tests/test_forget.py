@@ -1,0 +1,199 @@
+"""Erasure (issue 15.1): after 'lake forget' no byte of the withdrawn instances is anywhere in the
+lake, the other patients are untouched, and the erased versions say so."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+import lake
+from lake.ingest import Ingestor
+from lake.net._spool import Spool
+from tests.series import write_ct_series
+
+LAKE = str(Path(sys.executable).with_name("lake"))
+
+
+def _cli(root: Path, vault: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, LAKE_ROOT=str(root), LAKE_VAULT=str(vault))
+    return subprocess.run([LAKE, *args], env=env, capture_output=True, text=True)
+
+
+def _everything(root: Path) -> dict[str, str]:
+    """Every file of the lake as searchable text: raw bytes, and for Parquet files also their
+    decoded values and statistics (UIDs inside compressed pages are not in the raw bytes)."""
+    out: dict[str, str] = {}
+    for path in root.rglob("*"):
+        if not path.is_file():
+            continue
+        text = path.read_bytes().decode("latin-1")
+        if path.suffix == ".parquet":
+            table = pq.read_table(path)
+            text += json.dumps(table.to_pylist(), default=str)
+            meta = pq.ParquetFile(path).metadata
+            for g in range(meta.num_row_groups):
+                for c in range(meta.num_columns):
+                    stats = meta.row_group(g).column(c).statistics
+                    if stats is not None and stats.has_min_max:
+                        text += f"{stats.min!r}{stats.max!r}"
+        out[str(path.relative_to(root))] = text
+    return out
+
+
+def _rows(lk: lake.Lake, where: str) -> dict[str, tuple[str, bytes]]:
+    rows = lk.sql(f"SELECT SOPInstanceUID, header_dicom, pixel_hash FROM instances {where}")
+    return {
+        uid: (hashlib.sha256(header).hexdigest(), lk.blobs.get(blob))
+        for uid, header, blob in rows.fetchall()
+    }
+
+
+@pytest.fixture
+def populated(lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> dict[str, object]:
+    """Three patients in files shared between them, one refused and one spooled file of
+    the patient to forget, and a cohort holding members of two of them."""
+    inbox = tmp_path / "in"
+    for p in range(3):
+        # Slice i of every patient has the same pixels: blobs are shared, except slice 6.
+        count = 7 if p == 1 else 6
+        write_ct_series(inbox / f"p{p}", count, patient_id=f"PAT-{p}", patient_name=f"Doe^P{p}")
+    refused = dcmread(inbox / "p1" / "slice0000.dcm")
+    refused.BurnedInAnnotation = "YES"  # the basic profile refuses burned-in text
+    refused.SOPInstanceUID = generate_uid()
+    refused.save_as(inbox / "p1" / "burned.dcm")
+    # Batches of 4 over the three folders: data files mix patients.
+    lk.ingest([str(inbox)], vault=vault_dir, scheduler="sync", batch_size=4)
+    lk.refresh()
+    pseudonyms = dict(lk.sql("SELECT PatientID, count(*) FROM instances GROUP BY 1").fetchall())
+    assert len(pseudonyms) == 3 and lk.sql("SELECT count(*) FROM quarantine").fetchall() == [(1,)]
+    from lake.steward import target as resolve
+
+    target = resolve(lk, lk.secret(vault_dir), original_patient_id="PAT-1").value
+    assert target in pseudonyms
+    # A spooled (received, not yet committed) instance of the same patient.
+    ingestor = Ingestor(lk, lk.secret(vault_dir), source="dicom-store")
+    spooled = None
+    for folder in ("p0", "p1", "p2"):
+        first = dcmread(inbox / folder / "slice0001.dcm")
+        first.SOPInstanceUID = generate_uid()
+        path = tmp_path / f"spool-{folder}.dcm"
+        first.save_as(path)
+        outcome = ingestor.process(path.read_bytes())
+        entry = Spool(lk.location, "dicom-store").put(outcome)
+        if outcome.row["PatientID"] == target:  # type: ignore[union-attr]
+            spooled = entry
+    assert spooled is not None
+    lk.create_cohort("two", "SELECT * FROM instances WHERE InstanceNumber <= 3")
+    return {"target": target, "inbox": inbox}
+
+
+def test_forget_leaves_no_byte_and_touches_no_one_else(
+    lk: lake.Lake, lake_root: Path, vault_dir: Path, populated: dict[str, object], tmp_path: Path
+) -> None:
+    target = str(populated["target"])
+    before_version = lk.version
+    others_before = _rows(lk, f"WHERE PatientID <> '{target}'")
+    mine = lk.sql(
+        "SELECT SOPInstanceUID, SeriesInstanceUID, StudyInstanceUID, pixel_hash "
+        f"FROM instances WHERE PatientID = '{target}'"
+    ).fetchall()
+    shared = {
+        h
+        for (h,) in lk.sql(
+            f"SELECT pixel_hash FROM instances WHERE PatientID <> '{target}'"
+        ).fetchall()
+    }
+    tokens = {target} | {v for row in mine for v in row[:3]}
+    own_blobs = {row[3] for row in mine} - shared
+    tokens |= own_blobs | {b.split(":")[1] for b in own_blobs}
+    (sealed_sha,) = lk.sql("SELECT source_sha256 FROM quarantine").fetchall()[0]
+    tokens.add(sealed_sha)
+    spool_dir = lake_root / "spool" / "dicom-store"
+    assert len(list(spool_dir.glob("*.json"))) == 3
+    export_before = tmp_path / "before"
+    lk.export_dicom("SELECT * FROM instances WHERE PatientID <> '" + target + "'", export_before)
+
+    everywhere = "".join(_everything(lake_root).values())
+    assert {t for t in tokens if t in everywhere} == tokens  # the scan sees them before
+    dry = _cli(lake_root, vault_dir, "forget", "--patient", target)
+    assert dry.returncode == 0, dry.stderr
+    assert "would erase: 7 instances (1 whole series, 1 whole studies), 1 pixel blobs" in dry.stdout
+    assert "1 quarantined originals, 1 spooled instances; 1 cohorts" in dry.stdout
+    assert lk.sql("SELECT count(*) FROM instances").fetchall() == [(19,)]
+
+    done = _cli(lake_root, vault_dir, "forget", "--patient", target, "--yes", "--by", "steward")
+    assert done.returncode == 0, done.stderr
+    lk.refresh()
+
+    found = {
+        name: sorted(t for t in tokens if t in text)
+        for name, text in _everything(lake_root).items()
+    }
+    assert {n: t for n, t in found.items() if t} == {}
+    assert lk.sql("SELECT count(*) FROM instances").fetchall() == [(12,)]
+    assert _rows(lk, "") == others_before  # the other patients, byte for byte
+    assert all(lk.blobs.exists(h) for h in shared)
+    assert len(list(spool_dir.glob("*.json"))) == 2
+    assert lk.sql("SELECT count(*) FROM quarantine").fetchall() == [(0,)]
+    assert lk.verify().ok
+
+    record = lk.sql(
+        "SELECT kind, instances, series, studies, quarantined, spooled, cohorts, erased_by "
+        "FROM erasures"
+    ).fetchall()
+    assert record == [("patient", 7, 1, 1, 1, 1, 1, "steward")]
+    with pytest.raises(lake.LakeError, match=r"was erased on .*erasure [0-9a-f]{32}"):
+        lk.sql("SELECT count(*) FROM instances", as_of=before_version).fetchall()
+    refused = _cli(
+        lake_root, vault_dir, "sql", "SELECT 1 FROM instances", "--as-of", str(before_version)
+    )
+    assert refused.returncode == 1 and "was erased" in refused.stderr
+
+    cohort = lk.cohort("two")
+    assert cohort.withdrawn == 3 and len(cohort.members) == 6
+    summary = lk.export_dicom("two", tmp_path / "cohort")
+    manifest = json.loads((tmp_path / "cohort" / "manifest.json").read_text())
+    assert manifest["cohort"]["withdrawn"] == 3 and summary is not None
+    export_after = tmp_path / "after"
+    lk.export_dicom("SELECT * FROM instances", export_after)
+    before = {p.relative_to(export_before): p.read_bytes() for p in export_before.rglob("*.dcm")}
+    after = {p.relative_to(export_after): p.read_bytes() for p in export_after.rglob("*.dcm")}
+    assert before == after and len(after) == 12
+
+    again = _cli(lake_root, vault_dir, "forget", "--patient", target, "--yes")
+    assert again.returncode == 0 and "nothing to erase" in again.stdout
+
+
+def test_forget_by_original_patient_id_and_bad_values(
+    lk: lake.Lake, lake_root: Path, vault_dir: Path, populated: dict[str, object]
+) -> None:
+    from lake.steward import target
+
+    secret = lk.secret(vault_dir)
+    resolved = [target(lk, secret, original_patient_id=f"PAT-{p}").value for p in range(3)]
+    assert str(populated["target"]) in resolved
+    for args in (
+        ["--study", "1.2.x"],
+        ["--patient", "x' OR '1'='1"],
+        ["--patient", "A", "--study", "1.2"],
+        [],
+    ):
+        bad = _cli(lake_root, vault_dir, "forget", *args)
+        assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    series = lk.sql("SELECT min(SeriesInstanceUID) FROM instances").fetchall()[0][0]
+    done = _cli(lake_root, vault_dir, "forget", "--series", series, "--yes")
+    assert done.returncode == 0, done.stderr
+    lk.refresh()
+    assert lk.sql(
+        f"SELECT count(*) FROM instances WHERE SeriesInstanceUID = '{series}'"
+    ).fetchall() == [(0,)]
+    assert lk.verify().ok
