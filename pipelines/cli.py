@@ -16,7 +16,7 @@ from pipelines.export import cohort_app, export_app
 from pipelines.net import pull_command, serve_app
 from pipelines.profiles import deid_command, profiles_app
 from pipelines.steward import forget_command
-from pipelines.web import serve_web, teaching_app, token_app
+from pipelines.web import serve_web, teaching_app, token_app, viewer_app
 
 app = typer.Typer(
     rich_markup_mode=None,  # plain help: rich's renderer costs 0.2 s a run (issue 14.1)
@@ -44,6 +44,7 @@ app.add_typer(serve_app, name="serve")
 serve_app.command("web")(serve_web)
 app.add_typer(token_app, name="token")
 app.add_typer(teaching_app, name="teaching")
+app.add_typer(viewer_app, name="viewer")
 app.command("pull")(pull_command)
 app.command("forget")(forget_command)
 

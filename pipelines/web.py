@@ -1,4 +1,4 @@
-"""Web commands: ``lake serve web``, ``lake token``, ``lake teaching``.
+"""Web commands: ``lake serve web``, ``lake token``, ``lake teaching``, ``lake viewer``.
 
 Thin wrappers over :mod:`lake.web` and :mod:`lake.access`; signals and terminal output
 live here.
@@ -20,7 +20,7 @@ import typer
 from lake import ConfigError, VaultError
 from pipelines._common import LakeOption, VaultOption, err, open_lake, out, reported
 
-__all__ = ["serve_web", "teaching_app", "token_app"]
+__all__ = ["serve_web", "teaching_app", "token_app", "viewer_app"]
 
 
 def serve_web(
@@ -258,3 +258,45 @@ def teaching_list(lake_root: LakeOption = None) -> None:
     with reported():
         for name in teaching_sets(open_lake(lake_root)):
             print(name)
+
+
+# --- viewer ------------------------------------------------------------------------
+
+viewer_app = typer.Typer(
+    name="viewer",
+    help="The OHIF viewer served by 'lake serve web' at /viewer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@viewer_app.command("install")
+def viewer_install(
+    lake_root: LakeOption = None,
+    dest: Annotated[
+        Path | None,
+        typer.Option("--dest", help="Viewer folder. Default: <lake>/viewer (what the server reads)."),
+    ] = None,
+    version: Annotated[str, typer.Option("--version", help="@ohif/app version.")] = "3.13.2",
+    tarball: Annotated[
+        Path | None,
+        typer.Option("--tarball", help="An already downloaded ohif-app-*.tgz (no npm needed)."),
+    ] = None,
+) -> None:
+    """Fetch OHIF v3 from npm (npm pack @ohif/app) and configure it for this lake's DICOMweb."""
+    from lake.web._viewer import install_viewer
+
+    with reported():
+        folder = dest
+        if folder is None:
+            lk = open_lake(lake_root)
+            if not lk.location.is_local:
+                raise ConfigError("the lake is not a local folder: pass --dest and give the same "
+                                  "folder to 'lake serve web --viewer-dir'")
+            folder = Path(lk.location.path) / "viewer"
+        err.print(f"fetching @ohif/app {version}" + (" from npm" if tarball is None else ""))
+        done = install_viewer(folder, version=version, tarball=tarball)
+        out.print(f"OHIF {version} installed in {done}; 'lake serve web' serves it at /viewer",
+                  highlight=False, soft_wrap=True)
+

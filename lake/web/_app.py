@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -39,11 +40,12 @@ from lake.web._errors import (
     UnavailableError,
     UnsupportedMediaError,
 )
-from lake.web._guard import check_guarded, route
+from lake.web._guard import check_guarded, mount, route
 from lake.web._json import json_response
 from lake.web._multipart import MalformedMultipartError
 from lake.web._qido import qido_routes
 from lake.web._stow import make_store, stow_routes
+from lake.web._viewer import SpaFiles, viewer_entry, viewer_missing, viewer_ready
 from lake.web._views import Views
 from lake.web._wado import wado_routes
 
@@ -169,13 +171,26 @@ async def _ping(request: Request, grant: Grant) -> Response:
     return json_response(request, {"status": "ok"})
 
 
-def build_routes(config: WebConfig) -> list[BaseRoute]:
+def build_routes(config: WebConfig, viewer_dir: Path | None = None) -> list[BaseRoute]:
     """Every route of the application (each guarded)."""
     routes: list[BaseRoute] = [route("/healthz", _ping, Permission.PUBLIC)]
     routes += qido_routes(PREFIX)
     routes += wado_routes(PREFIX)
     routes += stow_routes(PREFIX)
+    routes.append(route("/viewer", viewer_entry, Permission.READ))
+    files: ASGIApp = (
+        SpaFiles(directory=viewer_dir, html=True, check_dir=False) if viewer_ready(viewer_dir) else
+        viewer_missing
+    )
+    routes.append(mount("/viewer", files, Permission.PUBLIC, name="viewer"))
     return routes
+
+
+def default_viewer_dir(lake: Lake, config: WebConfig) -> Path | None:
+    """The configured viewer folder, else ``<lake>/viewer`` for a local lake."""
+    if config.viewer_dir is not None:
+        return config.viewer_dir
+    return Path(lake.location.path) / "viewer" if lake.location.is_local else None
 
 
 def create_app(
@@ -205,7 +220,7 @@ def create_app(
         If a route is not guarded.
     """
     settings = config or WebConfig()
-    routes = build_routes(settings) + list(extra_routes)
+    routes = build_routes(settings, default_viewer_dir(lake, settings)) + list(extra_routes)
     check_guarded(routes)
 
     @contextlib.asynccontextmanager
