@@ -98,3 +98,69 @@ def test_ohif_shows_the_study_list_and_renders_a_ct(tmp_path: Path) -> None:
             assert http.get(f"/dicomweb/studies/{other}/metadata").status_code == 404
     finally:
         driver.quit()  # type: ignore[attr-defined]
+
+
+def _package(path: Path, extra: dict[str, bytes] | None = None) -> Path:
+    import tarfile
+
+    files = {
+        "package/dist/index.html": b'<script>window.PUBLIC_URL="/"</script>'
+        b'<script rel="preload" as="script" type="module" src="/init-service-worker.js"></script>'
+        b'<script defer src="/app.bundle.1.js"></script><link href="/app.bundle.css">',
+        "package/dist/app.bundle.1.js": b'__webpack_require__.p = "/";',
+        "package/dist/app.bundle.css": b"@font-face{src:url(/f.woff2)}",
+        "package/dist/sw.js": b"",
+        **(extra or {}),
+    }
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_viewer_install_moves_the_viewer_below_viewer(tmp_path: Path) -> None:
+    from lake.web._viewer import install_viewer
+
+    folder = install_viewer(tmp_path / "viewer", tarball=_package(tmp_path / "ohif.tgz"))
+    assert viewer_ready(folder)
+    index = (folder / "index.html").read_text()
+    assert 'window.PUBLIC_URL="/viewer/"' in index and 'src="/viewer/app.bundle.1.js"' in index
+    assert "init-service-worker" not in index and not (folder / "sw.js").exists()
+    assert (folder / "app.bundle.1.js").read_text() == '__webpack_require__.p = "/viewer/";'
+    assert "url(/viewer/f.woff2)" in (folder / "app.bundle.css").read_text()
+    assert "/dicomweb" in (folder / "app-config.js").read_text()
+    # Installing again replaces the folder.
+    install_viewer(folder, tarball=_package(tmp_path / "again.tgz"))
+    assert viewer_ready(folder)
+
+
+def test_viewer_install_refuses_other_packages(tmp_path: Path) -> None:
+    from lake import ConfigError
+    from lake.web._viewer import install_viewer
+
+    evil = _package(tmp_path / "evil.tgz", {"package/dist/../../../escape.txt": b"x"})
+    with pytest.raises(ConfigError):
+        install_viewer(tmp_path / "viewer", tarball=evil)
+    assert not (tmp_path.parent / "escape.txt").exists()
+    with pytest.raises(ConfigError, match="version"):
+        install_viewer(tmp_path / "viewer", version="1; rm -rf /")
+
+
+def test_viewer_link_sets_a_read_only_cookie(tmp_path: Path) -> None:
+    web = build_web_lake(tmp_path, slices=1)
+    with serving(web) as (_server, http):
+        token = web.tokens["researcher"]
+        response = http.get("/viewer", params={"token": token,
+                                               "StudyInstanceUIDs": web.uids["a"][0]})
+        assert response.status_code == 303
+        assert response.headers["location"] == (
+            f"/viewer/viewer?StudyInstanceUIDs={web.uids['a'][0]}")
+        cookie = response.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+        odd = http.get("/viewer", params={"token": token, "StudyInstanceUIDs": "//evil.example"})
+        assert odd.headers["location"] == "/viewer/"
+        assert http.get("/viewer", params={"token": "lake_bad"}).status_code == 401
+        missing = http.get("/viewer/")  # not installed here: a clear 404, no data
+        assert missing.status_code == 404 and "lake viewer install" in missing.text
