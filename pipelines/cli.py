@@ -15,7 +15,7 @@ from pipelines.documents import attach_command, export_documents_command
 from pipelines.export import cohort_app, export_app
 from pipelines.net import pull_command, serve_app
 from pipelines.profiles import deid_command, profiles_app
-from pipelines.steward import forget_command
+from pipelines.steward import forget_command, quarantine_app
 from pipelines.web import serve_web, teaching_app, token_app, viewer_app
 
 app = typer.Typer(
@@ -47,6 +47,7 @@ app.add_typer(teaching_app, name="teaching")
 app.add_typer(viewer_app, name="viewer")
 app.command("pull")(pull_command)
 app.command("forget")(forget_command)
+app.add_typer(quarantine_app, name="quarantine")
 
 
 @app.command()

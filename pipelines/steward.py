@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import enum
+import json
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from pipelines._common import LakeOption, VaultOption, err, open_lake, out, reported
+from pipelines._common import (
+    EXIT_QUARANTINED,
+    LakeOption,
+    VaultOption,
+    err,
+    open_lake,
+    out,
+    reported,
+)
 
-__all__ = ["forget_command"]
+__all__ = ["forget_command", "quarantine_app"]
 
 
 def forget_command(
@@ -92,3 +105,163 @@ def _show(plan: object, verb: str) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+quarantine_app = typer.Typer(
+    help="Review quarantined files: list, show, release, export, purge, locate.",
+    no_args_is_help=True,
+)
+
+
+class ListFormat(enum.StrEnum):
+    table = "table"
+    json = "json"
+
+
+IdArgument = Annotated[
+    str, typer.Argument(help="The file's ID (its sha256; 8+ leading digits are enough).")
+]
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    lake_root: LakeOption = None,
+    reason: Annotated[str | None, typer.Option(help="Only files of this reason code.")] = None,
+    fmt: Annotated[ListFormat, typer.Option("--format", "-f", help="Output format.")] = (
+        ListFormat.table
+    ),
+) -> None:
+    """One line per quarantined file: ID, reason, size, when, batch (no path, no value)."""
+    from lake.steward import list_quarantine
+
+    with reported():
+        entries = list_quarantine(open_lake(lake_root), reason)
+    if fmt is ListFormat.json:
+        rows = [
+            {
+                "id": e.id or None,
+                "reason": e.reason,
+                "message": e.message,
+                "size_bytes": e.size_bytes,
+                "quarantined_at": e.quarantined_at.isoformat() if e.quarantined_at else None,
+                "batch_id": e.batch_id,
+                "sealed": e.sealed,
+            }
+            for e in entries
+        ]
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    table = Table(title=f"{len(entries)} quarantined file(s)")
+    for column in ("id", "reason", "size", "when", "batch", "sealed"):
+        table.add_column(column, overflow="fold")
+    for e in entries:
+        table.add_row(
+            e.id[:16] if e.id else "-",
+            e.reason,
+            "" if e.size_bytes is None else f"{e.size_bytes:,}",
+            e.quarantined_at.strftime("%Y-%m-%d %H:%M") if e.quarantined_at else "",
+            (e.batch_id or "")[:12],
+            "yes" if e.sealed else "no",
+        )
+    out.print(table)
+
+
+@quarantine_app.command("show")
+def quarantine_show(
+    ident: IdArgument,
+    lake_root: LakeOption = None,
+    vault: VaultOption = None,
+    show_values: Annotated[
+        bool,
+        typer.Option("--show-values", help="Show the original values (identifying: steward only)."),
+    ] = False,
+) -> None:
+    """The header of a quarantined original, decrypted with the vault; values masked by default."""
+    from lake.steward import show
+
+    with reported():
+        lk = open_lake(lake_root)
+        entry, lines = show(lk, lk.secret(vault), ident, show_values=show_values)
+    out.print(f"{entry.id}  {entry.reason}: {entry.message}", highlight=False, soft_wrap=True)
+    if not lines:
+        out.print("(not a readable DICOM header)", highlight=False)
+    for line in lines:
+        out.print(
+            f"{'  ' * line.depth}{line.tag} {line.keyword or '?'} {line.vr} {line.value}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+@quarantine_app.command("release")
+def quarantine_release(
+    ident: IdArgument,
+    profile: Annotated[str, typer.Option(help="Profile to re-run it through (name or file).")],
+    lake_root: LakeOption = None,
+    vault: VaultOption = None,
+) -> None:
+    """Re-run a quarantined original through a profile: it lands, or stays with the new reason.
+
+    Exit code 3 when it stays quarantined.
+    """
+    from lake.steward import release
+
+    with reported():
+        lk = open_lake(lake_root)
+        result = release(lk, lk.secret(vault), ident, profile)
+    if result.outcome == "quarantined":
+        err.print(f"{result.entry.id[:16]} stays quarantined: {result.reason}", highlight=False)
+        raise typer.Exit(EXIT_QUARANTINED)
+    out.print(
+        f"{result.entry.id[:16]} {result.outcome} (catalog version {result.catalog_version})",
+        highlight=False,
+    )
+
+
+@quarantine_app.command("export")
+def quarantine_export(
+    ident: IdArgument,
+    output: Annotated[Path, typer.Option("--out", help="Folder outside the lake.")],
+    lake_root: LakeOption = None,
+    vault: VaultOption = None,
+) -> None:
+    """Write the decrypted original of a quarantined file to a folder (for the steward)."""
+    from lake.steward import export_original
+
+    with reported():
+        lk = open_lake(lake_root)
+        path = export_original(lk, lk.secret(vault), ident, output)
+    out.print(f"written: {path}", highlight=False, soft_wrap=True)
+
+
+@quarantine_app.command("purge")
+def quarantine_purge(
+    idents: Annotated[list[str] | None, typer.Argument(help="IDs of the files to discard.")] = None,
+    lake_root: LakeOption = None,
+    reason: Annotated[
+        str | None, typer.Option(help="Discard every file quarantined for this reason.")
+    ] = None,
+) -> None:
+    """Discard quarantined files for good: their rows and sealed originals."""
+    from lake.steward import purge
+
+    with reported():
+        count = purge(open_lake(lake_root), idents or [], reason=reason)
+    out.print(f"purged {count} quarantined file(s)", highlight=False)
+
+
+@quarantine_app.command("locate")
+def quarantine_locate(
+    sources: Annotated[list[Path], typer.Argument(help="Local files and folders to look up.")],
+    lake_root: LakeOption = None,
+) -> None:
+    """Which of these local files are quarantined (by content hash; the lake stores no path)."""
+    from lake.steward import locate
+
+    with reported():
+        found = list(locate(open_lake(lake_root), [str(s) for s in sources]))
+    for path, entry in found:  # paths as the steward typed them; one line each, tab-separated
+        sys.stdout.write(f"{path}\t{entry.id[:16]}\t{entry.reason}\n")
+    if not found:
+        err.print("none of these files is quarantined", highlight=False)

@@ -20,11 +20,11 @@ from lake.store import BlobStore, flush
 if TYPE_CHECKING:
     from lake.ingest._run import Ingestor
 
-__all__ = ["UID_CONFLICT", "BatchResult", "Original", "commit_batch"]
+__all__ = ["CONFLICT_MESSAGE", "UID_CONFLICT", "BatchResult", "Original", "commit_batch"]
 
 KEY = "SOPInstanceUID"
 UID_CONFLICT = "uid_conflict"
-_CONFLICT_MESSAGE = (
+CONFLICT_MESSAGE = (
     "another instance with this SOP Instance UID is already in the lake and differs from "
     "this one (header or pixel values); the first one is kept"
 )
@@ -174,7 +174,7 @@ class _Sealer:
     def _seal(self, index: int) -> dict[str, Any]:
         data = self._original(index)
         digest = object_key = None
-        message = _CONFLICT_MESSAGE
+        message = CONFLICT_MESSAGE
         if data is None:
             message += " (the original could not be read again, so it was not kept)"
         else:

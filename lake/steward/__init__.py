@@ -1,5 +1,32 @@
 """The steward's lifecycle of a lake: erasure (``lake forget``), quarantine review, maintenance."""
 
 from lake.steward._forget import ErasurePlan, ErasureReport, Target, forget, plan_forget, target
+from lake.steward._quarantine import (
+    HeaderLine,
+    QuarantineEntry,
+    Release,
+    export_original,
+    list_quarantine,
+    locate,
+    purge,
+    release,
+    show,
+)
 
-__all__ = ["ErasurePlan", "ErasureReport", "Target", "forget", "plan_forget", "target"]
+__all__ = [
+    "ErasurePlan",
+    "ErasureReport",
+    "HeaderLine",
+    "QuarantineEntry",
+    "Release",
+    "Target",
+    "export_original",
+    "forget",
+    "list_quarantine",
+    "locate",
+    "plan_forget",
+    "purge",
+    "release",
+    "show",
+    "target",
+]
