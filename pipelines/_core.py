@@ -88,6 +88,7 @@ def _summary(summary: IngestSummary) -> Table:
         ("duplicates", f"{summary.duplicates:,}"),
         ("quarantined", f"{summary.quarantined:,}"),
         ("  of which uid conflicts", f"{summary.conflicts:,}"),
+        ("replaced (re-profiled)", f"{summary.replaced:,}"),
         ("skipped", f"{sum(summary.sources.skipped.values()):,}"),
         ("bytes read", f"{mb:,.1f} MB"),
         ("new pixel blobs", f"{summary.blobs_written:,}"),
@@ -161,6 +162,15 @@ def ingest(
     ] = False,
     follow_symlinks: Annotated[
         bool, typer.Option("--follow-symlinks", help="Walk links to folders (each folder once).")
+    ] = False,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Re-profile: replace the rows of instances already in the lake that were "
+            "de-identified otherwise, in a new catalog version (older versions and cohorts "
+            "keep the old rows).",
+        ),
     ] = False,
     max_file_mb: Annotated[
         float | None,
@@ -249,6 +259,7 @@ def ingest(
                 limits=limits,
                 strict=strict,
                 follow_symlinks=follow_symlinks,
+                replace=replace,
             )
         err.print(_summary(summary))
         _report_missing(summary, typed)

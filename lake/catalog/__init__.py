@@ -18,7 +18,7 @@ from lake.catalog._schema import (
     Column,
     Table,
 )
-from lake.catalog._tables import DeltaTables, Inserted, Judged, arrow_dataset
+from lake.catalog._tables import Decision, DeltaTables, Inserted, Judged, arrow_dataset
 
 if TYPE_CHECKING:
     from lake.catalog._extract import dicom_values
@@ -37,6 +37,7 @@ __all__ = [
     "BatchJournal",
     "Catalog",
     "Column",
+    "Decision",
     "DeltaTables",
     "Inserted",
     "Judged",

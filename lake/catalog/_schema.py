@@ -214,6 +214,12 @@ BATCHES = Table(
         _c("blobs_written", pa.int64(), "New pixel blobs written."),
         _c("actions", pa.map_(pa.string(), pa.int64()), "Count of each de-identification action."),
         _c("catalog_version", pa.int64(), "The instances table version this batch committed."),
+        _c(
+            "replaced",
+            pa.int64(),
+            "Instances whose rows this batch replaced ('lake ingest --replace': same object, "
+            "another profile); their earlier rows stay in older versions.",
+        ),
     ),
 )
 
@@ -301,7 +307,11 @@ TOKENS = Table(
     "One row per access token of the web services (the token itself is never stored).",
     (
         _c("token_id", pa.string(), "Public identifier of the token (shown by 'lake token list')."),
-        _c("token_sha256", pa.string(), "sha256 (hex) of the whole token text; the token is shown once."),
+        _c(
+            "token_sha256",
+            pa.string(),
+            "sha256 (hex) of the whole token text; the token is shown once.",
+        ),
         _c("role", pa.string(), "steward, researcher or student."),
         _c(
             "cohorts",
@@ -362,5 +372,12 @@ ERASURES = Table(
 )
 
 TABLES: tuple[Table, ...] = (
-    INSTANCES, BATCHES, QUARANTINE, COHORTS, PULLS, TOKENS, TEACHING_SETS, ERASURES
+    INSTANCES,
+    BATCHES,
+    QUARANTINE,
+    COHORTS,
+    PULLS,
+    TOKENS,
+    TEACHING_SETS,
+    ERASURES,
 )

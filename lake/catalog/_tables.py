@@ -20,7 +20,15 @@ from lake.catalog._retry import Backoff
 from lake.catalog._schema import ERASURES, TABLES, Table
 from lake.store import Location
 
-__all__ = ["DeltaTables", "Inserted", "Judged", "Plan", "arrow_dataset", "view_schema"]
+__all__ = [
+    "Decision",
+    "DeltaTables",
+    "Inserted",
+    "Judged",
+    "Plan",
+    "arrow_dataset",
+    "view_schema",
+]
 
 # Cohorts promise byte-identical exports years later: every catalog version must stay
 # readable. delta-rs would otherwise drop log entries older than 30 days at checkpoints.
@@ -235,8 +243,10 @@ class DeltaTables:
         plan : callable, optional
             Called with each :class:`Judged` snapshot; returns the rows to append (a
             subset of :attr:`Judged.new`) and commit metadata to store atomically with
-            them (e.g. a journal of the batch). Called again after a lost race, so it
-            must not have lasting effects that a second call would repeat wrongly.
+            them (e.g. a journal of the batch), or a :class:`Decision` that also
+            replaces stored rows (their keys in ``replace``, their new rows among the
+            rows). Called again after a lost race, so it must not have lasting effects
+            that a second call would repeat wrongly.
         commit_empty : bool
             Commit (with the metadata) even when no row is new.
 
@@ -271,11 +281,17 @@ class DeltaTables:
             scanned |= {f.path for f in fresh}
             held = pc.is_in(candidates.column(key), value_set=existing.column(key), skip_nulls=True)
             judged = Judged(candidates.filter(pc.invert(held)), existing, read)
-            append, metadata = plan(judged) if plan is not None else (judged.new, None)
+            decided = plan(judged) if plan is not None else (judged.new, None)
+            decision = decided if isinstance(decided, Decision) else Decision(*decided)
+            append, metadata = decision.rows, decision.metadata
             if append.num_rows == 0 and not commit_empty:
                 return Inserted(append, read, committed=False)
+            replace = None
+            if decision.replace:
+                listed = ", ".join("'" + k.replace("'", "''") + "'" for k in decision.replace)
+                replace = f"{key} IN ({listed})"
             try:
-                version = self._write(delta, append, metadata, exclusive=True)
+                version = self._write(delta, append, metadata, exclusive=True, replace=replace)
             except CommitFailedError as exc:
                 backoff.failed(exc)
                 continue
@@ -381,23 +397,26 @@ class DeltaTables:
         metadata: Mapping[str, str] | None,
         *,
         exclusive: bool,
+        replace: str | None = None,
     ) -> int:
         """Append ``data`` through ``delta`` and return the version this very commit made.
 
-        The version is read from the table object the commit went through (deltalake
-        advances it to the commit's version), never from ``history()``: deltalake
-        numbers history entries from the version the table was opened at, so any commit
-        that lands after the open shifts every number by one.
+        With ``replace`` (a predicate every row of ``data`` matches), the rows matching it
+        are removed in the same commit. The version is read from the table object the
+        commit went through (deltalake advances it to the commit's version), never from
+        ``history()``: deltalake numbers history entries from the version the table was
+        opened at, so any commit that lands after the open shifts every number by one.
         """
-        write_deltalake(
-            delta,
-            data,
-            mode="append",
-            commit_properties=CommitProperties(
-                custom_metadata=dict(metadata) if metadata else None,
-                max_commit_retries=0 if exclusive else None,
-            ),
+        properties = CommitProperties(
+            custom_metadata=dict(metadata) if metadata else None,
+            max_commit_retries=0 if exclusive else None,
         )
+        if replace is None:
+            write_deltalake(delta, data, mode="append", commit_properties=properties)
+        else:
+            write_deltalake(
+                delta, data, mode="overwrite", predicate=replace, commit_properties=properties
+            )
         return int(delta.version())
 
 
@@ -420,7 +439,26 @@ class Judged:
     read_version: int
 
 
-Plan = Callable[[Judged], tuple[pa.Table, Mapping[str, str] | None]]
+@dataclass(frozen=True)
+class Decision:
+    """What a :data:`Plan` decides for one judged snapshot.
+
+    Attributes
+    ----------
+    rows : pyarrow.Table
+        The rows to commit: new keys, and the new rows of replaced keys.
+    metadata : mapping, optional
+        Commit metadata stored atomically with them (e.g. a batch journal).
+    replace : sequence of str
+        Keys whose stored rows the commit removes (their new rows are in ``rows``).
+    """
+
+    rows: pa.Table
+    metadata: Mapping[str, str] | None = None
+    replace: Sequence[str] = ()
+
+
+Plan = Callable[[Judged], "tuple[pa.Table, Mapping[str, str] | None] | Decision"]
 
 
 @dataclass(frozen=True)

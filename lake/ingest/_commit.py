@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from lake.catalog import INSTANCES, BatchJournal, Judged, record_batch
+from lake.catalog import INSTANCES, BatchJournal, Decision, Judged, record_batch
 from lake.ingest._identity import COMPARED_COLUMNS, identity_sha256, same_object
 from lake.ingest._instance import Accepted, Outcome
 from lake.ingest._quarantine import store_rejected
@@ -46,6 +46,7 @@ class _Counts:
     duplicates: int = 0
     quarantined: int = 0
     conflicts: int = 0
+    replaced: int = 0
     bytes_in: int = 0
     blobs_written: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
@@ -59,6 +60,8 @@ class BatchResult(_Counts):
     ``conflicts`` counts instances quarantined as ``uid_conflict`` (also counted in
     ``quarantined`` and ``reasons``): a different object already held their SOP
     Instance UID. ``duplicates`` are the same objects again (in any transfer syntax).
+    ``replaced`` counts stored rows this batch replaced (``replace``: the same object
+    de-identified under another profile); they are not counted as duplicates.
     """
 
     batch_id: str = ""
@@ -70,6 +73,8 @@ def commit_batch(
     outcomes: Sequence[Outcome],
     started_at: dt.datetime,
     originals: Sequence[Original | None] | None,
+    *,
+    replace: bool = False,
 ) -> BatchResult:
     """Commit ``outcomes`` as one batch; see :meth:`lake.ingest.Ingestor.commit`."""
     lake = ingestor.lake
@@ -107,9 +112,10 @@ def commit_batch(
 
         return read
 
-    def plan(judged: Judged) -> tuple[pa.Table, dict[str, str]]:
+    def plan(judged: Judged) -> Decision:
         stored = {row[KEY]: row for row in judged.existing.to_pylist()}
         conflicts: list[int] = []
+        replacing: list[dict[str, Any]] = []
         duplicates = 0
         for position, (index, row) in enumerate(accepted):
             key = row[KEY]
@@ -120,18 +126,26 @@ def commit_batch(
             else:
                 reference = accepted[first[key]][1]
                 columns = _columns_of(reference)
-            if same_object(row, reference, blobs, columns):
-                duplicates += 1
-            else:
+            if not same_object(row, reference, blobs, columns):
                 conflicts.append(index)
+            elif replace and key in stored and first[key] == position and _differs(row, reference):
+                replacing.append(row)
+            else:
+                duplicates += 1
         records = rejected + [sealer.record(index) for index in conflicts]
         batch.ingested = judged.new.num_rows
         batch.duplicates = duplicates
+        batch.replaced = len(replacing)
         batch.conflicts = len(conflicts)
         batch.quarantined = len(records)
         batch.reasons = Counter(record["reason"] for record in records)
         journal[:] = [BatchJournal(ingestor.batch_row(batch, started_at), records)]
-        return judged.new, journal[0].encode()
+        rows = judged.new
+        if replacing:
+            rows = pa.concat_tables(
+                [rows, pa.Table.from_pylist(replacing, schema=INSTANCES.schema)]
+            )
+        return Decision(rows, journal[0].encode(), tuple(r[KEY] for r in replacing))
 
     result = lake.tables.insert_new(
         INSTANCES, candidates, key=KEY, fetch=COMPARED_COLUMNS, plan=plan, commit_empty=True
@@ -141,6 +155,14 @@ def commit_batch(
     written.batch["catalog_version"] = result.version
     record_batch(lake.tables, written)
     return batch
+
+
+def _differs(row: dict[str, Any], stored: dict[str, Any]) -> bool:
+    """Whether a stored row of the same object was de-identified otherwise (profile, header)."""
+    return bool(
+        row.get("profile_sha256") != stored.get("profile_sha256")
+        or row.get("identity_sha256") != stored.get("identity_sha256")
+    )
 
 
 def _columns_of(row: dict[str, Any]) -> Callable[[tuple[str, ...]], dict[str, Any]]:

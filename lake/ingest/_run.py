@@ -74,6 +74,7 @@ class IngestSummary(_Counts):
             "duplicates",
             "quarantined",
             "conflicts",
+            "replaced",
             "bytes_in",
             "blobs_written",
         ):
@@ -104,6 +105,12 @@ class Ingestor:
         The de-identification profile (default: the lake's default profile).
     source : str
         Recorded in the ``batches`` table: ``ingest``, ``dicom-store``, ``pull``.
+    limits : ReadLimits, optional
+        Bounds on what is read.
+    replace : bool
+        Replace the stored rows of instances committed again when they were de-identified
+        otherwise (another profile): a new catalog version; older versions keep the old
+        rows. Off: such instances are duplicates.
     """
 
     def __init__(
@@ -113,9 +120,11 @@ class Ingestor:
         profile: str | Profile | None = None,
         source: str = "ingest",
         limits: ReadLimits | None = None,
+        replace: bool = False,
     ) -> None:
         self.lake = lake
         self.source = source
+        self.replace = replace
         chosen = profile if profile is not None else lake.config.default_profile
         self.profile = chosen if isinstance(chosen, Profile) else load_profile(chosen)
         self.context = IngestContext(
@@ -158,7 +167,9 @@ class Ingestor:
             only for a UID conflict, to seal the original in quarantine (front doors that
             cannot read it again pass None: the conflict is recorded, unsealed).
         """
-        return commit_batch(self, outcomes, started_at or _now(), originals)
+        return commit_batch(
+            self, outcomes, started_at or _now(), originals, replace=self.replace
+        )
 
     def batch_row(self, batch: BatchResult, started_at: dt.datetime) -> dict[str, Any]:
         """The ``batches`` row of ``batch`` (its catalog_version set once committed)."""
@@ -178,6 +189,7 @@ class Ingestor:
             "blobs_written": batch.blobs_written,
             "actions": sorted(batch.actions.items()),
             "catalog_version": None,  # the commit's own version, known once it is made
+            "replaced": batch.replaced,
         }
 
 
@@ -310,6 +322,7 @@ def ingest(
     limits: ReadLimits | None = None,
     strict: bool = False,
     follow_symlinks: bool = False,
+    replace: bool = False,
 ) -> IngestSummary:
     """Ingest files, folders and zip archives into ``lake``.
 
@@ -356,6 +369,9 @@ def ingest(
         Quarantine files that are plainly not medical images instead of skipping them.
     follow_symlinks : bool
         Walk links to folders (each folder once) instead of counting them as missing.
+    replace : bool
+        Replace the rows of instances already in the lake that were de-identified
+        otherwise (re-profiling; see :class:`Ingestor`).
 
     Returns
     -------
@@ -363,7 +379,7 @@ def ingest(
     """
     if limits is None:
         limits = ReadLimits.from_settings(lake.config.ingest)
-    ingestor = Ingestor(lake, secret, profile, limits=limits)
+    ingestor = Ingestor(lake, secret, profile, limits=limits, replace=replace)
     if study is not None:
         from lake.documents import document_options
 
