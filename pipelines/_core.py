@@ -429,7 +429,7 @@ def verify(lake_root: LakeOption = None) -> None:
         f"{len(report.corrupt)} corrupt, {len(report.missing)} missing, "
         f"{len(report.duplicate_instances)} duplicate instances, "
         f"{len(report.missing_batches)} missing batch records, "
-        f"{len(report.orphans)} unreferenced (harmless)"
+        f"{len(report.orphans)} unreferenced blobs (harmless; 'lake gc' removes them)"
     )
     if not report.ok:
         raise typer.Exit(EXIT_PROBLEMS)

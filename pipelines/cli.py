@@ -15,7 +15,13 @@ from pipelines.documents import attach_command, export_documents_command
 from pipelines.export import cohort_app, export_app
 from pipelines.net import pull_command, serve_app
 from pipelines.profiles import deid_command, profiles_app
-from pipelines.steward import forget_command, quarantine_app
+from pipelines.steward import (
+    compact_command,
+    forget_command,
+    gc_command,
+    quarantine_app,
+    vacuum_command,
+)
 from pipelines.web import serve_web, teaching_app, token_app, viewer_app
 
 app = typer.Typer(
@@ -48,6 +54,9 @@ app.add_typer(viewer_app, name="viewer")
 app.command("pull")(pull_command)
 app.command("forget")(forget_command)
 app.add_typer(quarantine_app, name="quarantine")
+app.command("compact")(compact_command)
+app.command("gc")(gc_command)
+app.command("vacuum")(vacuum_command)
 
 
 @app.command()

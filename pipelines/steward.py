@@ -21,7 +21,13 @@ from pipelines._common import (
     reported,
 )
 
-__all__ = ["forget_command", "quarantine_app"]
+__all__ = [
+    "compact_command",
+    "forget_command",
+    "gc_command",
+    "quarantine_app",
+    "vacuum_command",
+]
 
 
 def forget_command(
@@ -265,3 +271,79 @@ def quarantine_locate(
         sys.stdout.write(f"{path}\t{entry.id[:16]}\t{entry.reason}\n")
     if not found:
         err.print("none of these files is quarantined", highlight=False)
+
+
+def compact_command(
+    lake_root: LakeOption = None,
+    sort: Annotated[
+        bool,
+        typer.Option("--sort", help="Also sort instances by SOPInstanceUID (rewrites every file)."),
+    ] = False,
+    target_mb: Annotated[int, typer.Option(help="Target size of a merged data file.")] = 256,
+) -> None:
+    """Merge small data files (one per ingest batch) into large ones; safe while ingests run.
+
+    No row changes: query results and --as-of stay the same.
+    """
+    from lake.steward import compact
+
+    with reported():
+        reports = compact(open_lake(lake_root), sort=sort, target_mb=target_mb)
+    for r in reports:
+        out.print(
+            f"{r.table}: {r.files_before} -> {r.files_after} data files (version {r.version})",
+            highlight=False,
+        )
+
+
+def gc_command(
+    lake_root: LakeOption = None,
+    grace_hours: Annotated[
+        float, typer.Option(help="Only touch files older than this (work in flight is newer).")
+    ] = 1.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go.")] = False,
+) -> None:
+    """Remove what crashes and lost races left and nothing references.
+
+    Pixel blobs no row of any version, cohort or spool names; data files no version adds;
+    sealed originals no quarantine row names; temporary files. Safe while ingests run.
+    """
+    import datetime as dt
+
+    from lake.steward import gc
+
+    with reported():
+        report = gc(open_lake(lake_root), grace=dt.timedelta(hours=grace_hours), dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    out.print(
+        f"{verb} {len(report.blobs)} blobs, {len(report.data_files)} data files, "
+        f"{len(report.sealed)} sealed originals, {len(report.temporary)} temporary files "
+        f"({report.bytes / 1e6:,.1f} MB)",
+        highlight=False,
+    )
+
+
+def vacuum_command(
+    retain: Annotated[
+        float, typer.Option("--retain", help="Keep every version committed in the last DAYS.")
+    ],
+    lake_root: LakeOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go.")] = False,
+) -> None:
+    """Delete data files only older versions read; versions pinned by cohorts are kept.
+
+    Older versions can no longer be queried afterwards.
+    """
+    import datetime as dt
+
+    from lake.steward import vacuum
+
+    with reported():
+        report = vacuum(open_lake(lake_root), retain=dt.timedelta(days=retain), dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    out.print(
+        f"{verb} {len(report.files)} data files ({report.bytes / 1e6:,.1f} MB); "
+        f"instances readable from version {report.oldest_kept.get('instances', 0)} "
+        "(and versions pinned by cohorts)",
+        highlight=False,
+    )

@@ -55,9 +55,18 @@ def test_concurrent_ingests_with_random_batches_stay_exactly_once(
                     stderr=subprocess.PIPE,
                 )
             )
+        compaction = None
+        if rng.random() < 0.5:  # a compaction rewrites files under the writers' feet
+            plan.append((0, ["compact"]))
+            compaction = subprocess.Popen(
+                [LAKE, "compact"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
         for proc in procs:
             _, err = proc.communicate(timeout=120)
             assert proc.returncode == 3, f"seed {SEED} round {round_} {plan}: {err.decode()}"
+        if compaction is not None:
+            _, err = compaction.communicate(timeout=120)
+            assert compaction.returncode == 0, f"seed {SEED} round {round_}: {err.decode()}"
         lk.refresh()
         total, distinct = lk.sql(
             "SELECT count(*), count(DISTINCT SOPInstanceUID) FROM instances"
@@ -68,3 +77,58 @@ def test_concurrent_ingests_with_random_batches_stay_exactly_once(
         report = lk.verify()
         assert report.ok, (SEED, round_, plan, report)
         assert report.completed_batches == [] and report.missing_batches == []
+
+
+@pytest.mark.slow
+def test_ingests_the_dicom_receiver_and_a_compaction_at_once(
+    lk: lake.Lake, lake_root: Path, vault_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 15.5: two ingests, C-STOREs into 'lake serve dicom' (committing every 3
+    instances) and 'lake compact' on one lake at once, over overlapping instances: every
+    instance exactly once, verify clean, query answers unchanged by the compaction."""
+    from tests.net_peers import dcmtk, free_port, require, wait_port
+
+    require("storescu")
+    for s in range(3):
+        write_ct_series(tmp_path / "in" / f"s{s}", 8, patient_id=f"MIX-{s}")
+    env = dict(os.environ, LAKE_ROOT=str(lake_root), LAKE_VAULT=str(vault_dir))
+    port = free_port()
+    server = subprocess.Popen(
+        [LAKE, "serve", "dicom", "--port", str(port), "--commit-every", "3",
+         "--commit-interval", "0.5"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_port(port)
+        ingests = [
+            subprocess.Popen(
+                [LAKE, "ingest", "-q", "--scheduler", "sync", "--batch-size", str(b),
+                 str(tmp_path / "in" / a), str(tmp_path / "in" / c)],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )
+            for b, a, c in ((2, "s0", "s1"), (5, "s2", "s0"))
+        ]
+        compaction = subprocess.Popen(
+            [LAKE, "compact"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True,
+        )
+        stored = dcmtk("storescu", "-aec", "LAKE", "+sd", "+r", "127.0.0.1", str(port),
+                       tmp_path / "in" / "s1", tmp_path / "in" / "s2")
+        assert stored.returncode == 0, stored.stderr
+        for proc in [*ingests, compaction]:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=120)
+    assert server.returncode == 0, err
+    lk.refresh()
+    assert lk.sql(
+        "SELECT count(*), count(DISTINCT SOPInstanceUID) FROM instances"
+    ).fetchall() == [(24, 24)]
+    report = lk.verify()
+    assert report.ok and not report.completed_batches
+    answer = lk.sql("SELECT SOPInstanceUID, pixel_hash FROM instances ORDER BY 1").fetchall()
+    subprocess.run([LAKE, "compact"], env=env, check=True, capture_output=True)
+    lk.refresh()
+    assert lk.sql("SELECT SOPInstanceUID, pixel_hash FROM instances ORDER BY 1").fetchall() == answer

@@ -142,6 +142,18 @@ class DeltaTables:
                     f"{type(exc).__name__}; run 'lake info' for the current version"
                 ) from None
             raise
+        if version is not None and version != table.version():
+            raise CatalogError(f"catalog version {version} of table {name!r} does not exist")
+        if version is not None:
+            fs = self.location.fs
+            gone = sum(1 for uri in table.file_uris() if not fs.exists(unquote(uri)))
+            if gone:
+                raise CatalogError(
+                    f"catalog version {version} of table {name!r} can no longer be read: "
+                    f"{gone} of its data files were removed ('lake vacuum' keeps only recent "
+                    "versions and those cohorts are pinned to); run 'lake info' for the "
+                    "current version"
+                )
         return table
 
     def _check_not_erased(self, name: str, version: int) -> None:

@@ -1,6 +1,14 @@
 """The steward's lifecycle of a lake: erasure (``lake forget``), quarantine review, maintenance."""
 
 from lake.steward._forget import ErasurePlan, ErasureReport, Target, forget, plan_forget, target
+from lake.steward._maintenance import (
+    CompactReport,
+    GcReport,
+    VacuumReport,
+    compact,
+    gc,
+    vacuum,
+)
 from lake.steward._quarantine import (
     HeaderLine,
     QuarantineEntry,
@@ -14,14 +22,19 @@ from lake.steward._quarantine import (
 )
 
 __all__ = [
+    "CompactReport",
     "ErasurePlan",
     "ErasureReport",
+    "GcReport",
     "HeaderLine",
     "QuarantineEntry",
     "Release",
     "Target",
+    "VacuumReport",
+    "compact",
     "export_original",
     "forget",
+    "gc",
     "list_quarantine",
     "locate",
     "plan_forget",
@@ -29,4 +42,5 @@ __all__ = [
     "release",
     "show",
     "target",
+    "vacuum",
 ]

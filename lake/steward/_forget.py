@@ -493,12 +493,12 @@ def _holding(uids: set[str]) -> Any:
 
 def _spans_after_erasure(lake: Lake, plan: ErasurePlan) -> list[tuple[int, int]]:
     """The instances versions that will be unreadable once the plan's files are gone."""
-    from lake.steward._history import _actions
+    from lake.steward._history import log_actions
 
     files = set(plan._rows)
     added: dict[str, int] = {}
     spans: list[tuple[int, int]] = []
-    for version, action in _actions(lake.tables, INSTANCES):
+    for version, action in log_actions(lake.tables, INSTANCES):
         add, remove = action.get("add"), action.get("remove")
         if isinstance(add, dict):
             added.setdefault(str(add["path"]), version)

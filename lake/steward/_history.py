@@ -37,6 +37,7 @@ __all__ = [
     "data_files",
     "erase_files",
     "live_files",
+    "log_actions",
     "matching_rows",
     "token_pattern",
     "unreadable_versions",
@@ -272,7 +273,8 @@ def erase_files(
     return HistoryErasure(table.name, tuple(sorted(chosen)), scrubbed, removed)
 
 
-def _actions(tables: DeltaTables, table: Table) -> Iterator[tuple[int, dict[str, object]]]:
+def log_actions(tables: DeltaTables, table: Table) -> Iterator[tuple[int, dict[str, object]]]:
+    """Every action of ``table``'s commit files, with its version, oldest first."""
     fs = tables.location.fs
     for path in _commit_files(tables, table):
         version = _version(path)
@@ -294,7 +296,7 @@ def unreadable_versions(tables: DeltaTables, table: Table) -> list[tuple[int, in
     added: dict[str, int] = {}
     ranges: list[tuple[int, int]] = []
     last = -1
-    for version, action in _actions(tables, table):
+    for version, action in log_actions(tables, table):
         last = max(last, version)
         add, remove = action.get("add"), action.get("remove")
         if isinstance(add, dict):

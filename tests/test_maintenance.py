@@ -1,0 +1,124 @@
+"""Maintenance (issue 15.4): compact, gc and vacuum keep answers, versions and cohorts intact."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import lake
+from lake.catalog import INSTANCES
+from lake.steward import compact, gc, vacuum
+from lake.steward._history import live_files
+from tests.series import write_ct_series
+
+LAKE = str(Path(sys.executable).with_name("lake"))
+QUERY = "SELECT SOPInstanceUID, pixel_hash, Modality FROM instances ORDER BY 1"
+
+
+def _age(path: Path, hours: float) -> None:
+    then = time.time() - hours * 3600
+    os.utime(path, (then, then))
+
+
+def test_compact_keeps_answers_and_every_version(
+    lk: lake.Lake, vault_dir: Path, ct_folder: Path
+) -> None:
+    lk.ingest([str(ct_folder)], vault=vault_dir, scheduler="sync", batch_size=2)
+    lk.refresh()
+    answers = {v: lk.sql(QUERY, as_of=v).fetchall() for v in range(1, lk.version + 1)}
+    files = len(live_files(lk.tables, INSTANCES))
+    assert files == 6
+    reports = compact(lk, sort=True)
+    (instances,) = [r for r in reports if r.table == "instances"]
+    assert instances.files_before == 6 and instances.files_after == 1
+    assert lk.sql(QUERY).fetchall() == answers[max(answers)]
+    for version, rows in answers.items():
+        assert lk.sql(QUERY, as_of=version).fetchall() == rows
+    assert lk.sql(
+        "SELECT count(*) FROM instances WHERE SOPInstanceUID = (SELECT max(SOPInstanceUID) "
+        "FROM instances)"
+    ).fetchall() == [(1,)]
+    assert lk.verify().ok
+
+
+def test_gc_removes_only_old_unreferenced_debris(
+    lk: lake.Lake, lake_root: Path, vault_dir: Path, ct_folder: Path
+) -> None:
+    lk.ingest([str(ct_folder)], vault=vault_dir, scheduler="sync")
+    lk.refresh()
+    kept_blobs = set(lk.blobs.keys())
+    stray_old = lk.blobs.put(b"left by a crash")
+    stray_new = lk.blobs.put(b"a batch in flight")
+    _age(Path(lk.blobs.path_of(stray_old)), 5)
+    tmp_blob = Path(lk.blobs.path_of(stray_old)).parent / ".tmp-deadbeef"
+    tmp_blob.write_bytes(b"partial")
+    _age(tmp_blob, 5)
+    lost = lake_root / "tables" / "instances" / "part-lost-race.parquet"
+    pq.write_table(pa.table({"SOPInstanceUID": ["2.25.1"]}), lost)
+    _age(lost, 5)
+    sealed = lake_root / "quarantine" / ("ab" * 32 + ".sealed")
+    sealed.parent.mkdir(exist_ok=True)
+    sealed.write_bytes(b"sealed, no row")
+    _age(sealed, 5)
+
+    dry = gc(lk, dry_run=True)
+    assert dry.blobs == [stray_old] and lost.exists()
+    report = gc(lk)
+    assert report.blobs == [stray_old]
+    assert report.data_files == ["instances/part-lost-race.parquet"]
+    assert report.sealed == ["ab" * 32] and len(report.temporary) == 1
+    assert set(lk.blobs.keys()) == kept_blobs | {stray_new}  # the young one waits
+    assert not lost.exists() and not sealed.exists() and not tmp_blob.exists()
+    lk.refresh()
+    assert lk.sql("SELECT count(*) FROM instances").fetchall() == [(12,)]
+    assert lk.verify().ok
+    cli = subprocess.run(
+        [LAKE, "gc", "--grace-hours", "0", "--dry-run"],
+        env=dict(os.environ, LAKE_ROOT=str(lake_root)),
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 0 and "would remove 1 blobs" in cli.stdout, cli.stderr
+
+
+def test_vacuum_keeps_what_cohorts_pin(
+    lk: lake.Lake, lake_root: Path, vault_dir: Path, ct_folder: Path, tmp_path: Path
+) -> None:
+    lk.ingest([str(ct_folder)], vault=vault_dir, scheduler="sync", batch_size=4)
+    lk.refresh()
+    lk.create_cohort("first8", "SELECT * FROM instances WHERE InstanceNumber <= 8")
+    pinned = lk.cohort("first8").catalog_version
+    lk.export_dicom("first8", tmp_path / "before")
+    write_ct_series(tmp_path / "later", 4, patient_id="LATER")
+    lk.ingest([str(tmp_path / "later")], vault=vault_dir, scheduler="sync", batch_size=2)
+    unpinned = pinned + 1  # reads a file that only versions before the compaction read
+    compact(lk)
+    report = vacuum(lk, retain=dt.timedelta(0), grace=dt.timedelta(0))
+    assert report.files  # the pre-compaction files only old versions read
+    lk.refresh()
+    lk.export_dicom("first8", tmp_path / "after")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "before").rglob("*.dcm")}
+    after = {p.name: p.read_bytes() for p in (tmp_path / "after").rglob("*.dcm")}
+    assert before == after and len(after) == 8
+    assert lk.sql("SELECT count(*) FROM instances").fetchall() == [(16,)]
+    with pytest.raises(lake.LakeError, match="can no longer be read"):
+        lk.sql("SELECT count(*) FROM instances", as_of=unpinned).fetchall()
+    assert lk.verify().ok
+
+
+def test_verify_is_clean_after_a_clean_ingest(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path
+) -> None:
+    for p in range(2):
+        write_ct_series(tmp_path / f"p{p}", 5, patient_id=f"P{p}")
+    lk.ingest([str(tmp_path)], vault=vault_dir, scheduler="sync", batch_size=3)
+    report = lk.verify()
+    assert report.ok and not report.orphans and not report.completed_batches
