@@ -202,6 +202,11 @@ def ingest(
         typer.Option(help="Zips read inside zips: 1 reads only zips on disk (default 3).",
                      show_default=False),
     ] = None,
+    max_sequence_depth: Annotated[
+        int | None,
+        typer.Option(help="Deepest nesting of sequences in a file (default 12).",
+                     show_default=False),
+    ] = None,
 ) -> None:
     """De-identify and ingest DICOM files, folders and zips.
 
@@ -228,6 +233,7 @@ def ingest(
             max_archive_bytes=_mib(None if max_archive_gb is None else max_archive_gb * 1024),
             max_zip_ratio=max_zip_ratio,
             max_zip_depth=max_zip_depth,
+            max_sequence_depth=max_sequence_depth,
         )
         typed = [str(s) for s in sources]
         total = count_items(typed, limits=limits, follow_symlinks=follow_symlinks)

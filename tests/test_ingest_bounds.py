@@ -16,9 +16,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
 
 import lake
+from lake._capture import capture
 from lake.ingest import ReadLimits
+from lake.ingest._nesting import deeper_than
+from tests.conftest import SHARED_DATA
 from tests.hostile import (
     ct_bytes,
     damaged_member_zip,
@@ -175,17 +181,54 @@ def test_file_size_bound(lk: lake.Lake, vault_dir: Path, ct_folder: Path, tmp_pa
     assert all(key is None and "max_file_bytes" in message for _, key, message in rows)
 
 
+def _depth(ds: Dataset) -> int:
+    """Sequence nesting of ``ds`` as pydicom parses it (the reference for the scanner)."""
+    deepest = 0
+    stack = [(ds, 0)]
+    while stack:
+        current, level = stack.pop()
+        for elem in current:
+            if elem.VR == "SQ":
+                deepest = max(deepest, level + 1)
+                stack.extend((item, level + 1) for item in elem.value)
+    return deepest
+
+
+def _real_files() -> list[Path]:
+    names = ("rtplan.dcm", "test-SR.dcm", "liver.dcm", "emri_small.dcm", "MR_small_bigendian.dcm",
+             "image_dfl.dcm", "gdcm-US-ALOKA-16.dcm", "reportsi.dcm", "nested_priv_SQ.dcm",
+             "waveform_ecg.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm")
+    files = [Path(p) for n in names if (p := get_testdata_file(n))]
+    if SHARED_DATA.is_dir():  # the vendor data: enhanced multi-frame, private sequences
+        found = sorted(p for p in SHARED_DATA.glob("vendors/*/In/**/*") if p.is_file())
+        files += [p for p in found[::40] if p.read_bytes()[128:132] == b"DICM"]
+    return files
+
+
+@pytest.mark.parametrize("path", _real_files(), ids=lambda p: p.name)
+def test_the_nesting_scan_agrees_with_pydicom(path: Path) -> None:
+    with capture():
+        depth = _depth(dcmread(path))
+        for limit in range(max(1, depth - 1), depth + 2):
+            fresh = dcmread(path)  # sequences still raw: the scan reads their bytes
+            assert deeper_than(fresh, limit) == (depth > limit), (depth, limit)
+
+
 @pytest.mark.parametrize("defined", [True, False])
-def test_a_1000_level_sequence_is_quarantined(
-    lk: lake.Lake, vault_dir: Path, tmp_path: Path, defined: bool
+@pytest.mark.parametrize("deep", [13, 1000])
+def test_the_sequence_depth_bound(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path, defined: bool, deep: int
 ) -> None:
+    """12 levels land, 13 and 1,000 are quarantined (before anything recurses into them)."""
     folder = tmp_path / "in"
     folder.mkdir()
-    (folder / "deep.dcm").write_bytes(nested_sequence(1000, defined=defined))
-    (folder / "fine.dcm").write_bytes(nested_sequence(20, defined=defined))
+    (folder / "twelve.dcm").write_bytes(nested_sequence(12, defined=defined))
+    (folder / "deep.dcm").write_bytes(nested_sequence(deep, defined=defined))
     summary = ingest_sync(lk, vault_dir, folder)
-    assert summary.reasons == {"too_deep": 1}
-    assert summary.ingested == 1
+    assert summary.reasons == {"too_deep": 1} and summary.ingested == 1
+    if deep == 13:
+        raised = ingest_sync(lk, vault_dir, folder, limits=ReadLimits(max_sequence_depth=13))
+        assert "too_deep" not in raised.reasons  # (the other copy of the instance: a conflict)
 
 
 def test_nested_zips_are_read_to_the_depth_bound(

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import typer
 from deltalake import DeltaTable
 
 import lake
@@ -179,3 +181,73 @@ def test_no_planted_token_anywhere(profile: str, tmp_path: Path) -> None:
     ).fetchall()
     assert len(patients) == N_PATIENTS
     assert all(visits >= 2 for _, visits in patients)
+
+
+def _hostile_corpus(root: Path, tokens: set[str]) -> tuple[Path, list[Path]]:
+    """Malformed input made of the planted corpus, with identifiers in every place an error,
+    a warning or a walk report could quote: mutants of the planted files, file and folder
+    names, a FIFO, a link to a folder, a broken link, zip member names, a damaged member,
+    an invalid UID and an unknown character set holding tokens. Returns the folder and the
+    files ``lake deid`` is run on."""
+    from pydicom import dcmread
+
+    from lake._capture import capture
+    from tests.hostile import damaged_member_zip, nested_zip
+    from tests.mutants import write_mutants
+
+    clean = root / "clean"
+    tokens |= write_corpus(clean, N_PATIENTS, batch=2)
+    files = sorted(p for p in clean.rglob("*.dcm"))
+    name = next(t for t in sorted(tokens) if t.startswith("TKN") and not t.startswith("TKNDEV"))
+    hostile = root / "hostile"
+    inner = hostile / f"{name}_files"
+    sources = {f"p{i}": p.read_bytes() for i, p in enumerate(files)}
+    mutated = write_mutants(inner / "mutants", 90, seed=3, sources=sources)
+    (inner / f"{name}_notes.txt").write_text(f"Patient {name} scanned twice\n")
+    os.mkfifo(inner / f"{name}.dcm")
+    (inner / f"{name}_link").symlink_to(clean, target_is_directory=True)
+    (inner / f"{name}_gone.dcm").symlink_to(root / f"{name}_nowhere.dcm")
+    members = {f"{name}/{p.name}": p.read_bytes() for p in files[:3]}
+    nested_zip(inner / f"{name}.zip", members, depth=2)
+    damaged_member_zip(inner / f"{name}_damaged.zip", members, "flipped")
+    # Values pydicom warns about, quoting them: an invalid UID and an unknown character set.
+    with capture():  # pydicom warns here too, quoting the token
+        ds = dcmread(files[0])
+        ds.StudyInstanceUID = f"{name}^1.2"
+        ds.SpecificCharacterSet = f"{name}X"
+        ds.save_as(inner / "warns.dcm")
+    return hostile, [inner / "warns.dcm", inner / f"{name}.dcm", *mutated[::10]]
+
+
+@pytest.mark.slow
+def test_no_planted_token_in_any_output_under_malformed_input(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    """16.5: lake ingest (in this process and on a process cluster) and lake deid print no
+    original value, UID or path, whatever the input."""
+    from pipelines.profiles import deid_command
+    from tests.mutants import mutants
+
+    tokens: set[str] = set()
+    hostile, deid_files = _hostile_corpus(tmp_path, tokens)
+    env = dict(os.environ, LAKE_ROOT=str(tmp_path / "lake"), LAKE_VAULT=str(tmp_path / "vault"),
+               COLUMNS="200")
+    logs = _run(env, "init")
+    logs += _run(env, "ingest", "--scheduler", "sync", str(hostile), ok=(4,))
+    logs += _run(env, "ingest", "--scheduler", "processes", "--workers", "2", "--strict",
+                 str(hostile), ok=(4,))
+    logs += _run(env, "sql", "SELECT reason, message FROM quarantine", "-f", "csv")
+    for path in deid_files:
+        logs += _run(env, "deid", str(path), ok=(0, 1))
+    assert "incomplete:" in logs and "Traceback" not in logs
+    sources = {"warns": deid_files[0].read_bytes()}
+    for mutant in mutants(60, seed=5, sources=sources):  # the same command in this process
+        path = tmp_path / "one.dcm"
+        path.write_bytes(mutant.data)
+        with contextlib.suppress(typer.Exit):
+            deid_command(path, profile="basic", show_values=False)
+    captured = capsys.readouterr()
+    logs += captured.out + captured.err
+    leaks = _leaks(expected_absent(tokens, retains_device_identity=False),
+                   iter([("command output", logs.encode())]))
+    assert not leaks, f"{len(leaks)} planted values escaped: {sorted(leaks.items())[:5]}"

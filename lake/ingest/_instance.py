@@ -26,13 +26,22 @@ from lake.catalog import dicom_values
 from lake.deid import Deidentifier
 from lake.ingest._encode import encode_part10, header_json
 from lake.ingest._limits import ReadLimits, describe
+from lake.ingest._nesting import deeper_than
 from lake.ingest._quarantine import store_rejected
 from lake.store import BlobStore, Location, blob_key
 
 if TYPE_CHECKING:
     from lake.documents import DocumentOptions
 
-__all__ = ["Accepted", "IngestContext", "Outcome", "Rejected", "process_bytes", "read_instance"]
+__all__ = [
+    "Accepted",
+    "IngestContext",
+    "Outcome",
+    "Rejected",
+    "process_bytes",
+    "read_instance",
+    "reject",
+]
 
 _DICOMDIR = "1.2.840.10008.1.3.10"
 _PIXEL_DATA = 0x7FE00010
@@ -138,12 +147,22 @@ def _check(ds: Dataset, size: int, limits: ReadLimits) -> None:
                 f"an element value is longer than max_value_bytes ({describe(max_value)}); "
                 "raise max_value_bytes to ingest it",
             )
+    if deeper_than(ds, limits.max_sequence_depth):
+        raise InputRefusedError(
+            "too_deep",
+            f"sequences nest deeper than max_sequence_depth ({limits.max_sequence_depth} "
+            "levels); raise max_sequence_depth to ingest it",
+        )
     pixel_bytes = sum(_value_length(ds, tag) for tag in _PIXEL_TAGS)
     if size - pixel_bytes > limits.max_header_bytes:
         raise InputRefusedError(
             "header_too_large",
             f"everything but the pixel data is larger than max_header_bytes "
             f"({describe(limits.max_header_bytes)}); raise max_header_bytes to ingest it",
+        )
+    if not _transfer_syntax(ds).is_transfer_syntax:
+        raise InputRefusedError(
+            "bad_syntax", "the file meta names a transfer syntax that is not one pydicom reads"
         )
     for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
         if not ds.get(keyword):
@@ -188,8 +207,14 @@ def read_instance(data: bytes, limits: ReadLimits | None = None) -> Dataset:
     try:
         ds = _parse(data)
         _check(ds, len(data), limits or ReadLimits())
+    except InputRefusedError:
+        raise
     except RecursionError:
         raise _too_deep() from None
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on damaged values
+        raise InputRefusedError(
+            "unreadable", f"the DICOM parser failed ({type(exc).__name__})"
+        ) from None
     return ds
 
 
@@ -231,7 +256,8 @@ def _bulk_uri(_elem: Any) -> str:
     return _HEADER_BULK_URI
 
 
-def _reject(ctx: IngestContext, data: bytes, reason: str, message: str) -> Rejected:
+def reject(ctx: IngestContext, data: bytes, reason: str, message: str) -> Rejected:
+    """Quarantine ``data``: the original sealed, a record with ``reason`` and ``message``."""
     digest, object_key = store_rejected(ctx.location, data, ctx.quarantine_key)
     record = {
         "source_sha256": digest,
@@ -295,12 +321,12 @@ def _process(data: bytes, ctx: IngestContext) -> Outcome:
             as_json["7FE00010"] = {"vr": pixel_vr, "BulkDataURI": pixel_hash}
         row = dicom_values(as_json, str(ds.file_meta.TransferSyntaxUID))
     except InputRefusedError as rejection:
-        return _reject(ctx, data, rejection.reason, rejection.message)
+        return reject(ctx, data, rejection.reason, rejection.message)
     except RecursionError:
         too_deep = _too_deep()
-        return _reject(ctx, data, too_deep.reason, too_deep.message)
+        return reject(ctx, data, too_deep.reason, too_deep.message)
     except Exception as exc:  # noqa: BLE001 - one bad file must not sink the batch
-        return _reject(
+        return reject(
             ctx,
             data,
             "processing_error",

@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lake._capture import capture
 from lake._errors import InputRefusedError
 from lake.compute import AUTO, INGEST_CROSSOVER, Runner, Workload
 from lake.deid import Deidentifier, Profile, load_profile
 from lake.ingest._commit import BatchResult, Original, _Counts, commit_batch
 from lake.ingest._content import NOT_MEDICAL, sniff
-from lake.ingest._instance import IngestContext, Outcome, Rejected, process_bytes
+from lake.ingest._instance import IngestContext, Outcome, Rejected, process_bytes, reject
 from lake.ingest._limits import ReadLimits
 from lake.ingest._quarantine import quarantine_key
 from lake.ingest._sources import (
@@ -33,6 +34,7 @@ from lake.vault import Secret
 
 if TYPE_CHECKING:
     from lake._lake import Lake
+    from lake.documents import FolderStudies
 
 __all__ = ["BatchResult", "IngestSummary", "Ingestor", "ingest"]
 
@@ -239,29 +241,39 @@ def _read(item: SourceItem, limits: ReadLimits, archives: Archives) -> bytes | O
 
 
 def _process_items(items: list[SourceItem], reading: _FileReading) -> list[Outcome | Skipped]:
-    """Read, classify and process one task's items (on a worker)."""
-    from lake.documents import FolderStudies, ingest_item
+    """Read, classify and process one task's items (on a worker).
+
+    Everything runs inside :func:`lake._capture.capture`: the documents hook reads the DICOM
+    files beside a document, and parser warnings quote original values.
+    """
+    from lake.documents import FolderStudies
+
+    folders = FolderStudies(reading.context.engine)  # documents: each folder's study, read once
+    with Archives() as archives, capture():
+        return [_item_outcome(item, reading, archives, folders) for item in items]
+
+
+def _item_outcome(item: SourceItem, reading: _FileReading, archives: Archives,
+                  folders: FolderStudies) -> Outcome | Skipped:
+    from lake.documents import ingest_item
 
     ctx = reading.context
-    outcomes: list[Outcome | Skipped] = []
-    folders = FolderStudies(ctx.engine)  # documents: the study of each folder, read once
-    with Archives() as archives:
-        for item in items:
-            data = _read(item, ctx.limits, archives)
-            if not isinstance(data, bytes):
-                outcomes.append(data)
-                continue
-            # Documents (PDF, pictures, videos) are wrapped as DICOM, never skipped.
-            document = ingest_item(item.path, item.member, data, ctx, folders, ctx.documents)
-            if document is not None:
-                outcomes.append(document)
-                continue
-            kind = sniff(data)
-            if kind in NOT_MEDICAL and not reading.strict:
-                outcomes.append(Skipped(kind.value))
-                continue
-            outcomes.append(process_bytes(data, ctx))
-    return outcomes
+    data = _read(item, ctx.limits, archives)
+    if not isinstance(data, bytes):
+        return data
+    try:  # documents (PDF, pictures, videos) are wrapped as DICOM, never skipped
+        document = ingest_item(item.path, item.member, data, ctx, folders, ctx.documents)
+    except RecursionError:
+        return reject(ctx, data, "too_deep", "sequences are nested too deeply to read")
+    except Exception as exc:  # noqa: BLE001 - one bad file must not sink the batch
+        return reject(ctx, data, "processing_error",
+                      f"processing failed ({type(exc).__name__}); the original is kept sealed")
+    if document is not None:
+        return document
+    kind = sniff(data)
+    if kind in NOT_MEDICAL and not reading.strict:
+        return Skipped(kind.value)
+    return process_bytes(data, ctx)
 
 
 def _process_sourced(
