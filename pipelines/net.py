@@ -249,6 +249,9 @@ def pull_command(
         bool, typer.Option("--dry-run", help="Only show the matching studies.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds for network operations.")] = 120.0,
+    all_studies: Annotated[
+        bool, typer.Option("--all", help="Allow a query that matches every study of the PACS.")
+    ] = False,
 ) -> None:
     """Query a PACS, show the matching studies, retrieve them de-identified.
 
@@ -259,14 +262,22 @@ def pull_command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from lake import QueryError
     from lake.net import ServerConfig, find_studies, parse_peer, pull_studies
+    from lake.net._pull_query import pull_identifier
 
+    try:  # a query a PACS cannot match as meant is a usage error (exit 2), before any I/O
+        pull_identifier(query or [], all_studies=all_studies)
+    except QueryError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--query") from None
     with reported():
         lk = open_lake(lake_root)
         secret = lk.secret(vault)
         settings = ServerConfig.from_settings(lk.config.dicom, aet=aet, port=port, host=host)
         peer = parse_peer(source)
-        studies = find_studies(peer, query or [], calling_aet=settings.aet, timeout=timeout)
+        studies = find_studies(
+            peer, query or [], calling_aet=settings.aet, timeout=timeout, all_studies=all_studies
+        )
         _show(studies)
         if dry_run or not studies:
             return

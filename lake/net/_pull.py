@@ -32,11 +32,11 @@ from lake.catalog import PULLS, arrow_dataset
 from lake.ingest import Accepted, BatchResult, Ingestor
 from lake.net._config import LOOPBACK, Peer, parse_ae_title
 from lake.net._objects import UNCOMPRESSED
+from lake.net._pull_query import pull_identifier
 from lake.net._receive import Receiver, ReceiveStats
 from lake.net._server import _AssociationServer, _nodelay_on_open, quiet_identifiers
 from lake.net._spool import Committer, Spool, SpoolEntry
 from lake.net._uids import STUDY_ROOT_FIND, STUDY_ROOT_GET, STUDY_ROOT_MOVE
-from lake.query import Level, identifier_from_filters
 from lake.vault import Secret
 
 if TYPE_CHECKING:
@@ -191,6 +191,7 @@ def find_studies(
     *,
     calling_aet: str = "LAKE",
     timeout: float = 60.0,
+    all_studies: bool = False,
 ) -> list[RemoteStudy]:
     """Query ``peer`` at STUDY level with ``KEYWORD=VALUE`` filters.
 
@@ -204,6 +205,8 @@ def find_studies(
         The lake's AE title as the PACS knows it.
     timeout : float
         Seconds for association and DIMSE messages.
+    all_studies : bool
+        Allow a query that matches every study of the PACS (refused otherwise).
 
     Returns
     -------
@@ -215,10 +218,12 @@ def find_studies(
     NetError
         If the PACS cannot be reached or refuses the query.
     QueryError
-        If a filter names an unknown keyword.
+        If a filter names an unknown keyword or holds a malformed value, or nothing
+        restricts the query and ``all_studies`` is false (checked before connecting;
+        see :func:`pull_identifier`).
     """
     quiet_identifiers()
-    identifier = identifier_from_filters(filters, Level.STUDY)
+    identifier = pull_identifier(filters, all_studies=all_studies)
     for keyword in STUDY_KEYS:
         if keyword not in identifier:
             setattr(identifier, keyword, "")
