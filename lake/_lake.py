@@ -210,6 +210,12 @@ class Lake:
 
         return export_nifti(self, cohort_or_sql, out, **kwargs)
 
+    def export_bids(self, cohort_or_sql: Any, out: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Export a BIDS dataset (see :func:`lake.export.export_bids`)."""
+        from lake.export import export_bids
+
+        return export_bids(self, cohort_or_sql, out, **kwargs)
+
     def export_dicom(self, cohort_or_sql: Any, out: str | os.PathLike[str], **kwargs: Any) -> Any:
         """Export de-identified DICOM (see :func:`lake.export.export_dicom`)."""
         from lake.export import export_dicom

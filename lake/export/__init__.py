@@ -15,6 +15,8 @@ Examples
 >>> export_nifti(lk, "ct-chest", "/exports/ct-chest", compress=True)  # doctest: +SKIP
 """
 
+from lake.export._bids import export_bids
+from lake.export._bids_rules import BidsConfig, load_bids_config
 from lake.export._cohort import (
     COHORTS,
     Cohort,
@@ -34,6 +36,7 @@ from lake.export._to_nifti import export_nifti
 
 __all__ = [
     "COHORTS",
+    "BidsConfig",
     "Cohort",
     "CohortSummary",
     "ExportResult",
@@ -42,12 +45,14 @@ __all__ = [
     "ProgressCallback",
     "Skip",
     "create_cohort",
+    "export_bids",
     "export_dicom",
     "export_documents",
     "export_nifti",
     "export_teaching",
     "instance_bytes",
     "list_cohorts",
+    "load_bids_config",
     "load_cohort",
     "preview_png",
     "reassemble",
