@@ -533,9 +533,10 @@ class _BidsPlan:
         files["participants.json"] = _json(_PARTICIPANTS_JSON)
         dates = any(self.planned[uid].acq_time for uid in written)
         columns = ["session_id", "acq_time", "age"] if dates else ["session_id", "age"]
-        for subject, rows in sessions.items():
+        for subject, session_rows in sessions.items():
             stem = f"sub-{subject}/sub-{subject}_sessions"
-            files[f"{stem}.tsv"] = _tsv(columns, [[r[c] for c in columns] for r in rows])
+            files[f"{stem}.tsv"] = _tsv(columns,
+                                        [[r[c] for c in columns] for r in session_rows])
             files[f"{stem}.json"] = _json(_SESSIONS_JSON)
         scans: dict[tuple[str, str], list[list[str]]] = defaultdict(list)
         for uid, paths in data_of.items():
@@ -546,10 +547,10 @@ class _BidsPlan:
                 if dates:
                     row.append(plan.acq_time or "n/a")
                 scans[(plan.subject, plan.session)].append(row)
-        for (subject, session), rows in sorted(scans.items()):
-            columns = ["filename", "acq_time"] if dates else ["filename"]
+        scan_columns = ["filename", "acq_time"] if dates else ["filename"]
+        for (subject, session), scan_rows in sorted(scans.items()):
             files[f"sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_scans.tsv"] = _tsv(
-                columns, sorted(rows))
+                scan_columns, sorted(scan_rows))
         for result in results:
             for path, sidecar in sorted(result.info.get("fmap_sidecars", {}).items()):
                 targets = self._intended_for(result.key, data_of)
@@ -557,6 +558,31 @@ class _BidsPlan:
                     sidecar = {**sidecar, "IntendedFor": targets}
                 files[path] = _sidecar_bytes(sidecar)
         return files
+
+    def details(self, refs: Sequence[InstanceRef],
+                results: Sequence[TaskResult]) -> dict[str, Any]:
+        """The manifest's ``bids`` entry: where each classified series went, and why."""
+        series = []
+        for result in results:
+            plan = self.planned[result.key]
+            c = plan.classification
+            series.append({
+                "series": result.key,
+                "subject": f"sub-{plan.subject}",
+                "session": f"ses-{plan.session}",
+                "datatype": c.datatype,
+                "suffix": c.suffix,
+                "entities": dict(plan.entities),
+                "rule": c.rule,
+                "files": sorted(f.path for f in result.files),
+            })
+        return {
+            "bids_version": BIDS_VERSION,
+            "heuristic": HEURISTIC_VERSION,
+            "classified": len(self.planned),
+            "unclassified": len(self.unclassified),
+            "series": series,
+        }
 
     def _intended_for(self, uid: str, data_of: Mapping[str, list[str]]) -> list[str]:
         plan = self.planned[uid]
@@ -821,7 +847,7 @@ def write_bids_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
                            match.group(2) or ""))
     root = Path(ctx.root)
     fmap_sidecars: dict[str, Any] = {}
-    for volume, part, named in zip(volumes, parts, _names(meta, parts), strict=True):
+    for volume, named in zip(volumes, _names(meta, parts), strict=True):
         if isinstance(named, str):
             result.skipped.append(Skip(task.key, None, "bids_unsupported",
                                        f"{named} (part {volume.suffix or 'main'})"))
@@ -917,7 +943,7 @@ def export_bids(
     if compress and not 1 <= level <= 9:
         raise ConfigError(f"gzip level must be 1..9, got {level}")
     if config is not None and not isinstance(config, BidsConfig):
-        config = load_bids_config(config)
+        config = load_bids_config(Path(config))
     cohort = resolve(lake, cohort_or_sql)
     plan = _BidsPlan(lake, cohort, config)
     spec = ExportSpec(
@@ -933,6 +959,7 @@ def export_bids(
         select=plan.select,
         columns=plan.columns,
         extras=plan.extras,
+        details=plan.details,
     )
     return run_export(
         lake, cohort, out, spec, scheduler=scheduler, workers=workers, on_progress=on_progress

@@ -67,9 +67,8 @@ REQUIRED: Mapping[tuple[str, str], frozenset[str]] = {
     ("func", "bold"): frozenset({"task"}),
     ("func", "sbref"): frozenset({"task"}),
     ("fmap", "epi"): frozenset({"dir"}),
-    ("anat", "MEGRE"): frozenset({"echo"}),
-    ("anat", "MESE"): frozenset({"echo"}),
 }
+# MEGRE/MESE need echo- too; the writer gives every volume of such a series one.
 
 
 def is_label(value: str) -> bool:
@@ -153,7 +152,7 @@ def hashed_labels(values: Iterable[str], minimum: int = 8) -> dict[str, str]:
     Examples
     --------
     >>> hashed_labels(["CAFE01", "CAFE02"])
-    {'CAFE01': '7c4a2b5b', 'CAFE02': '15ff5ba1'}
+    {'CAFE01': '9a21bd93', 'CAFE02': 'c7153f52'}
     """
     distinct = sorted(set(values))
     digests = {v: hashlib.sha256(v.encode()).hexdigest() for v in distinct}

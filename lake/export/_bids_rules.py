@@ -21,7 +21,7 @@ import json
 import math
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -327,13 +327,13 @@ def _task(f: SeriesFeatures) -> str:
     match = _TASK.search(f.text)
     if match and is_label(match.group(1)):
         return match.group(1)
-    if re.search(r"(?<![a-z])rest", f.text):
+    if re.search(r"(?<![a-z])(rest|rs[-_ ]?fmri|rs[-_ ]?bold)", f.text):
         return "rest"
     return "unknown"
 
 
 def _bold(f: SeriesFeatures) -> Classification | Unclassified | None:
-    if not _is_epi(f) or _is_spin_echo_epi(f) and not _BOLD_WORDS.search(f.text):
+    if not _is_epi(f) or (_is_spin_echo_epi(f) and not _BOLD_WORDS.search(f.text)):
         return None
     task = (("task", _task(f)),)
     if _SBREF.search(f.text):
@@ -658,11 +658,10 @@ def _rule(raw: Any, index: int) -> ConfigRule:
                                      and all(isinstance(i, str) for i in intended)):
         raise ConfigError(f"{where}: intended_for must be a list of datatypes or rule ids")
     context = raw.get("aslcontext")
-    if context is not None:
-        if not (isinstance(context, list) and context
-                and all(isinstance(c, str) and c in _ASL_TYPES for c in context)):
-            raise ConfigError(f"{where}: aslcontext must list volume types from "
-                              f"{sorted(_ASL_TYPES)}")
+    if context is not None and not (isinstance(context, list) and context
+            and all(isinstance(c, str) and c in _ASL_TYPES for c in context)):
+        raise ConfigError(f"{where}: aslcontext must list volume types from "
+                          f"{sorted(_ASL_TYPES)}")
     if (datatype, suffix) == ("perf", "asl") and context is None:
         raise ConfigError(f"{where}: perf/asl needs 'aslcontext' (the volume types, in order)")
     return ConfigRule(

@@ -226,6 +226,9 @@ class ExportSpec:
     extras : callable, optional
         ``(refs, results) -> {name: bytes}``: files added at the end (inside the archive
         when there is one).
+    details : callable, optional
+        ``(refs, results) -> dict``: format-specific facts, stored in the manifest under
+        the export's ``kind``.
     """
 
     kind: str
@@ -237,6 +240,7 @@ class ExportSpec:
     archive: str | None = None
     compresslevel: int = 6
     extras: Callable[[Sequence[InstanceRef], Sequence[TaskResult]], dict[str, bytes]] | None = None
+    details: Callable[[Sequence[InstanceRef], Sequence[TaskResult]], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -589,6 +593,8 @@ def run_export(
         files += [write_bytes(out_dir, name, data) for name, data in sorted(extras.items())]
     files.sort(key=lambda f: f.path)
     manifest = _manifest(spec, cohort, refs, plan_id, files, skipped, archive, len(plans))
+    if spec.details is not None:
+        manifest[spec.kind] = spec.details(refs, ordered)
     write_json(out_dir / MANIFEST_NAME, manifest)
     journal.remove()
     if spec.archive and root.exists():
