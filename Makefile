@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean-demo
+.PHONY: demo test lint bench tools clean-demo
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "imaging-lake needs Python >= 3.11"'
@@ -20,6 +20,15 @@ demo: $(STAMP)
 ## test: the whole test suite
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## tools: the BIDS validator (npm bids-validator 1.15) in .tools/, for the BIDS export tests
+BIDS_VALIDATOR := .tools/bids-validator/node_modules/.bin/bids-validator
+tools: $(BIDS_VALIDATOR)
+
+$(BIDS_VALIDATOR):
+	@command -v npm >/dev/null 2>&1 || { echo "npm not found: BIDS tests will skip"; exit 0; }; \
+	npm install --prefix .tools/bids-validator --no-audit --no-fund --loglevel=error \
+	    bids-validator@1.15.0 || echo "npm install bids-validator failed: BIDS tests will skip"
 
 ## lint: ruff and mypy (strict) on the library and the CLI
 lint: $(STAMP)

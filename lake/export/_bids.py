@@ -552,7 +552,8 @@ class _BidsPlan:
             files[f"sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_scans.tsv"] = _tsv(
                 scan_columns, sorted(scan_rows))
         for result in results:
-            for path, sidecar in sorted(result.info.get("fmap_sidecars", {}).items()):
+            for path, text in sorted(result.info.get("fmap_sidecars", {}).items()):
+                sidecar = json.loads(text)
                 targets = self._intended_for(result.key, data_of)
                 if targets:
                     sidecar = {**sidecar, "IntendedFor": targets}
@@ -795,6 +796,8 @@ def _required(meta: Mapping[str, Any], suffix: str, sidecar: Mapping[str, Any],
         labelled = str(sidecar.get("ArterialSpinLabelingType", "")).upper() in ("CASL", "PCASL")
         if labelled:
             missing += [k for k in _ASL_LABELLED if k not in sidecar]
+        if str(sidecar.get("MRAcquisitionType", "")).upper() == "2D" and "SliceTiming" not in sidecar:
+            missing.append("SliceTiming")
         context = meta.get("aslcontext")
         if not context:
             missing.append("aslcontext (volume types)")
@@ -876,7 +879,9 @@ def write_bids_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
         for path in paths:
             relative = path.relative_to(root).as_posix()
             if meta["fmap"] and relative.endswith(".json"):
-                fmap_sidecars[relative] = sidecar  # written again with IntendedFor at the end
+                # written again with IntendedFor at the end; kept as text, since the journal
+                # sorts the keys of what it records
+                fmap_sidecars[relative] = _sidecar_bytes(sidecar).decode()
                 continue
             result.files.append(FileRecord(relative, sha256_file(path), path.stat().st_size))
         if meta["datatype"] == "perf" and suffix == "asl":
