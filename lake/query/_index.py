@@ -11,16 +11,18 @@ the Delta table once; every query after that is a bound-parameter SELECT.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as pads
+import pyarrow.compute as pc
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DSfloat
@@ -116,6 +118,7 @@ def _attrs(level: Level) -> dict[str, Attr]:
 _LEVEL_ATTRS = {level: _attrs(level) for level in Level}
 
 _IMAGE_EXTRA = ("pixel_hash", "pixel_vr", "size_bytes")
+_SOURCE_COLUMNS = tuple(dict.fromkeys([*_COLUMN_KINDS, *_IMAGE_EXTRA, "SOPInstanceUID"]))
 
 SERVER_FILLED = frozenset({"RetrieveAETitle", "InstanceAvailability"})
 """Return keys the server fills in itself (not from the catalog or a header)."""
@@ -132,7 +135,8 @@ def _image_select(source: str, src: int = 0, where: str = "") -> str:
         cols.append(f"CAST({_q(name)} AS TIME) AS {_q(name)}" if column.sql_cast else _q(name))
     cols.extend(_q(c) for c in _IMAGE_EXTRA)
     return (
-        f"SELECT {', '.join(cols)}, SOPInstanceUID AS _rep, {int(src)} AS _src FROM {source}"
+        f"SELECT {', '.join(cols)}, SOPInstanceUID AS _rep, {int(src)} AS _src, "
+        f"_file, _row FROM {source}"
         + (f" WHERE {where}" if where else "")
     )
 
@@ -187,6 +191,44 @@ _BINARY_NUMBERS: dict[str, Any] = {
 """VRs whose values pydicom wants as numbers, not as the text IS/DS take."""
 
 
+def _json_entry(
+    key: Key, attr: Attr | None, record: dict[str, Any], header: dict[str, Any]
+) -> dict[str, Any]:
+    """One attribute of a QIDO-RS result as DICOM JSON."""
+    if key.vr == "SQ":
+        return {"vr": "SQ"}
+    if attr is None:
+        entry = header.get(f"{key.tag:08X}")
+        if isinstance(entry, dict) and entry.get("vr") == key.vr and "Value" in entry:
+            return {"vr": key.vr, "Value": entry["Value"]}
+        return {"vr": key.vr}
+    value = record.get(attr.keyword)
+    if value is None:
+        return {"vr": key.vr}
+    kind = attr.kind
+    if kind == "strings":
+        values: list[Any] = [str(v) for v in value]
+    elif kind == "int":
+        values = [int(value)]
+    elif kind == "float":
+        values = [float(value)]
+    else:
+        values = [_render(kind, value)]
+    if key.vr in ("IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "UV", "SV"):
+        values = [_number(v) for v in values]
+    return {"vr": key.vr, "Value": values}
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, int | float):
+        return value
+    text = str(value)
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def _json_strings(entry: dict[str, Any] | None) -> list[str]:
     if not entry:
         return []
@@ -232,17 +274,26 @@ class Snapshot:
         self._lock = threading.Lock()
         self._con = duckdb.connect()
         self._con.execute("SET threads TO 2")
-        self._sources = ["instances_delta"]
+        self._fragments: list[Any] = []
+        self._files: set[str] = set()
+        self._headers: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._header_bytes = 0
         try:
+            self._create_image()
             if members is None:
-                delta = tables.open("instances", version)
-                dataset = arrow_dataset(delta)
-                self._files = {f.path for f in dataset.get_fragments()}
-                self._con.register("instances_delta", dataset)
-                self._con.execute(f"CREATE TABLE image AS {_image_select('instances_delta')}")
+                dataset = arrow_dataset(tables.open("instances", version))
+                self._load(dataset, list(dataset.get_fragments()), 0, None)
             else:
-                self._files = set()
-                self._scoped_image(tables, members)
+                for index, (at, uids) in enumerate(members):
+                    dataset = arrow_dataset(tables.open("instances", at))
+                    wanted = pa.array(sorted(uids), pa.string())
+                    self._load(dataset, list(dataset.get_fragments()), index, wanted)
+                # A member of several cohorts is read from the newest catalog version naming it.
+                self._con.execute(
+                    "DELETE FROM image WHERE (SOPInstanceUID, _src) IN (SELECT SOPInstanceUID, _src "
+                    "FROM image QUALIFY row_number() OVER (PARTITION BY SOPInstanceUID "
+                    "ORDER BY _src DESC) > 1)"
+                )
             self._levels()
         except duckdb.Error as exc:
             raise CatalogError(
@@ -250,29 +301,52 @@ class Snapshot:
                 "run 'lake verify'"
             ) from None
 
-    def _scoped_image(
-        self, tables: DeltaTables, members: Sequence[tuple[int, Collection[str]]]
-    ) -> None:
-        """The image table of only ``members``, each set read at its own catalog version."""
-        self._sources = []
-        selects = []
-        for index, (version, uids) in enumerate(members):
-            name = f"instances_s{index}"
-            self._con.register(name, arrow_dataset(tables.open("instances", version)))
-            self._con.register(f"members_s{index}", pa.table({"uid": sorted(uids)}))
-            self._sources.append(name)
-            selects.append(_image_select(
-                name, index, f"SOPInstanceUID IN (SELECT uid FROM members_s{index})"
-            ))
-        if not selects:  # a scope of no cohort: an empty catalog
-            self._con.register("instances_empty", INSTANCES.schema.empty_table())
-            self._sources.append("instances_empty")
-            selects.append(_image_select("instances_empty"))
-        # A member of several cohorts is read from the newest catalog version naming it.
-        self._con.execute(
-            "CREATE TABLE image AS SELECT * FROM (" + " UNION ALL ".join(selects) + ") "
-            "QUALIFY row_number() OVER (PARTITION BY SOPInstanceUID ORDER BY _src DESC) = 1"
-        )
+    def _create_image(self) -> None:
+        """The empty image table: query columns, representative, source, file and row."""
+        empty = INSTANCES.schema.empty_table().select(list(_SOURCE_COLUMNS))
+        empty = empty.append_column("_file", pa.array([], pa.int32()))
+        empty = empty.append_column("_row", pa.array([], pa.int32()))
+        self._con.register("_empty_source", empty)
+        try:
+            self._con.execute(f"CREATE TABLE image AS {_image_select('_empty_source')}")
+        finally:
+            self._con.unregister("_empty_source")
+
+    def _load(self, dataset: Any, fragments: Sequence[Any], src: int, wanted: Any) -> None:
+        """Add the rows of ``fragments`` to the image table, each with its file and row number.
+
+        Only the narrow query columns are read; the headers stay in the files, and
+        :meth:`headers` reads just the row groups holding the rows it is asked for.
+        """
+        columns = [n for n in _SOURCE_COLUMNS if n in dataset.schema.names]
+        batch: list[pa.Table] = []
+        rows = 0
+        for fragment in fragments:
+            index = len(self._fragments)
+            self._fragments.append(fragment)
+            self._files.add(fragment.path)
+            table = fragment.to_table(schema=dataset.schema, columns=columns)
+            count = table.num_rows
+            table = table.append_column("_file", pa.array([index] * count, pa.int32()))
+            table = table.append_column("_row", pa.array(range(count), pa.int32()))
+            if wanted is not None:
+                table = table.filter(pc.is_in(table.column("SOPInstanceUID"), value_set=wanted))
+            batch.append(table)
+            rows += table.num_rows
+            if rows >= 200_000:
+                self._insert(batch, src)
+                batch, rows = [], 0
+        self._insert(batch, src)
+
+    def _insert(self, tables: list[pa.Table], src: int) -> None:
+        if not tables:
+            return
+        combined = pa.concat_tables(tables, promote_options="default")
+        self._con.register("_loading", combined)
+        try:
+            self._con.execute(f"INSERT INTO image {_image_select('_loading', src)}")
+        finally:
+            self._con.unregister("_loading")
 
     def _levels(self) -> None:
         for level in (Level.SERIES, Level.STUDY, Level.PATIENT):
@@ -295,22 +369,13 @@ class Snapshot:
         with self._lock:
             try:
                 if new:
-                    added = pads.FileSystemDataset(
-                        new, dataset.schema, dataset.format, dataset.filesystem
-                    )
-                    self._con.register("instances_added", added)
-                    self._con.execute(
-                        f"INSERT INTO image {_image_select('instances_added')}"
-                    )
-                    self._con.unregister("instances_added")
+                    self._load(dataset, new, 0, None)
                     self._levels()
-                self._con.register("instances_delta", dataset)
             except duckdb.Error as exc:
                 raise CatalogError(
                     f"the catalog cannot be indexed for DICOM queries ({type(exc).__name__}); "
                     "run 'lake verify'"
                 ) from None
-            self._files = set(fragments)
             self.version = int(delta.version())
         return True
 
@@ -346,56 +411,52 @@ class Snapshot:
         return where, params, header_keys
 
     def headers(self, uids: Sequence[str], column: str = "header_json") -> dict[str, Any]:
-        """``column`` (``header_json`` or ``header_dicom``) of the instances ``uids``."""
+        """``column`` (``header_json`` or ``header_dicom``) of the instances ``uids``.
+
+        Each row is read from its own file, only the row groups that hold it; recently
+        read headers are kept (up to 64 MB), so a repeated search reads nothing.
+        """
         if column not in ("header_json", "header_dicom"):
             raise ValueError(column)
-        if not uids:
-            return {}
-        if len(self._sources) == 1:
-            by_source = {0: list(uids)}
-        else:
-            _, placed = self._fetch(
-                "SELECT _src, list(SOPInstanceUID) FROM image "
-                "WHERE SOPInstanceUID IN (SELECT unnest(?::VARCHAR[])) GROUP BY _src",
-                [list(uids)],
-            )
-            by_source = {int(src): list(found) for src, found in placed}
         out: dict[str, Any] = {}
-        for src, wanted in by_source.items():
-            _, rows = self._fetch(
-                f"SELECT SOPInstanceUID, {column} FROM {self._sources[src]} "
-                "WHERE SOPInstanceUID IN (SELECT unnest(?::VARCHAR[]))",
-                [wanted],
-            )
-            out.update((uid, value) for uid, value in rows)
+        missing = []
+        with self._lock:
+            for uid in uids:
+                found = self._headers.get((column, uid))
+                if found is not None:
+                    self._headers.move_to_end((column, uid))
+                    out[uid] = found
+                else:
+                    missing.append(uid)
+        if not missing:
+            return out
+        _, placed = self._fetch(
+            "SELECT _file, list(SOPInstanceUID), list(_row) FROM image "
+            "WHERE SOPInstanceUID IN (SELECT unnest(?::VARCHAR[])) GROUP BY _file",
+            [missing],
+        )
+        for file_index, found_uids, found_rows in placed:
+            values = _read_rows(self._fragments[int(file_index)], column, list(found_rows))
+            for uid, value in zip(found_uids, values, strict=True):
+                out[uid] = value
+                self._remember(column, uid, value)
         return out
 
-    def find(
-        self,
-        level: Level,
-        keys: Sequence[Key],
-        *,
-        limit: int | None = None,
-        offset: int = 0,
-    ) -> list[Dataset]:
-        """Answer a C-FIND (or QIDO-RS) at ``level``: one response identifier per match.
+    def _remember(self, column: str, uid: str, value: Any) -> None:
+        size = len(value) if value is not None else 0
+        if size > _HEADER_CACHE // 16:
+            return
+        with self._lock:
+            self._headers[(column, uid)] = value
+            self._header_bytes += size
+            while self._header_bytes > _HEADER_CACHE and self._headers:
+                _, old = self._headers.popitem(last=False)
+                self._header_bytes -= len(old) if old is not None else 0
 
-        Parameters
-        ----------
-        level : Level
-            The query level.
-        keys : sequence of Key
-            Matching and return keys.
-        limit : int, optional
-            At most this many matches (in unique-key order)...
-        offset : int
-            ...after skipping this many.
-
-        Raises
-        ------
-        QueryError
-            If a matching value is malformed for its attribute.
-        """
+    def _matches(
+        self, level: Level, keys: Sequence[Key], limit: int | None, offset: int
+    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        """The matching records (level attributes, representative) and the headers needed."""
         attrs = _LEVEL_ATTRS[level]
         where, params, header_keys = self._where(level, keys)
         columns = sorted({k.keyword for k in keys if k.keyword in attrs} | {level.unique_key})
@@ -426,6 +487,69 @@ class Snapshot:
             ]
             end = None if limit is None else offset + limit
             records = records[offset:end]
+        return records, headers
+
+    def find_json(
+        self,
+        level: Level,
+        keys: Sequence[Key],
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Like :meth:`find`, answered directly as DICOM JSON objects (QIDO-RS).
+
+        Header attributes are copied from the stored DICOM JSON; catalog attributes are
+        written from their typed values, without building pydicom datasets.
+
+        Raises
+        ------
+        QueryError
+            If a matching value is malformed for its attribute.
+        """
+        attrs = _LEVEL_ATTRS[level]
+        records, headers = self._matches(level, keys, limit, offset)
+        wanted = list(keys)
+        if not any(k.keyword == level.unique_key for k in wanted):
+            tag = _tag(level.unique_key)
+            wanted.append(Key(level.unique_key, tag, "UI" if level is not Level.PATIENT else "LO", ()))
+        results = []
+        for record in records:
+            header = headers.get(record["_rep"], {})
+            out: dict[str, Any] = {}
+            for key in wanted:
+                out[f"{key.tag:08X}"] = _json_entry(key, attrs.get(key.keyword), record, header)
+            results.append(dict(sorted(out.items())))
+        return results
+
+    def find(
+        self,
+        level: Level,
+        keys: Sequence[Key],
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Dataset]:
+        """Answer a C-FIND (or QIDO-RS) at ``level``: one response identifier per match.
+
+        Parameters
+        ----------
+        level : Level
+            The query level.
+        keys : sequence of Key
+            Matching and return keys.
+        limit : int, optional
+            At most this many matches (in unique-key order)...
+        offset : int
+            ...after skipping this many.
+
+        Raises
+        ------
+        QueryError
+            If a matching value is malformed for its attribute.
+        """
+        attrs = _LEVEL_ATTRS[level]
+        records, headers = self._matches(level, keys, limit, offset)
         results = []
         for record in records:
             ds = Dataset()
@@ -530,6 +654,36 @@ class StoredInstance:
     bits_allocated: int | None
     modality: str | None
     instance_number: int | None
+
+
+_HEADER_CACHE = 64 * 2**20
+"""Bytes of recently read headers a snapshot keeps."""
+
+
+def _read_rows(fragment: Any, column: str, rows: Sequence[int]) -> list[Any]:
+    """Values of ``column`` at ``rows`` of one Parquet file, reading only their row groups."""
+    starts = []
+    offset = 0
+    groups = fragment.row_groups or []
+    for group in groups:
+        starts.append(offset)
+        offset += int(group.num_rows)
+    if not groups:  # no row-group metadata: read the column
+        table = fragment.to_table(columns=[column])
+        return [table.column(column)[r].as_py() for r in rows]
+    needed = sorted({bisect.bisect_right(starts, r) - 1 for r in rows})
+    table = fragment.subset(row_group_ids=needed).to_table(columns=[column])
+    base: dict[int, int] = {}
+    position = 0
+    for group in needed:
+        base[group] = position
+        position += int(groups[group].num_rows)
+    values = table.column(column)
+    out = []
+    for r in rows:
+        group = bisect.bisect_right(starts, r) - 1
+        out.append(values[base[group] + r - starts[group]].as_py())
+    return out
 
 
 def _tag(keyword: str) -> int:

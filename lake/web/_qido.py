@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from pydicom.dataset import Dataset
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -173,18 +172,19 @@ def _all_attributes(resource: str) -> list[str]:
     return sorted(_LEVEL_ATTRS[level])
 
 
-def _fill(ds: Dataset, level: Level, base: str) -> dict[str, Any]:
-    if "QueryRetrieveLevel" in ds:
-        del ds.QueryRetrieveLevel
-    if "InstanceAvailability" in ds:
-        ds.InstanceAvailability = "ONLINE"
-    ds.RetrieveURL = retrieve_url(
+def _fill(result: dict[str, Any], level: Level, base: str) -> dict[str, Any]:
+    def uid(tag: str) -> str:
+        return str((result.get(tag) or {}).get("Value", [""])[0])
+
+    if "00080056" in result:
+        result["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
+    result["00081190"] = {"vr": "UR", "Value": [retrieve_url(
         base,
-        str(ds.get("StudyInstanceUID", "")),
-        str(ds.get("SeriesInstanceUID", "")) if level is not Level.STUDY else None,
-        str(ds.get("SOPInstanceUID", "")) if level is Level.IMAGE else None,
-    )
-    return dict(sorted(ds.to_json_dict().items()))
+        uid("0020000D"),
+        uid("0020000E") if level is not Level.STUDY else None,
+        uid("00080018") if level is Level.IMAGE else None,
+    )]}
+    return dict(sorted(result.items()))
 
 
 def search(
@@ -203,8 +203,8 @@ def search(
     """
     keys, limit, offset = parse_query(params, resource, fixed)
     level = _LEVEL_OF[resource.split("-")[-1]]
-    found = snapshot.find(level, keys, limit=limit, offset=offset)
-    return [_fill(ds, level, base) for ds in found]
+    found = snapshot.find_json(level, keys, limit=limit, offset=offset)
+    return [_fill(result, level, base) for result in found]
 
 
 def _endpoint(resource: str, fixed_names: tuple[str, ...]) -> Any:

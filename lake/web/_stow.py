@@ -12,6 +12,7 @@ instance); failed instances are named by the UID the lake would have given them.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 import warnings
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 __all__ = ["Store", "stow_routes"]
 
 _DICOM = "application/dicom"
+_IN_FLIGHT = 8
+_IN_FLIGHT_BYTES = 256 * 2**20
 # Failure reasons (PS3.4 B.2.3 / PS3.18 Table 10.5.3-2), as C-STORE answers them.
 OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
@@ -204,15 +207,40 @@ async def stow(request: Request, grant: Grant) -> Response:
     study = request.path_params.get("study")
     result = StoreResult()
     received = 0
+    # Parts are de-identified and spooled several at a time while the body streams in: the CPU
+    # work of one overlaps the fsyncs of others. At most _IN_FLIGHT parts and _IN_FLIGHT_BYTES
+    # (or one larger part alone) are held in memory.
+    room = asyncio.Condition()
+    busy = [0, 0]  # parts, bytes
+    tasks: list[asyncio.Task[None]] = []
+
+    async def store_part(part: Part) -> None:
+        try:
+            await run_in_threadpool(store.store, part, study, result)
+        finally:
+            async with room:
+                busy[0] -= 1
+                busy[1] -= len(part.body)
+                room.notify_all()
+
+    def has_room(size: int) -> bool:
+        return busy[0] == 0 or (busy[0] < _IN_FLIGHT and busy[1] + size <= _IN_FLIGHT_BYTES)
+
     try:
         async for chunk in request.stream():
             received += len(chunk)
             if received > config.max_request_bytes:
                 raise TooLargeError(f"the request is larger than {config.max_request_bytes} bytes")
             for part in reader.feed(chunk):
-                await run_in_threadpool(store.store, part, study, result)
+                size = len(part.body)
+                async with room:
+                    await room.wait_for(lambda: has_room(size))  # noqa: B023 - awaited here
+                    busy[0] += 1
+                    busy[1] += size
+                tasks.append(asyncio.create_task(store_part(part)))
         reader.finish()
     finally:
+        await asyncio.gather(*tasks)
         if result.stored or result.failed:
             await run_in_threadpool(store.commit)
     if not result.stored and not result.failed:
