@@ -289,7 +289,10 @@ def sql(
     lake_root: LakeOption = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     as_of: Annotated[
-        int | None, typer.Option("--as-of", help="Query this catalog version (see 'lake info').")
+        int | None, typer.Option(
+            "--as-of",
+            help="Time travel: every table as it was at this catalog version (see 'lake info').",
+        )
     ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")

@@ -129,3 +129,30 @@ def test_docstring_examples() -> None:
 
     result = doctest.testmod(_query, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_as_of_applies_to_every_table(lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> None:
+    """Issue 15.6: --as-of was applied to instances only; batches, quarantine and cohorts now
+    read as they were at that instances version."""
+    from tests.series import write_ct_series
+
+    write_ct_series(tmp_path / "a", 3, patient_id="A")
+    (tmp_path / "a" / "junk.bin").write_bytes(b"\x00junk" * 20)
+    lk.ingest([str(tmp_path / "a")], vault=vault_dir, scheduler="sync")
+    lk.refresh()
+    first = lk.version
+    lk.create_cohort("early", "SELECT * FROM instances")
+    write_ct_series(tmp_path / "b", 2, patient_id="B")
+    lk.ingest([str(tmp_path / "b")], vault=vault_dir, scheduler="sync")
+    lk.refresh()
+
+    def counts(as_of: int | None) -> list[tuple[int, ...]]:
+        query = (
+            "SELECT (SELECT count(*) FROM instances), (SELECT count(*) FROM batches), "
+            "(SELECT count(*) FROM quarantine), (SELECT count(*) FROM cohorts)"
+        )
+        return lk.sql(query, as_of=as_of).fetchall()
+
+    assert counts(None) == [(5, 2, 1, 1)]
+    assert counts(first) == [(3, 1, 1, 1)]  # the cohort was saved before the next commit
+    assert counts(0) == [(0, 0, 0, 0)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from importlib import resources
 
@@ -119,7 +120,9 @@ class Catalog:
     tables : DeltaTables
         The lake's Delta tables.
     as_of : int, optional
-        Query the ``instances`` table as of this Delta version (time travel).
+        Time travel: the ``instances`` table as of this version, and every other table as
+        it was then (its version current until the next ``instances`` commit, so a batch's
+        record and quarantine rows, written just after its instances, are included).
     """
 
     def __init__(self, tables: DeltaTables, as_of: int | None = None) -> None:
@@ -128,13 +131,22 @@ class Catalog:
         self.versions: dict[str, int] = {}
         sources: dict[str, object] = {}
         setup: list[str] = []
+        when = self._moment(as_of) if as_of is not None else None
         for table in TABLES:
-            if table.name != INSTANCES.name and not tables.exists(table.name):
+            version: int | None = None
+            if table.name == INSTANCES.name:
+                version = as_of
+            elif when is not None and tables.exists(table.name):
+                version = tables.version_at(table.name, when)
+                if version is None:  # the table did not exist yet: empty then
+                    sources[f"{table.name}_delta"] = table.schema.empty_table()
+            if f"{table.name}_delta" in sources:
+                pass
+            elif table.name != INSTANCES.name and not tables.exists(table.name):
                 # A lake made by an older release lacks a newer table: it reads as empty
                 # (the next 'lake init' or write creates it).
                 sources[f"{table.name}_delta"] = table.schema.empty_table()
             else:
-                version = as_of if table.name == INSTANCES.name else None
                 delta = tables.open(table.name, version)
                 self.versions[table.name] = int(delta.version())
                 sources[f"{table.name}_delta"] = tables.dataset(table.name, delta.version())
@@ -143,6 +155,13 @@ class Catalog:
                 f"FROM {table.name}_delta"
             )
         self.con = locked_connection(sources, [*setup, *_view_statements()])
+
+    def _moment(self, as_of: int) -> dt.datetime | None:
+        """Just before the ``instances`` commit after ``as_of`` (now for the latest)."""
+        following = self.tables.commit_time(INSTANCES.name, as_of + 1)
+        if following is None:
+            return dt.datetime.now(dt.UTC)
+        return following - dt.timedelta(milliseconds=1)
 
     @property
     def version(self) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -155,6 +157,28 @@ class DeltaTables:
                     "current version"
                 )
         return table
+
+    def commit_time(self, name: str, version: int) -> dt.datetime | None:
+        """When the commit of ``version`` of table ``name`` was made (None if unknown)."""
+        path = self.location.join("tables", name, "_delta_log", f"{version:020d}.json")
+        try:
+            with self.location.fs.open(path, "rb") as fh:
+                for line in fh:
+                    info = json.loads(line).get("commitInfo")
+                    if isinstance(info, dict) and isinstance(info.get("timestamp"), int):
+                        return dt.datetime.fromtimestamp(info["timestamp"] / 1000, dt.UTC)
+        except FileNotFoundError:
+            return None
+        return None
+
+    def version_at(self, name: str, when: dt.datetime) -> int | None:
+        """The version of table ``name`` current at ``when`` (None: it had none yet)."""
+        try:
+            delta = DeltaTable(self.uri(name), storage_options=self.storage_options)
+            delta.load_as_version(when)
+        except Exception:  # noqa: BLE001 - deltalake: no version that old (table newer)
+            return None
+        return int(delta.version())
 
     def _check_not_erased(self, name: str, version: int) -> None:
         if name == ERASURES.name or not self.exists(ERASURES.name):
