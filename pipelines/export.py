@@ -248,9 +248,11 @@ def _report(result: ExportResult) -> None:
     rows = [
         ("folder", str(result.out)),
         ("catalog version", str(manifest["catalog_version"])),
-        ("series", f"{manifest['counts']['series_exported']:,}"),
+        ("series exported", f"{manifest['counts']['series_exported']:,}"),
         ("files", f"{manifest['counts']['files']:,}"),
     ]
+    if manifest["counts"].get("series_skipped"):  # nothing written for them: not exported
+        rows.insert(3, ("series skipped", f"{manifest['counts']['series_skipped']:,}"))
     if result.archive is not None:
         rows.append(("archive", result.archive.name))
     bids = manifest.get("bids")

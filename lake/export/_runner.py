@@ -254,9 +254,12 @@ class ExportResult:
     manifest : dict
         The content of ``manifest.json``.
     written : int
-        Series exported by this run.
+        Series exported by this run (at least one file written).
     resumed : int
         Series found finished (and intact) from an interrupted earlier run.
+    skipped_series : int
+        Series of the cohort of which nothing was written (every instance skipped; see
+        :attr:`skipped` for why). Not counted in ``written``.
     up_to_date : bool
         The folder already held this exact export, verified intact; nothing was written.
     """
@@ -266,6 +269,7 @@ class ExportResult:
     written: int = 0
     resumed: int = 0
     up_to_date: bool = False
+    skipped_series: int = 0
 
     @property
     def files(self) -> list[FileRecord]:
@@ -592,11 +596,20 @@ def run_export(
     else:
         files += [write_bytes(out_dir, name, data) for name, data in sorted(extras.items())]
     files.sort(key=lambda f: f.path)
-    manifest = _manifest(spec, cohort, refs, plan_id, files, skipped, archive, len(plans))
+    exported = sum(1 for r in ordered if r.files)
+    manifest = _manifest(spec, cohort, refs, plan_id, files, skipped, archive, exported)
+    manifest["counts"]["series_skipped"] = len(plans) - exported
     if spec.details is not None:
         manifest[spec.kind] = spec.details(refs, ordered)
     write_json(out_dir / MANIFEST_NAME, manifest)
     journal.remove()
     if spec.archive and root.exists():
         shutil.rmtree(root)
-    return ExportResult(out_dir, manifest, written=total - resumed, resumed=resumed)
+    now = [results[p.key] for p in todo]
+    return ExportResult(
+        out_dir,
+        manifest,
+        written=sum(1 for r in now if r.files),
+        resumed=resumed,
+        skipped_series=len(plans) - exported,
+    )
