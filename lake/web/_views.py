@@ -53,8 +53,9 @@ class Views:
             )
             self._scoped[key] = made
             while len(self._scoped) > _SCOPED_KEPT:
-                _, old = self._scoped.popitem(last=False)
-                old.close()
+                # Not closed here: a request may still be reading it; its connection closes
+                # when the last reference goes.
+                self._scoped.popitem(last=False)
             return made
 
     def close(self) -> None:
