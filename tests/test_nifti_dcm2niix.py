@@ -101,6 +101,8 @@ def _compare(ours: NiftiVolume, ref_path: Path, *, compare_affine: bool = True) 
         if key in ours.sidecar and key in sidecar:
             compared += 1
             mine, theirs = ours.sidecar[key], sidecar[key]
+            if key == "ImageType" and mine[-1:] == ["MAGNITUDE"] and "MAGNITUDE" not in theirs:
+                mine = mine[:-1]  # appended since dcm2niix v1.0.2024; Debian's is from 2022
             numeric = all(isinstance(v, int | float) for v in np.ravel([mine, theirs]))
             if numeric and not isinstance(mine, bool):
                 assert mine == pytest.approx(theirs, rel=1e-5, abs=1e-6), key

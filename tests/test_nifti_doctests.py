@@ -10,6 +10,8 @@ import pytest
 MODULES = [
     "lake.nifti",
     "lake.nifti._convert",
+    "lake.nifti._derive",
+    "lake.nifti._parameters",
     "lake.nifti._geometry",
     "lake.nifti._write",
     "tests.nifti_synth",

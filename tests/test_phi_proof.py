@@ -251,3 +251,44 @@ def test_no_planted_token_in_any_output_under_malformed_input(tmp_path: Path,
     leaks = _leaks(expected_absent(tokens, retains_device_identity=False),
                    iter([("command output", logs.encode())]))
     assert not leaks, f"{len(leaks)} planted values escaped: {sorted(leaks.items())[:5]}"
+
+
+@pytest.mark.slow
+@pytest.mark.vendor
+@pytest.mark.parametrize("profile", ["basic", "research", "teaching"])
+def test_acquisition_parameters_carry_no_planted_token(profile: str, tmp_path: Path) -> None:
+    """Identifiers planted in every private element the acquisition-parameter readers parse
+    (tests/nifti_plants.py) reach neither the lake nor a NIfTI export: what is derived before
+    de-identification is validated numbers and codes only."""
+    from lake.catalog import ACQUISITION_COLUMNS
+    from lake.export import export_nifti
+    from tests.conftest import SHARED_DATA
+    from tests.nifti_plants import planted_files
+
+    if not (SHARED_DATA / "vendors").is_dir():
+        pytest.skip("../shared/data is absent")
+    tokens = planted_files(SHARED_DATA / "vendors", tmp_path / "planted")
+    assert len(tokens) > 1000
+    vault = tmp_path / "vault"
+    lk = lake.init(tmp_path / "lake", vault=vault)
+    lk.ingest([str(tmp_path / "planted")], vault=vault, profile=profile, scheduler="sync")
+    export_nifti(lk, "SELECT SeriesInstanceUID FROM series", tmp_path / "nifti",
+                 scheduler="sync")
+    names = [c.name for c in ACQUISITION_COLUMNS]
+    rows = lk.sql(f"SELECT {', '.join(names)} FROM instances").fetchall()
+    assert len(rows) >= 12
+    derived = 0
+    for row in rows:
+        for value in row:
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                assert item is None or isinstance(item, int | float | bool) or (
+                    isinstance(item, str) and item.isascii() and len(item) <= 12
+                    and not item.startswith("TKN")
+                ), item
+                derived += item is not None
+    assert derived > 100  # the readers still found the values left unplanted
+    texts = [*_file_texts(tmp_path / "lake"), *_table_texts(tmp_path / "lake"),
+             *_file_texts(tmp_path / "nifti")]
+    leaks = _leaks(tokens, iter(texts))
+    assert not leaks, f"{len(leaks)} planted values escaped: {sorted(leaks.items())[:5]}"

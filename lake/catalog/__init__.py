@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 from lake.catalog._journal import BatchJournal, complete_batches, record_batch
 from lake.catalog._query import Catalog, locked_connection, query_error
 from lake.catalog._schema import (
+    ACQUISITION_COLUMNS,
     BATCHES,
     COHORTS,
     DICOM_COLUMNS,
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from lake.catalog._extract import dicom_values
 
 __all__ = [
+    "ACQUISITION_COLUMNS",
     "BATCHES",
     "COHORTS",
     "DICOM_COLUMNS",

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from lake.nifti._parameters import PARAMETERS, Kind, Parameter
+
 __all__ = [
+    "ACQUISITION_COLUMNS",
     "BATCHES",
     "COHORTS",
     "DICOM_COLUMNS",
@@ -137,6 +140,29 @@ DICOM_COLUMNS: tuple[Column, ...] = (
     _c("TransferSyntaxUID", pa.string(), "Transfer syntax the instance is stored in."),
 )
 
+_ARROW_OF_KIND = {
+    Kind.FLOAT: pa.float64(),
+    Kind.INT: pa.int64(),
+    Kind.BOOL: pa.bool_(),
+    Kind.ENUM: pa.string(),
+    Kind.FLOAT_LIST: _DOUBLES,
+    Kind.INT_LIST: pa.list_(pa.int64()),
+    Kind.ENUM_LIST: _STRINGS,
+}
+
+
+def _acquisition_column(p: Parameter) -> Column:
+    unit = f" [{p.unit}]" if p.unit else ""
+    choices = f" One of: {', '.join(p.choices)}." if p.choices else ""
+    sources = "; ".join(f"{vendor}: {where}" for vendor, where in p.sources.items())
+    doc = f"{p.doc}{unit}.{choices} Derived before de-identification from {sources}."
+    return Column(p.name, _ARROW_OF_KIND[p.kind], doc)
+
+
+#: Acquisition parameters (lake.nifti.PARAMETERS), derived from the original header at
+#: ingest: validated numbers, codes and lists of those, never free text.
+ACQUISITION_COLUMNS: tuple[Column, ...] = tuple(_acquisition_column(p) for p in PARAMETERS)
+
 # The lake's own columns on each instance row.
 _LAKE_INSTANCE_COLUMNS: tuple[Column, ...] = (
     _c("pixel_hash", pa.string(), "sha256:<hex> of the stored PixelData value (null when none)."),
@@ -192,7 +218,7 @@ _LAKE_INSTANCE_COLUMNS: tuple[Column, ...] = (
 INSTANCES = Table(
     "instances",
     "One row per de-identified DICOM instance.",
-    DICOM_COLUMNS + _LAKE_INSTANCE_COLUMNS,
+    DICOM_COLUMNS + _LAKE_INSTANCE_COLUMNS + ACQUISITION_COLUMNS,
 )
 
 BATCHES = Table(

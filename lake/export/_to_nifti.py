@@ -1,4 +1,8 @@
-"""NIfTI export of a cohort: each series through the converter in :mod:`lake.nifti._convert`.
+"""NIfTI export of a cohort: each series through the converter in :mod:`lake.nifti`.
+
+The converter gets each instance's acquisition parameters from the catalog (the columns of
+``lake.nifti.PARAMETERS``, derived from the original header at ingest): the de-identified
+instances have lost the private elements they come from.
 
 Files are named from pseudonymous identifiers only (BIDS-like)::
 
@@ -19,9 +23,10 @@ import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lake._errors import BlobNotFoundError, ConfigError, IntegrityError
+from lake.catalog import ACQUISITION_COLUMNS, arrow_dataset
 from lake.export._cohort import Cohort, resolve
 from lake.export._dicom import blob_skip, load_pixels, reassemble
 from lake.export._manifest import FileRecord, Skip, TaskResult, sha256_file
@@ -46,6 +51,8 @@ if TYPE_CHECKING:
 __all__ = ["export_nifti", "nifti_layout", "write_nifti_series"]
 
 _SUFFIX = re.compile(r"^[A-Za-z0-9_-]*$")
+#: Catalog columns holding acquisition parameters, in declaration order.
+ACQUISITION_NAMES = tuple(c.name for c in ACQUISITION_COLUMNS)
 
 
 def nifti_layout(refs: Sequence[InstanceRef]) -> list[TaskPlan]:
@@ -61,17 +68,27 @@ def nifti_layout(refs: Sequence[InstanceRef]) -> list[TaskPlan]:
             f"sub-{patient_label(first.patient_id)}/ses-{short_hash(first.study_uid)}/"
             f"{number_label(first.series_number)}_{short_hash(key)}"
         )
-        plans.append(TaskPlan(key, stem, tuple((r.sop_uid, "") for r in members)))
+        acquisitions = {r.sop_uid: _acquisition(r.extra) for r in members}
+        plans.append(TaskPlan(key, stem, tuple((r.sop_uid, "") for r in members),
+                              {"acquisitions": acquisitions}))
     return plans
+
+
+def _acquisition(extra: dict[str, Any]) -> dict[str, Any]:
+    """The stored acquisition parameters of one instance (nulls left out)."""
+    return {name: value for name, value in extra.items()
+            if name in ACQUISITION_NAMES and value is not None}
 
 
 def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
     """Worker: convert one series and write its volumes."""
-    from lake.nifti import series_to_nifti, write_volume
+    from lake.nifti import series_to_nifti, validate_acquisition, write_volume
 
     result = TaskResult(task.key)
     blobs = BlobStore(ctx.location)
+    stored = task.meta.get("acquisitions", {})
     datasets = []
+    acquisitions = []
     for item in task.items:
         try:
             datasets.append(
@@ -79,13 +96,15 @@ def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
             )
         except (BlobNotFoundError, IntegrityError) as exc:
             result.skipped.append(blob_skip(task, item, exc))
+            continue
+        acquisitions.append(validate_acquisition(stored.get(item.sop_uid, {})))
     if not datasets:
         return result
     root = Path(ctx.root)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            volumes, refusals = series_to_nifti(datasets)
+            volumes, refusals = series_to_nifti(datasets, acquisitions)
         except Exception as exc:  # noqa: BLE001 - one series must not sink the export; reported
             result.skipped.append(
                 Skip(task.key, None, "converter_error",
@@ -162,11 +181,13 @@ def export_nifti(
     if compress and not 1 <= level <= 9:
         raise ConfigError(f"gzip level must be 1..9, got {level}")
     cohort = resolve(lake, cohort_or_sql)
+    stored = set(arrow_dataset(lake.tables.open("instances", cohort.catalog_version)).schema.names)
     spec = ExportSpec(
         kind="nifti",
         options={"compress": compress, "level": level if compress else None},
         layout=nifti_layout,
         writer=write_nifti_series,
+        columns=tuple(name for name in ACQUISITION_NAMES if name in stored),
     )
     return run_export(
         lake, cohort, out, spec, scheduler=scheduler, workers=workers, on_progress=on_progress

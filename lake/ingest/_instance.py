@@ -292,6 +292,9 @@ def process_bytes(data: bytes, ctx: IngestContext) -> Outcome:
 def _process(data: bytes, ctx: IngestContext) -> Outcome:
     try:
         ds = read_instance(data, ctx.limits)
+        from lake.nifti import derive_acquisition  # what private elements hold, as numbers
+
+        acquisition = derive_acquisition(ds)  # before de-identification removes them
         try:
             from lake.documents import before_deid  # documents already wrapped: their content
 
@@ -346,4 +349,5 @@ def _process(data: bytes, ctx: IngestContext) -> Outcome:
     )
     if content is not None:
         row.update(content.columns)
+    row.update(acquisition)
     return Accepted(row, Counter(result.actions), blob_written, len(data))

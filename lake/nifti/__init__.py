@@ -5,6 +5,14 @@ volumes and sidecars out. It depends on nothing of the lake but its errors, so i
 original files in a notebook as well as on the de-identified instances of a lake export
 (:func:`lake.export.export_nifti` adapts it to cohorts).
 
+Vendors keep much of what a faithful conversion needs (mosaic layout, slice timing,
+phase-encoding polarity, readout time, diffusion gradients, scaling) in private elements
+that de-identification removes. :func:`derive_acquisition` reads them from the original
+header as validated numbers and codes (:data:`PARAMETERS`), the lake stores them per
+instance at ingest, and :func:`series_to_nifti` takes them back at export.
+
+The names are imported lazily: the parameter declarations are light, the converter is not.
+
 Examples
 --------
 >>> from pydicom import dcmread
@@ -15,18 +23,62 @@ Examples
 ((128, 128, 1), '', [])
 """
 
-from lake.nifti._convert import series_to_nifti
-from lake.nifti._sidecar import FORBIDDEN_KEYS
-from lake.nifti._types import NiftiRefusal, NiftiVolume, RefusalReason
-from lake.nifti._write import gzip_members, nifti_payload, write_volume
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lake.nifti._convert import series_to_nifti
+    from lake.nifti._derive import derive_acquisition
+    from lake.nifti._parameters import PARAMETERS, AcquisitionValue, Kind, Parameter
+    from lake.nifti._parameters import validate_all as validate_acquisition
+    from lake.nifti._sidecar import FORBIDDEN_KEYS
+    from lake.nifti._types import NiftiRefusal, NiftiVolume, RefusalReason
+    from lake.nifti._write import gzip_members, nifti_payload, write_volume
 
 __all__ = [
     "FORBIDDEN_KEYS",
+    "PARAMETERS",
+    "AcquisitionValue",
+    "Kind",
     "NiftiRefusal",
     "NiftiVolume",
+    "Parameter",
     "RefusalReason",
+    "derive_acquisition",
     "gzip_members",
     "nifti_payload",
     "series_to_nifti",
+    "validate_acquisition",
     "write_volume",
 ]
+
+_HOMES = {
+    "FORBIDDEN_KEYS": "_sidecar",
+    "PARAMETERS": "_parameters",
+    "AcquisitionValue": "_parameters",
+    "Kind": "_parameters",
+    "Parameter": "_parameters",
+    "NiftiRefusal": "_types",
+    "NiftiVolume": "_types",
+    "RefusalReason": "_types",
+    "derive_acquisition": "_derive",
+    "gzip_members": "_write",
+    "nifti_payload": "_write",
+    "series_to_nifti": "_convert",
+    "write_volume": "_write",
+    "validate_acquisition": "_parameters",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'lake.nifti' has no attribute {name!r}")
+    attribute = "validate_all" if name == "validate_acquisition" else name
+    return getattr(importlib.import_module(f"lake.nifti.{home}"), attribute)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

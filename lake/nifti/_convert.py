@@ -23,7 +23,8 @@ Examples
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import nibabel as nib
@@ -31,8 +32,12 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from lake._errors import ExportError
-from lake.nifti._geometry import fsl_bvecs
-from lake.nifti._sidecar import build_sidecar
+from lake.nifti._derive import derive_acquisition, vendor_of
+from lake.nifti._diffusion import diffusion_table
+from lake.nifti._geometry import Plane
+from lake.nifti._parameters import AcquisitionValue
+from lake.nifti._private import phase_axis as read_phase_axis
+from lake.nifti._sidecar import VolumeContext, build_sidecar
 from lake.nifti._types import NiftiRefusal, NiftiVolume, RefusalReason
 from lake.nifti._volume import (
     HEADER_SPACE,
@@ -57,12 +62,21 @@ __all__ = [
     "write_volume",
 ]
 
+#: nibabel's orientation helpers are untyped.
+_ORIENTATIONS: Any = nib.orientations
 _COMPONENT_ORDER = {c: i for i, c in enumerate(Component)}
+_COMPONENT_NAMES = {
+    Component.MAGNITUDE: "magnitude",
+    Component.PHASE: "phase",
+    Component.REAL: "real",
+    Component.IMAGINARY: "imaginary",
+}
 _RGB = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
 
 
 def series_to_nifti(
     datasets: Sequence[Dataset],
+    acquisitions: Sequence[Mapping[str, AcquisitionValue]] | None = None,
 ) -> tuple[list[NiftiVolume], list[NiftiRefusal]]:
     """Convert the instances of one series into NIfTI volumes.
 
@@ -72,6 +86,11 @@ def series_to_nifti(
         All instances of one series, in any order, with pixel data (read with
         ``pydicom.dcmread``; compressed transfer syntaxes are decoded with the installed
         pydicom/pylibjpeg plugins). The datasets are not modified.
+    acquisitions : sequence of mapping, optional
+        The acquisition parameters of each dataset (:func:`derive_acquisition` of its
+        original header), aligned with ``datasets``. A de-identified copy has lost the
+        private elements most of them come from, so the lake passes what it derived at
+        ingest. Omitted, they are derived from ``datasets`` (original files).
 
     Returns
     -------
@@ -100,6 +119,13 @@ def series_to_nifti(
     """
     if len(datasets) == 0:
         raise ExportError("series_to_nifti needs at least one dataset of the series")
+    if acquisitions is None:
+        acquisitions = [derive_acquisition(ds) for ds in datasets]
+    elif len(acquisitions) != len(datasets):
+        raise ExportError(
+            f"series_to_nifti got {len(acquisitions)} acquisitions for {len(datasets)} "
+            "datasets; pass one mapping per dataset, in the same order"
+        )
     refusals: list[NiftiRefusal] = []
     series_uids = {str(ds.SeriesInstanceUID) for ds in datasets if "SeriesInstanceUID" in ds}
     if len(series_uids) > 1:
@@ -110,6 +136,9 @@ def series_to_nifti(
                 "call series_to_nifti once per SeriesInstanceUID",
             )
         ]
+    numbers = {_series_number(ds) for ds in datasets}
+    if len(numbers) > 1:
+        return _split_by_series_number(datasets, acquisitions, numbers)
     unique: list[int] = []
     seen: set[str] = set()
     for index, ds in enumerate(datasets):
@@ -133,13 +162,17 @@ def series_to_nifti(
     mosaic_frames: list[Frame] = []
     frames: list[Frame] = []
     for i in images:
-        if is_mosaic(datasets[i]) and "PerFrameFunctionalGroupsSequence" not in datasets[i]:
-            mosaic_frames.extend(frames_of(datasets[i], i))
+        described = frames_of(datasets[i], i, acquisitions[i])
+        mosaic = is_mosaic(datasets[i], acquisitions[i])
+        if mosaic and "PerFrameFunctionalGroupsSequence" not in datasets[i]:
+            mosaic_frames.extend(described)
         else:
-            frames.extend(frames_of(datasets[i], i))
+            frames.extend(described)
+    series = _Series(datasets, acquisitions, pixels, vendor_of(datasets[images[0]])
+                     if images else None)
     volumes: list[NiftiVolume] = []
     if mosaic_frames:
-        _convert_groups(mosaic_frames, datasets, pixels, True, volumes, refusals)
+        _convert_groups(mosaic_frames, series, True, volumes, refusals)
     if mosaic_frames and frames:
         refusals.append(
             NiftiRefusal(
@@ -151,9 +184,9 @@ def series_to_nifti(
     elif frames:
         geometric = [f for f in frames if f.plane is not None]
         if len(geometric) == len(frames):
-            _convert_groups(frames, datasets, pixels, False, volumes, refusals)
+            _convert_groups(frames, series, False, volumes, refusals)
         elif not geometric:
-            _convert_plain(frames, datasets, pixels, volumes, refusals)
+            _convert_plain(frames, series, volumes, refusals)
         else:
             refusals.append(
                 NiftiRefusal(
@@ -166,49 +199,111 @@ def series_to_nifti(
     return volumes, refusals
 
 
-def _echo_suffixes(frames: list[Frame]) -> dict[float | None, str]:
-    echoes = sorted({f.echo for f in frames if f.echo is not None})
-    if len(echoes) <= 1:
-        return defaultdict(str)
+def _series_number(ds: Dataset) -> int | None:
+    value = ds.get("SeriesNumber")
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _split_by_series_number(
+    datasets: Sequence[Dataset],
+    acquisitions: Sequence[Mapping[str, AcquisitionValue]],
+    numbers: set[int | None],
+) -> tuple[list[NiftiVolume], list[NiftiRefusal]]:
+    """One SeriesInstanceUID holding several SeriesNumbers: converted apart, as dcm2niix
+    does, each part suffixed ``_s<SeriesNumber>`` (``_sx`` when it has none)."""
+    volumes: list[NiftiVolume] = []
+    refusals: list[NiftiRefusal] = []
+    for number in sorted(numbers, key=lambda n: (n is None, n or 0)):
+        label = "x" if number is None else (str(number) if number >= 0 else f"m{-number}")
+        part = [i for i, ds in enumerate(datasets) if _series_number(ds) == number]
+        got, refused = series_to_nifti([datasets[i] for i in part],
+                                       [acquisitions[i] for i in part])
+        volumes += [replace(v, suffix=f"_s{label}{v.suffix}") for v in got]
+        refusals += [replace(r, suffix=f"_s{label}{r.suffix}") for r in refused]
+    return volumes, refusals
+
+
+@dataclass(frozen=True)
+class _Series:
+    """The inputs every part of one conversion shares."""
+
+    datasets: Sequence[Dataset]
+    acquisitions: Sequence[Mapping[str, Any]]
+    pixels: PixelCache
+    vendor: str | None
+
+
+def _echo_numbers(frames: list[Frame], datasets: Sequence[Dataset]) -> dict[float | None, int]:
+    """Echo number of each echo key: EchoNumbers when every frame has one, else the order of
+    first appearance (instance number, frame), as dcm2niix numbers echoes it meets."""
+    keys = {f.echo for f in frames if f.echo is not None}
     numbered = all(f.echo_numbered for f in frames if f.echo is not None) and all(
-        float(e).is_integer() and e > 0 for e in echoes
+        float(e).is_integer() and e > 0 for e in keys
     )
-    suffixes: dict[float | None, str] = {}
-    for rank, echo in enumerate(echoes, start=1):
-        suffixes[echo] = f"_e{int(echo) if numbered else rank}"
-    suffixes[None] = "_e0"
-    return suffixes
+    if numbered:
+        return {e: int(e) for e in keys if e is not None}
+    appearance = sorted(
+        frames,
+        key=lambda f: (float(datasets[f.source].get("InstanceNumber") or 0), f.source,
+                       f.frame or 0),
+    )
+    numbers: dict[float | None, int] = {}
+    for item in appearance:
+        if item.echo is not None and item.echo not in numbers:
+            numbers[item.echo] = len(numbers) + 1
+    return numbers
+
+
+def _component_suffix(component: Component, field_map: bool) -> str:
+    if field_map:
+        return "_fieldmaphz"
+    return component.value
 
 
 def _convert_groups(
     frames: list[Frame],
-    datasets: Sequence[Dataset],
-    pixels: PixelCache,
+    series: _Series,
     mosaic: bool,
     volumes: list[NiftiVolume],
     refusals: list[NiftiRefusal],
 ) -> None:
-    groups: dict[tuple[Component, float | None], list[Frame]] = defaultdict(list)
+    datasets = series.datasets
+    groups: dict[tuple[Component, bool, float | None], list[Frame]] = defaultdict(list)
     for item in frames:
-        groups[(item.component, item.echo)].append(item)
-    by_component: dict[Component, list[Frame]] = defaultdict(list)
+        groups[(item.component, item.field_map_hz, item.echo)].append(item)
+    numbers = _echo_numbers(frames, datasets)
+    multi_echo = len(numbers) > 1
+    components_of: dict[int, set[Component]] = defaultdict(set)
     for item in frames:
-        by_component[item.component].append(item)
-    suffix_of = {c: _echo_suffixes(fs) for c, fs in by_component.items()}
-    for component, echo in sorted(
-        groups, key=lambda k: (_COMPONENT_ORDER[k[0]], -1.0 if k[1] is None else k[1])
+        components_of[item.source].add(item.component)
+    for component, field_map, echo in sorted(
+        groups,
+        key=lambda k: (_COMPONENT_ORDER[k[0]], k[1], numbers.get(k[2], 0)),
     ):
-        members = groups[(component, echo)]
-        multi_echo = len(suffix_of[component]) > 1
-        suffix = (suffix_of[component][echo] if multi_echo else "") + component.value
+        members = groups[(component, field_map, echo)]
+        number = numbers.get(echo)
+        write_echo = number is not None and (multi_echo or number > 1)
+        suffix = (f"_e{number}" if write_echo else "") + _component_suffix(component, field_map)
         if mosaic:
-            assembled = assemble_mosaics(members, datasets, pixels, suffix)
+            assembled = assemble_mosaics(members, datasets, series.acquisitions, series.pixels,
+                                         suffix)
         else:
-            assembled = assemble_stack(members, datasets, pixels, suffix)
+            assembled = assemble_stack(members, datasets, series.pixels, suffix)
         if _refused(assembled, suffix, refusals):
             continue
         assert not isinstance(assembled, NiftiRefusal)
-        volumes.append(_to_volume(assembled, datasets, suffix, multi_echo))
+        context = VolumeContext(
+            acquisitions=series.acquisitions,
+            vendor=series.vendor,
+            echo_number=number if write_echo else None,
+            component=_COMPONENT_NAMES[component],
+            field_map_hz=field_map,
+            single_component=all(len(components_of[f.source]) == 1 for f in members),
+        )
+        volumes.append(_to_volume(assembled, series, suffix, context))
 
 
 def _refused(
@@ -233,12 +328,12 @@ def _refused(
 
 def _convert_plain(
     frames: list[Frame],
-    datasets: Sequence[Dataset],
-    pixels: PixelCache,
+    series: _Series,
     volumes: list[NiftiVolume],
     refusals: list[NiftiRefusal],
 ) -> None:
     """Instances without patient geometry: one volume per instance, frames in file order."""
+    datasets, pixels = series.datasets, series.pixels
     by_source: dict[int, list[Frame]] = defaultdict(list)
     for item in frames:
         by_source[item.source].append(item)
@@ -266,34 +361,94 @@ def _convert_plain(
         if _refused(assembled, suffix, refusals):
             continue
         assert not isinstance(assembled, NiftiRefusal)
-        volumes.append(_to_volume(assembled, datasets, suffix, False))
+        context = VolumeContext(series.acquisitions, series.vendor, None,
+                                _COMPONENT_NAMES[members[0].component], False, True)
+        volumes.append(_to_volume(assembled, series, suffix, context))
 
 
 def _to_volume(
-    assembled: Assembled, datasets: Sequence[Dataset], suffix: str, multi_echo: bool
+    assembled: Assembled, series: _Series, suffix: str, context: VolumeContext
 ) -> NiftiVolume:
-    sidecar = build_sidecar(assembled, datasets, multi_echo=multi_echo)
+    datasets = series.datasets
+    first = datasets[assembled.volumes[0][0].source]
+    plane = assembled.volumes[0][0].plane
+    if plane is None and assembled.mosaic:
+        plane = _mosaic_plane(assembled, first)
+    table = diffusion_table(
+        assembled.volumes, series.acquisitions, series.vendor, assembled.affine, plane,
+        read_phase_axis(first), len({f.source for v in assembled.volumes for f in v}),
+    )
+    if table is not None and len(table.keep) < len(assembled.volumes):
+        assembled = _keep_volumes(assembled, table.keep)
+    sidecar = build_sidecar(assembled, datasets, context)
+    if _is_3d_acquisition(first) and len(assembled.volumes) == 1 \
+            and len(assembled.volumes[0]) > 1:
+        assembled = _closest_canonical(assembled)
     bits_stored = max(
         int(datasets[f.source].get("BitsStored") or 16) for v in assembled.volumes for f in v
     )
     image = _encode(assembled, sidecar, bits_stored)
-    bval, bvec = _diffusion(assembled, image.affine)
-    return NiftiVolume(image=image, sidecar=sidecar, suffix=suffix, bval=bval, bvec=bvec)
+    if table is None:
+        return NiftiVolume(image=image, sidecar=sidecar, suffix=suffix)
+    return NiftiVolume(image=image, sidecar=sidecar, suffix=suffix, bval=table.bval,
+                       bvec=table.bvec)
 
 
-def _diffusion(
-    assembled: Assembled, affine: np.ndarray[Any, Any]
-) -> tuple[np.ndarray[Any, Any] | None, np.ndarray[Any, Any] | None]:
-    firsts = [volume[0] for volume in assembled.volumes]
-    bvalues = [f.bvalue for f in firsts]
-    if all(b is None for b in bvalues) or max((b or 0.0) for b in bvalues) <= 0:
-        return None, None
-    bval = np.array([b or 0.0 for b in bvalues], dtype=np.float64)
-    gradients = np.zeros((len(firsts), 3))
-    for i, f in enumerate(firsts):
-        if f.gradient is not None and bval[i] > 0:
-            gradients[i] = f.gradient
-    return bval, fsl_bvecs(np.asarray(affine, dtype=np.float64), gradients)
+def _is_3d_acquisition(ds: Dataset) -> bool:
+    return str(ds.get("MRAcquisitionType") or "").upper() == "3D"
+
+
+def _closest_canonical(assembled: Assembled) -> Assembled:
+    """A 3D acquisition reoriented to the closest RAS voxel order, as dcm2niix does.
+
+    Left as it is when the rescale differs between slices (it would have to follow them).
+    """
+    slopes, intercepts = assembled.slopes, assembled.intercepts
+    if not (np.all(slopes == slopes.flat[0]) and np.all(intercepts == intercepts.flat[0])):
+        return assembled
+    affine = np.asarray(assembled.affine, dtype=np.float64)
+    orientation = _ORIENTATIONS.io_orientation(affine)
+    if np.array_equal(orientation, [[0, 1], [1, 1], [2, 1]]):
+        return assembled
+    volume = assembled.data[0]
+    xyz = np.transpose(volume, (2, 1, 0, *range(3, volume.ndim)))
+    turned = _ORIENTATIONS.apply_orientation(xyz, orientation)
+    new_affine = affine @ _ORIENTATIONS.inv_ornt_aff(orientation, xyz.shape[:3])
+    zyx = np.transpose(turned, (2, 1, 0, *range(3, turned.ndim)))
+    data, backing = allocate_backed((1, *zyx.shape), assembled.data.dtype)
+    data[0] = zyx
+    n_z = int(zyx.shape[0])
+    return Assembled(
+        new_affine, data, np.full((1, n_z), slopes.flat[0]),
+        np.full((1, n_z), intercepts.flat[0]), assembled.volumes,
+        mosaic=assembled.mosaic, slice_thickness_fallback=assembled.slice_thickness_fallback,
+        anatomical=assembled.anatomical, backing=backing, reoriented=True,
+    )
+
+
+def _mosaic_plane(assembled: Assembled, ds: Dataset) -> Plane | None:
+    """The in-plane geometry of a mosaic tile (the frame's plane describes the whole mosaic)."""
+    iop = ds.get("ImageOrientationPatient")
+    spacing = ds.get("PixelSpacing")
+    if iop is None or spacing is None or len(iop) != 6 or len(spacing) != 2:
+        return None
+    return Plane(np.array([float(v) for v in iop[:3]]), np.array([float(v) for v in iop[3:]]),
+                 float(spacing[0]), float(spacing[1]), int(assembled.data.shape[2]),
+                 int(assembled.data.shape[3]))
+
+
+def _keep_volumes(assembled: Assembled, keep: list[int]) -> Assembled:
+    """``assembled`` without the volumes not in ``keep`` (derived DWI trace/ADC volumes)."""
+    data, backing = allocate_backed((len(keep), *assembled.data.shape[1:]),
+                                    assembled.data.dtype)
+    for t, index in enumerate(keep):
+        data[t] = assembled.data[index]
+    return Assembled(
+        assembled.affine, data, assembled.slopes[keep], assembled.intercepts[keep],
+        [assembled.volumes[i] for i in keep], mosaic=assembled.mosaic,
+        slice_thickness_fallback=assembled.slice_thickness_fallback,
+        anatomical=assembled.anatomical, backing=backing,
+    )
 
 
 def _encode(assembled: Assembled, sidecar: dict[str, Any], bits_stored: int) -> nib.Nifti1Image:
@@ -340,7 +495,7 @@ def _encode(assembled: Assembled, sidecar: dict[str, Any], bits_stored: int) -> 
     header["pixdim"][4] = float(tr) if isinstance(tr, int | float) else 0.0
     header.set_slope_inter(slope, inter)
     phase = sidecar.get("InPlanePhaseEncodingDirectionDICOM")
-    if phase in ("ROW", "COL"):
+    if phase in ("ROW", "COL") and not assembled.reoriented:
         header.set_dim_info(freq=1 if phase == "ROW" else 0, phase=0 if phase == "ROW" else 1,
                             slice=2)
     header["descrip"] = b"imaging-lake"

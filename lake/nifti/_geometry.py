@@ -27,8 +27,8 @@ __all__ = [
     "StackGeometry",
     "check_stack",
     "fsl_bvecs",
-    "mosaic_affine_ras",
     "slice_affine_ras",
+    "tile_affine_ras",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -243,26 +243,28 @@ def slice_affine_ras(plane: Plane, first_position: FloatArray, slice_step: float
     return LPS_TO_RAS @ lps
 
 
-def mosaic_affine_ras(wrapper_affine: FloatArray, rows: int) -> FloatArray:
-    """Turn nibabel's mosaic affine into the RAS affine of the dcm2niix voxel order.
+def tile_affine_ras(plane: Plane, first_position: FloatArray, step: FloatArray) -> FloatArray:
+    """The RAS affine of slices placed at ``first_position + k * step`` (mosaic tiles).
 
     Parameters
     ----------
-    wrapper_affine : numpy.ndarray
-        ``MosaicWrapper.affine``: LPS, voxel axes (row, column, slice).
-    rows : int
-        Rows of one mosaic tile.
+    plane : Plane
+        In-plane geometry of one tile.
+    first_position : numpy.ndarray
+        ``ImagePositionPatient`` of the first tile (LPS).
+    step : numpy.ndarray
+        LPS displacement from one tile to the next (may point against the normal).
 
     Returns
     -------
     numpy.ndarray
-        ``(4, 4)`` RAS affine for voxel axes (column, reversed row, slice).
+        ``(4, 4)`` RAS affine in the dcm2niix voxel order (column, reversed row, tile).
     """
     lps = np.eye(4)
-    lps[:3, 0] = wrapper_affine[:3, 1]
-    lps[:3, 1] = -wrapper_affine[:3, 0]
-    lps[:3, 2] = wrapper_affine[:3, 2]
-    lps[:3, 3] = wrapper_affine[:3, 3] + (rows - 1) * wrapper_affine[:3, 0]
+    lps[:3, 0] = plane.row_cosine * plane.col_spacing
+    lps[:3, 1] = -plane.col_cosine * plane.row_spacing
+    lps[:3, 2] = step
+    lps[:3, 3] = first_position + (plane.rows - 1) * plane.row_spacing * plane.col_cosine
     return LPS_TO_RAS @ lps
 
 

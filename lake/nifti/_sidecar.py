@@ -10,14 +10,17 @@ input, which the lake has already de-identified.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
 
-from lake.nifti._volume import Assembled, attribute, csa_image_header, csa_value
+from lake.nifti._private import phase_axis as read_phase_axis
+from lake.nifti._timing import ge_repetition_delay, slice_timing
+from lake.nifti._volume import Assembled, attribute
 
-__all__ = ["FORBIDDEN_KEYS", "build_sidecar", "slice_timing"]
+__all__ = ["FORBIDDEN_KEYS", "VolumeContext", "build_sidecar", "image_type"]
 
 #: Keys a sidecar must never hold (checked by the tests on every sidecar written).
 FORBIDDEN_KEYS = frozenset(
@@ -134,33 +137,66 @@ def _clock(value: Any) -> str | None:
     return f"{digits[0:2]}:{digits[2:4]}:{digits[4:6]}.{(frac + '000000')[:6]}"
 
 
-def slice_timing(assembled: Assembled, repetition_time_ms: float | None) -> list[float] | None:
-    """Slice acquisition times (s) of a mosaic series, in NIfTI slice order.
+@dataclass(frozen=True)
+class VolumeContext:
+    """What the sidecar of one volume needs beyond its frames.
 
-    Taken from the CSA ``MosaicRefAcqTimes`` of the first volume whose times lie within
-    the repetition time (CMRR multiband sequences store impossible times in the first
-    volume; dcm2niix then uses the second volume too).
+    Attributes
+    ----------
+    acquisitions : sequence of mapping
+        Acquisition parameters of each dataset of the series.
+    vendor : str or None
+        dcm2niix's manufacturer name.
+    echo_number : int or None
+        Echo written as ``EchoNumber`` (multi-echo series, or a lone echo after the first).
+    component : str
+        ``magnitude``, ``phase``, ``real`` or ``imaginary``.
+    field_map_hz : bool
+        A real volume holding a B0 field map in Hz.
+    single_component : bool
+        Whether the instances of this volume hold only this component (dcm2niix then names
+        a magnitude image MAGNITUDE).
     """
-    if not assembled.mosaic_csa:
+
+    acquisitions: Sequence[Mapping[str, Any]]
+    vendor: str | None
+    echo_number: int | None
+    component: str
+    field_map_hz: bool
+    single_component: bool
+
+
+_APPENDED = {"phase": "PHASE", "real": "REAL", "imaginary": "IMAGINARY"}
+
+
+def image_type(values: Any, context: VolumeContext) -> list[str] | None:
+    """ImageType as dcm2niix writes it: values split at underscores, then the component.
+
+    dcm2niix joins the values with underscores internally, so ``M_FFE`` becomes two values.
+    It appends the complex component it found (PHASE, REAL, IMAGINARY; FIELDMAPHZ for a
+    field map) unless the values already name it (GE: always); recent releases (2024 and
+    later) also append MAGNITUDE to an image holding magnitude only.
+    """
+    if values is None:
         return None
-    candidates = list(assembled.mosaic_csa)
-    n_slices = int(assembled.data.shape[1])
-    for csa in candidates:
-        tag = csa.get("tags", {}).get("MosaicRefAcqTimes", {})
-        times = [float(v) for v in tag.get("items", [])]
-        if len(times) != n_slices:
-            continue
-        if repetition_time_ms and max(times) > repetition_time_ms:
-            continue
-        return [round(t / 1000.0, 6) for t in times]
-    return None
+    items = [values] if isinstance(values, str) else list(values)
+    tokens = [t for v in items for t in str(v).split("_") if t.strip()]
+    upper = [t.upper() for t in tokens]
+    if context.field_map_hz:
+        tokens.append("FIELDMAPHZ")
+    elif context.component in _APPENDED:
+        name = _APPENDED[context.component]
+        if context.vendor == "GE" or name not in upper:
+            tokens.append(name)
+    elif context.single_component and "MAGNITUDE" not in upper:
+        tokens.append("MAGNITUDE")
+    return tokens
 
 
 def build_sidecar(
     assembled: Assembled,
     datasets: Sequence[Dataset],
-    *,
-    multi_echo: bool,
+    context: VolumeContext,
 ) -> dict[str, Any]:
     """The BIDS sidecar of one assembled volume.
 
@@ -170,8 +206,8 @@ def build_sidecar(
         The volume (its first frame supplies the acquisition attributes).
     datasets : sequence of Dataset
         The series the frames point into.
-    multi_echo : bool
-        Whether the series has several echoes (then ``EchoNumber`` is written).
+    context : VolumeContext
+        Acquisition parameters, vendor, echo and component of this volume.
 
     Returns
     -------
@@ -181,7 +217,7 @@ def build_sidecar(
     first = assembled.volumes[0][0]
     ds = datasets[first.source]
     frame = first.frame
-    csa = csa_image_header(ds) if frame is None else None
+    acquisition = context.acquisitions[first.source]
     out: dict[str, Any] = {}
 
     def put(key: str, value: Any) -> None:
@@ -194,11 +230,11 @@ def build_sidecar(
     manufacturer = _text(ds.get("Manufacturer"), "\\")
     if manufacturer is not None:
         put("Manufacturer", _manufacturer(manufacturer))
+    elif context.vendor is not None:
+        put("Manufacturer", context.vendor)
     for key, keyword in _TEXT_KEYS:
         put(key, _text(ds.get(keyword), "\\"))
-    image_type = ds.get("ImageType")
-    if image_type is not None:
-        put("ImageType", [str(v) for v in image_type if str(v).strip()])
+    put("ImageType", image_type(ds.get("ImageType"), context))
     put("SeriesNumber", _number(ds.get("SeriesNumber")))
     times = [
         datasets[f.source].get("AcquisitionTime")
@@ -215,12 +251,13 @@ def build_sidecar(
         _number(attribute(ds, frame, "PixelMeasuresSequence", "SpacingBetweenSlices")),
     )
     put("SAR", _number(ds.get("SAR")))
-    if multi_echo:
-        put("EchoNumber", _number(ds.get("EchoNumbers")))
+    put("EchoNumber", context.echo_number)
     echo_time = first.echo_time
-    put("EchoTime", None if echo_time is None else round(echo_time / 1000.0, 9))
+    put("EchoTime", None if not echo_time else round(echo_time / 1000.0, 9))
     tr_ms = _number(attribute(ds, frame, "MRTimingAndRelatedParametersSequence", "RepetitionTime"))
-    put("RepetitionTime", _seconds(tr_ms))
+    extra = ge_repetition_delay(acquisition) if context.vendor == "GE" else 0.0
+    repetition = _seconds(tr_ms)
+    put("RepetitionTime", None if repetition is None else round(repetition + extra, 9))
     put("InversionTime", _seconds(attribute(ds, frame, "MRModifierSequence", "InversionTimes")
                                   if frame is not None else ds.get("InversionTime")))
     put("FlipAngle", _number(attribute(ds, frame, "MRTimingAndRelatedParametersSequence",
@@ -230,36 +267,60 @@ def build_sidecar(
     put("XRayExposure", _number(ds.get("Exposure")))
     put("ExposureTime", _seconds(ds.get("ExposureTime")))
     put("ConvolutionKernel", _text(ds.get("ConvolutionKernel"), "\\"))
-    phase_axis = _text(ds.get("InPlanePhaseEncodingDirection"), "")
+    modality = str(ds.get("Modality") or "").upper()
+    three_d = str(ds.get("MRAcquisitionType") or "").upper() == "3D"
+    timing = None
+    if not three_d and modality not in ("CT", "PT"):
+        timing = slice_timing(assembled, datasets, context.acquisitions, context.vendor,
+                              float(tr_ms) if tr_ms else None)
+    multiband = acquisition.get("multiband_acceleration_factor")
+    together = _excited_together(timing) if context.vendor != "GE" else 0
+    if together > 1 and not (isinstance(multiband, int) and multiband > 1):
+        multiband = together  # as dcm2niix: slices sharing the earliest time
+    if isinstance(multiband, int) and multiband > 1:
+        put("MultibandAccelerationFactor", multiband)
+    phase_axis = read_phase_axis(ds)
     n_x, n_y = int(assembled.data.shape[3]), int(assembled.data.shape[2])
-    recon_pe = n_y if phase_axis == "COL" else n_x if phase_axis == "ROW" else None
-    bw_pe = _number(csa_value(csa, "BandwidthPerPixelPhaseEncode"))
+    recon_pe = n_y if n_x == n_y or phase_axis == "COL" else n_x if phase_axis == "ROW" \
+        else None
     if recon_pe is not None:
         put("ReconMatrixPE", recon_pe)
-    if bw_pe and recon_pe:
-        put("BandwidthPerPixelPhaseEncode", bw_pe)
-        spacing = 1.0 / (float(bw_pe) * recon_pe)
-        put("EffectiveEchoSpacing", round(spacing, 9))
-        put("TotalReadoutTime", round(spacing * (recon_pe - 1), 9))
+    put("BandwidthPerPixelPhaseEncode", acquisition.get("bandwidth_per_pixel_phase_encode"))
+    accel = acquisition.get("parallel_reduction_factor_in_plane")
+    if isinstance(accel, float) and accel > 1.0:
+        put("ParallelReductionFactorInPlane", _number(round(accel, 6)))
+    put("EffectiveEchoSpacing", _rounded(acquisition.get("effective_echo_spacing")))
+    put("TotalReadoutTime", _rounded(acquisition.get("total_readout_time")))
     put("PixelBandwidth", _number(ds.get("PixelBandwidth")))
-    dwell = _number(csa_value(csa, "RealDwellTime"))
-    if dwell:
-        put("DwellTime", round(float(dwell) * 1e-9, 12))
-    polarity = _number(csa_value(csa, "PhaseEncodingDirectionPositive"))
-    if phase_axis in ("ROW", "COL") and polarity in (0, 1):
-        # NIfTI j runs opposite to the DICOM row index, which flips the polarity of COL.
-        if phase_axis == "COL":
-            put("PhaseEncodingDirection", "j-" if polarity == 1 else "j")
-        else:
-            put("PhaseEncodingDirection", "i" if polarity == 1 else "i-")
-    elif phase_axis in ("ROW", "COL"):
+    put("DwellTime", _rounded(acquisition.get("dwell_time")))
+    direction = acquisition.get("phase_encoding_direction")
+    echo_train = _number(ds.get("EchoTrainLength"))
+    skip_axis = three_d and not (isinstance(echo_train, int | float) and echo_train > 1)
+    if isinstance(direction, str) and not skip_axis:
+        # NIfTI j runs opposite to the DICOM row index, which flips the polarity along j
+        if direction.startswith("j"):
+            direction = "j" if direction == "j-" else "j-"
+        put("PhaseEncodingDirection", direction)
+    elif phase_axis in ("ROW", "COL") and not skip_axis:
         put("PhaseEncodingAxis", "j" if phase_axis == "COL" else "i")
-    put("SliceTiming", slice_timing(assembled, float(tr_ms) if tr_ms else None))
+    if timing is not None:
+        put("SliceTiming", [round(t, 7) for t in timing])
     iop = attribute(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
     if iop is not None and len(iop) == 6:
         put("ImageOrientationPatientDICOM", [_number(v) for v in iop])
-    put("InPlanePhaseEncodingDirectionDICOM", phase_axis)
+    put("InPlanePhaseEncodingDirectionDICOM", phase_axis or None)
     put("ConversionSoftware", "imaging-lake")
     leaked = FORBIDDEN_KEYS.intersection(out)
     assert not leaked, leaked  # the allow-list above never produces these
     return out
+
+
+def _excited_together(timing: list[float] | None) -> int:
+    if not timing or len(timing) < 2:
+        return 0
+    earliest = min(timing)
+    return sum(1 for t in timing if abs(t - earliest) < 1e-6)
+
+
+def _rounded(value: Any) -> float | None:
+    return round(float(value), 12) if isinstance(value, float) and value > 0 else None

@@ -4,7 +4,7 @@ A *frame* is one 2D image: a single-frame instance, or one frame of a multi-fram
 (its attributes looked up in the per-frame, then shared functional groups). Frames are
 grouped into stacks (same image component and echo), sorted by position along the slice
 normal, checked for gaps/tilt/uneven spacing and, where several frames share a location,
-split into volumes. Siemens mosaics are unpacked with :mod:`nibabel.nicom`.
+split into volumes. Mosaics (Siemens, UIH) are unpacked with the tile layout derived at ingest.
 
 The output array is laid out C-contiguous as ``(t, z, y, x[, rgb])``, which is NIfTI's
 Fortran ``(x, y, z, t)`` order byte for byte, with ``y`` the DICOM row index reversed.
@@ -12,9 +12,8 @@ Fortran ``(x, y, z, t)`` order byte for byte, with ``y`` the DICOM row index rev
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -29,22 +28,13 @@ from lake.nifti._geometry import (
     Plane,
     SpacingVerdict,
     check_stack,
-    mosaic_affine_ras,
     slice_affine_ras,
+    tile_affine_ras,
 )
 from lake.nifti._types import NiftiRefusal, RefusalReason
 
-with warnings.catch_warnings():
-    # nibabel announces its DICOM readers as experimental on import; we only use the CSA
-    # parser and the mosaic unpacker, which are what FIELD-NOTES tells us to rely on.
-    warnings.filterwarnings(
-        "ignore", message="The DICOM readers are highly experimental", category=UserWarning
-    )
-    from nibabel.nicom import csareader as _csareader
-    from nibabel.nicom.dicomwrappers import MosaicWrapper, WrapperError
-
-#: nibabel's CSA parser is untyped; treat it as such in one place.
-csareader: Any = _csareader
+#: Acquisition parameters of one instance (see :mod:`lake.nifti._parameters`).
+Acquisition = Mapping[str, Any]
 
 __all__ = [
     "HEADER_SPACE",
@@ -57,7 +47,6 @@ __all__ = [
     "assemble_plain",
     "assemble_stack",
     "attribute",
-    "csa_image_header",
     "frames_of",
     "is_mosaic",
 ]
@@ -111,6 +100,11 @@ class Frame:
         Diffusion gradient direction (LPS).
     echo_numbered : bool
         Whether ``echo`` is an EchoNumbers value (else an echo time).
+    slice_time : float or None
+        Acquisition time of this slice (s, series-relative), from the acquisition
+        parameters.
+    field_map_hz : bool
+        A real frame holding a B0 field map in Hz (Philips).
     """
 
     source: int
@@ -127,6 +121,8 @@ class Frame:
     bvalue: float | None = None
     gradient: FloatArray | None = None
     echo_numbered: bool = False
+    slice_time: float | None = None
+    field_map_hz: bool = False
 
 
 @dataclass(eq=False)
@@ -143,14 +139,18 @@ class Assembled:
         ``(t, z)`` rescale of each frame.
     volumes : list of list of Frame
         ``volumes[t]`` are the frames of volume ``t`` in slice order (one per mosaic).
-    mosaic_csa : list of dict
-        For mosaics, the CSA image header of each volume.
+    mosaic : bool
+        Whether the volumes were unpacked from mosaics (one frame per volume, tiles in
+        slice order).
     slice_thickness_fallback : bool
         Whether the slice spacing came from a DICOM attribute rather than positions.
     anatomical : bool
         Whether the affine comes from patient geometry (else it only carries voxel sizes).
     backing : numpy.ndarray, optional
         The byte buffer ``data`` lives in, ``HEADER_SPACE`` bytes from its start.
+    reoriented : bool
+        Whether the voxel axes were permuted away from the DICOM pixel matrix (3D
+        acquisitions), so that row/column no longer name voxel axes.
     """
 
     affine: FloatArray
@@ -158,10 +158,11 @@ class Assembled:
     slopes: FloatArray
     intercepts: FloatArray
     volumes: list[list[Frame]]
-    mosaic_csa: list[dict[str, Any]] = field(default_factory=list)
+    mosaic: bool = False
     slice_thickness_fallback: bool = False
     anatomical: bool = True
     backing: NDArray[np.uint8] | None = None
+    reoriented: bool = False
 
 
 # --------------------------------------------------------------------------- attributes
@@ -273,26 +274,25 @@ def number_of_frames(ds: Dataset) -> int:
         return 1
 
 
-def csa_image_header(ds: Dataset) -> dict[str, Any] | None:
-    """The parsed Siemens CSA image header, ``None`` when absent or unreadable."""
-    try:
-        header = csareader.get_csa_header(ds, "image")
-    except (csareader.CSAReadError, ValueError, KeyError, IndexError):
-        return None
-    return header if isinstance(header, dict) else None
-
-
-def csa_value(csa: dict[str, Any] | None, name: str) -> Any:
-    """A scalar from a parsed CSA header, ``None`` when absent."""
-    if csa is None:
-        return None
-    return csareader.get_scalar(csa, name)
-
-
-def is_mosaic(ds: Dataset) -> bool:
-    """Whether ``ds`` is a Siemens mosaic (by ImageType, as a de-identified copy may lack CSA)."""
+def is_mosaic(ds: Dataset, acquisition: Acquisition) -> bool:
+    """Whether ``ds`` stores its slices as tiles: a Siemens mosaic (ImageType MOSAIC) or a
+    UIH grid (known from its acquisition parameters)."""
+    if "mosaic_tiles" in acquisition:
+        return True
     image_type = ds.get("ImageType")
     return image_type is not None and any(str(v).upper() == "MOSAIC" for v in image_type)
+
+
+def _item(values: Any, index: int, count: int) -> Any:
+    """The ``index``-th of ``count`` per-frame values (a list of one serves every frame)."""
+    if not isinstance(values, list) or not values:
+        return None
+    if len(values) == count:
+        return values[index]
+    return values[0] if len(values) == 1 else None
+
+
+_COMPONENT_OF = {"magnitude": None, "phase": "PHASE", "real": "REAL", "imaginary": "IMAGINARY"}
 
 
 def _component(ds: Dataset, frame: int | None) -> Component:
@@ -342,7 +342,42 @@ def _plane(ds: Dataset, frame: int | None) -> tuple[Plane | None, FloatArray | N
     return plane, ipp
 
 
-def frames_of(ds: Dataset, source: int) -> list[Frame]:
+def _philips_precise(
+    acquisition: Acquisition, index: int, count: int, slope: float | None,
+    intercept: float | None,
+) -> tuple[float | None, float | None]:
+    """Philips floating-point values, as dcm2niix computes them (in float32).
+
+    Philips displays ``stored x RescaleSlope + RescaleIntercept``; the quantitative value
+    divides that by ``RescaleSlope x scale slope`` (2005,100E). dcm2niix writes the result
+    as ``scl_slope = P(1) - P(0)`` and ``scl_inter = P(0)``, each computed in float32.
+    """
+    scale = _float(_item(acquisition.get("scale_slopes"), index, count))
+    if scale is None or scale == 0:
+        return slope, intercept
+    rs = np.float32(1.0 if slope is None else slope)
+    ri = np.float32(0.0 if intercept is None else intercept)
+    denominator = np.float32(rs * np.float32(scale))
+    if denominator == 0:
+        return slope, intercept
+    at_zero = np.float32(np.float32(np.float32(0.0) * rs + ri) / denominator)
+    at_one = np.float32(np.float32(np.float32(1.0) * rs + ri) / denominator)
+    if at_zero == at_one:
+        return slope, intercept
+    return float(np.float32(at_one - at_zero)), float(at_zero)
+
+
+def _is_field_map(ds: Dataset, frame: int | None) -> bool:
+    """A real image that is a B0 field map in Hz (dcm2niix's FIELDMAPHZ)."""
+    kinds = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if frame is not None:
+        frame_type = attribute(ds, frame, "MRImageFrameTypeSequence", "FrameType")
+        kinds += [str(v).upper() for v in (frame_type or [])]
+    joined = "_".join(kinds)
+    return ("B0" in joined and "MAP" in joined) or "FIELD_MAP" in joined
+
+
+def frames_of(ds: Dataset, source: int, acquisition: Acquisition) -> list[Frame]:
     """Describe every frame of ``ds``.
 
     Parameters
@@ -351,6 +386,8 @@ def frames_of(ds: Dataset, source: int) -> list[Frame]:
         One instance of the series.
     source : int
         Its index in the caller's sequence.
+    acquisition : mapping
+        Its acquisition parameters (derived from the original header).
 
     Returns
     -------
@@ -360,8 +397,12 @@ def frames_of(ds: Dataset, source: int) -> list[Frame]:
     enhanced = is_enhanced(ds)
     n = number_of_frames(ds)
     indices: list[int | None] = list(range(n)) if enhanced or n > 1 else [None]
-    csa = csa_image_header(ds) if not enhanced else None
     instance = _float(ds.get("InstanceNumber")) or 0.0
+    b_values = acquisition.get("diffusion_b_values")
+    gradients = acquisition.get("diffusion_gradients")
+    components = acquisition.get("complex_components")
+    times = acquisition.get("slice_timing")
+    echo_fallback = acquisition.get("echo_number")
     uid = str(ds.get("SOPInstanceUID", ""))
     frames = []
     for index in indices:
@@ -377,24 +418,24 @@ def frames_of(ds: Dataset, source: int) -> list[Frame]:
         if echo_time is None:
             echo_time = _float(ds.get("EchoTime"))
         echo_number = None if enhanced else _float(ds.get("EchoNumbers"))
+        if echo_number is None and isinstance(echo_fallback, int):
+            echo_number = float(echo_fallback)
         echo = echo_number if echo_number is not None else echo_time
-        bvalue = _float(attribute(ds, lookup, "MRDiffusionSequence", "DiffusionBValue"))
+        position_in = index if index is not None else 0
+        bvalue = _float(_item(b_values, position_in, n))
         gradient = None
-        if enhanced:
-            direction = attribute(
-                ds, lookup, "MRDiffusionSequence", "DiffusionGradientDirectionSequence"
-            )
-            if direction is not None and len(direction) > 0:
-                gradient = _floats(direction[0].get("DiffusionGradientOrientation"), 3)
-        else:
-            gradient = _floats(ds.get("DiffusionGradientOrientation"), 3)
-        if csa is not None and bvalue is None:
-            bvalue = _float(csa_value(csa, "B_value"))
-            try:
-                g = csareader.get_g_vector(csa)
-            except ValueError:
-                g = None
-            gradient = _floats(g, 3) if g is not None else gradient
+        if isinstance(gradients, list) and len(gradients) in (3, 3 * n):
+            offset = 3 * position_in if len(gradients) == 3 * n else 0
+            gradient = _floats(gradients[offset : offset + 3], 3)
+        named = _item(components, position_in, n)
+        component = _component(ds, lookup)
+        if isinstance(named, str):
+            component = {"phase": Component.PHASE, "real": Component.REAL,
+                         "imaginary": Component.IMAGINARY}.get(named, Component.MAGNITUDE)
+        slice_time = _float(_item(times, position_in, n)) if not is_mosaic(ds, acquisition) \
+            else None
+        slope, intercept = _philips_precise(acquisition, position_in, n, slope, intercept)
+        field_map = component is Component.REAL and _is_field_map(ds, lookup)
         if enhanced:
             temporal = _float(
                 attribute(ds, lookup, "FrameContentSequence", "TemporalPositionIndex")
@@ -407,17 +448,17 @@ def frames_of(ds: Dataset, source: int) -> list[Frame]:
                     ds, lookup, "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"
                 )
             )
-            acquisition = None
+            acquisition_number = None
         else:
             temporal = _float(ds.get("TemporalPositionIdentifier"))
             acquired = _dicom_time_seconds(ds.get("AcquisitionTime"))
             trigger = _float(ds.get("TriggerTime"))
-            acquisition = _float(ds.get("AcquisitionNumber"))
+            acquisition_number = _float(ds.get("AcquisitionNumber"))
         b_key = None if bvalue is None else round(bvalue, 3)
         g_key = None if gradient is None else tuple(np.round(gradient, 4).tolist())
         order = (
             temporal or 0.0,
-            acquisition or 0.0,
+            acquisition_number or 0.0,
             trigger or 0.0,
             acquired or 0.0,
             instance,
@@ -426,7 +467,7 @@ def frames_of(ds: Dataset, source: int) -> list[Frame]:
             uid,
             index if index is not None else 0,
         )
-        identity = (temporal, acquisition, b_key, g_key)
+        identity = (temporal, acquisition_number, b_key, g_key)
         frames.append(
             Frame(
                 source=source,
@@ -437,12 +478,14 @@ def frames_of(ds: Dataset, source: int) -> list[Frame]:
                 intercept=0.0 if intercept is None else intercept,
                 echo=echo,
                 echo_time=echo_time,
-                component=_component(ds, lookup),
+                component=component,
                 order=order,
                 identity=identity,
                 bvalue=bvalue,
                 gradient=gradient,
                 echo_numbered=echo_number is not None,
+                slice_time=slice_time,
+                field_map_hz=field_map,
             )
         )
     return frames
@@ -817,21 +860,36 @@ def _fill(
 # --------------------------------------------------------------------------- mosaics
 
 
-class _Mosaic(MosaicWrapper):
-    """nibabel's mosaic wrapper fed with pixels we decoded (so the dataset is not mutated)."""
-
-    def __init__(self, ds: Dataset, csa: dict[str, Any], array: NDArray[Any]) -> None:
-        super().__init__(ds, csa)  # type: ignore[no-untyped-call]
-        self._array = array
-
-    def get_pixel_array(self) -> NDArray[Any]:
-        return self._array
+def _mosaic_layout(
+    acquisition: Acquisition,
+) -> tuple[int, int, int, NDArray[np.float64]] | None:
+    """(tiles, tile rows, tile columns, positions) from the acquisition parameters."""
+    tiles = acquisition.get("mosaic_tiles")
+    grid = acquisition.get("mosaic_grid")
+    positions = acquisition.get("slice_positions")
+    if not isinstance(tiles, int) or not isinstance(grid, list) or len(grid) != 2:
+        return None
+    if not isinstance(positions, list) or len(positions) != 3 * tiles:
+        return None
+    down, across = int(grid[0]), int(grid[1])
+    if down * across < tiles:
+        return None
+    return tiles, down, across, np.array(positions, dtype=np.float64).reshape(tiles, 3)
 
 
 def assemble_mosaics(
-    frames: list[Frame], datasets: Sequence[Dataset], pixels: PixelCache, suffix: str
+    frames: list[Frame],
+    datasets: Sequence[Dataset],
+    acquisitions: Sequence[Acquisition],
+    pixels: PixelCache,
+    suffix: str,
 ) -> Assembled | NiftiRefusal:
-    """Unpack the Siemens mosaics of one stack (one mosaic per volume) into a 3D/4D volume.
+    """Unpack the mosaics of one stack (one mosaic per volume) into a 3D/4D volume.
+
+    Siemens mosaics and UIH grids store the slices of a volume as tiles of one image, row by
+    row. Their number, grid and positions are acquisition parameters derived from private
+    elements at ingest, so a de-identified copy converts as well as the original. Slices keep
+    the tile order (as dcm2niix), the affine steps from the first to the last tile.
 
     Parameters
     ----------
@@ -839,6 +897,8 @@ def assemble_mosaics(
         One frame per mosaic instance, any order.
     datasets : sequence of Dataset
         The series.
+    acquisitions : sequence of mapping
+        Acquisition parameters of each dataset.
     pixels : PixelCache
         Decoder cache.
     suffix : str
@@ -849,55 +909,81 @@ def assemble_mosaics(
     Assembled or NiftiRefusal
     """
     ordered = sorted(frames, key=lambda f: f.order)
-    tiles: list[NDArray[Any]] = []
-    headers: list[dict[str, Any]] = []
-    affine: FloatArray | None = None
-    shape: tuple[int, ...] | None = None
+    volumes: list[NDArray[Any]] = []
+    reference: tuple[int, int, int, NDArray[np.float64]] | None = None
     for item in ordered:
-        ds = datasets[item.source]
-        csa = csa_image_header(ds)
-        if csa is None or not csareader.is_mosaic(csa):
+        layout = _mosaic_layout(acquisitions[item.source])
+        if layout is None:
             return NiftiRefusal(
-                RefusalReason.MOSAIC_WITHOUT_CSA,
-                f"instance {item.source} is a Siemens mosaic without its CSA image header "
-                "(private tag group 0029 removed?); the number of tiles is unknown. Keep the "
-                "CSA header in the de-identification profile for MR mosaics",
+                RefusalReason.MOSAIC_WITHOUT_LAYOUT,
+                f"instance {item.source} is a mosaic whose tile count, grid and positions are "
+                "unknown (its acquisition parameters were not derived at ingest); re-ingest "
+                "the original files",
                 suffix,
             )
-        array = pixels.frame(item)
-        if isinstance(array, NiftiRefusal):
-            return NiftiRefusal(array.reason_code, array.message, suffix)
-        try:
-            wrapper = _Mosaic(ds, csa, array)
-            volume = wrapper.get_unscaled_data()  # type: ignore[no-untyped-call]
-            this_affine = mosaic_affine_ras(np.asarray(wrapper.affine, dtype=np.float64),
-                                            int(volume.shape[0]))
-        except (WrapperError, ValueError, TypeError) as exc:
-            return NiftiRefusal(
-                RefusalReason.INCONSISTENT_MOSAIC,
-                f"mosaic instance {item.source} cannot be unpacked ({type(exc).__name__}): "
-                "its tile count does not fit its matrix",
-                suffix,
-            )
-        if affine is None:
-            affine, shape = this_affine, volume.shape
-        elif volume.shape != shape or not np.allclose(this_affine, affine, atol=1e-3):
+        tiles, down, across, positions = layout
+        if reference is None:
+            reference = layout
+        elif (layout[:3] != reference[:3]
+              or not np.allclose(positions, reference[3], atol=1e-3)):
             return NiftiRefusal(
                 RefusalReason.INCONSISTENT_MOSAIC,
                 "the mosaics of this series differ in tile count, matrix or position; "
                 "export them as separate series",
                 suffix,
             )
-        tiles.append(volume)
-        headers.append(csa)
-    assert affine is not None and shape is not None
-    rows, cols, n_z = (int(v) for v in shape[:3])
-    data, backing = _allocate((len(tiles), n_z, rows, cols), tiles)
-    for t, volume in enumerate(tiles):
-        data[t] = np.transpose(volume, (2, 0, 1))[:, ::-1, :]
+        array = pixels.frame(item)
+        if isinstance(array, NiftiRefusal):
+            return NiftiRefusal(array.reason_code, array.message, suffix)
+        rows, cols = int(array.shape[0]), int(array.shape[1])
+        if array.ndim != 2 or rows % down or cols % across:
+            return NiftiRefusal(
+                RefusalReason.INCONSISTENT_MOSAIC,
+                f"mosaic instance {item.source} cannot be unpacked: its {down} x {across} "
+                "tile grid does not divide its matrix",
+                suffix,
+            )
+        tile_rows, tile_cols = rows // down, cols // across
+        grid = array.reshape(down, tile_rows, across, tile_cols).transpose(0, 2, 1, 3)
+        volumes.append(grid.reshape(down * across, tile_rows, tile_cols)[:tiles])
+    assert reference is not None
+    tiles, _, _, positions = reference
+    ds = datasets[ordered[0].source]
+    iop = _floats(attribute(ds, None, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+    spacing = _floats(attribute(ds, None, "PixelMeasuresSequence", "PixelSpacing"), 2)
+    tile_rows, tile_cols = int(volumes[0].shape[1]), int(volumes[0].shape[2])
+    if iop is None or spacing is None:
+        return NiftiRefusal(
+            RefusalReason.MISSING_GEOMETRY,
+            "the mosaic has no ImageOrientationPatient or PixelSpacing",
+            suffix,
+        )
+    plane = Plane(iop[:3], iop[3:], float(spacing[0]), float(spacing[1]), tile_rows, tile_cols)
+    normal = plane.normal
+    if tiles > 1:
+        direction = normal if float(np.dot(positions[-1] - positions[0], normal)) >= 0 \
+            else -normal
+        geometry = check_stack(positions, direction)
+        if geometry.verdict is not SpacingVerdict.EVEN:
+            return NiftiRefusal(
+                RefusalReason.UNEVEN_SPACING
+                if geometry.verdict is not SpacingVerdict.TILTED else RefusalReason.GANTRY_TILT,
+                f"the tiles of this mosaic are not evenly spaced along the slice normal "
+                f"({geometry.verdict.value})",
+                suffix,
+            )
+        step = (positions[-1] - positions[0]) / (tiles - 1)
+    else:
+        depth = _float(ds.get("SpacingBetweenSlices")) or _float(ds.get("SliceThickness")) \
+            or 1.0
+        step = normal * depth
+    affine = tile_affine_ras(plane, positions[0], step)
+    data, backing = _allocate((len(volumes), tiles, tile_rows, tile_cols), volumes)
+    for t, volume in enumerate(volumes):
+        data[t] = volume[:, ::-1, :]
         pixels.correct_in_place(ordered[t].source, data[t])
-    slopes = np.array([[f.slope] * n_z for f in ordered])
-    intercepts = np.array([[f.intercept] * n_z for f in ordered])
+    slopes = np.array([[f.slope] * tiles for f in ordered])
+    intercepts = np.array([[f.intercept] * tiles for f in ordered])
     return Assembled(
-        affine, data, slopes, intercepts, [[f] for f in ordered], headers, backing=backing
+        affine, data, slopes, intercepts, [[f] for f in ordered], mosaic=True, backing=backing
     )

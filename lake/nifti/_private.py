@@ -1,0 +1,164 @@
+"""Reading vendor private elements by their private creator, whatever VR the file gave them.
+
+A private element (gggg,xxee) lives in the block ``xx`` that a private creator element
+(gggg,00xx) reserves; vendors and archives move blocks around, so elements are found through
+their creator, as PS3.5 7.8 prescribes. Implicit-VR files and archives that lost the
+private dictionary give values as raw bytes (VR UN): they are decoded here with the VR the
+vendor documents. Nothing here interprets values.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import IS, DSfloat
+
+__all__ = [
+    "DecodeError",
+    "creator_block",
+    "first_float",
+    "first_int",
+    "floats",
+    "phase_axis",
+    "private",
+    "text",
+]
+
+#: Exceptions a reader of damaged or unexpected private content may meet.
+DecodeError = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+               struct.error, UnicodeDecodeError, EOFError)
+
+_BINARY = {"FD": "d", "FL": "f", "SS": "h", "US": "H", "SL": "l", "UL": "L"}
+
+
+def creator_block(ds: Dataset, group: int, creators: Iterable[str]) -> int | None:
+    """The block number reserved by a private creator containing one of ``creators``."""
+    wanted = [c.upper() for c in creators]
+    for element in range(0x10, 0x100):
+        elem = ds.get((group, element))
+        if elem is None:
+            continue
+        value = elem.value
+        if isinstance(value, bytes):
+            value = value.decode("latin-1", "replace")
+        name = str(value).strip().upper()
+        if any(w in name for w in wanted):
+            return element
+    return None
+
+
+def _decode(value: Any, vr: str, little_endian: bool) -> Any:
+    if not isinstance(value, bytes | bytearray):
+        return value
+    raw = bytes(value)
+    if vr in _BINARY:
+        code = _BINARY[vr]
+        size = struct.calcsize(code)
+        count = len(raw) // size
+        items = struct.unpack(("<" if little_endian else ">") + code * count, raw[: size * count])
+        return list(items) if count != 1 else items[0]
+    if vr in ("OB", "OW", "UN", "SQ"):
+        return raw
+    parts = raw.rstrip(b"\x00 ").decode("latin-1").split("\\")
+    return parts if len(parts) != 1 else parts[0]
+
+
+def private(
+    ds: Dataset, group: int, creators: Iterable[str], element: int, vr: str
+) -> Any:
+    """The value of private element ``element`` (0x00-0xFF) of ``creators``' block, or None.
+
+    Parameters
+    ----------
+    ds : Dataset
+        Dataset or sequence item holding the element.
+    group : int
+        Odd group number.
+    creators : iterable of str
+        Substrings of the private creator (case-insensitive), e.g. ``"GEMS_PARM_01"``.
+    element : int
+        Element offset within the block (the low byte).
+    vr : str
+        The VR the vendor documents, used to decode raw (UN) values.
+    """
+    block = creator_block(ds, group, creators)
+    if block is None:
+        return None
+    elem = ds.get((group, (block << 8) | element))
+    if elem is None or elem.value is None or elem.value == "":
+        return None
+    little = getattr(ds, "is_little_endian", True)
+    return _decode(elem.value, vr, little if little is not None else True)
+
+
+def _scalars(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, MultiValue | list | tuple):
+        return list(value)
+    if isinstance(value, str) and "\\" in value:
+        return value.split("\\")
+    return [value]
+
+
+def floats(value: Any) -> list[float]:
+    """Every number in ``value`` (a number, a DS/IS string, a list...); [] when any fails."""
+    out = []
+    for item in _scalars(value):
+        if isinstance(item, DSfloat | IS | float | int) and not isinstance(item, bool):
+            out.append(float(item))
+        else:
+            out.append(float(str(item).strip()))
+    return out
+
+
+def first_float(value: Any) -> float | None:
+    """The first number of ``value``, None when absent or not a number."""
+    items = _scalars(value)
+    if not items:
+        return None
+    try:
+        numbers = floats(items[0])
+    except DecodeError:
+        return None
+    return numbers[0] if numbers else None
+
+
+def first_int(value: Any) -> int | None:
+    """The first number of ``value`` when it is an integer, else None."""
+    number = first_float(value)
+    if number is None or number != int(number):
+        return None
+    return int(number)
+
+
+def text(value: Any) -> str:
+    """``value`` as text (for parsing codes; never stored)."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("latin-1", "replace")
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def phase_axis(ds: Dataset) -> str:
+    """InPlanePhaseEncodingDirection (ROW, COL or ""), also from MR FOV/Geometry macros."""
+    value = ds.get("InPlanePhaseEncodingDirection")
+    if not value:
+        for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+            seq = ds.get(groups)
+            if not seq:
+                continue
+            geometry = seq[0].get("MRFOVGeometrySequence")
+            if geometry:
+                value = geometry[0].get("InPlanePhaseEncodingDirection")
+                if value:
+                    break
+    axis = str(value or "").strip().upper()
+    return axis[:3] if axis[:3] in ("ROW", "COL") else ""
