@@ -67,6 +67,9 @@ class VerifyReport:
     duplicate_instances: list[str] = field(default_factory=list)
     missing_batches: list[str] = field(default_factory=list)
     completed_batches: list[str] = field(default_factory=list)
+    mixed_series: list[str] = field(default_factory=list)
+    """SeriesInstanceUIDs whose instances name several patients (reported, not a problem
+    of the lake: the sender's data is so)."""
 
     @property
     def ok(self) -> bool:
@@ -283,8 +286,16 @@ class Lake:
         report = VerifyReport()
         report.completed_batches = complete_batches(self.tables)
         columns = self.tables.dataset("instances").to_table(
-            columns=["pixel_hash", "SOPInstanceUID", "batch_id"]
+            columns=["pixel_hash", "SOPInstanceUID", "batch_id", "SeriesInstanceUID", "PatientID"]
         )
+        patients: dict[str, set[str]] = {}
+        for series, patient in zip(
+            columns.column("SeriesInstanceUID").to_pylist(),
+            columns.column("PatientID").to_pylist(),
+            strict=True,
+        ):
+            patients.setdefault(str(series), set()).add(str(patient))
+        report.mixed_series = sorted(s for s, ids in patients.items() if len(ids) > 1)
         batches = set(
             self.tables.dataset("batches").to_table(columns=["batch_id"])["batch_id"].to_pylist()
         )

@@ -89,6 +89,7 @@ def _summary(summary: IngestSummary) -> Table:
         ("quarantined", f"{summary.quarantined:,}"),
         ("  of which uid conflicts", f"{summary.conflicts:,}"),
         ("replaced (re-profiled)", f"{summary.replaced:,}"),
+        ("series mixing patients", f"{summary.mixed_series:,}"),
         ("skipped", f"{sum(summary.sources.skipped.values()):,}"),
         ("bytes read", f"{mb:,.1f} MB"),
         ("new pixel blobs", f"{summary.blobs_written:,}"),
@@ -428,6 +429,11 @@ def verify(lake_root: LakeOption = None) -> None:
         err.print(f"instance in more than one row: {uid}")
     for batch_id in report.missing_batches:
         err.print(f"rows of a batch that has no batch record: {batch_id}")
+    if report.mixed_series:
+        err.print(
+            f"note: {len(report.mixed_series)} series hold instances of several patients "
+            "(as sent; exports keep each patient apart)"
+        )
     if report.completed_batches:
         err.print(
             f"completed the records of {len(report.completed_batches)} interrupted batch(es) "

@@ -217,7 +217,9 @@ def teaching_layout(refs: Sequence[InstanceRef]) -> list[TaskPlan]:
                 names = tuple(
                     (r.sop_uid, f"{folder}/image-{i:04d}.dcm") for i, r in enumerate(members, 1)
                 )
-                plans.append(TaskPlan(uid, folder, names, meta))
+                # A series holding several patients (a modality error, reported at ingest)
+                # is one series folder per patient: its UID alone is not a unique key.
+                plans.append(TaskPlan(f"{case}/{uid}", folder, names, meta))
     return plans
 
 

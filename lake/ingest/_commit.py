@@ -47,6 +47,7 @@ class _Counts:
     quarantined: int = 0
     conflicts: int = 0
     replaced: int = 0
+    mixed_series: int = 0
     bytes_in: int = 0
     blobs_written: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
@@ -62,6 +63,8 @@ class BatchResult(_Counts):
     Instance UID. ``duplicates`` are the same objects again (in any transfer syntax).
     ``replaced`` counts stored rows this batch replaced (``replace``: the same object
     de-identified under another profile); they are not counted as duplicates.
+    ``mixed_series`` counts series of the batch whose instances name several patients
+    (a modality or PACS error: they are ingested as they are, and reported).
     """
 
     batch_id: str = ""
@@ -96,6 +99,10 @@ def commit_batch(
             batch.blobs_written += int(outcome.blob_written)
         else:
             rejected.append(dict(outcome.record, batch_id=batch.batch_id, quarantined_at=now))
+    patients: dict[str, set[str]] = {}
+    for _, row in accepted:
+        patients.setdefault(str(row.get("SeriesInstanceUID")), set()).add(str(row.get("PatientID")))
+    batch.mixed_series = sum(1 for ids in patients.values() if len(ids) > 1)
     first: dict[str, int] = {}
     for position, (_, row) in enumerate(accepted):
         first.setdefault(row[KEY], position)

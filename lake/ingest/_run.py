@@ -77,6 +77,7 @@ class IngestSummary(_Counts):
             "quarantined",
             "conflicts",
             "replaced",
+            "mixed_series",
             "bytes_in",
             "blobs_written",
         ):
