@@ -14,6 +14,7 @@ from pipelines._common import EXIT_CODES_HELP, EXIT_INTERNAL, err, out, reported
 from pipelines.documents import attach_command, export_documents_command
 from pipelines.export import cohort_app, export_app
 from pipelines.net import pull_command, serve_app
+from pipelines.portal import share_app, users_app
 from pipelines.profiles import deid_command, profiles_app
 from pipelines.steward import (
     compact_command,
@@ -51,6 +52,8 @@ serve_app.command("web")(serve_web)
 app.add_typer(token_app, name="token")
 app.add_typer(teaching_app, name="teaching")
 app.add_typer(viewer_app, name="viewer")
+app.add_typer(users_app, name="users")
+app.add_typer(share_app, name="share")
 app.command("pull")(pull_command)
 app.command("forget")(forget_command)
 app.add_typer(quarantine_app, name="quarantine")

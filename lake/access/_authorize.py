@@ -20,8 +20,11 @@ from typing import TYPE_CHECKING
 
 from lake._errors import AuthenticationError, ExportError, ForbiddenError
 from lake.access._roles import ROLE_PERMISSIONS, Permission, Role
+from lake.access._sessions import SessionStore
+from lake.access._shares import ShareBook
 from lake.access._teaching import is_teaching_material, teaching_sets
 from lake.access._tokens import TokenBook
+from lake.access._users import UserBook
 from lake.catalog import COHORTS, TEACHING_SETS
 
 if TYPE_CHECKING:
@@ -38,10 +41,13 @@ class Credentials:
     ----------
     bearer : str, optional
         A token (``Authorization: Bearer``, the ``token`` query parameter or the
-        viewer's cookie).
+        viewer's cookie); a share link's token too.
+    session : str, optional
+        A portal session identifier (its cookie), when no token was presented.
     """
 
     bearer: str | None = None
+    session: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,9 +57,10 @@ class Principal:
     Parameters
     ----------
     kind : str
-        ``token`` or ``anonymous`` (the portal adds ``session`` and ``share``).
+        ``token``, ``share`` (a share link's token), ``session`` (a portal account) or
+        ``anonymous``.
     id : str
-        The token id (never the token), or ``anonymous``.
+        The token id (never the token), the account name, or ``anonymous``.
     role : Role
         Its role.
     cohorts : tuple of str
@@ -108,6 +115,13 @@ class Grant:
 
 _ANONYMOUS = Principal("anonymous", "anonymous", Role.RESEARCHER)
 
+# What each kind of principal may do at most, whatever its role: a share link only reads
+# (and downloads) its cohort; a browser session never stores (STOW-RS needs a token).
+_KIND_LIMITS: dict[str, frozenset[Permission]] = {
+    "share": frozenset({Permission.PUBLIC, Permission.READ}),
+    "session": frozenset(Permission) - {Permission.STORE},
+}
+
 
 class Access:
     """Authentication and authorisation for one lake.
@@ -125,6 +139,11 @@ class Access:
         self._lake = lake
         self.allow_anonymous = allow_anonymous
         self._tokens = TokenBook(lake)
+        # The portal's ways of signing in (lake.web.portal): accounts, their sessions,
+        # share links.
+        self.users = UserBook(lake)
+        self.sessions = SessionStore()
+        self._shares = ShareBook(lake)
         self._lock = threading.Lock()
         self._versions: tuple[int, int] = (-1, -1)
         self._views: dict[str, CohortView | None] = {}
@@ -140,8 +159,29 @@ class Access:
         """
         if credentials.bearer:
             token = self._tokens.verify(credentials.bearer)
-            return Principal("token", token.token_id, token.role, token.cohorts, token.expires_at)
+            kind = "share" if self._shares.is_share(token.token_id) else "token"
+            return Principal(kind, token.token_id, token.role, token.cohorts, token.expires_at)
+        if credentials.session:
+            return self._session_principal(credentials.session)
         return None
+
+    def _session_principal(self, ident: str) -> Principal:
+        """The account a portal session belongs to, as it is now.
+
+        Raises
+        ------
+        AuthenticationError
+            If the session ended, or its account was removed, changed role or scope, or
+            had its password changed since the sign-in.
+        """
+        session = self.sessions.get(ident)
+        user = self.users.get(session.user)
+        if (user is None or user.role is not session.role or user.cohorts != session.cohorts
+                or user.password_changed_at > session.created_at):
+            self.sessions.end(ident)
+            raise AuthenticationError("the session ended: sign in again")
+        expires = session.expires_at(self.sessions.idle, self.sessions.lifetime)
+        return Principal("session", user.name, user.role, user.cohorts, expires)
 
     def authorize(self, credentials: Credentials, permission: Permission) -> Grant:
         """Decide a request: the ONE function every web route passes.
@@ -180,6 +220,9 @@ class Access:
                 )
         if permission not in ROLE_PERMISSIONS[principal.role]:
             raise ForbiddenError(f"a {principal.role.value} may not do this ({permission.value})")
+        if permission not in _KIND_LIMITS.get(principal.kind, frozenset(Permission)):
+            raise ForbiddenError(f"a {principal.kind} credential may not do this "
+                                 f"({permission.value})")
         return Grant(principal, permission, self._scope(principal))
 
     # -- scopes -----------------------------------------------------------------------

@@ -27,11 +27,19 @@ class Permission(enum.StrEnum):
     """Query and retrieve de-identified data within the credential's scope."""
     STORE = "store"
     """Add instances to the lake (STOW-RS)."""
+    QUERY = "query"
+    """See saved cohorts, run read-only SQL over the catalog, save cohorts (the portal)."""
+    EXPORT = "export"
+    """Start NIfTI/BIDS/DICOM exports of cohorts (the portal)."""
+    MANAGE = "manage"
+    """Steward pages: batches, quarantine, accounts, tokens, share links, profiles, audit."""
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
-    Role.STEWARD: frozenset({Permission.PUBLIC, Permission.READ, Permission.STORE}),
-    Role.RESEARCHER: frozenset({Permission.PUBLIC, Permission.READ}),
+    Role.STEWARD: frozenset({Permission.PUBLIC, Permission.READ, Permission.STORE,
+                             Permission.QUERY, Permission.EXPORT, Permission.MANAGE}),
+    Role.RESEARCHER: frozenset({Permission.PUBLIC, Permission.READ, Permission.QUERY,
+                                Permission.EXPORT}),
     Role.STUDENT: frozenset({Permission.PUBLIC, Permission.READ}),
 }
 """The permissions of each role (a new permission is added here, and nowhere else)."""

@@ -6,6 +6,7 @@ from lake.catalog._journal import BatchJournal, complete_batches, record_batch
 from lake.catalog._query import Catalog, locked_connection, query_error
 from lake.catalog._schema import (
     ACQUISITION_COLUMNS,
+    AUDIT,
     BATCHES,
     COHORTS,
     DICOM_COLUMNS,
@@ -13,9 +14,11 @@ from lake.catalog._schema import (
     INSTANCES,
     PULLS,
     QUARANTINE,
+    SHARES,
     TABLES,
     TEACHING_SETS,
     TOKENS,
+    USERS,
     Column,
     Table,
 )
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACQUISITION_COLUMNS",
+    "AUDIT",
     "BATCHES",
     "COHORTS",
     "DICOM_COLUMNS",
@@ -33,9 +37,11 @@ __all__ = [
     "INSTANCES",
     "PULLS",
     "QUARANTINE",
+    "SHARES",
     "TABLES",
     "TEACHING_SETS",
     "TOKENS",
+    "USERS",
     "BatchJournal",
     "Catalog",
     "Column",

@@ -16,6 +16,7 @@ from lake.nifti._parameters import PARAMETERS, Kind, Parameter
 
 __all__ = [
     "ACQUISITION_COLUMNS",
+    "AUDIT",
     "BATCHES",
     "COHORTS",
     "DICOM_COLUMNS",
@@ -23,9 +24,11 @@ __all__ = [
     "INSTANCES",
     "PULLS",
     "QUARANTINE",
+    "SHARES",
     "TABLES",
     "TEACHING_SETS",
     "TOKENS",
+    "USERS",
     "Column",
     "Table",
 ]
@@ -397,6 +400,78 @@ ERASURES = Table(
     ),
 )
 
+USERS = Table(
+    "users",
+    "One row per portal account ('lake users add'); the password is kept only as an Argon2 hash.",
+    (
+        _c("name", pa.string(), "Account name (lower-case letters, digits, '.', '_', '-')."),
+        _c("role", pa.string(), "steward, researcher or student."),
+        _c(
+            "cohorts",
+            pa.list_(pa.string()),
+            "Cohorts the account is limited to (empty: the whole lake; for a student, every "
+            "teaching set).",
+        ),
+        _c("password_hash", pa.string(), "Argon2id hash of the password (PHC string); never the password."),
+        _c("created_at", pa.timestamp("us", tz="UTC"), "When the account was added."),
+        _c(
+            "password_changed_at",
+            pa.timestamp("us", tz="UTC"),
+            "When the password was last set; sessions signed in before it end.",
+        ),
+        _c("removed_at", pa.timestamp("us", tz="UTC"), "When it was removed (null: active)."),
+    ),
+)
+
+SHARES = Table(
+    "shares",
+    "One row per share link ('lake share create'): a read-only token for one cohort, kept in "
+    "the tokens table as a hash; revoking the token ends the link.",
+    (
+        _c("token_id", pa.string(), "The link's token id (see the tokens table)."),
+        _c("cohort", pa.string(), "The cohort or teaching set it opens."),
+        _c("role", pa.string(), "student or researcher: whose view of the cohort it gives."),
+        _c("created_by", pa.string(), "Who made it (portal account or system account name)."),
+        _c("created_at", pa.timestamp("us", tz="UTC"), "When it was made."),
+    ),
+)
+
+AUDIT = Table(
+    "audit",
+    "Append-only audit log of the web portal and the access commands: every sign-in, "
+    "download, export, share and token use. Resources are named by the lake's pseudonymous "
+    "UIDs, cohort names or ids, never by an original value.",
+    (
+        _c("event_id", pa.string(), "Unique id of the event."),
+        _c("at", pa.timestamp("us", tz="UTC"), "When it happened."),
+        _c(
+            "actor_kind",
+            pa.string(),
+            "How the actor was known: session (portal account), token, share (share link), "
+            "system (a command run on the server), anonymous.",
+        ),
+        _c("actor", pa.string(), "Account name, token id or share id (unknown for a failed sign-in by an unknown name)."),
+        _c("role", pa.string(), "The actor's role (null when unknown)."),
+        _c(
+            "action",
+            pa.string(),
+            "sign_in, sign_in_failed, sign_in_throttled, sign_out, download, export_started, "
+            "export_finished, export_failed, cohort_created, share_created, share_revoked, "
+            "token_created, token_revoked, token_use, share_use, user_added, user_removed, "
+            "password_set, query_run.",
+        ),
+        _c(
+            "resource_kind",
+            pa.string(),
+            "What the action was about: cohort, teaching_set, case, export, study, series, "
+            "instance, share, token, user, route (null: nothing in particular).",
+        ),
+        _c("resource", pa.string(), "Cohort name, pseudonymous UID, job, token or account id."),
+        _c("outcome", pa.string(), "ok, refused or failed."),
+        _c("detail", pa.string(), "Fixed text: the route template and HTTP status, the export format..."),
+    ),
+)
+
 TABLES: tuple[Table, ...] = (
     INSTANCES,
     BATCHES,
@@ -406,4 +481,7 @@ TABLES: tuple[Table, ...] = (
     TOKENS,
     TEACHING_SETS,
     ERASURES,
+    USERS,
+    SHARES,
+    AUDIT,
 )

@@ -48,6 +48,14 @@ from lake.web._stow import make_store, stow_routes
 from lake.web._viewer import SpaFiles, viewer_entry, viewer_missing, viewer_ready
 from lake.web._views import Views
 from lake.web._wado import wado_routes
+from lake.web.portal import (
+    PORTAL_CSP,
+    AuditRequests,
+    Portal,
+    is_portal_path,
+    portal_error,
+    portal_routes,
+)
 
 if TYPE_CHECKING:
     from lake._lake import Lake
@@ -93,6 +101,8 @@ def status_of(exc: Exception) -> int:
 
 async def _lake_error(request: Request, exc: Exception) -> Response:
     status = status_of(exc)
+    if is_portal_path(request.url.path):  # the portal's pages answer with HTML
+        return await portal_error(request, exc, status)
     message = str(exc) if status < 500 or isinstance(exc, LakeError) else "internal error"
     if status == 404:
         message = "not found"  # the same words whether absent or outside the caller's scope
@@ -115,6 +125,8 @@ class SecurityHeaders:
         started = time.perf_counter()
         path: str = scope.get("path", "")
         csp = _VIEWER_CSP if path.startswith("/viewer") else _API_CSP
+        if is_portal_path(path):
+            csp = PORTAL_CSP
         status = 0
 
         async def send_with_headers(message: Message) -> None:
@@ -220,7 +232,8 @@ def create_app(
         If a route is not guarded.
     """
     settings = config or WebConfig()
-    routes = build_routes(settings, default_viewer_dir(lake, settings)) + list(extra_routes)
+    routes = (build_routes(settings, default_viewer_dir(lake, settings)) + portal_routes()
+              + list(extra_routes))
     check_guarded(routes)
 
     @contextlib.asynccontextmanager
@@ -231,6 +244,7 @@ def create_app(
         finally:
             if app.state.store is not None:
                 await run_in_threadpool(app.state.store.close)
+            await run_in_threadpool(app.state.portal.close)
             app.state.views.close()
 
     app = Starlette(
@@ -243,5 +257,7 @@ def create_app(
     app.state.store = None  # made at start-up (it recovers the spool and starts committing)
     app.state.access = Access(lake, allow_anonymous=settings.allow_anonymous)
     app.state.views = Views(lake)
+    app.state.portal = Portal(lake, app.state.access, app.state.views)
+    app.add_middleware(AuditRequests)
     app.add_middleware(SecurityHeaders)
     return app

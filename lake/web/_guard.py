@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from lake.access import Access, Credentials, Grant, Permission
 
 __all__ = [
+    "SESSION_COOKIE",
     "TOKEN_COOKIE",
     "Endpoint",
     "check_guarded",
@@ -33,6 +34,8 @@ __all__ = [
 
 TOKEN_COOKIE = "lake_token"
 """Cookie the viewer's page sets from its ``token`` link parameter (read requests only)."""
+SESSION_COOKIE = "lake_session"
+"""The portal's session cookie (lake.web.portal)."""
 
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
 
@@ -43,8 +46,8 @@ def credentials_of(conn: HTTPConnection) -> Credentials:
     """The credentials a request presents.
 
     ``Authorization: Bearer TOKEN`` first, then the ``token`` query parameter (viewer
-    links), then, for GET and HEAD only, the viewer's cookie (a cookie never authorises
-    a write, so a cross-site form cannot store anything).
+    links), then the portal's session cookie, then, for GET and HEAD only, the viewer's
+    cookie (a cookie never authorises a write, so a cross-site form cannot store anything).
     """
     header = conn.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
@@ -53,6 +56,9 @@ def credentials_of(conn: HTTPConnection) -> Credentials:
     query = conn.query_params.get("token")
     if query:
         return Credentials(bearer=query)
+    session = conn.cookies.get(SESSION_COOKIE)
+    if session:  # a portal sign-in; it never stores (Access.authorize), its forms carry CSRF
+        return Credentials(session=session)
     if conn.scope.get("method", "GET") in _SAFE_METHODS:
         cookie = conn.cookies.get(TOKEN_COOKIE)
         if cookie:
@@ -77,6 +83,7 @@ def route(
 
     async def guarded(request: Request) -> Response:
         grant = await _authorize(request, permission)
+        request.state.grant = grant  # for the audit of token use (lake.web.portal)
         return await endpoint(request, grant)
 
     guarded.__name__ = endpoint.__name__
