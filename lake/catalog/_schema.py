@@ -450,7 +450,11 @@ AUDIT = Table(
             "How the actor was known: session (portal account), token, share (share link), "
             "system (a command run on the server), anonymous.",
         ),
-        _c("actor", pa.string(), "Account name, token id or share id (unknown for a failed sign-in by an unknown name)."),
+        _c(
+            "actor",
+            pa.string(),
+            "Account name, token id or share id (unknown: a failed sign-in by an unknown name).",
+        ),
         _c("role", pa.string(), "The actor's role (null when unknown)."),
         _c(
             "action",

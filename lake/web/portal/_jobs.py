@@ -3,7 +3,7 @@
 Jobs run on a thread pool of a few workers (the export itself runs in that thread,
 ``scheduler="sync"``: the server does not start a Dask cluster per request). Each job
 reports progress as (series done, series total). Jobs live as long as the server: a
-restart forgets them (their output folders are swept at the next start). Closing the
+restart forgets them (and their output folders go when the server stops). Closing the
 runner asks running jobs to stop at their next progress report; an interrupted export
 resumes when started again with the same arguments.
 """
@@ -81,8 +81,7 @@ class JobRunner:
     Parameters
     ----------
     folder : Path
-        Where jobs get their working folders (emptied at start: jobs do not outlive a
-        server).
+        Where jobs get their working folders (jobs do not outlive a server).
     workers : int
         Jobs running at once; more wait in a queue.
     on_finish : callable, optional
@@ -96,10 +95,11 @@ class JobRunner:
         workers: int = 2,
         on_finish: Callable[[Job], None] | None = None,
     ) -> None:
-        self.folder = folder
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True, exist_ok=True)
+        # Each runner (each server) works in a folder of its own below ``folder``, made on
+        # the first job and removed when the runner closes; folders a crashed server left
+        # are swept after a week.
+        self.folder = folder / f"run-{secrets.token_hex(6)}"
+        _sweep(folder)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lake-portal-job")
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
@@ -119,7 +119,7 @@ class JobRunner:
                     return known
             job_id = secrets.token_hex(8)
             job = Job(job_id, kind, cohort, owner, self.folder / job_id, label or cohort)
-            job.folder.mkdir(parents=True)
+            job.folder.mkdir(parents=True, exist_ok=True)
             self._jobs[job_id] = job
             if shared_key is not None:
                 self._shared[shared_key] = job_id
@@ -173,3 +173,17 @@ class JobRunner:
         """Stop taking jobs; running ones end at their next progress report."""
         self._closing.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _sweep(folder: Path, age: dt.timedelta = dt.timedelta(days=7)) -> None:
+    """Remove run folders older than ``age`` (left by servers that did not stop cleanly)."""
+    if not folder.is_dir():
+        return
+    cutoff = (dt.datetime.now(dt.UTC) - age).timestamp()
+    for run in folder.glob("run-*"):
+        try:
+            if run.is_dir() and run.stat().st_mtime < cutoff:
+                shutil.rmtree(run, ignore_errors=True)
+        except OSError:
+            continue

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lake._errors import LakeError
+from lake._errors import AccessError, ExportError, LakeError, ProfileError
 from lake.access import (
     Access,
     AuditEvent,
@@ -102,6 +102,8 @@ async def portal_error(request: Request, exc: Exception, status: int) -> Respons
     """An error page (a sign-in redirect for 401) instead of the API's JSON."""
     if isinstance(exc, TooManyAttemptsError):
         status = 429
+    elif status == 500 and isinstance(exc, AccessError | ExportError | ProfileError):
+        status = 400  # a form naming an account, cohort or profile that is not there
     if status == 401 and request.method in ("GET", "HEAD"):
         target = request.url.path
         response: Response = RedirectResponse(

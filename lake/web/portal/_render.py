@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from lake._errors import ForbiddenError
-from lake.access import Grant, Permission, Principal, ROLE_PERMISSIONS
+from lake.access import ROLE_PERMISSIONS, Grant, Permission, Principal
 from lake.web._guard import SESSION_COOKIE
 
 if TYPE_CHECKING:
