@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import TYPE_CHECKING
 
@@ -152,7 +153,9 @@ async def share_entry(request: Request, grant: Grant) -> Response:
         portal.access.sessions.end(session)
         response.delete_cookie(SESSION_COOKIE, path="/")
     expires = shared.principal.expires_at
-    response.set_cookie(TOKEN_COOKIE, text, path="/", httponly=True, samesite="lax",
-                        secure=request.url.scheme == "https",
-                        expires=expires if expires is not None else None)
+    age = 30 * 86400
+    if expires is not None:
+        age = max(0, min(age, int((expires - dt.datetime.now(dt.UTC)).total_seconds())))
+    response.set_cookie(TOKEN_COOKIE, text, max_age=age, path="/", httponly=True,
+                        samesite="lax", secure=request.url.scheme == "https")
     return response

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lake._errors import QueryError
-from lake.catalog import COHORTS, INSTANCES, locked_connection, query_error
+from lake.catalog import COHORTS, INSTANCES, arrow_dataset, locked_connection, query_error
 
 if TYPE_CHECKING:
     from lake._lake import Lake
@@ -61,7 +61,7 @@ def _scoped_instances(lake: Lake, grant: Grant) -> pa.Table:
     parts = []
     seen: set[str] = set()
     for view in sorted(grant.cohorts, key=lambda v: v.catalog_version, reverse=True):
-        dataset = lake.tables.dataset(INSTANCES.name, view.catalog_version)
+        dataset = arrow_dataset(lake.tables.open(INSTANCES.name, view.catalog_version))
         wanted = pa.array(sorted(view.members - seen), type=pa.string())
         for fragment in dataset.get_fragments():
             keys = fragment.to_table(columns=["SOPInstanceUID"], schema=dataset.schema)
@@ -70,7 +70,7 @@ def _scoped_instances(lake: Lake, grant: Grant) -> pa.Table:
                 parts.append(fragment.to_table(schema=dataset.schema).filter(mask))
         seen |= view.members
     if not parts:
-        return lake.tables.dataset(INSTANCES.name).schema.empty_table()
+        return arrow_dataset(lake.tables.open(INSTANCES.name)).schema.empty_table()
     return pa.concat_tables(parts, promote_options="permissive")
 
 

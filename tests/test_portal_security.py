@@ -1,0 +1,464 @@
+"""Portal security: CSRF, session fixation and expiry, brute force, path traversal, the SQL
+console's reach, escaping, headers, no identifier on a page, share links, the audit log."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lake import AuthenticationError, QueryError
+from lake.access import (
+    Access,
+    Credentials,
+    Permission,
+    SessionStore,
+    SignInThrottle,
+    TooManyAttemptsError,
+    list_users,
+)
+from lake.web.portal._console import run_console
+from tests.portal_peers import PLANTED, PortalLake, build_portal_lake, csrf_of, sign_in
+from tests.web_peers import serving
+
+LAKE = [sys.executable, "-m", "pipelines.cli"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def portal(tmp_path_factory: pytest.TempPathFactory) -> PortalLake:
+    return build_portal_lake(tmp_path_factory.mktemp("portal-security"))
+
+
+@pytest.fixture(scope="module")
+def server(portal: PortalLake) -> Iterator[str]:
+    with serving(portal.web) as (running, _http):
+        yield running.url
+
+
+def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*LAKE, *args], capture_output=True, text=True, timeout=120,
+                          input=stdin, cwd=ROOT)
+
+
+# --- CSRF ------------------------------------------------------------------------------
+
+
+def test_forms_without_the_sessions_csrf_token_are_refused(portal: PortalLake, server: str
+                                                           ) -> None:
+    boss = sign_in(server, "boss", portal.passwords["boss"])
+    data = {"name": "mallory", "role": "steward", "password": "mallory-password-1"}
+    assert boss.post("/portal/steward/users", data=data).status_code == 403
+    assert boss.post("/portal/steward/users", data={**data, "csrf": "forged"}).status_code == 403
+    # another session's token does not do either
+    other = sign_in(server, "res", portal.passwords["res"])
+    foreign = csrf_of(other.get("/portal/console").text)
+    assert boss.post("/portal/steward/users", data={**data, "csrf": foreign}).status_code == 403
+    assert "mallory" not in {u.name for u in list_users(portal.lake)}
+    # a cross-site form cannot sign anyone in either (no double-submit cookie)
+    anonymous = httpx.Client(base_url=server)
+    login = {"name": "boss", "password": portal.passwords["boss"], "csrf": "x" * 43}
+    assert anonymous.post("/portal/signin", data=login).status_code == 403
+    # with the token, it works
+    token = csrf_of(boss.get("/portal/steward/users").text)
+    assert boss.post("/portal/steward/users", data={**data, "csrf": token}).status_code == 200
+    assert "mallory" in {u.name for u in list_users(portal.lake)}
+
+
+# --- sessions ----------------------------------------------------------------------------
+
+
+def test_session_fixation_is_prevented(portal: PortalLake, server: str) -> None:
+    # An attacker's own live session identifier, planted in the victim's browser...
+    attacker = sign_in(server, "stu", portal.passwords["stu"])
+    planted = attacker.cookies.get("lake_session")
+    assert planted
+    victim = httpx.Client(base_url=server, cookies={"lake_session": planted})
+    csrf = csrf_of(victim.get("/portal/signin").text)
+    done = victim.post("/portal/signin", data={"name": "res", "password": portal.passwords["res"],
+                                               "csrf": csrf, "next": "/portal/cohorts"})
+    assert done.status_code == 303
+    fresh = done.cookies.get("lake_session")
+    assert fresh and fresh != planted
+    # ... is never promoted: it ends, and the new identifier is the victim's alone.
+    assert attacker.get("/portal/teaching").status_code == 303
+    victim.cookies.set("lake_session", fresh)
+    assert victim.get("/portal/cohorts").status_code == 200
+    cookie = done.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/" in cookie
+    assert "Secure" not in cookie  # plain http on loopback; see the TLS test
+
+
+def test_session_cookie_is_secure_under_tls(portal: PortalLake, tmp_path: Path) -> None:
+    from tests.test_web_access import _self_signed
+
+    cert, key = _self_signed(tmp_path)
+    with serving(portal.web, tls_cert=cert, tls_key=key) as (running, _http):
+        client = httpx.Client(base_url=running.url, verify=False)
+        csrf = csrf_of(client.get("/portal/signin").text)
+        done = client.post("/portal/signin", data={"name": "stu", "csrf": csrf,
+                                                   "password": portal.passwords["stu"]})
+        assert done.status_code == 303
+        assert "Secure" in done.headers["set-cookie"]
+
+
+def test_sign_out_ends_the_session(portal: PortalLake, server: str) -> None:
+    client = sign_in(server, "stu", portal.passwords["stu"])
+    ident = client.cookies.get("lake_session")
+    csrf = csrf_of(client.get("/portal/teaching").text)
+    assert client.post("/portal/signout", data={"csrf": csrf}).status_code == 303
+    stale = httpx.Client(base_url=server, cookies={"lake_session": ident or ""})
+    assert stale.get("/portal/teaching").status_code == 303
+
+
+def test_sessions_expire_and_end_with_the_account(portal: PortalLake) -> None:
+    now = [dt.datetime(2026, 1, 1, tzinfo=dt.UTC)]
+    store = SessionStore(idle=dt.timedelta(minutes=30), lifetime=dt.timedelta(hours=2),
+                         clock=lambda: now[0])
+    ident, _ = store.create("stu", portal_role("student"), ())
+    now[0] += dt.timedelta(minutes=20)
+    store.get(ident)  # used: the idle time starts again
+    now[0] += dt.timedelta(minutes=20)
+    store.get(ident)
+    now[0] += dt.timedelta(minutes=31)
+    with pytest.raises(AuthenticationError):
+        store.get(ident)
+    ident, _ = store.create("stu", portal_role("student"), ())
+    for _ in range(4):  # kept busy, it still ends at its lifetime
+        now[0] += dt.timedelta(minutes=25)
+        store.get(ident)
+    with pytest.raises(AuthenticationError):
+        now[0] += dt.timedelta(minutes=25)
+        store.get(ident)
+    # a removed account's sessions end on their next request
+    access = Access(portal.lake)
+    from lake.access import add_user, remove_user
+
+    user = add_user(portal.lake, "temp", "student", "temporary-password")
+    live, _ = access.sessions.create(user.name, user.role, user.cohorts)
+    assert access.authorize(Credentials(session=live), Permission.READ).principal
+    remove_user(portal.lake, "temp")
+    with pytest.raises(AuthenticationError):
+        access.authorize(Credentials(session=live), Permission.READ)
+
+
+def portal_role(name: str):  # type: ignore[no-untyped-def]
+    from lake.access import Role
+
+    return Role(name)
+
+
+def test_a_session_never_stores(portal: PortalLake, server: str) -> None:
+    boss = sign_in(server, "boss", portal.passwords["boss"])
+    stow = boss.post("/dicomweb/studies", content=b"x",
+                     headers={"Content-Type": 'multipart/related; type="application/dicom"'})
+    assert stow.status_code == 403
+
+
+# --- brute force ---------------------------------------------------------------------------
+
+
+def test_sign_in_attempts_are_rate_limited(portal: PortalLake, server: str) -> None:
+    client = httpx.Client(base_url=server)
+    for _ in range(5):
+        csrf = csrf_of(client.get("/portal/signin").text)
+        bad = client.post("/portal/signin", data={"name": "stu-t", "password": "wrong-guess!",
+                                                  "csrf": csrf})
+        assert bad.status_code == 401
+        assert "wrong account name or password" in bad.text
+    csrf = csrf_of(client.get("/portal/signin").text)
+    locked = client.post("/portal/signin", data={"name": "stu-t", "csrf": csrf,
+                                                 "password": portal.passwords["stu-t"]})
+    assert locked.status_code == 429
+    assert int(locked.headers["retry-after"]) > 0
+    assert "lake_session" not in locked.headers.get("set-cookie", "")
+    # the same for an unknown name (no hint whether an account exists)
+    for _ in range(5):
+        client.post("/portal/signin", data={"name": "ghost", "password": "x" * 12,
+                                            "csrf": csrf})
+    assert client.post("/portal/signin", data={"name": "ghost", "password": "x" * 12,
+                                               "csrf": csrf}).status_code == 429
+
+
+def test_throttle_per_client_address() -> None:
+    now = [dt.datetime(2026, 1, 1, tzinfo=dt.UTC)]
+    throttle = SignInThrottle(per_name=5, per_client=3, clock=lambda: now[0])
+    for name in ("a", "b", "c"):  # a spray of names from one address
+        throttle.check(name, "10.0.0.1")
+        throttle.failed(name, "10.0.0.1")
+    with pytest.raises(TooManyAttemptsError):
+        throttle.check("d", "10.0.0.1")
+    throttle.check("d", "10.0.0.2")
+    now[0] += dt.timedelta(minutes=16)
+    throttle.check("d", "10.0.0.1")
+
+
+# --- path traversal in downloads -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [
+    "/portal/jobs/..%2F..%2F..%2Fetc%2Fpasswd/download",
+    "/portal/jobs/../../etc/passwd",
+    "/portal/sets/..%2F..%2Flake.json/download",
+    "/portal/sets/teach%2F..%2F..%2Flake.json/download",
+    "/portal/sets/teach/cases/0/download",
+    "/portal/sets/teach/cases/99999/download",
+    "/portal/sets/teach/cases/-1/download",
+    "/portal/static/..%2F_portal.py",
+    "/portal/static/../_portal.py",
+    "/portal/steward/profiles/..%2F..%2Flake.json",
+    "/portal/cohorts/..%2Fteach",
+])
+def test_path_traversal_is_not_found(portal: PortalLake, server: str, path: str) -> None:
+    boss = sign_in(server, "boss", portal.passwords["boss"])
+    response = boss.get(path)
+    assert response.status_code in (400, 404), (path, response.status_code)
+    assert b"lake_id" not in response.content and b"import " not in response.content
+    assert b"root:" not in response.content
+
+
+# --- the SQL console --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM read_text('/etc/passwd')",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_parquet('{root}/tables/users/*.parquet')",
+    "SELECT * FROM glob('{root}/*')",
+    "COPY (SELECT 1) TO '{root}/copied.csv'",
+    "ATTACH '{root}/attached.db' AS x",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "SET enable_external_access = true",
+    "SELECT 1; SELECT * FROM read_text('/etc/passwd')",
+    "SELECT * FROM users",
+    "SELECT * FROM tokens",
+    "SELECT * FROM audit",
+    "SELECT * FROM shares",
+])
+def test_the_console_cannot_reach_outside_the_catalog(portal: PortalLake, server: str,
+                                                       sql: str) -> None:
+    root = portal.lake.location.path
+    res = sign_in(server, "res", portal.passwords["res"])
+    csrf = csrf_of(res.get("/portal/console").text)
+    answer = res.post("/portal/console", data={"sql": sql.format(root=root), "csrf": csrf})
+    assert answer.status_code == 400, answer.text[:300]
+    assert "root:x" not in answer.text and "argon2" not in answer.text
+    for made in ("copied.csv", "attached.db"):
+        assert not (Path(root) / made).exists()
+    # nor can a cohort be made from such a query
+    saved = res.post("/portal/cohorts", data={"sql": sql.format(root=root), "csrf": csrf,
+                                              "name": "leak"})
+    assert saved.status_code == 400
+    assert "leak" not in {c.name for c in _cohorts(portal)}
+
+
+def _cohorts(portal: PortalLake) -> list:  # type: ignore[type-arg]
+    from lake.export import list_cohorts
+
+    return list_cohorts(portal.lake)
+
+
+def test_console_limits_and_scope(portal: PortalLake) -> None:
+    from lake.access import Grant
+
+    access = Access(portal.lake)
+    everything = access.authorize(Credentials(portal.web.tokens["researcher"]), Permission.QUERY)
+    rows = run_console(portal.lake, everything, "SELECT * FROM range(5000)", rows=1000)
+    assert len(rows.rows) == 1000 and rows.truncated
+    with pytest.raises(QueryError, match="stopped"):
+        run_console(portal.lake, everything,
+                    "SELECT count(*) FROM range(100000000000) a, range(1000) b", seconds=0.5)
+    scoped = access.authorize(Credentials(portal.web.tokens["researcher:a"]), Permission.QUERY)
+    assert isinstance(scoped, Grant) and scoped.cohorts is not None
+    seen = run_console(portal.lake, scoped, "SELECT DISTINCT SeriesInstanceUID FROM series")
+    members = {m.series_uid for m in portal.lake.cohort("a").members}
+    assert {r[0] for r in seen.rows} == members
+    with pytest.raises(QueryError):
+        run_console(portal.lake, scoped, "SELECT * FROM cohorts")  # other cohorts' members
+
+
+def test_the_console_makes_a_cohort(portal: PortalLake, server: str) -> None:
+    res = sign_in(server, "res", portal.passwords["res"])
+    csrf = csrf_of(res.get("/portal/console").text)
+    sql = "SELECT SeriesInstanceUID FROM series WHERE Modality = 'CT'"
+    ran = res.post("/portal/console", data={"sql": sql, "csrf": csrf})
+    assert ran.status_code == 200 and "SeriesInstanceUID" in ran.text
+    saved = res.post("/portal/cohorts", data={"sql": sql, "csrf": csrf, "name": "all-ct",
+                                              "description": "every CT"})
+    assert saved.status_code == 303 and saved.headers["location"] == "/portal/cohorts/all-ct"
+    page = res.get("/portal/cohorts/all-ct")
+    assert page.status_code == 200 and "every CT" in page.text
+    assert len(portal.lake.cohort("all-ct").series) == 4
+    # a researcher limited to cohorts cannot make one from the whole catalog
+    scoped = sign_in(server, "res-a", portal.passwords["res-a"])
+    token = csrf_of(scoped.get("/portal/console").text)
+    refused = scoped.post("/portal/cohorts", data={"sql": sql, "csrf": token, "name": "mine"})
+    assert refused.status_code == 400
+
+
+# --- pages: escaping, headers, no identifier ---------------------------------------------------
+
+
+def test_planted_markup_is_shown_as_text(portal: PortalLake, server: str) -> None:
+    res = sign_in(server, "res", portal.passwords["res"])
+    page = res.get("/portal/cohorts/xss")
+    assert page.status_code == 200
+    assert "&lt;script&gt;alert(&#34;planted&#34;)&lt;/script&gt;" in page.text
+    assert "<script>alert" not in page.text
+    shared = httpx.Client(base_url=server, follow_redirects=False)
+    opened = shared.get(f"/portal/s/{portal.shares['researcher:xss']}")
+    assert opened.status_code == 303 and opened.headers["location"] == "/portal/sets/xss"
+    set_page = shared.get("/portal/sets/xss")
+    assert set_page.status_code == 200
+    assert "&lt;script&gt;" in set_page.text and "<script>alert" not in set_page.text
+    assert PLANTED.split("<")[1] not in set_page.text.replace("&lt;", "")
+
+
+def _pages(client: httpx.Client, start: list[str]) -> dict[str, httpx.Response]:
+    """Every portal page reachable by GET links from ``start`` (one level deep)."""
+    seen: dict[str, httpx.Response] = {}
+    todo = list(start)
+    while todo and len(seen) < 60:
+        path = todo.pop(0)
+        if path in seen:
+            continue
+        response = client.get(path)
+        seen[path] = response
+        if len(start) and path in start:
+            for link in re.findall(r'href="(/portal/[^"?#]*)"', response.text):
+                if ("download" not in link and "/static/" not in link and "/s/" not in link
+                        and link != "/portal/" and link not in seen):
+                    todo.append(link)
+    return seen
+
+
+def test_every_page_is_safe(portal: PortalLake, server: str) -> None:
+    for name, start in (("boss", ["/portal/steward", "/portal/cohorts", "/portal/teaching"]),
+                        ("stu", ["/portal/teaching", "/portal/sets/teach"])):
+        client = sign_in(server, name, portal.passwords[name])
+        pages = _pages(client, start)
+        assert len(pages) >= len(start)
+        for path, response in pages.items():
+            assert response.status_code == 200, (name, path, response.status_code)
+            headers = response.headers
+            csp = headers["content-security-policy"]
+            assert "script-src 'self'" in csp and "unsafe-inline" not in csp, path
+            assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
+            assert headers["x-content-type-options"] == "nosniff"
+            assert headers["x-frame-options"] == "DENY"
+            assert headers["cache-control"] == "no-store"
+            html = response.text
+            assert not re.search(r"<script(?![^>]*\bsrc=)", html), path  # no inline script
+            assert " style=" not in html and "<style" not in html, path
+            assert not re.search(r"<[^>]+\son[a-z]+=", html), path  # no inline handlers
+            for planted in ("PAT-", "Doe", "Jane", "Xavier"):
+                assert planted not in html, (path, planted)
+
+
+# --- share links --------------------------------------------------------------------------------
+
+
+def test_share_link_from_the_command_line_until_revoked(portal: PortalLake, server: str) -> None:
+    root = portal.lake.root
+    made = _cli("share", "create", "teach", "--role", "student", "--expires", "7d",
+                "--base-url", server, "--lake", root)
+    assert made.returncode == 0, made.stderr
+    url = made.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(re.escape(server) + r"/portal/s/lake_[0-9a-f]{16}_[A-Za-z0-9_-]{43}", url)
+    share_id = url.rsplit("/", 1)[1].split("_")[1]
+    listed = json.loads(_cli("share", "list", "--format", "json", "--lake", root).stdout)
+    mine = next(s for s in listed if s["id"] == share_id)
+    assert mine["cohort"] == "teach" and mine["state"] == "active"
+    assert url.rsplit("/", 1)[1] not in json.dumps(listed)
+    reader = httpx.Client(timeout=60)
+    opened = reader.get(url)
+    assert opened.status_code == 303 and opened.headers["location"] == "/portal/sets/teach"
+    cookie = opened.headers["set-cookie"]
+    assert "lake_token=" in cookie and "HttpOnly" in cookie
+    page = reader.get(server + "/portal/sets/teach")
+    assert page.status_code == 200 and "case-001" in page.text
+    # read only: a share link may not open researchers' pages, nor post anything
+    assert reader.get(server + "/portal/cohorts").status_code == 403
+    assert reader.get(server + "/portal/sets/xss").status_code == 404
+    assert _cli("share", "revoke", share_id, "--lake", root).returncode == 0
+    assert reader.get(server + "/portal/sets/teach").status_code == 303  # to sign in
+    again = httpx.get(url, timeout=60)
+    assert again.status_code == 401 and "not valid" in again.text
+    bad = _cli("share", "create", "a", "--role", "student", "--lake", root)
+    assert bad.returncode == 1 and "teaching" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# --- accounts from the command line ---------------------------------------------------------------
+
+
+def test_users_commands(portal: PortalLake, server: str) -> None:
+    root = portal.lake.root
+    password = "a long enough passphrase"
+    added = _cli("users", "add", "newbie", "--role", "researcher", "--password-stdin",
+                 "--lake", root, stdin=password + "\n")
+    assert added.returncode == 0, added.stderr
+    listed = json.loads(_cli("users", "list", "--format", "json", "--lake", root).stdout)
+    assert {"name": "newbie", "role": "researcher"}.items() <= next(
+        u for u in listed if u["name"] == "newbie").items()
+    table = portal.lake.tables.dataset("users").to_table().to_pylist()
+    row = next(r for r in table if r["name"] == "newbie")
+    assert row["password_hash"].startswith("$argon2id$")
+    assert password not in json.dumps(table, default=str)
+    assert sign_in(server, "newbie", password).get("/portal/cohorts").status_code == 200
+    short = _cli("users", "add", "shorty", "--role", "student", "--password-stdin",
+                 "--lake", root, stdin="short\n")
+    assert short.returncode == 1 and "too short" in short.stderr
+    assert _cli("users", "remove", "newbie", "--lake", root).returncode == 0
+    gone = _cli("users", "remove", "newbie", "--lake", root)
+    assert gone.returncode == 1 and "no account" in gone.stderr
+
+
+# --- the audit log ---------------------------------------------------------------------------------
+
+
+def test_the_audit_log_records_sign_ins_downloads_shares_and_token_use(
+    portal: PortalLake, server: str
+) -> None:
+    stu = sign_in(server, "stu", portal.passwords["stu"])
+    study, _series, _ = portal.web.uids["teach"]
+    token = {"Authorization": f"Bearer {portal.web.tokens['researcher']}"}
+    assert httpx.get(f"{server}/dicomweb/studies/{study}/series", headers=token).status_code == 200
+    bad = httpx.Client(base_url=server)
+    csrf = csrf_of(bad.get("/portal/signin").text)
+    bad.post("/portal/signin", data={"name": "boss", "password": "not-it-at-all", "csrf": csrf})
+    _cli("share", "create", "teach", "--role", "student", "--lake", portal.lake.root)
+    job = stu.get("/portal/sets/teach/download")
+    assert job.status_code == 303
+    for _ in range(600):  # the set's zip is made in the background
+        status = stu.get(job.headers["location"] + "/status").json()
+        if status["state"] in ("done", "failed"):
+            break
+        time.sleep(0.2)
+    assert status["state"] == "done", status
+    zipped = stu.get(job.headers["location"] + "/download")
+    assert zipped.status_code == 200 and zipped.content[:2] == b"PK"
+    boss = sign_in(server, "boss", portal.passwords["boss"])
+    page = boss.get("/portal/steward/audit")  # flushes the server's log
+    assert page.status_code == 200
+    queried = _cli("sql", "--lake", portal.lake.root, "--format", "json",
+                   "SELECT actor_kind, actor, action, resource_kind, resource, outcome FROM audit")
+    assert queried.returncode == 0, queried.stderr
+    rows = json.loads(queried.stdout)
+    actions = {(r["action"], r["actor"]) for r in rows}
+    assert ("sign_in", "stu") in actions and ("sign_in_failed", "boss") in actions
+    assert any(a == "share_created" for a, _ in actions)
+    assert any(r["action"] == "download" and r["actor"] == "stu" for r in rows)
+    uses = [r for r in rows if r["action"] == "token_use"]
+    assert any(r["resource"] == study and r["resource_kind"] == "study" for r in uses)
+    dumped = json.dumps(rows)
+    for planted in ("PAT-", "Doe", "not-it-at-all", portal.web.tokens["researcher"]):
+        assert planted not in dumped
