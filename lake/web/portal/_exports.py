@@ -7,14 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import lake.export as lake_export
 from lake._errors import ExportError
-from lake.export import Cohort, export_dicom, export_nifti, export_teaching
+from lake.export import Cohort, export_bids, export_dicom, export_nifti, export_teaching
 
 if TYPE_CHECKING:
     from lake._lake import Lake
 
-__all__ = ["FORMATS", "bids_available", "export_zip", "zip_folder"]
+__all__ = ["FORMATS", "export_zip", "zip_folder"]
 
 Progress = Callable[[int, int], None]
 
@@ -24,11 +23,6 @@ FORMATS = {
     "dicom": "de-identified DICOM",
     "teaching": "teaching set (DICOM + previews + manifest)",
 }
-
-
-def bids_available() -> bool:
-    """Whether this imaging-lake has the BIDS export (``lake.export.export_bids``)."""
-    return hasattr(lake_export, "export_bids")
 
 
 def zip_folder(folder: Path, target: Path) -> Path:
@@ -66,9 +60,7 @@ def export_zip(lk: Lake, cohort: Cohort, kind: str, folder: Path, progress: Prog
         return result.archive
     if kind == "nifti":
         export_nifti(lk, cohort, out, compress=True, scheduler="sync", on_progress=progress)
-    elif kind == "bids" and bids_available():
-        # Not on every branch yet (issue 10.3): found by name.
-        export_bids: Callable[..., object] = getattr(lake_export, "export_bids")  # noqa: B009
+    elif kind == "bids":
         export_bids(lk, cohort, out, scheduler="sync", on_progress=progress)
     else:
         raise ExportError(f"no export format {kind!r} here; choose nifti, dicom or teaching")

@@ -23,7 +23,7 @@ from lake.export import Cohort, create_cohort, list_cohorts, load_cohort
 from lake.query import Level, identifier_from_filters, parse_identifier
 from lake.web._errors import NotFoundError
 from lake.web.portal._console import check_cohort_query, run_console
-from lake.web.portal._exports import FORMATS, bids_available, export_zip
+from lake.web.portal._exports import FORMATS, export_zip
 from lake.web.portal._jobs import Job
 from lake.web.portal._render import Column, checked_form, page, table_view
 from lake.web.portal._sets import visible_sets
@@ -140,8 +140,6 @@ async def cohort_page(request: Request, grant: Grant) -> Response:
     ], default_sort="modality")
     formats = {k: v for k, v in FORMATS.items()
                if k != "teaching" or is_teaching_material(cohort)}
-    if not bids_available():
-        formats.pop("bids", None)
     return page(request, grant, "cohort.html", title=f"Cohort {name}", section="cohorts",
                 cohort=cohort, counts=counts, table=table, formats=formats,
                 studies=len({r["study"] for r in rows}), lake_root=portal.lake.root)
@@ -210,7 +208,7 @@ async def export_start(request: Request, grant: Grant) -> Response:
     name = request.path_params["name"]
     kind = str(form.get("format") or "")
     _, cohort = await run_in_threadpool(_cohort, portal, grant, name)
-    if kind not in FORMATS or (kind == "bids" and not bids_available()):
+    if kind not in FORMATS or (kind == "teaching" and not is_teaching_material(cohort)):
         raise ExportError(f"no export format {kind!r} here; choose one of the listed formats")
 
     def work(job: Job, progress: Any) -> Any:
