@@ -112,6 +112,8 @@ TABLE: list[tuple[str, SeriesFeatures, tuple[str, str, dict[str, str]] | str]] =
     ("GRE field map phase", GRE_FMAP.__class__(**{**GRE_FMAP.__dict__, "components": ("phase",),
                                                  "EchoTime": (7.38,), "echoes": 1}),
      ("fmap", "phasediff", {})),
+    ("Philips B0 map (frame type B0 MAP), whatever its contrast", SeriesFeatures(
+        Modality="MR", AcquisitionContrast="T1", b0_map=True), ("fmap", "fieldmap", {})),
     ("ASL (Siemens ImageType)", SeriesFeatures(Modality="MR", ImageType=("ORIGINAL", "PRIMARY",
                                                                         "ASL", "NONE"),
                                                ScanningSequence=("EP",), volumes=7),

@@ -217,6 +217,12 @@ def series_features(members: Sequence[InstanceRef], headers: Sequence[Dataset]) 
         for c in r.extra.get("complex_components") or []:
             if c in ("magnitude", "phase", "real", "imaginary"):
                 components.add(c)
+    kinds = [v for values in image_types for v in values] + list(_texts(head.get("ImageType")))
+    for ds in headers:
+        for frame_type in _frame_values(ds, "MRImageFrameTypeSequence", "FrameType"):
+            kinds += list(_texts(frame_type))
+    joined = "_".join(kinds)
+    b0_map = ("B0" in joined and "MAP" in joined) or "FIELD_MAP" in joined
     echo_times = [r.extra.get("EchoTime") for r in members]
     b_values: list[Any] = []
     for ds in headers:
@@ -280,6 +286,7 @@ def series_features(members: Sequence[InstanceRef], headers: Sequence[Dataset]) 
         components=tuple(sorted(components)) or ("magnitude",),
         b_values=_distinct(b_values, 1),
         orientations=max(1, len(orientations)),
+        b0_map=b0_map,
         phase_encoding_direction=derived_direction,
         direction=direction,
     )
@@ -744,15 +751,22 @@ def _names(meta: Mapping[str, Any], parts: Sequence[_Part]) -> list[tuple[str, l
         hz = any(p.component == "_fieldmaphz" for p in parts)
         phase_echoes = sorted({p.echo or 1 for p in phases})
         for p in parts:
-            if p.component == "_ph":
-                name = "phasediff" if len(phases) == 1 else f"phase{phase_echoes.index(p.echo or 1) + 1}"
+            if p.component == "_ph" and hz:
+                out.append("a phase image beside a field map in Hz")
+            elif p.component == "_ph":
+                rank = phase_echoes.index(p.echo or 1) + 1
+                name = "phasediff" if len(phases) == 1 else f"phase{rank}"
                 out.append(name if len(phase_echoes) <= 2 else "more than two phase images")
             elif p.component == "_fieldmaphz":
                 out.append("fieldmap")
             elif p.component == "":
                 rank = magnitudes.index(p.echo or 1) + 1
-                out.append("magnitude" if hz else f"magnitude{rank}" if rank <= 2
-                           else "more than two magnitude echoes")
+                if hz:
+                    out.append("magnitude" if rank == 1 else "a second magnitude echo beside "
+                               "a field map in Hz")
+                else:
+                    out.append(f"magnitude{rank}" if rank <= 2
+                               else "more than two magnitude echoes")
             else:
                 out.append("real/imaginary field-map images have no BIDS name")
         return [(o, list(base)) if o in _FMAP_GRE else o for o in out]

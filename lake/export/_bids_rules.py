@@ -87,6 +87,8 @@ class SeriesFeatures:
     b_values: tuple[float, ...] = ()
     orientations: int = 1
     """Distinct slice orientations (several: a localizer or a multi-stack series)."""
+    b0_map: bool = False
+    """Image or frame type marks a B0 field map (Philips B0 MAP, FIELD_MAP)."""
     phase_encoding_direction: str | None = None
     """Derived at ingest (i, i-, j, j-: along the stored matrix), where the catalog has it."""
     direction: str | None = None
@@ -282,6 +284,8 @@ def _extras(datatype: str, suffix: str) -> dict[str, Any]:
 
 def _field_map(f: SeriesFeatures) -> Classification | None:
     name = (f.SequenceName or "").lower().lstrip("*")
+    if f.b0_map:
+        return _hit("fmap", "fieldmap", "gre_field_map", intended_for=("func", "dwi", "perf"))
     if not (name.startswith(("fm2d", "fm3d")) or (_FIELDMAP_WORDS.search(f.text)
                                                  and not _is_epi(f))):
         return None
@@ -416,7 +420,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("reproin", "A ReproIn protocol name or description (func-bold_task-rest, "
          "anat-T1w_acq-mprage, fmap-epi_dir-AP, dwi_dir-PA): as it says (its run is "
          "renumbered).", _reproin),
-    Rule("gre_field_map", "A field-map sequence (Siemens fm2d/fm3d) or a field-map "
+    Rule("gre_field_map", "A B0 map by image/frame type (Philips B0 MAP: fieldmap in Hz + "
+         "magnitude), a field-map sequence (Siemens fm2d/fm3d) or a field-map "
          "description on a non-EPI series: fmap, magnitude1/2 and phasediff (or phase1/2).",
          _field_map),
     Rule("dwi", "Diffusion: a b-value above 0, AcquisitionContrast DIFFUSION, ImageType "
