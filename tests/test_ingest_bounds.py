@@ -267,6 +267,20 @@ def test_limits_come_from_lake_json_and_are_checked(lk: lake.Lake, lake_root: Pa
         ReadLimits(max_zip_ratio=0)
 
 
+def test_every_front_door_applies_the_lakes_bounds(
+    lk: lake.Lake, lake_root: Path, vault_dir: Path
+) -> None:
+    """Ingestor.process (C-STORE, STOW-RS) uses the ingest section of lake.json too."""
+    from lake.ingest import Ingestor, Rejected
+
+    config = json.loads((lake_root / "lake.json").read_text())
+    config["ingest"] = {"max_value_bytes": 100_000}
+    (lake_root / "lake.json").write_text(json.dumps(config))
+    opened = lake.open(lake_root)
+    outcome = Ingestor(opened, opened.secret(vault_dir)).process(long_value(200_000))
+    assert isinstance(outcome, Rejected) and outcome.record["reason"] == "value_too_long"
+
+
 def test_cli_options_set_the_bounds(tmp_path: Path, ct_folder: Path) -> None:
     proc = ingest_cli(tmp_path, "--max-file-mb", "0.001", str(ct_folder))
     assert proc.returncode == 3, proc.stderr[-2000:]

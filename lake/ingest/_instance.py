@@ -241,7 +241,7 @@ def _transfer_syntax(ds: Dataset) -> UID:
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax:
-        return UID(syntax)
+        return syntax if isinstance(syntax, UID) else UID(syntax)  # UID() validates again
     return ImplicitVRLittleEndian if ds.is_implicit_VR else ExplicitVRLittleEndian
 
 

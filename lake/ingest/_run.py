@@ -109,7 +109,8 @@ class Ingestor:
     source : str
         Recorded in the ``batches`` table: ``ingest``, ``dicom-store``, ``pull``.
     limits : ReadLimits, optional
-        Bounds on what is read.
+        Bounds on what is read; by default the ``ingest`` section of ``lake.json`` (every
+        front door: files, C-STORE, STOW-RS).
     replace : bool
         Replace the stored rows of instances committed again when they were de-identified
         otherwise (another profile): a new catalog version; older versions keep the old
@@ -134,7 +135,7 @@ class Ingestor:
             location=lake.location,
             engine=Deidentifier(self.profile, secret),
             quarantine_key=quarantine_key(secret),
-            limits=limits or ReadLimits(),
+            limits=limits or ReadLimits.from_settings(lake.config.ingest),
         )
 
     def process(self, data: bytes) -> Outcome:
