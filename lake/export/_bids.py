@@ -60,6 +60,7 @@ from lake.export._runner import (
     _member_rows,
     run_export,
 )
+from lake.export._to_nifti import ACQUISITION_NAMES, _acquisition
 from lake.store import BlobStore
 
 if TYPE_CHECKING:
@@ -77,9 +78,6 @@ _COLUMNS = (
     "AcquisitionDate", "AcquisitionTime", "AcquisitionDateTime",
     "LongitudinalTemporalInformationModified",
 )
-#: Acquisition parameters derived at ingest (lake.nifti), used where the catalog has them.
-_DERIVED = ("phase_encoding_direction", "diffusion_b_values", "complex_components",
-            "echo_number")
 #: Stored headers read per series to describe it (evenly spread by InstanceNumber).
 SAMPLE = 5
 
@@ -381,7 +379,10 @@ class _BidsPlan:
         self.config = config
         names = set(arrow_dataset(lake.tables.open("instances", cohort.catalog_version))
                     .schema.names)
-        self.columns = tuple(c for c in (*_COLUMNS, *_DERIVED) if c in names)
+        # the acquisition parameters derived at ingest (lake.nifti.PARAMETERS): the converter
+        # needs them (the de-identified headers lost their private elements), and the
+        # heuristic uses some (phase-encoding direction, b-values, components, echo number)
+        self.columns = tuple(c for c in (*_COLUMNS, *ACQUISITION_NAMES) if c in names)
         self.planned: dict[str, _Planned] = {}
         self.unclassified: dict[str, Unclassified] = {}
         self.subjects: dict[str, list[InstanceRef]] = {}
@@ -520,6 +521,7 @@ class _BidsPlan:
                 "fmap": c.datatype == "fmap",
             }
             members = sorted(by_series[uid], key=lambda r: r.sop_uid)
+            meta["acquisitions"] = {r.sop_uid: _acquisition(r.extra) for r in members}
             plans.append(TaskPlan(uid, plan.folder, tuple((r.sop_uid, "") for r in members),
                                   meta))
         return plans
@@ -824,24 +826,28 @@ def _required(meta: Mapping[str, Any], suffix: str, sidecar: Mapping[str, Any],
 
 def write_bids_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
     """Worker: convert one classified series and write its volumes under BIDS names."""
-    from lake.nifti import series_to_nifti, write_volume
+    from lake.nifti import series_to_nifti, validate_acquisition, write_volume
 
     meta = task.meta
     result = TaskResult(task.key)
     blobs = BlobStore(ctx.location)
+    stored = meta.get("acquisitions", {})
     datasets = []
+    acquisitions = []
     for item in task.items:
         try:
             datasets.append(reassemble(item.header, load_pixels(blobs, item.pixel_hash),
                                        item.pixel_vr))
         except (BlobNotFoundError, IntegrityError) as exc:
             result.skipped.append(blob_skip(task, item, exc))
+            continue
+        acquisitions.append(validate_acquisition(stored.get(item.sop_uid, {})))
     if not datasets:
         return result
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            volumes, refusals = series_to_nifti(datasets)
+            volumes, refusals = series_to_nifti(datasets, acquisitions)
         except Exception as exc:  # noqa: BLE001 - one series must not sink the export; reported
             result.skipped.append(Skip(task.key, None, "converter_error",
                                        f"the NIfTI converter failed on this series "
