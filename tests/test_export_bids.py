@@ -403,3 +403,30 @@ def test_lake_method_delegates(lakes: dict[str, lake.Lake], tmp_path: Path) -> N
     assert result.manifest["kind"] == "bids"
     assert all(not f.path.endswith(".nii.gz") for f in result.files)
     assert any(f.path.endswith(".nii") for f in result.files)
+
+
+@pytest.mark.parametrize("profile", ["basic", "research"])
+def test_planted_identifier_corpus_leaves_no_token(profile: str, tmp_path: Path) -> None:
+    """The project's planted-identifier corpus, every series forced into the dataset."""
+    from tests.deid_corpus import expected_absent, write_corpus
+
+    tokens = write_corpus(tmp_path / "corpus", 2)
+    lk = lake.init(tmp_path / "lake", vault=tmp_path / "vault")
+    lk.ingest([str(tmp_path / "corpus")], vault=tmp_path / "vault", profile=profile,
+              scheduler="sync")
+    config = tmp_path / "all.json"
+    config.write_text(json.dumps({"descriptions": [
+        {"datatype": "anat", "suffix": "T2w", "entities": {"acq": "mr"},
+         "criteria": {"Modality": "MR"}},
+        {"datatype": "anat", "suffix": "T1w", "entities": {"acq": "other"},
+         "criteria": {"Modality": "*"}},
+    ]}))
+    out = tmp_path / "bids"
+    result = export_bids(lk, ALL, out, config=config, scheduler="sync")
+    assert any(f.path.endswith(".nii.gz") for f in result.files)
+    assert any(f.path.endswith("_acq-mr_T2w.json") for f in result.files)  # the descriptor plants
+    absent = expected_absent(tokens, retains_device_identity=profile == "research")
+    for name, data in tree(out).items():
+        text = data.decode("latin-1")
+        leaked = [t for t in absent if t in name or t in text]
+        assert not leaked, (name, leaked)
