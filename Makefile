@@ -21,9 +21,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## tools: the BIDS validator (npm bids-validator 1.15) in .tools/, for the BIDS export tests
+## tools: the BIDS validator (npm bids-validator 1.15) and axe-core (the portal's accessibility
+## test) in .tools/
 BIDS_VALIDATOR := .tools/bids-validator/node_modules/.bin/bids-validator
-tools: $(BIDS_VALIDATOR)
+AXE := .tools/axe/node_modules/axe-core/axe.min.js
+tools: $(BIDS_VALIDATOR) $(AXE)
+
+$(AXE):
+	@command -v npm >/dev/null 2>&1 || { echo "npm not found: accessibility checks will skip"; exit 0; }; \
+	npm install --prefix .tools/axe --no-audit --no-fund --loglevel=error axe-core@4.10.3 \
+	    || echo "npm install axe-core failed: accessibility checks will skip"
 
 $(BIDS_VALIDATOR):
 	@command -v npm >/dev/null 2>&1 || { echo "npm not found: BIDS tests will skip"; exit 0; }; \
