@@ -346,7 +346,7 @@ def test_steward_revokes_a_share_link_and_it_stops_working(
     form.find_element("css selector", "button").click()
     steward.driver.switch_to.alert.accept()
     _wait_for(lambda: steward.url.endswith("/portal/steward/shares"))
-    _wait_for(lambda: "revoked" in steward.find(f"#shares tbody").text)
+    _wait_for(lambda: "revoked" in steward.find("#shares tbody").text)
 
     reader.driver.refresh()
     _wait_for(lambda: "/portal/signin" in reader.url)
