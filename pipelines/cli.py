@@ -95,6 +95,9 @@ def demo(
         out.print("\n[bold]cohort query[/]\n" + DEMO_QUERY + "\n", highlight=False)
         _core._emit(lk.sql(DEMO_QUERY).arrow().read_all(), _core.Format.table, None)
         out.print(f'\nTry: lake sql --lake {lake_root} "SELECT * FROM series LIMIT 5"')
+        from pipelines.portal import demo_portal
+
+        demo_portal(lk, vault, lake_root, scheduler)
 
 
 def main() -> None:

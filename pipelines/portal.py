@@ -19,7 +19,7 @@ from pipelines._common import LakeOption, open_lake, out, reported
 if TYPE_CHECKING:
     import lake
 
-__all__ = ["share_app", "users_app"]
+__all__ = ["demo_portal", "share_app", "users_app"]
 
 
 class RoleName(enum.StrEnum):
@@ -249,3 +249,18 @@ def share_revoke(
         share = revoke_share(lk, share_id)
         _audit(lk, "share_revoked", "share", share.share_id)
         out.print(f"share link {share.share_id} revoked", highlight=False)
+
+
+def demo_portal(lk: lake.Lake, vault: str, lake_root: str, scheduler: str) -> None:
+    """The end of ``lake demo``: accounts, a teaching set, and how to open the portal."""
+    from lake._demo import DEMO_ACCOUNTS, DEMO_TEACHING_SET, portal_demo
+
+    passwords = portal_demo(lk, lk.secret(vault), scheduler=scheduler)
+    out.print("\n[bold]the portal[/]", highlight=False)
+    out.print(f"teaching set {DEMO_TEACHING_SET!r} and one account per role are ready. Start:",
+              highlight=False)
+    out.print(f"  lake serve web --lake {lake_root} --vault {vault}", highlight=False, soft_wrap=True)
+    out.print("then open http://127.0.0.1:8080/portal/ and sign in as (local demo only; new "
+              "passwords every run):", highlight=False, soft_wrap=True)
+    for role, name in DEMO_ACCOUNTS.items():
+        out.print(f"  {role:<10} {name:<16} {passwords[name]}", highlight=False, soft_wrap=True)
