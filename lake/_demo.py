@@ -70,19 +70,19 @@ def _teaching_files(folder: Path) -> None:
     from pydicom.uid import generate_uid
 
     template = dcmread(get_testdata_file("CT_small.dcm"))
-    for case, (sex, age, part) in enumerate(_CASES, start=1):
-        def uid(*parts: object) -> str:
-            return generate_uid(entropy_srcs=["imaging-lake demo teaching", str(case),
-                                              *map(str, parts)])
+    def uid(case: int, *parts: object) -> str:
+        return generate_uid(entropy_srcs=["imaging-lake demo teaching", str(case),
+                                          *map(str, parts)])
 
+    for case, (sex, age, part) in enumerate(_CASES, start=1):
         for index in range(6):
             ds = copy.deepcopy(template)
             ds.PatientID = f"DEMO-TEACH-{case}"
             ds.PatientName = f"Demo^Case{case}"
             ds.PatientSex, ds.PatientAge, ds.BodyPartExamined = sex, age, part
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = uid("study"), uid("series")
-            ds.FrameOfReferenceUID = uid("frame")
-            ds.SOPInstanceUID = uid("instance", index)
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = uid(case, "study"), uid(case, "series")
+            ds.FrameOfReferenceUID = uid(case, "frame")
+            ds.SOPInstanceUID = uid(case, "instance", index)
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             ds.InstanceNumber = index + 1
             ds.ImagePositionPatient = [-158.0, -179.0, -75.0 + 2.5 * index]
