@@ -69,7 +69,10 @@ def _teaching_files(folder: Path) -> None:
     from pydicom.data import get_testdata_file
     from pydicom.uid import generate_uid
 
-    template = dcmread(get_testdata_file("CT_small.dcm"))
+    path = get_testdata_file("CT_small.dcm")
+    if not isinstance(path, str):
+        raise ConfigError("pydicom's test file CT_small.dcm is missing: reinstall pydicom")
+    template = dcmread(path)
     def uid(case: int, *parts: object) -> str:
         return generate_uid(entropy_srcs=["imaging-lake demo teaching", str(case),
                                           *map(str, parts)])
