@@ -116,7 +116,7 @@ def clients(portal: PortalLake) -> Iterator[dict[str, httpx.Client]]:
 
 FILLERS = {"job": "0123456789abcdef", "case": "1", "token": "lake_" + "0" * 16 + "_" + "A" * 43,
            "token_id": "0123456789abcdef", "share_id": "0123456789abcdef",
-           "file": "portal.css"}
+           "file": "portal.css", "ident": "0" * 16}
 
 
 def _url(template: str, target: str | None) -> str:

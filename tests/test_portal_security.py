@@ -462,3 +462,40 @@ def test_the_audit_log_records_sign_ins_downloads_shares_and_token_use(
     dumped = json.dumps(rows)
     for planted in ("PAT-", "Doe", "not-it-at-all", portal.web.tokens["researcher"]):
         assert planted not in dumped
+
+
+# --- quarantine review -------------------------------------------------------------------------
+
+
+def test_quarantine_review_releases_and_purges_without_showing_originals(
+    portal: PortalLake, server: str, tmp_path: Path
+) -> None:
+    from lake.ingest import ingest
+    from lake.steward import list_quarantine
+    from tests.series import ct_series
+
+    folder = tmp_path / "refused"
+    folder.mkdir()
+    for i, ds in enumerate(ct_series(2, patient_id="PAT-Q", patient_name="Doe^Quentin")):
+        path = folder / f"{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        path.write_bytes(path.read_bytes()[:-4000])  # truncated pixel data
+    ingest(portal.lake, [str(folder)], portal.lake.secret(portal.web.vault), scheduler="sync")
+    refused = [e for e in list_quarantine(portal.lake) if e.sealed]
+    assert len(refused) == 2
+    boss = sign_in(server, "boss", portal.passwords["boss"])
+    page = boss.get("/portal/steward/quarantine")
+    assert page.status_code == 200 and refused[0].id[:16] in page.text
+    assert "PAT-Q" not in page.text and "Quentin" not in page.text
+    csrf = csrf_of(page.text)
+    kept = boss.post(f"/portal/steward/quarantine/{refused[0].id}",
+                     data={"csrf": csrf, "action": "release", "profile": "basic"})
+    assert kept.status_code == 200 and "quarantined" in kept.text  # still truncated
+    gone = boss.post(f"/portal/steward/quarantine/{refused[1].id}",
+                     data={"csrf": csrf, "action": "purge"})
+    assert gone.status_code == 200 and "purged" in gone.text
+    assert {e.id for e in list_quarantine(portal.lake)} >= {refused[0].id}
+    assert refused[1].id not in {e.id for e in list_quarantine(portal.lake)}
+    forged = boss.post(f"/portal/steward/quarantine/{refused[0].id}", data={"action": "purge"})
+    assert forged.status_code == 403
+    assert "Quentin" not in kept.text + gone.text

@@ -257,7 +257,7 @@ def create_app(
     app.state.store = None  # made at start-up (it recovers the spool and starts committing)
     app.state.access = Access(lake, allow_anonymous=settings.allow_anonymous)
     app.state.views = Views(lake)
-    app.state.portal = Portal(lake, app.state.access, app.state.views)
+    app.state.portal = Portal(lake, app.state.access, app.state.views, secret=secret)
     app.add_middleware(AuditRequests)
     app.add_middleware(SecurityHeaders)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from jinja2 import Environment
 
     from lake._lake import Lake
+    from lake.vault import Secret
     from lake.web._views import Views
 
 __all__ = ["PORTAL", "PORTAL_CSP", "AuditRequests", "Portal", "is_portal_path", "portal_error"]
@@ -60,12 +62,19 @@ class Portal:
         The server's authorisation function (and its sessions).
     views : Views
         The catalog views by scope (shared with DICOMweb).
+    secret : Secret, optional
+        The lake's secret (releasing quarantined files needs it).
     workers : int
         Export jobs running at once.
     """
 
-    def __init__(self, lake: Lake, access: Access, views: Views, *, workers: int = 2) -> None:
+    def __init__(self, lake: Lake, access: Access, views: Views, *,
+                 secret: Secret | None = None, workers: int = 2) -> None:
         self.lake = lake
+        self.secret = secret
+        # The Lake's DuckDB catalogs are not for concurrent threads: the portal's calls that
+        # go through them (saving a cohort, quarantine review) take turns.
+        self.catalog_lock = threading.Lock()
         self.access = access
         self.views = views
         self.templates: Environment = environment()

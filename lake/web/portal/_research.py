@@ -185,7 +185,8 @@ async def cohort_create(request: Request, grant: Grant) -> Response:
 
     def make() -> Cohort:
         version = check_cohort_query(portal.lake, grant, sql)
-        return create_cohort(portal.lake, name, sql, description=description, as_of=version)
+        with portal.catalog_lock:
+            return create_cohort(portal.lake, name, sql, description=description, as_of=version)
 
     try:
         cohort = await run_in_threadpool(make)

@@ -47,6 +47,7 @@ def portal_routes() -> list[BaseRoute]:
         ("/portal/steward", _steward.overview_page, M, _GET),
         ("/portal/steward/batches", _steward.batches_page, M, _GET),
         ("/portal/steward/quarantine", _steward.quarantine_page, M, _GET),
+        ("/portal/steward/quarantine/{ident}", _steward.quarantine_review, M, _POST),
         ("/portal/steward/users", _steward.users_page, M, _GET),
         ("/portal/steward/users", _steward.user_add, M, _POST),
         ("/portal/steward/users/{name}/remove", _steward.user_remove, M, _POST),

@@ -120,21 +120,74 @@ async def batches_page(request: Request, grant: Grant) -> Response:
                 actions=sorted(actions.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-async def quarantine_page(request: Request, grant: Grant) -> Response:
-    """What the lake refused, by reason (originals stay sealed; nothing of them is shown)."""
-    rows = await run_in_threadpool(_rows, _portal(request), QUARANTINE.name)
+def _quarantine_rows(portal: Portal) -> list[dict[str, Any]]:
+    from lake.steward import list_quarantine
+
+    return [{"id": e.id, "short": e.id[:16], "reason": e.reason, "message": e.message,
+             "size_bytes": e.size_bytes, "quarantined_at": e.quarantined_at,
+             "batch_id": e.batch_id, "sealed": e.sealed}
+            for e in list_quarantine(portal.lake)]
+
+
+async def quarantine_page(request: Request, grant: Grant, *, done: str | None = None,
+                          error: str | None = None) -> Response:
+    """What the lake refused, by reason, with review actions (originals are never shown)."""
+    from lake.deid import list_profiles
+
+    portal = _portal(request)
+    rows = await run_in_threadpool(_quarantine_rows, portal)
     reasons = Counter(r["reason"] or "-" for r in rows)
     wanted = request.query_params.get("reason")
-    shown = [dict(r, sha=(r["source_sha256"] or "")[:16]) for r in rows
-             if not wanted or r["reason"] == wanted]
+    shown = [r for r in rows if not wanted or r["reason"] == wanted]
     table = table_view(request, shown, [
         Column("quarantined_at", "When"), Column("reason", "Reason"),
         Column("message", "Message"), Column("size_bytes", "Size"),
-        Column("sha", "Content sha256", sortable=False), Column("batch_id", "Batch"),
+        Column("short", "Content sha256", sortable=False), Column("batch_id", "Batch"),
+        Column("id", "Review", sortable=False),
     ], default_sort="quarantined_at", descending=True)
     return page(request, grant, "quarantine.html", title="Quarantine", section="steward",
                 sub="quarantine", table=table, reasons=sorted(reasons.items()),
-                reason=wanted or "")
+                reason=wanted or "", profiles=list_profiles(),
+                can_release=portal.secret is not None, done=done, error=error,
+                status=400 if error else 200)
+
+
+async def quarantine_review(request: Request, grant: Grant) -> Response:
+    """Release a quarantined file through a profile, or purge it (``lake quarantine``)."""
+    from lake.steward import purge, release
+
+    portal = _portal(request)
+    form = await checked_form(request, grant)
+    ident = request.path_params["ident"]
+    action = str(form.get("action") or "")
+    done, error = None, None
+    try:
+        if action == "purge":
+            with portal.catalog_lock:
+                await run_in_threadpool(purge, portal.lake, [ident])
+            done = "The file was purged: its row and its sealed original are gone."
+        elif action == "release":
+            secret = portal.secret
+            if secret is None:
+                raise AccessError("releasing needs the vault: start 'lake serve web' with "
+                                  "--vault, or run 'lake quarantine release' on the server")
+            profile = str(form.get("profile") or "")
+
+            def run() -> Any:
+                with portal.catalog_lock:
+                    return release(portal.lake, secret, ident, _load(profile))
+
+            outcome = await run_in_threadpool(run)
+            done = (f"Released through {profile}: {outcome.outcome}"
+                    + (f" ({outcome.reason})" if outcome.reason else "") + ".")
+        else:
+            raise AccessError("choose release or purge")
+    except LakeError as exc:
+        error = str(exc)
+    portal.record(event_for(grant.principal, f"quarantine_{action or 'review'}",
+                            resource_kind="quarantine", resource=ident[:64],
+                            outcome="failed" if error else "ok"))
+    return await quarantine_page(request, grant, done=done, error=error)
 
 
 # --- accounts --------------------------------------------------------------------------
