@@ -385,7 +385,7 @@ class _BidsPlan:
         self.columns = tuple(c for c in (*_COLUMNS, *ACQUISITION_NAMES) if c in names)
         self.planned: dict[str, _Planned] = {}
         self.unclassified: dict[str, Unclassified] = {}
-        self.subjects: dict[str, list[InstanceRef]] = {}
+        self.members: dict[str, list[InstanceRef]] = {}
 
     # select: classify every series --------------------------------------------------
     def select(self, refs: list[InstanceRef]) -> tuple[list[InstanceRef], list[Skip]]:
@@ -400,9 +400,6 @@ class _BidsPlan:
             studies_of[r.patient_id or ""].add(r.study_uid)
         for patient, studies in studies_of.items():
             sessions[patient] = hashed_labels(studies)
-        self.subjects = defaultdict(list)
-        for r in refs:
-            self.subjects[subjects[r.patient_id or ""]].append(r)
         kept: list[InstanceRef] = []
         skips: list[Skip] = []
         decided: dict[str, tuple[Classification, SeriesFeatures, list[InstanceRef]]] = {}
@@ -415,6 +412,7 @@ class _BidsPlan:
                 skips.append(Skip(uid, None, decision.reason, decision.message))
                 continue
             decided[uid] = (decision, features, members)
+            self.members[uid] = members
             kept += members
         self._number_runs(decided, subjects, sessions)
         return kept, skips
@@ -667,31 +665,32 @@ class _BidsPlan:
         """participants.tsv rows and sessions.tsv rows of the subjects with written data."""
         rows = []
         sessions: dict[str, list[dict[str, str]]] = {}
-        planned_series = written
-        for subject in sorted(self.subjects):
-            refs = [r for r in self.subjects[subject] if r.series_uid in planned_series]
-            if not refs:
-                continue
-            sexes = {_sex_text(r.extra.get("PatientSex")) for r in refs} - {"n/a"}
-            by_session: dict[str, list[InstanceRef]] = defaultdict(list)
-            for r in refs:
-                by_session[self.planned[r.series_uid].session].append(r)
+        # a series belongs to one subject and session (its first member's), even when its
+        # instances disagree (a series mixing patients is reported at ingest)
+        by_subject: dict[str, dict[str, list[InstanceRef]]] = defaultdict(lambda: defaultdict(list))
+        for uid in sorted(written):
+            plan = self.planned[uid]
+            by_subject[plan.subject][plan.session] += self.members[uid]
+        for subject, by_session in sorted(by_subject.items()):
+            sexes = {_sex_text(r.extra.get("PatientSex"))
+                     for members in by_session.values() for r in members} - {"n/a"}
             session_rows = []
+            firsts = []
             for session, members in sorted(by_session.items()):
                 ages = [a for a in (_age_years(r.extra.get("PatientAge")) for r in members)
                         if a is not None]
                 times = [self.planned[r.series_uid].acq_time for r in members]
-                session_rows.append({
+                row = {
                     "session_id": f"ses-{session}",
                     "acq_time": min((t for t in times if t), default="n/a"),
                     "age": _age_text(min(ages) if ages else None),
-                    "_years": str(min(ages) if ages else ""),
-                })
+                }
+                session_rows.append(row)
+                firsts.append((row["acq_time"] == "n/a", row["acq_time"],
+                               min(ages) if ages else math.inf, row["age"]))
             sessions[subject] = session_rows
-            first = sorted(session_rows, key=lambda s: (s["acq_time"] == "n/a", s["acq_time"],
-                                                        s["_years"] or "~"))[0]
             rows.append([f"sub-{subject}", sexes.pop() if len(sexes) == 1 else "n/a",
-                         first["age"]])
+                         min(firsts)[3]])
         return rows, sessions
 
 
