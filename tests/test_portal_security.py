@@ -499,3 +499,18 @@ def test_quarantine_review_releases_and_purges_without_showing_originals(
     forged = boss.post(f"/portal/steward/quarantine/{refused[0].id}", data={"action": "purge"})
     assert forged.status_code == 403
     assert "Quentin" not in kept.text + gone.text
+
+
+def test_a_session_sees_dicomweb_within_its_scope(portal: PortalLake, server: str) -> None:
+    """Thumbnails and the viewer read DICOMweb with the session: its scope applies."""
+    student = sign_in(server, "stu-t", portal.passwords["stu-t"])
+    studies = student.get("/dicomweb/studies")
+    assert studies.status_code == 200
+    teach, other = portal.web.uids["teach"], portal.web.uids["a"]
+    assert teach[0] in studies.text and other[0] not in studies.text
+    assert student.get(f"/dicomweb/studies/{teach[0]}/series/{teach[1]}/thumbnail"
+                       ).status_code == 200
+    assert student.get(f"/dicomweb/studies/{other[0]}/metadata").status_code == 404
+    viewer = student.get(f"/viewer?StudyInstanceUIDs={teach[0]}")
+    assert viewer.status_code == 303
+    assert "lake_token" not in viewer.headers.get("set-cookie", "")  # no token in play

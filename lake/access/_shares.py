@@ -129,7 +129,11 @@ def revoke_share(lake: Lake, share_id: str) -> Share:
 
 
 class ShareBook:
-    """Which token ids are share links (re-read when the ``shares`` table changes).
+    """Which token ids are share links.
+
+    Whether a token is a link never changes once its creator has it (:func:`create_share`
+    writes the ``shares`` row before returning the token), so each answer is kept and the
+    table is read again only for a token id not seen before.
 
     Parameters
     ----------
@@ -143,14 +147,21 @@ class ShareBook:
         self._delta = lake.tables.open(SHARES.name)
         self._version = -1
         self._ids: frozenset[str] = frozenset()
+        self._known: dict[str, bool] = {}
 
     def is_share(self, token_id: str) -> bool:
         """Whether ``token_id`` is the token of a share link."""
         with self._lock:
+            known = self._known.get(token_id)
+            if known is not None:
+                return known
             self._delta.update_incremental()
             version = int(self._delta.version())
             if version != self._version:
                 table = arrow_dataset(self._delta).to_table(columns=["token_id"])
                 self._ids = frozenset(table.column("token_id").to_pylist())
                 self._version = version
-            return token_id in self._ids
+            if len(self._known) > 100_000:
+                self._known.clear()
+            self._known[token_id] = token_id in self._ids
+            return self._known[token_id]
