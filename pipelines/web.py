@@ -101,7 +101,8 @@ def serve_web(
         try:
             server.start()
             err.print(
-                f"serving {server.url}/dicomweb (viewer: {server.url}/viewer)"
+                f"serving {server.url}/dicomweb (viewer: {server.url}/viewer; "
+                f"portal: {server.url}/portal/)"
                 f"{'; anonymous read allowed' if config.allow_anonymous else ''}; "
                 "stop with Ctrl-C or SIGTERM",
                 highlight=False,
