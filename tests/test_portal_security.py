@@ -514,3 +514,20 @@ def test_a_session_sees_dicomweb_within_its_scope(portal: PortalLake, server: st
     viewer = student.get(f"/viewer?StudyInstanceUIDs={teach[0]}")
     assert viewer.status_code == 303
     assert "lake_token" not in viewer.headers.get("set-cookie", "")  # no token in play
+
+
+def test_a_steward_sets_a_password_and_the_old_sessions_end(portal: PortalLake, server: str
+                                                           ) -> None:
+    from lake.access import add_user
+
+    add_user(portal.lake, "changer", "student", "first-password-1")
+    old = sign_in(server, "changer", "first-password-1")
+    assert old.get("/portal/teaching").status_code == 200
+    boss = sign_in(server, "boss", portal.passwords["boss"])
+    csrf = csrf_of(boss.get("/portal/steward/users").text)
+    done = boss.post("/portal/steward/users/changer/password",
+                     data={"csrf": csrf, "password": "second-password-2"})
+    assert done.status_code == 303
+    assert old.get("/portal/teaching").status_code == 303  # signed out
+    assert sign_in(server, "changer", "second-password-2").get("/portal/teaching"
+                                                               ).status_code == 200

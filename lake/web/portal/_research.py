@@ -223,8 +223,10 @@ async def export_start(request: Request, grant: Grant) -> Response:
 
 async def exports_page(request: Request, grant: Grant) -> Response:
     """This user's exports (a steward's too)."""
-    jobs = _portal(request).jobs.of(owner_of(grant))
-    return page(request, grant, "exports.html", title="Exports", section="exports", jobs=jobs)
+    portal = _portal(request)
+    jobs = portal.jobs.of(owner_of(grant))
+    return page(request, grant, "exports.html", title="Exports", section="exports", jobs=jobs,
+                lake_root=portal.lake.root)
 
 
 def _job(request: Request, grant: Grant) -> Job:
