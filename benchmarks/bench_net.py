@@ -3,11 +3,14 @@
     python benchmarks/bench_net.py [--files 520] [--lake-instances 100000]
                                    [--orthanc-instances 20000] [--repeat 25] [--no-orthanc]
 
-Receive: the same generated small CT/MR files are sent by dcmtk's storescu over one
-association to Orthanc and to `lake serve dicom` (in-process DicomServer), once with
-TCP_NODELAY=1 in storescu's environment and once without (Nagle on). For the lake two
-rates are printed: acknowledged (storescu done; every instance durable in the spool)
-and committed (the catalog holds every row). The ratio is lake / Orthanc.
+Receive: the same generated small CT/MR files are sent by dcmtk's storescu to Orthanc and
+to `lake serve dicom` (in-process DicomServer): over one association, split over four
+associations at once, and over one association with Nagle's algorithm left on in
+storescu (no TCP_NODELAY=1 in its environment). Orthanc runs as packaged and with
+TCP_NODELAY=1 in its environment. For the lake, with each --acknowledge mode, two rates
+are printed: acknowledged (every storescu done; every instance durable) and committed
+(the catalog holds every row: the time until storescu is done plus the time to
+de-identify what is still queued and commit). The ratio is lake committed / Orthanc.
 
 C-FIND: STUDY-level queries (exact PatientID, a one-month StudyDate range, MR in a
 date range, a PatientID wildcard) sent over one pynetdicom association (TCP_NODELAY on,
@@ -65,63 +68,95 @@ QUERIES: dict[str, dict[str, str]] = {
 # --- receive ---------------------------------------------------------------------------
 
 
-def storescu(port: int, folder: Path, nodelay: bool) -> float:
+def storescu(port: int, folders: list[Path], nodelay: bool) -> float:
+    """Send every folder over its own association, all at once; seconds until all are done."""
     env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
     if nodelay:
         env["TCP_NODELAY"] = "1"
     started = time.perf_counter()
-    result = subprocess.run(
-        ["storescu", "-aec", "ANY", "+sd", "127.0.0.1", str(port), str(folder)],
-        env=env, capture_output=True, text=True, check=False,
-    )
+    senders = [
+        subprocess.Popen(["storescu", "-aec", "ANY", "+sd", "127.0.0.1", str(port), str(folder)],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for folder in folders
+    ]
+    errors = [s.communicate()[1] for s in senders]
     elapsed = time.perf_counter() - started
-    if result.returncode != 0 or "Failed" in result.stderr:
-        raise RuntimeError(f"storescu failed: {result.stderr[-500:]}")
+    for sender, error in zip(senders, errors, strict=True):
+        if sender.returncode != 0 or "Failed" in error:
+            raise RuntimeError(f"storescu failed: {error[-500:]}")
     return elapsed
+
+
+def _split(corpus: Path, parts: int, work: Path) -> list[Path]:
+    """The corpus as ``parts`` folders of hard links (one per association)."""
+    files = sorted(corpus.glob("*.dcm"))
+    folders = [work / f"part-{parts}-{i}" for i in range(parts)]
+    for i, folder in enumerate(folders):
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in files[i::parts]:
+            target = folder / path.name
+            if not target.exists():
+                os.link(path, target)
+    return folders
+
+
+# (column title, associations, TCP_NODELAY=1 in storescu's environment)
+RECEIVE_RUNS = (("1 assoc", 1, True), ("4 assoc", 4, True), ("1 assoc, Nagle", 1, False))
 
 
 def bench_receive(files: int, use_orthanc: bool, work: Path) -> None:
     corpus = CACHE / f"net-corpus-{files}"
     make_corpus(corpus, files)
-    print(f"\n== receive: {files} small CT/MR instances, storescu, one association ==")
-    print(f"{'peer':<40}{'storescu TCP_NODELAY=1':>24}{'storescu Nagle on':>20}")
-    rates: dict[str, dict[bool, float]] = {}
+    print(f"\n== receive: {files} small CT/MR instances sent by storescu (instances/s) ==")
+    print("   columns: one association, or the corpus split over 4 at once; storescu with "
+          "TCP_NODELAY=1 (dcmtk reads it) unless 'Nagle'")
+    print(f"{'peer':<46}" + "".join(f"{title:>18}" for title, _, _ in RECEIVE_RUNS))
+    folders = {parts: _split(corpus, parts, work / "parts") for _, parts, _ in RECEIVE_RUNS}
+    rates: dict[str, dict[str, float]] = {}
     orthancs = {"Orthanc as packaged": False, "Orthanc, TCP_NODELAY=1 in its env": True}
     if use_orthanc:
         for name, orthanc_nodelay in orthancs.items():
             rates[name] = {}
-            for nodelay in (True, False):
-                folder = work / f"orthanc-recv-{orthanc_nodelay}-{nodelay}"
+            for title, parts, nodelay in RECEIVE_RUNS:
+                folder = work / f"orthanc-recv-{orthanc_nodelay}-{parts}-{nodelay}"
                 with Orthanc(folder, nodelay=orthanc_nodelay) as pacs:
-                    rates[name][nodelay] = files / storescu(pacs.dicom_port, corpus, nodelay)
+                    rates[name][title] = files / storescu(pacs.dicom_port, folders[parts], nodelay)
                     assert pacs.instance_count() == files
                 shutil.rmtree(folder, ignore_errors=True)
-    rates["lake (acknowledged)"] = {}
-    rates["lake (committed)"] = {}
-    for nodelay in (True, False):
-        root = work / f"lake-recv-{nodelay}"
-        lk = lake.init(root / "lake", vault=root / "vault")
-        server = DicomServer(lk, lk.secret(root / "vault"), ServerConfig(port=0, aet="ANY"))
-        server.start()
-        try:
-            acked = storescu(server.port, corpus, nodelay)
-            started = time.perf_counter()
-            server.committer.flush()
-            committed = acked + time.perf_counter() - started
-        finally:
-            server.stop()
-        assert server.receiver.stats.accepted == files, server.receiver.stats
-        rates["lake (acknowledged)"][nodelay] = files / acked
-        rates["lake (committed)"][nodelay] = files / committed
-        shutil.rmtree(root, ignore_errors=True)
-    for name, by in rates.items():
-        print(f"{name:<40}{by[True]:>22.1f}/s{by[False]:>18.1f}/s")
+            _row(name, rates[name])
+    for acknowledge in ("receipt", "outcome"):
+        acked, committed = f"lake, acknowledge={acknowledge}", "  committed (in the catalog)"
+        rates[acked], rates[committed + acknowledge] = {}, {}
+        for title, parts, nodelay in RECEIVE_RUNS:
+            root = work / f"lake-recv-{acknowledge}-{parts}-{nodelay}"
+            lk = lake.init(root / "lake", vault=root / "vault")
+            config = ServerConfig(port=0, aet="ANY", acknowledge=acknowledge)
+            server = DicomServer(lk, lk.secret(root / "vault"), config)
+            server.start()
+            try:
+                elapsed = storescu(server.port, folders[parts], nodelay)
+                started = time.perf_counter()
+                server.flush()  # de-identify what is queued, commit everything
+                done = elapsed + time.perf_counter() - started
+            finally:
+                server.stop()
+            assert server.receiver.stats.accepted == files, server.receiver.stats
+            rates[acked][title] = files / elapsed
+            rates[committed + acknowledge][title] = files / done
+            shutil.rmtree(root, ignore_errors=True)
+        _row(acked, rates[acked])
+        _row(committed, rates[committed + acknowledge])
     if use_orthanc:
-        print("ratio lake (committed) / Orthanc (>1: the lake receives faster):")
-        lake_rates = rates["lake (committed)"]
+        print("ratio lake (committed, default acknowledge=receipt) / Orthanc "
+              "(>1: the lake receives faster):")
+        lake_rates = rates["  committed (in the catalog)receipt"]
         for name in orthancs:
-            print(f"  vs {name:<36}{lake_rates[True] / rates[name][True]:>22.2f}x"
-                  f"{lake_rates[False] / rates[name][False]:>19.2f}x")
+            print(f"  vs {name:<42}" + "".join(
+                f"{lake_rates[t] / rates[name][t]:>17.2f}x" for t, _, _ in RECEIVE_RUNS))
+
+
+def _row(name: str, by: dict[str, float]) -> None:
+    print(f"{name:<46}" + "".join(f"{by[t]:>16.1f}/s" for t, _, _ in RECEIVE_RUNS), flush=True)
 
 
 # --- C-FIND ------------------------------------------------------------------------------

@@ -77,6 +77,12 @@ class Captured:
         with self._lock:
             return sum(self._warnings.values()) + sum(self._records.values())
 
+    def merge(self, warnings: dict[str, int], records: dict[str, int]) -> None:
+        """Add counts captured elsewhere (another process's :attr:`warnings`, :attr:`records`)."""
+        with self._lock:
+            self._warnings.update(warnings)
+            self._records.update(records)
+
     def _warned(self, category: str) -> None:
         with self._lock:
             self._warnings[category] += 1

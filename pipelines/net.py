@@ -112,6 +112,18 @@ def dicom(
     max_instance_mb: Annotated[
         int | None, typer.Option("--max-instance-mb", help="Refuse larger instances.")
     ] = None,
+    acknowledge: Annotated[
+        Ack | None,
+        typer.Option(
+            "--acknowledge",
+            help="receipt: answer a C-STORE once the instance is durable (sealed), de-identify "
+            "after; outcome: once de-identified, reporting refusals. Default: receipt.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", help="Processes de-identifying received instances. Default: 2."),
+    ] = None,
     receive_memory_mb: Annotated[
         int | None,
         typer.Option(
@@ -156,6 +168,8 @@ def dicom(
             commit_interval=commit_interval,
             max_instance_bytes=None if max_instance_mb is None else max_instance_mb * 2**20,
             receive_memory_bytes=None if receive_memory_mb is None else receive_memory_mb * 2**20,
+            acknowledge=None if acknowledge is None else acknowledge.value,
+            workers=workers,
         )
         server = DicomServer(lk, secret, config)
         stop = threading.Event()
@@ -210,6 +224,11 @@ def dicom(
                 "data were suppressed (they can quote original values)",
                 highlight=False, soft_wrap=True,
             )
+
+
+class Ack(enum.StrEnum):
+    receipt = "receipt"
+    outcome = "outcome"
 
 
 class Via(enum.StrEnum):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ import pytest
 
 import lake
 from lake.net import DicomServer, ServerConfig
+from lake.net._journal import ReceiptJournal
 from tests.net_peers import dcmtk, free_port, require, wait_port
 from tests.series import write_ct_series
 
@@ -40,6 +40,10 @@ def _spool_files(lake_root: Path) -> list[Path]:
     return sorted((lake_root / "spool" / "dicom-store").glob("*.json"))
 
 
+def _journal_files(lake_root: Path) -> list[Path]:
+    return sorted((lake_root / "spool" / "dicom-store" / "receipts").glob("*.journal"))
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_cleanly_and_commits_everything(
     lk: lake.Lake, lake_root: Path, vault_dir: Path, tmp_path: Path, signum: int
@@ -56,7 +60,7 @@ def test_signal_stops_cleanly_and_commits_everything(
                        tmp_path / "ct")
         assert result.returncode == 0, result.stderr
         assert _count(lake_root) == 0
-        assert len(_spool_files(lake_root)) == 12
+        assert _journal_files(lake_root)  # acknowledged: durable in the receipt journal
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -65,7 +69,7 @@ def test_signal_stops_cleanly_and_commits_everything(
     assert proc.returncode == 0, stderr
     assert "12 stored" in stderr
     assert _count(lake_root) == 12
-    assert _spool_files(lake_root) == []
+    assert _spool_files(lake_root) == [] and _journal_files(lake_root) == []
 
 
 def test_crash_loses_nothing_acknowledged(
@@ -84,24 +88,23 @@ def test_crash_loses_nothing_acknowledged(
     finally:
         proc.kill()  # no chance to commit
         proc.communicate(timeout=60)
-    spooled = _spool_files(lake_root)
-    assert len(spooled) == 10  # every acknowledged instance is durable...
-    for path in spooled:  # ...and the spool holds de-identified rows only
-        entry = json.loads(path.read_bytes())
-        blobs = [base64.b64decode(v["b64"]) for v in entry["row"].values()
-                 if isinstance(v, dict) and "b64" in v]
-        assert blobs  # the header bytes, decoded, checked too
-        for data in [path.read_bytes(), *blobs]:
-            assert b"CRASH-PID-42" not in data and b"Crash^Carl" not in data
+    journaled = _journal_files(lake_root)
+    assert journaled and _spool_files(lake_root) == []
+    for path in journaled:  # every acknowledged instance is durable, sealed
+        data = path.read_bytes()
+        assert b"CRASH-PID-42" not in data and b"Crash^Carl" not in data
+    receipts = ReceiptJournal(journaled[0].parent, lk.secret(vault_dir))
+    originals = [original for _, original in receipts.leftovers()]
+    assert len(originals) == 10 and all(b"CRASH-PID-42" in o for o in originals)
     assert _count(lake_root) == 0
     server = DicomServer(lk, lk.secret(vault_dir), ServerConfig(port=0))
-    server.start()  # commits the spool left by the crash before listening
+    server.start()  # de-identifies and commits what the crash left, before listening
     try:
         assert server.report.recovered == 10
     finally:
         server.stop()
     assert _count(lake_root) == 10
-    assert _spool_files(lake_root) == []
+    assert _journal_files(lake_root) == []
 
 
 def test_settings_come_from_lake_json(

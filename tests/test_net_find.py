@@ -29,7 +29,7 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DicomServer]:
     root = tmp_path_factory.mktemp("find")
     lk = lake.init(root / "lake", vault=root / "vault")
     lk.tables.append(INSTANCES, list(synthetic_rows(N)))
-    server = DicomServer(lk, lk.secret(root / "vault"), ServerConfig(port=0))
+    server = DicomServer(lk, lk.secret(root / "vault"), ServerConfig(port=0, workers=0))
     server.start()
     try:
         yield server

@@ -84,7 +84,7 @@ def test_flood_never_locks_out_the_allowed_modality(
     require("echoscu", "storescu")
     monkeypatch.setattr(AssociationServer, "max_pending", 16)
     folder = write_ct_series(tmp_path / "ct", 4)[0].parent
-    config = ServerConfig(port=0, allow=(MODALITY,), max_associations=2, request_timeout=1.0,
+    config = ServerConfig(port=0, workers=0, allow=(MODALITY,), max_associations=2, request_timeout=1.0,
                           commit_interval=0.2)
     rounds = 3
     with DicomServer(lk, lk.secret(vault_dir), config) as server:
@@ -93,7 +93,7 @@ def test_flood_never_locks_out_the_allowed_modality(
             codes = [(_echo(server.port), _store(server.port, folder)) for _ in range(rounds)]
             stats = server.report.admission
             assert _eventually(lambda: stats.no_request >= 4)  # the tricklers timed out
-        server.committer.flush()
+        server.flush()
     assert codes == [(0, 0)] * rounds
     # counted outcomes: only the modality's associations were admitted
     assert stats.admitted == 2 * rounds
@@ -112,7 +112,7 @@ def test_flood_never_locks_out_the_allowed_modality(
 def test_stalled_association_gives_its_slot_back(lk: lake.Lake, vault_dir: Path) -> None:
     """An admitted peer that stops mid-PDU is dropped after the network timeout."""
     require("echoscu")
-    config = ServerConfig(port=0, allow=(MODALITY,), max_associations=1, network_timeout=2)
+    config = ServerConfig(port=0, workers=0, allow=(MODALITY,), max_associations=1, network_timeout=2)
     with DicomServer(lk, lk.secret(vault_dir), config) as server, \
             socket.create_connection(("127.0.0.1", server.port), timeout=LIVENESS) as stall:
         stall.sendall(associate_rq(MODALITY))
@@ -129,7 +129,7 @@ def test_idle_tls_connections_do_not_block_the_handshake_of_others(
     """The TLS handshake runs on the connection's thread, never in the accept loop."""
     require("echoscu")
     certs = make_certificates(tmp_path / "tls")
-    config = ServerConfig(port=0, allow=(MODALITY,), request_timeout=2,
+    config = ServerConfig(port=0, workers=0, allow=(MODALITY,), request_timeout=2,
                           tls=TLSConfig(certs.server_cert, certs.server_key))
     with DicomServer(lk, lk.secret(vault_dir), config) as server:
         idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(5)]
@@ -144,7 +144,7 @@ def test_idle_tls_connections_do_not_block_the_handshake_of_others(
 
 
 def test_unknown_calling_aet_is_refused_without_a_slot(lk: lake.Lake, vault_dir: Path) -> None:
-    config = ServerConfig(port=0, allow=(MODALITY,), max_associations=1)
+    config = ServerConfig(port=0, workers=0, allow=(MODALITY,), max_associations=1)
     with DicomServer(lk, lk.secret(vault_dir), config) as server, \
             socket.create_connection(("127.0.0.1", server.port), timeout=LIVENESS) as held:
         held.sendall(associate_rq(MODALITY))
@@ -173,7 +173,7 @@ def test_unknown_calling_aet_is_refused_without_a_slot(lk: lake.Lake, vault_dir:
 def test_not_a_request_is_refused_at_once(
     lk: lake.Lake, vault_dir: Path, payload: bytes
 ) -> None:
-    with DicomServer(lk, lk.secret(vault_dir), ServerConfig(port=0)) as server, \
+    with DicomServer(lk, lk.secret(vault_dir), ServerConfig(port=0, workers=0)) as server, \
             socket.create_connection(("127.0.0.1", server.port), timeout=LIVENESS) as sock:
         sock.sendall(payload)
         answer = read_pdu(sock)

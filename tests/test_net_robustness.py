@@ -40,7 +40,7 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 @pytest.fixture
 def server(lk: lake.Lake, vault_dir: Path) -> Iterator[DicomServer]:
     require("echoscu", "storescu")
-    config = ServerConfig(port=0, commit_interval=0.2, max_associations=3, acse_timeout=2,
+    config = ServerConfig(port=0, workers=0, commit_interval=0.2, max_associations=3, acse_timeout=2,
                           max_instance_bytes=2_000_000)
     srv = DicomServer(lk, lk.secret(vault_dir), config)
     srv.start()
@@ -56,7 +56,7 @@ def _alive(srv: DicomServer) -> None:
 
 
 def _rows(srv: DicomServer, lk: lake.Lake) -> int:
-    srv.committer.flush()
+    srv.flush()
     lk.refresh()
     return int(lk.sql("SELECT count(*) FROM instances").fetchall()[0][0])
 
@@ -214,23 +214,29 @@ def test_abort_mid_transfer_leaves_nothing(server: DicomServer, lk: lake.Lake) -
     assert len(server.spool) == 0
 
 
+@pytest.mark.parametrize("acknowledge", ["outcome", "receipt"])
 def test_truncated_and_garbage_datasets(
-    server: DicomServer, lk: lake.Lake, tmp_path: Path
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path, acknowledge: str
 ) -> None:
-    assoc = _associate(server, CT)
-    try:
-        full = _encoded(_ct())
-        assert _send_raw_store(assoc, generate_uid(), full[: len(full) // 2], tmp_path) == 0xC000
-        refused = (0xA900, 0xC000)  # no SOP identity / cannot understand
-        assert _send_raw_store(assoc, generate_uid(), b"\x00" * 7, tmp_path) in refused
-        assert _send_raw_store(assoc, generate_uid(), b"", tmp_path) in refused
-        no_uids = _ct()
-        del no_uids.SOPInstanceUID, no_uids.StudyInstanceUID
-        assert _send_raw_store(assoc, generate_uid(), _encoded(no_uids), tmp_path) == 0xA900
-        assert _send_raw_store(assoc, generate_uid(), full, tmp_path) == 0x0000  # still serving
-    finally:
-        assoc.release()  # type: ignore[attr-defined]
-    assert _rows(server, lk) == 1
+    config = ServerConfig(port=0, workers=0, commit_interval=0.2, acknowledge=acknowledge)
+    with DicomServer(lk, lk.secret(vault_dir), config) as server:
+        assoc = _associate(server, CT)
+        try:
+            full = _encoded(_ct())
+            no_uids = _ct()
+            del no_uids.SOPInstanceUID, no_uids.StudyInstanceUID
+            statuses = [
+                _send_raw_store(assoc, generate_uid(), data, tmp_path)
+                for data in (full[: len(full) // 2], b"\x00" * 7, b"", _encoded(no_uids), full)
+            ]
+        finally:
+            assoc.release()  # type: ignore[attr-defined]
+        if acknowledge == "outcome":  # truncated, not DICOM (x2), no SOP identity, still serving
+            assert statuses[0] == 0xC000 and statuses[3:] == [0xA900, 0x0000]
+            assert set(statuses[1:3]) <= {0xA900, 0xC000}
+        else:  # durable on receipt: answered at once, refused later (quarantined)
+            assert statuses == [0x0000] * 5
+        assert _rows(server, lk) == 1
     reasons = sorted(r for (r,) in lk.sql("SELECT reason FROM quarantine").fetchall())
     assert len(reasons) == 4
 
@@ -368,7 +374,7 @@ def test_query_identifier_over_the_limit_aborts(server: DicomServer) -> None:
 
 def test_busy_budget_refuses_then_recovers(lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> None:
     """An instance arriving while the receive budget is spent is refused, transiently."""
-    config = ServerConfig(port=0, max_instance_bytes=1_000_000, receive_memory_bytes=1_000_000)
+    config = ServerConfig(port=0, workers=0, max_instance_bytes=1_000_000, receive_memory_bytes=1_000_000)
     with DicomServer(lk, lk.secret(vault_dir), config) as srv:
         assert srv._server is not None and srv._server.budget is not None
         budget = srv._server.budget

@@ -29,7 +29,7 @@ def test_server_on_an_s3_lake(s3_env: dict[str, str], tmp_path: Path) -> None:  
         stored = dcmtk("storescu", "-aec", "LAKE", "+sd", "127.0.0.1", port, tmp_path / "ct")
         assert stored.returncode == 0, stored.stderr
         assert len(server.spool) == 5  # durable in the bucket before each acknowledgement
-        server.committer.flush()
+        server.flush()
         assert len(server.spool) == 0
         out = tmp_path / "found"
         out.mkdir()

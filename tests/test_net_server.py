@@ -87,7 +87,7 @@ def _make_syntax_folder(folder: Path) -> dict[str, bytes]:
 def server(lk: lake.Lake, vault_dir: Path) -> Iterator[DicomServer]:
     require("echoscu", "storescu", "findscu", "getscu", "movescu", "storescp")
     srv = DicomServer(
-        lk, lk.secret(vault_dir), ServerConfig(port=0, commit_interval=0.2, commit_every=50)
+        lk, lk.secret(vault_dir), ServerConfig(port=0, workers=0, commit_interval=0.2, commit_every=50)
     )
     srv.start()
     try:
@@ -101,7 +101,7 @@ def _port(srv: DicomServer) -> str:
 
 
 def _committed(srv: DicomServer, lk: lake.Lake) -> None:
-    srv.committer.flush()
+    srv.flush()
     lk.refresh()
 
 
@@ -171,28 +171,48 @@ def test_store_deidentifies(server: DicomServer, lk: lake.Lake, tmp_path: Path) 
     assert {s for s, _ in batches} == {"dicom-store"}
 
 
-def test_refused_instance_gets_failure_and_quarantine(
-    server: DicomServer, lk: lake.Lake, tmp_path: Path
+def test_store_with_worker_processes(lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> None:
+    """The default: acknowledged once journaled, de-identified in spawned worker processes."""
+    require("storescu")
+    write_ct_series(tmp_path / "ct", 8, patient_id="PID-556677", patient_name="Poe^Paula")
+    config = ServerConfig(port=0, workers=2)
+    with DicomServer(lk, lk.secret(vault_dir), config) as srv:
+        assert _store(srv, tmp_path / "ct").returncode == 0
+        _committed(srv, lk)
+        assert srv.receiver.stats.accepted == 8
+    rows = lk.sql("SELECT PatientID, header_dicom FROM instances").fetchall()
+    assert len(rows) == 8
+    assert all(pid != "PID-556677" and b"Poe^Paula" not in header for pid, header in rows)
+
+
+@pytest.mark.parametrize("acknowledge", ["outcome", "receipt"])
+def test_refused_instance_is_quarantined(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path, acknowledge: str
 ) -> None:
+    require("storescu")
     ds = dcmread(get_testdata_file("CT_small.dcm"))
     ds.BurnedInAnnotation = "YES"
     ds.save_as(tmp_path / "burned.dcm", enforce_file_format=True)
-    result = _store(server, tmp_path / "burned.dcm")
-    assert "Received Store Response (Error: CannotUnderstand)" in result.stderr
-    _committed(server, lk)
+    config = ServerConfig(port=0, workers=0, acknowledge=acknowledge)
+    with DicomServer(lk, lk.secret(vault_dir), config) as server:
+        result = _store(server, tmp_path / "burned.dcm")
+        # answered once de-identified: the refusal is the status; once durable: success
+        expected = "Error: CannotUnderstand" if acknowledge == "outcome" else "Success"
+        assert f"Received Store Response ({expected})" in result.stderr
+        _committed(server, lk)
+        assert server.receiver.stats.quarantined == 1
     assert lk.sql("SELECT count(*) FROM instances").fetchall() == [(0,)]
-    reasons = lk.sql("SELECT reason, message FROM quarantine").fetchall()
-    assert len(reasons) == 1
-    assert server.receiver.stats.quarantined == 1
+    reasons = lk.sql("SELECT reason FROM quarantine").fetchall()
+    assert reasons == [("burned_in_annotation",)] or len(reasons) == 1
 
 
 def test_commits_are_batched(lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> None:
     require("storescu")
     write_ct_series(tmp_path / "ct", 30)
-    config = ServerConfig(port=0, commit_every=10, commit_interval=3600)
+    config = ServerConfig(port=0, workers=0, commit_every=10, commit_interval=3600)
     with DicomServer(lk, lk.secret(vault_dir), config) as srv:
         assert _store(srv, tmp_path / "ct").returncode == 0
-        srv.committer.flush()
+        srv.flush()
         batches = [b for b in srv.committer.batches if b.files_seen]
     assert sum(b.ingested for b in batches) == 30
     # 30 instances, 10 per commit: not one commit per instance
@@ -300,7 +320,7 @@ def test_find_sees_new_commits(stored: DicomServer, lk: lake.Lake, tmp_path: Pat
     before = _find(stored, tmp_path / "f", "QueryRetrieveLevel=STUDY", "StudyInstanceUID")
     write_ct_series(tmp_path / "c_ct", 2, patient_id="C-3")
     assert _store(stored, tmp_path / "c_ct").returncode == 0
-    stored.committer.flush()
+    stored.flush()
     after = _find(stored, tmp_path / "f", "QueryRetrieveLevel=STUDY", "StudyInstanceUID")
     assert len(after) == len(before) + 1
 
@@ -315,7 +335,7 @@ def test_find_after_compaction(stored: DicomServer, lk: lake.Lake, tmp_path: Pat
     )
     write_ct_series(tmp_path / "d_ct", 3, patient_id="D-4")
     assert _store(stored, tmp_path / "d_ct").returncode == 0
-    stored.committer.flush()  # appended after compaction: read incrementally
+    stored.flush()  # appended after compaction: read incrementally
     assert len(_find(stored, tmp_path / "f", *keys)) == len(before) + 1
 
 
@@ -438,7 +458,7 @@ def test_move_to_known_and_unknown_destination(
         with DicomServer(lk, lk.secret(vault_dir), config) as srv:
             write_ct_series(tmp_path / "ct", 6)
             assert _store(srv, tmp_path / "ct").returncode == 0
-            srv.committer.flush()
+            srv.flush()
             lk.refresh()
             study = lk.sql("SELECT any_value(StudyInstanceUID) FROM instances").fetchall()[0][0]
             result = dcmtk("movescu", "-d", "-S", "-aec", "LAKE", "-aem", "DEST", "-k",
@@ -463,7 +483,7 @@ def test_move_to_known_and_unknown_destination(
 
 def test_allow_list(lk: lake.Lake, vault_dir: Path) -> None:
     require("echoscu")
-    config = ServerConfig(port=0, allow=("MODALITY1",))
+    config = ServerConfig(port=0, workers=0, allow=("MODALITY1",))
     with DicomServer(lk, lk.secret(vault_dir), config) as srv:
         ok = dcmtk("echoscu", "-aet", "MODALITY1", "-aec", "LAKE", "127.0.0.1", str(srv.port))
         assert ok.returncode == 0, ok.stderr
@@ -476,14 +496,14 @@ def test_tls(lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> None:
     require("echoscu")
     certs = make_certificates(tmp_path / "tls")
     tls = TLSConfig(certs.server_cert, certs.server_key)
-    with DicomServer(lk, lk.secret(vault_dir), ServerConfig(port=0, tls=tls)) as srv:
+    with DicomServer(lk, lk.secret(vault_dir), ServerConfig(port=0, workers=0, tls=tls)) as srv:
         port = str(srv.port)
         plain = dcmtk("echoscu", "-aec", "LAKE", "127.0.0.1", port)
         assert plain.returncode != 0  # no TLS: refused
         secure = dcmtk("echoscu", "+tla", "+cf", certs.ca, "-aec", "LAKE", "127.0.0.1", port)
         assert secure.returncode == 0, secure.stderr
     mutual = TLSConfig(certs.server_cert, certs.server_key, certs.ca)
-    with DicomServer(lk, lk.secret(vault_dir), ServerConfig(port=0, tls=mutual)) as srv:
+    with DicomServer(lk, lk.secret(vault_dir), ServerConfig(port=0, workers=0, tls=mutual)) as srv:
         port = str(srv.port)
         anonymous = dcmtk("echoscu", "+tla", "+cf", certs.ca, "-aec", "LAKE", "127.0.0.1", port)
         assert anonymous.returncode != 0  # a client certificate is required

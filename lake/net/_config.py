@@ -22,6 +22,7 @@ __all__ = ["Peer", "ServerConfig", "TLSConfig", "parse_ae_title", "parse_destina
 _AE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII except backslash
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]\s]+)):(?P<port>\d{1,5})$")
 LOOPBACK = "127.0.0.1"
+_ACKNOWLEDGE = ("receipt", "outcome")
 
 
 def parse_ae_title(value: str, what: str = "AE title") -> str:
@@ -194,6 +195,15 @@ class ServerConfig:
         ...or every this many seconds, whichever comes first.
     max_instance_bytes : int
         Larger received instances are refused (Out of Resources), while they stream in.
+    acknowledge : str
+        ``"receipt"`` (default): a C-STORE is answered once the instance as received is
+        durable, sealed, in the receipt journal, and de-identified in the background (a
+        refusal is quarantined with its reason, not reported to the sender).
+        ``"outcome"``: answered once also de-identified, with the refusal's status.
+        A lake in an object store always works as ``"outcome"``.
+    workers : int
+        Worker processes de-identifying received instances (spawned at start-up); 0
+        de-identifies on each association's own thread (no extra process, slower).
     receive_memory_bytes : int
         Bytes of received instances held at once, all associations together (at least
         ``max_instance_bytes``); an instance arriving beyond it is refused (Out of
@@ -218,6 +228,8 @@ class ServerConfig:
     commit_interval: float = 2.0
     max_instance_bytes: int = 2**30
     receive_memory_bytes: int = 2**30
+    acknowledge: str = "receipt"
+    workers: int = 2
     profile: str | None = None
     tls: TLSConfig | None = None
 
@@ -235,6 +247,10 @@ class ServerConfig:
                      "commit_interval"):
             if float(getattr(self, name)) <= 0:
                 raise ConfigError(f"invalid {name}: it must be a positive number of seconds")
+        if int(self.workers) < 0:
+            raise ConfigError("invalid workers: it must be 0 or more")
+        if self.acknowledge not in _ACKNOWLEDGE:
+            raise ConfigError("invalid acknowledge: it must be 'receipt' or 'outcome'")
         if not self.allow and not _is_loopback(self.host):
             raise ConfigError(
                 f"listening on {self.host} without an allow-list would accept any calling AE: "

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.dataset import Dataset
@@ -25,13 +26,14 @@ from lake._capture import Captured
 from lake._errors import LakeError, NetError, QueryError
 from lake.ingest import Ingestor
 from lake.net._config import ServerConfig
+from lake.net._journal import ReceiptJournal
 from lake.net._objects import (
     contexts_for,
     load_instance,
     prefer_requestor_syntaxes,
     prepare_for,
 )
-from lake.net._receive import Receiver, ReceiveStats
+from lake.net._receive import Acknowledge, JournalReceiver, Receiver, ReceiveStats
 from lake.net._spool import Committer, Spool
 from lake.net._transport import AdmissionStats, AssociationServer, nodelay_on_open, set_nodelay
 from lake.net._uids import (
@@ -111,6 +113,10 @@ def _wait_for_peer(event: Any) -> None:
         time.sleep(0.001)
 
 
+def _committer(ingestor: Ingestor, spool: Spool, config: ServerConfig) -> Committer:
+    return Committer(ingestor, spool, every=config.commit_every, interval=config.commit_interval)
+
+
 @dataclass
 class ServerReport:
     """What a server did, for the CLI (no identifiers)."""
@@ -152,11 +158,23 @@ class DicomServer:
         self.config = config
         self.ingestor = Ingestor(lake, secret, config.profile, source="dicom-store")
         self.spool = Spool(lake.location, "dicom-store")
-        self.committer = Committer(
-            self.ingestor, self.spool, every=config.commit_every, interval=config.commit_interval
-        )
-        self.receiver = Receiver(self.ingestor, self.committer, config.max_instance_bytes)
-        self.report = ServerReport(received=self.receiver.stats)
+        self.captured = Captured()
+        self.journal: ReceiptJournal | None = None
+        self.receiver: Receiver | JournalReceiver
+        if lake.location.is_local:  # receipts in a local journal: see lake/net/_journal.py
+            self.journal = ReceiptJournal(Path(self.spool.dir) / "receipts", secret)
+            receiver = JournalReceiver(
+                self.ingestor, _committer(self.ingestor, self.spool, config), self.journal,
+                config.max_instance_bytes, acknowledge=Acknowledge(config.acknowledge),
+                captured=self.captured, workers=config.workers,
+            )
+            receiver.committer.on_committed = receiver.committed
+            self.receiver = receiver
+        else:  # an object store: the outcome of each instance spooled before acknowledging
+            self.receiver = Receiver(self.ingestor, _committer(self.ingestor, self.spool, config),
+                                     config.max_instance_bytes)
+        self.committer = self.receiver.committer
+        self.report = ServerReport(received=self.receiver.stats, captured=self.captured)
         self._cache = SnapshotCache(lake.tables)
         self._server: _AssociationServer | None = None
         self._thread: threading.Thread | None = None
@@ -218,8 +236,10 @@ class DicomServer:
         """
         if self._server is not None:
             return
-        recovered = self.committer.recover()
+        recovered = self.committer.recover()  # outcomes spooled by a previous run
         self.report.recovered = sum(b.files_seen for b in recovered)
+        if isinstance(self.receiver, JournalReceiver):  # instances journaled by one
+            self.report.recovered += self.receiver.recover()
         ssl_context = self.config.tls.server_context() if self.config.tls else None
         try:
             server = cast(_AssociationServer, self._ae.make_server(
@@ -239,8 +259,10 @@ class DicomServer:
             budget_bytes=max(self.config.receive_memory_bytes, self.config.max_instance_bytes),
         )
         self.report.admission = server.admission.stats
-        self.report.captured = server.captured
+        server.captured = self.captured
         self.committer.start()
+        if isinstance(self.receiver, JournalReceiver):
+            self.receiver.start()
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2},
@@ -275,11 +297,25 @@ class DicomServer:
             assoc.abort()
         self.receiver.close()
         self.committer.stop()
+        if self.journal is not None:
+            self.journal.close()
         self._cache.close()
         batches = self.committer.batches
         self.report.committed_batches = len(batches)
         self.report.committed_instances = sum(b.ingested for b in batches)
         return self.report
+
+    def flush(self) -> None:
+        """De-identify everything received so far and commit it now (tests, benchmarks).
+
+        Raises
+        ------
+        LakeError
+            If the commit fails (everything stays durable; it is retried).
+        """
+        if isinstance(self.receiver, JournalReceiver):
+            self.receiver.drain()
+        self.committer.flush()
 
     def __enter__(self) -> DicomServer:
         self.start()

@@ -54,7 +54,8 @@ class SpoolEntry:
     tag : str, optional
         An opaque label for the committer's callback (the pull ledger key).
     name : str
-        The spool file name.
+        The spool file name; empty for an outcome kept durably elsewhere (the receipt
+        journal holds its original), which :meth:`Committer.add` queues.
     """
 
     outcome: Outcome
@@ -188,8 +189,10 @@ class Spool:
         return out
 
     def remove(self, entries: Sequence[SpoolEntry]) -> None:
-        """Delete committed entries."""
+        """Delete committed entries (those held durably elsewhere have no file here)."""
         for entry in entries:
+            if not entry.name:
+                continue
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm_file(f"{self.dir}/{entry.name}")
 
@@ -274,13 +277,26 @@ class Committer:
             If the spool cannot be written; the caller must not acknowledge.
         """
         entry = self.spool.put(outcome, tag)
+        self._enqueue(entry)
+        return entry
+
+    def add(self, outcome: Outcome, tag: str | None = None) -> SpoolEntry:
+        """Queue ``outcome`` for the next commit without spooling it.
+
+        For outcomes whose original is already durable elsewhere (the receipt journal of
+        ``lake serve dicom``): a crash before the commit re-makes them from there.
+        """
+        entry = SpoolEntry(outcome, tag, "")
+        self._enqueue(entry)
+        return entry
+
+    def _enqueue(self, entry: SpoolEntry) -> None:
         with self._cond:
             if not self._pending:
                 self._oldest = time.monotonic()
             self._pending.append(entry)
             if len(self._pending) >= self.every:
                 self._cond.notify_all()
-        return entry
 
     @property
     def pending(self) -> int:

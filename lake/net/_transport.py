@@ -18,14 +18,10 @@ one that has sent the fewest bytes (received or still queued in the kernel), the
 among equals. A real requestor sends its whole request at once, so it is never the one
 closed while idle or trickling connections wait.
 
-Once admitted, nothing a peer sends is held without a bound. A read or send that stalls
-for ``network_timeout`` seconds ends the association (pynetdicom's own reads block, so a
-peer stopping mid-PDU would keep its slot forever). A PDU longer than ``max(maximum PDU
-length, 1 MiB)`` or a command set over 64 KiB aborts the association; a C-STORE data set
-over ``max_dataset_bytes`` is counted and dropped as it streams (the handler then sees
-:attr:`DataSetBuffer.overflow` and refuses it), and so is one arriving while the
-server's :class:`ReceiveBudget` (bytes held by all associations at once) is spent; any
-other message's data set over 16 MiB aborts the association.
+Once admitted, a read or send that stalls for ``network_timeout`` seconds ends the
+association (pynetdicom's own reads block, so a peer stopping mid-PDU would keep its slot
+forever), and the association runs as :class:`lake.net._association.AcceptorAssociation`:
+bounded reads, no polling.
 
 Every thread that touches a peer's data (admission, the association, its DUL) runs
 inside :func:`lake._capture.capture`, so pydicom's and pynetdicom's warnings and log
@@ -35,7 +31,6 @@ records, which quote received values, are counted and dropped from the first byt
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import select
 import socket
@@ -44,29 +39,27 @@ import ssl
 import struct
 import threading
 import time
-import weakref
 from dataclasses import dataclass, fields
-from typing import Any, cast
+from typing import Any
 
 from pynetdicom import evt
-from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
-from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from lake._capture import Captured, capture
+from lake.net._association import (
+    MIN_PDU_LIMIT,
+    STANDARD_HANDLERS,
+    AcceptorAssociation,
+    Limits,
+    ReceiveBudget,
+    primed_socket,
+)
 
 __all__ = [
-    "MAX_COMMAND_BYTES",
-    "MAX_MESSAGE_BYTES",
     "MAX_REQUEST_BYTES",
     "AdmissionStats",
     "AssociationServer",
-    "DataSetBuffer",
-    "ReceiveBudget",
     "nodelay_on_open",
     "set_nodelay",
 ]
@@ -75,14 +68,6 @@ _LOG = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 1 << 20
 """The largest A-ASSOCIATE-RQ PDU accepted (real ones are a few KB; 128 contexts ~40 KB)."""
-
-MAX_COMMAND_BYTES = 1 << 16
-"""The largest DIMSE command set accepted (real ones are a few hundred bytes)."""
-
-MAX_MESSAGE_BYTES = 1 << 24
-"""The largest data set of any message but a C-STORE request (query keys, N- attributes)."""
-
-_MIN_PDU_LIMIT = 1 << 20  # tolerance for peers that ignore our maximum length a little
 
 _A_ASSOCIATE_RQ = 0x01
 _PDU_TYPES = frozenset(range(0x01, 0x08))
@@ -118,6 +103,11 @@ class _QuickAckSocket(socket.socket):
         with contextlib.suppress(OSError):
             self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
         return super().recv(bufsize, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        with contextlib.suppress(OSError):
+            self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        return super().recv_into(buffer, nbytes, flags)
 
 
 def _quickack(sock: socket.socket) -> socket.socket:
@@ -322,251 +312,6 @@ def _ae_title(field: bytes) -> str:
     return field.decode("ascii", "replace").strip(" \x00")
 
 
-class _PrimedSocket(AssociationSocket):
-    """pynetdicom's socket wrapper, replaying the A-ASSOCIATE-RQ the admission already read."""
-
-    def __init__(self, assoc: Association, client_socket: socket.socket, primed: bytes) -> None:
-        super().__init__(assoc, client_socket=client_socket)
-        self._primed = bytearray(primed)
-
-    @property
-    def ready(self) -> bool:
-        return bool(self._primed) or super().ready
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        if not self._primed:
-            return super().recv(nr_bytes)
-        out = self._primed[:nr_bytes]
-        del self._primed[:nr_bytes]
-        if len(out) < nr_bytes:
-            out += super().recv(nr_bytes - len(out))
-        return out
-
-
-class ReceiveBudget:
-    """Bytes of received data sets a server holds at once, all associations together.
-
-    A data set takes its bytes as they arrive and gives them back once handled (or
-    dropped, or its association gone), so the server's memory for instances in flight
-    stays under ``limit`` whatever the number of peers.
-
-    Parameters
-    ----------
-    limit : int
-        The budget in bytes.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-        self._lock = threading.Lock()
-
-    def take(self, n: int) -> bool:
-        with self._lock:
-            if self.held + n > self.limit:
-                return False
-            self.held += n
-            return True
-
-    def give_back(self, holder: list[int]) -> None:
-        with self._lock:
-            self.held -= holder[0]
-            holder[0] = 0
-
-
-class DataSetBuffer(io.BytesIO):
-    """The data set of a DIMSE message being received, kept only within its limits.
-
-    Beyond ``limit`` bytes, or when the server's :class:`ReceiveBudget` is spent, what
-    was kept is freed and the rest is only counted: memory stays bounded however large
-    the data set and however many peers send at once.
-
-    Parameters
-    ----------
-    limit : int, optional
-        The largest data set kept.
-    budget : ReceiveBudget, optional
-        Shared by the server's associations.
-
-    Attributes
-    ----------
-    size : int
-        Bytes received for the data set, kept or not.
-    overflow : str or None
-        ``"too_large"`` (over ``limit``) or ``"busy"`` (the budget was spent): the
-        content is gone. None while it is kept whole.
-    """
-
-    def __init__(self, limit: int | None, budget: ReceiveBudget | None = None) -> None:
-        super().__init__()
-        self.limit = limit
-        self.size = 0
-        self.overflow: str | None = None
-        self._budget = budget
-        self._held = [0]
-        if budget is not None:  # whatever happens to the buffer, its bytes go back
-            weakref.finalize(self, budget.give_back, self._held)
-
-    @property
-    def overflowed(self) -> bool:
-        return self.overflow is not None
-
-    def write(self, data: Any) -> int:
-        n = len(data)
-        self.size += n
-        if self.overflow is not None:
-            return n
-        if self.limit is not None and self.size > self.limit:
-            self._drop("too_large")
-            return n
-        if self._budget is not None:
-            if not self._budget.take(n):
-                self._drop("busy")
-                return n
-            self._held[0] += n
-        return super().write(data)
-
-    def release(self) -> None:
-        """Give the bytes back to the budget (the data set was handled); idempotent."""
-        if self._budget is not None:
-            self._budget.give_back(self._held)
-
-    def _drop(self, reason: str) -> None:
-        self.overflow = reason
-        self.seek(0)
-        self.truncate()
-        self.release()
-
-
-@dataclass(frozen=True)
-class _Limits:
-    """What an association may send us."""
-
-    max_pdu: int
-    dataset: int | None  # C-STORE data set; None: no limit
-    budget: ReceiveBudget | None
-
-
-class _DIMSE(DIMSEServiceProvider):
-    """pynetdicom's DIMSE provider with bounded message reassembly (module docstring)."""
-
-    def __init__(self, assoc: Association, limits: _Limits) -> None:
-        super().__init__(assoc)
-        self._limits = limits
-
-    def receive_primitive(self, primitive: P_DATA) -> None:
-        # One PDV at a time, so that every limit is checked before pynetdicom keeps the bytes.
-        for item in primitive.presentation_data_value_list:
-            message = self.message
-            if message is None:
-                message = self.message = DIMSEMessage()
-                message.data_set = DataSetBuffer(self._limits.dataset, self._limits.budget)
-            data = item[1]
-            if data[0] & 1:
-                too_long = message.encoded_command_set.tell() + len(data) > MAX_COMMAND_BYTES
-            else:
-                # a C-STORE data set over its limit is dropped by the buffer, as it streams;
-                # any other message that large has no business here: the association goes
-                buffer = cast(DataSetBuffer, message.data_set)
-                limit = min(MAX_MESSAGE_BYTES, buffer.limit or MAX_MESSAGE_BYTES)
-                too_long = (not isinstance(message, C_STORE_RQ)
-                            and buffer.size + len(data) - 1 > limit)
-            if too_long:
-                _LOG.info("aborting an association: a DIMSE message over the size limit")
-                self.message = None
-                self.dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT, association ends
-                return
-            single = P_DATA()
-            # the item as decoded by pynetdicom; its setter would re-check it ([ID, PDV] lists)
-            single._presentation_data_value_list = [item]
-            super().receive_primitive(single)
-
-
-class _DUL(DULServiceProvider):
-    """pynetdicom's DUL provider: bounded PDU reads, its thread inside the capture scope."""
-
-    def __init__(self, assoc: Association, captured: Captured, limits: _Limits) -> None:
-        self._captured = captured
-        self._limits = limits
-        super().__init__(assoc)
-
-    def run_reactor(self) -> None:
-        with capture(into=self._captured):
-            try:
-                super().run_reactor()
-            except Exception as exc:  # noqa: BLE001 - see _end_on_error
-                _end_on_error(self.assoc, exc)
-
-    def _read_pdu_data(self) -> None:
-        # pynetdicom's reader, with the PDU length bounded before anything is read.
-        sock = cast(AssociationSocket, self.socket)
-        try:
-            header = sock.recv(6)
-        except OSError:
-            self.event_queue.put("Evt17")  # transport closed
-            return
-        if len(header) < 6:
-            self.event_queue.put("Evt17")
-            return
-        pdu_type, length = header[0], struct.unpack(">I", header[2:6])[0]
-        if pdu_type not in _PDU_TYPES or length > self._limits.max_pdu:
-            _LOG.info("aborting an association: invalid or oversized PDU")
-            self.event_queue.put("Evt19")
-            return
-        try:
-            body = sock.recv(length)
-        except OSError:
-            self.event_queue.put("Evt17")
-            return
-        if len(body) != length:
-            self.event_queue.put("Evt17")
-            return
-        try:
-            pdu, event = self._decode_pdu(header + body)
-        except Exception:  # noqa: BLE001 - any decoding failure: an invalid PDU
-            self.event_queue.put("Evt19")
-            return
-        self.event_queue.put(event)
-        self._recv_pdu.put(pdu)
-
-
-class _Association(Association):
-    """An acceptor association: bounded reads, threads inside the server's capture scope."""
-
-    def __init__(self, ae: Any, captured: Captured, limits: _Limits) -> None:
-        super().__init__(ae, MODE_ACCEPTOR)
-        self._captured = captured
-        self.dul = _DUL(self, captured, limits)
-        self.dimse = _DIMSE(self, limits)
-
-    def run_reactor(self) -> None:
-        with capture(into=self._captured):
-            try:
-                super().run_reactor()
-            except Exception as exc:  # noqa: BLE001 - see _end_on_error
-                _end_on_error(self, exc)
-
-
-def _end_on_error(assoc: Association, exc: Exception) -> None:
-    """End an association whose thread failed, without the thread's traceback.
-
-    An exception escaping a thread is printed to stderr with its message, which may quote
-    a received value; pynetdicom catches only some of them. The association is aborted
-    and its socket closed; the error is logged by type only.
-    """
-    _LOG.error("an association failed with an internal error (%s); aborting it",
-               type(exc).__name__)
-    assoc.is_aborted = True
-    assoc.is_established = False
-    assoc._kill = True
-    assoc.dul.kill_dul()
-    sock = getattr(assoc.dul.socket, "socket", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.sendall(_ABORT_UNEXPECTED)
-        _shutdown(sock)
-
-
 class _RequestHandler(RequestHandler):
     """Admits a connection (see the module docstring), then runs its association here.
 
@@ -634,10 +379,10 @@ class _RequestHandler(RequestHandler):
 
     def _association(self, sock: socket.socket, request: bytes) -> Association:
         server = self.server
-        assoc = _Association(self.ae, server.captured, server.limits())
+        assoc = AcceptorAssociation(self.ae, server.captured, server.limits())
         assoc._server = server
         assoc.name = f"AcceptorThread@{time.strftime('%Y%m%d%H%M%S')}"
-        assoc.set_socket(_PrimedSocket(assoc, sock, request))
+        assoc.set_socket(primed_socket(assoc, sock, request))
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = server.ae_title
         assoc.acceptor.address_info = self.local
@@ -719,6 +464,8 @@ class AssociationServer(ThreadedAssociationServer):
         self.admission = _Admission(ae.maximum_associations, self.max_pending,
                                     self.request_timeout)
         super().__init__(ae, *args, **kwargs)
+        for event, handler in STANDARD_HANDLERS:  # debug-log formatting of every PDU
+            self.unbind(event, handler)
 
     max_dataset_bytes: int | None = None
     budget: ReceiveBudget | None = None
@@ -751,9 +498,9 @@ class AssociationServer(ThreadedAssociationServer):
         if budget_bytes is not None:
             self.budget = ReceiveBudget(budget_bytes)
 
-    def limits(self) -> _Limits:
-        return _Limits(
-            max_pdu=max(int(self.ae.maximum_pdu_size or 0), _MIN_PDU_LIMIT),
+    def limits(self) -> Limits:
+        return Limits(
+            max_pdu=max(int(self.ae.maximum_pdu_size or 0), MIN_PDU_LIMIT),
             dataset=self.max_dataset_bytes,
             budget=self.budget,
         )
