@@ -107,7 +107,9 @@ RECEIVE_RUNS = (("1 assoc", 1, True), ("4 assoc", 4, True), ("1 assoc, Nagle", 1
 def bench_receive(files: int, use_orthanc: bool, work: Path) -> None:
     corpus = CACHE / f"net-corpus-{files}"
     make_corpus(corpus, files)
-    print(f"\n== receive: {files} small CT/MR instances sent by storescu (instances/s) ==")
+    load = os.getloadavg()[0]
+    print(f"\n== receive: {files} small CT/MR instances sent by storescu (instances/s); "
+          f"load average {load:.1f} ==")
     print("   columns: one association, or the corpus split over 4 at once; storescu with "
           "TCP_NODELAY=1 (dcmtk reads it) unless 'Nagle'")
     print(f"{'peer':<46}" + "".join(f"{title:>18}" for title, _, _ in RECEIVE_RUNS))
@@ -146,6 +148,7 @@ def bench_receive(files: int, use_orthanc: bool, work: Path) -> None:
             shutil.rmtree(root, ignore_errors=True)
         _row(acked, rates[acked])
         _row(committed, rates[committed + acknowledge])
+    print(f"(load average at the end {os.getloadavg()[0]:.1f})")
     if use_orthanc:
         print("ratio lake (committed, default acknowledge=receipt) / Orthanc "
               "(>1: the lake receives faster):")

@@ -164,9 +164,19 @@ def test_bad_settings_are_one_line_errors(
     assert "Traceback" not in stderr
 
 
-def test_port_in_use_is_an_error(lk: lake.Lake, lake_root: Path, vault_dir: Path) -> None:
-    with DicomServer(lk, lk.secret(vault_dir), ServerConfig(port=0)) as running:
-        proc = _serve(lake_root, vault_dir, running.port)
+def test_port_in_use_is_an_error(lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    lake.init(other / "lake", vault=other / "vault")
+    with DicomServer(lk, lk.secret(vault_dir), ServerConfig(port=0, workers=0)) as running:
+        proc = _serve(other / "lake", other / "vault", running.port, "--workers", "0")
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1
-    assert "cannot listen" in stderr
+    assert "cannot listen" in stderr and "Traceback" not in stderr
+
+
+def test_one_server_per_lake(lk: lake.Lake, lake_root: Path, vault_dir: Path) -> None:
+    with DicomServer(lk, lk.secret(vault_dir), ServerConfig(port=0, workers=0)):
+        proc = _serve(lake_root, vault_dir, free_port(), "--workers", "0")
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "one server per lake" in stderr and "Traceback" not in stderr

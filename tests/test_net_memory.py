@@ -119,6 +119,7 @@ def test_receive_budget_bounds_instances_in_flight(serve: object, tmp_path: Path
     busy = int(counts.split("too large, ")[1].split(" refused while busy")[0])
     # outcomes: every instance stored or refused as busy (Out of Resources, retried by senders)
     assert stored >= 1 and stored + busy == 4, stderr
-    # at most one 24 MB instance is held at a time (two would exceed 40 MB); processing one
-    # costs about twice its size; four at once would have cost ~190 MB
-    assert grown < 3 * 40 * MB, grown / MB
+    # at most one 24 MB instance is held at a time (two would exceed 40 MB); while it is
+    # journaled it exists up to three times (received, Part-10, sealed), and the others held
+    # what the budget had left before they were refused (without a budget: all four at once)
+    assert grown < 4 * 40 * MB, grown / MB

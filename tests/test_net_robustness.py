@@ -11,6 +11,7 @@ import io
 import socket
 import struct
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,8 +93,10 @@ def _encoded(ds: Dataset) -> bytes:
 def _ct(**changes: object) -> Dataset:
     ds = dcmread(get_testdata_file("CT_small.dcm"))
     ds.SOPInstanceUID = generate_uid()
-    for keyword, value in changes.items():
-        setattr(ds, keyword, value)
+    with warnings.catch_warnings():  # the tests write invalid values on purpose
+        warnings.simplefilter("ignore")
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value)
     return ds
 
 
@@ -101,14 +104,18 @@ def _send_raw_store(assoc: object, sop_uid: str, dataset: bytes, folder: Path) -
     """A C-STORE whose dataset bytes are whatever we say (sent unparsed); returns the status."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CT
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    with warnings.catch_warnings():  # an invalid UID, on purpose
+        warnings.simplefilter("ignore")
+        meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     buffer = DicomBytesIO()
     buffer.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(buffer, meta)
     path = folder / f"raw-{generate_uid()}.dcm"
     path.write_bytes(buffer.getvalue() + dataset)
-    status = assoc.send_c_store(path)  # type: ignore[attr-defined]
+    with warnings.catch_warnings():  # the client reads the invalid UID back
+        warnings.simplefilter("ignore")
+        status = assoc.send_c_store(path)  # type: ignore[attr-defined]
     assert "Status" in status, "no C-STORE response"
     return int(status.Status)
 

@@ -9,23 +9,28 @@ committed to the catalog, then its segment is deleted. On start-up, whatever a c
 is unsealed, processed and committed before the server listens.
 
 Why a journal rather than one file per instance: on this machine's ext4 a new file plus
-``fsync`` plus the folder's ``fsync`` costs ~5 ms, an append plus ``fdatasync`` ~0.5 ms.
+``fsync`` plus the folder's ``fsync`` costs ~5 ms, an append plus ``fdatasync`` ~0.5 ms, and
+an overwrite of blocks written ahead (spare segments are filled with zeros and synced by a
+background thread) plus ``fdatasync`` less again.
 Appends from concurrent associations share their ``fdatasync`` (group commit): a writer
 whose record an earlier sync already covered does not sync again. And the original is
 what a crash must not lose: from it the de-identified row, the pixel blob and any
 quarantine record are all re-made, identically (UIDs and dates are keyed), so blobs no
 longer need their own sync before the acknowledgement.
 
-Segment format: records ``[u32 length][12-byte nonce][ciphertext+tag]``, the associated
-data naming the format, segment and record number, so a record cannot be moved between
-segments or positions unnoticed. A record that is incomplete or does not authenticate
-ends its segment's reading: it was never acknowledged if it is the last one (a torn
-write); if bytes follow it, the segment is kept aside as ``.damaged`` and counted.
+Segment format: records ``[u32 length][12-byte nonce][ciphertext+tag]`` one after the
+other, then the zeros written ahead (a zero length ends the records); the associated data
+names the format and the segment, so a record cannot be moved to another segment
+unnoticed. A record that is incomplete or does not authenticate ends its segment's reading:
+if only zeros follow it, it is a torn last write, never acknowledged; if other bytes follow,
+the segment is kept aside as ``.damaged`` and counted. A lock file makes the journal one
+server's at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import struct
 import threading
@@ -48,6 +53,8 @@ _NONCE = 12
 _LENGTH = struct.Struct(">I")
 _FORMAT = b"imaging-lake receipt v1"
 _SEGMENT_BYTES = 64 * 2**20  # a segment is closed after this much (and deleted once committed)
+_PREWRITTEN = 8 * 2**20  # zeros written ahead into each spare segment
+_TAG = 16  # AES-GCM's authentication tag
 
 
 @dataclass(frozen=True)
@@ -62,21 +69,23 @@ class Receipt:
 
 
 class _Segment:
-    def __init__(self, number: int, path: Path) -> None:
+    def __init__(self, number: int, path: Path, capacity: int = 0) -> None:
         self.number = number
         self.path = path
+        self.capacity = capacity  # bytes already written (zeros) and synced at creation
         self.records = 0
         self.pending = 0  # records whose outcome is not committed yet
         self.fd: int | None = None
-        self.written = 0  # bytes appended...
+        self.written = 0  # bytes of records written...
         self.synced = 0  # ...and known to be on disk
         self.users = 0  # appenders between their write and their sync
         self.closed = False  # fsync'd and closed (once its users are done)
         self.keep = False  # damaged: renamed aside, never deleted
+        self.synced_name = False  # its folder entry synced (prewritten ones: at creation)
 
 
 class ReceiptJournal:
-    """Sealed, append-only, group-committed receipts of received instances.
+    """Sealed, group-committed receipts of received instances, in prewritten segments.
 
     Parameters
     ----------
@@ -84,6 +93,8 @@ class ReceiptJournal:
         A local folder of the lake (``spool/dicom-store/receipts``); created if needed.
     secret : Secret
         The lake's secret; the sealing key is derived from it.
+    prewritten : int
+        Bytes of zeros written ahead into each spare segment (0: plain appends only).
 
     Examples
     --------
@@ -92,14 +103,19 @@ class ReceiptJournal:
     >>> journal.committed([receipt])  # its outcome is in the catalog  # doctest: +SKIP
     """
 
-    def __init__(self, folder: Path, secret: Secret) -> None:
+    def __init__(self, folder: Path, secret: Secret, prewritten: int = _PREWRITTEN) -> None:
         self.folder = Path(folder)
+        self.prewritten = prewritten
         self.folder.mkdir(parents=True, exist_ok=True)
         self._aead = AESGCM(secret.derive(_PURPOSE))
-        self._lock = threading.Lock()  # appends and bookkeeping
+        self._lock = threading.Condition()  # appends, bookkeeping, the spare segment
         self._sync_lock = threading.Lock()  # one fdatasync at a time: the others wait, then
         self._segments: dict[int, _Segment] = {}  # usually find their record covered
         self._active: _Segment | None = None
+        self._spare: _Segment | None = None
+        self._preparer: threading.Thread | None = None
+        self._stopping = False
+        self._lock_fd: int | None = None
         existing = [self._number(p) for p in self.folder.glob(f"*{_SUFFIX}")]
         self._next = max(existing, default=0) + 1
         self.damaged = len(list(self.folder.glob(f"*{_DAMAGED}")))
@@ -109,8 +125,8 @@ class ReceiptJournal:
         return int(path.name.split(".")[0])
 
     @staticmethod
-    def _aad(segment: int, record: int) -> bytes:
-        return b"%s:%d:%d" % (_FORMAT, segment, record)
+    def _aad(segment: int) -> bytes:
+        return b"%s:%d" % (_FORMAT, segment)
 
     # -- appending ---------------------------------------------------------------------
     def append(self, data: bytes) -> Receipt:
@@ -122,46 +138,131 @@ class ReceiptJournal:
             If the journal cannot be written (disk full, permissions): the instance must
             not be acknowledged.
         """
-        nonce = os.urandom(_NONCE)
         try:
-            with self._lock:
-                segment = self._writable()
-                receipt = Receipt(segment.number, segment.records)
-                sealed = self._aead.encrypt(nonce, data, self._aad(segment.number,
-                                                                   segment.records))
-                assert segment.fd is not None
-                _write_all(segment.fd, _LENGTH.pack(len(sealed) + _NONCE) + nonce, sealed)
-                segment.records += 1
-                segment.pending += 1
-                segment.written += _LENGTH.size + _NONCE + len(sealed)
-                segment.users += 1
-                end = segment.written
-            try:
-                self._sync(segment, end)
-            finally:
-                with self._lock:
-                    segment.users -= 1
-                    self._release(segment)
+            return self._append(data)
         except OSError as exc:
             raise NetError(
                 f"cannot write the receive journal in {self.folder} ({type(exc).__name__}); "
                 "free disk space or fix permissions"
             ) from None
+
+    def _append(self, data: bytes) -> Receipt:
+        size = _LENGTH.size + _NONCE + len(data) + _TAG
+        with self._lock:
+            number = self._writable(size).number
+        nonce = os.urandom(_NONCE)
+        # sealed outside the lock (a large instance takes a while); re-sealed in the rare
+        # case that its segment was retired meanwhile (the segment is in the associated data)
+        sealed = self._aead.encrypt(nonce, data, self._aad(number))
+        with self._lock:
+            segment = self._writable(size)
+            if segment.number != number:
+                number, sealed = segment.number, self._aead.encrypt(nonce, data,
+                                                                    self._aad(segment.number))
+            assert segment.fd is not None
+            _write_at(segment.fd, segment.written, _LENGTH.pack(len(sealed) + _NONCE) + nonce,
+                      sealed)
+            receipt = Receipt(segment.number, segment.records)
+            segment.records += 1
+            segment.pending += 1
+            segment.written += _LENGTH.size + _NONCE + len(sealed)
+            segment.users += 1
+            end = segment.written
+        try:
+            self._sync(segment, end)
+        finally:
+            with self._lock:
+                segment.users -= 1
+                self._release(segment)
         return receipt
 
-    def _writable(self) -> _Segment:
+    def _writable(self, size: int) -> _Segment:
+        """The segment to append ``size`` bytes to (called under the lock)."""
         segment = self._active
-        if segment is not None and segment.written < _SEGMENT_BYTES:
-            return segment
+        if segment is not None:
+            if segment.written + size <= segment.capacity or segment.written == 0:
+                return segment  # fits in its prewritten part (or it is empty: anything goes)
+            if self._spare is None and segment.written + size <= _SEGMENT_BYTES:
+                return segment  # no spare ready: append beyond (a slower sync, still correct)
         self._close_active()
-        number, self._next = self._next, self._next + 1
-        segment = _Segment(number, self.folder / f"{number:012d}{_SUFFIX}")
-        segment.fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
-                             0o600)
-        _fsync_folder(self.folder)  # the file's name is durable before any record in it
-        self._segments[number] = segment
+        segment, self._spare = self._spare, None
+        if segment is None:  # none prepared yet: an empty file, appended to
+            segment = self._create(prewrite=0)
+        self._segments[segment.number] = segment
         self._active = segment
+        self._start_preparer()
+        self._lock.notify_all()  # the preparer makes the next spare
         return segment
+
+    def _create(self, prewrite: int) -> _Segment:
+        number, self._next = self._next, self._next + 1
+        segment = _Segment(number, self.folder / f"{number:012d}{_SUFFIX}", prewrite)
+        segment.fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return segment
+
+    def lock(self) -> None:
+        """Take the journal for this process (until :meth:`close`): one server per lake.
+
+        Raises
+        ------
+        NetError
+            If another process holds it (another ``lake serve dicom`` on this lake).
+        """
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise NetError(
+                "another 'lake serve dicom' is receiving into this lake (its receipt journal "
+                "is in use): one server per lake; stop the other one first"
+            ) from None
+        self._lock_fd = fd
+
+    def start(self) -> None:
+        """Start preparing spare segments now (else on the first append)."""
+        with self._lock:
+            self._start_preparer()
+
+    def _start_preparer(self) -> None:
+        if self._preparer is None and not self._stopping and self.prewritten > 0:
+            self._preparer = threading.Thread(target=self._prepare, name="lake-receipts",
+                                              daemon=True)
+            self._preparer.start()
+
+    def _prepare(self) -> None:
+        """Keep one spare segment ready: zeros written and synced, its name synced.
+
+        Overwriting blocks that already exist needs only their data flushed, where an
+        append also commits the file system's journal (the new size, the new extents):
+        measured here while other processes kept the disk busy, ``fdatasync`` after a
+        26 KB record 1.3 ms on average (median 0.1-0.4 ms) against 2.0-3.7 ms (0.6-3.4).
+        """
+        while True:
+            with self._lock:
+                while not self._stopping and self._spare is not None:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+                segment = self._create(prewrite=self.prewritten)
+            try:
+                assert segment.fd is not None
+                zeros = bytes(1 << 20)
+                for offset in range(0, self.prewritten, len(zeros)):
+                    os.pwrite(segment.fd, zeros[: self.prewritten - offset], offset)
+                os.fsync(segment.fd)
+                _fsync_folder(self.folder)
+            except OSError:  # disk full: appends go on in plain files, which tell it
+                with contextlib.suppress(OSError):
+                    os.close(segment.fd or -1)
+                with contextlib.suppress(OSError):
+                    segment.path.unlink()
+                return
+            segment.synced_name = True
+            with self._lock:
+                self._spare = segment
 
     def _sync(self, segment: _Segment, end: int) -> None:
         """``fdatasync`` unless a sync that started after our write already covered it."""
@@ -170,6 +271,9 @@ class ReceiptJournal:
                 if segment.closed or segment.synced >= end:
                     return
                 target, fd = segment.written, segment.fd
+                if segment.written > segment.capacity and not segment.synced_name:
+                    segment.synced_name = True
+                    _fsync_folder(self.folder)  # a plain file: its name must be durable too
             assert fd is not None
             os.fdatasync(fd)
             with self._lock:
@@ -222,6 +326,18 @@ class ReceiptJournal:
         """Retire the active segment (deleted if all its records were committed)."""
         with self._lock:
             self._close_active()
+            self._stopping = True
+            self._lock.notify_all()
+        if self._preparer is not None:
+            self._preparer.join()
+        with self._lock:
+            spare, self._spare = self._spare, None
+            if spare is not None and spare.fd is not None:
+                os.close(spare.fd)
+                spare.path.unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     # -- recovery ----------------------------------------------------------------------
     def leftovers(self) -> Iterator[tuple[Receipt, bytes]]:
@@ -246,39 +362,48 @@ class ReceiptJournal:
 
     def _read(self, segment: _Segment) -> Iterator[tuple[Receipt, bytes]]:
         data = segment.path.read_bytes()
+        aad = self._aad(segment.number)
         offset = record = 0
         while offset + _LENGTH.size <= len(data):
             (length,) = _LENGTH.unpack_from(data, offset)
+            if length == 0:
+                break  # the prewritten zeros after the last record
             start, end = offset + _LENGTH.size, offset + _LENGTH.size + length
             if length <= _NONCE or end > len(data):
                 break
             blob = data[start:end]
             try:
-                plain = self._aead.decrypt(blob[:_NONCE], blob[_NONCE:],
-                                           self._aad(segment.number, record))
+                plain = self._aead.decrypt(blob[:_NONCE], blob[_NONCE:], aad)
             except InvalidTag:
                 break
             yield Receipt(segment.number, record), plain
             offset, record = end, record + 1
-        if offset < len(data) and _damaged_beyond(data, offset):
+        if _damaged_beyond(data, offset):
             segment.path.rename(segment.path.with_suffix(_DAMAGED))
             segment.keep = True  # for whoever investigates; never read again
             self.damaged += 1
 
 
 def _damaged_beyond(data: bytes, offset: int) -> bool:
-    """Whether the unreadable bytes at ``offset`` are more than one torn last record."""
+    """Whether bytes other than zeros follow the unreadable record at ``offset``.
+
+    A record is written whole by one call, so power lost during it leaves a prefix of it
+    followed by the zeros (or the end of the file) that were there: a torn last record,
+    never acknowledged. Anything after that is damage.
+    """
     if offset + _LENGTH.size > len(data):
-        return False  # a torn length prefix
+        return False
     length: int = _LENGTH.unpack_from(data, offset)[0]
-    return offset + _LENGTH.size + length < len(data)
+    after = offset + _LENGTH.size + length
+    return after < len(data) and bool(data[after:].strip(b"\0"))
 
 
-def _write_all(fd: int, head: bytes, body: bytes) -> None:
-    """Append ``head`` then ``body`` (one ``writev``, no joined copy of a large body)."""
+def _write_at(fd: int, offset: int, head: bytes, body: bytes) -> None:
+    """Write ``head`` then ``body`` at ``offset`` (no joined copy of a large body)."""
     parts = [memoryview(head), memoryview(body)]
     while parts:
-        written = os.writev(fd, parts)
+        written = os.pwritev(fd, parts, offset)
+        offset += written
         while parts and written >= len(parts[0]):
             written -= len(parts[0])
             parts.pop(0)

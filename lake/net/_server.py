@@ -236,10 +236,13 @@ class DicomServer:
         """
         if self._server is not None:
             return
+        if self.journal is not None:
+            self.journal.lock()  # one server per lake: before touching what it left
         recovered = self.committer.recover()  # outcomes spooled by a previous run
         self.report.recovered = sum(b.files_seen for b in recovered)
         if isinstance(self.receiver, JournalReceiver):  # instances journaled by one
             self.report.recovered += self.receiver.recover()
+            self.receiver.journal.start()
         ssl_context = self.config.tls.server_context() if self.config.tls else None
         try:
             server = cast(_AssociationServer, self._ae.make_server(
@@ -249,6 +252,8 @@ class DicomServer:
                 server_class=_AssociationServer,
             ))
         except OSError as exc:
+            if self.journal is not None:
+                self.journal.close()  # frees it for a server that can listen
             raise NetError(
                 f"cannot listen on {self.config.host}:{self.config.port} ({exc.strerror or exc}); "
                 "choose another --port or stop the process using it"
@@ -274,8 +279,8 @@ class DicomServer:
         """Stop listening, let associations finish (abort them after ``grace`` s), commit all.
 
         Nothing acknowledged is lost: every success status was sent after the
-        instance was durable in the spool, and the spool is committed here (or, if
-        that fails, on the next start).
+        instance was durable (in the receipt journal, or the spool), and everything is
+        de-identified and committed here (or, if that fails, on the next start).
 
         Raises
         ------
