@@ -17,10 +17,12 @@ from pydicom.data import get_testdata_file
 __all__ = [
     "ct_bytes",
     "damaged_member_zip",
+    "deflate_bomb",
     "long_value",
     "lying_zip",
     "nested_sequence",
     "nested_zip",
+    "sparse_value",
     "zip_bomb",
 ]
 
@@ -217,3 +219,45 @@ def _insert_at(data: bytes, pos: int, tag: int, implicit: bool) -> int:
         else:
             pos += 8 + struct.unpack_from("<H", data, pos + 6)[0]
     return pos
+
+
+def sparse_value(path: Path, size: int, *, tag: int = 0x00091099, data: bytes | None = None
+                 ) -> Path:
+    """CT_small.dcm (or ``data``, explicit VR little endian) with a private UN value of
+    ``size`` zero bytes before its pixel data.
+
+    The value is a hole in a sparse file: the file is ``size`` bytes long and costs no disk,
+    but reading it allocates and fills ``size`` bytes.
+    """
+    data = ct_bytes() if data is None else data
+    pos = _insert_at(data, _meta_end(data), tag, False)
+    header = struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, b"UN", 0, size)
+    with path.open("wb") as fh:
+        fh.write(data[:pos] + header)
+        fh.seek(size, io.SEEK_CUR)
+        fh.write(data[pos:])
+    return path
+
+
+def deflate_bomb(path: Path, mib: int) -> Path:
+    """CT_small.dcm in Deflated Explicit VR Little Endian whose dataset inflates to ``mib`` MiB.
+
+    Its pixel data is ``mib`` MiB of zeros: about 1 KB of file per MiB inflated.
+    """
+    from pydicom import dcmread
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = dcmread(io.BytesIO(ct_bytes()))
+    del ds.PixelData
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    sink = io.BytesIO()
+    ds.save_as(sink, enforce_file_format=True)
+    raw = sink.getvalue()
+    meta_end = _meta_end(raw)
+    body = zlib.decompress(raw[meta_end:], -15)
+    head_z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    pixels = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, mib * _MIB)
+    head = head_z.compress(body + pixels) + head_z.flush(zlib.Z_FULL_FLUSH)
+    zeros, _crc = _zeros_deflated(mib)  # a fresh stream after a full flush continues this one
+    path.write_bytes(raw[:meta_end] + head + zeros)
+    return path

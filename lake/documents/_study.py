@@ -28,17 +28,17 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
-from lake._errors import IngestError
+from lake._errors import IngestError, InputRefusedError
 from lake.deid import Deidentifier
 from lake.documents._iod import study_modules
 from lake.documents._keys import keyed
 from lake.documents._text import identifiers_of
+from lake.ingest import ZIP_ERRORS, ReadLimits, header_of_file, header_of_member
 
 if TYPE_CHECKING:
     from lake._lake import Lake
@@ -47,7 +47,8 @@ __all__ = ["FolderStudies", "Study", "study_from_header", "study_from_lake"]
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)+")
 _MAX_SIBLINGS = 5000  # DICOM headers read per folder at most
-_HEAD = 132
+# A sibling that is not DICOM, over a bound of the ingest or unreadable is not a sibling.
+_NOT_A_SIBLING: tuple[type[Exception], ...] = (InputRefusedError, OSError, *ZIP_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -138,31 +139,35 @@ def study_from_lake(lake: Lake, engine: Deidentifier, study: str) -> Study:
                  accession_key=str(accession_key) if accession_key else None)
 
 
-def _header(fh: IO[bytes]) -> Dataset | None:
-    """The header of a DICOM Part-10 file (pixel data not read), or None."""
-    try:
-        if fh.read(_HEAD)[128:132] != b"DICM":
-            return None
-        fh.seek(0)
-        ds = dcmread(fh, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError,
-            zipfile.BadZipFile, RuntimeError):
-        return None
-    return ds if ds.get("StudyInstanceUID") else None
+@dataclass
+class _Seen:
+    """What the scan keeps of one study's headers in a folder (not the headers themselves)."""
+
+    modules: Dataset  # the first header's study modules
+    accession: str
+    words: set[str] = field(default_factory=set)
+    digits: set[str] = field(default_factory=set)
 
 
 class FolderStudies:
     """The study of each folder, read once per folder (cache for one task of items).
 
+    Sibling headers are read as ingest would read them (:func:`lake.ingest.header_of_file`):
+    regular files only, pixel data skipped, within ``limits``. Of each header only the study's
+    modules (once per study) and its identifying words are kept.
+
     Parameters
     ----------
     engine : Deidentifier
         Used to key the study's UID and to find its identifying words.
+    limits : ReadLimits, optional
+        The ingest's bounds (default :class:`lake.ingest.ReadLimits`).
     """
 
-    def __init__(self, engine: Deidentifier) -> None:
+    def __init__(self, engine: Deidentifier, limits: ReadLimits | None = None) -> None:
         self.engine = engine
-        self._found: dict[tuple[str, str], dict[str, list[Dataset]]] = {}
+        self.limits = limits or ReadLimits()
+        self._found: dict[tuple[str, str], dict[str, _Seen]] = {}
 
     def study(self, path: str, member: str | None, study_uid: str | None = None) -> Study | None:
         """The study of the DICOM files beside ``path`` (or beside ``member`` in the zip).
@@ -175,23 +180,34 @@ class FolderStudies:
         if key not in self._found:
             self._found[key] = self._scan(path, member)
         studies = self._found[key]
+        found: tuple[str, _Seen] | None
         if study_uid is not None:
             wanted = study_uid.strip()
-            headers = studies.get(wanted) or next(
-                (h for h in studies.values() if str(h[0].get("AccessionNumber", "")).strip()
-                 == wanted), None)
+            found = (wanted, studies[wanted]) if wanted in studies else next(
+                ((uid, seen) for uid, seen in studies.items() if seen.accession == wanted), None)
         else:
-            headers = next(iter(studies.values())) if len(studies) == 1 else None
-        return study_from_header(headers, self.engine) if headers else None
+            found = next(iter(studies.items())) if len(studies) == 1 else None
+        if found is None:
+            return None
+        uid, seen = found
+        return Study(seen.modules, True, frozenset(seen.words), frozenset(seen.digits),
+                     self.engine.uid(uid))
 
-    def _scan(self, path: str, member: str | None) -> dict[str, list[Dataset]]:
-        studies: dict[str, list[Dataset]] = {}
+    def _scan(self, path: str, member: str | None) -> dict[str, _Seen]:
+        studies: dict[str, _Seen] = {}
         for header in self._siblings(path, member):
-            studies.setdefault(str(header.StudyInstanceUID), []).append(header)
+            uid = str(header.StudyInstanceUID)
+            seen = studies.get(uid)
+            if seen is None:
+                accession = str(header.get("AccessionNumber", "")).strip()
+                seen = studies[uid] = _Seen(study_modules(header), accession)
+            words, digits = identifiers_of(header, self.engine)
+            seen.words |= words
+            seen.digits |= digits
         return studies
 
-    @staticmethod
-    def _siblings(path: str, member: str | None) -> Iterator[Dataset]:
+    def _siblings(self, path: str, member: str | None) -> Iterator[Dataset]:
+        """The headers (with a StudyInstanceUID) of the DICOM files in the folder, one at a time."""
         count = 0
         if member is None:
             try:
@@ -204,11 +220,10 @@ class FolderStudies:
                 try:
                     if not entry.is_file(follow_symlinks=False):
                         continue
-                    with open(entry.path, "rb") as fh:
-                        header = _header(fh)
-                except OSError:
+                    header = header_of_file(entry.path, self.limits)
+                except _NOT_A_SIBLING:
                     continue
-                if header is not None:
+                if header.get("StudyInstanceUID"):
                     count += 1
                     yield header
             return
@@ -220,10 +235,12 @@ class FolderStudies:
                         return
                     if info.is_dir() or PurePosixPath(info.filename).parent != parent:
                         continue
-                    with archive.open(info) as fh:
-                        header = _header(fh)
-                    if header is not None:
+                    try:
+                        header = header_of_member(archive, info, self.limits)
+                    except _NOT_A_SIBLING:
+                        continue
+                    if header.get("StudyInstanceUID"):
                         count += 1
                         yield header
-        except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
-            return
+        except _NOT_A_SIBLING:
+            return  # the archive's directory cannot be read: ingest quarantines it

@@ -2,6 +2,7 @@
 
 from lake.ingest._commit import UID_CONFLICT, BatchResult, Original
 from lake.ingest._content import NOT_MEDICAL, ContentKind, sniff
+from lake.ingest._header import header_of_file, header_of_member
 from lake.ingest._instance import (
     Accepted,
     IngestContext,
@@ -14,6 +15,7 @@ from lake.ingest._limits import ReadLimits
 from lake.ingest._quarantine import decrypt, quarantine_key
 from lake.ingest._run import Ingestor, IngestSummary, Skipped, ingest
 from lake.ingest._sources import (
+    ZIP_ERRORS,
     NotRegularFileError,
     SourceItem,
     SourceReport,
@@ -25,6 +27,7 @@ from lake.ingest._sources import (
 __all__ = [
     "NOT_MEDICAL",
     "UID_CONFLICT",
+    "ZIP_ERRORS",
     "Accepted",
     "BatchResult",
     "ContentKind",
@@ -41,6 +44,8 @@ __all__ = [
     "SourceReport",
     "count_items",
     "decrypt",
+    "header_of_file",
+    "header_of_member",
     "ingest",
     "iter_items",
     "process_bytes",

@@ -250,7 +250,7 @@ def _process_items(items: list[SourceItem], reading: _FileReading) -> list[Outco
     """
     from lake.documents import FolderStudies
 
-    folders = FolderStudies(reading.context.engine)  # documents: each folder's study, read once
+    folders = FolderStudies(reading.context.engine, reading.context.limits)  # read once a folder
     with Archives() as archives, capture():
         return [_item_outcome(item, reading, archives, folders) for item in items]
 

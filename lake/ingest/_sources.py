@@ -40,6 +40,7 @@ __all__ = [
     "SourceReport",
     "count_items",
     "iter_items",
+    "open_regular",
     "read_file",
     "read_item",
     "read_member",
@@ -340,6 +341,27 @@ def count_items(
     return sum(1 for p, path in enumerate(_positions(sources), 1) for _ in walk.source(path, p))
 
 
+def open_regular(path: str) -> IO[bytes]:
+    """The regular file at ``path``, open for reading.
+
+    Opened non-blocking and checked on the descriptor, so a FIFO put in its place is never
+    waited for.
+
+    Raises
+    ------
+    NotRegularFileError
+        If ``path`` is not a regular file.
+    OSError
+        If it cannot be opened.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    fh = open(fd, "rb", closefd=True)  # noqa: SIM115 - returned to the caller, who closes it
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        fh.close()
+        raise NotRegularFileError("not a regular file")
+    return fh
+
+
 def read_file(path: str, max_bytes: int) -> bytes:
     """The bytes of the regular file at ``path``, at most ``max_bytes`` of them.
 
@@ -352,15 +374,12 @@ def read_file(path: str, max_bytes: int) -> bytes:
     OSError
         If it cannot be read.
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    with open(fd, "rb", closefd=True) as fh:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise NotRegularFileError("not a regular file")
-        if st.st_size > max_bytes:
+    with open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > max_bytes:
             raise InputRefusedError("too_large", _too_large("file", max_bytes))
-        data = fh.read(st.st_size + 1)
-        if len(data) > st.st_size:  # growing while read
+        data = fh.read(size + 1)
+        if len(data) > size:  # growing while read
             data += fh.read(max_bytes + 1 - len(data))
         if len(data) > max_bytes:
             raise InputRefusedError("too_large", _too_large("file", max_bytes))

@@ -1,0 +1,154 @@
+"""The original header of a DICOM file on disk or in a zip, read within ingest's bounds.
+
+Documents read the headers of the DICOM files beside them (to find their study) without
+ingesting those files: only the header is wanted, so the file is never read whole. What
+pydicom is given is the open file behind :class:`_Bounded`, which refuses any read that would
+go past ``ReadLimits.max_header_bytes`` *before* the bytes are asked for: a value declaring
+4 GiB is refused, not allocated. Pixel data is not read (``stop_before_pixels``), only regular
+files are opened (non-blocking, checked on the descriptor), files and zip members larger than
+``max_file_bytes`` are not opened, a deflated dataset is inflated by pydicom only once it is
+known to inflate within ``max_file_bytes``, and sequences deeper than ``max_sequence_depth``
+are refused before anything walks them.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+import zlib
+from typing import IO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from lake._errors import InputRefusedError
+from lake.ingest._limits import ReadLimits, describe
+from lake.ingest._nesting import deeper_than
+from lake.ingest._sources import open_regular
+
+__all__ = ["header_of_file", "header_of_member", "inflates_within"]
+
+_HEAD = 132
+_CHUNK = 1 << 20
+
+
+class _Bounded:
+    """An open file as pydicom reads it, refusing reads past ``limit`` before they happen.
+
+    pydicom asks for a value's declared length at once (``fp.read(length)``): a declared
+    length past the bound is refused here, unread. It reads the rest of a deflated file with
+    ``read()`` and inflates it whole: that rest is inflated here first, into nothing, and
+    refused when it expands past ``inflated``.
+    """
+
+    def __init__(self, fh: IO[bytes], limit: int, inflated: int) -> None:
+        self._fh = fh
+        self._limit = limit
+        self._inflated = inflated
+
+    def read(self, size: int | None = -1) -> bytes:
+        start = self._fh.tell()
+        if size is None or size < 0:
+            rest = self._fh.read(self._limit - start + 1)
+            if start + len(rest) > self._limit:
+                raise _over(self._limit)
+            if not inflates_within(rest, self._inflated):
+                raise InputRefusedError("too_large", (
+                    f"the deflated dataset expands past max_file_bytes "
+                    f"({describe(self._inflated)}); raise max_file_bytes to read it"))
+            return rest
+        if start + size > self._limit:
+            raise _over(self._limit)
+        return self._fh.read(size)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+
+def _over(limit: int) -> InputRefusedError:
+    return InputRefusedError("header_too_large", (
+        f"everything but the pixel data is larger than max_header_bytes ({describe(limit)}); "
+        "raise max_header_bytes to read it"))
+
+
+def inflates_within(data: bytes, limit: int) -> bool:
+    """Whether the raw deflate stream ``data`` inflates to at most ``limit`` bytes.
+
+    Inflated a chunk at a time into nothing: memory stays at one chunk whatever the ratio.
+    A damaged stream is left for the parser to refuse.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    pending = data
+    try:
+        while pending and not inflater.eof:
+            total += len(inflater.decompress(pending, _CHUNK))
+            if total > limit:
+                return False
+            pending = inflater.unconsumed_tail
+    except zlib.error:
+        return True
+    return True
+
+
+def _read_header(fh: IO[bytes], limits: ReadLimits) -> Dataset:
+    if fh.read(_HEAD)[128:] != b"DICM":
+        raise InputRefusedError("not_dicom", "not a DICOM Part-10 file (no DICM after the preamble)")
+    fh.seek(0)
+    bounded = _Bounded(fh, limits.max_header_bytes, limits.max_file_bytes)
+    try:
+        ds = dcmread(bounded, stop_before_pixels=True)
+    except InputRefusedError:
+        raise
+    except RecursionError:
+        raise InputRefusedError("too_deep", "sequences are nested deeper than the parser can "
+                                            "follow") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on damaged files
+        raise InputRefusedError(
+            "unreadable", f"the DICOM parser failed ({type(exc).__name__})") from None
+    if deeper_than(ds, limits.max_sequence_depth):
+        raise InputRefusedError("too_deep", (
+            f"sequences nest deeper than max_sequence_depth ({limits.max_sequence_depth} "
+            "levels); raise max_sequence_depth to read it"))
+    return ds
+
+
+def header_of_file(path: str, limits: ReadLimits) -> Dataset:
+    """The header (everything before Pixel Data) of the DICOM Part-10 file at ``path``.
+
+    Raises
+    ------
+    NotRegularFileError
+        If ``path`` is not a regular file (checked on the open file: no FIFO is waited for).
+    InputRefusedError
+        If the file is over a bound of ``limits``, is not DICOM or cannot be parsed.
+    OSError
+        If it cannot be read.
+    """
+    with open_regular(path) as fh:
+        if os.fstat(fh.fileno()).st_size > limits.max_file_bytes:
+            raise InputRefusedError("too_large", (
+                f"the file is larger than max_file_bytes ({describe(limits.max_file_bytes)})"))
+        return _read_header(fh, limits)
+
+
+def header_of_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo,
+                     limits: ReadLimits) -> Dataset:
+    """The header of the DICOM Part-10 zip member ``info`` of ``archive``.
+
+    Raises
+    ------
+    InputRefusedError
+        If the member's declared sizes or its content break a bound of ``limits``, or it is
+        not DICOM or cannot be parsed.
+    OSError, zipfile.BadZipFile, zlib.error ...
+        If it cannot be decompressed (see :data:`lake.ingest._sources.ZIP_ERRORS`).
+    """
+    problem = limits.zip_member_problem(info.file_size, info.compress_size)
+    if problem is not None:
+        raise InputRefusedError(*problem)
+    with archive.open(info) as fh:
+        return _read_header(fh, limits)
