@@ -228,14 +228,25 @@ class DeltaTables:
         Appends do not depend on what the table holds, so a commit that finds another
         writer's commit first is simply retried (bounded, with backoff).
         """
+        return self._retried(table, rows, metadata, None, f"append to {table.name!r}")
+
+    def _retried(
+        self,
+        table: Table,
+        rows: Sequence[dict[str, Any]] | pa.Table,
+        metadata: Mapping[str, str] | None,
+        replace: str | None,
+        what: str,
+    ) -> int:
+        """One commit of ``rows`` (replacing the rows matching ``replace``), retried."""
         data = rows if isinstance(rows, pa.Table) else _table_of(table, rows)
-        backoff = Backoff(f"append to {table.name!r}")
+        backoff = Backoff(what)
         while True:
             delta = self.open(table.name)
             if self._upgraded(delta, table):
                 continue
             try:
-                return self._write(delta, data, metadata, exclusive=False)
+                return self._write(delta, data, metadata, exclusive=False, replace=replace)
             except CommitFailedError as exc:
                 backoff.failed(exc)
 
@@ -385,26 +396,7 @@ class DeltaTables:
         Every row of ``rows`` must match ``predicate``. Retried (bounded, with backoff)
         when another writer's commit conflicts. Returns the version of the commit.
         """
-        data = rows if isinstance(rows, pa.Table) else _table_of(table, rows)
-        backoff = Backoff(f"replacement in {table.name!r}")
-        while True:
-            delta = self.open(table.name)
-            if self._upgraded(delta, table):
-                continue
-            try:
-                write_deltalake(
-                    delta,
-                    data,
-                    mode="overwrite",
-                    predicate=predicate,
-                    commit_properties=CommitProperties(
-                        custom_metadata=dict(metadata) if metadata else None
-                    ),
-                )
-            except CommitFailedError as exc:
-                backoff.failed(exc)
-                continue
-            return int(delta.version())
+        return self._retried(table, rows, metadata, predicate, f"replacement in {table.name!r}")
 
     def delete(self, table: Table, predicate: str) -> int:
         """Delete the rows matching ``predicate`` (a Delta SQL predicate) in one commit.
