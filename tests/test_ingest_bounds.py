@@ -28,6 +28,7 @@ from tests.conftest import SHARED_DATA
 from tests.hostile import (
     ct_bytes,
     damaged_member_zip,
+    deflate_bomb,
     long_value,
     lying_zip,
     nested_sequence,
@@ -155,6 +156,21 @@ def test_a_50_mb_value_is_refused_cheaply(tmp_path: Path, implicit: bool) -> Non
     result = _child_ingest(tmp_path / "r", [folder])
     assert result["ingested"] == 1 and result["reasons"] == {"value_too_long": 3}, result
     assert result["peak_mb"] < baseline + 4 * 50 + 64, result  # a few copies of one file
+
+
+@pytest.mark.slow
+def test_a_deflated_dataset_is_inflated_only_within_max_file_bytes(tmp_path: Path) -> None:
+    """A 300 KB deflated file whose dataset inflates to 256 MiB, past max_file_bytes (64 MiB
+    here): refused before pydicom inflates it, at the cost of a small file."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    deflate_bomb(folder / "bomb.dcm", 256)
+    (folder / "ct.dcm").write_bytes(ct_bytes())
+    limits = {"max_file_bytes": 64 * MIB}
+    baseline = _baseline_mb(tmp_path)
+    result = _child_ingest(tmp_path / "r", [folder], limits)
+    assert result["ingested"] == 1 and result["reasons"] == {"too_large": 1}, result
+    assert result["peak_mb"] < baseline + 64, result
 
 
 def test_value_and_header_bounds(lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> None:

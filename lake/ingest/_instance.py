@@ -7,7 +7,6 @@ holds no original value.
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from lake._errors import DeidRefusedError, InputRefusedError
 from lake.catalog import dicom_values
 from lake.deid import Deidentifier
 from lake.ingest._encode import encode_part10, header_json
+from lake.ingest._header import within
 from lake.ingest._limits import ReadLimits, describe
 from lake.ingest._nesting import deeper_than
 from lake.ingest._quarantine import store_rejected
@@ -84,14 +84,16 @@ class Rejected:
 Outcome = Accepted | Rejected
 
 
-def _parse(data: bytes) -> Dataset:
+def _parse(data: bytes, limits: ReadLimits) -> Dataset:
     if not data:
         raise InputRefusedError("empty", "the file is empty")
     try:
-        ds = dcmread(io.BytesIO(data))
+        ds = dcmread(within(data, limits))
     except InvalidDicomError:
         try:
-            ds = dcmread(io.BytesIO(data), force=True)
+            ds = dcmread(within(data, limits), force=True)
+        except InputRefusedError:
+            raise
         except RecursionError:
             raise _too_deep() from None
         except Exception as exc:  # noqa: BLE001 - any parser failure means "not DICOM"
@@ -99,6 +101,8 @@ def _parse(data: bytes) -> Dataset:
         if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
             reason = "not a DICOM file (no preamble and no SOP identity)"
             raise InputRefusedError("not_dicom", reason) from None
+    except InputRefusedError:
+        raise
     except RecursionError:
         raise _too_deep() from None
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt input
@@ -205,8 +209,9 @@ def read_instance(data: bytes, limits: ReadLimits | None = None) -> Dataset:
         missing UIDs, over a bound of ``limits``, nested too deeply.
     """
     try:
-        ds = _parse(data)
-        _check(ds, len(data), limits or ReadLimits())
+        limits = limits or ReadLimits()
+        ds = _parse(data, limits)
+        _check(ds, len(data), limits)
     except InputRefusedError:
         raise
     except RecursionError:
