@@ -166,7 +166,13 @@ def test_a_session_never_stores(portal: PortalLake, server: str) -> None:
 # --- brute force ---------------------------------------------------------------------------
 
 
-def test_sign_in_attempts_are_rate_limited(portal: PortalLake, server: str) -> None:
+def test_sign_in_attempts_are_rate_limited(portal: PortalLake) -> None:
+    # A server of its own: the accounts it locks out must stay usable by the other tests.
+    with serving(portal.web) as (running, _http):
+        _rate_limited(portal, running.url)
+
+
+def _rate_limited(portal: PortalLake, server: str) -> None:
     client = httpx.Client(base_url=server)
     for _ in range(5):
         csrf = csrf_of(client.get("/portal/signin").text)

@@ -39,6 +39,11 @@ def render() -> str:
             "",
             table.doc,
             "",
+            *(
+                []
+                if table.queryable
+                else ["Not visible to SQL (`lake sql`, notebooks, the portal's console).", ""]
+            ),
             "| column | type | meaning |",
             "|---|---|---|",
         ]

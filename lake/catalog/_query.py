@@ -132,7 +132,7 @@ class Catalog:
         sources: dict[str, object] = {}
         setup: list[str] = []
         when = self._moment(as_of) if as_of is not None else None
-        for table in TABLES:
+        for table in (t for t in TABLES if t.queryable):
             version: int | None = None
             if table.name == INSTANCES.name:
                 version = as_of

@@ -55,6 +55,10 @@ class Table:
     name: str
     doc: str
     columns: tuple[Column, ...]
+    queryable: bool = True
+    """Registered in the SQL catalog (``lake sql``, ``Lake.sql``, the portal's console).
+    Tables of credentials (token and password hashes) are not: they are read only by the
+    access code."""
 
     @property
     def schema(self) -> pa.Schema:
@@ -352,6 +356,7 @@ TOKENS = Table(
         _c("expires_at", pa.timestamp("us", tz="UTC"), "When it stops working (null: never)."),
         _c("revoked_at", pa.timestamp("us", tz="UTC"), "When it was revoked (null: not revoked)."),
     ),
+    queryable=False,
 )
 
 TEACHING_SETS = Table(
@@ -421,6 +426,7 @@ USERS = Table(
         ),
         _c("removed_at", pa.timestamp("us", tz="UTC"), "When it was removed (null: active)."),
     ),
+    queryable=False,
 )
 
 SHARES = Table(
@@ -434,6 +440,7 @@ SHARES = Table(
         _c("created_by", pa.string(), "Who made it (portal account or system account name)."),
         _c("created_at", pa.timestamp("us", tz="UTC"), "When it was made."),
     ),
+    queryable=False,
 )
 
 AUDIT = Table(
