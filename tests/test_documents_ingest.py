@@ -291,3 +291,24 @@ def test_warnings_about_original_values_stay_captured(
                               FolderStudies(ing.context.engine))
     assert isinstance(outcome, Accepted)
     assert not [str(w.message) for w in seen if TOKEN in str(w.message)]
+
+
+def test_documents_reach_ingest_and_deid_through_their_public_seams() -> None:
+    """One row-building path for every front door (``lake.ingest.accept`` / ``reject``) and one
+    text rule (``lake.deid.clean_text``): lake.documents imports no private module of another
+    package of the lake, so it cannot hold a copy of their internals."""
+    import ast
+
+    import lake.documents
+
+    private = []
+    for path in sorted(Path(lake.documents.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                parts = name.split(".")
+                if (len(parts) > 2 and parts[0] == "lake" and parts[1] != "documents"
+                        and parts[2].startswith("_")):
+                    private.append(f"{path.name}: {name}")
+    assert private == []

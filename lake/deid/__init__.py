@@ -9,10 +9,18 @@ Public contract used by ingest and the network services::
     result.pixels_cleaned                    # True when burned-in regions were masked
 
 ``apply`` raises :class:`lake.DeidRefusedError` when the profile refuses the instance.
+
+Free text is cleaned by the Clean Descriptors rule, also for callers that are not the
+engine (documents)::
+
+    clean_text("CT chest Heart", profile.vocabulary, {"heart"})   # 'CT chest *'
+    explain("CT chest Heart", profile.vocabulary, {"heart"})      # [('Heart', reason)]
+
 What happens to every attribute, the edition, the date-shift rule and how to write a site
 profile: ``docs/deid.md``.
 """
 
+from lake.deid._clean import Vocabulary, clean_text, explain, identifier_words
 from lake.deid._codes import EDITION, Action, ProfileOption
 from lake.deid._engine import Deidentifier, DeidResult
 from lake.deid._profile import Profile, list_profiles, load_profile
@@ -24,6 +32,10 @@ __all__ = [
     "Deidentifier",
     "Profile",
     "ProfileOption",
+    "Vocabulary",
+    "clean_text",
+    "explain",
+    "identifier_words",
     "list_profiles",
     "load_profile",
 ]

@@ -26,7 +26,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["InstanceIdentifiers", "Vocabulary", "clean_text", "explain", "word_verdict"]
+__all__ = [
+    "Identifiers",
+    "InstanceIdentifiers",
+    "Vocabulary",
+    "clean_text",
+    "explain",
+    "identifier_words",
+    "word_verdict",
+]
 
 KEEP, NAME, OTHER, STAR = 0, 1, 2, 3
 _MEMO_SIZE = 65536
@@ -402,9 +410,54 @@ def _mark(text: str, needles: Iterable[str], owners: list[int], verdict: list[in
             start = text.find(needle, start + 1)
 
 
-def clean_text(text: str, vocabulary: Vocabulary, ids: InstanceIdentifiers | None = None,
+_ID_WORD = re.compile(r"[^\W_]+")
+
+Identifiers = InstanceIdentifiers | Iterable[str] | None
+"""What identifies: an instance's :class:`InstanceIdentifiers`, identifying words, or nothing."""
+
+
+def identifier_words(text: str) -> set[str]:
+    """Lower-case words of an identifying value (names, IDs...), two characters or more.
+
+    Examples
+    --------
+    >>> sorted(identifier_words("O'BRIEN^Mary A"))
+    ['brien', 'mary']
+    """
+    return {w.lower() for w in _ID_WORD.findall(text) if len(w) >= 2}
+
+
+def _lists(vocabulary: Vocabulary | frozenset[str]) -> Vocabulary:
+    """``vocabulary``; a plain word set is taken as the technical words, nothing else known."""
+    return vocabulary if isinstance(vocabulary, Vocabulary) else Vocabulary(
+        technical=frozenset(vocabulary))
+
+
+def _ids(ids: Identifiers, vocabulary: Vocabulary) -> InstanceIdentifiers:
+    if ids is None:
+        return _EMPTY_IDS
+    if isinstance(ids, InstanceIdentifiers):
+        return ids
+    words = (ids,) if isinstance(ids, str) else ids
+    return InstanceIdentifiers((), (), (), vocabulary, words=words)
+
+
+def clean_text(text: str, vocabulary: Vocabulary | frozenset[str], ids: Identifiers = None,
                max_length: int | None = None) -> str:
-    """Clean (C) a free-text value (see the module docstring). Idempotent.
+    """Clean (C) a free-text value as Clean Descriptors does (the module docstring). Idempotent.
+
+    Parameters
+    ----------
+    text : str
+        The value.
+    vocabulary : Vocabulary or frozenset of str
+        The profile's word lists (``Profile.vocabulary``); a plain set of words is taken as
+        the technical words, nothing else being known.
+    ids : InstanceIdentifiers or iterable of str, optional
+        What identifies: an instance's identifiers (as the engine collects them from its
+        header), or identifying words known otherwise (a document's study); each removed.
+    max_length : int, optional
+        Shorten the result to this many characters without leaving half a word.
 
     Examples
     --------
@@ -413,8 +466,11 @@ def clean_text(text: str, vocabulary: Vocabulary, ids: InstanceIdentifiers | Non
     'EPI PE=LR'
     >>> clean_text("CT CHEST Dr Zyxwv 12/03/2020 tel 555-014-2381", vocabulary)
     'CT CHEST Dr * * tel *'
+    >>> clean_text("CT CHEST Heart 12/03/2020", frozenset({"ct", "chest", "heart"}), {"heart"})
+    'CT CHEST * *'
     """
-    ids = ids if ids is not None else _EMPTY_IDS
+    vocabulary = _lists(vocabulary)
+    ids = _ids(ids, vocabulary)
     if "@" in text:
         text = _EMAIL.sub("*", text)
     if "://" in text or "www." in text.lower():
@@ -444,13 +500,15 @@ def clean_text(text: str, vocabulary: Vocabulary, ids: InstanceIdentifiers | Non
     return out
 
 
-def explain(text: str, vocabulary: Vocabulary,
-            ids: InstanceIdentifiers | None = None) -> list[tuple[str, str]]:
+def explain(text: str, vocabulary: Vocabulary | frozenset[str],
+            ids: Identifiers = None) -> list[tuple[str, str]]:
     """What :func:`clean_text` removes from ``text`` and why: ``[(fragment, reason), ...]``.
 
-    For stewards and tests; never call it on values that must not be shown.
+    Same parameters as :func:`clean_text`. For stewards and tests; never call it on values
+    that must not be shown.
     """
-    ids = ids if ids is not None else _EMPTY_IDS
+    vocabulary = _lists(vocabulary)
+    ids = _ids(ids, vocabulary)
     found: list[tuple[str, str]] = []
     for pattern, why in ((_EMAIL, _PATTERN_NAMES[0]), (_URL, _PATTERN_NAMES[1])):
         found += [(m.group(0), why) for m in pattern.finditer(text)]

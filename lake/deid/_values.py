@@ -18,15 +18,10 @@ from types import MappingProxyType
 from pydicom._uid_dict import UID_dictionary
 from pydicom.charset import python_encoding
 
-from lake.deid._clean import InstanceIdentifiers, Vocabulary
-from lake.deid._clean import clean_text as _clean_text
-
 __all__ = [
     "age",
-    "clean_text",
     "decode",
     "dummy_bytes",
-    "identifier_words",
     "keyed_ae",
     "keyed_uid",
     "pseudonym",
@@ -240,33 +235,3 @@ def decode(data: bytes, encodings: Iterable[str]) -> str:
         except (UnicodeDecodeError, LookupError):
             continue
     return data.decode("latin-1")
-
-
-_ID_WORD = re.compile(r"[^\W_]+")
-
-
-def identifier_words(text: str) -> set[str]:
-    """Lower-case words of an identifying value (names, IDs...), two characters or more.
-
-    Used by :mod:`lake.documents` to collect a study's identifying words.
-    """
-    return {w.lower() for w in _ID_WORD.findall(text) if len(w) >= 2}
-
-
-def clean_text(text: str, vocabulary: Vocabulary | frozenset[str],
-               identifiers: Iterable[str] = (), max_length: int | None = None) -> str:
-    """Clean (C) ``text`` as descriptions are cleaned (:func:`lake.deid._clean.clean_text`).
-
-    For callers that hold identifying *words* rather than an instance's header (documents):
-    each word counts as an identifier of the instance. A plain word set as ``vocabulary``
-    is taken as the technical words (kept), nothing else being known.
-
-    Examples
-    --------
-    >>> clean_text("CT CHEST Heart 12/03/2020", frozenset({"ct", "chest", "heart"}), {"heart"})
-    'CT CHEST * *'
-    """
-    if not isinstance(vocabulary, Vocabulary):
-        vocabulary = Vocabulary(technical=frozenset(vocabulary))
-    ids = InstanceIdentifiers((), (), (), vocabulary, words=identifiers)
-    return _clean_text(text, vocabulary, ids, max_length)

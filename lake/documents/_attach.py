@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 from lake._capture import capture
 from lake._errors import IngestError
 from lake.deid import Profile
-from lake.documents._ingest import document_outcome, reject_document
+from lake.documents._ingest import document_outcome
 from lake.documents._kinds import sniff
 from lake.documents._limits import Limits
 from lake.documents._ocr import Ocr
 from lake.documents._study import study_from_lake
-from lake.ingest import BatchResult, Ingestor, Outcome
+from lake.ingest import BatchResult, Ingestor, Outcome, reject
 from lake.vault import Secret
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def attach(lake: Lake, secret: Secret, study_uid: str,
         data = path.read_bytes()
         kind = sniff(data[:1024])
         if kind is None:
-            outcomes.append(reject_document(
+            outcomes.append(reject(
                 ingestor.context, data, "not_a_document",
                 "not a PDF, JPEG, PNG, BMP, TIFF, AVI, MP4 or MOV file"))
             continue

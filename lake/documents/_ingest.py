@@ -14,7 +14,6 @@ folder, ``--study`` or ``lake attach``, and another study gets another instance.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,6 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from lake._errors import DeidRefusedError
-from lake.catalog import dicom_values
 from lake.deid import Deidentifier
 from lake.documents._image import clean_image
 from lake.documents._iod import (
@@ -39,17 +37,11 @@ from lake.documents._pdf import clean_pdf
 from lake.documents._study import Study
 from lake.documents._text import TextPolicy
 from lake.documents._video import clean_video
-from lake.ingest import Accepted, IngestContext, Outcome, Rejected
-from lake.ingest._encode import encode_part10, header_json
-from lake.ingest._quarantine import store_rejected
-from lake.store import BlobStore, blob_key
+from lake.ingest import IngestContext, Outcome, accept, reject
 
-__all__ = ["Wrapped", "document_columns", "document_outcome", "reject_document", "wrap_document"]
+__all__ = ["Wrapped", "document_columns", "document_outcome", "wrap_document"]
 
 _NAMESPACE = "imaging-lake document v1"
-_ENCAPSULATED_DOCUMENT = 0x00420011
-_PIXEL_DATA = 0x7FE00010
-_HEADER_BULK_URI = "urn:imaging-lake:header_dicom"
 
 
 @dataclass(frozen=True)
@@ -124,51 +116,6 @@ def _undated(content: Any) -> Any:
     return replace(content, created=None)
 
 
-def _bulk_uri(_elem: Any) -> str:
-    return _HEADER_BULK_URI
-
-
-def reject_document(ctx: IngestContext, data: bytes, reason: str, message: str) -> Rejected:
-    digest, object_key = store_rejected(ctx.location, data, ctx.quarantine_key)
-    return Rejected({"source_sha256": digest, "size_bytes": len(data), "reason": reason,
-                     "message": message, "object_key": object_key}, len(data))
-
-
-def _row(ds: Dataset, actions: Counter[str], ctx: IngestContext, bytes_in: int,
-         columns: dict[str, Any]) -> Accepted:
-    """The catalog row of a de-identified instance (its pixel data stored as a blob)."""
-    pixel_hash: str | None = None
-    pixel_vr: str | None = None
-    pixel_len = 0
-    blob_written = False
-    if _PIXEL_DATA in ds:
-        elem = ds[_PIXEL_DATA]
-        pixels: bytes = elem.value
-        pixel_vr, pixel_len = elem.VR, len(pixels)
-        pixel_hash, blob_written = BlobStore(ctx.location).put_new(
-            pixels, blob_key(pixels), durable=False)
-        del ds[_PIXEL_DATA]
-    header = encode_part10(ds)
-    as_json = header_json(ds, 4096, _bulk_uri)
-    if pixel_hash is not None:
-        as_json["7FE00010"] = {"vr": pixel_vr, "BulkDataURI": pixel_hash}
-    row = dicom_values(as_json, str(ds.file_meta.TransferSyntaxUID))
-    row.update(
-        pixel_hash=pixel_hash,
-        pixel_vr=pixel_vr,
-        pixel_bytes=pixel_len,
-        size_bytes=len(header) + pixel_len,
-        header_json=json.dumps(as_json, separators=(",", ":"), sort_keys=True),
-        header_dicom=header,
-        profile=ctx.engine.profile.name,
-        profile_version=ctx.engine.profile.version,
-        profile_sha256=ctx.engine.profile.sha256,
-        pixels_cleaned=bool(columns.pop("pixels_cleaned", False)),
-        **columns,
-    )
-    return Accepted(row, actions, blob_written, bytes_in)
-
-
 def document_outcome(kind: DocumentKind, data: bytes, study: Study | None,
                      ctx: IngestContext, *, ocr: Ocr | None = None,
                      limits: Limits | None = None) -> Outcome:
@@ -178,8 +125,8 @@ def document_outcome(kind: DocumentKind, data: bytes, study: Study | None,
     or a failure becomes a :class:`~lake.ingest.Rejected` with the original sealed.
     """
     if study is None:
-        return reject_document(ctx, data, "no_study", f"a {kind.value} document with no study: put it "
-                       "beside its study's DICOM files, or name the study (--study, lake attach)")
+        return reject(ctx, data, "no_study", f"a {kind.value} document with no study: put it "
+                      "beside its study's DICOM files, or name the study (--study, lake attach)")
     try:
         wrapped = wrap_document(kind, data, study, ctx.engine, ocr=ocr, limits=limits)
         ds = wrapped.dataset
@@ -195,10 +142,10 @@ def document_outcome(kind: DocumentKind, data: bytes, study: Study | None,
         else:
             columns.update(accession_key=study.accession_key,
                            identity_keys=sorted(study.keyed_words) or None)
-        columns["pixels_cleaned"] = "DERIVED" in (ds.get("ImageType") or [])
-        return _row(ds, actions, ctx, len(data), columns)
+        return accept(ds, ctx, actions, len(data),
+                      pixels_cleaned="DERIVED" in (ds.get("ImageType") or []), columns=columns)
     except DeidRefusedError as exc:
-        return reject_document(ctx, data, exc.reason, str(exc))
+        return reject(ctx, data, exc.reason, str(exc))
     except Exception as exc:  # noqa: BLE001 - one bad document must not sink the batch
-        return reject_document(ctx, data, "processing_error", f"processing failed ({type(exc).__name__}); "
-                       "the original is kept sealed for review")
+        return reject(ctx, data, "processing_error", f"processing failed ({type(exc).__name__}); "
+                      "the original is kept sealed for review")

@@ -26,8 +26,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from lake.deid import Deidentifier
-from lake.deid._values import identifier_words
+from lake.deid import Deidentifier, identifier_words
 from lake.documents._text import fold
 
 __all__ = ["keyed", "study_keys"]

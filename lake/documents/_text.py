@@ -20,9 +20,7 @@ from dataclasses import dataclass, field
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from lake.deid import Deidentifier, ProfileOption
-from lake.deid._clean import Vocabulary
-from lake.deid._values import clean_text, identifier_words
+from lake.deid import Deidentifier, ProfileOption, Vocabulary, clean_text, identifier_words
 
 __all__ = ["TextPolicy", "fold", "identifiers_of"]
 
@@ -107,7 +105,7 @@ class TextPolicy:
         digits = _digits(text)
         if len(digits) >= _MIN_DIGITS and digits in self.id_digits:
             return True
-        return clean_text(text, self.vocabulary, set()) != text
+        return clean_text(text, self.vocabulary) != text
 
 
 def _values(elem: DataElement) -> list[str]:

@@ -8,8 +8,10 @@ from lake.ingest._instance import (
     IngestContext,
     Outcome,
     Rejected,
+    accept,
     process_bytes,
     read_instance,
+    reject,
 )
 from lake.ingest._limits import ReadLimits
 from lake.ingest._quarantine import decrypt, quarantine_key
@@ -42,6 +44,7 @@ __all__ = [
     "Skipped",
     "SourceItem",
     "SourceReport",
+    "accept",
     "count_items",
     "decrypt",
     "header_of_file",
@@ -52,5 +55,6 @@ __all__ = [
     "quarantine_key",
     "read_file",
     "read_instance",
+    "reject",
     "sniff",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "IngestContext",
     "Outcome",
     "Rejected",
+    "accept",
     "process_bytes",
     "read_instance",
     "reject",
@@ -261,6 +263,72 @@ def _bulk_uri(_elem: Any) -> str:
     return _HEADER_BULK_URI
 
 
+def accept(ds: Dataset, ctx: IngestContext, actions: Counter[str], bytes_in: int, *,
+           pixels_cleaned: bool = False, columns: Mapping[str, Any] | None = None) -> Accepted:
+    """The outcome of a de-identified instance: its pixel data stored, its catalog row built.
+
+    The one row-building path of every front door (files, C-STORE, STOW-RS, documents).
+
+    Parameters
+    ----------
+    ds : Dataset
+        The de-identified instance. Its Pixel Data is stored as a blob and removed from it.
+    ctx : IngestContext
+        The lake, the engine (its profile is recorded in the row).
+    actions : Counter
+        The de-identification action codes taken (counts, no values).
+    bytes_in : int
+        Size of the original input.
+    pixels_cleaned : bool
+        Whether burned-in regions were masked.
+    columns : mapping, optional
+        The lake's own columns known to the caller (document, acquisition), set last.
+
+    Returns
+    -------
+    Accepted
+
+    Raises
+    ------
+    Exception
+        Whatever encoding or storing raises; callers quarantine the input (:func:`reject`).
+    """
+    _ensure_meta(ds)
+    pixel_hash: str | None = None
+    pixel_vr: str | None = None
+    pixel_len = 0
+    blob_written = False
+    if _PIXEL_DATA in ds:
+        elem = ds[_PIXEL_DATA]
+        pixels: bytes = elem.value
+        pixel_vr = elem.VR
+        pixel_len = len(pixels)
+        pixel_hash, blob_written = BlobStore(ctx.location).put_new(
+            pixels, blob_key(pixels), durable=False
+        )
+        del ds[_PIXEL_DATA]
+    header = encode_part10(ds)
+    as_json = header_json(ds, 4096, _bulk_uri)
+    if pixel_hash is not None:
+        as_json["7FE00010"] = {"vr": pixel_vr, "BulkDataURI": pixel_hash}
+    row = dicom_values(as_json, str(ds.file_meta.TransferSyntaxUID))
+    row.update(
+        pixel_hash=pixel_hash,
+        pixel_vr=pixel_vr,
+        pixel_bytes=pixel_len,
+        size_bytes=len(header) + pixel_len,
+        header_json=json.dumps(as_json, separators=(",", ":"), sort_keys=True),
+        header_dicom=header,
+        profile=ctx.engine.profile.name,
+        profile_version=ctx.engine.profile.version,
+        profile_sha256=ctx.engine.profile.sha256,
+        pixels_cleaned=pixels_cleaned,
+    )
+    if columns:
+        row.update(columns)
+    return Accepted(row, actions, blob_written, bytes_in)
+
+
 def reject(ctx: IngestContext, data: bytes, reason: str, message: str) -> Rejected:
     """Quarantine ``data``: the original sealed, a record with ``reason`` and ``message``."""
     digest, object_key = store_rejected(ctx.location, data, ctx.quarantine_key)
@@ -309,25 +377,11 @@ def _process(data: bytes, ctx: IngestContext) -> Outcome:
             raise InputRefusedError(exc.reason, str(exc)) from None
         if content is not None:
             content.restore(ds)
-        _ensure_meta(ds)
-        pixel_hash: str | None = None
-        pixel_vr: str | None = None
-        pixel_len = 0
-        blob_written = False
-        if _PIXEL_DATA in ds:
-            elem = ds[_PIXEL_DATA]
-            pixels: bytes = elem.value
-            pixel_vr = elem.VR
-            pixel_len = len(pixels)
-            pixel_hash, blob_written = BlobStore(ctx.location).put_new(
-                pixels, blob_key(pixels), durable=False
-            )
-            del ds[_PIXEL_DATA]
-        header = encode_part10(ds)
-        as_json = header_json(ds, 4096, _bulk_uri)
-        if pixel_hash is not None:
-            as_json["7FE00010"] = {"vr": pixel_vr, "BulkDataURI": pixel_hash}
-        row = dicom_values(as_json, str(ds.file_meta.TransferSyntaxUID))
+        columns = dict(content.columns) if content is not None else {}
+        columns.update(acquisition)
+        return accept(ds, ctx, Counter(result.actions), len(data),
+                      pixels_cleaned=bool(getattr(result, "pixels_cleaned", False)),
+                      columns=columns)
     except InputRefusedError as rejection:
         return reject(ctx, data, rejection.reason, rejection.message)
     except RecursionError:
@@ -340,19 +394,3 @@ def _process(data: bytes, ctx: IngestContext) -> Outcome:
             "processing_error",
             f"processing failed ({type(exc).__name__}); the original is kept sealed for review",
         )
-    row.update(
-        pixel_hash=pixel_hash,
-        pixel_vr=pixel_vr,
-        pixel_bytes=pixel_len,
-        size_bytes=len(header) + pixel_len,
-        header_json=json.dumps(as_json, separators=(",", ":"), sort_keys=True),
-        header_dicom=header,
-        profile=ctx.engine.profile.name,
-        profile_version=ctx.engine.profile.version,
-        profile_sha256=ctx.engine.profile.sha256,
-        pixels_cleaned=bool(getattr(result, "pixels_cleaned", False)),
-    )
-    if content is not None:
-        row.update(content.columns)
-    row.update(acquisition)
-    return Accepted(row, Counter(result.actions), blob_written, len(data))
