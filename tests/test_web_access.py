@@ -186,6 +186,74 @@ def test_revocation_takes_effect_on_the_next_request(web: WebLake, client: httpx
     assert client.get("/dicomweb/studies", headers=headers).status_code == 401
 
 
+def _series_seen(client: httpx.Client, token: str) -> set[str]:
+    found = client.get("/dicomweb/series", headers={"Authorization": f"Bearer {token}"})
+    assert found.status_code == 200, found.text
+    return {item["0020000E"]["Value"][0] for item in found.json()}
+
+
+def test_a_redefined_cohort_applies_to_its_tokens_at_once(
+    web: WebLake, client: httpx.Client
+) -> None:
+    """A cohort replaced at the same catalog version (red-team finding 5): a token scoped to
+    it sees the new members on its next request, never the cached old ones."""
+    series_a, series_b = web.uids["a"][1], web.uids["b"][1]
+
+    def define(series: str) -> int:
+        web.lake.create_cohort(
+            "narrowed",
+            f"SELECT SeriesInstanceUID FROM instances WHERE SeriesInstanceUID = '{series}'",
+            replace=True,
+        )
+        return int(web.lake.cohort("narrowed").catalog_version)
+
+    first = define(series_a)
+    token = create_token(web.lake, "researcher", cohorts=["narrowed"])[1]
+    assert _series_seen(client, token) == {series_a}  # the scoped snapshot is now cached
+    assert define(series_b) == first  # redefined at the same catalog version
+    assert _series_seen(client, token) == {series_b}
+    study_a = web.uids["a"][0]
+    metadata = client.get(f"/dicomweb/studies/{study_a}/metadata",
+                          headers={"Authorization": f"Bearer {token}"})
+    assert metadata.status_code == 404
+    assert define(series_a) == first  # and back: not a stale "b" either
+    assert _series_seen(client, token) == {series_a}
+
+
+def test_unmarking_a_teaching_set_applies_at_once(web: WebLake, client: httpx.Client) -> None:
+    from lake.access import mark_teaching_set, unmark_teaching_set
+
+    teach = web.uids["teach"][1]
+    assert _series_seen(client, web.tokens["student"]) == {teach}
+    unmark_teaching_set(web.lake, "teach")
+    try:
+        assert _series_seen(client, web.tokens["student"]) == set()
+        assert _series_seen(client, web.tokens["student:teach"]) == set()
+    finally:
+        mark_teaching_set(web.lake, "teach")
+    assert _series_seen(client, web.tokens["student:teach"]) == {teach}
+
+
+def test_a_revoked_or_expired_share_link_stops_at_once(
+    web: WebLake, client: httpx.Client
+) -> None:
+    from lake.access import create_share, revoke_share
+
+    share, text = create_share(web.lake, "teach", created_by="test")
+    assert _series_seen(client, text) == {web.uids["teach"][1]}
+    revoke_share(web.lake, share.share_id)
+    assert client.get("/dicomweb/series", params={"token": text}).status_code == 401
+    # An expired link: its expiry is compared with the clock on every request.
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    expired = "lake_" + "f" * 16 + "_" + "y" * 43
+    web.lake.tables.append(TOKENS, [{
+        "token_id": "f" * 16, "token_sha256": hashlib.sha256(expired.encode()).hexdigest(),
+        "role": "student", "cohorts": ["teach"], "note": "", "created_at": past,
+        "expires_at": past + dt.timedelta(seconds=1), "revoked_at": None,
+    }])
+    assert client.get("/dicomweb/series", params={"token": expired}).status_code == 401
+
+
 def test_security_headers(web: WebLake, client: httpx.Client) -> None:
     response = client.get("/dicomweb/studies", headers=_headers(web, "steward"))
     assert response.headers["content-type"].startswith("application/dicom+json")

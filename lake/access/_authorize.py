@@ -14,8 +14,10 @@ the web portal's sessions and share links are added there as further
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from lake._errors import AuthenticationError, ExportError, ForbiddenError
@@ -28,6 +30,8 @@ from lake.access._users import UserBook
 from lake.catalog import COHORTS, TEACHING_SETS
 
 if TYPE_CHECKING:
+    from deltalake import DeltaTable
+
     from lake._lake import Lake
 
 __all__ = ["Access", "CohortView", "Credentials", "Grant", "Principal"]
@@ -85,6 +89,18 @@ class CohortView:
     catalog_version: int
     members: frozenset[str]
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the sorted member UIDs: what defines the scope, whatever its name.
+
+        A cohort redefined (``replace``) at the same catalog version keeps its name and
+        version but not its members, so anything cached per scope is keyed by this.
+        """
+        digest = hashlib.sha256()
+        for uid in sorted(self.members):
+            digest.update(uid.encode("ascii", "replace") + b"\n")
+        return digest.hexdigest()
+
 
 @dataclass(frozen=True)
 class Grant:
@@ -106,11 +122,15 @@ class Grant:
     cohorts: tuple[CohortView, ...] | None
 
     @property
-    def scope_key(self) -> tuple[tuple[str, int], ...] | None:
-        """A hashable summary of the scope (cache key for scoped catalog views)."""
+    def scope_key(self) -> tuple[tuple[str, int, str], ...] | None:
+        """A hashable summary of the scope (cache key for scoped catalog views).
+
+        Each cohort is named by its catalog version and the fingerprint of its members, so
+        two definitions of one cohort never share a key.
+        """
         if self.cohorts is None:
             return None
-        return tuple(sorted((c.name, c.catalog_version) for c in self.cohorts))
+        return tuple(sorted((c.name, c.catalog_version, c.fingerprint) for c in self.cohorts))
 
 
 _ANONYMOUS = Principal("anonymous", "anonymous", Role.RESEARCHER)
@@ -148,6 +168,7 @@ class Access:
         self._versions: tuple[int, int] = (-1, -1)
         self._views: dict[str, CohortView | None] = {}
         self._teaching: frozenset[str] = frozenset()
+        self._deltas: dict[str, DeltaTable] = {}
 
     def principal(self, credentials: Credentials) -> Principal | None:
         """Who presented ``credentials`` (None: nothing was presented).
@@ -241,8 +262,15 @@ class Access:
         return tuple(v for v in views if v is not None)
 
     def _table_version(self, name: str) -> int:
-        tables = self._lake.tables
-        return int(tables.open(name).version()) if tables.exists(name) else -1
+        """The table's newest version (-1 while it does not exist): one log listing."""
+        delta = self._deltas.get(name)
+        if delta is None:
+            tables = self._lake.tables
+            if not tables.exists(name):
+                return -1
+            delta = self._deltas[name] = tables.open(name)
+        delta.update_incremental()
+        return int(delta.version())
 
     def _refresh(self) -> None:
         versions = (self._table_version(COHORTS.name), self._table_version(TEACHING_SETS.name))

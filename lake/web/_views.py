@@ -22,7 +22,10 @@ class Views:
 
     An unscoped grant reads the newest catalog version (followed incrementally). A
     grant limited to cohorts reads a snapshot holding only their members, each at its
-    cohort's catalog version; the most recently used few are kept.
+    cohort's catalog version; the most recently used few are kept, keyed by what defines
+    the scope (:attr:`lake.access.Grant.scope_key`: names, versions and member
+    fingerprints), so a cohort redefined at the same catalog version is not served from
+    its old snapshot.
 
     Parameters
     ----------
@@ -34,7 +37,7 @@ class Views:
         self._lake = lake
         self._current = SnapshotCache(lake.tables)
         self._lock = threading.Lock()
-        self._scoped: OrderedDict[tuple[tuple[str, int], ...], Snapshot] = OrderedDict()
+        self._scoped: OrderedDict[tuple[tuple[str, int, str], ...], Snapshot] = OrderedDict()
 
     def snapshot(self, grant: Grant) -> Snapshot:
         """The snapshot holding exactly what ``grant`` may see."""
