@@ -54,6 +54,12 @@ def serve_web(
         Path | None,
         typer.Option("--viewer-dir", help="OHIF's built files. Default: <lake>/viewer."),
     ] = None,
+    request_timeout: Annotated[
+        float | None,
+        typer.Option("--request-timeout",
+                     help="Seconds a client has to send its request headers (and most seconds "
+                          "without a byte of a body). Default: lake.json or 10."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No access log.")] = False,
 ) -> None:
     """Serve DICOMweb (QIDO-RS, WADO-RS, STOW-RS) below /dicomweb and OHIF at /viewer.
@@ -85,6 +91,7 @@ def serve_web(
             profile=profile,
             max_request_bytes=None if max_request_mb is None else max_request_mb * 2**20,
             viewer_dir=viewer_dir,
+            request_timeout=request_timeout,
         )
         if not quiet:
             handler = logging.StreamHandler()

@@ -9,9 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import re
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -422,3 +425,69 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
         serialization.NoEncryption(),
     ))
     return cert_path, key_path
+
+
+# -- connections that never finish their request (red-team finding 6) -------------------------
+
+
+def _closed_by_server(sockets: list[socket.socket], within: float) -> list[socket.socket]:
+    """The sockets the server has not closed after ``within`` seconds (a generous bound)."""
+    open_ = {s.fileno(): s for s in sockets}
+    deadline = time.monotonic() + within
+    while open_ and time.monotonic() < deadline:
+        readable, _, _ = select.select(list(open_.values()), [], [], 0.5)
+        for sock in readable:
+            try:
+                data = sock.recv(4096)
+            except OSError:  # reset: closed too
+                data = b""
+            if not data or b"503" in data:
+                open_.pop(sock.fileno())
+    return list(open_.values())
+
+
+def test_a_connection_that_never_finishes_its_request_is_closed(web: WebLake) -> None:
+    with serving(web, request_timeout=1) as (server, http):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+            assert _closed_by_server([sock], within=30) == []
+        finally:
+            sock.close()
+        assert http.get("/healthz").status_code == 200
+
+
+def test_an_idle_flood_leaves_authorised_clients_answered_and_the_log_small(
+    web: WebLake, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Idle and trickling connections beyond the cap: the server evicts the idle ones, closes
+    the rest at their deadline, answers a token holder throughout, and logs a few lines."""
+    caplog.set_level(logging.INFO, logger="lake.web")
+    flood: list[socket.socket] = []
+    with serving(web, request_timeout=2, max_connections=100) as (server, http):
+        headers = _headers(web, "researcher")
+        try:
+            for number in range(400):  # 4x the cap, sending nothing or half a request line
+                sock = socket.create_connection(("127.0.0.1", server.port))
+                if number % 2:
+                    sock.sendall(b"GET /dicomweb/stu")
+                flood.append(sock)
+                if number % 100 == 99:  # answered while the flood holds its connections
+                    assert http.get("/dicomweb/studies", headers=headers).status_code == 200
+            trickle = socket.create_connection(("127.0.0.1", server.port))
+            flood.append(trickle)
+            for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 12:  # a byte every 0.25 s
+                try:
+                    trickle.sendall(bytes([byte]))
+                except OSError:  # closed by the server: what should happen
+                    break
+                time.sleep(0.25)
+            assert _closed_by_server(flood, within=60) == []
+            assert http.get("/dicomweb/studies", headers=headers).status_code == 200
+        finally:
+            for sock in flood:
+                sock.close()
+        assert server.guard.evicted >= 300 - 5 and server.guard.closed_idle >= 1
+    lines = [r for r in caplog.records if r.name.startswith("lake.web.connections")]
+    assert 0 < len(lines) <= 30, len(lines)
+    assert not any(r.exc_info for r in caplog.records)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,34 @@ def test_malformed_multipart_is_400_and_loses_nothing_else(
         assert found.fetchall()[0][0] == 1
     bad_header = _post(live, web, b"--XyZ\r\nno colon here\r\n\r\nx\r\n--XyZ--\r\n")
     assert bad_header.status_code == 400
+
+
+def test_a_stalled_body_is_closed_and_what_arrived_is_kept(
+    web: WebLake, files: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that stops sending its STOW-RS body is closed after request_timeout seconds
+    without a byte; the complete parts before the stall are stored; no traceback is logged."""
+    caplog.set_level(logging.INFO, logger="lake")
+    body = _body(files[0], close=False) + b"--XyZ\r\nContent-Type: application/dicom\r\n\r\nDI"
+    with serving(web, request_timeout=1) as (server, _http):
+        head = (f"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {web.tokens['steward']}\r\n"
+                f"Content-Type: {DICOM_MULTIPART}\r\nContent-Length: {len(body) + 10_000}\r\n\r\n")
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(head.encode() + body)
+            sock.settimeout(60)
+            try:
+                while sock.recv(65536):
+                    pass  # until the server closes it
+            except ConnectionResetError:
+                pass
+        assert server.guard.closed_idle == 1
+    web.lake.refresh()
+    sop = Ingestor(web.lake, web.lake.secret(web.vault)).process(files[0]).row["SOPInstanceUID"]  # type: ignore[union-attr]
+    found = web.lake.sql(f"SELECT count(*) FROM instances WHERE SOPInstanceUID = '{sop}'")
+    assert found.fetchall()[0][0] == 1
+    assert not any(r.exc_info for r in caplog.records)
+    assert not any("internal error" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("content_type", ["application/dicom", "multipart/related; boundary=XyZ; "

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -151,6 +151,8 @@ class SecurityHeaders:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except ClientDisconnect:  # the client left (or stalled and was closed): nobody to answer
+            status = status or 499
         except Exception as exc:  # noqa: BLE001 - no traceback (it could quote a value) in logs
             logging.getLogger("lake.web").error(
                 "internal error %s on %s %s", type(exc).__name__, scope.get("method"),

@@ -49,6 +49,14 @@ class WebConfig:
     viewer_dir : Path, optional
         The OHIF viewer's built files (``lake viewer install`` puts them in the lake's
         ``viewer/`` folder, the default).
+    request_timeout : float
+        Seconds a client has to send a request's line and headers (from the connection's
+        start or its previous response), and most seconds without a byte while it sends a
+        body; the connection is closed after that.
+    max_connections : int
+        Open connections at most (also kept below half the process's file-descriptor
+        limit); beyond it the connection waiting longest for its request is closed, or,
+        when all are busy, the new one is answered 503.
     """
 
     host: str = "127.0.0.1"
@@ -62,17 +70,20 @@ class WebConfig:
     commit_interval: float = 1.0
     profile: str | None = None
     viewer_dir: Path | None = None
+    request_timeout: float = 10.0
+    max_connections: int = 1000
 
     def __post_init__(self) -> None:
         if not 0 <= int(self.port) <= 65535:
             raise ConfigError("invalid port: a TCP port is a number from 0 to 65535")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("a TLS certificate and its key go together: give both or neither")
-        for name in ("max_request_bytes", "max_instance_bytes", "commit_every"):
+        for name in ("max_request_bytes", "max_instance_bytes", "commit_every", "max_connections"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"invalid {name}: it must be a positive number")
-        if float(self.commit_interval) <= 0:
-            raise ConfigError("invalid commit_interval: it must be a positive number of seconds")
+        for name in ("commit_interval", "request_timeout"):
+            if float(getattr(self, name)) <= 0:
+                raise ConfigError(f"invalid {name}: it must be a positive number of seconds")
         if not is_loopback(self.host) and self.tls_cert is None:
             raise ConfigError(
                 f"refusing to serve on {self.host} without TLS: tokens and data would cross the "

@@ -9,6 +9,8 @@ it stops accepting, lets requests in flight finish, then shuts the application d
 
 from __future__ import annotations
 
+import asyncio
+import resource
 import socket
 import ssl
 import threading
@@ -20,6 +22,7 @@ import uvicorn
 from lake._errors import ConfigError
 from lake.web._app import create_app
 from lake.web._config import WebConfig
+from lake.web._connections import LOG, ConnectionGuard, ThrottledLog
 
 if TYPE_CHECKING:
     from lake._lake import Lake
@@ -28,6 +31,15 @@ if TYPE_CHECKING:
 __all__ = ["WebServer"]
 
 _START_TIMEOUT = 30.0
+_FD_RESERVE = 64  # descriptors kept for the catalog, blobs, logs and the listening socket
+
+
+def connection_cap(wanted: int) -> int:
+    """``wanted``, kept below half the process's file-descriptor limit."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(16, min(wanted, soft // 2 - _FD_RESERVE))
 
 
 class WebServer:
@@ -58,6 +70,9 @@ class WebServer:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self.log = ThrottledLog(LOG)
+        self.guard = ConnectionGuard(config.request_timeout,
+                                     connection_cap(config.max_connections), self.log)
 
     @property
     def port(self) -> int:
@@ -116,21 +131,31 @@ class WebServer:
             self.app.state.base_url = self.url
         uv_config = uvicorn.Config(
             self.app,
+            http=self.guard.protocol(),  # type: ignore[arg-type]
             log_config=None,
             access_log=False,
             proxy_headers=False,
             server_header=False,
             lifespan="on",
             timeout_graceful_shutdown=10,
+            timeout_keep_alive=5,
+            # Requests in progress at most (503 beyond); connections are capped by the guard.
+            limit_concurrency=self.guard.max_connections + 1,
             **options,
         )
         self._server = uvicorn.Server(uv_config)
         sockets = [self._socket]
 
+        async def serve() -> None:
+            # The loop's own errors (an accept failing for want of descriptors comes with a
+            # traceback, thousands a second under a flood) as throttled single lines.
+            asyncio.get_running_loop().set_exception_handler(self.log.loop_exception)
+            assert self._server is not None
+            await self._server.serve(sockets=sockets)
+
         def run() -> None:
             try:
-                assert self._server is not None
-                self._server.run(sockets=sockets)
+                asyncio.run(serve())
             except BaseException as exc:  # noqa: BLE001 - reported by start()/stop()
                 self.error = exc
 
