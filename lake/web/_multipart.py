@@ -13,6 +13,8 @@ from lake._errors import LakeError
 __all__ = ["MalformedMultipartError", "MultipartReader", "Part"]
 
 _MAX_HEADERS = 16 * 1024
+_MAX_PADDING = 1024  # transport padding after a delimiter
+_MAX_PREAMBLE = 64 * 1024  # bytes before the first delimiter
 
 
 class MalformedMultipartError(LakeError, ValueError):
@@ -49,15 +51,22 @@ class MultipartReader:
         self._max = max_part_bytes
         self._part = Part()
         self._chunks: list[bytes] = []
+        self._skipped = 0  # bytes of the current preamble/padding/headers already looked at
         self.done = False
 
     def feed(self, data: bytes) -> list[Part]:
         """Add bytes; the parts completed by them.
 
+        Work and memory are linear in the bytes fed: every piece of the grammar that is
+        buffered (preamble, transport padding after a delimiter, a part's headers) is bounded,
+        and nothing is scanned twice.
+
         Raises
         ------
         MalformedMultipartError
-            If the bytes cannot be part of a well-formed message.
+            If the bytes cannot be part of a well-formed message, or a preamble, a
+            delimiter's transport padding or a part's headers are longer than any client
+            sends.
         """
         self._buffer += data
         out: list[Part] = []
@@ -65,12 +74,25 @@ class MultipartReader:
             if self._state == "preamble":
                 index = self._buffer.find(self._delimiter)
                 if index < 0:
-                    self._buffer = self._buffer[-len(self._delimiter):]
+                    keep = len(self._delimiter) - 1
+                    self._skipped += max(0, len(self._buffer) - keep)
+                    if self._skipped > _MAX_PREAMBLE:
+                        raise MalformedMultipartError(
+                            "no multipart boundary within the first "
+                            f"{_MAX_PREAMBLE // 1024} KiB of the body")
+                    self._buffer = self._buffer[-keep:]
                     return out
                 self._buffer = self._buffer[index + len(self._delimiter):]
-                self._state = "after"
+                self._state, self._skipped = "after", 0
             elif self._state == "after":
+                # Transport padding (RFC 2046 5.1.1: linear white space) before the CRLF or the
+                # closing "--": dropped as it arrives, at most _MAX_PADDING bytes.
                 stripped = self._buffer.lstrip(b" \t")
+                self._skipped += len(self._buffer) - len(stripped)
+                self._buffer = stripped
+                if self._skipped > _MAX_PADDING:
+                    raise MalformedMultipartError("a multipart boundary is followed by more than "
+                                                  f"{_MAX_PADDING} bytes of padding")
                 if len(stripped) < 2:
                     return out
                 if stripped.startswith(b"--"):
@@ -79,21 +101,23 @@ class MultipartReader:
                 if not stripped.startswith(b"\r\n"):
                     raise MalformedMultipartError("a multipart boundary is not followed by CRLF")
                 self._buffer = stripped[2:]
-                self._state = "headers"
+                self._state, self._skipped = "headers", 0
             elif self._state == "headers":
-                index = self._buffer.find(b"\r\n\r\n")
                 if self._buffer.startswith(b"\r\n"):
                     index, skip = 0, 2
                 else:
+                    # Search only what was not searched before (minus an end split in two).
+                    index = self._buffer.find(b"\r\n\r\n", max(0, self._skipped - 3))
                     skip = 4
                 if index < 0:
                     if len(self._buffer) > _MAX_HEADERS:
                         raise MalformedMultipartError("a part's headers are too long")
+                    self._skipped = len(self._buffer)
                     return out
                 self._part = Part(headers=_headers(self._buffer[:index]))
                 self._chunks = []
                 self._buffer = self._buffer[index + skip:]
-                self._state = "body"
+                self._state, self._skipped = "body", 0
             elif self._state == "body":
                 index = self._buffer.find(self._delimiter)
                 if index < 0:
