@@ -1,0 +1,288 @@
+"""The catalog at 1 and 10 million instances: latencies against goals, same run.
+
+    python benchmarks/bench_catalog.py [--rows 1000000,10000000] [--repeat 7]
+
+Builds (once; cached under ``.bench/catalog/``) lakes whose ``instances`` table holds that
+many rows of realistic width: every row is a real de-identified instance row (header JSON and
+Part-10 header bytes at their real sizes) given new identity (benchmarks/_catalog_data.py),
+written through the lake's own commit path (``DeltaTables.append``) in commits of 50,000
+rows. Then times, as a user meets them:
+
+- opening the catalog (what every ``lake sql`` pays before its query);
+- a cohort query over the ``series`` view, ``count(*)``, one SOPInstanceUID (``SELECT *``),
+  the studies of one month (``SELECT * FROM studies``), each the median of ``--repeat`` runs
+  on one open catalog;
+- C-FIND at STUDY level through the query index the DICOM and web services use
+  (``lake.query``): building it, then the median of a one-month StudyDate query;
+- creating a cohort of ~100,000 member instances (``create_cohort``).
+
+Goals (issue 14.5), at 10 million rows: series < 300 ms, count(*) < 50 ms, one UID < 50 ms,
+date range < 200 ms, C-FIND STUDY < 50 ms, cohort of 100,000 < 2 s; at 1 million rows no
+figure worse than before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("LAKE_BENCH_CATALOG", ROOT / ".bench" / "catalog"))
+SHARED = Path(os.environ.get("LAKE_SHARED_DATA") or ROOT.parent / "shared" / "data")
+PHI = CACHE / "phi-600"
+COMMIT_ROWS = 50_000
+COHORT_MEMBERS = 100_000
+
+GOALS_MS = {
+    "series cohort query": 300,
+    "count(*)": 50,
+    "one SOPInstanceUID": 50,
+    "studies in one month": 200,
+    "C-FIND STUDY, one month": 50,
+    "cohort of ~100,000 instances": 2000,
+}
+
+
+def _append(lk: Any, table: Any) -> None:
+    from lake.catalog import INSTANCES
+
+    lk.tables.append(INSTANCES, table)
+
+
+def build(rows: int) -> Path:
+    """A lake of ``rows`` generated instance rows (cached)."""
+    import lake
+    from benchmarks._catalog_data import Generator, templates
+
+    root = CACHE / f"lake-{rows}"
+    facts = root / "facts.json"
+    if facts.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    table = templates(CACHE, SHARED, PHI)
+    lk = lake.init(root / "lake", vault=root / "vault")
+    generator = Generator(table)
+    started = time.perf_counter()
+    done = 0
+    probe = ""
+    for batch in generator.batches(rows, COMMIT_ROWS):
+        _append(lk, batch)
+        done += batch.num_rows
+        if not probe and done >= rows // 2:
+            probe = str(batch.column("SOPInstanceUID")[batch.num_rows // 3].as_py())
+        print(f"\r  writing {rows:,} rows: {done:,} ({time.perf_counter() - started:.0f} s)",
+              end="", flush=True)
+    print()
+    lk.refresh()
+    window = _cohort_window(lk)
+    size = sum(f.stat().st_size for f in (root / "lake" / "tables" / "instances").glob("*.parquet"))
+    facts.write_text(json.dumps({
+        "rows": rows, "probe_uid": probe, "cohort_from": window[0], "cohort_to": window[1],
+        "seconds": time.perf_counter() - started, "parquet_bytes": size,
+    }))
+    return root
+
+
+def _cohort_window(lk: Any) -> tuple[str, str]:
+    """A SeriesDate window from 2010-01-01 holding ~COHORT_MEMBERS instances."""
+    counts = lk.sql(
+        "SELECT SeriesDate AS d, count(*) AS n FROM instances WHERE SeriesDate >= DATE "
+        "'2010-01-01' GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    total = 0
+    for day, n in counts:
+        total += n
+        if total >= COHORT_MEMBERS:
+            return "2010-01-01", day.isoformat()
+    return "2010-01-01", counts[-1][0].isoformat()
+
+
+def _median_ms(run: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """(median, first) in ms."""
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times), times[0]
+
+
+def _note(results: dict[str, tuple[float, float]], name: str, value: tuple[float, float]) -> None:
+    results[name] = value
+    if name.startswith("("):  # a count, not a time
+        print(f"    {name:<32}{value[0]:>10,.0f}", flush=True)
+    else:
+        print(f"    {name:<32}{value[0]:>10.1f} ms (first {value[1]:.0f})", flush=True)
+
+
+def measure(root: Path, repeat: int, skip: set[str]) -> dict[str, tuple[float, float]]:
+    import lake
+
+    facts = json.loads((root / "facts.json").read_text())
+    lk = lake.open(root / "lake")
+    results: dict[str, tuple[float, float]] = {}
+
+    def open_catalog() -> None:
+        lk.refresh()
+        lk.catalog()
+
+    _note(results, "open the catalog", _median_ms(open_catalog, 3))
+    queries = {
+        "series cohort query": "SELECT SeriesInstanceUID FROM series WHERE Modality = 'MR' "
+        "AND SeriesDate BETWEEN DATE '2016-01-01' AND DATE '2016-06-30' AND instance_count >= 20",
+        "count(*)": "SELECT count(*) FROM instances",
+        "one SOPInstanceUID": f"SELECT * FROM instances WHERE SOPInstanceUID = "
+        f"'{facts['probe_uid']}'",
+        "studies in one month": "SELECT * FROM studies WHERE StudyDate BETWEEN "
+        "DATE '2015-03-01' AND DATE '2015-03-31'",
+    }
+    for name, sql in queries.items():
+        rows = lk.sql(sql).fetchall()
+        assert rows, name
+        _note(results, name, _median_ms(partial(_fetch, lk, sql), repeat))
+
+    if "cfind" not in skip:
+        _cfind_guarded(root, results, repeat)
+    if "cohort" not in skip:
+        _cohort(lk, facts, results)
+    return results
+
+
+def _fetch(lk: Any, sql: str) -> object:
+    return lk.sql(sql).fetchall()
+
+
+CFIND_RSS_LIMIT = 4 * 2**30
+
+
+def _cfind_guarded(root: Path, results: dict[str, tuple[float, float]], repeat: int) -> None:
+    """C-FIND measured in a child process, stopped if it holds more than CFIND_RSS_LIMIT
+    (an index that copies every row into memory would take the shared machine down)."""
+    import subprocess
+
+    import psutil
+
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--cfind-child", str(root), "--repeat", str(repeat)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    proc = psutil.Process(child.pid)
+    peak = 0
+    while child.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.Error:
+            break
+        if peak > CFIND_RSS_LIMIT:
+            child.kill()
+            child.wait()
+            print(f"    C-FIND index: stopped at {peak / 2**30:.1f} GB of memory "
+                  f"(limit {CFIND_RSS_LIMIT / 2**30:.0f} GB)", flush=True)
+            return
+        time.sleep(0.1)
+    out = child.stdout.read() if child.stdout else ""
+    for name, value in json.loads(out.strip().splitlines()[-1]).items():
+        _note(results, name, (float(value[0]), float(value[1])))
+    _note(results, "(C-FIND peak memory, MB)", (peak / 2**20, peak / 2**20))
+
+
+def _cfind_child(root: Path, repeat: int) -> None:
+    import lake
+
+    results: dict[str, tuple[float, float]] = {}
+    _cfind(lake.open(root / "lake"), results, repeat, quiet=True)
+    print(json.dumps(results))
+
+
+def _cfind(lk: Any, results: dict[str, tuple[float, float]], repeat: int,
+           quiet: bool = False) -> None:
+    def note(into: dict[str, tuple[float, float]], name: str, value: tuple[float, float]) -> None:
+        if quiet:
+            into[name] = value
+        else:
+            _note(into, name, value)
+
+    from lake.query import Level, SnapshotCache, identifier_from_filters, parse_identifier
+
+    cache = SnapshotCache(lk.tables)
+    try:
+        started = time.perf_counter()
+        cache.current()
+        build_ms = (time.perf_counter() - started) * 1000
+        note(results, "C-FIND index build", (build_ms, build_ms))
+        level, keys = parse_identifier(
+            identifier_from_filters(["StudyDate=20150301-20150331", "PatientID",
+                                     "ModalitiesInStudy", "NumberOfStudyRelatedInstances"]),
+            list(Level),
+        )
+        assert cache.current().find(level, keys)
+        note(results, "C-FIND STUDY, one month",
+             _median_ms(lambda: cache.current().find(level, keys), repeat))
+    finally:
+        cache.close()
+
+
+def _cohort(lk: Any, facts: dict[str, Any], results: dict[str, tuple[float, float]]) -> None:
+    from lake.export import create_cohort
+
+    sql = (f"SELECT SeriesInstanceUID FROM series WHERE SeriesDate BETWEEN "
+           f"DATE '{facts['cohort_from']}' AND DATE '{facts['cohort_to']}'")
+    members: list[int] = []
+
+    def cohort() -> None:
+        members.append(len(create_cohort(lk, "bench-100k", sql, replace=True).members))
+
+    _note(results, "cohort of ~100,000 instances", _median_ms(cohort, 3))
+    _note(results, "(cohort members)", (float(members[-1]), float(members[-1])))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="1000000,10000000")
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--skip", default="", help="comma-separated: cfind, cohort")
+    parser.add_argument("--cfind-child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.cfind_child:
+        _cfind_child(Path(args.cfind_child), args.repeat)
+        return 0
+    sizes = [int(x) for x in args.rows.split(",") if x]
+    print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
+    table: dict[int, dict[str, tuple[float, float]]] = {}
+    for rows in sizes:
+        root = build(rows)
+        facts = json.loads((root / "facts.json").read_text())
+        print(f"{rows:,} rows: {facts['parquet_bytes'] / 1e9:.2f} GB of Parquet, written in "
+              f"{facts['seconds']:.0f} s")
+        table[rows] = measure(root, args.repeat, set(args.skip.split(",")))
+    names = list(dict.fromkeys(n for t in table.values() for n in t))
+    print(f"\n{'ms: median (first)':<32}" + "".join(f"{r:>22,}" for r in sizes) + "   goal")
+    for name in names:
+        cells = "".join(
+            f"{table[r][name][0]:>13.1f} ({table[r][name][1]:>6.0f})" if name in table[r]
+            else f"{'-':>22}" for r in sizes)
+        goal = GOALS_MS.get(name)
+        verdict = ""
+        if goal is not None and max(sizes) >= 10_000_000:
+            got = table[max(sizes)].get(name)
+            verdict = f"   < {goal}: " + ("not run" if got is None else
+                                         "met" if got[0] < goal else "MISSED")
+        print(f"{name:<32}{cells}{verdict}")
+    print(f"load average {os.getloadavg()[0]:.2f} at the end; {dt.datetime.now():%Y-%m-%d %H:%M}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
