@@ -63,7 +63,7 @@ def templates(cache: Path, shared: Path, phi: Path) -> pa.Table:
 
     path = cache / "templates.parquet"
     if path.exists():
-        return pq.read_table(path)
+        return _plain(pq.read_table(path))
     work = cache / "template-lake"
     shutil.rmtree(work, ignore_errors=True)
     lk = lake.init(work / "lake", vault=work / "vault")
@@ -72,7 +72,17 @@ def templates(cache: Path, shared: Path, phi: Path) -> pa.Table:
     cache.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
     shutil.rmtree(work, ignore_errors=True)
-    return table
+    return _plain(table)
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    """``table`` in the declared types of ``instances`` (delta-rs reads strings back as
+    ``string_view``, which ``take`` does not handle)."""
+    from lake.catalog import INSTANCES
+
+    declared = INSTANCES.schema
+    names = [n for n in declared.names if n in table.schema.names]
+    return table.select(names).cast(pa.schema([declared.field(n) for n in names]))
 
 
 def _uid(length: int, counter: int) -> str:
@@ -125,13 +135,17 @@ class Generator:
     Parameters
     ----------
     table : pyarrow.Table
-        Template rows (see :func:`templates`), with the target schema.
+        Template rows (see :func:`templates`).
+    schema : pyarrow.Schema
+        The schema of the rows to make (the lake's ``instances``); columns the templates
+        lack are null.
     seed : int
         Random seed.
     """
 
-    def __init__(self, table: pa.Table, seed: int = 14) -> None:
+    def __init__(self, table: pa.Table, schema: pa.Schema, seed: int = 14) -> None:
         self.table = table
+        self.schema = schema
         self.random = random.Random(seed)
         rows = table.select([*_UID_COLUMNS, "header_json", "header_dicom"]).to_pylist()
         self.templates: list[_Template] = []
@@ -213,10 +227,20 @@ class Generator:
             columns["ingested_at"] = pa.array(
                 [started + dt.timedelta(seconds=done + i) for i in range(n)],
                 type=pa.timestamp("us", tz="UTC"))
-            kept = self.table.drop_columns(list(columns)).take(take)
-            schema = self.table.schema
+            # What the commit path computes from the headers.
+            headers = columns["header_dicom"].to_pylist()
+            columns["header_sha256"] = pa.array(
+                [hashlib.sha256(h).hexdigest() for h in headers], type=pa.string())
+            # identity_sha256 is a hash of header_json (without PixelData): as random per row.
+            columns["identity_sha256"] = pa.array(
+                [hashlib.sha256(h[:64]).hexdigest() for h in headers], type=pa.string())
+            kept = self.table.drop_columns([c for c in columns if c in self.table.schema.names])
+            kept = kept.take(take)
+            schema = self.schema
             table = pa.Table.from_arrays(
-                [columns[f.name] if f.name in columns else kept.column(f.name) for f in schema],
+                [columns[f.name] if f.name in columns else
+                 kept.column(f.name) if f.name in kept.schema.names else
+                 pa.nulls(n, f.type) for f in schema],
                 schema=schema,
             )
             done += n

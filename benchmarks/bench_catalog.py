@@ -43,6 +43,7 @@ CACHE = Path(os.environ.get("LAKE_BENCH_CATALOG", ROOT / ".bench" / "catalog"))
 SHARED = Path(os.environ.get("LAKE_SHARED_DATA") or ROOT.parent / "shared" / "data")
 PHI = CACHE / "phi-600"
 COMMIT_ROWS = 50_000
+LAYOUT = 2  # bump when the lake's file layout changes: cached lakes are rebuilt
 COHORT_MEMBERS = 100_000
 
 GOALS_MS = {
@@ -66,14 +67,16 @@ def build(rows: int) -> Path:
     import lake
     from benchmarks._catalog_data import Generator, templates
 
-    root = CACHE / f"lake-{rows}"
+    root = CACHE / f"lake-v{LAYOUT}-{rows}"
     facts = root / "facts.json"
     if facts.exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
     table = templates(CACHE, SHARED, PHI)
     lk = lake.init(root / "lake", vault=root / "vault")
-    generator = Generator(table)
+    from lake.catalog import INSTANCES
+
+    generator = Generator(table, INSTANCES.schema)
     started = time.perf_counter()
     done = 0
     probe = ""
@@ -87,11 +90,39 @@ def build(rows: int) -> Path:
     print()
     lk.refresh()
     window = _cohort_window(lk)
-    size = sum(f.stat().st_size for f in (root / "lake" / "tables" / "instances").glob("*.parquet"))
+    files = lk.tables.open("instances").file_uris()
+    size = sum(Path(u.replace("file://", "")).stat().st_size for u in files)
     facts.write_text(json.dumps({
         "rows": rows, "probe_uid": probe, "cohort_from": window[0], "cohort_to": window[1],
-        "seconds": time.perf_counter() - started, "parquet_bytes": size,
+        "seconds": time.perf_counter() - started, "parquet_bytes": size, "files": len(files),
     }))
+    return root
+
+
+def compacted(rows: int) -> Path:
+    """The lake of :func:`build` after ``lake.catalog.compact`` (cached as a copy)."""
+    import lake
+    from lake.catalog import compact
+
+    source = build(rows)
+    root = CACHE / f"lake-v{LAYOUT}-{rows}-compacted"
+    facts = root / "facts.json"
+    if facts.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(source, root)
+    (root / "facts.json").unlink()
+    started = time.perf_counter()
+    done = compact(lake.open(root / "lake").tables)
+    seconds = time.perf_counter() - started
+    data = json.loads((source / "facts.json").read_text())
+    instances = next(c for c in done if c.table == "instances")
+    lk = lake.open(root / "lake")
+    files = lk.tables.open("instances").file_uris()
+    data.update(compact_seconds=seconds, files_removed=instances.files_removed,
+                files=len(files), parquet_bytes=sum(
+                    Path(u.replace("file://", "")).stat().st_size for u in files))
+    facts.write_text(json.dumps(data))
     return root
 
 
@@ -139,16 +170,7 @@ def measure(root: Path, repeat: int, skip: set[str]) -> dict[str, tuple[float, f
         lk.catalog()
 
     _note(results, "open the catalog", _median_ms(open_catalog, 3))
-    queries = {
-        "series cohort query": "SELECT SeriesInstanceUID FROM series WHERE Modality = 'MR' "
-        "AND SeriesDate BETWEEN DATE '2016-01-01' AND DATE '2016-06-30' AND instance_count >= 20",
-        "count(*)": "SELECT count(*) FROM instances",
-        "one SOPInstanceUID": f"SELECT * FROM instances WHERE SOPInstanceUID = "
-        f"'{facts['probe_uid']}'",
-        "studies in one month": "SELECT * FROM studies WHERE StudyDate BETWEEN "
-        "DATE '2015-03-01' AND DATE '2015-03-31'",
-    }
-    for name, sql in queries.items():
+    for name, sql in _queries(facts).items():
         rows = lk.sql(sql).fetchall()
         assert rows, name
         _note(results, name, _median_ms(partial(_fetch, lk, sql), repeat))
@@ -158,6 +180,56 @@ def measure(root: Path, repeat: int, skip: set[str]) -> dict[str, tuple[float, f
     if "cohort" not in skip:
         _cohort(lk, facts, results)
     return results
+
+
+OLD_VIEWS = """
+CREATE TEMP VIEW series AS SELECT SeriesInstanceUID, any_value(StudyInstanceUID) AS
+ StudyInstanceUID, any_value(Modality) AS Modality, any_value(SeriesDate) AS SeriesDate,
+ count(*) AS instance_count, sum(size_bytes) AS size_bytes, count(DISTINCT pixel_hash) AS
+ distinct_pixel_blobs FROM instances GROUP BY SeriesInstanceUID;
+CREATE TEMP VIEW studies AS SELECT StudyInstanceUID, any_value(PatientID) AS PatientID,
+ any_value(StudyDate) AS StudyDate, list_sort(list_distinct(list(Modality) FILTER (WHERE
+ Modality IS NOT NULL))) AS ModalitiesInStudy, count(DISTINCT SeriesInstanceUID) AS
+ NumberOfStudyRelatedSeries, count(*) AS NumberOfStudyRelatedInstances, sum(size_bytes) AS
+ size_bytes FROM instances GROUP BY StudyInstanceUID
+"""
+
+
+def measure_old_path(root: Path) -> dict[str, tuple[float, float]]:
+    """The read path before this work, rebuilt here as the same-run baseline: the Delta
+    table registered in DuckDB as an Arrow dataset, views aggregating instance rows."""
+    import duckdb
+
+    import lake
+
+    facts = json.loads((root / "facts.json").read_text())
+    lk = lake.open(root / "lake")
+    results: dict[str, tuple[float, float]] = {}
+    con = duckdb.connect()
+    started = time.perf_counter()
+    con.register("instances", lk.tables.dataset("instances"))
+    for statement in OLD_VIEWS.split(";"):
+        con.execute(statement)
+    _note(results, "open the catalog", ((time.perf_counter() - started) * 1000,) * 2)
+    for name, sql in _queries(facts).items():
+        _note(results, name, _median_ms(partial(_fetch_con, con, sql), 1))
+    return results
+
+
+def _fetch_con(con: Any, sql: str) -> object:
+    return con.sql(sql).fetchall()
+
+
+def _queries(facts: dict[str, Any]) -> dict[str, str]:
+    return {
+        "series cohort query": "SELECT SeriesInstanceUID FROM series WHERE Modality = 'MR' "
+        "AND SeriesDate BETWEEN DATE '2016-01-01' AND DATE '2016-06-30' AND instance_count >= 20",
+        "count(*)": "SELECT count(*) FROM instances",
+        "one SOPInstanceUID": f"SELECT * FROM instances WHERE SOPInstanceUID = "
+        f"'{facts['probe_uid']}'",
+        "studies in one month": "SELECT * FROM studies WHERE StudyDate BETWEEN "
+        "DATE '2015-03-01' AND DATE '2015-03-31'",
+    }
 
 
 def _fetch(lk: Any, sql: str) -> object:
@@ -253,33 +325,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default="1000000,10000000")
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--skip", default="", help="comma-separated: cfind, cohort")
+    parser.add_argument("--old-path-up-to", type=int, default=1_000_000,
+                        help="measure the old read path on lakes up to this many rows")
     parser.add_argument("--cfind-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.cfind_child:
         _cfind_child(Path(args.cfind_child), args.repeat)
         return 0
     sizes = [int(x) for x in args.rows.split(",") if x]
+    skip = set(args.skip.split(","))
     print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
-    table: dict[int, dict[str, tuple[float, float]]] = {}
+    columns: dict[str, dict[str, tuple[float, float]]] = {}
     for rows in sizes:
-        root = build(rows)
-        facts = json.loads((root / "facts.json").read_text())
-        print(f"{rows:,} rows: {facts['parquet_bytes'] / 1e9:.2f} GB of Parquet, written in "
-              f"{facts['seconds']:.0f} s")
-        table[rows] = measure(root, args.repeat, set(args.skip.split(",")))
-    names = list(dict.fromkeys(n for t in table.values() for n in t))
-    print(f"\n{'ms: median (first)':<32}" + "".join(f"{r:>22,}" for r in sizes) + "   goal")
+        label = f"{rows / 1e6:g}M"
+        written, packed = build(rows), compacted(rows)
+        for state, root in (("as written", written), ("compacted", packed)):
+            facts = json.loads((root / "facts.json").read_text())
+            extra = (f"; compacted in {facts['compact_seconds']:.0f} s"
+                     if "compact_seconds" in facts else
+                     f"; written in {facts['seconds']:.0f} s")
+            print(f"\n{rows:,} rows {state}: {facts['files']} files, "
+                  f"{facts['parquet_bytes'] / 1e9:.2f} GB of Parquet{extra}", flush=True)
+            columns[f"{label} {state}"] = measure(root, args.repeat, skip)
+        if rows <= args.old_path_up_to:
+            print(f"\n{rows:,} rows as written, the old read path (one run each):", flush=True)
+            columns[f"{label} old path"] = measure_old_path(written)
+    names = list(dict.fromkeys(n for t in columns.values() for n in t))
+    print(f"\n{'ms: median (first)':<30}" + "".join(f"{c:>21}" for c in columns) + "   goal")
+    final = f"{max(sizes) / 1e6:g}M compacted"
     for name in names:
         cells = "".join(
-            f"{table[r][name][0]:>13.1f} ({table[r][name][1]:>6.0f})" if name in table[r]
-            else f"{'-':>22}" for r in sizes)
+            f"{col[name][0]:>12.1f} ({col[name][1]:>6.0f})" if name in col else f"{'-':>21}"
+            for col in columns.values())
         goal = GOALS_MS.get(name)
         verdict = ""
         if goal is not None and max(sizes) >= 10_000_000:
-            got = table[max(sizes)].get(name)
+            got = columns[final].get(name)
             verdict = f"   < {goal}: " + ("not run" if got is None else
                                          "met" if got[0] < goal else "MISSED")
-        print(f"{name:<32}{cells}{verdict}")
+        print(f"{name:<30}{cells}{verdict}")
+    for rows in sizes:
+        label = f"{rows / 1e6:g}M"
+        old, new = columns.get(f"{label} old path"), columns[f"{label} compacted"]
+        if old:
+            ratios = ", ".join(f"{n} {old[n][0] / new[n][0]:.0f}x" for n in old if n in new)
+            print(f"{label}: old read path / compacted (>1: faster now): {ratios}")
     print(f"load average {os.getloadavg()[0]:.2f} at the end; {dt.datetime.now():%Y-%m-%d %H:%M}")
     return 0
 

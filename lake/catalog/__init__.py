@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING
 
+from lake.catalog._compact import Compacted, compact
 from lake.catalog._journal import BatchJournal, complete_batches, record_batch
 from lake.catalog._query import Catalog, locked_connection, query_error
 from lake.catalog._schema import (
@@ -22,6 +23,7 @@ from lake.catalog._schema import (
     Column,
     Table,
 )
+from lake.catalog._summary import prune_summaries, write_summaries
 from lake.catalog._tables import Decision, DeltaTables, Inserted, Judged, arrow_dataset
 
 if TYPE_CHECKING:
@@ -45,17 +47,21 @@ __all__ = [
     "BatchJournal",
     "Catalog",
     "Column",
+    "Compacted",
     "Decision",
     "DeltaTables",
     "Inserted",
     "Judged",
     "Table",
     "arrow_dataset",
+    "compact",
     "complete_batches",
     "dicom_values",
     "locked_connection",
+    "prune_summaries",
     "query_error",
     "record_batch",
+    "write_summaries",
 ]
 
 

@@ -9,10 +9,11 @@ from importlib import resources
 import duckdb
 
 from lake._errors import QueryError
+from lake.catalog._scan import Scan, scan_summaries, scan_table
 from lake.catalog._schema import INSTANCES, TABLES
 from lake.catalog._tables import DeltaTables
 
-__all__ = ["Catalog", "locked_connection", "query_error"]
+__all__ = ["Catalog", "lock_down", "locked_connection", "query_error", "refuse_writes"]
 
 # Applied in this order once the trusted set-up is done; the last one freezes them all, so
 # user SQL cannot turn any back on (nor change any other setting).
@@ -28,6 +29,9 @@ _REFUSED = (
     "SQL over the catalog cannot read or write files, attach databases, load extensions "
     "or change settings"
 )
+# Statements that write files or open databases: refused before DuckDB sees them, so that
+# even the catalog's own data files (which its views read) cannot be written or attached.
+_WRITING = frozenset({"COPY", "EXPORT", "ATTACH", "DETACH", "LOAD", "INSTALL", "SET"})
 
 
 def locked_connection(
@@ -75,16 +79,53 @@ def locked_connection(
     try:
         if threads is not None:
             con.execute(f"SET threads = {int(threads)}")
-        for name, data in (sources or {}).items():
-            con.register(name, data)
-        for statement in setup:
-            con.execute(statement)
-        for statement in _LOCKDOWN:
-            con.execute(statement)
+        lock_down(con, sources or {}, setup)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def lock_down(
+    con: duckdb.DuckDBPyConnection,
+    sources: Mapping[str, object],
+    setup: Sequence[str],
+    readable: Sequence[str] = (),
+) -> None:
+    """Register ``sources``, run the trusted ``setup``, then lock ``con`` down.
+
+    ``readable`` names the only files DuckDB may still open afterwards (the data files the
+    views read with DuckDB's own Parquet reader); :meth:`Catalog.sql` refuses statements
+    that could write them or open them as databases.
+    """
+    for name, data in sources.items():
+        con.register(name, data)
+    for statement in setup:
+        con.execute(statement)
+    if readable:
+        con.execute("SET allowed_paths = " + "[" + ", ".join(
+            "'" + path.replace("'", "''") + "'" for path in readable) + "]")
+    con.execute("SET parquet_metadata_cache = true")
+    for statement in _LOCKDOWN:
+        con.execute(statement)
+
+
+def refuse_writes(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    """Raise :class:`QueryError` when ``query`` holds a statement that writes files, opens a
+    database or changes a setting (see :data:`_WRITING`).
+
+    Raises
+    ------
+    QueryError
+        If a statement is refused, or the text does not parse.
+    """
+    try:
+        statements = con.extract_statements(query)
+    except duckdb.Error as exc:
+        raise query_error(exc) from None
+    for statement in statements:
+        if str(statement.type).rsplit(".", 1)[-1] in _WRITING:
+            raise QueryError(f"query refused: {_REFUSED}")
 
 
 def query_error(exc: BaseException) -> QueryError:
@@ -129,32 +170,34 @@ class Catalog:
         self.tables = tables
         self.as_of = as_of
         self.versions: dict[str, int] = {}
-        sources: dict[str, object] = {}
-        setup: list[str] = []
         when = self._moment(as_of) if as_of is not None else None
-        for table in (t for t in TABLES if t.queryable):
-            version: int | None = None
-            if table.name == INSTANCES.name:
-                version = as_of
-            elif when is not None and tables.exists(table.name):
-                version = tables.version_at(table.name, when)
-                if version is None:  # the table did not exist yet: empty then
-                    sources[f"{table.name}_delta"] = table.schema.empty_table()
-            if f"{table.name}_delta" in sources:
-                pass
-            elif table.name != INSTANCES.name and not tables.exists(table.name):
-                # A lake made by an older release lacks a newer table: it reads as empty
-                # (the next 'lake init' or write creates it).
-                sources[f"{table.name}_delta"] = table.schema.empty_table()
-            else:
-                delta = tables.open(table.name, version)
-                self.versions[table.name] = int(delta.version())
-                sources[f"{table.name}_delta"] = tables.dataset(table.name, delta.version())
-            setup.append(
-                f"CREATE OR REPLACE TEMP VIEW {table.name} AS SELECT {_select_list(table.name)} "
-                f"FROM {table.name}_delta"
-            )
-        self.con = locked_connection(sources, [*setup, *_view_statements()])
+        con = duckdb.connect()
+        try:
+            scan = Scan()
+            for table in (t for t in TABLES if t.queryable):
+                delta = None
+                if table.name == INSTANCES.name:
+                    delta = tables.open(table.name, as_of)
+                elif tables.exists(table.name):
+                    # (A lake made by an older release lacks a newer table: it reads as
+                    # empty; the next 'lake init' or write creates it.)
+                    version = None if when is None else tables.version_at(table.name, when)
+                    if when is None or version is not None:  # else: it did not exist yet
+                        delta = tables.open(table.name, version)
+                if delta is not None:
+                    self.versions[table.name] = int(delta.version())
+                raw = scan_table(con, scan, tables, table, delta)
+                scan.statements.append(
+                    f"CREATE OR REPLACE TEMP VIEW {table.name} AS SELECT "
+                    f"{_select_list(table.name)} FROM {raw}"
+                )
+                if table.name == INSTANCES.name and delta is not None:
+                    scan_summaries(con, scan, tables, delta)
+            lock_down(con, scan.sources, [*scan.statements, *_view_statements()], scan.readable)
+        except BaseException:
+            con.close()
+            raise
+        self.con = con
 
     def _moment(self, as_of: int) -> dt.datetime | None:
         """Just before the ``instances`` commit after ``as_of`` (now for the latest)."""
@@ -180,6 +223,7 @@ class Catalog:
             If DuckDB rejects the query (errors raised later, while the relation is
             fetched, are DuckDB's own: turn them into one with :func:`query_error`).
         """
+        refuse_writes(self.con, query)
         try:
             return self.con.sql(query)
         except duckdb.Error as exc:

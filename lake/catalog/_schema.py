@@ -188,6 +188,12 @@ _LAKE_INSTANCE_COLUMNS: tuple[Column, ...] = (
         "The de-identified Part-10 instance without PixelData (exact bytes for reassembly).",
     ),
     _c(
+        "header_sha256",
+        pa.string(),
+        "sha256 (hex) of header_dicom, so cohorts pin their members without reading the "
+        "headers (null on rows written before it existed: computed from header_dicom then).",
+    ),
+    _c(
         "identity_sha256",
         pa.string(),
         "sha256 of header_json without its PixelData entry: the same instance in another "

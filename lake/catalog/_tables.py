@@ -6,21 +6,25 @@ import datetime as dt
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from lake._errors import CatalogError
+from lake.catalog._layout import writer_properties
 from lake.catalog._retry import Backoff
-from lake.catalog._schema import ERASURES, TABLES, Table
+from lake.catalog._schema import ERASURES, INSTANCES, TABLES, Table
+from lake.catalog._summary import fs_path, write_summaries
 from lake.store import Location
+
+if TYPE_CHECKING:  # pyarrow.dataset imports pandas (0.3 s): loaded where a dataset is made
+    import pyarrow.dataset as ds
 
 __all__ = [
     "Decision",
@@ -50,6 +54,8 @@ def arrow_dataset(delta: DeltaTable) -> ds.Dataset:
     here). A local table is read with pyarrow's native LocalFileSystem, which never calls
     back; a remote one keeps deltalake's filesystem.
     """
+    import pyarrow.dataset as ds
+
     dataset = delta.to_pyarrow_dataset()
     uri = delta.table_uri
     if not uri.startswith("file://"):
@@ -208,6 +214,8 @@ class DeltaTables:
         filters it correctly, and row groups are still pruned by the Parquet statistics.
         Columns added to the table later read as null from older files.
         """
+        import pyarrow.dataset as ds
+
         delta = arrow_dataset(self.open(name, version))
         fragments = [
             delta.format.make_fragment(fragment.path, filesystem=delta.filesystem)
@@ -439,12 +447,21 @@ class DeltaTables:
             custom_metadata=dict(metadata) if metadata else None,
             max_commit_retries=0 if exclusive else None,
         )
+        name = delta.table_uri.rstrip("/").rsplit("/", 1)[-1]
+        before = set(delta.file_uris()) if name == INSTANCES.name else set()
+        layout = writer_properties(name)
         if replace is None:
-            write_deltalake(delta, data, mode="append", commit_properties=properties)
+            write_deltalake(
+                delta, data, mode="append", writer_properties=layout, commit_properties=properties
+            )
         else:
             write_deltalake(
-                delta, data, mode="overwrite", predicate=replace, commit_properties=properties
+                delta, data, mode="overwrite", predicate=replace, writer_properties=layout,
+                commit_properties=properties,
             )
+        if name == INSTANCES.name:  # the series/study summary of each file just added
+            added = [fs_path(uri) for uri in delta.file_uris() if uri not in before]
+            write_summaries(self, files=added)
         return int(delta.version())
 
 
@@ -559,6 +576,8 @@ def _matching(
     ``string_view`` columns, whose statistics Arrow cannot compare with a ``string``
     filter; the dataset's declared (Delta) types make Arrow read every file as strings.
     """
+    import pyarrow.dataset as ds
+
     key = columns[0]
     if not fragments:
         return _concat(table, columns, [])

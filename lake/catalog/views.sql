@@ -1,5 +1,8 @@
 -- Catalog views over the `instances` table (registered from Delta by lake.catalog).
 -- One statement per view; each column is described in docs/catalog.md.
+-- They aggregate `series_parts` and `study_parts`: per data file of `instances`, one row per
+-- series (study) of the rows in that file, written when the file is committed
+-- (lake/catalog/_summary.py); a file without them is aggregated from its rows on the fly.
 
 -- series: one row per series; counts and sizes over its instances.
 CREATE OR REPLACE TEMP VIEW series AS
@@ -17,15 +20,14 @@ SELECT
     any_value(ManufacturerModelName) AS ManufacturerModelName,
     any_value(FrameOfReferenceUID) AS FrameOfReferenceUID,
     any_value(SliceThickness) AS SliceThickness,
-    any_value(Rows) AS "Rows",
+    any_value("Rows") AS "Rows",
     any_value("Columns") AS "Columns",
-    count(*) AS instance_count,
-    sum(coalesce(NumberOfFrames, 1)) AS frame_count,
-    sum(size_bytes) AS size_bytes,
-    count(DISTINCT pixel_hash) AS distinct_pixel_blobs,
-    min(ingested_at) AS first_ingested_at,
-    max(ingested_at) AS last_ingested_at
-FROM instances
+    CAST(sum(instance_count) AS BIGINT) AS instance_count,
+    CAST(sum(frame_count) AS BIGINT) AS frame_count,
+    CAST(sum(size_bytes) AS BIGINT) AS size_bytes,
+    min(first_ingested_at) AS first_ingested_at,
+    max(last_ingested_at) AS last_ingested_at
+FROM series_parts
 GROUP BY SeriesInstanceUID;
 
 -- studies: one row per study.
@@ -34,13 +36,14 @@ SELECT
     StudyInstanceUID,
     any_value(PatientID) AS PatientID,
     any_value(StudyDate) AS StudyDate,
-    any_value(StudyTime) AS StudyTime,
+    CAST(any_value(StudyTime) AS TIME) AS StudyTime,
     any_value(StudyDescription) AS StudyDescription,
-    list_sort(list_distinct(list(Modality) FILTER (WHERE Modality IS NOT NULL))) AS ModalitiesInStudy,
-    count(DISTINCT SeriesInstanceUID) AS NumberOfStudyRelatedSeries,
-    count(*) AS NumberOfStudyRelatedInstances,
-    sum(size_bytes) AS size_bytes
-FROM instances
+    list_sort(list_distinct(flatten(list(modalities)))) AS ModalitiesInStudy,
+    CASE WHEN count(*) = 1 THEN len(any_value(series))
+         ELSE len(list_distinct(flatten(list(series)))) END AS NumberOfStudyRelatedSeries,
+    CAST(sum(instance_count) AS BIGINT) AS NumberOfStudyRelatedInstances,
+    CAST(sum(size_bytes) AS BIGINT) AS size_bytes
+FROM study_parts
 GROUP BY StudyInstanceUID;
 
 -- patients: one row per (pseudonymous) patient.
@@ -51,7 +54,7 @@ SELECT
     any_value(PatientAge) AS PatientAge,
     count(DISTINCT StudyInstanceUID) AS NumberOfPatientRelatedStudies,
     count(DISTINCT SeriesInstanceUID) AS NumberOfPatientRelatedSeries,
-    count(*) AS NumberOfPatientRelatedInstances,
-    sum(size_bytes) AS size_bytes
-FROM instances
+    CAST(sum(instance_count) AS BIGINT) AS NumberOfPatientRelatedInstances,
+    CAST(sum(size_bytes) AS BIGINT) AS size_bytes
+FROM series_parts
 GROUP BY PatientID;

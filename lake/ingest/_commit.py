@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -94,6 +95,8 @@ def commit_batch(
             row["ingested_at"] = now
             if row.get("identity_sha256") is None:
                 row["identity_sha256"] = identity_sha256(row["header_json"])
+            if row.get("header_sha256") is None and row.get("header_dicom") is not None:
+                row["header_sha256"] = hashlib.sha256(row["header_dicom"]).hexdigest()
             accepted.append((index, row))
             batch.actions.update(outcome.actions)
             batch.blobs_written += int(outcome.blob_written)

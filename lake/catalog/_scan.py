@@ -1,0 +1,224 @@
+"""How DuckDB reads a version of a Delta table: its own Parquet reader over the log's files.
+
+For a local lake every view reads ``read_parquet`` over exactly the data files of the version
+(taken from the Delta log), not an Arrow dataset: DuckDB then answers ``count(*)`` from the
+files' footers, skips row groups by their statistics and Bloom filters (a UID lookup reads
+one row group of hundreds), and reads only the columns a query names. Measured in
+``docs/performance.md`` ("The catalog at 10 million instances").
+
+Files written before a column was added lack it: files are grouped by their Parquet schema
+(read from their footers once, which also warms DuckDB's metadata cache for the first
+query) and each group is read with one ``read_parquet``; ``UNION ALL BY NAME`` with an
+empty table of the declared schema gives every view all declared columns, typed, with
+NULL where a file has none.
+
+Remote lakes (``s3://...``) keep Arrow datasets: DuckDB would need its ``httpfs`` extension,
+which is downloaded at run time and not available offline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from lake.catalog._schema import INSTANCES, Table
+from lake.catalog._summary import (
+    SERIES_PARTS,
+    STUDY_PARTS,
+    data_files,
+    parts_sql,
+    studies_from_series_sql,
+    summaries_of,
+)
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    from lake.catalog._tables import DeltaTables
+
+__all__ = ["Scan", "duckdb_type", "scan_summaries", "scan_table"]
+
+
+def duckdb_type(type_: pa.DataType) -> str:
+    """The DuckDB type of an Arrow type of the catalog's schema.
+
+    Raises
+    ------
+    TypeError
+        For a type the catalog does not use (add it here when the schema gains one).
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> duckdb_type(pa.list_(pa.struct([pa.field("a", pa.string())])))
+    'STRUCT("a" VARCHAR)[]'
+    """
+    import pyarrow as pa
+
+    simple = {
+        pa.string(): "VARCHAR", pa.large_string(): "VARCHAR", pa.string_view(): "VARCHAR",
+        pa.binary(): "BLOB", pa.large_binary(): "BLOB", pa.bool_(): "BOOLEAN",
+        pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER",
+        pa.int64(): "BIGINT", pa.float32(): "FLOAT", pa.float64(): "DOUBLE",
+        pa.date32(): "DATE",
+    }
+    if type_ in simple:
+        return simple[type_]
+    if pa.types.is_timestamp(type_):
+        return "TIMESTAMPTZ" if type_.tz else "TIMESTAMP"
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        return duckdb_type(type_.value_type) + "[]"
+    if pa.types.is_struct(type_):
+        fields = ", ".join(f'"{f.name}" {duckdb_type(f.type)}' for f in type_)
+        return f"STRUCT({fields})"
+    if pa.types.is_map(type_):
+        return f"MAP({duckdb_type(type_.key_type)}, {duckdb_type(type_.item_type)})"
+    raise TypeError(f"no DuckDB type for {type_}")
+
+
+def _columns_ddl(table: Table) -> str:
+    return ", ".join(f'"{c.name}" {duckdb_type(c.type)}' for c in table.columns)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _file_list(files: Sequence[str]) -> str:
+    return "[" + ", ".join(_quote(f) for f in files) + "]"
+
+
+def _read_parquet(files: Sequence[str], *, filename: bool = False) -> str:
+    return (
+        f"read_parquet({_file_list(files)}, hive_partitioning = false, "
+        f"filename = {'true' if filename else 'false'})"
+    )
+
+
+@dataclass
+class Scan:
+    """What a catalog connection needs to read tables: Arrow sources to register, trusted
+    statements to run before the lockdown, and the files user SQL may read through them."""
+
+    sources: dict[str, object] = field(default_factory=dict)
+    statements: list[str] = field(default_factory=list)
+    readable: list[str] = field(default_factory=list)
+
+
+def _groups(con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> list[list[str]]:
+    """``files`` grouped by Parquet schema (one footer read per file, then cached)."""
+    rows = con.sql(
+        "SELECT file_name, string_agg(concat_ws(':', name, type, logical_type, "
+        "num_children), ',' ORDER BY rowid) FROM (SELECT *, row_number() OVER () AS rowid "
+        f"FROM parquet_schema({_file_list(files)})) GROUP BY file_name"
+    ).fetchall()
+    by_schema: dict[str, list[str]] = {}
+    for name, fingerprint in rows:
+        by_schema.setdefault(str(fingerprint), []).append(str(name))
+    order = {f: i for i, f in enumerate(files)}
+    return [sorted(g, key=order.__getitem__) for g in by_schema.values()]
+
+
+def _union(con: duckdb.DuckDBPyConnection, empty: str, files: Sequence[str],
+           *, filename: bool = False) -> str:
+    """A relation over ``files`` with every column of the registered empty table ``empty``."""
+    parts = [f"SELECT * FROM {empty}"]
+    if files:
+        parts += [f"SELECT * FROM {_read_parquet(g, filename=filename)}"
+                  for g in _groups(con, files)]
+    return " UNION ALL BY NAME ".join(parts)
+
+
+def scan_table(
+    con: duckdb.DuckDBPyConnection,
+    scan: Scan,
+    tables: DeltaTables,
+    table: Table,
+    delta: DeltaTable | None,
+) -> str:
+    """Register what reads ``table`` at ``delta`` (None: the table does not exist) and
+    return the name of the relation holding its rows.
+
+    ``con`` is the (not yet locked) connection: footers are read through it.
+    """
+    raw = f"{table.name}_delta"
+    empty = f"{table.name}_empty"
+    # Typed in SQL rather than registered from Arrow: registering Arrow data makes DuckDB's
+    # Python layer import pandas (0.3 s on every command).
+    scan.statements.append(f"CREATE OR REPLACE TEMP TABLE {empty} ({_columns_ddl(table)})")
+    if delta is None:
+        scan.statements.append(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT * FROM {empty}")
+        return raw
+    if not tables.location.is_local:
+        scan.sources[f"{raw}_arrow"] = tables.dataset(table.name, delta.version())
+        scan.statements.append(
+            f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT * FROM {empty} "
+            f"UNION ALL BY NAME SELECT * FROM {raw}_arrow"
+        )
+        return raw
+    files = data_files(tables, delta)
+    scan.readable += files
+    body = _union(con, empty, files)
+    scan.statements.append(f"CREATE OR REPLACE TEMP VIEW {raw} AS {body}")
+    return raw
+
+
+def scan_summaries(
+    con: duckdb.DuckDBPyConnection, scan: Scan, tables: DeltaTables, delta: DeltaTable
+) -> None:
+    """Register ``series_parts`` and ``study_parts`` for the ``instances`` version ``delta``:
+    the summaries of its data files, and for files without one, an aggregation of their rows.
+    """
+    files = data_files(tables, delta)
+    found = summaries_of(tables, files)
+    missing_rows = None
+    if found.missing:
+        if tables.location.is_local:
+            scan.readable += found.missing
+            body = _union(con, f"{INSTANCES.name}_empty", found.missing, filename=True)
+            missing_rows = "instances_unsummarised"
+            scan.statements.append(f"CREATE OR REPLACE TEMP VIEW {missing_rows} AS {body}")
+            name_of = "parse_filename(filename)"
+        else:
+            missing_rows = "instances_unsummarised"
+            scan.sources[missing_rows] = _remote_dataset(tables, found.missing)
+            name_of = "NULL::VARCHAR"
+    for kind, paths in ((SERIES_PARTS, found.series), (STUDY_PARTS, found.studies)):
+        parts: list[str] = []
+        if paths:
+            if tables.location.is_local:
+                scan.readable += paths
+                parts.append(f"SELECT * FROM {_read_parquet(paths)}")
+            else:
+                scan.sources[f"{kind}_stored"] = _remote_table(tables, paths)
+                parts.append(f"SELECT * FROM {kind}_stored")
+        if missing_rows is not None:
+            series = parts_sql(SERIES_PARTS, missing_rows, name_of)
+            parts.append(series if kind == SERIES_PARTS else
+                         studies_from_series_sql(f"({series})"))
+        if not parts:
+            series = parts_sql(SERIES_PARTS, f"(FROM {INSTANCES.name}_empty)", "NULL::VARCHAR")
+            parts.append(series if kind == SERIES_PARTS else studies_from_series_sql(f"({series})"))
+        scan.statements.append(
+            f"CREATE OR REPLACE TEMP VIEW {kind} AS {' UNION ALL BY NAME '.join(parts)}"
+        )
+
+
+def _remote_table(tables: DeltaTables, paths: Sequence[str]) -> object:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs = tables.location.fs
+    return pa.concat_tables([pq.read_table(p, filesystem=fs) for p in paths])
+
+
+def _remote_dataset(tables: DeltaTables, paths: Sequence[str]) -> object:
+    import pyarrow.dataset as pads
+
+    from lake.catalog._tables import view_schema
+
+    return pads.dataset(list(paths), schema=view_schema(INSTANCES.schema),
+                        format="parquet", filesystem=tables.location.fs)

@@ -1,0 +1,300 @@
+"""Series and study summaries of each data file, written when the file is committed.
+
+The ``series``, ``studies`` and ``patients`` views aggregate instance rows. Over ten million
+rows that costs seconds, so each data file of ``instances`` gets two small summaries beside
+it, computed once when the file is committed (by an ingest batch, a compaction): one row per
+series (``series_parts``) and one per study (``study_parts``) of the rows in that file, with
+the counts, sums and lists the views need. The views aggregate those partial rows instead,
+a few hundred thousand rows for ten million instances.
+
+Summaries are derived data, never a second source of truth:
+
+- A data file is immutable and its name is unique, so its summary is a pure function of it:
+  written with an atomic rename (or a single object put), written again identically by a
+  concurrent or repeated writer, never half-written.
+- A reader takes the summaries of exactly the data files of the version it reads; a data
+  file whose summary is missing (a crash between the commit and the summary, a file
+  written by an older release) is aggregated from its rows on the fly. Files removed by a
+  compaction or a delete are simply not read, so the views stay exact at every version.
+- They live below ``<table>/_summary/v1/``: Delta ignores paths starting with ``_``, so
+  ``vacuum`` never takes them; :func:`prune_summaries` removes those whose data file is gone.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+from lake.catalog._schema import INSTANCES
+from lake.store import atomic_write
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    from lake.catalog._tables import DeltaTables
+
+__all__ = [
+    "SERIES_PARTS",
+    "STUDY_PARTS",
+    "SUMMARY_DIR",
+    "Summaries",
+    "data_files",
+    "fs_path",
+    "parts_sql",
+    "prune_summaries",
+    "studies_from_series_sql",
+    "summaries_of",
+    "write_summaries",
+]
+
+SUMMARY_DIR = "_summary/v1"
+"""Below the ``instances`` table; a new layout of the parts gets a new version."""
+
+SERIES_PARTS = "series_parts"
+STUDY_PARTS = "study_parts"
+
+# Columns each summary reads from a data file (those the views and the DICOM query levels use).
+_READ = (
+    "PatientID", "PatientSex", "PatientAge", "PatientWeight", "PatientSize",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyDescription",
+    "SeriesInstanceUID", "SeriesNumber", "SeriesDate", "SeriesTime", "SeriesDescription",
+    "Modality", "BodyPartExamined", "ProtocolName", "Manufacturer", "ManufacturerModelName",
+    "FrameOfReferenceUID", "SliceThickness", "Rows", "Columns", "NumberOfFrames",
+    "SOPInstanceUID", "SOPClassUID", "size_bytes", "pixel_bytes", "ingested_at",
+)
+
+_PATIENT_STUDY = (
+    "PatientID", "PatientSex", "PatientAge", "PatientWeight", "PatientSize",
+    "StudyDate", "StudyTime", "StudyDescription",
+)
+_SERIES = (
+    "StudyInstanceUID", *_PATIENT_STUDY, "Modality", "SeriesNumber", "SeriesDate",
+    "SeriesTime", "SeriesDescription", "BodyPartExamined", "ProtocolName", "Manufacturer",
+    "ManufacturerModelName", "FrameOfReferenceUID", "SliceThickness", "Rows", "Columns",
+)
+
+
+def _q(name: str) -> str:
+    return '"' + name + '"'
+
+
+def parts_sql(kind: str, source: str, data_file: str) -> str:
+    """The SQL that summarises the rows of ``source`` (one data file, or several when
+    ``data_file`` is a column expression naming each row's file) into ``kind`` parts.
+
+    Parameters
+    ----------
+    kind : str
+        :data:`SERIES_PARTS` or :data:`STUDY_PARTS`.
+    source : str
+        A relation holding instance rows.
+    data_file : str
+        An SQL expression for the data file a row comes from (a quoted literal, or
+        ``filename`` for ``read_parquet(..., filename=true)``).
+    """
+    counts = [
+        "count(*) AS instance_count",
+        'CAST(sum(coalesce("NumberOfFrames", 1)) AS BIGINT) AS frame_count',
+        "CAST(sum(size_bytes) AS BIGINT) AS size_bytes",
+        "CAST(sum(pixel_bytes) AS BIGINT) AS pixel_bytes",
+        "min(ingested_at) AS first_ingested_at",
+        "max(ingested_at) AS last_ingested_at",
+        "min(SOPInstanceUID) AS first_sop",
+        "list_distinct(list(Modality) FILTER (WHERE Modality IS NOT NULL)) AS modalities",
+        "list_distinct(list(SOPClassUID) FILTER (WHERE SOPClassUID IS NOT NULL)) AS sop_classes",
+    ]
+    attrs: tuple[str, ...]
+    if kind == SERIES_PARTS:
+        key, attrs = "SeriesInstanceUID", _SERIES
+    elif kind == STUDY_PARTS:
+        key, attrs = "StudyInstanceUID", _PATIENT_STUDY
+        counts.append("list_distinct(list(SeriesInstanceUID) FILTER (WHERE SeriesInstanceUID "
+                      "IS NOT NULL)) AS series")
+    else:
+        raise ValueError(kind)
+    columns = [f"{data_file} AS data_file", _q(key)]
+    columns += [f"any_value({_q(a)}) AS {_q(a)}" for a in attrs]
+    return f"SELECT {', '.join(columns + counts)} FROM {source} GROUP BY ALL"
+
+
+@dataclass(frozen=True)
+class Summaries:
+    """Where the summaries of one table version are, and which data files lack them.
+
+    Attributes
+    ----------
+    series, studies : tuple of str
+        Paths (or URLs for remote lakes) of the summaries that exist.
+    missing : tuple of str
+        Paths of the data files whose summaries do not exist (aggregated on the fly).
+    """
+
+    series: tuple[str, ...]
+    studies: tuple[str, ...]
+    missing: tuple[str, ...]
+
+
+def _summary_path(root: str, data_file: str, kind: str) -> str:
+    name = posixpath.basename(data_file)
+    return posixpath.join(root, SUMMARY_DIR, kind, name)
+
+
+def _listing(tables: DeltaTables, kind: str) -> set[str]:
+    fs = tables.location.fs
+    folder = posixpath.join(tables.location.join("tables", INSTANCES.name), SUMMARY_DIR, kind)
+    try:
+        return {posixpath.basename(p) for p in fs.ls(folder, detail=False)}
+    except FileNotFoundError:
+        return set()
+
+
+def data_files(tables: DeltaTables, delta: DeltaTable) -> list[str]:
+    """The data files of ``delta`` as paths on the lake's filesystem."""
+    return [fs_path(uri) for uri in delta.file_uris()]
+
+
+def fs_path(uri: str) -> str:
+    """The fsspec path of a deltalake file URI (``file:///a/b`` -> ``/a/b``,
+    ``s3://bucket/k`` -> ``bucket/k``)."""
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    path = unquote(parts.path)
+    return path if parts.scheme == "file" else f"{parts.netloc}{path}"
+
+
+def summaries_of(tables: DeltaTables, files: Sequence[str]) -> Summaries:
+    """Which of ``files`` (data files of ``instances``) have summaries, and where."""
+    root = tables.location.join("tables", INSTANCES.name)
+    have = _listing(tables, SERIES_PARTS) & _listing(tables, STUDY_PARTS)
+    covered = [f for f in files if posixpath.basename(f) in have]
+    missing = tuple(f for f in files if posixpath.basename(f) not in have)
+    return Summaries(
+        tuple(_summary_path(root, f, SERIES_PARTS) for f in covered),
+        tuple(_summary_path(root, f, STUDY_PARTS) for f in covered),
+        missing,
+    )
+
+
+def _summarise(con: duckdb.DuckDBPyConnection, tables: DeltaTables, data_file: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs = tables.location.fs
+    root = tables.location.join("tables", INSTANCES.name)
+    with fs.open(data_file, "rb") as fh:
+        reader = pq.ParquetFile(fh)
+        present = set(reader.schema_arrow.names)
+        columns = [c for c in _READ if c in present]
+        batches = reader.iter_batches(columns=columns, batch_size=65_536)
+        schema = reader.schema_arrow
+        stream = pa.RecordBatchReader.from_batches(
+            pa.schema([schema.field(c) for c in columns]), batches
+        )
+        con.register("summary_source", stream)
+        missing = [c for c in _READ if c not in present]
+        source = "summary_source"
+        if missing:  # a file written before a column existed: the column reads as null
+            nulls = ", ".join(f"NULL AS {_q(c)}" for c in missing)
+            source = f"(SELECT *, {nulls} FROM summary_source)"
+        name = "'" + posixpath.basename(data_file).replace("'", "''") + "'"
+        # One pass over the file: series parts, then study parts from the series rows.
+        series = _table(con.sql(parts_sql(SERIES_PARTS, source, name)).arrow())
+        con.unregister("summary_source")
+    con.register("series_rows", series)
+    studies = _table(con.sql(studies_from_series_sql("series_rows")).arrow())
+    con.unregister("series_rows")
+    for kind, table in ((STUDY_PARTS, studies), (SERIES_PARTS, series)):
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd")
+        # The series summary last: a file counts as summarised once both exist.
+        atomic_write(fs, _summary_path(root, data_file, kind), sink.getvalue())
+
+
+def _table(result: object) -> pa.Table:
+    """A whole Arrow table from DuckDB's ``.arrow()`` (a table, or a reader to drain)."""
+    import pyarrow as pa
+
+    if isinstance(result, pa.Table):
+        return result
+    read_all = getattr(result, "read_all", None)
+    if read_all is None:
+        raise TypeError(f"unexpected DuckDB result {type(result).__name__}")
+    table = read_all()
+    assert isinstance(table, pa.Table)
+    return table
+
+
+def studies_from_series_sql(source: str) -> str:
+    """The SQL that turns series parts (``source``) into study parts, per data file."""
+    attrs = ", ".join(f"any_value({_q(a)}) AS {_q(a)}" for a in _PATIENT_STUDY)
+    return (
+        f"SELECT data_file, StudyInstanceUID, {attrs}, "
+        "CAST(sum(instance_count) AS BIGINT) AS instance_count, "
+        "CAST(sum(frame_count) AS BIGINT) AS frame_count, "
+        "CAST(sum(size_bytes) AS BIGINT) AS size_bytes, "
+        "CAST(sum(pixel_bytes) AS BIGINT) AS pixel_bytes, "
+        "min(first_ingested_at) AS first_ingested_at, max(last_ingested_at) AS "
+        "last_ingested_at, min(first_sop) AS first_sop, "
+        "list_distinct(flatten(list(modalities))) AS modalities, "
+        "list_distinct(flatten(list(sop_classes))) AS sop_classes, "
+        "list_distinct(list(SeriesInstanceUID) FILTER (WHERE SeriesInstanceUID IS NOT NULL)) "
+        f"AS series FROM {source} GROUP BY data_file, StudyInstanceUID"
+    )
+
+
+def write_summaries(
+    tables: DeltaTables, delta: DeltaTable | None = None, files: Sequence[str] | None = None
+) -> int:
+    """Write the summaries of data files of ``instances``; returns how many were written.
+
+    Parameters
+    ----------
+    tables : DeltaTables
+        The lake's tables.
+    delta : DeltaTable, optional
+        The version whose files lacking a summary are summarised (default: the newest).
+    files : sequence of str, optional
+        Summarise exactly these data files (paths, as :func:`data_files` gives them):
+        what a commit just added, without listing the summaries already written.
+
+    Safe to run concurrently and to repeat: a summary is a pure function of its immutable
+    data file, written with an atomic rename or a single object put.
+    """
+    import duckdb
+
+    if files is not None:
+        todo: Sequence[str] = files
+    else:
+        delta = delta if delta is not None else tables.open(INSTANCES.name)
+        todo = summaries_of(tables, data_files(tables, delta)).missing
+    if not todo:
+        return 0
+    con = duckdb.connect()
+    try:
+        con.execute("SET threads = 1")
+        for data_file in todo:
+            _summarise(con, tables, data_file)
+    finally:
+        con.close()
+    return len(todo)
+
+
+def prune_summaries(tables: DeltaTables, keep: Iterable[str]) -> int:
+    """Remove the summaries whose data file is not in ``keep`` (the names of data files
+    still on storage, e.g. after ``vacuum``); returns how many were removed."""
+    names = {posixpath.basename(f) for f in keep}
+    fs = tables.location.fs
+    root = tables.location.join("tables", INSTANCES.name)
+    removed = 0
+    for kind in (SERIES_PARTS, STUDY_PARTS):
+        for name in _listing(tables, kind) - names:
+            fs.rm(posixpath.join(root, SUMMARY_DIR, kind, name))
+            removed += 1
+    return removed
