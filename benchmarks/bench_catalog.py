@@ -43,7 +43,7 @@ CACHE = Path(os.environ.get("LAKE_BENCH_CATALOG", ROOT / ".bench" / "catalog"))
 SHARED = Path(os.environ.get("LAKE_SHARED_DATA") or ROOT.parent / "shared" / "data")
 PHI = CACHE / "phi-600"
 COMMIT_ROWS = 50_000
-LAYOUT = 2  # bump when the lake's file layout changes: cached lakes are rebuilt
+LAYOUT = 3  # bump when the lake's file layout changes: cached lakes are rebuilt
 COHORT_MEMBERS = 100_000
 
 GOALS_MS = {
@@ -100,7 +100,7 @@ def build(rows: int) -> Path:
 
 
 def compacted(rows: int) -> Path:
-    """The lake of :func:`build` after ``lake.catalog.compact`` (cached as a copy)."""
+    """The lake of :func:`build` after ``lake.catalog.compact(sort_by_date=True)`` (cached)."""
     import lake
     from lake.catalog import compact
 
@@ -113,7 +113,7 @@ def compacted(rows: int) -> Path:
     shutil.copytree(source, root)
     (root / "facts.json").unlink()
     started = time.perf_counter()
-    done = compact(lake.open(root / "lake").tables)
+    done = compact(lake.open(root / "lake").tables, sort_by_date=True)
     seconds = time.perf_counter() - started
     data = json.loads((source / "facts.json").read_text())
     instances = next(c for c in done if c.table == "instances")

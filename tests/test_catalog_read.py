@@ -199,3 +199,20 @@ def test_files_of_different_schemas_read_together(tmp_path: Path) -> None:
     assert len(_groups(con, [str(new), str(old)])) == 2
     rows = con.sql(_union(con, "t_empty", [str(new), str(old)])).fetchall()
     assert sorted(rows, key=str) == [(1, "x", None), (2, "y", None), (3, "z", 1.5)]
+
+
+def test_cohort_members_are_every_instance_of_its_series(several: lake.Lake) -> None:
+    """Members are found with a StudyDate range taken from the series summaries (so files
+    sorted by date prune): every instance of each series still joins, undated ones too."""
+    compact(several.tables, ["instances"], sort_by_date=True)
+    several.refresh()
+    undated = several.sql("SELECT count(*) FROM instances WHERE StudyDate IS NULL").fetchall()
+    assert undated[0][0] > 0  # the samples include instances without a StudyDate
+    for query in ("SELECT SeriesInstanceUID FROM series",
+                  "SELECT SeriesInstanceUID FROM series WHERE SeriesDate IS NULL",
+                  "SELECT SeriesInstanceUID FROM series WHERE Modality = 'CT'"):
+        cohort = create_cohort(several, "c", query, replace=True)
+        want = several.sql(
+            f"SELECT SOPInstanceUID FROM instances WHERE SeriesInstanceUID IN ({query})"
+        ).fetchall()
+        assert sorted(m.sop_uid for m in cohort.members) == sorted(u for (u,) in want), query

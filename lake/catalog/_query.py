@@ -106,6 +106,7 @@ def lock_down(
         con.execute("SET allowed_paths = " + "[" + ", ".join(
             "'" + path.replace("'", "''") + "'" for path in readable) + "]")
     con.execute("SET parquet_metadata_cache = true")
+    con.execute("SET enable_progress_bar = false")  # it would print to the user's terminal
     for statement in _LOCKDOWN:
         con.execute(statement)
 

@@ -106,6 +106,11 @@ def parts_sql(kind: str, source: str, data_file: str) -> str:
         "min(ingested_at) AS first_ingested_at",
         "max(ingested_at) AS last_ingested_at",
         "min(SOPInstanceUID) AS first_sop",
+        # Exact date bounds of the rows, so a query for these series can add a date range
+        # that row-group statistics prune (files sorted by date: lake.catalog.compact).
+        "min(StudyDate) AS study_date_min",
+        "max(StudyDate) AS study_date_max",
+        "count(*) FILTER (WHERE StudyDate IS NULL) AS study_date_nulls",
         "list_distinct(list(Modality) FILTER (WHERE Modality IS NOT NULL)) AS modalities",
         "list_distinct(list(SOPClassUID) FILTER (WHERE SOPClassUID IS NOT NULL)) AS sop_classes",
     ]
@@ -242,6 +247,8 @@ def studies_from_series_sql(source: str) -> str:
         "CAST(sum(pixel_bytes) AS BIGINT) AS pixel_bytes, "
         "min(first_ingested_at) AS first_ingested_at, max(last_ingested_at) AS "
         "last_ingested_at, min(first_sop) AS first_sop, "
+        "min(study_date_min) AS study_date_min, max(study_date_max) AS study_date_max, "
+        "CAST(sum(study_date_nulls) AS BIGINT) AS study_date_nulls, "
         "list_distinct(flatten(list(modalities))) AS modalities, "
         "list_distinct(flatten(list(sop_classes))) AS sop_classes, "
         "list_distinct(list(SeriesInstanceUID) FILTER (WHERE SeriesInstanceUID IS NOT NULL)) "

@@ -149,7 +149,7 @@ def _clean_query(sql: str) -> str:
     return text
 
 
-def _member_query(query: str, columns: Sequence[str]) -> str:
+def _member_key(columns: Sequence[str]) -> str:
     if "SOPInstanceUID" in columns:
         key = "SOPInstanceUID"
     elif "SeriesInstanceUID" in columns:
@@ -160,14 +160,41 @@ def _member_query(query: str, columns: Sequence[str]) -> str:
             "SOPInstanceUID column (single instances), e.g. SELECT SeriesInstanceUID FROM series "
             "WHERE Modality = 'CT'"
         )
+    return key
+
+
+def _with(query: str) -> str:
     # The newline before ')' keeps a trailing '-- comment' in the query from swallowing it.
+    return f"WITH cohort_query AS (\n{query}\n)\n"
+
+
+def _date_bounds(lake: Lake, query: str, version: int) -> str:
+    """A StudyDate condition every member row meets, from the series summaries: exact (the
+    summaries hold each series' date range and its rows without a date), and prunable
+    (row groups of files sorted by date are skipped by their statistics)."""
+    low, high, nulls = lake.sql(
+        _with(query) + "SELECT min(study_date_min), max(study_date_max), sum(study_date_nulls) "
+        "FROM series_parts WHERE SeriesInstanceUID IN (SELECT SeriesInstanceUID FROM "
+        "cohort_query WHERE SeriesInstanceUID IS NOT NULL)",
+        as_of=version,
+    ).fetchall()[0]
+    conditions = []
+    if low is not None:
+        conditions.append(f"StudyDate BETWEEN DATE '{low.isoformat()}' AND DATE "
+                          f"'{high.isoformat()}'")
+    if nulls:
+        conditions.append("StudyDate IS NULL")
+    return " OR ".join(conditions) or "FALSE"
+
+
+def _member_query(query: str, key: str, dates: str | None = None) -> str:
     return (
-        f"WITH cohort_query AS (\n{query}\n)\n"
-        "SELECT SeriesInstanceUID, SOPInstanceUID, pixel_hash,"
+        _with(query) + "SELECT SeriesInstanceUID, SOPInstanceUID, pixel_hash,"
         " header_sha256, coalesce(pixel_bytes, 0) AS pixel_bytes,"
         " profile FROM instances"
         f" WHERE {key} IN (SELECT {key} FROM cohort_query WHERE {key} IS NOT NULL)"
-        " ORDER BY SeriesInstanceUID, SOPInstanceUID"
+        + (f" AND ({dates})" if dates else "")
+        + " ORDER BY SeriesInstanceUID, SOPInstanceUID"
     )
 
 
@@ -200,8 +227,9 @@ def resolve_cohort(lake: Lake, sql: str, *, as_of: int | None = None) -> Cohort:
 
     query = _clean_query(sql)
     version = lake.version if as_of is None else as_of
-    columns = lake.sql(query, as_of=version).columns
-    relation = lake.sql(_member_query(query, columns), as_of=version)
+    key = _member_key(lake.sql(query, as_of=version).columns)
+    dates = _date_bounds(lake, query, version) if key == "SeriesInstanceUID" else None
+    relation = lake.sql(_member_query(query, key, dates), as_of=version)
     try:
         table = relation.arrow()
     except Exception as exc:  # noqa: BLE001 - DuckDB raises many types at execution time
