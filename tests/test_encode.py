@@ -193,3 +193,31 @@ def test_edge_elements_equal_pydicom() -> None:
     assert written.file_meta.MediaStorageSOPInstanceUID == "1.2.3.9"
     assert "ImplementationVersionName" in written.file_meta
     assert dict(changed.file_meta.items()) == meta_before
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_json_equals_pydicom_after_deidentification(tmp_path: Path) -> None:
+    """De-identified datasets (sequences walked and partly rewritten by the engine, items
+    still holding raw elements) serialise as pydicom serialises them."""
+    from lake import DeidRefusedError
+    from lake.deid import Deidentifier, load_profile
+    from lake.vault import Secret
+    from tests.deid_corpus import write_corpus
+
+    write_corpus(tmp_path, 2)
+    engine = Deidentifier(load_profile("basic"), Secret(bytes(range(32))))
+
+    def handler(_elem: object) -> str:
+        return "urn:x"
+
+    checked = 0
+    for path in sorted(tmp_path.rglob("*.dcm")):
+        ds = dcmread(path)
+        try:
+            engine.apply(ds)
+        except DeidRefusedError:
+            continue
+        expected = json.dumps(ds.to_json_dict(4096, handler), sort_keys=True)
+        assert json.dumps(header_json(ds, 4096, handler), sort_keys=True) == expected, path.name
+        checked += 1
+    assert checked >= 8

@@ -351,13 +351,29 @@ def header_json(
     codec = _charset(ds)
     if codec is None or ds.is_little_endian is False or ds.original_encoding[1] is False:
         return ds.to_json_dict(bulk_data_threshold, bulk_uri)
+    return _json_dataset(ds, codec, bulk_data_threshold, bulk_uri)
+
+
+def _json_dataset(
+    ds: Dataset, codec: str, bulk_data_threshold: int, bulk_uri: Callable[[Any], str]
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     inline_limit = (bulk_data_threshold // 4) * 3
     for tag in sorted(ds.keys()):
         elem = ds.get_item(tag)
         key = f"{int(tag):08X}"
-        if not (isinstance(elem, RawDataElement) and isinstance(elem.value, bytes)):
-            out[key] = ds[tag].to_json_dict(bulk_uri, bulk_data_threshold)
+        raw = isinstance(elem, RawDataElement) and isinstance(elem.value, bytes)
+        if not raw or elem.VR == "SQ":
+            converted = ds[tag]
+            if converted.VR == "SQ" and isinstance(converted.value, Sequence):
+                # Items of the same dataset: their raw elements take this fast path too
+                # (pydicom would convert every element of every item).
+                out[key] = {"vr": "SQ", "Value": [
+                    _json_item(item, codec, bulk_data_threshold, bulk_uri)
+                    for item in converted.value
+                ]}
+            else:
+                out[key] = converted.to_json_dict(bulk_uri, bulk_data_threshold)
             continue
         vr = elem.VR
         if vr is None:
@@ -392,3 +408,21 @@ def header_json(
             entry = ds[tag].to_json_dict(bulk_uri, bulk_data_threshold)
         out[key] = entry
     return out
+
+
+def _json_item(
+    item: Dataset, codec: str, bulk_data_threshold: int, bulk_uri: Callable[[Any], str]
+) -> dict[str, Any]:
+    """A sequence item as DICOM JSON: the fast path when it was read like its parent (same
+    byte order and VR form; a character set of its own, which the standard allows, or an
+    encoding pydicom did not record sends it to pydicom)."""
+    encoding = getattr(item, "original_encoding", (None, None))
+    if (
+        "SpecificCharacterSet" in item
+        or getattr(item, "is_little_endian", None) is False
+        or encoding[1] is False
+        or encoding[0] is None
+    ):
+        result: dict[str, Any] = item.to_json_dict(bulk_data_threshold, bulk_uri)
+        return result
+    return _json_dataset(item, codec, bulk_data_threshold, bulk_uri)

@@ -39,5 +39,7 @@ def store_rejected(location: Location, data: bytes, key: bytes) -> tuple[str, st
     path = location.join(object_key)
     fs = location.fs
     if not fs.exists(path):
-        atomic_write(fs, path, encrypt(data, key))
+        # Not fsynced one by one (that took a third of the time of quarantining): the batch
+        # commit flushes every file of the batch to disk before its rows name them.
+        atomic_write(fs, path, encrypt(data, key), fsync=False)
     return digest, object_key
