@@ -100,7 +100,7 @@ def build(rows: int) -> Path:
 
 
 def compacted(rows: int) -> Path:
-    """The lake of :func:`build` after ``lake.catalog.compact(sort_by_date=True)`` (cached)."""
+    """The lake of :func:`build` after ``lake.catalog.compact`` (cached as a copy)."""
     import lake
     from lake.catalog import compact
 
@@ -113,7 +113,7 @@ def compacted(rows: int) -> Path:
     shutil.copytree(source, root)
     (root / "facts.json").unlink()
     started = time.perf_counter()
-    done = compact(lake.open(root / "lake").tables, sort_by_date=True)
+    done = compact(lake.open(root / "lake").tables)
     seconds = time.perf_counter() - started
     data = json.loads((source / "facts.json").read_text())
     instances = next(c for c in done if c.table == "instances")

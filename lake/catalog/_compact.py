@@ -5,9 +5,12 @@ instances a table has ten thousand files, and every query opens all of them. Com
 rewrites the small files of a table into files of ``target_size`` bytes with the catalog's
 layout (:mod:`lake.catalog._layout`: ZSTD, 16,384-row groups, Bloom filters on the UID
 columns), in one Delta commit that removes the old files and adds the new ones. Rows keep
-their order (ingest writes a series' instances together, which keeps a series in few row
-groups). Earlier versions stay readable: the old files are removed from the log, not from
-storage, until a vacuum. New files get their series/study summaries.
+their order: ingest writes a series' instances together, and an archive is often ingested
+in date order, which keeps a series, and a date window, in few row groups. (Sorting by date
+here was tried: delta-rs' Z-order ran out of its 1 GB memory pool on a million rows of
+realistic width, and a larger pool does not fit a shared machine.) Earlier versions stay
+readable: the old files are removed from the log, not from storage, until a vacuum. New
+files get their series/study summaries.
 
 Concurrent writers are safe: delta-rs commits the rewrite only if no file it read was
 removed meanwhile (appends in between do not conflict), and the catalog's exactly-once
@@ -30,13 +33,10 @@ from lake.catalog._summary import write_summaries
 if TYPE_CHECKING:
     from lake.catalog._tables import DeltaTables
 
-__all__ = ["SPILL_BYTES", "TARGET_FILE_BYTES", "Compacted", "compact"]
+__all__ = ["TARGET_FILE_BYTES", "Compacted", "compact"]
 
 TARGET_FILE_BYTES = 512 * 2**20
 """Files smaller than this are rewritten, into files of about this size."""
-
-SPILL_BYTES = 2**30
-"""Memory a date sort may hold before it spills to disk (delta-rs' default is 20 GB)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,6 @@ def compact(
     names: Sequence[str] | None = None,
     *,
     target_size: int = TARGET_FILE_BYTES,
-    sort_by_date: bool = False,
 ) -> list[Compacted]:
     """Compact the catalog's tables (default: every table that exists).
 
@@ -79,11 +78,6 @@ def compact(
         Table names to compact.
     target_size : int
         Bytes per file written; files at least this large are left as they are.
-    sort_by_date : bool
-        Also sort ``instances`` by StudyDate (delta-rs Z-order on one column), rewriting
-        every file: row groups then span short date ranges, so a query or a cohort whose
-        series lie in a date window reads only those row groups. Slower than the default
-        bin-packing (minutes for ten million rows), which only merges small files.
 
     Returns
     -------
@@ -109,15 +103,9 @@ def compact(
         if names is None and not tables.exists(table.name):
             continue
         delta = tables.open(table.name)
-        if sort_by_date and table.name == INSTANCES.name:
-            metrics = delta.optimize.z_order(
-                ["StudyDate"], target_size=target_size, max_spill_size=SPILL_BYTES,
-                writer_properties=writer_properties(table),
-            )
-        else:
-            metrics = delta.optimize.compact(
-                target_size=target_size, writer_properties=writer_properties(table)
-            )
+        metrics = delta.optimize.compact(
+            target_size=target_size, writer_properties=writer_properties(table)
+        )
         summaries = 0
         if table.name == INSTANCES.name:
             summaries = write_summaries(tables, delta)

@@ -107,7 +107,8 @@ def parts_sql(kind: str, source: str, data_file: str) -> str:
         "max(ingested_at) AS last_ingested_at",
         "min(SOPInstanceUID) AS first_sop",
         # Exact date bounds of the rows, so a query for these series can add a date range
-        # that row-group statistics prune (files sorted by date: lake.catalog.compact).
+        # that row-group statistics prune where files hold dates in order (an archive
+        # ingested chronologically).
         "min(StudyDate) AS study_date_min",
         "max(StudyDate) AS study_date_max",
         "count(*) FILTER (WHERE StudyDate IS NULL) AS study_date_nulls",

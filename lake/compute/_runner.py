@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -121,8 +122,11 @@ class Runner(AbstractContextManager["Runner"]):
     def map(self, func: Callable[[T, Any], R], tasks: Iterable[T], shared: Any) -> Iterator[R]:
         """Yield ``func(task, shared)`` for each task, in completion order.
 
-        ``shared`` is sent to the workers once, not with every task. While a local cluster
-        is still starting, tasks run in this process; the rest go to the cluster.
+        ``shared`` is sent to each worker once, not with every task, and held there in a
+        worker plugin, in memory: data scattered the usual way may be spilled to the
+        worker's disk under memory pressure, and ``shared`` may hold keys (an ingest's
+        de-identification engine and quarantine key). While a local cluster is still
+        starting, tasks run in this process; the rest go to the cluster.
         """
         iterator = iter(tasks)
         while self._client is None and not self._local_ready():
@@ -132,16 +136,22 @@ class Runner(AbstractContextManager["Runner"]):
             yield func(task, shared)  # type: ignore[arg-type]
         from distributed import as_completed
 
-        shared_future = self._client.scatter(shared, broadcast=True)
-        pending = as_completed()
-        for task in iterator:
-            pending.add(self._client.submit(func, task, shared_future, pure=False))
-            if pending.count() >= self.window:
-                break
-        for future in pending:
-            result = future.result()
-            future.release()
+        from lake.compute._plugin import Shared, call_with_shared
+
+        name = f"lake-shared-{uuid.uuid4().hex}"
+        self._client.register_plugin(Shared(shared), name=name)
+        try:
+            pending = as_completed()
             for task in iterator:
-                pending.add(self._client.submit(func, task, shared_future, pure=False))
-                break
-            yield result
+                pending.add(self._client.submit(call_with_shared, func, task, name, pure=False))
+                if pending.count() >= self.window:
+                    break
+            for future in pending:
+                result = future.result()
+                future.release()
+                for task in iterator:
+                    pending.add(self._client.submit(call_with_shared, func, task, name, pure=False))
+                    break
+                yield result
+        finally:
+            self._client.unregister_worker_plugin(name)

@@ -171,7 +171,7 @@ def _with(query: str) -> str:
 def _date_bounds(lake: Lake, query: str, version: int) -> str:
     """A StudyDate condition every member row meets, from the series summaries: exact (the
     summaries hold each series' date range and its rows without a date), and prunable
-    (row groups of files sorted by date are skipped by their statistics)."""
+    (row groups holding other dates are skipped by their statistics)."""
     low, high, nulls = lake.sql(
         _with(query) + "SELECT min(study_date_min), max(study_date_max), sum(study_date_nulls) "
         "FROM series_parts WHERE SeriesInstanceUID IN (SELECT SeriesInstanceUID FROM "
