@@ -100,9 +100,9 @@ def build(rows: int) -> Path:
 
 
 def compacted(rows: int) -> Path:
-    """The lake of :func:`build` after ``lake.catalog.compact`` (cached as a copy)."""
+    """The lake of :func:`build` after ``lake.steward.compact`` (cached as a copy)."""
     import lake
-    from lake.catalog import compact
+    from lake.steward import compact
 
     source = build(rows)
     root = CACHE / f"lake-v{LAYOUT}-{rows}-compacted"
@@ -113,13 +113,13 @@ def compacted(rows: int) -> Path:
     shutil.copytree(source, root)
     (root / "facts.json").unlink()
     started = time.perf_counter()
-    done = compact(lake.open(root / "lake").tables)
+    done = compact(lake.open(root / "lake"), target_mb=512)
     seconds = time.perf_counter() - started
     data = json.loads((source / "facts.json").read_text())
     instances = next(c for c in done if c.table == "instances")
     lk = lake.open(root / "lake")
     files = lk.tables.open("instances").file_uris()
-    data.update(compact_seconds=seconds, files_removed=instances.files_removed,
+    data.update(compact_seconds=seconds, files_removed=instances.files_before,
                 files=len(files), parquet_bytes=sum(
                     Path(u.replace("file://", "")).stat().st_size for u in files))
     facts.write_text(json.dumps(data))

@@ -14,10 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import lake
-from lake.catalog import INSTANCES, compact, write_summaries
+from lake.catalog import INSTANCES, write_summaries
 from lake.catalog._scan import _groups, _union
 from lake.catalog._summary import SUMMARY_DIR, data_files
 from lake.export import create_cohort
+from lake.steward import compact
 from tests.series import write_ct_series
 
 # What the views held before summaries: the same aggregates over instance rows.
@@ -112,11 +113,12 @@ def test_compaction_keeps_rows_versions_and_views(several: lake.Lake) -> None:
     before_version = several.version
     before = sorted(several.sql("SELECT SOPInstanceUID, header_sha256 FROM instances").fetchall())
     files_before = len(data_files(several.tables, several.tables.open("instances")))
-    done = {c.table: c for c in compact(several.tables)}
-    assert done["instances"].files_removed == files_before > 1
-    assert done["instances"].files_added == 1
+    done = {c.table: c for c in compact(several)}
+    assert done["instances"].files_before == files_before > 1
+    assert done["instances"].files_after == 1
     several.refresh()
-    assert len(data_files(several.tables, several.tables.open("instances"))) == 1
+    (path,) = data_files(several.tables, several.tables.open("instances"))
+    assert (_summary_dir(several) / "series_parts" / Path(path).name).exists()
     assert sorted(several.sql("SELECT SOPInstanceUID, header_sha256 FROM instances")
                   .fetchall()) == before
     _views_match(several)
@@ -126,7 +128,7 @@ def test_compaction_keeps_rows_versions_and_views(several: lake.Lake) -> None:
 
 
 def test_compacted_files_have_bloom_filters_on_uids(several: lake.Lake) -> None:
-    compact(several.tables, ["instances"])
+    compact(several)
     (path,) = data_files(several.tables, several.tables.open("instances"))
     rows = duckdb.sql(
         f"SELECT path_in_schema, bloom_filter_offset FROM parquet_metadata('{path}')"
@@ -136,9 +138,21 @@ def test_compacted_files_have_bloom_filters_on_uids(several: lake.Lake) -> None:
     assert "header_json" not in blooms
 
 
-def test_compact_refuses_an_unknown_table(several: lake.Lake) -> None:
-    with pytest.raises(lake.CatalogError, match="no catalog table named nope"):
-        compact(several.tables, ["nope"])
+def test_gc_and_vacuum_keep_the_summaries_of_live_files(several: lake.Lake) -> None:
+    import datetime as dt
+
+    from lake.steward import gc, vacuum
+
+    compact(several)
+    report = gc(several, grace=dt.timedelta(0))
+    assert not any("_summary" in f for f in report.data_files)
+    vacuum(several, retain=dt.timedelta(0), grace=dt.timedelta(0))
+    files = data_files(several.tables, several.tables.open("instances"))
+    for kind in ("series_parts", "study_parts"):
+        names = {p.name for p in (_summary_dir(several) / kind).iterdir()}
+        assert names == {Path(f).name for f in files}  # the compacted-away files' are gone
+    several.refresh()
+    _views_match(several)
 
 
 def test_header_sha256_is_stored_and_used_by_cohorts(several: lake.Lake) -> None:
@@ -182,7 +196,7 @@ def test_user_sql_cannot_write_or_attach_the_files_views_read(several: lake.Lake
         with pytest.raises(lake.QueryError, match="query refused"):
             several.sql(query).fetchall()
     assert Path(path).read_bytes() == original
-    compact(several.tables, ["instances"])
+    compact(several)
     several.refresh()
     # A file the current version no longer reads (compacted away) is out of reach.
     with pytest.raises(lake.QueryError, match="query refused"):

@@ -2,7 +2,6 @@
 
 from typing import TYPE_CHECKING
 
-from lake.catalog._compact import Compacted, compact
 from lake.catalog._journal import BatchJournal, complete_batches, record_batch
 from lake.catalog._query import Catalog, locked_connection, query_error
 from lake.catalog._schema import (
@@ -47,14 +46,12 @@ __all__ = [
     "BatchJournal",
     "Catalog",
     "Column",
-    "Compacted",
     "Decision",
     "DeltaTables",
     "Inserted",
     "Judged",
     "Table",
     "arrow_dataset",
-    "compact",
     "complete_batches",
     "dicom_values",
     "locked_connection",

@@ -424,6 +424,8 @@ class DeltaTables:
             except CommitFailedError as exc:
                 backoff.failed(exc)
                 continue
+            if table.name == INSTANCES.name:  # summaries of the files the delete rewrote
+                write_summaries(self, delta)
             return int(delta.version())
 
     def _write(

@@ -28,7 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lake._errors import CatalogError
-from lake.catalog import DeltaTables, Table
+from lake.catalog import INSTANCES, DeltaTables, Table, prune_summaries
 from lake.store import atomic_write
 
 __all__ = [
@@ -75,7 +75,9 @@ def data_files(tables: DeltaTables, table: Table) -> list[str]:
     out = []
     for name in names:
         relative = str(name)[len(root) :].lstrip("/")
-        if relative.endswith(".parquet") and not relative.startswith(_LOG):
+        # Paths starting with '_' are not data (Delta's convention): the log, and the
+        # per-file summaries below _summary/ (lake.catalog._summary).
+        if relative.endswith(".parquet") and not relative.startswith(("_", _LOG)):
             out.append(relative)
     return sorted(out)
 
@@ -270,6 +272,8 @@ def erase_files(
         path = f"{root}/{relative}"
         if fs.exists(path):
             fs.rm_file(path)
+    if table.name == INSTANCES.name:  # their series/study summaries hold the erased rows' UIDs
+        prune_summaries(tables, data_files(tables, table))
     return HistoryErasure(table.name, tuple(sorted(chosen)), scrubbed, removed)
 
 

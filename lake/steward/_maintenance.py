@@ -24,7 +24,16 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.compute as pc
 
 from lake._errors import ConfigError
-from lake.catalog import COHORTS, INSTANCES, QUARANTINE, TABLES, Table
+from lake.catalog import (
+    COHORTS,
+    INSTANCES,
+    QUARANTINE,
+    TABLES,
+    Table,
+    prune_summaries,
+    write_summaries,
+)
+from lake.catalog._layout import writer_properties
 from lake.steward._history import data_files, live_files, matching_rows
 
 if TYPE_CHECKING:
@@ -64,15 +73,20 @@ def compact(lake: Lake, *, sort: bool = False, target_mb: int = 256) -> list[Com
         while True:
             delta = lake.tables.open(table.name)
             optimizer = delta.optimize
+            layout = writer_properties(table)  # ZSTD, row groups, Bloom filters on UIDs
             try:
                 if sort and table is INSTANCES:
-                    optimizer.z_order(["SOPInstanceUID"], target_size=target_mb << 20)
+                    optimizer.z_order(
+                        ["SOPInstanceUID"], target_size=target_mb << 20, writer_properties=layout
+                    )
                 else:
-                    optimizer.compact(target_size=target_mb << 20)
+                    optimizer.compact(target_size=target_mb << 20, writer_properties=layout)
             except CommitFailedError as exc:
                 backoff.failed(exc)
                 continue
             break
+        if table is INSTANCES:
+            write_summaries(lake.tables)  # the series/study summaries of the new files
         after = live_files(lake.tables, table)
         reports.append(
             CompactReport(
@@ -199,12 +213,14 @@ def gc(lake: Lake, *, grace: dt.timedelta = DEFAULT_GRACE, dry_run: bool = False
         root = lake.location.join("tables", table.name)
         for path, info in _files(lake, "tables", table.name):
             relative = path[len(root) :].lstrip("/")
-            stale_temp = relative.startswith(f"{_LOG}/") and relative.endswith(".tmp")
+            stale_temp = (relative.startswith(f"{_LOG}/") and relative.endswith(".tmp")) or (
+                relative.rsplit("/", 1)[-1].startswith(".tmp-")  # e.g. a summary's, below _summary
+            )
             if stale_temp and old(info):
                 report.temporary.append(path)
             elif (
                 relative.endswith(".parquet")
-                and not relative.startswith(_LOG)
+                and not relative.startswith("_")  # _delta_log, _summary (not data files)
                 and relative not in logged
                 and old(info)
             ):
@@ -319,4 +335,7 @@ def vacuum(
             removed.append(f"{table.name}/{relative}")
             if not dry_run:
                 fs.rm_file(path)
+    if not dry_run and removed:
+        # Summaries of data files no longer on storage (lake.catalog._summary).
+        prune_summaries(lake.tables, data_files(lake.tables, INSTANCES))
     return VacuumReport(tuple(removed), size, oldest)
