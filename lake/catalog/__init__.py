@@ -3,7 +3,7 @@
 from typing import TYPE_CHECKING
 
 from lake.catalog._journal import BatchJournal, complete_batches, record_batch
-from lake.catalog._query import Catalog, locked_connection, query_error
+from lake.catalog._query import Catalog, locked_connection, query_error, views_over_rows
 from lake.catalog._schema import (
     ACQUISITION_COLUMNS,
     AUDIT,
@@ -58,6 +58,7 @@ __all__ = [
     "prune_summaries",
     "query_error",
     "record_batch",
+    "views_over_rows",
     "write_summaries",
 ]
 

@@ -11,9 +11,17 @@ import duckdb
 from lake._errors import QueryError
 from lake.catalog._scan import Scan, scan_summaries, scan_table
 from lake.catalog._schema import INSTANCES, TABLES
+from lake.catalog._summary import SERIES_PARTS, STUDY_PARTS, parts_sql, studies_from_series_sql
 from lake.catalog._tables import DeltaTables
 
-__all__ = ["Catalog", "lock_down", "locked_connection", "query_error", "refuse_writes"]
+__all__ = [
+    "Catalog",
+    "lock_down",
+    "locked_connection",
+    "query_error",
+    "refuse_writes",
+    "views_over_rows",
+]
 
 # Applied in this order once the trusted set-up is done; the last one freezes them all, so
 # user SQL cannot turn any back on (nor change any other setting).
@@ -142,6 +150,22 @@ def _view_statements() -> list[str]:
     text = resources.files("lake.catalog").joinpath("views.sql").read_text()
     body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     return [stmt.strip() for stmt in body.split(";") if stmt.strip()]
+
+
+def views_over_rows(rows: str = INSTANCES.name) -> list[str]:
+    """The statements that define the ``series``, ``studies`` and ``patients`` views over
+    the instance rows of the relation ``rows``, aggregated on the fly (no stored summaries).
+
+    For connections that hold rows of their own choosing (the portal's console: the members
+    of a grant's cohorts), where the summaries of the catalog's data files do not apply.
+    """
+    series = parts_sql(SERIES_PARTS, rows, "NULL::VARCHAR")
+    return [
+        f"CREATE OR REPLACE TEMP VIEW {SERIES_PARTS} AS {series}",
+        f"CREATE OR REPLACE TEMP VIEW {STUDY_PARTS} AS "
+        f"{studies_from_series_sql(f'({series})')}",
+        *_view_statements(),
+    ]
 
 
 def _select_list(name: str) -> str:

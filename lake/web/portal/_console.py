@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -21,7 +20,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lake._errors import QueryError
-from lake.catalog import COHORTS, INSTANCES, arrow_dataset, locked_connection, query_error
+from lake.catalog import (
+    COHORTS,
+    INSTANCES,
+    arrow_dataset,
+    locked_connection,
+    query_error,
+    views_over_rows,
+)
 
 if TYPE_CHECKING:
     from lake._lake import Lake
@@ -40,12 +46,6 @@ class ConsoleResult:
     rows: list[tuple[Any, ...]]
     truncated: bool
     catalog_version: int
-
-
-def _views() -> list[str]:
-    text = resources.files("lake.catalog").joinpath("views.sql").read_text()
-    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
-    return [statement.strip() for statement in body.split(";") if statement.strip()]
 
 
 def _instances_view() -> str:
@@ -91,7 +91,7 @@ def _connection(lake: Lake, grant: Grant) -> tuple[duckdb.DuckDBPyConnection, in
         f"SET memory_limit = '{_MEMORY}'",
         "SET threads = 1",
         _instances_view(),
-        *_views(),
+        *views_over_rows(),
     ]
     if "cohorts_data" in sources:
         setup.append("CREATE OR REPLACE TEMP VIEW cohorts AS SELECT * FROM cohorts_data")
