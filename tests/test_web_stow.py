@@ -10,6 +10,8 @@ import io
 import json
 import logging
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,6 +148,58 @@ def test_study_in_the_path_must_match(web: WebLake, live: tuple[WebServer, httpx
     original = str(dcmread(io.BytesIO(files[0])).StudyInstanceUID)
     assert _post(live, web, _body(files[0]), path="/1.2.3.4").status_code == 409
     assert _post(live, web, _body(files[0]), path=f"/{original}").status_code == 200
+
+
+_CRASH_AFTER_STORING = """
+import os, sys
+import lake
+from lake.web import WebConfig
+from lake.web._multipart import Part
+from lake.web._stow import Store, StoreResult
+
+lk = lake.open(sys.argv[1])
+store = Store(lk, lk.secret(sys.argv[2]), WebConfig(commit_every=10_000, commit_interval=3600))
+result = StoreResult()
+for path in sys.argv[3:]:
+    store.store(Part(headers={"content-type": "application/dicom"},
+                     body=open(path, "rb").read()), None, result)
+assert len(result.stored) == len(sys.argv) - 3, result
+print(store.journal is not None, flush=True)
+os._exit(0)  # a crash: stored (durable), never committed
+"""
+
+
+def test_stored_parts_survive_a_crash_before_the_commit(files: list[bytes], tmp_path: Path) -> None:
+    """What STOW-RS counted as stored is durable before the commit: a process that dies right
+    after storing leaves it in the receipt journal, and the next start commits it."""
+    from lake.web import WebConfig
+    from lake.web._stow import Store
+
+    web = WebLake(lake.init(tmp_path / "lake", vault=tmp_path / "vault"), tmp_path / "vault")
+    paths = []
+    for number, data in enumerate(files):
+        paths.append(tmp_path / f"{number}.dcm")
+        paths[-1].write_bytes(data)
+    crashed = subprocess.run(
+        [sys.executable, "-c", _CRASH_AFTER_STORING, web.lake.root, str(web.vault),
+         *map(str, paths)],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert crashed.returncode == 0, crashed.stderr
+    assert crashed.stdout.strip() == "True"  # a local lake: the receipt journal was used
+    receipts = Path(web.lake.root) / "spool" / "stow" / "receipts"
+    assert any(receipts.glob("*.journal"))
+    ingestor = Ingestor(web.lake, web.lake.secret(web.vault))
+    sops = [ingestor.process(data).row["SOPInstanceUID"] for data in files]  # type: ignore[union-attr]
+    store = Store(web.lake, web.lake.secret(web.vault), WebConfig())
+    try:
+        assert store.recovered == len(files)
+    finally:
+        store.close()
+    web.lake.refresh()
+    listed = "', '".join(sops)
+    found = web.lake.sql(f"SELECT count(*) FROM instances WHERE SOPInstanceUID IN ('{listed}')")
+    assert found.fetchall()[0][0] == len(files)
+    assert not any(receipts.glob("*.journal"))  # committed: the journal is empty
 
 
 def test_malformed_multipart_is_400_and_loses_nothing_else(

@@ -11,21 +11,28 @@ Examples
 """
 
 from lake.net._config import Peer, ServerConfig, TLSConfig, parse_destination, parse_peer
+from lake.net._journal import Receipt, ReceiptJournal
 from lake.net._pull import PULLS, PullSummary, RemoteStudy, find_studies, pull_studies
 from lake.net._receive import ReceiveStats, StoreStatus
 from lake.net._server import DicomServer, ServerReport
+from lake.net._spool import Committer, Spool, SpoolEntry
 from lake.query import Level, identifier_from_filters
 
 __all__ = [
     "PULLS",
+    "Committer",
     "DicomServer",
     "Level",
     "Peer",
     "PullSummary",
+    "Receipt",
+    "ReceiptJournal",
     "ReceiveStats",
     "RemoteStudy",
     "ServerConfig",
     "ServerReport",
+    "Spool",
+    "SpoolEntry",
     "StoreStatus",
     "TLSConfig",
     "find_studies",

@@ -1,11 +1,15 @@
 """STOW-RS (PS3.18 10.5): instances in, through the same door as files and C-STORE.
 
 Every part goes to :meth:`lake.ingest.Ingestor.process` (same profile, same keys, same
-quarantine as ``lake ingest`` and C-STORE), and its outcome is made durable in the spool
-(:class:`lake.net` spool and committer, ``<lake>/spool/stow``) before it is counted as
-stored; the request's instances are committed to the catalog before the response, so a
-search right after sees them. A crash loses nothing acknowledged: the next start commits
-what the spool holds. Limits hold while the body streams in. The response is the PS3.18
+quarantine as ``lake ingest`` and C-STORE). Before it is counted as stored it is durable:
+on a local lake the part as received is sealed into a receipt journal
+(:class:`lake.net.ReceiptJournal`, ``<lake>/spool/stow/receipts``: one append and an
+``fdatasync`` shared by the parts in flight, as ``lake serve dicom`` does); on an object
+store (or when another server holds the journal) its outcome is written to the spool
+(:class:`lake.net.Spool`, one file per instance). The request's instances are committed
+to the catalog before the response, so a search right after sees them. A crash loses
+nothing acknowledged: the next start re-makes and commits what the journal holds and
+commits what the spool holds. Limits hold while the body streams in. The response is the PS3.18
 store response; failure reasons are status codes and fixed texts (never a value from the
 instance); failed instances are named by the UID the lake would have given them.
 """
@@ -14,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
@@ -28,7 +35,7 @@ from starlette.responses import Response
 from lake._errors import NetError
 from lake.access import Grant, Permission
 from lake.ingest import Accepted, Ingestor
-from lake.net._spool import Committer, Spool
+from lake.net import Committer, Receipt, ReceiptJournal, Spool, SpoolEntry
 from lake.web._config import WebConfig
 from lake.web._errors import TooLargeError, UnavailableError, UnsupportedMediaError
 from lake.web._guard import route
@@ -40,9 +47,12 @@ if TYPE_CHECKING:
     from starlette.routing import Route
 
     from lake._lake import Lake
+    from lake.ingest import BatchResult
     from lake.vault import Secret
 
 __all__ = ["Store", "stow_routes"]
+
+_LOG = logging.getLogger("lake.web")
 
 _DICOM = "application/dicom"
 _IN_FLIGHT = 8
@@ -84,17 +94,35 @@ class Store:
     def __init__(self, lake: Lake, secret: Secret, config: WebConfig) -> None:
         self.config = config
         self.ingestor = Ingestor(lake, secret, config.profile, source="stow")
+        spool = Spool(lake.location, "stow")
         self.committer = Committer(
-            self.ingestor, Spool(lake.location, "stow"),
-            every=config.commit_every, interval=config.commit_interval,
+            self.ingestor, spool, every=config.commit_every, interval=config.commit_interval,
+            on_committed=self._committed,
         )
         self._lock = threading.Lock()
+        self.journal = _journal(Path(spool.dir) / "receipts", secret) if spool.local else None
         self.recovered = sum(b.files_seen for b in self.committer.recover())
+        if self.journal is not None:
+            for receipt, data in self.journal.leftovers():
+                self.committer.add(self.ingestor.process(data), str(receipt))
+                self.recovered += 1
+            self.committer.flush()
+            self.journal.start()
         self.committer.start()
 
+    def _committed(self, entries: Sequence[SpoolEntry], batch: BatchResult) -> None:
+        """The committer's ``on_committed``: journaled parts in the catalog leave the journal."""
+        if self.journal is not None:
+            self.journal.committed([_receipt(e.tag) for e in entries if e.tag])
+
     def close(self) -> None:
-        """Commit everything received (raises NetError if that fails; the spool keeps it)."""
-        self.committer.stop()
+        """Commit everything received (raises NetError if that fails; the journal or the
+        spool keeps it for the next start)."""
+        try:
+            self.committer.stop()
+        finally:
+            if self.journal is not None:
+                self.journal.close()
 
     def store(self, part: Part, study: str | None, result: StoreResult) -> None:
         """De-identify, store and spool one part; record the outcome in ``result``."""
@@ -111,9 +139,14 @@ class Store:
         if study is not None and identity[2] != study:
             result.failed.append((identity[0], keyed, DATASET_MISMATCH))
             return
-        outcome = self.ingestor.process(part.body)
         try:
-            self.committer.submit(outcome)
+            if self.journal is not None:
+                receipt = self.journal.append(part.body)  # durable when this returns
+                outcome = self.ingestor.process(part.body)
+                self.committer.add(outcome, str(receipt))
+            else:
+                outcome = self.ingestor.process(part.body)
+                self.committer.submit(outcome)  # spooled durably
         except NetError:
             result.failed.append((identity[0], keyed, OUT_OF_RESOURCES))
             return
@@ -133,6 +166,23 @@ class Store:
             self.committer.flush()
         except Exception:  # noqa: BLE001 - durable in the spool; the committer retries
             return
+
+
+def _journal(folder: Path, secret: Secret) -> ReceiptJournal | None:
+    """The STOW receipt journal, or None when another server on this lake holds it."""
+    journal = ReceiptJournal(folder, secret)
+    try:
+        journal.lock()
+    except NetError:
+        _LOG.warning("another server on this lake holds the STOW-RS receipt journal: stored "
+                     "instances are spooled one file each (slower, as durable)")
+        return None
+    return journal
+
+
+def _receipt(tag: str) -> Receipt:
+    segment, record = tag.split(":")
+    return Receipt(int(segment), int(record))
 
 
 def _identity(data: bytes) -> tuple[str | None, str | None, str | None]:
