@@ -171,6 +171,8 @@ def _base_url(lk: lake.Lake, given: str | None) -> str:
     from lake.web import WebConfig
 
     config = WebConfig.from_settings(lk.config.web)
+    if config.public_url:
+        return config.public_url
     host = "localhost" if config.host in ("0.0.0.0", "::") else config.host
     shown = f"[{host}]" if ":" in host else host
     return f"{config.scheme}://{shown}:{config.port}"
@@ -188,7 +190,7 @@ def share_create(
     base_url: Annotated[
         str | None,
         typer.Option("--base-url", help="The portal's address as users reach it. "
-                     "Default: from the web section of lake.json."),
+                     "Default: public_url (or the address) in the web section of lake.json."),
     ] = None,
     lake_root: LakeOption = None,
 ) -> None:

@@ -60,6 +60,12 @@ def serve_web(
                      help="Seconds a client has to send its request headers (and most seconds "
                           "without a byte of a body). Default: lake.json or 10."),
     ] = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option("--public-url",
+                     help="The address clients use (behind a reverse proxy): the base of "
+                          "returned URLs. Default: lake.json or the listening address."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No access log.")] = False,
 ) -> None:
     """Serve DICOMweb (QIDO-RS, WADO-RS, STOW-RS) below /dicomweb and OHIF at /viewer.
@@ -92,6 +98,7 @@ def serve_web(
             max_request_bytes=None if max_request_mb is None else max_request_mb * 2**20,
             viewer_dir=viewer_dir,
             request_timeout=request_timeout,
+            public_url=public_url,
         )
         if not quiet:
             handler = logging.StreamHandler()

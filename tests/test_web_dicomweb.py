@@ -314,6 +314,63 @@ def test_rendered_and_thumbnails(web: WebLake, live: tuple[WebServer, httpx.Clie
     assert gif.status_code == 406
 
 
+@pytest.mark.parametrize("accept", ["image/png", 'multipart/related; type="image/jpeg"'])
+def test_study_and_series_rendered_are_every_instance(
+    web: WebLake, live: tuple[WebServer, httpx.Client], accept: str
+) -> None:
+    """PS3.18 10.4.1.1.3: a study's or series' rendered resource is multipart, one rendered
+    image per instance (a thumbnail stays one image)."""
+    study, series, _ = web.uids["a"]
+    media = "image/png" if accept == "image/png" else "image/jpeg"
+    for path in (f"/dicomweb/studies/{study}/rendered",
+                 f"/dicomweb/studies/{study}/series/{series}/rendered"):
+        response = live[1].get(path, headers={**_auth(web), "Accept": accept},
+                               params={"window": "40,400"})
+        assert response.status_code == 200, path
+        assert response.headers["content-type"].startswith(f'multipart/related; type="{media}"')
+        parts = parts_of(response)
+        assert len(parts) == 4  # the series' four slices
+        for headers, body in parts:
+            assert headers["content-type"] == media
+            assert np.asarray(Image.open(io.BytesIO(body))).std() > 1
+    bad = live[1].get(f"/dicomweb/studies/{study}/rendered", params={"window": "x"},
+                      headers=_auth(web))
+    assert bad.status_code == 400
+
+
+def test_resource_urls_use_public_url_never_the_host_header(web: WebLake) -> None:
+    study, series, _ = web.uids["a"]
+    public = "https://pacs.example.org/lake"
+    with serving(web, public_url=public + "/") as (_server, http):
+        headers = {**_auth(web), "Host": "evil.example"}
+        found = http.get("/dicomweb/studies", headers=headers, params={"StudyInstanceUID": study})
+        assert found.json()[0]["00081190"]["Value"] == [f"{public}/dicomweb/studies/{study}"]
+        meta = http.get(f"/dicomweb/studies/{study}/series/{series}/metadata", headers=headers)
+        assert meta.json()[0]["7FE00010"]["BulkDataURI"].startswith(public + "/dicomweb/")
+        moved = http.get("/dicomweb/studies/", headers=headers, params={"limit": "1"})
+        assert moved.status_code == 307
+        assert moved.headers["location"] == "/lake/dicomweb/studies?limit=1"
+        assert "evil" not in moved.text + json.dumps(dict(moved.headers))
+    with serving(web) as (server, http):  # no public_url: the bound address, or a relative path
+        moved = http.get("/dicomweb/studies/", headers={**_auth(web), "Host": "evil.example"})
+        assert moved.status_code == 307 and moved.headers["location"] == "/dicomweb/studies"
+        portal = http.get("/portal", headers={"Host": "evil.example"})
+        assert portal.status_code == 307 and portal.headers["location"] == "/portal/"
+        found = http.get("/dicomweb/studies", headers={**_auth(web), "Host": "evil.example"},
+                         params={"StudyInstanceUID": study})
+        assert found.json()[0]["00081190"]["Value"][0].startswith(server.url + "/dicomweb/")
+
+
+@pytest.mark.parametrize("bad", ["pacs.example.org", "ftp://x", "https://x/?a=1",
+                                 "https://user:pw@x"])
+def test_public_url_must_be_an_address(bad: str) -> None:
+    from lake import ConfigError
+    from lake.web import WebConfig
+
+    with pytest.raises(ConfigError, match="public_url"):
+        WebConfig(public_url=bad)
+
+
 def test_scoped_token_sees_only_its_cohort(web: WebLake,
                                            live: tuple[WebServer, httpx.Client]) -> None:
     scoped = dicomweb(live[0], web.tokens["researcher:a"])

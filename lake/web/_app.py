@@ -14,12 +14,13 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lake._errors import (
@@ -41,7 +42,7 @@ from lake.web._errors import (
     UnsupportedMediaError,
 )
 from lake.web._guard import check_guarded, mount, route
-from lake.web._json import json_response
+from lake.web._json import base_url, json_response
 from lake.web._multipart import MalformedMultipartError
 from lake.web._qido import qido_routes
 from lake.web._stow import make_store, stow_routes
@@ -174,6 +175,30 @@ class SecurityHeaders:
             )
 
 
+class SlashRedirect:
+    """Starlette's trailing-slash redirect (``/studies/`` -> ``/studies``, ``/portal`` ->
+    ``/portal/``) with a relative ``Location`` (the path below ``public_url``): Starlette builds
+    an absolute one from the request's Host header, which a client (or a proxy) chooses."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] == "http" and path != "/":
+            routes = scope["app"].router.routes
+            if not any(r.matches(scope)[0] is not Match.NONE for r in routes):
+                other = dict(scope, path=path.rstrip("/") if path.endswith("/") else path + "/")
+                if any(r.matches(other)[0] is not Match.NONE for r in routes):
+                    prefix = urlsplit(base_url(Request(scope))).path
+                    query = scope.get("query_string", b"").decode("latin-1")
+                    location = urlunsplit(("", "", prefix + "/" + other["path"].lstrip("/"),
+                                           query, ""))
+                    await RedirectResponse(location, status_code=307)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
 _OURS = frozenset({
     b"content-security-policy", b"x-content-type-options", b"referrer-policy",
     b"x-frame-options", b"cross-origin-opener-policy", b"strict-transport-security",
@@ -254,12 +279,15 @@ def create_app(
         exception_handlers={LakeError: _lake_error},
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # SlashRedirect does it without the Host header
     app.state.lake = lake
     app.state.config = settings
+    app.state.base_url = settings.public_url  # WebServer sets its bound address otherwise
     app.state.store = None  # made at start-up (it recovers the spool and starts committing)
     app.state.access = Access(lake, allow_anonymous=settings.allow_anonymous)
     app.state.views = Views(lake)
     app.state.portal = Portal(lake, app.state.access, app.state.views, secret=secret)
     app.add_middleware(AuditRequests)
+    app.add_middleware(SlashRedirect)
     app.add_middleware(SecurityHeaders)
     return app

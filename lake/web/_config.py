@@ -8,10 +8,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from lake._errors import ConfigError
 
 __all__ = ["WebConfig", "is_loopback"]
+
+
+def _public_url(text: str) -> str:
+    """``scheme://host[:port][/path]`` without a trailing slash.
+
+    Raises
+    ------
+    ConfigError
+        If it is not an http(s) URL with a host and nothing after the path.
+    """
+    parts = urlsplit(str(text).strip())
+    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.query
+            or parts.fragment or parts.username or parts.password):
+        raise ConfigError(
+            "invalid public_url: give the address clients use, e.g. https://pacs.example.org "
+            "or https://pacs.example.org/lake (no query, no credentials)"
+        )
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
 def is_loopback(host: str) -> bool:
@@ -57,6 +76,11 @@ class WebConfig:
         Open connections at most (also kept below half the process's file-descriptor
         limit); beyond it the connection waiting longest for its request is closed, or,
         when all are busy, the new one is answered 503.
+    public_url : str, optional
+        The server's address as clients reach it (``https://pacs.example.org/lake`` behind
+        a reverse proxy): the base of every URL the server returns (RetrieveURL,
+        BulkDataURI, redirects, share links). Without it, the address the server listens
+        on; never the request's Host header.
     """
 
     host: str = "127.0.0.1"
@@ -72,6 +96,7 @@ class WebConfig:
     viewer_dir: Path | None = None
     request_timeout: float = 10.0
     max_connections: int = 1000
+    public_url: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= int(self.port) <= 65535:
@@ -84,6 +109,8 @@ class WebConfig:
         for name in ("commit_interval", "request_timeout"):
             if float(getattr(self, name)) <= 0:
                 raise ConfigError(f"invalid {name}: it must be a positive number of seconds")
+        if self.public_url is not None:
+            object.__setattr__(self, "public_url", _public_url(self.public_url))
         if not is_loopback(self.host) and self.tls_cert is None:
             raise ConfigError(
                 f"refusing to serve on {self.host} without TLS: tokens and data would cross the "

@@ -47,6 +47,16 @@ def retrieve_url(base: str, study: str, series: str | None = None, sop: str | No
 
 
 def base_url(conn: HTTPConnection) -> str:
-    """The server's own URL (set by the server that binds it), never taken from the Host header."""
+    """The server's own URL, never taken from the request's Host header.
+
+    The configured ``public_url``, else the address the server bound (set by the server),
+    else, on a wildcard address, the local address the connection arrived at.
+    """
     url = getattr(conn.app.state, "base_url", None)
-    return str(url) if url else str(conn.base_url).rstrip("/")
+    if url:
+        return str(url)
+    host, port = conn.scope.get("server") or ("localhost", None)
+    shown = f"[{host}]" if ":" in str(host) else str(host)
+    scheme = conn.scope.get("scheme", "http")
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{shown}" + (f":{port}" if port and port != default else "")

@@ -127,7 +127,9 @@ class WebServer:
             options["ssl_context_factory"] = factory
             options["ssl_certfile"] = str(self.config.tls_cert)
         self._socket = self._bind()
-        if self.config.host not in ("0.0.0.0", "::"):  # else from each request's Host header
+        if self.config.public_url:
+            self.app.state.base_url = self.config.public_url
+        elif self.config.host not in ("0.0.0.0", "::"):  # else each connection's local address
             self.app.state.base_url = self.url
         uv_config = uvicorn.Config(
             self.app,

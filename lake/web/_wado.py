@@ -304,23 +304,17 @@ async def bulkdata(request: Request, grant: Grant) -> Response:
 
 def _image_type(request: Request) -> str:
     for r in parse_accept(request.headers.get("accept")):
-        if r.type in IMAGE_TYPES:
-            return r.type
-        if r.type in ("*/*", "image/*"):
+        if r.inner in IMAGE_TYPES:
+            return r.inner
+        if r.inner in ("*/*", "image/*", "multipart/related"):
             return "image/jpeg"
     raise NotAcceptableError("rendered images are image/jpeg or image/png")
 
 
-def _rendered_bytes(
-    blobs: BlobStore, snapshot: Snapshot, items: list[StoredInstance], frame: int | None,
-    media: str, params: dict[str, str], size: int | None,
+def _render_one(
+    blobs: BlobStore, snapshot: Snapshot, item: StoredInstance, number: int, media: str,
+    params: dict[str, str], size: int | None,
 ) -> bytes:
-    # A study or series is shown by the middle instance of its first series.
-    first = [i for i in items if i.series_uid == items[0].series_uid and i.pixel_hash]
-    if not first:
-        raise NotAcceptableError("there is no image to render")
-    item = first[len(first) // 2] if len(items) > 1 else first[0]
-    number = frame if frame is not None else (int(item.frames or 1) + 1) // 2 if size else 1
     if number < 1 or number > int(item.frames or 1):
         raise NotFoundError("not found")
     ((_, header),) = list(with_headers(snapshot, [item], "header_dicom"))
@@ -328,19 +322,48 @@ def _rendered_bytes(
     return render(data, number, media, params, size)
 
 
+def _thumbnail_bytes(
+    blobs: BlobStore, snapshot: Snapshot, items: list[StoredInstance], frame: int | None,
+    media: str, params: dict[str, str], size: int | None,
+) -> bytes:
+    """One image: the instance or frame asked for; a study's or series' thumbnail is the middle
+    instance of its first series (the middle frame of a multi-frame instance)."""
+    first = [i for i in items if i.series_uid == items[0].series_uid and i.pixel_hash]
+    if not first:
+        raise NotAcceptableError("there is no image to render")
+    item = first[len(first) // 2] if len(items) > 1 else first[0]
+    number = frame if frame is not None else (int(item.frames or 1) + 1) // 2 if size else 1
+    return _render_one(blobs, snapshot, item, number, media, params, size)
+
+
 def _rendered(size: int | None) -> Any:
     async def endpoint(request: Request, grant: Grant) -> Response:
         media = _image_type(request)
         snapshot = await _snapshot(request, grant)
         items = await run_in_threadpool(locate, snapshot, *_path_uids(request))
+        params = dict(request.query_params)
         frame = request.path_params.get("frames")
-        number = None
-        if frame is not None:
-            numbers = _frame_numbers(frame)
-            number = numbers[0]
+        blobs = _blobs(request)
+        if size is None and "instance" not in request.path_params:
+            # PS3.18 10.4.1.1.3: a study's or series' rendered resource is every instance's
+            # rendering (the first frame of each), one part each, rendered as streamed.
+            images = [i for i in items if i.pixel_hash]
+            if not images:
+                raise NotAcceptableError("there is no image to render")
+
+            # The first one here: a bad parameter is a 400, not a broken stream.
+            first = await run_in_threadpool(
+                _render_one, blobs, snapshot, images[0], 1, media, params, None)
+
+            def parts() -> Iterator[tuple[str, bytes]]:
+                yield media, first
+                for item in images[1:]:
+                    yield media, _render_one(blobs, snapshot, item, 1, media, params, None)
+
+            return _multipart_response(parts(), media)
+        number = _frame_numbers(frame)[0] if frame is not None else None
         body = await run_in_threadpool(
-            _rendered_bytes, _blobs(request), snapshot, items, number, media,
-            dict(request.query_params), size,
+            _thumbnail_bytes, blobs, snapshot, items, number, media, params, size,
         )
         return Response(body, media_type=media)
 
