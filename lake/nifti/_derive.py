@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from lake.nifti._ge import derive_ge
 from lake.nifti._parameters import AcquisitionValue, validate_all
 from lake.nifti._philips_uih import derive_philips, derive_uih
-from lake.nifti._private import DecodeError, creator_block, first_float, floats
+from lake.nifti._private import DecodeError, creator_block, creator_memo, first_float, floats
 from lake.nifti._siemens import derive_siemens
 
 __all__ = ["Vendor", "derive_acquisition", "vendor_of"]
@@ -160,6 +160,11 @@ def derive_acquisition(ds: Dataset) -> dict[str, AcquisitionValue]:
     {'complex_components': ['magnitude'], 'diffusion_b_values': [1000.0],
      'diffusion_gradients': [0.0, 0.0, 1.0], 'diffusion_gradient_frame': 'patient'}
     """
+    with creator_memo():
+        return _derive(ds)
+
+
+def _derive(ds: Dataset) -> dict[str, AcquisitionValue]:
     raw: dict[str, object] = {}
     try:
         _standard(ds, raw)

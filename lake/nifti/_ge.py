@@ -12,6 +12,7 @@ import math
 import re
 import struct
 import zlib
+from functools import lru_cache
 
 from pydicom.dataset import Dataset
 
@@ -37,18 +38,23 @@ def protocol_block(ds: Dataset) -> dict[str, str]:
     raw = private(ds, 0x0025, _SERS, 0x1B, "OB")
     if not isinstance(raw, bytes | bytearray) or len(raw) < 8:
         return {}
-    data = bytes(raw)
+    return dict(_block_keys(bytes(raw)))
+
+
+@lru_cache(maxsize=32)
+def _block_keys(data: bytes) -> tuple[tuple[str, str], ...]:
+    """The block repeats across a series: decompressed and read once."""
     length = int.from_bytes(data[:4], "little")
     try:
         body = gzip.decompress(data[4 : 4 + length])
     except (OSError, EOFError, zlib.error):
-        return {}
+        return ()
     found: dict[str, str] = {}
     for line in body.decode("latin-1", "replace").splitlines():
         match = _KEY.match(line.strip())
         if match and match.group(1) in _BLOCK_KEYS:
             found[match.group(1)] = match.group(2)
-    return found
+    return tuple(found.items())
 
 
 def _user_data_polarity(ds: Dataset) -> bool | None:

@@ -10,7 +10,9 @@ vendor documents. Nothing here interprets values.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -20,6 +22,7 @@ from pydicom.valuerep import IS, DSfloat
 __all__ = [
     "DecodeError",
     "creator_block",
+    "creator_memo",
     "first_float",
     "first_int",
     "floats",
@@ -33,21 +36,53 @@ DecodeError = (ValueError, TypeError, KeyError, IndexError, AttributeError, Over
                struct.error, UnicodeDecodeError, EOFError)
 
 _BINARY = {"FD": "d", "FL": "f", "SS": "h", "US": "H", "SL": "l", "UL": "L"}
+#: Text VRs a file may give a private element (its value split on backslashes).
+_TEXT = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "TM",
+                   "UC", "UI", "UT"})
+
+
+#: Private creators found so far in this derivation, by (id of dataset, group); see
+#: :func:`creator_memo`. Datasets do not change while one instance is derived.
+_MEMO: ContextVar[dict[tuple[int, int], list[tuple[int, str]]] | None] = ContextVar(
+    "private_creator_memo", default=None
+)
+
+
+@contextmanager
+def creator_memo() -> Iterator[None]:
+    """Remember private creators while one (unchanging) dataset is read."""
+    token = _MEMO.set({})
+    try:
+        yield
+    finally:
+        _MEMO.reset(token)
+
+
+def _creators(ds: Dataset, group: int) -> list[tuple[int, str]]:
+    """(block, upper-case name) of every private creator of ``group`` in ``ds``."""
+    memo = _MEMO.get()
+    key = (id(ds), group)
+    if memo is not None and key in memo:
+        return memo[key]
+    base = group << 16
+    keys = ds.keys()  # a dict view: membership is a hash lookup
+    found = []
+    for tag in [base | e for e in range(0x10, 0x100) if base | e in keys]:
+        value = ds[tag].value
+        if isinstance(value, bytes):
+            value = value.decode("latin-1", "replace")
+        found.append((tag & 0xFF, str(value).strip().upper()))
+    if memo is not None:
+        memo[key] = found
+    return found
 
 
 def creator_block(ds: Dataset, group: int, creators: Iterable[str]) -> int | None:
     """The block number reserved by a private creator containing one of ``creators``."""
     wanted = [c.upper() for c in creators]
-    for element in range(0x10, 0x100):
-        elem = ds.get((group, element))
-        if elem is None:
-            continue
-        value = elem.value
-        if isinstance(value, bytes):
-            value = value.decode("latin-1", "replace")
-        name = str(value).strip().upper()
+    for block, name in sorted(_creators(ds, group)):
         if any(w in name for w in wanted):
-            return element
+            return block
     return None
 
 
@@ -88,10 +123,21 @@ def private(
     block = creator_block(ds, group, creators)
     if block is None:
         return None
-    elem = ds.get((group, (block << 8) | element))
-    if elem is None or elem.value is None or elem.value == "":
+    tag = (group << 16) | (block << 8) | element
+    if vr == "SQ":
+        elem = ds.get(tag)  # pydicom parses the items
+        return None if elem is None or not elem.value else elem.value
+    # The raw element when not yet converted: decoding it here, with its VR, is an order of
+    # magnitude cheaper than pydicom's conversion (this runs for every ingested instance).
+    elem = ds.get_item(tag)
+    if elem is None or elem.value is None or elem.value in ("", b""):
         return None
-    little = getattr(ds, "is_little_endian", True)
+    file_vr = getattr(elem, "VR", None)
+    if file_vr in _BINARY or file_vr in _TEXT:
+        vr = file_vr
+    little = getattr(elem, "is_little_endian", None)
+    if little is None:
+        little = getattr(ds, "is_little_endian", True)
     return _decode(elem.value, vr, little if little is not None else True)
 
 

@@ -8,6 +8,7 @@ import datetime
 import math
 import re
 import warnings
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -47,10 +48,25 @@ _PROTOCOL_KEYS = frozenset(
 )
 
 
+_CSA_OFFSET = {"image": 0x10, "series": 0x20}
+
+
 def csa_header(ds: Dataset, kind: str = "image") -> dict[str, Any] | None:
-    """The parsed CSA ``image`` or ``series`` header, None when absent or unreadable."""
+    """The parsed CSA ``image`` or ``series`` header, None when absent or unreadable.
+
+    The returned dict may be shared between calls (parses are cached): read it only.
+    """
+    raw = private(ds, 0x0029, ("SIEMENS CSA HEADER",), _CSA_OFFSET[kind], "OB")
+    if not isinstance(raw, bytes | bytearray) or not raw:
+        return None
+    return _read_csa(bytes(raw))
+
+
+@lru_cache(maxsize=32)
+def _read_csa(raw: bytes) -> dict[str, Any] | None:
+    """nibabel's parse of one CSA header; the series header repeats across a series."""
     try:
-        header = csareader.get_csa_header(ds, kind)
+        header = csareader.read(raw)
     except _CSA_ERRORS:
         return None
     return header if isinstance(header, dict) else None
@@ -145,8 +161,14 @@ def _protocol(raw: Any) -> dict[str, float]:
         raw = raw.encode("latin-1", "replace")
     if not isinstance(raw, bytes | bytearray):
         return {}
+    return dict(_protocol_keys(bytes(raw)))
+
+
+@lru_cache(maxsize=32)
+def _protocol_keys(raw: bytes) -> tuple[tuple[str, float], ...]:
+    """The protocol repeats across a series: parsed once."""
     found: dict[str, float] = {}
-    for key, value in _ASCCONV.findall(bytes(raw)):
+    for key, value in _ASCCONV.findall(raw):
         if key in _PROTOCOL_KEYS:
             try:
                 number = float(int(value, 16)) if value.lower().startswith(b"0x") \
@@ -154,7 +176,7 @@ def _protocol(raw: Any) -> dict[str, float]:
             except ValueError:
                 continue
             found[key.decode()] = number
-    return found
+    return tuple(found.items())
 
 
 def _rescued_slice_timing(
