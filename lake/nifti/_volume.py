@@ -585,26 +585,37 @@ _LITTLE_ENDIAN_NATIVE = frozenset(
 
 
 def _simple_native(ds: Dataset, syntax: str) -> NDArray[Any] | None:
-    """Greyscale little-endian native pixels as a view on ``PixelData``, else ``None``.
+    """Little-endian native greyscale or RGB pixels as a view on ``PixelData``, else None.
 
     This is what pydicom's native decoder returns for the commonest layout, without its
     per-call set-up (a third of the conversion time of a CT series); everything else
     (colour, big endian, 1-bit, float, compressed, odd lengths) goes through pydicom.
     """
-    if syntax not in _LITTLE_ENDIAN_NATIVE or (ds.get("SamplesPerPixel") or 1) != 1:
+    samples = ds.get("SamplesPerPixel") or 1
+    if syntax not in _LITTLE_ENDIAN_NATIVE or samples not in (1, 3):
         return None
     element = ds.get("PixelData")
     allocated = ds.get("BitsAllocated")
     if element is None or allocated not in (8, 16, 32):
         return None
+    planar = ds.get("PlanarConfiguration") or 0
+    if samples == 3 and (allocated != 8 or planar not in (0, 1)
+                         or str(ds.get("PhotometricInterpretation", "")).upper() != "RGB"):
+        return None  # YBR colour: pydicom converts it to RGB
     signed = ds.get("PixelRepresentation") == 1
     dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
     rows, cols, frames = int(ds.Rows), int(ds.Columns), number_of_frames(ds)
-    expected = rows * cols * frames * dtype.itemsize
+    expected = rows * cols * frames * samples * dtype.itemsize
     if not isinstance(element, bytes) or len(element) not in (expected, expected + 1):
         return None
-    array = np.frombuffer(element, dtype=dtype, count=rows * cols * frames)
-    return array.reshape((frames, rows, cols) if frames > 1 else (rows, cols))
+    array = np.frombuffer(element, dtype=dtype, count=rows * cols * frames * samples)
+    if samples == 1:
+        return array.reshape((frames, rows, cols) if frames > 1 else (rows, cols))
+    if planar == 0:
+        array = array.reshape(frames, rows, cols, 3)
+    else:  # colour-by-plane: R plane, G plane, B plane per frame
+        array = array.reshape(frames, 3, rows, cols).transpose(0, 2, 3, 1)
+    return array if frames > 1 else array[0]
 
 
 def _check_pixel_format(ds: Dataset, source: int) -> NiftiRefusal | None:
