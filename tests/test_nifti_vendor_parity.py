@@ -38,6 +38,7 @@ from tests.nifti_reference import (
     reference_suffix,
     references,
 )
+from tests.part10_equivalence import lake_differences
 
 PROFILES = ("basic", "research", "teaching")
 
@@ -244,3 +245,17 @@ def test_acquisition_parameters_are_queryable(run: ProfileRun) -> None:
         "SELECT count(*) FROM instances WHERE list_max(diffusion_b_values) >= 1000"
     ).fetchall()[0]
     assert b_values is not None and b_values[0] > 100
+
+
+def test_the_export_reader_reads_every_stored_instance_as_pydicom_does(
+        run: ProfileRun) -> None:
+    """lake.nifti.read_part10 (what the export reads with) against pydicom, element by
+    element, on every de-identified instance of every repository under this profile."""
+    fast = slow = 0
+    problems: list[str] = []
+    for name, state in run.repositories.items():
+        quick, other, found = lake_differences(state.lake)
+        fast, slow = fast + quick, slow + other
+        problems += [f"{name} {d}" for d in found]
+    assert problems == []
+    assert fast > 1500  # compressed, big endian and deflated instances go to pydicom

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from lake._errors import BlobNotFoundError, ConfigError, IntegrityError
 from lake.catalog import ACQUISITION_COLUMNS, arrow_dataset
 from lake.export._cohort import Cohort, resolve
-from lake.export._dicom import blob_skip, load_pixels, reassemble
+from lake.export._dicom import blob_skip, load_pixels
 from lake.export._manifest import FileRecord, Skip, TaskResult, sha256_file
 from lake.export._runner import (
     ExportResult,
@@ -82,7 +82,7 @@ def _acquisition(extra: dict[str, Any]) -> dict[str, Any]:
 
 def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
     """Worker: convert one series and write its volumes."""
-    from lake.nifti import series_to_nifti, validate_acquisition, write_volume
+    from lake.nifti import read_part10, series_to_nifti, validate_acquisition, write_volume
 
     result = TaskResult(task.key)
     blobs = BlobStore(ctx.location)
@@ -91,8 +91,9 @@ def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
     acquisitions = []
     for item in task.items:
         try:
+            # the converter's fast reader (pydicom for what it does not handle)
             datasets.append(
-                reassemble(item.header, load_pixels(blobs, item.pixel_hash), item.pixel_vr)
+                read_part10(item.header, load_pixels(blobs, item.pixel_hash), item.pixel_vr)
             )
         except (BlobNotFoundError, IntegrityError) as exc:
             result.skipped.append(blob_skip(task, item, exc))

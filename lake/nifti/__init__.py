@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from lake.nifti._derive import derive_acquisition
     from lake.nifti._parameters import PARAMETERS, AcquisitionValue, Kind, Parameter
     from lake.nifti._parameters import validate_all as validate_acquisition
+    from lake.nifti._part10 import Part10, read_part10
     from lake.nifti._sidecar import FORBIDDEN_KEYS
     from lake.nifti._types import NiftiRefusal, NiftiVolume, RefusalReason
     from lake.nifti._write import gzip_members, nifti_payload, write_volume
@@ -45,10 +46,12 @@ __all__ = [
     "NiftiRefusal",
     "NiftiVolume",
     "Parameter",
+    "Part10",
     "RefusalReason",
     "derive_acquisition",
     "gzip_members",
     "nifti_payload",
+    "read_part10",
     "series_to_nifti",
     "validate_acquisition",
     "write_volume",
@@ -60,6 +63,8 @@ _HOMES = {
     "AcquisitionValue": "_parameters",
     "Kind": "_parameters",
     "Parameter": "_parameters",
+    "Part10": "_part10",
+    "read_part10": "_part10",
     "NiftiRefusal": "_types",
     "NiftiVolume": "_types",
     "RefusalReason": "_types",

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -52,6 +52,9 @@ from lake.nifti._volume import (
     frames_of,
     is_mosaic,
 )
+
+if TYPE_CHECKING:
+    from lake.nifti._part10 import Part10
 from lake.nifti._write import MemoryFile, write_volume
 
 __all__ = [
@@ -75,17 +78,17 @@ _RGB = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
 
 
 def series_to_nifti(
-    datasets: Sequence[Dataset],
+    datasets: Sequence[Dataset | Part10],
     acquisitions: Sequence[Mapping[str, AcquisitionValue]] | None = None,
 ) -> tuple[list[NiftiVolume], list[NiftiRefusal]]:
     """Convert the instances of one series into NIfTI volumes.
 
     Parameters
     ----------
-    datasets : sequence of pydicom.dataset.Dataset
+    datasets : sequence of pydicom.dataset.Dataset or Part10
         All instances of one series, in any order, with pixel data (read with
-        ``pydicom.dcmread``; compressed transfer syntaxes are decoded with the installed
-        pydicom/pylibjpeg plugins). The datasets are not modified.
+        ``pydicom.dcmread`` or :func:`read_part10`; compressed transfer syntaxes are decoded
+        with the installed pydicom/pylibjpeg plugins). The datasets are not modified.
     acquisitions : sequence of mapping, optional
         The acquisition parameters of each dataset (:func:`derive_acquisition` of its
         original header), aligned with ``datasets``. A de-identified copy has lost the
@@ -119,6 +122,9 @@ def series_to_nifti(
     """
     if len(datasets) == 0:
         raise ExportError("series_to_nifti needs at least one dataset of the series")
+    # Part10 answers every Dataset method the converter calls, with pydicom's values
+    # (tests/test_nifti_part10.py): the converter is typed against Dataset alone
+    datasets = cast("Sequence[Dataset]", datasets)
     if acquisitions is None:
         acquisitions = [derive_acquisition(ds) for ds in datasets]
     elif len(acquisitions) != len(datasets):

@@ -1,0 +1,438 @@
+"""A fast, read-only index of DICOM Part-10 bytes for the converter; pydicom's values.
+
+pydicom's reader builds a :class:`~pydicom.dataset.Dataset` and a raw element for every
+element of every item as it reads; for a series of a few hundred small MR instances, or one
+enhanced object with tens of thousands of functional-group items, that costs more than
+dcm2niix's whole conversion (docs/nifti.md, "The converter's reader"). :func:`read_part10`
+only walks the bytes once and indexes every element (nested sequences included) by tag.
+Values are **converted by pydicom** (:func:`pydicom.dataelem.convert_raw_data_element`, the
+function its datasets call on first access), so they have pydicom's types and meaning; this
+module only finds where each value is.
+
+What the converter asks of a dataset is small: ``get``, ``in``, attribute access by
+keyword, item access by tag, sequences as lists of items, ``file_meta`` and the pixel data.
+That is what :class:`Part10` offers. Anything unusual is read by :func:`pydicom.dcmread`
+instead (:func:`read_part10` returns one or the other and the converter takes both): big
+endian, deflated, encapsulated or non-trivial pixel data, an element whose VR pydicom would
+have to infer from its neighbours (implicit VR "US or SS"...), a character set declared
+inside an item, damaged or truncated bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from collections.abc import KeysView
+from typing import Any, NamedTuple
+
+from pydicom import dcmread
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.datadict import dictionary_VR, keyword_dict, private_dictionary_VR
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+
+__all__ = ["Part10", "Part10Error", "read_part10"]
+
+
+class Part10Error(ValueError):
+    """The bytes are not a Part-10 object this reader handles (pydicom then reads them)."""
+
+
+class Element(NamedTuple):
+    """An element as :meth:`Part10.get_item` gives it: raw bytes unless a sequence."""
+
+    tag: int
+    VR: str
+    value: Any
+    is_little_endian: bool = True
+
+
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_LONG_LENGTH = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_HEADER = struct.Struct("<HH2sH")
+_U32 = struct.Struct("<I")
+#: Every VR of PS3.5 6.2 with its 2-byte code.
+_VRS = {vr.encode(): vr for vr in (
+    "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF",
+    "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN",
+    "UR", "US", "UT", "UV")}
+_NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+_IMPLICIT = "1.2.840.10008.1.2"
+_PIXEL_DATA = 0x7FE00010
+_CHARACTER_SET = 0x00080005
+_MISSING = object()
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UL" if tag & 0xFFFF == 0 else "UN"
+
+
+class _Source:
+    """The bytes shared by one object and its items."""
+
+    __slots__ = ("buffer",)
+
+    def __init__(self, buffer: bytes) -> None:
+        self.buffer = buffer
+
+
+class Part10:
+    """A dataset indexed from Part-10 bytes: values converted by pydicom on first access.
+
+    Only reading is supported. Values are what pydicom's datasets give (the same function
+    converts them): ``DSfloat``, ``IS``, ``MultiValue``, ``PersonName``... ; a sequence is
+    a list of :class:`Part10` items.
+    """
+
+    __slots__ = ("_elements", "_encodings", "_parent", "_source", "_values", "file_meta",
+                 "is_implicit_VR", "is_little_endian")
+
+    def __init__(self, elements: dict[int, tuple[str, int, int] | tuple[str, list[Part10]]],
+                 source: _Source, implicit: bool, sequences: list[list[Part10]]) -> None:
+        self._elements = elements
+        self._source = source
+        self._values: dict[int, Any] = {}
+        self._parent: Part10 | None = None
+        self._encodings: str | list[str] | None = None
+        self.file_meta: Part10 | None = None
+        self.is_implicit_VR = implicit
+        self.is_little_endian = True
+        for items in sequences:
+            for item in items:
+                item._parent = self
+
+    # ----------------------------------------------------------------- mapping protocol
+
+    @staticmethod
+    def _tag(key: Any) -> int | None:
+        if isinstance(key, str):
+            return keyword_dict.get(key)
+        if isinstance(key, tuple):
+            return (int(key[0]) << 16) | int(key[1])
+        return int(key)
+
+    def __contains__(self, key: Any) -> bool:
+        tag = self._tag(key)
+        return tag is not None and tag in self._elements
+
+    def __len__(self) -> int:
+        return len(self._elements)
+
+    def keys(self) -> KeysView[int]:
+        """The tags present, as numbers."""
+        return self._elements.keys()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """The value of a keyword or tag, ``default`` when absent."""
+        tag = keyword_dict.get(key) if key.__class__ is str else self._tag(key)
+        value = self._values.get(tag, _MISSING)  # type: ignore[arg-type]
+        if value is not _MISSING:
+            return value
+        if tag is None or tag not in self._elements:
+            return default
+        return self._value(tag)
+
+    def __getattr__(self, name: str) -> Any:
+        tag = keyword_dict.get(name)
+        if tag is None or tag not in self._elements:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return self._value(tag)
+
+    def __getitem__(self, key: Any) -> Element:
+        element = self.get_item(key)
+        if element is None:
+            raise KeyError(key)
+        if element.VR != "SQ":
+            tag = self._tag(key)
+            assert tag is not None
+            return element._replace(value=self._value(tag))
+        return element
+
+    def get_item(self, key: Any) -> Element | None:
+        """The raw element (bytes, or the items of a sequence), None when absent."""
+        tag = self._tag(key)
+        entry = None if tag is None else self._elements.get(tag)
+        if entry is None or tag is None:
+            return None
+        if entry[0] == "SQ":
+            return Element(tag, "SQ", entry[1])
+        vr, start, length = entry  # type: ignore[misc]
+        if start < 0:  # a value set in memory (pixel data)
+            return Element(tag, vr, self._values[tag])
+        return Element(tag, vr, self._source.buffer[start : start + length])
+
+    def set_pixel_data(self, pixels: bytes, vr: str = "OW") -> None:
+        """Attach the pixel data (stored apart from the header in the lake)."""
+        self._elements[_PIXEL_DATA] = (vr, -1, len(pixels))
+        self._values[_PIXEL_DATA] = pixels
+
+    # ----------------------------------------------------------------- conversion
+
+    def _value(self, tag: int) -> Any:
+        if tag in self._values:
+            return self._values[tag]
+        entry = self._elements[tag]
+        if entry[0] == "SQ":
+            return entry[1]
+        vr, start, length = entry  # type: ignore[misc]
+        # The VR as pydicom's reader would hand it over: None when implicit (pydicom looks it
+        # up), a private element's from pydicom's private dictionary when its creator is known
+        given: str | None = None if self.is_implicit_VR else vr
+        if tag >> 16 & 1 and given in (None, "UN"):
+            given = self._private_vr(tag) or given
+        raw = RawDataElement(BaseTag(tag), given, length,
+                             bytes(self._source.buffer[start : start + length]), start,
+                             self.is_implicit_VR, True)
+        encoding = default_encoding if tag == _CHARACTER_SET else self._character_sets()
+        # pydicom may warn here, as its datasets do on first access (callers silence both)
+        value = convert_raw_data_element(raw, encoding=encoding).value
+        self._values[tag] = value
+        return value
+
+    def _character_sets(self) -> str | list[str]:
+        """As pydicom's reader: this dataset's Specific Character Set, else its parent's."""
+        if self._encodings is None:
+            if _CHARACTER_SET in self._elements:
+                self._encodings = convert_encodings(self._value(_CHARACTER_SET))
+            else:
+                self._encodings = (default_encoding if self._parent is None
+                                   else self._parent._character_sets())
+        return self._encodings
+
+    def _private_vr(self, tag: int) -> str | None:
+        element = tag & 0xFFFF
+        if element < 0x1000:
+            return "LO" if 0x10 <= element <= 0xFF else None  # a private creator
+        creator = self.get((tag >> 16, element >> 8))
+        if not isinstance(creator, str) or not creator:
+            return None
+        try:
+            return str(private_dictionary_VR(tag, creator))
+        except KeyError:
+            return None
+
+    def __repr__(self) -> str:
+        return f"<Part10 with {len(self._elements)} elements>"
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _parse(source: _Source, pos: int, end: int, implicit: bool,
+           in_item: bool) -> tuple[dict[int, Any], list[list[Part10]], int]:
+    """Index the elements from ``pos`` to ``end`` (or to an item delimiter); the items of
+    its sequences."""
+    buffer = source.buffer
+    elements: dict[int, Any] = {}
+    sequences: list[list[Part10]] = []
+    unpack_header, unpack_u32 = _HEADER.unpack_from, _U32.unpack_from
+    while pos < end:
+        if pos + 8 > end:
+            raise Part10Error("truncated element header")
+        group, number, vr_bytes, short = unpack_header(buffer, pos)
+        tag = (group << 16) | number
+        if tag == _ITEM_END:
+            if not in_item:
+                raise Part10Error("item delimiter outside an item")
+            return elements, sequences, pos + 8
+        if implicit or group == 0xFFFE:
+            length = unpack_u32(buffer, pos + 4)[0]
+            vr = _dictionary_vr(tag)
+            pos += 8
+            if tag == _PIXEL_DATA:
+                vr = "OW"  # PS3.5 A.1, as pydicom settles it
+            elif " or " in vr:
+                # pydicom settles "US or SS", "OB or OW"... from other elements, possibly
+                # of enclosing datasets: left to pydicom
+                raise Part10Error("a VR to infer from other elements")
+        else:
+            vr = _VRS.get(vr_bytes)  # type: ignore[assignment]
+            if vr is None:
+                raise Part10Error(f"unknown VR {vr_bytes!r}")
+            if vr_bytes in _LONG_LENGTH:
+                if pos + 12 > end:
+                    raise Part10Error("truncated element header")
+                length = unpack_u32(buffer, pos + 8)[0]
+                pos += 12
+            else:
+                length = short
+                pos += 8
+            if vr == "UN" and not group & 1 and " or " in _dictionary_vr(tag):
+                raise Part10Error("a VR to infer from other elements")
+        if vr == "SQ" or (length == _UNDEFINED and vr == "UN"):
+            # an undefined-length UN is a sequence in implicit VR little endian (PS3.5 6.2.2)
+            items, pos = _sequence(source, pos, length, implicit or vr == "UN")
+            elements[tag] = ("SQ", items)
+            sequences.append(items)
+            continue
+        if length == _UNDEFINED:
+            raise Part10Error("undefined length outside a sequence (encapsulated data)")
+        if pos + length > end:
+            raise Part10Error("element runs past the end")
+        elements[tag] = (vr, pos, length)
+        pos += length
+    if in_item and end == len(buffer):
+        raise Part10Error("item without its delimiter")
+    return elements, sequences, pos
+
+
+def _sequence(source: _Source, pos: int, length: int,
+              implicit: bool) -> tuple[list[Part10], int]:
+    buffer = source.buffer
+    end = len(buffer) if length == _UNDEFINED else pos + length
+    if end > len(buffer):
+        raise Part10Error("sequence runs past the end")
+    items: list[Part10] = []
+    while pos < end:
+        if pos + 8 > end:
+            raise Part10Error("truncated item")
+        group, number = struct.unpack_from("<HH", buffer, pos)
+        tag = (group << 16) | number
+        item_length = _U32.unpack_from(buffer, pos + 4)[0]
+        pos += 8
+        if tag == _SEQUENCE_END:
+            return items, pos
+        if tag != _ITEM:
+            raise Part10Error("not an item in a sequence")
+        if item_length == _UNDEFINED:
+            elements, nested, pos = _parse(source, pos, len(buffer), implicit, True)
+        else:
+            elements, nested, _ = _parse(source, pos, pos + item_length, implicit, False)
+            pos += item_length
+        items.append(Part10(elements, source, implicit, nested))
+    if length == _UNDEFINED:
+        raise Part10Error("sequence without its delimiter")
+    return items, end
+
+
+def _file_meta(buffer: bytes) -> tuple[Part10, int]:
+    if len(buffer) < 132 or buffer[128:132] != b"DICM":
+        raise Part10Error("no DICM prefix")
+    source = _Source(buffer)
+    pos = 132
+    elements: dict[int, Any] = {}
+    while pos + 8 <= len(buffer):
+        group = struct.unpack_from("<H", buffer, pos)[0]
+        if group != 0x0002:
+            break
+        one, _, pos = _parse(source, pos, _meta_end(buffer, pos), False, False)
+        elements.update(one)
+    return Part10(elements, source, False, []), pos
+
+
+def _meta_end(buffer: bytes, pos: int) -> int:
+    """The end of the one file-meta element at ``pos`` (parsed one by one: the group's
+    length element is not trusted)."""
+    vr = buffer[pos + 4 : pos + 6]
+    if vr in _LONG_LENGTH:
+        return pos + 12 + int(_U32.unpack_from(buffer, pos + 8)[0])
+    return pos + 8 + int(struct.unpack_from("<H", buffer, pos + 6)[0])
+
+
+def parse_part10(data: bytes) -> Part10:
+    """Index Part-10 bytes in (explicit or implicit VR) little endian.
+
+    Raises
+    ------
+    Part10Error
+        For anything else: big endian, deflated, damaged or truncated bytes.
+    """
+    meta, pos = _file_meta(data)
+    syntax = meta.get("TransferSyntaxUID")
+    if not isinstance(syntax, str) or not syntax:
+        raise Part10Error("no transfer syntax")
+    if syntax in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"):
+        raise Part10Error("big endian or deflated")
+    implicit = syntax == _IMPLICIT
+    source = _Source(data)
+    elements, sequences, _ = _parse(source, pos, len(data), implicit, False)
+    ds = Part10(elements, source, implicit, sequences)
+    ds.file_meta = meta
+    return ds
+
+
+def _simple_pixels(ds: Part10, pixels: bytes | None) -> bool:
+    """Whether the converter reads these pixels without pydicom's decoders."""
+    if pixels is None:
+        return True
+    syntax = ds.file_meta.get("TransferSyntaxUID") if ds.file_meta is not None else None
+    samples = ds.get("SamplesPerPixel") or 1
+    if syntax not in _NATIVE_LITTLE_ENDIAN or samples not in (1, 3):
+        return False
+    allocated = ds.get("BitsAllocated")
+    if allocated not in (8, 16, 32) or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        return False
+    if samples == 3 and (allocated != 8 or ds.get("PlanarConfiguration") not in (0, 1, None)
+                         or str(ds.get("PhotometricInterpretation", "")).upper() != "RGB"):
+        return False
+    rows, cols = ds.get("Rows"), ds.get("Columns")
+    frames = ds.get("NumberOfFrames")
+    if not isinstance(rows, int) or not isinstance(cols, int):
+        return False
+    count = frames if isinstance(frames, int) and frames > 1 else 1
+    expected = rows * cols * count * samples * allocated // 8
+    return len(pixels) in (expected, expected + 1)
+
+
+def read_part10(data: bytes, pixels: bytes | None = None,
+                pixel_vr: str | None = None) -> Part10 | Dataset:
+    """A dataset for the converter from Part-10 bytes (and the pixel data kept apart).
+
+    The fast :class:`Part10` reader when it applies (little endian, greyscale native
+    pixels), else :func:`pydicom.dcmread`.
+
+    Parameters
+    ----------
+    data : bytes
+        A Part-10 object, usually without its pixel data.
+    pixels : bytes, optional
+        The value of PixelData when ``data`` lacks it.
+    pixel_vr : str, optional
+        ``OB`` or ``OW`` (default ``OW``).
+
+    Returns
+    -------
+    Part10 or pydicom.dataset.Dataset
+
+    Examples
+    --------
+    >>> from pydicom.data import get_testdata_file
+    >>> from pathlib import Path
+    >>> ds = read_part10(Path(get_testdata_file("MR_small.dcm")).read_bytes())
+    >>> type(ds).__name__, ds.Rows, ds.PixelSpacing, ds.get("ImageType")
+    ('Part10', 64, [0.3125, 0.3125], ['DERIVED', 'SECONDARY', 'OTHER'])
+    """
+    try:
+        ds = parse_part10(data)
+        # pixels twice (in the header and apart): pydicom sorts it out
+        simple = not (pixels is not None and _PIXEL_DATA in ds) and _simple_pixels(
+            ds, pixels if pixels is not None else ds.get("PixelData"))
+    except (struct.error, ValueError, LookupError):  # Part10Error is a ValueError
+        simple = False
+    if not simple:
+        return _pydicom(data, pixels, pixel_vr)
+    if pixels is not None:
+        ds.set_pixel_data(pixels, pixel_vr or "OW")
+    return ds
+
+
+def _pydicom(data: bytes, pixels: bytes | None, pixel_vr: str | None) -> Dataset:
+    with warnings.catch_warnings():
+        # Parser warnings could quote values; the header is de-identified, but stay quiet.
+        warnings.simplefilter("ignore")
+        ds = dcmread(io.BytesIO(data))
+    if pixels is not None:
+        ds.add_new(_PIXEL_DATA, pixel_vr or "OB", pixels)
+        syntax = UID(ds.file_meta.get("TransferSyntaxUID", ""))
+        if syntax and syntax.is_encapsulated:
+            ds[_PIXEL_DATA].is_undefined_length = True
+    return ds

@@ -1,0 +1,252 @@
+"""lake.nifti.read_part10: the converter's fast reader gives exactly what pydicom gives.
+
+Equivalence is checked element by element (tests/part10_equivalence.py: every element,
+private ones and nested sequences included, same value and same type) on every corpus the
+converter sees: all of pydicom's test files and pydicom-data's that are present, generated
+series, de-identified lake output under each built-in profile, and (slow, when present) every
+vendor file of ../shared/data and the lakes the vendor parity test fills under each profile
+(tests/test_nifti_vendor_parity.py). What the reader does not handle goes to pydicom, and the
+conversion is the same either way.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+import lake
+from lake.nifti import Part10, read_part10, series_to_nifti
+from tests.conftest import SHARED_DATA
+from tests.deid_corpus import write_corpus
+from tests.nifti_synth import enhanced_from, synthetic_series
+from tests.part10_equivalence import compare_bytes, differences, lake_differences
+
+PROFILES = ("basic", "research", "teaching")
+
+
+def _pydicom_corpus() -> list[Path]:
+    """pydicom's test files and pydicom-data's, those present (no download)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "download failures": nothing to download here
+        found = get_testdata_files("**/*")
+    return sorted({Path(f) for f in found if Path(f).is_file()})
+
+
+def test_every_element_of_pydicoms_test_files_equals_pydicoms() -> None:
+    files = _pydicom_corpus()
+    assert len(files) > 150
+    fast = 0
+    problems: list[str] = []
+    for path in files:
+        data = path.read_bytes()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pydicom.dcmread(io.BytesIO(data))
+        except Exception:  # noqa: BLE001 - not a Part-10 file pydicom reads (DICOMDIR parts...)
+            continue
+        quick, found = compare_bytes(data)
+        fast += quick
+        problems += [f"{path.name}: {d}" for d in found]
+    assert problems == []
+    assert fast > 100  # most are read by the fast reader, not handed to pydicom
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_deidentified_lake_output_reads_as_pydicom_reads_it(profile: str,
+                                                            tmp_path: Path) -> None:
+    """What the export reads: headers the lake stored after de-identification, and blobs."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in _pydicom_corpus():
+        if path.suffix.lower() == ".dcm":
+            (folder / f"{len(list(folder.iterdir())):04d}.dcm").write_bytes(path.read_bytes())
+    series = synthetic_series(n_slices=4, rows=8, cols=8)
+    for i, ds in enumerate([*series, enhanced_from(series)]):
+        ds.save_as(folder / f"synth{i}.dcm", enforce_file_format=True)
+    write_corpus(folder / "planted", 1)  # identifiers everywhere, private elements, UN...
+    vault = tmp_path / "vault"
+    lk = lake.init(tmp_path / "lake", vault=vault)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lk.ingest([str(folder)], vault=vault, profile=profile, scheduler="sync")
+    fast, slow, problems = lake_differences(lk)
+    assert problems == []
+    assert fast >= 20 and slow >= 10  # both readers were exercised
+
+
+def _bytes(ds: Dataset, syntax: str | None = None) -> bytes:
+    if syntax is not None:
+        ds.file_meta.TransferSyntaxUID = syntax
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, ds, enforce_file_format=True,
+                     implicit_vr=syntax == ImplicitVRLittleEndian if syntax else None)
+    return out.getvalue()
+
+
+def test_implicit_vr_and_sequences() -> None:
+    series = synthetic_series(n_slices=3, rows=8, cols=8)
+    enhanced = enhanced_from(series)
+    for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        data = _bytes(enhanced, syntax)
+        got = read_part10(data)
+        assert isinstance(got, Part10)
+        assert got.is_implicit_VR == (syntax == ImplicitVRLittleEndian)
+        assert list(differences(pydicom.dcmread(io.BytesIO(data)), got)) == []
+        frames = got.PerFrameFunctionalGroupsSequence
+        assert len(frames) == 3
+        assert frames[2].PlanePositionSequence[0].ImagePositionPatient == \
+            [float(v) for v in series[2].ImagePositionPatient]
+
+
+def test_dataset_protocol() -> None:
+    ds = read_part10(Path(str(get_testdata_file("MR_small.dcm"))).read_bytes())
+    assert isinstance(ds, Part10)
+    assert "Rows" in ds and 0x00280010 in ds and (0x0028, 0x0010) in ds
+    assert "NoSuchKeyword" not in ds and "PixelSpacing" in ds
+    assert ds.get("PatientWeight", 1.5) is not None
+    assert ds.get("AccessionNumber", "x") in ("", None, "x")
+    assert ds.get("Gantry/DetectorTilt", 7) == 7
+    with pytest.raises(AttributeError):
+        _ = ds.NoSuchKeyword
+    with pytest.raises(KeyError):
+        _ = ds[0x00191234]
+    assert ds[0x00280010].value == 64 and ds[0x00280010].VR == "US"
+    raw = ds.get_item(0x00280010)
+    assert raw is not None and raw.value == b"\x40\x00"
+    assert ds.file_meta is not None and ds.file_meta.get("TransferSyntaxUID")
+    assert isinstance(ds.PixelData, bytes) and len(ds.PixelData) == 64 * 64 * 2
+
+
+def test_pixel_data_kept_apart_is_attached() -> None:
+    path = Path(str(get_testdata_file("CT_small.dcm")))
+    full = pydicom.dcmread(path)
+    pixels = full.PixelData
+    del full.PixelData
+    header = _bytes(full)
+    got = read_part10(header, pixels, "OW")
+    assert isinstance(got, Part10)
+    assert got.PixelData == pixels and got[0x7FE00010].VR == "OW"
+
+
+@pytest.mark.parametrize("name", ["MR_small_bigendian.dcm", "image_dfl.dcm"])
+def test_big_endian_and_deflated_go_to_pydicom(name: str) -> None:
+    path = Path(str(get_testdata_file(name)))
+    got = read_part10(path.read_bytes())
+    assert isinstance(got, Dataset)
+    assert got.Rows == pydicom.dcmread(path).Rows
+
+
+def test_compressed_pixels_go_to_pydicom() -> None:
+    path = Path(str(get_testdata_file("JPEG2000.dcm")))
+    got = read_part10(path.read_bytes())
+    assert isinstance(got, Dataset)
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[:200], lambda b: b[:-7], lambda b: b"x" * 300,
+                                    lambda b: b[:140] + b"\xff" * 40 + b[180:]])
+def test_damaged_bytes_never_raise_past_pydicom(damage: Any) -> None:
+    data = damage(Path(str(get_testdata_file("MR_small.dcm"))).read_bytes())
+    try:
+        got = read_part10(data)
+    except Exception as exc:  # noqa: BLE001 - only pydicom's own errors may surface
+        assert type(exc).__module__.startswith("pydicom") or isinstance(exc, EOFError | OSError |
+                                                                         ValueError)
+        return
+    assert isinstance(got, Part10 | Dataset)
+
+
+def test_rgb_pixels_read_natively_equal_pydicoms() -> None:
+    path = Path(str(get_testdata_file("SC_rgb.dcm")))
+    expected = pydicom.dcmread(path).pixel_array
+    got = read_part10(path.read_bytes())
+    assert isinstance(got, Part10)
+    volumes, refusals = series_to_nifti([got])
+    assert refusals == []
+    image = np.asanyarray(volumes[0].image.dataobj)
+    reference, _ = series_to_nifti([pydicom.dcmread(path)])
+    assert np.array_equal(image, np.asanyarray(reference[0].image.dataobj))
+    assert image.size * 3 == expected.size  # RGB24: one voxel holds the three samples
+
+
+def test_conversion_is_the_same_from_either_reader() -> None:
+    series = synthetic_series(n_slices=5, rows=16, cols=12, noise=3.0)
+    for datasets in (series, [enhanced_from(series)]):
+        data = [_bytes(ds) for ds in datasets]
+        fast = [read_part10(d) for d in data]
+        assert all(isinstance(d, Part10) for d in fast)
+        slow = [pydicom.dcmread(io.BytesIO(d)) for d in data]
+        (a,), _ = series_to_nifti(fast)
+        (b,), _ = series_to_nifti(slow)
+        assert np.array_equal(a.image.affine, b.image.affine)
+        assert np.array_equal(np.asanyarray(a.image.dataobj), np.asanyarray(b.image.dataobj))
+        assert a.sidecar == b.sidecar
+
+
+def _vendor_files() -> list[Path]:
+    roots = [SHARED_DATA / "dcm_qa" / "In", *sorted((SHARED_DATA / "vendors").glob("*/In"))]
+    return [p for root in roots if root.is_dir() for p in sorted(root.rglob("*")) if p.is_file()]
+
+
+@pytest.mark.slow
+@pytest.mark.vendor
+def test_every_vendor_file_reads_as_pydicom_reads_it() -> None:
+    files = _vendor_files()
+    if not files:
+        pytest.skip("../shared/data is absent")
+    fast = 0
+    problems: list[str] = []
+    for path in files:
+        data = path.read_bytes()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pydicom.dcmread(io.BytesIO(data))
+        except Exception:  # noqa: BLE001 - not DICOM (READMEs, scripts)
+            continue
+        quick, found = compare_bytes(data)
+        fast += quick
+        problems += [f"{path.name}: {d}" for d in found]
+    assert problems == []
+    assert fast > 1500  # of about 1,700: the rest is compressed, big endian or deflated
+
+
+def test_a_vr_pydicom_infers_from_other_elements_goes_to_pydicom() -> None:
+    """Implicit VR "US or SS" (SmallestImagePixelValue) depends on PixelRepresentation,
+    possibly of an enclosing dataset: pydicom settles it."""
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.SmallestImagePixelValue = 0
+    data = _bytes(ds, ImplicitVRLittleEndian)
+    assert isinstance(read_part10(data), Dataset)
+    del ds.SmallestImagePixelValue, ds.LargestImagePixelValue
+    assert isinstance(read_part10(_bytes(ds, ImplicitVRLittleEndian)), Part10)
+
+
+def test_a_character_set_of_an_item_applies_to_that_item() -> None:
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = "Müller^Jürgen"
+    item = Dataset()
+    item.SpecificCharacterSet = "ISO_IR 192"
+    item.PatientName = "Якушев^Иван"
+    inner = Dataset()
+    inner.PersonName = "Ωμέγα^Άλφα"  # no character set: the item's
+    item.ContentSequence = [inner]
+    ds.OtherPatientIDsSequence = [item]
+    data = _bytes(ds)
+    got = read_part10(data)
+    assert isinstance(got, Part10)
+    assert list(differences(pydicom.dcmread(io.BytesIO(data)), got)) == []
+    assert str(got.OtherPatientIDsSequence[0].ContentSequence[0].PersonName) == "Ωμέγα^Άλφα"
