@@ -17,7 +17,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 import lake
-from lake.export._dicom import reassemble
+from lake.export import reassemble
 from lake.nifti import Part10, read_part10
 
 _PIXEL_DATA = 0x7FE00010

@@ -44,3 +44,19 @@ def test_public_names_resolve() -> None:
 def test_the_test_data_generator_is_not_shipped() -> None:
     shipped = {p.name for p in (ROOT / "lake").rglob("*.py")}
     assert "nifti_synth.py" not in shipped and "_nifti_synth.py" not in shipped
+
+
+def test_acquisition_names_are_the_catalog_columns_and_a_row_reads_back_validated() -> None:
+    from lake.catalog import ACQUISITION_COLUMNS
+
+    assert tuple(c.name for c in ACQUISITION_COLUMNS) == lake.nifti.ACQUISITION_NAMES
+    row = {
+        "SOPInstanceUID": "1.2.3",  # not a parameter: left out
+        "phase_encoding_direction": "j-",
+        "slice_timing": [0.0, 0.5, 0.25],
+        "echo_number": None,  # null column: left out
+        "epi_variant": "Mr Smith's scan",  # free text never validates
+        "total_readout_time": float("nan"),  # nor does a non-finite number
+    }
+    assert lake.nifti.acquisition_from_row(row) == {
+        "phase_encoding_direction": "j-", "slice_timing": [0.0, 0.5, 0.25]}

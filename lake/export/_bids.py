@@ -60,7 +60,7 @@ from lake.export._runner import (
     _member_rows,
     run_export,
 )
-from lake.export._to_nifti import ACQUISITION_NAMES, _acquisition
+from lake.nifti import ACQUISITION_NAMES, acquisition_from_row
 from lake.store import BlobStore
 
 if TYPE_CHECKING:
@@ -519,7 +519,7 @@ class _BidsPlan:
                 "fmap": c.datatype == "fmap",
             }
             members = sorted(by_series[uid], key=lambda r: r.sop_uid)
-            meta["acquisitions"] = {r.sop_uid: _acquisition(r.extra) for r in members}
+            meta["acquisitions"] = {r.sop_uid: acquisition_from_row(r.extra) for r in members}
             plans.append(TaskPlan(uid, plan.folder, tuple((r.sop_uid, "") for r in members),
                                   meta))
         return plans

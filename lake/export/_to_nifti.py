@@ -23,10 +23,10 @@ import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lake._errors import BlobNotFoundError, ConfigError, IntegrityError
-from lake.catalog import ACQUISITION_COLUMNS, arrow_dataset
+from lake.catalog import arrow_dataset
 from lake.export._cohort import Cohort, resolve
 from lake.export._dicom import blob_skip, load_pixels
 from lake.export._manifest import FileRecord, Skip, TaskResult, sha256_file
@@ -43,6 +43,7 @@ from lake.export._runner import (
     run_export,
     short_hash,
 )
+from lake.nifti import ACQUISITION_NAMES, acquisition_from_row
 from lake.store import BlobStore
 
 if TYPE_CHECKING:
@@ -51,8 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["export_nifti", "nifti_layout", "write_nifti_series"]
 
 _SUFFIX = re.compile(r"^[A-Za-z0-9_-]*$")
-#: Catalog columns holding acquisition parameters, in declaration order.
-ACQUISITION_NAMES = tuple(c.name for c in ACQUISITION_COLUMNS)
 
 
 def nifti_layout(refs: Sequence[InstanceRef]) -> list[TaskPlan]:
@@ -68,16 +67,10 @@ def nifti_layout(refs: Sequence[InstanceRef]) -> list[TaskPlan]:
             f"sub-{patient_label(first.patient_id)}/ses-{short_hash(first.study_uid)}/"
             f"{number_label(first.series_number)}_{short_hash(key)}"
         )
-        acquisitions = {r.sop_uid: _acquisition(r.extra) for r in members}
+        acquisitions = {r.sop_uid: acquisition_from_row(r.extra) for r in members}
         plans.append(TaskPlan(key, stem, tuple((r.sop_uid, "") for r in members),
                               {"acquisitions": acquisitions}))
     return plans
-
-
-def _acquisition(extra: dict[str, Any]) -> dict[str, Any]:
-    """The stored acquisition parameters of one instance (nulls left out)."""
-    return {name: value for name, value in extra.items()
-            if name in ACQUISITION_NAMES and value is not None}
 
 
 def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:

@@ -9,7 +9,9 @@ Vendors keep much of what a faithful conversion needs (mosaic layout, slice timi
 phase-encoding polarity, readout time, diffusion gradients, scaling) in private elements
 that de-identification removes. :func:`derive_acquisition` reads them from the original
 header as validated numbers and codes (:data:`PARAMETERS`), the lake stores them per
-instance at ingest, and :func:`series_to_nifti` takes them back at export.
+instance at ingest (one catalog column per parameter, :data:`ACQUISITION_NAMES`), and
+:func:`series_to_nifti` takes them back at export (:func:`acquisition_from_row` reads them
+from a catalog row).
 
 The names are imported lazily: the parameter declarations are light, the converter is not.
 
@@ -31,7 +33,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lake.nifti._convert import series_to_nifti
     from lake.nifti._derive import derive_acquisition
-    from lake.nifti._parameters import PARAMETERS, AcquisitionValue, Kind, Parameter
+    from lake.nifti._parameters import (
+        ACQUISITION_NAMES,
+        PARAMETERS,
+        AcquisitionValue,
+        Kind,
+        Parameter,
+        acquisition_from_row,
+    )
     from lake.nifti._parameters import validate_all as validate_acquisition
     from lake.nifti._part10 import Part10, read_part10
     from lake.nifti._sidecar import FORBIDDEN_KEYS
@@ -39,6 +48,7 @@ if TYPE_CHECKING:
     from lake.nifti._write import gzip_members, nifti_payload, write_volume
 
 __all__ = [
+    "ACQUISITION_NAMES",
     "FORBIDDEN_KEYS",
     "PARAMETERS",
     "AcquisitionValue",
@@ -48,6 +58,7 @@ __all__ = [
     "Parameter",
     "Part10",
     "RefusalReason",
+    "acquisition_from_row",
     "derive_acquisition",
     "gzip_members",
     "nifti_payload",
@@ -58,6 +69,8 @@ __all__ = [
 ]
 
 _HOMES = {
+    "ACQUISITION_NAMES": "_parameters",
+    "acquisition_from_row": "_parameters",
     "FORBIDDEN_KEYS": "_sidecar",
     "PARAMETERS": "_parameters",
     "AcquisitionValue": "_parameters",

@@ -22,10 +22,12 @@ from types import MappingProxyType
 from typing import TypeAlias
 
 __all__ = [
+    "ACQUISITION_NAMES",
     "PARAMETERS",
     "AcquisitionValue",
     "Kind",
     "Parameter",
+    "acquisition_from_row",
     "parameter",
     "validate",
     "validate_all",
@@ -377,6 +379,11 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
 )
 
+#: The name of every parameter, in declaration order: also the names of the catalog columns
+#: that store them per instance (``lake.catalog.ACQUISITION_COLUMNS`` is generated from
+#: :data:`PARAMETERS`).
+ACQUISITION_NAMES: tuple[str, ...] = tuple(p.name for p in PARAMETERS)
+
 _BY_NAME: Mapping[str, Parameter] = MappingProxyType({p.name: p for p in PARAMETERS})
 
 
@@ -452,3 +459,30 @@ def validate_all(values: Mapping[str, object]) -> dict[str, AcquisitionValue]:
             if checked is not None:
                 out[name] = checked
     return out
+
+
+def acquisition_from_row(row: Mapping[str, object]) -> dict[str, AcquisitionValue]:
+    """The acquisition parameters one catalog row holds, validated, ready for the converter.
+
+    The catalog stores each parameter of :data:`PARAMETERS` in a column of the same name
+    (:data:`ACQUISITION_NAMES`); a row read from the ``instances`` table (or any mapping of
+    column names to values) gives back what :func:`lake.nifti.series_to_nifti` takes for that
+    instance. Other columns, nulls and values that do not validate are left out.
+
+    Parameters
+    ----------
+    row : mapping of str to object
+        Column name to value, e.g. one ``to_pylist()`` record of the ``instances`` table.
+
+    Returns
+    -------
+    dict of str to AcquisitionValue
+
+    Examples
+    --------
+    >>> acquisition_from_row({"SOPInstanceUID": "1.2.3", "phase_encoding_direction": "j-",
+    ...                       "total_readout_time": 0.0512, "slice_timing": None})
+    {'phase_encoding_direction': 'j-', 'total_readout_time': 0.0512}
+    """
+    return validate_all({name: row[name] for name in ACQUISITION_NAMES
+                         if name in row and row[name] is not None})
