@@ -326,6 +326,70 @@ def test_file_meta_and_preamble() -> None:
     assert ds.preamble == bytes(128)
 
 
+def test_the_file_meta_keeps_only_what_names_the_object_and_its_encoding() -> None:
+    """The sender's implementation, AE titles, RTV identifiers and private information go
+    (red-team finding 11: ImplementationVersionName kept); ingest writes the lake's own."""
+    ds = ct()
+    meta = ds.file_meta
+    meta.ImplementationClassUID = "1.2.3.999"
+    meta.ImplementationVersionName = "TKNSTATION01"
+    meta.SendingApplicationEntityTitle = "TKNAE"
+    meta.add(bad(0x00020035, "OB", b"TKNRTVSOURCE"))
+    meta.add(bad(0x00020100, "UI", "1.2.3.998"))
+    engine().apply(ds)
+    assert sorted(int(t) for t in ds.file_meta.keys()) == [  # noqa: SIM118 (no dict)
+        0x00020002, 0x00020003, 0x00020010]
+
+
+@pytest.mark.parametrize("tag", [0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD, 0x00000902, 0x00020013],
+                         ids=["item", "item-delimiter", "sequence-delimiter", "command",
+                              "file-meta"])
+@pytest.mark.parametrize("nested", [False, True], ids=["top", "in-item"])
+def test_an_element_in_a_place_it_may_not_be_is_removed(tag: int, nested: bool) -> None:
+    """An element whose tag was damaged into an item or delimiter tag, a command element or
+    a file meta element inside the data set is removed, whatever a recipe says (red-team
+    finding 2: pydicom's dictionary names them, so the unknown rule did not remove them)."""
+    ds = ct()
+    where = ds
+    if nested:
+        where = Dataset()
+        where.ReferencedSOPInstanceUID = "1.2.3.4"
+        ds.ReferencedImageSequence = Sequence([where])
+    where.add(RawDataElement(tag, "LO", 16, b"TKNMISPLACED0001", 0, False, True))
+    for e in (engine(), engine("research"), engine("teaching")):
+        out = roundtrip(_applied(e, copy.deepcopy(ds)))
+        assert b"TKNMISPLACED" not in encode_part10(out)
+
+
+@pytest.mark.parametrize("value", ["1.2.TKNSOPCLASS01", "1.2.840.10008.5.1.4.1.1.2^TKNSMITH",
+                                   "1.2..3", "1." + "2" * 70])
+@pytest.mark.parametrize("keyword", ["SOPClassUID", "ReferencedSOPClassUID",
+                                     "MediaStorageSOPClassUID", "CodingSchemeUID"])
+def test_a_class_uid_kept_as_it_is_must_be_a_uid(keyword: str, value: str) -> None:
+    """Class, syntax and registry UIDs are kept unchanged only when they are UIDs; otherwise
+    the instance is refused with a reason naming the attribute, never its value (red-team
+    finding 3), on the raw-sequence fast path as on the general one."""
+    ds = ct()
+    if keyword == "MediaStorageSOPClassUID":
+        ds.file_meta.add(bad(0x00020002, "UI", value))
+    elif keyword == "SOPClassUID":
+        ds.add(bad(0x00080016, "UI", value))
+    else:
+        item = Dataset()
+        item.add(bad(0x00081150 if keyword == "ReferencedSOPClassUID" else 0x0008010C, "UI",
+                     value))
+        ds.ReferencedImageSequence = Sequence([item])
+    with warnings.catch_warnings():  # pydicom warns, quoting the value, when it copies it
+        warnings.simplefilter("ignore")
+        # Parsed, and raw bytes (the fast path); pydicom's writer replaces the file meta's.
+        both = keyword != "MediaStorageSOPClassUID"
+        for data in (ds, roundtrip(ds)) if both else (ds,):
+            with pytest.raises(DeidRefusedError) as info:
+                engine().apply(copy.deepcopy(data))
+            assert info.value.reason == "bad_uid"
+            assert keyword in str(info.value) and "TKN" not in str(info.value)
+
+
 def test_well_known_and_class_uids_are_kept() -> None:
     vendor_class = "1.3.12.2.1107.5.9.1"  # a private SOP class: a class, not an instance
     ds = ct(SOPClassUID=vendor_class)

@@ -160,6 +160,7 @@ _OUTCOMES = {
     "keep if a valid time": {"kept", "zero-length", "empty"},
     "keep if a valid age; over 89Y -> 090Y": {"kept", "changed", "zero-length", "empty"},
     "keep if a valid UTC offset": {"kept", "zero-length", "empty"},
+    "keep if a well-formed UID, else refused": {"kept", "empty"},
     "keep": {"kept", "empty"},
     "keep (not listed)": {"kept", "empty"},
     "keyed pseudonym": {"changed", "empty"},

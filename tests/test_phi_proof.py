@@ -10,18 +10,24 @@ import io
 import os
 import subprocess
 import sys
+import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 import typer
 from deltalake import DeltaTable
+from pydicom import config
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
 
 import lake
 from lake.deid import ProfileOption, load_profile
 from lake.deid._values import shift_da, shift_days
+from lake.ingest import Accepted, Ingestor, Rejected
+from lake.ingest._instance import IMPLEMENTATION_CLASS_UID
 from lake.vault import Secret
 from tests.deid_corpus import expected_absent, patient_label, write_corpus
 
@@ -292,3 +298,83 @@ def test_acquisition_parameters_carry_no_planted_token(profile: str, tmp_path: P
              *_file_texts(tmp_path / "nifti")]
     leaks = _leaks(tokens, iter(texts))
     assert not leaks, f"{len(leaks)} planted values escaped: {sorted(leaks.items())[:5]}"
+
+
+# ---- Damaged headers through the ingest path (red-team findings 2, 3, 11) -------------------
+
+
+def _ct_small_bytes(change: Callable[[Dataset], None]) -> bytes:
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    ds = dcmread(str(get_testdata_file("CT_small.dcm")))
+    change(ds)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _outcome(tmp_path: Path, data: bytes) -> Accepted | Rejected:
+    lk = lake.init(tmp_path / "lake", vault=tmp_path / "vault")
+    return Ingestor(lk, lk.secret(tmp_path / "vault"), "basic", source="test").process(data)
+
+
+def _stored(outcome: Accepted | Rejected) -> str:
+    """Everything the lake stores of an accepted instance: header JSON, bytes, typed row."""
+    assert isinstance(outcome, Accepted), outcome
+    row = outcome.row
+    return str(row["header_json"]) + bytes(row["header_dicom"]).decode("latin-1") + repr(
+        sorted((k, v) for k, v in row.items() if isinstance(v, str)))
+
+
+@pytest.mark.parametrize("tag", [b"\xfe\xff\x00\xe0", b"\xfe\xff\xdd\xe0"],
+                         ids=["item-FFFE,E000", "sequence-delimiter-FFFE,E0DD"])
+def test_an_element_whose_tag_became_an_item_or_delimiter_tag_is_not_stored(
+    tag: bytes, tmp_path: Path
+) -> None:
+    """Found by STOWing mutants of the planted corpus: PatientName's tag damaged into
+    (FFFE,E000) or (FFFE,E0DD) kept its value in /metadata and the WADO bytes."""
+
+    def name(ds: Dataset) -> None:
+        ds.PatientName = "TKNPATIENTNAME1"
+
+    data = _ct_small_bytes(name)
+    original = b"\x10\x00\x10\x00PN"
+    assert original in data
+    damaged = data.replace(original, tag + b"PN", 1)
+    assert "TKNPATIENTNAME1" not in _stored(_outcome(tmp_path, damaged))
+
+
+@pytest.mark.parametrize("value", ["1.2.TKNSOPCLASS01", "1.2.840.10008.5.1.4.1.1.2^TKNSMITH"])
+def test_a_sop_class_uid_that_is_no_uid_is_refused_without_its_value(
+    value: str, tmp_path: Path
+) -> None:
+    def sop_class(ds: Dataset) -> None:
+        ds["SOPClassUID"] = DataElement(0x00080016, "UI", value, validation_mode=config.IGNORE)
+        ds.file_meta["MediaStorageSOPClassUID"] = DataElement(
+            0x00020002, "UI", value, validation_mode=config.IGNORE)
+
+    with warnings.catch_warnings():  # pydicom's writer warns, quoting the value
+        warnings.simplefilter("ignore")
+        data = _ct_small_bytes(sop_class)
+    outcome = _outcome(tmp_path, data)
+    assert isinstance(outcome, Rejected)
+    assert outcome.record["reason"] == "bad_uid"
+    assert "TKN" not in repr(outcome.record)
+
+
+def test_the_stored_file_meta_names_the_lake_not_the_sender(tmp_path: Path) -> None:
+    def meta(ds: Dataset) -> None:
+        ds.file_meta.ImplementationClassUID = "1.2.3.4.5.6.7"
+        ds.file_meta.ImplementationVersionName = "TKNSTATION01"
+        ds.file_meta.SourceApplicationEntityTitle = "TKNSOURCEAE"
+
+    outcome = _outcome(tmp_path, _ct_small_bytes(meta))
+    stored = _stored(outcome)
+    assert "TKN" not in stored and "1.2.3.4.5.6.7" not in stored
+    assert isinstance(outcome, Accepted)
+    from pydicom import dcmread
+
+    written = dcmread(io.BytesIO(bytes(outcome.row["header_dicom"])))
+    assert written.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert written.file_meta.ImplementationVersionName.startswith("IMAGINGLAKE")

@@ -99,6 +99,8 @@ _REGISTRY_UID_KEYWORDS = {
     "CodingSchemeUID", "ContextGroupExtensionCreatorUID", "ContextUID", "MappingResourceUID",
     "PrivateInformationCreatorUID", "CreatorVersionUID",
 }
+# File meta elements kept: Media Storage SOP Class UID, Transfer Syntax UID.
+_META_KEPT = (0x00020002, 0x00020010)
 # Unlisted URIs that are part of coded concepts, not locations: kept.
 _CODE_URI_KEYWORDS = {"CodingSchemeURL", "URNCodeValue"}
 # Security and encryption containers: removed (some are in the table, the rest added here).
@@ -196,7 +198,7 @@ def basic_recipe(rows: list[dict[str, str]], source: str) -> str:
     lines.append("REPLACE vr:UI func:uid")
     lines.append("# ...except those naming a class, a transfer syntax or a registry: kept.")
     for tag, (vr, _vm, _label, _retired, keyword) in sorted(DicomDictionary.items()):
-        if tag in listed or vr != "UI":
+        if tag in listed or vr != "UI" or tag >> 16 in (0x0000, 0x0002):  # not in data sets
             continue
         if (
             "Class" in keyword
@@ -206,8 +208,18 @@ def basic_recipe(rows: list[dict[str, str]], source: str) -> str:
             lines.append(f"KEEP ({tag >> 16:04X},{tag & 0xFFFF:04X})")
     lines.append("# URIs that are part of a coded concept.")
     lines += [f"KEEP {_tag_of(k)}" for k in sorted(_CODE_URI_KEYWORDS)]
-    lines.append("# File meta information private to the sender; signatures and encryption.")
-    lines.append("REMOVE (0002,0102)")
+    lines.append("# File meta: what names the object and its encoding is kept (a class and a")
+    lines.append("# syntax must be well-formed UIDs); the sender's implementation, AE titles,")
+    lines.append("# addresses, RTV identifiers and private information are removed (the lake")
+    lines.append("# writes its own Implementation Class UID and Version Name).")
+    lines += [f"KEEP ({t >> 16:04X},{t & 0xFFFF:04X})" for t in _META_KEPT]
+    lines += [
+        f"REMOVE ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+        for tag in sorted(DicomDictionary)
+        if tag >> 16 == 0x0002 and tag not in listed and tag not in _META_KEPT
+        and tag not in (0x00020000, 0x00020001)  # group length, version: written by the encoder
+    ]
+    lines.append("# Signatures and encryption.")
     for keyword in _SECURITY_KEYWORDS:
         tag = _tag_of(keyword)
         if int(tag[1:5] + tag[6:10], 16) not in listed:

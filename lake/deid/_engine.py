@@ -23,6 +23,7 @@ from lake.deid._pixels import assess, clean_pixels, element_text
 from lake.deid._plan import Op, Plan, compile_profile
 from lake.deid._profile import Profile
 from lake.deid._rawseq import rewrite_sequence, scan_values
+from lake.deid._uids import not_a_uid, well_formed_uids
 from lake.vault import Secret
 
 __all__ = ["DeidResult", "Deidentifier"]
@@ -255,7 +256,7 @@ class Deidentifier:
         self._walk(ds, call, _p.NORMAL)
         meta = getattr(ds, "file_meta", None)
         if meta is not None:
-            self._walk(meta, call, _p.NORMAL)
+            self._walk(meta, call, _p.META)
         if getattr(ds, "preamble", None) is not None:
             ds.preamble = b"\0" * 128
         self._mark(ds, result)
@@ -402,6 +403,12 @@ class Deidentifier:
             actions["Z"] += 1
             return
         if code == _p.KEEP:
+            actions[op.letter] += 1
+            return
+        if code == _p.CHECK_UI:
+            if not well_formed_uids(elem.value if isinstance(elem, RawDataElement)
+                                    else _raw_text(elem, call.encodings).encode("utf-8", "replace")):
+                raise not_a_uid(tag)
             actions[op.letter] += 1
             return
         if code == _p.LITERAL:

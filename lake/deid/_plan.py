@@ -51,6 +51,7 @@ CHECK_TZ = 14
 PSEUDONYM = 15
 LITERAL = 16
 RECURSE = 17
+CHECK_UI = 18
 
 # Kinds of identifying values collected for Clean (C): person names, other values, dates.
 ID_NAME = 0
@@ -61,7 +62,13 @@ ID_DATE = 2
 NORMAL = 0
 DUMMY_MODE = 1
 CLEAN_MODE = 2
+META = 3  # the file meta information (group 0002)
 INHERIT = -1
+
+# Groups whose elements have no place in a data set or its items: command (0000), file meta
+# (0002: only in the file meta) and item/delimiter tags (FFFE), e.g. an element whose tag was
+# damaged into (FFFE,E000). Removed whatever a recipe says (docs/deid.md).
+MISPLACED_GROUPS = frozenset({0x0000, 0x0002, 0xFFFE})
 
 EFFECTS: Mapping[int, str] = MappingProxyType({
     K_SILENT: "keep (not listed)",
@@ -82,6 +89,7 @@ EFFECTS: Mapping[int, str] = MappingProxyType({
     PSEUDONYM: "keyed pseudonym",
     LITERAL: "fixed value",
     RECURSE: "de-identify items",
+    CHECK_UI: "keep if a well-formed UID, else refused",
 })
 _MODE_NAMES: Mapping[int, str] = MappingProxyType(
     {NORMAL: "", DUMMY_MODE: " with dummy values", CLEAN_MODE: " with cleaned text"}
@@ -178,7 +186,8 @@ def _op_for(rule: HeaderRule, vr: str, *, strict: bool) -> Op | None:
     if verb == "KEEP":
         if vr == "SQ":
             return Op(RECURSE, "K", vr, mode=NORMAL)
-        check = {"DA": CHECK_DA, "DT": CHECK_DT, "TM": CHECK_TM, "AS": CHECK_AS}.get(vr)
+        check = {"DA": CHECK_DA, "DT": CHECK_DT, "TM": CHECK_TM, "AS": CHECK_AS,
+                 "UI": CHECK_UI}.get(vr)
         return Op(check, "K", vr) if check is not None else Op(KEEP, "K", vr)
     # REPLACE
     if func is None:
@@ -292,7 +301,7 @@ def _mode_op(op: Op, vr: str, keyword: str, mode: int, explicit: bool) -> Op:
         if vr == "SQ":
             return op if op.mode in (CLEAN_MODE, DUMMY_MODE) else op._replace(mode=DUMMY_MODE)
         if vr == "UI":
-            return op if op.code in (UID, KEEP) else Op(UID, "U", vr)
+            return op if op.code in (UID, KEEP, CHECK_UI) else Op(UID, "U", vr)
         if vr in _NUMERIC_VRS:
             return op
         return Op(DUMMY, "D", vr)
@@ -311,7 +320,7 @@ class Plan:
     """A compiled profile. Immutable after compilation; shared by every thread."""
 
     profile_name: str
-    tables: tuple[Mapping[int, Op], Mapping[int, Op], Mapping[int, Op]]
+    tables: tuple[Mapping[int, Op], Mapping[int, Op], Mapping[int, Op], Mapping[int, Op]]
     masks: tuple[tuple[int, int, Mapping[str, Op]], ...]
     unknown: Mapping[str, Op]
     private_default: Mapping[str, Op]
@@ -447,6 +456,11 @@ def compile_profile(profile: Profile) -> Plan:
             }
     safe_table = safe_private_table() if safe else {}
 
+    meta_table = {tag: op for tag, op in normal.items() if tag >> 16 == 0x0002}
+    misplaced = Op(REMOVE, "X", "")
+    for tag in normal:
+        if tag >> 16 in MISPLACED_GROUPS:
+            normal[tag] = misplaced._replace(vr=normal[tag].vr)
     dummy_table: dict[int, Op] = {}
     clean_table: dict[int, Op] = {}
     for tag, op in normal.items():
@@ -482,7 +496,7 @@ def compile_profile(profile: Profile) -> Plan:
     rows = []
     for f, res in sorted(resolved.items(), key=lambda kv: (kv[0].kind != "tag", str(kv[0]))):
         if f.kind == "tag":
-            effect = _effect(normal[f.tag])
+            effect = _effect(meta_table.get(f.tag) or normal[f.tag])
         elif f.kind == "vr":
             effect = _effect(_op_for(res.rule, f.vr, strict=False) or Op(REMOVE, "X", f.vr))
         elif f.kind == "private":
@@ -506,6 +520,9 @@ def compile_profile(profile: Profile) -> Plan:
             rows.append({"field": f"({tag >> 16:04X},{tag & 0xFFFF:04X})",
                          "name": str(DicomDictionary[tag][2]), "action": "C", "effect": effect,
                          "layer": ProfileOption.CLEAN_PIXEL_DATA.recipe})
+    rows.append({"field": "(0000,xxxx) (0002,xxxx) (FFFE,xxxx) outside the file meta",
+                 "name": "command, file meta and item or delimiter tags in a data set or item",
+                 "action": "X", "effect": "remove", "layer": "engine"})
     for tag, effect in _marks(temporal).items():
         rows.append({"field": f"({tag >> 16:04X},{tag & 0xFFFF:04X})",
                      "name": str(DicomDictionary[tag][2]), "action": "ADD", "effect": effect,
@@ -514,7 +531,7 @@ def compile_profile(profile: Profile) -> Plan:
     filters = tuple(rule for layer in profile.layers for rule in layer.filters)
     return Plan(
         profile_name=profile.name,
-        tables=(normal, dummy_table, clean_table),
+        tables=(normal, dummy_table, clean_table, meta_table),
         masks=tuple(masks),
         unknown=unknown,
         private_default=private_default,

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from struct import Struct
 
 from lake.deid import _plan as _p
+from lake.deid._uids import well_formed_uids
 from lake.deid._values import decode, dummy_bytes
 
 __all__ = ["rewrite_sequence", "scan_values"]
@@ -112,7 +113,9 @@ class _Rewriter:
                 raise _NotFastError
             if code == _p.K_SILENT and vr != b"SQ":
                 out += data[pos:after]
-            elif code == _p.KEEP and vr != b"SQ":
+            elif (code == _p.KEEP and vr != b"SQ") or (
+                code == _p.CHECK_UI and vr == b"UI" and well_formed_uids(data[start:after])
+            ):
                 out += data[pos:after]
                 self._count(op)
             elif code == _p.REMOVE:

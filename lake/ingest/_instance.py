@@ -51,6 +51,8 @@ _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, _PIXEL_DATA})  # float, double 
 _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "SQ"})
 _HEADER_BULK_URI = "urn:imaging-lake:header_dicom"
 _UNDEFINED = 0xFFFFFFFF
+# The lake's implementation (PS3.7 D.3.3.2): a UUID-derived UID (PS3.5 B.2), and a name.
+IMPLEMENTATION_CLASS_UID = UID("2.25.256138820200504653945401404031685252907")
 _DELIMITERS = (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\xdd\x00\x00\x00\x00")
 
 
@@ -253,10 +255,17 @@ def _transfer_syntax(ds: Dataset) -> UID:
 
 
 def _ensure_meta(ds: Dataset) -> None:
+    """The file meta the lake writes: the sender's implementation never travels (the
+    de-identification profile removed it, and a site recipe cannot keep it)."""
     syntax = _transfer_syntax(ds)
     if not isinstance(getattr(ds, "file_meta", None), FileMetaDataset):
         ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = syntax  # MediaStorage* are set by encode_part10
+    meta = ds.file_meta
+    meta.TransferSyntaxUID = syntax  # MediaStorage* are set by encode_part10
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    from lake import __version__  # lake/__init__ imports this module before defining it
+
+    meta.ImplementationVersionName = f"IMAGINGLAKE_{__version__}"[:16]
 
 
 def _bulk_uri(_elem: Any) -> str:
