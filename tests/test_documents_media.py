@@ -22,7 +22,7 @@ from lake.documents import (
     h264_to_mp4,
     sniff,
 )
-from lake.documents._image import strip_jpeg
+from lake.documents._image import baseline_jpeg
 from tests.documents_corpus import (
     avi_with_info,
     find_tokens,
@@ -124,7 +124,7 @@ def test_a_multipage_scan_keeps_every_page() -> None:
 def test_strip_jpeg_refuses_progressive() -> None:
     out = io.BytesIO()
     photo().save(out, "JPEG", progressive=True)
-    assert strip_jpeg(out.getvalue()) is None
+    assert baseline_jpeg(out.getvalue()) is None
 
 
 def _frames(stream: bytes) -> int:

@@ -378,3 +378,55 @@ def test_the_stored_file_meta_names_the_lake_not_the_sender(tmp_path: Path) -> N
     written = dcmread(io.BytesIO(bytes(outcome.row["header_dicom"])))
     assert written.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
     assert written.file_meta.ImplementationVersionName.startswith("IMAGINGLAKE")
+
+
+# ---- Metadata inside compressed frames (red-team finding 1) ----------------------------------
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+OPHTHALMIC_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
+JPEG_COMMENT = "TKNJPEGCOMMENT1"
+JPEG_EXIF = "TKNJPEGEXIFAPP1"
+
+
+def _jpeg_with_metadata(folder: Path, sop_class: str) -> None:
+    """A JPEG Baseline instance whose frame carries a COM and an EXIF APP1 segment, as fundus
+    cameras, dental and ultrasound devices write them (capture time, operator, patient)."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate, generate_frames
+    from pydicom.uid import UID
+
+    def segment(marker: int, payload: bytes) -> bytes:
+        return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+    ds = dcmread(str(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")))
+    frame = next(iter(generate_frames(ds.PixelData, number_of_frames=1)))
+    frame = (frame[:2] + segment(0xE1, b"Exif\x00\x00" + JPEG_EXIF.encode())
+             + segment(0xFE, JPEG_COMMENT.encode()) + frame[2:])
+    ds.PixelData = encapsulate([frame])
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
+    ds.Modality = "CT" if sop_class == CT_IMAGE else "OP"
+    ds.PatientName, ds.PatientID = "Planted^Patient", "PLANTED-ID"
+    ds.BurnedInAnnotation = "NO"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    folder.mkdir(parents=True, exist_ok=True)
+    ds.save_as(folder / "jpeg.dcm", enforce_file_format=True)
+
+
+@pytest.mark.parametrize("sop_class", [CT_IMAGE, OPHTHALMIC_8BIT], ids=["ct", "ophthalmic"])
+@pytest.mark.parametrize("profile", ["basic", "research", "teaching"])
+def test_jpeg_comment_and_exif_inside_pixel_data_reach_no_lake_file(
+    profile: str, sop_class: str, tmp_path: Path
+) -> None:
+    lk = lake.init(tmp_path / "lake", vault=tmp_path / "vault")
+    _jpeg_with_metadata(tmp_path / "in", sop_class)
+    lk.ingest([str(tmp_path / "in")], vault=tmp_path / "vault", profile=profile,
+              scheduler="sync")
+    lk.refresh()
+    assert lk.sql("SELECT count(*) FROM instances").fetchall() == [(1,)]
+    found = {
+        token
+        for path in (tmp_path / "lake").rglob("*") if path.is_file()
+        for token in (JPEG_COMMENT, JPEG_EXIF) if token.encode() in path.read_bytes()
+    }
+    assert not found, f"planted JPEG segments stored in the lake under {profile}: {found}"

@@ -16,12 +16,18 @@ engine (documents)::
     clean_text("CT chest Heart", profile.vocabulary, {"heart"})   # 'CT chest *'
     explain("CT chest Heart", profile.vocabulary, {"heart"})      # [('Heart', reason)]
 
+Compressed frames (JPEG, JPEG-LS, JPEG 2000) lose their metadata segments without
+re-encoding, in ``apply`` and for callers that wrap images (documents)::
+
+    strip_jpeg(jpeg_bytes)                   # EXIF, XMP, ICC, comments removed; or None
+
 What happens to every attribute, the edition, the date-shift rule and how to write a site
 profile: ``docs/deid.md``.
 """
 
 from lake.deid._clean import Vocabulary, clean_text, explain, identifier_words
 from lake.deid._codes import EDITION, Action, ProfileOption
+from lake.deid._codestreams import jpeg_segments, strip_frame, strip_jpeg
 from lake.deid._engine import Deidentifier, DeidResult
 from lake.deid._profile import Profile, list_profiles, load_profile
 
@@ -36,6 +42,9 @@ __all__ = [
     "clean_text",
     "explain",
     "identifier_words",
+    "jpeg_segments",
     "list_profiles",
     "load_profile",
+    "strip_frame",
+    "strip_jpeg",
 ]

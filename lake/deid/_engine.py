@@ -18,6 +18,7 @@ from pydicom.values import convert_SQ
 from lake.deid import _plan as _p
 from lake.deid import _values as _v
 from lake.deid._clean import InstanceIdentifiers, clean_text
+from lake.deid._codestreams import strip_pixel_frames
 from lake.deid._honour import PLAIN_VRS
 from lake.deid._pixels import assess, clean_pixels, element_text
 from lake.deid._plan import Op, Plan, compile_profile
@@ -44,11 +45,14 @@ class DeidResult:
         True when burned-in regions were masked and PixelData replaced.
     pixel_rules : tuple of str
         Labels of the ``%filter`` rules whose regions were masked.
+    frames_stripped : int
+        Compressed frames whose metadata segments (EXIF, comments...) were removed.
     """
 
     actions: Counter[str] = field(default_factory=Counter)
     pixels_cleaned: bool = False
     pixel_rules: tuple[str, ...] = ()
+    frames_stripped: int = 0
 
 
 @dataclass
@@ -219,8 +223,9 @@ class Deidentifier:
     def apply(self, ds: Dataset) -> DeidResult:
         """De-identify ``ds`` in place, including ``ds.file_meta`` and the preamble.
 
-        Pixel data is neither decoded nor changed unless the profile cleans pixels and the
-        instance is at risk of burned-in text (see ``docs/deid.md``).
+        Pixel data is never decoded unless the profile cleans pixels and the instance is at
+        risk of burned-in text; compressed frames lose their metadata segments (EXIF, XMP,
+        comments), their coded data unchanged (see ``docs/deid.md``).
 
         Parameters
         ----------
@@ -253,6 +258,8 @@ class Deidentifier:
             clean_pixels(ds, decision)
             result.pixels_cleaned = True
             result.pixel_rules = decision.labels
+        else:
+            result.frames_stripped = strip_pixel_frames(ds)
         self._walk(ds, call, _p.NORMAL)
         meta = getattr(ds, "file_meta", None)
         if meta is not None:

@@ -24,19 +24,21 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lake.deid import jpeg_segments, strip_jpeg
 from lake.documents._kinds import DocumentKind
 from lake.documents._limits import DocumentRefusedError, Limits
 from lake.documents._ocr import Ocr, OcrWord, mask
 from lake.documents._text import TextPolicy
 
-__all__ = ["CleanedImage", "clean_image", "strip_jpeg"]
+__all__ = ["CleanedImage", "baseline_jpeg", "clean_image"]
 
 _EXIF_IFD = 0x8769
 _DATE_TIME_ORIGINAL = 0x9003
 _DATE_TIME = 0x0132
 _ORIENTATION = 0x0112
 _EXIF_DATE = re.compile(r"(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
-_KEEP_MARKERS = frozenset({0xDB, 0xC4, 0xDD, 0xC0})  # DQT, DHT, DRI, SOF0 (baseline)
+# Frame headers of the coding processes other than baseline (SOF1-SOF15 but DHT, JPG, DAC).
+_OTHER_PROCESSES = frozenset(range(0xC1, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 @dataclass(frozen=True)
@@ -59,70 +61,23 @@ def _refuse(reason: str, message: str) -> DocumentRefusedError:
     return DocumentRefusedError(reason, message)
 
 
-def _segments(data: bytes) -> list[tuple[int, bytes]] | None:
-    """(marker, whole segment) from SOI up to and including the entropy-coded scan and EOI."""
-    if not data.startswith(b"\xff\xd8"):
-        return None
-    out: list[tuple[int, bytes]] = []
-    i = 2
-    n = len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
-        (length,) = struct.unpack_from(">H", data, i + 2)
-        end = i + 2 + length
-        if end > n:
-            return None
-        if marker == 0xDA:  # start of scan: entropy-coded data up to EOI
-            j = end
-            while True:
-                j = data.find(b"\xff", j)
-                if j < 0 or j + 1 >= n:
-                    return None
-                following = data[j + 1]
-                if following == 0xD9:
-                    out.append((marker, data[i : j + 2]))
-                    return out
-                if following == 0x00 or 0xD0 <= following <= 0xD7:
-                    j += 2
-                    continue
-                return None  # a second scan (progressive) or another marker: not baseline
-        out.append((marker, data[i:end]))
-        i = end
-    return None
-
-
-def strip_jpeg(data: bytes) -> bytes | None:
+def baseline_jpeg(data: bytes) -> bytes | None:
     """A baseline JPEG with only the segments decoding needs, or None when not baseline.
 
-    Kept: DQT, DHT, DRI, SOF0, the scan; JFIF (APP0) rewritten without thumbnail; the Adobe
-    segment (APP14, which says whether the components are RGB or YCbCr). Everything else
-    (EXIF/GPS, XMP, IPTC, ICC, comments, maker notes, trailing data) is dropped.
+    :func:`lake.deid.strip_jpeg` removes the segments (as from every JPEG frame of pixel
+    data): EXIF/GPS, XMP, IPTC, ICC, comments, maker notes and trailing data go; JFIF loses
+    its thumbnail; the Adobe segment (RGB or YCbCr) stays.
     """
-    segments = _segments(data)
-    if segments is None or not any(m == 0xC0 for m, _ in segments):
+    markers = {m for m, _ in jpeg_segments(data)}
+    if 0xC0 not in markers or markers & _OTHER_PROCESSES:
         return None
-    out = [b"\xff\xd8"]
-    for marker, segment in segments:
-        if marker in _KEEP_MARKERS or marker == 0xDA:
-            out.append(segment)
-        elif marker == 0xE0 and segment[4:9] == b"JFIF\0" and len(segment) >= 18:
-            out.append(b"\xff\xe0\x00\x10" + segment[4:16] + b"\x00\x00")
-        elif marker == 0xEE and segment[4:9] == b"Adobe":
-            out.append(segment)
-        elif 0xC1 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return None  # another coding process: not JPEG Baseline
-    return b"".join(out)
+    return strip_jpeg(data)
 
 
 def _jpeg_photometric(jpeg: bytes, components: int) -> str:
     if components == 1:
         return "MONOCHROME2"
-    segments = _segments(jpeg) or []
+    segments = jpeg_segments(jpeg)
     adobe = next((s for m, s in segments if m == 0xEE), None)
     if adobe is not None and len(adobe) >= 16 and adobe[15] == 0:
         return "RGB"
@@ -235,7 +190,7 @@ def clean_image(data: bytes, kind: DocumentKind, policy: TextPolicy, *, ocr: Ocr
     first = out[0]
     samples = 1 if first.mode == "L" else 3
     lossy = kind is DocumentKind.JPEG
-    kept = strip_jpeg(data) if lossy and not masked and orientation == 1 and count == 1 else None
+    kept = baseline_jpeg(data) if lossy and not masked and orientation == 1 and count == 1 else None
     if kept is not None:
         return CleanedImage(first.height, first.width, samples,
                             _jpeg_photometric(kept, samples), (kept,), True, True, False,

@@ -18,10 +18,9 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from lake.deid import Deidentifier
-from lake.documents._image import strip_jpeg
 from lake.documents._ingest import document_columns
 from lake.documents._iod import ENCAPSULATED_PDF, VIDEO_PHOTOGRAPHIC, VL_PHOTOGRAPHIC
 from lake.documents._keys import study_keys
@@ -118,13 +117,7 @@ def _vl_image(ds: Dataset, policy: TextPolicy, engine: Deidentifier) -> Content:
     images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames]
     found = [ocr.identifying(image, policy) for image in images]
     if not any(found):
-        if _syntax(ds) == JPEGBaseline8Bit:  # metadata segments inside the JPEG stream go
-            stripped = [strip_jpeg(f) for f in generate_frames(ds.PixelData)]
-            if all(s is not None for s in stripped):
-                from pydicom.encaps import encapsulate
-
-                return Content({"PixelData": encapsulate(stripped, has_bot=False)})  # type: ignore[arg-type]
-        return Content()
+        return Content()  # metadata inside compressed frames: removed by the engine
     if not engine.plan.clean_pixels:
         raise DocumentRefusedError("burned_in_text", "the image shows identifying text; a "
                                    "profile with Clean Pixel Data masks it")
