@@ -28,7 +28,7 @@ from lake.export._cohort import (
     resolve_cohort,
 )
 from lake.export._dicom import export_dicom, instance_bytes, reassemble
-from lake.export._documents import export_documents
+from lake.export._documents import document_bytes, export_documents
 from lake.export._manifest import FileRecord, Skip
 from lake.export._runner import ExportResult, ProgressCallback
 from lake.export._teaching import export_teaching, preview_png, teaching_profiles
@@ -45,6 +45,7 @@ __all__ = [
     "ProgressCallback",
     "Skip",
     "create_cohort",
+    "document_bytes",
     "export_bids",
     "export_dicom",
     "export_documents",

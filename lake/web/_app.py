@@ -34,6 +34,7 @@ from lake._errors import (
 )
 from lake.access import Access, Grant, Permission
 from lake.web._config import WebConfig
+from lake.web._documents import DocumentCache
 from lake.web._errors import (
     NotAcceptableError,
     NotFoundError,
@@ -283,6 +284,7 @@ def create_app(
     app.state.lake = lake
     app.state.config = settings
     app.state.base_url = settings.public_url  # WebServer sets its bound address otherwise
+    app.state.documents = DocumentCache()
     app.state.store = None  # made at start-up (it recovers the spool and starts committing)
     app.state.access = Access(lake, allow_anonymous=settings.allow_anonymous)
     app.state.views = Views(lake)

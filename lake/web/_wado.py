@@ -23,6 +23,14 @@ from starlette.routing import Route
 from lake.access import Grant, Permission
 from lake.query import Snapshot, StoredInstance
 from lake.store import BlobStore
+from lake.web._documents import (
+    ENCAPSULATED_DOCUMENT,
+    PDF,
+    DocumentCache,
+    document_kind,
+    document_response,
+    wanted_form,
+)
 from lake.web._errors import NotAcceptableError, NotFoundError
 from lake.web._guard import route
 from lake.web._json import DICOM_JSON, accepts_gzip, base_url, retrieve_url
@@ -175,13 +183,21 @@ def _rewrite(node: Any, url: str, path: list[str]) -> None:
 
 
 def metadata_text(item: StoredInstance, text: str, base: str) -> str:
-    """One instance's stored DICOM JSON with BulkDataURIs that point at this server."""
+    """One instance's stored DICOM JSON with BulkDataURIs that point at this server.
+
+    An Encapsulated PDF's document is always a BulkDataURI (served as ``application/pdf``),
+    even when it is small enough to be stored inline.
+    """
     url = retrieve_url(base, item.study_uid, item.series_uid, item.sop_uid)
-    if _HEADER_URN in text:
+    pdf = document_kind(item) == PDF
+    if _HEADER_URN in text or pdf:
         node = json.loads(text)
         _rewrite(node, url, [])
         if item.pixel_hash and _PIXEL_TAG in node:
             node[_PIXEL_TAG]["BulkDataURI"] = f"{url}/bulkdata/{_PIXEL_TAG}"
+        if pdf and ENCAPSULATED_DOCUMENT in node:
+            node[ENCAPSULATED_DOCUMENT] = {
+                "vr": "OB", "BulkDataURI": f"{url}/bulkdata/{ENCAPSULATED_DOCUMENT}"}
         return json.dumps(node, separators=(",", ":"), ensure_ascii=False)
     if item.pixel_hash:
         return text.replace(f'"{item.pixel_hash}"', f'"{url}/bulkdata/{_PIXEL_TAG}"')
@@ -281,10 +297,52 @@ def bulk_value(blobs: BlobStore, snapshot: Snapshot, item: StoredInstance, path:
     return bytes(node)
 
 
+def _document_bytes(
+    request: Request, snapshot: Snapshot, item: StoredInstance, kind: str
+) -> bytes:
+    cache: DocumentCache = request.app.state.documents
+    try:
+        return cache.get(item, kind)
+    except KeyError:
+        pass
+    ((_, header),) = list(with_headers(snapshot, [item], "header_dicom"))
+    try:
+        return cache.get(item, kind, load_bytes(_blobs(request), item, bytes(header)))
+    except Exception as exc:  # a document that cannot be unwrapped (any codec error): 406
+        if isinstance(exc, (NotFoundError, NotAcceptableError)):
+            raise
+        raise NotAcceptableError(f"the document cannot be unwrapped as {kind}") from None
+
+
+async def _as_document(
+    request: Request, snapshot: Snapshot, item: StoredInstance, element: str | None
+) -> Response | None:
+    """The instance's document when ``element`` holds it (None: the whole instance, as
+    /rendered) and the request asks for it as a file; else None."""
+    kind = document_kind(item)
+    if kind is None:
+        return None
+    holder = ENCAPSULATED_DOCUMENT if kind == PDF else _PIXEL_TAG
+    if element is not None and element.strip("/").upper() != holder:
+        return None
+    form = wanted_form(parse_accept(request.headers.get("accept")), kind)
+    if form is None:
+        return None
+    data = await run_in_threadpool(_document_bytes, request, snapshot, item, kind)
+    if form == "multipart":
+        return _multipart_response(iter([(kind, data)]), kind)
+    return document_response(request, data, kind)
+
+
 async def bulkdata(request: Request, grant: Grant) -> Response:
-    """``/bulkdata/{path}``: an element's value (``application/octet-stream``)."""
+    """``/bulkdata/{path}``: an element's value (``application/octet-stream``); an
+    Encapsulated PDF's document as ``application/pdf`` and a video's pixel data as
+    ``video/mp4`` when asked for (or for ``*/*``)."""
     snapshot = await _snapshot(request, grant)
     (item,) = await run_in_threadpool(locate, snapshot, *_path_uids(request))
+    document = await _as_document(request, snapshot, item, request.path_params["path"])
+    if document is not None:
+        return document
     value = await run_in_threadpool(
         bulk_value, _blobs(request), snapshot, item, request.path_params["path"]
     )
@@ -338,12 +396,18 @@ def _thumbnail_bytes(
 
 def _rendered(size: int | None) -> Any:
     async def endpoint(request: Request, grant: Grant) -> Response:
-        media = _image_type(request)
         snapshot = await _snapshot(request, grant)
         items = await run_in_threadpool(locate, snapshot, *_path_uids(request))
         params = dict(request.query_params)
         frame = request.path_params.get("frames")
         blobs = _blobs(request)
+        if size is None and frame is None and "instance" in request.path_params:
+            # A document's rendering is the document (PS3.18 8.3.5.1.2: application/pdf,
+            # video/mp4), which is what OHIF's <video> element plays.
+            document = await _as_document(request, snapshot, items[0], None)
+            if document is not None:
+                return document
+        media = _image_type(request)
         if size is None and "instance" not in request.path_params:
             # PS3.18 10.4.1.1.3: a study's or series' rendered resource is every instance's
             # rendering (the first frame of each), one part each, rendered as streamed.
