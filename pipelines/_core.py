@@ -205,7 +205,7 @@ def ingest(
     ] = None,
     max_sequence_depth: Annotated[
         int | None,
-        typer.Option(help="Deepest nesting of sequences in a file (default 12).",
+        typer.Option(help="Deepest nesting of sequences in a file (default 64).",
                      show_default=False),
     ] = None,
 ) -> None:

@@ -146,24 +146,32 @@ def nested_zip(path: Path, members: dict[str, bytes], depth: int) -> Path:
     return path
 
 
-def _sequence(tag: int, body: bytes, defined: bool) -> bytes:
+def _sequence(tag: int, body: bytes, defined: bool, order: str = "<") -> bytes:
     group, element = tag >> 16, tag & 0xFFFF
     if defined:
-        item = struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
-        return struct.pack("<HH2sHI", group, element, b"SQ", 0, len(item)) + item
-    item = (struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + body
-            + struct.pack("<HHI", 0xFFFE, 0xE00D, 0))
-    return (struct.pack("<HH2sHI", group, element, b"SQ", 0, 0xFFFFFFFF) + item
-            + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+        item = struct.pack(order + "HHI", 0xFFFE, 0xE000, len(body)) + body
+        return struct.pack(order + "HH2sHI", group, element, b"SQ", 0, len(item)) + item
+    item = (struct.pack(order + "HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + body
+            + struct.pack(order + "HHI", 0xFFFE, 0xE00D, 0))
+    return (struct.pack(order + "HH2sHI", group, element, b"SQ", 0, 0xFFFFFFFF) + item
+            + struct.pack(order + "HHI", 0xFFFE, 0xE0DD, 0))
 
 
-def nested_sequence(depth: int, *, defined: bool = True) -> bytes:
-    """CT_small.dcm with a ContentSequence nested ``depth`` levels deep (one text leaf)."""
-    body = struct.pack("<HH2sHI", 0x0040, 0xA160, b"UT", 0, 4) + b"TEXT"
+def nested_sequence(depth: int, *, defined: bool = True, big_endian: bool = False) -> bytes:
+    """CT_small.dcm with a ContentSequence nested ``depth`` levels deep (one text leaf).
+
+    ``big_endian``: MR_small_bigendian.dcm instead (explicit VR big endian).
+    """
+    order = ">" if big_endian else "<"
+    body = struct.pack(order + "HH2sHI", 0x0040, 0xA160, b"UT", 0, 4) + b"TEXT"
     for _ in range(depth):
-        body = _sequence(0x0040A730, body, defined)
-    data = ct_bytes()
-    pixels = data.find(b"\xe0\x7f\x10\x00OW")  # (0040,A730) sorts before Pixel Data
+        body = _sequence(0x0040A730, body, defined, order)
+    if big_endian:
+        data = Path(get_testdata_file("MR_small_bigendian.dcm")).read_bytes()  # type: ignore[arg-type]
+        pixels = data.find(b"\x7f\xe0\x00\x10OW")
+    else:
+        data = ct_bytes()
+        pixels = data.find(b"\xe0\x7f\x10\x00OW")  # (0040,A730) sorts before Pixel Data
     return data[:pixels] + body + data[pixels:]
 
 

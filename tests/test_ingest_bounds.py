@@ -231,20 +231,92 @@ def test_the_nesting_scan_agrees_with_pydicom(path: Path) -> None:
 
 
 @pytest.mark.parametrize("defined", [True, False])
-@pytest.mark.parametrize("deep", [13, 1000])
+@pytest.mark.parametrize("deep", [65, 1000])
 def test_the_sequence_depth_bound(
     lk: lake.Lake, vault_dir: Path, tmp_path: Path, defined: bool, deep: int
 ) -> None:
-    """12 levels land, 13 and 1,000 are quarantined (before anything recurses into them)."""
+    """64 levels land, 65 and 1,000 are quarantined (before anything recurses into them)."""
     folder = tmp_path / "in"
     folder.mkdir()
-    (folder / "twelve.dcm").write_bytes(nested_sequence(12, defined=defined))
+    (folder / "sixty-four.dcm").write_bytes(nested_sequence(64, defined=defined))
     (folder / "deep.dcm").write_bytes(nested_sequence(deep, defined=defined))
     summary = ingest_sync(lk, vault_dir, folder)
     assert summary.reasons == {"too_deep": 1} and summary.ingested == 1
-    if deep == 13:
-        raised = ingest_sync(lk, vault_dir, folder, limits=ReadLimits(max_sequence_depth=13))
+    if deep == 65:
+        raised = ingest_sync(lk, vault_dir, folder, limits=ReadLimits(max_sequence_depth=65))
         assert "too_deep" not in raised.reasons  # (the other copy of the instance: a conflict)
+
+
+def test_real_structured_reports_are_far_inside_the_depth_bound() -> None:
+    """The deepest real files at hand (pydicom's SRs: 4 and 5 levels; the Siemens Enhanced
+    SRs of dcm_qa: 6) nest far less than the default bound allows."""
+    files = [Path(p) for n in ("test-SR.dcm", "reportsi.dcm") if (p := get_testdata_file(n))]
+    if SHARED_DATA.is_dir():
+        files += sorted(SHARED_DATA.glob("dcm_qa/In/**/*.SR"))[:5]
+    with capture():
+        depths = [_depth(dcmread(p)) for p in files]
+    assert len(depths) >= 2 and 4 <= max(depths) <= 6, depths
+    assert ReadLimits().max_sequence_depth >= 10 * max(depths)
+
+
+_DEEP_CHILD = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # a regression fails, not the host
+import lake
+from lake.ingest import ReadLimits
+from lake.ingest._encode import encode_part10
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+root, vault, *folders = sys.argv[1:]
+lk = lake.init(root, vault=vault)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+out = {}
+for folder in folders:
+    deep = folder.endswith("400")
+    limits = ReadLimits(max_sequence_depth=1000) if deep else None
+    s = lk.ingest([folder], vault=vault, scheduler="sync", limits=limits)
+    out[folder.rsplit("/", 1)[-1]] = [s.ingested, dict(s.reasons)]
+leaf = Dataset()
+leaf.add_new(0x00189219, "SS or US or OW", 5)  # nothing resolves this VR: writing it fails
+ds = dcmread(get_testdata_file("MR_small_bigendian.dcm"))
+for _ in range(64):
+    item = Dataset()
+    item.ContentSequence = [leaf]
+    leaf = item
+ds.ContentSequence = leaf.ContentSequence
+try:
+    encode_part10(ds)
+except ValueError as exc:
+    out["error_chars"] = len(str(exc))
+out["grown_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024 - before
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_deep_sequences_in_every_byte_order_cost_bounded_memory(tmp_path: Path) -> None:
+    """What made pydicom's writer crash or flood memory: 64 levels land in big and little
+    endian, 65 are refused; 400 levels in big endian (the bound raised to 1,000) are refused
+    as too deep, not a segmentation fault or gigabytes of exception text (5.4 GB and
+    processing_error with pydicom writing them); an error 64 levels deep is raised once."""
+    folders = []
+    for name, depth, big, defined in (("be64", 64, True, False), ("le64", 64, False, True),
+                                      ("be65", 65, True, True), ("be400", 400, True, True)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "x.dcm").write_bytes(nested_sequence(depth, defined=defined, big_endian=big))
+        folders.append(str(folder))
+    proc = subprocess.run(
+        [sys.executable, "-c", _DEEP_CHILD, str(tmp_path / "lake"), str(tmp_path / "vault"),
+         *folders], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["be64"] == [1, {}] and result["le64"] == [1, {}], result
+    assert result["be65"] == [0, {"too_deep": 1}], result
+    assert result["be400"] == [0, {"too_deep": 1}], result
+    assert result["error_chars"] < 1000, result
+    assert result["grown_mb"] < 150, result
 
 
 def test_nested_zips_are_read_to_the_depth_bound(

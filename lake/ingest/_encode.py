@@ -6,6 +6,13 @@ of a de-identified dataset were never touched, so their encoded bytes are still
 known exactly. These encoders copy such raw elements as they are and hand every
 converted (changed) element to pydicom, so the output is what pydicom would write
 (tests compare both on pydicom's whole test corpus).
+
+The Part-10 encoder writes every transfer syntax itself - explicit and implicit VR little
+endian, explicit VR big endian, deflated - and walks sequences itself: pydicom writes one
+element at a time, never a sequence. pydicom's own writer recurses once per nesting level
+and wraps an exception raised inside it once per level with the whole formatted chain
+(``pydicom.tag.tag_in_exception``): a message about 2.6 times longer a level (2 GB at 14
+levels). Here an exception at any depth is raised once, as it is.
 """
 
 from __future__ import annotations
@@ -14,17 +21,17 @@ import base64
 import copy
 import re
 import struct
+import zlib
 from collections.abc import Callable
 from typing import Any
 
-from pydicom import dcmwrite
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element, write_dataset
+from pydicom.filewriter import correct_ambiguous_vr, write_data_element
 from pydicom.sequence import Sequence
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 __all__ = ["encode_part10", "header_json"]
 
@@ -32,30 +39,53 @@ _LONG_VRS = frozenset(
     {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 )
 _UNDEFINED = 0xFFFFFFFF
-_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_DEFAULT_ENCODING = "iso8859"  # pydicom's default_encoding
 
 
-def _fallback(ds: Dataset) -> bytes:
-    out = DicomBytesIO()
-    dcmwrite(out, ds, enforce_file_format=True)
-    return out.getvalue()
+class _Target:
+    """The encoding written: VR explicit or implicit, byte order, and its packed constants."""
+
+    __slots__ = ("encoding", "implicit", "item", "item_end", "little", "seq_end", "tag", "ul",
+                 "us")
+
+    def __init__(self, implicit: bool, little: bool) -> None:
+        order = "<" if little else ">"
+        self.implicit = implicit
+        self.little = little
+        self.encoding = (implicit, little)  # as Dataset.original_encoding says it
+        self.tag = struct.Struct(order + "HH").pack
+        self.ul = struct.Struct(order + "I").pack
+        self.us = struct.Struct(order + "H").pack
+        self.item = self.tag(0xFFFE, 0xE000)
+        self.item_end = self.tag(0xFFFE, 0xE00D) + self.ul(0)
+        self.seq_end = self.tag(0xFFFE, 0xE0DD) + self.ul(0)
+
+
+_EXPLICIT_LE = _Target(False, True)
+_TARGETS = {(False, True): _EXPLICIT_LE, (True, True): _Target(True, True),
+            (False, False): _Target(False, False)}
 
 
 def encode_part10(ds: Dataset) -> bytes:
     """``ds`` as a Part-10 file (preamble, file meta, dataset) in its transfer syntax.
 
-    Raw (unmodified) elements are copied byte for byte, also inside sequence items;
-    modified ones are encoded by pydicom. Big-endian and deflated syntaxes are written
-    entirely by pydicom.
+    The bytes ``pydicom.dcmwrite(..., enforce_file_format=True)`` writes, in every transfer
+    syntax pydicom writes. Raw (unmodified) elements are copied byte for byte, also inside
+    sequence items, when pydicom would copy them (the encoding and character set of their
+    dataset are unchanged); every other element is written by pydicom, one at a time.
+    Sequences are walked here, never by pydicom. Like dcmwrite, elements pydicom must
+    convert are converted in ``ds``.
+
+    Raises
+    ------
+    ValueError, TypeError, ...
+        When pydicom cannot encode an element (an invalid file meta, an ambiguous VR it
+        cannot resolve): raised once, whatever the depth of the element.
     """
     syntax = UID(ds.file_meta.TransferSyntaxUID)
-    if syntax.is_deflated or not syntax.is_little_endian or ds.is_little_endian is False:
-        return _fallback(ds)
-    implicit = bool(syntax.is_implicit_VR)
-    if ds.original_encoding[0] is not None and ds.original_encoding[0] != implicit:
-        return _fallback(ds)
-    if ds.original_character_set != ds._character_set:
-        return _fallback(ds)
+    target = _TARGETS.get((bool(syntax.is_implicit_VR), bool(syntax.is_little_endian)))
+    if target is None:
+        raise ValueError("implicit VR big endian is not a valid encoding combination")
     # The file meta exactly as dcmwrite(enforce_file_format=True) prepares it.
     # A copy of its own (FileMetaDataset(ds.file_meta) would share ds.file_meta's elements).
     meta = FileMetaDataset(dict(ds.file_meta.items()))
@@ -71,17 +101,21 @@ def encode_part10(ds: Dataset) -> bytes:
     out = [preamble if preamble and len(preamble) == 128 else b"\x00" * 128, b"DICM", b""]
     # File meta: explicit VR little endian, its group length first (PS3.10 7.1).
     start = len(out)
-    _write_elements(out, meta, False, "iso8859", _meta_element)
+    _write_dataset(out, meta, _EXPLICIT_LE, _DEFAULT_ENCODING, _meta_element, convert=False)
     length = sum(map(len, out[start:]))
     out[start - 1] = _GROUP_LENGTH + struct.pack("<I", length)
-    encodings = ds.get("SpecificCharacterSet") or "iso8859"
     # dcmwrite sets the length of Pixel Data from the transfer syntax (undefined when
     # encapsulated, PS3.5 A.4) on the converted element; so does this, on a copy.
     pixel_undefined = (
         syntax.is_compressed if syntax.is_transfer_syntax and not syntax.is_private else None
     )
-    _write_elements(out, ds, implicit, encodings, _dataset_element, pixel_undefined)
-    return b"".join(out)
+    body: list[bytes] = []
+    _write_dataset(body, ds, target, _DEFAULT_ENCODING, _dataset_element, pixel_undefined)
+    if syntax == DeflatedExplicitVRLittleEndian:  # PS3.5 A.5, as dcmwrite deflates
+        compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        deflated = compressor.compress(b"".join(body)) + compressor.flush()
+        body = [deflated, b"\x00"] if len(deflated) % 2 else [deflated]
+    return b"".join(out + body)
 
 
 _PLAIN_UID = re.compile(rb"[0-9.]+")
@@ -108,11 +142,6 @@ def _sop_uid(ds: Dataset, tag: int) -> Any:
 
 
 _GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) UL, 4 bytes
-_ITEM = b"\xfe\xff\x00\xe0"
-_ITEM_DELIMITER = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
-_pack_tag = struct.Struct("<HH").pack
-_pack_ul = struct.Struct("<I").pack
-_pack_us = struct.Struct("<H").pack
 
 
 def _meta_element(tag: int) -> bool:
@@ -128,71 +157,120 @@ def _item_element(tag: int) -> bool:
     return tag & 0xFFFF != 0 or tag >> 16 <= 6  # as pydicom's write_dataset
 
 
-def _header(tag: int, vr: str | None, length: int, implicit: bool) -> bytes | None:
+def _header(tag: int, vr: str | None, length: int, target: _Target) -> bytes | None:
     """Tag, VR and length as pydicom writes them; ``None`` where pydicom must decide.
 
     That is an explicit VR element without a VR, or a short-VR value over 64 KB (or of
     undefined length), which pydicom writes as UN.
     """
-    if implicit:
-        return _pack_tag(tag >> 16, tag & 0xFFFF) + _pack_ul(length)
+    if target.implicit:
+        return target.tag(tag >> 16, tag & 0xFFFF) + target.ul(length)
     if not vr:
         return None
     if vr in _LONG_VRS:
-        return _pack_tag(tag >> 16, tag & 0xFFFF) + vr.encode() + b"\x00\x00" + _pack_ul(length)
+        return target.tag(tag >> 16, tag & 0xFFFF) + vr.encode() + b"\x00\x00" + target.ul(length)
     if length <= 0xFFFF:
-        return _pack_tag(tag >> 16, tag & 0xFFFF) + vr.encode() + _pack_us(length)
+        return target.tag(tag >> 16, tag & 0xFFFF) + vr.encode() + target.us(length)
     return None
 
 
-def _tag_order(item: tuple[Any, Any]) -> int:
-    return int(item[0])
+def _first(item: tuple[int, Any]) -> int:
+    return item[0]
 
 
-def _write_elements(
+def _converts(ds: Dataset, target: _Target) -> bool:
+    """Whether pydicom's ``write_dataset`` converts the elements of ``ds`` before writing.
+
+    It does when the dataset was read in another encoding (or built in memory) or its
+    character set changed: ambiguous VRs are corrected and raw elements converted. Where
+    nothing is raw or ambiguous at any depth that changes nothing, and is skipped.
+    """
+    return (
+        ds.original_encoding != target.encoding
+        or ds.original_character_set != ds._character_set
+    ) and not _plain(ds)
+
+
+def _write_dataset(
     out: list[bytes],
     ds: Dataset,
-    implicit: bool,
-    encodings: Any,
+    target: _Target,
+    parent_encodings: Any,
     wanted: Callable[[int], bool],
     pixel_undefined: bool | None = None,
+    *,
+    convert: bool | None = None,
 ) -> None:
-    """Append the encoded elements of ``ds``, in tag order, to ``out``.
+    """Append the encoded elements of ``ds``, in tag order, to ``out``, as pydicom's
+    ``write_dataset`` writes them.
 
     ``pixel_undefined``: at the top level, the length dcmwrite gives Pixel Data (undefined
-    when True); ``None`` leaves it as it is.
+    when True); ``None`` leaves it as it is. ``convert``: whether elements are converted
+    first (default: as pydicom decides, :func:`_converts`).
     """
-    for tag, elem in sorted(ds.items(), key=_tag_order):
+    if convert is None:
+        convert = _converts(ds, target)
+    if convert:
+        if pixel_undefined is not None and 0x7FE00010 in ds:
+            ds[0x7FE00010].is_undefined_length = pixel_undefined  # converted, as dcmwrite does
+        correct_ambiguous_vr(ds, target.little)  # as write_dataset; no wrapping of errors
+    encodings = ds.get("SpecificCharacterSet", parent_encodings)
+    implicit = target.implicit
+    pack_tag, pack_ul, pack_us = target.tag, target.ul, target.us
+    pixels = pixel_undefined is not None
+    # Plain int tags: pydicom's BaseTag compares in Python, ints in C (the hot loop).
+    for tag, elem in sorted([(int(t), e) for t, e in ds.items()], key=_first):
         if not wanted(tag):
             continue
-        if tag == 0x7FE00010 and pixel_undefined is not None:
-            out.append(_pixel_data(ds, implicit, encodings, pixel_undefined))
+        if pixels and tag == 0x7FE00010:
+            out.append(_pixel_data(ds, target, encodings, bool(pixel_undefined)))
             continue
-        if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
-            value = elem.value
-            undefined = elem.length == _UNDEFINED
-            head = _header(tag, elem.VR, _UNDEFINED if undefined else len(value), implicit)
-            if head is None:
-                out.append(_pydicom_element(ds, tag, implicit, encodings))
-                continue
-            out += (head, value, _SEQ_DELIMITER) if undefined else (head, value)
-        elif isinstance(elem, DataElement) and elem.VR == "SQ" and isinstance(elem.value, Sequence):
-            _write_sequence(out, tag, elem, implicit, encodings)
+        if isinstance(elem, RawDataElement):
+            if convert:
+                elem = ds[tag]
+            else:
+                value = elem.value
+                if value is None:
+                    elem = ds.get_item(tag)  # a deferred value is read now
+                    value = elem.value
+                if isinstance(value, bytes) and isinstance(elem, RawDataElement):
+                    vr = elem.VR
+                    # Tag, VR and length as pydicom writes them (_header, inlined here).
+                    undefined = elem.length == _UNDEFINED
+                    length = _UNDEFINED if undefined else len(value)
+                    if implicit:
+                        head = pack_tag(tag >> 16, tag & 0xFFFF) + pack_ul(length)
+                    elif not vr:
+                        head = None
+                    elif vr in _LONG_VRS:
+                        head = pack_tag(tag >> 16, tag & 0xFFFF) + vr.encode() + b"\x00\x00" + \
+                            pack_ul(length)
+                    elif length <= 0xFFFF:
+                        head = pack_tag(tag >> 16, tag & 0xFFFF) + vr.encode() + pack_us(length)
+                    else:
+                        head = None
+                    if head is not None:
+                        out += (head, value, target.seq_end) if undefined else (head, value)
+                        continue
+                    if vr is None and not implicit:
+                        elem = ds[tag]  # no VR to write: pydicom's dictionary gives it
+        if isinstance(elem, DataElement) and elem.VR == "SQ" and isinstance(elem.value, Sequence):
+            _write_sequence(out, tag, elem, target, encodings)
         elif (
             isinstance(elem, DataElement)
-            and (simple := _simple_value(elem)) is not None
-            and (head := _header(tag, elem.VR, len(simple), implicit)) is not None
+            and (simple := _simple_value(elem, target)) is not None
+            and (head := _header(tag, elem.VR, len(simple), target)) is not None
         ):
             out += (head, simple)
         else:
-            out.append(_pydicom_element(ds, tag, implicit, encodings))
+            out.append(_written(elem, target, encodings))
 
 
 _STRING_VRS = frozenset({"AE", "AS", "CS", "UI"})  # pydicom's write_string
 _TEXT_STRING_VRS = frozenset({"SH", "LO"})  # pydicom's write_text: ASCII is ASCII in any charset
 
 
-def _simple_value(elem: DataElement) -> bytes | None:
+def _simple_value(elem: DataElement, target: _Target) -> bytes | None:
     """The bytes pydicom writes for a converted element with a short VR and a plain value.
 
     Handles single ASCII strings, ``US``/``UL`` integers and ``OB`` bytes, the kinds of
@@ -211,32 +289,25 @@ def _simple_value(elem: DataElement) -> bytes | None:
             return data
     elif kind is int:
         if vr == "US" and 0 <= value <= 0xFFFF:
-            return _pack_us(value)
+            return target.us(value)
         if vr == "UL" and 0 <= value <= 0xFFFFFFFF:
-            return _pack_ul(value)
+            return target.ul(value)
     elif kind is bytes and vr == "OB":
         data = bytes(value)
         return data + b"\x00" if len(data) % 2 else data
     return None
 
 
-def _pydicom_element(ds: Dataset, tag: int, implicit: bool, encodings: Any) -> bytes:
-    """One element written by pydicom as write_dataset writes it (raw elements stay raw)."""
-    elem = ds.get_item(tag)
-    if isinstance(elem, RawDataElement) and elem.VR is None and not implicit:
-        elem = ds[tag]  # no VR to write: pydicom's dictionary gives it (dcmwrite would refuse)
-    return _written(elem, implicit, encodings)
-
-
-def _written(elem: DataElement | RawDataElement, implicit: bool, encodings: Any) -> bytes:
+def _written(elem: DataElement | RawDataElement, target: _Target, encodings: Any) -> bytes:
+    """One element that is not a sequence, written by pydicom's ``write_data_element``."""
     fp = DicomBytesIO()
-    fp.is_little_endian = True
-    fp.is_implicit_VR = implicit
+    fp.is_little_endian = target.little
+    fp.is_implicit_VR = target.implicit
     write_data_element(fp, elem, encodings)
     return bytes(fp.getvalue())
 
 
-def _pixel_data(ds: Dataset, implicit: bool, encodings: Any, undefined: bool) -> bytes:
+def _pixel_data(ds: Dataset, target: _Target, encodings: Any, undefined: bool) -> bytes:
     """Pixel Data as dcmwrite writes it: converted, its length set by the transfer syntax."""
     elem = ds.get_item(0x7FE00010)  # a deferred value is read now
     if isinstance(elem, RawDataElement):
@@ -244,7 +315,7 @@ def _pixel_data(ds: Dataset, implicit: bool, encodings: Any, undefined: bool) ->
     else:
         elem = copy.copy(elem)
     elem.is_undefined_length = undefined
-    return _written(elem, implicit, encodings)
+    return _written(elem, target, encodings)
 
 
 def _plain(ds: Dataset) -> bool:
@@ -253,50 +324,37 @@ def _plain(ds: Dataset) -> bool:
     An item built in memory (no original encoding) is re-encoded by pydicom: ambiguous
     VRs corrected, raw elements converted. With neither at any depth, that is a no-op.
     """
-    for elem in ds.values():
-        if not isinstance(elem, DataElement) or " or " in elem.VR:
-            return False
-        if (
-            elem.VR == "SQ"
-            and isinstance(elem.value, Sequence)
-            and not all(_plain(item) for item in elem.value)
-        ):
-            return False
+    stack = [ds]
+    while stack:
+        for elem in stack.pop().values():
+            if not isinstance(elem, DataElement) or " or " in elem.VR:
+                return False
+            if elem.VR == "SQ" and isinstance(elem.value, Sequence):
+                stack.extend(elem.value)
     return True
 
 
 def _write_sequence(
-    out: list[bytes], tag: int, elem: DataElement, implicit: bool, encodings: Any
+    out: list[bytes], tag: int, elem: DataElement, target: _Target, encodings: Any
 ) -> None:
-    """A sequence as pydicom writes it, its items' raw elements copied."""
+    """A sequence as pydicom writes it; each item written as a dataset of its own."""
     items: list[bytes] = []
     for item in elem.value:
-        items.append(_ITEM)
+        items.append(target.item)
         undefined_item = getattr(item, "is_undefined_length_sequence_item", False)
         items.append(b"\xff\xff\xff\xff" if undefined_item else b"")
         start = len(items)
-        item_encodings = item.get("SpecificCharacterSet", encodings)
-        if _plain(item) or (
-            item.original_encoding == (implicit, True)
-            and item.original_character_set == item._character_set
-        ):
-            _write_elements(items, item, implicit, item_encodings, _item_element)
-        else:  # pydicom re-encodes (ambiguous VRs, character set): let it
-            fp = DicomBytesIO()
-            fp.is_little_endian = True
-            fp.is_implicit_VR = implicit
-            write_dataset(fp, item, encodings)
-            items.append(bytes(fp.getvalue()))
+        _write_dataset(items, item, target, encodings, _item_element)
         if undefined_item:
-            items.append(_ITEM_DELIMITER)
+            items.append(target.item_end)
         else:
-            items[start - 1] = _pack_ul(sum(map(len, items[start:])))
+            items[start - 1] = target.ul(sum(map(len, items[start:])))
     undefined = elem.is_undefined_length
     length = _UNDEFINED if undefined else sum(map(len, items))
-    out.append(_header(tag, "SQ", length, implicit) or b"")  # SQ: a 32-bit length, always
+    out.append(_header(tag, "SQ", length, target) or b"")  # SQ: a 32-bit length, always
     out.extend(items)
     if undefined:
-        out.append(_SEQ_DELIMITER)
+        out.append(target.seq_end)
 
 
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "SH", "TM", "UC", "UI"})

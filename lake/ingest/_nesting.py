@@ -1,11 +1,9 @@
 """How deep sequences nest in a dataset, found without recursion and before anything recurses.
 
-pydicom parses, walks and writes nested sequences recursively: past about 250 levels its reader
-raises RecursionError, its writer can overflow the C stack (a segmentation fault, measured at
-400 levels), and an exception raised inside its writer is wrapped once per level with the whole
-formatted chain, so the message (and memory) grows about 2.6 times per level: 290 MB at 12
-levels, 2 GB at 14 (``pydicom.tag.tag_in_exception``). Ingest therefore refuses a dataset whose
-sequences nest deeper than ``ReadLimits.max_sequence_depth`` before de-identifying it.
+pydicom parses and walks nested sequences recursively: past about 250 levels its reader raises
+RecursionError (its writer, which also wraps an error once per level, is never given a
+sequence: ``lake/ingest/_encode.py``). Ingest therefore refuses a dataset whose sequences nest
+deeper than ``ReadLimits.max_sequence_depth`` before de-identifying it.
 
 Sequences still in their raw bytes are scanned with an explicit stack; a sequence or item whose
 defined length is too short to hold the remaining levels (16 bytes a level at least) is skipped
