@@ -134,3 +134,37 @@ def test_purge_and_locate(
     assert lk.sql("SELECT reason FROM quarantine").fetchall() == [("burned_in_annotation",)]
     nothing = _cli(lake_root, vault_dir, "quarantine", "locate", str(refused["junk"]))
     assert "none of these files is quarantined" in nothing.stderr
+
+
+def test_commands_that_read_originals_print_no_original_value(tmp_path: Path) -> None:
+    """Every command that parses a quarantined or given original does it inside
+    lake._capture.capture(): pydicom's "Invalid value for VR UI: '<value>'" and "VR lookup
+    failed for the raw element with tag (4952,4646)" (a file's first bytes) never reach the
+    terminal (red-team finding 4: ``lake quarantine show`` printed them on stderr)."""
+    from pydicom import config
+    from pydicom.dataelem import DataElement
+
+    root, vault = tmp_path / "lake", tmp_path / "vault"
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.BurnedInAnnotation = "YES"  # refused by basic: quarantined and sealed
+    ds.PatientID = "TKNPATIENTID"
+    ds["StudyInstanceUID"] = DataElement(0x0020000D, "UI", "TKNBADSTUDYUID^1.2",
+                                         validation_mode=config.IGNORE)
+    ds.save_as(inbox / "burned.dcm", enforce_file_format=True)
+    (inbox / "clip.avi").write_bytes(b"RIFF\x10\x00\x00\x00AVI LIST" + bytes(200) + b"TKNAVI")
+    assert _cli(root, vault, "init").returncode == 0
+    runs = {"ingest": _cli(root, vault, "ingest", str(inbox)),
+            "deid": _cli(root, vault, "deid", str(inbox / "burned.dcm"))}
+    listed = json.loads(_cli(root, vault, "quarantine", "list", "--format", "json").stdout)
+    assert len(listed) == 2
+    for entry in listed:
+        runs[f"show {entry['reason']}"] = _cli(root, vault, "quarantine", "show", entry["id"])
+    runs["forget"] = _cli(root, vault, "forget", "--patient", "SOMEONE")
+    for name, run in runs.items():
+        assert run.returncode in (0, 1, 3), (name, run.stderr)
+        output = run.stdout + run.stderr
+        assert "TKN" not in output, (name, output[-2000:])
+        assert "Invalid value" not in output and "VR lookup" not in output, (name, output)
+    assert "masked" in runs["show burned_in_annotation"].stdout

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lake._capture import capture
 from lake._errors import CatalogError, ConfigError
 from lake.catalog import COHORTS, ERASURES, INSTANCES, QUARANTINE
 from lake.steward._history import (
@@ -149,19 +150,22 @@ class _Matcher:
 
         from lake.ingest import decrypt
 
-        try:
-            ds = dcmread(io.BytesIO(decrypt(sealed, self.key)), force=True, stop_before_pixels=True)
-            values = {k: str(ds.get(k, "") or "").strip() for k in _KINDS.values()}
-        except Exception:  # noqa: BLE001 - a refused file may be anything: it belongs to no one
-            return None
-        out: dict[str, set[str]] = {}
-        for column, original in values.items():
-            if not original:
-                continue
-            if column == "PatientID":
-                out[column] = {original, self.pseudonym(original)}
-            else:
-                out[column] = {original, self.engine.uid(original)}
+        # pydicom's warnings and log records quote original values: captured, never shown.
+        with capture():
+            try:
+                ds = dcmread(io.BytesIO(decrypt(sealed, self.key)), force=True,
+                             stop_before_pixels=True)
+                values = {k: str(ds.get(k, "") or "").strip() for k in _KINDS.values()}
+            except Exception:  # noqa: BLE001 - a refused file may be anything: no one's
+                return None
+            out: dict[str, set[str]] = {}
+            for column, original in values.items():
+                if not original:
+                    continue
+                if column == "PatientID":
+                    out[column] = {original, self.pseudonym(original)}
+                else:
+                    out[column] = {original, self.engine.uid(original)}
         return out
 
 

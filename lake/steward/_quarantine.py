@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lake._capture import capture
 from lake._errors import ConfigError, IntegrityError
 from lake.catalog import QUARANTINE
 
@@ -141,11 +142,13 @@ def show(
 
     entry = _find(lake, ident)
     data = _original(lake, secret, entry)
-    try:
-        ds = dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
-        lines = list(_lines(ds, 0, show_values))
-    except Exception:  # noqa: BLE001 - a refused file may be anything: show what parses
-        lines = []
+    # pydicom's warnings and log records quote original values: captured, never shown.
+    with capture():
+        try:
+            ds = dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+            lines = list(_lines(ds, 0, show_values))
+        except Exception:  # noqa: BLE001 - a refused file may be anything: show what parses
+            lines = []
     return entry, lines
 
 
