@@ -143,6 +143,33 @@ def test_refused_by_profile(web: WebLake, live: tuple[WebServer, httpx.Client],
     assert UID_ROOT not in response.text
 
 
+def test_a_sop_class_that_is_no_uid_is_refused_and_never_echoed(
+    web: WebLake, live: tuple[WebServer, httpx.Client], files: list[bytes]
+) -> None:
+    """Red-team finding 3: ``1.2.840.10008.5.1.4.1.1.2^TKNSMITH`` was stored and echoed in
+    ReferencedSOPSequence / FailedSOPSequence."""
+    import warnings
+
+    from pydicom import config
+    from pydicom.dataelem import DataElement
+
+    ds = dcmread(io.BytesIO(files[0]))
+    value = "1.2.840.10008.5.1.4.1.1.2^TKNSMITH"
+    ds["SOPClassUID"] = DataElement(0x00080016, "UI", value, validation_mode=config.IGNORE)
+    ds.file_meta["MediaStorageSOPClassUID"] = DataElement(0x00020002, "UI", value,
+                                                          validation_mode=config.IGNORE)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID_ROOT + "78.1"
+    out = io.BytesIO()
+    with warnings.catch_warnings():  # pydicom's writer warns, quoting the value
+        warnings.simplefilter("ignore")
+        ds.save_as(out, enforce_file_format=True)
+    response = _post(live, web, _body(out.getvalue()))
+    assert response.status_code == 409
+    (failed,) = response.json()["00081198"]["Value"]
+    assert "00081150" not in failed or not failed["00081150"].get("Value")
+    assert "TKN" not in response.text
+
+
 def test_study_in_the_path_must_match(web: WebLake, live: tuple[WebServer, httpx.Client],
                                       files: list[bytes]) -> None:
     original = str(dcmread(io.BytesIO(files[0])).StudyInstanceUID)

@@ -30,6 +30,7 @@ from lake.deid._codes import EDITION, Action, ProfileOption
 from lake.deid._codestreams import jpeg_segments, strip_frame, strip_jpeg
 from lake.deid._engine import Deidentifier, DeidResult
 from lake.deid._profile import Profile, list_profiles, load_profile
+from lake.deid._uids import well_formed_uids
 
 __all__ = [
     "EDITION",
@@ -47,4 +48,5 @@ __all__ = [
     "load_profile",
     "strip_frame",
     "strip_jpeg",
+    "well_formed_uids",
 ]

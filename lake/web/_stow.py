@@ -20,7 +20,6 @@ import asyncio
 import io
 import logging
 import threading
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +31,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from lake._capture import capture
 from lake._errors import NetError
 from lake.access import Grant, Permission
+from lake.deid import well_formed_uids
 from lake.ingest import Accepted, Ingestor
 from lake.net import Committer, Receipt, ReceiptJournal, Spool, SpoolEntry
 from lake.web._config import WebConfig
@@ -188,13 +189,15 @@ def _receipt(tag: str) -> Receipt:
 def _identity(data: bytes) -> tuple[str | None, str | None, str | None]:
     """(SOPClassUID, SOPInstanceUID, StudyInstanceUID) as sent, or None where unreadable."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with capture():  # pydicom's warnings and log records quote original values
             ds = dcmread(io.BytesIO(data), stop_before_pixels=True, force=True,
                          specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"])
+            sent = [str(ds.get(k, "")).strip()
+                    for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")]
+        # Echoed in the response only when a UID (a "class" may hold anything).
         return tuple(  # type: ignore[return-value]
-            str(ds.get(k, "")).strip() or None
-            for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
+            value if value and well_formed_uids(value.encode("utf-8")) else None
+            for value in sent
         )
     except Exception:  # noqa: BLE001 - anything unreadable has no identity
         return (None, None, None)
