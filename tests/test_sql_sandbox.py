@@ -156,3 +156,27 @@ def test_as_of_applies_to_every_table(lk: lake.Lake, vault_dir: Path, tmp_path: 
     assert counts(None) == [(5, 2, 1, 1)]
     assert counts(first) == [(3, 1, 1, 1)]  # the cohort was saved before the next commit
     assert counts(0) == [(0, 0, 0, 0)]
+
+
+def test_user_sql_cannot_read_or_write_the_duckdb_temp_directory(
+    lk: lake.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB keeps its temp directory (``<cwd>/.tmp/``) in ``allowed_directories`` when
+    external access is disabled (red-team finding 10): the lockdown sets none."""
+    work = tmp_path / "work"
+    (work / ".tmp").mkdir(parents=True)
+    (work / ".tmp" / "notes.txt").write_text("SECRET-IN-TMP")
+    monkeypatch.chdir(work)
+    lk.refresh()
+    assert lk.sql("SELECT value FROM duckdb_settings() WHERE name = 'allowed_directories'"
+                  ).fetchall() == [("[]",)]
+    for query in (f"SELECT content FROM read_text('{work}/.tmp/*')",
+                  f"COPY (SELECT 'pwned' AS a) TO '{work}/.tmp/written.csv'"):
+        with pytest.raises(lake.QueryError):
+            lk.sql(query).fetchall()
+    assert not (work / ".tmp" / "written.csv").exists()
+    con = locked_connection({"t": pa.table({"a": list(range(1000))})})
+    assert con.sql("SELECT count(*) FROM (SELECT a FROM t ORDER BY a DESC)").fetchall() == [
+        (1000,)]
+    with pytest.raises(Exception, match=r"[Pp]ermission"):
+        con.sql(f"SELECT content FROM read_text('{work}/.tmp/*')").fetchall()

@@ -30,6 +30,9 @@ _LOCKDOWN = (
     "SET autoload_known_extensions = false",
     "SET allow_community_extensions = false",
     "SET allow_unsigned_extensions = false",
+    # DuckDB keeps its temp directory (default: <cwd>/.tmp/) readable and writable by SQL
+    # when external access is disabled: no temp directory, so nothing spills to disk either.
+    "SET temp_directory = ''",
     "SET enable_external_access = false",
     "SET lock_configuration = true",
 )
