@@ -1,6 +1,6 @@
-"""Red-team findings (PHI escapes): each test fails on main until the leak is fixed.
+"""Red-team findings (PHI escapes): regression tests of leaks fixed on main.
 
-See /work/lead/redteam-findings.md for the reproduction and the likely code location.
+Each test reproduces one finding of a red-team review; it failed before the fix.
 """
 
 from __future__ import annotations

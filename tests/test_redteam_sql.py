@@ -1,6 +1,6 @@
-"""Red-team findings (SQL lockdown): each test fails on main until fixed.
+"""Red-team findings (SQL lockdown): regression tests of findings fixed on main.
 
-See /work/lead/redteam-findings.md.
+Each test reproduces one finding of a red-team review; it failed before the fix.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Red-team findings (web): each test fails on main until the problem is fixed.
+"""Red-team findings (web): regression tests of problems fixed on main.
 
-See /work/lead/redteam-findings.md for the reproduction and the likely code location.
+Each test reproduces one finding of a red-team review; it failed before the fix.
 """
 
 from __future__ import annotations
