@@ -1,12 +1,13 @@
 """Ingest and export on a dask.distributed cluster give what they give in one process.
 
-A LocalCluster of 1 and 2 worker processes is started here and reached by its address, as
+A LocalCluster of 1, 2 and 4 worker processes is started here and reached by its address, as
 an external cluster is (``--scheduler tcp://...``): every task then runs on the workers.
 """
 
 from __future__ import annotations
 
 import logging
+import operator
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ ROWS = "SELECT SOPInstanceUID, SeriesInstanceUID, pixel_hash, header_sha256, hea
        "instances ORDER BY SOPInstanceUID"
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=lambda n: f"{n}-workers")
+@pytest.fixture(scope="module", params=[1, 2, 4], ids=lambda n: f"{n}-workers")
 def cluster(request: pytest.FixtureRequest) -> Iterator[str]:
     from distributed import LocalCluster
 
@@ -67,3 +68,20 @@ def test_cluster_ingest_and_export_match_one_process(
     two = export_dicom(remote, create_cohort(remote, "all", query), tmp_path / "e2",
                        scheduler=cluster)
     assert _files(one) == _files(two) and one.files
+
+
+def test_tasks_in_flight_follow_the_clusters_threads(cluster: str) -> None:
+    """Two tasks per worker thread of the cluster (not per CPU of the driver's machine), so
+    that a cluster of several machines is kept busy; an explicit ``workers`` wins."""
+    from distributed import Client
+
+    from lake.compute import Runner
+
+    with Client(cluster) as client:
+        threads = sum(client.nthreads().values())
+    with Runner(cluster) as runner:
+        assert runner.window == 2 * threads
+        done = sorted(runner.map(operator.add, range(3 * threads), 10))
+    assert done == list(range(10, 10 + 3 * threads))
+    with Runner(cluster, workers=5) as runner:
+        assert runner.window == 10

@@ -34,7 +34,9 @@ class Runner(AbstractContextManager["Runner"]):
         ``"threads"`` (a local cluster of threads), ``"sync"`` (in this process, no
         cluster), or the address of a running scheduler (``tcp://host:8786``).
     workers : int, optional
-        Local worker count (default: the number of CPUs).
+        Local worker count (default: the number of CPUs). With a scheduler's address, the
+        tasks kept in flight are twice this, by default twice the cluster's worker threads
+        when the run starts.
     workload : Workload, optional
         The size of the job, for ``"auto"``.
 
@@ -57,6 +59,7 @@ class Runner(AbstractContextManager["Runner"]):
     ) -> None:
         self.scheduler = choose_scheduler(scheduler, workload, workers)
         self.workers = workers or os.cpu_count() or 1
+        self._explicit_workers = workers is not None
         self._client: Any = None
         self._cluster: Any = None
         self._booting: ThreadPoolExecutor | None = None
@@ -78,6 +81,11 @@ class Runner(AbstractContextManager["Runner"]):
                 raise ConfigError(
                     f"cannot reach the Dask scheduler at {self.scheduler}; is it running?"
                 ) from None
+            if not self._explicit_workers:
+                # Two tasks in flight per worker thread of the cluster, not per CPU of
+                # this machine: a cluster of several machines would otherwise idle.
+                threads = sum(self._client.nthreads().values())
+                self.workers = max(1, int(threads))
             return self
         # A local cluster takes seconds to start (worker processes import the stack): start it
         # in the background and run tasks in this process meanwhile (see map).
