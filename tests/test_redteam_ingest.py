@@ -71,7 +71,8 @@ def _zip_with_huge_sibling(path: Path, mib: int, *, with_pdf: bool) -> Path:
 
 @pytest.mark.slow
 def test_document_sibling_scan_is_bounded_like_every_other_read(tmp_path: Path) -> None:
-    """Red-team finding, now a regression test: a PDF beside a DICOM member makes ingest read that member's whole header,
+    """Red-team finding, now a regression test:
+    a PDF beside a DICOM member makes ingest read that member's whole header,
     unbounded: no max_file_bytes, max_header_bytes, zip ratio or size check.
 
     lake.documents._study.FolderStudies._siblings/_header dcmread()s every sibling (files or

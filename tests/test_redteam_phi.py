@@ -73,7 +73,8 @@ def _jpeg_with_metadata(folder: Path, sop_class: str) -> Path:
 def test_jpeg_comment_and_exif_inside_pixel_data_do_not_survive(
     profile: str, sop_class: str, tmp_path: Path
 ) -> None:
-    """Red-team finding, now a regression test: JPEG APPn/COM segments inside encapsulated Pixel Data are stored verbatim.
+    """Red-team finding, now a regression test:
+    JPEG APPn/COM segments inside encapsulated Pixel Data are stored verbatim.
 
     The pixel blob is the exact PixelData value, so a COM or EXIF segment written by the
     modality reaches the lake, every DICOM export, C-GET/C-MOVE and WADO-RS. Documents
@@ -97,7 +98,8 @@ def test_jpeg_comment_and_exif_inside_pixel_data_do_not_survive(
 
 
 def test_quarantine_show_with_values_masked_prints_no_original_value(tmp_path: Path) -> None:
-    """Red-team finding, now a regression test: ``lake quarantine show ID`` (values masked) prints an original value on stderr.
+    """Red-team finding, now a regression test:
+    ``lake quarantine show ID`` (values masked) prints an original value on stderr.
 
     show() parses the decrypted original with pydicom outside lake._capture.capture(), so
     pydicom's "Invalid value for VR UI: '<original>'" warning goes to the terminal.
@@ -156,7 +158,8 @@ def _processed(tmp_path: Path, data: bytes) -> str:
     ids=["item-FFFE,E000", "sequence-delimiter-FFFE,E0DD"],
 )
 def test_an_element_tagged_like_an_item_delimiter_is_not_kept(tag: bytes, tmp_path: Path) -> None:
-    """Red-team finding, now a regression test: a data element whose tag was damaged into an item or delimiter tag
+    """Red-team finding, now a regression test:
+    a data element whose tag was damaged into an item or delimiter tag
     (FFFE,E000 / FFFE,E0DD) keeps its original value through every profile.
 
     Found by STOWing tests/mutants.py mutants of the planted corpus (seed 9, the ``tag`` and
@@ -177,7 +180,8 @@ def test_an_element_tagged_like_an_item_delimiter_is_not_kept(tag: bytes, tmp_pa
 
 @pytest.mark.parametrize("value", ["1.2.TKNSOPCLASS01", "1.2.840.10008.5.1.4.1.1.2^TKNSMITH"])
 def test_a_sop_class_uid_that_is_no_uid_is_not_stored_verbatim(value: str, tmp_path: Path) -> None:
-    """Red-team finding, now a regression test: SOPClassUID (and MediaStorageSOPClassUID) are kept as they come, even when the
+    """Red-team finding, now a regression test:
+    SOPClassUID (and MediaStorageSOPClassUID) are kept as they come, even when the
     value is not a UID at all (letters, a name after '^'); the instance is accepted and the
     text is stored in the catalog column, header_json and header_dicom, and echoed in STOW
     responses.
@@ -206,7 +210,8 @@ def test_a_sop_class_uid_that_is_no_uid_is_not_stored_verbatim(value: str, tmp_p
 
 
 def test_the_senders_implementation_version_name_is_not_kept(tmp_path: Path) -> None:
-    """Red-team finding (low), now a regression test: the sender's file meta ImplementationVersionName (0002,0013) is stored
+    """Red-team finding (low), now a regression test:
+    the sender's file meta ImplementationVersionName (0002,0013) is stored
     verbatim in header_dicom. It names the sending software, but sites also put station or
     site names there, and nothing in the de-identified object needs the sender's value: the
     lake writes the object anew and could give its own (as it does for AE titles in 0002).

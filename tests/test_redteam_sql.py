@@ -15,7 +15,8 @@ import lake
 def test_user_sql_cannot_read_or_write_the_duckdb_temp_directory(
     lk: lake.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Red-team finding, now a regression test: with external access disabled, DuckDB still allows its temp directory
+    """Red-team finding, now a regression test:
+    with external access disabled, DuckDB still allows its temp directory
     (``allowed_directories`` = ``[<cwd>/.tmp/]``, see ``duckdb_settings()``), so user SQL
     reads and writes files in ``./.tmp/`` of whoever runs it (`lake sql`, Lake.sql, a server).
 

@@ -37,7 +37,8 @@ def _series_seen(client: httpx.Client, token: str) -> set[str]:
 def test_a_replaced_cohort_scope_applies_to_tokens_at_once(
     web: WebLake, live: tuple[WebServer, httpx.Client]
 ) -> None:
-    """Red-team finding, now a regression test: ``lake cohort create NAME --replace`` at the same catalog version is ignored by
+    """Red-team finding, now a regression test:
+    ``lake cohort create NAME --replace`` at the same catalog version is ignored by
     a running server: a token scoped to NAME keeps seeing the cohort's *old* members.
 
     lake.web._views.Views caches scoped snapshots by (cohort name, catalog version); a
@@ -71,7 +72,8 @@ def test_a_replaced_cohort_scope_applies_to_tokens_at_once(
 def test_a_connection_that_never_sends_its_request_is_closed(
     live: tuple[WebServer, httpx.Client],
 ) -> None:
-    """Red-team finding, now a regression test: the web server never closes a connection that does not finish its request
+    """Red-team finding, now a regression test:
+    the web server never closes a connection that does not finish its request
     headers, so idle connections pile up without bound.
 
     Measured: 20,000 such connections (two client processes) exhaust the server's file
@@ -93,7 +95,8 @@ def test_a_connection_that_never_sends_its_request_is_closed(
 
 
 def test_stow_multipart_reader_bounds_whitespace_after_a_boundary() -> None:
-    """Red-team finding, now a regression test: transport padding after a multipart delimiter is buffered without bound, and
+    """Red-team finding, now a regression test:
+    transport padding after a multipart delimiter is buffered without bound, and
     every chunk re-scans all of it (quadratic CPU, on the event loop: MultipartReader.feed
     runs inside the async STOW handler).
 
