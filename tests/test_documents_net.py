@@ -60,7 +60,7 @@ def test_store_and_get_documents(server: DicomServer, lk: lake.Lake, vault_dir: 
     result = dcmtk("storescu", "-v", "-aet", "STORESCU", "-aec", "LAKE", "127.0.0.1",
                    str(server.port), str(sent))
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    server.committer.flush()
+    server.flush()
     lk.refresh()
     study = lk.sql("SELECT DISTINCT StudyInstanceUID FROM instances").fetchall()
     assert len(study) == 1
