@@ -74,7 +74,8 @@ class LakeConfig:
             raw = location.fs.cat_file(path)
         except FileNotFoundError:
             raise LakeNotFoundError(
-                f"no lake at {location.url}; create one with 'lake init --lake {location.url}'"
+                f"no lake at {location.url}; create one with lake.init() first",
+                functions=("lake.init",)
             ) from None
         try:
             data = json.loads(raw)

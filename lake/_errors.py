@@ -7,6 +7,8 @@ how to fix the problem and never contain an original (identifying) DICOM value.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "AccessError",
     "AuthenticationError",
@@ -29,7 +31,28 @@ __all__ = [
 
 
 class LakeError(Exception):
-    """Root of every error raised by :mod:`lake`."""
+    """Root of every error raised by :mod:`lake`.
+
+    Parameters
+    ----------
+    *args
+        The message: one line saying how to fix the problem.
+    parameters : sequence of str, optional
+        The keyword parameters the message names, written as Python writes them
+        (``root=ROOT``, ``replace=True``, ``via='get'``). Library messages speak in parameter
+        names; the command line shows the option that sets each one instead
+        (``pipelines/_common.py``).
+    functions : sequence of str, optional
+        The library functions the message names, written in it as called with no arguments
+        (``Lake.verify()``, ``lake.steward.forget()``) and listed here without the parentheses
+        (``Lake.verify``); the command line shows the command that runs each one instead.
+    """
+
+    def __init__(self, *args: object, parameters: Sequence[str] = (),
+                 functions: Sequence[str] = ()) -> None:
+        super().__init__(*args)
+        self.parameters: tuple[str, ...] = tuple(parameters)
+        self.functions: tuple[str, ...] = tuple(functions)
 
 
 class ConfigError(LakeError, ValueError):
@@ -37,7 +60,7 @@ class ConfigError(LakeError, ValueError):
 
 
 class LakeNotFoundError(LakeError, FileNotFoundError):
-    """No lake exists at the given root; run ``lake init`` first."""
+    """No lake exists at the given root; create one with :func:`lake.init` first."""
 
 
 class VaultError(LakeError, PermissionError):

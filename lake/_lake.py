@@ -28,7 +28,8 @@ def _root_from(root: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
         return root
     env = os.environ.get(_ENV_ROOT)
     if not env:
-        raise LakeNotFoundError("no lake given: pass --lake ROOT or set LAKE_ROOT (a path or URL)")
+        raise LakeNotFoundError("no lake given: pass root=ROOT or set LAKE_ROOT (a path or URL)",
+                                parameters=("root",))
     return env
 
 

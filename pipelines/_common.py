@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 import lake
 from lake import LakeError
 
 __all__ = [
+    "COMMANDS",
     "EXIT_ERROR",
     "EXIT_INTERNAL",
     "EXIT_OK",
     "EXIT_PROBLEMS",
     "EXIT_QUARANTINED",
     "EXIT_USAGE",
+    "OPTIONS",
     "LakeOption",
     "VaultOption",
+    "cli_message",
     "err",
     "open_lake",
     "out",
@@ -73,13 +79,87 @@ def open_lake(root: str | None) -> lake.Lake:
     return lake.open(root)
 
 
+OPTIONS: Mapping[str, str] = MappingProxyType({
+    "all_studies": "--all",
+    "allow": "--allow",
+    "cohorts": "--cohort",
+    "filters": "--query",
+    "listen": "--port",
+    "out": "--out",
+    "port": "--port",
+    "profile": "--profile",
+    "replace": "--replace",
+    "role": "--role",
+    "root": "--lake",
+    "skip_weaker": "--skip-weaker",
+    "vault": "--vault",
+    "via": "--via",
+})
+"""The option of the command line that sets each library parameter an error may name."""
+
+COMMANDS: Mapping[str, str] = MappingProxyType({
+    "Lake.info": "lake info",
+    "Lake.sql": "lake sql",
+    "Lake.verify": "lake verify",
+    "lake.access.list_shares": "lake share list",
+    "lake.access.list_tokens": "lake token list",
+    "lake.access.list_users": "lake users list",
+    "lake.access.mark_teaching_set": "lake teaching add",
+    "lake.access.teaching_sets": "lake teaching list",
+    "lake.export.create_cohort": "lake cohort create",
+    "lake.init": "lake init",
+    "lake.steward.forget": "lake forget",
+    "lake.steward.list_quarantine": "lake quarantine list",
+    "lake.steward.purge": "lake quarantine purge",
+    "lake.steward.vacuum": "lake vacuum",
+})
+"""The command that runs each library function an error may name."""
+
+_VALUE = r"=(True\b|'([^'\s]*)'|([A-Z][A-Z_]*)\b)?"
+
+
+def cli_message(exc: LakeError) -> str:
+    """``exc``'s message as the command line says it.
+
+    Each parameter it names (``root=ROOT``, ``replace=True``, ``via='get'``, listed in
+    ``exc.parameters``) is written as the option that sets it (``--lake ROOT``, ``--replace``,
+    ``--via get``), each function it names (``Lake.verify()``, listed in ``exc.functions``) as
+    the command that runs it (``'lake verify'``).
+
+    Examples
+    --------
+    >>> cli_message(LakeError("pass root=ROOT, replace=True or via='get'",
+    ...                       parameters=("root", "replace", "via")))
+    'pass --lake ROOT, --replace or --via get'
+    >>> cli_message(LakeError("run Lake.verify()", functions=("Lake.verify",)))
+    "run 'lake verify'"
+    """
+    text = str(exc)
+    for name in exc.parameters:
+        option = OPTIONS.get(name)
+        if option is None:
+            continue
+
+        def flag(match: re.Match[str], option: str = option) -> str:
+            value = match.group(2) or match.group(3)
+            return f"{option} {value}" if value else option
+
+        text = re.sub(rf"(?<![\w.]){re.escape(name)}{_VALUE}", flag, text)
+    for function in exc.functions:
+        command = COMMANDS.get(function)
+        if command is not None:
+            text = text.replace(f"{function}()", f"'{command}'")
+    return text
+
+
 @contextmanager
 def reported() -> Iterator[None]:
     """Turn library errors into one line on stderr and an exit code."""
     try:
         yield
     except LakeError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(cli_message(exc))}", highlight=False,
+                  markup=True, soft_wrap=True)
         raise typer.Exit(EXIT_ERROR) from None
     except KeyboardInterrupt:
         err.print("interrupted; re-run the same command to finish (no duplicates are created)")

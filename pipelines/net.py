@@ -19,6 +19,7 @@ from pipelines._common import (
     EXIT_QUARANTINED,
     LakeOption,
     VaultOption,
+    cli_message,
     err,
     open_lake,
     out,
@@ -288,7 +289,7 @@ def pull_command(
     try:  # a query a PACS cannot match as meant is a usage error (exit 2), before any I/O
         pull_identifier(query or [], all_studies=all_studies)
     except QueryError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--query") from None
+        raise typer.BadParameter(cli_message(exc), param_hint="--query") from None
     with reported():
         lk = open_lake(lake_root)
         secret = lk.secret(vault)

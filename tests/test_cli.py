@@ -152,7 +152,7 @@ def test_errors_are_one_line(
 
 def test_no_lake_given_is_a_clear_error() -> None:
     proc = run("info", check_code=1)
-    assert "LAKE_ROOT" in proc.stderr
+    assert "--lake ROOT or set LAKE_ROOT" in proc.stderr  # the library says root=ROOT
 
 
 def test_ingest_without_vault_refuses(tmp_path: Path, ct_folder: Path) -> None:

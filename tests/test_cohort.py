@@ -70,7 +70,7 @@ def test_saved_in_a_delta_table_one_row_per_cohort(populated: lake.Lake) -> None
 
 def test_name_is_immutable_unless_replaced(populated: lake.Lake) -> None:
     first = create_cohort(populated, "ct", CT_QUERY)
-    with pytest.raises(lake.ExportError, match=r"exists already.*--replace"):
+    with pytest.raises(lake.ExportError, match=r"exists already.*replace=True"):
         create_cohort(populated, "ct", "SELECT SeriesInstanceUID FROM series")
     assert load_cohort(populated, "ct").members == first.members
     history_before = populated.tables.open(COHORTS.name).version()

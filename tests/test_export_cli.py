@@ -45,6 +45,7 @@ def test_cohort_create_list_show_replace(ingested: dict[str, str]) -> None:
     assert re.search(r"cohort ct: 2 series, 13 instances at catalog version \d+", created.stdout)
     again = run("cohort", "create", "ct", "--sql", CT, env=ingested, check_code=1)
     assert again.stderr.count("\n") == 1 and "exists already" in again.stderr
+    assert "pass --replace to redefine it" in again.stderr  # the library says replace=True
     listed = json.loads(run("cohort", "list", "--json", env=ingested).stdout)
     assert [(c["name"], c["series"], c["instances"], c["description"]) for c in listed] == [
         ("ct", 2, 13, "CT series")
@@ -97,6 +98,7 @@ def test_export_usage_and_refusals(ingested: dict[str, str], tmp_path: Path) -> 
     refused = run("export", "teaching", "ct", "--out", str(tmp_path / "t"), "--scheduler", "sync",
                   env=ingested, check_code=1)
     assert "weaker than 'teaching'" in refused.stderr and "--skip-weaker" in refused.stderr
+    assert "--profile teaching" in refused.stderr
     assert not (tmp_path / "t").exists()
 
 

@@ -71,7 +71,7 @@ def test_weaker_profiles_are_refused_with_a_clear_message(
     message = str(caught.value)
     assert f"{weaker} of {total} instances" in message
     assert "profile(s) basic, weaker than 'teaching'" in message
-    assert "--profile teaching" in message and "--skip-weaker" in message
+    assert "profile='teaching'" in message and "skip_weaker=True" in message
     assert not (tmp_path / "out").exists()
 
 

@@ -56,7 +56,7 @@ def test_put_new_reports_whether_written(store: BlobStore) -> None:
 
 
 def test_missing_blob_raises_with_advice(store: BlobStore) -> None:
-    with pytest.raises(BlobNotFoundError, match="lake verify"):
+    with pytest.raises(BlobNotFoundError, match=r"run Lake\.verify\(\)"):
         store.get(blob_key(b"never stored"))
 
 

@@ -38,7 +38,7 @@ def test_vault_inside_lake_is_refused(lake_root: Path) -> None:
 
 def test_missing_vault_is_a_clear_error(lk: lake.Lake, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LAKE_VAULT", raising=False)
-    with pytest.raises(VaultError, match="--vault"):
+    with pytest.raises(VaultError, match="vault=DIR"):
         lk.secret(None)
 
 

@@ -237,7 +237,7 @@ class Access:
             else:
                 raise AuthenticationError(
                     "credentials needed: send 'Authorization: Bearer TOKEN' "
-                    "(a steward makes one with 'lake token create')"
+                    "(a steward makes tokens)"
                 )
         if permission not in ROLE_PERMISSIONS[principal.role]:
             raise ForbiddenError(f"a {principal.role.value} may not do this ({permission.value})")

@@ -89,7 +89,8 @@ def create_share(
     the_role = Role(role)
     if the_role is Role.STEWARD:
         raise AccessError("a share link gives a student's or a researcher's view of one "
-                          "cohort; use --role student or --role researcher")
+                          "cohort; use role='student' or role='researcher'",
+                          parameters=("role",))
     token, text = create_token(lake, the_role, cohorts=[cohort], expires_in=expires_in,
                                note=f"share link: {cohort}")
     lake.tables.create(SHARES)
@@ -122,7 +123,8 @@ def revoke_share(lake: Lake, share_id: str) -> Share:
     known = {s.share_id: s for s in list_shares(lake)}
     clean = share_id.strip().lower()
     if clean not in known:
-        raise AccessError(f"no share link with id {share_id!r}; 'lake share list' shows the ids")
+        raise AccessError(f"no share link with id {share_id!r}; lake.access.list_shares() "
+                          "shows the ids", functions=("lake.access.list_shares",))
     token = revoke_token(lake, clean)
     old = known[clean]
     return Share(token, old.cohort, old.role, old.created_by)

@@ -84,7 +84,8 @@ def unmark_teaching_set(lake: Lake, name: str) -> None:
         If it is not a teaching set.
     """
     if name not in teaching_sets(lake):
-        raise AccessError(f"{name!r} is not a teaching set ('lake teaching list' shows them)")
+        raise AccessError(f"{name!r} is not a teaching set (lake.access.teaching_sets() "
+                          "lists them)", functions=("lake.access.teaching_sets",))
     literal = name.replace("'", "''")
     for attempt in range(_RETRIES):
         try:

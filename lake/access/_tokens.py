@@ -184,8 +184,8 @@ def create_token(
     the_role = Role(role)
     names = tuple(sorted(set(cohorts)))
     if the_role is Role.STEWARD and names:
-        raise AccessError("a steward token sees the whole lake; give --cohort only to "
-                          "researcher and student tokens")
+        raise AccessError("a steward token sees the whole lake; give cohorts= only to "
+                          "researcher and student tokens", parameters=("cohorts",))
     for name in names:
         load_cohort(lake, name)  # raises when it does not exist
     if the_role is Role.STUDENT:
@@ -194,7 +194,8 @@ def create_token(
         if outside:
             raise AccessError(
                 f"cohort(s) {', '.join(outside)} are not teaching sets; a student token may name "
-                "only teaching sets (make one with 'lake teaching add COHORT')"
+                "only teaching sets (make one with lake.access.mark_teaching_set())",
+                functions=("lake.access.mark_teaching_set",)
             )
     if expires_in is not None and expires_in <= dt.timedelta(0):
         raise ConfigError("a token's lifetime must be positive")
@@ -229,7 +230,8 @@ def revoke_token(lake: Lake, token_id: str) -> Token:
     clean = token_id.strip().lower()
     known = {t.token_id: t for t in list_tokens(lake)} if _ID.match(clean) else {}
     if clean not in known:
-        raise AccessError(f"no token with id {token_id!r}; 'lake token list' shows the ids")
+        raise AccessError(f"no token with id {token_id!r}; lake.access.list_tokens() shows "
+                          "the ids", functions=("lake.access.list_tokens",))
     if known[clean].revoked_at is not None:
         return known[clean]
     for attempt in range(_RETRIES):

@@ -139,7 +139,8 @@ def _check_scope(lake: Lake, role: Role, cohorts: Sequence[str]) -> tuple[str, .
         if outside:
             raise AccessError(
                 f"cohort(s) {', '.join(outside)} are not teaching sets; a student may be given "
-                "only teaching sets (make one with 'lake teaching add COHORT')"
+                "only teaching sets (make one with lake.access.mark_teaching_set())",
+                functions=("lake.access.mark_teaching_set",)
             )
     return names
 
@@ -179,7 +180,8 @@ def add_user(
     _check_password(password)
     names = _check_scope(lake, the_role, cohorts)
     if clean in _active(_rows(lake)):
-        raise AccessError(f"an account named {clean!r} exists already ('lake users list')")
+        raise AccessError(f"an account named {clean!r} exists already "
+                          "(lake.access.list_users())", functions=("lake.access.list_users",))
     now = _now()
     row = {
         "name": clean, "role": the_role.value, "cohorts": list(names),
@@ -211,7 +213,8 @@ def _update(lake: Lake, name: str, values: dict[str, Any], what: str) -> None:
 def _existing(lake: Lake, name: str) -> str:
     clean = _check_name(name)
     if clean not in _active(_rows(lake)):
-        raise AccessError(f"no account named {name!r}; 'lake users list' shows them")
+        raise AccessError(f"no account named {name!r}; lake.access.list_users() shows them",
+                          functions=("lake.access.list_users",))
     return clean
 
 

@@ -48,8 +48,8 @@ class Backoff:
         if self.failures >= self.attempts:
             raise CatalogError(
                 f"the {self.what} lost {self.failures} races with other writers in a row "
-                f"({type(cause).__name__}); nothing was committed by this attempt, so re-run "
-                "the command when the lake is less busy"
+                f"({type(cause).__name__}); nothing was committed by this attempt, so retry "
+                "when the lake is less busy"
             ) from None
         window = min(self.cap, self.base * 2 ** min(self.failures, 20))
         time.sleep(self._rng.uniform(0, window))

@@ -141,13 +141,15 @@ class DeltaTables:
                 table.load_as_version(version)
         except TableNotFoundError:
             raise CatalogError(
-                f"catalog table {name!r} is missing; run 'lake init' on this lake"
+                f"catalog table {name!r} is missing; run lake.init() on this lake",
+                functions=("lake.init",)
             ) from None
         except Exception as exc:
             if version is not None:
                 raise CatalogError(
                     f"catalog version {version} of table {name!r} cannot be read: "
-                    f"{type(exc).__name__}; run 'lake info' for the current version"
+                    f"{type(exc).__name__}; Lake.info() gives the current version",
+                    functions=("Lake.info",)
                 ) from None
             raise
         if version is not None and version != table.version():
@@ -158,9 +160,9 @@ class DeltaTables:
             if gone:
                 raise CatalogError(
                     f"catalog version {version} of table {name!r} can no longer be read: "
-                    f"{gone} of its data files were removed ('lake vacuum' keeps only recent "
-                    "versions and those cohorts are pinned to); run 'lake info' for the "
-                    "current version"
+                    f"{gone} of its data files were removed (lake.steward.vacuum() keeps only "
+                    "recent versions and those cohorts are pinned to); Lake.info() gives the "
+                    "current version", functions=("lake.steward.vacuum", "Lake.info")
                 )
         return table
 
@@ -198,9 +200,10 @@ class DeltaTables:
                     when = record["erased_at"].date().isoformat()
                     raise CatalogError(
                         f"catalog version {version} of table {name!r} was erased on {when} "
-                        f"(erasure {record['erasure_id']}, 'lake forget'): versions "
+                        f"(erasure {record['erasure_id']}, lake.steward.forget()): versions "
                         f"{span['first']}-{span['last']} read data files that held withdrawn "
-                        f"instances; query version {span['last'] + 1} or later"
+                        f"instances; query version {span['last'] + 1} or later",
+                        functions=("lake.steward.forget",)
                     )
 
     def dataset(self, name: str, version: int | None = None) -> ds.Dataset:

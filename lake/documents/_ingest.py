@@ -126,7 +126,8 @@ def document_outcome(kind: DocumentKind, data: bytes, study: Study | None,
     """
     if study is None:
         return reject(ctx, data, "no_study", f"a {kind.value} document with no study: put it "
-                      "beside its study's DICOM files, or name the study (--study, lake attach)")
+                      "beside its study's DICOM files, or name its study when ingesting or "
+                      "attaching it")
     try:
         wrapped = wrap_document(kind, data, study, ctx.engine, ocr=ocr, limits=limits)
         ds = wrapped.dataset

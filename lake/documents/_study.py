@@ -126,7 +126,8 @@ def study_from_lake(lake: Lake, engine: Deidentifier, study: str) -> Study:
                               "folder holding them")
         found = str(studies[0][0])
     if not _UID.fullmatch(found):
-        raise IngestError("the study's UID in the lake is not a UID; run 'lake verify'")
+        raise IngestError("the study's UID in the lake is not a UID; run Lake.verify()",
+                          functions=("Lake.verify",))
     header, accession_key = _fetch(
         lake, "SELECT header_dicom, accession_key FROM instances "
               f"WHERE StudyInstanceUID = '{found}' LIMIT 1")[0]

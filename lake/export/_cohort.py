@@ -240,7 +240,7 @@ def resolve_cohort(lake: Lake, sql: str, *, as_of: int | None = None) -> Cohort:
     if table.num_rows == 0:
         raise ExportError(
             f"the cohort query selects no instance at catalog version {version}; "
-            "check it with 'lake sql'"
+            "check it with Lake.sql()", functions=("Lake.sql",)
         )
     hashes = _header_hashes(lake, table, version)
     sops = table.column("SOPInstanceUID").to_pylist()
@@ -416,7 +416,7 @@ def create_cohort(
         if written != 1:
             raise ExportError(
                 f"a cohort named {name!r} exists already; choose another name, or pass "
-                "--replace (replace=True) to redefine it"
+                "replace=True to redefine it", parameters=("replace",)
             )
         return cohort
     raise ExportError(
@@ -449,7 +449,7 @@ def load_cohort(lake: Lake, name: str) -> Cohort:
         known = ", ".join(s.name for s in list_cohorts(lake)) or "none yet"
         raise ExportError(
             f"no cohort named {name!r} (saved cohorts: {known}); create it with "
-            "'lake cohort create NAME --sql ...'"
+            "lake.export.create_cohort() first", functions=("lake.export.create_cohort",)
         )
     if len(rows) > 1:
         raise IntegrityError(f"the cohorts table holds {len(rows)} rows named {name!r}")

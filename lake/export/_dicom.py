@@ -72,7 +72,8 @@ def load_pixels(blobs: BlobStore, pixel_hash: str | None) -> bytes | None:
         return None
     data = blobs.get(pixel_hash)
     if blob_key(data) != pixel_hash:
-        raise IntegrityError(f"blob {pixel_hash} is corrupt; run 'lake verify'")
+        raise IntegrityError(f"blob {pixel_hash} is corrupt; run Lake.verify()",
+                             functions=("Lake.verify",))
     return data
 
 
@@ -180,7 +181,7 @@ def blob_skip(task: SeriesTask, item: InstanceItem, exc: Exception) -> Skip:
         task.key,
         item.sop_uid,
         "blob_missing" if missing else "blob_corrupt",
-        f"pixel blob {item.pixel_hash} is {'missing' if missing else 'corrupt'}; run 'lake verify'",
+        f"pixel blob {item.pixel_hash} is {'missing' if missing else 'corrupt'}; verify the lake",
     )
 
 

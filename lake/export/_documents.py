@@ -56,7 +56,7 @@ _LISTING = "documents.json"
 def _select(refs: list[InstanceRef]) -> tuple[list[InstanceRef], list[Skip]]:
     kept = [r for r in refs if r.extra.get(_MIME) in _EXTENSIONS]
     skipped = [Skip(r.series_uid, r.sop_uid, "not_a_document",
-                    "not a wrapped document (export it with 'lake export dicom')")
+                    "not a wrapped document (export it as DICOM)")
                for r in refs if r.extra.get(_MIME) not in _EXTENSIONS]
     return kept, skipped
 

@@ -320,7 +320,8 @@ class Journal:
                 if record.get("plan_id") != plan_id:
                     raise ExportError(
                         "the export folder holds an unfinished export of a different cohort or "
-                        "with different options; choose another --out folder, or delete this one"
+                        "with different options; choose another folder (out=), or delete this "
+                        "one", parameters=("out",)
                     )
                 continue
             result = TaskResult.from_json(record)

@@ -322,7 +322,7 @@ def _load_refs(lake: Lake, cohort: Cohort, columns: Sequence[str]) -> list[Insta
         raise IntegrityError(
             f"{missing} member instance(s) of the cohort are absent from (or duplicated in) "
             f"catalog version {cohort.catalog_version}; the catalog was rewritten since the "
-            "cohort was saved. Re-create the cohort with --replace"
+            "cohort was saved. Re-create the cohort with replace=True", parameters=("replace",)
         )
     refs: list[InstanceRef] = []
     changed = 0
@@ -400,13 +400,13 @@ def _finished(out: Path, plan_id: str) -> dict[str, Any] | None:
     manifest = read_json(path)
     if not isinstance(manifest, dict) or manifest.get("plan_id") != plan_id:
         raise ExportError(
-            "the --out folder holds a finished export of a different cohort, catalog version or "
-            "options; choose another folder"
+            "the output folder (out=) holds a finished export of a different cohort, catalog "
+            "version or options; choose another folder", parameters=("out",)
         )
     if not _verify_finished(out, manifest):
         raise ExportError(
-            "the --out folder holds this export, but some of its files are missing or were "
-            "changed since; delete the folder and export again"
+            "the output folder (out=) holds this export, but some of its files are missing or "
+            "were changed since; delete the folder and export again", parameters=("out",)
         )
     return manifest
 
@@ -435,7 +435,8 @@ def _tasks(
             if hashlib.sha256(header).hexdigest() != ref.header_sha256:
                 raise IntegrityError(
                     f"the stored header of a cohort member differs from when the cohort was saved "
-                    f"(catalog version {cohort.catalog_version}); run 'lake verify'"
+                    f"(catalog version {cohort.catalog_version}); run Lake.verify()",
+                    functions=("Lake.verify",)
                 )
             plan = owner[sop]
             headers = pending.setdefault(plan.key, {})
@@ -450,7 +451,8 @@ def _tasks(
     if pending:
         raise IntegrityError(
             f"{sum(len(v) for v in pending.values())} cohort instance header(s) could not be read "
-            f"from catalog version {cohort.catalog_version}; run 'lake verify'"
+            f"from catalog version {cohort.catalog_version}; run Lake.verify()",
+            functions=("Lake.verify",)
         )
 
 
@@ -514,10 +516,12 @@ def _manifest(
 
 def _prepare_out(out: Path, journal: Journal) -> None:
     if out.exists() and not out.is_dir():
-        raise ExportError("--out names a file, not a folder; give a new or empty folder")
+        raise ExportError("out= names a file, not a folder; give a new or empty folder",
+                          parameters=("out",))
     if out.is_dir() and not journal.path.exists() and any(out.iterdir()):
         raise ExportError(
-            "the --out folder is not empty and holds no export; give a new or empty folder"
+            "the output folder (out=) is not empty and holds no export; give a new or empty "
+            "folder", parameters=("out",)
         )
     out.mkdir(parents=True, exist_ok=True)
 

@@ -156,8 +156,9 @@ def select_teaching(
             f"refusing the teaching set: {len(weaker)} of {len(refs)} instances were "
             f"de-identified with profile(s) {', '.join(found)}, weaker than 'teaching' "
             f"(accepted: {', '.join(sorted(accepted))}). Re-ingest the originals with "
-            "--profile teaching into a lake for teaching, or pass --skip-weaker to leave those "
-            "instances out (they are listed in manifest.json)"
+            "profile='teaching' into a lake for teaching, or pass skip_weaker=True to leave "
+            "those instances out (they are listed in manifest.json)",
+            parameters=("profile", "skip_weaker"),
         )
     kept = [r for r in refs if r.profile in accepted]
     if not kept:

@@ -158,8 +158,8 @@ class TLSConfig:
                 context.verify_mode = ssl.CERT_REQUIRED
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(
-                f"TLS setup failed ({type(exc).__name__}): check that --tls-cert, --tls-key "
-                "and --tls-ca name readable PEM files that belong together"
+                f"TLS setup failed ({type(exc).__name__}): check that the certificate, key "
+                "and CA files are readable PEM files that belong together"
             ) from None
         return context
 
@@ -234,10 +234,10 @@ class ServerConfig:
     tls: TLSConfig | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "aet", parse_ae_title(self.aet, "--aet"))
-        object.__setattr__(self, "port", _port(self.port, "--port"))
+        object.__setattr__(self, "aet", parse_ae_title(self.aet, "AE title (aet)"))
+        object.__setattr__(self, "port", _port(self.port, "port"))
         object.__setattr__(
-            self, "allow", tuple(parse_ae_title(a, "--allow AE title") for a in self.allow)
+            self, "allow", tuple(parse_ae_title(a, "allowed AE title (allow)") for a in self.allow)
         )
         for name in ("max_associations", "commit_every", "max_instance_bytes",
                      "receive_memory_bytes"):
@@ -254,7 +254,7 @@ class ServerConfig:
         if not self.allow and not _is_loopback(self.host):
             raise ConfigError(
                 f"listening on {self.host} without an allow-list would accept any calling AE: "
-                "pass --allow AET for each modality/PACS allowed to connect"
+                "list each modality/PACS allowed to connect (allow=AET)", parameters=("allow",)
             )
 
     @classmethod

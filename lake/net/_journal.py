@@ -216,7 +216,7 @@ class ReceiptJournal:
         except OSError:
             os.close(fd)
             raise NetError(
-                "another 'lake serve dicom' is receiving into this lake (its receipt journal "
+                "another DICOM server is receiving into this lake (its receipt journal "
                 "is in use): one server per lake; stop the other one first"
             ) from None
         self._lock_fd = fd

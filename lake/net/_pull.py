@@ -361,7 +361,7 @@ def _storage_contexts(sop_classes: Sequence[str], budget: int) -> list[Presentat
     if len(contexts) > budget:
         raise NetError(
             f"the study holds {len(classes)} SOP classes; a C-GET association fits {budget}: "
-            "use --via move"
+            "use via='move'", parameters=("via",)
         )
     for syntax in _COMPRESSED:
         if len(contexts) + len(classes) > budget:
@@ -380,16 +380,17 @@ def _tally(status: Dataset | None, outcome: StudyOutcome, peer: Peer, op: str) -
     if code == 0xA801:
         raise NetError(
             f"{peer} does not know the move destination; add this lake's AE title, host and "
-            "port to the PACS's modalities, or use --via get"
+            "port to the PACS's modalities, or use via='get'", parameters=("via",)
         )
     if code not in (0x0000, 0xB000, 0xA702, 0xFE00) and (code & 0xF000) != 0xA000:
         hint = ""
         if op == "C-MOVE" and not outcome.completed:
             hint = (
                 "; check that the PACS knows this lake's AE title as a move destination "
-                "(host and port), or use --via get"
+                "(host and port), or use via='get'"
             )
-        raise NetError(f"{peer} refused the {op} (status 0x{code:04X}){hint}")
+        raise NetError(f"{peer} refused the {op} (status 0x{code:04X}){hint}",
+                       parameters=("via",) if hint else ())
 
 
 def _final(responses: Iterator[tuple[Dataset, Dataset | None]]) -> Dataset | None:
@@ -460,7 +461,7 @@ def pull_studies(
         port is taken.
     """
     if via not in ("get", "move"):
-        raise NetError("--via must be 'get' or 'move'")
+        raise NetError("invalid via: it must be 'get' or 'move'")
     quiet_identifiers()
     ingestor = Ingestor(lake, secret, profile, source="pull")
     ledger = _Ledger(lake, secret, peer)
@@ -541,7 +542,8 @@ def _start_move_scp(
     except OSError as exc:
         raise NetError(
             f"cannot listen on {listen[0]}:{listen[1]} for C-MOVE ({exc.strerror or exc}); "
-            "stop 'lake serve dicom' on that port, pass --port, or use --via get"
+            "stop the DICOM server on that port, listen on another port (listen=), or use "
+            "via='get'", parameters=("listen", "via")
         ) from None
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                               name="lake-pull-scp", daemon=True)

@@ -60,8 +60,9 @@ def pull_identifier(filters: Sequence[str], *, all_studies: bool = False) -> Dat
         identifier = identifier_from_filters(filters, Level.STUDY)
     if not restricting and not all_studies:
         raise QueryError(
-            "the query matches every study of the PACS; give --query KEYWORD=VALUE "
-            "(e.g. PatientID=..., StudyDate=20200101-20201231), or pass --all to pull everything"
+            "the query matches every study of the PACS; give filters=KEYWORD=VALUE "
+            "(e.g. PatientID=..., StudyDate=20200101-20201231), or pass all_studies=True to "
+            "pull everything", parameters=("filters", "all_studies")
         )
     return identifier
 

@@ -256,7 +256,7 @@ class DicomServer:
                 self.journal.close()  # frees it for a server that can listen
             raise NetError(
                 f"cannot listen on {self.config.host}:{self.config.port} ({exc.strerror or exc}); "
-                "choose another --port or stop the process using it"
+                "choose another port (port=) or stop the process using it", parameters=("port",)
             ) from None
         server.configure(
             request_timeout=self.config.request_timeout,

@@ -298,7 +298,7 @@ class Snapshot:
         except duckdb.Error as exc:
             raise CatalogError(
                 f"the catalog cannot be indexed for DICOM queries ({type(exc).__name__}); "
-                "run 'lake verify'"
+                "run Lake.verify()", functions=("Lake.verify",)
             ) from None
 
     def _create_image(self) -> None:
@@ -374,7 +374,7 @@ class Snapshot:
             except duckdb.Error as exc:
                 raise CatalogError(
                     f"the catalog cannot be indexed for DICOM queries ({type(exc).__name__}); "
-                    "run 'lake verify'"
+                    "run Lake.verify()", functions=("Lake.verify",)
                 ) from None
             self.version = int(delta.version())
         return True

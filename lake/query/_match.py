@@ -185,7 +185,7 @@ def identifier_from_filters(filters: Sequence[str], level: Level = Level.STUDY) 
         tag = tag_for_keyword(keyword)
         if tag is None:
             raise QueryError(
-                f"unknown DICOM keyword {keyword!r} in --query; use exact keywords such as "
+                f"unknown DICOM keyword {keyword!r} in the query; use exact keywords such as "
                 "PatientID, StudyDate, ModalitiesInStudy"
             )
         vr = dictionary_VR(tag)

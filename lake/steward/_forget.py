@@ -390,7 +390,8 @@ def forget(lake: Lake, secret: Secret, chosen: Target, *, by: str | None = None)
     else:
         raise CatalogError(
             "instances of what is being forgotten keep arriving (an ingest or a DICOM sender "
-            "is adding them); stop sending them and re-run 'lake forget'"
+            "is adding them); stop sending them and re-run lake.steward.forget()",
+            functions=("lake.steward.forget",)
         )
     tokens = frozenset(plan._tokens)
     _delete_blobs(lake, plan)

@@ -84,7 +84,8 @@ def _find(lake: Lake, ident: str) -> QuarantineEntry:
     if len(ident) < _MIN_ID or any(c not in "0123456789abcdef" for c in ident):
         raise ConfigError(
             f"a quarantine ID is the hex sha256 of the file (at least {_MIN_ID} digits); "
-            "see 'lake quarantine list'"
+            "lake.steward.list_quarantine() lists them",
+            functions=("lake.steward.list_quarantine",)
         )
     found = {e.id: e for e in list_quarantine(lake) if e.id.startswith(ident)}
     if not found:
@@ -111,7 +112,8 @@ def _original(lake: Lake, secret: Secret, entry: QuarantineEntry) -> bytes:
     except FileNotFoundError:
         raise IntegrityError(
             f"the sealed original of {entry.id[:12]} is missing; purge the entry "
-            "('lake quarantine purge') or run 'lake verify'"
+            "(lake.steward.purge()) or run Lake.verify()",
+            functions=("lake.steward.purge", "Lake.verify")
         ) from None
     data = decrypt(sealed, quarantine_key(secret))
     if hashlib.sha256(data).hexdigest() != entry.id:
@@ -209,7 +211,9 @@ def purge(lake: Lake, idents: Sequence[str] = (), *, reason: str | None = None) 
 
 def _plain(text: str) -> str:
     if not text.replace("_", "").isalnum():
-        raise ConfigError("a reason code is letters, digits and '_' (see 'lake quarantine list')")
+        raise ConfigError("a reason code is letters, digits and '_' (as "
+                          "lake.steward.list_quarantine() shows them)",
+                          functions=("lake.steward.list_quarantine",))
     return text
 
 

@@ -109,7 +109,8 @@ class BlobStore:
             data: bytes = self.location.fs.cat_file(path)
         except FileNotFoundError:
             raise BlobNotFoundError(
-                f"blob {key} is missing from the store; run 'lake verify' to list affected rows"
+                f"blob {key} is missing from the store; run Lake.verify() to list affected rows",
+                functions=("Lake.verify",)
             ) from None
         return data
 

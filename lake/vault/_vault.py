@@ -69,7 +69,8 @@ class Vault:
         chosen = os.fspath(value) if value is not None else os.environ.get(_ENV)
         if not chosen:
             raise VaultError(
-                "no key vault given: pass --vault DIR or set LAKE_VAULT to a folder outside the lake"
+                "no key vault given: pass vault=DIR or set LAKE_VAULT to a folder outside the lake",
+                parameters=("vault",),
             )
         return cls(Path(chosen).expanduser().absolute())
 
@@ -108,7 +109,8 @@ class Vault:
         if not key_path.is_file():
             raise VaultError(
                 f"the vault {self.path} holds no key for lake {lake_id}; "
-                "pass the vault used by 'lake init' (--vault or LAKE_VAULT)"
+                "pass the vault the lake was created with (vault= or LAKE_VAULT)",
+                parameters=("vault",),
             )
         mode = stat.S_IMODE(key_path.stat().st_mode)
         if mode & 0o077:
