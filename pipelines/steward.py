@@ -190,7 +190,11 @@ def quarantine_show(
         entry, lines = show(lk, lk.secret(vault), ident, show_values=show_values)
     out.print(f"{entry.id}  {entry.reason}: {entry.message}", highlight=False, soft_wrap=True)
     if not lines:
-        out.print("(not a readable DICOM header)", highlight=False)
+        out.print(
+            "(no DICOM header: a document (PDF, picture, video) or an unreadable file; "
+            "'lake quarantine export' writes the original out)",
+            highlight=False,
+        )
     for line in lines:
         out.print(
             f"{'  ' * line.depth}{line.tag} {line.keyword or '?'} {line.vr} {line.value}",
@@ -206,6 +210,14 @@ def quarantine_release(
     profile: Annotated[str, typer.Option(help="Profile to re-run it through (name or file).")],
     lake_root: LakeOption = None,
     vault: VaultOption = None,
+    study: Annotated[
+        str | None,
+        typer.Option(
+            "--study",
+            help="For a document (PDF, picture, video): the original StudyInstanceUID or "
+            "AccessionNumber of the study of the lake it belongs to.",
+        ),
+    ] = None,
 ) -> None:
     """Re-run a quarantined original through a profile: it lands, or stays with the new reason.
 
@@ -215,7 +227,7 @@ def quarantine_release(
 
     with reported():
         lk = open_lake(lake_root)
-        result = release(lk, lk.secret(vault), ident, profile)
+        result = release(lk, lk.secret(vault), ident, profile, study=study)
     if result.outcome == "quarantined":
         err.print(f"{result.entry.id[:16]} stays quarantined: {result.reason}", highlight=False)
         raise typer.Exit(EXIT_QUARANTINED)

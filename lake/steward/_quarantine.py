@@ -24,6 +24,8 @@ from lake.catalog import QUARANTINE
 if TYPE_CHECKING:
     from lake._lake import Lake
     from lake.deid import Profile
+    from lake.documents import DocumentKind
+    from lake.ingest import Ingestor, Outcome
     from lake.vault import Secret
 
 __all__ = [
@@ -39,6 +41,9 @@ __all__ = [
 ]
 
 _MIN_ID = 8
+_HEAD = 1024  # a document is recognised by its first bytes (lake.documents.sniff)
+_SUFFIXES = {"pdf": "pdf", "jpeg": "jpg", "png": "png", "bmp": "bmp", "tiff": "tif",
+             "avi": "avi", "mp4": "mp4", "mov": "mov"}
 
 
 @dataclass(frozen=True)
@@ -137,13 +142,16 @@ def show(
 ) -> tuple[QuarantineEntry, list[HeaderLine]]:
     """The entry and the header of its original (values masked unless ``show_values``).
 
-    The original is decrypted with the vault; a file that is not DICOM gives no lines.
+    The original is decrypted with the vault; a file that is not DICOM (a document, junk)
+    gives no lines.
     Masked values show only their length: the header's structure without identifiers.
     """
     from pydicom import dcmread
 
     entry = _find(lake, ident)
     data = _original(lake, secret, entry)
+    if _document_kind(data) is not None:
+        return entry, []  # a PDF, picture or video: no DICOM header to show
     # pydicom's warnings and log records quote original values: captured, never shown.
     with capture():
         try:
@@ -174,7 +182,8 @@ def _lines(ds: Any, depth: int, show_values: bool) -> Iterator[HeaderLine]:
 def export_original(lake: Lake, secret: Secret, ident: str, out: str | os.PathLike[str]) -> Path:
     """Write the original of a quarantined file, decrypted, to folder ``out`` (outside the lake).
 
-    The file is named by its ID (never by anything it holds). Returns its path.
+    The file is named by its ID (never by anything it holds), with the extension of its
+    kind: ``.pdf``, ``.jpg``... for a document, else ``.dcm``. Returns its path.
     """
     folder = Path(out).resolve()
     if lake.location.is_local and folder.is_relative_to(Path(lake.location.path).resolve()):
@@ -182,7 +191,8 @@ def export_original(lake: Lake, secret: Secret, ident: str, out: str | os.PathLi
     entry = _find(lake, ident)
     data = _original(lake, secret, entry)
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{entry.id}.dcm"
+    kind = _document_kind(data)
+    target = folder / f"{entry.id}.{_SUFFIXES[kind.value] if kind else 'dcm'}"
     target.write_bytes(data)
     return target
 
@@ -228,19 +238,48 @@ class Release:
     catalog_version: int
 
 
-def release(lake: Lake, secret: Secret, ident: str, profile: str | Profile) -> Release:
+def release(
+    lake: Lake, secret: Secret, ident: str, profile: str | Profile, *, study: str | None = None
+) -> Release:
     """Re-run a quarantined original through ``profile``.
 
     It lands (its quarantine row and sealed original are removed) or stays quarantined
     with the new reason (the row is updated, the original stays sealed).
+
+    Parameters
+    ----------
+    study : str, optional
+        For a document (PDF, picture, video): the original StudyInstanceUID or
+        AccessionNumber of the study of the lake it belongs to (its folder is not known any
+        more). Documents need it; DICOM files refuse it.
+
+    Raises
+    ------
+    ConfigError
+        When a document is released without ``study``, or a DICOM file with one.
+    IngestError
+        When ``study`` names no study of the lake.
     """
     from lake.ingest import Accepted, Ingestor, Rejected
     from lake.ingest._commit import CONFLICT_MESSAGE
 
     entry = _find(lake, ident)
     data = _original(lake, secret, entry)
+    kind = _document_kind(data)
+    if kind is None and study is not None:
+        raise ConfigError(
+            f"{entry.id[:12]} is not a document: a study is named only for documents"
+        )
+    if kind is not None and study is None:
+        raise ConfigError(
+            f"{entry.id[:12]} is a {kind.value.upper()} document: give the study it belongs "
+            "to (its original StudyInstanceUID or AccessionNumber)"
+        )
     ingestor = Ingestor(lake, secret, profile, source="quarantine-release")
-    outcome = ingestor.process(data)
+    if kind is not None and study is not None:
+        outcome = _document_outcome(lake, ingestor, kind, data, study)
+    else:
+        outcome = ingestor.process(data)
     if isinstance(outcome, Rejected):
         record = dict(outcome.record)
         batch = ingestor.commit([])  # a batch row for the release, for the record
@@ -259,8 +298,27 @@ def release(lake: Lake, secret: Secret, ident: str, profile: str | Profile) -> R
         _requarantine(lake, entry, record, batch.batch_id)
         return Release(entry, "quarantined", "uid_conflict", batch.catalog_version)
     purge(lake, [entry.id])
-    kind = "ingested" if batch.ingested else "duplicate"
-    return Release(entry, kind, None, batch.catalog_version)
+    landed = "ingested" if batch.ingested else "duplicate"
+    return Release(entry, landed, None, batch.catalog_version)
+
+
+def _document_kind(data: bytes) -> DocumentKind | None:
+    from lake.documents import sniff
+
+    return sniff(data[:_HEAD])
+
+
+def _document_outcome(
+    lake: Lake, ingestor: Ingestor, kind: DocumentKind, data: bytes, study: str
+) -> Outcome:
+    from lake.documents import Ocr, document_outcome, study_from_lake
+
+    found = study_from_lake(lake, ingestor.context.engine, study)
+    # The parsers' warnings may quote original values: captured, never shown.
+    with capture():
+        return document_outcome(
+            kind, data, found, ingestor.context, ocr=Ocr() if Ocr.available() else None
+        )
 
 
 def _requarantine(
