@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -128,6 +129,54 @@ def test_search_dates_ranges_and_includefield(web: WebLake, client: Any) -> None
     assert all("0008103E" in s and "00180050" in s for s in series)
 
 
+def test_date_and_time_ranges(tmp_path: Path) -> None:
+    """Dates and times kept (shifted) by the research profile, matched by QIDO-RS ranges:
+    single values, closed and open ranges, times, combined with other keys. (The shared web
+    lake is de-identified with ``basic``, which removes every date.)"""
+    from pydicom.data import get_testdata_file
+
+    import lake
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        path = get_testdata_file(name)
+        assert path is not None
+        ds = dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.PatientID = "RANGES-1"  # one patient: one date shift, the studies keep their order
+        ds.save_as(folder / name, enforce_file_format=True)
+    lk = lake.init(tmp_path / "lake", vault=tmp_path / "vault")
+    ingest(lk, [str(folder)], lk.secret(tmp_path / "vault"), profile="research",
+           scheduler="sync")
+    lk.refresh()
+    rows = lk.sql("SELECT Modality, StudyDate, StudyTime, StudyInstanceUID FROM instances")
+    when = {str(m): (d.strftime("%Y%m%d"), t.strftime("%H%M%S"), str(uid))
+            for m, d, t, uid in rows.fetchall()}
+    assert set(when) == {"CT", "MR"} and when["CT"][0] < when["MR"][0]
+    (ct_day, ct_time, ct), (mr_day, mr_time, mr) = when["CT"], when["MR"]
+    assert ct_time < mr_time
+    web = WebLake(lk, tmp_path / "vault", tokens={"steward": create_token(lk, "steward")[1]})
+    with serving(web) as (_server, http):
+        def found(query: str) -> set[str]:
+            response = http.get(f"/dicomweb/studies?{query}", headers=_auth(web))
+            assert response.status_code == 200, (query, response.text)
+            return {s["0020000D"]["Value"][0] for s in response.json()}
+
+        assert found(f"StudyDate={ct_day}") == {ct}
+        assert found(f"StudyDate={ct_day}-{ct_day}") == {ct}
+        assert found(f"StudyDate={ct_day}-{mr_day}") == {ct, mr}
+        assert found(f"StudyDate={mr_day}-") == {mr}
+        assert found(f"StudyDate=-{ct_day}") == {ct}
+        assert found(f"00080020={mr_day}") == {mr}
+        assert found(f"StudyTime={ct_time[:4]}-{ct_time[:4]}59") == {ct}
+        assert found(f"StudyTime={mr_time}-") == {mr}
+        assert found(f"StudyDate={ct_day}-{mr_day}&StudyTime=-{ct_time}") == {ct}
+        assert found(f"StudyDate={ct_day}-{mr_day}&ModalitiesInStudy=MR") == {mr}
+        assert found("StudyDate=19000101-19000102") == set()
+
+
 def test_search_levels(web: WebLake, client: Any) -> None:
     study, series, sop = web.uids["a"]
     in_study = client.search_for_series(study_instance_uid=study)
@@ -200,6 +249,28 @@ def test_study_retrieval_with_dicomweb_client(web: WebLake, client: Any,
         assert ds == stored
     series = client.retrieve_series(study, web.uids["a"][1])
     assert {str(d.SOPInstanceUID) for d in series} == {str(d.SOPInstanceUID) for d in datasets}
+
+
+def test_every_retrieval_of_dicomweb_client(web: WebLake, client: Any,
+                                            exported: dict[str, bytes]) -> None:
+    """The client's instance, streaming and rendered-frame retrievals (the others above)."""
+    study, series, sop = web.uids["a"]
+    one = client.retrieve_instance(study, series, sop, media_types=(
+        ("application/dicom", "*"),))
+    assert one == dcmread(io.BytesIO(exported[sop]))
+    streamed = {str(ds.SOPInstanceUID) for ds in client.iter_series(study, series)}
+    assert sop in streamed and streamed == {str(ds.SOPInstanceUID)
+                                            for ds in client.iter_study(study)}
+    assert len(streamed) == 4
+    (frame,) = list(client.iter_instance_frames(study, series, sop, frame_numbers=[1]))
+    assert frame == dcmread(io.BytesIO(exported[sop])).PixelData
+    for media in ("image/png", "image/jpeg"):
+        rendered = client.retrieve_instance_frames_rendered(
+            study, series, sop, frame_numbers=[1], media_types=(media,),
+            params={"window": "40,400"})
+        image = Image.open(io.BytesIO(rendered))
+        assert image.format == media.split("/")[1].upper()
+        assert np.asarray(image).std() > 1  # not blank
 
 
 def test_explicit_little_endian_decodes_compressed(

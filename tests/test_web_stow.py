@@ -366,6 +366,18 @@ def test_without_the_vault_storing_is_503(web: WebLake, files: list[bytes]) -> N
         assert response.status_code == 503
 
 
+def _bulk_data_uris(node: Any) -> Iterator[str]:
+    """Every BulkDataURI in DICOM JSON, sequences included."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _bulk_data_uris(item)
+    elif isinstance(node, dict):
+        if isinstance(node.get("BulkDataURI"), str):
+            yield node["BulkDataURI"]
+        for value in node.values():
+            yield from _bulk_data_uris(value)
+
+
 def test_planted_identifiers_never_come_back(tmp_path: Path,
                                              caplog: pytest.LogCaptureFixture) -> None:
     corpus = tmp_path / "corpus"
@@ -389,10 +401,15 @@ def test_planted_identifiers_never_come_back(tmp_path: Path,
                                  headers={**headers, "Content-Type": DICOM_MULTIPART})
             seen.append(response.text)
         client: Any = dicomweb(server, steward)
+        bulk = 0
         for study in client.search_for_studies(fields=["all"]):
             seen.append(json.dumps(study))
             uid = study["0020000D"]["Value"][0]
-            seen.append(json.dumps(client.retrieve_study_metadata(uid)))
+            metadata = client.retrieve_study_metadata(uid)
+            seen.append(json.dumps(metadata))
+            for uri in _bulk_data_uris(metadata):  # every value served as bulk data
+                seen.append(b"".join(client.retrieve_bulkdata(uri)).decode("latin-1"))
+                bulk += 1
             seen.append(http.get(f"/dicomweb/studies/{uid}", headers=headers).content.decode(
                 "latin-1"))
             seen.append(http.get(f"/dicomweb/studies/{uid}/thumbnail",
@@ -406,6 +423,7 @@ def test_planted_identifiers_never_come_back(tmp_path: Path,
     seen.extend(server_logs)
     text = "\n".join(seen)
     assert len(seen) > len(originals)
+    assert bulk > 0
     leaked = sorted(t for t in tokens if t in text)
     assert leaked == []
     assert UID_ROOT not in text
