@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from pipelines._common import LakeOption, open_lake, out, reported
+from pipelines.web import scope_words
 
 if TYPE_CHECKING:
     import lake
@@ -94,8 +95,8 @@ def users_add(
         lk = open_lake(lake_root)
         user = add_user(lk, name, role.value, _password(password_stdin), cohorts=cohort or ())
         _audit(lk, "user_added", "user", user.name, user.role.value)
-        scope = ", ".join(user.cohorts) or "the whole lake"
-        out.print(f"account {user.name}: {user.role.value}, sees {scope}", highlight=False)
+        out.print(f"account {user.name}: {user.role.value}, sees "
+                  f"{scope_words(user.role, user.cohorts)}", highlight=False)
 
 
 @users_app.command("list")
@@ -118,7 +119,7 @@ def users_list(
             table.add_column(column, overflow="fold")
         for u in users:
             d = u.as_dict()
-            table.add_row(u.name, u.role.value, ", ".join(u.cohorts) or "all", d["created"],
+            table.add_row(u.name, u.role.value, scope_words(u.role, u.cohorts), d["created"],
                           d["password_changed"])
         out.print(table)
 

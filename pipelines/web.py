@@ -11,16 +11,20 @@ import json
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from lake import ConfigError, VaultError
 from pipelines._common import LakeOption, VaultOption, err, open_lake, out, reported
 
-__all__ = ["serve_web", "teaching_app", "token_app", "viewer_app"]
+if TYPE_CHECKING:
+    from lake.access import Role
+
+__all__ = ["scope_words", "serve_web", "teaching_app", "token_app", "viewer_app"]
 
 
 def serve_web(
@@ -144,6 +148,15 @@ token_app = typer.Typer(
 )
 
 
+def scope_words(role: Role, cohorts: Sequence[str]) -> str:
+    """What a token or account with ``role`` and ``cohorts`` sees, in words."""
+    from lake.access import Role
+
+    if cohorts:
+        return ", ".join(cohorts)
+    return "every teaching set" if role is Role.STUDENT else "the whole lake"
+
+
 class RoleName(enum.StrEnum):
     steward = "steward"
     researcher = "researcher"
@@ -176,9 +189,7 @@ def token_create(
         token, text = create_token(
             lk, Role(role.value), cohorts=cohort or (), expires_in=parse_duration(expires), note=note
         )
-        scope = ", ".join(token.cohorts) or (
-            "every teaching set" if token.role is Role.STUDENT else "the whole lake"
-        )
+        scope = scope_words(token.role, token.cohorts)
         expiry = token.expires_at.isoformat() if token.expires_at else "never"
         out.print(
             f"token {token.token_id}: {token.role.value}, sees {scope}; expires {expiry}",
@@ -210,7 +221,7 @@ def token_list(
         for t in tokens:
             d = t.as_dict()
             state = "revoked" if t.revoked_at else ("active" if t.is_active() else "expired")
-            table.add_row(t.token_id, t.role.value, ", ".join(t.cohorts) or "all", t.note,
+            table.add_row(t.token_id, t.role.value, scope_words(t.role, t.cohorts), t.note,
                           d["created"], d["expires"] or "never", state)
         out.print(table)
 

@@ -32,7 +32,9 @@ ACCOUNTS = {
 class PortalLake:
     """The web tests' lake (cohorts a, b, teach and their tokens) plus portal accounts.
 
-    ``xss`` is a cohort of one series whose SeriesDescription is :data:`PLANTED`.
+    ``xss`` is a cohort of one series whose SeriesDescription is :data:`PLANTED` (and whose
+    PatientSex, PatientAge, BodyPartExamined and StudyDescription are F, 045Y, CHEST and
+    CT THORAX).
     ``shares`` holds share-link tokens: ``student:teach`` and ``researcher:xss``.
     """
 
@@ -54,6 +56,10 @@ def build_portal_lake(root: Path) -> PortalLake:
     folder.mkdir(parents=True)
     for i, ds in enumerate(ct_series(3, patient_id="PAT-X", patient_name="Doe^Xavier")):
         ds.SeriesDescription = PLANTED
+        # What the research profile keeps and a set page shows (patient characteristics,
+        # body part, descriptions that name no one).
+        ds.PatientSex, ds.PatientAge, ds.BodyPartExamined = "F", "045Y", "CHEST"
+        ds.StudyDescription = "CT THORAX"
         ds.save_as(folder / f"{i}.dcm", enforce_file_format=True)
     ingest(lk, [str(folder)], lk.secret(web.vault), profile="research", scheduler="sync")
     lk.refresh()

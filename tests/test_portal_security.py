@@ -329,6 +329,21 @@ def test_planted_markup_is_shown_as_text(portal: PortalLake, server: str) -> Non
     assert PLANTED.split("<")[1] not in set_page.text.replace("&lt;", "")
 
 
+def test_a_set_page_shows_what_the_profile_kept(portal: PortalLake, server: str) -> None:
+    """A case shows its retained patient characteristics, body part and the descriptions
+    that survived de-identification (issue 12.2), escaped."""
+    shared = httpx.Client(base_url=server, follow_redirects=False)
+    assert shared.get(f"/portal/s/{portal.shares['researcher:xss']}").status_code == 303
+    page = shared.get("/portal/sets/xss")
+    assert page.status_code == 200
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.text))
+    assert "Sex F · age 045Y" in text
+    assert "CT · CHEST" in text
+    assert "Study: CT THORAX" in text
+    assert "CHEST CT" in text  # the planted SeriesDescription, as text
+    assert "No patient characteristics retained" not in text
+
+
 def _pages(client: httpx.Client, start: list[str]) -> dict[str, httpx.Response]:
     """Every portal page reachable by GET links from ``start`` (one level deep)."""
     seen: dict[str, httpx.Response] = {}
@@ -423,6 +438,11 @@ def test_users_commands(portal: PortalLake, server: str) -> None:
     short = _cli("users", "add", "shorty", "--role", "student", "--password-stdin",
                  "--lake", root, stdin="short\n")
     assert short.returncode == 1 and "too short" in short.stderr
+    pupil = _cli("users", "add", "pupil", "--role", "student", "--password-stdin",
+                 "--lake", root, stdin=password + "\n")
+    assert pupil.returncode == 0, pupil.stderr
+    assert "sees every teaching set" in pupil.stdout and "whole lake" not in pupil.stdout
+    assert _cli("users", "remove", "pupil", "--lake", root).returncode == 0
     assert _cli("users", "remove", "newbie", "--lake", root).returncode == 0
     gone = _cli("users", "remove", "newbie", "--lake", root)
     assert gone.returncode == 1 and "no account" in gone.stderr
