@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -209,12 +210,27 @@ def test_fuzzymatching_is_accepted(client: Any) -> None:
 
 
 @pytest.mark.parametrize("query", ["Foo=1", "StudyDate=2020", "limit=x", "fuzzymatching=maybe",
-                                   "StudyDate=1&StudyDate=2", "00400275.00321060=x"])
+                                   "StudyDate=1&StudyDate=2", "00400275.00321060=x",
+                                   "PixelData=x", "7FE00010=",
+                                   "offset=99999999999999999999"])
 def test_bad_searches_are_400(web: WebLake, live: tuple[WebServer, httpx.Client],
                               query: str) -> None:
     response = live[1].get("/dicomweb/studies?" + query, headers=_auth(web))
     assert response.status_code == 400
     assert "error" in response.json()
+
+
+def test_returned_attributes_have_valid_vrs(web: WebLake, client: Any) -> None:
+    """includefield of an attribute whose VR the dictionary leaves open ("OB or OW", "US or
+    SS") still answers DICOM JSON with one VR each (dicomweb-client parses it)."""
+    fields = ["PixelData", "SmallestImagePixelValue", "00281101", "all"]
+    for found in (client.search_for_instances(fields=fields),
+                  client.search_for_series(fields=fields),
+                  client.search_for_studies(fields=fields)):
+        assert found
+        for result in found:
+            for tag, element in result.items():
+                assert re.fullmatch(r"[A-Z]{2}", element["vr"]), (tag, element)
 
 
 # --- WADO-RS ---------------------------------------------------------------------------

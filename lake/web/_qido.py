@@ -58,6 +58,8 @@ _LEVEL_OF = {"studies": Level.STUDY, "series": Level.SERIES, "instances": Level.
 _CONTROL = frozenset({"limit", "offset", "fuzzymatching", "includefield", "token"})
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 _MAX_LIMIT = 10_000
+_MAX_OFFSET = 2**62
+_BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _COMPUTED = frozenset({
     "ModalitiesInStudy", "SOPClassesInStudy", "NumberOfStudyRelatedSeries",
     "NumberOfStudyRelatedInstances", "NumberOfSeriesRelatedInstances",
@@ -79,7 +81,9 @@ def _attribute(name: str) -> tuple[str, int, str]:
             f"unknown query parameter {name!r}: use a DICOM keyword or tag (StudyDate, 00080020), "
             "or limit, offset, fuzzymatching, includefield"
         )
-    vr = dictionary_VR(tag)
+    # One VR where the dictionary leaves it open ("OB or OW", "US or SS"): DICOM JSON
+    # carries exactly one.
+    vr = dictionary_VR(tag).split(" or ")[0]
     return keyword, tag, vr
 
 
@@ -92,8 +96,8 @@ def _values(vr: str, text: str) -> tuple[str, ...]:
 
 
 def _count(name: str, text: str) -> int:
-    if not text.isdigit():
-        raise QueryError(f"{name} must be a whole number >= 0")
+    if not text.isdigit() or int(text) > _MAX_OFFSET:
+        raise QueryError(f"{name} must be a whole number from 0 to {_MAX_OFFSET}")
     return int(text)
 
 
@@ -145,6 +149,9 @@ def parse_query(
                 raise QueryError(f"{keyword} is given more than once")
             if vr == "SQ":
                 raise QueryError(f"{keyword} is a sequence; sequence matching is not supported")
+            if vr in _BULK_VRS:
+                raise QueryError(f"{keyword} holds binary data ({vr}): it cannot be matched; "
+                                 "ask for it with includefield")
             matching[keyword] = Key(keyword, tag, vr, _values(vr, value), fuzzy=False)
     for keyword, value in fixed.items():
         tag = int(tag_for_keyword(keyword) or 0)
@@ -161,7 +168,7 @@ def parse_query(
     for keyword in dict.fromkeys(wanted):
         if keyword not in matching:
             tag = int(tag_for_keyword(keyword) or 0)
-            keys.append(Key(keyword, tag, dictionary_VR(tag), ()))
+            keys.append(Key(keyword, tag, dictionary_VR(tag).split(" or ")[0], ()))
     return keys, limit, offset
 
 
