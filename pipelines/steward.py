@@ -62,9 +62,10 @@ def forget_command(
 
     Without --yes, lists what would go (counts). With --yes, deletes the instances' rows
     from every version of every table, their pixel blobs (unless shared), quarantined
-    originals and spooled instances, withdraws them from saved cohorts, scrubs the Delta
-    logs, and records the erasure (no identifier) in the erasures table. Versions that
-    held them can no longer be queried. Interrupted: run it again to finish.
+    originals and spooled instances, withdraws them from saved cohorts, redacts the audit
+    rows that name them, scrubs the Delta logs, and records the erasure (no identifier) in
+    the erasures table. Versions that held them can no longer be queried. Interrupted: run
+    it again to finish.
     """
     from lake.steward import forget, plan_forget, target
 
@@ -107,7 +108,7 @@ def _show(plan: object, verb: str) -> None:
         f"{plan.studies:,} whole studies), {plan.blobs:,} pixel blobs, "
         f"{plan.quarantined:,} quarantined originals, {plan.spooled:,} spooled instances; "
         f"{plan.cohorts:,} cohorts lose members; {plan.files:,} table data files rewritten "
-        "out of history",
+        f"out of history; {plan.audit_rows:,} audit rows redacted",
         highlight=False,
         soft_wrap=True,
     )

@@ -197,3 +197,71 @@ def test_forget_by_original_patient_id_and_bad_values(
         f"SELECT count(*) FROM instances WHERE SeriesInstanceUID = '{series}'"
     ).fetchall() == [(0,)]
     assert lk.verify().ok
+
+
+def test_forget_redacts_the_audit_log_in_every_version(tmp_path: Path) -> None:
+    """Token use of the web services names studies, series and instances in ``audit``; after
+    forgetting the patient no audit row, and no file of any version, names them: the rows
+    keep who, what and when, with ``<erased>`` as resource. The other patient's rows stay."""
+    from lake.access import AuditEvent, record_events
+    from lake.export._runner import patient_label
+    from lake.steward import forget, plan_forget, target
+    from tests.web_peers import build_web_lake, serving
+
+    web = build_web_lake(tmp_path, slices=3)
+    lk, root = web.lake, tmp_path / "lake"
+    secret = lk.secret(web.vault)
+    bearer = {"Authorization": f"Bearer {web.tokens['steward']}"}
+
+    def read(uids: tuple[str, str, str]) -> None:
+        study, series, sop = uids
+        for path in (f"studies/{study}/series", f"studies/{study}/series/{series}/instances",
+                     f"studies/{study}/series/{series}/instances/{sop}/metadata"):
+            assert client.get(f"/dicomweb/{path}", headers=bearer).status_code == 200, path
+
+    with serving(web) as (_server, client):  # one server, its audit commits ...
+        read(web.uids["a"])
+    with serving(web) as (_server, client):  # ... and another's: several versions of audit
+        read(web.uids["b"])
+        read(web.uids["a"])
+    (pseudonym,) = lk.sql(
+        f"SELECT DISTINCT PatientID FROM instances WHERE StudyInstanceUID = '{web.uids['a'][0]}'"
+    ).fetchall()[0]
+    # A row naming the patient's file-name label (what an export of a case is called).
+    record_events(lk, [AuditEvent("download", "system", "steward", None, "case",
+                                  f"sub-{patient_label(pseudonym)}")])
+    lk.refresh()
+    mine = lk.sql(
+        "SELECT StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID FROM instances "
+        f"WHERE PatientID = '{pseudonym}'"
+    ).fetchall()
+    tokens = {pseudonym} | {uid for row in mine for uid in row}
+    audit = "SELECT event_id, \"at\", actor, action, resource_kind, resource, detail FROM audit"
+    before = {row[0]: row for row in lk.sql(audit).fetchall()}
+    others = {k: r for k, r in before.items() if r[5] in web.uids["b"]}
+    assert len(others) == 3, sorted(map(str, before.values()))  # b's study, series, instance
+    naming = {k for k, r in before.items() if r[5] and any(t in r[5] for t in tokens)}
+    assert len(naming) == 7  # a's study, series, instance twice, and the case
+    audit_version = lk.tables.open("audit").version()
+    assert len(list((root / "tables" / "audit").glob("*.parquet"))) >= 3
+    everywhere = "".join(_everything(root).values())
+    assert {t for t in tokens if t in everywhere} == tokens  # the scan sees them before
+
+    chosen = target(lk, secret, patient=pseudonym)
+    assert plan_forget(lk, secret, chosen).audit_rows == 7
+    report = forget(lk, secret, chosen, by="steward")
+    lk.refresh()
+
+    after = {row[0]: row for row in lk.sql(audit).fetchall()}
+    assert after.keys() == before.keys()  # who did what when stays
+    assert {k: after[k] for k in others} == others
+    for key in naming:
+        assert after[key][5] in ("<erased>", "sub-<erased>"), after[key]
+        assert after[key][:5] == before[key][:5] and after[key][6] == before[key][6]
+    found = {name: sorted(t for t in tokens if t in text)
+             for name, text in _everything(root).items()}
+    assert {n: t for n, t in found.items() if t} == {}
+    assert report.unreadable.get("audit")
+    with pytest.raises(lake.CatalogError, match=r"was erased on .*erasure [0-9a-f]{32}"):
+        lk.tables.open("audit", audit_version)
+    assert plan_forget(lk, secret, chosen).audit_rows == 0

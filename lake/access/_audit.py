@@ -3,8 +3,9 @@
 Every sign-in (and failed one), download, export, share link, token use and account
 change is one row. Resources are named by cohort names, ids and the lake's
 pseudonymous UIDs, never by a value a request carried that the lake does not hold.
-Nothing is ever updated or deleted: rows are only appended (query them with
-``lake sql "SELECT * FROM audit ORDER BY at DESC"``).
+Rows are only appended (query them with ``lake sql "SELECT * FROM audit ORDER BY at DESC"``),
+never deleted; the one update is an erasure's (:func:`lake.steward.forget`): the rows naming
+what it withdraws keep who, what and when, and name ``<erased>`` instead, in every version.
 
 :class:`AuditLog` buffers events for a server and appends them in one commit at
 most every second (a busy viewer makes many requests), from a thread of its own;

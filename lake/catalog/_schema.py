@@ -453,7 +453,8 @@ AUDIT = Table(
     "audit",
     "Append-only audit log of the web portal and the access commands: every sign-in, "
     "download, export, share and token use. Resources are named by the lake's pseudonymous "
-    "UIDs, cohort names or ids, never by an original value.",
+    "UIDs, cohort names or ids, never by an original value; an erasure ('lake forget') "
+    "replaces the UIDs it withdraws by <erased>, in every version.",
     (
         _c("event_id", pa.string(), "Unique id of the event."),
         _c("at", pa.timestamp("us", tz="UTC"), "When it happened."),

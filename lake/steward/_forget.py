@@ -16,7 +16,11 @@ instances may remain anywhere in the lake. :func:`forget` therefore
 5. removes the data files that held them from every table's history and scrubs their
    traces from the Delta logs (:mod:`lake.steward._history`); the versions that read those
    files can no longer be read, and time travel to them names this erasure;
-6. records the erasure (kind, counts, when, by whom; no identifier) in ``erasures``.
+6. redacts the audit log: rows whose resource or detail names one of their UIDs, their
+   pseudonym or its file-name label keep who, what and when but name ``<erased>`` instead
+   (one commit), and the data files of older versions that held the unredacted rows are
+   removed from its history as in step 5;
+7. records the erasure (kind, counts, when, by whom; no identifier) in ``erasures``.
 
 Every step is idempotent: if the command is interrupted, running it again finishes the job.
 New rows of the same patient committed while it runs (an ingest of their files) are deleted
@@ -39,12 +43,14 @@ import pyarrow.compute as pc
 
 from lake._capture import capture
 from lake._errors import CatalogError, ConfigError
-from lake.catalog import COHORTS, ERASURES, INSTANCES, QUARANTINE
+from lake.catalog import AUDIT, COHORTS, ERASURES, INSTANCES, QUARANTINE
+from lake.export._runner import patient_label
 from lake.steward._history import (
     ERASED,
     erase_files,
     live_files,
     matching_rows,
+    token_pattern,
     unreadable_versions,
 )
 
@@ -182,6 +188,7 @@ class ErasurePlan:
     spooled: int = 0
     cohorts: int = 0
     files: int = 0
+    audit_rows: int = 0
     live_instances: int = 0
     # Private working sets (identifiers): used by forget, never shown or stored.
     _rows: dict[str, pa.Table] = field(default_factory=dict, repr=False)
@@ -263,8 +270,11 @@ def plan_forget(lake: Lake, secret: Secret, chosen: Target) -> ErasurePlan:
         | {h.split(":", 1)[-1] for h in plan._blobs}
         | set(plan._sealed)
         | {chosen.value}
+        | {patient_label(p) for p in patients | ({chosen.value} if chosen.kind == "patient"
+                                                 else set())}
     )
     _cohorts(lake, values["SOPInstanceUID"], plan, gone_all)
+    plan.audit_rows = len(_audit_naming(lake, plan._tokens))
     return plan
 
 
@@ -416,7 +426,8 @@ def forget(lake: Lake, secret: Secret, chosen: Target, *, by: str | None = None)
             if lake.location.fs.exists(path):
                 lake.location.fs.rm_file(path)
     erase_files(tables, INSTANCES, plan._rows, tokens)
-    for table in (INSTANCES, QUARANTINE, COHORTS):
+    _redact_audit(lake, tokens)
+    for table in (INSTANCES, QUARANTINE, COHORTS, AUDIT):
         if tables.exists(table.name):
             unreadable[table.name] = unreadable_versions(tables, table)
     version = int(tables.open(INSTANCES.name).version())
@@ -512,6 +523,65 @@ def _spans_after_erasure(lake: Lake, plan: ErasurePlan) -> list[tuple[int, int]]
             if start is not None:
                 spans.append((start, version - 1))
     return spans
+
+
+_AUDIT_TEXT = ("resource", "detail")
+
+
+def _naming(pattern: re.Pattern[str]) -> Any:
+    """Which audit rows name an erased identifier in their resource or detail."""
+    def match(rows: pa.Table) -> pa.Array:
+        flags = [
+            any(isinstance(v, str) and pattern.search(v) for v in values)
+            for values in zip(*(rows.column(c).to_pylist() for c in _AUDIT_TEXT), strict=True)
+        ]
+        return pa.array(flags, pa.bool_())
+
+    return match
+
+
+def _current_audit(lake: Lake, tokens: Iterable[str], columns: list[str]) -> list[pa.Table]:
+    """The rows (``columns``) of the current audit table that name one of ``tokens``."""
+    tables = lake.tables
+    if not tables.exists(AUDIT.name):
+        return []
+    live = live_files(tables, AUDIT)
+    return list(matching_rows(tables, AUDIT, columns, _naming(token_pattern(tokens)),
+                              files=sorted(live)).values())
+
+
+def _audit_naming(lake: Lake, tokens: Iterable[str]) -> list[str]:
+    """The event ids of the current audit rows that name one of ``tokens``."""
+    columns = ["event_id", *_AUDIT_TEXT]
+    return [e for rows in _current_audit(lake, tokens, columns)
+            for e in rows.column("event_id").to_pylist()]
+
+
+def _redact_audit(lake: Lake, tokens: frozenset[str]) -> None:
+    """Audit rows naming what is erased name ``<erased>`` instead, in every version."""
+    tables = lake.tables
+    if not tables.exists(AUDIT.name):
+        return
+    pattern = token_pattern(tokens)
+    for attempt in range(_ATTEMPTS + 1):
+        rows = [row for held in _current_audit(lake, tokens, AUDIT.schema.names)
+                for row in held.to_pylist()]
+        if not rows:
+            break
+        if attempt == _ATTEMPTS:
+            raise CatalogError(
+                "audit rows naming what is being forgotten keep arriving (a web server is "
+                "serving it); stop the server and re-run lake.steward.forget()",
+                functions=("lake.steward.forget",)
+            )
+        listed = ", ".join("'" + str(r["event_id"]).replace("'", "''") + "'" for r in rows)
+        for row in rows:
+            for column in _AUDIT_TEXT:
+                if isinstance(row[column], str):
+                    row[column] = pattern.sub(ERASED, row[column])
+        tables.replace_where(AUDIT, rows, f"event_id IN ({listed})")
+    held = matching_rows(tables, AUDIT, list(_AUDIT_TEXT), _naming(pattern))
+    erase_files(tables, AUDIT, held, tokens)
 
 
 def _redacted(text: str, tokens: Iterable[str]) -> str:
