@@ -59,10 +59,12 @@ _TAG = 16  # AES-GCM's authentication tag
 
 @dataclass(frozen=True)
 class Receipt:
-    """Where a received instance is journaled: segment number and record number."""
+    """Where a received instance is journaled: segment number, record number, and the
+    record's byte offset in its segment (to read it again, :meth:`ReceiptJournal.read`)."""
 
     segment: int
     record: int
+    offset: int = 0
 
     def __str__(self) -> str:
         return f"{self.segment}:{self.record}"
@@ -162,7 +164,7 @@ class ReceiptJournal:
             assert segment.fd is not None
             _write_at(segment.fd, segment.written, _LENGTH.pack(len(sealed) + _NONCE) + nonce,
                       sealed)
-            receipt = Receipt(segment.number, segment.records)
+            receipt = Receipt(segment.number, segment.records, segment.written)
             segment.records += 1
             segment.pending += 1
             segment.written += _LENGTH.size + _NONCE + len(sealed)
@@ -206,20 +208,26 @@ class ReceiptJournal:
         Raises
         ------
         NetError
-            If another process holds it (another ``lake serve dicom`` on this lake).
+            If another process holds it (another DICOM server on this lake).
         """
+        if not self.try_lock():
+            raise NetError(
+                "another DICOM server is receiving into this lake (its receipt journal "
+                "is in use): one server per lake; stop the other one first"
+            )
+
+    def try_lock(self) -> bool:
+        """Take the journal for this process if no other process holds it; whether taken."""
         if self._lock_fd is not None:
-            return
+            return True
         fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise NetError(
-                "another DICOM server is receiving into this lake (its receipt journal "
-                "is in use): one server per lake; stop the other one first"
-            ) from None
+            return False
         self._lock_fd = fd
+        return True
 
     def start(self) -> None:
         """Start preparing spare segments now (else on the first append)."""
@@ -339,6 +347,32 @@ class ReceiptJournal:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 
+    def read(self, receipt: Receipt) -> bytes:
+        """The instance of ``receipt`` again, unsealed (until its outcome is committed).
+
+        For sealing the original of a UID conflict into quarantine while its batch commits.
+
+        Raises
+        ------
+        NetError
+            If the record is gone (committed) or cannot be read or authenticated.
+        """
+        with self._lock:
+            segment = self._segments.get(receipt.segment)
+            path = None if segment is None else segment.path
+        try:
+            if path is None:
+                raise FileNotFoundError(receipt.segment)
+            with path.open("rb") as fh:
+                fh.seek(receipt.offset)
+                (length,) = _LENGTH.unpack(fh.read(_LENGTH.size))
+                blob = fh.read(length)
+            return self._aead.decrypt(blob[:_NONCE], blob[_NONCE:], self._aad(receipt.segment))
+        except (OSError, struct.error, InvalidTag, ValueError) as exc:
+            raise NetError(
+                f"receipt {receipt} cannot be read again ({type(exc).__name__})"
+            ) from None
+
     # -- recovery ----------------------------------------------------------------------
     def leftovers(self) -> Iterator[tuple[Receipt, bytes]]:
         """Every record a previous run left (unsealed), oldest first; call before appending.
@@ -376,10 +410,12 @@ class ReceiptJournal:
                 plain = self._aead.decrypt(blob[:_NONCE], blob[_NONCE:], aad)
             except InvalidTag:
                 break
-            yield Receipt(segment.number, record), plain
+            yield Receipt(segment.number, record, offset), plain
             offset, record = end, record + 1
         if _damaged_beyond(data, offset):
-            segment.path.rename(segment.path.with_suffix(_DAMAGED))
+            damaged = segment.path.with_suffix(_DAMAGED)
+            segment.path.rename(damaged)
+            segment.path = damaged  # its readable records are still read from there
             segment.keep = True  # for whoever investigates; never read again
             self.damaged += 1
 

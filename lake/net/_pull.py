@@ -6,7 +6,7 @@ ledger, the ``pulls`` table, which records a keyed hash (HMAC with a vault key) 
 each remote SOP Instance UID already pulled, never the UID itself. Only what is
 missing is retrieved, with C-GET over the same association or with C-MOVE to a
 temporary Storage SCP of the lake. Received instances go through the same receiver
-as ``lake serve dicom`` (de-identify, store, durable spool, batched commits) and
+as ``lake serve dicom`` (sealed in a receipt journal, de-identified, batched commits) and
 the ledger rows are written with each commit, so an interrupted pull resumes
 where it stopped. Identified query results live in memory only, for display.
 """
@@ -31,11 +31,12 @@ from lake._errors import NetError
 from lake.catalog import PULLS, arrow_dataset
 from lake.ingest import Accepted, BatchResult, Ingestor
 from lake.net._config import LOOPBACK, Peer, parse_ae_title
+from lake.net._intake import Intake
 from lake.net._objects import UNCOMPRESSED
 from lake.net._pull_query import pull_identifier
-from lake.net._receive import Receiver, ReceiveStats
+from lake.net._receive import Acknowledge, ReceiveStats, StoreReceiver
 from lake.net._server import _AssociationServer, _nodelay_on_open, quiet_identifiers
-from lake.net._spool import Committer, Spool, SpoolEntry
+from lake.net._spool import SpoolEntry
 from lake.net._uids import STUDY_ROOT_FIND, STUDY_ROOT_GET, STUDY_ROOT_MOVE
 from lake.vault import Secret
 
@@ -465,13 +466,12 @@ def pull_studies(
     quiet_identifiers()
     ingestor = Ingestor(lake, secret, profile, source="pull")
     ledger = _Ledger(lake, secret, peer)
-    committer = Committer(
-        ingestor, Spool(lake.location, "pull"), every=commit_every, interval=3600.0,
-        on_committed=ledger.record,
-    )
+    # each study is committed when it completes; every instance is journaled until then
+    intake = Intake(ingestor, secret, "pull", every=commit_every, interval=3600.0,
+                    on_committed=ledger.record)
     summary = PullSummary()
-    summary.recovered = sum(b.files_seen for b in committer.recover())
-    receiver = Receiver(ingestor, committer, max_instance_bytes=2**31)
+    summary.recovered = intake.start()
+    receiver = StoreReceiver(intake, max_instance_bytes=2**31, acknowledge=Acknowledge.OUTCOME)
     summary.received = receiver.stats
     progress = _Progress(on_progress)
 
@@ -489,14 +489,14 @@ def pull_studies(
         for index, study in enumerate(studies):
             outcome = _pull_study(ae, peer, study, ledger, via, calling_aet, on_store, progress,
                                   index)
-            committer.flush()
+            intake.flush()
             summary.add(outcome)
     finally:
         if scp is not None:
             scp.shutdown()
         receiver.close()
-        committer.stop()
-        summary.batches = list(committer.batches)
+        intake.close()
+        summary.batches = list(intake.batches)
     return summary
 
 

@@ -1,17 +1,14 @@
 """Receiving instances over C-STORE: make them durable, acknowledge, de-identify, commit.
 
-Two receivers share the size checks, the counts and the stop gate:
-
-- :class:`Receiver` de-identifies each instance, spools its outcome durably (one file per
-  instance) and then answers: ``lake pull`` (C-STORE sub-operations of C-GET, or the
-  temporary SCP a C-MOVE targets) and ``lake serve dicom`` on a lake in an object store.
-- :class:`JournalReceiver` (``lake serve dicom`` on a local lake) first seals the instance
-  as received into the :class:`~lake.net._journal.ReceiptJournal` (one append and a shared
-  ``fdatasync``), then either answers at once and de-identifies on worker threads
-  (:attr:`Acknowledge.RECEIPT`, the default) or de-identifies first and reports the
-  outcome (:attr:`Acknowledge.OUTCOME`). Outcomes are committed in batches; a receipt is
-  dropped once its outcome is in the catalog, and a start-up re-makes every outcome a crash
-  left uncommitted from the journal.
+:class:`StoreReceiver` is the C-STORE handler of ``lake serve dicom`` and of ``lake pull``
+(C-STORE sub-operations of C-GET, or the temporary SCP a C-MOVE targets): the size and
+memory checks, the stop gate, the counts and the statuses. What happens to an instance is
+the :class:`~lake.net.Intake`'s: on a local lake it is sealed into the receipt journal (one
+append and a shared ``fdatasync``), then either answered at once and de-identified in the
+background (:attr:`Acknowledge.RECEIPT`, the default of ``lake serve dicom``) or
+de-identified first and answered with its outcome's status (:attr:`Acknowledge.OUTCOME`,
+``lake pull``). On a lake in an object store the outcome is spooled before the status,
+which is always the outcome's.
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ import enum
 import io
 import logging
 import threading
-from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
@@ -29,15 +25,12 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom.dsutils import encode_file_meta
 
-from lake._capture import Captured, capture
 from lake._errors import NetError
-from lake.ingest import Accepted, BatchResult, Ingestor, Outcome
+from lake.ingest import Accepted, Outcome
 from lake.net._association import DataSetBuffer
-from lake.net._journal import Receipt, ReceiptJournal
-from lake.net._spool import Committer, SpoolEntry
-from lake.net._workers import DeidWorkers
+from lake.net._intake import Intake
 
-__all__ = ["Acknowledge", "JournalReceiver", "ReceiveStats", "Receiver", "StoreStatus"]
+__all__ = ["Acknowledge", "ReceiveStats", "StoreReceiver", "StoreStatus"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -170,11 +163,6 @@ class _Gate:
     def _store(self, event: Any, stream: io.BytesIO, tag: str | None) -> Dataset:
         raise NotImplementedError
 
-    def _counted(self, outcome: Outcome) -> Dataset:
-        """Count ``outcome``; the status that reports it."""
-        self._count(**{"accepted" if isinstance(outcome, Accepted) else "quarantined": 1})
-        return self._status_of(outcome)
-
     @staticmethod
     def _status_of(outcome: Outcome) -> Dataset:
         if isinstance(outcome, Accepted):
@@ -182,48 +170,6 @@ class _Gate:
         reason = str(outcome.record.get("reason") or "rejected")
         code = _PARSE_REASONS.get(reason, StoreStatus.REFUSED_BY_PROFILE)
         return _status(code, f"quarantined: {reason}")
-
-
-class Receiver(_Gate):
-    """Turns each received C-STORE into a durable, de-identified outcome, then acknowledges.
-
-    The outcome (the de-identified row or the quarantine record) is made durable in the
-    spool before the status is returned. Used by ``lake pull`` and by ``lake serve dicom``
-    on a lake in an object store.
-
-    Parameters
-    ----------
-    ingestor : Ingestor
-        De-identifies and stores pixels (:meth:`Ingestor.process`).
-    committer : Committer
-        Spools outcomes durably and commits them in batches.
-    max_instance_bytes : int
-        Larger datasets are refused with Out of Resources.
-    """
-
-    def __init__(self, ingestor: Ingestor, committer: Committer, max_instance_bytes: int) -> None:
-        super().__init__(max_instance_bytes)
-        self.ingestor = ingestor
-        self.committer = committer
-
-    def close(self) -> None:
-        """Refuse further instances (Out of Resources) and wait for those in progress."""
-        self._stop_accepting()
-
-    def _store(self, event: Any, stream: io.BytesIO, tag: str | None) -> Dataset:
-        data = _part10(event, stream)
-        # Ingestor.process is thread-safe: associations process their instances concurrently.
-        try:
-            outcome = self.ingestor.process(data)
-        finally:
-            _release(stream)
-        del data
-        try:
-            self.committer.submit(outcome, tag)
-        except NetError:
-            self._count(spool_failures=1)
-            return _status(StoreStatus.OUT_OF_RESOURCES, "the receive spool cannot be written")
-        return self._counted(outcome)
 
 
 class Acknowledge(enum.StrEnum):
@@ -240,138 +186,79 @@ class Acknowledge(enum.StrEnum):
 _QUEUED = 256  # instances acknowledged but not de-identified yet, at most (then senders wait)
 
 
-class JournalReceiver(_Gate):
-    """C-STORE on a local lake: sealed receipt first, then de-identification (module docstring).
+class StoreReceiver(_Gate):
+    """C-STORE into an :class:`~lake.net.Intake` (module docstring).
 
     Parameters
     ----------
-    ingestor : Ingestor
-        Its context de-identifies (in the workers); its commit is the committer's.
-    committer : Committer
-        Commits outcomes in batches; its ``on_committed`` must be :meth:`committed`.
-    journal : ReceiptJournal
-        Where received instances are durable before acknowledgement.
+    intake : Intake
+        Makes each instance durable, de-identifies it and commits it.
     max_instance_bytes : int
         Larger datasets are refused with Out of Resources.
     acknowledge : Acknowledge
-        When the success status is sent.
-    captured : Captured
-        Counts what pydicom warns or logs while de-identifying.
-    workers : int
-        De-identification worker processes (0: on the association's own thread).
+        When the success status is sent. Without a journal (a lake in an object store)
+        always once the outcome is durable, with its status.
     """
 
     def __init__(
         self,
-        ingestor: Ingestor,
-        committer: Committer,
-        journal: ReceiptJournal,
+        intake: Intake,
         max_instance_bytes: int,
         *,
         acknowledge: Acknowledge = Acknowledge.RECEIPT,
-        captured: Captured | None = None,
-        workers: int = 2,
     ) -> None:
         super().__init__(max_instance_bytes)
-        self.ingestor = ingestor
-        self.committer = committer
-        self.journal = journal
+        self.intake = intake
         self.acknowledge = acknowledge
-        self.captured = captured or Captured()
-        self.failures = 0
-        self.workers = DeidWorkers(ingestor.context, workers, self.captured)
         self._slots = threading.BoundedSemaphore(_QUEUED)
-        self._inflight = 0
-        self._settled = threading.Condition()
-
-    def committed(self, entries: Sequence[SpoolEntry], batch: BatchResult) -> None:
-        """The committer's ``on_committed``: the journal may drop these receipts."""
-        self.journal.committed([_receipt(e.tag) for e in entries if e.tag])
-
-    def recover(self) -> int:
-        """De-identify and commit every instance a previous run journaled; returns how many."""
-        done = 0
-        with capture(into=self.captured):
-            for receipt, data in self.journal.leftovers():
-                self.committer.add(self.ingestor.process(data), str(receipt))
-                done += 1
-        self.committer.flush()
-        return done
-
-    def start(self) -> None:
-        """Start the de-identification workers."""
-        self.workers.start()
-
-    def close(self) -> None:
-        """Refuse further instances, wait for those in progress, de-identify all queued."""
-        self._stop_accepting()
-        self.drain()
-        self.workers.close()
 
     @property
-    def queued(self) -> int:
-        """Instances received and not de-identified yet."""
-        with self._settled:
-            return self._inflight
+    def failures(self) -> int:
+        """Instances whose de-identification failed (left for the next start)."""
+        return self.intake.failures
 
-    def drain(self) -> None:
-        """Wait until every instance received so far is de-identified (and queued to commit)."""
-        with self._settled:
-            while self._inflight:
-                self._settled.wait()
+    def close(self) -> None:
+        """Refuse further instances (Out of Resources) and wait for those in progress."""
+        self._stop_accepting()
 
     def _store(self, event: Any, stream: io.BytesIO, tag: str | None) -> Dataset:
         data = _part10(event, stream)
         buffer = stream if isinstance(stream, DataSetBuffer) else None
+        # At most _QUEUED wait for de-identification: beyond, the sender waits (and their
+        # bytes stay counted in the receive budget until de-identified).
+        self._slots.acquire()
         try:
-            receipt = self.journal.append(data)
+            future = self.intake.submit(data, tag)
         except NetError:
+            self._slots.release()
             _release(stream)
             self._count(spool_failures=1)
             return _status(StoreStatus.OUT_OF_RESOURCES, "the receive journal cannot be written")
-        # durable. At most _QUEUED wait for de-identification: beyond, the sender waits (and
-        # their bytes stay counted in the receive budget until de-identified).
-        self._slots.acquire()
-        with self._settled:
-            self._inflight += 1
-        future = self.workers.submit(data)
+        except Exception:
+            self._slots.release()
+            _release(stream)
+            raise
         del data
-        if self.acknowledge is Acknowledge.OUTCOME:
-            outcome = self._finish(receipt, buffer, future)
-            if outcome is None:
-                return _status(StoreStatus.OUT_OF_RESOURCES,
-                               "de-identification failed; retry later")
-            return self._status_of(outcome)
-        future.add_done_callback(partial(self._finish, receipt, buffer))
-        return _status(StoreStatus.SUCCESS)
-
-    def _finish(self, receipt: Receipt, buffer: DataSetBuffer | None,
-                future: Future[Outcome]) -> Outcome | None:
+        future.add_done_callback(partial(self._settle, buffer))
+        if self.acknowledge is Acknowledge.RECEIPT and self.intake.journaled:
+            return _status(StoreStatus.SUCCESS)  # durable: de-identified in the background
         try:
-            outcome = future.result()
-            self.committer.add(outcome, str(receipt))
-            self._counted(outcome)
-            return outcome
-        except Exception as exc:  # noqa: BLE001 - the receipt stays journaled: next start retries
-            self.failures += 1
-            _LOG.error("de-identifying a received instance failed (%s); it stays in the "
-                       "receive journal and is retried at the next start", type(exc).__name__)
-            return None
+            return self._status_of(future.result())
+        except Exception:  # noqa: BLE001 - the receipt stays journaled: next start retries
+            return _status(StoreStatus.OUT_OF_RESOURCES, "de-identification failed; retry later")
+
+    def _settle(self, buffer: DataSetBuffer | None, future: Future[Outcome]) -> None:
+        try:
+            if future.exception() is None:
+                self._count(**{"accepted" if isinstance(future.result(), Accepted)
+                               else "quarantined": 1})
         finally:
             if buffer is not None:
                 buffer.release()
             self._slots.release()
-            with self._settled:
-                self._inflight -= 1
-                self._settled.notify_all()
 
 
 def _release(stream: io.BytesIO) -> None:
     """Give a received data set's bytes back to the server's budget (idempotent)."""
     if isinstance(stream, DataSetBuffer):
         stream.release()
-
-
-def _receipt(tag: str) -> Receipt:
-    segment, record = tag.split(":")
-    return Receipt(int(segment), int(record))

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.dataset import Dataset
@@ -26,15 +25,14 @@ from lake._capture import Captured
 from lake._errors import LakeError, NetError, QueryError
 from lake.ingest import Ingestor
 from lake.net._config import ServerConfig
-from lake.net._journal import ReceiptJournal
+from lake.net._intake import Intake
 from lake.net._objects import (
     contexts_for,
     load_instance,
     prefer_requestor_syntaxes,
     prepare_for,
 )
-from lake.net._receive import Acknowledge, JournalReceiver, Receiver, ReceiveStats
-from lake.net._spool import Committer, Spool
+from lake.net._receive import Acknowledge, ReceiveStats, StoreReceiver
 from lake.net._transport import AdmissionStats, AssociationServer, nodelay_on_open, set_nodelay
 from lake.net._uids import (
     PATIENT_ROOT_FIND,
@@ -113,10 +111,6 @@ def _wait_for_peer(event: Any) -> None:
         time.sleep(0.001)
 
 
-def _committer(ingestor: Ingestor, spool: Spool, config: ServerConfig) -> Committer:
-    return Committer(ingestor, spool, every=config.commit_every, interval=config.commit_interval)
-
-
 @dataclass
 class ServerReport:
     """What a server did, for the CLI (no identifiers)."""
@@ -157,23 +151,17 @@ class DicomServer:
         self.lake = lake
         self.config = config
         self.ingestor = Ingestor(lake, secret, config.profile, source="dicom-store")
-        self.spool = Spool(lake.location, "dicom-store")
         self.captured = Captured()
-        self.journal: ReceiptJournal | None = None
-        self.receiver: Receiver | JournalReceiver
-        if lake.location.is_local:  # receipts in a local journal: see lake/net/_journal.py
-            self.journal = ReceiptJournal(Path(self.spool.dir) / "receipts", secret)
-            receiver = JournalReceiver(
-                self.ingestor, _committer(self.ingestor, self.spool, config), self.journal,
-                config.max_instance_bytes, acknowledge=Acknowledge(config.acknowledge),
-                captured=self.captured, workers=config.workers,
-            )
-            receiver.committer.on_committed = receiver.committed
-            self.receiver = receiver
-        else:  # an object store: the outcome of each instance spooled before acknowledging
-            self.receiver = Receiver(self.ingestor, _committer(self.ingestor, self.spool, config),
-                                     config.max_instance_bytes)
-        self.committer = self.receiver.committer
+        # one server per lake: its receipt journal is exclusive (lake/net/_intake.py)
+        self.intake = Intake(
+            self.ingestor, secret, "dicom-store", every=config.commit_every,
+            interval=config.commit_interval, workers=config.workers, exclusive=True,
+            captured=self.captured,
+        )
+        self.spool = self.intake.spool
+        self.receiver = StoreReceiver(self.intake, config.max_instance_bytes,
+                                      acknowledge=Acknowledge(config.acknowledge))
+        self.committer = self.intake.committer
         self.report = ServerReport(received=self.receiver.stats, captured=self.captured)
         self._cache = SnapshotCache(lake.tables)
         self._server: _AssociationServer | None = None
@@ -236,13 +224,7 @@ class DicomServer:
         """
         if self._server is not None:
             return
-        if self.journal is not None:
-            self.journal.lock()  # one server per lake: before touching what it left
-        recovered = self.committer.recover()  # outcomes spooled by a previous run
-        self.report.recovered = sum(b.files_seen for b in recovered)
-        if isinstance(self.receiver, JournalReceiver):  # instances journaled by one
-            self.report.recovered += self.receiver.recover()
-            self.receiver.journal.start()
+        self.report.recovered = self.intake.start()  # what a crash left: committed now
         ssl_context = self.config.tls.server_context() if self.config.tls else None
         try:
             server = cast(_AssociationServer, self._ae.make_server(
@@ -252,8 +234,7 @@ class DicomServer:
                 server_class=_AssociationServer,
             ))
         except OSError as exc:
-            if self.journal is not None:
-                self.journal.close()  # frees it for a server that can listen
+            self.intake.close()  # frees the journal for a server that can listen
             raise NetError(
                 f"cannot listen on {self.config.host}:{self.config.port} ({exc.strerror or exc}); "
                 "choose another port (port=) or stop the process using it", parameters=("port",)
@@ -265,9 +246,6 @@ class DicomServer:
         )
         self.report.admission = server.admission.stats
         server.captured = self.captured
-        self.committer.start()
-        if isinstance(self.receiver, JournalReceiver):
-            self.receiver.start()
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2},
@@ -301,10 +279,10 @@ class DicomServer:
             self.report.aborted_associations += 1
             assoc.abort()
         self.receiver.close()
-        self.committer.stop()
-        if self.journal is not None:
-            self.journal.close()
-        self._cache.close()
+        try:
+            self.intake.close()
+        finally:
+            self._cache.close()
         batches = self.committer.batches
         self.report.committed_batches = len(batches)
         self.report.committed_instances = sum(b.ingested for b in batches)
@@ -318,9 +296,7 @@ class DicomServer:
         LakeError
             If the commit fails (everything stays durable; it is retried).
         """
-        if isinstance(self.receiver, JournalReceiver):
-            self.receiver.drain()
-        self.committer.flush()
+        self.intake.flush()
 
     def __enter__(self) -> DicomServer:
         self.start()

@@ -32,7 +32,8 @@ import pyarrow as pa
 
 from lake._errors import LakeError, NetError
 from lake.catalog import INSTANCES, QUARANTINE, Table
-from lake.ingest import Accepted, BatchResult, Ingestor, Outcome, Rejected
+from lake.ingest import Accepted, BatchResult, Ingestor, Original, Outcome, Rejected
+from lake.net._journal import Receipt
 from lake.store import Location
 
 __all__ = ["Committer", "Spool", "SpoolEntry"]
@@ -56,11 +57,18 @@ class SpoolEntry:
     name : str
         The spool file name; empty for an outcome kept durably elsewhere (the receipt
         journal holds its original), which :meth:`Committer.add` queues.
+    original : callable, optional
+        Reads the original again (from the receipt journal), to seal it into quarantine
+        should it turn out a UID conflict at commit.
+    receipt : Receipt, optional
+        Where the receipt journal holds the original.
     """
 
     outcome: Outcome
     tag: str | None
     name: str
+    original: Original | None = None
+    receipt: Receipt | None = None
 
 
 def _jsonable(value: Any) -> Any:
@@ -280,13 +288,15 @@ class Committer:
         self._enqueue(entry)
         return entry
 
-    def add(self, outcome: Outcome, tag: str | None = None) -> SpoolEntry:
+    def add(self, outcome: Outcome, tag: str | None = None, *,
+            original: Original | None = None, receipt: Receipt | None = None) -> SpoolEntry:
         """Queue ``outcome`` for the next commit without spooling it.
 
-        For outcomes whose original is already durable elsewhere (the receipt journal of
-        ``lake serve dicom``): a crash before the commit re-makes them from there.
+        For outcomes whose original is already durable elsewhere (the receipt journal):
+        a crash before the commit re-makes them from there. ``original`` reads it again
+        (a UID conflict is quarantined with it); ``receipt`` says where it is.
         """
-        entry = SpoolEntry(outcome, tag, "")
+        entry = SpoolEntry(outcome, tag, "", original, receipt)
         self._enqueue(entry)
         return entry
 
@@ -305,7 +315,8 @@ class Committer:
 
     # -- committing ------------------------------------------------------------------
     def _commit(self, entries: Sequence[SpoolEntry]) -> BatchResult:
-        batch = self.ingestor.commit([e.outcome for e in entries])
+        batch = self.ingestor.commit([e.outcome for e in entries],
+                                     originals=[e.original for e in entries])
         if self.on_committed is not None:
             self.on_committed(entries, batch)
         self.spool.remove(entries)

@@ -1,16 +1,13 @@
 """STOW-RS (PS3.18 10.5): instances in, through the same door as files and C-STORE.
 
 Every part goes to :meth:`lake.ingest.Ingestor.process` (same profile, same keys, same
-quarantine as ``lake ingest`` and C-STORE). Before it is counted as stored it is durable:
-on a local lake the part as received is sealed into a receipt journal
-(:class:`lake.net.ReceiptJournal`, ``<lake>/spool/stow/receipts``: one append and an
-``fdatasync`` shared by the parts in flight, as ``lake serve dicom`` does); on an object
-store (or when another server holds the journal) its outcome is written to the spool
-(:class:`lake.net.Spool`, one file per instance). The request's instances are committed
-to the catalog before the response, so a search right after sees them. A crash loses
-nothing acknowledged: the next start re-makes and commits what the journal holds and
-commits what the spool holds. Limits hold while the body streams in. The response is the PS3.18
-store response; failure reasons are status codes and fixed texts (never a value from the
+quarantine as ``lake ingest`` and C-STORE), after it is durable, sealed, in the receipt
+journal of :class:`lake.net.Intake` (``<lake>/spool/stow``; on an object store its outcome
+is spooled instead); the request's instances are committed to the catalog before the
+response, so a search right after sees them. A crash loses nothing acknowledged: the next
+start commits what the journal holds. A UID conflict is quarantined with its sealed
+original. Limits hold while the body streams in. The response is the PS3.18 store
+response; failure reasons are status codes and fixed texts (never a value from the
 instance); failed instances are named by the UID the lake would have given them.
 """
 
@@ -18,11 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
@@ -36,7 +30,7 @@ from lake._errors import NetError
 from lake.access import Grant, Permission
 from lake.deid import well_formed_uids
 from lake.ingest import Accepted, Ingestor
-from lake.net import Committer, Receipt, ReceiptJournal, Spool, SpoolEntry
+from lake.net import Intake, ReceiptJournal
 from lake.web._config import WebConfig
 from lake.web._errors import TooLargeError, UnavailableError, UnsupportedMediaError
 from lake.web._guard import route
@@ -48,12 +42,9 @@ if TYPE_CHECKING:
     from starlette.routing import Route
 
     from lake._lake import Lake
-    from lake.ingest import BatchResult
     from lake.vault import Secret
 
 __all__ = ["Store", "stow_routes"]
-
-_LOG = logging.getLogger("lake.web")
 
 _DICOM = "application/dicom"
 _IN_FLIGHT = 8
@@ -95,35 +86,19 @@ class Store:
     def __init__(self, lake: Lake, secret: Secret, config: WebConfig) -> None:
         self.config = config
         self.ingestor = Ingestor(lake, secret, config.profile, source="stow")
-        spool = Spool(lake.location, "stow")
-        self.committer = Committer(
-            self.ingestor, spool, every=config.commit_every, interval=config.commit_interval,
-            on_committed=self._committed,
-        )
+        self.intake = Intake(self.ingestor, secret, "stow", every=config.commit_every,
+                             interval=config.commit_interval)
         self._lock = threading.Lock()
-        self.journal = _journal(Path(spool.dir) / "receipts", secret) if spool.local else None
-        self.recovered = sum(b.files_seen for b in self.committer.recover())
-        if self.journal is not None:
-            for receipt, data in self.journal.leftovers():
-                self.committer.add(self.ingestor.process(data), str(receipt))
-                self.recovered += 1
-            self.committer.flush()
-            self.journal.start()
-        self.committer.start()
+        self.recovered = self.intake.start()
 
-    def _committed(self, entries: Sequence[SpoolEntry], batch: BatchResult) -> None:
-        """The committer's ``on_committed``: journaled parts in the catalog leave the journal."""
-        if self.journal is not None:
-            self.journal.committed([_receipt(e.tag) for e in entries if e.tag])
+    @property
+    def journal(self) -> ReceiptJournal | None:
+        """The receipt journal parts are sealed into (None on an object-store lake)."""
+        return self.intake.journal
 
     def close(self) -> None:
-        """Commit everything received (raises NetError if that fails; the journal or the
-        spool keeps it for the next start)."""
-        try:
-            self.committer.stop()
-        finally:
-            if self.journal is not None:
-                self.journal.close()
+        """Commit everything received (raises NetError if that fails; the journal keeps it)."""
+        self.intake.close()
 
     def store(self, part: Part, study: str | None, result: StoreResult) -> None:
         """De-identify, store and spool one part; record the outcome in ``result``."""
@@ -141,13 +116,7 @@ class Store:
             result.failed.append((identity[0], keyed, DATASET_MISMATCH))
             return
         try:
-            if self.journal is not None:
-                receipt = self.journal.append(part.body)  # durable when this returns
-                outcome = self.ingestor.process(part.body)
-                self.committer.add(outcome, str(receipt))
-            else:
-                outcome = self.ingestor.process(part.body)
-                self.committer.submit(outcome)  # spooled durably
+            outcome = self.intake.store(part.body)  # durable (sealed), de-identified, queued
         except NetError:
             result.failed.append((identity[0], keyed, OUT_OF_RESOURCES))
             return
@@ -164,26 +133,9 @@ class Store:
     def commit(self) -> None:
         """Commit what is pending now (a failure leaves it spooled, committed later)."""
         try:
-            self.committer.flush()
-        except Exception:  # noqa: BLE001 - durable in the spool; the committer retries
+            self.intake.flush()
+        except Exception:  # noqa: BLE001 - durable in the journal; the committer retries
             return
-
-
-def _journal(folder: Path, secret: Secret) -> ReceiptJournal | None:
-    """The STOW receipt journal, or None when another server on this lake holds it."""
-    journal = ReceiptJournal(folder, secret)
-    try:
-        journal.lock()
-    except NetError:
-        _LOG.warning("another server on this lake holds the STOW-RS receipt journal: stored "
-                     "instances are spooled one file each (slower, as durable)")
-        return None
-    return journal
-
-
-def _receipt(tag: str) -> Receipt:
-    segment, record = tag.split(":")
-    return Receipt(int(segment), int(record))
 
 
 def _identity(data: bytes) -> tuple[str | None, str | None, str | None]:
