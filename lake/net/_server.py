@@ -27,9 +27,9 @@ from lake.ingest import Ingestor
 from lake.net._config import ServerConfig
 from lake.net._intake import Intake
 from lake.net._objects import (
+    RequestorSyntaxes,
     contexts_for,
     load_instance,
-    prefer_requestor_syntaxes,
     prepare_for,
 )
 from lake.net._receive import Acknowledge, ReceiveStats, StoreReceiver
@@ -166,6 +166,7 @@ class DicomServer:
         self._cache = SnapshotCache(lake.tables)
         self._server: _AssociationServer | None = None
         self._thread: threading.Thread | None = None
+        self._syntaxes = RequestorSyntaxes()
         self._ae = self._make_ae()
 
     # -- set-up ----------------------------------------------------------------------
@@ -193,7 +194,7 @@ class DicomServer:
 
     def _handlers(self) -> list[Any]:
         return [
-            (evt.EVT_REQUESTED, prefer_requestor_syntaxes),
+            (evt.EVT_REQUESTED, self._syntaxes),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_FIND, self._on_find),
