@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,11 +27,13 @@ __all__ = [
     "OPTIONS",
     "LakeOption",
     "VaultOption",
+    "audit_command",
     "cli_message",
     "err",
     "open_lake",
     "out",
     "reported",
+    "system_user",
 ]
 
 EXIT_OK = 0
@@ -77,6 +80,23 @@ def open_lake(root: str | None) -> lake.Lake:
     ``AWS_REGION``, ``AWS_ENDPOINT_URL`` (and ``AWS_ALLOW_HTTP=true`` for a plain-http endpoint).
     """
     return lake.open(root)
+
+
+def system_user() -> str:
+    """Who runs the command: the operating system's account name (``unknown`` if none)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def audit_command(lk: lake.Lake, action: str, kind: str, resource: str, detail: str = "") -> None:
+    """Append one row to the audit log for a command run on the server (actor kind ``system``,
+    the account running it), as the portal records the same action."""
+    from lake.access import AuditEvent, record_events
+
+    record_events(lk, [AuditEvent(action, "system", system_user(), None, kind, resource,
+                                  "ok", detail)])
 
 
 OPTIONS: Mapping[str, str] = MappingProxyType({

@@ -7,14 +7,20 @@ the system account that ran the command.
 from __future__ import annotations
 
 import enum
-import getpass
 import json
 import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipelines._common import LakeOption, open_lake, out, reported
+from pipelines._common import (
+    LakeOption,
+    audit_command,
+    open_lake,
+    out,
+    reported,
+    system_user,
+)
 from pipelines.web import scope_words
 
 if TYPE_CHECKING:
@@ -37,20 +43,6 @@ class ShareRole(enum.StrEnum):
 class ListFormat(enum.StrEnum):
     table = "table"
     json = "json"
-
-
-def _system_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
-def _audit(lk: lake.Lake, action: str, kind: str, resource: str, detail: str = "") -> None:
-    from lake.access import AuditEvent, record_events
-
-    record_events(lk, [AuditEvent(action, "system", _system_user(), None, kind, resource,
-                                  "ok", detail)])
 
 
 def _password(from_stdin: bool) -> str:
@@ -94,7 +86,7 @@ def users_add(
     with reported():
         lk = open_lake(lake_root)
         user = add_user(lk, name, role.value, _password(password_stdin), cohorts=cohort or ())
-        _audit(lk, "user_added", "user", user.name, user.role.value)
+        audit_command(lk, "user_added", "user", user.name, user.role.value)
         out.print(f"account {user.name}: {user.role.value}, sees "
                   f"{scope_words(user.role, user.cohorts)}", highlight=False)
 
@@ -135,7 +127,7 @@ def users_remove(
     with reported():
         lk = open_lake(lake_root)
         remove_user(lk, name)
-        _audit(lk, "user_removed", "user", name.strip())
+        audit_command(lk, "user_removed", "user", name.strip())
         out.print(f"account {name.strip()} removed", highlight=False)
 
 
@@ -151,7 +143,7 @@ def users_passwd(
     with reported():
         lk = open_lake(lake_root)
         set_password(lk, name, _password(password_stdin))
-        _audit(lk, "password_set", "user", name.strip())
+        audit_command(lk, "password_set", "user", name.strip())
         out.print(f"password of {name.strip()} set", highlight=False)
 
 
@@ -202,8 +194,8 @@ def share_create(
     with reported():
         lk = open_lake(lake_root)
         share, text = create_share(lk, cohort, role=role.value, expires_in=parse_duration(expires),
-                                   created_by=_system_user())
-        _audit(lk, "share_created", "share", share.share_id, f"{share.role.value} {cohort}")
+                                   created_by=system_user())
+        audit_command(lk, "share_created", "share", share.share_id, f"{share.role.value} {cohort}")
         expiry = share.token.expires_at.isoformat() if share.token.expires_at else "never"
         out.print(f"share link {share.share_id}: {share.role.value} view of {cohort}; read and "
                   f"download only; expires {expiry}", highlight=False, soft_wrap=True)
@@ -250,7 +242,7 @@ def share_revoke(
     with reported():
         lk = open_lake(lake_root)
         share = revoke_share(lk, share_id)
-        _audit(lk, "share_revoked", "share", share.share_id)
+        audit_command(lk, "share_revoked", "share", share.share_id)
         out.print(f"share link {share.share_id} revoked", highlight=False)
 
 

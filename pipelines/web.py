@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from lake import ConfigError, VaultError
-from pipelines._common import LakeOption, VaultOption, err, open_lake, out, reported
+from pipelines._common import (
+    LakeOption,
+    VaultOption,
+    audit_command,
+    err,
+    open_lake,
+    out,
+    reported,
+)
 
 if TYPE_CHECKING:
     from lake.access import Role
@@ -189,6 +197,7 @@ def token_create(
         token, text = create_token(
             lk, Role(role.value), cohorts=cohort or (), expires_in=parse_duration(expires), note=note
         )
+        audit_command(lk, "token_created", "token", token.token_id, token.role.value)
         scope = scope_words(token.role, token.cohorts)
         expiry = token.expires_at.isoformat() if token.expires_at else "never"
         out.print(
@@ -235,7 +244,9 @@ def token_revoke(
     from lake.access import revoke_token
 
     with reported():
-        token = revoke_token(open_lake(lake_root), token_id)
+        lk = open_lake(lake_root)
+        token = revoke_token(lk, token_id)
+        audit_command(lk, "token_revoked", "token", token.token_id)
         out.print(f"token {token.token_id} revoked", highlight=False)
 
 

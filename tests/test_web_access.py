@@ -7,6 +7,7 @@ The matrix is built from the application's own route table, so a new route is te
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import hashlib
 import json
 import logging
@@ -338,6 +339,31 @@ def test_token_commands(web: WebLake) -> None:
     assert bad.returncode == 1 and "teaching" in bad.stderr and "Traceback" not in bad.stderr
     unknown = _cli("token", "revoke", "0123456789abcdef", "--lake", root)
     assert unknown.returncode == 1 and "no token" in unknown.stderr
+
+
+def test_token_commands_are_audited(web: WebLake) -> None:
+    """``lake token create``/``revoke`` write the audit rows the portal writes for the same
+    actions: who (the account running the command), what, the token's id and role; never
+    the token."""
+    root = web.lake.root
+    made = _cli("token", "create", "--role", "researcher", "--note", "audited", "--lake", root)
+    assert made.returncode == 0, made.stderr
+    text = made.stdout.strip().splitlines()[-1]
+    token_id = text.split("_")[1]
+    assert _cli("token", "revoke", token_id, "--lake", root).returncode == 0
+    web.lake.refresh()
+    rows = web.lake.tables.dataset("audit").to_table().to_pylist()
+    mine = sorted((r["action"], r["actor_kind"], r["actor"], r["role"], r["resource_kind"],
+                   r["detail"], r["outcome"]) for r in rows if r["resource"] == token_id)
+    assert mine == [("token_created", "system", getpass.getuser(), None, "token", "researcher",
+                     "ok"),
+                    ("token_revoked", "system", getpass.getuser(), None, "token", "", "ok")]
+    assert text not in repr(rows) and text.rsplit("_", 1)[1] not in repr(rows)
+    refused = _cli("token", "create", "--role", "student", "--cohort", "a", "--lake", root)
+    assert refused.returncode == 1
+    web.lake.refresh()
+    after = web.lake.tables.dataset("audit").to_table().to_pylist()
+    assert len(after) == len(rows)  # a refused token is no token: nothing recorded
 
 
 def _serve(web: WebLake, *args: str) -> subprocess.Popen[str]:
