@@ -71,3 +71,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Show the reports tests record as ``record_property("report_...", text)`` after the
+    run, whether or not output is captured (e.g. the NIfTI parity table per repository)."""
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            for name, value in getattr(report, "user_properties", ()):
+                if str(name).startswith("report_"):
+                    terminalreporter.write_line(str(value))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import random
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -12,8 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
+import lake
 from lake.catalog import ACQUISITION_COLUMNS, INSTANCES
-from lake.nifti import PARAMETERS, Kind, derive_acquisition, validate_acquisition
+from lake.nifti import (
+    ACQUISITION_NAMES,
+    PARAMETERS,
+    Kind,
+    derive_acquisition,
+    validate_acquisition,
+)
 from tests.conftest import SHARED_DATA
 
 
@@ -100,3 +108,37 @@ def test_garbage_csa_header_never_raises(garbage: bytes) -> None:
     ds.add_new(0x00291010, "OB", garbage)
     ds.add_new(0x00291020, "OB", garbage)
     assert validate_acquisition(derive_acquisition(ds)) == derive_acquisition(ds)
+
+
+@pytest.mark.vendor
+@pytest.mark.parametrize("workers", [0, 2])
+def test_cstore_derives_what_file_ingest_derives(workers: int, tmp_path: Path) -> None:
+    """Issue 10.1 end to end over the network: Siemens EPI mosaics sent with dcmtk's storescu
+    to ``lake serve dicom`` (in the server's process, and in its spawned de-identification
+    workers) get the same acquisition parameters as the same files ingested from disk."""
+    from lake.net import DicomServer, ServerConfig
+    from tests.net_peers import dcmtk, require
+
+    require("storescu")
+    folder = SHARED_DATA / "dcm_qa" / "In" / "TotalReadoutTime" / "PF_PAT_POS_PFOV_PEres_INTERP_test2"
+    files = sorted(folder.rglob("*.IMA"))
+    if not files:
+        pytest.skip("../shared/data is absent")
+    by_files = lake.init(tmp_path / "files", vault=tmp_path / "vault-files")
+    by_files.ingest([str(f) for f in files], vault=tmp_path / "vault-files", profile="basic",
+                    scheduler="sync")
+    by_net = lake.init(tmp_path / "net", vault=tmp_path / "vault-net")
+    config = ServerConfig(port=0, workers=workers, profile="basic")
+    with DicomServer(by_net, by_net.secret(tmp_path / "vault-net"), config) as server:
+        sent = dcmtk("storescu", "-aec", "LAKE", "-nh", "127.0.0.1", str(server.port), *files)
+        assert sent.returncode == 0, sent.stderr[-500:]
+        server.flush()
+    by_net.refresh()
+    query = (f"SELECT SeriesNumber, InstanceNumber, {', '.join(ACQUISITION_NAMES)} "
+             "FROM instances ORDER BY SeriesNumber, InstanceNumber")
+    from_files, from_net = by_files.sql(query).fetchall(), by_net.sql(query).fetchall()
+    assert len(from_files) == len(files) > 20
+    assert from_net == from_files
+    tiles = ACQUISITION_NAMES.index("mosaic_tiles") + 2
+    readout = ACQUISITION_NAMES.index("total_readout_time") + 2
+    assert all(row[tiles] and row[readout] for row in from_net)  # mosaics, from the CSA header
