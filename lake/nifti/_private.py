@@ -68,10 +68,12 @@ def _creators(ds: Dataset, group: int) -> list[tuple[int, str]]:
     keys = ds.keys()  # a dict view: membership is a hash lookup
     found = []
     for tag in [base | e for e in range(0x10, 0x100) if base | e in keys]:
-        value = ds[tag].value
-        if isinstance(value, bytes):
-            value = value.decode("latin-1", "replace")
-        found.append((tag & 0xFF, str(value).strip().upper()))
+        # the raw element when not converted yet: a creator is matched by its ASCII name, and
+        # pydicom's conversion of every creator of the group cost most of the derivation
+        value = ds.get_item(tag).value
+        if isinstance(value, bytes | bytearray):
+            value = bytes(value).decode("latin-1", "replace")
+        found.append((tag & 0xFF, str(value).strip(" \x00").upper()))
     if memo is not None:
         memo[key] = found
     return found
