@@ -31,6 +31,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 
+from lake.deid._codestreams import strip_pixel_frames
+
 __all__ = [
     "COMPARED_KEYS",
     "OriginalSeries",
@@ -72,8 +74,9 @@ class OriginalSeries:
     files: list[Path] = field(default_factory=list)
     pixel_hashes: set[str] = field(default_factory=set)
     instance_keys: set[tuple[str, int | None, int | None]] = field(default_factory=set)
-    """(pixel hash, SeriesNumber, InstanceNumber) of each file: what survives
-    de-identification unchanged, so the lake's rows of this series can be found."""
+    """(pixel hash, SeriesNumber, InstanceNumber) of each file as the lake stores it (metadata
+    inside compressed frames removed, as every profile does), so the lake's rows of this series
+    can be found."""
 
 
 @dataclass
@@ -127,6 +130,7 @@ def original_series(repository: Path) -> list[OriginalSeries]:
                 str(ds.get("Manufacturer", "")),
             )
         groups[key].files.append(path)
+        strip_pixel_frames(ds)  # JPEG COM/APPn, JPEG 2000 comments: what de-identification does
         digest = pixel_hash(ds.PixelData)
         groups[key].pixel_hashes.add(digest)
         instance = ds.get("InstanceNumber")
