@@ -265,3 +265,27 @@ def test_forget_redacts_the_audit_log_in_every_version(tmp_path: Path) -> None:
     with pytest.raises(lake.CatalogError, match=r"was erased on .*erasure [0-9a-f]{32}"):
         lk.tables.open("audit", audit_version)
     assert plan_forget(lk, secret, chosen).audit_rows == 0
+
+
+def test_audit_finder_finds_exactly_what_the_token_pattern_finds() -> None:
+    """The fast audit search (a set lookup, then the pattern) agrees with
+    :func:`lake.steward._history.token_pattern` wherever a token sits in a text."""
+    import itertools
+
+    from lake.steward._forget import _finder
+    from lake.steward._history import token_pattern
+
+    tokens = ["1.2.840.10008.99.1", "2.25.1234", "9f8e7d6c5b4a3921", "sha256:" + "ab" * 32,
+              "PAT-1_x", "h1e4b7ce5a8d6", "_-_"]
+    near = ["1.2.840.10008.99", "2.25.12345", "9f8e7d6c5b4a392", "ab" * 32, "PAT-1", "_-"]
+    sides = ["", " ", "/", ":", ".", "a", "7", "-", "_", "sub-", "=", "'"]
+    names, pattern = _finder(tokens), token_pattern(tokens)
+    checked = 0
+    for word, before, after in itertools.product(tokens + near, sides, sides):
+        text = f"x{before}{word}{after}y"
+        for candidate in (text, text[1:], text[:-1], text[1:-1]):
+            assert names(candidate) == (pattern.search(candidate) is not None), candidate
+            checked += 1
+    assert checked > 2000
+    assert names("GET /dicomweb/studies/{study}/series 200") is False
+    assert names("2.25.1234") and not names("2.25.12345") and not names("1.2.2.25.1234")
