@@ -128,6 +128,7 @@ def test_forget_leaves_no_byte_and_touches_no_one_else(
     assert dry.returncode == 0, dry.stderr
     assert "would erase: 7 instances (1 whole series, 1 whole studies), 1 pixel blobs" in dry.stdout
     assert "1 quarantined originals, 1 spooled instances; 1 cohorts" in dry.stdout
+    assert dry.stdout.strip().endswith("out of history; 0 audit rows redacted"), dry.stdout
     assert lk.sql("SELECT count(*) FROM instances").fetchall() == [(19,)]
 
     done = _cli(lake_root, vault_dir, "forget", "--patient", target, "--yes", "--by", "steward")

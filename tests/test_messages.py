@@ -237,3 +237,9 @@ def test_the_command_line_names_its_options_and_commands(tmp_path: Path, lk: lak
     steward_share = _lake("token", "create", "--role", "steward", "--cohort", "x", env=env,
                           code=1)
     assert "give --cohort only to" in steward_share, steward_share
+    everything = subprocess.run([LAKE, "pull", "--from", "PACS@127.0.0.1:1"], capture_output=True,
+                                text=True, env={k: v for k, v in os.environ.items()
+                                                if not k.startswith("LAKE_")}, timeout=300)
+    assert everything.returncode == 2 and "Traceback" not in everything.stderr  # usage error
+    assert "give --query KEYWORD=VALUE" in everything.stderr
+    assert "or pass --all to pull everything" in everything.stderr, everything.stderr

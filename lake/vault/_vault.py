@@ -59,7 +59,7 @@ class Vault:
 
     @classmethod
     def from_option(cls, value: str | os.PathLike[str] | None) -> Vault:
-        """The vault from ``--vault`` or, when absent, ``LAKE_VAULT``.
+        """The vault at ``value`` or, when it is None, at ``LAKE_VAULT``.
 
         Raises
         ------
