@@ -191,6 +191,56 @@ def test_search_levels(web: WebLake, client: Any) -> None:
     assert everywhere[0]["0020000D"]["Value"] == [study]
 
 
+def test_series_and_instance_searches_carry_the_study_attributes(
+    web: WebLake, client: Any
+) -> None:
+    """PS3.18 Table 10.6.3-3: a search of all series (all instances) returns the study's
+    attributes too, computed ones included; an instance its series' instance count."""
+    study, series, sop = web.uids["a"]
+    (found,) = client.search_for_series(search_filters={"SeriesInstanceUID": series})
+    (instance,) = client.search_for_instances(search_filters={"SOPInstanceUID": sop})
+    for result in (found, instance):
+        assert result["0020000D"]["Value"] == [study]
+        assert result["00080061"]["Value"] == ["CT"]  # ModalitiesInStudy
+        assert result["00201206"]["Value"] == [1]  # NumberOfStudyRelatedSeries
+        assert result["00201208"]["Value"] == [4]  # NumberOfStudyRelatedInstances
+    assert found["00201209"]["Value"] == [4] and instance["00201209"]["Value"] == [4]
+    every = client.search_for_instances(study_instance_uid=study)
+    assert [i["00201209"]["Value"] for i in every] == [[4]] * 4
+
+
+def test_searches_are_bounded(web: WebLake, live: tuple[WebServer, httpx.Client],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search without a limit answers at most the server's maximum, with the PS3.18 Warning
+    that more can be asked for (on a 1M-instance catalog, GET /instances held 13 GB and had
+    not answered after 5 minutes); a search that would read more stored headers than the
+    server allows is a 400 naming how to narrow it, not an unbounded scan."""
+    import lake.query._index as index
+    import lake.web._qido as qido
+
+    http = live[1]
+    count = web.lake.sql("SELECT count(*) FROM instances").fetchall()[0][0]
+    monkeypatch.setattr(qido, "_MAX_LIMIT", 5)
+    capped = http.get("/dicomweb/instances", headers=_auth(web))
+    assert capped.status_code == 200 and len(capped.json()) == 5 < count
+    assert capped.headers["warning"].startswith("299 ")
+    assert "additional results" in capped.headers["warning"]
+    whole = http.get("/dicomweb/instances", params={"limit": "1000"}, headers=_auth(web))
+    assert len(whole.json()) == 5  # an asked limit is capped too
+    paged = http.get("/dicomweb/instances", params={"offset": str(count - 2)}, headers=_auth(web))
+    assert len(paged.json()) == 2 and "warning" not in paged.headers
+    monkeypatch.setattr(index, "_HEADER_SCAN_MAX", 3)
+    scan = http.get("/dicomweb/instances", params={"PatientName": "X*"}, headers=_auth(web))
+    assert scan.status_code == 400
+    assert "narrow" in scan.json()["error"]
+    narrowed = http.get("/dicomweb/instances", headers=_auth(web), params={
+        "PatientName": "X*", "SeriesInstanceUID": web.uids["a"][1], "limit": "10"})
+    assert narrowed.status_code == 400  # four instances in that series: still more than 3
+    study_level = http.get("/dicomweb/studies", params={"PatientName": "X*",
+                           "StudyInstanceUID": web.uids["a"][0]}, headers=_auth(web))
+    assert study_level.status_code == 200 and study_level.json() == []
+
+
 def test_fuzzy_person_names() -> None:
     # The lake's profiles remove names, so the rule is shown on the shared matcher itself.
     from lake.query import Key, python_matcher

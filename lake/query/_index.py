@@ -101,6 +101,12 @@ _INHERITED: dict[Level, tuple[str, ...]] = {
     Level.SERIES: _PATIENT + _STUDY + _SERIES,
 }
 
+# The levels whose computed attributes a search at a lower level also returns (QIDO-RS).
+_ABOVE: dict[Level, tuple[Level, ...]] = {
+    Level.PATIENT: (), Level.STUDY: (), Level.SERIES: (Level.STUDY,),
+    Level.IMAGE: (Level.SERIES, Level.STUDY),
+}
+
 _TABLE = {Level.PATIENT: "patient", Level.STUDY: "study", Level.SERIES: "series",
           Level.IMAGE: "image"}
 
@@ -119,6 +125,9 @@ _LEVEL_ATTRS = {level: _attrs(level) for level in Level}
 
 _IMAGE_EXTRA = ("pixel_hash", "pixel_vr", "size_bytes")
 _SOURCE_COLUMNS = tuple(dict.fromkeys([*_COLUMN_KINDS, *_IMAGE_EXTRA, "SOPInstanceUID"]))
+
+_HEADER_SCAN_MAX = 100_000
+"""Candidates at most whose stored headers a query matching non-catalog attributes reads."""
 
 SERVER_FILLED = frozenset({"RetrieveAETitle", "InstanceAvailability"})
 """Return keys the server fills in itself (not from the catalog or a header)."""
@@ -465,11 +474,20 @@ class Snapshot:
         if not header_keys and (limit is not None or offset):
             page = f" LIMIT {int(limit) if limit is not None else -1} OFFSET {int(offset)}"
             page = page.replace("LIMIT -1 ", "")
+        elif header_keys:  # matched on stored headers, one read each: a bounded number
+            page = f" LIMIT {int(_HEADER_SCAN_MAX) + 1}"
         names, rows = self._fetch(
             f"SELECT {select} FROM {_TABLE[level]} WHERE {where} "
             f"ORDER BY {_q(level.unique_key)}{page}",
             params,
         )
+        if header_keys and len(rows) > _HEADER_SCAN_MAX:
+            raise QueryError(
+                f"matching {', '.join(k.keyword for k in header_keys)} reads the stored header "
+                f"of every candidate, and more than {_HEADER_SCAN_MAX:,} {level.value.lower()} "
+                "records are candidates: narrow the query with catalog attributes (a UID, "
+                "StudyDate, Modality, PatientID) or search at the study level"
+            )
         records = [dict(zip(names, row, strict=True)) for row in rows]
         need_header = [
             k for k in keys
@@ -507,8 +525,8 @@ class Snapshot:
         QueryError
             If a matching value is malformed for its attribute.
         """
-        attrs = _LEVEL_ATTRS[level]
         records, headers = self._matches(level, keys, limit, offset)
+        attrs = {**self._computed_above(level, keys, records), **_LEVEL_ATTRS[level]}
         wanted = list(keys)
         if not any(k.keyword == level.unique_key for k in wanted):
             tag = _tag(level.unique_key)
@@ -521,6 +539,31 @@ class Snapshot:
                 out[f"{key.tag:08X}"] = _json_entry(key, attrs.get(key.keyword), record, header)
             results.append(dict(sorted(out.items())))
         return results
+
+    def _computed_above(
+        self, level: Level, keys: Sequence[Key], records: list[dict[str, Any]]
+    ) -> dict[str, Attr]:
+        """Computed attributes of the levels above ``level`` that ``keys`` ask for
+        (ModalitiesInStudy of a series, NumberOfSeriesRelatedInstances of an instance), added
+        to ``records`` from the study and series tables; returns their attributes."""
+        found: dict[str, Attr] = {}
+        asked = {k.keyword for k in keys}
+        for upper in _ABOVE[level]:
+            names = sorted(asked & _COMPUTED[upper].keys())
+            key = upper.unique_key
+            uids = sorted({r[key] for r in records if r.get(key) is not None})
+            if not names or not uids:
+                continue
+            columns, rows = self._fetch(
+                f"SELECT {_q(key)}, {', '.join(_q(n) for n in names)} FROM {_TABLE[upper]} "
+                f"WHERE {_q(key)} IN (SELECT unnest(?::VARCHAR[]))",
+                [uids],
+            )
+            values = {row[0]: dict(zip(columns[1:], row[1:], strict=True)) for row in rows}
+            for record in records:
+                record.update(values.get(record.get(key), {}))
+            found.update({n: _LEVEL_ATTRS[upper][n] for n in names})
+        return found
 
     def find(
         self,

@@ -58,6 +58,7 @@ _LEVEL_OF = {"studies": Level.STUDY, "series": Level.SERIES, "instances": Level.
 _CONTROL = frozenset({"limit", "offset", "fuzzymatching", "includefield", "token"})
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 _MAX_LIMIT = 10_000
+"""Results of one search at most (``limit`` or not); page through more with ``offset``."""
 _MAX_OFFSET = 2**62
 _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _COMPUTED = frozenset({
@@ -200,8 +201,9 @@ def search(
     params: Sequence[tuple[str, str]],
     fixed: dict[str, str],
     base: str,
-) -> list[dict[str, Any]]:
-    """Run one QIDO-RS search; DICOM JSON objects, one per match.
+) -> tuple[list[dict[str, Any]], bool]:
+    """Run one QIDO-RS search: DICOM JSON objects, one per match, and whether the server's
+    maximum number of results cut the answer short (more can be asked for with ``offset``).
 
     Raises
     ------
@@ -210,15 +212,18 @@ def search(
     """
     keys, limit, offset = parse_query(params, resource, fixed)
     level = _LEVEL_OF[resource.split("-")[-1]]
-    found = snapshot.find_json(level, keys, limit=limit, offset=offset)
-    return [_fill(result, level, base) for result in found]
+    # At most _MAX_LIMIT results, asked for or not: one more tells whether the answer is cut.
+    most = _MAX_LIMIT if limit is None else limit
+    found = snapshot.find_json(level, keys, limit=most + (most == _MAX_LIMIT), offset=offset)
+    cut = len(found) > most
+    return [_fill(result, level, base) for result in found[:most]], cut
 
 
 def _endpoint(resource: str, fixed_names: tuple[str, ...]) -> Any:
     async def endpoint(request: Request, grant: Grant) -> Response:
         fixed = {name: request.path_params[name] for name in fixed_names}
         snapshot = await run_in_threadpool(request.app.state.views.snapshot, grant)
-        results = await run_in_threadpool(
+        results, cut = await run_in_threadpool(
             search,
             snapshot,
             resource,
@@ -230,7 +235,11 @@ def _endpoint(resource: str, fixed_names: tuple[str, ...]) -> Any:
             found = await run_in_threadpool(snapshot.locate, *[fixed[n] for n in fixed_names])
             if not found:  # the same answer whether absent or outside the caller's scope
                 raise NotFoundError("not found")
-        return json_response(request, results, DICOM_JSON)
+        response = json_response(request, results, DICOM_JSON)
+        if cut:  # PS3.18 8.3.4.4: the server limited the results
+            response.headers["Warning"] = (
+                '299 imaging-lake "There are additional results that can be requested"')
+        return response
 
     endpoint.__name__ = f"qido_{resource.replace('-', '_')}"
     return endpoint
