@@ -200,10 +200,14 @@ def test_forget_by_original_patient_id_and_bad_values(
     assert lk.verify().ok
 
 
-def test_forget_redacts_the_audit_log_in_every_version(tmp_path: Path) -> None:
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_forget_redacts_the_audit_log_in_every_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupted: bool
+) -> None:
     """Token use of the web services names studies, series and instances in ``audit``; after
     forgetting the patient no audit row, and no file of any version, names them: the rows
-    keep who, what and when, with ``<erased>`` as resource. The other patient's rows stay."""
+    keep who, what and when, with ``<erased>`` as resource. The other patient's rows stay.
+    Interrupted while removing the old audit files, a second run finishes the job."""
     from lake.access import AuditEvent, record_events
     from lake.export._runner import patient_label
     from lake.steward import forget, plan_forget, target
@@ -250,6 +254,20 @@ def test_forget_redacts_the_audit_log_in_every_version(tmp_path: Path) -> None:
 
     chosen = target(lk, secret, patient=pseudonym)
     assert plan_forget(lk, secret, chosen).audit_rows == 7
+    if interrupted:
+        import lake.steward._forget as forgetting
+
+        erase = forgetting.erase_files
+
+        def killed(tables: object, table: object, *args: object) -> object:
+            if getattr(table, "name", "") == "audit":
+                raise KeyboardInterrupt
+            return erase(tables, table, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(forgetting, "erase_files", killed)
+        with pytest.raises(KeyboardInterrupt):
+            forget(lk, secret, chosen, by="steward")
+        monkeypatch.setattr(forgetting, "erase_files", erase)
     report = forget(lk, secret, chosen, by="steward")
     lk.refresh()
 

@@ -19,7 +19,8 @@ instances may remain anywhere in the lake. :func:`forget` therefore
 6. redacts the audit log: rows whose resource or detail names one of their UIDs, their
    pseudonym or its file-name label keep who, what and when but name ``<erased>`` instead
    (one commit), and the data files of older versions that held the unredacted rows are
-   removed from its history as in step 5;
+   removed from its history as in step 5 (done before the instances' files are removed, so
+   that a re-run after an interruption still finds the UIDs to look for);
 7. records the erasure (kind, counts, when, by whom; no identifier) in ``erasures``.
 
 Every step is idempotent: if the command is interrupted, running it again finishes the job.
@@ -410,6 +411,8 @@ def forget(lake: Lake, secret: Secret, chosen: Target, *, by: str | None = None)
 
         Spool(lake.location, name).remove(entries)
     _withdraw_from_cohorts(lake, plan, tokens)
+    # Before the instances' files go: a re-run after an interruption finds the UIDs there.
+    _redact_audit(lake, tokens)
     unreadable: dict[str, list[tuple[int, int]]] = {}
     if plan._sealed:
         listed = ", ".join(f"'{sha}'" for sha in sorted(plan._sealed))
@@ -426,7 +429,6 @@ def forget(lake: Lake, secret: Secret, chosen: Target, *, by: str | None = None)
             if lake.location.fs.exists(path):
                 lake.location.fs.rm_file(path)
     erase_files(tables, INSTANCES, plan._rows, tokens)
-    _redact_audit(lake, tokens)
     for table in (INSTANCES, QUARANTINE, COHORTS, AUDIT):
         if tables.exists(table.name):
             unreadable[table.name] = unreadable_versions(tables, table)
