@@ -21,7 +21,6 @@ from pipelines._common import (
     reported,
     system_user,
 )
-from pipelines.web import scope_words
 
 if TYPE_CHECKING:
     import lake
@@ -81,7 +80,7 @@ def users_add(
     lake_root: LakeOption = None,
 ) -> None:
     """Add an account; the password (asked for, or read from stdin) is stored as an Argon2 hash."""
-    from lake.access import add_user
+    from lake.access import add_user, scope_words
 
     with reported():
         lk = open_lake(lake_root)
@@ -99,7 +98,7 @@ def users_list(
     """List the accounts (never their passwords)."""
     from rich.table import Table
 
-    from lake.access import list_users
+    from lake.access import list_users, scope_words
 
     with reported():
         users = list_users(open_lake(lake_root))

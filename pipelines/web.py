@@ -11,10 +11,9 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -29,10 +28,7 @@ from pipelines._common import (
     reported,
 )
 
-if TYPE_CHECKING:
-    from lake.access import Role
-
-__all__ = ["scope_words", "serve_web", "teaching_app", "token_app", "viewer_app"]
+__all__ = ["serve_web", "teaching_app", "token_app", "viewer_app"]
 
 
 def serve_web(
@@ -156,15 +152,6 @@ token_app = typer.Typer(
 )
 
 
-def scope_words(role: Role, cohorts: Sequence[str]) -> str:
-    """What a token or account with ``role`` and ``cohorts`` sees, in words."""
-    from lake.access import Role
-
-    if cohorts:
-        return ", ".join(cohorts)
-    return "every teaching set" if role is Role.STUDENT else "the whole lake"
-
-
 class RoleName(enum.StrEnum):
     steward = "steward"
     researcher = "researcher"
@@ -190,7 +177,7 @@ def token_create(
     lake_root: LakeOption = None,
 ) -> None:
     """Create a token and print it once, as the last line (only its hash is stored)."""
-    from lake.access import Role, create_token, parse_duration
+    from lake.access import Role, create_token, parse_duration, scope_words
 
     with reported():
         lk = open_lake(lake_root)
@@ -217,7 +204,7 @@ def token_list(
     """List tokens (ids, roles, scopes, expiry, revocation; never the tokens)."""
     from rich.table import Table
 
-    from lake.access import list_tokens
+    from lake.access import list_tokens, scope_words
 
     with reported():
         tokens = list_tokens(open_lake(lake_root))

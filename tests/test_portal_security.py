@@ -370,6 +370,19 @@ def test_tables_sort_and_paginate(portal: PortalLake, server: str) -> None:
     assert shown("sort=%3Cscript%3E&dir=x&page=abc")  # falls back to the default order
 
 
+def test_steward_pages_name_a_students_scope(portal: PortalLake, server: str) -> None:
+    """A student account or token without cohorts sees every teaching set, and says so."""
+    from lake.access import create_token
+
+    create_token(portal.lake, "student", note="pupil-token")
+    boss = sign_in(server, "boss", portal.passwords["boss"])
+    users = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", boss.get("/portal/steward/users").text))
+    assert re.search(r"stu student every teaching set", users), users
+    tokens = boss.get("/portal/steward/tokens?sort=note&dir=desc").text
+    row = next(r for r in tokens.split("<tr") if "pupil-token" in r)
+    assert "every teaching set" in row
+
+
 def _pages(client: httpx.Client, start: list[str]) -> dict[str, httpx.Response]:
     """Every portal page reachable by GET links from ``start`` (one level deep)."""
     seen: dict[str, httpx.Response] = {}

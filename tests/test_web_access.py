@@ -412,6 +412,36 @@ def test_serve_web_refuses_a_public_address_without_tls(web: WebLake) -> None:
     assert "without TLS" in stderr and "Traceback" not in stderr
 
 
+def test_serve_web_reads_its_settings_from_lake_json(web: WebLake) -> None:
+    """The "web" section of lake.json is what 'lake serve web' uses (flags override it)."""
+    config = Path(web.lake.root) / "lake.json"
+    original = config.read_text(encoding="utf-8")
+    settings = json.loads(original)
+    try:
+        config.write_text(json.dumps({**settings, "web": {"host": "0.0.0.0"}}), encoding="utf-8")
+        refused = _serve(web)
+        _, stderr = refused.communicate(timeout=60)
+        assert refused.returncode == 1 and "without TLS" in stderr
+        config.write_text(json.dumps({**settings, "web": {"allow_anonymous": True}}),
+                          encoding="utf-8")
+        proc = _serve(web)
+        try:
+            url = _address(proc)
+            assert httpx.get(url + "/dicomweb/studies", timeout=30).status_code == 200
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        proc = _serve(web, "--no-anonymous")  # a flag overrides lake.json
+        try:
+            url = _address(proc)
+            assert httpx.get(url + "/dicomweb/studies", timeout=30).status_code == 401
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+    finally:
+        config.write_text(original, encoding="utf-8")
+
+
 def test_serve_web_with_tls(web: WebLake, tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
     proc = _serve(web, "--tls-cert", str(cert), "--tls-key", str(key))

@@ -13,7 +13,7 @@ Examples
 
 from lake.access._audit import AuditEvent, AuditLog, event_for, record_events
 from lake.access._authorize import Access, CohortView, Credentials, Grant, Principal
-from lake.access._roles import ROLE_PERMISSIONS, Permission, Role
+from lake.access._roles import ROLE_PERMISSIONS, Permission, Role, scope_words
 from lake.access._sessions import Session, SessionStore, SignInThrottle, TooManyAttemptsError
 from lake.access._shares import Share, ShareBook, create_share, list_shares, revoke_share
 from lake.access._teaching import (
@@ -76,6 +76,7 @@ __all__ = [
     "remove_user",
     "revoke_share",
     "revoke_token",
+    "scope_words",
     "set_password",
     "teaching_sets",
     "unmark_teaching_set",

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 
-__all__ = ["ROLE_PERMISSIONS", "Permission", "Role"]
+__all__ = ["ROLE_PERMISSIONS", "Permission", "Role", "scope_words"]
 
 
 class Role(enum.StrEnum):
@@ -43,3 +44,18 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.STUDENT: frozenset({Permission.PUBLIC, Permission.READ}),
 }
 """The permissions of each role (a new permission is added here, and nowhere else)."""
+
+
+def scope_words(role: Role, cohorts: Sequence[str]) -> str:
+    """What a credential of ``role`` limited to ``cohorts`` sees, in words.
+
+    Examples
+    --------
+    >>> scope_words(Role.STUDENT, ())
+    'every teaching set'
+    >>> scope_words(Role.RESEARCHER, ("a", "b"))
+    'a, b'
+    """
+    if cohorts:
+        return ", ".join(cohorts)
+    return "every teaching set" if role is Role.STUDENT else "the whole lake"

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from lake._errors import ForbiddenError
-from lake.access import ROLE_PERMISSIONS, Grant, Permission, Principal
+from lake.access import ROLE_PERMISSIONS, Grant, Permission, Principal, scope_words
 from lake.web._guard import SESSION_COOKIE
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ def environment() -> Environment:
     )
     env.filters["bytes"] = _human_bytes
     env.filters["when"] = _when
+    env.filters["scope"] = lambda who: scope_words(who.role, who.cohorts)
     return env
 
 

@@ -27,6 +27,7 @@ from lake.access import (
     remove_user,
     revoke_share,
     revoke_token,
+    scope_words,
     set_password,
     teaching_sets,
 )
@@ -260,9 +261,9 @@ def _token_rows(portal: Portal) -> list[dict[str, Any]]:
         if t.token_id in shares:
             continue
         state = "revoked" if t.revoked_at else ("active" if t.is_active() else "expired")
-        rows.append({"id": t.token_id, "role": t.role.value, "scopes": ", ".join(t.cohorts)
-                     or "all", "note": t.note, "created": t.created_at,
-                     "expires": t.expires_at, "state": state})
+        rows.append({"id": t.token_id, "role": t.role.value,
+                     "scopes": scope_words(t.role, t.cohorts), "note": t.note,
+                     "created": t.created_at, "expires": t.expires_at, "state": state})
     return rows
 
 
