@@ -110,6 +110,27 @@ def test_garbage_csa_header_never_raises(garbage: bytes) -> None:
     assert validate_acquisition(derive_acquisition(ds)) == derive_acquisition(ds)
 
 
+_MOSAICS = "dcm_qa/In/TotalReadoutTime/PF_PAT_POS_PFOV_PEres_INTERP_test2"
+_QUERY = (f"SELECT SeriesNumber, InstanceNumber, {', '.join(ACQUISITION_NAMES)} "
+          "FROM instances ORDER BY SeriesNumber, InstanceNumber")
+
+
+def _mosaics_from_files(tmp_path: Path) -> tuple[list[Path], list[tuple[object, ...]]]:
+    """Siemens EPI mosaics of dcm_qa and their parameters as file ingest derives them."""
+    files = sorted((SHARED_DATA / _MOSAICS).rglob("*.IMA"))
+    if not files:
+        pytest.skip("../shared/data is absent")
+    by_files = lake.init(tmp_path / "files", vault=tmp_path / "vault-files")
+    by_files.ingest([str(f) for f in files], vault=tmp_path / "vault-files", profile="basic",
+                    scheduler="sync")
+    rows = by_files.sql(_QUERY).fetchall()
+    assert len(rows) == len(files) > 20
+    tiles = ACQUISITION_NAMES.index("mosaic_tiles") + 2
+    readout = ACQUISITION_NAMES.index("total_readout_time") + 2
+    assert all(row[tiles] and row[readout] for row in rows)  # mosaics, from the CSA header
+    return files, rows
+
+
 @pytest.mark.vendor
 @pytest.mark.parametrize("workers", [0, 2])
 def test_cstore_derives_what_file_ingest_derives(workers: int, tmp_path: Path) -> None:
@@ -120,13 +141,7 @@ def test_cstore_derives_what_file_ingest_derives(workers: int, tmp_path: Path) -
     from tests.net_peers import dcmtk, require
 
     require("storescu")
-    folder = SHARED_DATA / "dcm_qa" / "In" / "TotalReadoutTime" / "PF_PAT_POS_PFOV_PEres_INTERP_test2"
-    files = sorted(folder.rglob("*.IMA"))
-    if not files:
-        pytest.skip("../shared/data is absent")
-    by_files = lake.init(tmp_path / "files", vault=tmp_path / "vault-files")
-    by_files.ingest([str(f) for f in files], vault=tmp_path / "vault-files", profile="basic",
-                    scheduler="sync")
+    files, from_files = _mosaics_from_files(tmp_path)
     by_net = lake.init(tmp_path / "net", vault=tmp_path / "vault-net")
     config = ServerConfig(port=0, workers=workers, profile="basic")
     with DicomServer(by_net, by_net.secret(tmp_path / "vault-net"), config) as server:
@@ -134,11 +149,28 @@ def test_cstore_derives_what_file_ingest_derives(workers: int, tmp_path: Path) -
         assert sent.returncode == 0, sent.stderr[-500:]
         server.flush()
     by_net.refresh()
-    query = (f"SELECT SeriesNumber, InstanceNumber, {', '.join(ACQUISITION_NAMES)} "
-             "FROM instances ORDER BY SeriesNumber, InstanceNumber")
-    from_files, from_net = by_files.sql(query).fetchall(), by_net.sql(query).fetchall()
-    assert len(from_files) == len(files) > 20
-    assert from_net == from_files
-    tiles = ACQUISITION_NAMES.index("mosaic_tiles") + 2
-    readout = ACQUISITION_NAMES.index("total_readout_time") + 2
-    assert all(row[tiles] and row[readout] for row in from_net)  # mosaics, from the CSA header
+    assert by_net.sql(_QUERY).fetchall() == from_files
+
+
+@pytest.mark.vendor
+@pytest.mark.network
+@pytest.mark.parametrize("via", ["get", "move"])
+def test_pull_derives_what_file_ingest_derives(via: str, tmp_path: Path) -> None:
+    """Issue 10.1, the third front door: the same mosaics on a PACS (Orthanc), pulled by
+    C-GET and by C-MOVE, get the parameters file ingest derives."""
+    from lake.net import find_studies, parse_peer, pull_studies
+    from tests.net_peers import Orthanc, free_port, require
+
+    require("Orthanc")
+    files, from_files = _mosaics_from_files(tmp_path)
+    port = free_port()
+    pulled = lake.init(tmp_path / "pulled", vault=tmp_path / "vault-pulled")
+    with Orthanc(tmp_path / "orthanc", modalities={"LAKE": ("127.0.0.1", port)}) as pacs:
+        assert pacs.upload(files) == len(files)
+        peer = parse_peer(f"ORTHANC@127.0.0.1:{pacs.dicom_port}")
+        studies = find_studies(peer, ["ModalitiesInStudy=MR"], all_studies=True)
+        summary = pull_studies(pulled, pulled.secret(tmp_path / "vault-pulled"), peer, studies,
+                               via=via, listen=("127.0.0.1", port), profile="basic")
+    assert summary.ingested == len(files)
+    pulled.refresh()
+    assert pulled.sql(_QUERY).fetchall() == from_files
