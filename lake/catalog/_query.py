@@ -117,7 +117,12 @@ def lock_down(
         con.execute("SET allowed_paths = " + "[" + ", ".join(
             "'" + path.replace("'", "''") + "'" for path in readable) + "]")
     con.execute("SET parquet_metadata_cache = true")
-    con.execute("SET enable_progress_bar = false")  # it would print to the user's terminal
+    # The progress bar would print to the user's terminal. In a Jupyter kernel DuckDB starts
+    # with it off and refuses any change to it (even to off) unless ipywidgets is installed.
+    (progress_bar,) = con.execute("SELECT current_setting('enable_progress_bar')").fetchone() or (
+        False,)
+    if progress_bar:
+        con.execute("SET enable_progress_bar = false")
     for statement in _LOCKDOWN:
         con.execute(statement)
 
