@@ -40,7 +40,7 @@ def init(lake_root: LakeOption = None, vault: VaultOption = None) -> None:
         out.print(f"lake ready at {lk.root} (id {lk.config.lake_id})", highlight=False)
 
 
-def _progress() -> Progress:
+def _progress(*, quiet: bool = False) -> Progress:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -61,6 +61,7 @@ def _progress() -> Progress:
         TimeRemainingColumn(),
         console=err,
         transient=False,
+        disable=quiet,
     )
 
 
@@ -238,7 +239,7 @@ def ingest(
         )
         typed = [str(s) for s in sources]
         total = count_items(typed, limits=limits, follow_symlinks=follow_symlinks)
-        with _progress() as progress:
+        with _progress(quiet=quiet) as progress:
             task = progress.add_task("ingest", total=total, rate="")
             started = progress.get_time()
 
@@ -249,8 +250,6 @@ def ingest(
                 rate = f"{done / elapsed:,.0f} files/s" if elapsed > 0 else ""
                 progress.update(task, rate=rate)
 
-            if quiet:
-                progress.stop()
             from lake.ingest import ingest as run_ingest
 
             summary = run_ingest(

@@ -4,6 +4,7 @@ new catalog version; older versions and pinned cohorts keep the old rows."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,7 @@ def test_replace_reprofiles_in_a_new_version(
     )
     assert done.returncode == 0, done.stderr
     assert "replaced (re-profiled)" in done.stderr
+    assert not re.search(r"ingest\s+\d+/\d+", done.stderr), done.stderr  # -q: no progress bar
     lk.refresh()
     assert lk.sql("SELECT profile, count(*) FROM instances GROUP BY 1").fetchall() == [
         ("research", 12)
