@@ -207,6 +207,16 @@ def test_series_and_instance_searches_carry_the_study_attributes(
     assert found["00201209"]["Value"] == [4] and instance["00201209"]["Value"] == [4]
     every = client.search_for_instances(study_instance_uid=study)
     assert [i["00201209"]["Value"] for i in every] == [[4]] * 4
+    # ... and match them, as at their own level
+    mr_series = client.search_for_series(search_filters={"ModalitiesInStudy": "MR"})
+    assert mr_series and all(s["00080061"]["Value"] == ["MR"] for s in mr_series)
+    assert series not in {s["0020000E"]["Value"][0] for s in mr_series}
+    in_a = client.search_for_instances(search_filters={
+        "ModalitiesInStudy": "CT", "NumberOfSeriesRelatedInstances": "4",
+        "StudyInstanceUID": study})
+    assert len(in_a) == 4
+    assert client.search_for_instances(search_filters={
+        "NumberOfSeriesRelatedInstances": "5", "StudyInstanceUID": study}) == []
 
 
 def test_searches_are_bounded(web: WebLake, live: tuple[WebServer, httpx.Client],

@@ -410,6 +410,13 @@ class Snapshot:
             if key.is_return_only:
                 continue
             attr = attrs.get(key.keyword)
+            above = next((u for u in _ABOVE[level] if key.keyword in _COMPUTED[u]), None)
+            if attr is None and above is not None:  # ModalitiesInStudy of a series...
+                pred = predicate(key.keyword, _LEVEL_ATTRS[above][key.keyword].kind, key)
+                uid = _q(above.unique_key)
+                clauses.append(f"{uid} IN (SELECT {uid} FROM {_TABLE[above]} WHERE {pred.sql})")
+                params.extend(pred.params)
+                continue
             if attr is None:
                 header_keys.append(key)
                 continue
