@@ -383,6 +383,40 @@ def test_steward_pages_name_a_students_scope(portal: PortalLake, server: str) ->
     assert "every teaching set" in row
 
 
+@pytest.mark.parametrize("kind", ["dicom", "bids"])
+def test_dicom_and_bids_exports_run_and_download(portal: PortalLake, server: str,
+                                                 kind: str) -> None:
+    """The cohort page's other export formats (the browser test downloads NIfTI): the job
+    reports progress, finishes and its zip downloads, holding the cohort de-identified."""
+    import io
+    import time
+    import zipfile
+
+    res = sign_in(server, "res", portal.passwords["res"])
+    form = res.get("/portal/cohorts/a")
+    started = res.post("/portal/cohorts/a/exports",
+                       data={"csrf": csrf_of(form.text), "format": kind})
+    assert started.status_code == 303
+    job = started.headers["location"]
+    deadline = time.monotonic() + 120
+    status = res.get(f"{job}/status").json()
+    while status["state"] not in ("done", "failed") and time.monotonic() < deadline:
+        time.sleep(0.3)
+        status = res.get(f"{job}/status").json()
+    assert status["state"] == "done", status
+    zipped = res.get(f"{job}/download")
+    assert zipped.status_code == 200 and zipped.headers["content-type"] == "application/zip"
+    names = zipfile.ZipFile(io.BytesIO(zipped.content)).namelist()
+    if kind == "dicom":
+        assert status["done"] == status["total"] == 1  # one series
+        assert len([n for n in names if n.endswith(".dcm")]) == 3
+    else:
+        assert "dataset_description.json" in names  # CT is not BIDS: an empty dataset
+    assert b"PAT-A" not in zipped.content
+    other = sign_in(server, "res-a", portal.passwords["res-a"])  # another account
+    assert other.get(f"{job}/download").status_code == 404
+
+
 def _pages(client: httpx.Client, start: list[str]) -> dict[str, httpx.Response]:
     """Every portal page reachable by GET links from ``start`` (one level deep)."""
     seen: dict[str, httpx.Response] = {}
