@@ -17,6 +17,7 @@ from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
 import lake
+from lake.deid import load_profile
 from lake.export import export_bids
 from lake.export._manifest import JOURNAL_NAME
 from pipelines.cli import app
@@ -280,14 +281,31 @@ def test_no_planted_identifier_anywhere(profile: str, exported: dict[str, Path])
             assert token.lower().encode() not in lowered, (name, token)
 
 
-def test_reexport_is_byte_identical(lakes: dict[str, lake.Lake], exported: dict[str, Path],
-                                    tmp_path: Path) -> None:
+@pytest.mark.parametrize("profile", PROFILES)
+def test_reexport_is_byte_identical(profile: str, lakes: dict[str, lake.Lake],
+                                    exported: dict[str, Path], tmp_path: Path) -> None:
     again = tmp_path / "again"
-    result = export_bids(lakes["research"], ALL, again, scheduler="sync")
+    result = export_bids(lakes[profile], ALL, again, scheduler="sync")
     assert result.written > 0
-    assert tree(again) == tree(exported["research"])
-    unchanged = export_bids(lakes["research"], ALL, again, scheduler="sync")
+    assert tree(again) == tree(exported[profile])
+    unchanged = export_bids(lakes[profile], ALL, again, scheduler="sync")
     assert unchanged.up_to_date
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_dataset_description_names_lake_catalog_and_profile(
+    profile: str, lakes: dict[str, lake.Lake], exported: dict[str, Path]
+) -> None:
+    """GeneratedBy says which lake version, catalog version and profile made the dataset."""
+    described = json.loads((exported[profile] / "dataset_description.json").read_text())
+    assert described["DatasetType"] == "raw" and described["BIDSVersion"]
+    (generated,) = described["GeneratedBy"]
+    assert generated["Name"] == "imaging-lake" and generated["Version"] == lake.__version__
+    assert generated["CatalogVersion"] == lakes[profile].version
+    version = load_profile(profile).version
+    assert generated["Profiles"] == [f"{profile} {version}"]
+    assert f"catalog version {lakes[profile].version}" in generated["Description"]
+    assert f"profile(s) {profile} {version}" in generated["Description"]
 
 
 class _InterruptedError(Exception):
