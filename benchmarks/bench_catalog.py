@@ -46,6 +46,9 @@ COMMIT_ROWS = 50_000
 LAYOUT = 3  # bump when the lake's file layout changes: cached lakes are rebuilt
 COHORT_MEMBERS = 100_000
 
+Timing = tuple[float, float, float]
+"""(median wall ms, first wall ms, median CPU ms of this process, DuckDB's threads included)."""
+
 GOALS_MS = {
     "series cohort query": 300,
     "count(*)": 50,
@@ -140,30 +143,33 @@ def _cohort_window(lk: Any) -> tuple[str, str]:
     return "2010-01-01", counts[-1][0].isoformat()
 
 
-def _median_ms(run: Callable[[], object], repeat: int) -> tuple[float, float]:
-    """(median, first) in ms."""
-    times = []
+def _median_ms(run: Callable[[], object], repeat: int) -> Timing:
+    """(median, first, median CPU) in ms. CPU time counts every thread of this process: on a
+    machine loaded by other jobs it moves much less than wall time."""
+    times, cpu = [], []
     for _ in range(repeat):
-        started = time.perf_counter()
+        started, used = time.perf_counter(), time.process_time()
         run()
         times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times), times[0]
+        cpu.append((time.process_time() - used) * 1000)
+    return statistics.median(times), times[0], statistics.median(cpu)
 
 
-def _note(results: dict[str, tuple[float, float]], name: str, value: tuple[float, float]) -> None:
+def _note(results: dict[str, Timing], name: str, value: Timing) -> None:
     results[name] = value
     if name.startswith("("):  # a count, not a time
         print(f"    {name:<32}{value[0]:>10,.0f}", flush=True)
     else:
-        print(f"    {name:<32}{value[0]:>10.1f} ms (first {value[1]:.0f})", flush=True)
+        print(f"    {name:<32}{value[0]:>10.1f} ms (first {value[1]:.0f}, CPU {value[2]:.0f})",
+              flush=True)
 
 
-def measure(root: Path, repeat: int, skip: set[str]) -> dict[str, tuple[float, float]]:
+def measure(root: Path, repeat: int, skip: set[str]) -> dict[str, Timing]:
     import lake
 
     facts = json.loads((root / "facts.json").read_text())
     lk = lake.open(root / "lake")
-    results: dict[str, tuple[float, float]] = {}
+    results: dict[str, Timing] = {}
 
     def open_catalog() -> None:
         lk.refresh()
@@ -195,7 +201,7 @@ CREATE TEMP VIEW studies AS SELECT StudyInstanceUID, any_value(PatientID) AS Pat
 """
 
 
-def measure_old_path(root: Path) -> dict[str, tuple[float, float]]:
+def measure_old_path(root: Path) -> dict[str, Timing]:
     """The read path before this work, rebuilt here as the same-run baseline: the Delta
     table registered in DuckDB as an Arrow dataset, views aggregating instance rows."""
     import duckdb
@@ -204,13 +210,13 @@ def measure_old_path(root: Path) -> dict[str, tuple[float, float]]:
 
     facts = json.loads((root / "facts.json").read_text())
     lk = lake.open(root / "lake")
-    results: dict[str, tuple[float, float]] = {}
+    results: dict[str, Timing] = {}
     con = duckdb.connect()
     started = time.perf_counter()
     con.register("instances", lk.tables.dataset("instances"))
     for statement in OLD_VIEWS.split(";"):
         con.execute(statement)
-    _note(results, "open the catalog", ((time.perf_counter() - started) * 1000,) * 2)
+    _note(results, "open the catalog", ((time.perf_counter() - started) * 1000,) * 3)
     for name, sql in _queries(facts).items():
         _note(results, name, _median_ms(partial(_fetch_con, con, sql), 1))
     return results
@@ -239,7 +245,7 @@ def _fetch(lk: Any, sql: str) -> object:
 CFIND_RSS_LIMIT = 4 * 2**30
 
 
-def _cfind_guarded(root: Path, results: dict[str, tuple[float, float]], repeat: int) -> None:
+def _cfind_guarded(root: Path, results: dict[str, Timing], repeat: int) -> None:
     """C-FIND measured in a child process, stopped if it holds more than CFIND_RSS_LIMIT
     (an index that copies every row into memory would take the shared machine down)."""
     import subprocess
@@ -266,21 +272,21 @@ def _cfind_guarded(root: Path, results: dict[str, tuple[float, float]], repeat: 
         time.sleep(0.1)
     out = child.stdout.read() if child.stdout else ""
     for name, value in json.loads(out.strip().splitlines()[-1]).items():
-        _note(results, name, (float(value[0]), float(value[1])))
-    _note(results, "(C-FIND peak memory, MB)", (peak / 2**20, peak / 2**20))
+        _note(results, name, (float(value[0]), float(value[1]), float(value[2])))
+    _note(results, "(C-FIND peak memory, MB)", (peak / 2**20,) * 3)
 
 
 def _cfind_child(root: Path, repeat: int) -> None:
     import lake
 
-    results: dict[str, tuple[float, float]] = {}
+    results: dict[str, Timing] = {}
     _cfind(lake.open(root / "lake"), results, repeat, quiet=True)
     print(json.dumps(results))
 
 
-def _cfind(lk: Any, results: dict[str, tuple[float, float]], repeat: int,
+def _cfind(lk: Any, results: dict[str, Timing], repeat: int,
            quiet: bool = False) -> None:
-    def note(into: dict[str, tuple[float, float]], name: str, value: tuple[float, float]) -> None:
+    def note(into: dict[str, Timing], name: str, value: Timing) -> None:
         if quiet:
             into[name] = value
         else:
@@ -290,10 +296,11 @@ def _cfind(lk: Any, results: dict[str, tuple[float, float]], repeat: int,
 
     cache = SnapshotCache(lk.tables)
     try:
-        started = time.perf_counter()
+        started, used = time.perf_counter(), time.process_time()
         cache.current()
         build_ms = (time.perf_counter() - started) * 1000
-        note(results, "C-FIND index build", (build_ms, build_ms))
+        note(results, "C-FIND index build",
+             (build_ms, build_ms, (time.process_time() - used) * 1000))
         level, keys = parse_identifier(
             identifier_from_filters(["StudyDate=20150301-20150331", "PatientID",
                                      "ModalitiesInStudy", "NumberOfStudyRelatedInstances"]),
@@ -306,7 +313,7 @@ def _cfind(lk: Any, results: dict[str, tuple[float, float]], repeat: int,
         cache.close()
 
 
-def _cohort(lk: Any, facts: dict[str, Any], results: dict[str, tuple[float, float]]) -> None:
+def _cohort(lk: Any, facts: dict[str, Any], results: dict[str, Timing]) -> None:
     from lake.export import create_cohort
 
     sql = (f"SELECT SeriesInstanceUID FROM series WHERE SeriesDate BETWEEN "
@@ -317,7 +324,7 @@ def _cohort(lk: Any, facts: dict[str, Any], results: dict[str, tuple[float, floa
         members.append(len(create_cohort(lk, "bench-100k", sql, replace=True).members))
 
     _note(results, "cohort of ~100,000 instances", _median_ms(cohort, 3))
-    _note(results, "(cohort members)", (float(members[-1]), float(members[-1])))
+    _note(results, "(cohort members)", (float(members[-1]),) * 3)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(x) for x in args.rows.split(",") if x]
     skip = set(args.skip.split(","))
     print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
-    columns: dict[str, dict[str, tuple[float, float]]] = {}
+    columns: dict[str, dict[str, Timing]] = {}
     for rows in sizes:
         label = f"{rows / 1e6:g}M"
         written, packed = build(rows), compacted(rows)
@@ -364,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
             verdict = f"   < {goal}: " + ("not run" if got is None else
                                          "met" if got[0] < goal else "MISSED")
         print(f"{name:<30}{cells}{verdict}")
+    print(f"\n{'CPU ms (median), this process':<30}" + "".join(f"{c:>21}" for c in columns))
+    for name in names:
+        if not name.startswith("("):
+            print(f"{name:<30}" + "".join(
+                f"{col[name][2]:>21.1f}" if name in col else f"{'-':>21}"
+                for col in columns.values()))
     for rows in sizes:
         label = f"{rows / 1e6:g}M"
         old, new = columns.get(f"{label} old path"), columns[f"{label} compacted"]

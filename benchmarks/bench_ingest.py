@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -43,16 +44,23 @@ def _size(paths: list[Path]) -> float:
     return sum(p.stat().st_size for p in paths) / 1e6
 
 
-def floor(paths: list[Path], out: Path) -> float:
-    """pydicom read + write, no changes; returns seconds."""
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of every waited-for child process so far, their own
+    waited-for children included (the ingest's workers, Orthanc)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def floor(paths: list[Path], out: Path) -> tuple[float, float]:
+    """pydicom read + write, no changes; returns (seconds, CPU seconds)."""
     from pydicom import dcmread
 
     out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    start, used = time.perf_counter(), time.process_time()
     for path in paths:
         ds = dcmread(path)
         ds.save_as(out / path.name)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - used
 
 
 class PeakRSS:
@@ -87,11 +95,13 @@ class PeakRSS:
         self._thread.join()
 
 
-def lake_ingest(corpus: Path, work: Path) -> tuple[float, int, list[int]]:
-    """`lake ingest` as a user runs it: (seconds, peak RSS of its process tree, peak per process)."""
+def lake_ingest(corpus: Path, work: Path) -> tuple[float, int, list[int], float]:
+    """`lake ingest` as a user runs it: (seconds, peak RSS of its process tree, peak per
+    process, CPU seconds of the process tree)."""
     lake_bin = str(Path(sys.executable).with_name("lake"))
     env = dict(os.environ, LAKE_ROOT=str(work / "lake"), LAKE_VAULT=str(work / "vault"))
     subprocess.run([lake_bin, "init"], env=env, check=True, capture_output=True)
+    used = _children_cpu()
     start = time.perf_counter()
     proc = subprocess.Popen(
         [lake_bin, "ingest", "-q", str(corpus)],
@@ -102,9 +112,10 @@ def lake_ingest(corpus: Path, work: Path) -> tuple[float, int, list[int]]:
     with PeakRSS(proc.pid) as rss:
         _, err = proc.communicate()
     elapsed = time.perf_counter() - start
+    cpu = _children_cpu() - used
     if proc.returncode not in (0, 3):  # 3: some files quarantined (the PHI-rich corpus's are)
         raise SystemExit(f"lake ingest failed ({proc.returncode}): {err.decode()[-2000:]}")
-    return elapsed, rss.peak, sorted(rss.peaks.values(), reverse=True)
+    return elapsed, rss.peak, sorted(rss.peaks.values(), reverse=True), cpu
 
 
 def _free_port() -> int:
@@ -113,8 +124,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def orthanc_import(paths: list[Path], work: Path) -> float | None:
-    """Orthanc's REST import (POST /instances, one client thread); None when Orthanc is absent."""
+def orthanc_import(paths: list[Path], work: Path) -> tuple[float, float] | None:
+    """Orthanc's REST import (POST /instances, one client thread): (seconds, CPU seconds of
+    Orthanc and of the client); None when Orthanc is absent."""
     binary = shutil.which("Orthanc")
     if binary is None:
         return None
@@ -143,11 +155,14 @@ def orthanc_import(paths: list[Path], work: Path) -> float | None:
                 break
             except OSError:
                 time.sleep(0.1)
-        start = time.perf_counter()
+        server = psutil.Process(proc.pid)
+        server_used = sum(server.cpu_times()[:2])
+        start, used = time.perf_counter(), time.process_time()
         for path in paths:
             req = urllib.request.Request(base + "/instances", data=path.read_bytes(), method="POST")
             urllib.request.urlopen(req, timeout=30).read()
-        return time.perf_counter() - start
+        elapsed, client = time.perf_counter() - start, time.process_time() - used
+        return elapsed, client + sum(server.cpu_times()[:2]) - server_used
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -156,19 +171,24 @@ def orthanc_import(paths: list[Path], work: Path) -> float | None:
 def _compare(name: str, paths: list[Path], corpus_dir: Path, work: Path,
              orthanc: bool) -> tuple[float, float, int, list[int], float | None]:
     """Floor, `lake ingest` and Orthanc on one corpus; prints and returns
-    (floor s, lake s, peak RSS, per-process peaks, Orthanc s)."""
+    (floor s, lake s, peak RSS, per-process peaks, Orthanc s). CPU ms per file is printed
+    beside each rate: on a machine shared with other jobs it moves much less than wall time."""
     n, mb = len(paths), _size(paths)
-    t_floor = floor(paths, work / "floor")
-    t_lake, rss, procs = lake_ingest(corpus_dir, work / "lake")
-    t_orthanc = orthanc_import(paths, work / "orthanc") if orthanc else None
-    print(f"\n{name}: {n} files, {mb:.1f} MB")
-    print(f"  floor (pydicom read+write, 1 process): {n / t_floor:8.1f} files/s {mb / t_floor:7.1f} MB/s")
-    print(f"  lake ingest (de-identify + store):     {n / t_lake:8.1f} files/s {mb / t_lake:7.1f} MB/s")
-    print(f"  ratio lake/floor: {t_floor / t_lake:.2f}  (goal >= 1.0)")
-    if t_orthanc is not None:
-        print(f"  Orthanc REST import:                   {n / t_orthanc:8.1f} files/s "
-              f"{mb / t_orthanc:7.1f} MB/s")
-        print(f"  ratio lake/Orthanc: {t_orthanc / t_lake:.2f}  (goal > 1)")
+    t_floor, cpu_floor = floor(paths, work / "floor")
+    t_lake, rss, procs, cpu_lake = lake_ingest(corpus_dir, work / "lake")
+    o = orthanc_import(paths, work / "orthanc") if orthanc else None
+    t_orthanc = None if o is None else o[0]
+    print(f"\n{name}: {n} files, {mb:.1f} MB (load average {os.getloadavg()[0]:.1f})")
+    print(f"  floor (pydicom read+write, 1 process): {n / t_floor:8.1f} files/s {mb / t_floor:7.1f} MB/s"
+          f"  CPU {cpu_floor * 1000 / n:5.2f} ms/file")
+    print(f"  lake ingest (de-identify + store):     {n / t_lake:8.1f} files/s {mb / t_lake:7.1f} MB/s"
+          f"  CPU {cpu_lake * 1000 / n:5.2f} ms/file")
+    print(f"  ratio lake/floor: {t_floor / t_lake:.2f}  (goal >= 1.0); CPU per file lake/floor: "
+          f"{cpu_lake / cpu_floor:.2f}")
+    if o is not None:
+        print(f"  Orthanc REST import:                   {n / o[0]:8.1f} files/s "
+              f"{mb / o[0]:7.1f} MB/s  CPU {o[1] * 1000 / n:5.2f} ms/file (server + client)")
+        print(f"  ratio lake/Orthanc: {o[0] / t_lake:.2f}  (goal > 1)")
     else:
         print("  Orthanc REST import: skipped (Orthanc not installed or --no-orthanc)")
     print(f"  peak RSS: {rss / 1e6:.0f} MB (per process: "
@@ -210,20 +230,21 @@ def main() -> None:
         large = make_corpus(large_dir, args.large)
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            t_large, rss_large, procs_large = lake_ingest(large_dir, work / "lake")
-            t_orthanc = orthanc_import(large, work / "orthanc") if orthanc else None
+            t_large, rss_large, procs_large, cpu_large = lake_ingest(large_dir, work / "lake")
+            o = orthanc_import(large, work / "orthanc") if orthanc else None
         n = len(large)
-        print(f"\nCT/MR, {n} files: lake ingest {n / t_large:8.1f} files/s")
-        if t_orthanc is not None:
-            print(f"  Orthanc REST import {n / t_orthanc:8.1f} files/s; ratio lake/Orthanc: "
-                  f"{t_orthanc / t_large:.2f}  (goal > 1)")
+        print(f"\nCT/MR, {n} files (load average {os.getloadavg()[0]:.1f}): lake ingest "
+              f"{n / t_large:8.1f} files/s, CPU {cpu_large * 1000 / n:.2f} ms/file")
+        if o is not None:
+            print(f"  Orthanc REST import {n / o[0]:8.1f} files/s, CPU {o[1] * 1000 / n:.2f} "
+                  f"ms/file; ratio lake/Orthanc: {o[0] / t_large:.2f}  (goal > 1)")
         print(f"  peak RSS: {rss_large / 1e6:.0f} MB (per process: "
               f"{', '.join(f'{p / 1e6:.0f}' for p in procs_large)} MB)")
     if args.huge:
         huge_dir = CACHE / f"corpus-{args.huge}"
         huge = make_corpus(huge_dir, args.huge)
         with tempfile.TemporaryDirectory() as tmp:
-            t_huge, rss_huge, procs_huge = lake_ingest(huge_dir, Path(tmp))
+            t_huge, rss_huge, procs_huge, _ = lake_ingest(huge_dir, Path(tmp))
         print(f"\nCT/MR, {len(huge)} files: lake ingest {len(huge) / t_huge:8.1f} files/s")
         print(f"  peak RSS: {rss_huge / 1e6:.0f} MB (per process: "
               f"{', '.join(f'{p / 1e6:.0f}' for p in procs_huge)} MB); ratio to "
