@@ -25,6 +25,7 @@ from pipelines._common import (
 )
 
 if TYPE_CHECKING:  # heavy imports wait for the command that needs them (issue 14.1)
+    import pyarrow as pa
     from rich.progress import Progress
     from rich.table import Table
 
@@ -340,8 +341,11 @@ def _emit(arrow: object, fmt: Format, output: Path | None) -> None:
         pacsv.write_csv(arrow, sink)
         _write_bytes(sink.getvalue(), output)
         return
+    rows = list(zip(*_python_columns(arrow), strict=True))
     if fmt is Format.json:
-        text = json.dumps(arrow.to_pylist(), default=_json_default, indent=None) + "\n"
+        names = arrow.column_names
+        records = [dict(zip(names, values, strict=True)) for values in rows]
+        text = json.dumps(records, default=_json_default, indent=None) + "\n"
         _write_bytes(text.encode(), output)
         return
     from rich.table import Table
@@ -349,8 +353,8 @@ def _emit(arrow: object, fmt: Format, output: Path | None) -> None:
     table = Table(show_lines=False)
     for name in arrow.column_names:
         table.add_column(name, overflow="fold")
-    for row in arrow.to_pylist():
-        table.add_row(*("" if v is None else _cell(v) for v in row.values()))
+    for values in rows:
+        table.add_row(*("" if v is None else _cell(v) for v in values))
     if output is not None:
         with output.open("w") as fh:
             from rich.console import Console
@@ -358,6 +362,35 @@ def _emit(arrow: object, fmt: Format, output: Path | None) -> None:
             Console(file=fh, width=200).print(table)
     else:
         out.print(table)
+
+
+def _python_columns(arrow: pa.Table) -> list[list[object]]:
+    """Each column of an Arrow table as Python values (``Table.to_pylist``, by column).
+
+    pyarrow converts a time-zone-aware timestamp through pandas when pandas is installed
+    (importing it costs ~0.3 s of a command's start-up): such columns are read without
+    their zone and given it here with :mod:`zoneinfo`, the same values pyarrow returns.
+    """
+    import datetime as dt
+    import zoneinfo
+
+    import pyarrow as pa
+
+    columns: list[list[object]] = []
+    for field, column in zip(arrow.schema, arrow.columns, strict=True):
+        zone: dt.tzinfo | None = None
+        if pa.types.is_timestamp(field.type) and field.type.tz is not None:
+            try:
+                zone = zoneinfo.ZoneInfo(field.type.tz)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                zone = None  # an offset such as +01:00: pyarrow's own conversion
+        if zone is None:
+            columns.append(column.to_pylist())
+            continue
+        naive = column.cast(pa.timestamp(field.type.unit)).to_pylist()
+        columns.append([None if v is None else v.replace(tzinfo=dt.UTC).astimezone(zone)
+                        for v in naive])
+    return columns
 
 
 def _cell(value: object) -> str:

@@ -75,3 +75,29 @@ def test_sql_loads_no_ingest_export_or_network_stack(tmp_path: Path) -> None:
     assert _present(
         modules, ("dask", "distributed", "nibabel", "pynetdicom", "pydicom", "rich.progress")
     ) == []
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_sql_printing_timestamps_loads_no_pandas(tmp_path: Path, fmt: str) -> None:
+    """pyarrow converts a time-zone-aware timestamp through pandas when pandas is installed
+    (0.3 s): the CLI gives the zone itself, with the same values."""
+    lk = lake.init(tmp_path / "lake", vault=tmp_path / "vault")
+    ct = get_testdata_file("CT_small.dcm")
+    assert ct is not None
+    lk.ingest([ct], vault=tmp_path / "vault", scheduler="sync")
+    query = "SELECT SeriesInstanceUID, first_ingested_at, last_ingested_at FROM series"
+    args = ["sql", "--lake", str(tmp_path / "lake"), "-f", fmt, query]
+    modules = _loaded(_RUN_CLI.format(args=args))
+    assert "duckdb" in modules and "pandas" not in modules
+    (ingested,) = lk.sql("SELECT first_ingested_at FROM series").fetchall()[0]
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    written = tmp_path / "out.txt"  # the table is printed 200 characters wide there
+    printed = CliRunner().invoke(app, [*args, "--output", str(written)])
+    assert printed.exit_code == 0, printed.output
+    if fmt == "json":
+        assert json.loads(written.read_text())[0]["first_ingested_at"] == ingested.isoformat()
+    else:
+        assert str(ingested) in written.read_text()
