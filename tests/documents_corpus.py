@@ -150,7 +150,7 @@ def photo(text: str | None = None, size: tuple[int, int] = (640, 480), seed: int
 
 
 def jpeg_with_metadata(token: str, *, text: str | None = None, orientation: int = 1) -> bytes:
-    """A JPEG whose EXIF (artist, description, GPS, date), XMP and comment hold ``token``."""
+    """A JPEG whose EXIF (artist, description, GPS, date), XMP, IPTC and comment hold ``token``."""
     exif = Image.Exif()
     exif[0x013B] = token  # Artist
     exif[0x010E] = f"patient {token}"  # ImageDescription
@@ -162,7 +162,18 @@ def jpeg_with_metadata(token: str, *, text: str | None = None, orientation: int 
     xmp = f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:li>{token}</rdf:li></x:xmpmeta>'
     photo(text).save(out, "JPEG", quality=90, exif=exif, comment=token.encode(),
                      xmp=xmp.encode())
-    return out.getvalue()
+    return _with_iptc(out.getvalue(), token)
+
+
+def _with_iptc(jpeg: bytes, token: str) -> bytes:
+    """``jpeg`` with an IPTC By-line holding ``token`` (APP13 'Photoshop 3.0' IRB 0x0404)."""
+    record = b"\x1c\x02\x50" + struct.pack(">H", len(token)) + token.encode()  # 2:80 By-line
+    record += b"\0" * (len(record) % 2)
+    irb = b"8BIM\x04\x04\0\0" + struct.pack(">I", len(record)) + record
+    body = b"Photoshop 3.0\0" + irb
+    segment = b"\xff\xed" + struct.pack(">H", len(body) + 2) + body
+    after_jfif = 4 + struct.unpack(">H", jpeg[4:6])[0] if jpeg[2:4] == b"\xff\xe0" else 2
+    return jpeg[:after_jfif] + segment + jpeg[after_jfif:]
 
 
 def pdf_scan(text: str) -> bytes:
