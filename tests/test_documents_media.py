@@ -171,6 +171,8 @@ def test_burned_in_text_in_video_is_refused_or_masked() -> None:
     [
         (lambda d: d[: len(d) // 3], {"video_truncated", "video_malformed"}),
         (lambda d: b"RIFF\0\0\0\0AVI " + bytes(200), {"video_malformed", "video_unsupported"}),
+        # a codec FFmpeg does not know (FourCC MJPG renamed): PyAV gives no codec context
+        (lambda d: d.replace(b"MJPG", b"ZZZZ"), {"video_unsupported"}),
     ],
 )
 def test_bad_videos_are_refused(mutate: object, reasons: set[str]) -> None:

@@ -97,6 +97,8 @@ def _probe(data: bytes, limits: Limits) -> _Probe:
                 raise _refuse("video_unsupported", "the file holds no video stream")
             stream = container.streams.video[0]
             ctx = stream.codec_context
+            if ctx is None:  # FFmpeg knows no codec for the stream's tag
+                raise _refuse("video_unsupported", "the video's codec cannot be decoded")
             width, height = int(ctx.width or 0), int(ctx.height or 0)
             rate = stream.average_rate or stream.guessed_rate or Fraction(25)
             if container.duration is not None:
