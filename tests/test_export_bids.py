@@ -414,6 +414,23 @@ def test_cli_exports_bids_and_reports_skips(lakes: dict[str, lake.Lake], tmp_pat
     assert "Traceback" not in bad.output
 
 
+def test_cli_exports_a_named_cohort(lakes: dict[str, lake.Lake], exported: dict[str, Path],
+                                    tmp_path: Path) -> None:
+    """``lake export bids COHORT --out DIR``: the cohort's series, the same files as by SQL,
+    and dataset_description.json names the cohort."""
+    lk = lakes["research"]
+    lk.create_cohort("bids-everything", ALL)
+    out = tmp_path / "cohort"
+    result = CliRunner().invoke(app, ["export", "bids", "bids-everything", "--out", str(out),
+                                      "--lake", lk.root, "--scheduler", "sync", "--quiet"])
+    assert result.exit_code in (0, 4), result.output
+    by_sql = exported["research"]
+    assert _written(out, ".nii.gz") == _written(by_sql, ".nii.gz")
+    assert _written(out, ".json") == _written(by_sql, ".json")
+    (generated,) = json.loads((out / "dataset_description.json").read_text())["GeneratedBy"]
+    assert "BIDS export of bids-everything at catalog version" in generated["Description"]
+
+
 def test_lake_method_delegates(lakes: dict[str, lake.Lake], tmp_path: Path) -> None:
     result = lakes["teaching"].export_bids(
         "SELECT SeriesInstanceUID FROM series WHERE SeriesDescription IS NULL "
