@@ -57,6 +57,11 @@ COMPARED_KEYS = (
     "Manufacturer",
     "MagneticFieldStrength",
     "SeriesNumber",
+    "PercentPhaseFOV",
+    "PercentSampling",
+    "EchoTrainLength",
+    "AcquisitionMatrixPE",
+    "ReconMatrixPE",
 )
 
 _NOT_DICOM = {".nii", ".txt", ".pdf", ".xlsx", ".json", ".md", ".png", ".sh", ".bval", ".bvec"}

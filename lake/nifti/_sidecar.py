@@ -283,6 +283,15 @@ def build_sidecar(
     n_x, n_y = int(assembled.data.shape[3]), int(assembled.data.shape[2])
     recon_pe = n_y if n_x == n_y or phase_axis == "COL" else n_x if phase_axis == "ROW" \
         else None
+    put("PercentPhaseFOV", _six_digits(attribute(ds, frame, "MRFOVGeometrySequence",
+                                                 "PercentPhaseFieldOfView")))
+    put("PercentSampling", _six_digits(attribute(ds, frame, "MRFOVGeometrySequence",
+                                                 "PercentSampling")))
+    train = _number(attribute(ds, frame, "MRTimingAndRelatedParametersSequence",
+                              "EchoTrainLength"))
+    if isinstance(train, int) and train > 1:  # dcm2niix leaves out a train of one
+        put("EchoTrainLength", train)
+    put("AcquisitionMatrixPE", _acquisition_matrix_pe(ds, frame, phase_axis))
     if recon_pe is not None:
         put("ReconMatrixPE", recon_pe)
     put("BandwidthPerPixelPhaseEncode", acquisition.get("bandwidth_per_pixel_phase_encode"))
@@ -313,6 +322,27 @@ def build_sidecar(
     leaked = FORBIDDEN_KEYS.intersection(out)
     assert not leaked, leaked  # the allow-list above never produces these
     return out
+
+
+def _six_digits(value: Any) -> float | int | None:
+    """A number as dcm2niix prints it (``%g``: six significant digits)."""
+    number = _number(value)
+    return None if number is None else _number(f"{number:g}")
+
+
+def _acquisition_matrix_pe(ds: Dataset, frame: int | None, phase_axis: str | None) -> int | None:
+    """Phase-encoding steps of the acquired matrix: the enhanced MR FOV/Geometry macro's
+    (0018,9231), else AcquisitionMatrix (frequency rows, frequency columns, phase rows, phase
+    columns) read along the phase-encoding axis."""
+    steps = _number(attribute(ds, frame, "MRFOVGeometrySequence",
+                              "MRAcquisitionPhaseEncodingStepsInPlane"))
+    if isinstance(steps, int) and steps > 0:
+        return steps
+    matrix = ds.get("AcquisitionMatrix")
+    if phase_axis not in ("ROW", "COL") or matrix is None or len(matrix) != 4:
+        return None
+    value = _number(matrix[3] if phase_axis == "COL" else matrix[2])
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def _excited_together(timing: list[float] | None) -> int:
