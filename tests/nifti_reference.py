@@ -60,8 +60,10 @@ COMPARED_KEYS = (
     "PercentPhaseFOV",
     "PercentSampling",
     "EchoTrainLength",
+    "PhaseEncodingSteps",
     "AcquisitionMatrixPE",
     "ReconMatrixPE",
+    "NumberOfAverages",
 )
 
 _NOT_DICOM = {".nii", ".txt", ".pdf", ".xlsx", ".json", ".md", ".png", ".sh", ".bval", ".bvec"}

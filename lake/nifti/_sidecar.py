@@ -291,6 +291,11 @@ def build_sidecar(
                               "EchoTrainLength"))
     if isinstance(train, int) and train > 1:  # dcm2niix leaves out a train of one
         put("EchoTrainLength", train)
+    steps = _number(attribute(ds, frame, "MRFOVGeometrySequence",
+                              "MRAcquisitionPhaseEncodingStepsInPlane")
+                    or ds.get("NumberOfPhaseEncodingSteps"))
+    if isinstance(steps, int) and steps > 0:
+        put("PhaseEncodingSteps", steps)
     put("AcquisitionMatrixPE", _acquisition_matrix_pe(ds, frame, phase_axis))
     if recon_pe is not None:
         put("ReconMatrixPE", recon_pe)
@@ -300,6 +305,9 @@ def build_sidecar(
         put("ParallelReductionFactorInPlane", _number(round(accel, 6)))
     put("EffectiveEchoSpacing", _rounded(acquisition.get("effective_echo_spacing")))
     put("TotalReadoutTime", _rounded(acquisition.get("total_readout_time")))
+    averages = _number(attribute(ds, frame, "MRAveragesSequence", "NumberOfAverages"))
+    if isinstance(averages, int | float) and averages > 1:  # dcm2niix leaves out one
+        put("NumberOfAverages", averages)
     put("PixelBandwidth", _number(ds.get("PixelBandwidth")))
     put("DwellTime", _rounded(acquisition.get("dwell_time")))
     direction = acquisition.get("phase_encoding_direction")
