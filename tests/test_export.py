@@ -301,7 +301,7 @@ def test_manifest_records_versions_query_profiles_hashes_and_skips(
     }]
     assert manifest["skipped"] == [{
         "series": victim.series_uid, "instance": victim.sop_uid, "reason": "blob_missing",
-        "message": f"pixel blob {victim.pixel_hash} is missing; run 'lake verify'",
+        "message": f"pixel blob {victim.pixel_hash} is missing; verify the lake",
     }]
     assert manifest["counts"]["files"] == len(cohort.members) - 1
     on_disk = {p for p in tree(tmp_path / "out") if p != "manifest.json"}
