@@ -278,7 +278,7 @@ def test_marks(outputs: dict[str, dict[str, Output]]) -> None:
     expected = {
         "basic": {"113100"},
         "research": {"113100", "113105", "113107", "113108", "113109"},
-        "teaching": {"113100", "113101"},
+        "teaching": {"113100", "113101", "113105", "113108"},
     }
     for profile, results in outputs.items():
         for out in results.values():

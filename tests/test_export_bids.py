@@ -199,7 +199,7 @@ def test_generated_session_lands_where_bids_says(profile: str, exported: dict[st
     manifest = _manifest(folder)
     series = manifest["bids"]["series"]  # type: ignore[index]
     names = [Path(f).name for s in series for f in s["files"]]
-    # under every profile (descriptions removed by basic and teaching) the physics decides
+    # under every profile (descriptions removed by basic) the physics decides
     assert any(n.endswith("_T1w.nii.gz") for n in names), names
     bold = sorted(n for n in names if n.endswith("_bold.nii.gz") and "_run-" in n)
     assert len(bold) >= 2, names  # two BOLD runs of one session
@@ -223,7 +223,7 @@ def test_generated_session_lands_where_bids_says(profile: str, exported: dict[st
         side = json.loads(path.read_text())
         assert side["TaskName"] and side["RepetitionTime"] > 0, path.name
     task_names = {json.loads(p.read_text())["TaskName"] for p in folder.rglob("*_bold.json")}
-    if profile == "research":  # descriptions kept (cleaned): task names from them
+    if profile in ("research", "teaching"):  # descriptions kept (cleaned): task names from them
         assert "rest" in task_names, task_names
 
 
@@ -246,7 +246,10 @@ def test_participants_and_scans_hold_what_the_profile_retained(
         times = [line.split("\t")[1] for s in scans for line in s.read_text().splitlines()[1:]]
         assert any(t != "n/a" for t in times)
         assert not any(t.startswith("2021-03-09") for t in times)
-    else:  # basic and teaching remove them
+    elif profile == "teaching":  # sex and age kept, dates removed: no acq_time
+        assert ("F", "47") in values
+        assert header == ["filename"]
+    else:  # basic removes them
         assert values == {("n/a", "n/a")}
         assert header == ["filename"]
     for scan in scans:  # every listed file exists, every data file is listed
@@ -432,7 +435,7 @@ def test_cli_exports_a_named_cohort(lakes: dict[str, lake.Lake], exported: dict[
 
 
 def test_lake_method_delegates(lakes: dict[str, lake.Lake], tmp_path: Path) -> None:
-    result = lakes["teaching"].export_bids(
+    result = lakes["basic"].export_bids(
         "SELECT SeriesInstanceUID FROM series WHERE SeriesDescription IS NULL "
         "AND Modality = 'MR'", tmp_path / "method", scheduler="sync", compress=False)
     assert result.manifest["kind"] == "bids"

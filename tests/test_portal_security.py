@@ -630,3 +630,44 @@ def test_a_steward_sets_a_password_and_the_old_sessions_end(portal: PortalLake, 
     assert old.get("/portal/teaching").status_code == 303  # signed out
     assert sign_in(server, "changer", "second-password-2").get("/portal/teaching"
                                                                ).status_code == 200
+
+
+def test_a_student_sees_what_the_teaching_profile_keeps(tmp_path: Path) -> None:
+    """Issue 12.2 under the built-in ``teaching`` profile itself (the only profile a teaching
+    set may hold): a case shows the patient's sex, age and weight, the body part and the
+    descriptions that name no one, and nothing that identifies."""
+    import lake
+    from lake.access import add_user, mark_teaching_set
+    from lake.ingest import ingest
+    from tests.series import ct_series
+    from tests.web_peers import WebLake
+
+    lk = lake.init(tmp_path / "lake", vault=tmp_path / "vault")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, ds in enumerate(ct_series(3, patient_id="TKN-ID-77", patient_name="Smithers^Quill")):
+        ds.PatientSex, ds.PatientAge, ds.PatientWeight = "M", "061Y", 82
+        ds.BodyPartExamined = "CHEST"
+        ds.StudyDescription = "CT THORAX WITH CONTRAST"
+        ds.SeriesDescription = "AXIAL LUNG Smithers"
+        ds.save_as(folder / f"{i}.dcm", enforce_file_format=True)
+    ingest(lk, [str(folder)], lk.secret(tmp_path / "vault"), profile="teaching",
+           scheduler="sync")
+    lk.refresh()
+    lk.create_cohort("anatomy", "SELECT SeriesInstanceUID FROM series")
+    mark_teaching_set(lk, "anatomy")
+    password = "a-student-password-1"
+    add_user(lk, "pupil", "student", password)
+    with serving(WebLake(lk, tmp_path / "vault")) as (running, _http):
+        student = sign_in(running.url, "pupil", password)
+        page = student.get("/portal/sets/anatomy")
+    assert page.status_code == 200
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.text))
+    assert "Sex M · age 061Y" in text
+    assert "82" in text  # the weight
+    assert "CT · CHEST" in text
+    assert "Study: CT THORAX WITH CONTRAST" in text
+    assert "AXIAL LUNG" in text  # the description, cleaned of the name
+    assert "No patient characteristics retained" not in text
+    for planted in ("Smithers", "Quill", "TKN-ID-77"):
+        assert planted not in page.text
