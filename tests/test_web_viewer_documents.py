@@ -5,10 +5,11 @@ The PDF: OHIF's PDF viewport fetches the document and hands it to the browser in
 ``<object type="application/pdf">``; headless Chromium has no PDF plugin to paint it, so the
 test reads the object's data back and compares it with the served PDF. The video: OHIF's
 viewport paints a frame on its canvas; the canvas must show the clip's colours (the CT series
-of the same study is grey; with the CT series opened instead this check fails). Not proven
-here: that it *plays* (OHIF shows the first frame and does not start by itself; starting it
-needs its cine controls). Skipped without chromium, chromedriver or an installed viewer
-(see tests/test_web_viewer.py).
+of the same study is grey; with the CT series opened instead this check fails). That it plays:
+OHIF's video viewport plays /rendered in an HTMLVideoElement it keeps off the page, so the test
+plays the same URL in the same kind of element on the viewer's origin (time advances, frames
+decode; a wrong URL fails). Not driven: OHIF's own cine control. Skipped without chromium,
+chromedriver or an installed viewer (see tests/test_web_viewer.py).
 """
 
 from __future__ import annotations
@@ -58,6 +59,19 @@ fetch(object.data).then(r => r.arrayBuffer())
 """
 
 
+_PLAY = """
+const url = arguments[0];
+const done = arguments[arguments.length - 1];
+const v = document.createElement('video');
+v.muted = true;
+v.src = url;
+const start = 0;
+v.play().then(() => setTimeout(() => done({start: start, now: v.currentTime, paused: v.paused,
+    width: v.videoWidth, height: v.videoHeight}), 1500))
+  .catch(e => done({failed: String(e), error: v.error && v.error.code}));
+"""
+
+
 def test_ohif_opens_the_pdf_and_shows_the_video(tmp_path: Path) -> None:
     driver: Any = _browser()
     from selenium.webdriver.common.by import By
@@ -98,5 +112,16 @@ def test_ohif_opens_the_pdf_and_shows_the_video(tmp_path: Path) -> None:
 
             _wait_for(coloured)
             driver.save_screenshot(str(ARTEFACTS / "ohif-video.png"))
+            # It plays: OHIF's video viewport (Cornerstone3D's VideoViewport) plays the instance's
+            # /rendered MP4 in an HTMLVideoElement of its own, off the page; the same element
+            # here, on the viewer's origin with the viewer's credentials, plays it: time
+            # advances and decoded frames have the clip's size.
+            (sop,) = web.lake.sql("SELECT SOPInstanceUID FROM instances WHERE "
+                                  f"SeriesInstanceUID = '{series}'").fetchall()[0]
+            url = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}/rendered"
+            probe = driver.execute_async_script(_PLAY, url)
+            assert isinstance(probe, dict) and "failed" not in probe, probe
+            assert not probe["paused"] and probe["now"] > probe["start"] + 0.3, probe
+            assert probe["width"] > 0 and probe["height"] > 0, probe
     finally:
         driver.quit()
