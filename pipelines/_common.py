@@ -105,6 +105,7 @@ OPTIONS: Mapping[str, str] = MappingProxyType({
     "cohorts": "--cohort",
     "filters": "--query",
     "listen": "--port",
+    "no_writers_running": "--no-writers-running",
     "out": "--out",
     "port": "--port",
     "profile": "--profile",

@@ -312,21 +312,40 @@ def compact_command(
 def gc_command(
     lake_root: LakeOption = None,
     grace_hours: Annotated[
-        float, typer.Option(help="Only touch files older than this (work in flight is newer).")
+        float,
+        typer.Option(
+            help="Only touch files older than this: it protects batches in flight, so below "
+            "1 hour it needs --no-writers-running."
+        ),
     ] = 1.0,
+    no_writers_running: Annotated[
+        bool,
+        typer.Option(
+            "--no-writers-running",
+            help="Allow a grace below 1 hour: you make sure no ingest, DICOM receiver or "
+            "upload writes to the lake until gc ends (their files in flight would go).",
+        ),
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go.")] = False,
 ) -> None:
     """Remove what crashes and lost races left and nothing references.
 
     Pixel blobs no row of any version, cohort or spool names; data files no version adds;
-    sealed originals no quarantine row names; temporary files. Safe while ingests run.
+    sealed originals no quarantine row names; temporary files. Safe while ingests run with
+    the grace of at least 1 hour (the default); a shorter one is refused unless
+    --no-writers-running.
     """
     import datetime as dt
 
     from lake.steward import gc
 
     with reported():
-        report = gc(open_lake(lake_root), grace=dt.timedelta(hours=grace_hours), dry_run=dry_run)
+        report = gc(
+            open_lake(lake_root),
+            grace=dt.timedelta(hours=grace_hours),
+            dry_run=dry_run,
+            no_writers_running=no_writers_running,
+        )
     verb = "would remove" if dry_run else "removed"
     out.print(
         f"{verb} {len(report.blobs)} blobs, {len(report.data_files)} data files, "

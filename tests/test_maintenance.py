@@ -81,7 +81,7 @@ def test_gc_removes_only_old_unreferenced_debris(
     assert lk.sql("SELECT count(*) FROM instances").fetchall() == [(12,)]
     assert lk.verify().ok
     cli = subprocess.run(
-        [LAKE, "gc", "--grace-hours", "0", "--dry-run"],
+        [LAKE, "gc", "--grace-hours", "0", "--no-writers-running", "--dry-run"],  # none runs
         env=dict(os.environ, LAKE_ROOT=str(lake_root)),
         capture_output=True,
         text=True,

@@ -7,7 +7,7 @@ import os
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from lake.store import Location, atomic_write
+from lake.store import Location, atomic_write, reused
 from lake.vault import Secret
 
 __all__ = ["decrypt", "encrypt", "quarantine_key", "store_rejected"]
@@ -38,7 +38,7 @@ def store_rejected(location: Location, data: bytes, key: bytes) -> tuple[str, st
     object_key = f"quarantine/{digest}.sealed"
     path = location.join(object_key)
     fs = location.fs
-    if not fs.exists(path):
+    if not reused(fs, path):  # an old sealed file reused is refreshed for gc's grace
         # Not fsynced one by one (that took a third of the time of quarantining): the batch
         # commit flushes every file of the batch to disk before its rows name them.
         atomic_write(fs, path, encrypt(data, key), fsync=False)

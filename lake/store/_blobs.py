@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from lake._errors import BlobNotFoundError, IntegrityError
-from lake.store._fs import Location, atomic_write
+from lake.store._fs import Location, atomic_write, reused
 
 __all__ = ["BlobStore", "blob_key"]
 
@@ -85,13 +85,16 @@ class BlobStore:
     ) -> tuple[str, bool]:
         """Like :meth:`put`, also telling whether the blob was newly written.
 
+        A blob already stored is marked as used now (:func:`lake.store.reused`), so that
+        ``lake gc`` does not take it for an old orphan while the batch reusing it is in flight.
+
         With ``durable=False`` the blob is not fsync'd: the caller batches that with
         :func:`lake.store.flush` before committing rows that reference it.
         """
         key = key or blob_key(data)
         path = self.path_of(key)
         fs = self.location.fs
-        if fs.exists(path):
+        if reused(fs, path):  # refreshed: gc's grace counts from this reuse
             return key, False
         atomic_write(fs, path, bytes(data), fsync=durable)
         return key, True

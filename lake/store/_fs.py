@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # fsspec is imported when a root is first resolved (issue 14.1)
     import fsspec
 
-__all__ = ["Location", "atomic_write", "flush", "resolve"]
+__all__ = ["Location", "atomic_write", "flush", "resolve", "reused"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,31 @@ def atomic_write(
                 os.unlink(tmp)
     else:
         fs.pipe_file(path, data)
+
+
+def reused(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """Whether ``path`` exists; if it does, it is marked as used now (for ``lake gc``).
+
+    A content-addressed file (a pixel blob, a sealed original) that a batch finds already
+    stored may be an orphan older than gc's grace period, which protects the files of
+    batches in flight. On a local filesystem its modification time is set to now, so the
+    grace counts from this reuse (and gc, which checks a file's time again just before
+    removing it, keeps it). Where that is not permitted (another account's file) or not
+    possible (an object store cannot touch an object without rewriting it), the file is
+    only reported present: an orphan reused there is kept only if the batch commits before
+    gc reads the references (see :func:`lake.steward.gc`).
+    """
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(fs, LocalFileSystem):
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return bool(fs.exists(path))
 
 
 def flush(location: Location) -> None:
