@@ -56,7 +56,7 @@ DEFAULT_GRACE = dt.timedelta(hours=1)
 MIN_GRACE = DEFAULT_GRACE
 """The shortest grace :func:`gc` accepts while writers may run (Delta's VACUUM refuses a
 retention below its configured minimum in the same way). A batch in flight is protected by
-the grace alone, so it must outlast any batch: ``lake ingest`` commits every ``batch_size``
+the grace alone, so it must outlast any batch: an ingest commits every ``batch_size``
 instances (1,000 by default; measured ~2 ms per file on this laptop, so seconds), the DICOM
 receiver and STOW-RS every ``commit_every`` instances or ``commit_interval`` seconds (500
 or 2 s by default). An hour leaves three orders of magnitude of margin."""

@@ -86,7 +86,8 @@ class BlobStore:
         """Like :meth:`put`, also telling whether the blob was newly written.
 
         A blob already stored is marked as used now (:func:`lake.store.reused`), so that
-        ``lake gc`` does not take it for an old orphan while the batch reusing it is in flight.
+        :func:`lake.steward.gc` does not take it for an old orphan while the batch reusing
+        it is in flight.
 
         With ``durable=False`` the blob is not fsync'd: the caller batches that with
         :func:`lake.store.flush` before committing rows that reference it.

@@ -103,7 +103,7 @@ def atomic_write(
 
 
 def reused(fs: fsspec.AbstractFileSystem, path: str) -> bool:
-    """Whether ``path`` exists; if it does, it is marked as used now (for ``lake gc``).
+    """Whether ``path`` exists; if it does, it is marked as used now (for garbage collection).
 
     A content-addressed file (a pixel blob, a sealed original) that a batch finds already
     stored may be an orphan older than gc's grace period, which protects the files of
