@@ -87,3 +87,27 @@ def test_ingest_leaves_pydicom_settings_alone(
     summary = lk.ingest([str(samples)], vault=vault_dir)  # auto: small, in this process
     assert summary.ingested > 0
     assert _pydicom_state() == before
+
+
+def test_exports_never_swap_the_process_warning_filters(
+    lk: lake.Lake, vault_dir: Path, samples: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Exports (and the web server's renderers, which run them on threads) stay quiet through
+    lake._capture.capture(), never warnings.catch_warnings(): that swaps process-wide state
+    another thread may be using (issue 14.2)."""
+    from lake.export import export_dicom, export_nifti
+
+    summary = lk.ingest([str(samples)], vault=vault_dir, scheduler="sync")
+    assert summary.ingested > 0
+    lk.refresh()
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("warnings.catch_warnings() used by library code")
+
+    monkeypatch.setattr(warnings, "catch_warnings", refused)
+    before = list(warnings.filters)
+    everything = "SELECT SeriesInstanceUID FROM series"
+    assert export_dicom(lk, everything, tmp_path / "dicom", scheduler="sync").written > 0
+    export_nifti(lk, everything, tmp_path / "nifti", scheduler="sync")
+    assert list(warnings.filters) == before

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from lake._capture import capture
 from lake._errors import BlobNotFoundError, ConfigError, IntegrityError
 from lake.catalog import arrow_dataset
 from lake.export._bids_names import (
@@ -431,8 +431,7 @@ class _BidsPlan:
             for sop, header in zip(table.column(0).to_pylist(), table.column(1).to_pylist(),
                                    strict=True):
                 uid, rank = wanted[sop]
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
+                with capture():
                     found[uid][rank] = dcmread(io.BytesIO(header), force=True)
         return {uid: [ds for _, ds in sorted(by_rank.items())] for uid, by_rank in found.items()}
 
@@ -843,8 +842,7 @@ def write_bids_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
         acquisitions.append(validate_acquisition(stored.get(item.sop_uid, {})))
     if not datasets:
         return result
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with capture():
         try:
             volumes, refusals = series_to_nifti(datasets, acquisitions)
         except Exception as exc:  # noqa: BLE001 - one series must not sink the export; reported

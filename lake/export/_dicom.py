@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -21,6 +20,7 @@ from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from lake._capture import capture
 from lake._errors import BlobNotFoundError, IntegrityError
 from lake.export._cohort import Cohort
 from lake.export._manifest import Skip, StagedFiles, TaskResult
@@ -94,9 +94,8 @@ def reassemble(header: bytes, pixels: bytes | None, pixel_vr: str | None) -> Dat
     pydicom.dataset.Dataset
         With file meta; encapsulated pixel data is marked undefined length.
     """
-    with warnings.catch_warnings():
+    with capture():
         # Parser warnings could quote values; the header is de-identified, but stay quiet.
-        warnings.simplefilter("ignore")
         ds = dcmread(io.BytesIO(header))
     if pixels is not None:
         ds.add_new(_PIXEL_DATA, pixel_vr or "OB", pixels)
@@ -109,8 +108,7 @@ def reassemble(header: bytes, pixels: bytes | None, pixel_vr: str | None) -> Dat
 def encode(ds: Dataset) -> bytes:
     """The Part-10 bytes of a dataset from :func:`reassemble`."""
     out = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with capture():
         dcmwrite(out, ds, enforce_file_format=True)
     return out.getvalue()
 
@@ -157,8 +155,7 @@ def instance_bytes(header: bytes, pixels: bytes | None, pixel_vr: str | None) ->
     """
     if pixels is None:
         return encode(reassemble(header, None, None))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with capture():
         ds = dcmread(io.BytesIO(header))
     syntax = UID(ds.file_meta.get("TransferSyntaxUID", ""))
     # keys(), not iteration: iterating a Dataset would decode every raw element.

@@ -19,7 +19,6 @@ import io
 import json
 import os
 import tomllib
-import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from importlib import resources
@@ -31,6 +30,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.pixels.utils import pixel_array
 
+from lake._capture import capture
 from lake._errors import BlobNotFoundError, ExportError, IntegrityError
 from lake.deid import list_profiles
 from lake.export._cohort import Cohort, resolve
@@ -305,8 +305,7 @@ def preview_png(datasets: Sequence[tuple[Dataset, bytes]], size: int = 1024) -> 
     if chosen is None:
         return None
     ds, raw, frame = chosen
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with capture():
         image = _render(ds, raw, frame)
     if image is None or image.ndim not in (2, 3):
         return None

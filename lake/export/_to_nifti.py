@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lake._capture import capture
 from lake._errors import BlobNotFoundError, ConfigError, IntegrityError
 from lake.catalog import arrow_dataset
 from lake.export._cohort import Cohort, resolve
@@ -95,8 +95,7 @@ def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
     if not datasets:
         return result
     root = Path(ctx.root)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with capture():
         try:
             volumes, refusals = series_to_nifti(datasets, acquisitions)
         except Exception as exc:  # noqa: BLE001 - one series must not sink the export; reported

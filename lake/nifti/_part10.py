@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import io
 import struct
-import warnings
 from collections.abc import KeysView
 from typing import Any, NamedTuple
 
@@ -47,6 +46,8 @@ from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
+
+from lake._capture import capture
 
 __all__ = ["Part10", "Part10Error", "read_part10"]
 
@@ -440,9 +441,8 @@ def read_part10(data: bytes, pixels: bytes | None = None,
 
 
 def _pydicom(data: bytes, pixels: bytes | None, pixel_vr: str | None) -> Dataset:
-    with warnings.catch_warnings():
+    with capture():
         # Parser warnings could quote values; the header is de-identified, but stay quiet.
-        warnings.simplefilter("ignore")
         ds = dcmread(io.BytesIO(data))
     if pixels is not None:
         ds.add_new(_PIXEL_DATA, pixel_vr or "OB", pixels)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import re
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -22,6 +21,7 @@ from pydicom import dcmread
 from starlette.requests import Request
 from starlette.responses import Response
 
+from lake._capture import capture
 from lake.export import document_bytes
 from lake.query import StoredInstance
 from lake.web._media import MediaRange
@@ -96,8 +96,7 @@ class DocumentCache:
                 return found
         if instance is None:
             raise KeyError(key)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with capture():
             data = document_bytes(dcmread(io.BytesIO(instance)), kind)
         with self._lock:
             if key not in self._kept and len(data) <= self._max:

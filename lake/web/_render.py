@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -19,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut, convert_color_space
 from pydicom.pixels.utils import pixel_array
 
+from lake._capture import capture
 from lake._errors import QueryError
 from lake.web._errors import NotAcceptableError
 
@@ -97,16 +97,14 @@ def render(
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with capture():
             ds = dcmread(io.BytesIO(data), stop_before_pixels=True)
             frames = int(ds.get("NumberOfFrames") or 1)
             arr = pixel_array(io.BytesIO(data), index=frame - 1 if frames > 1 else None, raw=True)
     except Exception as exc:  # noqa: BLE001 - codecs and odd pixel modules fail in many ways
         raise NotAcceptableError(f"the image cannot be decoded ({type(exc).__name__})") from None
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with capture():
         if photometric in ("MONOCHROME1", "MONOCHROME2"):
             image = _grey(ds, arr, params.get("window"))
             if photometric == "MONOCHROME1":

@@ -9,7 +9,6 @@ data with pydicom's pixel handlers.
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import UID
 
+from lake._capture import capture
 from lake._errors import IntegrityError
 from lake.export import instance_bytes
 from lake.query import Snapshot, StoredInstance
@@ -91,8 +91,7 @@ def load_bytes(blobs: BlobStore, item: StoredInstance, header: bytes) -> bytes:
 
 
 def _read(data: bytes) -> Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with capture():
         return dcmread(io.BytesIO(data))
 
 
@@ -109,8 +108,7 @@ def as_explicit_le(data: bytes) -> bytes:
     if syntax == EXPLICIT_LE:
         return data
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with capture():
             if syntax.is_compressed:
                 ds.decompress()
             elif not syntax.is_little_endian:
@@ -150,8 +148,7 @@ def frames_of(
         raise NotFoundError("not found")
     syntax = UID(item.transfer_syntax_uid)
     if syntax.is_encapsulated:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with capture():
             every = [bytes(f) for f in generate_frames(pixels, number_of_frames=count)]
         return [every[n - 1] for n in numbers]
     length = _frame_length(item)
