@@ -91,6 +91,7 @@ def _summary(summary: IngestSummary) -> Table:
         ("quarantined", f"{summary.quarantined:,}"),
         ("  of which uid conflicts", f"{summary.conflicts:,}"),
         ("replaced (re-profiled)", f"{summary.replaced:,}"),
+        ("erased (withdrawn, dropped)", f"{summary.erased:,}"),
         ("series mixing patients", f"{summary.mixed_series:,}"),
         ("skipped", f"{sum(summary.sources.skipped.values()):,}"),
         ("bytes read", f"{mb:,.1f} MB"),

@@ -90,7 +90,8 @@ def forget_command(
         spans = sum(len(v) for v in report.unreadable.values())
         out.print(
             f"erasure {report.erasure_id} recorded; catalog version {report.catalog_version}; "
-            f"{spans} range(s) of older versions can no longer be read",
+            f"{spans} range(s) of older versions can no longer be read; whatever of this "
+            f"{chosen.kind} arrives later is dropped when committed",
             highlight=False,
             soft_wrap=True,
         )

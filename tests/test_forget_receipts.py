@@ -5,8 +5,8 @@ receipt journal (``<lake>/spool/dicom-store/receipts/*.journal``, the identified
 sealed) instead of a spool file, ``lake forget`` no longer sees instances received and not yet
 committed. A patient withdrawn while a server holds such records (or after it crashed with
 them) is answered "nothing to erase", and comes back into the lake when the next server
-start commits the journal. Marked xfail (strict) until lake.steward's forget handles the
-journal: the test then passes and the marker must go.
+start commits the journal. Fixed by erasure tombstones (lake.catalog._tombstones): the
+next commit of the journal drops the withdrawn patient's instances and counts them erased.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ LAKE = str(Path(sys.executable).with_name("lake"))
 pytestmark = pytest.mark.network
 
 
-@pytest.mark.xfail(strict=True, reason="lake forget does not reach the receipt journal")
 def test_a_withdrawn_patient_in_the_receipt_journal_does_not_come_back(
     lk: lake.Lake, lake_root: Path, vault_dir: Path, tmp_path: Path
 ) -> None:

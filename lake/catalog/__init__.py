@@ -18,12 +18,14 @@ from lake.catalog._schema import (
     TABLES,
     TEACHING_SETS,
     TOKENS,
+    TOMBSTONES,
     USERS,
     Column,
     Table,
 )
 from lake.catalog._summary import prune_summaries, write_summaries
 from lake.catalog._tables import Decision, DeltaTables, Inserted, Judged, arrow_dataset
+from lake.catalog._tombstones import Tombstones
 
 if TYPE_CHECKING:
     from lake.catalog._extract import dicom_values
@@ -42,6 +44,7 @@ __all__ = [
     "TABLES",
     "TEACHING_SETS",
     "TOKENS",
+    "TOMBSTONES",
     "USERS",
     "BatchJournal",
     "Catalog",
@@ -51,6 +54,7 @@ __all__ = [
     "Inserted",
     "Judged",
     "Table",
+    "Tombstones",
     "arrow_dataset",
     "complete_batches",
     "dicom_values",

@@ -28,6 +28,7 @@ __all__ = [
     "TABLES",
     "TEACHING_SETS",
     "TOKENS",
+    "TOMBSTONES",
     "USERS",
     "Column",
     "Table",
@@ -259,6 +260,12 @@ BATCHES = Table(
             "Instances whose rows this batch replaced ('lake ingest --replace': same object, "
             "another profile); their earlier rows stay in older versions.",
         ),
+        _c(
+            "erased",
+            pa.int64(),
+            "Instances dropped at commit because their patient, study or series was erased "
+            "('lake forget' leaves a tombstone): never added, never quarantined.",
+        ),
     ),
 )
 
@@ -411,6 +418,24 @@ ERASURES = Table(
     ),
 )
 
+TOMBSTONES = Table(
+    "tombstones",
+    "One row per erased patient, study or series ('lake forget'): every commit drops rows "
+    "that match one. Keyed hashes only, never the pseudonym or UID itself.",
+    (
+        _c(
+            "tombstone",
+            pa.string(),
+            "HMAC-SHA256 (a key derived from the lake's secret) of the column and the value "
+            "as stored in the lake (PatientID, StudyInstanceUID or SeriesInstanceUID).",
+        ),
+        _c("kind", pa.string(), "What was erased: patient, study or series."),
+        _c("erasure_id", pa.string(), "The erasure ('erasures' table) that laid it."),
+        _c("laid_at", pa.timestamp("us", tz="UTC"), "When it was recorded."),
+    ),
+    queryable=False,
+)
+
 USERS = Table(
     "users",
     "One row per portal account ('lake users add'); the password is kept only as an Argon2 hash.",
@@ -502,4 +527,5 @@ TABLES: tuple[Table, ...] = (
     USERS,
     SHARES,
     AUDIT,
+    TOMBSTONES,
 )

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from lake.catalog import INSTANCES, BatchJournal, Decision, Judged, record_batch
+from lake.catalog import INSTANCES, BatchJournal, Decision, Judged, Tombstones, record_batch
 from lake.ingest._identity import COMPARED_COLUMNS, identity_sha256, same_object
 from lake.ingest._instance import Accepted, Outcome
 from lake.ingest._quarantine import store_rejected
@@ -48,6 +49,7 @@ class _Counts:
     quarantined: int = 0
     conflicts: int = 0
     replaced: int = 0
+    erased: int = 0
     mixed_series: int = 0
     bytes_in: int = 0
     blobs_written: int = 0
@@ -66,6 +68,9 @@ class BatchResult(_Counts):
     de-identified under another profile); they are not counted as duplicates.
     ``mixed_series`` counts series of the batch whose instances name several patients
     (a modality or PACS error: they are ingested as they are, and reported).
+    ``erased`` counts instances dropped because their patient, study or series was
+    erased (``lake forget``'s tombstones): neither added nor quarantined; pixel blobs
+    written for them are left unreferenced, for ``lake gc``.
     """
 
     batch_id: str = ""
@@ -123,12 +128,19 @@ def commit_batch(
         return read
 
     def plan(judged: Judged) -> Decision:
+        # Read after the snapshot was opened and on every attempt: an erasure that lays a
+        # tombstone after this read commits to instances after the snapshot, so this
+        # commit loses its race and is judged again (lake.catalog._tombstones).
+        tombstones = Tombstones.read(lake.tables, ingestor.tombstone_key)
+        erased = {row[KEY] for _, row in accepted if tombstones.erased(row)}
         stored = {row[KEY]: row for row in judged.existing.to_pylist()}
         conflicts: list[int] = []
         replacing: list[dict[str, Any]] = []
         duplicates = 0
         for position, (index, row) in enumerate(accepted):
             key = row[KEY]
+            if key in erased:
+                continue
             if key in stored:
                 reference, columns = stored[key], stored_columns(key)
             elif first[key] == position:
@@ -143,14 +155,18 @@ def commit_batch(
             else:
                 duplicates += 1
         records = rejected + [sealer.record(index) for index in conflicts]
-        batch.ingested = judged.new.num_rows
+        rows = judged.new
+        if erased:
+            keep = pc.invert(pc.is_in(rows.column(KEY), value_set=pa.array(sorted(erased))))
+            rows = rows.filter(pc.fill_null(keep, True))
+        batch.erased = sum(1 for _, row in accepted if row[KEY] in erased)
+        batch.ingested = rows.num_rows
         batch.duplicates = duplicates
         batch.replaced = len(replacing)
         batch.conflicts = len(conflicts)
         batch.quarantined = len(records)
         batch.reasons = Counter(record["reason"] for record in records)
         journal[:] = [BatchJournal(ingestor.batch_row(batch, started_at), records)]
-        rows = judged.new
         if replacing:
             rows = pa.concat_tables(
                 [rows, pa.Table.from_pylist(replacing, schema=INSTANCES.schema)]

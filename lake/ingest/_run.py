@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from lake._capture import capture
 from lake._errors import InputRefusedError
+from lake.catalog._tombstones import PURPOSE as TOMBSTONE_PURPOSE
 from lake.compute import AUTO, INGEST_CROSSOVER, Runner, Workload
 from lake.deid import Deidentifier, Profile, load_profile
 from lake.ingest._commit import BatchResult, Original, _Counts, commit_batch
@@ -77,6 +78,7 @@ class IngestSummary(_Counts):
             "quarantined",
             "conflicts",
             "replaced",
+            "erased",
             "mixed_series",
             "bytes_in",
             "blobs_written",
@@ -137,6 +139,8 @@ class Ingestor:
             quarantine_key=quarantine_key(secret),
             limits=limits or ReadLimits.from_settings(lake.config.ingest),
         )
+        self.tombstone_key = secret.derive(TOMBSTONE_PURPOSE)
+        """Tests instance rows against the erasure tombstones at commit (``lake forget``)."""
 
     def process(self, data: bytes) -> Outcome:
         """De-identify one instance and store its pixels (no commit)."""
@@ -194,6 +198,7 @@ class Ingestor:
             "actions": sorted(batch.actions.items()),
             "catalog_version": None,  # the commit's own version, known once it is made
             "replaced": batch.replaced,
+            "erased": batch.erased,
         }
 
 

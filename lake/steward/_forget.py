@@ -23,9 +23,21 @@ instances may remain anywhere in the lake. :func:`forget` therefore
    that a re-run after an interruption still finds the UIDs to look for);
 7. records the erasure (kind, counts, when, by whom; no identifier) in ``erasures``.
 
+Before step 1 it lays a *tombstone* for the target (:mod:`lake.catalog._tombstones`): a
+keyed hash of the PatientID, StudyInstanceUID or SeriesInstanceUID as stored, never the
+value itself. From then on every commit of instance rows (``lake ingest``, ``lake serve
+dicom``, ``lake pull``, STOW-RS, documents) drops the target's rows and counts them as
+``erased``: instances received before the erasure and still waiting in a receipt journal
+(even of a server that crashed), files ingested again, a modality sending the patient
+again. The tombstone is recorded before any row is deleted and followed by a commit to
+``instances``, so a commit racing the erasure is judged again with it (proven by
+tests/test_forget_tombstones.py). Their pixel blobs, written before the commit, are left
+unreferenced and removed by ``lake gc``; their sealed originals in a receipt journal are
+deleted once the next commit of that journal drops them. A tombstone is permanent: there
+is no command to lift it (a patient who consents again cannot be re-admitted under the
+same pseudonym).
+
 Every step is idempotent: if the command is interrupted, running it again finishes the job.
-New rows of the same patient committed while it runs (an ingest of their files) are deleted
-too, or the command stops and says so: stop sending their data first.
 """
 
 from __future__ import annotations
@@ -45,6 +57,8 @@ import pyarrow.compute as pc
 from lake._capture import capture
 from lake._errors import CatalogError, ConfigError
 from lake.catalog import AUDIT, COHORTS, ERASURES, INSTANCES, QUARANTINE
+from lake.catalog._tombstones import PURPOSE as TOMBSTONE_PURPOSE
+from lake.catalog._tombstones import lay
 from lake.export._runner import patient_label
 from lake.steward._history import (
     ERASED,
@@ -392,7 +406,12 @@ def forget(lake: Lake, secret: Secret, chosen: Target, *, by: str | None = None)
         re-run), or the logs cannot be scrubbed.
     """
     tables = lake.tables
+    erasure_id = uuid.uuid4().hex
     plan = plan_forget(lake, secret, chosen)
+    # First the tombstone (and the erasure's commit to instances), then the deletes: no
+    # commit can add a row of the target from here on (lake.catalog._tombstones).
+    lay(tables, secret.derive(TOMBSTONE_PURPOSE), chosen.column, [chosen.value],
+        chosen.kind, erasure_id)
     for _ in range(_ATTEMPTS):
         tables.delete(INSTANCES, chosen.predicate)
         plan = plan_forget(lake, secret, chosen)
@@ -433,7 +452,6 @@ def forget(lake: Lake, secret: Secret, chosen: Target, *, by: str | None = None)
         if tables.exists(table.name):
             unreadable[table.name] = unreadable_versions(tables, table)
     version = int(tables.open(INSTANCES.name).version())
-    erasure_id = uuid.uuid4().hex
     tables.append(
         ERASURES,
         [

@@ -1,0 +1,232 @@
+"""Erasure tombstones (issue 15.1): what 'lake forget' erased stays out of the lake, whichever
+way it comes back: the same files ingested again, a modality sending the patient again to
+'lake serve dicom', a commit racing the erasure itself.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import lake
+from lake.catalog import Tombstones
+from lake.ingest import Ingestor
+from lake.steward import forget, target
+from tests.net_peers import dcmtk, free_port, require, wait_port
+from tests.series import write_ct_series
+
+LAKE = str(Path(sys.executable).with_name("lake"))
+SEED = int(os.environ.get("LAKE_STRESS_SEED", "1515"))
+GONE, NAME = "WITHDRAWN-31", "Gone^Greta"
+PHI = (GONE, "Gone", "Greta")
+
+
+def _env(lake_root: Path, vault_dir: Path) -> dict[str, str]:
+    return dict(os.environ, LAKE_ROOT=str(lake_root), LAKE_VAULT=str(vault_dir))
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([LAKE, *args], env=env, capture_output=True, text=True)
+
+
+def _no_phi(*texts: str) -> None:
+    for text in texts:
+        for token in PHI:
+            assert token not in text
+
+
+def _pseudonym(lk: lake.Lake, vault_dir: Path) -> str:
+    return target(lk, lk.secret(vault_dir), original_patient_id=GONE).value
+
+
+def _count(lk: lake.Lake, where: str = "") -> int:
+    lk.refresh()
+    return int(lk.sql(f"SELECT count(*) FROM instances {where}").fetchall()[0][0])
+
+
+def _erased(lk: lake.Lake) -> int:
+    lk.refresh()
+    return int(lk.sql("SELECT coalesce(sum(erased), 0) FROM batches").fetchall()[0][0])
+
+
+def test_forget_then_the_same_files_again_adds_nothing(
+    lk: lake.Lake, lake_root: Path, vault_dir: Path, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "in"
+    write_ct_series(inbox / "gone", 4, patient_id=GONE, patient_name=NAME)
+    write_ct_series(inbox / "kept", 3, patient_id="KEPT-2", patient_name="Kept^Karl")
+    env = _env(lake_root, vault_dir)
+    first = _cli(env, "ingest", str(inbox))
+    assert first.returncode == 0, first.stderr
+    pseudonym = _pseudonym(lk, vault_dir)
+    gone_blobs = {h for (h,) in lk.sql(
+        f"SELECT pixel_hash FROM instances WHERE PatientID = '{pseudonym}' EXCEPT "
+        f"SELECT pixel_hash FROM instances WHERE PatientID <> '{pseudonym}'"
+    ).fetchall()}
+    assert _count(lk) == 7 and gone_blobs
+
+    erased = _cli(env, "forget", "--original-patient-id", GONE, "--yes")
+    assert erased.returncode == 0, erased.stderr
+    again = _cli(env, "ingest", str(inbox))
+    assert again.returncode == 0, again.stderr
+    assert re.search(r"erased \(withdrawn, dropped\)\W+4\b", again.stderr), again.stderr
+    assert _count(lk, f"WHERE PatientID = '{pseudonym}'") == 0
+    assert _count(lk) == 3 and _erased(lk) == 4
+    assert lk.sql("SELECT count(*) FROM quarantine").fetchall() == [(0,)]  # never quarantined
+
+    # A series, by its UID as stored: its files ingested again are dropped too.
+    (series,) = lk.sql("SELECT DISTINCT SeriesInstanceUID FROM instances").fetchall()[0]
+    assert _cli(env, "forget", "--series", series, "--yes").returncode == 0
+    third = _cli(env, "ingest", str(inbox))
+    assert third.returncode == 0, third.stderr
+    assert _count(lk) == 0 and _erased(lk) == 4 + 4 + 3
+
+    # Their blobs, written again by the re-ingests, are unreferenced: verify says so, gc
+    # removes them, and no byte of the tombstones names the pseudonym or the UIDs.
+    verify = _cli(env, "verify")
+    assert verify.returncode == 0, verify.stderr
+    gc = _cli(env, "gc", "--grace-hours", "0")
+    assert gc.returncode == 0, gc.stderr
+    verify = _cli(env, "verify")
+    assert verify.returncode == 0 and "0 unreferenced blobs" in verify.stdout, verify.stdout
+    for path in lake_root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for token in (pseudonym, series, *(h.split(":", 1)[-1] for h in gone_blobs)):
+                assert token.encode() not in data, path.relative_to(lake_root)
+    _no_phi(first.stdout + first.stderr, erased.stdout + erased.stderr,
+            again.stdout + again.stderr, third.stdout + third.stderr, verify.stdout, gc.stdout)
+
+
+def test_a_patient_forgotten_before_it_arrives_is_kept_out(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path
+) -> None:
+    secret = lk.secret(vault_dir)
+    report = forget(lk, secret, target(lk, secret, original_patient_id=GONE))
+    assert report.plan.instances == 0
+    write_ct_series(tmp_path / "in", 5, patient_id=GONE, patient_name=NAME)
+    summary = lk.ingest([str(tmp_path / "in")], vault=vault_dir, scheduler="sync")
+    assert (summary.ingested, summary.erased, summary.quarantined) == (0, 5, 0)
+    assert _count(lk) == 0
+
+
+def test_a_commit_racing_the_erasure_is_judged_again(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worst interleaving, forced: a batch reads the tombstones (none yet), then the
+    whole erasure runs (tombstone, its commit, deletes: nothing of the patient is in the
+    lake yet), then the batch commits. It must lose its compare-and-swap and, judged again
+    with the tombstone, drop the patient's rows."""
+    secret = lk.secret(vault_dir)
+    write_ct_series(tmp_path / "gone", 4, patient_id=GONE, patient_name=NAME)
+    write_ct_series(tmp_path / "kept", 3, patient_id="KEPT-2")
+    ingestor = Ingestor(lk, secret)
+    outcomes = [ingestor.process(p.read_bytes()) for p in sorted(tmp_path.rglob("*.dcm"))]
+    real = Tombstones.read
+    reads: list[int] = []
+
+    def racing(cls: type[Tombstones], tables: object, key: bytes) -> Tombstones:
+        seen = real(tables, key)  # type: ignore[arg-type]
+        reads.append(len(seen.laid))
+        if len(reads) == 1:
+            forget(lk, secret, target(lk, secret, original_patient_id=GONE))
+        return seen
+
+    monkeypatch.setattr(Tombstones, "read", classmethod(racing))
+    batch = ingestor.commit(outcomes)
+    assert reads[0] == 0 and reads[-1] == 1 and len(reads) >= 2  # judged again, with it
+    assert (batch.ingested, batch.erased) == (3, 4)
+    assert _count(lk, f"WHERE PatientID = '{_pseudonym(lk, vault_dir)}'") == 0
+    assert _count(lk) == 3 and lk.verify().ok
+
+
+def test_ingests_racing_an_erasure_leave_nothing_of_the_patient(
+    lk: lake.Lake, lake_root: Path, vault_dir: Path, tmp_path: Path
+) -> None:
+    """Real processes at random moments (seeded): ingests of the patient's files, small
+    batches, while 'lake forget' runs; whatever the interleaving, nothing of the patient
+    stays and the other patient is there exactly once."""
+    rng = random.Random(SEED)
+    env = _env(lake_root, vault_dir)
+    folders = []
+    for i in range(3):
+        folder = tmp_path / f"in{i}"
+        write_ct_series(folder / "gone", rng.randint(4, 8), patient_id=GONE, patient_name=NAME)
+        write_ct_series(folder / "kept", 2, patient_id=f"KEPT-{i}")
+        folders.append(folder)
+    first = _cli(env, "ingest", "-q", str(folders[0]))
+    assert first.returncode == 0, first.stderr
+    ingests = [
+        subprocess.Popen(
+            [LAKE, "ingest", "-q", "--scheduler", "sync", "--batch-size",
+             str(rng.choice([1, 2, 3])), str(folder)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for folder in folders[1:]
+    ]
+    time.sleep(rng.uniform(0.5, 3.0))
+    erased = _cli(env, "forget", "--original-patient-id", GONE, "--yes")
+    outputs = [erased.stdout + erased.stderr]
+    for proc in ingests:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        outputs.append(out + err)
+    assert erased.returncode == 0, erased.stderr
+    assert _count(lk, f"WHERE PatientID = '{_pseudonym(lk, vault_dir)}'") == 0
+    assert lk.sql(
+        "SELECT count(*), count(DISTINCT SOPInstanceUID) FROM instances"
+    ).fetchall() == [(6, 6)]
+    assert lk.verify().ok
+    _no_phi(*outputs)
+
+
+@pytest.mark.network
+def test_a_modality_sending_a_forgotten_patient_again_is_kept_out(
+    lk: lake.Lake, lake_root: Path, vault_dir: Path, tmp_path: Path
+) -> None:
+    require("storescu")
+    write_ct_series(tmp_path / "gone", 4, patient_id=GONE, patient_name=NAME)
+    write_ct_series(tmp_path / "later", 3, patient_id=GONE, patient_name=NAME)  # new study
+    write_ct_series(tmp_path / "kept", 2, patient_id="KEPT-2")
+    env = _env(lake_root, vault_dir)
+    port = free_port()
+    server = subprocess.Popen(
+        [LAKE, "serve", "dicom", "--port", str(port), "--commit-every", "2",
+         "--commit-interval", "0.2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_port(port, timeout=120)
+        sent = dcmtk("storescu", "-aec", "LAKE", "+sd", "127.0.0.1", str(port),
+                     tmp_path / "gone")
+        assert sent.returncode == 0, sent.stderr
+        deadline = time.monotonic() + 120
+        while _count(lk) < 4 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _count(lk) == 4
+        erased = _cli(env, "forget", "--original-patient-id", GONE, "--yes")
+        assert erased.returncode == 0, erased.stderr
+        assert _count(lk) == 0
+        for folder in ("gone", "later", "kept"):  # the same instances again, a new study
+            sent = dcmtk("storescu", "-aec", "LAKE", "+sd", "127.0.0.1", str(port),
+                         tmp_path / folder)
+            assert sent.returncode == 0, sent.stderr
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=120)
+    assert server.returncode == 0, err[-2000:]
+    assert _count(lk) == 2
+    assert _count(lk, f"WHERE PatientID = '{_pseudonym(lk, vault_dir)}'") == 0
+    assert _erased(lk) == 7
+    assert lk.sql("SELECT count(*) FROM quarantine").fetchall() == [(0,)]
+    assert not [p for p in (lake_root / "spool").rglob("*.journal") if p.stat().st_size]
+    verify = _cli(env, "verify")
+    assert verify.returncode == 0, verify.stderr
+    _no_phi(out, err, erased.stdout, erased.stderr, verify.stdout, verify.stderr)
