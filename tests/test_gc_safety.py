@@ -7,20 +7,24 @@ caller says no writer runs; a batch that reuses an old orphan blob refreshes it.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 
 import lake
 from lake.steward import gc
 from lake.steward._maintenance import MIN_GRACE
+from lake.store import REFRESH_AFTER, BlobStore, modified_at, resolve
 from tests.series import write_ct_series
 
 LAKE = str(Path(sys.executable).with_name("lake"))
@@ -143,3 +147,27 @@ def test_a_batch_reusing_an_old_orphan_refreshes_it(lk: lake.Lake) -> None:
     assert gc(lk).blobs == [] and lk.blobs.exists(orphan)
     _age(Path(lk.blobs.path_of(orphan)), 5)  # never committed: an orphan again, and it goes
     assert gc(lk).blobs == [orphan] and not lk.blobs.exists(orphan)
+
+
+def test_an_object_store_rewrites_an_old_blob_it_reuses() -> None:
+    """Where a file cannot be touched (fsspec's memory filesystem, like S3), a reused blob
+    older than REFRESH_AFTER is written again, so its time counts from the reuse."""
+    location = resolve(f"memory://gc-safety-{uuid.uuid4().hex}")
+    blobs = BlobStore(location)
+    fs = location.fs
+    data = b"pixels stored by a crashed batch"
+    key = blobs.put(data)
+    path = blobs.path_of(key)
+    try:
+        assert not isinstance(fs, LocalFileSystem)
+        entry = fs.store[path]
+        entry.created = entry.modified = dt.datetime.now(dt.UTC) - dt.timedelta(hours=5)
+        assert modified_at(fs.info(path)) < time.time() - MIN_GRACE.total_seconds()
+        assert blobs.put_new(data) == (key, False)
+        assert modified_at(fs.info(path)) > time.time() - REFRESH_AFTER
+        assert blobs.get(key) == data
+        fresh = modified_at(fs.info(path))
+        assert blobs.put_new(data) == (key, False)  # young: not written again
+        assert modified_at(fs.info(path)) == fresh
+    finally:
+        fs.rm(location.path, recursive=True)

@@ -38,7 +38,7 @@ def store_rejected(location: Location, data: bytes, key: bytes) -> tuple[str, st
     object_key = f"quarantine/{digest}.sealed"
     path = location.join(object_key)
     fs = location.fs
-    if not reused(fs, path):  # an old sealed file reused is refreshed for gc's grace
+    if not reused(fs, path, lambda: encrypt(data, key)):  # refreshed for gc's grace
         # Not fsynced one by one (that took a third of the time of quarantining): the batch
         # commit flushes every file of the batch to disk before its rows name them.
         atomic_write(fs, path, encrypt(data, key), fsync=False)

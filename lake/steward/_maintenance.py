@@ -37,6 +37,7 @@ from lake.catalog import (
 )
 from lake.catalog._layout import writer_properties
 from lake.steward._history import data_files, live_files, matching_rows
+from lake.store import modified_at
 
 if TYPE_CHECKING:
     from lake._lake import Lake
@@ -59,7 +60,8 @@ retention below its configured minimum in the same way). A batch in flight is pr
 the grace alone, so it must outlast any batch: an ingest commits every ``batch_size``
 instances (1,000 by default; measured ~2 ms per file on this laptop, so seconds), the DICOM
 receiver and STOW-RS every ``commit_every`` instances or ``commit_interval`` seconds (500
-or 2 s by default). An hour leaves three orders of magnitude of margin."""
+or 2 s by default). A reused file's time is refreshed at once on a local lake, elsewhere
+when older than :data:`lake.store.REFRESH_AFTER` (10 minutes). An hour leaves ample margin."""
 _LOG = "_delta_log"
 
 
@@ -124,16 +126,6 @@ class GcReport:
     sealed: list[str] = field(default_factory=list)
     temporary: list[str] = field(default_factory=list)
     bytes: int = 0
-
-
-def _mtime(info: dict[str, Any]) -> float:
-    for key in ("mtime", "LastModified", "last_modified", "created"):
-        value = info.get(key)
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, dt.datetime):
-            return value.timestamp()
-    return time.time()  # unknown: treat as new, never removed
 
 
 def _files(lake: Lake, *parts: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -222,7 +214,7 @@ def _candidates(lake: Lake, cutoff: float) -> list[_Candidate]:
     found: list[_Candidate] = []
 
     def old(info: dict[str, Any]) -> bool:
-        return _mtime(info) < cutoff
+        return modified_at(info) < cutoff
 
     for path, info in _files(lake, "blobs"):
         name, size = path.rsplit("/", 1)[-1], int(info.get("size") or 0)
@@ -258,8 +250,10 @@ def _candidates(lake: Lake, cutoff: float) -> list[_Candidate]:
 
 def _still_old(lake: Lake, path: str, cutoff: float) -> bool:
     """Whether ``path`` is still there and old: a writer reusing a blob refreshes its time."""
+    fs = lake.location.fs
+    fs.invalidate_cache(path)  # an object store's listing cache holds the time gc listed
     try:
-        return _mtime(dict(lake.location.fs.info(path))) < cutoff
+        return modified_at(dict(fs.info(path))) < cutoff
     except FileNotFoundError:
         return False
 

@@ -95,7 +95,7 @@ class BlobStore:
         key = key or blob_key(data)
         path = self.path_of(key)
         fs = self.location.fs
-        if reused(fs, path):  # refreshed: gc's grace counts from this reuse
+        if reused(fs, path, lambda: bytes(data)):  # refreshed: gc's grace counts from now
             return key, False
         atomic_write(fs, path, bytes(data), fsync=durable)
         return key, True

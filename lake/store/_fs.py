@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -11,7 +14,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # fsspec is imported when a root is first resolved (issue 14.1)
     import fsspec
 
-__all__ = ["Location", "atomic_write", "flush", "resolve", "reused"]
+__all__ = [
+    "REFRESH_AFTER",
+    "Location",
+    "atomic_write",
+    "flush",
+    "modified_at",
+    "resolve",
+    "reused",
+]
 
 
 @dataclass(frozen=True)
@@ -102,17 +113,31 @@ def atomic_write(
         fs.pipe_file(path, data)
 
 
-def reused(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+REFRESH_AFTER = 600.0
+"""Seconds after which a reused file's time is refreshed where that means rewriting it."""
+
+
+def modified_at(info: Mapping[str, Any]) -> float:
+    """A file's modification time (POSIX seconds) from fsspec's ``info``; now if unknown."""
+    for key in ("mtime", "LastModified", "last_modified", "modified", "created"):
+        value = info.get(key)
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, dt.datetime):
+            return value.timestamp()
+    return time.time()  # unknown: treated as new (never taken for an old orphan)
+
+
+def reused(fs: fsspec.AbstractFileSystem, path: str, content: Callable[[], bytes]) -> bool:
     """Whether ``path`` exists; if it does, it is marked as used now (for garbage collection).
 
     A content-addressed file (a pixel blob, a sealed original) that a batch finds already
     stored may be an orphan older than gc's grace period, which protects the files of
-    batches in flight. On a local filesystem its modification time is set to now, so the
-    grace counts from this reuse (and gc, which checks a file's time again just before
-    removing it, keeps it). Where that is not permitted (another account's file) or not
-    possible (an object store cannot touch an object without rewriting it), the file is
-    only reported present: an orphan reused there is kept only if the batch commits before
-    gc reads the references (see :func:`lake.steward.gc`).
+    batches in flight; its time must count from this reuse. On a local filesystem it is
+    touched. Where that is not possible (an object store cannot touch an object; another
+    account's file) and the file is older than :data:`REFRESH_AFTER`, ``content()`` (the
+    same content, or equivalent) is written again in its place. :func:`lake.steward.gc`
+    checks a file's time again just before removing it.
     """
     from fsspec.implementations.local import LocalFileSystem
 
@@ -122,9 +147,16 @@ def reused(fs: fsspec.AbstractFileSystem, path: str) -> bool:
         except FileNotFoundError:
             return False
         except PermissionError:
+            pass  # not ours to touch: rewritten below if old
+        else:
             return True
-        return True
-    return bool(fs.exists(path))
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return False
+    if modified_at(info) < time.time() - REFRESH_AFTER:
+        atomic_write(fs, path, content())
+    return True
 
 
 def flush(location: Location) -> None:
