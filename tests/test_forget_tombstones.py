@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
 
 import lake
 from lake.catalog import Tombstones
@@ -63,9 +65,14 @@ def test_forget_then_the_same_files_again_adds_nothing(
     inbox = tmp_path / "in"
     write_ct_series(inbox / "gone", 4, patient_id=GONE, patient_name=NAME)
     write_ct_series(inbox / "kept", 3, patient_id="KEPT-2", patient_name="Kept^Karl")
+    refused = dcmread(inbox / "gone" / "slice0000.dcm")
+    refused.BurnedInAnnotation = "YES"  # the basic profile refuses burned-in text
+    refused.SOPInstanceUID = generate_uid()
+    refused.save_as(inbox / "gone" / "burned.dcm")
     env = _env(lake_root, vault_dir)
     first = _cli(env, "ingest", str(inbox))
-    assert first.returncode == 0, first.stderr
+    assert first.returncode == 3, first.stderr  # one file quarantined
+    assert lk.sql("SELECT count(*) FROM quarantine").fetchall() == [(1,)]
     pseudonym = _pseudonym(lk, vault_dir)
     gone_blobs = {h for (h,) in lk.sql(
         f"SELECT pixel_hash FROM instances WHERE PatientID = '{pseudonym}' EXCEPT "
@@ -76,18 +83,19 @@ def test_forget_then_the_same_files_again_adds_nothing(
     erased = _cli(env, "forget", "--original-patient-id", GONE, "--yes")
     assert erased.returncode == 0, erased.stderr
     again = _cli(env, "ingest", str(inbox))
-    assert again.returncode == 0, again.stderr
-    assert re.search(r"erased \(withdrawn, dropped\)\W+4\b", again.stderr), again.stderr
+    assert again.returncode == 0, again.stderr  # the refused file too: erased, not quarantined
+    assert re.search(r"erased \(withdrawn, dropped\)\W+5\b", again.stderr), again.stderr
     assert _count(lk, f"WHERE PatientID = '{pseudonym}'") == 0
-    assert _count(lk) == 3 and _erased(lk) == 4
-    assert lk.sql("SELECT count(*) FROM quarantine").fetchall() == [(0,)]  # never quarantined
+    assert _count(lk) == 3 and _erased(lk) == 5
+    assert lk.sql("SELECT count(*) FROM quarantine").fetchall() == [(0,)]
+    assert not list((lake_root / "quarantine").glob("*.sealed"))  # its original is deleted
 
     # A series, by its UID as stored: its files ingested again are dropped too.
     (series,) = lk.sql("SELECT DISTINCT SeriesInstanceUID FROM instances").fetchall()[0]
     assert _cli(env, "forget", "--series", series, "--yes").returncode == 0
     third = _cli(env, "ingest", str(inbox))
     assert third.returncode == 0, third.stderr
-    assert _count(lk) == 0 and _erased(lk) == 4 + 4 + 3
+    assert _count(lk) == 0 and _erased(lk) == 5 + 5 + 3
 
     # Their blobs, written again by the re-ingests, are unreferenced: verify says so, gc
     # removes them, and no byte of the tombstones names the pseudonym or the UIDs.

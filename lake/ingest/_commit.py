@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import uuid
@@ -17,6 +18,7 @@ from lake.catalog import INSTANCES, BatchJournal, Decision, Judged, Tombstones, 
 from lake.ingest._identity import COMPARED_COLUMNS, identity_sha256, same_object
 from lake.ingest._instance import Accepted, Outcome
 from lake.ingest._quarantine import store_rejected
+from lake.ingest._withdrawn import refused_identity
 from lake.store import BlobStore, flush
 
 if TYPE_CHECKING:
@@ -69,8 +71,9 @@ class BatchResult(_Counts):
     ``mixed_series`` counts series of the batch whose instances name several patients
     (a modality or PACS error: they are ingested as they are, and reported).
     ``erased`` counts instances dropped because their patient, study or series was
-    erased (``lake forget``'s tombstones): neither added nor quarantined; pixel blobs
-    written for them are left unreferenced, for ``lake gc``.
+    erased (``lake forget``'s tombstones): neither added nor quarantined (a refused file's
+    sealed original is read to tell whose it is, and deleted); pixel blobs written for
+    them are left unreferenced, for ``lake gc``.
     """
 
     batch_id: str = ""
@@ -118,6 +121,8 @@ def commit_batch(
     flush(lake.location)  # blobs of this batch reach the disk before rows name them
 
     sealer = _Sealer(ingestor, originals, batch.batch_id, now)
+    refused = _Refused(ingestor)
+    withdrawn: list[dict[str, Any]] = []  # refused files of erased patients: not recorded
     blobs = BlobStore(lake.location)
     journal: list[BatchJournal] = []
 
@@ -133,6 +138,7 @@ def commit_batch(
         # commit loses its race and is judged again (lake.catalog._tombstones).
         tombstones = Tombstones.read(lake.tables, ingestor.tombstone_key)
         erased = {row[KEY] for _, row in accepted if tombstones.erased(row)}
+        withdrawn[:] = [r for r in rejected if tombstones and refused.erased(r, tombstones)]
         stored = {row[KEY]: row for row in judged.existing.to_pylist()}
         conflicts: list[int] = []
         replacing: list[dict[str, Any]] = []
@@ -154,12 +160,13 @@ def commit_batch(
                 replacing.append(row)
             else:
                 duplicates += 1
-        records = rejected + [sealer.record(index) for index in conflicts]
+        records = [r for r in rejected if not any(r is w for w in withdrawn)]
+        records += [sealer.record(index) for index in conflicts]
         rows = judged.new
         if erased:
             keep = pc.invert(pc.is_in(rows.column(KEY), value_set=pa.array(sorted(erased))))
             rows = rows.filter(pc.fill_null(keep, True))
-        batch.erased = sum(1 for _, row in accepted if row[KEY] in erased)
+        batch.erased = sum(1 for _, row in accepted if row[KEY] in erased) + len(withdrawn)
         batch.ingested = rows.num_rows
         batch.duplicates = duplicates
         batch.replaced = len(replacing)
@@ -177,6 +184,7 @@ def commit_batch(
         INSTANCES, candidates, key=KEY, fetch=COMPARED_COLUMNS, plan=plan, commit_empty=True
     )
     batch.catalog_version = result.version
+    refused.discard(withdrawn)
     (written,) = journal
     written.batch["catalog_version"] = result.version
     record_batch(lake.tables, written)
@@ -196,6 +204,32 @@ def _columns_of(row: dict[str, Any]) -> Callable[[tuple[str, ...]], dict[str, An
         return {c: row.get(c) for c in columns}
 
     return read
+
+
+class _Refused:
+    """Whether refused files belong to something erased, each sealed original read once."""
+
+    def __init__(self, ingestor: Ingestor) -> None:
+        self.context = ingestor.context
+        self._identity: dict[str, dict[str, str] | None] = {}
+
+    def erased(self, record: dict[str, Any], tombstones: Tombstones) -> bool:
+        object_key = record.get("object_key")
+        if not object_key:
+            return False  # nothing was kept of it: no one's
+        if object_key not in self._identity:
+            self._identity[object_key] = refused_identity(
+                self.context.location, object_key, self.context.engine,
+                self.context.quarantine_key)
+        identity = self._identity[object_key]
+        return identity is not None and tombstones.erased(identity)
+
+    def discard(self, records: Sequence[dict[str, Any]]) -> None:
+        """Delete the sealed originals of ``records`` (refused files of erased patients)."""
+        fs = self.context.location.fs
+        for object_key in {r["object_key"] for r in records}:
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm_file(self.context.location.join(object_key))
 
 
 class _Sealer:

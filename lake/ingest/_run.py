@@ -140,7 +140,7 @@ class Ingestor:
             limits=limits or ReadLimits.from_settings(lake.config.ingest),
         )
         self.tombstone_key = secret.derive(TOMBSTONE_PURPOSE)
-        """Tests instance rows against the erasure tombstones at commit (``lake forget``)."""
+        """Tests instance rows against the erasure tombstones at commit (lake.steward.forget)."""
 
     def process(self, data: bytes) -> Outcome:
         """De-identify one instance and store its pixels (no commit)."""

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
-import io
 import re
 import uuid
 from collections.abc import Callable, Iterable
@@ -54,7 +53,6 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lake._capture import capture
 from lake._errors import CatalogError, ConfigError
 from lake.catalog import AUDIT, COHORTS, ERASURES, INSTANCES, QUARANTINE
 from lake.catalog._tombstones import PURPOSE as TOMBSTONE_PURPOSE
@@ -156,38 +154,19 @@ class _Matcher:
         self.key = quarantine_key(secret)
 
     def pseudonym(self, original: str) -> str:
-        from pydicom.dataset import Dataset
+        from lake.ingest._withdrawn import pseudonym
 
-        ds = Dataset()
-        ds.PatientID = original
-        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-        ds.SOPInstanceUID = "1.2.3"
-        self.engine.apply(ds)
-        return str(ds.get("PatientID", ""))
+        return pseudonym(self.engine, original)
 
     def stored_values(self, sealed: bytes) -> dict[str, set[str]] | None:
         """PatientID, StudyInstanceUID, SeriesInstanceUID of a sealed original, as stored."""
-        from pydicom import dcmread
+        from lake.ingest._withdrawn import sealed_identity, stored_identity
 
-        from lake.ingest import decrypt
-
-        # pydicom's warnings and log records quote original values: captured, never shown.
-        with capture():
-            try:
-                ds = dcmread(io.BytesIO(decrypt(sealed, self.key)), force=True,
-                             stop_before_pixels=True)
-                values = {k: str(ds.get(k, "") or "").strip() for k in _KINDS.values()}
-            except Exception:  # noqa: BLE001 - a refused file may be anything: no one's
-                return None
-            out: dict[str, set[str]] = {}
-            for column, original in values.items():
-                if not original:
-                    continue
-                if column == "PatientID":
-                    out[column] = {original, self.pseudonym(original)}
-                else:
-                    out[column] = {original, self.engine.uid(original)}
-        return out
+        original = sealed_identity(sealed, self.key)
+        if original is None:
+            return None
+        stored = stored_identity(self.engine, original)
+        return {column: {value, stored[column]} for column, value in original.items()}
 
 
 @dataclass
