@@ -64,6 +64,7 @@ COMPARED_KEYS = (
     "AcquisitionMatrixPE",
     "ReconMatrixPE",
     "NumberOfAverages",
+    "FrequencyEncodingSteps",
 )
 
 _NOT_DICOM = {".nii", ".txt", ".pdf", ".xlsx", ".json", ".md", ".png", ".sh", ".bval", ".bvec"}

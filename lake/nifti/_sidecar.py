@@ -297,6 +297,10 @@ def build_sidecar(
     if isinstance(steps, int) and steps > 0:
         put("PhaseEncodingSteps", steps)
     put("AcquisitionMatrixPE", _acquisition_matrix_pe(ds, frame, phase_axis))
+    frequency = _number(attribute(ds, frame, "MRFOVGeometrySequence",
+                                  "MRAcquisitionFrequencyEncodingSteps"))
+    if isinstance(frequency, int) and frequency > 0:
+        put("FrequencyEncodingSteps", frequency)
     if recon_pe is not None:
         put("ReconMatrixPE", recon_pe)
     put("BandwidthPerPixelPhaseEncode", acquisition.get("bandwidth_per_pixel_phase_encode"))
