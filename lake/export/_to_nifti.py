@@ -84,13 +84,14 @@ def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
     acquisitions = []
     for item in task.items:
         try:
-            # the converter's fast reader (pydicom for what it does not handle)
-            datasets.append(
-                read_part10(item.header, load_pixels(blobs, item.pixel_hash), item.pixel_vr)
-            )
+            # the converter's fast reader (pydicom for what it does not handle), quiet
+            with capture():
+                dataset = read_part10(item.header, load_pixels(blobs, item.pixel_hash),
+                                      item.pixel_vr)
         except (BlobNotFoundError, IntegrityError) as exc:
             result.skipped.append(blob_skip(task, item, exc))
             continue
+        datasets.append(dataset)
         acquisitions.append(validate_acquisition(stored.get(item.sop_uid, {})))
     if not datasets:
         return result

@@ -47,8 +47,6 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from lake._capture import capture
-
 __all__ = ["Part10", "Part10Error", "read_part10"]
 
 
@@ -418,6 +416,13 @@ def read_part10(data: bytes, pixels: bytes | None = None,
     -------
     Part10 or pydicom.dataset.Dataset
 
+    Warns
+    -----
+    UserWarning
+        What pydicom warns about bytes it reads itself (damaged or unusual ones); such
+        warnings can quote values, so callers holding sensitive data scope them (the lake's
+        exports read inside ``lake._capture.capture()``).
+
     Examples
     --------
     >>> from pydicom.data import get_testdata_file
@@ -441,9 +446,9 @@ def read_part10(data: bytes, pixels: bytes | None = None,
 
 
 def _pydicom(data: bytes, pixels: bytes | None, pixel_vr: str | None) -> Dataset:
-    with capture():
-        # Parser warnings could quote values; the header is de-identified, but stay quiet.
-        ds = dcmread(io.BytesIO(data))
+    # pydicom's parser warnings can quote values: callers scope them (the lake's exports read
+    # inside lake._capture.capture()); this package depends on nothing of the lake but errors
+    ds = dcmread(io.BytesIO(data))
     if pixels is not None:
         ds.add_new(_PIXEL_DATA, pixel_vr or "OB", pixels)
         syntax = UID(ds.file_meta.get("TransferSyntaxUID", ""))
