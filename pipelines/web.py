@@ -74,6 +74,12 @@ def serve_web(
                      help="The address clients use (behind a reverse proxy): the base of "
                           "returned URLs. Default: lake.json or the listening address."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers",
+                     help="Processes de-identifying STOW-RS instances (0: the server's own "
+                          "threads). Default: lake.json or 2."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No access log.")] = False,
 ) -> None:
     """Serve DICOMweb (QIDO-RS, WADO-RS, STOW-RS) below /dicomweb and OHIF at /viewer.
@@ -107,6 +113,7 @@ def serve_web(
             viewer_dir=viewer_dir,
             request_timeout=request_timeout,
             public_url=public_url,
+            workers=workers,
         )
         if not quiet:
             handler = logging.StreamHandler()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import multiprocessing
 import socket
 import subprocess
 import sys
@@ -175,6 +176,40 @@ def test_study_in_the_path_must_match(web: WebLake, live: tuple[WebServer, httpx
     original = str(dcmread(io.BytesIO(files[0])).StudyInstanceUID)
     assert _post(live, web, _body(files[0]), path="/1.2.3.4").status_code == 409
     assert _post(live, web, _body(files[0]), path=f"/{original}").status_code == 200
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_deidentified_alike_in_worker_processes_or_not(web: WebLake, tmp_path: Path,
+                                                     workers: int) -> None:
+    """``workers`` processes (the default, 2) or the server's own threads (0): each stored
+    instance is what ``lake ingest`` makes of it, committed before the response."""
+    folder = tmp_path / "ct"
+    write_ct_series(folder, 4, patient_id=f"STOW-W{workers}", patient_name="Stow^Workers")
+    files = [p.read_bytes() for p in sorted(folder.glob("*.dcm"))]
+    before = set(multiprocessing.active_children())
+    with serving(web, workers=workers) as live:
+        spawned = set(multiprocessing.active_children()) - before
+        assert len(spawned) == workers and all(p.is_alive() for p in spawned)
+        response = _post(live, web, _body(*files))
+        assert response.status_code == 200, response.text
+        sops = {item["00081155"]["Value"][0] for item in response.json()["00081199"]["Value"]}
+        web.lake.refresh()  # committed before the response
+        ingestor = Ingestor(web.lake, web.lake.secret(web.vault))
+        for data in files:
+            row = ingestor.process(data).row  # type: ignore[union-attr]
+            assert row["SOPInstanceUID"] in sops
+            stored = web.lake.sql("SELECT header_dicom FROM instances WHERE SOPInstanceUID = "
+                                  f"'{row['SOPInstanceUID']}'").fetchall()
+            assert stored == [(row["header_dicom"],)]
+    assert not any(p.is_alive() for p in spawned)  # stopped with the server
+
+
+def test_workers_setting_is_checked() -> None:
+    from lake.web import WebConfig
+
+    with pytest.raises(lake.ConfigError, match="workers"):
+        WebConfig(workers=-1)
+    assert WebConfig.from_settings({"workers": 0}).workers == 0
 
 
 _CRASH_AFTER_STORING = """

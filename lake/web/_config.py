@@ -76,6 +76,10 @@ class WebConfig:
         Open connections at most (also kept below half the process's file-descriptor
         limit); beyond it the connection waiting longest for its request is closed, or,
         when all are busy, the new one is answered 503.
+    workers : int
+        Processes de-identifying STOW-RS instances (spawned at start-up, as ``lake serve
+        dicom``'s): they use the other cores and never hold the server's GIL; 0
+        de-identifies on the server's own threads.
     public_url : str, optional
         The server's address as clients reach it (``https://pacs.example.org/lake`` behind
         a reverse proxy): the base of every URL the server returns (RetrieveURL,
@@ -97,6 +101,7 @@ class WebConfig:
     request_timeout: float = 10.0
     max_connections: int = 1000
     public_url: str | None = None
+    workers: int = 2
 
     def __post_init__(self) -> None:
         if not 0 <= int(self.port) <= 65535:
@@ -106,6 +111,8 @@ class WebConfig:
         for name in ("max_request_bytes", "max_instance_bytes", "commit_every", "max_connections"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"invalid {name}: it must be a positive number")
+        if int(self.workers) < 0:
+            raise ConfigError("invalid workers: it must be 0 or more")
         for name in ("commit_interval", "request_timeout"):
             if float(getattr(self, name)) <= 0:
                 raise ConfigError(f"invalid {name}: it must be a positive number of seconds")

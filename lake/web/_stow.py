@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +70,8 @@ class StoreResult:
 
 
 class Store:
-    """The STOW-RS side of a server: ingestor, durable spool, committer.
+    """The STOW-RS side of a server: its :class:`lake.net.Intake` (receipt journal,
+    de-identification in ``config.workers`` processes, batched commits).
 
     Parameters
     ----------
@@ -80,15 +80,19 @@ class Store:
     secret : Secret
         The lake's secret (de-identification keys).
     config : WebConfig
-        Profile, limits, commit cadence.
+        Profile, limits, commit cadence, worker processes.
+
+    Raises
+    ------
+    NetError
+        If a worker process cannot start.
     """
 
     def __init__(self, lake: Lake, secret: Secret, config: WebConfig) -> None:
         self.config = config
         self.ingestor = Ingestor(lake, secret, config.profile, source="stow")
         self.intake = Intake(self.ingestor, secret, "stow", every=config.commit_every,
-                             interval=config.commit_interval)
-        self._lock = threading.Lock()
+                             interval=config.commit_interval, workers=config.workers)
         self.recovered = self.intake.start()
 
     @property
@@ -101,24 +105,21 @@ class Store:
         self.intake.close()
 
     def store(self, part: Part, study: str | None, result: StoreResult) -> None:
-        """De-identify, store and spool one part; record the outcome in ``result``."""
+        """Make one part durable, de-identify it; record the outcome in ``result``."""
         if part.too_large:
             result.failed.append((None, None, OUT_OF_RESOURCES))
             return
         kind = part.headers.get("content-type", _DICOM).split(";")[0].strip().lower()
-        identity = _identity(part.body)
-        engine = self.ingestor.context.engine
-        keyed = engine.uid(identity[1]) if identity[1] else None
         if kind != _DICOM:
-            result.failed.append((identity[0], keyed, CANNOT_UNDERSTAND))
+            self._failed(part, result, CANNOT_UNDERSTAND)
             return
-        if study is not None and identity[2] != study:
-            result.failed.append((identity[0], keyed, DATASET_MISMATCH))
+        if study is not None and _identity(part.body)[2] != study:
+            self._failed(part, result, DATASET_MISMATCH)
             return
         try:
             outcome = self.intake.store(part.body)  # durable (sealed), de-identified, queued
         except NetError:
-            result.failed.append((identity[0], keyed, OUT_OF_RESOURCES))
+            self._failed(part, result, OUT_OF_RESOURCES)
             return
         if isinstance(outcome, Accepted):
             row = outcome.row
@@ -128,7 +129,17 @@ class Store:
             )
         else:
             reason = str(outcome.record.get("reason") or "")
-            result.failed.append((identity[0], keyed, _REASONS.get(reason, REFUSED_BY_PROFILE)))
+            self._failed(part, result, _REASONS.get(reason, REFUSED_BY_PROFILE))
+
+    def _failed(self, part: Part, result: StoreResult, reason: int) -> None:
+        """Record a failed part, named by the UID the lake would give it (never the sender's).
+
+        The sent identity is read only here: parsing every stored part a second time cost
+        0.36 ms of CPU per 512x512 CT instance, ~10% of the server process's share.
+        """
+        sop_class, sop, _study = _identity(part.body)
+        keyed = self.ingestor.context.engine.uid(sop) if sop else None
+        result.failed.append((sop_class, keyed, reason))
 
     def commit(self) -> None:
         """Commit what is pending now (a failure leaves it spooled, committed later)."""
