@@ -238,3 +238,42 @@ def test_a_modality_sending_a_forgotten_patient_again_is_kept_out(
     verify = _cli(env, "verify")
     assert verify.returncode == 0, verify.stderr
     _no_phi(out, err, erased.stdout, erased.stderr, verify.stdout, verify.stderr)
+
+
+@pytest.mark.network
+def test_stow_of_a_forgotten_patient_is_kept_out(
+    lk: lake.Lake, lake_root: Path, vault_dir: Path, tmp_path: Path
+) -> None:
+    """STOW-RS commits through its own front door (intake 'stow'): the same tombstone holds."""
+    import httpx
+
+    from lake.access import create_token
+    from tests.test_concurrent_front_doors import MULTIPART, _web_address
+
+    write_ct_series(tmp_path / "gone", 3, patient_id=GONE, patient_name=NAME)
+    write_ct_series(tmp_path / "kept", 2, patient_id="KEPT-2")
+    secret = lk.secret(vault_dir)
+    forget(lk, secret, target(lk, secret, original_patient_id=GONE))
+    _, token = create_token(lk, "steward")
+    env = _env(lake_root, vault_dir)
+    web = subprocess.Popen([LAKE, "serve", "web", "--port", "0"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    answers = []
+    try:
+        url = _web_address(web)
+        with httpx.Client(base_url=url, timeout=120) as http:
+            for path in sorted(tmp_path.rglob("*.dcm")):
+                body = (b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + path.read_bytes()
+                        + b"\r\n--XyZ--\r\n")
+                response = http.post("/dicomweb/studies", content=body, headers={
+                    "Authorization": f"Bearer {token}", "Content-Type": MULTIPART})
+                assert response.status_code == 200, response.text[:500]
+                answers.append(response.text)
+    finally:
+        web.send_signal(signal.SIGTERM)
+        out, err = web.communicate(timeout=120)
+    assert web.returncode == 0, err[-2000:]
+    assert _count(lk) == 2 and _erased(lk) == 3
+    assert _count(lk, f"WHERE PatientID = '{_pseudonym(lk, vault_dir)}'") == 0
+    assert lk.verify().ok
+    _no_phi(out, err, *answers)
