@@ -23,7 +23,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 import lake
 from lake.steward import gc
-from lake.steward._maintenance import MIN_GRACE
+from lake.steward._maintenance import MIN_GRACE, _remove_if_old
 from lake.store import REFRESH_AFTER, BlobStore, modified_at, resolve
 from tests.series import write_ct_series
 
@@ -171,3 +171,20 @@ def test_an_object_store_rewrites_an_old_blob_it_reuses() -> None:
         assert modified_at(fs.info(path)) == fresh
     finally:
         fs.rm(location.path, recursive=True)
+
+
+def test_a_blob_refreshed_after_the_listing_is_put_back(lk: lake.Lake) -> None:
+    """gc renames a doomed blob aside before reading its time: a writer's refresh made before
+    (here: after gc's listing, before its removal) is seen and the blob put back."""
+    orphan = lk.blobs.put(b"an orphan a batch in flight is reusing")
+    path = Path(lk.blobs.path_of(orphan))
+    _age(path, 5)
+    cutoff = time.time() - MIN_GRACE.total_seconds()
+    assert gc(lk, dry_run=True).blobs == [orphan]  # listed as old ...
+    assert lk.blobs.put_new(b"an orphan a batch in flight is reusing") == (orphan, False)
+    assert not _remove_if_old(lk, str(path), cutoff)  # ... refreshed since: kept
+    assert lk.blobs.get(orphan) == b"an orphan a batch in flight is reusing"
+    _age(path, 5)
+    assert _remove_if_old(lk, str(path), cutoff) and not path.exists()
+    assert not _remove_if_old(lk, str(path), cutoff)  # gone already: nothing to do
+    assert [p.name for p in path.parent.iterdir()] == []  # nothing left aside

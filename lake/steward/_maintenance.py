@@ -18,7 +18,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -248,14 +250,35 @@ def _candidates(lake: Lake, cutoff: float) -> list[_Candidate]:
     return found
 
 
-def _still_old(lake: Lake, path: str, cutoff: float) -> bool:
-    """Whether ``path`` is still there and old: a writer reusing a blob refreshes its time."""
+def _remove_if_old(lake: Lake, path: str, cutoff: float) -> bool:
+    """Remove ``path`` if it is still older than ``cutoff``; whether it was removed.
+
+    A batch that reuses a stored blob or sealed original refreshes its time
+    (:func:`lake.store.reused`). On a local lake the file is first renamed aside, atomically,
+    and its time read there: a refresh made before the rename is seen (the file is put
+    back), one after it finds no file and writes it again. Elsewhere the time is read again
+    just before the removal.
+    """
     fs = lake.location.fs
+    if lake.location.is_local:
+        aside = f"{path.rsplit('/', 1)[0]}/.tmp-gc-{uuid.uuid4().hex}"
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        if os.stat(aside).st_mtime < cutoff:
+            os.unlink(aside)
+            return True
+        os.replace(aside, path)  # refreshed by a writer: put back (same content either way)
+        return False
     fs.invalidate_cache(path)  # an object store's listing cache holds the time gc listed
     try:
-        return modified_at(dict(fs.info(path))) < cutoff
+        if modified_at(dict(fs.info(path))) >= cutoff:
+            return False
     except FileNotFoundError:
         return False
+    fs.rm_file(path)
+    return True
 
 
 def gc(
@@ -294,7 +317,6 @@ def gc(
 
     complete_batches(lake.tables)  # a batch's journal names quarantine rows: restore them first
     cutoff = time.time() - grace.total_seconds()
-    fs = lake.location.fs
     report = GcReport()
     # 1. what could go (listed first) ...
     candidates = _candidates(lake, cutoff)
@@ -308,22 +330,25 @@ def gc(
     named = _named_sealed(lake)
     doomed: list[_Candidate] = []
     for c in candidates:
+        if (
+            c.kind == "temporary"
+            or (c.kind == "blob" and c.name not in referenced)
+            or (c.kind == "data_file" and c.table in logged and c.name not in logged[c.table])
+            or (c.kind == "sealed" and f"quarantine/{c.name}" not in named)
+        ):
+            doomed.append(c)
+    if not dry_run:  # what a writer refreshed since the listing stays (and is not reported)
+        doomed = [c for c in doomed if _remove_if_old(lake, c.path, cutoff)]
+    for c in doomed:
         if c.kind == "temporary":
             report.temporary.append(c.name)
-        elif c.kind == "blob" and c.name not in referenced:
+        elif c.kind == "blob":
             report.blobs.append(c.name)
-        elif c.kind == "data_file" and c.table in logged and c.name not in logged[c.table]:
+        elif c.kind == "data_file":
             report.data_files.append(f"{c.table}/{c.name}")
-        elif c.kind == "sealed" and f"quarantine/{c.name}" not in named:
-            report.sealed.append(c.name[: -len(".sealed")])
         else:
-            continue
-        doomed.append(c)
+            report.sealed.append(c.name[: -len(".sealed")])
         report.bytes += c.size
-    if not dry_run:
-        for c in doomed:
-            if _still_old(lake, c.path, cutoff):
-                fs.rm_file(c.path)
     return report
 
 
