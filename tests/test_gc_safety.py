@@ -188,3 +188,25 @@ def test_a_blob_refreshed_after_the_listing_is_put_back(lk: lake.Lake) -> None:
     assert _remove_if_old(lk, str(path), cutoff) and not path.exists()
     assert not _remove_if_old(lk, str(path), cutoff)  # gone already: nothing to do
     assert [p.name for p in path.parent.iterdir()] == []  # nothing left aside
+
+
+def test_what_a_killed_gc_left_aside_is_put_back(lk: lake.Lake, tmp_path: Path) -> None:
+    """A gc killed between renaming a file aside and deciding leaves it aside; rows may need
+    it (a writer refreshed it just before). The next gc puts it back instead of deleting it as
+    debris, and drops the aside copy when the file was stored again meanwhile."""
+    folder = tmp_path / "in"
+    write_ct_series(folder, 2)
+    lk.ingest([str(folder)], vault=tmp_path / "vault", scheduler="sync")
+    lk.refresh()
+    needed = [h for (h,) in lk.sql("SELECT pixel_hash FROM instances").fetchall()]
+    first, second = (Path(lk.blobs.path_of(h)) for h in needed)
+    for path in (first, second):  # as a gc killed right after its rename leaves them
+        os.rename(path, path.with_name(".gc-aside-" + path.name))
+        _age(path.with_name(".gc-aside-" + path.name), 5)
+    second.write_bytes(second.with_name(".gc-aside-" + second.name).read_bytes())  # re-stored
+    assert _rows_without_blob(lk) == [needed[0]]
+    gc(lk, grace=dt.timedelta(0), no_writers_running=True)
+    assert _rows_without_blob(lk) == []
+    assert not any(p.name.startswith(".gc-aside-") for p in first.parent.parent.rglob("*"))
+    assert subprocess.run([LAKE, "verify", "--lake", str(lk.location.path)],
+                          capture_output=True).returncode == 0

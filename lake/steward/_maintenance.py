@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -236,7 +235,8 @@ def _candidates(lake: Lake, cutoff: float) -> list[_Candidate]:
                 relative.rsplit("/", 1)[-1].startswith(".tmp-")  # e.g. a summary's, below _summary
             ):
                 found.append(_Candidate("temporary", path, path, size))
-            elif relative.endswith(".parquet") and not relative.startswith("_"):
+            elif (relative.endswith(".parquet") and not relative.startswith("_")
+                  and not relative.rsplit("/", 1)[-1].startswith(".")):
                 # not _delta_log nor _summary: a data file
                 found.append(_Candidate("data_file", path, relative, size, table.name))
     for path, info in _files(lake, "quarantine"):
@@ -245,9 +245,33 @@ def _candidates(lake: Lake, cutoff: float) -> list[_Candidate]:
             continue
         if name.startswith(".tmp-"):
             found.append(_Candidate("temporary", path, path, size))
-        elif name.endswith(".sealed"):
+        elif name.endswith(".sealed") and not name.startswith("."):
             found.append(_Candidate("sealed", path, name, size))
     return found
+
+
+_ASIDE = ".gc-aside-"
+
+
+def _put_back_asides(lake: Lake) -> None:
+    """Put back what a gc killed between renaming a file aside and deciding left aside.
+
+    Such a file may be a blob or sealed original a writer refreshed (reused) just before the
+    rename: rows may need it. When its name is free again it goes back (a later gc judges it
+    anew); when a writer has stored it again meanwhile, the aside copy (same content) goes.
+    """
+    if not lake.location.is_local:
+        return
+    for top in ("blobs", "quarantine", "tables"):
+        for path, _info in _files(lake, top):
+            folder, name = path.rsplit("/", 1)
+            if not name.startswith(_ASIDE):
+                continue
+            original = f"{folder}/{name[len(_ASIDE):]}"
+            if os.path.exists(original):
+                os.unlink(path)
+            else:
+                os.rename(path, original)
 
 
 def _remove_if_old(lake: Lake, path: str, cutoff: float) -> bool:
@@ -261,7 +285,8 @@ def _remove_if_old(lake: Lake, path: str, cutoff: float) -> bool:
     """
     fs = lake.location.fs
     if lake.location.is_local:
-        aside = f"{path.rsplit('/', 1)[0]}/.tmp-gc-{uuid.uuid4().hex}"
+        folder, name = path.rsplit("/", 1)
+        aside = f"{folder}/{_ASIDE}{name}"  # named for what it is: a killed gc's is put back
         try:
             os.rename(path, aside)
         except FileNotFoundError:
@@ -316,6 +341,8 @@ def gc(
     from lake.catalog import complete_batches
 
     complete_batches(lake.tables)  # a batch's journal names quarantine rows: restore them first
+    if not dry_run:
+        _put_back_asides(lake)
     cutoff = time.time() - grace.total_seconds()
     report = GcReport()
     # 1. what could go (listed first) ...
