@@ -277,3 +277,24 @@ def test_stow_of_a_forgotten_patient_is_kept_out(
     assert _count(lk, f"WHERE PatientID = '{_pseudonym(lk, vault_dir)}'") == 0
     assert lk.verify().ok
     _no_phi(out, err, *answers)
+
+
+def test_a_forgotten_patients_studies_stay_out_under_a_corrected_patient_id(
+    lk: lake.Lake, lake_root: Path, vault_dir: Path, tmp_path: Path
+) -> None:
+    """The same studies sent again after a Patient ID correction (a new pseudonym) are the
+    forgotten patient's all the same: their keyed Study Instance UIDs are tombstoned too."""
+    inbox = tmp_path / "in"
+    write_ct_series(inbox / "gone", 3, patient_id=GONE, patient_name=NAME)
+    env = _env(lake_root, vault_dir)
+    assert _cli(env, "ingest", str(inbox)).returncode == 0
+    gone = _cli(env, "forget", "--original-patient-id", GONE, "--yes")
+    assert gone.returncode == 0, gone.stderr
+    for path in (inbox / "gone").iterdir():  # the MRN corrected at the PACS, then re-sent
+        ds = dcmread(path)
+        ds.PatientID = GONE + "-CORRECTED"
+        ds.save_as(path)
+    again = _cli(env, "ingest", str(inbox))
+    assert again.returncode == 0, again.stderr
+    assert _count(lk) == 0 and _erased(lk) == 3
+    _no_phi(gone.stdout, gone.stderr, again.stdout, again.stderr)

@@ -189,6 +189,7 @@ class ErasurePlan:
     _tokens: set[str] = field(default_factory=set, repr=False)
     _blobs: set[str] = field(default_factory=set, repr=False)
     _sop_uids: set[str] = field(default_factory=set, repr=False)
+    _studies: set[str] = field(default_factory=set, repr=False)  # studies that go whole
     _sealed: dict[str, str] = field(default_factory=dict, repr=False)  # sha256 -> object key
     _spool: dict[str, list[Any]] = field(default_factory=dict, repr=False)
     _cohorts: list[dict[str, Any]] = field(default_factory=list, repr=False)
@@ -251,6 +252,7 @@ def plan_forget(lake: Lake, secret: Secret, chosen: Target) -> ErasurePlan:
     plan.series, plan.studies = len(series), len(studies)
     spooled_blobs = _spooled(lake, chosen, plan, kept)
     plan._sop_uids = values["SOPInstanceUID"]
+    plan._studies = studies
     plan._blobs = (values["pixel_hash"] | spooled_blobs) - kept["pixel_hash"]
     plan.blobs = len(plan._blobs)
     _quarantined(lake, secret, chosen, plan)
@@ -391,6 +393,11 @@ def forget(lake: Lake, secret: Secret, chosen: Target, *, by: str | None = None)
     # commit can add a row of the target from here on (lake.catalog._tombstones).
     lay(tables, secret.derive(TOMBSTONE_PURPOSE), chosen.column, [chosen.value],
         chosen.kind, erasure_id)
+    if chosen.kind == "patient" and plan._studies:
+        # The patient's studies too: sent again under a corrected Patient ID (a new
+        # pseudonym), they keep their keyed Study Instance UIDs.
+        lay(tables, secret.derive(TOMBSTONE_PURPOSE), "StudyInstanceUID", plan._studies,
+            "study", erasure_id)
     for _ in range(_ATTEMPTS):
         tables.delete(INSTANCES, chosen.predicate)
         plan = plan_forget(lake, secret, chosen)
