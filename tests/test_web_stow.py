@@ -47,7 +47,9 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> WebLake:
 
 @pytest.fixture(scope="module")
 def live(web: WebLake) -> Iterator[tuple[WebServer, httpx.Client]]:
-    with serving(web) as pair:
+    # No background commit within a test: what a read sees right after a STOW-RS response,
+    # the read itself committed (lake.web._guard.read_your_writes).
+    with serving(web, commit_interval=3600) as pair:
         yield pair
 
 
@@ -60,6 +62,11 @@ def files(tmp_path: Path) -> list[bytes]:
 
 def _steward(web: WebLake) -> dict[str, str]:
     return {"Authorization": f"Bearer {web.tokens['steward']}"}
+
+
+def _read_through(live: tuple[WebServer, httpx.Client], web: WebLake) -> None:
+    """A read through the server: it commits what STOW-RS stored before it answers."""
+    assert live[1].get("/dicomweb/studies?limit=1", headers=_steward(web)).status_code == 200
 
 
 def _post(live: tuple[WebServer, httpx.Client], web: WebLake, body: bytes, path: str = "",
@@ -78,7 +85,8 @@ def test_round_trip_with_dicomweb_client(web: WebLake, live: tuple[WebServer, ht
     originals = {str(dcmread(io.BytesIO(f)).SOPInstanceUID) for f in files}
     assert not sops & originals  # the lake's UIDs, never the sender's
     study = response.RetrieveURL.rsplit("/", 1)[-1]
-    # Searchable right away (committed before the response), by the de-identified UID.
+    # Searchable right away through the same server (the search commits what the response
+    # acknowledged first: no background commit in this module), by the de-identified UID.
     found = client.search_for_instances(study_instance_uid=study)
     assert {i["00080018"]["Value"][0] for i in found} == sops
     web.lake.refresh()
@@ -102,6 +110,7 @@ def test_round_trip_with_dicomweb_client(web: WebLake, live: tuple[WebServer, ht
     # Storing again is idempotent: same UIDs, nothing new.
     again = client.store_instances([dcmread(io.BytesIO(f)) for f in files])
     assert {str(r.ReferencedSOPInstanceUID) for r in again.ReferencedSOPSequence} == sops
+    _read_through(live, web)
     web.lake.refresh()
     count = web.lake.sql(f"SELECT count(*) FROM instances WHERE StudyInstanceUID = '{study}'")
     assert count.fetchall()[0][0] == 3
@@ -118,6 +127,7 @@ def test_partial_failure_is_202_with_phi_free_reasons(
     (failed,) = body["00081198"]["Value"]
     assert failed["00081197"]["Value"] == [0xC000]
     assert "STOW" not in response.text and "Stow" not in response.text
+    _read_through(live, web)
     web.lake.refresh()
     assert web.lake.sql("SELECT count(*) FROM quarantine").fetchall()[0][0] == before + 1
 
@@ -182,7 +192,7 @@ def test_study_in_the_path_must_match(web: WebLake, live: tuple[WebServer, httpx
 def test_deidentified_alike_in_worker_processes_or_not(web: WebLake, tmp_path: Path,
                                                      workers: int) -> None:
     """``workers`` processes (the default, 2) or the server's own threads (0): each stored
-    instance is what ``lake ingest`` makes of it, committed before the response."""
+    instance is what ``lake ingest`` makes of it, committed once a read asks."""
     folder = tmp_path / "ct"
     write_ct_series(folder, 4, patient_id=f"STOW-W{workers}", patient_name="Stow^Workers")
     files = [p.read_bytes() for p in sorted(folder.glob("*.dcm"))]
@@ -193,7 +203,8 @@ def test_deidentified_alike_in_worker_processes_or_not(web: WebLake, tmp_path: P
         response = _post(live, web, _body(*files))
         assert response.status_code == 200, response.text
         sops = {item["00081155"]["Value"][0] for item in response.json()["00081199"]["Value"]}
-        web.lake.refresh()  # committed before the response
+        _read_through(live, web)  # commits what the response acknowledged
+        web.lake.refresh()
         ingestor = Ingestor(web.lake, web.lake.secret(web.vault))
         for data in files:
             row = ingestor.process(data).row  # type: ignore[union-attr]
@@ -271,6 +282,7 @@ def test_malformed_multipart_is_400_and_loses_nothing_else(
     response = _post(live, web, body)
     assert response.status_code == 400
     assert "closing boundary" in response.json()["error"]
+    _read_through(live, web)
     web.lake.refresh()
     ingestor = Ingestor(web.lake, web.lake.secret(web.vault))
     for data in files[:2]:

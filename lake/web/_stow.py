@@ -3,9 +3,12 @@
 Every part goes to :meth:`lake.ingest.Ingestor.process` (same profile, same keys, same
 quarantine as ``lake ingest`` and C-STORE), after it is durable, sealed, in the receipt
 journal of :class:`lake.net.Intake` (``<lake>/spool/stow``; on an object store its outcome
-is spooled instead); the request's instances are committed to the catalog before the
-response, so a search right after sees them. A crash loses nothing acknowledged: the next
-start commits what the journal holds. A UID conflict is quarantined with its sealed
+is spooled instead). The response does not wait for the catalog commit: the committer
+commits every ``commit_interval`` seconds, and every other route of the server commits
+what is pending before it reads (:meth:`Store.catch_up`, called by
+:func:`lake.web._guard.route`), so a search through the same server right after the
+response sees the instances. A crash loses nothing acknowledged: the next start commits
+what the journal holds. A UID conflict is quarantined with its sealed
 original. Limits hold while the body streams in. The response is the PS3.18 store
 response; failure reasons are status codes and fixed texts (never a value from the
 instance); failed instances are named by the UID the lake would have given them.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Store", "stow_routes"]
 
+_LOG = logging.getLogger(__name__)
 _DICOM = "application/dicom"
 _IN_FLIGHT = 8
 _IN_FLIGHT_BYTES = 256 * 2**20
@@ -141,12 +146,24 @@ class Store:
         keyed = self.ingestor.context.engine.uid(sop) if sop else None
         result.failed.append((sop_class, keyed, reason))
 
-    def commit(self) -> None:
-        """Commit what is pending now (a failure leaves it spooled, committed later)."""
+    @property
+    def pending(self) -> int:
+        """Stored instances (acknowledged) not committed to the catalog yet."""
+        return self.intake.committer.pending
+
+    def catch_up(self) -> None:
+        """Commit what is pending now, so a read sees every instance acknowledged so far.
+
+        Instances still being de-identified were not acknowledged yet and are not waited
+        for. A failed commit is logged (by its type) and left to the committer, which
+        retries it: the instances stay durable in the receipt journal, and the read sees the
+        catalog as committed.
+        """
         try:
-            self.intake.flush()
-        except Exception:  # noqa: BLE001 - durable in the journal; the committer retries
-            return
+            self.intake.committer.flush()
+        except Exception as exc:  # noqa: BLE001 - durable in the journal; the committer retries
+            _LOG.error("committing stored instances before a read failed (%s); the committer "
+                       "retries", type(exc).__name__)
 
 
 def _identity(data: bytes) -> tuple[str | None, str | None, str | None]:
@@ -256,9 +273,10 @@ async def stow(request: Request, grant: Grant) -> Response:
                 tasks.append(asyncio.create_task(store_part(part)))
         reader.finish()
     finally:
+        # Every part is durable (journal) and de-identified once its task is done: the
+        # response does not wait for the catalog commit (reads through this server commit
+        # first; the committer commits within commit_interval).
         await asyncio.gather(*tasks)
-        if result.stored or result.failed:
-            await run_in_threadpool(store.commit)
     if not result.stored and not result.failed:
         from lake._errors import QueryError
 
