@@ -33,6 +33,7 @@ def test_a_withdrawn_patient_in_the_receipt_journal_does_not_come_back(
 ) -> None:
     require("storescu")
     write_ct_series(tmp_path / "in", 3, patient_id="WITHDRAWN-7", patient_name="Gone^Greta")
+    write_ct_series(tmp_path / "in" / "kept", 2, patient_id="KEPT-8", patient_name="Kept^Karl")
     env = dict(os.environ, LAKE_ROOT=str(lake_root), LAKE_VAULT=str(vault_dir))
     port = free_port()
     server = subprocess.Popen(
@@ -42,7 +43,7 @@ def test_a_withdrawn_patient_in_the_receipt_journal_does_not_come_back(
     )
     try:
         wait_port(port, timeout=120)
-        stored = dcmtk("storescu", "-aec", "LAKE", "+sd", "127.0.0.1", str(port),
+        stored = dcmtk("storescu", "-aec", "LAKE", "+sd", "+r", "127.0.0.1", str(port),
                        tmp_path / "in")
         assert stored.returncode == 0, stored.stderr
     finally:
@@ -52,8 +53,16 @@ def test_a_withdrawn_patient_in_the_receipt_journal_does_not_come_back(
     forget = subprocess.run([LAKE, "forget", "--original-patient-id", "WITHDRAWN-7", "--yes"],
                             env=env, capture_output=True, text=True)
     assert forget.returncode == 0, forget.stderr
+    # No byte of the withdrawn patient stays in the stopped server's journal, even sealed:
+    # its records are gone, the other patient's are kept (and durable) for the next start.
+    from lake.net import ReceiptJournal
+
+    held = [data for folder in (lake_root / "spool").glob("*/receipts*")
+            for _receipt, data in ReceiptJournal(folder, lk.secret(vault_dir)).leftovers()]
+    assert len(held) == 2 and not any(b"WITHDRAWN-7" in data for data in held)
+    assert all(b"KEPT-8" in data for data in held)
     restarted = DicomServer(lk, lk.secret(vault_dir), ServerConfig(port=0))
     restarted.start()  # commits what the journal holds
     restarted.stop()
     lk.refresh()
-    assert lk.sql("SELECT count(*) FROM instances").fetchall() == [(0,)]
+    assert lk.sql("SELECT count(*) FROM instances").fetchall() == [(2,)]

@@ -19,7 +19,14 @@ if TYPE_CHECKING:
     from lake.deid import Deidentifier
     from lake.store import Location
 
-__all__ = ["IDENTITY", "pseudonym", "refused_identity", "sealed_identity", "stored_identity"]
+__all__ = [
+    "IDENTITY",
+    "original_identity",
+    "pseudonym",
+    "refused_identity",
+    "sealed_identity",
+    "stored_identity",
+]
 
 IDENTITY = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")
 """The columns that say whose an instance is (what lake.steward.forget selects by)."""
@@ -39,12 +46,21 @@ def pseudonym(engine: Deidentifier, original: str) -> str:
 
 def sealed_identity(sealed: bytes, key: bytes) -> dict[str, str] | None:
     """The original PatientID and UIDs of a sealed original (None: unreadable, no one's)."""
+    try:
+        data = decrypt(sealed, key)
+    except Exception:  # noqa: BLE001 - a refused file may be anything: no one's
+        return None
+    return original_identity(data)
+
+
+def original_identity(data: bytes) -> dict[str, str] | None:
+    """The original PatientID and UIDs of an instance as received (None: unreadable)."""
     from pydicom import dcmread
 
     # pydicom's warnings and log records quote original values: captured, never shown.
     with capture():
         try:
-            ds = dcmread(io.BytesIO(decrypt(sealed, key)), force=True, stop_before_pixels=True)
+            ds = dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
             values = {k: str(ds.get(k, "") or "").strip() for k in IDENTITY}
         except Exception:  # noqa: BLE001 - a refused file may be anything: no one's
             return None

@@ -48,6 +48,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -160,9 +161,19 @@ class _Matcher:
 
     def stored_values(self, sealed: bytes) -> dict[str, set[str]] | None:
         """PatientID, StudyInstanceUID, SeriesInstanceUID of a sealed original, as stored."""
-        from lake.ingest._withdrawn import sealed_identity, stored_identity
+        from lake.ingest._withdrawn import sealed_identity
 
-        original = sealed_identity(sealed, self.key)
+        return self._values(sealed_identity(sealed, self.key))
+
+    def received_values(self, data: bytes) -> dict[str, set[str]] | None:
+        """The same of an instance as received (a receipt journal's record)."""
+        from lake.ingest._withdrawn import original_identity
+
+        return self._values(original_identity(data))
+
+    def _values(self, original: dict[str, str] | None) -> dict[str, set[str]] | None:
+        from lake.ingest._withdrawn import stored_identity
+
         if original is None:
             return None
         stored = stored_identity(self.engine, original)
@@ -257,6 +268,7 @@ def plan_forget(lake: Lake, secret: Secret, chosen: Target) -> ErasurePlan:
     plan.blobs = len(plan._blobs)
     _quarantined(lake, secret, chosen, plan)
     _spooled_rejections(lake, plan)
+    plan.spooled += _idle_journals(lake, secret, chosen, drop=False)
     plan._tokens = (
         values["SOPInstanceUID"]
         | series
@@ -317,6 +329,50 @@ def _spooled_rejections(lake: Lake, plan: ErasurePlan) -> None:
         if matched:
             plan._spool.setdefault(name, []).extend(matched)
             plan.spooled += len(matched)
+
+
+def _idle_journals(lake: Lake, secret: Secret, chosen: Target, *, drop: bool) -> int:
+    """Records of ``chosen`` in the receipt journals of front doors that are not running.
+
+    A server that crashed holding received instances keeps them (sealed) in its journal
+    until it starts again. When no process holds a journal, its records of ``chosen`` are
+    counted and, with ``drop``, removed: the other records are appended again (durable),
+    then every old record is released, which deletes the old segments. A crash in between
+    leaves both copies of a kept record: its recovery commits the one instance once (a
+    duplicate is no second row). A running server's journal is left to it: the tombstone
+    drops those rows when it commits, and their records with them.
+    """
+    if not lake.location.is_local:
+        return 0
+    from lake.net import ReceiptJournal
+
+    root = Path(lake.location.path) / "spool"
+    folders = sorted(p for p in root.glob("*/receipts*") if p.is_dir()) if root.is_dir() else []
+    matcher: _Matcher | None = None
+    found = 0
+    for folder in folders:
+        journal = ReceiptJournal(folder, secret)
+        if not journal.try_lock():
+            continue  # a running front door's own
+        try:
+            records = list(journal.leftovers())
+            if not records:
+                continue
+            matcher = matcher or _Matcher(lake, secret)
+            gone = set()
+            for receipt, data in records:
+                values = matcher.received_values(data)
+                if values is not None and chosen.value in values.get(chosen.column, set()):
+                    gone.add(str(receipt))
+            found += len(gone)
+            if drop and gone:
+                for receipt, data in records:
+                    if str(receipt) not in gone:
+                        journal.append(data)
+                journal.committed([receipt for receipt, _data in records])
+        finally:
+            journal.close()
+    return found
 
 
 def _spool_names(lake: Lake) -> list[str]:
@@ -415,6 +471,7 @@ def forget(lake: Lake, secret: Secret, chosen: Target, *, by: str | None = None)
         from lake.net._spool import Spool
 
         Spool(lake.location, name).remove(entries)
+    _idle_journals(lake, secret, chosen, drop=True)
     _withdraw_from_cohorts(lake, plan, tokens)
     # Before the instances' files go: a re-run after an interruption finds the UIDs there.
     _redact_audit(lake, tokens)
