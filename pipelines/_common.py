@@ -136,7 +136,7 @@ COMMANDS: Mapping[str, str] = MappingProxyType({
 })
 """The command that runs each library function an error may name."""
 
-_VALUE = r"=(True\b|'([^'\s]*)'|([A-Z][A-Z_]*)\b)?"
+_VALUE = r"=(True\b|'([^'\s]*)'|([^\s,;:)'\"]+))?"
 
 
 def cli_message(exc: LakeError) -> str:
@@ -152,6 +152,8 @@ def cli_message(exc: LakeError) -> str:
     >>> cli_message(LakeError("pass root=ROOT, replace=True or via='get'",
     ...                       parameters=("root", "replace", "via")))
     'pass --lake ROOT, --replace or --via get'
+    >>> cli_message(LakeError("give port=104", parameters=("port",)))
+    'give --port 104'
     >>> cli_message(LakeError("run Lake.verify()", functions=("Lake.verify",)))
     "run 'lake verify'"
     """

@@ -204,6 +204,13 @@ def test_a_message_without_parameters_is_shown_as_it_is() -> None:
     assert cli_message(plain) == str(plain)
 
 
+def test_every_kind_of_value_stays_apart_from_its_flag() -> None:
+    """A value written after '=' becomes the option's argument, whatever its kind."""
+    error = LakeError("pass port=104, replace=True, root=ROOT or via='get'",
+                      parameters=("port", "replace", "root", "via"))
+    assert cli_message(error) == "pass --port 104, --replace, --lake ROOT or --via get"
+
+
 def test_functions_are_shown_as_commands(tmp_path: Path) -> None:
     with pytest.raises(LakeNotFoundError) as no_lake:
         lake.open(tmp_path / "nowhere")
