@@ -203,23 +203,34 @@ def _named_sealed(lake: Lake) -> set[str]:
 class _Candidate:
     """A file old enough to go if nothing references it (listed before any reference is read)."""
 
-    kind: str  # "blob", "data_file", "sealed" or "temporary"
+    kind: str  # "blob", "data_file", "sealed", "temporary" or "aside" (of a killed gc)
     path: str
     name: str  # how the report names it
     size: int
     table: str = ""
 
 
+_ASIDE = ".gc-aside-"
+"""The prefix of a file gc renamed aside (:func:`_remove_if_old`)."""
+
+
 def _candidates(lake: Lake, cutoff: float) -> list[_Candidate]:
-    """Every file older than ``cutoff`` that gc may remove, before knowing what is referenced."""
+    """Every file older than ``cutoff`` that gc may remove, before knowing what is referenced,
+    and every file a killed gc left aside (:func:`_put_back`), whatever its age."""
     found: list[_Candidate] = []
 
     def old(info: dict[str, Any]) -> bool:
         return modified_at(info) < cutoff
 
+    def aside(path: str, size: int) -> bool:
+        if path.rsplit("/", 1)[-1].startswith(_ASIDE):
+            found.append(_Candidate("aside", path, path, size))
+            return True
+        return False
+
     for path, info in _files(lake, "blobs"):
         name, size = path.rsplit("/", 1)[-1], int(info.get("size") or 0)
-        if not old(info):
+        if aside(path, size) or not old(info):
             continue
         if name.startswith(".tmp-"):
             found.append(_Candidate("temporary", path, path, size))
@@ -228,9 +239,9 @@ def _candidates(lake: Lake, cutoff: float) -> list[_Candidate]:
     for table in TABLES:
         root = lake.location.join("tables", table.name)
         for path, info in _files(lake, "tables", table.name):
-            if not old(info):
-                continue
             relative, size = path[len(root) :].lstrip("/"), int(info.get("size") or 0)
+            if aside(path, size) or not old(info):
+                continue
             if (relative.startswith(f"{_LOG}/") and relative.endswith(".tmp")) or (
                 relative.rsplit("/", 1)[-1].startswith(".tmp-")  # e.g. a summary's, below _summary
             ):
@@ -241,7 +252,7 @@ def _candidates(lake: Lake, cutoff: float) -> list[_Candidate]:
                 found.append(_Candidate("data_file", path, relative, size, table.name))
     for path, info in _files(lake, "quarantine"):
         name, size = path.rsplit("/", 1)[-1], int(info.get("size") or 0)
-        if not old(info):
+        if aside(path, size) or not old(info):
             continue
         if name.startswith(".tmp-"):
             found.append(_Candidate("temporary", path, path, size))
@@ -250,28 +261,20 @@ def _candidates(lake: Lake, cutoff: float) -> list[_Candidate]:
     return found
 
 
-_ASIDE = ".gc-aside-"
 
-
-def _put_back_asides(lake: Lake) -> None:
-    """Put back what a gc killed between renaming a file aside and deciding left aside.
+def _put_back(path: str) -> None:
+    """Put back a file that a gc killed between renaming it aside and deciding left aside.
 
     Such a file may be a blob or sealed original a writer refreshed (reused) just before the
     rename: rows may need it. When its name is free again it goes back (a later gc judges it
     anew); when a writer has stored it again meanwhile, the aside copy (same content) goes.
     """
-    if not lake.location.is_local:
-        return
-    for top in ("blobs", "quarantine", "tables"):
-        for path, _info in _files(lake, top):
-            folder, name = path.rsplit("/", 1)
-            if not name.startswith(_ASIDE):
-                continue
-            original = f"{folder}/{name[len(_ASIDE):]}"
-            if os.path.exists(original):
-                os.unlink(path)
-            else:
-                os.rename(path, original)
+    folder, name = path.rsplit("/", 1)
+    original = f"{folder}/{name[len(_ASIDE):]}"
+    if os.path.exists(original):
+        os.unlink(path)
+    else:
+        os.rename(path, original)
 
 
 def _remove_if_old(lake: Lake, path: str, cutoff: float) -> bool:
@@ -341,12 +344,14 @@ def gc(
     from lake.catalog import complete_batches
 
     complete_batches(lake.tables)  # a batch's journal names quarantine rows: restore them first
-    if not dry_run:
-        _put_back_asides(lake)
     cutoff = time.time() - grace.total_seconds()
     report = GcReport()
     # 1. what could go (listed first) ...
     candidates = _candidates(lake, cutoff)
+    if not dry_run:  # only a local lake's gc renames aside
+        for c in candidates:
+            if c.kind == "aside":
+                _put_back(c.path)
     # 2. ... then what references files: anything committed before this point is kept.
     referenced = _referenced_blobs(lake)
     logged = {
