@@ -107,6 +107,9 @@ def show_command(
 def diff_command(
     a: Annotated[str, typer.Argument(help="First profile (name or path).")],
     b: Annotated[str, typer.Argument(help="Second profile (name or path).")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the differing rules as JSON instead of a table.")
+    ] = False,
 ) -> None:
     """Show the attributes whose action differs between two profiles."""
     from lake.deid import load_profile
@@ -115,6 +118,15 @@ def diff_command(
         pa, pb = load_profile(a), load_profile(b)
         rows_a = {r["field"]: r for r in pa.describe()}
         rows_b = {r["field"]: r for r in pb.describe()}
+        if as_json:
+            differ = [
+                {"field": key, "name": (rows_a.get(key) or rows_b[key])["name"],
+                 "a": _rule(rows_a.get(key)), "b": _rule(rows_b.get(key))}
+                for key in sorted(set(rows_a) | set(rows_b))
+                if _rule(rows_a.get(key)) != _rule(rows_b.get(key))
+            ]
+            typer.echo(json.dumps({"a": pa.name, "b": pb.name, "rules": differ}, indent=1))
+            return
         out.print(f"{pa.name} {pa.version}  vs  {pb.name} {pb.version}", highlight=False)
         only_a = sorted({o.value for o in pa.options} - {o.value for o in pb.options})
         only_b = sorted({o.value for o in pb.options} - {o.value for o in pa.options})
@@ -131,6 +143,11 @@ def diff_command(
                 table.add_row(key, (ra or rb or {}).get("name", ""), left, right)
         out.print(table)
         out.print(f"{changed} attributes differ", highlight=False)
+
+
+def _rule(row: dict[str, str] | None) -> dict[str, str] | None:
+    """The action and effect of one ``describe()`` row (None: the profile has no such rule)."""
+    return None if row is None else {"action": row["action"], "effect": row["effect"]}
 
 
 def _value(elem: DataElement | None, show: bool) -> str:
