@@ -233,24 +233,25 @@ def test_participants_and_scans_hold_what_the_profile_retained(
 ) -> None:
     folder = exported[profile]
     rows = [line.split("\t") for line in (folder / "participants.tsv").read_text().splitlines()]
-    assert rows[0] == ["participant_id", "sex", "age"]
+    assert rows[0] == ["participant_id", "sex", "age", "age_group"]
     subjects = {p.name for p in folder.glob("sub-*") if p.is_dir()}
     assert {r[0] for r in rows[1:]} == subjects
     values = {(r[1], r[2]) for r in rows[1:]}
+    groups = {(r[2], r[3]) for r in rows[1:]}
     scans = list(folder.rglob("*_scans.tsv"))
     assert scans and all(s.parent.name.startswith("ses-") for s in scans)
     header = scans[0].read_text().splitlines()[0].split("\t")
     if profile == "research":  # sex and age kept, dates shifted: acq_time present, not original
-        assert ("F", "47") in values
+        assert ("F", "47") in values and ("47", "40-49") in groups
         assert header == ["filename", "acq_time"]
         times = [line.split("\t")[1] for s in scans for line in s.read_text().splitlines()[1:]]
         assert any(t != "n/a" for t in times)
         assert not any(t.startswith("2021-03-09") for t in times)
     elif profile == "teaching":  # sex and age kept, dates removed: no acq_time
-        assert ("F", "47") in values
+        assert ("F", "47") in values and ("47", "40-49") in groups
         assert header == ["filename"]
     else:  # basic removes them
-        assert values == {("n/a", "n/a")}
+        assert values == {("n/a", "n/a")} and groups == {("n/a", "n/a")}
         assert header == ["filename"]
     for scan in scans:  # every listed file exists, every data file is listed
         listed = {line.split("\t")[0] for line in scan.read_text().splitlines()[1:]}

@@ -317,6 +317,14 @@ def _age_text(years: float | None) -> str:
     return f"{years:.2f}"
 
 
+def _age_group(age: str) -> str:
+    """The ten-year group of a BIDS age (``0-9`` ... ``80-88``, ``89+``, ``n/a``)."""
+    if age in ("n/a", "89+"):
+        return age
+    low = int(float(age)) // 10 * 10
+    return f"{low}-{min(low + 9, 88)}"
+
+
 def _sex_text(sex: str | None) -> str:
     value = (sex or "").strip().upper()
     return value if value in ("M", "F", "O") else "n/a"
@@ -535,7 +543,8 @@ class _BidsPlan:
         files[".bidsignore"] = b"manifest.json\n"
         written = {uid for uid, paths in data_of.items() if paths}
         participants, sessions = self._participants(written)
-        files["participants.tsv"] = _tsv(["participant_id", "sex", "age"], participants)
+        files["participants.tsv"] = _tsv(["participant_id", "sex", "age", "age_group"],
+                                         participants)
         files["participants.json"] = _json(_PARTICIPANTS_JSON)
         dates = any(self.planned[uid].acq_time for uid in written)
         columns = ["session_id", "acq_time", "age"] if dates else ["session_id", "age"]
@@ -688,8 +697,9 @@ class _BidsPlan:
                 firsts.append((row["acq_time"] == "n/a", row["acq_time"],
                                min(ages) if ages else math.inf, row["age"]))
             sessions[subject] = session_rows
-            rows.append([f"sub-{subject}", sexes.pop() if len(sexes) == 1 else "n/a",
-                         min(firsts)[3]])
+            age = min(firsts)[3]
+            rows.append([f"sub-{subject}", sexes.pop() if len(sexes) == 1 else "n/a", age,
+                         _age_group(age)])
         return rows, sessions
 
 
@@ -702,6 +712,11 @@ _PARTICIPANTS_JSON = {
         "Description": "PatientAge at the subject's first exported session, as the profile "
                        "retained it (ages of 89 and over are given as 89+)",
         "Units": "year",
+    },
+    "age_group": {
+        "Description": "The age column in ten-year groups, for sharing where an exact age is too "
+                       "precise: 0-9, 10-19, ..., 80-88, and 89+ (n/a when the profile removed "
+                       "the age)",
     },
 }
 
