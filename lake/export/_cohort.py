@@ -15,17 +15,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake.exceptions import CommitFailedError
 
 from lake._errors import ExportError, IntegrityError, QueryError
 from lake.catalog import COHORTS, arrow_dataset
+from lake.catalog._tables import Decision, Judged
 
 if TYPE_CHECKING:
     from lake._lake import Lake
@@ -43,7 +42,6 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_RETRIES = 20
 
 class Member(NamedTuple):
     """One instance of a cohort (a named tuple: cohorts hold hundreds of thousands).
@@ -384,44 +382,38 @@ def create_cohort(
     ...     "SELECT SeriesInstanceUID FROM series WHERE Modality = 'CT'")  # doctest: +SKIP
     """
     _check_name(name)
-    resolved = resolve_cohort(lake, sql, as_of=as_of)
-    cohort = Cohort(
-        name=name,
-        query=resolved.query,
-        catalog_version=resolved.catalog_version,
-        members=resolved.members,
-        profiles=resolved.profiles,
-        pixel_bytes=resolved.pixel_bytes,
-        description=description,
-        created_at=dt.datetime.now(dt.UTC).replace(microsecond=0),
-        lake_version=resolved.lake_version,
-    )
     tables = lake.tables
     tables.create(COHORTS)
-    data = _row(cohort)
-    for attempt in range(_RETRIES):
-        merge = tables.open(COHORTS.name).merge(
-            data, predicate="t.name = s.name", source_alias="s", target_alias="t"
+    saved: list[Cohort] = []
+
+    def plan(judged: Judged) -> Decision:
+        # The query runs after the snapshot of ``cohorts`` this commit must directly follow
+        # was opened: an erasure that deletes rows after it also commits to ``cohorts``
+        # before it reads them (lake.steward.forget), so either this commit lands first and
+        # the erasure withdraws its members, or it loses and runs the query again on the
+        # catalog without them.
+        resolved = resolve_cohort(lake, sql, as_of=as_of)
+        cohort = Cohort(
+            name=name,
+            query=resolved.query,
+            catalog_version=resolved.catalog_version,
+            members=resolved.members,
+            profiles=resolved.profiles,
+            pixel_bytes=resolved.pixel_bytes,
+            description=description,
+            created_at=dt.datetime.now(dt.UTC).replace(microsecond=0),
+            lake_version=resolved.lake_version,
         )
-        if replace:
-            merge = merge.when_matched_update_all()
-        try:
-            metrics = merge.when_not_matched_insert_all().execute()
-        except CommitFailedError:
-            time.sleep(0.05 * (attempt + 1))
-            continue
-        written = int(metrics.get("num_target_rows_inserted", 0)) + int(
-            metrics.get("num_target_rows_updated", 0)
-        )
-        if written != 1:
+        if judged.new.num_rows == 0 and not replace:
             raise ExportError(
                 f"a cohort named {name!r} exists already; choose another name, or pass "
                 "replace=True to redefine it", parameters=("replace",)
             )
-        return cohort
-    raise ExportError(
-        f"could not save cohort {name!r} after {_RETRIES} attempts (concurrent writers); retry"
-    )
+        saved[:] = [cohort]
+        return Decision(_row(cohort), None, () if judged.new.num_rows else (name,))
+
+    tables.insert_new(COHORTS, [{"name": name}], key="name", plan=plan)
+    return saved[0]
 
 
 def _cohort_rows(lake: Lake, columns: list[str] | None, name: str | None) -> list[dict[str, Any]]:

@@ -56,8 +56,8 @@ import pyarrow.compute as pc
 
 from lake._errors import CatalogError, ConfigError
 from lake.catalog import AUDIT, COHORTS, ERASURES, INSTANCES, QUARANTINE
+from lake.catalog._tombstones import ERASURE_KEY, lay
 from lake.catalog._tombstones import PURPOSE as TOMBSTONE_PURPOSE
-from lake.catalog._tombstones import lay
 from lake.export._runner import patient_label
 from lake.steward._history import (
     ERASED,
@@ -456,6 +456,13 @@ def forget(lake: Lake, secret: Secret, chosen: Target, *, by: str | None = None)
             "study", erasure_id)
     for _ in range(_ATTEMPTS):
         tables.delete(INSTANCES, chosen.predicate)
+        # Then a commit to cohorts, before the plan reads them: a cohort saved on a snapshot
+        # of cohorts older than this commit lands before it (and this plan withdraws its
+        # members), or loses its compare-and-swap and runs its query again on the catalog
+        # after the delete (lake.export.create_cohort).
+        if tables.exists(COHORTS.name):
+            tables.append(COHORTS, COHORTS.schema.empty_table(),
+                          metadata={ERASURE_KEY: erasure_id})
         plan = plan_forget(lake, secret, chosen)
         if plan.live_instances == 0:
             break
@@ -542,28 +549,61 @@ def _withdraw_from_cohorts(lake: Lake, plan: ErasurePlan, tokens: frozenset[str]
     tables = lake.tables
     if not tables.exists(COHORTS.name):
         return
-    if plan._cohorts:
-        version = int(tables.open(INSTANCES.name).version())
-        unreadable = _spans_after_erasure(lake, plan)
+    unreadable = _spans_after_erasure(lake, plan)
+    names = _finder(tokens)
+    withdrawn = {str(row["name"]) for row in plan._cohorts}
+    # Besides the cohorts that held what is erased: those pinned to a version that will
+    # read a removed file (moved to the first version after it: their members are there)
+    # and those whose query or description names what is erased.
+    touched = [
+        row for row in tables.dataset(COHORTS.name).to_table(
+            columns=["name", "catalog_version", *_COHORT_TEXT]).to_pylist()
+        if str(row["name"]) not in withdrawn and (
+            _pin(int(row["catalog_version"]), unreadable) is not None
+            or any(isinstance(row[c], str) and names(row[c]) for c in _COHORT_TEXT))
+    ]
+    if plan._cohorts or touched:
         rows = []
-        for row in plan._cohorts:
+        for row in [*plan._cohorts, *_full_rows(lake, {str(r["name"]) for r in touched})]:
             updated = dict(row)
             updated["query"] = _redacted(str(row["query"] or ""), tokens)
             updated["description"] = _redacted(str(row["description"] or ""), tokens)
-            if any(first <= int(row["catalog_version"]) <= last for first, last in unreadable):
-                updated["catalog_version"] = version
+            updated["catalog_version"] = _pin(int(row["catalog_version"]), unreadable) or int(
+                row["catalog_version"])
             rows.append(updated)
-        names = ", ".join("'" + str(r["name"]).replace("'", "''") + "'" for r in rows)
-        tables.replace_where(COHORTS, rows, f"name IN ({names})")
-    held = matching_rows(tables, COHORTS, ["name", "members"], _holding(plan._sop_uids))
+        listed = ", ".join("'" + str(r["name"]).replace("'", "''") + "'" for r in rows)
+        tables.replace_where(COHORTS, rows, f"name IN ({listed})")
+    held = matching_rows(tables, COHORTS, ["members", *_COHORT_TEXT],
+                         _holding(plan._sop_uids, names))
     erase_files(tables, COHORTS, held, tokens)
 
 
-def _holding(uids: set[str]) -> Any:
+_COHORT_TEXT = ("query", "description")
+
+
+def _pin(version: int, unreadable: list[tuple[int, int]]) -> int | None:
+    """The first version after the unreadable spans holding ``version`` (None: none does)."""
+    moved = version
+    while ends := [last for first, last in unreadable if first <= moved <= last]:
+        moved = max(ends) + 1
+    return moved if moved != version else None
+
+
+def _full_rows(lake: Lake, names: set[str]) -> list[dict[str, Any]]:
+    if not names:
+        return []
+    return [row for row in lake.tables.dataset(COHORTS.name).to_table().to_pylist()
+            if row["name"] in names]
+
+
+def _holding(uids: set[str], names: Callable[[str], bool]) -> Any:
+    """Which cohort rows hold one of ``uids`` or name an erased identifier in their text."""
     def match(rows: pa.Table) -> pa.Array:
+        texts = zip(*(rows.column(c).to_pylist() for c in _COHORT_TEXT), strict=True)
         flags = [
             any(m["SOPInstanceUID"] in uids for m in members or [])
-            for members in rows.column("members").to_pylist()
+            or any(isinstance(v, str) and names(v) for v in text)
+            for members, text in zip(rows.column("members").to_pylist(), texts, strict=True)
         ]
         return pa.array(flags, pa.bool_())
 
