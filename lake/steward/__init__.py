@@ -1,6 +1,15 @@
 """The steward's lifecycle of a lake: erasure (``lake forget``), quarantine review, maintenance."""
 
-from lake.steward._forget import ErasurePlan, ErasureReport, Target, forget, plan_forget, target
+from lake.steward._forget import (
+    EXPORT_MEMBERS,
+    ErasurePlan,
+    ErasureReport,
+    Target,
+    forget,
+    plan_forget,
+    portal_exports,
+    target,
+)
 from lake.steward._maintenance import (
     CompactReport,
     GcReport,
@@ -22,6 +31,7 @@ from lake.steward._quarantine import (
 )
 
 __all__ = [
+    "EXPORT_MEMBERS",
     "CompactReport",
     "ErasurePlan",
     "ErasureReport",
@@ -38,6 +48,7 @@ __all__ = [
     "list_quarantine",
     "locate",
     "plan_forget",
+    "portal_exports",
     "purge",
     "release",
     "show",

@@ -21,7 +21,9 @@ instances may remain anywhere in the lake. :func:`forget` therefore
    (one commit), and the data files of older versions that held the unredacted rows are
    removed from its history as in step 5 (done before the instances' files are removed, so
    that a re-run after an interruption still finds the UIDs to look for);
-7. records the erasure (kind, counts, when, by whom; no identifier) in ``erasures``.
+7. removes the web portal's export jobs (zips and folders below ``<lake>/portal/jobs``)
+   that hold them (:func:`portal_exports`), once nothing of theirs can be read any more;
+8. records the erasure (kind, counts, when, by whom; no identifier) in ``erasures``.
 
 Before step 1 it lays a *tombstone* for the target (:mod:`lake.catalog._tombstones`): a
 keyed hash of the PatientID, StudyInstanceUID or SeriesInstanceUID as stored, never the
@@ -45,6 +47,7 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -194,6 +197,7 @@ class ErasurePlan:
     cohorts: int = 0
     files: int = 0
     audit_rows: int = 0
+    exports: int = 0
     live_instances: int = 0
     # Private working sets (identifiers): used by forget, never shown or stored.
     _rows: dict[str, pa.Table] = field(default_factory=dict, repr=False)
@@ -204,6 +208,7 @@ class ErasurePlan:
     _sealed: dict[str, str] = field(default_factory=dict, repr=False)  # sha256 -> object key
     _spool: dict[str, list[Any]] = field(default_factory=dict, repr=False)
     _cohorts: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    _exports: list[Path] = field(default_factory=list, repr=False)  # portal job folders
 
 
 @dataclass(frozen=True)
@@ -283,7 +288,43 @@ def plan_forget(lake: Lake, secret: Secret, chosen: Target) -> ErasurePlan:
     )
     _cohorts(lake, values["SOPInstanceUID"], plan, gone_all)
     plan.audit_rows = len(_audit_naming(lake, plan._tokens))
+    plan._exports = portal_exports(lake, values["SOPInstanceUID"])
+    plan.exports = len(plan._exports)
     return plan
+
+
+EXPORT_MEMBERS = "members.sop"
+"""The file naming a portal job's members (one SOPInstanceUID a line) in the job's folder.
+
+The portal writes it before its export reads anything; :func:`forget` removes, after the
+erased rows, blobs and data files are gone, every job folder whose list names an erased
+instance (and every folder without one); the portal serves a job's zip only while the list
+is there. So an export either listed its members before the erasure's scan (and is
+removed), or read after the data was gone (and holds nothing of it)."""
+
+
+def portal_exports(lake: Lake, sop_uids: set[str]) -> list[Path]:
+    """The portal's job folders (``<lake>/portal/jobs/run-*/<job>``) holding ``sop_uids``.
+
+    Folders without a member list (a job that has not written it yet, or made by an
+    earlier release) count as holding them: they are temporary, and a job whose folder
+    goes fails and can be started again.
+    """
+    if not sop_uids or not lake.location.is_local:
+        return []
+    root = Path(lake.location.path) / "portal" / "jobs"
+    found = []
+    for folder in sorted(root.glob("run-*/*")):
+        if not folder.is_dir():
+            continue
+        try:
+            listed = (folder / EXPORT_MEMBERS).read_text().split()
+        except FileNotFoundError:
+            found.append(folder)
+            continue
+        if not sop_uids.isdisjoint(listed):
+            found.append(folder)
+    return found
 
 
 def _spooled(lake: Lake, chosen: Target, plan: ErasurePlan, kept: dict[str, set[str]]) -> set[str]:
@@ -498,6 +539,9 @@ def forget(lake: Lake, secret: Secret, chosen: Target, *, by: str | None = None)
             if lake.location.fs.exists(path):
                 lake.location.fs.rm_file(path)
     erase_files(tables, INSTANCES, plan._rows, tokens)
+    # Last, when nothing of theirs can be read any more: the portal's exports holding them.
+    for folder in portal_exports(lake, plan._sop_uids):
+        _remove_tree(folder)
     for table in (INSTANCES, QUARANTINE, COHORTS, AUDIT):
         if tables.exists(table.name):
             unreadable[table.name] = unreadable_versions(tables, table)
@@ -529,6 +573,23 @@ def forget(lake: Lake, secret: Secret, chosen: Target, *, by: str | None = None)
     )
     lake.refresh()
     return ErasureReport(erasure_id, plan, unreadable, version)
+
+
+def _remove_tree(folder: Path) -> None:
+    """Remove ``folder``, also while a job still writes to it (bounded)."""
+    for _ in range(_ATTEMPTS):
+        try:
+            shutil.rmtree(folder)
+        except FileNotFoundError:  # an entry went meanwhile (the job cleaned up)
+            continue
+        if not folder.exists():
+            return
+    if folder.exists():
+        raise CatalogError(
+            "a portal export of what is being forgotten keeps being written; stop "
+            "'lake serve web' and re-run lake.steward.forget()",
+            functions=("lake.steward.forget",)
+        )
 
 
 def _account() -> str:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from lake._errors import ExportError
 from lake.export import Cohort, export_bids, export_dicom, export_nifti, export_teaching
+from lake.steward import EXPORT_MEMBERS
 
 if TYPE_CHECKING:
     from lake._lake import Lake
@@ -45,6 +46,12 @@ def export_zip(lk: Lake, cohort: Cohort, kind: str, folder: Path, progress: Prog
     ExportError
         If the format is unknown or not available, or the export is refused.
     """
+    # Its members first, before anything is read: lake.steward.forget removes the folders
+    # of exports holding what it erases, and the portal serves none without this list.
+    listed = folder / EXPORT_MEMBERS
+    listed.with_name(listed.name + ".partial").write_text(
+        "".join(m.sop_uid + "\n" for m in cohort.members))
+    listed.with_name(listed.name + ".partial").replace(listed)
     out = folder / "export"
     label = cohort.label
     if kind == "teaching":

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lake._errors import LakeError
+from lake.steward import EXPORT_MEMBERS
 
 __all__ = ["Job", "JobCancelledError", "JobRunner"]
 
@@ -65,10 +66,17 @@ class Job:
     def finished(self) -> bool:
         return self.state in ("done", "failed")
 
+    @property
+    def available(self) -> bool:
+        """Whether its zip may be served: made, and not withdrawn by ``lake forget`` (which
+        removes the job's folder with its member list, :data:`lake.steward.EXPORT_MEMBERS`)."""
+        return (self.result is not None and self.result.is_file()
+                and (self.folder / EXPORT_MEMBERS).is_file())
+
     def as_dict(self) -> dict[str, object]:
         """What the progress endpoint answers."""
         return {"id": self.job_id, "state": self.state, "done": self.done, "total": self.total,
-                "error": self.error, "ready": self.result is not None}
+                "error": self.error, "ready": self.available}
 
 
 Work = Callable[[Job, Callable[[int, int], None]], Path]
@@ -115,7 +123,7 @@ class JobRunner:
         with self._lock:
             if shared_key is not None and shared_key in self._shared:
                 known = self._jobs[self._shared[shared_key]]
-                if known.state != "failed":
+                if known.state != "failed" and (known.state != "done" or known.available):
                     return known
             job_id = secrets.token_hex(8)
             job = Job(job_id, kind, cohort, owner, self.folder / job_id, label or cohort)
@@ -147,6 +155,13 @@ class JobRunner:
             with self._lock:
                 job.state, job.result = "done", result
                 job.done = max(job.done, job.total)
+                withdrawn = not job.available  # by an erasure while it ran
+                if withdrawn:
+                    job.state, job.result = "failed", None
+                    job.error = ("an erasure (lake forget) withdrew instances of this export; "
+                                 "start it again")
+            if withdrawn:
+                shutil.rmtree(job.folder, ignore_errors=True)
         with self._lock:
             job.finished_at = dt.datetime.now(dt.UTC)
         if self._on_finish is not None:

@@ -258,7 +258,7 @@ async def job_status(request: Request, grant: Grant) -> Response:
 async def job_download(request: Request, grant: Grant) -> Response:
     """A finished job's zip."""
     job = await run_in_threadpool(_job, request, grant)
-    if job.result is None:
+    if job.result is None or not job.available:
         raise NotFoundError("not found")
     _portal(request).record(event_for(grant.principal, "download", resource_kind="export",
                                       resource=job.job_id, detail=f"{job.kind} of {job.cohort}"))

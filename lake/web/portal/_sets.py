@@ -172,7 +172,7 @@ def _deliver(request: Request, grant: Grant, job: Job, resource_kind: str,
              resource: str) -> Response:
     """The zip when it is ready; otherwise the job's progress page."""
     portal = _portal(request)
-    if job.state == "done" and job.result is not None:
+    if job.state == "done" and job.result is not None and job.available:
         portal.record(event_for(grant.principal, "download", resource_kind=resource_kind,
                                 resource=resource, detail=job.kind))
         return FileResponse(job.result, filename=job.result.name, media_type="application/zip")
