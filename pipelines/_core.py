@@ -25,7 +25,7 @@ from pipelines._common import (
 )
 
 if TYPE_CHECKING:  # heavy imports wait for the command that needs them (issue 14.1)
-    import pyarrow as pa
+    import duckdb
     from rich.progress import Progress
     from rich.table import Table
 
@@ -311,40 +311,40 @@ def sql(
         relation = lk.sql(query, as_of=as_of)
         if relation is None:  # a statement without a result (CREATE VIEW ...): done
             return
-        from lake.catalog import query_error
+        _emit(relation, fmt, output)  # the CLI writes --output itself: DuckDB cannot
 
-        try:
+
+def _emit(relation: duckdb.DuckDBPyRelation, fmt: Format, output: Path | None) -> None:
+    """Print (or write to ``output``) the rows of ``relation`` in ``fmt``.
+
+    The table and JSON formats read DuckDB's Python values (``fetchall``): no pyarrow, no
+    numpy (a quarter of a second of ``lake sql``'s start-up, issue 14.1). Time-zone-aware
+    timestamps come in the connection's time zone, as ``Lake.sql(...).fetchall()`` gives
+    them. CSV and Parquet are written by pyarrow.
+
+    Raises
+    ------
+    QueryError
+        If DuckDB fails while running the query.
+    """
+    from lake.catalog import query_error
+
+    if fmt is Format.parquet and output is None and sys.stdout.isatty():
+        raise lake.ConfigError("parquet output is binary: pass --output FILE or redirect stdout")
+    try:
+        if fmt in (Format.parquet, Format.csv):
             arrow = relation.arrow()
-        except Exception as exc:  # noqa: BLE001 - DuckDB raises many types at execution
-            raise query_error(exc) from None
-        if hasattr(arrow, "read_all"):
-            arrow = arrow.read_all()
-        _emit(arrow, fmt, output)  # the CLI writes --output itself: DuckDB cannot
-
-
-def _emit(arrow: object, fmt: Format, output: Path | None) -> None:
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    assert isinstance(arrow, pa.Table)
-    if fmt is Format.parquet:
-        if output is None and sys.stdout.isatty():
-            raise lake.ConfigError(
-                "parquet output is binary: pass --output FILE or redirect stdout"
-            )
-        sink = io.BytesIO()
-        pq.write_table(arrow, sink)
-        _write_bytes(sink.getvalue(), output)
+            if hasattr(arrow, "read_all"):
+                arrow = arrow.read_all()
+        else:
+            names = list(relation.columns)
+            rows = relation.fetchall()
+    except Exception as exc:  # noqa: BLE001 - DuckDB raises many types at execution
+        raise query_error(exc) from None
+    if fmt in (Format.parquet, Format.csv):
+        _write_bytes(_arrow_bytes(arrow, fmt), output)
         return
-    if fmt is Format.csv:
-        sink = io.BytesIO()
-        pacsv.write_csv(arrow, sink)
-        _write_bytes(sink.getvalue(), output)
-        return
-    rows = list(zip(*_python_columns(arrow), strict=True))
     if fmt is Format.json:
-        names = arrow.column_names
         records = [dict(zip(names, values, strict=True)) for values in rows]
         text = json.dumps(records, default=_json_default, indent=None) + "\n"
         _write_bytes(text.encode(), output)
@@ -352,7 +352,7 @@ def _emit(arrow: object, fmt: Format, output: Path | None) -> None:
     from rich.table import Table
 
     table = Table(show_lines=False)
-    for name in arrow.column_names:
+    for name in names:
         table.add_column(name, overflow="fold")
     for values in rows:
         table.add_row(*("" if v is None else _cell(v) for v in values))
@@ -365,33 +365,18 @@ def _emit(arrow: object, fmt: Format, output: Path | None) -> None:
         out.print(table)
 
 
-def _python_columns(arrow: pa.Table) -> list[list[object]]:
-    """Each column of an Arrow table as Python values (``Table.to_pylist``, by column).
-
-    pyarrow converts a time-zone-aware timestamp through pandas when pandas is installed
-    (importing it costs ~0.3 s of a command's start-up): such columns are read without
-    their zone and given it here with :mod:`zoneinfo`, the same values pyarrow returns.
-    """
-    import datetime as dt
-    import zoneinfo
-
+def _arrow_bytes(arrow: object, fmt: Format) -> bytes:
     import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
 
-    columns: list[list[object]] = []
-    for field, column in zip(arrow.schema, arrow.columns, strict=True):
-        zone: dt.tzinfo | None = None
-        if pa.types.is_timestamp(field.type) and field.type.tz is not None:
-            try:
-                zone = zoneinfo.ZoneInfo(field.type.tz)
-            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-                zone = None  # an offset such as +01:00: pyarrow's own conversion
-        if zone is None:
-            columns.append(column.to_pylist())
-            continue
-        naive = column.cast(pa.timestamp(field.type.unit)).to_pylist()
-        columns.append([None if v is None else v.replace(tzinfo=dt.UTC).astimezone(zone)
-                        for v in naive])
-    return columns
+    assert isinstance(arrow, pa.Table)
+    sink = io.BytesIO()
+    if fmt is Format.parquet:
+        pq.write_table(arrow, sink)
+    else:
+        pacsv.write_csv(arrow, sink)
+    return sink.getvalue()
 
 
 def _cell(value: object) -> str:

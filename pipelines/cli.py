@@ -93,7 +93,7 @@ def demo(
             f"duplicates, {summary.quarantined} quarantined ({summary.elapsed:.1f} s)"
         )
         out.print("\n[bold]cohort query[/]\n" + DEMO_QUERY + "\n", highlight=False)
-        _core._emit(lk.sql(DEMO_QUERY).arrow().read_all(), _core.Format.table, None)
+        _core._emit(lk.sql(DEMO_QUERY), _core.Format.table, None)
         out.print(f'\nTry: lake sql --lake {lake_root} "SELECT * FROM series LIMIT 5"')
         from pipelines.portal import demo_portal
 

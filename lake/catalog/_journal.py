@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-
 from lake.catalog._schema import BATCHES, INSTANCES, QUARANTINE, Table
 from lake.catalog._tables import DeltaTables
 
@@ -54,25 +52,25 @@ class BatchJournal:
 
 def _to_json(table: Table, row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for field in table.schema:
-        value = row.get(field.name)
+    for column in table.columns:  # declared types: no pyarrow needed (issue 14.1)
+        value = row.get(column.name)
         if isinstance(value, dt.datetime):
             value = value.isoformat()
-        elif pa.types.is_map(field.type) and value is not None:
+        elif column.declared.factory == "map_" and value is not None:
             value = [list(pair) for pair in value]
-        out[field.name] = value
+        out[column.name] = value
     return out
 
 
 def _from_json(table: Table, doc: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {}
-    for field in table.schema:
-        value = doc.get(field.name)
-        if pa.types.is_timestamp(field.type) and value is not None:
+    for column in table.columns:
+        value = doc.get(column.name)
+        if column.declared.factory == "timestamp" and value is not None:
             value = dt.datetime.fromisoformat(value)
-        elif pa.types.is_map(field.type) and value is not None:
+        elif column.declared.factory == "map_" and value is not None:
             value = [tuple(pair) for pair in value]
-        row[field.name] = value
+        row[column.name] = value
     return row
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import duckdb
 
@@ -12,7 +13,9 @@ from lake._errors import QueryError
 from lake.catalog._scan import Scan, scan_summaries, scan_table
 from lake.catalog._schema import INSTANCES, TABLES
 from lake.catalog._summary import SERIES_PARTS, STUDY_PARTS, parts_sql, studies_from_series_sql
-from lake.catalog._tables import DeltaTables
+
+if TYPE_CHECKING:
+    from lake.catalog._tables import DeltaTables
 
 __all__ = [
     "Catalog",

@@ -80,7 +80,7 @@ def duckdb_type(type_: pa.DataType) -> str:
 
 
 def _columns_ddl(table: Table) -> str:
-    return ", ".join(f'"{c.name}" {duckdb_type(c.type)}' for c in table.columns)
+    return ", ".join(f'"{c.name}" {c.duckdb_type}' for c in table.columns)
 
 
 def _quote(text: str) -> str:

@@ -9,10 +9,15 @@ named by its exact keyword; the lake's own columns are snake_case.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-
+# Declared with pyarrow's factory names but without importing pyarrow: `lake sql` needs only
+# the DuckDB types (issue 14.1). Column.type and Table.schema give the pyarrow types.
+from lake.catalog import _arrow_types as pa
 from lake.nifti._parameters import PARAMETERS, Kind, Parameter
+
+if TYPE_CHECKING:
+    import pyarrow
 
 __all__ = [
     "ACQUISITION_COLUMNS",
@@ -43,10 +48,20 @@ class Column:
     """One column: name, Arrow type, meaning."""
 
     name: str
-    type: pa.DataType
+    declared: pa.ArrowType
     doc: str
     sql_cast: str | None = None
     """DuckDB type the ``instances`` view casts to, where Delta lacks the type (TIME)."""
+
+    @property
+    def type(self) -> pyarrow.DataType:
+        """The Arrow type (imports pyarrow)."""
+        return self.declared.arrow()
+
+    @property
+    def duckdb_type(self) -> str:
+        """The DuckDB type of the column as DuckDB's Parquet reader gives it (no pyarrow)."""
+        return self.declared.duckdb()
 
 
 @dataclass(frozen=True)
@@ -62,11 +77,14 @@ class Table:
     access code."""
 
     @property
-    def schema(self) -> pa.Schema:
-        return pa.schema([pa.field(c.name, c.type, nullable=True) for c in self.columns])
+    def schema(self) -> pyarrow.Schema:
+        import pyarrow
+
+        return pyarrow.schema([pyarrow.field(c.name, c.type, nullable=True)
+                               for c in self.columns])
 
 
-def _c(name: str, type_: pa.DataType, doc: str) -> Column:
+def _c(name: str, type_: pa.ArrowType, doc: str) -> Column:
     return Column(name, type_, doc)
 
 

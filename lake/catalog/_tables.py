@@ -9,9 +9,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
@@ -24,6 +21,7 @@ from lake.catalog._summary import fs_path, write_summaries
 from lake.store import Location
 
 if TYPE_CHECKING:  # pyarrow.dataset imports pandas (0.3 s): loaded where a dataset is made
+    import pyarrow as pa  # pyarrow and numpy: where rows are read or written, not by lake sql
     import pyarrow.dataset as ds
 
 __all__ = [
@@ -55,6 +53,7 @@ def arrow_dataset(delta: DeltaTable) -> ds.Dataset:
     back; a remote one keeps deltalake's filesystem.
     """
     import pyarrow.dataset as ds
+    import pyarrow.fs as pafs
 
     dataset = delta.to_pyarrow_dataset()
     uri = delta.table_uri
@@ -250,6 +249,8 @@ class DeltaTables:
         what: str,
     ) -> int:
         """One commit of ``rows`` (replacing the rows matching ``replace``), retried."""
+        import pyarrow as pa
+
         data = rows if isinstance(rows, pa.Table) else _table_of(table, rows)
         backoff = Backoff(what)
         while True:
@@ -312,6 +313,9 @@ class DeltaTables:
         -------
         Inserted
         """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         candidates = _unique(rows if isinstance(rows, pa.Table) else _table_of(table, rows), key)
         columns = [key, *[c for c in fetch if c != key]]
         backoff = Backoff(f"commit to {table.name!r}")
@@ -368,6 +372,8 @@ class DeltaTables:
 
         Reads the other columns only from the data files that hold a match.
         """
+        import pyarrow as pa
+
         delta = self.open(table.name)
         fragments = list(arrow_dataset(delta).get_fragments())
         names = [key, *[c for c in columns if c != key]]
@@ -380,6 +386,8 @@ class DeltaTables:
         existing rows) on its first write, and on ``lake init``. Retried (bounded) when
         another writer commits first; a column another writer added meanwhile is fine.
         """
+        import pyarrow as pa
+
         backoff = Backoff(f"upgrade of {table.name!r}")
         changed = False
         while True:
@@ -536,6 +544,8 @@ class Inserted:
 
 
 def _view_type(type_: pa.DataType) -> pa.DataType:
+    import pyarrow as pa
+
     if type_ == pa.string():
         return pa.string_view()
     if type_ == pa.binary():
@@ -549,10 +559,14 @@ def _view_type(type_: pa.DataType) -> pa.DataType:
 
 def view_schema(schema: pa.Schema) -> pa.Schema:
     """``schema`` with ``string_view``/``binary_view`` for every string and binary."""
+    import pyarrow as pa
+
     return pa.schema([f.with_type(_view_type(f.type)) for f in schema], metadata=schema.metadata)
 
 
 def _table_of(table: Table, rows: Sequence[dict[str, Any]]) -> pa.Table:
+    import pyarrow as pa
+
     return pa.Table.from_pylist(list(rows), schema=table.schema)
 
 
@@ -581,6 +595,8 @@ def _matching(
     ``string_view`` columns, whose statistics Arrow cannot compare with a ``string``
     filter; the dataset's declared (Delta) types make Arrow read every file as strings.
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
     key = columns[0]
@@ -611,6 +627,8 @@ def _matching(
 
 def _conform(table: Table, columns: Sequence[str], data: pa.Table) -> pa.Table:
     """``data`` with exactly ``columns``, typed as the table declares (missing ones null)."""
+    import pyarrow as pa
+
     schema = pa.schema([table.schema.field(c) for c in columns])
     arrays = [
         data.column(c).cast(schema.field(c).type)
@@ -622,6 +640,8 @@ def _conform(table: Table, columns: Sequence[str], data: pa.Table) -> pa.Table:
 
 
 def _concat(table: Table, columns: Sequence[str], parts: list[pa.Table]) -> pa.Table:
+    import pyarrow as pa
+
     if not parts:
         return pa.schema([table.schema.field(c) for c in columns]).empty_table()
     return pa.concat_tables(parts)
