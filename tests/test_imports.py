@@ -131,3 +131,23 @@ def test_sql_printing_timestamps_loads_no_pandas(tmp_path: Path, fmt: str) -> No
         assert json.loads(written.read_text())[0]["first_ingested_at"] == ingested.isoformat()
     else:
         assert str(ingested) in written.read_text()
+
+
+def test_small_nifti_export_loads_no_cluster_bids_or_deid(tmp_path: Path) -> None:
+    """`lake export nifti` of a small cohort runs in this process (no dask/distributed) and
+    imports only the NIfTI exporter: not the BIDS rules, the teaching-set renderer or the
+    de-identification engine (lake.export names each exporter lazily)."""
+    from lake.export import create_cohort
+    from tests.series import write_ct_series
+
+    lk = lake.init(tmp_path / "lake", vault=tmp_path / "vault")
+    files = write_ct_series(tmp_path / "ct", n=4)
+    lk.ingest([str(f) for f in files], vault=tmp_path / "vault", scheduler="sync")
+    create_cohort(lk, "small", "SELECT SeriesInstanceUID FROM series")
+    out = tmp_path / "out"
+    args = ["export", "nifti", "small", "--lake", str(tmp_path / "lake"), "--out", str(out), "-q"]
+    modules = _loaded(_RUN_CLI.format(args=args))
+    assert len(list(out.rglob("*.nii"))) == 1  # the export ran
+    assert "lake.export._to_nifti" in modules
+    assert _present(modules, ("dask", "distributed", "lake.deid", "lake.export._bids",
+                              "lake.export._bids_rules", "lake.export._teaching")) == []
