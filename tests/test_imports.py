@@ -151,3 +151,22 @@ def test_small_nifti_export_loads_no_cluster_bids_or_deid(tmp_path: Path) -> Non
     assert "lake.export._to_nifti" in modules
     assert _present(modules, ("dask", "distributed", "lake.deid", "lake.export._bids",
                               "lake.export._bids_rules", "lake.export._teaching")) == []
+
+
+@pytest.mark.parametrize("args", [["sql", "--help"], ["export", "nifti", "--help"],
+                                  ["export"], ["--help"], ["nosuch"], []])
+def test_entry_point_builds_only_the_command_it_runs(args: list[str]) -> None:
+    """`lake` (the console script) hands Typer only the command named on the command line;
+    what it prints and its exit code are those of the full app."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import _app_for, app
+
+    chosen = _app_for(args)
+    if args and args[0] in ("sql", "export"):
+        assert chosen is not app
+        assert len(chosen.registered_commands) + len(chosen.registered_groups) == 1
+    else:
+        assert chosen is app
+    lean, full = CliRunner().invoke(chosen, args), CliRunner().invoke(app, args)
+    assert (lean.exit_code, lean.output) == (full.exit_code, full.output)
