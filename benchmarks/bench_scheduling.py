@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -225,18 +226,33 @@ def bench_small_nifti(work: Path, repeat: int) -> None:
         return time.perf_counter() - started
 
     in_process()  # warm: imports, as in a notebook that already used the lake
+    print(f"load average {os.getloadavg()[0]:.2f}; wall s: best (median); CPU s: mean per run "
+          "(user + system of this process and its children: the load moves it much less)")
+    cpu = _cpu()
     ref = _best(dcm2niix, repeat)
-    print(f"{'dcm2niix (originals)':<40}{ref[0]:>8.3f} s  ({ref[1]:.3f})")
+    ref_cpu = (_cpu() - cpu) / repeat
+    print(f"{'dcm2niix (originals)':<42}{ref[0]:>7.3f} s ({ref[1]:.3f}) CPU {ref_cpu:.3f}")
     for label, run, goal in (
         ("lake export nifti (CLI, auto)", cli(), 5.0),
         ("lake export nifti (CLI, --scheduler sync)", cli("--scheduler", "sync"), 5.0),
         ("lake export nifti (CLI, processes)", cli("--scheduler", "processes"), None),
         ("export_nifti in-process (auto)", in_process, 1.5),
     ):
+        cpu = _cpu()
         best, median = _best(run, repeat)
+        used = (_cpu() - cpu) / repeat
         verdict = "" if goal is None else (
             f"  goal <= {goal}x: {'met' if best / ref[0] <= goal else 'MISSED'}")
-        print(f"{label:<40}{best:>8.3f} s  ({median:.3f})  {best / ref[0]:6.1f}x dcm2niix{verdict}")
+        print(f"{label:<42}{best:>7.3f} s ({median:.3f}) CPU {used:.3f}  "
+              f"{best / ref[0]:6.1f}x dcm2niix{verdict}")
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+
+
+def _cpu() -> float:
+    """CPU seconds (user + system) used so far by this process and its finished children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:

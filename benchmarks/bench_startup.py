@@ -1,11 +1,13 @@
 """Start-up: wall time of short `lake` commands against a bare interpreter, same run.
 
-    python benchmarks/bench_startup.py [--repeat 9]
+    python benchmarks/bench_startup.py [--repeat 9] [--against OTHER/.venv/bin/lake]
 
 Each command is a new process, as a user runs it. The baseline is ``python -c pass`` (the
 interpreter alone). Goals (issue 14.1): ``lake --help`` < 0.3 s, ``lake sql`` on a small
 lake < 0.5 s. The median and the best of ``--repeat`` runs are printed with the CPU time the
 run used (user + system), which the load of other jobs on the machine moves much less.
+``--against`` runs the ``lake`` commands of another checkout's ``lake`` too (e.g. main's, for
+a before/after in the same run), interleaved with this one's.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def _timed(args: list[str]) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument("--against", help="another `lake` executable to time alongside")
     args = parser.parse_args(argv)
 
     from pydicom.data import get_testdata_file
@@ -61,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
              [LAKE, "sql", "--lake", small, "SELECT * FROM series"], 0.5),
             ("lake info", [LAKE, "info", "--lake", small], None),
         ]
+        if args.against:
+            commands += [(f"{name} [against]", [args.against, *argv_[1:]], goal)
+                         for name, argv_, goal in commands if argv_[0] == LAKE]
         print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}; "
               f"median (best) of {args.repeat} runs")
-        print(f"{'command':<36}{'wall s':>16}{'CPU s':>8}{'/ python':>10}  goal")
+        print(f"{'command':<46}{'wall s':>16}{'CPU s':>8}{'/ python':>10}  goal")
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in commands}
         for _ in range(args.repeat):  # interleaved, so load hits every command alike
             for name, argv_, _goal in commands:
@@ -75,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu = statistics.median(c for _, c in runs[name])
             verdict = "" if goal is None else (
                 f"< {goal} s: {'met' if median < goal else 'MISSED'}")
-            print(f"{name:<36}{median:>9.3f} ({min(walls):.3f}){cpu:>8.3f}"
+            print(f"{name:<46}{median:>9.3f} ({min(walls):.3f}){cpu:>8.3f}"
                   f"{median / base:>9.1f}x  {verdict}")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     return 0
