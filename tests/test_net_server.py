@@ -543,3 +543,29 @@ def test_settings_from_lake_json(lk: lake.Lake) -> None:
     with pytest.raises(lake.ConfigError, match="AE title"):
         ServerConfig(aet="WAY-TOO-LONG-AE-TITLE")
     assert json.dumps(lk.config.dicom) == "{}"
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1",
+                                    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.1.99"])
+@pytest.mark.parametrize("instance", ["1.2.3.4", "1.2.3.45", "2.25." + "9" * 59])
+def test_file_meta_is_pynetdicoms_encoding(syntax: str, instance: str) -> None:
+    # the receipt journal holds file meta encoded by hand: byte for byte pynetdicom's
+    from pynetdicom.dsutils import create_file_meta, encode_file_meta
+
+    from lake.net._receive import file_meta_bytes
+
+    for sop_class in ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4.1"):
+        expected = encode_file_meta(create_file_meta(
+            sop_class_uid=sop_class, sop_instance_uid=instance, transfer_syntax=syntax))
+        assert file_meta_bytes(sop_class, instance, syntax) == expected
+
+
+def test_announces_large_pdus(server: DicomServer) -> None:
+    ae = AE(ae_title="PROBE")
+    assoc = ae.associate("127.0.0.1", server.port, [build_context("1.2.840.10008.1.1")],
+                         ae_title="LAKE")
+    try:
+        assert assoc.is_established
+        assert assoc.acceptor.maximum_length == 1 << 20  # one PDU for most instances
+    finally:
+        assoc.release()

@@ -73,6 +73,7 @@ __all__ = [
     "MAX_COMMAND_BYTES",
     "MAX_MESSAGE_BYTES",
     "STANDARD_HANDLERS",
+    "MIN_PDU_LIMIT",
     "AcceptorAssociation",
     "DataSetBuffer",
     "Limits",

@@ -475,7 +475,7 @@ def pull_studies(
     summary.received = receiver.stats
     progress = _Progress(on_progress)
 
-    def on_store(event: Any) -> Dataset:
+    def on_store(event: Any) -> Dataset | int:
         uid = str(event.request.AffectedSOPInstanceUID or "")
         status = receiver.handle(event, tag=ledger.key(uid) if uid else None)
         progress.advance()
@@ -526,7 +526,7 @@ def _start_move_scp(
     aet: str,
     listen: tuple[str, int],
     peer: Peer,
-    on_store: Callable[[Any], Dataset],
+    on_store: Callable[[Any], Dataset | int],
     timeout: float,
 ) -> _AssociationServer:
     ae = AE(ae_title=parse_ae_title(aet, "calling AE title"))
@@ -558,7 +558,7 @@ def _pull_study(
     ledger: _Ledger,
     via: str,
     calling_aet: str,
-    on_store: Callable[[Any], Dataset],
+    on_store: Callable[[Any], Dataset | int],
     progress: _Progress,
     index: int,
 ) -> StudyOutcome:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import io
 import logging
+import struct
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from functools import partial
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom.dsutils import encode_file_meta
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from lake._errors import NetError
 from lake.ingest import Accepted, Outcome
@@ -63,6 +64,41 @@ _PARSE_REASONS = {
 
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
+_SHORT = struct.Struct("<HH2sH")  # explicit VR little endian, a 2-byte length
+_GROUP_LENGTH = struct.Struct("<HH2sHI")
+_VERSION = struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01"
+
+
+def _element(element: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
+    if len(value) % 2:
+        value += pad
+    return _SHORT.pack(0x0002, element, vr, len(value)) + value
+
+
+_IMPLEMENTATION = (
+    _element(0x0012, b"UI", PYNETDICOM_IMPLEMENTATION_UID.encode("ascii"), b"\x00")
+    + _element(0x0013, b"SH", PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii"), b" ")
+)
+
+
+def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """The encoded File Meta Information of a received data set (PS3.10 7.1).
+
+    Byte for byte what ``pynetdicom.dsutils.encode_file_meta(event.file_meta)`` gives
+    (group length, version, the request's SOP Class and Instance UIDs, the context's
+    transfer syntax, pynetdicom's implementation UID and version), without building and
+    validating a pydicom data set per instance: that took ~0.5 ms of the server's CPU
+    per C-STORE here, a quarter of its share. The UIDs are the request's, as decoded and
+    checked by pynetdicom; non-ASCII bytes cannot occur in them.
+    """
+    body = b"".join((
+        _VERSION,
+        _element(0x0002, b"UI", sop_class_uid.encode("ascii", "replace"), b"\x00"),
+        _element(0x0003, b"UI", sop_instance_uid.encode("ascii", "replace"), b"\x00"),
+        _element(0x0010, b"UI", transfer_syntax.encode("ascii", "replace"), b"\x00"),
+        _IMPLEMENTATION,
+    ))
+    return _GROUP_LENGTH.pack(0x0002, 0x0000, b"UL", 4, len(body)) + body
 
 
 def _part10(event: Any, stream: io.BytesIO) -> bytes:
@@ -72,14 +108,20 @@ def _part10(event: Any, stream: io.BytesIO) -> bytes:
     One copy of the data set (pynetdicom's ``encoded_dataset`` makes two), and the
     received buffer is emptied once copied, so an instance costs its size once here.
     """
+    request = event.request
+    meta = file_meta_bytes(str(request.AffectedSOPClassUID or ""),
+                           str(request.AffectedSOPInstanceUID or ""),
+                           str(event.context.transfer_syntax))
     with stream.getbuffer() as view:
-        data = b"".join((_PREAMBLE, encode_file_meta(event.file_meta), view))
+        data = b"".join((_PREAMBLE, meta, view))
     stream.seek(0)
     stream.truncate()
     return data
 
 
-def _status(code: StoreStatus, comment: str | None = None) -> Dataset:
+def _status(code: StoreStatus, comment: str | None = None) -> Dataset | int:
+    if code is StoreStatus.SUCCESS and not comment:
+        return 0x0000  # pynetdicom takes the bare code: no data set built and read back
     ds = Dataset()
     ds.Status = int(code)
     if comment:
@@ -123,7 +165,7 @@ class _Gate:
             while self._active:
                 self._idle.wait()
 
-    def handle(self, event: Any, tag: str | None = None) -> Dataset:
+    def handle(self, event: Any, tag: str | None = None) -> Dataset | int:
         """The EVT_C_STORE handler body: returns the status dataset to send.
 
         A success status is returned only once the instance is durable.
@@ -145,7 +187,7 @@ class _Gate:
                 self._active -= 1
                 self._idle.notify_all()
 
-    def _check_size(self, stream: io.BytesIO) -> Dataset | None:
+    def _check_size(self, stream: io.BytesIO) -> Dataset | int | None:
         if isinstance(stream, DataSetBuffer):  # bounded while it streamed in
             size, overflow = stream.size, stream.overflow
         else:
@@ -160,11 +202,11 @@ class _Gate:
             return _status(StoreStatus.OUT_OF_RESOURCES, "instance larger than the lake accepts")
         return None
 
-    def _store(self, event: Any, stream: io.BytesIO, tag: str | None) -> Dataset:
+    def _store(self, event: Any, stream: io.BytesIO, tag: str | None) -> Dataset | int:
         raise NotImplementedError
 
     @staticmethod
-    def _status_of(outcome: Outcome) -> Dataset:
+    def _status_of(outcome: Outcome) -> Dataset | int:
         if isinstance(outcome, Accepted):
             return _status(StoreStatus.SUCCESS)
         reason = str(outcome.record.get("reason") or "rejected")
@@ -221,7 +263,7 @@ class StoreReceiver(_Gate):
         """Refuse further instances (Out of Resources) and wait for those in progress."""
         self._stop_accepting()
 
-    def _store(self, event: Any, stream: io.BytesIO, tag: str | None) -> Dataset:
+    def _store(self, event: Any, stream: io.BytesIO, tag: str | None) -> Dataset | int:
         data = _part10(event, stream)
         buffer = stream if isinstance(stream, DataSetBuffer) else None
         # At most _QUEUED wait for de-identification: beyond, the sender waits (and their

@@ -24,6 +24,7 @@ from pynetdicom.presentation import PresentationContext
 from lake._capture import Captured
 from lake._errors import LakeError, NetError, QueryError
 from lake.ingest import Ingestor
+from lake.net._association import MIN_PDU_LIMIT
 from lake.net._config import ServerConfig
 from lake.net._intake import Intake
 from lake.net._objects import (
@@ -179,6 +180,11 @@ class DicomServer:
         ae.network_timeout = cfg.network_timeout
         ae.connection_timeout = cfg.acse_timeout
         ae.require_called_aet = True
+        # Peers send PDUs up to the length we announce (pynetdicom's default: 16 KiB): a
+        # 25 KB instance came in two data PDUs, each decoded and dispatched through the
+        # state machine. Up to 1 MiB most instances take one; reads were already bounded
+        # at that length.
+        ae.maximum_pdu_size = MIN_PDU_LIMIT
         if cfg.allow:
             ae.require_calling_aet = list(cfg.allow)
         ae.add_supported_context(VERIFICATION)
@@ -311,7 +317,7 @@ class DicomServer:
     def _on_echo(event: Any) -> int:
         return 0x0000
 
-    def _on_store(self, event: Any) -> Dataset:
+    def _on_store(self, event: Any) -> Dataset | int:
         return self.receiver.handle(event)
 
     def _snapshot(self) -> Snapshot:
