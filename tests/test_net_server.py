@@ -569,3 +569,28 @@ def test_announces_large_pdus(server: DicomServer) -> None:
         assert assoc.acceptor.maximum_length == 1 << 20  # one PDU for most instances
     finally:
         assoc.release()
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xA700, 0xB007])
+@pytest.mark.parametrize("instance", ["1.2.3.4", "1.2.3.45"])
+def test_store_response_is_pynetdicoms_encoding(status: int, instance: str) -> None:
+    # C-STORE responses are encoded by hand: byte for byte what pynetdicom would send
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.dimse_primitives import C_STORE
+
+    from lake.net._association import store_response
+
+    for sop_class, message_id in (("1.2.840.10008.5.1.4.1.1.2", 1),
+                                  ("1.2.840.10008.5.1.4.1.1.4.1", 65535)):
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = message_id
+        rsp.AffectedSOPClassUID = sop_class
+        rsp.AffectedSOPInstanceUID = instance
+        rsp.Status = status
+        message = C_STORE_RSP()
+        message.primitive_to_message(rsp)
+        (pdata,) = message.encode_msg(1, 16382)
+        (_, pdv), = pdata.presentation_data_value_list
+        assert store_response(rsp) == pdv[1:]
+    rsp.ErrorComment = "not plain"
+    assert store_response(rsp) is None  # pynetdicom's own path

@@ -62,6 +62,7 @@ from pynetdicom._handlers import (
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
@@ -78,6 +79,7 @@ __all__ = [
     "DataSetBuffer",
     "Limits",
     "ReceiveBudget",
+    "store_response",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -342,6 +344,71 @@ class _DIMSE(DIMSEServiceProvider):
             # the item as decoded by pynetdicom; its setter would re-check it ([ID, PDV] lists)
             single._presentation_data_value_list = [item]
             super().receive_primitive(single)
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        """pynetdicom's, with a C-STORE response encoded straight from the primitive.
+
+        pynetdicom turns every response primitive into a DIMSE message, a pydicom data
+        set of its command set, encodes that (twice: once to learn the group length) and
+        splits it into P-DATA: ~0.4 ms of CPU per C-STORE here, the largest part of the
+        server's own work per instance. A C-STORE response without an error comment or
+        offending element is encoded directly (:func:`store_response`, byte for byte
+        pynetdicom's). Anything else, or when a handler is bound to ``EVT_DIMSE_SENT``
+        (it expects the message object), goes pynetdicom's way.
+        """
+        command = store_response(primitive)
+        if (
+            command is None
+            or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+            or (self.maximum_pdu_size and len(command) + 6 > self.maximum_pdu_size)
+        ):
+            super().send_msg(primitive, context_id)
+            return
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+        self.dul.send_pdu(pdata)
+
+
+_IMPLICIT = struct.Struct("<HHI")
+_US = struct.Struct("<HHIH")
+_STORE_RSP_FIELD = 0x8001
+_NO_DATA_SET = 0x0101
+
+
+def store_response(primitive: Any) -> bytes | None:
+    """The encoded command set of a C-STORE response, or None if it is not a plain one.
+
+    Implicit VR little endian (PS3.7 6.3.1), the elements of PS3.7 Table 9.3-2 that
+    pynetdicom sends for a response with no error comment or offending element: group
+    length, Affected SOP Class UID, Command Field, Message ID Being Responded To,
+    Command Data Set Type (none), Status, Affected SOP Instance UID. UIDs are padded
+    with a NUL to an even length.
+    """
+    if (
+        type(primitive) is not C_STORE
+        or primitive.MessageIDBeingRespondedTo is None
+        or primitive.Status is None
+        or primitive.ErrorComment is not None
+        or primitive.OffendingElement is not None
+        or primitive.AffectedSOPClassUID is None
+        or primitive.AffectedSOPInstanceUID is None
+    ):
+        return None
+    sop_class = str(primitive.AffectedSOPClassUID).encode("ascii")
+    sop_instance = str(primitive.AffectedSOPInstanceUID).encode("ascii")
+    if len(sop_class) % 2:
+        sop_class += b"\x00"
+    if len(sop_instance) % 2:
+        sop_instance += b"\x00"
+    body = b"".join((
+        _IMPLICIT.pack(0x0000, 0x0002, len(sop_class)), sop_class,
+        _US.pack(0x0000, 0x0100, 2, _STORE_RSP_FIELD),
+        _US.pack(0x0000, 0x0120, 2, int(primitive.MessageIDBeingRespondedTo)),
+        _US.pack(0x0000, 0x0800, 2, _NO_DATA_SET),
+        _US.pack(0x0000, 0x0900, 2, int(primitive.Status)),
+        _IMPLICIT.pack(0x0000, 0x1000, len(sop_instance)), sop_instance,
+    ))
+    return _IMPLICIT.pack(0x0000, 0x0000, 4) + struct.pack("<I", len(body)) + body
 
 
 class _DUL(DULServiceProvider):
