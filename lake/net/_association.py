@@ -73,8 +73,8 @@ from lake._capture import Captured, capture
 __all__ = [
     "MAX_COMMAND_BYTES",
     "MAX_MESSAGE_BYTES",
-    "STANDARD_HANDLERS",
     "MIN_PDU_LIMIT",
+    "STANDARD_HANDLERS",
     "AcceptorAssociation",
     "DataSetBuffer",
     "Limits",
