@@ -545,6 +545,7 @@ def run_export(
     IntegrityError
         If the catalog or blobs no longer match the cohort.
     """
+    lake.location.refuse_inside(out)
     cohort = resolve(lake, cohort_or_sql)
     refs = _load_refs(lake, cohort, spec.columns)
     skipped: list[Skip] = []

@@ -586,8 +586,8 @@ def _remove_tree(folder: Path) -> None:
             return
     if folder.exists():
         raise CatalogError(
-            "a portal export of what is being forgotten keeps being written; stop "
-            "'lake serve web' and re-run lake.steward.forget()",
+            "a web portal export of what is being forgotten keeps being written; stop the "
+            "web server and re-run lake.steward.forget()",
             functions=("lake.steward.forget",)
         )
 

@@ -185,9 +185,8 @@ def export_original(lake: Lake, secret: Secret, ident: str, out: str | os.PathLi
     The file is named by its ID (never by anything it holds), with the extension of its
     kind: ``.pdf``, ``.jpg``... for a document, else ``.dcm``. Returns its path.
     """
+    lake.location.refuse_inside(out, own_exports=False)
     folder = Path(out).resolve()
-    if lake.location.is_local and folder.is_relative_to(Path(lake.location.path).resolve()):
-        raise ConfigError("export quarantined originals outside the lake; choose another folder")
     entry = _find(lake, ident)
     data = _original(lake, secret, entry)
     folder.mkdir(parents=True, exist_ok=True)

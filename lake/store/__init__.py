@@ -2,6 +2,7 @@
 
 from lake.store._blobs import BlobStore, blob_key
 from lake.store._fs import (
+    OWN_EXPORTS,
     REFRESH_AFTER,
     Location,
     atomic_write,
@@ -12,6 +13,7 @@ from lake.store._fs import (
 )
 
 __all__ = [
+    "OWN_EXPORTS",
     "REFRESH_AFTER",
     "BlobStore",
     "Location",

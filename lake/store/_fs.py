@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # fsspec is imported when a root is first resolved (issue 14.
     import fsspec
 
 __all__ = [
+    "OWN_EXPORTS",
     "REFRESH_AFTER",
     "Location",
     "atomic_write",
@@ -70,6 +71,40 @@ class Location:
     def url_of(self, *parts: str) -> str:
         """A URL (for deltalake and fsspec) of ``parts`` below the root."""
         return "/".join([self.url.rstrip("/"), *parts])
+
+    def refuse_inside(self, out: str | os.PathLike[str], *, own_exports: bool = True) -> None:
+        """Refuse an output folder ``out`` (a parameter of that name) inside this lake's folder.
+
+        Files written there are no part of the catalog: ``lake forget`` would not reach
+        them, ``lake gc`` and ``lake verify`` would meet them. The only exception is the
+        folder of the lake's own exports (:data:`OWN_EXPORTS`, the web portal's jobs, which
+        ``lake forget`` reaches), unless ``own_exports`` is false.
+
+        Raises
+        ------
+        ConfigError
+            If ``out`` is the lake's folder or inside it.
+        """
+        if not self.is_local:
+            return
+        from pathlib import Path
+
+        from lake._errors import ConfigError
+
+        root = Path(self.path).resolve()
+        folder = Path(out).resolve()
+        if own_exports and folder.is_relative_to(root / OWN_EXPORTS):
+            return
+        if folder.is_relative_to(root):
+            raise ConfigError(
+                "out= is inside the lake's folder, where files are no part of the catalog "
+                "(erasure and gc would not know them); choose a folder outside the lake",
+                parameters=("out",)
+            )
+
+
+OWN_EXPORTS = "portal/jobs"
+"""Where, below a local lake's root, the lake's own servers export (the portal's jobs)."""
 
 
 def resolve(

@@ -1,0 +1,66 @@
+"""An export's output folder may not be inside the lake's folder (review follow-up): files
+there are no part of the catalog, so 'lake forget' and 'lake gc' would not know them. The
+library refuses with an error naming ``out``; the command line says ``--out``, in one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lake
+from lake import ConfigError
+from tests.series import write_ct_series
+
+LAKE = str(Path(sys.executable).with_name("lake"))
+CT = "SELECT SeriesInstanceUID FROM series"
+
+
+@pytest.fixture
+def filled(lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> lake.Lake:
+    write_ct_series(tmp_path / "in", 2, patient_id="OUT-1")
+    lk.ingest([str(tmp_path / "in")], vault=vault_dir, scheduler="sync")
+    lk.refresh()
+    lk.create_cohort("ct", CT)
+    return lk
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def test_the_library_refuses_an_output_folder_inside_the_lake(
+    filled: lake.Lake, lake_root: Path, tmp_path: Path
+) -> None:
+    before = _files(lake_root)
+    link = tmp_path / "link"
+    link.symlink_to(lake_root / "tables", target_is_directory=True)
+    for out in (lake_root, lake_root / "exports", link / "x", lake_root / "portal"):
+        with pytest.raises(ConfigError, match="out= is inside the lake's folder") as caught:
+            filled.export_dicom("ct", out, scheduler="sync")
+        assert caught.value.parameters == ("out",)
+    assert _files(lake_root) == before  # nothing written
+    with pytest.raises(ConfigError, match="out= is inside"):
+        filled.export_nifti(CT, lake_root / "nifti", scheduler="sync")
+    # Outside the lake, and the portal's own job folder (which forget reaches), are fine.
+    assert filled.export_dicom("ct", tmp_path / "outside", scheduler="sync") is not None
+    jobs = lake_root / "portal" / "jobs" / "run-0" / "job"
+    assert filled.export_dicom("ct", jobs, scheduler="sync") is not None
+
+
+def test_the_command_line_names_the_option(
+    filled: lake.Lake, lake_root: Path, vault_dir: Path
+) -> None:
+    env = dict(os.environ, LAKE_ROOT=str(lake_root), LAKE_VAULT=str(vault_dir))
+    proc = subprocess.run(
+        [LAKE, "export", "dicom", "ct", "--out", str(lake_root / "exports"), "--scheduler",
+         "sync"], env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "--out is inside the lake's folder" in proc.stderr, proc.stderr
+    assert "out=" not in proc.stderr
+    assert not (lake_root / "exports").exists()
