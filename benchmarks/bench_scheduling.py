@@ -51,9 +51,10 @@ def _sizes(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def _run(args: Sequence[str], env: dict[str, str], ok: tuple[int, ...] = (0, 3)) -> float:
+def _run(args: Sequence[str], env: dict[str, str], ok: tuple[int, ...] = (0, 3),
+         lake: str = LAKE) -> float:
     started = time.perf_counter()
-    proc = subprocess.run([LAKE, *args], env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run([lake, *args], env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
     if proc.returncode not in ok:
         raise SystemExit(f"lake {args[0]} failed ({proc.returncode}): {proc.stderr[-1500:]}")
@@ -191,7 +192,7 @@ def _best(run: Callable[[], float], repeat: int) -> tuple[float, float]:
     return min(times), statistics.median(times)
 
 
-def bench_small_nifti(work: Path, repeat: int) -> None:
+def bench_small_nifti(work: Path, repeat: int, against: str | None = None) -> None:
     if not STC.is_dir() or shutil.which("dcm2niix") is None:
         print(f"\n(small NIfTI export skipped: {STC} or dcm2niix absent)")
         return
@@ -216,9 +217,9 @@ def bench_small_nifti(work: Path, repeat: int) -> None:
                        check=True, capture_output=True)
         return time.perf_counter() - started
 
-    def cli(*extra: str) -> Callable[[], float]:
+    def cli(*extra: str, lake: str = LAKE) -> Callable[[], float]:
         return lambda: _run(["export", "nifti", "stc", "--out", str(work / f"c{next(count)}"),
-                             "-q", *extra], env, ok=(0, 4))
+                             "-q", *extra], env, ok=(0, 4), lake=lake)
 
     def in_process() -> float:
         started = time.perf_counter()
@@ -232,12 +233,15 @@ def bench_small_nifti(work: Path, repeat: int) -> None:
     ref = _best(dcm2niix, repeat)
     ref_cpu = (_cpu() - cpu) / repeat
     print(f"{'dcm2niix (originals)':<42}{ref[0]:>7.3f} s ({ref[1]:.3f}) CPU {ref_cpu:.3f}")
-    for label, run, goal in (
+    lines: list[tuple[str, Callable[[], float], float | None]] = [
         ("lake export nifti (CLI, auto)", cli(), 5.0),
         ("lake export nifti (CLI, --scheduler sync)", cli("--scheduler", "sync"), 5.0),
         ("lake export nifti (CLI, processes)", cli("--scheduler", "processes"), None),
         ("export_nifti in-process (auto)", in_process, 1.5),
-    ):
+    ]
+    if against:  # another checkout's lake (e.g. main's): a before/after in the same run
+        lines.insert(1, ("  the same, --against's lake", cli(lake=against), 5.0))
+    for label, run, goal in lines:
         cpu = _cpu()
         best, median = _best(run, repeat)
         used = (_cpu() - cpu) / repeat
@@ -263,12 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-nifti", action="store_true")
     parser.add_argument("--repeat", type=int, default=3, help="small NIfTI export repeats")
     parser.add_argument("--sweep-repeat", type=int, default=2, help="sweep repeats")
+    parser.add_argument("--against", help="another `lake` executable for the small export")
     args = parser.parse_args(argv)
     print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} at start", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-sched-") as tmp:
         work = Path(tmp)
         if not args.no_nifti:
-            bench_small_nifti(work, args.repeat)
+            bench_small_nifti(work, args.repeat, args.against)
         if args.ingest:
             bench_ingest(_sizes(args.ingest), args.phi, work, args.sweep_repeat)
         if args.export:
