@@ -71,7 +71,11 @@ class LakeConfig:
         """
         path = location.join(CONFIG_NAME)
         try:
-            raw = location.fs.cat_file(path)
+            if location.is_local:  # (without importing fsspec: issue 14.1)
+                with open(path, "rb") as fh:
+                    raw = fh.read()
+            else:
+                raw = location.fs.cat_file(path)
         except FileNotFoundError:
             raise LakeNotFoundError(
                 f"no lake at {location.url}; create one with lake.init() first",

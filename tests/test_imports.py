@@ -80,7 +80,8 @@ def test_sql_loads_no_ingest_export_or_network_stack(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", ["table", "json"])
 def test_sql_loads_no_pyarrow_or_numpy(tmp_path: Path, fmt: str) -> None:
     """The catalog is declared, opened and printed without pyarrow (and numpy, which it
-    imports): a quarter of `lake sql`'s start-up. CSV and Parquet output still use it."""
+    imports): a quarter of `lake sql`'s start-up. CSV and Parquet output still use it. A local
+    lake is opened without fsspec (which imports asyncio)."""
     lk = lake.init(tmp_path / "lake", vault=tmp_path / "vault")
     ct = get_testdata_file("CT_small.dcm")
     assert ct is not None
@@ -90,7 +91,7 @@ def test_sql_loads_no_pyarrow_or_numpy(tmp_path: Path, fmt: str) -> None:
                   "SELECT * FROM batches", "SELECT * FROM instances"):
         modules = _loaded(_RUN_CLI.format(args=["sql", "--lake", root, "-f", fmt, query]))
         assert "duckdb" in modules  # the query ran
-        assert _present(modules, ("pyarrow", "numpy", "pandas")) == [], query
+        assert _present(modules, ("pyarrow", "numpy", "pandas", "fsspec")) == [], query
     csv = _loaded(_RUN_CLI.format(args=["sql", "--lake", root, "-f", "csv",
                                         "SELECT count(*) FROM instances"]))
     assert "pyarrow" in csv  # the negative control: this check sees pyarrow when it loads

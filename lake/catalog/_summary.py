@@ -23,6 +23,7 @@ Summaries are derived data, never a second source of truth:
 from __future__ import annotations
 
 import io
+import os
 import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -152,10 +153,11 @@ def _summary_path(root: str, data_file: str, kind: str) -> str:
 
 
 def _listing(tables: DeltaTables, kind: str) -> set[str]:
-    fs = tables.location.fs
     folder = posixpath.join(tables.location.join("tables", INSTANCES.name), SUMMARY_DIR, kind)
     try:
-        return {posixpath.basename(p) for p in fs.ls(folder, detail=False)}
+        if tables.location.is_local:  # (without importing fsspec: `lake sql`, issue 14.1)
+            return set(os.listdir(folder))
+        return {posixpath.basename(p) for p in tables.location.fs.ls(folder, detail=False)}
     except FileNotFoundError:
         return set()
 

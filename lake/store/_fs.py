@@ -56,10 +56,16 @@ class Location:
 
     @property
     def path(self) -> str:
+        if self.url.startswith("/"):  # a local folder: fsspec's path for it, without fsspec
+            return self.url.rstrip("/") or "/"
         return self._resolved[1]
 
     @property
     def is_local(self) -> bool:
+        # An absolute path (resolve() makes every local root one) is a local folder: known
+        # without importing fsspec, which `lake sql` then never needs (issue 14.1).
+        if self.url.startswith("/"):
+            return True
         from fsspec.implementations.local import LocalFileSystem
 
         return isinstance(self.fs, LocalFileSystem)
