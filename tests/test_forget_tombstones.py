@@ -19,7 +19,8 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 import lake
-from lake.catalog import Tombstones
+from lake.catalog import DeltaTables, TombstoneCache, Tombstones
+from lake.catalog._tombstones import COMPACT_AFTER, PURPOSE, lay
 from lake.ingest import Ingestor
 from lake.steward import forget, target
 from tests.net_peers import dcmtk, free_port, require, wait_port
@@ -138,17 +139,17 @@ def test_a_commit_racing_the_erasure_is_judged_again(
     write_ct_series(tmp_path / "kept", 3, patient_id="KEPT-2")
     ingestor = Ingestor(lk, secret)
     outcomes = [ingestor.process(p.read_bytes()) for p in sorted(tmp_path.rglob("*.dcm"))]
-    real = Tombstones.read
+    real = TombstoneCache.read
     reads: list[int] = []
 
-    def racing(cls: type[Tombstones], tables: object, key: bytes) -> Tombstones:
-        seen = real(tables, key)  # type: ignore[arg-type]
+    def racing(cache: TombstoneCache, tables: DeltaTables) -> Tombstones:
+        seen = real(cache, tables)
         reads.append(len(seen.laid))
         if len(reads) == 1:
             forget(lk, secret, target(lk, secret, original_patient_id=GONE))
         return seen
 
-    monkeypatch.setattr(Tombstones, "read", classmethod(racing))
+    monkeypatch.setattr(TombstoneCache, "read", racing)
     batch = ingestor.commit(outcomes)
     assert reads[0] == 0 and reads[-1] == 1 and len(reads) >= 2  # judged again, with it
     assert (batch.ingested, batch.erased) == (3, 4)
@@ -298,3 +299,43 @@ def test_a_forgotten_patients_studies_stay_out_under_a_corrected_patient_id(
     assert again.returncode == 0, again.stderr
     assert _count(lk) == 0 and _erased(lk) == 3
     _no_phi(gone.stdout, gone.stderr, again.stdout, again.stderr)
+
+
+def test_a_commit_reads_the_tombstones_again_only_when_they_changed(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path
+) -> None:
+    """Each commit checks whether the tombstones table has a new version (a listing of its
+    log) and reads its data only then: counted, not timed."""
+    secret = lk.secret(vault_dir)
+    forget(lk, secret, target(lk, secret, original_patient_id="NEVER-SEEN"))
+    ingestor = Ingestor(lk, secret)
+    for n in range(3):
+        write_ct_series(tmp_path / f"kept{n}", 2, patient_id=f"KEPT-{n}")
+        outcomes = [ingestor.process(p.read_bytes())
+                    for p in sorted((tmp_path / f"kept{n}").glob("*.dcm"))]
+        assert ingestor.commit(outcomes).ingested == 2
+    assert ingestor.tombstones.loads == 1  # three commits, one read
+    forget(lk, secret, target(lk, secret, original_patient_id=GONE))
+    write_ct_series(tmp_path / "gone", 3, patient_id=GONE, patient_name=NAME)
+    outcomes = [ingestor.process(p.read_bytes()) for p in sorted((tmp_path / "gone").glob("*"))]
+    batch = ingestor.commit(outcomes)
+    assert (batch.ingested, batch.erased) == (0, 3)  # the new tombstone is seen at once
+    assert ingestor.tombstones.loads == 2
+    again = ingestor.commit(outcomes)
+    assert (again.ingested, again.erased, ingestor.tombstones.loads) == (0, 3, 2)
+
+
+def test_many_erasures_keep_the_tombstones_table_small(lk: lake.Lake, vault_dir: Path) -> None:
+    """Every erasure adds a data file; past COMPACT_AFTER files they are compacted into one
+    (and checkpointed), and every tombstone still holds."""
+    from deltalake import DeltaTable
+
+    key = lk.secret(vault_dir).derive(PURPOSE)
+    values = [f"P{i:03d}" for i in range(COMPACT_AFTER + 4)]
+    for i, value in enumerate(values):
+        lay(lk.tables, key, "PatientID", [value], "patient", f"erasure-{i}")
+    delta = DeltaTable(lk.tables.uri("tombstones"))
+    assert len(delta.file_uris()) < COMPACT_AFTER
+    laid = TombstoneCache(key).read(lk.tables)
+    assert all(laid.erased({"PatientID": v}) for v in values)
+    assert not laid.erased({"PatientID": "P999"})

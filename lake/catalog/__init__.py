@@ -25,7 +25,7 @@ from lake.catalog._schema import (
 )
 from lake.catalog._summary import prune_summaries, write_summaries
 from lake.catalog._tables import Decision, DeltaTables, Inserted, Judged, arrow_dataset
-from lake.catalog._tombstones import Tombstones
+from lake.catalog._tombstones import TombstoneCache, Tombstones
 
 if TYPE_CHECKING:
     from lake.catalog._extract import dicom_values
@@ -54,6 +54,7 @@ __all__ = [
     "Inserted",
     "Judged",
     "Table",
+    "TombstoneCache",
     "Tombstones",
     "arrow_dataset",
     "complete_batches",

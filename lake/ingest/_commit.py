@@ -136,7 +136,7 @@ def commit_batch(
         # Read after the snapshot was opened and on every attempt: an erasure that lays a
         # tombstone after this read commits to instances after the snapshot, so this
         # commit loses its race and is judged again (lake.catalog._tombstones).
-        tombstones = Tombstones.read(lake.tables, ingestor.tombstone_key)
+        tombstones = ingestor.tombstones.read(lake.tables)
         erased = {row[KEY] for _, row in accepted if tombstones.erased(row)}
         withdrawn[:] = [r for r in rejected if tombstones and refused.erased(r, tombstones)]
         stored = {row[KEY]: row for row in judged.existing.to_pylist()}

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from lake._capture import capture
 from lake._errors import InputRefusedError
 from lake.catalog._tombstones import PURPOSE as TOMBSTONE_PURPOSE
+from lake.catalog._tombstones import TombstoneCache
 from lake.compute import AUTO, INGEST_CROSSOVER, Runner, Workload
 from lake.deid import Deidentifier, Profile, load_profile
 from lake.ingest._commit import BatchResult, Original, _Counts, commit_batch
@@ -141,6 +142,7 @@ class Ingestor:
         )
         self.tombstone_key = secret.derive(TOMBSTONE_PURPOSE)
         """Tests instance rows against the erasure tombstones at commit (lake.steward.forget)."""
+        self.tombstones = TombstoneCache(self.tombstone_key)
 
     def process(self, data: bytes) -> Outcome:
         """De-identify one instance and store its pixels (no commit)."""
