@@ -146,7 +146,8 @@ def test_gc_and_vacuum_keep_the_summaries_of_live_files(several: lake.Lake) -> N
     compact(several)
     report = gc(several, grace=dt.timedelta(0), no_writers_running=True)  # none runs
     assert not any("_summary" in f for f in report.data_files)
-    vacuum(several, retain=dt.timedelta(0), grace=dt.timedelta(0))
+    vacuum(several, retain=dt.timedelta(0), grace=dt.timedelta(0),
+           no_writers_running=True)
     files = data_files(several.tables, several.tables.open("instances"))
     for kind in ("series_parts", "study_parts"):
         names = {p.name for p in (_summary_dir(several) / kind).iterdir()}

@@ -101,7 +101,7 @@ def test_vacuum_keeps_what_cohorts_pin(
     lk.ingest([str(tmp_path / "later")], vault=vault_dir, scheduler="sync", batch_size=2)
     unpinned = pinned + 1  # reads a file that only versions before the compaction read
     compact(lk)
-    report = vacuum(lk, retain=dt.timedelta(0), grace=dt.timedelta(0))
+    report = vacuum(lk, retain=dt.timedelta(0), grace=dt.timedelta(0), no_writers_running=True)
     assert report.files  # the pre-compaction files only old versions read
     lk.refresh()
     lk.export_dicom("first8", tmp_path / "after")
@@ -122,3 +122,27 @@ def test_verify_is_clean_after_a_clean_ingest(
     lk.ingest([str(tmp_path)], vault=vault_dir, scheduler="sync", batch_size=3)
     report = lk.verify()
     assert report.ok and not report.orphans and not report.completed_batches
+
+
+def test_vacuum_refuses_a_short_grace_unless_no_writers_run(
+    lk: lake.Lake, vault_dir: Path, ct_folder: Path
+) -> None:
+    """As gc: a grace under MIN_GRACE would delete files a commit, an export or a query on
+    a version current a moment ago still reads; the library refuses it (before: vacuum
+    took grace=0 and removed them) unless the caller says no writer runs."""
+    from lake.steward._maintenance import MIN_GRACE
+
+    lk.ingest([str(ct_folder)], vault=vault_dir, scheduler="sync", batch_size=4)
+    compact(lk)  # the pre-compaction files: only older versions read them
+    files = {p for p in Path(lk.root, "tables").rglob("*.parquet")}
+    for grace in (dt.timedelta(0), MIN_GRACE / 2):
+        with pytest.raises(lake.LakeError, match="no_writers_running=True") as caught:
+            vacuum(lk, retain=dt.timedelta(0), grace=grace)
+        assert caught.value.parameters == ("no_writers_running",)
+    with pytest.raises(lake.LakeError, match="cannot be negative"):
+        vacuum(lk, retain=dt.timedelta(0), grace=-MIN_GRACE, no_writers_running=True)
+    assert {p for p in Path(lk.root, "tables").rglob("*.parquet")} == files
+    assert vacuum(lk, retain=dt.timedelta(0)).files == ()  # the default: all within the hour
+    assert vacuum(lk, retain=dt.timedelta(0), grace=dt.timedelta(0),
+                  no_writers_running=True).files
+    assert lk.verify().ok

@@ -56,7 +56,7 @@ __all__ = [
 
 DEFAULT_GRACE = dt.timedelta(hours=1)
 MIN_GRACE = DEFAULT_GRACE
-"""The shortest grace :func:`gc` accepts while writers may run (Delta's VACUUM refuses a
+"""The shortest grace :func:`gc` and :func:`vacuum` accept while writers may run (Delta's VACUUM refuses a
 retention below its configured minimum in the same way). A batch in flight is protected by
 the grace alone, so it must outlast any batch: an ingest commits every ``batch_size``
 instances (1,000 by default; measured ~2 ms per file on this laptop, so seconds), the DICOM
@@ -331,16 +331,7 @@ def gc(
         If ``grace`` is negative, or shorter than :data:`MIN_GRACE` without
         ``no_writers_running``.
     """
-    if grace < dt.timedelta(0):
-        raise ConfigError("the grace period cannot be negative")
-    if grace < MIN_GRACE and not no_writers_running:
-        raise ConfigError(
-            f"a grace period of {_hours(grace)} is shorter than the {_hours(MIN_GRACE)} that "
-            "protects ingest batches in flight; keep at least that, or pass "
-            "no_writers_running=True if no ingest, DICOM receiver or upload writes to this lake "
-            "until gc ends",
-            parameters=("no_writers_running",),
-        )
+    _check_grace(grace, no_writers_running)
     from lake.catalog import complete_batches
 
     complete_batches(lake.tables)  # a batch's journal names quarantine rows: restore them first
@@ -417,23 +408,51 @@ def _pinned_versions(lake: Lake) -> set[int]:
     return {int(v) for v in versions.to_pylist() if v is not None}
 
 
+def _check_grace(grace: dt.timedelta, no_writers_running: bool) -> None:
+    """The rule :func:`gc` and :func:`vacuum` share: at least :data:`MIN_GRACE`, unless the
+    caller says that nothing writes to the lake meanwhile."""
+    if grace < dt.timedelta(0):
+        raise ConfigError("the grace period cannot be negative")
+    if grace < MIN_GRACE and not no_writers_running:
+        raise ConfigError(
+            f"a grace period of {_hours(grace)} is shorter than the {_hours(MIN_GRACE)} that "
+            "protects ingest batches and commits in flight; keep at least that, or pass "
+            "no_writers_running=True if no ingest, DICOM receiver or upload writes to this lake "
+            "until it ends",
+            parameters=("no_writers_running",),
+        )
+
+
 def vacuum(
     lake: Lake,
     *,
     retain: dt.timedelta,
     grace: dt.timedelta = DEFAULT_GRACE,
     dry_run: bool = False,
+    no_writers_running: bool = False,
 ) -> VacuumReport:
     """Delete data files that only versions older than ``retain`` read.
 
     Kept: files of the current version, of every version committed within ``retain``
     (and ``grace``, whichever is longer), and of every ``instances`` version a saved
     cohort is pinned to. Older versions can no longer be read afterwards.
+
+    The grace protects what works on a version that was current a moment ago (a commit
+    judged against it, an export or a query reading it), so, as for :func:`gc`, a grace
+    shorter than :data:`MIN_GRACE` is refused unless ``no_writers_running`` says that
+    nothing writes to the lake (nor reads an older version) until vacuum ends.
+
+    Raises
+    ------
+    ConfigError
+        If ``retain`` or ``grace`` is negative, or ``grace`` is shorter than
+        :data:`MIN_GRACE` without ``no_writers_running``.
     """
     from lake.steward._history import log_actions
 
     if retain < dt.timedelta(0):
         raise ConfigError("the retention cannot be negative")
+    _check_grace(grace, no_writers_running)
     cutoff = time.time() - max(retain, grace).total_seconds()
     pinned = _pinned_versions(lake)
     fs = lake.location.fs
