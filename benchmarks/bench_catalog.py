@@ -160,8 +160,8 @@ def _note(results: dict[str, Timing], name: str, value: Timing) -> None:
     if name.startswith("("):  # a count, not a time
         print(f"    {name:<32}{value[0]:>10,.0f}", flush=True)
     else:
-        print(f"    {name:<32}{value[0]:>10.1f} ms (first {value[1]:.0f}, CPU {value[2]:.0f})",
-              flush=True)
+        print(f"    {name:<32}{value[0]:>10.1f} ms (first {value[1]:.0f}, CPU {value[2]:.0f}; "
+              f"load {os.getloadavg()[0]:.1f})", flush=True)
 
 
 def measure(root: Path, repeat: int, skip: set[str]) -> dict[str, Timing]:
@@ -293,7 +293,11 @@ def _cfind(lk: Any, results: dict[str, Timing], repeat: int,
             _note(into, name, value)
 
     from lake.query import Level, SnapshotCache, identifier_from_filters, parse_identifier
+    from lake.web._qido import search
 
+    # What `lake serve dicom` does on a C-FIND (lake/net/_server.py: _on_find): the
+    # SnapshotCache's current snapshot (checked against the newest Delta version on every
+    # call), then find(); the first call after start builds the index.
     cache = SnapshotCache(lk.tables)
     try:
         started, used = time.perf_counter(), time.process_time()
@@ -309,6 +313,36 @@ def _cfind(lk: Any, results: dict[str, Timing], repeat: int,
         assert cache.current().find(level, keys)
         note(results, "C-FIND STUDY, one month",
              _median_ms(lambda: cache.current().find(level, keys), repeat))
+        study = cache.current().find(level, keys)[0].StudyInstanceUID
+        series_keys = parse_identifier(identifier_from_filters(
+            ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study}", "SeriesInstanceUID",
+             "Modality", "NumberOfSeriesRelatedInstances"]), list(Level))
+        note(results, "C-FIND SERIES, one study",
+             _median_ms(lambda: cache.current().find(*series_keys), repeat))
+        series = cache.current().find(*series_keys)[0].SeriesInstanceUID
+        image_keys = parse_identifier(identifier_from_filters(
+            ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={study}",
+             f"SeriesInstanceUID={series}", "SOPInstanceUID", "InstanceNumber"]), list(Level))
+        note(results, "C-FIND IMAGE, one series",
+             _median_ms(lambda: cache.current().find(*image_keys), repeat))
+    finally:
+        cache.close()
+    # QIDO-RS as `lake serve web` answers it (lake/web/_qido.py: search over the snapshot of
+    # lake/web/_views.py), in a fresh index: the first search after the server starts, then
+    # the same search again. PS3.18's default study attributes include header attributes
+    # (PatientName, AccessionNumber...), read from the stored headers of each study.
+    params = [("StudyDate", "20150301-20150303")]
+    cache = SnapshotCache(lk.tables)
+    try:
+        started, used = time.perf_counter(), time.process_time()
+        found, _ = search(cache.current(), "studies", params, {}, "http://lake")
+        first_ms = (time.perf_counter() - started) * 1000
+        assert found
+        note(results, "QIDO first search (3 days)",
+             (first_ms, first_ms, (time.process_time() - used) * 1000))
+        note(results, "QIDO same search again",
+             _median_ms(lambda: search(cache.current(), "studies", params, {}, "http://lake"),
+                        repeat))
     finally:
         cache.close()
 

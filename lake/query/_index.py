@@ -12,11 +12,13 @@ the Delta table once; every query after that is a bound-parameter SELECT.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import datetime as dt
 import json
+import posixpath
 import threading
 from collections import OrderedDict
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,8 @@ from pydicom.valuerep import DSfloat
 
 from lake._errors import CatalogError, QueryError
 from lake.catalog import INSTANCES, DeltaTables, arrow_dataset
+from lake.catalog._scan import duckdb_type
+from lake.catalog._summary import SERIES_PARTS, data_files, parts_sql, summaries_of
 from lake.query._match import Key, Level, predicate, python_matcher
 
 __all__ = ["RetrieveItem", "Snapshot", "SnapshotCache", "StoredInstance"]
@@ -137,7 +141,9 @@ def _q(name: str) -> str:
     return '"' + name + '"'
 
 
-def _image_select(source: str, src: int = 0, where: str = "") -> str:
+def _image_select(
+    source: str, src: int = 0, where: str = "", *, file: str = "_file", row: str = "_row"
+) -> str:
     cols = []
     for name in _COLUMN_KINDS:
         column = next(c for c in INSTANCES.columns if c.name == name)
@@ -145,21 +151,90 @@ def _image_select(source: str, src: int = 0, where: str = "") -> str:
     cols.extend(_q(c) for c in _IMAGE_EXTRA)
     return (
         f"SELECT {', '.join(cols)}, SOPInstanceUID AS _rep, {int(src)} AS _src, "
-        f"_file, _row FROM {source}"
+        f"{file} AS _file, {row} AS _row FROM {source}"
         + (f" WHERE {where}" if where else "")
     )
 
 
-def _level_sql(level: Level) -> str:
+_EMPTY_DDL = ", ".join(
+    [f"{_q(c.name)} {duckdb_type(c.type)}" for c in INSTANCES.columns]
+    + ["filename VARCHAR", "file_row_number BIGINT"]
+)
+"""The ``instances`` columns, typed, plus what DuckDB's Parquet reader adds (file, row)."""
+
+_PRUNING = ("StudyInstanceUID", "SeriesInstanceUID")
+"""Keys whose values select the data files to read by the series summaries."""
+
+_PART_COLUMNS = tuple(dict.fromkeys([
+    "data_file", "SeriesInstanceUID", *_INHERITED[Level.SERIES],
+    "instance_count", "first_sop", "modalities", "sop_classes",
+]))
+"""The columns of the series parts a snapshot keeps."""
+
+_LOCATED_KEPT = 200_000
+"""Instances whose place (data file, row) a snapshot remembers for reading their headers."""
+
+
+def _file_list(files: Sequence[str]) -> str:
+    return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+
+
+def _read_instances(files: Sequence[str], *, rows: bool = False) -> str:
+    """DuckDB's Parquet reader over ``files`` (with each row's file and row number)."""
+    flag = "true" if rows else "false"
+    return (f"read_parquet({_file_list(files)}, union_by_name = true, hive_partitioning = "
+            f"false, filename = true, file_row_number = {flag})")
+
+
+def _level_from_image_sql(level: Level) -> str:
+    """A level table aggregated from the in-memory image table (a scoped snapshot)."""
     key = level.unique_key
     cols = [_q(key)]
     cols += [f"any_value({_q(n)}) AS {_q(n)}" for n in _INHERITED[level] if n != key]
     cols += [f"{sql} AS {_q(name)}" for name, (_, sql) in _COMPUTED[level].items()]
     cols.append("min(SOPInstanceUID) AS _rep")
+    cols.append("arg_min(_file, SOPInstanceUID) AS _rep_file")
     return (
         f"CREATE OR REPLACE TABLE {_TABLE[level]} AS SELECT {', '.join(cols)} FROM image "
         f"WHERE {_q(key)} IS NOT NULL GROUP BY {_q(key)}"
     )
+
+
+# The computed attributes of each level from series parts (lake/catalog/_summary.py).
+_COMPUTED_FROM_PARTS: dict[Level, dict[str, str]] = {
+    Level.PATIENT: {
+        "NumberOfPatientRelatedStudies": "count(DISTINCT StudyInstanceUID)",
+        "NumberOfPatientRelatedSeries": "count(DISTINCT SeriesInstanceUID)",
+        "NumberOfPatientRelatedInstances": "CAST(sum(instance_count) AS BIGINT)",
+    },
+    Level.STUDY: {
+        "ModalitiesInStudy": "list_sort(list_distinct(flatten(list(modalities))))",
+        "SOPClassesInStudy": "list_sort(list_distinct(flatten(list(sop_classes))))",
+        "NumberOfStudyRelatedSeries": "count(DISTINCT SeriesInstanceUID)",
+        "NumberOfStudyRelatedInstances": "CAST(sum(instance_count) AS BIGINT)",
+    },
+    Level.SERIES: {
+        "NumberOfSeriesRelatedInstances": "CAST(sum(instance_count) AS BIGINT)",
+    },
+}
+
+
+def _level_from_parts_sql(level: Level, where: str = "") -> str:
+    """The SELECT of a level table from the series parts (``where``: only some keys)."""
+    key = level.unique_key
+    times = {c.name for c in INSTANCES.columns if c.sql_cast}
+    cols = [_q(key)]
+    for name in _INHERITED[level]:
+        if name == key:
+            continue
+        value = f"any_value({_q(name)})"
+        cols.append(f"CAST({value} AS TIME) AS {_q(name)}" if name in times
+                    else f"{value} AS {_q(name)}")
+    cols += [f"{sql} AS {_q(name)}" for name, sql in _COMPUTED_FROM_PARTS[level].items()]
+    cols.append("min(first_sop) AS _rep")
+    cols.append("arg_min(data_file, first_sop) AS _rep_file")
+    condition = f"{_q(key)} IS NOT NULL" + (f" AND {where}" if where else "")
+    return f"SELECT {', '.join(cols)} FROM parts WHERE {condition} GROUP BY {_q(key)}"
 
 
 # --- rendering typed values as DICOM ----------------------------------------------------
@@ -264,12 +339,26 @@ class RetrieveItem:
 class Snapshot:
     """One version of the catalog, indexed for DICOM queries.
 
+    The lake-wide snapshot never copies instance rows. Its ``patient``, ``study`` and
+    ``series`` tables are aggregated from the series summaries written beside each data
+    file at commit time (:mod:`lake.catalog._summary`; one row per series and data file,
+    ~160,000 rows for ten million instances), so PATIENT-, STUDY- and SERIES-level queries
+    never read the ``instances`` table. An IMAGE-level query (and C-GET/C-MOVE, WADO-RS)
+    reads, with DuckDB's own Parquet reader, only the data files whose summaries name the
+    study or series asked for, and within them only the row groups their statistics and
+    Bloom filters let through.
+
+    A scoped snapshot (``members``: a grant's cohorts) holds just those members' rows in
+    memory, each read from its cohort's catalog version.
+
     Parameters
     ----------
     tables : DeltaTables
         The lake's tables.
     version : int
         The ``instances`` version to index.
+    members : sequence of (int, collection of str), optional
+        Cohorts as (catalog version, SOPInstanceUIDs): index only those instances.
     """
 
     def __init__(
@@ -280,21 +369,26 @@ class Snapshot:
     ) -> None:
         self.version = version
         self.scoped = members is not None
+        self._tables = tables
+        self._local = tables.location.is_local
         self._lock = threading.Lock()
         self._con = duckdb.connect()
         self._con.execute("SET threads TO 2")
-        self._fragments: list[Any] = []
-        self._files: set[str] = set()
+        self._fragments: dict[str, Any] = {}
+        self._files: dict[str, str] = {}  # data file name -> its path on the lake's filesystem
+        self._located: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._headers: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._header_bytes = 0
+        self._delta: Any = None
         try:
-            self._create_image()
             if members is None:
-                dataset = arrow_dataset(tables.open("instances", version))
-                self._load(dataset, list(dataset.get_fragments()), 0, None)
+                self._delta = tables.open(INSTANCES.name, version)
+                self._con.execute(f"CREATE TABLE instances_empty ({_EMPTY_DDL})")
+                self._add_files(data_files(tables, self._delta), first=True)
             else:
+                self._create_image()
                 for index, (at, uids) in enumerate(members):
-                    dataset = arrow_dataset(tables.open("instances", at))
+                    dataset = arrow_dataset(tables.open(INSTANCES.name, at))
                     wanted = pa.array(sorted(uids), pa.string())
                     self._load(dataset, list(dataset.get_fragments()), index, wanted)
                 # A member of several cohorts is read from the newest catalog version naming it.
@@ -303,18 +397,144 @@ class Snapshot:
                     "FROM image QUALIFY row_number() OVER (PARTITION BY SOPInstanceUID "
                     "ORDER BY _src DESC) > 1)"
                 )
-            self._levels()
+                for level in (Level.SERIES, Level.STUDY, Level.PATIENT):
+                    self._con.execute(_level_from_image_sql(level))
         except duckdb.Error as exc:
             raise CatalogError(
                 f"the catalog cannot be indexed for DICOM queries ({type(exc).__name__}); "
                 "run Lake.verify()", functions=("Lake.verify",)
             ) from None
 
+    # --- the lake-wide snapshot: summaries in memory, instances read where they are ----
+
+    def _add_files(self, files: Sequence[str], *, first: bool = False) -> None:
+        """Add the series summaries of ``files`` (data files) and update the level tables
+        for the series, studies and patients they touch."""
+        for path in files:
+            self._files[posixpath.basename(path)] = path
+        relation = self._parts_of(files)
+        self._con.execute(f"CREATE OR REPLACE TEMP TABLE new_parts AS {relation}")
+        try:
+            if first:
+                self._con.execute("CREATE TABLE parts AS SELECT * FROM new_parts")
+            else:
+                self._con.execute("INSERT INTO parts BY NAME SELECT * FROM new_parts")
+            for level in (Level.SERIES, Level.STUDY, Level.PATIENT):
+                key = _q(level.unique_key)
+                if first:
+                    self._con.execute(
+                        f"CREATE TABLE {_TABLE[level]} AS {_level_from_parts_sql(level)}")
+                    continue
+                touched = f"{key} IN (SELECT {key} FROM new_parts)"
+                self._con.execute(f"DELETE FROM {_TABLE[level]} WHERE {touched}")
+                self._con.execute(
+                    f"INSERT INTO {_TABLE[level]} {_level_from_parts_sql(level, touched)}")
+        finally:
+            self._con.execute("DROP TABLE IF EXISTS new_parts")
+            for name in ("_parts_stored", "_parts_missing"):
+                with contextlib.suppress(duckdb.Error):
+                    self._con.unregister(name)
+
+    def _parts_of(self, files: Sequence[str]) -> str:
+        """A relation of the series parts of ``files``: their stored summaries, and for a file
+        without one (a crash between commit and summary, an older release), its rows
+        aggregated here (only the narrow columns the summary reads)."""
+        found = summaries_of(self._tables, files)
+        parts = [parts_sql(SERIES_PARTS, "(FROM instances_empty)", "NULL::VARCHAR")]
+        if found.series:
+            if self._local:
+                parts.append(f"SELECT * FROM read_parquet({_file_list(found.series)}, "
+                             "union_by_name = true, hive_partitioning = false)")
+            else:
+                import pyarrow.parquet as pq
+
+                fs = self._tables.location.fs
+                self._con.register("_parts_stored", pa.concat_tables(
+                    [pq.read_table(p, filesystem=fs) for p in found.series],
+                    promote_options="default"))
+                parts.append("SELECT * FROM _parts_stored")
+        if found.missing:
+            if self._local:
+                rows = (f"(SELECT * FROM instances_empty UNION ALL BY NAME SELECT * FROM "
+                        f"{_read_instances(found.missing)})")
+                parts.append(parts_sql(SERIES_PARTS, rows, "parse_filename(filename)"))
+            else:
+                self._con.register("_parts_missing", self._remote(found.missing))
+                parts.append(parts_sql(SERIES_PARTS, "_parts_missing", "NULL::VARCHAR"))
+        union = " UNION ALL BY NAME ".join(f"({p})" for p in parts)
+        return f"SELECT {', '.join(_q(c) for c in _PART_COLUMNS)} FROM ({union})"
+
+    def _remote(self, paths: Sequence[str]) -> Any:
+        import pyarrow.dataset as pads
+
+        from lake.catalog._tables import view_schema
+
+        return pads.dataset(list(paths), schema=view_schema(INSTANCES.schema),
+                            format="parquet", filesystem=self._tables.location.fs)
+
+    def _candidates(self, keys: Sequence[Key]) -> list[str] | None:
+        """The data files that can hold instances matching the UID keys of ``keys`` (by the
+        series summaries), or None for every file."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for key in keys:
+            if key.keyword in _PRUNING and not key.is_return_only:
+                pred = predicate(key.keyword, "uid", key)
+                clauses.append(pred.sql)
+                params.extend(pred.params)
+        if not clauses:
+            return None
+        cursor = self._con.execute(
+            f"SELECT DISTINCT data_file FROM parts WHERE {' AND '.join(clauses)}", params)
+        names = [row[0] for row in cursor.fetchall()]
+        if any(name is None or name not in self._files for name in names):
+            return None  # a part aggregated without its file's name (remote): read them all
+        return sorted(names)
+
+    def _image(self, keys: Sequence[Key]) -> str | None:
+        """The relation holding the instances ``keys`` can match (None: no file can).
+
+        Call with the lock held (registers remote datasets on the connection)."""
+        if self.scoped:
+            return "image"
+        names = self._candidates(keys)
+        paths = list(self._files.values()) if names is None else [self._files[n] for n in names]
+        if not paths:
+            return None
+        if self._local:
+            source = (f"(SELECT * FROM instances_empty UNION ALL BY NAME SELECT * FROM "
+                      f"{_read_instances(paths, rows=True)})")
+            return f"({_image_select(source, file='parse_filename(filename)', row='file_row_number')})"
+        self._con.register("_image_remote", self._remote(paths))
+        return f"({_image_select('_image_remote', file='NULL::VARCHAR', row='NULL::BIGINT')})"
+
+    def _remember_places(self, rows: Sequence[tuple[str, str | None, int | None]]) -> None:
+        """Where instances are (UID, data file name, row), for :meth:`headers`."""
+        with self._lock:
+            for uid, name, row in rows:
+                if name is None or row is None:
+                    continue
+                self._located[uid] = (name, int(row))
+                self._located.move_to_end(uid)
+            while len(self._located) > _LOCATED_KEPT:
+                self._located.popitem(last=False)
+
+    def _fragment(self, name: str) -> Any:
+        found = self._fragments.get(name)
+        if found is None:
+            dataset = arrow_dataset(self._delta)
+            self._fragments.update(
+                {posixpath.basename(f.path): f for f in dataset.get_fragments()})
+            found = self._fragments[name]
+        return found
+
+    # --- a scoped snapshot: its members' rows in memory -------------------------------
+
     def _create_image(self) -> None:
         """The empty image table: query columns, representative, source, file and row."""
         empty = INSTANCES.schema.empty_table().select(list(_SOURCE_COLUMNS))
-        empty = empty.append_column("_file", pa.array([], pa.int32()))
-        empty = empty.append_column("_row", pa.array([], pa.int32()))
+        empty = empty.append_column("_file", pa.array([], pa.string()))
+        empty = empty.append_column("_row", pa.array([], pa.int64()))
         self._con.register("_empty_source", empty)
         try:
             self._con.execute(f"CREATE TABLE image AS {_image_select('_empty_source')}")
@@ -322,24 +542,22 @@ class Snapshot:
             self._con.unregister("_empty_source")
 
     def _load(self, dataset: Any, fragments: Sequence[Any], src: int, wanted: Any) -> None:
-        """Add the rows of ``fragments`` to the image table, each with its file and row number.
-
-        Only the narrow query columns are read; the headers stay in the files, and
-        :meth:`headers` reads just the row groups holding the rows it is asked for.
-        """
+        """Add the rows of ``fragments`` that are in ``wanted`` to the image table, each with
+        its file and row number. Only the narrow query columns are read; the headers stay
+        in the files, and :meth:`headers` reads just the row groups holding the rows asked
+        for."""
         columns = [n for n in _SOURCE_COLUMNS if n in dataset.schema.names]
         batch: list[pa.Table] = []
         rows = 0
         for fragment in fragments:
-            index = len(self._fragments)
-            self._fragments.append(fragment)
-            self._files.add(fragment.path)
+            name = posixpath.basename(fragment.path)
+            self._fragments[name] = fragment
+            self._files[name] = fragment.path
             table = fragment.to_table(schema=dataset.schema, columns=columns)
             count = table.num_rows
-            table = table.append_column("_file", pa.array([index] * count, pa.int32()))
-            table = table.append_column("_row", pa.array(range(count), pa.int32()))
-            if wanted is not None:
-                table = table.filter(pc.is_in(table.column("SOPInstanceUID"), value_set=wanted))
+            table = table.append_column("_file", pa.array([name] * count, pa.string()))
+            table = table.append_column("_row", pa.array(range(count), pa.int64()))
+            table = table.filter(pc.is_in(table.column("SOPInstanceUID"), value_set=wanted))
             batch.append(table)
             rows += table.num_rows
             if rows >= 200_000:
@@ -357,12 +575,9 @@ class Snapshot:
         finally:
             self._con.unregister("_loading")
 
-    def _levels(self) -> None:
-        for level in (Level.SERIES, Level.STUDY, Level.PATIENT):
-            self._con.execute(_level_sql(level))
-
     def advance(self, delta: Any) -> bool:
-        """Catch up with a newer version of ``delta`` by reading only its new files.
+        """Catch up with a newer version of ``delta`` by reading only the summaries of its
+        new files.
 
         Returns False (nothing changed) when files were removed since this snapshot
         (compaction, deletes): build a new :class:`Snapshot` then. A scoped snapshot
@@ -370,21 +585,20 @@ class Snapshot:
         """
         if self.scoped:
             return False
-        dataset = arrow_dataset(delta)
-        fragments = {f.path: f for f in dataset.get_fragments()}
-        if not self._files <= fragments.keys():
+        files = {posixpath.basename(p): p for p in data_files(self._tables, delta)}
+        if not self._files.keys() <= files.keys():
             return False
-        new = [fragments[p] for p in fragments if p not in self._files]
+        new = [files[n] for n in files if n not in self._files]
         with self._lock:
             try:
                 if new:
-                    self._load(dataset, new, 0, None)
-                    self._levels()
+                    self._add_files(new)
             except duckdb.Error as exc:
                 raise CatalogError(
                     f"the catalog cannot be indexed for DICOM queries ({type(exc).__name__}); "
                     "run Lake.verify()", functions=("Lake.verify",)
                 ) from None
+            self._delta = delta
             self.version = int(delta.version())
         return True
 
@@ -400,6 +614,25 @@ class Snapshot:
                 return names, cursor.fetchall()
             except duckdb.Error as exc:
                 raise QueryError(f"the query cannot be answered ({type(exc).__name__})") from None
+
+    def _fetch_image(
+        self, keys: Sequence[Key], sql: str, params: Sequence[Any]
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run ``sql`` with ``{image}`` standing for the instances ``keys`` can match."""
+        with self._lock:
+            try:
+                image = self._image(keys)
+                if image is None:
+                    return [], []
+                cursor = self._con.execute(sql.replace("{image}", image), list(params))
+                names = [d[0] for d in cursor.description or []]
+                return names, cursor.fetchall()
+            except duckdb.Error as exc:
+                raise QueryError(f"the query cannot be answered ({type(exc).__name__})") from None
+            finally:
+                if not self.scoped and not self._local:
+                    with contextlib.suppress(duckdb.Error):
+                        self._con.unregister("_image_remote")
 
     def _where(self, level: Level, keys: Sequence[Key]) -> tuple[str, list[Any], list[Key]]:
         attrs = _LEVEL_ATTRS[level]
@@ -426,11 +659,19 @@ class Snapshot:
         where = " AND ".join(clauses) if clauses else "TRUE"
         return where, params, header_keys
 
-    def headers(self, uids: Sequence[str], column: str = "header_json") -> dict[str, Any]:
+    def headers(
+        self,
+        uids: Sequence[str],
+        column: str = "header_json",
+        *,
+        files: Mapping[str, str | None] | None = None,
+    ) -> dict[str, Any]:
         """``column`` (``header_json`` or ``header_dicom``) of the instances ``uids``.
 
-        Each row is read from its own file, only the row groups that hold it; recently
-        read headers are kept (up to 64 MB), so a repeated search reads nothing.
+        Each value is read from its own file, only the row groups that hold it; recently
+        read headers are kept (up to 64 MB), so a repeated search reads nothing. Where an
+        instance is, is known for those a query of this snapshot returned; ``files`` (UID
+        -> data file name, e.g. a study's representative) narrows the search for the others.
         """
         if column not in ("header_json", "header_dicom"):
             raise ValueError(column)
@@ -446,17 +687,63 @@ class Snapshot:
                     missing.append(uid)
         if not missing:
             return out
-        _, placed = self._fetch(
-            "SELECT _file, list(SOPInstanceUID), list(_row) FROM image "
-            "WHERE SOPInstanceUID IN (SELECT unnest(?::VARCHAR[])) GROUP BY _file",
-            [missing],
-        )
-        for file_index, found_uids, found_rows in placed:
-            values = _read_rows(self._fragments[int(file_index)], column, list(found_rows))
-            for uid, value in zip(found_uids, values, strict=True):
+        places = self._places(missing, files or {})
+        by_file: dict[str, list[tuple[str, int]]] = {}
+        for uid, (name, row) in places.items():
+            by_file.setdefault(name, []).append((uid, row))
+        for name, found in by_file.items():
+            values = _read_rows(self._fragment(name), column, [row for _, row in found])
+            for (uid, _), value in zip(found, values, strict=True):
+                out[uid] = value
+                self._remember(column, uid, value)
+        unplaced = [u for u in missing if u not in places]
+        if unplaced and not self.scoped and not self._local:
+            # A remote lake: DuckDB does not know rows there; read the values by UID.
+            with self._lock:
+                self._con.register("_headers_remote", self._remote(list(self._files.values())))
+                try:
+                    rows = self._con.execute(
+                        f"SELECT SOPInstanceUID, {column} FROM _headers_remote WHERE "
+                        "SOPInstanceUID IN (SELECT unnest(?::VARCHAR[]))", [unplaced]).fetchall()
+                finally:
+                    self._con.unregister("_headers_remote")
+            for uid, value in rows:
                 out[uid] = value
                 self._remember(column, uid, value)
         return out
+
+    def _places(
+        self, uids: Sequence[str], files: Mapping[str, str | None]
+    ) -> dict[str, tuple[str, int]]:
+        """(data file name, row) of each of ``uids`` that this snapshot can find."""
+        places: dict[str, tuple[str, int]] = {}
+        with self._lock:
+            for uid in uids:
+                found = self._located.get(uid)
+                if found is not None:
+                    places[uid] = found
+        todo = [u for u in uids if u not in places]
+        if not todo:
+            return places
+        if self.scoped:
+            _, rows = self._fetch(
+                "SELECT SOPInstanceUID, _file, _row FROM image "
+                "WHERE SOPInstanceUID IN (SELECT unnest(?::VARCHAR[]))", [todo])
+        elif self._local:
+            hinted = {files.get(u) for u in todo}
+            names = (sorted(n for n in hinted if n is not None)
+                     if None not in hinted and hinted <= self._files.keys() else list(self._files))
+            paths = [self._files[n] for n in names]
+            _, rows = self._fetch(
+                f"SELECT SOPInstanceUID, parse_filename(filename), file_row_number FROM "
+                f"{_read_instances(paths, rows=True)} "
+                "WHERE SOPInstanceUID IN (SELECT unnest(?::VARCHAR[]))", [todo])
+        else:
+            return places
+        for uid, name, row in rows:
+            places[uid] = (name, int(row))
+        self._remember_places([(u, n, r) for u, (n, r) in places.items()])
+        return places
 
     def _remember(self, column: str, uid: str, value: Any) -> None:
         size = len(value) if value is not None else 0
@@ -476,18 +763,20 @@ class Snapshot:
         attrs = _LEVEL_ATTRS[level]
         where, params, header_keys = self._where(level, keys)
         columns = sorted({k.keyword for k in keys if k.keyword in attrs} | {level.unique_key})
-        select = ", ".join([_q(c) for c in columns] + ["_rep"])
+        place = ["_file", "_row"] if level is Level.IMAGE else ["_rep_file"]
+        select = ", ".join([_q(c) for c in columns] + ["_rep", *place])
         page = ""
         if not header_keys and (limit is not None or offset):
             page = f" LIMIT {int(limit) if limit is not None else -1} OFFSET {int(offset)}"
             page = page.replace("LIMIT -1 ", "")
         elif header_keys:  # matched on stored headers, one read each: a bounded number
             page = f" LIMIT {int(_HEADER_SCAN_MAX) + 1}"
-        names, rows = self._fetch(
-            f"SELECT {select} FROM {_TABLE[level]} WHERE {where} "
-            f"ORDER BY {_q(level.unique_key)}{page}",
-            params,
-        )
+        sql = (f"SELECT {select} FROM {{image}} WHERE {where} "
+               f"ORDER BY {_q(level.unique_key)}{page}")
+        if level is Level.IMAGE:
+            names, rows = self._fetch_image(keys, sql, params)
+        else:
+            names, rows = self._fetch(sql.replace("{image}", _TABLE[level]), params)
         if header_keys and len(rows) > _HEADER_SCAN_MAX:
             raise QueryError(
                 f"matching {', '.join(k.keyword for k in header_keys)} reads the stored header "
@@ -496,13 +785,19 @@ class Snapshot:
                 "StudyDate, Modality, PatientID) or search at the study level"
             )
         records = [dict(zip(names, row, strict=True)) for row in rows]
+        if level is Level.IMAGE:
+            self._remember_places([(r["_rep"], r["_file"], r["_row"]) for r in records])
+        above = {name for upper in _ABOVE[level] for name in _COMPUTED[upper]}
         need_header = [
             k for k in keys
             if k.keyword not in attrs and k.keyword not in SERVER_FILLED and k.vr != "SQ"
+            and k.keyword not in above
         ]
         headers: dict[str, dict[str, Any]] = {}
         if need_header and records:
-            raw = self.headers([r["_rep"] for r in records])
+            raw = self.headers([r["_rep"] for r in records],
+                               files={r["_rep"]: r.get("_rep_file", r.get("_file"))
+                                      for r in records})
             headers = {uid: json.loads(text) for uid, text in raw.items() if text}
         if header_keys:
             matchers = [(f"{k.tag:08X}", python_matcher(k)) for k in header_keys]
@@ -645,14 +940,15 @@ class Snapshot:
         where, params, header_keys = self._where(Level.IMAGE, keys)
         if header_keys:
             raise QueryError("a retrieve identifier may hold only unique keys")
-        _, rows = self._fetch(
-            "SELECT SOPInstanceUID, SOPClassUID, TransferSyntaxUID, pixel_hash, pixel_vr "
-            f"FROM image WHERE {where} "
+        _, rows = self._fetch_image(
+            keys,
+            "SELECT SOPInstanceUID, SOPClassUID, TransferSyntaxUID, pixel_hash, pixel_vr, "
+            f"_file, _row FROM {{image}} WHERE {where} "
             "ORDER BY StudyInstanceUID, SeriesInstanceUID, InstanceNumber, SOPInstanceUID",
             params,
         )
-        return [RetrieveItem(*row) for row in rows]
-
+        self._remember_places([(row[0], row[5], row[6]) for row in rows])
+        return [RetrieveItem(*row[:5]) for row in rows]
 
     def locate(
         self, study: str, series: str | None = None, instance: str | None = None
@@ -670,13 +966,20 @@ class Snapshot:
         if instance is not None:
             clauses.append("SOPInstanceUID = ?")
             params.append(instance)
-        _, rows = self._fetch(
-            f"SELECT {', '.join(_LOCATE)} FROM image WHERE {' AND '.join(clauses)} "
+        keys = [Key("StudyInstanceUID", 0x0020000D, "UI", (study,))]
+        if series is not None:
+            keys.append(Key("SeriesInstanceUID", 0x0020000E, "UI", (series,)))
+        _, rows = self._fetch_image(
+            keys,
+            f"SELECT {', '.join(_LOCATE)}, _file, _row FROM {{image}} "
+            f"WHERE {' AND '.join(clauses)} "
             "ORDER BY SeriesNumber NULLS LAST, SeriesInstanceUID, InstanceNumber NULLS LAST, "
             "SOPInstanceUID",
             params,
         )
-        return [StoredInstance(*row) for row in rows]
+        width = len(_LOCATE)
+        self._remember_places([(row[2], row[width], row[width + 1]) for row in rows])
+        return [StoredInstance(*row[:width]) for row in rows]
 
 
 _LOCATE = (
@@ -711,29 +1014,27 @@ _HEADER_CACHE = 64 * 2**20
 
 
 def _read_rows(fragment: Any, column: str, rows: Sequence[int]) -> list[Any]:
-    """Values of ``column`` at ``rows`` of one Parquet file, reading only their row groups."""
-    starts = []
-    offset = 0
+    """Values of ``column`` at ``rows`` of one Parquet file, reading only their row groups,
+    one at a time (memory: one row group of one column, not every group asked for)."""
     groups = fragment.row_groups or []
-    for group in groups:
-        starts.append(offset)
-        offset += int(group.num_rows)
     if not groups:  # no row-group metadata: read the column
         table = fragment.to_table(columns=[column])
         return [table.column(column)[r].as_py() for r in rows]
-    needed = sorted({bisect.bisect_right(starts, r) - 1 for r in rows})
-    table = fragment.subset(row_group_ids=needed).to_table(columns=[column])
-    base: dict[int, int] = {}
-    position = 0
-    for group in needed:
-        base[group] = position
-        position += int(groups[group].num_rows)
-    values = table.column(column)
-    out = []
+    starts = []
+    offset = 0
+    for group in groups:
+        starts.append(offset)
+        offset += int(group.num_rows)
+    wanted: dict[int, list[int]] = {}
     for r in rows:
-        group = bisect.bisect_right(starts, r) - 1
-        out.append(values[base[group] + r - starts[group]].as_py())
-    return out
+        wanted.setdefault(bisect.bisect_right(starts, r) - 1, []).append(r)
+    found: dict[int, Any] = {}
+    for group, in_group in sorted(wanted.items()):
+        values = fragment.subset(row_group_ids=[group]).to_table(columns=[column]).column(column)
+        for r in in_group:
+            found[r] = values[r - starts[group]].as_py()
+        del values
+    return [found[r] for r in rows]
 
 
 def _tag(keyword: str) -> int:
