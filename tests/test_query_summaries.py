@@ -117,16 +117,27 @@ def test_study_series_patient_levels_never_read_the_instance_table(
     three_files: lake.Lake, tmp_path: Path
 ) -> None:
     """With every data file of ``instances`` spoilt (only the Delta log and the summaries
-    readable), the index still builds and answers PATIENT, STUDY and SERIES queries exactly as
-    an index over every instance row did: those levels are answered from the summaries."""
+    readable), the index still builds and answers PATIENT, STUDY and SERIES queries (C-FIND,
+    and QIDO-RS with its default attributes, PatientName included) exactly as an index over
+    every instance row did: those levels are answered from the summaries."""
+    from lake.web._qido import search
+
     lk = three_files
-    queries = PATIENT_QUERIES + SERIES_QUERIES + STUDY_QUERIES[:3]
-    reference = _answers(_rows_snapshot(lk), queries)
+    queries = PATIENT_QUERIES + SERIES_QUERIES + STUDY_QUERIES
+    rows = _rows_snapshot(lk)
+    reference = _answers(rows, queries)
     assert all(reference), "every query matches something"
+    # QIDO-RS with PS3.18's default study attributes: PatientName, AccessionNumber,
+    # ReferringPhysicianName... come from the stored headers of each study's first instance.
+    qido = [("StudyDate", "20150101-20150110")]
+    expected = search(rows, "studies", qido, {}, "http://lake")
+    assert [e["00100010"] for e in expected[0]][:2] == [
+        {"vr": "PN", "Value": [{"Alphabetic": "ANON^000000"}]}] * 2
     _spoil(data_files(lk.tables, lk.tables.open("instances")))
     snapshot = Snapshot(lk.tables, lk.version)
     try:
         assert _answers(snapshot, queries) == reference
+        assert search(snapshot, "studies", qido, {}, "http://lake") == expected
     finally:
         snapshot.close()
 

@@ -23,11 +23,12 @@ Summaries are derived data, never a second source of truth:
 from __future__ import annotations
 
 import io
+import json
 import os
 import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from lake.catalog._schema import INSTANCES
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from lake.catalog._tables import DeltaTables
 
 __all__ = [
+    "REP_HEADERS",
+    "REP_HEADER_KEYWORDS",
     "SERIES_PARTS",
     "STUDY_PARTS",
     "SUMMARY_DIR",
@@ -49,8 +52,10 @@ __all__ = [
     "fs_path",
     "parts_sql",
     "prune_summaries",
+    "rep_headers_of",
     "studies_from_series_sql",
     "summaries_of",
+    "write_rep_headers",
     "write_summaries",
 ]
 
@@ -59,6 +64,30 @@ SUMMARY_DIR = "_summary/v1"
 
 SERIES_PARTS = "series_parts"
 STUDY_PARTS = "study_parts"
+REP_HEADERS = "rep_headers"
+"""Per data file and series: the stored header of its first instance (lowest
+SOPInstanceUID), cut to :data:`REP_HEADER_KEYWORDS`. The DICOM query index answers
+patient-, study- and series-level attributes that are not catalog columns (PatientName,
+AccessionNumber... of QIDO-RS's default study attributes) from these instead of reading
+each study's first instance from its data file. Optional: a file written before they
+existed has none, and its headers are read from its rows."""
+
+REP_HEADER_KEYWORDS = (
+    # Patient
+    "PatientName", "IssuerOfPatientID", "PatientBirthDate", "PatientBirthTime",
+    "OtherPatientNames", "EthnicGroup", "PatientComments", "PatientSpeciesDescription",
+    "PatientBreedDescription", "ResponsiblePerson", "ResponsibleOrganization",
+    # Study
+    "StudyID", "AccessionNumber", "ReferringPhysicianName", "PhysiciansOfRecord",
+    "NameOfPhysiciansReadingStudy", "AdmittingDiagnosesDescription", "Occupation",
+    "AdditionalPatientHistory", "OtherStudyNumbers", "InstitutionName",
+    "InstitutionalDepartmentName",
+    # Series
+    "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
+    "PerformedProcedureStepID", "PerformedProcedureStepDescription", "OperatorsName",
+    "PerformingPhysicianName", "Laterality", "StationName", "PatientPosition",
+)
+"""Header attributes of the patient, study and series levels kept in :data:`REP_HEADERS`."""
 
 # Columns each summary reads from a data file (those the views and the DICOM query levels use).
 _READ = (
@@ -215,14 +244,61 @@ def _summarise(con: duckdb.DuckDBPyConnection, tables: DeltaTables, data_file: s
         # One pass over the file: series parts, then study parts from the series rows.
         series = _table(con.sql(parts_sql(SERIES_PARTS, source, name)).arrow())
         con.unregister("summary_source")
+        headers = _rep_headers(con, reader, posixpath.basename(data_file))
     con.register("series_rows", series)
     studies = _table(con.sql(studies_from_series_sql("series_rows")).arrow())
     con.unregister("series_rows")
-    for kind, table in ((STUDY_PARTS, studies), (SERIES_PARTS, series)):
+    parts = ((REP_HEADERS, headers), (STUDY_PARTS, studies), (SERIES_PARTS, series))
+    for kind, table in parts:
         sink = io.BytesIO()
         pq.write_table(table, sink, compression="zstd")
         # The series summary last: a file counts as summarised once both exist.
         atomic_write(fs, _summary_path(root, data_file, kind), sink.getvalue())
+
+
+def _rep_headers(con: duckdb.DuckDBPyConnection, reader: Any, name: str) -> pa.Table:
+    """The :data:`REP_HEADERS` rows of one data file (``reader``), its ``header_json``
+    streamed once (DuckDB keeps one header per series while it reads)."""
+    import pyarrow as pa
+    from pydicom.datadict import tag_for_keyword
+
+    present = set(reader.schema_arrow.names)
+    columns = ["SeriesInstanceUID", "SOPInstanceUID", "header_json"]
+    if not set(columns) <= present:
+        return pa.table({"data_file": pa.array([], pa.string()),
+                         "SeriesInstanceUID": pa.array([], pa.string()),
+                         "rep_header": pa.array([], pa.string())})
+    schema = reader.schema_arrow
+    stream = pa.RecordBatchReader.from_batches(
+        pa.schema([schema.field(c) for c in columns]),
+        reader.iter_batches(columns=columns, batch_size=16_384),
+    )
+    con.register("header_source", stream)
+    try:
+        rows = con.execute(
+            "SELECT SeriesInstanceUID, arg_min(header_json, SOPInstanceUID) FROM header_source "
+            "GROUP BY SeriesInstanceUID").fetchall()
+    finally:
+        con.unregister("header_source")
+    tags = [f"{int(tag_for_keyword(k) or 0):08X}" for k in REP_HEADER_KEYWORDS]
+    kept = []
+    for _, text in rows:
+        header = json.loads(text) if text else {}
+        kept.append(json.dumps({t: header[t] for t in tags if t in header},
+                               separators=(",", ":")))
+    return pa.table({
+        "data_file": pa.array([name] * len(rows), pa.string()),
+        "SeriesInstanceUID": pa.array([r[0] for r in rows], pa.string()),
+        "rep_header": pa.array(kept, pa.string()),
+    })
+
+
+def rep_headers_of(tables: DeltaTables, files: Sequence[str]) -> tuple[str, ...]:
+    """The paths of the :data:`REP_HEADERS` parts that exist for ``files``."""
+    root = tables.location.join("tables", INSTANCES.name)
+    have = _listing(tables, REP_HEADERS)
+    return tuple(_summary_path(root, f, REP_HEADERS) for f in files
+                 if posixpath.basename(f) in have)
 
 
 def _table(result: object) -> pa.Table:
@@ -296,6 +372,33 @@ def write_summaries(
     return len(todo)
 
 
+def write_rep_headers(tables: DeltaTables, delta: DeltaTable | None = None) -> int:
+    """Write the :data:`REP_HEADERS` parts the data files of ``delta`` (default: the newest
+    version) lack (files summarised before they existed); returns how many were written.
+    Reads each such file's ``header_json`` once. Safe to repeat and to run concurrently."""
+    import duckdb
+    import pyarrow.parquet as pq
+
+    delta = delta if delta is not None else tables.open(INSTANCES.name)
+    files = data_files(tables, delta)
+    have = {posixpath.basename(p) for p in rep_headers_of(tables, files)}
+    todo = [f for f in files if posixpath.basename(f) not in have]
+    fs = tables.location.fs
+    root = tables.location.join("tables", INSTANCES.name)
+    con = duckdb.connect()
+    try:
+        con.execute("SET threads = 1")
+        for data_file in todo:
+            with fs.open(data_file, "rb") as fh:
+                table = _rep_headers(con, pq.ParquetFile(fh), posixpath.basename(data_file))
+            sink = io.BytesIO()
+            pq.write_table(table, sink, compression="zstd")
+            atomic_write(fs, _summary_path(root, data_file, REP_HEADERS), sink.getvalue())
+    finally:
+        con.close()
+    return len(todo)
+
+
 def prune_summaries(tables: DeltaTables, keep: Iterable[str]) -> int:
     """Remove the summaries whose data file is not in ``keep`` (the names of data files
     still on storage, e.g. after ``vacuum``); returns how many were removed."""
@@ -303,7 +406,7 @@ def prune_summaries(tables: DeltaTables, keep: Iterable[str]) -> int:
     fs = tables.location.fs
     root = tables.location.join("tables", INSTANCES.name)
     removed = 0
-    for kind in (SERIES_PARTS, STUDY_PARTS):
+    for kind in (SERIES_PARTS, STUDY_PARTS, REP_HEADERS):
         for name in _listing(tables, kind) - names:
             fs.rm(posixpath.join(root, SUMMARY_DIR, kind, name))
             removed += 1

@@ -32,7 +32,14 @@ from pydicom.valuerep import DSfloat
 from lake._errors import CatalogError, QueryError
 from lake.catalog import INSTANCES, DeltaTables, arrow_dataset
 from lake.catalog._scan import duckdb_type
-from lake.catalog._summary import SERIES_PARTS, data_files, parts_sql, summaries_of
+from lake.catalog._summary import (
+    REP_HEADER_KEYWORDS,
+    SERIES_PARTS,
+    data_files,
+    parts_sql,
+    rep_headers_of,
+    summaries_of,
+)
 from lake.query._match import Key, Level, predicate, python_matcher
 
 __all__ = ["RetrieveItem", "Snapshot", "SnapshotCache", "StoredInstance"]
@@ -171,6 +178,8 @@ _PART_COLUMNS = tuple(dict.fromkeys([
 ]))
 """The columns of the series parts a snapshot keeps."""
 
+_REP_KEYWORDS = frozenset(REP_HEADER_KEYWORDS)
+
 _LOCATED_KEPT = 200_000
 """Instances whose place (data file, row) a snapshot remembers for reading their headers."""
 
@@ -193,7 +202,8 @@ def _level_from_image_sql(level: Level) -> str:
     cols += [f"any_value({_q(n)}) AS {_q(n)}" for n in _INHERITED[level] if n != key]
     cols += [f"{sql} AS {_q(name)}" for name, (_, sql) in _COMPUTED[level].items()]
     cols.append("min(SOPInstanceUID) AS _rep")
-    cols.append("arg_min(_file, SOPInstanceUID) AS _rep_file")
+    cols.append("arg_min_null(_file, SOPInstanceUID) AS _rep_file")
+    cols.append("NULL::VARCHAR AS _rep_header")
     return (
         f"CREATE OR REPLACE TABLE {_TABLE[level]} AS SELECT {', '.join(cols)} FROM image "
         f"WHERE {_q(key)} IS NOT NULL GROUP BY {_q(key)}"
@@ -232,7 +242,10 @@ def _level_from_parts_sql(level: Level, where: str = "") -> str:
                     else f"{value} AS {_q(name)}")
     cols += [f"{sql} AS {_q(name)}" for name, sql in _COMPUTED_FROM_PARTS[level].items()]
     cols.append("min(first_sop) AS _rep")
-    cols.append("arg_min(data_file, first_sop) AS _rep_file")
+    # arg_min_null: the file of the very first instance even when its name is unknown
+    # (arg_min would skip to the next part whose name is known: the wrong file).
+    cols.append("arg_min_null(data_file, first_sop) AS _rep_file")
+    cols.append("arg_min_null(rep_header, first_sop) AS _rep_header")
     condition = f"{_q(key)} IS NOT NULL" + (f" AND {where}" if where else "")
     return f"SELECT {', '.join(cols)} FROM parts WHERE {condition} GROUP BY {_q(key)}"
 
@@ -431,7 +444,7 @@ class Snapshot:
                     f"INSERT INTO {_TABLE[level]} {_level_from_parts_sql(level, touched)}")
         finally:
             self._con.execute("DROP TABLE IF EXISTS new_parts")
-            for name in ("_parts_stored", "_parts_missing"):
+            for name in ("_parts_stored", "_parts_missing", "_parts_headers"):
                 with contextlib.suppress(duckdb.Error):
                     self._con.unregister(name)
 
@@ -462,7 +475,23 @@ class Snapshot:
                 self._con.register("_parts_missing", self._remote(found.missing))
                 parts.append(parts_sql(SERIES_PARTS, "_parts_missing", "NULL::VARCHAR"))
         union = " UNION ALL BY NAME ".join(f"({p})" for p in parts)
-        return f"SELECT {', '.join(_q(c) for c in _PART_COLUMNS)} FROM ({union})"
+        reps = rep_headers_of(self._tables, files)
+        headers = ("(SELECT NULL::VARCHAR AS data_file, NULL::VARCHAR AS SeriesInstanceUID, "
+                   "NULL::VARCHAR AS rep_header WHERE false)")
+        if reps and self._local:
+            headers = (f"read_parquet({_file_list(reps)}, union_by_name = true, "
+                       "hive_partitioning = false)")
+        elif reps:
+            import pyarrow.parquet as pq
+
+            fs = self._tables.location.fs
+            self._con.register("_parts_headers", pa.concat_tables(
+                [pq.read_table(p, filesystem=fs) for p in reps], promote_options="default"))
+            headers = "_parts_headers"
+        columns = ", ".join(f"p.{_q(c)}" for c in _PART_COLUMNS)
+        return (f"SELECT {columns}, h.rep_header FROM ({union}) AS p LEFT JOIN {headers} AS h "
+                "ON p.data_file = h.data_file "
+                "AND p.SeriesInstanceUID IS NOT DISTINCT FROM h.SeriesInstanceUID")
 
     def _remote(self, paths: Sequence[str]) -> Any:
         import pyarrow.dataset as pads
@@ -763,7 +792,7 @@ class Snapshot:
         attrs = _LEVEL_ATTRS[level]
         where, params, header_keys = self._where(level, keys)
         columns = sorted({k.keyword for k in keys if k.keyword in attrs} | {level.unique_key})
-        place = ["_file", "_row"] if level is Level.IMAGE else ["_rep_file"]
+        place = ["_file", "_row"] if level is Level.IMAGE else ["_rep_file", "_rep_header"]
         select = ", ".join([_q(c) for c in columns] + ["_rep", *place])
         page = ""
         if not header_keys and (limit is not None or offset):
@@ -795,10 +824,15 @@ class Snapshot:
         ]
         headers: dict[str, dict[str, Any]] = {}
         if need_header and records:
-            raw = self.headers([r["_rep"] for r in records],
+            if all(k.keyword in _REP_KEYWORDS for k in need_header):
+                # The first instance's patient/study/series attributes, kept in the summaries.
+                headers = {r["_rep"]: json.loads(r["_rep_header"]) for r in records
+                           if r.get("_rep_header") is not None}
+            rest = [r for r in records if r["_rep"] not in headers]
+            raw = self.headers([r["_rep"] for r in rest],
                                files={r["_rep"]: r.get("_rep_file", r.get("_file"))
-                                      for r in records})
-            headers = {uid: json.loads(text) for uid, text in raw.items() if text}
+                                      for r in rest})
+            headers.update({uid: json.loads(text) for uid, text in raw.items() if text})
         if header_keys:
             matchers = [(f"{k.tag:08X}", python_matcher(k)) for k in header_keys]
             records = [
