@@ -23,7 +23,7 @@ from lake.catalog._schema import (
     Column,
     Table,
 )
-from lake.catalog._summary import prune_summaries, write_summaries
+from lake.catalog._summary import prune_summaries, write_rep_headers, write_summaries
 from lake.catalog._tables import Decision, DeltaTables, Inserted, Judged, arrow_dataset
 from lake.catalog._tombstones import TombstoneCache, Tombstones
 
@@ -64,6 +64,7 @@ __all__ = [
     "query_error",
     "record_batch",
     "views_over_rows",
+    "write_rep_headers",
     "write_summaries",
 ]
 
