@@ -1,12 +1,15 @@
 """The query index behind C-FIND/C-GET/C-MOVE and QIDO-RS/WADO-RS: one catalog version in DuckDB.
 
-A :class:`Snapshot` copies the narrow columns of one ``instances`` version into
-in-memory DuckDB tables, one per query level (``patient``, ``study``, ``series``,
-``image``), each row carrying its attributes, the counts DICOM asks for
-(ModalitiesInStudy, NumberOfStudyRelatedInstances, ...) and a representative
-instance whose header answers keys that are not catalog columns. Building it reads
-the Delta table once; every query after that is a bound-parameter SELECT.
-:class:`SnapshotCache` rebuilds the snapshot when the Delta version changes.
+A :class:`Snapshot` holds one table per query level above the instance (``patient``,
+``study``, ``series``), each row carrying its attributes, the counts DICOM asks for
+(ModalitiesInStudy, NumberOfStudyRelatedInstances, ...), a representative instance (the
+lowest SOPInstanceUID) and that instance's patient/study/series header attributes. They are
+aggregated from the series summaries written beside each data file at commit time
+(:mod:`lake.catalog._summary`), never from instance rows: memory grows with the number of
+series, not of instances. IMAGE-level queries read the instance rows of the data files whose
+summaries name the study or series asked for, with DuckDB's Parquet reader (row groups
+pruned by statistics and Bloom filters). :class:`SnapshotCache` follows the newest version,
+reading only the summaries of files added since.
 """
 
 from __future__ import annotations
@@ -203,7 +206,6 @@ def _level_from_image_sql(level: Level) -> str:
     cols += [f"{sql} AS {_q(name)}" for name, (_, sql) in _COMPUTED[level].items()]
     cols.append("min(SOPInstanceUID) AS _rep")
     cols.append("arg_min_null(_file, SOPInstanceUID) AS _rep_file")
-    cols.append("NULL::VARCHAR AS _rep_header")
     return (
         f"CREATE OR REPLACE TABLE {_TABLE[level]} AS SELECT {', '.join(cols)} FROM image "
         f"WHERE {_q(key)} IS NOT NULL GROUP BY {_q(key)}"
@@ -245,7 +247,6 @@ def _level_from_parts_sql(level: Level, where: str = "") -> str:
     # arg_min_null: the file of the very first instance even when its name is unknown
     # (arg_min would skip to the next part whose name is known: the wrong file).
     cols.append("arg_min_null(data_file, first_sop) AS _rep_file")
-    cols.append("arg_min_null(rep_header, first_sop) AS _rep_header")
     condition = f"{_q(key)} IS NOT NULL" + (f" AND {where}" if where else "")
     return f"SELECT {', '.join(cols)} FROM parts WHERE {condition} GROUP BY {_q(key)}"
 
@@ -688,6 +689,16 @@ class Snapshot:
         where = " AND ".join(clauses) if clauses else "TRUE"
         return where, params, header_keys
 
+    def _rep_headers(self, uids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The patient/study/series attributes of the representatives ``uids`` kept in the
+        summaries (each the first instance of its series in its data file), where kept."""
+        if self.scoped:
+            return {}
+        _, rows = self._fetch(
+            "SELECT first_sop, any_value(rep_header) FROM parts WHERE rep_header IS NOT NULL "
+            "AND first_sop IN (SELECT unnest(?::VARCHAR[])) GROUP BY first_sop", [list(uids)])
+        return {uid: json.loads(text) for uid, text in rows}
+
     def headers(
         self,
         uids: Sequence[str],
@@ -792,7 +803,7 @@ class Snapshot:
         attrs = _LEVEL_ATTRS[level]
         where, params, header_keys = self._where(level, keys)
         columns = sorted({k.keyword for k in keys if k.keyword in attrs} | {level.unique_key})
-        place = ["_file", "_row"] if level is Level.IMAGE else ["_rep_file", "_rep_header"]
+        place = ["_file", "_row"] if level is Level.IMAGE else ["_rep_file"]
         select = ", ".join([_q(c) for c in columns] + ["_rep", *place])
         page = ""
         if not header_keys and (limit is not None or offset):
@@ -824,10 +835,8 @@ class Snapshot:
         ]
         headers: dict[str, dict[str, Any]] = {}
         if need_header and records:
-            if all(k.keyword in _REP_KEYWORDS for k in need_header):
-                # The first instance's patient/study/series attributes, kept in the summaries.
-                headers = {r["_rep"]: json.loads(r["_rep_header"]) for r in records
-                           if r.get("_rep_header") is not None}
+            if level is not Level.IMAGE and all(k.keyword in _REP_KEYWORDS for k in need_header):
+                headers = self._rep_headers([r["_rep"] for r in records])
             rest = [r for r in records if r["_rep"] not in headers]
             raw = self.headers([r["_rep"] for r in rest],
                                files={r["_rep"]: r.get("_rep_file", r.get("_file"))
