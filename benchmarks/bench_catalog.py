@@ -224,7 +224,33 @@ def measure_old_path(root: Path) -> dict[str, Timing]:
     _note(results, "open the catalog", ((time.perf_counter() - started) * 1000,) * 3)
     for name, sql in _queries(facts).items():
         _note(results, name, _median_ms(partial(_fetch_con, con, sql), 1))
+    con.close()
+    _old_cfind(lk, results)
     return results
+
+
+def _old_cfind(lk: Any, results: dict[str, Timing]) -> None:
+    """C-FIND over an index holding a row per instance, the design before the summaries
+    (kept for cohort-scoped grants: here scoped to every instance of the catalog)."""
+    from lake.query import Level, Snapshot, identifier_from_filters, parse_identifier
+
+    uids = [r[0] for r in lk.sql("SELECT SOPInstanceUID FROM instances").fetchall()]
+    started, used = time.perf_counter(), time.process_time()
+    snapshot = Snapshot(lk.tables, lk.version, members=[(lk.version, uids)])
+    build_ms = (time.perf_counter() - started) * 1000
+    del uids
+    try:
+        _note(results, "C-FIND index build",
+              (build_ms, build_ms, (time.process_time() - used) * 1000))
+        level, keys = parse_identifier(
+            identifier_from_filters(["StudyDate=20150301-20150331", "PatientID",
+                                     "ModalitiesInStudy", "NumberOfStudyRelatedInstances"]),
+            list(Level),
+        )
+        _note(results, "C-FIND STUDY, one month",
+              _median_ms(lambda: snapshot.find(level, keys), 3))
+    finally:
+        snapshot.close()
 
 
 def _fetch_con(con: Any, sql: str) -> object:
