@@ -2,6 +2,7 @@
 
     python benchmarks/bench_net.py [--files 520] [--lake-instances 100000]
                                    [--orthanc-instances 20000] [--repeat 25] [--no-orthanc]
+                                   [--quick] [--rounds 1]
 
 Receive: the same generated small CT/MR files are sent by dcmtk's storescu to Orthanc and
 to `lake serve dicom` (in-process DicomServer): over one association, split over four
@@ -11,6 +12,11 @@ TCP_NODELAY=1 in its environment. For the lake, with each --acknowledge mode, tw
 are printed: acknowledged (every storescu done; every instance durable) and committed
 (the catalog holds every row: the time until storescu is done plus the time to
 de-identify what is still queued and commit). The ratio is lake committed / Orthanc.
+CPU time per instance (user + system) is printed for each peer: Orthanc's process (read
+from /proc around the sends), the lake's server process and its de-identification
+workers (commits included); with the load average, since the machine is shared.
+--quick measures only one and four associations with TCP_NODELAY=1, Orthanc with
+TCP_NODELAY=1 and the default acknowledge=receipt; --rounds repeats that, interleaved.
 
 C-FIND: STUDY-level queries (exact PatientID, a one-month StudyDate range, MR in a
 date range, a PatientID wildcard) sent over one pynetdicom association (TCP_NODELAY on,
@@ -102,64 +108,117 @@ def _split(corpus: Path, parts: int, work: Path) -> list[Path]:
 
 # (column title, associations, TCP_NODELAY=1 in storescu's environment)
 RECEIVE_RUNS = (("1 assoc", 1, True), ("4 assoc", 4, True), ("1 assoc, Nagle", 1, False))
+QUICK_RUNS = RECEIVE_RUNS[:2]
+_COMMITTED = "  committed (in the catalog)"
 
 
-def bench_receive(files: int, use_orthanc: bool, work: Path) -> None:
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+class _Receive:
+    """Rates (/s) and CPU (ms per instance) by peer and column; printed as rows."""
+
+    def __init__(self, files: int, runs: tuple[tuple[str, int, bool], ...]) -> None:
+        self.files, self.runs = files, runs
+        self.rates: dict[str, dict[str, list[float]]] = {}
+        self.cpu: dict[str, dict[str, list[float]]] = {}
+
+    def add(self, peer: str, title: str, rate: float, cpu_s: float | None = None) -> None:
+        self.rates.setdefault(peer, {}).setdefault(title, []).append(rate)
+        if cpu_s is not None:
+            self.cpu.setdefault(peer, {}).setdefault(title, []).append(cpu_s / self.files * 1e3)
+
+    def row(self, peer: str) -> None:
+        print(f"{peer:<46}" + "".join(
+            f"{statistics.median(self.rates[peer][t]):>16.1f}/s" for t, _, _ in self.runs)
+            + f"   (load {os.getloadavg()[0]:.1f})", flush=True)
+        if peer in self.cpu:
+            print(f"{'    CPU per instance, median':<46}" + "".join(
+                f"{statistics.median(self.cpu[peer][t]):>15.2f}ms" for t, _, _ in self.runs),
+                flush=True)
+
+    def ratio(self, lake_peer: str, other: str) -> None:
+        cells = []
+        for title, _, _ in self.runs:
+            mine, theirs = self.rates[lake_peer][title], self.rates[other][title]
+            cells.append(f"{statistics.median(mine) / statistics.median(theirs):>17.2f}x")
+        print(f"  vs {other:<42}" + "".join(cells))
+
+
+def bench_receive(files: int, use_orthanc: bool, work: Path, *, quick: bool = False,
+                  rounds: int = 1) -> None:
     corpus = CACHE / f"net-corpus-{files}"
     make_corpus(corpus, files)
+    runs = QUICK_RUNS if quick else RECEIVE_RUNS
     load = os.getloadavg()[0]
-    print(f"\n== receive: {files} small CT/MR instances sent by storescu (instances/s); "
-          f"load average {load:.1f} ==")
+    print(f"\n== receive: {files} small CT/MR instances sent by storescu (instances/s, median "
+          f"of {rounds}); load average {load:.1f} ==")
     print("   columns: one association, or the corpus split over 4 at once; storescu with "
           "TCP_NODELAY=1 (dcmtk reads it) unless 'Nagle'")
-    print(f"{'peer':<46}" + "".join(f"{title:>18}" for title, _, _ in RECEIVE_RUNS))
-    folders = {parts: _split(corpus, parts, work / "parts") for _, parts, _ in RECEIVE_RUNS}
-    rates: dict[str, dict[str, float]] = {}
-    orthancs = {"Orthanc as packaged": False, "Orthanc, TCP_NODELAY=1 in its env": True}
-    if use_orthanc:
-        for name, orthanc_nodelay in orthancs.items():
-            rates[name] = {}
-            for title, parts, nodelay in RECEIVE_RUNS:
+    print(f"{'peer':<46}" + "".join(f"{title:>18}" for title, _, _ in runs))
+    folders = {parts: _split(corpus, parts, work / "parts") for _, parts, _ in runs}
+    results = _Receive(files, runs)
+    orthancs = {"Orthanc, TCP_NODELAY=1 in its env": True}
+    if not quick:
+        orthancs = {"Orthanc as packaged": False, **orthancs}
+    modes = ("receipt",) if quick else ("receipt", "outcome")
+    for _ in range(rounds):  # interleaved: each round measures every peer once
+        for name, orthanc_nodelay in orthancs.items() if use_orthanc else ():
+            for title, parts, nodelay in runs:
                 folder = work / f"orthanc-recv-{orthanc_nodelay}-{parts}-{nodelay}"
                 with Orthanc(folder, nodelay=orthanc_nodelay) as pacs:
-                    rates[name][title] = files / storescu(pacs.dicom_port, folders[parts], nodelay)
+                    assert pacs.process is not None
+                    before = _process_cpu(pacs.process.pid)
+                    rate = files / storescu(pacs.dicom_port, folders[parts], nodelay)
+                    results.add(name, title, rate, _process_cpu(pacs.process.pid) - before)
                     assert pacs.instance_count() == files
                 shutil.rmtree(folder, ignore_errors=True)
-            _row(name, rates[name])
-    for acknowledge in ("receipt", "outcome"):
-        acked, committed = f"lake, acknowledge={acknowledge}", "  committed (in the catalog)"
-        rates[acked], rates[committed + acknowledge] = {}, {}
-        for title, parts, nodelay in RECEIVE_RUNS:
-            root = work / f"lake-recv-{acknowledge}-{parts}-{nodelay}"
-            lk = lake.init(root / "lake", vault=root / "vault")
-            config = ServerConfig(port=0, aet="ANY", acknowledge=acknowledge)
-            server = DicomServer(lk, lk.secret(root / "vault"), config)
-            server.start()
-            try:
-                elapsed = storescu(server.port, folders[parts], nodelay)
-                started = time.perf_counter()
-                server.flush()  # de-identify what is queued, commit everything
-                done = elapsed + time.perf_counter() - started
-            finally:
-                server.stop()
-            assert server.receiver.stats.accepted == files, server.receiver.stats
-            rates[acked][title] = files / elapsed
-            rates[committed + acknowledge][title] = files / done
-            shutil.rmtree(root, ignore_errors=True)
-        _row(acked, rates[acked])
-        _row(committed, rates[committed + acknowledge])
-    print(f"(load average at the end {os.getloadavg()[0]:.1f})")
+        for acknowledge in modes:
+            for title, parts, nodelay in runs:
+                _lake_run(results, work, folders[parts], acknowledge, title, nodelay)
+    for name in orthancs if use_orthanc else ():
+        results.row(name)
+    for acknowledge in modes:
+        results.row(f"lake, acknowledge={acknowledge}")
+        results.row(_COMMITTED + acknowledge * (acknowledge != "receipt"))
     if use_orthanc:
         print("ratio lake (committed, default acknowledge=receipt) / Orthanc "
               "(>1: the lake receives faster):")
-        lake_rates = rates["  committed (in the catalog)receipt"]
         for name in orthancs:
-            print(f"  vs {name:<42}" + "".join(
-                f"{lake_rates[t] / rates[name][t]:>17.2f}x" for t, _, _ in RECEIVE_RUNS))
+            results.ratio(_COMMITTED, name)
 
 
-def _row(name: str, by: dict[str, float]) -> None:
-    print(f"{name:<46}" + "".join(f"{by[t]:>16.1f}/s" for t, _, _ in RECEIVE_RUNS), flush=True)
+def _lake_run(results: _Receive, work: Path, folders: list[Path], acknowledge: str,
+              title: str, nodelay: bool) -> None:
+    files = results.files
+    root = work / f"lake-recv-{acknowledge}-{len(folders)}-{nodelay}"
+    shutil.rmtree(root, ignore_errors=True)
+    lk = lake.init(root / "lake", vault=root / "vault")
+    config = ServerConfig(port=0, aet="ANY", acknowledge=acknowledge)
+    server = DicomServer(lk, lk.secret(root / "vault"), config)
+    server.start()
+    workers = [w.process.pid for w in server.intake._workers._pool]
+    try:
+        before = _own_cpu() + sum(_process_cpu(pid) for pid in workers)
+        elapsed = storescu(server.port, folders, nodelay)
+        started = time.perf_counter()
+        server.flush()  # de-identify what is queued, commit everything
+        done = elapsed + time.perf_counter() - started
+        cpu = _own_cpu() + sum(_process_cpu(pid) for pid in workers) - before
+    finally:
+        server.stop()
+    assert server.receiver.stats.accepted == files, server.receiver.stats
+    results.add(f"lake, acknowledge={acknowledge}", title, files / elapsed)
+    results.add(_COMMITTED + acknowledge * (acknowledge != "receipt"), title, files / done, cpu)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 # --- C-FIND ------------------------------------------------------------------------------
@@ -358,6 +417,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-orthanc", action="store_true")
     parser.add_argument("--skip-receive", action="store_true")
     parser.add_argument("--skip-find", action="store_true")
+    parser.add_argument("--quick", action="store_true",
+                        help="receive: 1 and 4 associations, Orthanc with TCP_NODELAY=1 only")
+    parser.add_argument("--rounds", type=int, default=1, help="receive: interleaved rounds")
     args = parser.parse_args(argv)
     use_orthanc = not args.no_orthanc and shutil.which("Orthanc") is not None
     if not use_orthanc:
@@ -367,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-net-"))
     try:
         if not args.skip_receive:
-            bench_receive(args.files, use_orthanc, work)
+            bench_receive(args.files, use_orthanc, work, quick=args.quick, rounds=args.rounds)
         if not args.skip_find:
             bench_find(args.lake_instances, args.orthanc_instances, args.repeat, use_orthanc,
                        work)

@@ -8,7 +8,11 @@ journal (:mod:`lake.net._journal`); it is then de-identified (on the calling thr
 worker processes), queued, and committed with the others every ``every`` instances or
 ``interval`` seconds, one Delta commit per batch. A receipt lives until its outcome is
 in the catalog; a crash leaves it for the next :meth:`Intake.start`, which re-makes and
-commits the outcome (identically: UIDs and dates are keyed). Because the original is at
+commits the outcome (identically: UIDs and dates are keyed), through the worker
+processes like any received instance. An instance whose de-identification ends its
+worker process (a crash, out of memory) is tried again in a new worker, then quarantined
+as ``deid_worker_crashed`` with its sealed original (:mod:`lake.net._workers`), so it
+cannot bring down the server or make every start replay it. Because the original is at
 hand until then, an instance that turns out to reuse the SOP Instance UID of a
 different object is quarantined as ``uid_conflict`` *with* its sealed original, as
 ``lake ingest`` does.
@@ -30,10 +34,10 @@ from pathlib import Path
 
 from lake._capture import Captured, capture
 from lake._errors import NetError
-from lake.ingest import BatchResult, Ingestor, Outcome
+from lake.ingest import BatchResult, Ingestor, Outcome, reject
 from lake.net._journal import Receipt, ReceiptJournal
 from lake.net._spool import Committer, OnCommitted, Spool, SpoolEntry
-from lake.net._workers import DeidWorkers
+from lake.net._workers import DeidWorkers, WorkerCrashError
 from lake.vault import Secret
 
 __all__ = ["Intake"]
@@ -41,6 +45,9 @@ __all__ = ["Intake"]
 _LOG = logging.getLogger(__name__)
 _RECEIPTS = "receipts"
 _MAX_JOURNALS = 64  # concurrent processes of one non-exclusive front door, at most
+_RECOVERING = 64  # leftovers in the workers at once while recovering (memory stays bounded)
+CRASHED = "deid_worker_crashed"
+"""Quarantine reason of an instance whose de-identification kept ending its worker process."""
 
 
 class Intake:
@@ -147,14 +154,18 @@ class Intake:
         if self._started:
             return 0
         recovered = sum(b.files_seen for b in self.committer.recover())  # spooled outcomes
-        if self.journaled:
-            recovered += self._take_journal()
-        self.committer.start()
+        # the workers first: what a crash left is de-identified there too, never in this
+        # process (an instance that crashes its worker would crash every start)
+        self._workers.start()
         try:
-            self._workers.start()
-        except NetError:
-            self._stop_committing()
+            if self.journaled:
+                recovered += self._take_journal()
+        except BaseException:
+            self._workers.close()
+            if self.journal is not None:
+                self.journal.close()
             raise
+        self.committer.start()
         self._started = True
         return recovered
 
@@ -188,14 +199,23 @@ class Intake:
         return recovered
 
     def _recover(self, journal: ReceiptJournal, committer: Committer) -> int:
+        """Re-make and commit the outcome of every receipt a previous run left.
+
+        Through the worker processes like any received instance (crash counting and
+        quarantine included); a leftover whose de-identification fails stays for the
+        next start.
+        """
         done = 0
-        with capture(into=self.captured):
-            for receipt, data in journal.leftovers():
-                outcome = self.ingestor.process(data)
-                committer.add(outcome, original=partial(journal.read, receipt), receipt=receipt)
-                done += 1
-                if committer.pending >= committer.every:
-                    committer.flush()
+        for receipt, data in journal.leftovers():
+            with self._settled:
+                while self._inflight >= _RECOVERING:
+                    self._settled.wait()
+            self._deidentify(journal, committer, receipt, data, None)
+            del data
+            done += 1
+            if committer.pending >= committer.every:
+                committer.flush()
+        self.drain()
         committer.flush()
         return done
 
@@ -251,11 +271,17 @@ class Intake:
             done.set_result(outcome)
             return done
         receipt = self.journal.append(data)
+        return self._deidentify(self.journal, self.committer, receipt, data, tag)
+
+    def _deidentify(self, journal: ReceiptJournal, committer: Committer, receipt: Receipt,
+                    data: bytes, tag: str | None) -> Future[Outcome]:
         with self._settled:
             self._inflight += 1
         result: Future[Outcome] = Future()
-        self._workers.submit(data).add_done_callback(
-            partial(self._queue, self.journal, receipt, tag, result))
+        with capture(into=self.captured):  # without worker processes, on this thread
+            deidentified = self._workers.submit(data)
+        deidentified.add_done_callback(
+            partial(self._queue, journal, committer, receipt, tag, result))
         return result
 
     def store(self, data: bytes, tag: str | None = None) -> Outcome:
@@ -274,12 +300,16 @@ class Intake:
         except Exception as exc:  # noqa: BLE001 - the worker's failure, by type only
             raise NetError(f"de-identification failed ({type(exc).__name__})") from None
 
-    def _queue(self, journal: ReceiptJournal, receipt: Receipt, tag: str | None,
-               result: Future[Outcome], deidentified: Future[Outcome]) -> None:
+    def _queue(self, journal: ReceiptJournal, committer: Committer, receipt: Receipt,
+               tag: str | None, result: Future[Outcome],
+               deidentified: Future[Outcome]) -> None:
         try:
-            outcome = deidentified.result()
-            self.committer.add(outcome, tag, original=partial(journal.read, receipt),
-                               receipt=receipt)
+            try:
+                outcome = deidentified.result()
+            except WorkerCrashError as crash:
+                outcome = self._quarantine_crashing(journal, receipt, crash)
+            committer.add(outcome, tag, original=partial(journal.read, receipt),
+                          receipt=receipt)
             result.set_result(outcome)
         except Exception as exc:  # noqa: BLE001 - the receipt stays journaled: next start retries
             self.failures += 1
@@ -290,6 +320,16 @@ class Intake:
             with self._settled:
                 self._inflight -= 1
                 self._settled.notify_all()
+
+    def _quarantine_crashing(self, journal: ReceiptJournal, receipt: Receipt,
+                             crash: WorkerCrashError) -> Outcome:
+        """The original sealed into quarantine, without parsing it here (module docstring)."""
+        _LOG.error("a received instance ended its de-identification worker process %d "
+                   "times; it is quarantined as %s", crash.crashes, CRASHED)
+        return reject(self.ingestor.context, journal.read(receipt), CRASHED,
+                      f"de-identifying it ended the de-identification worker process "
+                      f"{crash.crashes} times (a crash or out of memory); the original is "
+                      "sealed in quarantine")
 
     @property
     def queued(self) -> int:

@@ -16,9 +16,11 @@ that received them; its outcome comes back pickled to one collector thread per w
 more hand-offs of every instance between threads of the server. What pydicom warns or
 logs in a worker is captured there and only counted back.
 
-A worker that dies fails the instances it holds (their receipts stay in the journal, so
-the next start re-makes them); the others go on, and with none left instances are
-de-identified on the receiving thread.
+A worker that dies (an input that segfaults its parser or exhausts memory) is replaced;
+the instance it was working on counts a crash and is tried again, and after
+:data:`MAX_CRASHES` it is given up (:class:`WorkerCrashError`: the intake quarantines it as
+``deid_worker_crashed``); the other instances it held go to the other workers. With
+worker processes an instance is never de-identified in the server's own process.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ import multiprocessing
 import tempfile
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -39,7 +42,7 @@ from lake._errors import NetError
 from lake.ingest import IngestContext, Outcome, process_bytes
 from lake.store import resolve
 
-__all__ = ["DeidWorkers"]
+__all__ = ["MAX_CRASHES", "DeidWorkers", "WorkerCrashError"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -88,20 +91,45 @@ def _warm_up(context: IngestContext) -> None:
 
 # --- in the server ----------------------------------------------------------------------
 
+MAX_CRASHES = 2
+"""Worker processes an instance may end (segfault, out of memory) before it is given up."""
+
+
+class WorkerCrashError(NetError):
+    """De-identifying this instance ended a worker process :data:`MAX_CRASHES` times."""
+
+    def __init__(self, crashes: int) -> None:
+        super().__init__(f"de-identifying the instance ended a worker process {crashes} times")
+        self.crashes = crashes
+
+
+@dataclass(eq=False)
+class _Job:
+    data: bytes
+    future: Future[Outcome]
+    crashes: int = 0
+
+
+_OnDeath = Callable[["_Worker", list[_Job]], None]
+
 
 class _Worker:
-    def __init__(self, context: IngestContext, index: int, captured: Captured) -> None:
+    def __init__(self, context: IngestContext, index: int, captured: Captured,
+                 on_death: _OnDeath) -> None:
         spawn = multiprocessing.get_context("spawn")
         self.conn, child = spawn.Pipe()
         self.process = spawn.Process(target=_serve, args=(child, context),
                                      name=f"lake-deid-{index}", daemon=True)
         self.process.start()
         child.close()
+        self.index = index
         self.captured = captured
-        self.pending: deque[Future[Outcome]] = deque()  # in the order sent
+        self.on_death = on_death
+        self.pending: deque[_Job] = deque()  # in the order sent
         self.send_lock = threading.Lock()  # one sender at a time (a send may wait for room)
         self.lock = threading.Lock()  # the pending queue and ``alive``, never held to send
         self.alive = True
+        self.stopping = False
         self.collector = threading.Thread(target=self._collect, name=f"lake-deid-{index}",
                                           daemon=True)
 
@@ -115,22 +143,22 @@ class _Worker:
             ) from None
         self.collector.start()
 
-    def submit(self, data: bytes) -> Future[Outcome] | None:
-        """Hand ``data`` to the worker; None if it is gone."""
-        future: Future[Outcome] = Future()
+    def submit(self, job: _Job) -> bool:
+        """Hand ``job`` to the worker; False if it is gone (the job is not its)."""
         with self.send_lock:
             with self.lock:
                 if not self.alive:
-                    return None
-                self.pending.append(future)
+                    return False
+                self.pending.append(job)
             try:
-                self.conn.send_bytes(data)  # waits while the worker's pipe is full
+                self.conn.send_bytes(job.data)  # waits while the worker's pipe is full
             except OSError:
                 with self.lock:
-                    if future in self.pending:
-                        self.pending.remove(future)
-                return None
-        return future
+                    if job not in self.pending:
+                        return True  # the worker's death already handed it on
+                    self.pending.remove(job)
+                return False
+        return True
 
     def load(self) -> int:
         return len(self.pending) if self.alive else 1 << 30
@@ -146,26 +174,26 @@ class _Worker:
             except (EOFError, OSError):
                 break
             with self.lock:
-                future = self.pending.popleft()
+                job = self.pending.popleft()
             if outcome is None:
-                future.set_exception(NetError(f"de-identification failed ({extra})"))
+                job.future.set_exception(NetError(f"de-identification failed ({extra})"))
             else:
                 warnings, records = extra
                 self.captured.merge(warnings, records)
-                future.set_result(outcome)
+                job.future.set_result(outcome)
         with self.lock:
             self.alive = False
             lost = list(self.pending)
             self.pending.clear()
-        for future in lost:  # their receipts stay journaled: the next start re-makes them
-            future.set_exception(NetError("the de-identification worker process ended"))
-        if lost:
-            _LOG.error("a de-identification worker process ended with %d instances", len(lost))
+        if not self.stopping:
+            self.on_death(self, lost)
 
     def stop(self) -> None:
+        self.stopping = True
         with self.send_lock, contextlib.suppress(OSError):  # already gone
             self.conn.send_bytes(b"")
-        self.collector.join(timeout=600)
+        if threading.current_thread() is not self.collector and self.collector.is_alive():
+            self.collector.join(timeout=600)
         self.process.join(timeout=60)
         if self.process.is_alive():
             self.process.kill()
@@ -175,6 +203,14 @@ class _Worker:
 
 class DeidWorkers:
     """Worker processes running :func:`lake.ingest.process_bytes` (module docstring).
+
+    A worker process that dies (a segfault, the out-of-memory killer) is replaced by a
+    new one. The instance it was working on (the oldest it held: it works on one at a
+    time, in the order sent) counts a crash and is sent again, alone among the others;
+    after :data:`MAX_CRASHES` its future raises :class:`WorkerCrashError` (the intake
+    quarantines it). The others it held are sent to the remaining workers unharmed.
+    With worker processes, an instance is never de-identified in the server's own
+    process, which an input that crashes its worker would bring down.
 
     Parameters
     ----------
@@ -190,7 +226,17 @@ class DeidWorkers:
         self.context = context
         self.workers = workers
         self.captured = captured
+        self.crashes = 0
+        """Worker processes that died while serving (each replaced)."""
         self._pool: list[_Worker] = []
+        self._changed = threading.Condition()  # the pool (a respawn) and closing
+        self._closing = False
+        self._spawned = 0
+
+    @property
+    def running(self) -> bool:
+        """Whether instances go to worker processes (else the calling thread)."""
+        return bool(self._pool)
 
     def start(self) -> None:
         """Spawn the workers and wait until each is warmed up (~1-3 s).
@@ -202,30 +248,93 @@ class DeidWorkers:
         """
         if self.workers <= 0 or self._pool:
             return
-        self._pool = [_Worker(self.context, i, self.captured) for i in range(self.workers)]
+        self._closing = False
+        pool = [self._new_worker() for _ in range(self.workers)]
         try:
-            for worker in self._pool:
+            for worker in pool:
                 worker.wait_ready()
         except NetError:
-            self.close()
+            for worker in pool:
+                worker.stop()
             raise
+        with self._changed:
+            self._pool = pool
+
+    def _new_worker(self) -> _Worker:
+        self._spawned += 1
+        return _Worker(self.context, self._spawned, self.captured, self._on_death)
 
     def submit(self, data: bytes) -> Future[Outcome]:
         """De-identify ``data`` (its errors come out of the future's ``result()``)."""
-        for worker in sorted(self._pool, key=_Worker.load):  # the least busy first
-            future = worker.submit(data)
-            if future is not None:
-                return future
-        result: Future[Outcome] = Future()  # no worker (left): on this thread
-        try:
+        job = _Job(data, Future())
+        if self.workers > 0:  # never here: an input that crashes a worker would crash us
+            self._dispatch(job)
+            return job.future
+        try:  # no worker processes: on this thread
             with capture(into=self.captured):
-                result.set_result(process_bytes(data, self.context))
+                job.future.set_result(process_bytes(data, self.context))
         except Exception as exc:  # noqa: BLE001 - handed to the caller through the future
-            result.set_exception(exc)
-        return result
+            job.future.set_exception(exc)
+        return job.future
+
+    def _dispatch(self, job: _Job) -> None:
+        """To the least busy live worker; while none is (being replaced), wait for one."""
+        while True:
+            with self._changed:
+                pool = list(self._pool)
+            for worker in sorted(pool, key=_Worker.load):
+                if worker.submit(job):
+                    return
+            with self._changed:
+                if self._closing or not self._pool:
+                    break
+                if all(not w.alive for w in self._pool):
+                    self._changed.wait(1.0)
+        job.future.set_exception(NetError("no de-identification worker process is running"))
+
+    def _on_death(self, dead: _Worker, lost: list[_Job]) -> None:
+        """A worker died while serving: replace it, blame its current job, resend the rest."""
+        with self._changed:
+            self.crashes += 1
+        if lost:
+            lost[0].crashes += 1
+        _LOG.error("a de-identification worker process ended (exit code %s) holding %d "
+                   "instances; starting another", dead.process.exitcode, len(lost))
+        dead.process.join(timeout=60)
+        with dead.send_lock:  # no sender is writing to it (their writes fail: it is gone)
+            dead.conn.close()
+        replacement: _Worker | None = None
+        with self._changed:
+            closing = self._closing
+        if not closing:
+            try:
+                replacement = self._new_worker()
+                replacement.wait_ready()
+            except NetError:
+                _LOG.error("a replacement de-identification worker process failed to start")
+                replacement = None
+        with self._changed:
+            index = self._pool.index(dead) if dead in self._pool else None
+            if index is not None:
+                if replacement is not None and not self._closing:
+                    self._pool[index] = replacement
+                    replacement = None
+                else:
+                    del self._pool[index]
+            self._changed.notify_all()
+        if replacement is not None:  # closing meanwhile
+            replacement.stop()
+        for job in lost:
+            if job.crashes >= MAX_CRASHES:
+                job.future.set_exception(WorkerCrashError(job.crashes))
+            else:
+                self._dispatch(job)
 
     def close(self) -> None:
         """Finish what was submitted and stop the workers."""
-        pool, self._pool = self._pool, []
+        with self._changed:
+            self._closing = True
+            pool, self._pool = self._pool, []
+            self._changed.notify_all()
         for worker in pool:
             worker.stop()
