@@ -176,8 +176,9 @@ def reused(fs: fsspec.AbstractFileSystem, path: str, content: Callable[[], bytes
     stored may be an orphan older than gc's grace period, which protects the files of
     batches in flight; its time must count from this reuse. On a local filesystem it is
     touched. Where that is not possible (an object store cannot touch an object; another
-    account's file) and the file is older than :data:`REFRESH_AFTER`, ``content()`` (the
-    same content, or equivalent) is written again in its place. :func:`lake.steward.gc`
+    account's file) and the file is older than :data:`REFRESH_AFTER`, it is refreshed: on
+    S3 by a copy onto itself made by the server (no byte uploaded), elsewhere by writing
+    ``content()`` (the same content, or equivalent) again in its place. :func:`lake.steward.gc`
     checks a file's time again just before removing it.
     """
     from fsspec.implementations.local import LocalFileSystem
@@ -196,8 +197,29 @@ def reused(fs: fsspec.AbstractFileSystem, path: str, content: Callable[[], bytes
     except FileNotFoundError:
         return False
     if modified_at(info) < time.time() - REFRESH_AFTER:
-        atomic_write(fs, path, content())
+        _refresh(fs, path, content)
     return True
+
+
+REUSED_METADATA = "lake-reused"
+"""User metadata (``x-amz-meta-lake-reused``, POSIX seconds) set when S3 refreshes a reused
+object by copying it onto itself."""
+
+
+def _refresh(fs: fsspec.AbstractFileSystem, path: str, content: Callable[[], bytes]) -> None:
+    """Make ``path``'s modification time now, without uploading it again where possible.
+
+    On S3 the object is copied onto itself by the server with one changed metadata field
+    (CopyObject, ``MetadataDirective=REPLACE``): a new ``LastModified``, the same bytes and
+    ETag, and no byte of it sent again (a re-ingest of a whole lake used to upload every
+    pixel blob again). Elsewhere ``content()`` is written in its place.
+    """
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if "s3" in protocols:
+        fs.setxattr(path, **{REUSED_METADATA: str(int(time.time()))})
+        fs.invalidate_cache(path)
+    else:
+        atomic_write(fs, path, content())
 
 
 def flush(location: Location) -> None:
