@@ -62,7 +62,8 @@ the grace alone, so it must outlast any batch: an ingest commits every ``batch_s
 instances (1,000 by default; measured ~2 ms per file on this laptop, so seconds), the DICOM
 receiver and STOW-RS every ``commit_every`` instances or ``commit_interval`` seconds (500
 or 2 s by default). A reused file's time is refreshed at once on a local lake, elsewhere
-when older than :data:`lake.store.REFRESH_AFTER` (10 minutes; on S3 by a server-side copy). An hour leaves ample margin."""
+when older than :data:`lake.store.REFRESH_AFTER` (10 minutes; on S3 by a server-side copy).
+An hour leaves ample margin."""
 _LOG = "_delta_log"
 
 
