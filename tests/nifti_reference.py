@@ -24,6 +24,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -35,37 +36,183 @@ from lake.deid._codestreams import strip_pixel_frames
 
 __all__ = [
     "COMPARED_KEYS",
+    "SIDECAR_KEYS",
+    "Disposition",
     "OriginalSeries",
     "Reference",
     "compare_volume",
+    "key_statuses",
     "original_series",
     "references",
 ]
 
+class Disposition(StrEnum):
+    """What the lake does with one key of dcm2niix's sidecars."""
+
+    COMPARED = "compared"
+    """Written wherever the reference has it, and equal."""
+    WHERE_WRITTEN = "where written"
+    """Equal wherever the lake writes it; some references have it where the lake cannot
+    derive it (the reason says where)."""
+    IDENTIFYING = "identifying"
+    """Left out on purpose: it names the institution, the device or a person."""
+    FREE_TEXT = "free text"
+    """Left out on purpose: free text (or a string with no closed vocabulary) can carry an
+    identifier, and acquisition parameters are numbers, enumerations and numeric lists."""
+    OWN = "own"
+    """Written with the lake's own value, not compared (the reason says why)."""
+    NOT_DERIVED = "not derived"
+    """Not written yet: non-identifying, but not derived (compared if it ever is)."""
+
+
+_C, _W = Disposition.COMPARED, Disposition.WHERE_WRITTEN
+_ID, _FT = Disposition.IDENTIFYING, Disposition.FREE_TEXT
+_OWN, _ND = Disposition.OWN, Disposition.NOT_DERIVED
+
+#: Every key of dcm2niix's reference sidecars in the vendor data, with what the lake does with
+#: it and why. The parity test fails on a key missing here, a compared key that differs, a
+#: compared key missing where the reference has it, or a left-out key the lake writes.
+SIDECAR_KEYS: dict[str, tuple[Disposition, str]] = {
+    # the keys of issue 10.2
+    "RepetitionTime": (_C, ""),
+    "EchoTime": (_C, ""),
+    "FlipAngle": (_C, ""),
+    "SliceTiming": (_C, ""),
+    "PhaseEncodingDirection": (_C, ""),
+    "EffectiveEchoSpacing": (_C, ""),
+    "TotalReadoutTime": (_C, ""),
+    "MultibandAccelerationFactor": (_C, ""),
+    "ImageType": (_C, "releases before 2024 did not append MAGNITUDE"),
+    "EchoNumber": (_C, ""),
+    "Manufacturer": (_C, ""),
+    "MagneticFieldStrength": (_C, ""),
+    "SeriesNumber": (_C, ""),
+    # standard attributes of the (de-identified) header
+    "PercentPhaseFOV": (_C, ""),
+    "PercentSampling": (_C, ""),
+    "EchoTrainLength": (_C, ""),
+    "PhaseEncodingSteps": (_C, ""),
+    "AcquisitionMatrixPE": (_C, ""),
+    "ReconMatrixPE": (_C, ""),
+    "NumberOfAverages": (_C, ""),
+    "FrequencyEncodingSteps": (_C, ""),
+    "PixelBandwidth": (_C, ""),
+    "Modality": (_C, ""),
+    "ImagingFrequency": (_W, "absent from some enhanced objects' top level"),
+    "ManufacturersModelName": (_C, ""),
+    "PatientPosition": (_C, ""),
+    "SoftwareVersions": (_C, ""),
+    "MRAcquisitionType": (_C, ""),
+    "ScanningSequence": (_W, "dcm2niix also reads enhanced objects' pulse sequence module"),
+    "SequenceVariant": (_W, "dcm2niix also reads enhanced objects' pulse sequence module"),
+    "ScanOptions": (_W, "dcm2niix also reads enhanced objects' pulse sequence module"),
+    "SequenceName": (_W, "dcm2niix also reads enhanced objects' pulse sequence module"),
+    "BodyPart": (_C, ""),
+    "AcquisitionNumber": (_C, ""),
+    "SliceThickness": (_C, ""),
+    "SpacingBetweenSlices": (_C, ""),
+    "SAR": (_C, ""),
+    "InversionTime": (_C, ""),
+    "ImageOrientationPatientDICOM": (_C, ""),
+    "InPlanePhaseEncodingDirectionDICOM": (_C, ""),
+    "PhaseEncodingAxis": (_C, ""),
+    "BandwidthPerPixelPhaseEncode": (_C, ""),
+    "ParallelReductionFactorInPlane": (
+        _W, "dcm2niix writes 1 for unaccelerated Siemens and Philips series; the lake omits 1"),
+    "DwellTime": (_C, ""),
+    "AcquisitionDuration": (_W, "enhanced objects only"),
+    "NumberOfKSpaceTrajectories": (_W, "enhanced objects only"),
+    "PhaseEncodingStepsOutOfPlane": (_W, "enhanced objects only"),
+    "ParallelAcquisitionTechnique": (
+        _W, "enhanced objects only; dcm2niix also reads Philips private elements"),
+    "PartialFourierDirection": (
+        _W, "enhanced objects only; dcm2niix also reads Philips private elements"),
+    "ParallelReductionFactorOutOfPlane": (
+        _W, "enhanced objects only; dcm2niix also reads the Siemens protocol (sPat.lAccelFact3D)"),
+    "MTState": (_W, "enhanced objects only; dcm2niix also reads Philips and Siemens private "
+                    "elements"),
+    "SpoilingState": (_W, "where the Spoiling attribute is at the top level"),
+    "SpoilingType": (_W, "where the Spoiling attribute is at the top level"),
+    "NumberOfExcitations": (_W, "GE: NumberOfAverages"),
+    # derived before de-identification (lake.nifti.PARAMETERS), Siemens series protocol
+    "BaseResolution": (_C, ""),
+    "PartialFourier": (_C, ""),
+    "PhaseResolution": (_C, ""),
+    "PhaseOversampling": (_C, ""),
+    "ShimSetting": (_C, ""),
+    "TxRefAmp": (_C, ""),
+    "RefLinesPE": (_C, ""),
+    "CoilCombinationMethod": (_C, ""),
+    "MatrixCoilMode": (_C, ""),
+    "DelayTime": (_C, ""),
+    "VendorReportedEchoSpacing": (_C, ""),
+    "DerivedVendorReportedEchoSpacing": (_C, ""),
+    "Interpolation2D": (_C, ""),
+    "DiffusionScheme": (_C, ""),
+    "NonlinearGradientCorrection": (_C, ""),
+    "TablePosition": (
+        _W, "Siemens; dcm2niix's GE and Philips values (3.1e-09, 1.5e+19...) are not understood"),
+    "PhaseEncodingPolarityGE": (_C, ""),
+    "PhilipsRescaleSlope": (_C, ""),
+    "PhilipsRescaleIntercept": (_C, ""),
+    "PhilipsScaleSlope": (_C, ""),
+    "UsePhilipsFloatNotDisplayScaling": (_C, ""),
+    "PhilipsRWVSlope": (_C, ""),
+    "PhilipsRWVIntercept": (_C, ""),
+    # identifying
+    "InstitutionName": (_ID, "names the institution"),
+    "InstitutionAddress": (_ID, "the institution's address"),
+    "InstitutionalDepartmentName": (_ID, "names the department"),
+    "StationName": (_ID, "names the device (often with its serial number)"),
+    "DeviceSerialNumber": (_ID, "identifies the device and so the site"),
+    # free text
+    "ProcedureStepDescription": (_FT, "free text (holds e.g. an investigator's name)"),
+    "StudyDescription": (_FT, "free text (holds e.g. an investigator's name)"),
+    "ImageComments": (_FT, "free text"),
+    "WipMemBlock": (_FT, "free text with sequence build paths, dates and user names"),
+    "PulseSequenceDetails": (_FT, "a sequence file path, site-chosen names"),
+    "ConsistencyInfo": (_FT, "software build text with a date"),
+    "CoilString": (_FT, "coil element names: no closed vocabulary (site and vendor defined)"),
+    "ReceiveCoilName": (_FT, "coil names: no closed vocabulary (site-configurable)"),
+    "ReceiveCoilActiveElements": (_FT, "coil element names: no closed vocabulary"),
+    "PulseSequenceName": (_FT, "sequence names: site-built sequences have any name"),
+    "InternalPulseSequenceName": (_FT, "GE sequence names: site-built sequences have any name"),
+    "PulseSequenceType": (_FT, "descriptive text of the vendor"),
+    "PrescanReuseString": (_FT, "GE free text"),
+    "ImageOrientationText": (_FT, "text; the geometry is in ImageOrientationPatientDICOM"),
+    "BidsGuess": (_FT, "dcm2niix's guess from descriptions; the lake's BIDS export has its own "
+                       "documented heuristic"),
+    # the lake's own
+    "SeriesDescription": (_OWN, "copied from the de-identified header: the profile decides"),
+    "ProtocolName": (_OWN, "copied from the de-identified header: the profile decides"),
+    "AcquisitionTime": (_OWN, "from the de-identified header (profiles may shift it); releases "
+                              "before 2024 printed seconds without padding"),
+    "ConversionSoftware": (_OWN, "imaging-lake"),
+    "ConversionSoftwareVersion": (_OWN, "the lake's version is in the export manifest"),
+    "BodyPartExamined": (_OWN, "older dcm2niix releases' name of BodyPart"),
+    # not derived yet
+    "ArterialSpinLabelingType": (_ND, "Siemens ASL: from sequence-specific protocol fields"),
+    "PostLabelingDelay": (_ND, "Siemens ASL: from sequence-specific protocol fields"),
+    "LabelingDuration": (_ND, "Siemens ASL: from sequence-specific protocol fields"),
+    "EchoTime1": (_ND, "Siemens field maps: the protocol's echo times alTE"),
+    "EchoTime2": (_ND, "Siemens field maps: the protocol's echo times alTE"),
+    "WaterFatShift": (_ND, "Philips private (2001,1022)"),
+    "EstimatedEffectiveEchoSpacing": (_ND, "Philips: from WaterFatShift"),
+    "EstimatedTotalReadoutTime": (_ND, "Philips: from WaterFatShift"),
+    "PartialFourierEnabled": (_ND, "Philips private elements"),
+    "PhaseEncodingStepsNoPartialFourier": (_ND, "Philips private elements"),
+    "ParallelReductionOutOfPlane": (_ND, "GE private elements"),
+    "NumberOfArms": (_ND, "GE private elements"),
+    "NumberOfPointsPerArm": (_ND, "GE private elements"),
+    "TriggerDelayTime": (_ND, "GE"),
+    "RawImage": (_ND, "Siemens XA private elements"),
+    "ImageTypeText": (_ND, "Siemens XA image type codes (0021,1175)"),
+    "Units": (_ND, "Philips field maps"),
+    "PhaseEncodingDirectionDisplayed": (_ND, "UIH private elements"),
+}
+
 #: Sidecar keys compared with the reference wherever the reference has them (issue 10).
-COMPARED_KEYS = (
-    "RepetitionTime",
-    "EchoTime",
-    "FlipAngle",
-    "SliceTiming",
-    "PhaseEncodingDirection",
-    "EffectiveEchoSpacing",
-    "TotalReadoutTime",
-    "MultibandAccelerationFactor",
-    "ImageType",
-    "EchoNumber",
-    "Manufacturer",
-    "MagneticFieldStrength",
-    "SeriesNumber",
-    "PercentPhaseFOV",
-    "PercentSampling",
-    "EchoTrainLength",
-    "PhaseEncodingSteps",
-    "AcquisitionMatrixPE",
-    "ReconMatrixPE",
-    "NumberOfAverages",
-    "FrequencyEncodingSteps",
-)
+COMPARED_KEYS = tuple(k for k, (d, _) in SIDECAR_KEYS.items() if d is Disposition.COMPARED)
 
 _NOT_DICOM = {".nii", ".txt", ".pdf", ".xlsx", ".json", ".md", ".png", ".sh", ".bval", ".bvec"}
 
@@ -331,6 +478,7 @@ def compare_volume(
             )
         if not same:
             problems.append(f"{key} {mine!r} != {theirs!r}")
+    problems.extend(_other_keys(ref.sidecar, ours_sidecar))
     if ref.bval is not None:
         if ".bval" not in files:
             problems.append("bval missing")
@@ -351,6 +499,37 @@ def compare_volume(
     if ref_image is not None:
         problems.extend(_compare_image(ours_image, ref_image))
     return problems
+
+
+def _other_keys(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    """What differs outside COMPARED_KEYS: undeclared reference keys, left-out keys the lake
+    writes, and values of the other keys that both write."""
+    problems = []
+    for key in sorted(set(theirs) | set(ours)):
+        declared = SIDECAR_KEYS.get(key)
+        if declared is None:
+            if key in theirs:
+                problems.append(f"{key}: a reference key not declared in SIDECAR_KEYS")
+            continue
+        disposition = declared[0]
+        if disposition in (Disposition.IDENTIFYING, Disposition.FREE_TEXT) and key in ours:
+            problems.append(f"{key} written although left out on purpose ({disposition})")
+        elif disposition in (Disposition.WHERE_WRITTEN, Disposition.NOT_DERIVED) \
+                and key in ours and key in theirs and not same_value(ours[key], theirs[key]):
+            problems.append(f"{key} {ours[key]!r} != {theirs[key]!r}")
+    return problems
+
+
+def key_statuses(theirs: dict[str, Any], ours: dict[str, Any]) -> dict[str, str]:
+    """Per key of a reference sidecar: ``equal``, ``different`` or ``not written`` by the lake
+    (values compared as :func:`compare_volume` does for keys without special rules)."""
+    out = {}
+    for key, value in theirs.items():
+        if key not in ours:
+            out[key] = "not written"
+        else:
+            out[key] = "equal" if same_value(ours[key], value) else "different"
+    return out
 
 
 def _compare_image(ours: Any, ref: Any) -> list[str]:

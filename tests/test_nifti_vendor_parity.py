@@ -21,6 +21,7 @@ import collections
 import json
 import shutil
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +33,12 @@ import lake
 from lake.export import export_nifti
 from tests.conftest import SHARED_DATA
 from tests.nifti_reference import (
+    SIDECAR_KEYS,
+    Disposition,
     Reference,
     compare_volume,
     group_exported,
+    key_statuses,
     reference_suffix,
     references,
 )
@@ -71,6 +75,8 @@ class Outcome:
     stem: str
     status: str  # matched, refused, mismatched
     detail: str = ""
+    keys: dict[str, str] = field(default_factory=dict)
+    """Per key of the reference sidecar: equal, different or not written (compared ones)."""
 
 
 @dataclass
@@ -95,6 +101,7 @@ class ProfileRun:
 
     profile: str
     repositories: dict[str, RepositoryRun]
+    outcomes: list[Outcome] = field(default_factory=list)
 
 
 @pytest.fixture(scope="module")
@@ -172,10 +179,21 @@ def _outcomes(run: ProfileRun, refs: dict[str, list[Reference]]) -> list[Outcome
                           if r["SeriesInstanceUID"] == uid and r["slice_timing"] is not None
                           and r["mosaic_tiles"] is not None]
             problems = compare_volume(ref, volumes[ref.suffix], candidates)
+            ours = json.loads(volumes[ref.suffix][".json"].read_text(encoding="utf-8"))
+            keys = key_statuses(ref.sidecar, ours)
+            if not problems:  # compared keys with their own rules (SliceTiming...) matched
+                keys = {k: "equal" if v == "different" and SIDECAR_KEYS[k][0] is
+                        Disposition.COMPARED else v for k, v in keys.items()}
             outcomes.append(Outcome(repository, ref.stem,
                                     "mismatched" if problems else "matched",
-                                    "; ".join(problems)[:500]))
+                                    "; ".join(problems)[:500], keys))
     return outcomes
+
+
+def _cached_outcomes(run: ProfileRun, refs: dict[str, list[Reference]]) -> list[Outcome]:
+    if not run.outcomes:
+        run.outcomes = _outcomes(run, refs)
+    return run.outcomes
 
 
 def _table(profile: str, outcomes: list[Outcome]) -> str:
@@ -195,7 +213,7 @@ def test_every_reference_matches_or_is_refused_for_a_documented_reason(
     all_references: dict[str, list[Reference]],
     record_property: Any,
 ) -> None:
-    outcomes = _outcomes(run, all_references)
+    outcomes = _cached_outcomes(run, all_references)
     table = _table(run.profile, outcomes)
     print("\n" + table)
     record_property(f"report_parity_{run.profile}", table)  # shown in the run summary
@@ -208,6 +226,62 @@ def test_every_reference_matches_or_is_refused_for_a_documented_reason(
     for (repository, _), reason in JUSTIFIED.items():
         assert reason in run.repositories[repository].quarantine
     assert sum(o.status == "matched" for o in outcomes) >= 90
+
+
+def _key_table(profile: str, outcomes: list[Outcome]) -> tuple[str, dict[str, Counter[str]]]:
+    counts: dict[str, Counter[str]] = collections.defaultdict(collections.Counter)
+    for outcome in outcomes:
+        for key, status in outcome.keys.items():
+            counts[key]["references"] += 1
+            counts[key][status] += 1
+    by_disposition: dict[Disposition, list[str]] = collections.defaultdict(list)
+    for key in counts:
+        by_disposition[SIDECAR_KEYS[key][0] if key in SIDECAR_KEYS else Disposition.OWN] \
+            .append(key)
+    written = sorted(k for k in counts if counts[k]["references"] > counts[k]["not written"])
+    lines = [f"profile {profile}: {len(counts)} keys in the compared references, "
+             f"{len(written)} written by the lake, "
+             f"{sum(1 for k in written if not counts[k]['different'])} of them equal wherever "
+             "both write them",
+             "| key | disposition | references | written | equal | different |",
+             "|---|---|---|---|---|---|"]
+    for disposition in Disposition:
+        for key in sorted(by_disposition[disposition]):
+            c = counts[key]
+            lines.append(f"| {key} | {disposition} | {c['references']} | "
+                         f"{c['references'] - c['not written']} | {c['equal']} | "
+                         f"{c['different']} |")
+    return "\n".join(lines), counts
+
+
+def test_every_sidecar_key_is_written_equal_or_left_out_for_a_stated_reason(
+    run: ProfileRun,
+    all_references: dict[str, list[Reference]],
+    record_property: Any,
+) -> None:
+    """Issue 10.1: per key of dcm2niix's reference sidecars, whether the lake writes it and
+    whether it matches; every key is declared in ``SIDECAR_KEYS`` with its disposition, and
+    the declaration is true: compared keys are written and equal, left-out keys never
+    written, keys declared not derived are indeed not written."""
+    outcomes = [o for o in _cached_outcomes(run, all_references) if o.keys]
+    table, counts = _key_table(run.profile, outcomes)
+    print("\n" + table)
+    record_property(f"report_sidecar_keys_{run.profile}", table)
+    assert len(outcomes) >= 90
+    assert set(counts) <= set(SIDECAR_KEYS), set(counts) - set(SIDECAR_KEYS)
+    wrong = []
+    for key, c in counts.items():
+        disposition, reason = SIDECAR_KEYS[key]
+        written = c["references"] - c["not written"]
+        if disposition is Disposition.COMPARED and (c["not written"] or c["different"]):
+            wrong.append(f"{key}: compared, but {c['not written']} not written, "
+                         f"{c['different']} different")
+        if disposition is Disposition.WHERE_WRITTEN and (c["different"] or not written):
+            wrong.append(f"{key}: {c['different']} different, written {written} times")
+        if disposition in (Disposition.IDENTIFYING, Disposition.FREE_TEXT,
+                           Disposition.NOT_DERIVED) and written:
+            wrong.append(f"{key}: declared {disposition} ({reason}) but written {written} times")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_mosaics_export_without_any_private_element_in_the_lake(run: ProfileRun) -> None:

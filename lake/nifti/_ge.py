@@ -137,6 +137,8 @@ def derive_ge(ds: Dataset, out: dict[str, object]) -> None:
     else:
         unflipped = _user_data_polarity(ds)
     axis = phase_axis(ds)
+    if unflipped is not None:
+        out["phase_encoding_polarity"] = "unflipped" if unflipped else "flipped"
     if unflipped is not None and axis[:3] in ("ROW", "COL"):
         letter = "i" if axis.startswith("ROW") else "j"
         out["phase_encoding_direction"] = letter if unflipped else letter + "-"
@@ -163,6 +165,9 @@ def derive_ge(ds: Dataset, out: dict[str, object]) -> None:
             if None not in gradient:
                 out["diffusion_gradients"] = [float(g) for g in gradient if g is not None]
                 out["diffusion_gradient_frame"] = "ge_logical"
+    shims = [first_float(private(ds, 0x0043, _PARM, e, "SS")) for e in (0x02, 0x03, 0x04)]
+    if None not in shims:
+        out["shim_setting"] = shims
     directions = first_float(private(ds, 0x0019, _ACQU, 0xE0, "DS"))
     if directions is not None:
         out["diffusion_directions"] = round(directions)

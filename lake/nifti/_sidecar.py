@@ -235,6 +235,9 @@ def build_sidecar(
     for key, keyword in _TEXT_KEYS:
         put(key, _text(ds.get(keyword), "\\"))
     put("ImageType", image_type(ds.get("ImageType"), context))
+    correction = acquisition.get("nonlinear_gradient_correction")
+    if context.vendor == "Siemens" and isinstance(correction, bool):
+        put("NonlinearGradientCorrection", correction)
     put("SeriesNumber", _number(ds.get("SeriesNumber")))
     times = [
         datasets[f.source].get("AcquisitionTime")
@@ -251,6 +254,8 @@ def build_sidecar(
         _number(attribute(ds, frame, "PixelMeasuresSequence", "SpacingBetweenSlices")),
     )
     put("SAR", _number(ds.get("SAR")))
+    if context.vendor == "Siemens":
+        put("TablePosition", _numbers(acquisition.get("table_position")))
     put("EchoNumber", context.echo_number)
     echo_time = first.echo_time
     put("EchoTime", None if not echo_time else round(echo_time / 1000.0, 9))
@@ -262,6 +267,20 @@ def build_sidecar(
                                   if frame is not None else ds.get("InversionTime")))
     put("FlipAngle", _number(attribute(ds, frame, "MRTimingAndRelatedParametersSequence",
                                        "FlipAngle")))
+    if context.vendor == "Siemens":
+        _siemens_protocol(put, acquisition)
+    elif context.vendor == "GE":
+        shims = acquisition.get("shim_setting")
+        if isinstance(shims, list) and any(v != 0 for v in shims):
+            put("ShimSetting", _numbers(shims))
+        polarity = acquisition.get("phase_encoding_polarity")
+        put("PhaseEncodingPolarityGE", polarity.capitalize() if isinstance(polarity, str)
+            else None)
+    _pulse_sequence(put, ds, frame)
+    if context.vendor == "Philips":
+        _philips_scaling(put, ds, frame, acquisition)
+    if context.vendor == "GE":
+        put("NumberOfExcitations", _number(ds.get("NumberOfAverages")))
     put("KVP", _number(ds.get("KVP")))
     put("XRayTubeCurrent", _number(ds.get("XRayTubeCurrent")))
     put("XRayExposure", _number(ds.get("Exposure")))
@@ -296,6 +315,8 @@ def build_sidecar(
                     or ds.get("NumberOfPhaseEncodingSteps"))
     if isinstance(steps, int) and steps > 0:
         put("PhaseEncodingSteps", steps)
+    put("PhaseEncodingStepsOutOfPlane", _positive_int(attribute(
+        ds, frame, "MRFOVGeometrySequence", "MRAcquisitionPhaseEncodingStepsOutOfPlane")))
     put("AcquisitionMatrixPE", _acquisition_matrix_pe(ds, frame, phase_axis))
     frequency = _number(attribute(ds, frame, "MRFOVGeometrySequence",
                                   "MRAcquisitionFrequencyEncodingSteps"))
@@ -307,12 +328,23 @@ def build_sidecar(
     accel = acquisition.get("parallel_reduction_factor_in_plane")
     if isinstance(accel, float) and accel > 1.0:
         put("ParallelReductionFactorInPlane", _number(round(accel, 6)))
+    put("ParallelAcquisitionTechnique", _code(attribute(
+        ds, frame, "MRModifierSequence", "ParallelAcquisitionTechnique")))
+    put("ParallelReductionFactorOutOfPlane", _number(attribute(
+        ds, frame, "MRModifierSequence", "ParallelReductionFactorOutOfPlane")))
+    put("PartialFourierDirection", _code(attribute(
+        ds, frame, "MRModifierSequence", "PartialFourierDirection")))
     put("EffectiveEchoSpacing", _rounded(acquisition.get("effective_echo_spacing")))
+    put("DerivedVendorReportedEchoSpacing", _derived_echo_spacing(acquisition))
     put("TotalReadoutTime", _rounded(acquisition.get("total_readout_time")))
     averages = _number(attribute(ds, frame, "MRAveragesSequence", "NumberOfAverages"))
     if isinstance(averages, int | float) and averages > 1:  # dcm2niix leaves out one
         put("NumberOfAverages", averages)
-    put("PixelBandwidth", _number(ds.get("PixelBandwidth")))
+    put("PixelBandwidth", _number(attribute(ds, frame, "MRImagingModifierSequence",
+                                            "PixelBandwidth")))
+    if context.vendor != "UIH":  # dcm2niix writes UIH's as TotalReadoutTime
+        put("AcquisitionDuration", _six_digits(ds.get("AcquisitionDuration")))
+    put("NumberOfKSpaceTrajectories", _positive_int(ds.get("NumberOfKSpaceTrajectories")))
     put("DwellTime", _rounded(acquisition.get("dwell_time")))
     direction = acquisition.get("phase_encoding_direction")
     echo_train = _number(ds.get("EchoTrainLength"))
@@ -366,3 +398,106 @@ def _excited_together(timing: list[float] | None) -> int:
 
 def _rounded(value: Any) -> float | None:
     return round(float(value), 12) if isinstance(value, float) and value > 0 else None
+
+
+_COIL_COMBINATION = {"sum_squares": "Sum of Squares", "adaptive": "Adaptive Combine"}
+_MATRIX_COIL_MODE = {"sense": "SENSE", "grappa": "GRAPPA", "none": "None"}
+
+
+def _siemens_protocol(put: Any, acquisition: Mapping[str, Any]) -> None:
+    """The keys dcm2niix reads from the Siemens series protocol, as it writes them."""
+    put("PartialFourier", acquisition.get("partial_fourier"))
+    if acquisition.get("interpolation_2d") is True:
+        put("Interpolation2D", 1)
+    if acquisition.get("diffusion_b_values") is not None:
+        scheme = acquisition.get("diffusion_scheme")
+        put("DiffusionScheme", scheme.capitalize() if isinstance(scheme, str) else None)
+    put("BaseResolution", acquisition.get("base_resolution"))
+    shims = acquisition.get("shim_setting")
+    if isinstance(shims, list) and shims and shims[0] != 0:
+        put("ShimSetting", _numbers(shims))
+    put("DelayTime", acquisition.get("delay_time"))
+    put("TxRefAmp", _six_digits(acquisition.get("tx_ref_amp")))
+    put("PhaseResolution", _number(acquisition.get("phase_resolution")))
+    put("PhaseOversampling", _number(acquisition.get("phase_oversampling")))
+    put("VendorReportedEchoSpacing", acquisition.get("vendor_reported_echo_spacing"))
+    put("RefLinesPE", acquisition.get("ref_lines_pe"))
+    put("CoilCombinationMethod", _COIL_COMBINATION.get(str(acquisition.get("coil_combination"))))
+    put("MatrixCoilMode", _MATRIX_COIL_MODE.get(str(acquisition.get("matrix_coil_mode"))))
+
+
+def _numbers(values: Any) -> list[float | int | None] | None:
+    return [_number(v) for v in values] if isinstance(values, list) and values else None
+
+
+def _derived_echo_spacing(acquisition: Mapping[str, Any]) -> float | None:
+    """dcm2niix's DerivedVendorReportedEchoSpacing: the effective echo spacing undone for
+    in-plane acceleration and phase oversampling (Siemens, where the bandwidth per pixel in
+    the phase direction is known)."""
+    spacing = acquisition.get("effective_echo_spacing")
+    if not isinstance(spacing, float) or acquisition.get("bandwidth_per_pixel_phase_encode") \
+            is None:
+        return None
+    accel = acquisition.get("parallel_reduction_factor_in_plane")
+    oversampling = acquisition.get("phase_oversampling")
+    if isinstance(accel, float) and accel > 1.0:
+        spacing *= accel
+    if isinstance(oversampling, float) and oversampling > 0:
+        spacing /= 1.0 + oversampling
+    return _rounded(spacing)
+
+
+def _code(value: Any) -> str | None:
+    """A coded string (CS) of the header, or None when it holds anything else."""
+    text = _text(value, "\\")
+    if text is None or len(text) > 16 or not all(c.isupper() or c.isdigit() or c == "_"
+                                                 for c in text):
+        return None
+    return text
+
+
+def _positive_int(value: Any) -> int | None:
+    number = _number(value)
+    return number if isinstance(number, int) and number > 0 else None
+
+
+_SPOILING_TYPES = {"RF": "RF", "GRADIENT": "GRADIENT", "RF_AND_GRADIENT": "COMBINED"}
+
+
+def _pulse_sequence(put: Any, ds: Dataset, frame: int | None) -> None:
+    """MTState and SpoilingState/Type from the MR Pulse Sequence module (0018,9020)/(0018,9016)
+    of enhanced objects, as dcm2niix reads them."""
+    transfer = _code(attribute(ds, frame, "MRImagingModifierSequence", "MagnetizationTransfer"))
+    if transfer is not None:
+        put("MTState", transfer != "NONE")
+    spoiling = _code(ds.get("Spoiling"))
+    if spoiling is not None:
+        put("SpoilingState", spoiling != "NONE")
+        put("SpoilingType", _SPOILING_TYPES.get(spoiling))
+
+
+def _philips_scaling(put: Any, ds: Dataset, frame: int | None,
+                     acquisition: Mapping[str, Any]) -> None:
+    """The Philips scaling dcm2niix reports: the real-world value mapping, the rescale and the
+    private scale slope it applied (floating-point, not display, values)."""
+    if frame is not None:
+        rwv_slope = _number(attribute(ds, frame, "RealWorldValueMappingSequence",
+                                      "RealWorldValueSlope"))
+        if rwv_slope:
+            rwv_intercept = _number(attribute(ds, frame, "RealWorldValueMappingSequence",
+                                              "RealWorldValueIntercept"))
+            put("PhilipsRWVSlope", _six_digits(rwv_slope))
+            put("PhilipsRWVIntercept", _six_digits(rwv_intercept or 0))
+    slopes = acquisition.get("scale_slopes")
+    index = frame if frame is not None else 0
+    if not isinstance(slopes, list) or index >= len(slopes) or slopes[index] == 0:
+        return
+    rescale = _number(attribute(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
+    intercept = _number(attribute(ds, frame, "PixelValueTransformationSequence",
+                                  "RescaleIntercept"))
+    if rescale is None:
+        return
+    put("PhilipsRescaleSlope", _six_digits(rescale))
+    put("PhilipsRescaleIntercept", _six_digits(intercept if intercept is not None else 0))
+    put("PhilipsScaleSlope", _six_digits(slopes[index]))
+    put("UsePhilipsFloatNotDisplayScaling", 1)

@@ -42,10 +42,40 @@ _SDS = ("SIEMENS MR SDS 01",)
 _SDI = ("SIEMENS MR SDI 02",)
 _CSA_ERRORS = (*DecodeError, csareader.CSAReadError, csareader.CSAError)
 _ASCCONV = re.compile(rb"^\s*([A-Za-z_][\w.\[\]]*)\s*=\s*([-+0-9.xXa-fA-F]+)\s*$", re.MULTILINE)
-#: Protocol (ASCCONV) keys read; values are numbers only.
-_PROTOCOL_KEYS = frozenset(
-    {b"sSliceAcceleration.lMultiBandFactor", b"sSliceArray.ucMode", b"lDelayTimeInTR"}
+#: The shim currents in the order of BIDS ShimSetting (linear offsets, then higher orders).
+_SHIM_KEYS = (
+    b"sGRADSPEC.asGPAData[0].lOffsetX",
+    b"sGRADSPEC.asGPAData[0].lOffsetY",
+    b"sGRADSPEC.asGPAData[0].lOffsetZ",
+    *(b"sGRADSPEC.alShimCurrent[%d]" % i for i in range(5)),
 )
+#: The linear offsets as protocols before VD name them.
+_OLD_OFFSET_KEYS = (b"sGRADSPEC.lOffsetX", b"sGRADSPEC.lOffsetY", b"sGRADSPEC.lOffsetZ")
+#: Protocol (ASCCONV) keys read, an explicit allow-list: values are numbers only (other keys
+#: of the protocol hold free text, and some numeric ones dates).
+_PROTOCOL_KEYS = frozenset(
+    {
+        b"sSliceAcceleration.lMultiBandFactor",
+        b"sSliceArray.ucMode",
+        b"lDelayTimeInTR",
+        b"sKSpace.lBaseResolution",
+        b"sKSpace.ucPhasePartialFourier",
+        b"sKSpace.dPhaseResolution",
+        b"sKSpace.dPhaseOversamplingForDialog",
+        b"sKSpace.uc2DInterpolation",
+        b"sTXSPEC.asNucleusInfo[0].flReferenceAmplitude",
+        b"sPat.lRefLinesPE",
+        b"sPat.lAccelFactPE",
+        b"sPat.ucPATMode",
+        b"ucCoilCombineMode",
+        b"sFastImaging.lEchoSpacing",
+        b"sDiffusion.dsScheme",
+        *_SHIM_KEYS,
+        *_OLD_OFFSET_KEYS,
+    }
+)
+#: Partial Fourier codes of sKSpace.ucPhasePartialFourier and the fraction each acquires.
+_PARTIAL_FOURIER = {1.0: 0.5, 2.0: 0.625, 4.0: 0.75, 8.0: 0.875, 16.0: 1.0}
 
 
 _CSA_OFFSET = {"image": 0x10, "series": 0x20}
@@ -342,6 +372,7 @@ def derive_siemens(ds: Dataset, out: dict[str, object]) -> None:
             out["slice_timing"] = rescued
     if accel is not None:
         out["parallel_reduction_factor_in_plane"] = accel
+    _protocol_parameters(protocol, out)
 
     if "diffusion_b_values" not in out:
         b_value = _csa_scalar(csa, "B_value")
@@ -360,7 +391,65 @@ def derive_siemens(ds: Dataset, out: dict[str, object]) -> None:
                 out["diffusion_gradients"] = [float(g) for g in gradient if g is not None]
                 out["diffusion_gradient_frame"] = "patient"
 
+    table = [first_float(v) for v in _csa(csa, "ImaRelTablePosition")]
+    if not table:
+        for holder in (shared, ds):
+            if holder is not None and not table:
+                table = [float(v) for v in floats(private(holder, 0x0021, _SDS, 0x05, "IS"))]
+    if len(table) == 3 and None not in table:
+        out["table_position"] = table
+    kinds = set(image_type)
+    if first_frame is not None:
+        kinds.update(text(private(first_frame, 0x0021, _SDI, 0x75, "CS")).upper().split("\\"))
+    if kinds & {"DIS2D", "DIS3D"}:
+        out["nonlinear_gradient_correction"] = True
+    elif "ND" in kinds:
+        out["nonlinear_gradient_correction"] = False
+
     if first_frame is not None and ds.get("EchoNumbers") in (None, ""):
         ice = text(private(first_frame, 0x0021, _SDI, 0x06, "LO")).split("_")
         if len(ice) > 1:
             out["echo_number"] = first_int(ice[1])
+
+
+def _protocol_parameters(protocol: dict[str, float], out: dict[str, object]) -> None:
+    """The sidecar parameters dcm2niix reads from the series protocol (raw; validated later).
+
+    Siemens leaves keys whose value is zero out of the protocol, so an absent shim current
+    is zero once any shim value is present.
+    """
+    direct = (
+        ("sKSpace.lBaseResolution", "base_resolution", 1.0),
+        ("sKSpace.dPhaseResolution", "phase_resolution", 1.0),
+        ("sKSpace.dPhaseOversamplingForDialog", "phase_oversampling", 1.0),
+        ("sTXSPEC.asNucleusInfo[0].flReferenceAmplitude", "tx_ref_amp", 1.0),
+        ("sPat.lRefLinesPE", "ref_lines_pe", 1.0),
+        ("lDelayTimeInTR", "delay_time", 1e-6),
+        ("sFastImaging.lEchoSpacing", "vendor_reported_echo_spacing", 1e-6),
+    )
+    for key, name, scale in direct:
+        value = protocol.get(key)
+        if value is not None and value > 0:
+            number = value * scale
+            out[name] = int(number) if name in ("base_resolution", "ref_lines_pe") else number
+    partial = _PARTIAL_FOURIER.get(protocol.get("sKSpace.ucPhasePartialFourier", 0.0))
+    if partial is not None:
+        out["partial_fourier"] = partial
+    shims = [protocol.get(key.decode()) for key in _SHIM_KEYS]
+    for i, old_key in enumerate(_OLD_OFFSET_KEYS):
+        if shims[i] is None:
+            shims[i] = protocol.get(old_key.decode())
+    if any(v is not None for v in shims):
+        out["shim_setting"] = [v if v is not None else 0.0 for v in shims]
+    interpolation = protocol.get("sKSpace.uc2DInterpolation")
+    if interpolation is not None:
+        out["interpolation_2d"] = interpolation > 0
+    out["coil_combination"] = {1.0: "sum_squares", 2.0: "adaptive"}.get(
+        protocol.get("ucCoilCombineMode", 0.0))
+    mode = protocol.get("sPat.ucPATMode")
+    if mode is not None:
+        accelerated = protocol.get("sPat.lAccelFactPE", 0.0) > 0
+        out["matrix_coil_mode"] = {1.0: "sense", 2.0: "grappa"}.get(mode, "none") \
+            if accelerated else "none"
+    out["diffusion_scheme"] = {1.0: "bipolar", 2.0: "monopolar"}.get(
+        protocol.get("sDiffusion.dsScheme", 0.0))
