@@ -196,9 +196,11 @@ SIDECAR_KEYS: dict[str, tuple[Disposition, str]] = {
     "LabelingDuration": (_ND, "Siemens ASL: from sequence-specific protocol fields"),
     "EchoTime1": (_ND, "Siemens field maps: the protocol's echo times alTE"),
     "EchoTime2": (_ND, "Siemens field maps: the protocol's echo times alTE"),
-    "WaterFatShift": (_ND, "Philips private (2001,1022)"),
-    "EstimatedEffectiveEchoSpacing": (_ND, "Philips: from WaterFatShift"),
-    "EstimatedTotalReadoutTime": (_ND, "Philips: from WaterFatShift"),
+    "WaterFatShift": (_C, ""),
+    "EstimatedEffectiveEchoSpacing": (
+        _ND, "Philips: dcm2niix's estimate from WaterFatShift over an echo train length whose "
+             "source for enhanced objects is not reproduced"),
+    "EstimatedTotalReadoutTime": (_ND, "as EstimatedEffectiveEchoSpacing"),
     "PartialFourierEnabled": (_ND, "Philips private elements"),
     "PhaseEncodingStepsNoPartialFourier": (_ND, "Philips private elements"),
     "ParallelReductionOutOfPlane": (_ND, "GE private elements"),

@@ -528,6 +528,15 @@ PARAMETERS: tuple[Parameter, ...] = (
                "(0043,102A) polarity and view-order flags"},
         choices=("unflipped", "flipped"),
     ),
+    Parameter(
+        "water_fat_shift",
+        Kind.FLOAT,
+        "pixel",
+        "Water-fat shift along the phase-encoding axis (BIDS WaterFatShift)",
+        {"Philips": "(2001,1022), per frame in the (2005,140F) items of enhanced objects"},
+        low=0.0,
+        high=1e4,
+    ),
 )
 
 #: The name of every parameter, in declaration order: also the names of the catalog columns

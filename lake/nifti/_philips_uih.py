@@ -21,6 +21,15 @@ _UIH = ("IMAGE PRIVATE HEADER",)
 def derive_philips(ds: Dataset, out: dict[str, object]) -> None:
     """Add the Philips parameters of ``ds`` to ``out`` (raw values; validated later)."""
     frames = ds.get("PerFrameFunctionalGroupsSequence") or []
+    holders = [ds]
+    if frames:
+        seq = private(frames[0], 0x2005, _PHILIPS_MR_005, 0x0F, "SQ")
+        if seq:
+            holders.append(seq[0])
+    for holder in holders:
+        shift = first_float(private(holder, 0x2001, _PHILIPS_IMAGING, 0x22, "FL"))
+        if shift is not None and shift > 0 and "water_fat_shift" not in out:
+            out["water_fat_shift"] = shift
     if frames:
         slopes = []
         for item in frames:

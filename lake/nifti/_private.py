@@ -94,7 +94,7 @@ def _decode(value: Any, vr: str, little_endian: bool) -> Any:
     raw = bytes(value)
     if vr in _BINARY:
         code = _BINARY[vr]
-        size = struct.calcsize(code)
+        size = struct.calcsize("<" + code)  # standard sizes (native "l" is 8 bytes)
         count = len(raw) // size
         items = struct.unpack(("<" if little_endian else ">") + code * count, raw[: size * count])
         return list(items) if count != 1 else items[0]

@@ -226,7 +226,13 @@ def build_sidecar(
 
     put("Modality", _text(ds.get("Modality"), "\\"))
     put("MagneticFieldStrength", _number(ds.get("MagneticFieldStrength")))
-    put("ImagingFrequency", _number(ds.get("ImagingFrequency")))
+    frequency = _number(ds.get("ImagingFrequency"))
+    if frequency is None:  # enhanced MR: the MR Imaging Modifier macro's (in MHz)
+        transmitter = _number(attribute(ds, frame, "MRImagingModifierSequence",
+                                        "TransmitterFrequency"))
+        frequency = transmitter if transmitter is not None and 1 < transmitter < 1000 \
+            else None
+    put("ImagingFrequency", frequency)
     manufacturer = _text(ds.get("Manufacturer"), "\\")
     if manufacturer is not None:
         put("Manufacturer", _manufacturer(manufacturer))
@@ -336,6 +342,8 @@ def build_sidecar(
         ds, frame, "MRModifierSequence", "PartialFourierDirection")))
     put("EffectiveEchoSpacing", _rounded(acquisition.get("effective_echo_spacing")))
     put("DerivedVendorReportedEchoSpacing", _derived_echo_spacing(acquisition))
+    if context.vendor == "Philips":
+        _philips_readout(put, acquisition)
     put("TotalReadoutTime", _rounded(acquisition.get("total_readout_time")))
     averages = _number(attribute(ds, frame, "MRAveragesSequence", "NumberOfAverages"))
     if isinstance(averages, int | float) and averages > 1:  # dcm2niix leaves out one
@@ -501,3 +509,11 @@ def _philips_scaling(put: Any, ds: Dataset, frame: int | None,
     put("PhilipsRescaleIntercept", _six_digits(intercept if intercept is not None else 0))
     put("PhilipsScaleSlope", _six_digits(slopes[index]))
     put("UsePhilipsFloatNotDisplayScaling", 1)
+
+
+def _philips_readout(put: Any, acquisition: Mapping[str, Any]) -> None:
+    """The Philips water-fat shift (dcm2niix's estimated echo spacing and readout from it are
+    not written: its echo-train length for enhanced objects is not reproduced)."""
+    shift = acquisition.get("water_fat_shift")
+    if isinstance(shift, float):
+        put("WaterFatShift", _six_digits(shift))
