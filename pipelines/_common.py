@@ -102,6 +102,7 @@ def audit_command(lk: lake.Lake, action: str, kind: str, resource: str, detail: 
 OPTIONS: Mapping[str, str] = MappingProxyType({
     "all_studies": "--all",
     "allow": "--allow",
+    "as_of": "--as-of",
     "cohorts": "--cohort",
     "filters": "--query",
     "listen": "--port",

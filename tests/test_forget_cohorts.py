@@ -89,3 +89,39 @@ def test_cohorts_pinned_before_an_erasure_still_export(
         assert len(list((tmp_path / name).rglob("*.dcm"))) == 4
     assert lk.cohort("kept").withdrawn == 0 and lk.cohort("both").withdrawn == 4
     assert pseudonym not in lk.cohort("kept").query  # its query named the patient
+
+
+def test_a_cohort_pinned_by_as_of_across_an_erasure_is_refused(
+    lk: lake.Lake, vault_dir: Path, two_patients: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The portal saves a cohort on the version its console checked (as_of=). Forced: the
+    save runs while the erasure is between its last look at the cohorts and the removal
+    of the old data files, on a version that still holds the patient. It is refused,
+    naming as_of (before: it was saved with the 4 erased members)."""
+    from lake.steward import _forget
+
+    pseudonym = two_patients
+    secret = lk.secret(vault_dir)
+    checked = lk.version
+    sops = {s for (s,) in lk.sql(
+        f"SELECT SOPInstanceUID FROM instances WHERE PatientID = '{pseudonym}'").fetchall()}
+    real = _forget._withdraw_from_cohorts
+    refused: list[lake.LakeError] = []
+
+    def meanwhile(*args: Any, **kwargs: Any) -> None:
+        try:
+            lk.create_cohort("pinned", "SELECT SeriesInstanceUID FROM series", as_of=checked)
+        except lake.LakeError as exc:
+            refused.append(exc)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(_forget, "_withdraw_from_cohorts", meanwhile)
+    forget(lk, secret, target(lk, secret, patient=pseudonym))
+    monkeypatch.undo()
+    saved = [c for c in lk.cohorts() if c.name == "pinned"]
+    assert not saved or not _erased_members(lk, "pinned", sops)
+    assert [e.parameters for e in refused] == [("as_of",)]
+    assert "ran after catalog version" in str(refused[0])
+    lk.refresh()
+    again = lk.create_cohort("pinned", "SELECT SeriesInstanceUID FROM series", as_of=lk.version)
+    assert len(again.members) == 4

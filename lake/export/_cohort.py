@@ -393,6 +393,13 @@ def create_cohort(
         # the erasure withdraws its members, or it loses and runs the query again on the
         # catalog without them.
         resolved = resolve_cohort(lake, sql, as_of=as_of)
+        if as_of is not None and _erasure_since(lake, as_of):
+            # The rows of version as_of may be those of an erasure that has run (or runs) since.
+            raise ExportError(
+                f"an erasure (lake.steward.forget) ran after catalog version {as_of}: a cohort "
+                "saved on it could name withdrawn instances; pass a later as_of=, or none",
+                parameters=("as_of",), functions=("lake.steward.forget",)
+            )
         cohort = Cohort(
             name=name,
             query=resolved.query,
@@ -414,6 +421,19 @@ def create_cohort(
 
     tables.insert_new(COHORTS, [{"name": name}], key="name", plan=plan)
     return saved[0]
+
+
+def _erasure_since(lake: Lake, version: int) -> bool:
+    """Whether an erasure changed ``instances`` after ``version`` (its tombstone commit, or
+    a delete: only an erasure deletes instance rows)."""
+    from lake.catalog._tombstones import ERASURE_KEY
+
+    delta = lake.tables.open("instances")
+    newer = int(delta.version()) - version
+    if newer <= 0:
+        return False
+    return any(entry.get("operation") == "DELETE" or ERASURE_KEY in entry
+               for entry in delta.history(limit=newer))
 
 
 def _cohort_rows(lake: Lake, columns: list[str] | None, name: str | None) -> list[dict[str, Any]]:
