@@ -396,7 +396,7 @@ def create_cohort(
         if as_of is not None and _erasure_since(lake, as_of):
             # The rows of version as_of may be those of an erasure that has run (or runs) since.
             raise ExportError(
-                f"an erasure (lake.steward.forget) ran after catalog version {as_of}: a cohort "
+                f"an erasure (lake.steward.forget()) ran after catalog version {as_of}: a cohort "
                 "saved on it could name withdrawn instances; pass a later as_of=, or none",
                 parameters=("as_of",), functions=("lake.steward.forget",)
             )
