@@ -108,7 +108,8 @@ def _show(plan: object, verb: str) -> None:
         f"{verb}: {plan.instances:,} instances ({plan.series:,} whole series, "
         f"{plan.studies:,} whole studies), {plan.blobs:,} pixel blobs, "
         f"{plan.quarantined:,} quarantined originals, {plan.spooled:,} spooled instances; "
-        f"{plan.cohorts:,} cohorts lose members; {plan.files:,} table data files rewritten "
+        f"{plan.cohorts:,} cohorts lose members, {plan.exports:,} portal exports go; "
+        f"{plan.files:,} table data files rewritten "
         f"out of history; {plan.audit_rows:,} audit rows redacted",
         highlight=False,
         soft_wrap=True,
