@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lake._errors import ExportError
+from lake.catalog import ERASURES, INSTANCES
 from lake.export import Cohort, export_bids, export_dicom, export_nifti, export_teaching
 from lake.steward import EXPORT_MEMBERS
 
 if TYPE_CHECKING:
     from lake._lake import Lake
+    from lake.web.portal._jobs import Job
 
-__all__ = ["FORMATS", "export_zip", "zip_folder"]
+__all__ = ["FORMATS", "export_zip", "servable", "zip_folder"]
 
 Progress = Callable[[int, int], None]
 
@@ -72,3 +74,23 @@ def export_zip(lk: Lake, cohort: Cohort, kind: str, folder: Path, progress: Prog
     else:
         raise ExportError(f"no export format {kind!r} here; choose nifti, dicom or teaching")
     return zip_folder(out, folder / f"{label}-{kind}.zip")
+
+
+def servable(lk: Lake, job: Job) -> bool:
+    """Whether ``job``'s zip may be served: made, not removed by ``lake forget``, and, when
+    an erasure was recorded since the job started, still holding no withdrawn instance.
+
+    ``lake forget`` removes the exports it finds below ``<lake>/portal/jobs``; a server of a
+    lake on an object store keeps its jobs in a folder of its own, which forget cannot
+    reach, so the server checks their members against the catalog itself after an erasure.
+    """
+    if not job.available:
+        return False
+    if not lk.tables.exists(ERASURES.name):
+        return True
+    times = lk.tables.dataset(ERASURES.name).to_table(columns=["erased_at"]).column(0)
+    if not any(t is not None and t >= job.created_at for t in times.to_pylist()):
+        return True
+    listed = set((job.folder / EXPORT_MEMBERS).read_text().split())
+    found = lk.tables.lookup(INSTANCES, "SOPInstanceUID", sorted(listed), [])
+    return len(set(found.column("SOPInstanceUID").to_pylist())) == len(listed)

@@ -23,7 +23,7 @@ from lake.export import Cohort, create_cohort, list_cohorts, load_cohort
 from lake.query import Level, identifier_from_filters, parse_identifier
 from lake.web._errors import NotFoundError
 from lake.web.portal._console import check_cohort_query, run_console
-from lake.web.portal._exports import FORMATS, export_zip
+from lake.web.portal._exports import FORMATS, export_zip, servable
 from lake.web.portal._jobs import Job
 from lake.web.portal._render import Column, checked_form, page, table_view
 from lake.web.portal._sets import visible_sets
@@ -258,7 +258,7 @@ async def job_status(request: Request, grant: Grant) -> Response:
 async def job_download(request: Request, grant: Grant) -> Response:
     """A finished job's zip."""
     job = await run_in_threadpool(_job, request, grant)
-    if job.result is None or not job.available:
+    if job.result is None or not await run_in_threadpool(servable, _portal(request).lake, job):
         raise NotFoundError("not found")
     _portal(request).record(event_for(grant.principal, "download", resource_kind="export",
                                       resource=job.job_id, detail=f"{job.kind} of {job.cohort}"))

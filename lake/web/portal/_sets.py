@@ -25,7 +25,7 @@ from lake.export import Cohort, load_cohort
 from lake.export._runner import patient_label
 from lake.query import Level, identifier_from_filters, parse_identifier
 from lake.web._errors import NotFoundError
-from lake.web.portal._exports import export_zip
+from lake.web.portal._exports import export_zip, servable
 from lake.web.portal._jobs import Job
 from lake.web.portal._render import page
 
@@ -172,7 +172,7 @@ def _deliver(request: Request, grant: Grant, job: Job, resource_kind: str,
              resource: str) -> Response:
     """The zip when it is ready; otherwise the job's progress page."""
     portal = _portal(request)
-    if job.state == "done" and job.result is not None and job.available:
+    if job.state == "done" and job.result is not None and servable(portal.lake, job):
         portal.record(event_for(grant.principal, "download", resource_kind=resource_kind,
                                 resource=resource, detail=job.kind))
         return FileResponse(job.result, filename=job.result.name, media_type="application/zip")
