@@ -27,6 +27,7 @@ __all__ = [
     "ProfileError",
     "QueryError",
     "VaultError",
+    "WorkerLostError",
 ]
 
 
@@ -145,3 +146,7 @@ class AuthenticationError(AccessError):
 
 class ForbiddenError(AccessError):
     """Valid credentials whose role or scope does not allow the action (HTTP 403)."""
+
+
+class WorkerLostError(LakeError, RuntimeError):
+    """A local worker process died before finishing its task (killed, out of memory)."""

@@ -3,6 +3,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -34,20 +41,111 @@ def test_auto_runs_small_jobs_in_this_process() -> None:
         assert sorted(runner.map(_double, range(5), 1)) == [1, 3, 5, 7, 9]
 
 
-def test_auto_sends_large_jobs_to_a_cluster() -> None:
+def test_auto_sends_larger_jobs_to_worker_processes() -> None:
+    """Ingest from its crossover on a pool of worker processes (no Dask scheduler to start),
+    export on a local Dask cluster; an unknown size is taken as large."""
     many = Workload(INGEST_CROSSOVER.items, 0, INGEST_CROSSOVER)
+    big = Workload(1, INGEST_CROSSOVER.nbytes, INGEST_CROSSOVER)
     heavy = Workload(1, EXPORT_CROSSOVER.nbytes, EXPORT_CROSSOVER)
-    assert choose_scheduler("auto", many, workers=2) == "processes"
+    assert choose_scheduler("auto", many, workers=2) == "pool"
+    assert choose_scheduler("auto", big, workers=2) == "pool"
     assert choose_scheduler("auto", heavy, workers=2) == "processes"
     assert choose_scheduler("auto", None, workers=2) == "processes"  # size unknown
-    # One CPU: a cluster cannot pay, whatever the size.
+    # One CPU: other processes cannot pay, whatever the size.
     assert choose_scheduler("auto", many, workers=1) == "sync"
 
 
 def test_an_explicit_scheduler_is_kept() -> None:
-    small = Workload(1, 1, Crossover(100, 100))
-    for name in ("sync", "processes", "threads", "tcp://127.0.0.1:8786"):
+    small = Workload(1, 1, Crossover(100, 100, engine="pool"))
+    for name in ("sync", "pool", "processes", "threads", "tcp://127.0.0.1:8786"):
         assert choose_scheduler(name, small, workers=2) == name
+
+
+def _double_elsewhere(task: int, shared: int) -> tuple[int, bool]:
+    return task * 2 + shared, multiprocessing.parent_process() is not None
+
+
+def test_pool_gives_every_result_once_and_uses_its_workers() -> None:
+    with Runner("pool", 2) as runner:
+        results = list(runner.map(_double_elsewhere, range(300), 1))
+    assert sorted(value for value, _ in results) == [2 * i + 1 for i in range(300)]
+    assert any(in_worker for _, in_worker in results)  # the window's tasks went to the pool
+
+
+def _die_in_a_worker(task: int, shared: int) -> int:
+    if multiprocessing.parent_process() is not None:
+        os._exit(1)  # a worker killed mid-task (out of memory, kill -9)
+    return task
+
+
+def test_a_dead_pool_worker_is_an_error_not_a_hang() -> None:
+    with pytest.raises(lake.LakeError, match="worker process of the pool died"), \
+            Runner("pool", 2) as runner:
+        list(runner.map(_die_in_a_worker, range(20), 0))
+
+
+_KILLED_DRIVER = """
+import sys, time
+from lake.compute import Runner
+from tests.test_compute import _report_pid
+
+with Runner("pool", 2) as runner:
+    for _ in runner.map(_report_pid, range(1000), 0):
+        pass
+"""
+
+
+def _report_pid(task: int, shared: int) -> int:
+    if multiprocessing.parent_process() is not None:
+        print(os.getpid(), flush=True)
+        time.sleep(0.5)
+    return task
+
+
+@pytest.mark.slow
+def test_pool_workers_exit_when_the_driver_is_killed() -> None:
+    """Nothing else stops them when the driver dies by SIGKILL (its workers must not linger,
+    holding the lake's key in memory)."""
+    root = Path(__file__).resolve().parents[1]
+    driver = subprocess.Popen([sys.executable, "-c", _KILLED_DRIVER], cwd=root,
+                              stdout=subprocess.PIPE, text=True)
+    assert driver.stdout is not None
+    worker = int(driver.stdout.readline())
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    for _ in range(300):  # a liveness wait, not a timing: the workers poll their parent
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("a pool worker outlived its killed driver")
+
+
+@pytest.mark.slow
+def test_pool_ingest_equals_the_in_process_one(tmp_path: Path, samples: Path) -> None:
+    from tests.series import write_ct_series
+
+    vault = tmp_path / "vault"
+    one = lake.init(tmp_path / "one", vault=vault)
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    two = lake.open(tmp_path / "two")
+    write_ct_series(tmp_path / "ct", 40)
+    sources = [str(tmp_path / "ct"), str(samples)]
+    a = one.ingest(sources, vault=vault, scheduler="sync", batch_size=16, task_size=4)
+    b = two.ingest(sources, vault=vault, scheduler="pool", batch_size=16, task_size=4)
+    assert (a.ingested, a.quarantined, a.blobs_written, a.duplicates) == (
+        b.ingested, b.quarantined, b.blobs_written, b.duplicates)
+    assert a.ingested > 40
+    rows = ("SELECT SOPInstanceUID, pixel_hash, header_sha256, header_json, header_dicom "
+            "FROM instances ORDER BY SOPInstanceUID")
+    assert one.sql(rows).fetchall() == two.sql(rows).fetchall()
+    assert sorted(one.blobs.keys()) == sorted(two.blobs.keys())
+    again = two.ingest(sources, vault=vault, scheduler="pool", batch_size=16, task_size=4)
+    assert again.ingested == 0 and again.duplicates >= a.ingested  # exactly once
+    assert two.sql("SELECT count(*) FROM instances").fetchall() == [(a.ingested,)]
 
 
 def test_unknown_scheduler_is_refused() -> None:

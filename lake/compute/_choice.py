@@ -19,6 +19,7 @@ __all__ = [
     "AUTO",
     "EXPORT_CROSSOVER",
     "INGEST_CROSSOVER",
+    "POOL",
     "SCHEDULERS",
     "Crossover",
     "Workload",
@@ -27,7 +28,8 @@ __all__ = [
 ]
 
 AUTO = "auto"
-SCHEDULERS = (AUTO, "sync", "processes", "threads")
+POOL = "pool"
+SCHEDULERS = (AUTO, "sync", POOL, "processes", "threads")
 """Scheduler names; anything else must be a scheduler address such as ``tcp://host:8786``."""
 
 
@@ -43,10 +45,14 @@ class Crossover:
         Number of inputs (files to ingest, instances to export).
     nbytes : int
         Their total size in bytes.
+    engine : str
+        Where a job at or above the crossover runs: ``"pool"`` (spawned worker processes,
+        no Dask scheduler) or ``"processes"`` (a local ``dask.distributed`` cluster).
     """
 
     items: int
     nbytes: int
+    engine: str = "processes"
 
 
 @dataclass(frozen=True)
@@ -74,10 +80,13 @@ class Workload:
 
 
 # Measured on the shared 2-core machine (benchmarks/bench_scheduling.py, docs/performance.md):
-# under the load of other jobs the local cluster did not finish first below 8,000 files or
-# instances; the fitted lines meet near 16,000 files for ingest and not at all for DICOM export.
-INGEST_CROSSOVER = Crossover(items=10_000, nbytes=4_000_000_000)
-"""Ingest: files (de-identify, hash, store, encode: ~3 ms per small file in one process)."""
+# a local Dask cluster did not finish first below 8,000 files or instances (the fitted lines
+# meet near 16,000 files for ingest, not at all for DICOM export). For ingest a pool of
+# spawned workers spent less CPU and wall time than the local cluster (4,000 files: 4.3 against
+# 6.6 ms of CPU per file, 67 against 88 s at load 13), but still more than one process (2.7 ms,
+# 39 s): with no free core, the crossover stays where the cluster's was.
+INGEST_CROSSOVER = Crossover(items=10_000, nbytes=4_000_000_000, engine="pool")
+"""Ingest: files (de-identify, hash, store, encode: ~2-3 ms per small file in one process)."""
 
 EXPORT_CROSSOVER = Crossover(items=10_000, nbytes=4_000_000_000)
 """Export: member instances (NIfTI, DICOM or teaching set)."""
@@ -104,13 +113,15 @@ def choose_scheduler(
     """The scheduler a job runs on: ``scheduler`` itself unless it is ``"auto"``.
 
     ``"auto"`` runs in this process (``"sync"``) when the job is below its crossover or
-    only one CPU is there to use, and on a local process cluster otherwise. Without a
-    workload (size unknown) it assumes the job is large.
+    only one CPU is there to use, and otherwise on the engine the crossover names (a pool
+    of worker processes for ingest, a local process cluster for export). Without a
+    workload (size unknown) it assumes the job is large and starts a local cluster.
 
     Parameters
     ----------
     scheduler : str
-        ``"auto"``, ``"sync"``, ``"processes"``, ``"threads"`` or a scheduler address.
+        ``"auto"``, ``"sync"``, ``"pool"``, ``"processes"``, ``"threads"`` or a scheduler
+        address.
     workload : Workload or None
         The size of the job.
     workers : int, optional
@@ -134,6 +145,8 @@ def choose_scheduler(
         return scheduler
     if (workers or os.cpu_count() or 1) < 2:
         return "sync"
-    if workload is not None and not workload.pays_for_a_cluster:
+    if workload is None:
+        return "processes"
+    if not workload.pays_for_a_cluster:
         return "sync"
-    return "processes"
+    return workload.crossover.engine

@@ -6,13 +6,20 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, TypeVar
 
-from lake._errors import ConfigError
-from lake.compute._choice import Workload, choose_scheduler
+from lake._errors import ConfigError, WorkerLostError
+from lake.compute._choice import POOL, Workload, choose_scheduler
 
 __all__ = ["Runner"]
 
@@ -28,8 +35,10 @@ class Runner(AbstractContextManager["Runner"]):
     Parameters
     ----------
     scheduler : str
-        ``"auto"`` (in this process below the workload's crossover, else a local process
-        cluster; see :func:`lake.compute.choose_scheduler`), ``"processes"`` (a local
+        ``"auto"`` (in this process below the workload's crossover, else the engine the
+        crossover names; see :func:`lake.compute.choose_scheduler`), ``"pool"`` (a pool of
+        spawned worker processes, no Dask scheduler: :mod:`lake.compute._pool`),
+        ``"processes"`` (a local
         ``dask.distributed`` cluster of worker processes, started with ``spawn``),
         ``"threads"`` (a local cluster of threads), ``"sync"`` (in this process, no
         cluster), or the address of a running scheduler (``tcp://host:8786``).
@@ -64,14 +73,15 @@ class Runner(AbstractContextManager["Runner"]):
         self._cluster: Any = None
         self._booting: ThreadPoolExecutor | None = None
         self._boot: Future[tuple[Any, Any]] | None = None
+        self._pool: ProcessPoolExecutor | None = None
 
     @property
     def window(self) -> int:
         return 2 * self.workers if self.scheduler != "sync" else 1
 
     def __enter__(self) -> Runner:
-        if self.scheduler == "sync":
-            return self
+        if self.scheduler in ("sync", POOL):
+            return self  # the pool starts in map, with what its workers hold
         from distributed import Client
 
         if "://" in self.scheduler:
@@ -118,6 +128,9 @@ class Runner(AbstractContextManager["Runner"]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         if self._boot is not None:
             self._cluster, self._client = self._boot.result()
         if self._booting is not None:
@@ -137,6 +150,9 @@ class Runner(AbstractContextManager["Runner"]):
         starting, tasks run in this process; the rest go to the cluster.
         """
         iterator = iter(tasks)
+        if self.scheduler == POOL:
+            yield from self._map_pool(func, iterator, shared)
+            return
         while self._client is None and not self._local_ready():
             task = next(iterator, _DONE)
             if task is _DONE:
@@ -163,3 +179,53 @@ class Runner(AbstractContextManager["Runner"]):
                 yield result
         finally:
             self._client.unregister_worker_plugin(name)
+
+    def _map_pool(
+        self, func: Callable[[T, Any], R], iterator: Iterator[T], shared: Any
+    ) -> Iterator[R]:
+        """:meth:`map` on a pool of spawned worker processes (:mod:`lake.compute._pool`).
+
+        The workers take a second or so to start (a new interpreter importing what the
+        tasks need); until the first of their results is back, this process runs tasks
+        itself, so the start costs no wall time. Then it only feeds the pool, keeping
+        :attr:`window` tasks in flight, and hands results on as they finish.
+        """
+        from lake.compute._pool import call_with_shared, start_pool
+
+        name = f"lake-shared-{uuid.uuid4().hex}"
+        self._pool = start_pool(self.workers, name, shared)
+        pending: set[Future[R]] = set()
+        started = False
+
+        def submit() -> bool:
+            task = next(iterator, _DONE)
+            if task is _DONE:
+                return False
+            assert self._pool is not None
+            pending.add(self._pool.submit(call_with_shared, func, task, name))  # type: ignore[arg-type]
+            return True
+
+        while len(pending) < self.window and submit():
+            pass
+        while pending:
+            done = {f for f in pending if f.done()}
+            if not done and not started:
+                task = next(iterator, _DONE)  # the workers are still starting: work here
+                if task is not _DONE:
+                    yield func(task, shared)  # type: ignore[arg-type]
+                    continue
+            if not done:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                pending.discard(future)
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    raise WorkerLostError(
+                        "a worker process of the pool died (killed, or out of memory); "
+                        "run the command again to finish the job, or run it with scheduler='sync'",
+                        parameters=("scheduler",),
+                    ) from None
+                started = True
+                submit()
+                yield result
