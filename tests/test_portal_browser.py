@@ -56,9 +56,14 @@ axe.run(document, {resultTypes: ['violations']})
 
 
 def _wait_for(predicate: Callable[[], Any], seconds: float = 180.0) -> Any:
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except StaleElementReferenceException:  # the page reloaded meanwhile (a job finished)
+            value = None
         if value:
             return value
         time.sleep(0.3)
