@@ -191,11 +191,11 @@ SIDECAR_KEYS: dict[str, tuple[Disposition, str]] = {
     "ConversionSoftwareVersion": (_OWN, "the lake's version is in the export manifest"),
     "BodyPartExamined": (_OWN, "older dcm2niix releases' name of BodyPart"),
     # not derived yet
-    "ArterialSpinLabelingType": (_ND, "Siemens ASL: from sequence-specific protocol fields"),
-    "PostLabelingDelay": (_ND, "Siemens ASL: from sequence-specific protocol fields"),
-    "LabelingDuration": (_ND, "Siemens ASL: from sequence-specific protocol fields"),
-    "EchoTime1": (_ND, "Siemens field maps: the protocol's echo times alTE"),
-    "EchoTime2": (_ND, "Siemens field maps: the protocol's echo times alTE"),
+    "ArterialSpinLabelingType": (_C, ""),
+    "PostLabelingDelay": (_C, ""),
+    "LabelingDuration": (_C, ""),
+    "EchoTime1": (_C, ""),
+    "EchoTime2": (_C, ""),
     "WaterFatShift": (_C, ""),
     "EstimatedEffectiveEchoSpacing": (
         _ND, "Philips: dcm2niix's estimate from WaterFatShift over an echo train length whose "
@@ -207,9 +207,9 @@ SIDECAR_KEYS: dict[str, tuple[Disposition, str]] = {
     "NumberOfArms": (_ND, "GE private elements"),
     "NumberOfPointsPerArm": (_ND, "GE private elements"),
     "TriggerDelayTime": (_ND, "GE"),
-    "RawImage": (_ND, "Siemens XA private elements"),
-    "ImageTypeText": (_ND, "Siemens XA image type codes (0021,1175)"),
-    "Units": (_ND, "Philips field maps"),
+    "RawImage": (_C, ""),
+    "ImageTypeText": (_W, "Siemens XA, when every value is in the declared vocabulary"),
+    "Units": (_C, ""),
     "PhaseEncodingDirectionDisplayed": (_ND, "UIH private elements"),
 }
 

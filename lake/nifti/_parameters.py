@@ -88,6 +88,15 @@ class Parameter:
 
 
 _MAX_SLICES = 2048
+#: Siemens image type values (ImageType and the XA image type text (0021,1175)): the closed
+#: vocabulary an image type text must come from to be kept.
+_SIEMENS_IMAGE_TYPES = (
+    "ORIGINAL", "DERIVED", "PRIMARY", "SECONDARY", "M", "P", "R", "I", "ND", "DIS2D",
+    "DIS3D", "NORM", "MB", "MOSAIC", "NONE", "OTHER", "DIFFUSION", "ADC", "TRACEW", "FA",
+    "TENSOR", "B0", "EXP", "ASL", "SUB", "TTEST", "RELCBF", "CBF", "PERFUSION", "FMRI",
+    "MOCO", "MPR", "MIP", "MFSPLIT", "FM", "PHASE", "MAGNITUDE", "REAL", "IMAGINARY",
+    "T1", "T2", "PD", "SWI", "MTT", "TTP", "CBV", "UNI", "FIL", "CSA", "FILTERED",
+)
 
 PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
@@ -536,6 +545,55 @@ PARAMETERS: tuple[Parameter, ...] = (
         {"Philips": "(2001,1022), per frame in the (2005,140F) items of enhanced objects"},
         low=0.0,
         high=1e4,
+    ),
+    Parameter(
+        "image_type_text",
+        Kind.ENUM_LIST,
+        "",
+        "Siemens XA image type values (BIDS ImageTypeText), when every value is one of the "
+        "declared Siemens image type codes",
+        {"Siemens XA": "(0021,1175)"},
+        choices=_SIEMENS_IMAGE_TYPES,
+        max_items=16,
+    ),
+    Parameter(
+        "field_map_echo_times",
+        Kind.FLOAT_LIST,
+        "s",
+        "The two echo times of a dual-echo field map (BIDS EchoTime1, EchoTime2)",
+        {"Siemens": "series protocol alTE[0] and alTE[1] (us) when lContrasts is 2"},
+        low=0.0,
+        high=10.0,
+        max_items=2,
+        multiple_of=2,
+    ),
+    Parameter(
+        "asl_type",
+        Kind.ENUM,
+        "",
+        "Arterial spin labelling type (BIDS ArterialSpinLabelingType)",
+        {"Siemens XA": "series protocol sAsl.ulMode: 32 pseudo-continuous"},
+        choices=("pcasl",),
+    ),
+    Parameter(
+        "post_labeling_delay",
+        Kind.FLOAT,
+        "s",
+        "Time from the end of labelling to the readout (BIDS PostLabelingDelay), single-delay "
+        "protocols",
+        {"Siemens XA": "series protocol sAsl.sPostLabelingDelay[0] when sAsl.ulDelayArraySize "
+                       "is 1, us"},
+        low=0.0,
+        high=100.0,
+    ),
+    Parameter(
+        "labeling_duration",
+        Kind.FLOAT,
+        "s",
+        "Duration of the labelling pulse train (BIDS LabelingDuration)",
+        {"Siemens XA": "series protocol sAsl.ulLabelingDuration, us"},
+        low=0.0,
+        high=100.0,
     ),
 )
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from lake.nifti._private import phase_axis as read_phase_axis
 from lake.nifti._timing import ge_repetition_delay, slice_timing
@@ -241,6 +242,10 @@ def build_sidecar(
     for key, keyword in _TEXT_KEYS:
         put(key, _text(ds.get(keyword), "\\"))
     put("ImageType", image_type(ds.get("ImageType"), context))
+    kinds = ds.get("ImageType")
+    if isinstance(kinds, str | list | MultiValue) and kinds \
+            and str(kinds if isinstance(kinds, str) else kinds[0]).upper() == "DERIVED":
+        put("RawImage", False)  # as dcm2niix marks derived images
     correction = acquisition.get("nonlinear_gradient_correction")
     if context.vendor == "Siemens" and isinstance(correction, bool):
         put("NonlinearGradientCorrection", correction)
@@ -275,6 +280,10 @@ def build_sidecar(
                                        "FlipAngle")))
     if context.vendor == "Siemens":
         _siemens_protocol(put, acquisition)
+        echo_times = acquisition.get("field_map_echo_times")
+        if context.component == "phase" and isinstance(echo_times, list):
+            put("EchoTime1", _six_digits(echo_times[0]))
+            put("EchoTime2", _six_digits(echo_times[1]))
     elif context.vendor == "GE":
         shims = acquisition.get("shim_setting")
         if isinstance(shims, list) and any(v != 0 for v in shims):
@@ -368,8 +377,13 @@ def build_sidecar(
         put("SliceTiming", [round(t, 7) for t in timing])
     iop = attribute(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
     if iop is not None and len(iop) == 6:
-        put("ImageOrientationPatientDICOM", [_number(v) for v in iop])
+        type_text = acquisition.get("image_type_text")
+    if context.vendor == "Siemens" and isinstance(type_text, list):
+        put("ImageTypeText", type_text)
+    put("ImageOrientationPatientDICOM", [_number(v) for v in iop])
     put("InPlanePhaseEncodingDirectionDICOM", phase_axis or None)
+    if context.field_map_hz:
+        put("Units", "Hz")
     put("ConversionSoftware", "imaging-lake")
     leaked = FORBIDDEN_KEYS.intersection(out)
     assert not leaked, leaked  # the allow-list above never produces these
@@ -429,6 +443,10 @@ def _siemens_protocol(put: Any, acquisition: Mapping[str, Any]) -> None:
     put("PhaseResolution", _number(acquisition.get("phase_resolution")))
     put("PhaseOversampling", _number(acquisition.get("phase_oversampling")))
     put("VendorReportedEchoSpacing", acquisition.get("vendor_reported_echo_spacing"))
+    if acquisition.get("asl_type") == "pcasl":
+        put("ArterialSpinLabelingType", "PCASL")
+        put("PostLabelingDelay", _six_digits(acquisition.get("post_labeling_delay")))
+        put("LabelingDuration", _six_digits(acquisition.get("labeling_duration")))
     put("RefLinesPE", acquisition.get("ref_lines_pe"))
     put("CoilCombinationMethod", _COIL_COMBINATION.get(str(acquisition.get("coil_combination"))))
     put("MatrixCoilMode", _MATRIX_COIL_MODE.get(str(acquisition.get("matrix_coil_mode"))))

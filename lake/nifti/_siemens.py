@@ -70,6 +70,13 @@ _PROTOCOL_KEYS = frozenset(
         b"ucCoilCombineMode",
         b"sFastImaging.lEchoSpacing",
         b"sDiffusion.dsScheme",
+        b"lContrasts",
+        b"sAsl.ulMode",
+        b"sAsl.ulDelayArraySize",
+        b"sAsl.sPostLabelingDelay[0]",
+        b"sAsl.ulLabelingDuration",
+        b"alTE[0]",
+        b"alTE[1]",
         *_SHIM_KEYS,
         *_OLD_OFFSET_KEYS,
     }
@@ -400,7 +407,11 @@ def derive_siemens(ds: Dataset, out: dict[str, object]) -> None:
         out["table_position"] = table
     kinds = set(image_type)
     if first_frame is not None:
-        kinds.update(text(private(first_frame, 0x0021, _SDI, 0x75, "CS")).upper().split("\\"))
+        type_text = [token for value in text(private(first_frame, 0x0021, _SDI, 0x75, "CS"))
+                     .upper().split("\\") for token in value.split("_") if token]
+        kinds.update(type_text)
+        if any(type_text):
+            out["image_type_text"] = type_text
     if kinds & {"DIS2D", "DIS3D"}:
         out["nonlinear_gradient_correction"] = True
     elif "ND" in kinds:
@@ -451,5 +462,16 @@ def _protocol_parameters(protocol: dict[str, float], out: dict[str, object]) -> 
         accelerated = protocol.get("sPat.lAccelFactPE", 0.0) > 0
         out["matrix_coil_mode"] = {1.0: "sense", 2.0: "grappa"}.get(mode, "none") \
             if accelerated else "none"
+    first_te, second_te = protocol.get("alTE[0]"), protocol.get("alTE[1]")
+    if protocol.get("lContrasts") == 2.0 and first_te and second_te:
+        out["field_map_echo_times"] = [first_te * 1e-6, second_te * 1e-6]
+    if protocol.get("sAsl.ulMode") == 32.0:
+        out["asl_type"] = "pcasl"
+        duration = protocol.get("sAsl.ulLabelingDuration")
+        delay = protocol.get("sAsl.sPostLabelingDelay[0]")
+        if duration:
+            out["labeling_duration"] = duration * 1e-6
+        if delay and protocol.get("sAsl.ulDelayArraySize") == 1.0:
+            out["post_labeling_delay"] = delay * 1e-6
     out["diffusion_scheme"] = {1.0: "bipolar", 2.0: "monopolar"}.get(
         protocol.get("sDiffusion.dsScheme", 0.0))
