@@ -204,9 +204,11 @@ SIDECAR_KEYS: dict[str, tuple[Disposition, str]] = {
     "PartialFourierEnabled": (_ND, "Philips private elements"),
     "PhaseEncodingStepsNoPartialFourier": (_ND, "Philips private elements"),
     "ParallelReductionOutOfPlane": (_ND, "GE private elements"),
-    "NumberOfArms": (_ND, "GE private elements"),
-    "NumberOfPointsPerArm": (_ND, "GE private elements"),
-    "TriggerDelayTime": (_ND, "GE"),
+    "NumberOfArms": (_ND, "GE: equal to the matrix in every reference here, so which "
+                          "element or axis dcm2niix reads cannot be told from the data"),
+    "NumberOfPointsPerArm": (_ND, "as NumberOfArms"),
+    "TriggerDelayTime": (_ND, "GE: the TriggerTime of one file of a series whose files "
+                              "differ (GE multiphase uses it per slice)"),
     "RawImage": (_C, ""),
     "ImageTypeText": (_W, "Siemens XA, when every value is in the declared vocabulary"),
     "Units": (_C, ""),

@@ -364,13 +364,12 @@ def test_config_overrides_the_heuristic(lakes: dict[str, lake.Lake], tmp_path: P
         'criteria = { ImageType = ["ORIGINAL", "PRIMARY", "ASL", "*"] }\n'
         'aslcontext = ["m0scan", "label", "control", "label", "control", "label", "control"]\n'
         '[descriptions.sidecar_changes]\n'
-        'ArterialSpinLabelingType = "PASL"\n'
+        'ArterialSpinLabelingType = "PCASL"\n'  # as derived at ingest (sAsl.ulMode)
         'PostLabelingDelay = 1.8\n'
         'BackgroundSuppression = false\n'
         'M0Type = "Included"\n'
         'TotalAcquiredPairs = 3\n'
         'RepetitionTimePreparation = 4.8\n'
-        'BolusCutOffFlag = false\n'
     )
     out = tmp_path / "configured"
     result = export_bids(lakes["research"], ALL, out, config=config, scheduler="sync")
