@@ -93,7 +93,7 @@ def run_lake(lk: lake.Lake, out: Path, compress: bool) -> None:
 
 
 def pydicom_reader(data: bytes, pixels: bytes | None = None,
-                   pixel_vr: str | None = None) -> pydicom.Dataset:
+                   pixel_vr: str | None = None, **_: object) -> pydicom.Dataset:
     """What :func:`lake.nifti.read_part10` returns, read by pydicom alone."""
     ds = pydicom.dcmread(io.BytesIO(data))
     if pixels is not None:

@@ -27,7 +27,7 @@ from pydicom.uid import (
 )
 
 import lake
-from lake.nifti import Part10, read_part10, series_to_nifti
+from lake.nifti import Part10, ValueCache, read_part10, series_to_nifti
 from tests.conftest import SHARED_DATA
 from tests.deid_corpus import write_corpus
 from tests.nifti_synth import enhanced_from, synthetic_series
@@ -210,6 +210,7 @@ def test_every_vendor_file_reads_as_pydicom_reads_it() -> None:
         pytest.skip("../shared/data is absent")
     fast = 0
     problems: list[str] = []
+    cache = ValueCache()  # one for every vendor: values of all series, charsets and syntaxes
     for path in files:
         data = path.read_bytes()
         try:
@@ -218,7 +219,7 @@ def test_every_vendor_file_reads_as_pydicom_reads_it() -> None:
                 pydicom.dcmread(io.BytesIO(data))
         except Exception:  # noqa: BLE001 - not DICOM (READMEs, scripts)
             continue
-        quick, found = compare_bytes(data)
+        quick, found = compare_bytes(data, cache=cache)
         fast += quick
         problems += [f"{path.name}: {d}" for d in found]
     assert problems == []
@@ -252,3 +253,35 @@ def test_a_character_set_of_an_item_applies_to_that_item() -> None:
     assert isinstance(got, Part10)
     assert list(differences(pydicom.dcmread(io.BytesIO(data)), got)) == []
     assert str(got.OtherPatientIDsSequence[0].ContentSequence[0].PersonName) == "Ωμέγα^Άλφα"
+
+
+def test_a_value_cache_gives_each_object_its_own_values() -> None:
+    """Values shared through a ValueCache are those pydicom gives each object (a name under
+    another character set is converted again), and changing one
+    object's multi-valued value changes no other's."""
+
+    def encoded(charset: str) -> bytes:
+        ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+        ds.SpecificCharacterSet = charset
+        ds.add_new(0x00100010, "PN", b"\xe0\xe1^\xe2")  # the same bytes in either
+        return _bytes(ds)
+
+    latin, cyrillic = encoded("ISO_IR 100"), encoded("ISO_IR 144")
+    cache = ValueCache()
+    names = []
+    for data in (latin, cyrillic, latin, cyrillic):
+        got = read_part10(data, cache=cache)
+        assert isinstance(got, Part10)
+        assert list(differences(pydicom.dcmread(io.BytesIO(data)), got)) == []
+        names.append(str(got.PatientName))
+    assert names[0] == names[2] != names[1] == names[3]
+    assert len(cache) > 0
+    one, two = read_part10(latin, cache=cache), read_part10(latin, cache=cache)
+    assert isinstance(one, Part10) and isinstance(two, Part10)
+    assert one.PixelSpacing == two.PixelSpacing and one.PixelSpacing is not two.PixelSpacing
+    one.PixelSpacing[0] = 9.0
+    one.ImageType.append("CHANGED")
+    again = read_part10(latin, cache=cache)
+    assert isinstance(again, Part10)
+    assert two.PixelSpacing == again.PixelSpacing == [0.3125, 0.3125]
+    assert "CHANGED" not in two.ImageType and "CHANGED" not in again.ImageType

@@ -75,11 +75,13 @@ def nifti_layout(refs: Sequence[InstanceRef]) -> list[TaskPlan]:
 
 def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
     """Worker: convert one series and write its volumes."""
-    from lake.nifti import read_part10, series_to_nifti, validate_acquisition, write_volume
+    from lake.nifti import ValueCache, read_part10, series_to_nifti, write_volume
 
     result = TaskResult(task.key)
     blobs = BlobStore(ctx.location)
+    # validated by acquisition_from_row when the plan was made (nifti_layout)
     stored = task.meta.get("acquisitions", {})
+    cache = ValueCache()  # the instances of a series repeat most values: converted once
     datasets = []
     acquisitions = []
     for item in task.items:
@@ -87,12 +89,12 @@ def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
             # the converter's fast reader (pydicom for what it does not handle), quiet
             with capture():
                 dataset = read_part10(item.header, load_pixels(blobs, item.pixel_hash),
-                                      item.pixel_vr)
+                                      item.pixel_vr, cache=cache)
         except (BlobNotFoundError, IntegrityError) as exc:
             result.skipped.append(blob_skip(task, item, exc))
             continue
         datasets.append(dataset)
-        acquisitions.append(validate_acquisition(stored.get(item.sop_uid, {})))
+        acquisitions.append(stored.get(item.sop_uid, {}))
     if not datasets:
         return result
     root = Path(ctx.root)

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
         acquisition_from_row,
     )
     from lake.nifti._parameters import validate_all as validate_acquisition
-    from lake.nifti._part10 import Part10, read_part10
+    from lake.nifti._part10 import Part10, ValueCache, read_part10
     from lake.nifti._sidecar import FORBIDDEN_KEYS
     from lake.nifti._types import NiftiRefusal, NiftiVolume, RefusalReason
     from lake.nifti._write import gzip_members, nifti_payload, write_volume
@@ -58,6 +58,7 @@ __all__ = [
     "Parameter",
     "Part10",
     "RefusalReason",
+    "ValueCache",
     "acquisition_from_row",
     "derive_acquisition",
     "gzip_members",
@@ -78,6 +79,7 @@ _HOMES = {
     "Parameter": "_parameters",
     "Part10": "_part10",
     "read_part10": "_part10",
+    "ValueCache": "_part10",
     "NiftiRefusal": "_types",
     "NiftiVolume": "_types",
     "RefusalReason": "_types",
