@@ -281,9 +281,14 @@ def sweep_temporaries(root: str | os.PathLike[str]) -> int:
 class Journal:
     """The resume journal of an export: one JSON line per finished task.
 
-    The first line names the plan; each later line is a :class:`TaskResult`, written
-    and flushed to disk only after that task's files were renamed into place. A line
-    torn by a crash (the last one) is ignored on reading.
+    The first line names the plan (flushed to disk: it is what lets a re-run resume in a
+    folder that already holds outputs); each later line is a :class:`TaskResult`, written
+    only after that task's files were renamed into place. Task lines are handed to the
+    operating system (they survive a killed process) but not forced to disk one by one:
+    a re-run checks every recorded file's size and hash anyway, so a line lost with the
+    machine only means that task is done again, and an ``fsync`` per series cost more than
+    dcm2niix's whole conversion of a small series (one to tens of milliseconds on a busy
+    disk). A line torn by a crash (the last one) is ignored on reading.
 
     Parameters
     ----------
@@ -334,7 +339,7 @@ class Journal:
             self._append({"plan_id": plan_id, "kind": kind}, create=True)
 
     def add(self, result: TaskResult) -> None:
-        """Record a finished task durably."""
+        """Record a finished task (see the class for why it is not fsync'd)."""
         self._append(result.to_json())
 
     def _append(self, record: Mapping[str, Any], create: bool = False) -> None:
@@ -345,8 +350,6 @@ class Journal:
             return
         with self.path.open("a") as fh:
             fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
 
     def remove(self) -> None:
         if self.path.exists():

@@ -45,6 +45,8 @@ from lake.export._manifest import (
 from lake.store import Location
 
 if TYPE_CHECKING:
+    import pyarrow.dataset as pads  # imports pandas: only for types here
+
     from lake._lake import Lake
 
 __all__ = [
@@ -219,6 +221,9 @@ class ExportSpec:
         ``(refs) -> (kept refs, skips)``; may raise to refuse the export.
     columns : tuple of str
         Extra ``instances`` columns to load into :attr:`InstanceRef.extra`.
+    optional_columns : tuple of str
+        More such columns, loaded when the catalog version has them (a lake made before
+        they were added lacks them).
     archive : str, optional
         When set, outputs are gathered into this zip in the output folder.
     compresslevel : int
@@ -237,6 +242,7 @@ class ExportSpec:
     writer: Callable[[SeriesTask, WriterContext], TaskResult]
     select: Callable[[list[InstanceRef]], tuple[list[InstanceRef], list[Skip]]] | None = None
     columns: tuple[str, ...] = ()
+    optional_columns: tuple[str, ...] = ()
     archive: str | None = None
     compresslevel: int = 6
     extras: Callable[[Sequence[InstanceRef], Sequence[TaskResult]], dict[str, bytes]] | None = None
@@ -293,15 +299,18 @@ def _run_task(task: SeriesTask, ctx: WriterContext) -> TaskResult:
 
 
 def _member_rows(
-    lake: Lake, version: int, wanted: Sequence[str], columns: Sequence[str]
+    lake: Lake, version: int, wanted: Sequence[str], columns: Sequence[str],
+    dataset: pads.Dataset | None = None,
 ) -> Iterator[pa.Table]:
     """The rows of ``wanted`` SOPInstanceUIDs at ``version``, one table per data file.
 
     Reads the key column of each data file first and the requested columns only from
     files holding members. Filtering happens after reading: pushing string filters into
     the Delta scan fails on files whose strings are stored as ``string_view``.
+    ``dataset`` is the ``instances`` table at ``version`` when the caller has it open.
     """
-    dataset = arrow_dataset(lake.tables.open("instances", version))
+    if dataset is None:
+        dataset = arrow_dataset(lake.tables.open("instances", version))
     value_set = pa.array(sorted(set(wanted)), type=pa.string())
     names = list(dict.fromkeys(["SOPInstanceUID", *columns]))
     for fragment in dataset.get_fragments():
@@ -312,10 +321,11 @@ def _member_rows(
         yield fragment.to_table(columns=names, schema=dataset.schema).filter(mask)
 
 
-def _load_refs(lake: Lake, cohort: Cohort, columns: Sequence[str]) -> list[InstanceRef]:
+def _load_refs(lake: Lake, cohort: Cohort, columns: Sequence[str],
+               dataset: pads.Dataset) -> list[InstanceRef]:
     wanted = [m.sop_uid for m in cohort.members]
     names = list(dict.fromkeys([*_REF_COLUMNS, *columns]))
-    found = list(_member_rows(lake, cohort.catalog_version, wanted, names))
+    found = list(_member_rows(lake, cohort.catalog_version, wanted, names, dataset))
     rows = {r["SOPInstanceUID"]: r for t in found for r in t.to_pylist()}
     missing = sum(1 for sop in wanted if sop not in rows)
     if missing or sum(t.num_rows for t in found) != len(rows):
@@ -416,6 +426,7 @@ def _tasks(
     cohort: Cohort,
     refs: Sequence[InstanceRef],
     plans: Sequence[TaskPlan],
+    dataset: pads.Dataset,
 ) -> Iterator[SeriesTask]:
     """Stream the todo series with their headers, verified against the cohort's hashes."""
     by_sop = {r.sop_uid: r for r in refs}
@@ -426,7 +437,7 @@ def _tasks(
     if not owner:
         return
     pending: dict[str, dict[str, bytes]] = {}
-    scan = _member_rows(lake, cohort.catalog_version, list(owner), ["header_dicom"])
+    scan = _member_rows(lake, cohort.catalog_version, list(owner), ["header_dicom"], dataset)
     for batch in scan:
         for sop, header in zip(
             batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True
@@ -547,7 +558,11 @@ def run_export(
     """
     lake.location.refuse_inside(out)
     cohort = resolve(lake, cohort_or_sql)
-    refs = _load_refs(lake, cohort, spec.columns)
+    # the instances table at the cohort's version, opened once for the whole export
+    instances = arrow_dataset(lake.tables.open("instances", cohort.catalog_version))
+    stored = set(instances.schema.names)
+    columns = [*spec.columns, *(c for c in spec.optional_columns if c in stored)]
+    refs = _load_refs(lake, cohort, columns, instances)
     skipped: list[Skip] = []
     if spec.select is not None:
         refs, skipped = spec.select(refs)
@@ -582,7 +597,8 @@ def run_export(
         threads = None if runner.scheduler == "sync" else 1
         context = WriterContext(lake.location, str(root), dict(spec.options), spec.writer, threads)
         with runner:
-            for result in runner.map(_run_task, _tasks(lake, cohort, refs, todo), context):
+            tasks = _tasks(lake, cohort, refs, todo, instances)
+            for result in runner.map(_run_task, tasks, context):
                 journal.add(result)
                 results[result.key] = result
                 if on_progress is not None:

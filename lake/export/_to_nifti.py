@@ -17,17 +17,18 @@ in ``manifest.json``.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lake._capture import capture
-from lake._errors import BlobNotFoundError, ConfigError, IntegrityError
-from lake.catalog import arrow_dataset
-from lake.export._cohort import Cohort, resolve
+from lake._errors import BlobNotFoundError, ConfigError, IntegrityError, LakeError
+from lake.export._cohort import Cohort
 from lake.export._dicom import blob_skip, load_pixels
 from lake.export._manifest import FileRecord, Skip, TaskResult, sha256_file
 from lake.export._runner import (
@@ -73,8 +74,26 @@ def nifti_layout(refs: Sequence[InstanceRef]) -> list[TaskPlan]:
     return plans
 
 
+def _verified_blob(blobs: BlobStore, pixel_hash: str | None) -> bytes | LakeError | None:
+    """The pixel blob checked against its hash, or why it cannot be had."""
+    try:
+        return load_pixels(blobs, pixel_hash)
+    except (BlobNotFoundError, IntegrityError) as exc:
+        return exc
+
+
 def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
-    """Worker: convert one series and write its volumes."""
+    """Worker: convert one series and write its volumes.
+
+    Pixel blobs are read and re-hashed, and outputs hashed for the manifest, in threads
+    beside the conversion (file reads and sha256 release the GIL) when the task may use more
+    than one (``ctx.threads``; one on a Dask cluster, whose workers already fill the CPUs).
+    """
+    with ThreadPoolExecutor(max_workers=ctx.threads or min(4, os.cpu_count() or 1)) as pool:
+        return _write_series(task, ctx, pool)
+
+
+def _write_series(task: SeriesTask, ctx: WriterContext, pool: ThreadPoolExecutor) -> TaskResult:
     from lake.nifti import ValueCache, read_part10, series_to_nifti, write_volume
 
     result = TaskResult(task.key)
@@ -84,15 +103,15 @@ def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
     cache = ValueCache()  # the instances of a series repeat most values: converted once
     datasets = []
     acquisitions = []
-    for item in task.items:
-        try:
-            # the converter's fast reader (pydicom for what it does not handle), quiet
-            with capture():
-                dataset = read_part10(item.header, load_pixels(blobs, item.pixel_hash),
-                                      item.pixel_vr, cache=cache)
-        except (BlobNotFoundError, IntegrityError) as exc:
-            result.skipped.append(blob_skip(task, item, exc))
+    pixels = pool.map(functools.partial(_verified_blob, blobs),
+                      [item.pixel_hash for item in task.items])
+    for item, blob in zip(task.items, pixels, strict=True):
+        if isinstance(blob, LakeError):
+            result.skipped.append(blob_skip(task, item, blob))
             continue
+        # the converter's fast reader (pydicom for what it does not handle), quiet
+        with capture():
+            dataset = read_part10(item.header, blob, item.pixel_vr, cache=cache)
         datasets.append(dataset)
         acquisitions.append(stored.get(item.sop_uid, {}))
     if not datasets:
@@ -112,6 +131,7 @@ def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
         result.skipped.append(
             Skip(task.key, None, refusal.reason_code.value, refusal.message + part)
         )
+    written: list[tuple[Path, Future[str]]] = []
     for volume in volumes:
         if not _SUFFIX.match(volume.suffix):
             raise IntegrityError("the NIfTI converter returned an unsafe file-name suffix")
@@ -123,9 +143,10 @@ def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
             level=int(ctx.options["level"] or 6),
             threads=ctx.threads,
         )
-        for path in paths:
-            relative = path.relative_to(root).as_posix()
-            result.files.append(FileRecord(relative, sha256_file(path), path.stat().st_size))
+        written += [(path, pool.submit(sha256_file, path)) for path in paths]
+    for path, digest in written:
+        relative = path.relative_to(root).as_posix()
+        result.files.append(FileRecord(relative, digest.result(), path.stat().st_size))
     return result
 
 
@@ -176,15 +197,13 @@ def export_nifti(
     """
     if compress and not 1 <= level <= 9:
         raise ConfigError(f"gzip level must be 1..9, got {level}")
-    cohort = resolve(lake, cohort_or_sql)
-    stored = set(arrow_dataset(lake.tables.open("instances", cohort.catalog_version)).schema.names)
     spec = ExportSpec(
         kind="nifti",
         options={"compress": compress, "level": level if compress else None},
         layout=nifti_layout,
         writer=write_nifti_series,
-        columns=tuple(name for name in ACQUISITION_NAMES if name in stored),
+        optional_columns=ACQUISITION_NAMES,
     )
     return run_export(
-        lake, cohort, out, spec, scheduler=scheduler, workers=workers, on_progress=on_progress
+        lake, cohort_or_sql, out, spec, scheduler=scheduler, workers=workers, on_progress=on_progress
     )

@@ -77,6 +77,8 @@ _VRS = {vr.encode(): vr for vr in (
     "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF",
     "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN",
     "UR", "US", "UT", "UV")}
+#: VR code -> (VR, whether its length has 32 bits).
+_EXPLICIT = {code: (vr, code in _LONG_LENGTH) for code, vr in _VRS.items()}
 _NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 _IMPLICIT = "1.2.840.10008.1.2"
 _PIXEL_DATA = 0x7FE00010
@@ -328,17 +330,17 @@ def _parse(source: _Source, pos: int, end: int, implicit: bool,
     buffer = source.buffer
     elements: dict[int, Any] = {}
     sequences: list[list[Part10]] = []
-    unpack_header, unpack_u32 = _HEADER.unpack_from, _U32.unpack_from
+    unpack_header, unpack_u32, explicit = _HEADER.unpack_from, _U32.unpack_from, _EXPLICIT
     while pos < end:
         if pos + 8 > end:
             raise Part10Error("truncated element header")
         group, number, vr_bytes, short = unpack_header(buffer, pos)
         tag = (group << 16) | number
-        if tag == _ITEM_END:
-            if not in_item:
-                raise Part10Error("item delimiter outside an item")
-            return elements, sequences, pos + 8
         if implicit or group == 0xFFFE:
+            if tag == _ITEM_END:
+                if not in_item:
+                    raise Part10Error("item delimiter outside an item")
+                return elements, sequences, pos + 8
             length = unpack_u32(buffer, pos + 4)[0]
             vr = _dictionary_vr(tag)
             pos += 8
@@ -349,17 +351,23 @@ def _parse(source: _Source, pos: int, end: int, implicit: bool,
                 # of enclosing datasets: left to pydicom
                 raise Part10Error("a VR to infer from other elements")
         else:
-            vr = _VRS.get(vr_bytes)  # type: ignore[assignment]
-            if vr is None:
+            known = explicit.get(vr_bytes)
+            if known is None:
                 raise Part10Error(f"unknown VR {vr_bytes!r}")
-            if vr_bytes in _LONG_LENGTH:
-                if pos + 12 > end:
-                    raise Part10Error("truncated element header")
-                length = unpack_u32(buffer, pos + 8)[0]
-                pos += 12
-            else:
-                length = short
+            vr, long = known
+            if not long:
+                # the commonest case, taken first: a 16-bit length is never undefined, and
+                # SQ and UN have 32-bit lengths
                 pos += 8
+                if pos + short > end:
+                    raise Part10Error("element runs past the end")
+                elements[tag] = (vr, pos, short)
+                pos += short
+                continue
+            if pos + 12 > end:
+                raise Part10Error("truncated element header")
+            length = unpack_u32(buffer, pos + 8)[0]
+            pos += 12
             if vr == "UN" and not group & 1 and " or " in _dictionary_vr(tag):
                 raise Part10Error("a VR to infer from other elements")
         if vr == "SQ" or (length == _UNDEFINED and vr == "UN"):

@@ -12,6 +12,7 @@ Fortran ``(x, y, z, t)`` order byte for byte, with ``y`` the DICOM row index rev
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -236,10 +237,13 @@ def _floats(value: Any, n: int) -> FloatArray | None:
     if value is None:
         return None
     try:
-        arr = np.array([float(v) for v in value], dtype=np.float64)
+        items = [float(v) for v in value]
     except (TypeError, ValueError):
         return None
-    return arr if arr.shape == (n,) and bool(np.all(np.isfinite(arr))) else None
+    # checked in Python: for a handful of numbers numpy's checks cost more than the list
+    if len(items) != n or not all(map(math.isfinite, items)):
+        return None
+    return np.array(items, dtype=np.float64)
 
 
 def _dicom_time_seconds(value: Any) -> float | None:
