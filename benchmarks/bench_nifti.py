@@ -26,7 +26,9 @@ series (the repository ingested once under ``basic``):
 
 Runs are interleaved and repeated; the best time of each is compared (the machine is
 shared, the minimum is the least disturbed measurement). Ratios are ours / dcm2niix: below
-1 means we are faster. Goal (issue 10.8): ``lake`` in-process within 1.5x of dcm2niix.
+1 means we are faster, for CPU seconds (the columns) and wall seconds (``wall x``: what a
+user waits; on a shared machine it also counts waiting for a core and for the disk). Goal
+(issue 10.8): ``lake`` in-process within 1.5x of dcm2niix.
 
 Ingest: every repository ingested (``scheduler="sync"``, ``basic``) with and without the
 derivation of acquisition parameters (:func:`lake.nifti.derive_acquisition` replaced by a
@@ -270,8 +272,8 @@ def measure_ingest(roots: list[Path], scratch: Path, repeats: int) -> tuple[dict
 
 
 def measure_export(root: Path, made: tuple[Any, Path, Path], scratch: Path,
-                   repeats: int) -> list[float]:
-    """Print one repository's export lines; the lake/dcm2niix CPU ratios."""
+                   repeats: int) -> list[tuple[float, float]]:
+    """Print one repository's export lines; the lake/dcm2niix (CPU, wall) ratios."""
     lk, lake_root, vault = made
     paths = dicom_files(root / "In")
     size = sum(p.stat().st_size for p in paths) / 1e6
@@ -293,12 +295,14 @@ def measure_export(root: Path, made: tuple[Any, Path, Path], scratch: Path,
                 wall[name] = min(wall.get(name, clock.wall), clock.wall)
         base = cpu["dcm2niix"]
         ratio = cpu["lake"] / base
-        ratios.append(ratio)
+        wall_ratio = wall["lake"] / wall["dcm2niix"]
+        ratios.append((ratio, wall_ratio))
         cells = "".join(f"{cpu[n]:>8.2f}{cpu[n] / base:>6.1f}"
                         for n in ("lake", "pydicom", "cli", "files"))
+        met = "" if max(ratio, wall_ratio) <= GOAL_EXPORT else "  > goal"
         print(f"{root.name:<15}{label:<5}{len(paths):>5}{size:>5.0f}{base:>9.2f}{cells}"
-              f"   [{wall['dcm2niix']:.2f} {wall['lake']:.2f} {wall['pydicom']:.2f} "
-              f"{wall['cli']:.2f} {wall['files']:.2f}]{'' if ratio <= GOAL_EXPORT else '  > goal'}")
+              f"{wall_ratio:>7.1f}   [{wall['dcm2niix']:.3f} {wall['lake']:.3f} "
+              f"{wall['pydicom']:.2f} {wall['cli']:.2f} {wall['files']:.2f}]{met}")
     return ratios
 
 
@@ -309,6 +313,9 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", default=[], help="repository names")
     parser.add_argument("--ingest-only", action="store_true", help="skip the export cases")
     parser.add_argument("--slices", type=int, default=140, help="of the generated CT")
+    parser.add_argument("--no-derivation-check", action="store_true",
+                        help="ingest once (for the export cases) without comparing ingest "
+                        "with and without derivation")
     args = parser.parse_args()
     if shutil.which("dcm2niix") is None:
         print("dcm2niix is not installed: nothing to compare against")
@@ -324,23 +331,29 @@ def main() -> int:
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory(prefix="bench-nifti-") as tmp:
         scratch = Path(tmp)
-        lakes, derivation_met = measure_ingest(roots, scratch, max(2, args.repeats - 1))
+        if args.no_derivation_check:
+            lakes, derivation_met = ingest(roots, scratch / "ingest", derive=True)[1], True
+        else:
+            lakes, derivation_met = measure_ingest(roots, scratch, max(2, args.repeats - 1))
         if args.ingest_only:
             return 0
         if args.slices > 0 and not args.only:
             ct = generated_ct(scratch / "ct_generated", args.slices)
             lakes[ct.name] = ingest([ct], scratch / "ct-lake", derive=True)[1][ct.name]
             roots.append(ct)
-        print(f"\nExport: CPU seconds, best of {args.repeats}; x = ours / dcm2niix "
-              "(wall: dcm2niix lake pydicom CLI files)")
+        print(f"\nExport: CPU seconds, best of {args.repeats}; x = ours / dcm2niix; wall x = "
+              "lake / dcm2niix in wall seconds (wall: dcm2niix lake pydicom CLI files)")
         print(f"{'repository':<15}{'mode':<5}{'files':>5}{'MB':>5}{'dcm2niix':>9}"
-              f"{'lake':>8}{'x':>6}{'pydicom':>8}{'x':>6}{'CLI':>8}{'x':>6}{'files':>8}{'x':>6}")
-        ratios: list[float] = []
+              f"{'lake':>8}{'x':>6}{'pydicom':>8}{'x':>6}{'CLI':>8}{'x':>6}{'files':>8}{'x':>6}"
+              f"{'wall x':>7}")
+        ratios: list[tuple[float, float]] = []
         for root in roots:
             ratios += measure_export(root, lakes[root.name], scratch, args.repeats)
-    missed = sum(r > GOAL_EXPORT for r in ratios)
-    print(f"\ngoal: lake in-process <= {GOAL_EXPORT}x dcm2niix: "
-          f"{'met' if not missed else f'missed in {missed} of {len(ratios)}'}; "
+    missed = sum(r > GOAL_EXPORT for r, _ in ratios)
+    missed_wall = sum(w > GOAL_EXPORT for _, w in ratios)
+    print(f"\ngoal: lake in-process <= {GOAL_EXPORT}x dcm2niix: CPU "
+          f"{'met' if not missed else f'missed in {missed} of {len(ratios)}'}, wall "
+          f"{'met' if not missed_wall else f'missed in {missed_wall} of {len(ratios)}'}; "
           f"derivation < {GOAL_DERIVATION:.0%}: {'met' if derivation_met else 'missed'} "
           f"| load {os.getloadavg()[0]:.1f}")
     return 0
