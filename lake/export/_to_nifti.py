@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 __all__ = ["export_nifti", "nifti_layout", "write_nifti_series"]
 
 _SUFFIX = re.compile(r"^[A-Za-z0-9_-]*$")
+#: Series with at least this many instances read their blobs in threads (see below).
+_THREADED_SERIES = 32
 
 
 def nifti_layout(refs: Sequence[InstanceRef]) -> list[TaskPlan]:
@@ -87,13 +89,19 @@ def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
 
     Pixel blobs are read and re-hashed, and outputs hashed for the manifest, in threads
     beside the conversion (file reads and sha256 release the GIL) when the task may use more
-    than one (``ctx.threads``; one on a Dask cluster, whose workers already fill the CPUs).
+    than one (``ctx.threads``; one on a Dask cluster, whose workers already fill the CPUs)
+    and the series has at least ``_THREADED_SERIES`` instances (starting threads costs more
+    than it saves on a few: dcm_qa's one-to-ten-mosaic series, measured with py-spy).
     """
-    with ThreadPoolExecutor(max_workers=ctx.threads or min(4, os.cpu_count() or 1)) as pool:
+    workers = ctx.threads or min(4, os.cpu_count() or 1)
+    if workers < 2 or len(task.items) < _THREADED_SERIES:
+        return _write_series(task, ctx, None)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         return _write_series(task, ctx, pool)
 
 
-def _write_series(task: SeriesTask, ctx: WriterContext, pool: ThreadPoolExecutor) -> TaskResult:
+def _write_series(task: SeriesTask, ctx: WriterContext,
+                  pool: ThreadPoolExecutor | None) -> TaskResult:
     from lake.nifti import ValueCache, read_part10, series_to_nifti, write_volume
 
     result = TaskResult(task.key)
@@ -103,8 +111,9 @@ def _write_series(task: SeriesTask, ctx: WriterContext, pool: ThreadPoolExecutor
     cache = ValueCache()  # the instances of a series repeat most values: converted once
     datasets = []
     acquisitions = []
-    pixels = pool.map(functools.partial(_verified_blob, blobs),
-                      [item.pixel_hash for item in task.items])
+    verified = functools.partial(_verified_blob, blobs)
+    hashes = [item.pixel_hash for item in task.items]
+    pixels = pool.map(verified, hashes) if pool is not None else map(verified, hashes)
     for item, blob in zip(task.items, pixels, strict=True):
         if isinstance(blob, LakeError):
             result.skipped.append(blob_skip(task, item, blob))
@@ -131,7 +140,7 @@ def _write_series(task: SeriesTask, ctx: WriterContext, pool: ThreadPoolExecutor
         result.skipped.append(
             Skip(task.key, None, refusal.reason_code.value, refusal.message + part)
         )
-    written: list[tuple[Path, Future[str]]] = []
+    written: list[tuple[Path, Future[str] | str]] = []
     for volume in volumes:
         if not _SUFFIX.match(volume.suffix):
             raise IntegrityError("the NIfTI converter returned an unsafe file-name suffix")
@@ -143,10 +152,12 @@ def _write_series(task: SeriesTask, ctx: WriterContext, pool: ThreadPoolExecutor
             level=int(ctx.options["level"] or 6),
             threads=ctx.threads,
         )
-        written += [(path, pool.submit(sha256_file, path)) for path in paths]
+        written += [(path, sha256_file(path) if pool is None else pool.submit(sha256_file, path))
+                    for path in paths]
     for path, digest in written:
         relative = path.relative_to(root).as_posix()
-        result.files.append(FileRecord(relative, digest.result(), path.stat().st_size))
+        result.files.append(FileRecord(relative, digest if isinstance(digest, str)
+                                       else digest.result(), path.stat().st_size))
     return result
 
 
