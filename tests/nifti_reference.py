@@ -201,8 +201,9 @@ SIDECAR_KEYS: dict[str, tuple[Disposition, str]] = {
         _ND, "Philips: dcm2niix's estimate from WaterFatShift over an echo train length whose "
              "source for enhanced objects is not reproduced"),
     "EstimatedTotalReadoutTime": (_ND, "as EstimatedEffectiveEchoSpacing"),
-    "PartialFourierEnabled": (_ND, "Philips private elements"),
-    "PhaseEncodingStepsNoPartialFourier": (_ND, "Philips private elements"),
+    "PartialFourierEnabled": (_W, "Philips partial-Fourier series whose ScanOptions or enhanced MR "
+                   "Modifier say so; dcm2niix also reads private elements"),
+    "PhaseEncodingStepsNoPartialFourier": (_W, "as PartialFourierEnabled"),
     "ParallelReductionOutOfPlane": (_ND, "GE private elements"),
     "NumberOfArms": (_ND, "GE: equal to the matrix in every reference here, so which "
                           "element or axis dcm2niix reads cannot be told from the data"),

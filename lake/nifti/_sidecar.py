@@ -328,7 +328,12 @@ def build_sidecar(
     steps = _number(attribute(ds, frame, "MRFOVGeometrySequence",
                               "MRAcquisitionPhaseEncodingStepsInPlane")
                     or ds.get("NumberOfPhaseEncodingSteps"))
-    if isinstance(steps, int) and steps > 0:
+    if isinstance(steps, int) and steps > 0 and context.vendor == "Philips" \
+            and _partial_fourier(ds, frame):
+        # as dcm2niix: Philips steps of a partial-Fourier acquisition, under their own name
+        put("PartialFourierEnabled", "YES")
+        put("PhaseEncodingStepsNoPartialFourier", steps)
+    elif isinstance(steps, int) and steps > 0:
         put("PhaseEncodingSteps", steps)
     put("PhaseEncodingStepsOutOfPlane", _positive_int(attribute(
         ds, frame, "MRFOVGeometrySequence", "MRAcquisitionPhaseEncodingStepsOutOfPlane")))
@@ -535,3 +540,13 @@ def _philips_readout(put: Any, acquisition: Mapping[str, Any]) -> None:
     shift = acquisition.get("water_fat_shift")
     if isinstance(shift, float):
         put("WaterFatShift", _six_digits(shift))
+
+
+def _partial_fourier(ds: Dataset, frame: int | None) -> bool:
+    """Partial Fourier along the phase axis: ScanOptions PFP/PFF, or the enhanced MR
+    Modifier macro's PartialFourier (0018,9081)."""
+    options = ds.get("ScanOptions")
+    values = [options] if isinstance(options, str) else list(options or [])
+    if any(str(v).strip().upper() in ("PFP", "PFF") for v in values):
+        return True
+    return _code(attribute(ds, frame, "MRModifierSequence", "PartialFourier")) == "YES"
