@@ -381,11 +381,11 @@ def build_sidecar(
     if timing is not None:
         put("SliceTiming", [round(t, 7) for t in timing])
     iop = attribute(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
-    if iop is not None and len(iop) == 6:
-        type_text = acquisition.get("image_type_text")
+    type_text = acquisition.get("image_type_text")
     if context.vendor == "Siemens" and isinstance(type_text, list):
         put("ImageTypeText", type_text)
-    put("ImageOrientationPatientDICOM", [_number(v) for v in iop])
+    if iop is not None and len(iop) == 6:
+        put("ImageOrientationPatientDICOM", [_number(v) for v in iop])
     put("InPlanePhaseEncodingDirectionDICOM", phase_axis or None)
     if context.field_map_hz:
         put("Units", "Hz")
