@@ -249,7 +249,7 @@ def main() -> None:
         print(f"  peak RSS: {rss_huge / 1e6:.0f} MB (per process: "
               f"{', '.join(f'{p / 1e6:.0f}' for p in procs_huge)} MB); ratio to "
               f"{len(paths)} files: {rss_huge / rss_small:.2f} (the engines differ: in this "
-              "process for small jobs, a local cluster for large ones; compare per-process "
+              "process for small jobs, worker processes for large ones; compare per-process "
               "peaks)")
 
 if __name__ == "__main__":
