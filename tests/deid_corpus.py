@@ -27,7 +27,10 @@ names the header does not hold (after ``Dr``). :func:`descriptor_plants` returns
 survive (checked word by word) and the technical words that must.
 
 Tokens are ``TKN`` + 12 base32 characters (derived from the patient, batch and place, so a
-run is reproducible); dates are distinctive 8-digit dates; original UIDs use a private root.
+run is reproducible); dates are distinctive 8-digit dates, all in the year from 1931-01-01, so
+that no date shifted into the past by a profile (at least 366 days) can equal a planted one by
+chance (with dates over 80 years, a keyed shift hit another planted date in about 1 run in 10,
+which the proofs would report as a leak); original UIDs use a private root.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ class _Planter:
     def date(self, place: str, *, patient_level: bool = False, record: bool = True) -> str:
         batch = "p" if patient_level else self.batch
         n = int.from_bytes(_digest("date", self.patient, batch, place)[:4], "big")
-        value = (dt.date(1921, 1, 1) + dt.timedelta(days=n % 30000)).strftime("%Y%m%d")
+        value = (dt.date(1931, 1, 1) + dt.timedelta(days=n % 365)).strftime("%Y%m%d")
         if record:
             self.tokens.add(value)
         return value
