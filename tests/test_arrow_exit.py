@@ -50,3 +50,27 @@ def test_short_processes_reading_tables_exit_cleanly(
         )
         assert proc.returncode == 0, (proc.returncode, proc.stderr[-300:])
         assert proc.stdout.strip() == "12"
+
+
+def test_data_files_read_what_the_arrow_dataset_reads(
+    lk: lake.Lake, ct_folder: Path, vault_dir: Path
+) -> None:
+    """DataFiles (pyarrow.parquet, no pandas) yields each data file's rows as the dataset's
+    fragments do: same files in the same order, same rows, same column types; and
+    python_rows converts zoned timestamps to the same datetimes as to_pylist."""
+    from lake.catalog import data_files, python_rows, rows_where
+
+    lk.ingest([str(ct_folder)], vault=vault_dir, scheduler="sync")
+    for name in ("instances", "batches"):
+        delta = lk.tables.open(name)
+        dataset, files = arrow_dataset(delta), data_files(delta)
+        assert list(files.paths) == [f.path for f in dataset.get_fragments()]
+        assert files.schema == dataset.schema
+        for path, fragment in zip(files.paths, dataset.get_fragments(), strict=True):
+            columns = dataset.schema.names[::-1]  # any order, as asked
+            expected = fragment.to_table(columns=columns, schema=dataset.schema)
+            got = files.read(path, columns)
+            assert got.equals(expected, check_metadata=True)
+            assert python_rows(got) == expected.to_pylist()
+            flags = [i % 2 == 0 for i in range(got.num_rows)]
+            assert rows_where(got, flags).to_pylist() == expected.to_pylist()[::2]

@@ -134,10 +134,11 @@ def test_sql_printing_timestamps_loads_no_pandas(tmp_path: Path, fmt: str) -> No
         assert str(ingested) in written.read_text()
 
 
-def test_small_nifti_export_loads_no_cluster_bids_or_deid(tmp_path: Path) -> None:
+def test_small_nifti_export_loads_no_cluster_bids_deid_or_pandas(tmp_path: Path) -> None:
     """`lake export nifti` of a small cohort runs in this process (no dask/distributed) and
     imports only the NIfTI exporter: not the BIDS rules, the teaching-set renderer or the
-    de-identification engine (lake.export names each exporter lazily)."""
+    de-identification engine (lake.export names each exporter lazily). It reads the cohort
+    and its members' rows with pyarrow.parquet, not pyarrow.dataset, which imports pandas."""
     from lake.export import create_cohort
     from tests.series import write_ct_series
 
@@ -151,7 +152,8 @@ def test_small_nifti_export_loads_no_cluster_bids_or_deid(tmp_path: Path) -> Non
     assert len(list(out.rglob("*.nii"))) == 1  # the export ran
     assert "lake.export._to_nifti" in modules
     assert _present(modules, ("dask", "distributed", "lake.deid", "lake.export._bids",
-                              "lake.export._bids_rules", "lake.export._teaching")) == []
+                              "lake.export._bids_rules", "lake.export._teaching",
+                              "pandas", "pyarrow.dataset")) == []
 
 
 @pytest.mark.parametrize("args", [["sql", "--help"], ["export", "nifti", "--help"],

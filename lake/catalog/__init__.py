@@ -24,7 +24,17 @@ from lake.catalog._schema import (
     Table,
 )
 from lake.catalog._summary import prune_summaries, write_rep_headers, write_summaries
-from lake.catalog._tables import Decision, DeltaTables, Inserted, Judged, arrow_dataset
+from lake.catalog._tables import (
+    DataFiles,
+    Decision,
+    DeltaTables,
+    Inserted,
+    Judged,
+    arrow_dataset,
+    data_files,
+    python_rows,
+    rows_where,
+)
 from lake.catalog._tombstones import TombstoneCache, Tombstones
 
 if TYPE_CHECKING:
@@ -49,6 +59,7 @@ __all__ = [
     "BatchJournal",
     "Catalog",
     "Column",
+    "DataFiles",
     "Decision",
     "DeltaTables",
     "Inserted",
@@ -58,11 +69,14 @@ __all__ = [
     "Tombstones",
     "arrow_dataset",
     "complete_batches",
+    "data_files",
     "dicom_values",
     "locked_connection",
     "prune_summaries",
+    "python_rows",
     "query_error",
     "record_batch",
+    "rows_where",
     "views_over_rows",
     "write_rep_headers",
     "write_summaries",

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lake._errors import ExportError, IntegrityError, QueryError
-from lake.catalog import COHORTS, arrow_dataset
+from lake.catalog import COHORTS, python_rows, rows_where
 from lake.catalog._tables import Decision, Judged
 
 if TYPE_CHECKING:
@@ -439,12 +439,15 @@ def _erasure_since(lake: Lake, version: int) -> bool:
 def _cohort_rows(lake: Lake, columns: list[str] | None, name: str | None) -> list[dict[str, Any]]:
     if not lake.tables.exists(COHORTS.name):
         return []
-    dataset = arrow_dataset(lake.tables.open(COHORTS.name))
-    # Filter after reading: string filters pushed into the Delta scan fail on string_view files.
-    table = dataset.to_table(columns=columns)
-    if name is not None:
-        table = table.filter(pc.equal(table.column("name"), name))
-    return list(table.to_pylist())
+    files = lake.tables.data_files(COHORTS.name)
+    names = files.schema.names if columns is None else columns
+    rows: list[dict[str, Any]] = []
+    for path in files.paths:
+        table = files.read(path, names)
+        if name is not None:
+            table = rows_where(table, [n == name for n in table.column("name").to_pylist()])
+        rows.extend(python_rows(table))
+    return rows
 
 
 def load_cohort(lake: Lake, name: str) -> Cohort:

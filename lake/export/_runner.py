@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from lake._errors import ExportError, IntegrityError
-from lake.catalog import arrow_dataset
+from lake.catalog import DataFiles, rows_where
 from lake.compute import AUTO, EXPORT_CROSSOVER, Runner, Workload
 from lake.export._cohort import Cohort, resolve
 from lake.export._manifest import (
@@ -45,8 +44,6 @@ from lake.export._manifest import (
 from lake.store import Location
 
 if TYPE_CHECKING:
-    import pyarrow.dataset as pads  # imports pandas: only for types here
-
     from lake._lake import Lake
 
 __all__ = [
@@ -300,32 +297,30 @@ def _run_task(task: SeriesTask, ctx: WriterContext) -> TaskResult:
 
 def _member_rows(
     lake: Lake, version: int, wanted: Sequence[str], columns: Sequence[str],
-    dataset: pads.Dataset | None = None,
+    files: DataFiles | None = None,
 ) -> Iterator[pa.Table]:
     """The rows of ``wanted`` SOPInstanceUIDs at ``version``, one table per data file.
 
     Reads the key column of each data file first and the requested columns only from
     files holding members. Filtering happens after reading: pushing string filters into
     the Delta scan fails on files whose strings are stored as ``string_view``.
-    ``dataset`` is the ``instances`` table at ``version`` when the caller has it open.
+    ``files`` are the ``instances`` table's at ``version`` when the caller has them.
     """
-    if dataset is None:
-        dataset = arrow_dataset(lake.tables.open("instances", version))
-    value_set = pa.array(sorted(set(wanted)), type=pa.string())
+    if files is None:
+        files = lake.tables.data_files("instances", version)
+    members = set(wanted)
     names = list(dict.fromkeys(["SOPInstanceUID", *columns]))
-    for fragment in dataset.get_fragments():
-        keys = fragment.to_table(columns=["SOPInstanceUID"], schema=dataset.schema)
-        mask = pc.is_in(keys.column(0), value_set=value_set)
-        if not pc.any(mask).as_py():
-            continue
-        yield fragment.to_table(columns=names, schema=dataset.schema).filter(mask)
+    for path in files.paths:
+        flags = [sop in members for sop in files.read(path, ["SOPInstanceUID"]).column(0).to_pylist()]
+        if any(flags):
+            yield rows_where(files.read(path, names), flags)
 
 
 def _load_refs(lake: Lake, cohort: Cohort, columns: Sequence[str],
-               dataset: pads.Dataset) -> list[InstanceRef]:
+               files: DataFiles) -> list[InstanceRef]:
     wanted = [m.sop_uid for m in cohort.members]
     names = list(dict.fromkeys([*_REF_COLUMNS, *columns]))
-    found = list(_member_rows(lake, cohort.catalog_version, wanted, names, dataset))
+    found = list(_member_rows(lake, cohort.catalog_version, wanted, names, files))
     rows = {r["SOPInstanceUID"]: r for t in found for r in t.to_pylist()}
     missing = sum(1 for sop in wanted if sop not in rows)
     if missing or sum(t.num_rows for t in found) != len(rows):
@@ -426,7 +421,7 @@ def _tasks(
     cohort: Cohort,
     refs: Sequence[InstanceRef],
     plans: Sequence[TaskPlan],
-    dataset: pads.Dataset,
+    files: DataFiles,
 ) -> Iterator[SeriesTask]:
     """Stream the todo series with their headers, verified against the cohort's hashes."""
     by_sop = {r.sop_uid: r for r in refs}
@@ -437,7 +432,7 @@ def _tasks(
     if not owner:
         return
     pending: dict[str, dict[str, bytes]] = {}
-    scan = _member_rows(lake, cohort.catalog_version, list(owner), ["header_dicom"], dataset)
+    scan = _member_rows(lake, cohort.catalog_version, list(owner), ["header_dicom"], files)
     for batch in scan:
         for sop, header in zip(
             batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True
@@ -559,7 +554,7 @@ def run_export(
     lake.location.refuse_inside(out)
     cohort = resolve(lake, cohort_or_sql)
     # the instances table at the cohort's version, opened once for the whole export
-    instances = arrow_dataset(lake.tables.open("instances", cohort.catalog_version))
+    instances = lake.tables.data_files("instances", cohort.catalog_version)
     stored = set(instances.schema.names)
     columns = [*spec.columns, *(c for c in spec.optional_columns if c in stored)]
     refs = _load_refs(lake, cohort, columns, instances)
