@@ -9,7 +9,13 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from lake._config import LakeConfig
-from lake._errors import BlobNotFoundError, IntegrityError, LakeNotFoundError, VaultError
+from lake._errors import (
+    BlobNotFoundError,
+    ConfigError,
+    IntegrityError,
+    LakeNotFoundError,
+    VaultError,
+)
 from lake.store import BlobStore, Location, resolve
 from lake.vault import Secret, Vault
 
@@ -352,6 +358,11 @@ def init(
     Lake
     """
     location = resolve(_root_from(root), storage_options)
+    if location.is_local and "%" in location.path:
+        raise ConfigError(
+            f"root {location.path!r} holds '%', which deltalake reads as an escape, so the "
+            "catalog's tables cannot live there; choose a folder without '%'"
+        )
     the_vault = Vault.from_option(vault)
     if (
         location.is_local

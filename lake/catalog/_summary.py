@@ -198,9 +198,10 @@ def data_files(tables: DeltaTables, delta: DeltaTable) -> list[str]:
 
 def fs_path(uri: str) -> str:
     """The fsspec path of a deltalake file URI (``file:///a/b`` -> ``/a/b``,
-    ``s3://bucket/k`` -> ``bucket/k``)."""
+    ``s3://bucket/k`` -> ``bucket/k``; a local path percent-encoded as deltalake gives it,
+    ``/a%20b/c`` -> ``/a b/c``)."""
     if "://" not in uri:
-        return uri
+        return unquote(uri)
     parts = urlsplit(uri)
     path = unquote(parts.path)
     return path if parts.scheme == "file" else f"{parts.netloc}{path}"

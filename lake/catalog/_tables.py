@@ -167,8 +167,8 @@ def data_files(delta: DeltaTable, storage_options: Mapping[str, str] | None = No
     schema = pa.schema(delta.schema().to_arrow())
     uri = delta.table_uri
     files = delta.file_uris()  # local: absolute paths; remote: URIs below the table's
-    if uri.startswith("file://"):
-        return DataFiles(schema, tuple(files), pafs.LocalFileSystem())
+    if uri.startswith("file://"):  # deltalake percent-encodes local paths (a space: %20)
+        return DataFiles(schema, tuple(unquote(f) for f in files), pafs.LocalFileSystem())
     root = uri.rstrip("/") + "/"
     outside = [f for f in files if not f.startswith(root)]
     if outside:
