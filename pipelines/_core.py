@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import io
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -289,7 +290,14 @@ def sql(
         str, typer.Argument(help="DuckDB SQL over instances, series, studies, patients.")
     ],
     lake_root: LakeOption = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    fmt: Annotated[
+        Format,
+        typer.Option(
+            "--format", "-f",
+            help="Output format. json: an array of row objects; a MAP is an object keyed by its "
+                 "keys as text, dates in ISO 8601, bytes in base64, NaN and infinity null.",
+        ),
+    ] = Format.table,
     as_of: Annotated[
         int | None, typer.Option(
             "--as-of",
@@ -345,8 +353,13 @@ def _emit(relation: duckdb.DuckDBPyRelation, fmt: Format, output: Path | None) -
         _write_bytes(_arrow_bytes(arrow, fmt), output)
         return
     if fmt is Format.json:
-        records = [dict(zip(names, values, strict=True)) for values in rows]
-        text = json.dumps(records, default=_json_default, indent=None) + "\n"
+        maps = [t.id == "map" for t in relation.types]
+        records = [
+            {name: _map_object(v) if is_map else _plain(v)
+             for name, v, is_map in zip(names, values, maps, strict=True)}
+            for values in rows
+        ]
+        text = json.dumps(records, default=_json_default, indent=None, allow_nan=False) + "\n"
         _write_bytes(text.encode(), output)
         return
     from rich.table import Table
@@ -383,6 +396,39 @@ def _cell(value: object) -> str:
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
     return str(value)
+
+
+def _map_object(value: object) -> object:
+    """A DuckDB MAP as one JSON object keyed by its keys as text.
+
+    DuckDB gives a MAP as a dict, or as ``{"key": [...], "value": [...]}`` when its keys are
+    not hashable (lists); dates and other keys are written as they print in JSON.
+    """
+    if value is None:
+        return None
+    assert isinstance(value, dict)
+    if set(value) == {"key", "value"} and isinstance(value["key"], list):
+        pairs = list(zip(value["key"], value["value"], strict=True))
+    else:
+        pairs = list(value.items())
+    return {_key_text(k): _plain(v) for k, v in pairs}
+
+
+def _key_text(key: object) -> str:
+    if isinstance(key, str):
+        return key
+    return json.dumps(_plain(key), default=_json_default, allow_nan=False).strip('"')
+
+
+def _plain(value: object) -> object:
+    """``value`` with JSON's limits met: text keys, no NaN or infinity (null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {_key_text(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _json_default(value: object) -> object:

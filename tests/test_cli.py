@@ -195,3 +195,21 @@ def test_demo_builds_a_lake_offline(tmp_path: Path) -> None:
     # pydicom's warnings quote original values: none may reach the terminal, also from threads.
     assert "Warning" not in proc.stderr + proc.stdout
     shutil.rmtree(tmp_path / "demo")
+
+
+def test_sql_json_writes_maps_as_objects_and_non_finite_numbers_as_null(
+    env: dict[str, str],
+) -> None:
+    """Maps with date, number or list keys, nested in lists and structs; NaN and infinity."""
+    run("init", env=env)
+    query = (
+        "SELECT map([DATE '2020-01-01'], [1]) AS d, map([[1, 2]], ['x']) AS l, "
+        "{'a': map([1], [2])} AS s, [map([DATE '2021-02-03'], [3])] AS m, "
+        "'nan'::DOUBLE AS n, 'inf'::DOUBLE AS i, histogram(x) AS h "
+        "FROM (SELECT DATE '2020-01-01' AS x)"
+    )
+    proc = run("sql", query, "--format", "json", env=env)
+    assert json.loads(proc.stdout) == [
+        {"d": {"2020-01-01": 1}, "l": {"[1, 2]": "x"}, "s": {"a": {"1": 2}},
+         "m": [{"2021-02-03": 3}], "n": None, "i": None, "h": {"2020-01-01": 1}}
+    ]
