@@ -209,3 +209,51 @@ def test_exports_never_swap_the_process_warning_filters(
     assert export_dicom(lk, everything, tmp_path / "dicom", scheduler="sync").written > 0
     export_nifti(lk, everything, tmp_path / "nifti", scheduler="sync")
     assert list(warnings.filters) == before
+
+
+_FEWER_TASKS = """
+from lake.compute import Runner
+from tests.test_compute import _double_len
+
+with Runner("pool", 2) as runner:
+    print(list(runner.map(_double_len, [1], b"x" * 3_000_000)), flush=True)
+"""
+
+
+def _double_len(task: int, shared: bytes) -> int:
+    return task * 2 + len(shared)
+
+
+def test_a_pool_with_fewer_tasks_than_workers_lets_the_process_exit() -> None:
+    """Review s19 S2: a shared value of megabytes handed to workers that never started
+    kept the queue's feeder thread blocked, and the interpreter waited for it at exit."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        done = subprocess.run([sys.executable, "-c", _FEWER_TASKS], cwd=root, text=True,
+                              capture_output=True, timeout=120)  # a hang guard, not a timing
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit after its pool had stopped")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[3000002]"
+
+
+@pytest.mark.slow
+def test_lake_ingest_on_the_pool_of_one_file_exits(tmp_path: Path) -> None:
+    """``lake ingest --scheduler pool`` of fewer files than workers (review s19 S2)."""
+    from pydicom.data import get_testdata_file
+
+    source = tmp_path / "one"
+    source.mkdir()
+    shutil.copy(str(get_testdata_file("CT_small.dcm")), source / "ct.dcm")
+    root = Path(__file__).resolve().parents[1]
+    lake_args = ["--lake", str(tmp_path / "lake"), "--vault", str(tmp_path / "vault")]
+    cli = [sys.executable, "-m", "pipelines.cli"]
+    subprocess.run([*cli, "init", *lake_args], cwd=root, check=True, capture_output=True)
+    try:
+        done = subprocess.run(
+            [*cli, "ingest", *lake_args, "--scheduler", "pool", "--workers", "2", str(source)],
+            cwd=root, text=True, capture_output=True, timeout=180)  # a hang guard
+    except subprocess.TimeoutExpired:
+        pytest.fail("lake ingest --scheduler pool did not exit")
+    assert done.returncode == 0, done.stderr
+    assert lake.open(tmp_path / "lake").sql("SELECT count(*) FROM instances").fetchall() == [(1,)]

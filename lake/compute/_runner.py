@@ -9,17 +9,19 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import (
     FIRST_COMPLETED,
     Future,
-    ProcessPoolExecutor,
     ThreadPoolExecutor,
     wait,
 )
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lake._errors import ConfigError, WorkerLostError
 from lake.compute._choice import POOL, Workload, choose_scheduler
+
+if TYPE_CHECKING:
+    from lake.compute._pool import Pool
 
 __all__ = ["Runner"]
 
@@ -73,7 +75,7 @@ class Runner(AbstractContextManager["Runner"]):
         self._cluster: Any = None
         self._booting: ThreadPoolExecutor | None = None
         self._boot: Future[tuple[Any, Any]] | None = None
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: Pool | None = None
 
     @property
     def window(self) -> int:
@@ -129,7 +131,7 @@ class Runner(AbstractContextManager["Runner"]):
         tb: TracebackType | None,
     ) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown()
             self._pool = None
         if self._boot is not None:
             self._cluster, self._client = self._boot.result()
@@ -202,7 +204,7 @@ class Runner(AbstractContextManager["Runner"]):
             if task is _DONE:
                 return False
             assert self._pool is not None
-            pending.add(self._pool.submit(call_with_shared, func, task, name))  # type: ignore[arg-type]
+            pending.add(self._pool.submit(call_with_shared, func, task, name))
             return True
 
         while len(pending) < self.window and submit():
