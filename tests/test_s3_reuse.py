@@ -58,3 +58,56 @@ def test_a_reingest_refreshes_old_blobs_without_uploading_them(
         assert modified_at(fs.info(lk.blobs.path_of(h))) > before[h]
         assert lk.blobs.get(h) == stored[h]
     assert gc(lk).blobs == [] and lk.verify().ok
+
+
+def _old_orphan(
+    s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+) -> tuple[Any, str]:
+    lk = lake.init(f"s3://{s3_env['BUCKET']}/lake", vault=tmp_path / "vault")
+    fs = lk.location.fs
+    path = f"{s3_env['BUCKET']}/lake/blobs/ab/orphan"
+    fs.pipe_file(path, b"x" * 100)
+    monkeypatch.setattr(_fs, "REFRESH_AFTER", -3600.0)  # every stored file counts as old
+    return fs, path
+
+
+def test_a_reused_blob_that_gc_removes_before_its_refresh_is_stored_again(
+    s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+) -> None:
+    """Review s19 S3: gc's delete landing between the reuse check and the server-side copy
+    made the copy fail (FileNotFoundError) and the instance with it; its bytes are in hand."""
+    fs, path = _old_orphan(s3_env, tmp_path, monkeypatch)
+    real_info = fs.info
+
+    def info_then_gc(p: str, **kw: Any) -> Any:
+        found = real_info(p, **kw)
+        fs.rm_file(p)  # gc's delete lands right after the reuse check
+        fs.invalidate_cache(p)
+        return found
+
+    monkeypatch.setattr(fs, "info", info_then_gc)
+    assert _fs.reused(fs, path, lambda: b"x" * 100)
+    monkeypatch.setattr(fs, "info", real_info)
+    fs.invalidate_cache(path)
+    assert fs.cat_file(path) == b"x" * 100
+
+
+def test_an_object_over_the_copy_limit_is_refreshed_by_writing_it(
+    s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+) -> None:
+    """CopyObject refuses sources over 5 GiB: such an object is written again instead."""
+    fs, path = _old_orphan(s3_env, tmp_path, monkeypatch)
+    monkeypatch.setattr(_fs, "S3_COPY_LIMIT", 99)  # the 100-byte orphan is "over the limit"
+    sent: list[tuple[str, bool]] = []
+
+    def count(request: Any, **_kwargs: Any) -> None:
+        sent.append((request.method, "x-amz-copy-source" in {k.lower() for k in request.headers}))
+
+    fs.s3.meta.events.register("before-send.s3", count)
+    try:
+        assert _fs.reused(fs, path, lambda: b"y" * 100)
+    finally:
+        fs.s3.meta.events.unregister("before-send.s3", count)
+    assert ("PUT", True) not in sent and ("PUT", False) in sent  # written, not copied
+    fs.invalidate_cache(path)
+    assert fs.cat_file(path) == b"y" * 100

@@ -197,7 +197,12 @@ def reused(fs: fsspec.AbstractFileSystem, path: str, content: Callable[[], bytes
     except FileNotFoundError:
         return False
     if modified_at(info) < time.time() - REFRESH_AFTER:
-        _refresh(fs, path, content)
+        try:
+            _refresh(fs, path, content, info.get("size"))
+        except FileNotFoundError:
+            # gc removed the old orphan between the check and the refresh: the bytes are in
+            # hand, so the file is stored again (what a batch that found nothing does).
+            atomic_write(fs, path, content())
     return True
 
 
@@ -206,16 +211,26 @@ REUSED_METADATA = "lake-reused"
 object by copying it onto itself."""
 
 
-def _refresh(fs: fsspec.AbstractFileSystem, path: str, content: Callable[[], bytes]) -> None:
+S3_COPY_LIMIT = 5 * 2**30
+"""The largest object S3's CopyObject copies in one request (bytes); larger ones are
+refreshed by writing them again."""
+
+
+def _refresh(
+    fs: fsspec.AbstractFileSystem, path: str, content: Callable[[], bytes], size: object
+) -> None:
     """Make ``path``'s modification time now, without uploading it again where possible.
 
     On S3 the object is copied onto itself by the server with one changed metadata field
     (CopyObject, ``MetadataDirective=REPLACE``): a new ``LastModified``, the same bytes and
     ETag, and no byte of it sent again (a re-ingest of a whole lake used to upload every
-    pixel blob again). Elsewhere ``content()`` is written in its place.
+    pixel blob again). Elsewhere, and for an object of ``size`` over CopyObject's limit
+    (:data:`S3_COPY_LIMIT`), ``content()`` is written in its place. Raises
+    FileNotFoundError if the file is gone (removed by gc since it was found).
     """
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    if "s3" in protocols:
+    small = isinstance(size, int) and size <= S3_COPY_LIMIT
+    if "s3" in protocols and small:
         fs.setxattr(path, **{REUSED_METADATA: str(int(time.time()))})
         fs.invalidate_cache(path)
     else:
