@@ -145,8 +145,8 @@ def ingest(
         str,
         typer.Option(
             help=f"Where to run: {', '.join(SCHEDULERS)}, or a Dask scheduler address "
-            "tcp://HOST:PORT. auto: in this process below a measured job size, else a local "
-            "cluster."
+            "tcp://HOST:PORT. auto: in this process below a measured job size, else a pool "
+            "of worker processes (docs/performance.md, 'Choosing the engine')."
         ),
     ] = "auto",
     workers: Annotated[int | None, typer.Option(help="Local workers (default: CPU count).")] = None,

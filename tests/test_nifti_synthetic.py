@@ -19,6 +19,7 @@ import pydicom
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
 from lake import ConfigError, ExportError
@@ -405,3 +406,28 @@ def test_zero_pixel_spacing_is_refused_not_raised() -> None:
     volumes, refusals = series_to_nifti([ds])
     assert volumes == []
     assert [r.reason_code for r in refusals] == [RefusalReason.INVALID_GEOMETRY]
+
+
+@pytest.mark.parametrize(
+    ("technique", "direction", "written"),
+    [("GRAPPA", "PHASE", True), ("SMITHJ", "JONES", False)],
+)
+def test_coded_sidecar_values_come_from_a_closed_vocabulary(
+    technique: str, direction: str, written: bool
+) -> None:
+    """A CS element can hold any upper-case word, a surname too: only defined terms pass."""
+    series = synthetic_series(n_slices=4, rows=8, cols=8, modality="MR")
+    enhanced = enhanced_from(series)
+    modifier = Dataset()
+    modifier.ParallelAcquisitionTechnique = technique
+    modifier.PartialFourierDirection = direction
+    modifier.PartialFourier = "YES"
+    enhanced.SharedFunctionalGroupsSequence[0].MRModifierSequence = [modifier]
+    sidecar = _only(series_to_nifti([enhanced])).sidecar
+    assert ("ParallelAcquisitionTechnique" in sidecar) is written
+    assert ("PartialFourierDirection" in sidecar) is written
+    if written:
+        assert sidecar["ParallelAcquisitionTechnique"] == technique
+        assert sidecar["PartialFourierDirection"] == direction
+    else:
+        assert not {technique, direction} & {str(v) for v in sidecar.values()}

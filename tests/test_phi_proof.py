@@ -70,6 +70,23 @@ def _table_texts(lake_root: Path) -> Iterator[tuple[str, bytes]]:
             yield f"{table_dir.name}.{name}", blob
 
 
+def _parquet_texts(root: Path) -> Iterator[tuple[str, bytes]]:
+    """Every Parquet file below ``root`` decoded, whatever writes it: the Delta tables' files of
+    every version and the catalog's summaries (series/study parts, representative headers),
+    which are zstd-compressed on disk, so the raw-byte scan alone cannot see inside them."""
+    import pyarrow.parquet as pq
+
+    for path in sorted(root.rglob("*.parquet")):
+        table = pq.read_table(path)
+        for name in table.column_names:
+            column = table.column(name)
+            if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+                blob = b"".join(v for v in column.to_pylist() if v)
+            else:
+                blob = repr(column.to_pylist()).encode()
+            yield f"{path}:{name}", blob
+
+
 def _leaks(tokens: set[str], texts: Iterator[tuple[str, bytes]]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     encoded = {t: t.encode() for t in tokens}
@@ -174,9 +191,11 @@ def test_no_planted_token_anywhere(profile: str, tmp_path: Path) -> None:
     texts = [
         *_file_texts(lake_root),
         *_table_texts(lake_root),
+        *_parquet_texts(lake_root),
         ("command output", logs.encode()),
         *_file_texts(exports),
     ]
+    assert any("rep_headers" in where for where, _ in texts)  # the summaries were decoded too
     leaks = _leaks(must_be_absent, iter(texts))
     assert not leaks, f"{len(leaks)} planted values escaped: {sorted(leaks.items())[:5]}"
 
@@ -302,6 +321,7 @@ def test_acquisition_parameters_carry_no_planted_token(profile: str, tmp_path: P
             "coil_combination", "nonlinear_gradient_correction",
             "phase_encoding_polarity"} <= found, found
     texts = [*_file_texts(tmp_path / "lake"), *_table_texts(tmp_path / "lake"),
+             *_parquet_texts(tmp_path / "lake"),
              *_file_texts(tmp_path / "nifti")]
     leaks = _leaks(tokens, iter(texts))
     assert not leaks, f"{len(leaks)} planted values escaped: {sorted(leaks.items())[:5]}"

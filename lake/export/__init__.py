@@ -102,3 +102,8 @@ def __getattr__(name: str) -> object:
     value = getattr(import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    """The public names, including the exporters not imported yet (tab completion)."""
+    return sorted(set(globals()) | set(__all__))

@@ -154,7 +154,11 @@ def _scalars(value: Any) -> list[Any]:
 
 
 def floats(value: Any) -> list[float]:
-    """Every number in ``value`` (a number, a DS/IS string, a list...); [] when any fails."""
+    """Every number in ``value`` (a number, a DS/IS string, a list...).
+
+    Raises ``ValueError`` (one of :data:`DecodeError`, which the derivation catches: a damaged
+    element leaves its parameters out) when an item is not a number.
+    """
     out = []
     for item in _scalars(value):
         if isinstance(item, DSfloat | IS | float | int) and not isinstance(item, bool):

@@ -349,11 +349,11 @@ def build_sidecar(
     if isinstance(accel, float) and accel > 1.0:
         put("ParallelReductionFactorInPlane", _number(round(accel, 6)))
     put("ParallelAcquisitionTechnique", _code(attribute(
-        ds, frame, "MRModifierSequence", "ParallelAcquisitionTechnique")))
+        ds, frame, "MRModifierSequence", "ParallelAcquisitionTechnique"), _PARALLEL_TECHNIQUES))
     put("ParallelReductionFactorOutOfPlane", _number(attribute(
         ds, frame, "MRModifierSequence", "ParallelReductionFactorOutOfPlane")))
     put("PartialFourierDirection", _code(attribute(
-        ds, frame, "MRModifierSequence", "PartialFourierDirection")))
+        ds, frame, "MRModifierSequence", "PartialFourierDirection"), _PARTIAL_FOURIER_DIRECTIONS))
     put("EffectiveEchoSpacing", _rounded(acquisition.get("effective_echo_spacing")))
     put("DerivedVendorReportedEchoSpacing", _derived_echo_spacing(acquisition))
     if context.vendor == "Philips":
@@ -478,13 +478,24 @@ def _derived_echo_spacing(acquisition: Mapping[str, Any]) -> float | None:
     return _rounded(spacing)
 
 
-def _code(value: Any) -> str | None:
-    """A coded string (CS) of the header, or None when it holds anything else."""
+def _code(value: Any, terms: frozenset[str]) -> str | None:
+    """A coded string (CS) of the header when it is one of ``terms``, else None.
+
+    Only a closed vocabulary reaches a sidecar: a CS element can hold any upper-case word
+    (a surname too), so anything outside the defined terms is left out.
+    """
     text = _text(value, "\\")
-    if text is None or len(text) > 16 or not all(c.isupper() or c.isdigit() or c == "_"
-                                                 for c in text):
-        return None
-    return text
+    return text if text in terms else None
+
+
+# Defined terms (PS3.3 C.8.13.5.4, C.8.13.5.12, C.8.13.5.2), and the vendor values dcm2niix's
+# references show (SMS) or vendors are known to write (ASSET, ARC).
+_PARALLEL_TECHNIQUES = frozenset(
+    {"PILS", "SENSE", "SMASH", "GRAPPA", "OTHER", "SMS", "ASSET", "ARC"})
+_PARTIAL_FOURIER_DIRECTIONS = frozenset({"PHASE", "FREQUENCY", "SLICE_SELECT", "COMBINATION"})
+_MAGNETIZATION_TRANSFER = frozenset({"ON_RESONANCE", "OFF_RESONANCE", "NONE"})
+_SPOILING = frozenset({"RF", "GRADIENT", "RF_AND_GRADIENT", "NONE"})
+_YES_NO = frozenset({"YES", "NO"})
 
 
 def _positive_int(value: Any) -> int | None:
@@ -498,10 +509,11 @@ _SPOILING_TYPES = {"RF": "RF", "GRADIENT": "GRADIENT", "RF_AND_GRADIENT": "COMBI
 def _pulse_sequence(put: Any, ds: Dataset, frame: int | None) -> None:
     """MTState and SpoilingState/Type from the MR Pulse Sequence module (0018,9020)/(0018,9016)
     of enhanced objects, as dcm2niix reads them."""
-    transfer = _code(attribute(ds, frame, "MRImagingModifierSequence", "MagnetizationTransfer"))
+    transfer = _code(attribute(ds, frame, "MRImagingModifierSequence", "MagnetizationTransfer"),
+                     _MAGNETIZATION_TRANSFER)
     if transfer is not None:
         put("MTState", transfer != "NONE")
-    spoiling = _code(ds.get("Spoiling"))
+    spoiling = _code(ds.get("Spoiling"), _SPOILING)
     if spoiling is not None:
         put("SpoilingState", spoiling != "NONE")
         put("SpoilingType", _SPOILING_TYPES.get(spoiling))
@@ -549,4 +561,4 @@ def _partial_fourier(ds: Dataset, frame: int | None) -> bool:
     values = [options] if isinstance(options, str) else list(options or [])
     if any(str(v).strip().upper() in ("PFP", "PFF") for v in values):
         return True
-    return _code(attribute(ds, frame, "MRModifierSequence", "PartialFourier")) == "YES"
+    return _code(attribute(ds, frame, "MRModifierSequence", "PartialFourier"), _YES_NO) == "YES"
