@@ -138,3 +138,35 @@ def test_leftover_receipt_that_crashes_is_recovered_through_the_workers(
         assert again.report.recovered == 0  # not replayed at every start
         assert again.intake._workers.crashes == 0
     assert _catalog(lk) == (count, quarantined)
+
+
+def test_a_replacement_that_cannot_start_fails_the_lost_jobs_instead_of_hanging(
+    crashing: None, lk: lake.Lake, vault_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review s19 N15: an OSError starting the replacement (ENOMEM/EAGAIN, likely right after
+    the OOM killer struck) escaped the collector thread: the dead worker's jobs never
+    completed and the dead worker stayed in the pool."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from lake._capture import Captured
+    from lake._errors import NetError
+    from lake.ingest import Ingestor
+    from lake.net._workers import DeidWorkers
+
+    workers = DeidWorkers(Ingestor(lk, lk.secret(vault_dir)).context, 1, Captured())
+    workers.start()
+    try:
+        def cannot_start() -> object:
+            raise OSError(12, "Cannot allocate memory")
+
+        monkeypatch.setattr(workers, "_new_worker", cannot_start)
+        future = workers.submit(b"not DICOM " + BAD_UID.encode())  # kills the only worker
+        try:
+            error = future.exception(timeout=120)  # a hang guard, not a timing
+        except FutureTimeout:
+            pytest.fail("the dead worker's job never completed")
+        assert isinstance(error, NetError)  # no worker left to send it to
+        assert workers._pool == []
+        assert isinstance(workers.submit(b"next").exception(timeout=120), NetError)
+    finally:
+        workers.close()

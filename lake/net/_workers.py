@@ -293,26 +293,51 @@ class DeidWorkers:
         job.future.set_exception(NetError("no de-identification worker process is running"))
 
     def _on_death(self, dead: _Worker, lost: list[_Job]) -> None:
-        """A worker died while serving: replace it, blame its current job, resend the rest."""
+        """A worker died while serving: replace it, blame its current job, resend the rest.
+
+        Whatever happens while replacing it (a replacement that cannot start: ENOMEM or
+        EAGAIN right after the out-of-memory killer struck), the dead worker leaves the pool
+        and the jobs it held are sent again or failed: none is left waiting forever.
+        """
         with self._changed:
             self.crashes += 1
         if lost:
             lost[0].crashes += 1
         _LOG.error("a de-identification worker process ended (exit code %s) holding %d "
                    "instances; starting another", dead.process.exitcode, len(lost))
-        dead.process.join(timeout=60)
-        with dead.send_lock:  # no sender is writing to it (their writes fail: it is gone)
-            dead.conn.close()
         replacement: _Worker | None = None
+        try:
+            dead.process.join(timeout=60)
+            with dead.send_lock:  # no sender is writing to it (their writes fail: it is gone)
+                dead.conn.close()
+            replacement = self._replacement()
+        finally:
+            self._replace(dead, replacement)
+            for job in lost:
+                if job.crashes >= MAX_CRASHES:
+                    job.future.set_exception(WorkerCrashError(job.crashes))
+                else:
+                    self._dispatch(job)
+
+    def _replacement(self) -> _Worker | None:
+        """A new worker, ready; None while closing or if it cannot start (logged)."""
         with self._changed:
-            closing = self._closing
-        if not closing:
-            try:
-                replacement = self._new_worker()
-                replacement.wait_ready()
-            except NetError:
-                _LOG.error("a replacement de-identification worker process failed to start")
-                replacement = None
+            if self._closing:
+                return None
+        replacement: _Worker | None = None
+        try:
+            replacement = self._new_worker()
+            replacement.wait_ready()
+        except (NetError, OSError) as exc:
+            _LOG.error("a replacement de-identification worker process failed to start (%s)",
+                       type(exc).__name__)
+            if replacement is not None:
+                replacement.stop()
+            return None
+        return replacement
+
+    def _replace(self, dead: _Worker, replacement: _Worker | None) -> None:
+        """Put ``replacement`` in ``dead``'s place in the pool, or drop ``dead`` from it."""
         with self._changed:
             index = self._pool.index(dead) if dead in self._pool else None
             if index is not None:
@@ -324,11 +349,6 @@ class DeidWorkers:
             self._changed.notify_all()
         if replacement is not None:  # closing meanwhile
             replacement.stop()
-        for job in lost:
-            if job.crashes >= MAX_CRASHES:
-                job.future.set_exception(WorkerCrashError(job.crashes))
-            else:
-                self._dispatch(job)
 
     def close(self) -> None:
         """Finish what was submitted and stop the workers."""
