@@ -550,12 +550,34 @@ class Snapshot:
                 self._located.popitem(last=False)
 
     def _fragment(self, name: str) -> Any:
-        found = self._fragments.get(name)
+        """The Parquet fragment of data file ``name`` of this snapshot's version.
+
+        Fragments are resolved from a ``DeltaTable`` of this snapshot's own version (opened
+        again after :meth:`advance`), never from the moving table of
+        :class:`SnapshotCache`: a retrieve holding an older snapshot keeps reading its own
+        files after a compaction removed them from newer versions (they stay on disk until
+        vacuum).
+
+        Raises
+        ------
+        CatalogError
+            If the file is not part of this version, or the version can no longer be read
+            (erased by ``lake forget``).
+        """
+        with self._lock:
+            found = self._fragments.get(name)
+            if found is None and name in self._files:
+                if self._delta is None:
+                    self._delta = self._tables.open(INSTANCES.name, self.version)
+                dataset = arrow_dataset(self._delta)
+                self._fragments.update(
+                    {posixpath.basename(f.path): f for f in dataset.get_fragments()})
+                found = self._fragments.get(name)
         if found is None:
-            dataset = arrow_dataset(self._delta)
-            self._fragments.update(
-                {posixpath.basename(f.path): f for f in dataset.get_fragments()})
-            found = self._fragments[name]
+            raise CatalogError(
+                f"an instance of catalog version {self.version} is no longer readable: its data "
+                f"file {name} is not in that version; query again (a newer version answers)"
+            )
         return found
 
     # --- a scoped snapshot: its members' rows in memory -------------------------------
@@ -628,7 +650,10 @@ class Snapshot:
                     f"the catalog cannot be indexed for DICOM queries ({type(exc).__name__}); "
                     "run Lake.verify()", functions=("Lake.verify",)
                 ) from None
-            self._delta = delta
+            # Not ``delta`` itself: the caller moves it on to later versions, where a
+            # compaction removes this version's files. :meth:`_fragment` opens this
+            # version's own table when it needs one.
+            self._delta = None
             self.version = int(delta.version())
         return True
 
@@ -732,7 +757,14 @@ class Snapshot:
         for uid, (name, row) in places.items():
             by_file.setdefault(name, []).append((uid, row))
         for name, found in by_file.items():
-            values = _read_rows(self._fragment(name), column, [row for _, row in found])
+            try:
+                values = _read_rows(self._fragment(name), column, [row for _, row in found])
+            except OSError:
+                raise CatalogError(
+                    f"an instance of catalog version {self.version} is no longer readable: its "
+                    f"data file {name} was removed (lake vacuum); query again (a newer version "
+                    "answers)"
+                ) from None
             for (uid, _), value in zip(found, values, strict=True):
                 out[uid] = value
                 self._remember(column, uid, value)
@@ -1091,6 +1123,18 @@ def _tag(keyword: str) -> int:
 class SnapshotCache:
     """The snapshot of the newest catalog version, rebuilt when the version changes.
 
+    A snapshot handed out stays valid for as long as its holder needs it (a C-GET/C-MOVE
+    holds one for the whole transfer, WADO-RS for a response): it reads its own version's
+    files even after a compaction (until vacuum removes them; then its header reads raise
+    :class:`~lake.CatalogError`). A snapshot this cache replaces is therefore *not*
+    closed here: the cache drops its reference, and the snapshot (its DuckDB connection and
+    in-memory tables) is freed when its last holder drops it. Only :meth:`close` closes
+    the current one.
+
+    A snapshot that advanced in place answers each call from the version it had then: the
+    level query and the header reads of one C-FIND/QIDO answer run under separate locks,
+    so a commit appended in between may show in the headers part of the same answer.
+
     Parameters
     ----------
     tables : DeltaTables
@@ -1116,6 +1160,8 @@ class SnapshotCache:
             if snapshot is not None and snapshot.version == version:
                 return snapshot
             if snapshot is None or not snapshot.advance(self._delta):
+                # The replaced snapshot is not closed: a retrieve may still be using it
+                # (see the class docstring); it is freed with its last reference.
                 self._snapshot = Snapshot(self._tables, version)
             assert self._snapshot is not None
             return self._snapshot
