@@ -146,3 +146,31 @@ def test_vacuum_refuses_a_short_grace_unless_no_writers_run(
     assert vacuum(lk, retain=dt.timedelta(0), grace=dt.timedelta(0),
                   no_writers_running=True).files
     assert lk.verify().ok
+
+
+def test_compact_backfills_representative_headers_and_leaves_none_for_gone_files(
+    lk: lake.Lake, vault_dir: Path, ct_folder: Path
+) -> None:
+    """A lake summarised before representative headers existed gets them from ``lake compact``
+    (files compaction leaves alone included); a part written for a file that left the catalog
+    meanwhile (an erasure, a compaction) is removed, so no header values outlive their file."""
+    import shutil
+
+    from lake.catalog import write_rep_headers
+    from lake.catalog._summary import REP_HEADERS, SUMMARY_DIR
+
+    lk.ingest([str(ct_folder)], vault=vault_dir, scheduler="sync")
+    parts = Path(lk.location.path) / "tables" / "instances" / SUMMARY_DIR / REP_HEADERS
+    assert len(list(parts.iterdir())) == 1
+    shutil.rmtree(parts)  # as a lake summarised before d0835acf
+    compact(lk)  # one file: nothing to rewrite
+    assert len(live_files(lk.tables, INSTANCES)) == 1
+    assert len(list(parts.iterdir())) == 1
+    old = lk.tables.open("instances")
+    more = Path(lk.location.path).parent / "more"
+    write_ct_series(more, n=3)
+    lk.ingest([str(more)], vault=vault_dir, scheduler="sync")
+    compact(lk)  # two files become one: the old file leaves the newest version
+    shutil.rmtree(parts)
+    assert write_rep_headers(lk.tables, old) == 1  # written for the old version's file...
+    assert list(parts.iterdir()) == []  # ...and removed: that file is no longer in the catalog

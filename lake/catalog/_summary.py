@@ -387,6 +387,7 @@ def write_rep_headers(tables: DeltaTables, delta: DeltaTable | None = None) -> i
     fs = tables.location.fs
     root = tables.location.join("tables", INSTANCES.name)
     con = duckdb.connect()
+    written: dict[str, str] = {}
     try:
         con.execute("SET threads = 1")
         for data_file in todo:
@@ -394,9 +395,17 @@ def write_rep_headers(tables: DeltaTables, delta: DeltaTable | None = None) -> i
                 table = _rep_headers(con, pq.ParquetFile(fh), posixpath.basename(data_file))
             sink = io.BytesIO()
             pq.write_table(table, sink, compression="zstd")
-            atomic_write(fs, _summary_path(root, data_file, REP_HEADERS), sink.getvalue())
+            written[data_file] = _summary_path(root, data_file, REP_HEADERS)
+            atomic_write(fs, written[data_file], sink.getvalue())
     finally:
         con.close()
+    # A file an erasure (or a compaction) removed meanwhile: its header values must not outlive
+    # it. forget prunes the summaries of the files it removed after its commit; a part written
+    # after that prune is removed here (a commit after this check is followed by its prune).
+    current = set(data_files(tables, tables.open(INSTANCES.name)))
+    for data_file, part in written.items():
+        if data_file not in current:
+            fs.rm(part)
     return len(todo)
 
 

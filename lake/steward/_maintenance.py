@@ -34,6 +34,7 @@ from lake.catalog import (
     TABLES,
     Table,
     prune_summaries,
+    write_rep_headers,
     write_summaries,
 )
 from lake.catalog._layout import writer_properties
@@ -109,6 +110,7 @@ def compact(lake: Lake, *, sort: bool = False, target_mb: int = 256) -> list[Com
             break
         if table is INSTANCES:
             write_summaries(lake.tables)  # the series/study summaries of the new files
+            write_rep_headers(lake.tables)  # and of files summarised before rep_headers existed
         after = live_files(lake.tables, table)
         reports.append(
             CompactReport(
