@@ -13,6 +13,7 @@ import pytest
 
 import lake
 from lake import ConfigError
+from lake.store._fs import PortalJobOut
 from tests.series import write_ct_series
 
 LAKE = str(Path(sys.executable).with_name("lake"))
@@ -45,10 +46,29 @@ def test_the_library_refuses_an_output_folder_inside_the_lake(
     assert _files(lake_root) == before  # nothing written
     with pytest.raises(ConfigError, match="out= is inside"):
         filled.export_nifti(CT, lake_root / "nifti", scheduler="sync")
-    # Outside the lake, and the portal's own job folder (which forget reaches), are fine.
+    # Outside the lake is fine.
     assert filled.export_dicom("ct", tmp_path / "outside", scheduler="sync") is not None
-    jobs = lake_root / "portal" / "jobs" / "run-0" / "job"
-    assert filled.export_dicom("ct", jobs, scheduler="sync") is not None
+
+
+def test_only_the_portal_may_export_into_its_job_folders(
+    filled: lake.Lake, lake_root: Path
+) -> None:
+    """Review s19 S4: 'lake forget' reaches only <lake>/portal/jobs/run-*/<job>, and only the
+    portal (which writes the job's member list) may export there."""
+    jobs = lake_root / "portal" / "jobs"
+    for out in (jobs, jobs / "mine", jobs / "run-0", jobs / "run-0" / "job",
+                jobs / "run-0" / "job" / "export"):
+        with pytest.raises(ConfigError, match="out= is inside the lake's folder"):
+            filled.export_dicom("ct", out, scheduler="sync")
+    assert not jobs.exists()
+    # A path shaped like no job folder is refused even when marked as the portal's.
+    for out in (jobs / "mine", jobs / "run-0", lake_root / "tables" / "x"):
+        with pytest.raises(ConfigError, match="out= is inside the lake's folder"):
+            filled.export_dicom("ct", PortalJobOut(out), scheduler="sync")
+    # The portal's own job folder (which forget reaches) is fine.
+    done = filled.export_dicom("ct", PortalJobOut(jobs / "run-0" / "job" / "export"),
+                               scheduler="sync")
+    assert done is not None and (jobs / "run-0" / "job" / "export").is_dir()
 
 
 def test_the_command_line_names_the_option(

@@ -11,8 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lake.steward import forget, target
+import lake
+from lake import CatalogError
+from lake.steward import _forget, forget, target
 from tests.portal_peers import PortalLake, build_portal_lake, csrf_of, sign_in
+from tests.series import write_ct_series
 from tests.web_peers import serving
 
 
@@ -66,3 +69,111 @@ def test_forget_removes_the_portals_exports_of_the_patient(portal: PortalLake) -
         # Started again, the export holds the cohort as it is now: nothing.
         again = _exported(res, "b")
         assert res.get(f"{again}/download").status_code == 200
+
+
+def _two_patients(lk: lake.Lake, vault: Path, tmp_path: Path) -> tuple[str, list[str], list[str]]:
+    """Two patients ingested: the first one's pseudonym, its SOP UIDs and the other's."""
+    write_ct_series(tmp_path / "a", 2, patient_id="GONE-1")
+    write_ct_series(tmp_path / "b", 2, patient_id="KEEP-1")
+    lk.ingest([str(tmp_path / "a"), str(tmp_path / "b")], vault=vault, scheduler="sync")
+    lk.refresh()
+    rows = lk.sql("SELECT PatientID, SOPInstanceUID FROM instances").fetchall()
+    gone = sorted({p for p, _ in rows})[0]
+    return (gone, sorted(s for p, s in rows if p == gone),
+            sorted(s for p, s in rows if p != gone))
+
+
+def _job(lake_root: Path, name: str, sops: list[str]) -> Path:
+    """A portal job folder as the portal leaves it: its member list and its zip."""
+    job = lake_root / "portal" / "jobs" / "run-0" / name
+    job.mkdir(parents=True)
+    (job / "members.sop").write_text("".join(s + "\n" for s in sops))
+    (job / "export.zip").write_bytes(b"zip of " + sops[0].encode())
+    return job
+
+
+def test_an_interrupted_forget_is_finished_by_the_rerun(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path, lake_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review s19 B1: stopped in the job-removal step (after the instances' files are gone,
+    so no UID of the patient can be found any more), the re-run still removes the patient's
+    portal export, and keeps the other patient's."""
+    gone, sops, others = _two_patients(lk, vault_dir, tmp_path)
+    job, kept = _job(lake_root, "job1", sops), _job(lake_root, "job2", others)
+    secret = lk.secret(vault_dir)
+
+    def stopped(folder: Path) -> None:
+        raise KeyboardInterrupt  # the process is stopped here
+
+    monkeypatch.setattr(_forget, "_remove_tree", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        forget(lk, secret, target(lk, secret, patient=gone))
+    monkeypatch.undo()
+    lk.refresh()
+    assert job.exists()  # the state the interruption leaves
+    report = forget(lk, secret, target(lk, secret, patient=gone))
+    assert report.plan.instances == 0 and report.plan.exports == 1
+    assert not job.exists(), "the erased patient's portal export survived the re-run"
+    assert kept.exists() and (kept / "export.zip").is_file()
+
+
+def test_removing_a_job_folder_retries_then_says_how_to_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review s19 B1: an OSError from rmtree (ENOTEMPTY while a job adds a file) is retried,
+    and if it persists the erasure fails with a CatalogError, not a bare OSError."""
+    import errno
+    import shutil
+
+    folder = tmp_path / "job"
+    (folder / "export").mkdir(parents=True)
+    (folder / "export" / "a.dcm").write_bytes(b"x")
+    real = shutil.rmtree
+    failures = iter([OSError(errno.ENOTEMPTY, "Directory not empty")])
+
+    def busy(path: Path) -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        real(path)
+
+    monkeypatch.setattr(_forget.shutil, "rmtree", busy)
+    _forget._remove_tree(folder)
+    assert not folder.exists()
+
+    folder.mkdir()
+
+    def always(path: Path) -> None:
+        raise OSError(errno.EBUSY, "Device or resource busy")
+
+    monkeypatch.setattr(_forget.shutil, "rmtree", always)
+    with pytest.raises(CatalogError, match="re-run"):
+        _forget._remove_tree(folder)
+
+
+def test_the_job_status_agrees_with_the_download(
+    portal: PortalLake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review s19 N11: a job whose folder forget did not reach (as a server of a lake on an
+    object store keeps its jobs) is refused by the download after the erasure; its status
+    says so too (not ready), so the page offers no dead link."""
+    lk = portal.lake
+    sops = {m.sop_uid for m in lk.cohort("a").members}
+    (pseudonym,) = {p for (p,) in lk.sql(
+        "SELECT DISTINCT PatientID FROM instances WHERE SOPInstanceUID IN "
+        f"({', '.join(repr(s) for s in sops)})").fetchall()}
+
+    def unreached(folder: Path) -> None:
+        return None
+
+    with serving(portal.web) as (running, _http):
+        res = sign_in(running.url, "res", portal.passwords["res"])
+        gone, kept = _exported(res, "a"), _exported(res, "b")
+        secret = lk.secret(portal.web.vault)
+        monkeypatch.setattr(_forget, "_remove_tree", unreached)
+        forget(lk, secret, target(lk, secret, patient=pseudonym))
+        assert res.get(f"{gone}/download").status_code == 404
+        assert res.get(f"{gone}/status").json()["ready"] is False
+        assert res.get(f"{kept}/status").json()["ready"] is True
+        assert res.get(f"{kept}/download").status_code == 200

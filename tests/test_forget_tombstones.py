@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 
 import lake
 from lake.catalog import DeltaTables, TombstoneCache, Tombstones
-from lake.catalog._tombstones import COMPACT_AFTER, PURPOSE, lay
+from lake.catalog._tombstones import COMPACT_AFTER, PURPOSE, compact, laid_at, lay
 from lake.ingest import Ingestor
 from lake.steward import forget, target
 from tests.net_peers import dcmtk, free_port, require, wait_port
@@ -334,8 +334,45 @@ def test_many_erasures_keep_the_tombstones_table_small(lk: lake.Lake, vault_dir:
     values = [f"P{i:03d}" for i in range(COMPACT_AFTER + 4)]
     for i, value in enumerate(values):
         lay(lk.tables, key, "PatientID", [value], "patient", f"erasure-{i}")
+        assert compact(lk.tables)
     delta = DeltaTable(lk.tables.uri("tombstones"))
     assert len(delta.file_uris()) < COMPACT_AFTER
     laid = TombstoneCache(key).read(lk.tables)
     assert all(laid.erased({"PatientID": v}) for v in values)
     assert not laid.erased({"PatientID": "P999"})
+
+
+def test_laying_compacts_nothing_and_a_failed_compaction_fails_no_erasure(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Review s19 S6: the tombstones' compaction runs after the erasure's critical section
+    (not inside lay), and storage refusing it is logged, not an erasure that fails."""
+    from deltalake import DeltaTable
+    from deltalake.table import TableOptimizer
+
+    key = lk.secret(vault_dir).derive(PURPOSE)
+    for i in range(COMPACT_AFTER):
+        lay(lk.tables, key, "PatientID", [f"P{i:03d}"], "patient", f"erasure-{i}")
+    assert len(DeltaTable(lk.tables.uri("tombstones")).file_uris()) == COMPACT_AFTER
+    assert laid_at(lk.tables, key, "PatientID", "P000") is not None
+    assert laid_at(lk.tables, key, "PatientID", "P999") is None
+
+    def refused(self: TableOptimizer, *args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(TableOptimizer, "compact", refused)
+    write_ct_series(tmp_path / "in", 1, patient_id="GONE-S6")
+    lk.ingest([str(tmp_path / "in")], vault=vault_dir, scheduler="sync")
+    lk.refresh()
+    (pid,) = {p for (p,) in lk.sql("SELECT PatientID FROM instances").fetchall()}
+    secret = lk.secret(vault_dir)
+    with caplog.at_level("WARNING", logger="lake.steward._forget"):
+        report = forget(lk, secret, target(lk, secret, patient=pid))
+    assert report.plan.instances == 1
+    assert "could not be compacted" in caplog.text
+    assert lk.sql("SELECT count(*) FROM instances").fetchall() == [(0,)]
+    assert lk.sql("SELECT count(*) FROM erasures").fetchall() == [(1,)]
+    monkeypatch.undo()
+    assert compact(lk.tables)  # the next one compacts
+    assert len(DeltaTable(lk.tables.uri("tombstones")).file_uris()) < COMPACT_AFTER

@@ -45,6 +45,8 @@ __all__ = [
     "TOMBSTONED",
     "TombstoneCache",
     "Tombstones",
+    "compact",
+    "laid_at",
     "lay",
     "tombstone",
 ]
@@ -161,7 +163,7 @@ class TombstoneCache:
 
 
 COMPACT_AFTER = 16
-""":func:`lay` compacts the tombstones table once it has this many data files."""
+""":func:`compact` compacts the tombstones table once it has this many data files."""
 
 
 def lay(
@@ -191,23 +193,51 @@ def lay(
     ]
     if rows:
         tables.insert_new(TOMBSTONES, rows, key="tombstone")
-        _compact(tables)
     return tables.append(INSTANCES, INSTANCES.schema.empty_table(),
                          metadata={ERASURE_KEY: erasure_id})
 
 
-def _compact(tables: DeltaTables) -> None:
-    """One data file (and a checkpoint) for the tombstones once they span many files: each
-    erasure adds a file, and a commit reads them all when the table changed."""
-    from deltalake.exceptions import CommitFailedError
+def laid_at(tables: DeltaTables, key: bytes, column: str, value: str) -> dt.datetime | None:
+    """When the tombstone of ``column`` = ``value`` was laid (None if it was not).
 
-    delta = tables.open(TOMBSTONES.name)
-    if len(delta.file_uris()) < COMPACT_AFTER:
-        return
+    A re-run of an interrupted erasure finds the time of the first run's tombstone here: the
+    lake keeps nothing else of the target that says what was there before it.
+    """
+    if not tables.exists(TOMBSTONES.name):
+        return None
+    import pyarrow.compute as pc
+
+    laid = arrow_dataset(tables.open(TOMBSTONES.name)).to_table(
+        columns=["laid_at"], filter=pc.field("tombstone") == tombstone(key, column, value))
+    times = [t for t in laid.column(0).to_pylist() if t is not None]
+    return min(times) if times else None
+
+
+def compact(tables: DeltaTables) -> bool:
+    """One data file (and a checkpoint) for the tombstones once they span many files: each
+    erasure adds a file, and a commit reads them all when the table changed.
+
+    An optimisation only, run after an erasure's critical section (:func:`lay`, the
+    deletes): a compaction that fails loses nothing, and the next erasure tries again.
+
+    Returns
+    -------
+    bool
+        False if the compaction was due and failed (another erasure committed meanwhile,
+        or storage refused it); True otherwise.
+    """
+    from deltalake.exceptions import DeltaError
+
+    if not tables.exists(TOMBSTONES.name):
+        return True
     try:
+        delta = tables.open(TOMBSTONES.name)
+        if len(delta.file_uris()) < COMPACT_AFTER:
+            return True
         delta.optimize.compact()
         delta.create_checkpoint()
-    except CommitFailedError:
-        return  # another erasure committed meanwhile: the next one compacts (nothing lost)
+    except (DeltaError, OSError):
+        return False
+    return True
 
 

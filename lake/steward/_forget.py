@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import logging
 import re
 import shutil
 import uuid
@@ -59,7 +60,7 @@ import pyarrow.compute as pc
 
 from lake._errors import CatalogError, ConfigError
 from lake.catalog import AUDIT, COHORTS, ERASURES, INSTANCES, QUARANTINE
-from lake.catalog._tombstones import ERASURE_KEY, lay
+from lake.catalog._tombstones import ERASURE_KEY, compact, laid_at, lay
 from lake.catalog._tombstones import PURPOSE as TOMBSTONE_PURPOSE
 from lake.export._runner import patient_label
 from lake.steward._history import (
@@ -82,6 +83,7 @@ _PSEUDONYM = re.compile(r"[0-9A-Fa-f]{1,64}|[A-Za-z0-9._-]{1,64}")
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _SCANNED = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "pixel_hash")
 _ATTEMPTS = 5
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -288,7 +290,8 @@ def plan_forget(lake: Lake, secret: Secret, chosen: Target) -> ErasurePlan:
     )
     _cohorts(lake, values["SOPInstanceUID"], plan, gone_all)
     plan.audit_rows = len(_audit_naming(lake, plan._tokens))
-    plan._exports = portal_exports(lake, values["SOPInstanceUID"])
+    plan._exports = portal_exports(lake, values["SOPInstanceUID"],
+                                   listed_before=_laid(lake, secret, chosen))
     plan.exports = len(plan._exports)
     return plan
 
@@ -300,31 +303,54 @@ The portal writes it before its export reads anything; :func:`forget` removes, a
 erased rows, blobs and data files are gone, every job folder whose list names an erased
 instance (and every folder without one); the portal serves a job's zip only while the list
 is there. So an export either listed its members before the erasure's scan (and is
-removed), or read after the data was gone (and holds nothing of it)."""
+removed), or read after the data was gone (and holds nothing of it). A re-run of an
+interrupted erasure no longer finds the erased instances anywhere; it removes every folder
+whose list was written before the target's tombstone was laid and names an instance the
+catalog no longer holds."""
 
 
-def portal_exports(lake: Lake, sop_uids: set[str]) -> list[Path]:
+def portal_exports(
+    lake: Lake, sop_uids: set[str], *, listed_before: dt.datetime | None = None
+) -> list[Path]:
     """The portal's job folders (``<lake>/portal/jobs/run-*/<job>``) holding ``sop_uids``.
 
     Folders without a member list (a job that has not written it yet, or made by an
     earlier release) count as holding them: they are temporary, and a job whose folder
-    goes fails and can be started again.
+    goes fails and can be started again. With ``listed_before`` (when the erasure's
+    tombstone was laid), so do folders whose list was written before then and names an
+    instance no longer in the catalog: what an interrupted erasure left, whose instances
+    can no longer be named.
     """
-    if not sop_uids or not lake.location.is_local:
+    if not lake.location.is_local or (not sop_uids and listed_before is None):
         return []
     root = Path(lake.location.path) / "portal" / "jobs"
     found = []
+    older: dict[Path, set[str]] = {}
     for folder in sorted(root.glob("run-*/*")):
         if not folder.is_dir():
             continue
+        members = folder / EXPORT_MEMBERS
         try:
-            listed = (folder / EXPORT_MEMBERS).read_text().split()
+            listed = set(members.read_text().split())
+            written = dt.datetime.fromtimestamp(members.stat().st_mtime, dt.UTC)
         except FileNotFoundError:
             found.append(folder)
             continue
         if not sop_uids.isdisjoint(listed):
             found.append(folder)
-    return found
+        elif listed_before is not None and written < listed_before and listed:
+            older[folder] = listed
+    if older:
+        wanted = sorted(set().union(*older.values()))
+        held = lake.tables.lookup(INSTANCES, "SOPInstanceUID", wanted, [])
+        present = set(held.column("SOPInstanceUID").to_pylist())
+        found.extend(folder for folder, listed in older.items() if not listed <= present)
+    return sorted(found)
+
+
+def _laid(lake: Lake, secret: Secret, chosen: Target) -> dt.datetime | None:
+    """When the target's tombstone was laid (by this run or an interrupted earlier one)."""
+    return laid_at(lake.tables, secret.derive(TOMBSTONE_PURPOSE), chosen.column, chosen.value)
 
 
 def _spooled(lake: Lake, chosen: Target, plan: ErasurePlan, kept: dict[str, set[str]]) -> set[str]:
@@ -539,8 +565,9 @@ def forget(lake: Lake, secret: Secret, chosen: Target, *, by: str | None = None)
             if lake.location.fs.exists(path):
                 lake.location.fs.rm_file(path)
     erase_files(tables, INSTANCES, plan._rows, tokens)
-    # Last, when nothing of theirs can be read any more: the portal's exports holding them.
-    for folder in portal_exports(lake, plan._sop_uids):
+    # Last, when nothing of theirs can be read any more: the portal's exports holding them,
+    # and, on a re-run that no longer finds the instances, those an earlier run left.
+    for folder in portal_exports(lake, plan._sop_uids, listed_before=_laid(lake, secret, chosen)):
         _remove_tree(folder)
     for table in (INSTANCES, QUARANTINE, COHORTS, AUDIT):
         if tables.exists(table.name):
@@ -571,16 +598,27 @@ def forget(lake: Lake, secret: Secret, chosen: Target, *, by: str | None = None)
             }
         ],
     )
+    # An optimisation, outside the erasure's critical section: a failure loses nothing.
+    if not compact(tables):
+        _LOG.warning("the tombstones table could not be compacted now; the next erasure "
+                     "tries again")
     lake.refresh()
     return ErasureReport(erasure_id, plan, unreadable, version)
 
 
 def _remove_tree(folder: Path) -> None:
-    """Remove ``folder``, also while a job still writes to it (bounded)."""
+    """Remove ``folder``, also while a job still writes to it (bounded).
+
+    Raises
+    ------
+    CatalogError
+        If it cannot be removed (a job keeps writing, or storage refuses); re-running
+        forget removes it.
+    """
     for _ in range(_ATTEMPTS):
         try:
             shutil.rmtree(folder)
-        except FileNotFoundError:  # an entry went meanwhile (the job cleaned up)
+        except OSError:  # an entry went meanwhile, or ENOTEMPTY while a job adds one: again
             continue
         if not folder.exists():
             return

@@ -18,6 +18,7 @@ __all__ = [
     "OWN_EXPORTS",
     "REFRESH_AFTER",
     "Location",
+    "PortalJobOut",
     "atomic_write",
     "flush",
     "modified_at",
@@ -78,13 +79,14 @@ class Location:
         """A URL (for deltalake and fsspec) of ``parts`` below the root."""
         return "/".join([self.url.rstrip("/"), *parts])
 
-    def refuse_inside(self, out: str | os.PathLike[str], *, own_exports: bool = True) -> None:
+    def refuse_inside(self, out: str | os.PathLike[str], *, own_exports: bool = False) -> None:
         """Refuse an output folder ``out`` (a parameter of that name) inside this lake's folder.
 
         Files written there are no part of the catalog: ``lake forget`` would not reach
-        them, ``lake gc`` and ``lake verify`` would meet them. The only exception is the
-        folder of the lake's own exports (:data:`OWN_EXPORTS`, the web portal's jobs, which
-        ``lake forget`` reaches), unless ``own_exports`` is false.
+        them, ``lake gc`` and ``lake verify`` would meet them. The only exception is a web
+        portal job's folder, exactly where ``lake forget`` looks for them
+        (``<lake>/``:data:`OWN_EXPORTS```/run-*/<job>/...``), and only when ``own_exports``
+        is true (the portal's exports pass :class:`PortalJobOut`, never a user's).
 
         Raises
         ------
@@ -100,7 +102,9 @@ class Location:
         root = Path(self.path).resolve()
         folder = Path(out).resolve()
         if own_exports and folder.is_relative_to(root / OWN_EXPORTS):
-            return
+            parts = folder.relative_to(root / OWN_EXPORTS).parts
+            if len(parts) >= 2 and parts[0].startswith("run-"):
+                return
         if folder.is_relative_to(root):
             raise ConfigError(
                 "out= is inside the lake's folder, where files are no part of the catalog "
@@ -111,6 +115,24 @@ class Location:
 
 OWN_EXPORTS = "portal/jobs"
 """Where, below a local lake's root, the lake's own servers export (the portal's jobs)."""
+
+
+class PortalJobOut(os.PathLike[str]):
+    """The output folder of a web portal job (``<lake>/portal/jobs/run-*/<job>/...``).
+
+    Private to the portal: an export given one may write below the lake's folder, where
+    ``lake forget`` reaches it (:meth:`Location.refuse_inside`); any other ``out`` there is
+    refused.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"PortalJobOut({self.path!r})"
 
 
 def resolve(

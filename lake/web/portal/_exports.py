@@ -11,6 +11,7 @@ from lake._errors import ExportError
 from lake.catalog import ERASURES, INSTANCES
 from lake.export import Cohort, export_bids, export_dicom, export_nifti, export_teaching
 from lake.steward import EXPORT_MEMBERS
+from lake.store._fs import PortalJobOut
 
 if TYPE_CHECKING:
     from lake._lake import Lake
@@ -54,23 +55,25 @@ def export_zip(lk: Lake, cohort: Cohort, kind: str, folder: Path, progress: Prog
     listed.with_name(listed.name + ".partial").write_text(
         "".join(m.sop_uid + "\n" for m in cohort.members))
     listed.with_name(listed.name + ".partial").replace(listed)
+    # The one place an export may write inside the lake: forget reaches this folder.
     out = folder / "export"
+    job_out = PortalJobOut(out)
     label = cohort.label
     if kind == "teaching":
-        result = export_teaching(lk, cohort, out, scheduler="sync", on_progress=progress)
+        result = export_teaching(lk, cohort, job_out, scheduler="sync", on_progress=progress)
         if result.archive is None:
             raise ExportError("the teaching set export made no zip")
         return result.archive
     if kind == "dicom":
-        result = export_dicom(lk, cohort, out, as_zip=True, scheduler="sync",
+        result = export_dicom(lk, cohort, job_out, as_zip=True, scheduler="sync",
                               on_progress=progress)
         if result.archive is None:
             raise ExportError("the DICOM export made no zip")
         return result.archive
     if kind == "nifti":
-        export_nifti(lk, cohort, out, compress=True, scheduler="sync", on_progress=progress)
+        export_nifti(lk, cohort, job_out, compress=True, scheduler="sync", on_progress=progress)
     elif kind == "bids":
-        export_bids(lk, cohort, out, scheduler="sync", on_progress=progress)
+        export_bids(lk, cohort, job_out, scheduler="sync", on_progress=progress)
     else:
         raise ExportError(f"no export format {kind!r} here; choose nifti, dicom or teaching")
     return zip_folder(out, folder / f"{label}-{kind}.zip")

@@ -73,10 +73,11 @@ class Job:
         return (self.result is not None and self.result.is_file()
                 and (self.folder / EXPORT_MEMBERS).is_file())
 
-    def as_dict(self) -> dict[str, object]:
-        """What the progress endpoint answers."""
+    def as_dict(self, *, ready: bool) -> dict[str, object]:
+        """What the progress endpoint answers; ``ready`` is whether its zip is served now
+        (:func:`lake.web.portal._exports.servable`, the download's own check)."""
         return {"id": self.job_id, "state": self.state, "done": self.done, "total": self.total,
-                "error": self.error, "ready": self.available}
+                "error": self.error, "ready": ready}
 
 
 Work = Callable[[Job, Callable[[int, int], None]], Path]

@@ -252,7 +252,9 @@ async def job_page(request: Request, grant: Grant) -> Response:
 async def job_status(request: Request, grant: Grant) -> Response:
     """A job's progress as JSON (polled by the job page's script)."""
     job = await run_in_threadpool(_job, request, grant)
-    return JSONResponse(job.as_dict())
+    ready = job.result is not None and await run_in_threadpool(servable, _portal(request).lake,
+                                                                job)
+    return JSONResponse(job.as_dict(ready=ready))
 
 
 async def job_download(request: Request, grant: Grant) -> Response:
