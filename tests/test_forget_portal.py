@@ -118,6 +118,39 @@ def test_an_interrupted_forget_is_finished_by_the_rerun(
     assert kept.exists() and (kept / "export.zip").is_file()
 
 
+
+def test_a_job_listed_during_the_interrupted_run_goes_too(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path, lake_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job that listed the patient after the first run laid its tombstone (before the rows
+    went) is removed by the re-run as well."""
+    gone, sops, others = _two_patients(lk, vault_dir, tmp_path)
+    kept = _job(lake_root, "job2", others)
+    secret = lk.secret(vault_dir)
+    real_erase = _forget.erase_files
+    listed: list[Path] = []
+
+    def erase_after_a_job_listed(*args: object, **kwargs: object) -> object:
+        if not listed:
+            listed.append(_job(lake_root, "late", sops))
+        return real_erase(*args, **kwargs)  # type: ignore[arg-type]
+
+    def stopped(folder: Path) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_forget, "erase_files", erase_after_a_job_listed)
+    monkeypatch.setattr(_forget, "_remove_tree", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        forget(lk, secret, target(lk, secret, patient=gone))
+    monkeypatch.undo()
+    lk.refresh()
+    assert listed and listed[0].exists()
+    forget(lk, secret, target(lk, secret, patient=gone))
+    assert not listed[0].exists()
+    assert kept.exists()
+
+
 def test_removing_a_job_folder_retries_then_says_how_to_finish(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

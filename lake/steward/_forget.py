@@ -305,8 +305,8 @@ instance (and every folder without one); the portal serves a job's zip only whil
 is there. So an export either listed its members before the erasure's scan (and is
 removed), or read after the data was gone (and holds nothing of it). A re-run of an
 interrupted erasure no longer finds the erased instances anywhere; it removes every folder
-whose list was written before the target's tombstone was laid and names an instance the
-catalog no longer holds."""
+whose list names an instance the catalog no longer holds (the dry run counts those listed
+before the target's tombstone was laid)."""
 
 
 def portal_exports(
@@ -566,8 +566,9 @@ def forget(lake: Lake, secret: Secret, chosen: Target, *, by: str | None = None)
                 lake.location.fs.rm_file(path)
     erase_files(tables, INSTANCES, plan._rows, tokens)
     # Last, when nothing of theirs can be read any more: the portal's exports holding them,
-    # and, on a re-run that no longer finds the instances, those an earlier run left.
-    for folder in portal_exports(lake, plan._sop_uids, listed_before=_laid(lake, secret, chosen)):
+    # and, on a re-run that no longer finds the instances, those an earlier run left (also
+    # one listed after that run laid the tombstone, before the rows went: so up to now).
+    for folder in portal_exports(lake, plan._sop_uids, listed_before=dt.datetime.now(dt.UTC)):
         _remove_tree(folder)
     for table in (INSTANCES, QUARANTINE, COHORTS, AUDIT):
         if tables.exists(table.name):
