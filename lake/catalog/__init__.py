@@ -33,7 +33,9 @@ from lake.catalog._tables import (
     arrow_dataset,
     data_files,
     python_rows,
+    rows_in,
     rows_where,
+    string_set,
 )
 from lake.catalog._tombstones import TombstoneCache, Tombstones
 
@@ -76,7 +78,9 @@ __all__ = [
     "python_rows",
     "query_error",
     "record_batch",
+    "rows_in",
     "rows_where",
+    "string_set",
     "views_over_rows",
     "write_rep_headers",
     "write_summaries",

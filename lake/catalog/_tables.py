@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -35,7 +35,9 @@ __all__ = [
     "arrow_dataset",
     "data_files",
     "python_rows",
+    "rows_in",
     "rows_where",
+    "string_set",
     "view_schema",
 ]
 
@@ -129,6 +131,31 @@ def rows_where(table: pa.Table, flags: Sequence[bool]) -> pa.Table:
     data = pa.py_buffer(np.asarray(flags, dtype=np.uint8))
     mask = pa.Array.from_buffers(pa.uint8(), len(flags), [None, data]).cast(pa.bool_())
     return table.filter(mask)
+
+
+def string_set(values: Collection[str]) -> pa.Array:
+    """``values`` as an Arrow string array, built from buffers: pyarrow imports pandas the first
+    time it converts Python values (``pa.array``: 0.2 s of CPU per command)."""
+    import numpy as np
+    import pyarrow as pa
+
+    encoded = [v.encode() for v in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(v) for v in encoded], out=offsets[1:])
+    return pa.Array.from_buffers(
+        pa.large_string(), len(encoded),
+        [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))],
+    )
+
+
+def rows_in(table: pa.Table, column: str, value_set: pa.Array) -> pa.Table:
+    """The rows of ``table`` whose string ``column`` is in ``value_set`` (:func:`string_set`),
+    in order; vectorised (``pyarrow.compute.is_in``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    keys = table.column(column).cast(pa.large_string())
+    return table.filter(pc.is_in(keys, value_set=value_set))
 
 
 def python_rows(table: pa.Table) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from lake._errors import ExportError, IntegrityError
-from lake.catalog import DataFiles, rows_where
+from lake.catalog import DataFiles, rows_in, string_set
 from lake.compute import AUTO, EXPORT_CROSSOVER, Runner, Workload
 from lake.export._cohort import Cohort, resolve
 from lake.export._manifest import (
@@ -309,12 +309,11 @@ def _member_rows(
     """
     if files is None:
         files = lake.tables.data_files("instances", version)
-    members = set(wanted)
+    members = string_set(set(wanted))
     names = list(dict.fromkeys(["SOPInstanceUID", *columns]))
     for path in files.paths:
-        flags = [sop in members for sop in files.read(path, ["SOPInstanceUID"]).column(0).to_pylist()]
-        if any(flags):
-            yield rows_where(files.read(path, names), flags)
+        if rows_in(files.read(path, ["SOPInstanceUID"]), "SOPInstanceUID", members).num_rows:
+            yield rows_in(files.read(path, names), "SOPInstanceUID", members)
 
 
 def _load_refs(lake: Lake, cohort: Cohort, columns: Sequence[str],
