@@ -62,12 +62,14 @@ def _table_texts(lake_root: Path) -> Iterator[tuple[str, bytes]]:
     for table_dir in sorted((lake_root / "tables").iterdir()):
         table = DeltaTable(str(table_dir)).to_pyarrow_dataset().to_table()
         for name in table.column_names:
-            column = table.column(name)
-            if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
-                blob = b"".join(v for v in column.to_pylist() if v)
-            else:
-                blob = repr(column.to_pylist()).encode()
-            yield f"{table_dir.name}.{name}", blob
+            yield f"{table_dir.name}.{name}", _column_bytes(table.column(name))
+
+
+def _column_bytes(column: pa.ChunkedArray) -> bytes:
+    """Every value of ``column``: binary values as they are, others as their repr."""
+    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        return b"".join(v for v in column.to_pylist() if v)
+    return repr(column.to_pylist()).encode()
 
 
 def _parquet_texts(root: Path) -> Iterator[tuple[str, bytes]]:
@@ -79,12 +81,7 @@ def _parquet_texts(root: Path) -> Iterator[tuple[str, bytes]]:
     for path in sorted(root.rglob("*.parquet")):
         table = pq.read_table(path)
         for name in table.column_names:
-            column = table.column(name)
-            if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
-                blob = b"".join(v for v in column.to_pylist() if v)
-            else:
-                blob = repr(column.to_pylist()).encode()
-            yield f"{path}:{name}", blob
+            yield f"{path}:{name}", _column_bytes(table.column(name))
 
 
 def _leaks(tokens: set[str], texts: Iterator[tuple[str, bytes]]) -> dict[str, list[str]]:
