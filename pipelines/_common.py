@@ -113,6 +113,7 @@ OPTIONS: Mapping[str, str] = MappingProxyType({
     "replace": "--replace",
     "role": "--role",
     "root": "--lake",
+    "scheduler": "--scheduler",
     "skip_weaker": "--skip-weaker",
     "vault": "--vault",
     "via": "--via",

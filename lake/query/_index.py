@@ -762,7 +762,7 @@ class Snapshot:
             except OSError:
                 raise CatalogError(
                     f"an instance of catalog version {self.version} is no longer readable: its "
-                    f"data file {name} was removed (lake vacuum); query again (a newer version "
+                    f"data file {name} was removed (lake.steward.vacuum()); query again (a newer version "
                     "answers)"
                 ) from None
             for (uid, _), value in zip(found, values, strict=True):
