@@ -271,3 +271,7 @@ class _GuardedH11Protocol(H11Protocol):
             self.cycle.disconnected = True
             self.cycle.message_event.set()
         self.transport.close()
+        # No longer counted at once: uvicorn's limit_concurrency answers 503 while the open
+        # connections (its count drops only at connection_lost, a loop turn later) reach the
+        # cap, so a burst of evictions made room that a token holder's request did not see.
+        self.connections.discard(self)
