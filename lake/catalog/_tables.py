@@ -34,9 +34,8 @@ __all__ = [
     "Plan",
     "arrow_dataset",
     "data_files",
+    "in_set",
     "python_rows",
-    "rows_in",
-    "rows_where",
     "string_set",
     "view_schema",
 ]
@@ -119,20 +118,6 @@ class DataFiles:
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def rows_where(table: pa.Table, flags: Sequence[bool]) -> pa.Table:
-    """The rows of ``table`` whose flag is true, in order.
-
-    ``table.filter(pc.is_in(...))`` would do, but pyarrow imports pandas the first time it
-    converts Python values (``pa.array``, ``pa.scalar``): this mask is made from a buffer.
-    """
-    import numpy as np
-    import pyarrow as pa
-
-    data = pa.py_buffer(np.asarray(flags, dtype=np.uint8))
-    mask = pa.Array.from_buffers(pa.uint8(), len(flags), [None, data]).cast(pa.bool_())
-    return table.filter(mask)
-
-
 def string_set(values: Collection[str]) -> pa.Array:
     """``values`` as an Arrow string array, built from buffers: pyarrow imports pandas the first
     time it converts Python values (``pa.array``: 0.2 s of CPU per command)."""
@@ -148,14 +133,14 @@ def string_set(values: Collection[str]) -> pa.Array:
     )
 
 
-def rows_in(table: pa.Table, column: str, value_set: pa.Array) -> pa.Table:
-    """The rows of ``table`` whose string ``column`` is in ``value_set`` (:func:`string_set`),
-    in order; vectorised (``pyarrow.compute.is_in``)."""
+def in_set(column: pa.Array | pa.ChunkedArray, value_set: pa.Array) -> pa.BooleanArray:
+    """Which values of the string ``column`` are in ``value_set`` (:func:`string_set`): a
+    boolean mask for ``Table.filter``, computed by ``pyarrow.compute.is_in``."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    keys = table.column(column).cast(pa.large_string())
-    return table.filter(pc.is_in(keys, value_set=value_set))
+    mask = pc.is_in(column.cast(pa.large_string()), value_set=value_set)
+    return mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask
 
 
 def python_rows(table: pa.Table) -> list[dict[str, Any]]:

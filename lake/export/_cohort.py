@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lake._errors import ExportError, IntegrityError, QueryError
-from lake.catalog import COHORTS, python_rows, rows_where
+from lake.catalog import COHORTS, in_set, python_rows, string_set
 from lake.catalog._tables import Decision, Judged
 
 if TYPE_CHECKING:
@@ -445,7 +445,7 @@ def _cohort_rows(lake: Lake, columns: list[str] | None, name: str | None) -> lis
     for path in files.paths:
         table = files.read(path, names)
         if name is not None:
-            table = rows_where(table, [n == name for n in table.column("name").to_pylist()])
+            table = table.filter(in_set(table.column("name"), string_set([name])))
         rows.extend(python_rows(table))
     return rows
 

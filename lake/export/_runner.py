@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from lake._errors import ExportError, IntegrityError
-from lake.catalog import DataFiles, rows_in, string_set
+from lake.catalog import DataFiles, in_set, string_set
 from lake.compute import AUTO, EXPORT_CROSSOVER, Runner, Workload
 from lake.export._cohort import Cohort, resolve
 from lake.export._manifest import (
@@ -312,8 +312,9 @@ def _member_rows(
     members = string_set(set(wanted))
     names = list(dict.fromkeys(["SOPInstanceUID", *columns]))
     for path in files.paths:
-        if rows_in(files.read(path, ["SOPInstanceUID"]), "SOPInstanceUID", members).num_rows:
-            yield rows_in(files.read(path, names), "SOPInstanceUID", members)
+        mask = in_set(files.read(path, ["SOPInstanceUID"]).column(0), members)
+        if mask.true_count:
+            yield files.read(path, names).filter(mask)
 
 
 def _load_refs(lake: Lake, cohort: Cohort, columns: Sequence[str],
