@@ -42,7 +42,6 @@ from lake.export._manifest import (
     write_zip,
 )
 from lake.store import Location
-from lake.store._fs import PortalJobOut
 
 if TYPE_CHECKING:
     from lake._lake import Lake
@@ -552,7 +551,7 @@ def run_export(
     IntegrityError
         If the catalog or blobs no longer match the cohort.
     """
-    lake.location.refuse_inside(out, own_exports=isinstance(out, PortalJobOut))
+    lake.location.refuse_inside(out)
     cohort = resolve(lake, cohort_or_sql)
     # the instances table at the cohort's version, opened once for the whole export
     instances = lake.tables.data_files("instances", cohort.catalog_version)

@@ -185,7 +185,7 @@ def export_original(lake: Lake, secret: Secret, ident: str, out: str | os.PathLi
     The file is named by its ID (never by anything it holds), with the extension of its
     kind: ``.pdf``, ``.jpg``... for a document, else ``.dcm``. Returns its path.
     """
-    lake.location.refuse_inside(out, own_exports=False)
+    lake.location.refuse_inside(out)
     folder = Path(out).resolve()
     entry = _find(lake, ident)
     data = _original(lake, secret, entry)

@@ -79,14 +79,14 @@ class Location:
         """A URL (for deltalake and fsspec) of ``parts`` below the root."""
         return "/".join([self.url.rstrip("/"), *parts])
 
-    def refuse_inside(self, out: str | os.PathLike[str], *, own_exports: bool = False) -> None:
+    def refuse_inside(self, out: str | os.PathLike[str]) -> None:
         """Refuse an output folder ``out`` (a parameter of that name) inside this lake's folder.
 
         Files written there are no part of the catalog: ``lake forget`` would not reach
         them, ``lake gc`` and ``lake verify`` would meet them. The only exception is a web
         portal job's folder, exactly where ``lake forget`` looks for them
-        (``<lake>/``:data:`OWN_EXPORTS```/run-*/<job>/...``), and only when ``own_exports``
-        is true (the portal's exports pass :class:`PortalJobOut`, never a user's).
+        (``<lake>/``:data:`OWN_EXPORTS```/run-*/<job>/...``), given as a :class:`PortalJobOut`
+        (the portal's exports pass one, never a user's).
 
         Raises
         ------
@@ -101,7 +101,7 @@ class Location:
 
         root = Path(self.path).resolve()
         folder = Path(out).resolve()
-        if own_exports and folder.is_relative_to(root / OWN_EXPORTS):
+        if isinstance(out, PortalJobOut) and folder.is_relative_to(root / OWN_EXPORTS):
             parts = folder.relative_to(root / OWN_EXPORTS).parts
             if len(parts) >= 2 and parts[0].startswith("run-"):
                 return
