@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -19,15 +24,18 @@ import pytest
 from pydicom import dcmread
 
 import lake
-from lake.ingest import IngestContext
+from lake._errors import NetError
+from lake.ingest import Accepted, IngestContext
 from lake.net import DicomServer, ServerConfig
 from lake.net._intake import CRASHED
 from lake.net._journal import ReceiptJournal
-from lake.net._workers import MAX_CRASHES
+from lake.net._workers import MAX_CRASHES, START_ATTEMPTS, DeidWorkers, _serve
 from tests.net_peers import dcmtk, require
 from tests.series import write_ct_series
 
 pytestmark = pytest.mark.network
+
+_REAL_SERVE = _serve
 
 BAD_UID = "1.2.826.0.1.3680043.8.498.4242424242"
 
@@ -140,33 +148,103 @@ def test_leftover_receipt_that_crashes_is_recovered_through_the_workers(
     assert _catalog(lk) == (count, quarantined)
 
 
-def test_a_replacement_that_cannot_start_fails_the_lost_jobs_instead_of_hanging(
-    crashing: None, lk: lake.Lake, vault_dir: Path, monkeypatch: pytest.MonkeyPatch
+def dying_worker(conn: Connection, context: IngestContext) -> None:
+    """A worker process that ends before it is ready (as one killed while warming up)."""
+    os._exit(3)
+
+
+def _deid_workers(lk: lake.Lake, vault_dir: Path, workers: int,
+                  retry_delay: float) -> DeidWorkers:
+    from lake._capture import Captured
+    from lake.ingest import Ingestor
+
+    return DeidWorkers(Ingestor(lk, lk.secret(vault_dir)).context, workers, Captured(),
+                       retry_delay=retry_delay)
+
+
+def _done(future: Future[object]) -> BaseException | None:
+    try:
+        return future.exception(timeout=120)  # a hang guard, not a timing
+    except FutureTimeout:
+        pytest.fail("the job never completed")
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(1200):  # a hang guard (2 min), not a timing
+        if condition():
+            return
+        time.sleep(0.1)
+    pytest.fail("the worker pool never came back")
+
+
+def _instance(tmp_path: Path) -> bytes:
+    return write_ct_series(tmp_path / "one", 1, patient_id="PID-BACK")[0].read_bytes()
+
+
+def test_a_replacement_that_cannot_start_is_retried_and_the_lost_job_fails_meanwhile(
+    crashing: None, lk: lake.Lake, vault_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Review s19 N15: an OSError starting the replacement (ENOMEM/EAGAIN, likely right after
     the OOM killer struck) escaped the collector thread: the dead worker's jobs never
-    completed and the dead worker stayed in the pool."""
-    from concurrent.futures import TimeoutError as FutureTimeout
-
-    from lake._capture import Captured
-    from lake._errors import NetError
-    from lake.ingest import Ingestor
-    from lake.net._workers import DeidWorkers
-
-    workers = DeidWorkers(Ingestor(lk, lk.secret(vault_dir)).context, 1, Captured())
+    completed and the dead worker stayed in the pool. Then (86ccddea) the pool stayed empty
+    and every later instance failed until a restart: now the start is retried."""
+    workers = _deid_workers(lk, vault_dir, 1, retry_delay=0.01)
     workers.start()
     try:
-        def cannot_start() -> object:
-            raise OSError(12, "Cannot allocate memory")
+        real = workers._new_worker
+        failures = START_ATTEMPTS + 1  # the start in _on_death, then the retries' waits
 
-        monkeypatch.setattr(workers, "_new_worker", cannot_start)
+        def short_of_memory() -> object:
+            nonlocal failures
+            if failures:
+                failures -= 1
+                raise OSError(12, "Cannot allocate memory")
+            return real()
+
+        monkeypatch.setattr(workers, "_new_worker", short_of_memory)
         future = workers.submit(b"not DICOM " + BAD_UID.encode())  # kills the only worker
-        try:
-            error = future.exception(timeout=120)  # a hang guard, not a timing
-        except FutureTimeout:
-            pytest.fail("the dead worker's job never completed")
-        assert isinstance(error, NetError)  # no worker left to send it to
-        assert workers._pool == []
-        assert isinstance(workers.submit(b"next").exception(timeout=120), NetError)
+        error = _done(future)
+        assert isinstance(error, NetError) and "could be started" in str(error)
+        _until(lambda: len(workers._pool) == 1)  # no restart: the retries got one started
+        assert failures == 0 and workers.failed_starts == 0 and workers.crashes == 1
+        outcome = workers.submit(_instance(tmp_path)).result(timeout=120)
+        assert isinstance(outcome, Accepted)
     finally:
         workers.close()
+
+
+def test_a_worker_that_dies_while_starting_is_retried_and_close_never_hangs(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replacement workers that die before they are ready, again and again (real processes):
+    jobs do not block their callers, wait for a bounded number of starts, and the pool
+    comes back once a worker can start; close() completes while a start is being retried."""
+    from lake.net import _workers
+
+    workers = _deid_workers(lk, vault_dir, 1, retry_delay=0.01)
+    workers.start()
+    try:
+        monkeypatch.setattr(_workers, "_serve", dying_worker)  # every new worker dies
+        (worker,) = workers._pool
+        worker.process.kill()  # the OOM killer strikes the live one
+        _until(lambda: workers.failed_starts >= START_ATTEMPTS)
+        assert workers._pool == [] and workers.crashes == 1
+        # a job now waits for a worker (not on the caller's thread), then fails: bounded
+        assert isinstance(_done(workers.submit(b"anything")), NetError)
+        monkeypatch.setattr(_workers, "_serve", _REAL_SERVE)  # memory came back
+        _until(lambda: len(workers._pool) == 1 and workers._pool[0].alive)
+        assert isinstance(workers.submit(_instance(tmp_path)).result(timeout=120), Accepted)
+        # a start retried forever: close() still completes and fails the waiting job
+        monkeypatch.setattr(_workers, "_serve", dying_worker)
+        workers.retry_delay = 3600.0
+        workers._pool[0].process.kill()
+        _until(lambda: workers.failed_starts >= 1)
+        waiting = workers.submit(b"anything")
+        assert not waiting.done()
+    finally:
+        closing = threading.Thread(target=workers.close)
+        closing.start()
+        closing.join(timeout=120)  # a hang guard, not a timing
+        assert not closing.is_alive(), "close() hung"
+    assert isinstance(_done(waiting), NetError)

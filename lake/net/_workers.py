@@ -19,8 +19,14 @@ logs in a worker is captured there and only counted back.
 A worker that dies (an input that segfaults its parser or exhausts memory) is replaced;
 the instance it was working on counts a crash and is tried again, and after
 :data:`MAX_CRASHES` it is given up (:class:`WorkerCrashError`: the intake quarantines it as
-``deid_worker_crashed``); the other instances it held go to the other workers. With
-worker processes an instance is never de-identified in the server's own process.
+``deid_worker_crashed``); the other instances it held go to the other workers. A
+replacement that cannot start (``Process.start()`` failing with ENOMEM/EAGAIN right after
+the out-of-memory killer struck, or a worker that dies before it is ready) leaves its
+place empty and is retried in the background, waiting longer after each failure, until
+the pool is whole again or it closes; meanwhile the live workers take everything, and
+while none is live an instance waits for a start for at most :data:`START_ATTEMPTS`
+failed attempts, then fails (its receipt stays for the next start) rather than hanging.
+With worker processes an instance is never de-identified in the server's own process.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from lake._errors import NetError
 from lake.ingest import IngestContext, Outcome, process_bytes
 from lake.store import resolve
 
-__all__ = ["MAX_CRASHES", "DeidWorkers", "WorkerCrashError"]
+__all__ = ["MAX_CRASHES", "START_ATTEMPTS", "DeidWorkers", "WorkerCrashError"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -94,6 +100,15 @@ def _warm_up(context: IngestContext) -> None:
 MAX_CRASHES = 2
 """Worker processes an instance may end (segfault, out of memory) before it is given up."""
 
+START_ATTEMPTS = 3
+"""Failed starts of a worker in a row an instance waits through, while no worker is live."""
+
+READY_TIMEOUT = 600.0
+"""Seconds a new worker may take to warm up (~1-3 s; far more on a swapping machine)."""
+
+RETRY_CAP = 60.0
+"""Seconds between two attempts to start a missing worker, at most."""
+
 
 class WorkerCrashError(NetError):
     """De-identifying this instance ended a worker process :data:`MAX_CRASHES` times."""
@@ -133,10 +148,13 @@ class _Worker:
         self.collector = threading.Thread(target=self._collect, name=f"lake-deid-{index}",
                                           daemon=True)
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Wait for the worker's warm-up; :class:`NetError` if it died or hangs there."""
         try:
+            if not self.conn.poll(timeout):
+                raise EOFError
             self.conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             raise NetError(
                 "a de-identification worker process failed to start; see its error above, "
                 "or run the server with workers=0"
@@ -194,7 +212,7 @@ class _Worker:
             self.conn.send_bytes(b"")
         if threading.current_thread() is not self.collector and self.collector.is_alive():
             self.collector.join(timeout=600)
-        self.process.join(timeout=60)
+        self.process.join(timeout=0 if self.collector.ident is None else 60)  # never ready
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
@@ -206,11 +224,23 @@ class DeidWorkers:
 
     A worker process that dies (a segfault, the out-of-memory killer) is replaced by a
     new one. The instance it was working on (the oldest it held: it works on one at a
-    time, in the order sent) counts a crash and is sent again, alone among the others;
-    after :data:`MAX_CRASHES` its future raises :class:`WorkerCrashError` (the intake
-    quarantines it). The others it held are sent to the remaining workers unharmed.
-    With worker processes, an instance is never de-identified in the server's own
-    process, which an input that crashes its worker would bring down.
+    time, in the order sent) counts a crash and is sent again like any instance: to the
+    least busy live worker, behind whatever that worker already holds (if it kills that
+    worker too, those others are sent on unharmed). After :data:`MAX_CRASHES` its future
+    raises :class:`WorkerCrashError` (the intake quarantines it). The others the dead
+    worker held are sent to the live workers unharmed. A crash is blamed on the instance
+    the worker held when it died: when the out-of-memory killer ends a worker for another
+    process's sake, a healthy instance can count a crash, and twice in a row lands it in
+    quarantine (sealed: a steward re-runs it with ``lake quarantine release``).
+
+    A replacement that cannot start leaves its place empty and is retried by a
+    background thread (1 s, 2 s, 4 s ... at most :data:`RETRY_CAP` apart) until the pool
+    is whole or closing. While no worker is live an instance waits for that thread
+    through at most :data:`START_ATTEMPTS` failed starts in a row, then its future
+    raises :class:`NetError`; as soon as a start succeeds, instances flow again, without
+    a restart. With worker processes, an instance is never de-identified in the server's
+    own process, which an input that crashes its worker would bring down. A worker that
+    *hangs* on an instance (no crash) is not detected.
 
     Parameters
     ----------
@@ -220,18 +250,27 @@ class DeidWorkers:
         Worker processes; 0 runs each instance in the calling thread instead.
     captured : Captured
         Receives the counts of what pydicom warned or logged while de-identifying.
+    retry_delay : float
+        Seconds before the first retry of a worker that could not start (doubling).
     """
 
-    def __init__(self, context: IngestContext, workers: int, captured: Captured) -> None:
+    def __init__(self, context: IngestContext, workers: int, captured: Captured,
+                 retry_delay: float = 1.0) -> None:
         self.context = context
         self.workers = workers
         self.captured = captured
+        self.retry_delay = retry_delay
         self.crashes = 0
         """Worker processes that died while serving (each replaced)."""
+        self.failed_starts = 0
+        """Starts of a replacement worker that failed, in a row (0 once one succeeds)."""
         self._pool: list[_Worker] = []
-        self._changed = threading.Condition()  # the pool (a respawn) and closing
+        self._changed = threading.Condition()  # the pool, the retries and closing
         self._closing = False
         self._spawned = 0
+        self._filling = False  # a thread is starting the pool's missing workers
+        self._filler: threading.Thread | None = None
+        self._waiting: deque[tuple[_Job, int]] = deque()  # (job, failed_starts then)
 
     @property
     def running(self) -> bool:
@@ -249,20 +288,29 @@ class DeidWorkers:
         if self.workers <= 0 or self._pool:
             return
         self._closing = False
-        pool = [self._new_worker() for _ in range(self.workers)]
+        pool: list[_Worker] = []
         try:
+            for _ in range(self.workers):
+                pool.append(self._new_worker())
             for worker in pool:
                 worker.wait_ready()
-        except NetError:
+        except (NetError, OSError) as exc:
             for worker in pool:
                 worker.stop()
-            raise
+            if isinstance(exc, NetError):
+                raise
+            raise NetError(f"a de-identification worker process could not be started "
+                           f"({exc.strerror or type(exc).__name__}); free memory or "
+                           "processes, or run the server with workers=0") from None
         with self._changed:
             self._pool = pool
+            self.failed_starts = 0
 
     def _new_worker(self) -> _Worker:
-        self._spawned += 1
-        return _Worker(self.context, self._spawned, self.captured, self._on_death)
+        with self._changed:
+            self._spawned += 1
+            index = self._spawned
+        return _Worker(self.context, index, self.captured, self._on_death)
 
     def submit(self, data: bytes) -> Future[Outcome]:
         """De-identify ``data`` (its errors come out of the future's ``result()``)."""
@@ -278,7 +326,11 @@ class DeidWorkers:
         return job.future
 
     def _dispatch(self, job: _Job) -> None:
-        """To the least busy live worker; while none is (being replaced), wait for one."""
+        """To the least busy live worker; while none is, it waits for a replacement.
+
+        Waiting does not hold the caller: the job is handed to the first worker that
+        starts, or failed after :data:`START_ATTEMPTS` failed starts (or at closing).
+        """
         while True:
             with self._changed:
                 pool = list(self._pool)
@@ -286,18 +338,45 @@ class DeidWorkers:
                 if worker.submit(job):
                     return
             with self._changed:
-                if self._closing or not self._pool:
+                if self._closing:
                     break
-                if all(not w.alive for w in self._pool):
-                    self._changed.wait(1.0)
-        job.future.set_exception(NetError("no de-identification worker process is running"))
+                if any(w.alive for w in self._pool):
+                    continue  # one came alive meanwhile
+                if self._pool or self._filling:  # a replacement is on its way
+                    self._waiting.append((job, self.failed_starts))
+                    return
+                break  # never started
+        _fail(job, "no de-identification worker process is running")
+
+    def _pool_changed(self) -> None:
+        """Under ``_changed``: wake waiters; a live worker takes the waiting jobs."""
+        self._changed.notify_all()
+        if not any(w.alive for w in self._pool):
+            return
+        waiting = list(self._waiting)
+        self._waiting.clear()
+        if waiting:  # dispatched from another thread: never under this lock
+            threading.Thread(target=self._resend, args=([job for job, _ in waiting],),
+                             name="lake-deid-resend", daemon=True).start()
+
+    def _resend(self, jobs: list[_Job]) -> None:
+        for job in jobs:
+            self._dispatch(job)
+
+    def _give_up_waiting(self) -> list[_Job]:
+        """Under ``_changed``: the waiting jobs that waited through too many failed starts."""
+        late = [job for job, since in self._waiting
+                if self._closing or self.failed_starts - since >= START_ATTEMPTS]
+        self._waiting = deque(w for w in self._waiting if w[0] not in late)
+        return late
 
     def _on_death(self, dead: _Worker, lost: list[_Job]) -> None:
         """A worker died while serving: replace it, blame its current job, resend the rest.
 
         Whatever happens while replacing it (a replacement that cannot start: ENOMEM or
-        EAGAIN right after the out-of-memory killer struck), the dead worker leaves the pool
-        and the jobs it held are sent again or failed: none is left waiting forever.
+        EAGAIN right after the out-of-memory killer struck), the dead worker leaves the pool,
+        a replacement is retried in the background, and the jobs it held are sent again or
+        failed: none is left waiting forever.
         """
         with self._changed:
             self.crashes += 1
@@ -320,7 +399,7 @@ class DeidWorkers:
                     self._dispatch(job)
 
     def _replacement(self) -> _Worker | None:
-        """A new worker, ready; None while closing or if it cannot start (logged)."""
+        """A new worker, ready; None while closing or if it cannot start (logged, counted)."""
         with self._changed:
             if self._closing:
                 return None
@@ -328,12 +407,23 @@ class DeidWorkers:
         try:
             replacement = self._new_worker()
             replacement.wait_ready()
-        except (NetError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to start: retried later
             _LOG.error("a replacement de-identification worker process failed to start (%s)",
                        type(exc).__name__)
             if replacement is not None:
-                replacement.stop()
+                with contextlib.suppress(Exception):
+                    replacement.stop()
+            with self._changed:
+                self.failed_starts += 1
+                late = self._give_up_waiting()
+                self._changed.notify_all()
+            for job in late:
+                _fail(job, f"no de-identification worker process could be started "
+                           f"({self.failed_starts} attempts in a row failed: short of memory "
+                           "or processes?)")
             return None
+        with self._changed:
+            self.failed_starts = 0
         return replacement
 
     def _replace(self, dead: _Worker, replacement: _Worker | None) -> None:
@@ -346,15 +436,69 @@ class DeidWorkers:
                     replacement = None
                 else:
                     del self._pool[index]
-            self._changed.notify_all()
+                    self._fill_missing()
+            self._pool_changed()
         if replacement is not None:  # closing meanwhile
             replacement.stop()
 
+    def _fill_missing(self) -> None:
+        """Under ``_changed``: start the thread that fills the pool's empty places."""
+        if self._closing or self._filling:
+            return
+        self._filling = True
+        self._filler = threading.Thread(target=self._fill, name="lake-deid-restart",
+                                        daemon=True)
+        self._filler.start()
+
+    def _fill(self) -> None:
+        """Start workers until the pool is whole again or closing, waiting longer each time."""
+        while True:
+            with self._changed:
+                if self._closing or len(self._pool) >= self.workers:
+                    self._filling = False
+                    self._changed.notify_all()
+                    return
+                failed = self.failed_starts
+            if failed:
+                delay = min(self.retry_delay * 2 ** (failed - 1), RETRY_CAP)
+                with self._changed:
+                    self._changed.wait_for(lambda: self._closing, timeout=delay)
+                    if self._closing:
+                        continue
+            worker = self._replacement()
+            if worker is None:
+                continue
+            with self._changed:
+                if not self._closing and len(self._pool) < self.workers:
+                    self._pool.append(worker)
+                    self._pool_changed()
+                    worker = None
+            if worker is not None:
+                worker.stop()
+
     def close(self) -> None:
-        """Finish what was submitted and stop the workers."""
+        """Finish what was submitted and stop the workers.
+
+        Jobs still waiting for a worker to start fail (their receipts stay journaled).
+        """
         with self._changed:
             self._closing = True
             pool, self._pool = self._pool, []
+            filler = self._filler
+            late = self._give_up_waiting()
             self._changed.notify_all()
+        for job in late:
+            _fail(job, "the server stopped before a de-identification worker process started")
+        if filler is not None and filler is not threading.current_thread():
+            filler.join()
+        with self._changed:
+            self._filler = None
         for worker in pool:
             worker.stop()
+
+
+def _fail(job: _Job, message: str) -> None:
+    """Fail ``job`` with :class:`NetError` (its receipt waits for the next start)."""
+    if not job.future.done():
+        job.future.set_exception(NetError(f"{message}; the instance is retried at the next "
+                                          "start"))
