@@ -207,7 +207,8 @@ def dicom(
         stats = report.received
         err.print(
             f"received {stats.received}: {stats.accepted} stored, {stats.quarantined} "
-            f"quarantined, {stats.too_large} too large, {stats.busy} refused while busy; "
+            f"quarantined, {stats.too_large} too large, {stats.busy} refused while busy"
+            f"{f', {stats.refused} refused (a request UID not ASCII)' if stats.refused else ''}; "
             f"{report.committed_instances} new in the "
             f"catalog over {report.committed_batches} commits",
             highlight=False,

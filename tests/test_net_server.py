@@ -594,3 +594,38 @@ def test_store_response_is_pynetdicoms_encoding(status: int, instance: str) -> N
         assert store_response(rsp) == pdv[1:]
     rsp.ErrorComment = "not plain"
     assert store_response(rsp) is None  # pynetdicom's own path
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # the peer's, on purpose
+def test_non_ascii_uid_in_the_request_is_refused_not_rewritten(
+    lk: lake.Lake, vault_dir: Path
+) -> None:
+    """Review s19 N3: a request UID that is not ASCII (pynetdicom accepts any 1-64 characters
+    unless ENFORCE_UID_CONFORMANCE) became '?' in the journaled file meta; now the instance
+    is refused with a clear status and nothing of it lands."""
+    from pynetdicom.sop_class import CTImageStorage
+
+    from lake.net._receive import NON_ASCII_UID, file_meta_bytes
+
+    with pytest.raises(lake.NetError, match="not ASCII"):
+        file_meta_bytes("1.2.840.10008.5.1.4.1.1.2", "1.2.3.\u00e94", "1.2.840.10008.1.2.1")
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SOPInstanceUID = "1.2.3.\u00e94"
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context(CTImageStorage, ds.file_meta.TransferSyntaxUID)
+    config = ServerConfig(port=0, workers=0, acknowledge="outcome")
+    with DicomServer(lk, lk.secret(vault_dir), config) as srv:
+        assoc = ae.associate("127.0.0.1", srv.port, ae_title="LAKE")
+        assert assoc.is_established
+        try:
+            status = assoc.send_c_store(ds)
+        finally:
+            assoc.release()
+        srv.flush()
+        assert status.Status == 0xC000  # cannot understand
+        assert status.ErrorComment == NON_ASCII_UID  # whole: within 64 characters
+        assert srv.receiver.stats.refused == 1
+    lk.refresh()
+    assert lk.sql("SELECT count(*) FROM instances").fetchall() == [(0,)]
+    receipts = Path(lk.location.path) / "spool" / "dicom-store" / "receipts"
+    assert list(receipts.glob("*.journal")) == []  # never journaled
