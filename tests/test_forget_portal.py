@@ -210,3 +210,61 @@ def test_the_job_status_agrees_with_the_download(
         assert res.get(f"{gone}/status").json()["ready"] is False
         assert res.get(f"{kept}/status").json()["ready"] is True
         assert res.get(f"{kept}/download").status_code == 200
+
+
+def _patient_of(lk: lake.Lake, cohort: str) -> str:
+    sops = {m.sop_uid for m in lk.cohort(cohort).members}
+    (pseudonym,) = {p for (p,) in lk.sql(
+        "SELECT DISTINCT PatientID FROM instances WHERE SOPInstanceUID IN "
+        f"({', '.join(repr(s) for s in sops)})").fetchall()}
+    return str(pseudonym)
+
+
+def test_a_forget_between_the_check_and_the_send_is_a_404_or_the_whole_zip(
+    portal: PortalLake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review s19 N5: the download checked the job (servable), then FileResponse opened the
+    zip while sending: a forget in between removed it and the answer was a 500. Now the zip
+    is opened before the check: a forget before the check is a 404, one after it (the file
+    removed while open) still sends the whole zip, never a 500."""
+    import io
+    import zipfile
+
+    from lake.web.portal import _exports, _research
+
+    lk = portal.lake
+    secret = lk.secret(portal.web.vault)
+    real = _exports.servable
+    armed: dict[str, str] = {}
+
+    def forget_around_the_check(lk_: lake.Lake, job: object) -> bool:
+        if "before" in armed:
+            forget(lk, secret, target(lk, secret, patient=armed.pop("before")))
+        ok = real(lk_, job)  # type: ignore[arg-type]
+        if "after" in armed:
+            forget(lk, secret, target(lk, secret, patient=armed.pop("after")))
+        return ok
+
+    jobs_root = Path(lk.root) / "portal" / "jobs"
+    with serving(portal.web) as (running, _http):
+        res = sign_in(running.url, "res", portal.passwords["res"])
+        first, second = _exported(res, "a"), _exported(res, "b")
+        assert len(list(jobs_root.rglob("*.zip"))) == 2
+        part = res.get(f"{first}/download", headers={"Range": "bytes=0-9"})  # still ranges
+        assert part.status_code == 206 and part.content == b"PK\x03\x04" + part.content[4:]
+        assert len(part.content) == 10
+        monkeypatch.setattr(_exports, "servable", forget_around_the_check)
+        monkeypatch.setattr(_research, "servable", forget_around_the_check)  # before the fix
+
+        armed["after"] = _patient_of(lk, "a")
+        sent = res.get(f"{first}/download")
+        assert not armed
+        assert sent.status_code == 200, sent.status_code  # was 500
+        with zipfile.ZipFile(io.BytesIO(sent.content)) as archive:
+            assert archive.testzip() is None and archive.namelist()
+        assert len(list(jobs_root.rglob("*.zip"))) == 1  # forget did remove it
+
+        armed["before"] = _patient_of(lk, "b")
+        assert res.get(f"{second}/download").status_code == 404
+        assert not armed
+        assert list(jobs_root.rglob("*.zip")) == []

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
+
+import anyio
+from starlette.responses import FileResponse
+from starlette.types import Receive, Scope, Send
 
 from lake._errors import ExportError
 from lake.catalog import ERASURES, INSTANCES
@@ -17,7 +23,7 @@ if TYPE_CHECKING:
     from lake._lake import Lake
     from lake.web.portal._jobs import Job
 
-__all__ = ["FORMATS", "export_zip", "servable", "zip_folder"]
+__all__ = ["FORMATS", "export_zip", "servable", "served_zip", "zip_folder"]
 
 Progress = Callable[[int, int], None]
 
@@ -94,6 +100,60 @@ def servable(lk: Lake, job: Job) -> bool:
     times = lk.tables.dataset(ERASURES.name).to_table(columns=["erased_at"]).column(0)
     if not any(t is not None and t >= job.created_at for t in times.to_pylist()):
         return True
-    listed = set((job.folder / EXPORT_MEMBERS).read_text().split())
+    try:
+        listed = set((job.folder / EXPORT_MEMBERS).read_text().split())
+    except FileNotFoundError:  # lake forget removed the job meanwhile
+        return False
     found = lk.tables.lookup(INSTANCES, "SOPInstanceUID", sorted(listed), [])
     return len(set(found.column("SOPInstanceUID").to_pylist())) == len(listed)
+
+
+def served_zip(lk: Lake, job: Job) -> FileResponse | None:
+    """The response serving ``job``'s zip, or None when it is not to be served (404).
+
+    The zip is opened first, then :func:`servable` is asked: a ``lake forget`` that
+    removes the job's folder before the open, or records its erasure before the check,
+    makes it a 404; one that removes the file once it is open cannot turn the download
+    into a 500 (a ``FileResponse`` opened its path only while sending).
+    """
+    if job.result is None:
+        return None
+    try:
+        response = _OpenedFileResponse(job.result.open("rb"), job.result.name)
+    except FileNotFoundError:
+        return None
+    if not servable(lk, job):
+        response.close()
+        return None
+    return response
+
+
+class _OpenedFileResponse(FileResponse):
+    """A :class:`FileResponse` over a file already open (``Range`` requests included)."""
+
+    def __init__(self, file: BinaryIO, filename: str) -> None:
+        self._file = file
+        try:
+            stat_result = os.fstat(file.fileno())
+            super().__init__(file.name, filename=filename, media_type="application/zip",
+                             stat_result=stat_result)
+        except BaseException:
+            file.close()
+            raise
+
+    def close(self) -> None:
+        """Close the file (the response is not sent)."""
+        self._file.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # never by path: a server's ``pathsend`` would open the (maybe removed) file again
+        extensions = {k: v for k, v in scope.get("extensions", {}).items()
+                      if k != "http.response.pathsend"}
+        try:
+            await super().__call__({**scope, "extensions": extensions}, receive, send)
+        finally:
+            self._file.close()
+
+    @asynccontextmanager
+    async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
+        yield anyio.wrap_file(self._file)  # closed by __call__

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from lake._errors import ExportError, QueryError
 from lake.access import (
@@ -23,7 +23,7 @@ from lake.export import Cohort, create_cohort, list_cohorts, load_cohort
 from lake.query import Level, identifier_from_filters, parse_identifier
 from lake.web._errors import NotFoundError
 from lake.web.portal._console import check_cohort_query, run_console
-from lake.web.portal._exports import FORMATS, export_zip, servable
+from lake.web.portal._exports import FORMATS, export_zip, servable, served_zip
 from lake.web.portal._jobs import Job
 from lake.web.portal._render import Column, checked_form, page, table_view
 from lake.web.portal._sets import visible_sets
@@ -260,8 +260,9 @@ async def job_status(request: Request, grant: Grant) -> Response:
 async def job_download(request: Request, grant: Grant) -> Response:
     """A finished job's zip."""
     job = await run_in_threadpool(_job, request, grant)
-    if job.result is None or not await run_in_threadpool(servable, _portal(request).lake, job):
+    response = await run_in_threadpool(served_zip, _portal(request).lake, job)
+    if response is None:
         raise NotFoundError("not found")
     _portal(request).record(event_for(grant.principal, "download", resource_kind="export",
                                       resource=job.job_id, detail=f"{job.kind} of {job.cohort}"))
-    return FileResponse(job.result, filename=job.result.name, media_type="application/zip")
+    return response

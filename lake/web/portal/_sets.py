@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 
 from lake._errors import ExportError
 from lake.access import CohortView, Grant, Permission, event_for, is_teaching_material
@@ -25,7 +25,7 @@ from lake.export import Cohort, load_cohort
 from lake.export._runner import patient_label
 from lake.query import Level, identifier_from_filters, parse_identifier
 from lake.web._errors import NotFoundError
-from lake.web.portal._exports import export_zip, servable
+from lake.web.portal._exports import export_zip, served_zip
 from lake.web.portal._jobs import Job
 from lake.web.portal._render import page
 
@@ -168,14 +168,16 @@ def _download_job(portal: Portal, set_name: str, cohort: Cohort, key: str) -> Jo
     return portal.jobs.submit(kind, set_name, None, work, label=cohort.label, shared_key=key)
 
 
-def _deliver(request: Request, grant: Grant, job: Job, resource_kind: str,
-             resource: str) -> Response:
+async def _deliver(request: Request, grant: Grant, job: Job, resource_kind: str,
+                   resource: str) -> Response:
     """The zip when it is ready; otherwise the job's progress page."""
     portal = _portal(request)
-    if job.state == "done" and job.result is not None and servable(portal.lake, job):
-        portal.record(event_for(grant.principal, "download", resource_kind=resource_kind,
-                                resource=resource, detail=job.kind))
-        return FileResponse(job.result, filename=job.result.name, media_type="application/zip")
+    if job.state == "done":
+        response = await run_in_threadpool(served_zip, portal.lake, job)
+        if response is not None:
+            portal.record(event_for(grant.principal, "download", resource_kind=resource_kind,
+                                    resource=resource, detail=job.kind))
+            return response
     return RedirectResponse(f"/portal/jobs/{job.job_id}", status_code=303)
 
 
@@ -186,7 +188,7 @@ async def set_download(request: Request, grant: Grant) -> Response:
     _, cohort = await run_in_threadpool(_view, portal, grant, name)
     key = f"set:{name}:{cohort.catalog_version}:{len(cohort.members)}"
     job = _download_job(portal, name, cohort, key)
-    return _deliver(request, grant, job, "teaching_set", name)
+    return await _deliver(request, grant, job, "teaching_set", name)
 
 
 async def case_download(request: Request, grant: Grant) -> Response:
@@ -208,4 +210,4 @@ async def case_download(request: Request, grant: Grant) -> Response:
     )
     key = f"case:{name}:{cohort.catalog_version}:{number}:{len(subset.members)}"
     job = _download_job(portal, name, subset, key)
-    return _deliver(request, grant, job, "case", label)
+    return await _deliver(request, grant, job, "case", label)
