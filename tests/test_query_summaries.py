@@ -10,6 +10,7 @@ prove the behaviour (what is read, what is held, that results do not change), no
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -268,3 +269,74 @@ def test_real_files_answer_as_before(
     finally:
         snapshot.close()
         reference.close()
+
+
+def _disagreeing(sop: int, study: str, series: str, sex: str | None, age: str | None,
+                 name: str) -> dict[str, Any]:
+    row = next(synthetic_rows(1))
+    return dict(row, SOPInstanceUID=f"2.25.3{sop:09d}", StudyInstanceUID="2.25.1000000777",
+                SeriesInstanceUID="2.25.2000000777", PatientID="P000777",
+                StudyDescription=study, SeriesDescription=series, PatientSex=sex,
+                PatientAge=age, InstanceNumber=sop,
+                header_json=json.dumps({"00100010": {"vr": "PN",
+                                                     "Value": [{"Alphabetic": name}]}}))
+
+
+# Two instances of one study and series that disagree: the representative (lowest
+# SOPInstanceUID) has no PatientAge.
+_FIRST = _disagreeing(1, "MR HEAD ONE", "AX T1", "F", None, "ANON^ONE")
+_SECOND = _disagreeing(2, "MR HEAD TWO", "AX T2", "M", "040Y", "ANON^TWO")
+_DISAGREEING_QUERIES = [
+    ["QueryRetrieveLevel=PATIENT", "PatientID=P000777", "PatientSex", "PatientName"],
+    ["StudyInstanceUID=2.25.1000000777", "StudyDescription", "PatientName", "PatientSex",
+     "PatientAge", "PatientID", "StudyDate", "NumberOfStudyRelatedInstances"],
+    ["QueryRetrieveLevel=SERIES", "SeriesInstanceUID=2.25.2000000777", "SeriesDescription",
+     "StudyDescription", "PatientSex", "NumberOfSeriesRelatedInstances"],
+]
+
+
+@pytest.mark.parametrize("layout", ["files, first one first", "files, second one first",
+                                    "one file, first row first", "one file, second row first",
+                                    "compacted"])
+def test_a_study_whose_instances_disagree_answers_from_its_representative(
+    tmp_path: Path, layout: str
+) -> None:
+    """Review N1: every attribute of a PATIENT, STUDY or SERIES answer comes from the one
+    representative instance (the lowest SOPInstanceUID), catalog columns as well as header
+    attributes: one answer never mixes the values of instances that disagree, and it does
+    not change with the order of the data files, of the rows in a file, or after
+    compaction. The same holds for an index scoped to chosen instances (a grant's cohorts)."""
+    from lake.steward import compact
+
+    lk = lake.init(tmp_path / "lake", vault=tmp_path / "vault")
+    commits = {
+        "files, first one first": [[_FIRST], [_SECOND]],
+        "files, second one first": [[_SECOND], [_FIRST]],
+        "one file, first row first": [[_FIRST, _SECOND]],
+        "one file, second row first": [[_SECOND, _FIRST]],
+        "compacted": [[_SECOND], [_FIRST]],
+    }[layout]
+    for rows in commits:
+        lk.tables.append(INSTANCES, rows)
+    if layout == "compacted":
+        compact(lk)
+    lk.refresh()
+    for snapshot in (Snapshot(lk.tables, lk.version), _rows_snapshot(lk)):
+        try:
+            patient, study, series = _json_answers(snapshot, _DISAGREEING_QUERIES)
+            assert [a["00100040"]["Value"] for a in patient + study + series] == [["F"]] * 3
+            assert patient[0]["00100010"]["Value"] == [{"Alphabetic": "ANON^ONE"}]
+            (found,) = study
+            assert found["00081030"]["Value"] == ["MR HEAD ONE"]
+            assert found["00100010"]["Value"] == [{"Alphabetic": "ANON^ONE"}]
+            assert "Value" not in found["00101010"]  # the representative has no PatientAge
+            assert found["00201208"]["Value"] == [2]
+            assert series[0]["0008103E"]["Value"] == ["AX T1"]
+            assert series[0]["00081030"]["Value"] == ["MR HEAD ONE"]
+            datasets = _answers(snapshot, _DISAGREEING_QUERIES)
+            assert [str(ds.PatientSex) for level in datasets for ds in level] == ["F"] * 3
+            assert str(datasets[1][0].StudyDescription) == "MR HEAD ONE"
+            assert str(datasets[1][0].PatientName) == "ANON^ONE"
+            assert str(datasets[2][0].SeriesDescription) == "AX T1"
+        finally:
+            snapshot.close()

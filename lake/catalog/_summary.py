@@ -155,7 +155,10 @@ def parts_sql(kind: str, source: str, data_file: str) -> str:
     else:
         raise ValueError(kind)
     columns = [f"{data_file} AS data_file", _q(key)]
-    columns += [f"any_value({_q(a)}) AS {_q(a)}" for a in attrs]
+    # The attributes of the part's first instance (lowest SOPInstanceUID, as first_sop and
+    # the representative header), NULL included: instances that disagree never mix in one
+    # part, and the part does not depend on the order of the rows in the file.
+    columns += [f"arg_min_null({_q(a)}, SOPInstanceUID) AS {_q(a)}" for a in attrs]
     return f"SELECT {', '.join(columns + counts)} FROM {source} GROUP BY ALL"
 
 
@@ -318,7 +321,7 @@ def _table(result: object) -> pa.Table:
 
 def studies_from_series_sql(source: str) -> str:
     """The SQL that turns series parts (``source``) into study parts, per data file."""
-    attrs = ", ".join(f"any_value({_q(a)}) AS {_q(a)}" for a in _PATIENT_STUDY)
+    attrs = ", ".join(f"arg_min_null({_q(a)}, first_sop) AS {_q(a)}" for a in _PATIENT_STUDY)
     return (
         f"SELECT data_file, StudyInstanceUID, {attrs}, "
         "CAST(sum(instance_count) AS BIGINT) AS instance_count, "

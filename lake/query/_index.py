@@ -202,7 +202,10 @@ def _level_from_image_sql(level: Level) -> str:
     """A level table aggregated from the in-memory image table (a scoped snapshot)."""
     key = level.unique_key
     cols = [_q(key)]
-    cols += [f"any_value({_q(n)}) AS {_q(n)}" for n in _INHERITED[level] if n != key]
+    # Every attribute from the representative (lowest SOPInstanceUID), NULL included: one
+    # answer never mixes values of instances that disagree, whatever the row order.
+    cols += [f"arg_min_null({_q(n)}, SOPInstanceUID) AS {_q(n)}"
+             for n in _INHERITED[level] if n != key]
     cols += [f"{sql} AS {_q(name)}" for name, (_, sql) in _COMPUTED[level].items()]
     cols.append("min(SOPInstanceUID) AS _rep")
     cols.append("arg_min_null(_file, SOPInstanceUID) AS _rep_file")
@@ -239,7 +242,9 @@ def _level_from_parts_sql(level: Level, where: str = "") -> str:
     for name in _INHERITED[level]:
         if name == key:
             continue
-        value = f"any_value({_q(name)})"
+        # From the part of the representative (its attributes are its first instance's:
+        # lake/catalog/_summary.py), NULL included, whatever the order of files and parts.
+        value = f"arg_min_null({_q(name)}, first_sop)"
         cols.append(f"CAST({value} AS TIME) AS {_q(name)}" if name in times
                     else f"{value} AS {_q(name)}")
     cols += [f"{sql} AS {_q(name)}" for name, sql in _COMPUTED_FROM_PARTS[level].items()]
