@@ -84,3 +84,44 @@ def test_the_command_line_names_the_option(
     assert "--out is inside the lake's folder" in proc.stderr, proc.stderr
     assert "out=" not in proc.stderr
     assert not (lake_root / "exports").exists()
+
+
+_REFUSE = """
+import sys
+from lake import ConfigError
+from lake.store import resolve
+for out in sys.argv[2:]:
+    try:
+        resolve(sys.argv[1]).refuse_inside(out)
+        print("accepted")
+    except ConfigError:
+        print("refused")
+"""
+
+
+def test_another_name_for_the_lake_by_a_bind_mount_is_refused(
+    lake_root: Path, lk: lake.Lake, tmp_path: Path
+) -> None:
+    """Review s19 N12: refuse_inside compared resolved paths only, and a bind mount is no
+    symbolic link: another name for the lake's folder (or a folder in it) escaped it. Bind
+    mounts made in a private mount namespace (``unshare -rm``); skipped where none can be."""
+    whole, tables, elsewhere = (tmp_path / n for n in ("whole", "tables", "elsewhere"))
+    outside = tmp_path / "outside"
+    for folder in (whole, tables, elsewhere, outside):
+        folder.mkdir()
+    script = " && ".join([
+        f"mount --bind {lake_root} {whole}",
+        f"mount --bind {lake_root / 'tables'} {tables}",
+        f"mount --bind {outside} {elsewhere}",
+        f"{sys.executable} -c '{_REFUSE}' {lake_root} {whole} {whole / 'new' / 'x'} "
+        f"{tables / 'x'} {elsewhere / 'x'} {outside / 'x'}",
+    ])
+    try:
+        proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True,
+                              text=True, timeout=120)
+    except FileNotFoundError:
+        pytest.skip("no unshare here")
+    if "mount" in proc.stderr or "unshare" in proc.stderr:
+        pytest.skip(f"no private bind mounts here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["refused", "refused", "refused", "accepted", "accepted"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import stat
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -88,6 +90,12 @@ class Location:
         (``<lake>/``:data:`OWN_EXPORTS```/run-*/<job>/...``), given as a :class:`PortalJobOut`
         (the portal's exports pass one, never a user's).
 
+        Paths are compared resolved (symbolic links followed), and ``out``'s existing
+        folders (itself, then its parents) also by identity (``st_dev``, ``st_ino``) with
+        the lake's folder and the folders up to two levels below it, so another name for
+        them (a bind mount) is refused too. A check made before writing cannot stop a link
+        or mount swapped in after it.
+
         Raises
         ------
         ConfigError
@@ -105,12 +113,40 @@ class Location:
             parts = folder.relative_to(root / OWN_EXPORTS).parts
             if len(parts) >= 2 and parts[0].startswith("run-"):
                 return
-        if folder.is_relative_to(root):
+        if folder.is_relative_to(root) or _same_folder_as_lake(root, folder):
             raise ConfigError(
                 "out= is inside the lake's folder, where files are no part of the catalog "
                 "(erasure and gc would not know them); choose a folder outside the lake",
                 parameters=("out",)
             )
+
+
+def _same_folder_as_lake(root: os.PathLike[str], folder: os.PathLike[str]) -> bool:
+    """Whether ``folder`` or an existing parent is, by identity, the lake's folder or one
+    of the folders up to two levels below it (what :meth:`Location.refuse_inside` adds)."""
+    from pathlib import Path
+
+    lake_folders = {_identity(root)}
+    level = [os.fspath(root)]
+    for _ in range(2):
+        below: list[str] = []
+        for parent in level:
+            with contextlib.suppress(OSError), os.scandir(parent) as entries:
+                below.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+        lake_folders.update(_identity(path) for path in below)
+        level = below
+    lake_folders.discard(None)
+    path = Path(folder)
+    return any(_identity(p) in lake_folders for p in (path, *path.parents))
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of an existing folder, else None."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino) if stat.S_ISDIR(found.st_mode) else None
 
 
 OWN_EXPORTS = "portal/jobs"
