@@ -185,6 +185,10 @@ def measure(root: Path, repeat: int, skip: set[str]) -> dict[str, Timing]:
         rows = lk.sql(sql).fetchall()
         assert rows, name
         _note(results, name, _median_ms(partial(_fetch, lk, sql), repeat))
+    # Where the time of one SOPInstanceUID goes (docs/performance.md): the same lookup of
+    # one column, and SELECT * of a UID no row holds (row groups pruned, none read).
+    for name, sql in _uid_parts(facts).items():
+        _note(results, name, _median_ms(partial(_fetch, lk, sql), repeat))
 
     if "cfind" not in skip:
         _cfind_guarded(root, results, repeat)
@@ -266,6 +270,15 @@ def _queries(facts: dict[str, Any]) -> dict[str, str]:
         f"'{facts['probe_uid']}'",
         "studies in one month": "SELECT * FROM studies WHERE StudyDate BETWEEN "
         "DATE '2015-03-01' AND DATE '2015-03-31'",
+    }
+
+
+def _uid_parts(facts: dict[str, Any]) -> dict[str, str]:
+    return {
+        "UID lookup, one column": "SELECT SOPInstanceUID FROM instances WHERE "
+        f"SOPInstanceUID = '{facts['probe_uid']}'",
+        "UID lookup, no such UID": "SELECT * FROM instances WHERE "
+        "SOPInstanceUID = '2.25.0'",
     }
 
 
