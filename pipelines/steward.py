@@ -95,6 +95,13 @@ def forget_command(
             highlight=False,
             soft_wrap=True,
         )
+        if report.maintenance_failures:
+            err.print(
+                f"{len(report.maintenance_failures)} maintenance step(s) after the erasure "
+                f"failed (the erasure is complete): {'; '.join(report.maintenance_failures)}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 def _show(plan: object, verb: str) -> None:

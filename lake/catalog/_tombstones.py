@@ -213,7 +213,7 @@ def laid_at(tables: DeltaTables, key: bytes, column: str, value: str) -> dt.date
     return min(times) if times else None
 
 
-def compact(tables: DeltaTables) -> bool:
+def compact(tables: DeltaTables) -> str | None:
     """One data file (and a checkpoint) for the tombstones once they span many files: each
     erasure adds a file, and a commit reads them all when the table changed.
 
@@ -222,22 +222,21 @@ def compact(tables: DeltaTables) -> bool:
 
     Returns
     -------
-    bool
-        False if the compaction was due and failed (another erasure committed meanwhile,
-        or storage refused it); True otherwise.
+    str or None
+        None once compacted (or not due); else why it failed, in one line naming the
+        error's type only (another erasure committed meanwhile, storage refused it...).
     """
-    from deltalake.exceptions import DeltaError
-
     if not tables.exists(TOMBSTONES.name):
-        return True
+        return None
     try:
         delta = tables.open(TOMBSTONES.name)
         if len(delta.file_uris()) < COMPACT_AFTER:
-            return True
+            return None
         delta.optimize.compact()
         delta.create_checkpoint()
-    except (DeltaError, OSError):
-        return False
-    return True
+    except Exception as exc:  # noqa: BLE001 - an optimisation: any failure is reported, not raised
+        return (f"the tombstones table could not be compacted ({type(exc).__name__}); "
+                "the next erasure tries again")
+    return None
 
 

@@ -221,6 +221,9 @@ class ErasureReport:
     plan: ErasurePlan
     unreadable: dict[str, list[tuple[int, int]]]
     catalog_version: int
+    maintenance_failures: tuple[str, ...] = ()
+    """Optional steps after the erasure that failed (the tombstones' compaction), one line
+    each, naming no identifier: the erasure itself is complete and recorded."""
 
 
 def _equal(column: str, value: str) -> Any:
@@ -600,11 +603,11 @@ def forget(lake: Lake, secret: Secret, chosen: Target, *, by: str | None = None)
         ],
     )
     # An optimisation, outside the erasure's critical section: a failure loses nothing.
-    if not compact(tables):
-        _LOG.warning("the tombstones table could not be compacted now; the next erasure "
-                     "tries again")
+    failures = tuple(reason for reason in (compact(tables),) if reason is not None)
+    for reason in failures:
+        _LOG.warning("%s", reason)
     lake.refresh()
-    return ErasureReport(erasure_id, plan, unreadable, version)
+    return ErasureReport(erasure_id, plan, unreadable, version, failures)
 
 
 def _remove_tree(folder: Path) -> None:
