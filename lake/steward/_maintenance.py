@@ -287,7 +287,10 @@ def _remove_if_old(lake: Lake, path: str, cutoff: float) -> bool:
     (:func:`lake.store.reused`). On a local lake the file is first renamed aside, atomically,
     and its time read there: a refresh made before the rename is seen (the file is put
     back), one after it finds no file and writes it again. Elsewhere the time is read again
-    just before the removal.
+    just before the removal: two requests, and a refresh (S3 CopyObject) completing between
+    them is lost; S3 cannot condition the delete on it (``If-Match`` compares ETags, which
+    the refresh keeps; a last-modified condition exists for directory buckets only). See
+    docs/steward.md (gc) for what follows and how it is repaired.
     """
     fs = lake.location.fs
     if lake.location.is_local:
