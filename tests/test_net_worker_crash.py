@@ -248,3 +248,38 @@ def test_a_worker_that_dies_while_starting_is_retried_and_close_never_hangs(
         closing.join(timeout=120)  # a hang guard, not a timing
         assert not closing.is_alive(), "close() hung"
     assert isinstance(_done(waiting), NetError)
+
+
+def test_intake_close_never_waits_for_workers_that_cannot_start(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An instance received while no worker can start is durable (journaled); stopping the
+    server does not wait for the start retries: it fails that instance's de-identification,
+    and the next start (workers able to start again) commits it: nothing is lost."""
+    from lake.ingest import Ingestor
+    from lake.net import _workers
+    from lake.net._intake import Intake
+
+    secret = lk.secret(vault_dir)
+    intake = Intake(Ingestor(lk, secret, source="dicom-store"), secret, "dicom-store",
+                    workers=1, exclusive=True)
+    intake.start()
+    workers = intake._workers
+    monkeypatch.setattr(_workers, "_serve", dying_worker)
+    workers.retry_delay = 3600.0  # left alone, the next retry is an hour away
+    workers._pool[0].process.kill()
+    _until(lambda: workers.failed_starts >= 1)
+    received = intake.submit(_instance(tmp_path))  # durable when this returns
+    assert not received.done()
+    closing = threading.Thread(target=intake.close)
+    closing.start()
+    closing.join(timeout=120)  # a hang guard, not a timing
+    assert not closing.is_alive(), "Intake.close() hung"
+    assert isinstance(_done(received), NetError) and intake.failures == 1
+    monkeypatch.setattr(_workers, "_serve", _REAL_SERVE)
+    again = Intake(Ingestor(lk, secret, source="dicom-store"), secret, "dicom-store",
+                   workers=1, exclusive=True)
+    assert again.start() == 1  # the receipt, de-identified and committed now
+    again.close()
+    count, quarantined = _catalog(lk)
+    assert (count, quarantined) == (1, [])

@@ -232,6 +232,7 @@ class Intake:
         NetError
             If the final commit fails (everything stays durable; the next start commits it).
         """
+        self._workers.give_up_waiting()  # no wait for workers that keep failing to start
         self.drain()
         self._workers.close()
         return self._stop_committing()

@@ -476,6 +476,19 @@ class DeidWorkers:
             if worker is not None:
                 worker.stop()
 
+    def give_up_waiting(self) -> int:
+        """Fail the jobs waiting for a worker now, if a start has failed (a stop is coming:
+        their receipts wait for the next start instead of the retries). How many failed."""
+        with self._changed:
+            if not self.failed_starts:
+                return 0
+            late = [job for job, _ in self._waiting]
+            self._waiting.clear()
+        for job in late:
+            _fail(job, "the server stopped while no de-identification worker process could "
+                       "be started")
+        return len(late)
+
     def close(self) -> None:
         """Finish what was submitted and stop the workers.
 
