@@ -84,6 +84,26 @@ def _parquet_texts(root: Path) -> Iterator[tuple[str, bytes]]:
             yield f"{path}:{name}", _column_bytes(table.column(name))
 
 
+def test_the_proof_reads_inside_the_compressed_summaries(tmp_path: Path) -> None:
+    """Review s19 N4: a summary file (``_summary/v1/rep_headers``, zstd-compressed like the
+    catalog writes it) holding a planted name is invisible to the raw-byte scan; the proof
+    decodes it (negative control for the helpers the proofs above use)."""
+    import pyarrow.parquet as pq
+
+    token = "TKNREPHEADER4242"
+    folder = tmp_path / "lake" / "_summary" / "v1" / "rep_headers"
+    folder.mkdir(parents=True)
+    # one planted name among others: neither the column's minimum nor its maximum (those are
+    # stored uncompressed in the footer's statistics), so only decoding finds it
+    names = pa.array([f"AAA^{i:04d}" for i in range(200)] + [f"{token}^X"]
+                     + [f"ZZZ^{i:04d}" for i in range(200)])
+    pq.write_table(pa.table({"PatientName": names}), folder / "part-0.parquet",
+                   compression="zstd")
+    assert not _leaks({token}, _file_texts(tmp_path / "lake"))
+    assert _leaks({token}, _parquet_texts(tmp_path / "lake")) == {
+        token: [f"{folder / 'part-0.parquet'}:PatientName"]}
+
+
 def _leaks(tokens: set[str], texts: Iterator[tuple[str, bytes]]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     encoded = {t: t.encode() for t in tokens}
