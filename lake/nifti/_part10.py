@@ -160,13 +160,15 @@ class ValueCache:
 
 
 class _Source:
-    """The bytes shared by one object and its items, and the batch's value cache."""
+    """The bytes shared by one object and its items, the batch's value cache, and where
+    each sequence the walk has passed ends (keyed by the position of its value)."""
 
-    __slots__ = ("buffer", "cache")
+    __slots__ = ("buffer", "cache", "ends")
 
     def __init__(self, buffer: bytes, cache: ValueCache | None = None) -> None:
         self.buffer = buffer
         self.cache = cache
+        self.ends: dict[int, int] = {}
 
 
 class Part10:
@@ -180,19 +182,18 @@ class Part10:
     __slots__ = ("_elements", "_encodings", "_parent", "_source", "_values", "file_meta",
                  "is_implicit_VR", "is_little_endian")
 
-    def __init__(self, elements: dict[int, tuple[str, int, int] | tuple[str, list[Part10]]],
-                 source: _Source, implicit: bool, sequences: list[list[Part10]]) -> None:
+    def __init__(self, elements: dict[int, Any], source: _Source, implicit: bool,
+                 parent: Part10 | None = None) -> None:
+        # tag -> (VR, start, length) of a value, ("SQ", start, length, implicit) of a
+        # sequence not read yet, ("SQ", items) once read
         self._elements = elements
         self._source = source
         self._values: dict[int, Any] = {}
-        self._parent: Part10 | None = None
+        self._parent = parent
         self._encodings: str | list[str] | None = None
         self.file_meta: Part10 | None = None
         self.is_implicit_VR = implicit
         self.is_little_endian = True
-        for items in sequences:
-            for item in items:
-                item._parent = self
 
     # ----------------------------------------------------------------- mapping protocol
 
@@ -248,7 +249,7 @@ class Part10:
         if entry is None or tag is None:
             return None
         if entry[0] == "SQ":
-            return Element(tag, "SQ", entry[1])
+            return Element(tag, "SQ", self._items(tag, entry))
         vr, start, length = entry  # type: ignore[misc]
         if start < 0:  # a value set in memory (pixel data)
             return Element(tag, vr, self._values[tag])
@@ -266,8 +267,8 @@ class Part10:
             return self._values[tag]
         entry = self._elements[tag]
         if entry[0] == "SQ":
-            return entry[1]
-        vr, start, length = entry  # type: ignore[misc]
+            return self._items(tag, entry)
+        vr, start, length = entry
         # The VR as pydicom's reader would hand it over: None when implicit (pydicom looks it
         # up), a private element's from pydicom's private dictionary when its creator is known
         given: str | None = None if self.is_implicit_VR else vr
@@ -293,6 +294,17 @@ class Part10:
             value = cache.put(key, value)
         self._values[tag] = value
         return value
+
+    def _items(self, tag: int, entry: tuple[Any, ...]) -> list[Part10]:
+        """The items of the sequence ``tag``, read on first access (the walk that indexed
+        this dataset only checked and skipped them)."""
+        if len(entry) == 2:
+            items: list[Part10] = entry[1]
+            return items
+        _, start, length, implicit = entry
+        items = _read_items(self._source, start, length, implicit, self)
+        self._elements[tag] = ("SQ", items)
+        return items
 
     def _character_sets(self) -> str | list[str]:
         """As pydicom's reader: this dataset's Specific Character Set, else its parent's."""
@@ -321,26 +333,35 @@ class Part10:
 
 
 # --------------------------------------------------------------------------- parsing
+#
+# A sequence is not read when the dataset holding it is indexed: the walk checks its items
+# as it skips them (so bytes that would fail later fail now, and pydicom reads them
+# instead), records where it ends, and leaves it to be read on first access. Most items are
+# never asked for (XA30: derivation and source-image references, 80 % of 33,580 items), and
+# items of a sequence that is read are indexed without walking their own sequences again.
+
+#: Item and delimiter tags as one little-endian 32-bit number (element << 16 | group).
+_ITEM_LE, _ITEM_END_LE, _SEQUENCE_END_LE = 0xE000FFFE, 0xE00DFFFE, 0xE0DDFFFE
+_ITEM_HEADER = struct.Struct("<II")
 
 
-def _parse(source: _Source, pos: int, end: int, implicit: bool,
-           in_item: bool) -> tuple[dict[int, Any], list[list[Part10]], int]:
-    """Index the elements from ``pos`` to ``end`` (or to an item delimiter); the items of
-    its sequences."""
+def _walk(source: _Source, pos: int, end: int, implicit: bool, in_item: bool,
+          elements: dict[int, Any] | None) -> int:
+    """Walk the elements from ``pos`` to ``end`` (or past an item delimiter); where the walk
+    stopped. Indexes them into ``elements`` unless it is None (then only checks)."""
     buffer = source.buffer
-    elements: dict[int, Any] = {}
-    sequences: list[list[Part10]] = []
+    ends = source.ends
     unpack_header, unpack_u32, explicit = _HEADER.unpack_from, _U32.unpack_from, _EXPLICIT
     while pos < end:
         if pos + 8 > end:
             raise Part10Error("truncated element header")
         group, number, vr_bytes, short = unpack_header(buffer, pos)
-        tag = (group << 16) | number
         if implicit or group == 0xFFFE:
+            tag = (group << 16) | number
             if tag == _ITEM_END:
                 if not in_item:
                     raise Part10Error("item delimiter outside an item")
-                return elements, sequences, pos + 8
+                return pos + 8
             length = unpack_u32(buffer, pos + 4)[0]
             vr = _dictionary_vr(tag)
             pos += 8
@@ -361,9 +382,11 @@ def _parse(source: _Source, pos: int, end: int, implicit: bool,
                 pos += 8
                 if pos + short > end:
                     raise Part10Error("element runs past the end")
-                elements[tag] = (vr, pos, short)
+                if elements is not None:
+                    elements[(group << 16) | number] = (vr, pos, short)
                 pos += short
                 continue
+            tag = (group << 16) | number
             if pos + 12 > end:
                 raise Part10Error("truncated element header")
             length = unpack_u32(buffer, pos + 8)[0]
@@ -372,63 +395,83 @@ def _parse(source: _Source, pos: int, end: int, implicit: bool,
                 raise Part10Error("a VR to infer from other elements")
         if vr == "SQ" or (length == _UNDEFINED and vr == "UN"):
             # an undefined-length UN is a sequence in implicit VR little endian (PS3.5 6.2.2)
-            items, pos = _sequence(source, pos, length, implicit or vr == "UN")
-            elements[tag] = ("SQ", items)
-            sequences.append(items)
+            inner = implicit or vr == "UN"
+            stop = ends.get(pos)
+            if stop is None:
+                stop = _skip_sequence(source, pos, length, inner)
+            if elements is not None:
+                elements[tag] = ("SQ", pos, length, inner)
+            pos = stop
             continue
         if length == _UNDEFINED:
             raise Part10Error("undefined length outside a sequence (encapsulated data)")
         if pos + length > end:
             raise Part10Error("element runs past the end")
-        elements[tag] = (vr, pos, length)
+        if elements is not None:
+            elements[tag] = (vr, pos, length)
         pos += length
     if in_item and end == len(buffer):
         raise Part10Error("item without its delimiter")
-    return elements, sequences, pos
+    return pos
 
 
-def _sequence(source: _Source, pos: int, length: int,
-              implicit: bool) -> tuple[list[Part10], int]:
+def _sequence_walk(source: _Source, pos: int, length: int, implicit: bool,
+                   parent: Part10 | None) -> tuple[list[Part10], int]:
+    """Walk the items of a sequence whose value starts at ``pos``; (its items, indexed
+    when ``parent`` is given, else none; where it ends)."""
     buffer = source.buffer
     end = len(buffer) if length == _UNDEFINED else pos + length
     if end > len(buffer):
         raise Part10Error("sequence runs past the end")
     items: list[Part10] = []
+    unpack_item = _ITEM_HEADER.unpack_from
     while pos < end:
         if pos + 8 > end:
             raise Part10Error("truncated item")
-        group, number = struct.unpack_from("<HH", buffer, pos)
-        tag = (group << 16) | number
-        item_length = _U32.unpack_from(buffer, pos + 4)[0]
+        tag, item_length = unpack_item(buffer, pos)
         pos += 8
-        if tag == _SEQUENCE_END:
+        if tag == _SEQUENCE_END_LE:
             return items, pos
-        if tag != _ITEM:
+        if tag != _ITEM_LE:
             raise Part10Error("not an item in a sequence")
+        elements: dict[int, Any] | None = None if parent is None else {}
         if item_length == _UNDEFINED:
-            elements, nested, pos = _parse(source, pos, len(buffer), implicit, True)
+            pos = _walk(source, pos, len(buffer), implicit, True, elements)
         else:
-            elements, nested, _ = _parse(source, pos, pos + item_length, implicit, False)
+            _walk(source, pos, pos + item_length, implicit, False, elements)
             pos += item_length
-        items.append(Part10(elements, source, implicit, nested))
+        if elements is not None:
+            items.append(Part10(elements, source, implicit, parent))
     if length == _UNDEFINED:
         raise Part10Error("sequence without its delimiter")
     return items, end
 
 
-def _file_meta(buffer: bytes, cache: ValueCache | None) -> tuple[Part10, int]:
+def _skip_sequence(source: _Source, pos: int, length: int, implicit: bool) -> int:
+    """Check the items of the sequence whose value starts at ``pos``; where it ends."""
+    stop = _sequence_walk(source, pos, length, implicit, None)[1]
+    source.ends[pos] = stop
+    return stop
+
+
+def _read_items(source: _Source, pos: int, length: int, implicit: bool,
+                parent: Part10) -> list[Part10]:
+    """The items of a sequence already checked by the walk, indexed."""
+    return _sequence_walk(source, pos, length, implicit, parent)[0]
+
+
+def _file_meta(source: _Source) -> tuple[Part10, int]:
+    buffer = source.buffer
     if len(buffer) < 132 or buffer[128:132] != b"DICM":
         raise Part10Error("no DICM prefix")
-    source = _Source(buffer, cache)
     pos = 132
     elements: dict[int, Any] = {}
     while pos + 8 <= len(buffer):
         group = struct.unpack_from("<H", buffer, pos)[0]
         if group != 0x0002:
             break
-        one, _, pos = _parse(source, pos, _meta_end(buffer, pos), False, False)
-        elements.update(one)
-    return Part10(elements, source, False, []), pos
+        pos = _walk(source, pos, _meta_end(buffer, pos), False, False, elements)
+    return Part10(elements, source, False), pos
 
 
 def _meta_end(buffer: bytes, pos: int) -> int:
@@ -449,16 +492,17 @@ def parse_part10(data: bytes, cache: ValueCache | None = None) -> Part10:
     Part10Error
         For anything else: big endian, deflated, damaged or truncated bytes.
     """
-    meta, pos = _file_meta(data, cache)
+    source = _Source(data, cache)
+    meta, pos = _file_meta(source)
     syntax = meta.get("TransferSyntaxUID")
     if not isinstance(syntax, str) or not syntax:
         raise Part10Error("no transfer syntax")
     if syntax in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"):
         raise Part10Error("big endian or deflated")
     implicit = syntax == _IMPLICIT
-    source = _Source(data, cache)
-    elements, sequences, _ = _parse(source, pos, len(data), implicit, False)
-    ds = Part10(elements, source, implicit, sequences)
+    elements: dict[int, Any] = {}
+    _walk(source, pos, len(data), implicit, False, elements)
+    ds = Part10(elements, source, implicit)
     ds.file_meta = meta
     return ds
 
