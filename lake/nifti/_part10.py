@@ -250,7 +250,7 @@ class Part10:
             return None
         if entry[0] == "SQ":
             return Element(tag, "SQ", self._items(tag, entry))
-        vr, start, length = entry  # type: ignore[misc]
+        vr, start, length = entry
         if start < 0:  # a value set in memory (pixel data)
             return Element(tag, vr, self._values[tag])
         return Element(tag, vr, self._source.buffer[start : start + length])
