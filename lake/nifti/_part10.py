@@ -304,6 +304,7 @@ class Part10:
         _, start, length, implicit = entry
         items = _read_items(self._source, start, length, implicit, self)
         self._elements[tag] = ("SQ", items)
+        self._values[tag] = items  # get() answers from here next time
         return items
 
     def _character_sets(self) -> str | list[str]:

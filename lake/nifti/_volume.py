@@ -169,7 +169,21 @@ class Assembled:
 # --------------------------------------------------------------------------- attributes
 
 
-def attribute(ds: Dataset, frame: int | None, macro: str, keyword: str) -> Any:
+#: The per-frame and the shared functional-group items of one frame (None when absent).
+FrameGroups = tuple[Dataset | None, Dataset | None]
+
+
+def frame_groups(ds: Dataset, frame: int) -> FrameGroups:
+    """The per-frame functional-group item of ``frame`` and the shared one, for repeated
+    :func:`attribute` look-ups of one frame."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    item = per_frame[frame] if per_frame is not None and frame < len(per_frame) else None
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    return item, (shared[0] if shared is not None and len(shared) > 0 else None)
+
+
+def attribute(ds: Dataset, frame: int | None, macro: str, keyword: str,
+              groups: FrameGroups | None = None) -> Any:
     """Look an attribute up the way a multi-frame object defines it.
 
     Per-frame functional group ``macro`` of ``frame``, then the shared functional group,
@@ -185,6 +199,8 @@ def attribute(ds: Dataset, frame: int | None, macro: str, keyword: str) -> Any:
         Keyword of the functional group sequence, e.g. ``"PlanePositionSequence"``.
     keyword : str
         Attribute keyword, e.g. ``"ImagePositionPatient"``.
+    groups : tuple, optional
+        ``frame_groups(ds, frame)``, when the caller looks up several attributes of a frame.
 
     Returns
     -------
@@ -192,14 +208,13 @@ def attribute(ds: Dataset, frame: int | None, macro: str, keyword: str) -> Any:
         The value, or ``None`` when absent or empty.
     """
     if frame is not None:
-        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-        if per_frame is not None and frame < len(per_frame):
-            value = _from_macro(per_frame[frame], macro, keyword)
+        per_item, shared_item = groups if groups is not None else frame_groups(ds, frame)
+        if per_item is not None:
+            value = _from_macro(per_item, macro, keyword)
             if value is not None:
                 return value
-        shared = ds.get("SharedFunctionalGroupsSequence")
-        if shared is not None and len(shared) > 0:
-            value = _from_macro(shared[0], macro, keyword)
+        if shared_item is not None:
+            value = _from_macro(shared_item, macro, keyword)
             if value is not None:
                 return value
     element = ds.get(keyword)
@@ -299,14 +314,15 @@ def _item(values: Any, index: int, count: int) -> Any:
 _COMPONENT_OF = {"magnitude": None, "phase": "PHASE", "real": "REAL", "imaginary": "IMAGINARY"}
 
 
-def _component(ds: Dataset, frame: int | None) -> Component:
-    complex_part = attribute(ds, frame, "MRImageFrameTypeSequence", "ComplexImageComponent")
+def _component(ds: Dataset, frame: int | None, groups: FrameGroups | None) -> Component:
+    complex_part = attribute(ds, frame, "MRImageFrameTypeSequence", "ComplexImageComponent",
+                             groups)
     values: list[str] = []
     if complex_part is not None:
         values.append(str(complex_part).upper())
     image_type = ds.get("ImageType")
     if frame is not None:
-        frame_type = attribute(ds, frame, "MRImageFrameTypeSequence", "FrameType")
+        frame_type = attribute(ds, frame, "MRImageFrameTypeSequence", "FrameType", groups)
         if frame_type is not None:
             image_type = frame_type
     if image_type is not None:
@@ -325,12 +341,15 @@ def _component(ds: Dataset, frame: int | None) -> Component:
     return Component.MAGNITUDE
 
 
-def _plane(ds: Dataset, frame: int | None) -> tuple[Plane | None, FloatArray | None]:
-    iop = _floats(attribute(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
-    ipp = _floats(attribute(ds, frame, "PlanePositionSequence", "ImagePositionPatient"), 3)
+def _plane(ds: Dataset, frame: int | None,
+           groups: FrameGroups | None) -> tuple[Plane | None, FloatArray | None]:
+    iop = _floats(attribute(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient",
+                            groups), 6)
+    ipp = _floats(attribute(ds, frame, "PlanePositionSequence", "ImagePositionPatient",
+                            groups), 3)
     if iop is None or ipp is None:
         return None, None
-    spacing = _floats(attribute(ds, frame, "PixelMeasuresSequence", "PixelSpacing"), 2)
+    spacing = _floats(attribute(ds, frame, "PixelMeasuresSequence", "PixelSpacing", groups), 2)
     if spacing is None:
         spacing = _floats(ds.get("ImagerPixelSpacing"), 2)
     if spacing is None or bool(np.any(spacing <= 0)):
@@ -371,11 +390,11 @@ def _philips_precise(
     return float(np.float32(at_one - at_zero)), float(at_zero)
 
 
-def _is_field_map(ds: Dataset, frame: int | None) -> bool:
+def _is_field_map(ds: Dataset, frame: int | None, groups: FrameGroups | None) -> bool:
     """A real image that is a B0 field map in Hz (dcm2niix's FIELDMAPHZ)."""
     kinds = [str(v).upper() for v in (ds.get("ImageType") or [])]
     if frame is not None:
-        frame_type = attribute(ds, frame, "MRImageFrameTypeSequence", "FrameType")
+        frame_type = attribute(ds, frame, "MRImageFrameTypeSequence", "FrameType", groups)
         kinds += [str(v).upper() for v in (frame_type or [])]
     joined = "_".join(kinds)
     return ("B0" in joined and "MAP" in joined) or "FIELD_MAP" in joined
@@ -408,17 +427,21 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition) -> list[Frame]
     times = acquisition.get("slice_timing")
     echo_fallback = acquisition.get("echo_number")
     uid = str(ds.get("SOPInstanceUID", ""))
+    mosaic = is_mosaic(ds, acquisition)
     frames = []
     for index in indices:
         lookup = index if enhanced else None
-        plane, position = _plane(ds, lookup)
+        groups = frame_groups(ds, lookup) if lookup is not None else None
+        plane, position = _plane(ds, lookup, groups)
         if not enhanced and n > 1:
             plane, position = None, None  # classic multi-frame: no per-frame positions
-        slope = _float(attribute(ds, lookup, "PixelValueTransformationSequence", "RescaleSlope"))
-        intercept = _float(
-            attribute(ds, lookup, "PixelValueTransformationSequence", "RescaleIntercept")
+        slope = _float(
+            attribute(ds, lookup, "PixelValueTransformationSequence", "RescaleSlope", groups)
         )
-        echo_time = _float(attribute(ds, lookup, "MREchoSequence", "EffectiveEchoTime"))
+        intercept = _float(
+            attribute(ds, lookup, "PixelValueTransformationSequence", "RescaleIntercept", groups)
+        )
+        echo_time = _float(attribute(ds, lookup, "MREchoSequence", "EffectiveEchoTime", groups))
         if echo_time is None:
             echo_time = _float(ds.get("EchoTime"))
         echo_number = None if enhanced else _float(ds.get("EchoNumbers"))
@@ -432,24 +455,24 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition) -> list[Frame]
             offset = 3 * position_in if len(gradients) == 3 * n else 0
             gradient = _floats(gradients[offset : offset + 3], 3)
         named = _item(components, position_in, n)
-        component = _component(ds, lookup)
+        component = _component(ds, lookup, groups)
         if isinstance(named, str):
             component = {"phase": Component.PHASE, "real": Component.REAL,
                          "imaginary": Component.IMAGINARY}.get(named, Component.MAGNITUDE)
-        slice_time = _float(_item(times, position_in, n)) if not is_mosaic(ds, acquisition) \
-            else None
+        slice_time = _float(_item(times, position_in, n)) if not mosaic else None
         slope, intercept = _philips_precise(acquisition, position_in, n, slope, intercept)
-        field_map = component is Component.REAL and _is_field_map(ds, lookup)
+        field_map = component is Component.REAL and _is_field_map(ds, lookup, groups)
         if enhanced:
             temporal = _float(
-                attribute(ds, lookup, "FrameContentSequence", "TemporalPositionIndex")
+                attribute(ds, lookup, "FrameContentSequence", "TemporalPositionIndex", groups)
             )
             acquired = _dicom_time_seconds(
-                attribute(ds, lookup, "FrameContentSequence", "FrameAcquisitionDateTime")
+                attribute(ds, lookup, "FrameContentSequence", "FrameAcquisitionDateTime", groups)
             )
             trigger = _float(
                 attribute(
-                    ds, lookup, "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"
+                    ds, lookup, "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime",
+                    groups,
                 )
             )
             acquisition_number = None
