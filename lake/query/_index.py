@@ -200,19 +200,42 @@ def _read_instances(files: Sequence[str], *, rows: bool = False) -> str:
 
 def _level_from_image_sql(level: Level) -> str:
     """A level table aggregated from the in-memory image table (a scoped snapshot)."""
+    computed = {name: sql for name, (_, sql) in _COMPUTED[level].items()}
+    select = _level_sql(level, "image", computed, order="SOPInstanceUID", file="_file")
+    return f"CREATE OR REPLACE TABLE {_TABLE[level]} AS {select}"
+
+
+def _level_sql(level: Level, source: str, computed: Mapping[str, str], *, order: str,
+               file: str, where: str = "") -> str:
+    """The SELECT of a level table over ``source``: per key, the ``computed`` aggregates and
+    every inherited attribute of the representative, the row with the lowest ``order`` (the
+    lowest SOPInstanceUID), with its ``file``.
+
+    The attributes are the representative's, NULL included, whatever the order of the rows:
+    one answer never mixes the values of instances that disagree (arg_min_null: also the
+    file of the very first instance when its name is unknown). One arg_min_null of a struct
+    costs half the CPU of one per column.
+    """
     key = level.unique_key
+    times = {c.name for c in INSTANCES.columns if c.sql_cast}
+    inherited = [name for name in _INHERITED[level] if name != key]
+    fields = [f"{_q(name)} := {_q(name)}" for name in inherited] + [f"_rep_file := {file}"]
+    grouped = ", ".join([
+        _q(key),
+        *(f"{sql} AS {_q(name)}" for name, sql in computed.items()),
+        f"min({order}) AS _rep",
+        f"arg_min_null(struct_pack({', '.join(fields)}), {order}) AS _of_rep",
+    ])
+    condition = f"{_q(key)} IS NOT NULL" + (f" AND {where}" if where else "")
     cols = [_q(key)]
-    # Every attribute from the representative (lowest SOPInstanceUID), NULL included: one
-    # answer never mixes values of instances that disagree, whatever the row order.
-    cols += [f"arg_min_null({_q(n)}, SOPInstanceUID) AS {_q(n)}"
-             for n in _INHERITED[level] if n != key]
-    cols += [f"{sql} AS {_q(name)}" for name, (_, sql) in _COMPUTED[level].items()]
-    cols.append("min(SOPInstanceUID) AS _rep")
-    cols.append("arg_min_null(_file, SOPInstanceUID) AS _rep_file")
-    return (
-        f"CREATE OR REPLACE TABLE {_TABLE[level]} AS SELECT {', '.join(cols)} FROM image "
-        f"WHERE {_q(key)} IS NOT NULL GROUP BY {_q(key)}"
-    )
+    for name in inherited:
+        value = f"_of_rep.{_q(name)}"
+        cols.append(f"CAST({value} AS TIME) AS {_q(name)}" if name in times
+                    else f"{value} AS {_q(name)}")
+    cols += [_q(name) for name in computed]
+    cols += ["_rep", "_of_rep._rep_file AS _rep_file"]
+    return (f"SELECT {', '.join(cols)} FROM (SELECT {grouped} FROM {source} "
+            f"WHERE {condition} GROUP BY {_q(key)})")
 
 
 # The computed attributes of each level from series parts (lake/catalog/_summary.py).
@@ -235,25 +258,12 @@ _COMPUTED_FROM_PARTS: dict[Level, dict[str, str]] = {
 
 
 def _level_from_parts_sql(level: Level, where: str = "") -> str:
-    """The SELECT of a level table from the series parts (``where``: only some keys)."""
-    key = level.unique_key
-    times = {c.name for c in INSTANCES.columns if c.sql_cast}
-    cols = [_q(key)]
-    for name in _INHERITED[level]:
-        if name == key:
-            continue
-        # From the part of the representative (its attributes are its first instance's:
-        # lake/catalog/_summary.py), NULL included, whatever the order of files and parts.
-        value = f"arg_min_null({_q(name)}, first_sop)"
-        cols.append(f"CAST({value} AS TIME) AS {_q(name)}" if name in times
-                    else f"{value} AS {_q(name)}")
-    cols += [f"{sql} AS {_q(name)}" for name, sql in _COMPUTED_FROM_PARTS[level].items()]
-    cols.append("min(first_sop) AS _rep")
-    # arg_min_null: the file of the very first instance even when its name is unknown
-    # (arg_min would skip to the next part whose name is known: the wrong file).
-    cols.append("arg_min_null(data_file, first_sop) AS _rep_file")
-    condition = f"{_q(key)} IS NOT NULL" + (f" AND {where}" if where else "")
-    return f"SELECT {', '.join(cols)} FROM parts WHERE {condition} GROUP BY {_q(key)}"
+    """The SELECT of a level table from the series parts (``where``: only some keys).
+
+    A part's attributes are its first instance's (lake/catalog/_summary.py), so the part with
+    the lowest ``first_sop`` gives the representative's."""
+    return _level_sql(level, "parts", _COMPUTED_FROM_PARTS[level], order="first_sop",
+                      file="data_file", where=where)
 
 
 # --- rendering typed values as DICOM ----------------------------------------------------
