@@ -204,16 +204,14 @@ SIDECAR_KEYS: dict[str, tuple[Disposition, str]] = {
     "PartialFourierEnabled": (_W, "Philips partial-Fourier series whose ScanOptions or enhanced MR "
                    "Modifier say so; dcm2niix also reads private elements"),
     "PhaseEncodingStepsNoPartialFourier": (_W, "as PartialFourierEnabled"),
-    "ParallelReductionOutOfPlane": (_ND, "GE private elements"),
-    "NumberOfArms": (_ND, "GE: equal to the matrix in every reference here, so which "
-                          "element or axis dcm2niix reads cannot be told from the data"),
-    "NumberOfPointsPerArm": (_ND, "as NumberOfArms"),
-    "TriggerDelayTime": (_ND, "GE: the TriggerTime of one file of a series whose files "
-                              "differ (GE multiphase uses it per slice)"),
+    "ParallelReductionOutOfPlane": (_C, ""),
+    "NumberOfArms": (_C, ""),
+    "NumberOfPointsPerArm": (_C, ""),
+    "TriggerDelayTime": (_C, ""),
     "RawImage": (_C, ""),
     "ImageTypeText": (_W, "Siemens XA, when every value is in the declared vocabulary"),
     "Units": (_C, ""),
-    "PhaseEncodingDirectionDisplayed": (_ND, "UIH private elements"),
+    "PhaseEncodingDirectionDisplayed": (_C, ""),
 }
 
 #: Sidecar keys compared with the reference wherever the reference has them (issue 10).

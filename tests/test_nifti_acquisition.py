@@ -174,3 +174,116 @@ def test_pull_derives_what_file_ingest_derives(via: str, tmp_path: Path) -> None
     assert summary.ingested == len(files)
     pulled.refresh()
     assert pulled.sql(_QUERY).fetchall() == from_files
+
+
+_GE_MULTIPHASE = "dcm_qa_ge/In/SliceTimingMPh/2_fMRI_Multiphase_Des"
+_UIH_DTI = "dcm_qa_stc/In/UIH/R002/12_dti_tra_dir16_PA_rot"
+
+
+def _first_file(folder: str) -> Path:
+    files = sorted(p for p in (SHARED_DATA / "vendors" / folder).glob("*") if p.is_file())
+    if not files:
+        pytest.skip("../shared/data is absent")
+    return files[0]
+
+
+def _set_raw(ds: pydicom.Dataset, tag: int, raw: bytes) -> None:
+    """Replace an element's value by raw bytes (VR UN, as archives without the private
+    dictionary keep it): the reader decodes them with the VR the vendor documents."""
+    ds[tag].VR = "UN"
+    ds[tag].value = raw
+
+
+@pytest.mark.vendor
+def test_a_malformed_private_element_leaves_only_its_own_parameters_out(
+    tmp_path: Path,
+) -> None:
+    """Review N9: a non-numeric item in GE's ASSET R factors (0043,1083) or UIH's gradient
+    (0065,1037) loses the values read from that element (and the GE readout, which would otherwise be
+    computed unaccelerated: a different number), every other parameter is kept, and the
+    instance is ingested, not refused."""
+    ge = pydicom.dcmread(_first_file(_GE_MULTIPHASE))
+    damaged = copy.deepcopy(ge)
+    _set_raw(damaged, 0x00431083, b"0.5\\abc ")
+    before, after = derive_acquisition(ge), derive_acquisition(damaged)
+    lost = {"parallel_reduction_factor_in_plane", "parallel_reduction_out_of_plane",
+            "effective_echo_spacing", "total_readout_time"}
+    assert lost <= set(before)
+    assert after == {k: v for k, v in before.items() if k not in lost}
+    assert {"phase_encoding_direction", "number_of_arms", "trigger_time"} <= set(after)
+
+    uih = pydicom.dcmread(_first_file(_UIH_DTI))
+    broken = copy.deepcopy(uih)
+    broken[0x00651037].VR = "LO"  # as text, one item not a number
+    broken[0x00651037].value = ["0.5", "x", "0.1"]
+    before, after = derive_acquisition(uih), derive_acquisition(broken)
+    assert "diffusion_gradients" in before and "diffusion_gradients" not in after
+    assert after == {k: v for k, v in before.items()
+                     if k not in ("diffusion_gradients", "diffusion_gradient_frame")}
+
+    path = tmp_path / "damaged.dcm"
+    damaged.save_as(path)
+    lk = lake.init(tmp_path / "lake", vault=tmp_path / "vault")
+    summary = lk.ingest([str(path)], vault=tmp_path / "vault", profile="basic",
+                        scheduler="sync")
+    assert summary.ingested == 1 and summary.quarantined == 0
+    lk.refresh()
+    assert lk.sql("SELECT number_of_arms, parallel_reduction_factor_in_plane "
+                  "FROM instances").fetchall() == [(64, None)]
+
+
+@pytest.mark.vendor
+def test_ge_spiral_arms_out_of_plane_factor_and_uih_displayed_direction() -> None:
+    """dcm2niix's GE NumberOfPointsPerArm (0027,1060) and NumberOfArms (0027,1061) of
+    GEMS_IMAG_01 (told apart by setting them to different values and running the Debian
+    dcm2niix on a GE file marked as ASL, the only case its release writes them), the second
+    ASSET R factor as ParallelReductionOutOfPlane, UIH's (0065,1005)."""
+    ge = pydicom.dcmread(_first_file(_GE_MULTIPHASE))
+    ge[0x00271060].value, ge[0x00271061].value = 77.0, 33.0
+    ge[0x00431083].value = ["0.5", "0.5"]
+    values = derive_acquisition(ge)
+    assert values["number_of_points_per_arm"] == 77 and values["number_of_arms"] == 33
+    assert values["parallel_reduction_out_of_plane"] == 2.0
+    ge[0x00271061].value = 0.0  # dcm2niix writes only positive values
+    assert "number_of_arms" not in derive_acquisition(ge)
+    uih = pydicom.dcmread(_first_file(_UIH_DTI))
+    assert derive_acquisition(uih)["phase_encoding_direction_displayed"] == "A->P"
+    uih[0x00651005].value = "SMITH"
+    assert "phase_encoding_direction_displayed" not in derive_acquisition(uih)
+
+
+@pytest.mark.vendor
+@pytest.mark.parametrize("pattern", ["random", "decreasing"])
+def test_trigger_delay_time_equals_dcm2niix(pattern: str, tmp_path: Path) -> None:
+    """GE TriggerDelayTime as the Debian dcm2niix writes it, on a GE multiphase series whose
+    trigger times are rewritten: the last image's minus the first's (instance order) when
+    positive, else the first image's; file names in the opposite order to instance numbers."""
+    import json
+    import shutil
+    import subprocess
+
+    from lake.nifti import series_to_nifti
+
+    exe = shutil.which("dcm2niix")
+    if exe is None:
+        pytest.skip("dcm2niix is not installed")
+    folder = _first_file(_GE_MULTIPHASE).parent
+    rng = random.Random(pattern)
+    source = tmp_path / "in"
+    source.mkdir()
+    datasets = []
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        number = int(ds.InstanceNumber)
+        ds.TriggerTime = str(rng.randint(50, 30000) if pattern == "random"
+                             else 20000 - 10 * number)
+        ds.save_as(source / f"{1000 - number:04d}.dcm")
+        datasets.append(ds)
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run([exe, "-b", "y", "-z", "n", "-f", "ref", "-o", str(out), str(source)],
+                   check=True, capture_output=True)
+    theirs = json.loads((out / "ref.json").read_text())["TriggerDelayTime"]
+    volumes, refusals = series_to_nifti(datasets)
+    assert refusals == [] and len(volumes) == 1
+    assert volumes[0].sidecar["TriggerDelayTime"] == pytest.approx(theirs, rel=1e-6)

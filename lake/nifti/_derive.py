@@ -112,18 +112,21 @@ def _standard(ds: Dataset, out: dict[str, object]) -> None:
         out["complex_components"] = [c or "magnitude" for c in components]
     b_values: list[float | None] = []
     gradients: list[float] = []
+    damaged = False  # a present but unreadable b-value or vector: no diffusion values at all
     for frame in frames:
-        b_values.append(first_float(_lookup(ds, frame, "MRDiffusionSequence",
-                                            "DiffusionBValue")))
+        raw_b = _lookup(ds, frame, "MRDiffusionSequence", "DiffusionBValue")
+        b_values.append(first_float(raw_b))
+        damaged |= raw_b is not None and b_values[-1] is None
         if frame[0] is None:
-            vector = floats(ds.get("DiffusionGradientOrientation"))
+            raw_vector = ds.get("DiffusionGradientOrientation")
         else:
             direction = _lookup(ds, frame, "MRDiffusionSequence",
                                 "DiffusionGradientDirectionSequence")
-            vector = floats(direction[0].get("DiffusionGradientOrientation")) \
-                if direction else []
+            raw_vector = direction[0].get("DiffusionGradientOrientation") if direction else None
+        vector = floats(raw_vector)
+        damaged |= raw_vector not in (None, "") and len(vector) != 3
         gradients.extend(vector if len(vector) == 3 else [0.0, 0.0, 0.0])
-    if any(b is not None for b in b_values):
+    if any(b is not None for b in b_values) and not damaged:
         out["diffusion_b_values"] = [b if b is not None else 0.0 for b in b_values]
         out["diffusion_gradients"] = gradients
         out["diffusion_gradient_frame"] = "patient"

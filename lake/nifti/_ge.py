@@ -1,5 +1,5 @@
 """GE acquisition parameters: private groups 0019 (GEMS_ACQU_01), 0025 (GEMS_SERS_01, the
-gzip-compressed protocol data block) and 0043 (GEMS_PARM_01).
+gzip-compressed protocol data block), 0027 (GEMS_IMAG_01) and 0043 (GEMS_PARM_01).
 
 The protocol data block holds free text too (protocol and operator notes): only a handful of
 its numeric and coded keys are parsed, and nothing of it is kept.
@@ -23,6 +23,7 @@ __all__ = ["derive_ge", "protocol_block"]
 _ACQU = ("GEMS_ACQU_01",)
 _SERS = ("GEMS_SERS_01",)
 _PARM = ("GEMS_PARM_01",)
+_IMAG = ("GEMS_IMAG_01",)
 _KEY = re.compile(r'^(\w+)\s+"([^"]*)"')
 #: Keys of the protocol data block read (values are numbers or option codes).
 _BLOCK_KEYS = frozenset({"SLICEORDER", "DELACQ", "IOPT", "NOSLC", "TR"})
@@ -123,10 +124,24 @@ def derive_ge(ds: Dataset, out: dict[str, object]) -> None:
     multiband = first_int(private(ds, 0x0043, _PARM, 0xB6, "LO"))
     if multiband is not None and multiband >= 1:
         out["multiband_acceleration_factor"] = multiband
-    asset = floats(private(ds, 0x0043, _PARM, 0x83, "DS"))
+    raw_asset = private(ds, 0x0043, _PARM, 0x83, "DS")
+    asset = floats(raw_asset)
+    # damaged R factors: no readout, which would otherwise be computed unaccelerated
+    readout_known = raw_asset is None or bool(asset)
     accel = 1.0 / asset[0] if asset and asset[0] > 0 else None
     if accel is not None:
         out["parallel_reduction_factor_in_plane"] = accel
+    if len(asset) > 1 and asset[1] > 0:  # as dcm2niix (issue 314): R factors phase, slice
+        out["parallel_reduction_out_of_plane"] = 1.0 / asset[1]
+    points = first_float(private(ds, 0x0027, _IMAG, 0x60, "FL"))
+    arms = first_float(private(ds, 0x0027, _IMAG, 0x61, "FL"))
+    if points is not None and points > 0:
+        out["number_of_points_per_arm"] = points
+    if arms is not None and arms > 0:
+        out["number_of_arms"] = arms
+    trigger = first_float(ds.get("TriggerTime"))
+    if trigger is not None:
+        out["trigger_time"] = trigger / 1000.0
 
     reordering = str(ds.get("RectilinearPhaseEncodeReordering") or "").upper()
     unflipped: bool | None = None
@@ -150,7 +165,7 @@ def derive_ge(ds: Dataset, out: dict[str, object]) -> None:
         out["complex_components"] = [component] * max(1, int(ds.get("NumberOfFrames") or 1))
 
     echo_spacing = first_float(private(ds, 0x0043, _PARM, 0x2C, "SS"))
-    if echo_spacing is not None and echo_spacing > 0:
+    if echo_spacing is not None and echo_spacing > 0 and readout_known:
         _readout(ds, out, echo_spacing, accel)
 
     b_raw = private(ds, 0x0043, _PARM, 0x39, "IS")

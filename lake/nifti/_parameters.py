@@ -595,6 +595,55 @@ PARAMETERS: tuple[Parameter, ...] = (
         low=0.0,
         high=100.0,
     ),
+    Parameter(
+        "trigger_time",
+        Kind.FLOAT,
+        "s",
+        "Time of this image after the trigger (GE multiphase EPI: of its slice's excitation); "
+        "the export writes the series' span of it as dcm2niix's TriggerDelayTime",
+        {"GE": "TriggerTime (0018,1060), ms"},
+        low=0.0,
+        high=1e5,
+    ),
+    Parameter(
+        "number_of_arms",
+        Kind.INT,
+        "",
+        "Number of k-space arms (spiral, PROPELLER) as GE records it (BIDS-like "
+        "NumberOfArms of dcm2niix)",
+        {"GE": "(0027,1061) of GEMS_IMAG_01"},
+        low=1,
+        high=65536,
+    ),
+    Parameter(
+        "number_of_points_per_arm",
+        Kind.INT,
+        "",
+        "Number of k-space points along each arm as GE records it (dcm2niix's "
+        "NumberOfPointsPerArm)",
+        {"GE": "(0027,1060) of GEMS_IMAG_01"},
+        low=1,
+        high=65536,
+    ),
+    Parameter(
+        "parallel_reduction_out_of_plane",
+        Kind.FLOAT,
+        "",
+        "Parallel imaging acceleration along the slice (second phase-encoding) axis of a 3D "
+        "acquisition (dcm2niix's ParallelReductionOutOfPlane)",
+        {"GE": "1 / second ASSET R factor (0043,1083)"},
+        low=1.0,
+        high=64.0,
+    ),
+    Parameter(
+        "phase_encoding_direction_displayed",
+        Kind.ENUM,
+        "",
+        "Phase-encoding direction in patient terms as the scanner displayed it (dcm2niix's "
+        "PhaseEncodingDirectionDisplayed): from one anatomical side to the opposite one",
+        {"UIH": "(0065,1005) of Image Private Header"},
+        choices=("A->P", "P->A", "R->L", "L->R", "H->F", "F->H", "S->I", "I->S"),
+    ),
 )
 
 #: The name of every parameter, in declaration order: also the names of the catalog columns

@@ -108,6 +108,9 @@ def derive_uih(ds: Dataset, out: dict[str, object]) -> None:
         letter = "i" if axis.startswith("ROW") else "j"
         # UIH stores 1 for the polarity dcm2niix calls flipped
         out["phase_encoding_direction"] = letter + "-" if positive == 1.0 else letter
+    displayed = private(ds, 0x0065, _UIH, 0x05, "SH")
+    if isinstance(displayed, str):
+        out["phase_encoding_direction_displayed"] = displayed.strip()  # validated: a code
     parallel = str(private(ds, 0x0065, _UIH, 0x0D, "SH") or "")
     if ":" in parallel:
         digits = "".join(c for c in parallel.split(":", 1)[1] if c.isdigit() or c == ".")

@@ -154,17 +154,25 @@ def _scalars(value: Any) -> list[Any]:
 
 
 def floats(value: Any) -> list[float]:
-    """Every number in ``value`` (a number, a DS/IS string, a list...).
+    """Every number in ``value`` (a number, a DS/IS string, a list...); ``[]`` when any item
+    is not a number (a damaged element then leaves only its own parameters out).
 
-    Raises ``ValueError`` (one of :data:`DecodeError`, which the derivation catches: a damaged
-    element leaves its parameters out) when an item is not a number.
+    Examples
+    --------
+    >>> floats("1.5\\2")
+    [1.5, 2.0]
+    >>> floats(["1", "n/a"])
+    []
     """
     out = []
     for item in _scalars(value):
         if isinstance(item, DSfloat | IS | float | int) and not isinstance(item, bool):
             out.append(float(item))
-        else:
+            continue
+        try:
             out.append(float(str(item).strip()))
+        except (ValueError, OverflowError):
+            return []
     return out
 
 
@@ -173,10 +181,7 @@ def first_float(value: Any) -> float | None:
     items = _scalars(value)
     if not items:
         return None
-    try:
-        numbers = floats(items[0])
-    except DecodeError:
-        return None
+    numbers = floats(items[0])
     return numbers[0] if numbers else None
 
 

@@ -295,7 +295,13 @@ def build_sidecar(
     if context.vendor == "Philips":
         _philips_scaling(put, ds, frame, acquisition)
     if context.vendor == "GE":
+        put("TriggerDelayTime", _trigger_delay(assembled, datasets, context.acquisitions))
+        put("NumberOfPointsPerArm", _positive_int(acquisition.get("number_of_points_per_arm")))
+        put("NumberOfArms", _positive_int(acquisition.get("number_of_arms")))
         put("NumberOfExcitations", _number(ds.get("NumberOfAverages")))
+    if context.vendor == "UIH":
+        put("PhaseEncodingDirectionDisplayed",
+            acquisition.get("phase_encoding_direction_displayed"))
     put("KVP", _number(ds.get("KVP")))
     put("XRayTubeCurrent", _number(ds.get("XRayTubeCurrent")))
     put("XRayExposure", _number(ds.get("Exposure")))
@@ -352,6 +358,9 @@ def build_sidecar(
         ds, frame, "MRModifierSequence", "ParallelAcquisitionTechnique"), _PARALLEL_TECHNIQUES))
     put("ParallelReductionFactorOutOfPlane", _number(attribute(
         ds, frame, "MRModifierSequence", "ParallelReductionFactorOutOfPlane")))
+    out_of_plane = acquisition.get("parallel_reduction_out_of_plane")
+    if context.vendor == "GE" and isinstance(out_of_plane, float) and out_of_plane > 1.0:
+        put("ParallelReductionOutOfPlane", _six_digits(out_of_plane))
     put("PartialFourierDirection", _code(attribute(
         ds, frame, "MRModifierSequence", "PartialFourierDirection"), _PARTIAL_FOURIER_DIRECTIONS))
     put("EffectiveEchoSpacing", _rounded(acquisition.get("effective_echo_spacing")))
@@ -393,6 +402,25 @@ def build_sidecar(
     leaked = FORBIDDEN_KEYS.intersection(out)
     assert not leaked, leaked  # the allow-list above never produces these
     return out
+
+
+def _trigger_delay(assembled: Assembled, datasets: Sequence[Dataset],
+                   acquisitions: Sequence[Mapping[str, Any]]) -> float | int | None:
+    """dcm2niix's GE TriggerDelayTime, in ms: the trigger time of the last image minus that of
+    the first (instance order), when positive; else the first image's trigger time."""
+    sources = sorted({f.source for volume in assembled.volumes for f in volume},
+                     key=lambda i: (_instance_number(datasets[i]), i))
+    first = acquisitions[sources[0]].get("trigger_time")
+    last = acquisitions[sources[-1]].get("trigger_time")
+    if not isinstance(first, float) or not isinstance(last, float):
+        return None
+    delay = last - first if last > first else first
+    return _six_digits(round(delay * 1000.0, 6)) if delay > 0 else None
+
+
+def _instance_number(ds: Dataset) -> float:
+    number = _number(ds.get("InstanceNumber"))
+    return float(number) if number is not None else math.inf
 
 
 def _six_digits(value: Any) -> float | int | None:
