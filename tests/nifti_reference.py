@@ -197,10 +197,8 @@ SIDECAR_KEYS: dict[str, tuple[Disposition, str]] = {
     "EchoTime1": (_C, ""),
     "EchoTime2": (_C, ""),
     "WaterFatShift": (_C, ""),
-    "EstimatedEffectiveEchoSpacing": (
-        _ND, "Philips: dcm2niix's estimate from WaterFatShift over an echo train length whose "
-             "source for enhanced objects is not reproduced"),
-    "EstimatedTotalReadoutTime": (_ND, "as EstimatedEffectiveEchoSpacing"),
+    "EstimatedEffectiveEchoSpacing": (_C, ""),
+    "EstimatedTotalReadoutTime": (_C, ""),
     "PartialFourierEnabled": (_W, "Philips partial-Fourier series whose ScanOptions or enhanced MR "
                    "Modifier say so; dcm2niix also reads private elements"),
     "PhaseEncodingStepsNoPartialFourier": (_W, "as PartialFourierEnabled"),

@@ -287,3 +287,27 @@ def test_trigger_delay_time_equals_dcm2niix(pattern: str, tmp_path: Path) -> Non
     volumes, refusals = series_to_nifti(datasets)
     assert refusals == [] and len(volumes) == 1
     assert volumes[0].sidecar["TriggerDelayTime"] == pytest.approx(theirs, rel=1e-6)
+
+
+@pytest.mark.vendor
+def test_philips_estimated_readout_equals_dcm2niix_reference() -> None:
+    """dcm2niix's Philips estimates from the water-fat shift (no bandwidth per pixel in the
+    phase direction): shift / (frequency x 3.4 x (echo train + 1)) x echo train, over the
+    reconstructed phase lines - 1; on an enhanced B0 map (echo train 1, not written as
+    EchoTrainLength) and a classic DTI series (echo train 31), equal to the references."""
+    import json
+
+    from lake.nifti import series_to_nifti
+
+    cases = [("dcm_qa_enh/In/Philips", "dcm_qa_enh/Ref/Philips_WIP_B0_NS_801_e1.json"),
+             ("dcm_qa_philips/In/Vanderbilt_2018/601_WIP_dti_ax",
+              "dcm_qa_philips/Ref/WIP_dti_ax_601.json")]
+    for folder, reference in cases:
+        files = sorted(p for p in (SHARED_DATA / "vendors" / folder).glob("*") if p.is_file())
+        if not files:
+            pytest.skip("../shared/data is absent")
+        ref = json.loads((SHARED_DATA / "vendors" / reference).read_text())
+        volumes, _ = series_to_nifti([pydicom.dcmread(p) for p in files])
+        sidecar = volumes[0].sidecar
+        for key in ("EstimatedEffectiveEchoSpacing", "EstimatedTotalReadoutTime"):
+            assert sidecar[key] == pytest.approx(ref[key], rel=1e-5), (folder, key)

@@ -366,7 +366,7 @@ def build_sidecar(
     put("EffectiveEchoSpacing", _rounded(acquisition.get("effective_echo_spacing")))
     put("DerivedVendorReportedEchoSpacing", _derived_echo_spacing(acquisition))
     if context.vendor == "Philips":
-        _philips_readout(put, acquisition)
+        _philips_readout(put, acquisition, out.get("ImagingFrequency"), train, recon_pe)
     put("TotalReadoutTime", _rounded(acquisition.get("total_readout_time")))
     averages = _number(attribute(ds, frame, "MRAveragesSequence", "NumberOfAverages"))
     if isinstance(averages, int | float) and averages > 1:  # dcm2niix leaves out one
@@ -574,12 +574,24 @@ def _philips_scaling(put: Any, ds: Dataset, frame: int | None,
     put("UsePhilipsFloatNotDisplayScaling", 1)
 
 
-def _philips_readout(put: Any, acquisition: Mapping[str, Any]) -> None:
-    """The Philips water-fat shift (dcm2niix's estimated echo spacing and readout from it are
-    not written: its echo-train length for enhanced objects is not reproduced)."""
+def _philips_readout(put: Any, acquisition: Mapping[str, Any], frequency: Any, train: Any,
+                     recon_pe: int | None) -> None:
+    """The Philips water-fat shift, and dcm2niix's estimates from it where no effective echo
+    spacing is known: echo spacing = shift / (imaging frequency x 3.4 ppm x (echo train + 1)),
+    readout = that x echo train, effective spacing = readout / (recon matrix PE - 1). The echo
+    train is EchoTrainLength (0018,0091), per frame in enhanced objects (1 is used too, though
+    not written as EchoTrainLength); the frequency is the ImagingFrequency written."""
     shift = acquisition.get("water_fat_shift")
-    if isinstance(shift, float):
-        put("WaterFatShift", _six_digits(shift))
+    if not isinstance(shift, float):
+        return
+    put("WaterFatShift", _six_digits(shift))
+    if acquisition.get("effective_echo_spacing") is not None \
+            or not isinstance(frequency, int | float) or frequency <= 0 \
+            or not isinstance(train, int) or train < 1 or recon_pe is None or recon_pe < 2:
+        return
+    readout = shift / (frequency * 3.4 * (train + 1)) * train
+    put("EstimatedEffectiveEchoSpacing", _six_digits(readout / (recon_pe - 1)))
+    put("EstimatedTotalReadoutTime", _six_digits(readout))
 
 
 def _partial_fourier(ds: Dataset, frame: int | None) -> bool:
