@@ -190,7 +190,8 @@ SIDECAR_KEYS: dict[str, tuple[Disposition, str]] = {
     "ConversionSoftware": (_OWN, "imaging-lake"),
     "ConversionSoftwareVersion": (_OWN, "the lake's version is in the export manifest"),
     "BodyPartExamined": (_OWN, "older dcm2niix releases' name of BodyPart"),
-    # not derived yet
+    # derived before de-identification (lake.nifti.PARAMETERS) or computed from them: ASL,
+    # field maps, Philips, GE, UIH
     "ArterialSpinLabelingType": (_C, ""),
     "PostLabelingDelay": (_C, ""),
     "LabelingDuration": (_C, ""),
