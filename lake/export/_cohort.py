@@ -240,6 +240,13 @@ def resolve_cohort(lake: Lake, sql: str, *, as_of: int | None = None) -> Cohort:
             f"the cohort query selects no instance at catalog version {version}; "
             "check it with Lake.sql()", functions=("Lake.sql",)
         )
+    if as_of is not None and _erasure_since(lake, as_of):
+        # The rows of version as_of may be those of an erasure that has run (or runs) since.
+        raise ExportError(
+            f"an erasure (lake.steward.forget()) ran after catalog version {as_of}: a cohort "
+            "resolved on it could name withdrawn instances; pass a later as_of=, or none",
+            parameters=("as_of",), functions=("lake.steward.forget",)
+        )
     hashes = _header_hashes(lake, table, version)
     sops = table.column("SOPInstanceUID").to_pylist()
     stored = table.column("header_sha256").to_pylist()
@@ -392,14 +399,8 @@ def create_cohort(
         # before it reads them (lake.steward.forget), so either this commit lands first and
         # the erasure withdraws its members, or it loses and runs the query again on the
         # catalog without them.
+        # (resolve_cohort refuses an as_of= older than an erasure: see _erasure_since)
         resolved = resolve_cohort(lake, sql, as_of=as_of)
-        if as_of is not None and _erasure_since(lake, as_of):
-            # The rows of version as_of may be those of an erasure that has run (or runs) since.
-            raise ExportError(
-                f"an erasure (lake.steward.forget()) ran after catalog version {as_of}: a cohort "
-                "saved on it could name withdrawn instances; pass a later as_of=, or none",
-                parameters=("as_of",), functions=("lake.steward.forget",)
-            )
         cohort = Cohort(
             name=name,
             query=resolved.query,
@@ -424,11 +425,40 @@ def create_cohort(
 
 
 def _erasure_since(lake: Lake, version: int) -> bool:
-    """Whether an erasure changed ``instances`` after ``version`` (its tombstone commit, or
-    a delete: only an erasure deletes instance rows)."""
+    """Whether an erasure changed (or is changing) ``instances`` after ``version``.
+
+    Three records are consulted, so that none of them has to be complete:
+
+    - ``erasures``: a finished erasure records the ``instances`` version after it
+      (``catalog_version``);
+    - ``tombstones``: an erasure lays its tombstones before its first commit to
+      ``instances``, also one that is still running or was interrupted; one laid after
+      ``version`` was committed is an erasure since;
+    - the ``instances`` log: an erasure's own commit (:data:`ERASURE_KEY`) or a delete (only
+      an erasure deletes instance rows) among the commits after ``version``. The log alone
+      is not enough: commit files removed by a log cleanup, or a log rewritten by a tool,
+      leave ``history()`` without those entries (review nit N8).
+    """
+    from lake.catalog import ERASURES, INSTANCES, TOMBSTONES
     from lake.catalog._tombstones import ERASURE_KEY
 
-    delta = lake.tables.open("instances")
+    tables = lake.tables
+    if tables.exists(ERASURES.name):
+        files = tables.data_files(ERASURES.name)
+        for path in files.paths if "catalog_version" in files.schema.names else ():
+            after = pc.max(files.read(path, ["catalog_version"]).column(0)).as_py()
+            if after is not None and after > version:
+                return True
+    committed = tables.commit_time(INSTANCES.name, version)
+    if committed is not None and tables.exists(TOMBSTONES.name):
+        files = tables.data_files(TOMBSTONES.name)
+        since = int(committed.timestamp() * 1_000_000)  # laid_at is in microseconds, UTC
+        for path in files.paths:
+            laid = files.read(path, ["laid_at"]).column(0).cast(pa.int64())
+            latest = pc.max(laid).as_py()
+            if latest is not None and latest >= since:
+                return True
+    delta = tables.open(INSTANCES.name)
     newer = int(delta.version()) - version
     if newer <= 0:
         return False
