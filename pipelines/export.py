@@ -205,8 +205,15 @@ def _cohort(lk: lake.Lake, name: str | None, sql: str | None, as_of: int | None)
     return load_cohort(lk, name)
 
 
+def _silent(done: int, total: int) -> None:
+    """Progress not shown (--quiet)."""
+
+
 @contextmanager
 def _progress(kind: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    if quiet:  # rich's progress machinery is not even imported (issue 14.2)
+        yield _silent
+        return
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -226,7 +233,6 @@ def _progress(kind: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err,
-        disable=quiet,
     )
     tasks: list[TaskID] = []
 

@@ -1,9 +1,9 @@
 """The catalog: Delta tables of instance rows, batches and quarantine, queried with DuckDB."""
 
+from importlib import import_module
 from typing import TYPE_CHECKING
 
 from lake.catalog._journal import BatchJournal, complete_batches, record_batch
-from lake.catalog._query import Catalog, locked_connection, query_error, views_over_rows
 from lake.catalog._schema import (
     ACQUISITION_COLUMNS,
     AUDIT,
@@ -40,6 +40,7 @@ from lake.catalog._tombstones import TombstoneCache, Tombstones
 
 if TYPE_CHECKING:
     from lake.catalog._extract import dicom_values
+    from lake.catalog._query import Catalog, locked_connection, query_error, views_over_rows
 
 __all__ = [
     "ACQUISITION_COLUMNS",
@@ -85,11 +86,21 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    # dicom_values needs pydicom (a quarter of a second to import); only ingest uses it,
-    # so `lake sql` does not pay for it.
-    if name == "dicom_values":
-        from lake.catalog._extract import dicom_values
+#: Names imported when first used (PEP 562): dicom_values needs pydicom (a quarter of a
+#: second to import) and only ingest uses it, so `lake sql` does not pay for it; the DuckDB
+#: query layer (0.1 s of CPU to import duckdb) is not needed to read or write the Delta
+#: tables, so `lake export nifti` does not pay for it (issue 14.2).
+_LAZY = {
+    "dicom_values": "lake.catalog._extract",
+    "Catalog": "lake.catalog._query",
+    "locked_connection": "lake.catalog._query",
+    "query_error": "lake.catalog._query",
+    "views_over_rows": "lake.catalog._query",
+}
 
-        return dicom_values
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is not None:
+        return getattr(import_module(module), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
