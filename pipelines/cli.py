@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import sys
+import threading
 from typing import Annotated, Any
 
 import typer
@@ -130,11 +133,42 @@ def _no_options() -> None:
     """The lake command itself takes no options."""
 
 
+def _exit_now(ended: SystemExit) -> None:
+    """End the process at once with ``ended``'s code, skipping the interpreter's teardown,
+    when that is safe; otherwise return (the caller exits the ordinary way).
+
+    At exit Python frees the objects of every loaded module one by one: ~0.15 s of CPU
+    after a command that loaded the export stack (~900 modules), a sixth of a small
+    `lake export nifti` (issue 14.2). Skipped only when the command ended with an integer
+    code and no other thread runs (a server's threads are joined the ordinary way); the
+    at-exit functions (logging's flush, temporary folders' removal, Dask's shutdown) run
+    first and the standard streams are flushed. What the lake writes is durable when it is
+    written (the lake stays consistent under a kill at any moment): nothing waits for the
+    teardown.
+    """
+    code = 0 if ended.code is None else ended.code
+    if not isinstance(code, int) or threading.active_count() > 1:
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # a closed pipe: the ordinary exit reports it as it always did
+        return
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):
+            stream.flush()
+    os._exit(code)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
         _app_for(sys.argv[1:])()
     except typer.Exit:
+        raise
+    except SystemExit as ended:  # click ends every run with sys.exit(code)
+        _exit_now(ended)
         raise
     except Exception as exc:
         if os.environ.get("LAKE_DEBUG"):
