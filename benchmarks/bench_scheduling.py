@@ -221,6 +221,11 @@ def bench_small_nifti(work: Path, repeat: int, against: str | None = None) -> No
         return lambda: _run(["export", "nifti", "stc", "--out", str(work / f"c{next(count)}"),
                              "-q", *extra], env, ok=(0, 4), lake=lake)
 
+    def imports() -> float:
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", _EXPORT_IMPORTS], check=True)
+        return time.perf_counter() - started
+
     def in_process() -> float:
         started = time.perf_counter()
         export_nifti(lk, cohort, work / f"i{next(count)}")
@@ -238,6 +243,7 @@ def bench_small_nifti(work: Path, repeat: int, against: str | None = None) -> No
         ("lake export nifti (CLI, --scheduler sync)", cli("--scheduler", "sync"), 5.0),
         ("lake export nifti (CLI, processes)", cli("--scheduler", "processes"), None),
         ("export_nifti in-process (auto)", in_process, 1.5),
+        ("  floor: its imports alone, no work", imports, None),
     ]
     if against:  # another checkout's lake (e.g. main's): a before/after in the same run
         lines.insert(1, ("  the same, --against's lake", cli(lake=against), 5.0))
@@ -250,6 +256,16 @@ def bench_small_nifti(work: Path, repeat: int, against: str | None = None) -> No
         print(f"{label:<42}{best:>7.3f} s ({median:.3f}) CPU {used:.3f}  "
               f"{best / ref[0]:6.1f}x dcm2niix{verdict}")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
+
+
+#: What `lake export nifti` imports, without running anything: the floor of its start-up
+#: (the CLI: typer, with pydantic for its parameters, and rich; the catalog: pyarrow, deltalake;
+#: the blob store: fsspec; the converter: numpy, pydicom, nibabel).
+_EXPORT_IMPORTS = (
+    "import pipelines.cli, pipelines.export, typer._adapters, rich.table, "
+    "lake.catalog, lake.export._cohort, lake.export._to_nifti, lake.nifti._convert, "
+    "lake.nifti._write, pyarrow.parquet, fsspec"
+)
 
 
 def _cpu() -> float:
