@@ -213,3 +213,39 @@ def test_sql_json_writes_maps_as_objects_and_non_finite_numbers_as_null(
         {"d": {"2020-01-01": 1}, "l": {"[1, 2]": "x"}, "s": {"a": {"1": 2}},
          "m": [{"2021-02-03": 3}], "n": None, "i": None, "h": {"2020-01-01": 1}}
     ]
+
+
+_ENDING = """
+import atexit, sys, threading, time
+from pathlib import Path
+
+folder = Path(sys.argv[1])
+
+def late() -> None:
+    time.sleep(1.5)
+    (folder / "thread").write_text("joined")
+
+atexit.register(lambda: (folder / "atexit").write_text("ran"))
+if sys.argv[2] == "thread":
+    threading.Thread(target=late).start()
+sys.argv = ["lake", *sys.argv[3:]]
+from pipelines.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("thread", ["thread", "none"])
+def test_the_console_script_ends_as_python_would(tmp_path: Path, thread: str) -> None:
+    """`lake` skips the interpreter's teardown at exit (issue 14.2) only when that changes
+    nothing but the time: the at-exit functions run, a thread still running is waited for,
+    the output is complete and the exit code is the command's."""
+    for args, code, text in ((["sql", "--help"], 0, "Usage: lake sql"),
+                             (["nosuch"], 2, "No such command")):
+        for name in ("thread", "atexit"):
+            (tmp_path / name).unlink(missing_ok=True)
+        proc = subprocess.run([sys.executable, "-c", _ENDING, str(tmp_path), thread, *args],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == code, proc.stderr
+        assert text in proc.stdout + proc.stderr
+        assert (tmp_path / "atexit").read_text() == "ran"
+        assert (tmp_path / "thread").exists() == (thread == "thread")
