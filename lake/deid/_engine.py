@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -315,7 +316,8 @@ class Deidentifier:
             and raw.is_little_endian
         ):
             done = rewrite_sequence(raw.value, self._plan.tables, child, self.uid,
-                                    call.encodings)
+                                    call.encodings,
+                                    functools.partial(self._raw_value, call))
             if done is not None:
                 value, actions = done
                 ds[tag] = RawDataElement(BaseTag(tag), "SQ", len(value), value, 0, False, True)
@@ -438,38 +440,63 @@ class Deidentifier:
             new = "\\".join(self.uid(v) if v else "" for v in values)
             self._set(ds, tag, "UI", new.encode("ascii"))
             actions["U"] += 1
-        elif code == _p.PSEUDONYM:
+        else:
+            new = self._text_value(op, vr, text, call, actions)
+            if new is None:
+                del ds[tag]
+            elif new is not True:
+                self._set(ds, tag, vr, new)
+
+    def _raw_value(self, call: _Call, op: Op, vr: str, value: bytes,
+                   actions: Counter[str]) -> bytes | bool | None:
+        """What :meth:`_transform` does to a raw value of ``vr`` (the raw sequence path).
+
+        Only for the codes :data:`lake.deid._rawseq.VALUE_CODES`; see :meth:`_text_value`.
+        The action is counted in ``actions`` (the rewriter's own, kept only if it succeeds).
+        """
+        text = _v.decode(value, call.encodings).rstrip("\0 ")
+        if not text.strip("\0 ") and op.code != _p.CLEAN_TEXT:
+            actions["Z"] += 1  # nothing to replace: the value stays empty
+            return True
+        return self._text_value(op, vr, text, call, actions)
+
+    def _text_value(self, op: Op, vr: str, text: str, call: _Call,
+                    actions: Counter[str]) -> bytes | bool | None:
+        """The new value (unpadded bytes), ``True`` to keep it as it is, ``None`` to remove it.
+
+        For pseudonyms, Clean (C), AE titles and dates; counts the action in ``actions``.
+        """
+        code = op.code
+        if code == _p.PSEUDONYM:
             value = text.strip()
             new = _v.pseudonym(self._pid_key, value) if value else ""
-            self._set(ds, tag, vr, new.encode("ascii"))
             actions["D"] += 1
-        elif code == _p.CLEAN_TEXT:
+            return new.encode("ascii")
+        if code == _p.CLEAN_TEXT:
             if vr not in _p.TEXT_VRS:
                 # A clean rule reached an element of another VR (masks, private): keep only
                 # what carries no text, and drop the rest.
                 if vr in ("PN", "DA", "DT", "TM", "AE", "UR", "UN", "UI"):
-                    del ds[tag]
                     actions["X"] += 1
-                else:
-                    actions["C"] += 1
-                return
+                    return None
+                actions["C"] += 1
+                return True
             if call.identifiers is None:
                 names, values, dates = call.identifying
                 call.identifiers = InstanceIdentifiers(names, values, dates,
                                                        self.profile.vocabulary)
             cleaned = clean_text(text, self.profile.vocabulary, call.identifiers,
                                  _v.MAX_LENGTH.get(vr))
-            self._set(ds, tag, vr, cleaned.encode("ascii"))
             actions["C"] += 1
-        elif code == _p.AE_PSEUDO:
+            return cleaned.encode("ascii")
+        if code == _p.AE_PSEUDO:
             values = [v.strip() for v in text.split("\\")]
-            new = "\\".join(_v.keyed_ae(self._ae_key, v) if v else "" for v in values)
-            self._set(ds, tag, vr, new.encode("ascii"))
             actions["C"] += 1
-        else:
-            self._dates(ds, tag, vr, op, text, call)
+            return "\\".join(_v.keyed_ae(self._ae_key, v) if v else "" for v in values).encode(
+                "ascii")
+        return self._dates(op, text, call, actions)
 
-    def _dates(self, ds: Dataset, tag: int, vr: str, op: Op, text: str, call: _Call) -> None:
+    def _dates(self, op: Op, text: str, call: _Call, actions: Counter[str]) -> bytes | bool:
         code = op.code
         values = [v.strip() for v in text.split("\\")]
         new: list[str | None]
@@ -487,13 +514,11 @@ class Deidentifier:
             new = [v if not v or check(v) else None for v in values]
         if any(v is None for v in new):
             # Malformed: never passes through, not even partly.
-            self._set(ds, tag, vr, b"")
-            call.actions["Z"] += 1
-            return
+            actions["Z"] += 1
+            return b""
         joined = "\\".join(v for v in new if v is not None)
-        if joined != text:
-            self._set(ds, tag, vr, joined.encode("ascii"))
-        call.actions[op.letter] += 1
+        actions[op.letter] += 1
+        return True if joined == text else joined.encode("ascii")
 
     # ---- identifiers for cleaning ---------------------------------------------------
 

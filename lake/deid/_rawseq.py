@@ -4,9 +4,11 @@ pydicom parses a sequence into Dataset objects when it is first accessed; for se
 many small items (SourceImageSequence of 60 references, per-frame groups) that parsing and
 the re-encoding cost more than the rest of the de-identification. When every element inside
 a raw sequence needs only what this module can do on bytes (keep, remove, keyed UID, dummy,
-zero-length or fixed value, walk a nested sequence), the sequence is rewritten directly.
-Anything else (a private element, an element without a dictionary entry, a date shift, text
-cleaning, an odd encoding, a parse anomaly) makes :func:`rewrite_sequence` return None and
+zero-length or fixed value, walk a nested sequence) or what the engine does to one value
+(:data:`VALUE_CODES`: date shifts and checks, text cleaning, pseudonyms, AE titles, given
+as a callback), the sequence is rewritten directly. Anything else (a private element, an
+element without a dictionary entry, a value of VR UN, an odd encoding, a parse anomaly)
+makes :func:`rewrite_sequence` return None and
 the engine takes the general path: the fast path can only be faster, never different
 (``tests/test_deid_engine.py`` compares both on every file it can find).
 """
@@ -21,7 +23,7 @@ from lake.deid import _plan as _p
 from lake.deid._uids import well_formed_uids
 from lake.deid._values import decode, dummy_bytes
 
-__all__ = ["rewrite_sequence", "scan_values"]
+__all__ = ["VALUE_CODES", "ValueFunction", "rewrite_sequence", "scan_values"]
 
 _HEADER = Struct("<HHI")
 _SHORT = Struct("<HH2sH")
@@ -31,6 +33,14 @@ _U16 = Struct("<H")
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
                        b"UR", b"UT", b"UV"})
 _UNDEFINED = 0xFFFFFFFF
+
+VALUE_CODES = frozenset({_p.PSEUDONYM, _p.CLEAN_TEXT, _p.AE_PSEUDO, _p.SHIFT_DA, _p.SHIFT_DT,
+                         _p.CHECK_DA, _p.CHECK_DT, _p.CHECK_TM, _p.CHECK_AS, _p.CHECK_TZ})
+"""Codes whose new value the engine computes from the old one (:data:`ValueFunction`)."""
+
+ValueFunction = Callable[[_p.Op, str, bytes, Counter[str]], "bytes | bool | None"]
+"""``(op, vr, value, actions) -> new value``: unpadded bytes, True (unchanged) or None
+(removed); the action taken is counted in ``actions``."""
 
 
 # The rewriter and the scanner below each parse item and element headers inline: calling a
@@ -44,8 +54,10 @@ class _NotFastError(Exception):
 
 class _Rewriter:
     def __init__(self, data: bytes, tables: tuple[Mapping[int, _p.Op], ...],
-                 uid: Callable[[str], str], encodings: list[str]) -> None:
+                 uid: Callable[[str], str], encodings: list[str],
+                 value: ValueFunction | None) -> None:
         self.data = data
+        self.value = value
         self.tables = tables
         self.uid = uid
         self.encodings = encodings
@@ -128,6 +140,12 @@ class _Rewriter:
                 nested, _ = self.sequence(start, after, self._child(op, mode))
                 out += _LONG.pack(group, element, b"SQ", len(nested)) + nested
                 self._count(op)
+            elif code in VALUE_CODES and self.value is not None and vr not in (b"SQ", b"UN"):
+                new = self.value(op, vr.decode(), data[start:after], self.actions)
+                if new is True:
+                    out += data[pos:after]
+                elif new is not None and new is not False:
+                    out += _encode(group, element, vr, new)
             else:
                 raise _NotFastError
             pos = after
@@ -148,11 +166,7 @@ class _Rewriter:
         else:
             self.actions["D"] += 1
             new = op.literal if op.code == _p.LITERAL else dummy_bytes(vr.decode())
-            if len(new) % 2:
-                new += b"\0" if vr == b"UI" else b" "
-        if vr in _LONG_VRS:
-            return _LONG.pack(group, element, vr, len(new)) + new
-        return _SHORT.pack(group, element, vr, len(new)) + new
+        return _encode(group, element, vr, new)
 
     def _uid(self, group: int, element: int, value: bytes) -> bytes:
         text = decode(value, self.encodings).rstrip("\0 ")
@@ -167,12 +181,22 @@ class _Rewriter:
         return _SHORT.pack(group, element, b"UI", len(new)) + new
 
 
+def _encode(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    """One element, explicit VR little endian, its value padded as the engine pads it."""
+    if len(value) % 2:
+        value += b"\0" if vr == b"UI" else b" "
+    if vr in _LONG_VRS:
+        return _LONG.pack(group, element, vr, len(value)) + value
+    return _SHORT.pack(group, element, vr, len(value)) + value
+
+
 def rewrite_sequence(
     data: bytes,
     tables: tuple[Mapping[int, _p.Op], ...],
     mode: int,
     uid: Callable[[str], str],
     encodings: list[str],
+    value: ValueFunction | None = None,
 ) -> tuple[bytes, Counter[str]] | None:
     """The items of a defined-length raw sequence, de-identified, or None.
 
@@ -188,6 +212,9 @@ def rewrite_sequence(
         The engine's keyed UID function.
     encodings : list of str
         The dataset's character sets (to read UIDs exactly as the general path does).
+    value : callable, optional
+        The engine's new value for the codes of :data:`VALUE_CODES`; without it, an element
+        with such a code makes the sequence take the general path.
 
     Returns
     -------
@@ -195,7 +222,7 @@ def rewrite_sequence(
         The new value (items with defined lengths) and the actions taken, or None when
         some element needs the general path.
     """
-    rewriter = _Rewriter(data, tables, uid, encodings)
+    rewriter = _Rewriter(data, tables, uid, encodings, value)
     try:
         out, _ = rewriter.sequence(0, len(data), mode)
     except _NotFastError:
