@@ -792,3 +792,56 @@ def test_site_whitelist_and_blacklist_apply_to_every_profile(tmp_path: Path) -> 
         Deidentifier(load_profile(blacklist), SECRET).apply(
             dcmread(get_testdata_file("MR_small.dcm")))
     assert info.value.reason == "pixel_blacklist"
+
+
+def _written(e: Deidentifier, path: Path) -> bytes | str:
+    ds = dcmread(path)
+    try:
+        e.apply(ds)
+    except DeidRefusedError as exc:
+        return exc.reason
+    return encode_part10(ds)
+
+
+def test_memoised_values_change_nothing_and_are_never_pickled(tmp_path: Path) -> None:
+    """One engine over many files (UIDs, identifiers and cleaned texts memoised) writes the
+    bytes a fresh engine writes for each file; a pickled engine carries none of them."""
+    from tests.deid_corpus import write_corpus
+
+    write_corpus(tmp_path / "corpus", 2)
+    paths = sorted((tmp_path / "corpus").rglob("*.dcm"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in ("basic", "research"):
+            shared, fresh = engine(name), engine(name)
+            for path in paths * 2:  # the second pass finds everything memoised
+                fresh = pickle.loads(pickle.dumps(fresh))  # its memos emptied
+                assert not fresh._uids and not fresh._cleaned
+                assert _written(shared, path) == _written(fresh, path), (name, path.name)
+            assert shared._uids
+            clone = pickle.loads(pickle.dumps(shared))
+            assert not clone._uids and not clone._identifiers and not clone._cleaned
+    assert shared._cleaned and shared._identifiers  # research cleaned descriptions
+
+
+def test_dates_and_clean_text_in_sequences_take_the_raw_path() -> None:
+    """A sequence whose items hold shifted dates and cleaned texts is rewritten from its bytes
+    (never parsed), to exactly what the general path writes."""
+    def probe() -> Dataset:
+        ds = dcmread(get_testdata_file("CT_small.dcm"))
+        item = Dataset()
+        item.ScheduledProcedureStepStartDate = "20230105"
+        item.RequestedProcedureDescription = "CT CHEST Dr Zyxwv 12/03/2020"
+        item.ScheduledProcedureStepID = "SPS1"
+        ds.RequestAttributesSequence = Sequence([item])
+        return roundtrip(ds)
+
+    fast, general = engine("research"), engine("research")
+    general._raw_sequences = False
+    a, b = probe(), probe()
+    assert dict(fast.apply(a).actions) == dict(general.apply(b).actions)
+    assert isinstance(a.get_item(0x00400275), RawDataElement)  # rewritten, never parsed
+    assert encode_part10(a) == encode_part10(b)
+    item = a.RequestAttributesSequence[0]
+    assert item.ScheduledProcedureStepStartDate != "20230105"
+    assert "Zyxwv" not in item.RequestedProcedureDescription

@@ -144,7 +144,7 @@ class _Rewriter:
                 new = self.value(op, vr.decode(), data[start:after], self.actions)
                 if new is True:
                     out += data[pos:after]
-                elif new is not None and new is not False:
+                elif isinstance(new, bytes):  # None: removed
                     out += _encode(group, element, vr, new)
             else:
                 raise _NotFastError
