@@ -72,6 +72,51 @@ def test_pool_gives_every_result_once_and_uses_its_workers() -> None:
     assert any(in_worker for _, in_worker in results)  # the window's tasks went to the pool
 
 
+_FORKED = """
+import multiprocessing, sys
+from lake.compute import Runner
+from lake.compute._pool import fork_safe
+from tests.test_compute import _shared_in_worker
+
+assert fork_safe()  # nothing threaded is loaded yet
+with Runner("pool", 2) as runner:
+    results = list(runner.map(_shared_in_worker, range(40), {"key": b"k" * 100_000}))
+    assert runner._pool is not None and runner._pool.forked
+print(sorted(results) == [(i, 100_000, True) for i in range(40)])
+import pyarrow  # its allocator's threads: no fork from here on
+print(fork_safe())
+with Runner("pool", 2) as runner:
+    results = list(runner.map(_shared_in_worker, range(8), {"key": b"k"}))
+    assert runner._pool is not None and not runner._pool.forked
+print(sorted(r[:2] for r in results) == [(i, 1) for i in range(8)])
+"""
+
+
+def _shared_in_worker(task: int, shared: dict[str, bytes]) -> tuple[int, int, bool]:
+    return task, len(shared["key"]), multiprocessing.parent_process() is not None
+
+
+def test_pool_forks_only_while_nothing_threaded_is_loaded() -> None:
+    """Forked workers inherit the shared value (never pickled); once a library with native
+    threads is loaded (pyarrow, delta-rs, DuckDB) the pool spawns them instead."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", _FORKED], cwd=root, text=True,
+                          capture_output=True, timeout=300)  # a hang guard, not a timing
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False", "True"]
+
+
+def test_auto_sends_a_job_to_a_forking_pool_from_fewer_files() -> None:
+    """A pool that forks starts in milliseconds: ``auto`` uses it from ``forked_items``."""
+    crossover = Crossover(1000, 10**9, engine="pool", forked_items=50)
+    job = Workload(60, 0, crossover)
+    import lake.compute._pool as pool
+
+    forking = pool.fork_safe()
+    assert choose_scheduler("auto", job, workers=2) == ("pool" if forking else "sync")
+    assert crossover.threshold() == (50 if forking else 1000)
+
+
 def _die_in_a_worker(task: int, shared: int) -> int:
     if multiprocessing.parent_process() is not None:
         os._exit(1)  # a worker killed mid-task (out of memory, kill -9)

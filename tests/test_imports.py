@@ -179,3 +179,19 @@ def test_entry_point_builds_only_the_command_it_runs(args: list[str]) -> None:
         assert chosen is app
     lean, full = CliRunner().invoke(chosen, args), CliRunner().invoke(app, args)
     assert (lean.exit_code, lean.output) == (full.exit_code, full.output)
+
+
+def test_ingest_workers_code_loads_no_threaded_library() -> None:
+    """What an ingest's pool workers run (reading, de-identifying, encoding, the documents and
+    NIfTI hooks, the catalog's row values) loads neither pyarrow, delta-rs, DuckDB nor Dask:
+    their native threads would make the pool spawn its workers (a second of CPU each) instead
+    of forking them (lake.compute._pool.fork_safe), and the workers would import them for
+    nothing. The driver loads them at its first commit."""
+    modules = _loaded(
+        "import lake.ingest, lake.ingest._run, lake.documents, lake.nifti._derive\n"
+        "from lake.catalog import dicom_values, INSTANCES\n"
+        "from lake.compute._pool import fork_safe\n"
+        "assert fork_safe()"
+    )
+    assert _present(modules, ("pyarrow", "deltalake", "duckdb", "dask", "distributed",
+                              "pandas")) == []

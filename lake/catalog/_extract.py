@@ -3,17 +3,22 @@
 The ingest pipeline already serialises every header to DICOM JSON (PS3.18 F.2),
 where DS/IS and binary numbers are parsed; reading the promoted columns from that
 dict avoids converting pydicom elements a second time.
+
+No pyarrow here: this runs once per instance on ingest's workers, which import only what
+that work needs (``docs/performance.md``, "Ingest: where the time goes"). Each column's
+converter is chosen once, from the type the schema declares.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
-import pyarrow as pa
 from pydicom.datadict import tag_for_keyword
 from pydicom.valuerep import DA, DT, TM
 
+from lake.catalog._arrow_types import ArrowType
 from lake.catalog._schema import DICOM_COLUMNS, Column
 
 __all__ = ["dicom_values"]
@@ -78,22 +83,40 @@ def _int(value: Any) -> int | None:
             return None
 
 
-def _scalar(value: Any, column: Column, type_: pa.DataType) -> Any:
-    if value is None or value == "":
-        return None
-    if column.sql_cast == "TIME":
-        return _time(value)
-    if pa.types.is_date32(type_):
-        return _date(value)
-    if pa.types.is_timestamp(type_):
-        return _datetime(value)
-    if pa.types.is_floating(type_):
-        return _float(value)
-    if pa.types.is_integer(type_):
-        return _int(value)
+def _text(value: Any) -> str | None:
     if isinstance(value, dict):  # a person name: its alphabetic group
         return str(value.get("Alphabetic", "")) or None
     return str(value)
+
+
+_BY_FACTORY: dict[str, Callable[[Any], Any]] = {
+    "date32": _date,
+    "timestamp": _datetime,
+    "float64": _float,
+    "int64": _int,
+}
+
+
+def _parser(column: Column, declared: ArrowType) -> Callable[[Any], Any]:
+    """The function typing one value of ``column`` (of type ``declared``: the column's, or
+    its items')."""
+    if column.sql_cast == "TIME":
+        return _time
+    return _BY_FACTORY.get(declared.factory, _text)
+
+
+_PARSERS: tuple[tuple[str, str, bool, Callable[[Any], Any]], ...] = tuple(
+    (
+        c.name,
+        _KEYS[c.name],
+        c.declared.factory == "list_",
+        _parser(c, c.declared.items[0] if c.declared.factory == "list_" else c.declared),
+    )
+    for c in DICOM_COLUMNS
+    if c.name != "TransferSyntaxUID"
+)
+"""Per DICOM column but TransferSyntaxUID: name, DICOM JSON key, whether it is a list,
+and the parser of one value."""
 
 
 def dicom_values(header: dict[str, Any], transfer_syntax: str | None) -> dict[str, Any]:
@@ -109,17 +132,18 @@ def dicom_values(header: dict[str, Any], transfer_syntax: str | None) -> dict[st
     Values that cannot be parsed into the column's type (a malformed date, a
     non-numeric DS) become null; the raw value remains in ``header_json``.
     """
-    row: dict[str, Any] = {}
-    for column in DICOM_COLUMNS:
-        if column.name == "TransferSyntaxUID":
-            row[column.name] = transfer_syntax
-            continue
-        values = header.get(_KEYS[column.name], {}).get("Value") or []
-        if pa.types.is_list(column.type):
-            items = [_scalar(v, column, column.type.value_type) for v in values]
-            row[column.name] = [v for v in items if v is not None] or None
+    row: dict[str, Any] = {"TransferSyntaxUID": transfer_syntax}
+    for name, key, is_list, parse in _PARSERS:
+        entry = header.get(key)
+        values = entry.get("Value") if entry else None
+        if not values:
+            row[name] = None
+        elif is_list:
+            items = [parse(v) for v in values if v is not None and v != ""]
+            row[name] = [v for v in items if v is not None] or None
         else:
-            row[column.name] = _scalar(values[0], column, column.type) if values else None
+            value = values[0]
+            row[name] = None if value is None or value == "" else parse(value)
     if row["NumberOfFrames"] is None and "7FE00010" in header:
         row["NumberOfFrames"] = 1
     return row

@@ -46,13 +46,27 @@ class Crossover:
     nbytes : int
         Their total size in bytes.
     engine : str
-        Where a job at or above the crossover runs: ``"pool"`` (spawned worker processes,
+        Where a job at or above the crossover runs: ``"pool"`` (local worker processes,
         no Dask scheduler) or ``"processes"`` (a local ``dask.distributed`` cluster).
+    forked_items : int, optional
+        With the ``"pool"`` engine: the number of inputs from which a job goes to the pool
+        when the pool can fork its workers (:func:`lake.compute._pool.fork_safe`), which then
+        start in milliseconds instead of a second of CPU each.
     """
 
     items: int
     nbytes: int
     engine: str = "processes"
+    forked_items: int | None = None
+
+    def threshold(self) -> int:
+        """The number of inputs from which a job goes to :attr:`engine` in this process now."""
+        if self.engine == POOL and self.forked_items is not None:
+            from lake.compute._pool import fork_safe
+
+            if fork_safe():
+                return min(self.items, self.forked_items)
+        return self.items
 
 
 @dataclass(frozen=True)
@@ -75,8 +89,10 @@ class Workload:
 
     @property
     def pays_for_a_cluster(self) -> bool:
-        """Whether the job is at or above its crossover."""
-        return self.items >= self.crossover.items or self.nbytes >= self.crossover.nbytes
+        """Whether the job is at or above its crossover (for this process now: a pool that
+        can fork pays from fewer inputs, :meth:`Crossover.threshold`)."""
+        return (self.items >= self.crossover.threshold()
+                or self.nbytes >= self.crossover.nbytes)
 
 
 # Measured on the shared 2-core machine (benchmarks/bench_scheduling.py, docs/performance.md):
@@ -84,8 +100,12 @@ class Workload:
 # meet near 16,000 files for ingest, not at all for DICOM export). For ingest a pool of
 # spawned workers spent less CPU and wall time than the local cluster (4,000 files: 4.3 against
 # 6.6 ms of CPU per file, 67 against 88 s at load 13), but still more than one process (2.7 ms,
-# 39 s): with no free core, the crossover stays where the cluster's was.
-INGEST_CROSSOVER = Crossover(items=10_000, nbytes=4_000_000_000, engine="pool")
+# 39 s): with no free core, the crossover stays where the cluster's was. A pool that forks its
+# workers (a CLI ingest: nothing threaded is loaded before the first commit) spends the CPU
+# one process spends (2,000 CT/MR files: 8.2-9.8 s against 9.0-9.1 s of CPU, load 8), so it
+# pays as soon as a second core is free and there are tasks for both: from 500 files.
+INGEST_CROSSOVER = Crossover(items=10_000, nbytes=4_000_000_000, engine="pool",
+                             forked_items=500)
 """Ingest: files (de-identify, hash, store, encode: ~2-3 ms per small file in one process)."""
 
 EXPORT_CROSSOVER = Crossover(items=10_000, nbytes=4_000_000_000)

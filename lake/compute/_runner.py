@@ -30,6 +30,12 @@ R = TypeVar("R")
 
 _DONE = object()
 
+POOL_TASKS_IN_FLIGHT = 8
+"""Tasks in flight per pool worker. The caller consumes results on this thread, and while it
+works on them (an ingest commits a batch, which ends with a sync of the disk) no task is
+submitted: the workers go on with those in flight. Two per worker (32 files, ~0.2 s) drained
+within a commit and left the cores idle; eight cover one."""
+
 
 class Runner(AbstractContextManager["Runner"]):
     """Map a function over tasks with at most ``window`` in flight, yielding results as they finish.
@@ -79,7 +85,10 @@ class Runner(AbstractContextManager["Runner"]):
 
     @property
     def window(self) -> int:
-        return 2 * self.workers if self.scheduler != "sync" else 1
+        """Tasks kept in flight: two per worker; on the pool, :data:`POOL_TASKS_IN_FLIGHT`."""
+        if self.scheduler == "sync":
+            return 1
+        return (POOL_TASKS_IN_FLIGHT if self.scheduler == POOL else 2) * self.workers
 
     def __enter__(self) -> Runner:
         if self.scheduler in ("sync", POOL):
@@ -187,17 +196,17 @@ class Runner(AbstractContextManager["Runner"]):
     ) -> Iterator[R]:
         """:meth:`map` on a pool of spawned worker processes (:mod:`lake.compute._pool`).
 
-        The workers take a second or so to start (a new interpreter importing what the
-        tasks need); until the first of their results is back, this process runs tasks
-        itself, so the start costs no wall time. Then it only feeds the pool, keeping
-        :attr:`window` tasks in flight, and hands results on as they finish.
+        Forked workers start at once. Spawned ones take a second or so (a new interpreter
+        importing what the tasks need); until the first of their results is back, this
+        process runs tasks itself, so the start costs no wall time. Then it only feeds the
+        pool, keeping :attr:`window` tasks in flight, and hands results on as they finish.
         """
         from lake.compute._pool import call_with_shared, start_pool
 
         name = f"lake-shared-{uuid.uuid4().hex}"
         self._pool = start_pool(self.workers, name, shared)
         pending: set[Future[R]] = set()
-        started = False
+        started = self._pool.forked  # forked workers are ready: nothing to bridge here
 
         def submit() -> bool:
             task = next(iterator, _DONE)

@@ -11,10 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from lake.catalog import INSTANCES, BatchJournal, Decision, Judged, Tombstones, record_batch
+from lake.catalog._schema import INSTANCES
 from lake.ingest._identity import COMPARED_COLUMNS, identity_sha256, same_object
 from lake.ingest._instance import Accepted, Outcome
 from lake.ingest._quarantine import store_rejected
@@ -22,6 +19,7 @@ from lake.ingest._withdrawn import refused_identity
 from lake.store import BlobStore, flush
 
 if TYPE_CHECKING:
+    from lake.catalog import BatchJournal, Decision, DeltaTables, Judged, Tombstones
     from lake.ingest._run import Ingestor
 
 __all__ = ["CONFLICT_MESSAGE", "UID_CONFLICT", "BatchResult", "Original", "commit_batch"]
@@ -89,6 +87,13 @@ def commit_batch(
     replace: bool = False,
 ) -> BatchResult:
     """Commit ``outcomes`` as one batch; see :meth:`lake.ingest.Ingestor.commit`."""
+    # Imported here, by the driver: the worker processes of an ingest never commit, and
+    # delta-rs and pyarrow start native threads when imported (lake.compute._pool).
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from lake.catalog import BatchJournal, Decision
+
     lake = ingestor.lake
     batch = BatchResult(batch_id=uuid.uuid4().hex)
     now = _now()
@@ -189,6 +194,14 @@ def commit_batch(
     written.batch["catalog_version"] = result.version
     record_batch(lake.tables, written)
     return batch
+
+
+def record_batch(tables: DeltaTables, journal: BatchJournal) -> None:
+    """:func:`lake.catalog.record_batch`, imported when a batch is committed (a module-level
+    name: tests stop a commit here)."""
+    from lake.catalog import record_batch as record
+
+    record(tables, journal)
 
 
 def _differs(row: dict[str, Any], stored: dict[str, Any]) -> bool:

@@ -7,6 +7,7 @@ holds no original value.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Mapping
@@ -22,10 +23,11 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from lake._capture import capture
 from lake._errors import DeidRefusedError, InputRefusedError
-from lake.catalog import dicom_values
+from lake.catalog._extract import dicom_values
 from lake.deid import Deidentifier
 from lake.ingest._encode import encode_part10, header_json
 from lake.ingest._header import within
+from lake.ingest._identity import identity_sha256
 from lake.ingest._limits import ReadLimits, describe
 from lake.ingest._nesting import deeper_than
 from lake.ingest._quarantine import store_rejected
@@ -321,13 +323,17 @@ def accept(ds: Dataset, ctx: IngestContext, actions: Counter[str], bytes_in: int
     if pixel_hash is not None:
         as_json["7FE00010"] = {"vr": pixel_vr, "BulkDataURI": pixel_hash}
     row = dicom_values(as_json, str(ds.file_meta.TransferSyntaxUID))
+    text = json.dumps(as_json, separators=(",", ":"), sort_keys=True)
     row.update(
         pixel_hash=pixel_hash,
         pixel_vr=pixel_vr,
         pixel_bytes=pixel_len,
         size_bytes=len(header) + pixel_len,
-        header_json=json.dumps(as_json, separators=(",", ":"), sort_keys=True),
+        header_json=text,
         header_dicom=header,
+        # Hashed here, on the worker, not by the committing driver (one process for all).
+        identity_sha256=identity_sha256(text),
+        header_sha256=hashlib.sha256(header).hexdigest(),
         profile=ctx.engine.profile.name,
         profile_version=ctx.engine.profile.version,
         profile_sha256=ctx.engine.profile.sha256,

@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from lake._capture import capture
 from lake._errors import InputRefusedError
-from lake.catalog._tombstones import PURPOSE as TOMBSTONE_PURPOSE
-from lake.catalog._tombstones import TombstoneCache
 from lake.compute import AUTO, INGEST_CROSSOVER, Runner, Workload
 from lake.deid import Deidentifier, Profile, load_profile
 from lake.ingest._commit import BatchResult, Original, _Counts, commit_batch
@@ -36,6 +34,7 @@ from lake.vault import Secret
 
 if TYPE_CHECKING:
     from lake._lake import Lake
+    from lake.catalog import TombstoneCache
     from lake.documents import FolderStudies
 
 __all__ = ["BatchResult", "IngestSummary", "Ingestor", "ingest"]
@@ -140,9 +139,23 @@ class Ingestor:
             quarantine_key=quarantine_key(secret),
             limits=limits or ReadLimits.from_settings(lake.config.ingest),
         )
-        self.tombstone_key = secret.derive(TOMBSTONE_PURPOSE)
+        self._secret = secret
+
+    @functools.cached_property
+    def tombstone_key(self) -> bytes:
         """Tests instance rows against the erasure tombstones at commit (lake.steward.forget)."""
-        self.tombstones = TombstoneCache(self.tombstone_key)
+        from lake.catalog._tombstones import PURPOSE
+
+        return self._secret.derive(PURPOSE)
+
+    @functools.cached_property
+    def tombstones(self) -> TombstoneCache:
+        """The erasure tombstones, read at commit. Imported then, not before: the catalog's
+        Delta modules start native threads, and an ingest's pool forks its workers only
+        from a driver without them (:mod:`lake.compute._pool`)."""
+        from lake.catalog._tombstones import TombstoneCache
+
+        return TombstoneCache(self.tombstone_key)
 
     def process(self, data: bytes) -> Outcome:
         """De-identify one instance and store its pixels (no commit)."""
