@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import (
-    FIRST_COMPLETED,
     Future,
     ThreadPoolExecutor,
-    wait,
 )
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager
@@ -194,18 +193,25 @@ class Runner(AbstractContextManager["Runner"]):
     def _map_pool(
         self, func: Callable[[T, Any], R], iterator: Iterator[T], shared: Any
     ) -> Iterator[R]:
-        """:meth:`map` on a pool of spawned worker processes (:mod:`lake.compute._pool`).
+        """:meth:`map` on a pool of worker processes (:mod:`lake.compute._pool`), results in
+        the order of the tasks.
 
         Forked workers start at once. Spawned ones take a second or so (a new interpreter
         importing what the tasks need); until the first of their results is back, this
         process runs tasks itself, so the start costs no wall time. Then it only feeds the
-        pool, keeping :attr:`window` tasks in flight, and hands results on as they finish.
+        pool, keeping :attr:`window` tasks in flight.
+
+        Results come in the order of the tasks, as in this process (``"sync"``), whatever
+        order the workers finish them in: an ingest commits the first of two files with one
+        SOP Instance UID and calls the second a duplicate, so the order decides which file's
+        encoding the lake keeps, and the pool must keep the same one.
         """
         from lake.compute._pool import call_with_shared, start_pool
 
         name = f"lake-shared-{uuid.uuid4().hex}"
         self._pool = start_pool(self.workers, name, shared)
-        pending: set[Future[R]] = set()
+        pending: deque[Future[R]] = deque()  # in the order of the tasks
+        here: set[Future[R]] = set()  # those run in this process while workers start
         started = self._pool.forked  # forked workers are ready: nothing to bridge here
 
         def submit() -> bool:
@@ -213,30 +219,34 @@ class Runner(AbstractContextManager["Runner"]):
             if task is _DONE:
                 return False
             assert self._pool is not None
-            pending.add(self._pool.submit(call_with_shared, func, task, name))
+            pending.append(self._pool.submit(call_with_shared, func, task, name))
             return True
 
         while len(pending) < self.window and submit():
             pass
         while pending:
-            done = {f for f in pending if f.done()}
-            if not done and not started:
+            head = pending[0]
+            if not started and not head.done() and len(pending) < 2 * self.window:
                 task = next(iterator, _DONE)  # the workers are still starting: work here
                 if task is not _DONE:
-                    yield func(task, shared)  # type: ignore[arg-type]
+                    ran: Future[R] = Future()
+                    ran.set_result(func(task, shared))  # type: ignore[arg-type]
+                    pending.append(ran)
+                    here.add(ran)
                     continue
-            if not done:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                pending.discard(future)
-                try:
-                    result = future.result()
-                except BrokenProcessPool:
-                    raise WorkerLostError(
-                        "a worker process of the pool died (killed, or out of memory); "
-                        "run the command again to finish the job, or run it with scheduler='sync'",
-                        parameters=("scheduler",),
-                    ) from None
-                started = True
-                submit()
-                yield result
+            pending.popleft()
+            if head in here:
+                here.discard(head)
+                yield head.result()
+                continue
+            try:
+                result = head.result()
+            except BrokenProcessPool:
+                raise WorkerLostError(
+                    "a worker process of the pool died (killed, or out of memory); "
+                    "run the command again to finish the job, or run it with scheduler='sync'",
+                    parameters=("scheduler",),
+                ) from None
+            started = True
+            submit()
+            yield result
