@@ -12,6 +12,7 @@ rows. Then times, as a user meets them:
 - a cohort query over the ``series`` view, ``count(*)``, one SOPInstanceUID (``SELECT *``),
   the studies of one month (``SELECT * FROM studies``), each the median of ``--repeat`` runs
   on one open catalog;
+- one SOPInstanceUID through the lookup API (``lake.query.InstanceLookup``), the same row;
 - C-FIND at STUDY level through the query index the DICOM and web services use
   (``lake.query``): building it, then the median of a one-month StudyDate query;
 - creating a cohort of ~100,000 member instances (``create_cohort``).
@@ -53,6 +54,7 @@ GOALS_MS = {
     "series cohort query": 300,
     "count(*)": 50,
     "one SOPInstanceUID": 50,
+    "one SOPInstanceUID (lookup API)": 50,
     "studies in one month": 200,
     "C-FIND STUDY, one month": 50,
     "cohort of ~100,000 instances": 2000,
@@ -172,8 +174,9 @@ def measure(root: Path, repeat: int, skip: set[str]) -> dict[str, Timing]:
     lk = lake.open(root / "lake")
     results: dict[str, Timing] = {}
     # A lake cached before the summaries kept representative headers gets them once
-    # (what a commit writes for its own files; lake/catalog/_summary.py).
-    if written := write_rep_headers(lk.tables):
+    # (what a commit writes for its own files; lake/catalog/_summary.py; only the query
+    # index reads them: a run without C-FIND writes nothing into the cached lakes).
+    if "cfind" not in skip and (written := write_rep_headers(lk.tables)):
         print(f"    (wrote the representative headers of {written} data files)", flush=True)
 
     def open_catalog() -> None:
@@ -182,6 +185,8 @@ def measure(root: Path, repeat: int, skip: set[str]) -> dict[str, Timing]:
 
     _note(results, "open the catalog", _median_ms(open_catalog, 3))
     for name, sql in _queries(facts).items():
+        if "queries" in skip and name != "one SOPInstanceUID":
+            continue
         rows = lk.sql(sql).fetchall()
         assert rows, name
         _note(results, name, _median_ms(partial(_fetch, lk, sql), repeat))
@@ -189,12 +194,32 @@ def measure(root: Path, repeat: int, skip: set[str]) -> dict[str, Timing]:
     # one column, and SELECT * of a UID no row holds (row groups pruned, none read).
     for name, sql in _uid_parts(facts).items():
         _note(results, name, _median_ms(partial(_fetch, lk, sql), repeat))
+    _lookup(lk, facts, results, repeat)
 
     if "cfind" not in skip:
         _cfind_guarded(root, results, repeat)
     if "cohort" not in skip:
         _cohort(lk, facts, results)
     return results
+
+
+def _lookup(lk: Any, facts: dict[str, Any], results: dict[str, Timing], repeat: int) -> None:
+    """One SOPInstanceUID through ``lake.query.InstanceLookup`` (DuckDB finds the file and
+    row reading the UID column only, pyarrow reads that row group): on one open lookup,
+    as the SQL figure is on one open catalog; then opening a lookup and fetching once."""
+    from lake.query import InstanceLookup, instance_row
+
+    uid = facts["probe_uid"]
+    want = lk.sql(f"SELECT * FROM instances WHERE SOPInstanceUID = '{uid}'").fetchall()
+    with InstanceLookup(lk.tables) as lookup:
+        got = lookup.row(uid)
+        assert got is not None and tuple(got.values()) == want[0], "lookup != SELECT *"
+        _note(results, "one SOPInstanceUID (lookup API)",
+              _median_ms(partial(lookup.row, uid), repeat))
+        _note(results, "lookup API, no such UID", _median_ms(partial(lookup.row, "2.25.0"),
+                                                               repeat))
+    _note(results, "lookup API, opened per call",
+          _median_ms(partial(instance_row, lk.tables, uid), repeat))
 
 
 OLD_VIEWS = """
@@ -409,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="1000000,10000000")
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--skip", default="", help="comma-separated: cfind, cohort")
+    parser.add_argument("--skip", default="", help="comma-separated: cfind, cohort, "
+                        "queries (of the SQL queries only one SOPInstanceUID)")
     parser.add_argument("--old-path-up-to", type=int, default=1_000_000,
                         help="measure the old read path on lakes up to this many rows")
     parser.add_argument("--cfind-child", help=argparse.SUPPRESS)

@@ -4,7 +4,8 @@ One implementation of DICOM matching (PS3.4 C.2.2.2) shared by every front door 
 queries the lake: C-FIND/C-GET/C-MOVE (:mod:`lake.net`) and QIDO-RS/WADO-RS
 (:mod:`lake.web`). A query identifier becomes :class:`Key` objects at a :class:`Level`;
 a :class:`Snapshot` indexes one catalog version in DuckDB and answers them with
-bound-parameter SQL; :class:`SnapshotCache` follows the newest version.
+bound-parameter SQL; :class:`SnapshotCache` follows the newest version. :class:`InstanceLookup` fetches one
+instance's whole row by SOPInstanceUID (a narrow DuckDB lookup, then one row group read).
 
 Examples
 --------
@@ -16,6 +17,7 @@ Examples
 """
 
 from lake.query._index import RetrieveItem, Snapshot, SnapshotCache, StoredInstance
+from lake.query._lookup import InstanceLookup, instance_row
 from lake.query._match import (
     Key,
     Level,
@@ -29,6 +31,7 @@ from lake.query._match import (
 )
 
 __all__ = [
+    "InstanceLookup",
     "Key",
     "Level",
     "Predicate",
@@ -37,6 +40,7 @@ __all__ = [
     "SnapshotCache",
     "StoredInstance",
     "identifier_from_filters",
+    "instance_row",
     "parse_date",
     "parse_identifier",
     "parse_time",

@@ -1,0 +1,233 @@
+"""One instance by SOPInstanceUID, the way a PACS fetches it: find its place, read its row.
+
+``SELECT * FROM instances WHERE SOPInstanceUID = ?`` costs ~70-86 ms of CPU at ten million
+instances (docs/performance.md, "One SOPInstanceUID"): DuckDB's Parquet reader prepares
+every selected column (101) of every row group (613), even those the Bloom filters rule
+out. Selecting only the UID costs a few ms. :class:`InstanceLookup` therefore works in two
+steps:
+
+1. DuckDB over the data files of one catalog version, selecting only the file name and the
+   row number ``WHERE SOPInstanceUID = ?`` (row groups pruned by statistics and Bloom
+   filters; one narrow column read);
+2. pyarrow reads only the row group holding that row (``ParquetFile.iter_batches`` over
+   that group, stopping at the batch that holds the row) and slices the row out.
+
+The rows are those of that catalog version's data files, exactly what the ``instances``
+view of the same version reads: an instance erased by ``lake forget`` is gone from every
+version after the erasure, and the versions before it can no longer be opened (their data
+files were removed; opening one raises :class:`~lake.CatalogError` naming the erasure).
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lake._errors import CatalogError
+from lake.catalog import INSTANCES, DeltaTables, arrow_dataset
+from lake.catalog._summary import data_files
+from lake.query._index import Snapshot
+
+__all__ = ["InstanceLookup", "instance_row"]
+
+_FOOTERS_KEPT = 64
+"""Parquet footers (with their row-group offsets) a lookup keeps open."""
+
+_BATCH_ROWS = 2048
+"""Rows decoded at a time while reading up to the row asked for."""
+
+_TIME_COLUMNS = frozenset(c.name for c in INSTANCES.columns if c.sql_cast == "TIME")
+"""Columns stored as ISO text (Delta has no TIME type) and exposed as TIME by the views."""
+
+
+class InstanceLookup:
+    """Rows of ``instances`` fetched one at a time by SOPInstanceUID, from one catalog version.
+
+    Keep one open to fetch many instances: it holds a DuckDB connection (with its cache of
+    Parquet footers) and the row-group offsets of the files it has read from. Thread-safe.
+
+    Parameters
+    ----------
+    tables : DeltaTables
+        The lake's tables (``Lake.tables``).
+    version : int, optional
+        The ``instances`` version to read (default: the newest).
+
+    Raises
+    ------
+    CatalogError
+        If the version cannot be read (it does not exist, or ``lake forget`` erased it).
+
+    Examples
+    --------
+    >>> with InstanceLookup(lk.tables) as lookup:  # doctest: +SKIP
+    ...     row = lookup.row("2.25.1234")
+    """
+
+    def __init__(self, tables: DeltaTables, version: int | None = None) -> None:
+        delta = tables.open(INSTANCES.name, version)
+        self.version = int(delta.version())
+        self._tables = tables
+        self._local = tables.location.is_local
+        self._files = data_files(tables, delta)
+        self._dataset: Any = None if self._local else arrow_dataset(delta)
+        self._lock = threading.Lock()
+        self._footers: OrderedDict[str, tuple[pq.FileMetaData, list[int]]] = OrderedDict()
+        self._con = duckdb.connect()
+        self._con.execute("SET threads TO 2")
+        self._con.execute("SET parquet_metadata_cache = true")
+
+    def __enter__(self) -> InstanceLookup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the DuckDB connection and the open footers."""
+        with self._lock:
+            self._con.close()
+            self._footers.clear()
+
+    def table(self, sop_instance_uid: str) -> pa.Table:
+        """The stored row of instance ``sop_instance_uid``: a table of one row (none if
+        this version holds no such instance), every ``instances`` column in the catalog's
+        order and stored type (TIME columns as their stored ISO text).
+
+        Raises
+        ------
+        CatalogError
+            If the data file holding it can no longer be read (removed by
+            ``lake.steward.vacuum()`` after this version was superseded).
+        """
+        if not self._files:
+            return INSTANCES.schema.empty_table()
+        try:
+            if self._local:
+                found = self._local_row(sop_instance_uid)
+            else:
+                found = self._dataset.to_table(
+                    filter=pc.field("SOPInstanceUID") == sop_instance_uid).slice(0, 1)
+        except (OSError, duckdb.IOException):
+            raise CatalogError(
+                f"an instance of catalog version {self.version} is no longer readable: its data "
+                "file was removed (lake.steward.vacuum()); look it up again in a newer version"
+            ) from None
+        if found is None:
+            return INSTANCES.schema.empty_table()
+        return _conform(found)
+
+    def row(self, sop_instance_uid: str) -> dict[str, Any] | None:
+        """Instance ``sop_instance_uid`` as ``SELECT * FROM instances WHERE SOPInstanceUID
+        = ?`` of the same version gives it (column name -> Python value, TIME columns as
+        :class:`datetime.time`), or None if this version holds no such instance.
+
+        Raises
+        ------
+        CatalogError
+            As :meth:`table`.
+        """
+        rows: list[dict[str, Any]] = self.table(sop_instance_uid).to_pylist()
+        if not rows:
+            return None
+        row = rows[0]
+        for name in _TIME_COLUMNS:
+            value = row.get(name)
+            if value is not None:
+                row[name] = dt.time.fromisoformat(value)
+        return row
+
+    def _local_row(self, uid: str) -> pa.Table | None:
+        """Step 1 (DuckDB: the file and row, one narrow column read), then step 2 (pyarrow:
+        that row group only)."""
+        files = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in self._files) + "]"
+        with self._lock:
+            place = self._con.execute(
+                f"SELECT filename, file_row_number FROM read_parquet({files}, filename = true, "
+                "file_row_number = true, hive_partitioning = false) WHERE SOPInstanceUID = ? "
+                "ORDER BY filename, file_row_number LIMIT 1", [uid]).fetchone()
+            if place is None:
+                return None
+            path, row = str(place[0]), int(place[1])
+            footer = self._footers.get(path)
+            if footer is None:
+                meta = pq.read_metadata(path)
+                starts, offset = [], 0
+                for group in range(meta.num_row_groups):
+                    starts.append(offset)
+                    offset += meta.row_group(group).num_rows
+                footer = (meta, starts)
+                self._footers[path] = footer
+                while len(self._footers) > _FOOTERS_KEPT:
+                    self._footers.popitem(last=False)
+            self._footers.move_to_end(path)
+        meta, starts = footer
+        group = bisect.bisect_right(starts, row) - 1
+        within = row - starts[group]
+        # Only the row group holding the row, decoded in batches up to the one holding it
+        # (a row group is ~16,000 rows and ~100 MB of header text and bytes decompressed:
+        # stopping there halves the work on average and bounds the memory to one batch).
+        parquet = pq.ParquetFile(path, metadata=meta)
+        seen = 0
+        for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, row_groups=[group],
+                                          use_threads=False):
+            if within < seen + batch.num_rows:
+                return pa.Table.from_batches([batch.slice(within - seen, 1)])
+            seen += batch.num_rows
+        raise CatalogError(
+            f"catalog version {self.version}: a data file holds fewer rows than its footer "
+            "says; run Lake.verify()", functions=("Lake.verify",))
+
+
+def _conform(found: pa.Table) -> pa.Table:
+    """``found`` with every ``instances`` column in the catalog's order and type (a file
+    written before a column existed lacks it: null, as the views read it)."""
+    arrays = []
+    for field in INSTANCES.schema:
+        if field.name in found.column_names:
+            arrays.append(found.column(field.name).cast(field.type))
+        else:
+            arrays.append(pa.nulls(found.num_rows, field.type))
+    return pa.Table.from_arrays(arrays, schema=INSTANCES.schema)
+
+
+def instance_row(
+    source: DeltaTables | Snapshot, sop_instance_uid: str, *, version: int | None = None
+) -> dict[str, Any] | None:
+    """Instance ``sop_instance_uid`` as ``SELECT * FROM instances WHERE SOPInstanceUID = ?``
+    gives it, without paying for every column of every row group (see
+    :class:`InstanceLookup`; keep one of those to fetch many).
+
+    Parameters
+    ----------
+    source : DeltaTables or Snapshot
+        The lake's tables (``Lake.tables``), or a query snapshot (its version is read).
+    sop_instance_uid : str
+        The instance.
+    version : int, optional
+        The ``instances`` version to read (default: the newest, or the snapshot's).
+
+    Returns
+    -------
+    dict or None
+        Column name -> value, or None if that version holds no such instance.
+
+    Raises
+    ------
+    CatalogError
+        If the version cannot be read (it does not exist, or ``lake forget`` erased it).
+    """
+    if isinstance(source, Snapshot):
+        tables, version = source._tables, source.version if version is None else version
+    else:
+        tables = source
+    with InstanceLookup(tables, version) as lookup:
+        return lookup.row(sop_instance_uid)
