@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import lake
-from lake import CatalogError
+from lake import CatalogError, QueryError
 from lake.query import InstanceLookup, Snapshot, instance_row
 from lake.steward import compact, forget, target
 from tests.series import write_ct_series
@@ -98,6 +98,12 @@ def test_a_snapshot_is_read_at_its_version(several: lake.Lake) -> None:
         assert instance_row(snapshot, uid) == _sql_row(several, uid)
     finally:
         snapshot.close()
+    scoped = Snapshot(several.tables, several.version, members=[(several.version, {uid})])
+    try:  # a grant's members only: the whole version must not answer for it
+        with pytest.raises(QueryError):
+            instance_row(scoped, _uids(several)[1])
+    finally:
+        scoped.close()
 
 
 def test_an_erased_instance_is_not_returned(several: lake.Lake, vault_dir: Path) -> None:

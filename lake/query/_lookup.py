@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lake._errors import CatalogError
+from lake._errors import CatalogError, QueryError
 from lake.catalog import INSTANCES, DeltaTables, arrow_dataset
 from lake.catalog._summary import data_files
 from lake.query._index import Snapshot
@@ -246,8 +246,16 @@ def instance_row(
     ------
     CatalogError
         If the version cannot be read (it does not exist, or ``lake forget`` erased it).
+    QueryError
+        If ``source`` is a cohort-scoped snapshot (a grant's members only).
     """
     if isinstance(source, Snapshot):
+        if source.scoped:
+            # Its rows are a grant's cohorts, each at its own version: the whole catalog
+            # version must not answer for it.
+            raise QueryError(
+                "instance_row() reads a whole catalog version; a cohort-scoped snapshot "
+                "answers only through its own queries (Snapshot.locate)")
         tables, version = source._tables, source.version if version is None else version
     else:
         tables = source
