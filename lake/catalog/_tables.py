@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -277,8 +278,7 @@ class DeltaTables:
         if version is not None and version != table.version():
             raise CatalogError(f"catalog version {version} of table {name!r} does not exist")
         if version is not None:
-            fs = self.location.fs
-            gone = sum(1 for uri in table.file_uris() if not fs.exists(unquote(uri)))
+            gone = sum(1 for uri in table.file_uris() if not self._stored(unquote(uri)))
             if gone:
                 raise CatalogError(
                     f"catalog version {version} of table {name!r} can no longer be read: "
@@ -287,6 +287,12 @@ class DeltaTables:
                     "current version", functions=("lake.steward.vacuum", "Lake.info")
                 )
         return table
+
+    def _stored(self, path: str) -> bool:
+        """Whether data file ``path`` exists; a local lake's without importing fsspec."""
+        if self.location.is_local and path.startswith("/"):
+            return os.path.exists(path)
+        return bool(self.location.fs.exists(path))
 
     def commit_time(self, name: str, version: int) -> dt.datetime | None:
         """When the commit of ``version`` of table ``name`` was made (None if unknown)."""

@@ -110,7 +110,11 @@ class BlobStore:
         """
         path = self.path_of(key)
         try:
-            data: bytes = self.location.fs.cat_file(path)
+            if self.location.is_local:  # without importing fsspec (issue 14.2)
+                with open(path, "rb") as fh:
+                    data: bytes = fh.read()
+            else:
+                data = self.location.fs.cat_file(path)
         except FileNotFoundError:
             raise BlobNotFoundError(
                 f"blob {key} is missing from the store; run Lake.verify() to list affected rows",
