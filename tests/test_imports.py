@@ -141,7 +141,8 @@ def test_small_nifti_export_loads_no_cluster_bids_deid_or_pandas(tmp_path: Path)
     and its members' rows with pyarrow.parquet, not pyarrow.dataset, which imports pandas.
     A saved cohort is read from its Delta table without the SQL engine (duckdb: 0.1 s of CPU,
     issue 14.2), and nothing of ingest, the query index, the servers, the vault's password
-    hashing or the access layer is loaded; with --quiet, no progress bar machinery."""
+    hashing or the access layer is loaded; with --quiet, no progress bar machinery. A local
+    lake's blobs and data files are read without fsspec (which imports asyncio)."""
     from lake.export import create_cohort
     from tests.series import write_ct_series
 
@@ -159,7 +160,8 @@ def test_small_nifti_export_loads_no_cluster_bids_deid_or_pandas(tmp_path: Path)
                               "pandas", "pyarrow.dataset", "duckdb", "_duckdb",
                               "lake.catalog._query", "lake.ingest", "lake.query", "lake.net",
                               "lake.web", "lake.access", "lake.steward", "pynetdicom",
-                              "argon2", "starlette", "jinja2", "rich.progress")) == []
+                              "argon2", "starlette", "jinja2", "rich.progress", "fsspec",
+                              "asyncio")) == []
 
 
 @pytest.mark.parametrize("args", [["sql", "--help"], ["export", "nifti", "--help"],
