@@ -285,3 +285,28 @@ def test_a_value_cache_gives_each_object_its_own_values() -> None:
     assert isinstance(again, Part10)
     assert two.PixelSpacing == again.PixelSpacing == [0.3125, 0.3125]
     assert "CHANGED" not in two.ImageType and "CHANGED" not in again.ImageType
+
+
+def test_sequences_are_checked_when_read_and_indexed_when_asked_for() -> None:
+    """A sequence's items are checked by the walk that indexes the dataset (damage deep in a
+    nested item sends the bytes to pydicom at once, never an error on a later access) and
+    indexed only when the sequence is first asked for."""
+    series = synthetic_series(n_slices=3, rows=8, cols=8)
+    data = _bytes(enhanced_from(series), ExplicitVRLittleEndian)
+    got = read_part10(data)
+    assert isinstance(got, Part10)
+    per_frame_tag = 0x52009230
+    assert len(got._elements[per_frame_tag]) == 4  # not indexed yet: where, not what
+    assert len(got._source.ends) >= 3 * 2  # each frame's nested macros were walked past
+    frames = got.PerFrameFunctionalGroupsSequence
+    assert len(got._elements[per_frame_tag]) == 2 and got._elements[per_frame_tag][1] is frames
+    assert got.PerFrameFunctionalGroupsSequence is frames  # read once
+    assert frames[0]._parent is got  # character sets are inherited from the holder
+    assert list(differences(pydicom.dcmread(io.BytesIO(data)), got)) == []
+    # the VR of ImagePositionPatient in the last frame's PlanePositionSequence, damaged
+    ipp = data.rindex(b"\x20\x00\x32\x00DS")
+    damaged = data[: ipp + 4] + b"Q!" + data[ipp + 6 :]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fallback = read_part10(damaged)
+    assert not isinstance(fallback, Part10)  # pydicom's reader, decided when read
