@@ -18,10 +18,11 @@ in ``manifest.json``.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -95,13 +96,13 @@ def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
     """
     workers = ctx.threads or min(4, os.cpu_count() or 1)
     if workers < 2 or len(task.items) < _THREADED_SERIES:
-        return _write_series(task, ctx, None)
+        return _write_series(task, ctx, None, 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return _write_series(task, ctx, pool)
+        return _write_series(task, ctx, pool, workers)
 
 
 def _write_series(task: SeriesTask, ctx: WriterContext,
-                  pool: ThreadPoolExecutor | None) -> TaskResult:
+                  pool: ThreadPoolExecutor | None, workers: int) -> TaskResult:
     from lake.nifti import ValueCache, read_part10, series_to_nifti, write_volume
 
     result = TaskResult(task.key)
@@ -113,7 +114,16 @@ def _write_series(task: SeriesTask, ctx: WriterContext,
     acquisitions = []
     verified = functools.partial(_verified_blob, blobs)
     hashes = [item.pixel_hash for item in task.items]
-    pixels = pool.map(verified, hashes) if pool is not None else map(verified, hashes)
+    if pool is None:
+        pixels: Iterable[bytes | LakeError | None] = map(verified, hashes)
+    else:
+        # a few chunks per thread, not a future per instance (its locks cost more than a
+        # small blob's read)
+        size = max(1, len(hashes) // (4 * workers))
+        chunks = [hashes[i : i + size] for i in range(0, len(hashes), size)]
+        pixels = itertools.chain.from_iterable(
+            pool.map(lambda chunk: [verified(h) for h in chunk], chunks)
+        )
     for item, blob in zip(task.items, pixels, strict=True):
         if isinstance(blob, LakeError):
             result.skipped.append(blob_skip(task, item, blob))
