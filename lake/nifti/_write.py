@@ -14,6 +14,7 @@ imported only when compressing.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import struct
@@ -173,10 +174,18 @@ def gzip_members(
         return body, zng.crc32(data), len(data)
 
     crc, size = 0, 0
+    jobs = iter(_with_dictionaries(blocks))
+    first = next(jobs)
+    if first[2]:  # one block (most volumes of a series): no threads to start
+        body, crc, size = deflate(first)
+        yield body
+        yield struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF)
+        return
+    jobs = itertools.chain([first], jobs)
     workers = threads or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending = []
-        for job in _with_dictionaries(blocks):
+        for job in jobs:
             pending.append(pool.submit(deflate, job))
             if len(pending) > 2 * workers:
                 body, block_crc, n = pending.pop(0).result()
