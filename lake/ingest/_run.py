@@ -9,6 +9,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -430,7 +431,9 @@ def ingest(
     pending: list[Outcome] = []
     originals: list[Original | None] = []  # per pending outcome: read its file again
     batch_started = _now()
-    with Runner(scheduler, workers, workload) as runner:
+    with Runner(scheduler, workers, workload) as runner, _Committer(
+        ingestor, summary, background=runner.scheduler != "sync"
+    ) as committer:
         tasks = _chunks(items, max(1, min(task_size, batch_size)))
         for sourced in runner.map(_process_sourced, tasks, reading):
             results = [result for _, result in sourced]
@@ -445,12 +448,62 @@ def ingest(
             if on_progress is not None:
                 on_progress(len(results), sum(o.bytes_in for o in outcomes))
             while len(pending) >= batch_size:
-                summary.add(
-                    ingestor.commit(pending[:batch_size], batch_started, originals[:batch_size])
-                )
+                committer.commit(pending[:batch_size], batch_started, originals[:batch_size])
                 pending, batch_started = pending[batch_size:], _now()
                 originals = originals[batch_size:]
-        if pending or not summary.batches:
-            summary.add(ingestor.commit(pending, batch_started, originals))
+        if pending or not committer.committed:
+            committer.commit(pending, batch_started, originals)
     summary.elapsed = time.perf_counter() - started
     return summary
+
+
+class _Committer:
+    """Commits an ingest's batches one after the other, in order: on this thread, or on one
+    thread of its own (``background``) while this one goes on feeding the workers.
+
+    A commit ends with a sync of the disk and the Delta commits: seconds of waiting on a busy
+    machine (2.4-22 s a batch of 1,000 at load 12), during which no result was taken from the
+    workers and they ran out of tasks. In the background, the next batch gathers meanwhile;
+    it is handed over only once the previous commit is done, so at most two batches are held
+    and the commits keep their order. A commit's error is raised at the next hand-over or at
+    the end.
+    """
+
+    def __init__(self, ingestor: Ingestor, summary: IngestSummary, *, background: bool) -> None:
+        self.ingestor = ingestor
+        self.summary = summary
+        self.committed = False
+        self._thread = (
+            ThreadPoolExecutor(1, thread_name_prefix="lake-commit") if background else None
+        )
+        self._running: Future[BatchResult] | None = None
+
+    def commit(
+        self, outcomes: list[Outcome], started_at: dt.datetime,
+        originals: list[Original | None],
+    ) -> None:
+        """Commit one batch (after the one before it)."""
+        self.committed = True
+        self._finish()
+        if self._thread is None:
+            self.summary.add(self.ingestor.commit(outcomes, started_at, originals))
+        else:
+            self._running = self._thread.submit(
+                self.ingestor.commit, outcomes, started_at, originals
+            )
+
+    def _finish(self) -> None:
+        running, self._running = self._running, None
+        if running is not None:
+            self.summary.add(running.result())
+
+    def __enter__(self) -> _Committer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                self._finish()
+        finally:
+            if self._thread is not None:
+                self._thread.shutdown(wait=True)  # a commit under way completes
