@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
@@ -34,6 +34,7 @@ _PATIENT_ID = 0x00100020
 _CHARSET = 0x00080005
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # pydicom resets its array
 _MEMO_SIZE = 4096
+_PLAIN_DATASETS = (Dataset, FileDataset)  # no __setitem__ of their own (not the file meta)
 
 
 @dataclass
@@ -419,7 +420,7 @@ class Deidentifier:
         if len(data) % 2:
             data += b"\0" if vr == "UI" else b" "
         elem = RawDataElement(BaseTag(tag), vr, len(data), data, 0, False, True)
-        if type(ds) is Dataset and not tag & 0x10000 and tag not in _PIXEL_TAGS:
+        if type(ds) in _PLAIN_DATASETS and not tag & 0x10000 and tag not in _PIXEL_TAGS:
             # What Dataset.__setitem__ does for a raw public element, without its checks
             # (the tag is an int here, the element is raw): ~40% of the cost of setting.
             ds._dict[elem.tag] = elem
