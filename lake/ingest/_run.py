@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from lake._capture import capture
@@ -466,7 +467,7 @@ class _Committer:
     workers and they ran out of tasks. In the background, the next batch gathers meanwhile;
     it is handed over only once the previous commit is done, so at most two batches are held
     and the commits keep their order. A commit's error is raised at the next hand-over or at
-    the end.
+    the end; when the run fails on this thread meanwhile, it is chained to that error.
     """
 
     def __init__(self, ingestor: Ingestor, summary: IngestSummary, *, background: bool) -> None:
@@ -500,10 +501,43 @@ class _Committer:
     def __enter__(self) -> _Committer:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         try:
             if exc_type is None:
                 self._finish()
         finally:
             if self._thread is not None:
                 self._thread.shutdown(wait=True)  # a commit under way completes
+        if exc is not None:
+            self._keep_visible(exc)
+
+    def _keep_visible(self, exc: BaseException) -> None:
+        """Chain the error of a commit that failed while ``exc`` ended the run on this thread.
+
+        Both are raised as one: ``exc`` (what stopped the driver), with the commit's error as
+        the ``__context__`` of the innermost exception of its chain (none is replaced), and
+        named by its type only in a note (its message may quote a value). A failed commit
+        leaves the lake consistent (``Lake.verify()`` completes a batch whose record is
+        missing); re-running the ingest finishes the job without duplicates.
+        """
+        running, self._running = self._running, None
+        failed = None if running is None else running.exception()
+        if failed is None:
+            return
+        chain, innermost = {id(exc)}, exc
+        while innermost.__context__ is not None and id(innermost.__context__) not in chain:
+            innermost = innermost.__context__
+            chain.add(id(innermost))
+        if id(failed) in chain:
+            return  # raised already, as part of exc
+        if innermost.__context__ is None:
+            innermost.__context__ = failed
+        exc.add_note(
+            f"a background commit of this ingest failed too ({type(failed).__name__}); "
+            "re-run the ingest to finish it (no duplicates are created)"
+        )
