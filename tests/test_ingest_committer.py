@@ -130,11 +130,13 @@ def test_batches_land_in_order_with_the_rows_of_a_sync_ingest(
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
 def test_a_failed_commit_is_not_hidden_by_a_driver_failure(
-    lk: lake.Lake, vault_dir: Path, ct_files: Path, scheduler: str, monkeypatch: pytest.MonkeyPatch
+    lk: lake.Lake, vault_dir: Path, ct_files: Path, scheduler: str,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Disk full on commit 2 while the driver fails after 6 files (a pool worker lost, a
     progress callback raising): the driver's error is raised, the commit's ENOSPC chained to
-    it and named (its type only) in a note."""
+    it and named (its type only) in a note and a warning (the command line shows only the
+    driver error's message)."""
     calls: list[int] = []
     monkeypatch.setattr(_commit, "record_batch", _failing_commit(2, calls))
     done = [0]
@@ -152,5 +154,7 @@ def test_a_failed_commit_is_not_hidden_by_a_driver_failure(
     notes = getattr(raised.value, "__notes__", [])
     assert any("OSError" in note for note in notes), notes
     assert not any(PLANTED in note or "DOE" in note for note in notes)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "lake.ingest._run"]
+    assert warnings == notes[-1:]
     monkeypatch.undo()
     _rerun_finishes(lk, vault_dir, ct_files, scheduler)

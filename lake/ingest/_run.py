@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import functools
 import itertools
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from lake.documents import FolderStudies
 
 __all__ = ["BatchResult", "IngestSummary", "Ingestor", "ingest"]
+
+_LOG = logging.getLogger(__name__)
 
 _TASK_BYTES = 64 * 1024 * 1024
 """Most bytes a task carries to a worker (members of nested archives travel as bytes)."""
@@ -521,9 +524,10 @@ class _Committer:
 
         Both are raised as one: ``exc`` (what stopped the driver), with the commit's error as
         the ``__context__`` of the innermost exception of its chain (none is replaced), and
-        named by its type only in a note (its message may quote a value). A failed commit
-        leaves the lake consistent (``Lake.verify()`` completes a batch whose record is
-        missing); re-running the ingest finishes the job without duplicates.
+        named by its type only in a note and a logged warning (its message may quote a
+        value). A failed commit leaves the lake consistent (``Lake.verify()`` completes a
+        batch whose record is missing); re-running the ingest finishes the job without
+        duplicates.
         """
         running, self._running = self._running, None
         failed = None if running is None else running.exception()
@@ -537,7 +541,9 @@ class _Committer:
             return  # raised already, as part of exc
         if innermost.__context__ is None:
             innermost.__context__ = failed
-        exc.add_note(
+        note = (
             f"a background commit of this ingest failed too ({type(failed).__name__}); "
             "re-run the ingest to finish it (no duplicates are created)"
         )
+        exc.add_note(note)
+        _LOG.warning(note)  # seen also where only exc's message is shown (the command line)
