@@ -125,3 +125,30 @@ def test_another_name_for_the_lake_by_a_bind_mount_is_refused(
         pytest.skip(f"no private bind mounts here: {proc.stderr.strip()[:200]}")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["refused", "refused", "refused", "accepted", "accepted"]
+
+
+def test_a_lake_folder_that_is_a_symbolic_link_is_inside_the_lake(
+    lk: lake.Lake, lake_root: Path, tmp_path: Path
+) -> None:
+    """Review s20 S6: with ``blobs`` a link to another disk, ``out=<lake>/blobs/x`` resolved
+    outside the lake's folder and the identity scan skipped links: accepted, and an export
+    landed beside ``blobs/sha256`` where gc and verify walk."""
+    location = lk.location
+    disk = tmp_path / "disk"
+    (disk / "blobs" / "sha256").mkdir(parents=True)
+    (disk / "blobs" / "exportdir").mkdir()
+    (lake_root / "blobs").symlink_to(disk / "blobs", target_is_directory=True)
+    for out in (lake_root / "blobs" / "x", disk / "blobs", disk / "blobs" / "x",
+                disk / "blobs" / "exportdir", disk / "blobs" / "exportdir" / "new" / "y"):
+        with pytest.raises(ConfigError, match="out= is inside the lake's folder"):
+            location.refuse_inside(out)
+    for out in (disk / "x", tmp_path / "outside" / "x"):  # beside the link's target: fine
+        location.refuse_inside(out)
+    # The portal's job folders stay its own when ``portal`` is a link, and only its.
+    (disk / "portal" / "jobs").mkdir(parents=True)
+    (lake_root / "portal").symlink_to(disk / "portal", target_is_directory=True)
+    job = lake_root / "portal" / "jobs" / "run-0" / "job" / "export"
+    location.refuse_inside(PortalJobOut(job))
+    for out in (job, disk / "portal" / "jobs" / "x"):
+        with pytest.raises(ConfigError, match="out= is inside the lake's folder"):
+            location.refuse_inside(out)

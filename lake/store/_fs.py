@@ -92,9 +92,12 @@ class Location:
 
         Paths are compared resolved (symbolic links followed), and ``out``'s existing
         folders (itself, then its parents) also by identity (``st_dev``, ``st_ino``) with
-        the lake's folder and the folders up to two levels below it, so another name for
-        them (a bind mount) is refused too. A check made before writing cannot stop a link
-        or mount swapped in after it.
+        the lake's folder and the folders up to two levels below it (``blobs/sha256``,
+        ``tables/instances``), symbolic links to folders followed, so another name for
+        them (a bind mount) and the target of a lake folder that is a link (``blobs`` on
+        another disk) are refused too. Not deeper: another name for a folder three or more
+        levels down (a bind mount of ``tables/instances/_delta_log`` or of a blob fan-out
+        folder) is not recognised, nor a link or mount swapped in after the check.
 
         Raises
         ------
@@ -109,8 +112,9 @@ class Location:
 
         root = Path(self.path).resolve()
         folder = Path(out).resolve()
-        if isinstance(out, PortalJobOut) and folder.is_relative_to(root / OWN_EXPORTS):
-            parts = folder.relative_to(root / OWN_EXPORTS).parts
+        jobs = (root / OWN_EXPORTS).resolve()
+        if isinstance(out, PortalJobOut) and folder.is_relative_to(jobs):
+            parts = folder.relative_to(jobs).parts
             if len(parts) >= 2 and parts[0].startswith("run-"):
                 return
         if folder.is_relative_to(root) or _same_folder_as_lake(root, folder):
@@ -123,7 +127,8 @@ class Location:
 
 def _same_folder_as_lake(root: os.PathLike[str], folder: os.PathLike[str]) -> bool:
     """Whether ``folder`` or an existing parent is, by identity, the lake's folder or one
-    of the folders up to two levels below it (what :meth:`Location.refuse_inside` adds)."""
+    of the folders up to two levels below it, symbolic links followed (what
+    :meth:`Location.refuse_inside` adds; the depth bounds the scan, links included)."""
     from pathlib import Path
 
     lake_folders = {_identity(root)}
@@ -132,7 +137,7 @@ def _same_folder_as_lake(root: os.PathLike[str], folder: os.PathLike[str]) -> bo
         below: list[str] = []
         for parent in level:
             with contextlib.suppress(OSError), os.scandir(parent) as entries:
-                below.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+                below.extend(e.path for e in entries if e.is_dir())  # links followed
         lake_folders.update(_identity(path) for path in below)
         level = below
     lake_folders.discard(None)
