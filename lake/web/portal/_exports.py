@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from email.utils import formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
+from urllib.parse import quote
 
 import anyio
-from starlette.responses import FileResponse
+import anyio.to_thread
+from starlette.datastructures import Headers
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from lake._errors import ExportError
@@ -23,7 +27,7 @@ if TYPE_CHECKING:
     from lake._lake import Lake
     from lake.web.portal._jobs import Job
 
-__all__ = ["FORMATS", "export_zip", "servable", "served_zip", "zip_folder"]
+__all__ = ["FORMATS", "OpenedZipResponse", "export_zip", "servable", "served_zip", "zip_folder"]
 
 Progress = Callable[[int, int], None]
 
@@ -108,52 +112,142 @@ def servable(lk: Lake, job: Job) -> bool:
     return len(set(found.column("SOPInstanceUID").to_pylist())) == len(listed)
 
 
-def served_zip(lk: Lake, job: Job) -> FileResponse | None:
+def served_zip(lk: Lake, job: Job) -> OpenedZipResponse | None:
     """The response serving ``job``'s zip, or None when it is not to be served (404).
 
     The zip is opened first, then :func:`servable` is asked: a ``lake forget`` that
     removes the job's folder before the open, or records its erasure before the check,
     makes it a 404; one that removes the file once it is open cannot turn the download
-    into a 500 (a ``FileResponse`` opened its path only while sending).
+    into a 500 (the response sends from the open file, never reopening its path). The file
+    is closed if the check raises.
     """
     if job.result is None:
         return None
     try:
-        response = _OpenedFileResponse(job.result.open("rb"), job.result.name)
+        response = OpenedZipResponse(job.result.open("rb"), job.result.name)
     except FileNotFoundError:
         return None
-    if not servable(lk, job):
+    try:
+        if not servable(lk, job):
+            response.close()
+            return None
+    except BaseException:
         response.close()
-        return None
+        raise
     return response
 
 
-class _OpenedFileResponse(FileResponse):
-    """A :class:`FileResponse` over a file already open (``Range`` requests included)."""
+class OpenedZipResponse(Response):
+    """A zip sent from a file already open, with single-range ``Range`` support.
+
+    Only Starlette's public :class:`StreamingResponse` sends it: the file is read by its
+    descriptor (``os.pread``), so a removal of its path after the open changes nothing.
+    A ``Range`` of one byte range (``bytes=a-b``, ``bytes=a-``, ``bytes=-n``) gets a 206,
+    one starting past the end a 416; a ``Range`` of several ranges, of another unit or
+    malformed, and an ``If-Range`` that matches neither the ETag nor Last-Modified, get
+    the whole file (RFC 9110 14.2 lets a server ignore ``Range``). The file is closed
+    once sent, or by :meth:`close` when the response is not sent.
+    """
+
+    chunk_size = 64 * 1024
 
     def __init__(self, file: BinaryIO, filename: str) -> None:
         self._file = file
         try:
-            stat_result = os.fstat(file.fileno())
-            super().__init__(file.name, filename=filename, media_type="application/zip",
-                             stat_result=stat_result)
+            found = os.fstat(file.fileno())
         except BaseException:
             file.close()
             raise
+        self._size = found.st_size
+        tag = hashlib.md5(f"{found.st_mtime}-{found.st_size}".encode(),
+                          usedforsecurity=False).hexdigest()
+        quoted = quote(filename)
+        disposition = (f'attachment; filename="{filename}"' if quoted == filename
+                       else f"attachment; filename*=utf-8''{quoted}")
+        super().__init__(media_type="application/zip", headers={
+            "accept-ranges": "bytes",
+            "content-disposition": disposition,
+            "content-length": str(found.st_size),
+            "last-modified": formatdate(found.st_mtime, usegmt=True),
+            "etag": f'"{tag}"',
+        })
 
     def close(self) -> None:
         """Close the file (the response is not sent)."""
         self._file.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # never by path: a server's ``pathsend`` would open the (maybe removed) file again
-        extensions = {k: v for k, v in scope.get("extensions", {}).items()
-                      if k != "http.response.pathsend"}
         try:
-            await super().__call__({**scope, "extensions": extensions}, receive, send)
+            request = Headers(scope=scope)
+            headers = dict(self.headers.items())
+            status, start, end = 200, 0, self._size
+            wanted = request.get("range")
+            if_range = request.get("if-range")
+            if wanted is not None and (if_range is None
+                                       or if_range in (headers["etag"], headers["last-modified"])):
+                try:
+                    part = _one_range(wanted, self._size)
+                except _UnsatisfiableRangeError:
+                    await Response(status_code=416, headers={
+                        "content-range": f"bytes */{self._size}"})(scope, receive, send)
+                    return
+                if part is not None:
+                    status, (start, end) = 206, part
+                    headers["content-range"] = f"bytes {start}-{end - 1}/{self._size}"
+                    headers["content-length"] = str(end - start)
+            body = (_nothing() if scope.get("method", "GET").upper() == "HEAD"
+                    else self._chunks(start, end))
+            await StreamingResponse(body, status_code=status, headers=headers)(
+                scope, receive, send)
         finally:
             self._file.close()
 
-    @asynccontextmanager
-    async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
-        yield anyio.wrap_file(self._file)  # closed by __call__
+    async def _chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
+        fd = self._file.fileno()
+        while start < end:
+            chunk = await anyio.to_thread.run_sync(os.pread, fd,
+                                                   min(self.chunk_size, end - start), start)
+            if not chunk:
+                raise ExportError("the zip being sent became shorter than its size")
+            start += len(chunk)
+            yield chunk
+
+
+class _UnsatisfiableRangeError(Exception):
+    """A ``Range`` whose one range starts past the end of the file (416)."""
+
+
+def _one_range(value: str, size: int) -> tuple[int, int] | None:
+    """``[start, end)`` of a ``Range`` header naming one byte range, else None (ignored).
+
+    Raises
+    ------
+    _UnsatisfiableRangeError
+        If that range starts at or past ``size`` (or is an empty suffix).
+    """
+    unit, _, spec = value.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    first, last = first.strip(), last.strip()
+    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+        return None
+    if first == "":
+        if last == "":
+            return None
+        if int(last) == 0 or size == 0:
+            raise _UnsatisfiableRangeError
+        return max(size - int(last), 0), size
+    start = int(first)
+    if last != "" and int(last) < start:
+        return None
+    if start >= size:
+        raise _UnsatisfiableRangeError
+    return start, size if last == "" else min(int(last) + 1, size)
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    """No body (a ``HEAD``)."""
+    empty: tuple[bytes, ...] = ()
+    for chunk in empty:
+        yield chunk

@@ -263,6 +263,11 @@ async def job_download(request: Request, grant: Grant) -> Response:
     response = await run_in_threadpool(served_zip, _portal(request).lake, job)
     if response is None:
         raise NotFoundError("not found")
-    _portal(request).record(event_for(grant.principal, "download", resource_kind="export",
-                                      resource=job.job_id, detail=f"{job.kind} of {job.cohort}"))
+    try:
+        _portal(request).record(event_for(grant.principal, "download", resource_kind="export",
+                                          resource=job.job_id,
+                                          detail=f"{job.kind} of {job.cohort}"))
+    except BaseException:
+        response.close()
+        raise
     return response

@@ -175,8 +175,13 @@ async def _deliver(request: Request, grant: Grant, job: Job, resource_kind: str,
     if job.state == "done":
         response = await run_in_threadpool(served_zip, portal.lake, job)
         if response is not None:
-            portal.record(event_for(grant.principal, "download", resource_kind=resource_kind,
-                                    resource=resource, detail=job.kind))
+            try:
+                portal.record(event_for(grant.principal, "download",
+                                        resource_kind=resource_kind, resource=resource,
+                                        detail=job.kind))
+            except BaseException:
+                response.close()
+                raise
             return response
     return RedirectResponse(f"/portal/jobs/{job.job_id}", status_code=303)
 
