@@ -10,6 +10,7 @@ leftover receipt of it is recovered through the workers instead of the server's 
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import threading
@@ -193,7 +194,7 @@ def test_a_replacement_that_cannot_start_is_retried_and_the_lost_job_fails_meanw
     workers.start()
     try:
         real = workers._new_worker
-        failures = START_ATTEMPTS + 1  # the start in _on_death, then the retries' waits
+        failures = START_ATTEMPTS + 1  # the lost job fails after START_ATTEMPTS
 
         def short_of_memory() -> object:
             nonlocal failures
@@ -283,3 +284,101 @@ def test_intake_close_never_waits_for_workers_that_cannot_start(
     again.close()
     count, quarantined = _catalog(lk)
     assert (count, quarantined) == (1, [])
+
+
+def hanging_worker(conn: Connection, context: IngestContext) -> None:
+    """A worker process that hangs in its warm-up (a swapping machine)."""
+    time.sleep(3600)
+
+
+def _child_after(index: int) -> multiprocessing.process.BaseProcess:
+    """The first live worker process started after worker ``index`` (its name's number)."""
+    found: list[multiprocessing.process.BaseProcess] = []
+
+    def started() -> bool:
+        found[:] = [child for child in multiprocessing.active_children()
+                    if child.name.startswith("lake-deid-")
+                    and int(child.name.rsplit("-", 1)[1]) > index]
+        return bool(found)
+
+    _until(started)
+    return found[0]
+
+
+@pytest.mark.parametrize("start", ["replacement", "retry"])
+def test_close_never_waits_for_a_worker_hanging_in_its_warm_up(
+    start: str, lk: lake.Lake, vault_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review s20 S11: close() waited (up to READY_TIMEOUT, 600 s) for a replacement worker
+    hanging in its warm-up, the case that timeout exists for (a swapping machine after the
+    OOM killer struck): the collector or the filler thread sat in wait_ready(). Real worker
+    processes: the first replacement hangs, or a retry after a failed start does. close()
+    completes and the half-started worker process is gone."""
+    from lake.net import _workers
+
+    workers = _deid_workers(lk, vault_dir, 1, retry_delay=0.01)
+    workers.start()
+    closing = threading.Thread(target=workers.close, name="closing", daemon=True)
+    hanging: multiprocessing.process.BaseProcess | None = None
+    try:
+        if start == "retry":  # a start has failed: the filler thread retries
+            monkeypatch.setattr(_workers, "_serve", dying_worker)
+            workers._pool[0].process.kill()
+            _until(lambda: workers.failed_starts >= 1)
+        after = workers._spawned  # workers started after this one hang
+        monkeypatch.setattr(_workers, "_serve", hanging_worker)
+        if start == "replacement":
+            workers._pool[0].process.kill()  # the OOM killer strikes the live one
+        hanging = _child_after(after)
+        waiting = workers.submit(b"anything")  # waits for the start under way
+        closing.start()
+        closing.join(timeout=30)  # a hang guard, not a timing (close() takes ~0.1 s)
+        hung = closing.is_alive()
+        left = hanging.is_alive()
+    finally:  # whatever happened, no process is left hanging for an hour
+        for child in multiprocessing.active_children():
+            if child.name.startswith("lake-deid-"):
+                child.kill()
+        if closing.is_alive():
+            closing.join(timeout=60)
+    assert not hung, "close() waited for a worker starting"
+    assert not left and hanging.exitcode is not None, "the half-started worker was left"
+    assert isinstance(_done(waiting), NetError)
+
+
+def test_intake_close_never_waits_for_a_worker_hanging_in_its_warm_up(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review s20 S11, the server's stop: an instance received while the only worker's
+    replacement hangs in its warm-up waits for that start; Intake.close() fails it (its
+    receipt stays journaled) instead of waiting, and stops the half-started worker."""
+    from lake.ingest import Ingestor
+    from lake.net import _workers
+    from lake.net._intake import Intake
+
+    secret = lk.secret(vault_dir)
+    intake = Intake(Ingestor(lk, secret, source="dicom-store"), secret, "dicom-store",
+                    workers=1, exclusive=True)
+    intake.start()
+    workers = intake._workers
+    after = workers._spawned
+    monkeypatch.setattr(_workers, "_serve", hanging_worker)
+    workers._pool[0].process.kill()
+    closing = threading.Thread(target=intake.close, name="closing", daemon=True)
+    try:
+        hanging = _child_after(after)
+        received = intake.submit(_instance(tmp_path))  # durable when this returns
+        closing.start()
+        closing.join(timeout=30)  # a hang guard, not a timing
+        hung = closing.is_alive()
+        left = hanging.is_alive()
+    finally:
+        for child in multiprocessing.active_children():
+            if child.name.startswith("lake-deid-"):
+                child.kill()
+        if closing.is_alive():
+            closing.join(timeout=60)
+    assert not hung, "Intake.close() waited for a worker starting"
+    assert not left, "the half-started worker was left"
+    assert isinstance(_done(received), NetError) and intake.failures == 1
+    assert len(_receipts(lk)) == 1  # kept for the next start

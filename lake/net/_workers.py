@@ -26,6 +26,9 @@ place empty and is retried in the background, waiting longer after each failure,
 the pool is whole again or it closes; meanwhile the live workers take everything, and
 while none is live an instance waits for a start for at most :data:`START_ATTEMPTS`
 failed attempts, then fails (its receipt stays for the next start) rather than hanging.
+Stopping never waits for a start, also one under way (a replacement may hang in its warm-up
+on a swapping machine): readiness is awaited in short slices, a stop coming gives it up and
+ends the half-started process (SIGTERM, then SIGKILL), and waiting instances fail at once.
 With worker processes an instance is never de-identified in the server's own process.
 """
 
@@ -106,6 +109,16 @@ START_ATTEMPTS = 3
 READY_TIMEOUT = 600.0
 """Seconds a new worker may take to warm up (~1-3 s; far more on a swapping machine)."""
 
+_READY_SLICE = 0.1
+"""Seconds between two looks at closing while a new worker warms up."""
+
+_STOP_TIMEOUT = 5.0
+"""Seconds a worker that never became ready gets to end after SIGTERM, before SIGKILL."""
+
+_JOIN_TIMEOUT = 60.0
+"""Seconds :meth:`DeidWorkers.close` waits for the thread starting workers (it gives up
+a start within :data:`_READY_SLICE`; this bound only guards against the unforeseen)."""
+
 RETRY_CAP = 60.0
 """Seconds between two attempts to start a missing worker, at most."""
 
@@ -148,11 +161,23 @@ class _Worker:
         self.collector = threading.Thread(target=self._collect, name=f"lake-deid-{index}",
                                           daemon=True)
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        """Wait for the worker's warm-up; :class:`NetError` if it died or hangs there."""
+    def wait_ready(self, closing: Callable[[], bool] = lambda: False,
+                   timeout: float = READY_TIMEOUT) -> bool:
+        """Wait for the worker's warm-up; False as soon as ``closing()`` (then :meth:`stop`).
+
+        Raises
+        ------
+        NetError
+            If the worker died while warming up, or is still warming up after ``timeout``.
+        """
         try:
-            if not self.conn.poll(timeout):
-                raise EOFError
+            waited = 0.0
+            while not self.conn.poll(_READY_SLICE):  # in slices: a close never waits for it
+                if closing():
+                    return False
+                waited += _READY_SLICE
+                if waited >= timeout:
+                    raise EOFError
             self.conn.recv()
         except (EOFError, OSError):
             raise NetError(
@@ -160,6 +185,7 @@ class _Worker:
                 "or run the server with workers=0"
             ) from None
         self.collector.start()
+        return True
 
     def submit(self, job: _Job) -> bool:
         """Hand ``job`` to the worker; False if it is gone (the job is not its)."""
@@ -210,12 +236,16 @@ class _Worker:
         self.stopping = True
         with self.send_lock, contextlib.suppress(OSError):  # already gone
             self.conn.send_bytes(b"")
-        if threading.current_thread() is not self.collector and self.collector.is_alive():
-            self.collector.join(timeout=600)
-        self.process.join(timeout=0 if self.collector.ident is None else 60)  # never ready
+        if self.collector.ident is None:  # never ready: it may hang in its warm-up
+            self.process.terminate()
+            self.process.join(timeout=_STOP_TIMEOUT)
+        else:  # it finishes what it holds, then ends
+            if threading.current_thread() is not self.collector:
+                self.collector.join(timeout=READY_TIMEOUT)
+            self.process.join(timeout=60)
         if self.process.is_alive():
             self.process.kill()
-            self.process.join()
+            self.process.join(timeout=_STOP_TIMEOUT)
         self.conn.close()
 
 
@@ -267,6 +297,7 @@ class DeidWorkers:
         self._pool: list[_Worker] = []
         self._changed = threading.Condition()  # the pool, the retries and closing
         self._closing = False
+        self._stopping = False  # give_up_waiting(): no job waits for a start any more
         self._spawned = 0
         self._filling = False  # a thread is starting the pool's missing workers
         self._filler: threading.Thread | None = None
@@ -287,7 +318,7 @@ class DeidWorkers:
         """
         if self.workers <= 0 or self._pool:
             return
-        self._closing = False
+        self._closing = self._stopping = False
         pool: list[_Worker] = []
         try:
             for _ in range(self.workers):
@@ -338,7 +369,7 @@ class DeidWorkers:
                 if worker.submit(job):
                     return
             with self._changed:
-                if self._closing:
+                if self._giving_up():
                     break
                 if any(w.alive for w in self._pool):
                     continue  # one came alive meanwhile
@@ -376,7 +407,8 @@ class DeidWorkers:
         Whatever happens while replacing it (a replacement that cannot start: ENOMEM or
         EAGAIN right after the out-of-memory killer struck), the dead worker leaves the pool,
         a replacement is retried in the background, and the jobs it held are sent again or
-        failed: none is left waiting forever.
+        failed: none is left waiting forever. A stop coming gives up a start under way
+        (:meth:`_replacement`), so :meth:`close` joining this thread never waits for a start.
         """
         with self._changed:
             self.crashes += 1
@@ -399,14 +431,16 @@ class DeidWorkers:
                     self._dispatch(job)
 
     def _replacement(self) -> _Worker | None:
-        """A new worker, ready; None while closing or if it cannot start (logged, counted)."""
-        with self._changed:
-            if self._closing:
-                return None
+        """A new worker, ready; None if it cannot start (logged, counted), or once a stop
+        is coming (:meth:`give_up_waiting`, :meth:`close`: a start under way is given up)."""
+        if self._giving_up():
+            return None
         replacement: _Worker | None = None
         try:
             replacement = self._new_worker()
-            replacement.wait_ready()
+            if not replacement.wait_ready(self._giving_up):
+                replacement.stop()  # closing: half-started, perhaps hanging in its warm-up
+                return None
         except Exception as exc:  # noqa: BLE001 - any failure to start: retried later
             _LOG.error("a replacement de-identification worker process failed to start (%s)",
                        type(exc).__name__)
@@ -441,9 +475,13 @@ class DeidWorkers:
         if replacement is not None:  # closing meanwhile
             replacement.stop()
 
+    def _giving_up(self) -> bool:
+        """Whether a stop is coming: no start is begun or waited for any more."""
+        return self._closing or self._stopping
+
     def _fill_missing(self) -> None:
         """Under ``_changed``: start the thread that fills the pool's empty places."""
-        if self._closing or self._filling:
+        if self._giving_up() or self._filling:
             return
         self._filling = True
         self._filler = threading.Thread(target=self._fill, name="lake-deid-restart",
@@ -454,7 +492,7 @@ class DeidWorkers:
         """Start workers until the pool is whole again or closing, waiting longer each time."""
         while True:
             with self._changed:
-                if self._closing or len(self._pool) >= self.workers:
+                if self._giving_up() or len(self._pool) >= self.workers:
                     self._filling = False
                     self._changed.notify_all()
                     return
@@ -462,8 +500,8 @@ class DeidWorkers:
             if failed:
                 delay = min(self.retry_delay * 2 ** (failed - 1), RETRY_CAP)
                 with self._changed:
-                    self._changed.wait_for(lambda: self._closing, timeout=delay)
-                    if self._closing:
+                    self._changed.wait_for(self._giving_up, timeout=delay)
+                    if self._giving_up():
                         continue
             worker = self._replacement()
             if worker is None:
@@ -477,22 +515,25 @@ class DeidWorkers:
                 worker.stop()
 
     def give_up_waiting(self) -> int:
-        """Fail the jobs waiting for a worker now, if a start has failed (a stop is coming:
-        their receipts wait for the next start instead of the retries). How many failed."""
+        """A stop is coming: fail the jobs waiting for a worker to start, now and from now on
+        (their receipts wait for the next start instead of a start under way or the retries;
+        the live workers finish what they hold). How many failed now."""
         with self._changed:
-            if not self.failed_starts:
-                return 0
+            self._stopping = True
             late = [job for job, _ in self._waiting]
             self._waiting.clear()
+            self._changed.notify_all()  # the filler gives up its retries
         for job in late:
-            _fail(job, "the server stopped while no de-identification worker process could "
-                       "be started")
+            _fail(job, "the server stopped while no de-identification worker process was "
+                       "running")
         return len(late)
 
     def close(self) -> None:
-        """Finish what was submitted and stop the workers.
+        """Finish what was submitted and stop the workers; never wait for a start.
 
-        Jobs still waiting for a worker to start fail (their receipts stay journaled).
+        Jobs still waiting for a worker to start fail (their receipts stay journaled); a
+        worker still starting (perhaps hanging in its warm-up) is stopped: SIGTERM, then
+        SIGKILL after :data:`_STOP_TIMEOUT` seconds.
         """
         with self._changed:
             self._closing = True
@@ -503,7 +544,10 @@ class DeidWorkers:
         for job in late:
             _fail(job, "the server stopped before a de-identification worker process started")
         if filler is not None and filler is not threading.current_thread():
-            filler.join()
+            filler.join(timeout=_JOIN_TIMEOUT)  # it gives up a start under way at once
+            if filler.is_alive():
+                _LOG.error("the thread starting de-identification workers did not end; "
+                           "stopping without it")
         with self._changed:
             self._filler = None
         for worker in pool:
