@@ -64,7 +64,15 @@ def _progress(*, quiet: bool = False) -> Progress:
         console=err,
         transient=False,
         disable=quiet,
+        # No refresh thread: the driver refreshes the bar from its progress callback
+        # (_REFRESH_EVERY), so a process with no thread but its own can fork the ingest's
+        # workers (lake.compute._pool.fork_safe; review s20 S1).
+        auto_refresh=False,
     )
+
+
+_REFRESH_EVERY = 0.1
+"""Seconds between two refreshes of the ingest's progress bar (at most ten a second)."""
 
 
 _SKIPPED = {
@@ -245,13 +253,18 @@ def ingest(
         with _progress(quiet=quiet) as progress:
             task = progress.add_task("ingest", total=total, rate="")
             started = progress.get_time()
+            shown = [started]  # when the bar was last drawn
 
             def advance(files: int, _bytes: int) -> None:
                 progress.advance(task, files)
                 done = progress.tasks[0].completed
-                elapsed = progress.get_time() - started
+                now = progress.get_time()
+                elapsed = now - started
                 rate = f"{done / elapsed:,.0f} files/s" if elapsed > 0 else ""
                 progress.update(task, rate=rate)
+                if now - shown[0] >= _REFRESH_EVERY:
+                    shown[0] = now
+                    progress.refresh()
 
             from lake.ingest import ingest as run_ingest
 

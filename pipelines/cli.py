@@ -163,6 +163,9 @@ def _exit_now(ended: SystemExit) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    # One OpenBLAS thread (set before anything imports numpy): the command's parallelism is
+    # its worker processes, and a process without native threads can fork them (lake.compute).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         _app_for(sys.argv[1:])()
     except typer.Exit:

@@ -103,21 +103,28 @@ def test_pool_forks_only_while_nothing_threaded_is_loaded() -> None:
     """Forked workers inherit the shared value (never pickled); once a library with native
     threads is loaded (pyarrow, delta-rs, DuckDB) the pool spawns them instead."""
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", _FORKED], cwd=root, text=True,
+    # numpy (imported with pydicom) runs no OpenBLAS thread of its own, as under `lake`.
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _FORKED], cwd=root, text=True, env=env,
                           capture_output=True, timeout=300)  # a hang guard, not a timing
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "False", "True"]
 
 
-def test_auto_sends_a_job_to_a_forking_pool_from_fewer_files() -> None:
-    """A pool that forks starts in milliseconds: ``auto`` uses it from ``forked_items``."""
-    crossover = Crossover(1000, 10**9, engine="pool", forked_items=50)
-    job = Workload(60, 0, crossover)
+@pytest.mark.parametrize("forking", [True, False])
+def test_auto_sends_a_job_to_a_forking_pool_from_fewer_files(
+    forking: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool that forks starts in milliseconds: ``auto`` uses it from ``forked_items``;
+    one that must spawn keeps the larger crossover (both branches, review s20 S8)."""
     import lake.compute._pool as pool
 
-    forking = pool.fork_safe()
-    assert choose_scheduler("auto", job, workers=2) == ("pool" if forking else "sync")
+    monkeypatch.setattr(pool, "fork_safe", lambda: forking)
+    crossover = Crossover(1000, 10**9, engine="pool", forked_items=50)
+    job = Workload(60, 0, crossover)
     assert crossover.threshold() == (50 if forking else 1000)
+    assert choose_scheduler("auto", job, workers=2) == ("pool" if forking else "sync")
+    assert choose_scheduler("auto", Workload(1000, 0, crossover), workers=2) == "pool"
 
 
 def _die_in_a_worker(task: int, shared: int) -> int:

@@ -10,12 +10,19 @@ milliseconds with everything this process has imported and holds (the shared val
 inherited, never pickled); a **spawned** one is a new interpreter that imports the stack and
 unpickles the shared value: ~1 s of CPU per worker, measured (docs/performance.md). A fork
 copies only the calling thread: a lock another thread held at that moment stays locked
-forever in the child. So the pool forks only when that cannot bite (:func:`fork_safe`): on
-Linux, with no other Python thread running (an fsspec event loop, a server's threads), and
-none of the libraries loaded whose native threads work behind the caller's back (pyarrow's
-allocator and thread pools, delta-rs's runtime, DuckDB: an ingest's driver imports them at
-its first commit, after the fork). numpy's OpenBLAS threads may be there: OpenBLAS stops them
-itself around a fork (``pthread_atfork``). Otherwise the workers are spawned.
+forever in the child. So the pool forks only when this process has no thread but the calling
+one (:func:`fork_safe`), counted exactly: on Linux, by the OS (``/proc/self/task``), which
+sees native threads too (an fsspec event loop, a server's threads, a database driver's or an
+RPC client's pool in a caller's process), and by Python. No native thread is excused: numpy's
+OpenBLAS starts its threads when numpy is imported (pydicom imports numpy) unless
+``OPENBLAS_NUM_THREADS`` is 1, which the ``lake`` command sets before anything imports numpy
+(its parallelism is its worker processes); a library caller whose numpy runs OpenBLAS
+threads gets spawned workers. As a second guard, the pool never forks once a library is
+loaded whose native threads may start behind the caller's back (:data:`_THREADED_LIBRARIES`:
+pyarrow's allocator and thread pools, delta-rs's runtime, DuckDB; an ingest's driver imports
+them at its first commit, after the fork). The same exact count is what CPython 3.12 and
+later warn about (``DeprecationWarning``: a multi-threaded process calling fork), so a fork
+decided here raises no such warning. Otherwise the workers are spawned.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from multiprocessing.sharedctypes import Synchronized
 
-__all__ = ["Pool", "call_with_shared", "fork_safe", "start_pool"]
+__all__ = ["Pool", "call_with_shared", "fork_safe", "os_threads", "start_pool"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -50,13 +57,29 @@ _THREADED_LIBRARIES = ("pyarrow", "deltalake", "duckdb", "distributed")
 """Modules whose native (or background) threads may hold locks at any moment once loaded."""
 
 
+def os_threads() -> int | None:
+    """The threads of this process as the OS counts them (native ones too), or None where
+    the OS does not say (``/proc/self/task`` is Linux's)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
 def fork_safe() -> bool:
-    """Whether a fork of this process would copy everything that is running: Linux, no
-    Python thread but this one, none of :data:`_THREADED_LIBRARIES` loaded."""
+    """Whether a fork of this process would copy everything that is running.
+
+    True only on Linux, with exactly one thread in this process as the OS counts them
+    (:func:`os_threads`: no native thread of any library, numpy's OpenBLAS included) and as
+    Python counts them, and none of :data:`_THREADED_LIBRARIES` loaded (they may start
+    threads at any moment). A library call therefore never forks a process that holds
+    threads of its own or of its caller.
+    """
     return (
         sys.platform.startswith("linux")
         and threading.active_count() == 1
         and not any(name in sys.modules for name in _THREADED_LIBRARIES)
+        and os_threads() == 1
     )
 
 
