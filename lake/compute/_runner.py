@@ -44,7 +44,8 @@ class Runner(AbstractContextManager["Runner"]):
     scheduler : str
         ``"auto"`` (in this process below the workload's crossover, else the engine the
         crossover names; see :func:`lake.compute.choose_scheduler`), ``"pool"`` (a pool of
-        spawned worker processes, no Dask scheduler: :mod:`lake.compute._pool`),
+        worker processes, forked when that is safe, no Dask scheduler:
+        :mod:`lake.compute._pool`),
         ``"processes"`` (a local
         ``dask.distributed`` cluster of worker processes, started with ``spawn``),
         ``"threads"`` (a local cluster of threads), ``"sync"`` (in this process, no
@@ -84,7 +85,12 @@ class Runner(AbstractContextManager["Runner"]):
 
     @property
     def window(self) -> int:
-        """Tasks kept in flight: two per worker; on the pool, :data:`POOL_TASKS_IN_FLIGHT`."""
+        """Tasks kept in flight: two per worker; on the pool, :data:`POOL_TASKS_IN_FLIGHT`.
+
+        What the caller holds follows: ``window`` tasks' inputs, and on the pool the results
+        of up to ``window`` tasks waiting in task order (``2 * window`` while spawned
+        workers start and this process runs tasks itself; docs/ingest.md, "Memory").
+        """
         if self.scheduler == "sync":
             return 1
         return (POOL_TASKS_IN_FLIGHT if self.scheduler == POOL else 2) * self.workers
