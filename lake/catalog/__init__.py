@@ -83,9 +83,9 @@ _WHERE = {
     "write_summaries": "lake.catalog._summary",
 }
 """Where each name lives, imported when first used (PEP 562): dicom_values needs pydicom (a
-quarter of a second to import) and only ingest uses it, so `lake sql` does not pay for it; the
+quarter of a second to import) and only ingest uses it, so a SQL query does not pay for it; the
 DuckDB query layer (0.1 s of CPU to import duckdb) is not needed to read or write the Delta
-tables, so `lake export nifti` does not pay for it (issue 14.2); and the Delta and DuckDB
+tables, so a small NIfTI export does not pay for it (issue 14.2); and the Delta and DuckDB
 modules start native threads when imported, which ingest's worker processes, using only the
 schema and ``dicom_values``, never need (a pool forks its workers only from a driver that has
 not loaded them: ``lake.compute._pool``)."""
