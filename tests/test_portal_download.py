@@ -164,3 +164,13 @@ def test_served_zip_closes_the_zip_when_the_check_raises(
     with pytest.raises(OSError, match="erasures"):
         _exports.served_zip(None, SimpleNamespace(result=Result()))  # type: ignore[arg-type]
     assert len(opened) == 1 and opened[0].closed
+
+
+@pytest.mark.parametrize("value", ["bytes=\u00b2-", "bytes=0-\u00b9", "bytes=-\u00b3", "bytes=\u0663-"])
+def test_a_range_of_digits_int_refuses_is_ignored(value: str) -> None:
+    # Superscript digits (Latin-1 bytes 0xB2, 0xB3, 0xB9) and other Unicode digits pass
+    # str.isdigit but not int(): such a Range is ignored (the whole zip), never a 500.
+    from lake.web.portal._exports import _one_range
+
+    assert _one_range(value, 100) is None
+    assert _one_range("bytes=2-", 100) == (2, 100)

@@ -230,7 +230,7 @@ def _one_range(value: str, size: int) -> tuple[int, int] | None:
         return None
     first, dash, last = spec.strip().partition("-")
     first, last = first.strip(), last.strip()
-    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+    if not dash or not _digits(first) or not _digits(last):
         return None
     if first == "":
         if last == "":
@@ -244,6 +244,12 @@ def _one_range(value: str, size: int) -> tuple[int, int] | None:
     if start >= size:
         raise _UnsatisfiableRangeError
     return start, size if last == "" else min(int(last) + 1, size)
+
+
+def _digits(text: str) -> bool:
+    """Whether ``text`` is empty or ASCII digits only (``str.isdigit`` also accepts ``²``, which
+    ``int`` refuses: a header is decoded as Latin-1, so such a byte can arrive)."""
+    return text == "" or (text.isascii() and text.isdecimal())
 
 
 async def _nothing() -> AsyncIterator[bytes]:
