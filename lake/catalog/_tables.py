@@ -742,7 +742,7 @@ def _matching(
             holding.update(matched.column(1).to_pylist())
             found.append(pa.Table.from_batches([matched]).select([key]))
     if len(columns) == 1 or not holding:
-        return _concat(table, columns, [_conform(table, columns, t) for t in found])
+        return _concat(table, columns, [conform(table, columns, t) for t in found])
     schema = pa.schema([table.schema.field(c) for c in columns])
     chosen = [f for f in fragments if f.path in holding]
     parts = []
@@ -753,7 +753,7 @@ def _matching(
     return _concat(table, columns, parts)
 
 
-def _conform(table: Table, columns: Sequence[str], data: pa.Table) -> pa.Table:
+def conform(table: Table, columns: Sequence[str], data: pa.Table) -> pa.Table:
     """``data`` with exactly ``columns``, typed as the table declares (missing ones null)."""
     import pyarrow as pa
 

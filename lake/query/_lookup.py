@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-import functools
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -35,9 +34,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lake._errors import CatalogError, QueryError
-from lake.catalog import INSTANCES, DeltaTables, arrow_dataset
+from lake.catalog import INSTANCES, DeltaTables, arrow_dataset, conform
 from lake.catalog._summary import data_files
-from lake.query._index import Snapshot
+from lake.query._index import Snapshot, _file_list
 
 __all__ = ["InstanceLookup", "instance_row"]
 
@@ -112,7 +111,7 @@ class InstanceLookup:
             ``lake.steward.vacuum()`` after this version was superseded).
         """
         if not self._files:
-            return _schema().empty_table()
+            return INSTANCES.schema.empty_table()
         try:
             if self._local:
                 found = self._local_row(sop_instance_uid)
@@ -125,8 +124,8 @@ class InstanceLookup:
                 "file was removed (lake.steward.vacuum()); look it up again in a newer version"
             ) from None
         if found is None:
-            return _schema().empty_table()
-        return _conform(found)
+            return INSTANCES.schema.empty_table()
+        return conform(INSTANCES, INSTANCES.schema.names, found)
 
     def row(self, sop_instance_uid: str) -> dict[str, Any] | None:
         """Instance ``sop_instance_uid`` as ``SELECT * FROM instances WHERE SOPInstanceUID
@@ -151,10 +150,10 @@ class InstanceLookup:
     def _local_row(self, uid: str) -> pa.Table | None:
         """Step 1 (DuckDB: the file and row, one narrow column read), then step 2 (pyarrow:
         the narrow columns of that row group only; DuckDB: the wide ones of that row)."""
-        files = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in self._files) + "]"
         with self._lock:
             places = self._con.execute(
-                f"SELECT filename, file_row_number FROM read_parquet({files}, filename = true, "
+                f"SELECT filename, file_row_number FROM read_parquet({_file_list(self._files)}, "
+                "filename = true, "
                 "file_row_number = true, hive_partitioning = false) WHERE SOPInstanceUID = ?",
                 [uid]).fetchall()
             if not places:
@@ -177,10 +176,10 @@ class InstanceLookup:
             values: tuple[Any, ...] = ()
             if wide:
                 # DuckDB decompresses only the pages holding the row.
-                quoted = path.replace("'", "''")
                 values = self._con.execute(
-                    f"SELECT {', '.join(wide)} FROM read_parquet('{quoted}', file_row_number = "
-                    "true, hive_partitioning = false) WHERE file_row_number = ?", [row]
+                    f"SELECT {', '.join(wide)} FROM read_parquet({_file_list([path])}, "
+                    "file_row_number = true, hive_partitioning = false) "
+                    "WHERE file_row_number = ?", [row]
                 ).fetchone() or ()
         group = bisect.bisect_right(starts, row) - 1
         # The narrow columns from the row group holding the row, and only from it (16,384
@@ -196,29 +195,8 @@ class InstanceLookup:
                 "says; run Lake.verify()", functions=("Lake.verify",))
         for name, value in zip(wide, values, strict=True):
             found = found.append_column(
-                name, pa.array([value], _schema().field(name).type))
+                name, pa.array([value], INSTANCES.schema.field(name).type))
         return found
-
-
-@functools.cache
-def _schema() -> pa.Schema:
-    """``INSTANCES.schema`` (built anew on each access: ~5 ms of CPU)."""
-    return INSTANCES.schema
-
-
-def _conform(found: pa.Table) -> pa.Table:
-    """``found`` with every ``instances`` column in the catalog's order and type (a file
-    written before a column existed lacks it: null, as the views read it)."""
-    schema = _schema()
-    names = set(found.column_names)
-    arrays = []
-    for field in schema:
-        if field.name in names:
-            column = found.column(field.name)
-            arrays.append(column if column.type == field.type else column.cast(field.type))
-        else:
-            arrays.append(pa.nulls(found.num_rows, field.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def instance_row(
