@@ -155,10 +155,31 @@ def _exit_now(ended: SystemExit) -> None:
     except OSError:  # a closed pipe: the ordinary exit reports it as it always did
         return
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError):
+    os._exit(_flushed(code))
+
+
+#: Python's exit status when it cannot flush a standard stream at exit (Py_FinalizeEx).
+EXIT_UNFLUSHED = 120
+
+
+def _flushed(code: int) -> int:
+    """``code``, or 120 when what the at-exit functions wrote to stdout or stderr cannot be
+    flushed (a closed pipe, a full disk), with a one-line message on stderr: as Python's own
+    exit reports it, never a silent success. Close what you write, never rely on GC: the
+    teardown that would have flushed these streams is skipped (os._exit), so they are
+    flushed here and a failure is reported.
+    """
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None or stream.closed:  # Python skips these too
+            continue
+        try:
             stream.flush()
-    os._exit(code)
+        except (OSError, ValueError) as exc:
+            code = EXIT_UNFLUSHED
+            with contextlib.suppress(OSError):  # stderr itself may be the broken stream
+                os.write(2, f"lake: could not write {name} at exit ({exc}).\n".encode())
+    return code
 
 
 def main() -> None:

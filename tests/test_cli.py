@@ -249,3 +249,35 @@ def test_the_console_script_ends_as_python_would(tmp_path: Path, thread: str) ->
         assert text in proc.stdout + proc.stderr
         assert (tmp_path / "atexit").read_text() == "ran"
         assert (tmp_path / "thread").exists() == (thread == "thread")
+
+
+_LATE_WRITE = """
+import atexit, sys
+atexit.register(lambda: print("written at exit"))  # buffered: flushed only after atexit
+from pipelines.cli import _exit_now
+_exit_now(SystemExit(0))  # how main() ends a command that printed nothing and returned 0
+"""
+
+
+def test_a_failed_flush_at_exit_is_exit_120_not_success(tmp_path: Path) -> None:
+    """What is written to stdout during the at-exit functions is flushed after them; when that
+    fails (here a pipe whose reader has gone) the console script says so in one line and ends
+    with 120, as Python's own exit does (review S7), instead of 0."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written: every write is EPIPE
+    err = tmp_path / "stderr"
+    # buffered, as a user's stdout to a pipe is (the write fails at the flush, not the print)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open(err, "wb") as stderr:
+        proc = subprocess.run([sys.executable, "-c", _LATE_WRITE], stdout=write, stderr=stderr,
+                              env=env, timeout=120, check=False)
+    os.close(write)
+    message = err.read_text()
+    assert proc.returncode == 120, message
+    assert "lake: could not write stdout at exit" in message
+    assert "Traceback" not in message
+    # the negative control: the same program with a reader ends with the command's code
+    ok = subprocess.run([sys.executable, "-c", _LATE_WRITE], capture_output=True, text=True,
+                        env=env, timeout=120, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.rstrip().endswith("written at exit")
