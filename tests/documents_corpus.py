@@ -122,7 +122,10 @@ def pdf_report(lines: Iterable[str], *, info: dict[str, str] | None = None,
         pdf.Root.Outlines = outlines
     out = io.BytesIO()
     encryption = pikepdf.Encryption(owner=password, user=password) if password else False
-    pdf.save(out, encryption=encryption, fix_metadata_version=False, compress_streams=compress)
+    # deterministic_id: the trailer's /ID from the content, not the clock (QPDF refuses it
+    # with encryption), so that the same arguments give the same bytes (tools/deid_golden.py)
+    pdf.save(out, encryption=encryption, fix_metadata_version=False, compress_streams=compress,
+             deterministic_id=not password)
     return out.getvalue()
 
 
