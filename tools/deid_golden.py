@@ -16,6 +16,9 @@ a changed output):
   ultrasound with burned-in text; MR with identities in its descriptions).
 - ``pydicom``: every ``*.dcm`` that pydicom ships in ``pydicom/data/test_files``.
 - ``deid-data``: every ``*.dcm`` of the ``deid-data`` package (skipped when not installed).
+- ``shared``: real vendor MR of ``../shared/data`` (``dcm_qa``, ``vendors``; skipped when
+  absent): the small 12-bit, enhanced and transfer-syntax folders whole, of the others the
+  files whose path hashes into one sixteenth.
 
 Each file goes through ``lake.ingest``'s ``process_bytes`` (parse, checks, documents,
 ``Deidentifier.apply``, Part-10 and DICOM JSON encoders, catalog row) with a fixed secret, so
@@ -28,8 +31,11 @@ When ``--write`` is legitimate: only for an *intended* change of output, stated 
 reason in the commit that carries the new goldens - a profile rule changed, the engine
 deliberately does something else, the lake's version (it is in ImplementationVersionName)
 or a dependency that writes bytes (pydicom, pikepdf) changed and the new bytes were checked.
-Never to make a speed-up pass: a speed-up changes no byte. The goldens record the library
-versions they were written with; a difference under other versions is reported with them.
+Also when the corpus grows (a new built-in profile, new input files): then no existing line
+of the JSON may change, which its diff shows. Never to make a speed-up pass: a speed-up
+changes no byte. The row holds the profile's sha256, so any edit of a profile's files (a
+comment too) changes every row of that profile and of the profiles extending it. The goldens
+record the library versions they were written with; a difference is reported with them.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import datetime as dt
 import hashlib
 import importlib.metadata
 import json
+import os
 import sys
 import tempfile
 import warnings
@@ -48,10 +55,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "deid_golden.json"
+REFUSED = "refused"
 SECRET = b"deid-golden-secret-0123456789abc"
 """The fixed 32-byte lake secret of the goldens (UID, patient-id and date-shift keys)."""
 PATIENTS = 3
-GROUPS = ("planted", "pydicom", "deid-data")
+GROUPS = ("planted", "pydicom", "deid-data", "shared")
+_WHOLE = ("vendors/dcm_qa_12bit/", "vendors/dcm_qa_enh/", "vendors/dcm_qa_ts/")
+"""Shared vendor folders taken whole (few files: 12-bit, enhanced multi-frame, transfer
+syntaxes); of the others, the files whose path hashes into one sixteenth."""
 _VERSIONS = ("pydicom", "pikepdf", "numpy", "deid", "imaging-lake")
 
 
@@ -88,7 +99,32 @@ def corpus(folder: Path) -> dict[str, dict[str, Path]]:
         files = {p.relative_to(root).as_posix(): p for p in root.rglob("*.dcm") if p.is_file()}
         if files:
             found[group] = dict(sorted(files.items()))
+    shared = _shared_inputs(shared_data())
+    if shared:
+        found["shared"] = shared
     return found
+
+
+def shared_data() -> Path:
+    """``../shared/data`` from the project root, or ``LAKE_SHARED_DATA`` (as tests/conftest.py)."""
+    return Path(os.environ.get("LAKE_SHARED_DATA") or ROOT.parent / "shared" / "data")
+
+
+def _shared_inputs(root: Path) -> dict[str, Path]:
+    """The inputs (``In/`` folders) of the vendor data chosen by :data:`_WHOLE` and by hash.
+
+    Chosen by a hash of the relative path, not by position in a listing, so a file added to
+    the shared data changes nothing else in the selection.
+    """
+    folders = [root / "dcm_qa" / "In", *sorted(root.glob("vendors/*/In"))]
+    chosen = {}
+    for folder in folders:
+        for path in folder.rglob("*"):
+            name = path.relative_to(root).as_posix()
+            if path.is_file() and (name.startswith(_WHOLE)
+                                   or hashlib.sha256(name.encode()).digest()[0] < 16):
+                chosen[name] = path
+    return dict(sorted(chosen.items()))
 
 
 def _canonical(value: object) -> object:
@@ -105,10 +141,12 @@ def row_sha256(row: Mapping[str, Any]) -> str:
     return _sha256(text.encode())
 
 
-def outcomes(profile: str, files: Mapping[str, Path], lake: Path) -> dict[str, Any]:
+def outcomes(profile: str, files: Mapping[str, Path], lake: Path) -> dict[str, str]:
     """What ingest makes of each file under ``profile``, by name (see the module docstring).
 
-    ``lake`` is a scratch folder that receives the pixel blobs and quarantined originals.
+    An output is ``"<sha256 of the Part-10 bytes> <sha256 of the row> <actions>"`` (actions
+    as ``C11 D4 K9``), a refusal ``"refused <reason>"``. ``lake`` is a scratch folder that
+    receives the pixel blobs and quarantined originals.
     """
     from lake.deid import Deidentifier, load_profile
     from lake.ingest._instance import Accepted, IngestContext, process_bytes
@@ -120,20 +158,23 @@ def outcomes(profile: str, files: Mapping[str, Path], lake: Path) -> dict[str, A
     context = IngestContext(location=Location(str(lake.resolve())),
                             engine=Deidentifier(load_profile(profile), secret),
                             quarantine_key=quarantine_key(secret))
-    found: dict[str, Any] = {}
+    found: dict[str, str] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom's warnings about its malformed samples
         for name, path in files.items():
             outcome = process_bytes(path.read_bytes(), context)
             if isinstance(outcome, Accepted):
-                found[name] = {
-                    "part10": _sha256(outcome.row["header_dicom"]),
-                    "row": row_sha256(outcome.row),
-                    "actions": dict(sorted(outcome.actions.items())),
-                }
+                actions = " ".join(f"{code}{n}" for code, n in sorted(outcome.actions.items()))
+                found[name] = (f"{_sha256(outcome.row['header_dicom'])} "
+                               f"{row_sha256(outcome.row)} {actions}")
             else:
-                found[name] = {"refused": outcome.record["reason"]}
+                found[name] = f"{REFUSED} {outcome.record['reason']}"
     return found
+
+
+def accepted(outcome: str) -> bool:
+    """Whether an outcome of :func:`outputs` is a de-identified output (not a refusal)."""
+    return not outcome.startswith(REFUSED)
 
 
 def versions() -> dict[str, str]:
@@ -172,7 +213,7 @@ def compute(scratch: Path) -> dict[str, Any]:
     return document
 
 
-def differences(expected: Mapping[str, Any], found: Mapping[str, Any]) -> list[str]:
+def differences(expected: Mapping[str, str], found: Mapping[str, str]) -> list[str]:
     """One line per name whose outcome differs (a name missing on either side included)."""
     lines = []
     for name in sorted(set(expected) | set(found)):
@@ -182,9 +223,11 @@ def differences(expected: Mapping[str, Any], found: Mapping[str, Any]) -> list[s
         if want is None or got is None:
             lines.append(f"{name}: {'not in the goldens' if want is None else 'not produced'}")
             continue
-        if isinstance(want, dict) and isinstance(got, dict):
-            parts = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-            lines.append(f"{name}: {', '.join(parts)} differ ({want} != {got})")
+        if " " in want and accepted(want) and accepted(got):  # outputs, not input hashes
+            labels = ("part10", "row", "actions")
+            a, b = want.split(" ", 2), got.split(" ", 2)
+            parts = [label for label, x, y in zip(labels, a, b, strict=False) if x != y]
+            lines.append(f"{name}: {', '.join(parts)} differ\n  want {want}\n  got  {got}")
         else:
             lines.append(f"{name}: {want} != {got}")
     return lines
@@ -201,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         document = compute(Path(scratch))
     if args.write:
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+        GOLDEN.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")  # a line a file
         counts = {p: sum(len(g) for g in groups.values())
                   for p, groups in document["outputs"].items()}
         print(f"wrote {GOLDEN.relative_to(ROOT)}: {counts}")
