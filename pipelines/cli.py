@@ -14,6 +14,7 @@ import typer
 import lake
 from pipelines import _core
 from pipelines._common import EXIT_CODES_HELP, EXIT_INTERNAL, err, out, reported
+from pipelines._params import LakeGroup
 from pipelines.documents import attach_command, export_documents_command
 from pipelines.export import cohort_app, export_app
 from pipelines.net import pull_command, serve_app
@@ -34,6 +35,7 @@ _SETTINGS: dict[str, Any] = {
     "no_args_is_help": True,
     "pretty_exceptions_enable": False,
     "add_completion": False,
+    "cls": LakeGroup,  # plain values converted without pydantic (issue 14.2)
 }
 app = typer.Typer(
     help="imaging-lake: DICOM in, de-identified on the way in, SQL over the catalog, cohorts out.\n\n"

@@ -66,6 +66,7 @@ def test_subcommand_help_is_light(command: list[str]) -> None:
 
 
 def test_sql_loads_no_ingest_export_or_network_stack(tmp_path: Path) -> None:
+    """Nor pydantic: its parameters are plain (pipelines/_params.py)."""
     lk = lake.init(tmp_path / "lake", vault=tmp_path / "vault")
     ct = get_testdata_file("CT_small.dcm")
     assert ct is not None
@@ -74,7 +75,8 @@ def test_sql_loads_no_ingest_export_or_network_stack(tmp_path: Path) -> None:
     modules = _loaded(_RUN_CLI.format(args=args))
     assert "duckdb" in modules  # the query ran
     assert _present(
-        modules, ("dask", "distributed", "nibabel", "pynetdicom", "pydicom", "rich.progress")
+        modules, ("dask", "distributed", "nibabel", "pynetdicom", "pydicom", "rich.progress",
+                  "pydantic", "pydantic_core", "typer._adapters")
     ) == []
 
 
@@ -143,7 +145,8 @@ def test_small_nifti_export_loads_no_cluster_bids_deid_or_pandas(tmp_path: Path)
     A saved cohort is read from its Delta table without the SQL engine (duckdb: 0.1 s of CPU,
     issue 14.2), and nothing of ingest, the query index, the servers, the vault's password
     hashing or the access layer is loaded; with --quiet, no progress bar machinery. A local
-    lake's blobs and data files are read without fsspec (which imports asyncio)."""
+    lake's blobs and data files are read without fsspec (which imports asyncio). The command
+    line's plain values are converted without pydantic (pipelines/_params.py)."""
     from lake.export import create_cohort
     from tests.series import write_ct_series
 
@@ -162,7 +165,7 @@ def test_small_nifti_export_loads_no_cluster_bids_deid_or_pandas(tmp_path: Path)
                               "lake.catalog._query", "lake.ingest", "lake.query", "lake.net",
                               "lake.web", "lake.access", "lake.steward", "pynetdicom",
                               "argon2", "starlette", "jinja2", "rich.progress", "fsspec",
-                              "asyncio")) == []
+                              "asyncio", "pydantic", "pydantic_core", "typer._adapters")) == []
 
 
 @pytest.mark.parametrize("args", [["sql", "--help"], ["export", "nifti", "--help"],
