@@ -22,7 +22,7 @@ import copy
 import re
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
@@ -370,6 +370,7 @@ _NUMBER_FORMATS = {
     "UV": "Q",
     "SV": "q",
 }
+_SPECIFIC_CHARACTER_SET = 0x00080005
 _SAFE_CHARSETS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 
 
@@ -417,8 +418,10 @@ def _json_dataset(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     inline_limit = (bulk_data_threshold // 4) * 3
-    for tag in sorted(ds.keys()):
-        elem = ds.get_item(tag)
+    # Read as ds.get_item gives them (a deferred value, None, is converted below by ds[tag]).
+    elements: MutableMapping[Any, Any] = ds._dict
+    for tag in sorted(elements):
+        elem = elements[tag]
         key = f"{int(tag):08X}"
         raw = isinstance(elem, RawDataElement) and isinstance(elem.value, bytes)
         if not raw or elem.VR == "SQ":
@@ -476,7 +479,7 @@ def _json_item(
     encoding pydicom did not record sends it to pydicom)."""
     encoding = getattr(item, "original_encoding", (None, None))
     if (
-        "SpecificCharacterSet" in item
+        _SPECIFIC_CHARACTER_SET in item._dict
         or getattr(item, "is_little_endian", None) is False
         or encoding[1] is False
         or encoding[0] is None
