@@ -43,6 +43,9 @@ def differences(expected: Dataset, got: Part10 | Dataset, path: str = "") -> Ite
         if tag not in got:
             yield f"{where} missing"
             continue
+        if element.VR == "SQ" and isinstance(got, Part10) and element.keyword:
+            # before the sequence is read: the path the converter's frame look-ups take
+            yield from _item_value_differences(element, got, where)
         value = got.get(tag)
         if element.VR == "SQ" and not isinstance(value, bytes):
             if len(value) != len(element.value):
@@ -61,6 +64,21 @@ def differences(expected: Dataset, got: Part10 | Dataset, path: str = "") -> Ite
     extra = [t for t in got.keys() if t not in seen]  # noqa: SIM118 - Part10.keys is a view
     if extra:
         yield f"{path}/ extra elements {[f'{t:08X}' for t in extra]}"
+
+
+def _item_value_differences(element: Any, got: Part10, where: str) -> Iterator[str]:
+    """``got.item_value(sequence, keyword)`` for each keyword of the first item, against
+    pydicom's value (None when absent or empty)."""
+    first = element.value[0] if len(element.value) else None
+    keywords = [e.keyword for e in first if e.keyword] if first is not None else []
+    for keyword in keywords or ["Rows"]:
+        expected = None if first is None else first.get(keyword)
+        if expected == "" or (expected is not None and first[keyword].VR == "SQ"):
+            continue  # a sequence in the item: not what item_value is for
+        value = got.item_value(element.keyword, keyword)
+        if not (value is None and expected is None) and not _same(expected, value):
+            yield (f"{where}[0]/{keyword} by item_value: {type(value).__name__} "
+                   f"{value!r:.60} is not pydicom's {type(expected).__name__} {expected!r:.60}")
 
 
 def compare_bytes(data: bytes, pixels: bytes | None = None, pixel_vr: str | None = None,

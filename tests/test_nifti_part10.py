@@ -310,3 +310,144 @@ def test_sequences_are_checked_when_read_and_indexed_when_asked_for() -> None:
         warnings.simplefilter("ignore")
         fallback = read_part10(damaged)
     assert not isinstance(fallback, Part10)  # pydicom's reader, decided when read
+
+
+def _enhanced_bytes(syntax: str = ExplicitVRLittleEndian, charset: str | None = None,
+                    label: bytes | None = None) -> bytes:
+    """An enhanced object of three frames; each frame's FrameContentSequence carries
+    ``label`` (raw bytes, to be decoded under ``charset``) as its FrameLabel."""
+    enhanced = enhanced_from(synthetic_series(n_slices=3, rows=8, cols=8))
+    if charset is not None:
+        enhanced.SpecificCharacterSet = charset
+    for item in enhanced.PerFrameFunctionalGroupsSequence:
+        item.MRImageFrameTypeSequence = [Dataset()]
+        item.MRImageFrameTypeSequence[0].FrameType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+        if label is not None:
+            item.FrameContentSequence[0].add_new(0x00209453, "LO", label)
+    return _bytes(enhanced, syntax)
+
+
+def _item_values(ds: Dataset, frame: int) -> dict[tuple[str, str], Any]:
+    """pydicom's value of every (macro, keyword) of one frame's per-frame functional
+    groups (the first item of each macro)."""
+    values = {}
+    reference = ds.PerFrameFunctionalGroupsSequence[frame]
+    for macro in reference:
+        if macro.VR != "SQ" or not macro.keyword:
+            continue
+        for element in macro.value[0]:
+            values[(macro.keyword, element.keyword)] = element.value
+    return values
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_item_value_is_pydicoms_value_converted_once_per_batch(syntax: str) -> None:
+    """Part10.item_value (the converter's per-frame look-ups) gives the value pydicom gives
+    for the first item of a macro, whether the ValueCache has it (the items then are not
+    even indexed) or not, and whatever the order of the look-ups."""
+    data = _enhanced_bytes(syntax)
+    expected = pydicom.dcmread(io.BytesIO(data))
+    cache = ValueCache()
+    for round_ in range(2):  # the first converts and keeps, the second finds them kept
+        for frame in range(3):
+            wanted = _item_values(expected, frame)
+            for (macro, keyword), value in wanted.items():
+                fresh = read_part10(data, cache=cache)  # one look-up per dataset: every
+                assert isinstance(fresh, Part10)         # one goes through the cache
+                item = fresh.PerFrameFunctionalGroupsSequence[frame]
+                got = item.item_value(macro, keyword)
+                assert got == value and type(got) is type(value), (macro, keyword)
+                tag = int(pydicom.datadict.tag_for_keyword(macro) or 0)
+                if round_:  # found in the cache: the macro's items were not read
+                    assert len(item._elements[tag]) == 4
+    # and without a cache, or once the sequence is read, the same values
+    uncached = read_part10(data)
+    assert isinstance(uncached, Part10)
+    item = uncached.PerFrameFunctionalGroupsSequence[1]
+    for (macro, keyword), value in _item_values(expected, 1).items():
+        assert item.item_value(macro, keyword) == value
+        assert item.item_value(macro, keyword) == value  # the sequence is read by now
+    assert item.item_value("PlanePositionSequence", "NoSuchKeyword") is None
+    assert item.item_value("ReferencedImageSequence", "ReferencedSOPInstanceUID") is None
+
+
+def test_item_value_falls_back_for_long_sequences(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lake.nifti._part10 as part10
+
+    monkeypatch.setattr(part10, "_ITEM_VALUE_LENGTH", 0)  # every sequence is "too long"
+    data = _enhanced_bytes()
+    expected = pydicom.dcmread(io.BytesIO(data))
+    cache = ValueCache()
+    got = read_part10(data, cache=cache)
+    assert isinstance(got, Part10)
+    item = got.PerFrameFunctionalGroupsSequence[2]
+    for (macro, keyword), value in _item_values(expected, 2).items():
+        assert item.item_value(macro, keyword) == value
+    assert len(cache) == 0 or not any(
+        key[0] == "item value" for key in cache._values  # type: ignore[attr-defined]
+    )
+
+
+def test_item_value_keys_on_the_inherited_character_set_and_hands_out_copies() -> None:
+    """The same item bytes under another character set of the enclosing object are decoded
+    under that one; a multi-valued value a caller changes changes no other's."""
+    latin = _enhanced_bytes(charset="ISO_IR 100", label=b"\xe0\xe1\xe2 ")
+    cyrillic = _enhanced_bytes(charset="ISO_IR 144", label=b"\xe0\xe1\xe2 ")
+    cache = ValueCache()
+    labels = []
+    for data in (latin, cyrillic, latin, cyrillic):
+        got = read_part10(data, cache=cache)
+        assert isinstance(got, Part10)
+        label = got.PerFrameFunctionalGroupsSequence[0].item_value("FrameContentSequence",
+                                                                    "FrameLabel")
+        expected = pydicom.dcmread(io.BytesIO(data)).PerFrameFunctionalGroupsSequence[0]
+        assert label == expected.FrameContentSequence[0].FrameLabel
+        labels.append(label)
+    assert labels[0] == labels[2] != labels[1] == labels[3]
+    one, two = (read_part10(latin, cache=cache) for _ in range(2))
+    assert isinstance(one, Part10) and isinstance(two, Part10)
+    kinds = one.PerFrameFunctionalGroupsSequence[0].item_value("MRImageFrameTypeSequence",
+                                                                "FrameType")
+    kinds.append("CHANGED")
+    again = two.PerFrameFunctionalGroupsSequence[0].item_value("MRImageFrameTypeSequence",
+                                                                "FrameType")
+    assert again == ["ORIGINAL", "PRIMARY", "M", "NONE"]
+
+
+@pytest.mark.vendor
+@pytest.mark.parametrize("repository", ["dcm_qa_enh", "dcm_qa_xa30"])
+def test_enhanced_vendor_frames_are_described_alike_from_either_reader(repository: str) -> None:
+    """frames_of on enhanced vendor objects: the fast reader through one cache (item_value)
+    and pydicom's datasets (item by item) describe every frame identically."""
+    from lake.nifti._volume import frames_of
+
+    root = SHARED_DATA / "vendors" / repository / "In"
+    if not root.is_dir():
+        pytest.skip("../shared/data is absent")
+    cache = ValueCache()
+    compared = 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if data[128:132] != b"DICM":
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fast = read_part10(data, cache=cache)
+            slow = pydicom.dcmread(io.BytesIO(data))
+            if not isinstance(fast, Part10) or "PerFrameFunctionalGroupsSequence" not in slow:
+                continue
+            mine, theirs = frames_of(fast, 0, {}), frames_of(slow, 0, {})
+        assert len(mine) == len(theirs)
+        for a, b in zip(mine, theirs, strict=True):
+            for field in ("frame", "slope", "intercept", "echo", "echo_time", "component",
+                          "order", "identity", "bvalue", "echo_numbered", "field_map_hz"):
+                assert getattr(a, field) == getattr(b, field), (path.name, field)
+            assert (a.position is None) == (b.position is None)
+            if a.position is not None:
+                assert np.array_equal(a.position, b.position)
+                assert a.plane is not None and b.plane is not None and a.plane.same_as(b.plane)
+                assert np.array_equal(a.plane.row_cosine, b.plane.row_cosine)
+                assert (a.plane.row_spacing, a.plane.col_spacing) == (b.plane.row_spacing,
+                                                                      b.plane.col_spacing)
+        compared += len(mine)
+    assert compared > 0

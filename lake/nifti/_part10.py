@@ -96,6 +96,8 @@ def _dictionary_vr(tag: int) -> str:
 
 #: Values this long or longer are converted every time (not worth hashing and keeping).
 _CACHED_LENGTH = 1024
+#: Sequences longer than this are not keys of :meth:`Part10.item_value`'s cache.
+_ITEM_VALUE_LENGTH = 16384
 #: Values that are never changed in place: shared between datasets as they are.
 _SHAREABLE = (str, int, float, bytes, PersonName)
 
@@ -136,7 +138,11 @@ class ValueCache:
 
     def get(self, key: tuple[object, ...]) -> object:
         """A fresh copy of the value under ``key``, ``_MISSING`` when there is none."""
-        value = self._values.get(key, _MISSING)
+        return self.copy(self._values.get(key, _MISSING))
+
+    @staticmethod
+    def copy(value: Any) -> Any:
+        """``value``, or a new ``MultiValue`` (or list) of the same items when it is one."""
         if value.__class__ is MultiValue:
             clone: MultiValue[Any] = MultiValue.__new__(MultiValue)
             clone._constructor = value._constructor
@@ -255,6 +261,46 @@ class Part10:
         if start < 0:  # a value set in memory (pixel data)
             return Element(tag, vr, self._values[tag])
         return Element(tag, vr, self._source.buffer[start : start + length])
+
+    def item_value(self, sequence: str, keyword: str) -> Any:
+        """The value of ``keyword`` in the first item of the sequence ``sequence``; None when
+        either is absent or the value is empty (what the converter asks of a frame's
+        functional groups, frame after frame).
+
+        The same as ``self.get(sequence)[0].get(keyword)`` (or None), but the value is
+        converted once per batch for a sequence whose bytes, syntax and inherited character
+        sets were seen before (the :class:`ValueCache` holds it, and hands out copies of
+        multi-valued ones); the items are then not indexed at all.
+        """
+        tag = keyword_dict.get(sequence)
+        entry = None if tag is None else self._elements.get(tag)
+        if entry is None:
+            return None
+        cache = self._source.cache
+        stop = self._source.ends.get(entry[1]) if len(entry) == 4 else None
+        if cache is None or stop is None or stop - entry[1] > _ITEM_VALUE_LENGTH:
+            return self._first_item_value(sequence, keyword)
+        _, start, length, implicit = entry
+        encoding = self._character_sets()
+        key = ("item value", bytes(self._source.buffer[start:stop]), implicit,
+               length == _UNDEFINED, keyword,
+               encoding if isinstance(encoding, str) else tuple(encoding))
+        value = cache.get(key)
+        if value is not _MISSING:
+            return value
+        value = self._first_item_value(sequence, keyword)
+        if value is None:
+            cache._values[key] = None
+        else:
+            cache.put(key, ValueCache.copy(value))
+        return value
+
+    def _first_item_value(self, sequence: str, keyword: str) -> Any:
+        items = self.get(sequence)
+        if items is None or len(items) == 0:
+            return None
+        value = items[0].get(keyword)
+        return None if value is None or value == "" else value
 
     def set_pixel_data(self, pixels: bytes, vr: str = "OW") -> None:
         """Attach the pixel data (stored apart from the header in the lake)."""

@@ -32,6 +32,7 @@ from lake.nifti._geometry import (
     slice_affine_ras,
     tile_affine_ras,
 )
+from lake.nifti._part10 import Part10
 from lake.nifti._types import NiftiRefusal, RefusalReason
 
 #: Acquisition parameters of one instance (see :mod:`lake.nifti._parameters`).
@@ -223,6 +224,75 @@ def attribute(ds: Dataset, frame: int | None, macro: str, keyword: str,
     return element
 
 
+class FrameLookup:
+    """:func:`attribute` for every frame of one object, with less work per frame.
+
+    ``look.at(frame)`` selects a frame (``None``: the top level only, as :func:`attribute`
+    with ``frame=None``); ``look(macro, keyword)`` then gives what
+    ``attribute(ds, frame, macro, keyword)`` gives. A value of the frame's per-frame
+    functional groups comes from :meth:`Part10.item_value` (converted once per batch for
+    macro items whose bytes repeat, most of them), or for pydicom's datasets from the
+    macro's item fetched once per frame; what the shared functional group and the top level
+    give (the same for every frame) is looked up once per object.
+    """
+
+    __slots__ = ("_ds", "_fallback", "_frame", "_macros", "_per_frame", "_per_item",
+                 "_shared_item")
+
+    def __init__(self, ds: Dataset) -> None:
+        self._ds = ds
+        self._per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+        shared = ds.get("SharedFunctionalGroupsSequence")
+        self._shared_item = shared[0] if shared is not None and len(shared) > 0 else None
+        self._fallback: dict[tuple[str, str], Any] = {}
+        self._frame: int | None = None
+        self._per_item: Dataset | Part10 | None = None
+        self._macros: dict[str, Any] = {}
+
+    def at(self, frame: int | None) -> FrameLookup:
+        """Look at ``frame`` from now on; this lookup."""
+        self._frame = frame
+        per_frame = self._per_frame
+        self._per_item = (per_frame[frame] if frame is not None and per_frame is not None
+                          and frame < len(per_frame) else None)
+        self._macros = {}
+        return self
+
+    def __call__(self, macro: str, keyword: str) -> Any:
+        per_item = self._per_item
+        if isinstance(per_item, Part10):
+            value = per_item.item_value(macro, keyword)
+            if value is not None:
+                return value
+        elif per_item is not None:
+            item = self._macros.get(macro, _ABSENT)
+            if item is _ABSENT:
+                seq = per_item.get(macro)
+                item = None if seq is None or len(seq) == 0 else seq[0]
+                self._macros[macro] = item
+            if item is not None:
+                value = item.get(keyword)
+                if value is not None and value != "":
+                    return value
+        if self._frame is None:
+            element = self._ds.get(keyword)
+            return None if element is None or element == "" else element
+        key = (macro, keyword)
+        if key in self._fallback:
+            return self._fallback[key]
+        value = None
+        if self._shared_item is not None:
+            value = _from_macro(self._shared_item, macro, keyword)
+        if value is None:
+            element = self._ds.get(keyword)
+            value = None if element is None or element == "" else element
+        self._fallback[key] = value
+        return value
+
+
+_ABSENT = object()
+
+
 def _from_macro(item: Dataset, macro: str, keyword: str) -> Any:
     seq = item.get(macro)
     if seq is None or len(seq) == 0:
@@ -314,15 +384,14 @@ def _item(values: Any, index: int, count: int) -> Any:
 _COMPONENT_OF = {"magnitude": None, "phase": "PHASE", "real": "REAL", "imaginary": "IMAGINARY"}
 
 
-def _component(ds: Dataset, frame: int | None, groups: FrameGroups | None) -> Component:
-    complex_part = attribute(ds, frame, "MRImageFrameTypeSequence", "ComplexImageComponent",
-                             groups)
+def _component(ds: Dataset, frame: int | None, look: FrameLookup) -> Component:
+    complex_part = look("MRImageFrameTypeSequence", "ComplexImageComponent")
     values: list[str] = []
     if complex_part is not None:
         values.append(str(complex_part).upper())
     image_type = ds.get("ImageType")
     if frame is not None:
-        frame_type = attribute(ds, frame, "MRImageFrameTypeSequence", "FrameType", groups)
+        frame_type = look("MRImageFrameTypeSequence", "FrameType")
         if frame_type is not None:
             image_type = frame_type
     if image_type is not None:
@@ -341,15 +410,12 @@ def _component(ds: Dataset, frame: int | None, groups: FrameGroups | None) -> Co
     return Component.MAGNITUDE
 
 
-def _plane(ds: Dataset, frame: int | None,
-           groups: FrameGroups | None) -> tuple[Plane | None, FloatArray | None]:
-    iop = _floats(attribute(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient",
-                            groups), 6)
-    ipp = _floats(attribute(ds, frame, "PlanePositionSequence", "ImagePositionPatient",
-                            groups), 3)
+def _plane(ds: Dataset, look: FrameLookup) -> tuple[Plane | None, FloatArray | None]:
+    iop = _floats(look("PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+    ipp = _floats(look("PlanePositionSequence", "ImagePositionPatient"), 3)
     if iop is None or ipp is None:
         return None, None
-    spacing = _floats(attribute(ds, frame, "PixelMeasuresSequence", "PixelSpacing", groups), 2)
+    spacing = _floats(look("PixelMeasuresSequence", "PixelSpacing"), 2)
     if spacing is None:
         spacing = _floats(ds.get("ImagerPixelSpacing"), 2)
     if spacing is None or bool(np.any(spacing <= 0)):
@@ -390,11 +456,11 @@ def _philips_precise(
     return float(np.float32(at_one - at_zero)), float(at_zero)
 
 
-def _is_field_map(ds: Dataset, frame: int | None, groups: FrameGroups | None) -> bool:
+def _is_field_map(ds: Dataset, frame: int | None, look: FrameLookup) -> bool:
     """A real image that is a B0 field map in Hz (dcm2niix's FIELDMAPHZ)."""
     kinds = [str(v).upper() for v in (ds.get("ImageType") or [])]
     if frame is not None:
-        frame_type = attribute(ds, frame, "MRImageFrameTypeSequence", "FrameType", groups)
+        frame_type = look("MRImageFrameTypeSequence", "FrameType")
         kinds += [str(v).upper() for v in (frame_type or [])]
     joined = "_".join(kinds)
     return ("B0" in joined and "MAP" in joined) or "FIELD_MAP" in joined
@@ -429,19 +495,16 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition) -> list[Frame]
     uid = str(ds.get("SOPInstanceUID", ""))
     mosaic = is_mosaic(ds, acquisition)
     frames = []
+    look = FrameLookup(ds)
     for index in indices:
         lookup = index if enhanced else None
-        groups = frame_groups(ds, lookup) if lookup is not None else None
-        plane, position = _plane(ds, lookup, groups)
+        look.at(lookup)
+        plane, position = _plane(ds, look)
         if not enhanced and n > 1:
             plane, position = None, None  # classic multi-frame: no per-frame positions
-        slope = _float(
-            attribute(ds, lookup, "PixelValueTransformationSequence", "RescaleSlope", groups)
-        )
-        intercept = _float(
-            attribute(ds, lookup, "PixelValueTransformationSequence", "RescaleIntercept", groups)
-        )
-        echo_time = _float(attribute(ds, lookup, "MREchoSequence", "EffectiveEchoTime", groups))
+        slope = _float(look("PixelValueTransformationSequence", "RescaleSlope"))
+        intercept = _float(look("PixelValueTransformationSequence", "RescaleIntercept"))
+        echo_time = _float(look("MREchoSequence", "EffectiveEchoTime"))
         if echo_time is None:
             echo_time = _float(ds.get("EchoTime"))
         echo_number = None if enhanced else _float(ds.get("EchoNumbers"))
@@ -455,25 +518,20 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition) -> list[Frame]
             offset = 3 * position_in if len(gradients) == 3 * n else 0
             gradient = _floats(gradients[offset : offset + 3], 3)
         named = _item(components, position_in, n)
-        component = _component(ds, lookup, groups)
+        component = _component(ds, lookup, look)
         if isinstance(named, str):
             component = {"phase": Component.PHASE, "real": Component.REAL,
                          "imaginary": Component.IMAGINARY}.get(named, Component.MAGNITUDE)
         slice_time = _float(_item(times, position_in, n)) if not mosaic else None
         slope, intercept = _philips_precise(acquisition, position_in, n, slope, intercept)
-        field_map = component is Component.REAL and _is_field_map(ds, lookup, groups)
+        field_map = component is Component.REAL and _is_field_map(ds, lookup, look)
         if enhanced:
-            temporal = _float(
-                attribute(ds, lookup, "FrameContentSequence", "TemporalPositionIndex", groups)
-            )
+            temporal = _float(look("FrameContentSequence", "TemporalPositionIndex"))
             acquired = _dicom_time_seconds(
-                attribute(ds, lookup, "FrameContentSequence", "FrameAcquisitionDateTime", groups)
+                look("FrameContentSequence", "FrameAcquisitionDateTime")
             )
             trigger = _float(
-                attribute(
-                    ds, lookup, "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime",
-                    groups,
-                )
+                look("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime")
             )
             acquisition_number = None
         else:
