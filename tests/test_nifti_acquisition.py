@@ -4,6 +4,7 @@ catalog columns generated from the declaration."""
 from __future__ import annotations
 
 import copy
+import math
 import random
 from pathlib import Path
 
@@ -58,6 +59,23 @@ def test_numbers_are_finite_and_within_bounds(number: float) -> None:
         if p.kind is Kind.FLOAT:
             value = validate_acquisition({p.name: number}).get(p.name)
             assert value is None or (p.low <= value <= p.high)
+
+
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True) | st.integers(-5, 5),
+                max_size=12), st.booleans())
+def test_a_float_list_validates_item_by_item(values: list[float], floats_only: bool) -> None:
+    """Float lists (checked all at once when every item is a float) validate as each item
+    would alone: the whole list when every item is a finite number within the bounds."""
+    if floats_only:
+        values = [float(v) if not isinstance(v, float) else v for v in values]
+    for p in PARAMETERS:
+        if p.kind is not Kind.FLOAT_LIST:
+            continue
+        fits = 0 < len(values) <= p.max_items and not len(values) % p.multiple_of and all(
+            math.isfinite(v) and p.low <= v <= p.high for v in values)
+        got = validate_acquisition({p.name: values}).get(p.name)
+        assert got == ([float(v) for v in values] if fits else None)
+        assert got is None or all(type(v) is float for v in got)
 
 
 def test_lists_are_bounded_and_typed() -> None:

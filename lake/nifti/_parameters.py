@@ -709,6 +709,11 @@ def validate(name: str, value: object) -> AcquisitionValue | None:
             return [str(v) for v in value]
         return None
     integer = p.kind is Kind.INT_LIST
+    if not integer and all(v.__class__ is float for v in value):
+        # what the loop below gives for a list of floats (the catalog's float lists), checked
+        # in C: every plan validates each instance's slice times, gradients...
+        finite = all(map(math.isfinite, value))
+        return list(value) if finite and p.low <= min(value) and max(value) <= p.high else None
     items = [_number(v, p, integer) for v in value]
     if any(v is None for v in items):
         return None
