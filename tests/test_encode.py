@@ -293,3 +293,71 @@ def test_an_error_deep_in_a_sequence_is_raised_once() -> None:
     with pytest.raises(ValueError, match="ambiguous VR") as raised:
         encode_part10(ds)
     assert len(str(raised.value)) < 1000
+
+
+def _item(**values: object) -> Dataset:
+    item = Dataset()
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def _sequence_file(items: list[Dataset], *, undefined: bool = False) -> Dataset:
+    """A file whose top-level sequence (defined length: read raw) holds ``items``; nested
+    sequences and items of undefined length when ``undefined``."""
+    from pydicom.sequence import Sequence as Seq
+
+    inner = Seq([_item(CodeValue="T-1", CodingSchemeDesignator="SRT", CodeMeaning="Heart")])
+    inner.is_undefined_length = undefined
+    for item in items:
+        item.is_undefined_length_sequence_item = undefined
+        item.ConceptNameCodeSequence = inner
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.ContentSequence = Seq(items)
+    ds.ContentSequence.is_undefined_length = False
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return dcmread(io.BytesIO(out.getvalue()))
+
+
+_PLAIN = [_item(ValueType="TEXT", TextValue="no name here", InstanceNumber=3,
+                ReferencedFrameNumber=[1, 2], RationalNumeratorValue=[1, -2],
+                FloatingPointValue=1.5, SelectorOBValue=b"\x01" * 4000)]
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("undefined", [False, True], ids=["defined", "undefined"])
+@pytest.mark.parametrize(("items", "from_bytes"), [
+    (_PLAIN, True),
+    ([_item(), _item(ValueType="CODE")], True),  # empty items
+    ([_item(ValueType="PNAME", PersonName="Doe^Jane")], False),  # PN: pydicom's value model
+    ([_item(SpecificCharacterSet="ISO_IR 100", TextValue="caf\xe9")], False),  # own charset
+], ids=["plain", "empty", "person-name", "own-charset"])
+def test_raw_sequences_read_from_their_bytes_equal_pydicom(
+    items: list[Dataset], from_bytes: bool, undefined: bool
+) -> None:
+    from lake.ingest._encode import _raw_sequence
+
+    def handler(_elem: object) -> str:
+        return "urn:x"
+
+    ds = _sequence_file(copy.deepcopy(items), undefined=undefined)
+    raw = ds.get_item(0x0040A730)
+    assert isinstance(raw, RawDataElement) and isinstance(raw.value, bytes)
+    expected = copy.deepcopy(ds).to_json_dict(4096, handler)
+    assert json.dumps(header_json(ds, 4096, handler), sort_keys=True) == json.dumps(
+        expected, sort_keys=True)
+    read = _raw_sequence(raw.value, "ascii", 3072, handler)
+    assert (read is not None) == from_bytes  # the others are left to pydicom
+    if read is not None:
+        assert read == expected["0040A730"]["Value"]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_truncated_raw_sequence_is_left_to_pydicom() -> None:
+    from lake.ingest._encode import _raw_sequence
+
+    ds = _sequence_file(copy.deepcopy(_PLAIN))
+    value = ds.get_item(0x0040A730).value
+    for cut in (1, 7, 9, 30, len(value) // 2, len(value) - 1):
+        assert _raw_sequence(value[:cut], "ascii", 3072, str) is None

@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr, write_data_element
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 __all__ = ["encode_part10", "header_json"]
@@ -424,6 +425,11 @@ def _json_dataset(
         elem = elements[tag]
         key = f"{int(tag):08X}"
         raw = isinstance(elem, RawDataElement) and isinstance(elem.value, bytes)
+        if raw and elem.VR == "SQ" and elem.is_little_endian and not elem.is_implicit_VR:
+            items = _raw_sequence(elem.value, codec, inline_limit, bulk_uri)
+            if items is not None:
+                out[key] = {"vr": "SQ", "Value": items}
+                continue
         if not raw or elem.VR == "SQ":
             converted = ds[tag]
             if converted.VR == "SQ" and isinstance(converted.value, Sequence):
@@ -442,33 +448,162 @@ def _json_dataset(
                 vr = dictionary_VR(tag)
             except KeyError:
                 vr = "UN"
-        vr = str(vr)
-        value = elem.value
-        entry: dict[str, Any] = {"vr": vr}
-        try:
-            if vr in _TEXT_VRS or vr in _SINGLE_TEXT_VRS or vr in ("DS", "IS"):
-                values = _text_values(value, vr, codec)
-                if values is not None:
-                    entry["Value"] = values
-            elif vr in _NUMBER_FORMATS:
-                fmt = _NUMBER_FORMATS[vr]
-                size = struct.calcsize(fmt)
-                if value and len(value) % size == 0:
-                    entry["Value"] = list(struct.unpack(f"<{len(value) // size}{fmt}", value))
-                elif value:
-                    raise ValueError("length is not a multiple of the value size")
-            elif vr in _BINARY_VRS:
-                if value:
-                    if len(value) > inline_limit:
-                        entry["BulkDataURI"] = bulk_uri(elem)
-                    else:
-                        entry["InlineBinary"] = base64.b64encode(value).decode()
-            else:
-                entry = ds[tag].to_json_dict(bulk_uri, bulk_data_threshold)
-        except (UnicodeDecodeError, ValueError, struct.error):
-            entry = ds[tag].to_json_dict(bulk_uri, bulk_data_threshold)
-        out[key] = entry
+        entry = _raw_entry(str(vr), elem.value, codec, inline_limit, bulk_uri, elem)
+        out[key] = (
+            entry if entry is not None else ds[tag].to_json_dict(bulk_uri, bulk_data_threshold)
+        )
     return out
+
+
+def _raw_entry(
+    vr: str, value: bytes, codec: str, inline_limit: int, bulk_uri: Callable[[Any], str],
+    elem: Any,
+) -> dict[str, Any] | None:
+    """The DICOM JSON of a raw little endian value as pydicom makes it; ``None`` where
+    pydicom's value model is needed (PN, AT, UN, ...) or the value does not parse.
+    ``elem`` is what ``bulk_uri`` is called with (or a function making it)."""
+    entry: dict[str, Any] = {"vr": vr}
+    try:
+        if vr in _TEXT_VRS or vr in _SINGLE_TEXT_VRS or vr in ("DS", "IS"):
+            values = _text_values(value, vr, codec)
+            if values is not None:
+                entry["Value"] = values
+        elif vr in _NUMBER_FORMATS:
+            fmt = _NUMBER_FORMATS[vr]
+            size = struct.calcsize(fmt)
+            if value and len(value) % size == 0:
+                entry["Value"] = list(struct.unpack(f"<{len(value) // size}{fmt}", value))
+            elif value:
+                return None  # length is not a multiple of the value size
+        elif vr in _BINARY_VRS:
+            if value:
+                if len(value) > inline_limit:
+                    entry["BulkDataURI"] = bulk_uri(elem() if callable(elem) else elem)
+                else:
+                    entry["InlineBinary"] = base64.b64encode(value).decode()
+        else:
+            return None
+    except (UnicodeDecodeError, ValueError, struct.error):
+        return None
+    return entry
+
+
+class _NotPlainError(Exception):
+    """A sequence that :func:`_raw_sequence` leaves to pydicom."""
+
+
+_ITEM_HEADER = struct.Struct("<HHI")
+_ELEMENT_HEADER = struct.Struct("<HH2sH")
+_LONG_LENGTH = struct.Struct("<I")
+_EXPLICIT_VRS = frozenset(
+    _LONG_VRS | {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN",
+                 "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US"}
+)
+_ITEM_TAG = 0xFFFEE000
+_ITEM_END_TAG = 0xFFFEE00D
+_SEQUENCE_END_TAG = 0xFFFEE0DD
+
+
+def _raw_sequence(
+    data: bytes, codec: str, inline_limit: int, bulk_uri: Callable[[Any], str]
+) -> list[dict[str, Any]] | None:
+    """The items of a raw explicit VR little endian sequence value as DICOM JSON, read
+    straight from its bytes: what converting it with pydicom and serialising its items
+    (:func:`_json_item`) gives, without building a Dataset per item.
+
+    ``None`` (pydicom decides) for anything but plain items of plain elements: an item of
+    its own character set, an element whose JSON needs pydicom's value model (PN, AT, UN,
+    an undefined-length value other than a sequence), an unknown VR (pydicom may take it
+    for implicit VR), a delimiter where pydicom would stop early, a value that does not
+    parse, or bytes that end early.
+    """
+    try:
+        items, _ = _read_items(data, 0, len(data), codec, inline_limit, bulk_uri)
+    except (_NotPlainError, struct.error, UnicodeDecodeError):
+        return None
+    return items
+
+
+def _read_items(
+    data: bytes, pos: int, end: int | None, codec: str, inline_limit: int,
+    bulk_uri: Callable[[Any], str],
+) -> tuple[list[dict[str, Any]], int]:
+    """Items from ``pos`` up to ``end`` (``None``: up to the sequence delimiter)."""
+    items: list[dict[str, Any]] = []
+    limit = len(data) if end is None else end
+    while end is None or pos < end:
+        if pos + 8 > limit:
+            raise _NotPlainError
+        group, element, length = _ITEM_HEADER.unpack_from(data, pos)
+        pos += 8
+        tag = group << 16 | element
+        if tag == _SEQUENCE_END_TAG and end is None:
+            return items, pos
+        if tag != _ITEM_TAG:
+            raise _NotPlainError
+        if length == _UNDEFINED:
+            item, pos = _read_item(data, pos, None, limit, codec, inline_limit, bulk_uri)
+        else:
+            if pos + length > limit:
+                raise _NotPlainError
+            item, pos = _read_item(data, pos, pos + length, limit, codec, inline_limit, bulk_uri)
+        items.append(item)
+    if pos != end:
+        raise _NotPlainError
+    return items, pos
+
+
+def _read_item(
+    data: bytes, pos: int, end: int | None, limit: int, codec: str, inline_limit: int,
+    bulk_uri: Callable[[Any], str],
+) -> tuple[dict[str, Any], int]:
+    """One item's elements as DICOM JSON, from ``pos`` up to ``end`` (``None``: up to the
+    item delimiter, within ``limit``)."""
+    entries: dict[int, dict[str, Any]] = {}
+    stop = limit if end is None else end
+    while end is None or pos < end:
+        if pos + 8 > stop:
+            raise _NotPlainError
+        group, element, vr_bytes, length = _ELEMENT_HEADER.unpack_from(data, pos)
+        tag = group << 16 | element
+        if tag == _ITEM_END_TAG and end is None:
+            return _sorted_entries(entries), pos + 8
+        vr = vr_bytes.decode("ascii")
+        if group == 0xFFFE or vr not in _EXPLICIT_VRS or tag == 0x00080005:
+            raise _NotPlainError
+        pos += 8
+        if vr in _LONG_VRS:
+            if pos + 4 > stop:
+                raise _NotPlainError
+            (length,) = _LONG_LENGTH.unpack_from(data, pos)
+            pos += 4
+        if length == _UNDEFINED:
+            if vr != "SQ":
+                raise _NotPlainError
+            items, pos = _read_items(data, pos, None, codec, inline_limit, bulk_uri)
+            entries[tag] = {"vr": "SQ", "Value": items}
+            continue
+        if pos + length > stop:
+            raise _NotPlainError
+        value = data[pos:pos + length]
+        start, pos = pos, pos + length
+        if vr == "SQ":
+            entries[tag] = {"vr": "SQ", "Value": _read_items(
+                value, 0, length, codec, inline_limit, bulk_uri)[0]}
+            continue
+        entry = _raw_entry(vr, value, codec, inline_limit, bulk_uri,
+                           lambda t=tag, v=vr, b=value, s=start: RawDataElement(
+                               BaseTag(t), v, len(b), b, s, False, True))
+        if entry is None:
+            raise _NotPlainError
+        entries[tag] = entry
+    if pos != end:
+        raise _NotPlainError
+    return _sorted_entries(entries), pos
+
+
+def _sorted_entries(entries: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    return {f"{tag:08X}": entries[tag] for tag in sorted(entries)}
 
 
 def _json_item(
