@@ -12,6 +12,8 @@ conversion is the same either way.
 from __future__ import annotations
 
 import io
+import re
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -457,3 +461,54 @@ def test_enhanced_vendor_series_convert_alike_from_either_reader(repository: str
                 assert mine_b is None or np.array_equal(mine_b, theirs_b)
         compared += len(mine)
     assert compared > 0
+
+
+def _with_value(keyword: str, vr: str, raw: bytes, syntax: str) -> bytes:
+    """A generated MR slice with ``keyword``'s value replaced by the bytes ``raw`` (padded
+    to even)."""
+    ds = synthetic_series(n_slices=1, rows=4, cols=4)[0]
+    tag = int(pydicom.datadict.tag_for_keyword(keyword) or 0)
+    ds.add_new(tag, vr, "7")
+    data = _bytes(ds, syntax)
+    raw = raw + b" " * (len(raw) % 2)
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+    if syntax == ImplicitVRLittleEndian:
+        at = data.index(head + struct.pack("<I", 2) + b"7 ")
+        return data[:at] + head + struct.pack("<I", len(raw)) + raw + data[at + 10 :]
+    at = data.index(head + vr.encode() + struct.pack("<H", 2) + b"7 ")
+    return data[:at] + head + vr.encode() + struct.pack("<H", len(raw)) + raw + data[at + 10 :]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet=" +-.0123456789eE\\\x00", max_size=18),
+       st.sampled_from([("InstanceNumber", "IS"), ("TriggerTime", "DS")]),
+       st.sampled_from([ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+def test_a_number_read_from_its_bytes_is_the_float_of_pydicoms_value(
+        text: str, element: tuple[str, str], syntax: str) -> None:
+    """Part10.number (the converter's per-instance numbers) is float() of the value pydicom
+    gives, or None (then the converter asks get()); plain numbers take the fast path."""
+    keyword, vr = element
+    data = _with_value(keyword, vr, text.encode(), syntax)
+    got = read_part10(data)
+    assert isinstance(got, Part10)
+    number = got.number(keyword)
+    plain = re.fullmatch(r" *[+-]?[0-9]+ *" if vr == "IS" else
+                         r" *[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)? *", text)
+    if plain and len(text) + len(text) % 2 <= 16:
+        assert number is not None
+    if number is None:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = pydicom.dcmread(io.BytesIO(data)).get(keyword)
+    assert not isinstance(value, list | str) and value is not None
+    assert number == float(value) and type(number) is float
+
+
+def test_number_leaves_everything_else_to_get() -> None:
+    ds = read_part10(_with_value("InstanceNumber", "IS", b"1\\2", ExplicitVRLittleEndian))
+    assert isinstance(ds, Part10)
+    assert ds.number("InstanceNumber") is None and ds.get("InstanceNumber") == [1, 2]
+    assert ds.number("PatientName") is None and ds.number("NoSuchKeyword") is None
+    assert ds.number("Rows") is None  # US: pydicom's value is the number already
+    assert ds.number("PatientWeight") is None or ds.get("PatientWeight") is not None

@@ -36,6 +36,7 @@ inside an item, damaged or truncated bytes.
 from __future__ import annotations
 
 import io
+import re
 import struct
 from collections.abc import KeysView
 from typing import Any, NamedTuple
@@ -98,6 +99,9 @@ def _dictionary_vr(tag: int) -> str:
 _CACHED_LENGTH = 1024
 #: Sequences longer than this are not keys of :meth:`Part10.item_value`'s cache.
 _ITEM_VALUE_LENGTH = 16384
+#: One IS, or one DS, value in plain decimal notation (what :meth:`Part10.number` reads).
+_INTEGER = re.compile(rb" *[+-]?[0-9]+ *")
+_DECIMAL = re.compile(rb" *[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *")
 #: Values that are never changed in place: shared between datasets as they are.
 _SHAREABLE = (str, int, float, bytes, PersonName)
 
@@ -301,6 +305,31 @@ class Part10:
             return None
         value = items[0].get(keyword)
         return None if value is None or value == "" else value
+
+    def number(self, keyword: str) -> float | None:
+        """``float(self.get(keyword))`` for a single IS or DS value in plain decimal
+        notation, read from its bytes without pydicom; None for anything else (absent,
+        empty, multi-valued, another VR or notation, longer than 16 bytes), which the caller
+        then asks :meth:`get` for.
+
+        Per-instance numbers (InstanceNumber, TriggerTime...) repeat nowhere in a series,
+        so the :class:`ValueCache` never has them: this is the converter's cheap way to
+        them. pydicom's IS is ``int()`` of the same text and its DS ``float()`` of it (both
+        read surrounding spaces the same way), so the number is the one its value gives.
+        """
+        tag = keyword_dict.get(keyword)
+        entry = None if tag is None else self._elements.get(tag)
+        if entry is None or len(entry) != 3:
+            return None
+        vr, start, length = entry
+        if start < 0 or length > 16:
+            return None
+        data = bytes(self._source.buffer[start : start + length])
+        if vr == "IS":
+            return float(int(data)) if _INTEGER.fullmatch(data) else None
+        if vr == "DS":
+            return float(data) if _DECIMAL.fullmatch(data) else None
+        return None
 
     def set_pixel_data(self, pixels: bytes, vr: str = "OW") -> None:
         """Attach the pixel data (stored apart from the header in the lake)."""

@@ -318,6 +318,15 @@ def _float(value: Any) -> float | None:
         return None
 
 
+def _number(ds: Dataset | Part10, keyword: str) -> float | None:
+    """``_float(ds.get(keyword))``; a Part10 reads a plain IS or DS number from its bytes."""
+    if isinstance(ds, Part10):
+        number = ds.number(keyword)
+        if number is not None:
+            return number
+    return _float(ds.get(keyword))
+
+
 def _floats(value: Any, n: int) -> FloatArray | None:
     if value is None:
         return None
@@ -486,7 +495,7 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition) -> list[Frame]
     enhanced = is_enhanced(ds)
     n = number_of_frames(ds)
     indices: list[int | None] = list(range(n)) if enhanced or n > 1 else [None]
-    instance = _float(ds.get("InstanceNumber")) or 0.0
+    instance = _number(ds, "InstanceNumber") or 0.0
     b_values = acquisition.get("diffusion_b_values")
     gradients = acquisition.get("diffusion_gradients")
     components = acquisition.get("complex_components")
@@ -507,7 +516,7 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition) -> list[Frame]
         echo_time = _float(look("MREchoSequence", "EffectiveEchoTime"))
         if echo_time is None:
             echo_time = _float(ds.get("EchoTime"))
-        echo_number = None if enhanced else _float(ds.get("EchoNumbers"))
+        echo_number = None if enhanced else _number(ds, "EchoNumbers")
         if echo_number is None and isinstance(echo_fallback, int):
             echo_number = float(echo_fallback)
         echo = echo_number if echo_number is not None else echo_time
@@ -535,10 +544,10 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition) -> list[Frame]
             )
             acquisition_number = None
         else:
-            temporal = _float(ds.get("TemporalPositionIdentifier"))
+            temporal = _number(ds, "TemporalPositionIdentifier")
             acquired = _dicom_time_seconds(ds.get("AcquisitionTime"))
-            trigger = _float(ds.get("TriggerTime"))
-            acquisition_number = _float(ds.get("AcquisitionNumber"))
+            trigger = _number(ds, "TriggerTime")
+            acquisition_number = _number(ds, "AcquisitionNumber")
         b_key = None if bvalue is None else round(bvalue, 3)
         g_key = None if gradient is None else tuple(np.round(gradient, 4).tolist())
         order = (
