@@ -26,7 +26,11 @@ parity lakes store under each profile (``tests/test_nifti_part10.py``,
 
 What the converter asks of a dataset is small: ``get``, ``in``, attribute access by
 keyword, item access by tag, sequences as lists of items, ``file_meta`` and the pixel data.
-That is what :class:`Part10` offers. Anything unusual is read by :func:`pydicom.dcmread`
+That is what :class:`Part10` offers, plus two short cuts for the converter's per-frame
+look-ups: :meth:`Part10.item_value` (a functional-group macro's value, converted by pydicom
+once per series for macro bytes that repeat) and :meth:`Part10.number` (a per-instance IS or
+DS number in plain decimal notation, ``int()``/``float()`` of its text: the one value this
+module reads itself). Anything unusual is read by :func:`pydicom.dcmread`
 instead (:func:`read_part10` returns one or the other and the converter takes both): big
 endian, deflated, encapsulated or non-trivial pixel data, an element whose VR pydicom would
 have to infer from its neighbours (implicit VR "US or SS"...), a character set declared
