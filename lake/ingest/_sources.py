@@ -15,7 +15,9 @@ named one), and travel to the workers as bytes.
 
 from __future__ import annotations
 
+import heapq
 import lzma
+import operator
 import os
 import shutil
 import stat
@@ -125,6 +127,51 @@ def _is_zip_name(name: str) -> bool:
     return name.lower().endswith(".zip")
 
 
+def _listing(folder: str) -> tuple[str, list[os.DirEntry[str]]]:
+    """The entries of ``folder``: the names of its plain regular files, sorted and joined by
+    NUL (no file name holds one), and its other entries (folders, links, special files), sorted.
+
+    The walk holds a folder's listing while the ingest reads the folder's files, and the
+    ingest's forked workers inherit whatever it holds when they start (docs/ingest.md,
+    "Memory"). One entry object per file cost ~200 bytes (10 MB for a folder of 50,000 files,
+    counted in every process); the joined names cost a byte or so per character of a name.
+    """
+    names: list[str] = []
+    others: list[os.DirEntry[str]] = []
+    with os.scandir(folder) as it:
+        for entry in it:
+            try:
+                plain = entry.is_file(follow_symlinks=False)  # False for a link
+            except OSError:
+                plain = False  # classified (and its error raised) in order, as any other
+            if plain:
+                names.append(entry.name)
+            else:
+                others.append(entry)
+    names.sort()
+    others.sort(key=lambda e: e.name)
+    return "\0".join(names), others
+
+
+def _in_order(
+    files: str, others: list[os.DirEntry[str]]
+) -> Iterator[tuple[str, os.DirEntry[str] | None]]:
+    """A :func:`_listing` in name order: ``(name, None)`` for a plain file, else the entry."""
+    plain = ((name, None) for name in _split(files))
+    entries = ((entry.name, entry) for entry in others)
+    return heapq.merge(plain, entries, key=operator.itemgetter(0))
+
+
+def _split(joined: str) -> Iterator[str]:
+    """The names joined in ``joined`` by NUL, one at a time (never all at once)."""
+    start = 0
+    while start < len(joined):
+        end = joined.find("\0", start)
+        end = len(joined) if end < 0 else end
+        yield joined[start:end]
+        start = end + 1
+
+
 class _Walk:
     def __init__(self, limits: ReadLimits, report: SourceReport, follow_symlinks: bool,
                  read_nested: bool) -> None:
@@ -152,18 +199,17 @@ class _Walk:
         while stack:
             folder = stack.pop()
             try:
-                with os.scandir(folder) as it:
-                    entries = sorted(it, key=lambda e: e.name)
+                files, others = _listing(folder)
             except OSError:
                 self.report._missed(position, "unreadable_dir")
                 continue
             folders: list[str] = []
-            for entry in entries:
-                kind = self._kind(entry, seen)
+            for name, entry in _in_order(files, others):
+                kind = "file" if entry is None else self._kind(entry, seen)
                 if kind == "file":
-                    yield from self.file(Path(entry.path))
+                    yield from self.file(Path(folder, name))
                 elif kind == "folder":
-                    folders.append(entry.path)
+                    folders.append(os.path.join(folder, name))
                 elif kind == "not_regular":
                     self.report.skipped["not_regular"] += 1
                 elif kind is not None:
