@@ -130,11 +130,17 @@ class _Receive:
         self.files, self.runs = files, runs
         self.rates: dict[str, dict[str, list[float]]] = {}
         self.cpu: dict[str, dict[str, list[float]]] = {}
+        self.parts: dict[str, dict[str, dict[str, list[float]]]] = {}
 
     def add(self, peer: str, title: str, rate: float, cpu_s: float | None = None) -> None:
         self.rates.setdefault(peer, {}).setdefault(title, []).append(rate)
         if cpu_s is not None:
             self.cpu.setdefault(peer, {}).setdefault(title, []).append(cpu_s / self.files * 1e3)
+
+    def add_part(self, peer: str, part: str, title: str, cpu_s: float) -> None:
+        """CPU of one part of ``peer`` (the lake's server process, its workers)."""
+        parts = self.parts.setdefault(peer, {})
+        parts.setdefault(part, {}).setdefault(title, []).append(cpu_s / self.files * 1e3)
 
     def row(self, peer: str) -> None:
         print(f"{peer:<46}" + "".join(
@@ -144,6 +150,9 @@ class _Receive:
             print(f"{'    CPU per instance, median':<46}" + "".join(
                 f"{statistics.median(self.cpu[peer][t]):>15.2f}ms" for t, _, _ in self.runs),
                 flush=True)
+        for part, cpu in self.parts.get(peer, {}).items():
+            print(f"{'      of which ' + part:<46}" + "".join(
+                f"{statistics.median(cpu[t]):>15.2f}ms" for t, _, _ in self.runs), flush=True)
 
     def ratio(self, lake_peer: str, other: str) -> None:
         cells = []
@@ -207,17 +216,23 @@ def _lake_run(results: _Receive, work: Path, folders: list[Path], acknowledge: s
     server.start()
     workers = [w.process.pid for w in server.intake._workers._pool]
     try:
-        before = _own_cpu() + sum(_process_cpu(pid) for pid in workers)
+        before_server = _own_cpu()
+        before_workers = sum(_process_cpu(pid) for pid in workers)
         elapsed = storescu(server.port, folders, nodelay)
         started = time.perf_counter()
         server.flush()  # de-identify what is queued, commit everything
         done = elapsed + time.perf_counter() - started
-        cpu = _own_cpu() + sum(_process_cpu(pid) for pid in workers) - before
+        server_cpu = _own_cpu() - before_server
+        workers_cpu = sum(_process_cpu(pid) for pid in workers) - before_workers
+        cpu = server_cpu + workers_cpu
     finally:
         server.stop()
     assert server.receiver.stats.accepted == files, server.receiver.stats
     results.add(f"lake, acknowledge={acknowledge}", title, files / elapsed)
-    results.add(_COMMITTED + acknowledge * (acknowledge != "receipt"), title, files / done, cpu)
+    committed = _COMMITTED + acknowledge * (acknowledge != "receipt")
+    results.add(committed, title, files / done, cpu)
+    results.add_part(committed, "server process", title, server_cpu)
+    results.add_part(committed, "workers", title, workers_cpu)
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -279,8 +279,11 @@ class Intake:
         with self._settled:
             self._inflight += 1
         result: Future[Outcome] = Future()
-        with capture(into=self.captured):  # without worker processes, on this thread
+        if self._workers.running:  # worker processes capture their own warnings
             deidentified = self._workers.submit(data)
+        else:
+            with capture(into=self.captured):  # without worker processes, on this thread
+                deidentified = self._workers.submit(data)
         deidentified.add_done_callback(
             partial(self._queue, journal, committer, receipt, tag, result))
         return result

@@ -1,0 +1,236 @@
+"""The C-STORE request decoded by hand (lake/net/_association.py) against pynetdicom's decoding.
+
+A plain C-STORE-RQ command set is decoded directly, without pydicom and without
+pynetdicom's validating primitive setters; these tests prove it gives what pynetdicom gives
+for the same bytes, and that anything unusual is left to pynetdicom.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import UID
+from pynetdicom import AE
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage
+
+import lake
+from lake.net import DicomServer, ServerConfig
+from lake.net._association import (
+    AcceptorAssociation,
+    StoreRequest,
+    _store_primitive,
+    store_request,
+)
+
+SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4",
+               "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.7")
+INSTANCES = ("1.2.3", "1.2.3.4", "1.2.826.0.1.3680043.8.498.1234567890123456789",
+             "2.25." + "9" * 59)  # odd and even lengths; the last is 64 characters
+
+
+def _request(sop_class: str, instance: str, message_id: int = 7, priority: int = 2,
+             originator: tuple[str, int] | None = None) -> C_STORE:
+    primitive = C_STORE()
+    primitive.MessageID = message_id
+    primitive.AffectedSOPClassUID = sop_class
+    primitive.AffectedSOPInstanceUID = instance
+    primitive.Priority = priority
+    primitive.DataSet = io.BytesIO(b"\x08\x00\x16\x00\x04\x00" + b"1.2\x00")
+    if originator is not None:
+        primitive.MoveOriginatorApplicationEntityTitle = originator[0]
+        primitive.MoveOriginatorMessageID = originator[1]
+    return primitive
+
+
+def _pdvs(primitive: C_STORE, max_pdu: int = 16382) -> list[tuple[int, bytes]]:
+    """The presentation data values pynetdicom sends for ``primitive``."""
+    message = C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    return [pdv for pdata in message.encode_msg(3, max_pdu)
+            for pdv in pdata.presentation_data_value_list]
+
+
+def _command(primitive: C_STORE) -> bytes:
+    return b"".join(pdv[1:] for _, pdv in _pdvs(primitive) if pdv[0] & 1)
+
+
+def _pynetdicoms(pdvs: list[tuple[int, bytes]]) -> Any:
+    """The primitive pynetdicom's DIMSE provider makes of these PDVs."""
+    from pynetdicom.pdu_primitives import P_DATA
+
+    message = DIMSEMessage()
+    for pdv in pdvs:
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append(pdv)
+        if message.decode_msg(pdata):
+            return message.message_to_primitive()
+    raise AssertionError("message never completed")
+
+
+def _same(mine: C_STORE, theirs: C_STORE) -> None:
+    for name in ("MessageID", "Priority", "AffectedSOPClassUID", "AffectedSOPInstanceUID",
+                 "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID"):
+        assert getattr(mine, name) == getattr(theirs, name), name
+        assert type(getattr(mine, name)) is type(getattr(theirs, name)), name
+    assert mine._context_id == theirs._context_id == 3
+    assert mine.is_valid_request and theirs.is_valid_request
+    assert isinstance(mine.AffectedSOPClassUID, UID)
+
+
+@pytest.mark.parametrize("sop_class", SOP_CLASSES)
+@pytest.mark.parametrize("instance", INSTANCES)
+def test_plain_request_decodes_as_pynetdicom_does(sop_class: str, instance: str) -> None:
+    for message_id, priority in ((1, 2), (0, 0), (65535, 1)):
+        primitive = _request(sop_class, instance, message_id, priority)
+        pdvs = _pdvs(primitive)
+        decoded = store_request(_command(primitive))
+        assert decoded == StoreRequest(message_id, priority, sop_class, instance)
+        data_set = io.BytesIO(b"".join(pdv[1:] for _, pdv in pdvs if not pdv[0] & 1))
+        mine = _store_primitive(decoded, data_set, 3)
+        theirs = _pynetdicoms(pdvs)
+        _same(mine, theirs)
+        assert mine.DataSet.getvalue() == theirs.DataSet.getvalue()
+
+
+def test_padding_is_stripped_as_pydicom_strips_it() -> None:
+    # a UID padded with a space (not the standard NUL) by some peers: pydicom strips both
+    primitive = _request(SOP_CLASSES[0], "1.2.3")
+    command = _command(primitive)
+    padded = command.replace(b"\x00\x00\x10\x06\x00\x00\x001.2.3\x00",
+                             b"\x00\x00\x10\x06\x00\x00\x001.2.3 ")
+    assert padded != command
+    decoded = store_request(padded)
+    assert decoded is not None and decoded.sop_instance_uid == "1.2.3"
+
+
+@pytest.mark.parametrize("unusual", [
+    "move originator", "leading zero", "65 characters", "letters", "empty uid",
+    "priority 3", "no data set", "no group length", "wrong group length", "c-echo",
+    "truncated", "trailing bytes", "extra element",
+])
+def test_unusual_requests_are_left_to_pynetdicom(unusual: str) -> None:
+    plain = _request(SOP_CLASSES[0], "1.2.3.4")
+    command = _command(plain)
+    if unusual == "move originator":
+        command = _command(_request(SOP_CLASSES[0], "1.2.3.4", originator=("MOVER", 5)))
+    elif unusual == "leading zero":  # non-conformant: pynetdicom warns about it
+        command = command.replace(b"1.2.3.4\x00", b"1.02.3.4")
+    elif unusual == "65 characters":
+        command = _command(_request(SOP_CLASSES[0], "1.2.3.4")).replace(
+            b"1.2.3.4\x00", b"2.25." + b"1" * 60 + b"\x00")  # lengths now wrong too
+    elif unusual == "letters":
+        command = command.replace(b"1.2.3.4\x00", b"1.2.3.a\x00")
+    elif unusual == "empty uid":
+        command = command.replace(b"\x00\x00\x10\x08\x00\x00\x001.2.3.4\x00",
+                                  b"\x00\x00\x10\x08\x00\x00\x00" + b"\x00" * 8)
+    elif unusual == "priority 3":
+        command = command.replace(b"\x00\x00\x00\x07\x02\x00\x00\x00\x02\x00",
+                                  b"\x00\x00\x00\x07\x02\x00\x00\x00\x03\x00")
+    elif unusual == "no data set":
+        command = command.replace(b"\x00\x00\x00\x08\x02\x00\x00\x00\x01\x00",
+                                  b"\x00\x00\x00\x08\x02\x00\x00\x00\x01\x01")
+    elif unusual == "no group length":
+        command = command[12:]
+    elif unusual == "wrong group length":
+        command = command[:8] + struct.pack("<I", len(command) - 11) + command[12:]
+    elif unusual == "c-echo":
+        echo = C_ECHO()
+        echo.MessageID = 1
+        echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+        from pynetdicom.dimse_messages import C_ECHO_RQ
+
+        message = C_ECHO_RQ()
+        message.primitive_to_message(echo)
+        command = encode(message.command_set, True, True)
+    elif unusual == "truncated":
+        command = command[:-3]
+    elif unusual == "trailing bytes":
+        command = command + b"\x00\x00"
+    elif unusual == "extra element":  # (0000,0800) then an unexpected (0000,0900)
+        command = command + struct.pack("<HHIH", 0, 0x0900, 2, 0)
+    assert command != _command(plain)
+    assert store_request(command) is None
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # mutated values, on purpose
+def test_random_mutations_never_disagree_with_pynetdicom() -> None:
+    """Any mutation of a plain command set either falls back or decodes as pynetdicom does."""
+    from pynetdicom.dsutils import decode
+
+    rng = random.Random(1414)
+    base = _command(_request(SOP_CLASSES[1], "1.2.826.0.1.3680043.2.1125.1", 513, 1))
+    decoded_some = 0
+    for _ in range(3000):
+        command = bytearray(base)
+        for _ in range(rng.randint(1, 3)):
+            position = rng.randrange(len(command))
+            command[position] = rng.choice((0x00, 0x20, 0x2E, 0x30, 0x31, 0x39, 0x41,
+                                            rng.randrange(256)))
+        mine = store_request(bytes(command))
+        if mine is None:
+            continue
+        decoded_some += 1
+        theirs = decode(io.BytesIO(bytes(command)), True, True)
+        assert theirs.CommandField == 0x0001 and theirs.CommandDataSetType != 0x0101
+        assert mine == StoreRequest(theirs.MessageID, theirs.Priority,
+                                    str(theirs.AffectedSOPClassUID),
+                                    str(theirs.AffectedSOPInstanceUID))
+    assert decoded_some > 100  # mutations of values that stay plain were decoded here
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch, lk: lake.Lake,
+           vault_dir: Path) -> Iterator[tuple[DicomServer, list[str]]]:
+    """A server (no worker processes) recording which way each C-STORE was served."""
+    ways: list[str] = []
+    own, theirs = AcceptorAssociation._serve_store, AcceptorAssociation._serve_request
+
+    def serve_store(self: AcceptorAssociation, *args: Any) -> None:
+        ways.append("lake")
+        own(self, *args)
+
+    def serve_request(self: AcceptorAssociation, *args: Any) -> None:
+        ways.append("pynetdicom")
+        theirs(self, *args)
+
+    monkeypatch.setattr(AcceptorAssociation, "_serve_store", serve_store)
+    monkeypatch.setattr(AcceptorAssociation, "_serve_request", serve_request)
+    config = ServerConfig(port=0, workers=0, acknowledge="outcome")
+    with DicomServer(lk, lk.secret(vault_dir), config) as srv:
+        yield srv, ways
+
+
+def test_both_ways_store_and_answer_alike(served: tuple[DicomServer, list[str]],
+                                          lk: lake.Lake) -> None:
+    srv, ways = served
+    ct = dcmread(get_testdata_file("CT_small.dcm"))
+    mr = dcmread(get_testdata_file("MR_small.dcm"))
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context(CTImageStorage, ct.file_meta.TransferSyntaxUID)
+    ae.add_requested_context(MRImageStorage, mr.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", srv.port, ae_title="LAKE")
+    assert assoc.is_established
+    try:
+        plain = assoc.send_c_store(ct)  # decoded by the lake
+        moved = assoc.send_c_store(mr, originator_aet="MOVER", originator_id=9)  # pynetdicom
+        again = assoc.send_c_store(ct)  # a duplicate: refused the same way either path
+    finally:
+        assoc.release()
+    assert ways == ["lake", "pynetdicom", "lake"]
+    assert plain.Status == moved.Status == 0x0000
+    assert again.Status == 0x0000
+    srv.flush()
+    lk.refresh()
+    assert lk.sql("SELECT count(*) FROM instances").fetchall() == [(2,)]
+    assert srv.receiver.stats.received == 3
