@@ -30,6 +30,7 @@ from lake.net._association import (
     AcceptorAssociation,
     StoreRequest,
     _store_primitive,
+    pdv_items,
     store_request,
 )
 
@@ -234,3 +235,36 @@ def test_both_ways_store_and_answer_alike(served: tuple[DicomServer, list[str]],
     lk.refresh()
     assert lk.sql("SELECT count(*) FROM instances").fetchall() == [(2,)]
     assert srv.receiver.stats.received == 3
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16382, 1 << 20])  # 0: unlimited, one PDV per set
+def test_pdv_items_are_pynetdicoms(max_pdu: int) -> None:
+    """P-DATA-TF bodies split by hand give pynetdicom's presentation data values."""
+    from pynetdicom.pdu import P_DATA_TF
+    from pynetdicom.pdu_primitives import P_DATA
+
+    primitive = _request(SOP_CLASSES[0], "1.2.3.45")
+    primitive.DataSet = io.BytesIO(bytes(range(256)) * 150 + b"\x01")  # odd length
+    message = C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    bodies = []
+    for pdata in message.encode_msg(5, max_pdu):
+        bodies.append(P_DATA_TF(pdata).encode())
+    several = P_DATA()  # PDVs of two contexts in one PDU, as a peer may send them
+    several.presentation_data_value_list = [[1, b"\x03abc"], [3, b"\x00d"], [3, b"\x02"]]
+    bodies.append(P_DATA_TF(several).encode())
+    for encoded in bodies:
+        pdu = P_DATA_TF()
+        pdu.decode(encoded)
+        theirs = pdu.to_primitive().presentation_data_value_list
+        assert pdv_items(bytearray(encoded[6:])) == [(c, bytes(d)) for c, d in theirs]
+
+
+@pytest.mark.parametrize("body", [
+    b"",  # no item
+    b"\x00\x00\x00\x01\x01",  # an item without its control header
+    b"\x00\x00\x00\x05\x01\x03ab",  # longer than the body
+    b"\x00\x00\x00\x03\x01\x03a\x00",  # a stray byte after the last item
+])
+def test_malformed_pdu_bodies_are_left_to_pynetdicom(body: bytes) -> None:
+    assert pdv_items(bytearray(body)) is None

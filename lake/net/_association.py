@@ -87,6 +87,7 @@ __all__ = [
     "Limits",
     "ReceiveBudget",
     "StoreRequest",
+    "pdv_items",
     "store_request",
     "store_response",
 ]
@@ -697,6 +698,8 @@ class _DUL(DULServiceProvider):
         if len(body) != length:
             self.event_queue.put("Evt17")
             return
+        if pdu_type == 0x04 and self._receive_data(body):
+            return
         try:
             pdu, event = self._decode_pdu(header + body)
         except Exception:  # noqa: BLE001 - any decoding failure: an invalid PDU
@@ -704,6 +707,60 @@ class _DUL(DULServiceProvider):
             return
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
+
+
+    def _receive_data(self, body: bytearray) -> bool:
+        """A P-DATA-TF PDU handed to the DIMSE provider at once; False: the state machine's way.
+
+        In the data transfer state (Sta6) a P-DATA-TF PDU (Evt10) leads to DT-2, which hands
+        its presentation data values to the DIMSE provider as a P-DATA indication and stays
+        in Sta6 (PS3.8 9.2). When nothing is queued before it (no event or PDU waiting for
+        the state machine) and nothing is bound to the events that show PDUs and
+        transitions, this does that directly: the PDVs are split here (:func:`pdv_items`)
+        instead of through pynetdicom's PDU object, the event queue and the state machine,
+        a third of the DUL thread's work per received PDU. A PDU whose items do not add up
+        exactly goes pynetdicom's way (which aborts the association on it).
+        """
+        if (
+            self.state_machine.current_state != "Sta6"
+            or self.event_queue.queue
+            or self._recv_pdu.queue
+            or any(self.assoc.get_handlers(e) for e in _PDU_EVENTS)
+        ):
+            return False
+        items = pdv_items(body)
+        if items is None:
+            return False
+        primitive = P_DATA()
+        # as pynetdicom's to_primitive() makes it; its setter would re-check the list
+        primitive._presentation_data_value_list = items
+        self.assoc.dimse.receive_primitive(primitive)
+        return True
+
+
+_PDU_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
+_ITEM = struct.Struct(">IB")
+
+
+def pdv_items(body: bytes | bytearray) -> list[tuple[int, bytes]] | None:
+    """The presentation data values of a P-DATA-TF PDU's body (after its 6-byte header).
+
+    ``[(context ID, message control header + fragment), ...]``, what pynetdicom's
+    ``P_DATA_TF.decode`` and ``to_primitive`` give (PS3.8 9.3.5.1); None unless every
+    item holds at least its control header and the items fill the body exactly.
+    """
+    items: list[tuple[int, bytes]] = []
+    offset, end = 0, len(body)
+    with memoryview(body) as view:
+        while offset < end:
+            if end - offset < 6:
+                return None
+            length, context_id = _ITEM.unpack_from(body, offset)
+            if length < 2 or length > end - offset - 4:
+                return None
+            items.append((context_id, bytes(view[offset + 5:offset + 4 + length])))
+            offset += 4 + length
+    return items or None
 
 
 class AcceptorAssociation(Association):
