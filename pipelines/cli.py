@@ -154,7 +154,7 @@ def _exit_now(ended: SystemExit) -> None:
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-    except OSError:  # a closed pipe: the ordinary exit reports it as it always did
+    except (OSError, ValueError):  # a closed pipe or stream: the ordinary exit reports it
         return
     atexit._run_exitfuncs()
     os._exit(_flushed(code))

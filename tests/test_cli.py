@@ -281,3 +281,14 @@ def test_a_failed_flush_at_exit_is_exit_120_not_success(tmp_path: Path) -> None:
                         env=env, timeout=120, check=False)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.rstrip().endswith("written at exit")
+
+
+def test_a_closed_stdout_at_exit_is_no_traceback() -> None:
+    """A command that closed sys.stdout exits as Python does (closed streams are skipped), not
+    with a ValueError traceback from the flush before the at-exit functions (review s21 N2)."""
+    program = ("import sys\nfrom pipelines.cli import _exit_now\n"
+               "sys.stdout.close()\n_exit_now(SystemExit(3))\n")
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0, proc.stderr  # the ordinary exit: the script itself ends with 0

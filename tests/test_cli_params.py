@@ -38,20 +38,24 @@ def _values(annotation: Any, tmp: Path) -> list[Any]:
         leaf = _values(item, tmp)
         return [leaf[:2], leaf[:1], [], tuple(leaf[:2]), leaf[0], [*leaf, "1e3"]]
     if annotation is str:
-        return ["x", "", " a b ", "-", "é", "--x", 5, None]
+        return ["x", "", " a b ", "-", "é", "--x", "\udcff", "\x00", "a\nb", "~", 5, None]
     if annotation is int:
         return ["0", "1", "5", "9", "-3", "10", "12", "16", "-0", "007", "x", "5.0", " 5", "+5",
-                "1e3", "1_000", "99999999999999999999", "٣", 5, 0, 1.5, True, "", None]
+                "1e3", "1_000", "99999999999999999999", "٣", "٣٣", "0000", "-007",
+                "999999999999999999", "-999999999999999999", 5, 0, 1.5, True, "", None]
     if annotation is float:
-        return ["0.5", "1", "-2.25", "30", "x", "1e3", "nan", "inf", " 1", ".5", "1.", 1.5, 2,
-                "", None]
+        return ["0.5", "1", "-2.25", "30", "x", "1e3", "nan", "inf", " 1", ".5", "1.", "+1.5",
+                "-0", "-0.0", "007.5", "1.0000000000000002", "123456789012345.123456789012345",
+                "١.٥", 1.5, 2, "", None]
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         members = list(annotation)
         return [*(m.value for m in members), *(str(m.value).upper() for m in members),
-                members[0], "nosuch", "", 1, None]
+                *(str(m.value).title() for m in members), *(f" {m.value}" for m in members),
+                *(m.name for m in members), members[0], "nosuch", "", 1, None]
     if annotation is Path:
         (tmp / "file").write_text("x")
-        return ["x", "", "-", str(tmp / "file"), str(tmp), str(tmp / "absent"), tmp, None]
+        return ["x", "", "-", "~", "~/x", "./", "/", " ", "\udcff", str(tmp / "file"), str(tmp),
+                str(tmp / "absent"), tmp, None]
     if annotation is bool:
         return [True, False, "true", "no", "", None]
     return ["x"]

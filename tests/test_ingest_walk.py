@@ -198,7 +198,7 @@ def _held_while_walking(folder: Path, files: int) -> int:
 def test_a_large_folder_is_held_as_its_names_not_an_object_per_file(tmp_path: Path) -> None:
     """Issue 14.3, memory flat with the number of files: the walk holds a folder's listing
     while the ingest reads it, and the forked workers inherit it. One entry object per file
-    held ~200 bytes a file (10 MB at 50,000 files, in the driver and in each worker); the
+    held ~270 bytes a file (13 MB at 50,000 files, in the driver and in each worker); the
     names, joined, hold about their length (here 12 characters and a separator)."""
     small = _held_while_walking(tmp_path / "small", 1000)
     large = _held_while_walking(tmp_path / "large", 4000)

@@ -511,4 +511,6 @@ def test_number_leaves_everything_else_to_get() -> None:
     assert ds.number("InstanceNumber") is None and ds.get("InstanceNumber") == [1, 2]
     assert ds.number("PatientName") is None and ds.number("NoSuchKeyword") is None
     assert ds.number("Rows") is None  # US: pydicom's value is the number already
-    assert ds.number("PatientWeight") is None or ds.get("PatientWeight") is not None
+    weight = read_part10(_with_value("PatientWeight", "DS", b"72.5", ExplicitVRLittleEndian))
+    assert isinstance(weight, Part10)
+    assert weight.number("PatientWeight") == float(weight.get("PatientWeight")) == 72.5
