@@ -114,11 +114,14 @@ def run(sources: list[str], profile: str, work: Path) -> tuple[list[str], str, i
     reading = _FileReading(Ingestor(lk, SECRET, profile).context)
     digests: list[str] = []
     cpu = 0.0
+    # keyed by the path below the corpus, so recordings made in other bench folders compare
+    root = os.path.commonpath([os.path.abspath(s) for s in sources]) if sources else ""
     for task in _tasks(sources):
         started = time.process_time()
         outcomes = _process_items(task, reading)
         cpu += time.process_time() - started
-        digests.extend(f"{item.path}:{_digest(o)}" for item, o in zip(task, outcomes, strict=True))
+        digests.extend(f"{os.path.relpath(os.path.abspath(item.path), root)}:{_digest(o)}"
+                       for item, o in zip(task, outcomes, strict=True))
     return digests, _blobs(work / "lake"), len(digests), cpu
 
 
@@ -159,14 +162,21 @@ def main() -> None:
     expected = json.loads(Path(args.file).read_text())
     failed = False
     for key, got in result.items():
-        want = expected[key]
-        differ = [(a, b) for a, b in zip(want["outcomes"], got["outcomes"], strict=True) if a != b]
-        same_blobs = want["blobs"] == got["blobs"]
-        print(f"{key}: {len(got['outcomes'])} outcomes, {len(differ)} differ; blobs "
+        if key not in expected:
+            print(f"{key}: not in {args.file} (recorded: {', '.join(sorted(expected))})")
+            failed = True
+            continue
+        want = dict(line.rsplit(":", 1) for line in expected[key]["outcomes"])
+        have = dict(line.rsplit(":", 1) for line in got["outcomes"])
+        differ = sorted(name for name in want.keys() & have.keys() if want[name] != have[name])
+        missing, added = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+        same_blobs = expected[key]["blobs"] == got["blobs"]
+        print(f"{key}: {len(have)} outcomes, {len(differ)} differ, {len(missing)} recorded but "
+              f"not found, {len(added)} not recorded; blobs "
               f"{'identical' if same_blobs else 'DIFFER'}")
-        for a, _ in differ[:5]:
-            print("   ", a.rsplit(":", 1)[0])
-        failed = failed or bool(differ) or not same_blobs
+        for name in (differ + missing + added)[:5]:
+            print("   ", name)
+        failed = failed or bool(differ or missing or added) or not same_blobs
     if failed:
         raise SystemExit("outputs differ")
 
