@@ -305,6 +305,16 @@ def _child_after(index: int) -> multiprocessing.process.BaseProcess:
     return found[0]
 
 
+def _kill_workers_and_join(closing: threading.Thread) -> None:
+    """Whatever a hang test saw: no worker process is left hanging for an hour, and the
+    thread that was closing is given time to end."""
+    for child in multiprocessing.active_children():
+        if child.name.startswith("lake-deid-"):
+            child.kill()
+    if closing.is_alive():
+        closing.join(timeout=60)
+
+
 @pytest.mark.parametrize("start", ["replacement", "retry"])
 def test_close_never_waits_for_a_worker_hanging_in_its_warm_up(
     start: str, lk: lake.Lake, vault_dir: Path, monkeypatch: pytest.MonkeyPatch,
@@ -335,12 +345,8 @@ def test_close_never_waits_for_a_worker_hanging_in_its_warm_up(
         closing.join(timeout=30)  # a hang guard, not a timing (close() takes ~0.1 s)
         hung = closing.is_alive()
         left = hanging.is_alive()
-    finally:  # whatever happened, no process is left hanging for an hour
-        for child in multiprocessing.active_children():
-            if child.name.startswith("lake-deid-"):
-                child.kill()
-        if closing.is_alive():
-            closing.join(timeout=60)
+    finally:
+        _kill_workers_and_join(closing)
     assert not hung, "close() waited for a worker starting"
     assert not left and hanging.exitcode is not None, "the half-started worker was left"
     assert isinstance(_done(waiting), NetError)
@@ -373,11 +379,7 @@ def test_intake_close_never_waits_for_a_worker_hanging_in_its_warm_up(
         hung = closing.is_alive()
         left = hanging.is_alive()
     finally:
-        for child in multiprocessing.active_children():
-            if child.name.startswith("lake-deid-"):
-                child.kill()
-        if closing.is_alive():
-            closing.join(timeout=60)
+        _kill_workers_and_join(closing)
     assert not hung, "Intake.close() waited for a worker starting"
     assert not left, "the half-started worker was left"
     assert isinstance(_done(received), NetError) and intake.failures == 1
