@@ -569,7 +569,7 @@ def _read_item(
         if tag == _ITEM_END_TAG and end is None:
             return _sorted_entries(entries), pos + 8
         vr = vr_bytes.decode("ascii")
-        if group == 0xFFFE or vr not in _EXPLICIT_VRS or tag == 0x00080005:
+        if group == 0xFFFE or vr not in _EXPLICIT_VRS or tag == _SPECIFIC_CHARACTER_SET:
             raise _NotPlainError
         pos += 8
         if vr in _LONG_VRS:

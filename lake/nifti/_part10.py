@@ -107,7 +107,7 @@ _ITEM_VALUE_LENGTH = 16384
 _INTEGER = re.compile(rb" *[+-]?[0-9]+ *")
 _DECIMAL = re.compile(rb" *[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *")
 #: Values that are never changed in place: shared between datasets as they are.
-_SHAREABLE = (str, int, float, bytes, PersonName)
+_SHAREABLE = (str, int, float, bytes, PersonName, type(None))
 
 
 class ValueCache:
@@ -118,9 +118,9 @@ class ValueCache:
     asks for in the vendor repositories, ``benchmarks/bench_nifti.py``), and pydicom's
     conversion is most of the cost of reading them. A value is looked up by everything its
     conversion depends on: tag, VR as read, implicit or explicit VR, its bytes, the
-    character sets. Text and numbers are shared (they are immutable); a multi-valued value
-    is handed out as a new ``MultiValue`` (or list) of the same items, so changing one
-    dataset's value never changes another's. Memory: the distinct values of the batch, each
+    character sets. Text, numbers and empty values (None) are shared (they are immutable); a
+    multi-valued value is handed out as a new ``MultiValue`` (or list) of the same items, so
+    changing one dataset's value never changes another's. Memory: the distinct values of the batch, each
     under 1 KiB; drop the cache with the batch.
 
     Examples
@@ -297,10 +297,7 @@ class Part10:
         if value is not _MISSING:
             return value
         value = self._first_item_value(sequence, keyword)
-        if value is None:
-            cache._values[key] = None
-        else:
-            cache.put(key, ValueCache.copy(value))
+        cache.put(key, ValueCache.copy(value))
         return value
 
     def _first_item_value(self, sequence: str, keyword: str) -> Any:
