@@ -170,21 +170,7 @@ class Assembled:
 # --------------------------------------------------------------------------- attributes
 
 
-#: The per-frame and the shared functional-group items of one frame (None when absent).
-FrameGroups = tuple[Dataset | None, Dataset | None]
-
-
-def frame_groups(ds: Dataset, frame: int) -> FrameGroups:
-    """The per-frame functional-group item of ``frame`` and the shared one, for repeated
-    :func:`attribute` look-ups of one frame."""
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    item = per_frame[frame] if per_frame is not None and frame < len(per_frame) else None
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    return item, (shared[0] if shared is not None and len(shared) > 0 else None)
-
-
-def attribute(ds: Dataset, frame: int | None, macro: str, keyword: str,
-              groups: FrameGroups | None = None) -> Any:
+def attribute(ds: Dataset, frame: int | None, macro: str, keyword: str) -> Any:
     """Look an attribute up the way a multi-frame object defines it.
 
     Per-frame functional group ``macro`` of ``frame``, then the shared functional group,
@@ -200,8 +186,6 @@ def attribute(ds: Dataset, frame: int | None, macro: str, keyword: str,
         Keyword of the functional group sequence, e.g. ``"PlanePositionSequence"``.
     keyword : str
         Attribute keyword, e.g. ``"ImagePositionPatient"``.
-    groups : tuple, optional
-        ``frame_groups(ds, frame)``, when the caller looks up several attributes of a frame.
 
     Returns
     -------
@@ -209,7 +193,10 @@ def attribute(ds: Dataset, frame: int | None, macro: str, keyword: str,
         The value, or ``None`` when absent or empty.
     """
     if frame is not None:
-        per_item, shared_item = groups if groups is not None else frame_groups(ds, frame)
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+        per_item = per_frame[frame] if per_frame is not None and frame < len(per_frame) else None
+        shared = ds.get("SharedFunctionalGroupsSequence")
+        shared_item = shared[0] if shared is not None and len(shared) > 0 else None
         if per_item is not None:
             value = _from_macro(per_item, macro, keyword)
             if value is not None:
