@@ -204,3 +204,24 @@ def test_ingest_workers_code_loads_no_threaded_library() -> None:
     )
     assert _present(modules, ("pyarrow", "deltalake", "duckdb", "dask", "distributed",
                               "pandas")) == []
+
+
+def test_small_nifti_export_by_query_loads_no_fsspec_or_cluster(tmp_path: Path) -> None:
+    """`lake export nifti --sql QUERY` (a one-off cohort: the SQL engine runs it) on a local
+    lake: no fsspec (it imports asyncio: the catalog pinned to the query's version looked up
+    the next commit's time through it), no cluster, no other exporter, no pydantic."""
+    from tests.series import write_ct_series
+
+    lk = lake.init(tmp_path / "lake", vault=tmp_path / "vault")
+    files = write_ct_series(tmp_path / "ct", n=4)
+    lk.ingest([str(f) for f in files], vault=tmp_path / "vault", scheduler="sync")
+    out = tmp_path / "out"
+    args = ["export", "nifti", "--sql", "SELECT SeriesInstanceUID FROM series",
+            "--lake", str(tmp_path / "lake"), "--out", str(out), "-q"]
+    modules = _loaded(_RUN_CLI.format(args=args))
+    assert len(list(out.rglob("*.nii"))) == 1  # the export ran
+    assert "duckdb" in modules  # the query ran
+    assert _present(modules, ("fsspec", "asyncio", "dask", "distributed", "lake.deid",
+                              "lake.export._bids", "lake.export._teaching", "pandas",
+                              "pyarrow.dataset", "lake.ingest", "lake.net", "lake.web",
+                              "pydantic", "rich.progress")) == []

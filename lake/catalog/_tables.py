@@ -297,8 +297,9 @@ class DeltaTables:
     def commit_time(self, name: str, version: int) -> dt.datetime | None:
         """When the commit of ``version`` of table ``name`` was made (None if unknown)."""
         path = self.location.join("tables", name, "_delta_log", f"{version:020d}.json")
+        local = self.location.is_local and path.startswith("/")  # without fsspec (asyncio)
         try:
-            with self.location.fs.open(path, "rb") as fh:
+            with open(path, "rb") if local else self.location.fs.open(path, "rb") as fh:
                 for line in fh:
                     info = json.loads(line).get("commitInfo")
                     if isinstance(info, dict) and isinstance(info.get("timestamp"), int):
