@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib.abc
 import os
 import sys
 import threading
+from collections.abc import Sequence
+from types import ModuleType
 from typing import Annotated, Any
 
 import typer
@@ -184,11 +187,40 @@ def _flushed(code: int) -> int:
     return code
 
 
+class _PydicomDownloadsWithoutRequests(importlib.abc.MetaPathFinder):
+    """Refuses ``requests`` to :mod:`pydicom.data.download` alone, while it is imported.
+
+    Every ``import pydicom`` imports ``pydicom.data`` (``pydicom.pixels.processing`` needs its
+    palette files), whose download module imports ``requests`` when it is installed: with
+    urllib3, charset_normalizer, idna and http.client, 0.04-0.07 s of CPU, a tenth of a small
+    ``lake export nifti`` (issue 14.2), for downloads of pydicom's test data that no command
+    makes. Refused, that module uses urllib instead (pydicom's documented fallback,
+    ``HAVE_REQUESTS``). Any other import of ``requests`` (a library, a later command) is
+    untouched, and this finder is installed only by the console script (:func:`main`), never
+    by an import of :mod:`lake`.
+    """
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> None:
+        if fullname == "requests" and _initializing("pydicom.data.download"):
+            raise ModuleNotFoundError("requests: not for pydicom's downloads in `lake`",
+                                      name=fullname)
+        return None
+
+
+def _initializing(module: str) -> bool:
+    """Whether ``module``'s own code is running its first import right now."""
+    spec = getattr(sys.modules.get(module), "__spec__", None)
+    return bool(getattr(spec, "_initializing", False))
+
+
 def main() -> None:
     """Console-script entry point."""
     # One OpenBLAS thread (set before anything imports numpy): the command's parallelism is
     # its worker processes, and a process without native threads can fork them (lake.compute).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if not any(isinstance(f, _PydicomDownloadsWithoutRequests) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PydicomDownloadsWithoutRequests())
     try:
         _app_for(sys.argv[1:])()
     except typer.Exit:

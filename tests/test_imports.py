@@ -225,3 +225,44 @@ def test_small_nifti_export_by_query_loads_no_fsspec_or_cluster(tmp_path: Path) 
                               "lake.export._bids", "lake.export._teaching", "pandas",
                               "pyarrow.dataset", "lake.ingest", "lake.net", "lake.web",
                               "pydantic", "rich.progress")) == []
+
+
+_RUN_MAIN = """
+import atexit, json, sys
+sys.argv = ["lake", *{args!r}]
+
+def report():
+    loaded = sorted(sys.modules)
+    import requests  # another import of requests in the same process is untouched
+    import pydicom.data.download as download
+    print(json.dumps([loaded, requests.__name__, download.HAVE_REQUESTS]))
+
+atexit.register(report)
+from pipelines.cli import main
+main()
+"""
+
+
+def test_cli_imports_pydicom_without_requests(tmp_path: Path) -> None:
+    """The console script keeps pydicom's download module from importing requests (with
+    urllib3 and http.client: 0.04-0.07 s of CPU) for a small NIfTI export, and nothing
+    else: requests imports as usual afterwards in the same process, and pydicom downloads
+    with urllib (HAVE_REQUESTS false). Without the console script (the library, a notebook)
+    pydicom imports requests as it always did: the negative control."""
+    from tests.series import write_ct_series
+
+    lk = lake.init(tmp_path / "lake", vault=tmp_path / "vault")
+    files = write_ct_series(tmp_path / "ct", n=4)
+    lk.ingest([str(f) for f in files], vault=tmp_path / "vault", scheduler="sync")
+    args = ["export", "nifti", "--sql", "SELECT SeriesInstanceUID FROM series",
+            "--lake", str(tmp_path / "lake"), "--out", str(tmp_path / "out"), "-q"]
+    proc = subprocess.run([sys.executable, "-c", _RUN_MAIN.format(args=args)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    loaded, requests_name, have_requests = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(list((tmp_path / "out").rglob("*.nii"))) == 1  # the export ran
+    assert "pydicom" in loaded and "lake.nifti._part10" in loaded
+    assert _present(set(loaded), ("requests", "urllib3", "charset_normalizer")) == []
+    assert (requests_name, have_requests) == ("requests", False)
+    library = _loaded("import pydicom")
+    assert "requests" in library  # the negative control: this check sees requests when it loads
