@@ -4,8 +4,10 @@ series/study summaries, compaction, and the lockdown around the files the views 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -214,6 +216,72 @@ def test_files_of_different_schemas_read_together(tmp_path: Path) -> None:
     assert len(_groups(con, [str(new), str(old)])) == 2
     rows = con.sql(_union(con, "t_empty", [str(new), str(old)])).fetchall()
     assert sorted(rows, key=str) == [(1, "x", None), (2, "y", None), (3, "z", 1.5)]
+
+
+def _by_name_union(empty: str, files: list[list[str]], filename: bool = False) -> str:
+    """The relation the views read before the projections: every schema group's
+    ``read_parquet`` after the empty table, ``UNION ALL BY NAME``."""
+    flag = "true" if filename else "false"
+    return " UNION ALL BY NAME ".join(
+        [f"SELECT * FROM {empty}", *(
+            f"SELECT * FROM read_parquet({[str(f) for f in g]}, hive_partitioning = false, "
+            f"filename = {flag})" for g in files)])
+
+
+@pytest.mark.parametrize("filename", [False, True])
+@pytest.mark.parametrize("schemas", [
+    "one group lacking columns", "two groups", "a column of another type", "an extra column"])
+def test_projections_equal_the_union_by_name(tmp_path: Path, schemas: str,
+                                             filename: bool) -> None:
+    """Each schema group read under a projection gives the columns, types, order and rows
+    that UNION ALL BY NAME with the empty table gave; a file whose types differ from the
+    declared ones (or that holds an undeclared column) still reads through the union."""
+    tables = {
+        "one group lacking columns": [pa.table({"a": [1, 2], "b": ["x", None]}),
+                                      pa.table({"a": [3], "b": ["z"]})],
+        "two groups": [pa.table({"a": [1, 2], "b": ["x", "y"]}),
+                       pa.table({"a": [3], "b": ["z"], "c": [1.5],
+                                 "d": pa.array([[{"k": "v"}]], pa.list_(
+                                     pa.struct([("k", pa.string())])))})],
+        "a column of another type": [pa.table({"a": pa.array([1], pa.int32()), "b": ["x"]}),
+                                     pa.table({"a": [3], "b": ["z"]})],
+        "an extra column": [pa.table({"a": [1], "b": ["x"], "e": [True]}),
+                            pa.table({"a": [3], "b": ["z"]})],
+    }[schemas]
+    files = []
+    for i, table in enumerate(tables):
+        files.append(str(tmp_path / f"f{i}.parquet"))
+        pq.write_table(table, files[-1])
+    con = duckdb.connect()
+    con.execute('CREATE TEMP TABLE t_empty (a BIGINT, b VARCHAR, c DOUBLE, d STRUCT("k" '
+                'VARCHAR)[], f TIMESTAMP WITH TIME ZONE)')
+    new = _union(con, "t_empty", files, filename=filename)
+    old = _by_name_union("t_empty", _groups(con, files), filename)
+    assert ("UNION ALL BY NAME" in new) == (schemas in ("a column of another type",
+                                                          "an extra column"))
+    assert con.sql(f"DESCRIBE {new}").fetchall() == con.sql(f"DESCRIBE {old}").fetchall()
+    got, want = con.sql(new).fetchall(), con.sql(old).fetchall()
+    assert sorted(got, key=str) == sorted(want, key=str)
+    assert want
+
+
+def test_count_reads_no_column_of_the_data_files(several: lake.Lake) -> None:
+    """With the files of one schema under one projection (no union), DuckDB answers
+    count(*) from the files' row counts: its scan of them projects no column."""
+    catalog = several.catalog()
+    plan = json.loads(catalog.sql(
+        "EXPLAIN (FORMAT JSON) SELECT count(*) FROM instances").fetchall()[0][1])
+
+    def scans(node: dict[str, Any]) -> list[dict[str, Any]]:
+        found = [node] if node.get("name") in ("READ_PARQUET", "UNION", "SEQ_SCAN") else []
+        return found + [s for child in node.get("children", []) for s in scans(child)]
+
+    found = [s for n in plan for s in scans(n)]
+    assert [s["name"] for s in found] == ["READ_PARQUET"]
+    assert not found[0]["extra_info"].get("Projections")
+    want = sum(pq.read_metadata(f).num_rows
+               for f in data_files(several.tables, several.tables.open("instances")))
+    assert catalog.sql("SELECT count(*) FROM instances").fetchall() == [(want,)]
 
 
 def test_cohort_members_are_every_instance_of_its_series(several: lake.Lake) -> None:

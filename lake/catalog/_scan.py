@@ -8,9 +8,9 @@ one row group of hundreds), and reads only the columns a query names. Measured i
 
 Files written before a column was added lack it: files are grouped by their Parquet schema
 (read from their footers once, which also warms DuckDB's metadata cache for the first
-query) and each group is read with one ``read_parquet``; ``UNION ALL BY NAME`` with an
-empty table of the declared schema gives every view all declared columns, typed, with
-NULL where a file has none.
+query) and each group is read with one ``read_parquet`` under a projection that gives every
+view all declared columns, typed, with NULL where a file has none (``UNION ALL BY NAME``
+with an empty table of the declared schema where a file's types differ from it).
 
 Remote lakes (``s3://...``) keep Arrow datasets: DuckDB would need its ``httpfs`` extension,
 which is downloaded at run time and not available offline.
@@ -122,14 +122,53 @@ def _groups(con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> list[list[s
     return [sorted(g, key=order.__getitem__) for g in by_schema.values()]
 
 
+def _declared(con: duckdb.DuckDBPyConnection, empty: str) -> list[tuple[str, str]]:
+    """The (name, DuckDB type) of every column of the table ``empty``, in order."""
+    return [(str(n), str(t)) for n, t in con.execute(
+        "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? "
+        "ORDER BY column_index", [empty]).fetchall()]
+
+
+def _projection(con: duckdb.DuckDBPyConnection, declared: Sequence[tuple[str, str]],
+                files: Sequence[str], *, filename: bool) -> str | None:
+    """``SELECT`` of the declared columns over ``files`` (one Parquet schema), NULL for the
+    columns they lack: the rows ``UNION ALL BY NAME`` with the empty table gives, in the same
+    column order and types. None when the files hold a column of another type or one not
+    declared (the union then decides the types, as before)."""
+    stored = dict(con.execute(
+        f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM "
+        f"{_read_parquet(files[:1])})").fetchall())
+    types = dict(declared)
+    if any(name not in types or types[name] != type_ for name, type_ in stored.items()):
+        return None
+    columns = [f'"{name}"' if name in stored else f'NULL::{type_} AS "{name}"'
+               for name, type_ in declared]
+    if filename:
+        columns.append("filename")
+    return f"SELECT {', '.join(columns)} FROM {_read_parquet(files, filename=filename)}"
+
+
 def _union(con: duckdb.DuckDBPyConnection, empty: str, files: Sequence[str],
            *, filename: bool = False) -> str:
-    """A relation over ``files`` with every column of the registered empty table ``empty``."""
-    parts = [f"SELECT * FROM {empty}"]
-    if files:
-        parts += [f"SELECT * FROM {_read_parquet(g, filename=filename)}"
-                  for g in _groups(con, files)]
-    return " UNION ALL BY NAME ".join(parts)
+    """A relation over ``files`` with every column of the existing empty table ``empty``.
+
+    Each group of files of one schema is read by one ``read_parquet`` under a projection
+    that adds the columns it lacks as NULL. With no ``UNION`` above a single scan, DuckDB
+    answers ``count(*)`` from the files' row counts and reads no column (a union makes it
+    read one column of every row group: 64 against 5 ms at 10 million rows in 200 files).
+    Files holding a column of another type than declared, or one not declared, keep
+    ``UNION ALL BY NAME`` with the empty table, whose result types are DuckDB's to choose.
+    """
+    if not files:
+        return f"SELECT * FROM {empty}"
+    declared = _declared(con, empty)
+    groups = _groups(con, files)
+    parts = [_projection(con, declared, g, filename=filename) for g in groups]
+    if all(p is not None for p in parts):
+        return " UNION ALL ".join(p for p in parts if p is not None)
+    return " UNION ALL BY NAME ".join(
+        [f"SELECT * FROM {empty}",
+         *(f"SELECT * FROM {_read_parquet(g, filename=filename)}" for g in groups)])
 
 
 def scan_table(
@@ -148,7 +187,8 @@ def scan_table(
     empty = f"{table.name}_empty"
     # Typed in SQL rather than registered from Arrow: registering Arrow data makes DuckDB's
     # Python layer import pandas (0.3 s on every command).
-    scan.statements.append(f"CREATE OR REPLACE TEMP TABLE {empty} ({_columns_ddl(table)})")
+    ddl = f"CREATE OR REPLACE TEMP TABLE {empty} ({_columns_ddl(table)})"
+    scan.statements.append(ddl)
     if delta is None:
         scan.statements.append(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT * FROM {empty}")
         return raw
@@ -161,6 +201,7 @@ def scan_table(
         return raw
     files = data_files(tables, delta)
     scan.readable += files
+    con.execute(ddl)  # (again in the set-up: _union reads the declared types from it)
     body = _union(con, empty, files)
     scan.statements.append(f"CREATE OR REPLACE TEMP VIEW {raw} AS {body}")
     return raw
