@@ -151,3 +151,45 @@ def test_names_that_could_break_paths_are_refused(name: str) -> None:
     else:
         with pytest.raises(lake.ExportError, match="invalid cohort name"):
             _check_name(name)
+
+
+_QUERIES = (
+    "SELECT SeriesInstanceUID FROM series",
+    "SELECT SeriesInstanceUID FROM series WHERE SeriesDate IS NULL",
+    CT_QUERY,
+    "SELECT SOPInstanceUID FROM instances WHERE InstanceNumber < 5",
+)
+
+
+@pytest.mark.parametrize("commits", [1, 2])
+def test_members_are_the_same_without_the_date_condition(
+    lk: lake.Lake, vault_dir: Path, samples: Path, ct_folder: Path,
+    monkeypatch: pytest.MonkeyPatch, commits: int,
+) -> None:
+    """resolve_cohort skips the StudyDate condition (a query of its own) when the instances
+    rows are one row group of one data file, where it can prune nothing: the members are
+    the same as with it, undated instances included. With two data files it still runs."""
+    from lake.export import _cohort
+
+    sources = [str(samples), str(ct_folder)]
+    for part in ([sources] if commits == 1 else [sources[:1], sources[1:]]):
+        lk.ingest(part, vault=vault_dir, scheduler="sync")
+    assert lk.sql("SELECT count(*) FROM instances WHERE StudyDate IS NULL").fetchall()[0][0]
+    assert _cohort._one_row_group(lk, lk.tables.open("instances")) is (commits == 1)
+    assert _cohort._one_row_group(lk, None) is False  # an as_of= version: not looked at
+    ran: list[str] = []
+    bounds = _cohort._date_bounds
+
+    def spy(lake_: lake.Lake, query: str, version: int) -> str:
+        ran.append(query)
+        return bounds(lake_, query, version)
+
+    monkeypatch.setattr(_cohort, "_date_bounds", spy)
+    for query in _QUERIES:
+        skipped = resolve_cohort(lk, query)
+        assert bool(ran) is (commits == 2 and "SeriesInstanceUID" in query), query
+        with monkeypatch.context() as forced:
+            forced.setattr(_cohort, "_one_row_group", lambda *_: False)
+            bounded = resolve_cohort(lk, query)
+        assert skipped == bounded and len(skipped.members) > 0, query
+        ran.clear()

@@ -18,15 +18,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from lake._errors import ExportError, IntegrityError, QueryError
-from lake.catalog import COHORTS, in_set, python_rows, string_set
+from lake.catalog import COHORTS, INSTANCES, in_set, python_rows, string_set
 from lake.catalog._tables import Decision, Judged
 
 if TYPE_CHECKING:
+    from deltalake import DeltaTable
+
     from lake._lake import Lake
 
 __all__ = [
@@ -185,6 +188,22 @@ def _date_bounds(lake: Lake, query: str, version: int) -> str:
     return " OR ".join(conditions) or "FALSE"
 
 
+def _one_row_group(lake: Lake, instances: DeltaTable | None) -> bool:
+    """Whether the ``instances`` rows of this version (None: not known here) are one Parquet
+    row group of one local data file (a small lake): a StudyDate condition can then skip
+    nothing, and :func:`_date_bounds`, a query of its own (a fifth of a small export's
+    fixed cost), is not worth running. The condition is exact either way: the members are
+    the same with it and without it."""
+    if instances is None or not lake.location.is_local:
+        return False
+    files = instances.file_uris()
+    if len(files) != 1 or not files[0].startswith("/"):
+        return False
+    import pyarrow.parquet as pq
+
+    return bool(pq.read_metadata(unquote(files[0])).num_row_groups == 1)
+
+
 def _member_query(query: str, key: str, dates: str | None = None) -> str:
     return (
         _with(query) + "SELECT SeriesInstanceUID, SOPInstanceUID, pixel_hash,"
@@ -224,9 +243,16 @@ def resolve_cohort(lake: Lake, sql: str, *, as_of: int | None = None) -> Cohort:
     from lake import __version__
 
     query = _clean_query(sql)
-    version = lake.version if as_of is None else as_of
+    current: DeltaTable | None = None
+    if as_of is None:
+        current = lake.tables.open(INSTANCES.name)  # what Lake.version reads
+        version = int(current.version())
+    else:
+        version = as_of
     key = _member_key(lake.sql(query, as_of=version).columns)
-    dates = _date_bounds(lake, query, version) if key == "SeriesInstanceUID" else None
+    dates = None
+    if key == "SeriesInstanceUID" and not _one_row_group(lake, current):
+        dates = _date_bounds(lake, query, version)
     relation = lake.sql(_member_query(query, key, dates), as_of=version)
     try:
         table = relation.arrow()
@@ -439,7 +465,7 @@ def _erasure_since(lake: Lake, version: int) -> bool:
       is not enough: commit files removed by a log cleanup, or a log rewritten by a tool,
       leave ``history()`` without those entries (review nit N8).
     """
-    from lake.catalog import ERASURES, INSTANCES, TOMBSTONES
+    from lake.catalog import ERASURES, TOMBSTONES
     from lake.catalog._tombstones import ERASURE_KEY
 
     tables = lake.tables

@@ -316,11 +316,38 @@ def _member_rows(
             yield files.read(path, names).filter(mask)
 
 
-def _load_refs(lake: Lake, cohort: Cohort, columns: Sequence[str],
-               files: DataFiles) -> list[InstanceRef]:
+@dataclass(frozen=True)
+class _MemberFiles:
+    """The data files holding a cohort's member rows, each with its mask of member rows:
+    found once (reading every file's key column), then read for the plan and again for the
+    headers without looking for the members a second time."""
+
+    files: DataFiles
+    masks: tuple[tuple[str, pa.BooleanArray], ...]
+
+    @classmethod
+    def find(cls, files: DataFiles, wanted: Sequence[str]) -> _MemberFiles:
+        members = string_set(set(wanted))
+        masks = []
+        for path in files.paths:
+            mask = in_set(files.read(path, ["SOPInstanceUID"]).column(0), members)
+            if mask.true_count:
+                masks.append((path, mask))
+        return cls(files, tuple(masks))
+
+    def rows(self, columns: Sequence[str]) -> Iterator[pa.Table]:
+        """``SOPInstanceUID`` and ``columns`` of the member rows, one table per data file."""
+        names = list(dict.fromkeys(["SOPInstanceUID", *columns]))
+        for path, mask in self.masks:
+            yield self.files.read(path, names).filter(mask)
+
+
+def _load_refs(cohort: Cohort, columns: Sequence[str],
+               files: DataFiles) -> tuple[list[InstanceRef], _MemberFiles]:
     wanted = [m.sop_uid for m in cohort.members]
     names = list(dict.fromkeys([*_REF_COLUMNS, *columns]))
-    found = list(_member_rows(lake, cohort.catalog_version, wanted, names, files))
+    located = _MemberFiles.find(files, wanted)
+    found = list(located.rows(names))
     rows = {r["SOPInstanceUID"]: r for t in found for r in t.to_pylist()}
     missing = sum(1 for sop in wanted if sop not in rows)
     if missing or sum(t.num_rows for t in found) != len(rows):
@@ -357,7 +384,7 @@ def _load_refs(lake: Lake, cohort: Cohort, columns: Sequence[str],
             f"{changed} member instance(s) of the cohort point to different pixel blobs in catalog "
             f"version {cohort.catalog_version} than when the cohort was saved; re-create it"
         )
-    return refs
+    return refs, located
 
 
 def _plan_id(spec: ExportSpec, cohort: Cohort, refs: Sequence[InstanceRef]) -> str:
@@ -417,13 +444,15 @@ def _finished(out: Path, plan_id: str) -> dict[str, Any] | None:
 
 
 def _tasks(
-    lake: Lake,
     cohort: Cohort,
     refs: Sequence[InstanceRef],
     plans: Sequence[TaskPlan],
-    files: DataFiles,
+    located: _MemberFiles,
 ) -> Iterator[SeriesTask]:
-    """Stream the todo series with their headers, verified against the cohort's hashes."""
+    """Stream the todo series with their headers, verified against the cohort's hashes.
+
+    ``located`` holds every member's row; those of no todo series (finished by an earlier
+    run, or not selected) are passed over unread."""
     by_sop = {r.sop_uid: r for r in refs}
     owner: dict[str, TaskPlan] = {}
     for plan in plans:
@@ -432,11 +461,12 @@ def _tasks(
     if not owner:
         return
     pending: dict[str, dict[str, bytes]] = {}
-    scan = _member_rows(lake, cohort.catalog_version, list(owner), ["header_dicom"], files)
-    for batch in scan:
+    for batch in located.rows(["header_dicom"]):
         for sop, header in zip(
             batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True
         ):
+            if sop not in owner:
+                continue
             ref = by_sop[sop]
             if hashlib.sha256(header).hexdigest() != ref.header_sha256:
                 raise IntegrityError(
@@ -557,7 +587,7 @@ def run_export(
     instances = lake.tables.data_files("instances", cohort.catalog_version)
     stored = set(instances.schema.names)
     columns = [*spec.columns, *(c for c in spec.optional_columns if c in stored)]
-    refs = _load_refs(lake, cohort, columns, instances)
+    refs, located = _load_refs(cohort, columns, instances)
     skipped: list[Skip] = []
     if spec.select is not None:
         refs, skipped = spec.select(refs)
@@ -592,7 +622,7 @@ def run_export(
         threads = None if runner.scheduler == "sync" else 1
         context = WriterContext(lake.location, str(root), dict(spec.options), spec.writer, threads)
         with runner:
-            tasks = _tasks(lake, cohort, refs, todo, instances)
+            tasks = _tasks(cohort, refs, todo, located)
             for result in runner.map(_run_task, tasks, context):
                 journal.add(result)
                 results[result.key] = result
