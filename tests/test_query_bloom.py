@@ -1,0 +1,123 @@
+"""lake.query._bloom.BloomIndex: the files the Parquet Bloom filters let through for a value
+are exactly those DuckDB's own reading of the filters lets through, every file holding the
+value among them; a row group without a usable filter keeps its file."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import lake
+from lake.catalog._layout import BLOOM_COLUMNS
+from lake.catalog._summary import data_files
+from lake.query import InstanceLookup
+from lake.query._bloom import BloomIndex, _header_size
+from tests.series import write_ct_series
+
+
+@pytest.fixture
+def several(lk: lake.Lake, vault_dir: Path, tmp_path: Path, samples: Path) -> lake.Lake:
+    """Several data files: two CT series in batches of 5, then pydicom's samples."""
+    write_ct_series(tmp_path / "a", 12)
+    write_ct_series(tmp_path / "b", 7)
+    lk.ingest([str(tmp_path / "a")], vault=vault_dir, scheduler="sync", batch_size=5)
+    lk.ingest([str(tmp_path / "b"), str(samples)], vault=vault_dir, scheduler="sync")
+    lk.refresh()
+    return lk
+
+
+def _files(lk: lake.Lake) -> list[str]:
+    return data_files(lk.tables, lk.tables.open("instances"))
+
+
+def _list(files: list[str]) -> str:
+    return "[" + ", ".join(f"'{f}'" for f in files) + "]"
+
+
+def test_candidates_are_the_files_duckdb_reads(several: lake.Lake) -> None:
+    files = _files(several)
+    assert len(files) > 3
+    con = duckdb.connect()
+    for column in BLOOM_COLUMNS["instances"]:
+        index = BloomIndex(files, column)
+        assert not index._unfiltered, column  # every row group's filter is read
+        values = [v for (v,) in con.sql(
+            f"SELECT DISTINCT {column} FROM read_parquet({_list(files)}) "
+            f"WHERE {column} IS NOT NULL").fetchall()]
+        assert len(values) > 1
+        for value in [*values, "2.25.0", "", "no such value", "1.2.3.4.5"]:
+            probed = {f for f, _, excluded in con.execute(
+                f"SELECT * FROM parquet_bloom_probe({_list(files)}, ?, ?)",
+                [column, value]).fetchall() if not excluded}
+            holding = {f for (f,) in con.execute(
+                f"SELECT DISTINCT filename FROM read_parquet({_list(files)}) "
+                f"WHERE {column} = ?", [value]).fetchall()}
+            got = index.candidates([value])
+            assert set(got) == probed, (column, value)
+            assert holding <= set(got), (column, value)
+            assert got == [f for f in files if f in got]  # in the order of the files
+        assert set(index.candidates(values)) == {
+            f for (f,) in con.sql(f"SELECT DISTINCT filename FROM read_parquet("
+                                  f"{_list(files)}) WHERE {column} IS NOT NULL").fetchall()}
+
+
+def test_a_row_group_without_a_usable_filter_keeps_its_file(several: lake.Lake,
+                                                            tmp_path: Path) -> None:
+    source = _files(several)[0]
+    uid = str(pq.read_table(source, columns=["SOPInstanceUID"])[0][0])
+    # No filter at all (pyarrow writes none).
+    plain = str(tmp_path / "plain.parquet")
+    pq.write_table(pq.read_table(source), plain)
+    # A filter whose bits were lost: its row group's own values fail it.
+    spoiled = str(tmp_path / "spoiled.parquet")
+    shutil.copy(source, spoiled)
+    chunk = pq.read_metadata(spoiled).row_group(0).column(
+        pq.read_schema(spoiled).names.index("SOPInstanceUID"))
+    assert chunk.bloom_filter_offset is not None
+    with open(spoiled, "r+b") as stream:
+        stream.seek(chunk.bloom_filter_offset)
+        blob = stream.read(chunk.bloom_filter_length)
+        size = _header_size(blob)
+        assert size is not None
+        stream.seek(chunk.bloom_filter_offset + size)
+        stream.write(bytes(len(blob) - size))
+    # A file written before the column existed holds it as NULL: equal to nothing.
+    older = str(tmp_path / "older.parquet")
+    pq.write_table(pa.table({"PatientID": ["p"]}), older)
+    index = BloomIndex([plain, spoiled, older, source], "SOPInstanceUID")
+    assert index.candidates(["2.25.0"]) == [plain, spoiled]
+    assert index.candidates([uid]) == [plain, spoiled, source]
+
+
+@pytest.mark.parametrize("blob", [
+    b"",
+    bytes.fromhex("16") + bytes(40),  # another field type
+    bytes.fromhex("1540" + "1c1c0000" * 3 + "00") + bytes(31),  # numBytes 32, 31 follow
+    bytes.fromhex("1540" + "1c1c0000" + "1c2c0000" + "1c1c0000" + "00") + bytes(32),  # hash
+    bytes.fromhex("15ffffffffff01") + bytes(40),  # varint too long
+])
+def test_other_filter_headers_are_not_read(blob: bytes) -> None:
+    assert _header_size(blob) is None
+
+
+def test_a_filter_header_is_read() -> None:
+    assert _header_size(bytes.fromhex("1540" + "1c1c0000" * 3 + "00") + bytes(32)) == 15
+
+
+def test_the_second_lookup_opens_only_the_files_that_may_hold_it(several: lake.Lake) -> None:
+    uids = [u for (u,) in several.sql("SELECT SOPInstanceUID FROM instances").fetchall()]
+    with InstanceLookup(several.tables) as lookup:
+        assert lookup._candidates(uids[0]) == _files(several)  # the first: all of them
+        assert lookup.row("2.25.0") is None
+        assert lookup._bloom is not None
+        for uid in uids:
+            want = several.sql(
+                f"SELECT * FROM instances WHERE SOPInstanceUID = '{uid}'").fetchall()
+            got = lookup.row(uid)
+            assert got is not None and tuple(got.values()) == want[0]
+            assert len(lookup._candidates(uid)) < len(_files(several))
