@@ -15,6 +15,7 @@ from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from lake._errors import CatalogError
+from lake.catalog._keys import files_holding, readable_by_duckdb
 from lake.catalog._layout import writer_properties
 from lake.catalog._retry import Backoff
 from lake.catalog._schema import ERASURES, INSTANCES, TABLES, Table
@@ -412,10 +413,12 @@ class DeltaTables:
         commit is retried, bounded, with backoff. Nothing is ever appended and deleted
         again, so no reader sees a duplicate and a crash leaves none behind.
 
-        Memory stays bounded by the batch: only rows whose key is among ``rows`` are
-        read from the table (``key`` and the ``fetch`` columns, with a pushed-down
-        filter); after a lost race only the files added since are read, unless files
-        were removed (then the whole snapshot is judged again).
+        The table is not read whole: the ``key`` column is read only from the row groups
+        whose Bloom filter (or statistics) may hold a candidate key (DuckDB, for a local
+        lake; a remote lake's key column is streamed, keeping only the matches), and the
+        ``fetch`` columns only from the files holding a match; after a lost race only the
+        files added since are read, unless files were removed (then the whole snapshot is
+        judged again).
 
         Parameters
         ----------
@@ -442,6 +445,7 @@ class DeltaTables:
         -------
         Inserted
         """
+        import duckdb
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -462,7 +466,7 @@ class DeltaTables:
             fresh = [fragments[p] for p in sorted(fragments.keys() - scanned)]
             try:
                 found = _matching(fresh, table, columns, candidates.column(key))
-            except (OSError, pa.ArrowInvalid) as exc:
+            except (OSError, pa.ArrowInvalid, duckdb.IOException) as exc:
                 # A file of this snapshot was removed meanwhile ('lake forget', 'lake vacuum'):
                 # a newer snapshot no longer reads it.
                 backoff.failed(exc)
@@ -717,21 +721,66 @@ def _matching(
 ) -> pa.Table:
     """The rows of these data files whose key (``columns[0]``) is in ``keys``.
 
-    First the key column alone is streamed (all files scanned in parallel, only
-    matches kept, so memory follows the candidates, not the table); then the other
-    ``columns`` are read from the files that hold a match, and only there. The filter
-    is applied after reading, not pushed into the scan: delta-rs writes some files with
-    ``string_view`` columns, whose statistics Arrow cannot compare with a ``string``
-    filter; the dataset's declared (Delta) types make Arrow read every file as strings.
+    First the data files holding a key are found (:func:`_holding`), reading only the key
+    column and, for local files, only the row groups whose Bloom filter may hold a key;
+    then the other ``columns`` are read from those files, and only there. Rows come in
+    the order of the files and of their rows.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    key = columns[0]
     if not fragments:
         return _concat(table, columns, [])
     wanted = keys.drop_null().combine_chunks()
+    found, holding = _holding(fragments, table, columns[0], wanted)
+    if len(columns) == 1 or not holding:
+        return _concat(table, columns, [conform(table, columns, t) for t in found])
+    fmt, fs = fragments[0].format, fragments[0].filesystem
+    schema = pa.schema([table.schema.field(c) for c in columns])
+    chosen = [f for f in fragments if f.path in holding]
+    parts = []
+    for batch in ds.FileSystemDataset(chosen, schema, fmt, fs).to_batches(columns=list(columns)):
+        mask = pc.is_in(batch.column(0), value_set=wanted)
+        if pc.any(mask).as_py():
+            parts.append(pa.Table.from_batches([batch.filter(mask)], schema=schema))
+    return _concat(table, columns, parts)
+
+
+def _holding(
+    fragments: Sequence[ds.Fragment], table: Table, key: str, wanted: pa.Array
+) -> tuple[list[pa.Table], set[str]]:
+    """The key column of the rows of ``fragments`` whose ``key`` is in ``wanted``, and the
+    paths of the fragments holding them.
+
+    Local files are read by DuckDB, which skips the row groups whose Bloom filter or
+    statistics rule every key out (:mod:`lake.catalog._keys`); remote ones (or local paths
+    DuckDB would read as glob patterns) by :func:`_streamed`.
+    """
+    import pyarrow.fs as pafs
+
+    paths = [f.path for f in fragments]
+    if isinstance(fragments[0].filesystem, pafs.LocalFileSystem) and readable_by_duckdb(paths):
+        rows = files_holding(paths, key, wanted)
+        return [rows.select([key])], set(rows.column("file").to_pylist())
+    return _streamed(fragments, table, key, wanted)
+
+
+def _streamed(
+    fragments: Sequence[ds.Fragment], table: Table, key: str, wanted: pa.Array
+) -> tuple[list[pa.Table], set[str]]:
+    """:func:`_holding` by streaming the key column of every file (all files scanned in
+    parallel, only matches kept, so memory follows the candidates, not the table).
+
+    The filter is applied after reading, not pushed into the scan: delta-rs writes some
+    files with ``string_view`` columns, whose statistics Arrow cannot compare with a
+    ``string`` filter; the dataset's declared (Delta) types make Arrow read every file as
+    strings.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
     fmt, fs = fragments[0].format, fragments[0].filesystem
     keyed = ds.FileSystemDataset(fragments, pa.schema([table.schema.field(key)]), fmt, fs)
     holding: set[str] = set()
@@ -742,16 +791,7 @@ def _matching(
             matched = batch.filter(mask)
             holding.update(matched.column(1).to_pylist())
             found.append(pa.Table.from_batches([matched]).select([key]))
-    if len(columns) == 1 or not holding:
-        return _concat(table, columns, [conform(table, columns, t) for t in found])
-    schema = pa.schema([table.schema.field(c) for c in columns])
-    chosen = [f for f in fragments if f.path in holding]
-    parts = []
-    for batch in ds.FileSystemDataset(chosen, schema, fmt, fs).to_batches(columns=list(columns)):
-        mask = pc.is_in(batch.column(0), value_set=wanted)
-        if pc.any(mask).as_py():
-            parts.append(pa.Table.from_batches([batch.filter(mask)], schema=schema))
-    return _concat(table, columns, parts)
+    return found, holding
 
 
 def conform(table: Table, columns: Sequence[str], data: pa.Table) -> pa.Table:

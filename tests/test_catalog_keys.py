@@ -1,0 +1,118 @@
+"""Judging candidate keys against a table reads only what may hold them (lake/catalog/_keys.py),
+and judges exactly as streaming every file's key column did."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+import lake
+import lake.catalog._tables as tables_module
+from lake.catalog import INSTANCES, DeltaTables
+from lake.catalog._keys import files_holding, readable_by_duckdb
+from lake.catalog._tables import _streamed, arrow_dataset
+from lake.store import Location
+
+KEY = "SOPInstanceUID"
+FETCH = [KEY, "batch_id", "Modality", "Rows"]
+
+
+def _rows(owner: str, uids: list[str], modality: str = "CT") -> pa.Table:
+    return pa.Table.from_pylist(
+        [{KEY: u, "batch_id": owner, "Modality": modality, "Rows": i} for i, u in enumerate(uids)],
+        schema=INSTANCES.schema,
+    )
+
+
+def _many_files(tables: DeltaTables, rng: random.Random) -> list[str]:
+    """An ``instances`` table of 24 data files: appends (``string`` columns), a delete and a
+    compaction's rewrites (``string_view`` columns), and one UID stored twice (two files)."""
+    stored: list[str] = []
+    for n in range(24):
+        uids = [f"2.25.{rng.getrandbits(100)}" for _ in range(rng.randrange(1, 40))]
+        stored += uids
+        tables.append(INSTANCES, _rows(f"b{n}", uids))
+    tables.append(INSTANCES, _rows("twice", [stored[3]], modality="MR"))
+    tables.delete(INSTANCES, f"{KEY} = '{stored[5]}'")  # rewrites that file
+    tables.open(INSTANCES.name).optimize.compact(partition_filters=None, target_size=4096)
+    tables.append(INSTANCES, _rows("last", [f"2.25.{rng.getrandbits(100)}"]))
+    return [u for u in stored if u != stored[5]]
+
+
+def _reference(fragments: list, columns: list[str], keys: pa.ChunkedArray) -> pa.Table:
+    """``_matching`` as it was: every file's key column streamed (``_streamed``)."""
+    saved = tables_module._holding
+    tables_module._holding = lambda fr, table, key, wanted: _streamed(fr, table, key, wanted)
+    try:
+        return tables_module._matching(fragments, INSTANCES, columns, keys)
+    finally:
+        tables_module._holding = saved
+
+
+def test_judgement_equals_streaming_every_file(lk: lake.Lake, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    """Keys present, absent, null, repeated within the batch, stored twice, in appended and
+    rewritten files: the same rows, in the same order, as the old full scan; and the local
+    path never streams the table (it would without lake/catalog/_keys.py)."""
+    rng = random.Random(14)
+    stored = _many_files(lk.tables, rng)
+    fragments = list(arrow_dataset(lk.tables.open(INSTANCES.name)).get_fragments())
+    assert len(fragments) > 10
+    present = [*rng.sample(stored, 12), stored[3], stored[3]]
+    absent = [f"2.25.{rng.getrandbits(100)}" for _ in range(40)] + ["it's", "x\"y"]
+    batch = present + absent + [None, None]
+    rng.shuffle(batch)
+    keys = pa.chunked_array([pa.array(batch, pa.string())])
+    expected = {tuple(c): _reference(fragments, c, keys) for c in ([KEY], FETCH)}
+    assert expected[(KEY,)].num_rows == 12 + 2  # stored[3] is in two files
+
+    def streamed(*args: object) -> None:
+        raise AssertionError("a local table's key column was streamed")
+
+    monkeypatch.setattr(tables_module, "_streamed", streamed)
+    for columns in ([KEY], FETCH):
+        got = tables_module._matching(fragments, INSTANCES, columns, keys)
+        assert got.schema == expected[tuple(columns)].schema
+        assert got.to_pylist() == expected[tuple(columns)].to_pylist()
+    monkeypatch.undo()
+
+    # insert_new's judgement: only the absent, non-null keys (first of each) are new.
+    monkeypatch.setattr(tables_module, "_streamed", streamed)
+    result = lk.tables.insert_new(INSTANCES, _rows("new", [k for k in batch if k is not None]),
+                                  key=KEY)
+    assert sorted(result.rows.column(KEY).to_pylist()) == sorted(absent)
+    assert lk.tables.lookup(INSTANCES, KEY, present, ["batch_id"]).num_rows == 14
+
+
+def test_rewritten_files_hold_string_views_and_are_judged_alike(tmp_path: Path) -> None:
+    """The delete and the compaction above rewrite files with ``string_view`` keys (delta-rs),
+    which DuckDB reads as it reads ``string``: a key in such a file is found."""
+    import pyarrow.parquet as pq
+
+    tables = DeltaTables(Location(str(tmp_path / "lake")))
+    tables.create_all()
+    stored = _many_files(tables, random.Random(3))
+    paths = [f.path for f in arrow_dataset(tables.open(INSTANCES.name)).get_fragments()]
+    views = [p for p in paths if pq.read_schema(p).field(KEY).type == pa.string_view()]
+    assert views, "delta-rs no longer rewrites strings as string_view: simplify _keys' docs"
+    in_view = pq.read_table(views[0], columns=[KEY]).column(0)[0].as_py()
+    found = files_holding(paths, KEY, pa.array([in_view, stored[0], "2.25.0"]))
+    assert sorted(found.column(KEY).to_pylist()) == sorted({in_view, stored[0]})
+    assert views[0] in found.column("file").to_pylist()
+
+
+def test_paths_duckdb_would_glob_are_streamed(tmp_path: Path) -> None:
+    """A lake below a folder whose name DuckDB would read as a glob pattern is judged by
+    streaming the key column (as before), with the same answer."""
+    assert readable_by_duckdb(["/a/b.parquet"])
+    assert not readable_by_duckdb(["/a[1]/b.parquet"]) and not readable_by_duckdb(["b.parquet"])
+    tables = DeltaTables(Location(str(tmp_path / "lake{1}*")))
+    tables.create_all()
+    tables.append(INSTANCES, _rows("a", ["2.25.1", "2.25.2"]))
+    result = tables.insert_new(INSTANCES, _rows("b", ["2.25.2", "2.25.3"]), key=KEY)
+    assert result.rows.column(KEY).to_pylist() == ["2.25.3"]
+    assert tables.lookup(INSTANCES, KEY, ["2.25.1", "2.25.9"], []).column(KEY).to_pylist() == [
+        "2.25.1"]
