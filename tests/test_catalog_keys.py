@@ -13,7 +13,7 @@ import lake
 import lake.catalog._tables as tables_module
 from lake.catalog import INSTANCES, DeltaTables
 from lake.catalog._keys import files_holding, readable_by_duckdb
-from lake.catalog._tables import _streamed, arrow_dataset
+from lake.catalog._tables import arrow_dataset
 from lake.store import Location
 
 KEY = "SOPInstanceUID"
@@ -42,14 +42,15 @@ def _many_files(tables: DeltaTables, rng: random.Random) -> list[str]:
     return [u for u in stored if u != stored[5]]
 
 
-def _reference(fragments: list, columns: list[str], keys: pa.ChunkedArray) -> pa.Table:
-    """``_matching`` as it was: every file's key column streamed (``_streamed``)."""
-    saved = tables_module._holding
-    tables_module._holding = lambda fr, table, key, wanted: _streamed(fr, table, key, wanted)
+def _reference(fragments: list[object], columns: list[str], keys: pa.ChunkedArray) -> pa.Table:
+    """``_matching`` as it was: every file's key column streamed (``_streamed``), then the
+    other columns read from the files holding a match."""
+    saved = tables_module.readable_by_duckdb
+    tables_module.readable_by_duckdb = lambda paths: False
     try:
-        return tables_module._matching(fragments, INSTANCES, columns, keys)
+        return tables_module._matching(fragments, INSTANCES, columns, keys)  # type: ignore[arg-type]
     finally:
-        tables_module._holding = saved
+        tables_module.readable_by_duckdb = saved
 
 
 def test_judgement_equals_streaming_every_file(lk: lake.Lake, monkeypatch: pytest.MonkeyPatch
@@ -116,3 +117,23 @@ def test_paths_duckdb_would_glob_are_streamed(tmp_path: Path) -> None:
     assert result.rows.column(KEY).to_pylist() == ["2.25.3"]
     assert tables.lookup(INSTANCES, KEY, ["2.25.1", "2.25.9"], []).column(KEY).to_pylist() == [
         "2.25.1"]
+
+
+def test_a_column_added_after_a_file_was_written_reads_null(tmp_path: Path) -> None:
+    """A lake made before a column existed: its old files lack it, and a fetched row from
+    one has it null, as the streamed scan gives it."""
+    from deltalake import write_deltalake
+
+    tables = DeltaTables(Location(str(tmp_path / "lake")))
+    older = pa.schema([f for f in INSTANCES.schema if f.name != "Rows"])
+    write_deltalake(tables.uri(INSTANCES.name), _rows("old", ["2.25.1", "2.25.2"]).select(
+        older.names).cast(older), mode="append")
+    tables.append(INSTANCES, _rows("new", ["2.25.3"]))  # adds "Rows" first
+    fragments = list(arrow_dataset(tables.open(INSTANCES.name)).get_fragments())
+    keys = pa.chunked_array([pa.array(["2.25.2", "2.25.3", "2.25.4"])])
+    got = tables_module._matching(fragments, INSTANCES, FETCH, keys)
+    assert got.to_pylist() == _reference(fragments, FETCH, keys).to_pylist()
+    assert sorted(got.to_pylist(), key=lambda row: row[KEY]) == [
+        {KEY: "2.25.2", "batch_id": "old", "Modality": "CT", "Rows": None},
+        {KEY: "2.25.3", "batch_id": "new", "Modality": "CT", "Rows": 0},
+    ]

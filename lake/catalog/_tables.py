@@ -719,21 +719,32 @@ def _unique(data: pa.Table, key: str) -> pa.Table:
 def _matching(
     fragments: Sequence[ds.Fragment], table: Table, columns: Sequence[str], keys: pa.ChunkedArray
 ) -> pa.Table:
-    """The rows of these data files whose key (``columns[0]``) is in ``keys``.
+    """The rows of these data files whose key (``columns[0]``) is in ``keys``, in the order
+    of the files and of their rows.
 
-    First the data files holding a key are found (:func:`_holding`), reading only the key
-    column and, for local files, only the row groups whose Bloom filter may hold a key;
-    then the other ``columns`` are read from those files, and only there. Rows come in
-    the order of the files and of their rows.
+    Local files (:func:`lake.catalog._keys.readable_by_duckdb`): DuckDB finds the matching
+    rows, reading the key column only from the row groups whose Bloom filter or statistics
+    may hold a key, and the other ``columns`` are read from the row groups holding a match
+    (:func:`_rows_at`), not from whole files: a compacted table's files hold millions of
+    rows. Remote files: the key column of every file is streamed (:func:`_streamed`), then
+    the other columns are read from the files that hold a match.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
+    import pyarrow.fs as pafs
 
     if not fragments:
         return _concat(table, columns, [])
+    key = columns[0]
     wanted = keys.drop_null().combine_chunks()
-    found, holding = _holding(fragments, table, columns[0], wanted)
+    paths = [f.path for f in fragments]
+    if isinstance(fragments[0].filesystem, pafs.LocalFileSystem) and readable_by_duckdb(paths):
+        rows = files_holding(paths, key, wanted)
+        if len(columns) == 1:
+            return conform(table, columns, rows.select([key]))
+        return _rows_at(fragments[0].filesystem, table, columns, rows)
+    found, holding = _streamed(fragments, table, key, wanted)
     if len(columns) == 1 or not holding:
         return _concat(table, columns, [conform(table, columns, t) for t in found])
     fmt, fs = fragments[0].format, fragments[0].filesystem
@@ -747,29 +758,41 @@ def _matching(
     return _concat(table, columns, parts)
 
 
-def _holding(
-    fragments: Sequence[ds.Fragment], table: Table, key: str, wanted: pa.Array
-) -> tuple[list[pa.Table], set[str]]:
-    """The key column of the rows of ``fragments`` whose ``key`` is in ``wanted``, and the
-    paths of the fragments holding them.
+def _rows_at(
+    filesystem: pafs.FileSystem, table: Table, columns: Sequence[str], rows: pa.Table
+) -> pa.Table:
+    """The ``columns`` of the rows ``rows`` locates (``file``, ``row``: in order, as
+    :func:`lake.catalog._keys.files_holding` gives them), each read from its row group only;
+    columns a file lacks (added to the table later) are null."""
+    import bisect
+    import itertools
 
-    Local files are read by DuckDB, which skips the row groups whose Bloom filter or
-    statistics rule every key out (:mod:`lake.catalog._keys`); remote ones (or local paths
-    DuckDB would read as glob patterns) by :func:`_streamed`.
-    """
-    import pyarrow.fs as pafs
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    paths = [f.path for f in fragments]
-    if isinstance(fragments[0].filesystem, pafs.LocalFileSystem) and readable_by_duckdb(paths):
-        rows = files_holding(paths, key, wanted)
-        return [rows.select([key])], set(rows.column("file").to_pylist())
-    return _streamed(fragments, table, key, wanted)
+    parts = []
+    located = zip(rows.column("file").to_pylist(), rows.column("row").to_pylist(), strict=True)
+    for path, in_file in itertools.groupby(located, key=lambda place: place[0]):
+        with filesystem.open_input_file(path) as source:
+            parquet = pq.ParquetFile(source)
+            meta = parquet.metadata
+            starts = list(itertools.accumulate(
+                (meta.row_group(g).num_rows for g in range(meta.num_row_groups)), initial=0))
+            stored = [c for c in columns if c in set(parquet.schema_arrow.names)]
+            numbers = [number for _, number in in_file]
+            for group, at in itertools.groupby(
+                    numbers, key=lambda n: bisect.bisect_right(starts, n) - 1):
+                read = parquet.read_row_group(group, columns=stored, use_threads=False)
+                offsets = pa.array([n - starts[group] for n in at], pa.int64())
+                parts.append(conform(table, columns, read).take(offsets))
+    return _concat(table, columns, parts)
 
 
 def _streamed(
     fragments: Sequence[ds.Fragment], table: Table, key: str, wanted: pa.Array
 ) -> tuple[list[pa.Table], set[str]]:
-    """:func:`_holding` by streaming the key column of every file (all files scanned in
+    """The key column of the rows of ``fragments`` whose ``key`` is in ``wanted``, and the
+    paths of the fragments holding them, by streaming the key column of every file (all files scanned in
     parallel, only matches kept, so memory follows the candidates, not the table).
 
     The filter is applied after reading, not pushed into the scan: delta-rs writes some
