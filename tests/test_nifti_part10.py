@@ -31,7 +31,8 @@ from pydicom.uid import (
 )
 
 import lake
-from lake.nifti import Part10, ValueCache, derive_acquisition, read_part10, series_to_nifti
+from lake.nifti import Part10, ValueCache, _part10, derive_acquisition, read_part10, series_to_nifti
+from lake.nifti._part10 import Part10Error
 from tests.conftest import SHARED_DATA
 from tests.deid_corpus import write_corpus
 from tests.nifti_synth import enhanced_from, synthetic_series
@@ -514,3 +515,146 @@ def test_number_leaves_everything_else_to_get() -> None:
     weight = read_part10(_with_value("PatientWeight", "DS", b"72.5", ExplicitVRLittleEndian))
     assert isinstance(weight, Part10)
     assert weight.number("PatientWeight") == float(weight.get("PatientWeight")) == 72.5
+
+
+# --------------------------------------------------------------- a series' header layouts
+
+
+def _index(ds: Part10) -> tuple[object, ...]:
+    """Everything the walk decides for one object: its file meta's and its own index, and
+    where each sequence it passed ends."""
+    assert ds.file_meta is not None
+    return (ds.file_meta._elements, ds._elements, ds.is_implicit_VR, ds._source.ends)
+
+
+def _walked_and_laid_out(datas: list[bytes]) -> tuple[int, list[str]]:
+    """Read every object by the walk alone and through one ValueCache (its layouts); (how
+    many the layouts indexed, every object whose index or values differ)."""
+    applied = 0
+    apply = _part10._Layout.apply
+
+    def counted(layout: Any, source: Any) -> Any:
+        nonlocal applied
+        got = apply(layout, source)
+        applied += got is not None
+        return got
+
+    problems = []
+    cache = ValueCache()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_part10._Layout, "apply", counted)
+        for i, data in enumerate(datas):
+            walked = _part10.parse_part10(data)
+            laid_out = _part10.parse_part10(data, cache)
+            if _index(walked) != _index(laid_out):
+                problems.append(f"#{i}: another index")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                expected = pydicom.dcmread(io.BytesIO(data))
+            problems += [f"#{i}: {d}" for d in differences(expected, laid_out)]
+    return applied, problems
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_a_series_header_indexed_by_its_layout_is_the_walks(syntax: str) -> None:
+    """A header of the layout of an earlier one of its series (same elements, lengths and
+    transfer syntax) is indexed in one step into what the walk makes of it, with pydicom's
+    values; the others are walked (lengths that differ: positions, UIDs)."""
+    series = synthetic_series(n_slices=12, rows=8, cols=8)
+    datas = [_bytes(ds, syntax) for ds in series]
+    datas.append(_bytes(enhanced_from(series), syntax))
+    datas.append(_bytes(enhanced_from(series), syntax))  # sequences: checked, same ends
+    applied, problems = _walked_and_laid_out(datas)
+    assert problems == []
+    assert applied >= 3  # the layout path was taken (and the walk for the others)
+
+
+@pytest.mark.vendor
+@pytest.mark.parametrize("repository", ["dcm_qa_ge", "dcm_qa_philips", "dcm_qa_xa30"])
+def test_vendor_series_indexed_by_their_layouts_are_the_walks(repository: str) -> None:
+    """Every original file of a vendor repository, in order, through one cache: the layout
+    path (most of them) gives the walk's index and pydicom's values."""
+    root = SHARED_DATA / "vendors" / repository / "In"
+    if not root.is_dir():
+        pytest.skip("../shared/data is absent")
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    datas = [d for d in (p.read_bytes() for p in files[:120]) if d[128:132] == b"DICM"]
+    applied, problems = _walked_and_laid_out(datas)
+    assert problems == []
+    assert applied > len(datas) // 4  # XA30: 17 of 51
+
+
+def test_a_layout_is_not_taken_for_other_bytes_of_the_same_size() -> None:
+    """Same size, other bytes where the walk decides something: another VR, a big-endian
+    transfer syntax, damage inside a sequence: each is read as without the layout (walked,
+    refused, or handed to pydicom)."""
+    enhanced = enhanced_from(synthetic_series(n_slices=3, rows=8, cols=8))
+    data = _bytes(enhanced, ExplicitVRLittleEndian)
+    cache = ValueCache()
+    assert isinstance(read_part10(data, cache=cache), Part10)  # the layout is kept
+
+    def same_as_walk(changed: bytes) -> None:
+        assert len(changed) == len(data)
+        try:
+            walked: object = _index(_part10.parse_part10(changed))
+        except Part10Error as exc:
+            with pytest.raises(Part10Error, match=re.escape(str(exc))):
+                _part10.parse_part10(changed, cache)
+            return
+        assert _index(_part10.parse_part10(changed, cache)) == walked
+
+    # another VR of the same length (SliceThickness DS -> IS): a header byte differs
+    thickness = data.index(b"\x18\x00\x50\x00DS")
+    same_as_walk(data[: thickness + 4] + b"IS" + data[thickness + 6 :])
+    # big endian: only the transfer syntax's value differs
+    syntax = data.index(ExplicitVRLittleEndian.encode())
+    big = data[:syntax] + b"1.2.840.10008.1.2.2" + data[syntax + 19 :]
+    same_as_walk(big)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert not isinstance(read_part10(big, cache=cache), Part10)
+    # damage in the last frame's PlanePositionSequence: pydicom's reader, as without
+    ipp = data.rindex(b"\x20\x00\x32\x00DS")
+    damaged = data[: ipp + 4] + b"Q!" + data[ipp + 6 :]
+    same_as_walk(damaged)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert not isinstance(read_part10(damaged, cache=cache), Part10)
+
+
+def test_a_sequence_that_ends_elsewhere_is_walked() -> None:
+    """Two objects of one size whose undefined-length sequence holds 2 bytes more in one and
+    a later value 2 bytes less: the layout of the first does not index the second."""
+    def made(inner: str, later: str) -> bytes:
+        ds = synthetic_series(n_slices=1, rows=4, cols=4)[0]
+        item = Dataset()
+        item.CodeValue = inner
+        ds.ProcedureCodeSequence = [item]  # (0008,1032): before ImageComments (0020,4000)
+        ds.ImageComments = later
+        return _bytes(ds, ExplicitVRLittleEndian)
+
+    first, second = made("AB", "ABCD"), made("ABCD", "AB")
+    assert len(first) == len(second)
+    cache = ValueCache()
+    _part10.parse_part10(first, cache)
+    got = _part10.parse_part10(second, cache)
+    assert _index(got) == _index(_part10.parse_part10(second))
+    assert got.ProcedureCodeSequence[0].CodeValue == "ABCD" and got.ImageComments == "AB"
+
+
+def test_objects_indexed_by_one_layout_are_independent() -> None:
+    """Reading a sequence, or attaching pixels, in one object leaves the other's index
+    as the walk made it."""
+    enhanced = enhanced_from(synthetic_series(n_slices=3, rows=8, cols=8))
+    pixels = enhanced.PixelData
+    del enhanced.PixelData
+    data = _bytes(enhanced, ExplicitVRLittleEndian)
+    cache = ValueCache()
+    one, two = read_part10(data, cache=cache), read_part10(data, pixels, cache=cache)
+    assert isinstance(one, Part10) and isinstance(two, Part10)
+    assert len(one.PerFrameFunctionalGroupsSequence) == 3
+    assert len(two._elements[0x52009230]) == 4  # not read in the other
+    assert 0x7FE00010 not in one and 0x7FE00010 in two
+    third = read_part10(data, cache=cache)
+    assert isinstance(third, Part10)
+    assert len(third._elements[0x52009230]) == 4 and 0x7FE00010 not in third
