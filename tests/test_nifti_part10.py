@@ -658,3 +658,142 @@ def test_objects_indexed_by_one_layout_are_independent() -> None:
     third = read_part10(data, cache=cache)
     assert isinstance(third, Part10)
     assert len(third._elements[0x52009230]) == 4 and 0x7FE00010 not in third
+
+
+# --------------------------------------------------------------- numbers read from bytes
+
+
+def _floats_of(value: Any) -> list[float] | None:
+    """pydicom's value as the converter takes it: float() of each value."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, list) or type(value).__name__ == "MultiValue":
+        return [float(v) for v in value]
+    return [float(value)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet=" +-.0123456789eE\x00", max_size=17), min_size=1, max_size=4),
+       st.sampled_from([("ImagePositionPatient", "DS"), ("InstanceNumber", "IS"),
+                        ("TriggerTime", "DS")]),
+       st.sampled_from([ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+def test_numbers_read_from_bytes_are_the_floats_of_pydicoms_values(
+        texts: list[str], element: tuple[str, str], syntax: str) -> None:
+    """Part10.numbers (the converter's positions, rescale, times) is float() of each of
+    the values pydicom gives, or None (then the converter converts get()'s value)."""
+    keyword, vr = element
+    raw = "\\".join(texts).encode()
+    data = _with_value(keyword, vr, raw, syntax)
+    got = read_part10(data)
+    assert isinstance(got, Part10)
+    numbers = got.numbers(keyword)
+    pattern = (r" *[+-]?[0-9]+ *" if vr == "IS" else
+               r" *[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)? *")
+    padded = raw + b" " * (len(raw) % 2)
+    plain = all(len(t) <= 16 and re.fullmatch(pattern.encode(), t)
+                for t in padded.split(b"\\"))
+    if plain and all(abs(float(t)) < 1e300 for t in padded.split(b"\\")):
+        assert numbers is not None
+    if numbers is None:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = pydicom.dcmread(io.BytesIO(data)).get(keyword)
+    assert numbers == _floats_of(value) and all(type(n) is float for n in numbers)
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_binary_numbers_and_item_numbers_are_pydicoms(syntax: str) -> None:
+    """Binary numbers (US, UL, FL, FD...) unpacked from bytes, and item_numbers of every
+    (macro, keyword) of every frame of an enhanced object, through a cache and without:
+    float() of pydicom's values, or None where item_value gives nothing numeric."""
+    data = _enhanced_bytes(syntax)
+    expected = pydicom.dcmread(io.BytesIO(data))
+    for keyword in ("Rows", "Columns", "BitsAllocated", "NumberOfFrames", "PixelSpacing",
+                    "SliceThickness", "ImageType", "SeriesDescription"):
+        got = read_part10(data)
+        assert isinstance(got, Part10)
+        numbers = got.numbers(keyword)
+        value = expected.get(keyword)
+        if numbers is not None:
+            assert numbers == _floats_of(value), keyword
+        elif keyword in ("Rows", "Columns", "BitsAllocated"):
+            pytest.fail(f"{keyword} is plain numbers")
+    cache = ValueCache()
+    checked = 0
+    for round_ in range(2):
+        for frame in range(3):
+            for (macro, keyword), value in _item_values(expected, frame).items():
+                for shared in (cache, None):
+                    fresh = read_part10(data, cache=shared)
+                    assert isinstance(fresh, Part10)
+                    item = fresh.PerFrameFunctionalGroupsSequence[frame]
+                    numbers = item.item_numbers(macro, keyword)
+                    if numbers is None:
+                        continue
+                    assert numbers == _floats_of(value), (macro, keyword)
+                    assert numbers == _floats_of(item.item_value(macro, keyword))
+                    checked += round_
+    assert checked > 6  # positions, orientation, spacing, rescale, temporal index...
+    binary = synthetic_series(n_slices=1, rows=4, cols=4)[0]
+    binary.add_new(0x00189087, "FD", 1000.5)  # DiffusionBValue
+    binary.add_new(0x00189089, "FD", [0.5, -0.25, 0.0])  # DiffusionGradientOrientation
+    got = read_part10(_bytes(binary, syntax))
+    assert isinstance(got, Part10)
+    assert got.numbers("DiffusionBValue") == [1000.5]
+    assert got.numbers("DiffusionGradientOrientation") == [0.5, -0.25, 0.0]
+    assert got.numbers("Rows") == [4.0] and got.numbers("NoSuchKeyword") is None
+    binary.DiffusionBValue = float("nan")
+    got = read_part10(_bytes(binary, syntax))
+    assert isinstance(got, Part10)
+    assert got.numbers("DiffusionBValue") is None  # not finite: left to pydicom's value
+
+
+def _described(frames: list[Any]) -> list[tuple[object, ...]]:
+    """Every field of each frame, arrays as lists (comparable)."""
+    out = []
+    for frame in frames:
+        fields = []
+        for name in frame.__dataclass_fields__:
+            value = getattr(frame, name)
+            if isinstance(value, np.ndarray):
+                value = ("array", value.dtype.str, value.tolist())
+            elif hasattr(value, "__dataclass_fields__"):
+                value = _described([value])[0]
+            fields.append((name, value))
+        out.append(tuple(fields))
+    return out
+
+
+@pytest.mark.vendor
+@pytest.mark.parametrize("repository", ["dcm_qa_ge", "dcm_qa_philips", "dcm_qa_xa30"])
+def test_frames_described_from_bytes_are_those_of_pydicoms_values(repository: str) -> None:
+    """frames_of (positions, orientation, spacing, rescale, echo and temporal values: read
+    from bytes through FrameLookup.numbers and one cache per series, from layouts) describes
+    every frame of vendor series exactly as from pydicom's datasets, field by field."""
+    from lake.nifti._volume import frames_of
+
+    root = SHARED_DATA / "vendors" / repository / "In"
+    if not root.is_dir():
+        pytest.skip("../shared/data is absent")
+    files = sorted(p for p in root.rglob("*") if p.is_file())[:150]
+    series: dict[str, list[bytes]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in files:
+            data = path.read_bytes()
+            if data[128:132] == b"DICM":
+                uid = str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+                          .get("SeriesInstanceUID", ""))
+                series.setdefault(uid, []).append(data)
+        compared = 0
+        for members in series.values():
+            cache = ValueCache()
+            fast = [read_part10(d, cache=cache) for d in members]
+            slow = [pydicom.dcmread(io.BytesIO(d)) for d in members]
+            for i, (a, b) in enumerate(zip(fast, slow, strict=True)):
+                acquisition = derive_acquisition(b)
+                assert _described(frames_of(a, i, acquisition)) == \
+                    _described(frames_of(b, i, acquisition))
+                compared += isinstance(a, Part10)
+    assert compared > 40

@@ -40,6 +40,7 @@ inside an item, damaged or truncated bytes.
 from __future__ import annotations
 
 import io
+import math
 import re
 import struct
 from collections.abc import KeysView
@@ -106,6 +107,8 @@ _ITEM_VALUE_LENGTH = 16384
 #: One IS, or one DS, value in plain decimal notation (what :meth:`Part10.number` reads).
 _INTEGER = re.compile(rb" *[+-]?[0-9]+ *")
 _DECIMAL = re.compile(rb" *[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *")
+#: Binary numeric VRs and their struct codes (what :meth:`Part10.numbers` unpacks).
+_BINARY = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
 #: Values that are never changed in place: shared between datasets as they are.
 _SHAREABLE = (str, int, float, bytes, PersonName, type(None))
 
@@ -333,6 +336,72 @@ class Part10:
         if vr == "DS":
             return float(data) if _DECIMAL.fullmatch(data) else None
         return None
+
+    def numbers(self, keyword: str) -> list[float] | None:
+        """The values of ``keyword`` as floats, read from its bytes without pydicom, when
+        they are IS or DS text in plain decimal notation (as :meth:`number`, each at most 16
+        bytes) or binary US, SS, UL, SL, FL or FD values, and all finite; None for anything
+        else (absent, empty, another VR or notation), which the caller then asks :meth:`get`
+        for.
+
+        ``float(v)`` of each of pydicom's values, in order: its IS is ``int()`` of the
+        text, its DS ``float()`` of it, its binary numbers are ``struct``'s. A single value
+        gives a list of one (pydicom gives the value itself).
+        """
+        tag = keyword_dict.get(keyword)
+        entry = None if tag is None else self._elements.get(tag)
+        if entry is None or len(entry) != 3:
+            return None
+        vr, start, length = entry
+        if start < 0 or length == 0:
+            return None
+        data = self._source.buffer[start : start + length]
+        values: list[float]
+        if vr == "DS" or vr == "IS":
+            pattern = _DECIMAL if vr == "DS" else _INTEGER
+            values = []
+            for text in data.split(b"\\"):
+                if len(text) > 16 or not pattern.fullmatch(text):
+                    return None
+                values.append(float(text) if vr == "DS" else float(int(text)))
+        else:
+            code = _BINARY.get(vr)
+            if code is None or length % struct.calcsize(code):
+                return None
+            values = [float(v) for v in
+                      struct.unpack(f"<{length // struct.calcsize(code)}{code}", data)]
+        return values if all(map(math.isfinite, values)) else None
+
+    def item_numbers(self, sequence: str, keyword: str) -> list[float] | None:
+        """:meth:`numbers` of ``keyword`` in the first item of ``sequence`` (None when
+        either is absent, or as :meth:`numbers`): what ``item_value`` gives, as floats.
+
+        Kept in the batch's :class:`ValueCache` under the sequence's bytes, as
+        :meth:`item_value` keeps values (then the items are not indexed); on a miss the
+        first item is indexed and its bytes read, never converted by pydicom.
+        """
+        tag = keyword_dict.get(sequence)
+        entry = None if tag is None else self._elements.get(tag)
+        if entry is None:
+            return None
+        cache = self._source.cache
+        stop = self._source.ends.get(entry[1]) if len(entry) == 4 else None
+        key: tuple[object, ...] | None = None
+        if cache is not None and stop is not None and stop - entry[1] <= _ITEM_VALUE_LENGTH:
+            _, start, length, implicit = entry
+            key = ("item numbers", bytes(self._source.buffer[start:stop]), implicit,
+                   length == _UNDEFINED, keyword)
+            known = cache._values.get(key)
+            if isinstance(known, tuple):
+                return list(known)
+        items = self.get(sequence)
+        if not isinstance(items, list) or not items or not isinstance(items[0], Part10):
+            return None
+        values = items[0].numbers(keyword)
+        if key is not None and values is not None:
+            assert cache is not None
+            cache._values[key] = tuple(values)
+        return values
 
     def set_pixel_data(self, pixels: bytes, vr: str = "OW") -> None:
         """Attach the pixel data (stored apart from the header in the lake)."""

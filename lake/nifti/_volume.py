@@ -277,7 +277,38 @@ class FrameLookup:
         return value
 
 
+    def numbers(self, macro: str, keyword: str) -> list[float] | None:
+        """What this lookup gives for ``(macro, keyword)`` as floats, when a
+        :class:`Part10` holds it as plain numbers (:meth:`Part10.item_numbers` for the
+        frame's per-frame item, :meth:`Part10.numbers` at the top level): read from bytes,
+        not converted by pydicom. None when the caller must convert ``look(macro,
+        keyword)`` itself (pydicom's datasets, another notation, the value not in the
+        frame's item: the shared group and the top level answer then, once per object)."""
+        per_item = self._per_item
+        if isinstance(per_item, Part10):
+            return per_item.item_numbers(macro, keyword)
+        if per_item is None and self._frame is None and isinstance(self._ds, Part10):
+            return self._ds.numbers(keyword)
+        return None
+
+
 _ABSENT = object()
+
+
+def _look_floats(look: FrameLookup, macro: str, keyword: str, n: int) -> FloatArray | None:
+    """``_floats(look(macro, keyword), n)``, from the bytes when :meth:`FrameLookup.numbers`
+    reads them (one value is pydicom's scalar, which ``_floats`` does not take)."""
+    numbers = look.numbers(macro, keyword)
+    if numbers is None:
+        return _floats(look(macro, keyword), n)
+    return np.array(numbers, dtype=np.float64) if len(numbers) == n > 1 else None
+
+
+def _look_float(look: FrameLookup, macro: str, keyword: str) -> float | None:
+    """``_float(look(macro, keyword))``, from the bytes when :meth:`FrameLookup.numbers`
+    reads them."""
+    numbers = look.numbers(macro, keyword)
+    return _float(look(macro, keyword)) if numbers is None else numbers[0]
 
 
 def _from_macro(item: Dataset, macro: str, keyword: str) -> Any:
@@ -407,11 +438,11 @@ def _component(ds: Dataset, frame: int | None, look: FrameLookup) -> Component:
 
 
 def _plane(ds: Dataset, look: FrameLookup) -> tuple[Plane | None, FloatArray | None]:
-    iop = _floats(look("PlaneOrientationSequence", "ImageOrientationPatient"), 6)
-    ipp = _floats(look("PlanePositionSequence", "ImagePositionPatient"), 3)
+    iop = _look_floats(look, "PlaneOrientationSequence", "ImageOrientationPatient", 6)
+    ipp = _look_floats(look, "PlanePositionSequence", "ImagePositionPatient", 3)
     if iop is None or ipp is None:
         return None, None
-    spacing = _floats(look("PixelMeasuresSequence", "PixelSpacing"), 2)
+    spacing = _look_floats(look, "PixelMeasuresSequence", "PixelSpacing", 2)
     if spacing is None:
         spacing = _floats(ds.get("ImagerPixelSpacing"), 2)
     if spacing is None or bool(np.any(spacing <= 0)):
@@ -498,9 +529,10 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition) -> list[Frame]
         plane, position = _plane(ds, look)
         if not enhanced and n > 1:
             plane, position = None, None  # classic multi-frame: no per-frame positions
-        slope = _float(look("PixelValueTransformationSequence", "RescaleSlope"))
-        intercept = _float(look("PixelValueTransformationSequence", "RescaleIntercept"))
-        echo_time = _float(look("MREchoSequence", "EffectiveEchoTime"))
+        slope = _look_float(look, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = _look_float(look, "PixelValueTransformationSequence",
+                                "RescaleIntercept")
+        echo_time = _look_float(look, "MREchoSequence", "EffectiveEchoTime")
         if echo_time is None:
             echo_time = _float(ds.get("EchoTime"))
         echo_number = None if enhanced else _number(ds, "EchoNumbers")
@@ -522,13 +554,12 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition) -> list[Frame]
         slope, intercept = _philips_precise(acquisition, position_in, n, slope, intercept)
         field_map = component is Component.REAL and _is_field_map(ds, lookup, look)
         if enhanced:
-            temporal = _float(look("FrameContentSequence", "TemporalPositionIndex"))
+            temporal = _look_float(look, "FrameContentSequence", "TemporalPositionIndex")
             acquired = _dicom_time_seconds(
                 look("FrameContentSequence", "FrameAcquisitionDateTime")
             )
-            trigger = _float(
-                look("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime")
-            )
+            trigger = _look_float(look, "CardiacSynchronizationSequence",
+                                  "NominalCardiacTriggerDelayTime")
             acquisition_number = None
         else:
             temporal = _number(ds, "TemporalPositionIdentifier")
