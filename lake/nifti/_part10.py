@@ -139,12 +139,14 @@ class ValueCache:
     True
     """
 
-    __slots__ = ("_layouts", "_values")
+    __slots__ = ("_layouts", "_values", "indexed_by_layout")
 
     def __init__(self) -> None:
         self._values: dict[tuple[object, ...], object] = {}
         # header layouts of the batch by size (see _Layout), most recent first
         self._layouts: dict[int, list[_Layout]] = {}
+        #: How many headers were indexed by the layout of an earlier one (not walked).
+        self.indexed_by_layout = 0
 
     def __len__(self) -> int:
         return len(self._values)
@@ -748,6 +750,7 @@ def parse_part10(data: bytes, cache: ValueCache | None = None) -> Part10:
         for layout in cache._layouts.get(len(data), ()):
             known = layout.apply(source)
             if known is not None:
+                cache.indexed_by_layout += 1
                 return known
     meta, pos = _file_meta(source)
     syntax = meta.get("TransferSyntaxUID")
