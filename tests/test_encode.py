@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import struct
 import warnings
 from pathlib import Path
 
@@ -330,9 +331,10 @@ _PLAIN = [_item(ValueType="TEXT", TextValue="no name here", InstanceNumber=3,
 @pytest.mark.parametrize(("items", "from_bytes"), [
     (_PLAIN, True),
     ([_item(), _item(ValueType="CODE")], True),  # empty items
-    ([_item(ValueType="PNAME", PersonName="Doe^Jane")], False),  # PN: pydicom's value model
+    ([_item(ValueType="PNAME", PersonName="Doe^Jane=D^J")], True),  # PN read from its bytes
+    ([_item(ValueType="PNAME", PersonName="Doe^\x1b(BJane")], False),  # code extensions
     ([_item(SpecificCharacterSet="ISO_IR 100", TextValue="caf\xe9")], False),  # own charset
-], ids=["plain", "empty", "person-name", "own-charset"])
+], ids=["plain", "empty", "person-name", "escape", "own-charset"])
 def test_raw_sequences_read_from_their_bytes_equal_pydicom(
     items: list[Dataset], from_bytes: bool, undefined: bool
 ) -> None:
@@ -361,3 +363,51 @@ def test_a_truncated_raw_sequence_is_left_to_pydicom() -> None:
     value = ds.get_item(0x0040A730).value
     for cut in (1, 7, 9, 30, len(value) // 2, len(value) - 1):
         assert _raw_sequence(value[:cut], "ascii", 3072, str) is None
+
+
+_NAMES = [b"", b"  ", b"\x00", b"Doe^Jane", b"Doe^Jane ", b"Doe^Jane=D^J", b"A^B==E", b"=", b"==",
+          b"A=", b"=B", b"A\\B", b"A^B\\C=D=E", b"A^B=\x00", b" A", b"A \\ B ", b"A=B=C=D",
+          b"A\\", b"\\", b"\\B", b"A\\=", b"caf\xc3\xa9^J", b"caf\xe9^J", b"\x1b$B^J",
+          b"a\xff\xfeb"]
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("charset", ["", "ISO_IR 100", "ISO_IR 192"])
+def test_person_names_read_from_their_bytes_equal_pydicom(charset: str) -> None:
+    """The PN fast path (``_person_names``) gives pydicom's JSON for every name, or leaves
+    the name to pydicom (which raises where pydicom raises)."""
+    from lake.ingest._encode import _charset, _person_names
+
+    def handler(_elem: object) -> str:
+        return "urn:x"
+
+    def fast_path(name: bytes, ds: Dataset) -> list[dict[str, str]] | None:
+        try:
+            return _person_names(name, _charset(ds) or "ascii")
+        except UnicodeDecodeError:
+            return None  # _raw_entry leaves it to pydicom
+
+    source = dcmread(get_testdata_file("CT_small.dcm"))
+    if charset:
+        source.SpecificCharacterSet = charset
+    out = io.BytesIO()
+    source.save_as(out, enforce_file_format=True)
+    for name in _NAMES:
+        read = dcmread(io.BytesIO(out.getvalue()))  # its character set as read
+        value = name + b" " * (len(name) % 2)
+        element = struct.pack("<HH2sH", 0x0040, 0xA123, b"PN", len(value)) + value
+        item = struct.pack("<HHI", 0xFFFE, 0xE000, len(element)) + element
+        # the name at the top level and in a raw sequence's item, as dcmread leaves them
+        for tag, vr, raw in ((0x00100010, "PN", value), (0x0040A730, "SQ", item)):
+            read[tag] = RawDataElement(BaseTag(tag), vr, len(raw), raw, 0, False, True)
+        try:
+            expected = json.dumps(copy.deepcopy(read).to_json_dict(4096, handler), sort_keys=True)
+        except (IndexError, UnicodeDecodeError) as exc:
+            with pytest.raises(type(exc)):
+                header_json(read, 4096, handler)
+            assert fast_path(name, read) is None
+            continue
+        assert json.dumps(header_json(read, 4096, handler), sort_keys=True) == expected, name
+        fast = fast_path(name, read)
+        if fast is not None:
+            assert fast == json.loads(expected)["00100010"].get("Value", []), name

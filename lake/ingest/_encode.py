@@ -400,13 +400,37 @@ def _text_values(raw: bytes, vr: str, codec: str) -> list[Any] | None:
     return values
 
 
+_PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
+def _person_names(raw: bytes, codec: str) -> list[dict[str, str]] | None:
+    """A raw PN value as pydicom's ``to_json_dict`` gives it (``[]``: no value); ``None``
+    where pydicom decides: code extensions (ESC), bytes the codec refuses, or an empty
+    name among several (pydicom raises on it)."""
+    stripped = raw.rstrip(b"\x00 ")  # convert_PN
+    if b"\x1b" in stripped:
+        return None
+    names = stripped.decode(codec, errors="strict").split("\\")
+    values: list[dict[str, str]] = []
+    for name in names:
+        groups = name.split("=")
+        while groups and not groups[-1]:  # PersonName drops empty trailing groups
+            groups.pop()
+        if not groups:
+            if len(names) > 1:
+                return None
+            return []  # one empty name: no value (VM 0)
+        values.append(dict(zip(_PN_GROUPS, groups, strict=False)))
+    return values
+
+
 def header_json(
     ds: Dataset, bulk_data_threshold: int, bulk_uri: Callable[[Any], str]
 ) -> dict[str, Any]:
     """``ds.to_json_dict(bulk_data_threshold, bulk_uri)``, without converting raw elements.
 
-    Elements of VRs whose JSON form needs pydicom's value model (SQ, PN, AT) and
-    every already-converted element are serialised by pydicom itself.
+    Elements of VRs whose JSON form needs pydicom's value model (SQ, AT, a PN with code
+    extensions) and every already-converted element are serialised by pydicom itself.
     """
     codec = _charset(ds)
     if codec is None or ds.is_little_endian is False or ds.original_encoding[1] is False:
@@ -460,14 +484,20 @@ def _raw_entry(
     elem: Any,
 ) -> dict[str, Any] | None:
     """The DICOM JSON of a raw little endian value as pydicom makes it; ``None`` where
-    pydicom's value model is needed (PN, AT, UN, ...) or the value does not parse.
-    ``elem`` is what ``bulk_uri`` is called with (or a function making it)."""
+    pydicom's value model is needed (AT, UN, a PN with code extensions, ...) or the value
+    does not parse. ``elem`` is what ``bulk_uri`` is called with (or a function making it)."""
     entry: dict[str, Any] = {"vr": vr}
     try:
         if vr in _TEXT_VRS or vr in _SINGLE_TEXT_VRS or vr in ("DS", "IS"):
             values = _text_values(value, vr, codec)
             if values is not None:
                 entry["Value"] = values
+        elif vr == "PN":
+            names = _person_names(value, codec)
+            if names is None:
+                return None
+            if names:
+                entry["Value"] = names
         elif vr in _NUMBER_FORMATS:
             fmt = _NUMBER_FORMATS[vr]
             size = struct.calcsize(fmt)
@@ -512,10 +542,10 @@ def _raw_sequence(
     (:func:`_json_item`) gives, without building a Dataset per item.
 
     ``None`` (pydicom decides) for anything but plain items of plain elements: an item of
-    its own character set, an element whose JSON needs pydicom's value model (PN, AT, UN,
-    an undefined-length value other than a sequence), an unknown VR (pydicom may take it
-    for implicit VR), a delimiter where pydicom would stop early, a value that does not
-    parse, or bytes that end early.
+    its own character set, an element whose JSON needs pydicom's value model (AT, UN, a PN
+    with code extensions, an undefined-length value other than a sequence), an unknown VR
+    (pydicom may take it for implicit VR), a delimiter where pydicom would stop early, a
+    value that does not parse, or bytes that end early.
     """
     try:
         items, _ = _read_items(data, 0, len(data), codec, inline_limit, bulk_uri)
