@@ -34,12 +34,13 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-__all__ = ["encode_part10", "header_json"]
+__all__ = ["element_value", "encode_part10", "header_json"]
 
 _LONG_VRS = frozenset(
     {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 )
 _UNDEFINED = 0xFFFFFFFF
+_SPECIFIC_CHARACTER_SET = 0x00080005
 _DEFAULT_ENCODING = "iso8859"  # pydicom's default_encoding
 
 
@@ -90,12 +91,12 @@ def encode_part10(ds: Dataset) -> bytes:
     # The file meta exactly as dcmwrite(enforce_file_format=True) prepares it.
     # A copy of its own (FileMetaDataset(ds.file_meta) would share ds.file_meta's elements).
     meta = FileMetaDataset(dict(ds.file_meta.items()))
-    for meta_key, ds_tag in (
-        ("MediaStorageSOPClassUID", 0x00080016),
-        ("MediaStorageSOPInstanceUID", 0x00080018),
+    for meta_key, meta_tag, ds_tag in (
+        ("MediaStorageSOPClassUID", 0x00020002, 0x00080016),
+        ("MediaStorageSOPInstanceUID", 0x00020003, 0x00080018),
     ):
         uid = _sop_uid(ds, ds_tag)
-        if uid and meta.get(meta_key) != uid:
+        if uid and element_value(meta, meta_tag) != uid:
             setattr(meta, meta_key, uid)
     validate_file_meta(meta, enforce_standard=True)
     preamble = getattr(ds, "preamble", None)
@@ -120,6 +121,21 @@ def encode_part10(ds: Dataset) -> bytes:
 
 
 _PLAIN_UID = re.compile(rb"[0-9.]+")
+
+
+def element_value(ds: Dataset, tag: int, default: Any = None) -> Any:
+    """``ds.get(keyword, default)`` for the keyword of ``tag``: the element's value,
+    converted as pydicom converts it, or ``default`` when absent.
+
+    Without the keyword lookup and the attribute miss (an AttributeError made and caught)
+    that ``Dataset.get`` pays on every call.
+    """
+    if tag not in ds._dict:
+        return default
+    try:
+        return ds[tag].value
+    except AttributeError:  # as Dataset.get, which catches it around the conversion too
+        return default
 
 
 def _sop_uid(ds: Dataset, tag: int) -> Any:
@@ -215,7 +231,7 @@ def _write_dataset(
         if pixel_undefined is not None and 0x7FE00010 in ds:
             ds[0x7FE00010].is_undefined_length = pixel_undefined  # converted, as dcmwrite does
         correct_ambiguous_vr(ds, target.little)  # as write_dataset; no wrapping of errors
-    encodings = ds.get("SpecificCharacterSet", parent_encodings)
+    encodings = element_value(ds, _SPECIFIC_CHARACTER_SET, parent_encodings)
     implicit = target.implicit
     pack_tag, pack_ul, pack_us = target.tag, target.ul, target.us
     pixels = pixel_undefined is not None
@@ -371,12 +387,11 @@ _NUMBER_FORMATS = {
     "UV": "Q",
     "SV": "q",
 }
-_SPECIFIC_CHARACTER_SET = 0x00080005
 _SAFE_CHARSETS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 
 
 def _charset(ds: Dataset) -> str | None:
-    value = ds.get("SpecificCharacterSet", "")
+    value = element_value(ds, _SPECIFIC_CHARACTER_SET, "")
     if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
         return None
     return _SAFE_CHARSETS.get(str(value).strip())

@@ -25,7 +25,7 @@ from lake._capture import capture
 from lake._errors import DeidRefusedError, InputRefusedError
 from lake.catalog._extract import dicom_values
 from lake.deid import Deidentifier
-from lake.ingest._encode import encode_part10, header_json
+from lake.ingest._encode import element_value, encode_part10, header_json
 from lake.ingest._header import within
 from lake.ingest._identity import identity_sha256
 from lake.ingest._limits import ReadLimits, describe
@@ -52,6 +52,12 @@ _PIXEL_DATA = 0x7FE00010
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, _PIXEL_DATA})  # float, double float, pixel data
 _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "SQ"})
 _HEADER_BULK_URI = "urn:imaging-lake:header_dicom"
+_SOP_CLASS = 0x00080016
+_MEDIA_STORAGE_SOP_CLASS = 0x00020002
+_DIRECTORY_RECORDS = 0x00041220  # DirectoryRecordSequence
+_ROWS = 0x00280010
+_REQUIRED_UIDS = (("SOPInstanceUID", 0x00080018), ("SOPClassUID", _SOP_CLASS),
+                  ("StudyInstanceUID", 0x0020000D), ("SeriesInstanceUID", 0x0020000E))
 _UNDEFINED = 0xFFFFFFFF
 # The lake's implementation (PS3.7 D.3.3.2): a UUID-derived UID (PS3.5 B.2), and a name.
 IMPLEMENTATION_CLASS_UID = UID("2.25.256138820200504653945401404031685252907")
@@ -138,8 +144,11 @@ def _check_encapsulated_end(ds: Dataset, data: bytes) -> None:
 
 def _check(ds: Dataset, size: int, limits: ReadLimits) -> None:
     meta = getattr(ds, "file_meta", None)
-    sop_class = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
-    if sop_class == _DICOMDIR or "DirectoryRecordSequence" in ds:
+    # Element values by tag (element_value): ds.get(keyword) pays a keyword lookup and a
+    # caught AttributeError per call.
+    sop_class = element_value(ds, _SOP_CLASS) or (
+        element_value(meta, _MEDIA_STORAGE_SOP_CLASS) if meta else None)
+    if sop_class == _DICOMDIR or _DIRECTORY_RECORDS in ds._dict:
         raise InputRefusedError(
             "dicomdir", "a DICOMDIR index, not an instance; ingest the folder it indexes"
         )
@@ -174,13 +183,13 @@ def _check(ds: Dataset, size: int, limits: ReadLimits) -> None:
         raise InputRefusedError(
             "bad_syntax", "the file meta names a transfer syntax that is not one pydicom reads"
         )
-    for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        if not ds.get(keyword):
+    for keyword, tag in _REQUIRED_UIDS:
+        if not element_value(ds, tag):
             raise InputRefusedError("missing_uid", f"the instance has no {keyword}")
-    pixel_keywords = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-    if "Rows" in ds and not any(k in ds for k in pixel_keywords):
+    elements = ds._dict
+    if _ROWS in elements and not any(tag in elements for tag in _PIXEL_TAGS):
         raise InputRefusedError("truncated", "an image without pixel data (truncated file?)")
-    if "PixelData" in ds:
+    if _PIXEL_DATA in elements:
         _check_native_length(ds)
 
 
@@ -234,23 +243,30 @@ def _check_native_length(ds: Dataset) -> None:
     if syntax.is_encapsulated or syntax.is_deflated:
         return
     try:
-        frames = int(ds.get("NumberOfFrames") or 1)
+        frames = int(element_value(ds, 0x00280008) or 1)  # NumberOfFrames
         expected = (
-            int(ds.Rows)
-            * int(ds.Columns)
-            * int(ds.get("SamplesPerPixel", 1))
-            * int(ds.BitsAllocated)
+            int(_required(ds, _ROWS))
+            * int(_required(ds, 0x00280011))  # Columns
+            * int(element_value(ds, 0x00280002, 1))  # SamplesPerPixel
+            * int(_required(ds, 0x00280100))  # BitsAllocated
             * frames
         ) // 8
     except (AttributeError, TypeError, ValueError):
         raise InputRefusedError("bad_image", "pixel module attributes are missing or malformed") from None
-    if len(ds.PixelData) < expected:
+    if len(ds[_PIXEL_DATA].value) < expected:
         raise InputRefusedError("truncated", "pixel data is shorter than Rows x Columns x frames")
+
+
+def _required(ds: Dataset, tag: int) -> Any:
+    """``getattr(ds, keyword)``: the value, AttributeError when absent."""
+    if tag not in ds._dict:
+        raise AttributeError(f"no element {tag:08X}")
+    return ds[tag].value
 
 
 def _transfer_syntax(ds: Dataset) -> UID:
     meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    syntax = element_value(meta, 0x00020010) if meta is not None else None  # TransferSyntaxUID
     if syntax:
         return syntax if isinstance(syntax, UID) else UID(syntax)  # UID() validates again
     return ImplicitVRLittleEndian if ds.is_implicit_VR else ExplicitVRLittleEndian
