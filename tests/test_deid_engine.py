@@ -845,3 +845,21 @@ def test_dates_and_clean_text_in_sequences_take_the_raw_path() -> None:
     item = a.RequestAttributesSequence[0]
     assert item.ScheduledProcedureStepStartDate != "20230105"
     assert "Zyxwv" not in item.RequestedProcedureDescription
+
+
+def test_keyed_values_are_the_hmac_sha256_of_the_value() -> None:
+    """The one-shot ``hmac.digest`` behind keyed UIDs, pseudonyms and AE titles gives what an
+    HMAC object gives (the keyed values of every lake depend on it)."""
+    import hashlib
+    import hmac
+
+    from lake.deid import _values as values
+
+    for key in (b"k" * 32, bytes(range(32)), b"\xff" * 64):
+        for value in ("1.2.3", "", "caf\xe9 ^ J\xf6rg", "2.25." + "9" * 38):
+            plain = hmac.new(key, value.encode("utf-8"), hashlib.sha256).digest()
+            assert values._hmac(key, value) == plain
+            assert values.pseudonym(key, value) == plain.hex()[:24].upper()
+            if value.startswith(("1.2.3", "2.25")):
+                assert values.keyed_uid(key, value) == "2.25." + str(
+                    int.from_bytes(plain[:16], "big"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import re
 import struct
 import warnings
 from pathlib import Path
@@ -411,3 +412,41 @@ def test_person_names_read_from_their_bytes_equal_pydicom(charset: str) -> None:
         fast = fast_path(name, read)
         if fast is not None:
             assert fast == json.loads(expected)["00100010"].get("Value", []), name
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_file_meta_is_validated_as_pydicom_validates_it() -> None:
+    """``_validate_file_meta`` leaves, fills in or refuses a file meta exactly as pydicom's
+    ``validate_file_meta(enforce_standard=True)``: every element absent, empty or foreign."""
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import FileMetaDataset, validate_file_meta
+
+    from lake.ingest._encode import _validate_file_meta
+
+    base = dcmread(get_testdata_file("CT_small.dcm")).file_meta
+    base.ImplementationVersionName = "X"
+    variants: list[FileMetaDataset] = [FileMetaDataset(dict(base.items()))]
+    for tag in (0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013):
+        absent = FileMetaDataset(dict(base.items()))
+        if tag in absent:
+            del absent[tag]
+        variants.append(absent)
+        if tag in base:
+            empty = FileMetaDataset(dict(base.items()))
+            vr = base[tag].VR
+            empty[tag] = DataElement(tag, vr, b"" if vr == "OB" else "")
+            variants.append(empty)
+    foreign = FileMetaDataset(dict(base.items()))
+    foreign._dict[BaseTag(0x00080016)] = DataElement(0x00080016, "UI", "1.2.3")
+    variants.append(foreign)
+    assert len(variants) > 10
+    for meta in variants:
+        ours, theirs = copy.deepcopy(meta), copy.deepcopy(meta)
+        try:
+            validate_file_meta(theirs, enforce_standard=True)
+        except (AttributeError, ValueError) as exc:
+            with pytest.raises(type(exc), match=re.escape(str(exc))):
+                _validate_file_meta(ours)
+            continue
+        _validate_file_meta(ours)
+        assert [(e.tag, e.VR, e.value) for e in ours] == [(e.tag, e.VR, e.value) for e in theirs]
