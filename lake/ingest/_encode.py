@@ -34,7 +34,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-__all__ = ["element_value", "encode_part10", "header_json"]
+__all__ = ["canonical_uid", "element_value", "encode_part10", "header_json"]
 
 _LONG_VRS = frozenset(
     {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
@@ -168,6 +168,16 @@ def _sop_uid(ds: Dataset, tag: int) -> Any:
     elem = ds.get_item(tag)
     if elem is None:
         return None
+    uid = canonical_uid(elem)
+    if uid is not None:
+        return UID(uid)
+    return ds[tag].value
+
+
+def canonical_uid(elem: Any) -> str | None:
+    """The UID of a raw UI element whose bytes are exactly what pydicom writes for it
+    (digits and dots, one NUL to an even length): converting it gives this value, and
+    writing it back the same bytes, so it may stay raw. ``None`` for any other element."""
     if (
         isinstance(elem, RawDataElement)
         and isinstance(elem.value, bytes)
@@ -175,8 +185,8 @@ def _sop_uid(ds: Dataset, tag: int) -> Any:
     ):
         uid = elem.value[:-1] if elem.value.endswith(b"\x00") else elem.value
         if _PLAIN_UID.fullmatch(uid) and elem.value == uid + b"\x00" * (len(uid) % 2):
-            return UID(uid.decode("ascii"))
-    return ds[tag].value
+            return uid.decode("ascii")
+    return None
 
 
 _GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) UL, 4 bytes

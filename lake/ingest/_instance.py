@@ -25,7 +25,7 @@ from lake._capture import capture
 from lake._errors import DeidRefusedError, InputRefusedError
 from lake.catalog._extract import dicom_values
 from lake.deid import Deidentifier
-from lake.ingest._encode import element_value, encode_part10, header_json
+from lake.ingest._encode import canonical_uid, element_value, encode_part10, header_json
 from lake.ingest._header import within
 from lake.ingest._identity import identity_sha256
 from lake.ingest._limits import ReadLimits, describe
@@ -146,7 +146,7 @@ def _check(ds: Dataset, size: int, limits: ReadLimits) -> None:
     meta = getattr(ds, "file_meta", None)
     # Element values by tag (element_value): ds.get(keyword) pays a keyword lookup and a
     # caught AttributeError per call.
-    sop_class = element_value(ds, _SOP_CLASS) or (
+    sop_class = _uid_value(ds, _SOP_CLASS) or (
         element_value(meta, _MEDIA_STORAGE_SOP_CLASS) if meta else None)
     if sop_class == _DICOMDIR or _DIRECTORY_RECORDS in ds._dict:
         raise InputRefusedError(
@@ -184,13 +184,21 @@ def _check(ds: Dataset, size: int, limits: ReadLimits) -> None:
             "bad_syntax", "the file meta names a transfer syntax that is not one pydicom reads"
         )
     for keyword, tag in _REQUIRED_UIDS:
-        if not element_value(ds, tag):
+        if not _uid_value(ds, tag):
             raise InputRefusedError("missing_uid", f"the instance has no {keyword}")
     elements = ds._dict
     if _ROWS in elements and not any(tag in elements for tag in _PIXEL_TAGS):
         raise InputRefusedError("truncated", "an image without pixel data (truncated file?)")
     if _PIXEL_DATA in elements:
         _check_native_length(ds)
+
+
+def _uid_value(ds: Dataset, tag: int) -> Any:
+    """``ds.get(keyword)`` of a UID element, without converting a canonical raw one
+    (:func:`canonical_uid`: its value is its bytes; de-identification replaces or keeps it,
+    and encoding copies it, as they would the converted element)."""
+    uid = canonical_uid(ds._dict.get(tag))  # type: ignore[call-overload]
+    return uid if uid is not None else element_value(ds, tag)
 
 
 def _value_length(ds: Dataset, tag: int) -> int:

@@ -1,0 +1,84 @@
+"""Ingest's fast paths give what the plain path gives: each one switched off must not change
+a single output byte, row or refusal (issue 14.3/14.4).
+
+The plain path of each fast path is the code it replaced, patched back in; the outcomes of
+``process_bytes`` under every built-in profile must be equal with and without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import BaseTag
+
+from lake.ingest import _instance
+from lake.ingest._encode import element_value, encode_part10
+from tests.deid_corpus import write_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ("basic", "research", "teaching")
+
+
+def _tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("deid_golden", ROOT / "tools" / "deid_golden.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["deid_golden"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+TOOL = _tool()
+
+#: UID bytes as senders write them: canonical (odd and even), padded with a space, with
+#: leading or inner spaces, two NULs, several values, empty, spaces only, not a UID.
+_UIDS = [b"1.2.840.113619.2.55.3", b"1.2.840.113619.2.5.3\x00", b"1.2.840.1136.2.5.3 ",
+         b" 1.2.840.11.2.5.3", b"1.2.840 .11.2.5.3\x00", b"1.2.840.11.2.53\x00\x00",
+         b"1.2.3\\1.2.4\x00", b"", b"  ", b"1.2.X.4\x00", b"1.2.840.10008.1.3.10"]
+_TAGS = (0x00080016, 0x00080018, 0x0020000D, 0x0020000E)  # SOP class, instance, study, series
+
+
+def _variants(folder: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for tag in _TAGS:
+        for index, value in enumerate(_UIDS):
+            ds = dcmread(get_testdata_file("CT_small.dcm"))
+            ds[tag] = RawDataElement(BaseTag(tag), "UI", len(value), value, 0, False, True)
+            path = folder / f"{tag:08X}-{index}.dcm"
+            path.write_bytes(encode_part10(ds))  # raw elements are copied as they are
+            files[path.name] = path
+    return files
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("fast-paths")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        files = _variants(folder)
+    write_corpus(folder / "planted", 2)
+    for path in sorted((folder / "planted").rglob("*.dcm")):
+        files[str(path.relative_to(folder))] = path
+    return files
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_canonical_uids_left_raw_by_the_checks_change_nothing(
+    profile: str, inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``_check`` reads a canonical raw UID without converting it (``_uid_value``); the plain
+    path converted every checked UID in place (``ds.get(keyword)``)."""
+    fast = TOOL.outcomes(profile, inputs, tmp_path / "fast")
+    monkeypatch.setattr(_instance, "_uid_value", element_value)
+    plain = TOOL.outcomes(profile, inputs, tmp_path / "plain")
+    assert fast == plain
+    refused = [name for name, outcome in fast.items() if not TOOL.accepted(outcome)]
+    assert 0 < len(refused) < len(fast)  # both kinds of outcome are compared
