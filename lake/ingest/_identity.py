@@ -69,7 +69,31 @@ def identity_sha256(header_json: str) -> str:
     >>> identity_sha256(a) == identity_sha256(b)
     True
     """
-    return hashlib.sha256(_PIXEL_ENTRY.sub("", header_json).encode()).hexdigest()
+    return hashlib.sha256(_without_pixel_entries(header_json).encode()).hexdigest()
+
+
+_PIXEL_KEY = '"7FE00010":{"BulkDataURI":"sha256:'
+
+
+def _without_pixel_entries(text: str) -> str:
+    """``_PIXEL_ENTRY.sub("", text)``, found by ``str.find``: the expression starts with an
+    optional comma, so the regular expression engine tried a match at every character
+    (~0.2-0.5 ms for a 17 KB header, against ~10 us to find the entry)."""
+    parts: list[str] = []
+    start = at = 0
+    while (at := text.find(_PIXEL_KEY, at)) >= 0:
+        # sub tries the comma before the key first: part of the match when it is there
+        begin = at - 1 if at > start and text[at - 1] == "," else at
+        found = _PIXEL_ENTRY.match(text, begin)
+        if found is None:
+            at += 1
+            continue
+        parts.append(text[start:begin])
+        start = at = found.end()
+    if not parts:
+        return text
+    parts.append(text[start:])
+    return "".join(parts)
 
 
 def same_object(
