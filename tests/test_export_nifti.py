@@ -106,3 +106,34 @@ def test_level_out_of_range_is_refused(nifti_lake: lake.Lake, tmp_path: Path) ->
     with pytest.raises(lake.ConfigError, match=r"1\.\.9"):
         export_nifti(nifti_lake, "all", tmp_path / "out", compress=True, level=0)
     assert not (tmp_path / "out").exists()
+
+
+def test_volumes_reach_the_disk_before_the_manifest(
+    nifti_lake: lake.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """manifest.json acknowledges the export: every file it lists, and the folder naming it,
+    is forced to disk (fsync) before the manifest is written, so a machine crash cannot keep
+    the manifest and lose a volume it lists (a re-run would then refuse the folder)."""
+    from lake.export import _manifest, _runner
+
+    events: list[str] = []
+    fsync = _manifest._fsync
+    write_json = _runner.write_json
+
+    def recorded_fsync(path: Path) -> None:
+        events.append(str(path))
+        fsync(path)
+
+    def recorded_write_json(path: Path, data: object) -> bytes:
+        events.append("manifest")
+        return write_json(path, data)
+
+    monkeypatch.setattr(_manifest, "_fsync", recorded_fsync)
+    monkeypatch.setattr(_runner, "write_json", recorded_write_json)
+    out = tmp_path / "out"
+    result = export_nifti(nifti_lake, "all", out, scheduler="sync")
+    before = events[: events.index("manifest")]
+    listed = [out / f.path for f in result.files if f.path != "manifest.json"]
+    assert len(listed) >= 2  # a volume and its sidecar at least
+    assert sorted(str(p) for p in listed if str(p) not in before) == []
+    assert sorted({str(p.parent) for p in listed} - set(before)) == []

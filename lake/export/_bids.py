@@ -997,6 +997,7 @@ def export_bids(
         columns=plan.columns,
         extras=plan.extras,
         details=plan.details,
+        flushes=False,  # lake.nifti.write_volume renames its files into place, unflushed
     )
     return run_export(
         lake, cohort, out, spec, scheduler=scheduler, workers=workers, on_progress=on_progress

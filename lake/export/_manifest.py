@@ -13,7 +13,7 @@ import json
 import os
 import uuid
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ __all__ = [
     "StagedFiles",
     "TaskResult",
     "atomic_output",
+    "flush_written",
     "is_temporary",
     "read_json",
     "sha256_file",
@@ -164,6 +165,28 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_all(paths: Collection[Path]) -> None:
+    """``fsync`` every path (files or folders), in parallel threads when there are several:
+    each waits on the disk, not on the CPU."""
+    if len(paths) <= 1:
+        for path in paths:
+            _fsync(path)
+        return
+    with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+        list(pool.map(_fsync, paths))
+
+
+def flush_written(paths: Collection[Path]) -> None:
+    """Force files already renamed into place, and the folders naming them, to disk.
+
+    For writers that rename their own temporaries (the NIfTI writer): the files a task
+    returns are listed in ``manifest.json``, the export's acknowledgement, which must not
+    reach the disk before them. The renames are done, so files and folders are flushed
+    together, in one batch of threads.
+    """
+    _fsync_all([*paths, *sorted({path.parent for path in paths})])
+
+
 class StagedFiles:
     """The files of one task: written to temporaries, flushed to disk together, renamed.
 
@@ -211,13 +234,10 @@ class StagedFiles:
         if not staged:
             return []
         try:
-            with ThreadPoolExecutor(max_workers=min(16, len(staged))) as pool:
-                list(pool.map(_fsync, [tmp for tmp, _, _ in staged]))
+            _fsync_all([tmp for tmp, _, _ in staged])
             for tmp, final, _ in staged:
                 tmp.replace(final)
-            folders = sorted({final.parent for _, final, _ in staged})
-            with ThreadPoolExecutor(max_workers=min(16, len(folders))) as pool:
-                list(pool.map(_fsync, folders))
+            _fsync_all(sorted({final.parent for _, final, _ in staged}))
         finally:
             for tmp, _, _ in staged:
                 tmp.unlink(missing_ok=True)

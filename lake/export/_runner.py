@@ -34,6 +34,7 @@ from lake.export._manifest import (
     Journal,
     Skip,
     TaskResult,
+    flush_written,
     read_json,
     sha256_file,
     sweep_temporaries,
@@ -231,6 +232,10 @@ class ExportSpec:
     details : callable, optional
         ``(refs, results) -> dict``: format-specific facts, stored in the manifest under
         the export's ``kind``.
+    flushes : bool
+        Whether ``writer`` forces the files it returns to disk itself (:class:`StagedFiles`).
+        When it does not, they are forced to disk, all together in parallel threads, before
+        ``manifest.json`` (the export's acknowledgement) lists them.
     """
 
     kind: str
@@ -244,6 +249,7 @@ class ExportSpec:
     compresslevel: int = 6
     extras: Callable[[Sequence[InstanceRef], Sequence[TaskResult]], dict[str, bytes]] | None = None
     details: Callable[[Sequence[InstanceRef], Sequence[TaskResult]], dict[str, Any]] | None = None
+    flushes: bool = True
 
 
 @dataclass(frozen=True)
@@ -642,6 +648,8 @@ def run_export(
     else:
         files += [write_bytes(out_dir, name, data) for name, data in sorted(extras.items())]
     files.sort(key=lambda f: f.path)
+    if not spec.flushes and not spec.archive:
+        flush_written([out_dir / f.path for f in files])
     exported = sum(1 for r in ordered if r.files)
     manifest = _manifest(spec, cohort, refs, plan_id, files, skipped, archive, exported)
     manifest["counts"]["series_skipped"] = len(plans) - exported

@@ -224,6 +224,7 @@ def export_nifti(
         layout=nifti_layout,
         writer=write_nifti_series,
         optional_columns=ACQUISITION_NAMES,
+        flushes=False,  # lake.nifti.write_volume renames its files into place, unflushed
     )
     return run_export(
         lake, cohort_or_sql, out, spec, scheduler=scheduler, workers=workers, on_progress=on_progress
