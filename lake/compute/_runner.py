@@ -11,7 +11,6 @@ from concurrent.futures import (
     Future,
     ThreadPoolExecutor,
 )
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -212,6 +211,9 @@ class Runner(AbstractContextManager["Runner"]):
         SOP Instance UID and calls the second a duplicate, so the order decides which file's
         encoding the lake keeps, and the pool must keep the same one.
         """
+        # imported here: it imports multiprocessing (0.01 s of CPU), which only a pool needs
+        from concurrent.futures.process import BrokenProcessPool
+
         from lake.compute._pool import call_with_shared, start_pool
 
         name = f"lake-shared-{uuid.uuid4().hex}"
