@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 import lake
+import lake.catalog._keys as keys_module
 import lake.catalog._tables as tables_module
 from lake.catalog import INSTANCES, DeltaTables
 from lake.catalog._keys import files_holding, readable_by_duckdb
@@ -74,10 +75,12 @@ def test_judgement_equals_streaming_every_file(lk: lake.Lake, monkeypatch: pytes
         raise AssertionError("a local table's key column was streamed")
 
     monkeypatch.setattr(tables_module, "_streamed", streamed)
-    for columns in ([KEY], FETCH):
-        got = tables_module._matching(fragments, INSTANCES, columns, keys)
-        assert got.schema == expected[tuple(columns)].schema
-        assert got.to_pylist() == expected[tuple(columns)].to_pylist()
+    for probed in (keys_module.PROBED_KEYS, 0):  # a constant IN list, then a semi-join
+        monkeypatch.setattr(keys_module, "PROBED_KEYS", probed)
+        for columns in ([KEY], FETCH):
+            got = tables_module._matching(fragments, INSTANCES, columns, keys)
+            assert got.schema == expected[tuple(columns)].schema
+            assert got.to_pylist() == expected[tuple(columns)].to_pylist()
     monkeypatch.undo()
 
     # insert_new's judgement: only the absent, non-null keys (first of each) are new.
@@ -100,9 +103,15 @@ def test_rewritten_files_hold_string_views_and_are_judged_alike(tmp_path: Path) 
     views = [p for p in paths if pq.read_schema(p).field(KEY).type == pa.string_view()]
     assert views, "delta-rs no longer rewrites strings as string_view: simplify _keys' docs"
     in_view = pq.read_table(views[0], columns=[KEY]).column(0)[0].as_py()
-    found = files_holding(paths, KEY, pa.array([in_view, stored[0], "2.25.0"]))
+    wanted = pa.array([in_view, stored[0], "2.25.0"])
+    found = files_holding(paths, KEY, wanted)
     assert sorted(found.column(KEY).to_pylist()) == sorted({in_view, stored[0]})
     assert views[0] in found.column("file").to_pylist()
+    keys_module.PROBED_KEYS, probed = 0, keys_module.PROBED_KEYS
+    try:
+        assert files_holding(paths, KEY, wanted).equals(found)
+    finally:
+        keys_module.PROBED_KEYS = probed
 
 
 def test_paths_duckdb_would_glob_are_streamed(tmp_path: Path) -> None:

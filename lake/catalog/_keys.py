@@ -1,15 +1,17 @@
-"""Which data files of a table hold given keys: DuckDB's Parquet reader, pruned by Bloom filters.
+"""Which rows of a table's data files hold given keys: DuckDB's Parquet reader over the files.
 
-Judging a batch of candidate keys (``DeltaTables.insert_new``, ``DeltaTables.lookup``) must
-not read the table: UIDs are random, so no file or row group can be skipped by its min/max
-statistics, and streaming the key column of every data file costs the size of the table at
-every commit. DuckDB's Parquet reader checks a constant ``IN`` list against each row group's
-Bloom filter (``lake/catalog/_layout.py`` writes one on every UID column) and reads the key
-column only of the row groups that may hold one of the keys. At 10 million instances (800
-row groups) a batch of 1,000 candidates reads ~540 of them: the filters are sized for 16,384
-rows, so with a thousand absent keys most large row groups still let one through, and one
-query with every key costs less CPU than chunks of 100 or 250 (each chunk probes every
-filter and footer again). Measured in ``docs/performance.md`` ("Judging a commit's keys").
+Judging a batch of candidate keys (``DeltaTables.insert_new``, ``DeltaTables.lookup``) used to
+stream the key column of every data file through Arrow (UIDs are random: no file or row group
+is skipped by its min/max statistics). DuckDB reads that column with less CPU and memory, and
+for a few keys it reads only the row groups whose Bloom filter (``lake/catalog/_layout.py``
+writes one on every UID column) or statistics may hold one: a constant ``IN`` list is checked
+against each row group. Checking a thousand keys against each row group costs more than
+reading it, though: ingest's files of 1,000 rows (3,000 of them) took 2.1 s of CPU for a
+1,000-key ``IN`` list, 0.56 s for a semi-join that reads every row group, 1.1 s streamed by
+Arrow; and at 10 million rows in 800 row groups a 1,000-key list still let ~540 through (one
+false positive among a thousand absent keys is likely per 12,500-row group at 32 KB). So up
+to :data:`PROBED_KEYS` keys are a constant list and more are a semi-join. Measured in
+``docs/performance.md`` ("Judging a commit's keys").
 
 DuckDB reads local data files only (a remote lake would need its ``httpfs`` extension, which
 is downloaded at run time): :func:`readable_by_duckdb` says when this applies; the caller
@@ -26,10 +28,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["KEYS_PER_QUERY", "files_holding", "readable_by_duckdb"]
+__all__ = ["KEYS_PER_QUERY", "PROBED_KEYS", "files_holding", "readable_by_duckdb"]
 
 KEYS_PER_QUERY = 10_000
-"""Keys in one ``IN`` list (bounds the statement's size; a commit judges ~1,000)."""
+"""Keys in one query (bounds the statement's size; a commit judges ~1,000)."""
+
+PROBED_KEYS = 256
+"""Up to this many keys, a constant ``IN`` list that DuckDB checks against every row group's
+Bloom filter and statistics; above it, a semi-join that reads every row group's key column
+(checking each of a thousand keys against each row group costs more than reading it: see the
+module's notes)."""
 
 _GLOB = frozenset("*?[]{}")
 """Characters DuckDB's ``read_parquet`` would read as a glob pattern in a path."""
@@ -86,11 +94,13 @@ def files_holding(paths: Sequence[str], key: str, keys: pa.Array) -> pa.Table:
         con.execute("SET enable_progress_bar = false")
         for start in range(0, len(wanted), KEYS_PER_QUERY):
             listed = ", ".join(_literal(k) for k in wanted[start:start + KEYS_PER_QUERY])
+            chunk = len(wanted[start:start + KEYS_PER_QUERY])
+            among = f"({listed})" if chunk <= PROBED_KEYS else f"(SELECT unnest([{listed}]))"
             found.append(con.sql(
                 f"SELECT {column} AS {column}, filename AS file, file_row_number AS row, "
                 f"list_position({files}, filename) AS rank FROM read_parquet({files}, "
                 "filename = true, file_row_number = true, hive_partitioning = false) "
-                f"WHERE {column} IN ({listed})"
+                f"WHERE {column} IN {among}"
             ).to_arrow_table())
     finally:
         con.close()
