@@ -789,3 +789,41 @@ def test_vendor_series_convert_alike_from_bytes_and_from_pydicoms_values(
                 assert mine_b is None or np.array_equal(mine_b, theirs_b)
         compared += len(mine)
     assert compared > 0 and laid_out > 0
+
+
+def _with_uid(raw: bytes, syntax: str) -> bytes:
+    """A generated MR slice whose SOPInstanceUID's value is the bytes ``raw`` (padded to
+    even with a null)."""
+    ds = synthetic_series(n_slices=1, rows=4, cols=4)[0]
+    ds.SOPInstanceUID = "7"
+    data = _bytes(ds, syntax)
+    raw = raw + b"\0" * (len(raw) % 2)
+    head = struct.pack("<HH", 0x0008, 0x0018)
+    if syntax == ImplicitVRLittleEndian:
+        at = data.index(head + struct.pack("<I", 2) + b"7\0")
+        return data[:at] + head + struct.pack("<I", len(raw)) + raw + data[at + 10 :]
+    at = data.index(head + b"UI" + struct.pack("<H", 2) + b"7\0")
+    return data[:at] + head + b"UI" + struct.pack("<H", len(raw)) + raw + data[at + 10 :]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(alphabet="0123456789. \x00\\a", max_size=70),
+                 st.lists(st.integers(0, 10**12), min_size=1, max_size=12).map(
+                     lambda parts: ".".join(map(str, parts)))),
+       st.sampled_from([ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+def test_a_uid_read_from_its_bytes_is_str_of_pydicoms_value(text: str, syntax: str) -> None:
+    """Part10.uid (the converter's SOPInstanceUID) is str() of pydicom's value, or None
+    (then the converter asks get()); valid UIDs take the fast path."""
+    data = _with_uid(text.encode(), syntax)
+    got = read_part10(data)
+    assert isinstance(got, Part10)
+    uid = got.uid("SOPInstanceUID")
+    if re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*", text) and len(text) <= 64:
+        assert uid == text
+    if uid is None:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and pydicom found nothing to warn about
+        value = pydicom.dcmread(io.BytesIO(data)).get("SOPInstanceUID")
+    assert uid == str(value) and type(uid) is str
+    assert got.uid("Rows") is None and got.uid("NoSuchKeyword") is None

@@ -50,6 +50,8 @@ from lake.nifti._volume import (
     assemble_plain,
     assemble_stack,
     frames_of,
+    instance_order,
+    instance_uid,
     is_mosaic,
 )
 
@@ -148,7 +150,7 @@ def series_to_nifti(
     unique: list[int] = []
     seen: set[str] = set()
     for index, ds in enumerate(datasets):
-        uid = str(ds.get("SOPInstanceUID", "")) or f"#{index}"
+        uid = instance_uid(ds) or f"#{index}"
         if uid in seen:
             continue  # the same instance twice: identical content, keep one
         seen.add(uid)
@@ -253,8 +255,7 @@ def _echo_numbers(frames: list[Frame], datasets: Sequence[Dataset]) -> dict[floa
         return {e: int(e) for e in keys if e is not None}
     appearance = sorted(
         frames,
-        key=lambda f: (float(datasets[f.source].get("InstanceNumber") or 0), f.source,
-                       f.frame or 0),
+        key=lambda f: (instance_order(datasets[f.source]), f.source, f.frame or 0),
     )
     numbers: dict[float | None, int] = {}
     for item in appearance:
@@ -346,8 +347,8 @@ def _convert_plain(
     order = sorted(
         by_source,
         key=lambda s: (
-            float(datasets[s].get("InstanceNumber") or 0),
-            str(datasets[s].get("SOPInstanceUID", "")),
+            instance_order(datasets[s]),
+            instance_uid(datasets[s]),
         ),
     )
     for rank, source in enumerate(order, start=1):

@@ -107,6 +107,8 @@ _ITEM_VALUE_LENGTH = 16384
 #: One IS, or one DS, value in plain decimal notation (what :meth:`Part10.number` reads).
 _INTEGER = re.compile(rb" *[+-]?[0-9]+ *")
 _DECIMAL = re.compile(rb" *[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *")
+#: One valid UID (PS3.5 9.1), at most 64 characters, with its optional padding.
+_UID = re.compile(rb"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*[\0 ]?")
 #: Binary numeric VRs and their struct codes (what :meth:`Part10.numbers` unpacks).
 _BINARY = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
 #: Values that are never changed in place: shared between datasets as they are.
@@ -373,6 +375,27 @@ class Part10:
             values = [float(v) for v in
                       struct.unpack(f"<{length // struct.calcsize(code)}{code}", data)]
         return values if all(map(math.isfinite, values)) else None
+
+    def uid(self, keyword: str) -> str | None:
+        """``str(self.get(keyword))`` for a UI value that is one valid UID (digits and
+        dots, no leading zeros, at most 64 characters), read from its bytes without
+        pydicom; None for anything else, which the caller then asks :meth:`get` for.
+
+        Per-instance UIDs (SOPInstanceUID) repeat nowhere in a series: the converter's
+        cheap way to them. pydicom's UID is the text without its trailing null or space,
+        and such a UID passes its validation silently.
+        """
+        tag = keyword_dict.get(keyword)
+        entry = None if tag is None else self._elements.get(tag)
+        if entry is None or len(entry) != 3 or entry[0] != "UI":
+            return None
+        _, start, length = entry
+        if start < 0 or not 0 < length <= 64:
+            return None
+        data = self._source.buffer[start : start + length]
+        if not _UID.fullmatch(data):
+            return None
+        return data.rstrip(b"\0 ").decode("ascii")
 
     def item_numbers(self, sequence: str, keyword: str) -> list[float] | None:
         """:meth:`numbers` of ``keyword`` in the first item of ``sequence`` (None when

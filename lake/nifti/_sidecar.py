@@ -17,6 +17,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from lake.nifti._part10 import Part10
 from lake.nifti._private import phase_axis as read_phase_axis
 from lake.nifti._timing import ge_repetition_delay, slice_timing
 from lake.nifti._volume import Assembled, attribute
@@ -419,6 +420,10 @@ def _trigger_delay(assembled: Assembled, datasets: Sequence[Dataset],
 
 
 def _instance_number(ds: Dataset) -> float:
+    if isinstance(ds, Part10):
+        plain = ds.number("InstanceNumber")  # read from its bytes: the same float
+        if plain is not None:
+            return plain
     number = _number(ds.get("InstanceNumber"))
     return float(number) if number is not None else math.inf
 

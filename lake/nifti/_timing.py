@@ -22,7 +22,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from lake.nifti._volume import Assembled
+from lake.nifti._volume import Assembled, instance_order
 
 __all__ = ["ge_repetition_delay", "ge_slice_times", "slice_timing"]
 
@@ -130,8 +130,7 @@ def slice_timing(
         volume = assembled.volumes[0]
         by_instance = sorted(
             range(n_slices),
-            key=lambda k: (float(datasets[volume[k].source].get("InstanceNumber") or 0),
-                           volume[k].frame or 0),
+            key=lambda k: (instance_order(datasets[volume[k].source]), volume[k].frame or 0),
         )
         times_ms = [0.0] * n_slices
         for rank, k in enumerate(by_instance):

@@ -345,6 +345,24 @@ def _number(ds: Dataset | Part10, keyword: str) -> float | None:
     return _float(ds.get(keyword))
 
 
+def instance_uid(ds: Dataset | Part10) -> str:
+    """``str(ds.get("SOPInstanceUID", ""))``; a Part10 reads a valid UID from its bytes."""
+    if isinstance(ds, Part10):
+        uid = ds.uid("SOPInstanceUID")
+        if uid is not None:
+            return uid
+    return str(ds.get("SOPInstanceUID", ""))
+
+
+def instance_order(ds: Dataset | Part10) -> float:
+    """``float(ds.get("InstanceNumber") or 0)``; a Part10 reads a plain IS from its bytes."""
+    if isinstance(ds, Part10):
+        number = ds.number("InstanceNumber")
+        if number is not None:
+            return number
+    return float(ds.get("InstanceNumber") or 0)
+
+
 def _floats(value: Any, n: int) -> FloatArray | None:
     if value is None:
         return None
@@ -519,7 +537,7 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition) -> list[Frame]
     components = acquisition.get("complex_components")
     times = acquisition.get("slice_timing")
     echo_fallback = acquisition.get("echo_number")
-    uid = str(ds.get("SOPInstanceUID", ""))
+    uid = instance_uid(ds)
     mosaic = is_mosaic(ds, acquisition)
     frames = []
     look = FrameLookup(ds)
