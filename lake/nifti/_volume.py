@@ -564,10 +564,12 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition) -> list[Frame]
             offset = 3 * position_in if len(gradients) == 3 * n else 0
             gradient = _floats(gradients[offset : offset + 3], 3)
         named = _item(components, position_in, n)
-        component = _component(ds, lookup, look)
         if isinstance(named, str):
+            # derived from the original header: what the stored one says is not needed
             component = {"phase": Component.PHASE, "real": Component.REAL,
                          "imaginary": Component.IMAGINARY}.get(named, Component.MAGNITUDE)
+        else:
+            component = _component(ds, lookup, look)
         slice_time = _float(_item(times, position_in, n)) if not mosaic else None
         slope, intercept = _philips_precise(acquisition, position_in, n, slope, intercept)
         field_map = component is Component.REAL and _is_field_map(ds, lookup, look)
