@@ -1,4 +1,4 @@
-"""lake.query._bloom.BloomIndex: the files the Parquet Bloom filters let through for a value
+"""lake.catalog._bloom.BloomIndex: the files the Parquet Bloom filters let through for a value
 are exactly those DuckDB's own reading of the filters lets through, every file holding the
 value among them; a row group without a usable filter keeps its file."""
 
@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import lake
+from lake.catalog._bloom import BloomIndex, _header_size
 from lake.catalog._layout import BLOOM_COLUMNS
 from lake.catalog._summary import data_files
 from lake.query import InstanceLookup
-from lake.query._bloom import BloomIndex, _header_size
 from tests.series import write_ct_series
 
 
@@ -121,3 +121,106 @@ def test_the_second_lookup_opens_only_the_files_that_may_hold_it(several: lake.L
             got = lookup.row(uid)
             assert got is not None and tuple(got.values()) == want[0]
             assert len(lookup._candidates(uid)) < len(_files(several))
+
+
+PINNED = {
+    "SELECT * FROM instances WHERE SOPInstanceUID = '1.2'": ("SOPInstanceUID", ["1.2"]),
+    "SELECT * FROM instances WHERE '1.2' = sopinstanceuid": ("SOPInstanceUID", ["1.2"]),
+    "SELECT i.Modality FROM instances AS i WHERE i.SeriesInstanceUID IN ('a', 'b') "
+    "AND Modality = 'CT' ORDER BY 1 LIMIT 3": ("SeriesInstanceUID", ["a", "b"]),
+    "SELECT PatientID, count(*) FROM instances WHERE StudyDate IS NULL AND "
+    "\"PatientID\" = 'p''q' GROUP BY 1": ("PatientID", ["p'q"]),
+    "SELECT count(*) FROM main.instances WHERE PatientID = 'p'": None,  # not the view
+    "SELECT * FROM instances WHERE SOPInstanceUID = '1.2' OR Modality = 'CT'": None,
+    "SELECT * FROM instances WHERE SOPInstanceUID NOT IN ('1.2')": None,
+    "SELECT * FROM instances WHERE SOPInstanceUID <> '1.2'": None,
+    "SELECT * FROM instances WHERE SOPInstanceUID = 12": None,
+    "SELECT * FROM instances WHERE SOPInstanceUID = '1.2' COLLATE nocase": None,
+    "SELECT * FROM instances WHERE lower(SOPInstanceUID) = '1.2'": None,
+    "SELECT * FROM instances WHERE Modality = 'CT'": None,
+    "SELECT * FROM instances": None,
+    "SELECT * FROM instances a JOIN instances b USING (SeriesInstanceUID) "
+    "WHERE a.SOPInstanceUID = '1.2'": None,
+    "SELECT * FROM instances WHERE SOPInstanceUID = '1.2' AND SeriesInstanceUID IN "
+    "(SELECT SeriesInstanceUID FROM instances)": None,
+    "SELECT *, (SELECT 1) FROM instances WHERE SOPInstanceUID = '1.2'": None,
+    "WITH instances AS (SELECT '1.2' AS SOPInstanceUID) SELECT * FROM instances "
+    "WHERE SOPInstanceUID = '1.2'": None,
+    "SELECT * FROM series WHERE SeriesInstanceUID = '1.2'": None,
+    "SELECT * FROM instances WHERE SOPInstanceUID = '1.2' UNION ALL "
+    "SELECT * FROM instances WHERE SOPInstanceUID = '1.3'": None,
+    "SELECT * FROM instances WHERE SOPInstanceUID = '1.2'; SELECT 1": None,
+    "SELECT * FROM instances x WHERE y.SOPInstanceUID = '1.2'": None,
+    "SELECT * FROM instances USING SAMPLE 10 WHERE SOPInstanceUID = '1.2'": None,
+    "not sql at all": None,
+}
+
+
+@pytest.mark.parametrize("query", list(PINNED))
+def test_pinned_values_are_read_from_duckdbs_parse(query: str) -> None:
+    from lake.catalog._query import pinned_values
+
+    got = pinned_values(duckdb.connect(), query, BLOOM_COLUMNS["instances"])
+    assert got == PINNED[query]
+
+
+def _queries(lk: lake.Lake) -> list[str]:
+    rows = lk.sql("SELECT SOPInstanceUID, SeriesInstanceUID, StudyInstanceUID, PatientID "
+                  "FROM instances ORDER BY 1").fetchall()
+    sop, series, study, patient = rows[len(rows) // 2]
+    return [
+        f"SELECT * FROM instances WHERE SOPInstanceUID = '{sop}'",
+        f"SELECT * FROM instances WHERE SOPInstanceUID IN ('{sop}', '{rows[0][0]}', '2.25.0')",
+        "SELECT * FROM instances WHERE SOPInstanceUID = '2.25.0'",
+        f"SELECT SOPInstanceUID, StudyTime FROM instances i WHERE i.SeriesInstanceUID = "
+        f"'{series}' ORDER BY 1",
+        f"SELECT count(*), sum(size_bytes) FROM instances WHERE StudyInstanceUID = '{study}'",
+        f"SELECT Modality, count(*) FROM instances WHERE PatientID = '{patient}' GROUP BY 1 "
+        "ORDER BY 1",
+        f"SELECT * FROM instances WHERE PatientID = '{patient}' AND SOPInstanceUID <> '{sop}' "
+        "ORDER BY SOPInstanceUID LIMIT 2",
+    ]
+
+
+def test_sql_pinning_a_uid_reads_fewer_files_and_answers_the_same(several: lake.Lake) -> None:
+    """From the second query pinning a column, ``instances`` reads only the files its Bloom
+    filters let through: every answer equals the one over every file (the catalog's own
+    connection, which reads them all), with the same columns."""
+    catalog = several.catalog()
+    everything = len(_files(several))
+    read = []
+    for _ in range(2):
+        for query in _queries(several):
+            got = catalog.sql(query)
+            want = catalog.con.sql(query)
+            assert got.columns == want.columns and got.types == want.types
+            rows = want.fetchall()
+            assert got.fetchall() == rows, query
+            body = catalog._files_for(query)
+            assert body is not None
+            read.append(body.count(".parquet"))
+    assert max(read) <= everything
+    assert read[0] < everything and read[2] == 0  # one UID: fewer files; an absent one: none
+    some = [r for q in _queries(several) for r in catalog.con.sql(q).fetchall()]
+    assert some  # the queries found rows
+
+
+def test_a_relation_keeps_its_files_after_other_queries(several: lake.Lake) -> None:
+    catalog = several.catalog()
+    first, second = _queries(several)[:2]
+    catalog.sql(first).fetchall()  # (the second query builds the filters)
+    relation = catalog.sql(first)
+    catalog.sql(second).fetchall()
+    catalog.sql("SELECT count(*) FROM instances").fetchall()
+    assert relation.fetchall() == catalog.con.sql(first).fetchall() != []
+
+
+def test_after_a_user_defines_instances_every_file_is_read(several: lake.Lake) -> None:
+    catalog = several.catalog()
+    query = _queries(several)[0]
+    catalog.sql(query).fetchall()
+    assert catalog._files_for(query) is not None
+    catalog.sql("CREATE OR REPLACE TEMP VIEW instances AS SELECT * FROM instances_delta "
+                "WHERE false").fetchall()
+    assert catalog._files_for(query) is None
+    assert catalog.sql(query).fetchall() == []

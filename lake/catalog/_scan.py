@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from lake.catalog._tables import DeltaTables
 
-__all__ = ["Scan", "duckdb_type", "scan_summaries", "scan_table"]
+__all__ = ["FileGroups", "Scan", "duckdb_type", "scan_summaries", "scan_table"]
 
 
 def duckdb_type(type_: pa.DataType) -> str:
@@ -106,6 +106,8 @@ class Scan:
     sources: dict[str, object] = field(default_factory=dict)
     statements: list[str] = field(default_factory=list)
     readable: list[str] = field(default_factory=list)
+    grouped: dict[str, FileGroups] = field(default_factory=dict)
+    """Per table read from local files under projections alone (no union by name)."""
 
 
 def _groups(con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> list[list[str]]:
@@ -131,10 +133,10 @@ def _declared(con: duckdb.DuckDBPyConnection, empty: str) -> list[tuple[str, str
 
 def _projection(con: duckdb.DuckDBPyConnection, declared: Sequence[tuple[str, str]],
                 files: Sequence[str], *, filename: bool) -> str | None:
-    """``SELECT`` of the declared columns over ``files`` (one Parquet schema), NULL for the
-    columns they lack: the rows ``UNION ALL BY NAME`` with the empty table gives, in the same
-    column order and types. None when the files hold a column of another type or one not
-    declared (the union then decides the types, as before)."""
+    """The select list of the declared columns over ``files`` (one Parquet schema), NULL
+    for the columns they lack: the rows ``UNION ALL BY NAME`` with the empty table gives, in
+    the same column order and types. None when the files hold a column of another type or
+    one not declared (the union then decides the types, as before)."""
     stored = dict(con.execute(
         f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM "
         f"{_read_parquet(files[:1])})").fetchall())
@@ -145,7 +147,46 @@ def _projection(con: duckdb.DuckDBPyConnection, declared: Sequence[tuple[str, st
                for name, type_ in declared]
     if filename:
         columns.append("filename")
-    return f"SELECT {', '.join(columns)} FROM {_read_parquet(files, filename=filename)}"
+    return ", ".join(columns)
+
+
+@dataclass(frozen=True)
+class FileGroups:
+    """The data files of a table version by Parquet schema, each group with the select list
+    that gives it the declared columns: what :func:`scan_table` reads, and any subset of it
+    (:meth:`sql`)."""
+
+    groups: tuple[tuple[tuple[str, ...], str], ...]
+    declared: tuple[tuple[str, str], ...]
+    filename: bool = False
+
+    def sql(self, files: Sequence[str] | None = None) -> str:
+        """The relation over the groups' files, or over those of them in ``files`` (no
+        row when none is)."""
+        keep = None if files is None else set(files)
+        parts = [
+            f"SELECT {columns} FROM "
+            f"{_read_parquet([f for f in group if keep is None or f in keep], filename=self.filename)}"
+            for group, columns in self.groups
+            if keep is None or keep.intersection(group)
+        ]
+        if not parts:
+            parts = ["SELECT " + ", ".join(f'NULL::{type_} AS "{name}"'
+                                           for name, type_ in self.declared) + " LIMIT 0"]
+        return " UNION ALL ".join(parts)
+
+
+def _file_groups(con: duckdb.DuckDBPyConnection, empty: str, files: Sequence[str],
+                 *, filename: bool = False) -> FileGroups | None:
+    """``files`` as :class:`FileGroups` of the columns of the existing empty table
+    ``empty``; None when a group holds a column of another type, or an undeclared one."""
+    declared = _declared(con, empty)
+    groups = _groups(con, files)
+    lists = [_projection(con, declared, g, filename=filename) for g in groups]
+    if any(columns is None for columns in lists):
+        return None
+    return FileGroups(tuple((tuple(g), str(c)) for g, c in zip(groups, lists, strict=True)),
+                      tuple(declared), filename)
 
 
 def _union(con: duckdb.DuckDBPyConnection, empty: str, files: Sequence[str],
@@ -161,14 +202,13 @@ def _union(con: duckdb.DuckDBPyConnection, empty: str, files: Sequence[str],
     """
     if not files:
         return f"SELECT * FROM {empty}"
-    declared = _declared(con, empty)
-    groups = _groups(con, files)
-    parts = [_projection(con, declared, g, filename=filename) for g in groups]
-    if all(p is not None for p in parts):
-        return " UNION ALL ".join(p for p in parts if p is not None)
+    grouped = _file_groups(con, empty, files, filename=filename)
+    if grouped is not None:
+        return grouped.sql()
     return " UNION ALL BY NAME ".join(
         [f"SELECT * FROM {empty}",
-         *(f"SELECT * FROM {_read_parquet(g, filename=filename)}" for g in groups)])
+         *(f"SELECT * FROM {_read_parquet(g, filename=filename)}"
+           for g in _groups(con, files))])
 
 
 def scan_table(
@@ -202,7 +242,10 @@ def scan_table(
     files = data_files(tables, delta)
     scan.readable += files
     con.execute(ddl)  # (again in the set-up: _union reads the declared types from it)
-    body = _union(con, empty, files)
+    grouped = _file_groups(con, empty, files) if files else None
+    if grouped is not None:
+        scan.grouped[table.name] = grouped
+    body = grouped.sql() if grouped is not None else _union(con, empty, files)
     scan.statements.append(f"CREATE OR REPLACE TEMP VIEW {raw} AS {body}")
     return raw
 

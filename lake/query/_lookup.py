@@ -10,7 +10,7 @@ steps:
    the file name and the row number ``WHERE SOPInstanceUID = ?`` (row groups pruned by
    statistics and Bloom filters; one narrow column read). Which files may hold it, the
    lookup answers itself from the files' Bloom filters, read once into memory
-   (:class:`~lake.query._bloom.BloomIndex`): DuckDB pays ~0.3 ms of CPU for each file it
+   (:class:`~lake.catalog._bloom.BloomIndex`): DuckDB pays ~0.3 ms of CPU for each file it
    opens, even to skip all of its row groups, 55-90 ms at 200 files;
 2. pyarrow reads the narrow columns of only the row group holding that row
    (``ParquetFile.read_row_group``) and slices the row out; DuckDB reads the two wide
@@ -38,8 +38,8 @@ import pyarrow.parquet as pq
 
 from lake._errors import CatalogError, QueryError
 from lake.catalog import INSTANCES, DeltaTables, arrow_dataset, conform
+from lake.catalog._bloom import BloomIndex
 from lake.catalog._summary import data_files
-from lake.query._bloom import BloomIndex
 from lake.query._index import Snapshot, _file_list
 
 __all__ = ["InstanceLookup", "instance_row"]
