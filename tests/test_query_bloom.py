@@ -224,3 +224,11 @@ def test_after_a_user_defines_instances_every_file_is_read(several: lake.Lake) -
                 "WHERE false").fetchall()
     assert catalog._files_for(query) is None
     assert catalog.sql(query).fetchall() == []
+
+
+def test_the_cursors_keep_the_cache_of_footers(several: lake.Lake) -> None:
+    """The Parquet metadata cache is the database's, so a pinned query's cursor does not
+    parse every footer again (at 10M compacted that had cost 117 against 13 ms)."""
+    cursor = several.catalog().con.cursor()
+    assert cursor.sql("SELECT current_setting('parquet_metadata_cache')").fetchall() == [
+        (True,)]

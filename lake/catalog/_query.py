@@ -123,7 +123,8 @@ def lock_down(
     if readable:
         con.execute("SET allowed_paths = " + "[" + ", ".join(
             "'" + path.replace("'", "''") + "'" for path in readable) + "]")
-    con.execute("SET parquet_metadata_cache = true")
+    # GLOBAL: the cursors of Catalog.sql (pinned UIDs) keep the cache of footers too.
+    con.execute("SET GLOBAL parquet_metadata_cache = true")
     # The progress bar would print to the user's terminal. In a Jupyter kernel DuckDB starts
     # with it off and refuses any change to it (even to off) unless ipywidgets is installed.
     (progress_bar,) = con.execute("SELECT current_setting('enable_progress_bar')").fetchone() or (
