@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from lake.catalog._duckdb import connect
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -78,7 +80,6 @@ def files_holding(paths: Sequence[str], key: str, keys: pa.Array) -> pa.Table:
         If a file cannot be read (removed meanwhile by a delete, ``lake forget`` or
         ``lake vacuum``).
     """
-    import duckdb
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -89,9 +90,8 @@ def files_holding(paths: Sequence[str], key: str, keys: pa.Array) -> pa.Table:
     files = "[" + ", ".join(_literal(p) for p in paths) + "]"
     column = '"' + key.replace('"', '""') + '"'
     found: list[pa.Table] = []
-    con = duckdb.connect()
+    con = connect()
     try:
-        con.execute("SET enable_progress_bar = false")
         for start in range(0, len(wanted), KEYS_PER_QUERY):
             listed = ", ".join(_literal(k) for k in wanted[start:start + KEYS_PER_QUERY])
             chunk = len(wanted[start:start + KEYS_PER_QUERY])

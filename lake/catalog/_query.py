@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from lake._errors import QueryError
+from lake.catalog._duckdb import without_progress_bar
 from lake.catalog._scan import FileGroups, Scan, scan_summaries, scan_table
 from lake.catalog._schema import INSTANCES, TABLES
 from lake.catalog._summary import SERIES_PARTS, STUDY_PARTS, parts_sql, studies_from_series_sql
@@ -125,12 +126,7 @@ def lock_down(
             "'" + path.replace("'", "''") + "'" for path in readable) + "]")
     # GLOBAL: the cursors of Catalog.sql (pinned UIDs) keep the cache of footers too.
     con.execute("SET GLOBAL parquet_metadata_cache = true")
-    # The progress bar would print to the user's terminal. In a Jupyter kernel DuckDB starts
-    # with it off and refuses any change to it (even to off) unless ipywidgets is installed.
-    (progress_bar,) = con.execute("SELECT current_setting('enable_progress_bar')").fetchone() or (
-        False,)
-    if progress_bar:
-        con.execute("SET enable_progress_bar = false")
+    without_progress_bar(con)
     for statement in _LOCKDOWN:
         con.execute(statement)
 
