@@ -67,6 +67,17 @@ def ct_folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def several(lk: lake.Lake, vault_dir: Path, tmp_path: Path, samples: Path) -> lake.Lake:
+    """A lake written by several commits: two CT series in batches of 5, then pydicom's samples."""
+    write_ct_series(tmp_path / "a", 12)
+    write_ct_series(tmp_path / "b", 7)
+    lk.ingest([str(tmp_path / "a")], vault=vault_dir, scheduler="sync", batch_size=5)
+    lk.ingest([str(tmp_path / "b"), str(samples)], vault=vault_dir, scheduler="sync")
+    lk.refresh()
+    return lk
+
+
+@pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")

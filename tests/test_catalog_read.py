@@ -21,7 +21,6 @@ from lake.catalog._scan import _groups, _union
 from lake.catalog._summary import SUMMARY_DIR, data_files
 from lake.export import create_cohort
 from lake.steward import compact
-from tests.series import write_ct_series
 
 # What the views held before summaries: the same aggregates over instance rows.
 REFERENCE = {
@@ -57,16 +56,6 @@ def _views_match(lk: lake.Lake, as_of: int | None = None) -> None:
         assert got == want, name
         assert want, name
 
-
-@pytest.fixture
-def several(lk: lake.Lake, vault_dir: Path, tmp_path: Path, samples: Path) -> lake.Lake:
-    """A lake written by several commits: two CT series in two batches, then samples."""
-    write_ct_series(tmp_path / "a", 12)
-    write_ct_series(tmp_path / "b", 7)
-    lk.ingest([str(tmp_path / "a")], vault=vault_dir, scheduler="sync", batch_size=5)
-    lk.ingest([str(tmp_path / "b"), str(samples)], vault=vault_dir, scheduler="sync")
-    lk.refresh()
-    return lk
 
 
 def _summary_dir(lk: lake.Lake) -> Path:

@@ -7,11 +7,8 @@ The plain path of each fast path is the code it replaced, patched back in; the o
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import warnings
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from pydicom import dcmread
@@ -22,21 +19,10 @@ from pydicom.tag import BaseTag
 from lake.ingest import _instance
 from lake.ingest._encode import element_value, encode_part10
 from tests.deid_corpus import write_corpus
+from tests.test_deid_golden import TOOL
 
-ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ("basic", "research", "teaching")
 
-
-def _tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("deid_golden", ROOT / "tools" / "deid_golden.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["deid_golden"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-TOOL = _tool()
 
 #: UID bytes as senders write them: canonical (odd and even), padded with a space, with
 #: leading or inner spaces, two NULs, several values, empty, spaces only, not a UID.

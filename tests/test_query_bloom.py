@@ -17,18 +17,6 @@ from lake.catalog._bloom import BloomIndex, _header_size
 from lake.catalog._layout import BLOOM_COLUMNS
 from lake.catalog._summary import data_files
 from lake.query import InstanceLookup
-from tests.series import write_ct_series
-
-
-@pytest.fixture
-def several(lk: lake.Lake, vault_dir: Path, tmp_path: Path, samples: Path) -> lake.Lake:
-    """Several data files: two CT series in batches of 5, then pydicom's samples."""
-    write_ct_series(tmp_path / "a", 12)
-    write_ct_series(tmp_path / "b", 7)
-    lk.ingest([str(tmp_path / "a")], vault=vault_dir, scheduler="sync", batch_size=5)
-    lk.ingest([str(tmp_path / "b"), str(samples)], vault=vault_dir, scheduler="sync")
-    lk.refresh()
-    return lk
 
 
 def _files(lk: lake.Lake) -> list[str]:

@@ -289,18 +289,14 @@ class Part10:
         sets were seen before (the :class:`ValueCache` holds it, and hands out copies of
         multi-valued ones); the items are then not indexed at all.
         """
-        tag = keyword_dict.get(sequence)
-        entry = None if tag is None else self._elements.get(tag)
-        if entry is None:
+        held = self._sequence_bytes(sequence)
+        if held is None:
             return None
         cache = self._source.cache
-        stop = self._source.ends.get(entry[1]) if len(entry) == 4 else None
-        if cache is None or stop is None or stop - entry[1] > _ITEM_VALUE_LENGTH:
+        if cache is None or not held:
             return self._first_item_value(sequence, keyword)
-        _, start, length, implicit = entry
         encoding = self._character_sets()
-        key = ("item value", bytes(self._source.buffer[start:stop]), implicit,
-               length == _UNDEFINED, keyword,
+        key = ("item value", *held, keyword,
                encoding if isinstance(encoding, str) else tuple(encoding))
         value = cache.get(key)
         if value is not _MISSING:
@@ -405,28 +401,40 @@ class Part10:
         :meth:`item_value` keeps values (then the items are not indexed); on a miss the
         first item is indexed and its bytes read, never converted by pydicom.
         """
-        tag = keyword_dict.get(sequence)
-        entry = None if tag is None else self._elements.get(tag)
-        if entry is None:
+        held = self._sequence_bytes(sequence)
+        if held is None:
             return None
         cache = self._source.cache
-        stop = self._source.ends.get(entry[1]) if len(entry) == 4 else None
         key: tuple[object, ...] | None = None
-        if cache is not None and stop is not None and stop - entry[1] <= _ITEM_VALUE_LENGTH:
-            _, start, length, implicit = entry
-            key = ("item numbers", bytes(self._source.buffer[start:stop]), implicit,
-                   length == _UNDEFINED, keyword)
-            known = cache._values.get(key)
-            if isinstance(known, tuple):
-                return list(known)
+        if cache is not None and held:
+            key = ("item numbers", *held, keyword)
+            known = cache.get(key)
+            if isinstance(known, list):
+                return known
         items = self.get(sequence)
         if not isinstance(items, list) or not items or not isinstance(items[0], Part10):
             return None
         values = items[0].numbers(keyword)
         if key is not None and values is not None:
             assert cache is not None
-            cache._values[key] = tuple(values)
+            cache.put(key, values)  # kept as it is: hand out a copy
+            return list(values)
         return values
+
+    def _sequence_bytes(self, sequence: str) -> tuple[bytes, bool, bool] | tuple[()] | None:
+        """What the batch's :class:`ValueCache` keys values of the sequence ``sequence`` by:
+        its value's bytes, whether it is implicit VR and whether its length is undefined;
+        None when it is absent, ``()`` when it is too long to be a key or its end is not
+        known (its values are then read from its items)."""
+        tag = keyword_dict.get(sequence)
+        entry = None if tag is None else self._elements.get(tag)
+        if entry is None:
+            return None
+        stop = self._source.ends.get(entry[1]) if len(entry) == 4 else None
+        if stop is None or stop - entry[1] > _ITEM_VALUE_LENGTH:
+            return ()
+        _, start, length, implicit = entry
+        return bytes(self._source.buffer[start:stop]), implicit, length == _UNDEFINED
 
     def set_pixel_data(self, pixels: bytes, vr: str = "OW") -> None:
         """Attach the pixel data (stored apart from the header in the lake)."""
