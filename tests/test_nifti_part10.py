@@ -31,7 +31,14 @@ from pydicom.uid import (
 )
 
 import lake
-from lake.nifti import Part10, ValueCache, derive_acquisition, read_part10, series_to_nifti
+from lake.nifti import (
+    NiftiVolume,
+    Part10,
+    ValueCache,
+    derive_acquisition,
+    read_part10,
+    series_to_nifti,
+)
 from tests.conftest import SHARED_DATA
 from tests.deid_corpus import write_corpus
 from tests.nifti_synth import enhanced_from, synthetic_series
@@ -450,15 +457,7 @@ def test_enhanced_vendor_series_convert_alike_from_either_reader(repository: str
             mine, mine_refused = series_to_nifti(fast, acquisitions)
             theirs, theirs_refused = series_to_nifti(slow, acquisitions)
         assert [r.reason_code for r in mine_refused] == [r.reason_code for r in theirs_refused]
-        assert len(mine) == len(theirs)
-        for a, b in zip(mine, theirs, strict=True):
-            assert a.suffix == b.suffix and a.sidecar == b.sidecar
-            assert np.array_equal(a.image.affine, b.image.affine)
-            assert a.image.header.get_data_dtype() == b.image.header.get_data_dtype()
-            assert np.array_equal(np.asanyarray(a.image.dataobj), np.asanyarray(b.image.dataobj))
-            for mine_b, theirs_b in ((a.bval, b.bval), (a.bvec, b.bvec)):
-                assert (mine_b is None) == (theirs_b is None)
-                assert mine_b is None or np.array_equal(mine_b, theirs_b)
+        _assert_same_volumes(mine, theirs)
         compared += len(mine)
     assert compared > 0
 
@@ -777,16 +776,7 @@ def test_vendor_series_convert_alike_from_bytes_and_from_pydicoms_values(
             theirs, theirs_refused = series_to_nifti(slow, acquisitions)
         laid_out += cache.indexed_by_layout
         assert [r.message for r in mine_refused] == [r.message for r in theirs_refused]
-        assert len(mine) == len(theirs)
-        for a, b in zip(mine, theirs, strict=True):
-            assert a.suffix == b.suffix and a.sidecar == b.sidecar
-            assert np.array_equal(a.image.affine, b.image.affine)
-            assert a.image.header.get_slope_inter() == b.image.header.get_slope_inter()
-            assert a.image.header.get_data_dtype() == b.image.header.get_data_dtype()
-            assert np.array_equal(np.asanyarray(a.image.dataobj), np.asanyarray(b.image.dataobj))
-            for mine_b, theirs_b in ((a.bval, b.bval), (a.bvec, b.bvec)):
-                assert (mine_b is None) == (theirs_b is None)
-                assert mine_b is None or np.array_equal(mine_b, theirs_b)
+        _assert_same_volumes(mine, theirs)
         compared += len(mine)
     assert compared > 0 and laid_out > 0
 
@@ -827,3 +817,18 @@ def test_a_uid_read_from_its_bytes_is_str_of_pydicoms_value(text: str, syntax: s
         value = pydicom.dcmread(io.BytesIO(data)).get("SOPInstanceUID")
     assert uid == str(value) and type(uid) is str
     assert got.uid("Rows") is None and got.uid("NoSuchKeyword") is None
+
+
+def _assert_same_volumes(mine: list[NiftiVolume], theirs: list[NiftiVolume]) -> None:
+    """Two conversions' volumes are the same: names, sidecars, geometry, scaling, voxels,
+    bval/bvec."""
+    assert len(mine) == len(theirs)
+    for a, b in zip(mine, theirs, strict=True):
+        assert a.suffix == b.suffix and a.sidecar == b.sidecar
+        assert np.array_equal(a.image.affine, b.image.affine)
+        assert a.image.header.get_slope_inter() == b.image.header.get_slope_inter()
+        assert a.image.header.get_data_dtype() == b.image.header.get_data_dtype()
+        assert np.array_equal(np.asanyarray(a.image.dataobj), np.asanyarray(b.image.dataobj))
+        for mine_b, theirs_b in ((a.bval, b.bval), (a.bvec, b.bvec)):
+            assert (mine_b is None) == (theirs_b is None)
+            assert mine_b is None or np.array_equal(mine_b, theirs_b)
