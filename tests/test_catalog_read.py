@@ -207,6 +207,25 @@ def test_files_of_different_schemas_read_together(tmp_path: Path) -> None:
     assert sorted(rows, key=str) == [(1, "x", None), (2, "y", None), (3, "z", 1.5)]
 
 
+def test_schema_groups_come_in_the_order_of_their_first_file(tmp_path: Path) -> None:
+    """Groups (and each file's schema fingerprint) do not depend on DuckDB's scan order:
+    the same files give the same groups, ordered by their first file, every time."""
+    files = []
+    for i in range(6):  # three schemas, interleaved; wide enough for a parallel scan
+        columns = {f"c{j}": [j] for j in range(40)} | ({"extra": [i]} if i % 3 == 1 else {})
+        if i % 3 == 2:
+            columns = dict(reversed(list(columns.items())))  # the same columns, other order
+        path = tmp_path / f"f{i}.parquet"
+        pq.write_table(pa.table(columns), path)
+        files.append(str(path))
+    con = duckdb.connect()
+    con.execute("SET threads = 8")
+    want = [[files[0], files[3]], [files[1], files[4]], [files[2], files[5]]]
+    for _ in range(100):
+        assert _groups(con, files) == want
+    assert _groups(con, files[::-1]) == [g[::-1] for g in want[::-1]]
+
+
 def _by_name_union(empty: str, files: list[list[str]], filename: bool = False) -> str:
     """The relation the views read before the projections: every schema group's
     ``read_parquet`` after the empty table, ``UNION ALL BY NAME``."""

@@ -140,6 +140,11 @@ PINNED = {
     "SELECT * FROM instances WHERE SOPInstanceUID = '1.2'; SELECT 1": None,
     "SELECT * FROM instances x WHERE y.SOPInstanceUID = '1.2'": None,
     "SELECT * FROM instances USING SAMPLE 10 WHERE SOPInstanceUID = '1.2'": None,
+    "SELECT count(*) FROM instances USING SAMPLE 5": None,
+    "SELECT count(*) FROM series USING SAMPLE 10 PERCENT (bernoulli, 1)": None,
+    "SELECT count(*) FROM instances TABLESAMPLE 50 PERCENT (bernoulli, 7) "
+    "WHERE PatientID = 'abc'": None,
+    "SELECT count(*) FROM instances AS t(SOPInstanceUID) WHERE SOPInstanceUID = 'abc'": None,
     "not sql at all": None,
 }
 
@@ -193,6 +198,27 @@ def test_sql_pinning_a_uid_reads_fewer_files_and_answers_the_same(several: lake.
     assert some  # the queries found rows
 
 
+def test_sampled_and_renamed_queries_read_every_file(several: lake.Lake) -> None:
+    """Sampling (whose size DuckDB serialises as a typed value) and a column-alias list
+    (``instances AS t(SOPInstanceUID)`` names the first column so) are not pinned: the
+    answers are those over every file, also once the filters are loaded."""
+    catalog = several.catalog()
+    (first,) = catalog.con.sql("SELECT * FROM instances LIMIT 0").columns[:1]
+    ((value,),) = catalog.con.sql(f'SELECT "{first}" FROM instances LIMIT 1').fetchall()
+    pinning = _queries(several)[0]
+    queries = [
+        "SELECT count(*) FROM series USING SAMPLE 5 ROWS",
+        "SELECT count(*) FROM instances USING SAMPLE 5 ROWS",
+        f"SELECT count(*) FROM instances AS t(SOPInstanceUID) WHERE SOPInstanceUID = '{value}'",
+    ]
+    for _ in range(2):
+        catalog.sql(pinning).fetchall()  # (the second round has the filters loaded)
+        for query in queries:
+            assert catalog.sql(query).fetchall() == catalog.con.sql(query).fetchall(), query
+            assert catalog._files_for(query) is None
+    assert catalog.con.sql(queries[-1]).fetchall() != [(0,)]
+
+
 def test_a_relation_keeps_its_files_after_other_queries(several: lake.Lake) -> None:
     catalog = several.catalog()
     first, second = _queries(several)[:2]
@@ -220,3 +246,20 @@ def test_the_cursors_keep_the_cache_of_footers(several: lake.Lake) -> None:
     cursor = several.catalog().con.cursor()
     assert cursor.sql("SELECT current_setting('parquet_metadata_cache')").fetchall() == [
         (True,)]
+
+
+def test_a_damaged_footer_is_duckdbs_error_not_a_traceback(several: lake.Lake) -> None:
+    """The filters of a damaged file cannot be read (pyarrow raises OSError here; an
+    ArrowInvalid, a ValueError, is caught the same way): the query reads every file, and
+    DuckDB reports the damage as it would without the filters."""
+    catalog = several.catalog()
+    query = _queries(several)[0]
+    catalog.sql(query).fetchall()  # (the second pinning query loads the filters)
+    damaged = Path(_files(several)[0])
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[:-12] + b"\0" * 8 + data[-4:])  # the footer's length and more
+    with pytest.raises((duckdb.Error, lake.QueryError)):
+        catalog.sql(query).fetchall()
+    with InstanceLookup(several.tables) as lookup, pytest.raises((duckdb.Error, lake.QueryError)):
+        lookup.row("2.25.0")
+        lookup.row("2.25.0")

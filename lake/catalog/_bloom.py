@@ -14,6 +14,12 @@ xxHash64, uncompressed) with a header this module parses completely, and a row g
 own minimum and maximum values (which it holds) pass its filter. Any other row group (no
 filter, another header, a failed check) counts as possibly holding every value. A file
 without the column holds it as NULL, which equals no value.
+
+Why not a library: pyarrow has no Python API to read or probe Bloom filters, and DuckDB's
+``parquet_bloom_probe`` gives the same answers (``tests/test_query_bloom.py`` compares them)
+but opens every file for each value: ~25 ms of CPU per value warm (172 ms cold) at 10 million
+instances as written, as much as the scan it would spare, against ~0.06 ms here after a build
+of 0.22-0.30 s. The hash is the ``xxhash`` package's.
 """
 
 from __future__ import annotations
@@ -114,10 +120,11 @@ class BloomIndex:
     def _read(self, path: str) -> list[np.ndarray | None]:
         """The filter of each row group of ``path`` holding rows (None: no usable one)."""
         meta = pq.read_metadata(path)
-        names = meta.schema.names
-        if self.column not in names:  # a file written before the column existed: NULL
+        # By the column's path, not its leaf name (a nested field may share the name).
+        paths = [meta.schema.column(i).path for i in range(meta.num_columns)]
+        if self.column not in paths:  # a file written before the column existed: NULL
             return []
-        at = names.index(self.column)
+        at = paths.index(self.column)
         found: list[np.ndarray | None] = []
         with open(path, "rb") as stream:
             for group in range(meta.num_row_groups):

@@ -209,6 +209,21 @@ def pinned_values(con: duckdb.DuckDBPyConnection, query: str,
         tree = json.loads(str(rows[0][0]))
     except (duckdb.Error, ValueError, IndexError):
         return None
+    try:
+        return _pinned(tree, columns)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None  # a parse this reading does not know: every file is read
+
+
+_BASE_TABLE_KEYS = frozenset({"type", "alias", "table_name", "schema_name", "catalog_name",
+                              "qualified_name", "query_location", "query_location_length",
+                              "sample", "column_name_alias", "at_clause"})
+"""The fields of a serialized ``BASE_TABLE`` reference this reading knows; any other (a
+field of a later DuckDB) makes it read every file."""
+
+
+def _pinned(tree: Any, columns: Sequence[str]) -> tuple[str, list[str]] | None:
+    """:func:`pinned_values` of a parse (``json_serialize_sql``)."""
     statements = tree.get("statements") if isinstance(tree, dict) else None
     if tree.get("error") or not isinstance(statements, list) or len(statements) != 1:
         return None
@@ -216,7 +231,8 @@ def pinned_values(con: duckdb.DuckDBPyConnection, query: str,
     if not isinstance(node, dict) or node.get("type") != "SELECT_NODE":
         return None
     objects = _walk(node)
-    refs = [o for o in objects if o.get("type") in _TABLE_REFS and "alias" in o]
+    refs = [o for o in objects
+            if isinstance(o.get("type"), str) and o["type"] in _TABLE_REFS and "alias" in o]
     table = node.get("from_table")
     if len(refs) != 1 or refs[0] is not table or not isinstance(table, dict):
         return None
@@ -224,7 +240,10 @@ def pinned_values(con: duckdb.DuckDBPyConnection, query: str,
         return None  # a CTE could be named instances
     if (table.get("type") != "BASE_TABLE" or str(table.get("table_name")).lower() != INSTANCES.name
             or table.get("schema_name") or table.get("catalog_name") or table.get("at_clause")
-            or table.get("sample")):
+            or table.get("sample") or table.get("column_name_alias")
+            or not table.keys() <= _BASE_TABLE_KEYS
+            or [str(p).lower() for p in (table.get("qualified_name") or {}).get(
+                "path", [INSTANCES.name])] != [INSTANCES.name]):
         return None
     names = {INSTANCES.name, str(table.get("alias") or INSTANCES.name).lower()}
     wanted = {c.lower(): c for c in columns}
@@ -417,8 +436,8 @@ class Catalog:
                 files = [f for group, _ in self._grouped.groups for f in group]
                 try:
                     index = BloomIndex(files, column)
-                except OSError:  # a file removed (vacuum): DuckDB says so, as before
-                    return None
+                except (OSError, ValueError):  # (pyarrow's ArrowInvalid is a ValueError)
+                    return None  # a file removed (vacuum) or damaged: DuckDB says so
                 self._blooms[column] = index
         return self._grouped.sql(index.candidates(values))
 

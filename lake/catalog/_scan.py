@@ -112,16 +112,18 @@ class Scan:
 
 def _groups(con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> list[list[str]]:
     """``files`` grouped by Parquet schema (one footer read per file, then cached)."""
+    # column_id: the schema element's position in its file (a parallel scan of several
+    # files has no row order of its own).
     rows = con.sql(
         "SELECT file_name, string_agg(concat_ws(':', name, type, logical_type, "
-        "num_children), ',' ORDER BY rowid) FROM (SELECT *, row_number() OVER () AS rowid "
-        f"FROM parquet_schema({_file_list(files)})) GROUP BY file_name"
+        "num_children), ',' ORDER BY column_id) "
+        f"FROM parquet_schema({_file_list(files)}) GROUP BY file_name"
     ).fetchall()
-    by_schema: dict[str, list[str]] = {}
-    for name, fingerprint in rows:
-        by_schema.setdefault(str(fingerprint), []).append(str(name))
     order = {f: i for i, f in enumerate(files)}
-    return [sorted(g, key=order.__getitem__) for g in by_schema.values()]
+    by_schema: dict[str, list[str]] = {}
+    for name, fingerprint in sorted(rows, key=lambda row: order[str(row[0])]):
+        by_schema.setdefault(str(fingerprint), []).append(str(name))
+    return list(by_schema.values())  # in the order of each group's first file
 
 
 def _declared(con: duckdb.DuckDBPyConnection, empty: str) -> list[tuple[str, str]]:

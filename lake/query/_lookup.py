@@ -162,7 +162,10 @@ class InstanceLookup:
             if not self._looked_up:
                 self._looked_up = True
                 return self._files
-            self._bloom = BloomIndex(self._files, "SOPInstanceUID")
+            try:
+                self._bloom = BloomIndex(self._files, "SOPInstanceUID")
+            except (OSError, ValueError):  # (pyarrow's ArrowInvalid is a ValueError)
+                return self._files  # a file removed (vacuum) or damaged: DuckDB says so
         return self._bloom.candidates([uid])
 
     def _local_row(self, uid: str) -> pa.Table | None:
