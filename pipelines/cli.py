@@ -197,12 +197,21 @@ class _PydicomDownloadsWithoutRequests(importlib.abc.MetaPathFinder):
     makes. Refused, that module uses urllib instead (pydicom's documented fallback,
     ``HAVE_REQUESTS``). Any other import of ``requests`` (a library, a later command) is
     untouched, and this finder is installed only by the console script (:func:`main`), never
-    by an import of :mod:`lake`.
+    by an import of :mod:`lake`; it leaves ``sys.meta_path`` once it has refused.
+
+    What it rests on: CPython's ``ModuleSpec._initializing`` (set while a module's code runs
+    its first import; were it renamed, requests would load again and
+    ``tests/test_imports.py`` would say so), and pydicom's fallback to urllib, which changes
+    the transport of pydicom's test-data downloads only (the lake makes none). The lasting
+    fix is upstream: a lazy ``import requests`` in ``pydicom/data/download.py``, as pooch did
+    (fatiando/pooch#328).
     """
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> None:
         if fullname == "requests" and _initializing("pydicom.data.download"):
+            with contextlib.suppress(ValueError):
+                sys.meta_path.remove(self)
             raise ModuleNotFoundError("requests: not for pydicom's downloads in `lake`",
                                       name=fullname)
         return None

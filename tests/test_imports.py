@@ -236,7 +236,8 @@ def report():
     loaded = sorted(sys.modules)
     import requests  # another import of requests in the same process is untouched
     import pydicom.data.download as download
-    print(json.dumps([loaded, requests.__name__, download.HAVE_REQUESTS]))
+    finders = [type(f).__name__ for f in sys.meta_path]
+    print(json.dumps([loaded, requests.__name__, download.HAVE_REQUESTS, finders]))
 
 atexit.register(report)
 from pipelines.cli import main
@@ -260,7 +261,9 @@ def test_cli_imports_pydicom_without_requests(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", _RUN_MAIN.format(args=args)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
-    loaded, requests_name, have_requests = json.loads(proc.stdout.strip().splitlines()[-1])
+    loaded, requests_name, have_requests, finders = json.loads(
+        proc.stdout.strip().splitlines()[-1])
+    assert "_PydicomDownloadsWithoutRequests" not in finders  # it left once it had refused
     assert len(list((tmp_path / "out").rglob("*.nii"))) == 1  # the export ran
     assert "pydicom" in loaded and "lake.nifti._part10" in loaded
     assert _present(set(loaded), ("requests", "urllib3", "charset_normalizer")) == []
