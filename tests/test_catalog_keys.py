@@ -146,3 +146,76 @@ def test_a_column_added_after_a_file_was_written_reads_null(tmp_path: Path) -> N
         {KEY: "2.25.2", "batch_id": "old", "Modality": "CT", "Rows": None},
         {KEY: "2.25.3", "batch_id": "new", "Modality": "CT", "Rows": 0},
     ]
+
+
+def test_fetched_columns_come_from_the_row_group_holding_each_match(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files of many row groups (as compaction leaves them): a match in the first, a middle
+    and the last row group, at both edges of each, is fetched from its own row group, as the
+    streamed scan fetches it (``_rows_at`` picks the row group of each row number)."""
+    import pyarrow.parquet as pq
+
+    import lake.catalog._layout as layout_module
+
+    monkeypatch.setattr(layout_module, "ROW_GROUP_ROWS", 4)
+    tables = DeltaTables(Location(str(tmp_path / "lake")))
+    tables.create_all()
+    rng = random.Random(22)
+    files = [[f"2.25.{rng.getrandbits(100)}" for _ in range(count)] for count in (40, 10)]
+    for n, uids in enumerate(files):
+        tables.append(INSTANCES, _rows(f"b{n}", uids))
+    monkeypatch.undo()
+    fragments = list(arrow_dataset(tables.open(INSTANCES.name)).get_fragments())
+    groups = sorted(pq.ParquetFile(f.path).metadata.num_row_groups for f in fragments)
+    assert groups == [3, 10]  # rows 0-3, 4-7, ... of each file
+    # First group: rows 0 and 3; second: 4; middle (16-19, 20-23): 19, 20, 23; last: 36, 39;
+    # and the other file's first, middle and last groups' edges.
+    chosen = [files[0][n] for n in (0, 3, 4, 19, 20, 23, 36, 39)]
+    chosen += [files[1][n] for n in (0, 4, 7, 8, 9)]
+    keys = pa.chunked_array([pa.array([*chosen, "2.25.0", None], pa.string())])
+    expected = _reference(fragments, FETCH, keys)
+    assert sorted((r["batch_id"], r["Rows"]) for r in expected.to_pylist()) == [
+        ("b0", n) for n in (0, 3, 4, 19, 20, 23, 36, 39)] + [("b1", n) for n in (0, 4, 7, 8, 9)]
+    for probed in (keys_module.PROBED_KEYS, 0):  # a constant IN list, then a semi-join
+        monkeypatch.setattr(keys_module, "PROBED_KEYS", probed)
+        got = tables_module._matching(fragments, INSTANCES, FETCH, keys)
+        assert got.schema == expected.schema
+        assert got.to_pylist() == expected.to_pylist()
+
+
+def test_more_keys_than_a_statement_held_are_judged_in_one_query(
+        lk: lake.Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above ``PROBED_KEYS`` the keys are one list parameter: 12,000 keys (formerly two
+    statements of at most 10,000) give the streamed scan's rows, in one scan of the files."""
+    rng = random.Random(12)
+    stored = _many_files(lk.tables, rng)
+    fragments = list(arrow_dataset(lk.tables.open(INSTANCES.name)).get_fragments())
+    absent = [f"2.25.{rng.getrandbits(100)}" for _ in range(12_000 - len(stored))]
+    batch = [*stored, *absent, "it's"]
+    rng.shuffle(batch)
+    keys = pa.chunked_array([pa.array(batch, pa.string())])
+    expected = {tuple(c): _reference(fragments, c, keys) for c in ([KEY], FETCH)}
+    assert expected[(KEY,)].num_rows == len(stored) + 1  # stored[3] is in two files
+    queries: list[str] = []
+    connect = keys_module.connect
+
+    def counted() -> object:
+        con = connect()
+
+        class Counted:
+            def sql(self, query: str, **kwargs: object) -> object:
+                queries.append(query)
+                return con.sql(query, **kwargs)
+
+            def close(self) -> None:
+                con.close()
+
+        return Counted()
+
+    monkeypatch.setattr(keys_module, "connect", counted)
+    for columns in ([KEY], FETCH):
+        got = tables_module._matching(fragments, INSTANCES, columns, keys)
+        assert got.schema == expected[tuple(columns)].schema
+        assert got.to_pylist() == expected[tuple(columns)].to_pylist()
+    assert len(queries) == 2  # one per call
+    assert all("unnest(?)" in q and not any(k in q for k in batch) for q in queries)

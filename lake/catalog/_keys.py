@@ -30,16 +30,13 @@ from lake.catalog._duckdb import connect
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["KEYS_PER_QUERY", "PROBED_KEYS", "files_holding", "readable_by_duckdb"]
-
-KEYS_PER_QUERY = 10_000
-"""Keys in one query (bounds the statement's size; a commit judges ~1,000)."""
+__all__ = ["PROBED_KEYS", "files_holding", "readable_by_duckdb"]
 
 PROBED_KEYS = 256
 """Up to this many keys, a constant ``IN`` list that DuckDB checks against every row group's
 Bloom filter and statistics; above it, a semi-join that reads every row group's key column
-(checking each of a thousand keys against each row group costs more than reading it: see the
-module's notes)."""
+once, the keys bound as one list parameter, so no statement grows with them (checking each of
+a thousand keys against each row group costs more than reading it: see the module's notes)."""
 
 _GLOB = frozenset("*?[]{}")
 """Characters DuckDB's ``read_parquet`` would read as a glob pattern in a path."""
@@ -89,21 +86,20 @@ def files_holding(paths: Sequence[str], key: str, keys: pa.Array) -> pa.Table:
         return schema.empty_table()
     files = "[" + ", ".join(_literal(p) for p in paths) + "]"
     column = '"' + key.replace('"', '""') + '"'
-    found: list[pa.Table] = []
+    if len(wanted) <= PROBED_KEYS:
+        among, parameters = "(" + ", ".join(_literal(k) for k in wanted) + ")", None
+    else:
+        among, parameters = "(SELECT unnest(?))", [wanted]
     con = connect()
     try:
-        for start in range(0, len(wanted), KEYS_PER_QUERY):
-            listed = ", ".join(_literal(k) for k in wanted[start:start + KEYS_PER_QUERY])
-            chunk = len(wanted[start:start + KEYS_PER_QUERY])
-            among = f"({listed})" if chunk <= PROBED_KEYS else f"(SELECT unnest([{listed}]))"
-            found.append(con.sql(
-                f"SELECT {column} AS {column}, filename AS file, file_row_number AS row, "
-                f"list_position({files}, filename) AS rank FROM read_parquet({files}, "
-                "filename = true, file_row_number = true, hive_partitioning = false) "
-                f"WHERE {column} IN {among}"
-            ).to_arrow_table())
+        table = con.sql(
+            f"SELECT {column} AS {column}, filename AS file, file_row_number AS row, "
+            f"list_position({files}, filename) AS rank FROM read_parquet({files}, "
+            "filename = true, file_row_number = true, hive_partitioning = false) "
+            f"WHERE {column} IN {among}",
+            params=parameters,
+        ).to_arrow_table()
     finally:
         con.close()
-    table = pa.concat_tables(found)
     order = pc.sort_indices(table, sort_keys=[("rank", "ascending"), ("row", "ascending")])
     return table.take(order).select([key, "file", "row"]).cast(schema)

@@ -413,12 +413,14 @@ class DeltaTables:
         commit is retried, bounded, with backoff. Nothing is ever appended and deleted
         again, so no reader sees a duplicate and a crash leaves none behind.
 
-        The table is not read whole: the ``key`` column is read only from the row groups
-        whose Bloom filter (or statistics) may hold a candidate key (DuckDB, for a local
-        lake; a remote lake's key column is streamed, keeping only the matches), and the
-        ``fetch`` columns only from the files holding a match; after a lost race only the
-        files added since are read, unless files were removed (then the whole snapshot is
-        judged again).
+        The table is not read whole. For a local lake DuckDB reads the ``key`` column: for
+        up to :data:`~lake.catalog._keys.PROBED_KEYS` candidate keys only from the row
+        groups whose Bloom filter (or statistics) may hold one, for more (a commit of
+        ~1,000 instances) from every row group, in one scan; the ``fetch`` columns are read
+        only from the row groups holding a match. A remote lake's key column is streamed
+        from every file, keeping only the matches, and the ``fetch`` columns are read from
+        the files holding one. After a lost race only the files added since are read,
+        unless files were removed (then the whole snapshot is judged again).
 
         Parameters
         ----------
@@ -503,7 +505,8 @@ class DeltaTables:
     ) -> pa.Table:
         """The current rows of ``table`` whose ``key`` is in ``keys`` (``key`` + ``columns``).
 
-        Reads the other columns only from the data files that hold a match.
+        Reads the other columns only from the row groups (a remote lake: the data files)
+        that hold a match (see :func:`_matching`).
         """
         import pyarrow as pa
 
@@ -723,8 +726,10 @@ def _matching(
     of the files and of their rows.
 
     Local files (:func:`lake.catalog._keys.readable_by_duckdb`): DuckDB finds the matching
-    rows, reading the key column only from the row groups whose Bloom filter or statistics
-    may hold a key, and the other ``columns`` are read from the row groups holding a match
+    rows (:func:`lake.catalog._keys.files_holding`), reading the key column only from the
+    row groups whose Bloom filter or statistics may hold a key when there are at most
+    :data:`~lake.catalog._keys.PROBED_KEYS` keys, and from every row group (one semi-join)
+    when there are more; the other ``columns`` are read from the row groups holding a match
     (:func:`_rows_at`), not from whole files: a compacted table's files hold millions of
     rows. Remote files: the key column of every file is streamed (:func:`_streamed`), then
     the other columns are read from the files that hold a match.
@@ -778,7 +783,8 @@ def _rows_at(
             meta = parquet.metadata
             starts = list(itertools.accumulate(
                 (meta.row_group(g).num_rows for g in range(meta.num_row_groups)), initial=0))
-            stored = [c for c in columns if c in set(parquet.schema_arrow.names)]
+            names = set(parquet.schema_arrow.names)
+            stored = [c for c in columns if c in names]
             numbers = [number for _, number in in_file]
             for group, at in itertools.groupby(
                     numbers, key=lambda n: bisect.bisect_right(starts, n) - 1):
