@@ -361,6 +361,43 @@ def test_resume_after_interruption_keeps_finished_files(
     assert not (out / JOURNAL_NAME).exists()
 
 
+def test_a_resumed_export_reads_only_the_headers_of_series_left_to_do(
+    lk: lake.Lake, vault_dir: Path, originals: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Resuming with one series left reads ``header_dicom`` from the one data file holding
+    it, not from every file holding a cohort member (the widest column, re-read for the
+    whole cohort on every resume)."""
+    from lake.catalog import DataFiles
+
+    ct = originals / "ct"
+    others = sorted(str(p) for p in originals.glob("*.dcm"))
+    lk.ingest(others, vault=vault_dir, scheduler="sync")  # one commit, one data file
+    lk.ingest([str(ct)], vault=vault_dir, scheduler="sync")  # a second data file
+    assert len(lk.tables.data_files("instances").paths) == 2
+    create_cohort(lk, "everything", ALL)
+    series = export_dicom(lk, "everything", tmp_path / "reference", scheduler="sync").manifest[
+        "counts"]["series_exported"]
+    out = tmp_path / "out"
+    with pytest.raises(SimulatedInterruptError):
+        export_dicom(lk, "everything", out, scheduler="sync",
+                     on_progress=_interrupt_after(series - 1))  # type: ignore[arg-type]
+
+    read = DataFiles.read
+    headers_from: list[str] = []
+
+    def counted(self: DataFiles, path: str, columns: list[str]) -> object:
+        if "header_dicom" in columns:
+            headers_from.append(path)
+        return read(self, path, columns)
+
+    monkeypatch.setattr(DataFiles, "read", counted)
+    result = export_dicom(lk, "everything", out, scheduler="sync")
+    assert (result.resumed, result.written) == (series - 1, 1)
+    assert len(headers_from) == 1
+    assert tree(out) == tree(tmp_path / "reference")
+
+
 def test_rerunning_a_finished_export_writes_nothing(loaded: lake.Lake, tmp_path: Path) -> None:
     create_cohort(loaded, "everything", ALL)
     export_dicom(loaded, "everything", tmp_path / "out", scheduler="sync")

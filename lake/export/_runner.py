@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -324,28 +324,40 @@ def _member_rows(
 
 @dataclass(frozen=True)
 class _MemberFiles:
-    """The data files holding a cohort's member rows, each with its mask of member rows:
-    found once (reading every file's key column), then read for the plan and again for the
-    headers without looking for the members a second time."""
+    """The data files holding a cohort's member rows, each with its mask of member rows and
+    the members it holds: found once (reading every file's key column), then read for the
+    plan and again for the headers of the series still to do, without looking for the
+    members a second time."""
 
     files: DataFiles
-    masks: tuple[tuple[str, pa.BooleanArray], ...]
+    masks: tuple[tuple[str, pa.BooleanArray, pa.Array], ...]
 
     @classmethod
     def find(cls, files: DataFiles, wanted: Sequence[str]) -> _MemberFiles:
         members = string_set(set(wanted))
         masks = []
         for path in files.paths:
-            mask = in_set(files.read(path, ["SOPInstanceUID"]).column(0), members)
+            keys = files.read(path, ["SOPInstanceUID"]).column(0)
+            mask = in_set(keys, members)
             if mask.true_count:
-                masks.append((path, mask))
+                masks.append((path, mask, keys.filter(mask).combine_chunks()))
         return cls(files, tuple(masks))
 
-    def rows(self, columns: Sequence[str]) -> Iterator[pa.Table]:
-        """``SOPInstanceUID`` and ``columns`` of the member rows, one table per data file."""
+    def rows(
+        self, columns: Sequence[str], only: Collection[str] | None = None
+    ) -> Iterator[pa.Table]:
+        """``SOPInstanceUID`` and ``columns`` of the member rows, one table per data file.
+
+        With ``only``, of those members alone: a file holding none of them is not read."""
         names = list(dict.fromkeys(["SOPInstanceUID", *columns]))
-        for path, mask in self.masks:
-            yield self.files.read(path, names).filter(mask)
+        chosen = None if only is None else string_set(set(only))
+        for path, mask, members in self.masks:
+            if chosen is not None and not in_set(members, chosen).true_count:
+                continue
+            table = self.files.read(path, names).filter(mask)
+            if chosen is not None:
+                table = table.filter(in_set(table.column(0), chosen))
+            yield table
 
 
 def _load_refs(cohort: Cohort, columns: Sequence[str],
@@ -457,8 +469,9 @@ def _tasks(
 ) -> Iterator[SeriesTask]:
     """Stream the todo series with their headers, verified against the cohort's hashes.
 
-    ``located`` holds every member's row; those of no todo series (finished by an earlier
-    run, or not selected) are passed over unread."""
+    ``located`` holds every member's row; only the files holding members of todo series are
+    read, and only those members' headers are converted: the members of series finished by
+    an earlier run, or not selected, are passed over unread."""
     by_sop = {r.sop_uid: r for r in refs}
     owner: dict[str, TaskPlan] = {}
     for plan in plans:
@@ -467,12 +480,10 @@ def _tasks(
     if not owner:
         return
     pending: dict[str, dict[str, bytes]] = {}
-    for batch in located.rows(["header_dicom"]):
+    for batch in located.rows(["header_dicom"], only=owner):
         for sop, header in zip(
             batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True
         ):
-            if sop not in owner:
-                continue
             ref = by_sop[sop]
             if hashlib.sha256(header).hexdigest() != ref.header_sha256:
                 raise IntegrityError(
