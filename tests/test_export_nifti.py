@@ -6,6 +6,7 @@ import gzip
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -15,7 +16,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 import lake
-from lake.export import create_cohort, export_nifti
+from lake.export import ExportResult, create_cohort, export_bids, export_nifti
 from tests.series import write_ct_series
 from tests.test_export import identifying_values, tree
 
@@ -108,14 +109,30 @@ def test_level_out_of_range_is_refused(nifti_lake: lake.Lake, tmp_path: Path) ->
     assert not (tmp_path / "out").exists()
 
 
+@pytest.fixture
+def bids_lake(lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> lake.Lake:
+    from tests.test_export_bids import generated_session
+
+    generated_session(tmp_path / "session")
+    lk.ingest([str(tmp_path / "session")], vault=vault_dir, scheduler="sync")
+    create_cohort(lk, "all", "SELECT SeriesInstanceUID FROM series")
+    return lk
+
+
+@pytest.mark.parametrize(("export", "lake_fixture"), [
+    (export_nifti, "nifti_lake"), (export_bids, "bids_lake"),
+], ids=["nifti", "bids"])
 def test_volumes_reach_the_disk_before_the_manifest(
-    nifti_lake: lake.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    export: Callable[..., ExportResult], lake_fixture: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
 ) -> None:
-    """manifest.json acknowledges the export: every file it lists, and the folder naming it,
-    is forced to disk (fsync) before the manifest is written, so a machine crash cannot keep
+    """manifest.json acknowledges the export: every file it lists, and every folder from
+    the file's own up to the output folder (those naming it, created by the export), is
+    forced to disk (fsync) before the manifest is written, so a machine crash cannot keep
     the manifest and lose a volume it lists (a re-run would then refuse the folder)."""
     from lake.export import _manifest, _runner
 
+    lk: lake.Lake = request.getfixturevalue(lake_fixture)
     events: list[str] = []
     fsync = _manifest._fsync
     write_json = _runner.write_json
@@ -131,9 +148,11 @@ def test_volumes_reach_the_disk_before_the_manifest(
     monkeypatch.setattr(_manifest, "_fsync", recorded_fsync)
     monkeypatch.setattr(_runner, "write_json", recorded_write_json)
     out = tmp_path / "out"
-    result = export_nifti(nifti_lake, "all", out, scheduler="sync")
+    result = export(lk, "all", out, scheduler="sync")
     before = events[: events.index("manifest")]
     listed = [out / f.path for f in result.files if f.path != "manifest.json"]
     assert len(listed) >= 2  # a volume and its sidecar at least
+    assert any(len(p.relative_to(out).parts) >= 3 for p in listed)  # sub-*/ses-*/ or deeper
     assert sorted(str(p) for p in listed if str(p) not in before) == []
-    assert sorted({str(p.parent) for p in listed} - set(before)) == []
+    folders = {str(f) for p in listed for f in p.parents if f == out or out in f.parents}
+    assert sorted(folders - set(before)) == []

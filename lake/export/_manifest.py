@@ -176,15 +176,23 @@ def _fsync_all(paths: Collection[Path]) -> None:
         list(pool.map(_fsync, paths))
 
 
-def flush_written(paths: Collection[Path]) -> None:
-    """Force files already renamed into place, and the folders naming them, to disk.
+def flush_written(paths: Collection[Path], root: Path) -> None:
+    """Force files already renamed into place below ``root``, and the folders naming them,
+    to disk.
 
     For writers that rename their own temporaries (the NIfTI writer): the files a task
     returns are listed in ``manifest.json``, the export's acknowledgement, which must not
-    reach the disk before them. The renames are done, so files and folders are flushed
-    together, in one batch of threads.
+    reach the disk before them. A file is reachable after a crash only when the entry of
+    every folder above it is on disk too, so every folder from each file's own up to and
+    including ``root`` is flushed (the export creates ``sub-*/ses-*`` levels, and ``root``
+    itself). The renames are done, so files and folders are flushed together, in one batch
+    of threads.
     """
-    _fsync_all([*paths, *sorted({path.parent for path in paths})])
+    folders = {
+        folder for path in paths for folder in path.parents
+        if folder == root or root in folder.parents
+    }
+    _fsync_all([*paths, *sorted(folders)])
 
 
 class StagedFiles:

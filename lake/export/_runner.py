@@ -660,7 +660,7 @@ def run_export(
         files += [write_bytes(out_dir, name, data) for name, data in sorted(extras.items())]
     files.sort(key=lambda f: f.path)
     if not spec.flushes and not spec.archive:
-        flush_written([out_dir / f.path for f in files])
+        flush_written([out_dir / f.path for f in files], out_dir)
     exported = sum(1 for r in ordered if r.files)
     manifest = _manifest(spec, cohort, refs, plan_id, files, skipped, archive, exported)
     manifest["counts"]["series_skipped"] = len(plans) - exported
