@@ -491,15 +491,12 @@ def test_a_number_read_from_its_bytes_is_the_float_of_pydicoms_value(
     got = read_part10(data)
     assert isinstance(got, Part10)
     number = got.number(keyword)
-    plain = re.fullmatch(r" *[+-]?[0-9]+ *" if vr == "IS" else
-                         r" *[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)? *", text)
+    plain = re.fullmatch(_PLAIN[vr], text)
     if plain and len(text) + len(text) % 2 <= 16:
         assert number is not None
     if number is None:
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        value = pydicom.dcmread(io.BytesIO(data)).get(keyword)
+    value = _pydicom_value(data, keyword)
     assert not isinstance(value, list | str) and value is not None
     assert number == float(value) and type(number) is float
 
@@ -681,8 +678,7 @@ def test_numbers_read_from_bytes_are_the_floats_of_pydicoms_values(
     got = read_part10(data)
     assert isinstance(got, Part10)
     numbers = got.numbers(keyword)
-    pattern = (r" *[+-]?[0-9]+ *" if vr == "IS" else
-               r" *[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)? *")
+    pattern = _PLAIN[vr]
     padded = raw + b" " * (len(raw) % 2)
     plain = all(len(t) <= 16 and re.fullmatch(pattern.encode(), t)
                 for t in padded.split(b"\\"))
@@ -690,9 +686,7 @@ def test_numbers_read_from_bytes_are_the_floats_of_pydicoms_values(
         assert numbers is not None
     if numbers is None:
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        value = pydicom.dcmread(io.BytesIO(data)).get(keyword)
+    value = _pydicom_value(data, keyword)
     assert numbers == _floats_of(value) and all(type(n) is float for n in numbers)
 
 
@@ -832,3 +826,15 @@ def _assert_same_volumes(mine: list[NiftiVolume], theirs: list[NiftiVolume]) -> 
         for mine_b, theirs_b in ((a.bval, b.bval), (a.bvec, b.bvec)):
             assert (mine_b is None) == (theirs_b is None)
             assert mine_b is None or np.array_equal(mine_b, theirs_b)
+
+
+_PLAIN = {"IS": r" *[+-]?[0-9]+ *",
+          "DS": r" *[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)? *"}
+"""IS and DS text in plain decimal notation (what Part10.number(s) read from bytes)."""
+
+
+def _pydicom_value(data: bytes, keyword: str) -> Any:
+    """pydicom's value of ``keyword`` in the Part-10 bytes ``data`` (its warnings silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(io.BytesIO(data)).get(keyword)
