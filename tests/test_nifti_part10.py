@@ -431,20 +431,8 @@ def test_item_value_keys_on_the_inherited_character_set_and_hands_out_copies() -
 def test_enhanced_vendor_series_convert_alike_from_either_reader(repository: str) -> None:
     """Enhanced vendor objects read by the fast reader through one cache per series (the
     per-frame look-ups by item_value) and by pydicom convert to the same volumes."""
-    root = SHARED_DATA / "vendors" / repository / "In"
-    if not root.is_dir():
-        pytest.skip("../shared/data is absent")
-    series: dict[str, list[bytes]] = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        if data[128:132] == b"DICM":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                uid = str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-                          .get("SeriesInstanceUID", ""))
-            series.setdefault(uid, []).append(data)
     compared = 0
-    for members in series.values():
+    for members in _vendor_series(repository).values():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cache = ValueCache()
@@ -746,20 +734,8 @@ def test_vendor_series_convert_alike_from_bytes_and_from_pydicoms_values(
     rescale, echo and temporal values read from bytes by FrameLookup.numbers) convert to
     exactly what pydicom's datasets convert to: affines, scaling and sidecars compared
     exactly (a position off by 1e-9 fails)."""
-    root = SHARED_DATA / "vendors" / repository / "In"
-    if not root.is_dir():
-        pytest.skip("../shared/data is absent")
-    series: dict[str, list[bytes]] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            data = path.read_bytes()
-            if data[128:132] == b"DICM":
-                uid = str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-                          .get("SeriesInstanceUID", ""))
-                series.setdefault(uid, []).append(data)
     compared = laid_out = 0
-    for members in series.values():
+    for members in _vendor_series(repository).values():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cache = ValueCache()
@@ -838,3 +814,21 @@ def _pydicom_value(data: bytes, keyword: str) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return pydicom.dcmread(io.BytesIO(data)).get(keyword)
+
+
+def _vendor_series(repository: str) -> dict[str, list[bytes]]:
+    """The Part-10 files of a vendor repository's ``In/`` folder by SeriesInstanceUID, in
+    path order (skips the test when the shared data is absent)."""
+    root = SHARED_DATA / "vendors" / repository / "In"
+    if not root.is_dir():
+        pytest.skip("../shared/data is absent")
+    series: dict[str, list[bytes]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            data = path.read_bytes()
+            if data[128:132] == b"DICM":
+                uid = str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+                          .get("SeriesInstanceUID", ""))
+                series.setdefault(uid, []).append(data)
+    return series
