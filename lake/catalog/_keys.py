@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lake.catalog._duckdb import connect
+from lake.catalog._scan import _file_list, _quote
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -46,10 +47,6 @@ def readable_by_duckdb(paths: Sequence[str]) -> bool:
     """Whether DuckDB's ``read_parquet`` reads ``paths`` as they are: local absolute paths
     without glob characters (DuckDB expands ``*``, ``?``, ``[...]`` and ``{...}``)."""
     return all(p.startswith("/") and not _GLOB.intersection(p) for p in paths)
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def files_holding(paths: Sequence[str], key: str, keys: pa.Array) -> pa.Table:
@@ -84,10 +81,10 @@ def files_holding(paths: Sequence[str], key: str, keys: pa.Array) -> pa.Table:
     wanted = sorted(set(keys.to_pylist()))
     if not paths or not wanted:
         return schema.empty_table()
-    files = "[" + ", ".join(_literal(p) for p in paths) + "]"
+    files = _file_list(paths)
     column = '"' + key.replace('"', '""') + '"'
     if len(wanted) <= PROBED_KEYS:
-        among, parameters = "(" + ", ".join(_literal(k) for k in wanted) + ")", None
+        among, parameters = "(" + ", ".join(_quote(k) for k in wanted) + ")", None
     else:
         among, parameters = "(SELECT unnest(?))", [wanted]
     con = connect()

@@ -13,7 +13,7 @@ import duckdb
 
 from lake._errors import QueryError
 from lake.catalog._duckdb import without_progress_bar
-from lake.catalog._scan import FileGroups, Scan, scan_summaries, scan_table
+from lake.catalog._scan import FileGroups, Scan, _file_list, scan_summaries, scan_table
 from lake.catalog._schema import INSTANCES, TABLES
 from lake.catalog._summary import SERIES_PARTS, STUDY_PARTS, parts_sql, studies_from_series_sql
 
@@ -122,8 +122,7 @@ def lock_down(
     for statement in setup:
         con.execute(statement)
     if readable:
-        con.execute("SET allowed_paths = " + "[" + ", ".join(
-            "'" + path.replace("'", "''") + "'" for path in readable) + "]")
+        con.execute("SET allowed_paths = " + _file_list(readable))
     # GLOBAL: the cursors of Catalog.sql (pinned UIDs) keep the cache of footers too.
     con.execute("SET GLOBAL parquet_metadata_cache = true")
     without_progress_bar(con)
