@@ -18,7 +18,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
-from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -197,11 +196,13 @@ def _one_row_group(lake: Lake, instances: DeltaTable | None) -> bool:
     if instances is None or not lake.location.is_local:
         return False
     files = instances.file_uris()
-    if len(files) != 1 or not files[0].startswith("/"):
+    if len(files) != 1:
         return False
     import pyarrow.parquet as pq
 
-    return bool(pq.read_metadata(unquote(files[0])).num_row_groups == 1)
+    from lake.catalog._summary import fs_path
+
+    return bool(pq.read_metadata(fs_path(files[0])).num_row_groups == 1)
 
 
 def _member_query(query: str, key: str, dates: str | None = None) -> str:
