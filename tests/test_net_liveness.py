@@ -180,3 +180,36 @@ def test_not_a_request_is_refused_at_once(
         assert answer[:1] == b"\x07"  # A-ABORT
         assert sock.recv(1) == b""
         assert server.report.admission.malformed == 1
+
+
+def test_a_requestor_slow_to_send_is_not_closed_for_a_newcomer(
+    lk: lake.Lake, vault_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer's first bytes may come a moment after its connect (a loaded machine).
+
+    The waiting set is full of tricklers (1 byte each); the requestor connects, an idle peer
+    connects, then the requestor sends its whole request. Joining with zero bytes, it was the
+    one closed for the idle peer (CI saw an echoscu refused so under a flood); it joins with
+    its bytes and is admitted (one trickler was closed to make room for it).
+    """
+    monkeypatch.setattr(AssociationServer, "max_pending", 4)
+    config = ServerConfig(port=0, workers=0, allow=(MODALITY,), request_timeout=30)
+    request = associate_rq(MODALITY)
+    with DicomServer(lk, lk.secret(vault_dir), config) as server, contextlib.ExitStack() as stack:
+        def connect() -> socket.socket:
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", server.port)))
+            sock.settimeout(LIVENESS)
+            return sock
+
+        stats = server.report.admission
+        for _ in range(4):
+            connect().sendall(request[:1])
+        assert _eventually(lambda: stats.connections == 4)
+        requestor = connect()
+        idle = connect()
+        time.sleep(0.05)  # the requestor's moment between connect and send
+        requestor.sendall(request)
+        assert read_pdu(requestor)[:1] == b"\x02"  # A-ASSOCIATE-AC
+        assert _eventually(lambda: stats.connections == 6)  # the idle peer joined too
+        assert (stats.admitted, stats.evicted) == (1, 1)
+        assert idle.fileno() >= 0

@@ -15,8 +15,12 @@ modality out. This server admits a connection first, on the connection's own thr
 
 At most ``max_pending`` connections wait in step 1; one more closes a waiting one: the
 one that has sent the fewest bytes (received or still queued in the kernel), the oldest
-among equals. A real requestor sends its whole request at once, so it is never the one
-closed while idle or trickling connections wait.
+among equals. A connection joins the waiting ones when its first bytes arrive, or after
+:data:`FIRST_BYTES_GRACE` seconds of silence: a real requestor sends its whole request
+right after connecting, so it joins with its bytes counted and is never the one closed
+while idle or trickling connections wait, even when a flood of reconnecting idle peers
+keeps the waiting set full (without the grace, the moment between its ``connect`` and its
+``send`` made it a zero-byte connection, closed by the next arrival).
 
 Once admitted, a read or send that stalls for ``network_timeout`` seconds ends the
 association (pynetdicom's own reads block, so a peer stopping mid-PDU would keep its slot
@@ -57,6 +61,7 @@ from lake.net._association import (
 )
 
 __all__ = [
+    "FIRST_BYTES_GRACE",
     "MAX_REQUEST_BYTES",
     "AdmissionStats",
     "AssociationServer",
@@ -68,6 +73,10 @@ _LOG = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 1 << 20
 """The largest A-ASSOCIATE-RQ PDU accepted (real ones are a few KB; 128 contexts ~40 KB)."""
+
+FIRST_BYTES_GRACE = 0.25
+"""Seconds a new connection may stay silent before it joins the waiting ones (at most
+the request timeout); its first bytes end the wait at once."""
 
 _A_ASSOCIATE_RQ = 0x01
 _PDU_TYPES = frozenset(range(0x01, 0x08))
@@ -341,13 +350,16 @@ class _RequestHandler(RequestHandler):
         admission = server.admission
         sock = raw = self.request
         assert isinstance(raw, socket.socket)
+        deadline = time.monotonic() + admission.request_timeout
+        # join the waiting ones with the first bytes counted (module docstring)
+        with contextlib.suppress(OSError, ValueError):
+            select.select([raw], [], [], min(FIRST_BYTES_GRACE, admission.request_timeout))
         try:
             waiting = admission.wait_start(raw)
         except _RefusedError as closing:
             admission.count(closing.counter)
             _close(raw)
             return None
-        deadline = time.monotonic() + admission.request_timeout
         try:
             if server.ssl_context is not None:
                 sock = _handshake(server.ssl_context, waiting, deadline)
