@@ -156,3 +156,69 @@ def test_volumes_reach_the_disk_before_the_manifest(
     assert sorted(str(p) for p in listed if str(p) not in before) == []
     folders = {str(f) for p in listed for f in p.parents if f == out or out in f.parents}
     assert sorted(folders - set(before)) == []
+
+
+def test_acquisition_rows_validate_each_distinct_row_once_with_its_own_result() -> None:
+    """The plan validates a row of acquisition parameters once per distinct row; rows equal
+    in Python but not in bits or types (-0.0 and 0.0) are told apart, so each instance gets
+    exactly what acquisition_from_row gives it alone."""
+    import math
+
+    from lake.export._to_nifti import _AcquisitionRows
+    from lake.nifti import acquisition_from_row
+
+    base = {"slice_timing": [0.0, 0.5, 1.0], "volume_delay": 0.0, "echo_number": 2,
+            "phase_encoding_direction": "j-", "interpolation_2d": False,
+            "table_position": [0.0, -0.0, 12.5], "total_readout_time": None}
+    rows = [
+        base,
+        dict(base),  # equal values: the first row's result, shared
+        {**base, "volume_delay": -0.0},  # == 0.0 but not the same value
+        {**base, "table_position": [-0.0, -0.0, 12.5]},
+        {**base, "echo_number": 0},  # out of range: left out
+        {**base, "phase_encoding_direction": "DOE^JOHN"},  # not a choice: left out
+    ]
+    validated = _AcquisitionRows()
+    got = [validated(row) for row in rows]
+    for row, result in zip(rows, got, strict=True):
+        expected = acquisition_from_row(row)
+        assert result == expected
+        assert json.dumps(result, sort_keys=True) == json.dumps(expected, sort_keys=True)
+    assert got[1] is got[0]
+    assert math.copysign(1, got[2]["volume_delay"]) == -1.0
+    assert json.dumps(got[3]["table_position"]) == "[-0.0, -0.0, 12.5]"
+    assert "echo_number" not in got[4] and "phase_encoding_direction" not in got[5]
+    assert len({id(r) for r in got}) == 5
+
+
+def test_plan_rows_are_the_catalog_rows(nifti_lake: lake.Lake) -> None:
+    """The plan's instance rows, converted column by column, are the catalog's rows as
+    Table.to_pylist gives them (the plan's acquisitions included), member by member."""
+    from lake.export import load_cohort
+    from lake.export._runner import _REF_COLUMNS, _load_refs
+    from lake.export._to_nifti import nifti_layout
+    from lake.nifti import ACQUISITION_NAMES, acquisition_from_row
+
+    cohort = load_cohort(nifti_lake, "all")
+    files = nifti_lake.tables.data_files("instances", cohort.catalog_version)
+    columns = [c for c in ACQUISITION_NAMES if c in files.schema.names]
+    assert columns
+    refs, _located = _load_refs(cohort, columns, files)
+    names = list(dict.fromkeys([*_REF_COLUMNS, *columns]))
+    rows = {r["SOPInstanceUID"]: r for path in files.paths
+            for r in files.read(path, names).to_pylist()}
+    assert [r.sop_uid for r in refs] == [m.sop_uid for m in cohort.members]
+    for ref, member in zip(refs, cohort.members, strict=True):
+        row = rows[member.sop_uid]
+        assert (ref.series_uid, ref.study_uid, ref.patient_id, ref.series_number,
+                ref.instance_number, ref.modality, ref.pixel_hash, ref.pixel_vr, ref.profile,
+                ref.profile_version, ref.profile_sha256) == (
+            row["SeriesInstanceUID"], row["StudyInstanceUID"], row["PatientID"],
+            row["SeriesNumber"], row["InstanceNumber"], row["Modality"], row["pixel_hash"],
+            row["pixel_vr"], row["profile"], row["profile_version"], row["profile_sha256"])
+        assert ref.header_sha256 == member.header_sha256
+        assert ref.extra == {c: row[c] for c in columns}
+        assert list(ref.extra) == columns
+    plans = nifti_layout(refs)
+    planned = {sop: acq for p in plans for sop, acq in p.meta["acquisitions"].items()}
+    assert planned == {sop: acquisition_from_row(rows[sop]) for sop in rows}
