@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lake import BlobNotFoundError, IntegrityError
-from lake.store import BlobStore, atomic_write, blob_key, resolve
+from lake.store import BlobStore, atomic_write, blob_key, resolve, reused_at, write_at
 
 
 @pytest.fixture
@@ -92,3 +93,76 @@ def test_atomic_write_failure_keeps_old_content(tmp_path: Path) -> None:
         atomic_write(fs, str(target), object())  # type: ignore[arg-type]
     assert target.read_bytes() == b"old"
     assert sorted(os.listdir(tmp_path)) == ["blob"]
+
+
+def test_write_at_makes_a_missing_folder_once_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    location = resolve(tmp_path)
+    target = tmp_path / "a" / "b" / "blob"
+    write_at(location, str(target), b"first", fsync=False)  # the folders are made
+    write_at(location, str(target), b"second")  # the folder exists: no makedirs
+    assert target.read_bytes() == b"second"
+    assert os.listdir(target.parent) == ["blob"]
+    with pytest.raises(TypeError):
+        write_at(location, str(target), object())  # type: ignore[arg-type]
+    assert target.read_bytes() == b"second"
+    assert os.listdir(target.parent) == ["blob"]
+
+
+def test_put_new_makes_a_removed_fan_out_folder_again(store: BlobStore) -> None:
+    """A blob folder emptied and removed (by gc or by hand) is made again by the next put."""
+    key, written = store.put_new(b"pixels", durable=False)
+    assert written
+    folder = Path(store.path_of(key)).parent
+    Path(store.path_of(key)).unlink()
+    folder.rmdir()
+    folder.parent.rmdir()
+    assert store.put_new(b"pixels") == (key, True)
+    assert store.get(key) == b"pixels"
+    assert os.listdir(folder) == [key.split(":")[1]]
+
+
+def test_reused_at_touches_a_local_file(tmp_path: Path) -> None:
+    location = resolve(tmp_path)
+    path = tmp_path / "blob"
+    assert reused_at(location, str(path), lambda: b"") is False
+    path.write_bytes(b"x")
+    os.utime(path, (1_000_000, 1_000_000))
+    assert reused_at(location, str(path), lambda: b"") is True
+    assert path.stat().st_mtime > 1_000_000 + 3600
+
+
+_PER_FILE_WORK = """
+import json, sys
+import lake
+from lake.ingest import Ingestor
+from lake.ingest._instance import process_bytes
+from lake.vault import Secret
+ctx = Ingestor(lake.open(sys.argv[1]), Secret(bytes(32)), "basic").context
+outcomes = [process_bytes(data, ctx)
+            for data in (open(sys.argv[2], "rb").read(), b"DICM" * 64)]
+print(json.dumps([type(o).__name__ for o in outcomes]))
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_the_per_file_work_of_a_local_lake_loads_no_fsspec(tmp_path: Path) -> None:
+    """A worker stores pixel blobs and sealed originals of a local lake without fsspec
+    (issue 14.3: importing it took ~0.05 s of CPU in each worker process)."""
+    import subprocess
+    import sys
+
+    from pydicom.data import get_testdata_file
+
+    import lake
+
+    lake.init(tmp_path / "lake", vault=tmp_path / "vault")
+    proc = subprocess.run(
+        [sys.executable, "-c", _PER_FILE_WORK, str(tmp_path / "lake"),
+         str(get_testdata_file("CT_small.dcm"))],
+        capture_output=True, text=True, check=True,
+    )
+    kinds, modules = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])
+    assert kinds == ["Accepted", "Rejected"]  # a blob written, an original sealed
+    assert len(list(BlobStore(resolve(tmp_path / "lake")).keys())) == 1
+    assert len(os.listdir(tmp_path / "lake" / "quarantine")) == 1
+    assert not [m for m in modules if m == "fsspec" or m.startswith("fsspec.")]

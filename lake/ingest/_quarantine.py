@@ -7,7 +7,7 @@ import os
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from lake.store import Location, atomic_write, reused
+from lake.store import Location, reused_at, write_at
 from lake.vault import Secret
 
 __all__ = ["decrypt", "encrypt", "quarantine_key", "store_rejected"]
@@ -37,9 +37,8 @@ def store_rejected(location: Location, data: bytes, key: bytes) -> tuple[str, st
     digest = hashlib.sha256(data).hexdigest()
     object_key = f"quarantine/{digest}.sealed"
     path = location.join(object_key)
-    fs = location.fs
-    if not reused(fs, path, lambda: encrypt(data, key)):  # refreshed for gc's grace
+    if not reused_at(location, path, lambda: encrypt(data, key)):  # refreshed for gc's grace
         # Not fsynced one by one (that took a third of the time of quarantining): the batch
         # commit flushes every file of the batch to disk before its rows name them.
-        atomic_write(fs, path, encrypt(data, key), fsync=False)
+        write_at(location, path, encrypt(data, key), fsync=False)
     return digest, object_key

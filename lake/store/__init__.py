@@ -10,6 +10,8 @@ from lake.store._fs import (
     modified_at,
     resolve,
     reused,
+    reused_at,
+    write_at,
 )
 
 __all__ = [
@@ -23,4 +25,6 @@ __all__ = [
     "modified_at",
     "resolve",
     "reused",
+    "reused_at",
+    "write_at",
 ]

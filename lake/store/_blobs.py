@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from lake._errors import BlobNotFoundError, IntegrityError
-from lake.store._fs import Location, atomic_write, reused
+from lake.store._fs import Location, atomic_write, reused_at, write_at
 
 __all__ = ["BlobStore", "blob_key"]
 
@@ -94,10 +94,10 @@ class BlobStore:
         """
         key = key or blob_key(data)
         path = self.path_of(key)
-        fs = self.location.fs
-        if reused(fs, path, lambda: bytes(data)):  # refreshed: gc's grace counts from now
+        # refreshed: gc's grace counts from now
+        if reused_at(self.location, path, lambda: bytes(data)):
             return key, False
-        atomic_write(fs, path, bytes(data), fsync=durable)
+        write_at(self.location, path, bytes(data), fsync=durable)
         return key, True
 
     def get(self, key: str) -> bytes:
