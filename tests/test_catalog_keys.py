@@ -12,9 +12,8 @@ import pytest
 import lake
 import lake.catalog._keys as keys_module
 import lake.catalog._tables as tables_module
-from lake.catalog import INSTANCES, DeltaTables
+from lake.catalog import INSTANCES, DataFiles, DeltaTables
 from lake.catalog._keys import files_holding, readable_by_duckdb
-from lake.catalog._tables import arrow_dataset
 from lake.store import Location
 
 KEY = "SOPInstanceUID"
@@ -43,13 +42,13 @@ def _many_files(tables: DeltaTables, rng: random.Random) -> list[str]:
     return [u for u in stored if u != stored[5]]
 
 
-def _reference(fragments: list[object], columns: list[str], keys: pa.ChunkedArray) -> pa.Table:
+def _reference(files: DataFiles, columns: list[str], keys: pa.ChunkedArray) -> pa.Table:
     """``_matching`` as it was: every file's key column streamed (``_streamed``), then the
     other columns read from the files holding a match."""
     saved = tables_module.readable_by_duckdb
     tables_module.readable_by_duckdb = lambda paths: False
     try:
-        return tables_module._matching(fragments, INSTANCES, columns, keys)  # type: ignore[arg-type]
+        return tables_module._matching(files, INSTANCES, columns, keys)
     finally:
         tables_module.readable_by_duckdb = saved
 
@@ -61,14 +60,14 @@ def test_judgement_equals_streaming_every_file(lk: lake.Lake, monkeypatch: pytes
     path never streams the table (it would without lake/catalog/_keys.py)."""
     rng = random.Random(14)
     stored = _many_files(lk.tables, rng)
-    fragments = list(arrow_dataset(lk.tables.open(INSTANCES.name)).get_fragments())
-    assert len(fragments) > 10
+    files = lk.tables.data_files(INSTANCES.name)
+    assert len(files.paths) > 10
     present = [*rng.sample(stored, 12), stored[3], stored[3]]
     absent = [f"2.25.{rng.getrandbits(100)}" for _ in range(40)] + ["it's", "x\"y"]
     batch = present + absent + [None, None]
     rng.shuffle(batch)
     keys = pa.chunked_array([pa.array(batch, pa.string())])
-    expected = {tuple(c): _reference(fragments, c, keys) for c in ([KEY], FETCH)}
+    expected = {tuple(c): _reference(files, c, keys) for c in ([KEY], FETCH)}
     assert expected[(KEY,)].num_rows == 12 + 2  # stored[3] is in two files
 
     def streamed(*args: object) -> None:
@@ -78,7 +77,7 @@ def test_judgement_equals_streaming_every_file(lk: lake.Lake, monkeypatch: pytes
     for probed in (keys_module.PROBED_KEYS, 0):  # a constant IN list, then a semi-join
         monkeypatch.setattr(keys_module, "PROBED_KEYS", probed)
         for columns in ([KEY], FETCH):
-            got = tables_module._matching(fragments, INSTANCES, columns, keys)
+            got = tables_module._matching(files, INSTANCES, columns, keys)
             assert got.schema == expected[tuple(columns)].schema
             assert got.to_pylist() == expected[tuple(columns)].to_pylist()
     monkeypatch.undo()
@@ -99,7 +98,7 @@ def test_rewritten_files_hold_string_views_and_are_judged_alike(tmp_path: Path) 
     tables = DeltaTables(Location(str(tmp_path / "lake")))
     tables.create_all()
     stored = _many_files(tables, random.Random(3))
-    paths = [f.path for f in arrow_dataset(tables.open(INSTANCES.name)).get_fragments()]
+    paths = list(tables.data_files(INSTANCES.name).paths)
     views = [p for p in paths if pq.read_schema(p).field(KEY).type == pa.string_view()]
     assert views, "delta-rs no longer rewrites strings as string_view: simplify _keys' docs"
     in_view = pq.read_table(views[0], columns=[KEY]).column(0)[0].as_py()
@@ -138,10 +137,10 @@ def test_a_column_added_after_a_file_was_written_reads_null(tmp_path: Path) -> N
     write_deltalake(tables.uri(INSTANCES.name), _rows("old", ["2.25.1", "2.25.2"]).select(
         older.names).cast(older), mode="append")
     tables.append(INSTANCES, _rows("new", ["2.25.3"]))  # adds "Rows" first
-    fragments = list(arrow_dataset(tables.open(INSTANCES.name)).get_fragments())
+    files = tables.data_files(INSTANCES.name)
     keys = pa.chunked_array([pa.array(["2.25.2", "2.25.3", "2.25.4"])])
-    got = tables_module._matching(fragments, INSTANCES, FETCH, keys)
-    assert got.to_pylist() == _reference(fragments, FETCH, keys).to_pylist()
+    got = tables_module._matching(files, INSTANCES, FETCH, keys)
+    assert got.to_pylist() == _reference(files, FETCH, keys).to_pylist()
     assert sorted(got.to_pylist(), key=lambda row: row[KEY]) == [
         {KEY: "2.25.2", "batch_id": "old", "Modality": "CT", "Rows": None},
         {KEY: "2.25.3", "batch_id": "new", "Modality": "CT", "Rows": 0},
@@ -165,20 +164,20 @@ def test_fetched_columns_come_from_the_row_group_holding_each_match(
     for n, uids in enumerate(files):
         tables.append(INSTANCES, _rows(f"b{n}", uids))
     monkeypatch.undo()
-    fragments = list(arrow_dataset(tables.open(INSTANCES.name)).get_fragments())
-    groups = sorted(pq.ParquetFile(f.path).metadata.num_row_groups for f in fragments)
+    stored = tables.data_files(INSTANCES.name)
+    groups = sorted(pq.ParquetFile(p).metadata.num_row_groups for p in stored.paths)
     assert groups == [3, 10]  # rows 0-3, 4-7, ... of each file
     # First group: rows 0 and 3; second: 4; middle (16-19, 20-23): 19, 20, 23; last: 36, 39;
     # and the other file's first, middle and last groups' edges.
     chosen = [files[0][n] for n in (0, 3, 4, 19, 20, 23, 36, 39)]
     chosen += [files[1][n] for n in (0, 4, 7, 8, 9)]
     keys = pa.chunked_array([pa.array([*chosen, "2.25.0", None], pa.string())])
-    expected = _reference(fragments, FETCH, keys)
+    expected = _reference(stored, FETCH, keys)
     assert sorted((r["batch_id"], r["Rows"]) for r in expected.to_pylist()) == [
         ("b0", n) for n in (0, 3, 4, 19, 20, 23, 36, 39)] + [("b1", n) for n in (0, 4, 7, 8, 9)]
     for probed in (keys_module.PROBED_KEYS, 0):  # a constant IN list, then a semi-join
         monkeypatch.setattr(keys_module, "PROBED_KEYS", probed)
-        got = tables_module._matching(fragments, INSTANCES, FETCH, keys)
+        got = tables_module._matching(stored, INSTANCES, FETCH, keys)
         assert got.schema == expected.schema
         assert got.to_pylist() == expected.to_pylist()
 
@@ -189,12 +188,12 @@ def test_more_keys_than_a_statement_held_are_judged_in_one_query(
     statements of at most 10,000) give the streamed scan's rows, in one scan of the files."""
     rng = random.Random(12)
     stored = _many_files(lk.tables, rng)
-    fragments = list(arrow_dataset(lk.tables.open(INSTANCES.name)).get_fragments())
+    files = lk.tables.data_files(INSTANCES.name)
     absent = [f"2.25.{rng.getrandbits(100)}" for _ in range(12_000 - len(stored))]
     batch = [*stored, *absent, "it's"]
     rng.shuffle(batch)
     keys = pa.chunked_array([pa.array(batch, pa.string())])
-    expected = {tuple(c): _reference(fragments, c, keys) for c in ([KEY], FETCH)}
+    expected = {tuple(c): _reference(files, c, keys) for c in ([KEY], FETCH)}
     assert expected[(KEY,)].num_rows == len(stored) + 1  # stored[3] is in two files
     queries: list[str] = []
     connect = keys_module.connect
@@ -214,7 +213,7 @@ def test_more_keys_than_a_statement_held_are_judged_in_one_query(
 
     monkeypatch.setattr(keys_module, "connect", counted)
     for columns in ([KEY], FETCH):
-        got = tables_module._matching(fragments, INSTANCES, columns, keys)
+        got = tables_module._matching(files, INSTANCES, columns, keys)
         assert got.schema == expected[tuple(columns)].schema
         assert got.to_pylist() == expected[tuple(columns)].to_pylist()
     assert len(queries) == 2  # one per call
