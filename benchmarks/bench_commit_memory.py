@@ -39,9 +39,9 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lake.catalog import BATCHES, INSTANCES, Decision, DeltaTables, Judged  # noqa: E402
-from lake.catalog._journal import BatchJournal, record_batch  # noqa: E402
-from lake.store import Location  # noqa: E402
+from lake.catalog import INSTANCES, Decision, DeltaTables, Judged
+from lake.catalog._journal import BatchJournal, record_batch
+from lake.store import Location
 
 KEY = "SOPInstanceUID"
 COMPARED = ("identity_sha256", "profile_sha256", "pixel_hash", "pixel_vr", "TransferSyntaxUID",

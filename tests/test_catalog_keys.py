@@ -218,3 +218,31 @@ def test_more_keys_than_a_statement_held_are_judged_in_one_query(
         assert got.to_pylist() == expected[tuple(columns)].to_pylist()
     assert len(queries) == 2  # one per call
     assert all("unnest(?)" in q and not any(k in q for k in batch) for q in queries)
+
+
+def test_a_commit_lists_its_files_from_the_log_not_as_a_statistics_dataset(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Judging a commit's keys and ``lookup`` take the snapshot's file list from the Delta log:
+    deltalake's ``to_pyarrow_dataset`` builds an Arrow expression from every column's
+    statistics of every file (0.26 s of CPU a call at 300 files), a cost that grew with the
+    table at every commit (``benchmarks/bench_commit_memory.py``). Same judgement."""
+    from deltalake import DeltaTable
+
+    tables = DeltaTables(Location(str(tmp_path / "lake")))
+    tables.create_all()
+    rng = random.Random(5)
+    stored = _many_files(tables, rng)
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a commit built deltalake's statistics dataset")
+
+    monkeypatch.setattr(DeltaTable, "to_pyarrow_dataset", refused)
+    for local in (True, False):  # DuckDB's reader, then the streamed scan of a remote lake
+        monkeypatch.setattr(tables_module, "readable_by_duckdb", lambda paths, local=local: local)
+        absent = [f"2.25.{rng.getrandbits(100)}" for _ in range(3)]
+        result = tables.insert_new(INSTANCES, _rows("n", [*stored[:4], *absent]), key=KEY,
+                                   fetch=["batch_id"])
+        assert sorted(result.rows.column(KEY).to_pylist()) == sorted(absent)
+        stored += absent
+        found = tables.lookup(INSTANCES, KEY, [stored[0], stored[-1], "2.25.0"], ["batch_id"])
+        assert sorted(found.column(KEY).to_pylist()) == sorted([stored[0], stored[-1]])
