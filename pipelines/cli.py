@@ -4,33 +4,22 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
+import gc
+import importlib
 import importlib.abc
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Annotated, Any
 
 import typer
 
 import lake
-from pipelines import _core
 from pipelines._common import EXIT_CODES_HELP, EXIT_INTERNAL, err, out, reported
 from pipelines._params import LakeGroup
-from pipelines.documents import attach_command, export_documents_command
-from pipelines.export import cohort_app, export_app
-from pipelines.net import pull_command, serve_app
-from pipelines.portal import share_app, users_app
-from pipelines.profiles import deid_command, profiles_app
-from pipelines.steward import (
-    compact_command,
-    forget_command,
-    gc_command,
-    quarantine_app,
-    vacuum_command,
-)
-from pipelines.web import serve_web, teaching_app, token_app, viewer_app
 
 _SETTINGS: dict[str, Any] = {
     "rich_markup_mode": None,  # plain help: rich's renderer costs 0.2 s a run (issue 14.1)
@@ -40,40 +29,50 @@ _SETTINGS: dict[str, Any] = {
     "add_completion": False,
     "cls": LakeGroup,  # plain values converted without pydantic (issue 14.2)
 }
-app = typer.Typer(
-    help="imaging-lake: DICOM in, de-identified on the way in, SQL over the catalog, cohorts out.\n\n"
+_HELP = (
+    "imaging-lake: DICOM in, de-identified on the way in, SQL over the catalog, cohorts out.\n\n"
     "Every command finds its lake from --lake or LAKE_ROOT, and key material from --vault or "
-    "LAKE_VAULT (a folder outside the lake).\n\n" + EXIT_CODES_HELP,
-    **_SETTINGS,
+    "LAKE_VAULT (a folder outside the lake).\n\n" + EXIT_CODES_HELP
 )
 
-app.command()(_core.init)
-app.command()(_core.ingest)
-app.command()(_core.sql)
-app.command()(_core.info)
-app.command()(_core.verify)
-app.add_typer(profiles_app, name="profiles")
-app.command("deid")(deid_command)
-app.add_typer(cohort_app, name="cohort")
-app.add_typer(export_app, name="export")
-export_app.command("documents")(export_documents_command)
-app.command("attach")(attach_command)
-app.add_typer(serve_app, name="serve")
-serve_app.command("web")(serve_web)
-app.add_typer(token_app, name="token")
-app.add_typer(teaching_app, name="teaching")
-app.add_typer(viewer_app, name="viewer")
-app.add_typer(users_app, name="users")
-app.add_typer(share_app, name="share")
-app.command("pull")(pull_command)
-app.command("forget")(forget_command)
-app.add_typer(quarantine_app, name="quarantine")
-app.command("compact")(compact_command)
-app.command("gc")(gc_command)
-app.command("vacuum")(vacuum_command)
+#: ``lake``'s commands, in the order ``lake --help`` lists them: name -> (module, attribute).
+#: A module is imported when its command runs (or the whole app is built): ``lake export
+#: nifti`` does not import the servers', the portal's or the stewards' commands (issue 14.2).
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("pipelines._core", "init"),
+    "ingest": ("pipelines._core", "ingest"),
+    "sql": ("pipelines._core", "sql"),
+    "info": ("pipelines._core", "info"),
+    "verify": ("pipelines._core", "verify"),
+    "deid": ("pipelines.profiles", "deid_command"),
+    "attach": ("pipelines.documents", "attach_command"),
+    "pull": ("pipelines.net", "pull_command"),
+    "forget": ("pipelines.steward", "forget_command"),
+    "compact": ("pipelines.steward", "compact_command"),
+    "gc": ("pipelines.steward", "gc_command"),
+    "vacuum": ("pipelines.steward", "vacuum_command"),
+    "demo": (__name__, "demo"),  # this module (`__main__` under `python -m pipelines.cli`)
+}
+#: The groups (``lake export ...``), in ``lake --help``'s order, as :data:`_COMMANDS`.
+_GROUPS: dict[str, tuple[str, str]] = {
+    "profiles": ("pipelines.profiles", "profiles_app"),
+    "cohort": ("pipelines.export", "cohort_app"),
+    "export": ("pipelines.export", "export_app"),
+    "serve": ("pipelines.net", "serve_app"),
+    "token": ("pipelines.web", "token_app"),
+    "teaching": ("pipelines.web", "teaching_app"),
+    "viewer": ("pipelines.web", "viewer_app"),
+    "users": ("pipelines.portal", "users_app"),
+    "share": ("pipelines.portal", "share_app"),
+    "quarantine": ("pipelines.steward", "quarantine_app"),
+}
+#: Commands a group gets from another module: group -> ((name, module, attribute), ...).
+_GROUP_EXTRAS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "export": (("documents", "pipelines.documents", "export_documents_command"),),
+    "serve": (("web", "pipelines.web", "serve_web"),),
+}
 
 
-@app.command()
 def demo(
     lake_root: Annotated[
         str, typer.Option("--lake", envvar="LAKE_ROOT", help="Where to build the demo lake.")
@@ -92,6 +91,7 @@ def demo(
     """
     from lake._demo import DEMO_QUERY, sample_sources
     from lake.ingest import ingest
+    from pipelines import _core
 
     with reported():
         lk = lake.init(lake_root, vault=vault)
@@ -111,27 +111,86 @@ def demo(
         demo_portal(lk, vault, lake_root, scheduler)
 
 
+def _command(module: str, attribute: str) -> Callable[..., Any]:
+    function: Callable[..., Any] = getattr(importlib.import_module(module), attribute)
+    return function
+
+
+def _group(name: str) -> typer.Typer:
+    """The sub-app ``name`` with every command, those of other modules included (once)."""
+    module, attribute = _GROUPS[name]
+    group: typer.Typer = getattr(importlib.import_module(module), attribute)
+    for command, other, function in _GROUP_EXTRAS.get(name, ()):
+        if all(c.name != command for c in group.registered_commands):
+            group.command(command)(_command(other, function))
+    return group
+
+
+def _full_app() -> typer.Typer:
+    """Every command: ``lake``, ``lake --help``, an unknown command, and ``app``."""
+    full = typer.Typer(help=_HELP, **_SETTINGS)
+    for name, (module, attribute) in _COMMANDS.items():
+        full.command(name)(_command(module, attribute))
+    for name in _GROUPS:
+        full.add_typer(_group(name), name=name)
+    return full
+
+
+def _app() -> typer.Typer:
+    """The whole command tree, built once."""
+    built: typer.Typer | None = globals().get("app")
+    if built is None:
+        built = globals()["app"] = _full_app()
+    return built
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """``app``, the whole command tree, built on first use (PEP 562)."""
+    if name == "app":
+        return _app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _app_for(args: list[str]) -> typer.Typer:
-    """``app`` reduced to the one command ``args`` run, when they name one (issue 14.1).
+    """The app reduced to the one command ``args`` run, when they name one (issues 14.1, 14.2).
 
     Typer builds the Click command of every registered command before parsing the command
-    line (reading each signature: 0.03 s of CPU for all of ``lake``'s); a run needs one.
-    Anything else (``lake``, ``lake --help``, an unknown command) gets the full ``app``.
+    line (reading each signature: 0.03 s of CPU for all of ``lake``'s), and importing every
+    command's module costs more; a run needs one command, or one command of a group
+    (``lake export nifti``: neither the other exporters' signatures nor the servers'
+    modules). Anything else (``lake``, ``lake --help``, ``lake export``, an unknown command
+    or subcommand) gets the full command or group, so help, usage errors and suggestions are
+    those of the whole app.
     """
-    from typer.main import get_command_name
-
     name = args[0] if args else "-"
-    commands = [c for c in app.registered_commands
-                if c.callback is not None
-                and (c.name or get_command_name(c.callback.__name__)) == name]
-    groups = [g for g in app.registered_groups if g.name == name]
-    if not commands and not groups:
-        return app
     lean = typer.Typer(**_SETTINGS)
     lean.callback()(_no_options)  # a group, as app is, even with one command
-    lean.registered_commands.extend(commands)
-    lean.registered_groups.extend(groups)
+    if name in _COMMANDS:
+        lean.command(name)(_command(*_COMMANDS[name]))
+    elif name in _GROUPS:
+        lean.add_typer(_subcommand(name, args[1] if len(args) > 1 else "-"), name=name)
+    else:
+        return _app()
     return lean
+
+
+def _subcommand(name: str, command: str) -> typer.Typer:
+    """The group ``name`` with only its command ``command`` when it has one so named (its
+    own or another module's), else the whole group."""
+    from typer.main import get_command_name
+
+    module, attribute = _GROUPS[name]
+    group: typer.Typer = getattr(importlib.import_module(module), attribute)
+    lean = copy.copy(group)  # the group's own settings (help, callback), one command
+    lean.registered_groups = []
+    lean.registered_commands = [
+        c for c in group.registered_commands
+        if c.callback is not None and (c.name or get_command_name(c.callback.__name__)) == command
+    ]
+    for extra, other, function in _GROUP_EXTRAS.get(name, ()):
+        if extra == command and not lean.registered_commands:
+            lean.command(extra)(_command(other, function))
+    return lean if lean.registered_commands else _group(name)
 
 
 def _no_options() -> None:
@@ -223,8 +282,40 @@ def _initializing(module: str) -> bool:
     return bool(getattr(spec, "_initializing", False))
 
 
+#: Allocations (net, of objects the cyclic garbage collector tracks) before its first
+#: collection in the console script: more than any command's start-up makes (the imports of a
+#: small ``lake export nifti``, and its work, make ~130,000).
+FIRST_COLLECTION = 200_000
+
+
+def _collect_after_start_up() -> None:
+    """No cyclic garbage collection until :data:`FIRST_COLLECTION` allocations, then
+    Python's own thresholds again.
+
+    With Python's thresholds (700 allocations) the collector runs ~180 times during a small
+    ``lake export nifti``, rescanning the objects of every module imported so far: ~0.04 s
+    of CPU, a tenth of the command, to free ~1,500 objects (issue 14.2). A command's imports
+    make objects that live as long as the process; garbage cycles wait for the first
+    collection (at most :data:`FIRST_COLLECTION` allocations), after which a long command (an
+    ingest, a server) collects as usual. Called by :func:`main` only: importing
+    :mod:`pipelines.cli` or :mod:`lake` changes no collector setting.
+    """
+    defaults = gc.get_threshold()
+    if defaults[0] >= FIRST_COLLECTION:
+        return
+
+    def restore(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and gc.get_threshold()[0] == FIRST_COLLECTION:
+            gc.set_threshold(*defaults)
+
+    gc.callbacks.append(restore)  # stays, a no-op after the first collection: removing it
+    # while the collector iterates its callbacks would skip the next one
+    gc.set_threshold(FIRST_COLLECTION, *defaults[1:])
+
+
 def main() -> None:
     """Console-script entry point."""
+    _collect_after_start_up()
     # One OpenBLAS thread (set before anything imports numpy): the command's parallelism is
     # its worker processes, and a process without native threads can fork them (lake.compute).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -250,4 +341,4 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main"]  # noqa: F822 (app: built on first use, by __getattr__)
