@@ -4,7 +4,9 @@
 
 Each command is a new process, as a user runs it. The baseline is ``python -c pass`` (the
 interpreter alone). Goals (issue 14.1): ``lake --help`` < 0.3 s, ``lake sql`` on a small
-lake < 0.5 s. The median and the best of ``--repeat`` runs are printed with the CPU time the
+lake < 0.5 s. ``lake export nifti`` of a one-series cohort (CT_small) shows what an export
+pays before and around its work: the converter's imports (pydicom, nibabel, numpy, pyarrow);
+its goal against dcm2niix is measured by bench_scheduling.py (issue 14.2). The median and the best of ``--repeat`` runs are printed with the CPU time the
 run used (user + system), which the load of other jobs on the machine moves much less.
 ``--against`` runs the ``lake`` commands of another checkout's ``lake`` too (e.g. main's, for
 a before/after in the same run), interleaved with this one's.
@@ -47,13 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     from pydicom.data import get_testdata_file
 
     import lake
+    from lake.export import create_cohort
 
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         root = Path(tmp)
         lk = lake.init(root / "lake", vault=root / "vault")
         files = [get_testdata_file(n) for n in ("CT_small.dcm", "MR_small.dcm")]
         lk.ingest([str(f) for f in files if f], vault=root / "vault", scheduler="sync")
+        create_cohort(lk, "ct", "SELECT SeriesInstanceUID FROM series WHERE Modality = 'CT'")
         small = str(root / "lake")
+        exports = iter(range(10**6))
         commands: list[tuple[str, list[str], float | None]] = [
             ("python -c pass (baseline)", [sys.executable, "-c", "pass"], None),
             ("python -c 'import lake'", [sys.executable, "-c", "import lake"], None),
@@ -63,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             ("lake sql (series view)",
              [LAKE, "sql", "--lake", small, "SELECT * FROM series"], 0.5),
             ("lake info", [LAKE, "info", "--lake", small], None),
+            ("lake export nifti (one CT slice, -q)",
+             [LAKE, "export", "nifti", "ct", "--lake", small, "-q", "--out", "{out}"], None),
         ]
         if args.against:
             commands += [(f"{name} [against]", [args.against, *argv_[1:]], goal)
@@ -72,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'command':<46}{'wall s':>16}{'CPU s':>8}{'/ python':>10}  goal")
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in commands}
         for _ in range(args.repeat):  # interleaved, so load hits every command alike
-            for name, argv_, _goal in commands:
-                runs[name].append(_timed(argv_))
+            for name, argv_, _goal in commands:  # each export into a new folder
+                out = str(root / f"export-{next(exports)}")
+                runs[name].append(_timed([a.replace("{out}", out) for a in argv_]))
         base = statistics.median(w for w, _ in runs[commands[0][0]])
         for name, _, goal in commands:
             walls = [w for w, _ in runs[name]]
