@@ -6,8 +6,9 @@ Each command is a new process, as a user runs it. The baseline is ``python -c pa
 interpreter alone). Goals (issue 14.1): ``lake --help`` < 0.3 s, ``lake sql`` on a small
 lake < 0.5 s. ``lake export nifti`` of a one-series cohort (CT_small) shows what an export
 pays before and around its work: the converter's imports (pydicom, nibabel, numpy, pyarrow);
-its goal against dcm2niix is measured by bench_scheduling.py (issue 14.2). The median and the best of ``--repeat`` runs are printed with the CPU time the
-run used (user + system), which the load of other jobs on the machine moves much less.
+its goal against dcm2niix is measured by bench_scheduling.py (issue 14.2). The median and
+the best of ``--repeat`` runs are printed with the CPU time the run used (user + system),
+which the load of other jobs on the machine moves much less.
 ``--against`` runs the ``lake`` commands of another checkout's ``lake`` too (e.g. main's, for
 a before/after in the same run), interleaved with this one's.
 """
