@@ -13,7 +13,7 @@ import lake
 import lake.catalog._keys as keys_module
 import lake.catalog._tables as tables_module
 from lake.catalog import INSTANCES, DataFiles, DeltaTables
-from lake.catalog._keys import files_holding, readable_by_duckdb
+from lake.catalog._keys import files_holding, in_key_range, readable_by_duckdb
 from lake.store import Location
 
 KEY = "SOPInstanceUID"
@@ -246,3 +246,46 @@ def test_a_commit_lists_its_files_from_the_log_not_as_a_statistics_dataset(
         stored += absent
         found = tables.lookup(INSTANCES, KEY, [stored[0], stored[-1], "2.25.0"], ["batch_id"])
         assert sorted(found.column(KEY).to_pylist()) == sorted([stored[0], stored[-1]])
+
+
+def test_key_ranges_in_the_log_keep_every_file_that_may_hold_a_key() -> None:
+    """A file is skipped only when its recorded range holds no key: bounds missing, a key at
+    either bound, and a maximum cut to a prefix (which still bounds the key's prefix) keep it."""
+    bounds: dict[str, tuple[str | None, str | None]] = {
+        "a": ("2.25.10", "2.25.19"), "b": ("2.25.30", "2.25.30"), "c": (None, "2.25.5"),
+        "cut": ("2.25.40", "2.25.4"),  # the true maximum was longer: "2.25.4..." all fit
+    }
+    paths = ["a", "b", "c", "cut", "unrecorded"]
+    assert in_key_range(paths, bounds, ["2.25.0"]) == ("c", "unrecorded")
+    assert in_key_range(paths, bounds, sorted(["2.25.10", "2.25.30"])) == (
+        "a", "b", "c", "unrecorded")
+    assert in_key_range(paths, bounds, ["2.25.19"]) == ("a", "c", "unrecorded")
+    assert in_key_range(paths, bounds, ["2.25.45"]) == ("c", "cut", "unrecorded")
+    assert in_key_range(paths, bounds, ["2.25.2", "2.25.31"]) == ("c", "unrecorded")
+
+
+def test_a_batch_row_is_judged_without_opening_other_batches_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``batches`` gets a file per commit, each one batch id (its minimum is its maximum in
+    the log): a new batch id opens none of them, a repeated one only its own; the answer is
+    the one every file gives (fails before: DuckDB opened every file)."""
+    from lake.catalog import BATCHES
+
+    tables = DeltaTables(Location(str(tmp_path / "lake")))
+    tables.create_all()
+    for n in range(12):
+        tables.insert_new(BATCHES, [{"batch_id": f"b{n:02d}"}], key="batch_id")
+    opened: list[list[str]] = []
+    holding = tables_module.files_holding
+
+    def recorded(paths: list[str], key: str, keys: pa.Array) -> pa.Table:
+        opened.append(list(paths))
+        return holding(paths, key, keys)
+
+    monkeypatch.setattr(tables_module, "files_holding", recorded)
+    assert tables.insert_new(BATCHES, [{"batch_id": "b99"}], key="batch_id").count == 1
+    assert tables.insert_new(BATCHES, [{"batch_id": "b05"}], key="batch_id").count == 0
+    found = tables.lookup(BATCHES, "batch_id", ["b03", "b07", "zz"], [])
+    assert sorted(found.column("batch_id").to_pylist()) == ["b03", "b07"]
+    assert [len(paths) for paths in opened] == [1, 2]  # b05's file; b03's and b07's
+    assert len(tables.data_files(BATCHES.name).paths) == 13

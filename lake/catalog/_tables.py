@@ -16,7 +16,7 @@ from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from lake._errors import CatalogError
-from lake.catalog._keys import files_holding, readable_by_duckdb
+from lake.catalog._keys import files_holding, in_key_range, readable_by_duckdb
 from lake.catalog._layout import writer_properties
 from lake.catalog._retry import Backoff
 from lake.catalog._schema import ERASURES, INSTANCES, TABLES, Table
@@ -468,7 +468,8 @@ class DeltaTables:
                 scanned, existing = set(), _concat(table, columns, [])
             fresh = dataclasses.replace(files, paths=tuple(sorted(set(files.paths) - scanned)))
             try:
-                found = _matching(fresh, table, columns, candidates.column(key))
+                found = _matching(_in_key_range(delta, fresh, key, candidates.column(key)),
+                                  table, columns, candidates.column(key))
             except (OSError, pa.ArrowInvalid, duckdb.IOException) as exc:
                 # A file of this snapshot was removed meanwhile ('lake forget', 'lake vacuum'):
                 # a newer snapshot no longer reads it.
@@ -511,9 +512,11 @@ class DeltaTables:
         """
         import pyarrow as pa
 
-        files = self.data_files(table.name)
+        delta = self.open(table.name)
+        wanted = pa.chunked_array([pa.array(keys, pa.string())])
+        files = _in_key_range(delta, data_files(delta, self.storage_options), key, wanted)
         names = [key, *[c for c in columns if c != key]]
-        return _matching(files, table, names, pa.chunked_array([pa.array(keys, pa.string())]))
+        return _matching(files, table, names, wanted)
 
     def _upgraded(self, delta: DeltaTable, table: Table) -> bool:
         """Add the columns ``table`` declares and ``delta`` lacks; whether any were missing.
@@ -717,6 +720,30 @@ def _unique(data: pa.Table, key: str) -> pa.Table:
             first[value] = index
             keep.append(index)
     return data if len(keep) == data.num_rows else data.take(keep)
+
+
+def _in_key_range(
+    delta: DeltaTable, files: DataFiles, key: str, keys: pa.ChunkedArray
+) -> DataFiles:
+    """``files`` but those whose key range in the Delta log holds none of ``keys``
+    (:func:`lake.catalog._keys.in_key_range`)."""
+    wanted = sorted({k for k in keys.to_pylist() if k is not None})
+    if not files.paths or not wanted:
+        return files
+    actions = delta.get_add_actions(flatten=True)
+    if f"min.{key}" not in actions.column_names or f"max.{key}" not in actions.column_names:
+        return files
+    local = fs_path(delta.table_uri).rstrip("/") + "/" if delta.table_uri.startswith("file:") else ""
+    bounds = {
+        (local + unquote(path)) if local else path: (low, high)
+        for path, low, high in zip(
+            actions.column("path").to_pylist(),
+            actions.column(f"min.{key}").to_pylist(),
+            actions.column(f"max.{key}").to_pylist(),
+            strict=True,
+        )
+    }
+    return dataclasses.replace(files, paths=in_key_range(files.paths, bounds, wanted))
 
 
 def _matching(
