@@ -402,7 +402,7 @@ def _load_refs(cohort: Cohort, columns: Sequence[str],
                 profile_version=profile_version,
                 profile_sha256=profile_sha256,
                 header_sha256=member.header_sha256,
-                extra={} if extras is None else dict(zip(columns, extras[i], strict=True)),
+                extra={} if extras is None else dict(zip(columns, extras[i], strict=False)),  # one length
             )
         )
     if changed:

@@ -87,17 +87,17 @@ def nifti_layout(refs: Sequence[InstanceRef]) -> list[TaskPlan]:
 class _AcquisitionRows:
     """:func:`lake.nifti.acquisition_from_row` of catalog rows, computed once per distinct
     row (as a mapping: instances with equal values share one, which the converter only
-    reads). Rows are told apart by their pickle, which holds each value's type and exact
-    bits (``-0.0`` is not ``0.0``, ``1`` not ``1.0``), so equal pickles are equal inputs of
-    a pure function: the result is the one each row would get on its own
-    (``tests/test_export_nifti.py``). A plan of dcm_qa_philips (707 instances) has 18 distinct
-    rows, dcm_qa_stc 151 of 423."""
+    reads). Rows are told apart by their column names and the pickle of their values, which
+    holds each value's type and exact bits (``-0.0`` is not ``0.0``, ``1`` not ``1.0``), so
+    equal keys are equal inputs of a pure function: the result is the one each row would
+    get on its own (``tests/test_export_nifti.py``). A plan of dcm_qa_philips (707
+    instances) has 18 distinct rows, dcm_qa_stc 151 of 423."""
 
     def __init__(self) -> None:
-        self._seen: dict[bytes, Mapping[str, AcquisitionValue]] = {}
+        self._seen: dict[tuple[tuple[str, ...], bytes], Mapping[str, AcquisitionValue]] = {}
 
     def __call__(self, row: Mapping[str, Any]) -> Mapping[str, AcquisitionValue]:
-        key = pickle.dumps(row, protocol=pickle.HIGHEST_PROTOCOL)
+        key = (tuple(row), pickle.dumps(tuple(row.values()), protocol=pickle.HIGHEST_PROTOCOL))
         found = self._seen.get(key)
         if found is None:
             found = self._seen[key] = acquisition_from_row(row)
