@@ -2,6 +2,7 @@
 
     python benchmarks/bench_scheduling.py [--ingest 250,1000,2000,4000,8000] [--phi 1300]
                                           [--export 250,1000,2000,4000,8000] [--no-nifti]
+                                          [--against LAKE_EXECUTABLE] [--against-tree CHECKOUT]
 
 Every figure is the wall time of the `lake` command as a user runs it (a new process each
 time, imports included), measured in the same run:
@@ -13,7 +14,9 @@ time, imports included), measured in the same run:
 3. a small NIfTI export (the 8 fMRI series of ``dcm_qa_stc``) against dcm2niix on the
    original files: the CLI (auto), the CLI on the process cluster, and ``export_nifti``
    called in an already running process. Goals (issue 14.2): the CLI within 5x of dcm2niix,
-   in-process within 1.5x.
+   in-process within 1.5x. ``--against`` adds the CLI of another checkout, ``--against-tree``
+   the in-process export of another checkout's library (run in a process of its own),
+   interleaved with this tree's: a before/after in the same window.
 
 The crossover is the smallest size at which the cluster finished first; ``auto`` should
 track the faster of the two on each line (lake.compute: INGEST_CROSSOVER, EXPORT_CROSSOVER).
@@ -187,7 +190,48 @@ def bench_export(sizes: list[int], work: Path, repeat: int) -> None:
     _table(f"lake export dicom (wall s, CLI, best of {repeat})", "inst", rows)
 
 
-def bench_small_nifti(work: Path, repeat: int, against: str | None = None) -> None:
+class _Resident:
+    """``export_nifti`` in a Python process kept running, importing ``lake`` from another
+    checkout (``tree``): its in-process figure, interleaved with this tree's in the same run.
+    Each call exports the cohort once and returns the child's own wall and CPU seconds
+    (user + system of the child, threads included)."""
+
+    _CODE = (
+        "import sys, time, lake\n"
+        "from lake.export import export_nifti, load_cohort\n"
+        "lk = lake.open(sys.argv[1]); cohort = load_cohort(lk, sys.argv[2])\n"
+        "for line in sys.stdin:\n"
+        "    c, w = time.process_time(), time.perf_counter()\n"
+        "    export_nifti(lk, cohort, line.strip())\n"
+        "    print(time.perf_counter() - w, time.process_time() - c, flush=True)\n"
+    )
+
+    def __init__(self, tree: Path, lake_root: Path, cohort: str, work: Path) -> None:
+        env = dict(os.environ, PYTHONPATH=str(tree))
+        self.proc = subprocess.Popen(  # cwd=tree: its lake/ comes first on sys.path
+            [sys.executable, "-c", self._CODE, str(lake_root), cohort], cwd=tree, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        self.work = work
+        self.count = 0
+        self()  # warm: imports, as in a notebook that already used the lake
+
+    def __call__(self) -> tuple[float, float]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.count += 1
+        self.proc.stdin.write(f"{self.work / f'r{self.count}'}\n")
+        self.proc.stdin.flush()
+        wall, cpu = self.proc.stdout.readline().split()
+        return float(wall), float(cpu)
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def bench_small_nifti(work: Path, repeat: int, against: str | None = None,
+                      against_tree: Path | None = None) -> None:
     if not STC.is_dir() or shutil.which("dcm2niix") is None:
         print(f"\n(small NIfTI export skipped: {STC} or dcm2niix absent)")
         return
@@ -230,7 +274,7 @@ def bench_small_nifti(work: Path, repeat: int, against: str | None = None) -> No
     print(f"load average {os.getloadavg()[0]:.2f}; wall s: median (best) of {repeat} runs, "
           "interleaved; CPU s: median per run (user + system of this process and its "
           "children: the load moves it much less)")
-    lines: list[tuple[str, Callable[[], float], float | None]] = [
+    lines: list[tuple[str, Callable[[], float | tuple[float, float]], float | None]] = [
         ("dcm2niix (originals)", dcm2niix, None),
         ("lake export nifti (CLI, auto)", cli(), 5.0),
         ("lake export nifti (CLI, --scheduler sync)", cli("--scheduler", "sync"), 5.0),
@@ -240,12 +284,20 @@ def bench_small_nifti(work: Path, repeat: int, against: str | None = None) -> No
     ]
     if against:  # another checkout's lake (e.g. main's): a before/after in the same run
         lines.insert(2, ("  the same, --against's lake", cli(lake=against), 5.0))
+    resident = None
+    if against_tree is not None:  # another checkout's library, in a process of its own
+        resident = _Resident(against_tree, root / "lake", "stc", work)
+        lines.insert(-1, ("  the same, --against-tree's lake/", resident, 1.5))
     runs: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in lines}
     for _ in range(repeat):  # interleaved: the load of other jobs hits every line alike
         for label, run, _goal in lines:
             cpu = _cpu()
-            wall = run()
-            runs[label].append((wall, _cpu() - cpu))
+            measured = run()
+            # (the resident process reports its own wall and CPU seconds)
+            runs[label].append(measured if isinstance(measured, tuple)
+                               else (measured, _cpu() - cpu))
+    if resident is not None:
+        resident.close()
     ref = statistics.median(w for w, _ in runs[lines[0][0]])
     for label, _line, goal in lines:
         walls = [w for w, _ in runs[label]]
@@ -289,12 +341,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="small NIfTI export: interleaved runs of each line")
     parser.add_argument("--sweep-repeat", type=int, default=2, help="sweep repeats")
     parser.add_argument("--against", help="another `lake` executable for the small export")
+    parser.add_argument("--against-tree", type=Path,
+                        help="another checkout (the folder holding its lake/) for the small "
+                             "export in-process, interleaved with this tree's")
     args = parser.parse_args(argv)
     print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} at start", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-sched-") as tmp:
         work = Path(tmp)
         if not args.no_nifti:
-            bench_small_nifti(work, args.repeat, args.against)
+            bench_small_nifti(work, args.repeat, args.against, args.against_tree)
         if args.ingest:
             bench_ingest(_sizes(args.ingest), args.phi, work, args.sweep_repeat)
         if args.export:
