@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -167,8 +169,11 @@ def test_members_are_the_same_without_the_date_condition(
     monkeypatch: pytest.MonkeyPatch, commits: int,
 ) -> None:
     """resolve_cohort skips the StudyDate condition (a query of its own) when the instances
-    rows are one row group of one data file, where it can prune nothing: the members are
-    the same as with it, undated instances included. With two data files it still runs."""
+    rows are one row group of one data file, where it can prune nothing, and reads the
+    member rows from that file with pyarrow (DuckDB runs the cohort query for its keys
+    alone): the members are the same as DuckDB's member query with the condition, undated
+    instances and instances without pixels included, for series and instance queries. With
+    two data files the condition and the member query still run."""
     from lake.export import _cohort
 
     sources = [str(samples), str(ct_folder)]
@@ -185,9 +190,20 @@ def test_members_are_the_same_without_the_date_condition(
         return bounds(lake_, query, version)
 
     monkeypatch.setattr(_cohort, "_date_bounds", spy)
+    read: list[pa.Table | None] = []
+    one_file = _cohort._members_of_one_file
+
+    def read_spy(*args: Any) -> pa.Table | None:
+        read.append(one_file(*args))
+        return read[-1]
+
+    monkeypatch.setattr(_cohort, "_members_of_one_file", read_spy)
+    assert lk.sql("SELECT count(*) FROM instances WHERE pixel_hash IS NULL").fetchall()[0][0]
     for query in _QUERIES:
         skipped = resolve_cohort(lk, query)
         assert bool(ran) is (commits == 2 and "SeriesInstanceUID" in query), query
+        assert len(read) == (commits == 1) and all(t is not None for t in read), query
+        read.clear()
         with monkeypatch.context() as forced:
             forced.setattr(_cohort, "_one_row_group", lambda *_: False)
             bounded = resolve_cohort(lk, query)
