@@ -7,6 +7,7 @@ affine checks slice order, axis directions and data placement at once.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import itertools
 import json
@@ -19,8 +20,17 @@ import pydicom
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
+from pydicom.pixels import get_decoder
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+    generate_uid,
+)
 
 from lake import ConfigError, ExportError
 from lake.nifti import (
@@ -33,6 +43,7 @@ from lake.nifti import (
     series_to_nifti,
     write_volume,
 )
+from tests.conftest import SHARED_DATA
 from tests.nifti_synth import (
     CORONAL,
     PHI_SENTINELS,
@@ -138,6 +149,43 @@ def test_compressed_transfer_syntaxes_decode_to_the_same_volume(syntax: str) -> 
         ds.compress(syntax)
     volume = _only(series_to_nifti(series))
     np.testing.assert_array_equal(_data(volume), _data(reference))
+
+
+def _jpeg_ls_sources(shared: Path) -> list[Dataset]:
+    """JPEG-LS objects: generated lossless and near-lossless, pydicom's, dcm_qa_ts's."""
+    series = synthetic_series(n_slices=2, rows=64, cols=48, modality="MR", signed=True,
+                              noise=9)
+    series[0].compress(JPEGLSLossless)
+    series[1].compress(JPEGLSNearLossless, jls_error=2)
+    files = [get_testdata_file("MR_small_jpeg_ls_lossless.dcm"),
+             *sorted((shared / "vendors" / "dcm_qa_ts" / "In").glob("*.dcm"))]
+    found = [pydicom.dcmread(path) for path in files if path is not None]
+    return series + [ds for ds in found
+                     if ds.file_meta.TransferSyntaxUID in (JPEGLSLossless, JPEGLSNearLossless)]
+
+
+def test_jpeg_ls_is_decoded_by_charls_to_what_pydicoms_first_plugin_gives() -> None:
+    """The converter asks for pyjpegls (CharLS, faster); libjpeg, pydicom's first choice,
+    decodes every JPEG-LS object to the same pixels and the same volume."""
+    sources = _jpeg_ls_sources(SHARED_DATA)
+    assert len(sources) >= 3
+    for ds in sources:
+        decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
+        charls = decoder.as_array(ds, decoding_plugin="pyjpegls")[0]
+        libjpeg = decoder.as_array(ds, decoding_plugin="pylibjpeg")[0]
+        np.testing.assert_array_equal(charls, libjpeg)
+        volume = _only(series_to_nifti([ds]))
+        expected = _only(series_to_nifti([_decompressed(ds, libjpeg)]))
+        np.testing.assert_array_equal(_data(volume), _data(expected))
+
+
+def _decompressed(ds: Dataset, array: np.ndarray[Any, Any]) -> Dataset:
+    """A copy of ``ds`` holding ``array`` natively (explicit VR little endian)."""
+    plain = copy.deepcopy(ds)
+    plain.PixelData = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")
+                                                        ).tobytes()
+    plain.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return plain
 
 
 def test_gap_is_refused_with_a_reason() -> None:
