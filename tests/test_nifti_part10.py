@@ -35,6 +35,7 @@ from lake.nifti import (
     NiftiVolume,
     Part10,
     ValueCache,
+    _part10,
     derive_acquisition,
     read_part10,
     series_to_nifti,
@@ -637,6 +638,108 @@ def test_objects_indexed_by_one_layout_are_independent() -> None:
     third = read_part10(data, cache=cache)
     assert isinstance(third, Part10) and cache.indexed_by_layout == 2
     assert len(third._elements[0x52009230]) == 4 and 0x7FE00010 not in third
+
+
+# --------------------------------------------------------------- sequence items' shapes
+
+
+def _deep_index(ds: Part10) -> list[object]:
+    """Every dataset's index, items of every sequence indexed (read) first, depth first."""
+    found: list[object] = [dict(ds._elements)]  # before its sequences are read
+    for tag in list(ds.keys()):
+        if ds._elements[tag][0] == "SQ":
+            found.append([_deep_index(item) for item in ds.get(tag)])
+    return found
+
+
+def _walked(data: bytes) -> Part10 | Dataset:
+    """``read_part10(data)`` with no item shapes: every item walked."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_part10._Shapes, "remember", lambda *_, **__: None)
+        return _read(data)
+
+
+def _shaped_and_walked(datas: list[bytes]) -> tuple[int, list[str]]:
+    """Read every object through one ValueCache (its item shapes) and walked without
+    shapes; (how many items the shapes checked, every object whose index differs: the
+    dataset's, every item's at every depth, where each sequence ends, or pydicom's
+    values)."""
+    problems = []
+    cache = ValueCache()
+    for i, data in enumerate(datas):
+        shaped, walked = _read(data, cache), _walked(data)
+        if _index(shaped) != _index(walked):
+            problems.append(f"#{i}: another index")
+        if isinstance(shaped, Part10) and isinstance(walked, Part10):
+            if (_deep_index(shaped) != _deep_index(walked)
+                    or shaped._source.ends != walked._source.ends):
+                problems.append(f"#{i}: other items")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                expected = pydicom.dcmread(io.BytesIO(data))
+            problems += [f"#{i}: {d}" for d in differences(expected, shaped)]
+    return sum(known.hits for known in cache._shapes.values()), problems
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(-300, 300, allow_nan=False).map(lambda z: round(z, 3)),
+                min_size=2, max_size=12),
+       st.sampled_from([ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+def test_items_checked_by_an_earlier_items_shape_are_what_the_walk_makes(
+        positions: list[float], syntax: str) -> None:
+    """Per-frame items whose positions have other lengths (other shapes) or the same
+    (one shape): with shapes, every item at every depth is indexed as the walk alone
+    indexes it, each sequence ends where it does, and the values are pydicom's."""
+    series = synthetic_series(rows=4, cols=4, positions=positions)
+    one = enhanced_from(series)
+    two = enhanced_from(series[::-1])
+    for frame in two.PerFrameFunctionalGroupsSequence[::2]:
+        frame.FrameContentSequence[0].FrameLabel = "LABEL"  # another shape every other
+    hits, problems = _shaped_and_walked([_bytes(one, syntax), _bytes(two, syntax)])
+    assert problems == []
+    assert hits > 0  # the shapes were used (the frames' shared macros at least)
+
+
+@pytest.mark.vendor
+@pytest.mark.parametrize("repository", ["dcm_qa_enh", "dcm_qa_xa30", "dcm_qa_philips"])
+def test_vendor_items_checked_by_shapes_are_what_the_walk_makes(repository: str) -> None:
+    """Every original file of a vendor repository with enhanced objects, through one cache:
+    the items checked by shapes (most of them) give the walk's index at every depth."""
+    root = SHARED_DATA / "vendors" / repository / "In"
+    if not root.is_dir():
+        pytest.skip("../shared/data is absent")
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    datas = [d for d in (p.read_bytes() for p in files[:60]) if d[128:132] == b"DICM"]
+    hits, problems = _shaped_and_walked(datas)
+    assert problems == []
+    assert hits > 0
+
+
+def test_an_item_of_a_known_shape_with_other_header_bytes_is_walked() -> None:
+    """Items that fit a shape's key (same first element) but differ in a header byte,
+    or do not fit before the end: walked, so damage sends the object to pydicom as
+    before, and an undamaged one is indexed as the walk indexes it."""
+    enhanced = enhanced_from(synthetic_series(n_slices=6, rows=4, cols=4,
+                                              positions=[10.0] * 6))  # one shape
+    data = _bytes(enhanced, ExplicitVRLittleEndian)
+    cache = ValueCache()
+    assert isinstance(_read(data, cache), Part10)
+    assert sum(known.hits for known in cache._shapes.values()) >= 4
+    # the last frame's RescaleSlope (DS) read as IS: a header byte, same length
+    slope = data.rindex(b"\x28\x00\x53\x10DS")
+    other_vr = data[: slope + 4] + b"IS" + data[slope + 6 :]
+    shaped = _read(other_vr, cache)
+    assert isinstance(shaped, Part10)
+    assert _deep_index(shaped) == _deep_index(_walked(other_vr))
+    assert _index(_read(other_vr, cache)) == _index(_walked(other_vr))
+    # the last frame's PlanePositionSequence's VR damaged: pydicom's reader
+    ipp = data.rindex(b"\x20\x00\x32\x00DS")
+    damaged = data[: ipp + 4] + b"Q!" + data[ipp + 6 :]
+    assert not isinstance(_read(damaged, cache), Part10)
+    # cut inside the last frame: no shape fits, the walk refuses
+    per_frame = data.index(b"\x00\x52\x30\x92")  # (5200,9230)
+    cut = data[: (per_frame + len(data)) // 2]
+    assert not isinstance(_read(cut, cache), Part10) and not isinstance(_walked(cut), Part10)
 
 
 # --------------------------------------------------------------- numbers read from bytes

@@ -141,12 +141,14 @@ class ValueCache:
     True
     """
 
-    __slots__ = ("_layouts", "_values", "indexed_by_layout")
+    __slots__ = ("_layouts", "_shapes", "_values", "indexed_by_layout")
 
     def __init__(self) -> None:
         self._values: dict[tuple[object, ...], object] = {}
         # header layouts of the batch by size (see _Layout), most recent first
         self._layouts: dict[int, list[_Layout]] = {}
+        # sequence items' shapes of the batch (see _ItemShape)
+        self._shapes: dict[tuple[int, bool, bytes], _Shapes] = {}
         #: How many headers were indexed by the layout of an earlier one (not walked).
         self.indexed_by_layout = 0
 
@@ -184,15 +186,18 @@ class ValueCache:
 
 
 class _Source:
-    """The bytes shared by one object and its items, the batch's value cache, and where
-    each sequence the walk has passed ends (keyed by the position of its value)."""
+    """The bytes shared by one object and its items, the batch's value cache, where each
+    sequence the walk has passed ends (keyed by the position of its value), and the shapes
+    of the items walked (the batch's, else this object's own)."""
 
-    __slots__ = ("buffer", "cache", "ends")
+    __slots__ = ("buffer", "cache", "ends", "shapes")
 
     def __init__(self, buffer: bytes, cache: ValueCache | None = None) -> None:
         self.buffer = buffer
         self.cache = cache
         self.ends: dict[int, int] = {}
+        self.shapes: dict[tuple[int, bool, bytes], _Shapes] = (
+            {} if cache is None else cache._shapes)
 
 
 class Part10:
@@ -616,17 +621,189 @@ def _sequence_walk(source: _Source, pos: int, length: int, implicit: bool,
             return items, pos
         if tag != _ITEM_LE:
             raise Part10Error("not an item in a sequence")
-        elements: dict[int, Any] | None = None if parent is None else {}
+        if parent is None:
+            # checked: by a shape of an earlier item when one fits, else walked
+            pos = _check_item(source, pos, end, item_length, implicit)
+            continue
+        # indexed (every item is checked first: this walk does not enter its sequences)
+        elements: dict[int, Any] = {}
         if item_length == _UNDEFINED:
             pos = _walk(source, pos, len(buffer), implicit, True, elements)
         else:
             _walk(source, pos, pos + item_length, implicit, False, elements)
             pos += item_length
-        if elements is not None:
-            items.append(Part10(elements, source, implicit, parent))
+        items.append(Part10(elements, source, implicit, parent))
     if length == _UNDEFINED:
         raise Part10Error("sequence without its delimiter")
     return items, end
+
+
+#: How many shapes are kept per item key (a per-frame item's shapes differ in the lengths
+#: of a few values: positions, times).
+_SHAPES_PER_KEY = 8
+#: Items longer than this get no shape (one object's private blocks: hundreds of kilobytes
+#: that do not repeat, whose shape would cost more to make and compare than walking them).
+_SHAPE_BYTES = 16384
+#: How many more shapes than items indexed by them are made for a key before it is only
+#: walked (items whose shapes rarely repeat: making a shape costs about three walks).
+_SHAPE_MISSES = 2
+
+
+class _Shapes:
+    """The shapes of the items of one key (item length, syntax, first 8 bytes), most
+    recent first, with how many were made and how many items they indexed."""
+
+    __slots__ = ("hits", "made", "shapes")
+
+    def __init__(self) -> None:
+        self.shapes: list[_ItemShape] = []
+        self.made = 0
+        self.hits = 0
+
+    def remember(self, source: _Source, start: int, stop: int, implicit: bool) -> None:
+        """Keep the shape of the item the walk has just checked (content from ``start`` to
+        ``stop``, its delimiter included), first."""
+        self.made += 1
+        if stop - start > _SHAPE_BYTES:
+            return
+        shape = _ItemShape.of(source, start, stop, implicit)
+        if shape is not None:
+            self.shapes.insert(0, shape)
+            del self.shapes[_SHAPES_PER_KEY:]
+
+
+class _ItemShape:
+    """Where every element, item and delimiter header of one sequence item sits, to check
+    the next item of the same shape with one ``struct`` call instead of a walk.
+
+    The items of a sequence often repeat their structure with other values (an enhanced
+    object's per-frame functional groups: the same macros, tags, VRs and lengths, frame
+    after frame; their lengths are undefined, so no length tells where an item ends before
+    it is walked). A shape records, relative to the start of an item's content, the
+    header bytes (tag, VR, length: 8 or 12) of every element, nested item and delimiter the
+    walk read, the item's size, and where each nested sequence, at every depth, ends.
+    Another item (same item length, syntax and first 8 bytes: the key) whose header bytes
+    at those offsets unpack to the same numbers and that fits before the end of its
+    sequence is what the walk would make of it: every decision of the walk (VR, length,
+    where the next header is, every error it raises) depends on those bytes and on bounds
+    that the fit implies. Anything else is walked. Items are indexed by the walk, as
+    before (checked first, their sequences are not entered again).
+    """
+
+    __slots__ = ("ends", "headers", "size", "unpack")
+
+    def __init__(self, unpack: Any, headers: tuple[int, ...], size: int,
+                 ends: tuple[tuple[int, int], ...]) -> None:
+        self.unpack = unpack
+        self.headers = headers
+        self.size = size
+        self.ends = ends
+
+    def apply(self, source: _Source, pos: int) -> None:
+        """Record where the nested sequences of the item at ``pos`` end, as the walk
+        does."""
+        ends = source.ends
+        for start, stop in self.ends:
+            ends[pos + start] = pos + stop
+
+    @classmethod
+    def of(cls, source: _Source, start: int, stop: int, implicit: bool) -> _ItemShape | None:
+        """The shape of the item the walk has just checked (see :meth:`_Shapes.remember`);
+        None when it has none."""
+        buffer = source.buffer
+        headers: list[tuple[int, int]] = []
+        sequences: list[tuple[int, int]] = []
+        if _headers_of(buffer, start, stop, implicit, headers, sequences) != stop:
+            return None  # not where the walk ended: no shape (never seen)
+        ends = source.ends
+        if any(ends.get(begin) != end for begin, end in sequences):
+            return None  # nor other sequences than the walk's
+        parts = ["<"]
+        position = start
+        for header, size in headers:
+            if header > position:
+                parts.append(f"{header - position}x")
+            parts.append("Q" if size == 8 else "QI")
+            position = header + size
+        unpack = struct.Struct("".join(parts)).unpack_from
+        return cls(unpack, unpack(buffer, start), stop - start,
+                   tuple((begin - start, end - start) for begin, end in sequences))
+
+
+def _headers_of(buffer: bytes, pos: int, end: int, implicit: bool,
+                headers: list[tuple[int, int]], sequences: list[tuple[int, int]]) -> int:
+    """The headers the walk reads from ``pos`` to ``end`` (or past an item delimiter) of
+    bytes it has checked, as (position, size), and the (start, end) of every sequence at
+    every depth; where it stopped. The walk's steps without its checks (:func:`_walk`)."""
+    unpack_header, unpack_u32, unpack_item = (_HEADER.unpack_from, _U32.unpack_from,
+                                              _ITEM_HEADER.unpack_from)
+    while pos < end:
+        group, number, vr_bytes, short = unpack_header(buffer, pos)
+        if implicit or group == 0xFFFE:
+            tag = (group << 16) | number
+            headers.append((pos, 8))
+            if tag == _ITEM_END:
+                return pos + 8
+            length = unpack_u32(buffer, pos + 4)[0]
+            vr = "OW" if tag == _PIXEL_DATA else _dictionary_vr(tag)
+            pos += 8
+        else:
+            vr, long = _EXPLICIT[vr_bytes]
+            if not long:
+                headers.append((pos, 8))
+                pos += 8 + short
+                continue
+            length = unpack_u32(buffer, pos + 8)[0]
+            headers.append((pos, 12))
+            pos += 12
+        if vr == "SQ" or (length == _UNDEFINED and vr == "UN"):
+            inner = implicit or vr == "UN"
+            begin = pos
+            stop = len(buffer) if length == _UNDEFINED else pos + length
+            while pos < stop:
+                tag, item_length = unpack_item(buffer, pos)
+                headers.append((pos, 8))
+                pos += 8
+                if tag == _SEQUENCE_END_LE:
+                    break
+                if item_length == _UNDEFINED:
+                    pos = _headers_of(buffer, pos, len(buffer), inner, headers, sequences)
+                else:
+                    _headers_of(buffer, pos, pos + item_length, inner, headers, sequences)
+                    pos += item_length
+            else:
+                pos = stop
+            sequences.append((begin, pos))
+            continue
+        pos += length
+    return pos
+
+
+def _check_item(source: _Source, pos: int, end: int, item_length: int,
+                implicit: bool) -> int:
+    """Check the item whose content starts at ``pos`` (its sequence ends at ``end``); where
+    it ends. By a shape of an earlier item of its key when one fits, else by the walk
+    (which makes a shape when the key comes again)."""
+    buffer = source.buffer
+    key = (item_length, implicit, buffer[pos : pos + 8])
+    known = source.shapes.get(key)
+    if known is not None:
+        for shape in known.shapes:
+            stop = pos + shape.size
+            if stop <= end and shape.unpack(buffer, pos) == shape.headers:
+                shape.apply(source, pos)
+                known.hits += 1
+                return stop
+    if item_length == _UNDEFINED:
+        stop = _walk(source, pos, len(buffer), implicit, True, None)
+    else:
+        _walk(source, pos, pos + item_length, implicit, False, None)
+        stop = pos + item_length
+    if known is None:
+        source.shapes[key] = _Shapes()  # seen once: a shape is made if the key comes again
+    elif known.made <= known.hits + _SHAPE_MISSES:
+        known.remember(source, pos, stop, implicit)
+    return stop
 
 
 def _skip_sequence(source: _Source, pos: int, length: int, implicit: bool) -> int:
