@@ -309,9 +309,10 @@ _MEMBER_COLUMNS = ("SeriesInstanceUID", "SOPInstanceUID", "pixel_hash", "header_
 
 def _members_of_one_file(lake: Lake, query: str, key: str,
                          instances: DeltaTable) -> pa.Table | None:
-    """What :func:`_member_query` returns, for ``instances`` rows that are one row group of
-    one local data file (:func:`_one_row_group`): DuckDB runs the cohort query for its keys
-    alone, and the member rows are that file's, read with pyarrow. DuckDB's scan of the
+    """The rows :func:`_member_query` returns (``pixel_bytes`` null where it gives 0), for
+    ``instances`` rows that are one row group of one local data file (:func:`_one_row_group`):
+    DuckDB runs the cohort query for its keys alone, and the member rows are that file's,
+    read with pyarrow. DuckDB's scan of the
     ``instances`` view (its typed select list over every column) was two thirds of the
     member query's CPU on a small lake, where the file is read whole anyway. None when the
     version lacks a column the members need (a lake older than them: the query path says
@@ -327,8 +328,9 @@ def _members_of_one_file(lake: Lake, query: str, key: str,
     )).column(0).cast(pa.large_string()).combine_chunks()  # (in_set's type: string_set's)
     rows = files.read(files.paths[0], _MEMBER_COLUMNS)
     rows = rows.filter(in_set(rows.column(key), keys))
-    size = rows.schema.get_field_index("pixel_bytes")
-    rows = rows.set_column(size, "pixel_bytes", pc.fill_null(rows.column(size), 0))
+    # pixel_bytes stays null where the query's coalesce gives 0: only its sum is used, and
+    # a sum skips nulls (filling them from a Python 0 would import pandas: pyarrow converts
+    # Python values through it)
     return rows.sort_by([("SeriesInstanceUID", "ascending"), ("SOPInstanceUID", "ascending")])
 
 
