@@ -665,3 +665,37 @@ def test_ended_associations_do_not_pile_up_without_forced_collections(
     assert alive <= 30, f"{alive} of 200 ended associations still alive"  # 9-13 seen
     gc.collect()
     assert sum(isinstance(o, AcceptorAssociation) for o in gc.get_objects()) == 0
+
+
+@pytest.mark.parametrize("wanted", [
+    ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2"],  # storescu's default
+    ["1.2.840.10008.1.2"],  # already first
+    ["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.1"],
+    ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80"],  # repeated
+    ["1.2.3.4", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.1"],  # one we do not know
+    ["1.2.3.4"],  # none we know: unchanged
+])
+def test_reordered_context_is_build_contexts(wanted: list[str]) -> None:
+    # copies of the server's contexts with the requestor's order first, nothing validated
+    # again: the same context build_context makes from the same lists, roles included
+    from pynetdicom import AllStoragePresentationContexts
+
+    from lake.net._objects import reordered
+    from lake.net._server import STORE_TRANSFER_SYNTAXES
+
+    for storage in AllStoragePresentationContexts[:40]:
+        ours = build_context(storage.abstract_syntax, list(STORE_TRANSFER_SYNTAXES))
+        ours.scu_role, ours.scp_role = True, True
+        first = tuple(dict.fromkeys(t for t in wanted if t in ours.transfer_syntax))
+        got = reordered(ours, wanted)
+        if not first or list(first) == ours.transfer_syntax[: len(first)]:
+            assert got is ours
+            continue
+        expected = build_context(ours.abstract_syntax,
+                                 [*first, *(t for t in ours.transfer_syntax if t not in first)])
+        assert got is not ours and ours.transfer_syntax == list(STORE_TRANSFER_SYNTAXES)
+        assert got.abstract_syntax == expected.abstract_syntax
+        assert got.transfer_syntax == expected.transfer_syntax
+        assert all(type(t) is type(e) for t, e in zip(got.transfer_syntax,
+                                                       expected.transfer_syntax, strict=True))
+        assert (got.scu_role, got.scp_role, got.context_id) == (True, True, ours.context_id)

@@ -10,6 +10,7 @@ lossless). Nothing is ever converted lossily.
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -140,9 +141,6 @@ def contexts_for(items: Iterable[RetrieveItem]) -> list[PresentationContext]:
     return contexts
 
 
-_MAX_REORDERED = 4096  # reordered contexts kept per server (a bound against odd peers)
-
-
 class RequestorSyntaxes:
     """EVT_REQUESTED handler: accept, per SOP class, the syntax the requestor lists first.
 
@@ -151,14 +149,11 @@ class RequestorSyntaxes:
     and serves C-GET in the syntax the retriever prefers. The association's supported
     contexts are shared with the server, so reordered ones are replaced by copies.
 
-    The copies are kept (per server, at most a few thousand) for the next association
-    asking in the same order: building one validates every transfer syntax UID again,
-    and storescu proposes ~120 storage SOP classes, which cost ~40 ms of CPU on every
-    association (then ~3 ms).
+    A copy holds the server's own transfer syntax UIDs, already validated, in the new
+    order: ``build_context`` would validate every one again, and storescu proposes ~120
+    storage SOP classes, which cost ~40 ms of CPU per association (all of it on a
+    fresh server's first associations, which a cache of copies did not help).
     """
-
-    def __init__(self) -> None:
-        self._reordered: dict[tuple[str, tuple[str, ...]], PresentationContext] = {}
 
     def __call__(self, event: Any) -> None:
         request = event.assoc.requestor.primitive
@@ -169,21 +164,22 @@ class RequestorSyntaxes:
         for cx in event.assoc.acceptor.supported_contexts:
             wanted = preferred.get(str(cx.abstract_syntax))
             if wanted:
-                cx = self._reorder(cx, wanted)
+                cx = reordered(cx, wanted)
             contexts.append(cx)
         event.assoc.acceptor.supported_contexts = contexts
 
-    def _reorder(self, cx: PresentationContext, wanted: list[str]) -> PresentationContext:
-        ours = cx.transfer_syntax
-        first = tuple(dict.fromkeys(t for t in wanted if t in ours))
-        if not first or list(first) == ours[: len(first)]:
-            return cx
-        key = (str(cx.abstract_syntax), first)
-        copy = self._reordered.get(key)
-        if copy is None:
-            copy = build_context(key[0], [*first, *(t for t in ours if t not in first)])
-            copy.scu_role, copy.scp_role = cx.scu_role, cx.scp_role
-            if len(self._reordered) >= _MAX_REORDERED:
-                self._reordered.clear()
-            self._reordered[key] = copy
-        return copy
+
+def reordered(cx: PresentationContext, wanted: list[str]) -> PresentationContext:
+    """``cx`` with the syntaxes of ``wanted`` it holds first, in that order (else ``cx``).
+
+    A shallow copy (roles included) whose transfer syntaxes are ``cx``'s own UID objects:
+    nothing is validated again.
+    """
+    ours = cx.transfer_syntax
+    index = {str(t): t for t in ours}
+    first = list(dict.fromkeys(index[t] for t in wanted if t in index))
+    if not first or first == ours[: len(first)]:
+        return cx
+    context = copy.copy(cx)
+    context._transfer_syntax = [*first, *(t for t in ours if t not in first)]
+    return context
