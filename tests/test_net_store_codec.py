@@ -10,9 +10,10 @@ from __future__ import annotations
 import io
 import random
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from pydicom import dcmread
@@ -198,7 +199,7 @@ def served(monkeypatch: pytest.MonkeyPatch, lk: lake.Lake,
     own, theirs = AcceptorAssociation._serve_store, AcceptorAssociation._serve_request
 
     def serve_store(self: AcceptorAssociation, *args: Any) -> None:
-        ways.append("lake")
+        ways.append("lake" if threading.current_thread() is self.dul else "lake, reactor")
         own(self, *args)
 
     def serve_request(self: AcceptorAssociation, *args: Any) -> None:
@@ -228,6 +229,7 @@ def test_both_ways_store_and_answer_alike(served: tuple[DicomServer, list[str]],
         again = assoc.send_c_store(ct)  # a duplicate: refused the same way either path
     finally:
         assoc.release()
+    # plain ones served by the DUL thread that read them (no hand-off to the reactor)
     assert ways == ["lake", "pynetdicom", "lake"]
     assert plain.Status == moved.Status == 0x0000
     assert again.Status == 0x0000
@@ -268,3 +270,26 @@ def test_pdv_items_are_pynetdicoms(max_pdu: int) -> None:
 ])
 def test_malformed_pdu_bodies_are_left_to_pynetdicom(body: bytes) -> None:
     assert pdv_items(bytearray(body)) is None
+
+
+def test_store_is_served_on_the_dul_thread_only_when_nothing_else_could_be_first() -> None:
+    # the DUL thread serves a plain request itself only when the reactor would have
+    # served it next: nothing queued, the reactor not serving, not paused by a handler
+    from lake._capture import Captured
+    from lake.net._association import Limits
+
+    assoc = AcceptorAssociation(AE(ae_title="LAKE"), Captured(), Limits(1 << 20, None, None))
+    served: list[int] = []
+    assoc._serve_store = lambda request, context_id: served.append(context_id)  # type: ignore[method-assign]
+    assert assoc.serve_store_now(cast(Any, "request"), 1)
+    assoc.dimse.msg_queue.queue.append((3, "queued before"))
+    assert not assoc.serve_store_now(cast(Any, "request"), 3)
+    assoc.dimse.msg_queue.queue.clear()
+    assoc._reactor_checkpoint.clear()  # a handler sending over the association reads the queue
+    assert not assoc.serve_store_now(cast(Any, "request"), 5)
+    assoc._reactor_checkpoint.set()
+    with assoc._serving:  # the reactor is serving a message
+        assert not assoc.serve_store_now(cast(Any, "request"), 7)
+    assert assoc.serve_store_now(cast(Any, "request"), 9)
+    assert served == [1, 9]
+    assoc.dul._wake.close()

@@ -402,7 +402,8 @@ class _DIMSE(DIMSEServiceProvider):
             primitive = _store_primitive(request, buffer, context)
             self._store = None
             self.message = None
-            self.msg_queue.put((context, primitive))
+            if not cast(AcceptorAssociation, self.assoc).serve_store_now(primitive, context):
+                self.msg_queue.put((context, primitive))
         return True
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
@@ -780,6 +781,7 @@ class AcceptorAssociation(Association):
         super().__init__(ae, MODE_ACCEPTOR)
         self.captured = captured
         self.wake = threading.Event()
+        self._serving = threading.Lock()  # held while a received message is served
         self.dul = _DUL(self, limits)
         self.dimse = _DIMSE(self, limits)
         for event, handler in STANDARD_HANDLERS:
@@ -805,11 +807,12 @@ class AcceptorAssociation(Association):
             self._is_paused = False
             self.wake.wait(_TIMER_CHECK)
             self.wake.clear()  # before looking: what comes after sets it again
-            context_id, msg = self.dimse.get_msg(block=False)
-            if isinstance(msg, _StoreRequestPrimitive):
-                self._serve_store(msg, cast(int, context_id))
-            elif msg:
-                self._serve_request(msg, cast(int, context_id))
+            with self._serving:  # taken before the queue is read: messages served in order
+                context_id, msg = self.dimse.get_msg(block=False)
+                if isinstance(msg, _StoreRequestPrimitive):
+                    self._serve_store(msg, cast(int, context_id))
+                elif msg:
+                    self._serve_request(msg, cast(int, context_id))
             if self.is_established and self.acse.is_release_requested():
                 self.acse.send_release(is_response=True)
                 self.is_released = True
@@ -838,6 +841,31 @@ class AcceptorAssociation(Association):
                 self.kill()
                 return
 
+
+    def serve_store_now(self, request: C_STORE, context_id: int) -> bool:
+        """Serve a decoded C-STORE request on the calling (DUL) thread; False: queue it.
+
+        pynetdicom queues every received message for the reactor thread, which serves
+        it: one hand-off between threads per instance (a wake-up and, on a busy machine,
+        a wait for the scheduler). The DUL thread serves a plain C-STORE request itself
+        when that changes nothing but the thread: nothing is queued before it, the
+        reactor is not serving a message (:attr:`_serving`, which the reactor holds
+        from reading the queue to the end of serving), and no thread of the
+        association has paused the reactor to read the queue itself (a handler sending
+        requests over this association). Meanwhile the DUL thread reads nothing more
+        from the peer, which waits for the response anyway (storage SCUs send one
+        request at a time unless asynchronous operations were negotiated, and then the
+        next ones wait in the socket, as they would in the queue).
+        """
+        if not self._reactor_checkpoint.is_set() or not self._serving.acquire(blocking=False):
+            return False
+        try:
+            if self.dimse.msg_queue.queue or not self._reactor_checkpoint.is_set():
+                return False
+            self._serve_store(request, context_id)
+            return True
+        finally:
+            self._serving.release()
 
     def _serve_store(self, request: C_STORE, context_id: int) -> None:
         """pynetdicom's ``_serve_request`` and Storage SCP for a decoded C-STORE request.
