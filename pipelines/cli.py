@@ -288,6 +288,20 @@ def _initializing(module: str) -> bool:
 FIRST_COLLECTION = 200_000
 
 
+class _Thresholds:
+    """A collector callback: at the first collection after :func:`_collect_after_start_up`,
+    the thresholds it replaced come back. It stays registered, a no-op until the next
+    deferral (removing it while the collector iterates its callbacks would skip the next
+    one), and there is one however often :func:`main` runs in a process."""
+
+    def __init__(self, defaults: tuple[int, int, int]) -> None:
+        self.defaults = defaults
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and gc.get_threshold()[0] == FIRST_COLLECTION:
+            gc.set_threshold(*self.defaults)
+
+
 def _collect_after_start_up() -> None:
     """No cyclic garbage collection until :data:`FIRST_COLLECTION` allocations, then
     Python's own thresholds again.
@@ -303,13 +317,11 @@ def _collect_after_start_up() -> None:
     defaults = gc.get_threshold()
     if defaults[0] >= FIRST_COLLECTION:
         return
-
-    def restore(phase: str, info: dict[str, int]) -> None:
-        if phase == "start" and gc.get_threshold()[0] == FIRST_COLLECTION:
-            gc.set_threshold(*defaults)
-
-    gc.callbacks.append(restore)  # stays, a no-op after the first collection: removing it
-    # while the collector iterates its callbacks would skip the next one
+    armed = [cb for cb in gc.callbacks if isinstance(cb, _Thresholds)]
+    if armed:
+        armed[0].defaults = defaults
+    else:
+        gc.callbacks.append(_Thresholds(defaults))
     gc.set_threshold(FIRST_COLLECTION, *defaults[1:])
 
 

@@ -161,3 +161,21 @@ def test_every_command_has_its_lean_app() -> None:
     assert list(export.commands) == ["nifti"]
     whole = typer.main.get_command(app).commands["export"]  # type: ignore[attr-defined]
     assert list(whole.commands) == ["nifti", "bids", "dicom", "teaching", "documents"]
+
+
+def test_deferring_twice_registers_one_callback() -> None:
+    """main() run again in the same process (a test, a notebook) re-arms its one collector
+    callback rather than adding another."""
+    program = (
+        "import gc, json\n"
+        "from pipelines.cli import _collect_after_start_up, _Thresholds, FIRST_COLLECTION\n"
+        "defaults = gc.get_threshold()\n"
+        "_collect_after_start_up(); gc.collect(); _collect_after_start_up()\n"
+        "armed = gc.get_threshold()[0] == FIRST_COLLECTION\n"
+        "gc.collect()\n"
+        "print(json.dumps([sum(isinstance(c, _Thresholds) for c in gc.callbacks), armed,\n"
+        "                  gc.get_threshold() == defaults]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          check=True)
+    assert json.loads(proc.stdout) == [1, True, True]
