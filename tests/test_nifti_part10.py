@@ -678,7 +678,34 @@ def _shaped_and_walked(datas: list[bytes]) -> tuple[int, list[str]]:
                 warnings.simplefilter("ignore")
                 expected = pydicom.dcmread(io.BytesIO(data))
             problems += [f"#{i}: {d}" for d in differences(expected, shaped)]
+            problems += [f"#{i}: {d}" for d in _item_numbers_differences(data, cache)]
     return sum(known.hits for known in cache._shapes.values()), problems
+
+
+def _item_numbers_differences(data: bytes, cache: ValueCache) -> list[str]:
+    """``item_numbers`` of every (macro, keyword) of every per-frame item read through
+    ``cache`` (items checked by a shape read the value where the shape's first item held
+    it) against the same read without shapes."""
+    shaped, walked = _read(data, cache), _walked(data)
+    if not isinstance(shaped, Part10) or not isinstance(walked, Part10):
+        return []
+    frames = shaped.get("PerFrameFunctionalGroupsSequence") or []
+    plain = walked.get("PerFrameFunctionalGroupsSequence") or []
+    found = []
+    for number, (frame, reference) in enumerate(zip(frames, plain, strict=True)):
+        for tag in reference.keys():
+            macro = pydicom.datadict.keyword_for_tag(tag)
+            items = reference.get(tag)
+            if not macro or not isinstance(items, list) or not items:
+                continue
+            for keyword in [*(pydicom.datadict.keyword_for_tag(t) for t in items[0].keys()),
+                            "Rows"]:  # and one absent
+                if keyword and frame.item_numbers(macro, keyword) != reference.item_numbers(
+                        macro, keyword):
+                    found.append(f"frame {number}: {macro}/{keyword} by item_numbers")
+    if frames and not any(frame._shape is not None for frame in frames[1:]):
+        found.append("no frame indexed by a shape")
+    return found
 
 
 @settings(max_examples=25, deadline=None)

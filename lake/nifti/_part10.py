@@ -185,17 +185,41 @@ class ValueCache:
         return value
 
 
+def _numbers(vr: str, buffer: bytes, start: int, length: int) -> list[float] | None:
+    """:meth:`Part10.numbers` of the value of VR ``vr`` at ``start`` in ``buffer``."""
+    if length == 0:
+        return None
+    data = buffer[start : start + length]
+    values: list[float]
+    if vr == "DS" or vr == "IS":
+        pattern = _DECIMAL if vr == "DS" else _INTEGER
+        values = []
+        for text in data.split(b"\\"):
+            if len(text) > 16 or not pattern.fullmatch(text):
+                return None
+            values.append(float(text) if vr == "DS" else float(int(text)))
+    else:
+        code = _BINARY.get(vr)
+        if code is None or length % struct.calcsize(code):
+            return None
+        values = [float(v) for v in
+                  struct.unpack(f"<{length // struct.calcsize(code)}{code}", data)]
+    return values if all(map(math.isfinite, values)) else None
+
+
 class _Source:
     """The bytes shared by one object and its items, the batch's value cache, where each
     sequence the walk has passed ends (keyed by the position of its value), and the shapes
     of the items walked (the batch's, else this object's own)."""
 
-    __slots__ = ("buffer", "cache", "ends", "shapes")
+    __slots__ = ("buffer", "cache", "ends", "matched", "shapes")
 
     def __init__(self, buffer: bytes, cache: ValueCache | None = None) -> None:
         self.buffer = buffer
         self.cache = cache
         self.ends: dict[int, int] = {}
+        # the shape that checked each item, by where its content starts
+        self.matched: dict[int, _ItemShape] = {}
         self.shapes: dict[tuple[int, bool, bytes], _Shapes] = (
             {} if cache is None else cache._shapes)
 
@@ -208,8 +232,8 @@ class Part10:
     a list of :class:`Part10` items.
     """
 
-    __slots__ = ("_elements", "_encodings", "_parent", "_source", "_values", "file_meta",
-                 "is_implicit_VR", "is_little_endian")
+    __slots__ = ("_base", "_elements", "_encodings", "_parent", "_shape", "_source", "_values",
+                 "file_meta", "is_implicit_VR", "is_little_endian")
 
     def __init__(self, elements: dict[int, Any], source: _Source, implicit: bool,
                  parent: Part10 | None = None) -> None:
@@ -223,6 +247,9 @@ class Part10:
         self.file_meta: Part10 | None = None
         self.is_implicit_VR = implicit
         self.is_little_endian = True
+        # the shape that checked this item, and where its content starts (see _ItemShape)
+        self._shape: _ItemShape | None = None
+        self._base = 0
 
     # ----------------------------------------------------------------- mapping protocol
 
@@ -358,24 +385,9 @@ class Part10:
         if entry is None or len(entry) != 3:
             return None
         vr, start, length = entry
-        if start < 0 or length == 0:
+        if start < 0:
             return None
-        data = self._source.buffer[start : start + length]
-        values: list[float]
-        if vr == "DS" or vr == "IS":
-            pattern = _DECIMAL if vr == "DS" else _INTEGER
-            values = []
-            for text in data.split(b"\\"):
-                if len(text) > 16 or not pattern.fullmatch(text):
-                    return None
-                values.append(float(text) if vr == "DS" else float(int(text)))
-        else:
-            code = _BINARY.get(vr)
-            if code is None or length % struct.calcsize(code):
-                return None
-            values = [float(v) for v in
-                      struct.unpack(f"<{length // struct.calcsize(code)}{code}", data)]
-        return values if all(map(math.isfinite, values)) else None
+        return _numbers(vr, self._source.buffer, start, length)
 
     def uid(self, keyword: str) -> str | None:
         """``str(self.get(keyword))`` for a UI value that is one valid UID (digits and
@@ -404,8 +416,22 @@ class Part10:
 
         Kept in the batch's :class:`ValueCache` under the sequence's bytes, as
         :meth:`item_value` keeps values (then the items are not indexed); on a miss the
-        first item is indexed and its bytes read, never converted by pydicom.
+        first item is indexed and its bytes read, never converted by pydicom. In an item
+        checked by a shape (:class:`_ItemShape`: a per-frame item like many before it),
+        the value is read where the first item of that shape held it.
         """
+        shape = self._shape
+        if shape is not None:
+            located = shape.located
+            if (sequence, keyword) in located:
+                where = located[(sequence, keyword)]
+            else:
+                where = located[(sequence, keyword)] = self._locate(sequence, keyword)
+            if where is not None:
+                if not where:
+                    return None
+                vr, start, length = where
+                return _numbers(vr, self._source.buffer, self._base + start, length)
         held = self._sequence_bytes(sequence)
         if held is None:
             return None
@@ -425,6 +451,28 @@ class Part10:
             cache.put(key, values)  # kept as it is: hand out a copy
             return list(values)
         return values
+
+    def _locate(self, sequence: str, keyword: str) -> tuple[str, int, int] | tuple[()] | None:
+        """Where :meth:`item_numbers` reads ``keyword`` of the first item of ``sequence`` in
+        this item, relative to its content: (VR, start, length); ``()`` when either is
+        absent (or the sequence has no item); None when the general path must answer.
+        The same for every item of this item's shape: the walk puts every element of them
+        at the same place (the same header bytes)."""
+        tag = keyword_dict.get(sequence)
+        entry = None if tag is None else self._elements.get(tag)
+        if entry is None:
+            return ()
+        if entry[0] != "SQ":
+            return None
+        items = self.get(sequence)
+        if not items:
+            return ()
+        found = items[0]._elements.get(keyword_dict.get(keyword, -1))
+        if found is None:
+            return ()
+        if len(found) != 3 or found[1] < 0:
+            return None
+        return found[0], found[1] - self._base, found[2]
 
     def _sequence_bytes(self, sequence: str) -> tuple[bytes, bool, bool] | tuple[()] | None:
         """What the batch's :class:`ValueCache` keys values of the sequence ``sequence`` by:
@@ -612,6 +660,7 @@ def _sequence_walk(source: _Source, pos: int, length: int, implicit: bool,
         raise Part10Error("sequence runs past the end")
     items: list[Part10] = []
     unpack_item = _ITEM_HEADER.unpack_from
+    matched = source.matched
     while pos < end:
         if pos + 8 > end:
             raise Part10Error("truncated item")
@@ -625,7 +674,15 @@ def _sequence_walk(source: _Source, pos: int, length: int, implicit: bool,
             # checked: by a shape of an earlier item when one fits, else walked
             pos = _check_item(source, pos, end, item_length, implicit)
             continue
-        # indexed (every item is checked first: this walk does not enter its sequences)
+        # indexed (every item is checked first): as its shape indexed the item it was made
+        # from, else by the walk (which does not enter its sequences again)
+        shape = matched.get(pos)
+        if shape is not None:
+            item = Part10(shape.index_at(pos), source, implicit, parent)
+            item._shape, item._base = shape, pos
+            items.append(item)
+            pos += shape.size
+            continue
         elements: dict[int, Any] = {}
         if item_length == _UNDEFINED:
             pos = _walk(source, pos, len(buffer), implicit, True, elements)
@@ -660,14 +717,16 @@ class _Shapes:
         self.made = 0
         self.hits = 0
 
-    def remember(self, source: _Source, start: int, stop: int, implicit: bool) -> None:
+    def remember(self, source: _Source, start: int, stop: int, implicit: bool,
+                 undefined: bool) -> None:
         """Keep the shape of the item the walk has just checked (content from ``start`` to
-        ``stop``, its delimiter included), first."""
+        ``stop``, its delimiter included when its length is ``undefined``), first."""
         self.made += 1
         if stop - start > _SHAPE_BYTES:
             return
-        shape = _ItemShape.of(source, start, stop, implicit)
+        shape = _ItemShape.of(source, start, stop, implicit, undefined)
         if shape is not None:
+            source.matched[start] = shape
             self.shapes.insert(0, shape)
             del self.shapes[_SHAPES_PER_KEY:]
 
@@ -690,14 +749,25 @@ class _ItemShape:
     before (checked first, their sequences are not entered again).
     """
 
-    __slots__ = ("ends", "headers", "size", "unpack")
+    __slots__ = ("ends", "headers", "index", "located", "size", "unpack")
 
     def __init__(self, unpack: Any, headers: tuple[int, ...], size: int,
-                 ends: tuple[tuple[int, int], ...]) -> None:
+                 ends: tuple[tuple[int, int], ...],
+                 index: tuple[tuple[int, str, int, int, bool | None], ...]) -> None:
         self.unpack = unpack
         self.headers = headers
         self.size = size
         self.ends = ends
+        self.index = index
+        #: (sequence, keyword) -> where Part10.item_numbers reads it (see Part10._locate)
+        self.located: dict[tuple[str, str], tuple[str, int, int] | tuple[()] | None] = {}
+
+    def index_at(self, pos: int) -> dict[int, Any]:
+        """The index the walk makes of the item of this shape whose content is at
+        ``pos``: the walk's index of the item the shape was made from, moved."""
+        return {tag: (vr, pos + start, length) if inner is None
+                else ("SQ", pos + start, length, inner)
+                for tag, vr, start, length, inner in self.index}
 
     def apply(self, source: _Source, pos: int) -> None:
         """Record where the nested sequences of the item at ``pos`` end, as the walk
@@ -707,7 +777,8 @@ class _ItemShape:
             ends[pos + start] = pos + stop
 
     @classmethod
-    def of(cls, source: _Source, start: int, stop: int, implicit: bool) -> _ItemShape | None:
+    def of(cls, source: _Source, start: int, stop: int, implicit: bool,
+           undefined: bool) -> _ItemShape | None:
         """The shape of the item the walk has just checked (see :meth:`_Shapes.remember`);
         None when it has none."""
         buffer = source.buffer
@@ -726,8 +797,15 @@ class _ItemShape:
             parts.append("Q" if size == 8 else "QI")
             position = header + size
         unpack = struct.Struct("".join(parts)).unpack_from
+        elements: dict[int, Any] = {}
+        # the item's index as the walk makes it (its sequences are in ends: not entered)
+        _walk(source, start, len(buffer) if undefined else stop, implicit, undefined,
+              elements)
+        index = tuple((tag, entry[0], entry[1] - start, entry[2],
+                       entry[3] if entry[0] == "SQ" else None)
+                      for tag, entry in elements.items())
         return cls(unpack, unpack(buffer, start), stop - start,
-                   tuple((begin - start, end - start) for begin, end in sequences))
+                   tuple((begin - start, end - start) for begin, end in sequences), index)
 
 
 def _headers_of(buffer: bytes, pos: int, end: int, implicit: bool,
@@ -792,6 +870,7 @@ def _check_item(source: _Source, pos: int, end: int, item_length: int,
             stop = pos + shape.size
             if stop <= end and shape.unpack(buffer, pos) == shape.headers:
                 shape.apply(source, pos)
+                source.matched[pos] = shape
                 known.hits += 1
                 return stop
     if item_length == _UNDEFINED:
@@ -802,7 +881,7 @@ def _check_item(source: _Source, pos: int, end: int, item_length: int,
     if known is None:
         source.shapes[key] = _Shapes()  # seen once: a shape is made if the key comes again
     elif known.made <= known.hits + _SHAPE_MISSES:
-        known.remember(source, pos, stop, implicit)
+        known.remember(source, pos, stop, implicit, item_length == _UNDEFINED)
     return stop
 
 
