@@ -693,13 +693,13 @@ def _item_numbers_differences(data: bytes, cache: ValueCache) -> list[str]:
     plain = walked.get("PerFrameFunctionalGroupsSequence") or []
     found = []
     for number, (frame, reference) in enumerate(zip(frames, plain, strict=True)):
-        for tag in reference.keys():
+        for tag in reference.keys():  # noqa: SIM118 - Part10 has no iteration
             macro = pydicom.datadict.keyword_for_tag(tag)
             items = reference.get(tag)
             if not macro or not isinstance(items, list) or not items:
                 continue
-            for keyword in [*(pydicom.datadict.keyword_for_tag(t) for t in items[0].keys()),
-                            "Rows"]:  # and one absent
+            present = items[0].keys()
+            for keyword in [*map(pydicom.datadict.keyword_for_tag, present), "Rows"]:
                 if keyword and frame.item_numbers(macro, keyword) != reference.item_numbers(
                         macro, keyword):
                     found.append(f"frame {number}: {macro}/{keyword} by item_numbers")
