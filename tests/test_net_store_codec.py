@@ -293,3 +293,30 @@ def test_store_is_served_on_the_dul_thread_only_when_nothing_else_could_be_first
     assert assoc.serve_store_now(cast(Any, "request"), 9)
     assert served == [1, 9]
     assoc.dul._wake.close()
+
+
+def test_the_dul_thread_drains_its_wake_up_socket_only_when_woken(
+        served: tuple[DicomServer, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    # a drain is a recv that fails when nothing was written: it used to follow every wait
+    from lake.net._association import _WakeSocket
+
+    srv, ways = served
+    drains: list[int] = []
+    drain = _WakeSocket.drain
+
+    def counted(self: _WakeSocket) -> None:
+        drains.append(1)
+        drain(self)
+
+    monkeypatch.setattr(_WakeSocket, "drain", counted)
+    ct = dcmread(get_testdata_file("CT_small.dcm"))
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context(CTImageStorage, ct.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", srv.port, ae_title="LAKE")
+    assert assoc.is_established
+    try:
+        statuses = [assoc.send_c_store(ct).Status for _ in range(12)]
+    finally:
+        assoc.release()
+    assert statuses == [0x0000] * 12 and ways == ["lake"] * 12
+    assert len(drains) < 6  # the release's wake-ups, not one per request

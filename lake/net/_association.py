@@ -628,14 +628,16 @@ class _DUL(DULServiceProvider):
                 return  # decrypted bytes already buffered: select would not see them
             watched.append(sock)
         self._wake.waiting = True
+        readable: list[Any] = []
         try:
             if self.to_provider_queue.queue or self.event_queue.queue or self._kill_thread:
                 return  # came while we were getting ready to wait
             with contextlib.suppress(OSError, ValueError):  # closed meanwhile: next round
-                select.select(watched, [], [], _TIMER_CHECK)
+                readable = select.select(watched, [], [], _TIMER_CHECK)[0]
         finally:
             self._wake.waiting = False
-        self._wake.drain()
+        if self._wake.reader in readable:  # else nothing to drain: no failing recv per wait
+            self._wake.drain()  # (a wake-up written after select returned wakes the next)
 
     def send_pdu(self, primitive: Any) -> None:
         """Queue ``primitive`` for the DUL thread, or send a P-DATA at once when that is the same.
