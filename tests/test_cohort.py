@@ -209,3 +209,29 @@ def test_members_are_the_same_without_the_date_condition(
             bounded = resolve_cohort(lk, query)
         assert skipped == bounded and len(skipped.members) > 0, query
         ran.clear()
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT [SeriesInstanceUID] AS SeriesInstanceUID FROM series",
+    "SELECT SeriesInstanceUID::BLOB AS SeriesInstanceUID FROM series",
+    "SELECT 1 AS SOPInstanceUID",
+    "SELECT NULL AS SeriesInstanceUID",
+])
+def test_a_key_that_is_no_string_fails_alike_on_a_one_file_lake(
+    populated: lake.Lake, monkeypatch: pytest.MonkeyPatch, query: str,
+) -> None:
+    """A key column of another type than text is refused the same way whether the member
+    rows would come from the one data file (pyarrow) or from DuckDB's member query."""
+    from lake.export import _cohort
+
+    assert _cohort._one_row_group(populated, populated.tables.open("instances"))
+    outcomes = []
+    for forced in (False, True):
+        with monkeypatch.context() as patch:
+            if forced:
+                patch.setattr(_cohort, "_one_row_group", lambda *_: False)
+            with pytest.raises(lake.LakeError) as raised:
+                resolve_cohort(populated, query)
+            outcomes.append((type(raised.value), str(raised.value)))
+    assert outcomes[0] == outcomes[1]
+

@@ -325,7 +325,11 @@ def _members_of_one_file(lake: Lake, query: str, key: str,
     keys = _fetched(lake.sql(
         _with(query) + f"SELECT DISTINCT {key} FROM cohort_query WHERE {key} IS NOT NULL",
         as_of=int(instances.version()),
-    )).column(0).cast(pa.large_string()).combine_chunks()  # (in_set's type: string_set's)
+    )).column(0)
+    if not (pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)
+            or pa.types.is_string_view(keys.type)):
+        return None  # a key of another type: the member query says why it cannot compare
+    keys = keys.cast(pa.large_string()).combine_chunks()  # (in_set's type: string_set's)
     rows = files.read(files.paths[0], _MEMBER_COLUMNS)
     rows = rows.filter(in_set(rows.column(key), keys))
     # pixel_bytes stays null where the query's coalesce gives 0: only its sum is used, and
