@@ -13,6 +13,9 @@ false positive among a thousand absent keys is likely per 12,500-row group at 32
 to :data:`PROBED_KEYS` keys are a constant list and more are a semi-join. Measured in
 ``docs/performance.md`` ("Judging a commit's keys").
 
+On a local lake the SOPInstanceUIDs of ``instances`` are looked up in an index first
+(``lake/catalog/_key_index.py``); this module reads the files it does not cover yet.
+
 DuckDB reads local data files only (a remote lake would need its ``httpfs`` extension, which
 is downloaded at run time): :func:`readable_by_duckdb` says when this applies; the caller
 streams the key column with Arrow otherwise. DuckDB reads ``string`` and ``string_view``

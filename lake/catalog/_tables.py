@@ -16,6 +16,7 @@ from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from lake._errors import CatalogError
+from lake.catalog._key_index import located, maintain
 from lake.catalog._keys import files_holding, in_key_range, readable_by_duckdb
 from lake.catalog._layout import writer_properties
 from lake.catalog._retry import Backoff
@@ -469,7 +470,8 @@ class DeltaTables:
             fresh = dataclasses.replace(files, paths=tuple(sorted(set(files.paths) - scanned)))
             try:
                 found = _matching(_in_key_range(delta, fresh, key, candidates.column(key)),
-                                  table, columns, candidates.column(key))
+                                  table, columns, candidates.column(key),
+                                  index=_key_index_of(delta, table, key, files))
             except (OSError, pa.ArrowInvalid, duckdb.IOException) as exc:
                 # A file of this snapshot was removed meanwhile ('lake forget', 'lake vacuum'):
                 # a newer snapshot no longer reads it.
@@ -514,9 +516,11 @@ class DeltaTables:
 
         delta = self.open(table.name)
         wanted = pa.chunked_array([pa.array(keys, pa.string())])
-        files = _in_key_range(delta, data_files(delta, self.storage_options), key, wanted)
+        snapshot = data_files(delta, self.storage_options)
+        files = _in_key_range(delta, snapshot, key, wanted)
         names = [key, *[c for c in columns if c != key]]
-        return _matching(files, table, names, wanted)
+        return _matching(files, table, names, wanted,
+                         index=_key_index_of(delta, table, key, snapshot))
 
     def _upgraded(self, delta: DeltaTable, table: Table) -> bool:
         """Add the columns ``table`` declares and ``delta`` lacks; whether any were missing.
@@ -612,8 +616,12 @@ class DeltaTables:
                 commit_properties=properties,
             )
         if name == INSTANCES.name:  # the series/study summary of each file just added
-            added = [fs_path(uri) for uri in delta.file_uris() if uri not in before]
-            write_summaries(self, files=added)
+            after = delta.file_uris()
+            write_summaries(self, files=[fs_path(uri) for uri in after if uri not in before])
+            snapshot = data_files(delta, self.storage_options)
+            index = _key_index_of(delta, INSTANCES, INDEXED_KEY, snapshot)
+            if index is not None:  # the index of the UIDs (lake/catalog/_key_index.py)
+                maintain(index.root, index.snapshot, INDEXED_KEY)
         return int(delta.version())
 
 
@@ -746,8 +754,40 @@ def _in_key_range(
     return dataclasses.replace(files, paths=in_key_range(files.paths, bounds, wanted))
 
 
+INDEXED_KEY = "SOPInstanceUID"
+"""The key of ``instances`` that :mod:`lake.catalog._key_index` indexes."""
+
+
+@dataclass(frozen=True)
+class _KeyIndex:
+    """The key index of a snapshot: the table's local folder and the snapshot's data files."""
+
+    root: str
+    snapshot: tuple[str, ...]
+
+
+def _key_index_of(
+    delta: DeltaTable, table: Table, key: str, snapshot: DataFiles
+) -> _KeyIndex | None:
+    """The key index of ``delta``'s snapshot when its ``key`` is indexed (``instances``'
+    UIDs on a local lake, :mod:`lake.catalog._key_index`), else None."""
+    if table.name != INSTANCES.name or key != INDEXED_KEY:
+        return None
+    if not delta.table_uri.startswith("file:"):
+        return None
+    root = fs_path(delta.table_uri).rstrip("/")
+    if not readable_by_duckdb([root, *snapshot.paths]):
+        return None
+    return _KeyIndex(root, snapshot.paths)
+
+
 def _matching(
-    files: DataFiles, table: Table, columns: Sequence[str], keys: pa.ChunkedArray
+    files: DataFiles,
+    table: Table,
+    columns: Sequence[str],
+    keys: pa.ChunkedArray,
+    *,
+    index: _KeyIndex | None = None,
 ) -> pa.Table:
     """The rows of these data files whose key (``columns[0]``) is in ``keys``, in the order
     of the files and of their rows.
@@ -777,7 +817,10 @@ def _matching(
     wanted = keys.drop_null().combine_chunks()
     paths = list(files.paths)
     if isinstance(files.filesystem, pafs.LocalFileSystem) and readable_by_duckdb(paths):
-        rows = files_holding(paths, key, wanted)
+        if index is not None:
+            rows = _indexed_rows(index, files, table, key, wanted)
+        else:
+            rows = files_holding(paths, key, wanted)
         if len(columns) == 1:
             return conform(table, columns, rows.select([key]))
         return _rows_at(files.filesystem, table, columns, rows)
@@ -795,6 +838,36 @@ def _matching(
         if pc.any(mask).as_py():
             parts.append(pa.Table.from_batches([batch.filter(mask)], schema=schema))
     return _concat(table, columns, parts)
+
+
+def _indexed_rows(
+    index: _KeyIndex, files: DataFiles, table: Table, key: str, wanted: pa.Array
+) -> pa.Table:
+    """:func:`lake.catalog._keys.files_holding`'s answer (key, file, row, in the order of the
+    files and rows), found through the key index below ``root``: its hash hits confirmed by
+    reading their keys, and the files it does not cover read as before."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    keys = sorted(set(wanted.to_pylist()))
+    places, uncovered = located(index.root, index.snapshot, files.paths, keys)
+    found = files_holding(uncovered, key, wanted)
+    if places:
+        rank = {path: n for n, path in enumerate(files.paths)}
+        places.sort(key=lambda place: (rank[place[0]], place[1]))
+        where = pa.table({"file": [p for p, _ in places], "row": [r for _, r in places]},
+                         schema=pa.schema([("file", pa.string()), ("row", pa.int64())]))
+        stored = _rows_at(files.filesystem, table, [key], where).column(key)
+        hits = pa.table({key: stored.cast(pa.string()), "file": where.column("file"),
+                         "row": where.column("row")}).filter(in_set(stored, string_set(keys)))
+        found = pa.concat_tables([found, hits.cast(found.schema)])
+    if found.num_rows == 0:
+        return found
+    rank_of = {path: n for n, path in enumerate(files.paths)}
+    ranks = pa.array([rank_of[p] for p in found.column("file").to_pylist()], pa.int64())
+    order = pc.sort_indices(found.append_column("rank", ranks),
+                            sort_keys=[("rank", "ascending"), ("row", "ascending")])
+    return found.take(order)
 
 
 def _rows_at(

@@ -1,0 +1,295 @@
+"""An index of the SOPInstanceUIDs of ``instances``: where a commit finds its keys.
+
+Judging a commit's keys read the key column of every data file (or every row group a Bloom
+filter let through: most of them for a thousand random UIDs), so its cost grew with the table:
+0.9-1.0 s of CPU for 1,000 candidates at 10 million rows. This index answers from a sorted
+array of the UIDs' hashes instead, memory-mapped: a binary search per candidate, 0.015-0.021 s
+at 10 million rows and 0.011 at one million (``benchmarks/bench_key_index.py``,
+``docs/performance.md``, "Judging a commit's keys").
+
+Layout. Below the table, ``_keys/v1/`` holds *segments*: each an Arrow IPC file of one record
+batch, sorted by hash, one row per stored row of the data files it covers: ``hash`` (the first
+8 bytes of the UID's SHA-256, big-endian, as an unsigned integer), ``file`` (the number of the
+data file in the segment's list, in the schema's metadata) and ``row`` (the row's number in
+that file). A segment is a pure function of the data files it covers (its name is the hash of
+their names), so it is never a second source of truth:
+
+- Data files are immutable and uniquely named: a segment written by two writers at once is the
+  same bytes, published with an atomic rename; a crash leaves at most a temporary file.
+- A judgement at a snapshot uses only segments whose every data file belongs to the snapshot
+  (so an index built later, or for files a compaction or a delete removed, is never wrong for
+  it), chosen largest first and without overlap; the snapshot's files no chosen segment covers
+  are read as before (DuckDB over the files). A hash hit is confirmed by reading the row's UID
+  (hashes may collide), so the answer is exactly the rows of the snapshot holding a key.
+- A segment that vanishes before it is opened (a concurrent writer merged it) leaves its files
+  to be read as before.
+
+Upkeep, after each commit of ``instances`` on a local lake (:func:`maintain`): once
+:data:`UNCOVERED_FILES` data files of the newest version are covered by no segment, one
+segment is written for them; once :data:`FAN_IN` segments of one size class (rows, by powers
+of :data:`FAN_IN`) hold only live files, they are merged into one; segments holding a file the
+newest version no longer has are removed (readers of older snapshots fall back to reading
+those files). So a judgement opens O(log n) segments and reads at most
+``UNCOVERED_FILES - 1`` files beyond a compaction's fresh ones. A remote lake keeps reading
+the files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import mmap
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lake.catalog._duckdb import connect
+from lake.catalog._scan import _file_list
+from lake.store import atomic_write
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    import pyarrow as pa
+
+__all__ = ["FAN_IN", "INDEX_DIR", "UNCOVERED_FILES", "Segment", "located", "maintain", "segments"]
+
+INDEX_DIR = "_keys/v1"
+"""Below the ``instances`` table (Delta ignores paths starting with ``_``)."""
+
+UNCOVERED_FILES = 8
+"""Data files covered by no segment before a segment is written for them."""
+
+FAN_IN = 4
+"""Segments of one size class merged into one."""
+
+_FILES = b"lake.files"
+"""The schema metadata key listing a segment's data files (relative to the table)."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment: its path, the data files it covers (relative to the table) and its rows."""
+
+    path: str
+    files: tuple[str, ...]
+    rows: int
+
+    @property
+    def size_class(self) -> int:
+        """``floor(log_FAN_IN(rows))``: segments merged together are of one class."""
+        level, rows = 0, max(self.rows, 1)
+        while rows >= FAN_IN:
+            rows //= FAN_IN
+            level += 1
+        return level
+
+
+def key_hashes(keys: Sequence[str]) -> npt.NDArray[np.uint64]:
+    """The hashes of ``keys`` as the index stores them (the first 8 bytes of SHA-256)."""
+    import numpy as np
+
+    return np.array([int.from_bytes(hashlib.sha256(k.encode()).digest()[:8], "big")
+                     for k in keys], dtype=np.uint64)
+
+
+def _folder(table_root: str) -> str:
+    return os.path.join(table_root, *INDEX_DIR.split("/"))
+
+
+def _open(path: str) -> pa.RecordBatch:
+    """The segment at ``path``, memory-mapped (each probe faults in its own page)."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    with open(path, "rb") as fh:
+        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    mapped.madvise(mmap.MADV_RANDOM)
+    return ipc.open_file(pa.BufferReader(pa.py_buffer(mapped))).get_batch(0)
+
+
+def segments(table_root: str) -> list[Segment]:
+    """The segments below ``table_root``, as listed now (reads each one's schema only)."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    folder = _folder(table_root)
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".arrow"))
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            with pa.memory_map(path) as source:
+                reader = ipc.open_file(source)
+                files = tuple(json.loads((reader.schema.metadata or {})[_FILES]))
+                rows = sum(reader.get_batch(b).num_rows for b in range(reader.num_record_batches))
+        except FileNotFoundError:
+            continue  # merged and removed by another writer meanwhile
+        found.append(Segment(path, files, rows))
+    return found
+
+
+def _chosen(found: Sequence[Segment], live: set[str]) -> list[Segment]:
+    """Segments whose files are all ``live``, largest first, none sharing a file."""
+    chosen: list[Segment] = []
+    taken: set[str] = set()
+    for segment in sorted(found, key=lambda s: (-s.rows, s.path)):
+        if set(segment.files) <= live and taken.isdisjoint(segment.files):
+            chosen.append(segment)
+            taken.update(segment.files)
+    return chosen
+
+
+def located(
+    table_root: str, snapshot: Sequence[str], paths: Sequence[str], keys: Sequence[str]
+) -> tuple[list[tuple[str, int]], list[str]]:
+    """Where the index says ``keys`` may be among the data files ``paths``, and which of
+    ``paths`` it does not cover.
+
+    Parameters
+    ----------
+    table_root : str
+        The table's local folder; every path lies below it.
+    snapshot : sequence of str
+        Every data file of the snapshot judged (absolute paths): segments are chosen among
+        those covering only these.
+    paths : sequence of str
+        The data files looked in (some of ``snapshot``).
+    keys : sequence of str
+        The keys looked for (no nulls).
+
+    Returns
+    -------
+    places : list of (str, int)
+        (data file, row number) of every indexed row whose hash is a key's: to be confirmed
+        by reading the row's key (hashes may collide).
+    uncovered : list of str
+        The paths no usable segment covers, in the order of ``paths``: to be read whole.
+    """
+    import numpy as np
+
+    prefix = table_root.rstrip("/") + "/"
+    relative = {p[len(prefix):]: p for p in snapshot if p.startswith(prefix)}
+    looked = set(paths)
+    wanted = np.unique(key_hashes(keys))
+    places: list[tuple[str, int]] = []
+    covered: set[str] = set()
+    for segment in _chosen(segments(table_root), set(relative)):
+        try:
+            batch = _open(segment.path)
+        except FileNotFoundError:
+            continue  # merged meanwhile: its files are read whole
+        count = batch.num_rows
+        covered.update(segment.files)
+        if not count:
+            continue
+        hashes = np.frombuffer(batch.column(0).buffers()[1], np.uint64, count)
+        numbers = np.frombuffer(batch.column(1).buffers()[1], np.int32, count)
+        rows = np.frombuffer(batch.column(2).buffers()[1], np.int64, count)
+        start = np.searchsorted(hashes, wanted, side="left")
+        stop = np.searchsorted(hashes, wanted, side="right")
+        for first, last in zip(start.tolist(), stop.tolist(), strict=True):
+            for i in range(first, last):
+                path = relative[segment.files[numbers[i]]]
+                if path in looked:
+                    places.append((path, int(rows[i])))
+    return places, [p for p in paths if p[len(prefix):] not in covered or not p.startswith(prefix)]
+
+
+def _write(table_root: str, files: Sequence[str], table: pa.Table) -> Segment:
+    """Write the segment of ``files`` (``table``: hash, file, row; any order)."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+    from fsspec.implementations.local import LocalFileSystem
+
+    table = table.sort_by([("hash", "ascending"), ("file", "ascending"), ("row", "ascending")])
+    schema = pa.schema([("hash", pa.uint64()), ("file", pa.int32()), ("row", pa.int64())],
+                       metadata={_FILES: json.dumps(list(files))})
+    table = table.cast(schema).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with ipc.new_file(sink, schema) as writer:
+        writer.write_table(table, max_chunksize=max(1, table.num_rows))
+    name = hashlib.sha256("\n".join(files).encode()).hexdigest() + ".arrow"
+    folder = _folder(table_root)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    atomic_write(LocalFileSystem(), path, sink.getvalue().to_pybytes(), fsync=False)
+    return Segment(path, tuple(files), table.num_rows)
+
+
+def _indexed(table_root: str, files: Sequence[str], key: str) -> pa.Table:
+    """hash, file (number in ``files``), row of every non-null ``key`` of ``files``."""
+    prefix = table_root.rstrip("/") + "/"
+    listed = _file_list([prefix + f for f in files])
+    column = '"' + key.replace('"', '""') + '"'
+    con = connect()
+    try:
+        con.execute("SET threads = 1")
+        return con.sql(
+            f"SELECT ('0x' || left(sha256({column}), 16))::UBIGINT AS hash, "
+            f"(list_position({listed}, filename) - 1)::INTEGER AS file, "
+            f"file_row_number AS row FROM read_parquet({listed}, filename = true, "
+            f"file_row_number = true, hive_partitioning = false) WHERE {column} IS NOT NULL"
+        ).to_arrow_table()
+    finally:
+        con.close()
+
+
+def _merged(table_root: str, group: Sequence[Segment]) -> Segment:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    files: list[str] = []
+    parts = []
+    for segment in group:
+        batch = _open(segment.path)
+        shift = pa.scalar(len(files), pa.int32())
+        parts.append(pa.table({"hash": batch.column(0), "file": pc.add(batch.column(1), shift),
+                               "row": batch.column(2)}))
+        files.extend(segment.files)
+    return _write(table_root, files, pa.concat_tables(parts))
+
+
+def maintain(table_root: str, paths: Sequence[str], key: str) -> None:
+    """Bring the index of ``key`` up to the data files ``paths`` (the newest version's).
+
+    Writes a segment for the files no segment covers once there are
+    :data:`UNCOVERED_FILES` of them, merges :data:`FAN_IN` segments of one size class, and
+    removes segments that cover a file ``paths`` lacks. Safe to run concurrently: segments
+    are pure functions of immutable files, published atomically; a segment removed by
+    another writer meanwhile is simply not merged.
+    """
+    prefix = table_root.rstrip("/") + "/"
+    live = {p[len(prefix):] for p in paths if p.startswith(prefix)}
+    found = segments(table_root)
+    usable = [s for s in found if set(s.files) <= live]
+    for segment in found:
+        if segment not in usable:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(segment.path)
+    covered = {f for s in _chosen(usable, live) for f in s.files}
+    fresh = sorted(live - covered)
+    if len(fresh) >= UNCOVERED_FILES:
+        usable.append(_write(table_root, fresh, _indexed(table_root, fresh, key)))
+    while True:
+        chosen = _chosen(usable, live)
+        classes: dict[int, list[Segment]] = {}
+        for segment in chosen:
+            classes.setdefault(segment.size_class, []).append(segment)
+        group = next((g for _, g in sorted(classes.items()) if len(g) >= FAN_IN), None)
+        if group is None:
+            break
+        group = sorted(group, key=lambda s: s.path)[:FAN_IN]
+        try:
+            merged = _merged(table_root, group)
+        except FileNotFoundError:
+            break  # another writer merged them meanwhile
+        for segment in group:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(segment.path)
+        usable = [s for s in usable if s not in group] + [merged]

@@ -1,0 +1,177 @@
+"""The index of instances' SOPInstanceUIDs (lake/catalog/_key_index.py) judges exactly as
+reading every data file does: through appends, a delete, a compaction, merges, segments that
+vanish, hash collisions and concurrent writers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+import lake.catalog._key_index as index_module
+import lake.catalog._tables as tables_module
+from lake.catalog import INSTANCES, DeltaTables
+from lake.catalog._tables import _key_index_of
+from lake.store import Location
+
+KEY = "SOPInstanceUID"
+FETCH = [KEY, "batch_id", "Modality", "Rows"]
+
+
+def _rows(owner: str, uids: list[str]) -> pa.Table:
+    return pa.Table.from_pylist(
+        [{KEY: u, "batch_id": owner, "Modality": "CT", "Rows": i} for i, u in enumerate(uids)],
+        schema=INSTANCES.schema,
+    )
+
+
+@pytest.fixture
+def small_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segments after 3 uncovered files, merged by twos: every path is taken in a few commits."""
+    monkeypatch.setattr(index_module, "UNCOVERED_FILES", 3)
+    monkeypatch.setattr(index_module, "FAN_IN", 2)
+
+
+def _judged_both_ways(tables: DeltaTables, keys: list[str | None], version: int | None = None
+                      ) -> None:
+    """``_matching`` with the index equals ``_matching`` reading every file, for the key alone
+    and with fetched columns, at the newest version or at ``version``."""
+    delta = tables.open(INSTANCES.name, version)
+    files = tables.data_files(INSTANCES.name, version)
+    index = _key_index_of(delta, INSTANCES, KEY, files)
+    assert index is not None
+    wanted = pa.chunked_array([pa.array(keys, pa.string())])
+    for columns in ([KEY], FETCH):
+        expected = tables_module._matching(files, INSTANCES, columns, wanted)
+        got = tables_module._matching(files, INSTANCES, columns, wanted, index=index)
+        assert got.schema == expected.schema
+        assert got.to_pylist() == expected.to_pylist()
+
+
+def _uids(rng: random.Random, count: int) -> list[str]:
+    return [f"2.25.{rng.getrandbits(100)}" for _ in range(count)]
+
+
+def test_the_index_judges_as_every_file_does(tmp_path: Path, small_index: None,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    tables = DeltaTables(Location(str(tmp_path / "lake")))
+    tables.create_all()
+    rng = random.Random(31)
+    stored: list[str] = []
+    for n in range(30):
+        uids = _uids(rng, rng.randrange(1, 30))
+        if stored and n % 7 == 0:
+            uids.append(rng.choice(stored))  # one UID in two files
+        stored += uids
+        tables.append(INSTANCES, _rows(f"b{n}", uids))
+        if n == 12:
+            tables.delete(INSTANCES, f"{KEY} = '{stored[5]}'")
+        if n == 20:
+            tables.open(INSTANCES.name).optimize.compact(target_size=8192)
+    root = str(tmp_path / "lake" / "tables" / INSTANCES.name)
+    found = index_module.segments(root)
+    live = {p[len(root) + 1:] for p in tables.data_files(INSTANCES.name).paths}
+    assert found and all(set(s.files) <= live for s in found)  # stale ones were removed
+    covered = {f for s in index_module._chosen(found, live) for f in s.files}
+    assert len(covered) >= len(live) - 2  # at most UNCOVERED_FILES - 1 read whole
+
+    opened: list[int] = []
+    holding = tables_module.files_holding
+
+    def counted(paths: list[str], key: str, keys: pa.Array) -> pa.Table:
+        opened.append(len(paths))
+        return holding(paths, key, keys)
+
+    monkeypatch.setattr(tables_module, "files_holding", counted)
+    for trial in range(6):
+        present = rng.sample(stored, 1 + trial * 5)
+        keys: list[str | None] = [*present, *_uids(rng, 20), present[0], None, "it's", "é"]
+        rng.shuffle(keys)
+        _judged_both_ways(tables, keys)
+    assert opened and max(opened[1::2]) <= 2  # the indexed calls read only uncovered files
+
+    # An older snapshot (the index now covers files it lacks), and a compaction that no
+    # commit followed yet (the segments cover files the snapshot no longer has).
+    _judged_both_ways(tables, [*rng.sample(stored, 20), "2.25.0"], version=9)
+    tables.open(INSTANCES.name).optimize.compact(target_size=1 << 20)
+    assert index_module.segments(root)
+    _judged_both_ways(tables, [*rng.sample(stored, 20), "2.25.0"])
+
+    # Through insert_new and lookup: only absent keys are new; present ones are found.
+    absent = _uids(rng, 5)
+    result = tables.insert_new(INSTANCES, _rows("new", [*stored[10:15], *absent]), key=KEY)
+    assert sorted(result.rows.column(KEY).to_pylist()) == sorted(absent)
+    assert sorted(tables.lookup(INSTANCES, KEY, [*absent, "2.25.0"], []).column(KEY)
+                  .to_pylist()) == sorted(absent)
+
+
+def test_hash_collisions_and_vanished_segments(tmp_path: Path, small_index: None,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hash hit whose stored UID is another is not a match; a segment removed between the
+    listing and its opening leaves its files to be read whole. Same answers both times."""
+    tables = DeltaTables(Location(str(tmp_path / "lake")))
+    tables.create_all()
+    rng = random.Random(8)
+    stored: list[str] = []
+    for n in range(10):
+        uids = _uids(rng, 10)
+        stored += uids
+        tables.append(INSTANCES, _rows(f"b{n}", uids))
+    keys: list[str | None] = [*rng.sample(stored, 6), *_uids(rng, 6)]
+    _judged_both_ways(tables, keys)
+
+    located = index_module.located
+
+    def colliding(root: str, snapshot: list[str], paths: list[str], wanted: list[str]
+                  ) -> tuple[list[tuple[str, int]], list[str]]:
+        places, uncovered = located(root, snapshot, paths, wanted)
+        covered = [p for p in paths if p not in uncovered]
+        extra = [(covered[0], 0), (covered[-1], 3)]  # rows holding keys not looked for
+        return sorted({*places, *extra}), uncovered
+
+    monkeypatch.setattr(tables_module, "located", colliding)
+    _judged_both_ways(tables, [k for k in keys if k not in (stored[0], stored[-7])])
+    monkeypatch.undo()
+    monkeypatch.setattr(index_module, "UNCOVERED_FILES", 3)
+    monkeypatch.setattr(index_module, "FAN_IN", 2)
+
+    def vanished(path: str) -> pa.RecordBatch:
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(index_module, "_open", vanished)
+    _judged_both_ways(tables, keys)
+
+
+def _writer(root: str, seed: int, shared: list[str], count: int) -> None:
+    os.environ.pop("LAKE_ROOT", None)
+    index_module.UNCOVERED_FILES, index_module.FAN_IN = 3, 2
+    tables = DeltaTables(Location(root))
+    rng = random.Random(seed)
+    for n in range(count):
+        uids = [*_uids(rng, 5), shared[n]]  # every writer offers the same shared UIDs
+        tables.insert_new(INSTANCES, _rows(f"w{seed}-{n}", uids), key=KEY)
+
+
+def test_concurrent_writers_keep_each_uid_once(tmp_path: Path) -> None:
+    """Three processes commit batches that all offer the same UIDs while each maintains the
+    index (writing, merging and removing segments): every UID is stored once."""
+    root = str(tmp_path / "lake")
+    DeltaTables(Location(root)).create_all()
+    shared = _uids(random.Random(99), 12)
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_writer, args=(root, seed, shared, 12))
+               for seed in (1, 2, 3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=600)
+        assert worker.exitcode == 0
+    tables = DeltaTables(Location(root))
+    uids = tables.dataset(INSTANCES.name).to_table(columns=[KEY]).column(KEY).to_pylist()
+    assert len(uids) == len(set(uids)) == 3 * 12 * 5 + 12
+    assert index_module.segments(str(Path(root) / "tables" / INSTANCES.name))
+    _judged_both_ways(tables, [*shared, *uids[::7], "2.25.0"])
