@@ -175,3 +175,23 @@ def test_concurrent_writers_keep_each_uid_once(tmp_path: Path) -> None:
     assert len(uids) == len(set(uids)) == 3 * 12 * 5 + 12
     assert index_module.segments(str(Path(root) / "tables" / INSTANCES.name))
     _judged_both_ways(tables, [*shared, *uids[::7], "2.25.0"])
+
+
+def test_segments_stay_within_their_bound(tmp_path: Path, small_index: None,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writing and merging segments sorts them in memory: none grows past ``SEGMENT_ROWS``
+    rows unless one data file alone holds more, and the judgement is unchanged."""
+    monkeypatch.setattr(index_module, "SEGMENT_ROWS", 40)
+    tables = DeltaTables(Location(str(tmp_path / "lake")))
+    tables.create_all()
+    rng = random.Random(4)
+    stored: list[str] = []
+    for n in range(24):
+        uids = _uids(rng, 60 if n == 5 else rng.randrange(5, 15))
+        stored += uids
+        tables.append(INSTANCES, _rows(f"b{n}", uids))
+    found = index_module.segments(str(tmp_path / "lake" / "tables" / INSTANCES.name))
+    assert len(found) > 3
+    assert all(s.rows <= 40 or len(s.files) == 1 for s in found)
+    assert any(s.rows == 60 for s in found)  # the one large file, alone
+    _judged_both_ways(tables, [*rng.sample(stored, 25), *_uids(rng, 10)])

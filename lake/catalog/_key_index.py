@@ -25,11 +25,12 @@ their names), so it is never a second source of truth:
   to be read as before.
 
 Upkeep, after each commit of ``instances`` on a local lake (:func:`maintain`): once
-:data:`UNCOVERED_FILES` data files of the newest version are covered by no segment, one
-segment is written for them; once :data:`FAN_IN` segments of one size class (rows, by powers
-of :data:`FAN_IN`) hold only live files, they are merged into one; segments holding a file the
+:data:`UNCOVERED_FILES` data files of the newest version are covered by no segment, segments
+are written for them (of at most :data:`SEGMENT_ROWS` rows); once :data:`FAN_IN` segments of
+one size class (rows, by powers of :data:`FAN_IN`) hold only live files, they are merged into
+one, up to :data:`SEGMENT_ROWS` rows; segments holding a file the
 newest version no longer has are removed (readers of older snapshots fall back to reading
-those files). So a judgement opens O(log n) segments and reads at most
+those files). So a judgement opens O(log n) segments per 4M rows and reads at most
 ``UNCOVERED_FILES - 1`` files beyond a compaction's fresh ones. A remote lake keeps reading
 the files.
 """
@@ -54,7 +55,10 @@ if TYPE_CHECKING:
     import numpy.typing as npt
     import pyarrow as pa
 
-__all__ = ["FAN_IN", "INDEX_DIR", "UNCOVERED_FILES", "Segment", "located", "maintain", "segments"]
+__all__ = [
+    "FAN_IN", "INDEX_DIR", "SEGMENT_ROWS", "UNCOVERED_FILES", "Segment", "located", "maintain",
+    "segments",
+]
 
 INDEX_DIR = "_keys/v1"
 """Below the ``instances`` table (Delta ignores paths starting with ``_``)."""
@@ -64,6 +68,12 @@ UNCOVERED_FILES = 8
 
 FAN_IN = 4
 """Segments of one size class merged into one."""
+
+SEGMENT_ROWS = 4 * 1024 * 1024
+"""No merge makes a segment larger, and the files of a new segment hold at most this many rows
+(unless one file alone holds more): writing a segment sorts it in memory (about 60 bytes a
+row at its peak), so the upkeep's memory is bounded whatever the table's size. A judgement
+searches one segment per 4M rows (a binary search each)."""
 
 _FILES = b"lake.files"
 """The schema metadata key listing a segment's data files (relative to the table)."""
@@ -240,6 +250,23 @@ def _indexed(table_root: str, files: Sequence[str], key: str) -> pa.Table:
         con.close()
 
 
+def _bounded(table_root: str, files: Sequence[str]) -> list[list[str]]:
+    """``files`` in runs of at most :data:`SEGMENT_ROWS` rows (by their Parquet footers)."""
+    import pyarrow.parquet as pq
+
+    prefix = table_root.rstrip("/") + "/"
+    runs: list[list[str]] = [[]]
+    rows = 0
+    for name in files:
+        count = pq.read_metadata(prefix + name).num_rows
+        if runs[-1] and rows + count > SEGMENT_ROWS:
+            runs.append([])
+            rows = 0
+        runs[-1].append(name)
+        rows += count
+    return runs
+
+
 def _merged(table_root: str, group: Sequence[Segment]) -> Segment:
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -275,16 +302,19 @@ def maintain(table_root: str, paths: Sequence[str], key: str) -> None:
     covered = {f for s in _chosen(usable, live) for f in s.files}
     fresh = sorted(live - covered)
     if len(fresh) >= UNCOVERED_FILES:
-        usable.append(_write(table_root, fresh, _indexed(table_root, fresh, key)))
+        for files in _bounded(table_root, fresh):
+            usable.append(_write(table_root, files, _indexed(table_root, files, key)))
     while True:
         chosen = _chosen(usable, live)
         classes: dict[int, list[Segment]] = {}
         for segment in chosen:
             classes.setdefault(segment.size_class, []).append(segment)
-        group = next((g for _, g in sorted(classes.items()) if len(g) >= FAN_IN), None)
+        group = next((sorted(g, key=lambda s: s.path)[:FAN_IN]
+                      for _, g in sorted(classes.items()) if len(g) >= FAN_IN
+                      and sum(s.rows for s in sorted(g, key=lambda s: s.path)[:FAN_IN])
+                      <= SEGMENT_ROWS), None)
         if group is None:
             break
-        group = sorted(group, key=lambda s: s.path)[:FAN_IN]
         try:
             merged = _merged(table_root, group)
         except FileNotFoundError:
