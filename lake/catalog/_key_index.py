@@ -28,10 +28,11 @@ Upkeep, after each commit of ``instances`` on a local lake (:func:`maintain`): o
 :data:`UNCOVERED_FILES` data files of the newest version are covered by no segment, segments
 are written for them (of at most :data:`SEGMENT_ROWS` rows); once :data:`FAN_IN` segments of
 one size class (rows, by powers of :data:`FAN_IN`) hold only live files, they are merged into
-one, up to :data:`SEGMENT_ROWS` rows; segments holding a file the
-newest version no longer has are removed (readers of older snapshots fall back to reading
-those files). So a judgement opens O(log n) segments per 4M rows and reads at most
-``UNCOVERED_FILES - 1`` files beyond a compaction's fresh ones. A remote lake keeps reading
+one, up to :data:`SEGMENT_ROWS` rows; a segment holding a file the newest version no longer
+has is replaced by one cut from it without that file's rows (a delete rewrites one file of
+many; readers of older snapshots fall back to reading the files). So a judgement opens
+O(log n) segments per 4M rows and reads at most ``UNCOVERED_FILES - 1`` files beyond a
+compaction's fresh ones. A remote lake keeps reading
 the files.
 """
 
@@ -267,6 +268,25 @@ def _bounded(table_root: str, files: Sequence[str]) -> list[list[str]]:
     return runs
 
 
+def _without(table_root: str, segment: Segment, kept: Sequence[str]) -> Segment:
+    """The segment of the files ``kept`` (some of ``segment``'s, in its order), cut from it:
+    the same bytes as indexing those files afresh."""
+    import numpy as np
+    import pyarrow as pa
+
+    batch = _open(segment.path)
+    numbers = np.full(len(segment.files), -1, dtype=np.int32)
+    position = {name: n for n, name in enumerate(kept)}
+    for n, name in enumerate(segment.files):
+        numbers[n] = position.get(name, -1)
+    renumbered = numbers[batch.column(1).to_numpy()]
+    keep = renumbered >= 0
+    table = pa.table({"hash": batch.column(0).filter(pa.array(keep)),
+                      "file": pa.array(renumbered[keep], pa.int32()),
+                      "row": batch.column(2).filter(pa.array(keep))})
+    return _write(table_root, kept, table)
+
+
 def _merged(table_root: str, group: Sequence[Segment]) -> Segment:
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -287,18 +307,24 @@ def maintain(table_root: str, paths: Sequence[str], key: str) -> None:
 
     Writes a segment for the files no segment covers once there are
     :data:`UNCOVERED_FILES` of them, merges :data:`FAN_IN` segments of one size class, and
-    removes segments that cover a file ``paths`` lacks. Safe to run concurrently: segments
-    are pure functions of immutable files, published atomically; a segment removed by
-    another writer meanwhile is simply not merged.
+    replaces each segment that covers a file ``paths`` lacks by one without that file's rows
+    (cut from it: a delete rewrites one file, and a compaction leaves nothing to keep). Safe
+    to run concurrently: segments are pure functions of immutable files, published
+    atomically; a segment removed by another writer meanwhile is simply not merged.
     """
     prefix = table_root.rstrip("/") + "/"
     live = {p[len(prefix):] for p in paths if p.startswith(prefix)}
     found = segments(table_root)
     usable = [s for s in found if set(s.files) <= live]
     for segment in found:
-        if segment not in usable:
+        if segment in usable:
+            continue
+        kept = [f for f in segment.files if f in live]
+        if kept:  # a delete rewrote some of its files: keep the rest, reading no data file
             with contextlib.suppress(FileNotFoundError):
-                os.remove(segment.path)
+                usable.append(_without(table_root, segment, kept))
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(segment.path)
     covered = {f for s in _chosen(usable, live) for f in s.files}
     fresh = sorted(live - covered)
     if len(fresh) >= UNCOVERED_FILES:
