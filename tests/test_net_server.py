@@ -699,3 +699,17 @@ def test_reordered_context_is_build_contexts(wanted: list[str]) -> None:
         assert all(type(t) is type(e) for t, e in zip(got.transfer_syntax,
                                                        expected.transfer_syntax, strict=True))
         assert (got.scu_role, got.scp_role, got.context_id) == (True, True, ours.context_id)
+
+
+def test_unusable_tls_files_fail_before_workers_or_the_journal(
+        lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> None:
+    # they failed after the workers spawned and the journal was taken, neither given back:
+    # a worker ended mid-start printed its traceback, and the lake stayed locked
+    config = ServerConfig(port=0, workers=1,
+                          tls=TLSConfig(tmp_path / "missing.pem", tmp_path / "missing.key"))
+    failed = DicomServer(lk, lk.secret(vault_dir), config)
+    with pytest.raises(lake.LakeError, match="TLS"):
+        failed.start()
+    assert not failed.intake._workers.running and failed.intake.journal is None
+    with DicomServer(lk, lk.secret(vault_dir), ServerConfig(port=0, workers=0)) as again:
+        assert again.running

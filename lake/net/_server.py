@@ -231,8 +231,9 @@ class DicomServer:
         """
         if self._server is not None:
             return
-        self.report.recovered = self.intake.start()  # what a crash left: committed now
+        # TLS files first: unusable ones fail before workers spawn or the journal is taken
         ssl_context = self.config.tls.server_context() if self.config.tls else None
+        self.report.recovered = self.intake.start()  # what a crash left: committed now
         try:
             server = cast(_AssociationServer, self._ae.make_server(
                 (self.config.host, self.config.port),
