@@ -700,9 +700,13 @@ def _item_numbers_differences(data: bytes, cache: ValueCache) -> list[str]:
                 continue
             present = items[0].keys()
             for keyword in [*map(pydicom.datadict.keyword_for_tag, present), "Rows"]:
-                if keyword and frame.item_numbers(macro, keyword) != reference.item_numbers(
-                        macro, keyword):
+                if not keyword:
+                    continue
+                value = frame.item_numbers(macro, keyword)
+                if value != reference.item_numbers(macro, keyword):
                     found.append(f"frame {number}: {macro}/{keyword} by item_numbers")
+                if value is not None and frame.item_numbers(macro, keyword) is value:
+                    found.append(f"frame {number}: {macro}/{keyword} handed out twice")
     if frames and not any(frame._shape is not None for frame in frames[1:]):
         found.append("no frame indexed by a shape")
     return found

@@ -102,6 +102,8 @@ def _dictionary_vr(tag: int) -> str:
 
 #: Values this long or longer are converted every time (not worth hashing and keeping).
 _CACHED_LENGTH = 1024
+#: Values longer than this are not keys of the cache of numbers (:meth:`_Source.numbers`).
+_NUMBERS_LENGTH = 256
 #: Sequences longer than this are not keys of :meth:`Part10.item_value`'s cache.
 _ITEM_VALUE_LENGTH = 16384
 #: One IS, or one DS, value in plain decimal notation (what :meth:`Part10.number` reads).
@@ -141,7 +143,7 @@ class ValueCache:
     True
     """
 
-    __slots__ = ("_layouts", "_shapes", "_values", "indexed_by_layout")
+    __slots__ = ("_layouts", "_numbers", "_shapes", "_values", "indexed_by_layout")
 
     def __init__(self) -> None:
         self._values: dict[tuple[object, ...], object] = {}
@@ -149,6 +151,8 @@ class ValueCache:
         self._layouts: dict[int, list[_Layout]] = {}
         # sequence items' shapes of the batch (see _ItemShape)
         self._shapes: dict[tuple[int, bool, bytes], _Shapes] = {}
+        # numbers read from bytes (see _Source.numbers), by VR and bytes
+        self._numbers: dict[tuple[str, bytes], list[float] | None] = {}
         #: How many headers were indexed by the layout of an earlier one (not walked).
         self.indexed_by_layout = 0
 
@@ -222,6 +226,21 @@ class _Source:
         self.matched: dict[int, _ItemShape] = {}
         self.shapes: dict[tuple[int, bool, bytes], _Shapes] = (
             {} if cache is None else cache._shapes)
+
+    def numbers(self, vr: str, start: int, length: int) -> list[float] | None:
+        """:func:`_numbers` of a value, kept in the batch's cache by VR and bytes (a
+        per-frame macro's orientation and spacing repeat frame after frame: a look-up
+        instead of parsing the text); a new list each time."""
+        cache = self.cache
+        if cache is None or length > _NUMBERS_LENGTH:
+            return _numbers(vr, self.buffer, start, length)
+        key = (vr, self.buffer[start : start + length])
+        numbers = cache._numbers
+        if key in numbers:
+            known = numbers[key]
+        else:
+            known = numbers[key] = _numbers(vr, self.buffer, start, length)
+        return None if known is None else list(known)
 
 
 class Part10:
@@ -431,7 +450,7 @@ class Part10:
                 if not where:
                     return None
                 vr, start, length = where
-                return _numbers(vr, self._source.buffer, self._base + start, length)
+                return self._source.numbers(vr, self._base + start, length)
         held = self._sequence_bytes(sequence)
         if held is None:
             return None
