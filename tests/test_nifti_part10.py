@@ -411,20 +411,23 @@ def test_item_value_keys_on_the_inherited_character_set_and_hands_out_copies() -
     for data in (latin, cyrillic, latin, cyrillic):
         got = read_part10(data, cache=cache)
         assert isinstance(got, Part10)
-        label = got.PerFrameFunctionalGroupsSequence[0].item_value("FrameContentSequence",
-                                                                    "FrameLabel")
-        expected = pydicom.dcmread(io.BytesIO(data)).PerFrameFunctionalGroupsSequence[0]
-        assert label == expected.FrameContentSequence[0].FrameLabel
+        frames = got.PerFrameFunctionalGroupsSequence
+        assert frames[-1]._shape is not None  # later frames: read where a shape located it
+        for frame, expected in zip(frames, pydicom.dcmread(io.BytesIO(data))
+                                   .PerFrameFunctionalGroupsSequence, strict=True):
+            label = frame.item_value("FrameContentSequence", "FrameLabel")
+            assert label == expected.FrameContentSequence[0].FrameLabel
         labels.append(label)
     assert labels[0] == labels[2] != labels[1] == labels[3]
     one, two = (read_part10(latin, cache=cache) for _ in range(2))
     assert isinstance(one, Part10) and isinstance(two, Part10)
-    kinds = one.PerFrameFunctionalGroupsSequence[0].item_value("MRImageFrameTypeSequence",
-                                                                "FrameType")
-    kinds.append("CHANGED")
-    again = two.PerFrameFunctionalGroupsSequence[0].item_value("MRImageFrameTypeSequence",
-                                                                "FrameType")
-    assert again == ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    for frame in (0, -1):
+        kinds = one.PerFrameFunctionalGroupsSequence[frame].item_value(
+            "MRImageFrameTypeSequence", "FrameType")
+        kinds.append("CHANGED")
+        again = two.PerFrameFunctionalGroupsSequence[frame].item_value(
+            "MRImageFrameTypeSequence", "FrameType")
+        assert again == ["ORIGINAL", "PRIMARY", "M", "NONE"]
 
 
 @pytest.mark.vendor
@@ -683,9 +686,9 @@ def _shaped_and_walked(datas: list[bytes]) -> tuple[int, list[str]]:
 
 
 def _item_numbers_differences(data: bytes, cache: ValueCache) -> list[str]:
-    """``item_numbers`` of every (macro, keyword) of every per-frame item read through
-    ``cache`` (items checked by a shape read the value where the shape's first item held
-    it) against the same read without shapes."""
+    """``item_numbers`` and ``item_value`` of every (macro, keyword) of every per-frame item
+    read through ``cache`` (items checked by a shape read the value where the shape's first
+    item held it) against the same read without shapes (type and value)."""
     shaped, walked = _read(data, cache), _walked(data)
     if not isinstance(shaped, Part10) or not isinstance(walked, Part10):
         return []
@@ -707,6 +710,10 @@ def _item_numbers_differences(data: bytes, cache: ValueCache) -> list[str]:
                     found.append(f"frame {number}: {macro}/{keyword} by item_numbers")
                 if value is not None and frame.item_numbers(macro, keyword) is value:
                     found.append(f"frame {number}: {macro}/{keyword} handed out twice")
+                converted = frame.item_value(macro, keyword)
+                expected = reference.item_value(macro, keyword)
+                if type(converted) is not type(expected) or repr(converted) != repr(expected):
+                    found.append(f"frame {number}: {macro}/{keyword} by item_value")
     if frames and not any(frame._shape is not None for frame in frames[1:]):
         found.append("no frame indexed by a shape")
     return found

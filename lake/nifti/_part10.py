@@ -211,6 +211,29 @@ def _numbers(vr: str, buffer: bytes, start: int, length: int) -> list[float] | N
     return values if all(map(math.isfinite, values)) else None
 
 
+def _converted(source: _Source, tag: int, given: str | None, implicit: bool, start: int,
+               length: int, encoding: str | list[str]) -> Any:
+    """pydicom's value of the element ``tag`` whose value is at ``start`` (VR ``given`` as
+    its reader hands it over: None when implicit), through the batch's cache (values under
+    1 KiB, keyed by everything the conversion depends on)."""
+    data = bytes(source.buffer[start : start + length])
+    cache = source.cache
+    key: tuple[object, ...] | None = None
+    if cache is not None and length < _CACHED_LENGTH:
+        key = (tag, given, implicit, data,
+               encoding if isinstance(encoding, str) else tuple(encoding))
+        value = cache.get(key)
+        if value is not _MISSING:
+            return value
+    raw = RawDataElement(BaseTag(tag), given, length, data, start, implicit, True)
+    # pydicom may warn here, as its datasets do on first access (callers silence both)
+    value = convert_raw_data_element(raw, encoding=encoding).value
+    if key is not None:
+        assert cache is not None
+        value = cache.put(key, value)
+    return value
+
+
 class _Source:
     """The bytes shared by one object and its items, the batch's value cache, where each
     sequence the walk has passed ends (keyed by the position of its value), and the shapes
@@ -338,8 +361,21 @@ class Part10:
         The same as ``self.get(sequence)[0].get(keyword)`` (or None), but the value is
         converted once per batch for a sequence whose bytes, syntax and inherited character
         sets were seen before (the :class:`ValueCache` holds it, and hands out copies of
-        multi-valued ones); the items are then not indexed at all.
+        multi-valued ones); the items are then not indexed at all. In an item checked by a
+        shape, the value is converted where the shape's first item held it (as the item
+        holding it converts it: same bytes, VR, syntax and inherited character sets).
         """
+        shape = self._shape
+        if shape is not None:
+            where = self._located(shape, sequence, keyword)
+            if where is not None:
+                if not where:
+                    return None
+                vr, start, length, implicit = where
+                value = _converted(self._source, keyword_dict[keyword],
+                                   None if implicit else vr, implicit, self._base + start,
+                                   length, self._character_sets())
+                return None if value is None or value == "" else value
         held = self._sequence_bytes(sequence)
         if held is None:
             return None
@@ -441,15 +477,11 @@ class Part10:
         """
         shape = self._shape
         if shape is not None:
-            located = shape.located
-            if (sequence, keyword) in located:
-                where = located[(sequence, keyword)]
-            else:
-                where = located[(sequence, keyword)] = self._locate(sequence, keyword)
+            where = self._located(shape, sequence, keyword)
             if where is not None:
                 if not where:
                     return None
-                vr, start, length = where
+                vr, start, length, _ = where
                 return self._source.numbers(vr, self._base + start, length)
         held = self._sequence_bytes(sequence)
         if held is None:
@@ -471,10 +503,20 @@ class Part10:
             return list(values)
         return values
 
-    def _locate(self, sequence: str, keyword: str) -> tuple[str, int, int] | tuple[()] | None:
-        """Where :meth:`item_numbers` reads ``keyword`` of the first item of ``sequence`` in
-        this item, relative to its content: (VR, start, length); ``()`` when either is
-        absent (or the sequence has no item); None when the general path must answer.
+    def _located(self, shape: _ItemShape, sequence: str, keyword: str) -> _Located:
+        """:meth:`_locate`, once per shape."""
+        located = shape.located
+        if (sequence, keyword) in located:
+            return located[(sequence, keyword)]
+        where = located[(sequence, keyword)] = self._locate(sequence, keyword)
+        return where
+
+    def _locate(self, sequence: str, keyword: str) -> _Located:
+        """Where :meth:`item_numbers` and :meth:`item_value` read ``keyword`` of the first
+        item of ``sequence`` in this item, relative to its content: (VR, start, length,
+        whether that item is implicit VR); ``()`` when either is absent (or the sequence has
+        no item); None when the general path must answer (another character set in the
+        item, a sequence, a value set in memory).
         The same for every item of this item's shape: the walk puts every element of them
         at the same place (the same header bytes)."""
         tag = keyword_dict.get(sequence)
@@ -486,12 +528,15 @@ class Part10:
         items = self.get(sequence)
         if not items:
             return ()
-        found = items[0]._elements.get(keyword_dict.get(keyword, -1))
+        first = items[0]
+        if _CHARACTER_SET in first._elements:
+            return None  # its own character sets: values are converted in the item
+        found = first._elements.get(keyword_dict.get(keyword, -1))
         if found is None:
             return ()
         if len(found) != 3 or found[1] < 0:
             return None
-        return found[0], found[1] - self._base, found[2]
+        return found[0], found[1] - self._base, found[2], first.is_implicit_VR
 
     def _sequence_bytes(self, sequence: str) -> tuple[bytes, bool, bool] | tuple[()] | None:
         """What the batch's :class:`ValueCache` keys values of the sequence ``sequence`` by:
@@ -527,24 +572,9 @@ class Part10:
         given: str | None = None if self.is_implicit_VR else vr
         if tag >> 16 & 1 and given in (None, "UN"):
             given = self._private_vr(tag) or given
-        data = bytes(self._source.buffer[start : start + length])
         encoding = default_encoding if tag == _CHARACTER_SET else self._character_sets()
-        cache = self._source.cache
-        key: tuple[object, ...] | None = None
-        if cache is not None and length < _CACHED_LENGTH:
-            key = (tag, given, self.is_implicit_VR, data,
-                   encoding if isinstance(encoding, str) else tuple(encoding))
-            value = cache.get(key)
-            if value is not _MISSING:
-                self._values[tag] = value
-                return value
-        raw = RawDataElement(BaseTag(tag), given, length, data, start, self.is_implicit_VR,
-                             True)
-        # pydicom may warn here, as its datasets do on first access (callers silence both)
-        value = convert_raw_data_element(raw, encoding=encoding).value
-        if key is not None:
-            assert cache is not None
-            value = cache.put(key, value)
+        value = _converted(self._source, tag, given, self.is_implicit_VR, start, length,
+                           encoding)
         self._values[tag] = value
         return value
 
@@ -714,6 +744,8 @@ def _sequence_walk(source: _Source, pos: int, length: int, implicit: bool,
     return items, end
 
 
+#: Where a value of a shape's items is (see Part10._locate).
+_Located = tuple[str, int, int, bool] | tuple[()] | None
 #: How many shapes are kept per item key (a per-frame item's shapes differ in the lengths
 #: of a few values: positions, times).
 _SHAPES_PER_KEY = 8
@@ -779,7 +811,7 @@ class _ItemShape:
         self.ends = ends
         self.index = index
         #: (sequence, keyword) -> where Part10.item_numbers reads it (see Part10._locate)
-        self.located: dict[tuple[str, str], tuple[str, int, int] | tuple[()] | None] = {}
+        self.located: dict[tuple[str, str], _Located] = {}
 
     def index_at(self, pos: int) -> dict[int, Any]:
         """The index the walk makes of the item of this shape whose content is at
