@@ -234,3 +234,30 @@ def test_a_delete_cuts_its_file_from_the_segment_without_reading_data_files(
     with open(fresh.path, "rb") as fh:
         assert fh.read() == cut_bytes
     _judged_both_ways(tables, [*stored[::3], stored[12], *_uids(rng, 5)])
+
+
+def test_a_delete_leaves_no_hash_of_its_keys_in_the_index(
+        tmp_path: Path, small_index: None) -> None:
+    """An erasure ('lake forget' deletes through DeltaTables.delete) takes the erased UIDs'
+    hashes out of the index at once, not at the next commit (which may never come)."""
+    tables = DeltaTables(Location(str(tmp_path / "lake")))
+    tables.create_all()
+    rng = random.Random(9)
+    stored: list[str] = []
+    for n in range(4):
+        uids = _uids(rng, 10)
+        stored += uids
+        tables.append(INSTANCES, _rows(f"b{n}", uids))
+    root = str(tmp_path / "lake" / "tables" / INSTANCES.name)
+
+    def hashes() -> set[int]:
+        return {h for s in index_module.segments(root)
+                for h in index_module._open(s.path).column("hash").to_pylist()}
+
+    erased = stored[12:14]
+    assert set(index_module.key_hashes(erased).tolist()) <= hashes()
+    tables.delete(INSTANCES, f"{KEY} IN ('{erased[0]}', '{erased[1]}')")
+    assert not set(index_module.key_hashes(erased).tolist()) & hashes()
+    # the other files' keys stay indexed (the rewritten file's are read from it)
+    assert set(index_module.key_hashes(stored[:10] + stored[20:30]).tolist()) <= hashes()
+    _judged_both_ways(tables, [*stored[::3], *erased, *_uids(rng, 5)])

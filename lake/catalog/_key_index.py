@@ -24,7 +24,8 @@ their names), so it is never a second source of truth:
 - A segment that vanishes before it is opened (a concurrent writer merged it) leaves its files
   to be read as before.
 
-Upkeep, after each commit of ``instances`` on a local lake (:func:`maintain`): once
+Upkeep, after each commit and each delete of ``instances`` on a local lake (:func:`maintain`;
+after a delete at once, so an erasure leaves no hash of an erased UID in the index): once
 :data:`UNCOVERED_FILES` data files of the newest version are covered by no segment, segments
 are written for them (of at most :data:`SEGMENT_ROWS` rows); once :data:`FAN_IN` segments of
 one size class (rows, by powers of :data:`FAN_IN`) hold only live files, they are merged into

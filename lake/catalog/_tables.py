@@ -580,6 +580,12 @@ class DeltaTables:
                 continue
             if table.name == INSTANCES.name:  # summaries of the files the delete rewrote
                 write_summaries(self, delta)
+                # and the UID index without their rows now, not at the next commit: an
+                # erasure ('lake forget') leaves no hash of an erased UID in the index
+                snapshot = data_files(delta, self.storage_options)
+                index = _key_index_of(delta, INSTANCES, INDEXED_KEY, snapshot)
+                if index is not None:
+                    maintain(index.root, index.snapshot, INDEXED_KEY)
             return int(delta.version())
 
     def _write(
