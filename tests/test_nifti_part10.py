@@ -539,6 +539,15 @@ def _walked_and_laid_out(datas: list[bytes]) -> tuple[int, list[str]]:
     return cache.indexed_by_layout, problems
 
 
+def _vendor_objects(repository: str, count: int) -> list[bytes]:
+    """The Part-10 bytes of the first ``count`` files of a vendor repository, in order."""
+    root = SHARED_DATA / "vendors" / repository / "In"
+    if not root.is_dir():
+        pytest.skip("../shared/data is absent")
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return [d for d in (p.read_bytes() for p in files[:count]) if d[128:132] == b"DICM"]
+
+
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
 def test_a_series_header_indexed_by_its_layout_is_the_walks(syntax: str) -> None:
     """A header of the layout of an earlier one of its series (same elements, lengths and
@@ -558,11 +567,7 @@ def test_a_series_header_indexed_by_its_layout_is_the_walks(syntax: str) -> None
 def test_vendor_series_indexed_by_their_layouts_are_the_walks(repository: str) -> None:
     """Every original file of a vendor repository, in order, through one cache: the layout
     path (most of them) gives the walk's index and pydicom's values."""
-    root = SHARED_DATA / "vendors" / repository / "In"
-    if not root.is_dir():
-        pytest.skip("../shared/data is absent")
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    datas = [d for d in (p.read_bytes() for p in files[:120]) if d[128:132] == b"DICM"]
+    datas = _vendor_objects(repository, 120)
     applied, problems = _walked_and_laid_out(datas)
     assert problems == []
     assert applied > len(datas) // 4  # XA30: 17 of 51
@@ -743,12 +748,7 @@ def test_items_checked_by_an_earlier_items_shape_are_what_the_walk_makes(
 def test_vendor_items_checked_by_shapes_are_what_the_walk_makes(repository: str) -> None:
     """Every original file of a vendor repository with enhanced objects, through one cache:
     the items checked by shapes (most of them) give the walk's index at every depth."""
-    root = SHARED_DATA / "vendors" / repository / "In"
-    if not root.is_dir():
-        pytest.skip("../shared/data is absent")
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    datas = [d for d in (p.read_bytes() for p in files[:60]) if d[128:132] == b"DICM"]
-    hits, problems = _shaped_and_walked(datas)
+    hits, problems = _shaped_and_walked(_vendor_objects(repository, 60))
     assert problems == []
     assert hits > 0
 

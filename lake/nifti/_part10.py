@@ -365,17 +365,14 @@ class Part10:
         shape, the value is converted where the shape's first item held it (as the item
         holding it converts it: same bytes, VR, syntax and inherited character sets).
         """
-        shape = self._shape
-        if shape is not None:
-            where = self._located(shape, sequence, keyword)
-            if where is not None:
-                if not where:
-                    return None
-                vr, start, length, implicit = where
-                value = _converted(self._source, keyword_dict[keyword],
-                                   None if implicit else vr, implicit, self._base + start,
-                                   length, self._character_sets())
-                return None if value is None or value == "" else value
+        where = self._located(sequence, keyword)
+        if where is not None:
+            if not where:
+                return None
+            vr, start, length, implicit = where
+            value = _converted(self._source, keyword_dict[keyword], None if implicit else vr,
+                               implicit, self._base + start, length, self._character_sets())
+            return None if value is None or value == "" else value
         held = self._sequence_bytes(sequence)
         if held is None:
             return None
@@ -475,14 +472,11 @@ class Part10:
         checked by a shape (:class:`_ItemShape`: a per-frame item like many before it),
         the value is read where the first item of that shape held it.
         """
-        shape = self._shape
-        if shape is not None:
-            where = self._located(shape, sequence, keyword)
-            if where is not None:
-                if not where:
-                    return None
-                vr, start, length, _ = where
-                return self._source.numbers(vr, self._base + start, length)
+        where = self._located(sequence, keyword)
+        if where is not None:
+            if not where:
+                return None
+            return self._source.numbers(where[0], self._base + where[1], where[2])
         held = self._sequence_bytes(sequence)
         if held is None:
             return None
@@ -503,8 +497,11 @@ class Part10:
             return list(values)
         return values
 
-    def _located(self, shape: _ItemShape, sequence: str, keyword: str) -> _Located:
-        """:meth:`_locate`, once per shape."""
+    def _located(self, sequence: str, keyword: str) -> _Located:
+        """:meth:`_locate`, once per shape; None in an item no shape checked."""
+        shape = self._shape
+        if shape is None:
+            return None
         located = shape.located
         if (sequence, keyword) in located:
             return located[(sequence, keyword)]
