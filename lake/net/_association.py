@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import queue
 import re
 import select
@@ -284,75 +283,16 @@ class _WakeSocket:
 # --- the association's threads ----------------------------------------------------------
 
 
-_QUICKACK = getattr(socket, "TCP_QUICKACK", 0)
-
-
-def _direct(sock: socket.socket | None) -> int:
-    """The descriptor of a plain socket in non-blocking mode, else -1.
-
-    A Python socket with a timeout (pynetdicom's network timeout) polls its descriptor
-    before every ``recv`` and ``send``, even when the data is there: two system calls,
-    each giving the GIL away, where one does. Its descriptor is non-blocking (that is
-    how Python implements the timeout), so ``os.readv`` / ``os.write`` on it either
-    move data at once or fail with ``BlockingIOError``, and then the socket's own call
-    waits, timeout included. TLS sockets are never read or written around.
-    """
-    if sock is None or isinstance(sock, ssl.SSLSocket) or not sock.gettimeout():
-        return -1
-    return sock.fileno()
-
-
 class _PrimedSocket(AssociationSocket):
-    """pynetdicom's socket wrapper: replays the already read A-ASSOCIATE-RQ, reads whole.
-
-    Data already there is read and written with one system call (:func:`_direct`), and
-    a ``select`` that has just seen the socket readable (:meth:`_DUL._wait`) is not
-    repeated by :attr:`ready`.
-    """
+    """pynetdicom's socket wrapper: replays the already read A-ASSOCIATE-RQ, reads whole."""
 
     def __init__(self, assoc: Association, client_socket: socket.socket, primed: bytes) -> None:
         super().__init__(assoc, client_socket=client_socket)
         self._primed = bytearray(primed)
-        self.seen_readable = False
-        """Set by the DUL thread when its ``select`` saw the socket readable."""
 
     @property
     def ready(self) -> bool:
-        if self._primed:
-            return True
-        if self.seen_readable and self.socket is not None and self._is_connected:
-            self.seen_readable = False
-            return True
-        self.seen_readable = False
-        return super().ready
-
-    def send(self, bytestream: bytes) -> None:
-        """pynetdicom's, with what the socket takes at once written directly."""
-        fd = _direct(self.socket)
-        if fd >= 0 and not self.assoc.get_handlers(evt.EVT_DATA_SENT):
-            try:
-                sent = os.write(fd, bytestream)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self.event_queue.put("Evt17")  # as pynetdicom: transport closed
-                return
-            if sent == len(bytestream):
-                return
-            bytestream = bytestream[sent:]
-        super().send(bytestream)
-
-    def _recv_into(self, sock: socket.socket, view: memoryview) -> int:
-        fd = _direct(sock)
-        if fd >= 0:
-            if getattr(sock, "quick_ack", False):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-            try:
-                return os.readv(fd, [view])
-            except BlockingIOError:
-                pass  # nothing there yet: the socket's call waits (its timeout included)
-        return sock.recv_into(view)
+        return bool(self._primed) or super().ready
 
     def recv(self, nr_bytes: int) -> bytearray:
         """Exactly ``nr_bytes`` (fewer only if the peer closed): primed bytes, then the socket.
@@ -370,7 +310,7 @@ class _PrimedSocket(AssociationSocket):
             del self._primed[:got]
         sock = self.socket
         while got < nr_bytes and sock is not None:
-            n = self._recv_into(sock, view[got:])
+            n = sock.recv_into(view[got:])
             if not n:
                 break
             got += n
@@ -696,8 +636,6 @@ class _DUL(DULServiceProvider):
                 readable = select.select(watched, [], [], _TIMER_CHECK)[0]
         finally:
             self._wake.waiting = False
-        if sock is not None and sock in readable and isinstance(self.socket, _PrimedSocket):
-            self.socket.seen_readable = True  # its next ``ready`` need not select again
         if self._wake.reader in readable:  # else nothing to drain: no failing recv per wait
             self._wake.drain()  # (a wake-up written after select returned wakes the next)
 

@@ -108,8 +108,6 @@ class _QuickAckSocket(socket.socket):
     again before each read.
     """
 
-    quick_ack = True  # lake.net._association's direct reads set it too
-
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         with contextlib.suppress(OSError):
             self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
