@@ -30,7 +30,7 @@ from lake.ingest import Accepted, IngestContext
 from lake.net import DicomServer, ServerConfig
 from lake.net._intake import CRASHED
 from lake.net._journal import ReceiptJournal
-from lake.net._workers import MAX_CRASHES, START_ATTEMPTS, DeidWorkers, _serve, send_framed
+from lake.net._workers import MAX_CRASHES, START_ATTEMPTS, DeidWorkers, _serve
 from tests.net_peers import dcmtk, require
 from tests.series import write_ct_series
 
@@ -384,29 +384,3 @@ def test_intake_close_never_waits_for_a_worker_hanging_in_its_warm_up(
     assert not left, "the half-started worker was left"
     assert isinstance(_done(received), NetError) and intake.failures == 1
     assert len(_receipts(lk)) == 1  # kept for the next start
-
-
-@pytest.mark.parametrize("size", [1, 16384, 16385, 25_000, 3 << 20])
-def test_framed_sends_are_send_bytes_on_the_wire(size: int) -> None:
-    # instances go down a worker's pipe in one writev: the bytes send_bytes would write
-    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    ours, peer = multiprocessing.Pipe()
-    theirs, peer2 = multiprocessing.Pipe()
-    got: dict[str, bytes] = {}
-
-    def read(name: str, conn: Connection) -> None:
-        got[name] = conn.recv_bytes()
-
-    readers = [threading.Thread(target=read, args=("ours", peer)),
-               threading.Thread(target=read, args=("theirs", peer2))]
-    for reader in readers:
-        reader.start()
-    send_framed(ours, data)
-    theirs.send_bytes(data)
-    for reader in readers:
-        reader.join(30)
-    assert got["ours"] == got["theirs"] == data
-    for conn in (ours, peer, theirs, peer2):
-        conn.close()
-    with pytest.raises(OSError):
-        send_framed(ours, data)  # closed: the error send_bytes gives

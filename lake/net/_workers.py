@@ -37,8 +37,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import os
-import struct
 import tempfile
 import threading
 from collections import deque
@@ -125,35 +123,6 @@ RETRY_CAP = 60.0
 """Seconds between two attempts to start a missing worker, at most."""
 
 
-_FRAME = struct.Struct("!i")
-
-
-def send_framed(conn: Connection, data: bytes) -> None:
-    """``conn.send_bytes(data)`` (the same bytes on the wire) in one system call.
-
-    ``Connection.send_bytes`` writes a payload over 16 KiB (a received instance) after its
-    length header in a second ``write``, each giving the GIL away; ``os.writev`` writes
-    both at once (and goes on where a partial write stopped).
-
-    Raises
-    ------
-    OSError
-        If the connection is closed or the worker is gone, as ``send_bytes`` raises.
-    """
-    if not data or len(data) > 0x7FFFFFFF:  # the stop signal, or the 64-bit header
-        conn.send_bytes(data)
-        return
-    fd = conn.fileno()
-    parts = [memoryview(_FRAME.pack(len(data))), memoryview(data)]
-    while parts:
-        written = os.writev(fd, parts)
-        while parts and written >= len(parts[0]):
-            written -= len(parts[0])
-            parts.pop(0)
-        if parts:
-            parts[0] = parts[0][written:]
-
-
 class WorkerCrashError(NetError):
     """De-identifying this instance ended a worker process :data:`MAX_CRASHES` times."""
 
@@ -226,7 +195,7 @@ class _Worker:
                     return False
                 self.pending.append(job)
             try:
-                send_framed(self.conn, job.data)  # waits while the worker's pipe is full
+                self.conn.send_bytes(job.data)  # waits while the worker's pipe is full
             except OSError:
                 with self.lock:
                     if job not in self.pending:
