@@ -261,3 +261,53 @@ def test_a_delete_leaves_no_hash_of_its_keys_in_the_index(
     # the other files' keys stay indexed (the rewritten file's are read from it)
     assert set(index_module.key_hashes(stored[:10] + stored[20:30]).tolist()) <= hashes()
     _judged_both_ways(tables, [*stored[::3], *erased, *_uids(rng, 5)])
+
+
+@pytest.mark.parametrize("damage", ["hashes zeroed", "rows changed", "truncated", "emptied",
+                                    "garbage"])
+def test_a_damaged_segment_is_never_trusted(tmp_path: Path, small_index: None,
+                                            damage: str) -> None:
+    """A segment is written without fsync and may be torn by a crash or damaged on disk: a
+    segment that cannot be read or does not match its checksum is as if absent (its files
+    are read), so stored UIDs are never judged new, and no commit, lookup or delete fails;
+    the next upkeep removes it and indexes its files afresh (review H1, H2)."""
+    tables = DeltaTables(Location(str(tmp_path / "lake")))
+    tables.create_all()
+    rng = random.Random(17)
+    stored: list[str] = []
+    for n in range(4):
+        uids = _uids(rng, 50)
+        stored += uids
+        tables.append(INSTANCES, _rows(f"b{n}", uids))
+    root = str(tmp_path / "lake" / "tables" / INSTANCES.name)
+    (segment,) = index_module.segments(root)
+    data = bytearray(Path(segment.path).read_bytes())
+    with pa.memory_map(segment.path) as source:
+        batch = pa.ipc.open_file(source).get_batch(0)
+        hashes, rows = batch.column(0).to_numpy().copy(), batch.column(2).to_numpy().copy()
+    if damage == "hashes zeroed":  # a still valid IPC file, its sorted hashes partly zero
+        at = data.find(hashes[20:21].tobytes())
+        data[at:at + 8 * 20] = bytes(8 * 20)
+    elif damage == "rows changed":
+        at = data.find(rows.tobytes())
+        data[at:at + 8] = (int(rows[0]) + 1).to_bytes(8, "little")
+    elif damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "emptied":
+        data = bytearray()
+    else:
+        data = bytearray(rng.randbytes(len(data)))
+    Path(segment.path).write_bytes(bytes(data))
+
+    _judged_both_ways(tables, [*stored[::4], *_uids(rng, 5)])
+    again = tables.insert_new(INSTANCES, _rows("again", stored[10:40]), key=KEY)
+    assert again.count == 0  # every stored UID found: no duplicate
+    assert sorted(tables.lookup(INSTANCES, KEY, stored[:3], []).column(KEY).to_pylist()) \
+        == sorted(stored[:3])
+    tables.append(INSTANCES, _rows("later", _uids(rng, 5)))  # the upkeep replaces it
+    assert segment.path not in [s.path for s in index_module.segments(root)] or \
+        Path(segment.path).read_bytes() != bytes(data)
+    tables.delete(INSTANCES, f"{KEY} = '{stored[0]}'")
+    _judged_both_ways(tables, [*stored[::3], *_uids(rng, 5)])
+    table = tables.open(INSTANCES.name).to_pyarrow_table(columns=[KEY])
+    assert table.num_rows == len(set(table.column(KEY).to_pylist())) == len(stored) + 4

@@ -23,6 +23,11 @@ their names), so it is never a second source of truth:
   (hashes may collide), so the answer is exactly the rows of the snapshot holding a key.
 - A segment that vanishes before it is opened (a concurrent writer merged it) leaves its files
   to be read as before.
+- A segment is written without fsync and carries the XXH3-128 digest of its columns in its
+  schema; one that cannot be read, or whose columns do not match the digest or its file list
+  (torn by a crash, damaged on disk), is as if absent: its files are read, and the next upkeep
+  removes it and indexes them afresh. The upkeep itself never fails the commit or delete it
+  follows (:func:`maintain` logs the error's type and leaves the index behind).
 
 Upkeep, after each commit and each delete of ``instances`` on a local lake (:func:`maintain`;
 after a delete at once, so an erasure leaves no hash of an erased UID in the index): once
@@ -42,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import mmap
 import os
 from collections.abc import Sequence
@@ -79,6 +85,17 @@ searches one segment per 4M rows (a binary search each)."""
 
 _FILES = b"lake.files"
 """The schema metadata key listing a segment's data files (relative to the table)."""
+
+_CHECKSUM = b"lake.checksum"
+"""The schema metadata key holding the XXH3-128 digest of a segment's three columns: a
+segment is written without fsync and trusted only when its columns match it (a torn or
+damaged segment would make stored UIDs look new)."""
+
+_LOG = logging.getLogger(__name__)
+
+
+class _DamagedError(Exception):
+    """A segment that cannot be read or does not match its checksum: treated as absent."""
 
 
 @dataclass(frozen=True)
@@ -122,8 +139,51 @@ def _open(path: str) -> pa.RecordBatch:
     return ipc.open_file(pa.BufferReader(pa.py_buffer(mapped))).get_batch(0)
 
 
-def segments(table_root: str) -> list[Segment]:
-    """The segments below ``table_root``, as listed now (reads each one's schema only)."""
+def _digest(hashes: npt.NDArray[np.uint64], numbers: npt.NDArray[np.int32],
+            rows: npt.NDArray[np.int64]) -> bytes:
+    import xxhash  # (imported where used, as in _bloom)
+
+    digest = xxhash.xxh3_128()
+    for column in (hashes, numbers, rows):
+        digest.update(column.tobytes() if not column.flags.c_contiguous else column.data)
+    return digest.hexdigest().encode()
+
+
+def _columns(segment: Segment) -> tuple[
+        npt.NDArray[np.uint64], npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+    """The segment's hash, file and row columns, memory-mapped, checked against its digest.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the segment vanished (merged by another writer meanwhile).
+    _DamagedError
+        If it cannot be read, or its columns do not match its checksum or its file list.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    try:
+        batch = _open(segment.path)
+        count = batch.num_rows
+        hashes = np.frombuffer(batch.column(0).buffers()[1], np.uint64, count)
+        numbers = np.frombuffer(batch.column(1).buffers()[1], np.int32, count)
+        rows = np.frombuffer(batch.column(2).buffers()[1], np.int64, count)
+        expected = (batch.schema.metadata or {}).get(_CHECKSUM)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, IndexError, TypeError, pa.ArrowException) as exc:
+        raise _DamagedError(segment.path) from exc
+    if expected != _digest(hashes, numbers, rows):
+        raise _DamagedError(segment.path)
+    if count and (int(numbers.min()) < 0 or int(numbers.max()) >= len(segment.files)):
+        raise _DamagedError(segment.path)
+    return hashes, numbers, rows
+
+
+def _listed(table_root: str) -> tuple[list[Segment], list[str]]:
+    """The readable segments below ``table_root`` as listed now (each one's schema read
+    only), and the paths of those that cannot be read."""
     import pyarrow as pa
     import pyarrow.ipc as ipc
 
@@ -131,8 +191,8 @@ def segments(table_root: str) -> list[Segment]:
     try:
         names = sorted(n for n in os.listdir(folder) if n.endswith(".arrow"))
     except FileNotFoundError:
-        return []
-    found = []
+        return [], []
+    found, damaged = [], []
     for name in names:
         path = os.path.join(folder, name)
         try:
@@ -142,8 +202,20 @@ def segments(table_root: str) -> list[Segment]:
                 rows = sum(reader.get_batch(b).num_rows for b in range(reader.num_record_batches))
         except FileNotFoundError:
             continue  # merged and removed by another writer meanwhile
+        except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
+            damaged.append(path)  # torn or damaged: as if absent (maintain removes it)
+            continue
+        if not all(isinstance(f, str) for f in files):
+            damaged.append(path)
+            continue
         found.append(Segment(path, files, rows))
-    return found
+    return found, damaged
+
+
+def segments(table_root: str) -> list[Segment]:
+    """The readable segments below ``table_root``, as listed now (reads each one's schema
+    only; a segment that cannot be read is left out: its files are read instead)."""
+    return _listed(table_root)[0]
 
 
 def _chosen(found: Sequence[Segment], live: set[str]) -> list[Segment]:
@@ -193,16 +265,12 @@ def located(
     covered: set[str] = set()
     for segment in _chosen(segments(table_root), set(relative)):
         try:
-            batch = _open(segment.path)
-        except FileNotFoundError:
-            continue  # merged meanwhile: its files are read whole
-        count = batch.num_rows
+            hashes, numbers, rows = _columns(segment)
+        except (FileNotFoundError, _DamagedError):
+            continue  # merged meanwhile, or damaged: its files are read whole
         covered.update(segment.files)
-        if not count:
+        if not len(hashes):
             continue
-        hashes = np.frombuffer(batch.column(0).buffers()[1], np.uint64, count)
-        numbers = np.frombuffer(batch.column(1).buffers()[1], np.int32, count)
-        rows = np.frombuffer(batch.column(2).buffers()[1], np.int64, count)
         start = np.searchsorted(hashes, wanted, side="left")
         stop = np.searchsorted(hashes, wanted, side="right")
         for first, last in zip(start.tolist(), stop.tolist(), strict=True):
@@ -223,6 +291,9 @@ def _write(table_root: str, files: Sequence[str], table: pa.Table) -> Segment:
     schema = pa.schema([("hash", pa.uint64()), ("file", pa.int32()), ("row", pa.int64())],
                        metadata={_FILES: json.dumps(list(files))})
     table = table.cast(schema).combine_chunks()
+    digest = _digest(*(table.column(n).to_numpy() for n in ("hash", "file", "row")))
+    schema = schema.with_metadata({_FILES: json.dumps(list(files)), _CHECKSUM: digest})
+    table = table.replace_schema_metadata(schema.metadata)
     sink = pa.BufferOutputStream()
     with ipc.new_file(sink, schema) as writer:
         writer.write_table(table, max_chunksize=max(1, table.num_rows))
@@ -275,35 +346,52 @@ def _without(table_root: str, segment: Segment, kept: Sequence[str]) -> Segment:
     import numpy as np
     import pyarrow as pa
 
-    batch = _open(segment.path)
+    hashes, numbers_of, rows = _columns(segment)
     numbers = np.full(len(segment.files), -1, dtype=np.int32)
     position = {name: n for n, name in enumerate(kept)}
     for n, name in enumerate(segment.files):
         numbers[n] = position.get(name, -1)
-    renumbered = numbers[batch.column(1).to_numpy()]
+    renumbered = numbers[numbers_of]
     keep = renumbered >= 0
-    table = pa.table({"hash": batch.column(0).filter(pa.array(keep)),
+    table = pa.table({"hash": pa.array(hashes[keep], pa.uint64()),
                       "file": pa.array(renumbered[keep], pa.int32()),
-                      "row": batch.column(2).filter(pa.array(keep))})
+                      "row": pa.array(rows[keep], pa.int64())})
     return _write(table_root, kept, table)
 
 
 def _merged(table_root: str, group: Sequence[Segment]) -> Segment:
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     files: list[str] = []
     parts = []
     for segment in group:
-        batch = _open(segment.path)
-        shift = pa.scalar(len(files), pa.int32())
-        parts.append(pa.table({"hash": batch.column(0), "file": pc.add(batch.column(1), shift),
-                               "row": batch.column(2)}))
+        hashes, numbers, rows = _columns(segment)
+        parts.append(pa.table({"hash": pa.array(hashes, pa.uint64()),
+                               "file": pa.array(numbers + len(files), pa.int32()),
+                               "row": pa.array(rows, pa.int64())}))
         files.extend(segment.files)
     return _write(table_root, files, pa.concat_tables(parts))
 
 
 def maintain(table_root: str, paths: Sequence[str], key: str) -> None:
+    """Bring the index of ``key`` up to the data files ``paths`` (the newest version's).
+
+    Never fails the commit or delete it follows (which has landed): the index is derived,
+    and judgements read whatever files it does not cover, so an error here (a full disk, a
+    data file vacuumed meanwhile) is logged, by its type only, and leaves the index behind.
+    See :func:`_maintain`.
+    """
+    import duckdb
+    import pyarrow as pa
+
+    try:
+        _maintain(table_root, paths, key)
+    except (OSError, ValueError, KeyError, pa.ArrowException, duckdb.Error) as exc:
+        _LOG.warning("the UID index was not brought up to date (%s); commits read the data "
+                     "files it does not cover", type(exc).__name__)
+
+
+def _maintain(table_root: str, paths: Sequence[str], key: str) -> None:
     """Bring the index of ``key`` up to the data files ``paths`` (the newest version's).
 
     Writes a segment for the files no segment covers once there are
@@ -315,14 +403,25 @@ def maintain(table_root: str, paths: Sequence[str], key: str) -> None:
     """
     prefix = table_root.rstrip("/") + "/"
     live = {p[len(prefix):] for p in paths if p.startswith(prefix)}
-    found = segments(table_root)
+    found, damaged = _listed(table_root)
+    for segment in found:  # whole, or its files are indexed afresh
+        try:
+            _columns(segment)
+        except FileNotFoundError:
+            continue
+        except _DamagedError:
+            damaged.append(segment.path)
+    found = [s for s in found if s.path not in damaged]
+    for path in damaged:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
     usable = [s for s in found if set(s.files) <= live]
     for segment in found:
         if segment in usable:
             continue
         kept = [f for f in segment.files if f in live]
         if kept:  # a delete rewrote some of its files: keep the rest, reading no data file
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, _DamagedError):
                 usable.append(_without(table_root, segment, kept))
         with contextlib.suppress(FileNotFoundError):
             os.remove(segment.path)
@@ -346,6 +445,11 @@ def maintain(table_root: str, paths: Sequence[str], key: str) -> None:
             merged = _merged(table_root, group)
         except FileNotFoundError:
             break  # another writer merged them meanwhile
+        except _DamagedError as damaged_one:  # its files are indexed afresh next time
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(str(damaged_one))
+            usable = [s for s in usable if s.path != str(damaged_one)]
+            continue
         for segment in group:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(segment.path)
