@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ import pytest
 
 import lake
 from lake.net import DicomServer, ServerConfig, TLSConfig
+from lake.net import _transport as transport
 from lake.net._transport import AssociationServer
 from tests.net_peers import associate_rq, dcmtk, make_certificates, read_pdu, require
 from tests.series import write_ct_series
@@ -213,3 +215,36 @@ def test_a_requestor_slow_to_send_is_not_closed_for_a_newcomer(
         assert _eventually(lambda: stats.connections == 6)  # the idle peer joined too
         assert (stats.admitted, stats.evicted) == (1, 1)
         assert idle.fileno() >= 0
+
+
+def test_a_burst_of_silent_connections_is_bounded_at_once(
+    lk: lake.Lake, vault_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections in their grace count: a burst never holds more than 2 x max_pending.
+
+    With a 30 s grace, a server that kept new silent connections out of the waiting set
+    for their grace held all 40 (a thread and a socket each) for 30 s; they join at once
+    and the oldest silent ones are closed beyond the hard bound (2 x 4).
+    """
+    monkeypatch.setattr(transport, "FIRST_BYTES_GRACE", 30.0)
+    monkeypatch.setattr(AssociationServer, "max_pending", 4)
+    cap, burst = 2 * 4, 40
+    config = ServerConfig(port=0, workers=0, allow=(MODALITY,), request_timeout=60)
+
+    def waiting_threads() -> int:
+        return sum("process_request_thread" in t.name for t in threading.enumerate())
+
+    with DicomServer(lk, lk.secret(vault_dir), config) as server, contextlib.ExitStack() as stack:
+        peers = [stack.enter_context(socket.create_connection(("127.0.0.1", server.port)))
+                 for _ in range(burst)]
+        stats = server.report.admission
+        assert _eventually(lambda: stats.connections == burst, timeout=10), stats
+        assert _eventually(lambda: stats.evicted >= burst - cap and waiting_threads() <= cap,
+                           timeout=10), (stats, waiting_threads())
+        assert stats.no_request == stats.admitted == 0
+        closed = 0
+        for peer in peers:
+            peer.settimeout(0)
+            with contextlib.suppress(BlockingIOError):
+                closed += peer.recv(1) == b""
+        assert closed == stats.evicted

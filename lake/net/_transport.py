@@ -13,14 +13,19 @@ modality out. This server admits a connection first, on the connection's own thr
 3. only then is a slot taken (or a transient "local limit exceeded" rejection sent), and
    pynetdicom's association is started with the request already read.
 
-At most ``max_pending`` connections wait in step 1; one more closes a waiting one: the
-one that has sent the fewest bytes (received or still queued in the kernel), the oldest
-among equals. A connection joins the waiting ones when its first bytes arrive, or after
-:data:`FIRST_BYTES_GRACE` seconds of silence: a real requestor sends its whole request
-right after connecting, so it joins with its bytes counted and is never the one closed
-while idle or trickling connections wait, even when a flood of reconnecting idle peers
-keeps the waiting set full (without the grace, the moment between its ``connect`` and its
-``send`` made it a zero-byte connection, closed by the next arrival).
+A connection joins the waiting ones of step 1 at once, with its arrival time, so every
+one is counted. It is *in its grace* while it has sent nothing and arrived less than
+:data:`FIRST_BYTES_GRACE` seconds ago; the others (it has sent bytes, or stayed silent
+past the grace) are *settled*. When a connection joins while ``max_pending`` settled ones
+wait, settled ones are closed until fewer than ``max_pending`` remain: the one that has
+sent the fewest bytes (received or still queued in the kernel), the oldest among equals.
+A connection in its grace is closed only when ``2 * max_pending`` connections wait (then
+the one with the fewest bytes of all, the oldest among equals). So at most
+``2 * max_pending`` connections (and their threads) wait in step 1, and a real requestor,
+which sends its whole request right after connecting, is weighed with its bytes and never
+closed while idle or trickling connections wait, even when a flood of reconnecting idle
+peers keeps the waiting set full (without the grace, the moment between its ``connect``
+and its ``send`` made it a zero-byte connection, closed by the next arrival).
 
 Once admitted, a read or send that stalls for ``network_timeout`` seconds ends the
 association (pynetdicom's own reads block, so a peer stopping mid-PDU would keep its slot
@@ -34,13 +39,15 @@ records, which quote received values, are counted and dropped from the first byt
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import logging
-import select
 import socket
 import socketserver
 import ssl
 import struct
+import termios
 import threading
 import time
 from dataclasses import dataclass, fields
@@ -75,8 +82,8 @@ MAX_REQUEST_BYTES = 1 << 20
 """The largest A-ASSOCIATE-RQ PDU accepted (real ones are a few KB; 128 contexts ~40 KB)."""
 
 FIRST_BYTES_GRACE = 0.25
-"""Seconds a new connection may stay silent before it joins the waiting ones (at most
-the request timeout); its first bytes end the wait at once."""
+"""Seconds a new, silent connection is closed only to keep the hard bound of waiting
+connections (``2 * max_pending``); its first bytes end the grace at once."""
 
 _A_ASSOCIATE_RQ = 0x01
 _PDU_TYPES = frozenset(range(0x01, 0x08))
@@ -159,8 +166,9 @@ class AdmissionStats:
         Closed without a complete A-ASSOCIATE-RQ within the request timeout (idle, slow,
         or gone), including failed TLS handshakes.
     evicted : int
-        Closed while waiting to make room: ``max_pending`` connections were waiting and
-        this one had sent the least.
+        Closed while waiting to make room (module docstring): ``max_pending`` settled
+        connections, or ``2 * max_pending`` in all, were waiting and this one had sent
+        the least.
     malformed : int
         Sent something other than an A-ASSOCIATE-RQ, or a malformed or oversized one.
     called_aet_refused : int
@@ -196,26 +204,31 @@ class _RefusedError(Exception):
 class _Waiting:
     """A connection waiting for its request: how much it has sent so far."""
 
-    __slots__ = ("evicted", "received", "sock")
+    __slots__ = ("arrived", "evicted", "received", "sock")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, arrived: float) -> None:
         self.sock = sock
+        self.arrived = arrived
         self.received = 0
         self.evicted = False
 
     def progress(self) -> int:
-        """Bytes read from it plus bytes queued in the kernel (a peek, no wait)."""
+        """Bytes read from it plus bytes queued in the kernel (``FIONREAD``, never a wait).
+
+        Not a ``select`` then a peek: the connection's own thread may take the queued bytes
+        in between, and with a timeout set Python's ``recv`` then waits for more (for up to
+        the request timeout, holding the admission lock). The queued bytes are read before
+        ``received``, which the reader raises before it takes them out of the queue, so a
+        sender never weighs zero.
+        """
         try:
-            # select first: with a timeout set, Python's recv waits for data before the peek
-            readable, _, _ = select.select([self.sock], [], [], 0)
-            if not readable:
-                queued = 0
-            elif isinstance(self.sock, ssl.SSLSocket):
-                queued = 1  # no peeking through TLS: "something came"
-            else:
-                queued = len(self.sock.recv(4096, socket.MSG_PEEK))
+            count = array.array("i", [0])
+            fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, count)
         except (OSError, ValueError):
             return -1  # broken or closed: the first to go
+        queued = count[0]
+        if isinstance(self.sock, ssl.SSLSocket):
+            queued = min(queued, 1)  # TLS records, not request bytes: "something came"
         return self.received + queued
 
 
@@ -237,17 +250,35 @@ class _Admission:
 
     # -- waiting for the request ---------------------------------------------------------
     def wait_start(self, sock: socket.socket) -> _Waiting:
-        waiting = _Waiting(sock)
+        """Join the waiting connections at once, closing others to keep the bounds.
+
+        While ``max_pending`` settled connections wait (they sent bytes, or stayed silent
+        past :data:`FIRST_BYTES_GRACE`), the settled one with the fewest bytes goes; while
+        ``2 * max_pending`` wait in all, the one with the fewest bytes of all goes (a
+        connection in its grace only then). The oldest goes among equals.
+        """
+        now = time.monotonic()
+        waiting = _Waiting(sock, now)
         with self._lock:
             self.stats.connections += 1
             if self._closed:
                 raise _RefusedError("no_request")
-            while self._waiting and len(self._waiting) >= self.max_pending:
-                # min() keeps the first of equals: the oldest
-                victim = min(self._waiting, key=_Waiting.progress)
-                self._waiting.remove(victim)
-                victim.evicted = True
-                _shutdown(victim.sock)
+            # oldest first, so min() keeps the oldest of equals
+            weighed = [(w.progress(), w) for w in self._waiting]
+            while weighed:
+                settled = [(p, w) for p, w in weighed
+                           if p != 0 or now - w.arrived >= FIRST_BYTES_GRACE]
+                if len(settled) >= self.max_pending:
+                    pool = settled
+                elif len(weighed) >= 2 * self.max_pending:
+                    pool = weighed
+                else:
+                    break
+                victim = min(pool, key=lambda pair: pair[0])
+                weighed.remove(victim)
+                self._waiting.remove(victim[1])
+                victim[1].evicted = True
+                _shutdown(victim[1].sock)
             self._waiting.append(waiting)
         return waiting
 
@@ -351,9 +382,6 @@ class _RequestHandler(RequestHandler):
         sock = raw = self.request
         assert isinstance(raw, socket.socket)
         deadline = time.monotonic() + admission.request_timeout
-        # join the waiting ones with the first bytes counted (module docstring)
-        with contextlib.suppress(OSError, ValueError):
-            select.select([raw], [], [], min(FIRST_BYTES_GRACE, admission.request_timeout))
         try:
             waiting = admission.wait_start(raw)
         except _RefusedError as closing:
@@ -493,7 +521,8 @@ class AssociationServer(ThreadedAssociationServer):
         request_timeout : float, optional
             Seconds for the TLS handshake plus the A-ASSOCIATE-RQ.
         max_pending : int, optional
-            Connections that may wait for their request at once.
+            Settled connections that may wait for their request at once (twice as many
+            in all, counting new silent ones in their grace: module docstring).
         max_dataset_bytes : int, optional
             C-STORE data sets beyond this are dropped while they stream
             (:attr:`DataSetBuffer.overflow` ``"too_large"``).
