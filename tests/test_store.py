@@ -166,3 +166,31 @@ def test_the_per_file_work_of_a_local_lake_loads_no_fsspec(tmp_path: Path) -> No
     assert len(list(BlobStore(resolve(tmp_path / "lake")).keys())) == 1
     assert len(os.listdir(tmp_path / "lake" / "quarantine")) == 1
     assert not [m for m in modules if m == "fsspec" or m.startswith("fsspec.")]
+
+
+def test_a_durable_write_syncs_its_name_and_every_folder_made_for_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsync of the file alone leaves its name (and new folders) to the next journal commit
+    of the filesystem: after a power loss the file could be gone though written durably."""
+    import lake.store._fs as fs_module
+    from lake.store import Location, make_folder
+
+    synced: list[str] = []
+    real = fs_module.fsync_folder
+
+    def recorded(folder: str | os.PathLike[str]) -> None:
+        synced.append(os.fspath(folder))
+        real(folder)
+
+    monkeypatch.setattr(fs_module, "fsync_folder", recorded)
+    location = Location(str(tmp_path))
+    write_at(location, str(tmp_path / "a" / "b" / "f"), b"x")
+    assert synced == [str(tmp_path / "a" / "b"), str(tmp_path / "a"), str(tmp_path)]
+    synced.clear()
+    write_at(location, str(tmp_path / "a" / "b" / "g"), b"y")  # folders exist: its name only
+    assert synced == [str(tmp_path / "a" / "b")]
+    synced.clear()
+    write_at(location, str(tmp_path / "a" / "c" / "h"), b"z", fsync=False)  # flush() syncs
+    assert synced == [] and (tmp_path / "a" / "c" / "h").read_bytes() == b"z"
+    make_folder(tmp_path / "j" / "k")
+    assert synced == [str(tmp_path / "j"), str(tmp_path)] and (tmp_path / "j" / "k").is_dir()

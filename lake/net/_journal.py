@@ -42,6 +42,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from lake._errors import NetError
+from lake.store import fsync_folder, make_folder
 from lake.vault import Secret
 
 __all__ = ["Receipt", "ReceiptJournal"]
@@ -108,7 +109,7 @@ class ReceiptJournal:
     def __init__(self, folder: Path, secret: Secret, prewritten: int = _PREWRITTEN) -> None:
         self.folder = Path(folder)
         self.prewritten = prewritten
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_folder(self.folder)  # durably: receipts acknowledged in it must survive
         self._aead = AESGCM(secret.derive(_PURPOSE))
         self._lock = threading.Condition()  # appends, bookkeeping, the spare segment
         self._sync_lock = threading.Lock()  # one fdatasync at a time: the others wait, then
@@ -261,7 +262,7 @@ class ReceiptJournal:
                 for offset in range(0, self.prewritten, len(zeros)):
                     os.pwrite(segment.fd, zeros[: self.prewritten - offset], offset)
                 os.fsync(segment.fd)
-                _fsync_folder(self.folder)
+                fsync_folder(self.folder)
             except OSError:  # disk full: appends go on in plain files, which tell it
                 with contextlib.suppress(OSError):
                     os.close(segment.fd or -1)
@@ -281,7 +282,7 @@ class ReceiptJournal:
                 target, fd = segment.written, segment.fd
                 if segment.written > segment.capacity and not segment.synced_name:
                     segment.synced_name = True
-                    _fsync_folder(self.folder)  # a plain file: its name must be durable too
+                    fsync_folder(self.folder)  # a plain file: its name must be durable too
             assert fd is not None
             os.fdatasync(fd)
             with self._lock:
@@ -446,10 +447,3 @@ def _write_at(fd: int, offset: int, head: bytes, body: bytes) -> None:
         if parts:
             parts[0] = parts[0][written:]
 
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

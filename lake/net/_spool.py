@@ -34,7 +34,7 @@ from lake._errors import LakeError, NetError
 from lake.catalog import INSTANCES, QUARANTINE, Table
 from lake.ingest import Accepted, BatchResult, Ingestor, Original, Outcome, Rejected
 from lake.net._journal import Receipt
-from lake.store import Location
+from lake.store import Location, fsync_folder
 
 __all__ = ["Committer", "Spool", "SpoolEntry"]
 
@@ -224,11 +224,7 @@ def _durable_write(folder: str, name: str, data: bytes) -> None:
         tmp.replace(Path(folder) / name)
     finally:
         tmp.unlink(missing_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_folder(folder)
 
 
 OnCommitted = Callable[[Sequence[SpoolEntry], BatchResult], None]

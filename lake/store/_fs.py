@@ -23,6 +23,8 @@ __all__ = [
     "PortalJobOut",
     "atomic_write",
     "flush",
+    "fsync_folder",
+    "make_folder",
     "modified_at",
     "resolve",
     "reused",
@@ -212,6 +214,18 @@ def write_at(location: Location, path: str, data: bytes, *, fsync: bool = True) 
 
     On a local lake without fsspec: a worker that only stores files (pixel blobs, sealed
     originals) then never imports it (~0.05 s of CPU per worker process, issue 14.3).
+
+    Parameters
+    ----------
+    location : Location
+        The lake root whose filesystem holds ``path``.
+    path : str
+        Where the file goes (a local path on a local lake, the fsspec path otherwise).
+    data : bytes
+        Its whole content.
+    fsync : bool, default True
+        Make the content, its name and any folder made for it durable before returning;
+        without, :func:`flush` does (a batch's many files, one sync).
     """
     if location.is_local:
         _write_local(path, data, fsync)
@@ -224,14 +238,22 @@ def _write_local(path: str, data: bytes, fsync: bool) -> None:
 
     The folder is made only when the temporary file cannot be created for want of it (the
     blob store's fan-out folders, on first use): an existing folder costs no system call
-    more than the file (``os.makedirs`` of an existing folder made three). Like every file
-    written with ``fsync=False``, a new folder is made durable by :func:`flush`.
+    more than the file (``os.makedirs`` of an existing folder made three). With ``fsync``
+    the file's name (its folder) and every folder made for it (their parents) are synced
+    after the rename: a power loss cannot take back the name of a file written durably.
+    Like every file written with ``fsync=False``, a new folder is made durable by
+    :func:`flush`.
     """
     folder = os.path.dirname(path)
     tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
+    made: list[str] = []
     try:
         fh = open(tmp, "wb")  # noqa: SIM115 - closed below, after the folder is made if missing
     except FileNotFoundError:
+        missing = folder
+        while missing and not os.path.isdir(missing):
+            made.append(missing)
+            missing = os.path.dirname(missing)
         os.makedirs(folder, exist_ok=True)
         fh = open(tmp, "wb")  # noqa: SIM115
     try:
@@ -245,6 +267,45 @@ def _write_local(path: str, data: bytes, fsync: bool) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if fsync:
+        fsync_folder(folder)
+        for new_folder in made:  # deepest first: each new folder's entry in its parent
+            fsync_folder(os.path.dirname(new_folder))
+
+
+def make_folder(folder: str | os.PathLike[str]) -> None:
+    """Make a local ``folder`` and its missing parents, durably: each new folder's entry in
+    its parent is synced (a receipt journal's folder must survive a power loss with the
+    receipts acknowledged in it).
+
+    Parameters
+    ----------
+    folder : str or path-like
+        The local folder; nothing is done if it exists.
+    """
+    made: list[str] = []
+    missing = os.fspath(folder)
+    while missing and not os.path.isdir(missing):
+        made.append(missing)
+        missing = os.path.dirname(missing)
+    os.makedirs(folder, exist_ok=True)
+    for new_folder in made:
+        fsync_folder(os.path.dirname(new_folder))
+
+
+def fsync_folder(folder: str | os.PathLike[str]) -> None:
+    """Make the entries of a local ``folder`` (names of files renamed or made in it) durable.
+
+    Parameters
+    ----------
+    folder : str or path-like
+        An existing local folder.
+    """
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 REFRESH_AFTER = 600.0
@@ -277,14 +338,9 @@ def reused(fs: fsspec.AbstractFileSystem, path: str, content: Callable[[], bytes
     from fsspec.implementations.local import LocalFileSystem
 
     if isinstance(fs, LocalFileSystem):
-        try:
-            os.utime(path)
-        except FileNotFoundError:
-            return False
-        except PermissionError:
-            pass  # not ours to touch: rewritten below if old
-        else:
-            return True
+        touched = _touched(path)
+        if touched is not None:
+            return touched  # else not ours to touch: rewritten below if old
     try:
         info = fs.info(path)
     except FileNotFoundError:
@@ -301,17 +357,38 @@ def reused(fs: fsspec.AbstractFileSystem, path: str, content: Callable[[], bytes
 
 def reused_at(location: Location, path: str, content: Callable[[], bytes]) -> bool:
     """:func:`reused` of ``path`` on ``location``'s filesystem; on a local lake, a file that
-    is absent or touched is known without fsspec (see :func:`write_at`)."""
+    is absent or touched is known without fsspec (see :func:`write_at`).
+
+    Parameters
+    ----------
+    location : Location
+        The lake root whose filesystem holds ``path``.
+    path : str
+        The content-addressed file.
+    content : callable
+        Its content, called only if the file must be written again to refresh its time.
+
+    Returns
+    -------
+    bool
+        Whether the file exists (and is now marked as used).
+    """
     if location.is_local:
-        try:
-            os.utime(path)
-        except FileNotFoundError:
-            return False
-        except PermissionError:
-            pass  # not ours to touch: reused() rewrites it if old
-        else:
-            return True
+        touched = _touched(path)
+        if touched is not None:
+            return touched
     return reused(location.fs, path, content)
+
+
+def _touched(path: str) -> bool | None:
+    """Touch a local file: False if absent, True if touched, None if not ours to touch."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    except PermissionError:
+        return None
+    return True
 
 
 REUSED_METADATA = "lake-reused"
