@@ -41,11 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lake.catalog import INSTANCES, Decision, DeltaTables, Judged
 from lake.catalog._journal import BatchJournal, record_batch
+from lake.ingest._identity import COMPARED_COLUMNS
 from lake.store import Location
 
 KEY = "SOPInstanceUID"
-COMPARED = ("identity_sha256", "profile_sha256", "pixel_hash", "pixel_vr", "TransferSyntaxUID",
-            "SOPClassUID", "Rows", "Columns")
+COMPARED = COMPARED_COLUMNS  # what ingest's judgement fetches
 
 
 class _Mallinfo2(ctypes.Structure):

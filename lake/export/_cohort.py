@@ -330,7 +330,10 @@ def _members_of_one_file(lake: Lake, query: str, key: str,
             or pa.types.is_string_view(keys.type)):
         return None  # a key of another type: the member query says why it cannot compare
     keys = keys.cast(pa.large_string()).combine_chunks()  # (in_set's type: string_set's)
-    rows = files.read(files.paths[0], _MEMBER_COLUMNS)
+    try:
+        rows = files.read(files.paths[0], _MEMBER_COLUMNS)
+    except OSError:
+        return None  # removed meanwhile ('lake forget' + 'lake vacuum'): the query says so
     rows = rows.filter(in_set(rows.column(key), keys))
     # pixel_bytes stays null where the query's coalesce gives 0: only its sum is used, and
     # a sum skips nulls (filling them from a Python 0 would import pandas: pyarrow converts

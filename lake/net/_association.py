@@ -13,6 +13,9 @@ at ~270 instances/s here). Here both threads block until there is work instead:
   have sent it (:meth:`_DUL.send_pdu`), one hand-off between threads fewer;
 - the reactor waits on an event set whenever the DIMSE provider completes a message or
   the DUL hands up a primitive (release, abort), or the DUL thread ends.
+- a plain C-STORE request is served by the DUL thread that read it when the reactor would
+  have served it next (nothing queued before it, the reactor neither serving nor paused by
+  a handler): one hand-off between threads fewer per instance; otherwise it is queued.
 
 Both still wake every :data:`_TIMER_CHECK` seconds to look at their timers (ARTIM, the
 network timeout), which pynetdicom checks on each round. The state machine, the PDU
