@@ -56,6 +56,21 @@ def _uids(rng: random.Random, count: int) -> list[str]:
     return [f"2.25.{rng.getrandbits(100)}" for _ in range(count)]
 
 
+def _indexed_lake(tmp_path: Path, seed: int, files: int, per_file: int
+                  ) -> tuple[DeltaTables, random.Random, list[str], str]:
+    """A lake of ``files`` appends of ``per_file`` random UIDs each: its tables, the random
+    generator (to make more), the UIDs in order, and the instances table's folder."""
+    tables = DeltaTables(Location(str(tmp_path / "lake")))
+    tables.create_all()
+    rng = random.Random(seed)
+    stored: list[str] = []
+    for n in range(files):
+        uids = _uids(rng, per_file)
+        stored += uids
+        tables.append(INSTANCES, _rows(f"b{n}", uids))
+    return tables, rng, stored, str(tmp_path / "lake" / "tables" / INSTANCES.name)
+
+
 def test_the_index_judges_as_every_file_does(tmp_path: Path, small_index: None,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     tables = DeltaTables(Location(str(tmp_path / "lake")))
@@ -202,15 +217,7 @@ def test_a_delete_cuts_its_file_from_the_segment_without_reading_data_files(
     """After a delete rewrites one data file, the next commit's upkeep keeps the segment's
     other files indexed, cut from the segment (no data file read but the new ones), in the
     same bytes as indexing those files afresh; the judgement is unchanged."""
-    tables = DeltaTables(Location(str(tmp_path / "lake")))
-    tables.create_all()
-    rng = random.Random(6)
-    stored: list[str] = []
-    for n in range(6):
-        uids = _uids(rng, 10)
-        stored += uids
-        tables.append(INSTANCES, _rows(f"b{n}", uids))
-    root = str(tmp_path / "lake" / "tables" / INSTANCES.name)
+    tables, rng, stored, root = _indexed_lake(tmp_path, 6, 6, 10)
     (before,) = [s for s in index_module.segments(root) if len(s.files) >= 5]
     tables.delete(INSTANCES, f"{KEY} = '{stored[12]}'")  # rewrites the second file
     read: list[list[str]] = []
@@ -240,15 +247,7 @@ def test_a_delete_leaves_no_hash_of_its_keys_in_the_index(
         tmp_path: Path, small_index: None) -> None:
     """An erasure ('lake forget' deletes through DeltaTables.delete) takes the erased UIDs'
     hashes out of the index at once, not at the next commit (which may never come)."""
-    tables = DeltaTables(Location(str(tmp_path / "lake")))
-    tables.create_all()
-    rng = random.Random(9)
-    stored: list[str] = []
-    for n in range(4):
-        uids = _uids(rng, 10)
-        stored += uids
-        tables.append(INSTANCES, _rows(f"b{n}", uids))
-    root = str(tmp_path / "lake" / "tables" / INSTANCES.name)
+    tables, rng, stored, root = _indexed_lake(tmp_path, 9, 4, 10)
 
     def hashes() -> set[int]:
         return {h for s in index_module.segments(root)
@@ -271,15 +270,7 @@ def test_a_damaged_segment_is_never_trusted(tmp_path: Path, small_index: None,
     segment that cannot be read or does not match its checksum is as if absent (its files
     are read), so stored UIDs are never judged new, and no commit, lookup or delete fails;
     the next upkeep removes it and indexes its files afresh (review H1, H2)."""
-    tables = DeltaTables(Location(str(tmp_path / "lake")))
-    tables.create_all()
-    rng = random.Random(17)
-    stored: list[str] = []
-    for n in range(4):
-        uids = _uids(rng, 50)
-        stored += uids
-        tables.append(INSTANCES, _rows(f"b{n}", uids))
-    root = str(tmp_path / "lake" / "tables" / INSTANCES.name)
+    tables, rng, stored, root = _indexed_lake(tmp_path, 17, 4, 50)
     (segment,) = index_module.segments(root)
     data = bytearray(Path(segment.path).read_bytes())
     with pa.memory_map(segment.path) as source:
