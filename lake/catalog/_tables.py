@@ -582,11 +582,16 @@ class DeltaTables:
                 write_summaries(self, delta)
                 # and the UID index without their rows now, not at the next commit: an
                 # erasure ('lake forget') leaves no hash of an erased UID in the index
-                snapshot = data_files(delta, self.storage_options)
-                index = _key_index_of(delta, INSTANCES, INDEXED_KEY, snapshot)
-                if index is not None:
-                    maintain(index.root, index.snapshot, INDEXED_KEY)
+                self._maintain_key_index(delta)
             return int(delta.version())
+
+    def _maintain_key_index(self, delta: DeltaTable) -> None:
+        """Bring the UID index of ``instances`` (:mod:`lake.catalog._key_index`) up to
+        ``delta``'s version, after a commit or a delete; nothing on a remote lake."""
+        snapshot = data_files(delta, self.storage_options)
+        index = _key_index_of(delta, INSTANCES, INDEXED_KEY, snapshot)
+        if index is not None:
+            maintain(index.root, index.snapshot, INDEXED_KEY)
 
     def _write(
         self,
@@ -622,12 +627,9 @@ class DeltaTables:
                 commit_properties=properties,
             )
         if name == INSTANCES.name:  # the series/study summary of each file just added
-            after = delta.file_uris()
-            write_summaries(self, files=[fs_path(uri) for uri in after if uri not in before])
-            snapshot = data_files(delta, self.storage_options)
-            index = _key_index_of(delta, INSTANCES, INDEXED_KEY, snapshot)
-            if index is not None:  # the index of the UIDs (lake/catalog/_key_index.py)
-                maintain(index.root, index.snapshot, INDEXED_KEY)
+            added = [fs_path(uri) for uri in delta.file_uris() if uri not in before]
+            write_summaries(self, files=added)
+            self._maintain_key_index(delta)
         return int(delta.version())
 
 
@@ -858,8 +860,8 @@ def _indexed_rows(
     keys = sorted(set(wanted.to_pylist()))
     places, uncovered = located(index.root, index.snapshot, files.paths, keys)
     found = files_holding(uncovered, key, wanted)
+    rank = {path: n for n, path in enumerate(files.paths)}
     if places:
-        rank = {path: n for n, path in enumerate(files.paths)}
         places.sort(key=lambda place: (rank[place[0]], place[1]))
         where = pa.table({"file": [p for p, _ in places], "row": [r for _, r in places]},
                          schema=pa.schema([("file", pa.string()), ("row", pa.int64())]))
@@ -869,8 +871,7 @@ def _indexed_rows(
         found = pa.concat_tables([found, hits.cast(found.schema)])
     if found.num_rows == 0:
         return found
-    rank_of = {path: n for n, path in enumerate(files.paths)}
-    ranks = pa.array([rank_of[p] for p in found.column("file").to_pylist()], pa.int64())
+    ranks = pa.array([rank[p] for p in found.column("file").to_pylist()], pa.int64())
     order = pc.sort_indices(found.append_column("rank", ranks),
                             sort_keys=[("rank", "ascending"), ("row", "ascending")])
     return found.take(order)
