@@ -250,11 +250,7 @@ def _write_local(path: str, data: bytes, fsync: bool) -> None:
     try:
         fh = open(tmp, "wb")  # noqa: SIM115 - closed below, after the folder is made if missing
     except FileNotFoundError:
-        missing = folder
-        while missing and not os.path.isdir(missing):
-            made.append(missing)
-            missing = os.path.dirname(missing)
-        os.makedirs(folder, exist_ok=True)
+        made = _made_folders(folder)
         fh = open(tmp, "wb")  # noqa: SIM115
     try:
         with fh:
@@ -283,14 +279,19 @@ def make_folder(folder: str | os.PathLike[str]) -> None:
     folder : str or path-like
         The local folder; nothing is done if it exists.
     """
+    for new_folder in _made_folders(os.fspath(folder)):
+        fsync_folder(os.path.dirname(new_folder))
+
+
+def _made_folders(folder: str) -> list[str]:
+    """Make ``folder`` and its missing parents; the folders made, deepest first."""
     made: list[str] = []
-    missing = os.fspath(folder)
+    missing = folder
     while missing and not os.path.isdir(missing):
         made.append(missing)
         missing = os.path.dirname(missing)
     os.makedirs(folder, exist_ok=True)
-    for new_folder in made:
-        fsync_folder(os.path.dirname(new_folder))
+    return made
 
 
 def fsync_folder(folder: str | os.PathLike[str]) -> None:
