@@ -25,8 +25,9 @@ their names), so it is never a second source of truth:
   to be read as before.
 - A segment is written without fsync and carries the XXH3-128 digest of its columns in its
   schema; one that cannot be read, or whose columns do not match the digest or its file list
-  (torn by a crash, damaged on disk), is as if absent: its files are read, and the next upkeep
-  removes it and indexes them afresh. The upkeep itself never fails the commit or delete it
+  (torn by a crash, damaged on disk), is as if absent: its files are read, the judgement that
+  meets it removes it (so each commit checks a segment once), and the upkeep indexes them
+  afresh. The upkeep itself never fails the commit or delete it
   follows (:func:`maintain` logs the error's type and leaves the index behind).
 
 Upkeep, after each commit and each delete of ``instances`` on a local lake (:func:`maintain`;
@@ -266,8 +267,12 @@ def located(
     for segment in _chosen(segments(table_root), set(relative)):
         try:
             hashes, numbers, rows = _columns(segment)
-        except (FileNotFoundError, _DamagedError):
-            continue  # merged meanwhile, or damaged: its files are read whole
+        except FileNotFoundError:
+            continue  # merged meanwhile: its files are read whole
+        except _DamagedError:  # its files are read whole, and indexed afresh by the upkeep
+            with contextlib.suppress(OSError):
+                os.remove(segment.path)
+            continue
         covered.update(segment.files)
         if not len(hashes):
             continue
@@ -404,15 +409,7 @@ def _maintain(table_root: str, paths: Sequence[str], key: str) -> None:
     prefix = table_root.rstrip("/") + "/"
     live = {p[len(prefix):] for p in paths if p.startswith(prefix)}
     found, damaged = _listed(table_root)
-    for segment in found:  # whole, or its files are indexed afresh
-        try:
-            _columns(segment)
-        except FileNotFoundError:
-            continue
-        except _DamagedError:
-            damaged.append(segment.path)
-    found = [s for s in found if s.path not in damaged]
-    for path in damaged:
+    for path in damaged:  # unreadable: its files are indexed afresh
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
     usable = [s for s in found if set(s.files) <= live]
