@@ -179,6 +179,59 @@ def test_jpeg_ls_is_decoded_by_charls_to_what_pydicoms_first_plugin_gives() -> N
         np.testing.assert_array_equal(_data(volume), _data(expected))
 
 
+def _rle_sources(shared: Path) -> list[Dataset]:
+    """RLE Lossless objects: generated (signed 12-bit, unsigned, several slices), pydicom's
+    (8/16/32-bit, RGB, multi-frame), dcm_qa_ts's."""
+    series = synthetic_series(n_slices=2, rows=64, cols=48, modality="MR", signed=True,
+                              noise=9)
+    series += synthetic_series(n_slices=1, rows=33, cols=17, noise=40, series_tag="rle2")
+    for ds in series:
+        ds.compress(RLELossless)
+    names = ["MR_small_RLE.dcm", "emri_small_RLE.dcm", "SC_rgb_rle.dcm", "SC_rgb_rle_2frame.dcm",
+             "SC_rgb_rle_16bit.dcm", "SC_rgb_rle_32bit.dcm", "rtdose_rle.dcm"]
+    files = [get_testdata_file(name) for name in names]
+    files += sorted((shared / "vendors" / "dcm_qa_ts" / "In").glob("*.dcm"))
+    found = [pydicom.dcmread(path) for path in files if path is not None]
+    return series + [ds for ds in found if ds.file_meta.TransferSyntaxUID == RLELossless]
+
+
+def test_rle_is_decoded_by_pylibjpeg_rle_to_what_pydicoms_own_decoder_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The converter asks for pylibjpeg-rle (compiled, faster); pydicom's own RLE decoder,
+    its first choice, decodes every RLE object to the same pixels and the same volume (or
+    the same refusal)."""
+    sources = _rle_sources(SHARED_DATA)
+    assert len(sources) >= 8
+    decoder = get_decoder(RLELossless)
+    asked: list[object] = []
+    as_array = type(decoder).as_array
+
+    def recording(self: Any, src: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs.get("decoding_plugin"))
+        return as_array(self, src, **kwargs)
+
+    for ds in sources:
+        compiled = decoder.as_array(ds, decoding_plugin="pylibjpeg")[0]
+        own = decoder.as_array(ds, decoding_plugin="pydicom")[0]
+        assert compiled.dtype == own.dtype
+        np.testing.assert_array_equal(compiled, own)
+        plain = _decompressed(ds, own)
+        if "PlanarConfiguration" in plain:
+            plain.PlanarConfiguration = 0  # decoded arrays are colour-by-pixel
+        expected = series_to_nifti([plain])
+        with monkeypatch.context() as patch:
+            patch.setattr(type(decoder), "as_array", recording)
+            got = series_to_nifti([ds])
+        assert asked[-1] == "pylibjpeg"
+        assert [r.reason_code for r in got[1]] == [r.reason_code for r in expected[1]]
+        assert len(got[0]) == len(expected[0])
+        for volume, reference in zip(got[0], expected[0], strict=True):
+            assert _data(volume).dtype == _data(reference).dtype
+            np.testing.assert_array_equal(_data(volume), _data(reference))
+            assert volume.sidecar == reference.sidecar
+
+
 def _decompressed(ds: Dataset, array: np.ndarray[Any, Any]) -> Dataset:
     """A copy of ``ds`` holding ``array`` natively (explicit VR little endian)."""
     plain = copy.deepcopy(ds)

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -36,6 +36,7 @@ from lake.nifti._derive import derive_acquisition, vendor_of
 from lake.nifti._diffusion import diffusion_table
 from lake.nifti._geometry import Plane
 from lake.nifti._parameters import AcquisitionValue
+from lake.nifti._part10 import Part10
 from lake.nifti._private import phase_axis as read_phase_axis
 from lake.nifti._sidecar import VolumeContext, build_sidecar
 from lake.nifti._types import NiftiRefusal, NiftiVolume, RefusalReason
@@ -54,9 +55,6 @@ from lake.nifti._volume import (
     instance_uid,
     is_mosaic,
 )
-
-if TYPE_CHECKING:
-    from lake.nifti._part10 import Part10
 from lake.nifti._write import MemoryFile, write_volume
 
 __all__ = [
@@ -135,7 +133,7 @@ def series_to_nifti(
             "datasets; pass one mapping per dataset, in the same order"
         )
     refusals: list[NiftiRefusal] = []
-    series_uids = {str(ds.SeriesInstanceUID) for ds in datasets if "SeriesInstanceUID" in ds}
+    series_uids = {_series_uid(ds) for ds in datasets if "SeriesInstanceUID" in ds}
     if len(series_uids) > 1:
         return [], [
             NiftiRefusal(
@@ -166,12 +164,13 @@ def series_to_nifti(
                 "left out",
             )
         )
-    images = [i for i in unique if i not in set(no_pixels)]
+    left_out = set(no_pixels)
+    images = [i for i in unique if i not in left_out]
     mosaic_frames: list[Frame] = []
     frames: list[Frame] = []
     for i in images:
-        described = frames_of(datasets[i], i, acquisitions[i])
         mosaic = is_mosaic(datasets[i], acquisitions[i])
+        described = frames_of(datasets[i], i, acquisitions[i], mosaic)
         if mosaic and "PerFrameFunctionalGroupsSequence" not in datasets[i]:
             mosaic_frames.extend(described)
         else:
@@ -207,7 +206,20 @@ def series_to_nifti(
     return volumes, refusals
 
 
-def _series_number(ds: Dataset) -> int | None:
+def _series_uid(ds: Dataset | Part10) -> str:
+    """``str(ds.SeriesInstanceUID)``; a Part10 reads a valid UID from its bytes."""
+    if isinstance(ds, Part10):
+        uid = ds.uid("SeriesInstanceUID")
+        if uid is not None:
+            return uid
+    return str(ds.SeriesInstanceUID)
+
+
+def _series_number(ds: Dataset | Part10) -> int | None:
+    if isinstance(ds, Part10):
+        number = ds.number("SeriesNumber")  # a plain IS: int() of its text, as pydicom's
+        if number is not None:
+            return int(number)
     value = ds.get("SeriesNumber")
     try:
         return int(value) if value not in (None, "") else None
