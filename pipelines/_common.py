@@ -49,8 +49,11 @@ EXIT_CODES_HELP = (
     "70 internal error."
 )
 
-out = Console()
-err = Console(stderr=True)
+#: Emoji codes are not replaced: the lake prints data (query results, paths, descriptions)
+#: that may hold ``:name:`` text, which must print as it is; and rich's emoji table is then not
+#: imported (~2 ms of every command that prints, issue 14.2).
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 LakeOption = Annotated[
     str | None,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 import lake
 from lake.compute import SCHEDULERS
@@ -379,14 +380,14 @@ def _emit(relation: duckdb.DuckDBPyRelation, fmt: Format, output: Path | None) -
 
     table = Table(show_lines=False)
     for name in names:
-        table.add_column(name, overflow="fold")
+        table.add_column(escape(name), overflow="fold")
     for values in rows:
         table.add_row(*("" if v is None else _cell(v) for v in values))
     if output is not None:
         with output.open("w") as fh:
             from rich.console import Console
 
-            Console(file=fh, width=200).print(table)
+            Console(file=fh, width=200, emoji=False).print(table)
     else:
         out.print(table)
 
@@ -406,9 +407,11 @@ def _arrow_bytes(arrow: object, fmt: Format) -> bytes:
 
 
 def _cell(value: object) -> str:
+    """A value as the table prints it: its text, with rich's markup escaped (``[b]x[/b]`` is
+    data, not a style)."""
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
-    return str(value)
+    return escape(str(value))
 
 
 def _map_object(value: object) -> object:

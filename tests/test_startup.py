@@ -179,3 +179,23 @@ def test_deferring_twice_registers_one_callback() -> None:
     proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                           check=True)
     assert json.loads(proc.stdout) == [1, True, True]
+
+
+def test_sql_table_prints_values_as_they_are(small_lake: Path) -> None:
+    """A value (or a column name) holding rich markup or an emoji code prints as it is, on
+    the terminal's table and in a --output file: the consoles replace no emoji codes and the
+    cells escape markup."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    query = "SELECT '[bold]x[/bold] :smile: \\[y]' AS \"[i]v[/i]\""
+    shown = CliRunner().invoke(app, ["sql", "--lake", str(small_lake), query])
+    assert shown.exit_code == 0, shown.output
+    assert "[bold]x[/bold] :smile: \\[y]" in shown.output
+    assert "[i]v[/i]" in shown.output
+    written = small_lake.parent / "sql-table.txt"
+    saved = CliRunner().invoke(app, ["sql", "--lake", str(small_lake), "--output",
+                                     str(written), query])
+    assert saved.exit_code == 0, saved.output
+    assert "[bold]x[/bold] :smile: \\[y]" in written.read_text()

@@ -140,6 +140,33 @@ class StackGeometry:
     detail: str = ""
 
 
+def _median(values: FloatArray) -> float:
+    """``float(np.median(values))`` of a non-empty 1-D float array, computed as numpy computes
+    it (the same partition, the mean of the middle one or two, NaN when any value is NaN)
+    without its NaN check's ``np.ma.isMaskedArray``, which imports ``numpy.ma``: ~5 ms of
+    CPU of a small ``lake export nifti`` (issue 14.2).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(14)
+    >>> cases = [np.round(rng.normal(size=n) * 3.3, d).astype(t) for n in range(1, 40)
+    ...          for t in (np.float64, np.float32, np.float16) for d in (1, 9)]
+    >>> cases += [np.array([-0.0]), np.array([0.0, -0.0]), np.array([-0.0, -0.0]),
+    ...           np.array([2.0, np.nan, 1.0]), np.array([np.inf, 1.0]), np.array([-np.inf])]
+    >>> [c for c in cases if str(_median(c)) != str(float(np.median(c)))]  # str: -0.0, nan
+    []
+    """
+    size = values.shape[0]
+    half = size // 2
+    part = np.partition(values, [half - 1, half, -1] if size % 2 == 0 else [half, -1])
+    middle = part[half - 1 : half + 1] if size % 2 == 0 else part[half : half + 1]
+    median = np.mean(middle, axis=0)
+    if np.isnan(part[-1]):  # NaNs are partitioned last; numpy's median is then that NaN
+        median = part[-1]
+    return float(median)
+
+
 def check_stack(positions: FloatArray, normal: FloatArray) -> StackGeometry:
     """Check the distinct slice positions of one stack, sorted along ``normal``.
 
@@ -182,7 +209,7 @@ def check_stack(positions: FloatArray, normal: FloatArray) -> StackGeometry:
             "slice origins shift within the image plane from slice to slice "
             "(gantry tilt or sheared acquisition)",
         )
-    median = float(np.median(gaps))
+    median = _median(gaps)
     tolerance = SPACING_ABS_MM + SPACING_REL_TOLERANCE * median
     off = np.abs(gaps - median) > tolerance
     if not bool(off.any()):
