@@ -102,7 +102,7 @@ def test_the_second_lookup_opens_only_the_files_that_may_hold_it(several: lake.L
     with InstanceLookup(several.tables) as lookup:
         assert lookup._candidates(uids[0]) == _files(several)  # the first: all of them
         assert lookup.row("2.25.0") is None
-        assert lookup._bloom is not None
+        assert lookup._blooms.index("SOPInstanceUID") is not None
         for uid in uids:
             want = several.sql(
                 f"SELECT * FROM instances WHERE SOPInstanceUID = '{uid}'").fetchall()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -13,12 +12,12 @@ import duckdb
 
 from lake._errors import QueryError
 from lake.catalog._duckdb import without_progress_bar
+from lake.catalog._lazy_bloom import LazyBlooms
 from lake.catalog._scan import FileGroups, Scan, _file_list, scan_summaries, scan_table
 from lake.catalog._schema import INSTANCES, TABLES
 from lake.catalog._summary import SERIES_PARTS, STUDY_PARTS, parts_sql, studies_from_series_sql
 
 if TYPE_CHECKING:
-    from lake.catalog._bloom import BloomIndex
     from lake.catalog._tables import DeltaTables
 
 __all__ = [
@@ -357,8 +356,8 @@ class Catalog:
             raise
         self.con = con
         self._grouped: FileGroups | None = scan.grouped.get(INSTANCES.name)
-        self._blooms: dict[str, BloomIndex | None] = {}  # None: not read yet (first query)
-        self._bloom_lock = threading.Lock()
+        self._blooms = LazyBlooms(
+            [f for group, _ in self._grouped.groups for f in group] if self._grouped else [])
         self._defined = False  # a user statement created, dropped or altered something
 
     def _moment(self, as_of: int) -> dt.datetime | None:
@@ -424,21 +423,8 @@ class Catalog:
         if pinned is None:
             return None
         column, values = pinned
-        with self._bloom_lock:
-            if column not in self._blooms:
-                self._blooms[column] = None
-                return None
-            index = self._blooms[column]
-            if index is None:
-                from lake.catalog._bloom import BloomIndex
-
-                files = [f for group, _ in self._grouped.groups for f in group]
-                try:
-                    index = BloomIndex(files, column)
-                except (OSError, ValueError):  # (pyarrow's ArrowInvalid is a ValueError)
-                    return None  # a file removed (vacuum) or damaged: DuckDB says so
-                self._blooms[column] = index
-        return self._grouped.sql(index.candidates(values))
+        candidates = self._blooms.candidates(column, values)
+        return None if candidates is None else self._grouped.sql(candidates)
 
     def close(self) -> None:
         self.con.close()

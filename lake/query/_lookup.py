@@ -9,9 +9,9 @@ steps:
 1. DuckDB over the data files of one catalog version that may hold the UID, selecting only
    the file name and the row number ``WHERE SOPInstanceUID = ?`` (row groups pruned by
    statistics and Bloom filters; one narrow column read). Which files may hold it, the
-   lookup answers itself from the files' Bloom filters, read once into memory
-   (:class:`~lake.catalog._bloom.BloomIndex`): DuckDB pays ~0.3 ms of CPU for each file it
-   opens, even to skip all of its row groups, 55-90 ms at 200 files;
+   lookup answers itself from the files' Bloom filters, read once into memory on the
+   second lookup (:class:`~lake.catalog._lazy_bloom.LazyBlooms`): DuckDB pays ~0.3 ms of CPU
+   for each file it opens, even to skip all of its row groups, 55-90 ms at 200 files;
 2. pyarrow reads the narrow columns of only the row group holding that row
    (``ParquetFile.read_row_group``) and slices the row out; DuckDB reads the two wide
    columns (``header_json``, ``header_dicom``, ~100 MB a row group decompressed) of that
@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from lake._errors import CatalogError, QueryError
 from lake.catalog import INSTANCES, DeltaTables, arrow_dataset, conform
-from lake.catalog._bloom import BloomIndex
+from lake.catalog._lazy_bloom import LazyBlooms
 from lake.catalog._summary import data_files
 from lake.query._index import Snapshot, _file_list
 
@@ -87,8 +87,7 @@ class InstanceLookup:
         self._dataset: Any = None if self._local else arrow_dataset(delta)
         self._lock = threading.Lock()
         self._footers: OrderedDict[str, tuple[pq.FileMetaData, list[int], list[str]]] = OrderedDict()
-        self._bloom: BloomIndex | None = None
-        self._looked_up = False
+        self._blooms = LazyBlooms(self._files)
         self._con = duckdb.connect()
         self._con.execute("SET threads TO 1")
         self._con.execute("SET parquet_metadata_cache = true")
@@ -157,16 +156,10 @@ class InstanceLookup:
         """The data files that may hold ``uid``: all of them for the first lookup, then those
         the Bloom filters of SOPInstanceUID let through (read on the second lookup: ~0.26 s
         of CPU for 200 files at 10 million instances, paid back within a few lookups, while
-        a lookup opened for one call does not pay it)."""
-        if self._bloom is None:
-            if not self._looked_up:
-                self._looked_up = True
-                return self._files
-            try:
-                self._bloom = BloomIndex(self._files, "SOPInstanceUID")
-            except (OSError, ValueError):  # (pyarrow's ArrowInvalid is a ValueError)
-                return self._files  # a file removed (vacuum) or damaged: DuckDB says so
-        return self._bloom.candidates([uid])
+        a lookup opened for one call does not pay it): the SQL catalog's
+        :class:`~lake.catalog._lazy_bloom.LazyBlooms`."""
+        candidates = self._blooms.candidates("SOPInstanceUID", [uid])
+        return self._files if candidates is None else candidates
 
     def _local_row(self, uid: str) -> pa.Table | None:
         """Step 1 (DuckDB: the file and row, one narrow column read), then step 2 (pyarrow:
