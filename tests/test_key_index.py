@@ -302,3 +302,39 @@ def test_a_damaged_segment_is_never_trusted(tmp_path: Path, small_index: None,
     _judged_both_ways(tables, [*stored[::3], *_uids(rng, 5)])
     table = tables.open(INSTANCES.name).to_pyarrow_table(columns=[KEY])
     assert table.num_rows == len(set(table.column(KEY).to_pylist())) == len(stored) + 4
+
+
+_COMMITS_WITHOUT_FSSPEC = """
+import json, random, sys
+import pyarrow as pa
+import lake.catalog._key_index as index_module
+from lake.catalog import INSTANCES, DeltaTables
+from lake.store import Location
+
+index_module.UNCOVERED_FILES = 2
+tables = DeltaTables(Location(sys.argv[1]))
+tables.create_all()
+rng = random.Random(3)
+for n in range(3):
+    rows = pa.Table.from_pylist([{"SOPInstanceUID": f"2.25.{rng.getrandbits(90)}",
+                                  "batch_id": f"b{n}"} for _ in range(4)], schema=INSTANCES.schema)
+    tables.insert_new(INSTANCES, rows, key="SOPInstanceUID")
+print(json.dumps([len(index_module.segments(sys.argv[1] + "/tables/instances")),
+                  sorted(m for m in sys.modules if m.split(".")[0] in ("fsspec", "asyncio"))]))
+"""
+
+
+def test_a_local_commit_and_its_upkeep_import_no_fsspec(tmp_path: Path) -> None:
+    """A local lake's commit, its summaries and its index segments are written with the
+    lake's own local write: fsspec (which imports asyncio) is never loaded by the committing
+    process (the ingest driver's commits; its workers load none either)."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _COMMITS_WITHOUT_FSSPEC, str(tmp_path / "lake")],
+                          capture_output=True, text=True, check=True)
+    segments, loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert segments == 1  # the upkeep wrote a segment
+    assert loaded == []
+

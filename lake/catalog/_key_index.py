@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING
 
 from lake.catalog._duckdb import connect
 from lake.catalog._scan import _file_list
-from lake.store import atomic_write
+from lake.store import resolve, write_at
 
 if TYPE_CHECKING:
     import numpy as np
@@ -290,7 +290,6 @@ def _write(table_root: str, files: Sequence[str], table: pa.Table) -> Segment:
     """Write the segment of ``files`` (``table``: hash, file, row; any order)."""
     import pyarrow as pa
     import pyarrow.ipc as ipc
-    from fsspec.implementations.local import LocalFileSystem
 
     table = table.sort_by([("hash", "ascending"), ("file", "ascending"), ("row", "ascending")])
     schema = pa.schema([("hash", pa.uint64()), ("file", pa.int32()), ("row", pa.int64())],
@@ -303,10 +302,10 @@ def _write(table_root: str, files: Sequence[str], table: pa.Table) -> Segment:
     with ipc.new_file(sink, schema) as writer:
         writer.write_table(table, max_chunksize=max(1, table.num_rows))
     name = hashlib.sha256("\n".join(files).encode()).hexdigest() + ".arrow"
-    folder = _folder(table_root)
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, name)
-    atomic_write(LocalFileSystem(), path, sink.getvalue().to_pybytes(), fsync=False)
+    path = os.path.join(_folder(table_root), name)
+    # the lake's local write (its folder made on first use), without importing fsspec: the
+    # index is kept on a local lake only, after every commit
+    write_at(resolve(table_root), path, sink.getvalue().to_pybytes(), fsync=False)
     return Segment(path, tuple(files), table.num_rows)
 
 

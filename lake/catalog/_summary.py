@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from lake.catalog._schema import INSTANCES
-from lake.store import atomic_write
+from lake.store import atomic_write, write_at
 
 if TYPE_CHECKING:
     import duckdb
@@ -227,9 +227,11 @@ def _summarise(con: duckdb.DuckDBPyConnection, tables: DeltaTables, data_file: s
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    fs = tables.location.fs
-    root = tables.location.join("tables", INSTANCES.name)
-    with fs.open(data_file, "rb") as fh:
+    location = tables.location
+    root = location.join("tables", INSTANCES.name)
+    # a local lake's file without fsspec (asyncio): a commit's upkeep imports none (issue 14)
+    with (open(data_file, "rb") if location.is_local
+          else location.fs.open(data_file, "rb")) as fh:
         reader = pq.ParquetFile(fh)
         present = set(reader.schema_arrow.names)
         columns = [c for c in _READ if c in present]
@@ -257,7 +259,7 @@ def _summarise(con: duckdb.DuckDBPyConnection, tables: DeltaTables, data_file: s
         sink = io.BytesIO()
         pq.write_table(table, sink, compression="zstd")
         # The series summary last: a file counts as summarised once both exist.
-        atomic_write(fs, _summary_path(root, data_file, kind), sink.getvalue())
+        write_at(location, _summary_path(root, data_file, kind), sink.getvalue())
 
 
 def _rep_headers(con: duckdb.DuckDBPyConnection, reader: Any, name: str) -> pa.Table:
