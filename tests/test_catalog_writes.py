@@ -266,3 +266,26 @@ def test_verify_cli_exit_code_on_missing_batch(lk: lake.Lake, lake_root: Path) -
     )
     assert done.returncode == 4
     assert "no batch record: no-such-batch" in done.stderr
+
+
+_INGEST_LOADS = """
+import atexit, json, sys
+from pipelines.cli import main
+atexit.register(lambda: print(json.dumps(
+    sorted(m for m in sys.modules if m.split(".")[0] in ("fsspec", "asyncio")))))
+sys.argv = ["lake", "ingest", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_local_ingest_imports_no_fsspec(tmp_path: Path) -> None:
+    """`lake ingest` into a local lake (a small job, in this process): its reads, blob
+    writes, commit, summaries and key index never load fsspec, which imports asyncio."""
+    lk = lake.init(tmp_path / "lake", vault=tmp_path / "vault")
+    files = write_ct_series(tmp_path / "ct", n=3)
+    proc = subprocess.run(
+        [sys.executable, "-c", _INGEST_LOADS, *map(str, files), "--lake", str(tmp_path / "lake"),
+         "--vault", str(tmp_path / "vault"), "-q"],
+        capture_output=True, text=True, check=True)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    assert lk.sql("SELECT count(*) FROM instances").fetchall() == [(3,)]  # it ran

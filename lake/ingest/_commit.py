@@ -239,6 +239,8 @@ class _Refused:
 
     def discard(self, records: Sequence[dict[str, Any]]) -> None:
         """Delete the sealed originals of ``records`` (refused files of erased patients)."""
+        if not records:  # (no fsspec for nothing: a local commit imports none)
+            return
         fs = self.context.location.fs
         for object_key in {r["object_key"] for r in records}:
             with contextlib.suppress(FileNotFoundError):
