@@ -190,6 +190,18 @@ def test_concurrent_writers_keep_each_uid_once(tmp_path: Path) -> None:
     assert len(uids) == len(set(uids)) == 3 * 12 * 5 + 12
     assert index_module.segments(str(Path(root) / "tables" / INSTANCES.name))
     _judged_both_ways(tables, [*shared, *uids[::7], "2.25.0"])
+    # The churn is bounded: after one more commit's upkeep, every segment on disk is one a
+    # judgement uses (none left overlapping by writers racing on the same uncovered files),
+    # fewer than FAN_IN of each size class, and fewer than UNCOVERED_FILES files uncovered.
+    tables.append(INSTANCES, _rows("last", _uids(random.Random(7), 5)))
+    table_root = str(Path(root) / "tables" / INSTANCES.name)
+    live = {os.path.relpath(p, table_root) for p in tables.data_files(INSTANCES.name).paths}
+    found = index_module.segments(table_root)
+    assert set(index_module._chosen(found, live)) == set(found)
+    classes = [s.size_class for s in found]
+    assert all(classes.count(c) < index_module.FAN_IN for c in classes)
+    covered = {f for s in found for f in s.files}
+    assert len(live - covered) < index_module.UNCOVERED_FILES
 
 
 def test_segments_stay_within_their_bound(tmp_path: Path, small_index: None,
@@ -338,3 +350,47 @@ def test_a_local_commit_and_its_upkeep_import_no_fsspec(tmp_path: Path) -> None:
     assert segments == 1  # the upkeep wrote a segment
     assert loaded == []
 
+
+def test_a_stale_writer_keeps_a_newer_writers_segments(
+        tmp_path: Path, small_index: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concurrent writers: a writer whose upkeep runs after another writer's later commit
+    and upkeep sees a segment holding a file its own version lacks. That file is newer, not
+    deleted: the segment is kept (once, it was cut and rebuilt by the next upkeep: churn),
+    and the upkeep neither writes nor reads anything."""
+    tables, rng, stored, root = _indexed_lake(tmp_path, 21, 2, 10)
+    stale = tables.open(INSTANCES.name)  # a writer's version, before the other's commit
+    tables.append(INSTANCES, _rows("other", _uids(rng, 10)))  # the other writer: 3 files
+    (segment,) = index_module.segments(root)
+    assert len(segment.files) == 3
+    written: list[list[str]] = []
+    write = index_module._write
+
+    def recorded(table_root: str, files: list[str], table: pa.Table) -> index_module.Segment:
+        written.append(list(files))
+        return write(table_root, files, table)
+
+    monkeypatch.setattr(index_module, "_write", recorded)
+    tables._maintain_key_index(stale)  # the first writer's upkeep, late
+    assert index_module.segments(root) == [segment]
+    assert written == []
+    _judged_both_ways(tables, [*stored[::3], *_uids(rng, 5)])
+
+
+def test_a_segment_no_judgement_chooses_is_removed(tmp_path: Path, small_index: None) -> None:
+    """Two writers racing on the uncovered files of two versions write overlapping
+    segments; the smaller would never be chosen, merged or cut (its files stay live): the
+    next upkeep removes it, so the segments on disk are those judgements use."""
+    tables, rng, stored, root = _indexed_lake(tmp_path, 23, 5, 10)
+    (first,) = index_module.segments(root)  # files 1-3; files 4-5 uncovered
+    live = sorted(os.path.relpath(p, root) for p in tables.data_files(INSTANCES.name).paths)
+    rest = [f for f in live if f not in first.files]
+    smaller = index_module._write(root, rest[:1], index_module._indexed(root, rest[:1], KEY))
+    larger = index_module._write(root, rest, index_module._indexed(root, rest, KEY))
+    assert set(index_module._chosen(index_module.segments(root), set(live))) == {first, larger}
+    tables._maintain_key_index(tables.open(INSTANCES.name))
+    paths = {s.path for s in index_module.segments(root)}
+    assert smaller.path not in paths
+    found = index_module.segments(root)
+    assert index_module._chosen(found, set(live)) == sorted(found, key=lambda s: (-s.rows,
+                                                                                   s.path))
+    _judged_both_ways(tables, [*stored[::3], *_uids(rng, 5)])

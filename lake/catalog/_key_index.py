@@ -37,7 +37,10 @@ are written for them (of at most :data:`SEGMENT_ROWS` rows); once :data:`FAN_IN`
 one size class (rows, by powers of :data:`FAN_IN`) hold only live files, they are merged into
 one, up to :data:`SEGMENT_ROWS` rows; a segment holding a file the newest version no longer
 has is replaced by one cut from it without that file's rows (a delete rewrites one file of
-many; readers of older snapshots fall back to reading the files). So a judgement opens
+many; readers of older snapshots fall back to reading the files), once the newest version
+read then lacks the file too (an upkeep running late must not cut a newer writer's segment);
+a segment no judgement chooses (overlapping a larger one: writers racing on the same files)
+is removed. So a judgement opens
 O(log n) segments per 4M rows and reads at most ``UNCOVERED_FILES - 1`` files beyond a
 compaction's fresh ones. A remote lake keeps reading
 the files.
@@ -51,7 +54,7 @@ import json
 import logging
 import mmap
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -380,25 +383,32 @@ def _merged(table_root: str, group: Sequence[Segment]) -> Segment:
     return _write(table_root, files, pa.concat_tables(parts))
 
 
-def maintain(table_root: str, paths: Sequence[str], key: str) -> None:
+def maintain(table_root: str, paths: Sequence[str], key: str,
+             newest: Callable[[], Sequence[str]] | None = None) -> None:
     """Bring the index of ``key`` up to the data files ``paths`` (the newest version's).
 
     Never fails the commit or delete it follows (which has landed): the index is derived,
     and judgements read whatever files it does not cover, so an error here (a full disk, a
     data file vacuumed meanwhile) is logged, by its type only, and leaves the index behind.
-    See :func:`_maintain`.
+    ``newest`` gives the newest version's data files, asked for only when a segment holds a
+    file ``paths`` lacks. See :func:`_maintain`.
     """
     import duckdb
     import pyarrow as pa
+    from deltalake.exceptions import DeltaError
+
+    from lake._errors import LakeError
 
     try:
-        _maintain(table_root, paths, key)
-    except (OSError, ValueError, KeyError, pa.ArrowException, duckdb.Error) as exc:
+        _maintain(table_root, paths, key, newest)
+    except (OSError, ValueError, KeyError, pa.ArrowException, duckdb.Error, DeltaError,
+            LakeError) as exc:  # (the last two: reading the newest version's files)
         _LOG.warning("the UID index was not brought up to date (%s); commits read the data "
                      "files it does not cover", type(exc).__name__)
 
 
-def _maintain(table_root: str, paths: Sequence[str], key: str) -> None:
+def _maintain(table_root: str, paths: Sequence[str], key: str,
+              newest: Callable[[], Sequence[str]] | None = None) -> None:
     """Bring the index of ``key`` up to the data files ``paths`` (the newest version's).
 
     Writes a segment for the files no segment covers once there are
@@ -407,6 +417,14 @@ def _maintain(table_root: str, paths: Sequence[str], key: str) -> None:
     (cut from it: a delete rewrites one file, and a compaction leaves nothing to keep). Safe
     to run concurrently: segments are pure functions of immutable files, published
     atomically; a segment removed by another writer meanwhile is simply not merged.
+
+    Concurrent writers (churn bounded): ``paths`` may be older than a segment another
+    writer wrote after a later commit, so a segment holding a file ``paths`` lacks is cut
+    only once ``newest()`` (the newest version's files, read then) lacks it too: every file
+    of a segment was committed before the segment was written, so before it was listed here,
+    and a stale writer never cuts a newer segment (to have it rebuilt by the next). And a
+    segment no judgement chooses (its files also in a larger one, which writers racing on
+    the same uncovered files leave) is removed: it would never be merged nor used.
     """
     prefix = table_root.rstrip("/") + "/"
     live = {p[len(prefix):] for p in paths if p.startswith(prefix)}
@@ -414,6 +432,8 @@ def _maintain(table_root: str, paths: Sequence[str], key: str) -> None:
     for path in damaged:  # unreadable: its files are indexed afresh
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
+    if newest is not None and any(not set(s.files) <= live for s in found):
+        live = {p[len(prefix):] for p in newest() if p.startswith(prefix)}
     usable = [s for s in found if set(s.files) <= live]
     for segment in found:
         if segment in usable:
@@ -424,7 +444,13 @@ def _maintain(table_root: str, paths: Sequence[str], key: str) -> None:
                 usable.append(_without(table_root, segment, kept))
         with contextlib.suppress(FileNotFoundError):
             os.remove(segment.path)
-    covered = {f for s in _chosen(usable, live) for f in s.files}
+    chosen = _chosen(usable, live)
+    for segment in usable:
+        if segment not in chosen:  # overlaps a larger one: never chosen, merged or cut
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(segment.path)
+    usable = chosen
+    covered = {f for s in chosen for f in s.files}
     fresh = sorted(live - covered)
     if len(fresh) >= UNCOVERED_FILES:
         for files in _bounded(table_root, fresh):

@@ -590,8 +590,9 @@ class DeltaTables:
         ``delta``'s version, after a commit or a delete; nothing on a remote lake."""
         snapshot = data_files(delta, self.storage_options)
         index = _key_index_of(delta, INSTANCES, INDEXED_KEY, snapshot)
-        if index is not None:
-            maintain(index.root, index.snapshot, INDEXED_KEY)
+        if index is not None:  # (the newest version's files: read only if a segment needs)
+            maintain(index.root, index.snapshot, INDEXED_KEY,
+                     lambda: data_files(self.open(INSTANCES.name), self.storage_options).paths)
 
     def _write(
         self,
