@@ -180,7 +180,7 @@ def test_members_are_the_same_without_the_date_condition(
     for part in ([sources] if commits == 1 else [sources[:1], sources[1:]]):
         lk.ingest(part, vault=vault_dir, scheduler="sync")
     assert lk.sql("SELECT count(*) FROM instances WHERE StudyDate IS NULL").fetchall()[0][0]
-    assert _cohort._one_row_group(lk, lk.tables.open("instances")) is (commits == 1)
+    assert _cohort._one_row_group(lk, lk.tables.data_files("instances")) is (commits == 1)
     assert _cohort._one_row_group(lk, None) is False  # an as_of= version: not looked at
     ran: list[str] = []
     bounds = _cohort._date_bounds
@@ -224,7 +224,7 @@ def test_a_key_that_is_no_string_fails_alike_on_a_one_file_lake(
     rows would come from the one data file (pyarrow) or from DuckDB's member query."""
     from lake.export import _cohort
 
-    assert _cohort._one_row_group(populated, populated.tables.open("instances"))
+    assert _cohort._one_row_group(populated, populated.tables.data_files("instances"))
     outcomes = []
     for forced in (False, True):
         with monkeypatch.context() as patch:
@@ -253,6 +253,6 @@ def test_a_data_file_gone_before_the_one_file_read_falls_back_to_the_query(
         raise FileNotFoundError("removed meanwhile")
 
     monkeypatch.setattr(DataFiles, "read", gone)
-    assert _cohort._members_of_one_file(lk, CT_QUERY, "SeriesInstanceUID",
-                                        lk.tables.open("instances")) is None
+    assert _cohort._members_of_one_file(lk, CT_QUERY, "SeriesInstanceUID", lk.version,
+                                        lk.tables.data_files("instances")) is None
     assert resolve_cohort(lk, CT_QUERY) == expected

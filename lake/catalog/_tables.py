@@ -16,6 +16,7 @@ from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from lake._errors import CatalogError
+from lake.catalog._kept import KeptSnapshots
 from lake.catalog._key_index import located, maintain
 from lake.catalog._keys import files_holding, in_key_range, readable_by_duckdb
 from lake.catalog._layout import writer_properties
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # pyarrow.dataset imports pandas (0.3 s): loaded where a data
     import pyarrow as pa  # pyarrow and numpy: where rows are read or written, not by lake sql
     import pyarrow.dataset as ds
     import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
 
 __all__ = [
     "DataFiles",
@@ -82,6 +84,11 @@ def arrow_dataset(delta: DeltaTable) -> ds.Dataset:
     return ds.FileSystemDataset(fragments, dataset.schema, dataset.format, local)
 
 
+FOOTERS = (8, 512 * 1024)
+"""At most this many footers of at most this many bytes each are kept by one
+:class:`DataFiles` (a small lake's: a large catalog's footers would hold megabytes)."""
+
+
 @dataclass(frozen=True)
 class DataFiles:
     """The Parquet data files of one Delta table version, read file by file.
@@ -103,6 +110,11 @@ class DataFiles:
     schema: pa.Schema
     paths: tuple[str, ...]
     filesystem: pafs.FileSystem
+    footers: dict[str, pq.FileMetaData] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """The footers of the files read so far, while they are few and small (:data:`FOOTERS`):
+    a data file never changes, and a small export reads its one file four times."""
 
     def read(self, path: str, columns: Sequence[str]) -> pa.Table:
         """The ``columns`` of data file ``path``, typed as ``schema`` (absent columns null)."""
@@ -110,7 +122,8 @@ class DataFiles:
         import pyarrow.parquet as pq
 
         with self.filesystem.open_input_file(path) as source:
-            parquet = pq.ParquetFile(source)
+            parquet = pq.ParquetFile(source, metadata=self.footers.get(path))
+            self._keep(path, parquet.metadata)
             stored = set(parquet.schema_arrow.names)
             table = parquet.read(columns=[c for c in columns if c in stored])
             rows = parquet.metadata.num_rows
@@ -120,6 +133,22 @@ class DataFiles:
             for f in fields
         ]
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+    def footer(self, path: str) -> pq.FileMetaData:
+        """The Parquet footer of data file ``path``."""
+        import pyarrow.parquet as pq
+
+        found = self.footers.get(path)
+        if found is None:
+            with self.filesystem.open_input_file(path) as source:
+                found = pq.read_metadata(source)
+            self._keep(path, found)
+        return found
+
+    def _keep(self, path: str, footer: pq.FileMetaData) -> None:
+        if (path not in self.footers and len(self.footers) < FOOTERS[0]
+                and footer.serialized_size <= FOOTERS[1]):
+            self.footers[path] = footer
 
 
 def string_set(values: Collection[str]) -> pa.Array:
@@ -206,6 +235,13 @@ class DeltaTables:
 
     def __init__(self, location: Location) -> None:
         self.location = location
+        self._kept = KeptSnapshots(self.open, self._files_of, self._local_log)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"location": self.location}  # without the kept snapshots
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["location"])  # type: ignore[misc]
 
     def uri(self, name: str) -> str:
         """The deltalake URI of table ``name``."""
@@ -247,8 +283,36 @@ class DeltaTables:
         return bool(DeltaTable.is_deltatable(self.uri(name), storage_options=self.storage_options))
 
     def data_files(self, name: str, version: int | None = None) -> DataFiles:
-        """The data files of table ``name`` at ``version`` (see :meth:`open`, :class:`DataFiles`)."""
-        return data_files(self.open(name, version), self.storage_options)
+        """The data files of table ``name`` at ``version`` (see :meth:`open`, :class:`DataFiles`).
+
+        Checked as :meth:`open` checks, at every call; the snapshots they come from are kept
+        (:class:`~lake.catalog._kept.KeptSnapshots`): the latest is brought up to date
+        rather than opened again, and a version's files are read from its log once.
+        """
+        if version is None:
+            return self.latest(name)[1]
+        self._check_not_erased(name, version)
+        files, uris = self._kept.at(name, version, lambda: self._opened(name, version))
+        self._check_stored(name, version, uris)
+        return files
+
+    def latest(self, name: str) -> tuple[int, DataFiles]:
+        """The latest version of table ``name`` and its data files (kept: see :meth:`data_files`).
+
+        Raises
+        ------
+        CatalogError
+            If the table does not exist.
+        """
+        return self._kept.latest(name)
+
+    def _files_of(self, delta: DeltaTable) -> DataFiles:
+        return data_files(delta, self.storage_options)
+
+    def _local_log(self, name: str, version: int) -> str:
+        """The path of the commit file of ``version`` of ``name`` on a local lake, else ``""``."""
+        path = self.location.join("tables", name, "_delta_log", f"{version:020d}.json")
+        return path if self.location.is_local and path.startswith("/") else ""
 
     def open(self, name: str, version: int | None = None) -> DeltaTable:
         """Open table ``name``, optionally at a past ``version``.
@@ -261,6 +325,14 @@ class DeltaTables:
         """
         if version is not None:
             self._check_not_erased(name, version)
+        table = self._opened(name, version)
+        if version is not None:
+            self._check_stored(name, version, table.file_uris())
+        return table
+
+    def _opened(self, name: str, version: int | None) -> DeltaTable:
+        """Table ``name`` at ``version``, opened (the checks of :meth:`open` that need the
+        table itself: it and the version exist)."""
         try:
             table = DeltaTable(self.uri(name), storage_options=self.storage_options)
             if version is not None:
@@ -280,16 +352,17 @@ class DeltaTables:
             raise
         if version is not None and version != table.version():
             raise CatalogError(f"catalog version {version} of table {name!r} does not exist")
-        if version is not None:
-            gone = sum(1 for uri in table.file_uris() if not self._stored(unquote(uri)))
-            if gone:
-                raise CatalogError(
-                    f"catalog version {version} of table {name!r} can no longer be read: "
-                    f"{gone} of its data files were removed (lake.steward.vacuum() keeps only "
-                    "recent versions and those cohorts are pinned to); Lake.info() gives the "
-                    "current version", functions=("lake.steward.vacuum", "Lake.info")
-                )
         return table
+
+    def _check_stored(self, name: str, version: int, uris: Sequence[str]) -> None:
+        gone = sum(1 for uri in uris if not self._stored(unquote(uri)))
+        if gone:
+            raise CatalogError(
+                f"catalog version {version} of table {name!r} can no longer be read: "
+                f"{gone} of its data files were removed (lake.steward.vacuum() keeps only "
+                "recent versions and those cohorts are pinned to); Lake.info() gives the "
+                "current version", functions=("lake.steward.vacuum", "Lake.info")
+            )
 
     def _stored(self, path: str) -> bool:
         """Whether data file ``path`` exists; a local lake's without importing fsspec."""
@@ -323,9 +396,13 @@ class DeltaTables:
     def _check_not_erased(self, name: str, version: int) -> None:
         if name == ERASURES.name or not self.exists(ERASURES.name):
             return
-        files = self.data_files(ERASURES.name)  # not self.dataset: pyarrow.dataset loads pandas
+        erasures, files = self.latest(ERASURES.name)
         columns = ["erasure_id", "erased_at", "unreadable"]
-        for record in (r for path in files.paths for r in files.read(path, columns).to_pylist()):
+        records = self._kept.derived(  # read again when the erasures table has a new version
+            ERASURES.name, "records", erasures,  # (not self.dataset: pyarrow.dataset loads pandas)
+            lambda: [r for path in files.paths for r in files.read(path, columns).to_pylist()],
+        )
+        for record in records:
             for span in record["unreadable"] or ():
                 if span["table"] == name and span["first"] <= version <= span["last"]:
                     when = record["erased_at"].date().isoformat()

@@ -28,9 +28,9 @@ from lake.catalog._tables import Decision, Judged
 
 if TYPE_CHECKING:
     import duckdb
-    from deltalake import DeltaTable
 
     from lake._lake import Lake
+    from lake.catalog import DataFiles
 
 __all__ = [
     "COHORTS",
@@ -188,22 +188,15 @@ def _date_bounds(lake: Lake, query: str, version: int) -> str:
     return " OR ".join(conditions) or "FALSE"
 
 
-def _one_row_group(lake: Lake, instances: DeltaTable | None) -> bool:
+def _one_row_group(lake: Lake, instances: DataFiles | None) -> bool:
     """Whether the ``instances`` rows of this version (None: not known here) are one Parquet
     row group of one local data file (a small lake): a StudyDate condition can then skip
     nothing, and :func:`_date_bounds`, a query of its own (a fifth of a small export's
     fixed cost), is not worth running. The condition is exact either way: the members are
     the same with it and without it."""
-    if instances is None or not lake.location.is_local:
+    if instances is None or not lake.location.is_local or len(instances.paths) != 1:
         return False
-    files = instances.file_uris()
-    if len(files) != 1:
-        return False
-    import pyarrow.parquet as pq
-
-    from lake.catalog._summary import fs_path
-
-    return bool(pq.read_metadata(fs_path(files[0])).num_row_groups == 1)
+    return bool(instances.footer(instances.paths[0]).num_row_groups == 1)
 
 
 def _member_query(query: str, key: str, dates: str | None = None) -> str:
@@ -245,16 +238,16 @@ def resolve_cohort(lake: Lake, sql: str, *, as_of: int | None = None) -> Cohort:
     from lake import __version__
 
     query = _clean_query(sql)
-    current: DeltaTable | None = None
+    current: DataFiles | None = None
     if as_of is None:
-        current = lake.tables.open(INSTANCES.name)  # what Lake.version reads
-        version = int(current.version())
+        # what Lake.version reads, from the snapshot the lake keeps (brought up to date)
+        version, current = lake.tables.latest(INSTANCES.name)
     else:
         version = as_of
     key = _member_key(lake.sql(query, as_of=version).columns)
     table = None
     if current is not None and _one_row_group(lake, current):
-        table = _members_of_one_file(lake, query, key, current)
+        table = _members_of_one_file(lake, query, key, version, current)
     if table is None:
         dates = None
         if key == "SeriesInstanceUID" and not _one_row_group(lake, current):
@@ -307,8 +300,8 @@ _MEMBER_COLUMNS = ("SeriesInstanceUID", "SOPInstanceUID", "pixel_hash", "header_
                    "pixel_bytes", "profile")
 
 
-def _members_of_one_file(lake: Lake, query: str, key: str,
-                         instances: DeltaTable) -> pa.Table | None:
+def _members_of_one_file(lake: Lake, query: str, key: str, version: int,
+                         files: DataFiles) -> pa.Table | None:
     """The rows :func:`_member_query` returns (``pixel_bytes`` null where it gives 0), for
     ``instances`` rows that are one row group of one local data file (:func:`_one_row_group`):
     DuckDB runs the cohort query for its keys alone, and the member rows are that file's,
@@ -317,14 +310,11 @@ def _members_of_one_file(lake: Lake, query: str, key: str,
     member query's CPU on a small lake, where the file is read whole anyway. None when the
     version lacks a column the members need (a lake older than them: the query path says
     what is missing)."""
-    from lake.catalog import data_files
-
-    files = data_files(instances, lake.tables.storage_options)
     if len(files.paths) != 1 or not set(_MEMBER_COLUMNS) <= set(files.schema.names):
         return None
     keys = _fetched(lake.sql(
         _with(query) + f"SELECT DISTINCT {key} FROM cohort_query WHERE {key} IS NOT NULL",
-        as_of=int(instances.version()),
+        as_of=version,
     )).column(0)
     if not (pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)
             or pa.types.is_string_view(keys.type)):
@@ -531,10 +521,10 @@ def _erasure_since(lake: Lake, version: int) -> bool:
             latest = pc.max(laid).as_py()
             if latest is not None and latest >= since:
                 return True
+    if tables.latest(INSTANCES.name)[0] <= version:  # (kept: no new opening of the table)
+        return False
     delta = tables.open(INSTANCES.name)
     newer = int(delta.version()) - version
-    if newer <= 0:
-        return False
     return any(entry.get("operation") == "DELETE" or ERASURE_KEY in entry
                for entry in delta.history(limit=newer))
 

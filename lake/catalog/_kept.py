@@ -1,0 +1,119 @@
+"""Delta snapshots kept by one :class:`~lake.catalog.DeltaTables` (one open lake) for its reads.
+
+A Delta version never changes: its data files, and so its :class:`DataFiles`, are the same
+at every read. What can change between two reads in one process is which version is the
+latest (another process commits) and whether a version can still be read (an erasure or a
+vacuum since); both are checked at every read, cheaply:
+
+- the latest version: a table is opened once and brought up to date with
+  ``DeltaTable.update_incremental`` (one listing of its log, ~0.1 ms, where opening it
+  again costs ~1.2 ms), as :class:`~lake.catalog._tombstones.TombstoneCache` does;
+- an older version: its data files are kept (the last :data:`KEPT_VERSIONS`), and the
+  caller (``DeltaTables.data_files``) still checks the erasures and that every file is
+  stored, at each read.
+
+Safe to share between threads; pickled without what it keeps.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from deltalake import DeltaTable
+
+    from lake.catalog._tables import DataFiles
+
+__all__ = ["KEPT_VERSIONS", "KeptSnapshots"]
+
+KEPT_VERSIONS = 16
+"""How many (table, version) data-file lists are kept: a few exports' worth."""
+
+
+class KeptSnapshots:
+    """The latest snapshot of each table read, and the data files of recent versions.
+
+    Parameters
+    ----------
+    open_latest : callable
+        ``(name) -> DeltaTable`` at its latest version (``DeltaTables.open``).
+    files_of : callable
+        ``(DeltaTable) -> DataFiles``.
+    log_path : callable
+        ``(name, version) -> str``: the local path of that version's commit file, or ``""``
+        for a table on an object store.
+    """
+
+    def __init__(
+        self,
+        open_latest: Callable[[str], DeltaTable],
+        files_of: Callable[[DeltaTable], DataFiles],
+        log_path: Callable[[str, int], str],
+    ) -> None:
+        self._open = open_latest
+        self._files_of = files_of
+        self._log_path = log_path
+        self._lock = threading.Lock()
+        self._latest: dict[str, DeltaTable] = {}
+        self._files: OrderedDict[tuple[str, int], tuple[DataFiles, tuple[str, ...]]] = (
+            OrderedDict()
+        )
+        self._derived: dict[tuple[str, str], tuple[int, Any]] = {}
+
+    def latest(self, name: str) -> tuple[int, DataFiles]:
+        """The latest version of table ``name`` now, and its data files."""
+        with self._lock:
+            delta = self._latest.get(name)
+            if delta is not None:
+                try:
+                    delta.update_incremental()
+                except Exception:  # noqa: BLE001 - deltalake: the log changed under it
+                    delta = None
+                else:
+                    path = self._log_path(name, int(delta.version()))
+                    if path and not os.path.exists(path):
+                        delta = None  # the table was made again, at a lower version
+            if delta is None:
+                delta = self._latest[name] = self._open(name)
+            version = int(delta.version())
+            return version, self._kept(name, version, delta)[0]
+
+    def at(self, name: str, version: int,
+           open_at: Callable[[], DeltaTable]) -> tuple[DataFiles, tuple[str, ...]]:
+        """The data files of ``version`` of ``name`` and their URIs (``open_at`` opens it when
+        they are not kept)."""
+        with self._lock:
+            kept = self._files.get((name, version))
+            if kept is not None:
+                self._files.move_to_end((name, version))
+                return kept
+        delta = open_at()
+        with self._lock:
+            return self._kept(name, version, delta)
+
+    def derived(self, name: str, what: str, version: int, make: Callable[[], Any]) -> Any:
+        """``make()``, computed again only when ``version`` of ``name`` is not the one the
+        kept result ``what`` was made from (e.g. the erasures' records)."""
+        with self._lock:
+            kept = self._derived.get((name, what))
+        if kept is not None and kept[0] == version:
+            return kept[1]
+        value = make()
+        with self._lock:
+            self._derived[(name, what)] = (version, value)
+        return value
+
+    def _kept(self, name: str, version: int,
+              delta: DeltaTable) -> tuple[DataFiles, tuple[str, ...]]:
+        key = (name, version)
+        kept = self._files.get(key)
+        if kept is None:
+            kept = self._files[key] = (self._files_of(delta), tuple(delta.file_uris()))
+            while len(self._files) > KEPT_VERSIONS:
+                self._files.popitem(last=False)
+        self._files.move_to_end(key)
+        return kept
