@@ -118,7 +118,7 @@ def _summary(summary: IngestSummary) -> Table:
     for kind, count in sorted(summary.sources.skipped.items()):
         rows.append((f"  skipped: {_SKIPPED.get(kind, kind)}", f"{count:,}"))
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(escape(key), value)  # a quarantine reason as it is, not as markup
     return table
 
 
@@ -474,7 +474,7 @@ def info(lake_root: LakeOption = None) -> None:
         facts = lk.info()
         from rich.table import Table
 
-        table = Table(title=f"lake {lk.root}", show_header=False)
+        table = Table(title=escape(f"lake {lk.root}"), show_header=False)
         for key, value in [
             ("catalog version", str(facts.version)),
             ("patients", f"{facts.patients:,}"),

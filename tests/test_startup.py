@@ -184,7 +184,7 @@ def test_deferring_twice_registers_one_callback() -> None:
 def test_sql_table_prints_values_as_they_are(small_lake: Path) -> None:
     """A value (or a column name) holding rich markup or an emoji code prints as it is, on
     the terminal's table and in a --output file: the consoles replace no emoji codes and the
-    cells escape markup."""
+    cells escape markup (``[bold]x[/bold]`` printed ``x``, ``:smile:`` an emoji)."""
     from typer.testing import CliRunner
 
     from pipelines.cli import app
@@ -199,3 +199,27 @@ def test_sql_table_prints_values_as_they_are(small_lake: Path) -> None:
                                      str(written), query])
     assert saved.exit_code == 0, saved.output
     assert "[bold]x[/bold] :smile: \\[y]" in written.read_text()
+
+
+def test_cohort_and_export_tables_print_values_as_they_are(
+        small_lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cohort's query and description, and an export's folder, print as they are in the
+    tables of `lake cohort show` and `lake export nifti` (a folder named ``[b]odd[/b]``
+    printed as ``odd``)."""
+    from typer.testing import CliRunner
+
+    from lake.export import create_cohort
+    from pipelines.cli import app
+
+    query = "SELECT SeriesInstanceUID FROM series WHERE '[b]x[/b]' <> ''"
+    create_cohort(lake.open(small_lake), "marked", query, description="[i]note[/i] :smile:")
+    runner = CliRunner()
+    shown = runner.invoke(app, ["cohort", "show", "marked", "--lake", str(small_lake)])
+    assert shown.exit_code == 0, shown.output
+    assert "'[b]x[/b]'" in shown.output and "[i]note[/i] :smile:" in shown.output
+    monkeypatch.chdir(tmp_path)  # a short folder name, so that the cell shows it whole
+    exported = runner.invoke(app, ["export", "nifti", "marked", "--lake", str(small_lake),
+                                   "--out", "[b]odd[/b]", "-q"])
+    assert exported.exit_code == 0, exported.output
+    assert len(list((tmp_path / "[b]odd[/b]").rglob("*.nii"))) == 1
+    assert "[b]odd[/b]" in exported.output
