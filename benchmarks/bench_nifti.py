@@ -312,10 +312,10 @@ def measure_export(root: Path, made: tuple[Any, Path, Path], scratch: Path,
         ratio = cpu["lake"] / base
         wall_ratio = wall["lake"] / wall["dcm2niix"]
         ratios.append((ratio, wall_ratio))
-        cells = "".join(f"{cpu[n]:>8.2f}{cpu[n] / base:>6.1f}" if n in cpu else f"{'-':>8}{'':>6}"
+        cells = "".join(f"{cpu[n]:>8.3f}{cpu[n] / base:>6.1f}" if n in cpu else f"{'-':>8}{'':>6}"
                         for n in ("lake", "first", "pydicom", "cli", "files"))
         met = "" if max(ratio, wall_ratio) <= GOAL_EXPORT else "  > goal"
-        print(f"{root.name:<15}{label:<5}{len(paths):>5}{size:>5.0f}{base:>9.2f}{cells}"
+        print(f"{root.name:<15}{label:<5}{len(paths):>5}{size:>5.0f}{base:>9.3f}{cells}"
               f"{wall_ratio:>7.1f}   [{' '.join(f'{wall[n]:.3f}' for n in runners)}]{met}")
     return ratios
 
