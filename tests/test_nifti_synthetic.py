@@ -141,6 +141,51 @@ def test_signed_data_with_bits_stored_below_bits_allocated() -> None:
     np.testing.assert_allclose(data, np.clip(_expected(volume, 0.0), -2048, 2047), atol=1.01)
 
 
+def _with_high_bits(ds: Dataset, bits_stored: int, signed: bool, noise: int) -> None:
+    """``ds`` with BitsStored ``bits_stored`` and every pixel's unused high bits set to
+    ``noise`` (what a scanner may leave there: overlays, garbage)."""
+    stored = np.frombuffer(ds.PixelData, dtype=np.uint16)
+    spare = 16 - bits_stored
+    values = stored & ((1 << bits_stored) - 1)
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, int(signed)
+    ds.PixelData = ((values | ((noise << bits_stored) & 0xFFFF)) if spare else values
+                    ).astype("<u2").tobytes()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    bits=st.lists(st.sampled_from([8, 10, 12, 16]), min_size=1, max_size=5),
+    signed=st.booleans(),
+    noise=st.integers(0, 0xFF),
+    volumes=st.sampled_from([1, 2]),
+)
+def test_unused_high_bits_are_cleared_per_instance_however_the_stack_mixes_them(
+    bits: list[int], signed: bool, noise: int, volumes: int
+) -> None:
+    """The bits above BitsStored are cleared (unsigned) or sign-extended (signed) for each
+    instance by its own BitsStored, whether every instance of a stack has the same (one
+    operation over the stack) or they differ (slice by slice): the volume is the one made
+    from the same instances with those bits already clean."""
+    slices = len(bits)
+    series = synthetic_series(n_slices=slices, n_volumes=volumes, rows=6, cols=5,
+                              modality="MR", noise=300, rescale=(1.0, 0.0), seed=noise)
+    clean = copy.deepcopy(series)
+    for index, (dirty, plain) in enumerate(zip(series, clean, strict=True)):
+        stored = bits[index % slices]
+        _with_high_bits(dirty, stored, signed, noise | 1)
+        _with_high_bits(plain, stored, signed, 0)
+        if signed:  # the clean copy holds the sign-extended values themselves
+            values = np.frombuffer(plain.PixelData, dtype="<u2").astype(np.int32)
+            top = 1 << (stored - 1)
+            values = np.where(values & top, values - (top << 1), values)
+            plain.PixelData = values.astype("<i2").tobytes()
+    got, expected = series_to_nifti(series), series_to_nifti(clean)
+    assert [r.reason_code for r in got[1]] == [r.reason_code for r in expected[1]]
+    assert len(got[0]) == len(expected[0]) == 1
+    assert _data(got[0][0]).dtype == _data(expected[0][0]).dtype
+    np.testing.assert_array_equal(_data(got[0][0]), _data(expected[0][0]))
+
+
 @pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless])
 def test_compressed_transfer_syntaxes_decode_to_the_same_volume(syntax: str) -> None:
     series = synthetic_series(n_slices=3, rows=64, cols=48, modality="MR", signed=True, noise=9)

@@ -630,6 +630,16 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition,
 # --------------------------------------------------------------------------- pixels
 
 
+def _clear_unused_bits(array: NDArray[Any], fix: tuple[int, bool]) -> None:
+    """Clear (unsigned) or sign-extend (signed) the ``fix[0]`` bits above BitsStored."""
+    spare, signed = fix
+    if signed:
+        np.left_shift(array, spare, out=array)
+        np.right_shift(array, spare, out=array)
+    else:
+        np.bitwise_and(array, (1 << (array.dtype.itemsize * 8 - spare)) - 1, out=array)
+
+
 class PixelCache:
     """Decoded pixel arrays of the series, decoded once per dataset (per call)."""
 
@@ -652,14 +662,22 @@ class PixelCache:
         it is applied here once the frame sits in the output array, saving a copy.
         """
         fix = self._unused_bits.get(source)
-        if fix is None:
+        if fix is not None:
+            _clear_unused_bits(array, fix)
+
+    def correct_stack_in_place(self, sources: Sequence[int], stack: NDArray[Any]) -> None:
+        """``correct_in_place(sources[i], stack[i])`` for every ``i``: one operation over
+        the whole stack when every source needs the same correction (a series mostly has
+        one BitsStored), not one per slice (each op's set-up costs more than a small
+        slice's work); elementwise either way, so the values are the same."""
+        fixes = {self._unused_bits.get(source) for source in sources}
+        if len(fixes) == 1:
+            (fix,) = fixes
+            if fix is not None:
+                _clear_unused_bits(stack, fix)
             return
-        spare, signed = fix
-        if signed:
-            np.left_shift(array, spare, out=array)
-            np.right_shift(array, spare, out=array)
-        else:
-            np.bitwise_and(array, (1 << (array.dtype.itemsize * 8 - spare)) - 1, out=array)
+        for i, source in enumerate(sources):
+            self.correct_in_place(source, stack[i])
 
     def all_frames(self, source: int) -> NDArray[Any] | NiftiRefusal:
         cached = self._cache.get(source)
@@ -1010,10 +1028,11 @@ def _fill(
     for t, volume in enumerate(volumes):
         for z, item in enumerate(volume):
             data[t, z] = decoded[k][::-1]
-            pixels.correct_in_place(item.source, data[t, z])
             slopes[t, z] = item.slope
             intercepts[t, z] = item.intercept
             k += 1
+    pixels.correct_stack_in_place([item.source for volume in volumes for item in volume],
+                                  data.reshape(n_t * n_z, *data.shape[2:]))
     return Assembled(
         affine, data, slopes, intercepts, volumes, slice_thickness_fallback=fallback,
         backing=backing,
@@ -1144,7 +1163,7 @@ def assemble_mosaics(
     data, backing = _allocate((len(volumes), tiles, tile_rows, tile_cols), volumes)
     for t, volume in enumerate(volumes):
         data[t] = volume[:, ::-1, :]
-        pixels.correct_in_place(ordered[t].source, data[t])
+    pixels.correct_stack_in_place([f.source for f in ordered], data)
     slopes = np.array([[f.slope] * tiles for f in ordered])
     intercepts = np.array([[f.intercept] * tiles for f in ordered])
     return Assembled(
