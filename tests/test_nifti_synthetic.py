@@ -404,6 +404,42 @@ def test_mixed_series_and_mixed_geometry_are_refused() -> None:
     assert volumes == [] and refusals[0].reason_code is RefusalReason.MIXED_GEOMETRY
 
 
+_NEAR_TOLERANCE = st.sampled_from([0.0, 1e-4, -1e-4, 1.00001e-4, -1.00001e-4, 1.1e-4, 9e-5,
+                                    2e-4, 1e-12, -5e-5, 3e-3])
+
+
+@settings(max_examples=60, deadline=None)
+@given(shifts=st.lists(st.lists(_NEAR_TOLERANCE, min_size=6, max_size=6), min_size=2,
+                       max_size=4),
+       oblique=st.booleans())
+def test_orientations_that_differ_in_their_last_digits_are_judged_as_numpy_judges_them(
+    shifts: list[list[float]], oblique: bool
+) -> None:
+    """Instances whose ImageOrientationPatient differs from the first instance's by about
+    the tolerance (1e-4) are one stack exactly when ``np.allclose(first, other,
+    atol=1e-4)`` says so for both cosines, else the series is refused as mixed geometry."""
+    base = OBLIQUE if oblique else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    series = synthetic_series(n_slices=len(shifts), rows=4, cols=4, orientation=base)
+    shifts[0] = [0.0] * 6  # the first instance's plane must stay orthonormal
+    cosines = []
+    for ds, shift in zip(series, shifts, strict=True):
+        ds.ImageOrientationPatient = [f"{v + d:.12g}" for v, d in zip(base, shift, strict=True)]
+        cosines.append(np.array([float(v) for v in ds.ImageOrientationPatient]))
+    first = cosines[0]
+    together = all(
+        np.array_equal(first, other)
+        or (np.allclose(first[:3], other[:3], atol=1e-4)
+            and np.allclose(first[3:], other[3:], atol=1e-4))
+        for other in cosines[1:]
+    )
+    volumes, refusals = series_to_nifti(series)
+    mixed = [r for r in refusals if r.reason_code is RefusalReason.MIXED_GEOMETRY
+             and r.message.startswith("frames differ in orientation")]
+    assert bool(mixed) is not together
+    if together and not refusals:
+        assert len(volumes) == 1
+
+
 def test_instances_without_pixels_or_geometry() -> None:
     series = synthetic_series(n_slices=4, rows=8, cols=8)
     del series[2].PixelData
