@@ -7,14 +7,15 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
-from typing import Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 import lake
 from lake import LakeError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = [
     "COMMANDS",
@@ -25,10 +26,12 @@ __all__ = [
     "EXIT_QUARANTINED",
     "EXIT_USAGE",
     "OPTIONS",
+    "LakeConsole",
     "LakeOption",
     "VaultOption",
     "audit_command",
     "cli_message",
+    "console",
     "err",
     "open_lake",
     "out",
@@ -49,11 +52,55 @@ EXIT_CODES_HELP = (
     "70 internal error."
 )
 
-#: Emoji codes are not replaced: the lake prints data (query results, paths, descriptions)
-#: that may hold ``:name:`` text, which must print as it is; and rich's emoji table is then not
-#: imported (~2 ms of every command that prints, issue 14.2).
-out = Console(emoji=False)
-err = Console(stderr=True, emoji=False)
+
+
+def console(*, stderr: bool = False, file: IO[str] | None = None, width: int | None = None
+            ) -> Console:
+    """A rich console that prints every value as it is: the lake prints data (query results,
+    descriptions, profile names, quarantine reasons, AE titles, file names) that may hold
+    ``[b]x[/b]`` or ``:smile:``, text rich would otherwise take for a style or an emoji.
+
+    Neither markup nor emoji codes are interpreted, in strings printed, table cells, column
+    names and titles alike; the few messages styled on purpose pass ``markup=True`` to
+    ``print`` and :func:`rich.markup.escape` the values they hold (:func:`reported`). Not
+    replacing emoji codes also keeps rich's emoji table unimported (~2 ms, issue 14.2).
+    """
+    from rich.console import Console
+
+    return Console(stderr=stderr, file=file, width=width, markup=False, emoji=False)
+
+
+class LakeConsole:
+    """stdout's or stderr's :func:`console`, built when a command first prints: ``lake
+    --help`` and a command that prints nothing import no rich console (~14 ms of CPU)."""
+
+    __slots__ = ("_console", "_stderr")
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        """The console itself (for a progress display, which needs one)."""
+        if self._console is None:
+            self._console = console(stderr=self._stderr)
+        return self._console
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether it prints to a terminal."""
+        return self.console.is_terminal
+
+    def print(self, *objects: object, markup: bool = False, highlight: bool | None = None,
+              soft_wrap: bool | None = None) -> None:
+        """Print ``objects`` as :meth:`rich.console.Console.print` does; strings as they are
+        unless ``markup`` (then escape any value they hold)."""
+        self.console.print(*objects, markup=markup, highlight=highlight, soft_wrap=soft_wrap)
+
+
+out = LakeConsole()
+err = LakeConsole(stderr=True)
 
 LakeOption = Annotated[
     str | None,
@@ -186,6 +233,8 @@ def reported() -> Iterator[None]:
     try:
         yield
     except LakeError as exc:
+        from rich.markup import escape
+
         err.print(f"[bold red]error:[/] {escape(cli_message(exc))}", highlight=False,
                   markup=True, soft_wrap=True)
         raise typer.Exit(EXIT_ERROR) from None

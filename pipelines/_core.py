@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 
 import lake
 from lake.compute import SCHEDULERS
@@ -20,6 +19,7 @@ from pipelines._common import (
     EXIT_QUARANTINED,
     LakeOption,
     VaultOption,
+    console,
     err,
     open_lake,
     out,
@@ -62,7 +62,7 @@ def _progress(*, quiet: bool = False) -> Progress:
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=err,
+        console=err.console,
         transient=False,
         disable=quiet,
         # No refresh thread: the driver refreshes the bar from its progress callback
@@ -118,7 +118,7 @@ def _summary(summary: IngestSummary) -> Table:
     for kind, count in sorted(summary.sources.skipped.items()):
         rows.append((f"  skipped: {_SKIPPED.get(kind, kind)}", f"{count:,}"))
     for key, value in rows:
-        table.add_row(escape(key), value)  # a quarantine reason as it is, not as markup
+        table.add_row(key, value)  # a quarantine reason as it is (consoles: no markup)
     return table
 
 
@@ -380,14 +380,12 @@ def _emit(relation: duckdb.DuckDBPyRelation, fmt: Format, output: Path | None) -
 
     table = Table(show_lines=False)
     for name in names:
-        table.add_column(escape(name), overflow="fold")
+        table.add_column(name, overflow="fold")
     for values in rows:
         table.add_row(*("" if v is None else _cell(v) for v in values))
     if output is not None:
         with output.open("w") as fh:
-            from rich.console import Console
-
-            Console(file=fh, width=200, emoji=False).print(table)
+            console(file=fh, width=200).print(table)
     else:
         out.print(table)
 
@@ -407,11 +405,10 @@ def _arrow_bytes(arrow: object, fmt: Format) -> bytes:
 
 
 def _cell(value: object) -> str:
-    """A value as the table prints it: its text, with rich's markup escaped (``[b]x[/b]`` is
-    data, not a style)."""
+    """A value as the table prints it: its text (the consoles print ``[b]x[/b]`` as it is)."""
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
-    return escape(str(value))
+    return str(value)
 
 
 def _map_object(value: object) -> object:
@@ -474,7 +471,7 @@ def info(lake_root: LakeOption = None) -> None:
         facts = lk.info()
         from rich.table import Table
 
-        table = Table(title=escape(f"lake {lk.root}"), show_header=False)
+        table = Table(title=f"lake {lk.root}", show_header=False)
         for key, value in [
             ("catalog version", str(facts.version)),
             ("patients", f"{facts.patients:,}"),

@@ -103,7 +103,8 @@ def demo(
             f"{summary.files_seen} files: {summary.ingested} ingested, {summary.duplicates} "
             f"duplicates, {summary.quarantined} quarantined ({summary.elapsed:.1f} s)"
         )
-        out.print("\n[bold]cohort query[/]\n" + DEMO_QUERY + "\n", highlight=False)
+        out.print("\n[bold]cohort query[/]", highlight=False, markup=True)
+        out.print(DEMO_QUERY + "\n", highlight=False)
         _core._emit(lk.sql(DEMO_QUERY), _core.Format.table, None)
         out.print(f'\nTry: lake sql --lake {lake_root} "SELECT * FROM series LIMIT 5"')
         from pipelines.portal import demo_portal

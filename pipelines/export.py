@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 
 import lake
 from lake.compute import SCHEDULERS
@@ -148,8 +147,8 @@ def cohort_list(
     for s in summaries:
         table.add_row(
             s.name, str(s.catalog_version), f"{s.series_count:,}", f"{s.instance_count:,}",
-            f"{s.pixel_bytes / 1e6:,.1f}", escape(", ".join(s.profiles)),
-            s.created_at.strftime("%Y-%m-%d %H:%M"), escape(s.description),
+            f"{s.pixel_bytes / 1e6:,.1f}", ", ".join(s.profiles),
+            s.created_at.strftime("%Y-%m-%d %H:%M"), s.description,
         )
     out.print(table)
 
@@ -181,7 +180,7 @@ def cohort_show(
         ("profiles", ", ".join(cohort.profiles)),
         ("saved by", f"imaging-lake {cohort.lake_version}"),
     ):
-        table.add_row(key, escape(value))  # a description or query is printed as it is
+        table.add_row(key, value)  # a description or query as it is (consoles: no markup)
     out.print(table)
     if members:
         counts = Counter(m.series_uid for m in cohort.members)
@@ -233,7 +232,7 @@ def _progress(kind: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
         TaskProgressColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=err,
+        console=err.console,
     )
     tasks: list[TaskID] = []
 
@@ -277,7 +276,7 @@ def _report(result: ExportResult) -> None:
         rows.append((f"  skipped: {reason}", f"{count:,}"))
     rows.append(("manifest", "manifest.json"))
     for key, value in rows:
-        table.add_row(escape(key), escape(value))  # a folder or reason as it is, not as markup
+        table.add_row(key, value)  # a folder or reason as it is (consoles: no markup)
     err.print(table)
     if reasons:
         raise typer.Exit(EXIT_PROBLEMS)

@@ -304,7 +304,7 @@ def pull_command(
             return
         progress = Progress(
             TextColumn("study {task.fields[n]}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=err, transient=False,
+            TimeElapsedColumn(), console=err.console, transient=False,
         )
         tasks: dict[int, TaskID] = {}
 

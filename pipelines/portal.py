@@ -250,7 +250,7 @@ def demo_portal(lk: lake.Lake, vault: str, lake_root: str, scheduler: str) -> No
     from lake._demo import DEMO_ACCOUNTS, DEMO_TEACHING_SET, portal_demo
 
     passwords = portal_demo(lk, lk.secret(vault), scheduler=scheduler)
-    out.print("\n[bold]the portal[/]", highlight=False)
+    out.print("\n[bold]the portal[/]", highlight=False, markup=True)
     out.print(f"teaching set {DEMO_TEACHING_SET!r} and one account per role are ready. Start:",
               highlight=False)
     out.print(f"  lake serve web --lake {lake_root} --vault {vault}", highlight=False, soft_wrap=True)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from lake._errors import InputRefusedError, LakeError
 from lake.vault import Secret
@@ -25,6 +24,7 @@ from pipelines._common import out, reported
 if TYPE_CHECKING:  # pydicom and the engine wait for the command (issue 14.1)
     from pydicom.dataelem import DataElement
     from pydicom.dataset import Dataset
+    from rich.table import Table
 
     from lake.deid import DeidResult, Profile
 
@@ -42,6 +42,8 @@ _MASK = "•••"
 @profiles_app.command("list")
 def list_command() -> None:
     """List the built-in profiles with their version, options and digest."""
+    from rich.table import Table
+
     from lake.deid import list_profiles, load_profile
 
     with reported():
@@ -54,10 +56,13 @@ def list_command() -> None:
 
 
 def _header(p: Profile) -> str:
+    """The profile's header line, as markup: its name bold, every value escaped."""
+    from rich.markup import escape
+
     low, high = p.date_shift
     options = ", ".join(o.value for o in p.options) or "none"
-    return (
-        f"[bold]{p.name}[/] {p.version}  (PS3.15 {p.edition}, sha256 {p.sha256[:16]})\n"
+    return "[bold]" + escape(p.name) + "[/]" + escape(
+        f" {p.version}  (PS3.15 {p.edition}, sha256 {p.sha256[:16]})\n"
         f"options: {options}\n"
         f"date shift (retain-modified-dates): {low}..{high} days into the past, "
         "keyed per patient"
@@ -76,6 +81,8 @@ def show_command(
     ] = False,
 ) -> None:
     """Show every attribute and its action, from the compiled plan."""
+    from rich.table import Table
+
     from lake.deid import Deidentifier, load_profile
 
     with reported():
@@ -89,7 +96,7 @@ def show_command(
                                    "options": [o.value for o in p.options], "rules": rows},
                                   indent=1))
             return
-        out.print(_header(p), highlight=False)
+        out.print(_header(p), highlight=False, markup=True)
         table = Table("field", "attribute", "action", "effect", "layer")
         for r in rows:
             table.add_row(r["field"], r["name"], r["action"], r["effect"], r["layer"])
@@ -112,6 +119,8 @@ def diff_command(
     ] = False,
 ) -> None:
     """Show the attributes whose action differs between two profiles."""
+    from rich.table import Table
+
     from lake.deid import load_profile
 
     with reported():
@@ -265,6 +274,8 @@ def _dry_run(original: Dataset, p: Profile, show_values: bool) -> tuple[DeidResu
 
 
 def _table(original: Dataset, result_ds: Dataset, show_values: bool) -> Table:
+    from rich.table import Table
+
     table = Table("element", "VR", "before", "after", "outcome")
     for depth, b, a in _pairs(original, result_ds, ""):
         ref = b if b is not None else a

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from pipelines._common import (
     EXIT_QUARANTINED,
@@ -167,6 +166,8 @@ def quarantine_list(
         ]
         sys.stdout.write(json.dumps(rows) + "\n")
         return
+    from rich.table import Table
+
     table = Table(title=f"{len(entries)} quarantined file(s)")
     for column in ("id", "reason", "size", "when", "batch", "sealed"):
         table.add_column(column, overflow="fold")
@@ -209,7 +210,6 @@ def quarantine_show(
         out.print(
             f"{'  ' * line.depth}{line.tag} {line.keyword or '?'} {line.vr} {line.value}",
             highlight=False,
-            markup=False,
             soft_wrap=True,
         )
 
