@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -27,6 +29,10 @@ if TYPE_CHECKING:  # imported when first used: `import lake` stays light (issue 
 __all__ = ["Lake", "LakeInfo", "VerifyReport", "init", "open_lake"]
 
 _ENV_ROOT = "LAKE_ROOT"
+
+KEPT_CATALOGS = 4
+"""How many catalogs (one per ``as_of`` version, the current one included) an open lake keeps
+for its queries; the least recently used beyond them is closed."""
 
 
 def _root_from(root: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
@@ -101,7 +107,8 @@ class Lake:
         self.location = location
         self.config = config
         self.blobs = BlobStore(location)
-        self._catalogs: dict[int | None, Catalog] = {}
+        self._catalogs: OrderedDict[int | None, Catalog] = OrderedDict()
+        self._catalogs_lock = threading.Lock()
 
     @cached_property
     def tables(self) -> DeltaTables:
@@ -119,18 +126,39 @@ class Lake:
         return Vault.from_option(vault).load(self.config.lake_id, self.config.key_fingerprint)
 
     def catalog(self, as_of: int | None = None) -> Catalog:
-        """A DuckDB catalog over the current (or ``as_of``) version; reused per version."""
+        """A DuckDB catalog over the current (or ``as_of``) version; reused per version.
+
+        The :data:`KEPT_CATALOGS` most recently used are kept; the one used least recently
+        beyond them is closed (its relations can no longer be fetched), so a long-lived lake
+        asked for many versions (a server, a notebook) holds a bounded number.
+        """
         from lake.catalog import Catalog
 
-        if as_of not in self._catalogs:
-            self._catalogs[as_of] = Catalog(self.tables, as_of)
-        return self._catalogs[as_of]
+        with self._catalogs_lock:
+            catalog = self._catalogs.get(as_of)
+            if catalog is not None:
+                self._catalogs.move_to_end(as_of)
+                return catalog
+        made = Catalog(self.tables, as_of)  # (not under the lock: tens of milliseconds)
+        evicted: list[Catalog] = []
+        with self._catalogs_lock:
+            catalog = self._catalogs.setdefault(as_of, made)
+            self._catalogs.move_to_end(as_of)
+            while len(self._catalogs) > KEPT_CATALOGS:
+                evicted.append(self._catalogs.popitem(last=False)[1])
+        if catalog is not made:
+            evicted.append(made)  # another thread made this version's meanwhile
+        for old in evicted:
+            old.close()
+        return catalog
 
     def refresh(self) -> None:
         """Forget open catalogs so the next query sees the newest version."""
-        for catalog in self._catalogs.values():
+        with self._catalogs_lock:
+            catalogs = list(self._catalogs.values())
+            self._catalogs.clear()
+        for catalog in catalogs:
             catalog.close()
-        self._catalogs.clear()
 
     def sql(self, query: str, as_of: int | None = None) -> duckdb.DuckDBPyRelation:
         """Run SQL over ``instances``, ``series``, ``studies``, ``patients``, ``batches``,
