@@ -364,6 +364,25 @@ class Lake:
         return report
 
 
+#: Characters of a local path that deltalake cannot hold: it reads the path as a URL, so '%'
+#: starts an escape, '\\' separates folders, and '[', ']', '^', '|' make it panic.
+_NOT_IN_DELTA_PATHS = "%[]^|\\"
+
+
+def _usable(location: Location) -> Location:
+    """``location``, unless deltalake cannot hold a table below it (ConfigError)."""
+    if location.is_local:
+        held = sorted({c for c in location.path if c in _NOT_IN_DELTA_PATHS})
+        if held:
+            shown = " ".join(repr(c) for c in held)
+            raise ConfigError(
+                f"root {location.path!r} holds {shown}, which deltalake cannot hold in a "
+                "table's path, so the catalog cannot live there; choose a folder without "
+                f"any of {' '.join(repr(c) for c in _NOT_IN_DELTA_PATHS)}"
+            )
+    return location
+
+
 def init(
     root: str | os.PathLike[str] | None = None,
     *,
@@ -385,12 +404,7 @@ def init(
     -------
     Lake
     """
-    location = resolve(_root_from(root), storage_options)
-    if location.is_local and "%" in location.path:
-        raise ConfigError(
-            f"root {location.path!r} holds '%', which deltalake reads as an escape, so the "
-            "catalog's tables cannot live there; choose a folder without '%'"
-        )
+    location = _usable(resolve(_root_from(root), storage_options))
     the_vault = Vault.from_option(vault)
     if (
         location.is_local
@@ -426,5 +440,5 @@ def open_lake(
     LakeNotFoundError
         If no lake is there.
     """
-    location = resolve(_root_from(root), storage_options)
+    location = _usable(resolve(_root_from(root), storage_options))
     return Lake(location, LakeConfig.read(location))

@@ -341,15 +341,17 @@ def main() -> None:
     except SystemExit as ended:  # click ends every run with sys.exit(code)
         _exit_now(ended)
         raise
-    except Exception as exc:
-        if os.environ.get("LAKE_DEBUG"):
+    except BaseException as exc:
+        # Every Exception, and a native library's panic (pyo3's PanicException is none);
+        # KeyboardInterrupt and the like go on as they are.
+        native_panic = type(exc).__module__ == "pyo3_runtime"
+        if not (isinstance(exc, Exception) or native_panic) or os.environ.get("LAKE_DEBUG"):
             raise
         err.print(
             f"internal error ({type(exc).__name__}); please report it. "
             "Set LAKE_DEBUG=1 to see the traceback."
         )
         sys.exit(EXIT_INTERNAL)
-
 
 if __name__ == "__main__":
     main()
