@@ -114,14 +114,14 @@ def pydicom_reader(data: bytes, pixels: bytes | None = None,
 
 
 def run_lake_pydicom(lk: lake.Lake, out: Path, compress: bool) -> None:
-    import lake.nifti._part10 as part10
+    import lake.nifti
 
-    fast = part10.read_part10
-    part10.read_part10 = pydicom_reader  # type: ignore[assignment]  # what the export imports
+    fast = lake.nifti.read_part10
+    lake.nifti.read_part10 = pydicom_reader  # type: ignore[assignment]  # what the export reads
     try:
         run_lake(lk, out, compress)
     finally:
-        part10.read_part10 = fast
+        lake.nifti.read_part10 = fast
 
 
 def run_cli(root: Path, vault: Path, out: Path, compress: bool) -> None:

@@ -222,3 +222,22 @@ def test_plan_rows_are_the_catalog_rows(nifti_lake: lake.Lake) -> None:
     plans = nifti_layout(refs)
     planned = {sop: acq for p in plans for sop, acq in p.meta["acquisitions"].items()}
     assert planned == {sop: acquisition_from_row(rows[sop]) for sop in rows}
+
+
+def test_the_export_reads_instances_through_the_public_reader(
+    nifti_lake: lake.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export looks up ``lake.nifti.read_part10`` for each series, so a caller (the
+    benchmark's pydicom column) that replaces the public name changes what the export reads."""
+    import lake.nifti
+
+    fast = lake.nifti.read_part10
+    read: list[int] = []
+
+    def counting(*args: object, **kwargs: object) -> object:
+        read.append(1)
+        return fast(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lake.nifti, "read_part10", counting)
+    result = export_nifti(nifti_lake, "all", tmp_path / "out", scheduler="sync")
+    assert result.files and len(read) >= 2

@@ -130,10 +130,7 @@ def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
 
 def _write_series(task: SeriesTask, ctx: WriterContext,
                   pool: ThreadPoolExecutor | None, workers: int) -> TaskResult:
-    # (from their modules: lake.nifti's lazy attributes import on each lookup)
-    from lake.nifti._convert import series_to_nifti
-    from lake.nifti._part10 import ValueCache, read_part10
-    from lake.nifti._write import write_volume
+    from lake.nifti import ValueCache, read_part10, series_to_nifti, write_volume
 
     result = TaskResult(task.key)
     blobs = BlobStore(ctx.location)

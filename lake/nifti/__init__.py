@@ -97,7 +97,9 @@ def __getattr__(name: str) -> Any:
     if home is None:
         raise AttributeError(f"module 'lake.nifti' has no attribute {name!r}")
     attribute = "validate_all" if name == "validate_acquisition" else name
-    return getattr(importlib.import_module(f"lake.nifti.{home}"), attribute)
+    value = getattr(importlib.import_module(f"lake.nifti.{home}"), attribute)
+    globals()[name] = value  # later lookups are plain attributes, as after an import
+    return value
 
 
 def __dir__() -> list[str]:
