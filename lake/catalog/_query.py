@@ -13,11 +13,28 @@ import duckdb
 from lake._errors import QueryError
 from lake.catalog._duckdb import without_progress_bar
 from lake.catalog._lazy_bloom import LazyBlooms
-from lake.catalog._scan import FileGroups, Scan, _file_list, scan_summaries, scan_table
+from lake.catalog._scan import (
+    FileGroups,
+    Footers,
+    Scan,
+    _file_list,
+    empty_table,
+    scan_summaries,
+    scan_table,
+)
 from lake.catalog._schema import INSTANCES, TABLES
-from lake.catalog._summary import SERIES_PARTS, STUDY_PARTS, parts_sql, studies_from_series_sql
+from lake.catalog._summary import (
+    SERIES_PARTS,
+    STUDY_PARTS,
+    data_files,
+    parts_sql,
+    studies_from_series_sql,
+)
 
 if TYPE_CHECKING:
+    from deltalake import DeltaTable
+
+    from lake.catalog._schema import Table
     from lake.catalog._tables import DeltaTables
 
 __all__ = [
@@ -118,15 +135,21 @@ def lock_down(
     """
     for name, data in sources.items():
         con.register(name, data)
-    for statement in setup:
-        con.execute(statement)
+    # One execute of many statements: DuckDB runs them in order, as one call each would,
+    # for one round trip through its Python layer.
+    statements = [*setup]
     if readable:
-        con.execute("SET allowed_paths = " + _file_list(readable))
+        statements.append("SET allowed_paths = " + _file_list(readable))
     # GLOBAL: the cursors of Catalog.sql (pinned UIDs) keep the cache of footers too.
-    con.execute("SET GLOBAL parquet_metadata_cache = true")
+    statements.append("SET GLOBAL parquet_metadata_cache = true")
+    _run(con, statements)
     without_progress_bar(con)
-    for statement in _LOCKDOWN:
-        con.execute(statement)
+    _run(con, _LOCKDOWN)
+
+
+def _run(con: duckdb.DuckDBPyConnection, statements: Sequence[str]) -> None:
+    """Run trusted ``statements`` (none ending in a comment) in one execute."""
+    con.execute(";\n".join(statements)).fetchall()
 
 
 def refuse_writes(con: duckdb.DuckDBPyConnection, query: str) -> None:
@@ -331,6 +354,7 @@ class Catalog:
         con = duckdb.connect()
         try:
             scan = Scan()
+            opened: list[tuple[Table, DeltaTable | None]] = []
             for table in (t for t in TABLES if t.queryable):
                 delta = None
                 if table.name == INSTANCES.name:
@@ -343,6 +367,15 @@ class Catalog:
                         delta = tables.open(table.name, version)
                 if delta is not None:
                     self.versions[table.name] = int(delta.version())
+                opened.append((table, delta))
+            # Every table's empty shape, then what DuckDB says of them and of the data files,
+            # each in one round trip for all tables (not one per table).
+            _run(con, [empty_table(table) for table, _ in opened])
+            if tables.location.is_local:
+                scan.footers = Footers.read(con, {
+                    f"{table.name}_empty": data_files(tables, delta)
+                    for table, delta in opened if delta is not None})
+            for table, delta in opened:
                 raw = scan_table(con, scan, tables, table, delta)
                 scan.statements.append(
                     f"CREATE OR REPLACE TEMP VIEW {table.name} AS SELECT "
@@ -350,7 +383,8 @@ class Catalog:
                 )
                 if table.name == INSTANCES.name and delta is not None:
                     scan_summaries(con, scan, tables, delta)
-            lock_down(con, scan.sources, [*scan.statements, *_view_statements()], scan.readable)
+            lock_down(con, scan.sources, [*scan.statements, *_view_statements()],
+                      scan.readable)
         except BaseException:
             con.close()
             raise

@@ -18,7 +18,7 @@ which is downloaded at run time and not available offline.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
     from lake.catalog._tables import DeltaTables
 
-__all__ = ["FileGroups", "Scan", "duckdb_type", "scan_summaries", "scan_table"]
+__all__ = ["FileGroups", "Footers", "Scan", "duckdb_type", "empty_table", "scan_summaries",
+           "scan_table"]
 
 
 def duckdb_type(type_: pa.DataType) -> str:
@@ -83,6 +84,16 @@ def _columns_ddl(table: Table) -> str:
     return ", ".join(f'"{c.name}" {c.duckdb_type}' for c in table.columns)
 
 
+def empty_table(table: Table) -> str:
+    """The statement that makes ``<table>_empty``, the empty table of ``table``'s declared
+    columns and DuckDB types that every reading of ``table`` is shaped after.
+
+    Typed in SQL rather than registered from Arrow: registering Arrow data makes DuckDB's
+    Python layer import pandas (0.3 s on every command).
+    """
+    return f"CREATE OR REPLACE TEMP TABLE {table.name}_empty ({_columns_ddl(table)})"
+
+
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -108,40 +119,96 @@ class Scan:
     readable: list[str] = field(default_factory=list)
     grouped: dict[str, FileGroups] = field(default_factory=dict)
     """Per table read from local files under projections alone (no union by name)."""
+    footers: Footers | None = None
+    """What DuckDB said of the empty tables and data files, asked for them all at once."""
 
 
-def _groups(con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> list[list[str]]:
-    """``files`` grouped by Parquet schema (one footer read per file, then cached)."""
+@dataclass
+class Footers:
+    """What the set-up asks DuckDB of the empty tables (their declared columns) and of the data
+    files (their Parquet schemas, and the column types DuckDB reads from one file of each
+    schema), asked for every table in one query each rather than per table: each query costs
+    ~0.5-1 ms of CPU however little it reads. Empty for what was not asked: the per-table
+    queries then answer, as they always did."""
+
+    declared: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    stored: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, con: duckdb.DuckDBPyConnection,
+             files: Mapping[str, Sequence[str]]) -> Footers:
+        """The footers of ``files`` (per existing empty table: the data files read in its
+        shape), in three queries whatever the number of tables."""
+        footers = cls()
+        files = {empty: list(names) for empty, names in files.items() if names}
+        if not files:
+            return footers
+        marks = ", ".join("?" for _ in files)
+        for table, name, type_ in con.execute(
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() "
+            f"WHERE table_name IN ({marks}) ORDER BY table_name, column_index",
+            list(files),
+        ).fetchall():
+            footers.declared.setdefault(str(table), []).append((str(name), str(type_)))
+        footers.fingerprints = _fingerprints(con, [f for names in files.values() for f in names])
+        firsts = list(dict.fromkeys(
+            group[0] for names in files.values() for group in _groups(con, names, footers)))
+        rows = con.execute(" UNION ALL ".join(
+            f"SELECT {i} AS file, column_name, column_type FROM "
+            f"(DESCRIBE SELECT * FROM {_read_parquet([first])})"
+            for i, first in enumerate(firsts))).fetchall()
+        for i, name, type_ in rows:
+            footers.stored.setdefault(firsts[int(i)], {})[str(name)] = str(type_)
+        return footers
+
+
+def _fingerprints(con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> dict[str, str]:
+    """The Parquet schema of each of ``files``, as text (one footer read per file, then
+    cached by DuckDB)."""
     # column_id: the schema element's position in its file (a parallel scan of several
     # files has no row order of its own).
-    rows = con.sql(
+    return {str(name): str(fingerprint) for name, fingerprint in con.sql(
         "SELECT file_name, string_agg(concat_ws(':', name, type, logical_type, "
         "num_children), ',' ORDER BY column_id) "
         f"FROM parquet_schema({_file_list(files)}) GROUP BY file_name"
-    ).fetchall()
-    order = {f: i for i, f in enumerate(files)}
+    ).fetchall()}
+
+
+def _groups(con: duckdb.DuckDBPyConnection, files: Sequence[str],
+            footers: Footers | None = None) -> list[list[str]]:
+    """``files`` grouped by Parquet schema (one footer read per file, then cached; none when
+    ``footers`` holds them all)."""
+    known = footers.fingerprints if footers is not None else {}
+    fingerprints = known if all(f in known for f in files) else _fingerprints(con, files)
     by_schema: dict[str, list[str]] = {}
-    for name, fingerprint in sorted(rows, key=lambda row: order[str(row[0])]):
-        by_schema.setdefault(str(fingerprint), []).append(str(name))
+    for name in dict.fromkeys(files):
+        by_schema.setdefault(fingerprints[name], []).append(name)
     return list(by_schema.values())  # in the order of each group's first file
 
 
-def _declared(con: duckdb.DuckDBPyConnection, empty: str) -> list[tuple[str, str]]:
+def _declared(con: duckdb.DuckDBPyConnection, empty: str,
+              footers: Footers | None = None) -> list[tuple[str, str]]:
     """The (name, DuckDB type) of every column of the table ``empty``, in order."""
+    if footers is not None and empty in footers.declared:
+        return footers.declared[empty]
     return [(str(n), str(t)) for n, t in con.execute(
         "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? "
         "ORDER BY column_index", [empty]).fetchall()]
 
 
 def _projection(con: duckdb.DuckDBPyConnection, declared: Sequence[tuple[str, str]],
-                files: Sequence[str], *, filename: bool) -> str | None:
+                files: Sequence[str], *, filename: bool,
+                footers: Footers | None = None) -> str | None:
     """The select list of the declared columns over ``files`` (one Parquet schema), NULL
     for the columns they lack: the rows ``UNION ALL BY NAME`` with the empty table gives, in
     the same column order and types. None when the files hold a column of another type or
     one not declared (the union then decides the types, as before)."""
-    stored = dict(con.execute(
-        f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM "
-        f"{_read_parquet(files[:1])})").fetchall())
+    stored = footers.stored.get(files[0]) if footers is not None else None
+    if stored is None:
+        stored = dict(con.execute(
+            f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM "
+            f"{_read_parquet(files[:1])})").fetchall())
     types = dict(declared)
     if any(name not in types or types[name] != type_ for name, type_ in stored.items()):
         return None
@@ -179,12 +246,12 @@ class FileGroups:
 
 
 def _file_groups(con: duckdb.DuckDBPyConnection, empty: str, files: Sequence[str],
-                 *, filename: bool = False) -> FileGroups | None:
+                 *, filename: bool = False, footers: Footers | None = None) -> FileGroups | None:
     """``files`` as :class:`FileGroups` of the columns of the existing empty table
     ``empty``; None when a group holds a column of another type, or an undeclared one."""
-    declared = _declared(con, empty)
-    groups = _groups(con, files)
-    lists = [_projection(con, declared, g, filename=filename) for g in groups]
+    declared = _declared(con, empty, footers)
+    groups = _groups(con, files, footers)
+    lists = [_projection(con, declared, g, filename=filename, footers=footers) for g in groups]
     if any(columns is None for columns in lists):
         return None
     return FileGroups(tuple((tuple(g), str(c)) for g, c in zip(groups, lists, strict=True)),
@@ -192,7 +259,7 @@ def _file_groups(con: duckdb.DuckDBPyConnection, empty: str, files: Sequence[str
 
 
 def _union(con: duckdb.DuckDBPyConnection, empty: str, files: Sequence[str],
-           *, filename: bool = False) -> str:
+           *, filename: bool = False, footers: Footers | None = None) -> str:
     """A relation over ``files`` with every column of the existing empty table ``empty``.
 
     Each group of files of one schema is read by one ``read_parquet`` under a projection
@@ -204,13 +271,13 @@ def _union(con: duckdb.DuckDBPyConnection, empty: str, files: Sequence[str],
     """
     if not files:
         return f"SELECT * FROM {empty}"
-    grouped = _file_groups(con, empty, files, filename=filename)
+    grouped = _file_groups(con, empty, files, filename=filename, footers=footers)
     if grouped is not None:
         return grouped.sql()
     return " UNION ALL BY NAME ".join(
         [f"SELECT * FROM {empty}",
          *(f"SELECT * FROM {_read_parquet(g, filename=filename)}"
-           for g in _groups(con, files))])
+           for g in _groups(con, files, footers))])
 
 
 def scan_table(
@@ -223,14 +290,11 @@ def scan_table(
     """Register what reads ``table`` at ``delta`` (None: the table does not exist) and
     return the name of the relation holding its rows.
 
-    ``con`` is the (not yet locked) connection: footers are read through it.
+    ``con`` is the (not yet locked) connection: footers are read through it (or taken from
+    ``scan.footers``), and it holds ``<table>_empty`` already (:func:`empty_table`).
     """
     raw = f"{table.name}_delta"
     empty = f"{table.name}_empty"
-    # Typed in SQL rather than registered from Arrow: registering Arrow data makes DuckDB's
-    # Python layer import pandas (0.3 s on every command).
-    ddl = f"CREATE OR REPLACE TEMP TABLE {empty} ({_columns_ddl(table)})"
-    scan.statements.append(ddl)
     if delta is None:
         scan.statements.append(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT * FROM {empty}")
         return raw
@@ -243,11 +307,11 @@ def scan_table(
         return raw
     files = data_files(tables, delta)
     scan.readable += files
-    con.execute(ddl)  # (again in the set-up: _union reads the declared types from it)
-    grouped = _file_groups(con, empty, files) if files else None
+    grouped = _file_groups(con, empty, files, footers=scan.footers) if files else None
     if grouped is not None:
         scan.grouped[table.name] = grouped
-    body = grouped.sql() if grouped is not None else _union(con, empty, files)
+    body = grouped.sql() if grouped is not None else _union(con, empty, files,
+                                                            footers=scan.footers)
     scan.statements.append(f"CREATE OR REPLACE TEMP VIEW {raw} AS {body}")
     return raw
 
@@ -264,7 +328,8 @@ def scan_summaries(
     if found.missing:
         if tables.location.is_local:
             scan.readable += found.missing
-            body = _union(con, f"{INSTANCES.name}_empty", found.missing, filename=True)
+            body = _union(con, f"{INSTANCES.name}_empty", found.missing, filename=True,
+                          footers=scan.footers)
             missing_rows = "instances_unsummarised"
             scan.statements.append(f"CREATE OR REPLACE TEMP VIEW {missing_rows} AS {body}")
             name_of = "parse_filename(filename)"

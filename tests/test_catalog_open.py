@@ -1,0 +1,120 @@
+"""Opening the catalog asks DuckDB about every table at once, and builds the same catalog.
+
+:class:`lake.catalog._scan.Footers` asks DuckDB for the declared columns of every empty table,
+the Parquet schema of every data file and the column types of one file per schema in one
+query each, where the set-up asked per table (and per schema group); the set-up statements
+run in one execute. The catalog built so must equal the one built by the per-table queries:
+the same relations, views (their SQL and ``DESCRIBE``) and answers, at every version.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import lake
+from lake.catalog import Catalog
+from lake.catalog._scan import Footers, _file_groups, _union
+from lake.catalog._schema import INSTANCES
+from lake.catalog._summary import SUMMARY_DIR
+
+_QUERIES = (
+    "SELECT * FROM instances ORDER BY SOPInstanceUID",
+    "SELECT * FROM series ORDER BY SeriesInstanceUID",
+    "SELECT * FROM studies ORDER BY StudyInstanceUID",
+    "SELECT * FROM patients ORDER BY PatientID",
+    "SELECT * FROM series_parts ORDER BY ALL",
+    "SELECT * FROM batches ORDER BY batch_id",
+    "SELECT * FROM quarantine ORDER BY ALL",
+    "SELECT * FROM cohorts ORDER BY ALL",
+    "SELECT count(*), count(DISTINCT StudyInstanceUID) FROM instances",
+    "SELECT Modality, count(*), sum(pixel_bytes) FROM instances GROUP BY 1 ORDER BY 1",
+)
+
+
+def _catalog_as_seen(catalog: Catalog) -> dict[str, Any]:
+    con = catalog.con
+    names = con.execute("SELECT table_name, table_type FROM information_schema.tables "
+                        "ORDER BY ALL").fetchall()
+    seen: dict[str, Any] = {"names": names, "versions": catalog.versions}
+    seen |= {f"DESCRIBE {n}": con.execute(f'DESCRIBE "{n}"').fetchall() for n, _ in names}
+    seen["views"] = con.execute(
+        "SELECT view_name, sql FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall()
+    seen |= {query: catalog.sql(query).fetchall() for query in _QUERIES}
+    return seen
+
+
+def test_the_catalog_equals_the_one_of_per_table_queries(
+        several: lake.Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    lk = several
+    lk.create_cohort("all", "SELECT SeriesInstanceUID FROM series")
+    versions = [None, *range(lk.version + 1)]
+    batched = {}
+    for version in versions:
+        catalog = Catalog(lk.tables, version)
+        batched[version] = _catalog_as_seen(catalog)
+        catalog.close()
+    assert batched[None]["SELECT * FROM instances ORDER BY SOPInstanceUID"]
+    assert batched[None]["SELECT * FROM cohorts ORDER BY ALL"]
+    assert "instances_unsummarised" not in str(batched[None]["names"])
+    # Without the footers asked at once, every table's set-up asks DuckDB itself, as before.
+    monkeypatch.setattr(Footers, "read", classmethod(lambda cls, con, files: cls()))
+    for version in versions:
+        catalog = Catalog(lk.tables, version)
+        assert catalog.con is not None
+        assert _catalog_as_seen(catalog) == batched[version], version
+        catalog.close()
+
+
+def test_files_without_summaries_read_alike(several: lake.Lake,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows of data files without summaries (aggregated on the fly) take their file
+    groups from the footers asked at once too."""
+    lk = several
+    shutil.rmtree(Path(lk.root) / "tables" / INSTANCES.name / SUMMARY_DIR)
+    catalog = Catalog(lk.tables)
+    batched = _catalog_as_seen(catalog)
+    catalog.close()
+    assert "instances_unsummarised" in str(batched["names"])
+    monkeypatch.setattr(Footers, "read", classmethod(lambda cls, con, files: cls()))
+    catalog = Catalog(lk.tables)
+    assert _catalog_as_seen(catalog) == batched
+    catalog.close()
+
+
+def test_footers_of_several_tables_give_each_its_own_groups(tmp_path: Path) -> None:
+    """Files of several schemas for two tables, a file lacking columns, one with a column of
+    another type: the relations built from the footers asked at once are the per-table ones."""
+    made = {
+        "t": [pa.table({"a": [1, 2], "b": ["x", None]}), pa.table({"a": [3], "b": ["z"]}),
+              pa.table({"a": [4], "b": ["w"], "c": [1.5]})],
+        "u": [pa.table({"a": pa.array([1], pa.int32()), "b": ["x"]}),
+              pa.table({"a": [3], "b": ["z"]})],
+    }
+    files: dict[str, list[str]] = {}
+    for name, tables in made.items():
+        for i, table in enumerate(tables):
+            path = tmp_path / f"{name}{i}.parquet"
+            pq.write_table(table, path)
+            files.setdefault(f"{name}_empty", []).append(str(path))
+    con = duckdb.connect()
+    for name in made:
+        con.execute(f"CREATE TEMP TABLE {name}_empty (a BIGINT, b VARCHAR, c DOUBLE)")
+    footers = Footers.read(con, files)
+    assert set(footers.declared) == set(files)
+    assert set(footers.fingerprints) == {f for names in files.values() for f in names}
+    for empty, names in files.items():
+        for filename in (False, True):
+            assert (_file_groups(con, empty, names, filename=filename, footers=footers)
+                    == _file_groups(con, empty, names, filename=filename))
+            assert (_union(con, empty, names, filename=filename, footers=footers)
+                    == _union(con, empty, names, filename=filename))
+    assert _file_groups(con, "t_empty", files["t_empty"], footers=footers) is not None
+    assert _file_groups(con, "u_empty", files["u_empty"], footers=footers) is None  # union
+    assert Footers.read(con, {"t_empty": []}) == Footers()
