@@ -124,6 +124,11 @@ class CatalogError(LakeError, RuntimeError):
     """The catalog tables cannot be read or written."""
 
 
+class StaleCatalogError(CatalogError):
+    """A kept catalog names data files that another process has since removed (an erasure,
+    a compaction's vacuum): a catalog made now reads what is there."""
+
+
 class QueryError(LakeError, ValueError):
     """A SQL query against the catalog failed."""
 

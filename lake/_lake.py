@@ -16,6 +16,7 @@ from lake._errors import (
     ConfigError,
     IntegrityError,
     LakeNotFoundError,
+    StaleCatalogError,
     VaultError,
 )
 from lake.store import BlobStore, Location, resolve
@@ -128,9 +129,11 @@ class Lake:
     def catalog(self, as_of: int | None = None) -> Catalog:
         """A DuckDB catalog over the current (or ``as_of``) version; reused per version.
 
-        The :data:`KEPT_CATALOGS` most recently used are kept; the one used least recently
-        beyond them is closed (its relations can no longer be fetched), so a long-lived lake
-        asked for many versions (a server, a notebook) holds a bounded number.
+        The current catalog (``as_of=None``: the version first seen, until :meth:`refresh`)
+        and the :data:`KEPT_CATALOGS` versions used most recently are kept; one used less
+        recently is let go, not closed: relations it handed out stay fetchable, and its
+        database is freed with the last of them. So a long-lived lake asked for many
+        versions (a server, a notebook) holds a bounded number.
         """
         from lake.catalog import Catalog
 
@@ -140,17 +143,23 @@ class Lake:
                 self._catalogs.move_to_end(as_of)
                 return catalog
         made = Catalog(self.tables, as_of)  # (not under the lock: tens of milliseconds)
-        evicted: list[Catalog] = []
         with self._catalogs_lock:
             catalog = self._catalogs.setdefault(as_of, made)
             self._catalogs.move_to_end(as_of)
-            while len(self._catalogs) > KEPT_CATALOGS:
-                evicted.append(self._catalogs.popitem(last=False)[1])
+            pinned = [v for v in self._catalogs if v is not None]
+            for version in pinned[: max(0, len(pinned) - KEPT_CATALOGS)]:
+                del self._catalogs[version]
         if catalog is not made:
-            evicted.append(made)  # another thread made this version's meanwhile
-        for old in evicted:
-            old.close()
+            made.close()  # another thread made this version's meanwhile; nobody has this one
         return catalog
+
+    def _let_go(self, as_of: int | None, catalog: Catalog) -> bool:
+        """Stop reusing ``catalog`` for ``as_of``; False when it was not the one kept."""
+        with self._catalogs_lock:
+            if self._catalogs.get(as_of) is not catalog:
+                return False
+            del self._catalogs[as_of]
+            return True
 
     def refresh(self) -> None:
         """Forget open catalogs so the next query sees the newest version."""
@@ -185,7 +194,15 @@ class Lake:
         QueryError
             If the query is malformed or tries to reach outside the catalog.
         """
-        return self.catalog(as_of).sql(query)
+        catalog = self.catalog(as_of)
+        try:
+            return catalog.sql(query)
+        except StaleCatalogError:
+            # Another process erased, compacted or vacuumed the data files this kept catalog
+            # reads: a catalog made now reads what is there (or says the version was erased).
+            if not self._let_go(as_of, catalog):
+                raise
+            return self.catalog(as_of).sql(query)
 
     @property
     def version(self) -> int:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from lake._errors import QueryError
+from lake._errors import QueryError, StaleCatalogError
 from lake.catalog._duckdb import without_progress_bar
 from lake.catalog._lazy_bloom import LazyBlooms
 from lake.catalog._scan import (
@@ -292,6 +292,16 @@ def _pinned(tree: Any, columns: Sequence[str]) -> tuple[str, list[str]] | None:
     return None
 
 
+def _names_removed_data_file(text: str, tables: str) -> bool:
+    """Whether DuckDB's refusal ``text`` is its search for a data file below ``tables`` that
+    is gone: it looks for a missing file as a folder (``<file>/**/*.parquet``), which the
+    lockdown refuses."""
+    start = text.find('"')
+    end = text.find('"', start + 1)
+    named = text[start + 1:end] if 0 <= start < end else ""
+    return named.startswith(tables) and named.endswith(".parquet/**/*.parquet")
+
+
 def query_error(exc: BaseException) -> QueryError:
     """The one-line :class:`QueryError` for an error DuckDB raised on a user's query."""
     text = str(exc).strip()
@@ -429,6 +439,14 @@ class Catalog:
             cursor.execute(f"CREATE TEMP VIEW {INSTANCES.name} AS SELECT "
                            f"{_select_list(INSTANCES.name)} FROM ({files})")
             return cursor.sql(query)
+        except duckdb.PermissionException as exc:
+            if _names_removed_data_file(str(exc), self.tables.uri("")):
+                raise StaleCatalogError(
+                    "the catalog's data files changed under this open lake (an erasure or a "
+                    "vacuum by another process); open the lake again (or call refresh()) and "
+                    "run the query again"
+                ) from None
+            raise query_error(exc) from None
         except duckdb.Error as exc:
             raise query_error(exc) from None
 
