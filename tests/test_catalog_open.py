@@ -118,3 +118,67 @@ def test_footers_of_several_tables_give_each_its_own_groups(tmp_path: Path) -> N
     assert _file_groups(con, "t_empty", files["t_empty"], footers=footers) is not None
     assert _file_groups(con, "u_empty", files["u_empty"], footers=footers) is None  # union
     assert Footers.read(con, {"t_empty": []}) == Footers()
+
+
+def _recording_openings(lk: lake.Lake, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tables ``lk`` opens from now on (a Delta table opened, not brought up to date)."""
+    opened: list[str] = []
+    tables = type(lk.tables)
+    real_opened, real_at = tables._opened, tables.version_at
+
+    def _opened(self: Any, name: str, version: int | None) -> Any:
+        opened.append(name)
+        return real_opened(self, name, version)
+
+    def version_at(self: Any, name: str, when: Any) -> Any:
+        opened.append(name)
+        return real_at(self, name, when)
+
+    monkeypatch.setattr(tables, "_opened", _opened)
+    monkeypatch.setattr(tables, "version_at", version_at)
+    return opened
+
+
+def test_an_export_s_catalog_reads_the_kept_snapshots(
+        several: lake.Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lake opened anew resolves a cohort at the latest version it keeps, then queries that
+    version: the catalog opens no table again (each was opened twice, and ``instances`` once
+    more, before), reads what a fresh open reads, and sees a commit made meanwhile."""
+    lk = lake.open(several.root)
+    opened = _recording_openings(lk, monkeypatch)
+    version, _ = lk.tables.latest(INSTANCES.name)  # what resolve_cohort does first
+    assert opened == [INSTANCES.name]
+    catalog = lk.catalog(version)
+    assert INSTANCES.name not in opened[1:]
+    assert len(opened) == len(set(opened))  # each table opened once, none at a version
+    opened.clear()
+    lk.refresh()
+    again = lk.catalog(version)
+    assert opened == [] and again is not catalog
+    fresh = Catalog(lake.open(several.root).tables, version)
+    assert _catalog_as_seen(again) == _catalog_as_seen(fresh)
+    fresh.close()
+
+    other = lake.open(several.root)  # a commit through another open lake
+    other.create_cohort("later", "SELECT SeriesInstanceUID FROM series")
+    lk.refresh()
+    assert lk.catalog(version).sql("SELECT name FROM cohorts").fetchall() == [("later",)]
+
+
+def test_an_erased_version_is_refused_from_the_kept_snapshots(
+        lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> None:
+    """A version kept before an erasure made through another open lake is refused by the
+    catalog after it, as a table opened at that version is."""
+    from lake.steward import forget, target
+    from tests.series import write_ct_series
+
+    write_ct_series(tmp_path / "gone", 2, patient_id="GONE-2")
+    lk.ingest([str(tmp_path / "gone")], vault=vault_dir, scheduler="sync")
+    version, _ = lk.tables.latest(INSTANCES.name)
+    assert lk.catalog(version).sql("SELECT count(*) FROM instances").fetchall() == [(2,)]
+    other = lake.open(lk.root)
+    secret = other.secret(vault_dir)
+    forget(other, secret, target(other, secret, original_patient_id="GONE-2"))
+    lk.refresh()
+    with pytest.raises(lake.CatalogError, match="was erased"):
+        lk.catalog(version)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -17,6 +18,7 @@ from lake.catalog._scan import (
     FileGroups,
     Footers,
     Scan,
+    TableVersion,
     _file_list,
     empty_table,
     scan_summaries,
@@ -26,14 +28,11 @@ from lake.catalog._schema import INSTANCES, TABLES
 from lake.catalog._summary import (
     SERIES_PARTS,
     STUDY_PARTS,
-    data_files,
     parts_sql,
     studies_from_series_sql,
 )
 
 if TYPE_CHECKING:
-    from deltalake import DeltaTable
-
     from lake.catalog._schema import Table
     from lake.catalog._tables import DeltaTables
 
@@ -311,10 +310,11 @@ def query_error(exc: BaseException) -> QueryError:
     return QueryError(f"query failed: {first}")
 
 
-def _view_statements() -> list[str]:
+@functools.cache  # (a constant of the package: read once, not at every catalog)
+def _view_statements() -> tuple[str, ...]:
     text = resources.files("lake.catalog").joinpath("views.sql").read_text()
     body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
-    return [stmt.strip() for stmt in body.split(";") if stmt.strip()]
+    return tuple(stmt.strip() for stmt in body.split(";") if stmt.strip())
 
 
 def views_over_rows(rows: str = INSTANCES.name) -> list[str]:
@@ -364,35 +364,26 @@ class Catalog:
         con = duckdb.connect()
         try:
             scan = Scan()
-            opened: list[tuple[Table, DeltaTable | None]] = []
+            opened: list[tuple[Table, TableVersion | None]] = []
             for table in (t for t in TABLES if t.queryable):
-                delta = None
-                if table.name == INSTANCES.name:
-                    delta = tables.open(table.name, as_of)
-                elif tables.exists(table.name):
-                    # (A lake made by an older release lacks a newer table: it reads as
-                    # empty; the next 'lake init' or write creates it.)
-                    version = None if when is None else tables.version_at(table.name, when)
-                    if when is None or version is not None:  # else: it did not exist yet
-                        delta = tables.open(table.name, version)
-                if delta is not None:
-                    self.versions[table.name] = int(delta.version())
-                opened.append((table, delta))
+                read = self._version_of(table, as_of, when)
+                if read is not None:
+                    self.versions[table.name] = read.version
+                opened.append((table, read))
             # Every table's empty shape, then what DuckDB says of them and of the data files,
             # each in one round trip for all tables (not one per table).
             _run(con, [empty_table(table) for table, _ in opened])
             if tables.location.is_local:
                 scan.footers = Footers.read(con, {
-                    f"{table.name}_empty": data_files(tables, delta)
-                    for table, delta in opened if delta is not None})
-            for table, delta in opened:
-                raw = scan_table(con, scan, tables, table, delta)
+                    f"{table.name}_empty": read.files for table, read in opened if read})
+            for table, read in opened:
+                raw = scan_table(con, scan, tables, table, read)
                 scan.statements.append(
                     f"CREATE OR REPLACE TEMP VIEW {table.name} AS SELECT "
                     f"{_select_list(table.name)} FROM {raw}"
                 )
-                if table.name == INSTANCES.name and delta is not None:
-                    scan_summaries(con, scan, tables, delta)
+                if table.name == INSTANCES.name and read is not None:
+                    scan_summaries(con, scan, tables, read)
             lock_down(con, scan.sources, [*scan.statements, *_view_statements()],
                       scan.readable)
         except BaseException:
@@ -404,12 +395,44 @@ class Catalog:
             [f for group, _ in self._grouped.groups for f in group] if self._grouped else [])
         self._defined = False  # a user statement created, dropped or altered something
 
-    def _moment(self, as_of: int) -> dt.datetime | None:
-        """Just before the ``instances`` commit after ``as_of`` (now for the latest)."""
+    def _moment(self, as_of: int) -> tuple[dt.datetime, bool]:
+        """Just before the ``instances`` commit after ``as_of`` (now for the latest), and
+        whether it is now."""
         following = self.tables.commit_time(INSTANCES.name, as_of + 1)
         if following is None:
-            return dt.datetime.now(dt.UTC)
-        return following - dt.timedelta(milliseconds=1)
+            return dt.datetime.now(dt.UTC), True
+        return following - dt.timedelta(milliseconds=1), False
+
+    def _version_of(self, table: Table, as_of: int | None,
+                    when: tuple[dt.datetime, bool] | None) -> TableVersion | None:
+        """The version of ``table`` to read and its files (None: it does not exist, or did
+        not yet at ``when``), checked as :meth:`DeltaTables.open` checks a version.
+
+        A local lake's versions at ``as_of`` come from the snapshots its tables keep
+        (:meth:`DeltaTables.data_files`, :meth:`DeltaTables.latest`): an export resolves its
+        cohort at the latest version, which the lake keeps, then queries that version, so
+        no table is opened again. (A remote lake's kept files are not its filesystem paths.)
+        """
+        tables = self.tables
+        kept = tables.location.is_local
+        if table.name == INSTANCES.name:
+            if as_of is not None and kept:
+                return TableVersion(as_of, tables.data_files(table.name, as_of).paths)
+            return TableVersion.of(tables, tables.open(table.name, as_of))
+        if not tables.exists(table.name):
+            # (A lake made by an older release lacks a newer table: it reads as empty; the
+            # next 'lake init' or write creates it.)
+            return None
+        if when is None:
+            return TableVersion.of(tables, tables.open(table.name))
+        moment, now = when
+        if now and kept:  # the latest version of every table, as version_at(now) finds it
+            version = tables.latest(table.name)[0]
+            return TableVersion(version, tables.data_files(table.name, version).paths)
+        then = tables.version_at(table.name, moment)
+        if then is None:
+            return None  # it did not exist yet
+        return TableVersion.of(tables, tables.open(table.name, then))
 
     @property
     def version(self) -> int:

@@ -18,6 +18,7 @@ which is downloaded at run time and not available offline.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -39,8 +40,8 @@ if TYPE_CHECKING:
 
     from lake.catalog._tables import DeltaTables
 
-__all__ = ["FileGroups", "Footers", "Scan", "duckdb_type", "empty_table", "scan_summaries",
-           "scan_table"]
+__all__ = ["FileGroups", "Footers", "Scan", "TableVersion", "duckdb_type", "empty_table",
+           "scan_summaries", "scan_table"]
 
 
 def duckdb_type(type_: pa.DataType) -> str:
@@ -84,6 +85,7 @@ def _columns_ddl(table: Table) -> str:
     return ", ".join(f'"{c.name}" {c.duckdb_type}' for c in table.columns)
 
 
+@functools.cache  # (a constant of the schema: ~0.1 ms of CPU a catalog for `instances`)
 def empty_table(table: Table) -> str:
     """The statement that makes ``<table>_empty``, the empty table of ``table``'s declared
     columns and DuckDB types that every reading of ``table`` is shaped after.
@@ -107,6 +109,20 @@ def _read_parquet(files: Sequence[str], *, filename: bool = False) -> str:
         f"read_parquet({_file_list(files)}, hive_partitioning = false, "
         f"filename = {'true' if filename else 'false'})"
     )
+
+
+@dataclass(frozen=True)
+class TableVersion:
+    """The version of a table a catalog reads, and its data files as paths on the lake's
+    filesystem (:func:`lake.catalog._summary.data_files`)."""
+
+    version: int
+    files: tuple[str, ...]
+
+    @classmethod
+    def of(cls, tables: DeltaTables, delta: DeltaTable) -> TableVersion:
+        """The version ``delta`` is at."""
+        return cls(int(delta.version()), tuple(data_files(tables, delta)))
 
 
 @dataclass
@@ -285,9 +301,9 @@ def scan_table(
     scan: Scan,
     tables: DeltaTables,
     table: Table,
-    delta: DeltaTable | None,
+    read: TableVersion | None,
 ) -> str:
-    """Register what reads ``table`` at ``delta`` (None: the table does not exist) and
+    """Register what reads ``table`` at ``read`` (None: the table does not exist) and
     return the name of the relation holding its rows.
 
     ``con`` is the (not yet locked) connection: footers are read through it (or taken from
@@ -295,17 +311,17 @@ def scan_table(
     """
     raw = f"{table.name}_delta"
     empty = f"{table.name}_empty"
-    if delta is None:
+    if read is None:
         scan.statements.append(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT * FROM {empty}")
         return raw
     if not tables.location.is_local:
-        scan.sources[f"{raw}_arrow"] = tables.dataset(table.name, delta.version())
+        scan.sources[f"{raw}_arrow"] = tables.dataset(table.name, read.version)
         scan.statements.append(
             f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT * FROM {empty} "
             f"UNION ALL BY NAME SELECT * FROM {raw}_arrow"
         )
         return raw
-    files = data_files(tables, delta)
+    files = read.files
     scan.readable += files
     grouped = _file_groups(con, empty, files, footers=scan.footers) if files else None
     if grouped is not None:
@@ -317,13 +333,12 @@ def scan_table(
 
 
 def scan_summaries(
-    con: duckdb.DuckDBPyConnection, scan: Scan, tables: DeltaTables, delta: DeltaTable
+    con: duckdb.DuckDBPyConnection, scan: Scan, tables: DeltaTables, read: TableVersion
 ) -> None:
-    """Register ``series_parts`` and ``study_parts`` for the ``instances`` version ``delta``:
+    """Register ``series_parts`` and ``study_parts`` for the ``instances`` version ``read``:
     the summaries of its data files, and for files without one, an aggregation of their rows.
     """
-    files = data_files(tables, delta)
-    found = summaries_of(tables, files)
+    found = summaries_of(tables, read.files)
     missing_rows = None
     if found.missing:
         if tables.location.is_local:
