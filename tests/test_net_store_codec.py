@@ -320,3 +320,123 @@ def test_the_dul_thread_drains_its_wake_up_socket_only_when_woken(
         assoc.release()
     assert statuses == [0x0000] * 12 and ways == ["lake"] * 12
     assert len(drains) < 6  # the release's wake-ups, not one per request
+
+
+def _storescu_like_request(calling: str = "STORESCU") -> bytes:
+    """An A-ASSOCIATE-RQ as storage SCUs send it: ~120 storage contexts, a role item."""
+    from pynetdicom import StoragePresentationContexts
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import (
+        A_ASSOCIATE,
+        ImplementationClassUIDNotification,
+        ImplementationVersionNameNotification,
+        MaximumLengthNotification,
+        SCP_SCU_RoleSelectionNegotiation,
+    )
+    from pynetdicom.presentation import build_context
+
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = calling
+    primitive.called_ae_title = "LAKE"
+    contexts = []
+    for index, cx in enumerate(StoragePresentationContexts):
+        context = build_context(cx.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        context.context_id = 2 * index + 1
+        contexts.append(context)
+    primitive.presentation_context_definition_list = contexts
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 16384
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = "1.2.276.0.7230010.3.0.3.6.7"
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = "OFFIS_DCMTK_367"
+    role = SCP_SCU_RoleSelectionNegotiation()
+    role.sop_class_uid = CTImageStorage
+    role.scu_role, role.scp_role = True, False
+    primitive.user_information = [length, implementation, version, role]
+    return cast(bytes, A_ASSOCIATE_RQ(primitive).encode())
+
+
+def _facts(primitive: Any) -> tuple[Any, ...]:
+    """Everything an acceptor reads from an A-ASSOCIATE request primitive, as values."""
+    contexts = tuple(
+        (cx.context_id, str(cx.abstract_syntax), tuple(str(t) for t in cx.transfer_syntax),
+         cx.scu_role, cx.scp_role, cx.result)
+        for cx in primitive.presentation_context_definition_list)
+    items = tuple((type(i).__name__, tuple(sorted((k, str(v)) for k, v in vars(i).items())))
+                  for i in primitive.user_information)
+    return (primitive.calling_ae_title, primitive.called_ae_title,
+            str(primitive.application_context_name), primitive.result,
+            primitive.presentation_context_definition_results_list, contexts, items)
+
+
+def test_a_request_seen_before_gives_pynetdicoms_primitive_as_a_copy() -> None:
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+
+    from lake.net._association import AssociationRequests
+
+    data = _storescu_like_request()
+    theirs = A_ASSOCIATE_RQ()
+    theirs.decode(data)
+    expected = _facts(theirs.to_primitive())
+    assert len(expected[5]) > 100
+    requests = AssociationRequests()
+    first = requests.decode(data)
+    assert first.protocol_version == theirs.protocol_version
+    mine = first.to_primitive()
+    assert _facts(mine) == expected
+    # what one association changes in its primitive never reaches the next one
+    mine.presentation_context_definition_list[0].transfer_syntax.append("1.2.840.10008.1.2.2")
+    mine.presentation_context_definition_list[1].scu_role = True
+    mine.user_information.pop()
+    mine.user_information[0].maximum_length_received = 1
+    mine.calling_ae_title = "SOMEONE"
+    mine.presentation_context_definition_list.pop()
+    again = requests.decode(bytearray(data))  # the same bytes, as the DUL reads them
+    assert again is first
+    assert _facts(again.to_primitive()) == expected
+    assert (requests.decoded, requests.reused) == (1, 1)
+    other = requests.decode(_storescu_like_request("OTHER"))  # different bytes: decoded
+    assert other.to_primitive().calling_ae_title == "OTHER"
+    assert (requests.decoded, requests.reused) == (2, 1)
+
+
+def test_requests_kept_are_bounded() -> None:
+    from lake.net._association import AssociationRequests
+
+    requests = AssociationRequests(entries=2, max_bytes=20_000)
+    for name in ("A", "B", "C", "A"):  # A dropped when C came: decoded again
+        requests.decode(_storescu_like_request(name))
+    assert (requests.decoded, requests.reused) == (4, 0)
+    requests.decode(_storescu_like_request("A"))
+    assert requests.reused == 1
+    big = AssociationRequests(max_bytes=100)  # longer requests are never kept
+    for _ in range(2):
+        big.decode(_storescu_like_request())
+    assert (big.decoded, big.reused) == (2, 0)
+    with pytest.raises(Exception):  # noqa: B017 - pynetdicom's own error for a bad PDU
+        requests.decode(b"\x01\x00\x00\x00\x00\x04\x00\x01\x00\x00")
+
+
+def test_associations_with_the_same_request_decode_it_once(
+        served: tuple[DicomServer, list[str]], lk: lake.Lake) -> None:
+    srv, ways = served
+    assert srv._server is not None
+    requests = srv._server.requests
+    ct = dcmread(get_testdata_file("CT_small.dcm"))
+    statuses = []
+    for _ in range(3):
+        ae = AE(ae_title="PROBE")
+        ae.add_requested_context(CTImageStorage, ct.file_meta.TransferSyntaxUID)
+        ae.add_requested_context(MRImageStorage)
+        assoc = ae.associate("127.0.0.1", srv.port, ae_title="LAKE")
+        assert assoc.is_established
+        assert [cx.abstract_syntax for cx in assoc.accepted_contexts] == [CTImageStorage,
+                                                                          MRImageStorage]
+        try:
+            statuses.append(assoc.send_c_store(ct).Status)
+        finally:
+            assoc.release()
+    assert statuses == [0x0000] * 3 and ways == ["lake"] * 3
+    assert (requests.decoded, requests.reused) == (1, 2)

@@ -62,6 +62,7 @@ from lake.net._association import (
     MIN_PDU_LIMIT,
     STANDARD_HANDLERS,
     AcceptorAssociation,
+    AssociationRequests,
     Limits,
     ReceiveBudget,
     primed_socket,
@@ -419,7 +420,8 @@ class _RequestHandler(RequestHandler):
 
     def _association(self, sock: socket.socket, request: bytes) -> Association:
         server = self.server
-        assoc = AcceptorAssociation(self.ae, server.captured, server.limits())
+        assoc = AcceptorAssociation(self.ae, server.captured, server.limits(),
+                                    server.requests)
         assoc._server = server
         assoc.name = f"AcceptorThread@{time.strftime('%Y%m%d%H%M%S')}"
         assoc.set_socket(primed_socket(assoc, sock, request))
@@ -490,6 +492,8 @@ class AssociationServer(ThreadedAssociationServer):
         Slots (``ae.maximum_associations``), waiting connections and their counts.
     captured : Captured
         What pydicom and pynetdicom warned or logged on the server's threads (counts).
+    requests : AssociationRequests
+        The A-ASSOCIATE-RQ PDUs decoded lately: a request seen before is not decoded again.
     """
 
     request_queue_size = 128
@@ -501,6 +505,7 @@ class AssociationServer(ThreadedAssociationServer):
     def __init__(self, ae: Any, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("request_handler", _RequestHandler)
         self.captured = Captured()
+        self.requests = AssociationRequests()
         self.admission = _Admission(ae.maximum_associations, self.max_pending,
                                     self.request_timeout)
         super().__init__(ae, *args, **kwargs)
