@@ -125,6 +125,24 @@ def test_stalled_association_gives_its_slot_back(lk: lake.Lake, vault_dir: Path)
         assert stall.recv(65536) in (b"", *[bytes([0x07])])  # closed (or aborted) by the lake
 
 
+def test_an_admitted_socket_times_out_in_the_kernel_not_by_polling() -> None:
+    """Blocking, with SO_RCVTIMEO/SO_SNDTIMEO: one system call per read or send, and a
+    read that waits past the timeout still fails (an OSError, like Python's timeout)."""
+    here, peer = socket.socketpair()
+    with here, peer:
+        transport.stall_timeout(here, 0.25)
+        assert here.gettimeout() is None  # no poll before each recv/send
+        for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):  # kernel ticks: ~0.25 s
+            seconds, micro = struct.unpack("@ll", here.getsockopt(socket.SOL_SOCKET, option, 16))
+            assert seconds == 0 and 240_000 <= micro <= 260_000
+        peer.sendall(b"abc")
+        assert here.recv(3) == b"abc"
+        with pytest.raises(OSError):  # nothing comes: the kernel ends the wait
+            here.recv(1)
+        transport.stall_timeout(here, None)  # no network timeout: blocking, as pynetdicom's
+        assert here.gettimeout() is None
+
+
 def test_idle_tls_connections_do_not_block_the_handshake_of_others(
     lk: lake.Lake, vault_dir: Path, tmp_path: Path
 ) -> None:

@@ -75,6 +75,7 @@ __all__ = [
     "AssociationServer",
     "nodelay_on_open",
     "set_nodelay",
+    "stall_timeout",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -125,6 +126,31 @@ class _QuickAckSocket(socket.socket):
         with contextlib.suppress(OSError):
             self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
         return super().recv_into(buffer, nbytes, flags)
+
+
+def stall_timeout(sock: socket.socket, seconds: float | None) -> None:
+    """Let a read or send on ``sock`` that waits ``seconds`` fail (None: wait forever).
+
+    A Python socket with a timeout ``poll``s before every ``recv`` and ``send``, even
+    with the data already there: one more system call per read and per write, each
+    giving the GIL away (~5 per received instance). A plain TCP socket is made
+    blocking instead, with the timeout in the kernel (``SO_RCVTIMEO``, ``SO_SNDTIMEO``):
+    the socket's own ``recv_into`` and ``send`` are then one call each, and a peer that
+    stalls still ends the association (the call fails with ``EAGAIN``, an ``OSError``
+    like the timeout it replaces). I/O still goes through the socket object, which
+    refuses it once another thread closed the socket (never a raw descriptor, which
+    the system may have reused by then). A TLS socket keeps Python's timeout: its reads
+    and writes may need the other direction, which the kernel timeout does not bound
+    as a whole.
+    """
+    if seconds is None or isinstance(sock, ssl.SSLSocket) or seconds <= 0:
+        sock.settimeout(seconds)
+        return
+    whole = int(seconds)
+    timeval = struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    sock.settimeout(None)
 
 
 def _quickack(sock: socket.socket) -> socket.socket:
@@ -415,7 +441,7 @@ class _RequestHandler(RequestHandler):
         admission.count("admitted")
         # Admitted: a read or send that stalls this long ends the association (pynetdicom's
         # own reads block forever, so a peer stopping mid-PDU would keep its slot).
-        sock.settimeout(server.ae.network_timeout)
+        stall_timeout(sock, server.ae.network_timeout)
         return sock, request
 
     def _association(self, sock: socket.socket, request: bytes) -> Association:
