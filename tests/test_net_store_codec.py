@@ -419,7 +419,7 @@ def test_requests_kept_are_bounded() -> None:
         requests.decode(b"\x01\x00\x00\x00\x00\x04\x00\x01\x00\x00")
 
 
-def test_associations_with_the_same_request_decode_it_once(
+def test_associations_with_the_same_request_decode_and_answer_it_once(
         served: tuple[DicomServer, list[str]], lk: lake.Lake) -> None:
     srv, ways = served
     assert srv._server is not None
@@ -439,4 +439,80 @@ def test_associations_with_the_same_request_decode_it_once(
         finally:
             assoc.release()
     assert statuses == [0x0000] * 3 and ways == ["lake"] * 3
-    assert (requests.decoded, requests.reused) == (1, 2)
+    assert (requests.decoded, requests.reused) == (2, 4)  # the request and the answer
+
+
+def _accept_primitive(max_length: int = 1 << 20) -> Any:
+    """An accept as pynetdicom's acceptor makes it for a storescu-like request."""
+    from pynetdicom import StoragePresentationContexts
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import (
+        A_ASSOCIATE,
+        ImplementationClassUIDNotification,
+        ImplementationVersionNameNotification,
+        MaximumLengthNotification,
+    )
+    from pynetdicom.presentation import build_context, negotiate_as_acceptor
+
+    request = A_ASSOCIATE_RQ()
+    request.decode(_storescu_like_request())
+    rq = request.to_primitive()
+    ours = [build_context(cx.abstract_syntax, ["1.2.840.10008.1.2.1"])
+            for cx in StoragePresentationContexts[:100]]  # some are rejected
+    results, _ = negotiate_as_acceptor(rq.presentation_context_definition_list, ours, {})
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = rq.calling_ae_title
+    primitive.called_ae_title = rq.called_ae_title
+    primitive.result, primitive.result_source = 0x00, 0x01
+    primitive.presentation_context_definition_results_list = results
+    length = MaximumLengthNotification()
+    length.maximum_length_received = max_length
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = "1.2.826.0.1.3680043.9.3811.3.0.4"
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = "PYNETDICOM_304"
+    primitive.user_information = [length, implementation, version]
+    return primitive
+
+
+def test_an_answer_given_before_is_pynetdicoms_encoding() -> None:
+    from pynetdicom.pdu import A_ASSOCIATE_AC
+
+    from lake.net._association import AssociationRequests, _accept_key
+
+    requests = AssociationRequests()
+    primitive = _accept_primitive()
+    theirs = A_ASSOCIATE_AC(primitive).encode()
+    assert requests.accept(primitive) == theirs
+    assert requests.accept(_accept_primitive()) == theirs  # equal values: kept
+    assert (requests.decoded, requests.reused) == (1, 1)
+    other = _accept_primitive(16384)  # any value differing: encoded anew
+    assert requests.accept(other) == A_ASSOCIATE_AC(other).encode() != theirs
+    rejected = _accept_primitive()
+    results = rejected.presentation_context_definition_results_list
+    assert {cx.result for cx in results} == {0x00, 0x03}  # accepted and rejected ones
+    next(cx for cx in results if cx.result == 0x00).result = 0x03
+    assert requests.accept(rejected) == A_ASSOCIATE_AC(rejected).encode() != theirs
+    assert (requests.decoded, requests.reused) == (3, 1)
+    odd = _accept_primitive()
+    odd.user_information[0]._lake_note = [object()]  # not a plain value  # type: ignore[attr-defined]
+    assert _accept_key(odd) is None  # encoded every time, never kept
+
+
+def test_a_handler_on_sent_pdus_sees_the_answer_made_by_pynetdicom(
+        served: tuple[DicomServer, list[str]]) -> None:
+    from pynetdicom import evt
+    from pynetdicom.pdu import A_ASSOCIATE_AC
+
+    srv, _ = served
+    assert srv._server is not None
+    seen: list[str] = []
+    srv._server.bind(evt.EVT_PDU_SENT, lambda event: seen.append(type(event.pdu).__name__))
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", srv.port, ae_title="LAKE")
+    assert assoc.is_established
+    assoc.release()
+    assert A_ASSOCIATE_AC.__name__ in seen
+    assert srv._server.requests.reused == 0
