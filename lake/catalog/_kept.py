@@ -12,6 +12,10 @@ vacuum since); both are checked at every read, cheaply:
   caller (``DeltaTables.data_files``) still checks the erasures and that every file is
   stored, at each read.
 
+A table removed and made again by hand is noticed only when it comes back at a lower version
+(its kept version's commit file is gone): nothing in the lake removes a table's folder; open the
+lake again after doing so.
+
 Safe to share between threads; pickled without what it keeps.
 """
 
