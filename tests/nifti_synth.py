@@ -9,21 +9,25 @@ arguments.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
+    RLELossless,
     generate_uid,
 )
 
-__all__ = ["AXIAL", "CORONAL", "PHI_SENTINELS", "SAGITTAL", "enhanced_from", "synthetic_series"]
+__all__ = ["AXIAL", "CORONAL", "PHI_SENTINELS", "SAGITTAL", "enhanced_from", "malformed_rle",
+           "synthetic_series"]
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
@@ -367,4 +371,36 @@ def enhanced_from(series: Sequence[Dataset], frame_order: Sequence[int] | None =
         pixel_data.append(source.PixelData)
     ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
     ds.PixelData = b"".join(pixel_data)
+    return ds
+
+
+def malformed_rle(ds: Dataset, kind: str) -> Dataset:
+    """``ds`` (a single-frame instance) RLE-compressed in place with one non-conformant frame.
+
+    ``kind``:
+
+    - ``"overrun"``: each segment ends with a replicate run overrunning the frame. pylibjpeg-rle
+      2.2.0 panics (``pyo3_runtime.PanicException``, a BaseException); pydicom's own decoder
+      decodes it (UserWarning on the padding), to the original pixels.
+    - ``"overrun_miscounted"``: the same, with a segment count one too high: pylibjpeg-rle
+      panics, pydicom's own decoder refuses it (RuntimeError): undecodable.
+    - ``"header_gap"``: the first segment starts at offset 68 (4 bytes after the 64-byte
+      header): pylibjpeg-rle refuses it ("Invalid segment offset"), pydicom's own decodes it.
+    """
+    ds.compress(RLELossless)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    count = struct.unpack("<L", frame[:4])[0]
+    offsets = list(struct.unpack("<15L", frame[4:64]))[:count]
+    segments = [frame[a:b] for a, b in zip(offsets, [*offsets[1:], len(frame)], strict=True)]
+    start = 64
+    if kind in ("overrun", "overrun_miscounted"):
+        segments = [segment + b"\xff\x07" for segment in segments]
+        count += kind == "overrun_miscounted"
+    elif kind == "header_gap":
+        start = 68
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    starts = [start + sum(len(s) for s in segments[:i]) for i in range(len(segments))]
+    header = struct.pack("<L15L", count, *starts, *[0] * (15 - len(starts)))
+    ds.PixelData = encapsulate([header + bytes(start - 64) + b"".join(segments)])
     return ds

@@ -49,6 +49,7 @@ from tests.nifti_synth import (
     PHI_SENTINELS,
     SAGITTAL,
     enhanced_from,
+    malformed_rle,
     synthetic_series,
 )
 
@@ -141,49 +142,68 @@ def test_signed_data_with_bits_stored_below_bits_allocated() -> None:
     np.testing.assert_allclose(data, np.clip(_expected(volume, 0.0), -2048, 2047), atol=1.01)
 
 
-def _with_high_bits(ds: Dataset, bits_stored: int, signed: bool, noise: int) -> None:
-    """``ds`` with BitsStored ``bits_stored`` and every pixel's unused high bits set to
-    ``noise`` (what a scanner may leave there: overlays, garbage)."""
-    stored = np.frombuffer(ds.PixelData, dtype=np.uint16)
-    spare = 16 - bits_stored
-    values = stored & ((1 << bits_stored) - 1)
-    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, int(signed)
-    ds.PixelData = ((values | ((noise << bits_stored) & 0xFFFF)) if spare else values
-                    ).astype("<u2").tobytes()
+def _with_high_bits(ds: Dataset, allocated: int, stored: int, signed: bool, noise: int,
+                    clean: bool = False) -> None:
+    """``ds`` with BitsAllocated ``allocated``, BitsStored ``stored`` and every pixel's unused
+    high bits set to ``noise`` (what a scanner may leave there: overlays, garbage); or, when
+    ``clean``, holding the values themselves (sign-extended when ``signed``)."""
+    values = np.frombuffer(ds.PixelData, dtype="<u2").astype(np.int64) & ((1 << stored) - 1)
+    if clean and signed:
+        top = 1 << (stored - 1)
+        values = np.where(values & top, values - (top << 1), values)
+    elif not clean:
+        values |= (noise << stored) & ((1 << allocated) - 1)
+    kind = "i" if clean and signed else "u"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = allocated, stored, stored - 1
+    ds.PixelRepresentation = int(signed)
+    ds.PixelData = values.astype(f"<{kind}{allocated // 8}").tobytes()
 
 
-@settings(max_examples=30, deadline=None)
+_LAYOUTS = [(16, 16), (16, 12), (16, 10), (16, 8), (8, 8), (8, 7), (8, 6)]
+
+
+@settings(max_examples=40, deadline=None)
 @given(
-    bits=st.lists(st.sampled_from([8, 10, 12, 16]), min_size=1, max_size=5),
-    signed=st.booleans(),
+    layouts=st.lists(st.tuples(st.sampled_from(_LAYOUTS), st.booleans()), min_size=1,
+                     max_size=5),
     noise=st.integers(0, 0xFF),
     volumes=st.sampled_from([1, 2]),
 )
 def test_unused_high_bits_are_cleared_per_instance_however_the_stack_mixes_them(
-    bits: list[int], signed: bool, noise: int, volumes: int
+    layouts: list[tuple[tuple[int, int], bool]], noise: int, volumes: int
 ) -> None:
     """The bits above BitsStored are cleared (unsigned) or sign-extended (signed) for each
-    instance by its own BitsStored, whether every instance of a stack has the same (one
-    operation over the stack) or they differ (slice by slice): the volume is the one made
-    from the same instances with those bits already clean."""
-    slices = len(bits)
+    instance by its own BitsAllocated, BitsStored and PixelRepresentation, whether every
+    instance of a stack has the same (one operation over the stack) or they differ (slice by
+    slice, in an output wider than some sources: uint16 + int16 -> int32): the volume is the
+    one made from the same instances with those bits already clean."""
+    slices = len(layouts)
     series = synthetic_series(n_slices=slices, n_volumes=volumes, rows=6, cols=5,
                               modality="MR", noise=300, rescale=(1.0, 0.0), seed=noise)
     clean = copy.deepcopy(series)
     for index, (dirty, plain) in enumerate(zip(series, clean, strict=True)):
-        stored = bits[index % slices]
-        _with_high_bits(dirty, stored, signed, noise | 1)
-        _with_high_bits(plain, stored, signed, 0)
-        if signed:  # the clean copy holds the sign-extended values themselves
-            values = np.frombuffer(plain.PixelData, dtype="<u2").astype(np.int32)
-            top = 1 << (stored - 1)
-            values = np.where(values & top, values - (top << 1), values)
-            plain.PixelData = values.astype("<i2").tobytes()
+        (allocated, stored), signed = layouts[index % slices]
+        _with_high_bits(dirty, allocated, stored, signed, noise | 1)
+        _with_high_bits(plain, allocated, stored, signed, 0, clean=True)
     got, expected = series_to_nifti(series), series_to_nifti(clean)
     assert [r.reason_code for r in got[1]] == [r.reason_code for r in expected[1]]
     assert len(got[0]) == len(expected[0]) == 1
     assert _data(got[0][0]).dtype == _data(expected[0][0]).dtype
     np.testing.assert_array_equal(_data(got[0][0]), _data(expected[0][0]))
+
+
+def test_a_stack_mixing_pixel_representation_keeps_each_instances_stored_value() -> None:
+    """review-s24 F6: unsigned 12-of-16-bit slices with garbage in bits 12-15 (0xF123: 291)
+    stacked with a signed one (0x0FFF: -1) make an int32 volume of 291, 291, -1 (before: the
+    correction was sized by the int32 output, giving 61731, 61731, 4095)."""
+    series = synthetic_series(n_slices=3, rows=4, cols=4, modality="MR", bits_stored=12,
+                              rescale=(1.0, 0.0))
+    for index, ds in enumerate(series):
+        ds.PixelRepresentation = int(index == 2)
+        ds.PixelData = np.full((4, 4), 0x0FFF if index == 2 else 0xF123, "<u2").tobytes()
+    data = _data(_only(series_to_nifti(series)))
+    assert data.dtype == np.int32
+    assert [np.unique(data[..., z]).tolist() for z in range(3)] == [[291], [291], [-1]]
 
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless])
@@ -224,6 +244,30 @@ def test_jpeg_ls_is_decoded_by_charls_to_what_pydicoms_first_plugin_gives() -> N
         np.testing.assert_array_equal(_data(volume), _data(expected))
 
 
+def test_a_failing_preferred_plugin_falls_back_to_pydicoms_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The JPEG-LS preference is a speed choice only: when CharLS fails on a frame, the
+    converter decodes it as pydicom's plain order does (libjpeg), not refuses it (before:
+    DECODE_FAILED)."""
+    ds = _jpeg_ls_sources(SHARED_DATA)[0]
+    decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
+    expected = _only(series_to_nifti([_decompressed(ds, decoder.as_array(ds)[0])]))
+    as_array = type(decoder).as_array
+    asked: list[object] = []
+
+    def charls_fails(self: Any, src: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs.get("decoding_plugin"))
+        if kwargs.get("decoding_plugin") == "pyjpegls":
+            raise RuntimeError("CharLS could not decode the frame")
+        return as_array(self, src, **kwargs)
+
+    monkeypatch.setattr(type(decoder), "as_array", charls_fails)
+    volume = _only(series_to_nifti([ds]))
+    assert asked == ["pyjpegls", None]
+    np.testing.assert_array_equal(_data(volume), _data(expected))
+
+
 def _rle_sources(shared: Path) -> list[Dataset]:
     """RLE Lossless objects: generated (signed 12-bit, unsigned, several slices), pydicom's
     (8/16/32-bit, RGB, multi-frame), dcm_qa_ts's."""
@@ -240,41 +284,59 @@ def _rle_sources(shared: Path) -> list[Dataset]:
     return series + [ds for ds in found if ds.file_meta.TransferSyntaxUID == RLELossless]
 
 
-def test_rle_is_decoded_by_pylibjpeg_rle_to_what_pydicoms_own_decoder_gives(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The converter asks for pylibjpeg-rle (compiled, faster); pydicom's own RLE decoder,
-    its first choice, decodes every RLE object to the same pixels and the same volume (or
-    the same refusal)."""
+def test_rle_is_decoded_to_what_pydicoms_decoder_gives() -> None:
+    """Every RLE object, conformant or not, is decoded to what ``decoder.as_array(ds)``
+    gives: the same volume as from those pixels stored natively (or the same refusal).
+    Includes a frame whose first segment starts 4 bytes after the header, which
+    pylibjpeg-rle refuses and pydicom's own decoder decodes (review-s24 F1: forcing
+    pylibjpeg-rle refused it with DECODE_FAILED)."""
     sources = _rle_sources(SHARED_DATA)
     assert len(sources) >= 8
+    gap = [malformed_rle(ds, "header_gap")
+           for ds in synthetic_series(n_slices=3, rows=8, cols=8, modality="MR",
+                                      series_tag="gap")]
     decoder = get_decoder(RLELossless)
-    asked: list[object] = []
-    as_array = type(decoder).as_array
-
-    def recording(self: Any, src: Any, **kwargs: Any) -> Any:
-        asked.append(kwargs.get("decoding_plugin"))
-        return as_array(self, src, **kwargs)
-
-    for ds in sources:
-        compiled = decoder.as_array(ds, decoding_plugin="pylibjpeg")[0]
-        own = decoder.as_array(ds, decoding_plugin="pydicom")[0]
-        assert compiled.dtype == own.dtype
-        np.testing.assert_array_equal(compiled, own)
-        plain = _decompressed(ds, own)
-        if "PlanarConfiguration" in plain:
-            plain.PlanarConfiguration = 0  # decoded arrays are colour-by-pixel
-        expected = series_to_nifti([plain])
-        with monkeypatch.context() as patch:
-            patch.setattr(type(decoder), "as_array", recording)
-            got = series_to_nifti([ds])
-        assert asked[-1] == "pylibjpeg"
+    with pytest.raises(RuntimeError):
+        decoder.as_array(gap[0], decoding_plugin="pylibjpeg")
+    for series in [[ds] for ds in sources] + [gap]:
+        plain = [_decompressed(ds, decoder.as_array(ds)[0]) for ds in series]
+        for ds in plain:
+            if "PlanarConfiguration" in ds:
+                ds.PlanarConfiguration = 0  # decoded arrays are colour-by-pixel
+        expected = series_to_nifti(plain)
+        got = series_to_nifti(series)
         assert [r.reason_code for r in got[1]] == [r.reason_code for r in expected[1]]
         assert len(got[0]) == len(expected[0])
         for volume, reference in zip(got[0], expected[0], strict=True):
             assert _data(volume).dtype == _data(reference).dtype
             np.testing.assert_array_equal(_data(volume), _data(reference))
             assert volume.sidecar == reference.sidecar
+    assert len(series_to_nifti(gap)[0]) == 1
+
+
+def test_an_rle_frame_pylibjpeg_rle_panics_on_is_decoded_by_pydicoms_own_decoder() -> None:
+    """review-s24 F2: pylibjpeg-rle panics (pyo3 PanicException, a BaseException) on a
+    replicate run overrunning the frame; pydicom's own decoder decodes it to the original
+    pixels, and so does the converter (before: the panic escaped series_to_nifti). A frame
+    pydicom's decoder refuses too is refused with DECODE_FAILED, naming no value."""
+    series = synthetic_series(n_slices=3, rows=8, cols=8, modality="MR", series_tag="pan")
+    expected = _only(series_to_nifti(series))
+    malformed_rle(series[1], "overrun")
+    decoder = get_decoder(RLELossless)
+    with pytest.raises(BaseException) as panic:
+        decoder.as_array(series[1])
+    assert type(panic.value).__module__ == "pyo3_runtime"
+    with pytest.warns(UserWarning, match="non-conformant padding"):
+        volume = _only(series_to_nifti(series))
+    np.testing.assert_array_equal(_data(volume), _data(expected))
+    malformed_rle(series[2], "overrun_miscounted")
+    with pytest.warns(UserWarning, match="non-conformant padding"):
+        volumes, refusals = series_to_nifti(series)
+    assert volumes == []
+    assert [r.reason_code for r in refusals] == [RefusalReason.DECODE_FAILED]
+    assert "PixelDecodeError" in str(refusals[0])
+    for value in PHI_SENTINELS.values():
+        assert value not in str(refusals[0])
 
 
 def _decompressed(ds: Dataset, array: np.ndarray[Any, Any]) -> Dataset:

@@ -28,6 +28,7 @@ from pydicom.uid import UID
 
 from lake._errors import DeidRefusedError
 from lake.deid._recipe import Condition, FilterRule
+from lake.nifti import decode_past_panic
 
 __all__ = ["PixelDecision", "assess", "clean_pixels", "element_text"]
 
@@ -237,7 +238,7 @@ def clean_pixels(ds: Dataset, decision: PixelDecision) -> None:
     syntax = UID(meta.get("TransferSyntaxUID", "")) if meta is not None else None
     try:
         if syntax is not None and syntax.is_compressed:
-            ds.decompress(as_rgb=True, generate_instance_uid=False)
+            decode_past_panic(ds.decompress, as_rgb=True, generate_instance_uid=False)
             syntax = UID(ds.file_meta.TransferSyntaxUID)
         rows, cols = int(ds.Rows), int(ds.Columns)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)

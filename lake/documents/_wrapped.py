@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from lake.deid import Deidentifier
@@ -30,6 +31,7 @@ from lake.documents._pdf import clean_pdf
 from lake.documents._study import study_from_header
 from lake.documents._text import TextPolicy
 from lake.documents._video import clean_video
+from lake.nifti import decode_past_panic
 
 __all__ = ["Content", "before_deid"]
 
@@ -105,7 +107,7 @@ def _vl_image(ds: Dataset, policy: TextPolicy, engine: Deidentifier) -> Content:
         raise DocumentRefusedError("ocr_unavailable", "no OCR engine is installed to check the "
                                    "image for burned-in text (install tesseract-ocr)")
     try:
-        array = ds.pixel_array
+        array = decode_past_panic(lambda **plugin: pixel_array(ds, **plugin))
     except Exception as exc:  # noqa: BLE001 - pydicom's decoders raise many types
         raise DocumentRefusedError("pixel_decode", "the image's pixels cannot be decoded "
                                    f"({type(exc).__name__})") from None

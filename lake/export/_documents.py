@@ -40,6 +40,7 @@ from lake.export._runner import (
     run_export,
     short_hash,
 )
+from lake.nifti import decode_past_panic
 from lake.store import BlobStore
 
 if TYPE_CHECKING:
@@ -100,7 +101,9 @@ def document_bytes(ds: Dataset, mime: str) -> bytes:
         return h264_to_mp4(stream, fps)
     if mime == "image/jpeg":
         return next(generate_frames(ds.PixelData, number_of_frames=1))
-    frames = ds.pixel_array
+    from pydicom.pixels.utils import pixel_array
+
+    frames = decode_past_panic(lambda **plugin: pixel_array(ds, **plugin))
     if mime == "image/png":
         return _png(frames)
     pages = [Image.fromarray(f) for f in (frames if int(ds.get("NumberOfFrames", 1)) > 1

@@ -47,6 +47,7 @@ from lake.export._runner import (
     patient_label,
     run_export,
 )
+from lake.nifti import decode_past_panic
 from lake.store import BlobStore
 
 if TYPE_CHECKING:
@@ -269,7 +270,8 @@ def _to_uint8(values: NDArray[Any], windowed: bool) -> NDArray[np.uint8]:
 def _render(ds: Dataset, raw: bytes, frame: int) -> NDArray[np.uint8] | None:
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     frames = int(ds.get("NumberOfFrames") or 1)
-    arr = pixel_array(io.BytesIO(raw), index=frame if frames > 1 else None)
+    arr = decode_past_panic(lambda **plugin: pixel_array(
+        io.BytesIO(raw), index=frame if frames > 1 else None, **plugin))
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         windowed = ("WindowCenter" in ds and "WindowWidth" in ds) or "VOILUTSequence" in ds
         values = apply_voi_lut(apply_modality_lut(arr, ds), ds, index=0)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from lake.nifti import decode_past_panic
 from lake.store import BlobStore
 
 __all__ = ["COMPARED_COLUMNS", "identity_sha256", "same_object"]
@@ -146,7 +147,8 @@ def _decoded_equal(a: Row, b: Row, blobs: BlobStore) -> bool:
 def _pixels(row: Row, blobs: BlobStore) -> np.ndarray[Any, Any]:
     from pydicom import dcmread
     from pydicom.dataelem import DataElement
+    from pydicom.pixels.utils import pixel_array
 
     ds = dcmread(io.BytesIO(row["header_dicom"]))
     ds[0x7FE00010] = DataElement(0x7FE00010, row["pixel_vr"] or "OB", blobs.get(row["pixel_hash"]))
-    return np.asarray(ds.pixel_array)
+    return np.asarray(decode_past_panic(lambda **plugin: pixel_array(ds, **plugin)))

@@ -30,6 +30,7 @@ from pydicom.uid import (
 from pynetdicom.presentation import PresentationContext, build_context
 
 from lake._errors import NetError
+from lake.nifti import decode_past_panic
 from lake.query import RetrieveItem
 from lake.store import BlobStore
 
@@ -101,7 +102,7 @@ def prepare_for(ds: Dataset, accepted: Sequence[PresentationContext]) -> Dataset
         raise NetError(f"the peer accepted no usable presentation context for {sop_class.name}")
     try:
         if syntax.is_compressed:
-            ds.decompress()
+            decode_past_panic(ds.decompress)
         if not uncompressed:
             ds.compress(lossless[0])
     except Exception as exc:  # noqa: BLE001 - codec failures come in many types

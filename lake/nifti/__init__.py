@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lake.nifti._convert import series_to_nifti
+    from lake.nifti._decode import PixelDecodeError, decode_past_panic, is_native_panic
     from lake.nifti._derive import derive_acquisition
     from lake.nifti._parameters import (
         ACQUISITION_NAMES,
@@ -57,11 +58,14 @@ __all__ = [
     "NiftiVolume",
     "Parameter",
     "Part10",
+    "PixelDecodeError",
     "RefusalReason",
     "ValueCache",
     "acquisition_from_row",
+    "decode_past_panic",
     "derive_acquisition",
     "gzip_members",
+    "is_native_panic",
     "nifti_payload",
     "read_part10",
     "series_to_nifti",
@@ -84,6 +88,9 @@ _HOMES = {
     "NiftiVolume": "_types",
     "RefusalReason": "_types",
     "derive_acquisition": "_derive",
+    "decode_past_panic": "_decode",
+    "is_native_panic": "_decode",
+    "PixelDecodeError": "_decode",
     "gzip_members": "_write",
     "nifti_payload": "_write",
     "series_to_nifti": "_convert",

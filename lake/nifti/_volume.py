@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
-from pydicom.pixels.decoders.base import get_decoder
-from pydicom.uid import UID, JPEGLSLossless, JPEGLSNearLossless, RLELossless
+from pydicom.pixels.decoders.base import Decoder, get_decoder
+from pydicom.uid import UID, JPEGLSLossless, JPEGLSNearLossless
 
+from lake.nifti._decode import decode_past_panic
 from lake.nifti._geometry import (
     SAME_POSITION_MM,
     Plane,
@@ -630,14 +631,30 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition,
 # --------------------------------------------------------------------------- pixels
 
 
-def _clear_unused_bits(array: NDArray[Any], fix: tuple[int, bool]) -> None:
-    """Clear (unsigned) or sign-extend (signed) the ``fix[0]`` bits above BitsStored."""
-    spare, signed = fix
+def _clear_unused_bits(array: NDArray[Any], fix: tuple[int, int, bool]) -> None:
+    """Clear (unsigned) or sign-extend (signed) the bits above BitsStored, in place.
+
+    ``fix`` is the SOURCE's (BitsAllocated, BitsStored, signed). ``array`` may be wider than
+    the source (a stack mixing PixelRepresentation or BitsAllocated is allocated in their
+    ``np.result_type``: uint16 + int16 -> int32), so the correction is made from BitsStored,
+    not from the output's width: keep the low BitsStored bits, then sign-extend from bit
+    BitsStored - 1 if signed. When the output is the source's width, the two shifts (signed)
+    or the one mask (unsigned) of the same width give the same values in fewer passes.
+    """
+    allocated, stored, signed = fix
+    if array.dtype.itemsize * 8 == allocated:
+        spare = allocated - stored
+        if signed:
+            np.left_shift(array, spare, out=array)
+            np.right_shift(array, spare, out=array)
+        else:
+            np.bitwise_and(array, (1 << stored) - 1, out=array)
+        return
+    np.bitwise_and(array, (1 << stored) - 1, out=array)
     if signed:
-        np.left_shift(array, spare, out=array)
-        np.right_shift(array, spare, out=array)
-    else:
-        np.bitwise_and(array, (1 << (array.dtype.itemsize * 8 - spare)) - 1, out=array)
+        sign = 1 << (stored - 1)
+        np.bitwise_xor(array, sign, out=array)
+        np.subtract(array, sign, out=array)
 
 
 class PixelCache:
@@ -646,14 +663,14 @@ class PixelCache:
     def __init__(self, datasets: Sequence[Dataset]) -> None:
         self._datasets = datasets
         self._cache: dict[int, NDArray[Any]] = {}
-        self._unused_bits: dict[int, tuple[int, bool]] = {}
+        self._unused_bits: dict[int, tuple[int, int, bool]] = {}
 
     def _note_unused_bits(self, ds: Dataset, source: int) -> None:
         stored = int(ds.get("BitsStored") or 0)
         allocated = int(ds.get("BitsAllocated") or 0)
         if 0 < stored < allocated and allocated in (8, 16, 32):
             signed = int(ds.get("PixelRepresentation") or 0) == 1
-            self._unused_bits[source] = (allocated - stored, signed)
+            self._unused_bits[source] = (allocated, stored, signed)
 
     def correct_in_place(self, source: int, array: NDArray[Any]) -> None:
         """Clear (unsigned) or sign-extend (signed) the bits above BitsStored in ``array``.
@@ -708,11 +725,8 @@ class PixelCache:
                 # output array (see correct_in_place), which saves two copies per frame
                 options = {"view_only": True, "correct_unused_bits": False}
                 self._note_unused_bits(ds, source)
-            preferred = _PREFERRED_PLUGIN.get(str(syntax))
-            if preferred is not None and preferred in decoder.available_plugins:
-                options["decoding_plugin"] = preferred
-            array, _ = decoder.as_array(ds, **options)
-        except (NotImplementedError, ValueError, RuntimeError, TypeError, KeyError) as exc:
+            array = _decode(decoder, ds, options, _PREFERRED_PLUGIN.get(str(syntax)))
+        except _DECODE_ERRORS as exc:
             return NiftiRefusal(
                 RefusalReason.DECODE_FAILED,
                 f"pixel data of instance {source} ({UID(str(syntax)).name}) could not be "
@@ -732,18 +746,39 @@ class PixelCache:
         return frame
 
 
-#: The decoding plugin asked for by transfer syntax, when installed, instead of the first of
-#: pydicom's order: CharLS (pyjpegls) decodes JPEG-LS 3.5x faster than libjpeg (pylibjpeg,
-#: which pydicom tries first): 2.9 against 10.7 ms of CPU for a 384x384 12-bit mosaic of
-#: dcm_qa_ts. JPEG-LS decoding is exact (PS3.5 A.4.3, ISO 14495-1), so the pixels are the
-#: same (tests/test_nifti_synthetic.py compares both plugins' arrays). RLE Lossless is
-#: decoded by pylibjpeg-rle (a core dependency, compiled) instead of pydicom's own
-#: pure-numpy decoder, its first choice: 0.4 against 2.4 ms of CPU for dcm_qa_ts's 384x384
-#: frame; RLE is lossless byte runs, so both give the same array (compared in the same test
-#: module on pydicom's RLE files, generated and dcm_qa_ts's).
+#: What pydicom's decoders raise for pixel data they cannot decode (and PixelDecodeError, a
+#: RuntimeError, when a native plugin panicked and pydicom's own decoder failed too).
+_DECODE_ERRORS = (NotImplementedError, ValueError, RuntimeError, TypeError, KeyError)
+
+#: The decoding plugin asked for first by transfer syntax, when installed, instead of the
+#: first of pydicom's order: CharLS (pyjpegls) decodes JPEG-LS 3.5x faster than libjpeg
+#: (pylibjpeg, which pydicom tries first): 2.9 against 10.7 ms of CPU for a 384x384 12-bit
+#: mosaic of dcm_qa_ts. JPEG-LS decoding is exact (PS3.5 A.4.3, ISO 14495-1), so the pixels
+#: are the same (tests/test_nifti_synthetic.py compares the converter's array with
+#: ``decoder.as_array``). A preference is only a speed choice: when the preferred plugin
+#: fails, pydicom's plain order is tried (see _decode). RLE Lossless has no entry: pydicom
+#: already tries pylibjpeg-rle first and falls back to its own decoder, which decodes
+#: non-conformant frames pylibjpeg-rle refuses.
 _PREFERRED_PLUGIN: dict[str, str] = {str(JPEGLSLossless): "pyjpegls",
-                                     str(JPEGLSNearLossless): "pyjpegls",
-                                     str(RLELossless): "pylibjpeg"}
+                                     str(JPEGLSNearLossless): "pyjpegls"}
+
+
+def _decode(decoder: Decoder, ds: Dataset, options: dict[str, Any],
+            preferred: str | None) -> NDArray[Any]:
+    """``decoder.as_array(ds, **options)``: with ``preferred`` first when it is installed,
+    then (or else) in pydicom's order, past a native plugin's panic (decode_past_panic)."""
+
+    def decode(**plugin: Any) -> NDArray[Any]:
+        array: NDArray[Any] = decoder.as_array(ds, **options, **plugin)[0]
+        return array
+
+    if preferred is not None and preferred in decoder.available_plugins:
+        try:
+            return decode_past_panic(decode, decoding_plugin=preferred)
+        except _DECODE_ERRORS:
+            pass  # a speed preference never refuses what pydicom's own order decodes
+    return decode_past_panic(decode)
+
 
 _LITTLE_ENDIAN_NATIVE = frozenset(
     {

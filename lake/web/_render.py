@@ -20,6 +20,7 @@ from pydicom.pixels.utils import pixel_array
 
 from lake._capture import capture
 from lake._errors import QueryError
+from lake.nifti import decode_past_panic
 from lake.web._errors import NotAcceptableError
 
 __all__ = ["IMAGE_TYPES", "render"]
@@ -100,7 +101,8 @@ def render(
         with capture():
             ds = dcmread(io.BytesIO(data), stop_before_pixels=True)
             frames = int(ds.get("NumberOfFrames") or 1)
-            arr = pixel_array(io.BytesIO(data), index=frame - 1 if frames > 1 else None, raw=True)
+            arr = decode_past_panic(lambda **plugin: pixel_array(
+                io.BytesIO(data), index=frame - 1 if frames > 1 else None, raw=True, **plugin))
     except Exception as exc:  # noqa: BLE001 - codecs and odd pixel modules fail in many ways
         raise NotAcceptableError(f"the image cannot be decoded ({type(exc).__name__})") from None
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
