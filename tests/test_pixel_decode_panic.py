@@ -180,3 +180,28 @@ def test_web_renders_and_converts_past_the_panic_and_refuses_an_undecodable_fram
             call()
         assert "PixelDecodeError" in str(refused.value)
         _no_phi(str(refused.value))
+
+
+def test_sending_to_a_peer_transcodes_past_the_panic_and_refuses_an_undecodable_frame(
+    tmp_path: Path,
+) -> None:
+    """C-GET/C-MOVE to a peer accepting only Explicit VR Little Endian: the frame
+    pylibjpeg-rle panics on is decompressed by pydicom's own decoder; one no decoder can
+    decode is a NetError (that sub-operation fails, the association goes on), not a panic."""
+    from pynetdicom.presentation import build_context
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+
+    from lake.net._objects import prepare_for
+
+    kept, bad = _write(tmp_path / "in", ["overrun", "overrun_miscounted"], rows=8, cols=8,
+                       modality="MR")
+    original = synthetic_series(n_slices=2, rows=8, cols=8, modality="MR")[0]
+    accepted = [build_context(MRImageStorage, ExplicitVRLittleEndian)]
+    with pytest.warns(UserWarning, match="non-conformant padding"):
+        sent = prepare_for(dcmread(kept), accepted)
+    assert sent.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert sent.PixelData == original.PixelData
+    with pytest.raises(lake.NetError) as refused:
+        prepare_for(dcmread(bad), accepted)
+    assert "PixelDecodeError" in str(refused.value)
+    _no_phi(str(refused.value))
