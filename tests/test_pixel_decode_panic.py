@@ -188,8 +188,8 @@ def test_sending_to_a_peer_transcodes_past_the_panic_and_refuses_an_undecodable_
     """C-GET/C-MOVE to a peer accepting only Explicit VR Little Endian: the frame
     pylibjpeg-rle panics on is decompressed by pydicom's own decoder; one no decoder can
     decode is a NetError (that sub-operation fails, the association goes on), not a panic."""
-    from pynetdicom.presentation import build_context
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+    from pynetdicom.presentation import build_context
 
     from lake.net._objects import prepare_for
 
