@@ -375,7 +375,8 @@ def enhanced_from(series: Sequence[Dataset], frame_order: Sequence[int] | None =
 
 
 def malformed_rle(ds: Dataset, kind: str) -> Dataset:
-    """``ds`` (a single-frame instance) RLE-compressed in place with one non-conformant frame.
+    """``ds`` (a single-frame instance) RLE-compressed in place with one non-conformant frame
+    (its SOP Instance UID kept).
 
     ``kind``:
 
@@ -387,7 +388,7 @@ def malformed_rle(ds: Dataset, kind: str) -> Dataset:
     - ``"header_gap"``: the first segment starts at offset 68 (4 bytes after the 64-byte
       header): pylibjpeg-rle refuses it ("Invalid segment offset"), pydicom's own decodes it.
     """
-    ds.compress(RLELossless)
+    ds.compress(RLELossless, generate_instance_uid=False)
     frame = next(generate_frames(ds.PixelData, number_of_frames=1))
     count = struct.unpack("<L", frame[:4])[0]
     offsets = list(struct.unpack("<15L", frame[4:64]))[:count]

@@ -205,3 +205,27 @@ def test_sending_to_a_peer_transcodes_past_the_panic_and_refuses_an_undecodable_
         prepare_for(dcmread(bad), accepted)
     assert "PixelDecodeError" in str(refused.value)
     _no_phi(str(refused.value))
+
+
+def test_ingest_tells_the_same_instance_past_the_panic(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path
+) -> None:
+    """An instance stored uncompressed, then received again as RLE in another batch: its
+    pixels are compared decoded (ingest's identity check); the frame pylibjpeg-rle panics on
+    is decoded by pydicom's own decoder and found the same (a duplicate); one no decoder can
+    decode is not shown to be the same (a uid_conflict, quarantined), the lake keeps the
+    first (before: the panic failed the batch)."""
+    folders = [tmp_path / name for name in ("plain", "kept", "bad")]
+    for folder, kind in zip(folders, (None, "overrun", "overrun_miscounted"), strict=True):
+        ds = synthetic_series(n_slices=1, rows=8, cols=8, modality="MR")[0]
+        if kind is not None:
+            malformed_rle(ds, kind)
+        folder.mkdir()
+        ds.save_as(folder / "1.dcm", enforce_file_format=True)
+    assert lk.ingest([str(folders[0])], vault=vault_dir, scheduler="sync").ingested == 1
+    with pytest.warns(UserWarning, match="non-conformant padding"):
+        kept = lk.ingest([str(folders[1])], vault=vault_dir, scheduler="sync")
+    assert (kept.ingested, kept.duplicates, kept.conflicts) == (0, 1, 0)
+    bad = lk.ingest([str(folders[2])], vault=vault_dir, scheduler="sync")
+    assert (bad.ingested, bad.duplicates, bad.conflicts, bad.quarantined) == (0, 0, 1, 1)
+    assert lk.sql("SELECT count(*) FROM instances").fetchall() == [(1,)]
