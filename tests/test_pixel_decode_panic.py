@@ -229,3 +229,17 @@ def test_ingest_tells_the_same_instance_past_the_panic(
     bad = lk.ingest([str(folders[2])], vault=vault_dir, scheduler="sync")
     assert (bad.ingested, bad.duplicates, bad.conflicts, bad.quarantined) == (0, 0, 1, 1)
     assert lk.sql("SELECT count(*) FROM instances").fetchall() == [(1,)]
+
+
+def test_a_teaching_preview_renders_past_the_panic(tmp_path: Path) -> None:
+    """The teaching set's series preview: the frame pylibjpeg-rle panics on is rendered from
+    pydicom's own decoding; one no decoder can decode raises PixelDecodeError, an Exception
+    the writer reports as preview_failed (before: the panic ended the whole export)."""
+    from lake.export._teaching import preview_png
+
+    kept, bad = _write(tmp_path / "in", ["overrun", "overrun_miscounted"], rows=8, cols=8,
+                       modality="MR")
+    png = preview_png([(dcmread(kept), kept.read_bytes())])
+    assert png is not None and png[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(PixelDecodeError):
+        preview_png([(dcmread(bad), bad.read_bytes())])
