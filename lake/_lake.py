@@ -97,6 +97,10 @@ class Lake:
 
     Open one with :func:`lake.open`; create one with :func:`lake.init`.
 
+    Its SQL (:meth:`sql`, :meth:`catalog`) runs on one DuckDB connection per version: one
+    thread at a time, relations fetched included (DuckDB answers a second thread's call with
+    "connection is busy"). Threads that query at once open a lake each, or take turns.
+
     Examples
     --------
     >>> import lake  # doctest: +SKIP

@@ -600,6 +600,42 @@ def test_quarantine_review_releases_and_purges_without_showing_originals(
     assert "Quentin" not in kept.text + gone.text
 
 
+def test_concurrent_purges_do_not_freeze_the_server(
+    portal: PortalLake, server: str, tmp_path: Path
+) -> None:
+    """Review F10: the purge held the portal's catalog lock on the event loop across an
+    await, so a second purge blocked the loop (and every request) for good."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lake.ingest import ingest
+    from lake.steward import list_quarantine
+    from tests.series import ct_series
+
+    folder = tmp_path / "refused"
+    folder.mkdir()
+    for i, ds in enumerate(ct_series(4, patient_id="PAT-P", patient_name="Doe^Purge")):
+        path = folder / f"{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        path.write_bytes(path.read_bytes()[:-4000])  # truncated pixel data
+    before = {e.id for e in list_quarantine(portal.lake) if e.sealed}
+    ingest(portal.lake, [str(folder)], portal.lake.secret(portal.web.vault), scheduler="sync")
+    refused = [e for e in list_quarantine(portal.lake) if e.sealed and e.id not in before]
+    assert len(refused) == 4
+    stewards = [sign_in(server, "boss", portal.passwords["boss"]) for _ in refused]
+    csrfs = [csrf_of(c.get("/portal/steward/quarantine").text) for c in stewards]
+
+    def purge(i: int) -> int:
+        return stewards[i].post(f"/portal/steward/quarantine/{refused[i].id}",
+                                data={"csrf": csrfs[i], "action": "purge"},
+                                timeout=120).status_code
+
+    with ThreadPoolExecutor(len(refused)) as pool:
+        statuses = list(pool.map(purge, range(len(refused))))
+    assert statuses == [200] * len(refused)  # before: every POST timed out
+    assert httpx.get(server + "/portal/signin", timeout=60).status_code == 200
+    assert not {e.id for e in refused} & {e.id for e in list_quarantine(portal.lake)}
+
+
 def test_a_session_sees_dicomweb_within_its_scope(portal: PortalLake, server: str) -> None:
     """Thumbnails and the viewer read DICOMweb with the session: its scope applies."""
     student = sign_in(server, "stu-t", portal.passwords["stu-t"])

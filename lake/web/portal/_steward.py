@@ -164,8 +164,14 @@ async def quarantine_review(request: Request, grant: Grant) -> Response:
     done, error = None, None
     try:
         if action == "purge":
-            with portal.catalog_lock:
-                await run_in_threadpool(purge, portal.lake, [ident])
+
+            def purge_one() -> None:
+                # (the lock is taken in the worker thread: held on the event loop across an
+                # await, a second purge would block the loop, and with it every request)
+                with portal.catalog_lock:
+                    purge(portal.lake, [ident])
+
+            await run_in_threadpool(purge_one)
             done = "The file was purged: its row and its sealed original are gone."
         elif action == "release":
             secret = portal.secret
