@@ -11,6 +11,7 @@ import io
 import random
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -19,7 +20,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import UID
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import encode
@@ -274,13 +275,15 @@ def test_malformed_pdu_bodies_are_left_to_pynetdicom(body: bytes) -> None:
 
 def test_store_is_served_on_the_dul_thread_only_when_nothing_else_could_be_first() -> None:
     # the DUL thread serves a plain request itself only when the reactor would have
-    # served it next: nothing queued, the reactor not serving, not paused by a handler
+    # served it next: established, nothing queued, the reactor not serving, not paused
     from lake._capture import Captured
     from lake.net._association import Limits
 
     assoc = AcceptorAssociation(AE(ae_title="LAKE"), Captured(), Limits(1 << 20, None, None))
     served: list[int] = []
     assoc._serve_store = lambda request, context_id: served.append(context_id)  # type: ignore[method-assign]
+    assert not assoc.serve_store_now(cast(Any, "request"), -1)  # not established yet
+    assoc.is_established = True
     assert assoc.serve_store_now(cast(Any, "request"), 1)
     assoc.dimse.msg_queue.queue.append((3, "queued before"))
     assert not assoc.serve_store_now(cast(Any, "request"), 3)
@@ -516,3 +519,47 @@ def test_a_handler_on_sent_pdus_sees_the_answer_made_by_pynetdicom(
     assoc.release()
     assert A_ASSOCIATE_AC.__name__ in seen
     assert srv._server.requests.reused == 0
+
+
+def test_a_store_arriving_before_the_association_is_established_is_answered(
+        served: tuple[DicomServer, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The DUL thread sends the A-ASSOCIATE-AC as soon as the association thread queues it;
+    # that thread marks the association established only after (pynetdicom's ACSE: send
+    # the accept, EVT_ACCEPTED, is_established). A peer's first C-STORE can arrive in
+    # between: it used to be served there by the DUL thread and its response dropped
+    # (not established), the peer waiting until the network timeout aborted the
+    # association (~1 % of storescu associations under load). Forced here: the
+    # EVT_ACCEPTED handler holds the association thread until the request was served,
+    # or queued for the reactor.
+    srv, ways = served
+    assert srv._server is not None
+    served_store = AcceptorAssociation._serve_store  # the fixture's recording one
+    done: list[str] = []
+
+    def serve_store(self: AcceptorAssociation, *args: Any) -> None:
+        served_store(self, *args)
+        done.append("served")
+
+    def hold(event: Any) -> None:
+        for _ in range(3000):  # at most ~30 s: a guard against hanging, never reached
+            if done or event.assoc.dimse.msg_queue.queue:
+                return
+            time.sleep(0.01)
+
+    monkeypatch.setattr(AcceptorAssociation, "_serve_store", serve_store)
+    srv._server.bind(evt.EVT_ACCEPTED, hold)
+    ct = dcmread(get_testdata_file("CT_small.dcm"))
+    ae = AE(ae_title="PROBE")
+    ae.dimse_timeout = 10  # no answer: pynetdicom gives up after this and aborts
+    ae.add_requested_context(CTImageStorage, ct.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", srv.port, ae_title="LAKE")
+    assert assoc.is_established
+    try:
+        first = assoc.send_c_store(ct)
+        assert "Status" in first, "the first C-STORE was never answered"
+        second = assoc.send_c_store(ct)
+    finally:
+        assoc.release()
+    assert first.Status == second.Status == 0x0000
+    # the first waited in the queue for the reactor; the next came once established
+    assert ways == ["lake, reactor", "lake"]

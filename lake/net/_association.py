@@ -14,8 +14,9 @@ at ~270 instances/s here). Here both threads block until there is work instead:
 - the reactor waits on an event set whenever the DIMSE provider completes a message or
   the DUL hands up a primitive (release, abort), or the DUL thread ends.
 - a plain C-STORE request is served by the DUL thread that read it when the reactor would
-  have served it next (nothing queued before it, the reactor neither serving nor paused by
-  a handler): one hand-off between threads fewer per instance; otherwise it is queued.
+  have served it next (the association established, nothing queued before it, the reactor
+  neither serving nor paused by a handler): one hand-off between threads fewer per
+  instance; otherwise it is queued.
 
 Both still wake every :data:`_TIMER_CHECK` seconds to look at their timers (ARTIM, the
 network timeout), which pynetdicom checks on each round. The state machine, the PDU
@@ -1044,16 +1045,30 @@ class AcceptorAssociation(Association):
         pynetdicom queues every received message for the reactor thread, which serves
         it: one hand-off between threads per instance (a wake-up and, on a busy machine,
         a wait for the scheduler). The DUL thread serves a plain C-STORE request itself
-        when that changes nothing but the thread: nothing is queued before it, the
-        reactor is not serving a message (:attr:`_serving`, which the reactor holds
-        from reading the queue to the end of serving), and no thread of the
-        association has paused the reactor to read the queue itself (a handler sending
-        requests over this association). Meanwhile the DUL thread reads nothing more
-        from the peer, which waits for the response anyway (storage SCUs send one
-        request at a time unless asynchronous operations were negotiated, and then the
-        next ones wait in the socket, as they would in the queue).
+        when that changes nothing but the thread: the association is established (the
+        reactor serves nothing before), nothing is queued before it, the reactor is not
+        serving a message (:attr:`_serving`, which the reactor holds from reading the
+        queue to the end of serving), and no thread of the association has paused the
+        reactor to read the queue itself (a handler sending requests over this
+        association). Meanwhile the DUL thread reads nothing more from the peer, which
+        waits for the response anyway (storage SCUs send one request at a time unless
+        asynchronous operations were negotiated, and then the next ones wait in the
+        socket, as they would in the queue).
+
+        Established, because the A-ASSOCIATE-AC goes out (sent by the DUL thread) before
+        the association thread marks the association established (pynetdicom's ACSE:
+        the accept is queued, ``EVT_ACCEPTED`` triggered, then ``is_established`` set),
+        so a peer's first request can arrive in between. Served then, its response was
+        dropped (nothing is answered on an association not established) and the peer
+        waited for it until the network timeout aborted the association. It is queued
+        instead, and the reactor, which starts once the association is established,
+        serves it.
         """
-        if not self._reactor_checkpoint.is_set() or not self._serving.acquire(blocking=False):
+        if (
+            not self.is_established
+            or not self._reactor_checkpoint.is_set()
+            or not self._serving.acquire(blocking=False)
+        ):
             return False
         try:
             if self.dimse.msg_queue.queue or not self._reactor_checkpoint.is_set():
