@@ -125,6 +125,33 @@ def test_stalled_association_gives_its_slot_back(lk: lake.Lake, vault_dir: Path)
         assert stall.recv(65536) in (b"", *[bytes([0x07])])  # closed (or aborted) by the lake
 
 
+def test_an_idle_association_is_aborted_after_the_network_timeout_configured(
+        lk: lake.Lake, vault_dir: Path) -> None:
+    """Whole PDUs, then silence: the association's idle timer is the configured network
+    timeout (it was pynetdicom's default, 60 s, whatever --network-timeout said)."""
+    config = ServerConfig(port=0, workers=0, allow=(MODALITY,), network_timeout=1)
+    with DicomServer(lk, lk.secret(vault_dir), config) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=30) as idle:
+        idle.sendall(associate_rq(MODALITY))
+        assert read_pdu(idle)[:1] == b"\x02"  # A-ASSOCIATE-AC, then nothing more is sent
+        # the lake aborts it (A-ABORT) and closes it; 30 s is only a guard against 60 s
+        assert read_pdu(idle)[:1] == b"\x07"
+
+
+def test_the_association_timers_are_the_servers() -> None:
+    from pynetdicom import AE
+
+    from lake._capture import Captured
+    from lake.net._association import AcceptorAssociation, Limits
+
+    ae = AE(ae_title="LAKE")
+    ae.acse_timeout, ae.network_timeout = 3, 7
+    assoc = AcceptorAssociation(ae, Captured(), Limits(1 << 20, None, None))
+    assert assoc.dul.artim_timer.timeout == 3  # ARTIM: the ACSE timeout
+    assert assoc.dul._idle_timer.timeout == 7  # idle: the network timeout
+    assoc.dul._wake.close()
+
+
 def test_an_admitted_socket_times_out_in_the_kernel_not_by_polling() -> None:
     """Blocking, with SO_RCVTIMEO/SO_SNDTIMEO: one system call per read or send, and a
     read that waits past the timeout still fails (an OSError, like Python's timeout)."""

@@ -980,6 +980,10 @@ class AcceptorAssociation(Association):
         self.wake = threading.Event()
         self._serving = threading.Lock()  # held while a received message is served
         self.dul = _DUL(self, limits, requests)
+        # pynetdicom set the AE's timeouts on the DUL it made (ARTIM: ACSE timeout; idle:
+        # network timeout); the new one has pynetdicom's defaults until set again
+        self.acse_timeout = self.acse_timeout
+        self.network_timeout = self.network_timeout
         self.dimse = _DIMSE(self, limits)
         for event, handler in STANDARD_HANDLERS:
             self.unbind(event, handler)
