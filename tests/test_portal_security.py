@@ -627,7 +627,7 @@ def test_concurrent_purges_do_not_freeze_the_server(
     def purge(i: int) -> int:
         return stewards[i].post(f"/portal/steward/quarantine/{refused[i].id}",
                                 data={"csrf": csrfs[i], "action": "purge"},
-                                timeout=120).status_code
+                                timeout=30).status_code
 
     with ThreadPoolExecutor(len(refused)) as pool:
         statuses = list(pool.map(purge, range(len(refused))))
