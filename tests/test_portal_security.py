@@ -566,22 +566,33 @@ def test_the_audit_log_records_sign_ins_downloads_shares_and_token_use(
 # --- quarantine review -------------------------------------------------------------------------
 
 
-def test_quarantine_review_releases_and_purges_without_showing_originals(
-    portal: PortalLake, server: str, tmp_path: Path
-) -> None:
+def _quarantined(portal: PortalLake, tmp_path: Path, count: int, patient_id: str,
+                 patient_name: str) -> list:  # type: ignore[type-arg]
+    """``count`` CT files of one patient with truncated pixel data, ingested: their
+    quarantine entries (sealed), none of the earlier ones."""
     from lake.ingest import ingest
     from lake.steward import list_quarantine
     from tests.series import ct_series
 
     folder = tmp_path / "refused"
     folder.mkdir()
-    for i, ds in enumerate(ct_series(2, patient_id="PAT-Q", patient_name="Doe^Quentin")):
+    for i, ds in enumerate(ct_series(count, patient_id=patient_id, patient_name=patient_name)):
         path = folder / f"{i}.dcm"
         ds.save_as(path, enforce_file_format=True)
         path.write_bytes(path.read_bytes()[:-4000])  # truncated pixel data
+    before = {e.id for e in list_quarantine(portal.lake) if e.sealed}
     ingest(portal.lake, [str(folder)], portal.lake.secret(portal.web.vault), scheduler="sync")
-    refused = [e for e in list_quarantine(portal.lake) if e.sealed]
-    assert len(refused) == 2
+    refused = [e for e in list_quarantine(portal.lake) if e.sealed and e.id not in before]
+    assert len(refused) == count
+    return refused
+
+
+def test_quarantine_review_releases_and_purges_without_showing_originals(
+    portal: PortalLake, server: str, tmp_path: Path
+) -> None:
+    from lake.steward import list_quarantine
+
+    refused = _quarantined(portal, tmp_path, 2, "PAT-Q", "Doe^Quentin")
     boss = sign_in(server, "boss", portal.passwords["boss"])
     page = boss.get("/portal/steward/quarantine")
     assert page.status_code == 200 and refused[0].id[:16] in page.text
@@ -607,20 +618,9 @@ def test_concurrent_purges_do_not_freeze_the_server(
     await, so a second purge blocked the loop (and every request) for good."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from lake.ingest import ingest
     from lake.steward import list_quarantine
-    from tests.series import ct_series
 
-    folder = tmp_path / "refused"
-    folder.mkdir()
-    for i, ds in enumerate(ct_series(4, patient_id="PAT-P", patient_name="Doe^Purge")):
-        path = folder / f"{i}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        path.write_bytes(path.read_bytes()[:-4000])  # truncated pixel data
-    before = {e.id for e in list_quarantine(portal.lake) if e.sealed}
-    ingest(portal.lake, [str(folder)], portal.lake.secret(portal.web.vault), scheduler="sync")
-    refused = [e for e in list_quarantine(portal.lake) if e.sealed and e.id not in before]
-    assert len(refused) == 4
+    refused = _quarantined(portal, tmp_path, 4, "PAT-P", "Doe^Purge")
     stewards = [sign_in(server, "boss", portal.passwords["boss"]) for _ in refused]
     csrfs = [csrf_of(c.get("/portal/steward/quarantine").text) for c in stewards]
 
