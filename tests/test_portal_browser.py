@@ -121,6 +121,8 @@ class Browser:
         for flag in FLAGS:
             options.add_argument(flag)
         downloads.mkdir(parents=True, exist_ok=True)
+        # its profile in the test's folder: Chromium's own temporary one outlived quit() in /tmp
+        options.add_argument(f"--user-data-dir={downloads.parent / f'chromium-{name}'}")
         options.add_experimental_option("prefs", {
             "download.default_directory": str(downloads),
             "download.prompt_for_download": False,

@@ -31,7 +31,7 @@ FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-u
          "--window-size=1280,900", "--enable-unsafe-swiftshader", "--use-angle=swiftshader")
 
 
-def _browser() -> object:
+def _browser(profile: Path) -> object:
     chromium = shutil.which("chromium")
     driver = shutil.which("chromedriver")
     if chromium is None or driver is None:
@@ -45,6 +45,8 @@ def _browser() -> object:
     options.binary_location = chromium
     for flag in FLAGS:
         options.add_argument(flag)
+    # its profile in the test's folder: Chromium's own temporary one outlived quit() in /tmp
+    options.add_argument(f"--user-data-dir={profile}")
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
@@ -58,7 +60,7 @@ def _wait_for(predicate: object, seconds: float = 120.0) -> None:
 
 
 def test_ohif_shows_the_study_list_and_renders_a_ct(tmp_path: Path) -> None:
-    browser: object = _browser()
+    browser: object = _browser(tmp_path / "chromium-profile")
     from selenium.webdriver.common.by import By
 
     driver: object = browser
