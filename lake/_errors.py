@@ -26,8 +26,10 @@ __all__ = [
     "NetError",
     "ProfileError",
     "QueryError",
+    "StaleCatalogError",
     "VaultError",
     "WorkerLostError",
+    "is_native_panic",
 ]
 
 
@@ -155,3 +157,16 @@ class ForbiddenError(AccessError):
 
 class WorkerLostError(LakeError, RuntimeError):
     """A local worker process died before finishing its task (killed, out of memory)."""
+
+
+def is_native_panic(exc: BaseException) -> bool:
+    """Whether ``exc`` is a native (Rust) library's panic raised through pyo3
+    (``pyo3_runtime.PanicException``: a :class:`BaseException`, so no ``except Exception``
+    catches it).
+
+    Examples
+    --------
+    >>> is_native_panic(ValueError("no")), is_native_panic(KeyboardInterrupt())
+    (False, False)
+    """
+    return type(exc).__module__ == "pyo3_runtime"

@@ -32,8 +32,8 @@ __all__ = ["Lake", "LakeInfo", "VerifyReport", "init", "open_lake"]
 _ENV_ROOT = "LAKE_ROOT"
 
 KEPT_CATALOGS = 4
-"""How many catalogs (one per ``as_of`` version, the current one included) an open lake keeps
-for its queries; the least recently used beyond them is closed."""
+"""How many catalogs of ``as_of`` versions an open lake keeps for its queries, besides the
+current one (``as_of=None``); the least recently used beyond them is let go (not closed)."""
 
 
 def _root_from(root: str | os.PathLike[str] | None) -> str | os.PathLike[str]:

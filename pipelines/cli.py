@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 import lake
+from lake._errors import is_native_panic
 from pipelines._common import EXIT_CODES_HELP, EXIT_INTERNAL, err, out, reported
 from pipelines._params import LakeGroup
 
@@ -344,8 +345,7 @@ def main() -> None:
     except BaseException as exc:
         # Every Exception, and a native library's panic (pyo3's PanicException is none);
         # KeyboardInterrupt and the like go on as they are.
-        native_panic = type(exc).__module__ == "pyo3_runtime"
-        if not (isinstance(exc, Exception) or native_panic) or os.environ.get("LAKE_DEBUG"):
+        if not (isinstance(exc, Exception) or is_native_panic(exc)) or os.environ.get("LAKE_DEBUG"):
             raise
         err.print(
             f"internal error ({type(exc).__name__}); please report it. "

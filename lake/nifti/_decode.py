@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from lake._errors import LakeError
+from lake._errors import LakeError, is_native_panic
 
 __all__ = ["PixelDecodeError", "decode_past_panic", "is_native_panic"]
 
@@ -28,17 +28,6 @@ _T = TypeVar("_T")
 
 class PixelDecodeError(LakeError, RuntimeError):
     """A native decoding plugin panicked and pydicom's own decoder could not decode either."""
-
-
-def is_native_panic(exc: BaseException) -> bool:
-    """Whether ``exc`` is a native (Rust) library's panic raised through pyo3.
-
-    Examples
-    --------
-    >>> is_native_panic(ValueError("no")), is_native_panic(KeyboardInterrupt())
-    (False, False)
-    """
-    return type(exc).__module__ == "pyo3_runtime"
 
 
 def decode_past_panic(decode: Callable[..., _T], /, **options: Any) -> _T:
