@@ -53,7 +53,6 @@ EXIT_CODES_HELP = (
 )
 
 
-
 def console(*, stderr: bool = False, file: IO[str] | None = None, width: int | None = None
             ) -> Console:
     """A rich console that prints every value as it is: the lake prints data (query results,

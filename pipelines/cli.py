@@ -353,6 +353,7 @@ def main() -> None:
         )
         sys.exit(EXIT_INTERNAL)
 
+
 if __name__ == "__main__":
     main()
 

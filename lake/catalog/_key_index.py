@@ -430,8 +430,7 @@ def _maintain(table_root: str, paths: Sequence[str], key: str,
     live = {p[len(prefix):] for p in paths if p.startswith(prefix)}
     found, damaged = _listed(table_root)
     for path in damaged:  # unreadable: its files are indexed afresh
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+        _discard(path)
     if newest is not None and any(not set(s.files) <= live for s in found):
         live = {p[len(prefix):] for p in newest() if p.startswith(prefix)}
     usable = [s for s in found if set(s.files) <= live]
@@ -442,13 +441,11 @@ def _maintain(table_root: str, paths: Sequence[str], key: str,
         if kept:  # a delete rewrote some of its files: keep the rest, reading no data file
             with contextlib.suppress(FileNotFoundError, _DamagedError):
                 usable.append(_without(table_root, segment, kept))
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(segment.path)
+        _discard(segment.path)
     chosen = _chosen(usable, live)
     for segment in usable:
         if segment not in chosen:  # overlaps a larger one: never chosen, merged or cut
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(segment.path)
+            _discard(segment.path)
     usable = chosen
     covered = {f for s in chosen for f in s.files}
     fresh = sorted(live - covered)
@@ -471,11 +468,15 @@ def _maintain(table_root: str, paths: Sequence[str], key: str,
         except FileNotFoundError:
             break  # another writer merged them meanwhile
         except _DamagedError as damaged_one:  # its files are indexed afresh next time
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(str(damaged_one))
+            _discard(str(damaged_one))
             usable = [s for s in usable if s.path != str(damaged_one)]
             continue
         for segment in group:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(segment.path)
+            _discard(segment.path)
         usable = [s for s in usable if s not in group] + [merged]
+
+
+def _discard(path: str) -> None:
+    """Remove the file at ``path`` if it is still there."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)

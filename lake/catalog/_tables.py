@@ -669,7 +669,7 @@ class DeltaTables:
         index = _key_index_of(delta, INSTANCES, INDEXED_KEY, snapshot)
         if index is not None:  # (the newest version's files: read only if a segment needs)
             maintain(index.root, index.snapshot, INDEXED_KEY,
-                     lambda: data_files(self.open(INSTANCES.name), self.storage_options).paths)
+                     lambda: self.latest(INSTANCES.name)[1].paths)
 
     def _write(
         self,

@@ -107,7 +107,7 @@ def _vl_image(ds: Dataset, policy: TextPolicy, engine: Deidentifier) -> Content:
         raise DocumentRefusedError("ocr_unavailable", "no OCR engine is installed to check the "
                                    "image for burned-in text (install tesseract-ocr)")
     try:
-        array = decode_past_panic(lambda **plugin: pixel_array(ds, **plugin))
+        array = decode_past_panic(pixel_array, ds)
     except Exception as exc:  # noqa: BLE001 - pydicom's decoders raise many types
         raise DocumentRefusedError("pixel_decode", "the image's pixels cannot be decoded "
                                    f"({type(exc).__name__})") from None

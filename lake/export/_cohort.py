@@ -246,11 +246,12 @@ def resolve_cohort(lake: Lake, sql: str, *, as_of: int | None = None) -> Cohort:
         version = as_of
     key = _member_key(lake.sql(query, as_of=version).columns)
     table = None
-    if current is not None and _one_row_group(lake, current):
+    small = _one_row_group(lake, current)
+    if small and current is not None:
         table = _members_of_one_file(lake, query, key, version, current)
     if table is None:
         dates = None
-        if key == "SeriesInstanceUID" and not _one_row_group(lake, current):
+        if key == "SeriesInstanceUID" and not small:
             dates = _date_bounds(lake, query, version)
         table = _fetched(lake.sql(_member_query(query, key, dates), as_of=version))
     if table.num_rows == 0:

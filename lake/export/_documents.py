@@ -103,7 +103,7 @@ def document_bytes(ds: Dataset, mime: str) -> bytes:
         return next(generate_frames(ds.PixelData, number_of_frames=1))
     from pydicom.pixels.utils import pixel_array
 
-    frames = decode_past_panic(lambda **plugin: pixel_array(ds, **plugin))
+    frames = decode_past_panic(pixel_array, ds)
     if mime == "image/png":
         return _png(frames)
     pages = [Image.fromarray(f) for f in (frames if int(ds.get("NumberOfFrames", 1)) > 1

@@ -151,4 +151,4 @@ def _pixels(row: Row, blobs: BlobStore) -> np.ndarray[Any, Any]:
 
     ds = dcmread(io.BytesIO(row["header_dicom"]))
     ds[0x7FE00010] = DataElement(0x7FE00010, row["pixel_vr"] or "OB", blobs.get(row["pixel_hash"]))
-    return np.asarray(decode_past_panic(lambda **plugin: pixel_array(ds, **plugin)))
+    return np.asarray(decode_past_panic(pixel_array, ds))

@@ -291,7 +291,9 @@ class _Admission:
             if self._closed:
                 raise _RefusedError("no_request")
             # oldest first, so min() keeps the oldest of equals
-            weighed = [(w.progress(), w) for w in self._waiting]
+            # (no eviction below max_pending waiting: their queued bytes are not asked)
+            weighed = ([(w.progress(), w) for w in self._waiting]
+                       if len(self._waiting) >= self.max_pending else [])
             while weighed:
                 settled = [(p, w) for p, w in weighed
                            if p != 0 or now - w.arrived >= FIRST_BYTES_GRACE]

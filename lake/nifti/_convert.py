@@ -54,6 +54,7 @@ from lake.nifti._volume import (
     instance_order,
     instance_uid,
     is_mosaic,
+    uid_of,
 )
 from lake.nifti._write import MemoryFile, write_volume
 
@@ -133,7 +134,8 @@ def series_to_nifti(
             "datasets; pass one mapping per dataset, in the same order"
         )
     refusals: list[NiftiRefusal] = []
-    series_uids = {_series_uid(ds) for ds in datasets if "SeriesInstanceUID" in ds}
+    series_uids = {uid_of(ds, "SeriesInstanceUID") for ds in datasets
+                   if "SeriesInstanceUID" in ds}
     if len(series_uids) > 1:
         return [], [
             NiftiRefusal(
@@ -204,15 +206,6 @@ def series_to_nifti(
                 )
             )
     return volumes, refusals
-
-
-def _series_uid(ds: Dataset | Part10) -> str:
-    """``str(ds.SeriesInstanceUID)``; a Part10 reads a valid UID from its bytes."""
-    if isinstance(ds, Part10):
-        uid = ds.uid("SeriesInstanceUID")
-        if uid is not None:
-            return uid
-    return str(ds.SeriesInstanceUID)
 
 
 def _series_number(ds: Dataset | Part10) -> int | None:

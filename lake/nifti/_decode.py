@@ -30,14 +30,18 @@ class PixelDecodeError(LakeError, RuntimeError):
     """A native decoding plugin panicked and pydicom's own decoder could not decode either."""
 
 
-def decode_past_panic(decode: Callable[..., _T], /, **options: Any) -> _T:
-    """``decode(**options)``; on a native plugin's panic, ``decode`` again with pydicom's own plugin.
+def decode_past_panic(decode: Callable[..., _T], /, *args: object, **options: Any) -> _T:
+    """``decode(*args, **options)``; on a native plugin's panic, ``decode`` again with pydicom's
+    own plugin.
 
     Parameters
     ----------
     decode : callable
         A pydicom decoding call taking ``decoding_plugin`` as a keyword (``ds.decompress``,
         ``pixel_array``, ``decoder.as_array`` bound to its dataset).
+    *args
+        Passed to ``decode`` (e.g. the dataset of ``pixel_array``), both times: nothing
+        that a first attempt consumes (a stream).
     **options
         Passed to ``decode``; ``decoding_plugin`` is replaced by ``"pydicom"`` for the retry.
 
@@ -58,14 +62,14 @@ def decode_past_panic(decode: Callable[..., _T], /, **options: Any) -> _T:
     ['index']
     """
     try:
-        return decode(**options)
+        return decode(*args, **options)
     except BaseException as exc:
         if not is_native_panic(exc):
             raise
     # the panic is out of scope here, so nothing below chains it (its text is the library's)
     if options.get("decoding_plugin") != "pydicom":
         try:
-            return decode(**{**options, "decoding_plugin": "pydicom"})
+            return decode(*args, **{**options, "decoding_plugin": "pydicom"})
         except Exception as exc:  # noqa: BLE001 - the fallback's failure is the refusal
             failure = type(exc).__name__
     else:

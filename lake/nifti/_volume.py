@@ -346,13 +346,19 @@ def _number(ds: Dataset | Part10, keyword: str) -> float | None:
     return _float(ds.get(keyword))
 
 
-def instance_uid(ds: Dataset | Part10) -> str:
-    """``str(ds.get("SOPInstanceUID", ""))``; a Part10 reads a valid UID from its bytes."""
+def uid_of(ds: Dataset | Part10, keyword: str) -> str:
+    """``str(ds.get(keyword, ""))`` for a UID attribute; a Part10 reads a valid UID from its
+    bytes."""
     if isinstance(ds, Part10):
-        uid = ds.uid("SOPInstanceUID")
+        uid = ds.uid(keyword)
         if uid is not None:
             return uid
-    return str(ds.get("SOPInstanceUID", ""))
+    return str(ds.get(keyword, ""))
+
+
+def instance_uid(ds: Dataset | Part10) -> str:
+    """``str(ds.get("SOPInstanceUID", ""))`` (:func:`uid_of`)."""
+    return uid_of(ds, "SOPInstanceUID")
 
 
 def instance_order(ds: Dataset | Part10) -> float:
@@ -513,7 +519,7 @@ def _is_field_map(ds: Dataset, frame: int | None, look: FrameLookup) -> bool:
 
 
 def frames_of(ds: Dataset, source: int, acquisition: Acquisition,
-              mosaic: bool | None = None) -> list[Frame]:
+              mosaic: bool) -> list[Frame]:
     """Describe every frame of ``ds``.
 
     Parameters
@@ -524,8 +530,8 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition,
         Its index in the caller's sequence.
     acquisition : mapping
         Its acquisition parameters (derived from the original header).
-    mosaic : bool, optional
-        ``is_mosaic(ds, acquisition)``, when the caller has it already.
+    mosaic : bool
+        ``is_mosaic(ds, acquisition)`` (the caller has it already).
 
     Returns
     -------
@@ -542,8 +548,6 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition,
     times = acquisition.get("slice_timing")
     echo_fallback = acquisition.get("echo_number")
     uid = instance_uid(ds)
-    if mosaic is None:
-        mosaic = is_mosaic(ds, acquisition)
     frames = []
     look = FrameLookup(ds)
     for index in indices:
