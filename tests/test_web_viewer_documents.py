@@ -73,7 +73,7 @@ v.play().then(() => setTimeout(() => done({start: start, now: v.currentTime, pau
 
 
 def test_ohif_opens_the_pdf_and_shows_the_video(tmp_path: Path) -> None:
-    driver: Any = _browser()
+    driver: Any = _browser(tmp_path / "chromium-profile")
     from selenium.webdriver.common.by import By
 
     web, documents = _documents_lake(tmp_path)
