@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lake._config import LakeConfig
 from lake._errors import (
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # imported when first used: `import lake` stays light (issue 
 __all__ = ["Lake", "LakeInfo", "VerifyReport", "init", "open_lake"]
 
 _ENV_ROOT = "LAKE_ROOT"
+_T = TypeVar("_T")
 
 KEPT_CATALOGS = 4
 """How many catalogs of ``as_of`` versions an open lake keeps for its queries, besides the
@@ -198,15 +199,30 @@ class Lake:
         QueryError
             If the query is malformed or tries to reach outside the catalog.
         """
+        return self._on_catalog(as_of, lambda catalog: catalog.sql(query))
+
+    def execute(self, query: str, as_of: int | None = None) -> duckdb.DuckDBPyConnection:
+        """Run SQL as :meth:`sql` does, at once: returns the connection holding its result
+        (``.description``, ``.fetchall()``), to fetch before the next query (see
+        :meth:`lake.catalog.Catalog.execute`).
+
+        Raises
+        ------
+        QueryError
+            If the query is malformed, fails, or tries to reach outside the catalog.
+        """
+        return self._on_catalog(as_of, lambda catalog: catalog.execute(query))
+
+    def _on_catalog(self, as_of: int | None, run: Callable[[Catalog], _T]) -> _T:
         catalog = self.catalog(as_of)
         try:
-            return catalog.sql(query)
+            return run(catalog)
         except StaleCatalogError:
             # Another process erased, compacted or vacuumed the data files this kept catalog
             # reads: a catalog made now reads what is there (or says the version was erased).
             if not self._let_go(as_of, catalog):
                 raise
-            return self.catalog(as_of).sql(query)
+            return run(self.catalog(as_of))
 
     @property
     def version(self) -> int:

@@ -23,6 +23,7 @@ from lake.catalog import Catalog
 from lake.catalog._scan import Footers, _file_groups, _union
 from lake.catalog._schema import INSTANCES
 from lake.catalog._summary import SUMMARY_DIR
+from tests.series import write_ct_series
 
 _QUERIES = (
     "SELECT * FROM instances ORDER BY SOPInstanceUID",
@@ -86,6 +87,54 @@ def test_files_without_summaries_read_alike(several: lake.Lake,
     catalog = Catalog(lk.tables)
     assert _catalog_as_seen(catalog) == batched
     catalog.close()
+
+
+def test_a_table_of_one_file_asks_no_parquet_schema(
+        lk: lake.Lake, vault_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table of one data file is one group: no footer is read to group it (the query of
+    every file's Parquet schema cost ~4 ms of CPU per catalog), and the catalog is the one
+    of per-table queries."""
+    from lake.catalog import _scan
+
+    write_ct_series(tmp_path / "ct", 4)
+    lk.ingest([str(tmp_path / "ct")], vault=vault_dir, scheduler="sync")
+    lk.create_cohort("all", "SELECT SeriesInstanceUID FROM series")
+    asked: list[list[str]] = []
+    fingerprints = _scan._fingerprints
+
+    def spy(con: duckdb.DuckDBPyConnection, files: list[str]) -> dict[str, str]:
+        asked.append(list(files))
+        return fingerprints(con, files)
+
+    monkeypatch.setattr(_scan, "_fingerprints", spy)
+    catalog = Catalog(lk.tables)
+    seen = _catalog_as_seen(catalog)
+    catalog.close()
+    assert asked == [] and seen["SELECT * FROM cohorts ORDER BY ALL"]
+    monkeypatch.setattr(Footers, "read", classmethod(lambda cls, con, files: cls()))
+    catalog = Catalog(lk.tables)  # (every table's set-up asking DuckDB itself)
+    assert _catalog_as_seen(catalog) == seen
+    catalog.close()
+
+
+def test_execute_answers_as_sql_does_under_the_same_lockdown(several: lake.Lake,
+                                                              tmp_path: Path) -> None:
+    """Lake.execute and Catalog.execute run a query once (no relation bound first) with the
+    checks of sql(): the same rows, the same refusals, DuckDB's errors as QueryError."""
+    lk = several
+    uid = lk.sql("SELECT min(SOPInstanceUID) FROM instances").fetchall()[0][0]
+    pinned = f"SELECT SOPInstanceUID, InstanceNumber FROM instances WHERE SOPInstanceUID = '{uid}'"
+    for query in (*_QUERIES, pinned, pinned):  # (the second pinned query prunes files)
+        assert lk.execute(query).fetchall() == lk.sql(query).fetchall(), query
+        assert lk.catalog().execute(query).fetchall() == lk.sql(query).fetchall(), query
+    assert lk.catalog()._files_for(pinned) is not None
+    target = tmp_path / "out.csv"
+    for refused in ("SELECT * FROM read_text('/etc/hostname')",
+                    f"COPY (SELECT 1) TO '{target}'", "SET enable_external_access = true",
+                    "SELECT * FROM no_such_table", "SELECT CAST('x' AS INTEGER)"):
+        with pytest.raises(lake.QueryError):
+            lk.execute(refused).fetchall()
+    assert not target.exists()
 
 
 def test_footers_of_several_tables_give_each_its_own_groups(tmp_path: Path) -> None:

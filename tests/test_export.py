@@ -398,6 +398,38 @@ def test_a_resumed_export_reads_only_the_headers_of_series_left_to_do(
     assert tree(out) == tree(tmp_path / "reference")
 
 
+def test_a_one_file_version_is_read_once_for_plan_and_headers(
+    loaded: lake.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the cohort's version is one data file, the export reads it once for the members'
+    keys, plan columns and headers (it read it three times), and writes the same files as
+    the per-purpose reads of a version of several files do."""
+    from lake.catalog import DataFiles
+    from lake.export import _runner
+
+    assert len(loaded.tables.data_files("instances").paths) == 1
+    create_cohort(loaded, "everything", ALL)
+    read = DataFiles.read
+    reads: list[list[str]] = []
+
+    def counted(self: DataFiles, path: str, columns: list[str]) -> object:
+        if "/tables/instances/" in path:  # (not the cohorts table's)
+            reads.append(list(columns))
+        return read(self, path, columns)
+
+    monkeypatch.setattr(DataFiles, "read", counted)
+    once = export_dicom(loaded, "everything", tmp_path / "once", scheduler="sync")
+    assert len(reads) == 1 and "header_dicom" in reads[0]
+    reads.clear()
+    find = _runner._MemberFiles.find.__func__  # type: ignore[attr-defined]
+    with monkeypatch.context() as patch:  # as for several files: each purpose reads it
+        patch.setattr(_runner._MemberFiles, "find", classmethod(
+            lambda cls, files, wanted, columns=(): find(cls, files, wanted)))
+        apart = export_dicom(loaded, "everything", tmp_path / "apart", scheduler="sync")
+    assert len(reads) == 3
+    assert once.manifest == apart.manifest and tree(tmp_path / "once") == tree(tmp_path / "apart")
+
+
 def test_rerunning_a_finished_export_writes_nothing(loaded: lake.Lake, tmp_path: Path) -> None:
     create_cohort(loaded, "everything", ALL)
     export_dicom(loaded, "everything", tmp_path / "out", scheduler="sync")

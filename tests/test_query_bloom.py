@@ -234,7 +234,7 @@ def test_after_a_user_defines_instances_every_file_is_read(several: lake.Lake) -
     query = _queries(several)[0]
     catalog.sql(query).fetchall()
     assert catalog._files_for(query) is not None
-    catalog.sql("CREATE OR REPLACE TEMP VIEW instances AS SELECT * FROM instances_delta "
+    catalog.sql("CREATE OR REPLACE TEMP VIEW instances AS SELECT * FROM instances_empty "
                 "WHERE false").fetchall()
     assert catalog._files_for(query) is None
     assert catalog.sql(query).fetchall() == []

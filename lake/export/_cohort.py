@@ -305,22 +305,26 @@ def _members_of_one_file(lake: Lake, query: str, key: str, version: int,
                          files: DataFiles) -> pa.Table | None:
     """The rows :func:`_member_query` returns (``pixel_bytes`` null where it gives 0), for
     ``instances`` rows that are one row group of one local data file (:func:`_one_row_group`):
-    DuckDB runs the cohort query for its keys alone, and the member rows are that file's,
-    read with pyarrow. DuckDB's scan of the
+    DuckDB runs the cohort query for its keys alone (once: :meth:`Lake.execute`), and the
+    member rows are that file's, read with pyarrow. DuckDB's scan of the
     ``instances`` view (its typed select list over every column) was two thirds of the
     member query's CPU on a small lake, where the file is read whole anyway. None when the
     version lacks a column the members need (a lake older than them: the query path says
     what is missing)."""
     if len(files.paths) != 1 or not set(_MEMBER_COLUMNS) <= set(files.schema.names):
         return None
-    keys = _fetched(lake.sql(
+    result = lake.execute(
         _with(query) + f"SELECT DISTINCT {key} FROM cohort_query WHERE {key} IS NOT NULL",
         as_of=version,
-    )).column(0)
-    if not (pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)
-            or pa.types.is_string_view(keys.type)):
+    )
+    try:
+        found = result.fetchall()
+    except Exception as exc:  # noqa: BLE001 - DuckDB raises many types at execution time
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QueryError(f"query failed: {first}") from None
+    if str(result.description[0][1]) != "VARCHAR":
         return None  # a key of another type: the member query says why it cannot compare
-    keys = keys.cast(pa.large_string()).combine_chunks()  # (in_set's type: string_set's)
+    keys = string_set([value for (value,) in found])  # (in_set's value set: large strings)
     try:
         rows = files.read(files.paths[0], _MEMBER_COLUMNS)
     except OSError:
