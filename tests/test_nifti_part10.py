@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.dataset import Dataset
@@ -797,6 +797,10 @@ def _floats_of(value: Any) -> list[float] | None:
        st.sampled_from([("ImagePositionPatient", "DS"), ("InstanceNumber", "IS"),
                         ("TriggerTime", "DS")]),
        st.sampled_from([ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+# GE's orientations: a last number of 16 characters, padded to an even length
+@example(["-0.7262333631038", "-0.0796377417515"], ("ImagePositionPatient", "DS"),
+         ExplicitVRLittleEndian)
+@example(["1", "-0.0796377417515"], ("ImagePositionPatient", "DS"), ImplicitVRLittleEndian)
 def test_numbers_read_from_bytes_are_the_floats_of_pydicoms_values(
         texts: list[str], element: tuple[str, str], syntax: str) -> None:
     """Part10.numbers (the converter's positions, rescale, times) is float() of each of
@@ -809,14 +813,55 @@ def test_numbers_read_from_bytes_are_the_floats_of_pydicoms_values(
     numbers = got.numbers(keyword)
     pattern = _PLAIN[vr]
     padded = raw + b" " * (len(raw) % 2)
+    # each number at most 16 characters, the value's trailing padding not counted
     plain = all(len(t) <= 16 and re.fullmatch(pattern.encode(), t)
-                for t in padded.split(b"\\"))
+                for t in padded.rstrip(b" ").split(b"\\"))
     if plain and all(abs(float(t)) < 1e300 for t in padded.split(b"\\")):
         assert numbers is not None
     if numbers is None:
         return
     value = _pydicom_value(data, keyword)
     assert numbers == _floats_of(value) and all(type(n) is float for n in numbers)
+
+
+_FORMAT = tuple(int(pydicom.datadict.tag_for_keyword(k) or 0) for k in (
+    "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated",
+    "BitsStored", "PixelRepresentation", "PlanarConfiguration", "PixelData"))
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_raw_key_tells_datasets_whose_values_are_the_same(syntax: str) -> None:
+    """raw_key (what the converter's pixel checks are kept by): the same for instances of
+    one format, whose values of those elements are the same; another for another
+    BitsStored, VR or syntax; the pixel data set in memory by VR, type and length; None
+    for a sequence or a value over 1 KiB."""
+    series = synthetic_series(n_slices=3, rows=8, cols=8, modality="MR", noise=9)
+    series[2].BitsStored = 10
+    reads = []
+    for ds in series:
+        pixels = ds.PixelData
+        del ds.PixelData
+        reads.append(read_part10(_bytes(ds, syntax), pixels, "OW", cache=ValueCache()))
+    assert all(isinstance(r, Part10) for r in reads)
+    keys = [r.raw_key(_FORMAT) for r in reads]  # type: ignore[union-attr]
+    assert keys[0] == keys[1] != keys[2]
+    assert keys[0] is not None and keys[0][0] is (syntax == ImplicitVRLittleEndian)
+    assert keys[0][-1] == ("OW", bytes, 8 * 8 * 2)
+    for tag in _FORMAT[:-1]:
+        assert reads[0].get(tag) == reads[1].get(tag)
+    assert reads[0].get("BitsStored") != reads[2].get("BitsStored")
+    implicit = read_part10(_bytes(series[0], ImplicitVRLittleEndian), b"\0" * 128, "OW")
+    explicit = read_part10(_bytes(series[0], ExplicitVRLittleEndian), b"\0" * 128, "OW")
+    assert isinstance(implicit, Part10) and isinstance(explicit, Part10)
+    assert implicit.raw_key(_FORMAT) != explicit.raw_key(_FORMAT)
+    enhanced = read_part10(_enhanced_bytes(syntax))
+    assert isinstance(enhanced, Part10)
+    per_frame = int(pydicom.datadict.tag_for_keyword("PerFrameFunctionalGroupsSequence") or 0)
+    assert enhanced.raw_key((per_frame,)) is None
+    long_text = read_part10(_with_value("ImageComments", "LT", b"x" * 1100, syntax))
+    assert isinstance(long_text, Part10)
+    assert long_text.raw_key((0x00204000,)) is None
+    assert long_text.raw_key((0x00204001,)) == (syntax == ImplicitVRLittleEndian, None)
 
 
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import io
 import itertools
 import json
 from pathlib import Path
@@ -37,9 +38,13 @@ from lake.nifti import (
     FORBIDDEN_KEYS,
     NiftiRefusal,
     NiftiVolume,
+    Part10,
     RefusalReason,
+    ValueCache,
+    _volume,
     gzip_members,
     nifti_payload,
+    read_part10,
     series_to_nifti,
     write_volume,
 )
@@ -142,6 +147,21 @@ def test_signed_data_with_bits_stored_below_bits_allocated() -> None:
     np.testing.assert_allclose(data, np.clip(_expected(volume, 0.0), -2048, 2047), atol=1.01)
 
 
+def _as_stored(series: list[Dataset]) -> list[Part10 | Dataset]:
+    """``series`` as the lake's export reads it: each header written without its pixel
+    data, read by :func:`read_part10` with the pixels attached, one ValueCache."""
+    cache = ValueCache()
+    read = []
+    for ds in series:
+        header = copy.deepcopy(ds)
+        pixels = header.PixelData
+        del header.PixelData
+        out = io.BytesIO()
+        pydicom.dcmwrite(out, header, enforce_file_format=True)
+        read.append(read_part10(out.getvalue(), pixels, "OW", cache=cache))
+    return read
+
+
 def _with_high_bits(ds: Dataset, allocated: int, stored: int, signed: bool, noise: int,
                     clean: bool = False) -> None:
     """``ds`` with BitsAllocated ``allocated``, BitsStored ``stored`` and every pixel's unused
@@ -185,11 +205,17 @@ def test_unused_high_bits_are_cleared_per_instance_however_the_stack_mixes_them(
         (allocated, stored), signed = layouts[index % slices]
         _with_high_bits(dirty, allocated, stored, signed, noise | 1)
         _with_high_bits(plain, allocated, stored, signed, 0, clean=True)
+    stored = _as_stored(series)  # as the lake reads them: one pixel layout per format
     got, expected = series_to_nifti(series), series_to_nifti(clean)
     assert [r.reason_code for r in got[1]] == [r.reason_code for r in expected[1]]
     assert len(got[0]) == len(expected[0]) == 1
     assert _data(got[0][0]).dtype == _data(expected[0][0]).dtype
     np.testing.assert_array_equal(_data(got[0][0]), _data(expected[0][0]))
+    from_lake = series_to_nifti(stored)
+    assert all(isinstance(ds, Part10) for ds in stored)
+    assert len(from_lake[0]) == 1 and not from_lake[1]
+    assert _data(from_lake[0][0]).dtype == _data(expected[0][0]).dtype
+    np.testing.assert_array_equal(_data(from_lake[0][0]), _data(expected[0][0]))
 
 
 def test_a_stack_mixing_pixel_representation_keeps_each_instances_stored_value() -> None:
@@ -411,6 +437,54 @@ def test_multi_echo_is_split_into_suffixed_volumes() -> None:
     assert [v.sidecar["EchoTime"] for v in volumes] == pytest.approx([0.012, 0.024, 0.036])
     assert [v.sidecar["EchoNumber"] for v in volumes] == [1, 2, 3]
     np.testing.assert_allclose(_data(volumes[2]) - _data(volumes[0]), 800.0, atol=1.01)
+
+
+def test_planes_are_shared_by_the_bytes_of_their_numbers() -> None:
+    """The frames of a series read by the lake share one Plane per orientation, spacing and
+    matrix (series_to_nifti's memo); an orientation of -0 is not one of 0, so each echo's
+    frames have the plane of their own instances; the volumes are pydicom's datasets'."""
+    series = synthetic_series(
+        n_slices=3, rows=8, cols=8, modality="MR", echo_times=[12.0, 24.0],
+        orientation=CORONAL,
+    )
+    for ds in series:
+        if float(ds.EchoTime) == 24.0:
+            ds.ImageOrientationPatient = [f"-{v}" if float(v) == 0 else str(v)
+                                          for v in ds.ImageOrientationPatient]
+    stored = _as_stored(series)
+    planes: dict[tuple[Any, ...], Any] = {}  # the converter's internals: frames_of's memo
+    frames = [f for i, ds in enumerate(stored)
+              for f in _volume.frames_of(ds, i, {}, False, planes)]
+    by_echo = {echo: {id(f.plane) for f in frames if f.echo_time == echo} for echo in (12, 24)}
+    assert len(planes) == 2 and [len(p) for p in by_echo.values()] == [1, 1]
+    for f in frames:
+        assert f.plane is not None
+        signs = np.signbit(np.concatenate([f.plane.row_cosine, f.plane.col_cosine]))
+        assert signs.tolist() == [np.signbit(float(v)) for v in
+                                  series[f.source].ImageOrientationPatient]
+    expected, refused = series_to_nifti(series)
+    got, refused_too = series_to_nifti(stored)
+    assert not refused and not refused_too and len(got) == len(expected) == 2
+    for mine, theirs in zip(got, expected, strict=True):
+        assert mine.image.header.binaryblock == theirs.image.header.binaryblock
+        np.testing.assert_array_equal(_data(mine), _data(theirs))
+        assert mine.sidecar == theirs.sidecar
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False, width=64), min_size=3,
+                max_size=3)
+       | st.lists(st.integers(-20000, 20000).map(lambda i: i / 10000 + 0.00005), min_size=3,
+                  max_size=3))
+def test_gradient_keys_are_rounded_as_numpy_rounds(values: list[float]) -> None:
+    """A diffusion gradient's grouping key (4 decimals, in Python floats) is numpy's
+    np.round(gradient, 4), halves and signs of zero included."""
+    gradient = np.array(values, dtype=np.float64)
+    with np.errstate(over="ignore"):  # beyond 1.8e304: inf, as x * 10.0**4 in Python
+        expected = tuple(np.round(gradient, 4).tolist())
+    got = _volume._rounded(gradient)
+    assert got == expected
+    assert [np.signbit(v) for v in got] == [np.signbit(v) for v in expected]
 
 
 def test_phase_images_get_their_own_volume() -> None:

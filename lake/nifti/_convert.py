@@ -170,9 +170,10 @@ def series_to_nifti(
     images = [i for i in unique if i not in left_out]
     mosaic_frames: list[Frame] = []
     frames: list[Frame] = []
+    planes: dict[tuple[Any, ...], Plane] = {}
     for i in images:
         mosaic = is_mosaic(datasets[i], acquisitions[i])
-        described = frames_of(datasets[i], i, acquisitions[i], mosaic)
+        described = frames_of(datasets[i], i, acquisitions[i], mosaic, planes)
         if mosaic and "PerFrameFunctionalGroupsSequence" not in datasets[i]:
             mosaic_frames.extend(described)
         else:

@@ -198,7 +198,9 @@ def _numbers(vr: str, buffer: bytes, start: int, length: int) -> list[float] | N
     if vr == "DS" or vr == "IS":
         pattern = _DECIMAL if vr == "DS" else _INTEGER
         values = []
-        for text in data.split(b"\\"):
+        # the value's trailing padding is not part of its last number (pydicom strips it):
+        # a last number of 16 characters padded to an even length is 17 bytes
+        for text in data.rstrip(b" ").split(b"\\"):
             if len(text) > 16 or not pattern.fullmatch(text):
                 return None
             values.append(float(text) if vr == "DS" else float(int(text)))
@@ -424,9 +426,9 @@ class Part10:
     def numbers(self, keyword: str) -> list[float] | None:
         """The values of ``keyword`` as floats, read from its bytes without pydicom, when
         they are IS or DS text in plain decimal notation (as :meth:`number`, each at most 16
-        bytes) or binary US, SS, UL, SL, FL or FD values, and all finite; None for anything
-        else (absent, empty, another VR or notation), which the caller then asks :meth:`get`
-        for.
+        bytes without the value's trailing padding) or binary US, SS, UL, SL, FL or FD
+        values, and all finite; None for anything else (absent, empty, another VR or
+        notation), which the caller then asks :meth:`get` for.
 
         ``float(v)`` of each of pydicom's values, in order: its IS is ``int()`` of the
         text, its DS ``float()`` of it, its binary numbers are ``struct``'s. A single value
@@ -439,7 +441,9 @@ class Part10:
         vr, start, length = entry
         if start < 0:
             return None
-        return _numbers(vr, self._source.buffer, start, length)
+        # through the batch's cache: the instances of a series repeat their orientation,
+        # spacing and rescale byte for byte (and an fMRI series its positions)
+        return self._source.numbers(vr, start, length)
 
     def uid(self, keyword: str) -> str | None:
         """``str(self.get(keyword))`` for a UI value that is one valid UID (digits and
@@ -496,6 +500,34 @@ class Part10:
             cache.put(key, values)  # kept as it is: hand out a copy
             return list(values)
         return values
+
+    def raw_key(self, tags: tuple[int, ...]) -> tuple[object, ...] | None:
+        """Everything pydicom's values of the top-level elements ``tags`` depend on (none of
+        them text with character sets, which are not part of it): whether the dataset is
+        implicit VR, and each element's VR and bytes (None when absent); of a value set in
+        memory (the pixel data), its VR, type and length. Two datasets with the same key
+        have the same values of those elements (values set in memory: of the same type and
+        length). None when one of them is a sequence or longer than 1 KiB in the bytes (the
+        caller then reads the values).
+        """
+        elements, buffer = self._elements, self._source.buffer
+        key: list[object] = [self.is_implicit_VR]
+        for tag in tags:
+            entry = elements.get(tag)
+            if entry is None:
+                key.append(None)
+                continue
+            if len(entry) != 3:
+                return None
+            vr, start, length = entry
+            if start < 0:
+                value = self._values[tag]
+                key.append((vr, value.__class__, len(value)))
+            elif length > _CACHED_LENGTH:
+                return None
+            else:
+                key.append((vr, buffer[start : start + length]))
+        return tuple(key)
 
     def _located(self, sequence: str, keyword: str) -> _Located:
         """:meth:`_locate`, once per shape; None in an item no shape checked."""

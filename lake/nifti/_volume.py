@@ -13,15 +13,17 @@ Fortran ``(x, y, z, t)`` order byte for byte, with ``y`` the DICOM row index rev
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import Decoder, get_decoder
+from pydicom.tag import Tag
 from pydicom.uid import UID, JPEGLSLossless, JPEGLSNearLossless
 
 from lake.nifti._decode import decode_past_panic
@@ -383,6 +385,22 @@ def _floats(value: Any, n: int) -> FloatArray | None:
     return np.array(items, dtype=np.float64)
 
 
+def _rounded(values: FloatArray) -> tuple[float, ...]:
+    """``tuple(np.round(values, 4).tolist())`` of finite values, in Python floats: numpy
+    multiplies by 10.0**4, rounds half to even (``rint``, which keeps the sign of a zero;
+    from 2**52 on every float is a whole number) and divides by 10.0**4, each in float64;
+    ``round`` of a float rounds half to even (a call of numpy's costs more than a frame's
+    three numbers)."""
+    return tuple(
+        (scaled if abs(scaled) >= _WHOLE else math.copysign(float(round(scaled)), scaled))
+        / 10000.0
+        for scaled in (value * 10000.0 for value in values.tolist())
+    )
+
+
+_WHOLE = 2.0**52
+
+
 def _dicom_time_seconds(value: Any) -> float | None:
     """``HHMMSS.frac`` (or a DT's time part) to seconds since midnight."""
     if value is None:
@@ -462,12 +480,38 @@ def _component(ds: Dataset, frame: int | None, look: FrameLookup) -> Component:
     return Component.MAGNITUDE
 
 
-def _plane(ds: Dataset, look: FrameLookup) -> tuple[Plane | None, FloatArray | None]:
-    iop = _look_floats(look, "PlaneOrientationSequence", "ImageOrientationPatient", 6)
+#: The key of a plane in a series' memo (:func:`_plane`): the six cosines and two spacings
+#: as float64 bytes (-0.0 is not 0.0 there: each frame has the cosines its numbers give).
+_PLANE_KEY = struct.Struct("<8d")
+
+
+def _plane(ds: Dataset, look: FrameLookup, planes: dict[tuple[Any, ...], Plane] | None = None,
+           ) -> tuple[Plane | None, FloatArray | None]:
+    """The frame's plane and position; ``planes`` (the series' memo) hands out one
+    :class:`Plane` per orientation, pixel spacing and matrix read from bytes (the frames of
+    a series mostly share one: built and compared once, not per frame)."""
+    iop_numbers = look.numbers("PlaneOrientationSequence", "ImageOrientationPatient")
+    if iop_numbers is None:
+        iop = _floats(look("PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+    else:
+        iop = np.array(iop_numbers, dtype=np.float64) if len(iop_numbers) == 6 else None
     ipp = _look_floats(look, "PlanePositionSequence", "ImagePositionPatient", 3)
     if iop is None or ipp is None:
         return None, None
-    spacing = _look_floats(look, "PixelMeasuresSequence", "PixelSpacing", 2)
+    spacing_numbers = look.numbers("PixelMeasuresSequence", "PixelSpacing")
+    key = None
+    if planes is not None and iop_numbers is not None and spacing_numbers is not None \
+            and len(spacing_numbers) == 2:
+        key = (_PLANE_KEY.pack(*iop_numbers, *spacing_numbers), ds.get("Rows"),
+               ds.get("Columns"))
+        known = planes.get(key)
+        if known is not None:
+            return known, ipp
+    if spacing_numbers is None:
+        spacing = _floats(look("PixelMeasuresSequence", "PixelSpacing"), 2)
+    else:
+        spacing = (np.array(spacing_numbers, dtype=np.float64) if len(spacing_numbers) == 2
+                   else None)
     if spacing is None:
         spacing = _floats(ds.get("ImagerPixelSpacing"), 2)
     if spacing is None or spacing[0] <= 0 or spacing[1] <= 0:  # np.any, without its set-up
@@ -480,6 +524,9 @@ def _plane(ds: Dataset, look: FrameLookup) -> tuple[Plane | None, FloatArray | N
         rows=int(ds.Rows),
         cols=int(ds.Columns),
     )
+    if key is not None:
+        assert planes is not None
+        planes[key] = plane
     return plane, ipp
 
 
@@ -519,7 +566,8 @@ def _is_field_map(ds: Dataset, frame: int | None, look: FrameLookup) -> bool:
 
 
 def frames_of(ds: Dataset, source: int, acquisition: Acquisition,
-              mosaic: bool) -> list[Frame]:
+              mosaic: bool, planes: dict[tuple[Any, ...], Plane] | None = None,
+              ) -> list[Frame]:
     """Describe every frame of ``ds``.
 
     Parameters
@@ -532,6 +580,9 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition,
         Its acquisition parameters (derived from the original header).
     mosaic : bool
         ``is_mosaic(ds, acquisition)`` (the caller has it already).
+    planes : dict, optional
+        The series' memo of planes (one dict for every instance of the series): frames
+        of one orientation, spacing and matrix share one :class:`Plane`.
 
     Returns
     -------
@@ -553,7 +604,7 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition,
     for index in indices:
         lookup = index if enhanced else None
         look.at(lookup)
-        plane, position = _plane(ds, look)
+        plane, position = _plane(ds, look, planes)
         if not enhanced and n > 1:
             plane, position = None, None  # classic multi-frame: no per-frame positions
         slope = _look_float(look, "PixelValueTransformationSequence", "RescaleSlope")
@@ -561,7 +612,7 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition,
                                 "RescaleIntercept")
         echo_time = _look_float(look, "MREchoSequence", "EffectiveEchoTime")
         if echo_time is None:
-            echo_time = _float(ds.get("EchoTime"))
+            echo_time = _number(ds, "EchoTime")
         echo_number = None if enhanced else _number(ds, "EchoNumbers")
         if echo_number is None and isinstance(echo_fallback, int):
             echo_number = float(echo_fallback)
@@ -596,7 +647,7 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition,
             trigger = _number(ds, "TriggerTime")
             acquisition_number = _number(ds, "AcquisitionNumber")
         b_key = None if bvalue is None else round(bvalue, 3)
-        g_key = None if gradient is None else tuple(np.round(gradient, 4).tolist())
+        g_key = None if gradient is None else _rounded(gradient)
         order = (
             temporal or 0.0,
             acquisition_number or 0.0,
@@ -668,6 +719,9 @@ class PixelCache:
         self._datasets = datasets
         self._cache: dict[int, NDArray[Any]] = {}
         self._unused_bits: dict[int, tuple[int, int, bool]] = {}
+        # native pixel layouts by _format_key: the instances of a series mostly share one
+        self._layouts: dict[tuple[object, ...],
+                            tuple[_NativeLayout, tuple[int, int, bool] | None]] = {}
 
     def _note_unused_bits(self, ds: Dataset, source: int) -> None:
         stored = int(ds.get("BitsStored") or 0)
@@ -676,35 +730,39 @@ class PixelCache:
             signed = int(ds.get("PixelRepresentation") or 0) == 1
             self._unused_bits[source] = (allocated, stored, signed)
 
-    def correct_in_place(self, source: int, array: NDArray[Any]) -> None:
-        """Clear (unsigned) or sign-extend (signed) the bits above BitsStored in ``array``.
+    def correct_stack_in_place(self, sources: Sequence[int], stack: NDArray[Any]) -> None:
+        """Clear (unsigned) or sign-extend (signed) the bits above BitsStored of
+        ``sources[i]`` in ``stack[i]``, for every ``i``.
 
         Native pixel data is decoded as a view on the dataset, without this correction;
-        it is applied here once the frame sits in the output array, saving a copy.
+        it is applied here once the frames sit in the output array, saving a copy. One
+        operation over the whole stack when every source needs the same correction (a
+        series mostly has one BitsStored), not one per slice (each op's set-up costs more
+        than a small slice's work); elementwise either way, so the values are the same.
         """
-        fix = self._unused_bits.get(source)
-        if fix is not None:
-            _clear_unused_bits(array, fix)
-
-    def correct_stack_in_place(self, sources: Sequence[int], stack: NDArray[Any]) -> None:
-        """``correct_in_place(sources[i], stack[i])`` for every ``i``: one operation over
-        the whole stack when every source needs the same correction (a series mostly has
-        one BitsStored), not one per slice (each op's set-up costs more than a small
-        slice's work); elementwise either way, so the values are the same."""
-        fixes = {self._unused_bits.get(source) for source in sources}
-        if len(fixes) == 1:
-            (fix,) = fixes
-            if fix is not None:
-                _clear_unused_bits(stack, fix)
+        fixes = [self._unused_bits.get(source) for source in sources]
+        if len(set(fixes)) == 1:
+            if fixes[0] is not None:
+                _clear_unused_bits(stack, fixes[0])
             return
-        for i, source in enumerate(sources):
-            self.correct_in_place(source, stack[i])
+        for i, fix in enumerate(fixes):
+            if fix is not None:
+                _clear_unused_bits(stack[i], fix)
 
     def all_frames(self, source: int) -> NDArray[Any] | NiftiRefusal:
         cached = self._cache.get(source)
         if cached is not None:
             return cached
         ds = self._datasets[source]
+        key = _format_key(ds)
+        if key is not None and key in self._layouts:
+            # the same format elements as an instance read before: its checks and layout
+            layout, fix = self._layouts[key]
+            array = _native_view(ds.get("PixelData"), layout)
+            self._cache[source] = array
+            if fix is not None:
+                self._unused_bits[source] = fix
+            return array
         refusal = _check_pixel_format(ds, source)
         if refusal is not None:
             return refusal
@@ -718,15 +776,18 @@ class PixelCache:
             )
         simple = _simple_native(ds, str(syntax))
         if simple is not None:
-            self._cache[source] = simple
+            array, layout = simple
+            self._cache[source] = array
             self._note_unused_bits(ds, source)
-            return simple
+            if key is not None:
+                self._layouts[key] = (layout, self._unused_bits.get(source))
+            return array
         try:
             decoder = get_decoder(UID(str(syntax)))
             options: dict[str, Any] = {}
             if decoder.is_native:
                 # decode as a view on the dataset; unused high bits are fixed later in the
-                # output array (see correct_in_place), which saves two copies per frame
+                # output array (see correct_stack_in_place), which saves two copies per frame
                 options = {"view_only": True, "correct_unused_bits": False}
                 self._note_unused_bits(ds, source)
             array = _decode(decoder, ds, options, _PREFERRED_PLUGIN.get(str(syntax)))
@@ -793,8 +854,47 @@ _LITTLE_ENDIAN_NATIVE = frozenset(
 )
 
 
-def _simple_native(ds: Dataset, syntax: str) -> NDArray[Any] | None:
-    """Little-endian native greyscale or RGB pixels as a view on ``PixelData``, else None.
+#: The top-level elements :func:`_check_pixel_format`, :func:`_simple_native` and
+#: ``PixelCache._note_unused_bits`` read (none of them text with character sets).
+_FORMAT_TAGS = tuple(
+    int(Tag(keyword)) for keyword in (
+        "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration",
+        "NumberOfFrames", "Rows", "Columns", "BitsAllocated", "BitsStored",
+        "PixelRepresentation", "PixelData", "FloatPixelData", "DoubleFloatPixelData")
+)
+_TRANSFER_SYNTAX = (int(Tag("TransferSyntaxUID")),)
+#: Where the pixel data's part is in a :meth:`Part10.raw_key` of ``_FORMAT_TAGS``.
+_PIXEL_DATA_AT = 1 + _FORMAT_TAGS.index(int(Tag("PixelData")))
+
+
+def _format_key(ds: Dataset | Part10) -> tuple[object, ...] | None:
+    """What the pixel checks and the native layout of ``ds`` depend on (:meth:`Part10.raw_key`
+    of the format elements and of the transfer syntax), when ``ds`` is a :class:`Part10`
+    whose pixel data is set in memory (the lake's blobs); else None."""
+    if not isinstance(ds, Part10) or not isinstance(ds.file_meta, Part10):
+        return None
+    key = ds.raw_key(_FORMAT_TAGS)
+    pixels = None if key is None else key[_PIXEL_DATA_AT]
+    if key is None or not isinstance(pixels, tuple) or pixels[1] is not bytes:
+        return None  # the pixel data is not a blob's bytes set in memory
+    syntax = ds.file_meta.raw_key(_TRANSFER_SYNTAX)
+    return None if syntax is None else (*key, *syntax)
+
+
+class _NativeLayout(NamedTuple):
+    """How :func:`_simple_native` views the pixel data of one format."""
+
+    dtype: np.dtype[Any]
+    samples: int
+    planar: int
+    frames: int
+    rows: int
+    cols: int
+
+
+def _simple_native(ds: Dataset, syntax: str) -> tuple[NDArray[Any], _NativeLayout] | None:
+    """Little-endian native greyscale or RGB pixels as a view on ``PixelData`` (and how it
+    was made), else None.
 
     This is what pydicom's native decoder returns for the commonest layout, without its
     per-call set-up (a third of the conversion time of a CT series); everything else
@@ -817,6 +917,13 @@ def _simple_native(ds: Dataset, syntax: str) -> NDArray[Any] | None:
     expected = rows * cols * frames * samples * dtype.itemsize
     if not isinstance(element, bytes) or len(element) not in (expected, expected + 1):
         return None
+    layout = _NativeLayout(dtype, samples, planar, frames, rows, cols)
+    return _native_view(element, layout), layout
+
+
+def _native_view(element: bytes, layout: _NativeLayout) -> NDArray[Any]:
+    """The pixel data as :func:`_simple_native` views it."""
+    dtype, samples, planar, frames, rows, cols = layout
     array = np.frombuffer(element, dtype=dtype, count=rows * cols * frames * samples)
     if samples == 1:
         return array.reshape((frames, rows, cols) if frames > 1 else (rows, cols))
@@ -916,6 +1023,8 @@ def assemble_stack(
             suffix,
         )
     for item in frames[1:]:
+        if item.plane is plane:
+            continue  # one plane of the series' memo (finite numbers: the same as itself)
         if item.plane is None or not plane.same_as(item.plane):
             return NiftiRefusal(
                 RefusalReason.MIXED_GEOMETRY,
