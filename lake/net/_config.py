@@ -192,7 +192,10 @@ class ServerConfig:
     commit_every : int
         Commit received instances to the catalog every this many instances...
     commit_interval : float
-        ...or every this many seconds, whichever comes first.
+        ...or once the oldest has waited this many seconds and arrivals pause (0.25 s
+        without one), at most four times this while they keep coming; whichever comes
+        first. A commit costs ~0.1 s of CPU whatever its size, so a burst is committed
+        in as few batches as these bounds allow.
     max_instance_bytes : int
         Larger received instances are refused (Out of Resources), while they stream in.
     acknowledge : str
@@ -224,7 +227,7 @@ class ServerConfig:
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
-    commit_every: int = 500
+    commit_every: int = 1000
     commit_interval: float = 2.0
     max_instance_bytes: int = 2**30
     receive_memory_bytes: int = 2**30

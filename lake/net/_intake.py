@@ -65,7 +65,11 @@ class Intake:
     every : int
         Commit once this many outcomes are waiting...
     interval : float
-        ...or once the oldest has waited this many seconds.
+        ...or once the oldest has waited this many seconds (and none came in the last
+        0.25 s)...
+    busy_interval : float, optional
+        ...or, while instances keep coming, once the oldest has waited this many seconds
+        (default ``interval``): :class:`~lake.net._spool.Committer`.
     workers : int
         Processes de-identifying received instances (0: the thread that submits).
     exclusive : bool
@@ -97,6 +101,7 @@ class Intake:
         *,
         every: int = 500,
         interval: float = 2.0,
+        busy_interval: float | None = None,
         workers: int = 0,
         exclusive: bool = False,
         on_committed: OnCommitted | None = None,
@@ -109,7 +114,7 @@ class Intake:
         self.captured = captured or Captured()
         self.spool = Spool(location, name)
         self.committer = Committer(ingestor, self.spool, every=every, interval=interval,
-                                   on_committed=self._committed)
+                                   busy_interval=busy_interval, on_committed=self._committed)
         self.on_committed = on_committed
         self.journal: ReceiptJournal | None = None
         self.failures = 0

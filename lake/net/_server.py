@@ -71,6 +71,9 @@ _MOVE = {
     STUDY_ROOT_MOVE: _STUDY_LEVELS,
 }
 _LEVELS = {**_FIND, **_GET, **_MOVE}
+BUSY_STRETCH = 4
+"""While instances keep arriving, a commit waits for a pause up to this many times
+``commit_interval`` (a burst is committed in fewer batches: :class:`lake.net._spool.Committer`)."""
 
 # Uncompressed first (the usual preference), then every compressed syntax pydicom knows.
 STORE_TRANSFER_SYNTAXES: tuple[str, ...] = tuple(ALL_TRANSFER_SYNTAXES)
@@ -156,7 +159,8 @@ class DicomServer:
         # one server per lake: its receipt journal is exclusive (lake/net/_intake.py)
         self.intake = Intake(
             self.ingestor, secret, "dicom-store", every=config.commit_every,
-            interval=config.commit_interval, workers=config.workers, exclusive=True,
+            interval=config.commit_interval, busy_interval=config.commit_interval * BUSY_STRETCH,
+            workers=config.workers, exclusive=True,
             captured=self.captured,
         )
         self.spool = self.intake.spool

@@ -8,7 +8,8 @@ Identified bytes never enter the spool; :meth:`lake.ingest.Ingestor.process` has
 already written the pixel blob or sealed
 the original in quarantine. The :class:`Committer` thread commits the spooled
 outcomes to the catalog every ``every`` instances or ``interval`` seconds (one
-Delta commit per batch), then deletes their spool files. At start-up,
+Delta commit per batch; while instances keep arriving, the interval may stretch to
+``busy_interval`` so that a burst is committed at once), then deletes their spool files. At start-up,
 :meth:`Committer.recover` commits whatever a crash left behind.
 """
 
@@ -42,6 +43,9 @@ _SUFFIX = ".json"
 _TMP = ".tmp-"
 _FORMAT = "imaging-lake-spool/1"
 _TRANSIENT = ("batch_id", "ingested_at", "quarantined_at")
+_PAUSE = 0.25
+"""Seconds without a new outcome that end a burst (at most ``interval``): see
+:class:`Committer`'s ``busy_interval``."""
 
 
 @dataclass
@@ -242,7 +246,15 @@ class Committer:
     every : int
         Commit once this many outcomes are pending...
     interval : float
-        ...or once the oldest pending outcome is this many seconds old.
+        ...or once the oldest pending outcome is this many seconds old and none came in
+        the last 0.25 s (or ``interval``, if shorter)...
+    busy_interval : float, optional
+        ...or, while outcomes keep coming, once the oldest is this many seconds old
+        (default: ``interval``, no stretching). A catalog commit costs ~0.1 s of CPU
+        whatever its size (2026-12-07: 520 rows in one commit 0.12-0.17 s, in two
+        0.23-0.28 s, in four 0.43-0.46 s): a burst committed in one batch instead of
+        one every ``interval`` saves that much per batch, and writes fewer, larger
+        files. What is pending stays durable meanwhile (receipt journal or spool).
     on_committed : callable, optional
         Called with the entries and the batch after each commit, before the spool
         files are deleted (the pull ledger is written here).
@@ -255,12 +267,16 @@ class Committer:
         *,
         every: int = 500,
         interval: float = 2.0,
+        busy_interval: float | None = None,
         on_committed: OnCommitted | None = None,
     ) -> None:
         self.ingestor = ingestor
         self.spool = spool
         self.every = max(1, every)
         self.interval = interval
+        self.busy_interval = max(interval, busy_interval if busy_interval is not None
+                                 else interval)
+        self.pause = min(_PAUSE, interval)
         self.on_committed = on_committed
         self.batches: list[BatchResult] = []
         self.last_error: str | None = None
@@ -268,6 +284,7 @@ class Committer:
         self._commit_lock = threading.Lock()
         self._pending: list[SpoolEntry] = []
         self._oldest = 0.0
+        self._newest = 0.0
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -298,8 +315,9 @@ class Committer:
 
     def _enqueue(self, entry: SpoolEntry) -> None:
         with self._cond:
+            self._newest = time.monotonic()
             if not self._pending:
-                self._oldest = time.monotonic()
+                self._oldest = self._newest
             self._pending.append(entry)
             if len(self._pending) >= self.every:
                 self._cond.notify_all()
@@ -360,20 +378,26 @@ class Committer:
         self._thread.start()
 
     def _due(self) -> bool:
+        return self._wait_for() <= 0.0
+
+    def _wait_for(self) -> float:
+        """Under ``_cond``: seconds until the pending outcomes are due (<= 0: now; the
+        interval if none is pending)."""
         if not self._pending:
-            return False
+            return self.interval
         if self._stopping or len(self._pending) >= self.every:
-            return True
-        return time.monotonic() - self._oldest >= self.interval
+            return 0.0
+        now = time.monotonic()
+        waited = now - self._oldest
+        if waited < self.interval:
+            return self.interval - waited
+        return min(self.busy_interval - waited, self.pause - (now - self._newest))
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._due() and not self._stopping:
-                    timeout = self.interval
-                    if self._pending:
-                        timeout = max(0.01, self.interval - (time.monotonic() - self._oldest))
-                    self._cond.wait(timeout)
+                    self._cond.wait(max(0.01, self._wait_for()))
                 if self._stopping:
                     return  # stop() flushes in its own thread
             try:

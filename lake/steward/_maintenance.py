@@ -61,9 +61,10 @@ MIN_GRACE = DEFAULT_GRACE
 retention below its configured minimum in the same way). A batch in flight is protected by
 the grace alone, so it must outlast any batch: an ingest commits every ``batch_size``
 instances (1,000 by default; measured ~2 ms per file on this laptop, so seconds), the DICOM
-receiver and STOW-RS every ``commit_every`` instances or ``commit_interval`` seconds (500
-or 2 s by default). A reused file's time is refreshed at once on a local lake, elsewhere
-when older than :data:`lake.store.REFRESH_AFTER` (10 minutes; on S3 by a server-side copy).
+receiver and STOW-RS every ``commit_every`` instances or ``commit_interval`` seconds (the
+receiver 1,000 or 2 s, up to 8 s while instances keep arriving; STOW-RS 500 or 1 s). A
+reused file's time is refreshed at once on a local lake, elsewhere when older than
+:data:`lake.store.REFRESH_AFTER` (10 minutes; on S3 by a server-side copy).
 An hour leaves ample margin."""
 _LOG = "_delta_log"
 
