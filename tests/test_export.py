@@ -428,6 +428,15 @@ def test_a_one_file_version_is_read_once_for_plan_and_headers(
         apart = export_dicom(loaded, "everything", tmp_path / "apart", scheduler="sync")
     assert len(reads) == 3
     assert once.manifest == apart.manifest and tree(tmp_path / "once") == tree(tmp_path / "apart")
+    reads.clear()
+
+    class TwoGroups:  # a larger file: read per purpose (a finished export reads no header)
+        num_row_groups = 2
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DataFiles, "footer", lambda self, path: TwoGroups())
+        again = export_dicom(loaded, "everything", tmp_path / "once", scheduler="sync")
+    assert again.up_to_date and [c for c in reads if "header_dicom" in c] == []
 
 
 def test_rerunning_a_finished_export_writes_nothing(loaded: lake.Lake, tmp_path: Path) -> None:

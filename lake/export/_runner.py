@@ -329,10 +329,11 @@ class _MemberFiles:
     plan and again for the headers of the series still to do, without looking for the
     members a second time.
 
-    A version of one data file (a small lake) is read once, for every column asked of
-    :meth:`find`: its member rows are kept and :meth:`rows` answers from them (reading
-    the one file three times for key, plan and headers cost ~0.8 ms of CPU each, most of a
-    small export's reads)."""
+    A version of one data file of one row group (a small lake) is read once, for every
+    column asked of :meth:`find`: its member rows are kept and :meth:`rows` answers from
+    them (reading the one file three times for key, plan and headers cost ~0.8 ms of CPU
+    each, most of a small export's reads). A larger file keeps being read per purpose: an
+    export finished or resumed then reads no header it does not need."""
 
     files: DataFiles
     masks: tuple[tuple[str, pa.BooleanArray, pa.Array], ...]
@@ -342,10 +343,11 @@ class _MemberFiles:
     def find(cls, files: DataFiles, wanted: Sequence[str],
              columns: Sequence[str] = ()) -> _MemberFiles:
         """The files holding ``wanted``; the member rows' ``columns`` kept when there is one
-        file."""
+        file of one row group."""
         members = string_set(set(wanted))
         masks = []
-        if len(files.paths) == 1 and columns:
+        if (len(files.paths) == 1 and columns
+                and files.footer(files.paths[0]).num_row_groups == 1):
             path = files.paths[0]
             table = files.read(path, list(dict.fromkeys(["SOPInstanceUID", *columns])))
             mask = in_set(table.column(0), members)
