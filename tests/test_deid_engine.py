@@ -847,6 +847,51 @@ def test_dates_and_clean_text_in_sequences_take_the_raw_path() -> None:
     assert "Zyxwv" not in item.RequestedProcedureDescription
 
 
+def test_removed_privates_and_blanked_sequences_in_items_take_the_raw_path() -> None:
+    """Under ``basic`` (every private element removed) a sequence whose items hold private
+    elements, and one whose items blank a nested sequence (empty or not), is rewritten from
+    its bytes (never parsed), to exactly what the general path writes and counts; so under
+    ``research`` (safe private attributes kept: not every private element is removed)."""
+    def probe() -> Dataset:
+        ds = dcmread(get_testdata_file("CT_small.dcm"))
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = CT
+        ref.ReferencedSOPInstanceUID = "1.2.3.4"
+        ref.add_new(0x00210010, "LO", "ACME SEQ")
+        ref.add_new(0x00211001, "LO", "Jane Doe")
+        ref.add_new(0x00211002, "UN", b"Doe")
+        series = Dataset()
+        series.SeriesInstanceUID = "1.2.3"
+        series.ReferencedInstanceSequence = Sequence([ref])
+        ds.ReferencedSeriesSequence = Sequence([series])
+        code = Dataset()
+        code.CodeValue = "J0042"
+        code.CodingSchemeDesignator = "LOCAL"
+        observers = []
+        for codes in ([], [code]):
+            observer = Dataset()
+            observer.VerifyingOrganization = "St Elsewhere"
+            observer.VerifyingObserverName = "Doe^Jane"
+            observer.VerifyingObserverIdentificationCodeSequence = Sequence(codes)
+            observers.append(observer)
+        ds.VerifyingObserverSequence = Sequence(observers)
+        return roundtrip(ds)
+
+    for name in ("basic", "research"):
+        fast, general = engine(name), engine(name)
+        general._raw_sequences = False
+        a, b = probe(), probe()
+        actions = dict(fast.apply(a).actions)
+        assert actions == dict(general.apply(b).actions)
+        assert encode_part10(a) == encode_part10(b)
+        assert isinstance(a.get_item(0x0040A073), RawDataElement)  # rewritten, never parsed
+        if name == "basic":
+            assert isinstance(a.get_item(0x00081115), RawDataElement)
+            assert actions["X"] >= 3
+    text = encode_part10(a)
+    assert b"Jane" not in text and b"ACME" not in text and b"J0042" not in text
+
+
 def test_keyed_values_are_the_hmac_sha256_of_the_value() -> None:
     """The one-shot ``hmac.digest`` behind keyed UIDs, pseudonyms and AE titles gives what an
     HMAC object gives (the keyed values of every lake depend on it)."""

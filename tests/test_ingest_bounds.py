@@ -377,3 +377,42 @@ def test_cli_options_set_the_bounds(tmp_path: Path, ct_folder: Path) -> None:
                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "max_zip_depth" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def _meta(*elements: tuple[int, bytes, bytes]) -> bytes:
+    """A preamble and file meta of explicit VR little endian ``(element, VR, value)``s."""
+    import struct
+
+    out = b"\0" * 128 + b"DICM"
+    for element, vr, value in elements:
+        if vr in (b"OB", b"UN"):
+            out += struct.pack("<HH2s2xI", 2, element, vr, len(value)) + value
+        else:
+            out += struct.pack("<HH2sH", 2, element, vr, len(value)) + value
+    return out
+
+
+def test_the_deflated_syntax_is_looked_for_in_the_file_meta_pydicom_reads() -> None:
+    """Only a file whose meta names the deflated syntax is read through the inflation bound:
+    looked for up to the end of the meta as pydicom reads it (a long meta value before the
+    transfer syntax included), or in the whole file when the meta is read some other way
+    (an unknown VR, no preamble); never in the pixel data of an ordinary file."""
+    from lake.ingest._header import _Bounded, _meta_end, within
+
+    deflated = b"1.2.840.10008.1.2.1.99\0"
+    body = b"\x08\x00\x60\x00CS\x02\x00CT" + b"\xe0\x7f\x10\x00OW\0\0" + b"\4\0\0\0" + deflated[:4]
+    limits = ReadLimits()
+    long_meta = _meta((0x0001, b"OB", b"\0\1" * 50_000), (0x0002, b"UI", b"1.2.3\0"),
+                      (0x0010, b"UI", deflated))
+    assert _meta_end(long_meta + body) == len(long_meta)
+    assert isinstance(within(long_meta + body, limits), _Bounded)
+    plain = _meta((0x0001, b"OB", b"\0\1"), (0x0010, b"UI", b"1.2.840.10008.1.2.1\0"))
+    text = b"\x08\x00\x30\x10LO\x18\x00" + deflated + b" "  # the UID as text, after the meta
+    assert _meta_end(plain + text) == len(plain)
+    assert not isinstance(within(plain + text, limits), _Bounded)
+    odd = _meta((0x0001, b"ZZ", b"\0\1"), (0x0010, b"UI", b"1.2.840.10008.1.2.1\0"))
+    assert _meta_end(odd + text) == len(odd + text)  # searched whole, as before
+    assert isinstance(within(odd + text, limits), _Bounded)
+    assert isinstance(within(text + long_meta, limits), _Bounded)  # no DICM at 128
+    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    assert ct[_meta_end(ct):_meta_end(ct) + 2] == b"\x08\x00"  # the dataset's first group

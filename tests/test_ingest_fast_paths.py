@@ -93,3 +93,85 @@ def test_the_pixel_entry_is_cut_from_the_header_as_the_expression_cuts_it() -> N
     header = ('{"00080060":{"Value":["CT"],"vr":"CS"},"7FE00010":{"BulkDataURI":"sha256:'
               + "ab" * 32 + '","vr":"OW"}}')
     assert _without_pixel_entries(header) == '{"00080060":{"Value":["CT"],"vr":"CS"}}'
+
+
+#: Pixel module elements and Pixel Data as senders may encode them: (tag, VR, value or None
+#: for the file's own pixel bytes, cut by the count given as the name's suffix).
+_PIXEL_MODULE = {
+    "rows": (0x00280010, "US", b"\x80\x00"),
+    "rows-two-values": (0x00280010, "US", b"\x80\x00\x80\x00"),
+    "rows-one-byte": (0x00280010, "US", b"\x80"),
+    "rows-empty": (0x00280010, "US", b""),
+    "rows-as-ss": (0x00280010, "SS", b"\x80\x00"),
+    "rows-as-un": (0x00280010, "UN", b"\x80\x00"),
+    "columns-large": (0x00280011, "US", b"\x00\x80"),
+    "samples-three": (0x00280002, "US", b"\x03\x00"),
+    "samples-as-us-text": (0x00280002, "US", b"1 "),
+    "bits-allocated-eight": (0x00280100, "US", b"\x08\x00"),
+    "pixels-ob": (0x7FE00010, "OB", None),
+    "pixels-ss": (0x7FE00010, "SS", None),
+    "pixels-short-2": (0x7FE00010, "OW", None),
+}
+
+
+def _pixel_variants(folder: Path) -> dict[str, Path]:
+    """CT_small with one pixel module element or its Pixel Data encoded otherwise; and
+    pydicom's MR in implicit VR little endian and in explicit VR big endian."""
+    files: dict[str, Path] = {}
+    for name, (tag, vr, value) in _PIXEL_MODULE.items():
+        ds = dcmread(get_testdata_file("CT_small.dcm"))
+        if value is None:
+            value = ds.PixelData[:-int(name.rsplit("-", 1)[1])] if name[-1].isdigit() \
+                else ds.PixelData
+        ds[tag] = RawDataElement(BaseTag(tag), vr, len(value), value, 0, False, True)
+        files[name] = folder / f"{name}.dcm"
+        files[name].write_bytes(encode_part10(ds))
+    for name in ("MR_small_implicit.dcm", "MR_small_bigendian.dcm"):
+        files[name] = Path(get_testdata_file(name))
+    return files
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_pixel_module_and_meta_left_raw_change_nothing(
+    profile: str, inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks read a raw US value of two bytes from its bytes and the size of a raw OB or
+    OW Pixel Data from its value; ``accept`` stores that value as it is; the file meta's raw
+    UIDs are compared and checked without converting them; the lake's meta elements are set
+    by tag. The plain paths converted every such element in place (``ds[tag]``,
+    ``ds.get(keyword)``) and set them by keyword."""
+    from pydicom.datadict import keyword_for_tag
+
+    from lake.ingest import _encode
+
+    folder = tmp_path / "variants"
+    folder.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        files = {**inputs, **_pixel_variants(folder)}
+    fast = TOOL.outcomes(profile, files, tmp_path / "fast")
+    monkeypatch.setattr(_instance, "_unsigned_short",
+                        lambda ds, tag, default=None: element_value(ds, tag, default))
+    monkeypatch.setattr(_instance, "_pixel_data",
+                        lambda ds: (ds[0x7FE00010].value, ds[0x7FE00010].VR))
+    monkeypatch.setattr(_instance, "_set",
+                        lambda ds, tag, _vr, value: setattr(ds, keyword_for_tag(tag), value))
+    monkeypatch.setattr(_encode, "_same_raw_uid", lambda *_args: False)
+    monkeypatch.setattr(_encode, "_filled", lambda meta, tag: not meta[tag].is_empty)
+    plain = TOOL.outcomes(profile, files, tmp_path / "plain")
+    assert fast == plain
+    refused = {plain[name].split()[-1] for name in _PIXEL_MODULE if not TOOL.accepted(plain[name])}
+    assert {"bad_image", "truncated"} <= refused  # refusals of the checks are compared too
+    assert TOOL.accepted(plain["MR_small_implicit.dcm"])
+    assert TOOL.accepted(plain["MR_small_bigendian.dcm"])
+
+
+def test_the_checks_and_the_row_leave_the_pixel_module_raw() -> None:
+    """What the fast paths are for: the checked pixel module elements and Pixel Data stay
+    raw (never converted) through ``read_instance``."""
+    from lake.ingest import read_instance
+
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    ds = read_instance(data)
+    for tag in (0x00280010, 0x00280011, 0x00280002, 0x00280100, 0x7FE00010):
+        assert isinstance(ds._dict[tag], RawDataElement), f"{tag:08X}"  # type: ignore[index]

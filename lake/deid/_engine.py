@@ -88,6 +88,11 @@ def _raw_text(elem: DataElement | RawDataElement, encodings: list[str]) -> str:
     return str(value)
 
 
+def _drops_private(plan: Plan) -> bool:
+    """Whether ``plan`` removes every private element (no safe private attribute kept)."""
+    return not plan.safe_private and plan.private_default["UN"].code == _p.REMOVE
+
+
 def _vr_of(elem: DataElement | RawDataElement, op: Op, tag: int) -> str:
     vr = elem.VR if elem.VR and (elem.VR != "UN" or not op.vr) else op.vr
     if not vr:
@@ -338,9 +343,10 @@ class Deidentifier:
             and not raw.is_implicit_VR
             and raw.is_little_endian
         ):
-            done = rewrite_sequence(raw.value, self._plan.tables, child, self.uid,
-                                    call.encodings,
-                                    functools.partial(self._raw_value, call))
+            plan = self._plan
+            done = rewrite_sequence(raw.value, plan.tables, child, self.uid, call.encodings,
+                                    functools.partial(self._raw_value, call),
+                                    drop_private=_drops_private(plan))
             if done is not None:
                 value, actions = done
                 ds[tag] = RawDataElement(BaseTag(tag), "SQ", len(value), value, 0, False, True)
@@ -361,7 +367,7 @@ class Deidentifier:
     def _privates(self, ds: Dataset, tags: list[int], call: _Call, mode: int) -> None:
         plan = self._plan
         default = plan.private_default
-        if not plan.safe_private and default["UN"].code == _p.REMOVE:
+        if _drops_private(plan):
             for tag in tags:
                 del ds[tag]
             call.actions["X"] += len(tags)
@@ -618,7 +624,13 @@ class Deidentifier:
             ascii_set(item, 0x00080102, "SH", b"DCM")
             ascii_set(item, 0x00080104, "LO", meaning.encode())
             items.append(item)
-        ds[0x00120064] = DataElement(0x00120064, "SQ", Sequence(items))
+        codes = DataElement(0x00120064, "SQ", Sequence(items))
+        if type(ds) in _PLAIN_DATASETS:
+            # What ds[tag] = codes does but for handing Pixel Representation to the new items
+            # (converting it here): none of their elements depends on it.
+            ds._dict[codes.tag] = codes
+        else:
+            ds[0x00120064] = codes
         for item in items:  # say how the raw values above are encoded: writers copy them
             item.set_original_encoding(False, True, item._character_set)
         ascii_set(ds, 0x00280303, "CS", plan.temporal.encode())

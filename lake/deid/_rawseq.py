@@ -6,7 +6,8 @@ the re-encoding cost more than the rest of the de-identification. When every ele
 a raw sequence needs only what this module can do on bytes (keep, remove, keyed UID, dummy,
 zero-length or fixed value, walk a nested sequence) or what the engine does to one value
 (:data:`VALUE_CODES`: date shifts and checks, text cleaning, pseudonyms, AE titles, given
-as a callback), the sequence is rewritten directly. Anything else (a private element, an
+as a callback), the sequence is rewritten directly; so is a private element where the plan
+removes them all (``basic``: removed). Anything else (a private element otherwise, an
 element without a dictionary entry, a value of VR UN, an odd encoding, a parse anomaly)
 makes :func:`rewrite_sequence` return None and
 the engine takes the general path: the fast path can only be faster, never different
@@ -55,9 +56,10 @@ class _NotFastError(Exception):
 class _Rewriter:
     def __init__(self, data: bytes, tables: tuple[Mapping[int, _p.Op], ...],
                  uid: Callable[[str], str], encodings: list[str],
-                 value: ValueFunction | None) -> None:
+                 value: ValueFunction | None, drop_private: bool) -> None:
         self.data = data
         self.value = value
+        self.drop_private = drop_private
         self.tables = tables
         self.uid = uid
         self.encodings = encodings
@@ -106,6 +108,15 @@ class _Rewriter:
             else:
                 raise _NotFastError
             op = table.get(tag)
+            if op is None and group & 1 and self.drop_private and length != _UNDEFINED:
+                # A private element where the plan removes every private one: removed, as
+                # the general path's walk removes it (one X each, creators included).
+                after = start + length
+                if after > len(data) or (end is not None and after > end):
+                    raise _NotFastError
+                self.actions["X"] += 1
+                pos = after
+                continue
             if op is None or group & 1:
                 raise _NotFastError  # private, masked or unknown: the general path knows
             code = op.code
@@ -136,6 +147,10 @@ class _Rewriter:
                 out += self._uid(group, element, data[start:after])
             elif code in (_p.DUMMY, _p.BLANK, _p.LITERAL) and vr not in (b"SQ", b"UN"):
                 out += self._replace(op, group, element, vr, data[start:after])
+            elif vr == b"SQ" and (code == _p.BLANK or (code == _p.DUMMY and not length)):
+                # As the general path: blanked to an empty sequence; an empty one stays.
+                self.actions["Z"] += 1
+                out += _LONG.pack(group, element, b"SQ", 0)
             elif code == _p.RECURSE and vr == b"SQ":
                 nested, _ = self.sequence(start, after, self._child(op, mode))
                 out += _LONG.pack(group, element, b"SQ", len(nested)) + nested
@@ -197,6 +212,8 @@ def rewrite_sequence(
     uid: Callable[[str], str],
     encodings: list[str],
     value: ValueFunction | None = None,
+    *,
+    drop_private: bool = False,
 ) -> tuple[bytes, Counter[str]] | None:
     """The items of a defined-length raw sequence, de-identified, or None.
 
@@ -215,6 +232,10 @@ def rewrite_sequence(
     value : callable, optional
         The engine's new value for the codes of :data:`VALUE_CODES`; without it, an element
         with such a code makes the sequence take the general path.
+    drop_private : bool, default False
+        Whether the plan removes every private element (no safe private attribute, private
+        elements removed): then a private element of defined length is removed here, with
+        the general path's action (``X``); otherwise it sends the sequence there.
 
     Returns
     -------
@@ -222,7 +243,7 @@ def rewrite_sequence(
         The new value (items with defined lengths) and the actions taken, or None when
         some element needs the general path.
     """
-    rewriter = _Rewriter(data, tables, uid, encodings, value)
+    rewriter = _Rewriter(data, tables, uid, encodings, value, drop_private)
     try:
         out, _ = rewriter.sequence(0, len(data), mode)
     except _NotFastError:

@@ -65,7 +65,7 @@ def study_keys(ds: Dataset, engine: Deidentifier) -> dict[str, Any]:
     accession = _text(ds.get_item(_ACCESSION)).strip()
     vocabulary = engine.profile.vocabulary
     words: set[str] = set()
-    for tag in [t for t in ds._dict if int(t) in _PERSON_NAMES]:  # top level, nothing converted
+    for tag in ds._dict.keys() & _PERSON_NAMES:  # top level, nothing converted
         elem = ds.get_item(tag)
         if elem is None or elem.VR == "SQ":
             continue

@@ -28,8 +28,7 @@ from lake.documents._keys import study_keys
 from lake.documents._limits import DocumentRefusedError, Limits
 from lake.documents._ocr import Ocr, mask
 from lake.documents._pdf import clean_pdf
-from lake.documents._study import study_from_header
-from lake.documents._text import TextPolicy
+from lake.documents._text import TextPolicy, identifiers_of
 from lake.documents._video import clean_video
 from lake.nifti import decode_past_panic
 
@@ -190,9 +189,10 @@ def _content(ds: Dataset, engine: Deidentifier, sop_class: UID, is_pdf: bool,
              limits: Limits) -> Content | None:
     if not (is_pdf or sop_class in _VL_IMAGES or sop_class in _VIDEOS):
         return None
-    study = study_from_header([ds], engine) if "StudyInstanceUID" in ds else None
-    policy = TextPolicy.for_engine(engine, study.identifiers if study else (),
-                                   study.id_digits if study else ())
+    # The header's identifying words, as study_from_header finds them (its study modules
+    # and keyed study UID are not needed here: the instance already carries its study).
+    words, digits = identifiers_of(ds, engine) if "StudyInstanceUID" in ds else ((), ())
+    policy = TextPolicy.for_engine(engine, words, digits)
     if is_pdf:
         return _pdf(ds, policy, engine, limits)
     if "PixelData" not in ds:

@@ -95,6 +95,8 @@ def encode_part10(ds: Dataset) -> bytes:
         ("MediaStorageSOPClassUID", 0x00020002, 0x00080016),
         ("MediaStorageSOPInstanceUID", 0x00020003, 0x00080018),
     ):
+        if _same_raw_uid(ds, ds_tag, meta, meta_tag):
+            continue  # nothing to set, nothing to convert
         uid = _sop_uid(ds, ds_tag)
         if uid and element_value(meta, meta_tag) != uid:
             setattr(meta, meta_key, uid)
@@ -137,11 +139,33 @@ def _validate_file_meta(meta: FileMetaDataset) -> None:
     elements = meta._dict
     if (
         all(tag >> 16 == 2 for tag in elements)
-        and all(tag in elements and not meta[tag].is_empty for tag in _META_FILLED)
+        and all(tag in elements and _filled(meta, tag) for tag in _META_FILLED)
         and _META_VERSION_NAME in elements
     ):
         return
     validate_file_meta(meta, enforce_standard=True)
+
+
+def _same_raw_uid(ds: Dataset, tag: int, meta: FileMetaDataset, meta_tag: int) -> bool:
+    """Whether the elements ``tag`` of ``ds`` and ``meta_tag`` of ``meta`` are both raw UIDs
+    as pydicom writes them (:func:`canonical_uid`) and equal: converted, they compare equal,
+    and written, converted or not, they are the same bytes."""
+    uid = canonical_uid(ds._dict.get(tag))  # type: ignore[call-overload]
+    return uid is not None and canonical_uid(meta._dict.get(meta_tag)) == uid  # type: ignore[call-overload]
+
+
+def _filled(meta: FileMetaDataset, tag: int) -> bool:
+    """``not meta[tag].is_empty``; a raw UID as pydicom writes it, or raw OB bytes of even
+    length, are known to have a value without converting them (written raw or converted,
+    they are the same bytes)."""
+    elem = meta._dict[tag]  # type: ignore[index]
+    if isinstance(elem, RawDataElement) and (
+        canonical_uid(elem) is not None
+        or (elem.VR == "OB" and isinstance(elem.value, bytes) and elem.value
+            and not len(elem.value) % 2)
+    ):
+        return True
+    return not meta[tag].is_empty
 
 
 def element_value(ds: Dataset, tag: int, default: Any = None) -> Any:
@@ -491,7 +515,7 @@ def _json_dataset(
     inline_limit = (bulk_data_threshold // 4) * 3
     # Read as ds.get_item gives them (a deferred value, None, is converted below by ds[tag]).
     elements: MutableMapping[Any, Any] = ds._dict
-    for tag in sorted(elements):
+    for tag in sorted(elements, key=int):  # ints compare in C, pydicom's BaseTag in Python
         elem = elements[tag]
         key = f"{int(tag):08X}"
         raw = isinstance(elem, RawDataElement) and isinstance(elem.value, bytes)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import zipfile
 import zlib
 from typing import IO
@@ -80,9 +81,46 @@ def within(data: bytes, limits: ReadLimits) -> io.BytesIO | _Bounded:
     byte search, a fraction of a millisecond a MB): every other file is read at full speed.
     """
     stream = io.BytesIO(data)
-    if _DEFLATED not in data:
+    if data.find(_DEFLATED, 0, _meta_end(data)) < 0:
         return stream
     return _Bounded(stream, None, limits.max_file_bytes)
+
+
+_META_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                            b"UR", b"UT", b"UV"})  # pydicom's EXPLICIT_VR_LENGTH_32
+_META_SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS",
+                             b"LO", b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI",
+                             b"UL", b"US"})  # pydicom's EXPLICIT_VR_LENGTH_16
+_META_ELEMENT = struct.Struct("<H2x2sH")
+_META_LONG_LENGTH = struct.Struct("<I")
+
+
+def _meta_end(data: bytes) -> int:
+    """Where the file meta group that pydicom reads ends (the transfer syntax is in it), so
+    the search for the deflated syntax stops there instead of running through the pixel data
+    (~0.17 ms a 0.9 MB file); the whole length unless the file has the preamble and its meta
+    elements are explicit VR little endian of known VRs and defined lengths, as pydicom then
+    reads them one after the other (otherwise pydicom may read them another way)."""
+    size = len(data)
+    if data[128:132] != b"DICM":
+        return size
+    pos = 132
+    while pos + 8 <= size:
+        group, vr, length = _META_ELEMENT.unpack_from(data, pos)
+        if group != 2:
+            return pos
+        if vr in _META_LONG_VRS:
+            if pos + 12 > size:
+                return size
+            (length,) = _META_LONG_LENGTH.unpack_from(data, pos + 8)
+            if length == 0xFFFFFFFF:
+                return size
+            pos += 12 + length
+        elif vr in _META_SHORT_VRS:
+            pos += 8 + length
+        else:
+            return size
+    return size
 
 
 def _over(limit: int) -> InputRefusedError:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -255,21 +255,47 @@ def _check_native_length(ds: Dataset) -> None:
         expected = (
             int(_required(ds, _ROWS))
             * int(_required(ds, 0x00280011))  # Columns
-            * int(element_value(ds, 0x00280002, 1))  # SamplesPerPixel
+            * int(_unsigned_short(ds, 0x00280002, 1))  # SamplesPerPixel
             * int(_required(ds, 0x00280100))  # BitsAllocated
             * frames
         ) // 8
     except (AttributeError, TypeError, ValueError):
         raise InputRefusedError("bad_image", "pixel module attributes are missing or malformed") from None
-    if len(ds[_PIXEL_DATA].value) < expected:
+    if len(_pixel_data(ds)[0]) < expected:
         raise InputRefusedError("truncated", "pixel data is shorter than Rows x Columns x frames")
 
 
+def _pixel_data(ds: Dataset) -> tuple[Any, Any]:
+    """The value and VR of Pixel Data (present) as ``ds[tag]`` gives them; a raw OB or OW
+    value is those bytes already, and is left raw (encoding copies it, storing removes it)."""
+    elem = ds._dict[_PIXEL_DATA]  # type: ignore[index]
+    if not (isinstance(elem, RawDataElement) and elem.VR in ("OB", "OW")
+            and isinstance(elem.value, bytes)):
+        elem = ds[_PIXEL_DATA]
+    return elem.value, elem.VR
+
+
 def _required(ds: Dataset, tag: int) -> Any:
-    """``getattr(ds, keyword)``: the value, AttributeError when absent."""
+    """``getattr(ds, keyword)`` of a US element: the value, AttributeError when absent."""
     if tag not in ds._dict:
         raise AttributeError(f"no element {tag:08X}")
-    return ds[tag].value
+    return _unsigned_short(ds, tag)
+
+
+def _unsigned_short(ds: Dataset, tag: int, default: Any = None) -> Any:
+    """:func:`element_value` of a US element; one raw explicit VR little endian value is
+    read from its two bytes, and the element left raw (converting it gives the same number,
+    and writing or serialising it the same bytes and JSON; the checks run on every file)."""
+    elem = ds._dict.get(tag)  # type: ignore[call-overload]
+    if (
+        isinstance(elem, RawDataElement)
+        and elem.VR == "US"
+        and elem.is_little_endian
+        and isinstance(elem.value, bytes)
+        and len(elem.value) == 2
+    ):
+        return elem.value[0] | elem.value[1] << 8
+    return element_value(ds, tag, default)
 
 
 def _transfer_syntax(ds: Dataset) -> UID:
@@ -287,11 +313,22 @@ def _ensure_meta(ds: Dataset) -> None:
     if not isinstance(getattr(ds, "file_meta", None), FileMetaDataset):
         ds.file_meta = FileMetaDataset()
     meta = ds.file_meta
-    meta.TransferSyntaxUID = syntax  # MediaStorage* are set by encode_part10
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    _set(meta, 0x00020010, "UI", syntax)  # TransferSyntaxUID; MediaStorage* by encode_part10
+    _set(meta, 0x00020012, "UI", IMPLEMENTATION_CLASS_UID)
     from lake import __version__  # lake/__init__ imports this module before defining it
 
-    meta.ImplementationVersionName = f"IMAGINGLAKE_{__version__}"[:16]
+    _set(meta, 0x00020013, "SH", f"IMAGINGLAKE_{__version__}"[:16])  # ImplementationVersionName
+
+
+def _set(ds: Dataset, tag: int, vr: str, value: Any) -> None:
+    """``setattr(ds, keyword, value)`` for the keyword of ``tag`` (of dictionary VR ``vr``):
+    the steps of ``Dataset.__setattr__``, without its keyword and tag lookups."""
+    if tag in ds._dict:
+        elem = ds[tag]
+        elem.value = value
+    else:
+        elem = DataElement(tag, vr, value)
+    ds[tag] = elem
 
 
 def _bulk_uri(_elem: Any) -> str:
@@ -333,10 +370,8 @@ def accept(ds: Dataset, ctx: IngestContext, actions: Counter[str], bytes_in: int
     pixel_vr: str | None = None
     pixel_len = 0
     blob_written = False
-    if _PIXEL_DATA in ds:
-        elem = ds[_PIXEL_DATA]
-        pixels: bytes = elem.value
-        pixel_vr = elem.VR
+    if _PIXEL_DATA in ds._dict:
+        pixels, pixel_vr = _pixel_data(ds)
         pixel_len = len(pixels)
         pixel_hash, blob_written = BlobStore(ctx.location).put_new(
             pixels, blob_key(pixels), durable=False
