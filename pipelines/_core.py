@@ -250,7 +250,10 @@ def ingest(
             max_sequence_depth=max_sequence_depth,
         )
         typed = [str(s) for s in sources]
-        total = count_items(typed, limits=limits, follow_symlinks=follow_symlinks)
+        # the bar's total, a walk of every source before the first file is read: not without
+        # a bar (-q)
+        total = None if quiet else count_items(
+            typed, limits=limits, follow_symlinks=follow_symlinks)
         with _progress(quiet=quiet) as progress:
             task = progress.add_task("ingest", total=total, rate="")
             started = progress.get_time()

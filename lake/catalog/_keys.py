@@ -29,6 +29,7 @@ import bisect
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from lake.catalog._arrow_values import empty_table
 from lake.catalog._duckdb import connect
 from lake.catalog._scan import _file_list, _quote
 
@@ -124,7 +125,7 @@ def files_holding(paths: Sequence[str], key: str, keys: pa.Array) -> pa.Table:
     schema = pa.schema([(key, pa.string()), ("file", pa.string()), ("row", pa.int64())])
     wanted = sorted(set(keys.to_pylist()))
     if not paths or not wanted:
-        return schema.empty_table()
+        return empty_table(schema)
     files = _file_list(paths)
     column = '"' + key.replace('"', '""') + '"'
     if len(wanted) <= PROBED_KEYS:

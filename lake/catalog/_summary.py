@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from lake.catalog._arrow_values import arrow_array, empty_table
 from lake.catalog._schema import INSTANCES
 from lake.store import atomic_write, write_at
 
@@ -268,12 +269,11 @@ def _rep_headers(con: duckdb.DuckDBPyConnection, reader: Any, name: str) -> pa.T
     import pyarrow as pa
     from pydicom.datadict import tag_for_keyword
 
+    parts = pa.schema([(c, pa.string()) for c in ("data_file", "SeriesInstanceUID", "rep_header")])
     present = set(reader.schema_arrow.names)
     columns = ["SeriesInstanceUID", "SOPInstanceUID", "header_json"]
     if not set(columns) <= present:
-        return pa.table({"data_file": pa.array([], pa.string()),
-                         "SeriesInstanceUID": pa.array([], pa.string()),
-                         "rep_header": pa.array([], pa.string())})
+        return empty_table(parts)
     schema = reader.schema_arrow
     stream = pa.RecordBatchReader.from_batches(
         pa.schema([schema.field(c) for c in columns]),
@@ -292,11 +292,9 @@ def _rep_headers(con: duckdb.DuckDBPyConnection, reader: Any, name: str) -> pa.T
         header = json.loads(text) if text else {}
         kept.append(json.dumps({t: header[t] for t in tags if t in header},
                                separators=(",", ":")))
-    return pa.table({
-        "data_file": pa.array([name] * len(rows), pa.string()),
-        "SeriesInstanceUID": pa.array([r[0] for r in rows], pa.string()),
-        "rep_header": pa.array(kept, pa.string()),
-    })
+    return pa.Table.from_arrays([arrow_array([name] * len(rows), pa.string()),
+                                 arrow_array([r[0] for r in rows], pa.string()),
+                                 arrow_array(kept, pa.string())], schema=parts)
 
 
 def rep_headers_of(tables: DeltaTables, files: Sequence[str]) -> tuple[str, ...]:

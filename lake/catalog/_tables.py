@@ -16,6 +16,7 @@ from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from lake._errors import CatalogError
+from lake.catalog._arrow_values import arrow_array, empty_table, python_table
 from lake.catalog._kept import KeptSnapshots
 from lake.catalog._key_index import located, maintain
 from lake.catalog._keys import files_holding, in_key_range, readable_by_duckdb
@@ -265,7 +266,7 @@ class DeltaTables:
                 delta.alter.set_table_properties(RETENTION)
             self._upgraded(delta, table)
             return
-        empty = table.schema.empty_table()
+        empty = empty_table(table.schema)
         try:
             write_deltalake(
                 self.uri(table.name),
@@ -592,7 +593,7 @@ class DeltaTables:
         import pyarrow as pa
 
         delta = self.open(table.name)
-        wanted = pa.chunked_array([pa.array(keys, pa.string())])
+        wanted = pa.chunked_array([arrow_array(keys, pa.string())])
         snapshot = data_files(delta, self.storage_options)
         files = _in_key_range(delta, snapshot, key, wanted)
         names = [key, *[c for c in columns if c != key]]
@@ -798,9 +799,7 @@ def view_schema(schema: pa.Schema) -> pa.Schema:
 
 
 def _table_of(table: Table, rows: Sequence[dict[str, Any]]) -> pa.Table:
-    import pyarrow as pa
-
-    return pa.Table.from_pylist(list(rows), schema=table.schema)
+    return python_table(rows, table.schema)
 
 
 def _unique(data: pa.Table, key: str) -> pa.Table:
@@ -894,7 +893,6 @@ def _matching(
     """
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds
     import pyarrow.fs as pafs
 
     if not files.paths:
@@ -910,6 +908,8 @@ def _matching(
         if len(columns) == 1:
             return conform(table, columns, rows.select([key]))
         return _rows_at(files.filesystem, table, columns, rows)
+    import pyarrow.dataset as ds  # imports pandas: only for a remote table
+
     parquet = ds.ParquetFileFormat()
     fragments = [parquet.make_fragment(p, filesystem=files.filesystem) for p in paths]
     found, holding = _streamed(fragments, table, key, wanted)
@@ -941,15 +941,15 @@ def _indexed_rows(
     rank = {path: n for n, path in enumerate(files.paths)}
     if places:
         places.sort(key=lambda place: (rank[place[0]], place[1]))
-        where = pa.table({"file": [p for p, _ in places], "row": [r for _, r in places]},
-                         schema=pa.schema([("file", pa.string()), ("row", pa.int64())]))
+        where = python_table([{"file": p, "row": r} for p, r in places],
+                             pa.schema([("file", pa.string()), ("row", pa.int64())]))
         stored = _rows_at(files.filesystem, table, [key], where).column(key)
         hits = pa.table({key: stored.cast(pa.string()), "file": where.column("file"),
                          "row": where.column("row")}).filter(in_set(stored, string_set(keys)))
         found = pa.concat_tables([found, hits.cast(found.schema)])
     if found.num_rows == 0:
         return found
-    ranks = pa.array([rank[p] for p in found.column("file").to_pylist()], pa.int64())
+    ranks = arrow_array([rank[p] for p in found.column("file").to_pylist()], pa.int64())
     order = pc.sort_indices(found.append_column("rank", ranks),
                             sort_keys=[("rank", "ascending"), ("row", "ascending")])
     return found.take(order)
@@ -981,7 +981,7 @@ def _rows_at(
             for group, at in itertools.groupby(
                     numbers, key=lambda n: bisect.bisect_right(starts, n) - 1):
                 read = parquet.read_row_group(group, columns=stored, use_threads=False)
-                offsets = pa.array([n - starts[group] for n in at], pa.int64())
+                offsets = arrow_array([n - starts[group] for n in at], pa.int64())
                 parts.append(conform(table, columns, read).take(offsets))
     return _concat(table, columns, parts)
 
@@ -1033,5 +1033,5 @@ def _concat(table: Table, columns: Sequence[str], parts: list[pa.Table]) -> pa.T
     import pyarrow as pa
 
     if not parts:
-        return pa.schema([table.schema.field(c) for c in columns]).empty_table()
+        return empty_table(pa.schema([table.schema.field(c) for c in columns]))
     return pa.concat_tables(parts)

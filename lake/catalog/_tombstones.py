@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lake.catalog._schema import INSTANCES, TOMBSTONES
-from lake.catalog._tables import DeltaTables, arrow_dataset
+from lake.catalog._tables import DeltaTables, arrow_dataset, data_files
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -86,13 +86,23 @@ class Tombstones:
         """The tombstones recorded now (none if the lake has no tombstones table yet)."""
         if not tables.exists(TOMBSTONES.name):
             return cls(key, frozenset())
-        return cls.of(tables.open(TOMBSTONES.name), key)
+        return cls.of(tables.open(TOMBSTONES.name), key, tables.storage_options)
 
     @classmethod
-    def of(cls, delta: DeltaTable, key: bytes) -> Tombstones:
-        """The tombstones of the tombstones table ``delta`` at the version it is loaded at."""
-        column = arrow_dataset(delta).to_table(columns=["tombstone"]).column(0)
-        return cls(key, frozenset(str(v) for v in column.to_pylist() if v is not None))
+    def of(
+        cls, delta: DeltaTable, key: bytes, storage_options: Mapping[str, str] | None = None
+    ) -> Tombstones:
+        """The tombstones of the tombstones table ``delta`` at the version it is loaded at
+        (remote: read with ``storage_options``), read file by file (:class:`DataFiles`: an
+        Arrow dataset imports pandas, 0.2 s of CPU at an ingest's first commit)."""
+        files = data_files(delta, storage_options)
+        laid = frozenset(
+            str(value)
+            for path in files.paths
+            for value in files.read(path, ["tombstone"]).column(0).to_pylist()
+            if value is not None
+        )
+        return cls(key, laid)
 
     def __bool__(self) -> bool:
         return bool(self.laid)
@@ -156,7 +166,7 @@ class TombstoneCache:
                 self._delta.update_incremental()
             version = int(self._delta.version())
             if version != self._version:
-                self._laid = Tombstones.of(self._delta, self.key)
+                self._laid = Tombstones.of(self._delta, self.key, tables.storage_options)
                 self._version = version
                 self.loads += 1
             return self._laid

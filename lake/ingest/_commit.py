@@ -93,6 +93,7 @@ def commit_batch(
     import pyarrow.compute as pc
 
     from lake.catalog import BatchJournal, Decision
+    from lake.catalog._arrow_values import arrow_array, python_table
 
     lake = ingestor.lake
     batch = BatchResult(batch_id=uuid.uuid4().hex)
@@ -169,7 +170,7 @@ def commit_batch(
         records += [sealer.record(index) for index in conflicts]
         rows = judged.new
         if erased:
-            keep = pc.invert(pc.is_in(rows.column(KEY), value_set=pa.array(sorted(erased))))
+            keep = pc.invert(pc.is_in(rows.column(KEY), value_set=arrow_array(sorted(erased), pa.string())))
             rows = rows.filter(pc.fill_null(keep, True))
         batch.erased = sum(1 for _, row in accepted if row[KEY] in erased) + len(withdrawn)
         batch.ingested = rows.num_rows
@@ -181,7 +182,7 @@ def commit_batch(
         journal[:] = [BatchJournal(ingestor.batch_row(batch, started_at), records)]
         if replacing:
             rows = pa.concat_tables(
-                [rows, pa.Table.from_pylist(replacing, schema=INSTANCES.schema)]
+                [rows, python_table(replacing, INSTANCES.schema)]
             )
         return Decision(rows, journal[0].encode(), tuple(r[KEY] for r in replacing))
 

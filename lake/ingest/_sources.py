@@ -190,7 +190,7 @@ class _Walk:
         if stat.S_ISDIR(st.st_mode):
             yield from self.folder(path, position, st)
         elif stat.S_ISREG(st.st_mode):
-            yield from self.file(path)
+            yield from self.file(str(path))
         else:
             self.report.skipped["not_regular"] += 1
 
@@ -207,8 +207,8 @@ class _Walk:
             folders: list[str] = []
             for name, entry in _in_order(files, others):
                 kind = "file" if entry is None else self._kind(entry, seen)
-                if kind == "file":
-                    yield from self.file(Path(folder, name))
+                if kind == "file":  # a str: a Path cost 60 % of the walk's CPU a file
+                    yield from self.file(os.path.join(folder, name))
                 elif kind == "folder":
                     folders.append(os.path.join(folder, name))
                 elif kind == "not_regular":
@@ -243,21 +243,21 @@ class _Walk:
         seen.add(key)
         return "folder"
 
-    def file(self, path: Path) -> Iterator[SourceItem]:
-        if _is_zip_name(path.name) and zipfile.is_zipfile(path):
+    def file(self, path: str) -> Iterator[SourceItem]:
+        if _is_zip_name(path) and zipfile.is_zipfile(path):
             yield from self.archive_on_disk(path)
         else:
-            yield SourceItem(str(path))
+            yield SourceItem(path)
 
-    def archive_on_disk(self, path: Path) -> Iterator[SourceItem]:
+    def archive_on_disk(self, path: str) -> Iterator[SourceItem]:
         budget = [self.limits.max_archive_bytes]
         try:
             archive = zipfile.ZipFile(path)
         except _READ_ERRORS:
-            yield SourceItem(str(path), refused=_bad_archive())
+            yield SourceItem(path, refused=_bad_archive())
             return
         with archive:
-            yield from self.members(archive, str(path), None, 1, budget)
+            yield from self.members(archive, path, None, 1, budget)
 
     def members(self, archive: zipfile.ZipFile, path: str, prefix: str | None, depth: int,
                 budget: list[int]) -> Iterator[SourceItem]:
