@@ -4,8 +4,12 @@ Those libraries report malformed input with warnings and log records that quote 
 offending value (``Invalid value for VR UI: '<an original UID>'``). Code that handles
 identified data runs inside :func:`capture`: every :func:`warnings.warn` call and every
 record of the ``pydicom``/``pynetdicom`` loggers made *on that thread* while the scope is
-open is counted (category or logger and level only, never the text) and dropped. Other
-threads see no difference, and no warning filter or pydicom setting is changed.
+open is counted (category or logger and level only, never the text) and dropped. Scopes
+nest: each distinct scope open on the thread counts it once (the inner scope of
+``lake.ingest.process_bytes`` and the worker's or server's scope around it both see it; a
+:class:`Captured` opened twice on the stack counts it once), so code never copies an inner
+scope's counts into an outer one. Other threads see no difference, and no warning filter
+or pydicom setting is changed.
 
 Why a hook, and why this one: before Python 3.14 warnings have no thread-safe scope.
 ``warnings.catch_warnings`` swaps module-wide state (another thread's warnings land in
@@ -104,9 +108,17 @@ _install_lock = threading.Lock()
 _installed = False
 
 
-def _current() -> Captured | None:
+def _open_scopes() -> list[Captured]:
+    """Every distinct scope open on this thread, innermost first (empty outside any).
+
+    A warning counts once in each of them: an inner scope (``process_bytes``' own) does not
+    hide it from the scope around it (a worker's, a server's), and a :class:`Captured`
+    opened twice on the stack (``capture(into=shared)`` within itself) counts it once.
+    """
     scopes = _local.scopes
-    return scopes[-1] if scopes else None
+    if len(scopes) < 2:
+        return list(scopes)
+    return list(dict.fromkeys(reversed(scopes)))  # Captured hashes by identity
 
 
 def _category_name(message: object, category: object) -> str:
@@ -121,10 +133,12 @@ class _LibraryRecords(logging.Filter):
     """Drops (and counts) records made on a thread inside :func:`capture`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        scope = _current()
-        if scope is None:
+        scopes = _open_scopes()
+        if not scopes:
             return True
-        scope._logged(f"{record.name} {record.levelname}")
+        key = f"{record.name} {record.levelname}"
+        for scope in scopes:
+            scope._logged(key)
         return False
 
 
@@ -143,12 +157,14 @@ def _install() -> None:
             message: Any, category: Any = None, stacklevel: int = 1, source: Any = None,
             **kwargs: Any,
         ) -> None:
-            scope = _current()
-            if scope is None:
+            scopes = _open_scopes()
+            if not scopes:
                 # One frame deeper than the caller's call: the same frame is blamed.
                 original(message, category, stacklevel + 1, source, **kwargs)
                 return
-            scope._warned(_category_name(message, category))
+            name = _category_name(message, category)
+            for scope in scopes:
+                scope._warned(name)
 
         setattr(warnings, "warn", warn)  # noqa: B010 - a module attribute, replaced on purpose
         _installed = True

@@ -106,8 +106,17 @@ class Store:
         return self.intake.journal
 
     def close(self) -> None:
-        """Commit everything received (raises NetError if that fails; the journal keeps it)."""
+        """Commit everything received (raises NetError if that fails; the journal keeps it).
+
+        Logs how many parser warnings and library log records about received data were
+        suppressed (counts only: their text can quote original values), as ``lake serve
+        dicom`` reports them when it stops.
+        """
         self.intake.close()
+        suppressed = self.intake.captured.total
+        if suppressed:
+            _LOG.warning("STOW-RS: %d parser warnings and library log records about received "
+                         "data were suppressed (they can quote original values)", suppressed)
 
     def store(self, part: Part, study: str | None, result: StoreResult) -> None:
         """Make one part durable, de-identify it; record the outcome in ``result``."""
