@@ -329,6 +329,12 @@ def pull_command(
             highlight=False,
             soft_wrap=True,
         )
+        if summary.suppressed:
+            err.print(
+                f"{summary.suppressed} parser warnings and library log records about received "
+                "data were suppressed (they can quote original values)",
+                highlight=False, soft_wrap=True,
+            )
     if summary.failed:
         raise typer.Exit(EXIT_PROBLEMS)
     if summary.quarantined:

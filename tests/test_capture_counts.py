@@ -5,7 +5,8 @@ it hid every warning from the scopes around it (a worker's, the server's), so ``
 dicom`` reported none for a malformed instance. A real storescu peer sends an instance with
 an invalid SeriesInstanceUID (pydicom warns and logs about it, quoting it); the shipped server counts
 the warnings (not the text) in its closing line, with and without worker processes, and
-the same instance through STOW-RS counts the same (logged when the server stops).
+the same instance through STOW-RS counts the same (logged when the server stops), and
+``lake pull`` (C-GET from Orthanc) counts it with the C-FIND responses quoting it.
 """
 
 from __future__ import annotations
@@ -115,3 +116,26 @@ def test_stow_counts_the_warnings_of_a_malformed_instance(
     assert expected <= counted < 2 * expected
     assert f"STOW-RS: {counted} parser warnings" in caplog.text
     assert TOKEN not in caplog.text
+
+
+def test_pull_counts_the_warnings_of_a_malformed_instance(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path
+) -> None:
+    require("Orthanc")
+    from lake.net import find_studies, parse_peer, pull_studies
+    from tests.net_peers import Orthanc
+
+    sent = _bad_uid(tmp_path / "in", 3)
+    with capture():  # reading it warns too
+        study = str(dcmread(sent).StudyInstanceUID)
+    with Orthanc(tmp_path / "orthanc",
+                 modalities={"LAKE": ("127.0.0.1", free_port())}) as pacs:
+        assert pacs.upload([sent]) == 1
+        peer = parse_peer(f"ORTHANC@127.0.0.1:{pacs.dicom_port}")
+        studies = find_studies(peer, [f"StudyInstanceUID={study}"])
+        summary = pull_studies(lk, lk.secret(vault_dir), peer, studies, via="get")
+    assert summary.ingested == 1
+    assert summary.suppressed > 0  # before s25: not counted (the C-FIND's warned, uncaptured)
+    expected = _expected(tmp_path / "scratch", sent)
+    # and the PACS's C-FIND responses quoting the bad UID (parsed on the pulling thread)
+    assert summary.suppressed > expected

@@ -27,6 +27,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
+from lake._capture import capture
 from lake._errors import NetError
 from lake.catalog import PULLS, arrow_dataset
 from lake.ingest import Accepted, BatchResult, Ingestor
@@ -102,6 +103,9 @@ class PullSummary:
     completed: int = 0
     failed: int = 0
     recovered: int = 0
+    suppressed: int = 0
+    """Parser warnings and library log records about the received data (counted, never shown:
+    they can quote original values)."""
     received: ReceiveStats = field(default_factory=ReceiveStats)
     batches: list[BatchResult] = field(default_factory=list)
 
@@ -486,17 +490,21 @@ def pull_studies(
     if via == "move":
         scp = _start_move_scp(calling_aet, listen, peer, on_store, timeout)
     try:
-        for index, study in enumerate(studies):
-            outcome = _pull_study(ae, peer, study, ledger, via, calling_aet, on_store, progress,
-                                  index)
-            intake.flush()
-            summary.add(outcome)
+        # The PACS's C-FIND responses (series, instances) are parsed on this thread: pydicom
+        # quotes their invalid values (an original UID) in warnings, counted, never shown.
+        with capture(into=intake.captured):
+            for index, study in enumerate(studies):
+                outcome = _pull_study(ae, peer, study, ledger, via, calling_aet, on_store,
+                                      progress, index)
+                intake.flush()
+                summary.add(outcome)
     finally:
         if scp is not None:
             scp.shutdown()
         receiver.close()
         intake.close()
         summary.batches = list(intake.batches)
+        summary.suppressed = intake.captured.total
     return summary
 
 
