@@ -16,7 +16,15 @@ from pydicom.dataset import Dataset
 from lake.nifti._ge import derive_ge
 from lake.nifti._parameters import AcquisitionValue, validate_all
 from lake.nifti._philips_uih import derive_philips, derive_uih
-from lake.nifti._private import DecodeError, creator_block, creator_memo, first_float, floats
+from lake.nifti._private import (
+    DecodeError,
+    creator_block,
+    creator_memo,
+    first_float,
+    floats,
+    image_type,
+    manufacturer,
+)
 from lake.nifti._siemens import derive_siemens
 
 __all__ = ["Vendor", "derive_acquisition", "vendor_of"]
@@ -44,7 +52,7 @@ _LETTERS = {"M": "magnitude", "P": "phase", "R": "real", "I": "imaginary"}
 
 def vendor_of(ds: Dataset) -> Vendor | None:
     """The manufacturer, by dcm2niix's names, or None when unknown."""
-    name = str(ds.get("Manufacturer") or "").strip().upper()
+    name = manufacturer(ds).strip().upper()
     for prefix, vendor in _PREFIXES:
         if name.startswith(prefix):
             return vendor
@@ -91,7 +99,7 @@ def _component_of(ds: Dataset, frame: tuple[Dataset | None, Dataset | None]) -> 
     if part is not None and str(part).upper() in _COMPONENTS:
         return _COMPONENTS[str(part).upper()]
     kinds = _lookup(ds, frame, "MRImageFrameTypeSequence", "FrameType") \
-        if frame[0] is not None else ds.get("ImageType")
+        if frame[0] is not None else image_type(ds)
     tokens = [t for v in (kinds or []) for t in str(v).upper().split("_")]
     if any("PHASE" in t for t in tokens) or "P" in tokens:
         return "phase"

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import IS, DSfloat
@@ -26,6 +27,8 @@ __all__ = [
     "first_float",
     "first_int",
     "floats",
+    "image_type",
+    "manufacturer",
     "phase_axis",
     "private",
     "text",
@@ -86,6 +89,53 @@ def creator_block(ds: Dataset, group: int, creators: Iterable[str]) -> int | Non
         if any(w in name for w in wanted):
             return block
     return None
+
+
+_MANUFACTURER = 0x00080070
+_IMAGE_TYPE = 0x00080008
+#: Stands for "read it through pydicom" (a value the raw readers do not take on).
+_CONVERT = object()
+
+
+def _raw_value(ds: Dataset, tag: int, vr: str) -> Any:
+    """The bytes of ``tag`` when still raw in a pydicom ``ds`` with VR ``vr`` (or implicit),
+    None when absent, else ``_CONVERT``. Reading them leaves the element raw (pydicom's
+    conversion of ImageType and Manufacturer was most of the derivation's time at ingest)."""
+    if not isinstance(ds, Dataset):
+        return _CONVERT  # lake.nifti.Part10 (an export's reader): its own conversion
+    elem = ds._dict.get(tag)  # type: ignore[call-overload]
+    if elem is None:
+        return None
+    if not isinstance(elem, RawDataElement) or elem.VR not in (vr, None):
+        return _CONVERT
+    return elem.value if elem.value is not None else b""
+
+
+def manufacturer(ds: Dataset) -> str:
+    """``str(ds.get("Manufacturer") or "")``, read from the raw bytes when they are one
+    printable ASCII value (the same string in every character set)."""
+    value = _raw_value(ds, _MANUFACTURER, "LO")
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        stripped = value.rstrip(b"\x00 ")
+        if stripped.isascii():
+            text = stripped.decode("ascii")
+            if text.isprintable() and "\\" not in text:
+                return text
+    return str(ds.get("Manufacturer") or "")
+
+
+def image_type(ds: Dataset) -> Any:
+    """``ds.get("ImageType")``: pydicom's CS conversion (Latin-1, trailing spaces and NULs
+    off the whole value, split on backslashes) done on the raw bytes."""
+    value = _raw_value(ds, _IMAGE_TYPE, "CS")
+    if not isinstance(value, bytes):
+        return ds.get("ImageType") if value is _CONVERT else None
+    if not value:
+        return ds.get("ImageType")  # empty: pydicom's empty value, whatever its settings
+    parts = value.decode("latin-1").rstrip(" \x00").split("\\")
+    return parts[0] if len(parts) == 1 else parts
 
 
 def _decode(value: Any, vr: str, little_endian: bool) -> Any:

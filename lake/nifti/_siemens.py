@@ -20,6 +20,7 @@ from lake.nifti._private import (
     first_float,
     first_int,
     floats,
+    image_type,
     phase_axis,
     private,
     text,
@@ -306,8 +307,8 @@ def derive_siemens(ds: Dataset, out: dict[str, object]) -> None:
     tiles = _csa_scalar(csa, "NumberOfImagesInMosaic")
     if tiles is None:
         tiles = first_float(private(ds, 0x0019, _MR_HEADER, 0x0A, "US"))
-    image_type = [str(v).upper() for v in ds.get("ImageType") or []]
-    if tiles is not None and tiles >= 1 and "MOSAIC" in image_type:
+    types = [str(v).upper() for v in image_type(ds) or []]
+    if tiles is not None and tiles >= 1 and "MOSAIC" in types:
         out["mosaic_tiles"] = int(tiles)
         normal = [first_float(v) for v in _csa(csa, "SliceNormalVector")]
         sign = np.array(normal, dtype=np.float64) if len(normal) == 3 and None not in normal \
@@ -405,7 +406,7 @@ def derive_siemens(ds: Dataset, out: dict[str, object]) -> None:
                 table = [float(v) for v in floats(private(holder, 0x0021, _SDS, 0x05, "IS"))]
     if len(table) == 3 and None not in table:
         out["table_position"] = table
-    kinds = set(image_type)
+    kinds = set(types)
     if first_frame is not None:
         type_text = [token for value in text(private(first_frame, 0x0021, _SDI, 0x75, "CS"))
                      .upper().split("\\") for token in value.split("_") if token]
