@@ -241,3 +241,31 @@ def test_the_export_reads_instances_through_the_public_reader(
     monkeypatch.setattr(lake.nifti, "read_part10", counting)
     result = export_nifti(nifti_lake, "all", tmp_path / "out", scheduler="sync")
     assert result.files and len(read) >= 2
+
+
+def test_the_series_of_an_export_share_one_bounded_value_cache(
+    nifti_lake: lake.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ValueCache for every series of an (in-process) export, and the same files and
+    manifest as with a cache per series (the bound reached at every series)."""
+    import lake.nifti
+    from lake.export import _to_nifti
+
+    fast = lake.nifti.read_part10
+    caches: list[int] = []
+
+    def recording(*args: object, **kwargs: object) -> object:
+        caches.append(id(kwargs["cache"]))
+        return fast(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lake.nifti, "read_part10", recording)
+    shared = export_nifti(nifti_lake, "all", tmp_path / "shared", compress=True,
+                          scheduler="sync")
+    assert len(caches) >= 19 and len(set(caches)) == 1  # the two CT series
+    caches.clear()
+    monkeypatch.setattr(_to_nifti, "_CACHE_ENTRIES", -1)  # a new cache for every series
+    alone = export_nifti(nifti_lake, "all", tmp_path / "alone", compress=True,
+                         scheduler="sync")
+    assert len(set(caches)) >= 2
+    assert tree(tmp_path / "shared") == tree(tmp_path / "alone")
+    assert [(f.path, f.sha256) for f in shared.files] == [(f.path, f.sha256) for f in alone.files]

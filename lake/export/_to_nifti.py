@@ -22,6 +22,7 @@ import itertools
 import os
 import pickle
 import re
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,13 +52,16 @@ from lake.store import BlobStore
 
 if TYPE_CHECKING:
     from lake._lake import Lake
-    from lake.nifti import AcquisitionValue
+    from lake.nifti import AcquisitionValue, ValueCache
 
 __all__ = ["export_nifti", "nifti_layout", "write_nifti_series"]
 
 _SUFFIX = re.compile(r"^[A-Za-z0-9_-]*$")
 #: Series with at least this many instances read their blobs in threads (see below).
 _THREADED_SERIES = 32
+#: Entries an export's value cache holds at most before a new one is started (each value
+#: under 1 KiB: a few MB at worst; a vendor repository's series adds tens to hundreds).
+_CACHE_ENTRIES = 20_000
 
 
 def nifti_layout(refs: Sequence[InstanceRef]) -> list[TaskPlan]:
@@ -104,6 +108,33 @@ class _AcquisitionRows:
         return found
 
 
+class _SeriesWriter:
+    """:func:`write_nifti_series` with one :class:`lake.nifti.ValueCache` per export and
+    thread, shared by the series it converts: the series of an export repeat most of their
+    sidecar values byte for byte (manufacturer, model, field strength, sequence names...),
+    converted by pydicom once per export instead of once per series. Values are looked up
+    by their tag, VR, bytes and character sets, so a series gets the values it would get
+    with a cache of its own. Bounded (``_CACHE_ENTRIES``, then a new cache); a worker that
+    receives the writer (pickled) starts with an empty one."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._local = threading.local()
+
+    def __call__(self, task: SeriesTask, ctx: WriterContext) -> TaskResult:
+        from lake.nifti import ValueCache
+
+        cache: ValueCache | None = getattr(self._local, "cache", None)
+        if cache is None or cache.entries > _CACHE_ENTRIES:
+            cache = self._local.cache = ValueCache()
+        return write_nifti_series(task, ctx, cache)
+
+
 def _verified_blob(blobs: BlobStore, pixel_hash: str | None) -> bytes | LakeError | None:
     """The pixel blob checked against its hash, or why it cannot be had."""
     try:
@@ -112,8 +143,12 @@ def _verified_blob(blobs: BlobStore, pixel_hash: str | None) -> bytes | LakeErro
         return exc
 
 
-def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
+def write_nifti_series(task: SeriesTask, ctx: WriterContext,
+                       cache: ValueCache | None = None) -> TaskResult:
     """Worker: convert one series and write its volumes.
+
+    ``cache`` holds the values already converted (by other series of the export); by
+    default the series gets one of its own.
 
     Pixel blobs are read and re-hashed, and outputs hashed for the manifest, in threads
     beside the conversion (file reads and sha256 release the GIL) when the task may use more
@@ -123,12 +158,12 @@ def write_nifti_series(task: SeriesTask, ctx: WriterContext) -> TaskResult:
     """
     workers = ctx.threads or min(4, os.cpu_count() or 1)
     if workers < 2 or len(task.items) < _THREADED_SERIES:
-        return _write_series(task, ctx, None, 1)
+        return _write_series(task, ctx, cache, None, 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return _write_series(task, ctx, pool, workers)
+        return _write_series(task, ctx, cache, pool, workers)
 
 
-def _write_series(task: SeriesTask, ctx: WriterContext,
+def _write_series(task: SeriesTask, ctx: WriterContext, cache: ValueCache | None,
                   pool: ThreadPoolExecutor | None, workers: int) -> TaskResult:
     from lake.nifti import ValueCache, read_part10, series_to_nifti, write_volume
 
@@ -136,7 +171,8 @@ def _write_series(task: SeriesTask, ctx: WriterContext,
     blobs = BlobStore(ctx.location)
     # validated by acquisition_from_row when the plan was made (nifti_layout)
     stored = task.meta.get("acquisitions", {})
-    cache = ValueCache()  # the instances of a series repeat most values: converted once
+    if cache is None:
+        cache = ValueCache()  # the instances of a series repeat most values: converted once
     datasets = []
     acquisitions = []
     verified = functools.partial(_verified_blob, blobs)
@@ -249,7 +285,7 @@ def export_nifti(
         kind="nifti",
         options={"compress": compress, "level": level if compress else None},
         layout=nifti_layout,
-        writer=write_nifti_series,
+        writer=_SeriesWriter(),
         optional_columns=ACQUISITION_NAMES,
         flushes=False,  # lake.nifti.write_volume renames its files into place, unflushed
     )

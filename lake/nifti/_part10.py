@@ -118,7 +118,8 @@ _SHAREABLE = (str, int, float, bytes, PersonName, type(None))
 
 
 class ValueCache:
-    """Values converted once and reused by the other datasets of a batch (one series).
+    """Values converted once and reused by the other datasets of a batch (a series, or the
+    series of an export).
 
     The instances of one series repeat most of their values byte for byte (orientation,
     spacing, rescale, UIDs of the series and study...; 90-97 % of the values the converter
@@ -128,7 +129,7 @@ class ValueCache:
     character sets. Text, numbers and empty values (None) are shared (they are immutable); a
     multi-valued value is handed out as a new ``MultiValue`` (or list) of the same items, so
     changing one dataset's value never changes another's. Memory: the distinct values of the batch, each
-    under 1 KiB; drop the cache with the batch.
+    under 1 KiB; drop the cache with the batch, or bound it by :attr:`entries`.
 
     Examples
     --------
@@ -158,6 +159,12 @@ class ValueCache:
 
     def __len__(self) -> int:
         return len(self._values)
+
+    @property
+    def entries(self) -> int:
+        """Everything kept: values, numbers, item shapes and layouts (what bounds memory)."""
+        return (len(self._values) + len(self._numbers) + len(self._shapes)
+                + sum(len(kept) for kept in self._layouts.values()))
 
     def get(self, key: tuple[object, ...]) -> object:
         """A fresh copy of the value under ``key``, ``_MISSING`` when there is none."""
