@@ -98,9 +98,13 @@ class Lake:
 
     Open one with :func:`lake.open`; create one with :func:`lake.init`.
 
-    Its SQL (:meth:`sql`, :meth:`catalog`) runs on one DuckDB connection per version: one
-    thread at a time, relations fetched included (DuckDB answers a second thread's call with
-    "connection is busy"). Threads that query at once open a lake each, or take turns.
+    Its SQL (:meth:`sql`, :meth:`execute`, :meth:`catalog`) may be called from several
+    threads at once (a thread pool, a web server): each version's catalog is one DuckDB
+    database, and each thread queries it on a connection of its own, made on its first query
+    (:meth:`lake.catalog.Catalog.connection`), under the same lockdown. A relation is
+    fetched on the thread that got it: DuckDB refuses a call on a connection busy with
+    another ("connection is busy"), so a relation handed to another thread is fetched there
+    only while its own thread is not querying.
 
     Examples
     --------
@@ -192,7 +196,7 @@ class Lake:
         Returns
         -------
         duckdb.DuckDBPyRelation
-            Use ``.df()``, ``.arrow()``, ``.pl()`` or ``.fetchall()``.
+            Use ``.df()``, ``.arrow()``, ``.pl()`` or ``.fetchall()``, on this thread.
 
         Raises
         ------

@@ -100,6 +100,37 @@ def test_lake_on_s3_end_to_end(s3_env: dict[str, str], tmp_path: Path) -> None:
     assert lake.open(root).info().instances == 8
 
 
+def test_a_lake_on_s3_answers_several_threads_at_once(
+    s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A remote lake's tables are Arrow data registered on a connection: each thread's
+    connection (lake/catalog/_query.py, Catalog.connection) registers them too."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = f"s3://{s3_env['BUCKET']}/lake"
+    vault = tmp_path / "vault"
+    lk = lake.init(root, vault=vault)
+    write_ct_series(tmp_path / "ct", 4)
+    lk.ingest([str(tmp_path / "ct")], vault=vault, scheduler="sync")
+    queries = ["SELECT count(*) FROM instances", "SELECT instance_count FROM series",
+               "SELECT count(*) FROM batches", "SELECT NumberOfStudyRelatedInstances FROM studies"]
+    expected = [lk.sql(q).fetchall() for q in queries]
+    assert expected == [[(4,)], [(4,)], [(1,)], [(4,)]]
+    lk.refresh()
+    start = threading.Barrier(4)
+
+    def work(offset: int) -> list[object]:
+        start.wait()
+        return [lk.sql(queries[(offset + i) % 4]).fetchall() for i in range(8)]
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(work, range(4)))
+    # (was: "connection is busy"; a thread's own connection without the Arrow data: "Table
+    # with name instances_delta_arrow does not exist")
+    assert answers == [[expected[(t + i) % 4] for i in range(8)] for t in range(4)]
+
+
 def test_cli_on_s3_with_dask_workers(s3_env: dict[str, str], tmp_path: Path) -> None:
     env = dict(
         os.environ,

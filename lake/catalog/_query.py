@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -345,8 +346,15 @@ def _select_list(name: str) -> str:
 
 
 class Catalog:
-    """A DuckDB connection with the catalog registered: tables ``instances``,
+    """A DuckDB database with the catalog registered: tables ``instances``,
     ``batches``, ``quarantine`` and views ``series``, ``studies``, ``patients``.
+
+    Safe to query from several threads at once: each thread's queries run on a connection
+    of its own to the one database (:meth:`connection`), so none waits for another, and a
+    relation is fetched on the thread that made it (DuckDB refuses a second call on a busy
+    connection). The views are the database's (not TEMP), and its lockdown, settings and
+    Parquet metadata cache bind every connection. A statement that defines something
+    (``CREATE``, ``DROP``) changes it for every thread, or with ``TEMP`` for its own only.
 
     Parameters
     ----------
@@ -385,7 +393,7 @@ class Catalog:
                 rows = scan_table(con, scan, tables, table, read)
                 columns = _select_list(table.name)
                 scan.statements.append(
-                    f"CREATE OR REPLACE TEMP VIEW {table.name} AS "
+                    f"CREATE OR REPLACE VIEW {table.name} AS "
                     + (rows if columns == "*" else f"SELECT {columns} FROM ({rows})")
                 )
                 if table.name == INSTANCES.name and read is not None:
@@ -396,6 +404,10 @@ class Catalog:
             con.close()
             raise
         self.con = con
+        """The catalog's first connection: the queries of the thread that made it."""
+        self._sources = scan.sources
+        self._local = threading.local()
+        self._local.con = con
         self._grouped: FileGroups | None = scan.grouped.get(INSTANCES.name)
         self._blooms = LazyBlooms(
             [f for group, _ in self._grouped.groups for f in group] if self._grouped else [])
@@ -445,8 +457,25 @@ class Catalog:
         """The version of the ``instances`` table this catalog reads."""
         return self.versions["instances"]
 
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The connection the calling thread's queries run on: :attr:`con` on the thread
+        that made the catalog, on any other a cursor of it made on that thread's first
+        query (~0.02 ms of CPU) and kept for it (let go when the thread ends)."""
+        con: duckdb.DuckDBPyConnection | None = getattr(self._local, "con", None)
+        if con is None:
+            con = self.con.cursor()
+            try:
+                for name, data in self._sources.items():  # (a remote lake's Arrow data)
+                    con.register(name, data)
+            except BaseException:
+                con.close()
+                raise
+            self._local.con = con
+        return con
+
     def sql(self, query: str) -> duckdb.DuckDBPyRelation:
-        """Run ``query``; returns a DuckDB relation (``.df()``, ``.arrow()``, ``.pl()``).
+        """Run ``query``; returns a DuckDB relation (``.df()``, ``.arrow()``, ``.pl()``),
+        to fetch on this thread.
 
         The connection is locked down (:func:`locked_connection`): a query that tries to
         read or write a file, attach a database or load an extension is refused.
@@ -461,7 +490,8 @@ class Catalog:
 
     def execute(self, query: str) -> duckdb.DuckDBPyConnection:
         """Run ``query`` now, checked as :meth:`sql` checks it; returns the connection holding
-        its result (``.description``, ``.fetchall()``), to fetch before the next query.
+        its result (``.description``, ``.fetchall()``), to fetch on this thread before its
+        next query.
 
         What ``sql(query).fetchall()`` answers, for a query run once: a relation binds its
         query when it is made, then again when it is fetched (~1 ms of CPU each on a small
@@ -475,16 +505,21 @@ class Catalog:
         return self._on_connection(query, lambda con: con.execute(query))
 
     def _on_connection(self, query: str, run: Callable[[duckdb.DuckDBPyConnection], _T]) -> _T:
-        """``run`` on the catalog's connection, or on a cursor whose ``instances`` reads only
+        """``run`` on this thread's connection, or on a cursor whose ``instances`` reads only
         the files ``query`` may need (:meth:`_files_for`); DuckDB's errors as QueryError."""
-        refuse_writes(self.con, query)
-        files = self._files_for(query)
+        try:
+            con = self.connection()
+        except duckdb.Error as exc:  # (a closed catalog)
+            raise query_error(exc) from None
+        refuse_writes(con, query)
+        files = self._files_for(query, con)
         try:
             if files is None:
-                return run(self.con)
+                return run(con)
             # Its own connection to the same database (settings, lockdown and Parquet
-            # metadata cache are the database's), where ``instances`` reads only ``files``.
-            cursor = self.con.cursor()
+            # metadata cache are the database's), where a TEMP ``instances`` (its own, in
+            # front of the database's) reads only ``files``.
+            cursor = con.cursor()
             cursor.execute(f"CREATE TEMP VIEW {INSTANCES.name} AS SELECT "
                            f"{_select_list(INSTANCES.name)} FROM ({files})")
             return run(cursor)
@@ -499,7 +534,8 @@ class Catalog:
         except duckdb.Error as exc:
             raise query_error(exc) from None
 
-    def _files_for(self, query: str) -> str | None:
+    def _files_for(self, query: str,
+                   con: duckdb.DuckDBPyConnection | None = None) -> str | None:
         """The relation ``instances`` may read for ``query`` in place of every data file:
         those whose Bloom filters may hold the values the query pins a UID or PatientID
         column to (:func:`pinned_values`); None to read them all.
@@ -513,8 +549,9 @@ class Catalog:
         """
         if self._grouped is None or self._defined or len(self._blooms.files) < 2:
             return None
+        con = self.connection() if con is None else con
         try:
-            kinds = {str(s.type).rsplit(".", 1)[-1] for s in self.con.extract_statements(query)}
+            kinds = {str(s.type).rsplit(".", 1)[-1] for s in con.extract_statements(query)}
         except duckdb.Error:
             return None
         if kinds & _DEFINING:
@@ -522,7 +559,7 @@ class Catalog:
             return None
         from lake.catalog._layout import BLOOM_COLUMNS  # (deltalake: not for every query)
 
-        pinned = pinned_values(self.con, query, BLOOM_COLUMNS[INSTANCES.name])
+        pinned = pinned_values(con, query, BLOOM_COLUMNS[INSTANCES.name])
         if pinned is None:
             return None
         column, values = pinned
@@ -530,4 +567,5 @@ class Catalog:
         return None if candidates is None else self._grouped.sql(candidates)
 
     def close(self) -> None:
+        """Close the database: every thread's connection, and the relations they handed out."""
         self.con.close()

@@ -93,7 +93,7 @@ def empty_table(table: Table) -> str:
     Typed in SQL rather than registered from Arrow: registering Arrow data makes DuckDB's
     Python layer import pandas (0.3 s on every command).
     """
-    return f"CREATE OR REPLACE TEMP TABLE {table.name}_empty ({_columns_ddl(table)})"
+    return f"CREATE OR REPLACE TABLE {table.name}_empty ({_columns_ddl(table)})"
 
 
 def _quote(text: str) -> str:
@@ -348,7 +348,7 @@ def scan_summaries(
             body = _union(con, f"{INSTANCES.name}_empty", found.missing, filename=True,
                           footers=scan.footers)
             missing_rows = "instances_unsummarised"
-            scan.statements.append(f"CREATE OR REPLACE TEMP VIEW {missing_rows} AS {body}")
+            scan.statements.append(f"CREATE OR REPLACE VIEW {missing_rows} AS {body}")
             name_of = "parse_filename(filename)"
         else:
             missing_rows = "instances_unsummarised"
@@ -371,7 +371,7 @@ def scan_summaries(
             series = parts_sql(SERIES_PARTS, f"(FROM {INSTANCES.name}_empty)", "NULL::VARCHAR")
             parts.append(series if kind == SERIES_PARTS else studies_from_series_sql(f"({series})"))
         scan.statements.append(
-            f"CREATE OR REPLACE TEMP VIEW {kind} AS {' UNION ALL BY NAME '.join(parts)}"
+            f"CREATE OR REPLACE VIEW {kind} AS {' UNION ALL BY NAME '.join(parts)}"
         )
 
 

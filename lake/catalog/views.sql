@@ -3,9 +3,11 @@
 -- They aggregate `series_parts` and `study_parts`: per data file of `instances`, one row per
 -- series (study) of the rows in that file, written when the file is committed
 -- (lake/catalog/_summary.py); a file without them is aggregated from its rows on the fly.
+-- Views of the database, not TEMP (one connection's own): every thread's cursor of a catalog
+-- (lake.catalog.Catalog.connection) reads them.
 
 -- series: one row per series; counts and sizes over its instances.
-CREATE OR REPLACE TEMP VIEW series AS
+CREATE OR REPLACE VIEW series AS
 SELECT
     SeriesInstanceUID,
     any_value(StudyInstanceUID) AS StudyInstanceUID,
@@ -31,7 +33,7 @@ FROM series_parts
 GROUP BY SeriesInstanceUID;
 
 -- studies: one row per study.
-CREATE OR REPLACE TEMP VIEW studies AS
+CREATE OR REPLACE VIEW studies AS
 SELECT
     StudyInstanceUID,
     any_value(PatientID) AS PatientID,
@@ -47,7 +49,7 @@ FROM study_parts
 GROUP BY StudyInstanceUID;
 
 -- patients: one row per (pseudonymous) patient.
-CREATE OR REPLACE TEMP VIEW patients AS
+CREATE OR REPLACE VIEW patients AS
 SELECT
     PatientID,
     any_value(PatientSex) AS PatientSex,
