@@ -104,7 +104,12 @@ class Lake:
     (:meth:`lake.catalog.Catalog.connection`), under the same lockdown. A relation is
     fetched on the thread that got it: DuckDB refuses a call on a connection busy with
     another ("connection is busy"), so a relation handed to another thread is fetched there
-    only while its own thread is not querying.
+    only while its own thread is not querying. :meth:`refresh` (called by :meth:`ingest` and
+    by the steward's erasure, release and purge) closes every catalog, so that nothing
+    erased stays readable through a catalog held before: a query or relation in flight on
+    another thread at that moment fails; let such threads finish first. Statements that
+    define objects (``CREATE``, ``DROP``) act on the database every thread shares unless
+    they say ``TEMP``.
 
     Examples
     --------
