@@ -153,6 +153,7 @@ OPTIONS: Mapping[str, str] = MappingProxyType({
     "allow": "--allow",
     "as_of": "--as-of",
     "cohorts": "--cohort",
+    "commit_interval": "--commit-interval",
     "filters": "--query",
     "listen": "--port",
     "no_writers_running": "--no-writers-running",

@@ -156,7 +156,7 @@ def test_dicom_server_stores_finds_and_gets(
     vault = tmp_path / "vault"
     lk = lake.init(root, vault=vault)
     write_ct_series(tmp_path / "ct", 4)
-    server = DicomServer(lk, lk.secret(vault), ServerConfig(port=0, commit_interval=3600))
+    server = DicomServer(lk, lk.secret(vault), ServerConfig(port=0, commit_interval=225))
     server.start()
     try:
         port = str(server.port)

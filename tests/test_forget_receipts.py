@@ -38,7 +38,7 @@ def test_a_withdrawn_patient_in_the_receipt_journal_does_not_come_back(
     port = free_port()
     server = subprocess.Popen(
         [LAKE, "serve", "dicom", "--port", str(port), "--commit-every", "100000",
-         "--commit-interval", "3600"],
+         "--commit-interval", "225"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

@@ -53,7 +53,7 @@ def test_signal_stops_cleanly_and_commits_everything(
     port = free_port()
     # nothing is committed while serving: everything must come from the shutdown path
     proc = _serve(lake_root, vault_dir, port, "--commit-every", "100000",
-                  "--commit-interval", "3600")
+                  "--commit-interval", "225")
     try:
         wait_port(port)
         result = dcmtk("storescu", "-aec", "LAKE", "+sd", "+r", "127.0.0.1", str(port),
@@ -79,7 +79,7 @@ def test_crash_loses_nothing_acknowledged(
     write_ct_series(tmp_path / "ct", 10, patient_id="CRASH-PID-42", patient_name="Crash^Carl")
     port = free_port()
     proc = _serve(lake_root, vault_dir, port, "--commit-every", "100000",
-                  "--commit-interval", "3600")
+                  "--commit-interval", "225")
     try:
         wait_port(port)
         result = dcmtk("storescu", "-aec", "LAKE", "+sd", "+r", "127.0.0.1", str(port),
@@ -152,6 +152,8 @@ def test_options_are_documented() -> None:
         (("--aet", "A-VERY-LONG-AE-TITLE"), "AE title"),
         (("--move-dest", "NOPORT"), "AET=HOST:PORT"),
         (("--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"), "TLS"),
+        # beyond a quarter of gc's grace, stretched (review s25, finding 1)
+        (("--commit-interval", "1000"), "give at most --commit-interval 225"),
     ],
 )
 def test_bad_settings_are_one_line_errors(

@@ -17,9 +17,10 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 import lake
+from lake._errors import ConfigError
 from lake.ingest import Ingestor, Outcome, process_bytes
 from lake.net import DicomServer, ServerConfig, _spool
-from lake.net._server import BUSY_STRETCH
+from lake.net._config import BUSY_STRETCH, MAX_COMMIT_WAIT
 from lake.net._spool import Committer, Spool
 
 
@@ -107,3 +108,21 @@ def test_the_dicom_server_stretches_its_commit_interval(lk: lake.Lake, vault_dir
     committer = server.intake.committer
     assert (committer.interval, committer.busy_interval) == (0.5, 0.5 * BUSY_STRETCH)
     assert committer.every == ServerConfig().commit_every == 1000
+
+
+def test_a_commit_wait_beyond_a_quarter_of_the_gc_grace_is_refused() -> None:
+    """Until its commit a received instance's pixel blob is kept by gc's grace alone, so the
+    longest wait (``commit_interval`` stretched while instances keep arriving) must stay well
+    within it (review s25, finding 1)."""
+    from lake.steward._maintenance import MIN_GRACE
+
+    assert MIN_GRACE.total_seconds() / 4 >= MAX_COMMIT_WAIT
+    limit = MAX_COMMIT_WAIT / BUSY_STRETCH
+    assert ServerConfig(port=0, commit_interval=limit).commit_interval == limit  # the bound itself
+    for interval in (limit + 0.5, 1000.0, 3600.0):
+        with pytest.raises(ConfigError, match=r"commit_interval=") as caught:
+            ServerConfig(port=0, commit_interval=interval)
+        assert caught.value.parameters == ("commit_interval",)
+        assert f"at most commit_interval={limit:g}" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"commit_interval="):
+        ServerConfig.from_settings({"commit_interval": 3600})  # lake.json as well

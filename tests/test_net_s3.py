@@ -21,7 +21,7 @@ def test_server_on_an_s3_lake(s3_env: dict[str, str], tmp_path: Path) -> None:  
     vault = tmp_path / "vault"
     lk = lake.init(root, vault=vault)
     write_ct_series(tmp_path / "ct", 5)
-    config = ServerConfig(port=0, commit_interval=3600, commit_every=1000)
+    config = ServerConfig(port=0, commit_interval=225, commit_every=1000)
     server = DicomServer(lk, lk.secret(vault), config)
     server.start()
     try:

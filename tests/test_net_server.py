@@ -212,7 +212,7 @@ def test_refused_instance_is_quarantined(
 def test_commits_are_batched(lk: lake.Lake, vault_dir: Path, tmp_path: Path) -> None:
     require("storescu")
     write_ct_series(tmp_path / "ct", 30)
-    config = ServerConfig(port=0, workers=0, commit_every=10, commit_interval=3600)
+    config = ServerConfig(port=0, workers=0, commit_every=10, commit_interval=225)
     with DicomServer(lk, lk.secret(vault_dir), config) as srv:
         assert _store(srv, tmp_path / "ct").returncode == 0
         srv.flush()

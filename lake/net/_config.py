@@ -17,12 +17,29 @@ from typing import Any
 
 from lake._errors import ConfigError
 
-__all__ = ["Peer", "ServerConfig", "TLSConfig", "parse_ae_title", "parse_destination", "parse_peer"]
+__all__ = [
+    "BUSY_STRETCH",
+    "MAX_COMMIT_WAIT",
+    "Peer",
+    "ServerConfig",
+    "TLSConfig",
+    "parse_ae_title",
+    "parse_destination",
+    "parse_peer",
+]
 
 _AE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII except backslash
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]\s]+)):(?P<port>\d{1,5})$")
 LOOPBACK = "127.0.0.1"
 _ACKNOWLEDGE = ("receipt", "outcome")
+BUSY_STRETCH = 4
+"""While instances keep arriving, a commit waits for a pause up to this many times
+``commit_interval`` (a burst is committed in fewer batches: :class:`lake.net._spool.Committer`)."""
+MAX_COMMIT_WAIT = 900.0
+"""Seconds a received instance may wait for its commit at most (``commit_interval *
+BUSY_STRETCH``): a quarter of :data:`lake.steward._maintenance.MIN_GRACE` (1 h). Until its
+commit, a pending instance's pixel blob is referenced by no row and only gc's grace keeps it,
+so a longer wait is refused (``commit_interval`` at most 225 s)."""
 
 
 def parse_ae_title(value: str, what: str = "AE title") -> str:
@@ -196,6 +213,8 @@ class ServerConfig:
         without one), at most four times this while they keep coming; whichever comes
         first. A commit costs ~0.1 s of CPU whatever its size, so a burst is committed
         in as few batches as these bounds allow.
+        At most :data:`MAX_COMMIT_WAIT` / :data:`BUSY_STRETCH` (225 s), so that no received
+        instance waits longer than a quarter of gc's grace.
     max_instance_bytes : int
         Larger received instances are refused (Out of Resources), while they stream in.
     acknowledge : str
@@ -250,6 +269,14 @@ class ServerConfig:
                      "commit_interval"):
             if float(getattr(self, name)) <= 0:
                 raise ConfigError(f"invalid {name}: it must be a positive number of seconds")
+        if float(self.commit_interval) * BUSY_STRETCH > MAX_COMMIT_WAIT:
+            raise ConfigError(
+                f"invalid commit_interval={float(self.commit_interval):g}: received instances would "
+                f"wait up to {BUSY_STRETCH} times that uncommitted, over {MAX_COMMIT_WAIT:g} s (a "
+                f"quarter of gc's 1 h grace, which alone protects them); give at most "
+                f"commit_interval={MAX_COMMIT_WAIT / BUSY_STRETCH:g}",
+                parameters=("commit_interval",),
+            )
         if int(self.workers) < 0:
             raise ConfigError("invalid workers: it must be 0 or more")
         if self.acknowledge not in _ACKNOWLEDGE:

@@ -25,7 +25,7 @@ from lake._capture import Captured
 from lake._errors import LakeError, NetError, QueryError
 from lake.ingest import Ingestor
 from lake.net._association import MIN_PDU_LIMIT
-from lake.net._config import ServerConfig
+from lake.net._config import BUSY_STRETCH, ServerConfig
 from lake.net._intake import Intake
 from lake.net._objects import (
     RequestorSyntaxes,
@@ -71,9 +71,6 @@ _MOVE = {
     STUDY_ROOT_MOVE: _STUDY_LEVELS,
 }
 _LEVELS = {**_FIND, **_GET, **_MOVE}
-BUSY_STRETCH = 4
-"""While instances keep arriving, a commit waits for a pause up to this many times
-``commit_interval`` (a burst is committed in fewer batches: :class:`lake.net._spool.Committer`)."""
 
 # Uncompressed first (the usual preference), then every compressed syntax pydicom knows.
 STORE_TRANSFER_SYNTAXES: tuple[str, ...] = tuple(ALL_TRANSFER_SYNTAXES)

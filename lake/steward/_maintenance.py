@@ -62,7 +62,9 @@ retention below its configured minimum in the same way). A batch in flight is pr
 the grace alone, so it must outlast any batch: an ingest commits every ``batch_size``
 instances (1,000 by default; measured ~2 ms per file on this laptop, so seconds), the DICOM
 receiver and STOW-RS every ``commit_every`` instances or ``commit_interval`` seconds (the
-receiver 1,000 or 2 s, up to 8 s while instances keep arriving; STOW-RS 500 or 1 s). A
+receiver 1,000 or 2 s, up to 8 s while instances keep arriving, and never more than
+:data:`lake.net._config.MAX_COMMIT_WAIT`, 15 minutes, a quarter of this grace: a longer
+``commit_interval`` is refused; STOW-RS 500 or 1 s). A
 reused file's time is refreshed at once on a local lake, elsewhere when older than
 :data:`lake.store.REFRESH_AFTER` (10 minutes; on S3 by a server-side copy).
 An hour leaves ample margin."""
