@@ -98,7 +98,7 @@ class Lake:
 
     Open one with :func:`lake.open`; create one with :func:`lake.init`.
 
-    Its SQL (:meth:`sql`, :meth:`execute`, :meth:`catalog`) may be called from several
+    Its SQL (:meth:`sql`, :meth:`catalog`) may be called from several
     threads at once (a thread pool, a web server): each version's catalog is one DuckDB
     database, and each thread queries it on a connection of its own, made on its first query
     (:meth:`lake.catalog.Catalog.connection`), under the same lockdown. A relation is
@@ -107,9 +107,10 @@ class Lake:
     only while its own thread is not querying. :meth:`refresh` (called by :meth:`ingest` and
     by the steward's erasure, release and purge) closes every catalog, so that nothing
     erased stays readable through a catalog held before: a query or relation in flight on
-    another thread at that moment fails; let such threads finish first. Statements that
-    define objects (``CREATE``, ``DROP``) act on the database every thread shares unless
-    they say ``TEMP``.
+    another thread at that moment fails; let such threads finish first. SQL cannot change
+    that database: a ``CREATE`` that is not ``TEMP``, a ``DROP``, ``ALTER``, ``INSERT``...
+    that would is refused (``CREATE TEMP VIEW``/``TABLE`` define what the calling thread
+    alone sees).
 
     Examples
     --------
@@ -210,17 +211,17 @@ class Lake:
         """
         return self._on_catalog(as_of, lambda catalog: catalog.sql(query))
 
-    def execute(self, query: str, as_of: int | None = None) -> duckdb.DuckDBPyConnection:
-        """Run SQL as :meth:`sql` does, at once: returns the connection holding its result
-        (``.description``, ``.fetchall()``), to fetch before the next query (see
-        :meth:`lake.catalog.Catalog.execute`).
+    def _execute(self, query: str, as_of: int | None = None
+                 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Run SQL as :meth:`sql` does, at once: returns its result's ``(description,
+        rows)``, fetched (see :meth:`lake.catalog.Catalog._execute`).
 
         Raises
         ------
         QueryError
             If the query is malformed, fails, or tries to reach outside the catalog.
         """
-        return self._on_catalog(as_of, lambda catalog: catalog.execute(query))
+        return self._on_catalog(as_of, lambda catalog: catalog._execute(query))
 
     def _on_catalog(self, as_of: int | None, run: Callable[[Catalog], _T]) -> _T:
         catalog = self.catalog(as_of)

@@ -119,21 +119,22 @@ def test_a_table_of_one_file_asks_no_parquet_schema(
 
 def test_execute_answers_as_sql_does_under_the_same_lockdown(several: lake.Lake,
                                                               tmp_path: Path) -> None:
-    """Lake.execute and Catalog.execute run a query once (no relation bound first) with the
+    """Lake._execute and Catalog._execute run a query once (no relation bound first) with the
     checks of sql(): the same rows, the same refusals, DuckDB's errors as QueryError."""
     lk = several
     uid = lk.sql("SELECT min(SOPInstanceUID) FROM instances").fetchall()[0][0]
     pinned = f"SELECT SOPInstanceUID, InstanceNumber FROM instances WHERE SOPInstanceUID = '{uid}'"
     for query in (*_QUERIES, pinned, pinned):  # (the second pinned query prunes files)
-        assert lk.execute(query).fetchall() == lk.sql(query).fetchall(), query
-        assert lk.catalog().execute(query).fetchall() == lk.sql(query).fetchall(), query
+        relation = lk.sql(query)
+        assert lk._execute(query) == (relation.description, relation.fetchall()), query
+        assert lk.catalog()._execute(query)[1] == lk.sql(query).fetchall(), query
     assert lk.catalog()._files_for(pinned) is not None
     target = tmp_path / "out.csv"
     for refused in ("SELECT * FROM read_text('/etc/hostname')",
                     f"COPY (SELECT 1) TO '{target}'", "SET enable_external_access = true",
                     "SELECT * FROM no_such_table", "SELECT CAST('x' AS INTEGER)"):
         with pytest.raises(lake.QueryError):
-            lk.execute(refused).fetchall()
+            lk._execute(refused)
     assert not target.exists()
 
 

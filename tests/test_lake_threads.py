@@ -46,8 +46,8 @@ def _queries(lk: lake.Lake) -> dict[str, Callable[[], Any]]:
         "in series": lambda: lk.sql(
             f"SELECT count(*) FROM instances WHERE SeriesInstanceUID = '{series}'").fetchall(),
         "as_of": lambda: lk.sql("SELECT count(*) FROM series", as_of=first).fetchall(),
-        "execute": lambda: lk.execute(
-            "SELECT Modality, count(*) FROM instances GROUP BY 1 ORDER BY 1").fetchall(),
+        "execute": lambda: lk._execute(
+            "SELECT Modality, count(*) FROM instances GROUP BY 1 ORDER BY 1")[1],
         "made, then fetched": _made_then_fetched(lk),
     }
 

@@ -44,6 +44,7 @@ __all__ = [
     "pinned_values",
     "query_error",
     "refuse_writes",
+    "run_unshared",
     "views_over_rows",
 ]
 
@@ -154,9 +155,10 @@ def _run(con: duckdb.DuckDBPyConnection, statements: Sequence[str]) -> None:
     con.execute(";\n".join(statements)).fetchall()
 
 
-def refuse_writes(con: duckdb.DuckDBPyConnection, query: str) -> None:
+def refuse_writes(con: duckdb.DuckDBPyConnection, query: str) -> frozenset[str]:
     """Raise :class:`QueryError` when ``query`` holds a statement that writes files, opens a
-    database or changes a setting (see :data:`_WRITING`).
+    database or changes a setting (see :data:`_WRITING`); else the kinds of its statements
+    (``SELECT``, ``CREATE``...).
 
     Raises
     ------
@@ -167,9 +169,94 @@ def refuse_writes(con: duckdb.DuckDBPyConnection, query: str) -> None:
         statements = con.extract_statements(query)
     except duckdb.Error as exc:
         raise query_error(exc) from None
-    for statement in statements:
-        if str(statement.type).rsplit(".", 1)[-1] in _WRITING:
-            raise QueryError(f"query refused: {_REFUSED}")
+    kinds = frozenset(str(statement.type).rsplit(".", 1)[-1] for statement in statements)
+    if kinds & _WRITING:
+        raise QueryError(f"query refused: {_REFUSED}")
+    return kinds
+
+
+_SHARED_REFUSED = (
+    "query refused: it would change the catalog's database, which every thread and later "
+    "query of this lake reads; define with CREATE TEMP VIEW/TABLE (its own connection's)"
+)
+
+# What a statement could change in the database every connection shares: its non-temporary
+# schemas, tables (with their rows), views, macros, sequences, types and indexes, with
+# their definitions and comments.
+_SHARED_OBJECTS = """
+SELECT 'schema', database_name, schema_name, '', sql, comment::VARCHAR FROM duckdb_schemas()
+ WHERE NOT internal AND database_name <> 'temp'
+UNION ALL SELECT 'table', database_name, schema_name, table_name, sql, comment::VARCHAR
+ FROM duckdb_tables() WHERE NOT temporary
+UNION ALL SELECT 'view', database_name, schema_name, view_name, sql, comment::VARCHAR
+ FROM duckdb_views() WHERE NOT internal AND NOT temporary
+UNION ALL SELECT 'function', database_name, schema_name, function_name,
+ coalesce(macro_definition, '') || parameters::VARCHAR, comment::VARCHAR
+ FROM duckdb_functions() WHERE NOT internal AND database_name <> 'temp'
+UNION ALL SELECT 'sequence', database_name, schema_name, sequence_name,
+ sql || coalesce(last_value::VARCHAR, ''), comment::VARCHAR
+ FROM duckdb_sequences() WHERE NOT temporary
+UNION ALL SELECT 'type', database_name, schema_name, type_name,
+ logical_type || coalesce(labels::VARCHAR, ''), comment::VARCHAR
+ FROM duckdb_types() WHERE NOT internal AND database_name <> 'temp'
+UNION ALL SELECT 'index', database_name, schema_name, index_name, sql, comment::VARCHAR
+ FROM duckdb_indexes() WHERE database_name <> 'temp'
+ORDER BY ALL
+"""
+
+
+def _shared_state(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
+    """The non-temporary objects of ``con``'s database as ``con``'s transaction sees them,
+    with the row count of each table."""
+    objects = con.execute(_SHARED_OBJECTS).fetchall()
+    tables = [(db, schema, name) for kind, db, schema, name, _, _ in objects if kind == "table"]
+    counts = con.execute(" UNION ALL ".join(
+        f"SELECT count(*) FROM {_quoted(db)}.{_quoted(schema)}.{_quoted(name)}"
+        for db, schema, name in tables)).fetchall() if tables else []
+    return [*objects, *counts]
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def run_unshared(con: duckdb.DuckDBPyConnection, kinds: frozenset[str],
+                 run: Callable[[duckdb.DuckDBPyConnection], _T]) -> _T:
+    """``run`` a user's statements of ``kinds`` on ``con`` (a connection of a database other
+    connections share) so that they change nothing the others read.
+
+    A query of ``SELECT`` statements alone runs as it is. Any other (``CREATE``, ``DROP``,
+    ``ALTER``, ``INSERT``, ``EXPLAIN ANALYZE``, ``EXECUTE``...) runs in a transaction of its
+    own: when the database's non-temporary objects (:func:`_shared_state`) differ after it,
+    the transaction is rolled back and the query refused. ``TEMP`` definitions, which are
+    ``con``'s own, stay.
+
+    Raises
+    ------
+    QueryError
+        If the query would change the shared database, or holds a statement that ends or
+        starts a transaction (which would let it commit outside the check).
+    duckdb.Error
+        What DuckDB raises running it (rolled back).
+    """
+    if kinds <= {"SELECT"}:
+        return run(con)
+    if "TRANSACTION" in kinds:
+        raise QueryError("query refused: SQL over the catalog cannot begin, commit or roll "
+                         "back transactions")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        before = _shared_state(con)
+        result = run(con)
+        changed = _shared_state(con) != before
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    if changed:
+        con.execute("ROLLBACK")
+        raise QueryError(_SHARED_REFUSED)
+    con.execute("COMMIT")
+    return result
 
 
 _DEFINING = frozenset({"CREATE", "DROP", "ALTER"})
@@ -353,8 +440,10 @@ class Catalog:
     of its own to the one database (:meth:`connection`), so none waits for another, and a
     relation is fetched on the thread that made it (DuckDB refuses a second call on a busy
     connection). The views are the database's (not TEMP), and its lockdown, settings and
-    Parquet metadata cache bind every connection. A statement that defines something
-    (``CREATE``, ``DROP``) changes it for every thread, or with ``TEMP`` for its own only.
+    Parquet metadata cache bind every connection. User SQL cannot change the database
+    (:func:`run_unshared`): a ``CREATE`` (not ``TEMP``), ``DROP``, ``ALTER`` or ``INSERT``
+    that would is refused; ``CREATE TEMP VIEW``/``TABLE`` define what the calling thread's
+    connection alone sees.
 
     Parameters
     ----------
@@ -488,21 +577,25 @@ class Catalog:
         """
         return self._on_connection(query, lambda con: con.sql(query))
 
-    def execute(self, query: str) -> duckdb.DuckDBPyConnection:
-        """Run ``query`` now, checked as :meth:`sql` checks it; returns the connection holding
-        its result (``.description``, ``.fetchall()``), to fetch on this thread before its
-        next query.
+    def _execute(self, query: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Run ``query`` now, checked as :meth:`sql` checks it; returns its result's
+        ``(description, rows)``, fetched.
 
         What ``sql(query).fetchall()`` answers, for a query run once: a relation binds its
         query when it is made, then again when it is fetched (~1 ms of CPU each on a small
-        catalog).
+        catalog). (Private: the export's member query is what it is for.)
 
         Raises
         ------
         QueryError
             If DuckDB rejects the query or fails running it.
         """
-        return self._on_connection(query, lambda con: con.execute(query))
+        def fetched(con: duckdb.DuckDBPyConnection
+                    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            con.execute(query)
+            return list(con.description or []), con.fetchall()
+
+        return self._on_connection(query, fetched)
 
     def _on_connection(self, query: str, run: Callable[[duckdb.DuckDBPyConnection], _T]) -> _T:
         """``run`` on this thread's connection, or on a cursor whose ``instances`` reads only
@@ -511,11 +604,11 @@ class Catalog:
             con = self.connection()
         except duckdb.Error as exc:  # (a closed catalog)
             raise query_error(exc) from None
-        refuse_writes(con, query)
+        kinds = refuse_writes(con, query)
         files = self._files_for(query, con)
         try:
             if files is None:
-                return run(con)
+                return run_unshared(con, kinds, run)
             # Its own connection to the same database (settings, lockdown and Parquet
             # metadata cache are the database's), where a TEMP ``instances`` (its own, in
             # front of the database's) reads only ``files``.

@@ -305,7 +305,7 @@ def _members_of_one_file(lake: Lake, query: str, key: str, version: int,
                          files: DataFiles) -> pa.Table | None:
     """The rows :func:`_member_query` returns (``pixel_bytes`` null where it gives 0), for
     ``instances`` rows that are one row group of one local data file (:func:`_one_row_group`):
-    DuckDB runs the cohort query for its keys alone (once: :meth:`Lake.execute`), and the
+    DuckDB runs the cohort query for its keys alone (once: ``Lake._execute``), and the
     member rows are that file's, read with pyarrow. DuckDB's scan of the
     ``instances`` view (its typed select list over every column) was two thirds of the
     member query's CPU on a small lake, where the file is read whole anyway. None when the
@@ -313,16 +313,11 @@ def _members_of_one_file(lake: Lake, query: str, key: str, version: int,
     what is missing)."""
     if len(files.paths) != 1 or not set(_MEMBER_COLUMNS) <= set(files.schema.names):
         return None
-    result = lake.execute(
+    description, found = lake._execute(
         _with(query) + f"SELECT DISTINCT {key} FROM cohort_query WHERE {key} IS NOT NULL",
         as_of=version,
     )
-    try:
-        found = result.fetchall()
-    except Exception as exc:  # noqa: BLE001 - DuckDB raises many types at execution time
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QueryError(f"query failed: {first}") from None
-    if str(result.description[0][1]) != "VARCHAR":
+    if str(description[0][1]) != "VARCHAR":
         return None  # a key of another type: the member query says why it cannot compare
     keys = string_set([value for (value,) in found])  # (in_set's value set: large strings)
     try:

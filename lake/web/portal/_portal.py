@@ -72,8 +72,10 @@ class Portal:
                  secret: Secret | None = None, workers: int = 2) -> None:
         self.lake = lake
         self.secret = secret
-        # The Lake's DuckDB catalogs are not for concurrent threads: the portal's calls that
-        # go through them (saving a cohort, quarantine review) take turns.
+        # Reads need no lock (each thread queries the Lake's catalogs on a connection of its
+        # own). This one keeps the portal's writes apart from each other and from saving a
+        # cohort: purge and release change the lake and end in Lake.refresh(), which closes
+        # every catalog, so a cohort being saved (several queries on them) would fail midway.
         self.catalog_lock = threading.Lock()
         self.access = access
         self.views = views
