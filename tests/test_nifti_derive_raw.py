@@ -9,6 +9,7 @@ derivation recognised shows in what it returns, and ImageType shows in ``complex
 from __future__ import annotations
 
 import copy
+import io
 from pathlib import Path
 
 import pydicom
@@ -163,3 +164,104 @@ def test_any_mix_of_pieces_gives_pydicoms_results(image_type: list[str],
                                                   implicit: bool) -> None:
     _same(_with_raw({_IMAGE_TYPE: "".join(image_type).encode("latin-1"),
                      _MANUFACTURER: "".join(manufacturer).encode("latin-1")}, None, implicit))
+
+
+#: ImageType and Manufacturer as senders may pad them: not as pydicom writes them (odd
+#: lengths, NULs, more than one trailing space), and as pydicom writes them (which stay raw).
+_PADDED = {
+    "type-odd-space": (_IMAGE_TYPE, "CS", b"ORIGINAL\\PRIMARY\\AXIAL "),
+    "type-nul": (_IMAGE_TYPE, "CS", b"ORIGINAL\\PRIMARY\\AXIAL\x00"),
+    "type-two-spaces": (_IMAGE_TYPE, "CS", b"ORIGINAL\\PRIMARY\\AX  "),
+    "type-odd-leading-space": (_IMAGE_TYPE, "CS", b" ORIGINAL\\PRIMARY"),
+    "type-odd": (_IMAGE_TYPE, "CS", b"ORIGINAL\\PRIMARY\\AXIA"),
+    "maker-odd": (_MANUFACTURER, "LO", b"SIEMENS"),
+    "maker-nuls": (_MANUFACTURER, "LO", b"GE MEDICAL SYSTEMS\x00\x00"),
+    "maker-three-spaces": (_MANUFACTURER, "LO", b"Philips   "),
+    "maker-nul-odd": (_MANUFACTURER, "LO", b"SIEMENS\x00"),
+    "type-canonical": (_IMAGE_TYPE, "CS", b"ORIGINAL\\PRIMARY\\AXIAL\\ "),
+    "maker-canonical": (_MANUFACTURER, "LO", b"SIEMENS "),
+    "maker-leading-space": (_MANUFACTURER, "LO", b" Philips"),
+}
+
+
+def _padded_files(folder: Path) -> dict[str, Path]:
+    """CT_small and MR_small (explicit VR) with one of :data:`_PADDED`."""
+    from lake.ingest._encode import encode_part10
+
+    files = {}
+    for name, (tag, vr, value) in _PADDED.items():
+        for base in ("CT_small.dcm", "MR_small.dcm"):
+            ds = pydicom.dcmread(get_testdata_file(base))
+            ds[tag] = RawDataElement(Tag(tag), vr, len(value), value, 0, False, True)
+            path = folder / f"{name}-{base}"
+            path.write_bytes(encode_part10(ds))  # raw elements are copied as they are
+            files[path.name] = path
+    return files
+
+
+@pytest.mark.parametrize("profile", ["basic", "research"])
+def test_padded_image_types_and_manufacturers_are_stored_as_before(
+    profile: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingest stores the same header and row as when the derivation converted ImageType and
+    Manufacturer (the plain path, patched back in): a value that is not padded as pydicom
+    pads it is converted, so the stored header has pydicom's bytes (an even length), as
+    before; a value padded as pydicom pads it may stay raw, its bytes are the same."""
+    from lake.nifti import _derive, _siemens
+    from tests.test_deid_golden import TOOL
+
+    files = _padded_files(tmp_path)
+    fast = TOOL.outcomes(profile, files, tmp_path / "fast")
+    monkeypatch.setattr(_derive, "manufacturer", lambda ds: str(ds.get("Manufacturer") or ""))
+    monkeypatch.setattr(_derive, "image_type", lambda ds: ds.get("ImageType"))
+    monkeypatch.setattr(_siemens, "image_type", lambda ds: ds.get("ImageType"))
+    plain = TOOL.outcomes(profile, files, tmp_path / "plain")
+    assert len(plain) == 2 * len(_PADDED)
+    assert all(TOOL.accepted(outcome) for outcome in plain.values())
+    assert {name: fast[name] for name in fast if fast[name] != plain[name]} == {}
+
+
+def test_padded_values_leave_the_stored_header_with_even_lengths(tmp_path: Path) -> None:
+    """What the comparison above rests on: the stored header of a converted value has
+    pydicom's bytes (padded with one space to an even length), of a canonical one its own."""
+    from lake.deid import Deidentifier, load_profile
+    from lake.ingest import Accepted, IngestContext, process_bytes
+    from lake.ingest._quarantine import quarantine_key
+    from lake.store import Location
+    from lake.vault import Secret
+    from tests.test_deid_golden import TOOL
+
+    files = _padded_files(tmp_path)
+    names = {f"{name}-CT_small.dcm" for name in _PADDED}
+
+    secret = Secret(TOOL.SECRET)
+    context = IngestContext(location=Location(str((tmp_path / "lake").resolve())),
+                            engine=Deidentifier(load_profile("basic"), secret),
+                            quarantine_key=quarantine_key(secret))
+    for name in sorted(names):
+        tag, _vr, value = _PADDED[name.removesuffix("-CT_small.dcm")]
+        outcome = process_bytes(files[name].read_bytes(), context)
+        assert isinstance(outcome, Accepted), name
+        stored = pydicom.dcmread(io.BytesIO(outcome.row["header_dicom"]), force=True)
+        raw = stored.get_item(tag).value
+        assert len(raw) % 2 == 0, name
+        stripped = value.rstrip(b" \x00")
+        assert raw == stripped + b" " * (len(stripped) % 2), name
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_PIECES, max_size=8), st.lists(_PIECES, max_size=4), st.booleans())
+def test_any_mix_of_pieces_is_written_as_when_converted(image_type: list[str],
+                                                       manufacturer: list[str],
+                                                       implicit: bool) -> None:
+    """The header written after the derivation (raw values copied as they are) has the bytes
+    it had when the derivation converted ImageType and Manufacturer, whatever their padding."""
+    from lake.ingest._encode import encode_part10
+
+    ds = _with_raw({_IMAGE_TYPE: "".join(image_type).encode("latin-1"),
+                    _MANUFACTURER: "".join(manufacturer).encode("latin-1")}, None, implicit)
+    ds.file_meta = pydicom.dcmread(get_testdata_file("MR_small.dcm")).file_meta
+    reference = _converted(ds)
+    derive_acquisition(ds)
+    derive_acquisition(reference)
+    assert encode_part10(ds) == encode_part10(reference)

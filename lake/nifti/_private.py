@@ -111,15 +111,28 @@ def _raw_value(ds: Dataset, tag: int, vr: str) -> Any:
     return elem.value if elem.value is not None else b""
 
 
+def _unpadded(value: bytes) -> bytes | None:
+    """``value`` without its padding when it is exactly what pydicom writes for it once
+    converted (trailing spaces and NULs off, then one space to an even length), else None.
+
+    Only such a value may stay raw: the de-identified header copies a raw element as it is,
+    and a converted one as pydicom writes it, so anything else (odd length, NULs, more than
+    one trailing space) must be converted as before for the stored header to be the same.
+    """
+    stripped = value.rstrip(b"\x00 ")
+    return stripped if value == stripped + b" " * (len(stripped) % 2) else None
+
+
 def manufacturer(ds: Dataset) -> str:
     """``str(ds.get("Manufacturer") or "")``, read from the raw bytes when they are one
-    printable ASCII value (the same string in every character set)."""
+    printable ASCII value (the same string in every character set) padded as pydicom pads
+    it (:func:`_unpadded`); converted by pydicom otherwise."""
     value = _raw_value(ds, _MANUFACTURER, "LO")
     if value is None:
         return ""
     if isinstance(value, bytes):
-        stripped = value.rstrip(b"\x00 ")
-        if stripped.isascii():
+        stripped = _unpadded(value)
+        if stripped is not None and stripped.isascii():
             text = stripped.decode("ascii")
             if text.isprintable() and "\\" not in text:
                 return text
@@ -128,13 +141,17 @@ def manufacturer(ds: Dataset) -> str:
 
 def image_type(ds: Dataset) -> Any:
     """``ds.get("ImageType")``: pydicom's CS conversion (Latin-1, trailing spaces and NULs
-    off the whole value, split on backslashes) done on the raw bytes."""
+    off the whole value, split on backslashes) done on the raw bytes when they are padded as
+    pydicom pads them (:func:`_unpadded`); converted by pydicom otherwise."""
     value = _raw_value(ds, _IMAGE_TYPE, "CS")
     if not isinstance(value, bytes):
         return ds.get("ImageType") if value is _CONVERT else None
-    if not value:
-        return ds.get("ImageType")  # empty: pydicom's empty value, whatever its settings
-    parts = value.decode("latin-1").rstrip(" \x00").split("\\")
+    stripped = _unpadded(value) if value else None
+    if stripped is None:
+        # empty: pydicom's empty value, whatever its settings; not padded as pydicom pads:
+        # converted, so that the stored header is written from the converted value as before
+        return ds.get("ImageType")
+    parts = stripped.decode("latin-1").split("\\")
     return parts[0] if len(parts) == 1 else parts
 
 
