@@ -605,7 +605,7 @@ class Catalog:
         except duckdb.Error as exc:  # (a closed catalog)
             raise query_error(exc) from None
         kinds = refuse_writes(con, query)
-        files = self._files_for(query, con)
+        files = self._files_for(query, con, kinds)
         try:
             if files is None:
                 return run_unshared(con, kinds, run)
@@ -627,8 +627,8 @@ class Catalog:
         except duckdb.Error as exc:
             raise query_error(exc) from None
 
-    def _files_for(self, query: str,
-                   con: duckdb.DuckDBPyConnection | None = None) -> str | None:
+    def _files_for(self, query: str, con: duckdb.DuckDBPyConnection | None = None,
+                   kinds: frozenset[str] | None = None) -> str | None:
         """The relation ``instances`` may read for ``query`` in place of every data file:
         those whose Bloom filters may hold the values the query pins a UID or PatientID
         column to (:func:`pinned_values`); None to read them all.
@@ -643,10 +643,8 @@ class Catalog:
         if self._grouped is None or self._defined or len(self._blooms.files) < 2:
             return None
         con = self.connection() if con is None else con
-        try:
-            kinds = {str(s.type).rsplit(".", 1)[-1] for s in con.extract_statements(query)}
-        except duckdb.Error:
-            return None
+        if kinds is None:  # (the caller's refuse_writes parsed it already)
+            kinds = refuse_writes(con, query)
         if kinds & _DEFINING:
             self._defined = True
             return None
