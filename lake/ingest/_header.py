@@ -26,7 +26,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from lake._errors import InputRefusedError
 from lake.ingest._limits import ReadLimits, describe
-from lake.ingest._nesting import deeper_than
+from lake.ingest._nesting import LONG_VRS, deeper_than
 from lake.ingest._sources import open_regular
 
 __all__ = ["header_of_file", "header_of_member", "inflates_within", "within"]
@@ -86,8 +86,6 @@ def within(data: bytes, limits: ReadLimits) -> io.BytesIO | _Bounded:
     return _Bounded(stream, None, limits.max_file_bytes)
 
 
-_META_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
-                            b"UR", b"UT", b"UV"})  # pydicom's EXPLICIT_VR_LENGTH_32
 _META_SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS",
                              b"LO", b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI",
                              b"UL", b"US"})  # pydicom's EXPLICIT_VR_LENGTH_16
@@ -109,7 +107,7 @@ def _meta_end(data: bytes) -> int:
         group, vr, length = _META_ELEMENT.unpack_from(data, pos)
         if group != 2:
             return pos
-        if vr in _META_LONG_VRS:
+        if vr in LONG_VRS:
             if pos + 12 > size:
                 return size
             (length,) = _META_LONG_LENGTH.unpack_from(data, pos + 8)

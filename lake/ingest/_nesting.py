@@ -25,8 +25,8 @@ _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
 _LEVEL = 16  # an item header (8 bytes) and the header of the sequence inside it (8 or 12)
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
-                       b"UR", b"UT", b"UV"})
+LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                      b"UR", b"UT", b"UV"})  # pydicom's EXPLICIT_VR_LENGTH_32
 
 
 class _TooDeepError(Exception):
@@ -92,7 +92,7 @@ def _scan(data: bytes, depth: int, limit: int, implicit: bool, little: bool) -> 
         value_at = pos + 8
         if not implicit:
             _g, _e, vr, short_length = short.unpack_from(data, pos)
-            if vr in _LONG_VRS:
+            if vr in LONG_VRS:
                 if pos + 12 > size:
                     return
                 length = u32.unpack_from(data, pos + 8)[0]
