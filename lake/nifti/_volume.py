@@ -301,7 +301,12 @@ _ABSENT = object()
 def _look_floats(look: FrameLookup, macro: str, keyword: str, n: int) -> FloatArray | None:
     """``_floats(look(macro, keyword), n)``, from the bytes when :meth:`FrameLookup.numbers`
     reads them (one value is pydicom's scalar, which ``_floats`` does not take)."""
-    numbers = look.numbers(macro, keyword)
+    return _floats_from(look.numbers(macro, keyword), look, macro, keyword, n)
+
+
+def _floats_from(numbers: list[float] | None, look: FrameLookup, macro: str, keyword: str,
+                 n: int) -> FloatArray | None:
+    """:func:`_look_floats` of ``numbers`` already read by :meth:`FrameLookup.numbers`."""
     if numbers is None:
         return _floats(look(macro, keyword), n)
     return np.array(numbers, dtype=np.float64) if len(numbers) == n > 1 else None
@@ -491,10 +496,7 @@ def _plane(ds: Dataset, look: FrameLookup, planes: dict[tuple[Any, ...], Plane] 
     :class:`Plane` per orientation, pixel spacing and matrix read from bytes (the frames of
     a series mostly share one: built and compared once, not per frame)."""
     iop_numbers = look.numbers("PlaneOrientationSequence", "ImageOrientationPatient")
-    if iop_numbers is None:
-        iop = _floats(look("PlaneOrientationSequence", "ImageOrientationPatient"), 6)
-    else:
-        iop = np.array(iop_numbers, dtype=np.float64) if len(iop_numbers) == 6 else None
+    iop = _floats_from(iop_numbers, look, "PlaneOrientationSequence", "ImageOrientationPatient", 6)
     ipp = _look_floats(look, "PlanePositionSequence", "ImagePositionPatient", 3)
     if iop is None or ipp is None:
         return None, None
@@ -507,11 +509,7 @@ def _plane(ds: Dataset, look: FrameLookup, planes: dict[tuple[Any, ...], Plane] 
         known = planes.get(key)
         if known is not None:
             return known, ipp
-    if spacing_numbers is None:
-        spacing = _floats(look("PixelMeasuresSequence", "PixelSpacing"), 2)
-    else:
-        spacing = (np.array(spacing_numbers, dtype=np.float64) if len(spacing_numbers) == 2
-                   else None)
+    spacing = _floats_from(spacing_numbers, look, "PixelMeasuresSequence", "PixelSpacing", 2)
     if spacing is None:
         spacing = _floats(ds.get("ImagerPixelSpacing"), 2)
     if spacing is None or spacing[0] <= 0 or spacing[1] <= 0:  # np.any, without its set-up
