@@ -139,3 +139,39 @@ def test_pull_counts_the_warnings_of_a_malformed_instance(
     expected = _expected(tmp_path / "scratch", sent)
     # and the PACS's C-FIND responses quoting the bad UID (parsed on the pulling thread)
     assert summary.suppressed > expected
+
+
+def test_pull_shows_warnings_of_its_commits(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A warning raised while ``lake pull`` commits is not about received data: shown, not counted.
+
+    Before s26 the capture scope spanned each study's commit too, so a library warning
+    there (delta-rs, pyarrow) was counted as "about received data" and never shown.
+    """
+    require("Orthanc")
+    import warnings
+
+    from lake.net import find_studies, parse_peer, pull_studies
+    from lake.net._intake import Intake
+    from tests.net_peers import Orthanc
+
+    flush = Intake.flush
+
+    def warning_flush(self: Intake) -> None:
+        warnings.warn("a warning of the catalog's libraries", UserWarning, stacklevel=1)
+        flush(self)
+
+    monkeypatch.setattr(Intake, "flush", warning_flush)
+    source = get_testdata_file("CT_small.dcm")
+    assert source is not None
+    study = str(dcmread(source).StudyInstanceUID)
+    with Orthanc(tmp_path / "orthanc",
+                 modalities={"LAKE": ("127.0.0.1", free_port())}) as pacs:
+        assert pacs.upload([Path(source)]) == 1
+        peer = parse_peer(f"ORTHANC@127.0.0.1:{pacs.dicom_port}")
+        studies = find_studies(peer, [f"StudyInstanceUID={study}"])
+        with pytest.warns(UserWarning, match="catalog's libraries"):
+            summary = pull_studies(lk, lk.secret(vault_dir), peer, studies, via="get")
+    assert summary.ingested == 1
+    assert summary.suppressed == 0

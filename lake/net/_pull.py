@@ -490,14 +490,16 @@ def pull_studies(
     if via == "move":
         scp = _start_move_scp(calling_aet, listen, peer, on_store, timeout)
     try:
-        # The PACS's C-FIND responses (series, instances) are parsed on this thread: pydicom
-        # quotes their invalid values (an original UID) in warnings, counted, never shown.
-        with capture(into=intake.captured):
-            for index, study in enumerate(studies):
+        for index, study in enumerate(studies):
+            # The PACS's C-FIND responses (series, instances) are parsed on this thread:
+            # pydicom quotes their invalid values (an original UID) in warnings, counted,
+            # never shown. The scope ends before the commit: what the catalog's libraries
+            # warn about is not about received data, and is shown as usual.
+            with capture(into=intake.captured):
                 outcome = _pull_study(ae, peer, study, ledger, via, calling_aet, on_store,
                                       progress, index)
-                intake.flush()
-                summary.add(outcome)
+            intake.flush()
+            summary.add(outcome)
     finally:
         if scp is not None:
             scp.shutdown()
