@@ -35,6 +35,7 @@ __all__ = [
     "err",
     "open_lake",
     "out",
+    "print_suppressed",
     "reported",
     "system_user",
 ]
@@ -119,6 +120,17 @@ VaultOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+def print_suppressed(count: int, about: str = "received data") -> None:
+    """Say (on stderr) how many parser warnings and library log records about ``about`` were
+    suppressed: counts only, their text can quote original values (:mod:`lake._capture`)."""
+    if count:
+        err.print(
+            f"{count} parser warnings and library log records about {about} "
+            "were suppressed (they can quote original values)",
+            highlight=False, soft_wrap=True,
+        )
 
 
 def open_lake(root: str | None) -> lake.Lake:

@@ -23,6 +23,7 @@ from pipelines._common import (
     err,
     open_lake,
     out,
+    print_suppressed,
     reported,
 )
 
@@ -288,6 +289,7 @@ def ingest(
                 replace=replace,
             )
         err.print(_summary(summary))
+        print_suppressed(summary.suppressed, f"{summary.warned_files:,} of the files read")
         _report_missing(summary, typed)
     if summary.sources.incomplete:
         raise typer.Exit(EXIT_PROBLEMS)

@@ -69,11 +69,19 @@ def _now() -> dt.datetime:
 
 @dataclass
 class IngestSummary(_Counts):
-    """Totals of an ingest run."""
+    """Totals of an ingest run.
+
+    ``suppressed`` counts the parser warnings and library log records raised while the
+    files were read and de-identified (in this process or in workers), dropped because
+    they can quote original values (:mod:`lake._capture`); ``warned_files`` counts the
+    files that raised any. Counts only: no message text is kept.
+    """
 
     batches: list[str] = field(default_factory=list)
     elapsed: float = 0.0
     sources: SourceReport = field(default_factory=SourceReport)
+    suppressed: int = 0
+    warned_files: int = 0
 
     def add(self, batch: BatchResult) -> None:
         """Add one committed batch to the totals."""
@@ -268,17 +276,37 @@ def _read(item: SourceItem, limits: ReadLimits, archives: Archives) -> bytes | O
         return _unsealed("unreadable", f"the file cannot be read ({type(exc).__name__})")
 
 
-def _process_items(items: list[SourceItem], reading: _FileReading) -> list[Outcome | Skipped]:
+@dataclass(frozen=True)
+class _Suppressed:
+    """What a task's scope captured: warnings plus log records, and the files that raised any
+    (counts only; a task's result carries them back from a worker process)."""
+
+    total: int = 0
+    files: int = 0
+
+
+def _process_items(
+    items: list[SourceItem], reading: _FileReading, counted: list[_Suppressed] | None = None
+) -> list[Outcome | Skipped]:
     """Read, classify and process one task's items (on a worker).
 
     Everything runs inside :func:`lake._capture.capture`: the documents hook reads the DICOM
-    files beside a document, and parser warnings quote original values.
+    files beside a document, and parser warnings quote original values. What the scope
+    counted, and in how many files, is appended to ``counted`` when given.
     """
     from lake.documents import FolderStudies
 
     folders = FolderStudies(reading.context.engine, reading.context.limits)  # read once a folder
-    with Archives() as archives, capture():
-        return [_item_outcome(item, reading, archives, folders) for item in items]
+    results: list[Outcome | Skipped] = []
+    warned = 0
+    with Archives() as archives, capture() as captured:
+        for item in items:
+            before = captured.total
+            results.append(_item_outcome(item, reading, archives, folders))
+            warned += captured.total > before
+    if counted is not None:
+        counted.append(_Suppressed(captured.total, warned))
+    return results
 
 
 def _item_outcome(item: SourceItem, reading: _FileReading, archives: Archives,
@@ -306,12 +334,14 @@ def _item_outcome(item: SourceItem, reading: _FileReading, archives: Archives,
 
 def _process_sourced(
     items: list[SourceItem], reading: _FileReading
-) -> list[tuple[SourceItem | None, Outcome | Skipped]]:
+) -> tuple[list[tuple[SourceItem | None, Outcome | Skipped]], _Suppressed]:
     """:func:`_process_items`, each result with its item, or None for an item that cannot
-    be read again (content read while walking: a member of a nested archive)."""
-    results = _process_items(items, reading)
+    be read again (content read while walking: a member of a nested archive); and what the
+    task's capture scope counted."""
+    counted: list[_Suppressed] = []
+    results = _process_items(items, reading, counted)
     rereadable = [item if item.data is None else None for item in items]
-    return list(zip(rereadable, results, strict=True))
+    return list(zip(rereadable, results, strict=True)), counted[0]
 
 
 def _original(item: SourceItem | None, limits: ReadLimits) -> Original | None:
@@ -455,7 +485,9 @@ def ingest(
         ingestor, summary, background=runner.scheduler != "sync"
     ) as committer:
         tasks = _chunks(items, max(1, min(task_size, batch_size)))
-        for sourced in runner.map(_process_sourced, tasks, reading):
+        for sourced, suppressed in runner.map(_process_sourced, tasks, reading):
+            summary.suppressed += suppressed.total
+            summary.warned_files += suppressed.files
             results = [result for _, result in sourced]
             outcomes: list[Outcome] = []
             for item, result in sourced:
