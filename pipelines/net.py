@@ -23,6 +23,7 @@ from pipelines._common import (
     err,
     open_lake,
     out,
+    print_suppressed,
     reported,
 )
 
@@ -224,17 +225,7 @@ def dicom(
             detail = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in refused.items())
             err.print(f"connections closed before association: {detail}", highlight=False,
                       soft_wrap=True)
-        _print_suppressed(report.captured.total)
-
-
-def _print_suppressed(count: int) -> None:
-    """Say how many parser warnings and log records about received data were suppressed."""
-    if count:
-        err.print(
-            f"{count} parser warnings and library log records about received "
-            "data were suppressed (they can quote original values)",
-            highlight=False, soft_wrap=True,
-        )
+        print_suppressed(report.captured.total)
 
 
 class Ack(enum.StrEnum):
@@ -338,7 +329,7 @@ def pull_command(
             highlight=False,
             soft_wrap=True,
         )
-        _print_suppressed(summary.suppressed)
+        print_suppressed(summary.suppressed)
     if summary.failed:
         raise typer.Exit(EXIT_PROBLEMS)
     if summary.quarantined:
