@@ -96,7 +96,9 @@ def test_deidentified_lake_output_reads_as_pydicom_reads_it(profile: str,
         lk.ingest([str(folder)], vault=vault, profile=profile, scheduler="sync")
     fast, slow, problems = lake_differences(lk)
     assert problems == []
-    assert fast >= 20 and slow >= 10  # both readers were exercised
+    # both readers were exercised; compressed pixel data, kept apart from the header, is
+    # read by the fast reader (it went to pydicom before session 26: 10 objects here)
+    assert fast >= 30 and slow >= 1
 
 
 def _bytes(ds: Dataset, syntax: str | None = None) -> bytes:

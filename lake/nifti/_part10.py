@@ -32,7 +32,9 @@ once per series for macro bytes that repeat) and :meth:`Part10.number` (a per-in
 DS number in plain decimal notation, ``int()``/``float()`` of its text: the one value this
 module reads itself). Anything unusual is read by :func:`pydicom.dcmread`
 instead (:func:`read_part10` returns one or the other and the converter takes both): big
-endian, deflated, encapsulated or non-trivial pixel data, an element whose VR pydicom would
+endian, deflated, non-trivial native pixel data, compressed pixel data within the header (the
+lake keeps it apart: that the converter decodes from a ``Part10``, see
+:func:`read_part10`), an element whose VR pydicom would
 have to infer from its neighbours (implicit VR "US or SS"...), a character set declared
 inside an item, damaged or truncated bytes.
 """
@@ -1165,13 +1167,30 @@ def _simple_pixels(ds: Part10, pixels: bytes | None) -> bool:
     return len(pixels) in (expected, expected + 1)
 
 
+#: Pixel Data, Float and Double Float Pixel Data, Extended Offset Table (and its lengths).
+_OTHER_PIXEL_ELEMENTS = (0x7FE00008, 0x7FE00009, 0x7FE00001, 0x7FE00002)
+
+
+def _encapsulated_apart(ds: Part10, pixels: bytes | None) -> bool:
+    """Whether ``pixels``, kept apart from the header ``ds``, are encapsulated (compressed)
+    Pixel Data: the converter gives them to pydicom's decoders with the Image Pixel values
+    read from ``ds``, as pydicom reads them from its own dataset (``_volume._decode``).
+    Not with a float pixel element or an Extended Offset Table in the header."""
+    if pixels is None or any(tag in ds._elements for tag in _OTHER_PIXEL_ELEMENTS):
+        return False
+    syntax = ds.file_meta.get("TransferSyntaxUID") if ds.file_meta is not None else None
+    return isinstance(syntax, str) and UID(syntax).is_encapsulated
+
+
 def read_part10(data: bytes, pixels: bytes | None = None,
                 pixel_vr: str | None = None, *, cache: ValueCache | None = None
                 ) -> Part10 | Dataset:
     """A dataset for the converter from Part-10 bytes (and the pixel data kept apart).
 
-    The fast :class:`Part10` reader when it applies (little endian, greyscale native
-    pixels), else :func:`pydicom.dcmread`.
+    The fast :class:`Part10` reader when it applies (little endian, greyscale or RGB native
+    pixels, or compressed pixels given apart: the converter decodes them with pydicom's
+    decoders from the Image Pixel values of the ``Part10``, as from pydicom's dataset),
+    else :func:`pydicom.dcmread`.
 
     Parameters
     ----------
@@ -1207,14 +1226,17 @@ def read_part10(data: bytes, pixels: bytes | None = None,
     try:
         ds = parse_part10(data, cache)
         # pixels twice (in the header and apart): pydicom sorts it out
-        simple = not (pixels is not None and _PIXEL_DATA in ds) and _simple_pixels(
-            ds, pixels if pixels is not None else ds.get("PixelData"))
+        apart = not (pixels is not None and _PIXEL_DATA in ds)
+        encapsulated = apart and _encapsulated_apart(ds, pixels)
+        simple = apart and (encapsulated or _simple_pixels(
+            ds, pixels if pixels is not None else ds.get("PixelData")))
     except (struct.error, ValueError, LookupError):  # Part10Error is a ValueError
         simple = False
     if not simple:
         return _pydicom(data, pixels, pixel_vr)
     if pixels is not None:
-        ds.set_pixel_data(pixels, pixel_vr or "OW")
+        # the VRs _pydicom gives the pixel data by default
+        ds.set_pixel_data(pixels, pixel_vr or ("OB" if encapsulated else "OW"))
     return ds
 
 

@@ -826,13 +826,20 @@ _PREFERRED_PLUGIN: dict[str, str] = {str(JPEGLSLossless): "pyjpegls",
                                      str(JPEGLSNearLossless): "pyjpegls"}
 
 
-def _decode(decoder: Decoder, ds: Dataset, options: dict[str, Any],
+def _decode(decoder: Decoder, ds: Dataset | Part10, options: dict[str, Any],
             preferred: str | None) -> NDArray[Any]:
     """``decoder.as_array(ds, **options)``: with ``preferred`` first when it is installed,
-    then (or else) in pydicom's order, past a native plugin's panic (decode_past_panic)."""
+    then (or else) in pydicom's order, past a native plugin's panic (decode_past_panic).
+    A :class:`Part10` is given as its pixel data with what pydicom reads from a dataset
+    (:func:`_dataset_options`)."""
+    source: Dataset | bytes
+    if isinstance(ds, Part10):
+        source, options = ds.PixelData, {**_dataset_options(ds), **options}
+    else:
+        source = ds
 
     def decode(**plugin: Any) -> NDArray[Any]:
-        array: NDArray[Any] = decoder.as_array(ds, **options, **plugin)[0]
+        array: NDArray[Any] = decoder.as_array(source, **options, **plugin)[0]
         return array
 
     if preferred is not None and preferred in decoder.available_plugins:
@@ -841,6 +848,42 @@ def _decode(decoder: Decoder, ds: Dataset, options: dict[str, Any],
         except _DECODE_ERRORS:
             pass  # a speed preference never refuses what pydicom's own order decodes
     return decode_past_panic(decode)
+
+
+#: The Image Pixel elements pydicom's decoders read from a dataset, by the name of the
+#: decoding option each sets (``pydicom.pixels.utils.as_pixel_options``).
+_IMAGE_PIXEL_OPTIONS = {
+    0x00280002: "samples_per_pixel",
+    0x00280004: "photometric_interpretation",
+    0x00280006: "planar_configuration",
+    0x00280008: "number_of_frames",
+    0x00280010: "rows",
+    0x00280011: "columns",
+    0x00280100: "bits_allocated",
+    0x00280101: "bits_stored",
+    0x00280103: "pixel_representation",
+}
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def _dataset_options(ds: Part10) -> dict[str, Any]:
+    """The decoding options pydicom's ``Decoder.as_array`` takes from a dataset holding what
+    ``ds`` holds, so that ``as_array(ds.PixelData, **options)`` decodes as ``as_array`` of
+    that dataset (pydicom's runner treats a dataset's pixel data and a buffer alike once
+    its options are set): the Image Pixel values (``as_pixel_options``; NumberOfFrames 1
+    when absent, else as it is: the runner's ``set_option`` makes text a number and None or
+    0 one frame, with the warning ``as_pixel_options`` gives), then the pixel element's
+    keyword and VR. :func:`lake.nifti.read_part10` gives a ``Part10`` no Extended Offset
+    Table (which ``as_pixel_options`` would pass on). ``tests/test_nifti_encapsulated.py``
+    compares the runner's options both ways on every compressed object of the test data."""
+    options = {name: ds.get(tag) for tag, name in _IMAGE_PIXEL_OPTIONS.items() if tag in ds}
+    options.setdefault("number_of_frames", 1)
+    keywords = [keyword for keyword in _PIXEL_KEYWORDS if keyword in ds]
+    if len(keywords) != 1:
+        raise AttributeError("one and only one pixel data element may be present")
+    options["pixel_keyword"] = keywords[0]
+    options["pixel_vr"] = ds[keywords[0]].VR
+    return options
 
 
 _LITTLE_ENDIAN_NATIVE = frozenset(
