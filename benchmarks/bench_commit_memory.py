@@ -1,7 +1,8 @@
 """The driver's memory over many commits of instances: does anything grow per commit?
 
     python benchmarks/bench_commit_memory.py [--commits 400] [--rows 100] [--every 50]
-                                             [--tracemalloc] [--lake DIR]
+                                             [--tracemalloc] [--inventory] [--lake DIR]
+                                             [--profile N]
 
 Drives the catalog's commit path as ingest's driver does for each batch (issue 14.3, "memory
 flat from 2,000 to 50,000 files"), without reading or de-identifying any file: judge the
@@ -10,7 +11,10 @@ rows with a journal in the commit's metadata (``DeltaTables.insert_new``), then 
 batch row (``record_batch``). Every ``--every`` commits it prints the process's RSS and
 anonymous RSS (``/proc/self/status``), glibc's heap (``mallinfo2``: mapped and in use), the
 threads, the objects the garbage collector tracks and, with ``--tracemalloc``, the Python
-allocations alive and the ten sites that grew most since the first sample. Small commits
+allocations alive and the ten sites that grew most since the first sample; with
+``--inventory``, the threads by name and the resident memory by mapping (each shared library,
+anonymous mappings by size class). The rows are built without pandas, as ingest builds them
+(``python_table``), so pandas's import does not hide the commit path's own warm-up. Small commits
 (100 rows) make many commits quickly: the growth measured in ``docs/performance.md`` followed
 the commits, not the rows.
 """
@@ -26,6 +30,7 @@ import gc
 import os
 import pstats
 import random
+import re
 import resource
 import sys
 import tempfile
@@ -40,6 +45,7 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lake.catalog import INSTANCES, Decision, DeltaTables, Judged
+from lake.catalog._arrow_values import python_table
 from lake.catalog._journal import BatchJournal, record_batch
 from lake.ingest._identity import COMPARED_COLUMNS
 from lake.store import Location
@@ -76,11 +82,50 @@ def _status() -> dict[str, float]:
     return fields
 
 
+def _threads() -> dict[str, int]:
+    """The process's threads by name (``/proc/self/task/*/comm``), digits folded (``duckdb``,
+    ``tokio-runtime-w``, ``jemalloc_bg_thd``...)."""
+    names: dict[str, int] = {}
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/comm") as fh:
+            name = re.sub(r"[0-9]+", "#", fh.read().strip())
+            names[name] = names.get(name, 0) + 1
+    return dict(sorted(names.items(), key=lambda item: -item[1]))
+
+
+def _mappings() -> dict[str, float]:
+    """The process's resident memory by mapping kind (``/proc/self/smaps``), MB: each shared
+    library by name, ``[heap]``, ``[stack]``, and anonymous mappings by size class (thread
+    stacks are 8 MB + a guard page, glibc arenas 64 MB, jemalloc's chunks other sizes)."""
+    kinds: dict[str, float] = {}
+    kind = ""
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                low, high = (int(x, 16) for x in head[0].split("-"))
+                size = high - low
+                if len(head) >= 6:
+                    kind = head[5].rsplit("/", 1)[-1]
+                    kind = re.sub(r"-[0-9a-f]{8,}", "", kind)  # wheels' hashed library names
+                elif size >= 60 << 20:
+                    kind = "anon >=60 MB"
+                elif 7 << 20 <= size <= 9 << 20:
+                    kind = "anon 7-9 MB (thread stacks)"
+                elif size >= 1 << 20:
+                    kind = "anon 1-60 MB"
+                else:
+                    kind = "anon <1 MB"
+            elif head and head[0] == "Rss:":
+                kinds[kind] = kinds.get(kind, 0.0) + int(head[1]) / 1024
+    return dict(sorted(kinds.items(), key=lambda item: -item[1]))
+
+
 def _rows(rng: random.Random, count: int, batch_id: str) -> pa.Table:
     study = f"2.25.{rng.getrandbits(100)}"
     series = f"2.25.{rng.getrandbits(100)}"
     now = dt.datetime.now(dt.UTC)
-    return pa.Table.from_pylist([
+    return python_table([
         {KEY: f"2.25.{rng.getrandbits(120)}", "SeriesInstanceUID": series,
          "StudyInstanceUID": study, "PatientID": "P" + study[-8:], "Modality": "CT",
          "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2", "Rows": 512, "Columns": 512,
@@ -88,7 +133,7 @@ def _rows(rng: random.Random, count: int, batch_id: str) -> pa.Table:
          "profile_sha256": "0" * 64, "pixel_hash": f"{rng.getrandbits(256):064x}",
          "pixel_vr": "OW", "TransferSyntaxUID": "1.2.840.10008.1.2.1",
          "batch_id": batch_id, "ingested_at": now}
-        for _ in range(count)], schema=INSTANCES.schema)
+        for _ in range(count)], INSTANCES.schema)
 
 
 def _batch_row(batch_id: str, rows: int) -> dict[str, object]:
@@ -118,6 +163,9 @@ def main() -> None:
     parser.add_argument("--lake", type=Path,
                         help="keep the lake in this folder, and add to it if it exists "
                              "(default: a temporary folder, removed)")
+    parser.add_argument("--inventory", action="store_true",
+                        help="at each sample also print the threads by name and the resident "
+                             "memory by mapping that changed since the first sample")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="profile the last N commits (CPU clock) and print where it went")
     args = parser.parse_args()
@@ -130,6 +178,7 @@ def main() -> None:
         tables = DeltaTables(Location(str(scratch.resolve())))
         tables.create_all()
         first = None
+        inventory: tuple[dict[str, int], dict[str, float]] | None = None
         started, cpu = time.perf_counter(), time.process_time()
         print("commits  rss_MB  anon_MB  heap_mapped  heap_used  threads  py_threads  "
               "gc_objects  traced_MB  cpu_s")
@@ -148,6 +197,15 @@ def main() -> None:
                   f"{mapped:11.0f}  {used:9.0f}  {status['Threads']:7.0f}  "
                   f"{threading.active_count():10d}  {len(gc.get_objects()):10d}  "
                   f"{traced:9.1f}  {time.process_time() - cpu:5.1f}", flush=True)
+            if args.inventory:
+                threads, kinds = _threads(), _mappings()
+                if inventory is None:
+                    inventory = (threads, kinds)
+                print("    threads: " + ", ".join(f"{n} {c}" for n, c in threads.items()))
+                moved = {k: v - inventory[1].get(k, 0.0) for k, v in kinds.items()}
+                print("    RSS MB by mapping (change since the first sample): " + ", ".join(
+                    f"{k} {v:.1f} ({moved[k]:+.1f})" for k, v in kinds.items()
+                    if abs(moved[k]) >= 0.5 or v >= 5))
             if args.tracemalloc:
                 snapshot = tracemalloc.take_snapshot().filter_traces(
                     [tracemalloc.Filter(False, tracemalloc.__file__)])

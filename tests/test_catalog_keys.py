@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -278,9 +279,9 @@ def test_a_batch_row_is_judged_without_opening_other_batches_files(
     opened: list[list[str]] = []
     holding = tables_module.files_holding
 
-    def recorded(paths: list[str], key: str, keys: pa.Array) -> pa.Table:
+    def recorded(paths: list[str], key: str, keys: pa.Array, **options: Any) -> pa.Table:
         opened.append(list(paths))
-        return holding(paths, key, keys)
+        return holding(paths, key, keys, **options)
 
     monkeypatch.setattr(tables_module, "files_holding", recorded)
     assert tables.insert_new(BATCHES, [{"batch_id": "b99"}], key="batch_id").count == 1

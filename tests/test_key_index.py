@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -97,9 +98,9 @@ def test_the_index_judges_as_every_file_does(tmp_path: Path, small_index: None,
     opened: list[int] = []
     holding = tables_module.files_holding
 
-    def counted(paths: list[str], key: str, keys: pa.Array) -> pa.Table:
+    def counted(paths: list[str], key: str, keys: pa.Array, **options: Any) -> pa.Table:
         opened.append(len(paths))
-        return holding(paths, key, keys)
+        return holding(paths, key, keys, **options)
 
     monkeypatch.setattr(tables_module, "files_holding", counted)
     for trial in range(6):

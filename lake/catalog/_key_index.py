@@ -64,6 +64,7 @@ from lake.catalog._scan import _file_list
 from lake.store import resolve, write_at
 
 if TYPE_CHECKING:
+    import duckdb
     import numpy as np
     import numpy.typing as npt
     import pyarrow as pa
@@ -329,14 +330,18 @@ def _numpy(column: pa.ChunkedArray, dtype: type[np.generic]) -> npt.NDArray[Any]
     return np.frombuffer(chunk.buffers()[1], dtype, len(chunk), offset=chunk.offset * width)
 
 
-def _indexed(table_root: str, files: Sequence[str], key: str) -> pa.Table:
-    """hash, file (number in ``files``), row of every non-null ``key`` of ``files``."""
+def _indexed(table_root: str, files: Sequence[str], key: str,
+             con: duckdb.DuckDBPyConnection | None = None) -> pa.Table:
+    """hash, file (number in ``files``), row of every non-null ``key`` of ``files``; queried
+    through ``con`` when given, else a database of its own (one thread)."""
     prefix = table_root.rstrip("/") + "/"
     listed = _file_list([prefix + f for f in files])
     column = '"' + key.replace('"', '""') + '"'
-    con = connect()
-    try:
+    own = con is None
+    if con is None:
+        con = connect()
         con.execute("SET threads = 1")
+    try:
         return con.sql(
             f"SELECT ('0x' || left(sha256({column}), 16))::UBIGINT AS hash, "
             f"(list_position({listed}, filename) - 1)::INTEGER AS file, "
@@ -344,7 +349,8 @@ def _indexed(table_root: str, files: Sequence[str], key: str) -> pa.Table:
             f"file_row_number = true, hive_partitioning = false) WHERE {column} IS NOT NULL"
         ).to_arrow_table()
     finally:
-        con.close()
+        if own:
+            con.close()
 
 
 def _bounded(table_root: str, files: Sequence[str]) -> list[list[str]]:
@@ -398,14 +404,16 @@ def _merged(table_root: str, group: Sequence[Segment]) -> Segment:
 
 
 def maintain(table_root: str, paths: Sequence[str], key: str,
-             newest: Callable[[], Sequence[str]] | None = None) -> None:
+             newest: Callable[[], Sequence[str]] | None = None,
+             con: duckdb.DuckDBPyConnection | None = None) -> None:
     """Bring the index of ``key`` up to the data files ``paths`` (the newest version's).
 
     Never fails the commit or delete it follows (which has landed): the index is derived,
     and judgements read whatever files it does not cover, so an error here (a full disk, a
     data file vacuumed meanwhile) is logged, by its type only, and leaves the index behind.
     ``newest`` gives the newest version's data files, asked for only when a segment holds a
-    file ``paths`` lacks. See :func:`_maintain`.
+    file ``paths`` lacks; new segments are read through ``con`` when given (a commit's DuckDB
+    cursor). See :func:`_maintain`.
     """
     import duckdb
     import pyarrow as pa
@@ -414,7 +422,7 @@ def maintain(table_root: str, paths: Sequence[str], key: str,
     from lake._errors import LakeError
 
     try:
-        _maintain(table_root, paths, key, newest)
+        _maintain(table_root, paths, key, newest, con)
     except (OSError, ValueError, KeyError, pa.ArrowException, duckdb.Error, DeltaError,
             LakeError) as exc:  # (the last two: reading the newest version's files)
         _LOG.warning("the UID index was not brought up to date (%s); commits read the data "
@@ -422,7 +430,8 @@ def maintain(table_root: str, paths: Sequence[str], key: str,
 
 
 def _maintain(table_root: str, paths: Sequence[str], key: str,
-              newest: Callable[[], Sequence[str]] | None = None) -> None:
+              newest: Callable[[], Sequence[str]] | None = None,
+              con: duckdb.DuckDBPyConnection | None = None) -> None:
     """Bring the index of ``key`` up to the data files ``paths`` (the newest version's).
 
     Writes a segment for the files no segment covers once there are
@@ -465,7 +474,7 @@ def _maintain(table_root: str, paths: Sequence[str], key: str,
     fresh = sorted(live - covered)
     if len(fresh) >= UNCOVERED_FILES:
         for files in _bounded(table_root, fresh):
-            usable.append(_write(table_root, files, _indexed(table_root, files, key)))
+            usable.append(_write(table_root, files, _indexed(table_root, files, key, con)))
     while True:
         chosen = _chosen(usable, live)
         classes: dict[int, list[Segment]] = {}

@@ -34,6 +34,7 @@ from lake.catalog._duckdb import connect
 from lake.catalog._scan import _file_list, _quote
 
 if TYPE_CHECKING:
+    import duckdb
     import pyarrow as pa
 
 __all__ = ["PROBED_KEYS", "files_holding", "in_key_range", "readable_by_duckdb"]
@@ -94,7 +95,9 @@ def in_key_range(
     return tuple(kept)
 
 
-def files_holding(paths: Sequence[str], key: str, keys: pa.Array) -> pa.Table:
+def files_holding(
+    paths: Sequence[str], key: str, keys: pa.Array, *, con: duckdb.DuckDBPyConnection | None = None
+) -> pa.Table:
     """The rows of the data files ``paths`` whose column ``key`` is in ``keys``.
 
     Parameters
@@ -105,6 +108,9 @@ def files_holding(paths: Sequence[str], key: str, keys: pa.Array) -> pa.Table:
         The key column (a string).
     keys : pyarrow.Array
         The keys looked for (strings, no nulls).
+    con : duckdb.DuckDBPyConnection, optional
+        The connection to query through (a commit's: ``DeltaTables.cursor``); by default a
+        database made for this call.
 
     Returns
     -------
@@ -132,7 +138,8 @@ def files_holding(paths: Sequence[str], key: str, keys: pa.Array) -> pa.Table:
         among, parameters = "(" + ", ".join(_quote(k) for k in wanted) + ")", None
     else:
         among, parameters = "(SELECT unnest(?))", [wanted]
-    con = connect()
+    own = con is None
+    con = connect() if con is None else con
     try:
         table = con.sql(
             f"SELECT {column} AS {column}, filename AS file, file_row_number AS row, "
@@ -142,6 +149,7 @@ def files_holding(paths: Sequence[str], key: str, keys: pa.Array) -> pa.Table:
             params=parameters,
         ).to_arrow_table()
     finally:
-        con.close()
+        if own:
+            con.close()
     order = pc.sort_indices(table, sort_keys=[("rank", "ascending"), ("row", "ascending")])
     return table.take(order).select([key, "file", "row"]).cast(schema)

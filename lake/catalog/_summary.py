@@ -357,8 +357,6 @@ def write_summaries(
     Safe to run concurrently and to repeat: a summary is a pure function of its immutable
     data file, written with an atomic rename or a single object put.
     """
-    import duckdb
-
     if files is not None:
         todo: Sequence[str] = files
     else:
@@ -366,13 +364,9 @@ def write_summaries(
         todo = summaries_of(tables, data_files(tables, delta)).missing
     if not todo:
         return 0
-    con = duckdb.connect()
-    try:
-        con.execute("SET threads = 1")
+    with tables.cursor() as con:  # (the tables' own DuckDB database: one thread)
         for data_file in todo:
             _summarise(con, tables, data_file)
-    finally:
-        con.close()
     return len(todo)
 
 

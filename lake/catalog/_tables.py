@@ -17,6 +17,7 @@ from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from lake._errors import CatalogError
 from lake.catalog._arrow_values import arrow_array, empty_table, python_table
+from lake.catalog._committer import Committer
 from lake.catalog._kept import KeptSnapshots
 from lake.catalog._key_index import located, maintain
 from lake.catalog._keys import files_holding, in_key_range, readable_by_duckdb
@@ -27,6 +28,9 @@ from lake.catalog._summary import fs_path, write_summaries
 from lake.store import Location
 
 if TYPE_CHECKING:  # pyarrow.dataset imports pandas (0.3 s): loaded where a dataset is made
+    from contextlib import AbstractContextManager
+
+    import duckdb
     import pyarrow as pa  # pyarrow and numpy: where rows are read or written, not by lake sql
     import pyarrow.dataset as ds
     import pyarrow.fs as pafs
@@ -237,9 +241,19 @@ class DeltaTables:
     def __init__(self, location: Location) -> None:
         self.location = location
         self._kept = KeptSnapshots(self.open, self._files_of, self._local_log)
+        self._committer = Committer(self._latest_opened, self._local_log)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"location": self.location}  # without the kept snapshots
+        return {"location": self.location}  # without the kept snapshots and tables
+
+    def cursor(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """A cursor of the DuckDB database these tables' commits query (in memory, one
+        thread), closed when the ``with`` block ends (:class:`~lake.catalog._committer.Committer`:
+        one database kept, not one made per query)."""
+        return self._committer.cursor()
+
+    def _latest_opened(self, name: str) -> DeltaTable:
+        return self._opened(name, None)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["location"])  # type: ignore[misc]
@@ -464,13 +478,17 @@ class DeltaTables:
         data = rows if isinstance(rows, pa.Table) else _table_of(table, rows)
         backoff = Backoff(what)
         while True:
-            delta = self.open(table.name)
-            if self._upgraded(delta, table):
+            writing = self._committer.table(table.name)
+            if self._upgraded(writing.delta, table):
                 continue
             try:
-                return self._write(delta, data, metadata, exclusive=False, replace=replace)
+                version = self._write(writing.delta, data, metadata, exclusive=False,
+                                      replace=replace)
             except CommitFailedError as exc:
                 backoff.failed(exc)
+                continue
+            self._committer.keep(table.name, writing)
+            return version
 
     def insert_new(
         self,
@@ -537,7 +555,8 @@ class DeltaTables:
         scanned: set[str] = set()  # data files whose matching rows are in `existing`
         existing = _concat(table, columns, [])
         while True:
-            delta = self.open(table.name)
+            writing = self._committer.table(table.name)  # (kept from the last commit, brought
+            delta = writing.delta                       # up to date: see _committer.py)
             if self._upgraded(delta, table):
                 continue
             read = int(delta.version())
@@ -547,9 +566,10 @@ class DeltaTables:
                 scanned, existing = set(), _concat(table, columns, [])
             fresh = dataclasses.replace(files, paths=tuple(sorted(set(files.paths) - scanned)))
             try:
-                found = _matching(_in_key_range(delta, fresh, key, candidates.column(key)),
-                                  table, columns, candidates.column(key),
-                                  index=_key_index_of(delta, table, key, files))
+                with self.cursor() as con:
+                    found = _matching(_in_key_range(delta, fresh, key, candidates.column(key)),
+                                      table, columns, candidates.column(key), con=con,
+                                      index=_key_index_of(delta, table, key, files))
             except (OSError, pa.ArrowInvalid, duckdb.IOException) as exc:
                 # A file of this snapshot was removed meanwhile ('lake forget', 'lake vacuum'):
                 # a newer snapshot no longer reads it.
@@ -564,6 +584,7 @@ class DeltaTables:
             decision = decided if isinstance(decided, Decision) else Decision(*decided)
             append, metadata = decision.rows, decision.metadata
             if append.num_rows == 0 and not commit_empty:
+                self._committer.keep(table.name, writing)
                 return Inserted(append, read, committed=False)
             replace = None
             if decision.replace:
@@ -580,6 +601,7 @@ class DeltaTables:
                     f"{read + 1}: this deltalake release does not honour "
                     "max_commit_retries=0; install the version pinned in pyproject.toml"
                 )
+            self._committer.keep(table.name, writing)
             return Inserted(append, version, committed=True)
 
     def lookup(
@@ -597,8 +619,9 @@ class DeltaTables:
         snapshot = data_files(delta, self.storage_options)
         files = _in_key_range(delta, snapshot, key, wanted)
         names = [key, *[c for c in columns if c != key]]
-        return _matching(files, table, names, wanted,
-                         index=_key_index_of(delta, table, key, snapshot))
+        with self.cursor() as con:
+            return _matching(files, table, names, wanted, con=con,
+                             index=_key_index_of(delta, table, key, snapshot))
 
     def _upgraded(self, delta: DeltaTable, table: Table) -> bool:
         """Add the columns ``table`` declares and ``delta`` lacks; whether any were missing.
@@ -669,8 +692,9 @@ class DeltaTables:
         snapshot = data_files(delta, self.storage_options)
         index = _key_index_of(delta, INSTANCES, INDEXED_KEY, snapshot)
         if index is not None:  # (the newest version's files: read only if a segment needs)
-            maintain(index.root, index.snapshot, INDEXED_KEY,
-                     lambda: self.latest(INSTANCES.name)[1].paths)
+            with self.cursor() as con:
+                maintain(index.root, index.snapshot, INDEXED_KEY,
+                         lambda: self.latest(INSTANCES.name)[1].paths, con)
 
     def _write(
         self,
@@ -873,6 +897,7 @@ def _matching(
     keys: pa.ChunkedArray,
     *,
     index: _KeyIndex | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
 ) -> pa.Table:
     """The rows of these data files whose key (``columns[0]``) is in ``keys``, in the order
     of the files and of their rows.
@@ -889,7 +914,9 @@ def _matching(
     when there are more; the other ``columns`` are read from the row groups holding a match
     (:func:`_rows_at`), not from whole files: a compacted table's files hold millions of
     rows. Remote files: the key column of every file is streamed (:func:`_streamed`), then
-    the other columns are read from the files that hold a match.
+    the other columns are read from the files that hold a match. DuckDB queries through
+    ``con`` when given (a commit's: ``DeltaTables.cursor``), else through a database of
+    their own.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -902,9 +929,9 @@ def _matching(
     paths = list(files.paths)
     if isinstance(files.filesystem, pafs.LocalFileSystem) and readable_by_duckdb(paths):
         if index is not None:
-            rows = _indexed_rows(index, files, table, key, wanted)
+            rows = _indexed_rows(index, files, table, key, wanted, con=con)
         else:
-            rows = files_holding(paths, key, wanted)
+            rows = files_holding(paths, key, wanted, con=con)
         if len(columns) == 1:
             return conform(table, columns, rows.select([key]))
         return _rows_at(files.filesystem, table, columns, rows)
@@ -927,7 +954,8 @@ def _matching(
 
 
 def _indexed_rows(
-    index: _KeyIndex, files: DataFiles, table: Table, key: str, wanted: pa.Array
+    index: _KeyIndex, files: DataFiles, table: Table, key: str, wanted: pa.Array,
+    con: duckdb.DuckDBPyConnection | None = None,
 ) -> pa.Table:
     """:func:`lake.catalog._keys.files_holding`'s answer (key, file, row, in the order of the
     files and rows), found through the key index below ``root``: its hash hits confirmed by
@@ -937,7 +965,7 @@ def _indexed_rows(
 
     keys = sorted(set(wanted.to_pylist()))
     places, uncovered = located(index.root, index.snapshot, files.paths, keys)
-    found = files_holding(uncovered, key, wanted)
+    found = files_holding(uncovered, key, wanted, con=con)
     rank = {path: n for n, path in enumerate(files.paths)}
     if places:
         places.sort(key=lambda place: (rank[place[0]], place[1]))
