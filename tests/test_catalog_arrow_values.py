@@ -95,6 +95,8 @@ def test_numpy_and_tables_as_pyarrow_builds_them() -> None:
                          (np.int64, pa.int64()), (np.float64, pa.float64())):
         values = np.array([3, 0, 2**31 - 1], dtype=dtype)
         _same(numpy_array(values[::2], type_), pa.array(values[::2], type_))  # (a strided view)
+    with pytest.raises(AssertionError, match="one-dimensional"):  # a caller's defect, not a
+        numpy_array(np.zeros((2, 2), np.int64), pa.int64())        # LakeError for users
     rows = [{"batch_id": "a", "files_seen": 3, "actions": [("keep", 2)],
              "started_at": dt.datetime(2026, 12, 7, tzinfo=dt.UTC), "unknown": 1},
             {"batch_id": "b"}]

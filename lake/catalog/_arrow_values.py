@@ -43,7 +43,12 @@ _EXACT_IN_DOUBLE = 2**53  # pyarrow refuses an int beyond this for a double colu
 
 def numpy_array(values: npt.NDArray[Any], type_: pa.DataType) -> pa.Array:
     """A one-dimensional NumPy array of fixed-width numbers as an Arrow array of ``type_`` (no
-    nulls; ``pa.array(values, type_)``): its buffer cast to ``type_``'s width, then shared."""
+    nulls; ``pa.array(values, type_)``): its buffer cast to ``type_``'s width, then shared.
+
+    Internal: its callers (the key index's segments) hold one-dimensional columns they made,
+    never a user's value, so another shape is a defect in the caller, asserted, not a
+    ``LakeError`` for anyone to act on.
+    """
     import numpy as np
     import pyarrow as pa
 
@@ -51,8 +56,7 @@ def numpy_array(values: npt.NDArray[Any], type_: pa.DataType) -> pa.Array:
     if pa.types.is_floating(type_):
         dtype = np.dtype(f"<f{type_.byte_width}")
     array = np.ascontiguousarray(values, dtype=dtype)
-    if array.ndim != 1:
-        raise ValueError("numpy_array takes a one-dimensional array")
+    assert array.ndim == 1, f"numpy_array takes a one-dimensional array, not {array.shape}"
     return pa.Array.from_buffers(type_, len(array), [None, pa.py_buffer(array)])
 
 
