@@ -305,10 +305,21 @@ def _write_dataset(
                 if value is None:
                     elem = ds.get_item(tag)  # a deferred value is read now
                     value = elem.value
-                if isinstance(value, bytes) and isinstance(elem, RawDataElement):
+                if (
+                    isinstance(value, bytes)
+                    and isinstance(elem, RawDataElement)
+                    and (elem.VR == "SQ" or elem.VR is None)
+                    and value.startswith(target.item)  # items (implicit VR: maybe a sequence)
+                    and _odd_inside(value, target)
+                ):
+                    elem = ds[tag]  # converted: its items are walked, their odd values padded
+                elif isinstance(value, bytes) and isinstance(elem, RawDataElement):
                     vr = elem.VR
                     # Tag, VR and length as pydicom writes them (_header, inlined here).
                     undefined = elem.length == _UNDEFINED
+                    if len(value) % 2 and not undefined:  # received odd: made even (_even)
+                        value = _even(tag, vr, value)
+                        elem = elem._replace(value=value, length=len(value))
                     length = _UNDEFINED if undefined else len(value)
                     if implicit:
                         head = pack_tag(tag >> 16, tag & 0xFFFF) + pack_ul(length)
@@ -336,6 +347,97 @@ def _write_dataset(
             out += (head, simple)
         else:
             out.append(_written(elem, target, encodings))
+
+
+_SPACE_PADDED = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR",
+     "UT"}
+)
+_NUL_PADDED = frozenset({"UI", "OB", "UN"})
+
+
+def _even(tag: int, vr: str | None, value: bytes) -> bytes:
+    """A raw value received with an odd length, padded to even as PS3.5 6.2 and 7.1.1 say.
+
+    Every value has an even length: text with a trailing space, UIDs, OB and UN with a
+    trailing NUL. pydicom pads what it converts and writes, but copies raw values as they
+    are, so a value received odd (a Modality ``CTX``) was stored and served odd, which
+    dcmtk and dciodvfy flag. Readers strip the padding (pydicom reads the same value); the
+    DICOM JSON (``header_json``, ``identity_sha256``) is made from the dataset, not from these
+    bytes, and does not change. A number VR of odd length (``US`` in 3 bytes) is malformed
+    whatever is appended: it is written as received. A VR unknown to the dictionary (an
+    implicit VR private element) is UN.
+    """
+    if vr is None:
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            vr = "UN"
+    if vr in _SPACE_PADDED:
+        return value + b" "
+    if vr in _NUL_PADDED:
+        return value + b"\x00"
+    return value
+
+
+_LONG_VR_BYTES = frozenset(vr.encode() for vr in _LONG_VRS)
+
+
+_WALK = {little: (struct.Struct(order + "HHI"), struct.Struct(order + "HH2sH"),
+                  struct.Struct(order + "I"))
+         for little, order in ((True, "<"), (False, ">"))}
+"""By byte order: an implicit VR element's (or an item's) tag and length, an explicit VR
+element's tag, VR and short length, a long length."""
+
+
+def _odd_inside(value: bytes, target: _Target) -> bool:
+    """Whether a raw sequence's value holds a value of odd length at some depth (:func:`_even`).
+
+    A raw sequence is copied byte for byte, its items unread; one whose bytes hold an
+    odd-length value is converted instead and its items written element by element, so
+    the value is padded. The bytes are walked, not parsed into datasets (almost every
+    sequence holds none): one unpacking an element. In implicit VR a value that starts with
+    an item, or of undefined length, is taken for a sequence and walked (as pydicom takes
+    an undefined length; no dictionary look-up per element): were it not one, the walk finds
+    nothing, or an "odd value" that has pydicom convert the sequence and write what it is.
+    ``False`` where the walk is unsure (bytes that end early, an undefined-length value other
+    than a sequence in explicit VR): those bytes stay as they are.
+    """
+    implicit_head, explicit_head, long_length = _WALK[target.little]
+    item = target.item
+    pos, end = 0, len(value)
+    try:
+        if target.implicit:
+            while pos < end:
+                group, _, length = implicit_head.unpack_from(value, pos)
+                pos += 8
+                if group == 0xFFFE or length == _UNDEFINED:
+                    continue  # an item or a delimiter, or a sequence: what is inside follows
+                if length % 2:
+                    return True
+                if not value.startswith(item, pos):  # a sequence's items follow, or a value
+                    pos += length
+            return False
+        while pos < end:
+            group, _, code, length = explicit_head.unpack_from(value, pos)
+            pos += 8
+            if group == 0xFFFE:  # an item or a delimiter: what is inside follows
+                continue
+            if code in _LONG_VR_BYTES:
+                (length,) = long_length.unpack_from(value, pos)
+                pos += 4
+                if code == b"SQ" and length == _UNDEFINED:
+                    continue  # its items follow
+                if length == _UNDEFINED:
+                    return False  # encapsulated, or a sequence as UN: not walked
+                if code == b"SQ" and not length % 2:
+                    continue  # its items follow
+            if length % 2:
+                return True
+            pos += length
+    except struct.error:
+        return False
+    return False
 
 
 _STRING_VRS = frozenset({"AE", "AS", "CS", "UI"})  # pydicom's write_string
