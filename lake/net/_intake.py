@@ -120,6 +120,7 @@ class Intake:
         self.failures = 0
         """Instances whose de-identification failed (their receipts wait for the next start)."""
         self._secret = secret
+        self._journaled = location.is_local  # asked for every instance received
         self._workers = DeidWorkers(ingestor.context, workers if location.is_local else 0,
                                     self.captured)
         self._inflight = 0
@@ -129,7 +130,7 @@ class Intake:
     @property
     def journaled(self) -> bool:
         """Whether instances are durable as received (a local lake) before de-identifying."""
-        return self.ingestor.lake.location.is_local
+        return self._journaled
 
     @property
     def last_error(self) -> str | None:

@@ -11,7 +11,9 @@ Each worker is spawned (never forked: delta-rs must not be forked) at start-up w
 ingest context (profile, keys) and runs one instance through the whole path into a
 throw-away folder, so imports and pydicom's lazy tables are paid before the first peer.
 An instance's bytes go down the worker's pipe as they are (no pickling) from the thread
-that received them; its outcome comes back pickled to one collector thread per worker.
+that received them, with their length in one system call (``socket.sendmsg`` on a
+duplicate of the pipe's socket, never a bare descriptor: :meth:`_Worker.submit`); its
+outcome comes back pickled to one collector thread per worker.
 ``concurrent.futures.ProcessPoolExecutor`` would add a manager and a feeder thread, two
 more hand-offs of every instance between threads of the server. What pydicom warns or
 logs in a worker is captured there and only counted back.
@@ -37,6 +39,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
+import socket
+import struct
 import tempfile
 import threading
 from collections import deque
@@ -56,6 +61,8 @@ __all__ = ["MAX_CRASHES", "START_ATTEMPTS", "DeidWorkers", "WorkerCrashError"]
 _LOG = logging.getLogger(__name__)
 
 _Counts = tuple[dict[str, int], dict[str, int]]
+_LENGTH = struct.Struct("!i")  # multiprocessing.Connection's framing of a message
+_ONE_SEND = 0x7FFFFFFF  # longer messages take Connection's own (8-byte length) framing
 
 
 # --- in the worker process ------------------------------------------------------------------
@@ -146,6 +153,11 @@ class _Worker:
                  on_death: _OnDeath) -> None:
         spawn = multiprocessing.get_context("spawn")
         self.conn, child = spawn.Pipe()
+        # what submit() writes through: the same socket (the pipe is a socket pair; os.dup
+        # is not inherited), the length and the bytes in one system call, I/O through a
+        # socket object; closed with ``conn``, under ``send_lock``
+        self.sender = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM,
+                                    fileno=os.dup(self.conn.fileno()))
         self.process = spawn.Process(target=_serve, args=(child, context),
                                      name=f"lake-deid-{index}", daemon=True)
         self.process.start()
@@ -195,7 +207,7 @@ class _Worker:
                     return False
                 self.pending.append(job)
             try:
-                self.conn.send_bytes(job.data)  # waits while the worker's pipe is full
+                self._send(job.data)  # waits while the worker's pipe is full
             except OSError:
                 with self.lock:
                     if job not in self.pending:
@@ -203,6 +215,16 @@ class _Worker:
                     self.pending.remove(job)
                 return False
         return True
+
+    def _send(self, data: bytes) -> None:
+        """:func:`send_bytes` to the worker (called under :attr:`send_lock`)."""
+        send_bytes(self.conn, self.sender, data)
+
+    def close_pipe(self) -> None:
+        """Close the server's end of the pipe (both its objects), under :attr:`send_lock`."""
+        with self.send_lock:
+            self.sender.close()
+            self.conn.close()
 
     def load(self) -> int:
         return len(self.pending) if self.alive else 1 << 30
@@ -235,7 +257,7 @@ class _Worker:
     def stop(self) -> None:
         self.stopping = True
         with self.send_lock, contextlib.suppress(OSError):  # already gone
-            self.conn.send_bytes(b"")
+            self._send(b"")
         if self.collector.ident is None:  # never ready: it may hang in its warm-up
             self.process.terminate()
             self.process.join(timeout=_STOP_TIMEOUT)
@@ -246,7 +268,7 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
             self.process.join(timeout=_STOP_TIMEOUT)
-        self.conn.close()
+        self.close_pipe()
 
 
 class DeidWorkers:
@@ -419,8 +441,7 @@ class DeidWorkers:
         replacement: _Worker | None = None
         try:
             dead.process.join(timeout=60)
-            with dead.send_lock:  # no sender is writing to it (their writes fail: it is gone)
-                dead.conn.close()
+            dead.close_pipe()  # no sender is writing to it (their writes fail: it is gone)
             replacement = self._replacement()
         finally:
             self._replace(dead, replacement)
@@ -552,6 +573,35 @@ class DeidWorkers:
             self._filler = None
         for worker in pool:
             worker.stop()
+
+
+def send_bytes(conn: Connection, sender: socket.socket, data: bytes) -> None:
+    """``conn.send_bytes(data)`` in one system call; ``sender`` is ``conn``'s socket, dup'd.
+
+    ``Connection.send_bytes`` writes the 4-byte length and, for more than 16 KiB, the
+    bytes in two ``write`` calls: each gives the GIL away, and a worker waiting for its
+    next instance wakes for the length, then waits again for the bytes. The same bytes go
+    in one ``sendmsg`` (no joined copy) through ``sender``, a socket object, which refuses
+    I/O once closed (never a bare descriptor, which another thread's close could let the
+    system reuse meanwhile); a worker closes both only under its ``send_lock``, which its
+    senders hold.
+
+    Raises
+    ------
+    OSError
+        If the other end is gone, or ours is closed.
+    """
+    if len(data) > _ONE_SEND or conn.closed:
+        conn.send_bytes(data)  # Connection's framing for >2 GiB; raises if closed
+        return
+    parts = [memoryview(_LENGTH.pack(len(data))), memoryview(data)]
+    while parts:
+        sent = sender.sendmsg(parts)
+        while parts and sent >= len(parts[0]):
+            sent -= len(parts[0])
+            parts.pop(0)
+        if parts:
+            parts[0] = parts[0][sent:]
 
 
 def _fail(job: _Job, message: str) -> None:
