@@ -232,3 +232,28 @@ def test_an_erased_version_is_refused_from_the_kept_snapshots(
     lk.refresh()
     with pytest.raises(lake.CatalogError, match="was erased"):
         lk.catalog(version)
+
+
+def test_an_export_s_catalog_reads_the_erasures_once(
+        several: lake.Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catalog of a kept version checks every table's version against the erasures'
+    records read once (``DeltaTables.files_at``), not once per table: ``erasures`` is looked
+    for twice (its own version, then its records), where it was looked for by every table's
+    check; the versions and what they read are those of a fresh open."""
+    lk = lake.open(several.root)
+    version, _ = lk.tables.latest(INSTANCES.name)
+    tables = lk.tables
+    assert tables.exists("erasures")
+    asked: list[str] = []
+    exists = type(tables).exists
+
+    def spy(name: str) -> bool:
+        asked.append(name)
+        return exists(tables, name)
+
+    monkeypatch.setattr(tables, "exists", spy)
+    catalog = lk.catalog(version)
+    assert asked.count("erasures") == 2
+    fresh = Catalog(lake.open(several.root).tables, version)
+    assert _catalog_as_seen(catalog) == _catalog_as_seen(fresh)
+    fresh.close()

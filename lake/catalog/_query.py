@@ -463,9 +463,15 @@ class Catalog:
         con = duckdb.connect()
         try:
             scan = Scan()
+            queryable = [t for t in TABLES if t.queryable]
+            found = {t.name: self._version_of(t, as_of, when) for t in queryable}
+            # the kept versions' files, checked together: the erasures are read once
+            kept = tables.files_at({name: v for name, v in found.items() if isinstance(v, int)})
             opened: list[tuple[Table, TableVersion | None]] = []
-            for table in (t for t in TABLES if t.queryable):
-                read = self._version_of(table, as_of, when)
+            for table in queryable:
+                version = found[table.name]
+                read = (TableVersion(version, kept[table.name].paths)
+                        if isinstance(version, int) else version)
                 if read is not None:
                     self.versions[table.name] = read.version
                 opened.append((table, read))
@@ -511,12 +517,14 @@ class Catalog:
         return following - dt.timedelta(milliseconds=1), False
 
     def _version_of(self, table: Table, as_of: int | None,
-                    when: tuple[dt.datetime, bool] | None) -> TableVersion | None:
+                    when: tuple[dt.datetime, bool] | None) -> TableVersion | int | None:
         """The version of ``table`` to read and its files (None: it does not exist, or did
-        not yet at ``when``), checked as :meth:`DeltaTables.open` checks a version.
+        not yet at ``when``), checked as :meth:`DeltaTables.open` checks a version; or the
+        version alone (an int) when its files are to come from the snapshots the tables keep,
+        checked by :meth:`DeltaTables.files_at` for every such table at once.
 
         A local lake's versions at ``as_of`` come from the snapshots its tables keep
-        (:meth:`DeltaTables.data_files`, :meth:`DeltaTables.latest`): an export resolves its
+        (:meth:`DeltaTables.files_at`, :meth:`DeltaTables.latest`): an export resolves its
         cohort at the latest version, which the lake keeps, then queries that version, so
         no table is opened again. (A remote lake's kept files are not its filesystem paths.)
         """
@@ -524,7 +532,7 @@ class Catalog:
         kept = tables.location.is_local
         if table.name == INSTANCES.name:
             if as_of is not None and kept:
-                return TableVersion(as_of, tables.data_files(table.name, as_of).paths)
+                return as_of
             return TableVersion.of(tables, tables.open(table.name, as_of))
         if not tables.exists(table.name):
             # (A lake made by an older release lacks a newer table: it reads as empty; the
@@ -534,8 +542,7 @@ class Catalog:
             return TableVersion.of(tables, tables.open(table.name))
         moment, now = when
         if now and kept:  # the latest version of every table, as version_at(now) finds it
-            version = tables.latest(table.name)[0]
-            return TableVersion(version, tables.data_files(table.name, version).paths)
+            return tables.latest(table.name)[0]
         then = tables.version_at(table.name, moment)
         if then is None:
             return None  # it did not exist yet
