@@ -191,13 +191,13 @@ def test_members_are_the_same_without_the_date_condition(
 
     monkeypatch.setattr(_cohort, "_date_bounds", spy)
     read: list[pa.Table | None] = []
-    one_file = _cohort._members_of_one_file
+    one_file = _cohort._rows_holding
 
     def read_spy(*args: Any) -> pa.Table | None:
         read.append(one_file(*args))
         return read[-1]
 
-    monkeypatch.setattr(_cohort, "_members_of_one_file", read_spy)
+    monkeypatch.setattr(_cohort, "_rows_holding", read_spy)
     assert lk.sql("SELECT count(*) FROM instances WHERE pixel_hash IS NULL").fetchall()[0][0]
     for query in _QUERIES:
         skipped = resolve_cohort(lk, query)
@@ -255,4 +255,65 @@ def test_a_data_file_gone_before_the_one_file_read_falls_back_to_the_query(
     monkeypatch.setattr(DataFiles, "read", gone)
     assert _cohort._members_of_one_file(lk, CT_QUERY, "SeriesInstanceUID", lk.version,
                                         lk.tables.data_files("instances")) is None
+    assert _cohort._members_at_once(lk, CT_QUERY, lk.version,
+                                    lk.tables.data_files("instances")) == (
+        "SeriesInstanceUID", None)
     assert resolve_cohort(lk, CT_QUERY) == expected
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT SeriesInstanceUID FROM series",
+    "SELECT seriesinstanceuid FROM series",
+    "SELECT SOPInstanceUID FROM instances WHERE InstanceNumber < 5",
+    "SELECT SeriesInstanceUID, SOPInstanceUID FROM instances WHERE InstanceNumber < 5",
+    "SELECT SOPInstanceUID, SeriesInstanceUID FROM instances WHERE InstanceNumber > 2",
+    "SELECT SeriesInstanceUID, SeriesInstanceUID FROM series",
+    "SELECT NULL::VARCHAR AS SeriesInstanceUID UNION ALL SELECT SeriesInstanceUID FROM series",
+    "SELECT SOPInstanceUID, 1 AS SeriesInstanceUID FROM instances",
+    "SELECT StudyInstanceUID FROM studies",
+    "SELECT SeriesInstanceUID AS seriesinstanceuid FROM series",
+    "SELECT SeriesInstanceUID AS \"SeriesInstanceUIDs\" FROM series",
+    "SELECT SeriesInstanceUID FROM nowhere",
+    "SELECT error('no such thing') AS SeriesInstanceUID FROM series",
+    "SELECT SeriesInstanceUID FROM series WHERE FALSE",
+    "SELECT 1 AS SOPInstanceUID",
+])
+def test_the_key_and_its_values_from_one_query_resolve_as_the_key_first(
+    populated: lake.Lake, monkeypatch: pytest.MonkeyPatch, query: str,
+) -> None:
+    """On a one-file lake the cohort query runs once for its key column and that column's
+    values (``_members_at_once``): the cohort, or the error (type and message), is the one
+    of choosing the key first from the query's columns, then running it for the key's
+    values, which is what runs when that one query fails."""
+    from lake.export import _cohort
+
+    assert _cohort._one_row_group(populated, populated.tables.data_files("instances"))
+    outcomes: list[object] = []
+    for forced in (False, True):
+        with monkeypatch.context() as patch:
+            if forced:
+                patch.setattr(_cohort, "_members_at_once", lambda *_: None)
+            try:
+                outcomes.append(resolve_cohort(populated, query))
+            except lake.LakeError as exc:
+                outcomes.append((type(exc), str(exc)))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_a_one_file_lake_runs_the_cohort_query_once(
+    populated: lake.Lake, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """resolve_cohort on a one-file lake asks DuckDB once (its key and values together),
+    not a bind for the key column, then a run for its values."""
+    ran: list[str] = []
+    for name in ("sql", "_execute"):
+        method = getattr(lake.Lake, name)
+
+        def spy(self: lake.Lake, query: str, *args: Any, _method: Any = method,
+                _name: str = name, **kwargs: Any) -> Any:
+            ran.append(_name)
+            return _method(self, query, *args, **kwargs)
+
+        monkeypatch.setattr(lake.Lake, name, spy)
+    cohort = resolve_cohort(populated, "SELECT SeriesInstanceUID FROM series")
+    assert cohort.members and ran == ["_execute"]
