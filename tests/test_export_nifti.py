@@ -134,18 +134,20 @@ def test_volumes_reach_the_disk_before_the_manifest(
 
     lk: lake.Lake = request.getfixturevalue(lake_fixture)
     events: list[str] = []
-    fsync = _manifest._fsync
     write_json = _runner.write_json
 
-    def recorded_fsync(path: Path) -> None:
-        events.append(str(path))
-        fsync(path)
+    def recorded(fsync: Callable[[Path], None]) -> Callable[[Path], None]:
+        def recorded_fsync(path: Path) -> None:
+            events.append(str(path))
+            fsync(path)
+        return recorded_fsync
 
     def recorded_write_json(path: Path, data: object) -> bytes:
         events.append("manifest")
         return write_json(path, data)
 
-    monkeypatch.setattr(_manifest, "_fsync", recorded_fsync)
+    monkeypatch.setattr(_manifest, "_fsync_file", recorded(_manifest._fsync_file))
+    monkeypatch.setattr(_manifest, "fsync_folder", recorded(_manifest.fsync_folder))
     monkeypatch.setattr(_runner, "write_json", recorded_write_json)
     out = tmp_path / "out"
     result = export(lk, "all", out, scheduler="sync")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lake._errors import ExportError
+from lake.store import fsync_folder
 
 __all__ = [
     "JOURNAL_NAME",
@@ -146,18 +147,15 @@ class atomic_output:  # noqa: N801 - used like open()
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         try:
             if exc_type is None:
-                fd = os.open(self.tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                _fsync_file(self.tmp)
                 self.tmp.replace(self.final)
         finally:
             if self.tmp.exists():
                 self.tmp.unlink()
 
 
-def _fsync(path: Path) -> None:
+def _fsync_file(path: Path) -> None:
+    """Force the content of file ``path`` to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -165,15 +163,17 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_all(paths: Collection[Path]) -> None:
-    """``fsync`` every path (files or folders), in parallel threads when there are several:
-    each waits on the disk, not on the CPU."""
-    if len(paths) <= 1:
-        for path in paths:
-            _fsync(path)
+def _fsync_all(files: Collection[Path], folders: Collection[Path] = ()) -> None:
+    """``fsync`` every file (its content) and folder (its entries, as
+    :func:`lake.store.fsync_folder` does), in parallel threads when there are several: each
+    waits on the disk, not on the CPU."""
+    calls = [(_fsync_file, path) for path in files] + [(fsync_folder, path) for path in folders]
+    if len(calls) <= 1:
+        for flush, path in calls:
+            flush(path)
         return
-    with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
-        list(pool.map(_fsync, paths))
+    with ThreadPoolExecutor(max_workers=min(16, len(calls))) as pool:
+        list(pool.map(lambda call: call[0](call[1]), calls))
 
 
 def flush_written(paths: Collection[Path], root: Path) -> None:
@@ -192,7 +192,7 @@ def flush_written(paths: Collection[Path], root: Path) -> None:
         folder for path in paths for folder in path.parents
         if folder == root or root in folder.parents
     }
-    _fsync_all([*paths, *sorted(folders)])
+    _fsync_all(paths, sorted(folders))
 
 
 class StagedFiles:
@@ -245,7 +245,7 @@ class StagedFiles:
             _fsync_all([tmp for tmp, _, _ in staged])
             for tmp, final, _ in staged:
                 tmp.replace(final)
-            _fsync_all(sorted({final.parent for _, final, _ in staged}))
+            _fsync_all((), sorted({final.parent for _, final, _ in staged}))
         finally:
             for tmp, _, _ in staged:
                 tmp.unlink(missing_ok=True)

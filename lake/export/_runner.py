@@ -345,22 +345,19 @@ class _MemberFiles:
         """The files holding ``wanted``; the member rows' ``columns`` kept when there is one
         file of one row group."""
         members = string_set(set(wanted))
+        once = bool(columns) and len(files.paths) == 1 and (
+            files.footer(files.paths[0]).num_row_groups == 1)
+        names = list(dict.fromkeys(["SOPInstanceUID", *columns])) if once else ["SOPInstanceUID"]
         masks = []
-        if (len(files.paths) == 1 and columns
-                and files.footer(files.paths[0]).num_row_groups == 1):
-            path = files.paths[0]
-            table = files.read(path, list(dict.fromkeys(["SOPInstanceUID", *columns])))
-            mask = in_set(table.column(0), members)
-            kept = table.filter(mask)
-            if mask.true_count:
-                masks.append((path, mask, kept.column(0).combine_chunks()))
-            return cls(files, tuple(masks), kept)
+        kept = None
         for path in files.paths:
-            keys = files.read(path, ["SOPInstanceUID"]).column(0)
-            mask = in_set(keys, members)
+            table = files.read(path, names)
+            mask = in_set(table.column(0), members)
+            if once:
+                kept = table.filter(mask)
             if mask.true_count:
-                masks.append((path, mask, keys.filter(mask).combine_chunks()))
-        return cls(files, tuple(masks))
+                masks.append((path, mask, table.column(0).filter(mask).combine_chunks()))
+        return cls(files, tuple(masks), kept)
 
     def rows(
         self, columns: Sequence[str], only: Collection[str] | None = None
