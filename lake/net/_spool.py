@@ -3,7 +3,8 @@
 A received instance is acknowledged only once its de-identified catalog row (or,
 for a refused instance, its PHI-free quarantine record) is durable in the spool:
 one small JSON file per instance (values typed back by the catalog schema),
-written to a temporary name, fsync'd and renamed (then the folder is fsync'd).
+written to a temporary name, fsync'd and renamed, then the folder is fsync'd
+(:func:`lake.store.write_at`, as every file the lake writes durably).
 Identified bytes never enter the spool; :meth:`lake.ingest.Ingestor.process` has
 already written the pixel blob or sealed
 the original in quarantine. The :class:`Committer` thread commits the spooled
@@ -19,14 +20,12 @@ import base64
 import contextlib
 import datetime as dt
 import json
-import os
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -35,12 +34,12 @@ from lake._errors import LakeError, NetError
 from lake.catalog import INSTANCES, QUARANTINE, Table
 from lake.ingest import Accepted, BatchResult, Ingestor, Original, Outcome, Rejected
 from lake.net._journal import Receipt
-from lake.store import Location, fsync_folder
+from lake.store import Location, write_at
 
 __all__ = ["Committer", "Spool", "SpoolEntry"]
 
 _SUFFIX = ".json"
-_TMP = ".tmp-"
+_TMP = ".tmp-"  # the temporary name lake.store.write_at gives a file until it is renamed
 _FORMAT = "imaging-lake-spool/1"
 _TRANSIENT = ("batch_id", "ingested_at", "quarantined_at")
 _PAUSE = 0.25
@@ -148,7 +147,6 @@ class Spool:
         self.location = location
         self.fs = location.fs
         self.dir = location.join("spool", name)
-        self.local = location.is_local
         self.fs.makedirs(self.dir, exist_ok=True)
 
     def put(self, outcome: Outcome, tag: str | None = None) -> SpoolEntry:
@@ -162,11 +160,8 @@ class Spool:
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex}{_SUFFIX}"
         data = _encode(outcome, tag)
         path = f"{self.dir}/{name}"
-        try:
-            if self.local:
-                _durable_write(self.dir, name, data)
-            else:
-                self.fs.pipe_file(path, data)
+        try:  # local: a temporary file synced, renamed, its folder synced (lake.store)
+            write_at(self.location, path, data)
         except OSError as exc:
             raise NetError(
                 f"cannot write the receive spool {self.dir} ({type(exc).__name__}); "
@@ -216,19 +211,6 @@ class Spool:
 
     def __len__(self) -> int:
         return sum(1 for p in self._listing() if p.endswith(_SUFFIX))
-
-
-def _durable_write(folder: str, name: str, data: bytes) -> None:
-    tmp = Path(folder) / f"{_TMP}{uuid.uuid4().hex}"
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(Path(folder) / name)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_folder(folder)
 
 
 OnCommitted = Callable[[Sequence[SpoolEntry], BatchResult], None]
