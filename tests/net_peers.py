@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -32,6 +33,7 @@ __all__ = [
     "free_port",
     "read_pdu",
     "require",
+    "stop_server",
     "wait_port",
 ]
 
@@ -48,6 +50,30 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def stop_server(proc: subprocess.Popen[str] | subprocess.Popen[bytes], *,
+                signum: int = signal.SIGTERM, timeout: float = 120.0) -> tuple[str, str]:
+    """Stop a served command as an operator does (SIGTERM) and wait until it exits.
+
+    Returns what it wrote to its piped stdout and stderr (``""`` for a stream not piped).
+    One that has not exited after ``timeout`` seconds is killed, so none outlives its test;
+    the caller checks ``proc.returncode`` (0 for a clean stop, negative once killed).
+    """
+    if proc.poll() is None:
+        proc.send_signal(signum)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return _text(out), _text(err)
+
+
+def _text(data: str | bytes | None) -> str:
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return data or ""
 
 
 def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> None:

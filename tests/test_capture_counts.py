@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from pydicom.data import get_testdata_file
 import lake
 from lake._capture import capture
 from lake.ingest import Ingestor, process_bytes
-from tests.net_peers import dcmtk, free_port, require, wait_port
+from tests.net_peers import dcmtk, free_port, require, stop_server, wait_port
 from tests.web_peers import build_web_lake, serving
 
 pytestmark = pytest.mark.network
@@ -79,11 +78,8 @@ def test_serve_dicom_reports_the_warnings_of_a_malformed_instance(
         wait_port(port)
         result = dcmtk("storescu", "-aec", "LAKE", "127.0.0.1", str(port), sent)
         assert result.returncode == 0, result.stderr
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stdout, stderr = stop_server(proc)
     assert proc.returncode == 0, stderr
     assert "1 stored" in stderr
     assert TOKEN not in stdout + stderr

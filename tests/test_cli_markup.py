@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -94,7 +93,7 @@ def test_tokens_print_notes_as_they_are(tmp_path: Path) -> None:
 
 @pytest.mark.network
 def test_serve_dicom_prints_ae_titles_as_they_are(tmp_path: Path) -> None:
-    from tests.net_peers import free_port, wait_port
+    from tests.net_peers import free_port, stop_server, wait_port
 
     root, vault = tmp_path / "lake", tmp_path / "vault"
     lake.init(root, vault=vault)
@@ -109,11 +108,8 @@ def test_serve_dicom_prints_ae_titles_as_they_are(tmp_path: Path) -> None:
     )
     try:
         wait_port(port)
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _, stderr = stop_server(proc)
     assert proc.returncode == 0, stderr
     assert f"{aet} listening on " in stderr and f"calling AEs: {calling};" in stderr
 

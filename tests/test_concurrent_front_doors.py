@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import pytest
 
 import lake
 from lake.access import create_token
-from tests.net_peers import dcmtk, free_port, require, wait_port
+from tests.net_peers import dcmtk, free_port, require, stop_server, wait_port
 from tests.series import write_ct_series
 
 LAKE = str(Path(sys.executable).with_name("lake"))
@@ -42,18 +41,6 @@ def _web_address(proc: subprocess.Popen[str]) -> str:
         if not line and proc.poll() is not None:
             break
     raise AssertionError("lake serve web did not start")
-
-
-def _stop(proc: subprocess.Popen[str]) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    assert proc.returncode == 0, err[-2000:]
-    return err
 
 
 def test_stow_cstore_ingests_and_maintenance_at_once(
@@ -107,8 +94,9 @@ def test_stow_cstore_ingests_and_maintenance_at_once(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        _stop(web)
-        _stop(dicom)
+        stopped = [(server, stop_server(server)[1]) for server in (web, dicom)]  # both, then check
+        for server, err in stopped:
+            assert server.returncode == 0, err[-2000:]
     lk.refresh()
     assert lk.sql(
         "SELECT count(*), count(DISTINCT SOPInstanceUID) FROM instances"

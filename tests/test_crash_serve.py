@@ -28,7 +28,7 @@ from pynetdicom import AE
 import lake
 from lake._capture import capture
 from lake.ingest import Ingestor
-from tests.net_peers import free_port, wait_port
+from tests.net_peers import free_port, stop_server, wait_port
 from tests.series import write_ct_series
 from tests.test_crash_safety import _consistent
 
@@ -82,12 +82,9 @@ def _graceful(env: dict[str, str]) -> None:
     server = _serve(env, port)
     try:
         wait_port(port, timeout=120)
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=120) == 0
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        stop_server(server)
+    assert server.returncode == 0
 
 
 def test_kills_of_the_dicom_server_lose_nothing_acknowledged(
@@ -144,10 +141,7 @@ def test_kills_of_the_dicom_server_lose_nothing_acknowledged(
         wait_port(port, timeout=120)
         acknowledged = _store(port, paths, threading.Event())
         assert len(acknowledged) == len(paths)
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=120) == 0
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        stop_server(server)
+    assert server.returncode == 0
     assert _consistent(lk, lake_root) == (len(paths), len(paths))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from lake.catalog import DeltaTables, TombstoneCache, Tombstones
 from lake.catalog._tombstones import COMPACT_AFTER, PURPOSE, compact, laid_at, lay
 from lake.ingest import Ingestor
 from lake.steward import forget, target
-from tests.net_peers import dcmtk, free_port, require, wait_port
+from tests.net_peers import dcmtk, free_port, require, stop_server, wait_port
 from tests.series import write_ct_series
 
 LAKE = str(Path(sys.executable).with_name("lake"))
@@ -228,8 +227,7 @@ def test_a_modality_sending_a_forgotten_patient_again_is_kept_out(
                          tmp_path / folder)
             assert sent.returncode == 0, sent.stderr
     finally:
-        server.send_signal(signal.SIGTERM)
-        out, err = server.communicate(timeout=120)
+        out, err = stop_server(server)
     assert server.returncode == 0, err[-2000:]
     assert _count(lk) == 2
     assert _count(lk, f"WHERE PatientID = '{_pseudonym(lk, vault_dir)}'") == 0
@@ -271,8 +269,7 @@ def test_stow_of_a_forgotten_patient_is_kept_out(
                 assert response.status_code == 200, response.text[:500]
                 answers.append(response.text)
     finally:
-        web.send_signal(signal.SIGTERM)
-        out, err = web.communicate(timeout=120)
+        out, err = stop_server(web)
     assert web.returncode == 0, err[-2000:]
     assert _count(lk) == 2 and _erased(lk) == 3
     assert _count(lk, f"WHERE PatientID = '{_pseudonym(lk, vault_dir)}'") == 0

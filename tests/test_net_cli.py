@@ -14,7 +14,7 @@ import pytest
 import lake
 from lake.net import DicomServer, ServerConfig
 from lake.net._journal import ReceiptJournal
-from tests.net_peers import dcmtk, free_port, require, wait_port
+from tests.net_peers import dcmtk, free_port, require, stop_server, wait_port
 from tests.series import write_ct_series
 
 pytestmark = pytest.mark.network
@@ -61,11 +61,8 @@ def test_signal_stops_cleanly_and_commits_everything(
         assert result.returncode == 0, result.stderr
         assert _count(lake_root) == 0
         assert _journal_files(lake_root)  # acknowledged: durable in the receipt journal
-        proc.send_signal(signum)
-        _, stderr = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _, stderr = stop_server(proc, signum=signum)
     assert proc.returncode == 0, stderr
     assert "12 stored" in stderr
     assert _count(lake_root) == 12

@@ -11,7 +11,6 @@ stderr); its stdout and stderr must hold no token.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import warnings
@@ -24,7 +23,7 @@ from pydicom.filewriter import write_file_meta_info
 
 import lake
 from tests.deid_corpus import write_corpus
-from tests.net_peers import dcmtk, free_port, require, wait_port
+from tests.net_peers import dcmtk, free_port, require, stop_server, wait_port
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -142,8 +141,7 @@ def test_server_output_holds_no_planted_identifier(
               "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={uid}", "-k",
               f"SeriesInstanceUID={uid}", "-k", f"SOPInstanceUID={name}", "127.0.0.1", str(port))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=120)
+        stdout, stderr = stop_server(proc)
     assert proc.returncode == 0, stderr[-2000:]
     output = stdout + stderr
     assert "received" in stderr  # the server did report

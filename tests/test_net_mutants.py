@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import struct
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from lake.net import DicomServer, ServerConfig
 from lake.net._association import STANDARD_HANDLERS
 from tests.deid_corpus import write_corpus
 from tests.mutants import Mutant, mutants, seeds
-from tests.net_peers import dcmtk, free_port, require, wait_port
+from tests.net_peers import dcmtk, free_port, require, stop_server, wait_port
 
 pytestmark = pytest.mark.network
 
@@ -232,8 +231,7 @@ def test_lake_serve_dicom_keeps_serving_and_loses_nothing_acknowledged(
         sent = dcmtk("storescu", "-aec", "LAKE", "+sd", "+r", "127.0.0.1", str(port), planted)
         echo = dcmtk("echoscu", "-aec", "LAKE", "127.0.0.1", str(port))
     finally:
-        server.send_signal(signal.SIGTERM)
-        out, err = server.communicate(timeout=120)
+        out, err = stop_server(server)
     assert server.returncode == 0, err[-2000:]
     assert sent.returncode == 0, sent.stderr
     assert echo.returncode == 0, echo.stderr  # still serving

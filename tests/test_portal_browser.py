@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ import pytest
 from PIL import Image
 
 from lake.web._viewer import viewer_ready
+from tests.net_peers import stop_server
 from tests.portal_peers import PortalLake, build_portal_lake
 
 pytestmark = pytest.mark.slow
@@ -101,12 +101,7 @@ def server(portal: PortalLake) -> Iterator[str]:
         assert url, "lake serve web did not start"
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 class Browser:

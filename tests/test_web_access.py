@@ -30,6 +30,7 @@ from lake import AuthenticationError, ConfigError, ForbiddenError
 from lake.access import Access, Credentials, Permission, create_token, list_tokens, revoke_token
 from lake.catalog import TOKENS
 from lake.web import WebConfig, check_guarded, permission_of
+from tests.net_peers import stop_server
 from tests.web_peers import WebLake, build_web_lake, serving
 
 LAKE = [sys.executable, "-m", "pipelines.cli"]
@@ -395,14 +396,11 @@ def test_serve_web_stops_cleanly(web: WebLake, sig: signal.Signals) -> None:
         url = _address(proc)
         ok = httpx.get(url + "/dicomweb/studies", headers=_headers(web, "steward"), timeout=30)
         assert ok.status_code == 200
-        proc.send_signal(sig)
-        assert proc.wait(timeout=60) == 0
-        _, stderr = proc.communicate()
-        assert "Traceback" not in stderr and "stopped" in stderr
-        assert web.tokens["steward"] not in stderr
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _, stderr = stop_server(proc, signum=sig, timeout=60)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr and "stopped" in stderr
+    assert web.tokens["steward"] not in stderr
 
 
 def test_serve_web_refuses_a_public_address_without_tls(web: WebLake) -> None:
@@ -429,15 +427,15 @@ def test_serve_web_reads_its_settings_from_lake_json(web: WebLake) -> None:
             url = _address(proc)
             assert httpx.get(url + "/dicomweb/studies", timeout=30).status_code == 200
         finally:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0
+            stop_server(proc, timeout=60)
+        assert proc.returncode == 0
         proc = _serve(web, "--no-anonymous")  # a flag overrides lake.json
         try:
             url = _address(proc)
             assert httpx.get(url + "/dicomweb/studies", timeout=30).status_code == 401
         finally:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0
+            stop_server(proc, timeout=60)
+        assert proc.returncode == 0
     finally:
         config.write_text(original, encoding="utf-8")
 
@@ -452,11 +450,9 @@ def test_serve_web_with_tls(web: WebLake, tmp_path: Path) -> None:
                              verify=False, timeout=30)
         assert response.status_code == 200
         assert response.headers["strict-transport-security"]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop_server(proc, timeout=60)
+    assert proc.returncode == 0
 
 
 def _self_signed(folder: Path) -> tuple[Path, Path]:

@@ -26,6 +26,7 @@ import pytest
 
 import lake
 from lake.access import create_token
+from tests.net_peers import stop_server
 from tests.series import write_ct_series
 
 LAKE = [sys.executable, "-m", "pipelines.cli"]
@@ -138,8 +139,8 @@ def test_a_server_killed_after_the_response_commits_on_restart_exactly_once(
     with _server(lk, vault) as (proc, url):  # its start commits what the journal holds
         assert _in_catalog(lk, sops) == len(sops)
         assert _stow(url, token, files) == sops  # stored again: the same instances
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 0
+        stop_server(proc)
+        assert proc.returncode == 0
     total = subprocess.run(
         [*LAKE, "sql", "--lake", lk.root, "--format", "json",
          "SELECT count(*) AS n, count(DISTINCT SOPInstanceUID) AS d FROM instances"],
