@@ -137,3 +137,29 @@ def test_exports_of_odd_values_are_even(lk: lake.Lake, vault_dir: Path, tmp_path
 
 def _uri(_elem: object) -> str:
     return "urn:bulk"
+
+
+def test_wado_rs_serves_odd_values_even(tmp_path: Path) -> None:
+    """WADO-RS serves the stored header too (lake serve web, a steward's token)."""
+    _dcmtk()
+    from tests.web_peers import build_web_lake, parts_of, serving
+
+    web = build_web_lake(tmp_path / "web", slices=1)
+    source = _received(tmp_path / "in", ExplicitVRLittleEndian)
+    assert web.lake.ingest([str(source)], vault=web.vault, scheduler="sync").ingested == 1
+    web.lake.refresh()
+    ((study, series, sop),) = web.lake.sql(
+        "SELECT StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID FROM instances "
+        "WHERE Modality = 'CTX'").fetchall()
+    with serving(web) as (_, http):
+        response = http.get(
+            f"/dicomweb/studies/{study}/series/{series}/instances/{sop}",
+            headers={"Authorization": f"Bearer {web.tokens['steward']}",
+                     "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    assert response.status_code == 200, response.text[:300]
+    ((_, body),) = parts_of(response)
+    served = tmp_path / "served.dcm"
+    served.write_bytes(body)
+    assert _odd_lengths(served) == []  # before s26: SliceThickness stayed odd
+    with capture():
+        assert dcmread(served).Modality == "CTX"
