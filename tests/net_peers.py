@@ -76,8 +76,9 @@ def _text(data: str | bytes | None) -> str:
     return data or ""
 
 
-def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> None:
-    """Wait until something listens on ``host:port``."""
+def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 90.0) -> None:
+    """Wait until something listens on ``host:port`` (a deadline, not a timing: a server
+    starting on two cores under a load of ~20 took more than 30 s)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
