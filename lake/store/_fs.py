@@ -7,7 +7,6 @@ import datetime as dt
 import os
 import stat
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -242,22 +241,26 @@ def _write_local(path: str, data: bytes, fsync: bool) -> None:
     the file's name (its folder) and every folder made for it (their parents) are synced
     after the rename: a power loss cannot take back the name of a file written durably.
     Like every file written with ``fsync=False``, a new folder is made durable by
-    :func:`flush`.
+    :func:`flush`. The file is written through its descriptor (``open(tmp, "wb")``'s flags
+    and mode, without the buffered file object: a pixel blob is written whole at once).
     """
     folder = os.path.dirname(path)
-    tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
+    tmp = os.path.join(folder, f".tmp-{os.urandom(16).hex()}")
     made: list[str] = []
     try:
-        fh = open(tmp, "wb")  # noqa: SIM115 - closed below, after the folder is made if missing
+        fd = os.open(tmp, _NEW_FILE, 0o666)
     except FileNotFoundError:
         made = _made_folders(folder)
-        fh = open(tmp, "wb")  # noqa: SIM115
+        fd = os.open(tmp, _NEW_FILE, 0o666)
     try:
-        with fh:
-            fh.write(data)
+        try:
+            view = memoryview(data)
+            while view:  # a regular file takes all of it at once, up to ~2 GiB a call
+                view = view[os.write(fd, view):]
             if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -267,6 +270,9 @@ def _write_local(path: str, data: bytes, fsync: bool) -> None:
         fsync_folder(folder)
         for new_folder in made:  # deepest first: each new folder's entry in its parent
             fsync_folder(os.path.dirname(new_folder))
+
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC  # open(path, "wb")'s flags
 
 
 def make_folder(folder: str | os.PathLike[str]) -> None:
@@ -284,14 +290,32 @@ def make_folder(folder: str | os.PathLike[str]) -> None:
 
 
 def _made_folders(folder: str) -> list[str]:
-    """Make ``folder`` and its missing parents; the folders made, deepest first."""
+    """Make ``folder`` and its missing parents; the folders made, deepest first.
+
+    ``mkdir`` is tried first, a parent only when it is missing (as ``os.makedirs(folder,
+    exist_ok=True)``, without its existence checks: a new blob fan-out folder under an
+    existing one is one system call, not four). A folder another process makes meanwhile
+    is taken as found; a file in the way raises FileExistsError.
+    """
+    pending = [folder]
     made: list[str] = []
-    missing = folder
-    while missing and not os.path.isdir(missing):
-        made.append(missing)
-        missing = os.path.dirname(missing)
-    os.makedirs(folder, exist_ok=True)
-    return made
+    while pending:
+        current = pending[-1]
+        try:
+            os.mkdir(current)
+        except FileNotFoundError:
+            parent = os.path.dirname(current)
+            if not parent or parent == current:
+                raise
+            pending.append(parent)  # made first
+            continue
+        except FileExistsError:
+            if not os.path.isdir(current):
+                raise
+        else:
+            made.append(current)
+        pending.pop()
+    return made[::-1]
 
 
 def fsync_folder(folder: str | os.PathLike[str]) -> None:
