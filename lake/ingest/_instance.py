@@ -7,6 +7,7 @@ holds no original value.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import Counter
@@ -19,6 +20,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from lake._capture import capture
@@ -56,6 +58,7 @@ _SOP_CLASS = 0x00080016
 _MEDIA_STORAGE_SOP_CLASS = 0x00020002
 _DIRECTORY_RECORDS = 0x00041220  # DirectoryRecordSequence
 _ROWS = 0x00280010
+_TRANSFER_SYNTAX = 0x00020010
 _REQUIRED_UIDS = (("SOPInstanceUID", 0x00080018), ("SOPClassUID", _SOP_CLASS),
                   ("StudyInstanceUID", 0x0020000D), ("SeriesInstanceUID", 0x0020000E))
 _UNDEFINED = 0xFFFFFFFF
@@ -154,8 +157,9 @@ def _check(ds: Dataset, size: int, limits: ReadLimits) -> None:
         )
     max_value = limits.max_value_bytes
     for elem in ds._dict.values():  # raw elements: compare the declared and read lengths
-        length = getattr(elem, "length", None)
-        value = getattr(elem, "value", None)
+        if not isinstance(elem, RawDataElement):  # converted: no length (DataElement has none)
+            continue
+        length, value = elem.length, elem.value
         if not isinstance(length, int) or not isinstance(value, bytes):
             continue
         if length != _UNDEFINED and len(value) < length:
@@ -308,16 +312,39 @@ def _transfer_syntax(ds: Dataset) -> UID:
 
 def _ensure_meta(ds: Dataset) -> None:
     """The file meta the lake writes: the sender's implementation never travels (the
-    de-identification profile removed it, and a site recipe cannot keep it)."""
+    de-identification profile removed it, and a site recipe cannot keep it).
+
+    The lake's implementation elements are set raw, as the bytes pydicom writes for them
+    (:func:`_implementation`): converted elements cost a validation of the value each, and
+    every file has them. A transfer syntax already held (converted) is not set again.
+    """
     syntax = _transfer_syntax(ds)
     if not isinstance(getattr(ds, "file_meta", None), FileMetaDataset):
         ds.file_meta = FileMetaDataset()
     meta = ds.file_meta
-    _set(meta, 0x00020010, "UI", syntax)  # TransferSyntaxUID; MediaStorage* by encode_part10
-    _set(meta, 0x00020012, "UI", IMPLEMENTATION_CLASS_UID)
+    held = meta._dict.get(_TRANSFER_SYNTAX)  # type: ignore[call-overload]
+    if not (isinstance(held, DataElement) and held.value is syntax):
+        _set(meta, _TRANSFER_SYNTAX, "UI", syntax)  # MediaStorage* by encode_part10
+    elements = meta._dict
+    for elem in _implementation():
+        elements[elem.tag] = elem
+
+
+@functools.cache
+def _implementation() -> tuple[RawDataElement, RawDataElement]:
+    """ImplementationClassUID and ImplementationVersionName as raw explicit VR little endian
+    elements: their values padded as pydicom pads a UI and an SH value (immutable, shared;
+    converting one replaces it in its dataset, never changes it)."""
     from lake import __version__  # lake/__init__ imports this module before defining it
 
-    _set(meta, 0x00020013, "SH", f"IMAGINGLAKE_{__version__}"[:16])  # ImplementationVersionName
+    version = f"IMAGINGLAKE_{__version__}"[:16].encode("ascii")
+    uid = IMPLEMENTATION_CLASS_UID.encode("ascii")
+    return (_raw(0x00020012, "UI", uid + b"\0" * (len(uid) % 2)),
+            _raw(0x00020013, "SH", version + b" " * (len(version) % 2)))
+
+
+def _raw(tag: int, vr: str, value: bytes) -> RawDataElement:
+    return RawDataElement(BaseTag(tag), vr, len(value), value, 0, False, True)
 
 
 def _set(ds: Dataset, tag: int, vr: str, value: Any) -> None:
@@ -381,7 +408,7 @@ def accept(ds: Dataset, ctx: IngestContext, actions: Counter[str], bytes_in: int
     as_json = header_json(ds, 4096, _bulk_uri)
     if pixel_hash is not None:
         as_json["7FE00010"] = {"vr": pixel_vr, "BulkDataURI": pixel_hash}
-    row = dicom_values(as_json, str(ds.file_meta.TransferSyntaxUID))
+    row = dicom_values(as_json, str(element_value(ds.file_meta, _TRANSFER_SYNTAX)))
     text = json.dumps(as_json, separators=(",", ":"), sort_keys=True)
     row.update(
         pixel_hash=pixel_hash,
