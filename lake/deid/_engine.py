@@ -24,7 +24,7 @@ from lake.deid._honour import PLAIN_VRS
 from lake.deid._pixels import assess, clean_pixels, element_text
 from lake.deid._plan import Op, Plan, compile_profile
 from lake.deid._profile import Profile
-from lake.deid._rawseq import rewrite_sequence, scan_values
+from lake.deid._rawseq import encode_element, encode_items, rewrite_sequence, scan_values
 from lake.deid._uids import not_a_uid, well_formed_uids
 from lake.vault import Secret
 
@@ -35,6 +35,8 @@ _CHARSET = 0x00080005
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # pydicom resets its array
 _MEMO_SIZE = 4096
 _PLAIN_DATASETS = (Dataset, FileDataset)  # no __setitem__ of their own (not the file meta)
+_METHOD_CODES = BaseTag(0x00120064)  # DeidentificationMethodCodeSequence
+_EXPLICIT_LITTLE = (False, True)  # Dataset.original_encoding of explicit VR little endian
 
 
 @dataclass
@@ -219,6 +221,14 @@ class Deidentifier:
         self._shift_key = secret.derive("date-shift")
         self._ae_key = secret.derive("ae-title")
         self._raw_sequences = True  # the bytes fast path (lake.deid._rawseq); False: general
+        # DeidentificationMethodCodeSequence's value as _mark builds it, encoded explicit VR
+        # little endian with defined lengths, as the encoders write the built sequence.
+        self._method_codes = encode_items([
+            encode_element(0x0008, 0x0100, b"SH", value.encode())
+            + encode_element(0x0008, 0x0102, b"SH", b"DCM")
+            + encode_element(0x0008, 0x0104, b"LO", meaning.encode())
+            for value, meaning in self._plan.codes
+        ])
         # Keyed UIDs already computed (a series repeats its study, series and frame of
         # reference UIDs in every instance): in memory only, bounded, emptied when pickled.
         self._uids: dict[str, str] = {}
@@ -425,7 +435,10 @@ class Deidentifier:
     def _set(self, ds: Dataset, tag: int, vr: str, data: bytes) -> None:
         if len(data) % 2:
             data += b"\0" if vr == "UI" else b" "
-        elem = RawDataElement(BaseTag(tag), vr, len(data), data, 0, False, True)
+        # The walk's tag is the dataset's own key: kept, the dict finds it by identity
+        # (a new BaseTag equal to it is compared by BaseTag.__eq__, in Python).
+        key = tag if type(tag) is BaseTag else BaseTag(tag)
+        elem = RawDataElement(key, vr, len(data), data, 0, False, True)
         if type(ds) in _PLAIN_DATASETS and not tag & 0x10000 and tag not in _PIXEL_TAGS:
             # What Dataset.__setitem__ does for a raw public element, without its checks
             # (the tag is an int here, the element is raw): ~40% of the cost of setting.
@@ -617,8 +630,23 @@ class Deidentifier:
             method.append("burned-in text masked (deid %filter rules)")
             ascii_set(ds, 0x00280301, "CS", b"NO")  # BurnedInAnnotation
         ascii_set(ds, 0x00120063, "LO", "\\".join(method).encode("ascii", "replace"))
+        if type(ds) in _PLAIN_DATASETS and ds.original_encoding == _EXPLICIT_LITTLE:
+            # Read explicit VR little endian: the sequence stored as its bytes (the form of a
+            # sequence the raw path rewrote), not built of datasets; converted on access.
+            codes = self._method_codes
+            ds._dict[_METHOD_CODES] = RawDataElement(_METHOD_CODES, "SQ", len(codes), codes, 0,
+                                                     False, True)
+        else:
+            self._mark_codes(ds)
+        ascii_set(ds, 0x00280303, "CS", plan.temporal.encode())
+        for tag, vr, value in plan.adds:
+            ascii_set(ds, tag, vr, value.encode("ascii"))
+
+    def _mark_codes(self, ds: Dataset) -> None:
+        """DeidentificationMethodCodeSequence built of datasets (their values raw)."""
+        ascii_set = self._set
         items = []
-        for value, meaning in plan.codes:
+        for value, meaning in self._plan.codes:
             item = Dataset()
             ascii_set(item, 0x00080100, "SH", value.encode())
             ascii_set(item, 0x00080102, "SH", b"DCM")
@@ -633,6 +661,3 @@ class Deidentifier:
             ds[0x00120064] = codes
         for item in items:  # say how the raw values above are encoded: writers copy them
             item.set_original_encoding(False, True, item._character_set)
-        ascii_set(ds, 0x00280303, "CS", plan.temporal.encode())
-        for tag, vr, value in plan.adds:
-            ascii_set(ds, tag, vr, value.encode("ascii"))

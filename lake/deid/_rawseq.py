@@ -24,7 +24,8 @@ from lake.deid import _plan as _p
 from lake.deid._uids import well_formed_uids
 from lake.deid._values import decode, dummy_bytes
 
-__all__ = ["VALUE_CODES", "ValueFunction", "rewrite_sequence", "scan_values"]
+__all__ = ["VALUE_CODES", "ValueFunction", "encode_element", "encode_items", "rewrite_sequence",
+           "scan_values"]
 
 _HEADER = Struct("<HHI")
 _SHORT = Struct("<HH2sH")
@@ -34,6 +35,8 @@ _U16 = Struct("<H")
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
                        b"UR", b"UT", b"UV"})
 _UNDEFINED = 0xFFFFFFFF
+
+_DROPPED = _p.Op(_p.REMOVE, "X", "")  # a private element where the plan drops them all
 
 VALUE_CODES = frozenset({_p.PSEUDONYM, _p.CLEAN_TEXT, _p.AE_PSEUDO, _p.SHIFT_DA, _p.SHIFT_DT,
                          _p.CHECK_DA, _p.CHECK_DT, _p.CHECK_TM, _p.CHECK_AS, _p.CHECK_TZ})
@@ -108,17 +111,14 @@ class _Rewriter:
             else:
                 raise _NotFastError
             op = table.get(tag)
-            if op is None and group & 1 and self.drop_private and length != _UNDEFINED:
-                # A private element where the plan removes every private one: removed, as
-                # the general path's walk removes it (one X each, creators included).
-                after = start + length
-                if after > len(data) or (end is not None and after > end):
-                    raise _NotFastError
-                self.actions["X"] += 1
-                pos = after
-                continue
-            if op is None or group & 1:
-                raise _NotFastError  # private, masked or unknown: the general path knows
+            if group & 1:
+                if op is not None or not self.drop_private or length == _UNDEFINED:
+                    raise _NotFastError  # a private element the general path must judge
+                # The plan removes every private element: removed below (bounds checked,
+                # one X each, creators included), as the general path's walk removes it.
+                op = _DROPPED
+            elif op is None:
+                raise _NotFastError  # masked or unknown: the general path knows
             code = op.code
             if length == _UNDEFINED:
                 if vr != b"SQ" or code not in (_p.RECURSE, _p.REMOVE):
@@ -160,7 +160,7 @@ class _Rewriter:
                 if new is True:
                     out += data[pos:after]
                 elif isinstance(new, bytes):  # None: removed
-                    out += _encode(group, element, vr, new)
+                    out += encode_element(group, element, vr, new)
             else:
                 raise _NotFastError
             pos = after
@@ -181,7 +181,7 @@ class _Rewriter:
         else:
             self.actions["D"] += 1
             new = op.literal if op.code == _p.LITERAL else dummy_bytes(vr.decode())
-        return _encode(group, element, vr, new)
+        return encode_element(group, element, vr, new)
 
     def _uid(self, group: int, element: int, value: bytes) -> bytes:
         text = decode(value, self.encodings).rstrip("\0 ")
@@ -196,13 +196,18 @@ class _Rewriter:
         return _SHORT.pack(group, element, b"UI", len(new)) + new
 
 
-def _encode(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+def encode_element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
     """One element, explicit VR little endian, its value padded as the engine pads it."""
     if len(value) % 2:
         value += b"\0" if vr == b"UI" else b" "
     if vr in _LONG_VRS:
         return _LONG.pack(group, element, vr, len(value)) + value
     return _SHORT.pack(group, element, vr, len(value)) + value
+
+
+def encode_items(items: list[bytes]) -> bytes:
+    """Items (their encoded elements) as a sequence value with defined lengths."""
+    return b"".join(_HEADER.pack(0xFFFE, 0xE000, len(body)) + body for body in items)
 
 
 def rewrite_sequence(
