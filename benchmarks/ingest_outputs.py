@@ -118,7 +118,7 @@ def run(sources: list[str], profile: str, work: Path) -> tuple[list[str], str, i
     root = os.path.commonpath([os.path.abspath(s) for s in sources]) if sources else ""
     for task in _tasks(sources):
         started = time.process_time()
-        outcomes = _process_items(task, reading)
+        outcomes, _ = _process_items(task, reading)
         cpu += time.process_time() - started
         digests.extend(f"{os.path.relpath(os.path.abspath(item.path), root)}:{_digest(o)}"
                        for item, o in zip(task, outcomes, strict=True))

@@ -127,7 +127,7 @@ def print_suppressed(count: int, about: str = "received data") -> None:
     suppressed: counts only, their text can quote original values (:mod:`lake._capture`)."""
     if count:
         err.print(
-            f"{count} parser warnings and library log records about {about} "
+            f"{count:,} parser warnings and library log records about {about} "
             "were suppressed (they can quote original values)",
             highlight=False, soft_wrap=True,
         )

@@ -56,7 +56,8 @@ def numpy_array(values: npt.NDArray[Any], type_: pa.DataType) -> pa.Array:
     if pa.types.is_floating(type_):
         dtype = np.dtype(f"<f{type_.byte_width}")
     array = np.ascontiguousarray(values, dtype=dtype)
-    assert array.ndim == 1, f"numpy_array takes a one-dimensional array, not {array.shape}"
+    if array.ndim != 1:  # kept under ``python -O``: a 2-D column would be misread silently
+        raise AssertionError(f"numpy_array takes a one-dimensional array, not {array.shape}")
     return pa.Array.from_buffers(type_, len(array), [None, pa.py_buffer(array)])
 
 

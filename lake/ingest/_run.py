@@ -286,13 +286,13 @@ class _Suppressed:
 
 
 def _process_items(
-    items: list[SourceItem], reading: _FileReading, counted: list[_Suppressed] | None = None
-) -> list[Outcome | Skipped]:
-    """Read, classify and process one task's items (on a worker).
+    items: list[SourceItem], reading: _FileReading
+) -> tuple[list[Outcome | Skipped], _Suppressed]:
+    """Read, classify and process one task's items (on a worker); and what its scope counted.
 
     Everything runs inside :func:`lake._capture.capture`: the documents hook reads the DICOM
-    files beside a document, and parser warnings quote original values. What the scope
-    counted, and in how many files, is appended to ``counted`` when given.
+    files beside a document, and parser warnings quote original values. The scope's count,
+    and in how many files, comes back with the results.
     """
     from lake.documents import FolderStudies
 
@@ -304,9 +304,7 @@ def _process_items(
             before = captured.total
             results.append(_item_outcome(item, reading, archives, folders))
             warned += captured.total > before
-    if counted is not None:
-        counted.append(_Suppressed(captured.total, warned))
-    return results
+    return results, _Suppressed(captured.total, warned)
 
 
 def _item_outcome(item: SourceItem, reading: _FileReading, archives: Archives,
@@ -338,10 +336,9 @@ def _process_sourced(
     """:func:`_process_items`, each result with its item, or None for an item that cannot
     be read again (content read while walking: a member of a nested archive); and what the
     task's capture scope counted."""
-    counted: list[_Suppressed] = []
-    results = _process_items(items, reading, counted)
+    results, counted = _process_items(items, reading)
     rereadable = [item if item.data is None else None for item in items]
-    return list(zip(rereadable, results, strict=True)), counted[0]
+    return list(zip(rereadable, results, strict=True)), counted
 
 
 def _original(item: SourceItem | None, limits: ReadLimits) -> Original | None:

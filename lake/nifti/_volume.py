@@ -875,7 +875,9 @@ def _dataset_options(ds: Part10) -> dict[str, Any]:
     0 one frame, with the warning ``as_pixel_options`` gives), then the pixel element's
     keyword and VR. :func:`lake.nifti.read_part10` gives a ``Part10`` no Extended Offset
     Table (which ``as_pixel_options`` would pass on). ``tests/test_nifti_encapsulated.py``
-    compares the runner's options both ways on every compressed object of the test data."""
+    compares the runner's options both ways on every compressed object of the test data.
+    Mirrors pydicom 3.0's ``as_pixel_options`` and ``DecodeRunner._set_options_ds`` (private):
+    check it again on a pydicom upgrade (pyproject pins ``pydicom<4``)."""
     options = {name: ds.get(tag) for tag, name in _IMAGE_PIXEL_OPTIONS.items() if tag in ds}
     options.setdefault("number_of_frames", 1)
     keywords = [keyword for keyword in _PIXEL_KEYWORDS if keyword in ds]
