@@ -153,3 +153,11 @@ def test_received_message_command_set_is_made_when_read() -> None:
     replaced = Dataset()
     message.command_set = replaced
     assert message.command_set is replaced
+
+
+def test_received_message_sets_every_attribute_pynetdicoms_message_sets() -> None:
+    """``_ReceivedMessage`` sets pynetdicom's attributes by hand (review s26 finding 9): a
+    pynetdicom that adds one in ``DIMSEMessage.__init__`` fails here, not at receive time."""
+    theirs = set(vars(DIMSEMessage()))
+    ours = set(vars(_ReceivedMessage(DataSetBuffer(None)))) | {"command_set"}
+    assert ours == theirs
