@@ -9,13 +9,16 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import lake
-from lake.catalog import COHORTS, INSTANCES, data_files
+import lake.catalog._tables as tables_module
+from lake.catalog import COHORTS, INSTANCES, DeltaTables, data_files
 from lake.export import export_nifti, resolve_cohort
 from lake.steward import forget, target
+from lake.store import Location
 from tests.series import write_ct_series
 
 SERIES = "SELECT SeriesInstanceUID FROM series"
@@ -147,3 +150,43 @@ def test_snapshots_are_kept_per_open_lake_and_not_pickled(
     assert copy.location == lk.tables.location
     assert copy._kept._latest == {} and lk.tables._kept._latest
     assert copy.latest(INSTANCES.name)[1].paths == lk.tables.latest(INSTANCES.name)[1].paths
+
+
+def test_a_kept_latest_table_is_opened_again_after_a_new_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader's latest table brought up to date commit after commit grows (deltalake keeps
+    every update: a long-running server's without end), so it is opened again once a newer
+    checkpoint exists, and kept from then on (fails before: the kept table was used on and on,
+    as the committer's was before its checkpoint rule)."""
+    root = Location(str(tmp_path / "lake"))
+    writer, reader = DeltaTables(root), DeltaTables(root)
+    writer.create_all()
+    writer.append(COHORTS, COHORTS.schema.empty_table())
+    reader.latest(COHORTS.name)
+    opened: list[str] = []
+    kind = tables_module.DeltaTable
+
+    class Counted(kind):  # type: ignore[misc, valid-type]
+        def __init__(self, uri: str, *args: Any, **kwargs: Any) -> None:
+            opened.append(str(uri))
+            super().__init__(uri, *args, **kwargs)
+
+    monkeypatch.setattr(tables_module, "DeltaTable", Counted)
+
+    def latest_opening() -> tuple[int, int]:
+        """The reader's latest version of COHORTS after a commit, and the tables it opened."""
+        writer.append(COHORTS, COHORTS.schema.empty_table())
+        opened.clear()
+        version = reader.latest(COHORTS.name)[0]
+        return version, len(opened)
+
+    assert latest_opening() == (2, 0)  # brought up to date
+    writer.open(COHORTS.name).create_checkpoint()
+    assert latest_opening() == (3, 1)  # a newer checkpoint: opened again
+    assert latest_opening() == (4, 0)  # and kept again
+    assert reader.latest(COHORTS.name)[1].paths == _fresh_tables(writer, COHORTS.name)
+
+
+def _fresh_tables(tables: DeltaTables, name: str) -> tuple[str, ...]:
+    return data_files(tables.open(name), tables.storage_options).paths

@@ -7,12 +7,8 @@ for each query. Both cost more than the work of a small commit, and both grew th
 - Opening a Delta table replays its log from the last checkpoint (up to 99 commit files,
   read concurrently on delta-rs's tokio blocking threads: ~28 ms of CPU at 50 commits past a
   checkpoint, and the blocking pool grew with the files read at once, to ~85 threads). A table
-  kept from the previous commit is brought up to date with ``update_incremental``, which
-  reads only the commits made since. But a table brought up to date that way grows with
-  every commit it takes in (deltalake 1.6: +0.1 MB of memory and more CPU per commit, without
-  end), so it is opened again once a newer checkpoint exists (``_delta_log/_last_checkpoint``;
-  the open then reads that checkpoint and the few commits after it), or, on an object store,
-  after :data:`REOPEN_AFTER` commits.
+  kept from the previous commit is brought up to date instead, and opened again at a newer
+  checkpoint (:mod:`lake.catalog._kept_table`).
 - ``duckdb.connect()`` makes a whole database (~19 ms of CPU) and its closing frees it; a
   cursor of a database kept here costs microseconds.
 
@@ -30,23 +26,21 @@ Safe to share between threads; a pickled ``DeltaTables`` keeps none of it.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lake.catalog._duckdb import connect
+from lake.catalog._kept_table import KeptTable, opened, refreshed
 
 if TYPE_CHECKING:
     import duckdb
     from deltalake import DeltaTable
 
-__all__ = ["REOPEN_AFTER", "Committer", "Writing"]
+__all__ = ["Committer", "Writing"]
 
-REOPEN_AFTER = 100
-"""Versions a kept table is brought up to date across before it is opened again, where its
-checkpoints cannot be watched (delta-rs writes one every 100 commits by default)."""
+Writing = KeptTable
+"""A table taken for one commit (:meth:`Committer.table`): commit through its ``delta``."""
 
 
 def _database() -> duckdb.DuckDBPyConnection:
@@ -62,25 +56,6 @@ def _database() -> duckdb.DuckDBPyConnection:
                         ).fetchall() == [(1,)]:  # (DuckDB 2 on)
         database.execute("SET async_threads = 0")
     return database
-
-
-@dataclass(frozen=True)
-class Writing:
-    """A table taken for one commit (:meth:`Committer.table`).
-
-    Attributes
-    ----------
-    delta : DeltaTable
-        The table, at its latest version when taken; commit through it.
-    opened_at : int
-        The version it was opened at (brought up to date since).
-    checkpoint : str
-        The table's ``_last_checkpoint`` when it was opened (``""`` on an object store).
-    """
-
-    delta: DeltaTable
-    opened_at: int
-    checkpoint: str
 
 
 class Committer:
@@ -109,30 +84,13 @@ class Committer:
         date, or opened (none kept, a newer checkpoint, the table made again)."""
         with self._lock:
             kept = self._idle.pop(name, None)
-        if kept is None:
-            return self._opened(name)
-        path = self._log_path(name, int(kept.delta.version()))
-        if path and (not os.path.exists(path)  # the table was made again, at a lower version
-                     or _checkpoint(path) != kept.checkpoint):  # cheap to open, and bounded
-            return self._opened(name)
-        try:
-            kept.delta.update_incremental()
-        except Exception:  # noqa: BLE001 - deltalake: the log changed under it; open again
-            return self._opened(name)
-        if not path and int(kept.delta.version()) - kept.opened_at >= REOPEN_AFTER:
-            return self._opened(name)
-        return kept
+        writing = None if kept is None else refreshed(kept, self._log_path, name)
+        return opened(self._open, self._log_path, name) if writing is None else writing
 
     def keep(self, name: str, writing: Writing) -> None:
         """Keep ``writing`` (taken from :meth:`table`, committed through) for the next commit."""
         with self._lock:
             self._idle[name] = writing
-
-    def _opened(self, name: str) -> Writing:
-        delta = self._open(name)
-        version = int(delta.version())
-        path = self._log_path(name, version)
-        return Writing(delta, version, _checkpoint(path) if path else "")
 
     @contextlib.contextmanager
     def cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -147,12 +105,3 @@ class Committer:
         finally:
             cursor.close()
 
-
-def _checkpoint(log_file: str) -> str:
-    """The content of the ``_last_checkpoint`` file beside the commit file ``log_file``
-    (``""`` when the table has no checkpoint yet)."""
-    try:
-        with open(os.path.join(os.path.dirname(log_file), "_last_checkpoint")) as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return ""

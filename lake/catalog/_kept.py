@@ -7,7 +7,9 @@ vacuum since); both are checked at every read, cheaply:
 
 - the latest version: a table is opened once and brought up to date with
   ``DeltaTable.update_incremental`` (one listing of its log, ~0.1 ms, where opening it
-  again costs ~1.2 ms), as :class:`~lake.catalog._tombstones.TombstoneCache` does;
+  again costs ~1.2 ms), and opened again once a newer checkpoint exists, as the committer's
+  tables are (:mod:`lake.catalog._kept_table`: a table only brought up to date grows with
+  every commit it takes in, without end in a long-running server);
 - an older version: its data files are kept (the last :data:`KEPT_VERSIONS`), and the
   caller (``DeltaTables.data_files``) still checks the erasures and that every file is
   stored, at each read.
@@ -21,11 +23,12 @@ Safe to share between threads; pickled without what it keeps.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from lake.catalog._kept_table import KeptTable, opened, refreshed
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -62,7 +65,7 @@ class KeptSnapshots:
         self._files_of = files_of
         self._log_path = log_path
         self._lock = threading.Lock()
-        self._latest: dict[str, DeltaTable] = {}
+        self._latest: dict[str, KeptTable] = {}
         self._files: OrderedDict[tuple[str, int], tuple[DataFiles, tuple[str, ...]]] = (
             OrderedDict()
         )
@@ -71,18 +74,12 @@ class KeptSnapshots:
     def latest(self, name: str) -> tuple[int, DataFiles]:
         """The latest version of table ``name`` now, and its data files."""
         with self._lock:
-            delta = self._latest.get(name)
-            if delta is not None:
-                try:
-                    delta.update_incremental()
-                except Exception:  # noqa: BLE001 - deltalake: the log changed under it
-                    delta = None
-                else:
-                    path = self._log_path(name, int(delta.version()))
-                    if path and not os.path.exists(path):
-                        delta = None  # the table was made again, at a lower version
-            if delta is None:
-                delta = self._latest[name] = self._open(name)
+            kept = self._latest.get(name)
+            if kept is not None:
+                kept = refreshed(kept, self._log_path, name)
+            if kept is None:
+                kept = self._latest[name] = opened(self._open, self._log_path, name)
+            delta = kept.delta
             version = int(delta.version())
             return version, self._kept(name, version, delta)[0]
 
