@@ -680,7 +680,9 @@ class DeltaTables:
         """The current rows of ``table`` whose ``key`` is in ``keys`` (``key`` + ``columns``).
 
         Reads the other columns only from the row groups (a remote lake: the data files)
-        that hold a match (see :func:`_matching`).
+        that hold a match (see :func:`_matching`). DuckDB's part runs on the commits'
+        database (:meth:`cursor`), one thread: measured against all cores in
+        docs/performance.md, "Memory from 2,000 to 50,000 files".
         """
         import pyarrow as pa
 
