@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from lake.catalog._duckdb import connect
-from lake.catalog._kept_table import KeptTable, opened, refreshed
+from lake.catalog._kept_table import KeptTable, current
 
 if TYPE_CHECKING:
     import duckdb
@@ -84,8 +84,7 @@ class Committer:
         date, or opened (none kept, a newer checkpoint, the table made again)."""
         with self._lock:
             kept = self._idle.pop(name, None)
-        writing = None if kept is None else refreshed(kept, self._log_path, name)
-        return opened(self._open, self._log_path, name) if writing is None else writing
+        return current(kept, self._open, self._log_path, name)
 
     def keep(self, name: str, writing: Writing) -> None:
         """Keep ``writing`` (taken from :meth:`table`, committed through) for the next commit."""

@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from lake.catalog._kept_table import KeptTable, opened, refreshed
+from lake.catalog._kept_table import KeptTable, current
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -74,11 +74,8 @@ class KeptSnapshots:
     def latest(self, name: str) -> tuple[int, DataFiles]:
         """The latest version of table ``name`` now, and its data files."""
         with self._lock:
-            kept = self._latest.get(name)
-            if kept is not None:
-                kept = refreshed(kept, self._log_path, name)
-            if kept is None:
-                kept = self._latest[name] = opened(self._open, self._log_path, name)
+            kept = self._latest[name] = current(self._latest.get(name), self._open,
+                                                self._log_path, name)
             delta = kept.delta
             version = int(delta.version())
             return version, self._kept(name, version, delta)[0]

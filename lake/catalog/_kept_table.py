@@ -26,7 +26,7 @@ from deltalake.exceptions import DeltaError
 if TYPE_CHECKING:
     from deltalake import DeltaTable
 
-__all__ = ["REOPEN_AFTER", "KeptTable", "opened", "refreshed"]
+__all__ = ["REOPEN_AFTER", "KeptTable", "current", "opened", "refreshed"]
 
 REOPEN_AFTER = 100
 """Versions a kept table is brought up to date across before it is opened again, where its
@@ -78,6 +78,15 @@ def refreshed(kept: KeptTable, log_path: LogPath, name: str) -> KeptTable | None
     if not path and int(kept.delta.version()) - kept.opened_at >= REOPEN_AFTER:
         return None
     return kept
+
+
+def current(kept: KeptTable | None, open_latest: Callable[[str], DeltaTable], log_path: LogPath,
+            name: str) -> KeptTable:
+    """Table ``name`` at its latest version: ``kept`` brought up to date (:func:`refreshed`),
+    or opened by ``open_latest`` (:func:`opened`) when none is kept or it is to be opened
+    again."""
+    fresh = None if kept is None else refreshed(kept, log_path, name)
+    return opened(open_latest, log_path, name) if fresh is None else fresh
 
 
 def _checkpoint(log_file: str) -> str:
