@@ -34,6 +34,8 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from lake.ingest._nesting import LONG_VRS
+
 __all__ = ["canonical_uid", "element_value", "encode_part10", "header_json"]
 
 _LONG_VRS = frozenset(
@@ -380,9 +382,6 @@ def _even(tag: int, vr: str | None, value: bytes) -> bytes:
     return value
 
 
-_LONG_VR_BYTES = frozenset(vr.encode() for vr in _LONG_VRS)
-
-
 _WALK = {little: (struct.Struct(order + "HHI"), struct.Struct(order + "HH2sH"),
                   struct.Struct(order + "I"))
          for little, order in ((True, "<"), (False, ">"))}
@@ -423,7 +422,7 @@ def _odd_inside(value: bytes, target: _Target) -> bool:
             pos += 8
             if group == 0xFFFE:  # an item or a delimiter: what is inside follows
                 continue
-            if code in _LONG_VR_BYTES:
+            if code in LONG_VRS:
                 (length,) = long_length.unpack_from(value, pos)
                 pos += 4
                 if code == b"SQ" and length == _UNDEFINED:
