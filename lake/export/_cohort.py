@@ -245,15 +245,18 @@ def resolve_cohort(lake: Lake, sql: str, *, as_of: int | None = None) -> Cohort:
     else:
         version = as_of
     small = _one_row_group(lake, current)
-    at_once = (_members_at_once(lake, query, version, current)
-               if small and current is not None else None)
+    # members read from the one data file with pyarrow; not from a version that lacks a
+    # column they need (a lake older than them: the query path says what is missing)
+    one_file = (current if small and current is not None
+                and set(_MEMBER_COLUMNS) <= set(current.schema.names) else None)
+    at_once = None if one_file is None else _members_at_once(lake, query, version, one_file)
     if at_once is not None:
         key, table = at_once
     else:
         key = _member_key(lake.sql(query, as_of=version).columns)
         table = None
-        if small and current is not None:
-            table = _members_of_one_file(lake, query, key, version, current)
+        if one_file is not None:
+            table = _members_of_one_file(lake, query, key, version, one_file)
     if table is None:
         dates = None
         if key == "SeriesInstanceUID" and not small:
@@ -313,11 +316,9 @@ def _members_of_one_file(lake: Lake, query: str, key: str, version: int,
     DuckDB runs the cohort query for its keys alone (once: ``Lake._execute``), and the
     member rows are that file's, read with pyarrow. DuckDB's scan of the
     ``instances`` view (its typed select list over every column) was two thirds of the
-    member query's CPU on a small lake, where the file is read whole anyway. None when the
-    version lacks a column the members need (a lake older than them: the query path says
-    what is missing)."""
-    if len(files.paths) != 1 or not set(_MEMBER_COLUMNS) <= set(files.schema.names):
-        return None
+    member query's CPU on a small lake, where the file is read whole anyway. ``files`` hold
+    the member columns (the caller checked). None when the keys are not strings or the
+    file cannot be read (:func:`_rows_holding`)."""
     description, found = lake._execute(
         _with(query) + f"SELECT DISTINCT {key} FROM cohort_query WHERE {key} IS NOT NULL",
         as_of=version,
@@ -338,9 +339,8 @@ def _members_at_once(lake: Lake, query: str, version: int,
     choosing the key first costs is a bind of the query of its own (~1 ms of CPU, a tenth
     of a small export's fixed cost). None when that run fails (a query returning neither
     column, or failing): the caller then takes the path that says why, in the lake's words.
+    ``files``: as for :func:`_members_of_one_file`.
     """
-    if len(files.paths) != 1 or not set(_MEMBER_COLUMNS) <= set(files.schema.names):
-        return None
     try:
         description, found = lake._execute(
             _with(query) + "SELECT DISTINCT COLUMNS('^(" + "|".join(_KEYS) + ")$') "
