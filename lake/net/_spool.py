@@ -34,12 +34,11 @@ from lake._errors import LakeError, NetError
 from lake.catalog import INSTANCES, QUARANTINE, Table
 from lake.ingest import Accepted, BatchResult, Ingestor, Original, Outcome, Rejected
 from lake.net._journal import Receipt
-from lake.store import Location, write_at
+from lake.store import TMP_PREFIX, Location, write_at
 
 __all__ = ["Committer", "Spool", "SpoolEntry"]
 
 _SUFFIX = ".json"
-_TMP = ".tmp-"  # the temporary name lake.store.write_at gives a file until it is renamed
 _FORMAT = "imaging-lake-spool/1"
 _TRANSIENT = ("batch_id", "ingested_at", "quarantined_at")
 _PAUSE = 0.25
@@ -180,7 +179,7 @@ class Spool:
         out: list[SpoolEntry] = []
         for path in self._listing():
             name = str(path).rsplit("/", 1)[-1]
-            if name.startswith(_TMP):
+            if name.startswith(TMP_PREFIX):
                 self.fs.rm_file(f"{self.dir}/{name}")
                 continue
             if not name.endswith(_SUFFIX):

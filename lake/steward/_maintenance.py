@@ -39,7 +39,7 @@ from lake.catalog import (
 )
 from lake.catalog._layout import writer_properties
 from lake.steward._history import data_files, live_files, matching_rows
-from lake.store import modified_at
+from lake.store import TMP_PREFIX, modified_at
 
 if TYPE_CHECKING:
     from lake._lake import Lake
@@ -238,7 +238,7 @@ def _candidates(lake: Lake, cutoff: float) -> list[_Candidate]:
         name, size = path.rsplit("/", 1)[-1], int(info.get("size") or 0)
         if aside(path, size) or not old(info):
             continue
-        if name.startswith(".tmp-"):
+        if name.startswith(TMP_PREFIX):
             found.append(_Candidate("temporary", path, path, size))
         elif not name.startswith("."):
             found.append(_Candidate("blob", path, f"sha256:{name}", size))
@@ -249,7 +249,7 @@ def _candidates(lake: Lake, cutoff: float) -> list[_Candidate]:
             if aside(path, size) or not old(info):
                 continue
             if (relative.startswith(f"{_LOG}/") and relative.endswith(".tmp")) or (
-                relative.rsplit("/", 1)[-1].startswith(".tmp-")  # e.g. a summary's, below _summary
+                relative.rsplit("/", 1)[-1].startswith(TMP_PREFIX)  # e.g. a summary's (_summary)
             ):
                 found.append(_Candidate("temporary", path, path, size))
             elif (relative.endswith(".parquet") and not relative.startswith("_")
@@ -260,7 +260,7 @@ def _candidates(lake: Lake, cutoff: float) -> list[_Candidate]:
         name, size = path.rsplit("/", 1)[-1], int(info.get("size") or 0)
         if aside(path, size) or not old(info):
             continue
-        if name.startswith(".tmp-"):
+        if name.startswith(TMP_PREFIX):
             found.append(_Candidate("temporary", path, path, size))
         elif name.endswith(".sealed") and not name.startswith("."):
             found.append(_Candidate("sealed", path, name, size))

@@ -4,6 +4,7 @@ from lake.store._blobs import BlobStore, blob_key
 from lake.store._fs import (
     OWN_EXPORTS,
     REFRESH_AFTER,
+    TMP_PREFIX,
     Location,
     atomic_write,
     flush,
@@ -19,6 +20,7 @@ from lake.store._fs import (
 __all__ = [
     "OWN_EXPORTS",
     "REFRESH_AFTER",
+    "TMP_PREFIX",
     "BlobStore",
     "Location",
     "atomic_write",

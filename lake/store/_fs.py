@@ -160,6 +160,10 @@ def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
 OWN_EXPORTS = "portal/jobs"
 """Where, below a local lake's root, the lake's own servers export (the portal's jobs)."""
 
+TMP_PREFIX = ".tmp-"
+"""The start of the name a file written locally by :func:`write_at` has until it is renamed
+(a leftover of an interrupted write: gc's ``temporary``, the receive spool skips it)."""
+
 
 class PortalJobOut(os.PathLike[str]):
     """The output folder of a web portal job (``<lake>/portal/jobs/run-*/<job>/...``).
@@ -245,7 +249,7 @@ def _write_local(path: str, data: bytes, fsync: bool) -> None:
     and mode, without the buffered file object: a pixel blob is written whole at once).
     """
     folder = os.path.dirname(path)
-    tmp = os.path.join(folder, f".tmp-{os.urandom(16).hex()}")
+    tmp = os.path.join(folder, f"{TMP_PREFIX}{os.urandom(16).hex()}")
     made: list[str] = []
     try:
         fd = os.open(tmp, _NEW_FILE, 0o666)
