@@ -194,3 +194,33 @@ def test_a_durable_write_syncs_its_name_and_every_folder_made_for_it(
     assert synced == [] and (tmp_path / "a" / "c" / "h").read_bytes() == b"z"
     make_folder(tmp_path / "j" / "k")
     assert synced == [str(tmp_path / "j"), str(tmp_path)] and (tmp_path / "j" / "k").is_dir()
+
+
+def test_a_folder_another_process_makes_meanwhile_is_synced_in_its_parent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blob's fan-out folder made by another writer between this writer's failed open and
+    its ``mkdir``: that writer may not have synced the folder's entry yet, so this one does
+    before it calls its own file durable (else a power loss could take the file's name)."""
+    import lake.store._fs as fs_module
+    from lake.store import Location, make_folder
+
+    synced: list[str] = []
+    real_sync, real_mkdir = fs_module.fsync_folder, os.mkdir
+    raced = str(tmp_path / "a")
+
+    def recorded(folder: str | os.PathLike[str]) -> None:
+        synced.append(os.fspath(folder))
+        real_sync(folder)
+
+    def other_process_first(path: str | os.PathLike[str], mode: int = 0o777) -> None:
+        if os.fspath(path) == raced and not os.path.isdir(raced):
+            real_mkdir(path, mode)  # the other writer wins the race
+        real_mkdir(path, mode)
+
+    monkeypatch.setattr(fs_module, "fsync_folder", recorded)
+    monkeypatch.setattr(os, "mkdir", other_process_first)
+    write_at(Location(str(tmp_path)), str(tmp_path / "a" / "f"), b"x")
+    assert synced == [raced, str(tmp_path)] and (tmp_path / "a" / "f").read_bytes() == b"x"
+    synced.clear()
+    make_folder(tmp_path / "a")  # exists: its entry is synced all the same
+    assert synced == [str(tmp_path)]

@@ -242,8 +242,9 @@ def _write_local(path: str, data: bytes, fsync: bool) -> None:
     The folder is made only when the temporary file cannot be created for want of it (the
     blob store's fan-out folders, on first use): an existing folder costs no system call
     more than the file (``os.makedirs`` of an existing folder made three). With ``fsync``
-    the file's name (its folder) and every folder made for it (their parents) are synced
-    after the rename: a power loss cannot take back the name of a file written durably.
+    the file's name (its folder) and every folder made for it (their parents; also one
+    another process made at the same moment, which that process may not have synced yet)
+    are synced after the rename: a power loss cannot take back the name of a file written durably.
     Like every file written with ``fsync=False``, a new folder is made durable by
     :func:`flush`. The file is written through its descriptor (``open(tmp, "wb")``'s flags
     and mode, without the buffered file object: a pixel blob is written whole at once).
@@ -281,8 +282,9 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC  # open(path, "
 
 def make_folder(folder: str | os.PathLike[str]) -> None:
     """Make a local ``folder`` and its missing parents, durably: each new folder's entry in
-    its parent is synced (a receipt journal's folder must survive a power loss with the
-    receipts acknowledged in it).
+    its parent is synced, an existing ``folder``'s too (its maker may not have synced it):
+    a receipt journal's folder must survive a power loss with the receipts acknowledged in
+    it.
 
     Parameters
     ----------
@@ -294,12 +296,16 @@ def make_folder(folder: str | os.PathLike[str]) -> None:
 
 
 def _made_folders(folder: str) -> list[str]:
-    """Make ``folder`` and its missing parents; the folders made, deepest first.
+    """Make ``folder`` and its missing parents; the folders whose entries the caller must
+    sync in their parents to make them durable, deepest first.
 
     ``mkdir`` is tried first, a parent only when it is missing (as ``os.makedirs(folder,
     exist_ok=True)``, without its existence checks: a new blob fan-out folder under an
-    existing one is one system call, not four). A folder another process makes meanwhile
-    is taken as found; a file in the way raises FileExistsError.
+    existing one is one system call, not four). A folder found existing is listed too:
+    another process may have made it a moment ago and not yet synced its parent, and a
+    file written durably in it must not lose its name to a power loss (one ``fsync`` of
+    the parent; a blob write tries ``mkdir`` only after its folder was found missing). A
+    file in the way raises FileExistsError.
     """
     pending = [folder]
     made: list[str] = []
@@ -316,8 +322,7 @@ def _made_folders(folder: str) -> list[str]:
         except FileExistsError:
             if not os.path.isdir(current):
                 raise
-        else:
-            made.append(current)
+        made.append(current)
         pending.pop()
     return made[::-1]
 
