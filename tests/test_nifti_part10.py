@@ -432,6 +432,53 @@ def test_item_value_keys_on_the_inherited_character_set_and_hands_out_copies() -
         assert again == ["ORIGINAL", "PRIMARY", "M", "NONE"]
 
 
+def _indexed(item: Part10) -> bool:
+    """Whether ``item`` holds its index (reading ``_elements`` would make it)."""
+    try:
+        Part10.__dict__["_elements"].__get__(item, Part10)
+    except AttributeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("own_character_set", [False, True])
+def test_an_item_a_shape_checked_is_indexed_when_first_needed(own_character_set: bool) -> None:
+    """Per-frame items checked by a shape are not indexed while ``item_numbers`` and
+    ``item_value`` read where the shape located their values (the converter asks every
+    frame): only each shape's first item is. Whether an item declares character sets of
+    its own is known from the shape's tags, and its values are decoded under them; the
+    index made when first needed is the walk's."""
+    enhanced = enhanced_from(synthetic_series(n_slices=5, rows=8, cols=8))
+    enhanced.SpecificCharacterSet = "ISO_IR 100"
+    for item in enhanced.PerFrameFunctionalGroupsSequence:
+        if own_character_set:
+            item.SpecificCharacterSet = "ISO_IR 144"
+        item.FrameContentSequence[0].add_new(0x00209453, "LO", b"\xe0\xe1\xe2 ")
+    data = _bytes(enhanced)
+    expected = pydicom.dcmread(io.BytesIO(data)).PerFrameFunctionalGroupsSequence
+    cache = ValueCache()
+    for _ in range(2):
+        got = read_part10(data, cache=cache)
+        assert isinstance(got, Part10)
+        frames = got.PerFrameFunctionalGroupsSequence
+        shaped = [frame for frame in frames if frame._shape is not None]
+        assert len(shaped) >= 3
+        for frame, reference in zip(frames, expected, strict=True):
+            label = frame.item_value("FrameContentSequence", "FrameLabel")
+            assert label == reference.FrameContentSequence[0].FrameLabel
+            position = frame.item_numbers("PlanePositionSequence", "ImagePositionPatient")
+            assert position == [float(v) for v in
+                                reference.PlanePositionSequence[0].ImagePositionPatient]
+        if not own_character_set:
+            assert sum(map(_indexed, shaped)) <= len({id(frame._shape) for frame in shaped})
+    fresh, walked = read_part10(data, cache=cache), _walked(data)
+    assert isinstance(fresh, Part10) and isinstance(walked, Part10)
+    frames = fresh.PerFrameFunctionalGroupsSequence
+    assert not any(_indexed(frame) for frame in frames if frame._shape is not None)
+    for frame, plain in zip(frames, walked.PerFrameFunctionalGroupsSequence, strict=True):
+        assert _deep_index(frame) == _deep_index(plain)  # the index, made when asked
+
+
 @pytest.mark.vendor
 @pytest.mark.parametrize("repository", ["dcm_qa_enh", "dcm_qa_xa30"])
 def test_enhanced_vendor_series_convert_alike_from_either_reader(repository: str) -> None:

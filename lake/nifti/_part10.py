@@ -304,6 +304,25 @@ class Part10:
         self._shape: _ItemShape | None = None
         self._base = 0
 
+    @classmethod
+    def shaped(cls, shape: _ItemShape, base: int, source: _Source, implicit: bool,
+               parent: Part10) -> Part10:
+        """The item checked by ``shape`` whose content starts at ``base``: indexed as the
+        shape's first item (:meth:`_ItemShape.index_at`) when its index is first needed,
+        not before (the converter reads a frame's per-frame values where the shape
+        located them, :meth:`item_numbers`, so most such items are never indexed)."""
+        item = cls.__new__(cls)  # _elements left unset: __getattr__ makes it
+        item._source = source
+        item._values = {}
+        item._parent = parent
+        item._encodings = None
+        item.file_meta = None
+        item.is_implicit_VR = implicit
+        item.is_little_endian = True
+        item._shape = shape
+        item._base = base
+        return item
+
     # ----------------------------------------------------------------- mapping protocol
 
     @staticmethod
@@ -336,6 +355,10 @@ class Part10:
         return self._value(tag)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_elements":
+            # an item checked by a shape is indexed on first need (see _sequence_walk)
+            elements = self._elements = self._shape.index_at(self._base)  # type: ignore[union-attr]
+            return elements
         tag = keyword_dict.get(name)
         if tag is None or tag not in self._elements:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -485,11 +508,15 @@ class Part10:
         checked by a shape (:class:`_ItemShape`: a per-frame item like many before it),
         the value is read where the first item of that shape held it.
         """
-        where = self._located(sequence, keyword)
-        if where is not None:
-            if not where:
-                return None
-            return self._source.numbers(where[0], self._base + where[1], where[2])
+        shape = self._shape
+        if shape is not None:  # self._located, inlined: asked for every frame
+            located = shape.located
+            asked = (sequence, keyword)
+            where = located[asked] if asked in located else self._located(sequence, keyword)
+            if where is not None:
+                if not where:
+                    return None
+                return self._source.numbers(where[0], self._base + where[1], where[2])
         held = self._sequence_bytes(sequence)
         if held is None:
             return None
@@ -631,7 +658,8 @@ class Part10:
     def _character_sets(self) -> str | list[str]:
         """As pydicom's reader: this dataset's Specific Character Set, else its parent's."""
         if self._encodings is None:
-            if _CHARACTER_SET in self._elements:
+            shape = self._shape  # an item of a shape has its tags: not indexed for this
+            if _CHARACTER_SET in (self._elements if shape is None else shape.tags):
                 self._encodings = convert_encodings(self._value(_CHARACTER_SET))
             else:
                 self._encodings = (default_encoding if self._parent is None
@@ -765,9 +793,7 @@ def _sequence_walk(source: _Source, pos: int, length: int, implicit: bool,
         # from, else by the walk (which does not enter its sequences again)
         shape = matched.get(pos)
         if shape is not None:
-            item = Part10(shape.index_at(pos), source, implicit, parent)
-            item._shape, item._base = shape, pos
-            items.append(item)
+            items.append(Part10.shaped(shape, pos, source, implicit, parent))
             pos += shape.size
             continue
         elements: dict[int, Any] = {}
@@ -838,7 +864,7 @@ class _ItemShape:
     before (checked first, their sequences are not entered again).
     """
 
-    __slots__ = ("ends", "headers", "index", "located", "size", "unpack")
+    __slots__ = ("ends", "headers", "index", "located", "size", "tags", "unpack")
 
     def __init__(self, unpack: Any, headers: tuple[int, ...], size: int,
                  ends: tuple[tuple[int, int], ...],
@@ -848,6 +874,8 @@ class _ItemShape:
         self.size = size
         self.ends = ends
         self.index = index
+        #: The tags of its items (what their index holds).
+        self.tags = frozenset(entry[0] for entry in index)
         #: (sequence, keyword) -> where Part10.item_numbers reads it (see Part10._locate)
         self.located: dict[tuple[str, str], _Located] = {}
 

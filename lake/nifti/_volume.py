@@ -226,8 +226,8 @@ class FrameLookup:
     give (the same for every frame) is looked up once per object.
     """
 
-    __slots__ = ("_ds", "_fallback", "_frame", "_macros", "_per_frame", "_per_item",
-                 "_shared_item")
+    __slots__ = ("_ds", "_fallback", "_frame", "_macros", "_matrix", "_per_frame",
+                 "_per_item", "_shared_item")
 
     def __init__(self, ds: Dataset) -> None:
         self._ds = ds
@@ -238,6 +238,14 @@ class FrameLookup:
         self._frame: int | None = None
         self._per_item: Dataset | Part10 | None = None
         self._macros: dict[str, Any] = {}
+        self._matrix: tuple[Any, Any] | None = None
+
+    @property
+    def matrix(self) -> tuple[Any, Any]:
+        """``(ds.get("Rows"), ds.get("Columns"))`` of the object, read once."""
+        if self._matrix is None:
+            self._matrix = (self._ds.get("Rows"), self._ds.get("Columns"))
+        return self._matrix
 
     def at(self, frame: int | None) -> FrameLookup:
         """Look at ``frame`` from now on; this lookup."""
@@ -496,19 +504,25 @@ def _plane(ds: Dataset, look: FrameLookup, planes: dict[tuple[Any, ...], Plane] 
     :class:`Plane` per orientation, pixel spacing and matrix read from bytes (the frames of
     a series mostly share one: built and compared once, not per frame)."""
     iop_numbers = look.numbers("PlaneOrientationSequence", "ImageOrientationPatient")
-    iop = _floats_from(iop_numbers, look, "PlaneOrientationSequence", "ImageOrientationPatient", 6)
+    iop: FloatArray | None = None
+    if iop_numbers is None:
+        iop = _floats(look("PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+        oriented = iop is not None
+    else:  # what _floats_from gives is made only when the memo has no plane for it
+        oriented = len(iop_numbers) == 6
     ipp = _look_floats(look, "PlanePositionSequence", "ImagePositionPatient", 3)
-    if iop is None or ipp is None:
+    if not oriented or ipp is None:
         return None, None
     spacing_numbers = look.numbers("PixelMeasuresSequence", "PixelSpacing")
     key = None
     if planes is not None and iop_numbers is not None and spacing_numbers is not None \
             and len(spacing_numbers) == 2:
-        key = (_PLANE_KEY.pack(*iop_numbers, *spacing_numbers), ds.get("Rows"),
-               ds.get("Columns"))
+        key = (_PLANE_KEY.pack(*iop_numbers, *spacing_numbers), *look.matrix)
         known = planes.get(key)
         if known is not None:
             return known, ipp
+    if iop is None:
+        iop = np.array(iop_numbers, dtype=np.float64)
     spacing = _floats_from(spacing_numbers, look, "PixelMeasuresSequence", "PixelSpacing", 2)
     if spacing is None:
         spacing = _floats(ds.get("ImagerPixelSpacing"), 2)
