@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 from collections import Counter
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ from lake.ingest._identity import identity_sha256
 from lake.ingest._limits import ReadLimits, describe
 from lake.ingest._nesting import deeper_than
 from lake.ingest._quarantine import store_rejected
+from lake.ingest._read import read_part10
 from lake.store import BlobStore, Location, blob_key
 
 if TYPE_CHECKING:
@@ -103,7 +105,8 @@ def _parse(data: bytes, limits: ReadLimits) -> Dataset:
     if not data:
         raise InputRefusedError("empty", "the file is empty")
     try:
-        ds = dcmread(within(data, limits))
+        stream = within(data, limits)
+        ds = read_part10(stream, data) if type(stream) is io.BytesIO else dcmread(stream)
     except InvalidDicomError:
         try:
             ds = dcmread(within(data, limits), force=True)
