@@ -557,7 +557,7 @@ class DeltaTables:
             except CommitFailedError as exc:
                 backoff.failed(exc)
                 continue
-            self._committer.keep(table.name, writing)
+            self._committer.keep(table.name, writing, committed=True)
             return version
 
     def insert_new(
@@ -654,7 +654,7 @@ class DeltaTables:
             decision = decided if isinstance(decided, Decision) else Decision(*decided)
             append, metadata = decision.rows, decision.metadata
             if append.num_rows == 0 and not commit_empty:
-                self._committer.keep(table.name, writing)
+                self._committer.keep(table.name, writing, committed=False)
                 return Inserted(append, read, committed=False)
             replace = None
             if decision.replace:
@@ -671,7 +671,7 @@ class DeltaTables:
                     f"{read + 1}: this deltalake release does not honour "
                     "max_commit_retries=0; install the version pinned in pyproject.toml"
                 )
-            self._committer.keep(table.name, writing)
+            self._committer.keep(table.name, writing, committed=True)
             return Inserted(append, version, committed=True)
 
     def lookup(
