@@ -12,7 +12,8 @@ ultrasound):
 - Orthanc's REST import of the same files (when the `Orthanc` binary is installed) and the ratio
   (goal > 1), also at 20,000 files;
 - peak memory (RSS of the ingest process tree, and per process) at 2,000, 20,000 and 50,000
-  files: it must not grow with the number of files.
+  files: it must not grow with the number of files; and the driver's peak anonymous RSS and
+  most threads (its RSS less the libraries' pages, which move ~50 MB between runs).
 """
 
 from __future__ import annotations
@@ -63,6 +64,19 @@ def floor(paths: list[Path], out: Path) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - used
 
 
+def _anonymous(pid: int) -> int:
+    """The anonymous resident memory of process ``pid`` (``RssAnon``, bytes; 0 where absent):
+    the driver's RSS less the libraries' pages, which move ~50 MB from one run to the next."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class PeakRSS:
     """Samples the RSS of a process and all its children."""
 
@@ -70,6 +84,8 @@ class PeakRSS:
         self.proc = psutil.Process(pid)
         self.peak = 0
         self.peaks: dict[int, int] = {}
+        self.driver_anon = 0  # the driver's (the process itself) peak anonymous RSS, bytes
+        self.driver_threads = 0  # and most threads at once
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -81,6 +97,8 @@ class PeakRSS:
                 rss = sum(sizes.values())
                 for pid, size in sizes.items():
                     self.peaks[pid] = max(self.peaks.get(pid, 0), size)
+                self.driver_anon = max(self.driver_anon, _anonymous(self.proc.pid))
+                self.driver_threads = max(self.driver_threads, self.proc.num_threads())
             except psutil.Error:
                 rss = 0
             self.peak = max(self.peak, rss)
@@ -115,6 +133,8 @@ def lake_ingest(corpus: Path, work: Path) -> tuple[float, int, list[int], float]
     cpu = _children_cpu() - used
     if proc.returncode not in (0, 3):  # 3: some files quarantined (the PHI-rich corpus's are)
         raise SystemExit(f"lake ingest failed ({proc.returncode}): {err.decode()[-2000:]}")
+    print(f"  (lake ingest of {corpus.name}: driver's anonymous RSS up to "
+          f"{rss.driver_anon / 1e6:.0f} MB, threads up to {rss.driver_threads})", flush=True)
     return elapsed, rss.peak, sorted(rss.peaks.values(), reverse=True), cpu
 
 
