@@ -253,10 +253,11 @@ def test_a_data_file_gone_before_the_one_file_read_falls_back_to_the_query(
         raise FileNotFoundError("removed meanwhile")
 
     monkeypatch.setattr(DataFiles, "read", gone)
+    read = _cohort._MEMBER_COLUMNS
     assert _cohort._members_of_one_file(lk, CT_QUERY, "SeriesInstanceUID", lk.version,
-                                        lk.tables.data_files("instances")) is None
+                                        lk.tables.data_files("instances"), read) is None
     assert _cohort._members_at_once(lk, CT_QUERY, lk.version,
-                                    lk.tables.data_files("instances")) == (
+                                    lk.tables.data_files("instances"), read) == (
         "SeriesInstanceUID", None)
     assert resolve_cohort(lk, CT_QUERY) == expected
 

@@ -424,7 +424,7 @@ def test_a_one_file_version_is_read_once_for_plan_and_headers(
     find = _runner._MemberFiles.find.__func__  # type: ignore[attr-defined]
     with monkeypatch.context() as patch:  # as for several files: each purpose reads it
         patch.setattr(_runner._MemberFiles, "find", classmethod(
-            lambda cls, files, wanted, columns=(): find(cls, files, wanted)))
+            lambda cls, files, wanted, columns=(), read=None: find(cls, files, wanted)))
         apart = export_dicom(loaded, "everything", tmp_path / "apart", scheduler="sync")
     assert len(reads) == 3
     assert once.manifest == apart.manifest and tree(tmp_path / "once") == tree(tmp_path / "apart")
@@ -437,6 +437,39 @@ def test_a_one_file_version_is_read_once_for_plan_and_headers(
         patch.setattr(DataFiles, "footer", lambda self, path: TwoGroups())
         again = export_dicom(loaded, "everything", tmp_path / "once", scheduler="sync")
     assert again.up_to_date and [c for c in reads if "header_dicom" in c] == []
+
+
+def test_a_one_off_query_reads_its_one_file_once(
+    loaded: lake.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A one-off query's export on a version of one data file reads that file once, for the
+    cohort's members and the export's plan and headers together (it read it twice: the
+    members' columns, then the others), and writes the same files and manifest as when
+    the two are read apart."""
+    from lake.catalog import DataFiles
+    from lake.export import _runner, export_nifti
+
+    assert len(loaded.tables.data_files("instances").paths) == 1
+    read = DataFiles.read
+    reads: list[list[str]] = []
+
+    def counted(self: DataFiles, path: str, columns: list[str]) -> object:
+        if "/tables/instances/" in path:
+            reads.append(list(columns))
+        return read(self, path, columns)
+
+    monkeypatch.setattr(DataFiles, "read", counted)
+    once = export_nifti(loaded, ALL, tmp_path / "once", scheduler="sync")
+    assert len(reads) == 1
+    assert {"pixel_bytes", "header_sha256", "header_dicom", "pixel_vr"} <= set(reads[0])
+    reads.clear()
+    find = _runner._MemberFiles.find.__func__  # type: ignore[attr-defined]
+    with monkeypatch.context() as patch:  # the rows read by the resolution left unused
+        patch.setattr(_runner._MemberFiles, "find", classmethod(
+            lambda cls, files, wanted, columns=(), read=None: find(cls, files, wanted, columns)))
+        apart = export_nifti(loaded, ALL, tmp_path / "apart", scheduler="sync")
+    assert len(reads) == 2
+    assert once.manifest == apart.manifest and tree(tmp_path / "once") == tree(tmp_path / "apart")
 
 
 def test_rerunning_a_finished_export_writes_nothing(loaded: lake.Lake, tmp_path: Path) -> None:
@@ -564,3 +597,15 @@ def test_process_scheduler(loaded: lake.Lake, tmp_path: Path) -> None:
     assert progress[0] == (0, total) and progress[-1] == (total, total)
     assert sorted(d for d, _ in progress) == list(range(total + 1))
     assert result.written == total
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (3 << 20) + 7])
+def test_sha256_file_read_or_mapped_is_the_content_hash(tmp_path: Path, size: int) -> None:
+    """Files below 1 MiB are read in chunks, larger ones hashed through a memory map: the
+    digest is the sha256 of the content either way (sizes on both sides of the line)."""
+    import hashlib
+
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path = tmp_path / "file.bin"
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()

@@ -113,6 +113,58 @@ def test_an_erasure_by_another_lake_makes_a_kept_version_unreadable(
     assert after.manifest["cohort"]["instances"] == 3
 
 
+def test_a_kept_erasures_table_is_not_looked_for_again(
+    lk: lake.Lake, vault_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open lake's second export does not ask whether the ``erasures`` table exists
+    (its latest snapshot is kept and brought up to date: an erasure since is seen, above);
+    the first one does."""
+    write_ct_series(tmp_path / "a", 3, patient_id="PAT-1")
+    lk.ingest([str(tmp_path / "a")], vault=vault_dir, scheduler="sync")
+    real = tables_module.DeltaTable.is_deltatable
+    asked: list[str] = []
+
+    def looked_for(uri: str, storage_options: dict[str, str] | None = None) -> bool:
+        asked.append(uri)
+        return bool(real(uri, storage_options=storage_options))
+
+    monkeypatch.setattr(tables_module.DeltaTable, "is_deltatable", staticmethod(looked_for))
+    fresh = lake.open(lk.root)
+    export_nifti(fresh, SERIES, tmp_path / "out1", scheduler="sync")
+    assert any(uri.endswith("/erasures") for uri in asked)
+    asked.clear()
+    second = export_nifti(fresh, SERIES, tmp_path / "out2", scheduler="sync")
+    assert not [uri for uri in asked if uri.endswith("/erasures")]
+    assert second.manifest["cohort"]["instances"] == 3
+
+
+def test_a_kept_latest_table_is_brought_up_to_date_only_after_a_new_commit(
+    lk: lake.Lake, lake_root: Path, vault_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a local lake, a kept latest table whose log holds no commit file after its version
+    is not brought up to date (``update_incremental`` lists the log); after another
+    process's commit it is, and the new version is read."""
+    write_ct_series(tmp_path / "a", 2, patient_id="PAT-A")
+    lk.ingest([str(tmp_path / "a")], vault=vault_dir, scheduler="sync")
+    before = lk.tables.latest(INSTANCES.name)[0]
+    kept = lk.tables._kept._latest[INSTANCES.name].delta
+    real = kept.update_incremental
+    calls: list[int] = []
+
+    def counted() -> None:
+        calls.append(1)
+        real()
+
+    monkeypatch.setattr(kept, "update_incremental", counted)
+    assert lk.tables.latest(INSTANCES.name)[0] == before and calls == []
+    write_ct_series(tmp_path / "b", 2, patient_id="PAT-B")
+    _ingest_elsewhere(lake_root, vault_dir, tmp_path / "b")
+    after = lk.tables.latest(INSTANCES.name)
+    assert calls == [1] and after[0] == _fresh(lk, INSTANCES.name)[0] > before
+    assert after[1].paths == _fresh(lk, INSTANCES.name)[1]
+
+
 def test_a_data_file_removed_from_a_kept_version_is_refused(
     lk: lake.Lake, vault_dir: Path, tmp_path: Path
 ) -> None:

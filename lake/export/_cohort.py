@@ -36,12 +36,14 @@ __all__ = [
     "COHORTS",
     "Cohort",
     "CohortSummary",
+    "FileRows",
     "Member",
     "create_cohort",
     "list_cohorts",
     "load_cohort",
     "resolve",
     "resolve_cohort",
+    "resolve_reading",
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -235,6 +237,35 @@ def resolve_cohort(lake: Lake, sql: str, *, as_of: int | None = None) -> Cohort:
     ExportError
         If it selects no instance.
     """
+    return _resolved(lake, sql, as_of, ())[0]
+
+
+class FileRows(NamedTuple):
+    """The rows of the one data file of a catalog version, read once to resolve a cohort:
+    ``table`` holds every row of ``path`` (not only the members'), with the member columns
+    and the others asked of :func:`resolve_reading` that the version's schema has."""
+
+    path: str
+    table: pa.Table
+
+
+def resolve_reading(lake: Lake, cohort_or_sql: Cohort | str,
+                    columns: Sequence[str]) -> tuple[Cohort, FileRows | None]:
+    """:func:`resolve`, and the rows of the one data file it read the members from, with
+    ``columns`` too (those the version has), when it read them so (a one-off query on a
+    small lake: :func:`_one_row_group`), else None: an export reads its members' rows for
+    plan and headers from them instead of reading that file a second time."""
+    if isinstance(cohort_or_sql, Cohort):
+        return cohort_or_sql, None
+    text = cohort_or_sql.strip()
+    if _NAME.match(text):
+        return load_cohort(lake, text), None
+    return _resolved(lake, text, None, columns)
+
+
+def _resolved(lake: Lake, sql: str, as_of: int | None,
+              columns: Sequence[str]) -> tuple[Cohort, FileRows | None]:
+    """:func:`resolve_cohort`, and the :class:`FileRows` it read (with ``columns``), if any."""
     from lake import __version__
 
     query = _clean_query(sql)
@@ -249,14 +280,18 @@ def resolve_cohort(lake: Lake, sql: str, *, as_of: int | None = None) -> Cohort:
     # column they need (a lake older than them: the query path says what is missing)
     one_file = (current if small and current is not None
                 and set(_MEMBER_COLUMNS) <= set(current.schema.names) else None)
-    at_once = None if one_file is None else _members_at_once(lake, query, version, one_file)
+    # (the columns read from it: the members' and the caller's that this version has)
+    held_names: set[str] = set() if one_file is None else set(one_file.schema.names)
+    read = [c for c in dict.fromkeys([*_MEMBER_COLUMNS, *columns]) if c in held_names]
+    at_once = None if one_file is None else _members_at_once(lake, query, version, one_file, read)
+    held: tuple[pa.Table, FileRows] | None = None
     if at_once is not None:
-        key, table = at_once
+        key, held = at_once
     else:
         key = _member_key(lake.sql(query, as_of=version).columns)
-        table = None
         if one_file is not None:
-            table = _members_of_one_file(lake, query, key, version, one_file)
+            held = _members_of_one_file(lake, query, key, version, one_file, read)
+    table, rows = (None, None) if held is None else held
     if table is None:
         dates = None
         if key == "SeriesInstanceUID" and not small:
@@ -284,7 +319,7 @@ def resolve_cohort(lake: Lake, sql: str, *, as_of: int | None = None) -> Cohort:
         table.column("pixel_hash").to_pylist(), stored, strict=True,
     )))
     profiles = tuple(sorted({p for p in table.column("profile").to_pylist() if p is not None}))
-    return Cohort(
+    cohort = Cohort(
         name=None,
         query=query,
         catalog_version=version,
@@ -293,6 +328,7 @@ def resolve_cohort(lake: Lake, sql: str, *, as_of: int | None = None) -> Cohort:
         pixel_bytes=int(pc.sum(table.column("pixel_bytes")).as_py() or 0),
         lake_version=__version__,
     )
+    return cohort, rows
 
 
 def _fetched(relation: duckdb.DuckDBPyRelation) -> pa.Table:
@@ -309,37 +345,39 @@ _MEMBER_COLUMNS = ("SeriesInstanceUID", "SOPInstanceUID", "pixel_hash", "header_
                    "pixel_bytes", "profile")
 
 
-def _members_of_one_file(lake: Lake, query: str, key: str, version: int,
-                         files: DataFiles) -> pa.Table | None:
+def _members_of_one_file(lake: Lake, query: str, key: str, version: int, files: DataFiles,
+                         read: Sequence[str]) -> tuple[pa.Table, FileRows] | None:
     """The rows :func:`_member_query` returns (``pixel_bytes`` null where it gives 0), for
     ``instances`` rows that are one row group of one local data file (:func:`_one_row_group`):
     DuckDB runs the cohort query for its keys alone (once: ``Lake._execute``), and the
     member rows are that file's, read with pyarrow. DuckDB's scan of the
     ``instances`` view (its typed select list over every column) was two thirds of the
     member query's CPU on a small lake, where the file is read whole anyway. ``files`` hold
-    the member columns (the caller checked). None when the keys are not strings or the
-    file cannot be read (:func:`_rows_holding`)."""
+    the member columns (the caller checked); ``read``: the columns read from the file, with
+    the rows it holds (:func:`_rows_holding`). None when the keys are not strings or the
+    file cannot be read."""
     description, found = lake._execute(
         _with(query) + f"SELECT DISTINCT {key} FROM cohort_query WHERE {key} IS NOT NULL",
         as_of=version,
     )
     if str(description[0][1]) != "VARCHAR":
         return None  # a key of another type: the member query says why it cannot compare
-    return _rows_holding(files, key, [value for (value,) in found])
+    return _rows_holding(files, key, [value for (value,) in found], read)
 
 
 _KEYS = ("SOPInstanceUID", "SeriesInstanceUID")
 
 
-def _members_at_once(lake: Lake, query: str, version: int,
-                     files: DataFiles) -> tuple[str, pa.Table | None] | None:
+def _members_at_once(
+    lake: Lake, query: str, version: int, files: DataFiles, read: Sequence[str]
+) -> tuple[str, tuple[pa.Table, FileRows] | None] | None:
     """The cohort's key column (:func:`_member_key`) and the rows of
     :func:`_members_of_one_file` (None where it gives None) from one run of the cohort
     query: its distinct values of whichever of the two UID columns it returns. What
     choosing the key first costs is a bind of the query of its own (~1 ms of CPU, a tenth
     of a small export's fixed cost). None when that run fails (a query returning neither
     column, or failing): the caller then takes the path that says why, in the lake's words.
-    ``files``: as for :func:`_members_of_one_file`.
+    ``files``, ``read``: as for :func:`_members_of_one_file`.
     """
     try:
         description, found = lake._execute(
@@ -354,23 +392,28 @@ def _members_at_once(lake: Lake, query: str, version: int,
     at = names.index(key)
     if str(description[at][1]) != "VARCHAR":
         return key, None  # a key of another type: the member query says why it cannot compare
-    return key, _rows_holding(files, key, {row[at] for row in found} - {None})
+    return key, _rows_holding(files, key, {row[at] for row in found} - {None}, read)
 
 
-def _rows_holding(files: DataFiles, key: str, values: Collection[str]) -> pa.Table | None:
+def _rows_holding(files: DataFiles, key: str, values: Collection[str],
+                  read: Sequence[str]) -> tuple[pa.Table, FileRows] | None:
     """The :data:`_MEMBER_COLUMNS` of the rows of the one data file of ``files`` whose
-    ``key`` is one of ``values``, sorted as :func:`_member_query` sorts them; None when the
-    file cannot be read."""
+    ``key`` is one of ``values``, sorted as :func:`_member_query` sorts them, and the
+    file's rows as read (``read``: the member columns and others, in one read); None when
+    the file cannot be read."""
     keys = string_set(values)  # (in_set's value set: large strings)
+    path = files.paths[0]
     try:
-        rows = files.read(files.paths[0], _MEMBER_COLUMNS)
+        every = files.read(path, read)
     except OSError:
         return None  # removed meanwhile ('lake forget' + 'lake vacuum'): the query says so
+    rows = every.select(list(_MEMBER_COLUMNS))
     rows = rows.filter(in_set(rows.column(key), keys))
     # pixel_bytes stays null where the query's coalesce gives 0: only its sum is used, and
     # a sum skips nulls (filling them from a Python 0 would import pandas: pyarrow converts
     # Python values through it)
-    return rows.sort_by([("SeriesInstanceUID", "ascending"), ("SOPInstanceUID", "ascending")])
+    return (rows.sort_by([("SeriesInstanceUID", "ascending"), ("SOPInstanceUID", "ascending")]),
+            FileRows(path, every))
 
 
 def _header_hashes(lake: Lake, members: pa.Table, version: int) -> dict[str, str]:

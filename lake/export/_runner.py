@@ -26,7 +26,7 @@ import pyarrow as pa
 from lake._errors import ExportError, IntegrityError
 from lake.catalog import DataFiles, in_set, string_set
 from lake.compute import AUTO, EXPORT_CROSSOVER, Runner, Workload
-from lake.export._cohort import Cohort, resolve
+from lake.export._cohort import Cohort, FileRows, resolve_reading
 from lake.export._manifest import (
     JOURNAL_NAME,
     MANIFEST_NAME,
@@ -341,17 +341,22 @@ class _MemberFiles:
 
     @classmethod
     def find(cls, files: DataFiles, wanted: Sequence[str],
-             columns: Sequence[str] = ()) -> _MemberFiles:
+             columns: Sequence[str] = (), read: FileRows | None = None) -> _MemberFiles:
         """The files holding ``wanted``; the member rows' ``columns`` kept when there is one
-        file of one row group."""
+        file of one row group. ``read``: that file's rows, read already (by the cohort's
+        resolution, :func:`lake.export._cohort.resolve_reading`), used when they hold every
+        column asked."""
         members = string_set(set(wanted))
         once = bool(columns) and len(files.paths) == 1 and (
             files.footer(files.paths[0]).num_row_groups == 1)
         names = list(dict.fromkeys(["SOPInstanceUID", *columns])) if once else ["SOPInstanceUID"]
+        if read is not None and (files.paths != (read.path,)
+                                 or not set(names) <= set(read.table.column_names)):
+            read = None
         masks = []
         kept = None
         for path in files.paths:
-            table = files.read(path, names)
+            table = files.read(path, names) if read is None else read.table.select(names)
             mask = in_set(table.column(0), members)
             if once:
                 kept = table.filter(mask)
@@ -379,12 +384,13 @@ class _MemberFiles:
             yield table
 
 
-def _load_refs(cohort: Cohort, columns: Sequence[str],
-               files: DataFiles) -> tuple[list[InstanceRef], _MemberFiles]:
+def _load_refs(cohort: Cohort, columns: Sequence[str], files: DataFiles,
+               read: FileRows | None = None) -> tuple[list[InstanceRef], _MemberFiles]:
     wanted = [m.sop_uid for m in cohort.members]
     names = list(dict.fromkeys([*_REF_COLUMNS, *columns]))
-    # (the headers too, for _tasks, where the version is one file: read once)
-    located = _MemberFiles.find(files, wanted, [*names, "header_dicom"])
+    # (the headers too, for _tasks, where the version is one file: read once, with the
+    # cohort's members when its resolution read them from that file: ``read``)
+    located = _MemberFiles.find(files, wanted, [*names, "header_dicom"], read)
     found = list(located.rows(names))
     # column by column (Table.to_pylist builds a dict per row in Python: a tenth of a small
     # export's CPU with the NIfTI columns), then one tuple per row
@@ -627,12 +633,15 @@ def run_export(
         If the catalog or blobs no longer match the cohort.
     """
     lake.location.refuse_inside(out)
-    cohort = resolve(lake, cohort_or_sql)
+    # (a one-off query on a small lake reads its one data file once, for members and rows)
+    cohort, read = resolve_reading(
+        lake, cohort_or_sql,
+        [*_REF_COLUMNS, *spec.columns, *spec.optional_columns, "header_dicom"])
     # the instances table at the cohort's version, opened once for the whole export
     instances = lake.tables.data_files("instances", cohort.catalog_version)
     stored = set(instances.schema.names)
     columns = [*spec.columns, *(c for c in spec.optional_columns if c in stored)]
-    refs, located = _load_refs(cohort, columns, instances)
+    refs, located = _load_refs(cohort, columns, instances, read)
     skipped: list[Skip] = []
     if spec.select is not None:
         refs, skipped = spec.select(refs)
