@@ -600,9 +600,9 @@ def test_process_scheduler(loaded: lake.Lake, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (3 << 20) + 7])
-def test_sha256_file_read_or_mapped_is_the_content_hash(tmp_path: Path, size: int) -> None:
-    """Files below 1 MiB are read in chunks, larger ones hashed through a memory map: the
-    digest is the sha256 of the content either way (sizes on both sides of the line)."""
+def test_sha256_file_is_the_content_hash(tmp_path: Path, size: int) -> None:
+    """The digest is the sha256 of the content, empty files and sizes around the reader's
+    buffer included."""
     import hashlib
 
     data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import uuid
 import zipfile
@@ -51,9 +50,6 @@ _NIFTI_TMP_PREFIX = ".lake-nifti-"
 _NIFTI_TMP_SUFFIX = ".part"
 # Zip entries carry this timestamp (the earliest a zip can hold) so archives are reproducible.
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-_CHUNK = 1 << 20
-#: Files of this many bytes or more are hashed through a memory map (:func:`sha256_file`).
-_MAPPED = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -112,21 +108,13 @@ class TaskResult:
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """The sha256 (hex) of a file's content.
 
-    A file of :data:`_MAPPED` bytes or more is hashed from a read-only memory map of it:
-    sha256 then reads the page cache in place instead of copying the file into chunks
-    first (a volume of 21 MB: 12.7 against 15.0 ms of CPU, the hash alone 12.4). The
-    export hashes the files it has just written (in the page cache); smaller ones are read.
-    (A file cut short by another process while it is hashed would end this one with
-    SIGBUS: the files hashed are the export's own, in its output folder.)
+    Read by :func:`hashlib.file_digest` (into one reused buffer, the hash without the GIL).
+    Not through a memory map, although that takes ~7 % less CPU on a large volume (21 MB:
+    15.0 against 16.1 ms): a file cut short by another process while mapped would end the
+    export with SIGBUS instead of an error.
     """
     with Path(path).open("rb") as fh:
-        if os.fstat(fh.fileno()).st_size >= _MAPPED:
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                return hashlib.sha256(mapped).hexdigest()
-        digest = hashlib.sha256()
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _tmp_path(final: Path) -> Path:
