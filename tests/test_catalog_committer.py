@@ -15,7 +15,6 @@ import pytest
 import lake.catalog._tables as tables_module
 from lake.catalog import BATCHES, INSTANCES, DeltaTables
 from lake.catalog._arrow_values import python_table
-from lake.catalog._committer import checkpoint_due
 from lake.catalog._journal import BatchJournal, record_batch
 from lake.catalog._retry import Backoff
 from lake.store import Location
@@ -65,15 +64,14 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 def test_commits_open_each_table_once_and_make_one_database(
         tmp_path: Path, counted: dict[str, int]) -> None:
     """Twenty commits (two segments of the key index written, summaries, batch rows): the two
-    tables written are opened once each, and again after the committer's checkpoints at their
-    10th and 20th commits, and one DuckDB database is made (fails before: every commit opened
-    both tables and made two databases or more)."""
+    tables written are opened once each and one DuckDB database is made (fails before: every
+    commit opened both tables and made two databases or more)."""
     tables = DeltaTables(Location(str(tmp_path / "lake")))
     tables.create_all()
     counted.update(opened=0, databases=0)
     for n in range(20):
         assert _commit(tables, [f"2.25.{n}.{i}" for i in range(5)], f"b{n:02d}") == 5
-    assert counted["opened"] == 6
+    assert counted["opened"] == 2
     assert counted["databases"] == 1
     assert counted["retried"] == 0
     assert tables.latest(INSTANCES.name)[0] == 20
@@ -136,61 +134,3 @@ def test_a_kept_table_is_opened_again_after_a_new_checkpoint(
     _commit(tables, ["2.25.4"], "b4")
     assert counted["opened"] == 2  # the checkpoint's open, then instances once
     assert tables.latest(INSTANCES.name)[0] == 4
-
-
-def _checkpoints(root: Path, name: str) -> list[int]:
-    return sorted(int(p.name.split(".")[0]) for p in (root / "tables" / name / "_delta_log").glob(
-        "*.checkpoint.parquet"))
-
-
-def test_the_committer_checkpoints_every_tenth_commit(
-        tmp_path: Path, counted: dict[str, int]) -> None:
-    """The 10th and 20th commits of a table (versions 9 and 19, as delta-rs counts for its own
-    at 99) write its checkpoint (delta-rs writes one every 100 only, and then replays up to 99
-    commit files at once: fails before, no checkpoint), and the next commit opens the table
-    at it; a judgement that commits nothing at such a version writes none again and keeps
-    the table."""
-    root = tmp_path / "lake"
-    last = root / "tables" / INSTANCES.name / "_delta_log" / "_last_checkpoint"
-    tables = DeltaTables(Location(str(root)))
-    tables.create_all()
-    counted.update(opened=0)
-    for n in range(19):
-        assert _commit(tables, [f"2.25.{n}"], f"b{n:02d}") == 1
-        if n == 7:
-            assert _checkpoints(root, INSTANCES.name) == []
-    assert _checkpoints(root, INSTANCES.name) == [9, 19]
-    assert _checkpoints(root, BATCHES.name) == [9, 19]
-    written = last.read_text()
-    assert _commit(tables, ["2.25.3"], "b-again") == 0  # instances: nothing committed at 19
-    assert _commit(tables, ["2.25.19"], "b19") == 1
-    assert last.read_text() == written
-    assert _checkpoints(root, INSTANCES.name) == [9, 19]
-    assert counted["opened"] == 2 * 3  # each table: first, after the 10th commit, the 20th
-    for name in (INSTANCES.name, BATCHES.name):
-        assert tables.open(name).version() == 20 + (name == BATCHES.name)
-
-
-class _Version:
-    """A table's version and properties, as :func:`checkpoint_due` reads them."""
-
-    def __init__(self, version: int, configuration: dict[str, str]) -> None:
-        self._version, self.configuration = version, configuration
-
-    def version(self) -> int:
-        return self._version
-
-    def metadata(self) -> _Version:
-        return self
-
-
-@pytest.mark.parametrize(("version", "configuration", "due"), [
-    (0, {}, False), (8, {}, False), (9, {}, True), (10, {}, False), (89, {}, True),
-    (99, {}, False),  # delta-rs's own (delta.checkpointInterval unset: 100)
-    (109, {}, True),
-    (19, {"delta.checkpointInterval": "20"}, False), (29, {"delta.checkpointInterval": "20"}, True),
-    (9, {"delta.checkpointInterval": "5"}, False),
-])
-def test_which_versions_the_committer_checkpoints(
-        version: int, configuration: dict[str, str], due: bool) -> None:
-    assert checkpoint_due(_Version(version, configuration)) is due  # type: ignore[arg-type]

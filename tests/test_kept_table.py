@@ -42,7 +42,7 @@ def test_the_committer_opens_again_on_a_delta_error_and_raises_any_other(
     kept, fresh = _Table(3), _Table(4)
     kept.error = error
     committer = Committer(lambda name: fresh, _no_local_log)  # type: ignore[arg-type, return-value]
-    committer.keep("instances", Writing(kept, 3, ""), committed=False)  # type: ignore[arg-type]
+    committer.keep("instances", Writing(kept, 3, ""))  # type: ignore[arg-type]
     if isinstance(error, RuntimeError):
         with pytest.raises(RuntimeError, match="a bug"):
             committer.table("instances")

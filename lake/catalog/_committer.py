@@ -14,20 +14,11 @@ for each query. Both cost more than the work of a small commit, and both grew th
 
 A kept table is used by one commit at a time: :meth:`Committer.table` takes it out and
 :meth:`Committer.keep` puts it back after a successful commit (or a judgement that commits
-nothing); a commit that fails keeps nothing, and the next one opens the table again. The
-table a commit judges is the one it writes through, so the compare-and-swap of
-``insert_new`` is unchanged: deltalake commits at the version the table object was brought
-to. Readers never see these objects (they use :class:`~lake.catalog._kept.KeptSnapshots`).
-
-Every :data:`CHECKPOINT_EVERY`-th commit of a table writes its checkpoint (delta-rs writes
-its own every ``delta.checkpointInterval``-th, 100 by default, and is left to). Writing a
-checkpoint, as opening a table, replays the log from the checkpoint before: at delta-rs's
-100th commit that was up to 99 commit files read at once, one tokio blocking thread each (the
-driver's threads 23 -> 111, its anonymous memory +21 to +36 MB: docs/performance.md, "Memory
-from 2,000 to 50,000 files"); here it is at most ten. And a kept table, which grows with
-every commit it is brought up to date across, is opened again at the new checkpoint (the
-commit keeps nothing: the next one opens the table), on an object store too. The tables'
-properties are not changed: readers and other writers see only more checkpoint files.
+nothing); a commit that fails keeps
+nothing, and the next one opens the table again. The table a commit judges is the one it
+writes through, so the compare-and-swap of ``insert_new`` is unchanged: deltalake commits
+at the version the table object was brought to. Readers never see these objects (they use
+:class:`~lake.catalog._kept.KeptSnapshots`).
 
 Safe to share between threads; a pickled ``DeltaTables`` keeps none of it.
 """
@@ -46,13 +37,7 @@ if TYPE_CHECKING:
     import duckdb
     from deltalake import DeltaTable
 
-__all__ = ["CHECKPOINT_EVERY", "Committer", "Writing", "checkpoint_due"]
-
-CHECKPOINT_EVERY = 10
-"""The committer writes a table's checkpoint every this many commits (:func:`checkpoint_due`)."""
-
-_DELTA_INTERVAL = "100"
-"""delta-rs's checkpoint interval when a table's ``delta.checkpointInterval`` is not set."""
+__all__ = ["Committer", "Writing"]
 
 Writing = KeptTable
 """A table taken for one commit (:meth:`Committer.table`): commit through its ``delta``."""
@@ -71,16 +56,6 @@ def _database() -> duckdb.DuckDBPyConnection:
                         ).fetchall() == [(1,)]:  # (DuckDB 2 on)
         database.execute("SET async_threads = 0")
     return database
-
-
-def checkpoint_due(delta: DeltaTable) -> bool:
-    """Whether ``delta``'s version, just committed, is one the committer writes a checkpoint of:
-    every :data:`CHECKPOINT_EVERY`-th commit of the table (versions 9, 19, ...: delta-rs counts
-    so too, its own checkpoints being at versions 99, 199, ...), less those delta-rs writes
-    itself (every ``delta.checkpointInterval``-th)."""
-    commits = int(delta.version()) + 1
-    interval = int(delta.metadata().configuration.get("delta.checkpointInterval", _DELTA_INTERVAL))
-    return commits % CHECKPOINT_EVERY == 0 and (interval <= 0 or commits % interval != 0)
 
 
 class Committer:
@@ -111,17 +86,8 @@ class Committer:
             kept = self._idle.pop(name, None)
         return current(kept, self._open, self._log_path, name)
 
-    def keep(self, name: str, writing: Writing, *, committed: bool) -> None:
-        """Keep ``writing`` (taken from :meth:`table`) for the next commit.
-
-        When a commit went through it (``committed``) and made a version due a checkpoint
-        (:func:`checkpoint_due`), the checkpoint is written instead and nothing is kept: the
-        next commit opens the table at that checkpoint. An error writing it is raised (the
-        commit itself has landed).
-        """
-        if committed and checkpoint_due(writing.delta):
-            writing.delta.create_checkpoint()
-            return
+    def keep(self, name: str, writing: Writing) -> None:
+        """Keep ``writing`` (taken from :meth:`table`, committed through) for the next commit."""
         with self._lock:
             self._idle[name] = writing
 

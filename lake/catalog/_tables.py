@@ -561,7 +561,7 @@ class DeltaTables:
             except CommitFailedError as exc:
                 backoff.failed(exc)
                 continue
-            self._committer.keep(table.name, writing, committed=True)
+            self._committer.keep(table.name, writing)
             return version
 
     def insert_new(
@@ -658,7 +658,7 @@ class DeltaTables:
             decision = decided if isinstance(decided, Decision) else Decision(*decided)
             append, metadata = decision.rows, decision.metadata
             if append.num_rows == 0 and not commit_empty:
-                self._committer.keep(table.name, writing, committed=False)
+                self._committer.keep(table.name, writing)
                 return Inserted(append, read, committed=False)
             replace = None
             if decision.replace:
@@ -675,7 +675,7 @@ class DeltaTables:
                     f"{read + 1}: this deltalake release does not honour "
                     "max_commit_retries=0; install the version pinned in pyproject.toml"
                 )
-            self._committer.keep(table.name, writing, committed=True)
+            self._committer.keep(table.name, writing)
             return Inserted(append, version, committed=True)
 
     def lookup(
