@@ -305,7 +305,10 @@ def _made_folders(folder: str) -> list[str]:
     another process may have made it a moment ago and not yet synced its parent, and a
     file written durably in it must not lose its name to a power loss (one ``fsync`` of
     the parent; a blob write tries ``mkdir`` only after its folder was found missing). A
-    file in the way raises FileExistsError.
+    file in the way raises FileExistsError. Not covered: a folder another process made
+    whose entry it has not synced yet, found here by a file ``open`` that succeeds (no
+    ``mkdir`` is tried): a power loss may then take this file's name with the folder until
+    that process's own durable write (or :func:`flush`) syncs the folder's parent.
     """
     pending = [folder]
     made: list[str] = []
