@@ -308,3 +308,30 @@ def test_audit_finder_finds_exactly_what_the_token_pattern_finds() -> None:
     assert checked > 2000
     assert names("GET /dicomweb/studies/{study}/series 200") is False
     assert names("2.25.1234") and not names("2.25.12345") and not names("1.2.2.25.1234")
+
+
+def test_a_killed_checkpoint_write_neither_stops_forget_nor_outlives_it(
+    lk: lake.Lake, lake_root: Path, vault_dir: Path, populated: dict[str, object]
+) -> None:
+    """delta-rs stages a checkpoint as ``NNN.checkpoint.parquet#1`` and renames it into place:
+    a write killed before the rename leaves a partial file no reader opens, which may hold the
+    statistics of rows to erase. Forget removes an old one (before: it tried to read it as a
+    checkpoint and stopped on 'Parquet magic bytes not found'); a young one may be a write in
+    progress, so forget stops with a one-line message, and running it again finishes the job."""
+    import time
+
+    from lake.steward._history import STAGED_AGE
+
+    target = str(populated["target"])
+    log = lake_root / "tables" / "instances" / "_delta_log"
+    staged = log / "00000000000000000003.checkpoint.parquet#1"
+    staged.write_bytes(b"PAR1" + target.encode() * 4)  # partial: no footer
+    young = _cli(lake_root, vault_dir, "forget", "--patient", target, "--yes")
+    assert young.returncode != 0 and "being written; re-run the command" in young.stderr
+    assert "Traceback" not in young.stderr and staged.exists()
+    old = time.time() - STAGED_AGE - 60
+    os.utime(staged, (old, old))
+    done = _cli(lake_root, vault_dir, "forget", "--patient", target, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert not staged.exists()
+    assert not [p for p in log.iterdir() if target.encode() in p.read_bytes()]

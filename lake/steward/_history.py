@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -45,6 +46,13 @@ __all__ = [
 
 ERASED = "<erased>"
 _LOG = "_delta_log"
+# A checkpoint's name (the Delta protocol's single-file and multi-part forms), and the
+# name delta-rs's local object store stages it under before renaming it into place: a
+# write killed before its rename leaves a staged file, partial, that no reader opens.
+_CHECKPOINT = re.compile(r"\d{20}\.checkpoint(?:\.\d{10}\.\d{10})?\.parquet")
+_STAGED = re.compile(r"\d{20}\.checkpoint(?:\.\d{10}\.\d{10})?\.parquet#\d+")
+STAGED_AGE = 600.0
+"""Seconds after which a staged checkpoint is a killed write's leftover, not one in progress."""
 
 Match = Callable[[pa.Table], pa.Array]
 """Given rows (some columns of one data file), which of them are to be erased."""
@@ -213,12 +221,31 @@ def _scrub_commits(
     return changed
 
 
-def _checkpoints(tables: DeltaTables, table: Table) -> list[str]:
+def _checkpoints(tables: DeltaTables, table: Table, name: re.Pattern[str] = _CHECKPOINT
+                 ) -> list[str]:
     fs = tables.location.fs
     folder = f"{_table_dir(tables, table)}/{_LOG}"
     return sorted(
-        str(p) for p in fs.ls(folder, detail=False) if ".checkpoint." in str(p).rsplit("/", 1)[-1]
+        str(p) for p in fs.ls(folder, detail=False)
+        if name.fullmatch(str(p).rsplit("/", 1)[-1])
     )
+
+
+def _remove_staged(tables: DeltaTables, table: Table, now: float) -> int:
+    """Remove the staged checkpoints of killed writes (they may hold erased files' statistics
+    and cannot be read to tell); one younger than :data:`STAGED_AGE` may be a write in
+    progress, so the erasure stops and asks to be run again."""
+    fs = tables.location.fs
+    removed = 0
+    for staged in _checkpoints(tables, table, _STAGED):
+        if now - float(fs.info(staged)["mtime"]) < STAGED_AGE:
+            raise CatalogError(
+                f"a checkpoint of {table.name!r} is being written; re-run the command in "
+                f"{int(STAGED_AGE) // 60} minutes"
+            )
+        fs.rm_file(staged)
+        removed += 1
+    return removed
 
 
 def _describes(tables: DeltaTables, checkpoint: str, files: frozenset[str]) -> bool:
@@ -241,8 +268,10 @@ def erase_files(
     Raises
     ------
     CatalogError
-        If the current version still reads one of ``files`` (delete its rows first), or
-        an erased identifier cannot be scrubbed from the log.
+        If the current version still reads one of ``files`` (delete its rows first), a
+        checkpoint of the table is being written (a staged one younger than
+        :data:`STAGED_AGE`: run it again later), or an erased identifier cannot be scrubbed
+        from the log.
     """
     chosen = frozenset(files)
     wanted = {t for t in tokens if t}
@@ -255,8 +284,8 @@ def erase_files(
             f"{len(live)} data file(s) of {table.name!r} holding erased rows are in use by its "
             "current version (written again meanwhile?); re-run the command"
         )
+    removed = _remove_staged(tables, table, time.time()) if tables.location.is_local else 0
     scrubbed = _scrub_commits(tables, table, chosen, secret)
-    removed = 0
     stale = [c for c in _checkpoints(tables, table) if _describes(tables, c, chosen)]
     if stale:
         tables.open(table.name).create_checkpoint()  # _last_checkpoint now names this one
