@@ -89,7 +89,12 @@ class KeptSnapshots:
         there and the next one is not (a Delta commit, and a checkpoint with it, is the
         next version's commit file). Two ``stat`` calls, where bringing the kept table up
         to date (:func:`~lake.catalog._kept_table.current`) reads the checkpoint pointer and
-        lists the log (~0.5 ms of CPU). A table on an object store is brought up to date."""
+        lists the log (~0.5 ms of CPU). A table on an object store is brought up to date.
+        It relies on what a local POSIX filesystem gives (a commit file appears whole, at
+        once, to every later ``stat``; on NFS a cached negative ``stat`` may lag for the
+        attribute cache's seconds, as the listing it replaces could) and on no step of the
+        lake removing a table: one deleted and made again by hand at a lower version would
+        go on being served from memory until the lake is opened again."""
         path = self._log_path(name, version)
         return bool(path) and os.path.exists(path) and not os.path.exists(
             self._log_path(name, version + 1))
