@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lake
 from benchmarks._corpus import make_corpus, make_phi_corpus
+from benchmarks.ingest_outputs import blobs_digest, outcome_digest
 from lake._capture import capture
 from lake.ingest import Accepted, IngestContext, Ingestor, process_bytes
 from lake.store import resolve
@@ -94,36 +95,6 @@ def one_round(files: list[tuple[str, bytes]], profile: str, work: Path,
     return time.process_time() - started, outcomes
 
 
-def _value(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return "bytes:" + hashlib.sha256(bytes(value)).hexdigest()
-    if isinstance(value, list | tuple):
-        return [_value(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _value(v) for k, v in sorted(value.items())}
-    return repr(value)
-
-
-def _digest(outcome: Any) -> str:
-    if isinstance(outcome, Accepted):
-        what: Any = {"row": _value(outcome.row), "actions": sorted(outcome.actions.items()),
-                     "blob_written": outcome.blob_written, "bytes_in": outcome.bytes_in}
-    else:
-        record = dict(outcome.record)
-        record.pop("object_key", None)  # sealed with a random nonce
-        what = {"rejected": _value(record)}
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
-
-
-def _blobs(root: Path) -> str:
-    digest = hashlib.sha256()
-    blobs = root / "blobs"
-    for path in sorted(blobs.rglob("*")) if blobs.exists() else []:
-        if path.is_file():
-            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,8 +130,8 @@ def main() -> None:
         files = corpus(name)
         with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
             _, outcomes = one_round(files, args.profile, Path(tmp))
-            blobs = _blobs(Path(tmp) / "lake")
-        result[name] = {"outcomes": {f: _digest(o) for (f, _), o in zip(files, outcomes,
+            blobs = blobs_digest(Path(tmp) / "lake")
+        result[name] = {"outcomes": {f: outcome_digest(o) for (f, _), o in zip(files, outcomes,
                                                                        strict=True)},
                         "blobs": blobs}
         kinds: dict[str, int] = {}

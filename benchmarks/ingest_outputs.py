@@ -75,7 +75,9 @@ def _value(value: Any) -> Any:
     return repr(value)
 
 
-def _digest(outcome: object) -> str:
+def outcome_digest(outcome: object) -> str:
+    """The sha256 of an ingest outcome: its row (every column), action counts, blob written and
+    bytes in, or its quarantine record (but the sealed object's random key)."""
     if isinstance(outcome, Accepted):
         what: Any = {"row": _value(outcome.row), "actions": sorted(outcome.actions.items()),
                      "blob_written": outcome.blob_written, "bytes_in": outcome.bytes_in}
@@ -88,7 +90,8 @@ def _digest(outcome: object) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
-def _blobs(root: Path) -> str:
+def blobs_digest(root: Path) -> str:
+    """The sha256 of every blob file of the lake at ``root``, paths and bytes."""
     digest = hashlib.sha256()
     blobs = root / "blobs"
     for path in sorted(blobs.rglob("*")) if blobs.exists() else []:
@@ -120,9 +123,9 @@ def run(sources: list[str], profile: str, work: Path) -> tuple[list[str], str, i
         started = time.process_time()
         outcomes, _ = _process_items(task, reading)
         cpu += time.process_time() - started
-        digests.extend(f"{os.path.relpath(os.path.abspath(item.path), root)}:{_digest(o)}"
+        digests.extend(f"{os.path.relpath(os.path.abspath(item.path), root)}:{outcome_digest(o)}"
                        for item, o in zip(task, outcomes, strict=True))
-    return digests, _blobs(work / "lake"), len(digests), cpu
+    return digests, blobs_digest(work / "lake"), len(digests), cpu
 
 
 def main() -> None:
