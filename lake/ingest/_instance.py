@@ -28,13 +28,13 @@ from lake._capture import capture
 from lake._errors import DeidRefusedError, InputRefusedError
 from lake.catalog._extract import dicom_values
 from lake.deid import Deidentifier
+from lake.ingest._dcmread import dcmread_bytes
 from lake.ingest._encode import canonical_uid, element_value, encode_part10, header_json
 from lake.ingest._header import within
 from lake.ingest._identity import identity_sha256
 from lake.ingest._limits import ReadLimits, describe
 from lake.ingest._nesting import deeper_than
 from lake.ingest._quarantine import store_rejected
-from lake.ingest._read import read_part10
 from lake.store import BlobStore, Location, blob_key
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def _parse(data: bytes, limits: ReadLimits) -> Dataset:
         raise InputRefusedError("empty", "the file is empty")
     try:
         stream = within(data, limits)
-        ds = read_part10(stream, data) if type(stream) is io.BytesIO else dcmread(stream)
+        ds = dcmread_bytes(stream, data) if type(stream) is io.BytesIO else dcmread(stream)
     except InvalidDicomError:
         try:
             ds = dcmread(within(data, limits), force=True)

@@ -3,14 +3,17 @@
 pydicom reads a dataset one element at a time through a generator that asks the file
 object for the 8 bytes of a header, then for the value, and makes each
 :class:`~pydicom.dataelem.RawDataElement` through the named tuple's Python constructor:
-~20 % of the per-file ingest of a CT/MR instance (issue 14.4). :func:`read_part10` reads
+~20 % of the per-file ingest of a CT/MR instance (issue 14.4). :func:`dcmread_bytes` reads
 the top-level dataset of an explicit or implicit VR little endian file from the bytes
 instead (``struct.unpack_from``, slices, the tuple made in C) and hands everything else to
 pydicom's own functions in the order ``read_partial`` calls them: the preamble, the file
 meta (with its conversions and log records), the command set, the transfer syntax look-up,
-the dataset built from the elements, the character set, the ``FileDataset``. The result is
-the dataset ``dcmread`` returns, element for element (``tests/test_ingest_read.py``
-compares them over pydicom's test files and damaged variants).
+the dataset built from the elements, the character set, the ``FileDataset``. Like pydicom's
+generator, it converts every (0008,0005) Specific Character Set it reads, not only the one
+left in the dataset, so a bad one raises and an unknown term warns as with ``dcmread``. The
+result is the dataset ``dcmread`` returns, element for element, with the same warnings and
+log records (``tests/test_ingest_read.py`` compares them over pydicom's test files and
+damaged variants).
 
 Anything the loop does not read exactly as pydicom's generator would is read by pydicom:
 another transfer syntax, a value of undefined length (sequences, encapsulated pixel data),
@@ -19,8 +22,11 @@ delimiter at the top level, a first element whose VR form differs from the trans
 syntax's (pydicom warns and switches), pydicom's debugging on. The loop has no side effect
 before it knows; pydicom then reads the dataset from where the loop started.
 
-Mirrors pydicom 3.0's ``read_partial``, ``read_dataset`` and ``data_element_generator``
-(private): check it again on a pydicom upgrade (pyproject pins ``pydicom<4``).
+It mirrors the behaviour of pydicom's private ``read_partial``, ``read_dataset`` and
+``data_element_generator`` and calls two private functions, as they are in the pydicom
+versions of ``CHECKED_VERSIONS``: with any other version installed (decided once, at
+import) :func:`dcmread_bytes` is plain ``dcmread``. Add a version only after reading its
+``filereader`` against this module and running ``tests/test_ingest_read.py`` with it.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from typing import Any
+from typing import Any, cast
 
+import pydicom
 import pydicom.uid as uids
-from pydicom import config
+from pydicom import config, filereader
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.config import logger
 from pydicom.dataelem import (
@@ -42,17 +49,16 @@ from pydicom.dataelem import (
 )
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import (
-    _read_command_set_elements,
-    _read_file_meta_info,
-    read_dataset,
-    read_preamble,
-)
+from pydicom.filereader import dcmread, read_dataset, read_preamble
 from pydicom.tag import BaseTag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
-from pydicom.values import converters
+from pydicom.values import convert_string, converters
 
-__all__ = ["read_part10"]
+__all__ = ["CHECKED_VERSIONS", "dcmread_bytes"]
+
+CHECKED_VERSIONS = frozenset({"3.0.2"})
+"""The pydicom versions whose reader this module was checked against (see above)."""
+_MIRRORED = pydicom.__version__ in CHECKED_VERSIONS
 
 _EXPLICIT = struct.Struct("<HH2sH")
 _IMPLICIT = struct.Struct("<HHL")
@@ -69,12 +75,13 @@ _Elements = dict[BaseTag, DataElement | RawDataElement]
 _new = tuple.__new__  # a RawDataElement of its nine fields, made in C (its _make is Python)
 
 
-def read_part10(stream: io.BytesIO, data: bytes) -> FileDataset:
+def dcmread_bytes(stream: io.BytesIO, data: bytes) -> FileDataset:
     """``dcmread(stream)`` of ``stream``, a ``BytesIO`` of ``data`` at its start.
 
     pydicom's ``read_partial`` step by step (``force``, ``stop_when``, ``defer_size`` and
     ``specific_tags`` left at ``dcmread``'s defaults), the dataset's elements read by
-    :func:`_elements` where it can.
+    :func:`_elements` where it can; ``dcmread`` itself with a pydicom version not in
+    :data:`CHECKED_VERSIONS`.
 
     Raises
     ------
@@ -82,6 +89,8 @@ def read_part10(stream: io.BytesIO, data: bytes) -> FileDataset:
         What ``dcmread`` raises for these bytes (``InvalidDicomError`` without the preamble,
         and so on): every step that can raise is pydicom's own.
     """
+    if not _MIRRORED:
+        return dcmread(stream)
     preamble = read_preamble(stream, False)
     file_meta = _file_meta(stream, data)
     start = stream.tell()
@@ -89,7 +98,7 @@ def read_part10(stream: io.BytesIO, data: bytes) -> FileDataset:
     # pydicom's read of a command set stops at a first tag of another group, having read at
     # most 12 bytes: an empty dataset, nothing logged.
     if config.debugging or len(data) - start < 12 or data[start:start + 2] == b"\x00\x00":
-        command_set = _read_command_set_elements(stream)
+        command_set = filereader._read_command_set_elements(stream)
     fileobj: Any = stream
     peek = fileobj.read(1)
     if peek != b"":
@@ -153,7 +162,7 @@ def _file_meta(stream: io.BytesIO, data: bytes) -> FileMetaDataset:
     start = stream.tell()
     found = _meta_elements(data, start)
     if found is None:
-        return _read_file_meta_info(stream)
+        return filereader._read_file_meta_info(stream)
     elements, end = found
     stream.seek(end)  # where pydicom's read stops: the first element of another group
     dataset = Dataset(elements, parent_encoding=default_encoding)  # read_dataset's steps
@@ -239,6 +248,7 @@ def _elements(data: bytes, pos: int, *, implicit: bool) -> _Elements | None:
         if (not (0x40 < first < 0x5B and 0x40 < second < 0x5B)) != implicit:
             return None
     elements: _Elements = {}
+    charsets: list[object] = []  # every (0008,0005) value read, in order
     new, short, long_vrs = _new, _SHORT, _LONG_VRS
     if implicit:
         unpack = _IMPLICIT.unpack_from
@@ -252,8 +262,11 @@ def _elements(data: bytes, pos: int, *, implicit: bool) -> _Elements | None:
             if pos > end:
                 return None
             value = data[at:pos] if length else empty_value_for_VR(None, raw=True)
+            if tag == _CHARSET:
+                charsets.append(value)
             key = BaseTag(tag)
             elements[key] = new(RawDataElement, (key, None, length, value, at, True, True, True, False))
+        _convert_charsets(charsets)
         return elements
     unpack = _EXPLICIT.unpack_from
     unpack_long = _LONG.unpack_from
@@ -275,6 +288,21 @@ def _elements(data: bytes, pos: int, *, implicit: bool) -> _Elements | None:
         if pos > end:
             return None
         value = data[at:pos] if length else empty_value_for_VR(vr, raw=True)
+        if tag == _CHARSET:
+            charsets.append(value)
         key = BaseTag(tag)
         elements[key] = new(RawDataElement, (key, vr, length, value, at, False, True, True, False))
+    _convert_charsets(charsets)
     return elements
+
+
+def _convert_charsets(values: list[object]) -> None:
+    """What pydicom's ``data_element_generator`` does on reading each (0008,0005) value:
+    convert it, which raises (a value that is no codec name: ``ValueError``; an unknown term
+    in pydicom's ``RAISE`` mode: ``LookupError``) or warns (an unknown or misspelt term) as
+    it would. Done once the loop has read the whole dataset, in the order read: pydicom does
+    nothing else between them that warns, logs or raises (and ``read_dataset`` catches
+    neither exception), so the outcome is the same; a loop that gives up has converted
+    nothing, and pydicom's own read converts them."""
+    for value in values:
+        convert_encodings(convert_string(cast(bytes, value) or b"", True))  # as pydicom casts
