@@ -678,9 +678,4 @@ def resolve(lake: Lake, cohort_or_sql: Cohort | str) -> Cohort:
     A string that is a valid cohort name (no spaces) names a saved cohort; anything
     else is run as SQL on the current catalog version.
     """
-    if isinstance(cohort_or_sql, Cohort):
-        return cohort_or_sql
-    text = cohort_or_sql.strip()
-    if _NAME.match(text):
-        return load_cohort(lake, text)
-    return resolve_cohort(lake, text)
+    return resolve_reading(lake, cohort_or_sql, ())[0]
