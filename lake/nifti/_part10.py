@@ -293,16 +293,7 @@ class Part10:
         # tag -> (VR, start, length) of a value, ("SQ", start, length, implicit) of a
         # sequence not read yet, ("SQ", items) once read
         self._elements = elements
-        self._source = source
-        self._values: dict[int, Any] = {}
-        self._parent = parent
-        self._encodings: str | list[str] | None = None
-        self.file_meta: Part10 | None = None
-        self.is_implicit_VR = implicit
-        self.is_little_endian = True
-        # the shape that checked this item, and where its content starts (see _ItemShape)
-        self._shape: _ItemShape | None = None
-        self._base = 0
+        self._attach(source, implicit, parent, None, 0)
 
     @classmethod
     def shaped(cls, shape: _ItemShape, base: int, source: _Source, implicit: bool,
@@ -312,16 +303,22 @@ class Part10:
         not before (the converter reads a frame's per-frame values where the shape
         located them, :meth:`item_numbers`, so most such items are never indexed)."""
         item = cls.__new__(cls)  # _elements left unset: __getattr__ makes it
-        item._source = source
-        item._values = {}
-        item._parent = parent
-        item._encodings = None
-        item.file_meta = None
-        item.is_implicit_VR = implicit
-        item.is_little_endian = True
-        item._shape = shape
-        item._base = base
+        item._attach(source, implicit, parent, shape, base)
         return item
+
+    def _attach(self, source: _Source, implicit: bool, parent: Part10 | None,
+                shape: _ItemShape | None, base: int) -> None:
+        """Every attribute but the index: what ``__init__`` and :meth:`shaped` share."""
+        self._source = source
+        self._values: dict[int, Any] = {}
+        self._parent = parent
+        self._encodings: str | list[str] | None = None
+        self.file_meta: Part10 | None = None
+        self.is_implicit_VR = implicit
+        self.is_little_endian = True
+        # the shape that checked this item, and where its content starts (see _ItemShape)
+        self._shape = shape
+        self._base = base
 
     # ----------------------------------------------------------------- mapping protocol
 
