@@ -50,7 +50,7 @@ _LOG = "_delta_log"
 # name delta-rs's local object store stages it under before renaming it into place: a
 # write killed before its rename leaves a staged file, partial, that no reader opens.
 _CHECKPOINT = re.compile(r"\d{20}\.checkpoint(?:\.\d{10}\.\d{10})?\.parquet")
-_STAGED = re.compile(r"\d{20}\.checkpoint(?:\.\d{10}\.\d{10})?\.parquet#\d+")
+_STAGED = re.compile(_CHECKPOINT.pattern + r"#\d+")
 STAGED_AGE = 600.0
 """Seconds after which a staged checkpoint is a killed write's leftover, not one in progress."""
 
