@@ -64,19 +64,6 @@ def floor(paths: list[Path], out: Path) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - used
 
 
-def _anonymous(pid: int) -> int:
-    """The anonymous resident memory of process ``pid`` (``RssAnon``, bytes; 0 where absent):
-    the driver's RSS less the libraries' pages, which move ~50 MB from one run to the next."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 class PeakRSS:
     """Samples the RSS of a process and all its children."""
 
@@ -93,11 +80,13 @@ class PeakRSS:
         while not self._stop.is_set():
             try:
                 procs = [self.proc, *self.proc.children(recursive=True)]
-                sizes = {p.pid: p.memory_info().rss for p in procs if p.is_running()}
-                rss = sum(sizes.values())
-                for pid, size in sizes.items():
-                    self.peaks[pid] = max(self.peaks.get(pid, 0), size)
-                self.driver_anon = max(self.driver_anon, _anonymous(self.proc.pid))
+                memory = {p.pid: p.memory_info() for p in procs if p.is_running()}
+                rss = sum(info.rss for info in memory.values())
+                for pid, info in memory.items():
+                    self.peaks[pid] = max(self.peaks.get(pid, 0), info.rss)
+                driver = memory.get(self.proc.pid)
+                if driver is not None:  # RssAnon: resident less file-backed and shared pages
+                    self.driver_anon = max(self.driver_anon, driver.rss - driver.shared)
                 self.driver_threads = max(self.driver_threads, self.proc.num_threads())
             except psutil.Error:
                 rss = 0
