@@ -174,3 +174,36 @@ def test_compact_backfills_representative_headers_and_leaves_none_for_gone_files
     shutil.rmtree(parts)
     assert write_rep_headers(lk.tables, old) == 1  # written for the old version's file...
     assert list(parts.iterdir()) == []  # ...and removed: that file is no longer in the catalog
+
+
+def test_gc_removes_killed_checkpoint_writes_by_forgets_rule(
+    lk: lake.Lake, lake_root: Path, vault_dir: Path, ct_folder: Path
+) -> None:
+    """A checkpoint staged by delta-rs (``NNN.checkpoint.parquet#N``) and left by a killed
+    write is partial and read by no one: gc removes it by the rule ``lake forget`` applies
+    (older than ten minutes, whatever the grace), and leaves a younger one, perhaps a write in
+    progress. A dry run removes nothing."""
+    from lake.steward._history import STAGED_AGE
+
+    lk.ingest([str(ct_folder)], vault=vault_dir, scheduler="sync")
+    log = lake_root / "tables" / "instances" / "_delta_log"
+    killed = log / "00000000000000000001.checkpoint.parquet#1"
+    killed.write_bytes(b"PAR1 partial")
+    old = time.time() - STAGED_AGE - 60
+    os.utime(killed, (old, old))
+    writing = log / "00000000000000000002.checkpoint.parquet#1"
+    writing.write_bytes(b"PAR1 in progress")
+    batches = lake_root / "tables" / "batches" / "_delta_log"
+    other = batches / "00000000000000000000.checkpoint.parquet#3"
+    other.write_bytes(b"PAR1")
+    os.utime(other, (old, old))
+
+    dry = gc(lk, dry_run=True)
+    assert sorted(dry.temporary) == sorted([str(killed), str(other)])
+    assert killed.exists() and other.exists()
+    report = gc(lk)
+    assert sorted(report.temporary) == sorted([str(killed), str(other)])
+    assert report.bytes == len(b"PAR1 partial") + len(b"PAR1")
+    assert not killed.exists() and not other.exists() and writing.exists()
+    lk.refresh()
+    assert lk.sql("SELECT count(*) FROM instances").fetchall() == [(12,)]

@@ -17,6 +17,7 @@ The current version must no longer reference the files (delete the rows first).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -40,6 +41,7 @@ __all__ = [
     "live_files",
     "log_actions",
     "matching_rows",
+    "staged_leftovers",
     "token_pattern",
     "unreadable_versions",
 ]
@@ -231,21 +233,46 @@ def _checkpoints(tables: DeltaTables, table: Table, name: re.Pattern[str] = _CHE
     )
 
 
-def _remove_staged(tables: DeltaTables, table: Table, now: float) -> int:
-    """Remove the staged checkpoints of killed writes (they may hold erased files' statistics
-    and cannot be read to tell); one younger than :data:`STAGED_AGE` may be a write in
-    progress, so the erasure stops and asks to be run again."""
+def staged_leftovers(tables: DeltaTables, table: Table, now: float) -> tuple[list[str], int]:
+    """The staged checkpoints of ``table`` that killed writes left, and how many are younger.
+
+    delta-rs's local object store writes a checkpoint as ``NNN.checkpoint.parquet#N`` and
+    renames it into place; a write killed in between leaves that partial file, read by no
+    one, which may hold erased files' statistics and cannot be read to tell. One older than
+    :data:`STAGED_AGE` is such a leftover (the rule :func:`erase_files` and
+    :func:`lake.steward.gc` share); a younger one may be a write in progress. Only a local
+    lake has them (``[]`` and 0 elsewhere).
+    """
+    if not tables.location.is_local:
+        return [], 0
     fs = tables.location.fs
-    removed = 0
+    old, young = [], 0
     for staged in _checkpoints(tables, table, _STAGED):
-        if now - float(fs.info(staged)["mtime"]) < STAGED_AGE:
-            raise CatalogError(
-                f"a checkpoint of {table.name!r} is being written; re-run the command in "
-                f"{int(STAGED_AGE) // 60} minutes"
-            )
-        fs.rm_file(staged)
-        removed += 1
-    return removed
+        try:
+            age = now - float(fs.info(staged)["mtime"])
+        except FileNotFoundError:  # renamed into place, or removed, since the listing
+            continue
+        if age < STAGED_AGE:
+            young += 1
+        else:
+            old.append(staged)
+    return old, young
+
+
+def _remove_staged(tables: DeltaTables, table: Table, now: float) -> int:
+    """Remove the staged checkpoints of killed writes (:func:`staged_leftovers`); a younger
+    one may be a write in progress, so the erasure stops and asks to be run again."""
+    old, young = staged_leftovers(tables, table, now)
+    if young:
+        raise CatalogError(
+            f"a checkpoint of {table.name!r} is being written; re-run the command in "
+            f"{int(STAGED_AGE) // 60} minutes"
+        )
+    fs = tables.location.fs
+    for staged in old:
+        with contextlib.suppress(FileNotFoundError):  # a gc removed it meanwhile
+            fs.rm_file(staged)
+    return len(old)
 
 
 def _describes(tables: DeltaTables, checkpoint: str, files: frozenset[str]) -> bool:
@@ -284,7 +311,7 @@ def erase_files(
             f"{len(live)} data file(s) of {table.name!r} holding erased rows are in use by its "
             "current version (written again meanwhile?); re-run the command"
         )
-    removed = _remove_staged(tables, table, time.time()) if tables.location.is_local else 0
+    removed = _remove_staged(tables, table, time.time())
     scrubbed = _scrub_commits(tables, table, chosen, secret)
     stale = [c for c in _checkpoints(tables, table) if _describes(tables, c, chosen)]
     if stale:

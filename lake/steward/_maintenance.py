@@ -7,7 +7,8 @@
 - :func:`gc` removes what crashes and lost races leave behind and nothing references: pixel
   blobs no row of any version, spool entry or cohort names; data files no version of the log
   adds (a commit that lost its race wrote its file first); sealed originals no quarantine row
-  or spool entry names; temporary files. It lists the files first and reads what references
+  or spool entry names; temporary files (and checkpoints killed writes left staged, by the
+  rule ``lake forget`` applies). It lists the files first and reads what references
   them afterwards, so whatever is committed before that read is kept; files of a batch still
   in flight (written, not yet committed) are protected by the grace period alone, so a grace
   shorter than :data:`MIN_GRACE` is refused unless the caller says no writer runs.
@@ -38,7 +39,7 @@ from lake.catalog import (
     write_summaries,
 )
 from lake.catalog._layout import writer_properties
-from lake.steward._history import data_files, live_files, matching_rows
+from lake.steward._history import data_files, live_files, matching_rows, staged_leftovers
 from lake.store import TMP_PREFIX, modified_at
 
 if TYPE_CHECKING:
@@ -381,7 +382,27 @@ def gc(
         else:
             report.sealed.append(c.name[: -len(".sealed")])
         report.bytes += c.size
+    _staged_checkpoints(lake, report, dry_run)
     return report
+
+
+def _staged_checkpoints(lake: Lake, report: GcReport, dry_run: bool) -> None:
+    """Remove the staged checkpoints killed writes left (``NNN.checkpoint.parquet#N``), by
+    the rule ``lake forget`` applies (:func:`lake.steward._history.staged_leftovers`: older
+    than ten minutes, whatever the grace); they are reported as temporary files."""
+    fs = lake.location.fs
+    for table in TABLES:
+        if not lake.tables.exists(table.name):
+            continue
+        for path in staged_leftovers(lake.tables, table, time.time())[0]:
+            try:
+                size = int(fs.info(path).get("size") or 0)
+                if not dry_run:
+                    fs.rm_file(path)
+            except FileNotFoundError:  # removed meanwhile (a forget, another gc)
+                continue
+            report.temporary.append(path)
+            report.bytes += size
 
 
 def _hours(span: dt.timedelta) -> str:
