@@ -26,12 +26,12 @@ import io
 import json
 import os
 import posixpath
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from lake.catalog._arrow_values import arrow_array, empty_table
+from lake.catalog._arrow_values import arrow_array
 from lake.catalog._schema import INSTANCES
 from lake.store import atomic_write, write_at
 
@@ -115,7 +115,7 @@ def _q(name: str) -> str:
     return '"' + name + '"'
 
 
-def parts_sql(kind: str, source: str, data_file: str) -> str:
+def parts_sql(kind: str, source: str, data_file: str, extra: Sequence[str] = ()) -> str:
     """The SQL that summarises the rows of ``source`` (one data file, or several when
     ``data_file`` is a column expression naming each row's file) into ``kind`` parts.
 
@@ -128,6 +128,8 @@ def parts_sql(kind: str, source: str, data_file: str) -> str:
     data_file : str
         An SQL expression for the data file a row comes from (a quoted literal, or
         ``filename`` for ``read_parquet(..., filename=true)``).
+    extra : sequence of str
+        Further aggregates, each ``expression AS name``, after the part's own columns.
     """
     counts = [
         "count(*) AS instance_count",
@@ -160,7 +162,7 @@ def parts_sql(kind: str, source: str, data_file: str) -> str:
     # the representative header), NULL included: instances that disagree never mix in one
     # part, and the part does not depend on the order of the rows in the file.
     columns += [f"arg_min_null({_q(a)}, SOPInstanceUID) AS {_q(a)}" for a in attrs]
-    return f"SELECT {', '.join(columns + counts)} FROM {source} GROUP BY ALL"
+    return f"SELECT {', '.join(columns + counts + list(extra))} FROM {source} GROUP BY ALL"
 
 
 @dataclass(frozen=True)
@@ -224,37 +226,32 @@ def summaries_of(tables: DeltaTables, files: Sequence[str]) -> Summaries:
     )
 
 
-def _summarise(con: duckdb.DuckDBPyConnection, tables: DeltaTables, data_file: str) -> None:
-    import pyarrow as pa
+def _summarise(con: duckdb.DuckDBPyConnection, tables: DeltaTables, data_file: str,
+               rows: pa.Table | None = None) -> None:
+    """Write the summaries of ``data_file``: from ``rows`` when given (every row of the file,
+    as the commit that wrote it had them), else read from the file, in one pass."""
     import pyarrow.parquet as pq
 
     location = tables.location
-    root = location.join("tables", INSTANCES.name)
-    # a local lake's file without fsspec (asyncio): a commit's upkeep imports none (issue 14)
-    with (open(data_file, "rb") if location.is_local
-          else location.fs.open(data_file, "rb")) as fh:
-        reader = pq.ParquetFile(fh)
-        present = set(reader.schema_arrow.names)
-        columns = [c for c in _READ if c in present]
-        batches = reader.iter_batches(columns=columns, batch_size=65_536)
-        schema = reader.schema_arrow
-        stream = pa.RecordBatchReader.from_batches(
-            pa.schema([schema.field(c) for c in columns]), batches
-        )
-        con.register("summary_source", stream)
-        missing = [c for c in _READ if c not in present]
-        source = "summary_source"
-        if missing:  # a file written before a column existed: the column reads as null
-            nulls = ", ".join(f"NULL AS {_q(c)}" for c in missing)
-            source = f"(SELECT *, {nulls} FROM summary_source)"
-        name = "'" + posixpath.basename(data_file).replace("'", "''") + "'"
-        # One pass over the file: series parts, then study parts from the series rows.
-        series = _table(con.sql(parts_sql(SERIES_PARTS, source, name)).arrow())
-        con.unregister("summary_source")
-        headers = _rep_headers(con, reader, posixpath.basename(data_file))
+    name = posixpath.basename(data_file)
+    if rows is not None:
+        series, headers = _series_and_headers(con, rows, rows.schema, name)
+    else:
+        # a local lake's file without fsspec (asyncio): a commit's upkeep imports none
+        # (issue 14)
+        with (open(data_file, "rb") if location.is_local
+              else location.fs.open(data_file, "rb")) as fh:
+            reader = pq.ParquetFile(fh)
+            schema = reader.schema_arrow
+            series, headers = _series_and_headers(
+                con, lambda columns: reader.iter_batches(columns=columns, batch_size=65_536),
+                schema, name)
     con.register("series_rows", series)
-    studies = _table(con.sql(studies_from_series_sql("series_rows")).arrow())
-    con.unregister("series_rows")
+    try:
+        studies = _table(con.sql(studies_from_series_sql("series_rows")).arrow())
+    finally:
+        con.unregister("series_rows")
+    root = location.join("tables", INSTANCES.name)
     parts = ((REP_HEADERS, headers), (STUDY_PARTS, studies), (SERIES_PARTS, series))
     for kind, table in parts:
         sink = io.BytesIO()
@@ -263,17 +260,74 @@ def _summarise(con: duckdb.DuckDBPyConnection, tables: DeltaTables, data_file: s
         write_at(location, _summary_path(root, data_file, kind), sink.getvalue())
 
 
-def _rep_headers(con: duckdb.DuckDBPyConnection, reader: Any, name: str) -> pa.Table:
-    """The :data:`REP_HEADERS` rows of one data file (``reader``), its ``header_json``
-    streamed once (DuckDB keeps one header per series while it reads)."""
+_REP = "__lake_rep_header"
+"""The series query's extra column: the ``header_json`` of the series' first instance."""
+
+
+def _series_and_headers(
+    con: duckdb.DuckDBPyConnection, source: pa.Table | Callable[[list[str]], Iterable[Any]],
+    schema: pa.Schema, name: str,
+) -> tuple[pa.Table, pa.Table]:
+    """The :data:`SERIES_PARTS` and :data:`REP_HEADERS` rows of one data file named ``name``
+    (``source``: its rows, or a function giving its record batches of the columns asked),
+    from one query over the file's rows: the series parts with the representative header of
+    each series beside them (DuckDB keeps one header per series while it reads)."""
+    import pyarrow as pa
+
+    present = set(schema.names)
+    columns = [c for c in _READ if c in present]
+    with_headers = {"SeriesInstanceUID", "SOPInstanceUID", "header_json"} <= present
+    if with_headers:
+        columns.append("header_json")
+    fields = pa.schema([schema.field(c) for c in columns])
+    stream = (source.select(columns) if isinstance(source, pa.Table)
+              else pa.RecordBatchReader.from_batches(fields, source(columns)))
+    con.register("summary_source", stream)
+    try:
+        missing = [c for c in _READ if c not in present]
+        relation = "summary_source"
+        if missing:  # a file written before a column existed: the column reads as null
+            nulls = ", ".join(f"NULL AS {_q(c)}" for c in missing)
+            relation = f"(SELECT *, {nulls} FROM summary_source)"
+        quoted = "'" + name.replace("'", "''") + "'"
+        extra = (f"arg_min(header_json, SOPInstanceUID) AS {_q(_REP)}",) if with_headers else ()
+        found = _table(con.sql(parts_sql(SERIES_PARTS, relation, quoted, extra)).arrow())
+    finally:
+        con.unregister("summary_source")
+    if not with_headers:
+        return found, _rep_headers_table(name, [])
+    reps = zip(found.column("SeriesInstanceUID").to_pylist(), found.column(_REP).to_pylist(),
+               strict=True)
+    return found.drop_columns([_REP]), _rep_headers_table(name, list(reps))
+
+
+def _rep_headers_table(name: str, rows: Sequence[tuple[str | None, str | None]]) -> pa.Table:
+    """The :data:`REP_HEADERS` rows of the data file ``name``: per (series, ``header_json`` of
+    its first instance) of ``rows``, the header cut to :data:`REP_HEADER_KEYWORDS`."""
     import pyarrow as pa
     from pydicom.datadict import tag_for_keyword
 
     parts = pa.schema([(c, pa.string()) for c in ("data_file", "SeriesInstanceUID", "rep_header")])
+    tags = [f"{int(tag_for_keyword(k) or 0):08X}" for k in REP_HEADER_KEYWORDS]
+    kept = []
+    for _, text in rows:
+        header = json.loads(text) if text else {}
+        kept.append(json.dumps({t: header[t] for t in tags if t in header},
+                               separators=(",", ":")))
+    return pa.Table.from_arrays([arrow_array([name] * len(rows), pa.string()),
+                                 arrow_array([r[0] for r in rows], pa.string()),
+                                 arrow_array(kept, pa.string())], schema=parts)
+
+
+def _rep_headers(con: duckdb.DuckDBPyConnection, reader: Any, name: str) -> pa.Table:
+    """The :data:`REP_HEADERS` rows of one data file (``reader``), its ``header_json``
+    streamed once (DuckDB keeps one header per series while it reads)."""
+    import pyarrow as pa
+
     present = set(reader.schema_arrow.names)
     columns = ["SeriesInstanceUID", "SOPInstanceUID", "header_json"]
     if not set(columns) <= present:
-        return empty_table(parts)
+        return _rep_headers_table(name, [])
     schema = reader.schema_arrow
     stream = pa.RecordBatchReader.from_batches(
         pa.schema([schema.field(c) for c in columns]),
@@ -286,15 +340,7 @@ def _rep_headers(con: duckdb.DuckDBPyConnection, reader: Any, name: str) -> pa.T
             "GROUP BY SeriesInstanceUID").fetchall()
     finally:
         con.unregister("header_source")
-    tags = [f"{int(tag_for_keyword(k) or 0):08X}" for k in REP_HEADER_KEYWORDS]
-    kept = []
-    for _, text in rows:
-        header = json.loads(text) if text else {}
-        kept.append(json.dumps({t: header[t] for t in tags if t in header},
-                               separators=(",", ":")))
-    return pa.Table.from_arrays([arrow_array([name] * len(rows), pa.string()),
-                                 arrow_array([r[0] for r in rows], pa.string()),
-                                 arrow_array(kept, pa.string())], schema=parts)
+    return _rep_headers_table(name, rows)
 
 
 def rep_headers_of(tables: DeltaTables, files: Sequence[str]) -> tuple[str, ...]:
@@ -340,7 +386,8 @@ def studies_from_series_sql(source: str) -> str:
 
 
 def write_summaries(
-    tables: DeltaTables, delta: DeltaTable | None = None, files: Sequence[str] | None = None
+    tables: DeltaTables, delta: DeltaTable | None = None, files: Sequence[str] | None = None,
+    rows: pa.Table | None = None,
 ) -> int:
     """Write the summaries of data files of ``instances``; returns how many were written.
 
@@ -353,6 +400,10 @@ def write_summaries(
     files : sequence of str, optional
         Summarise exactly these data files (paths, as :func:`data_files` gives them):
         what a commit just added, without listing the summaries already written.
+    rows : pyarrow.Table, optional
+        With ``files`` of one data file: every row of that file, in the table's columns (the
+        rows a commit just appended as that one file), summarised without reading the file
+        back. The summary is the same (a pure function of the rows).
 
     Safe to run concurrently and to repeat: a summary is a pure function of its immutable
     data file, written with an atomic rename or a single object put.
@@ -364,9 +415,11 @@ def write_summaries(
         todo = summaries_of(tables, data_files(tables, delta)).missing
     if not todo:
         return 0
+    if rows is not None and len(todo) != 1:
+        raise ValueError("rows are the rows of one data file")
     with tables.cursor() as con:  # (the tables' own DuckDB database: one thread)
         for data_file in todo:
-            _summarise(con, tables, data_file)
+            _summarise(con, tables, data_file, rows)
     return len(todo)
 
 

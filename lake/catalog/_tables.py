@@ -807,7 +807,9 @@ class DeltaTables:
             )
         if name == INSTANCES.name:  # the series/study summary of each file just added
             added = [fs_path(uri) for uri in delta.file_uris() if uri not in before]
-            write_summaries(self, files=added)
+            # an append of one file holds exactly ``data``: summarised without reading it back
+            whole = replace is None and len(added) == 1
+            write_summaries(self, files=added, rows=data if whole else None)
             self._maintain_key_index(delta)
         return int(delta.version())
 
