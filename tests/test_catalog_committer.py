@@ -134,3 +134,30 @@ def test_a_kept_table_is_opened_again_after_a_new_checkpoint(
     _commit(tables, ["2.25.4"], "b4")
     assert counted["opened"] == 2  # the checkpoint's open, then instances once
     assert tables.latest(INSTANCES.name)[0] == 4
+
+
+def test_a_kept_table_is_brought_up_to_date_only_after_another_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer alone commits without asking deltalake to bring its kept tables up to date
+    (no next commit file: nothing to read); after another writer's commits it does, and
+    judges them (fails before: every commit of every table called update_incremental)."""
+    from deltalake import DeltaTable
+
+    updates: list[str] = []
+    update = DeltaTable.update_incremental
+
+    def counted_update(self: DeltaTable) -> None:
+        updates.append(self.table_uri.rstrip("/").rsplit("/", 1)[-1])
+        update(self)
+
+    monkeypatch.setattr(DeltaTable, "update_incremental", counted_update)
+    root = str(tmp_path / "lake")
+    first, second = DeltaTables(Location(root)), DeltaTables(Location(root))
+    first.create_all()
+    for n in range(5):
+        assert _commit(first, [f"2.25.{n}"], f"a{n}") == 1
+    assert updates == []
+    assert _commit(second, ["2.25.1", "2.25.9"], "b1") == 1
+    updates.clear()
+    assert _commit(first, ["2.25.9", "2.25.10"], "a9") == 1  # judged against b1's commit
+    assert sorted(updates) == [BATCHES.name, INSTANCES.name]

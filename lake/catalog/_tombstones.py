@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import os
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -123,7 +124,8 @@ class TombstoneCache:
 
     Every commit of instance rows tests them, on every attempt; reading the table costs
     one small data file per erasure (110 ms at 200 erasures), while learning whether it
-    changed costs one listing of its log (0.4 ms: ``DeltaTable.update_incremental``).
+    changed costs one listing of its log (0.4 ms: ``DeltaTable.update_incremental``), or on a
+    local lake one look for its next commit file.
     The check runs at each :meth:`read`, so a read still sees every tombstone recorded
     before it began, as :meth:`Tombstones.read` does (the race argument of this module
     holds unchanged). Safe to share between threads; pickled without its cache.
@@ -163,7 +165,11 @@ class TombstoneCache:
                     return Tombstones(self.key, frozenset())
                 self._delta, self._uri, self._version = tables.open(TOMBSTONES.name), uri, -1
             else:
-                self._delta.update_incremental()
+                # on a local lake, only when a newer commit file exists (the kept tables'
+                # rule, lake.catalog._kept_table.refreshed): one stat, not a log listing
+                upcoming = tables._local_log(TOMBSTONES.name, int(self._delta.version()) + 1)
+                if not upcoming or os.path.exists(upcoming):
+                    self._delta.update_incremental()
             version = int(self._delta.version())
             if version != self._version:
                 self._laid = Tombstones.of(self._delta, self.key, tables.storage_options)
