@@ -161,3 +161,37 @@ def test_a_kept_table_is_brought_up_to_date_only_after_another_commit(
     updates.clear()
     assert _commit(first, ["2.25.9", "2.25.10"], "a9") == 1  # judged against b1's commit
     assert sorted(updates) == [BATCHES.name, INSTANCES.name]
+
+
+def test_key_ranges_are_read_from_the_log_once_and_learnt_from_the_rows_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer reads its tables' key ranges from the log at its first commit, then learns
+    each file it writes from its rows; another writer's file makes it read the log again.
+    The learnt ranges judge as the log's: a batch row or an instance committed again is
+    found, not added twice (fails before: every commit read the log, twice)."""
+    from deltalake import DeltaTable
+
+    reads: list[str] = []
+    actions = DeltaTable.get_add_actions
+
+    def counted_actions(self: DeltaTable, *args: Any, **kwargs: Any) -> Any:
+        reads.append(self.table_uri.rstrip("/").rsplit("/", 1)[-1])
+        return actions(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaTable, "get_add_actions", counted_actions)
+    root = str(tmp_path / "lake")
+    first, second = DeltaTables(Location(root)), DeltaTables(Location(root))
+    first.create_all()
+    for n in range(5):
+        assert _commit(first, [f"2.25.{n}"], f"a{n}") == 1
+    assert sorted(reads) == [BATCHES.name, INSTANCES.name]  # the first commit's
+    assert _commit(first, ["2.25.3", "2.25.7"], "a3") == 1  # a3's row again: found
+    assert _commit(second, ["2.25.1", "2.25.8"], "b1") == 1
+    reads.clear()
+    assert _commit(first, ["2.25.8", "2.25.9"], "b1") == 1  # b1's file: read from the log
+    assert sorted(reads) == [BATCHES.name, INSTANCES.name]
+    rows = first.lookup(BATCHES, "batch_id", ["a3", "b1"], [])
+    assert sorted(rows.column("batch_id").to_pylist()) == ["a3", "b1"]
+    uids = first.lookup(INSTANCES, KEY, [f"2.25.{n}" for n in range(10)], [])
+    assert sorted(uids.column(KEY).to_pylist()) == sorted(
+        f"2.25.{n}" for n in (0, 1, 2, 3, 4, 7, 8, 9))

@@ -20,6 +20,7 @@ from lake._errors import CatalogError
 from lake.catalog._arrow_values import arrow_array, empty_table, python_table
 from lake.catalog._committer import Committer
 from lake.catalog._kept import KeptSnapshots
+from lake.catalog._kept_table import KeyRanges
 from lake.catalog._key_index import located, maintain
 from lake.catalog._keys import files_holding, in_key_range, readable_by_duckdb
 from lake.catalog._layout import writer_properties
@@ -641,7 +642,8 @@ class DeltaTables:
             fresh = dataclasses.replace(files, paths=tuple(sorted(set(files.paths) - scanned)))
             try:
                 with self.cursor() as con:
-                    found = _matching(_in_key_range(delta, fresh, key, candidates.column(key)),
+                    found = _matching(_in_key_range(delta, fresh, key, candidates.column(key),
+                                                    writing.ranges),
                                       table, columns, candidates.column(key), con=con,
                                       index=_key_index_of(delta, table, key, files))
             except (OSError, pa.ArrowInvalid, duckdb.IOException) as exc:
@@ -665,7 +667,8 @@ class DeltaTables:
                 listed = ", ".join("'" + k.replace("'", "''") + "'" for k in decision.replace)
                 replace = f"{key} IN ({listed})"
             try:
-                version = self._write(delta, append, metadata, exclusive=True, replace=replace)
+                version = self._write(delta, append, metadata, exclusive=True, replace=replace,
+                                      ranges=(key, writing.ranges))
             except CommitFailedError as exc:
                 backoff.failed(exc)
                 continue
@@ -780,6 +783,7 @@ class DeltaTables:
         *,
         exclusive: bool,
         replace: str | None = None,
+        ranges: tuple[str, KeyRanges] | None = None,
     ) -> int:
         """Append ``data`` through ``delta`` and return the version this very commit made.
 
@@ -788,13 +792,18 @@ class DeltaTables:
         commit went through (deltalake advances it to the commit's version), never from
         ``history()``: deltalake numbers history entries from the version the table was
         opened at, so any commit that lands after the open shifts every number by one.
+        With ``ranges`` (a key column and a kept table's key ranges), the range of the one
+        local data file an append adds is learnt from ``data``.
         """
         properties = CommitProperties(
             custom_metadata=dict(metadata) if metadata else None,
             max_commit_retries=0 if exclusive else None,
         )
         name = delta.table_uri.rstrip("/").rsplit("/", 1)[-1]
-        before = set(delta.file_uris()) if name == INSTANCES.name else set()
+        local = delta.table_uri.startswith("file:")
+        learn = ranges is not None and replace is None and local
+        track = name == INSTANCES.name or learn
+        before = set(delta.file_uris()) if track else set()
         layout = writer_properties(name)
         if replace is None:
             write_deltalake(
@@ -805,8 +814,11 @@ class DeltaTables:
                 delta, data, mode="overwrite", predicate=replace, writer_properties=layout,
                 commit_properties=properties,
             )
+        new = [uri for uri in delta.file_uris() if uri not in before] if track else []
+        if learn and len(new) == 1 and ranges is not None:  # (exactly ``data``'s rows)
+            ranges[1].wrote(ranges[0], unquote(new[0]), data.column(ranges[0]))  # (as data_files)
         if name == INSTANCES.name:  # the series/study summary of each file just added
-            added = [fs_path(uri) for uri in delta.file_uris() if uri not in before]
+            added = [fs_path(uri) for uri in new]
             # an append of one file holds exactly ``data``: summarised without reading it back
             whole = replace is None and len(added) == 1
             write_summaries(self, files=added, rows=data if whole else None)
@@ -918,26 +930,32 @@ def _unique(data: pa.Table, key: str) -> pa.Table:
 
 
 def _in_key_range(
-    delta: DeltaTable, files: DataFiles, key: str, keys: pa.ChunkedArray
+    delta: DeltaTable, files: DataFiles, key: str, keys: pa.ChunkedArray,
+    ranges: KeyRanges | None = None,
 ) -> DataFiles:
     """``files`` but those whose key range in the Delta log holds none of ``keys``
-    (:func:`lake.catalog._keys.in_key_range`)."""
+    (:func:`lake.catalog._keys.in_key_range`); a local table's ranges taken from ``ranges``
+    (a kept table's) when it knows them all."""
     wanted = sorted({k for k in keys.to_pylist() if k is not None})
     if not files.paths or not wanted:
         return files
-    actions = delta.get_add_actions(flatten=True)
-    if f"min.{key}" not in actions.column_names or f"max.{key}" not in actions.column_names:
-        return files
     local = fs_path(delta.table_uri).rstrip("/") + "/" if delta.table_uri.startswith("file:") else ""
-    bounds = {
-        (local + unquote(path)) if local else path: (low, high)
-        for path, low, high in zip(
-            actions.column("path").to_pylist(),
-            actions.column(f"min.{key}").to_pylist(),
-            actions.column(f"max.{key}").to_pylist(),
-            strict=True,
-        )
-    }
+
+    def logged() -> dict[str, tuple[str | None, str | None]]:
+        actions = delta.get_add_actions(flatten=True)
+        if f"min.{key}" not in actions.column_names or f"max.{key}" not in actions.column_names:
+            return {}
+        return {
+            (local + unquote(path)) if local else path: (low, high)
+            for path, low, high in zip(
+                actions.column("path").to_pylist(),
+                actions.column(f"min.{key}").to_pylist(),
+                actions.column(f"max.{key}").to_pylist(),
+                strict=True,
+            )
+        }
+
+    bounds = ranges.of(key, files.paths, logged) if ranges is not None and local else logged()
     return dataclasses.replace(files, paths=in_key_range(files.paths, bounds, wanted))
 
 
