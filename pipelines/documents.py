@@ -83,4 +83,4 @@ def export_documents_command(
         with _progress("documents", quiet) as progress:
             result = export_documents(lk, chosen, out_dir, scheduler=scheduler,
                                       workers=workers, on_progress=progress)
-    _report(result)
+    _report(result, quiet)

@@ -78,7 +78,9 @@ SchedulerOption = Annotated[
                  "cluster."),
 ]
 WorkersOption = Annotated[int | None, typer.Option(help="Local workers (default: CPU count).")]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bar; the summary as plain lines.")
+]
 
 
 def cohort_create(
@@ -246,11 +248,13 @@ def _progress(kind: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
-def _report(result: ExportResult) -> None:
-    from rich.table import Table
-
+def _report(result: ExportResult, quiet: bool = False) -> None:
+    """The export's summary on stderr: a table, or with ``quiet`` the same rows as plain
+    lines (rich is then not imported at all: its console and table cost ~0.02 s of CPU, a
+    thirtieth of a small ``lake export nifti -q``, issue 14.2). Exit code 4 when something
+    was skipped."""
     manifest = result.manifest
-    table = Table(title=f"export {manifest['kind']}", show_header=False)
+    title = f"export {manifest['kind']}"
     rows = [
         ("folder", str(result.out)),
         ("catalog version", str(manifest["catalog_version"])),
@@ -275,9 +279,17 @@ def _report(result: ExportResult) -> None:
     for reason, count in sorted(reasons.items()):
         rows.append((f"  skipped: {reason}", f"{count:,}"))
     rows.append(("manifest", "manifest.json"))
-    for key, value in rows:
-        table.add_row(key, value)  # a folder or reason as it is (consoles: no markup)
-    err.print(table)
+    if quiet:
+        width = max(len(key) for key, _ in rows)
+        typer.echo("\n".join([title, *(f"  {key:<{width}}  {value}" for key, value in rows)]),
+                   err=True)
+    else:
+        from rich.table import Table
+
+        table = Table(title=title, show_header=False)
+        for key, value in rows:
+            table.add_row(key, value)  # a folder or reason as it is (consoles: no markup)
+        err.print(table)
     if reasons:
         raise typer.Exit(EXIT_PROBLEMS)
 
@@ -308,7 +320,7 @@ def export_nifti_command(
 
             result = export_nifti(lk, chosen, out_dir, compress=gzip, level=level,
                                   scheduler=scheduler, workers=workers, on_progress=progress)
-    _report(result)
+    _report(result, quiet)
 
 
 @export_app.command("bids")
@@ -347,7 +359,7 @@ def export_bids_command(
         with _progress("bids", quiet) as progress:
             result = export_bids(lk, chosen, out_dir, config=rules, compress=gzip, level=level,
                                  scheduler=scheduler, workers=workers, on_progress=progress)
-    _report(result)
+    _report(result, quiet)
 
 
 @export_app.command("dicom")
@@ -378,7 +390,7 @@ def export_dicom_command(
 
             result = export_dicom(lk, chosen, out_dir, as_zip=as_zip, compresslevel=level,
                                   scheduler=scheduler, workers=workers, on_progress=progress)
-    _report(result)
+    _report(result, quiet)
 
 
 @export_app.command("teaching")
@@ -414,7 +426,7 @@ def export_teaching_command(
             result = export_teaching(lk, chosen, out_dir, skip_weaker=skip_weaker,
                                      preview_size=preview_size, scheduler=scheduler,
                                      workers=workers, on_progress=progress)
-    _report(result)
+    _report(result, quiet)
 
 
 cohort_app.command("create")(cohort_create)

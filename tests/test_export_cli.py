@@ -86,6 +86,19 @@ def test_export_commands(ingested: dict[str, str], tmp_path: Path) -> None:
     resumed = run("export", "dicom", "ct", "--out", str(tmp_path / "dicom"), "--scheduler",
                   "sync", "-q", env=ingested)
     assert "already complete" in resumed.stderr
+    # -q prints the summary table's rows as plain lines (rich not imported: test_imports.py)
+    table = run("export", "dicom", "ct", "--out", str(tmp_path / "dicom"), "--scheduler",
+                "sync", env=ingested)
+    cells = [[c.strip() for c in line.split("\u2502")[1:-1]]
+             for line in table.stderr.splitlines() if line.count("\u2502") == 3]
+    rows = [c for c in cells if c[0]]  # (not a long folder's continuation lines)
+    plain = [line.strip() for line in resumed.stderr.splitlines()]
+    assert plain[0] == "export dicom" and len(plain) == len(rows) + 1 > 4
+    assert [" ".join(line.split()[:len(k.split())]) for line, (k, _) in zip(
+        plain[1:], rows, strict=True)] == [k for k, _ in rows]
+    assert [line.endswith(v) for line, (k, v) in zip(plain[1:], rows, strict=True)
+            if k != "folder"] == [True] * (len(rows) - 1)
+    assert plain[1] == f"folder           {tmp_path / 'dicom'}"
 
 
 def test_export_usage_and_refusals(ingested: dict[str, str], tmp_path: Path) -> None:
