@@ -409,7 +409,7 @@ def test_a_one_file_version_is_read_once_for_plan_and_headers(
 
     assert len(loaded.tables.data_files("instances").paths) == 1
     create_cohort(loaded, "everything", ALL)
-    read = DataFiles.read
+    read = DataFiles._decoded  # (what DataFiles.read and DataFiles.values read the file with)
     reads: list[list[str]] = []
 
     def counted(self: DataFiles, path: str, columns: list[str]) -> object:
@@ -417,7 +417,7 @@ def test_a_one_file_version_is_read_once_for_plan_and_headers(
             reads.append(list(columns))
         return read(self, path, columns)
 
-    monkeypatch.setattr(DataFiles, "read", counted)
+    monkeypatch.setattr(DataFiles, "_decoded", counted)
     once = export_dicom(loaded, "everything", tmp_path / "once", scheduler="sync")
     assert len(reads) == 1 and "header_dicom" in reads[0]
     reads.clear()
@@ -439,6 +439,32 @@ def test_a_one_file_version_is_read_once_for_plan_and_headers(
     assert again.up_to_date and [c for c in reads if "header_dicom" in c] == []
 
 
+def test_data_files_values_are_the_rows_python_values(loaded: lake.Lake) -> None:
+    """``DataFiles.values`` (read without pyarrow.compute, for an export of a saved cohort)
+    gives, column by column, what ``python_rows`` of ``DataFiles.read`` gives: every column
+    of ``instances`` (zoned timestamps, lists, binary headers, columns null in every row)
+    and of ``cohorts`` (a list of structs), the same values of the same types and zones."""
+    from lake.catalog import python_rows
+
+    create_cohort(loaded, "everything", ALL)
+    checked = 0
+    for name in ("instances", "cohorts"):
+        files = loaded.tables.data_files(name)
+        names = list(files.schema.names)
+        for path in files.paths:
+            rows = python_rows(files.read(path, names))
+            values = files.values(path, names)
+            assert list(values) == names
+            for column in names:
+                expected = [row[column] for row in rows]
+                assert values[column] == expected, column
+                assert [type(v) for v in values[column]] == [type(v) for v in expected]
+                assert [getattr(v, "tzinfo", None) for v in values[column]] == [
+                    getattr(v, "tzinfo", None) for v in expected], column
+                checked += 1
+    assert checked > 100
+
+
 def test_a_one_off_query_reads_its_one_file_once(
     loaded: lake.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -450,7 +476,7 @@ def test_a_one_off_query_reads_its_one_file_once(
     from lake.export import _runner, export_nifti
 
     assert len(loaded.tables.data_files("instances").paths) == 1
-    read = DataFiles.read
+    read = DataFiles._decoded  # (what DataFiles.read and DataFiles.values read the file with)
     reads: list[list[str]] = []
 
     def counted(self: DataFiles, path: str, columns: list[str]) -> object:
@@ -458,7 +484,7 @@ def test_a_one_off_query_reads_its_one_file_once(
             reads.append(list(columns))
         return read(self, path, columns)
 
-    monkeypatch.setattr(DataFiles, "read", counted)
+    monkeypatch.setattr(DataFiles, "_decoded", counted)
     once = export_nifti(loaded, ALL, tmp_path / "once", scheduler="sync")
     assert len(reads) == 1
     assert {"pixel_bytes", "header_sha256", "header_dicom", "pixel_vr"} <= set(reads[0])

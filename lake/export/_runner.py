@@ -332,12 +332,17 @@ class _MemberFiles:
     A version of one data file of one row group (a small lake) is read once, for every
     column asked of :meth:`find`: its member rows are kept and :meth:`rows` answers from
     them (reading the one file three times for key, plan and headers cost ~0.8 ms of CPU
-    each, most of a small export's reads). A larger file keeps being read per purpose: an
-    export finished or resumed then reads no header it does not need."""
+    each, most of a small export's reads). Read here (not from a cohort resolution's
+    rows), they are kept as Python values (:meth:`DataFiles.values`) and chosen in Python,
+    so that an export of a saved cohort imports no ``pyarrow.compute`` (~0.03 s of CPU,
+    issue 14.2). A larger file keeps being read per purpose: an export finished or resumed
+    then reads no header it does not need."""
 
     files: DataFiles
     masks: tuple[tuple[str, pa.BooleanArray, pa.Array], ...]
     kept: pa.Table | None = None
+    values: dict[str, list[Any]] | None = None
+    """The member rows' columns of the one data file, as Python values (see above)."""
 
     @classmethod
     def find(cls, files: DataFiles, wanted: Sequence[str],
@@ -346,13 +351,18 @@ class _MemberFiles:
         file of one row group. ``read``: that file's rows, read already (by the cohort's
         resolution, :func:`lake.export._cohort.resolve_reading`), used when they hold every
         column asked."""
-        members = string_set(set(wanted))
         once = bool(columns) and len(files.paths) == 1 and (
             files.footer(files.paths[0]).num_row_groups == 1)
         names = list(dict.fromkeys(["SOPInstanceUID", *columns])) if once else ["SOPInstanceUID"]
         if read is not None and (files.paths != (read.path,)
                                  or not set(names) <= set(read.table.column_names)):
             read = None
+        if once and read is None and not _zoned(files, names):
+            every = files.values(files.paths[0], names)
+            members = set(wanted)
+            held = [i for i, sop in enumerate(every["SOPInstanceUID"]) if sop in members]
+            return cls(files, (), None, {n: [every[n][i] for i in held] for n in names})
+        members = string_set(set(wanted))
         masks = []
         kept = None
         for path in files.paths:
@@ -366,11 +376,15 @@ class _MemberFiles:
 
     def rows(
         self, columns: Sequence[str], only: Collection[str] | None = None
-    ) -> Iterator[pa.Table]:
-        """``SOPInstanceUID`` and ``columns`` of the member rows, one table per data file.
+    ) -> Iterator[dict[str, list[Any]]]:
+        """``SOPInstanceUID`` and ``columns`` of the member rows, one mapping of column name
+        to Python values per data file holding any (``Table.to_pylist`` column by column).
 
         With ``only``, of those members alone: a file holding none of them is not read."""
         names = list(dict.fromkeys(["SOPInstanceUID", *columns]))
+        if self.values is not None:
+            yield from self._values_rows(names, only)
+            return
         chosen = None if only is None else string_set(set(only))
         kept = self.kept if self.kept is not None and set(names) <= set(
             self.kept.column_names) else None
@@ -381,7 +395,31 @@ class _MemberFiles:
                      else self.files.read(path, names).filter(mask))
             if chosen is not None:
                 table = table.filter(in_set(table.column(0), chosen))
-            yield table
+            yield {name: table.column(name).to_pylist() for name in names}
+
+    def _values_rows(self, names: Sequence[str],
+                     only: Collection[str] | None) -> Iterator[dict[str, list[Any]]]:
+        """:meth:`rows` from :attr:`values` (a column not kept: the file read again for it)."""
+        assert self.values is not None
+        held = self.values
+        if not set(names) <= held.keys():
+            every = self.files.values(self.files.paths[0], names)
+            members = set(held["SOPInstanceUID"])
+            at = [i for i, sop in enumerate(every["SOPInstanceUID"]) if sop in members]
+            held = {n: [every[n][i] for i in at] for n in names}
+        sops = held["SOPInstanceUID"]
+        chosen = range(len(sops)) if only is None else [
+            i for i, sop in enumerate(sops) if sop in only]
+        if chosen:
+            yield {name: [held[name][i] for i in chosen] for name in names}
+
+
+def _zoned(files: DataFiles, names: Sequence[str]) -> bool:
+    """Whether a column of ``names`` is a time-zone-aware timestamp (its Python values, read
+    by :meth:`DataFiles.values`, would carry another ``tzinfo`` object than
+    ``Table.to_pylist`` gives)."""
+    return any(pa.types.is_timestamp(t) and t.tz is not None
+               for t in (files.schema.field(n).type for n in names))
 
 
 def _load_refs(cohort: Cohort, columns: Sequence[str], files: DataFiles,
@@ -394,8 +432,7 @@ def _load_refs(cohort: Cohort, columns: Sequence[str], files: DataFiles,
     found = list(located.rows(names))
     # column by column (Table.to_pylist builds a dict per row in Python: a tenth of a small
     # export's CPU with the NIfTI columns), then one tuple per row
-    rows = pa.concat_tables(found) if found else None
-    values = {name: [] if rows is None else rows.column(name).to_pylist() for name in names}
+    values = {name: [v for batch in found for v in batch[name]] for name in names}
     at = {sop: i for i, sop in enumerate(values["SOPInstanceUID"])}
     missing = sum(1 for sop in wanted if sop not in at)
     if missing or len(values["SOPInstanceUID"]) != len(at):
@@ -515,9 +552,7 @@ def _tasks(
         return
     pending: dict[str, dict[str, bytes]] = {}
     for batch in located.rows(["header_dicom"], only=owner):
-        for sop, header in zip(
-            batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True
-        ):
+        for sop, header in zip(batch["SOPInstanceUID"], batch["header_dicom"], strict=True):
             ref = by_sop[sop]
             if hashlib.sha256(header).hexdigest() != ref.header_sha256:
                 raise IntegrityError(
