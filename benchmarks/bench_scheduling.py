@@ -314,15 +314,16 @@ def bench_small_nifti(work: Path, repeat: int, against: str | None = None,
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
-#: What `lake export nifti` imports, without running anything, and the console script's exit
-#: (pipelines.cli._exit_now: no interpreter teardown): the floor of its start-up (the CLI:
-#: typer and rich, without pydantic since pipelines/_params.py; the catalog: pyarrow,
-#: deltalake; the converter: numpy, pydicom, nibabel). A local lake needs no fsspec, and the
-#: console script imports pydicom without requests (pipelines.cli.main's finder).
+#: What `lake export nifti -q` imports, without running anything, and the console script's
+#: exit (pipelines.cli._exit_now: no interpreter teardown): the floor of its start-up (the CLI:
+#: typer, without pydantic since pipelines/_params.py, nor rich with -q; the catalog: pyarrow
+#: without its compute module, deltalake; the converter: numpy, pydicom, nibabel). A local
+#: lake needs no fsspec, and the console script imports pydicom without requests
+#: (pipelines.cli.main's finder).
 _EXPORT_IMPORTS = (
     "import sys, pipelines.cli; "
     "sys.meta_path.insert(0, pipelines.cli._PydicomDownloadsWithoutRequests()); "
-    "import pipelines.export, rich.table, "
+    "import pipelines.export, "
     "lake.catalog, lake.export._cohort, lake.export._to_nifti, lake.nifti._convert, "
     "lake.nifti._write, lake.nifti._part10, pyarrow.parquet; import os; os._exit(0)"
 )
