@@ -1204,7 +1204,44 @@ def _encapsulated_apart(ds: Part10, pixels: bytes | None) -> bool:
     if pixels is None or any(tag in ds._elements for tag in _OTHER_PIXEL_ELEMENTS):
         return False
     syntax = ds.file_meta.get("TransferSyntaxUID") if ds.file_meta is not None else None
+    if syntax in _NATIVE_LITTLE_ENDIAN:
+        return False  # what UID(syntax).is_encapsulated says, without making and checking it
     return isinstance(syntax, str) and UID(syntax).is_encapsulated
+
+
+#: Every top-level element :func:`_encapsulated_apart` and :func:`_simple_pixels` read
+#: (none of them text with character sets), for :func:`_pixel_verdict`'s key.
+_PIXEL_CHECK_TAGS = (
+    0x00280002, 0x00280004, 0x00280006, 0x00280008, 0x00280010, 0x00280011, 0x00280100,
+    *_OTHER_PIXEL_ELEMENTS,
+)
+_TRANSFER_SYNTAX_TAG = (0x00020010,)
+
+
+def _pixel_verdict(ds: Part10, pixels: bytes, cache: ValueCache | None) -> tuple[bool, bool]:
+    """``(_encapsulated_apart(ds, pixels), encapsulated or _simple_pixels(ds, pixels))`` of
+    pixel data kept apart, through the batch's cache: both are functions of the values of
+    ``_PIXEL_CHECK_TAGS`` (which of them are present), the transfer syntax and the length of
+    ``pixels``, and :meth:`Part10.raw_key` of those elements is everything their values
+    depend on. The instances of a series mostly share one format: their checks are made
+    once per batch (each was eight conversions through the cache and, for a native
+    syntax, a pydicom ``UID`` made and validated per instance)."""
+    key: tuple[object, ...] | None = None
+    meta = ds.file_meta
+    if cache is not None and meta is not None:
+        layout = ds.raw_key(_PIXEL_CHECK_TAGS)
+        syntax = meta.raw_key(_TRANSFER_SYNTAX_TAG)
+        if layout is not None and syntax is not None:
+            key = ("pixel verdict", layout, syntax, len(pixels))
+            known = cache._values.get(key)
+            if known is not None:
+                return known  # type: ignore[return-value]
+    encapsulated = _encapsulated_apart(ds, pixels)
+    verdict = (encapsulated, encapsulated or _simple_pixels(ds, pixels))
+    if key is not None:
+        assert cache is not None
+        cache._values[key] = verdict
+    return verdict
 
 
 def read_part10(data: bytes, pixels: bytes | None = None,
@@ -1252,9 +1289,12 @@ def read_part10(data: bytes, pixels: bytes | None = None,
         ds = parse_part10(data, cache)
         # pixels twice (in the header and apart): pydicom sorts it out
         apart = not (pixels is not None and _PIXEL_DATA in ds)
-        encapsulated = apart and _encapsulated_apart(ds, pixels)
-        simple = apart and (encapsulated or _simple_pixels(
-            ds, pixels if pixels is not None else ds.get("PixelData")))
+        if apart and pixels is not None:
+            encapsulated, simple = _pixel_verdict(ds, pixels, cache)
+        else:
+            encapsulated = apart and _encapsulated_apart(ds, pixels)
+            simple = apart and (encapsulated or _simple_pixels(
+                ds, pixels if pixels is not None else ds.get("PixelData")))
     except (struct.error, ValueError, LookupError):  # Part10Error is a ValueError
         simple = False
     if not simple:
