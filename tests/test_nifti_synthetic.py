@@ -218,6 +218,40 @@ def test_unused_high_bits_are_cleared_per_instance_however_the_stack_mixes_them(
     np.testing.assert_array_equal(_data(from_lake[0][0]), _data(expected[0][0]))
 
 
+@settings(max_examples=30, deadline=None)
+@given(stored_bits=st.lists(st.integers(9, 16), min_size=1, max_size=4),
+       noise=st.integers(0, 0x7F), peak=st.booleans())
+def test_unsigned_stacks_are_int16_exactly_when_every_value_fits(
+    stored_bits: list[int], noise: int, peak: bool
+) -> None:
+    """An unsigned 16-bit stack of BitsStored < 16 is written as int16 (as dcm2niix) exactly
+    when every value, once the bits above each instance's BitsStored are cleared, is below
+    2**15 (the converter knows it without reading the voxels when every instance's bits
+    were cleared from a BitsStored of at most 15, else reads the maximum), from pydicom's
+    datasets and as the lake reads them; the voxels are the cleared values either way."""
+    slices = len(stored_bits)
+    series = synthetic_series(n_slices=slices, rows=5, cols=4, modality="MR", noise=300,
+                              rescale=(1.0, 0.0), seed=noise)
+    expected = []
+    for ds, stored in zip(series, stored_bits, strict=True):
+        values = np.frombuffer(ds.PixelData, dtype="<u2").astype(np.int64)
+        if peak:
+            values = values.copy()
+            values[0] = (1 << stored) - 1  # the largest value BitsStored holds
+        expected.append(values & ((1 << stored) - 1))
+        dirty = (values & ((1 << stored) - 1)) | ((noise << stored) & 0xFFFF)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, stored, stored - 1
+        ds.PixelRepresentation = 0
+        ds.PixelData = dirty.astype("<u2").tobytes()
+    fits = max(stored_bits) < 16 and max(int(v.max()) for v in expected) < 1 << 15
+    for read in (series, _as_stored(series)):
+        volume = _only(series_to_nifti(read))
+        data = np.asanyarray(volume.image.dataobj.get_unscaled())
+        assert data.dtype == (np.int16 if fits else np.uint16)
+        for z, values in enumerate(expected):
+            np.testing.assert_array_equal(data[..., z], values.reshape(5, 4)[::-1].T)
+
+
 def test_a_stack_mixing_pixel_representation_keeps_each_instances_stored_value() -> None:
     """review-s24 F6: unsigned 12-of-16-bit slices with garbage in bits 12-15 (0xF123: 291)
     stacked with a signed one (0x0FFF: -1) make an int32 volume of 291, 291, -1 (before: the

@@ -436,6 +436,7 @@ def _closest_canonical(assembled: Assembled) -> Assembled:
         np.full((1, n_z), intercepts.flat[0]), assembled.volumes,
         mosaic=assembled.mosaic, slice_thickness_fallback=assembled.slice_thickness_fallback,
         anatomical=assembled.anatomical, backing=backing, reoriented=True,
+        below_int16=assembled.below_int16,
     )
 
 
@@ -460,7 +461,7 @@ def _keep_volumes(assembled: Assembled, keep: list[int]) -> Assembled:
         assembled.affine, data, assembled.slopes[keep], assembled.intercepts[keep],
         [assembled.volumes[i] for i in keep], mosaic=assembled.mosaic,
         slice_thickness_fallback=assembled.slice_thickness_fallback,
-        anatomical=assembled.anatomical, backing=backing,
+        anatomical=assembled.anatomical, backing=backing, below_int16=assembled.below_int16,
     )
 
 
@@ -480,7 +481,9 @@ def _encode(assembled: Assembled, sidecar: dict[str, Any], bits_stored: int) -> 
         if (
             data.dtype == np.uint16
             and bits_stored < 16
-            and (data.size == 0 or int(data.max()) <= np.iinfo(np.int16).max)
+            # known without reading every voxel when the unused high bits were cleared
+            and (data.size == 0 or assembled.below_int16
+                 or int(data.max()) <= np.iinfo(np.int16).max)
         ):
             data = data.view(np.int16)  # as dcm2niix: int16 is more widely supported
         elif data.dtype == np.bool_:

@@ -156,6 +156,10 @@ class Assembled:
     reoriented : bool
         Whether the voxel axes were permuted away from the DICOM pixel matrix (3D
         acquisitions), so that row/column no longer name voxel axes.
+    below_int16 : bool
+        Whether every voxel is known to be below 2**15 without looking: an unsigned stack
+        whose every source had its bits above a BitsStored of at most 15 cleared
+        (:meth:`PixelCache.correct_stack_in_place`). False says nothing.
     """
 
     affine: FloatArray
@@ -168,6 +172,7 @@ class Assembled:
     anatomical: bool = True
     backing: NDArray[np.uint8] | None = None
     reoriented: bool = False
+    below_int16: bool = False
 
 
 # --------------------------------------------------------------------------- attributes
@@ -761,6 +766,13 @@ class PixelCache:
             if fix is not None:
                 _clear_unused_bits(stack[i], fix)
 
+    def cleared_below_int16(self, sources: Sequence[int]) -> bool:
+        """Whether :meth:`correct_stack_in_place` leaves every value of ``sources`` below
+        2**15: each is unsigned with its bits above a BitsStored of at most 15 cleared."""
+        fixes = self._unused_bits
+        return all((fix := fixes.get(source)) is not None and not fix[2] and fix[1] <= 15
+                   for source in sources)
+
     def all_frames(self, source: int) -> NDArray[Any] | NiftiRefusal:
         cached = self._cache.get(source)
         if cached is not None:
@@ -1236,11 +1248,11 @@ def _fill(
             slopes[t, z] = item.slope
             intercepts[t, z] = item.intercept
             k += 1
-    pixels.correct_stack_in_place([item.source for volume in volumes for item in volume],
-                                  data.reshape(n_t * n_z, *data.shape[2:]))
+    sources = [item.source for volume in volumes for item in volume]
+    pixels.correct_stack_in_place(sources, data.reshape(n_t * n_z, *data.shape[2:]))
     return Assembled(
         affine, data, slopes, intercepts, volumes, slice_thickness_fallback=fallback,
-        backing=backing,
+        backing=backing, below_int16=pixels.cleared_below_int16(sources),
     )
 
 
@@ -1368,9 +1380,11 @@ def assemble_mosaics(
     data, backing = _allocate((len(volumes), tiles, tile_rows, tile_cols), volumes)
     for t, volume in enumerate(volumes):
         data[t] = volume[:, ::-1, :]
-    pixels.correct_stack_in_place([f.source for f in ordered], data)
+    sources = [f.source for f in ordered]
+    pixels.correct_stack_in_place(sources, data)
     slopes = np.array([[f.slope] * tiles for f in ordered])
     intercepts = np.array([[f.intercept] * tiles for f in ordered])
     return Assembled(
-        affine, data, slopes, intercepts, [[f] for f in ordered], mosaic=True, backing=backing
+        affine, data, slopes, intercepts, [[f] for f in ordered], mosaic=True, backing=backing,
+        below_int16=pixels.cleared_below_int16(sources),
     )
