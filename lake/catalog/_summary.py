@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from lake.catalog._arrow_values import arrow_array
+from lake.catalog._arrow_values import arrow_array, python_table
 from lake.catalog._schema import INSTANCES
 from lake.store import atomic_write, write_at
 
@@ -234,7 +234,10 @@ def _summarise(con: duckdb.DuckDBPyConnection, tables: DeltaTables, data_file: s
 
     location = tables.location
     name = posixpath.basename(data_file)
-    if rows is not None:
+    made = None if rows is None else _arrow_parts(con, rows, name)
+    if made is not None:
+        series, studies, headers = made
+    elif rows is not None:
         series, headers = _series_and_headers(con, rows, rows.schema, name)
     else:
         # a local lake's file without fsspec (asyncio): a commit's upkeep imports none
@@ -246,11 +249,12 @@ def _summarise(con: duckdb.DuckDBPyConnection, tables: DeltaTables, data_file: s
             series, headers = _series_and_headers(
                 con, lambda columns: reader.iter_batches(columns=columns, batch_size=65_536),
                 schema, name)
-    con.register("series_rows", series)
-    try:
-        studies = _table(con.sql(studies_from_series_sql("series_rows")).arrow())
-    finally:
-        con.unregister("series_rows")
+    if made is None:
+        con.register("series_rows", series)
+        try:
+            studies = _table(con.sql(studies_from_series_sql("series_rows")).arrow())
+        finally:
+            con.unregister("series_rows")
     root = location.join("tables", INSTANCES.name)
     parts = ((REP_HEADERS, headers), (STUDY_PARTS, studies), (SERIES_PARTS, series))
     for kind, table in parts:
@@ -299,6 +303,155 @@ def _series_and_headers(
     reps = zip(found.column("SeriesInstanceUID").to_pylist(), found.column(_REP).to_pylist(),
                strict=True)
     return found.drop_columns([_REP]), _rep_headers_table(name, list(reps))
+
+
+def _arrow_parts(con: duckdb.DuckDBPyConnection, rows: pa.Table,
+                 name: str) -> tuple[pa.Table, pa.Table, pa.Table] | None:
+    """The series parts, study parts and representative headers of the data file ``name``
+    holding ``rows`` (all of them), aggregated in Python: what :func:`parts_sql`,
+    :func:`studies_from_series_sql` and :func:`_series_and_headers` give, row for row and
+    type for type (lists in another order: DuckDB's ``list_distinct`` keeps none), without
+    DuckDB binding two queries of some forty aggregates (~4.5 ms of CPU each whatever the
+    rows: a commit's summaries took ~13 ms in DuckDB; docs/performance.md "DICOM receive").
+    Arrow's grouped aggregation would import ``pyarrow.dataset`` and with it pandas.
+    ``None`` (DuckDB then) when a row lacks its SOPInstanceUID (DuckDB's ``arg_min`` skips
+    it), there are no rows, or more than :data:`PYTHON_PARTS_ROWS`.
+    ``tests/test_summary_commit.py`` checks both against each other, nulls everywhere.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from lake.catalog._tables import python_rows  # (it imports this module)
+
+    if (not 0 < rows.num_rows <= PYTHON_PARTS_ROWS
+            or rows.column("SOPInstanceUID").null_count):
+        return None
+    # DuckDB gives its TIMESTAMPTZ results in the database's time zone (the same instants)
+    ((zone,),) = con.sql("SELECT current_setting('TimeZone')").fetchall()
+    stamp = pa.timestamp("us", tz=str(zone))
+    ordered = rows.select([*_READ, "header_json"])
+    ordered = ordered.take(pc.sort_indices(ordered, [("SOPInstanceUID", "ascending")]))
+    # in SOPInstanceUID order: a group's first row is arg_min's (only the aggregated columns
+    # made Python values, the attributes of each group's first row, one header each)
+    values = python_rows(ordered.select(_AGGREGATED))
+    has_header = pc.is_valid(ordered.column("header_json")).to_pylist()
+    members: dict[str | None, list[int]] = {}
+    for number, row in enumerate(values):
+        members.setdefault(row["SeriesInstanceUID"], []).append(number)
+    firsts = python_rows(ordered.select(list(_SERIES)).take(
+        arrow_array([group[0] for group in members.values()], pa.int64())))
+    chosen = [next((n for n in group if has_header[n]), None) for group in members.values()]
+    texts = ordered.column("header_json").take(
+        arrow_array([0 if n is None else n for n in chosen], pa.int64())).to_pylist()
+    series, headers = [], []
+    for (uid, numbers), attributes, header_at, text in zip(
+            members.items(), firsts, chosen, texts, strict=True):
+        group = [values[n] for n in numbers]
+        part: dict[str, Any] = {"data_file": name, "SeriesInstanceUID": uid}
+        part.update(attributes)  # arg_min_null: NULL counts
+        part["instance_count"] = len(group)
+        part["frame_count"] = sum(1 if m["NumberOfFrames"] is None else m["NumberOfFrames"]
+                                  for m in group)
+        _aggregate(part, group, (("size_bytes", "size_bytes", sum),
+                                 ("pixel_bytes", "pixel_bytes", sum),
+                                 ("first_ingested_at", "ingested_at", min),
+                                 ("last_ingested_at", "ingested_at", max),
+                                 ("first_sop", "SOPInstanceUID", min),
+                                 ("study_date_min", "StudyDate", min),
+                                 ("study_date_max", "StudyDate", max)))
+        part["study_date_nulls"] = sum(1 for m in group if m["StudyDate"] is None)
+        part["modalities"] = _distinct(m["Modality"] for m in group) or None
+        part["sop_classes"] = _distinct(m["SOPClassUID"] for m in group) or None
+        series.append(part)
+        headers.append((uid, None if header_at is None else text))  # arg_min: non-null
+    fields = [pa.field("data_file", pa.string()), pa.field("SeriesInstanceUID", pa.string())]
+    fields += [INSTANCES.schema.field(a).with_nullable(True) for a in _SERIES]
+    fields += _counted(stamp)
+    series_table = _built(series, fields)
+    return (series_table, _studies_of(series, series_table.schema),
+            _rep_headers_table(name, headers))
+
+
+PYTHON_PARTS_ROWS = 640
+"""Up to this many rows a commit's parts are aggregated in Python, beyond it in DuckDB (a
+fixed ~12 ms of CPU, then little per row)."""
+
+_AGGREGATED = ("SeriesInstanceUID", "SOPInstanceUID", "NumberOfFrames", "size_bytes",
+               "pixel_bytes", "ingested_at", "StudyDate", "Modality", "SOPClassUID")
+"""The columns :func:`_arrow_parts` aggregates row by row."""
+
+_LIST = "l"
+"""The item field's name of the lists DuckDB gives."""
+
+
+def _counted(stamp: pa.DataType) -> list[pa.Field]:
+    """The fields of a part after its attributes (as DuckDB types them)."""
+    import pyarrow as pa
+
+    strings = pa.list_(pa.field(_LIST, pa.string()))
+    return [pa.field(n, t) for n, t in (
+        ("instance_count", pa.int64()), ("frame_count", pa.int64()),
+        ("size_bytes", pa.int64()), ("pixel_bytes", pa.int64()),
+        ("first_ingested_at", stamp), ("last_ingested_at", stamp),
+        ("first_sop", pa.string()), ("study_date_min", pa.date32()),
+        ("study_date_max", pa.date32()), ("study_date_nulls", pa.int64()),
+        ("modalities", strings), ("sop_classes", strings))]
+
+
+def _aggregate(part: dict[str, Any], group: Sequence[dict[str, Any]],
+               columns: Sequence[tuple[str, str, Callable[[list[Any]], Any]]]) -> None:
+    """``part[name] = pick(the values of column in group that are not null)`` per
+    (name, column, pick), or None without any (SQL's sum, min and max)."""
+    for name, column, pick in columns:
+        values = [m[column] for m in group if m[column] is not None]
+        part[name] = pick(values) if values else None
+
+
+def _distinct(values: Iterable[Any]) -> list[Any]:
+    """The values that are not null, each once, in order."""
+    return list(dict.fromkeys(v for v in values if v is not None))
+
+
+def _built(rows: list[dict[str, Any]], fields: list[pa.Field]) -> pa.Table:
+    """``rows`` as a table of ``fields``, its timestamps built as UTC (the writer's own
+    conversion: the same instants), then in the fields' zone."""
+    import pyarrow as pa
+
+    utc = pa.timestamp("us", tz="UTC")
+    built = [f.with_type(utc) if pa.types.is_timestamp(f.type) else f for f in fields]
+    return python_table(rows, pa.schema(built)).cast(pa.schema(fields))
+
+
+def _studies_of(series: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """:func:`studies_from_series_sql` over one file's series parts (``series``, of
+    ``schema``), in Python."""
+    import pyarrow as pa
+
+    studies: dict[str | None, list[dict[str, Any]]] = {}
+    for part in sorted(series, key=lambda p: p["first_sop"]):  # (never null here)
+        studies.setdefault(part["StudyInstanceUID"], []).append(part)
+    rows = []
+    for study, parts in studies.items():
+        first = parts[0]  # the lowest first_sop: arg_min_null(..., first_sop)
+        row: dict[str, Any] = {"data_file": first["data_file"], "StudyInstanceUID": study}
+        row.update({a: first[a] for a in _PATIENT_STUDY})
+        _aggregate(row, parts, (
+            *((c, c, sum) for c in ("instance_count", "frame_count", "size_bytes",
+                                    "pixel_bytes", "study_date_nulls")),
+            ("first_ingested_at", "first_ingested_at", min),
+            ("last_ingested_at", "last_ingested_at", max), ("first_sop", "first_sop", min),
+            ("study_date_min", "study_date_min", min),
+            ("study_date_max", "study_date_max", max)))
+        row["modalities"] = _distinct(v for p in parts for v in p["modalities"] or ())
+        row["sop_classes"] = _distinct(v for p in parts for v in p["sop_classes"] or ())
+        row["series"] = _distinct(p["SeriesInstanceUID"] for p in parts) or None
+        rows.append(row)
+    fields = [schema.field(c) for c in (
+        "data_file", "StudyInstanceUID", *_PATIENT_STUDY, "instance_count", "frame_count",
+        "size_bytes", "pixel_bytes", "first_ingested_at", "last_ingested_at", "first_sop",
+        "study_date_min", "study_date_max", "study_date_nulls", "modalities", "sop_classes")]
+    fields.append(pa.field("series", pa.list_(pa.field(_LIST, pa.string()))))
+    return _built(rows, fields)
 
 
 def _rep_headers_table(name: str, rows: Sequence[tuple[str | None, str | None]]) -> pa.Table:
