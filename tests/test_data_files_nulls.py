@@ -104,3 +104,20 @@ def test_columns_null_in_every_row_are_not_decoded(
     files.read(str(path), _SCHEMA.names)
     assert decoded == [[n for n in _SCHEMA.names if n not in {"none_int", "none_text",
                                                                "none_flag"}]]
+
+
+def test_a_column_stored_with_another_type_is_cast(tmp_path: Path) -> None:
+    """``read`` and ``values`` give the schema's type where the file stores another (cast,
+    as before), and the stored arrays as they are where it stores the schema's (a cast to
+    its own type gives the same arrays: not made)."""
+    path = tmp_path / "part.parquet"
+    pq.write_table(_table(), path, row_group_size=2)
+    schema = pa.schema([("uid", pa.large_string()), ("some_text", pa.string()),
+                        ("blob", pa.large_binary()), ("late_double", pa.float64()),
+                        ("none_int", pa.int64())])
+    files = DataFiles(schema, (str(path),), pafs.LocalFileSystem())
+    expected = _decoded(path, schema, schema.names)
+    read = files.read(str(path), schema.names)
+    assert read.equals(expected) and read.schema == schema
+    assert files.values(str(path), schema.names) == {
+        c: expected.column(c).to_pylist() for c in schema.names}
