@@ -231,9 +231,10 @@ class Committer:
         the last 0.25 s (or ``interval``, if shorter)...
     busy_interval : float, optional
         ...or, while outcomes keep coming, once the oldest is this many seconds old
-        (default: ``interval``, no stretching). A catalog commit costs ~0.1 s of CPU
-        whatever its size (2026-12-07: 520 rows in one commit 0.12-0.17 s, in two
-        0.23-0.28 s, in four 0.43-0.46 s): a burst committed in one batch instead of
+        (default: ``interval``, no stretching). A catalog commit costs a fixed ~0.07 s
+        of CPU (2026-12-08: 20 rows ~0.07 s, 520 rows ~0.09 s; 2026-12-07: 520 rows in
+        one commit 0.12-0.17 s, in two 0.23-0.28 s, in four 0.43-0.46 s; docs/performance.md
+        "DICOM receive"): a burst committed in one batch instead of
         one every ``interval`` saves that much per batch, and writes fewer, larger
         files. What is pending stays durable meanwhile (receipt journal or spool).
     on_committed : callable, optional
