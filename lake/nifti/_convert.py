@@ -171,9 +171,10 @@ def series_to_nifti(
     mosaic_frames: list[Frame] = []
     frames: list[Frame] = []
     planes: dict[tuple[Any, ...], Plane] = {}
+    rescales: dict[bytes, tuple[float | None, float | None]] = {}
     for i in images:
         mosaic = is_mosaic(datasets[i], acquisitions[i])
-        described = frames_of(datasets[i], i, acquisitions[i], mosaic, planes)
+        described = frames_of(datasets[i], i, acquisitions[i], mosaic, planes, rescales)
         if mosaic and "PerFrameFunctionalGroupsSequence" not in datasets[i]:
             mosaic_frames.extend(described)
         else:

@@ -547,19 +547,42 @@ def _plane(ds: Dataset, look: FrameLookup, planes: dict[tuple[Any, ...], Plane] 
     return plane, ipp
 
 
+#: The key of a rescale in a series' memo (:func:`_philips_precise`): scale slope, slope and
+#: intercept as float64 bytes (-0.0 is not 0.0 there), and which of the two are absent.
+_RESCALE_KEY = struct.Struct("<3d??")
+
+
 def _philips_precise(
     acquisition: Acquisition, index: int, count: int, slope: float | None,
     intercept: float | None,
+    rescales: dict[bytes, tuple[float | None, float | None]] | None = None,
 ) -> tuple[float | None, float | None]:
     """Philips floating-point values, as dcm2niix computes them (in float32).
 
     Philips displays ``stored x RescaleSlope + RescaleIntercept``; the quantitative value
     divides that by ``RescaleSlope x scale slope`` (2005,100E). dcm2niix writes the result
     as ``scl_slope = P(1) - P(0)`` and ``scl_inter = P(0)``, each computed in float32.
+    ``rescales`` (the series' memo) keeps the result by the bytes of the three numbers:
+    the frames of a series mostly share one rescale, and the float32 arithmetic costs
+    about 5 us a frame.
     """
     scale = _float(_item(acquisition.get("scale_slopes"), index, count))
     if scale is None or scale == 0:
         return slope, intercept
+    if rescales is None:
+        return _precise(scale, slope, intercept)
+    key = _RESCALE_KEY.pack(scale, 1.0 if slope is None else slope,
+                            0.0 if intercept is None else intercept, slope is None,
+                            intercept is None)
+    known = rescales.get(key)
+    if known is None:
+        known = rescales[key] = _precise(scale, slope, intercept)
+    return known
+
+
+def _precise(scale: float, slope: float | None,
+             intercept: float | None) -> tuple[float | None, float | None]:
+    """:func:`_philips_precise` of a scale slope that is a number other than 0."""
     rs = np.float32(1.0 if slope is None else slope)
     ri = np.float32(0.0 if intercept is None else intercept)
     denominator = np.float32(rs * np.float32(scale))
@@ -584,6 +607,7 @@ def _is_field_map(ds: Dataset, frame: int | None, look: FrameLookup) -> bool:
 
 def frames_of(ds: Dataset, source: int, acquisition: Acquisition,
               mosaic: bool, planes: dict[tuple[Any, ...], Plane] | None = None,
+              rescales: dict[bytes, tuple[float | None, float | None]] | None = None,
               ) -> list[Frame]:
     """Describe every frame of ``ds``.
 
@@ -600,6 +624,8 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition,
     planes : dict, optional
         The series' memo of planes (one dict for every instance of the series): frames
         of one orientation, spacing and matrix share one :class:`Plane`.
+    rescales : dict, optional
+        The series' memo of Philips precise rescales (:func:`_philips_precise`).
 
     Returns
     -------
@@ -648,7 +674,8 @@ def frames_of(ds: Dataset, source: int, acquisition: Acquisition,
         else:
             component = _component(ds, lookup, look)
         slice_time = _float(_item(times, position_in, n)) if not mosaic else None
-        slope, intercept = _philips_precise(acquisition, position_in, n, slope, intercept)
+        slope, intercept = _philips_precise(acquisition, position_in, n, slope, intercept,
+                                            rescales)
         field_map = component is Component.REAL and _is_field_map(ds, lookup, look)
         if enhanced:
             temporal = _look_float(look, "FrameContentSequence", "TemporalPositionIndex")
