@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,7 +28,14 @@ from lake._errors import DeidRefusedError, InputRefusedError
 from lake.catalog._extract import dicom_values
 from lake.deid import Deidentifier
 from lake.ingest._dcmread import dcmread_bytes
-from lake.ingest._encode import canonical_uid, element_value, encode_part10, header_json
+from lake.ingest._encode import (
+    JsonMemo,
+    canonical_uid,
+    element_value,
+    encode_part10,
+    header_json,
+    header_text,
+)
 from lake.ingest._header import within
 from lake.ingest._identity import identity_sha256
 from lake.ingest._limits import ReadLimits, describe
@@ -78,6 +84,9 @@ class IngestContext:
     quarantine_key: bytes = field(repr=False)
     documents: DocumentOptions | None = None
     limits: ReadLimits = field(default_factory=ReadLimits)
+    json_memo: JsonMemo = field(default_factory=JsonMemo, repr=False, compare=False)
+    """The header JSON entries of values seen before (:class:`JsonMemo`; emptied when
+    pickled)."""
 
 
 @dataclass
@@ -408,11 +417,11 @@ def accept(ds: Dataset, ctx: IngestContext, actions: Counter[str], bytes_in: int
         )
         del ds[_PIXEL_DATA]
     header = encode_part10(ds)
-    as_json = header_json(ds, 4096, _bulk_uri)
+    as_json = header_json(ds, 4096, _bulk_uri, ctx.json_memo)
     if pixel_hash is not None:
         as_json["7FE00010"] = {"vr": pixel_vr, "BulkDataURI": pixel_hash}
     row = dicom_values(as_json, str(element_value(ds.file_meta, _TRANSFER_SYNTAX)))
-    text = json.dumps(as_json, separators=(",", ":"), sort_keys=True)
+    text = header_text(as_json)  # json.dumps(as_json, separators=(",", ":"), sort_keys=True)
     row.update(
         pixel_hash=pixel_hash,
         pixel_vr=pixel_vr,
