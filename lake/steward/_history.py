@@ -8,7 +8,8 @@ maximum values, so identifiers) in its commit files and checkpoints. Erasure the
 2. scrubs the log: drops the statistics of those files from every commit file, and
    replaces any erased identifier left in a commit's information (a delete predicate, a
    batch journal) by ``<erased>``; checkpoints that describe those files are replaced by
-   a checkpoint of the current version;
+   a checkpoint of the current version, once every checkpoint due before it is written
+   (delta-rs writes one after a writer's 100th commit, from the log as it read it then);
 3. deletes the files. The versions that referenced them can no longer be read; which ones
    they are is computed from the log (:func:`unreadable_versions`).
 
@@ -54,7 +55,11 @@ _LOG = "_delta_log"
 _CHECKPOINT = re.compile(r"\d{20}\.checkpoint(?:\.\d{10}\.\d{10})?\.parquet")
 _STAGED = re.compile(_CHECKPOINT.pattern + r"#\d+")
 STAGED_AGE = 600.0
-"""Seconds after which a staged checkpoint is a killed write's leftover, not one in progress."""
+"""Seconds after which a staged checkpoint is a killed write's leftover, not one in progress,
+and after which a checkpoint due and not written will not be (:func:`_await_checkpoints`)."""
+DUE_WAIT = 10.0
+"""Seconds an erasure waits for a checkpoint due before its own commits to be written."""
+_INTERVAL = "delta.checkpointInterval"
 
 Match = Callable[[pa.Table], pa.Array]
 """Given rows (some columns of one data file), which of them are to be erased."""
@@ -275,6 +280,46 @@ def _remove_staged(tables: DeltaTables, table: Table, now: float) -> int:
     return len(old)
 
 
+def _unwritten(tables: DeltaTables, table: Table, version: int, now: float) -> list[int]:
+    """The versions before ``version`` whose checkpoint is due and not written yet.
+
+    delta-rs writes a checkpoint after each commit of a version ``v`` with ``v + 1`` a
+    multiple of ``delta.checkpointInterval`` (100), from the log as it reads it then: a
+    writer whose such commit precedes the erasure's may still write it, describing the erased
+    files (statistics included) as it read them. Those newer than every checkpoint written,
+    committed less than :data:`STAGED_AGE` ago (older: the write was killed), are due.
+    """
+    configured = tables.open(table.name).metadata().configuration.get(_INTERVAL)
+    interval = int(configured or 100)
+    written = [int(p.rsplit("/", 1)[-1][:20]) for p in _checkpoints(tables, table)]
+    first = (max(written, default=-1) + 1) // interval * interval + interval - 1
+    due = []
+    for candidate in range(first, version, interval):
+        when = tables.commit_time(table.name, candidate)
+        if when is not None and now - when.timestamp() < STAGED_AGE:
+            due.append(candidate)
+    return due
+
+
+def _await_checkpoints(tables: DeltaTables, table: Table, version: int) -> None:
+    """Wait (:data:`DUE_WAIT`) until no checkpoint of a version before ``version`` is due
+    (:func:`_unwritten`): one written after the erasure's scan would keep what it erases.
+
+    Raises
+    ------
+    CatalogError
+        If one is still due (its writer is slow, or stopped): re-run the erasure.
+    """
+    deadline = time.monotonic() + DUE_WAIT
+    while due := _unwritten(tables, table, version, time.time()):
+        if time.monotonic() >= deadline:
+            raise CatalogError(
+                f"a checkpoint of {table.name!r} (version {due[0]}) is being written; re-run "
+                f"the command once it is (in at most {int(STAGED_AGE) // 60} minutes)"
+            )
+        time.sleep(0.2)
+
+
 def _describes(tables: DeltaTables, checkpoint: str, files: frozenset[str]) -> bool:
     with tables.location.fs.open(checkpoint, "rb") as fh:
         actions = pq.read_table(fh, columns=["add", "remove"])
@@ -297,7 +342,8 @@ def erase_files(
     CatalogError
         If the current version still reads one of ``files`` (delete its rows first), a
         checkpoint of the table is being written (a staged one younger than
-        :data:`STAGED_AGE`: run it again later), or an erased identifier cannot be scrubbed
+        :data:`STAGED_AGE`, or one due before the current version and not written within
+        :data:`DUE_WAIT`: run it again later), or an erased identifier cannot be scrubbed
         from the log.
     """
     chosen = frozenset(files)
@@ -311,6 +357,10 @@ def erase_files(
             f"{len(live)} data file(s) of {table.name!r} holding erased rows are in use by its "
             "current version (written again meanwhile?); re-run the command"
         )
+    # Checkpoints of versions after the erased files' removal describe them by path only
+    # (delta-rs writes remove actions without statistics); one of an earlier version, due
+    # and not written yet, is waited for, so that the scan below sees it.
+    _await_checkpoints(tables, table, int(tables.open(table.name).version()))
     removed = _remove_staged(tables, table, time.time())
     scrubbed = _scrub_commits(tables, table, chosen, secret)
     stale = [c for c in _checkpoints(tables, table) if _describes(tables, c, chosen)]
